@@ -1,0 +1,182 @@
+/**
+ * The decoder as an ONNX graph, emitted from a ModelSpec. One graph serves every use (full forward,
+ * prefill, shared-prefix step, generation) because the KV cache is kept outside it: the graph reads a past
+ * (batch 1: one shared prefix) and returns only the new positions' keys and values.
+ *
+ * Inputs
+ *   input_ids        int64 [B, S]      left-padded, so the last position is S-1 in every row
+ *   attention_mask   int64 [B, P+S]    1 = real token (past and new positions)
+ *   position_ids     int64 [B, S]
+ *   past.{l}.key     f32   [1, KV, P, d]   keys after RoPE; P may be 0
+ *   past.{l}.value   f32   [1, KV, P, d]
+ *   patch_mask       f32   [B, L, H]   1 = patch that head at the last position
+ *   patch_values     f32   [L, H, d]
+ *   patch_replace    f32   []          1: z ← mask·v + (1−mask)·z (replace); 0: z ← z + mask·v (add)
+ * Outputs
+ *   logits           f32   [B, V]      last position only
+ *   heads            f32   [B, L, H, d] o_proj input at the last position (after any patch)
+ *   new.{l}.key      f32   [B, KV, S, d]
+ *   new.{l}.value    f32   [B, KV, S, d]
+ *
+ * Named sites (node outputs, TransformerLens-style; shapes per row of the batch):
+ *   embed                          [B, S, D]
+ *   blocks.{l}.ln1 / ln2           [B, S, D]
+ *   blocks.{l}.attn.q              [B, H, S, d]   after q_norm and RoPE
+ *   blocks.{l}.attn.k / v          [B, KV, S, d]  (= new.{l}.key / value)
+ *   blocks.{l}.attn.pattern        [B, KV, g·S, P+S]  softmax probabilities, g = H / KV
+ *   blocks.{l}.attn.z              [B, S, H·d]    per-head attention output, the o_proj input
+ *   blocks.{l}.attn.z_last         [B, H, d]      its last position (hook_z at the read/patch site)
+ *   blocks.{l}.attn.z_last_patched [B, H, d]
+ *   blocks.{l}.attn.out            [B, S, D]      o_proj output
+ *   blocks.{l}.resid_mid / resid_post [B, S, D]
+ *   blocks.{l}.mlp.out             [B, S, D]
+ *   final.norm_last                [B, D]
+ */
+import { GraphBuilder } from './onnx/graph-builder.js';
+import { ropeInverseFrequencies, type ModelSpec } from './spec.js';
+
+const INT64_MAX = Number.MAX_SAFE_INTEGER;
+const MASKED = -1e9; // finite, so a fully masked (padding) row stays finite instead of NaN
+
+/** Graph-side names of the weights, as the exporter writes them. */
+export const W = {
+  embed: 'w.embed',
+  lmHead: 'w.lm_head',
+  finalNorm: 'w.final_norm',
+  ln1: (l: number) => `w.${l}.ln1`,
+  ln2: (l: number) => `w.${l}.ln2`,
+  qkv: (l: number) => `w.${l}.qkv`,        // [D, (H+2KV)·d]  q|k|v, transposed and fused
+  qkvBias: (l: number) => `w.${l}.qkv_bias`,
+  qNorm: (l: number) => `w.${l}.q_norm`,
+  kNorm: (l: number) => `w.${l}.k_norm`,
+  o: (l: number) => `w.${l}.o`,            // [H·d, D]
+  oBias: (l: number) => `w.${l}.o_bias`,
+  gateUp: (l: number) => `w.${l}.gate_up`, // [D, 2F]  gate|up, transposed and fused
+  gateUpBias: (l: number) => `w.${l}.gate_up_bias`,
+  down: (l: number) => `w.${l}.down`,      // [F, D]
+  downBias: (l: number) => `w.${l}.down_bias`,
+} as const;
+
+export const GRAPH_VERSION = 'decoder-graph/1';
+
+/** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
+export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string): GraphBuilder {
+  const g = new GraphBuilder(18);
+  const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, hiddenSize: D, vocabSize: V } = spec;
+  const group = H / KV;
+  const w = (name: string) => weight(g, name);
+  const i64 = (v: number[]) => g.intConst(v);
+  const f32 = (v: number) => g.floatConst([v], []);
+
+  const inputIds = g.input('input_ids', 'INT64', ['batch', 'seq']);
+  const attnMask = g.input('attention_mask', 'INT64', ['batch', 'total']);
+  const positionIds = g.input('position_ids', 'INT64', ['batch', 'seq']);
+  const past = Array.from({ length: L }, (_, l) => ({
+    key: g.input(`past.${l}.key`, 'FLOAT', [1, KV, 'past', d]),
+    value: g.input(`past.${l}.value`, 'FLOAT', [1, KV, 'past', d]),
+  }));
+  const patchMask = g.input('patch_mask', 'FLOAT', ['batch', L, H]);
+  const patchValues = g.input('patch_values', 'FLOAT', [L, H, d]);
+  const patchReplace = g.input('patch_replace', 'FLOAT', []);
+
+  // ---- shared: additive mask [B,1,1,S,T] and RoPE tables [B,1,S,d] ----
+  const scalarDim = (x: string, axis: number) => g.op('Squeeze', [g.op('Shape', [x], { start: axis, end: axis + 1 }), i64([0])]);
+  const total = scalarDim(attnMask, 1);
+  const seq = scalarDim(inputIds, 1);
+  const pastLen = g.op('Sub', [total, seq], {}, 'past_len');
+  const keyIdx = g.op('Range', [g.intConst([0], []), total, g.intConst([1], [])]);                     // [T]
+  const queryIdx = g.op('Unsqueeze', [g.op('Range', [pastLen, total, g.intConst([1], [])]), i64([1])]); // [S,1]
+  let allowed = g.op('LessOrEqual', [keyIdx, queryIdx]);                                               // [S,T]
+  if (spec.slidingWindow !== null) {
+    allowed = g.op('And', [allowed, g.op('Greater', [keyIdx, g.op('Sub', [queryIdx, g.intConst([spec.slidingWindow], [])])])]);
+  }
+  const valid = g.op('Unsqueeze', [g.op('Cast', [attnMask], { to: 9 }), i64([1, 2, 3])]);              // [B,1,1,1,T]
+  const maskBias = g.op('Where', [g.op('And', [valid, allowed]), f32(0), f32(MASKED)], {}, 'mask_bias'); // [B,1,1,S,T]
+
+  const invFreq = g.floatConst(ropeInverseFrequencies(spec), [d / 2], 'inv_freq');
+  const pos = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 1 }), i64([2])]);                   // [B,S,1]
+  const freqs = g.op('Mul', [pos, invFreq]);                                                            // [B,S,d/2]
+  const emb = g.op('Unsqueeze', [g.op('Concat', [freqs, freqs], { axis: -1 }), i64([1])]);              // [B,1,S,d]
+  const cos = g.op('Cos', [emb], {}, 'rope.cos');
+  const sin = g.op('Sin', [emb], {}, 'rope.sin');
+  const half = i64([d / 2]);
+  const rope = (x: string, name: string) => {
+    const x1 = g.op('Slice', [x, i64([0]), half, i64([-1])]);
+    const x2 = g.op('Slice', [x, half, i64([INT64_MAX]), i64([-1])]);
+    const rotated = g.op('Concat', [g.op('Neg', [x2]), x1], { axis: -1 });
+    return g.op('Add', [g.op('Mul', [x, cos]), g.op('Mul', [rotated, sin])], {}, name);
+  };
+  // RMSNorm in the Pow/ReduceMean/Add/Sqrt/Div/Mul form that onnxruntime fuses.
+  const rmsNorm = (x: string, weightName: string, name: string) => {
+    const variance = g.op('ReduceMean', [g.op('Pow', [x, f32(2)]), i64([-1])], { keepdims: 1 });
+    const normed = g.op('Div', [x, g.op('Sqrt', [g.op('Add', [variance, f32(spec.rmsNormEps)])])]);
+    return g.op('Mul', [normed, w(weightName)], {}, name);
+  };
+  const linear = (x: string, weightName: string, biasName: string | null, name: string) => {
+    const y = g.op('MatMul', [x, w(weightName)], {}, biasName ? undefined : name);
+    return biasName ? g.op('Add', [y, w(biasName)], {}, name) : y;
+  };
+  const lastPosition = (x: string) => g.op('Slice', [x, i64([-1]), i64([INT64_MAX]), i64([1])]);      // [B,1,...]
+  const allButLast = (x: string) => g.op('Slice', [x, i64([0]), i64([-1]), i64([1])]);
+
+  // ---- blocks ----
+  let resid = g.op('Gather', [w(W.embed), inputIds], { axis: 0 }, 'embed');                              // [B,S,D]
+  const headTaps: string[] = [];
+  const groupedShape = g.op('Concat', [i64([0, 0, group, -1]), g.op('Unsqueeze', [total, i64([0])])], { axis: 0 }); // [0,0,g,-1,T]
+  for (let l = 0; l < L; l++) {
+    const p = `blocks.${l}`;
+    const x = rmsNorm(resid, W.ln1(l), `${p}.ln1`);
+    const qkv = linear(x, W.qkv(l), spec.qkvBias ? W.qkvBias(l) : null, `${p}.attn.qkv`);               // [B,S,(H+2KV)d]
+    const [qFlat, kFlat, vFlat] = g.opMulti('Split', [qkv, i64([H * d, KV * d, KV * d])], { axis: 2 }, 3);
+    const heads = (t: string, n: number, norm: string | null) => {
+      let y = g.op('Reshape', [t, i64([0, 0, n, d])]);                                                    // [B,S,n,d]
+      if (norm) y = rmsNorm(y, norm, `${p}.attn.${norm === W.qNorm(l) ? 'q' : 'k'}_norm`);
+      return g.op('Transpose', [y], { perm: [0, 2, 1, 3] });                                              // [B,n,S,d]
+    };
+    const q = rope(heads(qFlat!, H, spec.qkNorm ? W.qNorm(l) : null), `${p}.attn.q`);
+    const k = rope(heads(kFlat!, KV, spec.qkNorm ? W.kNorm(l) : null), `new.${l}.key`);
+    const v = g.op('Identity', [heads(vFlat!, KV, null)], {}, `new.${l}.value`);
+    g.output(`new.${l}.key`, 'FLOAT', ['batch', KV, 'seq', d]);
+    g.output(`new.${l}.value`, 'FLOAT', ['batch', KV, 'seq', d]);
+
+    // Query heads grouped by their KV head: [B,KV,g·S,d]; head h reads KV head floor(h/g), as repeat_kv.
+    const qg = g.op('Reshape', [g.op('Mul', [q, f32(1 / Math.sqrt(d))]), i64([0, KV, -1, d])]);
+    const scoresPast = g.op('MatMul', [qg, g.op('Transpose', [past[l]!.key], { perm: [0, 1, 3, 2] })]);  // [B,KV,gS,P]
+    const scoresNew = g.op('MatMul', [qg, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);              // [B,KV,gS,S]
+    const scores = g.op('Concat', [scoresPast, scoresNew], { axis: -1 });                                // [B,KV,gS,T]
+    const masked = g.op('Add', [g.op('Reshape', [scores, groupedShape]), maskBias]);                     // [B,KV,g,S,T]
+    const probs = g.op('Reshape', [g.op('Softmax', [masked], { axis: -1 }), g.op('Shape', [scores])], {}, `${p}.attn.pattern`);
+    const probsPast = g.op('Slice', [probs, i64([0]), g.op('Unsqueeze', [pastLen, i64([0])]), i64([3])]);
+    const probsNew = g.op('Slice', [probs, g.op('Unsqueeze', [pastLen, i64([0])]), i64([INT64_MAX]), i64([3])]);
+    const mixed = g.op('Add', [g.op('MatMul', [probsPast, past[l]!.value]), g.op('MatMul', [probsNew, v])]); // [B,KV,gS,d]
+    const perHead = g.op('Transpose', [g.op('Reshape', [mixed, i64([0, H, -1, d])])], { perm: [0, 2, 1, 3] }); // [B,S,H,d]
+    const z = g.op('Reshape', [perHead, i64([0, 0, H * d])], {}, `${p}.attn.z`);                         // [B,S,H·d]
+
+    // The read/patch site: the last position's per-head output, before o_proj.
+    const zLast = g.op('Reshape', [lastPosition(z), i64([0, H, d])], {}, `${p}.attn.z_last`);             // [B,H,d]
+    const m = g.op('Unsqueeze', [g.op('Gather', [patchMask, g.intConst([l], [])], { axis: 1 }), i64([2])]); // [B,H,1]
+    const value = g.op('Gather', [patchValues, g.intConst([l], [])], { axis: 0 });                        // [H,d]
+    const keep = g.op('Sub', [f32(1), g.op('Mul', [m, patchReplace])]);                                   // [B,H,1]
+    const zPatched = g.op('Add', [g.op('Mul', [zLast, keep]), g.op('Mul', [m, value])], {}, `${p}.attn.z_last_patched`);
+    headTaps.push(g.op('Unsqueeze', [zPatched, i64([1])]));                                              // [B,1,H,d]
+    const zOut = g.op('Concat', [allButLast(z), g.op('Reshape', [zPatched, i64([0, 1, H * d])])], { axis: 1 });
+
+    const attnOut = linear(zOut, W.o(l), spec.oBias ? W.oBias(l) : null, `${p}.attn.out`);
+    resid = g.op('Add', [resid, attnOut], {}, `${p}.resid_mid`);
+    const x2 = rmsNorm(resid, W.ln2(l), `${p}.ln2`);
+    const gateUp = linear(x2, W.gateUp(l), spec.mlpBias ? W.gateUpBias(l) : null, `${p}.mlp.gate_up`);   // [B,S,2F]
+    const [gate, up] = g.opMulti('Split', [gateUp, i64([spec.intermediateSize, spec.intermediateSize])], { axis: 2 }, 2);
+    const act = g.op('Mul', [g.op('Mul', [gate!, g.op('Sigmoid', [gate!])]), up!]);                      // silu(gate)·up
+    const mlpOut = linear(act, W.down(l), spec.mlpBias ? W.downBias(l) : null, `${p}.mlp.out`);
+    resid = g.op('Add', [resid, mlpOut], {}, `${p}.resid_post`);
+  }
+
+  const hLast = g.op('Squeeze', [lastPosition(resid), i64([1])]);                                        // [B,D]
+  const normed = rmsNorm(hLast, W.finalNorm, 'final.norm_last');
+  g.op('Gemm', [normed, w(spec.tieWordEmbeddings ? W.embed : W.lmHead)], { transB: 1 }, 'logits');     // [B,V]
+  g.output('logits', 'FLOAT', ['batch', V]);
+  g.op('Concat', headTaps, { axis: 1 }, 'heads');                                                      // [B,L,H,d]
+  g.output('heads', 'FLOAT', ['batch', L, H, d]);
+  void D;
+  return g;
+}

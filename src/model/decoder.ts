@@ -1,0 +1,247 @@
+/**
+ * Decoder: a loaded checkpoint you can run. Wraps one onnxruntime session over the graph of
+ * decoder-graph.ts and keeps the KV cache in JS (one shared prefix at a time), which is what lets one
+ * graph serve full forwards, prefill, shared-prefix patch steps and greedy generation.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { ModelError } from './errors.js';
+import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, MODEL_FILE, validateCheckpoint, type BuildProgress } from './export.js';
+import { resolveModelDir } from './hub.js';
+import { SafetensorsCheckpoint } from './safetensors.js';
+import { specFromConfig, type ModelSpec } from './spec.js';
+import { Tokenizer, type ChatMessage } from './tokenizer.js';
+
+export interface LoadOptions {
+  cacheDir?: string;
+  /** onnxruntime intra-op threads; default: all cores. */
+  threads?: number;
+  revision?: string;
+  quiet?: boolean;
+  onBuildProgress?: BuildProgress;
+}
+
+/** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
+export interface HeadPatch {
+  mask: Float32Array;      // [B, L, H] (0/1)
+  values: Float32Array;    // [L, H, d]
+  mode?: 'replace' | 'add'; // default replace
+}
+
+export interface ForwardResult {
+  batchSize: number;
+  logits: Float32Array;    // [B, V] at each row's last token
+  heads: Float32Array;     // [B, L, H, d] o_proj input at the last token (after any patch)
+}
+
+/** Keys/values of one prefix (batch 1), per layer [1, KV, P, d], after RoPE. */
+export interface KvCache {
+  length: number;          // P
+  keys: Float32Array[];
+  values: Float32Array[];
+}
+
+export interface LoadInfo { modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string }
+
+export class Decoder {
+  private disposed = false;
+
+  private constructor(
+    readonly spec: ModelSpec,
+    readonly tokenizer: Tokenizer,
+    private readonly session: ort.InferenceSession,
+    readonly info: LoadInfo,
+    private readonly modelId: string,
+  ) {}
+
+  /** `model`: a local Hugging Face checkpoint folder or a hub id (downloaded into the cache when online). */
+  static async load(model: string, opts: LoadOptions = {}): Promise<Decoder> {
+    const modelDir = await resolveModelDir(model, { cacheDir: opts.cacheDir, revision: opts.revision, quiet: opts.quiet });
+    const configPath = path.join(modelDir, 'config.json');
+    if (!fs.existsSync(configPath)) throw new ModelError(`${configPath}: missing`);
+    const configText = fs.readFileSync(configPath, 'utf8');
+    let config: Record<string, unknown>;
+    try { config = JSON.parse(configText); } catch (e) { throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`); }
+    const spec = specFromConfig(config, configPath);
+    const tokenizer = await Tokenizer.load(modelDir);
+    const ckpt = SafetensorsCheckpoint.open(modelDir);
+    let entry: { dir: string; built: boolean };
+    let fingerprint: string;
+    const t0 = performance.now();
+    try {
+      validateCheckpoint(spec, ckpt);
+      fingerprint = ckpt.fingerprint();
+      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress);
+    } finally {
+      ckpt.close();
+    }
+    const t1 = performance.now();
+    const session = await ort.InferenceSession.create(path.join(entry.dir, MODEL_FILE), {
+      intraOpNumThreads: opts.threads ?? os.availableParallelism(),
+      interOpNumThreads: 1,
+      graphOptimizationLevel: 'all',
+      executionMode: 'sequential',
+    });
+    const t2 = performance.now();
+    const { createHash } = await import('node:crypto');
+    return new Decoder(spec, tokenizer, session, {
+      modelDir, cacheEntry: entry.dir, built: entry.built,
+      buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
+      configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!,
+    }, model);
+  }
+
+  get id(): string { return this.modelId; }
+  /** Size of the weights file the session reads (float32 bytes). */
+  get weightBytes(): number { return fs.statSync(path.join(this.info.cacheEntry, DATA_FILE)).size; }
+
+  // ---------- running ----------
+
+  /**
+   * Runs rows of token ids (each its own sequence, any lengths) as one left-padded batch, with no past.
+   * Padding never changes a row's result: masked keys, positions counted from each row's first token.
+   */
+  async forward(rows: number[][], patch?: HeadPatch): Promise<ForwardResult> {
+    const r = await this.run(rows, emptyKv(this.spec), patch, false);
+    return { batchSize: rows.length, logits: r.logits, heads: r.heads };
+  }
+
+  /** Runs `ids` after `past` (batch 1) and returns the cache extended by them, with the last logits. */
+  async extend(past: KvCache, ids: number[]): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
+    if (ids.length === 0) throw new ModelError('extend: no tokens to add');
+    const r = await this.run([ids], past, undefined, true);
+    const kv = appendKv(this.spec, past, r.newKeys!, r.newValues!, ids.length);
+    return { kv, logits: r.logits, heads: r.heads };
+  }
+
+  /** The KV cache of a prefix (e.g. a prompt without its last token). */
+  async prefill(prefixIds: number[]): Promise<KvCache> {
+    return (await this.extend(emptyKv(this.spec), prefixIds)).kv;
+  }
+
+  /**
+   * One token `lastTokenId` after the shared prefix `kv`, as B rows that differ only in their patch
+   * (`patch.mask` is [B, L, H]). The prefix is fed once with batch 1 and broadcast inside the graph.
+   */
+  async stepShared(kv: KvCache, lastTokenId: number, patch: HeadPatch): Promise<ForwardResult> {
+    const { numLayers: L, numHeads: H } = this.spec;
+    const rows = patch.mask.length / (L * H);
+    if (!Number.isInteger(rows) || rows < 1) throw new ModelError(`stepShared: patch.mask length ${patch.mask.length} is not a multiple of L*H = ${L * H}`);
+    const r = await this.run(Array.from({ length: rows }, () => [lastTokenId]), kv, patch, false);
+    return { batchSize: rows, logits: r.logits, heads: r.heads };
+  }
+
+  /** Greedy decoding with a KV cache. Stops at `maxNewTokens` or at a stop token (default: the EOS ids). */
+  async generate(promptIds: number[], opts: { maxNewTokens?: number; stopTokens?: number[]; onToken?: (id: number) => void } = {}): Promise<number[]> {
+    const max = opts.maxNewTokens ?? 64;
+    const stop = new Set(opts.stopTokens ?? this.spec.eosTokenIds);
+    if (promptIds.length + max > this.spec.maxPositions) throw new ModelError(`generate: ${promptIds.length} prompt + ${max} new tokens exceed the model's ${this.spec.maxPositions} positions`);
+    const out: number[] = [];
+    let { kv, logits } = await this.extend(emptyKv(this.spec), promptIds);
+    for (let i = 0; i < max; i++) {
+      const next = argmax(logits);
+      out.push(next);
+      opts.onToken?.(next);
+      if (stop.has(next) || i === max - 1) break;
+      ({ kv, logits } = await this.extend(kv, [next]));
+    }
+    return out;
+  }
+
+  /** Text (optionally through the chat template as one user turn) → token ids. */
+  encodePrompt(text: string, opts: { chat?: boolean } = {}): number[] {
+    return opts.chat ? this.tokenizer.applyChatTemplate([{ role: 'user', content: text }]) : this.tokenizer.encode(text);
+  }
+
+  applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): number[] {
+    return this.tokenizer.applyChatTemplate(messages, opts);
+  }
+
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    await this.session.release();
+  }
+
+  private async run(rows: number[][], past: KvCache, patch: HeadPatch | undefined, wantKv: boolean) {
+    if (this.disposed) throw new ModelError('the decoder was disposed');
+    const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = this.spec;
+    const B = rows.length;
+    if (B === 0) throw new ModelError('forward: empty batch');
+    const S = Math.max(...rows.map((r) => r.length));
+    if (S === 0) throw new ModelError('forward: a row has no tokens');
+    const P = past.length;
+    if (P + S > this.spec.maxPositions) throw new ModelError(`input of ${P + S} tokens exceeds the model's ${this.spec.maxPositions} positions`);
+    const pad = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
+    const ids = new BigInt64Array(B * S);
+    const mask = new BigInt64Array(B * (P + S));
+    const positions = new BigInt64Array(B * S);
+    rows.forEach((row, b) => {
+      for (const t of row) if (!Number.isInteger(t) || t < 0 || t >= V) throw new ModelError(`token id ${t} is outside the vocabulary (0..${V - 1})`);
+      const offset = S - row.length;
+      for (let j = 0; j < P; j++) mask[b * (P + S) + j] = 1n;
+      for (let s = 0; s < S; s++) {
+        const real = s >= offset;
+        ids[b * S + s] = BigInt(real ? row[s - offset]! : pad);
+        mask[b * (P + S) + P + s] = real ? 1n : 0n;
+        positions[b * S + s] = BigInt(real ? P + s - offset : 0);
+      }
+    });
+    if (patch && patch.mask.length !== B * L * H) throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
+    if (patch && patch.values.length !== L * H * d) throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor('int64', ids, [B, S]),
+      attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
+      position_ids: new ort.Tensor('int64', positions, [B, S]),
+      patch_mask: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
+      patch_values: new ort.Tensor('float32', patch?.values ?? new Float32Array(L * H * d), [L, H, d]),
+      patch_replace: new ort.Tensor('float32', Float32Array.of(patch?.mode === 'add' ? 0 : 1), []),
+    };
+    for (let l = 0; l < L; l++) {
+      feeds[`past.${l}.key`] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
+      feeds[`past.${l}.value`] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
+    }
+    const fetches = ['logits', 'heads'];
+    if (wantKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
+    const out = await this.session.run(feeds, fetches);
+    const data = (name: string) => out[name]!.data as Float32Array;
+    const result = {
+      logits: data('logits'), heads: data('heads'),
+      newKeys: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
+      newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
+    };
+    for (const t of Object.values(out)) t.dispose();
+    return result;
+  }
+}
+
+export function emptyKv(spec: ModelSpec): KvCache {
+  return { length: 0, keys: Array.from({ length: spec.numLayers }, () => new Float32Array(0)), values: Array.from({ length: spec.numLayers }, () => new Float32Array(0)) };
+}
+
+/** [1,KV,P,d] ++ [1,KV,S,d] → [1,KV,P+S,d], per layer. */
+function appendKv(spec: ModelSpec, past: KvCache, newKeys: Float32Array[], newValues: Float32Array[], added: number): KvCache {
+  const { numKvHeads: KV, headDim: d } = spec;
+  const P = past.length;
+  const join = (a: Float32Array, b: Float32Array) => {
+    const out = new Float32Array(KV * (P + added) * d);
+    for (let h = 0; h < KV; h++) {
+      out.set(a.subarray(h * P * d, (h + 1) * P * d), h * (P + added) * d);
+      out.set(b.subarray(h * added * d, (h + 1) * added * d), h * (P + added) * d + P * d);
+    }
+    return out;
+  };
+  return {
+    length: P + added,
+    keys: past.keys.map((k, l) => join(k, newKeys[l]!)),
+    values: past.values.map((v, l) => join(v, newValues[l]!)),
+  };
+}
+
+export function argmax(x: ArrayLike<number>, offset = 0, length = x.length - offset): number {
+  let best = 0;
+  for (let i = 1; i < length; i++) if (x[offset + i]! > x[offset + best]!) best = i;
+  return best;
+}
