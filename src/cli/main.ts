@@ -1,0 +1,20 @@
+/** The `arm` command. */
+import { Command } from 'commander';
+import { registerModelCommands } from './model-commands.js';
+
+export function buildProgram(): Command {
+  const program = new Command('arm')
+    .description('Activation Reward Models on local Hugging Face language models')
+    .showHelpAfterError();
+  registerModelCommands(program);
+  return program;
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (e) {
+    process.stderr.write(`arm: ${(e as Error).message}\n`);
+    process.exitCode = 1;
+  }
+}
