@@ -5,6 +5,10 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { Rng } from '../src/util/rng.js';
+import { writeSafetensors, type WritableTensor } from '../src/model/safetensors.js';
+
+export { Rng };
 
 export const SHARED_STORIES = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../shared/models/stories260K');
 
@@ -26,27 +30,6 @@ export interface RandomCheckpointOptions {
   chatTemplate?: string;
   /** Split weights into this many shards with an index file. */
   shards?: number;
-}
-
-/** A small seeded PRNG (mulberry32) with Box–Muller normals. */
-export class Rng {
-  private s: number;
-  private spare: number | null = null;
-  constructor(seed: number) { this.s = seed >>> 0; }
-  uniform(): number {
-    this.s = (this.s + 0x6d2b79f5) >>> 0;
-    let t = this.s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  normal(): number {
-    if (this.spare !== null) { const v = this.spare; this.spare = null; return v; }
-    const u = Math.max(this.uniform(), 1e-12), v = this.uniform();
-    const r = Math.sqrt(-2 * Math.log(u));
-    this.spare = r * Math.sin(2 * Math.PI * v);
-    return r * Math.cos(2 * Math.PI * v);
-  }
 }
 
 /** Tensor names and shapes of a Llama-family checkpoint with this config (HF layout). */
@@ -90,7 +73,7 @@ export function writeRandomCheckpoint(dir: string, config: HfConfig, opts: Rando
   for (let s = 0; s < shardCount; s++) {
     const part = layout.slice(s * perShard, (s + 1) * perShard);
     const file = shardCount === 1 ? 'model.safetensors' : `model-${String(s + 1).padStart(5, '0')}-of-${String(shardCount).padStart(5, '0')}.safetensors`;
-    writeSafetensors(path.join(dir, file), part.map(([name, shape]) => {
+    writeSafetensors(path.join(dir, file), part.map(([name, shape]): WritableTensor => {
       const isNorm = name.endsWith('norm.weight');
       const isBias = name.endsWith('.bias');
       const n = shape.reduce((a, b) => a * b, 1);
@@ -99,31 +82,11 @@ export function writeRandomCheckpoint(dir: string, config: HfConfig, opts: Rando
       const rounded = roundTo(values, dtype);
       if (opts.keep) kept.set(name, rounded);
       weightMap[name] = file;
-      return { name, shape, values: rounded };
-    }), dtype);
+      return { name, shape, dtype, bytes: encode(rounded, dtype) };
+    }));
   }
   if (shardCount > 1) fs.writeFileSync(path.join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 2));
   return kept;
-}
-
-/** A minimal safetensors writer (8-byte length, JSON header padded to 8 bytes, contiguous data). */
-export function writeSafetensors(file: string, tensors: { name: string; shape: number[]; values: Float32Array }[], dtype: DType = 'F32'): void {
-  const bpe = dtype === 'F32' ? 4 : 2;
-  const header: Record<string, unknown> = { __metadata__: { format: 'pt' } };
-  let offset = 0;
-  for (const t of tensors) {
-    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + t.values.length * bpe] };
-    offset += t.values.length * bpe;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (json.length % 8)) % 8);
-  const fd = fs.openSync(file, 'w');
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-  fs.writeSync(fd, len);
-  fs.writeSync(fd, json);
-  for (const t of tensors) fs.writeSync(fd, encode(t.values, dtype));
-  fs.closeSync(fd);
 }
 
 function encode(values: Float32Array, dtype: DType): Uint8Array {

@@ -28,7 +28,15 @@ export class SafetensorsCheckpoint {
     readonly dir: string,
     private readonly shards: ShardFile[],
     private readonly tensors: Map<string, TensorInfo & { fd: number }>,
+    /** The `__metadata__` map of the first shard. */
+    readonly metadata: Record<string, string>,
   ) {}
+
+  /** Opens one safetensors file. */
+  static openFile(file: string): SafetensorsCheckpoint {
+    if (!fs.existsSync(file)) throw new ModelError(`${file}: no such file`);
+    return SafetensorsCheckpoint.openFiles(path.dirname(file), [file]);
+  }
 
   /** Opens `dir/model.safetensors`, or the shards listed by `dir/model.safetensors.index.json`. */
   static open(dir: string): SafetensorsCheckpoint {
@@ -47,13 +55,20 @@ export class SafetensorsCheckpoint {
     } else {
       throw new ModelError(`${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`);
     }
+    return SafetensorsCheckpoint.openFiles(dir, files);
+  }
+
+  private static openFiles(dir: string, files: string[]): SafetensorsCheckpoint {
     const shards: ShardFile[] = [];
+    let metadata: Record<string, string> = {};
     const tensors = new Map<string, TensorInfo & { fd: number }>();
     try {
       for (const file of files) {
         const shard = openShard(file);
         shards.push(shard);
-        for (const t of parseHeader(shard)) {
+        const parsed = parseHeader(shard);
+        if (shards.length === 1) metadata = parsed.metadata;
+        for (const t of parsed.tensors) {
           if (tensors.has(t.name)) throw new ModelError(`${file}: tensor "${t.name}" also appears in ${tensors.get(t.name)!.file}`);
           tensors.set(t.name, { ...t, fd: shard.fd });
         }
@@ -62,7 +77,7 @@ export class SafetensorsCheckpoint {
       for (const s of shards) fs.closeSync(s.fd);
       throw e;
     }
-    return new SafetensorsCheckpoint(dir, shards, tensors);
+    return new SafetensorsCheckpoint(dir, shards, tensors, metadata);
   }
 
   names(): string[] { return [...this.tensors.keys()]; }
@@ -134,7 +149,7 @@ function openShard(file: string): ShardFile {
   }
 }
 
-function parseHeader(shard: ShardFile): TensorInfo[] {
+function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Record<string, string> } {
   const { file, size, headerBytes } = shard;
   let header: Record<string, unknown>;
   try { header = JSON.parse(headerBytes.toString('utf8')); } catch (e) {
@@ -143,8 +158,12 @@ function parseHeader(shard: ShardFile): TensorInfo[] {
   if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new ModelError(`${file}: header is not a JSON object`);
   const dataStart = 8 + headerBytes.length;
   const out: TensorInfo[] = [];
+  const metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
-    if (name === '__metadata__') continue;
+    if (name === '__metadata__') {
+      for (const [k, v] of Object.entries((entry ?? {}) as Record<string, unknown>)) if (typeof v === 'string') metadata[k] = v;
+      continue;
+    }
     const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     const where = `${file}: tensor "${name}"`;
     if (typeof e.dtype !== 'string') throw new ModelError(`${where}: field "dtype" is missing`);
@@ -161,7 +180,7 @@ function parseHeader(shard: ShardFile): TensorInfo[] {
     if (dataStart + end > size) throw new ModelError(`${where}: data_offsets end ${end} lies past the end of the file (${size - dataStart} data bytes)`);
     out.push({ name, dtype: e.dtype as TensorInfo['dtype'], shape: e.shape as number[], file, start: dataStart + begin, byteLength: end - begin });
   }
-  return out;
+  return { tensors: out, metadata };
 }
 
 function toFloat32(raw: Buffer, dtype: TensorInfo['dtype']): Float32Array {
@@ -192,4 +211,39 @@ export function halfToFloat(h: number): number {
   if (exp === 0) return sign * frac * 2 ** -24;
   if (exp === 0x1f) return frac ? NaN : sign * Infinity;
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+export interface WritableTensor { name: string; shape: number[]; dtype: TensorInfo['dtype']; bytes: Uint8Array }
+
+/**
+ * Writes a safetensors file (8-byte header length, JSON header padded to 8 bytes, contiguous data) through
+ * a temporary file renamed into place, so a reader never sees a half-written file.
+ */
+export function writeSafetensors(file: string, tensors: WritableTensor[], metadata: Record<string, string> = {}): void {
+  const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
+  let offset = 0;
+  for (const t of tensors) {
+    header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + t.bytes.length] };
+    offset += t.bytes.length;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = fs.openSync(tmp, 'w');
+  try {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+    fs.writeSync(fd, len);
+    fs.writeSync(fd, json);
+    for (const t of tensors) fs.writeSync(fd, t.bytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
+}
+
+/** The `__metadata__` string map of a single safetensors file. */
+export function readSafetensorsMetadata(file: string): Record<string, string> {
+  const ckpt = SafetensorsCheckpoint.openFile(file);
+  try { return ckpt.metadata; } finally { ckpt.close(); }
 }

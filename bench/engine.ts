@@ -1,0 +1,384 @@
+/**
+ * Engine benchmark on a random checkpoint with the Qwen2.5-0.5B shape (fp32). `npm run bench:engine`.
+ *
+ * Figures (all from one run; the last stdout line is one JSON object with them):
+ *   coldBuildS        first Decoder.load into a fresh cache dir (safetensors → model.onnx + weights.bin, then
+ *                     the onnxruntime session), in its own process.
+ *   cachedLoadS       a second Decoder.load on the same cache dir, in a new process (weights.bin is in the
+ *                     page cache by then: this is a warm-cache load).
+ *   forwardEfficiency model FLOP/s of a batch-1, 256-token Decoder.forward divided by the FLOP/s of a plain
+ *                     onnxruntime MatMul [256,896]·[896,4864] (weight as an initializer, same thread count).
+ *   sharedStepSpeedup 32 × (one batch-1 256-token forward) / (one Decoder.stepShared with 32 patch rows after a
+ *                     255-token prefill). The 32 forwards are extrapolated from one, not run.
+ *   rssOverWeights    peak RSS of the process that loads from cache and runs everything above, divided by
+ *                     Decoder.weightBytes (fp32 weights.bin).
+ *
+ * The parent process only orchestrates: the checkpoint writer, the cold build, the cached run and the MatMul
+ * reference each run in a child process (this script with a mode argument), so no figure is polluted by
+ * another step's memory or by another session's spinning thread pool.
+ *
+ * Options: --threads N (default: all cores, as Decoder.load), --keep-cache (keep the fresh cache dir this run
+ * builds; by default the bench removes that one folder, which it created itself, at the end).
+ * The random checkpoint (~2 GB) stays in os.tmpdir() keyed by its config and is reused by later runs.
+ */
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import cliProgress from 'cli-progress';
+import { specFromConfig, type ModelSpec } from '../src/model/spec.js';
+import { checkpointLayout, Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
+
+const SCRIPT = fileURLToPath(import.meta.url);
+
+/** Qwen2.5-0.5B's shape; the values are random. */
+const CONFIG: HfConfig = {
+  model_type: 'qwen2', hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14,
+  num_key_value_heads: 2, head_dim: 64, vocab_size: 151936, tie_word_embeddings: true, rope_theta: 1000000,
+  rms_norm_eps: 1e-6, max_position_embeddings: 4096,
+};
+const CKPT_OPTS = { seed: 0, dtype: 'F32', std: 0.02 } as const; // std 0.02: HF's initializer_range
+
+const SEQ = 256;          // forward length
+const PATCH_ROWS = 32;    // stepShared batch
+const FORWARD = { warmup: 2, reps: 5 };
+const STEP = { warmup: 2, reps: 9 };
+const MATMUL = { warmup: 3, reps: 15 };
+const REF_MATMUL: [number, number, number] = [SEQ, 896, 4864]; // [M, K, N]
+
+const GOALS = { forwardEfficiency: 0.75, sharedStepSpeedup: 50, rssOverWeights: 1.3 };
+
+// ---------------------------------------------------------------- shared helpers
+
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2; };
+const seconds = (t0: number) => (performance.now() - t0) / 1000;
+const maxRssKiB = () => process.resourceUsage().maxRSS;
+
+/** Child → parent protocol on stdout: `progress <done> <total> <what>` lines, then one `result <json>` line. */
+function emitProgress(done: number, total: number, what: string): void { fs.writeSync(1, `progress ${done} ${total} ${what}\n`); }
+function emitResult(result: unknown): void { fs.writeSync(1, `result ${JSON.stringify(result)}\n`); }
+
+/**
+ * Model FLOPs of one Decoder run: rows × S new tokens after a shared past of P tokens.
+ * linear: 2·(params of every per-layer matrix)·tokens; attention: q·kᵀ and p·v over the S×(P+S) block the
+ * graph computes (masked entries included; causal-only would halve it); lm_head: 2·D·V per row, last
+ * position only. Norms, RoPE, softmax, biases and the embedding gather are not counted.
+ */
+function modelFlops(spec: ModelSpec, rows: number, S: number, P = 0) {
+  const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: d, numLayers: L, vocabSize: V } = spec;
+  const paramsPerLayer = D * (H + 2 * KV) * d + H * d * D + D * 2 * F + F * D;
+  const linear = 2 * paramsPerLayer * L * rows * S;
+  const attention = L * rows * H * 2 * (2 * S * (P + S) * d);
+  const lmHead = 2 * D * V * rows;
+  return { linear, attention, lmHead, total: linear + attention + lmHead, paramsPerLayer };
+}
+
+// ---------------------------------------------------------------- child modes
+
+interface ChildArgs { ckptDir: string; cacheDir: string; threads: number }
+
+async function childWriteCheckpoint(a: { ckptDir: string }): Promise<void> {
+  const total = checkpointLayout(CONFIG).reduce((n, [, shape]) => n + shape.reduce((x, y) => x * y, 1), 0);
+  // Progress without touching tools/: every value writeRandomCheckpoint draws is one Rng.normal() call.
+  let drawn = 0;
+  const normal = Rng.prototype.normal;
+  Rng.prototype.normal = function (this: Rng) {
+    if ((++drawn & 0x3fffff) === 0) emitProgress(drawn, total, 'values');
+    return normal.call(this);
+  };
+  const t0 = performance.now();
+  writeRandomCheckpoint(a.ckptDir, CONFIG, CKPT_OPTS);
+  const writeS = seconds(t0);
+  fs.writeFileSync(path.join(a.ckptDir, '.complete'), JSON.stringify({ config: CONFIG, ...CKPT_OPTS, writeS }, null, 2));
+  emitProgress(total, total, 'values');
+  emitResult({ writeS });
+}
+
+async function childColdBuild(a: ChildArgs): Promise<void> {
+  const { Decoder } = await import('../src/model/decoder.js');
+  const rssBeforeKiB = maxRssKiB();
+  const t0 = performance.now();
+  const dec = await Decoder.load(a.ckptDir, {
+    cacheDir: a.cacheDir, threads: a.threads, quiet: true,
+    onBuildProgress: (done, total, what) => emitProgress(done, total, what),
+  });
+  const loadS = seconds(t0);
+  if (!dec.info.built) throw new Error(`cold build: ${a.cacheDir} already held the model; the cache dir was not fresh`);
+  emitResult({ loadS, buildS: dec.info.buildSeconds, sessionS: dec.info.loadSeconds, rssBeforeKiB, maxRssKiB: maxRssKiB(), weightBytes: dec.weightBytes });
+  await dec.dispose();
+}
+
+async function childCachedRun(a: ChildArgs): Promise<void> {
+  const { Decoder } = await import('../src/model/decoder.js');
+  const rssBeforeKiB = maxRssKiB();
+  const t0 = performance.now();
+  const dec = await Decoder.load(a.ckptDir, { cacheDir: a.cacheDir, threads: a.threads, quiet: true });
+  const loadS = seconds(t0);
+  if (dec.info.built) throw new Error('cached load rebuilt the model; the cache entry from the cold build was not found');
+  const rssAfterLoadKiB = maxRssKiB();
+  const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = dec.spec;
+
+  const rng = new Rng(1234);
+  const ids = Array.from({ length: SEQ }, () => Math.floor(rng.uniform() * V));
+  const totalRuns = FORWARD.warmup + FORWARD.reps + 2 + STEP.warmup + STEP.reps * 2;
+  let done = 0;
+  const timed = async <T>(what: string, fn: () => Promise<T>): Promise<[T, number]> => {
+    const t = performance.now();
+    const r = await fn();
+    const ms = performance.now() - t;
+    emitProgress(++done, totalRuns, what);
+    return [r, ms];
+  };
+
+  // Full forward, batch 1, 256 tokens.
+  const forwardMs: number[] = [];
+  let finite = true;
+  for (let i = 0; i < FORWARD.warmup + FORWARD.reps; i++) {
+    const [out, ms] = await timed('forward 1×256', () => dec.forward([ids]));
+    if (i === 0) finite &&= out.logits.every(Number.isFinite);
+    if (i >= FORWARD.warmup) forwardMs.push(ms);
+  }
+  const rssAfterForwardKiB = maxRssKiB();
+
+  // Prefill 255 tokens (twice: the first run also warms the past > 0 shapes), then shared-prefix steps.
+  const prefillMs: number[] = [];
+  let kv = await dec.prefill(ids.slice(0, SEQ - 1));
+  for (let i = 0; i < 2; i++) {
+    const [k, ms] = await timed('prefill 255', () => dec.prefill(ids.slice(0, SEQ - 1)));
+    kv = k;
+    prefillMs.push(ms);
+  }
+  const mask = Float32Array.from({ length: PATCH_ROWS * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
+  const values = Float32Array.from({ length: L * H * d }, () => rng.normal());
+  const stepMs: number[] = [];
+  for (let i = 0; i < STEP.warmup + STEP.reps; i++) {
+    const [out, ms] = await timed(`stepShared ${PATCH_ROWS} rows`, () => dec.stepShared(kv, ids[SEQ - 1]!, { mask, values }));
+    if (i === 0) finite &&= out.logits.every(Number.isFinite) && out.batchSize === PATCH_ROWS;
+    if (i >= STEP.warmup) stepMs.push(ms);
+  }
+  // For context: one batch-1 decode step (extend by 1 token) after the same prefix.
+  const decodeMs: number[] = [];
+  for (let i = 0; i < STEP.reps; i++) decodeMs.push((await timed('extend 1 token', () => dec.extend(kv, [ids[SEQ - 1]!])))[1]);
+
+  emitResult({
+    loadS, sessionS: dec.info.loadSeconds, weightBytes: dec.weightBytes, finite,
+    forwardMs: median(forwardMs), forwardAllMs: forwardMs,
+    prefillMs: median(prefillMs), stepSharedMs: median(stepMs), stepSharedAllMs: stepMs, decodeStepMs: median(decodeMs),
+    rssBeforeKiB, rssAfterLoadKiB, rssAfterForwardKiB, maxRssKiB: maxRssKiB(),
+  });
+  await dec.dispose();
+}
+
+/** A one-node ONNX model y = x·W (or x·Wᵀ as Gemm with transB) with W as an in-memory initializer. */
+async function matmulModel(M: number, K: number, N: number, transB: boolean, rng: Rng): Promise<Uint8Array> {
+  const { encodeModel, OnnxDType, OnnxAttrType } = await import('../src/model/onnx/proto.js');
+  const w = new Float32Array(K * N);
+  for (let i = 0; i < w.length; i++) w[i] = 0.02 * (rng.uniform() * 2 - 1);
+  const tensorType = (dims: number[]) => ({ tensor_type: { elem_type: OnnxDType.FLOAT, shape: { dim: dims.map((v) => ({ dim_value: v })) } } });
+  return encodeModel({
+    ir_version: 8, producer_name: 'arm-bench', opset_import: [{ domain: '', version: 18 }],
+    graph: {
+      name: 'matmul',
+      node: [transB
+        ? { op_type: 'Gemm', name: 'gemm', input: ['x', 'w'], output: ['y'], attribute: [{ name: 'transB', type: OnnxAttrType.INT, i: 1 }] }
+        : { op_type: 'MatMul', name: 'matmul', input: ['x', 'w'], output: ['y'] }],
+      initializer: [{ name: 'w', dims: transB ? [N, K] : [K, N], data_type: OnnxDType.FLOAT, raw_data: new Uint8Array(w.buffer) }],
+      input: [{ name: 'x', type: tensorType([M, K]) }],
+      output: [{ name: 'y', type: tensorType([M, N]) }],
+    },
+  });
+}
+
+/** Plain onnxruntime MatMul/Gemm throughput for the reference shape and for the decoder's own matrix shapes. */
+async function childMatmul(a: { threads: number }): Promise<void> {
+  const ort = await import('onnxruntime-node');
+  const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = specFromConfig(CONFIG);
+  const shapes: { key: string; M: number; K: number; N: number; transB?: boolean }[] = [
+    { key: 'reference', M: REF_MATMUL[0], K: REF_MATMUL[1], N: REF_MATMUL[2] },
+    ...[SEQ, PATCH_ROWS].flatMap((M) => [
+      { key: `qkv@${M}`, M, K: D, N: (H + 2 * KV) * d },
+      { key: `o@${M}`, M, K: H * d, N: D },
+      { key: `gate_up@${M}`, M, K: D, N: 2 * F },
+      { key: `down@${M}`, M, K: F, N: D },
+    ]),
+    { key: 'lm_head@1', M: 1, K: D, N: V, transB: true },
+    { key: `lm_head@${PATCH_ROWS}`, M: PATCH_ROWS, K: D, N: V, transB: true },
+  ];
+  const rng = new Rng(99);
+  const results: Record<string, { ms: number; gflops: number }> = {};
+  let done = 0;
+  for (const s of shapes) {
+    const session = await ort.InferenceSession.create(await matmulModel(s.M, s.K, s.N, !!s.transB, rng), {
+      intraOpNumThreads: a.threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential',
+    });
+    const x = new ort.Tensor('float32', Float32Array.from({ length: s.M * s.K }, () => rng.normal()), [s.M, s.K]);
+    const times: number[] = [];
+    for (let i = 0; i < MATMUL.warmup + MATMUL.reps; i++) {
+      const t = performance.now();
+      const out = await session.run({ x });
+      const ms = performance.now() - t;
+      out.y!.dispose();
+      if (i >= MATMUL.warmup) times.push(ms);
+    }
+    await session.release();
+    const ms = median(times);
+    results[s.key] = { ms, gflops: (2 * s.M * s.K * s.N) / (ms / 1000) / 1e9 };
+    emitProgress(++done, shapes.length, s.key);
+  }
+  emitResult(results);
+}
+
+// ---------------------------------------------------------------- parent
+
+interface Progress { (done: number, total: number, what: string): void }
+
+function runChild<T>(mode: string, args: object, label: string, unit: string): Promise<T> {
+  const bar = new cliProgress.SingleBar({
+    format: `${label.padEnd(22)} [{bar}] {percentage}% | {value}/{total} ${unit} | {duration_formatted} | {what}`,
+    noTTYOutput: true, notTTYSchedule: 10_000, hideCursor: true, barsize: 30,
+  }, cliProgress.Presets.shades_classic);
+  bar.start(1, 0, { what: 'starting' });
+  const onProgress: Progress = (done, total, what) => { bar.setTotal(total); bar.update(done, { what }); };
+  return new Promise<T>((resolve, reject) => {
+    const child = spawn(process.execPath, [...process.execArgv, SCRIPT, mode, JSON.stringify(args)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let result: T | undefined;
+    readline.createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (line.startsWith('progress ')) {
+        const [, done, total, ...what] = line.split(' ');
+        onProgress(Number(done), Number(total), what.join(' '));
+      } else if (line.startsWith('result ')) {
+        result = JSON.parse(line.slice('result '.length)) as T;
+      } else {
+        process.stderr.write(`[${mode}] ${line}\n`);
+      }
+    });
+    child.on('error', (e) => { bar.stop(); reject(e); });
+    child.on('close', (code, signal) => {
+      bar.update({ what: code === 0 ? 'done' : 'failed' });
+      bar.stop();
+      if (code === 0 && result !== undefined) resolve(result);
+      else reject(new Error(`bench child "${mode}" exited with ${signal ?? `code ${code}`}${result === undefined ? ' without a result' : ''}`));
+    });
+  });
+}
+
+function machine() {
+  const cpuModel = (() => {
+    try { return fs.readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.+)$/m)?.[1]?.trim() ?? os.cpus()[0]?.model ?? '?'; } catch { return os.cpus()[0]?.model ?? '?'; }
+  })();
+  return { nproc: os.availableParallelism(), cpuModel, totalMemGiB: +(os.totalmem() / 2 ** 30).toFixed(1), node: process.version, platform: `${os.platform()} ${os.arch()}`, date: new Date().toISOString() };
+}
+
+async function main(argv: string[]): Promise<void> {
+  const threadsArg = argv.indexOf('--threads');
+  const threads = threadsArg >= 0 ? Number(argv[threadsArg + 1]) : os.availableParallelism();
+  if (!Number.isInteger(threads) || threads < 1) throw new Error('--threads needs a positive integer');
+  const keepCache = argv.includes('--keep-cache');
+  const spec = specFromConfig(CONFIG);
+  const m = machine();
+  const tStart = performance.now();
+  console.error(`engine bench: Qwen2.5-0.5B shape (qwen2, ${spec.numLayers} layers, ${spec.numHeads}/${spec.numKvHeads} heads, d ${spec.headDim}, D ${spec.hiddenSize}, F ${spec.intermediateSize}, V ${spec.vocabSize}), fp32, ${threads} threads`);
+  console.error(`machine: ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, node ${m.node}`);
+
+  // 1. The random checkpoint, reused across runs (keyed by config and generator options).
+  const key = createHash('sha256').update(JSON.stringify({ CONFIG, CKPT_OPTS })).digest('hex').slice(0, 12);
+  const ckptDir = path.join(os.tmpdir(), `arm-bench-ckpt-qwen2.5-0.5b-shape-${key}`);
+  let checkpointWriteS: number | null = null;
+  if (fs.existsSync(path.join(ckptDir, '.complete'))) {
+    console.error(`checkpoint: reusing ${ckptDir}`);
+  } else {
+    console.error(`checkpoint: writing ${ckptDir} (~2 GB, once; later runs reuse it)`);
+    checkpointWriteS = (await runChild<{ writeS: number }>('write-checkpoint', { ckptDir }, 'random checkpoint', 'values')).writeS;
+  }
+
+  // 2. Cold build into a fresh cache dir, then 3. a cached load + measurements in a new process.
+  const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-cache-'));
+  let cold: { loadS: number; buildS: number; sessionS: number; maxRssKiB: number; weightBytes: number };
+  let run: {
+    loadS: number; sessionS: number; weightBytes: number; finite: boolean; forwardMs: number; forwardAllMs: number[]; prefillMs: number;
+    stepSharedMs: number; stepSharedAllMs: number[]; decodeStepMs: number; rssBeforeKiB: number; rssAfterLoadKiB: number; rssAfterForwardKiB: number; maxRssKiB: number;
+  };
+  try {
+    cold = await runChild('cold-build', { ckptDir, cacheDir, threads } satisfies ChildArgs, 'cold build', 'weights');
+    run = await runChild('cached-run', { ckptDir, cacheDir, threads } satisfies ChildArgs, 'cached load + runs', 'runs');
+  } finally {
+    if (!keepCache) fs.rmSync(cacheDir, { recursive: true, force: true }); // the fresh dir this run created, nothing else
+  }
+  if (!run.finite) console.error('warning: non-finite logits from the random model');
+
+  // 4. Plain onnxruntime MatMul throughput, same thread count, separate process.
+  const mm = await runChild<Record<string, { ms: number; gflops: number }>>('matmul', { threads }, 'onnxruntime MatMul', 'shapes');
+
+  // ---- figures
+  const fwdFlops = modelFlops(spec, 1, SEQ);
+  const forwardGflops = fwdFlops.total / (run.forwardMs / 1000) / 1e9;
+  const refGflops = mm.reference!.gflops;
+  const forwardEfficiency = forwardGflops / refGflops;
+  const stepFlops = modelFlops(spec, PATCH_ROWS, 1, SEQ - 1);
+  const sharedStepSpeedup = (PATCH_ROWS * run.forwardMs) / run.stepSharedMs;
+  const rssOverWeights = (run.maxRssKiB * 1024) / run.weightBytes;
+  // What the same matrices cost as lone MatMuls: a floor for the graph (everything but matrix products is extra).
+  const matmulFloorMs = (M: number) => spec.numLayers * (['qkv', 'o', 'gate_up', 'down'] as const).reduce((t, k) => t + mm[`${k}@${M}`]!.ms, 0);
+  const forwardFloorMs = matmulFloorMs(SEQ) + mm['lm_head@1']!.ms;
+  const stepFloorMs = matmulFloorMs(PATCH_ROWS) + mm[`lm_head@${PATCH_ROWS}`]!.ms;
+  const MiB = (kib: number) => (kib / 1024).toFixed(0);
+  const r = (x: number, n = 2) => +x.toFixed(n);
+
+  const rows: [string, string, string, string][] = [
+    ['coldBuildS', `${r(cold.loadS, 1)} s`, '', `first Decoder.load, fresh cache (convert ${r(cold.buildS, 1)} s + session ${r(cold.sessionS, 1)} s)`],
+    ['cachedLoadS', `${r(run.loadS, 2)} s`, '', `second Decoder.load, new process, warm page cache (session ${r(run.sessionS, 2)} s)`],
+    ['forwardMs', `${r(run.forwardMs, 0)} ms`, '', `Decoder.forward batch 1 × ${SEQ} tokens, median of ${FORWARD.reps}`],
+    ['forwardGflopPerS', `${r(forwardGflops, 1)}`, '', `${r(fwdFlops.total / 1e9, 1)} GFLOP (linear ${r(fwdFlops.linear / 1e9, 1)}, attention ${r(fwdFlops.attention / 1e9, 2)}, lm_head ${r(fwdFlops.lmHead / 1e9, 2)}) / forwardMs`],
+    ['matmulGflopPerS', `${r(refGflops, 1)}`, '', `onnxruntime MatMul [${REF_MATMUL[0]},${REF_MATMUL[1]}]·[${REF_MATMUL[1]},${REF_MATMUL[2]}], ${r(mm.reference!.ms, 2)} ms, median of ${MATMUL.reps}`],
+    ['forwardEfficiency', `${r(forwardEfficiency, 3)}`, `≥ ${GOALS.forwardEfficiency}`, 'forwardGflopPerS / matmulGflopPerS'],
+    ['forwardMatmulFloorMs', `${r(forwardFloorMs, 0)} ms`, '', `the forward's matrices as lone MatMuls (24 × qkv,o,gate_up,down @${SEQ} + lm_head @1)`],
+    ['prefillMs', `${r(run.prefillMs, 0)} ms`, '', `Decoder.prefill of ${SEQ - 1} tokens (returns the KV cache)`],
+    ['stepSharedMs', `${r(run.stepSharedMs, 1)} ms`, '', `Decoder.stepShared, ${PATCH_ROWS} patch rows after ${SEQ - 1}-token prefix, median of ${STEP.reps} (${r(stepFlops.total / (run.stepSharedMs / 1000) / 1e9, 1)} GFLOP/s)`],
+    ['stepMatmulFloorMs', `${r(stepFloorMs, 1)} ms`, '', `the step's matrices as lone MatMuls (24 × qkv,o,gate_up,down @${PATCH_ROWS} + lm_head @${PATCH_ROWS})`],
+    ['sharedStepSpeedup', `${r(sharedStepSpeedup, 1)}`, `≥ ${GOALS.sharedStepSpeedup}`, `${PATCH_ROWS} × forwardMs / stepSharedMs (32 forwards extrapolated from one)`],
+    ['decodeStepMs', `${r(run.decodeStepMs, 1)} ms`, '', `Decoder.extend by 1 token after ${SEQ - 1}, batch 1 (context)`],
+    ['peakRssMiB', `${MiB(run.maxRssKiB)} MiB`, '', `maxRSS of the cached-run process (before load ${MiB(run.rssBeforeKiB)}, after load ${MiB(run.rssAfterLoadKiB)}, after forwards ${MiB(run.rssAfterForwardKiB)})`],
+    ['weightsMiB', `${(run.weightBytes / 2 ** 20).toFixed(0)} MiB`, '', 'Decoder.weightBytes (fp32 weights.bin)'],
+    ['rssOverWeights', `${r(rssOverWeights, 3)}`, `≤ ${GOALS.rssOverWeights}`, 'peakRss / weightBytes'],
+    ['coldBuildPeakRssMiB', `${MiB(cold.maxRssKiB)} MiB`, '', 'maxRSS of the cold-build process'],
+  ];
+  const status = (name: string, value: number) => {
+    const goal = GOALS[name as keyof typeof GOALS];
+    if (goal === undefined) return '';
+    return (name === 'rssOverWeights' ? value <= goal : value >= goal) ? 'ok' : 'MISS';
+  };
+  const values: Record<string, number> = { forwardEfficiency, sharedStepSpeedup, rssOverWeights };
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)));
+  console.log(`\nEngine bench — ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, ${threads} threads, ${m.date}`);
+  for (const [name, value, goal, meaning] of rows) {
+    console.log(`${name.padEnd(w[0]!)}  ${value.padStart(w[1]!)}  ${goal.padEnd(w[2]!)}  ${status(name, values[name] ?? NaN).padEnd(4)}  ${meaning}`);
+  }
+  console.log('matmul shapes (ms, GFLOP/s): ' + Object.entries(mm).map(([k, v]) => `${k} ${r(v.ms, 2)}/${r(v.gflops, 0)}`).join(', '));
+  console.log(`total bench time ${r(seconds(tStart), 0)} s${checkpointWriteS !== null ? ` (checkpoint written in ${r(checkpointWriteS, 0)} s)` : ''}`);
+
+  console.log(JSON.stringify({
+    forwardEfficiency: r(forwardEfficiency, 3), sharedStepSpeedup: r(sharedStepSpeedup, 1), rssOverWeights: r(rssOverWeights, 3),
+    coldBuildS: r(cold.loadS, 2), cachedLoadS: r(run.loadS, 2),
+    forwardMs: r(run.forwardMs, 1), forwardGflopPerS: r(forwardGflops, 1), matmulGflopPerS: r(refGflops, 1), forwardGflop: r(fwdFlops.total / 1e9, 2),
+    forwardMatmulFloorMs: r(forwardFloorMs, 1), prefillMs: r(run.prefillMs, 1), stepSharedMs: r(run.stepSharedMs, 1), stepMatmulFloorMs: r(stepFloorMs, 1),
+    decodeStepMs: r(run.decodeStepMs, 1), peakRssKiB: run.maxRssKiB, weightBytes: run.weightBytes, coldBuildPeakRssKiB: cold.maxRssKiB,
+    convertS: r(cold.buildS, 2), coldSessionS: r(cold.sessionS, 2), cachedSessionS: r(run.sessionS, 2),
+    checkpointWriteS: checkpointWriteS === null ? null : r(checkpointWriteS, 1), finiteLogits: run.finite,
+    threads, nproc: m.nproc, cpu: m.cpuModel, totalMemGiB: m.totalMemGiB, node: m.node, date: m.date,
+  }));
+}
+
+// ---------------------------------------------------------------- entry
+
+const [mode, rawArgs] = process.argv.slice(2);
+const CHILDREN: Record<string, (a: never) => Promise<void>> = {
+  'write-checkpoint': childWriteCheckpoint, 'cold-build': childColdBuild, 'cached-run': childCachedRun, matmul: childMatmul,
+};
+const child = mode !== undefined ? CHILDREN[mode] : undefined;
+(child ? child(JSON.parse(rawArgs ?? '{}') as never) : main(process.argv.slice(2))).catch((e) => {
+  console.error(e instanceof Error ? (e.stack ?? e.message) : e);
+  process.exit(1);
+});
