@@ -1,0 +1,126 @@
+/**
+ * Judge prompts. A JudgeItem is what the model is asked about (placeholders to fill) plus the index of the
+ * correct answer word. The scalar template asks Yes/No about one response; the ranked template asks A/B
+ * about two. Prompts go through the model's chat template when it has one (demonstrations as earlier
+ * user/assistant turns), and through a plain "Answer:" format when it has none.
+ */
+import type { Tokenizer } from '../model/tokenizer.js';
+import { promptText, type Prompt } from '../data/examples.js';
+
+export type TemplateKind = 'scalar' | 'ranked';
+
+export const DEFAULT_TEMPLATES: Readonly<Record<TemplateKind, string>> = Object.freeze({
+  scalar: 'Prompt: {prompt}\nResponse: {response}\nDoes this response meet the specified criteria? Answer with Yes or No.',
+  ranked: 'Prompt: {prompt}\nResponse A: {response_a}\nResponse B: {response_b}\nWhich response is better? Answer with A or B.',
+});
+export const ANSWER_WORDS: Readonly<Record<TemplateKind, readonly [string, string]>> = Object.freeze({ scalar: ['Yes', 'No'], ranked: ['A', 'B'] });
+const PLACEHOLDERS: Readonly<Record<TemplateKind, readonly string[]>> = Object.freeze({ scalar: ['prompt', 'response'], ranked: ['prompt', 'response_a', 'response_b'] });
+
+export interface TemplateSpec {
+  kind: TemplateKind;
+  text: string;
+  /** true: render through the tokenizer's chat template; false: plain text. */
+  chat: boolean;
+}
+
+/** One judged question: `prompt` may be truncated from its start; the other fields never are. */
+export interface JudgeItem {
+  id: string;
+  prompt: Prompt;
+  fields: Record<string, string>; // response | response_a, response_b
+  answer: 0 | 1;                  // index into ANSWER_WORDS[kind]
+}
+
+export function makeTemplate(kind: TemplateKind, opts: { text?: string; chat?: boolean | 'auto' }, tokenizer: Tokenizer): TemplateSpec {
+  const text = opts.text ?? DEFAULT_TEMPLATES[kind];
+  for (const p of PLACEHOLDERS[kind]) {
+    if (!text.includes(`{${p}}`)) throw new Error(`template: the ${kind} template needs a {${p}} placeholder`);
+  }
+  const chat = opts.chat === undefined || opts.chat === 'auto' ? tokenizer.hasChatTemplate : opts.chat;
+  if (chat && !tokenizer.hasChatTemplate) throw new Error('template: --chat was asked for but the tokenizer has no chat_template');
+  return { kind, text, chat };
+}
+
+/** Fills placeholders in one pass, so text inside a prompt that looks like {response} is left alone. */
+export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: string): string {
+  const values: Record<string, string> = { ...item.fields, prompt: promptOverride ?? promptText(item.prompt) };
+  return template.text.replace(/\{(prompt|response|response_a|response_b)\}/g, (m, key: string) => values[key] ?? m);
+}
+
+interface Rendered { ids: number[]; truncatedTokens: number }
+
+/**
+ * Token ids of `demos` (shown with their answers) followed by `query` (answer left out). When the total
+ * exceeds `maxLength`, prompts are cut from their start, the longest prompt first; responses and the
+ * question never are. Throws when even empty prompts do not fit.
+ */
+export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): Rendered {
+  const items = [...demos, query];
+  const prompts = items.map((it) => promptText(it.prompt));
+  const promptIds = prompts.map((p) => tokenizer.encode(p, { addSpecialTokens: false }));
+  const keep = promptIds.map((p) => p.length); // tokens kept from the end of each prompt
+  const texts = () => items.map((it, i) => fill(template, it, keep[i] === promptIds[i]!.length ? prompts[i] : tokenizer.decode(promptIds[i]!.slice(promptIds[i]!.length - keep[i]!), { skipSpecialTokens: false })));
+  let truncated = 0;
+  for (let attempt = 0; ; attempt++) {
+    const ids = assemble(tokenizer, template, items, texts());
+    const over = ids.length - maxLength;
+    if (over <= 0) return { ids, truncatedTokens: truncated };
+    const longest = keep.reduce((best, k, i) => (k > keep[best]! ? i : best), 0);
+    if (keep[longest] === 0 || attempt > 4 * items.length + 16) {
+      throw new Error(`item ${query.id}: ${ids.length} tokens exceed --max-length ${maxLength} even with its prompt${items.length > 1 ? 's' : ''} removed`);
+    }
+    const cut = Math.min(keep[longest]!, over + 2); // a little slack: re-tokenising at the cut can merge differently
+    keep[longest]! -= cut;
+    truncated += cut;
+  }
+}
+
+function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem[], texts: string[]): number[] {
+  const words = ANSWER_WORDS[template.kind];
+  const last = items.length - 1;
+  if (template.chat) {
+    const messages = items.flatMap((it, i) => i === last
+      ? [{ role: 'user', content: texts[i]! }]
+      : [{ role: 'user', content: texts[i]! }, { role: 'assistant', content: words[it.answer]! }]);
+    return tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+  }
+  const text = items.map((it, i) => (i === last ? `${texts[i]}\nAnswer:` : `${texts[i]}\nAnswer: ${words[it.answer]}`)).join('\n\n');
+  return tokenizer.encode(text);
+}
+
+export interface AnswerTokens {
+  /** The token whose probability is the reward / whose loss REINFORCE minimises, per answer word. */
+  primary: [number, number];
+  /** First tokens of the case/space variants of each word ("Yes", " Yes", "yes", …), disjoint between the two. */
+  variants: [number[], number[]];
+  /** How each was found, for the criterion file and the CLI. */
+  strings: [string, string];
+}
+
+/**
+ * Resolves answer tokens as the model will see them: the first token that follows the rendered query when
+ * the answer word is appended (as the assistant turn in chat, after "Answer:" in plain text).
+ */
+export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec, probe: JudgeItem): AnswerTokens {
+  const words = ANSWER_WORDS[template.kind];
+  const base = assemble(tokenizer, template, [probe], [fill(template, probe)]);
+  const firstAfter = (word: string): number => {
+    const text = template.chat
+      ? tokenizer.renderChat([{ role: 'user', content: fill(template, probe) }], { addGenerationPrompt: true }) + word
+      : `${fill(template, probe)}\nAnswer:${word}`;
+    const ids = template.chat ? tokenizer.encode(text, { addSpecialTokens: false }) : tokenizer.encode(text);
+    const samePrefix = ids.length > base.length && base.every((t, i) => ids[i] === t);
+    return samePrefix ? ids[base.length]! : tokenizer.encode(word.trimStart(), { addSpecialTokens: false })[0]!;
+  };
+  const lead = template.chat ? '' : ' ';
+  const primary = [firstAfter(lead + words[0]), firstAfter(lead + words[1])] as [number, number];
+  if (primary[0] === primary[1]) {
+    throw new Error(`template: "${words[0]}" and "${words[1]}" begin with the same token (${primary[0]}) in this tokenizer; use a custom template with other answer words`);
+  }
+  const variantsOf = (w: string) => [...new Set([w, w.toLowerCase(), w.toUpperCase()].flatMap((v) => [firstAfter(v), firstAfter(` ${v}`)]))];
+  const yes = variantsOf(words[0]), no = variantsOf(words[1]);
+  const shared = new Set(yes.filter((t) => no.includes(t)));
+  const variants: [number[], number[]] = [yes.filter((t) => !shared.has(t)), no.filter((t) => !shared.has(t))];
+  for (const [i, p] of primary.entries()) if (!variants[i]!.includes(p)) variants[i]!.unshift(p);
+  return { primary, variants, strings: [lead + words[0], lead + words[1]] };
+}
