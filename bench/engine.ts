@@ -44,9 +44,12 @@ const CKPT_OPTS = { seed: 0, dtype: 'F32', std: 0.02 } as const; // std 0.02: HF
 
 const SEQ = 256;          // forward length
 const PATCH_ROWS = 32;    // stepShared batch
-const FORWARD = { warmup: 2, reps: 5 };
-const STEP = { warmup: 2, reps: 9 };
-const MATMUL = { warmup: 3, reps: 15 };
+const WARMUP = { forward: 2, step: 2 };
+const ROUNDS = 7;            // each: 1 forward, STEPS_PER_ROUND stepShared, 1 decode step
+const STEPS_PER_ROUND = 3;
+const EFF_ROUNDS = 7;        // each: 1 forward, MATMULS_PER_ROUND reference MatMuls
+const MATMULS_PER_ROUND = 7;
+const MATMUL_WARMUP = 5;
 const REF_MATMUL: [number, number, number] = [SEQ, 896, 4864]; // [M, K, N]
 
 const GOALS = { forwardEfficiency: 0.75, sharedStepSpeedup: 50, rssOverWeights: 1.3 };
@@ -113,6 +116,7 @@ async function childColdBuild(a: ChildArgs): Promise<void> {
 
 async function childCachedRun(a: ChildArgs): Promise<void> {
   const { Decoder } = await import('../src/model/decoder.js');
+  const ort = await import('onnxruntime-node');
   const rssBeforeKiB = maxRssKiB();
   const t0 = performance.now();
   const dec = await Decoder.load(a.ckptDir, { cacheDir: a.cacheDir, threads: a.threads, quiet: true });
@@ -123,7 +127,9 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
 
   const rng = new Rng(1234);
   const ids = Array.from({ length: SEQ }, () => Math.floor(rng.uniform() * V));
-  const totalRuns = FORWARD.warmup + FORWARD.reps + 2 + STEP.warmup + STEP.reps * 2;
+  const mask = Float32Array.from({ length: PATCH_ROWS * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
+  const values = Float32Array.from({ length: L * H * d }, () => rng.normal());
+  const totalRuns = WARMUP.forward + 3 + WARMUP.step + 1 + ROUNDS * (1 + STEPS_PER_ROUND + 1) + MATMUL_WARMUP + EFF_ROUNDS * (1 + MATMULS_PER_ROUND);
   let done = 0;
   const timed = async <T>(what: string, fn: () => Promise<T>): Promise<[T, number]> => {
     const t = performance.now();
@@ -132,103 +138,97 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
     emitProgress(++done, totalRuns, what);
     return [r, ms];
   };
-
-  // Full forward, batch 1, 256 tokens.
-  const forwardMs: number[] = [];
+  const forward = () => timed(`forward 1×${SEQ}`, () => dec.forward([ids]));
   let finite = true;
-  for (let i = 0; i < FORWARD.warmup + FORWARD.reps; i++) {
-    const [out, ms] = await timed('forward 1×256', () => dec.forward([ids]));
-    if (i === 0) finite &&= out.logits.every(Number.isFinite);
-    if (i >= FORWARD.warmup) forwardMs.push(ms);
-  }
-  const rssAfterForwardKiB = maxRssKiB();
 
-  // Prefill 255 tokens (twice: the first run also warms the past > 0 shapes), then shared-prefix steps.
+  // Warm-up, then rounds that interleave the things compared with each other, so that a slow patch of
+  // the (shared, noisy) machine hits both sides of a ratio alike.
+  for (let i = 0; i < WARMUP.forward; i++) finite &&= (await forward())[0].logits.every(Number.isFinite);
   const prefillMs: number[] = [];
   let kv = await dec.prefill(ids.slice(0, SEQ - 1));
-  for (let i = 0; i < 2; i++) {
-    const [k, ms] = await timed('prefill 255', () => dec.prefill(ids.slice(0, SEQ - 1)));
+  for (let i = 0; i < 3; i++) {
+    const [k, ms] = await timed(`prefill ${SEQ - 1}`, () => dec.prefill(ids.slice(0, SEQ - 1)));
     kv = k;
-    prefillMs.push(ms);
+    if (i > 0) prefillMs.push(ms);
   }
-  const mask = Float32Array.from({ length: PATCH_ROWS * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
-  const values = Float32Array.from({ length: L * H * d }, () => rng.normal());
-  const stepMs: number[] = [];
-  for (let i = 0; i < STEP.warmup + STEP.reps; i++) {
-    const [out, ms] = await timed(`stepShared ${PATCH_ROWS} rows`, () => dec.stepShared(kv, ids[SEQ - 1]!, { mask, values }));
-    if (i === 0) finite &&= out.logits.every(Number.isFinite) && out.batchSize === PATCH_ROWS;
-    if (i >= STEP.warmup) stepMs.push(ms);
+  const step = () => timed(`stepShared ${PATCH_ROWS} rows`, () => dec.stepShared(kv, ids[SEQ - 1]!, { mask, values }));
+  const decode = () => timed('extend 1 token', () => dec.extend(kv, [ids[SEQ - 1]!]));
+  for (let i = 0; i < WARMUP.step; i++) {
+    const [out] = await step();
+    finite &&= out.logits.every(Number.isFinite) && out.batchSize === PATCH_ROWS;
   }
-  // For context: one batch-1 decode step (extend by 1 token) after the same prefix.
-  const decodeMs: number[] = [];
-  for (let i = 0; i < STEP.reps; i++) decodeMs.push((await timed('extend 1 token', () => dec.extend(kv, [ids[SEQ - 1]!])))[1]);
+  await decode();
+  const forwardMs: number[] = [], stepMs: number[] = [], decodeMs: number[] = [], speedups: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const f = (await forward())[1];
+    const s: number[] = [];
+    for (let i = 0; i < STEPS_PER_ROUND; i++) s.push((await step())[1]);
+    decodeMs.push((await decode())[1]);
+    forwardMs.push(f);
+    stepMs.push(...s);
+    speedups.push((PATCH_ROWS * f) / median(s));
+  }
+  const engineMaxRssKiB = maxRssKiB(); // read before the reference session below exists
+
+  // Reference: a plain one-node MatMul session, same thread count and session options as Decoder.load,
+  // interleaved with forwards (a pause between sessions lets the other's spinning thread pool go idle).
+  const [M, K, N] = REF_MATMUL;
+  const session = await ort.InferenceSession.create(await matmulModel(M, K, N, rng), {
+    intraOpNumThreads: a.threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential',
+  });
+  const x = new ort.Tensor('float32', Float32Array.from({ length: M * K }, () => rng.normal()), [M, K]);
+  const matmul = () => timed(`MatMul [${M},${K}]·[${K},${N}]`, async () => { const out = await session.run({ x }); out.y!.dispose(); });
+  const pause = () => new Promise((resolve) => setTimeout(resolve, 50));
+  for (let i = 0; i < MATMUL_WARMUP; i++) await matmul();
+  const effForwardMs: number[] = [], matmulMs: number[] = [], efficiencies: number[] = [];
+  const fwdFlops = modelFlops(dec.spec, 1, SEQ).total;
+  for (let r = 0; r < EFF_ROUNDS; r++) {
+    await pause();
+    const f = (await forward())[1];
+    await pause();
+    const m: number[] = [];
+    for (let i = 0; i < MATMULS_PER_ROUND; i++) m.push((await matmul())[1]);
+    effForwardMs.push(f);
+    matmulMs.push(...m);
+    efficiencies.push((fwdFlops / f) / ((2 * M * K * N) / median(m)));
+  }
+  await session.release();
 
   emitResult({
     loadS, sessionS: dec.info.loadSeconds, weightBytes: dec.weightBytes, finite,
-    forwardMs: median(forwardMs), forwardAllMs: forwardMs,
-    prefillMs: median(prefillMs), stepSharedMs: median(stepMs), stepSharedAllMs: stepMs, decodeStepMs: median(decodeMs),
-    rssBeforeKiB, rssAfterLoadKiB, rssAfterForwardKiB, maxRssKiB: maxRssKiB(),
-  });
+    forwardMs: median(forwardMs), prefillMs: median(prefillMs), stepSharedMs: median(stepMs), decodeStepMs: median(decodeMs),
+    sharedStepSpeedup: median(speedups), speedupRange: [Math.min(...speedups), Math.max(...speedups)],
+    effForwardMs: median(effForwardMs), matmulMs: median(matmulMs),
+    forwardEfficiency: median(efficiencies), efficiencyRange: [Math.min(...efficiencies), Math.max(...efficiencies)],
+    rssBeforeKiB, rssAfterLoadKiB, maxRssKiB: engineMaxRssKiB,
+  } satisfies RunResult);
   await dec.dispose();
 }
 
-/** A one-node ONNX model y = x·W (or x·Wᵀ as Gemm with transB) with W as an in-memory initializer. */
-async function matmulModel(M: number, K: number, N: number, transB: boolean, rng: Rng): Promise<Uint8Array> {
-  const { encodeModel, OnnxDType, OnnxAttrType } = await import('../src/model/onnx/proto.js');
+interface RunResult {
+  loadS: number; sessionS: number; weightBytes: number; finite: boolean;
+  forwardMs: number; prefillMs: number; stepSharedMs: number; decodeStepMs: number;
+  sharedStepSpeedup: number; speedupRange: number[];
+  effForwardMs: number; matmulMs: number; forwardEfficiency: number; efficiencyRange: number[];
+  rssBeforeKiB: number; rssAfterLoadKiB: number; maxRssKiB: number;
+}
+
+/** A one-node ONNX model y = x·W with W [K, N] as an in-memory initializer. */
+async function matmulModel(M: number, K: number, N: number, rng: Rng): Promise<Uint8Array> {
+  const { encodeModel, OnnxDType } = await import('../src/model/onnx/proto.js');
   const w = new Float32Array(K * N);
-  for (let i = 0; i < w.length; i++) w[i] = 0.02 * (rng.uniform() * 2 - 1);
+  for (let i = 0; i < w.length; i++) w[i] = 0.02 * rng.normal();
   const tensorType = (dims: number[]) => ({ tensor_type: { elem_type: OnnxDType.FLOAT, shape: { dim: dims.map((v) => ({ dim_value: v })) } } });
   return encodeModel({
     ir_version: 8, producer_name: 'arm-bench', opset_import: [{ domain: '', version: 18 }],
     graph: {
       name: 'matmul',
-      node: [transB
-        ? { op_type: 'Gemm', name: 'gemm', input: ['x', 'w'], output: ['y'], attribute: [{ name: 'transB', type: OnnxAttrType.INT, i: 1 }] }
-        : { op_type: 'MatMul', name: 'matmul', input: ['x', 'w'], output: ['y'] }],
-      initializer: [{ name: 'w', dims: transB ? [N, K] : [K, N], data_type: OnnxDType.FLOAT, raw_data: new Uint8Array(w.buffer) }],
+      node: [{ op_type: 'MatMul', name: 'matmul', input: ['x', 'w'], output: ['y'] }],
+      initializer: [{ name: 'w', dims: [K, N], data_type: OnnxDType.FLOAT, raw_data: new Uint8Array(w.buffer) }],
       input: [{ name: 'x', type: tensorType([M, K]) }],
       output: [{ name: 'y', type: tensorType([M, N]) }],
     },
   });
-}
-
-/** Plain onnxruntime MatMul/Gemm throughput for the reference shape and for the decoder's own matrix shapes. */
-async function childMatmul(a: { threads: number }): Promise<void> {
-  const ort = await import('onnxruntime-node');
-  const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = specFromConfig(CONFIG);
-  const shapes: { key: string; M: number; K: number; N: number; transB?: boolean }[] = [
-    { key: 'reference', M: REF_MATMUL[0], K: REF_MATMUL[1], N: REF_MATMUL[2] },
-    ...[SEQ, PATCH_ROWS].flatMap((M) => [
-      { key: `qkv@${M}`, M, K: D, N: (H + 2 * KV) * d },
-      { key: `o@${M}`, M, K: H * d, N: D },
-      { key: `gate_up@${M}`, M, K: D, N: 2 * F },
-      { key: `down@${M}`, M, K: F, N: D },
-    ]),
-    { key: 'lm_head@1', M: 1, K: D, N: V, transB: true },
-    { key: `lm_head@${PATCH_ROWS}`, M: PATCH_ROWS, K: D, N: V, transB: true },
-  ];
-  const rng = new Rng(99);
-  const results: Record<string, { ms: number; gflops: number }> = {};
-  let done = 0;
-  for (const s of shapes) {
-    const session = await ort.InferenceSession.create(await matmulModel(s.M, s.K, s.N, !!s.transB, rng), {
-      intraOpNumThreads: a.threads, interOpNumThreads: 1, graphOptimizationLevel: 'all', executionMode: 'sequential',
-    });
-    const x = new ort.Tensor('float32', Float32Array.from({ length: s.M * s.K }, () => rng.normal()), [s.M, s.K]);
-    const times: number[] = [];
-    for (let i = 0; i < MATMUL.warmup + MATMUL.reps; i++) {
-      const t = performance.now();
-      const out = await session.run({ x });
-      const ms = performance.now() - t;
-      out.y!.dispose();
-      if (i >= MATMUL.warmup) times.push(ms);
-    }
-    await session.release();
-    const ms = median(times);
-    results[s.key] = { ms, gflops: (2 * s.M * s.K * s.N) / (ms / 1000) / 1e9 };
-    emitProgress(++done, shapes.length, s.key);
-  }
-  emitResult(results);
 }
 
 // ---------------------------------------------------------------- parent
@@ -294,78 +294,66 @@ async function main(argv: string[]): Promise<void> {
     checkpointWriteS = (await runChild<{ writeS: number }>('write-checkpoint', { ckptDir }, 'random checkpoint', 'values')).writeS;
   }
 
-  // 2. Cold build into a fresh cache dir, then 3. a cached load + measurements in a new process.
+  // 2. Cold build into a fresh cache dir; 3. in a new process, a cached load and every run-time figure.
   const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-cache-'));
   let cold: { loadS: number; buildS: number; sessionS: number; maxRssKiB: number; weightBytes: number };
-  let run: {
-    loadS: number; sessionS: number; weightBytes: number; finite: boolean; forwardMs: number; forwardAllMs: number[]; prefillMs: number;
-    stepSharedMs: number; stepSharedAllMs: number[]; decodeStepMs: number; rssBeforeKiB: number; rssAfterLoadKiB: number; rssAfterForwardKiB: number; maxRssKiB: number;
-  };
+  let run: RunResult;
   try {
     cold = await runChild('cold-build', { ckptDir, cacheDir, threads } satisfies ChildArgs, 'cold build', 'weights');
     run = await runChild('cached-run', { ckptDir, cacheDir, threads } satisfies ChildArgs, 'cached load + runs', 'runs');
   } finally {
     if (!keepCache) fs.rmSync(cacheDir, { recursive: true, force: true }); // the fresh dir this run created, nothing else
+    else console.error(`cache kept: ${cacheDir}`);
   }
   if (!run.finite) console.error('warning: non-finite logits from the random model');
 
-  // 4. Plain onnxruntime MatMul throughput, same thread count, separate process.
-  const mm = await runChild<Record<string, { ms: number; gflops: number }>>('matmul', { threads }, 'onnxruntime MatMul', 'shapes');
-
   // ---- figures
   const fwdFlops = modelFlops(spec, 1, SEQ);
-  const forwardGflops = fwdFlops.total / (run.forwardMs / 1000) / 1e9;
-  const refGflops = mm.reference!.gflops;
-  const forwardEfficiency = forwardGflops / refGflops;
   const stepFlops = modelFlops(spec, PATCH_ROWS, 1, SEQ - 1);
-  const sharedStepSpeedup = (PATCH_ROWS * run.forwardMs) / run.stepSharedMs;
+  const [M, K, N] = REF_MATMUL;
+  const gflops = (flops: number, ms: number) => flops / (ms / 1000) / 1e9;
   const rssOverWeights = (run.maxRssKiB * 1024) / run.weightBytes;
-  // What the same matrices cost as lone MatMuls: a floor for the graph (everything but matrix products is extra).
-  const matmulFloorMs = (M: number) => spec.numLayers * (['qkv', 'o', 'gate_up', 'down'] as const).reduce((t, k) => t + mm[`${k}@${M}`]!.ms, 0);
-  const forwardFloorMs = matmulFloorMs(SEQ) + mm['lm_head@1']!.ms;
-  const stepFloorMs = matmulFloorMs(PATCH_ROWS) + mm[`lm_head@${PATCH_ROWS}`]!.ms;
   const MiB = (kib: number) => (kib / 1024).toFixed(0);
   const r = (x: number, n = 2) => +x.toFixed(n);
+  const range = (xs: number[], n: number) => `${r(xs[0]!, n)}–${r(xs[1]!, n)}`;
 
   const rows: [string, string, string, string][] = [
-    ['coldBuildS', `${r(cold.loadS, 1)} s`, '', `first Decoder.load, fresh cache (convert ${r(cold.buildS, 1)} s + session ${r(cold.sessionS, 1)} s)`],
+    ['coldBuildS', `${r(cold.loadS, 1)} s`, '', `first Decoder.load, fresh cache dir, own process (convert ${r(cold.buildS, 1)} s + session ${r(cold.sessionS, 1)} s)`],
     ['cachedLoadS', `${r(run.loadS, 2)} s`, '', `second Decoder.load, new process, warm page cache (session ${r(run.sessionS, 2)} s)`],
-    ['forwardMs', `${r(run.forwardMs, 0)} ms`, '', `Decoder.forward batch 1 × ${SEQ} tokens, median of ${FORWARD.reps}`],
-    ['forwardGflopPerS', `${r(forwardGflops, 1)}`, '', `${r(fwdFlops.total / 1e9, 1)} GFLOP (linear ${r(fwdFlops.linear / 1e9, 1)}, attention ${r(fwdFlops.attention / 1e9, 2)}, lm_head ${r(fwdFlops.lmHead / 1e9, 2)}) / forwardMs`],
-    ['matmulGflopPerS', `${r(refGflops, 1)}`, '', `onnxruntime MatMul [${REF_MATMUL[0]},${REF_MATMUL[1]}]·[${REF_MATMUL[1]},${REF_MATMUL[2]}], ${r(mm.reference!.ms, 2)} ms, median of ${MATMUL.reps}`],
-    ['forwardEfficiency', `${r(forwardEfficiency, 3)}`, `≥ ${GOALS.forwardEfficiency}`, 'forwardGflopPerS / matmulGflopPerS'],
-    ['forwardMatmulFloorMs', `${r(forwardFloorMs, 0)} ms`, '', `the forward's matrices as lone MatMuls (24 × qkv,o,gate_up,down @${SEQ} + lm_head @1)`],
+    ['forwardMs', `${r(run.effForwardMs, 0)} ms`, '', `Decoder.forward batch 1 × ${SEQ} tokens, median of ${EFF_ROUNDS}`],
+    ['forwardGflopPerS', `${r(gflops(fwdFlops.total, run.effForwardMs), 1)}`, '', `${r(fwdFlops.total / 1e9, 1)} model GFLOP (linear ${r(fwdFlops.linear / 1e9, 1)}, attention ${r(fwdFlops.attention / 1e9, 2)}, lm_head ${r(fwdFlops.lmHead / 1e9, 2)}) / forwardMs`],
+    ['matmulGflopPerS', `${r(gflops(2 * M * K * N, run.matmulMs), 1)}`, '', `onnxruntime MatMul [${M},${K}]·[${K},${N}] (weight initializer), ${r(run.matmulMs, 2)} ms, median of ${EFF_ROUNDS * MATMULS_PER_ROUND}`],
+    ['forwardEfficiency', `${r(run.forwardEfficiency, 3)}`, `≥ ${GOALS.forwardEfficiency}`, `forward FLOP/s ÷ MatMul FLOP/s, median of ${EFF_ROUNDS} interleaved rounds (range ${range(run.efficiencyRange, 2)})`],
     ['prefillMs', `${r(run.prefillMs, 0)} ms`, '', `Decoder.prefill of ${SEQ - 1} tokens (returns the KV cache)`],
-    ['stepSharedMs', `${r(run.stepSharedMs, 1)} ms`, '', `Decoder.stepShared, ${PATCH_ROWS} patch rows after ${SEQ - 1}-token prefix, median of ${STEP.reps} (${r(stepFlops.total / (run.stepSharedMs / 1000) / 1e9, 1)} GFLOP/s)`],
-    ['stepMatmulFloorMs', `${r(stepFloorMs, 1)} ms`, '', `the step's matrices as lone MatMuls (24 × qkv,o,gate_up,down @${PATCH_ROWS} + lm_head @${PATCH_ROWS})`],
-    ['sharedStepSpeedup', `${r(sharedStepSpeedup, 1)}`, `≥ ${GOALS.sharedStepSpeedup}`, `${PATCH_ROWS} × forwardMs / stepSharedMs (32 forwards extrapolated from one)`],
-    ['decodeStepMs', `${r(run.decodeStepMs, 1)} ms`, '', `Decoder.extend by 1 token after ${SEQ - 1}, batch 1 (context)`],
-    ['peakRssMiB', `${MiB(run.maxRssKiB)} MiB`, '', `maxRSS of the cached-run process (before load ${MiB(run.rssBeforeKiB)}, after load ${MiB(run.rssAfterLoadKiB)}, after forwards ${MiB(run.rssAfterForwardKiB)})`],
+    ['stepSharedMs', `${r(run.stepSharedMs, 1)} ms`, '', `Decoder.stepShared, ${PATCH_ROWS} patch rows after the ${SEQ - 1}-token prefix, median of ${ROUNDS * STEPS_PER_ROUND} (${r(gflops(stepFlops.total, run.stepSharedMs), 1)} GFLOP/s)`],
+    ['sharedStepSpeedup', `${r(run.sharedStepSpeedup, 1)}`, `≥ ${GOALS.sharedStepSpeedup}`, `${PATCH_ROWS} × forward ÷ stepShared, median of ${ROUNDS} interleaved rounds (range ${range(run.speedupRange, 0)}); the ${PATCH_ROWS} forwards are one forward × ${PATCH_ROWS}`],
+    ['decodeStepMs', `${r(run.decodeStepMs, 1)} ms`, '', `Decoder.extend by 1 token after ${SEQ - 1}, batch 1 (context: ${r(run.weightBytes / 1e9 / (run.decodeStepMs / 1000), 1)} GB/s of weights)`],
+    ['peakRssMiB', `${MiB(run.maxRssKiB)} MiB`, '', `maxRSS of the cached-run process after all engine runs (before load ${MiB(run.rssBeforeKiB)}, after load ${MiB(run.rssAfterLoadKiB)})`],
     ['weightsMiB', `${(run.weightBytes / 2 ** 20).toFixed(0)} MiB`, '', 'Decoder.weightBytes (fp32 weights.bin)'],
-    ['rssOverWeights', `${r(rssOverWeights, 3)}`, `≤ ${GOALS.rssOverWeights}`, 'peakRss / weightBytes'],
+    ['rssOverWeights', `${r(rssOverWeights, 3)}`, `≤ ${GOALS.rssOverWeights}`, 'peakRss ÷ weightBytes'],
     ['coldBuildPeakRssMiB', `${MiB(cold.maxRssKiB)} MiB`, '', 'maxRSS of the cold-build process'],
   ];
-  const status = (name: string, value: number) => {
+  const values: Record<string, number> = { forwardEfficiency: run.forwardEfficiency, sharedStepSpeedup: run.sharedStepSpeedup, rssOverWeights };
+  const status = (name: string) => {
     const goal = GOALS[name as keyof typeof GOALS];
     if (goal === undefined) return '';
-    return (name === 'rssOverWeights' ? value <= goal : value >= goal) ? 'ok' : 'MISS';
+    return (name === 'rssOverWeights' ? values[name]! <= goal : values[name]! >= goal) ? 'ok' : 'MISS';
   };
-  const values: Record<string, number> = { forwardEfficiency, sharedStepSpeedup, rssOverWeights };
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)));
-  console.log(`\nEngine bench — ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, ${threads} threads, ${m.date}`);
+  console.log(`\nEngine bench — random Qwen2.5-0.5B-shaped checkpoint, fp32; ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, ${threads} threads, ${m.date}`);
   for (const [name, value, goal, meaning] of rows) {
-    console.log(`${name.padEnd(w[0]!)}  ${value.padStart(w[1]!)}  ${goal.padEnd(w[2]!)}  ${status(name, values[name] ?? NaN).padEnd(4)}  ${meaning}`);
+    console.log(`${name.padEnd(w[0]!)}  ${value.padStart(w[1]!)}  ${goal.padEnd(w[2]!)}  ${status(name).padEnd(4)}  ${meaning}`);
   }
-  console.log('matmul shapes (ms, GFLOP/s): ' + Object.entries(mm).map(([k, v]) => `${k} ${r(v.ms, 2)}/${r(v.gflops, 0)}`).join(', '));
   console.log(`total bench time ${r(seconds(tStart), 0)} s${checkpointWriteS !== null ? ` (checkpoint written in ${r(checkpointWriteS, 0)} s)` : ''}`);
 
   console.log(JSON.stringify({
-    forwardEfficiency: r(forwardEfficiency, 3), sharedStepSpeedup: r(sharedStepSpeedup, 1), rssOverWeights: r(rssOverWeights, 3),
+    forwardEfficiency: r(run.forwardEfficiency, 3), sharedStepSpeedup: r(run.sharedStepSpeedup, 1), rssOverWeights: r(rssOverWeights, 3),
     coldBuildS: r(cold.loadS, 2), cachedLoadS: r(run.loadS, 2),
-    forwardMs: r(run.forwardMs, 1), forwardGflopPerS: r(forwardGflops, 1), matmulGflopPerS: r(refGflops, 1), forwardGflop: r(fwdFlops.total / 1e9, 2),
-    forwardMatmulFloorMs: r(forwardFloorMs, 1), prefillMs: r(run.prefillMs, 1), stepSharedMs: r(run.stepSharedMs, 1), stepMatmulFloorMs: r(stepFloorMs, 1),
-    decodeStepMs: r(run.decodeStepMs, 1), peakRssKiB: run.maxRssKiB, weightBytes: run.weightBytes, coldBuildPeakRssKiB: cold.maxRssKiB,
-    convertS: r(cold.buildS, 2), coldSessionS: r(cold.sessionS, 2), cachedSessionS: r(run.sessionS, 2),
+    forwardMs: r(run.effForwardMs, 1), forwardGflop: r(fwdFlops.total / 1e9, 2), forwardGflopPerS: r(gflops(fwdFlops.total, run.effForwardMs), 1),
+    matmulMs: r(run.matmulMs, 2), matmulGflopPerS: r(gflops(2 * M * K * N, run.matmulMs), 1),
+    prefillMs: r(run.prefillMs, 1), stepSharedMs: r(run.stepSharedMs, 1), stepForwardMs: r(run.forwardMs, 1), decodeStepMs: r(run.decodeStepMs, 1),
+    peakRssKiB: run.maxRssKiB, rssAfterLoadKiB: run.rssAfterLoadKiB, rssBeforeLoadKiB: run.rssBeforeKiB, weightBytes: run.weightBytes,
+    convertS: r(cold.buildS, 2), coldSessionS: r(cold.sessionS, 2), cachedSessionS: r(run.sessionS, 2), coldBuildPeakRssKiB: cold.maxRssKiB,
     checkpointWriteS: checkpointWriteS === null ? null : r(checkpointWriteS, 1), finiteLogits: run.finite,
     threads, nproc: m.nproc, cpu: m.cpuModel, totalMemGiB: m.totalMemGiB, node: m.node, date: m.date,
   }));
@@ -375,7 +363,7 @@ async function main(argv: string[]): Promise<void> {
 
 const [mode, rawArgs] = process.argv.slice(2);
 const CHILDREN: Record<string, (a: never) => Promise<void>> = {
-  'write-checkpoint': childWriteCheckpoint, 'cold-build': childColdBuild, 'cached-run': childCachedRun, matmul: childMatmul,
+  'write-checkpoint': childWriteCheckpoint, 'cold-build': childColdBuild, 'cached-run': childCachedRun,
 };
 const child = mode !== undefined ? CHILDREN[mode] : undefined;
 (child ? child(JSON.parse(rawArgs ?? '{}') as never) : main(process.argv.slice(2))).catch((e) => {

@@ -129,8 +129,16 @@ export class Decoder {
     const { numLayers: L, numHeads: H } = this.spec;
     const rows = patch.mask.length / (L * H);
     if (!Number.isInteger(rows) || rows < 1) throw new ModelError(`stepShared: patch.mask length ${patch.mask.length} is not a multiple of L*H = ${L * H}`);
-    const r = await this.run(Array.from({ length: rows }, () => [lastTokenId]), kv, patch, false);
-    return { batchSize: rows, logits: r.logits, heads: r.heads };
+    return this.forwardShared(kv, Array.from({ length: rows }, () => [lastTokenId]), patch);
+  }
+
+  /**
+   * Rows of different continuations after one shared prefix `kv` (e.g. two responses to one prompt),
+   * left-padded among themselves; the prefix is computed once and broadcast.
+   */
+  async forwardShared(kv: KvCache, suffixRows: number[][], patch?: HeadPatch): Promise<ForwardResult> {
+    const r = await this.run(suffixRows, kv, patch, false);
+    return { batchSize: suffixRows.length, logits: r.logits, heads: r.heads };
   }
 
   /** Greedy decoding with a KV cache. Stops at `maxNewTokens` or at a stop token (default: the EOS ids). */

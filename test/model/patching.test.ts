@@ -86,3 +86,15 @@ it('extend() continues a cache exactly like a full forward', async () => {
   const { logits } = await decoder.extend(kv, A.slice(6));
   expect(relError(logits, (await decoder.forward([A])).logits)).toBeLessThan(1e-5);
 });
+
+it('forwardShared: continuations of different lengths after one prefix equal their full forwards', async () => {
+  const { V } = size();
+  const prefix = A.slice(0, 4);
+  const suffixes = [A.slice(4), [77, 12], [300]];
+  const kv = await decoder.prefill(prefix);
+  const shared = await decoder.forwardShared(kv, suffixes);
+  for (const [b, s] of suffixes.entries()) {
+    const full = await decoder.forward([[...prefix, ...s]]);
+    expect(relError(row(shared.logits, b, V), full.logits)).toBeLessThan(1e-5);
+  }
+});

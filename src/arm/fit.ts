@@ -1,0 +1,227 @@
+/**
+ * Fitting an Activation RM: judge items from the few-shot examples → mean activations → head selection →
+ * criterion. REINFORCE runs on the key cost insight (DESIGN §1): each query's prompt without its last token
+ * is prefilled once (LRU-cached), and every step is one shared-prefix forward of the 32 masks as 32 rows.
+ */
+import fs from 'node:fs';
+import { createHash } from 'node:crypto';
+import type { Decoder, KvCache } from '../model/decoder.js';
+import { toScalarItems, type Example } from '../data/examples.js';
+import { Rng } from '../util/rng.js';
+import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
+import { denoiseMeans, extractMeans } from './means.js';
+import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
+import { ActivationRM, crossEntropy } from './rm.js';
+import { makeTemplate, render, resolveAnswerTokens, type JudgeItem, type TemplateKind } from './template.js';
+
+export type HeadStrategy = 'selected' | 'all' | `random:${number}`;
+
+export interface FitOptions {
+  template?: TemplateKind;
+  /** Custom template text with {prompt} {response} (or {response_a} {response_b}) placeholders. */
+  templateText?: string;
+  /** Use the chat template: 'auto' (default) when the tokenizer has one. */
+  chat?: boolean | 'auto';
+  passes?: number;        // 100
+  shots?: number;         // 4
+  seed?: number;          // 0
+  batchSize?: number;     // 8
+  maxLength?: number;     // the model's positions
+  mode?: 'replace' | 'add';
+  heads?: HeadStrategy;   // selected
+  denoise?: string | null; // pca:r
+  reinforce?: Partial<ReinforceOptions>;
+  /** Bytes of prefix KV caches kept for REINFORCE (least recently used evicted). */
+  kvCacheBytes?: number;
+  /** Where fit progress is saved; with `resume`, a matching checkpoint is continued. */
+  checkpointFile?: string;
+  resume?: boolean;
+  modelId?: string;
+  onProgress?: (phase: 'means' | 'reinforce' | 'readout', done: number, total: number, info: string) => void;
+  warn?: (message: string) => void;
+  /** Polled between steps; when it returns true the fit saves its checkpoint and throws FitInterrupted. */
+  shouldStop?: () => boolean;
+}
+
+export class FitInterrupted extends Error {
+  override name = 'FitInterrupted';
+}
+
+export class FitError extends Error {
+  override name = 'FitError';
+}
+
+/** Judge items for a template kind: scalar → one per response; ranked → each pair in both orders. */
+export function judgeItems(examples: Example[], kind: TemplateKind): JudgeItem[] {
+  if (kind === 'scalar') {
+    return toScalarItems(examples).map((s) => ({ id: s.id, prompt: s.prompt, fields: { response: s.response }, answer: s.label ? 0 : 1 }));
+  }
+  return examples.flatMap((e): JudgeItem[] => {
+    if (e.kind !== 'pair') throw new FitError(`example ${e.id} (line ${e.line}): the ranked template needs pairs {prompt, chosen, rejected}`);
+    return [
+      { id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0 },
+      { id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1 },
+    ];
+  });
+}
+
+interface Checkpoint { key: string; mu: string; meanPasses: number; truncatedPasses: number; state: ReinforceState | null; passes?: string[] }
+
+export async function fitActivationRM(decoder: Decoder, examples: Example[], options: FitOptions = {}): Promise<ActivationRM> {
+  const started = performance.now();
+  const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
+  const o = {
+    template: options.template ?? 'scalar', passes: options.passes ?? 100, shots: options.shots ?? 4, seed: options.seed ?? 0,
+    batchSize: options.batchSize ?? 8, maxLength: options.maxLength ?? decoder.spec.maxPositions, mode: options.mode ?? 'replace',
+    heads: options.heads ?? 'selected', denoise: options.denoise ?? null, kvCacheBytes: options.kvCacheBytes ?? 512 * 2 ** 20,
+  } as const;
+  const rOpts: ReinforceOptions = { ...REINFORCE_DEFAULTS, ...options.reinforce };
+  const warn = options.warn ?? ((m: string) => process.emitWarning(m));
+
+  const items = judgeItems(examples, o.template);
+  const answers = new Set(items.map((i) => i.answer));
+  if (answers.size < 2) throw new FitError(`the few-shot examples hold a single label class (${items.length} item${items.length === 1 ? '' : 's'}, all "${items[0]?.answer === 0 ? 'yes' : 'no'}"); give both yes and no examples`);
+  if (o.shots > 0 && items.length - 1 < o.shots) warn(`only ${items.length} judge items: passes use ${items.length - 1} demonstrations instead of ${o.shots}`);
+  const denoiseRank = parseDenoise(o.denoise);
+
+  const template = makeTemplate(o.template, { text: options.templateText, chat: options.chat }, decoder.tokenizer);
+  const answerTokens = resolveAnswerTokens(decoder.tokenizer, template, items[0]!);
+  const exampleIds = examples.map((e) => e.id);
+  const examplesHash = createHash('sha256').update(JSON.stringify(examples.map((e) => [e.id, e]))).digest('hex');
+  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint })).digest('hex');
+
+  // ---- resume ----
+  let ckpt: Checkpoint | null = null;
+  if (options.resume && options.checkpointFile && fs.existsSync(options.checkpointFile)) {
+    ckpt = JSON.parse(fs.readFileSync(options.checkpointFile, 'utf8')) as Checkpoint;
+    if (ckpt.key !== key) throw new FitError(`${options.checkpointFile}: this checkpoint was made with other examples, options or model; remove it or drop --resume`);
+  }
+  const saveCheckpoint = (c: Checkpoint) => {
+    if (!options.checkpointFile) return;
+    const tmp = `${options.checkpointFile}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify(c));
+    fs.renameSync(tmp, options.checkpointFile);
+  };
+  const stopIfAsked = (c: Checkpoint) => {
+    if (!options.shouldStop?.()) return;
+    saveCheckpoint(c);
+    throw new FitInterrupted(options.checkpointFile ? `interrupted; progress saved to ${options.checkpointFile} (continue with --resume)` : 'interrupted');
+  };
+
+  // ---- 1. mean activations ----
+  let mu: Float32Array, passes: Float32Array[] | null = null, meanPasses: number, truncatedPasses: number;
+  if (ckpt) {
+    mu = decodeF32(ckpt.mu);
+    passes = ckpt.passes?.map(decodeF32) ?? null;
+    ({ meanPasses, truncatedPasses } = ckpt);
+  } else {
+    const means = await extractMeans(decoder, template, items, {
+      passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoiseRank !== null,
+      onProgress: (done, total) => options.onProgress?.('means', done, total, `passes`),
+    });
+    ({ mu, passes, truncatedPasses } = means);
+    meanPasses = means.plan.length;
+    ckpt = { key, mu: encodeF32(mu), meanPasses, truncatedPasses, state: null, passes: passes?.map(encodeF32) };
+    saveCheckpoint(ckpt);
+  }
+  if (truncatedPasses > 0) warn(`${truncatedPasses} of ${meanPasses} mean-extraction passes were cut to --max-length ${o.maxLength} (prompts truncated from their start)`);
+
+  // ---- 2. head selection ----
+  const n = L * H;
+  let selected: Uint8Array;
+  let probs: Float32Array;
+  let readout: CriterionMeta['readout'] = null;
+  let steps = 0;
+  if (o.heads === 'selected') {
+    const loss = reinforceLoss(decoder, items, template, answerTokens.primary, mu, o.mode, o.maxLength, o.kvCacheBytes);
+    const state = ckpt.state ?? initialState(n, rOpts, o.seed);
+    await runReinforce(n, items.length, loss, rOpts, state, {
+      onStep: (s) => {
+        const h = s.history[s.history.length - 1]!;
+        options.onProgress?.('reinforce', s.step, rOpts.steps, `loss ${h.meanLoss.toFixed(3)} | E[heads] ${h.expectedHeads.toFixed(1)}`);
+        if (s.step % 10 === 0) saveCheckpoint({ ...ckpt!, state: s });
+      },
+      shouldStop: () => options.shouldStop?.() ?? false,
+    });
+    stopIfAsked({ ...ckpt, state });
+    steps = state.step;
+    options.onProgress?.('readout', 0, 1, `${rOpts.readoutMasks} masks`);
+    const r = await readoutMask(state.theta, items.length, loss, rOpts, o.seed);
+    options.onProgress?.('readout', 1, 1, `best mean loss ${r.meanLoss.toFixed(3)}`);
+    selected = r.mask;
+    readout = { meanLoss: r.meanLoss, candidates: r.candidates };
+    probs = Float32Array.from(probabilities(state.theta, rOpts.clip));
+  } else if (o.heads === 'all') {
+    selected = new Uint8Array(n).fill(1);
+    probs = new Float32Array(n).fill(1);
+  } else {
+    const count = Number(o.heads.slice('random:'.length));
+    if (!Number.isInteger(count) || count < 0 || count > n) throw new FitError(`--heads ${o.heads}: N must be an integer in 0..${n}`);
+    selected = new Uint8Array(n);
+    for (const i of new Rng(o.seed).sample(n, count)) selected[i] = 1;
+    probs = Float32Array.from(selected);
+  }
+  const heads: [number, number][] = [];
+  selected.forEach((on, i) => { if (on) heads.push([Math.floor(i / H), i % H]); });
+
+  // ---- 3. optional denoising ----
+  if (denoiseRank !== null) {
+    if (!passes) throw new FitError('denoising needs the per-pass activations (resume a checkpoint made with the same --denoise)');
+    mu = denoiseMeans(mu, passes, heads, { H, d }, denoiseRank);
+  }
+
+  const criterion: Criterion = {
+    mu, probs,
+    meta: {
+      formatVersion: FORMAT_VERSION,
+      model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
+      template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
+      hyper: { passes: o.passes, shots: o.shots, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
+      examples: { count: examples.length, items: items.length, ids: exampleIds, sha256: examplesHash },
+      readout,
+      fit: { seconds: (performance.now() - started) / 1000, createdAt: new Date().toISOString(), meanPasses, truncatedPasses, reinforceSteps: steps },
+      muLayout: 'selected',
+    },
+  };
+  return new ActivationRM(decoder, criterion);
+}
+
+/** REINFORCE's per-mask loss: −log P(correct answer token) with the mask's heads patched, via shared prefixes. */
+export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: ReturnType<typeof makeTemplate>, answerIds: [number, number], mu: Float32Array, mode: 'replace' | 'add', maxLength: number, cacheBytes: number): MaskLoss {
+  const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = decoder.spec;
+  const cache = new Map<number, { kv: KvCache; last: number }>(); // insertion order = recency
+  let cachedBytes = 0;
+  const bytesOf = (kv: KvCache) => kv.length * KV * d * 4 * 2 * L;
+  const prefixOf = async (item: number) => {
+    const hit = cache.get(item);
+    if (hit) { cache.delete(item); cache.set(item, hit); return hit; }
+    const ids = render(decoder.tokenizer, template, [], items[item]!, maxLength).ids;
+    const entry = { kv: await decoder.prefill(ids.slice(0, -1)), last: ids[ids.length - 1]! };
+    cache.set(item, entry);
+    cachedBytes += bytesOf(entry.kv);
+    for (const [k, v] of cache) {
+      if (cachedBytes <= cacheBytes || k === item) break;
+      cache.delete(k);
+      cachedBytes -= bytesOf(v.kv);
+    }
+    return entry;
+  };
+  return async (item, masks) => {
+    const { kv, last } = await prefixOf(item);
+    const mask = new Float32Array(masks.length * L * H);
+    masks.forEach((m, s) => mask.set(m, s * L * H));
+    const { logits } = await decoder.stepShared(kv, last, { mask, values: mu, mode });
+    const target = answerIds[items[item]!.answer];
+    return masks.map((_, s) => crossEntropy(logits.subarray(s * V, (s + 1) * V), target));
+  };
+}
+
+function parseDenoise(spec: string | null): number | null {
+  if (spec === null || spec === 'none') return null;
+  const m = /^pca:(\d+)$/.exec(spec);
+  if (!m || Number(m[1]) < 1) throw new FitError(`--denoise ${spec}: expected pca:r with r ≥ 1`);
+  return Number(m[1]);
+}
+
+const encodeF32 = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength).toString('base64');
+const decodeF32 = (s: string) => { const b = Buffer.from(s, 'base64'); const out = new Float32Array(b.length / 4); new Uint8Array(out.buffer).set(b); return out; };

@@ -1,0 +1,140 @@
+/**
+ * A fitted Activation Reward Model: score = P(answer word) at the last prompt token with the selected heads'
+ * last-token outputs replaced by their means (DESIGN steps 3–4). With no heads it is the zero-shot judge.
+ */
+import type { Decoder, HeadPatch } from '../model/decoder.js';
+import type { Example } from '../data/examples.js';
+import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
+import { render, type JudgeItem } from './template.js';
+
+export interface ItemScore {
+  id: string;
+  /** Full-vocabulary softmax probability of the first answer word's token ("Yes" / "A"): the reward. */
+  reward: number;
+  /** Probability of the first answer's variants over both answers' variants ("Yes"+" Yes"+… vs "No"+…). */
+  normalized: number;
+  logitYes: number;
+  logitNo: number;
+  truncatedTokens: number;
+}
+
+export interface PairScore {
+  id: string;
+  chosen: number;
+  rejected: number;
+  /** chosen − rejected (TRL's margin). */
+  margin: number;
+  /** chosen > rejected; a tie is wrong. */
+  correct: boolean;
+  truncated: boolean;
+  /** Ranked template: whether both orders preferred the same response. */
+  swapConsistent?: boolean;
+  detail: ItemScore[];
+}
+
+export interface ScoreOptions { batchSize?: number; maxLength?: number; onProgress?: (done: number, total: number) => void }
+
+export class ActivationRM {
+  constructor(readonly decoder: Decoder, readonly criterion: Criterion) {}
+
+  static load(decoder: Decoder, file: string): ActivationRM {
+    const criterion = loadCriterion(file);
+    checkCriterionMatches(criterion.meta, decoder, file);
+    return new ActivationRM(decoder, criterion);
+  }
+
+  save(file: string, opts: { keepAllMeans?: boolean } = {}): void { saveCriterion(file, this.criterion, opts); }
+
+  /** The patch for `rows` rows: the selected heads replaced (or added) with their means. */
+  patch(rows: number): HeadPatch {
+    const { numLayers: L, numHeads: H } = this.decoder.spec;
+    const one = new Float32Array(L * H);
+    for (const [l, h] of this.criterion.meta.heads) one[l * H + h] = 1;
+    const mask = new Float32Array(rows * L * H);
+    for (let r = 0; r < rows; r++) mask.set(one, r * L * H);
+    return { mask, values: this.criterion.mu, mode: this.criterion.meta.mode };
+  }
+
+  /** Scores judged items zero-shot under the intervention; batched by length, results in input order. */
+  async scoreItems(items: JudgeItem[], opts: ScoreOptions = {}): Promise<ItemScore[]> {
+    const meta = this.criterion.meta;
+    const maxLength = opts.maxLength ?? meta.hyper.maxLength;
+    const batchSize = opts.batchSize ?? meta.hyper.batchSize;
+    const rendered = items.map((it) => render(this.decoder.tokenizer, meta.template, [], it, maxLength));
+    const order = rendered.map((_, i) => i).sort((a, b) => rendered[a]!.ids.length - rendered[b]!.ids.length);
+    const out: ItemScore[] = new Array(items.length);
+    const V = this.decoder.spec.vocabSize;
+    const [yesId, noId] = meta.answerTokens.primary;
+    const [yesVariants, noVariants] = meta.answerTokens.variants;
+    for (let start = 0; start < order.length; start += batchSize) {
+      const idx = order.slice(start, start + batchSize);
+      const { logits } = await this.decoder.forward(idx.map((i) => rendered[i]!.ids), this.patch(idx.length));
+      idx.forEach((i, b) => {
+        const row = logits.subarray(b * V, (b + 1) * V);
+        const p = softmax(row);
+        const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
+        out[i] = {
+          id: items[i]!.id, reward: p[yesId]!, normalized: yes / (yes + no || 1),
+          logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens,
+        };
+      });
+      opts.onProgress?.(Math.min(start + batchSize, order.length), order.length);
+    }
+    return out;
+  }
+
+  /** Scores preference pairs (and scalar examples, as single items). */
+  async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<(PairScore | (ItemScore & { label: boolean }))[]> {
+    const kind = this.criterion.meta.template.kind;
+    const items: JudgeItem[] = [];
+    for (const e of examples) {
+      if (e.kind === 'scalar') {
+        if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
+        items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label ? 0 : 1 });
+      } else if (kind === 'scalar') {
+        items.push({ id: `${e.id}:chosen`, prompt: e.prompt, fields: { response: e.chosen }, answer: 0 });
+        items.push({ id: `${e.id}:rejected`, prompt: e.prompt, fields: { response: e.rejected }, answer: 1 });
+      } else {
+        items.push({ id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0 });
+        items.push({ id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1 });
+      }
+    }
+    const scores = await this.scoreItems(items, opts);
+    let at = 0;
+    return examples.map((e) => {
+      if (e.kind === 'scalar') return { ...scores[at++]!, label: e.label };
+      const a = scores[at++]!, b = scores[at++]!;
+      if (kind === 'scalar') {
+        return pairScore(e.id, a.reward, b.reward, [a, b]);
+      }
+      // Ranked: P(A) with chosen first and 1 − P(A) with chosen second, each normalised over A/B; averaged.
+      const chosenFirst = a.normalized, chosenSecond = 1 - b.normalized;
+      const chosen = (chosenFirst + chosenSecond) / 2;
+      return { ...pairScore(e.id, chosen, 1 - chosen, [a, b]), swapConsistent: (chosenFirst > 0.5) === (chosenSecond > 0.5) };
+    });
+  }
+}
+
+function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
+  return { id, chosen, rejected, margin: chosen - rejected, correct: chosen > rejected, truncated: detail.some((d) => d.truncatedTokens > 0), detail };
+}
+
+/** Softmax over a logits row in float64. */
+export function softmax(row: Float32Array): Float64Array {
+  let max = -Infinity;
+  for (const v of row) if (v > max) max = v;
+  const out = new Float64Array(row.length);
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) { out[i] = Math.exp(row[i]! - max); sum += out[i]!; }
+  for (let i = 0; i < row.length; i++) out[i]! /= sum;
+  return out;
+}
+
+/** −log softmax(row)[target], stably. */
+export function crossEntropy(row: Float32Array, target: number): number {
+  let max = -Infinity;
+  for (const v of row) if (v > max) max = v;
+  let sum = 0;
+  for (const v of row) sum += Math.exp(v - max);
+  return Math.log(sum) + max - row[target]!;
+}
