@@ -12,7 +12,7 @@ import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.
 import { denoiseMeans, extractMeans } from './means.js';
 import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
 import { ActivationRM, crossEntropy } from './rm.js';
-import { makeTemplate, render, resolveAnswerTokens, type JudgeItem, type TemplateKind } from './template.js';
+import { makeTemplate, render, resolveAnswerTokens, TooLongError, type JudgeItem, type TemplateKind } from './template.js';
 
 export type HeadStrategy = 'selected' | 'all' | `random:${number}`;
 
@@ -78,13 +78,20 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   const rOpts: ReinforceOptions = { ...REINFORCE_DEFAULTS, ...options.reinforce };
   const warn = options.warn ?? ((m: string) => process.emitWarning(m));
 
-  const items = judgeItems(examples, o.template);
+  const template = makeTemplate(o.template, { text: options.templateText, chat: options.chat }, decoder.tokenizer);
+  const allItems = judgeItems(examples, o.template);
+  const items = allItems.filter((it) => {
+    try { render(decoder.tokenizer, template, [], it, o.maxLength); return true; } catch (e) {
+      if (!(e instanceof TooLongError)) throw e;
+      return false;
+    }
+  });
+  if (items.length < allItems.length) warn(`${allItems.length - items.length} of ${allItems.length} judge items do not fit --max-length ${o.maxLength} even without their prompt; they are left out of the fit`);
   const answers = new Set(items.map((i) => i.answer));
   if (answers.size < 2) throw new FitError(`the few-shot examples hold a single label class (${items.length} item${items.length === 1 ? '' : 's'}, all "${items[0]?.answer === 0 ? 'yes' : 'no'}"); give both yes and no examples`);
   if (o.shots > 0 && items.length - 1 < o.shots) warn(`only ${items.length} judge items: passes use ${items.length - 1} demonstrations instead of ${o.shots}`);
   const denoiseRank = parseDenoise(o.denoise);
 
-  const template = makeTemplate(o.template, { text: options.templateText, chat: options.chat }, decoder.tokenizer);
   const answerTokens = resolveAnswerTokens(decoder.tokenizer, template, items[0]!);
   const exampleIds = examples.map((e) => e.id);
   const examplesHash = createHash('sha256').update(JSON.stringify(examples.map((e) => [e.id, e]))).digest('hex');
@@ -177,7 +184,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
       template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
       hyper: { passes: o.passes, shots: o.shots, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
-      examples: { count: examples.length, items: items.length, ids: exampleIds, sha256: examplesHash },
+      examples: { count: examples.length, items: items.length, itemsTooLong: allItems.length - items.length, ids: exampleIds, sha256: examplesHash },
       readout,
       fit: { seconds: (performance.now() - started) / 1000, createdAt: new Date().toISOString(), meanPasses, truncatedPasses, reinforceSteps: steps },
       muLayout: 'selected',

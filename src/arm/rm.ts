@@ -5,17 +5,19 @@
 import type { Decoder, HeadPatch } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
-import { render, type JudgeItem } from './template.js';
+import { render, TooLongError, type JudgeItem } from './template.js';
 
 export interface ItemScore {
   id: string;
-  /** Full-vocabulary softmax probability of the first answer word's token ("Yes" / "A"): the reward. */
+  /** Full-vocabulary softmax probability of the first answer word's token ("Yes" / "A"): the reward. NaN when too long. */
   reward: number;
   /** Probability of the first answer's variants over both answers' variants ("Yes"+" Yes"+… vs "No"+…). */
   normalized: number;
   logitYes: number;
   logitNo: number;
   truncatedTokens: number;
+  /** The response and question alone exceed the length budget: not scored (reward NaN). */
+  tooLong: boolean;
 }
 
 export interface PairScore {
@@ -27,6 +29,8 @@ export interface PairScore {
   /** chosen > rejected; a tie is wrong. */
   correct: boolean;
   truncated: boolean;
+  /** A response did not fit the length budget: not scored, counted as wrong. */
+  tooLong: boolean;
   /** Ranked template: whether both orders preferred the same response. */
   swapConsistent?: boolean;
   detail: ItemScore[];
@@ -60,9 +64,15 @@ export class ActivationRM {
     const meta = this.criterion.meta;
     const maxLength = opts.maxLength ?? meta.hyper.maxLength;
     const batchSize = opts.batchSize ?? meta.hyper.batchSize;
-    const rendered = items.map((it) => render(this.decoder.tokenizer, meta.template, [], it, maxLength));
-    const order = rendered.map((_, i) => i).sort((a, b) => rendered[a]!.ids.length - rendered[b]!.ids.length);
     const out: ItemScore[] = new Array(items.length);
+    const rendered = items.map((it, i) => {
+      try { return render(this.decoder.tokenizer, meta.template, [], it, maxLength); } catch (e) {
+        if (!(e instanceof TooLongError)) throw e;
+        out[i] = { id: it.id, reward: NaN, normalized: NaN, logitYes: NaN, logitNo: NaN, truncatedTokens: 0, tooLong: true };
+        return null;
+      }
+    });
+    const order = rendered.map((_, i) => i).filter((i) => rendered[i]).sort((a, b) => rendered[a]!.ids.length - rendered[b]!.ids.length);
     const V = this.decoder.spec.vocabSize;
     const [yesId, noId] = meta.answerTokens.primary;
     const [yesVariants, noVariants] = meta.answerTokens.variants;
@@ -75,7 +85,7 @@ export class ActivationRM {
         const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
         out[i] = {
           id: items[i]!.id, reward: p[yesId]!, normalized: yes / (yes + no || 1),
-          logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens,
+          logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
         };
       });
       opts.onProgress?.(Math.min(start + batchSize, order.length), order.length);
@@ -116,7 +126,7 @@ export class ActivationRM {
 }
 
 function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
-  return { id, chosen, rejected, margin: chosen - rejected, correct: chosen > rejected, truncated: detail.some((d) => d.truncatedTokens > 0), detail };
+  return { id, chosen, rejected, margin: chosen - rejected, correct: chosen > rejected, truncated: detail.some((d) => d.truncatedTokens > 0), tooLong: detail.some((d) => d.tooLong), detail };
 }
 
 /** Softmax over a logits row in float64. */

@@ -47,28 +47,50 @@ export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: s
   return template.text.replace(/\{(prompt|response|response_a|response_b)\}/g, (m, key: string) => values[key] ?? m);
 }
 
-interface Rendered { ids: number[]; truncatedTokens: number }
+interface Rendered { ids: number[]; truncatedTokens: number; droppedDemos: number }
+
+/** The query's response and question alone exceed the length budget: the item cannot be judged at this length. */
+export class TooLongError extends Error {
+  override name = 'TooLongError';
+  constructor(readonly itemId: string, readonly tokens: number, readonly maxLength: number) {
+    super(`item ${itemId}: ${tokens} tokens exceed --max-length ${maxLength} even with its prompt removed (the response and the question are never cut)`);
+  }
+}
 
 /**
  * Token ids of `demos` (shown with their answers) followed by `query` (answer left out). When the total
- * exceeds `maxLength`, prompts are cut from their start, the longest prompt first; responses and the
- * question never are. Throws when even empty prompts do not fit.
+ * exceeds `maxLength`, prompts are cut from their start, the longest prompt first; if that is not enough,
+ * demonstrations are dropped (longest first). The query's response and the question are never cut: if they
+ * alone do not fit, TooLongError.
  */
 export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): Rendered {
+  let shown = demos;
+  for (;;) {
+    const r = renderWithPromptCuts(tokenizer, template, shown, query, maxLength);
+    if (r) return { ...r, droppedDemos: demos.length - shown.length };
+    if (shown.length === 0) {
+      throw new TooLongError(query.id, assemble(tokenizer, template, [query], [fill(template, query, '')]).length, maxLength);
+    }
+    const longest = shown.reduce((best, it, i) => (length(it) > length(shown[best]!) ? i : best), 0);
+    shown = shown.filter((_, i) => i !== longest);
+  }
+}
+
+const length = (it: JudgeItem) => promptText(it.prompt).length + Object.values(it.fields).reduce((n, f) => n + f.length, 0);
+
+function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): { ids: number[]; truncatedTokens: number } | null {
   const items = [...demos, query];
   const prompts = items.map((it) => promptText(it.prompt));
   const promptIds = prompts.map((p) => tokenizer.encode(p, { addSpecialTokens: false }));
   const keep = promptIds.map((p) => p.length); // tokens kept from the end of each prompt
   const texts = () => items.map((it, i) => fill(template, it, keep[i] === promptIds[i]!.length ? prompts[i] : tokenizer.decode(promptIds[i]!.slice(promptIds[i]!.length - keep[i]!), { skipSpecialTokens: false })));
   let truncated = 0;
-  for (let attempt = 0; ; attempt++) {
+  for (;;) {
     const ids = assemble(tokenizer, template, items, texts());
     const over = ids.length - maxLength;
     if (over <= 0) return { ids, truncatedTokens: truncated };
     const longest = keep.reduce((best, k, i) => (k > keep[best]! ? i : best), 0);
-    if (keep[longest] === 0 || attempt > 4 * items.length + 16) {
-      throw new Error(`item ${query.id}: ${ids.length} tokens exceed --max-length ${maxLength} even with its prompt${items.length > 1 ? 's' : ''} removed`);
-    }
+    if (keep[longest] === 0) return null;
     const cut = Math.min(keep[longest]!, over + 2); // a little slack: re-tokenising at the cut can merge differently
     keep[longest]! -= cut;
     truncated += cut;
