@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import * as ort from 'onnxruntime-node';
-const dir = fs.globSync ? '' : '';
-const entry = '/tmp/arm-bench-cache-9ErCDY/graphs/' + fs.readdirSync('/tmp/arm-bench-cache-9ErCDY/graphs')[0];
+
+const entry = process.argv[3] ?? ('/tmp/arm-bench-cache-9ErCDY/graphs/' + fs.readdirSync('/tmp/arm-bench-cache-9ErCDY/graphs')[0]);
 const variant = process.argv[2] ?? 'default';
 const status = () => Object.fromEntries(fs.readFileSync('/proc/self/status', 'utf8').split('\n').filter((l) => /^(VmHWM|VmRSS|RssAnon|RssFile)/.test(l)).map((l) => { const [k, v] = l.split(':'); return [k, Math.round(parseInt(v!) / 1024)]; }));
 console.log(variant, 'before', JSON.stringify(status()));

@@ -94,13 +94,13 @@ export class ActivationRM {
   }
 
   /** Scores preference pairs (and scalar examples, as single items). */
-  async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<(PairScore | (ItemScore & { label: boolean }))[]> {
+  async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<(PairScore | (ItemScore & { label: boolean | null }))[]> {
     const kind = this.criterion.meta.template.kind;
     const items: JudgeItem[] = [];
     for (const e of examples) {
       if (e.kind === 'scalar') {
         if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
-        items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label ? 0 : 1 });
+        items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label === false ? 1 : 0 });
       } else if (kind === 'scalar') {
         items.push({ id: `${e.id}:chosen`, prompt: e.prompt, fields: { response: e.chosen }, answer: 0 });
         items.push({ id: `${e.id}:rejected`, prompt: e.prompt, fields: { response: e.rejected }, answer: 1 });

@@ -5,9 +5,9 @@ import { Decoder } from '../model/decoder.js';
 
 export interface ModelCliOptions { model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean }
 
-export function addModelOptions(cmd: Command): Command {
-  return cmd
-    .requiredOption('--model <dir|hub-id>', 'Hugging Face checkpoint folder or hub id (owner/name[@revision])')
+export function addModelOptions(cmd: Command, defaultModel?: string): Command {
+  const model = 'Hugging Face checkpoint folder or hub id (owner/name[@revision])';
+  return (defaultModel ? cmd.option('--model <dir|hub-id>', model, defaultModel) : cmd.requiredOption('--model <dir|hub-id>', model))
     .option('--revision <rev>', 'hub revision (branch, tag or commit)')
     .option('--cache-dir <dir>', 'where built graphs and downloads are kept (default ~/.cache/activation-rm, or $ARM_CACHE_DIR)')
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', (v) => positiveInt(v, '--threads'))

@@ -1,12 +1,14 @@
 /** The `arm` command. */
 import { Command } from 'commander';
 import { registerModelCommands } from './model-commands.js';
+import { registerArmCommands } from './arm-commands.js';
 
 export function buildProgram(): Command {
   const program = new Command('arm')
     .description('Activation Reward Models on local Hugging Face language models')
     .showHelpAfterError();
   registerModelCommands(program);
+  registerArmCommands(program);
   return program;
 }
 

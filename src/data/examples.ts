@@ -10,8 +10,8 @@ import fs from 'node:fs';
 export interface ChatTurn { role: string; content: string }
 export type Prompt = string | ChatTurn[];
 
-export interface PairExample { kind: 'pair'; id: string; line: number; prompt: Prompt; chosen: string; rejected: string; subset?: string }
-export interface ScalarExample { kind: 'scalar'; id: string; line: number; prompt: Prompt; response: string; label: boolean; subset?: string }
+export interface PairExample { kind: 'pair'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; chosen: string; rejected: string; subset?: string }
+export interface ScalarExample { kind: 'scalar'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; response: string; label: boolean | null; subset?: string }
 export type Example = PairExample | ScalarExample;
 
 /** One judged item: what the reward model sees (a pair contributes two). */
@@ -26,6 +26,8 @@ export interface ReadOptions {
   skipInvalid?: boolean;
   limit?: number;
   subsets?: string[];
+  /** Scalar rows may leave out "label" (scoring input); fitting needs labels. */
+  labelsOptional?: boolean;
 }
 
 export interface ReadResult { examples: Example[]; skipped: { line: number; reason: string }[] }
@@ -47,7 +49,7 @@ export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
     try {
       let row: unknown;
       try { row = JSON.parse(raw); } catch (e) { throw new DataError(`${where}: not valid JSON (${(e as Error).message})`); }
-      const ex = parseRow(row, i + 1, where);
+      const ex = parseRow(row, i + 1, where, opts.labelsOptional ?? false);
       if (seen.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
       seen.add(ex.id);
       if (opts.subsets && !opts.subsets.includes(ex.subset ?? '')) continue;
@@ -62,7 +64,7 @@ export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
   return { examples, skipped };
 }
 
-function parseRow(row: unknown, line: number, where: string): Example {
+function parseRow(row: unknown, line: number, where: string, labelsOptional: boolean): Example {
   if (typeof row !== 'object' || row === null || Array.isArray(row)) throw new DataError(`${where}: a row must be a JSON object`);
   const r = row as Record<string, unknown>;
   const id = r.id === undefined ? `line-${line}` : String(r.id);
@@ -89,17 +91,17 @@ function parseRow(row: unknown, line: number, where: string): Example {
       chosen = c.slice(k).map((t) => t.content).join('\n');
       rejected = rj.slice(k).map((t) => t.content).join('\n');
     }
-    return { kind: 'pair', id, line, prompt, chosen, rejected, subset };
+    return { kind: 'pair', id, line, row: r, prompt, chosen, rejected, subset };
   }
   if (r.response !== undefined || r.label !== undefined) {
     if (!promptField) throw new DataError(`${where}: field "prompt" is missing`);
     if (r.response === undefined) throw new DataError(`${where}: field "response" is missing`);
-    if (r.label === undefined) throw new DataError(`${where}: field "label" is missing`);
+    if (r.label === undefined && !labelsOptional) throw new DataError(`${where}: field "label" is missing`);
     return {
-      kind: 'scalar', id, line, subset,
+      kind: 'scalar', id, line, row: r, subset,
       prompt: parsePrompt(r[promptField], `${where}: field "${promptField}"`),
       response: parseResponse(r.response, `${where}: field "response"`),
-      label: parseLabel(r.label, `${where}: field "label"`),
+      label: r.label === undefined ? null : parseLabel(r.label, `${where}: field "label"`),
     };
   }
   throw new DataError(`${where}: a row needs {prompt, chosen, rejected} or {prompt, response, label}; found fields ${Object.keys(r).join(', ') || '(none)'}`);
@@ -141,12 +143,13 @@ function parseLabel(v: unknown, where: string): boolean {
 
 /** Pairs become two scalar items (chosen → yes, rejected → no); scalar examples stay as they are. */
 export function toScalarItems(examples: Example[]): ScalarItem[] {
+  for (const e of examples) if (e.kind === 'scalar' && e.label === null) throw new DataError(`line ${e.line}: field "label" is missing`);
   return examples.flatMap((e): ScalarItem[] => e.kind === 'pair'
     ? [
       { id: `${e.id}:chosen`, prompt: e.prompt, response: e.chosen, label: true, source: e },
       { id: `${e.id}:rejected`, prompt: e.prompt, response: e.rejected, label: false, source: e },
     ]
-    : [{ id: e.id, prompt: e.prompt, response: e.response, label: e.label, source: e }]);
+    : [{ id: e.id, prompt: e.prompt, response: e.response, label: e.label!, source: e }]);
 }
 
 /** Renders a message-list prompt as plain text for the template's "Prompt:" field. */

@@ -1,23 +1,8 @@
 import { expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
+import { arm } from '../helpers/cli.js';
 import fs from 'node:fs';
 import path from 'node:path';
-import { STORIES, tempDir } from '../helpers/fixtures.js';
-
-const cacheDir = tempDir('arm-cache-');
-export function arm(args: string[], opts: { expectFail?: boolean } = {}): { stdout: string; stderr: string; status: number } {
-  try {
-    const stdout = execFileSync(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'), ...args], {
-      encoding: 'utf8', env: { ...process.env, ARM_CACHE_DIR: cacheDir }, stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    if (opts.expectFail) throw new Error(`expected failure, got ${stdout}`);
-    return { stdout, stderr: '', status: 0 };
-  } catch (e) {
-    const err = e as { stdout: string; stderr: string; status: number };
-    if (!opts.expectFail) throw e;
-    return { stdout: err.stdout, stderr: err.stderr, status: err.status };
-  }
-}
+import { STORIES } from '../helpers/fixtures.js';
 
 const golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8')).prompts[1];
 

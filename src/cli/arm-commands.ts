@@ -1,0 +1,151 @@
+/** `arm fit`, `arm score`, `arm inspect`: the Activation RM from the command line. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Option, type Command } from 'commander';
+import { readExamples } from '../data/examples.js';
+import { fitActivationRM, FitInterrupted, type HeadStrategy } from '../arm/fit.js';
+import { ActivationRM } from '../arm/rm.js';
+import { loadCriterion, type Criterion } from '../arm/criterion.js';
+import { addModelOptions, loadDecoder, positiveInt, progressBar, type ModelCliOptions } from './common.js';
+
+export const DEFAULT_MODEL = 'Qwen/Qwen2.5-0.5B-Instruct';
+
+const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
+const positiveNumber = (v: string, flag: string) => {
+  const n = Number(v);
+  if (!(n > 0)) throw new Error(`${flag} must be a positive number, got ${JSON.stringify(v)}`);
+  return n;
+};
+
+interface FitCliOptions extends ModelCliOptions {
+  examples: string; out: string; seed: number; template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto';
+  passes: number; shots: number; steps: number; samples: number; lr: number; batchSize: number; maxLength?: number;
+  mode: 'replace' | 'add'; heads: HeadStrategy; denoise?: string; keepAllMeans?: boolean; resume?: boolean;
+}
+
+export function registerArmCommands(program: Command): void {
+  addModelOptions(program.command('fit').description('fit an Activation RM criterion from few-shot examples'), DEFAULT_MODEL)
+    .requiredOption('--examples <file.jsonl>', 'few-shot examples: {prompt, chosen, rejected} pairs and/or {prompt, response, label}')
+    .requiredOption('--out <file.arm.safetensors>', 'criterion file to write')
+    .option('--seed <n>', 'seed for pass sampling and REINFORCE', (v) => nonNegativeInt(v, '--seed'), 0)
+    .addOption(new Option('--template <kind>', 'judge template').choices(['scalar', 'ranked']).default('scalar'))
+    .option('--template-text <text>', 'custom template with {prompt} {response} (ranked: {response_a} {response_b}) placeholders')
+    .option('--chat', 'force the chat template')
+    .option('--no-chat', 'plain-text prompts even if the tokenizer has a chat template')
+    .option('--passes <T>', 'mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
+    .option('--shots <k>', 'demonstrations per pass (0: one zero-shot pass per example)', (v) => nonNegativeInt(v, '--shots'), 4)
+    .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
+    .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
+    .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1)
+    .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
+    .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'))
+    .addOption(new Option('--mode <mode>', 'intervention').choices(['replace', 'add']).default('replace'))
+    .option('--heads <which>', 'selected (REINFORCE) | all | random:N', 'selected')
+    .option('--denoise <pca:r>', 'project means onto the top r PCA axes of the per-pass activations')
+    .option('--keep-all-means', 'store the means of every head, not only the selected ones')
+    .option('--resume', 'continue an interrupted fit from <out>.fit-checkpoint.json')
+    .action(async (o: FitCliOptions) => {
+      const { examples, skipped } = readExamples(o.examples);
+      if (skipped.length) process.stderr.write(`skipped ${skipped.length} rows\n`);
+      const decoder = await loadDecoder(o);
+      const checkpointFile = `${o.out}.fit-checkpoint.json`;
+      let stop = false;
+      const onSigint = () => {
+        if (stop) process.exit(130);
+        stop = true;
+        process.stderr.write('\nstopping after this step (Ctrl-C again to quit at once)…\n');
+      };
+      process.on('SIGINT', onSigint);
+      const bars = { means: progressBar('means     ', o.quiet), reinforce: progressBar('reinforce ', o.quiet), readout: progressBar('read-out  ', o.quiet) };
+      try {
+        const rm = await fitActivationRM(decoder, examples, {
+          template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, seed: o.seed,
+          batchSize: o.batchSize, maxLength: o.maxLength, mode: o.mode, heads: o.heads, denoise: o.denoise ?? null,
+          reinforce: { steps: o.steps, samples: o.samples, lr: o.lr }, checkpointFile, resume: o.resume, modelId: o.model,
+          onProgress: (phase, done, total, info) => { bars[phase].update(done, total, info); if (done === total) bars[phase].stop(); },
+          warn: (m) => process.stderr.write(`warning: ${m}\n`),
+          shouldStop: () => stop,
+        });
+        rm.save(o.out, { keepAllMeans: o.keepAllMeans });
+        fs.rmSync(checkpointFile, { force: true });
+        const m = rm.criterion.meta;
+        process.stderr.write(`wrote ${o.out}: ${m.heads.length} of ${m.model.numLayers * m.model.numHeads} heads, seed ${m.seed}, ${m.fit.seconds.toFixed(1)} s; answer tokens ${m.answerTokens.primary.join('/')} (${m.answerTokens.strings.map((s) => JSON.stringify(s)).join('/')})\n`);
+      } catch (e) {
+        if (e instanceof FitInterrupted) { process.stderr.write(`${e.message}\n`); process.exitCode = 130; return; }
+        throw e;
+      } finally {
+        Object.values(bars).forEach((b) => b.stop());
+        process.off('SIGINT', onSigint);
+        await decoder.dispose();
+      }
+    });
+
+  addModelOptions(program.command('score').description('score items or pairs with a fitted criterion'), DEFAULT_MODEL)
+    .requiredOption('--rm <file.arm.safetensors>', 'criterion file')
+    .requiredOption('--input <file.jsonl>', 'pairs {prompt, chosen, rejected} and/or items {prompt, response[, label]}')
+    .requiredOption('--output <file.jsonl>', 'input rows with an "arm" field of scores added')
+    .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'))
+    .option('--max-length <n>', 'token budget per prompt', (v) => positiveInt(v, '--max-length'))
+    .action(async (o: ModelCliOptions & { rm: string; input: string; output: string; batchSize?: number; maxLength?: number }) => {
+      const { examples } = readExamples(o.input, { labelsOptional: true });
+      const decoder = await loadDecoder(o);
+      const bar = progressBar('scoring   ', o.quiet);
+      try {
+        const rm = ActivationRM.load(decoder, o.rm);
+        const scores = await rm.scoreExamples(examples, { batchSize: o.batchSize, maxLength: o.maxLength, onProgress: (d, t) => bar.update(d, t) });
+        bar.stop();
+        const lines = examples.map((e, i) => {
+          const s = scores[i]!;
+          const arm = 'chosen' in s
+            ? { chosen: s.chosen, rejected: s.rejected, margin: s.margin, correct: s.correct, truncated: s.truncated, tooLong: s.tooLong, ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }) }
+            : { reward: s.reward, normalized: s.normalized, logitYes: s.logitYes, logitNo: s.logitNo, truncated: s.truncatedTokens > 0, tooLong: s.tooLong };
+          return JSON.stringify({ ...e.row, arm: Object.fromEntries(Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v])) });
+        });
+        fs.mkdirSync(path.dirname(path.resolve(o.output)), { recursive: true });
+        const tmp = `${o.output}.tmp-${process.pid}`;
+        fs.writeFileSync(tmp, lines.join('\n') + '\n');
+        fs.renameSync(tmp, o.output);
+        const pairs = scores.filter((s) => 'chosen' in s);
+        const truncated = scores.filter((s) => ('chosen' in s ? s.truncated : s.truncatedTokens > 0)).length;
+        const tooLong = scores.filter((s) => s.tooLong).length;
+        const correct = pairs.filter((s) => 'correct' in s && s.correct).length;
+        process.stderr.write(`scored ${examples.length} rows → ${o.output}` +
+          (pairs.length ? `; pairs: accuracy ${(correct / pairs.length).toFixed(4)} (${correct}/${pairs.length}, ties and unscorable count as wrong)` : '') +
+          `; truncated prompts: ${truncated}; too long to score: ${tooLong}\n`);
+      } finally {
+        bar.stop();
+        await decoder.dispose();
+      }
+    });
+
+  program.command('inspect').description('show what a criterion file holds').argument('<file>', '.arm.safetensors file')
+    .option('--json', 'print the metadata as JSON')
+    .action((file: string, o: { json?: boolean }) => {
+      const c = loadCriterion(file);
+      if (o.json) { process.stdout.write(`${JSON.stringify({ ...c.meta, probs: Array.from(c.probs) })}\n`); return; }
+      process.stdout.write(describeCriterion(file, c));
+    });
+}
+
+export function describeCriterion(file: string, c: Criterion): string {
+  const m = c.meta;
+  const { numLayers: L, numHeads: H } = m.model;
+  const selected = new Set(m.heads.map(([l, h]) => l * H + h));
+  const shade = (p: number) => ' ░▒▓█'[Math.min(4, Math.floor(p * 5))]!;
+  const lines = [
+    `${file}`,
+    `  model      ${m.model.id} (${m.model.family}, ${L} layers × ${H} heads, d ${m.model.headDim}); config sha256 ${m.model.configHash.slice(0, 12)}…`,
+    `  template   ${m.template.kind}${m.template.chat ? ' via chat template' : ' plain text'}; answers ${m.answerTokens.strings.map((s, i) => `${JSON.stringify(s)}→${m.answerTokens.primary[i]}`).join(', ')}`,
+    `  heads      ${m.heads.length} of ${L * H} (${m.headStrategy}, ${m.mode}${m.denoise ? `, denoise ${m.denoise}` : ''}): ${m.heads.map(([l, h]) => `L${l}H${h}`).join(' ')}`,
+    `  fit        seed ${m.seed}; ${m.fit.meanPasses} mean passes × ${m.hyper.shots} shots; ${m.fit.reinforceSteps} REINFORCE steps` +
+      (m.hyper.reinforce ? ` (S ${m.hyper.reinforce.samples}, lr ${m.hyper.reinforce.lr})` : '') + `; ${m.fit.seconds.toFixed(1)} s; ${m.fit.createdAt}`,
+    `  examples   ${m.examples.count} (${m.examples.items} judge items, ${m.examples.itemsTooLong} too long); sha256 ${m.examples.sha256.slice(0, 12)}…`,
+    m.readout ? `  read-out   best mean loss ${m.readout.meanLoss.toFixed(4)} of ${m.readout.candidates.length} sampled masks` : '',
+    '',
+    `  selection probability σ(θ) per layer × head (█ ≥ 0.8; * = selected)`,
+    `        ${Array.from({ length: H }, (_, h) => String(h % 10)).join(' ')}`,
+    ...Array.from({ length: L }, (_, l) => `  L${String(l).padStart(3)} ${Array.from({ length: H }, (_, h) => (selected.has(l * H + h) ? '*' : shade(c.probs[l * H + h]!))).join(' ')}`),
+    '',
+  ];
+  return lines.filter((x, i) => x !== '' || i > 5).join('\n');
+}
