@@ -45,8 +45,12 @@ export interface KvCache {
 
 export interface LoadInfo { modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string }
 
+/** Work done so far, for cost reports: real tokens fed, padded positions, session runs. */
+export interface DecoderStats { runs: number; tokens: number; paddedPositions: number }
+
 export class Decoder {
   private disposed = false;
+  readonly stats: DecoderStats = { runs: 0, tokens: 0, paddedPositions: 0 };
 
   private constructor(
     readonly spec: ModelSpec,
@@ -214,6 +218,8 @@ export class Decoder {
     const fetches = ['logits', 'heads'];
     if (wantKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
     const out = await this.session.run(feeds, fetches);
+    this.stats.runs++;
+    for (const row of rows) { this.stats.tokens += row.length; this.stats.paddedPositions += S - row.length; }
     const data = (name: string) => out[name]!.data as Float32Array;
     const result = {
       logits: data('logits'), heads: data('heads'),
