@@ -6,6 +6,7 @@ import type { Decoder, HeadPatch } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
 import { render, TooLongError, type JudgeItem } from './template.js';
+import { forEachLastLogits } from '../model/batch.js';
 
 export interface ItemScore {
   id: string;
@@ -72,24 +73,18 @@ export class ActivationRM {
         return null;
       }
     });
-    const order = rendered.map((_, i) => i).filter((i) => rendered[i]).sort((a, b) => rendered[a]!.ids.length - rendered[b]!.ids.length);
-    const V = this.decoder.spec.vocabSize;
+    const live = rendered.map((_, i) => i).filter((i) => rendered[i]);
     const [yesId, noId] = meta.answerTokens.primary;
     const [yesVariants, noVariants] = meta.answerTokens.variants;
-    for (let start = 0; start < order.length; start += batchSize) {
-      const idx = order.slice(start, start + batchSize);
-      const { logits } = await this.decoder.forward(idx.map((i) => rendered[i]!.ids), this.patch(idx.length));
-      idx.forEach((i, b) => {
-        const row = logits.subarray(b * V, (b + 1) * V);
-        const p = softmax(row);
-        const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
-        out[i] = {
-          id: items[i]!.id, reward: p[yesId]!, normalized: yes / (yes + no || 1),
-          logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
-        };
-      });
-      opts.onProgress?.(Math.min(start + batchSize, order.length), order.length);
-    }
+    await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), onProgress: opts.onProgress }, (j, row) => {
+      const i = live[j]!;
+      const p = softmax(row);
+      const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
+      out[i] = {
+        id: items[i]!.id, reward: p[yesId]!, normalized: yes / (yes + no || 1),
+        logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
+      };
+    });
     return out;
   }
 

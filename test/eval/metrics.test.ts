@@ -1,0 +1,46 @@
+import { describe, expect, it } from 'vitest';
+import { accuracy, bootstrapInterval, meanMargin, meanStd, quantile, sectionScores } from '../../src/eval/metrics.js';
+
+describe('metrics against hand-computed values', () => {
+  it('accuracy counts ties and NaN as wrong', () => {
+    const pairs = [{ chosen: 0.9, rejected: 0.1 }, { chosen: 0.5, rejected: 0.5 }, { chosen: 0.2, rejected: 0.3 }, { chosen: NaN, rejected: 0.1 }];
+    expect(accuracy(pairs)).toBe(0.25);
+    expect(meanMargin(pairs)).toBeCloseTo((0.8 + 0 - 0.1) / 3, 12);
+  });
+
+  it('mean and sample std', () => {
+    const r = meanStd([0.5, 0.7, 0.6]);
+    expect(r.mean).toBeCloseTo(0.6, 12);
+    expect(r.std).toBeCloseTo(0.1, 12); // sqrt((0.01 + 0.01 + 0) / 2)
+    expect(meanStd([0.4]).std).toBe(0);
+  });
+
+  it('quantile interpolates like numpy', () => {
+    expect(quantile([1, 2, 3, 4], 0.25)).toBeCloseTo(1.75, 12);
+    expect(quantile([1, 2, 3, 4], 0.975)).toBeCloseTo(3.925, 12);
+  });
+
+  it('bootstrap: degenerate cases are exact; a known case is seeded, reproducible and covers the mean', () => {
+    expect(bootstrapInterval([true, true, true])).toEqual([1, 1]);
+    expect(bootstrapInterval([false, false])).toEqual([0, 0]);
+    const outcomes = Array.from({ length: 200 }, (_, i) => i % 4 !== 0); // accuracy 0.75
+    const a = bootstrapInterval(outcomes, { seed: 1, resamples: 2000 });
+    expect(bootstrapInterval(outcomes, { seed: 1, resamples: 2000 })).toEqual(a);
+    // Normal approximation: 0.75 ± 1.96·sqrt(0.75·0.25/200) = [0.690, 0.810]
+    expect(a[0]).toBeGreaterThan(0.68);
+    expect(a[0]).toBeLessThan(0.70);
+    expect(a[1]).toBeGreaterThan(0.80);
+    expect(a[1]).toBeLessThan(0.82);
+  });
+
+  it('RewardBench sections are weighted by example counts', () => {
+    const s = sectionScores({
+      'llmbar-natural': { accuracy: 0.8, count: 100 },
+      'llmbar-adver-neighbor': { accuracy: 0.5, count: 134 },
+      'some-other': { accuracy: 1, count: 10 },
+    });
+    expect(Object.keys(s)).toEqual(['Chat Hard']);
+    expect(s['Chat Hard']!.score).toBeCloseTo((0.8 * 100 + 0.5 * 134) / 234, 12);
+    expect(s['Chat Hard']!.count).toBe(234);
+  });
+});
