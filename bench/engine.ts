@@ -7,15 +7,19 @@
  *   cachedLoadS       a second Decoder.load on the same cache dir, in a new process (weights.bin is in the
  *                     page cache by then: this is a warm-cache load).
  *   forwardEfficiency model FLOP/s of a batch-1, 256-token Decoder.forward divided by the FLOP/s of a plain
- *                     onnxruntime MatMul [256,896]·[896,4864] (weight as an initializer, same thread count).
+ *                     onnxruntime MatMul [256,896]·[896,4864] (weight as an initializer, same thread count and
+ *                     session options), measured in the same process in interleaved rounds; median of the
+ *                     per-round ratios.
  *   sharedStepSpeedup 32 × (one batch-1 256-token forward) / (one Decoder.stepShared with 32 patch rows after a
- *                     255-token prefill). The 32 forwards are extrapolated from one, not run.
- *   rssOverWeights    peak RSS of the process that loads from cache and runs everything above, divided by
- *                     Decoder.weightBytes (fp32 weights.bin).
+ *                     255-token prefill), interleaved rounds, median of the per-round ratios. The 32 forwards are
+ *                     extrapolated from one, not run.
+ *   rssOverWeights    peak RSS (maxRSS) of the process that loads from cache and runs the engine, read before
+ *                     the reference MatMul session exists, divided by Decoder.weightBytes (fp32 weights.bin).
  *
- * The parent process only orchestrates: the checkpoint writer, the cold build, the cached run and the MatMul
- * reference each run in a child process (this script with a mode argument), so no figure is polluted by
- * another step's memory or by another session's spinning thread pool.
+ * Processes: the parent only orchestrates. The checkpoint writer, the cold build and the cached run each
+ * run in a child process (this script with a mode argument), so the RSS figure is that process's alone.
+ * Ratios pair measurements taken seconds apart because small shared VMs drift a lot (we saw the same
+ * MatMul take 10 ms and 32 ms minutes apart); the table prints each ratio's range over the rounds.
  *
  * Options: --threads N (default: all cores, as Decoder.load), --keep-cache (keep the fresh cache dir this run
  * builds; by default the bench removes that one folder, which it created itself, at the end).
@@ -47,8 +51,9 @@ const PATCH_ROWS = 32;    // stepShared batch
 const WARMUP = { forward: 2, step: 2 };
 const ROUNDS = 7;            // each: 1 forward, STEPS_PER_ROUND stepShared, 1 decode step
 const STEPS_PER_ROUND = 3;
-const EFF_ROUNDS = 7;        // each: 1 forward, MATMULS_PER_ROUND reference MatMuls
+const EFF_ROUNDS = 9;        // each: 1 forward, MATMULS_PER_ROUND reference MatMuls
 const MATMULS_PER_ROUND = 7;
+const MATMUL_ROUND_WARMUP = 3;
 const MATMUL_WARMUP = 5;
 const REF_MATMUL: [number, number, number] = [SEQ, 896, 4864]; // [M, K, N]
 
@@ -129,7 +134,7 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
   const ids = Array.from({ length: SEQ }, () => Math.floor(rng.uniform() * V));
   const mask = Float32Array.from({ length: PATCH_ROWS * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
   const values = Float32Array.from({ length: L * H * d }, () => rng.normal());
-  const totalRuns = WARMUP.forward + 3 + WARMUP.step + 1 + ROUNDS * (1 + STEPS_PER_ROUND + 1) + MATMUL_WARMUP + EFF_ROUNDS * (1 + MATMULS_PER_ROUND);
+  const totalRuns = WARMUP.forward + 3 + WARMUP.step + 1 + ROUNDS * (1 + STEPS_PER_ROUND + 1) + MATMUL_WARMUP + EFF_ROUNDS * (1 + MATMUL_ROUND_WARMUP + MATMULS_PER_ROUND);
   let done = 0;
   const timed = async <T>(what: string, fn: () => Promise<T>): Promise<[T, number]> => {
     const t = performance.now();
@@ -187,7 +192,8 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
     const f = (await forward())[1];
     await pause();
     const m: number[] = [];
-    for (let i = 0; i < MATMULS_PER_ROUND; i++) m.push((await matmul())[1]);
+    // The first MatMuls after a forward run slow (its packed weight was evicted from cache): not counted.
+    for (let i = 0; i < MATMUL_ROUND_WARMUP + MATMULS_PER_ROUND; i++) { const ms = (await matmul())[1]; if (i >= MATMUL_ROUND_WARMUP) m.push(ms); }
     effForwardMs.push(f);
     matmulMs.push(...m);
     efficiencies.push((fwdFlops / f) / ((2 * M * K * N) / median(m)));

@@ -232,3 +232,25 @@ function parseDenoise(spec: string | null): number | null {
 
 const encodeF32 = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength).toString('base64');
 const decodeF32 = (s: string) => { const b = Buffer.from(s, 'base64'); const out = new Float32Array(b.length / 4); new Uint8Array(out.buffer).set(b); return out; };
+
+/**
+ * The judge without an intervention (no heads): zero-shot P(answer) with the same template and answer
+ * tokens an ARM would use. Baselines read it plain, normalised, with demonstrations, or sampled.
+ */
+export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template' | 'templateText' | 'chat' | 'maxLength' | 'batchSize' | 'modelId'> = {}): ActivationRM {
+  const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
+  const kind = options.template ?? 'scalar';
+  const template = makeTemplate(kind, { text: options.templateText, chat: options.chat }, decoder.tokenizer);
+  const probe: JudgeItem = { id: 'probe', prompt: 'Question', fields: kind === 'scalar' ? { response: 'Answer' } : { response_a: 'One', response_b: 'Two' }, answer: 0 };
+  return new ActivationRM(decoder, {
+    mu: new Float32Array(L * H * d), probs: new Float32Array(L * H),
+    meta: {
+      formatVersion: FORMAT_VERSION,
+      model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
+      template, answerTokens: resolveAnswerTokens(decoder.tokenizer, template, probe), heads: [], mode: 'replace', headStrategy: 'none', denoise: null, seed: 0,
+      hyper: { passes: 0, shots: 0, maxLength: options.maxLength ?? decoder.spec.maxPositions, batchSize: options.batchSize ?? 8, reinforce: null },
+      examples: { count: 0, items: 0, itemsTooLong: 0, ids: [], sha256: '' }, readout: null,
+      fit: { seconds: 0, createdAt: new Date().toISOString(), meanPasses: 0, truncatedPasses: 0, reinforceSteps: 0 }, muLayout: 'selected',
+    },
+  });
+}

@@ -7,6 +7,8 @@ import type { Example } from '../data/examples.js';
 import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
 import { render, TooLongError, type JudgeItem } from './template.js';
 import { forEachLastLogits } from '../model/batch.js';
+import { argmax } from '../model/decoder.js';
+import { Rng } from '../util/rng.js';
 
 export interface ItemScore {
   id: string;
@@ -19,6 +21,10 @@ export interface ItemScore {
   truncatedTokens: number;
   /** The response and question alone exceed the length budget: not scored (reward NaN). */
   tooLong: boolean;
+  /** Greedy verdict: 0 when the argmax token is a variant of the first answer word, 1 of the second, null otherwise. */
+  verdict: 0 | 1 | null;
+  /** With `sample`: fraction of sampled first tokens that are first-answer variants, among those that are answers. */
+  sampledYes?: number;
 }
 
 export interface PairScore {
@@ -37,7 +43,17 @@ export interface PairScore {
   detail: ItemScore[];
 }
 
-export interface ScoreOptions { batchSize?: number; maxLength?: number; onProgress?: (done: number, total: number) => void }
+export interface ScoreOptions {
+  batchSize?: number;
+  maxLength?: number;
+  /** Demonstrations (with answers) placed before every item: the in-context judge. */
+  demos?: JudgeItem[];
+  /** Sampled verdicts: `n` first tokens drawn at `temperature` from the full softmax, seeded. */
+  sample?: { n: number; temperature: number; seed: number };
+  /** What a scalar-template pair compares: P(Yes) (default), the Yes/No-normalised probability, or sampled verdicts. */
+  readout?: 'reward' | 'normalized' | 'sampled';
+  onProgress?: (done: number, total: number) => void;
+}
 
 export class ActivationRM {
   constructor(readonly decoder: Decoder, readonly criterion: Criterion) {}
@@ -67,9 +83,9 @@ export class ActivationRM {
     const batchSize = opts.batchSize ?? meta.hyper.batchSize;
     const out: ItemScore[] = new Array(items.length);
     const rendered = items.map((it, i) => {
-      try { return render(this.decoder.tokenizer, meta.template, [], it, maxLength); } catch (e) {
+      try { return render(this.decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength); } catch (e) {
         if (!(e instanceof TooLongError)) throw e;
-        out[i] = { id: it.id, reward: NaN, normalized: NaN, logitYes: NaN, logitNo: NaN, truncatedTokens: 0, tooLong: true };
+        out[i] = { id: it.id, reward: NaN, normalized: NaN, logitYes: NaN, logitNo: NaN, truncatedTokens: 0, tooLong: true, verdict: null };
         return null;
       }
     });
@@ -80,10 +96,13 @@ export class ActivationRM {
       const i = live[j]!;
       const p = softmax(row);
       const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
+      const top = argmax(row);
       out[i] = {
         id: items[i]!.id, reward: p[yesId]!, normalized: yes / (yes + no || 1),
         logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
+        verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
       };
+      if (opts.sample) out[i]!.sampledYes = sampleVerdicts(row, opts.sample, i, yesVariants, noVariants);
     });
     return out;
   }
@@ -110,7 +129,8 @@ export class ActivationRM {
       if (e.kind === 'scalar') return { ...scores[at++]!, label: e.label };
       const a = scores[at++]!, b = scores[at++]!;
       if (kind === 'scalar') {
-        return pairScore(e.id, a.reward, b.reward, [a, b]);
+        const read = (x: ItemScore) => (opts.readout === 'normalized' ? x.normalized : opts.readout === 'sampled' ? x.sampledYes ?? NaN : x.reward);
+        return pairScore(e.id, read(a), read(b), [a, b]);
       }
       // Ranked: P(A) with chosen first and 1 − P(A) with chosen second, each normalised over A/B; averaged.
       const chosenFirst = a.normalized, chosenSecond = 1 - b.normalized;
@@ -122,6 +142,27 @@ export class ActivationRM {
 
 function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
   return { id, chosen, rejected, margin: chosen - rejected, correct: chosen > rejected, truncated: detail.some((d) => d.truncatedTokens > 0), tooLong: detail.some((d) => d.tooLong), detail };
+}
+
+/**
+ * Draws `n` first tokens from softmax(row / temperature) with a per-item seeded stream; returns the share of
+ * first-answer variants among the draws that were answers at all (0.5 when none were).
+ */
+function sampleVerdicts(row: Float32Array, s: { n: number; temperature: number; seed: number }, item: number, yes: number[], no: number[]): number {
+  const scaled = Float32Array.from(row, (v) => v / s.temperature);
+  const p = softmax(scaled);
+  const cdf = new Float64Array(p.length);
+  let acc = 0;
+  for (let i = 0; i < p.length; i++) { acc += p[i]!; cdf[i] = acc; }
+  const rng = new Rng((s.seed * 1_000_003 + item) >>> 0);
+  let y = 0, nCount = 0;
+  for (let k = 0; k < s.n; k++) {
+    const u = rng.uniform() * acc;
+    let lo = 0, hi = cdf.length - 1;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (cdf[mid]! < u) lo = mid + 1; else hi = mid; }
+    if (yes.includes(lo)) y++; else if (no.includes(lo)) nCount++;
+  }
+  return y + nCount === 0 ? 0.5 : y / (y + nCount);
 }
 
 /** Softmax over a logits row in float64. */

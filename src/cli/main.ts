@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { registerModelCommands } from './model-commands.js';
 import { registerArmCommands } from './arm-commands.js';
+import { registerEvalCommand } from './eval-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('arm')
@@ -9,6 +10,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerModelCommands(program);
   registerArmCommands(program);
+  registerEvalCommand(program);
   return program;
 }
 

@@ -1,0 +1,79 @@
+/** `arm eval`: methods × seeds on a preference dataset, with results.json, report.md and report.html. */
+import path from 'node:path';
+import { Option, type Command } from 'commander';
+import { readExamples } from '../data/examples.js';
+import { evaluate } from '../eval/harness.js';
+import { METHODS } from '../eval/methods.js';
+import { DEFAULT_MODEL } from './arm-commands.js';
+import { addModelOptions, loadDecoder, positiveInt, progressBar, type ModelCliOptions } from './common.js';
+
+interface EvalCliOptions extends ModelCliOptions {
+  dataset: string; methods: string; fewShot: number; seeds: number; seed: number; pool: 'subset' | 'global'; outputDir: string;
+  saveAll?: boolean; limit?: number; subsets?: string; skipInvalid?: boolean; batchSize: number; maxLength?: number;
+  template: 'scalar' | 'ranked'; passes: number; shots: number; steps: number; samples: number;
+  iclShots: number; sampleN: number; temperature: number; savHeads: number;
+}
+
+const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
+
+export function registerEvalCommand(program: Command): void {
+  addModelOptions(program.command('eval').description('compare the Activation RM with baselines on a preference dataset'), DEFAULT_MODEL)
+    .requiredOption('--dataset <file.jsonl>', 'pairs {prompt, chosen, rejected, subset?} (RewardBench / TRL shapes)')
+    .option('--methods <list>', `comma-separated: ${Object.keys(METHODS).join(', ')}`, 'arm,zero-shot,pick-longer,pick-shorter')
+    .option('--few-shot <n>', 'pool pairs drawn per seed (per subset, or globally with --pool global); 0 = no pool', (v) => nonNegativeInt(v, '--few-shot'), 16)
+    .option('--seeds <n>', 'few-shot draws', (v) => positiveInt(v, '--seeds'), 5)
+    .option('--seed <n>', 'first seed', (v) => nonNegativeInt(v, '--seed'), 0)
+    .addOption(new Option('--pool <where>', 'draw the pool per subset or globally').choices(['subset', 'global']).default('subset'))
+    .option('--output-dir <dir>', 'where results go', 'results')
+    .option('--save-all', 'keep items.jsonl: every pair\'s scores per method and seed')
+    .option('--limit <n>', 'read at most n rows', (v) => positiveInt(v, '--limit'))
+    .option('--subsets <list>', 'only these subsets (comma-separated)')
+    .option('--skip-invalid', 'skip invalid rows (reported) instead of stopping')
+    .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
+    .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'))
+    .addOption(new Option('--template <kind>', 'judge template').choices(['scalar', 'ranked']).default('scalar'))
+    .option('--passes <T>', 'ARM mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
+    .option('--shots <k>', 'ARM demonstrations per pass', (v) => nonNegativeInt(v, '--shots'), 4)
+    .option('--steps <n>', 'ARM REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
+    .option('--samples <S>', 'ARM masks per step', (v) => positiveInt(v, '--samples'), 32)
+    .option('--icl-shots <k>', 'demonstrations in the ICL judge prompt', (v) => positiveInt(v, '--icl-shots'), 4)
+    .option('--sample-n <N>', 'sample-vote: verdicts sampled', (v) => positiveInt(v, '--sample-n'), 8)
+    .option('--temperature <T>', 'sample-vote: temperature', (v) => Number(v), 1)
+    .option('--sav-heads <n>', 'sav-vote: voting heads', (v) => positiveInt(v, '--sav-heads'), 20)
+    .action(async (o: EvalCliOptions) => {
+      const { examples, skipped } = readExamples(o.dataset, { skipInvalid: o.skipInvalid, limit: o.limit, subsets: o.subsets?.split(',') });
+      if (skipped.length) {
+        process.stderr.write(`skipped ${skipped.length} invalid rows:\n${skipped.slice(0, 10).map((s) => `  ${s.reason}`).join('\n')}${skipped.length > 10 ? '\n  …' : ''}\n`);
+      }
+      const decoder = await loadDecoder(o);
+      const bar = progressBar('eval      ', o.quiet);
+      let current = '';
+      try {
+        const maxLength = o.maxLength ?? decoder.spec.maxPositions;
+        const results = await evaluate(decoder, examples, {
+          methods: o.methods.split(',').map((m) => m.trim()).filter(Boolean), fewShot: o.fewShot, seeds: o.seeds, seed: o.seed, pool: o.pool,
+          outputDir: o.outputDir, saveAll: o.saveAll ?? false, chunkSize: 32, dataset: path.basename(o.dataset), modelId: o.model,
+          method: {
+            fit: { template: o.template, passes: o.passes, shots: o.shots, reinforce: { steps: o.steps, samples: o.samples }, modelId: o.model, warn: () => undefined },
+            batchSize: o.batchSize, maxLength, iclShots: o.iclShots, sampleN: o.sampleN, sampleTemperature: o.temperature, savTopHeads: o.savHeads,
+          },
+          onProgress: (what, done, total) => {
+            if (what !== current) { bar.stop(); current = what; }
+            bar.update(done, total, what);
+          },
+          log: (line) => process.stderr.write(`${line}\n`),
+        });
+        bar.stop();
+        const table = Object.entries(results.methods).sort((a, b) => b[1].accuracy.mean - a[1].accuracy.mean).map(([name, m]) => ({
+          method: name, accuracy: `${(100 * m.accuracy.mean).toFixed(1)} ± ${(100 * m.accuracy.std).toFixed(1)}`,
+          ci95: `[${(100 * m.accuracy.ci95[0]).toFixed(1)}, ${(100 * m.accuracy.ci95[1]).toFixed(1)}]`, pairs: m.accuracy.n,
+          'tokens/pair': Math.round(m.cost.forwardTokensPerPair), 's/pair': Number(m.cost.secondsPerPair.toFixed(3)),
+        }));
+        console.table(table);
+        process.stderr.write(`wrote ${path.join(o.outputDir, 'results.json')}, report.md, report.html${o.saveAll ? ', items.jsonl' : ''}\n`);
+      } finally {
+        bar.stop();
+        await decoder.dispose();
+      }
+    });
+}

@@ -1,0 +1,93 @@
+/** From run records to the numbers in results.json: per method, overall and per subset, across seeds. */
+import { accuracy, bootstrapInterval, meanMargin, meanStd, sectionScores } from './metrics.js';
+import { METHODS } from './methods.js';
+import type { RunRecord } from './harness.js';
+
+type PairRec = Extract<RunRecord, { type: 'pair' }>;
+
+export interface Score { mean: number; std: number; perSeed: number[]; ci95: [number, number]; n: number }
+
+export interface MethodResult {
+  definition: string;
+  accuracy: Score;
+  margin: number;
+  subsets: Record<string, Score>;
+  sections: Record<string, { score: number; count: number; subsets: string[] }>;
+  truncatedPairs: number;
+  tooLongPairs: number;
+  swapConsistency?: number;
+  verdictAccuracy?: number;
+  cost: { seconds: number; secondsPerPair: number; forwardTokens: number; forwardTokensPerPair: number; prepareSeconds: number; prepareTokens: number };
+  /** [layer, head] → how many of the method's fits used that head (for the heat map). */
+  headCounts?: Record<string, number>;
+  fits?: number;
+}
+
+export interface Results {
+  dataset: string;
+  model: string;
+  /** Layers × heads of the model, for the heat map. */
+  shape: { layers: number; heads: number };
+  fewShot: number;
+  seeds: number[];
+  pool: string;
+  methods: Record<string, MethodResult>;
+  /** Distinct test pairs (seed, id) whose prompt was cut to fit, by any method. */
+  truncatedItems: number;
+  /** Distinct test pairs that could not be scored at all (a response longer than the budget). */
+  tooLongItems: number;
+  generatedAt: string;
+}
+
+function score(recs: PairRec[], seeds: number[], bootstrapSeed: number): Score {
+  const bySeed = seeds.map((s) => recs.filter((r) => r.seed === s)).filter((x) => x.length);
+  const perSeed = bySeed.map((x) => accuracy(x));
+  const { mean, std } = meanStd(perSeed);
+  // Interval: percentile bootstrap over all of the method's test pairs, every seed pooled.
+  return { mean, std, perSeed, ci95: bootstrapInterval(recs.map((r) => r.correct), { seed: bootstrapSeed }), n: recs.length };
+}
+
+export function aggregate(records: RunRecord[], meta: { dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string }): Results {
+  const pairs = records.filter((r): r is PairRec => r.type === 'pair');
+  const seeds = [...new Set(pairs.map((r) => r.seed))].sort((a, b) => a - b);
+  const methods: Record<string, MethodResult> = {};
+  for (const name of [...new Set(pairs.map((r) => r.method))]) {
+    const recs = pairs.filter((r) => r.method === name);
+    const subsets: Record<string, Score> = {};
+    for (const sub of [...new Set(recs.map((r) => r.subset))].sort()) subsets[sub] = score(recs.filter((r) => r.subset === sub), seeds, 1);
+    const costs = records.filter((r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name);
+    const preps = records.filter((r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name);
+    const seconds = costs.reduce((a, c) => a + c.seconds, 0), tokens = costs.reduce((a, c) => a + c.tokens, 0), scored = costs.reduce((a, c) => a + c.pairs, 0);
+    const result: MethodResult = {
+      definition: METHODS[name]?.definition ?? '',
+      accuracy: score(recs, seeds, 0),
+      margin: meanMargin(recs),
+      subsets,
+      sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, { accuracy: v.mean, count: v.n / Math.max(1, v.perSeed.length) }]))),
+      truncatedPairs: recs.filter((r) => r.truncated).length,
+      tooLongPairs: recs.filter((r) => r.tooLong).length,
+      cost: {
+        seconds, secondsPerPair: scored ? seconds / scored : NaN, forwardTokens: tokens, forwardTokensPerPair: scored ? tokens / scored : NaN,
+        prepareSeconds: preps.reduce((a, p) => a + p.seconds, 0), prepareTokens: preps.reduce((a, p) => a + p.tokens, 0),
+      },
+    };
+    const swaps = recs.filter((r) => r.swapConsistent !== undefined);
+    if (swaps.length) result.swapConsistency = swaps.filter((r) => r.swapConsistent).length / swaps.length;
+    const verdicts = recs.filter((r) => r.verdictCorrect !== undefined);
+    if (verdicts.length) result.verdictAccuracy = verdicts.filter((r) => r.verdictCorrect).length / verdicts.length;
+    const withHeads = preps.filter((p) => p.heads);
+    if (withHeads.length) {
+      result.fits = withHeads.length;
+      result.headCounts = {};
+      for (const p of withHeads) for (const [l, h] of p.heads!) result.headCounts[`${l},${h}`] = (result.headCounts[`${l},${h}`] ?? 0) + 1;
+    }
+    methods[name] = result;
+  }
+  const distinct = (flag: (r: PairRec) => boolean) => new Set(pairs.filter(flag).map((r) => `${r.seed}|${r.id}`)).size;
+  return {
+    ...meta, seeds, methods,
+    truncatedItems: distinct((r) => r.truncated),
+    tooLongItems: distinct((r) => r.tooLong),
+    generatedAt: new Date().toISOString(),
+  };
+}

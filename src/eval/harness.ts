@@ -1,0 +1,170 @@
+/**
+ * The evaluation harness: per seed, draw the few-shot pool (per subset or global), never test on it, prepare
+ * each method on the pool, score every test pair, and append each result to items.jsonl as it lands — which is
+ * also what makes an interrupted run resumable. Results are aggregated from items.jsonl at the end.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import type { Decoder } from '../model/decoder.js';
+import type { Example, PairExample } from '../data/examples.js';
+import { Rng } from '../util/rng.js';
+import { METHODS, type MethodOptions, type PairRecord } from './methods.js';
+import { aggregate, type Results } from './aggregate.js';
+import { renderHtml, renderMarkdown } from './report.js';
+
+export interface EvalOptions {
+  methods: string[];
+  fewShot: number;
+  seeds: number;
+  /** Base seed: run s uses seed + s. */
+  seed: number;
+  pool: 'subset' | 'global';
+  outputDir: string;
+  /** Keep items.jsonl (every pair's scores per method and seed) after a finished run; it is always written while running, as the resume log. */
+  saveAll: boolean;
+  /** Pairs scored between two appends to items.jsonl. */
+  chunkSize: number;
+  method: MethodOptions;
+  onProgress?: (what: string, done: number, total: number) => void;
+  log?: (line: string) => void;
+}
+
+/** One line of items.jsonl. */
+export type RunRecord =
+  | ({ type: 'pair'; method: string; seed: number; group: string; id: string; subset: string; correct: boolean; margin: number } & PairRecord)
+  | { type: 'prepared'; method: string; seed: number; group: string; heads: [number, number][] | null; seconds: number; tokens: number; poolIds: string[] }
+  | { type: 'cost'; method: string; seed: number; group: string; seconds: number; tokens: number; pairs: number };
+
+export interface Split { group: string; pool: PairExample[]; test: PairExample[] }
+
+/**
+ * The pool/test split for one seed. Per subset (default): `fewShot` pairs drawn from each subset; global: from
+ * the whole set. A group with no pair left for testing is dropped. Deterministic in (seed, group).
+ */
+export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset' | 'global', seed: number): Split[] {
+  const groups = new Map<string, PairExample[]>();
+  for (const p of pairs) {
+    const g = mode === 'global' ? 'all' : p.subset ?? 'all';
+    if (!groups.has(g)) groups.set(g, []);
+    groups.get(g)!.push(p);
+  }
+  const splits: Split[] = [];
+  for (const [group, members] of groups) {
+    const groupSeed = parseInt(createHash('sha256').update(`${seed}:${group}`).digest('hex').slice(0, 8), 16);
+    const shuffled = new Rng(groupSeed).shuffle(members);
+    const pool = shuffled.slice(0, fewShot), test = shuffled.slice(fewShot);
+    if (test.length) splits.push({ group, pool, test });
+  }
+  return splits;
+}
+
+export function readRecords(file: string): RunRecord[] {
+  if (!fs.existsSync(file)) return [];
+  const lines = fs.readFileSync(file, 'utf8').split('\n');
+  const out: RunRecord[] = [];
+  lines.forEach((l, i) => {
+    if (!l.trim()) return;
+    try { out.push(JSON.parse(l)); } catch {
+      // A line cut by a crash is the last one; anything else is real damage.
+      if (i < lines.length - 2) throw new Error(`${file}:${i + 1}: not valid JSON; the run log is damaged`);
+    }
+  });
+  return out;
+}
+
+export async function runEval(decoder: Decoder, examples: Example[], opts: EvalOptions): Promise<RunRecord[]> {
+  const log = opts.log ?? (() => undefined);
+  const unknown = opts.methods.filter((m) => !METHODS[m]);
+  if (unknown.length) throw new Error(`--methods: unknown ${unknown.join(', ')}; known: ${Object.keys(METHODS).join(', ')}`);
+  if (opts.fewShot === 0) {
+    const needPool = opts.methods.filter((m) => METHODS[m]!.needsPool);
+    if (needPool.length) throw new Error(`--few-shot 0 leaves no pool for ${needPool.join(', ')}; only ${Object.values(METHODS).filter((m) => !m.needsPool).map((m) => m.name).join(', ')} run without one`);
+  }
+  const pairs = examples.filter((e): e is PairExample => e.kind === 'pair');
+  if (pairs.length < examples.length) log(`note: ${examples.length - pairs.length} scalar rows left out (the harness compares pairs)`);
+  if (!pairs.length) throw new Error('the dataset holds no pairs {prompt, chosen, rejected}');
+
+  fs.mkdirSync(opts.outputDir, { recursive: true });
+  const itemsFile = path.join(opts.outputDir, 'items.jsonl');
+  const manifestFile = path.join(opts.outputDir, 'run.json');
+  const manifest = {
+    model: decoder.info.weightsFingerprint, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => [p.id, p.prompt, p.chosen, p.rejected]))).digest('hex'),
+    fewShot: opts.fewShot, seed: opts.seed, pool: opts.pool, method: { ...opts.method, onFitProgress: undefined },
+  };
+  if (fs.existsSync(manifestFile)) {
+    const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
+    if (JSON.stringify(old) !== JSON.stringify(manifest)) {
+      throw new Error(`${opts.outputDir} holds a run with another model, dataset or options; use another --output-dir (or delete it)`);
+    }
+  } else {
+    fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2));
+  }
+  const records = readRecords(itemsFile);
+  const done = new Set(records.filter((r) => r.type === 'pair').map((r) => `${r.method}|${r.seed}|${r.id}`));
+  if (done.size) log(`resuming: ${done.size} pair results already in ${itemsFile}`);
+  const append = (rs: RunRecord[]) => { if (rs.length) fs.appendFileSync(itemsFile, rs.map((r) => JSON.stringify(r)).join('\n') + '\n'); records.push(...rs); };
+
+  // ARM first: random-heads matches its head count.
+  const order = [...opts.methods].sort((a, b) => Number(b === 'arm') - Number(a === 'arm'));
+  const seeds = opts.fewShot === 0 && !opts.methods.includes('sample-vote') ? 1 : opts.seeds;
+  if (seeds < opts.seeds) log('note: --few-shot 0 with deterministic methods: one seed is enough');
+  for (let s = 0; s < seeds; s++) {
+    const seed = opts.seed + s;
+    const splits = drawSplits(pairs, opts.fewShot, opts.pool, seed);
+    for (const name of order) {
+      const method = METHODS[name]!;
+      for (const split of splits) {
+        const todo = split.test.filter((p) => !done.has(`${name}|${seed}|${p.id}`));
+        if (!todo.length) continue;
+        const t0 = performance.now(), tok0 = decoder.stats.tokens;
+        const armPrepared = records.find((r) => r.type === 'prepared' && r.method === 'arm' && r.seed === seed && r.group === split.group);
+        const armHeadCount = armPrepared && armPrepared.type === 'prepared' && armPrepared.heads ? armPrepared.heads.length : undefined;
+        opts.onProgress?.(`${name} seed ${seed} ${split.group}: preparing`, 0, todo.length);
+        const prepared = await method.prepare({ decoder, pool: split.pool, seed, options: opts.method, armHeadCount });
+        append([{ type: 'prepared', method: name, seed, group: split.group, heads: prepared.heads ?? null, seconds: (performance.now() - t0) / 1000, tokens: decoder.stats.tokens - tok0, poolIds: split.pool.map((p) => p.id) }]);
+        for (let start = 0; start < todo.length; start += opts.chunkSize) {
+          const chunk = todo.slice(start, start + opts.chunkSize);
+          const c0 = performance.now(), ct0 = decoder.stats.tokens;
+          const scored = await prepared.scorePairs(chunk);
+          append([
+            ...chunk.map((p, i): RunRecord => {
+              const r = scored[i]!;
+              const base = { type: 'pair' as const, method: name, seed, group: split.group, id: p.id, subset: p.subset ?? 'all', correct: r.chosen > r.rejected, margin: r.chosen - r.rejected, truncated: r.truncated, tooLong: r.tooLong };
+              const optional = {
+                ...(r.swapConsistent === undefined ? {} : { swapConsistent: r.swapConsistent }),
+                ...(r.verdictCorrect === undefined ? {} : { verdictCorrect: r.verdictCorrect }),
+              };
+              return { ...base, ...optional, chosen: r.chosen, rejected: r.rejected };
+            }),
+            { type: 'cost', method: name, seed, group: split.group, seconds: (performance.now() - c0) / 1000, tokens: decoder.stats.tokens - ct0, pairs: chunk.length },
+          ]);
+          chunk.forEach((p) => done.add(`${name}|${seed}|${p.id}`));
+          opts.onProgress?.(`${name} seed ${seed} ${split.group}`, Math.min(start + opts.chunkSize, todo.length), todo.length);
+        }
+      }
+    }
+  }
+  return records;
+}
+
+/** Runs the evaluation, then writes results.json, report.md and report.html into the output folder. */
+export async function evaluate(decoder: Decoder, examples: Example[], opts: EvalOptions & { dataset: string; modelId: string }): Promise<Results> {
+  const records = await runEval(decoder, examples, opts);
+  const results = aggregate(records, {
+    dataset: opts.dataset, model: opts.modelId, shape: { layers: decoder.spec.numLayers, heads: decoder.spec.numHeads }, fewShot: opts.fewShot, pool: opts.pool,
+  });
+  const write = (name: string, text: string) => {
+    const file = path.join(opts.outputDir, name);
+    fs.writeFileSync(`${file}.tmp`, text);
+    fs.renameSync(`${file}.tmp`, file);
+  };
+  write('results.json', JSON.stringify(results, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2));
+  write('report.md', renderMarkdown(results));
+  write('report.html', renderHtml(results));
+  if (!opts.saveAll) {
+    fs.rmSync(path.join(opts.outputDir, 'items.jsonl'), { force: true });
+    fs.rmSync(path.join(opts.outputDir, 'run.json'), { force: true });
+  }
+  return results;
+}

@@ -1,0 +1,109 @@
+/** results.json → report.md and a self-contained report.html (inline CSS and SVG, no network). */
+import type { Results, Score } from './aggregate.js';
+
+const pct = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
+const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
+const accCell = (s: Score) => `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}`;
+const ciCell = (s: Score) => `[${pct(s.ci95[0])}, ${pct(s.ci95[1])}]`;
+
+function rows(r: Results) {
+  return Object.entries(r.methods).sort((a, b) => b[1].accuracy.mean - a[1].accuracy.mean);
+}
+
+export function renderMarkdown(r: Results): string {
+  const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
+  const lines = [
+    `# Evaluation: ${r.dataset}`,
+    '',
+    `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}. ` +
+      `Accuracy in %, ties wrong; ± is the std across seeds; the interval is a percentile bootstrap over all test pairs. ` +
+      `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score (counted wrong): ${r.tooLongItems}.`,
+    '',
+    '| method | accuracy | 95% CI | margin | swap-consistent | verdict acc. | s / pair | tokens / pair | pairs |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...rows(r).map(([name, m]) => `| ${name} | ${accCell(m.accuracy)} | ${ciCell(m.accuracy)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`),
+    '',
+  ];
+  if (subsets.length > 1) {
+    lines.push('## Per subset', '', `| method | ${subsets.join(' | ')} |`, `| --- |${subsets.map(() => ' ---: |').join('')}`);
+    for (const [name, m] of rows(r)) lines.push(`| ${name} | ${subsets.map((s) => (m.subsets[s] ? accCell(m.subsets[s]!) : '')).join(' | ')} |`);
+    lines.push('');
+  }
+  const sections = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.sections)))];
+  if (sections.length) {
+    lines.push('## RewardBench sections (subset accuracies weighted by example counts)', '', `| method | ${sections.join(' | ')} |`, `| --- |${sections.map(() => ' ---: |').join('')}`);
+    for (const [name, m] of rows(r)) lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
+    lines.push('');
+  }
+  lines.push('## Methods', '', ...rows(r).map(([name, m]) => `- **${name}**: ${m.definition}`), '');
+  return lines.join('\n');
+}
+
+const COLORS = ['#3465a4', '#cc0000', '#73d216', '#f57900', '#75507b', '#c17d11', '#555753', '#06989a', '#edd400', '#ad7fa8', '#8ae234'];
+
+/** Horizontal bars with interval whiskers, one group per label. */
+function barChart(groups: { label: string; bars: { name: string; score: Score }[] }[], methods: string[]): string {
+  const rowH = 16, gap = 10, left = 170, width = 420;
+  let y = 20;
+  const parts: string[] = [];
+  for (const g of groups) {
+    parts.push(`<text x="4" y="${y + 12}" font-weight="bold">${esc(g.label)}</text>`);
+    y += 18;
+    for (const b of g.bars) {
+      const c = COLORS[methods.indexOf(b.name) % COLORS.length];
+      const w = Number.isFinite(b.score.mean) ? b.score.mean * width : 0;
+      const [lo, hi] = b.score.ci95.map((v) => left + (Number.isFinite(v) ? v * width : 0));
+      parts.push(`<text x="${left - 6}" y="${y + 12}" text-anchor="end">${esc(b.name)}</text>`,
+        `<rect x="${left}" y="${y + 2}" width="${w.toFixed(1)}" height="${rowH - 4}" fill="${c}"><title>${esc(b.name)}: ${pct(b.score.mean)}% [${pct(b.score.ci95[0])}, ${pct(b.score.ci95[1])}]</title></rect>`,
+        `<line x1="${lo!.toFixed(1)}" x2="${hi!.toFixed(1)}" y1="${y + rowH / 2}" y2="${y + rowH / 2}" stroke="#000"/>`,
+        `<text x="${left + width + 6}" y="${y + 12}">${pct(b.score.mean)}</text>`);
+      y += rowH;
+    }
+    y += gap;
+  }
+  const axis = [0, 0.25, 0.5, 0.75, 1].map((v) => `<line x1="${left + v * width}" x2="${left + v * width}" y1="14" y2="${y}" stroke="#ddd"/><text x="${left + v * width}" y="10" text-anchor="middle" font-size="10">${v * 100}%</text>`).join('');
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 60}" height="${y}" font-family="sans-serif" font-size="12">${axis}${parts.join('')}</svg>`;
+}
+
+/** Layer × head grid: share of a method's fits that used each head. */
+function heatMap(counts: Record<string, number>, fits: number, layers: number, heads: number): string {
+  const cell = Math.max(6, Math.min(18, Math.floor(560 / Math.max(heads, 1)))), left = 40, top = 20;
+  const cells: string[] = [];
+  for (let l = 0; l < layers; l++) {
+    for (let h = 0; h < heads; h++) {
+      const share = (counts[`${l},${h}`] ?? 0) / fits;
+      cells.push(`<rect x="${left + h * cell}" y="${top + l * cell}" width="${cell - 1}" height="${cell - 1}" fill="rgba(204,0,0,${share.toFixed(3)})" stroke="#eee"><title>layer ${l}, head ${h}: ${(share * 100).toFixed(0)}% of fits</title></rect>`);
+    }
+    if (l % Math.ceil(layers / 12) === 0) cells.push(`<text x="${left - 4}" y="${top + l * cell + cell - 2}" text-anchor="end" font-size="10">L${l}</text>`);
+  }
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${left + heads * cell + 10}" height="${top + layers * cell + 10}" font-family="sans-serif" font-size="10"><text x="${left}" y="12">heads →</text>${cells.join('')}</svg>`;
+}
+
+export function renderHtml(r: Results): string {
+  const methods = rows(r).map(([n]) => n);
+  const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
+  const overall = barChart([{ label: 'all test pairs', bars: rows(r).map(([name, m]) => ({ name, score: m.accuracy })) }], methods);
+  const perSubset = subsets.length > 1 ? barChart(subsets.map((s) => ({ label: s, bars: rows(r).filter(([, m]) => m.subsets[s]).map(([name, m]) => ({ name, score: m.subsets[s]! })) })), methods) : '';
+  const maps = rows(r).filter(([, m]) => m.headCounts && m.fits).map(([name, m]) =>
+    `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>${heatMap(m.headCounts!, m.fits!, r.shape.layers, r.shape.heads)}</figure>`).join('');
+  const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${
+    rows(r).map(([name, m]) => `<tr><td title="${esc(m.definition)}">${esc(name)}</td><td>${accCell(m.accuracy)}</td><td>${ciCell(m.accuracy)}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`).join('')}</tbody></table>`;
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>activation-rm evaluation: ${esc(r.dataset)}</title>
+<style>body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0 2em 1em 0}figcaption{font-size:12px;color:#555}dt{font-weight:bold}</style></head>
+<body>
+<h1>Evaluation: ${esc(r.dataset)}</h1>
+<p>Model <code>${esc(r.model)}</code>; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}.
+Accuracy counts ties as wrong; ± is the std across seeds; intervals are percentile bootstraps over all test pairs.
+Prompts cut to fit: ${r.truncatedItems} pairs; too long to score (counted wrong): ${r.tooLongItems}.</p>
+${table}
+<h2>Accuracy with 95% intervals</h2>
+${overall}
+${perSubset ? `<h2>Per subset</h2>${perSubset}` : ''}
+${maps ? `<h2>Heads (layer × head)</h2>${maps}` : ''}
+<h2>Methods</h2><dl>${rows(r).map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`).join('')}</dl>
+<p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>
+<script>document.body.dataset.rendered = 'ok';</script>
+</body></html>
+`;
+}
