@@ -67,7 +67,15 @@ const maxRssKiB = () => process.resourceUsage().maxRSS;
 
 /** Child → parent protocol on stdout: `progress <done> <total> <what>` lines, then one `result <json>` line. */
 function emitProgress(done: number, total: number, what: string): void { fs.writeSync(1, `progress ${done} ${total} ${what}\n`); }
-function emitResult(result: unknown): void { fs.writeSync(1, `result ${JSON.stringify(result)}\n`); }
+function emitResult(result: object): void { fs.writeSync(1, `result ${JSON.stringify({ ...result, cpuS: cpuSeconds() })}\n`); }
+const cpuSeconds = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
+/** Busy CPU seconds of the whole machine so far (all processes), from /proc/stat; null off Linux. */
+function machineBusyS(): number | null {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    return (f[0]! + f[1]! + f[2]! + f[5]! + f[6]!) / 100; // user nice system irq softirq, in USER_HZ = 100
+  } catch { return null; }
+}
 
 /**
  * Model FLOPs of one Decoder run: rows × S new tokens after a shared past of P tokens.
@@ -239,6 +247,8 @@ async function matmulModel(M: number, K: number, N: number, rng: Rng): Promise<U
 
 // ---------------------------------------------------------------- parent
 
+let childCpuS = 0; // CPU seconds the children reported, to tell the bench's own load from other processes'
+
 interface Progress { (done: number, total: number, what: string): void }
 
 function runChild<T>(mode: string, args: object, label: string, unit: string): Promise<T> {
@@ -257,6 +267,7 @@ function runChild<T>(mode: string, args: object, label: string, unit: string): P
         onProgress(Number(done), Number(total), what.join(' '));
       } else if (line.startsWith('result ')) {
         result = JSON.parse(line.slice('result '.length)) as T;
+        childCpuS += (result as { cpuS?: number }).cpuS ?? 0;
       } else {
         process.stderr.write(`[${mode}] ${line}\n`);
       }
@@ -286,6 +297,7 @@ async function main(argv: string[]): Promise<void> {
   const spec = specFromConfig(CONFIG);
   const m = machine();
   const tStart = performance.now();
+  const busyStart = machineBusyS();
   console.error(`engine bench: Qwen2.5-0.5B shape (qwen2, ${spec.numLayers} layers, ${spec.numHeads}/${spec.numKvHeads} heads, d ${spec.headDim}, D ${spec.hiddenSize}, F ${spec.intermediateSize}, V ${spec.vocabSize}), fp32, ${threads} threads`);
   console.error(`machine: ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, node ${m.node}`);
 
@@ -314,6 +326,10 @@ async function main(argv: string[]): Promise<void> {
   if (!run.finite) console.error('warning: non-finite logits from the random model');
 
   // ---- figures
+  // Share of the machine that other processes used while the bench ran: timings from a busy machine are slow.
+  const busyEnd = machineBusyS();
+  const wallS = seconds(tStart);
+  const otherCpuShare = busyStart === null || busyEnd === null ? null : Math.max(0, (busyEnd - busyStart - childCpuS - cpuSeconds()) / (wallS * m.nproc));
   const fwdFlops = modelFlops(spec, 1, SEQ);
   const stepFlops = modelFlops(spec, PATCH_ROWS, 1, SEQ - 1);
   const [M, K, N] = REF_MATMUL;
@@ -350,7 +366,8 @@ async function main(argv: string[]): Promise<void> {
   for (const [name, value, goal, meaning] of rows) {
     console.log(`${name.padEnd(w[0]!)}  ${value.padStart(w[1]!)}  ${goal.padEnd(w[2]!)}  ${status(name).padEnd(4)}  ${meaning}`);
   }
-  console.log(`total bench time ${r(seconds(tStart), 0)} s${checkpointWriteS !== null ? ` (checkpoint written in ${r(checkpointWriteS, 0)} s)` : ''}`);
+  const others = otherCpuShare === null ? '' : `; other processes used ${(100 * otherCpuShare).toFixed(0)}% of the machine meanwhile${otherCpuShare > 0.05 ? ' (busy machine: absolute times are pessimistic, the paired ratios less so)' : ''}`;
+  console.log(`total bench time ${r(seconds(tStart), 0)} s${checkpointWriteS !== null ? ` (checkpoint written in ${r(checkpointWriteS, 0)} s)` : ''}${others}`);
 
   console.log(JSON.stringify({
     forwardEfficiency: r(run.forwardEfficiency, 3), sharedStepSpeedup: r(run.sharedStepSpeedup, 1), rssOverWeights: r(rssOverWeights, 3),
@@ -361,6 +378,7 @@ async function main(argv: string[]): Promise<void> {
     peakRssKiB: run.maxRssKiB, rssAfterLoadKiB: run.rssAfterLoadKiB, rssBeforeLoadKiB: run.rssBeforeKiB, weightBytes: run.weightBytes,
     convertS: r(cold.buildS, 2), coldSessionS: r(cold.sessionS, 2), cachedSessionS: r(run.sessionS, 2), coldBuildPeakRssKiB: cold.maxRssKiB,
     checkpointWriteS: checkpointWriteS === null ? null : r(checkpointWriteS, 1), finiteLogits: run.finite,
+    otherCpuShare: otherCpuShare === null ? null : r(otherCpuShare, 3),
     threads, nproc: m.nproc, cpu: m.cpuModel, totalMemGiB: m.totalMemGiB, node: m.node, date: m.date,
   }));
 }

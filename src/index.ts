@@ -9,3 +9,8 @@ export { loadCriterion, saveCriterion, type Criterion, type CriterionMeta } from
 export { DEFAULT_TEMPLATES, type TemplateKind, type JudgeItem } from './arm/template.js';
 export { REINFORCE_DEFAULTS, type ReinforceOptions } from './arm/reinforce.js';
 export { readExamples, toScalarItems, DataError, type Example, type PairExample, type ScalarExample, type Prompt } from './data/examples.js';
+export { evaluate, runEval, drawSplits, type EvalOptions, type RunRecord } from './eval/harness.js';
+export { METHODS, type Method, type MethodOptions } from './eval/methods.js';
+export { aggregate, type Results, type MethodResult } from './eval/aggregate.js';
+export { accuracy, bootstrapInterval, meanStd, sectionScores } from './eval/metrics.js';
+export { zeroShotRM } from './arm/fit.js';
