@@ -57,12 +57,12 @@ export const W = {
   downBias: (l: number) => `w.${l}.down_bias`,
 } as const;
 
-export const GRAPH_VERSION = 'decoder-graph/1';
+export const GRAPH_VERSION = 'decoder-graph/2';
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
 export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string): GraphBuilder {
   const g = new GraphBuilder(18);
-  const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, hiddenSize: D, vocabSize: V } = spec;
+  const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = spec;
   const group = H / KV;
   const w = (name: string) => weight(g, name);
   const i64 = (v: number[]) => g.intConst(v);
@@ -128,14 +128,17 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     const x = rmsNorm(resid, W.ln1(l), `${p}.ln1`);
     const qkv = linear(x, W.qkv(l), spec.qkvBias ? W.qkvBias(l) : null, `${p}.attn.qkv`);               // [B,S,(H+2KV)d]
     const [qFlat, kFlat, vFlat] = g.opMulti('Split', [qkv, i64([H * d, KV * d, KV * d])], { axis: 2 }, 3);
-    const heads = (t: string, n: number, norm: string | null) => {
+    // [B,S,n·d] → [B,n,S,d], with Qwen3's per-head RMSNorm (over d) before the transpose.
+    const heads = (t: string, n: number, norm?: { weight: string; site: string }) => {
       let y = g.op('Reshape', [t, i64([0, 0, n, d])]);                                                    // [B,S,n,d]
-      if (norm) y = rmsNorm(y, norm, `${p}.attn.${norm === W.qNorm(l) ? 'q' : 'k'}_norm`);
+      if (norm) y = rmsNorm(y, norm.weight, norm.site);
       return g.op('Transpose', [y], { perm: [0, 2, 1, 3] });                                              // [B,n,S,d]
     };
-    const q = rope(heads(qFlat!, H, spec.qkNorm ? W.qNorm(l) : null), `${p}.attn.q`);
-    const k = rope(heads(kFlat!, KV, spec.qkNorm ? W.kNorm(l) : null), `new.${l}.key`);
-    const v = g.op('Identity', [heads(vFlat!, KV, null)], {}, `new.${l}.value`);
+    const qNorm = spec.qkNorm ? { weight: W.qNorm(l), site: `${p}.attn.q_norm` } : undefined;
+    const kNorm = spec.qkNorm ? { weight: W.kNorm(l), site: `${p}.attn.k_norm` } : undefined;
+    const q = rope(heads(qFlat!, H, qNorm), `${p}.attn.q`);
+    const k = rope(heads(kFlat!, KV, kNorm), `new.${l}.key`);
+    const v = g.op('Identity', [heads(vFlat!, KV)], {}, `new.${l}.value`);
     g.output(`new.${l}.key`, 'FLOAT', ['batch', KV, 'seq', d]);
     g.output(`new.${l}.value`, 'FLOAT', ['batch', KV, 'seq', d]);
 
@@ -177,6 +180,5 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   g.output('logits', 'FLOAT', ['batch', V]);
   g.op('Concat', headTaps, { axis: 1 }, 'heads');                                                      // [B,L,H,d]
   g.output('heads', 'FLOAT', ['batch', L, H, d]);
-  void D;
   return g;
 }
