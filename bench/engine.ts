@@ -26,7 +26,6 @@
  * The random checkpoint (~2 GB) stays in os.tmpdir() keyed by its config and is reused by later runs.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -34,17 +33,10 @@ import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
 import { specFromConfig, type ModelSpec } from '../src/model/spec.js';
-import { checkpointLayout, Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
+import { checkpointLayout, Rng, writeRandomCheckpoint } from '../tools/random-checkpoint.js';
+import { CKPT_OPTS, CONFIG, median, qwenShapeDir } from './qwen-shape.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
-
-/** Qwen2.5-0.5B's shape; the values are random. */
-const CONFIG: HfConfig = {
-  model_type: 'qwen2', hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14,
-  num_key_value_heads: 2, head_dim: 64, vocab_size: 151936, tie_word_embeddings: true, rope_theta: 1000000,
-  rms_norm_eps: 1e-6, max_position_embeddings: 4096,
-};
-const CKPT_OPTS = { seed: 0, dtype: 'F32', std: 0.02 } as const; // std 0.02: HF's initializer_range
 
 const SEQ = 256;          // forward length
 const PATCH_ROWS = 32;    // stepShared batch
@@ -61,7 +53,6 @@ const GOALS = { forwardEfficiency: 0.75, sharedStepSpeedup: 50, rssOverWeights: 
 
 // ---------------------------------------------------------------- shared helpers
 
-const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2; };
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
 const maxRssKiB = () => process.resourceUsage().maxRSS;
 
@@ -134,7 +125,7 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
   const t0 = performance.now();
   const dec = await Decoder.load(a.ckptDir, { cacheDir: a.cacheDir, threads: a.threads, quiet: true });
   const loadS = seconds(t0);
-  if (dec.info.built) throw new Error('cached load rebuilt the model; the cache entry from the cold build was not found');
+  if (dec.info.built) throw new Error('the cached load built a new cache entry: the cache key changed after the cold build (was src/model edited meanwhile?)');
   const rssAfterLoadKiB = maxRssKiB();
   const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = dec.spec;
 
@@ -302,8 +293,7 @@ async function main(argv: string[]): Promise<void> {
   console.error(`machine: ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, node ${m.node}`);
 
   // 1. The random checkpoint, reused across runs (keyed by config and generator options).
-  const key = createHash('sha256').update(JSON.stringify({ CONFIG, CKPT_OPTS })).digest('hex').slice(0, 12);
-  const ckptDir = path.join(os.tmpdir(), `arm-bench-ckpt-qwen2.5-0.5b-shape-${key}`);
+  const ckptDir = qwenShapeDir(); // shared with bench/fit.ts and bench/eval.ts
   let checkpointWriteS: number | null = null;
   if (fs.existsSync(path.join(ckptDir, '.complete'))) {
     console.error(`checkpoint: reusing ${ckptDir}`);

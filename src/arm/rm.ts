@@ -76,8 +76,11 @@ export class ActivationRM {
     return { mask, values: this.criterion.mu, mode: this.criterion.meta.mode };
   }
 
-  /** Scores judged items zero-shot under the intervention; batched by length, results in input order. */
-  async scoreItems(items: JudgeItem[], opts: ScoreOptions = {}): Promise<ItemScore[]> {
+  /**
+   * Scores judged items under the intervention; batched by length, results in input order. `groups` lists
+   * item indices that share their prompt (a pair's two responses): each such set runs its common prefix once.
+   */
+  async scoreItems(items: JudgeItem[], opts: ScoreOptions = {}, groups?: number[][]): Promise<ItemScore[]> {
     const meta = this.criterion.meta;
     const maxLength = opts.maxLength ?? meta.hyper.maxLength;
     const batchSize = opts.batchSize ?? meta.hyper.batchSize;
@@ -92,7 +95,9 @@ export class ActivationRM {
     const live = rendered.map((_, i) => i).filter((i) => rendered[i]);
     const [yesId, noId] = meta.answerTokens.primary;
     const [yesVariants, noVariants] = meta.answerTokens.variants;
-    await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), onProgress: opts.onProgress }, (j, row) => {
+    const liveIndex = new Map(live.map((i, j) => [i, j]));
+    const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
+    await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, row) => {
       const i = live[j]!;
       const p = softmax(row);
       const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
@@ -111,7 +116,9 @@ export class ActivationRM {
   async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<(PairScore | (ItemScore & { label: boolean | null }))[]> {
     const kind = this.criterion.meta.template.kind;
     const items: JudgeItem[] = [];
+    const groups: number[][] = [];
     for (const e of examples) {
+      if (e.kind === 'pair') groups.push([items.length, items.length + 1]);
       if (e.kind === 'scalar') {
         if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
         items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label === false ? 1 : 0 });
@@ -123,7 +130,8 @@ export class ActivationRM {
         items.push({ id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1 });
       }
     }
-    const scores = await this.scoreItems(items, opts);
+    // With demonstrations every item shares the (long) demo prefix instead: no per-pair groups then.
+    const scores = await this.scoreItems(items, opts, opts.demos?.length ? undefined : groups);
     let at = 0;
     return examples.map((e) => {
       if (e.kind === 'scalar') return { ...scores[at++]!, label: e.label };

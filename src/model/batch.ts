@@ -11,32 +11,57 @@ export interface LastLogitsOptions {
   patch?: (rows: number) => HeadPatch;
   /** Prefill the prefix shared by every sequence once (default true). */
   sharePrefix?: boolean;
+  /**
+   * Sets of sequence indices that share a prefix among themselves (e.g. the two responses of a pair): each set
+   * with a common prefix of at least MIN_SHARED tokens is run as that prefix, prefilled once, plus its suffixes.
+   * Sequences in no such set are batched as usual.
+   */
+  groups?: number[][];
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Calls `onRow(index, logits [V], heads [L·H·d])` for every sequence, in length order. */
+/** Below this many shared tokens a separate prefill costs more than the padding it saves. */
+const MIN_SHARED = 8;
+
+/** Length of the common prefix of `seqs`, leaving at least one token in each. */
+function commonPrefix(seqs: number[][]): number {
+  let shared = Math.min(...seqs.map((s) => s.length)) - 1;
+  for (const s of seqs) {
+    let i = 0;
+    while (i < shared && s[i] === seqs[0]![i]) i++;
+    shared = i;
+  }
+  return shared;
+}
+
+/** Calls `onRow(index, logits [V], heads [L·H·d])` for every sequence (grouped ones first, then by length). */
 export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts: LastLogitsOptions, onRow: (index: number, logits: Float32Array, heads: Float32Array) => void): Promise<void> {
   if (seqs.length === 0) return;
   const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
-  let shared = 0;
-  if (opts.sharePrefix ?? true) {
-    shared = Math.min(...seqs.map((s) => s.length)) - 1;
-    for (const s of seqs) {
-      let i = 0;
-      while (i < shared && s[i] === seqs[0]![i]) i++;
-      shared = i;
-    }
-  }
-  let kv: KvCache | null = null;
-  if (shared >= 8) kv = await decoder.prefill(seqs[0]!.slice(0, shared)); // below that, padding costs more than it saves
-  else shared = 0;
-  const order = seqs.map((_, i) => i).sort((a, b) => seqs[a]!.length - seqs[b]!.length);
-  for (let start = 0; start < order.length; start += opts.batchSize) {
-    const idx = order.slice(start, start + opts.batchSize);
+  let done = 0;
+  const run = async (idx: number[], kv: KvCache | null, shared: number) => {
     const rows = idx.map((i) => seqs[i]!.slice(shared));
     const patch = opts.patch?.(idx.length);
     const out = kv ? await decoder.forwardShared(kv, rows, patch) : await decoder.forward(rows, patch);
     idx.forEach((i, b) => onRow(i, out.logits.subarray(b * V, (b + 1) * V), out.heads.subarray(b * L * H * d, (b + 1) * L * H * d)));
-    opts.onProgress?.(Math.min(start + opts.batchSize, order.length), order.length);
+    done += idx.length;
+    opts.onProgress?.(done, seqs.length);
+  };
+  const rest = new Set(seqs.keys());
+  for (const group of opts.groups ?? []) {
+    if (group.length < 2) continue;
+    const shared = commonPrefix(group.map((i) => seqs[i]!));
+    if (shared < MIN_SHARED) continue;
+    for (let start = 0; start < group.length; start += opts.batchSize) {
+      await run(group.slice(start, start + opts.batchSize), await decoder.prefill(seqs[group[0]!]!.slice(0, shared)), shared);
+    }
+    group.forEach((i) => rest.delete(i));
   }
+  const others = [...rest];
+  if (!others.length) return;
+  let shared = (opts.sharePrefix ?? true) ? commonPrefix(others.map((i) => seqs[i]!)) : 0;
+  const kv = shared >= MIN_SHARED ? await decoder.prefill(seqs[others[0]!]!.slice(0, shared)) : null;
+  if (!kv) shared = 0;
+  const order = others.sort((a, b) => seqs[a]!.length - seqs[b]!.length);
+  for (let start = 0; start < order.length; start += opts.batchSize) await run(order.slice(start, start + opts.batchSize), kv, shared);
 }

@@ -194,3 +194,15 @@ describe('bad input', () => {
     }
   });
 });
+
+it('pairs run their shared prompt once and score as if run whole', async () => {
+  const rm = await fitActivationRM(decoder, examples, { ...quick, heads: 'random:4' });
+  const items = judgeItems(examples, 'scalar');
+  const tokens0 = decoder.stats.tokens;
+  const grouped = await rm.scoreItems(items, {}, [[0, 1], [2, 3], [4, 5]]);
+  const groupedTokens = decoder.stats.tokens - tokens0;
+  const tokens1 = decoder.stats.tokens;
+  const plain = await rm.scoreItems(items, { batchSize: 1 });
+  expect(groupedTokens).toBeLessThan(decoder.stats.tokens - tokens1); // the prompts were not fed twice
+  expect(relError(grouped.map((s) => s.reward), plain.map((s) => s.reward))).toBeLessThan(1e-6);
+});
