@@ -198,7 +198,7 @@ describe('bad input', () => {
 it('pairs run their shared prompt once and score as if run whole', async () => {
   const rm = await fitActivationRM(decoder, examples, { ...quick, heads: 'random:4' });
   const long = 'Once upon a time there was a little dog who liked to run in the park with his friends. '.repeat(3);
-  const pairs = readExamples(writeJsonl([1, 2, 3].map((i) => ({ id: `l${i}`, prompt: `${long} Question ${i}?`, chosen: `Answer ${i}.`, rejected: `No answer ${i * 7}.` })))).examples;
+  const pairs = readExamples(writeJsonl([1, 2, 3].map((i) => ({ id: `l${i}`, prompt: `Question ${i}: ${long}`, chosen: `Answer ${i}.`, rejected: `No answer ${i * 7}.` })))).examples;
   const items = judgeItems(pairs, 'scalar');
   const tokens0 = decoder.stats.tokens;
   const grouped = await rm.scoreItems(items, {}, [[0, 1], [2, 3], [4, 5]]);
