@@ -6,39 +6,20 @@ import { readExamples } from '../data/examples.js';
 import { fitActivationRM, FitInterrupted, type HeadStrategy } from '../arm/fit.js';
 import { ActivationRM } from '../arm/rm.js';
 import { loadCriterion, type Criterion } from '../arm/criterion.js';
-import { addModelOptions, loadDecoder, positiveInt, progressBar, type ModelCliOptions } from './common.js';
+import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegativeInt, positiveInt, progressBar, type FitCliFlags, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
 export const DEFAULT_MODEL = 'Qwen/Qwen2.5-0.5B-Instruct';
 
-const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
-const positiveNumber = (v: string, flag: string) => {
-  const n = Number(v);
-  if (!(n > 0)) throw new Error(`${flag} must be a positive number, got ${JSON.stringify(v)}`);
-  return n;
-};
-
-interface FitCliOptions extends ModelCliOptions {
-  examples: string; out: string; seed: number; template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto';
-  passes: number; shots: number; steps: number; samples: number; lr: number; batchSize: number; maxLength?: number;
+interface FitCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
+  examples: string; out: string; seed: number;
   mode: 'replace' | 'add'; heads: HeadStrategy; denoise?: string; keepAllMeans?: boolean; resume?: boolean;
 }
 
 export function registerArmCommands(program: Command): void {
-  addModelOptions(program.command('fit').description('fit an Activation RM criterion from few-shot examples'), DEFAULT_MODEL)
+  addFitOptions(addJudgeOptions(addModelOptions(program.command('fit').description('fit an Activation RM criterion from few-shot examples'), DEFAULT_MODEL)))
     .requiredOption('--examples <file.jsonl>', 'few-shot examples: {prompt, chosen, rejected} pairs and/or {prompt, response, label}')
     .requiredOption('--out <file.arm.safetensors>', 'criterion file to write')
     .option('--seed <n>', 'seed for pass sampling and REINFORCE', (v) => nonNegativeInt(v, '--seed'), 0)
-    .addOption(new Option('--template <kind>', 'judge template').choices(['scalar', 'ranked']).default('scalar'))
-    .option('--template-text <text>', 'custom template with {prompt} {response} (ranked: {response_a} {response_b}) placeholders')
-    .option('--chat', 'force the chat template')
-    .option('--no-chat', 'plain-text prompts even if the tokenizer has a chat template')
-    .option('--passes <T>', 'mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
-    .option('--shots <k>', 'demonstrations per pass (0: one zero-shot pass per example)', (v) => nonNegativeInt(v, '--shots'), 4)
-    .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
-    .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
-    .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1)
-    .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
-    .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'))
     .addOption(new Option('--mode <mode>', 'intervention').choices(['replace', 'add']).default('replace'))
     .option('--heads <which>', 'selected (REINFORCE) | all | random:N', 'selected')
     .option('--denoise <pca:r>', 'project means onto the top r PCA axes of the per-pass activations')

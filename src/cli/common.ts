@@ -1,6 +1,6 @@
 /** Shared CLI plumbing: model options, progress bars on stderr, error reporting. */
 import cliProgress from 'cli-progress';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { Decoder } from '../model/decoder.js';
 
 export interface ModelCliOptions { model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean }
@@ -13,6 +13,37 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', (v) => positiveInt(v, '--threads'))
     .option('--quiet', 'no progress bars');
 }
+
+/** The judge prompt and batching flags `fit`, `score` and `eval` share. */
+export function addJudgeOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--template <kind>', 'judge template').choices(['scalar', 'ranked']).default('scalar'))
+    .option('--template-text <text>', 'custom template with {prompt} {response} (ranked: {response_a} {response_b}) placeholders')
+    .option('--chat', 'force the chat template')
+    .option('--no-chat', 'plain-text prompts even if the tokenizer has a chat template')
+    .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
+    .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'));
+}
+
+/** Activation RM fitting flags (DESIGN.md §1 defaults). */
+export function addFitOptions(cmd: Command): Command {
+  return cmd
+    .option('--passes <T>', 'mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
+    .option('--shots <k>', 'demonstrations per pass (0: one zero-shot pass per example)', (v) => nonNegativeInt(v, '--shots'), 4)
+    .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
+    .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
+    .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1);
+}
+
+export interface JudgeCliOptions { template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto'; batchSize: number; maxLength?: number }
+export interface FitCliFlags { passes: number; shots: number; steps: number; samples: number; lr: number }
+
+export const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
+export const positiveNumber = (v: string, flag: string) => {
+  const n = Number(v);
+  if (!(n > 0)) throw new Error(`${flag} must be a positive number, got ${JSON.stringify(v)}`);
+  return n;
+};
 
 export function positiveInt(v: string, flag: string): number {
   const n = Number(v);

@@ -5,19 +5,16 @@ import { readExamples } from '../data/examples.js';
 import { evaluate } from '../eval/harness.js';
 import { METHODS } from '../eval/methods.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
-import { addModelOptions, loadDecoder, positiveInt, progressBar, type ModelCliOptions } from './common.js';
+import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegativeInt, positiveInt, progressBar, type FitCliFlags, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
-interface EvalCliOptions extends ModelCliOptions {
+interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   dataset: string; methods: string; fewShot: number; seeds: number; seed: number; pool: 'subset' | 'global'; outputDir: string;
-  saveAll?: boolean; limit?: number; subsets?: string; skipInvalid?: boolean; batchSize: number; maxLength?: number;
-  template: 'scalar' | 'ranked'; passes: number; shots: number; steps: number; samples: number;
+  saveAll?: boolean; limit?: number; subsets?: string; skipInvalid?: boolean;
   iclShots: number; sampleN: number; temperature: number; savHeads: number;
 }
 
-const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
-
 export function registerEvalCommand(program: Command): void {
-  addModelOptions(program.command('eval').description('compare the Activation RM with baselines on a preference dataset'), DEFAULT_MODEL)
+  addFitOptions(addJudgeOptions(addModelOptions(program.command('eval').description('compare the Activation RM with baselines on a preference dataset'), DEFAULT_MODEL)))
     .requiredOption('--dataset <file.jsonl>', 'pairs {prompt, chosen, rejected, subset?} (RewardBench / TRL shapes)')
     .option('--methods <list>', `comma-separated: ${Object.keys(METHODS).join(', ')}`, 'arm,zero-shot,pick-longer,pick-shorter')
     .option('--few-shot <n>', 'pool pairs drawn per seed (per subset, or globally with --pool global); 0 = no pool', (v) => nonNegativeInt(v, '--few-shot'), 16)
@@ -29,13 +26,6 @@ export function registerEvalCommand(program: Command): void {
     .option('--limit <n>', 'read at most n rows', (v) => positiveInt(v, '--limit'))
     .option('--subsets <list>', 'only these subsets (comma-separated)')
     .option('--skip-invalid', 'skip invalid rows (reported) instead of stopping')
-    .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
-    .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'))
-    .addOption(new Option('--template <kind>', 'judge template').choices(['scalar', 'ranked']).default('scalar'))
-    .option('--passes <T>', 'ARM mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
-    .option('--shots <k>', 'ARM demonstrations per pass', (v) => nonNegativeInt(v, '--shots'), 4)
-    .option('--steps <n>', 'ARM REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
-    .option('--samples <S>', 'ARM masks per step', (v) => positiveInt(v, '--samples'), 32)
     .option('--icl-shots <k>', 'demonstrations in the ICL judge prompt', (v) => positiveInt(v, '--icl-shots'), 4)
     .option('--sample-n <N>', 'sample-vote: verdicts sampled', (v) => positiveInt(v, '--sample-n'), 8)
     .option('--temperature <T>', 'sample-vote: temperature', (v) => Number(v), 1)
@@ -54,7 +44,10 @@ export function registerEvalCommand(program: Command): void {
           methods: o.methods.split(',').map((m) => m.trim()).filter(Boolean), fewShot: o.fewShot, seeds: o.seeds, seed: o.seed, pool: o.pool,
           outputDir: o.outputDir, saveAll: o.saveAll ?? false, chunkSize: 32, dataset: path.basename(o.dataset), modelId: o.model,
           method: {
-            fit: { template: o.template, passes: o.passes, shots: o.shots, reinforce: { steps: o.steps, samples: o.samples }, modelId: o.model, warn: () => undefined },
+            fit: {
+              template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots,
+              reinforce: { steps: o.steps, samples: o.samples, lr: o.lr }, modelId: o.model, warn: () => undefined,
+            },
             batchSize: o.batchSize, maxLength, iclShots: o.iclShots, sampleN: o.sampleN, sampleTemperature: o.temperature, savTopHeads: o.savHeads,
           },
           onProgress: (what, done, total) => {
