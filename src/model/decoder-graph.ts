@@ -4,7 +4,9 @@
  * (batch 1: one shared prefix) and returns only the new positions' keys and values.
  *
  * Inputs
- *   input_ids        int64 [B, S]      left-padded, so the last position is S-1 in every row
+ *   inputs_embeds    f32   [B, S, D]   embed_tokens rows of the left-padded ids (the last position is S-1 in
+ *                                      every row), gathered in JS from weights.bin: with tied embeddings the
+ *                                      matrix then lives once, prepacked for the lm_head, not also for a Gather
  *   attention_mask   int64 [B, P+S]    1 = real token (past and new positions)
  *   position_ids     int64 [B, S]
  *   past.{l}.key     f32   [1, KV, P, d]   keys after RoPE; P may be 0
@@ -19,7 +21,7 @@
  *   new.{l}.value    f32   [B, KV, S, d]
  *
  * Named sites (node outputs, TransformerLens-style; shapes per row of the batch):
- *   embed                          [B, S, D]
+ *   inputs_embeds                  [B, S, D]
  *   blocks.{l}.ln1 / ln2           [B, S, D]
  *   blocks.{l}.attn.q              [B, H, S, d]   after q_norm and RoPE
  *   blocks.{l}.attn.k / v          [B, KV, S, d]  (= new.{l}.key / value)
@@ -57,7 +59,7 @@ export const W = {
   downBias: (l: number) => `w.${l}.down_bias`,
 } as const;
 
-export const GRAPH_VERSION = 'decoder-graph/2';
+export const GRAPH_VERSION = 'decoder-graph/3';
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
 export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string): GraphBuilder {
@@ -68,7 +70,7 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   const i64 = (v: number[]) => g.intConst(v);
   const f32 = (v: number) => g.floatConst([v], []);
 
-  const inputIds = g.input('input_ids', 'INT64', ['batch', 'seq']);
+  const inputsEmbeds = g.input('inputs_embeds', 'FLOAT', ['batch', 'seq', spec.hiddenSize]);
   const attnMask = g.input('attention_mask', 'INT64', ['batch', 'total']);
   const positionIds = g.input('position_ids', 'INT64', ['batch', 'seq']);
   const past = Array.from({ length: L }, (_, l) => ({
@@ -82,7 +84,7 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   // ---- shared: additive mask [B,1,1,S,T] and RoPE tables [B,1,S,d] ----
   const scalarDim = (x: string, axis: number) => g.op('Squeeze', [g.op('Shape', [x], { start: axis, end: axis + 1 }), i64([0])]);
   const total = scalarDim(attnMask, 1);
-  const seq = scalarDim(inputIds, 1);
+  const seq = scalarDim(inputsEmbeds, 1);
   const pastLen = g.op('Sub', [total, seq], {}, 'past_len');
   const keyIdx = g.op('Range', [g.intConst([0], []), total, g.intConst([1], [])]);                     // [T]
   const queryIdx = g.op('Unsqueeze', [g.op('Range', [pastLen, total, g.intConst([1], [])]), i64([1])]); // [S,1]
@@ -120,7 +122,7 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   const allButLast = (x: string) => g.op('Slice', [x, i64([0]), i64([-1]), i64([1])]);
 
   // ---- blocks ----
-  let resid = g.op('Gather', [w(W.embed), inputIds], { axis: 0 }, 'embed');                              // [B,S,D]
+  let resid = inputsEmbeds;                                                                            // [B,S,D]
   const headTaps: string[] = [];
   const groupedShape = g.op('Concat', [i64([0, 0, group, -1]), g.op('Unsqueeze', [total, i64([0])])], { axis: 0 }); // [0,0,g,-1,T]
   for (let l = 0; l < L; l++) {

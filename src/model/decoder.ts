@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, MODEL_FILE, validateCheckpoint, type BuildProgress } from './export.js';
+import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout } from './export.js';
 import { resolveModelDir } from './hub.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 import { specFromConfig, type ModelSpec } from './spec.js';
@@ -58,6 +58,7 @@ export class Decoder {
     private readonly session: ort.InferenceSession,
     readonly info: LoadInfo,
     private readonly modelId: string,
+    private readonly embeddings: EmbeddingTable,
   ) {}
 
   /** `model`: a local Hugging Face checkpoint folder or a hub id (downloaded into the cache when online). */
@@ -89,12 +90,14 @@ export class Decoder {
       executionMode: 'sequential',
     });
     const t2 = performance.now();
+    const layout = JSON.parse(fs.readFileSync(path.join(entry.dir, LAYOUT_FILE), 'utf8')) as Layout;
+    const embeddings = new EmbeddingTable(path.join(entry.dir, DATA_FILE), layout.embed);
     const { createHash } = await import('node:crypto');
     return new Decoder(spec, tokenizer, session, {
       modelDir, cacheEntry: entry.dir, built: entry.built,
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
       configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!,
-    }, model);
+    }, model, embeddings);
   }
 
   get id(): string { return this.modelId; }
@@ -174,6 +177,7 @@ export class Decoder {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    this.embeddings.close();
     await this.session.release();
   }
 
@@ -186,8 +190,8 @@ export class Decoder {
     if (S === 0) throw new ModelError('forward: a row has no tokens');
     const P = past.length;
     if (P + S > this.spec.maxPositions) throw new ModelError(`input of ${P + S} tokens exceeds the model's ${this.spec.maxPositions} positions`);
-    const pad = this.spec.padTokenId ?? this.spec.eosTokenIds[0] ?? 0;
-    const ids = new BigInt64Array(B * S);
+    const D = this.spec.hiddenSize;
+    const embeds = new Float32Array(B * S * D); // padding positions stay zero (masked anyway)
     const mask = new BigInt64Array(B * (P + S));
     const positions = new BigInt64Array(B * S);
     rows.forEach((row, b) => {
@@ -196,7 +200,7 @@ export class Decoder {
       for (let j = 0; j < P; j++) mask[b * (P + S) + j] = 1n;
       for (let s = 0; s < S; s++) {
         const real = s >= offset;
-        ids[b * S + s] = BigInt(real ? row[s - offset]! : pad);
+        if (real) this.embeddings.row(row[s - offset]!, embeds, (b * S + s) * D);
         mask[b * (P + S) + P + s] = real ? 1n : 0n;
         positions[b * S + s] = BigInt(real ? P + s - offset : 0);
       }
@@ -204,7 +208,7 @@ export class Decoder {
     if (patch && patch.mask.length !== B * L * H) throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
     if (patch && patch.values.length !== L * H * d) throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
     const feeds: Record<string, ort.Tensor> = {
-      input_ids: new ort.Tensor('int64', ids, [B, S]),
+      inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
       attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
       position_ids: new ort.Tensor('int64', positions, [B, S]),
       patch_mask: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
@@ -229,6 +233,34 @@ export class Decoder {
     for (const t of Object.values(out)) t.dispose();
     return result;
   }
+}
+
+/**
+ * embed_tokens rows read on demand from weights.bin (through the page cache, not held in the heap), with a
+ * small cache of recent rows: prompts repeat template tokens a lot.
+ */
+class EmbeddingTable {
+  private readonly fd: number;
+  private readonly cache = new Map<number, Float32Array>();
+  private static readonly CACHE_ROWS = 4096;
+
+  constructor(file: string, private readonly layout: Layout['embed']) { this.fd = fs.openSync(file, 'r'); }
+
+  /** Copies the row of token `id` into `out` at `at`. */
+  row(id: number, out: Float32Array, at: number): void {
+    let r = this.cache.get(id);
+    if (!r) {
+      r = new Float32Array(this.layout.cols);
+      const bytes = new Uint8Array(r.buffer);
+      const n = fs.readSync(this.fd, bytes, 0, bytes.length, this.layout.offset + id * bytes.length);
+      if (n !== bytes.length) throw new ModelError(`embedding row ${id}: short read from the cached weights (rebuild the cache entry)`);
+      if (this.cache.size >= EmbeddingTable.CACHE_ROWS) this.cache.delete(this.cache.keys().next().value!);
+      this.cache.set(id, r);
+    }
+    out.set(r, at);
+  }
+
+  close(): void { fs.closeSync(this.fd); }
 }
 
 export function emptyKv(spec: ModelSpec): KvCache {

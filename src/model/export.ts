@@ -16,6 +16,10 @@ import type { ExternalRef } from './onnx/graph-builder.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
+/** Where the embedding rows lie in weights.bin (the graph takes embeddings, JS looks them up). */
+export const LAYOUT_FILE = 'layout.json';
+
+export interface Layout { embed: { offset: number; rows: number; cols: number } }
 const ALIGN = 4096; // page-aligned offsets let onnxruntime map the weights instead of copying them
 
 export function defaultCacheDir(): string {
@@ -45,7 +49,7 @@ export interface BuildProgress { (done: number, total: number, what: string): vo
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
 export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress): { dir: string; built: boolean } {
   const dir = path.join(cacheDir, 'graphs', key);
-  if (fs.existsSync(path.join(dir, MODEL_FILE)) && fs.existsSync(path.join(dir, DATA_FILE))) return { dir, built: false };
+  if ([MODEL_FILE, DATA_FILE, LAYOUT_FILE].every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   fs.mkdirSync(tmp, { recursive: true });
@@ -91,6 +95,9 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
   });
   const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family });
   fs.writeFileSync(path.join(outDir, MODEL_FILE), bytes);
+  const embed = refs.get(W.embed)!;
+  const layout: Layout = { embed: { offset: embed.offset, rows: embed.dims[0]!, cols: embed.dims[1]! } };
+  fs.writeFileSync(path.join(outDir, LAYOUT_FILE), JSON.stringify(layout));
 }
 
 interface Produced { data: Float32Array; dims: number[] }
@@ -116,9 +123,16 @@ function weightProducers(spec: ModelSpec, ckpt: SafetensorsCheckpoint): Map<stri
     names.forEach((n, i) => {
       const src = read(n);
       const rows = shapes[i]![0];
-      for (let r = 0; r < rows; r++) {
-        const srcRow = r * inDim;
-        for (let c = 0; c < inDim; c++) out[c * outDim + col + r] = src[srcRow + c]!;
+      // Blocked transpose: 64×64 tiles keep both the reads and the strided writes in cache.
+      for (let r0 = 0; r0 < rows; r0 += 64) {
+        const r1 = Math.min(rows, r0 + 64);
+        for (let c0 = 0; c0 < inDim; c0 += 64) {
+          const c1 = Math.min(inDim, c0 + 64);
+          for (let r = r0; r < r1; r++) {
+            const srcRow = r * inDim;
+            for (let c = c0; c < c1; c++) out[c * outDim + col + r] = src[srcRow + c]!;
+          }
+        }
       }
       col += rows;
     });

@@ -92,7 +92,8 @@ export class SafetensorsCheckpoint {
   /** Reads one tensor, converted to float32. */
   readFloat32(name: string): Float32Array {
     const t = this.info(name) as TensorInfo & { fd: number };
-    const raw = Buffer.allocUnsafe(t.byteLength);
+    // A fresh ArrayBuffer (not Buffer's pool): aligned, so F32 data is used in place without a copy.
+    const raw = Buffer.from(new ArrayBuffer(t.byteLength));
     let done = 0;
     while (done < t.byteLength) {
       const n = fs.readSync(t.fd, raw, done, t.byteLength - done, t.start + done);
@@ -186,7 +187,7 @@ function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Recor
 function toFloat32(raw: Buffer, dtype: TensorInfo['dtype']): Float32Array {
   const n = raw.length / BYTES_PER_ELEMENT[dtype]!;
   if (dtype === 'F32') {
-    // Copy into a fresh, aligned buffer (Buffer pool slices may be unaligned).
+    if (raw.byteOffset % 4 === 0) return new Float32Array(raw.buffer, raw.byteOffset, n);
     const out = new Float32Array(n);
     new Uint8Array(out.buffer).set(raw);
     return out;

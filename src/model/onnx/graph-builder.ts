@@ -20,6 +20,7 @@ export class GraphBuilder {
   private readonly outputs: ValueInfo[] = [];
   private counter = 0;
   private readonly constCache = new Map<string, string>();
+  private readonly externalNames = new Set<string>();
 
   constructor(private readonly opset = 18) {}
 
@@ -32,8 +33,10 @@ export class GraphBuilder {
     this.outputs.push({ name, elemType, shape, doc });
   }
 
-  /** A float32 weight stored in the external data file `location`. */
+  /** A float32 weight stored in the external data file `location` (registered once, however often used). */
   externalWeight(ref: ExternalRef, location: string): string {
+    if (this.externalNames.has(ref.name)) return ref.name;
+    this.externalNames.add(ref.name);
     this.initializers.push({
       name: ref.name, dims: ref.dims, data_type: OnnxDType.FLOAT, data_location: 1,
       external_data: [
