@@ -57,12 +57,29 @@ export const W = {
   gateUpBias: (l: number) => `w.${l}.gate_up_bias`,
   down: (l: number) => `w.${l}.down`,      // [F, D]
   downBias: (l: number) => `w.${l}.down_bias`,
+  /** Row block i of the output head [V, D] (embed_tokens when tied): same bytes, its own initializer. */
+  headChunk: (i: number) => `w.head.${i}`,
 } as const;
 
-export const GRAPH_VERSION = 'decoder-graph/3';
+/**
+ * The output head is split into row blocks of at most this many bytes. onnxruntime prepacks each weight
+ * (a packed copy) before releasing the original, so the largest single weight sets the load-time peak;
+ * for Qwen2.5-0.5B the head is 519 MiB, several times any other matrix.
+ */
+export const HEAD_CHUNK_BYTES = 64 * 2 ** 20;
+
+/** Row ranges [start, end) of the output head's blocks. */
+export function headChunks(spec: ModelSpec, chunkBytes = HEAD_CHUNK_BYTES): [number, number][] {
+  const rowsPer = Math.max(1, Math.floor(chunkBytes / (spec.hiddenSize * 4)));
+  const out: [number, number][] = [];
+  for (let r = 0; r < spec.vocabSize; r += rowsPer) out.push([r, Math.min(spec.vocabSize, r + rowsPer)]);
+  return out;
+}
+
+export const GRAPH_VERSION = 'decoder-graph/4';
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
-export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string): GraphBuilder {
+export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES): GraphBuilder {
   const g = new GraphBuilder(18);
   const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = spec;
   const group = H / KV;
@@ -178,7 +195,9 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
 
   const hLast = g.op('Squeeze', [lastPosition(resid), i64([1])]);                                        // [B,D]
   const normed = rmsNorm(hLast, W.finalNorm, 'final.norm_last');
-  g.op('Gemm', [normed, w(spec.tieWordEmbeddings ? W.embed : W.lmHead)], { transB: 1 }, 'logits');     // [B,V]
+  const blocks = headChunks(spec, headChunkBytes).map((_, i) => g.op('Gemm', [normed, w(W.headChunk(i))], { transB: 1 }));  // [B,rows_i]
+  if (blocks.length === 1) g.op('Identity', blocks, {}, 'logits');
+  else g.op('Concat', blocks, { axis: 1 }, 'logits');                                                   // [B,V]
   g.output('logits', 'FLOAT', ['batch', V]);
   g.op('Concat', headTaps, { axis: 1 }, 'heads');                                                      // [B,L,H,d]
   g.output('heads', 'FLOAT', ['batch', L, H, d]);

@@ -21,6 +21,8 @@ export interface LoadOptions {
   revision?: string;
   quiet?: boolean;
   onBuildProgress?: BuildProgress;
+  /** Tuning: the output head is split into row blocks of at most this many bytes (default 64 MiB) to bound the load-time peak. */
+  headChunkBytes?: number;
 }
 
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
@@ -78,7 +80,7 @@ export class Decoder {
     try {
       validateCheckpoint(spec, ckpt);
       fingerprint = ckpt.fingerprint();
-      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress);
+      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes);
     } finally {
       ckpt.close();
     }

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { emitDecoderGraph, GRAPH_VERSION, W } from './decoder-graph.js';
+import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W } from './decoder-graph.js';
 import { expectedTensors, type ModelSpec } from './spec.js';
 import { ModelError } from './errors.js';
 import type { SafetensorsCheckpoint } from './safetensors.js';
@@ -26,8 +26,8 @@ export function defaultCacheDir(): string {
   return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
 }
 
-export function cacheKey(configText: string, weightsFingerprint: string): string {
-  return createHash('sha256').update(GRAPH_VERSION).update('\0').update(configText).update('\0').update(weightsFingerprint).digest('hex').slice(0, 24);
+export function cacheKey(configText: string, weightsFingerprint: string, headChunkBytes = HEAD_CHUNK_BYTES): string {
+  return createHash('sha256').update(`${GRAPH_VERSION}:${headChunkBytes}`).update('\0').update(configText).update('\0').update(weightsFingerprint).digest('hex').slice(0, 24);
 }
 
 /** Checks names, shapes of every tensor the spec needs; extra tensors (e.g. rotary caches) are ignored. */
@@ -47,14 +47,14 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint)
 export interface BuildProgress { (done: number, total: number, what: string): void }
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
-export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress): { dir: string; built: boolean } {
+export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES): { dir: string; built: boolean } {
   const dir = path.join(cacheDir, 'graphs', key);
   if ([MODEL_FILE, DATA_FILE, LAYOUT_FILE].every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   fs.mkdirSync(tmp, { recursive: true });
   try {
-    writeModel(spec, ckpt, tmp, onProgress);
+    writeModel(spec, ckpt, tmp, headChunkBytes, onProgress);
     try {
       fs.renameSync(tmp, dir);
     } catch (e) {
@@ -69,7 +69,7 @@ export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, 
   return { dir, built: true };
 }
 
-function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, onProgress?: BuildProgress): void {
+function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, onProgress?: BuildProgress): void {
   const producers = weightProducers(spec, ckpt);
   const fd = fs.openSync(path.join(outDir, DATA_FILE), 'w');
   const refs = new Map<string, ExternalRef>();
@@ -88,11 +88,17 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
   } finally {
     fs.closeSync(fd);
   }
+  // The head's row blocks are views of bytes already written (embed_tokens when tied, else lm_head).
+  const head = refs.get(spec.tieWordEmbeddings ? W.embed : W.lmHead)!;
+  const rowBytes = spec.hiddenSize * 4;
+  headChunks(spec, headChunkBytes).forEach(([start, end], i) => {
+    refs.set(W.headChunk(i), { name: W.headChunk(i), dims: [end - start, spec.hiddenSize], offset: head.offset + start * rowBytes, length: (end - start) * rowBytes });
+  });
   const graph = emitDecoderGraph(spec, (g, name) => {
     const ref = refs.get(name);
     if (!ref) throw new Error(`internal: graph uses weight ${name} that was not exported`);
     return g.externalWeight(ref, DATA_FILE);
-  });
+  }, headChunkBytes);
   const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family });
   fs.writeFileSync(path.join(outDir, MODEL_FILE), bytes);
   const embed = refs.get(W.embed)!;

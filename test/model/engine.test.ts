@@ -60,3 +60,16 @@ describe('checkpoint storage variants', () => {
     }
   });
 });
+
+it('an output head split into row blocks gives the same logits (untied and tied)', async () => {
+  for (const config of [FAMILY_CONFIGS['mistral (GQA 4, untied)']!, FAMILY_CONFIGS['qwen2 (qkv bias, tied, GQA 2)']!]) {
+    const { dir, weights } = makeCheckpoint(config, { seed: 4 });
+    const decoder = await Decoder.load(dir, { cacheDir, threads: 1, headChunkBytes: 100 * 32 * 4 }); // 100 rows a block → 6 blocks
+    try {
+      const out = await decoder.forward([PROMPTS[1]!]);
+      expect(relError(out.logits, referenceForward(config, weights, PROMPTS[1]!).logits)).toBeLessThan(1e-4);
+    } finally {
+      await decoder.dispose();
+    }
+  }
+});
