@@ -22,7 +22,7 @@ export interface CriterionMeta {
   headStrategy: string;          // selected | all | random:N
   denoise: string | null;        // pca:r
   seed: number;
-  hyper: { passes: number; shots: number; maxLength: number; batchSize: number; reinforce: ReinforceOptions | null };
+  hyper: { passes: number; shots: number; passesPerDemoSet?: number; maxLength: number; batchSize: number; reinforce: ReinforceOptions | null };
   examples: { count: number; items: number; itemsTooLong: number; ids: string[]; sha256: string };
   readout: { meanLoss: number; candidates: number[] } | null;
   fit: { seconds: number; createdAt: string; meanPasses: number; truncatedPasses: number; reinforceSteps: number };

@@ -24,6 +24,8 @@ export interface FitOptions {
   chat?: boolean | 'auto';
   passes?: number;        // 100
   shots?: number;         // 4
+  /** Mean-extraction passes sharing one demo draw (1 = MTV's independent draws); see MeanOptions. */
+  passesPerDemoSet?: number;
   seed?: number;          // 0
   batchSize?: number;     // 8
   maxLength?: number;     // the model's positions
@@ -74,6 +76,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
     template: options.template ?? 'scalar', passes: options.passes ?? 100, shots: options.shots ?? 4, seed: options.seed ?? 0,
     batchSize: options.batchSize ?? 8, maxLength: options.maxLength ?? decoder.spec.maxPositions, mode: options.mode ?? 'replace',
     heads: options.heads ?? 'selected', denoise: options.denoise ?? null, kvCacheBytes: options.kvCacheBytes ?? 512 * 2 ** 20,
+    passesPerDemoSet: options.passesPerDemoSet ?? 1,
   } as const;
   const rOpts: ReinforceOptions = { ...REINFORCE_DEFAULTS, ...options.reinforce };
   const warn = options.warn ?? ((m: string) => process.emitWarning(m));
@@ -123,7 +126,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
     ({ meanPasses, truncatedPasses } = ckpt);
   } else {
     const means = await extractMeans(decoder, template, items, {
-      passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoiseRank !== null,
+      passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoiseRank !== null, passesPerDemoSet: o.passesPerDemoSet,
       onProgress: (done, total) => options.onProgress?.('means', done, total, `passes`),
     });
     ({ mu, passes, truncatedPasses } = means);
@@ -183,7 +186,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       formatVersion: FORMAT_VERSION,
       model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
       template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
-      hyper: { passes: o.passes, shots: o.shots, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
+      hyper: { passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
       examples: { count: examples.length, items: items.length, itemsTooLong: allItems.length - items.length, ids: exampleIds, sha256: examplesHash },
       readout,
       fit: { seconds: (performance.now() - started) / 1000, createdAt: new Date().toISOString(), meanPasses, truncatedPasses, reinforceSteps: steps },

@@ -5,6 +5,7 @@
 import type { Decoder } from '../model/decoder.js';
 import { Rng } from '../util/rng.js';
 import { render, type JudgeItem, type TemplateSpec } from './template.js';
+import { forEachLastLogits } from '../model/batch.js';
 
 export interface MeanOptions {
   passes: number;    // T (100); with shots = 0, one pass per example
@@ -12,6 +13,12 @@ export interface MeanOptions {
   seed: number;
   batchSize: number;
   maxLength: number;
+  /**
+   * Passes that share one draw of demonstrations (default 1: every pass draws its own, as MTV). With g > 1 the
+   * demonstrations are drawn once per g passes and their tokens run once for all g queries (shared prefix),
+   * which makes mean extraction several times cheaper at the price of fewer distinct demo sets.
+   */
+  passesPerDemoSet?: number;
   /** Keep every pass's activations ([T, L, H, d]) for denoising. */
   keepPasses?: boolean;
   onProgress?: (done: number, total: number) => void;
@@ -25,39 +32,51 @@ export interface MeanResult {
   plan: { query: number; demos: number[] }[];
 }
 
-/** The seeded pass plan: which query and which demos each pass uses. */
-export function planPasses(nItems: number, passes: number, shots: number, seed: number): { query: number; demos: number[] }[] {
+/**
+ * The seeded pass plan: which query and which demos each pass uses. With `perDemoSet` = g > 1, passes come in
+ * blocks of g that share one demo draw, with distinct queries outside it (as many as the pool allows).
+ */
+export function planPasses(nItems: number, passes: number, shots: number, seed: number, perDemoSet = 1): { query: number; demos: number[] }[] {
   if (shots === 0) return Array.from({ length: nItems }, (_, q) => ({ query: q, demos: [] }));
   const rng = new Rng(seed);
   const k = Math.min(shots, nItems - 1);
-  return Array.from({ length: passes }, () => {
-    const query = rng.int(nItems);
-    return { query, demos: rng.sample(nItems, k, new Set([query])) };
-  });
+  if (perDemoSet <= 1) {
+    return Array.from({ length: passes }, () => {
+      const query = rng.int(nItems);
+      return { query, demos: rng.sample(nItems, k, new Set([query])) };
+    });
+  }
+  const plan: { query: number; demos: number[] }[] = [];
+  while (plan.length < passes) {
+    const demos = rng.sample(nItems, k);
+    const g = Math.min(perDemoSet, passes - plan.length, nItems - k);
+    for (const query of rng.sample(nItems, g, new Set(demos))) plan.push({ query, demos });
+  }
+  return plan;
 }
 
 export async function extractMeans(decoder: Decoder, template: TemplateSpec, pool: JudgeItem[], opts: MeanOptions): Promise<MeanResult> {
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const width = L * H * d;
-  const plan = planPasses(pool.length, opts.passes, opts.shots, opts.seed);
-  const sum = new Float64Array(width);
-  const kept: Float32Array[] | null = opts.keepPasses ? [] : null;
+  const plan = planPasses(pool.length, opts.passes, opts.shots, opts.seed, opts.passesPerDemoSet);
   let truncatedPasses = 0;
-  for (let start = 0; start < plan.length; start += opts.batchSize) {
-    const batch = plan.slice(start, start + opts.batchSize).map((p) => {
-      const r = render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength);
-      if (r.truncatedTokens > 0) truncatedPasses++;
-      return r.ids;
-    });
-    const { heads } = await decoder.forward(batch);
-    for (let b = 0; b < batch.length; b++) {
-      const row = heads.subarray(b * width, (b + 1) * width);
-      for (let i = 0; i < width; i++) sum[i]! += row[i]!;
-      kept?.push(row.slice());
-    }
-    opts.onProgress?.(Math.min(start + opts.batchSize, plan.length), plan.length);
-  }
-  return { mu: Float32Array.from(sum, (s) => s / plan.length), passes: kept, truncatedPasses, plan };
+  const seqs = plan.map((p) => {
+    const r = render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength);
+    if (r.truncatedTokens > 0 || r.droppedDemos > 0) truncatedPasses++;
+    return r.ids;
+  });
+  // Passes that share a demo draw share its tokens: run them as one prefix and their queries.
+  const groups = new Map<string, number[]>();
+  plan.forEach((p, i) => { const key = p.demos.join(','); groups.set(key, [...(groups.get(key) ?? []), i]); });
+  const perPass: Float32Array[] = new Array(plan.length);
+  await forEachLastLogits(decoder, seqs, {
+    batchSize: opts.batchSize, sharePrefix: false, groups: (opts.passesPerDemoSet ?? 1) > 1 ? [...groups.values()] : undefined,
+    onProgress: opts.onProgress,
+  }, (i, _logits, heads) => { perPass[i] = heads.slice(); });
+  // Sum in plan order, so the result does not depend on how passes were batched.
+  const sum = new Float64Array(width);
+  for (const row of perPass) for (let i = 0; i < width; i++) sum[i]! += row[i]!;
+  return { mu: Float32Array.from(sum, (s) => s / plan.length), passes: opts.keepPasses ? perPass : null, truncatedPasses, plan };
 }
 
 /**

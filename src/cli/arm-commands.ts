@@ -40,7 +40,7 @@ export function registerArmCommands(program: Command): void {
       const bars = { means: progressBar('means     ', o.quiet), reinforce: progressBar('reinforce ', o.quiet), readout: progressBar('read-out  ', o.quiet) };
       try {
         const rm = await fitActivationRM(decoder, examples, {
-          template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, seed: o.seed,
+          template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, seed: o.seed,
           batchSize: o.batchSize, maxLength: o.maxLength, mode: o.mode, heads: o.heads, denoise: o.denoise ?? null,
           reinforce: { steps: o.steps, samples: o.samples, lr: o.lr }, checkpointFile, resume: o.resume, modelId: o.model,
           onProgress: (phase, done, total, info) => { bars[phase].update(done, total, info); if (done === total) bars[phase].stop(); },

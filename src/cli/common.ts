@@ -30,13 +30,14 @@ export function addFitOptions(cmd: Command): Command {
   return cmd
     .option('--passes <T>', 'mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
     .option('--shots <k>', 'demonstrations per pass (0: one zero-shot pass per example)', (v) => nonNegativeInt(v, '--shots'), 4)
+    .option('--passes-per-demo-set <g>', 'passes sharing one demo draw, run as one shared prefix (1 = independent draws)', (v) => positiveInt(v, '--passes-per-demo-set'), 1)
     .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
     .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
     .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1);
 }
 
 export interface JudgeCliOptions { template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto'; batchSize: number; maxLength?: number }
-export interface FitCliFlags { passes: number; shots: number; steps: number; samples: number; lr: number }
+export interface FitCliFlags { passes: number; shots: number; passesPerDemoSet: number; steps: number; samples: number; lr: number }
 
 export const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
 export const positiveNumber = (v: string, flag: string) => {

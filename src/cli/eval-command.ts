@@ -45,7 +45,7 @@ export function registerEvalCommand(program: Command): void {
           outputDir: o.outputDir, saveAll: o.saveAll ?? false, chunkSize: 32, dataset: path.basename(o.dataset), modelId: o.model,
           method: {
             fit: {
-              template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots,
+              template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet,
               reinforce: { steps: o.steps, samples: o.samples, lr: o.lr }, modelId: o.model, warn: () => undefined,
             },
             batchSize: o.batchSize, maxLength, iclShots: o.iclShots, sampleN: o.sampleN, sampleTemperature: o.temperature, savTopHeads: o.savHeads,

@@ -53,6 +53,30 @@ describe('mean extraction', () => {
     expect(relError(res.mu, Array.from(sum, (s) => s / plan.length))).toBeLessThan(1e-5);
   });
 
+  it('passes sharing a demo draw: the plan shares demos, and the shared-prefix means equal per-pass forwards', async () => {
+    const template = makeTemplate('scalar', {}, decoder.tokenizer);
+    const items = judgeItems(examples, 'scalar');
+    const plan = planPasses(items.length, 6, 2, 4, 3);
+    expect(plan.length).toBe(6);
+    for (const block of [plan.slice(0, 3), plan.slice(3)]) {
+      expect(new Set(block.map((p) => p.demos.join(','))).size).toBe(1);
+      expect(new Set(block.map((p) => p.query)).size).toBe(3);
+      for (const p of block) expect(p.demos).not.toContain(p.query);
+    }
+    const tokens0 = decoder.stats.tokens;
+    const res = await extractMeans(decoder, template, items, { passes: 6, shots: 2, seed: 4, batchSize: 4, maxLength: 512, passesPerDemoSet: 3 });
+    const sharedTokens = decoder.stats.tokens - tokens0;
+    const sum = new Float64Array(res.mu.length);
+    let fullTokens = 0;
+    for (const p of plan) {
+      const { ids } = render(decoder.tokenizer, template, p.demos.map((i) => items[i]!), items[p.query]!, 512);
+      fullTokens += ids.length;
+      (await decoder.forward([ids])).heads.forEach((v, i) => { sum[i]! += v; });
+    }
+    expect(relError(res.mu, Array.from(sum, (x) => x / plan.length))).toBeLessThan(1e-5);
+    expect(sharedTokens).toBeLessThan(fullTokens);
+  });
+
   it('PCA denoising projects the mean onto the top axes of the passes\' second moment', () => {
     // passes (2,0,0), (2,0,0), (0,1,0): second moment diag(8/3, 1/3, 0), axes x then y; mean (4/3, 1/3, 0)
     const passes = [[2, 0, 0], [2, 0, 0], [0, 1, 0]].map((x) => Float32Array.from(x));
