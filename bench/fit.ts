@@ -7,6 +7,7 @@
  * says so): mean extraction on a few passes; REINFORCE on a few steps (the per-step cost after each query's
  * prefix is cached) plus one prefill per distinct query; the naive per-sample cost from full forwards of the
  * same queries in batches of 8 (as the naive method would batch them). Both fits share the mean phase.
+ * The variant with --passes-per-demo-set 5 (demo draws shared by 5 passes, run as one prefix) is measured too.
  * Last line: {"fitSpeedupVsNaive":…,"reinforceSpeedupVsNaive":…,"fitWallS":…,"extrapolated":true,…}
  */
 import os from 'node:os';
@@ -22,6 +23,7 @@ import { ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
 const QUERY_TOKENS = 300;
 const POOL_PAIRS = 16;            // 32 judge items, as `--few-shot 16`
 const MEASURED = { passes: 3, steps: 4, naiveBatches: 2 };
+const SHARED_DEMOS = 5; // the --passes-per-demo-set variant measured alongside the default
 const DEFAULT = { passes: 100, shots: 4, steps: REINFORCE_DEFAULTS.steps, samples: REINFORCE_DEFAULTS.samples, readoutMasks: 10, readoutItems: 50 };
 
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
@@ -36,7 +38,7 @@ const rng = new Rng(1);
 const WORDS = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'looked', 'at', 'big', 'red', 'ball', 'she', 'said', 'yes', 'no', 'tree', 'park'];
 const text = (n: number) => Array.from({ length: n }, () => WORDS[rng.int(WORDS.length)]).join(' ');
 const pairs: PairExample[] = Array.from({ length: POOL_PAIRS }, (_, i) => ({
-  kind: 'pair', id: `p${i}`, line: i + 1, row: {}, prompt: text(200), chosen: text(40), rejected: text(60),
+  kind: 'pair', id: `p${i}`, line: i + 1, row: {}, prompt: text(120), chosen: text(25), rejected: text(35),
 }));
 const template = makeTemplate('scalar', {}, tokenizer);
 const items = judgeItems(pairs, 'scalar');
@@ -47,6 +49,9 @@ log(`queries: ${items.length} judge items, ${Math.min(...lengths)}–${Math.max(
 let t0 = performance.now();
 await extractMeans(decoder, template, items, { passes: MEASURED.passes, shots: DEFAULT.shots, seed: 0, batchSize: MEASURED.passes, maxLength: 4096 });
 const perPassS = seconds(t0) / MEASURED.passes;
+t0 = performance.now();
+await extractMeans(decoder, template, items, { passes: SHARED_DEMOS, shots: DEFAULT.shots, seed: 0, batchSize: SHARED_DEMOS, maxLength: 4096, passesPerDemoSet: SHARED_DEMOS });
+const perSharedPassS = seconds(t0) / SHARED_DEMOS;
 
 // ---- ours: prefill per distinct query + shared-prefix steps of 32 rows ----
 const answers = resolveAnswerTokens(tokenizer, template, items[0]!).primary;
@@ -89,6 +94,8 @@ const oursReinforceS = distinct * prefillS + DEFAULT.steps * stepS + readoutItem
 const naiveReinforceS = (DEFAULT.steps * DEFAULT.samples + readoutItems * DEFAULT.readoutMasks) * naivePerSampleS;
 const fitWallS = meansS + oursReinforceS;
 const naiveWallS = meansS + naiveReinforceS;
+const sharedMeansS = DEFAULT.passes * perSharedPassS;
+const sharedFitWallS = sharedMeansS + oursReinforceS;
 
 // A real (tiny) end-to-end fit through the public API, so the bench also proves the path it extrapolates.
 t0 = performance.now();
@@ -101,11 +108,14 @@ console.table([
   { phase: 'REINFORCE 600 × 32', measured: `${MEASURED.steps} steps`, 'ours s': (DEFAULT.steps * stepS).toFixed(0), 'naive s': (DEFAULT.steps * DEFAULT.samples * naivePerSampleS).toFixed(0) },
   { phase: `read-out 10 × ${readoutItems}`, measured: '1 step', 'ours s': (readoutItems * readoutStepS).toFixed(1), 'naive s': (readoutItems * DEFAULT.readoutMasks * naivePerSampleS).toFixed(0) },
   { phase: 'whole fit', measured: 'extrapolated', 'ours s': fitWallS.toFixed(0), 'naive s': naiveWallS.toFixed(0) },
+  { phase: `means, --passes-per-demo-set ${SHARED_DEMOS}`, measured: `${SHARED_DEMOS} passes`, 'ours s': sharedMeansS.toFixed(0), 'naive s': '–' },
+  { phase: `whole fit, --passes-per-demo-set ${SHARED_DEMOS}`, measured: 'extrapolated', 'ours s': sharedFitWallS.toFixed(0), 'naive s': naiveWallS.toFixed(0) },
 ]);
-log(`per pass ${perPassS.toFixed(2)} s; prefill ${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`);
+log(`per pass ${perPassS.toFixed(2)} s (${perSharedPassS.toFixed(2)} s sharing demos); prefill ${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`);
 await decoder.dispose();
 console.log(JSON.stringify({
   fitSpeedupVsNaive: Number((naiveWallS / fitWallS).toFixed(1)),
+  fitSpeedupVsNaiveSharedDemos: Number((naiveWallS / sharedFitWallS).toFixed(1)),
   reinforceSpeedupVsNaive: Number((naiveReinforceS / oursReinforceS).toFixed(1)),
   fitWallS: Math.round(fitWallS), naiveWallS: Math.round(naiveWallS), meansS: Math.round(meansS), reinforceS: Math.round(oursReinforceS),
   stepMs: Math.round(stepS * 1000), naiveSampleMs: Math.round(naivePerSampleS * 1000), queryTokens: Math.round(lengths.reduce((a, b) => a + b, 0) / lengths.length),

@@ -11,7 +11,7 @@ import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
 import { denoiseMeans, extractMeans } from './means.js';
 import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
-import { ActivationRM, crossEntropy } from './rm.js';
+import { ActivationRM } from './rm.js';
 import { makeTemplate, render, resolveAnswerTokens, TooLongError, type JudgeItem, type TemplateKind } from './template.js';
 
 export type HeadStrategy = 'selected' | 'all' | `random:${number}`;
@@ -220,9 +220,9 @@ export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: Re
     const { kv, last } = await prefixOf(item);
     const mask = new Float32Array(masks.length * L * H);
     masks.forEach((m, s) => mask.set(m, s * L * H));
-    const { logits } = await decoder.stepShared(kv, last, { mask, values: mu, mode });
+    const { logits, logSumExp } = await decoder.stepShared(kv, last, { mask, values: mu, mode });
     const target = answerIds[items[item]!.answer];
-    return masks.map((_, s) => crossEntropy(logits.subarray(s * V, (s + 1) * V), target));
+    return masks.map((_, s) => logSumExp[s]! - logits[s * V + target]!); // −log softmax(logits)[target]
   };
 }
 

@@ -72,7 +72,7 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   await forEachLastLogits(decoder, seqs, {
     batchSize: opts.batchSize, sharePrefix: false, groups: (opts.passesPerDemoSet ?? 1) > 1 ? [...groups.values()] : undefined,
     onProgress: opts.onProgress,
-  }, (i, _logits, heads) => { perPass[i] = heads.slice(); });
+  }, (i, { heads }) => { perPass[i] = heads.slice(); });
   // Sum in plan order, so the result does not depend on how passes were batched.
   const sum = new Float64Array(width);
   for (const row of perPass) for (let i = 0; i < width; i++) sum[i]! += row[i]!;

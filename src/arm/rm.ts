@@ -97,13 +97,13 @@ export class ActivationRM {
     const [yesVariants, noVariants] = meta.answerTokens.variants;
     const liveIndex = new Map(live.map((i, j) => [i, j]));
     const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
-    await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, row) => {
+    await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
       const i = live[j]!;
-      const p = softmax(row);
-      const yes = yesVariants.reduce((s, t) => s + p[t]!, 0), no = noVariants.reduce((s, t) => s + p[t]!, 0);
+      const p = (t: number) => Math.exp(row[t]! - logSumExp);
+      const yes = yesVariants.reduce((s, t) => s + p(t), 0), no = noVariants.reduce((s, t) => s + p(t), 0);
       const top = argmax(row);
       out[i] = {
-        id: items[i]!.id, reward: p[yesId]!, normalized: yes / (yes + no || 1),
+        id: items[i]!.id, reward: p(yesId), normalized: yes / (yes + no || 1),
         logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
         verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
       };

@@ -21,7 +21,7 @@ async function activations(decoder: Decoder, template: TemplateSpec, items: Judg
   items.forEach((it, i) => {
     try { seqs.push(render(decoder.tokenizer, template, [], it, maxLength).ids); live.push(i); } catch (e) { if (!(e instanceof TooLongError)) throw e; }
   });
-  await forEachLastLogits(decoder, seqs, { batchSize }, (j, _logits, heads) => { out[live[j]!] = heads.slice(); });
+  await forEachLastLogits(decoder, seqs, { batchSize }, (j, { heads }) => { out[live[j]!] = heads.slice(); });
   return out;
 }
 

@@ -34,8 +34,11 @@ function commonPrefix(seqs: number[][]): number {
   return shared;
 }
 
-/** Calls `onRow(index, logits [V], heads [L·H·d])` for every sequence (grouped ones first, then by length). */
-export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts: LastLogitsOptions, onRow: (index: number, logits: Float32Array, heads: Float32Array) => void): Promise<void> {
+/** One sequence's last position: logits [V], log Σ exp(logits), head activations [L·H·d]. */
+export interface LastRow { logits: Float32Array; logSumExp: number; heads: Float32Array }
+
+/** Calls `onRow(index, row)` for every sequence (grouped ones first, then by length). */
+export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts: LastLogitsOptions, onRow: (index: number, row: LastRow) => void): Promise<void> {
   if (seqs.length === 0) return;
   const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   let done = 0;
@@ -43,7 +46,7 @@ export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts
     const rows = idx.map((i) => seqs[i]!.slice(shared));
     const patch = opts.patch?.(idx.length);
     const out = kv ? await decoder.forwardShared(kv, rows, patch) : await decoder.forward(rows, patch);
-    idx.forEach((i, b) => onRow(i, out.logits.subarray(b * V, (b + 1) * V), out.heads.subarray(b * L * H * d, (b + 1) * L * H * d)));
+    idx.forEach((i, b) => onRow(i, { logits: out.logits.subarray(b * V, (b + 1) * V), logSumExp: out.logSumExp[b]!, heads: out.heads.subarray(b * L * H * d, (b + 1) * L * H * d) }));
     done += idx.length;
     opts.onProgress?.(done, seqs.length);
   };

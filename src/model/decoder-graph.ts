@@ -16,6 +16,7 @@
  *   patch_replace    f32   []          1: z ← mask·v + (1−mask)·z (replace); 0: z ← z + mask·v (add)
  * Outputs
  *   logits           f32   [B, V]      last position only
+ *   logsumexp        f32   [B]         log Σ exp(logits): log-probabilities without a JS pass over V
  *   heads            f32   [B, L, H, d] o_proj input at the last position (after any patch)
  *   new.{l}.key      f32   [B, KV, S, d]
  *   new.{l}.value    f32   [B, KV, S, d]
@@ -76,7 +77,7 @@ export function headChunks(spec: ModelSpec, chunkBytes = HEAD_CHUNK_BYTES): [num
   return out;
 }
 
-export const GRAPH_VERSION = 'decoder-graph/4';
+export const GRAPH_VERSION = 'decoder-graph/5';
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
 export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES): GraphBuilder {
@@ -199,6 +200,8 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   if (blocks.length === 1) g.op('Identity', blocks, {}, 'logits');
   else g.op('Concat', blocks, { axis: 1 }, 'logits');                                                   // [B,V]
   g.output('logits', 'FLOAT', ['batch', V]);
+  g.op('ReduceLogSumExp', ['logits', i64([1])], { keepdims: 0 }, 'logsumexp');                          // [B]
+  g.output('logsumexp', 'FLOAT', ['batch']);
   g.op('Concat', headTaps, { axis: 1 }, 'heads');                                                      // [B,L,H,d]
   g.output('heads', 'FLOAT', ['batch', L, H, d]);
   return g;

@@ -35,6 +35,7 @@ export interface HeadPatch {
 export interface ForwardResult {
   batchSize: number;
   logits: Float32Array;    // [B, V] at each row's last token
+  logSumExp: Float32Array; // [B] log Σ_v exp(logits): log P(v) = logits[v] − logSumExp
   heads: Float32Array;     // [B, L, H, d] o_proj input at the last token (after any patch)
 }
 
@@ -114,7 +115,7 @@ export class Decoder {
    */
   async forward(rows: number[][], patch?: HeadPatch): Promise<ForwardResult> {
     const r = await this.run(rows, emptyKv(this.spec), patch, false);
-    return { batchSize: rows.length, logits: r.logits, heads: r.heads };
+    return { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
   }
 
   /** Runs `ids` after `past` (batch 1) and returns the cache extended by them, with the last logits. */
@@ -147,7 +148,7 @@ export class Decoder {
    */
   async forwardShared(kv: KvCache, suffixRows: number[][], patch?: HeadPatch): Promise<ForwardResult> {
     const r = await this.run(suffixRows, kv, patch, false);
-    return { batchSize: suffixRows.length, logits: r.logits, heads: r.heads };
+    return { batchSize: suffixRows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
   }
 
   /** Greedy decoding with a KV cache. Stops at `maxNewTokens` or at a stop token (default: the EOS ids). */
@@ -221,14 +222,14 @@ export class Decoder {
       feeds[`past.${l}.key`] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
       feeds[`past.${l}.value`] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
     }
-    const fetches = ['logits', 'heads'];
+    const fetches = ['logits', 'logsumexp', 'heads'];
     if (wantKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
     const out = await this.session.run(feeds, fetches);
     this.stats.runs++;
     for (const row of rows) { this.stats.tokens += row.length; this.stats.paddedPositions += S - row.length; }
     const data = (name: string) => out[name]!.data as Float32Array;
     const result = {
-      logits: data('logits'), heads: data('heads'),
+      logits: data('logits'), logSumExp: data('logsumexp'), heads: data('heads'),
       newKeys: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
       newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
     };

@@ -98,3 +98,15 @@ it('forwardShared: continuations of different lengths after one prefix equal the
     expect(relError(row(shared.logits, b, V), full.logits)).toBeLessThan(1e-5);
   }
 });
+
+it('logsumexp equals log Σ exp(logits) computed in float64', async () => {
+  const { V } = size();
+  const out = await decoder.forward([A, B]);
+  for (let b = 0; b < 2; b++) {
+    const row = row_(out.logits, b, V);
+    const max = Math.max(...row);
+    const lse = max + Math.log(row.reduce((s, v) => s + Math.exp(v - max), 0));
+    expect(Math.abs(out.logSumExp[b]! - lse)).toBeLessThan(1e-5 * Math.max(1, Math.abs(lse)));
+  }
+});
+const row_ = (x: Float32Array, i: number, w: number) => Array.from(row(x, i, w));
