@@ -14,14 +14,16 @@ export interface SavModel {
 }
 
 /** Zero-shot last-token activations per item; null for an item too long to render. */
-async function activations(decoder: Decoder, template: TemplateSpec, items: JudgeItem[], batchSize: number, maxLength: number): Promise<(Float32Array | null)[]> {
+async function activations(decoder: Decoder, template: TemplateSpec, items: JudgeItem[], batchSize: number, maxLength: number, groups?: number[][]): Promise<(Float32Array | null)[]> {
   const out: (Float32Array | null)[] = new Array(items.length).fill(null);
   const live: number[] = [];
   const seqs: number[][] = [];
   items.forEach((it, i) => {
     try { seqs.push(render(decoder.tokenizer, template, [], it, maxLength).ids); live.push(i); } catch (e) { if (!(e instanceof TooLongError)) throw e; }
   });
-  await forEachLastLogits(decoder, seqs, { batchSize }, (j, { heads }) => { out[live[j]!] = heads.slice(); });
+  const liveIndex = new Map(live.map((i, j) => [i, j]));
+  const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
+  await forEachLastLogits(decoder, seqs, { batchSize, groups: liveGroups }, (j, { heads }) => { out[live[j]!] = heads.slice(); });
   return out;
 }
 
@@ -56,9 +58,9 @@ export async function fitSav(decoder: Decoder, template: TemplateSpec, pool: Jud
   return model;
 }
 
-/** Share of the voting heads that vote for the first answer class, per item. */
-export async function scoreSav(decoder: Decoder, template: TemplateSpec, model: SavModel, items: JudgeItem[], opts: { batchSize: number; maxLength: number }): Promise<number[]> {
+/** Share of the voting heads that vote for the first answer class, per item; `groups` share a prompt prefix. */
+export async function scoreSav(decoder: Decoder, template: TemplateSpec, model: SavModel, items: JudgeItem[], opts: { batchSize: number; maxLength: number }, groups?: number[][]): Promise<number[]> {
   const { numHeads: H, headDim: d } = decoder.spec;
-  const acts = await activations(decoder, template, items, opts.batchSize, opts.maxLength);
+  const acts = await activations(decoder, template, items, opts.batchSize, opts.maxLength, groups);
   return acts.map((x) => (x ? model.heads.filter(([l, h]) => headVote(x, model, l * H + h, d) === 0).length / model.heads.length : NaN));
 }

@@ -128,7 +128,7 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
       return {
         heads: model.heads,
         async scorePairs(pairs) {
-          const votes = await scoreSav(ctx.decoder, template, model, judgeItems(pairs, 'scalar'), opts);
+          const votes = await scoreSav(ctx.decoder, template, model, judgeItems(pairs, 'scalar'), opts, pairs.map((_, i) => [2 * i, 2 * i + 1]));
           return pairs.map((_, i) => ({ chosen: votes[2 * i]!, rejected: votes[2 * i + 1]!, truncated: false, tooLong: Number.isNaN(votes[2 * i]! + votes[2 * i + 1]!) }));
         },
       };
