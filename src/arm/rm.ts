@@ -183,12 +183,3 @@ export function softmax(row: Float32Array): Float64Array {
   for (let i = 0; i < row.length; i++) out[i]! /= sum;
   return out;
 }
-
-/** −log softmax(row)[target], stably. */
-export function crossEntropy(row: Float32Array, target: number): number {
-  let max = -Infinity;
-  for (const v of row) if (v > max) max = v;
-  let sum = 0;
-  for (const v of row) sum += Math.exp(v - max);
-  return Math.log(sum) + max - row[target]!;
-}

@@ -5,10 +5,19 @@ import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type Example } from '../../src/data/examples.js';
 import { extractMeans, planPasses, denoiseMeans } from '../../src/arm/means.js';
 import { fitActivationRM, FitInterrupted, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
-import { ActivationRM, crossEntropy, softmax } from '../../src/arm/rm.js';
+import { ActivationRM } from '../../src/arm/rm.js';
 import { makeTemplate, render, resolveAnswerTokens } from '../../src/arm/template.js';
 import { loadCriterion } from '../../src/arm/criterion.js';
 import { CHATML, FAMILY_CONFIGS, makeCheckpoint, relError, tempDir } from '../helpers/fixtures.js';
+
+/** Plain float64 softmax and cross-entropy over a logits row: the expectations the graph's outputs are checked against. */
+function softmax(row: Float32Array): Float64Array {
+  const max = Math.max(...row);
+  const e = Float64Array.from(row, (v) => Math.exp(v - max));
+  const sum = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / sum);
+}
+const crossEntropy = (row: Float32Array, target: number) => -Math.log(softmax(row)[target]!);
 
 const FEW = [
   { id: 'a', prompt: 'What is 2+2?', chosen: '4', rejected: 'It is 5, for sure, absolutely, no doubt.' },
