@@ -8,7 +8,7 @@ import { fitActivationRM, FitInterrupted, judgeItems, reinforceLoss } from '../.
 import { ActivationRM } from '../../src/arm/rm.js';
 import { makeTemplate, render, resolveAnswerTokens } from '../../src/arm/template.js';
 import { loadCriterion } from '../../src/arm/criterion.js';
-import { CHATML, FAMILY_CONFIGS, makeCheckpoint, relError, tempDir } from '../helpers/fixtures.js';
+import { CHATML, FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 
 /** Plain float64 softmax and cross-entropy over a logits row: the expectations the graph's outputs are checked against. */
 function softmax(row: Float32Array): Float64Array {
@@ -240,4 +240,29 @@ it('pairs run their shared prompt once and score as if run whole', async () => {
   const plain = await rm.scoreItems(items, { batchSize: 1 });
   expect(groupedTokens).toBeLessThan(decoder.stats.tokens - tokens1); // the prompts were not fed twice
   expect(relError(grouped.map((s) => s.reward), plain.map((s) => s.reward))).toBeLessThan(1e-6);
+});
+
+describe('stories260K end to end', () => {
+  it('fit → file → load → score: deterministic for a seed, same scores in batch and one by one', async () => {
+    const stories = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
+    try {
+      const few = readExamples(path.resolve(import.meta.dirname, '../../examples/concise/few.jsonl')).examples;
+      const items = readExamples(path.resolve(import.meta.dirname, '../../examples/concise/items.jsonl'), { labelsOptional: true }).examples;
+      const opts = { passes: 10, shots: 2, seed: 5, reinforce: { steps: 20, readoutItems: 8 } };
+      const [a, b] = [await fitActivationRM(stories, few, opts), await fitActivationRM(stories, few, opts)];
+      expect(b.criterion.meta.heads).toEqual(a.criterion.meta.heads);
+      expect(Array.from(b.criterion.mu)).toEqual(Array.from(a.criterion.mu));
+      const file = path.join(tempDir(), 'stories.arm.safetensors');
+      a.save(file);
+      const loaded = ActivationRM.load(stories, file);
+      const flat = (xs: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => xs.flatMap((x) => ('chosen' in x ? [x.chosen, x.rejected] : [x.reward]));
+      const batched = flat(await loaded.scoreExamples(items, { batchSize: 8 }));
+      const single = flat(await loaded.scoreExamples(items, { batchSize: 1 }));
+      expect(batched.every(Number.isFinite)).toBe(true);
+      expect(relError(batched, single)).toBeLessThan(1e-6);
+      expect(relError(batched, flat(await a.scoreExamples(items)))).toBeLessThan(1e-6);
+    } finally {
+      await stories.dispose();
+    }
+  });
 });
