@@ -17,6 +17,11 @@ export interface LastLogitsOptions {
    * Sequences in no such set are batched as usual.
    */
   groups?: number[][];
+  /**
+   * Cap on one batch's attention scores (rows × heads × S × (prefix + S) floats; default 2^27 = 512 MiB):
+   * long sequences go in smaller batches instead of exhausting memory.
+   */
+  maxScoreElements?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -66,5 +71,16 @@ export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts
   const kv = shared >= MIN_SHARED ? await decoder.prefill(seqs[others[0]!]!.slice(0, shared)) : null;
   if (!kv) shared = 0;
   const order = others.sort((a, b) => seqs[a]!.length - seqs[b]!.length);
-  for (let start = 0; start < order.length; start += opts.batchSize) await run(order.slice(start, start + opts.batchSize), kv, shared);
+  const budget = opts.maxScoreElements ?? 2 ** 27;
+  let batch: number[] = [];
+  for (const i of order) {
+    // Sorted by length, so the newest row is the longest: it sets S for the whole batch.
+    const S = seqs[i]!.length - shared;
+    if (batch.length && (batch.length >= opts.batchSize || (batch.length + 1) * H * S * (shared + S) > budget)) {
+      await run(batch, kv, shared);
+      batch = [];
+    }
+    batch.push(i);
+  }
+  if (batch.length) await run(batch, kv, shared);
 }
