@@ -101,6 +101,10 @@ export async function runEval(decoder: Decoder, examples: Example[], opts: EvalO
     fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2));
   }
   const records = readRecords(itemsFile);
+  // A crash can leave half a line at the end: drop it, or the next append would glue onto it.
+  if (fs.existsSync(itemsFile) && !fs.readFileSync(itemsFile, 'utf8').endsWith('\n') && fs.statSync(itemsFile).size > 0) {
+    fs.writeFileSync(itemsFile, records.map((r) => JSON.stringify(r)).join('\n') + (records.length ? '\n' : ''));
+  }
   const done = new Set(records.filter((r) => r.type === 'pair').map((r) => `${r.method}|${r.seed}|${r.id}`));
   if (done.size) log(`resuming: ${done.size} pair results already in ${itemsFile}`);
   const append = (rs: RunRecord[]) => { if (rs.length) fs.appendFileSync(itemsFile, rs.map((r) => JSON.stringify(r)).join('\n') + '\n'); records.push(...rs); };
