@@ -9,6 +9,7 @@ import { render, TooLongError, type JudgeItem } from './template.js';
 import { forEachLastLogits } from '../model/batch.js';
 import { argmax } from '../model/decoder.js';
 import { Rng } from '../util/rng.js';
+import { createHash } from 'node:crypto';
 
 export interface ItemScore {
   id: string;
@@ -107,7 +108,7 @@ export class ActivationRM {
         logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
         verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
       };
-      if (opts.sample) out[i]!.sampledYes = sampleVerdicts(row, opts.sample, i, yesVariants, noVariants);
+      if (opts.sample) out[i]!.sampledYes = sampleVerdicts(row, opts.sample, items[i]!.id, yesVariants, noVariants);
     });
     return out;
   }
@@ -143,7 +144,8 @@ export class ActivationRM {
       // Ranked: P(A) with chosen first and 1 − P(A) with chosen second, each normalised over A/B; averaged.
       const chosenFirst = a.normalized, chosenSecond = 1 - b.normalized;
       const chosen = (chosenFirst + chosenSecond) / 2;
-      return { ...pairScore(e.id, chosen, 1 - chosen, [a, b]), swapConsistent: (chosenFirst > 0.5) === (chosenSecond > 0.5) };
+      const scorable = !a.tooLong && !b.tooLong;
+      return { ...pairScore(e.id, chosen, 1 - chosen, [a, b]), swapConsistent: scorable && (chosenFirst > 0.5) === (chosenSecond > 0.5) };
     });
   }
 }
@@ -156,13 +158,14 @@ function pairScore(id: string, chosen: number, rejected: number, detail: ItemSco
  * Draws `n` first tokens from softmax(row / temperature) with a per-item seeded stream; returns the share of
  * first-answer variants among the draws that were answers at all (0.5 when none were).
  */
-function sampleVerdicts(row: Float32Array, s: { n: number; temperature: number; seed: number }, item: number, yes: number[], no: number[]): number {
+function sampleVerdicts(row: Float32Array, s: { n: number; temperature: number; seed: number }, itemId: string, yes: number[], no: number[]): number {
   const scaled = Float32Array.from(row, (v) => v / s.temperature);
   const p = softmax(scaled);
   const cdf = new Float64Array(p.length);
   let acc = 0;
   for (let i = 0; i < p.length; i++) { acc += p[i]!; cdf[i] = acc; }
-  const rng = new Rng((s.seed * 1_000_003 + item) >>> 0);
+  // Seeded by (seed, item id): the same item draws the same verdicts whatever batch or chunk it is scored in.
+  const rng = new Rng(parseInt(createHash('sha256').update(`${s.seed}:${itemId}`).digest('hex').slice(0, 8), 16));
   let y = 0, nCount = 0;
   for (let k = 0; k < s.n; k++) {
     const u = rng.uniform() * acc;

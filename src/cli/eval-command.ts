@@ -5,7 +5,7 @@ import { readExamples } from '../data/examples.js';
 import { evaluate } from '../eval/harness.js';
 import { METHODS } from '../eval/methods.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
-import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegativeInt, positiveInt, progressBar, type FitCliFlags, type JudgeCliOptions, type ModelCliOptions } from './common.js';
+import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegativeInt, positiveInt, positiveNumber, progressBar, type FitCliFlags, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
 interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   dataset: string; methods: string; fewShot: number; seeds: number; seed: number; pool: 'subset' | 'global'; outputDir: string;
@@ -28,7 +28,7 @@ export function registerEvalCommand(program: Command): void {
     .option('--skip-invalid', 'skip invalid rows (reported) instead of stopping')
     .option('--icl-shots <k>', 'demonstrations in the ICL judge prompt', (v) => positiveInt(v, '--icl-shots'), 4)
     .option('--sample-n <N>', 'sample-vote: verdicts sampled', (v) => positiveInt(v, '--sample-n'), 8)
-    .option('--temperature <T>', 'sample-vote: temperature', (v) => Number(v), 1)
+    .option('--temperature <T>', 'sample-vote: temperature (> 0)', (v) => positiveNumber(v, '--temperature'), 1)
     .option('--sav-heads <n>', 'sav-vote: voting heads', (v) => positiveInt(v, '--sav-heads'), 20)
     .action(async (o: EvalCliOptions) => {
       const { examples, skipped } = readExamples(o.dataset, { skipInvalid: o.skipInvalid, limit: o.limit, subsets: o.subsets?.split(',') });

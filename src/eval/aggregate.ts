@@ -1,5 +1,5 @@
 /** From run records to the numbers in results.json: per method, overall and per subset, across seeds. */
-import { accuracy, bootstrapInterval, meanMargin, meanStd, sectionScores } from './metrics.js';
+import { bootstrapInterval, meanMargin, meanStd, sectionScores } from './metrics.js';
 import { METHODS } from './methods.js';
 import type { RunRecord } from './harness.js';
 
@@ -41,10 +41,19 @@ export interface Results {
 
 function score(recs: PairRec[], seeds: number[], bootstrapSeed: number): Score {
   const bySeed = seeds.map((s) => recs.filter((r) => r.seed === s)).filter((x) => x.length);
-  const perSeed = bySeed.map((x) => accuracy(x));
+  const perSeed = bySeed.map((x) => x.filter((r) => r.correct).length / x.length); // the stored outcome: ties and unscorable are wrong
   const { mean, std } = meanStd(perSeed);
-  // Interval: percentile bootstrap over all of the method's test pairs, every seed pooled.
-  return { mean, std, perSeed, ci95: bootstrapInterval(recs.map((r) => r.correct), { seed: bootstrapSeed }), n: recs.length };
+  // Interval: percentile bootstrap over distinct test pairs (a pair tested under several seeds contributes its
+  // mean correctness once), so repeats across seeds are not counted as independent evidence.
+  const byId = new Map<string, { hits: number; n: number }>();
+  for (const r of recs) {
+    const e = byId.get(r.id) ?? { hits: 0, n: 0 };
+    e.hits += r.correct ? 1 : 0;
+    e.n++;
+    byId.set(r.id, e);
+  }
+  const perPair = [...byId.values()].map((e) => e.hits / e.n);
+  return { mean, std, perSeed, ci95: bootstrapInterval(perPair, { seed: bootstrapSeed }), n: recs.length };
 }
 
 export function aggregate(records: RunRecord[], meta: { dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string }): Results {

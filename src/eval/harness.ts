@@ -65,7 +65,10 @@ export function readRecords(file: string): RunRecord[] {
   const out: RunRecord[] = [];
   lines.forEach((l, i) => {
     if (!l.trim()) return;
-    try { out.push(JSON.parse(l)); } catch {
+    try {
+      // JSON has no NaN: unscorable scores were written as null and must come back as NaN, not 0.
+      out.push(JSON.parse(l, (k, v) => (v === null && (k === 'chosen' || k === 'rejected' || k === 'margin') ? NaN : v)));
+    } catch {
       // A line cut by a crash is the last one; anything else is real damage.
       if (i < lines.length - 2) throw new Error(`${file}:${i + 1}: not valid JSON; the run log is damaged`);
     }
@@ -126,7 +129,9 @@ export async function runEval(decoder: Decoder, examples: Example[], opts: EvalO
         const armHeadCount = armPrepared && armPrepared.type === 'prepared' && armPrepared.heads ? armPrepared.heads.length : undefined;
         opts.onProgress?.(`${name} seed ${seed} ${split.group}: preparing`, 0, todo.length);
         const prepared = await method.prepare({ decoder, pool: split.pool, seed, options: opts.method, armHeadCount });
-        append([{ type: 'prepared', method: name, seed, group: split.group, heads: prepared.heads ?? null, seconds: (performance.now() - t0) / 1000, tokens: decoder.stats.tokens - tok0, poolIds: split.pool.map((p) => p.id) }]);
+        // A split resumed half-way was prepared before: keep its first record (heads, cost) only.
+        const preparedBefore = records.some((r) => r.type === 'prepared' && r.method === name && r.seed === seed && r.group === split.group);
+        if (!preparedBefore) append([{ type: 'prepared', method: name, seed, group: split.group, heads: prepared.heads ?? null, seconds: (performance.now() - t0) / 1000, tokens: decoder.stats.tokens - tok0, poolIds: split.pool.map((p) => p.id) }]);
         for (let start = 0; start < todo.length; start += opts.chunkSize) {
           const chunk = todo.slice(start, start + opts.chunkSize);
           const c0 = performance.now(), ct0 = decoder.stats.tokens;

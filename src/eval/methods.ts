@@ -121,7 +121,9 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     name: 'sav-vote', needsPool: true,
     definition: 'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean (cosine); score = share of "Yes" votes.',
     async prepare(ctx) {
-      const rm = zeroShot(ctx);
+      // SAVs classify single responses: always the scalar template, whatever the run's --template.
+      const scalarFit = ctx.options.fit.template === 'ranked' ? { ...ctx.options.fit, template: 'scalar' as const, templateText: undefined } : ctx.options.fit;
+      const rm = zeroShotRM(ctx.decoder, { ...scalarFit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength });
       const template = rm.criterion.meta.template;
       const opts = { batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength };
       const model = await fitSav(ctx.decoder, template, judgeItems(ctx.pool, 'scalar'), { ...opts, topHeads: ctx.options.savTopHeads });

@@ -21,17 +21,18 @@ export function meanMargin(pairs: PairOutcome[]): number {
   return ok.length ? ok.reduce((s, p) => s + (p.chosen - p.rejected), 0) / ok.length : NaN;
 }
 
-/** Percentile bootstrap of the mean of 0/1 outcomes: `resamples` draws with replacement, seeded. */
-export function bootstrapInterval(outcomes: boolean[], opts: { resamples?: number; seed?: number; level?: number } = {}): [number, number] {
+/** Percentile bootstrap of the mean of outcomes (0/1, or per-pair rates in [0, 1]): `resamples` draws with replacement, seeded. */
+export function bootstrapInterval(outcomes: (boolean | number)[], opts: { resamples?: number; seed?: number; level?: number } = {}): [number, number] {
   const n = outcomes.length;
   if (n === 0) return [NaN, NaN];
+  const values = outcomes.map(Number);
   const resamples = opts.resamples ?? 1000, level = opts.level ?? 0.95;
   const rng = new Rng(opts.seed ?? 0);
   const means = new Float64Array(resamples);
   for (let r = 0; r < resamples; r++) {
-    let hits = 0;
-    for (let i = 0; i < n; i++) if (outcomes[rng.int(n)]) hits++;
-    means[r] = hits / n;
+    let total = 0;
+    for (let i = 0; i < n; i++) total += values[rng.int(n)]!;
+    means[r] = total / n;
   }
   means.sort();
   const lo = quantile(means, (1 - level) / 2), hi = quantile(means, 1 - (1 - level) / 2);

@@ -60,9 +60,8 @@ export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts
     if (group.length < 2) continue;
     const shared = commonPrefix(group.map((i) => seqs[i]!));
     if (shared < MIN_SHARED) continue;
-    for (let start = 0; start < group.length; start += opts.batchSize) {
-      await run(group.slice(start, start + opts.batchSize), await decoder.prefill(seqs[group[0]!]!.slice(0, shared)), shared);
-    }
+    const kv = await decoder.prefill(seqs[group[0]!]!.slice(0, shared));
+    for (let start = 0; start < group.length; start += opts.batchSize) await run(group.slice(start, start + opts.batchSize), kv, shared);
     group.forEach((i) => rest.delete(i));
   }
   const others = [...rest];

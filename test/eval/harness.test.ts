@@ -127,6 +127,15 @@ describe('end to end', () => {
     expect(results.methods['pick-longer']!.sections['Chat Hard']!.count).toBe(419);
   });
 
+  it('sav-vote reads both responses under the ranked template (it judges scalar items)', async () => {
+    const out = tempDir();
+    const results = await evaluate(tiny, sample, { ...options(out), methods: ['sav-vote'], seeds: 1, saveAll: true, method: { ...options('').method, fit: { ...options('').method.fit, template: 'ranked' } } });
+    expect(results.methods['sav-vote']!.accuracy.n).toBe(samplePairs.length - 4);
+    // Seeing the responses, chosen and rejected do not all get identical votes (they did when the placeholders stayed literal).
+    const pairs = readRecords(path.join(out, 'items.jsonl')).filter((r) => r.type === 'pair');
+    expect(pairs.some((r) => r.type === 'pair' && Number.isFinite(r.chosen) && r.chosen !== r.rejected)).toBe(true);
+  });
+
   it('refuses pool methods with --few-shot 0, and a folder holding another run', async () => {
     await expect(runEval(tiny, sample, { ...options(tempDir()), fewShot: 0 })).rejects.toThrow(/--few-shot 0 leaves no pool for arm/);
     const out = tempDir();

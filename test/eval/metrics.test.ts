@@ -1,5 +1,10 @@
 import { describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { accuracy, bootstrapInterval, meanMargin, meanStd, quantile, sectionScores } from '../../src/eval/metrics.js';
+import { aggregate } from '../../src/eval/aggregate.js';
+import { readRecords } from '../../src/eval/harness.js';
 
 describe('metrics against hand-computed values', () => {
   it('accuracy counts ties and NaN as wrong', () => {
@@ -42,5 +47,29 @@ describe('metrics against hand-computed values', () => {
     expect(Object.keys(s)).toEqual(['Chat Hard']);
     expect(s['Chat Hard']!.score).toBeCloseTo((0.8 * 100 + 0.5 * 134) / 234, 12);
     expect(s['Chat Hard']!.count).toBe(234);
+  });
+});
+
+describe('aggregation', () => {
+  const rec = (id: string, seed: number, chosen: number, rejected: number) => ({
+    type: 'pair' as const, method: 'm', seed, group: 'all', id, subset: 's', chosen, rejected, correct: chosen > rejected, margin: chosen - rejected, truncated: false, tooLong: Number.isNaN(chosen + rejected),
+  });
+  const meta = { dataset: 'd', model: 'x', shape: { layers: 1, heads: 1 }, fewShot: 0, pool: 'global' };
+
+  it('an unscorable pair stays wrong after the run log round-trips through JSON (NaN is written as null)', () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'arm-agg-')), 'items.jsonl');
+    fs.writeFileSync(file, [rec('a', 0, 0.3, NaN), rec('b', 0, 0.9, 0.1)].map((r) => JSON.stringify(r)).join('\n') + '\n');
+    const r = aggregate(readRecords(file), meta);
+    expect(r.methods.m!.accuracy.mean).toBe(0.5);
+    expect(r.methods.m!.margin).toBeCloseTo(0.8, 12); // the unscorable pair is left out of the margin
+    expect(r.tooLongItems).toBe(1);
+  });
+
+  it('the interval treats a pair tested under several seeds as one pair', () => {
+    const pairs = Array.from({ length: 100 }, (_, i) => [`p${i}`, i % 10 < 6] as const);
+    const one = aggregate(pairs.map(([id, ok]) => rec(id, 0, ok ? 1 : 0, 0.5)), meta);
+    const five = aggregate([0, 1, 2, 3, 4].flatMap((s) => pairs.map(([id, ok]) => rec(id, s, ok ? 1 : 0, 0.5))), meta);
+    expect(five.methods.m!.accuracy.ci95).toEqual(one.methods.m!.accuracy.ci95);
+    expect(five.methods.m!.accuracy.std).toBe(0);
   });
 });
