@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout } from './export.js';
@@ -95,7 +96,6 @@ export class Decoder {
     const t2 = performance.now();
     const layout = JSON.parse(fs.readFileSync(path.join(entry.dir, LAYOUT_FILE), 'utf8')) as Layout;
     const embeddings = new EmbeddingTable(path.join(entry.dir, DATA_FILE), layout.embed);
-    const { createHash } = await import('node:crypto');
     return new Decoder(spec, tokenizer, session, {
       modelDir, cacheEntry: entry.dir, built: entry.built,
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
