@@ -11,6 +11,7 @@ import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout } from './export.js';
 import { resolveModelDir } from './hub.js';
+import { contentSha256 } from './file-hash.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 import { specFromConfig, type ModelSpec } from './spec.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
@@ -81,7 +82,7 @@ export class Decoder {
     const t0 = performance.now();
     try {
       validateCheckpoint(spec, ckpt);
-      fingerprint = ckpt.fingerprint();
+      fingerprint = weightsContentHash(ckpt.files, path.join(opts.cacheDir ?? defaultCacheDir(), 'hashes'));
       entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes);
     } finally {
       ckpt.close();
@@ -264,6 +265,16 @@ class EmbeddingTable {
   }
 
   close(): void { fs.closeSync(this.fd); }
+}
+
+/**
+ * The identity of a checkpoint's weights: sha256 over every shard's name and full-content sha256. Any edited
+ * byte changes it (graph cache key, criterion files); the per-file hashes are memoised by stat.
+ */
+export function weightsContentHash(files: string[], memoDir: string): string {
+  const h = createHash('sha256');
+  for (const f of [...files].sort()) h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
+  return h.digest('hex');
 }
 
 export function emptyKv(spec: ModelSpec): KvCache {

@@ -81,6 +81,8 @@ export class SafetensorsCheckpoint {
   }
 
   names(): string[] { return [...this.tensors.keys()]; }
+  /** The shard files, in the order they were opened. */
+  get files(): string[] { return this.shards.map((s) => s.file); }
   has(name: string): boolean { return this.tensors.has(name); }
 
   info(name: string): TensorInfo {
