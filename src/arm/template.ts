@@ -4,6 +4,7 @@
  * about two. Prompts go through the model's chat template when it has one (demonstrations as earlier
  * user/assistant turns), and through a plain "Answer:" format when it has none.
  */
+import { createHash } from 'node:crypto';
 import type { Tokenizer } from '../model/tokenizer.js';
 import { promptText, type Prompt } from '../data/examples.js';
 
@@ -49,11 +50,21 @@ export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: s
 
 interface Rendered { ids: number[]; truncatedTokens: number; droppedDemos: number }
 
+/**
+ * Length bounds that keep huge inputs cheap. A prompt is cut by characters before it is tokenised: only its last
+ * `maxLength × PROMPT_WINDOW_CHARS_PER_TOKEN` characters are read (widened when that window holds too few
+ * tokens), so a megabyte prompt costs what a budget-sized one does. A response or question longer than
+ * `maxLength × FIELD_CHARS_PER_TOKEN_LIMIT` characters is too long without tokenising it (no real text averages
+ * 64 characters a token).
+ */
+export const PROMPT_WINDOW_CHARS_PER_TOKEN = 16;
+export const FIELD_CHARS_PER_TOKEN_LIMIT = 64;
+
 /** The query's response and question alone exceed the length budget: the item cannot be judged at this length. */
 export class TooLongError extends Error {
   override name = 'TooLongError';
-  constructor(readonly itemId: string, readonly tokens: number, readonly maxLength: number) {
-    super(`item ${itemId}: ${tokens} tokens exceed --max-length ${maxLength} even with its prompt removed (the response and the question are never cut)`);
+  constructor(readonly itemId: string, readonly tokens: number, readonly maxLength: number, estimated = false) {
+    super(`item ${itemId}: ${estimated ? 'over ' : ''}${tokens} tokens exceed --max-length ${maxLength} even with its prompt removed (the response and the question are never cut)`);
   }
 }
 
@@ -64,7 +75,10 @@ export class TooLongError extends Error {
  * alone do not fit, TooLongError.
  */
 export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): Rendered {
-  let shown = demos;
+  const fieldLimit = maxLength * FIELD_CHARS_PER_TOKEN_LIMIT;
+  const oversized = (it: JudgeItem) => Object.values(it.fields).some((f) => f.length > fieldLimit);
+  if (oversized(query)) throw new TooLongError(query.id, maxLength, maxLength, true);
+  let shown = demos.filter((it) => !oversized(it));
   for (;;) {
     const r = renderWithPromptCuts(tokenizer, template, shown, query, maxLength);
     if (r) return { ...r, droppedDemos: demos.length - shown.length };
@@ -78,13 +92,52 @@ export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: Judg
 
 const length = (it: JudgeItem) => promptText(it.prompt).length + Object.values(it.fields).reduce((n, f) => n + f.length, 0);
 
+/** A prompt's text as tokenised: the whole of it, or (`charCut`) only a tail window of it. */
+interface PromptTokens { text: string; ids: number[]; charCut: boolean }
+
+/**
+ * Recent prompt tokenisations per tokenizer, keyed by a digest of the text: the same prompts come back in every
+ * pass of a fit. Bounded by the characters it holds, so long prompts cannot pile up in memory.
+ */
+const promptMemo = new WeakMap<Tokenizer, { entries: Map<string, PromptTokens>; chars: number }>();
+const PROMPT_MEMO_CHARS = 8 * 1024 * 1024;
+
+/** Tokens of the end of `text`: at least `need` + 1 of them when the text has that many (the first may be a partial word). */
+function promptTokens(tokenizer: Tokenizer, text: string, need: number): PromptTokens {
+  let memo = promptMemo.get(tokenizer);
+  if (!memo) promptMemo.set(tokenizer, memo = { entries: new Map(), chars: 0 });
+  const key = createHash('sha256').update(`${need}\0`).update(text).digest('base64');
+  const hit = memo.entries.get(key);
+  if (hit) { memo.entries.delete(key); memo.entries.set(key, hit); return hit; }
+  let window = Math.max(64, (need + 1) * PROMPT_WINDOW_CHARS_PER_TOKEN);
+  let out: PromptTokens;
+  for (;;) {
+    if (text.length <= window) { out = { text, ids: tokenizer.encode(text, { addSpecialTokens: false }), charCut: false }; break; }
+    let start = text.length - window;
+    if (/[\uDC00-\uDFFF]/.test(text[start]!)) start++; // never split a surrogate pair
+    const tail = text.slice(start);
+    const ids = tokenizer.encode(tail, { addSpecialTokens: false });
+    if (ids.length > need) { out = { text: tail, ids, charCut: true }; break; }
+    window *= 4; // text with very long tokens (runs of spaces, repeated symbols): widen and try again
+  }
+  memo.entries.set(key, out);
+  memo.chars += out.text.length;
+  for (const [k, v] of memo.entries) {
+    if (memo.chars <= PROMPT_MEMO_CHARS || k === key) break;
+    memo.entries.delete(k);
+    memo.chars -= v.text.length;
+  }
+  return out;
+}
+
 function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): { ids: number[]; truncatedTokens: number } | null {
   const items = [...demos, query];
-  const prompts = items.map((it) => promptText(it.prompt));
-  const promptIds = prompts.map((p) => tokenizer.encode(p, { addSpecialTokens: false }));
+  const prompts = items.map((it) => promptTokens(tokenizer, promptText(it.prompt), maxLength));
+  const promptIds = prompts.map((p) => p.ids);
   const keep = promptIds.map((p) => p.length); // tokens kept from the end of each prompt
-  const texts = () => items.map((it, i) => fill(template, it, keep[i] === promptIds[i]!.length ? prompts[i] : tokenizer.decode(promptIds[i]!.slice(promptIds[i]!.length - keep[i]!), { skipSpecialTokens: false })));
-  let truncated = 0;
+  const texts = () => items.map((it, i) => fill(template, it, keep[i] === promptIds[i]!.length ? prompts[i]!.text : tokenizer.decode(promptIds[i]!.slice(promptIds[i]!.length - keep[i]!), { skipSpecialTokens: false })));
+  // Characters cut before tokenising count as at least one truncated token each prompt (their exact count is not computed).
+  let truncated = prompts.filter((p) => p.charCut).length;
   for (;;) {
     const ids = assemble(tokenizer, template, items, texts());
     const over = ids.length - maxLength;

@@ -28,28 +28,32 @@ export interface ReadOptions {
   subsets?: string[];
   /** Scalar rows may leave out "label" (scoring input); fitting needs labels. */
   labelsOptional?: boolean;
+  /** Longest line accepted, in bytes (default MAX_LINE_BYTES). */
+  maxLineBytes?: number;
 }
 
 export interface ReadResult { examples: Example[]; skipped: { line: number; reason: string }[] }
 
+/**
+ * The longest JSONL line read (16 MiB; `maxLineBytes` to change it): a longer one is an error naming its line,
+ * instead of a string too large to parse or tokenise. Prompts are cut to the context anyway (template.ts).
+ */
+export const MAX_LINE_BYTES = 16 * 1024 * 1024;
+
 /** Reads a JSONL file of pairs and/or scalar items. */
 export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
-  let text: string;
-  try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
-    throw new DataError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-  }
   const examples: Example[] = [];
   const skipped: ReadResult['skipped'] = [];
   const seen = new Set<string>();
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    const raw = lines[i]!.trim();
-    if (!raw) continue;
-    const where = `${file}:${i + 1}`;
+  for (const { line, text, error } of jsonlLines(file, opts.maxLineBytes ?? MAX_LINE_BYTES)) {
+    const where = `${file}:${line}`;
     try {
+      if (error) throw new DataError(`${where}: ${error}`);
+      const raw = text!.trim();
+      if (!raw) continue;
       let row: unknown;
       try { row = JSON.parse(raw); } catch (e) { throw new DataError(`${where}: not valid JSON (${(e as Error).message})`); }
-      const ex = parseRow(row, i + 1, where, opts.labelsOptional ?? false);
+      const ex = parseRow(row, line, where, opts.labelsOptional ?? false);
       if (seen.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
       seen.add(ex.id);
       if (opts.subsets && !opts.subsets.includes(ex.subset ?? '')) continue;
@@ -57,11 +61,79 @@ export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
       if (opts.limit !== undefined && examples.length >= opts.limit) break;
     } catch (e) {
       if (!(e instanceof DataError) || !opts.skipInvalid) throw e;
-      skipped.push({ line: i + 1, reason: e.message });
+      skipped.push({ line, reason: e.message });
     }
   }
   if (examples.length === 0) throw new DataError(`${file}: no usable rows${skipped.length ? ` (${skipped.length} skipped as invalid)` : ''}`);
   return { examples, skipped };
+}
+
+/**
+ * The lines of a file, read in chunks (never the whole file as one string) and decoded as strict UTF-8: a line
+ * that is not UTF-8 or is over `maxLineBytes` comes back as an `error` (its bytes are not kept), so the caller
+ * can fail or skip it with its line number.
+ */
+export function* jsonlLines(file: string, maxLineBytes: number): Generator<{ line: number; text?: string; error?: string }> {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, 'r');
+    if (fs.fstatSync(fd).isDirectory()) { fs.closeSync(fd); throw Object.assign(new Error('is a directory'), { code: 'EISDIR' }); }
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new DataError(`${file}: cannot read (${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a directory, expected a JSONL file' : code ?? (e as Error).message})`);
+  }
+  const decoder = new TextDecoder('utf-8', { fatal: true });
+  const chunk = Buffer.allocUnsafe(1024 * 1024);
+  let parts: Buffer[] = [];
+  let partBytes = 0;
+  let tooLong = false;
+  let line = 1;
+  const finish = (): { line: number; text?: string; error?: string } => {
+    const bytes = Buffer.concat(parts, partBytes);
+    parts = []; partBytes = 0;
+    if (tooLong) { tooLong = false; return { line, error: `line is longer than the limit of ${maxLineBytes} bytes` }; }
+    const body = line === 1 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? bytes.subarray(3) : bytes; // UTF-8 BOM
+    try { return { line, text: decoder.decode(body) }; } catch {
+      const bad = firstInvalidUtf8(body);
+      return { line, error: `not valid UTF-8 (byte ${bad} of the line); save the file as UTF-8` };
+    }
+  };
+  try {
+    for (let at = 0; ;) {
+      const n = fs.readSync(fd, chunk, 0, chunk.length, at);
+      if (n === 0) break;
+      at += n;
+      let start = 0;
+      for (let nl = chunk.indexOf(0x0a, 0); nl !== -1 && nl < n; nl = chunk.indexOf(0x0a, start)) {
+        if (!tooLong) parts.push(Buffer.from(chunk.subarray(start, nl)));
+        partBytes += tooLong ? 0 : nl - start;
+        if (partBytes > maxLineBytes) tooLong = true;
+        yield finish();
+        line++;
+        start = nl + 1;
+      }
+      if (start < n && !tooLong) {
+        parts.push(Buffer.from(chunk.subarray(start, n)));
+        partBytes += n - start;
+        if (partBytes > maxLineBytes) { tooLong = true; parts = []; partBytes = 0; }
+      }
+    }
+    if (partBytes > 0 || tooLong) yield finish();
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Offset of the first byte that breaks UTF-8 (lead/continuation structure; for the error message). */
+function firstInvalidUtf8(bytes: Buffer): number {
+  for (let i = 0; i < bytes.length;) {
+    const b = bytes[i]!;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b < 0xe0 ? 2 : b >= 0xe0 && b < 0xf0 ? 3 : b >= 0xf0 && b < 0xf5 ? 4 : 0;
+    if (n === 0 || i + n > bytes.length) return i;
+    for (let k = 1; k < n; k++) if ((bytes[i + k]! & 0xc0) !== 0x80) return i;
+    i += n;
+  }
+  return bytes.length;
 }
 
 function parseRow(row: unknown, line: number, where: string, labelsOptional: boolean): Example {
@@ -80,6 +152,8 @@ function parseRow(row: unknown, line: number, where: string, labelsOptional: boo
       prompt = parsePrompt(r[promptField], `${where}: field "${promptField}"`);
       chosen = parseResponse(r.chosen, `${where}: field "chosen"`);
       rejected = parseResponse(r.rejected, `${where}: field "rejected"`);
+    } else if (typeof r.chosen === 'string' || typeof r.rejected === 'string') {
+      throw new DataError(`${where}: field "prompt" is missing (a pair needs {prompt, chosen, rejected}; "question" or "input" also name the prompt, or give chosen/rejected as message lists that share their leading turns)`);
     } else {
       // TRL implicit prompt: the shared leading turns are the prompt, the final assistant turn the answer.
       const c = parseTurns(r.chosen, `${where}: field "chosen"`);

@@ -70,8 +70,7 @@ export class Decoder {
   static async load(model: string, opts: LoadOptions = {}): Promise<Decoder> {
     const modelDir = await resolveModelDir(model, { cacheDir: opts.cacheDir, revision: opts.revision, quiet: opts.quiet });
     const configPath = path.join(modelDir, 'config.json');
-    if (!fs.existsSync(configPath)) throw new ModelError(`${configPath}: missing`);
-    const configText = fs.readFileSync(configPath, 'utf8');
+    const configText = readUtf8File(configPath, 'a Hugging Face config.json');
     let config: Record<string, unknown>;
     try { config = JSON.parse(configText); } catch (e) { throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`); }
     const spec = specFromConfig(config, configPath);
@@ -211,6 +210,7 @@ export class Decoder {
     });
     if (patch && patch.mask.length !== B * L * H) throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
     if (patch && patch.values.length !== L * H * d) throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
+    if (patch) assertFinite(patch.values, (i) => `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`);
     const feeds: Record<string, ort.Tensor> = {
       inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
       attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
@@ -235,6 +235,9 @@ export class Decoder {
       newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
     };
     for (const t of Object.values(out)) t.dispose();
+    // NaN/Inf logits would otherwise surface as "0 heads selected" or null scores with exit code 0.
+    assertFinite(result.logSumExp, (b) => `${this.info.modelDir}: the model produced non-finite logits (row ${b} of ${B}, ${rows[b]!.length} tokens); ` +
+      'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)');
     return result;
   }
 }
@@ -265,6 +268,22 @@ class EmbeddingTable {
   }
 
   close(): void { fs.closeSync(this.fd); }
+}
+
+/** A small text file of a checkpoint, as strict UTF-8; every failure names the file and what was expected. */
+export function readUtf8File(file: string, what: string): string {
+  let bytes: Buffer;
+  try { bytes = fs.readFileSync(file); } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new ModelError(`${file}: ${code === 'ENOENT' ? 'missing' : code === 'EISDIR' ? 'is a directory' : `cannot read (${code ?? (e as Error).message})`}; expected ${what}`);
+  }
+  try { return new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch {
+    throw new ModelError(`${file}: not valid UTF-8; expected ${what}`);
+  }
+}
+
+function assertFinite(x: Float32Array, message: (index: number) => string): void {
+  for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new ModelError(message(i));
 }
 
 /**
