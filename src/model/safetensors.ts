@@ -1,11 +1,12 @@
 /**
  * A hardened safetensors reader: single files and sharded checkpoints (model.safetensors.index.json).
- * The header length, every offset and every size is checked against the file before a byte is trusted;
- * tensors are read one at a time (never the whole file) and converted to float32.
+ * The header length, every offset and every size is checked against the file before a byte is trusted,
+ * with the reference implementation's rule for the data section (tensors sorted by offset tile it exactly:
+ * from 0, no gap, no overlap, nothing after the last); tensors are read one at a time (never the whole
+ * file) and converted to float32.
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { createHash } from 'node:crypto';
 import { ModelError } from './errors.js';
 
 const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({ F32: 4, F16: 2, BF16: 2 });
@@ -42,20 +43,27 @@ export class SafetensorsCheckpoint {
   static open(dir: string): SafetensorsCheckpoint {
     const indexPath = path.join(dir, 'model.safetensors.index.json');
     const singlePath = path.join(dir, 'model.safetensors');
-    let files: string[];
     if (fs.existsSync(indexPath)) {
-      let index: { weight_map?: Record<string, string> };
-      try { index = JSON.parse(fs.readFileSync(indexPath, 'utf8')); } catch (e) {
-        throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
+      const weightMap = readIndex(indexPath, dir);
+      const files = [...new Set(Object.values(weightMap))].sort().map((f) => path.join(dir, f));
+      const ckpt = SafetensorsCheckpoint.openFiles(dir, files);
+      try {
+        // The index is what loaders trust to find a tensor, so it must agree with the shards' headers.
+        for (const [name, f] of Object.entries(weightMap)) {
+          const t = ckpt.tensors.get(name);
+          if (!t) throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", but no shard holds it`);
+          if (path.resolve(t.file) !== path.resolve(dir, f)) {
+            throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", but it is in "${path.relative(dir, t.file)}"`);
+          }
+        }
+      } catch (e) {
+        ckpt.close();
+        throw e;
       }
-      if (!index.weight_map || typeof index.weight_map !== 'object') throw new ModelError(`${indexPath}: field "weight_map" is missing`);
-      files = [...new Set(Object.values(index.weight_map))].sort().map((f) => path.join(dir, f));
-    } else if (fs.existsSync(singlePath)) {
-      files = [singlePath];
-    } else {
-      throw new ModelError(`${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`);
+      return ckpt;
     }
-    return SafetensorsCheckpoint.openFiles(dir, files);
+    if (fs.existsSync(singlePath)) return SafetensorsCheckpoint.openFiles(dir, [singlePath]);
+    throw new ModelError(`${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`);
   }
 
   private static openFiles(dir: string, files: string[]): SafetensorsCheckpoint {
@@ -105,24 +113,6 @@ export class SafetensorsCheckpoint {
     return toFloat32(raw, t.dtype);
   }
 
-  /**
-   * A cheap identity of the weights: every header plus 64 KiB samples at 32 evenly spread offsets of each
-   * shard. Any fine-tune or re-quantisation changes it; hashing gigabytes on every load would not pay.
-   */
-  fingerprint(): string {
-    const h = createHash('sha256');
-    const sample = Buffer.allocUnsafe(64 * 1024);
-    for (const s of this.shards) {
-      h.update(path.basename(s.file)).update(String(s.size)).update(s.headerBytes);
-      for (let i = 0; i < 32; i++) {
-        const at = Math.floor((s.size * i) / 32);
-        const n = fs.readSync(s.fd, sample, 0, Math.min(sample.length, s.size - at), at);
-        h.update(sample.subarray(0, n));
-      }
-    }
-    return h.digest('hex');
-  }
-
   close(): void {
     for (const s of this.shards) fs.closeSync(s.fd);
     this.shards.length = 0;
@@ -152,29 +142,71 @@ function openShard(file: string): ShardFile {
   }
 }
 
+/** Reads a sharded checkpoint's index: tensor name → shard file, every file a relative path inside `dir`. */
+function readIndex(indexPath: string, dir: string): Record<string, string> {
+  const text = fs.readFileSync(indexPath, 'utf8');
+  let index: unknown;
+  try { index = JSON.parse(text); } catch (e) {
+    throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
+  }
+  if (!isJsonObject(index)) throw new ModelError(`${indexPath}: expected a JSON object, got ${jsonKind(index)}`);
+  if (index.weight_map === undefined) throw new ModelError(`${indexPath}: field "weight_map" is missing`);
+  if (!isJsonObject(index.weight_map)) throw new ModelError(`${indexPath}: field "weight_map" must be an object of tensor name → shard file, got ${jsonKind(index.weight_map)}`);
+  const dup = findDuplicateKey(text);
+  if (dup) throw new ModelError(`${indexPath}: key "${dup.key}" appears twice${dup.parent === null ? '' : ` inside "${dup.parent}"`}`);
+  const root = path.resolve(dir);
+  const inside = root.endsWith(path.sep) ? root : root + path.sep;
+  for (const [name, f] of Object.entries(index.weight_map)) {
+    if (typeof f !== 'string' || f === '') throw new ModelError(`${indexPath}: weight_map entry for tensor "${name}" must be a shard file name, got ${JSON.stringify(f)}`);
+    // A hostile index could otherwise make us open any file on the machine.
+    if (path.isAbsolute(f) || !path.resolve(root, f).startsWith(inside)) {
+      throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", which is outside the model folder ${dir}; shard files must be relative paths inside it`);
+    }
+  }
+  return index.weight_map as Record<string, string>;
+}
+
 function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Record<string, string> } {
   const { file, size, headerBytes } = shard;
-  let header: Record<string, unknown>;
-  try { header = JSON.parse(headerBytes.toString('utf8')); } catch (e) {
+  let text: string;
+  try { text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes); } catch {
+    throw new ModelError(`${file}: header is not valid UTF-8; the file is corrupt or not safetensors`);
+  }
+  let header: unknown;
+  try { header = JSON.parse(text); } catch (e) {
     throw new ModelError(`${file}: header is not valid JSON (${(e as Error).message})`);
   }
-  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new ModelError(`${file}: header is not a JSON object`);
+  if (!isJsonObject(header)) throw new ModelError(`${file}: header is not a JSON object`);
+  // JSON.parse keeps the last of two equal keys: a tensor named twice would silently lose one entry.
+  const dup = findDuplicateKey(text);
+  if (dup) {
+    throw new ModelError(dup.parent === null
+      ? `${file}: header names "${dup.key}" twice; every tensor must appear once`
+      : `${file}: header entry "${dup.parent}" has field "${dup.key}" twice`);
+  }
   const dataStart = 8 + headerBytes.length;
   const out: TensorInfo[] = [];
   const metadata: Record<string, string> = {};
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') {
-      for (const [k, v] of Object.entries((entry ?? {}) as Record<string, unknown>)) if (typeof v === 'string') metadata[k] = v;
+      // As in the reference reader: absent or null, else a map of strings to strings.
+      if (entry === null) continue;
+      if (!isJsonObject(entry)) throw new ModelError(`${file}: "__metadata__" must be an object of string → string, got ${jsonKind(entry)}`);
+      for (const [k, v] of Object.entries(entry)) {
+        if (typeof v !== 'string') throw new ModelError(`${file}: "__metadata__" field "${k}" must be a string, got ${jsonKind(v)}`);
+        metadata[k] = v;
+      }
       continue;
     }
-    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     const where = `${file}: tensor "${name}"`;
+    if (!isJsonObject(entry)) throw new ModelError(`${where}: expected an object with dtype, shape and data_offsets, got ${jsonKind(entry)}`);
+    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof e.dtype !== 'string') throw new ModelError(`${where}: field "dtype" is missing`);
     const bpe = BYTES_PER_ELEMENT[e.dtype];
     if (!bpe) throw new ModelError(`${where}: dtype ${e.dtype} is not supported (F32, F16, BF16)`);
     if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0)) throw new ModelError(`${where}: field "shape" must be a list of non-negative integers`);
     const offs = e.data_offsets;
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((x) => Number.isInteger(x) && x >= 0) || offs[1] < offs[0]) {
+    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((x) => Number.isSafeInteger(x) && x >= 0) || offs[1] < offs[0]) {
       throw new ModelError(`${where}: field "data_offsets" must be [begin, end] with 0 <= begin <= end`);
     }
     const [begin, end] = offs as [number, number];
@@ -183,7 +215,80 @@ function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Recor
     if (dataStart + end > size) throw new ModelError(`${where}: data_offsets end ${end} lies past the end of the file (${size - dataStart} data bytes)`);
     out.push({ name, dtype: e.dtype as TensorInfo['dtype'], shape: e.shape as number[], file, start: dataStart + begin, byteLength: end - begin });
   }
+  checkContiguous(file, out, dataStart, size - dataStart);
   return { tensors: out, metadata };
+}
+
+/**
+ * The reference rule (huggingface/safetensors `Metadata::validate`): sorted by offsets, the tensors tile the
+ * data section exactly. Overlaps would let two tensors alias each other's bytes; gaps and trailing bytes
+ * are data no tensor accounts for, which a well-formed writer never produces.
+ */
+function checkContiguous(file: string, tensors: TensorInfo[], dataStart: number, dataBytes: number): void {
+  const sorted = [...tensors].sort((a, b) => a.start - b.start || a.byteLength - b.byteLength);
+  let at = 0;
+  let prev: TensorInfo | null = null;
+  const span = (t: TensorInfo) => `[${t.start - dataStart}, ${t.start - dataStart + t.byteLength}]`;
+  for (const t of sorted) {
+    const begin = t.start - dataStart;
+    if (begin < at) {
+      throw new ModelError(`${file}: tensor "${t.name}" data_offsets ${span(t)} overlap tensor "${prev!.name}" ${span(prev!)}; each byte of the data section must belong to one tensor`);
+    }
+    if (begin > at) {
+      const before = prev ? `tensor "${prev.name}" ends at ${at}` : 'the data section starts at 0';
+      throw new ModelError(`${file}: tensor "${t.name}" data_offsets ${span(t)} leave a hole: ${before}; tensors must be contiguous`);
+    }
+    at = begin + t.byteLength;
+    prev = t;
+  }
+  if (at !== dataBytes) {
+    throw new ModelError(`${file}: the tensors end at data offset ${at} but the data section holds ${dataBytes} bytes; expected the last tensor to end exactly at the end of the file (${dataBytes - at} trailing bytes)`);
+  }
+}
+
+function isJsonObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function jsonKind(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  if (typeof v === 'object') return 'an object';
+  return `${typeof v} ${JSON.stringify(v)}`;
+}
+
+/**
+ * The first key repeated within one object of `text` (already known to be valid JSON), with the top-level
+ * key it sits under (null at the top level). A linear scan: strings are skipped whole, and only a string
+ * right after `{` or after `,` inside an object is a key.
+ */
+export function findDuplicateKey(text: string): { key: string; parent: string | null } | null {
+  const stack: (Set<string> | null)[] = []; // one Set per open object, null per open array
+  let expectKey = false;
+  let topKey: string | null = null;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) { // "
+      let j = i + 1;
+      let escaped = false;
+      for (let ch = text.charCodeAt(j); ch !== 0x22; ch = text.charCodeAt(j)) {
+        if (ch === 0x5c) { escaped = true; j += 2; } else j += 1;
+      }
+      if (expectKey) {
+        const key = escaped ? (JSON.parse(text.slice(i, j + 1)) as string) : text.slice(i + 1, j);
+        const keys = stack[stack.length - 1]!;
+        if (keys.has(key)) return { key, parent: stack.length === 1 ? null : topKey };
+        keys.add(key);
+        if (stack.length === 1) topKey = key;
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === 0x7b) { stack.push(new Set()); expectKey = true; } // {
+    else if (c === 0x5b) stack.push(null); // [
+    else if (c === 0x7d || c === 0x5d) { stack.pop(); expectKey = false; } // } ]
+    else if (c === 0x2c) expectKey = stack[stack.length - 1] != null; // ,
+  }
+  return null;
 }
 
 function toFloat32(raw: Buffer, dtype: TensorInfo['dtype']): Float32Array {

@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { ModelError } from '../../src/model/errors.js';
+import { SafetensorsCheckpoint, writeSafetensors } from '../../src/model/safetensors.js';
 import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';
 
 const cacheDir = tempDir('arm-cache-');
@@ -58,7 +59,15 @@ describe('bad checkpoints', () => {
 
   it('a missing tensor', async () => {
     const dir = checkpoint();
-    editHeader(path.join(dir, 'model.safetensors'), (h) => { delete h['model.layers.1.mlp.up_proj.weight']; });
+    // Rewritten without the tensor (deleting only its header entry would leave a hole, a different error).
+    const file = path.join(dir, 'model.safetensors');
+    const ckpt = SafetensorsCheckpoint.openFile(file);
+    const kept = ckpt.names().filter((n) => n !== 'model.layers.1.mlp.up_proj.weight').map((name) => {
+      const data = ckpt.readFloat32(name);
+      return { name, shape: ckpt.info(name).shape, dtype: 'F32' as const, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
+    });
+    ckpt.close();
+    writeSafetensors(file, kept);
     await expect(load(dir)).rejects.toThrow(/tensor "model\.layers\.1\.mlp\.up_proj\.weight" is missing/);
   });
 
