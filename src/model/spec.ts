@@ -69,75 +69,137 @@ const ADAPTERS: Readonly<Record<Family, FamilyAdapter>> = Object.freeze({
 
 export const SUPPORTED_FAMILIES = Object.keys(ADAPTERS) as Family[];
 
-/** Parses a config.json object; `file` only names the source in errors. */
-export function specFromConfig(config: RawConfig, file = 'config.json'): ModelSpec {
-  const family = config.model_type as string;
-  if (!(family in ADAPTERS)) {
+/**
+ * Parses a config.json object; `file` only names the source in errors. Every field is checked for type and
+ * range here, so odd input fails with the file and the field named rather than as NaN scores later.
+ */
+export function specFromConfig(config: unknown, file = 'config.json'): ModelSpec {
+  if (!isObject(config)) throw new ModelError(`${file}: expected a JSON object, got ${kind(config)}`);
+  const family = config.model_type;
+  if (family === undefined || family === null) throw new ModelError(`${file}: field "model_type" is missing`);
+  if (typeof family !== 'string' || !Object.hasOwn(ADAPTERS, family)) {
     throw new ModelError(`${file}: model_type ${JSON.stringify(family)} is not supported; supported: ${SUPPORTED_FAMILIES.join(', ')}`);
   }
   const adapter = ADAPTERS[family as Family];
-  const num = (key: string, fallback?: number): number => {
+  const field = (key: string, fallback: number | undefined, integer: boolean): number => {
     const v = config[key];
     if (v === undefined || v === null) {
       if (fallback !== undefined) return fallback;
       throw new ModelError(`${file}: field "${key}" is missing`);
     }
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw new ModelError(`${file}: field "${key}" must be a number, got ${JSON.stringify(v)}`);
-    return v;
+    const ok = typeof v === 'number' && Number.isFinite(v) && v > 0 && (!integer || Number.isInteger(v));
+    if (!ok) throw new ModelError(`${file}: field "${key}" must be a positive ${integer ? 'integer' : 'finite number'}, got ${JSON.stringify(v)}`);
+    return v as number;
   };
-  const hiddenSize = num('hidden_size');
-  const numHeads = num('num_attention_heads');
-  const numKvHeads = num('num_key_value_heads', numHeads);
+  const int = (key: string, fallback?: number) => field(key, fallback, true);
+  const hiddenSize = int('hidden_size');
+  const numHeads = int('num_attention_heads');
+  const numKvHeads = int('num_key_value_heads', numHeads);
   if (numHeads % numKvHeads !== 0) throw new ModelError(`${file}: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
-  const headDim = num('head_dim', hiddenSize / numHeads);
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new ModelError(`${file}: head_dim ${headDim} must be an even integer`);
+  const headDim = config.head_dim === undefined || config.head_dim === null
+    ? hiddenSize / numHeads
+    : int('head_dim');
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    const from = config.head_dim === undefined || config.head_dim === null ? ` (hidden_size ${hiddenSize} / num_attention_heads ${numHeads}, as "head_dim" is absent)` : '';
+    throw new ModelError(`${file}: head_dim ${headDim}${from} must be an even integer`);
+  }
   if (config.hidden_act !== undefined && config.hidden_act !== 'silu') {
     throw new ModelError(`${file}: hidden_act ${JSON.stringify(config.hidden_act)} is not supported (only "silu")`);
   }
-  const maxPositions = num('max_position_embeddings', 2048);
-  const eos = config.eos_token_id;
+  const maxPositions = int('max_position_embeddings', 2048);
+  const window = config.sliding_window;
+  if (window !== undefined && window !== null && !(typeof window === 'number' && Number.isInteger(window) && window > 0)) {
+    throw new ModelError(`${file}: field "sliding_window" must be a positive integer or null, got ${JSON.stringify(window)}`);
+  }
+  const slidingWindow = adapter.slidingWindow(config);
   return {
     family: family as Family,
     hiddenSize,
-    intermediateSize: num('intermediate_size'),
-    numLayers: num('num_hidden_layers'),
+    intermediateSize: int('intermediate_size'),
+    numLayers: int('num_hidden_layers'),
     numHeads,
     numKvHeads,
     headDim,
-    vocabSize: num('vocab_size'),
+    vocabSize: int('vocab_size'),
     maxPositions,
-    rmsNormEps: num('rms_norm_eps', 1e-6),
+    rmsNormEps: field('rms_norm_eps', 1e-6, false),
     rope: parseRope(config, file, maxPositions),
     tieWordEmbeddings: config.tie_word_embeddings === true,
     qkvBias: adapter.qkvBias(config),
     oBias: adapter.oBias(config),
     mlpBias: config.mlp_bias === true,
     qkNorm: adapter.qkNorm,
-    slidingWindow: adapter.slidingWindow(config),
-    bosTokenId: typeof config.bos_token_id === 'number' ? config.bos_token_id : null,
-    eosTokenIds: Array.isArray(eos) ? eos.filter((x): x is number => typeof x === 'number') : typeof eos === 'number' ? [eos] : [],
-    padTokenId: typeof config.pad_token_id === 'number' ? config.pad_token_id : null,
+    slidingWindow,
+    bosTokenId: tokenId(config, 'bos_token_id', file),
+    eosTokenIds: eosTokenIds(config, file),
+    padTokenId: tokenId(config, 'pad_token_id', file),
   };
+}
+
+function isObject(v: unknown): v is RawConfig {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function kind(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'an array';
+  return `${typeof v}${typeof v === 'object' ? '' : ` ${JSON.stringify(v)}`}`;
+}
+
+const isTokenId = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+
+/**
+ * An optional token id: absent, null or negative → null (older Llama configs write `pad_token_id: -1` for
+ * "none"); anything but an integer is an error.
+ */
+function tokenId(config: RawConfig, key: string, file: string): number | null {
+  const v = config[key];
+  if (v === undefined || v === null || (Number.isInteger(v) && (v as number) < 0)) return null;
+  if (!isTokenId(v)) throw new ModelError(`${file}: field "${key}" must be a token id (an integer) or null, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+/** eos_token_id is one id or a list of ids (Llama 3 lists several). */
+function eosTokenIds(config: RawConfig, file: string): number[] {
+  const v = config.eos_token_id;
+  if (v === undefined || v === null) return [];
+  if (isTokenId(v)) return [v];
+  if (Array.isArray(v) && v.every(isTokenId)) return v;
+  throw new ModelError(`${file}: field "eos_token_id" must be a token id, a list of token ids or null, got ${JSON.stringify(v)}`);
 }
 
 /** Both spellings: classic `rope_theta` + `rope_scaling`, and transformers v5 `rope_parameters`. */
 function parseRope(config: RawConfig, file: string, maxPositions: number): RopeSpec {
-  const params = (config.rope_parameters ?? config.rope_scaling ?? null) as Record<string, unknown> | null;
-  const theta = Number(params?.rope_theta ?? config.rope_theta ?? 10000);
-  const rawType = String(params?.rope_type ?? params?.type ?? 'default');
-  const factor = Number(params?.factor ?? 1);
-  const rope: RopeSpec = {
-    theta, type: 'default', factor,
-    lowFreqFactor: Number(params?.low_freq_factor ?? 1),
-    highFreqFactor: Number(params?.high_freq_factor ?? 4),
-    originalMaxPositions: Number(params?.original_max_position_embeddings ?? maxPositions),
+  const key = config.rope_parameters !== undefined && config.rope_parameters !== null ? 'rope_parameters' : 'rope_scaling';
+  const raw = config[key] ?? null;
+  if (raw !== null && !isObject(raw)) throw new ModelError(`${file}: field "${key}" must be an object or null, got ${kind(raw)}`);
+  const params: RawConfig = raw ?? {};
+  // Each number comes from `params` first (v5 keeps rope_theta there), else the top level, else a default.
+  const positive = (name: string, fallback: number, where: 'params' | 'either' = 'params'): number => {
+    const inParams = params[name] !== undefined && params[name] !== null;
+    const v = inParams ? params[name] : where === 'either' ? config[name] ?? fallback : fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
+      const at = inParams ? `${key}.${name}` : name;
+      throw new ModelError(`${file}: field "${at}" must be a positive finite number, got ${JSON.stringify(v)}`);
+    }
+    return v;
   };
-  if (!Number.isFinite(theta) || theta <= 0) throw new ModelError(`${file}: rope_theta must be a positive number`);
+  const theta = positive('rope_theta', 10000, 'either');
+  const rawType = params.rope_type ?? params.type ?? 'default';
+  if (rawType !== 'default' && rawType !== 'linear' && rawType !== 'llama3') {
+    throw new ModelError(`${file}: rope type ${JSON.stringify(rawType)} is not supported; supported: default, linear, llama3`);
+  }
   if (config.partial_rotary_factor !== undefined && config.partial_rotary_factor !== 1) {
     throw new ModelError(`${file}: partial_rotary_factor is not supported`);
   }
-  if (rawType === 'default' || rawType === 'linear' || rawType === 'llama3') return { ...rope, type: rawType };
-  throw new ModelError(`${file}: rope type ${JSON.stringify(rawType)} is not supported; supported: default, linear, llama3`);
+  return {
+    theta,
+    type: rawType,
+    factor: positive('factor', 1),
+    lowFreqFactor: positive('low_freq_factor', 1),
+    highFreqFactor: positive('high_freq_factor', 4),
+    originalMaxPositions: positive('original_max_position_embeddings', maxPositions),
+  };
 }
 
 /**
