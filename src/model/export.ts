@@ -30,8 +30,23 @@ export function cacheKey(configText: string, weightsFingerprint: string, headChu
   return createHash('sha256').update(`${GRAPH_VERSION}:${headChunkBytes}`).update('\0').update(configText).update('\0').update(weightsFingerprint).digest('hex').slice(0, 24);
 }
 
-/** Checks names, shapes of every tensor the spec needs; extra tensors (e.g. rotary caches) are ignored. */
+/**
+ * Checks names, shapes of every tensor the spec needs, and that the checkpoint holds no layer beyond
+ * config.json's num_hidden_layers (those would be silently dropped); other extra tensors (e.g. rotary
+ * caches) are ignored.
+ */
 export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint): void {
+  const layers = new Set<number>();
+  for (const name of ckpt.names()) {
+    const m = /^model\.layers\.(\d+)\./.exec(name);
+    if (m) layers.add(Number(m[1]));
+  }
+  const beyond = [...layers].filter((l) => l >= spec.numLayers).sort((a, b) => a - b);
+  if (beyond.length > 0) {
+    const found = [...layers].sort((a, b) => a - b);
+    const list = found.length === found[found.length - 1]! + 1 ? `${found.length} layers (model.layers.0 to model.layers.${found.length - 1})` : `layers ${found.join(', ')}`;
+    throw new ModelError(`${path.join(ckpt.dir, 'config.json')}: num_hidden_layers is ${spec.numLayers} but the checkpoint holds ${list}; expected num_hidden_layers to match the model.layers.N tensors`);
+  }
   for (const [name, shape] of expectedTensors(spec)) {
     if (!ckpt.has(name)) {
       const hint = name === 'lm_head.weight' ? ' (config says tie_word_embeddings is false)' : '';
@@ -110,7 +125,15 @@ interface Produced { data: Float32Array; dims: number[] }
 
 /** The graph's weights, each as a function that reads and lays it out (so only one is in memory at a time). */
 function weightProducers(spec: ModelSpec, ckpt: SafetensorsCheckpoint): Map<string, () => Produced> {
-  const read = (name: string) => ckpt.readFloat32(name);
+  // Every checkpoint tensor passes through here exactly once while the entry is built, so this is the one
+  // cheap place to refuse NaN/Inf weights (they would otherwise surface as NaN scores and no error).
+  const read = (name: string) => {
+    const data = ckpt.readFloat32(name);
+    let bad = 0;
+    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) bad++;
+    if (bad > 0) throw new ModelError(`${ckpt.info(name).file}: tensor "${name}" holds ${bad} non-finite value${bad === 1 ? '' : 's'} (NaN or ±Inf) of ${data.length}; expected finite weights`);
+    return data;
+  };
   const asIs = (name: string): (() => Produced) => () => ({ data: read(name), dims: ckpt.info(name).shape });
   const concat = (names: string[]): (() => Produced) => () => {
     const parts = names.map(read);
