@@ -1,33 +1,160 @@
-/** Tokenizer and chat template through @huggingface/transformers, loaded from a local checkpoint folder only. */
+/**
+ * Tokenizer and chat template through @huggingface/transformers (transformers.js), loaded from a local checkpoint
+ * folder only, and made to tokenise as Python transformers (v5) does with the same files.
+ */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AutoTokenizer, env, type PreTrainedTokenizer } from '@huggingface/transformers';
+import * as transformers from '@huggingface/transformers';
+import { PreTrainedTokenizer } from '@huggingface/transformers';
 import { ModelError } from './errors.js';
 
 export interface ChatMessage { role: string; content: string }
 
+export interface ChatOptions {
+  /** End with the tokens that open the assistant's turn (default true). */
+  addGenerationPrompt?: boolean;
+  /**
+   * Extra variables for the chat template, as transformers' `apply_chat_template(..., **kwargs)` passes them,
+   * e.g. `{ enable_thinking: false }` for Qwen3.
+   */
+  templateKwargs?: Record<string, unknown>;
+}
+
+type Json = Record<string, unknown>;
+
+const isObject = (x: unknown): x is Json => typeof x === 'object' && x !== null && !Array.isArray(x);
+
+/**
+ * A JSON object from `file`, or a ModelError naming the file and what is wrong with it. `optional`: a missing
+ * file gives null instead of an error.
+ */
+function readJsonObject(file: string, expected: string, optional = false): Json | null {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      if (optional) return null;
+      throw new ModelError(`${file}: missing (${expected})`);
+    }
+    throw new ModelError(`${file}: cannot be read (${(e as Error).message})`);
+  }
+  if (stat.isDirectory()) throw new ModelError(`${file}: is a directory, not a file (${expected})`);
+  if (!stat.isFile()) throw new ModelError(`${file}: is not a regular file (${expected})`);
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw new ModelError(`${file}: cannot be read (${(e as Error).message})`);
+  }
+  let text: string;
+  try {
+    // fatal: bad bytes must not turn into U+FFFD inside vocabulary entries.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new ModelError(`${file}: not valid UTF-8 text (${expected})`);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    throw new ModelError(`${file}: not valid JSON (${(e as Error).message}; ${expected})`);
+  }
+  if (!isObject(value)) throw new ModelError(`${file}: expected a JSON object, found ${Array.isArray(value) ? 'an array' : JSON.stringify(value)?.slice(0, 40)} (${expected})`);
+  return value;
+}
+
+/** True when the pipeline writes spaces as U+2581 "▁" (sentencepiece style), in a normalizer or a Metaspace step. */
+function usesMetaspace(json: Json): boolean {
+  const steps = (x: unknown): Json[] => {
+    if (!isObject(x)) return [];
+    const inner = x.normalizers ?? x.pretokenizers;
+    return Array.isArray(inner) ? inner.flatMap(steps) : [x];
+  };
+  const all = [...steps(json.normalizer), ...steps(json.pre_tokenizer)];
+  return all.some((s) => s.type === 'Metaspace'
+    || (s.type === 'Replace' && s.content === '\u2581' && isObject(s.pattern) && s.pattern.String === ' '));
+}
+
+/**
+ * What transformers v5 makes of a Llama-class sentencepiece tokenizer. transformers v5 does not run such a
+ * tokenizer.json as written: `LlamaTokenizer` (also named as `LlamaTokenizerFast`) keeps only its vocabulary and
+ * merges and rebuilds the rest in its constructor: no normalizer, a Metaspace pre-tokenizer with `split: false`
+ * and prepend scheme "always" when `legacy` is true, "first" when it is false (the v5 default), "never" when
+ * `add_prefix_space` is false; decoder Replace ▁→space, ByteFallback, Fuse, and Strip one leading space when a
+ * prefix is added. The difference that shows: Metaspace prepends "▁" only to text that does not already start
+ * with one (after spaces became "▁"), whereas the `Prepend "▁"` normalizer that older converters wrote into
+ * tokenizer.json always prepends, so " Yes" became "▁▁Yes" → [▁, ▁Yes] instead of transformers' [▁Yes].
+ * Applied only to BPE models whose tokenizer.json already uses "▁" for spaces; any other tokenizer.json
+ * (e.g. byte-level BPE under a Llama class name) is left as written.
+ */
+function asTransformersBuildsIt(json: Json, config: Json): Json {
+  const cls = typeof config.tokenizer_class === 'string' ? config.tokenizer_class.replace(/Fast$/, '') : null;
+  const model = json.model;
+  if (cls !== 'LlamaTokenizer' || !isObject(model) || model.type !== 'BPE' || !usesMetaspace(json)) return json;
+  const addPrefixSpace = config.add_prefix_space !== false;
+  const legacy = config.legacy === true;
+  const prependScheme = !addPrefixSpace ? 'never' : legacy ? 'always' : 'first';
+  const decoders: Json[] = [
+    { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' },
+    { type: 'ByteFallback' },
+    { type: 'Fuse' },
+  ];
+  if (addPrefixSpace) decoders.push({ type: 'Strip', content: ' ', start: 1, stop: 0 });
+  return {
+    ...json,
+    normalizer: null,
+    pre_tokenizer: { type: 'Metaspace', replacement: '\u2581', prepend_scheme: prependScheme, split: false },
+    decoder: { type: 'Sequence', decoders },
+  };
+}
+
+/** The transformers.js class `tokenizer_class` names (as AutoTokenizer picks it), else the base class. */
+function tokenizerClass(config: Json): new (json: Json, config: Json) => PreTrainedTokenizer {
+  const name = typeof config.tokenizer_class === 'string' ? config.tokenizer_class.replace(/Fast$/, '') : '';
+  const cls = (transformers as unknown as Record<string, unknown>)[name];
+  const ok = typeof cls === 'function' && (cls === PreTrainedTokenizer || cls.prototype instanceof PreTrainedTokenizer);
+  return (ok ? cls : PreTrainedTokenizer) as new (json: Json, config: Json) => PreTrainedTokenizer;
+}
+
 export class Tokenizer {
   private constructor(private readonly tok: PreTrainedTokenizer, readonly dir: string) {}
 
+  /**
+   * Loads `dir`/tokenizer.json (required) and `dir`/tokenizer_config.json (optional, as in transformers: without
+   * it there are no special-token names and no chat template). Files are read here, not by transformers.js,
+   * so that nothing reaches for the hub and errors name the file at fault.
+   */
   static async load(dir: string): Promise<Tokenizer> {
+    if (!fs.existsSync(dir)) throw new ModelError(`${dir}: no such folder (expected a checkpoint folder with tokenizer.json)`);
+    if (!fs.statSync(dir).isDirectory()) throw new ModelError(`${dir}: not a folder (expected a checkpoint folder with tokenizer.json)`);
     const file = path.join(dir, 'tokenizer.json');
-    if (!fs.existsSync(file)) throw new ModelError(`${file}: missing (a fast tokenizer.json is required)`);
-    // transformers.js resolves `localModelPath + id`; never let it reach for the hub.
-    env.allowRemoteModels = false;
-    env.allowLocalModels = true;
-    env.localModelPath = path.dirname(path.resolve(dir)) + path.sep;
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const json = readJsonObject(file, 'a fast tokenizer.json is required')!;
+    if (!isObject(json.model)) throw new ModelError(`${file}: no "model" object (expected the tokenizers library's JSON format)`);
+    const config = readJsonObject(configFile, 'tokenizer settings and chat template', true) ?? {};
+    for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      const v = config[key];
+      if (v != null && typeof v !== 'string' && !(isObject(v) && typeof v.content === 'string')) {
+        throw new ModelError(`${configFile}: ${key} must be a string or an AddedToken object, found ${JSON.stringify(v).slice(0, 60)}`);
+      }
+      // transformers.js only takes token objects tagged as AddedToken; transformers takes any with a content.
+      if (isObject(v)) config[key] = { ...v, __type: 'AddedToken' };
+    }
     try {
-      return new Tokenizer(await AutoTokenizer.from_pretrained(path.basename(path.resolve(dir))), dir);
+      return new Tokenizer(new (tokenizerClass(config))(asTransformersBuildsIt(json, config), config), dir);
     } catch (e) {
-      throw new ModelError(`${file}: cannot load the tokenizer (${(e as Error).message})`);
+      throw new ModelError(`${file}: cannot build the tokenizer (${(e as Error).message})`);
     }
   }
 
   get hasChatTemplate(): boolean {
-    return typeof (this.tok as unknown as { chat_template?: unknown }).chat_template === 'string';
+    const t = (this.tok as unknown as { chat_template?: unknown }).chat_template;
+    return typeof t === 'string' || (isObject(t) && typeof t.default === 'string');
   }
 
-  get vocabSize(): number { return (this.tok as unknown as { model: { vocab: unknown[] } }).model.vocab.length; }
+  /** Number of token ids (the model's vocabulary plus added tokens). */
+  get vocabSize(): number { return this.tok._tokenizer.model?.vocab.length ?? 0; }
 
   /** Text → ids, adding the tokenizer's special tokens (e.g. BOS) unless told not to. */
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
@@ -40,21 +167,24 @@ export class Tokenizer {
   }
 
   /** The chat template rendered as text (the template adds any BOS itself). */
-  renderChat(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): string {
+  renderChat(messages: ChatMessage[], opts: ChatOptions = {}): string {
     if (!this.hasChatTemplate) throw new ModelError(`${path.join(this.dir, 'tokenizer_config.json')}: the tokenizer has no chat_template`);
-    return this.tok.apply_chat_template(messages, { tokenize: false, add_generation_prompt: opts.addGenerationPrompt ?? true }) as string;
+    return this.tok.apply_chat_template(messages, {
+      ...opts.templateKwargs,
+      tokenize: false,
+      add_generation_prompt: opts.addGenerationPrompt ?? true,
+    }) as string;
   }
 
   /** The chat template rendered and tokenized without adding special tokens again (as transformers does). */
-  applyChatTemplate(messages: ChatMessage[], opts: { addGenerationPrompt?: boolean } = {}): number[] {
+  applyChatTemplate(messages: ChatMessage[], opts: ChatOptions = {}): number[] {
     return this.encode(this.renderChat(messages, opts), { addSpecialTokens: false });
   }
 
   tokenId(token: string): number | null {
-    const id = (this.tok as unknown as { model: { tokens_to_ids: Map<string, number> } }).model.tokens_to_ids.get(token);
-    return id ?? null;
+    return this.tok._tokenizer.token_to_id(token) ?? null;
   }
 
-  get eosTokenId(): number | null { return (this.tok as unknown as { eos_token_id?: number }).eos_token_id ?? null; }
-  get padTokenId(): number | null { return (this.tok as unknown as { pad_token_id?: number }).pad_token_id ?? null; }
+  get eosTokenId(): number | null { return (this.tok as unknown as { eos_token_id?: number | null }).eos_token_id ?? null; }
+  get padTokenId(): number | null { return (this.tok as unknown as { pad_token_id?: number | null }).pad_token_id ?? null; }
 }
