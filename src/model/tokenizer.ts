@@ -28,6 +28,19 @@ const isObject = (x: unknown): x is Json => typeof x === 'object' && x !== null 
  * A JSON object from `file`, or a ModelError naming the file and what is wrong with it. `optional`: a missing
  * file gives null instead of an error.
  */
+/** An optional UTF-8 text file: null when absent; errors name the file. */
+function readTextFile(file: string, expected: string): string | null {
+  let bytes: Buffer;
+  try { bytes = fs.readFileSync(file); } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    throw new ModelError(`${file}: ${code === 'EISDIR' ? 'is a directory, not a file' : `cannot be read (${(e as Error).message})`} (${expected})`);
+  }
+  try { return new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch {
+    throw new ModelError(`${file}: not valid UTF-8 text (${expected})`);
+  }
+}
+
 function readJsonObject(file: string, expected: string, optional = false): Json | null {
   let stat: fs.Stats;
   try {
@@ -133,6 +146,12 @@ export class Tokenizer {
     const json = readJsonObject(file, 'a fast tokenizer.json is required')!;
     if (!isObject(json.model)) throw new ModelError(`${file}: no "model" object (expected the tokenizers library's JSON format)`);
     const config = readJsonObject(configFile, 'tokenizer settings and chat template', true) ?? {};
+    // Newer checkpoints keep the template beside the config (transformers ≥ 4.43 saves chat_template.jinja,
+    // processors chat_template.json); as in transformers, the separate file wins.
+    const jinja = readTextFile(path.join(dir, 'chat_template.jinja'), 'a Jinja chat template');
+    const templateJson = jinja === null ? readJsonObject(path.join(dir, 'chat_template.json'), 'a {"chat_template": ...} object', true) : null;
+    if (jinja !== null) config.chat_template = jinja;
+    else if (templateJson && typeof templateJson.chat_template === 'string') config.chat_template = templateJson.chat_template;
     for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
       const v = config[key];
       if (v != null && typeof v !== 'string' && !(isObject(v) && typeof v.content === 'string')) {

@@ -198,3 +198,32 @@ describe('Tokenizer.load names the file at fault', () => {
     await rejects(dir, new RegExp(`^${esc(dir)}: no such folder`));
   });
 });
+
+describe('chat template in its own file', () => {
+  it('chat_template.jinja beside the config is used (and wins over the config\'s), as transformers does', async () => {
+    const dir = tokenizerFolder('qwen3');
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    const template = config.chat_template as string;
+    config.chat_template = '{{ "not this one" }}';
+    fs.writeFileSync(configFile, JSON.stringify(config));
+    fs.writeFileSync(path.join(dir, 'chat_template.jinja'), template);
+    const tok = await Tokenizer.load(dir);
+    const c = reference.qwen3!.chat![0]!;
+    expect(tok.renderChat(c.messages)).toBe(c.text);
+    expect(tok.applyChatTemplate(c.messages)).toEqual(c.ids);
+  });
+
+  it('chat_template.json (processor format) when there is no .jinja', async () => {
+    const dir = tokenizerFolder('qwen3');
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    fs.writeFileSync(path.join(dir, 'chat_template.json'), JSON.stringify({ chat_template: config.chat_template }));
+    delete config.chat_template;
+    fs.writeFileSync(configFile, JSON.stringify(config));
+    const tok = await Tokenizer.load(dir);
+    expect(tok.hasChatTemplate).toBe(true);
+    const c = reference.qwen3!.chat![0]!;
+    expect(tok.renderChat(c.messages)).toBe(c.text);
+  });
+});
