@@ -6,6 +6,7 @@
 import type { Decoder } from '../model/decoder.js';
 import { forEachLastLogits } from '../model/batch.js';
 import { render, TooLongError, type JudgeItem, type TemplateSpec } from '../arm/template.js';
+import { FitError } from '../arm/fit.js';
 
 export interface SavModel {
   heads: [number, number][];  // the voting heads, most accurate first
@@ -42,12 +43,16 @@ export async function fitSav(decoder: Decoder, template: TemplateSpec, pool: Jud
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const all = await activations(decoder, template, pool, opts.batchSize, opts.maxLength);
   const kept = pool.map((_, i) => i).filter((i) => all[i]);
+  const leftOut = pool.length - kept.length;
   pool = kept.map((i) => pool[i]!);
   const acts = kept.map((i) => all[i]!);
   const means: [Float32Array, Float32Array] = [new Float32Array(L * H * d), new Float32Array(L * H * d)];
   const counts = [0, 0];
   pool.forEach((it, i) => { counts[it.answer]!++; acts[i]!.forEach((v, j) => { means[it.answer]![j]! += v; }); });
-  if (!counts[0] || !counts[1]) throw new Error('sav-vote: the pool needs items of both classes');
+  if (!counts[0] || !counts[1]) {
+    // A data condition of this pool (FitError), not a bug: the harness skips it and reports the reason.
+    throw new FitError(`sav-vote: the pool needs items of both classes; it has ${counts[0]} "yes" and ${counts[1]} "no"${leftOut ? ` after ${leftOut} of ${leftOut + pool.length} items that do not fit --max-length ${opts.maxLength} were left out` : ''}`);
+  }
   means.forEach((m, c) => m.forEach((v, j) => { m[j] = v / counts[c]!; }));
   const model: SavModel = { heads: [], classMeans: means, headAccuracy: new Float32Array(L * H) };
   for (let h = 0; h < L * H; h++) {

@@ -57,12 +57,17 @@ export function registerEvalCommand(program: Command): void {
           log: (line) => process.stderr.write(`${line}\n`),
         });
         bar.stop();
-        const table = Object.entries(results.methods).sort((a, b) => b[1].accuracy.mean - a[1].accuracy.mean).map(([name, m]) => ({
-          method: name, accuracy: `${(100 * m.accuracy.mean).toFixed(1)} ± ${(100 * m.accuracy.std).toFixed(1)}`,
-          ci95: `[${(100 * m.accuracy.ci95[0]).toFixed(1)}, ${(100 * m.accuracy.ci95[1]).toFixed(1)}]`, pairs: m.accuracy.n,
+        // A method skipped on every pool has no accuracy (NaN): list it last.
+        const key = (acc: number) => (Number.isFinite(acc) ? acc : -Infinity);
+        const table = Object.entries(results.methods).sort((a, b) => key(b[1].accuracy.mean) - key(a[1].accuracy.mean)).map(([name, m]) => ({
+          method: name, accuracy: `${(100 * m.accuracy.mean).toFixed(1)} ± ${(100 * m.accuracy.std).toFixed(1)}`, seeds: m.accuracy.seeds,
+          ci95: `[${(100 * m.accuracy.ci95[0]).toFixed(1)}, ${(100 * m.accuracy.ci95[1]).toFixed(1)}]`, pairs: m.accuracy.n, skipped: m.skipped.length,
           'tokens/pair': Math.round(m.cost.forwardTokensPerPair), 's/pair': Number(m.cost.secondsPerPair.toFixed(3)),
         }));
         console.table(table);
+        if (results.skipped.length) {
+          process.stderr.write(`${results.skipped.length} (method, ${o.pool === 'global' ? 'pool' : 'subset'}, seed) runs were skipped (pool unusable); see report.md\n`);
+        }
         process.stderr.write(`wrote ${path.join(o.outputDir, 'results.json')}, report.md, report.html${o.saveAll ? ', items.jsonl' : ''}\n`);
       } finally {
         bar.stop();

@@ -1,11 +1,16 @@
 /** From run records to the numbers in results.json: per method, overall and per subset, across seeds. */
 import { bootstrapInterval, meanMargin, meanStd, sectionScores } from './metrics.js';
 import { METHODS } from './methods.js';
-import type { RunRecord } from './harness.js';
+import type { RunRecord, SplitNotes } from './harness.js';
 
 type PairRec = Extract<RunRecord, { type: 'pair' }>;
+type SkippedRec = Extract<RunRecord, { type: 'skipped' }>;
 
-export interface Score { mean: number; std: number; perSeed: number[]; ci95: [number, number]; n: number }
+/** `n`: test pairs scored (all seeds); `seeds`: how many seeds the mean and std are over (those that ran). */
+export interface Score { mean: number; std: number; perSeed: number[]; ci95: [number, number]; n: number; seeds: number }
+
+/** A (method, pool group, seed) that was not run because the method could not be prepared on that pool. */
+export interface Skipped { method: string; group: string; seed: number; reason: string; testPairs: number }
 
 export interface MethodResult {
   definition: string;
@@ -18,6 +23,8 @@ export interface MethodResult {
   swapConsistency?: number;
   verdictAccuracy?: number;
   cost: { seconds: number; secondsPerPair: number; forwardTokens: number; forwardTokensPerPair: number; prepareSeconds: number; prepareTokens: number };
+  /** Pool groups and seeds this method was not run on, and why; its scores cover the rest. */
+  skipped: Skipped[];
   /** [layer, head] → how many of the method's fits used that head (for the heat map). */
   headCounts?: Record<string, number>;
   fits?: number;
@@ -36,6 +43,10 @@ export interface Results {
   truncatedItems: number;
   /** Distinct test pairs that could not be scored at all (a response longer than the budget). */
   tooLongItems: number;
+  /** Every skipped (method, pool group, seed), for all methods. */
+  skipped: Skipped[];
+  /** Thin and dropped subsets, when the harness passed them. */
+  splits?: SplitNotes;
   generatedAt: string;
 }
 
@@ -53,19 +64,24 @@ function score(recs: PairRec[], seeds: number[], bootstrapSeed: number): Score {
     byId.set(r.id, e);
   }
   const perPair = [...byId.values()].map((e) => e.hits / e.n);
-  return { mean, std, perSeed, ci95: bootstrapInterval(perPair, { seed: bootstrapSeed }), n: recs.length };
+  return { mean, std, perSeed, ci95: bootstrapInterval(perPair, { seed: bootstrapSeed }), n: recs.length, seeds: perSeed.length };
 }
 
-export function aggregate(records: RunRecord[], meta: { dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string }): Results {
+export function aggregate(records: RunRecord[], meta: { dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string; splits?: SplitNotes }): Results {
   const pairs = records.filter((r): r is PairRec => r.type === 'pair');
-  const seeds = [...new Set(pairs.map((r) => r.seed))].sort((a, b) => a - b);
+  const skipped: Skipped[] = records.filter((r): r is SkippedRec => r.type === 'skipped')
+    .map((r) => ({ method: r.method, group: r.group, seed: r.seed, reason: r.reason, testPairs: r.testPairs }))
+    .sort((a, b) => a.method.localeCompare(b.method) || a.group.localeCompare(b.group) || a.seed - b.seed);
+  const seeds = [...new Set([...pairs, ...skipped].map((r) => r.seed))].sort((a, b) => a - b);
   const methods: Record<string, MethodResult> = {};
-  for (const name of [...new Set(pairs.map((r) => r.method))]) {
+  // A method skipped on every pool still gets a row, so its absence is explained rather than silent.
+  for (const name of [...new Set([...pairs, ...skipped].map((r) => r.method))]) {
     const recs = pairs.filter((r) => r.method === name);
     const subsets: Record<string, Score> = {};
     for (const sub of [...new Set(recs.map((r) => r.subset))].sort()) subsets[sub] = score(recs.filter((r) => r.subset === sub), seeds, 1);
     const costs = records.filter((r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name);
     const preps = records.filter((r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name);
+    const skippedRecs = records.filter((r): r is SkippedRec => r.type === 'skipped' && r.method === name);
     const seconds = costs.reduce((a, c) => a + c.seconds, 0), tokens = costs.reduce((a, c) => a + c.tokens, 0), scored = costs.reduce((a, c) => a + c.pairs, 0);
     const result: MethodResult = {
       definition: METHODS[name]?.definition ?? '',
@@ -75,9 +91,11 @@ export function aggregate(records: RunRecord[], meta: { dataset: string; model: 
       sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, { accuracy: v.mean, count: v.n / Math.max(1, v.perSeed.length) }]))),
       truncatedPairs: recs.filter((r) => r.truncated).length,
       tooLongPairs: recs.filter((r) => r.tooLong).length,
+      skipped: skipped.filter((k) => k.method === name),
       cost: {
         seconds, secondsPerPair: scored ? seconds / scored : NaN, forwardTokens: tokens, forwardTokensPerPair: scored ? tokens / scored : NaN,
-        prepareSeconds: preps.reduce((a, p) => a + p.seconds, 0), prepareTokens: preps.reduce((a, p) => a + p.tokens, 0),
+        // A failed preparation still cost its time and tokens.
+        prepareSeconds: [...preps, ...skippedRecs].reduce((a, p) => a + p.seconds, 0), prepareTokens: [...preps, ...skippedRecs].reduce((a, p) => a + p.tokens, 0),
       },
     };
     const swaps = recs.filter((r) => r.swapConsistent !== undefined);
@@ -97,6 +115,7 @@ export function aggregate(records: RunRecord[], meta: { dataset: string; model: 
     ...meta, seeds, methods,
     truncatedItems: distinct((r) => r.truncated),
     tooLongItems: distinct((r) => r.tooLong),
+    skipped,
     generatedAt: new Date().toISOString(),
   };
 }

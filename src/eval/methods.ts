@@ -4,7 +4,7 @@
  */
 import type { Decoder } from '../model/decoder.js';
 import type { PairExample } from '../data/examples.js';
-import { fitActivationRM, judgeItems, zeroShotRM, type FitOptions } from '../arm/fit.js';
+import { FitError, fitActivationRM, judgeItems, zeroShotRM, type FitOptions } from '../arm/fit.js';
 import type { ActivationRM, PairScore, ScoreOptions } from '../arm/rm.js';
 import { fitSav, scoreSav } from '../baselines/sav.js';
 import { lengthScores } from '../baselines/heuristics.js';
@@ -44,6 +44,16 @@ export interface Method {
   definition: string;
   needsPool: boolean;
   prepare(ctx: MethodContext): Promise<PreparedMethod>;
+}
+
+/**
+ * Whether a failure to prepare a method is about the pool itself (a single label class once too-long items
+ * are left out, nothing left to fit on): the harness then skips that (method, pool, seed) and reports why.
+ * Every fitter in the harness (ARM and its ablations, SAVs) raises FitError for those; anything else is a bug
+ * or a broken model and must stop the run.
+ */
+export function isPoolDataError(e: unknown): e is Error {
+  return e instanceof FitError;
 }
 
 const fromPairScores = (scores: PairScore[]): PairRecord[] => scores.map((s) => ({
@@ -87,8 +97,9 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
   },
   'random-heads': {
     name: 'random-heads', needsPool: true,
-    definition: 'Ablation: as many heads as ARM selected (20 without an ARM run), chosen at random, replaced by their means.',
-    prepare: async (ctx) => rmMethod(await fitWith(ctx, `random:${ctx.armHeadCount ?? 20}`), ctx),
+    definition: 'Ablation: as many heads as ARM selected (20, or every head of a smaller model, without an ARM run), chosen at random, replaced by their means.',
+    // Capped: asking a model for more heads than it has is a FitError that would read as an unusable pool.
+    prepare: async (ctx) => rmMethod(await fitWith(ctx, `random:${ctx.armHeadCount ?? Math.min(20, ctx.decoder.spec.numLayers * ctx.decoder.spec.numHeads)}`), ctx),
   },
   'all-heads': {
     name: 'all-heads', needsPool: true,

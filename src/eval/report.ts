@@ -1,14 +1,38 @@
 /** results.json → report.md and a self-contained report.html (inline CSS and SVG, no network). */
-import type { Results, Score } from './aggregate.js';
+import type { MethodResult, Results, Score } from './aggregate.js';
 
 const pct = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
-const accCell = (s: Score) => `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}`;
+/** Mean ± std over the seeds that ran; with several seeds in the run, n says how many of them this is over. */
+const accCell = (s: Score, r: Results) => `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
 const ciCell = (s: Score) => `[${pct(s.ci95[0])}, ${pct(s.ci95[1])}]`;
+/** Marks a method scored without some of its (subset, seed) runs. */
+const partial = (m: MethodResult) => (m.skipped.length ? ' †' : '');
+const groupWord = (r: Results) => (r.pool === 'global' ? 'pool' : 'subset');
 
 function rows(r: Results) {
-  return Object.entries(r.methods).sort((a, b) => b[1].accuracy.mean - a[1].accuracy.mean);
+  // A method skipped everywhere has no accuracy: last, not wherever NaN lands in the sort.
+  const key = (m: MethodResult) => (Number.isFinite(m.accuracy.mean) ? m.accuracy.mean : -Infinity);
+  return Object.entries(r.methods).sort((a, b) => key(b[1]) - key(a[1]));
 }
+
+/** Plain-text notes: thin or dropped subsets, and what each † means. */
+function dataNotes(r: Results): string[] {
+  const notes: string[] = [];
+  const sp = r.splits;
+  for (const d of sp?.droppedGroups ?? []) {
+    notes.push(`${r.pool === 'global' ? 'The dataset' : `Subset ${d.group}`} (${d.rows} pairs) went wholly into the --few-shot ${r.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: it is not tested there.`);
+  }
+  if (sp?.smallSubsets.length) {
+    notes.push(`Subsets with fewer than ${sp.minTestPairs} test pairs (fewest over seeds) have noisy accuracies: ${sp.smallSubsets.map((s) => `${s.subset} (${s.rows} pairs, ${s.testPairs} tested)`).join(', ')}.`);
+  }
+  if (r.skipped.length) {
+    notes.push(`† Some (${groupWord(r)}, seed) runs of this method were skipped because it could not be prepared on that few-shot pool (listed below); its scores cover the rest, so its pair count is smaller than the other methods'.`);
+  }
+  return notes;
+}
+
+const skippedWhere = (r: Results, k: Results['skipped'][number]) => (r.pool === 'global' ? 'global pool' : k.group);
 
 export function renderMarkdown(r: Results): string {
   const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
@@ -16,17 +40,19 @@ export function renderMarkdown(r: Results): string {
     `# Evaluation: ${r.dataset}`,
     '',
     `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}. ` +
-      `Accuracy in %, ties wrong; ± is the std across seeds; the interval is a percentile bootstrap over all test pairs. ` +
+      `Accuracy in %, ties wrong; ± is the std across the seeds that ran (n of them); the interval is a percentile bootstrap over all test pairs. ` +
       `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score (counted wrong): ${r.tooLongItems}.`,
     '',
     '| method | accuracy | 95% CI | margin | swap-consistent | verdict acc. | s / pair | tokens / pair | pairs |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...rows(r).map(([name, m]) => `| ${name} | ${accCell(m.accuracy)} | ${ciCell(m.accuracy)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`),
+    ...rows(r).map(([name, m]) => `| ${name}${partial(m)} | ${accCell(m.accuracy, r)} | ${ciCell(m.accuracy)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`),
     '',
   ];
+  const notes = dataNotes(r);
+  if (notes.length) lines.push(...notes.map((n) => `- ${n}`), '');
   if (subsets.length > 1) {
     lines.push('## Per subset', '', `| method | ${subsets.join(' | ')} |`, `| --- |${subsets.map(() => ' ---: |').join('')}`);
-    for (const [name, m] of rows(r)) lines.push(`| ${name} | ${subsets.map((s) => (m.subsets[s] ? accCell(m.subsets[s]!) : '')).join(' | ')} |`);
+    for (const [name, m] of rows(r)) lines.push(`| ${name}${partial(m)} | ${subsets.map((s) => (m.subsets[s] ? accCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '')).join(' | ')} |`);
     lines.push('');
   }
   const sections = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.sections)))];
@@ -34,6 +60,11 @@ export function renderMarkdown(r: Results): string {
     lines.push('## RewardBench sections (subset accuracies weighted by example counts)', '', `| method | ${sections.join(' | ')} |`, `| --- |${sections.map(() => ' ---: |').join('')}`);
     for (const [name, m] of rows(r)) lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
     lines.push('');
+  }
+  if (r.skipped.length) {
+    lines.push(`## Skipped (method, ${groupWord(r)}, seed)`, '', `Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.`, '',
+      `| method | ${groupWord(r)} | seed | test pairs | reason |`, '| --- | --- | ---: | ---: | --- |',
+      ...r.skipped.map((k) => `| ${k.method} | ${skippedWhere(r, k)} | ${k.seed} | ${k.testPairs} | ${k.reason.replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`), '');
   }
   lines.push('## Methods', '', ...rows(r).map(([name, m]) => `- **${name}**: ${m.definition}`), '');
   return lines.join('\n');
@@ -82,25 +113,31 @@ function heatMap(counts: Record<string, number>, fits: number, layers: number, h
 export function renderHtml(r: Results): string {
   const methods = rows(r).map(([n]) => n);
   const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
-  const overall = barChart([{ label: 'all test pairs', bars: rows(r).map(([name, m]) => ({ name, score: m.accuracy })) }], methods);
+  // A method skipped everywhere has no bar: an empty one would read as 0%.
+  const overall = barChart([{ label: 'all test pairs', bars: rows(r).filter(([, m]) => m.accuracy.seeds > 0).map(([name, m]) => ({ name, score: m.accuracy })) }], methods);
   const perSubset = subsets.length > 1 ? barChart(subsets.map((s) => ({ label: s, bars: rows(r).filter(([, m]) => m.subsets[s]).map(([name, m]) => ({ name, score: m.subsets[s]! })) })), methods) : '';
   const maps = rows(r).filter(([, m]) => m.headCounts && m.fits).map(([name, m]) =>
     `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>${heatMap(m.headCounts!, m.fits!, r.shape.layers, r.shape.heads)}</figure>`).join('');
   const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${
-    rows(r).map(([name, m]) => `<tr><td title="${esc(m.definition)}">${esc(name)}</td><td>${accCell(m.accuracy)}</td><td>${ciCell(m.accuracy)}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`).join('')}</tbody></table>`;
+    rows(r).map(([name, m]) => `<tr><td title="${esc(m.definition)}">${esc(name)}${partial(m)}</td><td>${accCell(m.accuracy, r)}</td><td>${ciCell(m.accuracy)}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`).join('')}</tbody></table>`;
+  const notes = dataNotes(r);
+  const skippedTable = r.skipped.length ? `<h2>Skipped (method, ${groupWord(r)}, seed)</h2><p>Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.</p><table class="skipped"><thead><tr><th>method</th><th>${groupWord(r)}</th><th>seed</th><th>test pairs</th><th>reason</th></tr></thead><tbody>${
+    r.skipped.map((k) => `<tr><td>${esc(k.method)}</td><td>${esc(skippedWhere(r, k))}</td><td>${k.seed}</td><td>${k.testPairs}</td><td>${esc(k.reason)}</td></tr>`).join('')}</tbody></table>` : '';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>activation-rm evaluation: ${esc(r.dataset)}</title>
-<style>body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0 2em 1em 0}figcaption{font-size:12px;color:#555}dt{font-weight:bold}</style></head>
+<style>body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0 2em 1em 0}figcaption{font-size:12px;color:#555}dt{font-weight:bold}table.skipped td:last-child{text-align:left}</style></head>
 <body>
 <h1>Evaluation: ${esc(r.dataset)}</h1>
 <p>Model <code>${esc(r.model)}</code>; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}.
-Accuracy counts ties as wrong; ± is the std across seeds; intervals are percentile bootstraps over all test pairs.
+Accuracy counts ties as wrong; ± is the std across the seeds that ran (n of them); intervals are percentile bootstraps over all test pairs.
 Prompts cut to fit: ${r.truncatedItems} pairs; too long to score (counted wrong): ${r.tooLongItems}.</p>
 ${table}
+${notes.length ? `<ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
 <h2>Accuracy with 95% intervals</h2>
 ${overall}
 ${perSubset ? `<h2>Per subset</h2>${perSubset}` : ''}
 ${maps ? `<h2>Heads (layer × head)</h2>${maps}` : ''}
+${skippedTable}
 <h2>Methods</h2><dl>${rows(r).map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`).join('')}</dl>
 <p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>
 <script>document.body.dataset.rendered = 'ok';</script>
