@@ -1,98 +1,478 @@
 /**
  * `--model` resolution: a local checkpoint folder as is, or a Hugging Face hub id (`owner/name[@revision]`)
- * downloaded once into the cache, file by file with a progress bar. Without network it fails fast with a
- * clear message rather than hanging.
+ * downloaded once into the cache. Without network it fails fast with a clear message rather than hanging.
+ *
+ * Downloads are built for slow and flaky links: a connect timeout and an idle timeout (no bytes for a while)
+ * but never a total one, resume of a `.part` file with an HTTP Range request, retries with exponential
+ * backoff, and every file checked against the size and sha256 the hub advertises before it is moved under its
+ * final name. Shards download a few at a time under one progress bar.
+ *
+ * This uses node:http/https rather than fetch: redirects are followed by hand because the hub's first answer
+ * (a 302 to its CDN for LFS files) carries the file's size and sha256 in `x-linked-size`/`x-linked-etag`, which
+ * fetch hides when it follows redirects itself, and the connect and idle timeouts map directly onto socket
+ * events instead of being rebuilt from abort signals around a body reader.
  */
 import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { createHash, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
 import { ModelError } from './errors.js';
 import { defaultCacheDir } from './export.js';
+import { rememberContentSha256 } from './file-hash.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];
 const OPTIONAL = ['tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json'];
-const HUB_ID = /^[\w.-]+\/[\w.-]+$/;
+const INDEX = 'model.safetensors.index.json';
+const MAX_REDIRECTS = 5;
 
-export interface ResolveOptions { cacheDir?: string; revision?: string; quiet?: boolean; connectTimeoutMs?: number }
+export interface ResolveOptions {
+  cacheDir?: string;
+  revision?: string;
+  quiet?: boolean;
+  /** Longest wait for a TCP connection (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Longest wait with no bytes arriving, for headers or body (default 30 s); there is no total timeout. */
+  idleTimeoutMs?: number;
+  /** Further tries after a network error, idle timeout, 5xx or 429 (default 5). */
+  retries?: number;
+  /** First backoff delay, doubled on each retry (default 1 s). */
+  retryDelayMs?: number;
+  /** Shards downloaded at once (default 4). */
+  concurrency?: number;
+}
 
 export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): Promise<string> {
   if (fs.existsSync(ref)) {
     if (!fs.statSync(ref).isDirectory()) throw new ModelError(`${ref}: --model must be a checkpoint folder or a hub id, not a file`);
     return path.resolve(ref);
   }
-  const [id, atRevision] = ref.split('@') as [string, string | undefined];
-  if (!HUB_ID.test(id)) throw new ModelError(`${ref}: no such folder, and not a hub id of the form owner/name`);
-  const revision = opts.revision ?? atRevision ?? 'main';
-  const dir = path.join(opts.cacheDir ?? defaultCacheDir(), 'hub', id.replace('/', '--'), revision);
+  const at = ref.indexOf('@');
+  const id = at < 0 ? ref : ref.slice(0, at);
+  const idProblem = repoIdProblem(id);
+  if (idProblem) throw new ModelError(`${ref}: no such folder, and ${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
+  const revision = opts.revision ?? (at < 0 ? 'main' : ref.slice(at + 1));
+  const revisionProblem = revisionProblemOf(revision);
+  if (revisionProblem) throw new ModelError(`${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`);
+
+  const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
+  // `/` is legal in a branch (`refs/pr/1`); encoding keeps the revision one path component, and the checks
+  // above rule out the `.`/`..` names that encoding leaves alone.
+  const dir = insideOrThrow(cacheRoot, path.join(cacheRoot, 'hub', id.replace('/', '--'), encodeURIComponent(revision)), `${id}@${revision}`);
   if (fs.existsSync(path.join(dir, '.complete'))) return dir;
-  if (process.env.HF_HUB_OFFLINE === '1') throw new ModelError(`${id}: not in the cache (${dir}) and HF_HUB_OFFLINE=1; pass a local checkpoint folder with --model`);
-  await downloadSnapshot(id, revision, dir, opts);
+  const offline = process.env.HF_HUB_OFFLINE;
+  if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
+    throw new ModelError(`${id}: not in the cache (${dir}) and HF_HUB_OFFLINE=${offline}; pass a local checkpoint folder with --model`);
+  }
+  await downloadSnapshot({ id, revision, dir, cacheRoot, opts });
   return dir;
 }
 
-async function downloadSnapshot(id: string, revision: string, dir: string, opts: ResolveOptions): Promise<void> {
-  const endpoint = (process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '');
-  const headers: Record<string, string> = process.env.HF_TOKEN ? { authorization: `Bearer ${process.env.HF_TOKEN}` } : {};
-  const url = (file: string) => `${endpoint}/${id}/resolve/${encodeURIComponent(revision)}/${file}`;
-  const get = async (file: string): Promise<Response | null> => {
-    let res: Response;
-    try {
-      res = await fetch(url(file), { headers, redirect: 'follow', signal: AbortSignal.timeout(opts.connectTimeoutMs ?? 15_000) });
-    } catch (e) {
-      const cause = (e as { cause?: { code?: string } }).cause?.code ?? (e as Error).name;
-      throw new ModelError(`${id}: cannot reach ${endpoint} (${cause}); offline? pass a local checkpoint folder with --model`);
-    }
-    if (res.status === 404) return null;
-    if (res.status === 401 || res.status === 403) throw new ModelError(`${id}: ${url(file)} answered ${res.status}; the model is gated or private (set HF_TOKEN)`);
-    if (!res.ok) throw new ModelError(`${id}: ${url(file)} answered ${res.status} ${res.statusText}`);
-    return res;
-  };
+const REPO_ID_RULE = "expected owner/name, each part made of letters, digits, '.', '_' or '-', "
+  + "not starting or ending with '-' or '.', without '--' or '..', at most 96 characters";
 
-  fs.mkdirSync(dir, { recursive: true });
-  const save = async (file: string, res: Response, onBytes?: (n: number) => void) => {
-    const dest = path.join(dir, file);
-    const part = `${dest}.part`;
-    const body = Readable.fromWeb(res.body as import('node:stream/web').ReadableStream);
-    if (onBytes) body.on('data', (chunk: Buffer) => onBytes(chunk.length));
-    await pipeline(body, fs.createWriteStream(part));
-    fs.renameSync(part, dest);
+/** The hub's repo id rules (huggingface_hub's validate_repo_id, narrowed to ASCII and to owner/name). */
+function repoIdProblem(id: string): string | null {
+  const parts = id.split('/');
+  if (parts.length !== 2) return REPO_ID_RULE;
+  for (const part of parts) {
+    if (!/^[A-Za-z0-9._-]{1,96}$/.test(part) || /^[-.]|[-.]$/.test(part) || part.includes('--') || part.includes('..')) return REPO_ID_RULE;
+  }
+  return null;
+}
+
+/** Branch, tag or commit: git's ref-name rules, as far as they matter for a URL and a cache folder. */
+function revisionProblemOf(revision: string): string | null {
+  if (revision.length === 0 || revision.length > 255) return 'expected 1 to 255 characters';
+  if (/[\x00-\x1f\x7f]/.test(revision)) return 'control characters are not allowed';
+  if (/[\\ ~^:?*[]/.test(revision)) return "backslash, space and ~ ^ : ? * [ are not allowed";
+  if (revision.includes('..')) return "'..' is not allowed";
+  if (revision.split('/').some((c) => c === '' || c.startsWith('.'))) return "expected '/'-separated names, none empty or starting with '.'";
+  return null;
+}
+
+/** `p` resolved, if it lies strictly inside `root`; anything else is refused before a byte is written. */
+function insideOrThrow(root: string, p: string, what: string): string {
+  const resolved = path.resolve(p);
+  if (!resolved.startsWith(root + path.sep)) throw new ModelError(`${what}: ${resolved} would lie outside the cache folder ${root}; refused`);
+  return resolved;
+}
+
+/** A file name from the hub (a weight_map entry): relative, `/`-separated, no `.`/`..` segments. */
+function checkRepoFileName(name: unknown, where: string): string {
+  if (typeof name !== 'string' || name === '' || path.isAbsolute(name) || name.startsWith('/') || /[\\\x00-\x1f\x7f]/.test(name)
+    || name.split('/').some((s) => s === '' || s === '.' || s === '..')) {
+    throw new ModelError(`${where}: ${JSON.stringify(name)} is not a file name inside the repository (expected a relative path without '..', e.g. model-00001-of-00002.safetensors)`);
+  }
+  return name;
+}
+
+interface Snapshot { id: string; revision: string; dir: string; cacheRoot: string; opts: ResolveOptions }
+
+interface Session extends Snapshot {
+  endpoint: URL;
+  token: string | undefined;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  retries: number;
+  retryDelayMs: number;
+  hashesDir: string;
+  /** Set once the endpoint answered anything: before that a connection failure means offline, fail fast. */
+  reached: boolean;
+  signal: AbortSignal;
+}
+
+async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
+  const { id, revision, dir, opts } = snapshot;
+  const abort = new AbortController();
+  const s: Session = {
+    ...snapshot,
+    endpoint: new URL((process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '')),
+    token: process.env.HF_TOKEN || undefined,
+    connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
+    idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
+    retries: opts.retries ?? 5,
+    retryDelayMs: opts.retryDelayMs ?? 1000,
+    hashesDir: path.join(snapshot.cacheRoot, 'hashes'),
+    reached: false,
+    signal: abort.signal,
   };
+  fs.mkdirSync(dir, { recursive: true });
 
   for (const file of [...REQUIRED, ...OPTIONAL]) {
-    const res = await get(file);
-    if (!res) {
-      if (REQUIRED.includes(file)) throw new ModelError(`${id}@${revision}: ${file} not found on the hub`);
-      continue;
-    }
-    await save(file, res);
+    const got = await downloadFile(s, file);
+    if (!got && REQUIRED.includes(file)) throw new ModelError(`${id}@${revision}: ${file} not found on the hub`);
   }
   let shards: string[];
-  const index = await get('model.safetensors.index.json');
-  if (index) {
-    await save('model.safetensors.index.json', index);
-    const map = JSON.parse(fs.readFileSync(path.join(dir, 'model.safetensors.index.json'), 'utf8')).weight_map as Record<string, string>;
-    shards = [...new Set(Object.values(map))].sort();
+  if (await downloadFile(s, INDEX)) {
+    const indexPath = path.join(dir, INDEX);
+    let map: unknown;
+    try { map = JSON.parse(fs.readFileSync(indexPath, 'utf8')).weight_map; } catch (e) {
+      throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof map !== 'object' || map === null) throw new ModelError(`${indexPath}: no weight_map object`);
+    shards = [...new Set(Object.values(map).map((f) => checkRepoFileName(f, `${indexPath}: weight_map`)))].sort();
   } else {
     shards = ['model.safetensors'];
   }
-  for (const shard of shards) {
-    if (fs.existsSync(path.join(dir, shard))) continue;
-    const res = await get(shard);
-    if (!res) throw new ModelError(`${id}@${revision}: ${shard} not found on the hub (only safetensors checkpoints are supported)`);
-    const size = Number(res.headers.get('content-length') ?? 0);
-    const bar = opts.quiet ? undefined : new cliProgress.SingleBar({
-      format: `${shard} {bar} {percentage}% | {mb}/{totalMb} MB | {rate} MB/s | ETA {eta_formatted}`,
-    }, cliProgress.Presets.shades_classic);
-    const started = Date.now();
-    let received = 0;
-    bar?.start(size, 0, { mb: '0', totalMb: (size / 1e6).toFixed(0), rate: '0' });
-    await save(shard, res, (n) => {
-      received += n;
-      bar?.update(received, { mb: (received / 1e6).toFixed(0), rate: (received / 1e6 / Math.max(1e-3, (Date.now() - started) / 1000)).toFixed(1) });
+  for (const shard of shards) insideOrThrow(s.cacheRoot, path.join(dir, shard), `${id}@${revision}: ${shard}`);
+
+  const progress = new ProgressBar(opts.quiet ?? false, shards.length === 1 ? shards[0]! : `${shards.length} shards`);
+  try {
+    await inPool(shards, opts.concurrency ?? 4, abort, async (shard) => {
+      const got = await downloadFile(s, shard, (done, total) => progress.update(shard, done, total));
+      if (!got) throw new ModelError(`${id}@${revision}: ${shard} not found on the hub (only safetensors checkpoints are supported)`);
     });
-    bar?.stop();
+  } finally {
+    progress.stop();
   }
   fs.writeFileSync(path.join(dir, '.complete'), new Date().toISOString());
+}
+
+/** Runs `work` over `items`, at most `limit` at once; the first failure aborts the rest and is rethrown. */
+async function inPool<T>(items: T[], limit: number, abort: AbortController, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const worker = async () => {
+    while (next < items.length && !failure) {
+      const item = items[next++]!;
+      try { await work(item); } catch (error) {
+        if (!failure) { failure = { error }; abort.abort(); }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  if (failure) throw failure.error;
+}
+
+/** One bar for all shards: bytes, rate and ETA over the lot; totals grow as each shard's size becomes known. */
+class ProgressBar {
+  private readonly bar?: cliProgress.SingleBar;
+  private readonly files = new Map<string, { done: number; total: number }>();
+  private started = false;
+  private readonly startedAt = Date.now();
+  /** Bytes that were already on disk (resumed parts) when each file first reported: not part of the rate. */
+  private resumedBytes = 0;
+
+  constructor(quiet: boolean, private readonly label: string) {
+    if (!quiet) {
+      this.bar = new cliProgress.SingleBar({
+        format: `{label} {bar} {percentage}% | {doneMb}/{totalMb} MB | {rate} MB/s | ETA {eta_formatted}`,
+        hideCursor: true,
+      }, cliProgress.Presets.shades_classic);
+    }
+  }
+
+  update(file: string, done: number, total: number | undefined): void {
+    if (!this.bar) return;
+    if (!this.files.has(file)) this.resumedBytes += done;
+    this.files.set(file, { done, total: total ?? Math.max(done, this.files.get(file)?.total ?? 0) });
+    let sumDone = 0, sumTotal = 0;
+    for (const f of this.files.values()) { sumDone += f.done; sumTotal += Math.max(f.total, f.done); }
+    const seconds = Math.max(1e-3, (Date.now() - this.startedAt) / 1000);
+    const payload = {
+      label: this.label,
+      doneMb: (sumDone / 1e6).toFixed(1), totalMb: (sumTotal / 1e6).toFixed(1),
+      rate: (Math.max(0, sumDone - this.resumedBytes) / 1e6 / seconds).toFixed(1),
+    };
+    if (!this.started) { this.bar.start(Math.max(1, sumTotal), sumDone, payload); this.started = true; return; }
+    this.bar.setTotal(Math.max(1, sumTotal));
+    this.bar.update(sumDone, payload);
+  }
+
+  stop(): void { if (this.started) this.bar?.stop(); }
+}
+
+/** Worth another try: network trouble, timeouts, 5xx/429, a damaged part. `retryAfterMs` from the server. */
+class RetryableError extends Error {
+  constructor(message: string, readonly retryAfterMs?: number) { super(message); }
+}
+
+const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
+  'ENETUNREACH', 'ENETDOWN', 'EHOSTUNREACH', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE', 'HPE_INVALID_CONSTANT']);
+
+function networkCode(e: unknown): string | undefined {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  if (code && (NETWORK_CODES.has(code) || code.startsWith('HPE_'))) return code;
+  return undefined;
+}
+
+/**
+ * Downloads `file` into the snapshot folder with retries; null when the hub has no such file. The file
+ * appears under its final name only once its size and (when advertised) sha256 check out; until then the
+ * bytes live in `<file>.part`, which a later try or a later run resumes.
+ */
+async function downloadFile(s: Session, file: string, onProgress?: (done: number, total: number | undefined) => void): Promise<boolean> {
+  const dest = insideOrThrow(s.cacheRoot, path.join(s.dir, file), `${s.id}@${s.revision}: ${file}`);
+  if (fs.existsSync(dest)) return true;
+  fs.mkdirSync(path.dirname(dest), { recursive: true });
+  const where = `${s.id}@${s.revision}: ${file}`;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await downloadAttempt(s, file, dest, onProgress);
+    } catch (e) {
+      if (s.signal.aborted) throw e;
+      const code = networkCode(e);
+      if (!s.reached && (code || e instanceof TimeoutError)) {
+        throw new ModelError(`${s.id}: cannot reach ${s.endpoint.origin} (${code ?? (e as Error).message}); offline? pass a local checkpoint folder with --model`);
+      }
+      if (!(e instanceof RetryableError || e instanceof TimeoutError || code)) throw e;
+      const reason = code && !(e instanceof TimeoutError) ? `connection lost: ${code}` : (e as Error).message;
+      if (attempt >= s.retries) {
+        const resume = fs.existsSync(`${dest}.part`) ? `; run again to resume from ${dest}.part` : '';
+        const tries = attempt === 0 ? '1 try' : `${attempt + 1} tries`;
+        throw new ModelError(`${where}: download failed after ${tries} (${reason})${resume}`);
+      }
+      const backoff = Math.min(60_000, s.retryDelayMs * 2 ** attempt);
+      await sleep(Math.max(backoff, e instanceof RetryableError ? e.retryAfterMs ?? 0 : 0), s.signal);
+    }
+  }
+}
+
+/** What the hub said about a file on its own host (not the CDN's headers, which describe something else). */
+interface Advertised { size?: number; sha256?: string }
+
+function sha256FromEtag(etag: string | undefined): string | undefined {
+  const bare = etag?.trim().replace(/^W\//, '').replace(/^"|"$/g, '');
+  return bare && /^[0-9a-fA-F]{64}$/.test(bare) ? bare.toLowerCase() : undefined;
+}
+
+async function downloadAttempt(s: Session, file: string, dest: string, onProgress?: (done: number, total: number | undefined) => void): Promise<boolean> {
+  const where = `${s.id}@${s.revision}: ${file}`;
+  const part = `${dest}.part`;
+  const offset = fs.existsSync(part) ? fs.statSync(part).size : 0;
+  // Hash the bytes we already have before asking for more: for a big part this takes longer than the idle
+  // timeout would allow between the response's headers and its first body byte read.
+  const partHash = offset > 0 ? await hashInto(part, createHash('sha256')) : undefined;
+  const url = new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.id}/resolve/${encodeURIComponent(s.revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
+  const { res, touch, advertised } = await getFollowingRedirects(s, url, offset);
+  const status = res.statusCode ?? 0;
+  const header = (name: string) => { const v = res.headers[name]; return Array.isArray(v) ? v[0] : v; };
+
+  if (status === 404) { res.resume(); return false; }
+  if (status === 401 || status === 403) {
+    res.resume();
+    throw new ModelError(`${where}: ${url.href} answered ${status}; the model is gated or private (set HF_TOKEN)`);
+  }
+  if (status === 429 || status >= 500) {
+    res.resume();
+    const retryAfter = Number(header('retry-after'));
+    throw new RetryableError(`${url.href} answered ${status}`, Number.isFinite(retryAfter) ? Math.min(60, retryAfter) * 1000 : undefined);
+  }
+  if (status === 416) {
+    // The part already holds everything the server has (or more): it is either the whole file or stale.
+    res.resume();
+    const total = advertised.size ?? Number(/^bytes \*\/(\d+)$/.exec(header('content-range') ?? '')?.[1] ?? NaN);
+    if (offset === total) {
+      const sha256 = partHash!.digest('hex');
+      if (!advertised.sha256 || advertised.sha256 === sha256) {
+        finish(s, part, dest, sha256);
+        onProgress?.(total, total);
+        return true;
+      }
+    }
+    fs.rmSync(part, { force: true });
+    throw new RetryableError(`${part} did not match the file on the hub (${offset} bytes, range not satisfiable); starting over`);
+  }
+  if (status !== 200 && status !== 206) {
+    res.resume();
+    throw new ModelError(`${where}: ${url.href} answered ${status} ${res.statusMessage ?? ''}`.trimEnd());
+  }
+
+  let start = 0;
+  let bodyTotal: number | undefined;
+  if (status === 206) {
+    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header('content-range') ?? '');
+    if (!range || Number(range[1]) !== offset) {
+      res.resume();
+      fs.rmSync(part, { force: true });
+      throw new RetryableError(`${url.href} answered a range (${header('content-range')}) other than the one asked for (from ${offset}); starting over`);
+    }
+    start = offset;
+    if (range[3] !== '*') bodyTotal = Number(range[3]);
+  } else if (header('content-length') !== undefined) {
+    // A 200 to a Range request means the server ignored it: the body is the whole file, start from zero.
+    bodyTotal = Number(header('content-length'));
+  }
+  const expectedSize = advertised.size ?? bodyTotal;
+  if (advertised.size !== undefined && bodyTotal !== undefined && advertised.size !== bodyTotal) {
+    res.resume();
+    throw new ModelError(`${where}: the hub advertises ${advertised.size} bytes but the download holds ${bodyTotal}`);
+  }
+
+  const hash = start > 0 ? partHash! : createHash('sha256');
+  let received = start;
+  onProgress?.(received, expectedSize);
+  await pipeline(
+    res,
+    async function* (chunks: AsyncIterable<Buffer>) {
+      for await (const chunk of chunks) {
+        touch();
+        hash.update(chunk);
+        received += chunk.length;
+        onProgress?.(received, expectedSize);
+        yield chunk;
+      }
+    },
+    fs.createWriteStream(part, { flags: start > 0 ? 'a' : 'w' }),
+    { signal: s.signal },
+  );
+
+  if (expectedSize !== undefined && received < expectedSize) {
+    // The body ended early without an error: keep the part, the next try resumes it.
+    throw new RetryableError(`the connection ended after ${received} of ${expectedSize} bytes`);
+  }
+  if (expectedSize !== undefined && received > expectedSize) {
+    fs.rmSync(part, { force: true });
+    throw new ModelError(`${where}: received ${received} bytes, but the hub advertises ${expectedSize}; the partial download was deleted`);
+  }
+  const sha256 = hash.digest('hex');
+  if (advertised.sha256 && sha256 !== advertised.sha256) {
+    fs.rmSync(part, { force: true });
+    const message = `sha256 ${sha256} does not match the ${advertised.sha256} the hub advertises`;
+    // A resumed part may be left over from another version of the file: one clean try settles it.
+    if (start > 0) throw new RetryableError(message);
+    throw new ModelError(`${where}: ${message}; the download was deleted`);
+  }
+  finish(s, part, dest, sha256);
+  return true;
+}
+
+/** Moves a verified part into place and records its sha256, so loading the model does not hash it again. */
+function finish(s: Session, part: string, dest: string, sha256: string): void {
+  fs.renameSync(part, dest);
+  rememberContentSha256(dest, sha256, s.hashesDir);
+}
+
+async function hashInto(file: string, hash: Hash): Promise<Hash> {
+  for await (const chunk of fs.createReadStream(file)) hash.update(chunk as Buffer);
+  return hash;
+}
+
+/**
+ * GET `url` from byte `offset`, following up to MAX_REDIRECTS redirects by hand. The Authorization header is
+ * dropped once a redirect leaves the host it was meant for (the CDN gets signed URLs, not the user's token).
+ */
+async function getFollowingRedirects(s: Session, url: URL, offset: number): Promise<Exchange & { advertised: Advertised }> {
+  const advertised: Advertised = {};
+  let current = url;
+  let authorized = s.token !== undefined;
+  for (let hop = 0; ; hop++) {
+    const headers: Record<string, string> = { 'user-agent': 'activation-rm', 'accept-encoding': 'identity' };
+    if (authorized) headers.authorization = `Bearer ${s.token}`;
+    if (offset > 0) headers.range = `bytes=${offset}-`;
+    const exchange = await get(s, current, headers);
+    const res = exchange.res;
+    s.reached = true;
+    const onHub = current.host === s.endpoint.host;
+    const status = res.statusCode ?? 0;
+    if (onHub) {
+      const linkedSize = Number(res.headers['x-linked-size']);
+      if (Number.isSafeInteger(linkedSize) && linkedSize >= 0) advertised.size = linkedSize;
+      const linkedSha = sha256FromEtag(res.headers['x-linked-etag'] as string | undefined);
+      if (linkedSha) advertised.sha256 = linkedSha;
+      else if (status >= 200 && status < 300 && !advertised.sha256) advertised.sha256 = sha256FromEtag(res.headers.etag);
+    }
+    const location = res.headers.location;
+    if (![301, 302, 303, 307, 308].includes(status) || !location) return { ...exchange, advertised };
+    res.resume();
+    if (hop >= MAX_REDIRECTS) throw new ModelError(`${s.id}@${s.revision}: ${url.href}: more than ${MAX_REDIRECTS} redirects`);
+    const next = new URL(location, current);
+    if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new ModelError(`${s.id}@${s.revision}: ${url.href} redirects to ${next.protocol} URL, refused`);
+    if (next.host !== current.host) authorized = false;
+    current = next;
+  }
+}
+
+class TimeoutError extends Error {}
+
+interface Exchange {
+  res: http.IncomingMessage;
+  /** Call on every body chunk: restarts the idle timer. */
+  touch: () => void;
+}
+
+/**
+ * One GET whose response arrives with its headers. A timer guards the connection (connectTimeoutMs) and then
+ * every silence on it (idleTimeoutMs): the headers, and each body chunk (via `touch`), must come within that.
+ */
+function get(s: Session, url: URL, headers: Record<string, string>): Promise<Exchange> {
+  return new Promise((resolve, reject) => {
+    if (s.signal.aborted) { reject(new Error('aborted')); return; }
+    const req = (url.protocol === 'https:' ? https : http).request(url, { method: 'GET', headers });
+    let response: http.IncomingMessage | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const fail = (e: Error) => { response?.destroy(e); req.destroy(e); };
+    const arm = (ms: number, what: string) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => fail(new TimeoutError(`${what} ${url.host} for ${ms} ms`)), ms);
+    };
+    const onAbort = () => fail(new Error('aborted'));
+    const done = () => { clearTimeout(timer); s.signal.removeEventListener('abort', onAbort); };
+    s.signal.addEventListener('abort', onAbort, { once: true });
+    arm(s.connectTimeoutMs, 'no connection to');
+    req.on('socket', (socket) => {
+      const connected = () => { if (!response) arm(s.idleTimeoutMs, 'no answer from'); };
+      if (socket.connecting) socket.once('connect', connected); else connected();
+    });
+    req.on('response', (res) => {
+      response = res;
+      arm(s.idleTimeoutMs, 'no bytes from');
+      res.on('close', done);
+      resolve({ res, touch: () => arm(s.idleTimeoutMs, 'no bytes from') });
+    });
+    req.on('error', (e) => { done(); reject(e); });
+    req.end();
+  });
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) { reject(new Error('aborted')); return; }
+    const timer = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve(); }, ms);
+    const onAbort = () => { clearTimeout(timer); reject(new Error('aborted')); };
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }

@@ -1,68 +1,338 @@
-/** Hub ids: the real download path against a local HTTP stand-in for the hub, and the offline failure. */
-import { afterAll, beforeAll, expect, it } from 'vitest';
+/**
+ * Hub ids: the real download path against a loopback stand-in for the hub (slow, redirected, cut, stalled,
+ * failing and lying servers), resume and verification, path safety of ids/revisions/weight maps, offline modes.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
-import type { AddressInfo } from 'node:net';
-import { resolveModelDir } from '../../src/model/hub.js';
+import { resolveModelDir, type ResolveOptions } from '../../src/model/hub.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
+import { startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
 
-let server: http.Server;
-let endpoint: string;
-const requests: string[] = [];
+let hub: HubStandin;
+let sharded: string;
+const MODEL = 'model.safetensors';
+const modelBytes = fs.readFileSync(path.join(STORIES, MODEL));
+const modelSha = createHash('sha256').update(modelBytes).digest('hex');
+/** Short timeouts and backoff so every retry path runs in well under a second. */
+const FAST: ResolveOptions = { quiet: true, connectTimeoutMs: 1000, idleTimeoutMs: 1000, retryDelayMs: 20 };
+
+/** A repository folder holding the stories tokenizer/config and the given extra files. */
+function repoFolder(extra: Record<string, string | Buffer>): string {
+  const dir = tempDir('arm-repo-');
+  for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(STORIES, f), path.join(dir, f));
+  for (const [f, content] of Object.entries(extra)) fs.writeFileSync(path.join(dir, f), content);
+  return dir;
+}
+const indexJson = (weightMap: Record<string, string>) => JSON.stringify({ metadata: {}, weight_map: weightMap });
 
 beforeAll(async () => {
-  server = http.createServer((req, res) => {
-    requests.push(req.url!);
-    const m = /^\/tiny\/stories\/resolve\/main\/([\w.-]+)$/.exec(req.url!);
-    const file = m ? path.join(STORIES, m[1]!) : null;
-    if (!file || !fs.existsSync(file)) { res.writeHead(404).end('not found'); return; }
-    res.writeHead(200, { 'content-length': fs.statSync(file).size });
-    fs.createReadStream(file).pipe(res);
+  sharded = repoFolder({
+    'model.safetensors.index.json': indexJson({ a: 'model-00001-of-00003.safetensors', b: 'model-00002-of-00003.safetensors', c: 'model-00003-of-00003.safetensors', d: 'model-00001-of-00003.safetensors' }),
+    'model-00001-of-00003.safetensors': randomBytes(200_000),
+    'model-00002-of-00003.safetensors': randomBytes(250_000),
+    'model-00003-of-00003.safetensors': randomBytes(150_000),
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  hub = await startHubStandin({
+    'tiny/stories': STORIES,
+    'tiny/sharded': sharded,
+    'tiny/evil': repoFolder({ 'model.safetensors.index.json': indexJson({ w: '../evil.safetensors' }) }),
+    'tiny/evil-abs': repoFolder({ 'model.safetensors.index.json': indexJson({ w: path.join(tempDir(), 'evil.safetensors') }) }),
+  });
 });
-afterAll(() => new Promise<void>((r) => server.close(() => r())));
+afterAll(() => hub?.stop());
 
-function withEnv<T>(vars: Record<string, string>, f: () => Promise<T>): Promise<T> {
+/** resolveModelDir against the stand-in, with HF_* variables set as given (undefined: unset) and restored after. */
+async function resolveVia(ref: string, opts: ResolveOptions, env: Record<string, string | undefined> = {}): Promise<string> {
+  const vars: Record<string, string | undefined> = { HF_ENDPOINT: hub.endpoint, HF_TOKEN: undefined, HF_HUB_OFFLINE: undefined, ...env };
   const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
-  Object.assign(process.env, vars);
-  return f().finally(() => { for (const [k, v] of Object.entries(old)) if (v === undefined) delete process.env[k]; else process.env[k] = v; });
+  const set = (values: Record<string, string | undefined>) => {
+    for (const [k, v] of Object.entries(values)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+  };
+  set(vars);
+  try { return await resolveModelDir(ref, opts); } finally { set(old); }
 }
 
-it('downloads a hub id into the cache once, then loads it like a local folder', async () => {
-  const cacheDir = tempDir('arm-cache-');
-  const dir = await withEnv({ HF_ENDPOINT: endpoint }, () => resolveModelDir('tiny/stories', { cacheDir, quiet: true }));
-  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'model.safetensors', '.complete']) expect(fs.existsSync(path.join(dir, f))).toBe(true);
-  expect(fs.readFileSync(path.join(dir, 'model.safetensors')).equals(fs.readFileSync(path.join(STORIES, 'model.safetensors')))).toBe(true);
-  const before = requests.length;
-  expect(await withEnv({ HF_ENDPOINT: endpoint }, () => resolveModelDir('tiny/stories', { cacheDir, quiet: true }))).toBe(dir);
-  expect(requests.length).toBe(before);
-  const decoder = await Decoder.load('tiny/stories', { cacheDir, quiet: true });
-  try {
-    const ids = decoder.tokenizer.encode('Once upon a time');
-    const golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8')).prompts[1];
-    expect(await decoder.generate(ids, { maxNewTokens: 16, stopTokens: [] })).toEqual(golden.continuation_ids.slice(0, 16));
-  } finally {
-    await decoder.dispose();
-  }
+const snapshotDir = (cacheDir: string, repo = 'tiny--stories', rev = 'main') => path.join(cacheDir, 'hub', repo, rev);
+const fileRequests = (file: string) => hub.requests.filter((r) => r.file === file && r.status !== 302);
+
+/** Every path under `root`, relative to it. */
+function walk(root: string): string[] {
+  return fs.readdirSync(root, { recursive: true, encoding: 'utf8' }).sort();
+}
+
+describe('download', () => {
+  it('downloads a hub id into the cache once, then loads it like a local folder', async () => {
+    hub.configure({});
+    const cacheDir = tempDir('arm-cache-');
+    const dir = await resolveVia('tiny/stories', { cacheDir, quiet: true });
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', MODEL, '.complete']) expect(fs.existsSync(path.join(dir, f))).toBe(true);
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    const before = hub.requests.length;
+    expect(await resolveVia('tiny/stories', { cacheDir, quiet: true })).toBe(dir);
+    expect(hub.requests.length).toBe(before);
+    const decoder = await Decoder.load('tiny/stories', { cacheDir, quiet: true });
+    try {
+      const ids = decoder.tokenizer.encode('Once upon a time');
+      const golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8')).prompts[1];
+      expect(await decoder.generate(ids, { maxNewTokens: 16, stopTokens: [] })).toEqual(golden.continuation_ids.slice(0, 16));
+    } finally {
+      await decoder.dispose();
+    }
+  });
+
+  it('a missing repository file is a clear error, asked for once (404 is not retried)', async () => {
+    hub.configure({});
+    await expect(resolveVia('tiny/absent', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(/tiny\/absent@main: config\.json not found on the hub/);
+    expect(hub.requests.map((r) => r.file)).toEqual(['config.json']);
+  });
+
+  it('a slow line is no failure: only silence times out, never the total time', async () => {
+    // ~1 MB at 500 kB/s takes ~2 s, twice the connect and idle timeouts; a slice arrives every 100 ms.
+    hub.configure({ throttleBytesPerSec: 500_000, only: (f) => f === MODEL });
+    const cacheDir = tempDir();
+    const started = Date.now();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    expect(Date.now() - started).toBeGreaterThan(1800);
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL)).toHaveLength(1);
+  });
+
+  it('follows the redirect to the CDN, verifies the advertised sha256, keeps the token off the CDN, records the hash', async () => {
+    hub.configure({ redirectLfs: true });
+    const cacheDir = tempDir();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_TOKEN: 'hf_secret' });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    const [redirect, ...rest] = hub.requests.filter((r) => r.file === MODEL);
+    expect(redirect).toMatchObject({ host: 'hub', status: 302, authorization: 'Bearer hf_secret' });
+    expect(rest).toHaveLength(1);
+    expect(rest[0]).toMatchObject({ host: 'cdn', status: 200, authorization: undefined });
+    // The sha256 computed while streaming is in the memo, for the file as it lies, so loading won't re-hash it.
+    const memo = fs.readdirSync(path.join(cacheDir, 'hashes')).map((f) => JSON.parse(fs.readFileSync(path.join(cacheDir, 'hashes', f), 'utf8')));
+    const st = fs.statSync(path.join(dir, MODEL));
+    expect(memo).toContainEqual(expect.objectContaining({ path: path.join(dir, MODEL), sha256: modelSha, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino }));
+    expect(memo.some((m) => m.path === path.join(dir, 'config.json'))).toBe(true);
+  });
+
+  it('a connection cut mid-file resumes with a Range request instead of starting over', async () => {
+    hub.configure({ redirectLfs: true, cutAfterBytes: 400_000, only: (f) => f === MODEL });
+    const cacheDir = tempDir();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    const [first, second, ...more] = fileRequests(MODEL);
+    expect(more).toHaveLength(0);
+    expect(first!.range).toBeUndefined();
+    expect(second!.range).toMatch(/^bytes=[1-9]\d*-$/);
+    expect(second!.status).toBe(206);
+    expect(hub.bytesServed(MODEL)).toBeLessThan(2 * modelBytes.length);
+    expect(fs.existsSync(path.join(dir, `${MODEL}.part`))).toBe(false);
+  });
+
+  it('a run that gives up leaves its .part, never a half file under the final name; the next run resumes it', async () => {
+    hub.configure({ cutAfterBytes: 500_000, only: (f) => f === MODEL });
+    const cacheDir = tempDir();
+    await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir }))
+      .rejects.toThrow(/tiny\/stories@main: model\.safetensors: download failed after 1 try \(connection lost: ECONNRESET\); run again to resume from .*model\.safetensors\.part/);
+    const dir = snapshotDir(cacheDir);
+    expect(fs.existsSync(path.join(dir, MODEL))).toBe(false);
+    expect(fs.existsSync(path.join(dir, '.complete'))).toBe(false);
+    const kept = fs.statSync(path.join(dir, `${MODEL}.part`)).size;
+    expect(kept).toBeGreaterThan(0);
+    await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.range)).toEqual([undefined, `bytes=${kept}-`]);
+  });
+
+  it('a stalled connection hits the idle timeout and is resumed, without waiting the stall out', async () => {
+    hub.configure({ stallAfterBytes: 300_000, stallMs: 8000, only: (f) => f === MODEL });
+    const cacheDir = tempDir();
+    const started = Date.now();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    const tries = fileRequests(MODEL);
+    expect(tries).toHaveLength(2);
+    expect(tries[1]!.range).toMatch(/^bytes=[1-9]\d*-$/);
+  });
+
+  it('retries 503 and 429 answers with backoff', async () => {
+    for (const status of [503, 429]) {
+      hub.configure({ failWith: { status, times: 2 } });
+      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() });
+      expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+      expect(hub.requests.filter((r) => r.file === 'config.json').map((r) => r.status)).toEqual([status, status, 200]);
+    }
+  });
+
+  it('gives up after the configured retries, leaving no file under its final name', async () => {
+    hub.configure({ failWith: { status: 500, times: 100 } });
+    const cacheDir = tempDir();
+    await expect(resolveVia('tiny/stories', { ...FAST, retries: 2, cacheDir })).rejects.toThrow(/tiny\/stories@main: config\.json: download failed after 3 tries \(.*answered 500\)/);
+    expect(hub.requests).toHaveLength(3);
+    expect(fs.existsSync(path.join(snapshotDir(cacheDir), 'config.json'))).toBe(false);
+  });
+
+  it('401 is not retried: the model is gated or private', async () => {
+    hub.configure({ failWith: { status: 401, times: 100 } });
+    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(/config\.json: .* answered 401; the model is gated or private \(set HF_TOKEN\)/);
+    expect(hub.requests).toHaveLength(1);
+  });
+
+  it('a sha256 mismatch fails, naming the file, and leaves neither the file nor a .complete marker', async () => {
+    hub.configure({ redirectLfs: true, advertisedSha256: () => 'ab'.repeat(32) });
+    const cacheDir = tempDir();
+    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir }))
+      .rejects.toThrow(new RegExp(`tiny/stories@main: model\\.safetensors: sha256 ${modelSha} does not match the ${'ab'.repeat(32)} the hub advertises`));
+    const dir = snapshotDir(cacheDir);
+    for (const f of [MODEL, `${MODEL}.part`, '.complete']) expect(fs.existsSync(path.join(dir, f))).toBe(false);
+  });
+
+  it('downloads shards concurrently under one progress bar', async () => {
+    hub.configure({ throttleBytesPerSec: 1_000_000, only: (f) => f.startsWith('model-') });
+    const cacheDir = tempDir();
+    const dir = await resolveVia('tiny/sharded', { ...FAST, quiet: false, cacheDir });
+    for (const f of ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors']) {
+      expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(sharded, f)))).toBe(true);
+    }
+    expect(hub.maxConcurrent).toBe(3);
+    expect(fs.existsSync(path.join(dir, '.complete'))).toBe(true);
+  });
 });
 
-it('a missing repository file is a clear error', async () => {
-  await expect(withEnv({ HF_ENDPOINT: endpoint }, () => resolveModelDir('tiny/absent', { cacheDir: tempDir(), quiet: true })))
-    .rejects.toThrow(/tiny\/absent@main: config\.json not found on the hub/);
+describe('resume from an earlier run', () => {
+  const withPart = (bytes: Buffer) => {
+    const cacheDir = tempDir();
+    fs.mkdirSync(snapshotDir(cacheDir), { recursive: true });
+    fs.writeFileSync(path.join(snapshotDir(cacheDir), `${MODEL}.part`), bytes);
+    return cacheDir;
+  };
+
+  it('continues a .part where it ended', async () => {
+    hub.configure({ redirectLfs: true });
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(modelBytes.subarray(0, 600_000)) });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=600000-']);
+    expect(hub.bytesServed(MODEL)).toBe(modelBytes.length - 600_000);
+  });
+
+  it('a stale .part (another version of the file) fails the sha256 check and is downloaded again from zero', async () => {
+    hub.configure({ redirectLfs: true });
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=600000-', undefined]);
+  });
+
+  it('a .part that already holds the whole file (416) is verified and moved into place', async () => {
+    hub.configure({ redirectLfs: true });
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(modelBytes) });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.status)).toEqual([416]);
+  });
+
+  it('a .part longer than the file (416) is discarded and downloaded again', async () => {
+    hub.configure({});
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(Buffer.concat([modelBytes, randomBytes(10)])) });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.status)).toEqual([416, 200]);
+  });
+
+  it('a server that ignores Range (200) restarts the file from zero', async () => {
+    hub.configure({ ignoreRange: true });
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.status)).toEqual([200]);
+  });
 });
 
-it('offline: fails fast with a clear message instead of hanging', async () => {
-  const started = Date.now();
-  await expect(withEnv({ HF_ENDPOINT: 'http://127.0.0.1:9' }, () => resolveModelDir('Qwen/Qwen2.5-0.5B-Instruct', { cacheDir: tempDir(), quiet: true, connectTimeoutMs: 3000 })))
-    .rejects.toThrow(/Qwen\/Qwen2\.5-0\.5B-Instruct: cannot reach http:\/\/127\.0\.0\.1:9 .*offline\? pass a local checkpoint folder with --model/);
-  expect(Date.now() - started).toBeLessThan(5000);
+describe('paths stay inside the cache', () => {
+  /** A cache two levels below a scratch folder, so that an escape would land in the scratch folder. */
+  const nestedCache = () => {
+    const base = tempDir('arm-escape-');
+    const cacheDir = path.join(base, 'a', 'b', 'cache');
+    fs.mkdirSync(cacheDir, { recursive: true });
+    return { base, cacheDir };
+  };
+  const onlyCache = (base: string) => walk(base).every((p) => ['a', path.join('a', 'b')].includes(p) || p.startsWith(path.join('a', 'b', 'cache')));
+
+  it('a revision with .. is refused before anything is written', async () => {
+    hub.configure({});
+    const { base, cacheDir } = nestedCache();
+    await expect(resolveVia('fake/x@../../../../somewhere', { ...FAST, cacheDir }))
+      .rejects.toThrow(/fake\/x: revision "\.\.\/\.\.\/\.\.\/\.\.\/somewhere" is not a valid branch, tag or commit: '\.\.' is not allowed/);
+    await expect(resolveVia('fake/x', { ...FAST, cacheDir, revision: '../../../../somewhere' })).rejects.toThrow(/not a valid branch, tag or commit/);
+    expect(onlyCache(base)).toBe(true);
+    expect(walk(cacheDir)).toEqual([]);
+    expect(hub.requests).toHaveLength(0);
+  });
+
+  it('refuses malformed revisions', async () => {
+    hub.configure({});
+    const { base, cacheDir } = nestedCache();
+    for (const rev of ['..', '/etc', 'a\\b', 'a\u0000b', 'a\nb', 'x/', 'a//b', '.hidden', 'a b', '']) {
+      await expect(resolveVia(`fake/x@${rev}`, { ...FAST, cacheDir }), JSON.stringify(rev)).rejects.toThrow(/is not a valid branch, tag or commit/);
+    }
+    expect(onlyCache(base)).toBe(true);
+    expect(hub.requests).toHaveLength(0);
+  });
+
+  it('refuses repo ids the hub would refuse', async () => {
+    hub.configure({});
+    const { base, cacheDir } = nestedCache();
+    for (const id of ['fake/x--y', 'fake/..', 'fake/.x', 'fake/x.', '-fake/x', 'fake/x-', 'fa..ke/x', 'fa ke/x', 'fake/x%2F..', `fake/${'a'.repeat(97)}`, 'a/b/c', 'noslash']) {
+      await expect(resolveVia(id, { ...FAST, cacheDir }), id).rejects.toThrow(/no such folder, and ".*" is not a hub repo id: expected owner\/name/);
+    }
+    expect(onlyCache(base)).toBe(true);
+    expect(hub.requests).toHaveLength(0);
+    // The longest legal name still passes validation (and is then simply absent on the stand-in).
+    await expect(resolveVia(`fake/${'a'.repeat(96)}`, { ...FAST, cacheDir })).rejects.toThrow(/config\.json not found on the hub/);
+  });
+
+  it('a branch with / (refs/pr/1) maps to one folder inside the cache', async () => {
+    hub.configure({});
+    const cacheDir = tempDir();
+    const dir = await resolveVia('tiny/stories@refs/pr/1', { ...FAST, cacheDir });
+    expect(dir).toBe(snapshotDir(cacheDir, 'tiny--stories', 'refs%2Fpr%2F1'));
+    expect(fs.readdirSync(path.join(cacheDir, 'hub', 'tiny--stories'))).toEqual(['refs%2Fpr%2F1']);
+    expect(hub.requests[0]!.url).toBe('/tiny/stories/resolve/refs%2Fpr%2F1/config.json');
+  });
+
+  it('a weight_map naming a file outside the snapshot is refused, nothing written outside', async () => {
+    hub.configure({});
+    for (const [repo, bad] of [['tiny/evil', /"\.\.\/evil\.safetensors" is not a file name inside the repository/], ['tiny/evil-abs', /"\/.*evil\.safetensors" is not a file name inside the repository/]] as const) {
+      const { base, cacheDir } = nestedCache();
+      await expect(resolveVia(repo, { ...FAST, cacheDir })).rejects.toThrow(bad);
+      expect(onlyCache(base)).toBe(true);
+      expect(fs.existsSync(path.join(snapshotDir(cacheDir, repo.replace('/', '--')), '.complete'))).toBe(false);
+      expect(hub.requests.some((r) => r.file.includes('evil'))).toBe(false);
+    }
+  });
 });
 
-it('HF_HUB_OFFLINE=1 refuses without touching the network', async () => {
-  await expect(withEnv({ HF_HUB_OFFLINE: '1' }, () => resolveModelDir('Qwen/Qwen2.5-0.5B-Instruct', { cacheDir: tempDir(), quiet: true })))
-    .rejects.toThrow(/not in the cache .* HF_HUB_OFFLINE=1/);
+describe('offline', () => {
+  it('an unreachable hub fails fast with a clear message instead of hanging', async () => {
+    const started = Date.now();
+    await expect(resolveVia('Qwen/Qwen2.5-0.5B-Instruct', { cacheDir: tempDir(), quiet: true, connectTimeoutMs: 3000 }, { HF_ENDPOINT: 'http://127.0.0.1:9' }))
+      .rejects.toThrow(/Qwen\/Qwen2\.5-0\.5B-Instruct: cannot reach http:\/\/127\.0\.0\.1:9 .*offline\? pass a local checkpoint folder with --model/);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('HF_HUB_OFFLINE=1|true|yes (any case) refuses without touching the network', async () => {
+    hub.configure({});
+    for (const value of ['1', 'true', 'TRUE', 'yes', 'Yes']) {
+      await expect(resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() }, { HF_HUB_OFFLINE: value }))
+        .rejects.toThrow(new RegExp(`not in the cache .* HF_HUB_OFFLINE=${value}; pass a local checkpoint folder`));
+    }
+    expect(hub.requests).toHaveLength(0);
+  });
+
+  it('HF_HUB_OFFLINE still serves what is complete in the cache; 0 means online', async () => {
+    hub.configure({});
+    const cacheDir = tempDir();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_HUB_OFFLINE: '0' });
+    const requests = hub.requests.length;
+    expect(await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_HUB_OFFLINE: 'true' })).toBe(dir);
+    expect(hub.requests.length).toBe(requests);
+  });
 });
