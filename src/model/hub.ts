@@ -126,10 +126,15 @@ interface Session extends Snapshot {
 
 async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
   const { id, revision, dir, opts } = snapshot;
+  const endpointText = process.env.HF_ENDPOINT ?? 'https://huggingface.co';
+  let endpoint: URL;
+  try { endpoint = new URL(endpointText); } catch {
+    throw new ModelError(`HF_ENDPOINT=${endpointText} is not a URL (expected e.g. https://huggingface.co)`);
+  }
   const abort = new AbortController();
   const s: Session = {
     ...snapshot,
-    endpoint: new URL((process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '')),
+    endpoint,
     token: process.env.HF_TOKEN || undefined,
     connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
     idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
@@ -256,7 +261,7 @@ async function downloadFile(s: Session, file: string, onProgress?: (done: number
       if (s.signal.aborted) throw e;
       const code = networkCode(e);
       if (!s.reached && (code || e instanceof TimeoutError)) {
-        throw new ModelError(`${s.id}: cannot reach ${s.endpoint.origin} (${code ?? (e as Error).message}); offline? pass a local checkpoint folder with --model`);
+        throw new ModelError(`${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? pass a local checkpoint folder with --model`);
       }
       if (!(e instanceof RetryableError || e instanceof TimeoutError || code)) throw e;
       const reason = code && !(e instanceof TimeoutError) ? `connection lost: ${code}` : (e as Error).message;
@@ -305,8 +310,8 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
     // The part already holds everything the server has (or more): it is either the whole file or stale.
     res.resume();
     const total = advertised.size ?? Number(/^bytes \*\/(\d+)$/.exec(header('content-range') ?? '')?.[1] ?? NaN);
-    if (offset === total) {
-      const sha256 = partHash!.digest('hex');
+    if (partHash && offset === total) {
+      const sha256 = partHash.digest('hex');
       if (!advertised.sha256 || advertised.sha256 === sha256) {
         finish(s, part, dest, sha256);
         onProgress?.(total, total);
