@@ -350,20 +350,31 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
   const hash = start > 0 ? partHash! : createHash('sha256');
   let received = start;
   onProgress?.(received, expectedSize);
-  await pipeline(
-    res,
-    async function* (chunks: AsyncIterable<Buffer>) {
-      for await (const chunk of chunks) {
-        touch();
-        hash.update(chunk);
-        received += chunk.length;
-        onProgress?.(received, expectedSize);
-        yield chunk;
-      }
-    },
-    fs.createWriteStream(part, { flags: start > 0 ? 'a' : 'w' }),
-    { signal: s.signal },
-  );
+  const out = fs.createWriteStream(part, { flags: start > 0 ? 'a' : 'w' });
+  try {
+    await pipeline(
+      res,
+      async function* (chunks: AsyncIterable<Buffer>) {
+        for await (const chunk of chunks) {
+          touch();
+          hash.update(chunk);
+          received += chunk.length;
+          onProgress?.(received, expectedSize);
+          yield chunk;
+        }
+      },
+      out,
+      { signal: s.signal },
+    );
+  } finally {
+    // pipeline can reject while a write is still in flight; the next try measures the part, so wait for it.
+    if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
+  }
+  const onDisk = fs.statSync(part).size;
+  if (onDisk !== received) {
+    fs.rmSync(part, { force: true });
+    throw new RetryableError(`${part} holds ${onDisk} bytes where ${received} were written; starting over`);
+  }
 
   if (expectedSize !== undefined && received < expectedSize) {
     // The body ended early without an error: keep the part, the next try resumes it.
