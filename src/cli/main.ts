@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { registerModelCommands } from './model-commands.js';
 import { registerArmCommands } from './arm-commands.js';
 import { registerEvalCommand } from './eval-command.js';
+import { registerServeCommand } from './serve-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('arm')
@@ -11,6 +12,7 @@ export function buildProgram(): Command {
   registerModelCommands(program);
   registerArmCommands(program);
   registerEvalCommand(program);
+  registerServeCommand(program);
   return program;
 }
 

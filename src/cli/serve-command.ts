@@ -1,0 +1,110 @@
+/** `arm serve`: the reward server (src/server) from the command line. */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Option, type Command } from 'commander';
+import { ActivationRM } from '../arm/rm.js';
+import { createRewardServer, SERVER_DEFAULTS, type LoadedCriterion, type Readout, type ScoreTransform } from '../server/app.js';
+import { addModelOptions, loadDecoder, nonNegativeInt, positiveInt, type ModelCliOptions } from './common.js';
+import { DEFAULT_MODEL } from './arm-commands.js';
+
+interface ServeCliOptions extends ModelCliOptions {
+  rm: string[]; combine?: string; host: string; port: number; apiKeyFile?: string;
+  maxBatch: number; maxWaitMs: number; maxQueue: number; batchSize?: number; maxLength?: number; bodyLimitMib: number;
+  rewardReadout: Readout; scoreTransform: string; tooLongReward?: string;
+}
+
+export function registerServeCommand(program: Command): void {
+  addModelOptions(program.command('serve').description('serve criteria as a reward model over HTTP (OpenRLHF /get_reward, vLLM /classify, /v1/score)'), DEFAULT_MODEL)
+    .requiredOption('--rm <name=file>', 'criterion file, optionally named (repeat for several)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--combine <name=w,...>', 'default reward: a weighted sum of criteria (extra_logs carries each one)')
+    .option('--host <addr>', 'address to bind (loopback by default; anything else exposes the server)', '127.0.0.1')
+    .option('--port <n>', 'port (0: any free port)', (v) => nonNegativeInt(v, '--port'), 5000)
+    .option('--api-key-file <file>', 'require "Authorization: Bearer <key>" (the file\'s content) on every endpoint but /health')
+    .option('--max-batch <n>', 'most judge items per micro-batch', (v) => positiveInt(v, '--max-batch'), SERVER_DEFAULTS.maxBatch)
+    .option('--max-wait-ms <ms>', 'longest an item waits for its batch to fill', (v) => nonNegativeInt(v, '--max-wait-ms'), SERVER_DEFAULTS.maxWaitMs)
+    .option('--max-queue <n>', 'most judge items waiting; beyond it requests get 503 + Retry-After', (v) => positiveInt(v, '--max-queue'), SERVER_DEFAULTS.maxQueue)
+    .option('--batch-size <n>', 'forward batch size (default: the criterion\'s, as arm score)', (v) => positiveInt(v, '--batch-size'))
+    .option('--max-length <n>', 'token budget per judge prompt (default: the criterion\'s)', (v) => positiveInt(v, '--max-length'))
+    .option('--body-limit-mib <n>', 'largest request body; larger gets 413', (v) => positiveInt(v, '--body-limit-mib'), SERVER_DEFAULTS.bodyLimit / 2 ** 20)
+    .addOption(new Option('--reward-readout <kind>', '/get_reward "rewards": P(Yes), the Yes/No-normalised probability, or logit(Yes) − logit(No)').choices(['reward', 'normalized', 'logit-diff']).default('reward'))
+    .option('--score-transform <t>', '/get_reward "scores" from rewards: none | logit | threshold:<x>', 'none')
+    .option('--too-long-reward <x>', 'reward sent for an item too long to score (default null)')
+    .action(async (o: ServeCliOptions) => {
+      const apiKey = o.apiKeyFile === undefined ? undefined : readApiKey(o.apiKeyFile);
+      const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
+      const scoreTransform = parseTransform(o.scoreTransform);
+      const tooLongReward = o.tooLongReward === undefined ? null : finiteNumber(o.tooLongReward, '--too-long-reward');
+      const decoder = await loadDecoder(o);
+      let server: Awaited<ReturnType<typeof createRewardServer>> | null = null;
+      try {
+        const criteria: LoadedCriterion[] = o.rm.map((spec) => {
+          const { name, file } = parseRmSpec(spec);
+          return { name, file, rm: ActivationRM.load(decoder, file) };
+        });
+        server = await createRewardServer({
+          decoder, criteria, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
+          maxLength: o.maxLength, bodyLimit: o.bodyLimitMib * 2 ** 20, apiKey, readout: o.rewardReadout, scoreTransform, tooLongReward,
+          modelName: o.model, log: (line) => process.stderr.write(`${line}\n`),
+        });
+        const stopped = new Promise<string>((resolve) => {
+          let signalled = false;
+          const onSignal = (sig: string) => {
+            if (signalled) { process.stderr.write(`arm serve: ${sig} again, exiting without draining\n`); process.exit(130); }
+            signalled = true;
+            resolve(sig);
+          };
+          process.on('SIGTERM', () => onSignal('SIGTERM'));
+          process.on('SIGINT', () => onSignal('SIGINT'));
+        });
+        const url = await server.listen({ host: o.host, port: o.port });
+        process.stderr.write(`arm serve: listening on ${url} (model ${decoder.id}; criteria ${criteria.map((c) => c.name).join(', ')}${combine ? `; combine ${o.combine}` : ''}${apiKey ? '; API key required' : ''})\n`);
+        await server.warm();
+        process.stderr.write(`arm serve: ready\n`);
+        const sig = await stopped;
+        process.stderr.write(`arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in flight\n`);
+        await server.close();
+        process.stderr.write('arm serve: drained, exiting\n');
+      } finally {
+        await decoder.dispose();
+      }
+    });
+}
+
+/** `name=file` or `file` (named after the file: concise.arm.safetensors → concise). */
+export function parseRmSpec(spec: string): { name: string; file: string } {
+  const eq = spec.indexOf('=');
+  // A path may itself hold "=": only a name made of word characters counts as one.
+  if (eq > 0 && /^[\w.-]+$/.test(spec.slice(0, eq))) return { name: spec.slice(0, eq), file: spec.slice(eq + 1) };
+  return { name: path.basename(spec).replace(/\.arm\.safetensors$|\.safetensors$/, ''), file: spec };
+}
+
+export function parseCombine(v: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const part of v.split(',').map((s) => s.trim()).filter(Boolean)) {
+    const [name, w] = part.split('=');
+    if (!name || w === undefined) throw new Error(`--combine: "${part}" is not name=weight`);
+    out[name] = finiteNumber(w, `--combine weight of ${name}`);
+  }
+  if (!Object.keys(out).length) throw new Error('--combine: give name=weight pairs, e.g. concise=0.5,safe=0.5');
+  return out;
+}
+
+export function parseTransform(v: string): ScoreTransform {
+  if (v === 'none' || v === 'logit') return { kind: v };
+  const m = /^threshold:(.+)$/.exec(v);
+  if (m) return { kind: 'threshold', at: finiteNumber(m[1]!, '--score-transform threshold') };
+  throw new Error(`--score-transform must be none, logit or threshold:<x>, got ${JSON.stringify(v)}`);
+}
+
+function finiteNumber(v: string, flag: string): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new Error(`${flag} must be a number, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+function readApiKey(file: string): string {
+  let key: string;
+  try { key = fs.readFileSync(file, 'utf8').trim(); } catch (e) { throw new Error(`--api-key-file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`); }
+  if (!key) throw new Error(`--api-key-file ${file}: the file is empty`);
+  return key;
+}

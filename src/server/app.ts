@@ -1,0 +1,423 @@
+/**
+ * The reward server (`arm serve`): one decoder, several criteria, the micro-batching scheduler behind
+ * OpenRLHF's `/get_reward`, vLLM's `/classify` and the native `/v1/score`.
+ *
+ * HTTP is fastify: its JSON-schema validation (ajv) gives 400s that point at the offending field, its body limit
+ * gives 413 before a large body is parsed, and its close() stops listening and lets in-flight requests finish,
+ * which is the graceful drain. node:http + zod would need all three written around it.
+ */
+import { createHash, timingSafeEqual } from 'node:crypto';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { ActivationRM } from '../arm/rm.js';
+import type { Decoder } from '../model/decoder.js';
+import type { Example, Prompt } from '../data/examples.js';
+import { CancelledError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
+import { createMetrics, type ServerMetrics } from './metrics.js';
+import { QuerySplitter, specialTokensOf, SplitError } from './split.js';
+
+export interface LoadedCriterion { name: string; file: string; rm: ActivationRM }
+
+/** What `/get_reward` returns as `rewards` (and `/classify` as P(Yes)): see README "Reward server". */
+export type Readout = 'reward' | 'normalized' | 'logit-diff';
+/** `scores` from `rewards`: unchanged, log-odds, or 1/0 at a threshold. */
+export type ScoreTransform = { kind: 'none' } | { kind: 'logit' } | { kind: 'threshold'; at: number };
+
+export interface RewardServerOptions {
+  decoder: Decoder;
+  criteria: LoadedCriterion[];
+  /** Weights per criterion name: the default target of /get_reward and /classify when set. */
+  combine?: Record<string, number>;
+  maxBatch?: number;
+  maxWaitMs?: number;
+  maxQueue?: number;
+  /** Forward batch size and token budget (default: each criterion's own, as `arm score`). */
+  batchSize?: number;
+  maxLength?: number;
+  /** Largest request body in bytes (413 above it). */
+  bodyLimit?: number;
+  apiKey?: string;
+  readout?: Readout;
+  scoreTransform?: ScoreTransform;
+  /** What /get_reward sends for an item too long to score (default null). */
+  tooLongReward?: number | null;
+  /** The `model` /classify reports (default the decoder's id). */
+  modelName?: string;
+  /** Logs unexpected (500) errors. */
+  log?: (line: string) => void;
+}
+
+export const SERVER_DEFAULTS = { maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 32 * 1024 * 1024 } as const;
+
+/** An error answered with `status` and `{error, field}`. */
+export class HttpError extends Error {
+  constructor(readonly status: number, readonly field: string | null, message: string) { super(message); }
+}
+
+export interface RewardServer {
+  app: FastifyInstance;
+  scheduler: MicroBatcher;
+  metrics: ServerMetrics;
+  readonly ready: boolean;
+  /** Scores one example per criterion outside the queue (first-run costs), then /ready answers 200. */
+  warm(): Promise<void>;
+  /** Listens; resolves with the base URL (http://host:port). */
+  listen(opts?: { host?: string; port?: number }): Promise<string>;
+  /** Stops accepting, answers everything queued and in flight, then resolves. Does not dispose the decoder. */
+  close(): Promise<void>;
+}
+
+// ---------- request schemas (ajv, strict types: no coercion) ----------
+
+const turnList = { type: 'array', minItems: 1, items: { type: 'object', required: ['role', 'content'], properties: { role: { type: 'string' }, content: { type: 'string' } } } };
+const promptSchema = { anyOf: [{ type: 'string' }, turnList] };
+const idSchema = { anyOf: [{ type: 'string' }, { type: 'number' }] };
+const criterionQuery = { type: 'object', properties: { criterion: { type: 'string' } } };
+
+const getRewardBody = {
+  type: 'object', required: ['query'],
+  properties: {
+    query: { type: 'array', items: { type: 'string' } },
+    prompts: { type: 'array', items: { type: 'string' } },
+    labels: {}, // accepted and ignored: an Activation RM scores without references
+  },
+};
+const classifyBody = {
+  type: 'object', required: ['input'],
+  properties: { model: { type: 'string' }, input: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] } },
+};
+const scoreBody = {
+  type: 'object',
+  properties: {
+    criterion: { type: 'string' },
+    items: { type: 'array', items: { type: 'object', required: ['prompt', 'response'], properties: { id: idSchema, prompt: promptSchema, response: promptSchema, images: {} } } },
+    pairs: { type: 'array', items: { type: 'object', required: ['prompt', 'chosen', 'rejected'], properties: { id: idSchema, prompt: promptSchema, chosen: promptSchema, rejected: promptSchema, images: {} } } },
+  },
+};
+
+type Turns = { role: string; content: string }[];
+interface ScoreItemIn { id?: string | number; prompt: string | Turns; response: string | Turns; images?: unknown }
+interface ScorePairIn { id?: string | number; prompt: string | Turns; chosen: string | Turns; rejected: string | Turns; images?: unknown }
+
+export async function createRewardServer(opts: RewardServerOptions): Promise<RewardServer> {
+  if (opts.criteria.length === 0) throw new Error('serve: no criterion loaded (--rm name=file)');
+  const byName = new Map<string, ActivationRM>();
+  for (const c of opts.criteria) {
+    if (byName.has(c.name)) throw new Error(`serve: criterion name "${c.name}" is used twice`);
+    byName.set(c.name, c.rm);
+  }
+  const combine = opts.combine && Object.keys(opts.combine).length ? opts.combine : undefined;
+  for (const name of Object.keys(combine ?? {})) if (!byName.has(name)) throw new Error(`--combine: no criterion named "${name}" (loaded: ${[...byName.keys()].join(', ')})`);
+  const readout = opts.readout ?? 'reward';
+  const transform = opts.scoreTransform ?? { kind: 'none' };
+  if (transform.kind === 'logit' && readout === 'logit-diff') throw new Error('--score-transform logit needs a probability readout (--reward-readout reward|normalized)');
+  const maxQueue = opts.maxQueue ?? SERVER_DEFAULTS.maxQueue;
+  const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
+  const tooLongReward = opts.tooLongReward === undefined ? null : opts.tooLongReward;
+  const metrics = createMetrics();
+  const scheduler = new MicroBatcher(byName, {
+    maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
+    batchSize: opts.batchSize, maxLength: opts.maxLength,
+  }, (r) => metrics.observeBatch(r), (n) => metrics.queueItems.set(n));
+  const splitter = new QuerySplitter(specialTokensOf(opts.decoder.info.modelDir), eosString(opts.decoder));
+  const apiKeyDigest = opts.apiKey === undefined ? null : sha256(opts.apiKey);
+  let ready = false;
+  let closing = false;
+  let classifyCount = 0;
+
+  const app = Fastify({
+    bodyLimit,
+    logger: false,
+    return503OnClosing: true,
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+  });
+
+  // ---------- auth and metrics hooks ----------
+  app.addHook('onRequest', async (req, reply) => {
+    if (!apiKeyDigest || req.routeOptions.url === '/health') return;
+    const header = req.headers.authorization ?? '';
+    const given = header.startsWith('Bearer ') ? header.slice(7).trim() : null;
+    // Digests have equal length, so timingSafeEqual applies whatever the key's length; no early exit on content.
+    if (given === null || !timingSafeEqual(sha256(given), apiKeyDigest)) {
+      reply.header('WWW-Authenticate', 'Bearer');
+      throw new HttpError(401, 'authorization', given === null ? 'authorization: send "Authorization: Bearer <key>"' : 'authorization: the API key is wrong');
+    }
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    const endpoint = req.routeOptions.url ?? 'unmatched';
+    metrics.requests.inc({ endpoint, status: String(reply.statusCode) });
+    metrics.latency.observe({ endpoint }, reply.elapsedTime / 1000);
+  });
+
+  app.setErrorHandler((err: FastifyError | HttpError | Error, req, reply) => {
+    const send = (status: number, field: string | null, message: string) => reply.code(status).send({ error: message, field });
+    if (err instanceof HttpError) return send(err.status, err.field, err.message);
+    if (err instanceof SplitError) return send(400, err.field, err.message);
+    if (err instanceof QueueFullError) { reply.header('Retry-After', String(err.retryAfterS)); return send(503, null, err.message); }
+    if (err instanceof ShuttingDownError) { reply.header('Retry-After', '5'); return send(503, null, err.message); }
+    if (err instanceof CancelledError) return send(499, null, err.message);
+    const fe = err as FastifyError;
+    if (fe.validation?.length) {
+      const { field, message } = describeValidation(fe.validation, fe.validationContext);
+      return send(400, field, `${field}: ${message}`);
+    }
+    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit)`);
+    if (fe.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err instanceof SyntaxError) return send(400, 'body', `body: not valid JSON (${err.message})`);
+    if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) return send(fe.statusCode, null, err.message);
+    opts.log?.(`error on ${req.method} ${req.url}: ${err.stack ?? err.message}`);
+    return send(500, null, `internal error: ${err.message}`);
+  });
+
+  // ---------- helpers ----------
+
+  /** The criteria a request scores and how their values combine: ?criterion=, else the combination, else the only one. */
+  const targets = (asked: string | undefined, field = 'criterion'): { names: string[]; weights: number[] | null } => {
+    if (asked !== undefined) {
+      if (!byName.has(asked)) throw new HttpError(400, field, `${field}: no criterion named ${JSON.stringify(asked)} (loaded: ${[...byName.keys()].join(', ')})`);
+      return { names: [asked], weights: null };
+    }
+    if (combine) return { names: Object.keys(combine), weights: Object.values(combine) };
+    if (byName.size === 1) return { names: [...byName.keys()], weights: null };
+    throw new HttpError(400, field, `${field}: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}) and no --combine is set; name one with ?criterion=`);
+  };
+
+  const requireScalar = (names: string[], endpoint: string) => {
+    for (const n of names) {
+      if (byName.get(n)!.criterion.meta.template.kind !== 'scalar') throw new HttpError(400, 'criterion', `criterion: "${n}" uses the ranked template, which scores pairs only; ${endpoint} needs a scalar (Yes/No) criterion (POST /v1/score with pairs for this one)`);
+    }
+  };
+
+  /** Submits to every criterion in `names`; a client that goes away cancels them all. */
+  const scoreAll = async (req: FastifyRequest, reply: FastifyReply, names: string[], examples: Example[], field: string): Promise<ExampleScore[][]> => {
+    const cost = examples.reduce((n, e) => n + itemCost(e), 0) * names.length;
+    if (cost > maxQueue) throw new HttpError(413, field, `${field}: ${cost} judge items in one request exceed --max-queue ${maxQueue}; send smaller requests`);
+    const abort = new AbortController();
+    // 'close' on the response before it finished: the client went away.
+    reply.raw.on('close', () => { if (!reply.raw.writableFinished) abort.abort(); });
+    try {
+      return await Promise.all(names.map((n) => scheduler.submit(n, examples, abort.signal)));
+    } catch (e) {
+      abort.abort(); // one criterion refused (queue full): withdraw what the others queued
+      throw e;
+    }
+  };
+
+  const readValue = (s: ExampleScore, how: Readout): number | null => {
+    if (s.tooLong || !('reward' in s)) return null;
+    return how === 'reward' ? s.reward : how === 'normalized' ? s.normalized : s.logitYes - s.logitNo;
+  };
+  const combineValues = (perCriterion: (number | null)[][], weights: number[] | null, i: number): number | null => {
+    if (!weights) return perCriterion[0]![i]!;
+    let sum = 0;
+    for (let j = 0; j < weights.length; j++) {
+      const v = perCriterion[j]![i];
+      if (v === null || v === undefined) return null;
+      sum += weights[j]! * v;
+    }
+    return sum;
+  };
+  const transformScore = (v: number | null): number | null => {
+    if (v === null) return tooLongReward;
+    if (transform.kind === 'logit') { const p = Math.min(1 - 1e-6, Math.max(1e-6, v)); return Math.log(p / (1 - p)); }
+    if (transform.kind === 'threshold') return v >= transform.at ? 1 : 0;
+    return v;
+  };
+
+  // ---------- endpoints ----------
+
+  app.get('/health', async () => ({ status: 'ok' }));
+
+  app.get('/ready', async (_req, reply) => {
+    if (closing) return reply.code(503).send({ status: 'draining' });
+    if (!ready) return reply.code(503).send({ status: 'warming' });
+    return { status: 'ready', queueItems: scheduler.queueDepth };
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('Content-Type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.get('/v1/criteria', async () => ({
+    model: { id: opts.decoder.id, family: opts.decoder.spec.family, layers: opts.decoder.spec.numLayers, heads: opts.decoder.spec.numHeads },
+    default: combine ? 'combine' : byName.size === 1 ? opts.criteria[0]!.name : null,
+    combine: combine ?? null,
+    readout,
+    criteria: opts.criteria.map(({ name, file, rm }) => {
+      const m = rm.criterion.meta;
+      return {
+        name, file, template: m.template.kind, chat: m.template.chat, answers: m.answerTokens.strings,
+        heads: m.heads.length, headStrategy: m.headStrategy, mode: m.mode, seed: m.seed,
+        maxLength: opts.maxLength ?? m.hyper.maxLength, batchSize: opts.batchSize ?? m.hyper.batchSize,
+        examples: m.examples.count, examplesSha256: m.examples.sha256, fittedOn: m.model.id, createdAt: m.fit.createdAt,
+        weight: combine?.[name] ?? null,
+      };
+    }),
+  }));
+
+  // OpenRLHF: {query[], prompts[]?, labels[]?} → {rewards[], scores[], extra_logs{}}
+  app.post<{ Body: { query: string[]; prompts?: string[] }; Querystring: { criterion?: string } }>('/get_reward', { schema: { body: getRewardBody, querystring: criterionQuery } }, async (req, reply) => {
+    const { query, prompts } = req.body;
+    if (prompts && prompts.length !== query.length) throw new HttpError(400, 'prompts', `prompts: has ${prompts.length} entries, query has ${query.length}; send one prompt per query or none`);
+    const { names, weights } = targets(req.query.criterion);
+    requireScalar(names, '/get_reward');
+    const examples = query.map((q, i) => {
+      const { prompt, response } = splitter.split(q, prompts?.[i], i);
+      return scalarExample(`q${i}`, prompt, response);
+    });
+    const scored = await scoreAll(req, reply, names, examples, 'query');
+    const values = scored.map((ss) => ss.map((s) => readValue(s, readout)));
+    const combined = query.map((_, i) => combineValues(values, weights, i));
+    const extra: Record<string, (number | null)[]> = {
+      tooLong: scored[0]!.map((_, i) => (scored.some((ss) => ss[i]!.tooLong) ? 1 : 0)),
+      truncated: scored[0]!.map((_, i) => (scored.some((ss) => 'truncatedTokens' in ss[i]! && ss[i]!.truncatedTokens > 0) ? 1 : 0)),
+    };
+    if (names.length > 1) names.forEach((n, j) => { extra[`reward_${n}`] = values[j]!.map((v) => v ?? tooLongReward); });
+    return { rewards: combined.map((v) => v ?? tooLongReward), scores: combined.map(transformScore), extra_logs: extra };
+  });
+
+  // vLLM: {model, input: str | [str]} → {data: [{index, label, probs: [P(No), P(Yes)], num_classes: 2}]}
+  app.post<{ Body: { model?: string; input: string | string[] }; Querystring: { criterion?: string } }>('/classify', { schema: { body: classifyBody, querystring: criterionQuery } }, async (req, reply) => {
+    const inputs = typeof req.body.input === 'string' ? [req.body.input] : req.body.input;
+    const { names, weights } = targets(req.query.criterion);
+    requireScalar(names, '/classify');
+    const examples = inputs.map((text, i) => {
+      try {
+        const { prompt, response } = splitter.split(text, undefined, i);
+        return scalarExample(`c${i}`, prompt, response);
+      } catch (e) {
+        if (e instanceof SplitError) throw new SplitError(`input[${i}]`, e.message.replaceAll(`query[${i}]`, `input[${i}]`).replace(/ and prompts\[\d+\] was not sent, so/, ', so').replace(/; send prompts$/, '; send the conversation through the chat template'));
+        throw e;
+      }
+    });
+    const scored = await scoreAll(req, reply, names, examples, 'input');
+    // A distribution over the two classes: P(Yes) as read out (logit-diff → its sigmoid, the two-way softmax), combined as a weighted mean.
+    const pYes = scored.map((ss) => ss.map((s) => {
+      const v = readValue(s, readout);
+      return v === null ? null : readout === 'logit-diff' ? 1 / (1 + Math.exp(-v)) : v;
+    }));
+    const totalWeight = weights?.reduce((a, b) => a + b, 0) ?? 1;
+    const data = inputs.map((_, index) => {
+      const c = combineValues(pYes, weights, index);
+      const p = c === null ? null : c / (weights ? totalWeight : 1);
+      return p === null
+        ? { index, label: null, probs: null, num_classes: 2, too_long: true }
+        : { index, label: p >= 0.5 ? 'Yes' : 'No', probs: [1 - p, p], num_classes: 2 };
+    });
+    return { id: `classify-${++classifyCount}`, object: 'list', created: Math.floor(Date.now() / 1000), model: req.body.model ?? opts.modelName ?? opts.decoder.id, data };
+  });
+
+  // Native: {criterion?, items: [{prompt, response}]} | {criterion?, pairs: [{prompt, chosen, rejected}]} → the fields `arm score` writes.
+  app.post<{ Body: { criterion?: string; items?: ScoreItemIn[]; pairs?: ScorePairIn[] }; Querystring: { criterion?: string } }>('/v1/score', { schema: { body: scoreBody, querystring: criterionQuery } }, async (req, reply) => {
+    const { items, pairs } = req.body;
+    if ((items === undefined) === (pairs === undefined)) throw new HttpError(400, items ? 'pairs' : 'items', 'items: send either "items" [{prompt, response}] or "pairs" [{prompt, chosen, rejected}] (exactly one of them)');
+    const asked = req.body.criterion ?? req.query.criterion;
+    if (asked === undefined && byName.size > 1) throw new HttpError(400, 'criterion', `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`);
+    const name = targets(asked).names[0]!;
+    const examples: Example[] = items
+      ? items.map((it, i) => {
+        const where = `items[${i}]`;
+        noImages(it.images, where);
+        if (byName.get(name)!.criterion.meta.template.kind === 'ranked') throw new HttpError(400, 'items', `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`);
+        return scalarExample(String(it.id ?? i), judgePrompt(it.prompt, `${where}.prompt`), responseText(it.response));
+      })
+      : pairs!.map((p, i) => {
+        const where = `pairs[${i}]`;
+        noImages(p.images, where);
+        return { kind: 'pair', id: String(p.id ?? i), line: 0, row: {}, prompt: judgePrompt(p.prompt, `${where}.prompt`), chosen: responseText(p.chosen), rejected: responseText(p.rejected) };
+      });
+    const [scores] = await scoreAll(req, reply, [name], examples, items ? 'items' : 'pairs');
+    const ids = (items ?? pairs!).map((x) => x.id);
+    return { criterion: name, results: scores!.map((s, i) => ({ ...(ids[i] === undefined ? {} : { id: ids[i] }), ...armFields(s) })) };
+  });
+
+  return {
+    app, scheduler, metrics,
+    get ready() { return ready && !closing; },
+    async warm() {
+      for (const { rm } of opts.criteria) {
+        const probe: Example = rm.criterion.meta.template.kind === 'ranked'
+          ? { kind: 'pair', id: 'warm', line: 0, row: {}, prompt: 'Warm-up.', chosen: 'Yes.', rejected: 'No.' }
+          : scalarExample('warm', 'Warm-up.', 'Yes.');
+        await rm.scoreExamples([probe], { batchSize: opts.batchSize, maxLength: opts.maxLength });
+      }
+      ready = true;
+    },
+    async listen({ host = '127.0.0.1', port = 0 } = {}) {
+      await app.listen({ host, port });
+      const addr = app.server.address();
+      if (!addr || typeof addr === 'string') throw new Error('serve: no TCP address');
+      return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
+    },
+    async close() {
+      closing = true;
+      // fastify: stop listening, 503 for new requests on open connections, wait for in-flight handlers
+      // (which wait on the scheduler, which keeps running); then nothing can still be queued.
+      await app.close();
+      await scheduler.drain();
+    },
+  };
+}
+
+/** The fields `arm score` writes in its "arm" column, NaN → null. */
+export function armFields(s: ExampleScore): Record<string, number | boolean | null> {
+  const arm = 'chosen' in s
+    ? { chosen: s.chosen, rejected: s.rejected, margin: s.margin, correct: s.correct, truncated: s.truncated, tooLong: s.tooLong, ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }) }
+    : { reward: s.reward, normalized: s.normalized, logitYes: s.logitYes, logitNo: s.logitNo, truncated: s.truncatedTokens > 0, tooLong: s.tooLong };
+  return Object.fromEntries(Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]));
+}
+
+function scalarExample(id: string, prompt: Prompt, response: string): Example {
+  return { kind: 'scalar', id, line: 0, row: {}, prompt, response, label: null };
+}
+
+/** As the data reader takes a prompt: a non-empty string or a non-empty list of turns. */
+function judgePrompt(p: string | Turns, field: string): Prompt {
+  if (typeof p === 'string' && !p.trim()) throw new HttpError(400, field, `${field}: is empty`);
+  return p;
+}
+
+/** A response given as turns (TRL conversational) is their contents joined, as the data reader does. */
+function responseText(r: string | Turns): string {
+  return typeof r === 'string' ? r : r.map((t) => t.content).join('\n');
+}
+
+function noImages(images: unknown, where: string): void {
+  if (images !== undefined && !(Array.isArray(images) && images.length === 0)) {
+    throw new HttpError(400, `${where}.images`, `${where}.images: this server's model reads text only`);
+  }
+}
+
+type AjvError = NonNullable<FastifyError['validation']>[number];
+
+/**
+ * The first validation error as "field: what is wrong". For a value that may take several shapes (anyOf), a
+ * failure inside one shape (a turn without "role") is the useful one; else the shapes it may take are listed.
+ */
+function describeValidation(errors: AjvError[], context: string | undefined): { field: string; message: string } {
+  const describe = (v: AjvError) => {
+    const missing = (v.params as { missingProperty?: string } | undefined)?.missingProperty;
+    return { field: fieldName(v.instancePath, missing, context), message: missing ? 'is required' : v.message ?? 'is invalid' };
+  };
+  const anyOf = errors.find((v) => v.keyword === 'anyOf');
+  if (!anyOf) return describe(errors[0]!);
+  const inside = errors.filter((v) => v.keyword !== 'anyOf' && v.instancePath.startsWith(anyOf.instancePath));
+  const deeper = inside.filter((v) => v.instancePath.length > anyOf.instancePath.length || (v.params as { missingProperty?: string }).missingProperty);
+  if (deeper.length) return describe(deeper[0]!);
+  const shapes = [...new Set(inside.filter((v) => v.keyword === 'type').map((v) => String((v.params as { type?: string }).type)))];
+  return { field: fieldName(anyOf.instancePath, undefined, context), message: `must be ${shapes.length ? shapes.map((t) => (t !== 'array' ? `a ${t}` : /\/(prompt|response|chosen|rejected)$/.test(anyOf.instancePath) ? 'a list of {role, content} turns' : 'a list of strings')).join(' or ') : 'of another shape'}` };
+}
+
+/** ajv's instance path (/items/0/prompt) as the field a user wrote: items[0].prompt. */
+function fieldName(instancePath: string, missing: string | undefined, context: string | undefined): string {
+  const parts = instancePath.split('/').filter(Boolean);
+  if (missing) parts.push(missing);
+  const name = parts.reduce((s, p) => (/^\d+$/.test(p) ? `${s}[${p}]` : s ? `${s}.${p}` : p), '');
+  return name || (context === 'querystring' ? 'query string' : 'body');
+}
+
+function sha256(s: string): Buffer { return createHash('sha256').update(s).digest(); }
+
+function eosString(decoder: Decoder): string | null {
+  const id = decoder.tokenizer.eosTokenId;
+  return id === null ? null : decoder.tokenizer.decode([id], { skipSpecialTokens: false });
+}

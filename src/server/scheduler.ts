@@ -1,0 +1,232 @@
+/**
+ * The micro-batching scheduler: examples from concurrent requests wait in one FIFO queue; one worker takes up to
+ * `maxBatch` judge items of one criterion (the criterion of the oldest waiting example), either as soon as that
+ * many are waiting or when the oldest has waited `maxWaitMs`, and scores them with one
+ * `ActivationRM.scoreExamples` call: the same call `arm score` makes on a file. Batches run one at a time (one
+ * model, one onnxruntime session using every core); requests keep arriving and queueing while one runs.
+ *
+ * What a result depends on: `scoreExamples` batches by length and prefills shared prefixes, so a score is bitwise
+ * that of `arm score` on the examples of the micro-batch it ran in (the same examples in the same order, same
+ * --batch-size and --max-length). An example batched with other requests' examples may differ from a lone run in
+ * float32 rounding (≈1e-7 relative), as `arm score` itself does between files.
+ *
+ * Bounds: at most `maxQueue` judge items wait (a pair counts 2); `submit` beyond that throws QueueFullError
+ * (HTTP 503) instead of growing memory. A cancelled request (client gone) has its waiting examples removed at
+ * once; a batch already running finishes, and its results for that request are dropped.
+ */
+import type { ActivationRM, ItemScore, PairScore } from '../arm/rm.js';
+import type { Example } from '../data/examples.js';
+
+export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
+
+export class QueueFullError extends Error {
+  override name = 'QueueFullError';
+  constructor(readonly queued: number, readonly asked: number, readonly maxQueue: number, readonly retryAfterS: number) {
+    super(`the queue is full: ${queued} judge items waiting, this request adds ${asked}, the limit is ${maxQueue}; retry in ${retryAfterS} s`);
+  }
+}
+
+export class ShuttingDownError extends Error {
+  override name = 'ShuttingDownError';
+  constructor() { super('the server is shutting down and takes no new work'); }
+}
+
+export class CancelledError extends Error {
+  override name = 'CancelledError';
+  constructor() { super('the request was cancelled (client disconnected)'); }
+}
+
+/** Judge items an example costs: a pair is two forwards, a scalar one. */
+export const itemCost = (e: Example) => (e.kind === 'pair' ? 2 : 1);
+
+export interface SchedulerOptions {
+  /** Most judge items per micro-batch (one scoreExamples call). */
+  maxBatch: number;
+  /** Longest an example waits for others to fill its batch, in ms. */
+  maxWaitMs: number;
+  /** Most judge items waiting in the queue (not counting the batch being scored). */
+  maxQueue: number;
+  /** Forward batch size and token budget handed to scoreExamples (undefined: the criterion's own, as `arm score`). */
+  batchSize?: number;
+  maxLength?: number;
+}
+
+/** What a finished batch reports (for metrics). */
+export interface BatchReport { criterion: string; examples: number; items: number; tokens: number; seconds: number; tooLong: number }
+
+interface Entry {
+  criterion: string;
+  example: Example;
+  cost: number;
+  enqueuedAt: number;
+  job: Job;
+  slot: number;
+}
+
+/** One submit call: its examples' results land in `results`; it settles when all have. */
+interface Job {
+  results: (ExampleScore | undefined)[];
+  left: number;
+  cancelled: boolean;
+  resolve(r: ExampleScore[]): void;
+  reject(e: Error): void;
+}
+
+export class MicroBatcher {
+  private queue: Entry[] = [];
+  private queuedItems = 0;
+  private running = false;
+  private timer: NodeJS.Timeout | null = null;
+  private closing = false;
+  private idleWaiters: (() => void)[] = [];
+  /** Items per second over recent batches (for Retry-After); exponentially weighted. */
+  private itemsPerSecond = 0;
+
+  constructor(
+    private readonly criteria: ReadonlyMap<string, ActivationRM>,
+    private readonly opts: SchedulerOptions,
+    private readonly onBatch: (r: BatchReport) => void = () => {},
+    private readonly onQueueChange: (items: number) => void = () => {},
+  ) {
+    if (!(opts.maxBatch >= 1 && opts.maxQueue >= 1 && opts.maxWaitMs >= 0)) throw new Error('scheduler: maxBatch and maxQueue must be ≥ 1, maxWaitMs ≥ 0');
+  }
+
+  get queueDepth(): number { return this.queuedItems; }
+  get busy(): boolean { return this.running; }
+
+  /**
+   * Queues `examples` for `criterion`; resolves with their scores in order. `signal` aborting (client gone)
+   * removes what still waits and rejects with CancelledError. Throws QueueFullError / ShuttingDownError
+   * synchronously, before anything is queued.
+   */
+  submit(criterion: string, examples: Example[], signal?: AbortSignal): Promise<ExampleScore[]> {
+    if (this.closing) throw new ShuttingDownError();
+    if (!this.criteria.has(criterion)) throw new Error(`scheduler: unknown criterion ${criterion}`);
+    if (examples.length === 0) return Promise.resolve([]);
+    const cost = examples.reduce((n, e) => n + itemCost(e), 0);
+    if (this.queuedItems + cost > this.opts.maxQueue) {
+      throw new QueueFullError(this.queuedItems, cost, this.opts.maxQueue, this.retryAfterSeconds(cost));
+    }
+    return new Promise<ExampleScore[]>((resolve, reject) => {
+      const job: Job = { results: new Array(examples.length), left: examples.length, cancelled: false, resolve, reject };
+      const now = performance.now();
+      examples.forEach((example, slot) => this.queue.push({ criterion, example, cost: itemCost(example), enqueuedAt: now, job, slot }));
+      this.queuedItems += cost;
+      this.onQueueChange(this.queuedItems);
+      if (signal) {
+        const cancel = () => this.cancel(job);
+        if (signal.aborted) cancel(); else signal.addEventListener('abort', cancel, { once: true });
+      }
+      this.kick();
+    });
+  }
+
+  /** Stops taking new work; resolves once everything queued and running has been scored. */
+  async drain(): Promise<void> {
+    this.closing = true;
+    this.kick();
+    if (!this.running && this.queue.length === 0) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Seconds a client should wait before retrying `asked` more items: the time to clear what waits now. */
+  retryAfterSeconds(asked = 1): number {
+    const rate = this.itemsPerSecond > 0 ? this.itemsPerSecond : 1;
+    return Math.min(60, Math.max(1, Math.ceil((this.queuedItems + asked - this.opts.maxQueue) / rate)));
+  }
+
+  private cancel(job: Job): void {
+    if (job.cancelled || job.left === 0) return;
+    job.cancelled = true;
+    const before = this.queue.length;
+    this.queue = this.queue.filter((e) => {
+      if (e.job !== job) return true;
+      this.queuedItems -= e.cost;
+      return false;
+    });
+    if (this.queue.length !== before) this.onQueueChange(this.queuedItems);
+    job.reject(new CancelledError());
+    this.notifyIdle();
+  }
+
+  /** Starts a batch when one is due, else arms the timer for when the oldest example's wait runs out. */
+  private kick(): void {
+    if (this.running || this.queue.length === 0) { this.notifyIdle(); return; }
+    const oldest = this.queue[0]!;
+    let ready = 0;
+    for (const e of this.queue) if (e.criterion === oldest.criterion && (ready += e.cost) >= this.opts.maxBatch) break;
+    const waited = performance.now() - oldest.enqueuedAt;
+    if (ready >= this.opts.maxBatch || waited >= this.opts.maxWaitMs || this.closing) {
+      if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+      void this.runBatch(oldest.criterion);
+    } else if (!this.timer) {
+      this.timer = setTimeout(() => { this.timer = null; this.kick(); }, Math.max(0, this.opts.maxWaitMs - waited));
+    }
+  }
+
+  private async runBatch(criterion: string): Promise<void> {
+    this.running = true;
+    // Oldest first, one criterion, whole examples, at least one even if it alone exceeds maxBatch.
+    const batch: Entry[] = [];
+    let items = 0;
+    const rest: Entry[] = [];
+    let full = false;
+    for (const e of this.queue) {
+      if (!full && e.criterion === criterion && (batch.length === 0 || items + e.cost <= this.opts.maxBatch)) {
+        batch.push(e);
+        items += e.cost;
+      } else {
+        if (e.criterion === criterion) full = true; // keep FIFO order within a criterion: nothing jumps a pair that did not fit
+        rest.push(e);
+      }
+    }
+    this.queue = rest;
+    this.queuedItems -= items;
+    this.onQueueChange(this.queuedItems);
+    const rm = this.criteria.get(criterion)!;
+    const tokens0 = rm.decoder.stats.tokens;
+    const t0 = performance.now();
+    try {
+      const scores = await rm.scoreExamples(batch.map((e) => e.example), { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength });
+      const seconds = (performance.now() - t0) / 1000;
+      const rate = items / Math.max(seconds, 1e-6);
+      this.itemsPerSecond = this.itemsPerSecond ? 0.8 * this.itemsPerSecond + 0.2 * rate : rate;
+      this.onBatch({ criterion, examples: batch.length, items, tokens: rm.decoder.stats.tokens - tokens0, seconds, tooLong: scores.filter((s) => s.tooLong).length });
+      batch.forEach((e, i) => {
+        const job = e.job;
+        if (job.cancelled) return;
+        job.results[e.slot] = scores[i]!;
+        if (--job.left === 0) job.resolve(job.results as ExampleScore[]);
+      });
+    } catch (err) {
+      // A failure of the engine fails the requests in this batch only; the queue goes on.
+      const failed = new Set(batch.map((e) => e.job));
+      for (const job of failed) {
+        if (job.cancelled || job.left === 0) continue;
+        job.left = 0;
+        job.reject(err as Error);
+        this.cancelWaiting(job);
+      }
+    } finally {
+      this.running = false;
+      this.kick();
+    }
+  }
+
+  /** Drops a failed job's examples that still wait. */
+  private cancelWaiting(job: Job): void {
+    this.queue = this.queue.filter((e) => {
+      if (e.job !== job) return true;
+      this.queuedItems -= e.cost;
+      return false;
+    });
+    this.onQueueChange(this.queuedItems);
+  }
+
+  private notifyIdle(): void {
+    if (this.running || this.queue.length > 0 || this.idleWaiters.length === 0) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    waiters.forEach((w) => w());
+  }
+}
