@@ -24,7 +24,8 @@ import { defaultCacheDir } from './export.js';
 import { rememberContentSha256 } from './file-hash.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];
-const OPTIONAL = ['tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json'];
+// chat_template.jinja: where transformers ≥ 4.43 saves a model's chat template (tokenizer.ts prefers it over the config's).
+const OPTIONAL = ['tokenizer_config.json', 'chat_template.jinja', 'generation_config.json', 'special_tokens_map.json'];
 const INDEX = 'model.safetensors.index.json';
 const MAX_REDIRECTS = 5;
 
