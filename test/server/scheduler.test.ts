@@ -1,0 +1,104 @@
+/** The micro-batching scheduler on a stand-in model (no onnxruntime): batching, bounds, cancellation, drain. */
+import { describe, expect, it } from 'vitest';
+import type { ActivationRM } from '../../src/arm/rm.js';
+import type { Example } from '../../src/data/examples.js';
+import { CancelledError, MicroBatcher, QueueFullError, ShuttingDownError, type SchedulerOptions } from '../../src/server/scheduler.js';
+
+/** A stand-in whose score is a function of the response alone, taking `delayMs` per call; records each call's example ids. */
+function standIn(delayMs = 5) {
+  const calls: string[][] = [];
+  let fail = false;
+  const rm = {
+    decoder: { stats: { tokens: 0 } },
+    async scoreExamples(examples: Example[]) {
+      calls.push(examples.map((e) => e.id));
+      const failing = fail;
+      await new Promise((r) => setTimeout(r, delayMs));
+      if (failing) throw new Error('engine failure');
+      return examples.map((e) => (e.kind === 'scalar'
+        ? { id: e.id, reward: e.response.length / 100, normalized: 0, logitYes: 0, logitNo: 0, truncatedTokens: 0, tooLong: false, verdict: null, label: null }
+        : { id: e.id, chosen: 1, rejected: 0, margin: 1, correct: true, truncated: false, tooLong: false, detail: [] }));
+    },
+  };
+  return { rm: rm as unknown as ActivationRM, calls, setFail: (v: boolean) => { fail = v; } };
+}
+
+const item = (id: string, response = id): Example => ({ kind: 'scalar', id, line: 0, row: {}, prompt: 'p', response, label: null });
+const pair = (id: string): Example => ({ kind: 'pair', id, line: 0, row: {}, prompt: 'p', chosen: 'a', rejected: 'b' });
+const make = (opts: Partial<SchedulerOptions>, delayMs?: number) => {
+  const s = standIn(delayMs);
+  return { ...s, batcher: new MicroBatcher(new Map([['c', s.rm]]), { maxBatch: 4, maxWaitMs: 20, maxQueue: 100, ...opts }) };
+};
+
+describe('MicroBatcher', () => {
+  it('items of different requests share a batch; results go back to their request in order', async () => {
+    const { batcher, calls } = make({ maxBatch: 8, maxWaitMs: 50 });
+    const [a, b, c] = await Promise.all([
+      batcher.submit('c', [item('a1', 'x'), item('a2', 'xx')]),
+      batcher.submit('c', [item('b1', 'xxx')]),
+      batcher.submit('c', [item('c1', 'xxxx'), item('c2', 'xxxxx')]),
+    ]);
+    expect(calls).toEqual([['a1', 'a2', 'b1', 'c1', 'c2']]);
+    expect([a, b, c].map((r) => r.map((s) => ('reward' in s ? s.reward : null)))).toEqual([[0.01, 0.02], [0.03], [0.04, 0.05]]);
+  });
+
+  it('a full batch starts without waiting; at most maxBatch items per call (a pair counts 2), FIFO', async () => {
+    const { batcher, calls } = make({ maxBatch: 3, maxWaitMs: 10_000 });
+    const t0 = performance.now();
+    await batcher.submit('c', [item('1'), pair('2'), item('3'), item('4'), item('5'), item('6'), item('7'), item('8')]);
+    expect(calls).toEqual([['1', '2'], ['3', '4', '5'], ['6', '7', '8']]);
+    expect(performance.now() - t0).toBeLessThan(2_000); // no batch waited for the 10 s timer
+  });
+
+  it('a lone item waits maxWaitMs for company, then runs', async () => {
+    const { batcher, calls } = make({ maxBatch: 8, maxWaitMs: 60 });
+    const t0 = performance.now();
+    await batcher.submit('c', [item('solo')]);
+    const waited = performance.now() - t0;
+    expect(calls).toEqual([['solo']]);
+    expect(waited).toBeGreaterThanOrEqual(55);
+    expect(waited).toBeLessThan(1000);
+  });
+
+  it('over maxQueue waiting items: QueueFullError with a Retry-After, nothing queued', () => {
+    const { batcher } = make({ maxQueue: 3, maxWaitMs: 1000, maxBatch: 100 });
+    void batcher.submit('c', [item('1'), item('2')]);
+    let err: unknown;
+    try { void batcher.submit('c', [pair('3')]); } catch (e) { err = e; }
+    expect(err).toBeInstanceOf(QueueFullError);
+    expect((err as QueueFullError).retryAfterS).toBeGreaterThanOrEqual(1);
+    expect(batcher.queueDepth).toBe(2);
+    return batcher.drain();
+  });
+
+  it('a cancelled request leaves the queue at once and does not block others', async () => {
+    const { batcher, calls } = make({ maxBatch: 8, maxWaitMs: 80 });
+    const abort = new AbortController();
+    const gone = batcher.submit('c', [item('gone1'), item('gone2')], abort.signal);
+    const kept = batcher.submit('c', [item('kept')]);
+    expect(batcher.queueDepth).toBe(3);
+    abort.abort();
+    await expect(gone).rejects.toBeInstanceOf(CancelledError);
+    expect(batcher.queueDepth).toBe(1);
+    expect((await kept).length).toBe(1);
+    expect(calls).toEqual([['kept']]);
+  });
+
+  it('an engine failure rejects that batch only; the next batch runs', async () => {
+    const { batcher, setFail } = make({ maxBatch: 1, maxWaitMs: 0 }, 20);
+    setFail(true);
+    const first = batcher.submit('c', [item('1')]);
+    setTimeout(() => setFail(false), 5);
+    const second = batcher.submit('c', [item('2')]);
+    await expect(first).rejects.toThrow('engine failure');
+    expect((await second).length).toBe(1);
+  });
+
+  it('drain: refuses new work, finishes everything queued', async () => {
+    const { batcher } = make({ maxBatch: 2, maxWaitMs: 5_000 });
+    const pending = [batcher.submit('c', [item('1'), item('2'), item('3')]), batcher.submit('c', [item('4')])];
+    await batcher.drain();
+    expect(() => batcher.submit('c', [item('5')])).toThrow(ShuttingDownError);
+    expect((await Promise.all(pending)).flat().length).toBe(4);
+  });
+});
