@@ -22,6 +22,11 @@ export interface TemplateSpec {
   text: string;
   /** true: render through the tokenizer's chat template; false: plain text. */
   chat: boolean;
+  /**
+   * Extra variables for the chat template (transformers' `apply_chat_template(**kwargs)`). Absent when none:
+   * criterion files written before it render as they did.
+   */
+  templateKwargs?: Record<string, unknown>;
 }
 
 /** One judged question: `prompt` may be truncated from its start; the other fields never are. */
@@ -32,14 +37,30 @@ export interface JudgeItem {
   answer: 0 | 1;                  // index into ANSWER_WORDS[kind]
 }
 
-export function makeTemplate(kind: TemplateKind, opts: { text?: string; chat?: boolean | 'auto' }, tokenizer: Tokenizer): TemplateSpec {
+/**
+ * `templateKwargs` go to the chat template as they are, over one default: a template that takes
+ * `enable_thinking` (Qwen3) is rendered with thinking off, because a judge's verdict is read at the end of the
+ * generation prompt and, with thinking on, the model's next token there is `<think>`, not the verdict.
+ */
+export function makeTemplate(kind: TemplateKind, opts: { text?: string; chat?: boolean | 'auto'; templateKwargs?: Record<string, unknown> }, tokenizer: Tokenizer): TemplateSpec {
   const text = opts.text ?? DEFAULT_TEMPLATES[kind];
   for (const p of PLACEHOLDERS[kind]) {
     if (!text.includes(`{${p}}`)) throw new Error(`template: the ${kind} template needs a {${p}} placeholder`);
   }
   const chat = opts.chat === undefined || opts.chat === 'auto' ? tokenizer.hasChatTemplate : opts.chat;
   if (chat && !tokenizer.hasChatTemplate) throw new Error('template: --chat was asked for but the tokenizer has no chat_template');
-  return { kind, text, chat };
+  if (!chat) {
+    if (opts.templateKwargs && Object.keys(opts.templateKwargs).length) throw new Error('template: chat template arguments were given, but prompts are rendered without the chat template');
+    return { kind, text, chat };
+  }
+  const templateKwargs = { ...(takesEnableThinking(tokenizer) ? { enable_thinking: false } : {}), ...opts.templateKwargs };
+  return Object.keys(templateKwargs).length ? { kind, text, chat, templateKwargs } : { kind, text, chat };
+}
+
+/** Whether the chat template reads `enable_thinking`: its generation prompt renders differently with it off. */
+function takesEnableThinking(tokenizer: Tokenizer): boolean {
+  const probe = [{ role: 'user', content: 'Is it?' }];
+  return tokenizer.renderChat(probe, { addGenerationPrompt: true }) !== tokenizer.renderChat(probe, { addGenerationPrompt: true, templateKwargs: { enable_thinking: false } });
 }
 
 /** Fills placeholders in one pass, so text inside a prompt that looks like {response} is left alone. */
@@ -157,7 +178,7 @@ function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem
     const messages = items.flatMap((it, i) => i === last
       ? [{ role: 'user', content: texts[i]! }]
       : [{ role: 'user', content: texts[i]! }, { role: 'assistant', content: words[it.answer]! }]);
-    return tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true });
+    return tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, templateKwargs: template.templateKwargs });
   }
   const text = items.map((it, i) => (i === last ? `${texts[i]}\nAnswer:` : `${texts[i]}\nAnswer: ${words[it.answer]}`)).join('\n\n');
   return tokenizer.encode(text);
@@ -173,29 +194,54 @@ export interface AnswerTokens {
 }
 
 /**
- * Resolves answer tokens as the model will see them: the first token that follows the rendered query when
- * the answer word is appended (as the assistant turn in chat, after "Answer:" in plain text).
+ * Resolves answer tokens as the model will see them. Chat: the chat template itself says where the answer
+ * starts: render the query with the assistant answering each word, and the first position where the two
+ * renderings differ holds the answer tokens (so a template that puts a space or a think block before the
+ * assistant's text reads the token the model would really emit there). Plain text: the first token after
+ * "Answer:" when " Yes" / " No" follow it.
  */
 export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec, probe: JudgeItem): AnswerTokens {
   const words = ANSWER_WORDS[template.kind];
   const base = assemble(tokenizer, template, [probe], [fill(template, probe)]);
-  const firstAfter = (word: string): number => {
-    const text = template.chat
-      ? tokenizer.renderChat([{ role: 'user', content: fill(template, probe) }], { addGenerationPrompt: true }) + word
-      : `${fill(template, probe)}\nAnswer:${word}`;
-    const ids = template.chat ? tokenizer.encode(text, { addSpecialTokens: false }) : tokenizer.encode(text);
-    const samePrefix = ids.length > base.length && base.every((t, i) => ids[i] === t);
-    return samePrefix ? ids[base.length]! : tokenizer.encode(word.trimStart(), { addSpecialTokens: false })[0]!;
-  };
-  const lead = template.chat ? '' : ' ';
-  const primary = [firstAfter(lead + words[0]), firstAfter(lead + words[1])] as [number, number];
+  let firstAfter: (word: string) => number | null;
+  let strings: [string, string];
+  if (template.chat) {
+    const messages = [{ role: 'user', content: fill(template, probe) }];
+    const answered = (word: string) => tokenizer.applyChatTemplate([...messages, { role: 'assistant', content: word }], { addGenerationPrompt: false, templateKwargs: template.templateKwargs });
+    const [yes, no] = [answered(words[0]), answered(words[1])];
+    let at = 0;
+    while (at < yes.length && at < no.length && yes[at] === no[at]) at++;
+    if (at === yes.length || at === no.length) throw new Error(`template: the chat template renders the answers "${words[0]}" and "${words[1]}" alike; use a custom template with other answer words`);
+    const basePrefix = base.length <= at && base.every((t, i) => yes[i] === t);
+    if (basePrefix && at > base.length) {
+      const between = tokenizer.decode(yes.slice(base.length, at), { skipSpecialTokens: false });
+      throw new Error(`template: the chat template puts ${JSON.stringify(between)} between the generation prompt and the answer, so the model's next token at the end of the prompt is not its verdict; pass chat template arguments that remove it (e.g. enable_thinking=false) or render without the chat template`);
+    }
+    // A variant counts where its rendering departs from the answers' shared prefix: the token at that position.
+    firstAfter = (word) => {
+      const ids = answered(word);
+      return ids.length > at && yes.slice(0, at).every((t, i) => ids[i] === t) ? ids[at]! : null;
+    };
+    strings = [words[0], words[1]];
+  } else {
+    firstAfter = (word) => {
+      const ids = tokenizer.encode(`${fill(template, probe)}\nAnswer:${word}`);
+      return ids.length > base.length && base.every((t, i) => ids[i] === t) ? ids[base.length]! : tokenizer.encode(word.trimStart(), { addSpecialTokens: false })[0] ?? null;
+    };
+    strings = [` ${words[0]}`, ` ${words[1]}`];
+  }
+  const primary = [firstAfter(strings[0]), firstAfter(strings[1])] as [number, number];
   if (primary[0] === primary[1]) {
     throw new Error(`template: "${words[0]}" and "${words[1]}" begin with the same token (${primary[0]}) in this tokenizer; use a custom template with other answer words`);
   }
-  const variantsOf = (w: string) => [...new Set([w, w.toLowerCase(), w.toUpperCase()].flatMap((v) => [firstAfter(v), firstAfter(` ${v}`)]))];
+  // Variants: case and leading-space forms. A token that is only whitespace says nothing about the verdict, and
+  // a one-letter lowercase form ("a") is mostly the article, not the answer: both are left out.
+  const forms = (w: string) => [w, w.toLowerCase(), w.toUpperCase()].filter((v) => !(v.length === 1 && v !== v.toUpperCase()));
+  const meaningful = (t: number | null): t is number => t !== null && tokenizer.decode([t], { skipSpecialTokens: false }).trim() !== '';
+  const variantsOf = (w: string) => [...new Set(forms(w).flatMap((v) => [firstAfter(v), firstAfter(` ${v}`)]).filter(meaningful))];
   const yes = variantsOf(words[0]), no = variantsOf(words[1]);
   const shared = new Set(yes.filter((t) => no.includes(t)));
   const variants: [number[], number[]] = [yes.filter((t) => !shared.has(t)), no.filter((t) => !shared.has(t))];
   for (const [i, p] of primary.entries()) if (!variants[i]!.includes(p)) variants[i]!.unshift(p);
-  return { primary, variants, strings: [lead + words[0], lead + words[1]] };
+  return { primary, variants, strings };
 }
