@@ -1,7 +1,8 @@
 /**
  * Sparse Attention Vectors (SAVs) as a voting classifier: per head, the mean last-token activation of each
  * class over the pool; each head classifies by the nearer class mean in cosine similarity; the `topHeads`
- * heads most accurate on the pool vote, and the score is the share of votes for the first answer.
+ * heads most accurate on the pool vote, and the score is the share of votes for the first answer. Vote shares
+ * of a pair's two responses tie often (20 heads give 21 values); the summed cosine margin breaks such ties.
  */
 import type { Decoder } from '../model/decoder.js';
 import { forEachLastLogits } from '../model/batch.js';
@@ -63,9 +64,25 @@ export async function fitSav(decoder: Decoder, template: TemplateSpec, pool: Jud
   return model;
 }
 
-/** Share of the voting heads that vote for the first answer class, per item; `groups` share a prompt prefix. */
-export async function scoreSav(decoder: Decoder, template: TemplateSpec, model: SavModel, items: JudgeItem[], opts: { batchSize: number; maxLength: number }, groups?: number[][]): Promise<number[]> {
-  const { numHeads: H, headDim: d } = decoder.spec;
+/**
+ * One item's vote: the share of the voting heads nearer the first answer class, and the summed cosine margin
+ * Σ_heads [cos(x, mean₀) − cos(x, mean₁)] (how far towards the first class the heads lean, in total).
+ */
+export function savVote(x: Float32Array, model: SavModel, dims: { numHeads: number; headDim: number }): { share: number; margin: number } {
+  const { numHeads: H, headDim: d } = dims;
+  let first = 0, margin = 0;
+  for (const [l, h] of model.heads) {
+    const off = (l * H + h) * d;
+    const toFirst = cosine(x, model.classMeans[0], off, d), toSecond = cosine(x, model.classMeans[1], off, d);
+    if (toFirst > toSecond) first++;
+    margin += toFirst - toSecond;
+  }
+  return { share: first / model.heads.length, margin };
+}
+
+/** Per item, the share of voting heads for the first answer class and the summed cosine margin (NaN when too long); `groups` share a prompt prefix. */
+export async function scoreSav(decoder: Decoder, template: TemplateSpec, model: SavModel, items: JudgeItem[], opts: { batchSize: number; maxLength: number }, groups?: number[][]): Promise<{ votes: number[]; margins: number[] }> {
   const acts = await activations(decoder, template, items, opts.batchSize, opts.maxLength, groups);
-  return acts.map((x) => (x ? model.heads.filter(([l, h]) => headVote(x, model, l * H + h, d) === 0).length / model.heads.length : NaN));
+  const results = acts.map((x) => (x ? savVote(x, model, decoder.spec) : { share: NaN, margin: NaN }));
+  return { votes: results.map((r) => r.share), margins: results.map((r) => r.margin) };
 }

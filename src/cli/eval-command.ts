@@ -2,7 +2,7 @@
 import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { readExamples } from '../data/examples.js';
-import { evaluate } from '../eval/harness.js';
+import { evaluate, needsModel } from '../eval/harness.js';
 import { METHODS } from '../eval/methods.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
 import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegativeInt, positiveInt, positiveNumber, progressBar, type FitCliFlags, type JudgeCliOptions, type ModelCliOptions } from './common.js';
@@ -35,14 +35,17 @@ export function registerEvalCommand(program: Command): void {
       if (skipped.length) {
         process.stderr.write(`skipped ${skipped.length} invalid rows:\n${skipped.slice(0, 10).map((s) => `  ${s.reason}`).join('\n')}${skipped.length > 10 ? '\n  …' : ''}\n`);
       }
-      const decoder = await loadDecoder(o);
+      const methods = o.methods.split(',').map((m) => m.trim()).filter(Boolean);
+      // The length rules read no model: a run of them alone loads none, and no context length limits its pairs.
+      const decoder = needsModel(methods) ? await loadDecoder(o) : null;
+      if (!decoder) process.stderr.write(`note: ${methods.join(', ')} read no model: none is loaded, and every pair is scored\n`);
       const bar = progressBar('eval      ', o.quiet);
       let current = '';
       try {
-        const maxLength = o.maxLength ?? decoder.spec.maxPositions;
+        const maxLength = o.maxLength ?? decoder?.spec.maxPositions ?? Infinity;
         const results = await evaluate(decoder, examples, {
-          methods: o.methods.split(',').map((m) => m.trim()).filter(Boolean), fewShot: o.fewShot, seeds: o.seeds, seed: o.seed, pool: o.pool,
-          outputDir: o.outputDir, saveAll: o.saveAll ?? false, chunkSize: 32, dataset: path.basename(o.dataset), modelId: o.model,
+          methods, fewShot: o.fewShot, seeds: o.seeds, seed: o.seed, pool: o.pool,
+          outputDir: o.outputDir, saveAll: o.saveAll ?? false, chunkSize: 32, dataset: path.basename(o.dataset), modelId: decoder ? o.model : '(none: no method reads a model)',
           method: {
             fit: {
               template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet,
@@ -60,18 +63,22 @@ export function registerEvalCommand(program: Command): void {
         // A method skipped on every pool has no accuracy (NaN): list it last.
         const key = (acc: number) => (Number.isFinite(acc) ? acc : -Infinity);
         const table = Object.entries(results.methods).sort((a, b) => key(b[1].accuracy.mean) - key(a[1].accuracy.mean)).map(([name, m]) => ({
-          method: name, accuracy: `${(100 * m.accuracy.mean).toFixed(1)} ± ${(100 * m.accuracy.std).toFixed(1)}`, seeds: m.accuracy.seeds,
-          ci95: `[${(100 * m.accuracy.ci95[0]).toFixed(1)}, ${(100 * m.accuracy.ci95[1]).toFixed(1)}]`, pairs: m.accuracy.n, skipped: m.skipped.length,
+          method: m.control ? `${name} (control)` : name, accuracy: `${(100 * m.accuracy.mean).toFixed(1)} ± ${(100 * m.accuracy.std).toFixed(1)}`, seeds: m.accuracy.seeds,
+          ci95: `[${(100 * m.accuracy.ci95[0]).toFixed(1)}, ${(100 * m.accuracy.ci95[1]).toFixed(1)}]`,
+          ...(results.reference ? { [`${results.reference} − it`]: m.vsReference ? `${(100 * m.vsReference.mean).toFixed(1)} [${(100 * m.vsReference.ci95[0]).toFixed(1)}, ${(100 * m.vsReference.ci95[1]).toFixed(1)}]` : '' } : {}),
+          pairs: m.accuracy.n, coverage: `${(100 * m.coverage.rate).toFixed(1)}%`, ties: Number.isFinite(m.ties.rate) ? `${(100 * m.ties.rate).toFixed(1)}%` : '–', skipped: m.skipped.length,
           'tokens/pair': Math.round(m.cost.forwardTokensPerPair), 's/pair': Number(m.cost.secondsPerPair.toFixed(3)),
         }));
         console.table(table);
+        const cs = results.commonSet;
+        process.stderr.write(`accuracy over the common set: ${cs.pairs} of ${cs.testPairs} (seed, pair)s, those every method scored; intervals bootstrap seeds and pairs together\n`);
         if (results.skipped.length) {
           process.stderr.write(`${results.skipped.length} (method, ${o.pool === 'global' ? 'pool' : 'subset'}, seed) runs were skipped (pool unusable); see report.md\n`);
         }
         process.stderr.write(`wrote ${path.join(o.outputDir, 'results.json')}, report.md, report.html${o.saveAll ? ', items.jsonl' : ''}\n`);
       } finally {
         bar.stop();
-        await decoder.dispose();
+        await decoder?.dispose();
       }
     });
 }

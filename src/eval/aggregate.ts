@@ -1,20 +1,41 @@
-/** From run records to the numbers in results.json: per method, overall and per subset, across seeds. */
-import { bootstrapInterval, meanMargin, meanStd, sectionScores } from './metrics.js';
+/**
+ * From run records to the numbers in results.json: per method, overall and per subset, across seeds. Every
+ * method is scored on the common set (the (seed, pair)s that every method in the run scored), so a method is
+ * never ranked on pairs another could not score; each method's coverage and its score on all of its own
+ * pairs (unscorable ones wrong) are reported beside it.
+ */
+import { bootstrapSeedsAndPairs, meanMargin, meanStd, sectionScores } from './metrics.js';
 import { METHODS } from './methods.js';
-import type { RunRecord, SplitNotes } from './harness.js';
+import { isScored, isTied, type PairRunRecord, type RunRecord, type SplitNotes } from './records.js';
 
-type PairRec = Extract<RunRecord, { type: 'pair' }>;
 type SkippedRec = Extract<RunRecord, { type: 'skipped' }>;
 
-/** `n`: test pairs scored (all seeds); `seeds`: how many seeds the mean and std are over (those that ran). */
+/**
+ * `n`: test pairs scored (all seeds); `seeds`: how many seeds the mean and std are over (those that ran). The
+ * interval bootstraps over seeds and pairs together (see bootstrapSeedsAndPairs).
+ */
 export interface Score { mean: number; std: number; perSeed: number[]; ci95: [number, number]; n: number; seeds: number }
 
 /** A (method, pool group, seed) that was not run because the method could not be prepared on that pool. */
 export interface Skipped { method: string; group: string; seed: number; reason: string; testPairs: number }
 
+/** Paired difference `reference − this method` in accuracy on the common set, with its interval. */
+export interface Difference { reference: string; mean: number; ci95: [number, number]; n: number }
+
 export interface MethodResult {
   definition: string;
+  /** Marks a control (a length rule, a constant score) rather than a judge. */
+  control?: string;
+  /** On the common set: the headline number. */
   accuracy: Score;
+  /** On every test pair given to this method (skipped pools aside), unscorable pairs counted wrong. */
+  allPairs: Score;
+  /** Test pairs this method scored, of those it was given (skipped pools count as given and not scored). */
+  coverage: { scored: number; total: number; rate: number };
+  /** On the common set: share of pairs whose primary scores tie, and share of those a tie-break decided. */
+  ties: { rate: number; broken: number };
+  /** Paired difference to the reference method (arm when it ran), on the common set. */
+  vsReference?: Difference;
   margin: number;
   subsets: Record<string, Score>;
   sections: Record<string, { score: number; count: number; subsets: string[] }>;
@@ -39,6 +60,12 @@ export interface Results {
   seeds: number[];
   pool: string;
   methods: Record<string, MethodResult>;
+  /** The (seed, pair)s every method that scored anything scored: what `accuracy` is over. */
+  commonSet: { methods: string[]; pairs: number; testPairs: number };
+  /** The method differences are measured against (arm when it ran). */
+  reference: string | null;
+  /** What each method was given to learn from, in words (the ICL judge sees fewer examples than the ARM). */
+  budget?: string[];
   /** Distinct test pairs (seed, id) whose prompt was cut to fit, by any method. */
   truncatedItems: number;
   /** Distinct test pairs that could not be scored at all (a response longer than the budget). */
@@ -50,47 +77,72 @@ export interface Results {
   generatedAt: string;
 }
 
-function score(recs: PairRec[], seeds: number[], bootstrapSeed: number): Score {
+function score(recs: PairRunRecord[], seeds: number[], bootstrapSeed: number): Score {
   const bySeed = seeds.map((s) => recs.filter((r) => r.seed === s)).filter((x) => x.length);
-  const perSeed = bySeed.map((x) => x.filter((r) => r.correct).length / x.length); // the stored outcome: ties and unscorable are wrong
+  const perSeed = bySeed.map((x) => x.filter((r) => r.correct).length / x.length); // the stored outcome: ties left and unscorable are wrong
   const { mean, std } = meanStd(perSeed);
-  // Interval: percentile bootstrap over distinct test pairs (a pair tested under several seeds contributes its
-  // mean correctness once), so repeats across seeds are not counted as independent evidence.
-  const byId = new Map<string, { hits: number; n: number }>();
-  for (const r of recs) {
-    const e = byId.get(r.id) ?? { hits: 0, n: 0 };
-    e.hits += r.correct ? 1 : 0;
-    e.n++;
-    byId.set(r.id, e);
-  }
-  const perPair = [...byId.values()].map((e) => e.hits / e.n);
-  return { mean, std, perSeed, ci95: bootstrapInterval(perPair, { seed: bootstrapSeed }), n: recs.length, seeds: perSeed.length };
+  const ci95 = bootstrapSeedsAndPairs(bySeed.map((x) => x.map((r) => r.correct)), { seed: bootstrapSeed });
+  return { mean, std, perSeed, ci95, n: recs.length, seeds: perSeed.length };
 }
 
-export function aggregate(records: RunRecord[], meta: { dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string; splits?: SplitNotes }): Results {
-  const pairs = records.filter((r): r is PairRec => r.type === 'pair');
+const key = (r: { seed: number; id: string }) => `${r.seed}|${r.id}`;
+
+/** Per seed, the paired outcome difference (reference correct − other correct) on pairs both hold. */
+function difference(reference: string, ref: PairRunRecord[], other: PairRunRecord[], seeds: number[], bootstrapSeed: number): Difference {
+  const refByKey = new Map(ref.map((r) => [key(r), r]));
+  const perSeed = seeds.map((s) => other.filter((r) => r.seed === s && refByKey.has(key(r))).map((r) => Number(refByKey.get(key(r))!.correct) - Number(r.correct))).filter((x) => x.length);
+  const mean = perSeed.length ? perSeed.reduce((a, x) => a + x.reduce((u, v) => u + v, 0) / x.length, 0) / perSeed.length : NaN;
+  return { reference, mean, ci95: bootstrapSeedsAndPairs(perSeed, { seed: bootstrapSeed }), n: perSeed.reduce((a, x) => a + x.length, 0) };
+}
+
+export interface AggregateMeta {
+  dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string; splits?: SplitNotes; budget?: string[];
+}
+
+export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
+  const pairs = records.filter((r): r is PairRunRecord => r.type === 'pair');
   const skipped: Skipped[] = records.filter((r): r is SkippedRec => r.type === 'skipped')
     .map((r) => ({ method: r.method, group: r.group, seed: r.seed, reason: r.reason, testPairs: r.testPairs }))
     .sort((a, b) => a.method.localeCompare(b.method) || a.group.localeCompare(b.group) || a.seed - b.seed);
   const seeds = [...new Set([...pairs, ...skipped].map((r) => r.seed))].sort((a, b) => a - b);
+  const names = [...new Set([...pairs, ...skipped].map((r) => r.method))];
+
+  // The common set: (seed, pair)s scored by every method that scored anything. A method that scored nothing
+  // (skipped everywhere) is left out of the definition, or the set would be empty; its row says why.
+  const scoredBy = new Map<string, Set<string>>();
+  for (const r of pairs) if (isScored(r)) { if (!scoredBy.has(r.method)) scoredBy.set(r.method, new Set()); scoredBy.get(r.method)!.add(key(r)); }
+  const inSet = names.filter((m) => scoredBy.has(m));
+  const testKeys = new Set(pairs.map(key));
+  const common = new Set([...testKeys].filter((k) => inSet.every((m) => scoredBy.get(m)!.has(k))));
+  const reference = inSet.includes('arm') ? 'arm' : null;
+  const commonOf = (name: string) => pairs.filter((r) => r.method === name && common.has(key(r)));
+
   const methods: Record<string, MethodResult> = {};
   // A method skipped on every pool still gets a row, so its absence is explained rather than silent.
-  for (const name of [...new Set([...pairs, ...skipped].map((r) => r.method))]) {
-    const recs = pairs.filter((r) => r.method === name);
+  for (const name of names) {
+    const own = pairs.filter((r) => r.method === name);
+    const recs = commonOf(name);
     const subsets: Record<string, Score> = {};
     for (const sub of [...new Set(recs.map((r) => r.subset))].sort()) subsets[sub] = score(recs.filter((r) => r.subset === sub), seeds, 1);
     const costs = records.filter((r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name);
     const preps = records.filter((r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name);
     const skippedRecs = records.filter((r): r is SkippedRec => r.type === 'skipped' && r.method === name);
     const seconds = costs.reduce((a, c) => a + c.seconds, 0), tokens = costs.reduce((a, c) => a + c.tokens, 0), scored = costs.reduce((a, c) => a + c.pairs, 0);
+    const tied = recs.filter(isTied);
+    const total = own.length + skippedRecs.reduce((a, k) => a + k.testPairs, 0);
+    const scoredPairs = own.filter(isScored).length;
     const result: MethodResult = {
       definition: METHODS[name]?.definition ?? '',
+      ...(METHODS[name]?.control ? { control: METHODS[name]!.control } : {}),
       accuracy: score(recs, seeds, 0),
+      allPairs: score(own, seeds, 0),
+      coverage: { scored: scoredPairs, total, rate: total ? scoredPairs / total : NaN },
+      ties: { rate: recs.length ? tied.length / recs.length : NaN, broken: tied.length ? tied.filter((r) => r.tieBreak && r.tieBreak.chosen !== r.tieBreak.rejected).length / tied.length : NaN },
       margin: meanMargin(recs),
       subsets,
-      sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, { accuracy: v.mean, count: v.n / Math.max(1, v.perSeed.length) }]))),
-      truncatedPairs: recs.filter((r) => r.truncated).length,
-      tooLongPairs: recs.filter((r) => r.tooLong).length,
+      sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, v.mean]))),
+      truncatedPairs: own.filter((r) => r.truncated).length,
+      tooLongPairs: own.filter((r) => r.tooLong).length,
       skipped: skipped.filter((k) => k.method === name),
       cost: {
         seconds, secondsPerPair: scored ? seconds / scored : NaN, forwardTokens: tokens, forwardTokensPerPair: scored ? tokens / scored : NaN,
@@ -98,6 +150,7 @@ export function aggregate(records: RunRecord[], meta: { dataset: string; model: 
         prepareSeconds: [...preps, ...skippedRecs].reduce((a, p) => a + p.seconds, 0), prepareTokens: [...preps, ...skippedRecs].reduce((a, p) => a + p.tokens, 0),
       },
     };
+    if (reference && name !== reference && recs.length) result.vsReference = difference(reference, commonOf(reference), recs, seeds, 2);
     const swaps = recs.filter((r) => r.swapConsistent !== undefined);
     if (swaps.length) result.swapConsistency = swaps.filter((r) => r.swapConsistent).length / swaps.length;
     const verdicts = recs.filter((r) => r.verdictCorrect !== undefined);
@@ -110,9 +163,11 @@ export function aggregate(records: RunRecord[], meta: { dataset: string; model: 
     }
     methods[name] = result;
   }
-  const distinct = (flag: (r: PairRec) => boolean) => new Set(pairs.filter(flag).map((r) => `${r.seed}|${r.id}`)).size;
+  const distinct = (flag: (r: PairRunRecord) => boolean) => new Set(pairs.filter(flag).map(key)).size;
   return {
     ...meta, seeds, methods,
+    commonSet: { methods: inSet, pairs: common.size, testPairs: testKeys.size },
+    reference,
     truncatedItems: distinct((r) => r.truncated),
     tooLongItems: distinct((r) => r.tooLong),
     skipped,

@@ -1,17 +1,21 @@
 /**
- * The evaluation harness: per seed, draw the few-shot pool (per subset or global), never test on it, prepare
- * each method on the pool, score every test pair, and append each result to items.jsonl as it lands — which is
- * also what makes an interrupted run resumable. Results are aggregated from items.jsonl at the end.
+ * The evaluation harness: per seed, draw the few-shot pool (per subset or global), never test on it nor on a
+ * pair sharing a pool pair's prompt, prepare each method on the pool, score every test pair, and append each
+ * result to items.jsonl as it lands — which is also what makes an interrupted run resumable. Results are
+ * aggregated from items.jsonl at the end.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Decoder } from '../model/decoder.js';
-import type { Example, PairExample } from '../data/examples.js';
+import { promptText, type Example, type PairExample } from '../data/examples.js';
 import { Rng } from '../util/rng.js';
-import { isPoolDataError, METHODS, type MethodOptions, type PairRecord, type PreparedMethod } from './methods.js';
+import { isPoolDataError, METHODS, type MethodOptions, type PreparedMethod } from './methods.js';
 import { aggregate, type Results } from './aggregate.js';
+import { pairOutcome, type RunRecord, type SplitNotes } from './records.js';
 import { renderHtml, renderMarkdown } from './report.js';
+
+export type { RunRecord, SplitNotes } from './records.js';
 
 export interface EvalOptions {
   methods: string[];
@@ -30,31 +34,18 @@ export interface EvalOptions {
   log?: (line: string) => void;
 }
 
-/** One line of items.jsonl. */
-export type RunRecord =
-  | ({ type: 'pair'; method: string; seed: number; group: string; id: string; subset: string; correct: boolean; margin: number } & PairRecord)
-  | { type: 'prepared'; method: string; seed: number; group: string; heads: [number, number][] | null; seconds: number; tokens: number; poolIds: string[] }
-  | { type: 'cost'; method: string; seed: number; group: string; seconds: number; tokens: number; pairs: number }
-  /** The method could not be prepared on this pool for a data reason: its test pairs were not scored. Kept so a resumed run does not retry it. */
-  | { type: 'skipped'; method: string; seed: number; group: string; reason: string; testPairs: number; poolIds: string[]; seconds: number; tokens: number };
-
-export interface Split { group: string; pool: PairExample[]; test: PairExample[] }
+/** `heldOut`: pairs in neither pool nor test because a pool pair has their prompt. */
+export interface Split { group: string; pool: PairExample[]; test: PairExample[]; heldOut: number }
 
 /** Below this many test pairs a subset's accuracy is too noisy to read much into; the run warns about it. */
 export const MIN_TEST_PAIRS = 10;
 
-/** What the pool draws leave to test, per subset and group, so thin or empty ones are reported rather than silently dropped. */
-export interface SplitNotes {
-  minTestPairs: number;
-  /** Subsets left with fewer than `minTestPairs` test pairs in some seed (`testPairs` is the fewest over seeds). */
-  smallSubsets: { subset: string; rows: number; testPairs: number }[];
-  /** Groups whose every pair went into the pool in some seed: nothing of them is tested in those seeds. */
-  droppedGroups: { group: string; rows: number; seeds: number[] }[];
-}
-
 /**
  * The pool/test split for one seed. Per subset (default): `fewShot` pairs drawn from each subset; global: from
- * the whole set. A group with no pair left for testing is dropped. Deterministic in (seed, group).
+ * the whole set. Pairs are drawn by prompt: the prompts are shuffled and their pairs go to the pool in that
+ * order, so no test pair shares its prompt with a pool pair. When the pool fills part-way through a prompt's
+ * pairs, the rest of that prompt's pairs are held out (`heldOut`), neither pool nor test. With one pair per
+ * prompt this is a plain shuffle. A group with no pair left for testing is dropped. Deterministic in (seed, group).
  */
 export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset' | 'global', seed: number): Split[] {
   const groups = new Map<string, PairExample[]>();
@@ -65,12 +56,39 @@ export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset'
   }
   const splits: Split[] = [];
   for (const [group, members] of groups) {
+    const byPrompt = new Map<string, PairExample[]>();
+    for (const p of members) {
+      const k = promptKey(p);
+      if (!byPrompt.has(k)) byPrompt.set(k, []);
+      byPrompt.get(k)!.push(p);
+    }
     const groupSeed = parseInt(createHash('sha256').update(`${seed}:${group}`).digest('hex').slice(0, 8), 16);
-    const shuffled = new Rng(groupSeed).shuffle(members);
-    const pool = shuffled.slice(0, fewShot), test = shuffled.slice(fewShot);
-    if (test.length) splits.push({ group, pool, test });
+    const order = new Rng(groupSeed).shuffle([...byPrompt.values()]);
+    const pool: PairExample[] = [], test: PairExample[] = [];
+    let heldOut = 0;
+    for (const siblings of order) {
+      if (pool.length >= fewShot) { test.push(...siblings); continue; }
+      const room = fewShot - pool.length;
+      pool.push(...siblings.slice(0, room));
+      heldOut += Math.max(0, siblings.length - room);
+    }
+    if (test.length) splits.push({ group, pool, test, heldOut });
   }
   return splits;
+}
+
+/** Pairs with the same prompt text are siblings: they never straddle the pool and the test set. */
+const promptKey = (p: PairExample) => promptText(p.prompt);
+
+/** Exact duplicate pairs (same prompt text, chosen and rejected) after the first are left out: a duplicate would count twice, or sit in both pool and test. */
+export function dropDuplicatePairs(pairs: PairExample[]): { pairs: PairExample[]; dropped: PairExample[] } {
+  const seen = new Set<string>();
+  const kept: PairExample[] = [], dropped: PairExample[] = [];
+  for (const p of pairs) {
+    const k = JSON.stringify([promptKey(p), p.chosen, p.rejected]);
+    if (seen.has(k)) dropped.push(p); else { seen.add(k); kept.push(p); }
+  }
+  return { pairs: kept, dropped };
 }
 
 /** The seeds a run draws: one when nothing in it depends on the draw. */
@@ -88,8 +106,10 @@ export function splitNotes(pairs: PairExample[], fewShot: number, mode: 'subset'
   }
   const fewestTest = new Map([...rows.keys()].map((s) => [s, Infinity]));
   const dropped = new Map<string, number[]>();
+  let promptSiblingsHeldOut = 0;
   for (const seed of seeds) {
     const splits = drawSplits(pairs, fewShot, mode, seed);
+    promptSiblingsHeldOut += splits.reduce((a, s) => a + s.heldOut, 0);
     const tested = new Map<string, number>();
     for (const split of splits) for (const p of split.test) tested.set(p.subset ?? 'all', (tested.get(p.subset ?? 'all') ?? 0) + 1);
     for (const s of rows.keys()) fewestTest.set(s, Math.min(fewestTest.get(s)!, tested.get(s) ?? 0));
@@ -101,7 +121,7 @@ export function splitNotes(pairs: PairExample[], fewShot: number, mode: 'subset'
   const droppedSubsets = new Set(mode === 'subset' ? droppedGroups.map((d) => d.group) : []);
   const smallSubsets = [...fewestTest].filter(([s, n]) => n < minTestPairs && !droppedSubsets.has(s))
     .map(([subset, testPairs]) => ({ subset, rows: rows.get(subset)!, testPairs })).sort((a, b) => a.subset.localeCompare(b.subset));
-  return { minTestPairs, smallSubsets, droppedGroups };
+  return { minTestPairs, smallSubsets, droppedGroups, promptSiblingsHeldOut };
 }
 
 export function readRecords(file: string): RunRecord[] {
@@ -121,24 +141,48 @@ export function readRecords(file: string): RunRecord[] {
   return out;
 }
 
-export async function runEval(decoder: Decoder, examples: Example[], opts: EvalOptions): Promise<RunRecord[]> {
-  const log = opts.log ?? (() => undefined);
-  const unknown = opts.methods.filter((m) => !METHODS[m]);
+/**
+ * A run whose methods need no pool (zero-shot, token-prob, the length rules) draws none: a pool would only take
+ * pairs away from the test set. With a pool method in the run, every method is tested on the same test pairs.
+ */
+export function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot'>>(opts: T): T {
+  const needsPool = opts.methods.some((m) => METHODS[m]?.needsPool);
+  return needsPool || opts.fewShot === 0 ? opts : { ...opts, fewShot: 0 };
+}
+
+/** Whether any of `methods` runs the model (the length rules do not). */
+export const needsModel = (methods: string[]) => methods.some((m) => METHODS[m]?.needsModel !== false);
+
+/**
+ * `decoder` may be null when no method in the run needs the model (the length rules alone): then nothing is
+ * loaded, and no model limit (context length) applies to any pair.
+ */
+export async function runEval(decoder: Decoder | null, examples: Example[], requested: EvalOptions): Promise<RunRecord[]> {
+  const log = requested.log ?? (() => undefined);
+  const unknown = requested.methods.filter((m) => !METHODS[m]);
   if (unknown.length) throw new Error(`--methods: unknown ${unknown.join(', ')}; known: ${Object.keys(METHODS).join(', ')}`);
+  if (!decoder && needsModel(requested.methods)) throw new Error(`${requested.methods.filter((m) => METHODS[m]!.needsModel !== false).join(', ')} need a model`);
+  const tokensSoFar = () => decoder?.stats.tokens ?? 0;
+  const opts = effectiveOptions(requested);
+  if (opts.fewShot !== requested.fewShot) log(`note: ${requested.methods.join(', ')} need no few-shot pool: every pair is tested (--few-shot ${requested.fewShot} ignored)`);
   if (opts.fewShot === 0) {
     const needPool = opts.methods.filter((m) => METHODS[m]!.needsPool);
     if (needPool.length) throw new Error(`--few-shot 0 leaves no pool for ${needPool.join(', ')}; only ${Object.values(METHODS).filter((m) => !m.needsPool).map((m) => m.name).join(', ')} run without one`);
   }
-  const pairs = examples.filter((e): e is PairExample => e.kind === 'pair');
-  if (pairs.length < examples.length) log(`note: ${examples.length - pairs.length} scalar rows left out (the harness compares pairs)`);
-  if (!pairs.length) throw new Error('the dataset holds no pairs {prompt, chosen, rejected}');
+  const allPairs = examples.filter((e): e is PairExample => e.kind === 'pair');
+  if (allPairs.length < examples.length) log(`note: ${examples.length - allPairs.length} scalar rows left out (the harness compares pairs)`);
+  if (!allPairs.length) throw new Error('the dataset holds no pairs {prompt, chosen, rejected}');
+  const { pairs, dropped: duplicates } = dropDuplicatePairs(allPairs);
+  if (duplicates.length) log(`note: ${duplicates.length} exact duplicate pairs left out (same prompt, chosen and rejected as an earlier row): ${duplicates.slice(0, 5).map((p) => p.id).join(', ')}${duplicates.length > 5 ? ', …' : ''}`);
 
   fs.mkdirSync(opts.outputDir, { recursive: true });
   const itemsFile = path.join(opts.outputDir, 'items.jsonl');
   const manifestFile = path.join(opts.outputDir, 'run.json');
   const manifest = {
-    model: decoder.info.weightsFingerprint, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => [p.id, p.prompt, p.chosen, p.rejected]))).digest('hex'),
+    model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => [p.id, p.prompt, p.chosen, p.rejected]))).digest('hex'),
     fewShot: opts.fewShot, seed: opts.seed, pool: opts.pool, method: { ...opts.method, onFitProgress: undefined },
+    // Runs logged before splits kept prompt siblings apart and dropped duplicates drew other test sets: not resumable.
+    splits: 'prompt-groups, duplicates dropped',
   };
   if (fs.existsSync(manifestFile)) {
     const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
@@ -166,6 +210,7 @@ export async function runEval(decoder: Decoder, examples: Example[], opts: EvalO
   for (const d of notes.droppedGroups) {
     log(`warning: ${opts.pool === 'global' ? 'the dataset' : `subset ${d.group}`} has ${d.rows} pairs, all taken by the --few-shot ${opts.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: nothing of it is tested there`);
   }
+  if (notes.promptSiblingsHeldOut) log(`note: ${notes.promptSiblingsHeldOut} test pairs (over all seeds) held out because a pool pair has the same prompt`);
   for (const s of notes.smallSubsets) log(`warning: subset ${s.subset} has ${s.rows} pairs, leaving ${s.testPairs} test pairs after the pool (fewer than ${notes.minTestPairs}): its accuracy is noisy`);
   if (seeds.every((seed) => drawSplits(pairs, opts.fewShot, opts.pool, seed).length === 0)) {
     throw new Error(`--few-shot ${opts.fewShot} leaves no pair to test: every ${opts.pool === 'global' ? 'pair' : 'subset\'s pairs'} went into the pool; lower --few-shot`);
@@ -179,7 +224,7 @@ export async function runEval(decoder: Decoder, examples: Example[], opts: EvalO
         if (skipped.has(`${name}|${seed}|${split.group}`)) continue;
         const todo = split.test.filter((p) => !done.has(`${name}|${seed}|${p.id}`));
         if (!todo.length) continue;
-        const t0 = performance.now(), tok0 = decoder.stats.tokens;
+        const t0 = performance.now(), tok0 = tokensSoFar();
         const armPrepared = records.find((r) => r.type === 'prepared' && r.method === 'arm' && r.seed === seed && r.group === split.group);
         const armHeadCount = armPrepared && armPrepared.type === 'prepared' && armPrepared.heads ? armPrepared.heads.length : undefined;
         opts.onProgress?.(`${name} seed ${seed} ${split.group}: preparing`, 0, todo.length);
@@ -189,35 +234,37 @@ export async function runEval(decoder: Decoder, examples: Example[], opts: EvalO
         const options: MethodOptions = { ...opts.method, fit: { ...opts.method.fit, warn: (m) => { warnings.push(m); fitWarn?.(m); } } };
         let prepared: PreparedMethod;
         try {
-          prepared = await method.prepare({ decoder, pool: split.pool, seed, options, armHeadCount });
+          prepared = await method.prepare({ decoder: decoder!, pool: split.pool, seed, options, armHeadCount });
         } catch (e) {
           if (!isPoolDataError(e)) throw new Error(`${name}, ${where(split.group, seed)}: preparing failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
           const reason = [e.message, ...warnings].join('; ');
           log(`skipped ${name} on ${where(split.group, seed)} (${split.test.length} test pairs not scored): ${reason}`);
-          append([{ type: 'skipped', method: name, seed, group: split.group, reason, testPairs: split.test.length, poolIds: split.pool.map((p) => p.id), seconds: (performance.now() - t0) / 1000, tokens: decoder.stats.tokens - tok0 }]);
+          append([{ type: 'skipped', method: name, seed, group: split.group, reason, testPairs: split.test.length, poolIds: split.pool.map((p) => p.id), seconds: (performance.now() - t0) / 1000, tokens: tokensSoFar() - tok0 }]);
           skipped.add(`${name}|${seed}|${split.group}`);
           continue;
         }
         // A split resumed half-way was prepared before: keep its first record (heads, cost) only.
         const preparedBefore = records.some((r) => r.type === 'prepared' && r.method === name && r.seed === seed && r.group === split.group);
-        if (!preparedBefore) append([{ type: 'prepared', method: name, seed, group: split.group, heads: prepared.heads ?? null, seconds: (performance.now() - t0) / 1000, tokens: decoder.stats.tokens - tok0, poolIds: split.pool.map((p) => p.id) }]);
+        if (!preparedBefore) append([{ type: 'prepared', method: name, seed, group: split.group, heads: prepared.heads ?? null, seconds: (performance.now() - t0) / 1000, tokens: tokensSoFar() - tok0, poolIds: split.pool.map((p) => p.id) }]);
         for (let start = 0; start < todo.length; start += opts.chunkSize) {
           const chunk = todo.slice(start, start + opts.chunkSize);
-          const c0 = performance.now(), ct0 = decoder.stats.tokens;
+          const c0 = performance.now(), ct0 = tokensSoFar();
           const scored = await prepared.scorePairs(chunk).catch((e: unknown) => {
             throw new Error(`${name}, ${where(split.group, seed)}: scoring failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
           });
           append([
             ...chunk.map((p, i): RunRecord => {
               const r = scored[i]!;
-              const base = { type: 'pair' as const, method: name, seed, group: split.group, id: p.id, subset: p.subset ?? 'all', correct: r.chosen > r.rejected, margin: r.chosen - r.rejected, truncated: r.truncated, tooLong: r.tooLong };
+              const { correct, tied } = pairOutcome(r);
+              const base = { type: 'pair' as const, method: name, seed, group: split.group, id: p.id, subset: p.subset ?? 'all', correct, tied, margin: r.chosen - r.rejected, truncated: r.truncated, tooLong: r.tooLong };
               const optional = {
+                ...(r.tieBreak === undefined ? {} : { tieBreak: r.tieBreak }),
                 ...(r.swapConsistent === undefined ? {} : { swapConsistent: r.swapConsistent }),
                 ...(r.verdictCorrect === undefined ? {} : { verdictCorrect: r.verdictCorrect }),
               };
               return { ...base, ...optional, chosen: r.chosen, rejected: r.rejected };
             }),
-            { type: 'cost', method: name, seed, group: split.group, seconds: (performance.now() - c0) / 1000, tokens: decoder.stats.tokens - ct0, pairs: chunk.length },
+            { type: 'cost', method: name, seed, group: split.group, seconds: (performance.now() - c0) / 1000, tokens: tokensSoFar() - ct0, pairs: chunk.length },
           ]);
           chunk.forEach((p) => done.add(`${name}|${seed}|${p.id}`));
           opts.onProgress?.(`${name} seed ${seed} ${split.group}`, Math.min(start + opts.chunkSize, todo.length), todo.length);
@@ -228,13 +275,31 @@ export async function runEval(decoder: Decoder, examples: Example[], opts: EvalO
   return records;
 }
 
+/** What each learning method is given, in words, so a reader can weigh the ICL judge against the ARM. */
+export function budgetNotes(opts: Pick<EvalOptions, 'methods' | 'fewShot' | 'pool' | 'method'>): string[] {
+  const per = opts.pool === 'global' ? 'per run' : 'per subset';
+  const items = `${2 * opts.fewShot} judge items (${opts.fewShot} pairs ${per})`;
+  const notes: string[] = [];
+  const fit = opts.method.fit;
+  if (opts.methods.some((m) => ['arm', 'mean-add', 'random-heads', 'all-heads'].includes(m))) {
+    notes.push(`arm (and its ablations) learns from all ${items}: means over ${fit.passes ?? 100} passes of ${fit.shots ?? 4} in-context demonstrations each, and head selection on every item; at test time it reads one question with no demonstrations.`);
+  }
+  if (opts.methods.some((m) => m === 'icl-judge' || m === 'sample-vote')) {
+    notes.push(`icl-judge and sample-vote see ${opts.method.iclShots} of those ${items} in context (balanced Yes/No), the same ones for every test pair of a seed: a smaller budget than arm's, paid again at every query.`);
+  }
+  if (opts.methods.includes('sav-vote')) notes.push(`sav-vote fits its class means on all ${items}.`);
+  return notes;
+}
+
 /** Runs the evaluation, then writes results.json, report.md and report.html into the output folder. */
-export async function evaluate(decoder: Decoder, examples: Example[], opts: EvalOptions & { dataset: string; modelId: string }): Promise<Results> {
-  const records = await runEval(decoder, examples, opts);
-  const pairs = examples.filter((e): e is PairExample => e.kind === 'pair');
+export async function evaluate(decoder: Decoder | null, examples: Example[], requested: EvalOptions & { dataset: string; modelId: string }): Promise<Results> {
+  const records = await runEval(decoder, examples, requested);
+  const opts = effectiveOptions(requested);
+  const { pairs, dropped } = dropDuplicatePairs(examples.filter((e): e is PairExample => e.kind === 'pair'));
   const results = aggregate(records, {
-    dataset: opts.dataset, model: opts.modelId, shape: { layers: decoder.spec.numLayers, heads: decoder.spec.numHeads }, fewShot: opts.fewShot, pool: opts.pool,
-    splits: splitNotes(pairs, opts.fewShot, opts.pool, runSeeds(opts)),
+    dataset: opts.dataset, model: opts.modelId, shape: { layers: decoder?.spec.numLayers ?? 0, heads: decoder?.spec.numHeads ?? 0 }, fewShot: opts.fewShot, pool: opts.pool,
+    splits: { ...splitNotes(pairs, opts.fewShot, opts.pool, runSeeds(opts)), duplicatePairs: dropped.length },
+    budget: budgetNotes(opts),
   });
   const write = (name: string, text: string) => {
     const file = path.join(opts.outputDir, name);

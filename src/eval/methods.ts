@@ -6,9 +6,13 @@ import type { Decoder } from '../model/decoder.js';
 import type { PairExample } from '../data/examples.js';
 import { FitError, fitActivationRM, judgeItems, zeroShotRM, type FitOptions } from '../arm/fit.js';
 import type { ActivationRM, PairScore, ScoreOptions } from '../arm/rm.js';
+import type { JudgeItem } from '../arm/template.js';
 import { fitSav, scoreSav } from '../baselines/sav.js';
 import { lengthScores } from '../baselines/heuristics.js';
 import { Rng } from '../util/rng.js';
+import type { PairRecord } from './records.js';
+
+export type { PairRecord } from './records.js';
 
 export interface MethodOptions {
   fit: Omit<FitOptions, 'seed' | 'heads' | 'mode' | 'onProgress' | 'shouldStop' | 'checkpointFile' | 'resume'>;
@@ -19,16 +23,6 @@ export interface MethodOptions {
   sampleTemperature: number; // (1)
   savTopHeads: number;       // (20)
   onFitProgress?: FitOptions['onProgress'];
-}
-
-export interface PairRecord {
-  chosen: number;
-  rejected: number;
-  truncated: boolean;
-  tooLong: boolean;
-  swapConsistent?: boolean;
-  /** icl-judge: the greedy verdicts were Yes for chosen and No for rejected. */
-  verdictCorrect?: boolean;
 }
 
 export interface PreparedMethod {
@@ -42,7 +36,11 @@ export interface MethodContext { decoder: Decoder; pool: PairExample[]; seed: nu
 export interface Method {
   name: string;
   definition: string;
+  /** Set for a control rather than a judge: what it controls for, shown beside its row. */
+  control?: string;
   needsPool: boolean;
+  /** false for the length rules: they read no model, so a run of them alone loads none (default true). */
+  needsModel?: boolean;
   prepare(ctx: MethodContext): Promise<PreparedMethod>;
 }
 
@@ -68,6 +66,8 @@ function rmMethod(rm: ActivationRM, ctx: MethodContext, extra: ScoreOptions = {}
       const scores = (await rm.scoreExamples(pairs, { batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength, ...extra })) as PairScore[];
       const records = fromPairScores(scores);
       if (extra.demos) scores.forEach((s, i) => { records[i]!.verdictCorrect = s.detail[0]!.verdict === 0 && s.detail[1]!.verdict === 1; });
+      // Sampled vote shares tie often (N draws take few values): P("Yes") from the same prompt decides those.
+      if (extra.readout === 'sampled') scores.forEach((s, i) => { records[i]!.tieBreak = { chosen: s.detail[0]!.reward, rejected: s.detail[1]!.reward }; });
       return records;
     },
   };
@@ -76,11 +76,25 @@ function rmMethod(rm: ActivationRM, ctx: MethodContext, extra: ScoreOptions = {}
 const fitWith = (ctx: MethodContext, heads: FitOptions['heads'], mode: FitOptions['mode'] = 'replace') =>
   fitActivationRM(ctx.decoder, ctx.pool, { ...ctx.options.fit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength, seed: ctx.seed, heads, mode, onProgress: ctx.options.onFitProgress });
 
-/** The ICL judge's fixed demonstrations for a seed: `iclShots` judge items drawn from the pool. */
-function iclDemos(ctx: MethodContext) {
-  const items = judgeItems(ctx.pool, ctx.options.fit.template ?? 'scalar');
-  return new Rng(ctx.seed + 17).sample(items.length, Math.min(ctx.options.iclShots, items.length)).map((i) => items[i]!);
+/**
+ * The ICL judge's fixed demonstrations for a seed: `iclShots` judge items from the pool, balanced between the
+ * two answers (an odd one out goes to a class drawn at random), in a seeded random order. Unbalanced demos
+ * would tilt P("Yes") by the draw's label mix rather than by the item.
+ */
+export function iclDemos(pool: PairExample[], kind: 'scalar' | 'ranked', shots: number, seed: number): JudgeItem[] {
+  const items = judgeItems(pool, kind);
+  const rng = new Rng(seed + 17);
+  const byAnswer = [items.filter((it) => it.answer === 0), items.filter((it) => it.answer === 1)] as const;
+  const extraTo = rng.int(2);
+  const want = [0, 1].map((a) => Math.floor(shots / 2) + (shots % 2 === 1 && a === extraTo ? 1 : 0));
+  // A class with too few items gives what it has; the other fills up to the total where it can.
+  const take = [Math.min(want[0]!, byAnswer[0].length), Math.min(want[1]!, byAnswer[1].length)];
+  for (const a of [0, 1]) take[a] = Math.min(byAnswer[a]!.length, take[a]! + Math.max(0, shots - take[0]! - take[1]!));
+  const chosen = [0, 1].flatMap((a) => rng.sample(byAnswer[a]!.length, take[a]!).map((i) => byAnswer[a]![i]!));
+  return rng.shuffle(chosen);
 }
+
+const demosFor = (ctx: MethodContext) => iclDemos(ctx.pool, ctx.options.fit.template ?? 'scalar', ctx.options.iclShots, ctx.seed);
 
 const zeroShot = (ctx: MethodContext) => zeroShotRM(ctx.decoder, { ...ctx.options.fit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength });
 
@@ -103,7 +117,10 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
   },
   'all-heads': {
     name: 'all-heads', needsPool: true,
-    definition: 'Ablation: every head replaced by its mean activation.',
+    control: 'constant score',
+    // Replacing every head at the last position leaves that position a function of its own token only (the
+    // same for every item), so the score is one constant: every pair ties. Kept as a check that it does.
+    definition: 'Constant control: every head at the last position replaced by its mean, so the score no longer depends on the input and every pair ties (ties count wrong); a check, not a judge.',
     prepare: async (ctx) => rmMethod(await fitWith(ctx, 'all'), ctx),
   },
   'zero-shot': {
@@ -118,19 +135,19 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
   },
   'icl-judge': {
     name: 'icl-judge', needsPool: true,
-    definition: 'In-context judge: k pool items with their answers before the question; score = P("Yes"); greedy verdicts reported too.',
-    prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, { demos: iclDemos(ctx) }),
+    definition: 'In-context judge: k pool items (half Yes, half No) with their answers before the question; score = P("Yes"); greedy verdicts reported too. It sees k items; arm learns from every pool item.',
+    prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, { demos: demosFor(ctx) }),
   },
   'sample-vote': {
     name: 'sample-vote', needsPool: true,
-    definition: 'N verdicts sampled at temperature T from the ICL judge prompt; score = share of "Yes" among Yes/No verdicts.',
+    definition: 'N verdicts sampled at temperature T from the ICL judge prompt; score = share of "Yes" among Yes/No verdicts; equal shares are decided by P("Yes").',
     prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, {
-      demos: iclDemos(ctx), readout: 'sampled', sample: { n: ctx.options.sampleN, temperature: ctx.options.sampleTemperature, seed: ctx.seed },
+      demos: demosFor(ctx), readout: 'sampled', sample: { n: ctx.options.sampleN, temperature: ctx.options.sampleTemperature, seed: ctx.seed },
     }),
   },
   'sav-vote': {
     name: 'sav-vote', needsPool: true,
-    definition: 'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean (cosine); score = share of "Yes" votes.',
+    definition: 'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean (cosine); score = share of "Yes" votes; equal shares are decided by the summed cosine margin.',
     async prepare(ctx) {
       // SAVs classify single responses: always the scalar template, whatever the run's --template.
       const scalarFit = ctx.options.fit.template === 'ranked' ? { ...ctx.options.fit, template: 'scalar' as const, templateText: undefined } : ctx.options.fit;
@@ -141,19 +158,22 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
       return {
         heads: model.heads,
         async scorePairs(pairs) {
-          const votes = await scoreSav(ctx.decoder, template, model, judgeItems(pairs, 'scalar'), opts, pairs.map((_, i) => [2 * i, 2 * i + 1]));
-          return pairs.map((_, i) => ({ chosen: votes[2 * i]!, rejected: votes[2 * i + 1]!, truncated: false, tooLong: Number.isNaN(votes[2 * i]! + votes[2 * i + 1]!) }));
+          const { votes, margins } = await scoreSav(ctx.decoder, template, model, judgeItems(pairs, 'scalar'), opts, pairs.map((_, i) => [2 * i, 2 * i + 1]));
+          return pairs.map((_, i) => ({
+            chosen: votes[2 * i]!, rejected: votes[2 * i + 1]!, tieBreak: { chosen: margins[2 * i]!, rejected: margins[2 * i + 1]! },
+            truncated: false, tooLong: Number.isNaN(votes[2 * i]! + votes[2 * i + 1]!),
+          }));
         },
       };
     },
   },
   'pick-longer': {
-    name: 'pick-longer', needsPool: false,
+    name: 'pick-longer', needsPool: false, needsModel: false, control: 'length bias',
     definition: 'Bias control: prefer the longer response (characters); equal lengths count as wrong.',
     prepare: async () => ({ scorePairs: async (pairs) => lengthScores(pairs, 'longer').map((s) => ({ ...s, truncated: false, tooLong: false })) }),
   },
   'pick-shorter': {
-    name: 'pick-shorter', needsPool: false,
+    name: 'pick-shorter', needsPool: false, needsModel: false, control: 'length bias',
     definition: 'Bias control: prefer the shorter response (characters); equal lengths count as wrong.',
     prepare: async () => ({ scorePairs: async (pairs) => lengthScores(pairs, 'shorter').map((s) => ({ ...s, truncated: false, tooLong: false })) }),
   },

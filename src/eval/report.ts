@@ -6,6 +6,23 @@ const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&l
 /** Mean ± std over the seeds that ran; with several seeds in the run, n says how many of them this is over. */
 const accCell = (s: Score, r: Results) => `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
 const ciCell = (s: Score) => `[${pct(s.ci95[0])}, ${pct(s.ci95[1])}]`;
+/** The method's name, with what it controls for when it is a control rather than a judge. */
+const nameCell = (name: string, m: MethodResult) => `${name}${m.control ? ` (control: ${m.control})` : ''}${partial(m)}`;
+const coverageCell = (m: MethodResult) => `${pct(m.coverage.rate)}`;
+const tiesCell = (m: MethodResult) => (Number.isFinite(m.ties.rate) ? `${pct(m.ties.rate)}${m.ties.rate > 0 && Number.isFinite(m.ties.broken) && m.ties.broken > 0 ? ` (${pct(m.ties.broken)} broken)` : ''}` : '–');
+const diffCell = (m: MethodResult) => (m.vsReference ? `${m.vsReference.mean >= 0 ? '+' : ''}${pct(m.vsReference.mean)} [${pct(m.vsReference.ci95[0])}, ${pct(m.vsReference.ci95[1])}]` : '');
+
+/** One paragraph on what the numbers are over, shared by both reports. */
+function readingNotes(r: Results): string[] {
+  const cs = r.commonSet;
+  const notes = [
+    `Accuracy is over the common set: the ${cs.pairs} of ${cs.testPairs} (seed, test pair)s that every method (${cs.methods.join(', ')}) could score, so all rows are over the same pairs; coverage is the share of its test pairs each method scored, and "all pairs" its accuracy over all of them with unscorable pairs counted wrong.`,
+    'Ties count wrong; "ties" is the share of common-set pairs whose two scores were equal, and how many of those the method\'s tie-break (sav-vote: summed cosine margin; sample-vote: P("Yes")) decided.',
+    '± is the std across the seeds that ran (n of them); 95% intervals are percentile bootstraps over seeds and test pairs together, so the few-shot draw\'s variation is in them.',
+  ];
+  if (r.reference) notes.push(`"${r.reference} − method" is the paired accuracy difference on the common set with its bootstrap interval; an interval that excludes 0 is a difference this run can see.`);
+  return notes;
+}
 /** Marks a method scored without some of its (subset, seed) runs. */
 const partial = (m: MethodResult) => (m.skipped.length ? ' †' : '');
 const groupWord = (r: Results) => (r.pool === 'global' ? 'pool' : 'subset');
@@ -23,6 +40,8 @@ function dataNotes(r: Results): string[] {
   for (const d of sp?.droppedGroups ?? []) {
     notes.push(`${r.pool === 'global' ? 'The dataset' : `Subset ${d.group}`} (${d.rows} pairs) went wholly into the --few-shot ${r.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: it is not tested there.`);
   }
+  if (sp?.duplicatePairs) notes.push(`${sp.duplicatePairs} exact duplicate pairs were left out before splitting.`);
+  if (sp?.promptSiblingsHeldOut) notes.push(`${sp.promptSiblingsHeldOut} test pairs (over all seeds) were held out because a pool pair has the same prompt.`);
   if (sp?.smallSubsets.length) {
     notes.push(`Subsets with fewer than ${sp.minTestPairs} test pairs (fewest over seeds) have noisy accuracies: ${sp.smallSubsets.map((s) => `${s.subset} (${s.rows} pairs, ${s.testPairs} tested)`).join(', ')}.`);
   }
@@ -39,13 +58,15 @@ export function renderMarkdown(r: Results): string {
   const lines = [
     `# Evaluation: ${r.dataset}`,
     '',
-    `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}. ` +
-      `Accuracy in %, ties wrong; ± is the std across the seeds that ran (n of them); the interval is a percentile bootstrap over all test pairs. ` +
-      `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score (counted wrong): ${r.tooLongItems}.`,
+    `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}. Accuracy in %. ` +
+      `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.`,
     '',
-    '| method | accuracy | 95% CI | margin | swap-consistent | verdict acc. | s / pair | tokens / pair | pairs |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
-    ...rows(r).map(([name, m]) => `| ${name}${partial(m)} | ${accCell(m.accuracy, r)} | ${ciCell(m.accuracy)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`),
+    ...readingNotes(r).map((n) => `- ${n}`),
+    ...(r.budget ?? []).map((n) => `- Budget: ${n}`),
+    '',
+    `| method | accuracy | 95% CI | ${r.reference ? `${r.reference} − method [95% CI] | ` : ''}coverage | all pairs | ties | margin | swap-consistent | verdict acc. | s / pair | tokens / pair | pairs |`,
+    `| --- | ---: | ---: | ${r.reference ? '---: | ' : ''}---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
+    ...rows(r).map(([name, m]) => `| ${nameCell(name, m)} | ${accCell(m.accuracy, r)} | ${ciCell(m.accuracy)} | ${r.reference ? `${diffCell(m)} | ` : ''}${coverageCell(m)} | ${pct(m.allPairs.mean)} | ${tiesCell(m)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`),
     '',
   ];
   const notes = dataNotes(r);
@@ -57,7 +78,7 @@ export function renderMarkdown(r: Results): string {
   }
   const sections = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.sections)))];
   if (sections.length) {
-    lines.push('## RewardBench sections (subset accuracies weighted by example counts)', '', `| method | ${sections.join(' | ')} |`, `| --- |${sections.map(() => ' ---: |').join('')}`);
+    lines.push('## RewardBench sections (subset accuracies weighted by RewardBench\'s fixed example counts, math-prm upweighted)', '', `| method | ${sections.join(' | ')} |`, `| --- |${sections.map(() => ' ---: |').join('')}`);
     for (const [name, m] of rows(r)) lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
     lines.push('');
   }
@@ -118,8 +139,8 @@ export function renderHtml(r: Results): string {
   const perSubset = subsets.length > 1 ? barChart(subsets.map((s) => ({ label: s, bars: rows(r).filter(([, m]) => m.subsets[s]).map(([name, m]) => ({ name, score: m.subsets[s]! })) })), methods) : '';
   const maps = rows(r).filter(([, m]) => m.headCounts && m.fits).map(([name, m]) =>
     `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>${heatMap(m.headCounts!, m.fits!, r.shape.layers, r.shape.heads)}</figure>`).join('');
-  const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${
-    rows(r).map(([name, m]) => `<tr><td title="${esc(m.definition)}">${esc(name)}${partial(m)}</td><td>${accCell(m.accuracy, r)}</td><td>${ciCell(m.accuracy)}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`).join('')}</tbody></table>`;
+  const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th>${r.reference ? `<th>${esc(r.reference)} − method [95% CI]</th>` : ''}<th>coverage</th><th>all pairs</th><th>ties</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${
+    rows(r).map(([name, m]) => `<tr><td title="${esc(m.definition)}">${esc(nameCell(name, m))}</td><td>${accCell(m.accuracy, r)}</td><td>${ciCell(m.accuracy)}</td>${r.reference ? `<td>${esc(diffCell(m))}</td>` : ''}<td>${coverageCell(m)}</td><td>${pct(m.allPairs.mean)}</td><td>${esc(tiesCell(m))}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`).join('')}</tbody></table>`;
   const notes = dataNotes(r);
   const skippedTable = r.skipped.length ? `<h2>Skipped (method, ${groupWord(r)}, seed)</h2><p>Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.</p><table class="skipped"><thead><tr><th>method</th><th>${groupWord(r)}</th><th>seed</th><th>test pairs</th><th>reason</th></tr></thead><tbody>${
     r.skipped.map((k) => `<tr><td>${esc(k.method)}</td><td>${esc(skippedWhere(r, k))}</td><td>${k.seed}</td><td>${k.testPairs}</td><td>${esc(k.reason)}</td></tr>`).join('')}</tbody></table>` : '';
@@ -129,8 +150,8 @@ export function renderHtml(r: Results): string {
 <body>
 <h1>Evaluation: ${esc(r.dataset)}</h1>
 <p>Model <code>${esc(r.model)}</code>; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}.
-Accuracy counts ties as wrong; ± is the std across the seeds that ran (n of them); intervals are percentile bootstraps over all test pairs.
-Prompts cut to fit: ${r.truncatedItems} pairs; too long to score (counted wrong): ${r.tooLongItems}.</p>
+Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.</p>
+<ul class="reading">${[...readingNotes(r), ...(r.budget ?? []).map((n) => `Budget: ${n}`)].map((n) => `<li>${esc(n)}</li>`).join('')}</ul>
 ${table}
 ${notes.length ? `<ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
 <h2>Accuracy with 95% intervals</h2>

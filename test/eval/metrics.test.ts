@@ -38,12 +38,8 @@ describe('metrics against hand-computed values', () => {
     expect(a[1]).toBeLessThan(0.82);
   });
 
-  it('RewardBench sections are weighted by example counts', () => {
-    const s = sectionScores({
-      'llmbar-natural': { accuracy: 0.8, count: 100 },
-      'llmbar-adver-neighbor': { accuracy: 0.5, count: 134 },
-      'some-other': { accuracy: 1, count: 10 },
-    });
+  it('RewardBench sections are weighted by RewardBench\'s fixed example counts', () => {
+    const s = sectionScores({ 'llmbar-natural': 0.8, 'llmbar-adver-neighbor': 0.5, 'some-other': 1 });
     expect(Object.keys(s)).toEqual(['Chat Hard']);
     expect(s['Chat Hard']!.score).toBeCloseTo((0.8 * 100 + 0.5 * 134) / 234, 12);
     expect(s['Chat Hard']!.count).toBe(234);
@@ -60,16 +56,24 @@ describe('aggregation', () => {
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'arm-agg-')), 'items.jsonl');
     fs.writeFileSync(file, [rec('a', 0, 0.3, NaN), rec('b', 0, 0.9, 0.1)].map((r) => JSON.stringify(r)).join('\n') + '\n');
     const r = aggregate(readRecords(file), meta);
-    expect(r.methods.m!.accuracy.mean).toBe(0.5);
+    expect(r.methods.m!.allPairs.mean).toBe(0.5); // over all its pairs, the unscorable one wrong
+    expect(r.methods.m!.accuracy).toMatchObject({ mean: 1, n: 1 }); // the common set leaves it out
+    expect(r.methods.m!.coverage).toEqual({ scored: 1, total: 2, rate: 0.5 });
     expect(r.methods.m!.margin).toBeCloseTo(0.8, 12); // the unscorable pair is left out of the margin
     expect(r.tooLongItems).toBe(1);
   });
 
-  it('the interval treats a pair tested under several seeds as one pair', () => {
+  it('seeds that agree add no width from the seed draw: same accuracy, std 0, an interval like one seed\'s', () => {
     const pairs = Array.from({ length: 100 }, (_, i) => [`p${i}`, i % 10 < 6] as const);
     const one = aggregate(pairs.map(([id, ok]) => rec(id, 0, ok ? 1 : 0, 0.5)), meta);
     const five = aggregate([0, 1, 2, 3, 4].flatMap((s) => pairs.map(([id, ok]) => rec(id, s, ok ? 1 : 0, 0.5))), meta);
-    expect(five.methods.m!.accuracy.ci95).toEqual(one.methods.m!.accuracy.ci95);
+    expect(five.methods.m!.accuracy.mean).toBeCloseTo(0.6, 12);
     expect(five.methods.m!.accuracy.std).toBe(0);
+    // Five seeds resample pairs five times per draw: the interval is narrower than one seed's, around 0.6.
+    const [lo1, hi1] = one.methods.m!.accuracy.ci95, [lo5, hi5] = five.methods.m!.accuracy.ci95;
+    expect(lo5).toBeGreaterThan(lo1);
+    expect(hi5).toBeLessThan(hi1);
+    expect(lo5).toBeLessThan(0.6);
+    expect(hi5).toBeGreaterThan(0.6);
   });
 });
