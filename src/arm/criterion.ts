@@ -3,13 +3,18 @@
  * keepAllMeans) and `probs` [L, H] (σ(θ) of the head-selection policy), with JSON metadata in the
  * safetensors header under the key "arm": everything needed to score again and to know where it came from.
  */
+import fs from 'node:fs';
 import { ModelError } from '../model/errors.js';
 import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
-import type { ReinforceOptions } from './reinforce.js';
+import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 
-export const FORMAT_VERSION = 1;
+/**
+ * 2: the model identity `weightsFingerprint` is the sha256 of the weights' full content (1 held a sampled
+ * fingerprint, which no longer matches any model).
+ */
+export const FORMAT_VERSION = 2;
 
 export interface CriterionMeta {
   formatVersion: number;
@@ -40,11 +45,19 @@ const f32Bytes = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.b
 export function saveCriterion(file: string, c: Criterion, opts: { keepAllMeans?: boolean } = {}): void {
   const { numLayers: L, numHeads: H, headDim: d } = c.meta.model;
   const meta: CriterionMeta = { ...c.meta, muLayout: opts.keepAllMeans ? 'all' : 'selected' };
+  // What would not load must not be written (a NaN in the metadata becomes null in JSON).
+  const problems = [...metaProblems(meta), ...tensorProblems(meta, c.mu, c.probs, 'all')];
+  if (problems.length) throw new ModelError(`${file}: not written: ${problems.slice(0, 5).join('; ')}`);
   const mu = opts.keepAllMeans ? c.mu : selectedRows(c.mu, meta.heads, H, d);
-  writeSafetensors(file, [
-    { name: 'mu', dtype: 'F32', shape: opts.keepAllMeans ? [L, H, d] : [meta.heads.length, d], bytes: f32Bytes(mu) },
-    { name: 'probs', dtype: 'F32', shape: [L, H], bytes: f32Bytes(c.probs) },
-  ], { arm: JSON.stringify(meta) });
+  try {
+    writeSafetensors(file, [
+      { name: 'mu', dtype: 'F32', shape: opts.keepAllMeans ? [L, H, d] : [meta.heads.length, d], bytes: f32Bytes(mu) },
+      { name: 'probs', dtype: 'F32', shape: [L, H], bytes: f32Bytes(c.probs) },
+    ], { arm: JSON.stringify(meta) });
+  } catch (e) {
+    fs.rmSync(`${file}.tmp-${process.pid}`, { force: true }); // the writer's temporary file, on a failed write
+    throw e;
+  }
 }
 
 function selectedRows(mu: Float32Array, heads: [number, number][], H: number, d: number): Float32Array {
@@ -53,37 +66,143 @@ function selectedRows(mu: Float32Array, heads: [number, number][], H: number, d:
   return out;
 }
 
-export function loadCriterion(file: string): Criterion {
-  const raw = readSafetensorsMetadata(file).arm;
+/**
+ * Reads and validates a criterion file; every error names the file and the field. `anyVersion` reads files of
+ * other format versions too (for `arm inspect`); scoring always needs the current one.
+ */
+export function loadCriterion(file: string, opts: { anyVersion?: boolean } = {}): Criterion {
+  let raw: string | undefined;
+  try { raw = readSafetensorsMetadata(file).arm; } catch (e) { throw new ModelError(`${file}: not a criterion file (${(e as Error).message})`); }
   if (!raw) throw new ModelError(`${file}: not a criterion file (no "arm" metadata in the safetensors header)`);
   let meta: CriterionMeta;
   try { meta = JSON.parse(raw); } catch (e) { throw new ModelError(`${file}: "arm" metadata is not valid JSON (${(e as Error).message})`); }
-  if (meta.formatVersion !== FORMAT_VERSION) throw new ModelError(`${file}: format version ${meta.formatVersion} is not supported (this build reads ${FORMAT_VERSION})`);
+  if (!isRecord(meta)) throw new ModelError(`${file}: "arm" metadata is not a JSON object`);
+  if (meta.formatVersion !== FORMAT_VERSION && !opts.anyVersion) {
+    const v = JSON.stringify(meta.formatVersion);
+    throw new ModelError(meta.formatVersion === 1
+      ? `${file}: metadata field "formatVersion": 1 is an older format whose model identity (a sampled weights fingerprint) this build no longer computes; fit the criterion again (arm fit)`
+      : `${file}: metadata field "formatVersion": ${v} is not supported (this build reads ${FORMAT_VERSION})`);
+  }
+  const problems = metaProblems(meta);
+  if (problems.length) throw new ModelError(`${file}: ${problems.slice(0, 5).join('; ')}${problems.length > 5 ? `; and ${problems.length - 5} more` : ''}`);
   const { numLayers: L, numHeads: H, headDim: d } = meta.model;
   const ckpt = SafetensorsCheckpoint.openFile(file);
   try {
     const want = meta.muLayout === 'all' ? [L, H, d] : [meta.heads.length, d];
+    for (const name of ['mu', 'probs']) if (!ckpt.has(name)) throw new ModelError(`${file}: tensor "${name}" is missing`);
     const muInfo = ckpt.info('mu');
     if (muInfo.shape.join(',') !== want.join(',')) throw new ModelError(`${file}: tensor "mu" has shape [${muInfo.shape}], metadata implies [${want}]`);
     if (ckpt.info('probs').shape.join(',') !== [L, H].join(',')) throw new ModelError(`${file}: tensor "probs" has shape [${ckpt.info('probs').shape}], expected [${L},${H}]`);
-    for (const [l, h] of meta.heads) if (!(l >= 0 && l < L && h >= 0 && h < H)) throw new ModelError(`${file}: head [${l}, ${h}] is outside the model's ${L}×${H}`);
     const stored = ckpt.readFloat32('mu');
     let mu = stored;
     if (meta.muLayout !== 'all') {
       mu = new Float32Array(L * H * d);
       meta.heads.forEach(([l, h], i) => mu.set(stored.subarray(i * d, (i + 1) * d), (l * H + h) * d));
     }
-    return { meta, mu, probs: ckpt.readFloat32('probs') };
+    const probs = ckpt.readFloat32('probs');
+    const bad = tensorProblems(meta, mu, probs, meta.muLayout);
+    if (bad.length) throw new ModelError(`${file}: ${bad.slice(0, 5).join('; ')}`);
+    return { meta, mu, probs };
   } finally {
     ckpt.close();
   }
 }
 
-/** Refuses a criterion fitted on another model (config or weights differ). */
+type Check = (v: unknown) => string | null; // null: fine; otherwise what is wrong with v
+
+const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const show = (v: unknown) => { const s = JSON.stringify(v); return s === undefined ? String(v) : s.length > 60 ? `${s.slice(0, 57)}...` : s; };
+const int = (min: number, max?: number): Check => (v) =>
+  Number.isInteger(v) && (v as number) >= min && (max === undefined || (v as number) <= max) ? null : max === undefined ? `is not an integer ≥ ${min}` : `is not an integer in ${min}..${max}`;
+const finite: Check = (v) => (typeof v === 'number' && Number.isFinite(v) ? null : 'is not a finite number');
+const str: Check = (v) => (typeof v === 'string' ? null : 'is not a string');
+const bool: Check = (v) => (typeof v === 'boolean' ? null : 'is not true or false');
+const oneOf = (...xs: unknown[]): Check => (v) => (xs.includes(v) ? null : `is not one of ${xs.map((x) => JSON.stringify(x)).join(', ')}`);
+const hex64: Check = (v) => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? null : 'is not a sha256 (64 hex digits)');
+
+/** Problems with the metadata's shape and values, each as `metadata field "path": value problem`. */
+export function metaProblems(meta: unknown): string[] {
+  const out: string[] = [];
+  type Field = (v: unknown, path: string) => void;
+  const is = (check: Check): Field => (v, path) => { const p = check(v); if (p) out.push(`metadata field "${path}": ${show(v)} ${p}`); };
+  const obj = (fields: Record<string, Field>, optional: string[] = []): Field => (v, path) => {
+    if (!isRecord(v)) { out.push(`metadata field "${path}": ${show(v)} is not an object`); return; }
+    for (const [k, field] of Object.entries(fields)) {
+      const p = path ? `${path}.${k}` : k;
+      if (k in v) field(v[k], p); else if (!optional.includes(k)) out.push(`metadata field "${p}" is missing`);
+    }
+  };
+  const list = (each: Field, length?: number): Field => (v, path) => {
+    if (!Array.isArray(v)) out.push(`metadata field "${path}": ${show(v)} is not a list`);
+    else if (length !== undefined && v.length !== length) out.push(`metadata field "${path}": ${show(v)} does not hold ${length} entries`);
+    else v.forEach((x, i) => each(x, `${path}[${i}]`));
+  };
+  const orNull = (field: Field): Field => (v, path) => { if (v !== null) field(v, path); };
+  if (!isRecord(meta)) return ['"arm" metadata is not a JSON object'];
+  const model = isRecord(meta.model) ? meta.model : {};
+  const [L, H] = [model.numLayers, model.numHeads].map((n) => (Number.isInteger(n) ? (n as number) : 0));
+  const seen = new Set<string>();
+  const head: Field = (v, path) => {
+    if (!Array.isArray(v) || v.length !== 2) { out.push(`metadata field "${path}": ${show(v)} is not a [layer, head] pair`); return; }
+    const before = out.length;
+    is(int(0, L! - 1))(v[0], `${path}[0]`);
+    is(int(0, H! - 1))(v[1], `${path}[1]`);
+    if (out.length === before && seen.has(`${v[0]},${v[1]}`)) out.push(`metadata field "${path}": ${show(v)} is listed twice`);
+    seen.add(`${v[0]},${v[1]}`);
+  };
+  const token = is(int(0));
+  obj({
+    formatVersion: is(int(1)),
+    model: obj({ id: is(str), family: is(str), configHash: is(hex64), weightsFingerprint: is(str), numLayers: is(int(1)), numHeads: is(int(1)), headDim: is(int(1)) }),
+    template: obj({ kind: is(oneOf('scalar', 'ranked')), text: is(str), chat: is(bool), templateKwargs: is((v) => (isRecord(v) ? null : 'is not an object')) }, ['templateKwargs']),
+    answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
+    heads: list(head),
+    mode: is(oneOf('replace', 'add')),
+    headStrategy: is(str),
+    denoise: orNull(is(str)),
+    seed: is(int(0)),
+    hyper: obj({
+      passes: is(int(0)), shots: is(int(0)), passesPerDemoSet: is(int(1)), maxLength: is(int(1)), batchSize: is(int(1)),
+      reinforce: orNull(obj(Object.fromEntries(Object.keys(REINFORCE_DEFAULTS).map((k) => [k, is(finite)])))),
+    }, ['passesPerDemoSet']),
+    examples: obj({ count: is(int(0)), items: is(int(0)), itemsTooLong: is(int(0)), ids: list(is(str)), sha256: is(str) }),
+    readout: orNull(obj({ meanLoss: is(finite), candidates: list(is(finite)) })),
+    fit: obj({ seconds: is(finite), createdAt: is(str), meanPasses: is(int(0)), truncatedPasses: is(int(0)), reinforceSteps: is(int(0)) }),
+    muLayout: is(oneOf('selected', 'all')),
+  })(meta, '');
+  return out;
+}
+
+/** Non-finite means (of the stored heads) and probabilities outside [0, 1]. */
+function tensorProblems(meta: CriterionMeta, mu: Float32Array, probs: Float32Array, layout: 'selected' | 'all'): string[] {
+  const { numHeads: H, headDim: d } = meta.model;
+  const out: string[] = [];
+  const rows = layout === 'all' ? Array.from({ length: mu.length / d }, (_, i) => [Math.floor(i / H), i % H] as [number, number]) : meta.heads;
+  for (const [l, h] of rows) {
+    const at = (l * H + h) * d;
+    const bad = mu.subarray(at, at + d).findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) { out.push(`tensor "mu" of layer ${l}, head ${h}: ${mu[at + bad]} is not finite`); break; }
+  }
+  const badP = probs.findIndex((p) => !(p >= 0 && p <= 1));
+  if (badP >= 0) out.push(`tensor "probs"[${Math.floor(badP / H)}][${badP % H}]: ${probs[badP]} is not a probability in [0, 1]`);
+  return out;
+}
+
+/**
+ * Refuses a criterion fitted on another model (config or weights differ), and answer tokens outside the
+ * model's vocabulary.
+ */
 export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, file = 'criterion'): void {
   const m = meta.model;
   if (m.configHash !== decoder.info.configHash || m.weightsFingerprint !== decoder.info.weightsFingerprint) {
     const what = m.configHash !== decoder.info.configHash ? 'config.json' : 'weights';
     throw new ModelError(`${file}: fitted on model ${m.id} (${m.family}, ${m.numLayers}×${m.numHeads} heads); the loaded model ${decoder.id} differs in its ${what}. Fit the criterion again on this model.`);
   }
+  const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
+  if (m.numLayers !== L || m.numHeads !== H || m.headDim !== d) throw new ModelError(`${file}: metadata field "model": ${m.numLayers}×${m.numHeads} heads of ${m.headDim} do not match the loaded model's ${L}×${H} of ${d}`);
+  const tokens: [string, number][] = [
+    ...meta.answerTokens.primary.map((t, i): [string, number] => [`answerTokens.primary[${i}]`, t]),
+    ...meta.answerTokens.variants.flatMap((ts, i) => ts.map((t, j): [string, number] => [`answerTokens.variants[${i}][${j}]`, t])),
+  ];
+  for (const [field, t] of tokens) if (!(t >= 0 && t < V)) throw new ModelError(`${file}: metadata field "${field}": ${t} is outside the vocabulary (0..${V - 1})`);
 }

@@ -9,9 +9,9 @@ import type { Decoder, KvCache } from '../model/decoder.js';
 import { toScalarItems, type Example } from '../data/examples.js';
 import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
-import { denoiseMeans, extractMeans } from './means.js';
+import { denoiseMeans, extractMeans, MeansInterrupted } from './means.js';
 import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
-import { ActivationRM } from './rm.js';
+import { ActivationRM, nonFiniteHint } from './rm.js';
 import { makeTemplate, render, resolveAnswerTokens, TooLongError, type JudgeItem, type TemplateKind } from './template.js';
 
 export type HeadStrategy = 'selected' | 'all' | `random:${number}`;
@@ -41,7 +41,10 @@ export interface FitOptions {
   modelId?: string;
   onProgress?: (phase: 'means' | 'reinforce' | 'readout', done: number, total: number, info: string) => void;
   warn?: (message: string) => void;
-  /** Polled between steps; when it returns true the fit saves its checkpoint and throws FitInterrupted. */
+  /**
+   * Polled after every mean-extraction batch and every REINFORCE step; when it returns true the fit saves its
+   * checkpoint (the passes done so far, or the REINFORCE state) and throws FitInterrupted.
+   */
   shouldStop?: () => boolean;
 }
 
@@ -67,10 +70,32 @@ export function judgeItems(examples: Example[], kind: TemplateKind): JudgeItem[]
   });
 }
 
-interface Checkpoint { key: string; mu: string; meanPasses: number; truncatedPasses: number; state: ReinforceState | null; passes?: string[] }
+/**
+ * What `--resume` continues from. While mean extraction runs, `meansDone` holds the passes finished so far
+ * (their activations, [n, L·H·d] float32 as base64) and `mu` is empty; once it is done, `mu` holds the means.
+ */
+interface Checkpoint {
+  key: string; mu: string; meanPasses: number; truncatedPasses: number; state: ReinforceState | null; passes?: string[];
+  meansDone?: { passes: number[]; activations: string };
+}
+/** Part of the checkpoint key: a checkpoint laid out by another build is not resumed. */
+const CHECKPOINT_LAYOUT = 2;
+
+/**
+ * The fit's date: `SOURCE_DATE_EPOCH` (seconds since 1970, the reproducible-builds convention) when set, so that
+ * two fits with the same inputs write byte-identical files; otherwise now.
+ */
+export function fitDate(env: NodeJS.ProcessEnv = process.env): { createdAt: string; reproducible: boolean } {
+  const raw = env.SOURCE_DATE_EPOCH;
+  if (raw === undefined || raw === '') return { createdAt: new Date().toISOString(), reproducible: false };
+  const seconds = Number(raw);
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(seconds) || seconds > 8.64e12) throw new FitError(`SOURCE_DATE_EPOCH=${JSON.stringify(raw)}: expected whole seconds since 1970-01-01`);
+  return { createdAt: new Date(seconds * 1000).toISOString(), reproducible: true };
+}
 
 export async function fitActivationRM(decoder: Decoder, examples: Example[], options: FitOptions = {}): Promise<ActivationRM> {
   const started = performance.now();
+  const date = fitDate(); // read first: a malformed SOURCE_DATE_EPOCH fails before any work
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const o = {
     template: options.template ?? 'scalar', passes: options.passes ?? 100, shots: options.shots ?? 4, seed: options.seed ?? 0,
@@ -98,102 +123,141 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   const answerTokens = resolveAnswerTokens(decoder.tokenizer, template, items[0]!);
   const exampleIds = examples.map((e) => e.id);
   const examplesHash = createHash('sha256').update(JSON.stringify(examples.map((e) => [e.id, e]))).digest('hex');
-  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint })).digest('hex');
+  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, layout: CHECKPOINT_LAYOUT })).digest('hex');
 
   // ---- resume ----
-  let ckpt: Checkpoint | null = null;
-  if (options.resume && options.checkpointFile && fs.existsSync(options.checkpointFile)) {
-    ckpt = JSON.parse(fs.readFileSync(options.checkpointFile, 'utf8')) as Checkpoint;
-    if (ckpt.key !== key) throw new FitError(`${options.checkpointFile}: this checkpoint was made with other examples, options or model; remove it or drop --resume`);
+  // A fit that fails with an error removes the checkpoint it wrote, unless it resumed from that file: a
+  // checkpoint is for continuing an interrupted fit, and one from a failed run would only fail again.
+  const checkpointFile = options.checkpointFile;
+  let resumed: Checkpoint | null = null;
+  if (options.resume && checkpointFile && fs.existsSync(checkpointFile)) {
+    try { resumed = JSON.parse(fs.readFileSync(checkpointFile, 'utf8')) as Checkpoint; } catch (e) {
+      throw new FitError(`${checkpointFile}: not a readable fit checkpoint (${(e as Error).message}); remove it or drop --resume`);
+    }
+    if (resumed.key !== key) throw new FitError(`${checkpointFile}: this checkpoint was made with other examples, options, model or build; remove it or drop --resume`);
   }
+  let wroteCheckpoint = false;
+  const tmpCheckpoint = checkpointFile ? `${checkpointFile}.tmp-${process.pid}` : '';
   const saveCheckpoint = (c: Checkpoint) => {
-    if (!options.checkpointFile) return;
-    const tmp = `${options.checkpointFile}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, JSON.stringify(c));
-    fs.renameSync(tmp, options.checkpointFile);
+    if (!checkpointFile) return;
+    fs.writeFileSync(tmpCheckpoint, JSON.stringify(c));
+    fs.renameSync(tmpCheckpoint, checkpointFile);
+    wroteCheckpoint = true;
   };
-  const stopIfAsked = (c: Checkpoint) => {
-    if (!options.shouldStop?.()) return;
+  const interrupted = (c: Checkpoint) => {
     saveCheckpoint(c);
-    throw new FitInterrupted(options.checkpointFile ? `interrupted; progress saved to ${options.checkpointFile} (continue with --resume)` : 'interrupted');
+    return new FitInterrupted(checkpointFile ? `interrupted; progress saved to ${checkpointFile} (continue with --resume)` : 'interrupted');
   };
-
-  // ---- 1. mean activations ----
-  let mu: Float32Array, passes: Float32Array[] | null = null, meanPasses: number, truncatedPasses: number;
-  if (ckpt) {
-    mu = decodeF32(ckpt.mu);
-    passes = ckpt.passes?.map(decodeF32) ?? null;
-    ({ meanPasses, truncatedPasses } = ckpt);
-  } else {
-    const means = await extractMeans(decoder, template, items, {
-      passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoiseRank !== null, passesPerDemoSet: o.passesPerDemoSet,
-      onProgress: (done, total) => options.onProgress?.('means', done, total, `passes`),
-    });
-    ({ mu, passes, truncatedPasses } = means);
-    meanPasses = means.plan.length;
-    ckpt = { key, mu: encodeF32(mu), meanPasses, truncatedPasses, state: null, passes: passes?.map(encodeF32) };
-    saveCheckpoint(ckpt);
+  try {
+    return await fitFromCheckpoint();
+  } catch (e) {
+    if (checkpointFile && !(e instanceof FitInterrupted)) {
+      fs.rmSync(tmpCheckpoint, { force: true });
+      if (wroteCheckpoint && !resumed) fs.rmSync(checkpointFile, { force: true });
+    }
+    throw e;
   }
-  if (truncatedPasses > 0) warn(`${truncatedPasses} of ${meanPasses} mean-extraction passes were cut to --max-length ${o.maxLength} (prompts truncated from their start)`);
 
-  // ---- 2. head selection ----
-  const n = L * H;
-  let selected: Uint8Array;
-  let probs: Float32Array;
-  let readout: CriterionMeta['readout'] = null;
-  let steps = 0;
-  if (o.heads === 'selected') {
-    const loss = reinforceLoss(decoder, items, template, answerTokens.primary, mu, o.mode, o.maxLength, o.kvCacheBytes);
-    const state = ckpt.state ?? initialState(n, rOpts, o.seed);
-    await runReinforce(n, items.length, loss, rOpts, state, {
-      onStep: (s) => {
-        const h = s.history[s.history.length - 1]!;
-        options.onProgress?.('reinforce', s.step, rOpts.steps, `loss ${h.meanLoss.toFixed(3)} | E[heads] ${h.expectedHeads.toFixed(1)}`);
-        if (s.step % 10 === 0) saveCheckpoint({ ...ckpt!, state: s });
+  async function fitFromCheckpoint(): Promise<ActivationRM> {
+    // ---- 1. mean activations ----
+    let mu: Float32Array, passes: Float32Array[] | null = null, meanPasses: number, truncatedPasses: number;
+    let ckpt: Checkpoint;
+    if (resumed && resumed.mu) {
+      ckpt = resumed;
+      mu = decodeF32(ckpt.mu);
+      passes = ckpt.passes?.map(decodeF32) ?? null;
+      ({ meanPasses, truncatedPasses } = ckpt);
+    } else {
+      const width = L * H * d;
+      const donePasses = new Map<number, Float32Array>();
+      if (resumed?.meansDone) {
+        const acts = decodeF32(resumed.meansDone.activations);
+        resumed.meansDone.passes.forEach((p, j) => donePasses.set(p, acts.slice(j * width, (j + 1) * width)));
+      }
+      let means;
+      try {
+        means = await extractMeans(decoder, template, items, {
+          passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoiseRank !== null, passesPerDemoSet: o.passesPerDemoSet,
+          onProgress: (done, total) => options.onProgress?.('means', done, total, `passes`),
+          shouldStop: options.shouldStop, donePasses,
+        });
+      } catch (e) {
+        if (!(e instanceof MeansInterrupted)) throw e;
+        const indices = [...e.done.keys()].sort((a, b) => a - b);
+        const acts = new Float32Array(indices.length * width);
+        indices.forEach((p, j) => acts.set(e.done.get(p)!, j * width));
+        throw interrupted({ key, mu: '', meanPasses: e.total, truncatedPasses: 0, state: null, meansDone: { passes: indices, activations: encodeF32(acts) } });
+      }
+      ({ mu, passes, truncatedPasses } = means);
+      meanPasses = means.plan.length;
+      const bad = mu.findIndex((x) => !Number.isFinite(x));
+      if (bad >= 0) throw new FitError(nonFiniteHint(`the mean activation of layer ${Math.floor(bad / (H * d))}, head ${Math.floor(bad / d) % H}`));
+      ckpt = { key, mu: encodeF32(mu), meanPasses, truncatedPasses, state: null, passes: passes?.map(encodeF32) };
+      saveCheckpoint(ckpt);
+    }
+    if (truncatedPasses > 0) warn(`${truncatedPasses} of ${meanPasses} mean-extraction passes were cut to --max-length ${o.maxLength} (prompts truncated from their start)`);
+
+    // ---- 2. head selection ----
+    const n = L * H;
+    let selected: Uint8Array;
+    let probs: Float32Array;
+    let readout: CriterionMeta['readout'] = null;
+    let steps = 0;
+    if (o.heads === 'selected') {
+      const loss = reinforceLoss(decoder, items, template, answerTokens.primary, mu, o.mode, o.maxLength, o.kvCacheBytes);
+      const state = ckpt.state ?? initialState(n, rOpts, o.seed);
+      await runReinforce(n, items.length, loss, rOpts, state, {
+        onStep: (s) => {
+          const h = s.history[s.history.length - 1]!;
+          options.onProgress?.('reinforce', s.step, rOpts.steps, `loss ${h.meanLoss.toFixed(3)} | E[heads] ${h.expectedHeads.toFixed(1)}`);
+          if (s.step % 10 === 0) saveCheckpoint({ ...ckpt!, state: s });
+        },
+        shouldStop: () => options.shouldStop?.() ?? false,
+      });
+      if (options.shouldStop?.()) throw interrupted({ ...ckpt, state });
+      steps = state.step;
+      options.onProgress?.('readout', 0, 1, `${rOpts.readoutMasks} masks`);
+      const r = await readoutMask(state.theta, items.length, loss, rOpts, o.seed);
+      if (!Number.isFinite(r.meanLoss) || !r.candidates.every(Number.isFinite)) throw new FitError(nonFiniteHint('the read-out loss'));
+      options.onProgress?.('readout', 1, 1, `best mean loss ${r.meanLoss.toFixed(3)}`);
+      selected = r.mask;
+      readout = { meanLoss: r.meanLoss, candidates: r.candidates };
+      probs = Float32Array.from(probabilities(state.theta, rOpts.clip));
+    } else if (o.heads === 'all') {
+      selected = new Uint8Array(n).fill(1);
+      probs = new Float32Array(n).fill(1);
+    } else {
+      const count = Number(o.heads.slice('random:'.length));
+      if (!Number.isInteger(count) || count < 0 || count > n) throw new FitError(`--heads ${o.heads}: N must be an integer in 0..${n}`);
+      selected = new Uint8Array(n);
+      for (const i of new Rng(o.seed).sample(n, count)) selected[i] = 1;
+      probs = Float32Array.from(selected);
+    }
+    const heads: [number, number][] = [];
+    selected.forEach((on, i) => { if (on) heads.push([Math.floor(i / H), i % H]); });
+
+    // ---- 3. optional denoising ----
+    if (denoiseRank !== null) {
+      if (!passes) throw new FitError('denoising needs the per-pass activations (resume a checkpoint made with the same --denoise)');
+      mu = denoiseMeans(mu, passes, heads, { H, d }, denoiseRank);
+    }
+
+    const criterion: Criterion = {
+      mu, probs,
+      meta: {
+        formatVersion: FORMAT_VERSION,
+        model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
+        template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
+        hyper: { passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
+        examples: { count: examples.length, items: items.length, itemsTooLong: allItems.length - items.length, ids: exampleIds, sha256: examplesHash },
+        readout,
+        // Wall time only when the date is real: SOURCE_DATE_EPOCH asks for byte-identical files.
+        fit: { seconds: date.reproducible ? 0 : (performance.now() - started) / 1000, createdAt: date.reproducible ? date.createdAt : new Date().toISOString(), meanPasses, truncatedPasses, reinforceSteps: steps },
+        muLayout: 'selected',
       },
-      shouldStop: () => options.shouldStop?.() ?? false,
-    });
-    stopIfAsked({ ...ckpt, state });
-    steps = state.step;
-    options.onProgress?.('readout', 0, 1, `${rOpts.readoutMasks} masks`);
-    const r = await readoutMask(state.theta, items.length, loss, rOpts, o.seed);
-    options.onProgress?.('readout', 1, 1, `best mean loss ${r.meanLoss.toFixed(3)}`);
-    selected = r.mask;
-    readout = { meanLoss: r.meanLoss, candidates: r.candidates };
-    probs = Float32Array.from(probabilities(state.theta, rOpts.clip));
-  } else if (o.heads === 'all') {
-    selected = new Uint8Array(n).fill(1);
-    probs = new Float32Array(n).fill(1);
-  } else {
-    const count = Number(o.heads.slice('random:'.length));
-    if (!Number.isInteger(count) || count < 0 || count > n) throw new FitError(`--heads ${o.heads}: N must be an integer in 0..${n}`);
-    selected = new Uint8Array(n);
-    for (const i of new Rng(o.seed).sample(n, count)) selected[i] = 1;
-    probs = Float32Array.from(selected);
+    };
+    return new ActivationRM(decoder, criterion);
   }
-  const heads: [number, number][] = [];
-  selected.forEach((on, i) => { if (on) heads.push([Math.floor(i / H), i % H]); });
-
-  // ---- 3. optional denoising ----
-  if (denoiseRank !== null) {
-    if (!passes) throw new FitError('denoising needs the per-pass activations (resume a checkpoint made with the same --denoise)');
-    mu = denoiseMeans(mu, passes, heads, { H, d }, denoiseRank);
-  }
-
-  const criterion: Criterion = {
-    mu, probs,
-    meta: {
-      formatVersion: FORMAT_VERSION,
-      model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
-      template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
-      hyper: { passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
-      examples: { count: examples.length, items: items.length, itemsTooLong: allItems.length - items.length, ids: exampleIds, sha256: examplesHash },
-      readout,
-      fit: { seconds: (performance.now() - started) / 1000, createdAt: new Date().toISOString(), meanPasses, truncatedPasses, reinforceSteps: steps },
-      muLayout: 'selected',
-    },
-  };
-  return new ActivationRM(decoder, criterion);
 }
 
 /** REINFORCE's per-mask loss: −log P(correct answer token) with the mask's heads patched, via shared prefixes. */
@@ -222,7 +286,11 @@ export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: Re
     masks.forEach((m, s) => mask.set(m, s * L * H));
     const { logits, logSumExp } = await decoder.stepShared(kv, last, { mask, values: mu, mode });
     const target = answerIds[items[item]!.answer];
-    return masks.map((_, s) => logSumExp[s]! - logits[s * V + target]!); // −log softmax(logits)[target]
+    const losses = masks.map((_, s) => logSumExp[s]! - logits[s * V + target]!); // −log softmax(logits)[target]
+    // A NaN loss would turn θ into NaN and the fit into an empty head set without a word: stop here instead.
+    const bad = losses.findIndex((l) => !Number.isFinite(l));
+    if (bad >= 0) throw new FitError(nonFiniteHint(`the REINFORCE loss of item ${items[item]!.id} (mask ${bad}, ${masks[bad]!.reduce((a, b) => a + b, 0)} heads patched)`));
+    return losses;
   };
 }
 
@@ -253,7 +321,7 @@ export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template
       template, answerTokens: resolveAnswerTokens(decoder.tokenizer, template, probe), heads: [], mode: 'replace', headStrategy: 'none', denoise: null, seed: 0,
       hyper: { passes: 0, shots: 0, maxLength: options.maxLength ?? decoder.spec.maxPositions, batchSize: options.batchSize ?? 8, reinforce: null },
       examples: { count: 0, items: 0, itemsTooLong: 0, ids: [], sha256: '' }, readout: null,
-      fit: { seconds: 0, createdAt: new Date().toISOString(), meanPasses: 0, truncatedPasses: 0, reinforceSteps: 0 }, muLayout: 'selected',
+      fit: { seconds: 0, createdAt: fitDate().createdAt, meanPasses: 0, truncatedPasses: 0, reinforceSteps: 0 }, muLayout: 'selected',
     },
   });
 }

@@ -22,6 +22,10 @@ export interface MeanOptions {
   /** Keep every pass's activations ([T, L, H, d]) for denoising. */
   keepPasses?: boolean;
   onProgress?: (done: number, total: number) => void;
+  /** Polled after every batch: when it returns true, extraction throws MeansInterrupted with the passes done. */
+  shouldStop?: () => boolean;
+  /** Per-pass activations from an interrupted run (pass index → [L·H·d]); those passes are not run again. */
+  donePasses?: ReadonlyMap<number, Float32Array>;
 }
 
 export interface MeanResult {
@@ -30,6 +34,14 @@ export interface MeanResult {
   truncatedPasses: number;
   /** For each pass: the query index and its demo indices (provenance, and the hand-computed test). */
   plan: { query: number; demos: number[] }[];
+}
+
+/** Mean extraction stopped on request; `done` holds every pass finished so far (resumed ones included). */
+export class MeansInterrupted extends Error {
+  override name = 'MeansInterrupted';
+  constructor(readonly done: Map<number, Float32Array>, readonly total: number) {
+    super(`mean extraction interrupted after ${done.size} of ${total} passes`);
+  }
 }
 
 /**
@@ -55,6 +67,25 @@ export function planPasses(nItems: number, passes: number, shots: number, seed: 
   return plan;
 }
 
+/**
+ * The batches mean extraction runs, as pass indices. Independent passes are batched only with passes of the
+ * same token length: a left-padded row's activations differ from the unpadded ones in the last bits (the
+ * attention reductions change length), so with padding the means, and through REINFORCE the selected heads,
+ * would depend on --batch-size. Equal-length rows need no padding and give the same bits in any batch.
+ * Passes sharing a demo draw run as one unit (prefix once, then their queries), whole per batch when the
+ * draw's g passes fit one batch.
+ */
+function meanBatches(seqs: number[][], plan: { demos: number[] }[], batchSize: number, shared: boolean): number[][] {
+  const units = new Map<string, number[]>();
+  plan.forEach((p, i) => {
+    const key = shared ? `demos ${p.demos.join(',')}` : `length ${seqs[i]!.length}`;
+    units.set(key, [...(units.get(key) ?? []), i]);
+  });
+  const ordered = [...units.values()].sort((a, b) => seqs[a[0]!]!.length - seqs[b[0]!]!.length || a[0]! - b[0]!);
+  if (shared) return ordered;
+  return ordered.flatMap((unit) => Array.from({ length: Math.ceil(unit.length / batchSize) }, (_, j) => unit.slice(j * batchSize, (j + 1) * batchSize)));
+}
+
 export async function extractMeans(decoder: Decoder, template: TemplateSpec, pool: JudgeItem[], opts: MeanOptions): Promise<MeanResult> {
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const width = L * H * d;
@@ -65,15 +96,23 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
     if (r.truncatedTokens > 0 || r.droppedDemos > 0) truncatedPasses++;
     return r.ids;
   });
-  // Passes that share a demo draw share its tokens: run them as one prefix and their queries.
-  const groups = new Map<string, number[]>();
-  plan.forEach((p, i) => { const key = p.demos.join(','); groups.set(key, [...(groups.get(key) ?? []), i]); });
-  const perPass: Float32Array[] = new Array(plan.length);
-  await forEachLastLogits(decoder, seqs, {
-    batchSize: opts.batchSize, sharePrefix: false, groups: (opts.passesPerDemoSet ?? 1) > 1 ? [...groups.values()] : undefined,
-    onProgress: opts.onProgress,
-  }, (i, { heads }) => { perPass[i] = heads.slice(); });
-  // Sum in plan order, so the result does not depend on how passes were batched.
+  const done = new Map<number, Float32Array>();
+  for (const [i, row] of opts.donePasses ?? []) {
+    if (!(Number.isInteger(i) && i >= 0 && i < plan.length) || row.length !== width) throw new Error(`extractMeans: resumed pass ${i} does not fit this plan (${plan.length} passes of ${width} values)`);
+    done.set(i, row);
+  }
+  const shared = (opts.passesPerDemoSet ?? 1) > 1;
+  for (const batch of meanBatches(seqs, plan, opts.batchSize, shared)) {
+    const todo = batch.filter((i) => !done.has(i));
+    if (!todo.length) continue;
+    if (opts.shouldStop?.()) throw new MeansInterrupted(done, plan.length);
+    await forEachLastLogits(decoder, todo.map((i) => seqs[i]!), {
+      batchSize: opts.batchSize, sharePrefix: false, groups: shared ? [todo.map((_, j) => j)] : undefined,
+    }, (j, { heads }) => { done.set(todo[j]!, heads.slice()); });
+    opts.onProgress?.(done.size, plan.length);
+  }
+  // Sum in plan order, so the result does not depend on how (or in how many runs) passes were batched.
+  const perPass = plan.map((_, i) => done.get(i)!);
   const sum = new Float64Array(width);
   for (const row of perPass) for (let i = 0; i < width; i++) sum[i]! += row[i]!;
   return { mu: Float32Array.from(sum, (s) => s / plan.length), passes: opts.keepPasses ? perPass : null, truncatedPasses, plan };

@@ -56,6 +56,15 @@ export interface ScoreOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+export class ScoreError extends Error {
+  override name = 'ScoreError';
+}
+
+/** The message for NaN/Inf met during a fit or a score, with where it likely comes from. */
+export function nonFiniteHint(what: string): string {
+  return `${what} is not finite (NaN or Inf); likely cause: NaN/Inf in the model's weights (e.g. a value that overflowed float16) or an unusable config.json value (e.g. rms_norm_eps ≤ 0)`;
+}
+
 export class ActivationRM {
   constructor(readonly decoder: Decoder, readonly criterion: Criterion) {}
 
@@ -100,6 +109,10 @@ export class ActivationRM {
     const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
     await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
       const i = live[j]!;
+      // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
+      if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {
+        throw new ScoreError(nonFiniteHint(`the score of item ${items[i]!.id} (log-sum-exp ${logSumExp}, answer logits ${row[yesId]}/${row[noId]})`));
+      }
       const p = (t: number) => Math.exp(row[t]! - logSumExp);
       const yes = yesVariants.reduce((s, t) => s + p(t), 0), no = noVariants.reduce((s, t) => s + p(t), 0);
       const top = argmax(row);
