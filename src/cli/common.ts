@@ -1,7 +1,10 @@
 /** Shared CLI plumbing: model options, progress bars on stderr, error reporting. */
+import fs from 'node:fs';
+import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Decoder } from '../model/decoder.js';
+import { readSafetensorsMetadata } from '../model/safetensors.js';
 
 export interface ModelCliOptions { model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean }
 
@@ -79,5 +82,81 @@ export async function loadDecoder(opts: ModelCliOptions): Promise<Decoder> {
     });
   } finally {
     bar.stop();
+  }
+}
+
+/** A file a command reads, for refusing to write over it. */
+export interface InputFile { path: string; what: string }
+
+/** The files of a local model folder (recursively, capped), as inputs; none for a hub id. */
+export function modelInputs(model: string): InputFile[] {
+  let entries: string[];
+  try {
+    if (!fs.statSync(model).isDirectory()) return [];
+    entries = fs.readdirSync(model, { recursive: true, encoding: 'utf8' }).slice(0, 10_000);
+  } catch { return []; }
+  return entries.map((f) => ({ path: path.join(model, f), what: `a file of the model folder ${model}` }));
+}
+
+const sameFile = (a: fs.Stats, b: fs.Stats) => a.dev === b.dev && a.ino === b.ino;
+const statOrNull = (file: string) => { try { return fs.statSync(file); } catch { return null; } };
+const errCode = (e: unknown) => (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+
+/**
+ * Checks, before any long work, that `file` may be written: it is none of `inputs` (the same file by device and
+ * inode, whatever the paths say; never overridable), it is not a folder, an existing file is a criterion file
+ * when `criterion` is set (else `--force` is needed), and its folder exists or can be created and takes a new
+ * file (a probe file is created and removed). Returns `cleanup`, which removes the folders this created if
+ * they are still empty: call it when the command fails.
+ */
+export function prepareOutput(file: string, opts: { flag: string; inputs: InputFile[]; criterion?: boolean; force?: boolean }): { cleanup: () => void } {
+  const at = statOrNull(file);
+  if (at?.isDirectory()) throw new Error(`${opts.flag} ${file}: is a folder, not a file`);
+  if (at) {
+    for (const input of opts.inputs) {
+      const st = statOrNull(input.path);
+      if (st?.isFile() && sameFile(st, at)) throw new Error(`${opts.flag} ${file}: is ${input.what} (${input.path}), which this command reads; refusing to write over it. Choose another output path`);
+    }
+    if (opts.criterion && !opts.force && !isCriterionFile(file)) {
+      throw new Error(`${opts.flag} ${file}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`);
+    }
+  }
+  const dir = path.dirname(path.resolve(file));
+  let created: string | undefined;
+  try { created = fs.mkdirSync(dir, { recursive: true }); } catch (e) {
+    throw new Error(`${opts.flag} ${file}: cannot create its folder ${dir} (${errCode(e)})`);
+  }
+  const cleanup = () => {
+    if (!created) return;
+    // Remove the folders made here, deepest first, as long as they are empty.
+    for (let d = dir; ; d = path.dirname(d)) {
+      try { fs.rmdirSync(d); } catch { return; }
+      if (d === created) return;
+    }
+  };
+  const probe = path.join(dir, `.arm-write-probe-${process.pid}`);
+  try {
+    fs.writeFileSync(probe, '');
+    fs.rmSync(probe, { force: true });
+  } catch (e) {
+    cleanup();
+    throw new Error(`${opts.flag} ${file}: cannot write in ${dir} (${errCode(e)})`);
+  }
+  return { cleanup };
+}
+
+function isCriterionFile(file: string): boolean {
+  try { return readSafetensorsMetadata(file).arm !== undefined; } catch { return false; }
+}
+
+/** Writes `text` to `file` through a temporary file renamed into place; the temporary file never stays. */
+export function writeFileAtomic(file: string, text: string): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
   }
 }

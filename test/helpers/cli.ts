@@ -1,14 +1,14 @@
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { tempDir } from './fixtures.js';
 
 const cacheDir = tempDir('arm-cache-');
 
 /** Runs the `arm` CLI from source in a child process. */
-export function arm(args: string[], opts: { expectFail?: boolean } = {}): { stdout: string; stderr: string; status: number } {
+export function arm(args: string[], opts: { expectFail?: boolean; env?: Record<string, string> } = {}): { stdout: string; stderr: string; status: number } {
   try {
     const stdout = execFileSync(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, 'arm-cli.ts'), ...args], {
-      encoding: 'utf8', env: { ...process.env, ARM_CACHE_DIR: cacheDir }, stdio: ['ignore', 'pipe', 'pipe'],
+      encoding: 'utf8', env: { ...process.env, ARM_CACHE_DIR: cacheDir, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     if (opts.expectFail) throw new Error(`expected failure, got ${stdout}`);
     return { stdout, stderr: '', status: 0 };
@@ -19,3 +19,14 @@ export function arm(args: string[], opts: { expectFail?: boolean } = {}): { stdo
   }
 }
 
+
+/** Starts the `arm` CLI from source in a child process without waiting (for signals); stderr is collected in `stderr()`. */
+export function armSpawn(args: string[]): { child: ChildProcess; stderr: () => string; exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }> } {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, 'arm-cli.ts'), ...args], {
+    env: { ...process.env, ARM_CACHE_DIR: cacheDir }, stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (s: string) => { err += s; });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
+  return { child, stderr: () => err, exited };
+}
