@@ -33,5 +33,5 @@ it('arm generate continues with karpathy\'s sample', () => {
 it('a bad --model fails with a message and a non-zero exit', () => {
   const r = arm(['forward', '--model', '/nonexistent/dir', '--prompt', 'x'], { expectFail: true });
   expect(r.status).toBe(1);
-  expect(r.stderr).toMatch(/arm: \/nonexistent\/dir: no such folder, and not a hub id/);
+  expect(r.stderr).toMatch(/arm: \/nonexistent\/dir: no such folder, and "\/nonexistent\/dir" is not a hub repo id: expected owner\/name/);
 });
