@@ -337,17 +337,23 @@ export function writeSafetensors(file: string, tensors: WritableTensor[], metada
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
   const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
   try {
-    const len = Buffer.alloc(8);
-    len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
-    fs.writeSync(fd, len);
-    fs.writeSync(fd, json);
-    for (const t of tensors) fs.writeSync(fd, t.bytes);
-  } finally {
-    fs.closeSync(fd);
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
+      fs.writeSync(fd, len);
+      fs.writeSync(fd, json);
+      for (const t of tensors) fs.writeSync(fd, t.bytes);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true }); // a failed write (full disk, output is a folder) leaves nothing behind
+    throw e;
   }
-  fs.renameSync(tmp, file);
 }
 
 /** The `__metadata__` string map of a single safetensors file. */

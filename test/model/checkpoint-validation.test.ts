@@ -344,3 +344,14 @@ describe('non-finite weights', () => {
     await expect(load(dir, tempDir('arm-cache-'))).rejects.toThrow(/tensor "model\.norm\.weight" holds 1 non-finite value \(NaN or ±Inf\) of 32/);
   });
 });
+
+describe('writing', () => {
+  it('a failed write leaves no temporary file behind', () => {
+    const dir = tempDir();
+    const target = path.join(dir, 'out.safetensors');
+    fs.mkdirSync(target); // renaming a file onto a non-empty folder fails
+    fs.writeFileSync(path.join(target, 'keep'), 'x');
+    expect(() => writeSafetensors(target, [{ name: 't', dtype: 'F32', shape: [1], bytes: new Uint8Array(4) }])).toThrow();
+    expect(fs.readdirSync(dir)).toEqual(['out.safetensors']);
+  });
+});
