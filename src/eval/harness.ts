@@ -80,12 +80,17 @@ export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset'
 /** Pairs with the same prompt text are siblings: they never straddle the pool and the test set. */
 const promptKey = (p: PairExample) => promptText(p.prompt);
 
-/** Exact duplicate pairs (same prompt text, chosen and rejected) after the first are left out: a duplicate would count twice, or sit in both pool and test. */
-export function dropDuplicatePairs(pairs: PairExample[]): { pairs: PairExample[]; dropped: PairExample[] } {
+/**
+ * Exact duplicate pairs (same prompt text, chosen and rejected) after the first are left out: a duplicate would
+ * count twice, or sit in both pool and test. Duplicates are looked for within the group a pool is drawn from
+ * (a subset, or the whole set with a global pool): the same pair in two subsets is two subsets' data, and each
+ * subset's pool serves only its own test pairs.
+ */
+export function dropDuplicatePairs(pairs: PairExample[], mode: 'subset' | 'global' = 'global'): { pairs: PairExample[]; dropped: PairExample[] } {
   const seen = new Set<string>();
   const kept: PairExample[] = [], dropped: PairExample[] = [];
   for (const p of pairs) {
-    const k = JSON.stringify([promptKey(p), p.chosen, p.rejected]);
+    const k = JSON.stringify([mode === 'global' ? '' : p.subset ?? 'all', promptKey(p), p.chosen, p.rejected]);
     if (seen.has(k)) dropped.push(p); else { seen.add(k); kept.push(p); }
   }
   return { pairs: kept, dropped };
@@ -172,8 +177,8 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
   const allPairs = examples.filter((e): e is PairExample => e.kind === 'pair');
   if (allPairs.length < examples.length) log(`note: ${examples.length - allPairs.length} scalar rows left out (the harness compares pairs)`);
   if (!allPairs.length) throw new Error('the dataset holds no pairs {prompt, chosen, rejected}');
-  const { pairs, dropped: duplicates } = dropDuplicatePairs(allPairs);
-  if (duplicates.length) log(`note: ${duplicates.length} exact duplicate pairs left out (same prompt, chosen and rejected as an earlier row): ${duplicates.slice(0, 5).map((p) => p.id).join(', ')}${duplicates.length > 5 ? ', …' : ''}`);
+  const { pairs, dropped: duplicates } = dropDuplicatePairs(allPairs, opts.pool);
+  if (duplicates.length) log(`note: ${duplicates.length} exact duplicate pairs left out (same prompt, chosen and rejected as an earlier row${opts.pool === 'subset' ? ' of their subset' : ''}): ${duplicates.slice(0, 5).map((p) => p.id).join(', ')}${duplicates.length > 5 ? ', …' : ''}`);
 
   fs.mkdirSync(opts.outputDir, { recursive: true });
   const itemsFile = path.join(opts.outputDir, 'items.jsonl');
@@ -295,7 +300,7 @@ export function budgetNotes(opts: Pick<EvalOptions, 'methods' | 'fewShot' | 'poo
 export async function evaluate(decoder: Decoder | null, examples: Example[], requested: EvalOptions & { dataset: string; modelId: string }): Promise<Results> {
   const records = await runEval(decoder, examples, requested);
   const opts = effectiveOptions(requested);
-  const { pairs, dropped } = dropDuplicatePairs(examples.filter((e): e is PairExample => e.kind === 'pair'));
+  const { pairs, dropped } = dropDuplicatePairs(examples.filter((e): e is PairExample => e.kind === 'pair'), opts.pool);
   const results = aggregate(records, {
     dataset: opts.dataset, model: opts.modelId, shape: { layers: decoder?.spec.numLayers ?? 0, heads: decoder?.spec.numHeads ?? 0 }, fewShot: opts.fewShot, pool: opts.pool,
     splits: { ...splitNotes(pairs, opts.fewShot, opts.pool, runSeeds(opts)), duplicatePairs: dropped.length },

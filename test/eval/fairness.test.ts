@@ -133,6 +133,10 @@ describe('leak-free splits', () => {
     const { pairs: kept, dropped } = dropDuplicatePairs(pairs());
     expect(dropped.map((p) => p.id)).toEqual(['dup']);
     expect(kept).toHaveLength(9);
+    // Per-subset pools: the same pair in two subsets belongs to both (each subset's pool serves only its own tests).
+    const twoSubsets = readExamples(writeRows([{ id: 'x', subset: 'a', prompt: 'P', chosen: 'c', rejected: 'r' }, { id: 'y', subset: 'b', prompt: 'P', chosen: 'c', rejected: 'r' }, { id: 'z', subset: 'b', prompt: 'P', chosen: 'c', rejected: 'r' }])).examples as PairExample[];
+    expect(dropDuplicatePairs(twoSubsets, 'subset').dropped.map((p) => p.id)).toEqual(['z']);
+    expect(dropDuplicatePairs(twoSubsets, 'global').dropped.map((p) => p.id)).toEqual(['y', 'z']);
   });
 
   it('no test pair shares its prompt with a pool pair; the pool has exactly --few-shot pairs; the rest is held out', () => {

@@ -67,7 +67,12 @@ describe('a pool a method cannot be prepared on', () => {
     expect(Object.keys(results.methods.arm!.subsets)).toEqual(['plain']);
     expect(results.methods.arm!.accuracy.n).toBe(2 * 10);
     expect(results.methods.arm!.skipped).toHaveLength(2);
-    expect(Object.keys(results.methods['zero-shot']!.subsets)).toEqual(['plain', 'verbose']);
+    // zero-shot needs no pool and is given subset verbose too, but cannot score it (too long at 96 tokens);
+    // like every method it is compared on the common set, which holds plain only.
+    expect(Object.keys(results.methods['zero-shot']!.subsets)).toEqual(['plain']);
+    expect(results.methods['zero-shot']!.allPairs.n).toBe(2 * 20);
+    expect(results.methods['zero-shot']!.coverage).toEqual({ scored: 2 * 10, total: 2 * 20, rate: 0.5 });
+    expect(results.methods.arm!.coverage).toEqual({ scored: 2 * 10, total: 2 * 20, rate: 0.5 });
     expect(results.methods['zero-shot']!.skipped).toEqual([]);
     // The log names the method, subset and seed of each skip.
     expect(logged.some((l) => /skipped arm on subset verbose, seed 1 .*single label class/.test(l))).toBe(true);
@@ -85,7 +90,9 @@ describe('a pool a method cannot be prepared on', () => {
     expect(md).toContain('## Skipped (method, subset, seed)');
     expect(md).toMatch(/\| arm \| verbose \| 0 \| 10 \| the few-shot examples hold a single label class/);
     expect(md).toMatch(/\| arm † \|/);
-    expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(n=2\) \| skipped \|/); // per subset: plain ran in 2 seeds, verbose skipped
+    expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(n=2\) \|/);
+    // verbose is out of the common set (skipped by some, unscorable by zero-shot): every row is over plain's 2 × 10 pairs
+    expect(md).toContain('the 20 of 40 (seed, test pair)s that every method (arm, random-heads, sav-vote, zero-shot) could score');
     const html = fs.readFileSync(path.join(out, 'report.html'), 'utf8');
     expect(html).toContain('<h2>Skipped (method, subset, seed)</h2>');
     expect(html).toContain('sav-vote: the pool needs items of both classes');
@@ -125,12 +132,17 @@ describe('a pool a method cannot be prepared on', () => {
     expect(arm.accuracy.perSeed).toHaveLength(1);
     expect(arm.accuracy.std).toBe(0);
     expect(arm.subsets.mixed!.seeds).toBe(1);
-    expect(arm.accuracy.n).toBe(11);
-    expect(results.methods['zero-shot']!.accuracy.seeds).toBe(2);
+    expect(arm.allPairs.n).toBe(11);
+    // On the common set, the long-chosen test pairs zero-shot cannot score at --max-length 96 drop out for both.
+    expect(arm.accuracy.n).toBe(results.methods['zero-shot']!.accuracy.n);
+    expect(arm.accuracy.n).toBeLessThanOrEqual(11);
+    // On the common set zero-shot is compared where arm ran (one seed); over all its own pairs, both seeds.
+    expect(results.methods['zero-shot']!.accuracy.seeds).toBe(1);
+    expect(results.methods['zero-shot']!.allPairs.seeds).toBe(2);
     expect(results.seeds).toEqual([seed, seed + 1]);
     const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
     expect(md).toMatch(/\| arm † \| [\d.]+ \(n=1\) \|/);
-    expect(md).toMatch(/\| zero-shot \| [\d.]+ ± [\d.]+ \(n=2\) \|/);
+    expect(md).toMatch(/\| zero-shot \| [\d.]+ \(n=1\) \|/);
   });
 
   it('any FitError from preparing skips; any other error aborts, naming the method, subset and seed', async () => {
@@ -139,10 +151,11 @@ describe('a pool a method cannot be prepared on', () => {
     try {
       prepare.mockRejectedValue(new FitError('nothing to fit on'));
       const results = await evaluate(stories, data, { ...options(tempDir()), methods: ['zero-shot', 'pick-longer'] });
-      expect(results.skipped.map((k) => k.reason)).toEqual(['nothing to fit on', 'nothing to fit on']);
+      // Neither method needs a pool: no pool is drawn, every pair is tested, and one seed is enough.
+      expect(results.skipped.map((k) => k.reason)).toEqual(['nothing to fit on']);
       expect(results.methods['zero-shot']!.accuracy.seeds).toBe(0);
-      expect(results.methods['pick-longer']!.accuracy.n).toBe(2 * 8);
-      expect(renderMarkdown(results)).toMatch(/\| zero-shot † \| – \(n=0\) \|/); // a method skipped everywhere still has a row
+      expect(results.methods['pick-longer']!.accuracy.n).toBe(12);
+      expect(renderMarkdown(results)).toMatch(/\| zero-shot † \| – \|/); // a method skipped everywhere still has a row
 
       prepare.mockRejectedValue(new TypeError('cannot read properties of undefined'));
       const out = tempDir();
@@ -164,6 +177,7 @@ describe('thin and dropped subsets', () => {
       minTestPairs: 10,
       smallSubsets: [{ subset: 'thin', rows: 8, testPairs: 4 }],
       droppedGroups: [{ group: 'tiny', rows: 3, seeds: [0, 1] }],
+      promptSiblingsHeldOut: 0,
     });
     // Global pool: per subset, the fewest test pairs any seed leaves; nothing is dropped while pairs remain.
     const global = splitNotes(pairs(), 4, 'global', [0, 1, 2]);
@@ -181,7 +195,8 @@ describe('thin and dropped subsets', () => {
     const { dir } = makeCheckpoint({ ...FAMILY_CONFIGS['llama (GQA 2, tied)']! }, { seed: 5, chatTemplate: CHATML });
     const tiny = await Decoder.load(dir, { cacheDir: tempDir('arm-cache-'), threads: 1 });
     try {
-      const results = await evaluate(tiny, pairs(), { ...options(out), methods: ['pick-longer'], log: (l) => logged.push(l) });
+      // A pool method (icl-judge, cheap to prepare): a run of pool-free methods alone draws no pool.
+      const results = await evaluate(tiny, pairs(), { ...options(out), methods: ['icl-judge'], log: (l) => logged.push(l) });
       expect(logged).toContain('warning: subset tiny has 3 pairs, all taken by the --few-shot 4 pool in seeds 0, 1: nothing of it is tested there');
       expect(logged).toContain('warning: subset thin has 8 pairs, leaving 4 test pairs after the pool (fewer than 10): its accuracy is noisy');
       expect(results.splits!.droppedGroups.map((d) => d.group)).toEqual(['tiny']);
@@ -191,7 +206,7 @@ describe('thin and dropped subsets', () => {
       expect(renderHtml(results)).toContain('thin (8 pairs, 4 tested)');
 
       // Nothing left to test at all is an error, not an empty report.
-      await expect(runEval(tiny, pairs(), { ...options(tempDir()), methods: ['pick-longer'], fewShot: 20 })).rejects.toThrow(/--few-shot 20 leaves no pair to test/);
+      await expect(runEval(tiny, pairs(), { ...options(tempDir()), methods: ['icl-judge'], fewShot: 20 })).rejects.toThrow(/--few-shot 20 leaves no pair to test/);
     } finally {
       await tiny.dispose();
     }
@@ -224,7 +239,9 @@ describe('aggregation with skips', () => {
     expect(r.methods.a!.accuracy.seeds).toBe(0);
     expect(r.methods.a!.cost.prepareSeconds).toBe(1);
     expect(r.methods.b!.accuracy).toMatchObject({ mean: 1, std: 0, seeds: 1, perSeed: [1] });
-    expect(r.methods.c!.accuracy).toMatchObject({ mean: 0.5, seeds: 2 });
+    // The common set is seed 0's pair (b did not run in seed 1): c is compared there; over its own pairs, both seeds.
+    expect(r.methods.c!.accuracy).toMatchObject({ mean: 1, seeds: 1 });
+    expect(r.methods.c!.allPairs).toMatchObject({ mean: 0.5, seeds: 2 });
     expect(Object.keys(r.methods).length).toBe(3);
     // Rows sort by accuracy; the method with none goes last rather than wherever NaN lands.
     const md = renderMarkdown(r);
