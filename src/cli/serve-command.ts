@@ -2,9 +2,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
-import { ActivationRM } from '../arm/rm.js';
-import { createRewardServer, SERVER_DEFAULTS, type LoadedCriterion, type Readout, type ScoreTransform } from '../server/app.js';
-import { addModelOptions, loadDecoder, nonNegativeInt, positiveInt, type ModelCliOptions } from './common.js';
+import { createRewardServer, SERVER_DEFAULTS, type Readout, type ScoreTransform } from '../server/app.js';
+import { WorkerEngine } from '../server/engine.js';
+import { addModelOptions, nonNegativeInt, positiveInt, type ModelCliOptions } from './common.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
 
 interface ServeCliOptions extends ModelCliOptions {
@@ -34,15 +34,18 @@ export function registerServeCommand(program: Command): void {
       const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
       const scoreTransform = parseTransform(o.scoreTransform);
       const tooLongReward = o.tooLongReward === undefined ? null : finiteNumber(o.tooLongReward, '--too-long-reward');
-      const decoder = await loadDecoder(o);
-      let server: Awaited<ReturnType<typeof createRewardServer>> | null = null;
+      const criteria = o.rm.map(parseRmSpec);
+      const names = criteria.map((c) => c.name);
+      const dup = names.find((n, i) => names.indexOf(n) !== i);
+      if (dup) throw new Error(`--rm: the name "${dup}" is given twice`);
+      for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
+      if (!o.quiet) process.stderr.write(`arm serve: loading ${o.model} and ${criteria.length} criteria in the scoring thread (the first run builds the graph)…\n`);
+      // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
+      const engine = await WorkerEngine.start({ model: o.model, load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision }, criteria });
+      let closed = false;
       try {
-        const criteria: LoadedCriterion[] = o.rm.map((spec) => {
-          const { name, file } = parseRmSpec(spec);
-          return { name, file, rm: ActivationRM.load(decoder, file) };
-        });
-        server = await createRewardServer({
-          decoder, criteria, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
+        const server = await createRewardServer({
+          engine, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
           maxLength: o.maxLength, bodyLimit: o.bodyLimitMib * 2 ** 20, apiKey, readout: o.rewardReadout, scoreTransform, tooLongReward,
           modelName: o.model, log: (line) => process.stderr.write(`${line}\n`),
         });
@@ -57,15 +60,16 @@ export function registerServeCommand(program: Command): void {
           process.on('SIGINT', () => onSignal('SIGINT'));
         });
         const url = await server.listen({ host: o.host, port: o.port });
-        process.stderr.write(`arm serve: listening on ${url} (model ${decoder.id}; criteria ${criteria.map((c) => c.name).join(', ')}${combine ? `; combine ${o.combine}` : ''}${apiKey ? '; API key required' : ''})\n`);
+        process.stderr.write(`arm serve: listening on ${url} (model ${engine.info.model.id}; criteria ${names.join(', ')}${combine ? `; combine ${o.combine}` : ''}${apiKey ? '; API key required' : ''})\n`);
         await server.warm();
         process.stderr.write(`arm serve: ready\n`);
         const sig = await stopped;
         process.stderr.write(`arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in flight\n`);
         await server.close();
+        closed = true;
         process.stderr.write('arm serve: drained, exiting\n');
       } finally {
-        await decoder.dispose();
+        if (!closed) await engine.close();
       }
     });
 }

@@ -8,14 +8,12 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { ActivationRM } from '../arm/rm.js';
-import type { Decoder } from '../model/decoder.js';
 import type { Example, Prompt } from '../data/examples.js';
+import type { CriterionMeta } from '../arm/criterion.js';
 import { CancelledError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
-import { QuerySplitter, specialTokensOf, SplitError } from './split.js';
-
-export interface LoadedCriterion { name: string; file: string; rm: ActivationRM }
+import { QuerySplitter, SplitError } from './split.js';
+import type { ScoringEngine } from './engine.js';
 
 /** What `/get_reward` returns as `rewards` (and `/classify` as P(Yes)): see README "Reward server". */
 export type Readout = 'reward' | 'normalized' | 'logit-diff';
@@ -23,8 +21,8 @@ export type Readout = 'reward' | 'normalized' | 'logit-diff';
 export type ScoreTransform = { kind: 'none' } | { kind: 'logit' } | { kind: 'threshold'; at: number };
 
 export interface RewardServerOptions {
-  decoder: Decoder;
-  criteria: LoadedCriterion[];
+  /** The model and criteria (engine.ts): a WorkerEngine for serving, an InProcessEngine for library use and tests. */
+  engine: ScoringEngine;
   /** Weights per criterion name: the default target of /get_reward and /classify when set. */
   combine?: Record<string, number>;
   maxBatch?: number;
@@ -40,7 +38,7 @@ export interface RewardServerOptions {
   scoreTransform?: ScoreTransform;
   /** What /get_reward sends for an item too long to score (default null). */
   tooLongReward?: number | null;
-  /** The `model` /classify reports (default the decoder's id). */
+  /** The `model` /classify reports (default the model's id). */
   modelName?: string;
   /** Logs unexpected (500) errors. */
   log?: (line: string) => void;
@@ -62,7 +60,7 @@ export interface RewardServer {
   warm(): Promise<void>;
   /** Listens; resolves with the base URL (http://host:port). */
   listen(opts?: { host?: string; port?: number }): Promise<string>;
-  /** Stops accepting, answers everything queued and in flight, then resolves. Does not dispose the decoder. */
+  /** Stops accepting, answers everything queued and in flight, closes the engine, then resolves. */
   close(): Promise<void>;
 }
 
@@ -99,11 +97,13 @@ interface ScoreItemIn { id?: string | number; prompt: string | Turns; response: 
 interface ScorePairIn { id?: string | number; prompt: string | Turns; chosen: string | Turns; rejected: string | Turns; images?: unknown }
 
 export async function createRewardServer(opts: RewardServerOptions): Promise<RewardServer> {
-  if (opts.criteria.length === 0) throw new Error('serve: no criterion loaded (--rm name=file)');
-  const byName = new Map<string, ActivationRM>();
-  for (const c of opts.criteria) {
+  const { engine } = opts;
+  const info = engine.info;
+  if (info.criteria.length === 0) throw new Error('serve: no criterion loaded (--rm name=file)');
+  const byName = new Map<string, CriterionMeta>();
+  for (const c of info.criteria) {
     if (byName.has(c.name)) throw new Error(`serve: criterion name "${c.name}" is used twice`);
-    byName.set(c.name, c.rm);
+    byName.set(c.name, c.meta);
   }
   const combine = opts.combine && Object.keys(opts.combine).length ? opts.combine : undefined;
   for (const name of Object.keys(combine ?? {})) if (!byName.has(name)) throw new Error(`--combine: no criterion named "${name}" (loaded: ${[...byName.keys()].join(', ')})`);
@@ -114,11 +114,11 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const tooLongReward = opts.tooLongReward === undefined ? null : opts.tooLongReward;
   const metrics = createMetrics();
-  const scheduler = new MicroBatcher(byName, {
+  const scheduler = new MicroBatcher(engine, {
     maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
     batchSize: opts.batchSize, maxLength: opts.maxLength,
   }, (r) => metrics.observeBatch(r), (n) => metrics.queueItems.set(n));
-  const splitter = new QuerySplitter(specialTokensOf(opts.decoder.info.modelDir), eosString(opts.decoder));
+  const splitter = new QuerySplitter(info.specialTokens, info.eosToken);
   const apiKeyDigest = opts.apiKey === undefined ? null : sha256(opts.apiKey);
   let ready = false;
   let closing = false;
@@ -142,6 +142,16 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       throw new HttpError(401, 'authorization', given === null ? 'authorization: send "Authorization: Bearer <key>"' : 'authorization: the API key is wrong');
     }
   });
+  // Requests between receipt and the end of their response, so that close() cuts connections only once all are answered.
+  let inFlight = 0;
+  let onIdle: (() => void) | null = null;
+  app.addHook('onRequest', async (_req, reply) => {
+    inFlight++;
+    // 'close' on the response: written out, or the connection died first.
+    reply.raw.once('close', () => { if (--inFlight === 0) onIdle?.(); });
+  });
+  // While draining, answer and hang up: a kept-alive socket would hold close() open until its idle timeout.
+  app.addHook('onSend', async (_req, reply) => { if (closing) reply.header('Connection', 'close'); });
   app.addHook('onResponse', async (req, reply) => {
     const endpoint = req.routeOptions.url ?? 'unmatched';
     metrics.requests.inc({ endpoint, status: String(reply.statusCode) });
@@ -182,7 +192,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
 
   const requireScalar = (names: string[], endpoint: string) => {
     for (const n of names) {
-      if (byName.get(n)!.criterion.meta.template.kind !== 'scalar') throw new HttpError(400, 'criterion', `criterion: "${n}" uses the ranked template, which scores pairs only; ${endpoint} needs a scalar (Yes/No) criterion (POST /v1/score with pairs for this one)`);
+      if (byName.get(n)!.template.kind !== 'scalar') throw new HttpError(400, 'criterion', `criterion: "${n}" uses the ranked template, which scores pairs only; ${endpoint} needs a scalar (Yes/No) criterion (POST /v1/score with pairs for this one)`);
     }
   };
 
@@ -238,12 +248,11 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   });
 
   app.get('/v1/criteria', async () => ({
-    model: { id: opts.decoder.id, family: opts.decoder.spec.family, layers: opts.decoder.spec.numLayers, heads: opts.decoder.spec.numHeads },
-    default: combine ? 'combine' : byName.size === 1 ? opts.criteria[0]!.name : null,
+    model: { id: info.model.id, family: info.model.family, layers: info.model.numLayers, heads: info.model.numHeads },
+    default: combine ? 'combine' : byName.size === 1 ? info.criteria[0]!.name : null,
     combine: combine ?? null,
     readout,
-    criteria: opts.criteria.map(({ name, file, rm }) => {
-      const m = rm.criterion.meta;
+    criteria: info.criteria.map(({ name, file, meta: m }) => {
       return {
         name, file, template: m.template.kind, chat: m.template.chat, answers: m.answerTokens.strings,
         heads: m.heads.length, headStrategy: m.headStrategy, mode: m.mode, seed: m.seed,
@@ -303,13 +312,13 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
         ? { index, label: null, probs: null, num_classes: 2, too_long: true }
         : { index, label: p >= 0.5 ? 'Yes' : 'No', probs: [1 - p, p], num_classes: 2 };
     });
-    return { id: `classify-${++classifyCount}`, object: 'list', created: Math.floor(Date.now() / 1000), model: req.body.model ?? opts.modelName ?? opts.decoder.id, data };
+    return { id: `classify-${++classifyCount}`, object: 'list', created: Math.floor(Date.now() / 1000), model: req.body.model ?? opts.modelName ?? info.model.id, data };
   });
 
   // Native: {criterion?, items: [{prompt, response}]} | {criterion?, pairs: [{prompt, chosen, rejected}]} → the fields `arm score` writes.
   app.post<{ Body: { criterion?: string; items?: ScoreItemIn[]; pairs?: ScorePairIn[] }; Querystring: { criterion?: string } }>('/v1/score', { schema: { body: scoreBody, querystring: criterionQuery } }, async (req, reply) => {
     const { items, pairs } = req.body;
-    if ((items === undefined) === (pairs === undefined)) throw new HttpError(400, items ? 'pairs' : 'items', 'items: send either "items" [{prompt, response}] or "pairs" [{prompt, chosen, rejected}] (exactly one of them)');
+    if ((items === undefined) === (pairs === undefined)) throw new HttpError(400, 'items', 'items: send either "items" [{prompt, response}] or "pairs" [{prompt, chosen, rejected}] (exactly one of them)');
     const asked = req.body.criterion ?? req.query.criterion;
     if (asked === undefined && byName.size > 1) throw new HttpError(400, 'criterion', `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`);
     const name = targets(asked).names[0]!;
@@ -317,7 +326,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       ? items.map((it, i) => {
         const where = `items[${i}]`;
         noImages(it.images, where);
-        if (byName.get(name)!.criterion.meta.template.kind === 'ranked') throw new HttpError(400, 'items', `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`);
+        if (byName.get(name)!.template.kind === 'ranked') throw new HttpError(400, 'items', `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`);
         return scalarExample(String(it.id ?? i), judgePrompt(it.prompt, `${where}.prompt`), responseText(it.response));
       })
       : pairs!.map((p, i) => {
@@ -334,11 +343,11 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     app, scheduler, metrics,
     get ready() { return ready && !closing; },
     async warm() {
-      for (const { rm } of opts.criteria) {
-        const probe: Example = rm.criterion.meta.template.kind === 'ranked'
+      for (const { name, meta } of info.criteria) {
+        const probe: Example = meta.template.kind === 'ranked'
           ? { kind: 'pair', id: 'warm', line: 0, row: {}, prompt: 'Warm-up.', chosen: 'Yes.', rejected: 'No.' }
           : scalarExample('warm', 'Warm-up.', 'Yes.');
-        await rm.scoreExamples([probe], { batchSize: opts.batchSize, maxLength: opts.maxLength });
+        await engine.score(name, [probe], { batchSize: opts.batchSize, maxLength: opts.maxLength });
       }
       ready = true;
     },
@@ -352,8 +361,15 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       closing = true;
       // fastify: stop listening, 503 for new requests on open connections, wait for in-flight handlers
       // (which wait on the scheduler, which keeps running); then nothing can still be queued.
-      await app.close();
+      const closed = app.close();
+      app.server.closeIdleConnections();
       await scheduler.drain();
+      // Every handler has its result now; once their responses are written, cut kept-alive sockets (clients such as
+      // undici hold them for seconds) instead of waiting for the clients to hang up.
+      if (inFlight > 0) await new Promise<void>((resolve) => { onIdle = resolve; setTimeout(resolve, 30_000).unref(); });
+      app.server.closeAllConnections();
+      await closed;
+      await engine.close();
     },
   };
 }
@@ -416,8 +432,3 @@ function fieldName(instancePath: string, missing: string | undefined, context: s
 }
 
 function sha256(s: string): Buffer { return createHash('sha256').update(s).digest(); }
-
-function eosString(decoder: Decoder): string | null {
-  const id = decoder.tokenizer.eosTokenId;
-  return id === null ? null : decoder.tokenizer.decode([id], { skipSpecialTokens: false });
-}

@@ -2,8 +2,9 @@
  * The micro-batching scheduler: examples from concurrent requests wait in one FIFO queue; one worker takes up to
  * `maxBatch` judge items of one criterion (the criterion of the oldest waiting example), either as soon as that
  * many are waiting or when the oldest has waited `maxWaitMs`, and scores them with one
- * `ActivationRM.scoreExamples` call: the same call `arm score` makes on a file. Batches run one at a time (one
- * model, one onnxruntime session using every core); requests keep arriving and queueing while one runs.
+ * `ActivationRM.scoreExamples` call (through the engine, engine.ts): the same call `arm score` makes on a file.
+ * Batches run one at a time (one model, one onnxruntime session using every core); with the worker engine,
+ * requests keep arriving and queueing while one runs.
  *
  * What a result depends on: `scoreExamples` batches by length and prefills shared prefixes, so a score is bitwise
  * that of `arm score` on the examples of the micro-batch it ran in (the same examples in the same order, same
@@ -14,8 +15,9 @@
  * (HTTP 503) instead of growing memory. A cancelled request (client gone) has its waiting examples removed at
  * once; a batch already running finishes, and its results for that request are dropped.
  */
-import type { ActivationRM, ItemScore, PairScore } from '../arm/rm.js';
+import type { ItemScore, PairScore } from '../arm/rm.js';
 import type { Example } from '../data/examples.js';
+import type { ScoringEngine } from './engine.js';
 
 export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
 
@@ -82,12 +84,15 @@ export class MicroBatcher {
   /** Items per second over recent batches (for Retry-After); exponentially weighted. */
   private itemsPerSecond = 0;
 
+  private readonly criteria: Set<string>;
+
   constructor(
-    private readonly criteria: ReadonlyMap<string, ActivationRM>,
+    private readonly engine: Pick<ScoringEngine, 'score' | 'info'>,
     private readonly opts: SchedulerOptions,
     private readonly onBatch: (r: BatchReport) => void = () => {},
     private readonly onQueueChange: (items: number) => void = () => {},
   ) {
+    this.criteria = new Set(engine.info.criteria.map((c) => c.name));
     if (!(opts.maxBatch >= 1 && opts.maxQueue >= 1 && opts.maxWaitMs >= 0)) throw new Error('scheduler: maxBatch and maxQueue must be ≥ 1, maxWaitMs ≥ 0');
   }
 
@@ -183,15 +188,13 @@ export class MicroBatcher {
     this.queue = rest;
     this.queuedItems -= items;
     this.onQueueChange(this.queuedItems);
-    const rm = this.criteria.get(criterion)!;
-    const tokens0 = rm.decoder.stats.tokens;
     const t0 = performance.now();
     try {
-      const scores = await rm.scoreExamples(batch.map((e) => e.example), { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength });
+      const { scores, tokens } = await this.engine.score(criterion, batch.map((e) => e.example), { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength });
       const seconds = (performance.now() - t0) / 1000;
       const rate = items / Math.max(seconds, 1e-6);
       this.itemsPerSecond = this.itemsPerSecond ? 0.8 * this.itemsPerSecond + 0.2 * rate : rate;
-      this.onBatch({ criterion, examples: batch.length, items, tokens: rm.decoder.stats.tokens - tokens0, seconds, tooLong: scores.filter((s) => s.tooLong).length });
+      this.onBatch({ criterion, examples: batch.length, items, tokens, seconds, tooLong: scores.filter((s) => s.tooLong).length });
       batch.forEach((e, i) => {
         const job = e.job;
         if (job.cancelled) return;

@@ -1,33 +1,33 @@
 /** The micro-batching scheduler on a stand-in model (no onnxruntime): batching, bounds, cancellation, drain. */
 import { describe, expect, it } from 'vitest';
-import type { ActivationRM } from '../../src/arm/rm.js';
 import type { Example } from '../../src/data/examples.js';
 import { CancelledError, MicroBatcher, QueueFullError, ShuttingDownError, type SchedulerOptions } from '../../src/server/scheduler.js';
+import type { ScoringEngine } from '../../src/server/engine.js';
 
 /** A stand-in whose score is a function of the response alone, taking `delayMs` per call; records each call's example ids. */
 function standIn(delayMs = 5) {
   const calls: string[][] = [];
   let fail = false;
-  const rm = {
-    decoder: { stats: { tokens: 0 } },
-    async scoreExamples(examples: Example[]) {
+  const engine = {
+    info: { criteria: [{ name: 'c' }] } as ScoringEngine['info'],
+    async score(_criterion: string, examples: Example[]) {
       calls.push(examples.map((e) => e.id));
       const failing = fail;
       await new Promise((r) => setTimeout(r, delayMs));
       if (failing) throw new Error('engine failure');
-      return examples.map((e) => (e.kind === 'scalar'
+      return { tokens: 0, scores: examples.map((e) => (e.kind === 'scalar'
         ? { id: e.id, reward: e.response.length / 100, normalized: 0, logitYes: 0, logitNo: 0, truncatedTokens: 0, tooLong: false, verdict: null, label: null }
-        : { id: e.id, chosen: 1, rejected: 0, margin: 1, correct: true, truncated: false, tooLong: false, detail: [] }));
+        : { id: e.id, chosen: 1, rejected: 0, margin: 1, correct: true, truncated: false, tooLong: false, detail: [] })) };
     },
   };
-  return { rm: rm as unknown as ActivationRM, calls, setFail: (v: boolean) => { fail = v; } };
+  return { engine, calls, setFail: (v: boolean) => { fail = v; } };
 }
 
 const item = (id: string, response = id): Example => ({ kind: 'scalar', id, line: 0, row: {}, prompt: 'p', response, label: null });
 const pair = (id: string): Example => ({ kind: 'pair', id, line: 0, row: {}, prompt: 'p', chosen: 'a', rejected: 'b' });
 const make = (opts: Partial<SchedulerOptions>, delayMs?: number) => {
   const s = standIn(delayMs);
-  return { ...s, batcher: new MicroBatcher(new Map([['c', s.rm]]), { maxBatch: 4, maxWaitMs: 20, maxQueue: 100, ...opts }) };
+  return { ...s, batcher: new MicroBatcher(s.engine, { maxBatch: 4, maxWaitMs: 20, maxQueue: 100, ...opts }) };
 };
 
 describe('MicroBatcher', () => {

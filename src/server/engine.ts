@@ -1,0 +1,158 @@
+/**
+ * Where scoring runs. onnxruntime-node's `session.run` executes synchronously on the calling thread (its promise
+ * only defers the call with setImmediate), so a server that scores on its main thread cannot read requests,
+ * answer /health, notice a departed client or send 503s while a forward runs (seconds, for a real model). The
+ * `WorkerEngine` keeps the decoder and criteria in a worker thread: the main thread only does HTTP, validation
+ * and batching. `InProcessEngine` scores on the calling thread (library use, tests).
+ *
+ * Both run the very same `ActivationRM.scoreExamples` call, so scores do not depend on the engine.
+ */
+import { Worker } from 'node:worker_threads';
+import type { ActivationRM } from '../arm/rm.js';
+import type { CriterionMeta } from '../arm/criterion.js';
+import type { Decoder, LoadOptions } from '../model/decoder.js';
+import type { Example } from '../data/examples.js';
+import type { ExampleScore } from './scheduler.js';
+import { specialTokensOf } from './split.js';
+
+export interface ScoreCallOptions { batchSize?: number; maxLength?: number }
+
+/** What the HTTP side needs to know about the model and criteria. */
+export interface EngineInfo {
+  model: { id: string; dir: string; family: string; numLayers: number; numHeads: number };
+  /** Special-token strings of the tokenizer and its end-of-sequence token, for the OpenRLHF split. */
+  specialTokens: string[];
+  eosToken: string | null;
+  criteria: { name: string; file: string; meta: CriterionMeta }[];
+}
+
+export interface ScoringEngine {
+  readonly info: EngineInfo;
+  /** Scores `examples` under `criterion` with one scoreExamples call; `tokens`: tokens fed to the model. */
+  score(criterion: string, examples: Example[], opts: ScoreCallOptions): Promise<{ scores: ExampleScore[]; tokens: number }>;
+  /** Frees the model (the worker exits). */
+  close(): Promise<void>;
+}
+
+export interface LoadedCriterion { name: string; file: string; rm: ActivationRM }
+
+/** Scores on the calling thread with an already loaded decoder and criteria. `close` does not dispose the decoder (the caller owns it). */
+export class InProcessEngine implements ScoringEngine {
+  readonly info: EngineInfo;
+  private readonly byName: Map<string, ActivationRM>;
+
+  constructor(decoder: Decoder, criteria: LoadedCriterion[]) {
+    this.byName = new Map(criteria.map((c) => [c.name, c.rm]));
+    this.info = engineInfo(decoder, criteria);
+  }
+
+  async score(criterion: string, examples: Example[], opts: ScoreCallOptions) {
+    const rm = this.byName.get(criterion);
+    if (!rm) throw new Error(`engine: no criterion named ${criterion}`);
+    const before = rm.decoder.stats.tokens;
+    const scores = await rm.scoreExamples(examples, opts);
+    return { scores, tokens: rm.decoder.stats.tokens - before };
+  }
+
+  async close(): Promise<void> {}
+}
+
+export function engineInfo(decoder: Decoder, criteria: { name: string; file: string; rm: ActivationRM }[]): EngineInfo {
+  const eos = decoder.tokenizer.eosTokenId;
+  return {
+    model: { id: decoder.id, dir: decoder.info.modelDir, family: decoder.spec.family, numLayers: decoder.spec.numLayers, numHeads: decoder.spec.numHeads },
+    specialTokens: specialTokensOf(decoder.info.modelDir),
+    eosToken: eos === null ? null : decoder.tokenizer.decode([eos], { skipSpecialTokens: false }),
+    criteria: criteria.map((c) => ({ name: c.name, file: c.file, meta: c.rm.criterion.meta })),
+  };
+}
+
+// ---------- worker thread ----------
+
+/** Messages main → worker. */
+export type ToWorker =
+  | { type: 'score'; id: number; criterion: string; examples: Example[]; opts: ScoreCallOptions }
+  | { type: 'close' };
+/** Messages worker → main. */
+export type FromWorker =
+  | { type: 'ready'; info: EngineInfo }
+  | { type: 'load-failed'; message: string }
+  | { type: 'scored'; id: number; scores: ExampleScore[]; tokens: number }
+  | { type: 'failed'; id: number; message: string }
+  | { type: 'closed' };
+
+export interface WorkerData { model: string; load: Pick<LoadOptions, 'cacheDir' | 'threads' | 'revision'>; criteria: { name: string; file: string }[] }
+
+/** The decoder and criteria in a worker thread (see the module comment). */
+export class WorkerEngine implements ScoringEngine {
+  private nextId = 1;
+  private readonly pending = new Map<number, { resolve(r: { scores: ExampleScore[]; tokens: number }): void; reject(e: Error): void }>();
+  private exited: Error | null = null;
+
+  private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
+    worker.on('message', (m: FromWorker) => {
+      if (m.type !== 'scored' && m.type !== 'failed') return;
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.type === 'scored') p.resolve({ scores: m.scores, tokens: m.tokens });
+      else p.reject(new Error(m.message));
+    });
+    const fail = (e: Error) => {
+      this.exited = e;
+      for (const p of this.pending.values()) p.reject(e);
+      this.pending.clear();
+    };
+    worker.on('error', (e) => fail(new Error(`scoring worker failed: ${e.message}`)));
+    worker.on('exit', (code) => fail(new Error(`scoring worker exited (code ${code})`)));
+  }
+
+  /** Starts the worker, which loads the model and criteria; resolves when it is ready, rejects with its load error. */
+  static async start(data: WorkerData): Promise<WorkerEngine> {
+    const worker = spawnScoreWorker(data);
+    const listeners: { message?: (m: FromWorker) => void; error?: (e: Error) => void; exit?: (code: number) => void } = {};
+    const info = await new Promise<EngineInfo>((resolve, reject) => {
+      listeners.message = (m) => {
+        if (m.type === 'ready') resolve(m.info);
+        else if (m.type === 'load-failed') reject(new Error(m.message));
+      };
+      listeners.error = reject;
+      listeners.exit = (code) => reject(new Error(`scoring worker exited while loading (code ${code})`));
+      worker.on('message', listeners.message).on('error', listeners.error).on('exit', listeners.exit);
+    }).catch(async (e: Error) => { await worker.terminate(); throw e; });
+    // Only our own listeners: Worker keeps internal ones (removeAllListeners would stop its message port).
+    worker.off('message', listeners.message!).off('error', listeners.error!).off('exit', listeners.exit!);
+    return new WorkerEngine(worker, info);
+  }
+
+  score(criterion: string, examples: Example[], opts: ScoreCallOptions): Promise<{ scores: ExampleScore[]; tokens: number }> {
+    if (this.exited) return Promise.reject(this.exited);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ type: 'score', id, criterion, examples, opts } satisfies ToWorker);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.exited) return;
+    const done = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    this.worker.postMessage({ type: 'close' } satisfies ToWorker);
+    // The worker disposes the decoder and exits; if it hangs, terminate it after a grace period.
+    const grace = setTimeout(() => void this.worker.terminate(), 10_000);
+    await done;
+    clearTimeout(grace);
+  }
+}
+
+/**
+ * The worker runs score-worker.js next to this file. From TypeScript sources (tsx, vitest) there is no .js
+ * file: the worker then registers tsx's loader first and imports score-worker.ts.
+ */
+function spawnScoreWorker(data: WorkerData): Worker {
+  const fromSource = import.meta.url.endsWith('.ts');
+  if (!fromSource) return new Worker(new URL('./score-worker.js', import.meta.url), { workerData: data });
+  const tsx = import.meta.resolve('tsx/esm/api');
+  const entry = new URL('./score-worker.ts', import.meta.url).href;
+  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`, { eval: true, workerData: data });
+}

@@ -1,0 +1,39 @@
+/** The scoring worker thread (engine.ts WorkerEngine): loads the decoder and criteria, scores batches one at a time. */
+import { parentPort, workerData } from 'node:worker_threads';
+import { Decoder } from '../model/decoder.js';
+import { ActivationRM } from '../arm/rm.js';
+import { engineInfo, InProcessEngine, type FromWorker, type ToWorker, type WorkerData } from './engine.js';
+
+const port = parentPort!;
+const data = workerData as WorkerData;
+const send = (m: FromWorker) => port.postMessage(m);
+
+let decoder: Decoder | null = null;
+try {
+  decoder = await Decoder.load(data.model, { ...data.load, quiet: true });
+  const criteria = data.criteria.map((c) => ({ ...c, rm: ActivationRM.load(decoder!, c.file) }));
+  const engine = new InProcessEngine(decoder, criteria);
+  // Messages are handled in order; the scheduler sends one batch at a time anyway.
+  let chain = Promise.resolve();
+  port.on('message', (m: ToWorker) => {
+    chain = chain.then(async () => {
+      if (m.type === 'close') {
+        await decoder!.dispose();
+        send({ type: 'closed' });
+        port.close();
+        return;
+      }
+      try {
+        const { scores, tokens } = await engine.score(m.criterion, m.examples, m.opts);
+        send({ type: 'scored', id: m.id, scores, tokens });
+      } catch (e) {
+        send({ type: 'failed', id: m.id, message: (e as Error).message });
+      }
+    });
+  });
+  send({ type: 'ready', info: engineInfo(decoder, criteria) });
+} catch (e) {
+  await decoder?.dispose();
+  send({ type: 'load-failed', message: (e as Error).message });
+  port.close();
+}
