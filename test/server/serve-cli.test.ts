@@ -1,0 +1,99 @@
+/**
+ * `arm serve` as users run it: a child process on a loopback port with the model in its scoring thread.
+ * Equality with the `arm score` command, the API key, and SIGTERM with requests in flight (drained, exit 0).
+ */
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Decoder } from '../../src/model/decoder.js';
+import { readExamples } from '../../src/data/examples.js';
+import { fitActivationRM } from '../../src/arm/fit.js';
+import { arm } from '../helpers/cli.js';
+import { STORIES, tempDir } from '../helpers/fixtures.js';
+
+const EXAMPLES = path.resolve(import.meta.dirname, '../../examples/concise');
+const dir = tempDir('arm-serve-');
+const criterionFile = path.join(dir, 'concise.arm.safetensors');
+const keyFile = path.join(dir, 'key.txt');
+const KEY = 'test-key-0123456789';
+const auth = { authorization: `Bearer ${KEY}` };
+
+let child: ChildProcess;
+let url: string;
+let stderr = '';
+let exited: Promise<number | null>;
+
+beforeAll(async () => {
+  const decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
+  try {
+    const rm = await fitActivationRM(decoder, readExamples(path.join(EXAMPLES, 'few.jsonl')).examples, { passes: 8, shots: 2, seed: 4, reinforce: { steps: 10, samples: 8, readoutMasks: 3, readoutItems: 4 } });
+    rm.save(criterionFile);
+  } finally {
+    await decoder.dispose();
+  }
+  fs.writeFileSync(keyFile, `${KEY}\n`);
+  child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'), 'serve', '--model', STORIES, '--rm', `concise=${criterionFile}`,
+    '--port', '0', '--api-key-file', keyFile, '--max-batch', '1000', '--max-wait-ms', '300', '--quiet'], { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] });
+  exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${stderr}`)), 60_000);
+    child.stderr!.on('data', (b: Buffer) => {
+      stderr += b.toString();
+      const at = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
+      if (at && stderr.includes('arm serve: ready')) { clearTimeout(timer); resolve(at[1]!); }
+    });
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`arm serve exited (${code}):\n${stderr}`)); });
+  });
+});
+afterAll(() => { if (child && child.exitCode === null) child.kill('SIGKILL'); });
+
+async function post(route: string, body: unknown, headers: Record<string, string> = auth) {
+  const res = await fetch(url + route, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body), signal: AbortSignal.timeout(30_000) });
+  return { status: res.status, body: await res.json() as any };
+}
+
+it('binds 127.0.0.1; every endpoint but /health needs the key', async () => {
+  expect(url).toMatch(/^http:\/\/127\.0\.0\.1:/);
+  expect((await fetch(`${url}/health`)).status).toBe(200);
+  expect((await fetch(`${url}/ready`)).status).toBe(401);
+  expect((await fetch(`${url}/ready`, { headers: auth })).status).toBe(200);
+  expect((await post('/v1/score', { items: [{ prompt: 'p', response: 'r' }] }, {})).status).toBe(401);
+});
+
+it('/v1/score answers bitwise what `arm score` writes for the same rows (worker thread vs the command)', async () => {
+  for (const kind of ['pair', 'scalar'] as const) {
+    const rows = readExamples(path.join(EXAMPLES, 'items.jsonl'), { labelsOptional: true }).examples.filter((e) => e.kind === kind);
+    const input = path.join(dir, `${kind}.jsonl`), output = path.join(dir, `${kind}.scored.jsonl`);
+    fs.writeFileSync(input, rows.map((e) => JSON.stringify(e.row)).join('\n') + '\n');
+    arm(['score', '--model', STORIES, '--rm', criterionFile, '--input', input, '--output', output, '--quiet']);
+    const written = fs.readFileSync(output, 'utf8').trim().split('\n').map((l) => JSON.parse(l).arm);
+    const body = kind === 'pair'
+      ? { pairs: rows.map((e) => e.kind === 'pair' && { prompt: e.prompt, chosen: e.chosen, rejected: e.rejected }) }
+      : { items: rows.map((e) => e.kind === 'scalar' && { prompt: e.prompt, response: e.response }) };
+    const served = await post('/v1/score', body);
+    expect(served.status).toBe(200);
+    expect(served.body.results).toEqual(written);
+  }
+});
+
+it('SIGTERM with requests queued and in flight: every one answered, then exit 0', async () => {
+  const queries = Array.from({ length: 24 }, (_, i) => `<|im_start|>user\nQuestion ${i}?<|im_end|>\n<|im_start|>assistant\nAnswer ${i}.<|im_end|>`);
+  const inFlight = queries.map((q) => post('/get_reward', { query: [q] }));
+  // The batch timer is 300 ms: wait until the server holds them all, then stop it.
+  for (let i = 0; i < 100; i++) {
+    const m = await fetch(`${url}/metrics`, { headers: auth }).then((r) => r.text());
+    if (/^arm_queue_items 24$/m.test(m)) break;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  child.kill('SIGTERM');
+  const answers = await Promise.all(inFlight);
+  for (const a of answers) {
+    expect(a.status).toBe(200);
+    expect(a.body.rewards[0]).toBeGreaterThan(0);
+  }
+  expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))])).toBe(0);
+  expect(stderr).toMatch(/SIGTERM: no new requests; finishing 24 queued items/);
+  expect(stderr).toContain('drained, exiting');
+  await expect(fetch(`${url}/health`)).rejects.toThrow(); // nothing listens any more
+});
