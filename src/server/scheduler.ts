@@ -9,7 +9,7 @@
  * What a result depends on: `scoreExamples` batches by length and prefills shared prefixes, so a score is bitwise
  * that of `arm score` on the examples of the micro-batch it ran in (the same examples in the same order, same
  * --batch-size and --max-length). An example batched with other requests' examples may differ from a lone run in
- * float32 rounding (≈1e-7 relative), as `arm score` itself does between files.
+ * float32 rounding (≈1e-6 relative), as `arm score` itself does between files.
  *
  * Bounds: at most `maxQueue` judge items wait (a pair counts 2); `submit` beyond that throws QueueFullError
  * (HTTP 503) instead of growing memory. A cancelled request (client gone) has its waiting examples removed at
