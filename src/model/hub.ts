@@ -122,6 +122,11 @@ interface Session extends Snapshot {
   hashesDir: string;
   /** Set once the endpoint answered anything: before that a connection failure means offline, fail fast. */
   reached: boolean;
+  /**
+   * The commit the revision pointed to when the hub first answered (its X-Repo-Commit header). Every later file
+   * is asked for at that commit, so a branch that moves during the download cannot mix files of two commits.
+   */
+  commit?: string;
   signal: AbortSignal;
 }
 
@@ -174,7 +179,7 @@ async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
   } finally {
     progress.stop();
   }
-  fs.writeFileSync(path.join(dir, '.complete'), new Date().toISOString());
+  fs.writeFileSync(path.join(dir, '.complete'), JSON.stringify({ repo: id, revision, commit: s.commit ?? null, completedAt: new Date().toISOString() }));
 }
 
 /** Runs `work` over `items`, at most `limit` at once; the first failure aborts the rest and is rethrown. */
@@ -292,7 +297,7 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
   // Hash the bytes we already have before asking for more: for a big part this takes longer than the idle
   // timeout would allow between the response's headers and its first body byte read.
   const partHash = offset > 0 ? await hashInto(part, createHash('sha256')) : undefined;
-  const url = new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.id}/resolve/${encodeURIComponent(s.revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
+  const url = new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.id}/resolve/${encodeURIComponent(s.commit ?? s.revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
   const { res, touch, advertised } = await getFollowingRedirects(s, url, offset);
   const status = res.statusCode ?? 0;
   const header = (name: string) => { const v = res.headers[name]; return Array.isArray(v) ? v[0] : v; };
@@ -426,6 +431,8 @@ async function getFollowingRedirects(s: Session, url: URL, offset: number): Prom
     const onHub = current.host === s.endpoint.host;
     const status = res.statusCode ?? 0;
     if (onHub) {
+      const commit = res.headers['x-repo-commit'];
+      if (!s.commit && typeof commit === 'string' && /^[0-9a-f]{40}$/.test(commit)) s.commit = commit;
       const linkedSize = Number(res.headers['x-linked-size']);
       if (Number.isSafeInteger(linkedSize) && linkedSize >= 0) advertised.size = linkedSize;
       const linkedSha = sha256FromEtag(res.headers['x-linked-etag'] as string | undefined);

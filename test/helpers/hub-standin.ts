@@ -27,6 +27,8 @@ export interface StandinBehaviour {
   failWith?: { status: number; times: number };
   /** Serves the whole file with 200 whatever Range asks (as some servers do). */
   ignoreRange?: boolean;
+  /** The hub's X-Repo-Commit header on its answers (the commit the asked revision points to). */
+  repoCommit?: string;
   /** Only files with these names get the throttle/cut/stall treatment (default: all). */
   only?: (file: string) => boolean;
 }
@@ -169,13 +171,14 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
         location: `${cdnOrigin}/cdn/${repo}/${m![2]}/${m![3]}`,
         'x-linked-size': body.length,
         'x-linked-etag': `"${behaviour.advertisedSha256?.(file) ?? sha256}"`,
+        ...(behaviour.repoCommit ? { 'x-repo-commit': behaviour.repoCommit } : {}),
         etag: `W/"${createHash('sha1').update(body).digest('hex')}"`,
       }).end();
       return;
     }
     // Like the hub: small files carry their git blob sha1 as ETag (not a sha256; a client must not check it).
     const etag = host === 'hub' ? `"${createHash('sha1').update(body).digest('hex')}"` : `"cdn-${sha256.slice(0, 16)}"`;
-    serveBody(req, res, log, key, full, { etag }).catch(() => res.destroy());
+    serveBody(req, res, log, key, full, { etag, ...(host === 'hub' && behaviour.repoCommit ? { 'x-repo-commit': behaviour.repoCommit } : {}) }).catch(() => res.destroy());
   };
 
   const listen = async (server: http.Server) => {

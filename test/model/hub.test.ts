@@ -83,6 +83,18 @@ describe('download', () => {
     }
   });
 
+  it('pins the revision to the commit the hub names first, so a moving branch cannot mix two commits', async () => {
+    const commit = 'c0ffee'.padEnd(40, '0');
+    hub.configure({ repoCommit: commit, redirectLfs: true });
+    const cacheDir = tempDir('arm-cache-');
+    const dir = await resolveVia('tiny/stories', { cacheDir, quiet: true });
+    const onHub = hub.requests.filter((r) => r.host === 'hub');
+    expect(onHub[0]!.url).toBe('/tiny/stories/resolve/main/config.json');
+    expect(onHub.length).toBeGreaterThan(3);
+    for (const r of onHub.slice(1)) expect(r.url).toMatch(new RegExp(`^/tiny/stories/resolve/${commit}/`));
+    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ repo: 'tiny/stories', revision: 'main', commit });
+  });
+
   it('a missing repository file is a clear error, asked for once (404 is not retried)', async () => {
     hub.configure({});
     await expect(resolveVia('tiny/absent', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(/tiny\/absent@main: config\.json not found on the hub/);
