@@ -12,6 +12,7 @@ import { ModelError } from './errors.js';
 import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout } from './export.js';
 import { resolveModelDir } from './hub.js';
 import { contentSha256 } from './file-hash.js';
+import { readUtf8File } from './text-files.js';
 import { SafetensorsCheckpoint } from './safetensors.js';
 import { specFromConfig, type ModelSpec } from './spec.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
@@ -268,18 +269,6 @@ class EmbeddingTable {
   }
 
   close(): void { fs.closeSync(this.fd); }
-}
-
-/** A small text file of a checkpoint, as strict UTF-8; every failure names the file and what was expected. */
-export function readUtf8File(file: string, what: string): string {
-  let bytes: Buffer;
-  try { bytes = fs.readFileSync(file); } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new ModelError(`${file}: ${code === 'ENOENT' ? 'missing' : code === 'EISDIR' ? 'is a directory' : `cannot read (${code ?? (e as Error).message})`}; expected ${what}`);
-  }
-  try { return new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch {
-    throw new ModelError(`${file}: not valid UTF-8; expected ${what}`);
-  }
 }
 
 function assertFinite(x: Float32Array, message: (index: number) => string): void {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import * as transformers from '@huggingface/transformers';
 import { PreTrainedTokenizer } from '@huggingface/transformers';
 import { ModelError } from './errors.js';
+import { isJsonObject, readJsonObjectFile, readUtf8File, type JsonObject } from './text-files.js';
 
 export interface ChatMessage { role: string; content: string }
 
@@ -20,62 +21,9 @@ export interface ChatOptions {
   templateKwargs?: Record<string, unknown>;
 }
 
-type Json = Record<string, unknown>;
+type Json = JsonObject;
 
-const isObject = (x: unknown): x is Json => typeof x === 'object' && x !== null && !Array.isArray(x);
-
-/**
- * A JSON object from `file`, or a ModelError naming the file and what is wrong with it. `optional`: a missing
- * file gives null instead of an error.
- */
-/** An optional UTF-8 text file: null when absent; errors name the file. */
-function readTextFile(file: string, expected: string): string | null {
-  let bytes: Buffer;
-  try { bytes = fs.readFileSync(file); } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return null;
-    throw new ModelError(`${file}: ${code === 'EISDIR' ? 'is a directory, not a file' : `cannot be read (${(e as Error).message})`} (${expected})`);
-  }
-  try { return new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch {
-    throw new ModelError(`${file}: not valid UTF-8 text (${expected})`);
-  }
-}
-
-function readJsonObject(file: string, expected: string, optional = false): Json | null {
-  let stat: fs.Stats;
-  try {
-    stat = fs.statSync(file);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
-      if (optional) return null;
-      throw new ModelError(`${file}: missing (${expected})`);
-    }
-    throw new ModelError(`${file}: cannot be read (${(e as Error).message})`);
-  }
-  if (stat.isDirectory()) throw new ModelError(`${file}: is a directory, not a file (${expected})`);
-  if (!stat.isFile()) throw new ModelError(`${file}: is not a regular file (${expected})`);
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (e) {
-    throw new ModelError(`${file}: cannot be read (${(e as Error).message})`);
-  }
-  let text: string;
-  try {
-    // fatal: bad bytes must not turn into U+FFFD inside vocabulary entries.
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-  } catch {
-    throw new ModelError(`${file}: not valid UTF-8 text (${expected})`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new ModelError(`${file}: not valid JSON (${(e as Error).message}; ${expected})`);
-  }
-  if (!isObject(value)) throw new ModelError(`${file}: expected a JSON object, found ${Array.isArray(value) ? 'an array' : JSON.stringify(value)?.slice(0, 40)} (${expected})`);
-  return value;
-}
+const isObject = isJsonObject;
 
 /** True when the pipeline writes spaces as U+2581 "▁" (sentencepiece style), in a normalizer or a Metaspace step. */
 function usesMetaspace(json: Json): boolean {
@@ -143,13 +91,13 @@ export class Tokenizer {
     if (!fs.statSync(dir).isDirectory()) throw new ModelError(`${dir}: not a folder (expected a checkpoint folder with tokenizer.json)`);
     const file = path.join(dir, 'tokenizer.json');
     const configFile = path.join(dir, 'tokenizer_config.json');
-    const json = readJsonObject(file, 'a fast tokenizer.json is required')!;
+    const json = readJsonObjectFile(file, 'a fast tokenizer.json (required)')!;
     if (!isObject(json.model)) throw new ModelError(`${file}: no "model" object (expected the tokenizers library's JSON format)`);
-    const config = readJsonObject(configFile, 'tokenizer settings and chat template', true) ?? {};
+    const config = readJsonObjectFile(configFile, 'tokenizer settings and chat template', { optional: true }) ?? {};
     // Newer checkpoints keep the template beside the config (transformers ≥ 4.43 saves chat_template.jinja,
     // processors chat_template.json); as in transformers, the separate file wins.
-    const jinja = readTextFile(path.join(dir, 'chat_template.jinja'), 'a Jinja chat template');
-    const templateJson = jinja === null ? readJsonObject(path.join(dir, 'chat_template.json'), 'a {"chat_template": ...} object', true) : null;
+    const jinja = readUtf8File(path.join(dir, 'chat_template.jinja'), 'a Jinja chat template', { optional: true });
+    const templateJson = jinja === null ? readJsonObjectFile(path.join(dir, 'chat_template.json'), 'a {"chat_template": ...} object', { optional: true }) : null;
     if (jinja !== null) config.chat_template = jinja;
     else if (templateJson && typeof templateJson.chat_template === 'string') config.chat_template = templateJson.chat_template;
     for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {

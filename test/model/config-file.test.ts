@@ -13,7 +13,7 @@ it('config.json is a directory', async () => {
   const file = path.join(dir, 'config.json');
   fs.rmSync(file);
   fs.mkdirSync(file);
-  await expect(load(dir)).rejects.toThrow(`${file}: is a directory; expected a Hugging Face config.json`);
+  await expect(load(dir)).rejects.toThrow(`${file}: is a directory, not a file; expected a Hugging Face config.json`);
 });
 
 it('config.json is missing', async () => {
@@ -27,5 +27,5 @@ it('config.json holds bytes that are not UTF-8 (instead of silently reading U+FF
   const file = path.join(dir, 'config.json');
   const text = fs.readFileSync(file, 'utf8').replace('"llama"', '"llama", "note": "caf\u0000"');
   fs.writeFileSync(file, Buffer.from(text.replace('\u0000', '\u00ff'), 'latin1'));
-  await expect(load(dir)).rejects.toThrow(`${file}: not valid UTF-8; expected a Hugging Face config.json`);
+  await expect(load(dir)).rejects.toThrow(`${file}: not valid UTF-8 text; expected a Hugging Face config.json`);
 });

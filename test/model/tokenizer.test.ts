@@ -145,7 +145,7 @@ describe('Tokenizer.load names the file at fault', () => {
   it('tokenizer.json missing', async () => {
     const dir = stories();
     fs.rmSync(path.join(dir, 'tokenizer.json'));
-    await rejects(dir, new RegExp(`^${esc(path.join(dir, 'tokenizer.json'))}: missing \\(a fast tokenizer\\.json is required\\)`));
+    await rejects(dir, new RegExp(`^${esc(path.join(dir, 'tokenizer.json'))}: missing; expected a fast tokenizer\\.json \\(required\\)`));
   });
 
   it('tokenizer.json is a directory', async () => {
