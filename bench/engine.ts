@@ -32,7 +32,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
-import { specFromConfig, type ModelSpec } from '../src/model/spec.js';
+import { specFromConfig, type ModelSpec } from '../src/model/families/spec.js';
 import { checkpointLayout, Rng, writeRandomCheckpoint } from '../tools/random-checkpoint.js';
 import { CKPT_OPTS, CONFIG, median, qwenShapeDir } from './qwen-shape.js';
 
@@ -222,7 +222,7 @@ interface RunResult {
 
 /** A one-node ONNX model y = x·W with W [K, N] as an in-memory initializer. */
 async function matmulModel(M: number, K: number, N: number, rng: Rng): Promise<Uint8Array> {
-  const { encodeModel, OnnxDType } = await import('../src/model/onnx/proto.js');
+  const { encodeModel, OnnxDType } = await import('../src/model/graph/proto.js');
   const w = new Float32Array(K * N);
   for (let i = 0; i < w.length; i++) w[i] = 0.02 * rng.normal();
   const tensorType = (dims: number[]) => ({ tensor_type: { elem_type: OnnxDType.FLOAT, shape: { dim: dims.map((v) => ({ dim_value: v })) } } });

@@ -1,8 +1,8 @@
 export { Decoder, argmax, emptyKv, type HeadPatch, type ForwardResult, type KvCache, type LoadOptions } from './model/decoder.js';
 export { ModelError } from './model/errors.js';
-export { specFromConfig, SUPPORTED_FAMILIES, type ModelSpec, type Family } from './model/spec.js';
+export { specFromConfig, SUPPORTED_FAMILIES, type ModelSpec, type Family } from './model/families/spec.js';
 export { Tokenizer, type ChatMessage } from './model/tokenizer.js';
-export { resolveModelDir } from './model/hub.js';
+export { resolveModelDir } from './model/checkpoint/hub.js';
 export { fitActivationRM, FitInterrupted, FitError, judgeItems, type FitOptions, type HeadStrategy } from './arm/fit.js';
 export { ActivationRM, type ItemScore, type PairScore, type ScoreOptions } from './arm/rm.js';
 export { loadCriterion, saveCriterion, type Criterion, type CriterionMeta } from './arm/criterion.js';

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Rng } from '../src/util/rng.js';
-import { writeSafetensors, type WritableTensor } from '../src/model/safetensors.js';
+import { writeSafetensors, type WritableTensor } from '../src/model/checkpoint/safetensors.js';
 
 export { Rng };
 

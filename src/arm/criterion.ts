@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import { ModelError } from '../model/errors.js';
-import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/safetensors.js';
+import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/checkpoint/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';

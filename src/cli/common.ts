@@ -4,7 +4,7 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Decoder } from '../model/decoder.js';
-import { readSafetensorsMetadata } from '../model/safetensors.js';
+import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
 
 export interface ModelCliOptions { model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean }
 

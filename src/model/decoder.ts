@@ -1,6 +1,6 @@
 /**
  * Decoder: a loaded checkpoint you can run. Wraps one onnxruntime session over the graph of
- * decoder-graph.ts and keeps the KV cache in JS (one shared prefix at a time), which is what lets one
+ * graph/decoder-graph.ts and keeps the KV cache in JS (one shared prefix at a time), which is what lets one
  * graph serve full forwards, prefill, shared-prefix patch steps and greedy generation.
  */
 import fs from 'node:fs';
@@ -10,11 +10,11 @@ import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout } from './export.js';
-import { resolveModelDir } from './hub.js';
-import { contentSha256 } from './file-hash.js';
-import { readUtf8File } from './text-files.js';
-import { SafetensorsCheckpoint } from './safetensors.js';
-import { specFromConfig, type ModelSpec } from './spec.js';
+import { resolveModelDir } from './checkpoint/hub.js';
+import { contentSha256 } from './checkpoint/file-hash.js';
+import { readUtf8File } from './checkpoint/text-files.js';
+import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
+import { specFromConfig, type ModelSpec } from './families/spec.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 
 export interface LoadOptions {

@@ -8,11 +8,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W } from './decoder-graph.js';
-import { expectedTensors, type ModelSpec } from './spec.js';
+import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W } from './graph/decoder-graph.js';
+import { expectedTensors, type ModelSpec } from './families/spec.js';
 import { ModelError } from './errors.js';
-import type { SafetensorsCheckpoint } from './safetensors.js';
-import type { ExternalRef } from './onnx/graph-builder.js';
+import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
+import type { ExternalRef } from './graph/graph-builder.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';

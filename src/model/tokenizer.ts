@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as transformers from '@huggingface/transformers';
 import { PreTrainedTokenizer } from '@huggingface/transformers';
 import { ModelError } from './errors.js';
-import { isJsonObject, readJsonObjectFile, readUtf8File, type JsonObject } from './text-files.js';
+import { isJsonObject, readJsonObjectFile, readUtf8File, type JsonObject } from './checkpoint/text-files.js';
 
 export interface ChatMessage { role: string; content: string }
 

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Decoder } from '../../src/model/decoder.js';
-import { writeSafetensors } from '../../src/model/safetensors.js';
+import { writeSafetensors } from '../../src/model/checkpoint/safetensors.js';
 import { readExamples, type Example } from '../../src/data/examples.js';
 import { extractMeans } from '../../src/arm/means.js';
 import { fitActivationRM, FitError, FitInterrupted, judgeItems } from '../../src/arm/fit.js';

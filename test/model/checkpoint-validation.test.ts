@@ -8,8 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { ModelError } from '../../src/model/errors.js';
-import { findDuplicateKey, SafetensorsCheckpoint, writeSafetensors } from '../../src/model/safetensors.js';
-import { specFromConfig } from '../../src/model/spec.js';
+import { findDuplicateKey, SafetensorsCheckpoint, writeSafetensors } from '../../src/model/checkpoint/safetensors.js';
+import { specFromConfig } from '../../src/model/families/spec.js';
 import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';
 
 const cacheDir = tempDir('arm-cache-');

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { ModelError } from '../../src/model/errors.js';
-import { SafetensorsCheckpoint, writeSafetensors } from '../../src/model/safetensors.js';
+import { SafetensorsCheckpoint, writeSafetensors } from '../../src/model/checkpoint/safetensors.js';
 import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';
 
 const cacheDir = tempDir('arm-cache-');

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { resolveModelDir, type ResolveOptions } from '../../src/model/hub.js';
+import { resolveModelDir, type ResolveOptions } from '../../src/model/checkpoint/hub.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 import { startHubStandin, type HubStandin } from '../helpers/hub-standin.js';

@@ -8,8 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { Decoder } from '../../src/model/decoder.js';
-import { contentSha256, rememberContentSha256 } from '../../src/model/file-hash.js';
-import { SafetensorsCheckpoint } from '../../src/model/safetensors.js';
+import { contentSha256, rememberContentSha256 } from '../../src/model/checkpoint/file-hash.js';
+import { SafetensorsCheckpoint } from '../../src/model/checkpoint/safetensors.js';
 import { makeCheckpoint, tempDir } from '../helpers/fixtures.js';
 
 // ~10 MB, so that 32 sampled 64 KiB windows (the old fingerprint) leave most of it unread.

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { ModelError } from './errors.js';
+import { ModelError } from '../errors.js';
 
 const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({ F32: 4, F16: 2, BF16: 2 });
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;

@@ -19,8 +19,8 @@ import path from 'node:path';
 import { createHash, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
-import { ModelError } from './errors.js';
-import { defaultCacheDir } from './export.js';
+import { ModelError } from '../errors.js';
+import { defaultCacheDir } from '../export.js';
 import { rememberContentSha256 } from './file-hash.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];

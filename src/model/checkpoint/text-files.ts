@@ -4,7 +4,7 @@
  * names the file and says what was expected there.
  */
 import fs from 'node:fs';
-import { ModelError } from './errors.js';
+import { ModelError } from '../errors.js';
 
 export type JsonObject = Record<string, unknown>;
 export const isJsonObject = (x: unknown): x is JsonObject => typeof x === 'object' && x !== null && !Array.isArray(x);

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { ModelError } from './errors.js';
+import { ModelError } from '../errors.js';
 
 interface MemoEntry { path: string; size: number; mtimeMs: number; ctimeMs: number; ino: number; dev: number; sha256: string }
 

@@ -35,8 +35,8 @@
  *   blocks.{l}.mlp.out             [B, S, D]
  *   final.norm_last                [B, D]
  */
-import { GraphBuilder } from './onnx/graph-builder.js';
-import { ropeInverseFrequencies, type ModelSpec } from './spec.js';
+import { GraphBuilder } from './graph-builder.js';
+import { ropeInverseFrequencies, type ModelSpec } from '../families/spec.js';
 
 const INT64_MAX = Number.MAX_SAFE_INTEGER;
 const MASKED = -1e9; // finite, so a fully masked (padding) row stays finite instead of NaN

@@ -3,7 +3,7 @@
  * table of the family's quirks (which projections carry a bias, whether q/k are normalised, the head
  * size rule); everything else is shared Llama semantics.
  */
-import { ModelError } from './errors.js';
+import { ModelError } from '../errors.js';
 
 export type Family = 'llama' | 'mistral' | 'qwen2' | 'qwen3';
 

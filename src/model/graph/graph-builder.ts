@@ -1,6 +1,6 @@
 /**
  * A small imperative ONNX graph builder: add nodes, get back output names. It knows nothing about
- * transformers; src/model/decoder-graph.ts uses it to emit the decoder.
+ * transformers; src/model/graph/decoder-graph.ts uses it to emit the decoder.
  */
 import { encodeModel, OnnxAttrType, OnnxDType } from './proto.js';
 
