@@ -14,3 +14,5 @@ export { METHODS, type Method, type MethodOptions } from './eval/methods.js';
 export { aggregate, type Results, type MethodResult } from './eval/aggregate.js';
 export { accuracy, bootstrapInterval, meanStd, sectionScores } from './eval/metrics.js';
 export { zeroShotRM } from './arm/fit.js';
+export { createRewardServer, SERVER_DEFAULTS, type RewardServer, type RewardServerOptions } from './server/app.js';
+export { InProcessEngine, WorkerEngine, type ScoringEngine } from './server/engine.js';
