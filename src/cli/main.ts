@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { registerModelCommands } from './model-commands.js';
 import { registerArmCommands } from './arm-commands.js';
 import { registerEvalCommand } from './eval-command.js';
+import { registerBiasProbeCommand } from './bias-probe-command.js';
 import { registerServeCommand } from './serve-command.js';
 
 export function buildProgram(): Command {
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
   registerModelCommands(program);
   registerArmCommands(program);
   registerEvalCommand(program);
+  registerBiasProbeCommand(program);
   registerServeCommand(program);
   return program;
 }

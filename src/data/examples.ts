@@ -10,7 +10,14 @@ import fs from 'node:fs';
 export interface ChatTurn { role: string; content: string }
 export type Prompt = string | ChatTurn[];
 
-export interface PairExample { kind: 'pair'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; chosen: string; rejected: string; subset?: string }
+export interface PairExample { kind: 'pair'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; chosen: string; rejected: string; subset?: string; cell?: PairCell }
+
+/**
+ * Set when a pair is one comparison of a multi-response row (RM-Bench's 3 chosen × 3 rejected styles,
+ * RewardBench 2's best-of-4): the row it came from and the two responses' positions in their lists, so the
+ * benchmark's own row-level score can be rebuilt from the pair results. `scoring` names that score.
+ */
+export interface PairCell { row: string; chosen: number; rejected: number; chosenCount: number; rejectedCount: number; scoring: 'rm-bench' | 'best-of-n' }
 export interface ScalarExample { kind: 'scalar'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; response: string; label: boolean | null; subset?: string }
 export type Example = PairExample | ScalarExample;
 
