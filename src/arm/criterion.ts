@@ -25,9 +25,13 @@ export interface CriterionMeta {
   heads: [number, number][];
   mode: 'replace' | 'add';
   headStrategy: string;          // selected | all | random:N
-  denoise: string | null;        // pca:r
+  denoise: string | null;        // pca:r:centred | pca:r:uncentred
   seed: number;
-  hyper: { passes: number; shots: number; passesPerDemoSet?: number; maxLength: number; batchSize: number; reinforce: ReinforceOptions | null };
+  hyper: {
+    passes: number; shots: number; passesPerDemoSet?: number; maxLength: number; batchSize: number; reinforce: ReinforceOptions | null;
+    /** With denoising: whether it ran on every head before selection (true) or on the selected heads after it. */
+    denoiseBeforeSelection?: boolean;
+  };
   examples: { count: number; items: number; itemsTooLong: number; ids: string[]; sha256: string };
   readout: { meanLoss: number; candidates: number[] } | null;
   fit: { seconds: number; createdAt: string; meanPasses: number; truncatedPasses: number; reinforceSteps: number };
@@ -164,7 +168,8 @@ export function metaProblems(meta: unknown): string[] {
     hyper: obj({
       passes: is(int(0)), shots: is(int(0)), passesPerDemoSet: is(int(1)), maxLength: is(int(1)), batchSize: is(int(1)),
       reinforce: orNull(obj(Object.fromEntries(Object.keys(REINFORCE_DEFAULTS).map((k) => [k, is(finite)])))),
-    }, ['passesPerDemoSet']),
+      denoiseBeforeSelection: is(bool),
+    }, ['passesPerDemoSet', 'denoiseBeforeSelection']),
     examples: obj({ count: is(int(0)), items: is(int(0)), itemsTooLong: is(int(0)), ids: list(is(str)), sha256: is(str) }),
     readout: orNull(obj({ meanLoss: is(finite), candidates: list(is(finite)) })),
     fit: obj({ seconds: is(finite), createdAt: is(str), meanPasses: is(int(0)), truncatedPasses: is(int(0)), reinforceSteps: is(int(0)) }),

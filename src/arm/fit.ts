@@ -6,10 +6,10 @@
 import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Decoder, KvCache } from '../model/decoder.js';
-import { toScalarItems, type Example } from '../data/examples.js';
+import { promptText, toScalarItems, type Example } from '../data/examples.js';
 import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
-import { denoiseMeans, extractMeans, MeansInterrupted } from './means.js';
+import { denoiseMeans, extractMeans, MeansInterrupted, type Centring } from './means.js';
 import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
 import { ActivationRM, nonFiniteHint } from './rm.js';
 import { makeTemplate, render, resolveAnswerTokens, TooLongError, type JudgeItem, type TemplateKind } from './template.js';
@@ -22,6 +22,11 @@ export interface FitOptions {
   templateText?: string;
   /** Use the chat template: 'auto' (default) when the tokenizer has one. */
   chat?: boolean | 'auto';
+  /**
+   * Extra variables for the chat template (transformers' `apply_chat_template(**kwargs)`), over makeTemplate's
+   * default of `enable_thinking: false` where the template reads it.
+   */
+  templateKwargs?: Record<string, unknown>;
   passes?: number;        // 100
   shots?: number;         // 4
   /** Mean-extraction passes sharing one demo draw (1 = MTV's independent draws); see MeanOptions. */
@@ -31,7 +36,10 @@ export interface FitOptions {
   maxLength?: number;     // the model's positions
   mode?: 'replace' | 'add';
   heads?: HeadStrategy;   // selected
-  denoise?: string | null; // pca:r
+  /** `pca:r[:centred|:uncentred]` (centred when not said; see denoiseMeans), or null / 'none'. */
+  denoise?: string | null;
+  /** Denoise the means of every head before head selection, so REINFORCE selects on denoised means. */
+  denoiseBeforeSelection?: boolean;
   reinforce?: Partial<ReinforceOptions>;
   /** Bytes of prefix KV caches kept for REINFORCE (least recently used evicted). */
   kvCacheBytes?: number;
@@ -71,6 +79,22 @@ export function judgeItems(examples: Example[], kind: TemplateKind): JudgeItem[]
 }
 
 /**
+ * Each judge item's group, in judgeItems' order: items from one example (a pair's two responses, or a pair in
+ * both orders) share a group, and so do all items of examples with the same prompt text (two pairs on one
+ * prompt, or a duplicate). Mean extraction never shows a query an item of its own group as a demonstration.
+ */
+export function judgeItemGroups(examples: Example[], kind: TemplateKind): number[] {
+  const byPrompt = new Map<string, number>();
+  return examples.flatMap((e) => {
+    const prompt = promptText(e.prompt);
+    if (!byPrompt.has(prompt)) byPrompt.set(prompt, byPrompt.size);
+    const group = byPrompt.get(prompt)!;
+    const count = kind === 'ranked' || e.kind === 'pair' ? 2 : 1;
+    return Array.from({ length: count }, () => group);
+  });
+}
+
+/**
  * What `--resume` continues from. While mean extraction runs, `meansDone` holds the passes finished so far
  * (their activations, [n, L·H·d] float32 as base64) and `mu` is empty; once it is done, `mu` holds the means.
  */
@@ -78,8 +102,11 @@ interface Checkpoint {
   key: string; mu: string; meanPasses: number; truncatedPasses: number; state: ReinforceState | null; passes?: string[];
   meansDone?: { passes: number[]; activations: string };
 }
-/** Part of the checkpoint key: a checkpoint laid out by another build is not resumed. */
-const CHECKPOINT_LAYOUT = 2;
+/**
+ * Part of the checkpoint key: a checkpoint laid out by another build is not resumed. 3: pass plans never show
+ * a query its own group (a checkpoint's finished passes follow the older plan).
+ */
+const CHECKPOINT_LAYOUT = 3;
 
 /**
  * The fit's date: `SOURCE_DATE_EPOCH` (seconds since 1970, the reproducible-builds convention) when set, so that
@@ -100,25 +127,33 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   const o = {
     template: options.template ?? 'scalar', passes: options.passes ?? 100, shots: options.shots ?? 4, seed: options.seed ?? 0,
     batchSize: options.batchSize ?? 8, maxLength: options.maxLength ?? decoder.spec.maxPositions, mode: options.mode ?? 'replace',
-    heads: options.heads ?? 'selected', denoise: options.denoise ?? null, kvCacheBytes: options.kvCacheBytes ?? 512 * 2 ** 20,
-    passesPerDemoSet: options.passesPerDemoSet ?? 1,
+    heads: options.heads ?? 'selected', denoise: canonicalDenoise(options.denoise ?? null), kvCacheBytes: options.kvCacheBytes ?? 512 * 2 ** 20,
+    passesPerDemoSet: options.passesPerDemoSet ?? 1, denoiseBeforeSelection: options.denoiseBeforeSelection ?? false,
   } as const;
   const rOpts: ReinforceOptions = { ...REINFORCE_DEFAULTS, ...options.reinforce };
   const warn = options.warn ?? ((m: string) => process.emitWarning(m));
 
-  const template = makeTemplate(o.template, { text: options.templateText, chat: options.chat }, decoder.tokenizer);
+  const template = makeTemplate(o.template, { text: options.templateText, chat: options.chat, templateKwargs: options.templateKwargs }, decoder.tokenizer);
   const allItems = judgeItems(examples, o.template);
-  const items = allItems.filter((it) => {
+  const allGroups = judgeItemGroups(examples, o.template);
+  const fits = allItems.map((it) => {
     try { render(decoder.tokenizer, template, [], it, o.maxLength); return true; } catch (e) {
       if (!(e instanceof TooLongError)) throw e;
       return false;
     }
   });
+  const items = allItems.filter((_, i) => fits[i]);
+  const groupOf = allGroups.filter((_, i) => fits[i]);
   if (items.length < allItems.length) warn(`${allItems.length - items.length} of ${allItems.length} judge items do not fit --max-length ${o.maxLength} even without their prompt; they are left out of the fit`);
   const answers = new Set(items.map((i) => i.answer));
   if (answers.size < 2) throw new FitError(`the few-shot examples hold a single label class (${items.length} item${items.length === 1 ? '' : 's'}, all "${items[0]?.answer === 0 ? 'yes' : 'no'}"); give both yes and no examples`);
-  if (o.shots > 0 && items.length - 1 < o.shots) warn(`only ${items.length} judge items: passes use ${items.length - 1} demonstrations instead of ${o.shots}`);
-  const denoiseRank = parseDenoise(o.denoise);
+  if (o.shots > 0) {
+    const groupSize = new Map<number, number>();
+    for (const g of groupOf) groupSize.set(g, (groupSize.get(g) ?? 0) + 1);
+    const fewest = items.length - Math.max(...groupSize.values());
+    if (fewest < o.shots) warn(`only ${items.length} judge items in ${groupSize.size} prompt group${groupSize.size === 1 ? '' : 's'}: a query is never shown an item of its own group, so some passes use ${fewest} demonstrations instead of ${o.shots}`);
+  }
+  const denoise = parseDenoise(o.denoise);
 
   const answerTokens = resolveAnswerTokens(decoder.tokenizer, template, items[0]!);
   const exampleIds = examples.map((e) => e.id);
@@ -177,7 +212,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       let means;
       try {
         means = await extractMeans(decoder, template, items, {
-          passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoiseRank !== null, passesPerDemoSet: o.passesPerDemoSet,
+          passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoise !== null, passesPerDemoSet: o.passesPerDemoSet, groupOf,
           onProgress: (done, total) => options.onProgress?.('means', done, total, `passes`),
           shouldStop: options.shouldStop, donePasses,
         });
@@ -196,6 +231,13 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       saveCheckpoint(ckpt);
     }
     if (truncatedPasses > 0) warn(`${truncatedPasses} of ${meanPasses} mean-extraction passes were cut to --max-length ${o.maxLength} (prompts truncated from their start)`);
+    const denoiseHeads = (heads: [number, number][]) => {
+      if (!denoise) return;
+      if (!passes) throw new FitError('denoising needs the per-pass activations (resume a checkpoint made with the same --denoise)');
+      mu = denoiseMeans(mu, passes, heads, { H, d }, denoise.rank, { centring: denoise.centring });
+    };
+    // ---- optional denoising of every head, so that selection sees the denoised means ----
+    if (o.denoiseBeforeSelection) denoiseHeads(Array.from({ length: L * H }, (_, i): [number, number] => [Math.floor(i / H), i % H]));
 
     // ---- 2. head selection ----
     const n = L * H;
@@ -236,11 +278,8 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
     const heads: [number, number][] = [];
     selected.forEach((on, i) => { if (on) heads.push([Math.floor(i / H), i % H]); });
 
-    // ---- 3. optional denoising ----
-    if (denoiseRank !== null) {
-      if (!passes) throw new FitError('denoising needs the per-pass activations (resume a checkpoint made with the same --denoise)');
-      mu = denoiseMeans(mu, passes, heads, { H, d }, denoiseRank);
-    }
+    // ---- 3. optional denoising of the selected heads ----
+    if (!o.denoiseBeforeSelection) denoiseHeads(heads);
 
     const criterion: Criterion = {
       mu, probs,
@@ -248,7 +287,10 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
         formatVersion: FORMAT_VERSION,
         model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
         template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
-        hyper: { passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null },
+        hyper: {
+          passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null,
+          ...(denoise ? { denoiseBeforeSelection: o.denoiseBeforeSelection } : {}),
+        },
         examples: { count: examples.length, items: items.length, itemsTooLong: allItems.length - items.length, ids: exampleIds, sha256: examplesHash },
         readout,
         // Wall time only when the date is real: SOURCE_DATE_EPOCH asks for byte-identical files.
@@ -294,11 +336,18 @@ export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: Re
   };
 }
 
-function parseDenoise(spec: string | null): number | null {
+/** `--denoise pca:r[:centred|:uncentred]` (centred when not said), or null for none. */
+export function parseDenoise(spec: string | null): { rank: number; centring: Centring } | null {
   if (spec === null || spec === 'none') return null;
-  const m = /^pca:(\d+)$/.exec(spec);
-  if (!m || Number(m[1]) < 1) throw new FitError(`--denoise ${spec}: expected pca:r with r ≥ 1`);
-  return Number(m[1]);
+  const m = /^pca:(\d+)(?::(centred|uncentred))?$/.exec(spec);
+  if (!m || !(Number(m[1]) >= 1)) throw new FitError(`--denoise ${spec}: expected pca:r, pca:r:centred or pca:r:uncentred with r ≥ 1, or none`);
+  return { rank: Number(m[1]), centring: (m[2] as Centring | undefined) ?? 'centred' };
+}
+
+/** The spelling the criterion records: `pca:r:centred` for `pca:r`, null for none. */
+function canonicalDenoise(spec: string | null): string | null {
+  const parsed = parseDenoise(spec);
+  return parsed && `pca:${parsed.rank}:${parsed.centring}`;
 }
 
 const encodeF32 = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength).toString('base64');
@@ -308,10 +357,10 @@ const decodeF32 = (s: string) => { const b = Buffer.from(s, 'base64'); const out
  * The judge without an intervention (no heads): zero-shot P(answer) with the same template and answer
  * tokens an ARM would use. Baselines read it plain, normalised, with demonstrations, or sampled.
  */
-export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template' | 'templateText' | 'chat' | 'maxLength' | 'batchSize' | 'modelId'> = {}): ActivationRM {
+export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template' | 'templateText' | 'chat' | 'templateKwargs' | 'maxLength' | 'batchSize' | 'modelId'> = {}): ActivationRM {
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const kind = options.template ?? 'scalar';
-  const template = makeTemplate(kind, { text: options.templateText, chat: options.chat }, decoder.tokenizer);
+  const template = makeTemplate(kind, { text: options.templateText, chat: options.chat, templateKwargs: options.templateKwargs }, decoder.tokenizer);
   const probe: JudgeItem = { id: 'probe', prompt: 'Question', fields: kind === 'scalar' ? { response: 'Answer' } : { response_a: 'One', response_b: 'Two' }, answer: 0 };
   return new ActivationRM(decoder, {
     mu: new Float32Array(L * H * d), probs: new Float32Array(L * H),
