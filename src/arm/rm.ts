@@ -130,9 +130,12 @@ export class ActivationRM {
   async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<(PairScore | (ItemScore & { label: boolean | null }))[]> {
     const kind = this.criterion.meta.template.kind;
     const items: JudgeItem[] = [];
-    const groups: number[][] = [];
+    // Items that share a prompt (a pair's two responses, GRPO's many samples of one prompt) share its prefix.
+    const byPrompt = new Map<string, number[]>();
     for (const e of examples) {
-      if (e.kind === 'pair') groups.push([items.length, items.length + 1]);
+      const key = JSON.stringify(e.prompt);
+      if (!byPrompt.has(key)) byPrompt.set(key, []);
+      byPrompt.get(key)!.push(...(e.kind === 'pair' ? [items.length, items.length + 1] : [items.length]));
       if (e.kind === 'scalar') {
         if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
         items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label === false ? 1 : 0 });
@@ -145,6 +148,7 @@ export class ActivationRM {
       }
     }
     // With demonstrations every item shares the (long) demo prefix instead: no per-pair groups then.
+    const groups = [...byPrompt.values()].filter((g) => g.length > 1);
     const scores = await this.scoreItems(items, opts, opts.demos?.length ? undefined : groups);
     let at = 0;
     return examples.map((e) => {
@@ -163,7 +167,8 @@ export class ActivationRM {
   }
 }
 
-function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
+/** A pair's result from its two responses' scores (a tie is wrong; a response too long makes the pair unscorable). */
+export function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
   return { id, chosen, rejected, margin: chosen - rejected, correct: chosen > rejected, truncated: detail.some((d) => d.truncatedTokens > 0), tooLong: detail.some((d) => d.tooLong), detail };
 }
 
