@@ -29,3 +29,11 @@ it('config.json holds bytes that are not UTF-8 (instead of silently reading U+FF
   fs.writeFileSync(file, Buffer.from(text.replace('\u0000', '\u00ff'), 'latin1'));
   await expect(load(dir)).rejects.toThrow(`${file}: not valid UTF-8 text; expected a Hugging Face config.json`);
 });
+
+it('model.safetensors is a directory', async () => {
+  const dir = checkpoint();
+  const file = path.join(dir, 'model.safetensors');
+  fs.rmSync(file);
+  fs.mkdirSync(file);
+  await expect(load(dir)).rejects.toThrow(`${file}: is a directory; expected a safetensors file`);
+});
