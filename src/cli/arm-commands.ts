@@ -21,11 +21,12 @@ export function registerArmCommands(program: Command): void {
     .option('--seed <n>', 'seed for pass sampling and REINFORCE', (v) => nonNegativeInt(v, '--seed'), 0)
     .addOption(new Option('--mode <mode>', 'intervention').choices(['replace', 'add']).default('replace'))
     .option('--heads <which>', 'selected (REINFORCE) | all | random:N', 'selected')
-    .option('--denoise <pca:r>', 'project means onto the top r PCA axes of the per-pass activations')
+    .option('--denoise <pca:r[:centred|:uncentred]>', 'denoise the means by a PCA of the per-pass activations with r axes (centred: rebuild passes from the top axes, passes off them count less; uncentred: project the mean onto the top axes of the second moment); default centred')
     .option('--keep-all-means', 'store the means of every head, not only the selected ones')
     .option('--resume', 'continue an interrupted fit from <out>.fit-checkpoint.json')
     .option('--force', 'overwrite an existing --out that is not a criterion file')
     .action(async (o: FitCliOptions) => {
+      if (o.denoiseBeforeSelection && !o.denoise) throw new Error('--denoise-before-selection needs --denoise pca:r');
       const { examples, skipped } = readExamples(o.examples);
       if (skipped.length) process.stderr.write(`skipped ${skipped.length} rows\n`);
       // Minutes of work must not end in a refused or clobbering write: check where it goes first.
@@ -54,8 +55,8 @@ export function registerArmCommands(program: Command): void {
       if (!o.quiet) process.stderr.write(`fitting ${o.out}: ${o.passes} mean passes, ${o.heads === 'selected' ? `${o.steps} REINFORCE steps` : `heads ${o.heads}`} (Ctrl-C stops after the current batch or step and saves ${checkpointFile})\n`);
       try {
         const rm = await fitActivationRM(decoder, examples, {
-          template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, seed: o.seed,
-          batchSize: o.batchSize, maxLength: o.maxLength, mode: o.mode, heads: o.heads, denoise: o.denoise ?? null,
+          template: o.template, templateText: o.templateText, chat: o.chat, templateKwargs: o.templateKwargs, passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, seed: o.seed,
+          batchSize: o.batchSize, maxLength: o.maxLength, mode: o.mode, heads: o.heads, denoise: o.denoise ?? null, denoiseBeforeSelection: o.denoiseBeforeSelection,
           reinforce: { steps: o.steps, samples: o.samples, lr: o.lr }, checkpointFile, resume: o.resume, modelId: o.model,
           onProgress: (phase, done, total, info) => { bars[phase].update(done, total, info); if (done === total) bars[phase].stop(); },
           warn: (m) => process.stderr.write(`warning: ${m}\n`),
@@ -145,8 +146,8 @@ export function describeCriterion(file: string, c: Criterion): string {
   const lines = [
     `${file}`,
     `  model      ${m.model.id} (${m.model.family}, ${L} layers × ${H} heads, d ${m.model.headDim}); config sha256 ${m.model.configHash.slice(0, 12)}…`,
-    `  template   ${m.template.kind}${m.template.chat ? ' via chat template' : ' plain text'}; answers ${m.answerTokens.strings.map((s, i) => `${JSON.stringify(s)}→${m.answerTokens.primary[i]}`).join(', ')}`,
-    `  heads      ${m.heads.length} of ${L * H} (${m.headStrategy}, ${m.mode}${m.denoise ? `, denoise ${m.denoise}` : ''}): ${m.heads.map(([l, h]) => `L${l}H${h}`).join(' ')}`,
+    `  template   ${m.template.kind}${m.template.chat ? ` via chat template${m.template.templateKwargs ? ` ${JSON.stringify(m.template.templateKwargs)}` : ''}` : ' plain text'}; answers ${m.answerTokens.strings.map((s, i) => `${JSON.stringify(s)}→${m.answerTokens.primary[i]}`).join(', ')}`,
+    `  heads      ${m.heads.length} of ${L * H} (${m.headStrategy}, ${m.mode}${m.denoise ? `, denoise ${m.denoise}${m.hyper.denoiseBeforeSelection ? ' before selection' : ''}` : ''}): ${m.heads.map(([l, h]) => `L${l}H${h}`).join(' ')}`,
     `  fit        seed ${m.seed}; ${m.fit.meanPasses} mean passes × ${m.hyper.shots} shots; ${m.fit.reinforceSteps} REINFORCE steps` +
       (m.hyper.reinforce ? ` (S ${m.hyper.reinforce.samples}, lr ${m.hyper.reinforce.lr})` : '') + `; ${num(m.fit.seconds, 1)} s; ${m.fit.createdAt}`,
     `  examples   ${m.examples.count} (${m.examples.items} judge items, ${m.examples.itemsTooLong} too long); sha256 ${m.examples.sha256.slice(0, 12)}…`,

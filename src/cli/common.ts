@@ -24,6 +24,7 @@ export function addJudgeOptions(cmd: Command): Command {
     .option('--template-text <text>', 'custom template with {prompt} {response} (ranked: {response_a} {response_b}) placeholders')
     .option('--chat', 'force the chat template')
     .option('--no-chat', 'plain-text prompts even if the tokenizer has a chat template')
+    .option('--template-kwargs <json>', 'extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (templates that read enable_thinking get false unless set here)', (v) => jsonObject(v, '--template-kwargs'))
     .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
     .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'));
 }
@@ -36,11 +37,24 @@ export function addFitOptions(cmd: Command): Command {
     .option('--passes-per-demo-set <g>', 'passes sharing one demo draw, run as one shared prefix (1 = independent draws)', (v) => positiveInt(v, '--passes-per-demo-set'), 1)
     .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
     .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
-    .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1);
+    .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1)
+    .option('--denoise-before-selection', 'denoise the means of every head before head selection, not the selected heads after it (fit: with --denoise; eval: the arm-denoised row)');
 }
 
-export interface JudgeCliOptions { template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto'; batchSize: number; maxLength?: number }
-export interface FitCliFlags { passes: number; shots: number; passesPerDemoSet: number; steps: number; samples: number; lr: number }
+export interface JudgeCliOptions { template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto'; templateKwargs?: Record<string, unknown>; batchSize: number; maxLength?: number }
+export interface FitCliFlags { passes: number; shots: number; passesPerDemoSet: number; steps: number; samples: number; lr: number; denoiseBeforeSelection?: boolean }
+
+/** A flag's value parsed as a JSON object (not an array, string or null); errors name the flag. */
+export function jsonObject(v: string, flag: string): Record<string, unknown> {
+  let parsed: unknown;
+  try { parsed = JSON.parse(v); } catch (e) {
+    throw new Error(`${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; ${JSON.stringify(v)} is not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new Error(`${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; got ${Array.isArray(parsed) ? 'an array' : parsed === null ? 'null' : `a ${typeof parsed}`}`);
+  }
+  return parsed as Record<string, unknown>;
+}
 
 export const nonNegativeInt = (v: string, flag: string) => (v === '0' ? 0 : positiveInt(v, flag));
 export const positiveNumber = (v: string, flag: string) => {

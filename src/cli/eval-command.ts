@@ -49,6 +49,7 @@ export function registerEvalCommand(program: Command): void {
           method: {
             fit: {
               template: o.template, templateText: o.templateText, chat: o.chat, passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet,
+              templateKwargs: o.templateKwargs, denoiseBeforeSelection: o.denoiseBeforeSelection,
               reinforce: { steps: o.steps, samples: o.samples, lr: o.lr }, modelId: o.model, warn: () => undefined,
             },
             batchSize: o.batchSize, maxLength, iclShots: o.iclShots, sampleN: o.sampleN, sampleTemperature: o.temperature, savTopHeads: o.savHeads,

@@ -4,9 +4,13 @@
  * are mutually orthogonal, so the centred covariance is diag(Σα², Σβ², Σγ²)/T in that basis: its axes are u1, u2,
  * u3 without any eigen-solver.
  */
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { denoiseMeans, symmetricEigen } from '../../src/arm/means.js';
-import { parseDenoise } from '../../src/arm/fit.js';
+import { Decoder } from '../../src/model/decoder.js';
+import { readExamples } from '../../src/data/examples.js';
+import { denoiseMeans, extractMeans, symmetricEigen } from '../../src/arm/means.js';
+import { fitActivationRM, judgeItemGroups, judgeItems, parseDenoise } from '../../src/arm/fit.js';
+import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 const u = [[1, 2, 2], [2, 1, -2], [2, -2, 1]].map((v) => v.map((x) => x / 3));
 const c = [1, -2, 0.5];
@@ -89,5 +93,37 @@ describe('--denoise spec', () => {
     expect(parseDenoise('none')).toBeNull();
     expect(parseDenoise(null)).toBeNull();
     for (const bad of ['pca', 'pca:0', 'pca:2:centered', 'svd:3']) expect(() => parseDenoise(bad)).toThrow(/--denoise/);
+  });
+});
+
+describe('denoising in a fit', () => {
+  it('the criterion holds the selected heads\' means denoised from the fit\'s own passes, and records how', async () => {
+    const decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-'), threads: 1 });
+    try {
+      const { examples } = readExamples(path.resolve(import.meta.dirname, '../../examples/concise/few.jsonl'));
+      const opts = { passes: 6, shots: 2, seed: 5, batchSize: 4, maxLength: 256, heads: 'random:3' as const };
+      const plain = await fitActivationRM(decoder, examples, opts);
+      const denoised = await fitActivationRM(decoder, examples, { ...opts, denoise: 'pca:2' });
+      const before = await fitActivationRM(decoder, examples, { ...opts, denoise: 'pca:2:uncentred', denoiseBeforeSelection: true });
+      expect(plain.criterion.meta.denoise).toBeNull();
+      expect(denoised.criterion.meta.denoise).toBe('pca:2:centred');
+      expect(denoised.criterion.meta.hyper.denoiseBeforeSelection).toBe(false);
+      expect(before.criterion.meta.denoise).toBe('pca:2:uncentred');
+      expect(before.criterion.meta.hyper.denoiseBeforeSelection).toBe(true);
+      const heads = plain.criterion.meta.heads;
+      expect(denoised.criterion.meta.heads).toEqual(heads); // random:N draws the same heads for one seed
+      // The expectation: the fit's passes taken again (same plan inputs) and denoised per head.
+      const { numHeads: H, headDim: d } = decoder.spec;
+      const items = judgeItems(examples, 'scalar');
+      const means = await extractMeans(decoder, plain.criterion.meta.template, items, { passes: 6, shots: 2, seed: 5, batchSize: 4, maxLength: 256, keepPasses: true, groupOf: judgeItemGroups(examples, 'scalar') });
+      const at = (mu: Float32Array) => heads.flatMap(([l, h]) => Array.from(mu.subarray((l * H + h) * d, (l * H + h + 1) * d)));
+      const close = (a: number[], b: number[]) => a.forEach((v, i) => expect(Math.abs(v - b[i]!)).toBeLessThan(1e-5 * Math.max(1, Math.abs(b[i]!))));
+      close(at(plain.criterion.mu), at(means.mu));
+      close(at(denoised.criterion.mu), at(denoiseMeans(means.mu, means.passes!, heads, { H, d }, 2, { centring: 'centred' })));
+      close(at(before.criterion.mu), at(denoiseMeans(means.mu, means.passes!, heads, { H, d }, 2, { centring: 'uncentred' })));
+      expect(at(denoised.criterion.mu)).not.toEqual(at(plain.criterion.mu));
+    } finally {
+      await decoder.dispose();
+    }
   });
 });
