@@ -177,4 +177,9 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     definition: 'Bias control: prefer the shorter response (characters); equal lengths count as wrong.',
     prepare: async () => ({ scorePairs: async (pairs) => lengthScores(pairs, 'shorter').map((s) => ({ ...s, truncated: false, tooLong: false })) }),
   },
+  'arm-denoised': {
+    name: 'arm-denoised', needsPool: true,
+    definition: 'Ablation: arm with denoised means (DESIGN step 5, pca:4:centred: each pass rebuilt from the top 4 axes of the centred per-head PCA, passes far off them weighted down), on the selected heads, or on every head before selection with --denoise-before-selection.',
+    prepare: async (ctx) => rmMethod(await fitWith({ ...ctx, options: { ...ctx.options, fit: { ...ctx.options.fit, denoise: 'pca:4:centred' } } }, 'selected'), ctx),
+  },
 });
