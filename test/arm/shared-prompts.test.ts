@@ -19,7 +19,7 @@ it('samples of two prompts: each prompt is fed once, the scores are those of eac
     ];
     const responses = ['She was happy.', 'The dog ran away.', 'It rained all day long and they stayed home.', 'They ate cake.'];
     const examples: Example[] = prompts.flatMap((prompt, p) => responses.map((response, i): Example => ({ kind: 'scalar', id: `p${p}s${i}`, line: 1, row: {}, prompt, response, label: null })));
-    const alone = [];
+    const alone: { reward: number }[] = [];
     for (const e of examples) alone.push((await rm.scoreExamples([e]))[0]! as { reward: number });
 
     // Expected tokens fed: per prompt, its common prefix once plus each item's remainder.
