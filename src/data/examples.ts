@@ -17,7 +17,7 @@ export interface PairExample { kind: 'pair'; id: string; line: number; row: Reco
  * RewardBench 2's best-of-4): the row it came from and the two responses' positions in their lists, so the
  * benchmark's own row-level score can be rebuilt from the pair results. `scoring` names that score.
  */
-export interface PairCell { row: string; chosen: number; rejected: number; chosenCount: number; rejectedCount: number; scoring: 'rm-bench' | 'best-of-n' }
+export interface PairCell { row: string; chosen: number; rejected: number; chosenCount: number; rejectedCount: number; cells: number; scoring: 'rm-bench' | 'best-of-n' }
 export interface ScalarExample { kind: 'scalar'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; response: string; label: boolean | null; subset?: string }
 export type Example = PairExample | ScalarExample;
 

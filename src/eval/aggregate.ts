@@ -7,6 +7,7 @@
 import { bootstrapSeedsAndPairs, meanMargin, meanStd, sectionScores } from './metrics.js';
 import { METHODS } from './methods.js';
 import { isScored, isTied, type PairRunRecord, type RunRecord, type SplitNotes } from './records.js';
+import { bestOfNScores, judgeBenchScores, rmBenchScores, type BestOfNResult, type JudgeBenchCell, type RmBenchDomain } from './benchmarks.js';
 
 type SkippedRec = Extract<RunRecord, { type: 'skipped' }>;
 
@@ -46,6 +47,12 @@ export interface MethodResult {
   cost: { seconds: number; secondsPerPair: number; forwardTokens: number; forwardTokensPerPair: number; prepareSeconds: number; prepareTokens: number };
   /** Pool groups and seeds this method was not run on, and why; its scores cover the rest. */
   skipped: Skipped[];
+  /** RM-Bench's 3×3 scores per domain (hard / normal / easy), on the common set, when the dataset is RM-Bench. */
+  rmBench?: Record<string, RmBenchDomain>;
+  /** RewardBench 2's best-of-N (ties share credit) per subset and Ties' own score, when the dataset has multi-response rows. */
+  bestOfN?: BestOfNResult;
+  /** JudgeBench per response set and category: one judgment per pair, and both orders for pairwise judges. */
+  judgeBench?: Record<string, Record<string, JudgeBenchCell>>;
   /** [layer, head] → how many of the method's fits used that head (for the heat map). */
   headCounts?: Record<string, number>;
   fits?: number;
@@ -150,6 +157,10 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
         prepareSeconds: [...preps, ...skippedRecs].reduce((a, p) => a + p.seconds, 0), prepareTokens: [...preps, ...skippedRecs].reduce((a, p) => a + p.tokens, 0),
       },
     };
+    const rmBench = rmBenchScores(recs), bestOfN = bestOfNScores(recs), judgeBench = judgeBenchScores(recs);
+    if (rmBench) result.rmBench = rmBench;
+    if (bestOfN) result.bestOfN = bestOfN;
+    if (judgeBench) result.judgeBench = judgeBench;
     if (reference && name !== reference && recs.length) result.vsReference = difference(reference, commonOf(reference), recs, seeds, 2);
     const swaps = recs.filter((r) => r.swapConsistent !== undefined);
     if (swaps.length) result.swapConsistency = swaps.filter((r) => r.swapConsistent).length / swaps.length;

@@ -32,6 +32,16 @@ export interface EvalOptions {
   method: MethodOptions;
   onProgress?: (what: string, done: number, total: number) => void;
   log?: (line: string) => void;
+  /**
+   * The version of a pool pair the methods learn from, when it is not the tested one: a bias probe's flipped run
+   * learns from the biased split's pairs (the same ids and prompts), so both splits are judged by one fit.
+   */
+  poolFrom?: (pair: PairExample) => PairExample;
+  /**
+   * A dataset's own few-shot/test split (PreferenceHack: 80 few-shot, 920 test): pools are drawn only from pairs
+   * for which this is true, and only the others are tested.
+   */
+  poolCandidate?: (pair: PairExample) => boolean;
 }
 
 /** `heldOut`: pairs in neither pool nor test because a pool pair has their prompt. */
@@ -47,7 +57,7 @@ export const MIN_TEST_PAIRS = 10;
  * pairs, the rest of that prompt's pairs are held out (`heldOut`), neither pool nor test. With one pair per
  * prompt this is a plain shuffle. A group with no pair left for testing is dropped. Deterministic in (seed, group).
  */
-export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset' | 'global', seed: number): Split[] {
+export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset' | 'global', seed: number, poolCandidate?: (p: PairExample) => boolean): Split[] {
   const groups = new Map<string, PairExample[]>();
   for (const p of pairs) {
     const g = mode === 'global' ? 'all' : p.subset ?? 'all';
@@ -56,8 +66,10 @@ export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset'
   }
   const splits: Split[] = [];
   for (const [group, members] of groups) {
+    // With a fixed split the pool comes from the designated few-shot pairs and the test set is the rest.
+    const candidates = poolCandidate ? members.filter(poolCandidate) : members;
     const byPrompt = new Map<string, PairExample[]>();
-    for (const p of members) {
+    for (const p of candidates) {
       const k = promptKey(p);
       if (!byPrompt.has(k)) byPrompt.set(k, []);
       byPrompt.get(k)!.push(p);
@@ -67,10 +79,17 @@ export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset'
     const pool: PairExample[] = [], test: PairExample[] = [];
     let heldOut = 0;
     for (const siblings of order) {
-      if (pool.length >= fewShot) { test.push(...siblings); continue; }
+      if (pool.length >= fewShot) { if (!poolCandidate) test.push(...siblings); continue; }
       const room = fewShot - pool.length;
       pool.push(...siblings.slice(0, room));
-      heldOut += Math.max(0, siblings.length - room);
+      if (!poolCandidate) heldOut += Math.max(0, siblings.length - room);
+    }
+    if (poolCandidate) {
+      const poolPrompts = new Set(pool.map(promptKey));
+      for (const p of members) {
+        if (poolCandidate(p)) continue;
+        if (poolPrompts.has(promptKey(p))) heldOut++; else test.push(p);
+      }
     }
     if (test.length) splits.push({ group, pool, test, heldOut });
   }
@@ -102,7 +121,7 @@ export function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 
   return Array.from({ length: count }, (_, s) => opts.seed + s);
 }
 
-export function splitNotes(pairs: PairExample[], fewShot: number, mode: 'subset' | 'global', seeds: number[], minTestPairs = MIN_TEST_PAIRS): SplitNotes {
+export function splitNotes(pairs: PairExample[], fewShot: number, mode: 'subset' | 'global', seeds: number[], minTestPairs = MIN_TEST_PAIRS, poolCandidate?: (p: PairExample) => boolean): SplitNotes {
   const rows = new Map<string, number>(), groupRows = new Map<string, number>();
   for (const p of pairs) {
     rows.set(p.subset ?? 'all', (rows.get(p.subset ?? 'all') ?? 0) + 1);
@@ -113,7 +132,7 @@ export function splitNotes(pairs: PairExample[], fewShot: number, mode: 'subset'
   const dropped = new Map<string, number[]>();
   let promptSiblingsHeldOut = 0;
   for (const seed of seeds) {
-    const splits = drawSplits(pairs, fewShot, mode, seed);
+    const splits = drawSplits(pairs, fewShot, mode, seed, poolCandidate);
     promptSiblingsHeldOut += splits.reduce((a, s) => a + s.heldOut, 0);
     const tested = new Map<string, number>();
     for (const split of splits) for (const p of split.test) tested.set(p.subset ?? 'all', (tested.get(p.subset ?? 'all') ?? 0) + 1);
@@ -186,6 +205,8 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
   const manifest = {
     model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => [p.id, p.prompt, p.chosen, p.rejected]))).digest('hex'),
     fewShot: opts.fewShot, seed: opts.seed, pool: opts.pool, method: { ...opts.method, onFitProgress: undefined },
+    ...(opts.poolCandidate ? { fixedPool: createHash('sha256').update(JSON.stringify(pairs.filter(opts.poolCandidate).map((p) => p.id))).digest('hex') } : {}),
+    ...(opts.poolFrom ? { poolSource: createHash('sha256').update(JSON.stringify(pairs.map((p) => { const q = opts.poolFrom!(p); return [q.id, q.prompt, q.chosen, q.rejected]; }))).digest('hex') } : {}),
     // Runs logged before splits kept prompt siblings apart and dropped duplicates drew other test sets: not resumable.
     splits: 'prompt-groups, duplicates dropped',
   };
@@ -211,18 +232,18 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
   const order = [...opts.methods].sort((a, b) => Number(b === 'arm') - Number(a === 'arm'));
   const seeds = runSeeds(opts);
   if (seeds.length < opts.seeds) log('note: --few-shot 0 with deterministic methods: one seed is enough');
-  const notes = splitNotes(pairs, opts.fewShot, opts.pool, seeds);
+  const notes = splitNotes(pairs, opts.fewShot, opts.pool, seeds, undefined, opts.poolCandidate);
   for (const d of notes.droppedGroups) {
     log(`warning: ${opts.pool === 'global' ? 'the dataset' : `subset ${d.group}`} has ${d.rows} pairs, all taken by the --few-shot ${opts.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: nothing of it is tested there`);
   }
   if (notes.promptSiblingsHeldOut) log(`note: ${notes.promptSiblingsHeldOut} test pairs (over all seeds) held out because a pool pair has the same prompt`);
   for (const s of notes.smallSubsets) log(`warning: subset ${s.subset} has ${s.rows} pairs, leaving ${s.testPairs} test pairs after the pool (fewer than ${notes.minTestPairs}): its accuracy is noisy`);
-  if (seeds.every((seed) => drawSplits(pairs, opts.fewShot, opts.pool, seed).length === 0)) {
+  if (seeds.every((seed) => drawSplits(pairs, opts.fewShot, opts.pool, seed, opts.poolCandidate).length === 0)) {
     throw new Error(`--few-shot ${opts.fewShot} leaves no pair to test: every ${opts.pool === 'global' ? 'pair' : 'subset\'s pairs'} went into the pool; lower --few-shot`);
   }
   const where = (group: string, seed: number) => `${opts.pool === 'global' ? 'global pool' : `subset ${group}`}, seed ${seed}`;
   for (const seed of seeds) {
-    const splits = drawSplits(pairs, opts.fewShot, opts.pool, seed);
+    const splits = drawSplits(pairs, opts.fewShot, opts.pool, seed, opts.poolCandidate);
     for (const name of order) {
       const method = METHODS[name]!;
       for (const split of splits) {
@@ -239,7 +260,7 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
         const options: MethodOptions = { ...opts.method, fit: { ...opts.method.fit, warn: (m) => { warnings.push(m); fitWarn?.(m); } } };
         let prepared: PreparedMethod;
         try {
-          prepared = await method.prepare({ decoder: decoder!, pool: split.pool, seed, options, armHeadCount });
+          prepared = await method.prepare({ decoder: decoder!, pool: opts.poolFrom ? split.pool.map(opts.poolFrom) : split.pool, seed, options, armHeadCount });
         } catch (e) {
           if (!isPoolDataError(e)) throw new Error(`${name}, ${where(split.group, seed)}: preparing failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
           const reason = [e.message, ...warnings].join('; ');
@@ -263,6 +284,8 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
               const { correct, tied } = pairOutcome(r);
               const base = { type: 'pair' as const, method: name, seed, group: split.group, id: p.id, subset: p.subset ?? 'all', correct, tied, margin: r.chosen - r.rejected, truncated: r.truncated, tooLong: r.tooLong };
               const optional = {
+                ...(p.cell === undefined ? {} : { cell: p.cell }),
+                ...(r.orders === undefined ? {} : { orders: r.orders }),
                 ...(r.tieBreak === undefined ? {} : { tieBreak: r.tieBreak }),
                 ...(r.swapConsistent === undefined ? {} : { swapConsistent: r.swapConsistent }),
                 ...(r.verdictCorrect === undefined ? {} : { verdictCorrect: r.verdictCorrect }),
@@ -299,11 +322,16 @@ export function budgetNotes(opts: Pick<EvalOptions, 'methods' | 'fewShot' | 'poo
 /** Runs the evaluation, then writes results.json, report.md and report.html into the output folder. */
 export async function evaluate(decoder: Decoder | null, examples: Example[], requested: EvalOptions & { dataset: string; modelId: string }): Promise<Results> {
   const records = await runEval(decoder, examples, requested);
+  return writeResults(decoder, examples, requested, records);
+}
+
+/** Aggregates a finished run's records and writes results.json, report.md and report.html (and drops the run log unless saveAll). */
+export function writeResults(decoder: Decoder | null, examples: Example[], requested: EvalOptions & { dataset: string; modelId: string }, records: RunRecord[]): Results {
   const opts = effectiveOptions(requested);
   const { pairs, dropped } = dropDuplicatePairs(examples.filter((e): e is PairExample => e.kind === 'pair'), opts.pool);
   const results = aggregate(records, {
     dataset: opts.dataset, model: opts.modelId, shape: { layers: decoder?.spec.numLayers ?? 0, heads: decoder?.spec.numHeads ?? 0 }, fewShot: opts.fewShot, pool: opts.pool,
-    splits: { ...splitNotes(pairs, opts.fewShot, opts.pool, runSeeds(opts)), duplicatePairs: dropped.length },
+    splits: { ...splitNotes(pairs, opts.fewShot, opts.pool, runSeeds(opts), undefined, opts.poolCandidate), duplicatePairs: dropped.length },
     budget: budgetNotes(opts),
   });
   const write = (name: string, text: string) => {

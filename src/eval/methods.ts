@@ -68,6 +68,8 @@ function rmMethod(rm: ActivationRM, ctx: MethodContext, extra: ScoreOptions = {}
       if (extra.demos) scores.forEach((s, i) => { records[i]!.verdictCorrect = s.detail[0]!.verdict === 0 && s.detail[1]!.verdict === 1; });
       // Sampled vote shares tie often (N draws take few values): P("Yes") from the same prompt decides those.
       if (extra.readout === 'sampled') scores.forEach((s, i) => { records[i]!.tieBreak = { chosen: s.detail[0]!.reward, rejected: s.detail[1]!.reward }; });
+      // A pairwise judge's two orders, kept apart for benchmarks that score each order's verdict (JudgeBench).
+      if (rm.criterion.meta.template.kind === 'ranked') scores.forEach((s, i) => { records[i]!.orders = [s.detail[0]!.normalized, 1 - s.detail[1]!.normalized]; });
       return records;
     },
   };

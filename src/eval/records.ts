@@ -2,6 +2,7 @@
  * The records an evaluation run writes to items.jsonl, shared by the harness (which writes them) and the
  * aggregation (which reads them). On their own so neither module imports the other.
  */
+import type { PairCell } from '../data/examples.js';
 
 /** What a method returns for one test pair. */
 export interface PairRecord {
@@ -18,12 +19,21 @@ export interface PairRecord {
   swapConsistent?: boolean;
   /** icl-judge: the greedy verdicts were Yes for chosen and No for rejected. */
   verdictCorrect?: boolean;
+  /**
+   * Ranked (pairwise) template: P(chosen) read in each order, [chosen shown first, chosen shown second], each
+   * normalised over the two answers. JudgeBench scores pairwise judges by these two verdicts (records.ts
+   * bothOrderOutcome).
+   */
+  orders?: [number, number];
 }
+
+/** Where a pair record came from when its pair is one comparison of a multi-response row. */
+export type { PairCell as RecordCell } from '../data/examples.js';
 
 /** One line of items.jsonl. */
 export type RunRecord =
   /** `tied`: the primary scores were equal (absent in logs written before tie-breaking: read as chosen === rejected). */
-  | ({ type: 'pair'; method: string; seed: number; group: string; id: string; subset: string; correct: boolean; margin: number; tied?: boolean } & PairRecord)
+  | ({ type: 'pair'; method: string; seed: number; group: string; id: string; subset: string; correct: boolean; margin: number; tied?: boolean; cell?: PairCell } & PairRecord)
   | { type: 'prepared'; method: string; seed: number; group: string; heads: [number, number][] | null; seconds: number; tokens: number; poolIds: string[] }
   | { type: 'cost'; method: string; seed: number; group: string; seconds: number; tokens: number; pairs: number }
   /** The method could not be prepared on this pool for a data reason: its test pairs were not scored. Kept so a resumed run does not retry it. */
@@ -59,3 +69,14 @@ export const isTied = (r: PairRunRecord) => r.tied ?? r.chosen === r.rejected;
 
 /** The method produced a score for both responses. */
 export const isScored = (r: PairRunRecord) => !r.tooLong && Number.isFinite(r.chosen) && Number.isFinite(r.rejected);
+
+/**
+ * JudgeBench's both-order rule for pairwise judges (ScalerLab/JudgeBench utils/metrics.py, compute_final_metrics
+ * with both orders): each order's verdict counts +1 when it picks the correct response, −1 when it picks the
+ * other, 0 when it picks neither (here: P exactly 0.5, or unscorable); the pair is correct when the sum is > 0.
+ */
+export function bothOrderOutcome(orders: [number, number]): boolean {
+  // An unscorable order (NaN, or null as read back from JSON) is no verdict: 0.
+  const vote = (p: number | null) => (typeof p !== 'number' || Number.isNaN(p) ? 0 : p > 0.5 ? 1 : p < 0.5 ? -1 : 0);
+  return vote(orders[0]) + vote(orders[1]) > 0;
+}

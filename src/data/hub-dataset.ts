@@ -1,0 +1,75 @@
+/**
+ * `--dataset owner/name[@revision]`: a hub dataset's parquet files, kept in the same cache as models, under
+ * `<cache>/hub/datasets/<owner>--<name>/<revision>/<path in the repository>`.
+ *
+ * The hub serves dataset files at `<endpoint>/datasets/<id>/resolve/<revision>/<file>`. src/model/hub.ts's
+ * downloader (retries, resume, size and sha256 checks, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE) builds model
+ * URLs only and does not export a per-file download; until it does (see `DatasetDownloader`), a missing file is
+ * a clear error naming the URL and the path to put it at, and a file already in the cache is read offline.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { defaultCacheDir } from '../model/export.js';
+import { DataError } from './examples.js';
+
+/** The parquet files of the datasets `arm eval` knows, per repository (the split its benchmark scores). */
+export const HUB_DATASET_FILES: Readonly<Record<string, readonly string[]>> = Object.freeze({
+  'allenai/reward-bench-2': ['data/test-00000-of-00001.parquet'],
+  'allenai/reward-bench': ['data/filtered-00000-of-00001.parquet'],
+});
+
+/** Fetches one repository file to `dest` (resolved inside the cache); false when the hub has no such file. */
+export type DatasetDownloader = (request: { repoType: 'dataset'; id: string; revision: string; file: string; dest: string; url: string }) => Promise<boolean>;
+
+export interface HubDatasetOptions { cacheDir?: string; revision?: string; download?: DatasetDownloader }
+
+const PART = /^[A-Za-z0-9._-]{1,96}$/;
+
+/** `owner/name[@revision]` with hub-valid parts, or null. */
+export function parseHubDatasetRef(ref: string): { id: string; revision: string } | null {
+  const at = ref.indexOf('@');
+  const id = at < 0 ? ref : ref.slice(0, at);
+  const revision = at < 0 ? 'main' : ref.slice(at + 1);
+  const parts = id.split('/');
+  if (parts.length !== 2 || !parts.every((p) => PART.test(p) && !/^[-.]|[-.]$/.test(p) && !p.includes('..') && !p.includes('--'))) return null;
+  if (!revision || revision.includes('..') || /[\s\\~^:?*[\x00-\x1f]/.test(revision)) return null;
+  return { id, revision };
+}
+
+export function hubDatasetDir(id: string, revision: string, cacheDir?: string): string {
+  return path.join(path.resolve(cacheDir ?? defaultCacheDir()), 'hub', 'datasets', id.replace('/', '--'), encodeURIComponent(revision));
+}
+
+export function hubDatasetUrl(id: string, revision: string, file: string): string {
+  const endpoint = (process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '');
+  return `${endpoint}/datasets/${id}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`;
+}
+
+/** The local paths of a hub dataset's parquet files: from the cache, or fetched by `download` when given and online. */
+export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {}): Promise<string[]> {
+  const parsed = parseHubDatasetRef(ref);
+  if (!parsed) throw new DataError(`${ref}: no such file, and not a hub dataset id (owner/name[@revision])`);
+  const revision = opts.revision ?? parsed.revision;
+  const files = HUB_DATASET_FILES[parsed.id];
+  if (!files) {
+    throw new DataError(`${ref}: no such file; of hub datasets arm eval knows ${Object.keys(HUB_DATASET_FILES).join(', ')}; download another dataset's parquet or JSONL file and pass its path`);
+  }
+  const dir = hubDatasetDir(parsed.id, revision, opts.cacheDir);
+  const out: string[] = [];
+  for (const file of files) {
+    const dest = path.join(dir, file);
+    out.push(dest);
+    if (fs.existsSync(dest)) continue;
+    const url = hubDatasetUrl(parsed.id, revision, file);
+    const offline = process.env.HF_HUB_OFFLINE;
+    if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
+      throw new DataError(`${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; pass a local parquet file with --dataset`);
+    }
+    if (!opts.download) {
+      throw new DataError(`${parsed.id}@${revision}: ${file} is not in the cache, and this build cannot download dataset files yet; fetch ${url} to ${dest} (or anywhere, and pass that path with --dataset)`);
+    }
+    fs.mkdirSync(path.dirname(dest), { recursive: true });
+    if (!(await opts.download({ repoType: 'dataset', id: parsed.id, revision, file, dest, url }))) throw new DataError(`${parsed.id}@${revision}: ${file} not found on the hub (${url})`);
+  }
+  return out;
+}
