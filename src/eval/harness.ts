@@ -109,7 +109,9 @@ export function dropDuplicatePairs(pairs: PairExample[], mode: 'subset' | 'globa
   const seen = new Set<string>();
   const kept: PairExample[] = [], dropped: PairExample[] = [];
   for (const p of pairs) {
-    const k = JSON.stringify([mode === 'global' ? '' : p.subset ?? 'all', promptKey(p), p.chosen, p.rejected]);
+    // A multi-response row's comparisons are its benchmark's cells, equal texts or not (RM-Bench repeats a
+    // response across styles in 63 rows): they are never each other's duplicates, nor another row's.
+    const k = p.cell ? JSON.stringify(['cell', p.cell.row, p.cell.chosen, p.cell.rejected]) : JSON.stringify([mode === 'global' ? '' : p.subset ?? 'all', promptKey(p), p.chosen, p.rejected]);
     if (seen.has(k)) dropped.push(p); else { seen.add(k); kept.push(p); }
   }
   return { pairs: kept, dropped };

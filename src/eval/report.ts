@@ -82,6 +82,7 @@ export function renderMarkdown(r: Results): string {
     for (const [name, m] of rows(r)) lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
     lines.push('');
   }
+  lines.push(...benchmarkMarkdown(r));
   if (r.skipped.length) {
     lines.push(`## Skipped (method, ${groupWord(r)}, seed)`, '', `Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.`, '',
       `| method | ${groupWord(r)} | seed | test pairs | reason |`, '| --- | --- | ---: | ---: | --- |',
@@ -89,6 +90,40 @@ export function renderMarkdown(r: Results): string {
   }
   lines.push('## Methods', '', ...rows(r).map(([name, m]) => `- **${name}**: ${m.definition}`), '');
   return lines.join('\n');
+}
+
+/** The benchmarks' own scores (RM-Bench, RewardBench 2, JudgeBench) as markdown sections; none when the dataset is none of them. */
+export function benchmarkMarkdown(r: Results): string[] {
+  const lines: string[] = [];
+  const ranked = rows(r);
+  const rm = ranked.filter(([, m]) => m.rmBench);
+  if (rm.length) {
+    const domains = [...new Set(rm.flatMap(([, m]) => Object.keys(m.rmBench!)))].sort();
+    lines.push('## RM-Bench (3 chosen × 3 rejected styles per row)', '',
+      'hard: chosen plainer than rejected (upper triangle); normal: same style; easy: chosen fancier; avg = mean of the three. The math domain is not in this data, so no Overall comparable with published numbers.', '',
+      `| method | ${domains.flatMap((d) => [`${d} hard`, `${d} normal`, `${d} easy`, `${d} avg`]).join(' | ')} |`, `| --- |${domains.map(() => ' ---: | ---: | ---: | ---: |').join('')}`,
+      ...rm.map(([name, m]) => `| ${name} | ${domains.flatMap((d) => { const x = m.rmBench![d]; return x ? [pct(x.hard.score), pct(x.normal.score), pct(x.easy.score), pct(x.avg.score)] : ['', '', '', '']; }).join(' | ')} |`), '');
+  }
+  const bon = ranked.filter(([, m]) => m.bestOfN);
+  if (bon.length) {
+    const subsets = [...new Set(bon.flatMap(([, m]) => Object.keys(m.bestOfN!.subsets)))].sort();
+    lines.push('## RewardBench 2 (best-of-n: the chosen response must score highest; k responses sharing the top score give 1/k)', '',
+      'Ties is scored by its own rule (accuracy and margins over reference and tied prompts), for methods that give each response its own score. Overall = mean of the subsets present.', '',
+      `| method | ${subsets.join(' | ')} | overall |`, `| --- |${subsets.map(() => ' ---: |').join('')} ---: |`,
+      ...bon.map(([name, m]) => `| ${name} | ${subsets.map((s) => (m.bestOfN!.subsets[s] ? pct(m.bestOfN!.subsets[s]!.score) : '')).join(' | ')} | ${pct(m.bestOfN!.overall)} |`), '');
+  }
+  const jb = ranked.filter(([, m]) => m.judgeBench);
+  if (jb.length) {
+    lines.push('## JudgeBench (per response set; overall over all its pairs)', '',
+      'single: one judgment per pair, ties wrong (as reward models are scored); both orders: a pairwise judge (--template ranked) judged with each response first, +1 per correct verdict and −1 per wrong one, correct when the sum is positive.', '');
+    const sets = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench!)))].sort();
+    for (const set of sets) {
+      const cats = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench![set] ?? {})))];
+      lines.push(`### ${set}`, '', `| method | ${cats.join(' | ')} |`, `| --- |${cats.map(() => ' ---: |').join('')}`,
+        ...jb.map(([name, m]) => `| ${name} | ${cats.map((c) => { const x = m.judgeBench![set]?.[c]; return x ? `${pct(x.singleGame.score)}${x.bothOrders ? ` (both orders ${pct(x.bothOrders.score)})` : ''}` : ''; }).join(' | ')} |`), '');
+    }
+  }
+  return lines;
 }
 
 const COLORS = ['#3465a4', '#cc0000', '#73d216', '#f57900', '#75507b', '#c17d11', '#555753', '#06989a', '#edd400', '#ad7fa8', '#8ae234'];
@@ -159,9 +194,16 @@ ${overall}
 ${perSubset ? `<h2>Per subset</h2>${perSubset}` : ''}
 ${maps ? `<h2>Heads (layer × head)</h2>${maps}` : ''}
 ${skippedTable}
+${benchmarkHtml(r)}
 <h2>Methods</h2><dl>${rows(r).map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`).join('')}</dl>
 <p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>
 <script>document.body.dataset.rendered = 'ok';</script>
 </body></html>
 `;
+}
+
+/** The benchmark sections for the HTML report: the markdown tables, rendered as preformatted text (kept simple). */
+function benchmarkHtml(r: Results): string {
+  const md = benchmarkMarkdown(r);
+  return md.length ? `<h2>Benchmark scores</h2><pre>${esc(md.join('\n'))}</pre>` : '';
 }
