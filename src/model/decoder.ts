@@ -9,13 +9,16 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout } from './export.js';
+import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout, type WeightFormat } from './export.js';
 import { resolveModelDir } from './checkpoint/hub.js';
 import { contentSha256 } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
 import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import { specFromConfig, type ModelSpec } from './families/spec.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
+import { prequantSchemeFromConfig, type PrequantScheme } from './checkpoint/awq-gptq.js';
+import { resolveWeightFormat } from './weight-format.js';
+import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 
 export interface LoadOptions {
   cacheDir?: string;
@@ -26,6 +29,15 @@ export interface LoadOptions {
   onBuildProgress?: BuildProgress;
   /** Tuning: the output head is split into row blocks of at most this many bytes (default 64 MiB) to bound the load-time peak. */
   headChunkBytes?: number;
+  /**
+   * Weight storage: fp32, or int8/int4 block-wise weight-only quantisation of every linear layer, the
+   * embedding table and the output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
+   */
+  dtype?: WeightDType;
+  /** int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8, 32 for int4). */
+  blockSize?: number;
+  /** int8/int4: MatMulNBits accuracy_level (0–4; default 4 = int8 compute). */
+  accuracyLevel?: QuantOptions['accuracyLevel'];
 }
 
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
@@ -49,7 +61,11 @@ export interface KvCache {
   values: Float32Array[];
 }
 
-export interface LoadInfo { modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string }
+export interface LoadInfo {
+  modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string;
+  /** How the weights are stored and multiplied (dtype, block size, accuracy level, pre-quantised scheme). */
+  weightFormat: WeightFormat;
+}
 
 /** Work done so far, for cost reports: real tokens fed, padded positions, session runs. */
 export interface DecoderStats { runs: number; tokens: number; paddedPositions: number }
@@ -60,7 +76,8 @@ export class Decoder {
 
   private constructor(
     readonly spec: ModelSpec,
-    readonly tokenizer: Tokenizer,
+    /** null when the checkpoint has no tokenizer.json: it then runs on token ids only. */
+    private readonly textTokenizer: Tokenizer | null,
     private readonly session: ort.InferenceSession,
     readonly info: LoadInfo,
     private readonly modelId: string,
@@ -75,15 +92,20 @@ export class Decoder {
     let config: Record<string, unknown>;
     try { config = JSON.parse(configText); } catch (e) { throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`); }
     const spec = specFromConfig(config, configPath);
-    const tokenizer = await Tokenizer.load(modelDir);
+    // Without tokenizer.json the model still runs on token ids; text asks for the tokenizer and fails then.
+    const tokenizer = fs.existsSync(path.join(modelDir, 'tokenizer.json')) ? await Tokenizer.load(modelDir) : null;
     const ckpt = SafetensorsCheckpoint.open(modelDir);
     let entry: { dir: string; built: boolean };
     let fingerprint: string;
+    let prequant: PrequantScheme | null;
+    let format: WeightFormat;
     const t0 = performance.now();
     try {
-      validateCheckpoint(spec, ckpt);
+      prequant = prequantSchemeFromConfig(config, configPath);
+      format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel });
+      validateCheckpoint(spec, ckpt, prequant);
       fingerprint = weightsContentHash(ckpt.files, path.join(opts.cacheDir ?? defaultCacheDir(), 'hashes'));
-      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes);
+      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes, format), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes, format);
     } finally {
       ckpt.close();
     }
@@ -100,12 +122,21 @@ export class Decoder {
     return new Decoder(spec, tokenizer, session, {
       modelDir, cacheEntry: entry.dir, built: entry.built,
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
-      configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!,
+      configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!,
     }, model, embeddings);
   }
 
   get id(): string { return this.modelId; }
-  /** Size of the weights file the session reads (float32 bytes). */
+
+  get hasTokenizer(): boolean { return this.textTokenizer !== null; }
+
+  /** The checkpoint's tokenizer; throws a ModelError naming the folder when it has no tokenizer.json. */
+  get tokenizer(): Tokenizer {
+    if (this.textTokenizer) return this.textTokenizer;
+    throw new ModelError(`${path.join(this.info.modelDir, 'tokenizer.json')}: missing, so this checkpoint runs on token ids only ` +
+      '(e.g. arm forward --input-ids 1,2,3); text, chat templates and answer tokens need a tokenizer');
+  }
+  /** Size of the weights file the session reads (float32, or quantised codes + scales + zero points). */
   get weightBytes(): number { return fs.statSync(path.join(this.info.cacheEntry, DATA_FILE)).size; }
 
   // ---------- running ----------
@@ -204,7 +235,7 @@ export class Decoder {
       for (let j = 0; j < P; j++) mask[b * (P + S) + j] = 1n;
       for (let s = 0; s < S; s++) {
         const real = s >= offset;
-        if (real) this.embeddings.row(row[s - offset]!, embeds, (b * S + s) * D);
+        if (real) this.embeddings.row(row[s - offset]!, embeds, (b * S + s) * D, this.spec.embedScale);
         mask[b * (P + S) + P + s] = real ? 1n : 0n;
         positions[b * S + s] = BigInt(real ? P + s - offset : 0);
       }
@@ -254,18 +285,42 @@ class EmbeddingTable {
 
   constructor(file: string, private readonly layout: Layout['embed']) { this.fd = fs.openSync(file, 'r'); }
 
-  /** Copies the row of token `id` into `out` at `at`. */
-  row(id: number, out: Float32Array, at: number): void {
+  /**
+   * Copies the row of token `id` into `out` at `at`, times `scale` when given (Gemma's √D): one float32
+   * product per value, as transformers' float32 multiply (a product of two float32 is exact in a double).
+   */
+  row(id: number, out: Float32Array, at: number, scale: number | null = null): void {
     let r = this.cache.get(id);
     if (!r) {
-      r = new Float32Array(this.layout.cols);
-      const bytes = new Uint8Array(r.buffer);
-      const n = fs.readSync(this.fd, bytes, 0, bytes.length, this.layout.offset + id * bytes.length);
-      if (n !== bytes.length) throw new ModelError(`embedding row ${id}: short read from the cached weights (rebuild the cache entry)`);
+      r = this.read(id);
       if (this.cache.size >= EmbeddingTable.CACHE_ROWS) this.cache.delete(this.cache.keys().next().value!);
       this.cache.set(id, r);
     }
-    out.set(r, at);
+    if (scale === null) out.set(r, at);
+    else for (let i = 0; i < r.length; i++) out[at + i] = r[i]! * scale;
+  }
+
+  /** Row `id` as float32: read as is, or its codes, scales and zero points read and dequantised. */
+  private read(id: number): Float32Array {
+    const { cols, quant } = this.layout;
+    const r = new Float32Array(cols);
+    if (!quant) {
+      this.readAt(new Uint8Array(r.buffer), this.layout.offset + id * r.byteLength, id);
+      return r;
+    }
+    const nb = blocksPerRow(cols, quant.blockSize);
+    const codes = new Uint8Array(nb * blobBytes(quant.bits, quant.blockSize));
+    const scales = new Float32Array(nb);
+    const zeros = new Uint8Array(zeroPointBytesPerRow(nb, quant.bits));
+    this.readAt(codes, this.layout.offset + id * codes.length, id);
+    this.readAt(new Uint8Array(scales.buffer), quant.scalesOffset + id * scales.byteLength, id);
+    this.readAt(zeros, quant.zeroPointsOffset + id * zeros.length, id);
+    return dequantizeRowFrom(codes, 0, scales, 0, zeros, 0, cols, quant.bits, quant.blockSize, r, 0);
+  }
+
+  private readAt(bytes: Uint8Array, position: number, id: number): void {
+    const n = fs.readSync(this.fd, bytes, 0, bytes.length, position);
+    if (n !== bytes.length) throw new ModelError(`embedding row ${id}: short read from the cached weights (rebuild the cache entry)`);
   }
 
   close(): void { fs.closeSync(this.fd); }

@@ -13,21 +13,48 @@ import { expectedTensors, type ModelSpec } from './families/spec.js';
 import { ModelError } from './errors.js';
 import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import type { ExternalRef } from './graph/graph-builder.js';
+import { blobBytes, blocksPerRow, concatRows, quantizeMatrix, quantNames, sliceRows, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
 /** Where the embedding rows lie in weights.bin (the graph takes embeddings, JS looks them up). */
 export const LAYOUT_FILE = 'layout.json';
 
-export interface Layout { embed: { offset: number; rows: number; cols: number } }
+export interface Layout {
+  embed: {
+    offset: number; rows: number; cols: number;
+    /** Present when the table is block-quantised: `offset` is then its codes [V, nBlocks, blob] (quantized-linear.ts). */
+    quant?: { bits: 4 | 8; blockSize: number; scalesOffset: number; zeroPointsOffset: number };
+  };
+}
+
+/**
+ * How the cache entry stores weights. `quant` null: every float weight stays float32 (linear layers
+ * transposed for MatMul). Otherwise every linear layer, the embedding table and the output head are
+ * block-quantised with it (MatMulNBits); norms and biases stay float32. `prequant`: the checkpoint's own
+ * AWQ/GPTQ codes are kept for the layers it stores quantised (always MatMulNBits, whatever `dtype`), and
+ * `dtype` decides what the float rest (embedding, head, unquantised layers) becomes. `accuracyLevel`
+ * applies to every MatMulNBits.
+ */
+export interface WeightFormat { dtype: WeightDType; quant: Omit<QuantOptions, 'accuracyLevel'> | null; prequant: PrequantScheme | null; accuracyLevel: QuantOptions['accuracyLevel'] }
+export const FP32_FORMAT: WeightFormat = Object.freeze({ dtype: 'fp32', quant: null, prequant: null, accuracyLevel: 0 });
+
+/** The part of the cache key that names the format; empty for plain fp32 so existing entries stay valid. */
+function formatKey(f: WeightFormat): string {
+  if (!f.quant && !f.prequant) return '';
+  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}` : 'f32'}:${f.accuracyLevel}`;
+  const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
+  return `:${f.dtype}:${q}${pq}`;
+}
 const ALIGN = 4096; // page-aligned offsets let onnxruntime map the weights instead of copying them
 
 export function defaultCacheDir(): string {
   return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
 }
 
-export function cacheKey(configText: string, weightsFingerprint: string, headChunkBytes = HEAD_CHUNK_BYTES): string {
-  return createHash('sha256').update(`${GRAPH_VERSION}:${headChunkBytes}`).update('\0').update(configText).update('\0').update(weightsFingerprint).digest('hex').slice(0, 24);
+export function cacheKey(configText: string, weightsFingerprint: string, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT): string {
+  return createHash('sha256').update(`${GRAPH_VERSION}:${headChunkBytes}${formatKey(format)}`).update('\0').update(configText).update('\0').update(weightsFingerprint).digest('hex').slice(0, 24);
 }
 
 /**
@@ -35,7 +62,7 @@ export function cacheKey(configText: string, weightsFingerprint: string, headChu
  * config.json's num_hidden_layers (those would be silently dropped); other extra tensors (e.g. rotary
  * caches) are ignored.
  */
-export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint): void {
+export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint, prequant: PrequantScheme | null = null): void {
   const layers = new Set<number>();
   for (const name of ckpt.names()) {
     const m = /^model\.layers\.(\d+)\./.exec(name);
@@ -48,6 +75,7 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint)
     throw new ModelError(`${path.join(ckpt.dir, 'config.json')}: num_hidden_layers is ${spec.numLayers} but the checkpoint holds ${list}; expected num_hidden_layers to match the model.layers.N tensors`);
   }
   for (const [name, shape] of expectedTensors(spec)) {
+    if (prequant && !ckpt.has(name) && isPrequantized(ckpt, name)) { checkPrequantized(ckpt, name, shape, prequant); continue; }
     if (!ckpt.has(name)) {
       const hint = name === 'lm_head.weight' ? ' (config says tie_word_embeddings is false)' : '';
       throw new ModelError(`${ckpt.dir}: tensor "${name}" is missing from the checkpoint${hint}`);
@@ -62,14 +90,14 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint)
 export interface BuildProgress { (done: number, total: number, what: string): void }
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
-export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES): { dir: string; built: boolean } {
+export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT): { dir: string; built: boolean } {
   const dir = path.join(cacheDir, 'graphs', key);
   if ([MODEL_FILE, DATA_FILE, LAYOUT_FILE].every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   fs.mkdirSync(tmp, { recursive: true });
   try {
-    writeModel(spec, ckpt, tmp, headChunkBytes, onProgress);
+    writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress);
     try {
       fs.renameSync(tmp, dir);
     } catch (e) {
@@ -84,19 +112,48 @@ export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, 
   return { dir, built: true };
 }
 
-function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, onProgress?: BuildProgress): void {
-  const producers = weightProducers(spec, ckpt);
+/** A quantised matrix's three arrays in weights.bin. */
+interface QuantRefs { codes: ExternalRef; scales: ExternalRef; zeroPoints: ExternalRef; rows: number; cols: number; bits: 4 | 8; blockSize: number }
+
+function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, format: WeightFormat, onProgress?: BuildProgress): void {
+  const producers = weightProducers(spec, ckpt, format.prequant);
   const fd = fs.openSync(path.join(outDir, DATA_FILE), 'w');
   const refs = new Map<string, ExternalRef>();
+  const quantRefs = new Map<string, QuantRefs>();
   let offset = 0;
+  const write = (name: string, data: ArrayBufferView, dims: number[], elemType: 'FLOAT' | 'UINT8' = 'FLOAT'): ExternalRef => {
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    fs.writeSync(fd, bytes, 0, bytes.length, offset);
+    const ref: ExternalRef = { name, dims, offset, length: bytes.length, elemType };
+    offset = Math.ceil((offset + bytes.length) / ALIGN) * ALIGN;
+    return ref;
+  };
+  const writeQuantized = (name: string, q: QuantizedMatrix) => {
+    const n = quantNames(name);
+    const nb = blocksPerRow(q.cols, q.blockSize);
+    quantRefs.set(name, {
+      codes: write(n.codes, q.codes, [q.rows, nb, blobBytes(q.bits, q.blockSize)], 'UINT8'),
+      scales: write(n.scales, q.scales, [q.scales.length]),
+      zeroPoints: write(n.zeroPoints, q.zeroPoints, [q.zeroPoints.length], 'UINT8'),
+      rows: q.rows, cols: q.cols, bits: q.bits, blockSize: q.blockSize,
+    });
+  };
+  // The embedding table and a separate output head are [V, D] = [N, K] already: quantised as they are.
+  const quantizedAsIs = new Set<string>(format.quant ? [W.embed, W.lmHead] : []);
   try {
     let done = 0;
     for (const [name, produce] of producers) {
-      const { data, dims } = produce();
-      const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      fs.writeSync(fd, bytes, 0, bytes.length, offset);
-      refs.set(name, { name, dims, offset, length: bytes.length });
-      offset = Math.ceil((offset + bytes.length) / ALIGN) * ALIGN;
+      const p = produce();
+      if ('quantized' in p) {
+        writeQuantized(name, p.quantized);
+      } else if ('linear' in p) {
+        if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, format.quant));
+        else refs.set(name, write(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]));
+      } else if (quantizedAsIs.has(name)) {
+        writeQuantized(name, quantizeMatrix(p.data, p.dims[0]!, p.dims[1]!, format.quant!));
+      } else {
+        refs.set(name, write(name, p.data, p.dims));
+      }
       onProgress?.(++done, producers.size, name);
     }
     fs.fsyncSync(fd);
@@ -104,27 +161,81 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
     fs.closeSync(fd);
   }
   // The head's row blocks are views of bytes already written (embed_tokens when tied, else lm_head).
-  const head = refs.get(spec.tieWordEmbeddings ? W.embed : W.lmHead)!;
-  const rowBytes = spec.hiddenSize * 4;
-  headChunks(spec, headChunkBytes).forEach(([start, end], i) => {
-    refs.set(W.headChunk(i), { name: W.headChunk(i), dims: [end - start, spec.hiddenSize], offset: head.offset + start * rowBytes, length: (end - start) * rowBytes });
-  });
+  const headName = spec.tieWordEmbeddings ? W.embed : W.lmHead;
+  const qHead = quantRefs.get(headName);
+  if (qHead) {
+    const nb = blocksPerRow(qHead.cols, qHead.blockSize);
+    const per = { codes: nb * blobBytes(qHead.bits, qHead.blockSize), scales: nb * 4, zeroPoints: zeroPointBytesPerRow(nb, qHead.bits) };
+    headChunks(spec, headChunkBytes).forEach(([start, end], i) => {
+      const view = (r: ExternalRef, bytesPerRow: number, dims: number[], suffix: string): ExternalRef =>
+        ({ name: W.headChunk(i) + suffix, dims, offset: r.offset + start * bytesPerRow, length: (end - start) * bytesPerRow, elemType: r.elemType });
+      const rows = end - start;
+      quantRefs.set(W.headChunk(i), {
+        codes: view(qHead.codes, per.codes, [rows, nb, per.codes / nb], '.q'),
+        scales: view(qHead.scales, per.scales, [rows * nb], '.scales'),
+        zeroPoints: view(qHead.zeroPoints, per.zeroPoints, [rows * per.zeroPoints], '.zp'),
+        rows, cols: qHead.cols, bits: qHead.bits, blockSize: qHead.blockSize,
+      });
+    });
+  } else {
+    const head = refs.get(headName)!;
+    const rowBytes = spec.hiddenSize * 4;
+    headChunks(spec, headChunkBytes).forEach(([start, end], i) => {
+      refs.set(W.headChunk(i), { name: W.headChunk(i), dims: [end - start, spec.hiddenSize], offset: head.offset + start * rowBytes, length: (end - start) * rowBytes });
+    });
+  }
   const graph = emitDecoderGraph(spec, (g, name) => {
     const ref = refs.get(name);
     if (!ref) throw new Error(`internal: graph uses weight ${name} that was not exported`);
     return g.externalWeight(ref, DATA_FILE);
-  }, headChunkBytes);
-  const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family });
+  }, headChunkBytes, {
+    accuracyLevel: format.accuracyLevel,
+    ref: (g, name) => {
+      const q = quantRefs.get(name);
+      if (!q) return null;
+      return {
+        codes: g.externalWeight(q.codes, DATA_FILE), scales: g.externalWeight(q.scales, DATA_FILE), zeroPoints: g.externalWeight(q.zeroPoints, DATA_FILE),
+        rows: q.rows, cols: q.cols, bits: q.bits, blockSize: q.blockSize,
+      };
+    },
+  });
+  const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family, weight_dtype: format.dtype });
   fs.writeFileSync(path.join(outDir, MODEL_FILE), bytes);
-  const embed = refs.get(W.embed)!;
-  const layout: Layout = { embed: { offset: embed.offset, rows: embed.dims[0]!, cols: embed.dims[1]! } };
+  const qEmbed = quantRefs.get(W.embed);
+  const embed = qEmbed?.codes ?? refs.get(W.embed)!;
+  const layout: Layout = {
+    embed: {
+      offset: embed.offset, rows: embed.dims[0]!, cols: qEmbed ? qEmbed.cols : embed.dims[1]!,
+      ...(qEmbed ? { quant: { bits: qEmbed.bits, blockSize: qEmbed.blockSize, scalesOffset: qEmbed.scales.offset, zeroPointsOffset: qEmbed.zeroPoints.offset } } : {}),
+    },
+  };
   fs.writeFileSync(path.join(outDir, LAYOUT_FILE), JSON.stringify(layout));
 }
 
-interface Produced { data: Float32Array; dims: number[] }
+/** W [rows, cols] → Wᵀ [cols, rows]; 64×64 tiles keep both the reads and the strided writes in cache. */
+function transposed(w: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r0 = 0; r0 < rows; r0 += 64) {
+    const r1 = Math.min(rows, r0 + 64);
+    for (let c0 = 0; c0 < cols; c0 += 64) {
+      const c1 = Math.min(cols, c0 + 64);
+      for (let r = r0; r < r1; r++) {
+        const srcRow = r * cols;
+        for (let c = c0; c < c1; c++) out[c * rows + r] = w[srcRow + c]!;
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * A weight as the writer receives it: float data as stored; a linear layer as HF rows [N = out, K = in]
+ * (the writer transposes it for MatMul or quantises it); or a pre-quantised linear layer (AWQ/GPTQ).
+ */
+type Produced = { data: Float32Array; dims: number[] } | { linear: Float32Array; rows: number; cols: number } | { quantized: QuantizedMatrix };
 
 /** The graph's weights, each as a function that reads and lays it out (so only one is in memory at a time). */
-function weightProducers(spec: ModelSpec, ckpt: SafetensorsCheckpoint): Map<string, () => Produced> {
+function weightProducers(spec: ModelSpec, ckpt: SafetensorsCheckpoint, prequant: PrequantScheme | null): Map<string, () => Produced> {
   // Every checkpoint tensor passes through here exactly once while the entry is built, so this is the one
   // cheap place to refuse NaN/Inf weights (they would otherwise surface as NaN scores and no error).
   const read = (name: string) => {
@@ -142,50 +253,67 @@ function weightProducers(spec: ModelSpec, ckpt: SafetensorsCheckpoint): Map<stri
     for (const p of parts) { out.set(p, at); at += p.length; }
     return { data: out, dims: [out.length] };
   };
-  // HF Linear weights are [out, in]; MatMul wants [in, out]. Several projections fuse along `out`.
+  // HF Linear weights are [out, in]; several projections fuse along `out` (rows). The writer transposes
+  // the result to MatMul's [in, out] (fp32) or quantises it as it is (MatMulNBits takes [out, in]).
+  const expected = expectedTensors(spec);
   const transposedConcat = (names: string[]): (() => Produced) => () => {
+    const shapeOf = (n: string) => expected.get(n) ?? ckpt.info(n).shape;
+    if (prequant && names.some((n) => isPrequantized(ckpt, n))) {
+      if (!names.every((n) => isPrequantized(ckpt, n))) throw new ModelError(`${ckpt.dir}: ${names.join(', ')} are fused by the graph but only some are stored quantised`);
+      return { quantized: concatRows(names.map((n) => readPrequantized(ckpt, n, shapeOf(n), prequant))) };
+    }
     const shapes = names.map((n) => ckpt.info(n).shape as [number, number]);
-    const inDim = shapes[0]![1];
-    const outDim = shapes.reduce((n, s) => n + s[0], 0);
-    const out = new Float32Array(inDim * outDim);
-    let col = 0;
-    names.forEach((n, i) => {
-      const src = read(n);
-      const rows = shapes[i]![0];
-      // Blocked transpose: 64×64 tiles keep both the reads and the strided writes in cache.
-      for (let r0 = 0; r0 < rows; r0 += 64) {
-        const r1 = Math.min(rows, r0 + 64);
-        for (let c0 = 0; c0 < inDim; c0 += 64) {
-          const c1 = Math.min(inDim, c0 + 64);
-          for (let r = r0; r < r1; r++) {
-            const srcRow = r * inDim;
-            for (let c = c0; c < c1; c++) out[c * outDim + col + r] = src[srcRow + c]!;
-          }
-        }
-      }
-      col += rows;
-    });
-    return { data: out, dims: [inDim, outDim] };
+    const cols = shapes[0]![1];
+    const rows = shapes.reduce((n, s) => n + s[0], 0);
+    const out = new Float32Array(rows * cols);
+    let at = 0;
+    for (const n of names) { const src = read(n); out.set(src, at); at += src.length; }
+    return { linear: out, rows, cols };
+  };
+  // RMSNorm weights as the graph multiplies by them: Gemma's (1 + w), summed in float32 as transformers does.
+  const norm = (name: string): (() => Produced) => spec.normOffset === 0 ? asIs(name) : () => {
+    const data = read(name);
+    for (let i = 0; i < data.length; i++) data[i] = spec.normOffset + data[i]!;
+    return { data, dims: ckpt.info(name).shape };
   };
   const m = new Map<string, () => Produced>();
   m.set(W.embed, asIs('model.embed_tokens.weight'));
   if (!spec.tieWordEmbeddings) m.set(W.lmHead, asIs('lm_head.weight'));
-  m.set(W.finalNorm, asIs('model.norm.weight'));
+  m.set(W.finalNorm, norm('model.norm.weight'));
   for (let l = 0; l < spec.numLayers; l++) {
     const a = `model.layers.${l}.self_attn`;
     const mlp = `model.layers.${l}.mlp`;
-    m.set(W.ln1(l), asIs(`model.layers.${l}.input_layernorm.weight`));
-    m.set(W.ln2(l), asIs(`model.layers.${l}.post_attention_layernorm.weight`));
-    m.set(W.qkv(l), transposedConcat([`${a}.q_proj.weight`, `${a}.k_proj.weight`, `${a}.v_proj.weight`]));
-    if (spec.qkvBias) m.set(W.qkvBias(l), concat([`${a}.q_proj.bias`, `${a}.k_proj.bias`, `${a}.v_proj.bias`]));
+    const ln = `model.layers.${l}`;
+    m.set(W.ln1(l), norm(`${ln}.input_layernorm.weight`));
+    if (spec.sandwichNorms) {
+      // Gemma 2/3: post_attention_layernorm normalises the o_proj output; the pre-MLP norm is pre_feedforward.
+      m.set(W.ln1Post(l), norm(`${ln}.post_attention_layernorm.weight`));
+      m.set(W.ln2(l), norm(`${ln}.pre_feedforward_layernorm.weight`));
+      m.set(W.ln2Post(l), norm(`${ln}.post_feedforward_layernorm.weight`));
+    } else {
+      m.set(W.ln2(l), norm(`${ln}.post_attention_layernorm.weight`));
+    }
+    // Phi-3 stores q|k|v and gate|up already fused along `out`, in the order the graph splits them.
+    if (spec.fusedProjections) {
+      m.set(W.qkv(l), transposedConcat([`${a}.qkv_proj.weight`]));
+      if (spec.qkvBias) m.set(W.qkvBias(l), asIs(`${a}.qkv_proj.bias`));
+    } else {
+      m.set(W.qkv(l), transposedConcat([`${a}.q_proj.weight`, `${a}.k_proj.weight`, `${a}.v_proj.weight`]));
+      if (spec.qkvBias) m.set(W.qkvBias(l), concat([`${a}.q_proj.bias`, `${a}.k_proj.bias`, `${a}.v_proj.bias`]));
+    }
     if (spec.qkNorm) {
-      m.set(W.qNorm(l), asIs(`${a}.q_norm.weight`));
-      m.set(W.kNorm(l), asIs(`${a}.k_norm.weight`));
+      m.set(W.qNorm(l), norm(`${a}.q_norm.weight`));
+      m.set(W.kNorm(l), norm(`${a}.k_norm.weight`));
     }
     m.set(W.o(l), transposedConcat([`${a}.o_proj.weight`]));
     if (spec.oBias) m.set(W.oBias(l), asIs(`${a}.o_proj.bias`));
-    m.set(W.gateUp(l), transposedConcat([`${mlp}.gate_proj.weight`, `${mlp}.up_proj.weight`]));
-    if (spec.mlpBias) m.set(W.gateUpBias(l), concat([`${mlp}.gate_proj.bias`, `${mlp}.up_proj.bias`]));
+    if (spec.fusedProjections) {
+      m.set(W.gateUp(l), transposedConcat([`${mlp}.gate_up_proj.weight`]));
+      if (spec.mlpBias) m.set(W.gateUpBias(l), asIs(`${mlp}.gate_up_proj.bias`));
+    } else {
+      m.set(W.gateUp(l), transposedConcat([`${mlp}.gate_proj.weight`, `${mlp}.up_proj.weight`]));
+      if (spec.mlpBias) m.set(W.gateUpBias(l), concat([`${mlp}.gate_proj.bias`, `${mlp}.up_proj.bias`]));
+    }
     m.set(W.down(l), transposedConcat([`${mlp}.down_proj.weight`]));
     if (spec.mlpBias) m.set(W.downBias(l), asIs(`${mlp}.down_proj.bias`));
   }

@@ -9,12 +9,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { ModelError } from '../errors.js';
 
-const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({ F32: 4, F16: 2, BF16: 2 });
+/** Float dtypes hold weights; integer dtypes hold pre-quantised weights (AWQ/GPTQ qweight/qzeros/g_idx), read raw. */
+const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({ F32: 4, F16: 2, BF16: 2, I32: 4, U8: 1, I64: 8 });
+const FLOAT_DTYPES: ReadonlySet<string> = new Set(['F32', 'F16', 'BF16']);
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
 export interface TensorInfo {
   name: string;
-  dtype: 'F32' | 'F16' | 'BF16';
+  dtype: 'F32' | 'F16' | 'BF16' | 'I32' | 'U8' | 'I64';
   shape: number[];
   file: string;
   /** Absolute byte offset of the data in `file`. */
@@ -99,10 +101,17 @@ export class SafetensorsCheckpoint {
     return t;
   }
 
-  /** Reads one tensor, converted to float32. */
+  /** Reads one float tensor (F32/F16/BF16), converted to float32. */
   readFloat32(name: string): Float32Array {
+    const t = this.info(name);
+    if (!FLOAT_DTYPES.has(t.dtype)) throw new ModelError(`${t.file}: tensor "${name}" is ${t.dtype}; expected a float tensor (F32, F16 or BF16)`);
+    return toFloat32(this.readRaw(name), t.dtype as 'F32' | 'F16' | 'BF16');
+  }
+
+  /** Reads one tensor's bytes as stored (little-endian), in a fresh aligned buffer. */
+  readRaw(name: string): Buffer {
     const t = this.info(name) as TensorInfo & { fd: number };
-    // A fresh ArrayBuffer (not Buffer's pool): aligned, so F32 data is used in place without a copy.
+    // A fresh ArrayBuffer (not Buffer's pool): aligned, so typed views (F32 data, I32 codes) need no copy.
     const raw = Buffer.from(new ArrayBuffer(t.byteLength));
     let done = 0;
     while (done < t.byteLength) {
@@ -110,7 +119,15 @@ export class SafetensorsCheckpoint {
       if (n === 0) throw new ModelError(`${t.file}: unexpected end of file inside tensor "${name}"`);
       done += n;
     }
-    return toFloat32(raw, t.dtype);
+    return raw;
+  }
+
+  /** Reads one I32 tensor (AWQ/GPTQ packed codes, g_idx). */
+  readInt32(name: string): Int32Array {
+    const t = this.info(name);
+    if (t.dtype !== 'I32') throw new ModelError(`${t.file}: tensor "${name}" is ${t.dtype}; expected I32`);
+    const raw = this.readRaw(name);
+    return new Int32Array(raw.buffer, raw.byteOffset, raw.length / 4);
   }
 
   close(): void {
@@ -125,7 +142,9 @@ function openShard(file: string): ShardFile {
     throw new ModelError(`${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   try {
-    const size = fs.fstatSync(fd).size;
+    const stat = fs.fstatSync(fd);
+    if (!stat.isFile()) throw new ModelError(`${file}: ${stat.isDirectory() ? 'is a directory' : 'is not a regular file'}; expected a safetensors file`);
+    const size = stat.size;
     if (size < 8) throw new ModelError(`${file}: too short to be a safetensors file (${size} bytes)`);
     const lenBuf = Buffer.alloc(8);
     fs.readSync(fd, lenBuf, 0, 8, 0);
@@ -203,7 +222,7 @@ function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Recor
     const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof e.dtype !== 'string') throw new ModelError(`${where}: field "dtype" is missing`);
     const bpe = BYTES_PER_ELEMENT[e.dtype];
-    if (!bpe) throw new ModelError(`${where}: dtype ${e.dtype} is not supported (F32, F16, BF16)`);
+    if (!bpe) throw new ModelError(`${where}: dtype ${e.dtype} is not supported (F32, F16, BF16; I32, U8, I64 for quantised checkpoints)`);
     if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0)) throw new ModelError(`${where}: field "shape" must be a list of non-negative integers`);
     const offs = e.data_offsets;
     if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((x) => Number.isSafeInteger(x) && x >= 0) || offs[1] < offs[0]) {
@@ -291,7 +310,7 @@ export function findDuplicateKey(text: string): { key: string; parent: string | 
   return null;
 }
 
-function toFloat32(raw: Buffer, dtype: TensorInfo['dtype']): Float32Array {
+function toFloat32(raw: Buffer, dtype: 'F32' | 'F16' | 'BF16'): Float32Array {
   const n = raw.length / BYTES_PER_ELEMENT[dtype]!;
   if (dtype === 'F32') {
     if (raw.byteOffset % 4 === 0) return new Float32Array(raw.buffer, raw.byteOffset, n);

@@ -22,7 +22,9 @@
  *   new.{l}.value    f32   [B, KV, S, d]
  *
  * Named sites (node outputs, TransformerLens-style; shapes per row of the batch):
- *   inputs_embeds                  [B, S, D]
+ *   inputs_embeds                  [B, S, D]      (already × √D for Gemma: scaled where looked up)
+ *   mask_bias / mask_bias.sliding  [B, 1, 1, S, T]  0 or −1e9: causal, and within the window for sliding layers
+ *   rope.cos / rope.sin            [B, 1, S, r]   r = rotaryDim (rope.sliding.* for Gemma 3's local base)
  *   blocks.{l}.ln1 / ln2           [B, S, D]
  *   blocks.{l}.attn.q              [B, H, S, d]   after q_norm and RoPE
  *   blocks.{l}.attn.k / v          [B, KV, S, d]  (= new.{l}.key / value)
@@ -31,12 +33,16 @@
  *   blocks.{l}.attn.z_last         [B, H, d]      its last position (hook_z at the read/patch site)
  *   blocks.{l}.attn.z_last_patched [B, H, d]
  *   blocks.{l}.attn.out            [B, S, D]      o_proj output
+ *   blocks.{l}.ln1_post            [B, S, D]      its norm before the residual add (Gemma 2/3 only)
  *   blocks.{l}.resid_mid / resid_post [B, S, D]
  *   blocks.{l}.mlp.out             [B, S, D]
+ *   blocks.{l}.ln2_post            [B, S, D]      (Gemma 2/3 only)
  *   final.norm_last                [B, D]
+ *   logits_raw                     [B, V]         before final soft-capping (Gemma 2/3 only)
  */
 import { GraphBuilder } from './graph-builder.js';
-import { ropeInverseFrequencies, type ModelSpec } from '../families/spec.js';
+import { emitMatMulNBits, type QuantizedWeightRef } from './quantized-linear.js';
+import { ropeInverseFrequencies, type LayerType, type ModelSpec, type RopeSpec } from '../families/spec.js';
 
 const INT64_MAX = Number.MAX_SAFE_INTEGER;
 const MASKED = -1e9; // finite, so a fully masked (padding) row stays finite instead of NaN
@@ -47,7 +53,9 @@ export const W = {
   lmHead: 'w.lm_head',
   finalNorm: 'w.final_norm',
   ln1: (l: number) => `w.${l}.ln1`,
-  ln2: (l: number) => `w.${l}.ln2`,
+  ln2: (l: number) => `w.${l}.ln2`,        // the norm before the MLP (Gemma 2/3: pre_feedforward_layernorm)
+  ln1Post: (l: number) => `w.${l}.ln1_post`, // Gemma 2/3: post_attention_layernorm, on the o_proj output
+  ln2Post: (l: number) => `w.${l}.ln2_post`, // Gemma 2/3: post_feedforward_layernorm
   qkv: (l: number) => `w.${l}.qkv`,        // [D, (H+2KV)·d]  q|k|v, transposed and fused
   qkvBias: (l: number) => `w.${l}.qkv_bias`,
   qNorm: (l: number) => `w.${l}.q_norm`,
@@ -61,6 +69,12 @@ export const W = {
   /** Row block i of the output head [V, D] (embed_tokens when tied): same bytes, its own initializer. */
   headChunk: (i: number) => `w.head.${i}`,
 } as const;
+
+/**
+ * Which weights are stored block-quantised (int8/int4, graph/quantized-linear.ts): `ref` registers a linear
+ * weight's quantised initializers and returns them, or null when that weight is float32.
+ */
+export interface QuantizedWeights { ref: (g: GraphBuilder, name: string) => QuantizedWeightRef | null; accuracyLevel: number }
 
 /**
  * The output head is split into row blocks of at most this many bytes. onnxruntime prepacks each weight
@@ -77,10 +91,10 @@ export function headChunks(spec: ModelSpec, chunkBytes = HEAD_CHUNK_BYTES): [num
   return out;
 }
 
-export const GRAPH_VERSION = 'decoder-graph/5';
+export const GRAPH_VERSION = 'decoder-graph/6';
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
-export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES): GraphBuilder {
+export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES, quantized?: QuantizedWeights): GraphBuilder {
   const g = new GraphBuilder(18);
   const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = spec;
   const group = H / KV;
@@ -106,35 +120,64 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   const pastLen = g.op('Sub', [total, seq], {}, 'past_len');
   const keyIdx = g.op('Range', [g.intConst([0], []), total, g.intConst([1], [])]);                     // [T]
   const queryIdx = g.op('Unsqueeze', [g.op('Range', [pastLen, total, g.intConst([1], [])]), i64([1])]); // [S,1]
-  let allowed = g.op('LessOrEqual', [keyIdx, queryIdx]);                                               // [S,T]
-  if (spec.slidingWindow !== null) {
-    allowed = g.op('And', [allowed, g.op('Greater', [keyIdx, g.op('Sub', [queryIdx, g.intConst([spec.slidingWindow], [])])])]);
-  }
+  const causal = g.op('LessOrEqual', [keyIdx, queryIdx]);                                              // [S,T]
   const valid = g.op('Unsqueeze', [g.op('Cast', [attnMask], { to: 9 }), i64([1, 2, 3])]);              // [B,1,1,1,T]
-  const maskBias = g.op('Where', [g.op('And', [valid, allowed]), f32(0), f32(MASKED)], {}, 'mask_bias'); // [B,1,1,S,T]
-
-  const invFreq = g.floatConst(ropeInverseFrequencies(spec), [d / 2], 'inv_freq');
-  const pos = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 1 }), i64([2])]);                   // [B,S,1]
-  const freqs = g.op('Mul', [pos, invFreq]);                                                            // [B,S,d/2]
-  const emb = g.op('Unsqueeze', [g.op('Concat', [freqs, freqs], { axis: -1 }), i64([1])]);              // [B,1,S,d]
-  const cos = g.op('Cos', [emb], {}, 'rope.cos');
-  const sin = g.op('Sin', [emb], {}, 'rope.sin');
-  const half = i64([d / 2]);
-  const rope = (x: string, name: string) => {
-    const x1 = g.op('Slice', [x, i64([0]), half, i64([-1])]);
-    const x2 = g.op('Slice', [x, half, i64([INT64_MAX]), i64([-1])]);
-    const rotated = g.op('Concat', [g.op('Neg', [x2]), x1], { axis: -1 });
-    return g.op('Add', [g.op('Mul', [x, cos]), g.op('Mul', [rotated, sin])], {}, name);
+  // One additive mask per attention kind in use; a sliding layer also hides keys ≥ window positions back
+  // (transformers: kv_idx > q_idx − sliding_window).
+  const maskBiasFor = (type: LayerType): string => {
+    const allowed = type === 'full' || spec.slidingWindow === null ? causal
+      : g.op('And', [causal, g.op('Greater', [keyIdx, g.op('Sub', [queryIdx, g.intConst([spec.slidingWindow], [])])])]);
+    const name = type === 'sliding' && spec.layerTypes.includes('full') ? 'mask_bias.sliding' : 'mask_bias';
+    return g.op('Where', [g.op('And', [valid, allowed]), f32(0), f32(MASKED)], {}, name);            // [B,1,1,S,T]
   };
+  const maskBias = new Map(Array.from(new Set(spec.layerTypes), (t) => [t, maskBiasFor(t)] as const));
+
+  // RoPE on the first r = rotaryDim dimensions of each head (all of them unless partial rotary).
+  const r = spec.rotaryDim;
+  const pos = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 1 }), i64([2])]);                   // [B,S,1]
+  const ropeTables = (ropeSpec: RopeSpec, prefix: string) => {
+    const invFreq = g.floatConst(ropeInverseFrequencies(spec, ropeSpec), [r / 2], `${prefix}.inv_freq`);
+    const freqs = g.op('Mul', [pos, invFreq]);                                                          // [B,S,r/2]
+    const emb = g.op('Unsqueeze', [g.op('Concat', [freqs, freqs], { axis: -1 }), i64([1])]);            // [B,1,S,r]
+    return { cos: g.op('Cos', [emb], {}, `${prefix}.cos`), sin: g.op('Sin', [emb], {}, `${prefix}.sin`) };
+  };
+  const globalRope = ropeTables(spec.rope, 'rope');
+  const slidingRope = spec.slidingRope ? ropeTables(spec.slidingRope, 'rope.sliding') : globalRope;
+  const half = i64([r / 2]);
+  const rope = (x: string, table: { cos: string; sin: string }, name: string) => {
+    const xr = r === d ? x : g.op('Slice', [x, i64([0]), i64([r]), i64([-1])]);                         // [B,n,S,r]
+    const x1 = g.op('Slice', [xr, i64([0]), half, i64([-1])]);
+    const x2 = g.op('Slice', [xr, half, i64([INT64_MAX]), i64([-1])]);
+    const rotated = g.op('Concat', [g.op('Neg', [x2]), x1], { axis: -1 });
+    if (r === d) return g.op('Add', [g.op('Mul', [x, table.cos]), g.op('Mul', [rotated, table.sin])], {}, name);
+    const turned = g.op('Add', [g.op('Mul', [xr, table.cos]), g.op('Mul', [rotated, table.sin])]);
+    return g.op('Concat', [turned, g.op('Slice', [x, i64([r]), i64([INT64_MAX]), i64([-1])])], { axis: -1 }, name); // [B,n,S,d]
+  };
+  // tanh(x / c) · c, Gemma 2's soft-capping of attention scores and final logits.
+  const softcap = (x: string, cap: number, name?: string) =>
+    g.op('Mul', [g.op('Tanh', [g.op('Div', [x, f32(cap)])]), f32(cap)], {}, name);
   // RMSNorm in the Pow/ReduceMean/Add/Sqrt/Div/Mul form that onnxruntime fuses.
   const rmsNorm = (x: string, weightName: string, name: string) => {
     const variance = g.op('ReduceMean', [g.op('Pow', [x, f32(2)]), i64([-1])], { keepdims: 1 });
     const normed = g.op('Div', [x, g.op('Sqrt', [g.op('Add', [variance, f32(spec.rmsNormEps)])])]);
     return g.op('Mul', [normed, w(weightName)], {}, name);
   };
+  // x [.., K] · W → [.., N]: MatMul over a [K, N] float weight, or MatMulNBits over a quantised [N, K] one.
+  const matmul = (x: string, weightName: string, out?: string) => {
+    const q = quantized?.ref(g, weightName);
+    return q ? emitMatMulNBits(g, x, q, quantized!.accuracyLevel, out) : g.op('MatMul', [x, w(weightName)], {}, out);
+  };
   const linear = (x: string, weightName: string, biasName: string | null, name: string) => {
-    const y = g.op('MatMul', [x, w(weightName)], {}, biasName ? undefined : name);
+    const y = matmul(x, weightName, biasName ? undefined : name);
     return biasName ? g.op('Add', [y, w(biasName)], {}, name) : y;
+  };
+  // The MLP's gate activation: silu (SwiGLU), or gelu exact / tanh-approximated (GeGLU, gelu_pytorch_tanh).
+  const activation = (x: string) => {
+    if (spec.activation === 'silu') return g.op('Mul', [x, g.op('Sigmoid', [x])]);
+    const halfX = g.op('Mul', [x, f32(0.5)]);
+    if (spec.activation === 'gelu') return g.op('Mul', [halfX, g.op('Add', [f32(1), g.op('Erf', [g.op('Mul', [x, f32(Math.SQRT1_2)])])])]);
+    const cubic = g.op('Add', [x, g.op('Mul', [g.op('Mul', [g.op('Mul', [x, x]), x]), f32(0.044715)])]); // x + 0.044715x³
+    return g.op('Mul', [halfX, g.op('Add', [f32(1), g.op('Tanh', [g.op('Mul', [cubic, f32(Math.sqrt(2 / Math.PI))])])])]);
   };
   const lastPosition = (x: string) => g.op('Slice', [x, i64([-1]), i64([INT64_MAX]), i64([1])]);      // [B,1,...]
   const allButLast = (x: string) => g.op('Slice', [x, i64([0]), i64([-1]), i64([1])]);
@@ -145,6 +188,7 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   const groupedShape = g.op('Concat', [i64([0, 0, group, -1]), g.op('Unsqueeze', [total, i64([0])])], { axis: 0 }); // [0,0,g,-1,T]
   for (let l = 0; l < L; l++) {
     const p = `blocks.${l}`;
+    const ropeTable = spec.layerTypes[l] === 'sliding' ? slidingRope : globalRope;
     const x = rmsNorm(resid, W.ln1(l), `${p}.ln1`);
     const qkv = linear(x, W.qkv(l), spec.qkvBias ? W.qkvBias(l) : null, `${p}.attn.qkv`);               // [B,S,(H+2KV)d]
     const [qFlat, kFlat, vFlat] = g.opMulti('Split', [qkv, i64([H * d, KV * d, KV * d])], { axis: 2 }, 3);
@@ -156,18 +200,19 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     };
     const qNorm = spec.qkNorm ? { weight: W.qNorm(l), site: `${p}.attn.q_norm` } : undefined;
     const kNorm = spec.qkNorm ? { weight: W.kNorm(l), site: `${p}.attn.k_norm` } : undefined;
-    const q = rope(heads(qFlat!, H, qNorm), `${p}.attn.q`);
-    const k = rope(heads(kFlat!, KV, kNorm), `new.${l}.key`);
+    const q = rope(heads(qFlat!, H, qNorm), ropeTable, `${p}.attn.q`);
+    const k = rope(heads(kFlat!, KV, kNorm), ropeTable, `new.${l}.key`);
     const v = g.op('Identity', [heads(vFlat!, KV)], {}, `new.${l}.value`);
     g.output(`new.${l}.key`, 'FLOAT', ['batch', KV, 'seq', d]);
     g.output(`new.${l}.value`, 'FLOAT', ['batch', KV, 'seq', d]);
 
     // Query heads grouped by their KV head: [B,KV,g·S,d]; head h reads KV head floor(h/g), as repeat_kv.
-    const qg = g.op('Reshape', [g.op('Mul', [q, f32(1 / Math.sqrt(d))]), i64([0, KV, -1, d])]);
+    const qg = g.op('Reshape', [g.op('Mul', [q, f32(spec.attnScale)]), i64([0, KV, -1, d])]);
     const scoresPast = g.op('MatMul', [qg, g.op('Transpose', [past[l]!.key], { perm: [0, 1, 3, 2] })]);  // [B,KV,gS,P]
     const scoresNew = g.op('MatMul', [qg, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);              // [B,KV,gS,S]
-    const scores = g.op('Concat', [scoresPast, scoresNew], { axis: -1 });                                // [B,KV,gS,T]
-    const masked = g.op('Add', [g.op('Reshape', [scores, groupedShape]), maskBias]);                     // [B,KV,g,S,T]
+    const rawScores = g.op('Concat', [scoresPast, scoresNew], { axis: -1 });                             // [B,KV,gS,T]
+    const scores = spec.attnSoftcap === null ? rawScores : softcap(rawScores, spec.attnSoftcap);         // capped before the mask
+    const masked = g.op('Add', [g.op('Reshape', [scores, groupedShape]), maskBias.get(spec.layerTypes[l]!)!]); // [B,KV,g,S,T]
     const probs = g.op('Reshape', [g.op('Softmax', [masked], { axis: -1 }), g.op('Shape', [scores])], {}, `${p}.attn.pattern`);
     const probsPast = g.op('Slice', [probs, i64([0]), g.op('Unsqueeze', [pastLen, i64([0])]), i64([3])]);
     const probsNew = g.op('Slice', [probs, g.op('Unsqueeze', [pastLen, i64([0])]), i64([INT64_MAX]), i64([3])]);
@@ -185,20 +230,25 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     const zOut = g.op('Concat', [allButLast(z), g.op('Reshape', [zPatched, i64([0, 1, H * d])])], { axis: 1 });
 
     const attnOut = linear(zOut, W.o(l), spec.oBias ? W.oBias(l) : null, `${p}.attn.out`);
-    resid = g.op('Add', [resid, attnOut], {}, `${p}.resid_mid`);
+    const attnBranch = spec.sandwichNorms ? rmsNorm(attnOut, W.ln1Post(l), `${p}.ln1_post`) : attnOut;
+    resid = g.op('Add', [resid, attnBranch], {}, `${p}.resid_mid`);
     const x2 = rmsNorm(resid, W.ln2(l), `${p}.ln2`);
     const gateUp = linear(x2, W.gateUp(l), spec.mlpBias ? W.gateUpBias(l) : null, `${p}.mlp.gate_up`);   // [B,S,2F]
     const [gate, up] = g.opMulti('Split', [gateUp, i64([spec.intermediateSize, spec.intermediateSize])], { axis: 2 }, 2);
-    const act = g.op('Mul', [g.op('Mul', [gate!, g.op('Sigmoid', [gate!])]), up!]);                      // silu(gate)·up
+    const act = g.op('Mul', [activation(gate!), up!]);                                                   // act(gate)·up
     const mlpOut = linear(act, W.down(l), spec.mlpBias ? W.downBias(l) : null, `${p}.mlp.out`);
-    resid = g.op('Add', [resid, mlpOut], {}, `${p}.resid_post`);
+    const mlpBranch = spec.sandwichNorms ? rmsNorm(mlpOut, W.ln2Post(l), `${p}.ln2_post`) : mlpOut;
+    resid = g.op('Add', [resid, mlpBranch], {}, `${p}.resid_post`);
   }
 
   const hLast = g.op('Squeeze', [lastPosition(resid), i64([1])]);                                        // [B,D]
   const normed = rmsNorm(hLast, W.finalNorm, 'final.norm_last');
-  const blocks = headChunks(spec, headChunkBytes).map((_, i) => g.op('Gemm', [normed, w(W.headChunk(i))], { transB: 1 }));  // [B,rows_i]
-  if (blocks.length === 1) g.op('Identity', blocks, {}, 'logits');
-  else g.op('Concat', blocks, { axis: 1 }, 'logits');                                                   // [B,V]
+  const blocks = headChunks(spec, headChunkBytes).map((_, i) => quantized?.ref(g, W.headChunk(i))                               // [B,rows_i]
+    ? matmul(normed, W.headChunk(i)) : g.op('Gemm', [normed, w(W.headChunk(i))], { transB: 1 }));
+  const logitsName = spec.finalSoftcap === null ? 'logits' : 'logits_raw';
+  if (blocks.length === 1) g.op('Identity', blocks, {}, logitsName);
+  else g.op('Concat', blocks, { axis: 1 }, logitsName);                                                 // [B,V]
+  if (spec.finalSoftcap !== null) softcap(logitsName, spec.finalSoftcap, 'logits');
   g.output('logits', 'FLOAT', ['batch', V]);
   g.op('ReduceLogSumExp', ['logits', i64([1])], { keepdims: 0 }, 'logsumexp');                          // [B]
   g.output('logsumexp', 'FLOAT', ['batch']);

@@ -10,8 +10,11 @@ type ElemType = keyof typeof OnnxDType;
 
 interface ValueInfo { name: string; elemType: ElemType; shape: Dim[]; doc?: string }
 
-/** Where a weight's bytes live in the external data file. */
-export interface ExternalRef { name: string; dims: number[]; offset: number; length: number }
+/** Where a weight's bytes live in the external data file; `elemType` defaults to FLOAT (UINT8: packed quantised codes). */
+export interface ExternalRef { name: string; dims: number[]; offset: number; length: number; elemType?: 'FLOAT' | 'UINT8' }
+
+/** onnxruntime's contrib operator domain (MatMulNBits and friends). */
+export const MS_DOMAIN = 'com.microsoft';
 
 export class GraphBuilder {
   private readonly nodes: Record<string, unknown>[] = [];
@@ -21,6 +24,7 @@ export class GraphBuilder {
   private counter = 0;
   private readonly constCache = new Map<string, string>();
   private readonly externalNames = new Set<string>();
+  private usesContribOps = false;
 
   constructor(private readonly opset = 18) {}
 
@@ -33,12 +37,12 @@ export class GraphBuilder {
     this.outputs.push({ name, elemType, shape, doc });
   }
 
-  /** A float32 weight stored in the external data file `location` (registered once, however often used). */
+  /** A weight stored in the external data file `location` (registered once, however often used). */
   externalWeight(ref: ExternalRef, location: string): string {
     if (this.externalNames.has(ref.name)) return ref.name;
     this.externalNames.add(ref.name);
     this.initializers.push({
-      name: ref.name, dims: ref.dims, data_type: OnnxDType.FLOAT, data_location: 1,
+      name: ref.name, dims: ref.dims, data_type: OnnxDType[ref.elemType ?? 'FLOAT'], data_location: 1,
       external_data: [
         { key: 'location', value: location },
         { key: 'offset', value: String(ref.offset) },
@@ -82,15 +86,23 @@ export class GraphBuilder {
     return this.opMulti(opType, inputs, attrs, out ?? 1)[0]!;
   }
 
-  opMulti(opType: string, inputs: string[], attrs: Record<string, AttrValue>, out: string | string[] | number): string[] {
+  opMulti(opType: string, inputs: string[], attrs: Record<string, AttrValue>, out: string | string[] | number, domain?: string): string[] {
     const outputs = typeof out === 'number'
       ? Array.from({ length: out }, () => `${opType.toLowerCase()}.${this.counter++}`)
       : Array.isArray(out) ? out : [out];
+    if (domain === MS_DOMAIN) this.usesContribOps = true;
+    else if (domain) throw new Error(`internal: unsupported operator domain ${domain}`);
     this.nodes.push({
       op_type: opType, name: `${opType}.${this.counter++}`, input: inputs, output: outputs,
       attribute: Object.entries(attrs).map(([name, v]) => encodeAttr(name, v)),
+      ...(domain ? { domain } : {}),
     });
     return outputs;
+  }
+
+  /** A node of onnxruntime's contrib domain (com.microsoft, opset 1), e.g. MatMulNBits. */
+  contribOp(opType: string, inputs: string[], attrs: Record<string, AttrValue> = {}, out?: string): string {
+    return this.opMulti(opType, inputs, attrs, out ?? 1, MS_DOMAIN)[0]!;
   }
 
   toBytes(doc: string, metadata: Record<string, string>): Uint8Array {
@@ -100,7 +112,7 @@ export class GraphBuilder {
     });
     return encodeModel({
       ir_version: 8, producer_name: 'activation-rm', producer_version: '0.1.0', doc_string: doc,
-      opset_import: [{ domain: '', version: this.opset }],
+      opset_import: [{ domain: '', version: this.opset }, ...(this.usesContribOps ? [{ domain: MS_DOMAIN, version: 1 }] : [])],
       metadata_props: Object.entries(metadata).map(([key, value]) => ({ key, value })),
       graph: {
         name: 'decoder', node: this.nodes, initializer: this.initializers,

@@ -1,0 +1,188 @@
+/**
+ * Block-wise weight-only quantisation in onnxruntime's MatMulNBits layout (contrib domain com.microsoft),
+ * shared by conversion-time quantisation (F32/F16/BF16 → int8/int4) and pre-quantised checkpoints (AWQ/GPTQ).
+ *
+ * A matrix W [N, K] (HF Linear layout: N outputs, K inputs; MatMulNBits computes Y = X · Wᵀ) is cut along K
+ * into blocks of `blockSize`; each block of each row has a float scale and an unsigned zero point, and
+ * W[n, k] ≈ (code[n, k] − zero[n, k / blockSize]) · scale[n, k / blockSize]. Arrays:
+ *   codes       uint8 [N, nBlocks, blockSize·bits/8]  codes packed low bits first along K (4-bit: k even in
+ *                                                   the low nibble); the last block padded with code 0
+ *   scales      f32   [N, nBlocks]
+ *   zeroPoints  uint8 [N, ceil(nBlocks·bits/8)]        packed like the codes (4-bit: two blocks a byte)
+ * Rows are independent, so matrices fused along N (q|k|v, gate|up) are their parts' arrays concatenated.
+ */
+import type { GraphBuilder } from './graph-builder.js';
+
+export type WeightDType = 'fp32' | 'int8' | 'int4';
+export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'int8', 'int4'];
+export const DTYPE_BITS: Readonly<Record<Exclude<WeightDType, 'fp32'>, 4 | 8>> = { int8: 8, int4: 4 };
+
+/** How linear layers are stored: `bits` per weight, one scale and zero point per `blockSize` inputs. */
+export interface QuantOptions {
+  bits: 4 | 8;
+  /** A power of two ≥ 16 (MatMulNBits' rule). */
+  blockSize: number;
+  /**
+   * MatMulNBits `accuracy_level`: 0/1 = dequantise to fp32 and multiply in fp32; 4 = quantise the
+   * activations per block to int8 and multiply in int8 (VNNI/AMX where the CPU has them). onnxruntime falls
+   * back to fp32 compute where the requested level has no kernel.
+   */
+  accuracyLevel: 0 | 1 | 2 | 3 | 4;
+}
+
+export interface QuantizedMatrix {
+  rows: number;          // N
+  cols: number;          // K
+  bits: 4 | 8;
+  blockSize: number;
+  codes: Uint8Array;     // [N, nBlocks, blockSize·bits/8]
+  scales: Float32Array;  // [N, nBlocks]
+  zeroPoints: Uint8Array; // [N, ceil(nBlocks·bits/8)]
+}
+
+export function checkBlockSize(blockSize: number, what = 'block size'): void {
+  if (!Number.isInteger(blockSize) || blockSize < 16 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new Error(`${what} must be a power of two ≥ 16 (onnxruntime MatMulNBits), got ${blockSize}`);
+  }
+}
+
+export const blocksPerRow = (cols: number, blockSize: number) => Math.ceil(cols / blockSize);
+export const blobBytes = (bits: number, blockSize: number) => (blockSize * bits) / 8;
+export const zeroPointBytesPerRow = (nBlocks: number, bits: number) => Math.ceil((nBlocks * bits) / 8);
+
+/** An empty matrix of the layout's sizes, for writers that fill it in (AWQ/GPTQ repacking, tests). */
+export function allocQuantized(rows: number, cols: number, bits: 4 | 8, blockSize: number): QuantizedMatrix {
+  checkBlockSize(blockSize);
+  const nb = blocksPerRow(cols, blockSize);
+  return {
+    rows, cols, bits, blockSize,
+    codes: new Uint8Array(rows * nb * blobBytes(bits, blockSize)),
+    scales: new Float32Array(rows * nb),
+    zeroPoints: new Uint8Array(rows * zeroPointBytesPerRow(nb, bits)),
+  };
+}
+
+/** Writes `value` (< 2^bits) as element `index` of a low-bits-first packed byte array. */
+export function putPacked(bytes: Uint8Array, at: number, index: number, bits: 4 | 8, value: number): void {
+  if (bits === 8) { bytes[at + index] = value; return; }
+  const i = at + (index >> 1);
+  bytes[i] = index & 1 ? (bytes[i]! & 0x0f) | (value << 4) : (bytes[i]! & 0xf0) | value;
+}
+
+export function getPacked(bytes: Uint8Array, at: number, index: number, bits: 4 | 8): number {
+  if (bits === 8) return bytes[at + index]!;
+  const b = bytes[at + (index >> 1)]!;
+  return index & 1 ? b >> 4 : b & 0x0f;
+}
+
+/**
+ * Asymmetric min/max quantisation of W [N, K] (row-major, HF layout) per block of K. The block's range is
+ * widened to include 0, so zeros (and the zero point) decode exactly; an all-zero block gets scale 1.
+ */
+export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>): QuantizedMatrix {
+  const { bits, blockSize } = opts;
+  const q = allocQuantized(rows, cols, bits, blockSize);
+  const nb = blocksPerRow(cols, blockSize);
+  const blob = blobBytes(bits, blockSize);
+  const zpRow = zeroPointBytesPerRow(nb, bits);
+  const qmax = (1 << bits) - 1;
+  for (let n = 0; n < rows; n++) {
+    const row = n * cols;
+    for (let b = 0; b < nb; b++) {
+      const k0 = b * blockSize;
+      const k1 = Math.min(cols, k0 + blockSize);
+      let lo = 0;
+      let hi = 0;
+      for (let k = k0; k < k1; k++) { const v = w[row + k]!; if (v < lo) lo = v; if (v > hi) hi = v; }
+      const scale = hi > lo ? (hi - lo) / qmax : 1;
+      const zero = Math.min(qmax, Math.max(0, Math.round(-lo / scale)));
+      const scaleF = Math.fround(scale);
+      q.scales[n * nb + b] = scaleF;
+      putPacked(q.zeroPoints, n * zpRow, b, bits, zero);
+      const at = (n * nb + b) * blob;
+      for (let k = k0; k < k1; k++) {
+        const code = Math.min(qmax, Math.max(0, Math.round(w[row + k]! / scaleF) + zero));
+        putPacked(q.codes, at, k - k0, bits, code);
+      }
+      // Padding past K keeps code 0; MatMulNBits never reads it into a sum (K bounds the product).
+    }
+  }
+  return q;
+}
+
+/** Row `n` of the matrix back to float32 (embedding lookups; tests). */
+export function dequantizeRow(q: QuantizedMatrix, n: number, out: Float32Array = new Float32Array(q.cols), at = 0): Float32Array {
+  const nb = blocksPerRow(q.cols, q.blockSize);
+  return dequantizeRowFrom(q.codes, (n * nb) * blobBytes(q.bits, q.blockSize), q.scales, n * nb, q.zeroPoints, n * zeroPointBytesPerRow(nb, q.bits), q.cols, q.bits, q.blockSize, out, at);
+}
+
+/**
+ * One row from its parts: `codes` at byte `codesAt`, its nBlocks scales from `scales[scalesAt]`, its packed
+ * zero points at byte `zerosAt`. Written into `out` at `at`.
+ */
+export function dequantizeRowFrom(codes: Uint8Array, codesAt: number, scales: Float32Array, scalesAt: number, zeroPoints: Uint8Array, zerosAt: number,
+  cols: number, bits: 4 | 8, blockSize: number, out: Float32Array, at: number): Float32Array {
+  const blob = blobBytes(bits, blockSize);
+  for (let k = 0; k < cols; k++) {
+    const b = Math.floor(k / blockSize);
+    const code = getPacked(codes, codesAt + b * blob, k - b * blockSize, bits);
+    out[at + k] = (code - getPacked(zeroPoints, zerosAt, b, bits)) * scales[scalesAt + b]!;
+  }
+  return out;
+}
+
+/** The whole matrix back to float32 [N, K] (tests and references only: this is the size quantisation saves). */
+export function dequantizeMatrix(q: QuantizedMatrix): Float32Array {
+  const out = new Float32Array(q.rows * q.cols);
+  for (let n = 0; n < q.rows; n++) dequantizeRow(q, n, out, n * q.cols);
+  return out;
+}
+
+/** Concatenates matrices along N (fused projections); they must share K, bits and block size. */
+export function concatRows(parts: QuantizedMatrix[]): QuantizedMatrix {
+  const first = parts[0]!;
+  for (const p of parts) {
+    if (p.cols !== first.cols || p.bits !== first.bits || p.blockSize !== first.blockSize) {
+      throw new Error(`cannot fuse quantised matrices of different layouts (K ${p.cols}/${first.cols}, bits ${p.bits}/${first.bits}, block ${p.blockSize}/${first.blockSize})`);
+    }
+  }
+  if (parts.length === 1) return first;
+  const cat = <T extends Uint8Array | Float32Array>(arrays: T[], make: (n: number) => T): T => {
+    const out = make(arrays.reduce((n, a) => n + a.length, 0));
+    let at = 0;
+    for (const a of arrays) { out.set(a as never, at); at += a.length; }
+    return out;
+  };
+  return {
+    rows: parts.reduce((n, p) => n + p.rows, 0), cols: first.cols, bits: first.bits, blockSize: first.blockSize,
+    codes: cat(parts.map((p) => p.codes), (n) => new Uint8Array(n)),
+    scales: cat(parts.map((p) => p.scales), (n) => new Float32Array(n)),
+    zeroPoints: cat(parts.map((p) => p.zeroPoints), (n) => new Uint8Array(n)),
+  };
+}
+
+/** Rows [start, end) of a matrix, as views (the head's row blocks). */
+export function sliceRows(q: QuantizedMatrix, start: number, end: number): QuantizedMatrix {
+  const nb = blocksPerRow(q.cols, q.blockSize);
+  const blob = blobBytes(q.bits, q.blockSize);
+  const zp = zeroPointBytesPerRow(nb, q.bits);
+  return {
+    rows: end - start, cols: q.cols, bits: q.bits, blockSize: q.blockSize,
+    codes: q.codes.subarray(start * nb * blob, end * nb * blob),
+    scales: q.scales.subarray(start * nb, end * nb),
+    zeroPoints: q.zeroPoints.subarray(start * zp, end * zp),
+  };
+}
+
+/** Graph-side names of a quantised matrix's three initializers, given the matrix's weight name. */
+export const quantNames = (name: string) => ({ codes: `${name}.q`, scales: `${name}.scales`, zeroPoints: `${name}.zp` });
+
+/** What the graph needs to emit a MatMulNBits for one weight: its initializers (registered) and attributes. */
+export interface QuantizedWeightRef { codes: string; scales: string; zeroPoints: string; rows: number; cols: number; bits: 4 | 8; blockSize: number }
+
+/** Y [.., N] = X [.., K] · dequant(W)ᵀ. */
+export function emitMatMulNBits(g: GraphBuilder, x: string, w: QuantizedWeightRef, accuracyLevel: number, out?: string): string {
+  return g.contribOp('MatMulNBits', [x, w.codes, w.scales, w.zeroPoints], {
+    K: w.cols, N: w.rows, bits: w.bits, block_size: w.blockSize, accuracy_level: accuracyLevel,
+  }, out);
+}

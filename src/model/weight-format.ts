@@ -1,0 +1,73 @@
+/**
+ * `--dtype fp32|int8|int4` and its options → the WeightFormat a cache entry is built with (export.ts), with
+ * the defaults BENCHMARKS.md ("Weight formats") measured.
+ */
+import { ModelError } from './errors.js';
+import type { ModelSpec } from './families/spec.js';
+import type { PrequantScheme } from './checkpoint/awq-gptq.js';
+import type { WeightFormat } from './export.js';
+import { checkBlockSize, DTYPE_BITS, WEIGHT_DTYPES, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+
+export interface WeightFormatOptions {
+  /** Weight storage; default: by model size (defaultDType). */
+  dtype?: WeightDType;
+  /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8, 32 for int4. */
+  blockSize?: number;
+  /** MatMulNBits accuracy_level; default 4 (int8 compute). */
+  accuracyLevel?: QuantOptions['accuracyLevel'];
+}
+
+/** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
+export const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };
+export const DEFAULT_ACCURACY_LEVEL = 4;
+
+/** Weights in the linear layers, embedding and head (what the dtype changes the size of). */
+export function parameterCount(spec: ModelSpec): number {
+  const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V, numLayers: L } = spec;
+  const perLayer = D * (H + 2 * KV) * d + H * d * D + 3 * D * F;
+  return L * perLayer + V * D * (spec.tieWordEmbeddings ? 1 : 2);
+}
+
+/**
+ * The dtype a model runs at unless told otherwise. Small models stay fp32 (they are fast already and their
+ * matrices too small for block-quantised kernels to pay off); from ~0.3 B parameters int8 is faster at the
+ * same judgements; above ~3 B parameters fp32 and int8 no longer fit a 16–24 GB machine next to everything
+ * else, so int4. Pre-quantised checkpoints keep their codes; this then only picks embedding/head storage.
+ */
+export function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = null): WeightDType {
+  if (prequant) return 'int8';
+  const n = parameterCount(spec);
+  if (n < 3e8) return 'fp32';
+  if (n < 3e9) return 'int8';
+  return 'int4';
+}
+
+export function parseWeightDType(v: string, what = '--dtype'): WeightDType {
+  if (!(WEIGHT_DTYPES as readonly string[]).includes(v)) throw new ModelError(`${what} must be one of ${WEIGHT_DTYPES.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as WeightDType;
+}
+
+export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | null, opts: WeightFormatOptions = {}): WeightFormat {
+  const dtype = opts.dtype ?? defaultDType(spec, prequant);
+  parseWeightDType(dtype, 'dtype');
+  const accuracyLevel = opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL;
+  if (![0, 1, 2, 3, 4].includes(accuracyLevel)) throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
+  if (dtype === 'fp32') {
+    if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
+    if (opts.accuracyLevel !== undefined && !prequant) throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp32');
+    return { dtype, quant: null, prequant, accuracyLevel: prequant ? accuracyLevel : 0 };
+  }
+  const bits = DTYPE_BITS[dtype];
+  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE[bits];
+  try { checkBlockSize(blockSize); } catch (e) { throw new ModelError(`--block-size: ${(e as Error).message}`); }
+  return { dtype, quant: { bits, blockSize }, prequant, accuracyLevel };
+}
+
+/** A short label of the format for logs and criterion metadata, e.g. "int4 (block 32, accuracy level 4)". */
+export function describeWeightFormat(f: WeightFormat): string {
+  const parts: string[] = [];
+  if (f.quant) parts.push(`block ${f.quant.blockSize}`);
+  if (f.quant || f.prequant) parts.push(`accuracy level ${f.accuracyLevel}`);
+  if (f.prequant) parts.push(`${f.prequant.method.toUpperCase()} ${f.prequant.bits}-bit layers, group ${f.prequant.groupSize}`);
+  return parts.length ? `${f.dtype} (${parts.join(', ')})` : f.dtype;
+}

@@ -1,0 +1,146 @@
+/**
+ * int8/int4 weights (graph/quantized-linear.ts, MatMulNBits): the packed layout against hand-computed bytes
+ * and against onnxruntime's own kernel, then whole decoders at each dtype against the fp32 reference.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as ort from 'onnxruntime-node';
+import { Decoder } from '../../src/model/decoder.js';
+import { cacheKey, FP32_FORMAT } from '../../src/model/export.js';
+import { GraphBuilder } from '../../src/model/graph/graph-builder.js';
+import { OnnxDType } from '../../src/model/graph/proto.js';
+import { dequantizeMatrix, emitMatMulNBits, quantizeMatrix, type QuantizedMatrix } from '../../src/model/graph/quantized-linear.js';
+import { resolveWeightFormat } from '../../src/model/weight-format.js';
+import { Rng } from '../../tools/random-checkpoint.js';
+import { relError, STORIES, tempDir } from '../helpers/fixtures.js';
+
+const randomMatrix = (n: number, seed: number, std = 0.05) => { const r = new Rng(seed); return Float32Array.from({ length: n }, () => std * r.normal()); };
+
+describe('block quantisation layout', () => {
+  it('packs 4-bit codes low nibble first, with the zero point that maps 0 exactly', () => {
+    // One row of 16 values −4 … 3.5 in steps of 0.5: range 7.5 = 15 steps of 0.5, zero point 8.
+    const w = Float32Array.from({ length: 16 }, (_, k) => (k - 8) * 0.5);
+    const q = quantizeMatrix(w, 1, 16, { bits: 4, blockSize: 16 });
+    expect(Array.from(q.scales)).toEqual([0.5]);
+    expect(Array.from(q.zeroPoints)).toEqual([8]);  // one block: the low nibble
+    // codes are k (0..15); byte j holds code 2j in its low and 2j+1 in its high nibble
+    expect(Array.from(q.codes)).toEqual(Array.from({ length: 8 }, (_, j) => (2 * j) | ((2 * j + 1) << 4)));
+    expect(Array.from(dequantizeMatrix(q))).toEqual(Array.from(w));
+  });
+
+  it.each([8, 4] as const)('%i-bit: every weight within half a step of its block, zeros exact, a ragged last block', (bits) => {
+    const N = 7, K = 172, blockSize = 32; // 172 = 5 blocks + 12
+    const w = randomMatrix(N * K, bits);
+    for (let k = 0; k < K; k += 9) w[3 * K + k] = 0;
+    const q = quantizeMatrix(w, N, K, { bits, blockSize });
+    const back = dequantizeMatrix(q);
+    for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) {
+      const scale = q.scales[n * 6 + Math.floor(k / blockSize)]!;
+      expect(Math.abs(back[n * K + k]! - w[n * K + k]!)).toBeLessThanOrEqual(scale / 2 + 1e-7);
+      if (w[n * K + k] === 0) expect(back[n * K + k]).toBe(0);
+    }
+  });
+});
+
+/** Y = X · Wᵀ through one MatMulNBits node: the layout as onnxruntime itself reads it. */
+async function ortMatMulNBits(q: QuantizedMatrix, x: Float32Array, M: number, accuracyLevel: number): Promise<Float32Array> {
+  const g = new GraphBuilder(18);
+  const input = g.input('x', 'FLOAT', [M, q.cols]);
+  const init = (name: string, dims: number[], type: number, bytes: Uint8Array) => (g as unknown as { initializers: object[] }).initializers.push({ name, dims, data_type: type, raw_data: bytes });
+  const nb = Math.ceil(q.cols / q.blockSize);
+  init('codes', [q.rows, nb, (q.blockSize * q.bits) / 8], OnnxDType.UINT8, q.codes);
+  init('scales', [q.scales.length], OnnxDType.FLOAT, new Uint8Array(q.scales.buffer, q.scales.byteOffset, q.scales.byteLength));
+  init('zp', [q.zeroPoints.length], OnnxDType.UINT8, q.zeroPoints);
+  emitMatMulNBits(g, input, { codes: 'codes', scales: 'scales', zeroPoints: 'zp', rows: q.rows, cols: q.cols, bits: q.bits, blockSize: q.blockSize }, accuracyLevel, 'y');
+  g.output('y', 'FLOAT', [M, q.rows]);
+  const session = await ort.InferenceSession.create(g.toBytes('test', {}), { intraOpNumThreads: 1 });
+  try { return (await session.run({ x: new ort.Tensor('float32', x, [M, q.cols]) })).y!.data as Float32Array; } finally { await session.release(); }
+}
+
+describe('onnxruntime MatMulNBits reads the layout as written', () => {
+  it.each([[8, 0], [4, 0], [8, 4], [4, 4]] as const)('bits %i, accuracy level %i', async (bits, accuracyLevel) => {
+    const M = 3, N = 40, K = 172;
+    const q = quantizeMatrix(randomMatrix(N * K, 5), N, K, { bits, blockSize: 32 });
+    const w = dequantizeMatrix(q);
+    const x = randomMatrix(M * K, 6, 1);
+    const want = new Float32Array(M * N);
+    for (let m = 0; m < M; m++) for (let n = 0; n < N; n++) { let s = 0; for (let k = 0; k < K; k++) s += x[m * K + k]! * w[n * K + k]!; want[m * N + n] = s; }
+    const got = await ortMatMulNBits(q, x, M, accuracyLevel);
+    // Level 0 multiplies the dequantised weights in fp32 (summation order only). Level 4 also rounds each
+    // block of x to int8 (relative step 1/127 per block), so about 1% of the output scale.
+    expect(relError(got, want)).toBeLessThan(accuracyLevel === 0 ? 1e-5 : 2e-2);
+  });
+});
+
+describe('weight formats', () => {
+  it('the cache key names dtype, block size and accuracy level; fp32 keys are as before', () => {
+    const fmt = (dtype: 'int8' | 'int4', blockSize?: number, accuracyLevel?: 0 | 4) => resolveWeightFormat({} as never, null, { dtype, blockSize, accuracyLevel });
+    const keys = [cacheKey('c', 'w'), cacheKey('c', 'w', undefined, fmt('int8')), cacheKey('c', 'w', undefined, fmt('int4')),
+      cacheKey('c', 'w', undefined, fmt('int8', 64)), cacheKey('c', 'w', undefined, fmt('int8', undefined, 0))];
+    expect(new Set(keys).size).toBe(keys.length);
+    expect(cacheKey('c', 'w', undefined, FP32_FORMAT)).toBe(keys[0]);
+  });
+
+  it('refuses a block size that is no power of two ≥ 16, and block options at fp32', () => {
+    expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', blockSize: 24 })).toThrow(/power of two/);
+    expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', blockSize: 8 })).toThrow(/power of two/);
+    expect(() => resolveWeightFormat({} as never, null, { dtype: 'fp32', blockSize: 32 })).toThrow(/--block-size/);
+  });
+});
+
+describe('stories260K at int8 and int4 against fp32', () => {
+  const cacheDir = tempDir('arm-cache-q-');
+  const decoders: Partial<Record<'fp32' | 'int8' | 'int4', Decoder>> = {};
+  let prompts: number[][];
+  beforeAll(async () => {
+    for (const dtype of ['fp32', 'int8', 'int4'] as const) decoders[dtype] = await Decoder.load(STORIES, { cacheDir, threads: 1, dtype });
+    const t = decoders.fp32!.tokenizer;
+    prompts = ['Once upon a time, there was a little girl named Lily.', 'The dog ran to the park and saw a big red ball', 'Tom was sad because'].map((p) => t.encode(p));
+  });
+  afterAll(async () => { for (const d of Object.values(decoders)) await d?.dispose(); });
+
+  it('each dtype is its own cache entry, smaller than fp32, and records its format', () => {
+    const { fp32, int8, int4 } = decoders as Required<typeof decoders>;
+    expect(new Set([fp32.info.cacheEntry, int8.info.cacheEntry, int4.info.cacheEntry]).size).toBe(3);
+    expect(int8.weightBytes).toBeLessThan(fp32.weightBytes);
+    expect(int4.weightBytes).toBeLessThan(int8.weightBytes);
+    expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128 }, accuracyLevel: 4 });
+    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32 } });
+  });
+
+  // Tolerances: measured on these prompts, with ~2× margin. int8 moves a weight by at most 1/510 of its
+  // block's range and the activations by 1/254 of theirs, so logits move by ~1% of their scale; int4's step
+  // is 17× coarser on a 64-wide model, where nothing averages out.
+  it.each([['int8', 0.03, 0.05], ['int4', 0.4, 0.6]] as const)('%s: logits and head taps close to fp32', async (dtype, logitTol, headTol) => {
+    const ref = await decoders.fp32!.forward(prompts);
+    const got = await decoders[dtype]!.forward(prompts);
+    expect(relError(got.logits, ref.logits)).toBeLessThan(logitTol);
+    expect(relError(got.heads, ref.heads)).toBeLessThan(headTol);
+    expect(got.logits.every(Number.isFinite)).toBe(true);
+  });
+
+  it('int8: the same next token as fp32 on every prompt', async () => {
+    const V = decoders.fp32!.spec.vocabSize;
+    const argmaxRows = (x: Float32Array) => prompts.map((_, b) => { const r = x.subarray(b * V, (b + 1) * V); return r.indexOf(Math.max(...r)); });
+    expect(argmaxRows((await decoders.int8!.forward(prompts)).logits)).toEqual(argmaxRows((await decoders.fp32!.forward(prompts)).logits));
+  });
+
+  it('int8: patches land exactly at the tap; batching, padding and shared prefixes agree as at fp32', async () => {
+    const d = decoders.int8!;
+    const { numLayers: L, numHeads: H, headDim: hd } = d.spec;
+    const [a, b] = prompts as [number[], number[]];
+    const values = Float32Array.from({ length: L * H * hd }, (_, i) => Math.sin(i));
+    const mask = new Float32Array(L * H); mask[3] = 1; mask[L * H - 1] = 1;
+    const patched = await d.forward([a], { mask, values });
+    for (const h of [3, L * H - 1]) expect(Array.from(patched.heads.subarray(h * hd, (h + 1) * hd))).toEqual(Array.from(values.subarray(h * hd, (h + 1) * hd)));
+    const plain = await d.forward([a]);
+    const empty = await d.forward([a], { mask: new Float32Array(L * H), values });
+    expect(Array.from(empty.logits)).toEqual(Array.from(plain.logits));
+    // a padded batch row and a shared-prefix step reproduce the single forward
+    const both = await d.forward([a, b]);
+    const V = d.spec.vocabSize;
+    expect(relError(both.logits.subarray(V), (await d.forward([b])).logits)).toBeLessThan(1e-4);
+    const kv = await d.prefill(a.slice(0, -1));
+    const step = await d.stepShared(kv, a.at(-1)!, { mask: new Float32Array(2 * L * H), values });
+    expect(relError(step.logits.subarray(0, V), plain.logits)).toBeLessThan(1e-4);
+  });
+});
