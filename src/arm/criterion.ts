@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import { ModelError } from '../model/errors.js';
 import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/checkpoint/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
+import { WEIGHT_DTYPES, type WeightDType } from '../model/graph/quantized-linear.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 
@@ -18,7 +19,13 @@ export const FORMAT_VERSION = 2;
 
 export interface CriterionMeta {
   formatVersion: number;
-  model: { id: string; family: string; configHash: string; weightsFingerprint: string; numLayers: number; numHeads: number; headDim: number };
+  model: {
+    id: string; family: string; configHash: string; weightsFingerprint: string; numLayers: number; numHeads: number; headDim: number;
+    /** Weight storage the means were extracted at (absent in files fitted before int8/int4 existed: fp32). */
+    dtype?: WeightDType;
+    /** The full weight format, for people: e.g. "int4 (block 32, accuracy level 4)". */
+    weightFormat?: string;
+  };
   template: TemplateSpec;
   answerTokens: AnswerTokens;
   /** Patched heads as [layer, head]. */
@@ -157,7 +164,10 @@ export function metaProblems(meta: unknown): string[] {
   const token = is(int(0));
   obj({
     formatVersion: is(int(1)),
-    model: obj({ id: is(str), family: is(str), configHash: is(hex64), weightsFingerprint: is(str), numLayers: is(int(1)), numHeads: is(int(1)), headDim: is(int(1)) }),
+    model: obj({
+      id: is(str), family: is(str), configHash: is(hex64), weightsFingerprint: is(str), numLayers: is(int(1)), numHeads: is(int(1)), headDim: is(int(1)),
+      dtype: is(oneOf(...WEIGHT_DTYPES)), weightFormat: is(str),
+    }, ['dtype', 'weightFormat']),
     template: obj({ kind: is(oneOf('scalar', 'ranked')), text: is(str), chat: is(bool), templateKwargs: is((v) => (isRecord(v) ? null : 'is not an object')) }, ['templateKwargs']),
     answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
     heads: list(head),
@@ -195,9 +205,11 @@ function tensorProblems(meta: CriterionMeta, mu: Float32Array, probs: Float32Arr
 
 /**
  * Refuses a criterion fitted on another model (config or weights differ), and answer tokens outside the
- * model's vocabulary.
+ * model's vocabulary. Returns warnings: a criterion fitted at another dtype (same checkpoint) still scores,
+ * since quantisation moves activations only slightly (BENCHMARKS.md, "Weight formats": Spearman of P(Yes)
+ * fp32-fitted vs scored at int8), but its means were not taken at this precision.
  */
-export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, file = 'criterion'): void {
+export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, file = 'criterion'): string[] {
   const m = meta.model;
   if (m.configHash !== decoder.info.configHash || m.weightsFingerprint !== decoder.info.weightsFingerprint) {
     const what = m.configHash !== decoder.info.configHash ? 'config.json' : 'weights';
@@ -210,4 +222,7 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
     ...meta.answerTokens.variants.flatMap((ts, i) => ts.map((t, j): [string, number] => [`answerTokens.variants[${i}][${j}]`, t])),
   ];
   for (const [field, t] of tokens) if (!(t >= 0 && t < V)) throw new ModelError(`${file}: metadata field "${field}": ${t} is outside the vocabulary (0..${V - 1})`);
+  const fitted = m.dtype ?? 'fp32';
+  const now = decoder.info.weightFormat.dtype;
+  return fitted === now ? [] : [`${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close but not identical (fit again at ${now} for exact agreement)`];
 }

@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Decoder, KvCache } from '../model/decoder.js';
+import { describeWeightFormat } from '../model/weight-format.js';
 import { promptText, toScalarItems, type Example } from '../data/examples.js';
 import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
@@ -158,7 +159,11 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   const answerTokens = resolveAnswerTokens(decoder.tokenizer, template, items[0]!);
   const exampleIds = examples.map((e) => e.id);
   const examplesHash = createHash('sha256').update(JSON.stringify(examples.map((e) => [e.id, e]))).digest('hex');
-  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, layout: CHECKPOINT_LAYOUT })).digest('hex');
+  // Means taken at another dtype are other numbers: the weight format joins the key (left out at fp32, so
+  // checkpoints written before int8/int4 existed still resume).
+  const format = decoder.info.weightFormat;
+  const quantized = format.dtype !== 'fp32' || format.prequant ? { weightFormat: format } : {};
+  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, ...quantized, layout: CHECKPOINT_LAYOUT })).digest('hex');
 
   // ---- resume ----
   // A fit that fails with an error removes the checkpoint it wrote, unless it resumed from that file: a
@@ -285,7 +290,8 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       mu, probs,
       meta: {
         formatVersion: FORMAT_VERSION,
-        model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
+        model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d,
+          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat) },
         template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
         hyper: {
           passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null,
@@ -366,7 +372,8 @@ export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template
     mu: new Float32Array(L * H * d), probs: new Float32Array(L * H),
     meta: {
       formatVersion: FORMAT_VERSION,
-      model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d },
+      model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d,
+          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat) },
       template, answerTokens: resolveAnswerTokens(decoder.tokenizer, template, probe), heads: [], mode: 'replace', headStrategy: 'none', denoise: null, seed: 0,
       hyper: { passes: 0, shots: 0, maxLength: options.maxLength ?? decoder.spec.maxPositions, batchSize: options.batchSize ?? 8, reinforce: null },
       examples: { count: 0, items: 0, itemsTooLong: 0, ids: [], sha256: '' }, readout: null,

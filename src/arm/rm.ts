@@ -68,9 +68,11 @@ export function nonFiniteHint(what: string): string {
 export class ActivationRM {
   constructor(readonly decoder: Decoder, readonly criterion: Criterion) {}
 
-  static load(decoder: Decoder, file: string): ActivationRM {
+  /** `warn` receives non-fatal mismatches (a criterion fitted at another --dtype); default: stderr. */
+  static load(decoder: Decoder, file: string, opts: { warn?: (message: string) => void } = {}): ActivationRM {
     const criterion = loadCriterion(file);
-    checkCriterionMatches(criterion.meta, decoder, file);
+    const warn = opts.warn ?? ((m: string) => process.stderr.write(`warning: ${m}\n`));
+    for (const w of checkCriterionMatches(criterion.meta, decoder, file)) warn(w);
     return new ActivationRM(decoder, criterion);
   }
 

@@ -3,10 +3,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
-import { Decoder } from '../model/decoder.js';
+import { Decoder, type LoadOptions } from '../model/decoder.js';
+import { WEIGHT_DTYPES, type QuantOptions, type WeightDType } from '../model/graph/quantized-linear.js';
 import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
 
-export interface ModelCliOptions { model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean }
+export interface ModelCliOptions {
+  model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean;
+  dtype?: WeightDType; blockSize?: number; accuracyLevel?: QuantOptions['accuracyLevel'];
+}
+
+/** The weight-format part of the model flags, as Decoder.load options. */
+export function weightFormatOptions(o: ModelCliOptions): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel'> {
+  return { dtype: o.dtype, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel };
+}
 
 export function addModelOptions(cmd: Command, defaultModel?: string): Command {
   const model = 'Hugging Face checkpoint folder or hub id (owner/name[@revision])';
@@ -14,6 +23,9 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .option('--revision <rev>', 'hub revision (branch, tag or commit)')
     .option('--cache-dir <dir>', 'where built graphs and downloads are kept (default ~/.cache/activation-rm, or $ARM_CACHE_DIR)')
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', (v) => positiveInt(v, '--threads'))
+    .addOption(new Option('--dtype <dtype>', 'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)').choices(WEIGHT_DTYPES))
+    .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8, 32 for int4)', (v) => positiveInt(v, '--block-size'))
+    .addOption(new Option('--accuracy-level <n>', 'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)').choices(['0', '1', '2', '3', '4']).argParser((v) => Number(v) as QuantOptions['accuracyLevel']))
     .option('--quiet', 'no progress bars');
 }
 
@@ -91,7 +103,7 @@ export async function loadDecoder(opts: ModelCliOptions): Promise<Decoder> {
   const bar = progressBar('building graph', opts.quiet);
   try {
     return await Decoder.load(opts.model, {
-      cacheDir: opts.cacheDir, threads: opts.threads, revision: opts.revision, quiet: opts.quiet,
+      cacheDir: opts.cacheDir, threads: opts.threads, revision: opts.revision, quiet: opts.quiet, ...weightFormatOptions(opts),
       onBuildProgress: (done, total, what) => bar.update(done, total, what),
     });
   } finally {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { createRewardServer, SERVER_DEFAULTS, type Readout, type ScoreTransform } from '../server/app.js';
 import { WorkerEngine } from '../server/engine.js';
-import { addModelOptions, nonNegativeInt, positiveInt, type ModelCliOptions } from './common.js';
+import { addModelOptions, nonNegativeInt, positiveInt, weightFormatOptions, type ModelCliOptions } from './common.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
 
 interface ServeCliOptions extends ModelCliOptions {
@@ -41,7 +41,7 @@ export function registerServeCommand(program: Command): void {
       for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
       if (!o.quiet) process.stderr.write(`arm serve: loading ${o.model} and ${criteria.length} criteria in the scoring thread (the first run builds the graph)…\n`);
       // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
-      const engine = await WorkerEngine.start({ model: o.model, load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision }, criteria });
+      const engine = await WorkerEngine.start({ model: o.model, load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) }, criteria });
       let closed = false;
       try {
         const server = await createRewardServer({
