@@ -32,21 +32,32 @@ export interface RandomCheckpointOptions {
   shards?: number;
 }
 
-/** Tensor names and shapes of a Llama-family checkpoint with this config (HF layout). */
+/**
+ * Tensor names and shapes of a Llama-family checkpoint with this config (HF layout), including Gemma 2/3's
+ * extra norms and Phi-3's fused qkv_proj / gate_up_proj.
+ */
 export function checkpointLayout(c: HfConfig): [string, number[]][] {
   const D = c.hidden_size, F = c.intermediate_size, H = c.num_attention_heads, KV = c.num_key_value_heads;
   const d = (c.head_dim as number | undefined) ?? D / H;
-  const qkvBias = c.model_type === 'qwen2' || c.attention_bias === true;
-  const oBias = c.model_type !== 'qwen2' && c.attention_bias === true;
+  const phi3 = c.model_type === 'phi3';
+  const sandwich = c.model_type === 'gemma2' || c.model_type === 'gemma3_text';
+  const qkvBias = c.model_type === 'qwen2' || (!phi3 && c.attention_bias === true);
+  const oBias = c.model_type !== 'qwen2' && !phi3 && c.attention_bias === true;
   const t: [string, number[]][] = [['model.embed_tokens.weight', [c.vocab_size, D]], ['model.norm.weight', [D]]];
   if (c.tie_word_embeddings !== true) t.push(['lm_head.weight', [c.vocab_size, D]]);
   for (let l = 0; l < c.num_hidden_layers; l++) {
     const p = `model.layers.${l}`;
     t.push([`${p}.input_layernorm.weight`, [D]], [`${p}.post_attention_layernorm.weight`, [D]]);
+    if (sandwich) t.push([`${p}.pre_feedforward_layernorm.weight`, [D]], [`${p}.post_feedforward_layernorm.weight`, [D]]);
+    if (phi3) {
+      t.push([`${p}.self_attn.qkv_proj.weight`, [(H + 2 * KV) * d, D]], [`${p}.self_attn.o_proj.weight`, [D, H * d]]);
+      t.push([`${p}.mlp.gate_up_proj.weight`, [2 * F, D]], [`${p}.mlp.down_proj.weight`, [D, F]]);
+      continue;
+    }
     t.push([`${p}.self_attn.q_proj.weight`, [H * d, D]], [`${p}.self_attn.k_proj.weight`, [KV * d, D]], [`${p}.self_attn.v_proj.weight`, [KV * d, D]], [`${p}.self_attn.o_proj.weight`, [D, H * d]]);
     if (qkvBias) t.push([`${p}.self_attn.q_proj.bias`, [H * d]], [`${p}.self_attn.k_proj.bias`, [KV * d]], [`${p}.self_attn.v_proj.bias`, [KV * d]]);
     if (oBias) t.push([`${p}.self_attn.o_proj.bias`, [D]]);
-    if (c.model_type === 'qwen3') t.push([`${p}.self_attn.q_norm.weight`, [d]], [`${p}.self_attn.k_norm.weight`, [d]]);
+    if (c.model_type === 'qwen3' || c.model_type === 'gemma3_text') t.push([`${p}.self_attn.q_norm.weight`, [d]], [`${p}.self_attn.k_norm.weight`, [d]]);
     t.push([`${p}.mlp.gate_proj.weight`, [F, D]], [`${p}.mlp.up_proj.weight`, [F, D]], [`${p}.mlp.down_proj.weight`, [D, F]]);
     if (c.mlp_bias === true) t.push([`${p}.mlp.gate_proj.bias`, [F]], [`${p}.mlp.up_proj.bias`, [F]], [`${p}.mlp.down_proj.bias`, [D]]);
   }

@@ -1,29 +1,50 @@
 /** `arm generate` and `arm forward`: the engine from the command line. */
 import type { Command } from 'commander';
 import { addModelOptions, loadDecoder, positiveInt, type ModelCliOptions } from './common.js';
+import type { Decoder } from '../model/decoder.js';
 
-interface PromptOptions extends ModelCliOptions { prompt: string; chat?: boolean }
+interface PromptOptions extends ModelCliOptions { prompt?: string; inputIds?: number[]; chat?: boolean }
+
+/** `--input-ids 1,403,407`: token ids as given, no tokenizer involved (checkpoints without one work). */
+function tokenIds(v: string): number[] {
+  const parts = v.split(',').map((p) => p.trim());
+  if (parts.some((p) => !/^\d+$/.test(p))) throw new Error(`--input-ids must be comma-separated token ids (non-negative integers), got ${JSON.stringify(v)}`);
+  return parts.map(Number);
+}
+
+/** Exactly one of --prompt (tokenized) and --input-ids (as given). */
+function promptIds(decoder: Decoder, o: PromptOptions): number[] {
+  if ((o.prompt === undefined) === (o.inputIds === undefined)) throw new Error('give exactly one of --prompt <text> and --input-ids <ids>');
+  if (o.inputIds) {
+    if (o.chat) throw new Error('--chat needs --prompt text (--input-ids are fed as given)');
+    return o.inputIds;
+  }
+  return decoder.encodePrompt(o.prompt!, { chat: o.chat });
+}
 
 export function registerModelCommands(program: Command): void {
   addModelOptions(program.command('generate').description('greedy continuation of a prompt'))
-    .requiredOption('--prompt <text>', 'prompt text')
+    .option('--prompt <text>', 'prompt text')
+    .option('--input-ids <ids>', 'comma-separated token ids instead of --prompt (no tokenizer needed)', tokenIds)
     .option('--chat', 'wrap the prompt in the chat template as one user turn')
     .option('--max-new-tokens <n>', 'tokens to generate', (v) => positiveInt(v, '--max-new-tokens'), 64)
     .option('--json', 'print {"inputIds", "outputIds", "text"} instead of text')
     .action(async (o: PromptOptions & { maxNewTokens: number; json?: boolean }) => {
       const decoder = await loadDecoder(o);
       try {
-        const inputIds = decoder.encodePrompt(o.prompt, { chat: o.chat });
+        const inputIds = promptIds(decoder, o);
         const outputIds = await decoder.generate(inputIds, { maxNewTokens: o.maxNewTokens });
-        const text = decoder.tokenizer.decode([...inputIds, ...outputIds]);
-        process.stdout.write(o.json ? `${JSON.stringify({ inputIds, outputIds, text })}\n` : `${text}\n`);
+        // Without a tokenizer there is no text: ids only (text is null in --json).
+        const text = decoder.hasTokenizer ? decoder.tokenizer.decode([...inputIds, ...outputIds]) : null;
+        process.stdout.write(o.json ? `${JSON.stringify({ inputIds, outputIds, text })}\n` : `${text ?? [...inputIds, ...outputIds].join(' ')}\n`);
       } finally {
         await decoder.dispose();
       }
     });
 
   addModelOptions(program.command('forward').description('one forward pass: top next-token logits at the last prompt position'))
-    .requiredOption('--prompt <text>', 'prompt text (tokenized as the tokenizer does by default, BOS included)')
+    .option('--prompt <text>', 'prompt text (tokenized as the tokenizer does by default, BOS included)')
+    .option('--input-ids <ids>', 'comma-separated token ids instead of --prompt (no tokenizer needed)', tokenIds)
     .option('--chat', 'apply the chat template first (one user turn + generation prompt)')
     .option('--top <k>', 'how many top tokens', (v) => positiveInt(v, '--top'), 5)
     .option('--heads', 'include the last-position head activations [layer][head][d]')
@@ -31,7 +52,7 @@ export function registerModelCommands(program: Command): void {
     .action(async (o: PromptOptions & { top: number; heads?: boolean; json?: boolean }) => {
       const decoder = await loadDecoder(o);
       try {
-        const inputIds = decoder.encodePrompt(o.prompt, { chat: o.chat });
+        const inputIds = promptIds(decoder, o);
         const out = await decoder.forward([inputIds]);
         const order = Array.from(out.logits.keys()).sort((a, b) => out.logits[b]! - out.logits[a]!).slice(0, o.top);
         const top = order.map((id) => ({ id, logit: out.logits[id]! }));
@@ -45,7 +66,8 @@ export function registerModelCommands(program: Command): void {
           return;
         }
         console.log(`input ids (${inputIds.length}): ${inputIds.join(' ')}`);
-        console.table(top.map((t) => ({ id: t.id, token: JSON.stringify(decoder.tokenizer.decode([t.id], { skipSpecialTokens: false })), logit: Number(t.logit.toFixed(4)) })));
+        const token = (id: number) => (decoder.hasTokenizer ? JSON.stringify(decoder.tokenizer.decode([id], { skipSpecialTokens: false })) : '(no tokenizer)');
+        console.table(top.map((t) => ({ id: t.id, token: token(t.id), logit: Number(t.logit.toFixed(4)) })));
         if (o.heads) console.log('(--heads is printed with --json)');
       } finally {
         await decoder.dispose();

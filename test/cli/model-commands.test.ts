@@ -35,3 +35,27 @@ it('a bad --model fails with a message and a non-zero exit', () => {
   expect(r.status).toBe(1);
   expect(r.stderr).toMatch(/arm: \/nonexistent\/dir: no such folder, and "\/nonexistent\/dir" is not a hub repo id: expected owner\/name/);
 });
+
+const GEMMA2 = path.resolve(STORIES, '../../fixtures/hf-parity/gemma2-softcap-window');
+
+it.runIf(fs.existsSync(GEMMA2))('arm forward --input-ids runs a checkpoint without a tokenizer (transformers\' top-5 and taps)', () => {
+  const parity = JSON.parse(fs.readFileSync(path.join(GEMMA2, 'parity.json'), 'utf8')).results[0];
+  const ids: number[] = parity.input_ids;
+  const out = JSON.parse(arm(['forward', '--model', GEMMA2, '--input-ids', ids.join(','), '--top', '5', '--json', '--heads']).stdout);
+  expect(out.inputIds).toEqual(ids);
+  const expected = parity.last_logits.map((v: number, id: number) => [v, id]).sort((a: number[], b: number[]) => b[0]! - a[0]!).slice(0, 5).map((p: number[]) => p[1]);
+  expect(out.top.map((t: { id: number }) => t.id)).toEqual(expected);
+  expect(out.heads.flat(1).map((h: number[]) => h.length)).toEqual(Array(2 * 4).fill(16));
+  expect(out.heads[1].flat()[0]).toBeCloseTo(parity.o_proj_input_last[1][0], 4);
+  // The brief's example prompt, and text on a tokenizer-less checkpoint fails with the reason.
+  expect(JSON.parse(arm(['forward', '--model', GEMMA2, '--input-ids', '1,403,407', '--top', '5', '--json', '--heads']).stdout).top.length).toBe(5);
+  const r = arm(['forward', '--model', GEMMA2, '--prompt', 'hello'], { expectFail: true });
+  expect(r.stderr).toMatch(/tokenizer\.json: missing, so this checkpoint runs on token ids only/);
+});
+
+it('arm forward needs exactly one of --prompt and --input-ids, and --input-ids are token ids', () => {
+  expect(arm(['forward', '--model', STORIES], { expectFail: true }).stderr).toMatch(/exactly one of --prompt <text> and --input-ids <ids>/);
+  expect(arm(['forward', '--model', STORIES, '--input-ids', '1,x'], { expectFail: true }).stderr).toMatch(/--input-ids must be comma-separated token ids/);
+  const out = JSON.parse(arm(['forward', '--model', STORIES, '--input-ids', golden.input_ids.join(','), '--top', '5', '--json']).stdout);
+  expect(out.top.map((t: { id: number }) => t.id)).toEqual(golden.top5_last_prompt_position.ids);
+});

@@ -90,10 +90,18 @@ describe('bad checkpoints', () => {
     await expect(load(dir)).rejects.toThrow(/config\.json: not valid JSON/);
   });
 
-  it('missing tokenizer', async () => {
+  it('missing tokenizer: the model runs on token ids, and text fails naming the file', async () => {
     const dir = checkpoint();
     fs.rmSync(path.join(dir, 'tokenizer.json'));
-    await expect(load(dir)).rejects.toThrow(/tokenizer\.json: missing/);
+    const decoder = await load(dir);
+    try {
+      expect(decoder.hasTokenizer).toBe(false);
+      expect((await decoder.forward([[1, 5, 9]])).logits.length).toBe(config.vocab_size);
+      expect(() => decoder.encodePrompt('hello')).toThrow(ModelError);
+      expect(() => decoder.encodePrompt('hello')).toThrow(new RegExp(`${dir}/tokenizer\\.json: missing, so this checkpoint runs on token ids only`));
+    } finally {
+      await decoder.dispose();
+    }
   });
 
   it('errors are ModelErrors and a failed build leaves no cache entry behind', async () => {
