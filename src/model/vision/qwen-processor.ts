@@ -150,3 +150,27 @@ export function preprocessQwenVLImage(image: RgbImage, cfg: QwenVLImageProcessor
     resized: [height, width],
   };
 }
+
+/**
+ * The (row, column) of each pixel_values row's patch on the patch grid, `[patches, 2]` row-major, in the same
+ * merger order as `preprocessQwenVLImage` writes rows. The Qwen ViT's 2-D rotary embedding (`rot_pos_emb`) and
+ * Qwen2.5-VL's window partition are functions of these.
+ */
+export function qwenVisionPatchPositions(gridThw: readonly [number, number, number], mergeSize: number): Int32Array {
+  const [t, h, w] = gridThw;
+  const out = new Int32Array(t * h * w * 2);
+  let i = 0;
+  for (let ti = 0; ti < t; ti++) {
+    for (let bh = 0; bh < h / mergeSize; bh++) {
+      for (let bw = 0; bw < w / mergeSize; bw++) {
+        for (let mh = 0; mh < mergeSize; mh++) {
+          for (let mw = 0; mw < mergeSize; mw++) {
+            out[i++] = bh * mergeSize + mh;
+            out[i++] = bw * mergeSize + mw;
+          }
+        }
+      }
+    }
+  }
+  return out;
+}

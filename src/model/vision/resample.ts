@@ -89,22 +89,20 @@ function toByte(acc: number, precision: number): number {
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
-/** One separable pass over interleaved RGB: `along` = 'x' resamples rows, 'y' resamples columns. */
-function pass(src: Uint8Array, width: number, height: number, taps: Taps, along: 'x' | 'y', outLen: number): Uint8Array {
-  const outW = along === 'x' ? outLen : width;
-  const outH = along === 'x' ? height : outLen;
-  const out = new Uint8Array(outW * outH * 3);
+/** Horizontal pass over interleaved RGB: each row resampled from `width` to `outW` columns. */
+function passX(src: Uint8Array, width: number, height: number, taps: Taps, outW: number): Uint8Array {
+  const out = new Uint8Array(outW * height * 3);
   const half = taps.precision > 0 ? 2 ** (taps.precision - 1) : 0;
   const { first, count, weights, ksize, precision } = taps;
-  for (let y = 0; y < outH; y++) {
+  for (let y = 0; y < height; y++) {
+    const rowBase = y * width * 3;
     for (let x = 0; x < outW; x++) {
-      const o = along === 'x' ? x : y;
-      const lo = first[o]!;
-      const n = count[o]!;
+      const n = count[x]!;
+      const k0 = x * ksize;
+      let s = rowBase + first[x]! * 3;
       let r = half, g = half, b = half;
-      for (let j = 0; j < n; j++) {
-        const w = weights[o * ksize + j]!;
-        const s = along === 'x' ? (y * width + lo + j) * 3 : ((lo + j) * width + x) * 3;
+      for (let j = 0; j < n; j++, s += 3) {
+        const w = weights[k0 + j]!;
         r += src[s]! * w;
         g += src[s + 1]! * w;
         b += src[s + 2]! * w;
@@ -114,6 +112,28 @@ function pass(src: Uint8Array, width: number, height: number, taps: Taps, along:
       out[d + 1] = toByte(g, precision);
       out[d + 2] = toByte(b, precision);
     }
+  }
+  return out;
+}
+
+/** Vertical pass over interleaved RGB: each column resampled from `height` to `outH` rows. */
+function passY(src: Uint8Array, width: number, taps: Taps, outH: number): Uint8Array {
+  const stride = width * 3;
+  const out = new Uint8Array(outH * stride);
+  const half = taps.precision > 0 ? 2 ** (taps.precision - 1) : 0;
+  const { first, count, weights, ksize, precision } = taps;
+  const acc = new Float64Array(stride);
+  for (let y = 0; y < outH; y++) {
+    acc.fill(half);
+    const n = count[y]!;
+    // Row-at-a-time accumulation keeps memory access sequential.
+    for (let j = 0; j < n; j++) {
+      const w = weights[y * ksize + j]!;
+      const base = (first[y]! + j) * stride;
+      for (let i = 0; i < stride; i++) acc[i]! += src[base + i]! * w;
+    }
+    const d = y * stride;
+    for (let i = 0; i < stride; i++) out[d + i] = toByte(acc[i]!, precision);
   }
   return out;
 }
@@ -129,11 +149,11 @@ export function resizeBicubic(image: RgbImage, width: number, height: number, ke
   let data = image.data;
   let w = image.width;
   if (width !== image.width) {
-    data = pass(data, w, image.height, computeTaps(image.width, width, kernel), 'x', width);
+    data = passX(data, w, image.height, computeTaps(image.width, width, kernel), width);
     w = width;
   }
   if (height !== image.height) {
-    data = pass(data, w, image.height, computeTaps(image.height, height, kernel), 'y', height);
+    data = passY(data, w, computeTaps(image.height, height, kernel), height);
   }
   return rgbImage(width, height, data === image.data ? data.slice() : data);
 }

@@ -7,6 +7,7 @@ import {
   preprocessQwenVLImage,
   qwenVLImageProcessorConfig,
   qwenVLImageTokenCount,
+  qwenVisionPatchPositions,
   roundHalfEven,
   smartResize,
 } from '../../../src/model/vision/qwen-processor.js';
@@ -90,6 +91,9 @@ describe('Qwen-VL smart_resize and config', () => {
     const row5 = out.pixelValues.subarray(5 * rowLen, 6 * rowLen);
     expect([row5[0], row5[196], row5[392], row5[784]]).toEqual([3, 3, 103, 203]);
     expect(qwenVLImageTokenCount(56, 56, cfg)).toBe(4);
+    // The ViT's patch positions follow the same row order.
+    const pos = qwenVisionPatchPositions(out.gridThw, 2);
+    for (let r = 0; r < 16; r++) expect(pos[2 * r]! * 10 + pos[2 * r + 1]!).toBe(patchOfRow(r));
   });
 });
 
