@@ -40,16 +40,17 @@ export async function decodeImage(source: string | Uint8Array): Promise<RgbImage
   const bytes = typeof source === 'string' ? await readImageFile(source) : source;
   let format: string | undefined;
   try {
-    format = (await sharp(bytes).metadata()).format;
+    format = (await sharp(bytes, { ignoreIcc: true }).metadata()).format;
   } catch (err) {
     throw new ModelError(`${where}: not a readable image (${(err as Error).message})`);
   }
   if (!format || !FORMATS.has(format)) {
     throw new ModelError(`${where}: image format ${format ?? 'unknown'} is not supported (PNG, JPEG or WebP)`);
   }
+  // `ignoreIcc`: sharp would otherwise convert through an embedded profile to sRGB, which PIL never does.
   // `autoOrient` applies EXIF orientation; `raw` gives 8-bit samples in the file's own channel count
-  // (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) with no colour-space conversion.
-  const { data, info } = await sharp(bytes, { failOn: 'error' })
+  // (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
+  const { data, info } = await sharp(bytes, { failOn: 'error', ignoreIcc: true })
     .autoOrient()
     .raw({ depth: 'uchar' })
     .toBuffer({ resolveWithObject: true })

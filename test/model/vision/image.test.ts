@@ -36,6 +36,25 @@ describe('decodeImage', () => {
     for (let i = 0; i < img.data.length; i++) expect(Math.abs(img.data[i]! - flat[i]!)).toBeLessThanOrEqual(3);
   });
 
+  it('ignores an embedded ICC profile, as PIL does: pixels equal the same PNG without its iCCP chunk', async () => {
+    const saturated = Buffer.from(Array.from({ length: 4 * 4 * 3 }, (_, i) => [255, 0, 30][i % 3]!));
+    const withProfile = await raw(saturated, 4, 4, 3).withIccProfile('p3').png().toBuffer();
+    // Drop the iCCP chunk: [length u32][type 4][data][crc u32] after the 8-byte signature.
+    const chunks: Buffer[] = [withProfile.subarray(0, 8)];
+    let hadProfile = false;
+    for (let at = 8; at < withProfile.length; ) {
+      const len = withProfile.readUInt32BE(at);
+      const type = withProfile.toString('latin1', at + 4, at + 8);
+      if (type === 'iCCP') hadProfile = true;
+      else chunks.push(withProfile.subarray(at, at + 12 + len));
+      at += 12 + len;
+    }
+    expect(hadProfile).toBe(true);
+    const a = await decodeImage(withProfile);
+    const b = await decodeImage(Buffer.concat(chunks));
+    expect(a.data).toEqual(b.data);
+  });
+
   it('replicates grey PNGs to three channels', async () => {
     const grey = pattern(4, 2, 1);
     const img = await decodeImage(await raw(grey, 4, 2, 1).png().toBuffer());
