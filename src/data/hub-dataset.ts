@@ -2,14 +2,14 @@
  * `--dataset owner/name[@revision]`: a hub dataset's parquet files, kept in the same cache as models, under
  * `<cache>/hub/datasets/<owner>--<name>/<revision>/<path in the repository>`.
  *
- * The hub serves dataset files at `<endpoint>/datasets/<id>/resolve/<revision>/<file>`. src/model/hub.ts's
- * downloader (retries, resume, size and sha256 checks, HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE) builds model
- * URLs only and does not export a per-file download; until it does (see `DatasetDownloader`), a missing file is
- * a clear error naming the URL and the path to put it at, and a file already in the cache is read offline.
+ * The hub serves dataset files at `<endpoint>/datasets/<id>/resolve/<revision>/<file>`; they come through the
+ * same downloader as models (src/model/checkpoint/hub.ts: retries, resume, size and sha256 checks, HF_ENDPOINT,
+ * HF_TOKEN, HF_HUB_OFFLINE). A file already in the cache is read offline.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { defaultCacheDir } from '../model/export.js';
+import { downloadRepoFile } from '../model/checkpoint/hub.js';
 import { DataError } from './examples.js';
 
 /** The parquet files of the datasets `arm eval` knows, per repository (the split its benchmark scores). */
@@ -65,11 +65,10 @@ export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {
     if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
       throw new DataError(`${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; pass a local parquet file with --dataset`);
     }
-    if (!opts.download) {
-      throw new DataError(`${parsed.id}@${revision}: ${file} is not in the cache, and this build cannot download dataset files yet; fetch ${url} to ${dest} (or anywhere, and pass that path with --dataset)`);
-    }
+    const download: DatasetDownloader = opts.download
+      ?? (async (r) => (await downloadRepoFile({ repoType: 'dataset', ref: r.id, file: r.file }, { cacheDir: opts.cacheDir, revision: r.revision })) !== null);
     fs.mkdirSync(path.dirname(dest), { recursive: true });
-    if (!(await opts.download({ repoType: 'dataset', id: parsed.id, revision, file, dest, url }))) throw new DataError(`${parsed.id}@${revision}: ${file} not found on the hub (${url})`);
+    if (!(await download({ repoType: 'dataset', id: parsed.id, revision, file, dest, url }))) throw new DataError(`${parsed.id}@${revision}: ${file} not found on the hub (${url})`);
   }
   return out;
 }

@@ -146,7 +146,8 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
   const requests: StandinRequest[] = [];
 
   const handle = (host: 'hub' | 'cdn') => (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const pattern = host === 'hub' ? /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/ : /^\/cdn\/([^/]+\/[^/]+)\/([^/]+)\/(.+)$/;
+    // Datasets live under /datasets/<id>/resolve/… on the hub; the stand-in serves them from the same repos map.
+    const pattern = host === 'hub' ? /^\/(?:datasets\/)?([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/ : /^\/cdn\/([^/]+\/[^/]+)\/([^/]+)\/(.+)$/;
     const m = pattern.exec(req.url ?? '');
     const repo = m ? m[1]! : '';
     const file = m ? decodeURIComponent(m[3]!) : '';

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { resolveModelDir, type ResolveOptions } from '../../src/model/checkpoint/hub.js';
+import { downloadRepoFile, resolveModelDir, type ResolveOptions } from '../../src/model/checkpoint/hub.js';
+import { resolveHubDataset } from '../../src/data/hub-dataset.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 import { startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
@@ -28,7 +29,13 @@ function repoFolder(extra: Record<string, string | Buffer>): string {
 }
 const indexJson = (weightMap: Record<string, string>) => JSON.stringify({ metadata: {}, weight_map: weightMap });
 
+/** A dataset repository: one parquet-named file under data/ (its bytes do not matter to the downloader). */
+const datasetFolder = tempDir('arm-dataset-');
+const datasetBytes = randomBytes(300_000);
+
 beforeAll(async () => {
+  fs.mkdirSync(path.join(datasetFolder, 'data'));
+  fs.writeFileSync(path.join(datasetFolder, 'data', 'test-00000-of-00001.parquet'), datasetBytes);
   sharded = repoFolder({
     'model.safetensors.index.json': indexJson({ a: 'model-00001-of-00003.safetensors', b: 'model-00002-of-00003.safetensors', c: 'model-00003-of-00003.safetensors', d: 'model-00001-of-00003.safetensors' }),
     'model-00001-of-00003.safetensors': randomBytes(200_000),
@@ -39,6 +46,7 @@ beforeAll(async () => {
     'tiny/stories': STORIES,
     'tiny/sharded': sharded,
     'tiny/evil': repoFolder({ 'model.safetensors.index.json': indexJson({ w: '../evil.safetensors' }) }),
+    'allenai/reward-bench-2': datasetFolder,
     'tiny/evil-abs': repoFolder({ 'model.safetensors.index.json': indexJson({ w: path.join(tempDir(), 'evil.safetensors') }) }),
   });
 });
@@ -53,6 +61,14 @@ async function resolveVia(ref: string, opts: ResolveOptions, env: Record<string,
   };
   set(vars);
   try { return await resolveModelDir(ref, opts); } finally { set(old); }
+}
+
+/** Runs `f` with HF_ENDPOINT at the stand-in (other HF_* unset), restoring the environment after. */
+async function viaStandin<T>(f: () => Promise<T>): Promise<T> {
+  const keys = ['HF_ENDPOINT', 'HF_TOKEN', 'HF_HUB_OFFLINE'];
+  const old = Object.fromEntries(keys.map((k) => [k, process.env[k]]));
+  process.env.HF_ENDPOINT = hub.endpoint; delete process.env.HF_TOKEN; delete process.env.HF_HUB_OFFLINE;
+  try { return await f(); } finally { for (const [k, v] of Object.entries(old)) if (v === undefined) delete process.env[k]; else process.env[k] = v; }
 }
 
 const snapshotDir = (cacheDir: string, repo = 'tiny--stories', rev = 'main') => path.join(cacheDir, 'hub', repo, rev);
@@ -346,5 +362,27 @@ describe('offline', () => {
     const requests = hub.requests.length;
     expect(await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_HUB_OFFLINE: 'true' })).toBe(dir);
     expect(hub.requests.length).toBe(requests);
+  });
+});
+
+describe('dataset files', () => {
+  it('--dataset owner/name downloads its parquet through the same client (datasets/ URL, redirect, sha256, resume), then reads it from the cache', async () => {
+    hub.configure({ redirectLfs: false, cutAfterBytes: 100_000 });
+    const cacheDir = tempDir('arm-cache-');
+    const [file] = await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
+    expect(file).toBe(path.join(cacheDir, 'hub', 'datasets', 'allenai--reward-bench-2', 'main', 'data', 'test-00000-of-00001.parquet'));
+    expect(fs.readFileSync(file!).equals(datasetBytes)).toBe(true);
+    const asked = hub.requests.filter((r) => r.file === 'data/test-00000-of-00001.parquet');
+    expect(asked[0]!.url).toBe('/datasets/allenai/reward-bench-2/resolve/main/data/test-00000-of-00001.parquet');
+    expect(asked.length).toBeGreaterThan(1); // the connection was cut once and the download went on
+    expect(hub.bytesServed('data/test-00000-of-00001.parquet')).toBeLessThan(2 * datasetBytes.length);
+    const before = hub.requests.length;
+    await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
+    expect(hub.requests.length).toBe(before);
+  });
+
+  it('a file name that escapes the repository is refused', async () => {
+    await expect(downloadRepoFile({ repoType: 'dataset', ref: 'allenai/reward-bench-2', file: '../../x.parquet' }, { cacheDir: tempDir() }))
+      .rejects.toThrow(/is not a file name inside the repository/);
   });
 });

@@ -71,6 +71,39 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
   return dir;
 }
 
+/**
+ * One file of a hub repository (a model's or a dataset's: `<endpoint>/datasets/<id>/resolve/<rev>/<file>`) into
+ * `<cache>/hub/[datasets/]<owner>--<name>/<revision>/<file>`, with the same retries, resume, size and sha256
+ * checks, token and offline rules as a model snapshot. Returns the local path, or null when the hub has no such
+ * file.
+ */
+export async function downloadRepoFile(request: { repoType: 'model' | 'dataset'; ref: string; file: string }, opts: ResolveOptions = {}): Promise<string | null> {
+  const { repoType, ref, file } = request;
+  const at = ref.indexOf('@');
+  const id = at < 0 ? ref : ref.slice(0, at);
+  const idProblem = repoIdProblem(id);
+  if (idProblem) throw new ModelError(`${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
+  const revision = opts.revision ?? (at < 0 ? 'main' : ref.slice(at + 1));
+  const revisionProblem = revisionProblemOf(revision);
+  if (revisionProblem) throw new ModelError(`${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`);
+  checkRepoFileName(file, `${id}@${revision}`);
+  const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
+  const dir = insideOrThrow(cacheRoot, path.join(cacheRoot, 'hub', ...(repoType === 'dataset' ? ['datasets'] : []), id.replace('/', '--'), encodeURIComponent(revision)), `${id}@${revision}`);
+  const dest = insideOrThrow(cacheRoot, path.join(dir, file), `${id}@${revision}: ${file}`);
+  if (fs.existsSync(dest)) return dest;
+  const offline = process.env.HF_HUB_OFFLINE;
+  if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
+    throw new ModelError(`${id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}`);
+  }
+  const s = openSession({ id, revision, dir, cacheRoot, opts, repoType }, new AbortController());
+  const progress = new ProgressBar(opts.quiet ?? false, file);
+  try {
+    return (await downloadFile(s, file, (done, total) => progress.update(file, done, total))) ? dest : null;
+  } finally {
+    progress.stop();
+  }
+}
+
 const REPO_ID_RULE = "expected owner/name, each part made of letters, digits, '.', '_' or '-', "
   + "not starting or ending with '-' or '.', without '--' or '..', at most 96 characters";
 
@@ -110,7 +143,7 @@ function checkRepoFileName(name: unknown, where: string): string {
   return name;
 }
 
-interface Snapshot { id: string; revision: string; dir: string; cacheRoot: string; opts: ResolveOptions }
+interface Snapshot { id: string; revision: string; dir: string; cacheRoot: string; opts: ResolveOptions; repoType?: 'model' | 'dataset' }
 
 interface Session extends Snapshot {
   endpoint: URL;
@@ -130,15 +163,15 @@ interface Session extends Snapshot {
   signal: AbortSignal;
 }
 
-async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
-  const { id, revision, dir, opts } = snapshot;
+/** A download session over one repository snapshot: endpoint, token, timeouts and retry policy. */
+function openSession(snapshot: Snapshot, abort: AbortController): Session {
+  const { opts } = snapshot;
   const endpointText = process.env.HF_ENDPOINT ?? 'https://huggingface.co';
   let endpoint: URL;
   try { endpoint = new URL(endpointText); } catch {
     throw new ModelError(`HF_ENDPOINT=${endpointText} is not a URL (expected e.g. https://huggingface.co)`);
   }
-  const abort = new AbortController();
-  const s: Session = {
+  return {
     ...snapshot,
     endpoint,
     token: process.env.HF_TOKEN || undefined,
@@ -150,6 +183,12 @@ async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
     reached: false,
     signal: abort.signal,
   };
+}
+
+async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
+  const { id, revision, dir, opts } = snapshot;
+  const abort = new AbortController();
+  const s = openSession(snapshot, abort);
   fs.mkdirSync(dir, { recursive: true });
 
   for (const file of [...REQUIRED, ...OPTIONAL]) {
@@ -297,7 +336,7 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
   // Hash the bytes we already have before asking for more: for a big part this takes longer than the idle
   // timeout would allow between the response's headers and its first body byte read.
   const partHash = offset > 0 ? await hashInto(part, createHash('sha256')) : undefined;
-  const url = new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.id}/resolve/${encodeURIComponent(s.commit ?? s.revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
+  const url = new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}/resolve/${encodeURIComponent(s.commit ?? s.revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
   const { res, touch, advertised } = await getFollowingRedirects(s, url, offset);
   const status = res.statusCode ?? 0;
   const header = (name: string) => { const v = res.headers[name]; return Array.isArray(v) ? v[0] : v; };
