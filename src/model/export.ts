@@ -13,7 +13,7 @@ import { expectedTensors, type ModelSpec } from './families/spec.js';
 import { ModelError } from './errors.js';
 import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import type { ExternalRef } from './graph/graph-builder.js';
-import { blobBytes, blocksPerRow, concatRows, quantizeMatrix, quantNames, sliceRows, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantNames, sliceRows, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
 
 export const MODEL_FILE = 'model.onnx';
@@ -37,15 +37,22 @@ export interface Layout {
  * `dtype` decides what the float rest (embedding, head, unquantised layers) becomes. `accuracyLevel`
  * applies to every MatMulNBits.
  */
-export interface WeightFormat { dtype: WeightDType; quant: Omit<QuantOptions, 'accuracyLevel'> | null; prequant: PrequantScheme | null; accuracyLevel: QuantOptions['accuracyLevel'] }
+export interface WeightFormat {
+  dtype: WeightDType;
+  /** Linear layers; `embedHead`: the embedding table and output head, when stored otherwise (int4 keeps them int8). */
+  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'> }) | null;
+  prequant: PrequantScheme | null;
+  accuracyLevel: QuantOptions['accuracyLevel'];
+}
 export const FP32_FORMAT: WeightFormat = Object.freeze({ dtype: 'fp32', quant: null, prequant: null, accuracyLevel: 0 });
 
 /** The part of the cache key that names the format; empty for plain fp32 so existing entries stay valid. */
 function formatKey(f: WeightFormat): string {
   if (!f.quant && !f.prequant) return '';
-  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}` : 'f32'}:${f.accuracyLevel}`;
+  const eh = f.quant?.embedHead ? `:${f.quant.embedHead.bits}:${f.quant.embedHead.blockSize}` : '';
+  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}` : 'f32'}:${f.accuracyLevel}`;
   const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
-  return `:${f.dtype}:${q}${pq}`;
+  return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
 }
 const ALIGN = 4096; // page-aligned offsets let onnxruntime map the weights instead of copying them
 
@@ -150,7 +157,7 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
         if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, format.quant));
         else refs.set(name, write(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]));
       } else if (quantizedAsIs.has(name)) {
-        writeQuantized(name, quantizeMatrix(p.data, p.dims[0]!, p.dims[1]!, format.quant!));
+        writeQuantized(name, quantizeMatrix(p.data, p.dims[0]!, p.dims[1]!, format.quant!.embedHead ?? format.quant!));
       } else {
         refs.set(name, write(name, p.data, p.dims));
       }

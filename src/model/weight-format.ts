@@ -13,13 +13,21 @@ export interface WeightFormatOptions {
   dtype?: WeightDType;
   /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8, 32 for int4. */
   blockSize?: number;
-  /** MatMulNBits accuracy_level; default 4 (int8 compute). */
+  /** MatMulNBits accuracy_level; default 4 (int8 compute) from 0.3 B parameters, 0 (fp32 compute) below. */
   accuracyLevel?: QuantOptions['accuracyLevel'];
 }
 
 /** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
 export const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };
-export const DEFAULT_ACCURACY_LEVEL = 4;
+/**
+ * int8 compute (level 4) is what makes MatMulNBits fast (onnxruntime's fp32-compute path for 8-bit weights
+ * dequantises the whole matrix on every call), but it also rounds the activations to int8 per block. Below
+ * SMALL_MODEL_PARAMETERS a forward costs milliseconds either way, so small models take the exact path.
+ */
+export function defaultAccuracyLevel(spec: ModelSpec): QuantOptions['accuracyLevel'] {
+  return parameterCount(spec) < SMALL_MODEL_PARAMETERS ? 0 : 4;
+}
+const SMALL_MODEL_PARAMETERS = 3e8;
 
 /** Weights in the linear layers, embedding and head (what the dtype changes the size of). */
 export function parameterCount(spec: ModelSpec): number {
@@ -37,7 +45,7 @@ export function parameterCount(spec: ModelSpec): number {
 export function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = null): WeightDType {
   if (prequant) return 'int8';
   const n = parameterCount(spec);
-  if (n < 3e8) return 'fp32';
+  if (n < SMALL_MODEL_PARAMETERS) return 'fp32';
   if (n < 3e9) return 'int8';
   return 'int4';
 }
@@ -50,7 +58,7 @@ export function parseWeightDType(v: string, what = '--dtype'): WeightDType {
 export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | null, opts: WeightFormatOptions = {}): WeightFormat {
   const dtype = opts.dtype ?? defaultDType(spec, prequant);
   parseWeightDType(dtype, 'dtype');
-  const accuracyLevel = opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL;
+  const accuracyLevel = opts.accuracyLevel ?? defaultAccuracyLevel(spec);
   if (![0, 1, 2, 3, 4].includes(accuracyLevel)) throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
@@ -60,7 +68,10 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   const bits = DTYPE_BITS[dtype];
   const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE[bits];
   try { checkBlockSize(blockSize); } catch (e) { throw new ModelError(`--block-size: ${(e as Error).message}`); }
-  return { dtype, quant: { bits, blockSize }, prequant, accuracyLevel };
+  // int4 keeps the embedding table and output head at int8: on stories260K that took int4's next-token
+  // agreement with fp32 from 0.85 to 0.9x (BENCHMARKS.md), for ~0.5 bytes more per vocabulary weight.
+  const embedHead = bits === 4 ? { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] } : undefined;
+  return { dtype, quant: { bits, blockSize, ...(embedHead ? { embedHead } : {}) }, prequant, accuracyLevel };
 }
 
 /** A short label of the format for logs and criterion metadata, e.g. "int4 (block 32, accuracy level 4)". */

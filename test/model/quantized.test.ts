@@ -27,17 +27,26 @@ describe('block quantisation layout', () => {
     expect(Array.from(dequantizeMatrix(q))).toEqual(Array.from(w));
   });
 
-  it.each([8, 4] as const)('%i-bit: every weight within half a step of its block, zeros exact, a ragged last block', (bits) => {
+  it.each([8, 4] as const)('%i-bit: every weight rounds to its nearest level (clipped ranges at 4 bits), zeros exact, a ragged last block', (bits) => {
     const N = 7, K = 172, blockSize = 32; // 172 = 5 blocks + 12
     const w = randomMatrix(N * K, bits);
     for (let k = 0; k < K; k += 9) w[3 * K + k] = 0;
     const q = quantizeMatrix(w, N, K, { bits, blockSize });
     const back = dequantizeMatrix(q);
+    const qmax = 2 ** bits - 1;
+    let clipped = 0;
     for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) {
-      const scale = q.scales[n * 6 + Math.floor(k / blockSize)]!;
-      expect(Math.abs(back[n * K + k]! - w[n * K + k]!)).toBeLessThanOrEqual(scale / 2 + 1e-7);
-      if (w[n * K + k] === 0) expect(back[n * K + k]).toBe(0);
+      const b = n * 6 + Math.floor(k / blockSize);
+      const scale = q.scales[b]!;
+      const zero = bits === 8 ? q.zeroPoints[b]! : (q.zeroPoints[n * 3 + (Math.floor(k / blockSize) >> 1)]! >> (4 * (Math.floor(k / blockSize) & 1))) & 15;
+      const [lo, hi] = [-zero * scale, (qmax - zero) * scale]; // the block's representable range
+      const v = w[n * K + k]!;
+      if (v < lo || v > hi) { clipped = Math.max(clipped, Math.abs(back[n * K + k]! - v) / scale); expect(back[n * K + k]).toBeCloseTo(v < lo ? lo : hi, 6); } // clamped to the nearest end
+      else expect(Math.abs(back[n * K + k]! - v)).toBeLessThanOrEqual(scale / 2 + 1e-7);
+      if (v === 0) expect(back[n * K + k]).toBe(0);
     }
+    // 8-bit blocks keep their full range: an end value misses by at most the zero point's rounding (½ step)
+    if (bits === 8) expect(clipped).toBeLessThanOrEqual(0.5 + 1e-6);
   });
 });
 
@@ -103,8 +112,8 @@ describe('stories260K at int8 and int4 against fp32', () => {
     expect(new Set([fp32.info.cacheEntry, int8.info.cacheEntry, int4.info.cacheEntry]).size).toBe(3);
     expect(int8.weightBytes).toBeLessThan(fp32.weightBytes);
     expect(int4.weightBytes).toBeLessThan(int8.weightBytes);
-    expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128 }, accuracyLevel: 4 });
-    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32 } });
+    expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128 }, accuracyLevel: 0 }); // small model: exact compute
+    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32, embedHead: { bits: 8, blockSize: 128 } } });
   });
 
   // Tolerances: measured on these prompts, with ~2× margin. int8 moves a weight by at most 1/510 of its

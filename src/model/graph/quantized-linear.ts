@@ -14,6 +14,8 @@
 import type { GraphBuilder } from './graph-builder.js';
 
 export type WeightDType = 'fp32' | 'int8' | 'int4';
+/** Joins the cache key of quantised entries: bump it when quantizeMatrix's choices change. */
+export const QUANTIZER_VERSION = 'minmax-clip/1';
 export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'int8', 'int4'];
 export const DTYPE_BITS: Readonly<Record<Exclude<WeightDType, 'fp32'>, 4 | 8>> = { int8: 8, int4: 4 };
 
@@ -77,7 +79,8 @@ export function getPacked(bytes: Uint8Array, at: number, index: number, bits: 4 
 
 /**
  * Asymmetric min/max quantisation of W [N, K] (row-major, HF layout) per block of K. The block's range is
- * widened to include 0, so zeros (and the zero point) decode exactly; an all-zero block gets scale 1.
+ * widened to include 0, so zeros (and the zero point) decode exactly; an all-zero block gets scale 1. At 4
+ * bits the range may be narrowed (CLIP_SHRINKS) where that lowers the block's squared error.
  */
 export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>): QuantizedMatrix {
   const { bits, blockSize } = opts;
@@ -94,9 +97,19 @@ export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts
       let lo = 0;
       let hi = 0;
       for (let k = k0; k < k1; k++) { const v = w[row + k]!; if (v < lo) lo = v; if (v > hi) hi = v; }
-      const scale = hi > lo ? (hi - lo) / qmax : 1;
-      const zero = Math.min(qmax, Math.max(0, Math.round(-lo / scale)));
-      const scaleF = Math.fround(scale);
+      let scaleF = Math.fround(hi > lo ? (hi - lo) / qmax : 1);
+      let zero = Math.min(qmax, Math.max(0, Math.round(-lo / scaleF)));
+      if (bits === 4 && hi > lo) {
+        // 16 levels: clipping the block's extremes a little often lowers the squared error of the rest
+        // more than it costs the outliers, so try a few narrower ranges and keep the best.
+        let best = blockError(w, row + k0, row + k1, scaleF, zero, qmax);
+        for (const shrink of CLIP_SHRINKS) {
+          const s = Math.fround(((hi - lo) * shrink) / qmax);
+          const z = Math.min(qmax, Math.max(0, Math.round((-lo * shrink) / s)));
+          const e = blockError(w, row + k0, row + k1, s, z, qmax);
+          if (e < best) { best = e; scaleF = s; zero = z; }
+        }
+      }
       q.scales[n * nb + b] = scaleF;
       putPacked(q.zeroPoints, n * zpRow, b, bits, zero);
       const at = (n * nb + b) * blob;
@@ -108,6 +121,20 @@ export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts
     }
   }
   return q;
+}
+
+const CLIP_SHRINKS = [0.95, 0.9, 0.85, 0.8];
+
+/** Σ (w − dequant(quant(w)))² over w[from, to) for one scale and zero point. */
+function blockError(w: Float32Array, from: number, to: number, scale: number, zero: number, qmax: number): number {
+  let e = 0;
+  for (let i = from; i < to; i++) {
+    const v = w[i]!;
+    const code = Math.min(qmax, Math.max(0, Math.round(v / scale) + zero));
+    const d = (code - zero) * scale - v;
+    e += d * d;
+  }
+  return e;
 }
 
 /** Row `n` of the matrix back to float32 (embedding lookups; tests). */

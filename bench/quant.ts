@@ -1,0 +1,347 @@
+/**
+ * Weight formats: accuracy and speed of --dtype int8 / int4 against fp32. `npm run bench:quant`.
+ *
+ * Phases (each heavy one in its own child process, so memory figures are that process's alone):
+ *   small   stories260K (real weights) and icl-tiny (trained): next-token agreement over teacher-forced
+ *           positions, ARM P(Yes) Spearman for one criterion fitted at fp32 and scored at each dtype, and
+ *           icl-tiny ARM pair accuracy fitted and scored at each dtype (8 criteria).
+ *   qwen    the Qwen2.5-0.5B-shaped random checkpoint (bench/qwen-shape.ts): 256-token forward and 32-row
+ *           shared step at fp32/int8/int4 in interleaved rounds (median of per-round ratios), then agreement
+ *           over decoded positions.
+ *   7b      (unless --skip-7b) a Qwen2.5-7B-shaped random bf16 checkpoint written once into os.tmpdir()
+ *           (~15 GB; the bench checks free space first and deletes it at the end unless --keep-7b), built at
+ *           int4 in one child, then loaded from the cache in another that runs a 256-token forward and one
+ *           REINFORCE step (32 patch rows after a 255-token prefix) and reports its peak RSS.
+ * The last stdout line is one JSON object with the headline figures.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Decoder, type ForwardResult } from '../src/model/decoder.js';
+import type { WeightDType } from '../src/model/graph/quantized-linear.js';
+import { readExamples, type Example } from '../src/data/examples.js';
+import { fitActivationRM } from '../src/arm/fit.js';
+import { ActivationRM } from '../src/arm/rm.js';
+import { Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
+import { ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
+
+const SCRIPT = fileURLToPath(import.meta.url);
+const SHARED = path.resolve(path.dirname(SCRIPT), '../../shared');
+const STORIES = path.join(SHARED, 'models/stories260K');
+const ICL_TINY = path.join(SHARED, 'models/icl-tiny');
+const ICL_PAIRS = path.join(SHARED, 'data/icl-tiny/pairs.jsonl');
+const DTYPES: WeightDType[] = ['fp32', 'int8', 'int4'];
+const GOALS = { int8SpeedupVsFp32: 2.0, int8Top1Agreement: 0.99, int4Top1Agreement: 0.95, int8ScoreSpearman: 0.99, rss7bGiB: 8, rss7bOverQuantBytes: 1.3 };
+
+const QWEN_7B: HfConfig = {
+  model_type: 'qwen2', hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28, num_attention_heads: 28,
+  num_key_value_heads: 4, head_dim: 128, vocab_size: 152064, tie_word_embeddings: false, rope_theta: 1000000,
+  rms_norm_eps: 1e-6, max_position_embeddings: 4096,
+};
+const QWEN_7B_DIR = path.join(os.tmpdir(), 'arm-bench-ckpt-qwen2.5-7b-shape-bf16');
+
+const args = process.argv.slice(2);
+const flag = (name: string) => args.includes(name);
+const option = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+const threads = Number(option('--threads') ?? os.availableParallelism());
+const log = (s: string) => process.stderr.write(`${s}\n`);
+const seconds = (t0: number) => (performance.now() - t0) / 1000;
+const r = (x: number, digits = 3) => Number(x.toFixed(digits));
+
+// ---------------------------------------------------------------- measures
+
+/** Next-token agreement of `test` with `ref` over the same positions: rows of logits [n, V] with log Σ exp. */
+interface Positions { logits: Float32Array[]; logSumExp: number[]; heads: Float32Array[] }
+
+function agreement(ref: Positions, test: Positions) {
+  let top1 = 0, kl = 0, tapErr = 0, tapScale = 0;
+  for (let i = 0; i < ref.logits.length; i++) {
+    const p = ref.logits[i]!, q = test.logits[i]!;
+    if (argmax(p) === argmax(q)) top1++;
+    // KL(p_fp32 ‖ p_dtype) = Σ p (log p − log q), full vocabulary
+    let s = 0;
+    for (let v = 0; v < p.length; v++) {
+      const lp = p[v]! - ref.logSumExp[i]!, lq = q[v]! - test.logSumExp[i]!;
+      s += Math.exp(lp) * (lp - lq);
+    }
+    kl += s;
+    const a = ref.heads[i]!, b = test.heads[i]!;
+    for (let j = 0; j < a.length; j++) { tapErr = Math.max(tapErr, Math.abs(a[j]! - b[j]!)); tapScale = Math.max(tapScale, Math.abs(a[j]!)); }
+  }
+  const n = ref.logits.length;
+  return { positions: n, top1Agreement: r(top1 / n, 4), meanKL: Number((kl / n).toPrecision(3)), maxTapError: Number(tapErr.toPrecision(3)), maxTapErrorRel: Number((tapErr / tapScale).toPrecision(3)) };
+}
+
+const argmax = (x: Float32Array) => { let b = 0; for (let i = 1; i < x.length; i++) if (x[i]! > x[b]!) b = i; return b; };
+
+/** Teacher-forced positions of `seqs`: every prefix's next-token logits, via a KV cache (one token a step). */
+async function decodePositions(d: Decoder, seqs: number[][], maxPositions: number): Promise<Positions> {
+  const out: Positions = { logits: [], logSumExp: [], heads: [] };
+  const V = d.spec.vocabSize;
+  for (const seq of seqs) {
+    let kv = await d.prefill(seq.slice(0, 1));
+    for (let t = 1; t < seq.length && out.logits.length < maxPositions; t++) {
+      const step = await d.extend(kv, [seq[t]!]);
+      kv = step.kv;
+      const logits = step.logits.slice(0, V);
+      let m = -Infinity; for (const x of logits) m = Math.max(m, x);
+      let s = 0; for (const x of logits) s += Math.exp(x - m);
+      out.logits.push(logits); out.logSumExp.push(m + Math.log(s)); out.heads.push(step.heads.slice());
+    }
+  }
+  return out;
+}
+
+/** Spearman rank correlation (average ranks for ties). */
+function spearman(a: number[], b: number[]): number {
+  const rank = (x: number[]) => {
+    const order = x.map((v, i) => [v, i] as const).sort((p, q) => p[0] - q[0]);
+    const ranks = new Array<number>(x.length);
+    for (let i = 0; i < order.length;) {
+      let j = i; while (j + 1 < order.length && order[j + 1]![0] === order[i]![0]) j++;
+      for (let k = i; k <= j; k++) ranks[order[k]![1]] = (i + j) / 2;
+      i = j + 1;
+    }
+    return ranks;
+  };
+  const ra = rank(a), rb = rank(b);
+  const mean = (x: number[]) => x.reduce((s, v) => s + v, 0) / x.length;
+  const ma = mean(ra), mb = mean(rb);
+  let num = 0, da = 0, db = 0;
+  for (let i = 0; i < ra.length; i++) { num += (ra[i]! - ma) * (rb[i]! - mb); da += (ra[i]! - ma) ** 2; db += (rb[i]! - mb) ** 2; }
+  return num / Math.sqrt(da * db);
+}
+
+// ---------------------------------------------------------------- phase: small real models
+
+const STORY_TEXTS = [
+  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree.',
+  'Tom had a small dog called Max. Every morning they went for a walk to the lake. Max liked to chase the ducks, but the ducks always flew away.',
+  'The sun was shining and the birds were singing. Sara wanted to bake a cake for her mom. She took flour, eggs and sugar and mixed them in a big bowl.',
+  'There was a boy who did not like to share his toys. His sister was sad. Then he saw her cry and gave her his favorite car. They played together all day.',
+  'A little bear lived in the forest. He was hungry and looked for honey. He found a tree full of bees and asked them nicely for some honey.',
+];
+
+async function phaseSmall(cacheDir: string) {
+  const load = (dir: string, dtype: WeightDType) => Decoder.load(dir, { cacheDir, threads, dtype, quiet: true });
+  // stories260K: teacher-forced agreement over ~300 positions
+  const stories: Record<string, unknown> = {};
+  const sd = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(STORIES, t)] as const))) as Record<WeightDType, Decoder>;
+  const seqs = STORY_TEXTS.map((t) => sd.fp32.tokenizer.encode(t));
+  const pos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(sd[t], seqs, 400)] as const))) as Record<WeightDType, Positions>;
+  for (const t of ['int8', 'int4'] as const) stories[t] = { ...agreement(pos.fp32, pos[t]), weightBytes: sd[t].weightBytes };
+  stories.fp32 = { weightBytes: sd.fp32.weightBytes };
+
+  // icl-tiny: one criterion fitted at fp32, scored at each dtype (Spearman of P(Yes) over every item), and
+  // every criterion fitted and scored at each dtype (pair accuracy, ties wrong).
+  const all = readExamples(ICL_PAIRS).examples;
+  const subsets = [...new Set(all.map((e) => e.subset!))];
+  const id = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(ICL_TINY, t)] as const))) as Record<WeightDType, Decoder>;
+  const fitOpts = { templateText: '{prompt} {response}', seed: 1, batchSize: 32 } as const;
+  const split = (s: string) => { const ex = all.filter((e) => e.subset === s); return { train: ex.slice(0, 16), test: ex.slice(16) }; };
+  const rewards = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => scores.flatMap((x) => ('chosen' in x ? [x.chosen, x.rejected] : [x.reward]));
+  const correct = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => scores.filter((x) => 'chosen' in x && x.correct).length;
+
+  const spearmanBy: Record<string, Record<string, number>> = { int8: {}, int4: {} };
+  const accuracy: Record<string, number> = {};
+  const agreementIcl: Record<string, unknown> = {};
+  const items: Record<string, number> = {};
+  const tFit = performance.now();
+  const counts: Record<WeightDType, number> = { fp32: 0, int8: 0, int4: 0 };
+  let testPairs = 0;
+  for (const s of subsets) {
+    const { train, test } = split(s);
+    testPairs += test.length;
+    const fpFile = path.join(cacheDir, `icl-${s}-fp32.arm.safetensors`);
+    for (const t of DTYPES) {
+      const rm = await fitActivationRM(id[t], train, fitOpts);
+      if (t === 'fp32') rm.save(fpFile);
+      counts[t] += correct(await rm.scoreExamples(test));
+    }
+    // Same fp32 criterion file at each dtype (the mismatch warning is expected here)
+    const scored = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, rewards(await ActivationRM.load(id[t], fpFile, { warn: () => {} }).scoreExamples(test))] as const)));
+    for (const t of ['int8', 'int4'] as const) spearmanBy[t]![s] = r(spearman(scored.fp32!, scored[t]!), 4);
+    items[s] = scored.fp32!.length;
+  }
+  for (const t of DTYPES) accuracy[t] = r(counts[t] / testPairs, 4);
+  // Spearman over all items of all criteria pooled (each criterion's own fp32 file)
+  // is not meaningful across files; report the per-criterion median and minimum.
+  const spearmanSummary = Object.fromEntries((['int8', 'int4'] as const).map((t) => {
+    const v = Object.values(spearmanBy[t]!);
+    return [t, { median: r(median(v), 4), min: r(Math.min(...v), 4), perCriterion: spearmanBy[t] }];
+  }));
+  // Next-token agreement on icl-tiny too (its vocabulary is 64 tokens; rendered judge prompts)
+  const iclSeqs = all.slice(0, 40).map((e) => id.fp32.tokenizer.encode(`${e.prompt} ${e.kind === 'pair' ? e.chosen : ''} A: Yes |`));
+  const iclPos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(id[t], iclSeqs, 300)] as const))) as Record<WeightDType, Positions>;
+  for (const t of ['int8', 'int4'] as const) agreementIcl[t] = agreement(iclPos.fp32, iclPos[t]);
+  const fitS = seconds(tFit);
+  for (const d of [...Object.values(sd), ...Object.values(id)]) await d.dispose();
+  return { stories, icl: { testPairs, itemsPerCriterion: items, armAccuracy: accuracy, scoreSpearman: spearmanSummary, agreement: agreementIcl, seconds: r(fitS, 1) } };
+}
+
+// ---------------------------------------------------------------- phase: Qwen2.5-0.5B shape
+
+async function phaseQwen(cacheDir: string) {
+  const dir = ensureQwenShapeCheckpoint(log);
+  const d = {} as Record<WeightDType, Decoder>;
+  const loadS: Record<string, number> = {};
+  for (const t of DTYPES) {
+    const t0 = performance.now();
+    d[t] = await Decoder.load(dir, { cacheDir, threads, dtype: t, quiet: true });
+    loadS[t] = r(seconds(t0), 1);
+    log(`qwen shape ${t}: loaded in ${loadS[t]} s (built: ${d[t].info.built}), ${(d[t].weightBytes / 2 ** 20).toFixed(0)} MiB`);
+  }
+  const { numLayers: L, numHeads: H, headDim: hd, vocabSize: V } = d.fp32.spec;
+  const rng = new Rng(7);
+  const ids = Array.from({ length: 256 }, () => Math.floor(rng.uniform() * V));
+  const mask = Float32Array.from({ length: 32 * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
+  const values = Float32Array.from({ length: L * H * hd }, () => rng.normal());
+  const kv = {} as Record<WeightDType, Awaited<ReturnType<Decoder['prefill']>>>;
+  for (const t of DTYPES) { await d[t].forward([ids]); kv[t] = await d[t].prefill(ids.slice(0, -1)); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); }
+  const fwd: Record<string, number[]> = { fp32: [], int8: [], int4: [] };
+  const step: Record<string, number[]> = { fp32: [], int8: [], int4: [] };
+  const ROUNDS = 7;
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const t of DTYPES) {
+      let t0 = performance.now(); await d[t].forward([ids]); fwd[t]!.push(performance.now() - t0);
+      t0 = performance.now(); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); step[t]!.push(performance.now() - t0);
+    }
+    log(`qwen shape round ${round + 1}/${ROUNDS}: forward ${DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`);
+  }
+  const ratio = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]!));
+  const speed = {
+    forwardMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(fwd[t]!), 0)])),
+    stepSharedMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(step[t]!), 0)])),
+    forwardSpeedupVsFp32: { int8: r(ratio(fwd.fp32!, fwd.int8!), 2), int4: r(ratio(fwd.fp32!, fwd.int4!), 2) },
+    forwardSpeedupRange: { int8: [r(Math.min(...fwd.fp32!.map((x, i) => x / fwd.int8![i]!)), 2), r(Math.max(...fwd.fp32!.map((x, i) => x / fwd.int8![i]!)), 2)] },
+    stepSpeedupVsFp32: { int8: r(ratio(step.fp32!, step.int8!), 2), int4: r(ratio(step.fp32!, step.int4!), 2) },
+  };
+  // Agreement over 200 decoded positions of random token ids (random weights: logits are flat, so this is
+  // a harder test of top-1 than real text, where the top token usually stands out).
+  const seqs = [Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V)), Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V))];
+  const pos = {} as Record<WeightDType, Positions>;
+  for (const t of DTYPES) pos[t] = await decodePositions(d[t], seqs, 200);
+  const acc = { int8: agreement(pos.fp32, pos.int8), int4: agreement(pos.fp32, pos.int4) };
+  const bytes = Object.fromEntries(DTYPES.map((t) => [t, d[t].weightBytes]));
+  for (const t of DTYPES) await d[t].dispose();
+  return { speed, agreement: acc, weightBytes: bytes, loadS, maxRssMiB: r(process.resourceUsage().maxRSS / 1024, 0) };
+}
+
+// ---------------------------------------------------------------- phase: 7B shape at int4
+
+function write7b(): number {
+  const t0 = performance.now();
+  writeRandomCheckpoint(QWEN_7B_DIR, QWEN_7B, { seed: 0, dtype: 'BF16', std: 0.02, shards: 32 });
+  fs.writeFileSync(path.join(QWEN_7B_DIR, '.complete'), JSON.stringify({ config: QWEN_7B }));
+  return seconds(t0);
+}
+
+async function phase7bBuild(cacheDir: string) {
+  const t0 = performance.now();
+  const d = await Decoder.load(QWEN_7B_DIR, { cacheDir, threads, dtype: 'int4', quiet: true });
+  const out = { buildS: r(d.info.buildSeconds, 0), sessionS: r(d.info.loadSeconds, 0), totalS: r(seconds(t0), 0), weightBytes: d.weightBytes, buildMaxRssMiB: r(process.resourceUsage().maxRSS / 1024, 0) };
+  await d.dispose();
+  return out;
+}
+
+async function phase7bRun(cacheDir: string) {
+  const t0 = performance.now();
+  const d = await Decoder.load(QWEN_7B_DIR, { cacheDir, threads, dtype: 'int4', quiet: true });
+  const loadS = seconds(t0);
+  if (d.info.built) throw new Error('7b run: the int4 entry was not in the cache');
+  const { numLayers: L, numHeads: H, headDim: hd, vocabSize: V } = d.spec;
+  const rng = new Rng(3);
+  const ids = Array.from({ length: 256 }, () => Math.floor(rng.uniform() * V));
+  let t = performance.now();
+  await d.forward([ids]);
+  const forwardS = seconds(t);
+  t = performance.now();
+  const kv = await d.prefill(ids.slice(0, -1));
+  const prefillS = seconds(t);
+  const mask = Float32Array.from({ length: 32 * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
+  const values = Float32Array.from({ length: L * H * hd }, () => rng.normal());
+  const steps: number[] = [];
+  for (let i = 0; i < 3; i++) { t = performance.now(); await d.stepShared(kv, ids.at(-1)!, { mask, values }); steps.push(seconds(t)); }
+  const maxRss = process.resourceUsage().maxRSS * 1024;
+  const out = {
+    loadS: r(loadS, 1), forward256S: r(forwardS, 1), tokensPerS256: r(256 / forwardS, 1), prefill255S: r(prefillS, 1),
+    reinforceStepS: r(median(steps), 2), weightBytes: d.weightBytes, maxRssBytes: maxRss,
+  };
+  await d.dispose();
+  return out;
+}
+
+// ---------------------------------------------------------------- orchestration
+
+function child(mode: string, cacheDir: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [...process.execArgv, SCRIPT, '--child', mode, '--cache-dir', cacheDir, '--threads', String(threads)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (b: Buffer) => { out += b.toString(); });
+    p.on('exit', (code) => {
+      const line = out.trim().split('\n').at(-1) ?? '';
+      if (code !== 0 || !line.startsWith('{')) reject(new Error(`child ${mode} exited ${code}: ${out.slice(-500)}`));
+      else resolve(JSON.parse(line));
+    });
+  });
+}
+
+async function main() {
+  const mode = option('--child');
+  if (mode) {
+    const cacheDir = option('--cache-dir')!;
+    const result = mode === 'small' ? await phaseSmall(cacheDir) : mode === 'qwen' ? await phaseQwen(cacheDir)
+      : mode === '7b-write' ? { writeS: write7b() } : mode === '7b-build' ? await phase7bBuild(cacheDir) : await phase7bRun(cacheDir);
+    fs.writeSync(1, `${JSON.stringify(result)}\n`);
+    return;
+  }
+  const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-quant-cache-'));
+  const report: Record<string, unknown> = { machine: { cpu: os.cpus()[0]?.model, cores: os.availableParallelism(), threads, memGiB: r(os.totalmem() / 2 ** 30, 1), node: process.version }, date: new Date().toISOString() };
+  try {
+    if (!flag('--skip-small')) { log('phase small (stories260K, icl-tiny)…'); report.small = await child('small', cacheDir); log(JSON.stringify(report.small)); }
+    if (!flag('--skip-qwen')) { log('phase qwen (Qwen2.5-0.5B shape)…'); report.qwen = await child('qwen', cacheDir); log(JSON.stringify(report.qwen)); }
+    if (!flag('--skip-7b')) {
+      const free = fs.statfsSync(os.tmpdir());
+      const freeGiB = (free.bavail * free.bsize) / 2 ** 30;
+      const have = fs.existsSync(path.join(QWEN_7B_DIR, '.complete'));
+      if (!have && freeGiB < 15.3 + 6 + 5) {
+        report.sevenB = { skipped: `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}; the bf16 checkpoint (15.3 GB) and its int4 cache entry (~5 GB) need ~26` };
+      } else {
+        if (!have) { log(`writing the 7B-shaped bf16 checkpoint to ${QWEN_7B_DIR} (~15 GB)…`); report.sevenBWrite = await child('7b-write', cacheDir); }
+        log('building the 7B int4 cache entry…');
+        const build = await child('7b-build', cacheDir);
+        log(JSON.stringify(build));
+        log('loading it from the cache and running…');
+        const run = await child('7b-run', cacheDir);
+        report.sevenB = { build, run, rssGiB: r((run.maxRssBytes as number) / 2 ** 30, 2), rssOverQuantBytes: r((run.maxRssBytes as number) / (run.weightBytes as number), 2) };
+        if (!flag('--keep-7b')) fs.rmSync(QWEN_7B_DIR, { recursive: true, force: true });
+      }
+    }
+  } finally {
+    fs.rmSync(cacheDir, { recursive: true, force: true });
+  }
+  console.log(JSON.stringify(report, null, 1));
+  const small = report.small as Awaited<ReturnType<typeof phaseSmall>> | undefined;
+  const qwen = report.qwen as Awaited<ReturnType<typeof phaseQwen>> | undefined;
+  const seven = report.sevenB as { rssGiB?: number; rssOverQuantBytes?: number; run?: { tokensPerS256: number; reinforceStepS: number } } | undefined;
+  const headline = {
+    int8SpeedupVsFp32: qwen?.speed.forwardSpeedupVsFp32.int8,
+    int4SpeedupVsFp32: qwen?.speed.forwardSpeedupVsFp32.int4,
+    int8StepSpeedupVsFp32: qwen?.speed.stepSpeedupVsFp32.int8,
+    int8Top1Agreement: (small?.stories.int8 as { top1Agreement: number } | undefined)?.top1Agreement,
+    int4Top1Agreement: (small?.stories.int4 as { top1Agreement: number } | undefined)?.top1Agreement,
+    int8ScoreSpearman: (small?.icl.scoreSpearman.int8 as { median: number } | undefined)?.median,
+    int4ScoreSpearman: (small?.icl.scoreSpearman.int4 as { median: number } | undefined)?.median,
+    iclArmAccuracy: small?.icl.armAccuracy,
+    rss7bGiB: seven?.rssGiB ?? null,
+    rss7bOverQuantBytes: seven?.rssOverQuantBytes ?? null,
+    tokensPerS7b256: seven?.run?.tokensPerS256 ?? null,
+    reinforceStepS7b: seven?.run?.reinforceStepS ?? null,
+  };
+  log(`goals: ${Object.entries(GOALS).map(([k, g]) => `${k} ${(headline as Record<string, unknown>)[k]} (goal ${k.startsWith('rss') ? '≤' : '≥'} ${g})`).join('; ')}`);
+  console.log(JSON.stringify(headline));
+}
+
+await main();
