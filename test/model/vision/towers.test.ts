@@ -1,0 +1,203 @@
+/**
+ * Vision towers as ONNX graphs against transformers 5.17 on the hf-parity fixtures (../shared/fixtures/hf-parity,
+ * README there), fed HF's own pixel_values:
+ *  - Qwen2-VL, Qwen2.5-VL (window attention + a full-attention block), Qwen3-VL (interpolated learned
+ *    positions): the merged tokens equal `vision_tower_output.image0` (float64) within 1e-4 relative;
+ *  - LLaVA-OneVision: the fixture holds SigLIP's pooled output per tile, which the model does not use; the tower
+ *    built with its pooling head must match it (that checks patch embedding, positions, every encoder layer);
+ *    the projector on top is checked against a float64 reference computed here from the last hidden state
+ *    is not available from HF, so it is left to the end-to-end logits parity of the decoder wiring.
+ * Both weight spellings (transformers-5 `model.visual.*`/`model.vision_tower.*` and the older hub
+ * `visual.*`/`vision_tower.vision_model.*`) load, by renaming the fixture keys into a temporary checkpoint.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { SafetensorsCheckpoint, writeSafetensors } from '../../../src/model/checkpoint/safetensors.js';
+import { VisionTower } from '../../../src/model/vision-tower.js';
+import { qwenVisionFeeds } from '../../../src/model/graph/vision-qwen.js';
+import { visionSpecFromConfig, type QwenVisionSpec } from '../../../src/model/families/vision-spec.js';
+import { readReferenceTensors, type ReferenceTensor } from '../../helpers/safetensors-f64.js';
+
+const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');
+const present = fs.existsSync(path.join(FIXTURES, 'qwen2_5_vl-tiny'));
+const TOLERANCE = 1e-4;
+
+let cacheDir: string;
+beforeAll(() => { cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vision-')); });
+afterAll(() => { fs.rmSync(cacheDir, { recursive: true, force: true }); });
+
+/** max |a − b| / max |b|: relative to the reference's scale, so near-zero entries do not dominate. */
+function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  expect(ours.length).toBe(ref.length);
+  let diff = 0, scale = 0;
+  for (let i = 0; i < ref.length; i++) {
+    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
+    scale = Math.max(scale, Math.abs(ref[i]!));
+  }
+  return diff / scale;
+}
+
+function fixture(name: string) {
+  const dir = path.join(FIXTURES, name);
+  const tensors = readReferenceTensors(path.join(dir, 'tensors.safetensors'));
+  const processor = (JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as { processor: string }).processor;
+  const get = (key: string): ReferenceTensor => {
+    const t = tensors.get(key);
+    if (!t) throw new Error(`${name}: no reference tensor ${key}`);
+    return t;
+  };
+  return { dir, pixels: get(`${processor}.image0.pixel_values`), extra: (k: string) => get(`${processor}.image0.${k}`), expected: get('vision_tower_output.image0') };
+}
+
+/** A copy of a fixture checkpoint with every tensor name passed through `rename` (same bytes). */
+function renamedCheckpoint(srcDir: string, rename: (name: string) => string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vision-ckpt-'));
+  for (const f of fs.readdirSync(srcDir)) if (f.endsWith('.json')) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
+  const src = SafetensorsCheckpoint.open(srcDir);
+  try {
+    writeSafetensors(path.join(dir, 'model.safetensors'), src.names().map((n) => {
+      const info = src.info(n);
+      return { name: rename(n), shape: info.shape, dtype: info.dtype, bytes: new Uint8Array(src.readRaw(n)) };
+    }));
+  } finally {
+    src.close();
+  }
+  return dir;
+}
+
+describe.runIf(present).each(['qwen2_vl-tiny', 'qwen2_5_vl-tiny', 'qwen3_vl-tiny'])('Qwen vision tower parity: %s', (name) => {
+  it(`merged tokens match HF within ${TOLERANCE} relative`, async () => {
+    const f = fixture(name);
+    const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
+    const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
+    try {
+      const out = await tower.runQwen(Float32Array.from(f.pixels.values), grid);
+      expect(out.dims).toEqual(f.expected.shape);
+      const err = relativeError(out.embeddings, f.expected.values);
+      console.log(`${name}: vision tower max |diff| / max |ref| = ${err.toExponential(2)}`);
+      expect(err).toBeLessThan(TOLERANCE);
+      const spec = tower.spec as QwenVisionSpec;
+      expect(out.deepstack.length).toBe(spec.deepstackBlocks.length);
+      for (const ds of out.deepstack) {
+        expect(ds.length).toBe(out.embeddings.length);
+        expect(ds.every(Number.isFinite)).toBe(true);
+      }
+    } finally {
+      await tower.release();
+    }
+  });
+
+  it('loads the other weight spelling (model.visual.* ↔ visual.*) to the same output', async () => {
+    const f = fixture(name);
+    const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
+    const swap = (n: string) => n.startsWith('model.visual.') ? n.slice('model.'.length) : n.startsWith('visual.') ? `model.${n}` : n;
+    const dir = renamedCheckpoint(f.dir, swap);
+    try {
+      const tower = await VisionTower.load(dir, { cacheDir, threads: 1 });
+      try {
+        const original = fs.readFileSync(path.join(f.dir, 'model.safetensors')).includes('"model.visual.') ? 'model.visual.' : 'visual.';
+        expect(tower.info.prefix).toBe(original === 'visual.' ? 'model.visual.' : 'visual.');
+        const out = await tower.runQwen(Float32Array.from(f.pixels.values), grid);
+        expect(relativeError(out.embeddings, f.expected.values)).toBeLessThan(TOLERANCE);
+      } finally {
+        await tower.release();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.runIf(present)('LLaVA-OneVision vision tower (SigLIP + projector)', () => {
+  const name = 'llava_onevision-tiny';
+
+  it(`SigLIP's pooled output per tile matches HF within ${TOLERANCE} relative; projector features have the layout's shape`, async () => {
+    const f = fixture(name);
+    const [, tiles, C, S] = f.pixels.shape as [number, number, number, number];
+    const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1, pooledOutput: true });
+    try {
+      const out = await tower.runSiglip(Float32Array.from(f.pixels.values), tiles);
+      expect(C).toBe(3);
+      expect(out.pooled).toBeDefined();
+      const err = relativeError(out.pooled!, f.expected.values);
+      console.log(`${name}: pooled output max |diff| / max |ref| = ${err.toExponential(2)} (${tiles} tiles of ${S}×${S})`);
+      expect(err).toBeLessThan(TOLERANCE);
+      expect(out.dims).toEqual([tiles, (S / 14) ** 2, 64]);
+      expect(tower.imageNewline?.length).toBe(64);
+    } finally {
+      await tower.release();
+    }
+  });
+
+  it('without the pooling head (what the model runs) gives the same features; the hub spelling vision_tower.vision_model.* loads', async () => {
+    const f = fixture(name);
+    const tiles = f.pixels.shape[1]!;
+    const pixels = Float32Array.from(f.pixels.values);
+    const withHead = await VisionTower.load(f.dir, { cacheDir, threads: 1, pooledOutput: true });
+    const reference = (await withHead.runSiglip(pixels, tiles)).features;
+    await withHead.release();
+    const dirs = [
+      renamedCheckpoint(f.dir, (n) => n.replace(/^vision_tower\./, 'vision_tower.vision_model.')),
+      renamedCheckpoint(f.dir, (n) => n.replace(/^(vision_tower|multi_modal_projector|image_newline)/, 'model.$1')),
+    ];
+    try {
+      for (const [i, dir] of dirs.entries()) {
+        const tower = await VisionTower.load(dir, { cacheDir, threads: 1 });
+        try {
+          expect(tower.info.prefix).toBe(i === 0 ? 'vision_tower.vision_model.' : 'model.vision_tower.');
+          const out = await tower.runSiglip(pixels, tiles);
+          expect(out.pooled).toBeUndefined();
+          expect(relativeError(out.features, reference)).toBeLessThan(1e-6);
+          expect(tower.imageNewline?.length).toBe(64);
+        } finally {
+          await tower.release();
+        }
+      }
+    } finally {
+      for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
+
+describe.runIf(present)('Qwen vision feeds', () => {
+  const spec = (name: string) => visionSpecFromConfig(JSON.parse(fs.readFileSync(path.join(FIXTURES, name, 'config.json'), 'utf8'))) as QwenVisionSpec;
+
+  it('Qwen2.5-VL windows: every patch in exactly one window of whole merged units, as get_window_index groups them', () => {
+    const s = spec('qwen2_5_vl-tiny');              // window 56 px = 2×2 merged units of 2×2 patches
+    const f = qwenVisionFeeds(s, [1, 6, 10]);         // 3×5 merged units → windows of 2×2, 2×2, 2×1, 1×2, 1×2, 1×1
+    const w = f.window!;
+    expect(w.windows).toBe(6);
+    expect(w.windowLen).toBe(16);
+    const seen = new Set<number>();
+    for (let i = 0; i < w.windows * w.windowLen; i++) {
+      if (w.keyBias[i] === 0) {
+        const row = Number(w.gather[i]);
+        expect(seen.has(row)).toBe(false);
+        seen.add(row);
+        expect(Number(w.scatter[row])).toBe(i);
+      }
+    }
+    expect(seen.size).toBe(60);
+    // Window sizes in rows: 16, 16, 8, 8, 8, 4.
+    const sizes = Array.from({ length: w.windows }, (_, k) => w.keyBias.subarray(k * 16, (k + 1) * 16).filter((b) => b === 0).length);
+    expect(sizes).toEqual([16, 16, 8, 8, 8, 4]);
+  });
+
+  it('Qwen3-VL position interpolation: corners weigh 1 in total and a grid the size of the table picks its rows exactly', () => {
+    const s = spec('qwen3_vl-tiny');                // 64 learned positions = 8×8
+    const f = qwenVisionFeeds(s, [1, 8, 8]).posEmbed!;
+    for (let i = 0; i < 64; i++) {
+      const wsum = f.weight[4 * i]! + f.weight[4 * i + 1]! + f.weight[4 * i + 2]! + f.weight[4 * i + 3]!;
+      expect(wsum).toBeCloseTo(1, 6);
+    }
+    // Row 1 in merger order is patch (0, 1): table row 1 with weight 1.
+    expect(Number(f.index[4])).toBe(1);
+    expect(f.weight[4]).toBeCloseTo(1, 6);
+  });
+
+  it('refuses video grids (several temporal patches)', () => {
+    expect(() => qwenVisionFeeds(spec('qwen2_vl-tiny'), [2, 4, 4])).toThrow(/still images/);
+  });
+});
