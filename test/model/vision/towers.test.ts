@@ -20,6 +20,8 @@ import { SafetensorsCheckpoint, writeSafetensors } from '../../../src/model/chec
 import { VisionTower } from '../../../src/model/vision-tower.js';
 import { qwenVisionFeeds } from '../../../src/model/graph/vision-qwen.js';
 import { visionSpecFromConfig, type QwenVisionSpec } from '../../../src/model/families/vision-spec.js';
+import { decodeImage } from '../../../src/model/vision/image.js';
+import { loadImageProcessor } from '../../../src/model/vision/processor.js';
 import { readReferenceTensors, type ReferenceTensor } from '../../helpers/safetensors-f64.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');
@@ -234,5 +236,57 @@ describe.runIf(present)('Qwen vision feeds', () => {
 
   it('refuses video grids (several temporal patches)', () => {
     expect(() => qwenVisionFeeds(spec('qwen2_vl-tiny'), [2, 4, 4])).toThrow(/still images/);
+  });
+});
+
+describe.runIf(present)('VisionTower from the PNG, cache and refusals', () => {
+  it.each(['qwen2_5_vl-tiny', 'llava_onevision-tiny'])('%s: our preprocessing → run() equals the run on HF pixel_values; the second load reuses the cache', async (name) => {
+    const f = fixture(name);
+    const processor = loadImageProcessor(f.dir);
+    const image = processor.preprocess(await decodeImage(path.join(f.dir, 'image0.png')));
+    const first = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
+    await first.release();
+    const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
+    try {
+      expect(tower.info.built).toBe(false);
+      expect(tower.info.visionConfigHash).toMatch(/^[0-9a-f]{64}$/);
+      const ours = await tower.run(image);
+      const theirs = image.family === 'qwen-vl'
+        ? (await tower.runQwen(Float32Array.from(f.pixels.values), image.gridThw)).embeddings
+        : (await tower.runSiglip(Float32Array.from(f.pixels.values), f.pixels.shape[1]!)).features;
+      const got = ours.kind === 'qwen' ? ours.embeddings : ours.features;
+      expect(relativeError(got, theirs)).toBeLessThan(1e-6);
+      if (ours.kind === 'qwen') expect(ours.dims[0]).toBe(image.tokenCount);
+    } finally {
+      await tower.release();
+    }
+  });
+
+  it('refuses a checkpoint without vision weights, a mis-shaped tensor, and pixels that do not fit the grid', async () => {
+    const f = fixture('qwen2_vl-tiny');
+    const noVision = renamedCheckpoint(f.dir, (n) => n.replace(/^visual\./, 'vision.'));
+    const badShape = renamedCheckpoint(f.dir, (n) => n);
+    try {
+      await expect(VisionTower.load(noVision, { cacheDir, threads: 1 })).rejects.toThrow(/no vision tower weights \(looked for "model\.visual\.patch_embed\.proj\.weight", "visual\.patch_embed\.proj\.weight"\)/);
+      const config = JSON.parse(fs.readFileSync(path.join(badShape, 'config.json'), 'utf8')) as { vision_config: Record<string, unknown> };
+      config.vision_config['hidden_size'] = 48; // the merger's output width
+      fs.writeFileSync(path.join(badShape, 'config.json'), JSON.stringify(config));
+      await expect(VisionTower.load(badShape, { cacheDir, threads: 1 })).rejects.toThrow(/tensor "visual\.merger\.mlp\.2\.weight" has shape \[64,128\] but config\.json implies \[48,128\]/);
+    } finally {
+      fs.rmSync(noVision, { recursive: true, force: true });
+      fs.rmSync(badShape, { recursive: true, force: true });
+    }
+    const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
+    try {
+      await expect(tower.runQwen(new Float32Array(10), [1, 4, 6])).rejects.toThrow(/pixel_values holds 10 values; grid 1×4×6/);
+      await expect(tower.runSiglip(new Float32Array(10), 1)).rejects.toThrow(/takes a patch grid, not tiles/);
+    } finally {
+      await tower.release();
+    }
+  });
+
+  it('refuses a text-only config', () => {
+    expect(() => visionSpecFromConfig({ model_type: 'qwen2' })).toThrow(/"vision_config" is missing/);
+    expect(() => visionSpecFromConfig({ model_type: 'mllama', vision_config: {} })).toThrow(/no supported vision tower/);
   });
 });
