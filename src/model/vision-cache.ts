@@ -5,6 +5,7 @@
  * killed build leaves nothing half-written.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ModelError } from './errors.js';
@@ -16,6 +17,14 @@ import type { VisionWeightSource } from './graph/vision-ops.js';
 export const VISION_MODEL_FILE = 'vision.onnx';
 export const VISION_DATA_FILE = 'vision-weights.bin';
 const ALIGN = 4096; // page-aligned offsets let onnxruntime map the weights instead of copying them
+
+/**
+ * The cache root, by export.ts's rule (ARM_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /activation-rm); kept
+ * here so loading a vision tower does not pull in the decoder exporter.
+ */
+export function defaultVisionCacheDir(): string {
+  return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
+}
 
 /** sha256 over the checkpoint files' names and full contents (per-file hashes memoised in `memoDir`). */
 export function checkpointFingerprint(files: readonly string[], memoDir: string): string {

@@ -13,9 +13,8 @@ import fs from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import { defaultCacheDir } from './export.js';
 import { visionSpecFromConfig, visionSpecHash, type QwenVisionSpec, type SiglipVisionSpec, type VisionSpec } from './families/vision-spec.js';
-import { checkpointFingerprint, ensureCachedVisionModel, VISION_MODEL_FILE, visionCacheKey } from './vision-cache.js';
+import { checkpointFingerprint, defaultVisionCacheDir, ensureCachedVisionModel, VISION_MODEL_FILE, visionCacheKey } from './vision-cache.js';
 import { emitQwenVisionGraph, QWEN_VISION_GRAPH_VERSION, QWEN_VISION_PREFIXES, qwenVisionExpectedShapes, qwenVisionFeeds, qwenVisionWeightSources } from './graph/vision-qwen.js';
 import {
   emitSiglipVisionGraph, LLAVA_IMAGE_NEWLINE, LLAVA_PROJECTOR_PREFIXES, SIGLIP_VISION_GRAPH_VERSION, SIGLIP_VISION_PREFIXES,
@@ -72,7 +71,7 @@ export class VisionTower {
       throw new ModelError(`${configPath}: cannot read as JSON (${(e as Error).message})`);
     }
     const spec = visionSpecFromConfig(config, configPath);
-    const cacheDir = opts.cacheDir ?? defaultCacheDir();
+    const cacheDir = opts.cacheDir ?? defaultVisionCacheDir();
     const pooled = spec.kind === 'siglip' && opts.pooledOutput === true;
     const ckpt = SafetensorsCheckpoint.open(modelDir);
     let entry: { dir: string; built: boolean };
