@@ -132,7 +132,7 @@ export function qwenVisionExpectedShapes(spec: QwenVisionSpec, prefix: string): 
 export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuilder, name: string) => string): GraphBuilder {
   const g = new GraphBuilder(18);
   const o: VisionOps = visionOps(g, weight);
-  const { i64, f32 } = o;
+  const { i64 } = o;
   const { hiddenSize: D, numHeads: H, headDim: d, outHiddenSize: O } = spec;
   const mergedWidth = spec.mergeSize * spec.mergeSize * D;
   const K = spec.inChannels * spec.temporalPatchSize * spec.patchSize * spec.patchSize;
