@@ -28,7 +28,9 @@
  *   blocks.{l}.ln1 / ln2           [B, S, D]
  *   blocks.{l}.attn.q              [B, H, S, d]   after q_norm and RoPE
  *   blocks.{l}.attn.k / v          [B, KV, S, d]  (= new.{l}.key / value)
- *   blocks.{l}.attn.pattern        [B, KV, g·S, P+S]  softmax probabilities, g = H / KV
+ *   blocks.{l}.attn.pattern.{form}.{c}  [B, KV, g, C_c, T_c]  softmax probabilities of query chunk c, g = H / KV: positions
+                                 s_c..s_{c+1}−1 over keys up to the chunk's last one (form noPast: T_c = s_{c+1}, used when
+                                 P = 0; withPast: T_c = P + s_{c+1}); the other form's chunks are empty (ATTENTION_QUERY_CHUNKS)
  *   blocks.{l}.attn.z              [B, S, H·d]    per-head attention output, the o_proj input
  *   blocks.{l}.attn.z_last         [B, H, d]      its last position (hook_z at the read/patch site)
  *   blocks.{l}.attn.z_last_patched [B, H, d]
@@ -91,10 +93,19 @@ export function headChunks(spec: ModelSpec, chunkBytes = HEAD_CHUNK_BYTES): [num
   return out;
 }
 
-export const GRAPH_VERSION = 'decoder-graph/6';
+export const GRAPH_VERSION = 'decoder-graph/7';
+
+/**
+ * Causal attention runs in this many query chunks (a static count, so the graph stays one graph for every S):
+ * chunk c of the S new positions skips the keys after its last position, which its queries mask anyway. N
+ * chunks compute (N+1)/2N of the S×T scores, and the largest score tensor is 1/N of the whole.
+ */
+export const ATTENTION_QUERY_CHUNKS = 4;
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
-export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES, quantized?: QuantizedWeights): GraphBuilder {
+export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES, quantized?: QuantizedWeights,
+  attention: { queryChunks?: number } = {}): GraphBuilder {
+  const queryChunks = attention.queryChunks ?? ATTENTION_QUERY_CHUNKS; // 1: one S×T score block per layer (tests compare)
   const g = new GraphBuilder(18);
   const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = spec;
   const group = H / KV;
@@ -123,10 +134,17 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   const causal = g.op('LessOrEqual', [keyIdx, queryIdx]);                                              // [S,T]
   const valid = g.op('Unsqueeze', [g.op('Cast', [attnMask], { to: 9 }), i64([1, 2, 3])]);              // [B,1,1,1,T]
   // One additive mask per attention kind in use; a sliding layer also hides keys ≥ window positions back
-  // (transformers: kv_idx > q_idx − sliding_window).
+  // (transformers: kv_idx > q_idx − sliding_window), counted in token positions, not tensor indices: after a
+  // past, a left-padded row's tokens sit (padding) indices after their positions.
+  const slidingAllowed = () => {
+    const batchPast = g.op('Concat', [g.op('Shape', [inputsEmbeds], { start: 0, end: 1 }), g.op('Unsqueeze', [pastLen, i64([0])])], { axis: 0 }); // [B,P]
+    const pastPos = g.op('Expand', [g.op('Unsqueeze', [g.op('Range', [g.intConst([0], []), pastLen, g.intConst([1], [])]), i64([0])]), batchPast]);
+    const keyPos = g.op('Unsqueeze', [g.op('Concat', [pastPos, positionIds], { axis: 1 }), i64([1, 2, 3])]);          // [B,1,1,1,T]
+    const queryPos = g.op('Unsqueeze', [positionIds, i64([1, 2, 4])]);                                               // [B,1,1,S,1]
+    return g.op('And', [causal, g.op('Greater', [keyPos, g.op('Sub', [queryPos, g.intConst([spec.slidingWindow!], [])])])]);
+  };
   const maskBiasFor = (type: LayerType): string => {
-    const allowed = type === 'full' || spec.slidingWindow === null ? causal
-      : g.op('And', [causal, g.op('Greater', [keyIdx, g.op('Sub', [queryIdx, g.intConst([spec.slidingWindow], [])])])]);
+    const allowed = type === 'full' || spec.slidingWindow === null ? causal : slidingAllowed();
     const name = type === 'sliding' && spec.layerTypes.includes('full') ? 'mask_bias.sliding' : 'mask_bias';
     return g.op('Where', [g.op('And', [valid, allowed]), f32(0), f32(MASKED)], {}, name);            // [B,1,1,S,T]
   };
@@ -185,7 +203,17 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   // ---- blocks ----
   let resid = inputsEmbeds;                                                                            // [B,S,D]
   const headTaps: string[] = [];
-  const groupedShape = g.op('Concat', [i64([0, 0, group, -1]), g.op('Unsqueeze', [total, i64([0])])], { axis: 0 }); // [0,0,g,-1,T]
+  // Query chunks for causal attention: a chunk of new positions [s_c, s_{c+1}) reads only keys up to P + s_{c+1}
+  // (those after its last query are masked for all of it). Two forms, of which one gets every query at run time
+  // and the other none (empty tensors cost nothing): without a past (P = 0: forward, prefill) the keys are the new
+  // ones alone; with a past (extend, shared-prefix steps) the batch-1 past is broadcast by MatMul rather than
+  // copied B times, and its scores are concatenated with the new ones'.
+  const seq1 = g.op('Unsqueeze', [seq, i64([0])]);                                                      // [1] = S
+  const past1 = g.op('Unsqueeze', [pastLen, i64([0])]);                                                 // [1] = P
+  const noPastQueries = g.op('Mul', [seq1, g.op('Cast', [g.op('Equal', [past1, i64([0])])], { to: 7 })]); // [1] = S if P = 0 else 0
+  const chunkBounds = (lo: string, hi: string) => Array.from({ length: queryChunks + 1 }, (_, c) => c === 0 ? lo
+    : c === queryChunks ? hi : g.op('Add', [lo, g.op('Div', [g.op('Mul', [g.op('Sub', [hi, lo]), i64([c])]), i64([queryChunks])])]));
+  const chunkStarts = { noPast: chunkBounds(i64([0]), noPastQueries), withPast: chunkBounds(noPastQueries, seq1) }; // s_c
   for (let l = 0; l < L; l++) {
     const p = `blocks.${l}`;
     const ropeTable = spec.layerTypes[l] === 'sliding' ? slidingRope : globalRope;
@@ -206,17 +234,34 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     g.output(`new.${l}.key`, 'FLOAT', ['batch', KV, 'seq', d]);
     g.output(`new.${l}.value`, 'FLOAT', ['batch', KV, 'seq', d]);
 
-    // Query heads grouped by their KV head: [B,KV,g·S,d]; head h reads KV head floor(h/g), as repeat_kv.
-    const qg = g.op('Reshape', [g.op('Mul', [q, f32(spec.attnScale)]), i64([0, KV, -1, d])]);
-    const scoresPast = g.op('MatMul', [qg, g.op('Transpose', [past[l]!.key], { perm: [0, 1, 3, 2] })]);  // [B,KV,gS,P]
-    const scoresNew = g.op('MatMul', [qg, g.op('Transpose', [k], { perm: [0, 1, 3, 2] })]);              // [B,KV,gS,S]
-    const rawScores = g.op('Concat', [scoresPast, scoresNew], { axis: -1 });                             // [B,KV,gS,T]
-    const scores = spec.attnSoftcap === null ? rawScores : softcap(rawScores, spec.attnSoftcap);         // capped before the mask
-    const masked = g.op('Add', [g.op('Reshape', [scores, groupedShape]), maskBias.get(spec.layerTypes[l]!)!]); // [B,KV,g,S,T]
-    const probs = g.op('Reshape', [g.op('Softmax', [masked], { axis: -1 }), g.op('Shape', [scores])], {}, `${p}.attn.pattern`);
-    const probsPast = g.op('Slice', [probs, i64([0]), g.op('Unsqueeze', [pastLen, i64([0])]), i64([3])]);
-    const probsNew = g.op('Slice', [probs, g.op('Unsqueeze', [pastLen, i64([0])]), i64([INT64_MAX]), i64([3])]);
-    const mixed = g.op('Add', [g.op('MatMul', [probsPast, past[l]!.value]), g.op('MatMul', [probsNew, v])]); // [B,KV,gS,d]
+    // Query heads grouped by their KV head: [B,KV,g,S,d]; head h = kv·g + j reads KV head kv, as repeat_kv.
+    const qg = g.op('Reshape', [g.op('Mul', [q, f32(spec.attnScale)]), i64([0, KV, group, -1, d])]);
+    const newKeysT = g.op('Unsqueeze', [g.op('Transpose', [k], { perm: [0, 1, 3, 2] }), i64([2])]);       // [B,KV,1,d,S]
+    const newValues = g.op('Unsqueeze', [v, i64([2])]);                                                 // [B,KV,1,S,d]
+    const pastKeysT = g.op('Unsqueeze', [g.op('Transpose', [past[l]!.key], { perm: [0, 1, 3, 2] }), i64([2])]); // [1,KV,1,d,P]
+    const pastValues = g.op('Unsqueeze', [past[l]!.value, i64([2])]);                                   // [1,KV,1,P,d]
+    const bias = maskBias.get(spec.layerTypes[l]!)!;                                                   // [B,1,1,S,T]
+    const chunks: string[] = [];
+    for (const form of ['noPast', 'withPast'] as const) {
+      const bounds = chunkStarts[form];
+      for (let c = 0; c < queryChunks; c++) {
+        const [s0, s1] = [bounds[c]!, bounds[c + 1]!];
+        const qc = g.op('Slice', [qg, s0, s1, i64([3])]);                                              // [B,KV,g,C,d]
+        const scoresNew = g.op('MatMul', [qc, g.op('Slice', [newKeysT, i64([0]), s1, i64([4])])]);     // [B,KV,g,C,s1]
+        const raw = form === 'noPast' ? scoresNew
+          : g.op('Concat', [g.op('MatMul', [qc, pastKeysT]), scoresNew], { axis: -1 });                 // [B,KV,g,C,P+s1]
+        const scores = spec.attnSoftcap === null ? raw : softcap(raw, spec.attnSoftcap);                // capped before the mask
+        const keyEnd = g.op('Add', [past1, s1]);
+        const maskStart = form === 'noPast' ? past1 : i64([0]);                                         // P = 0 wherever noPast has queries
+        const maskC = g.op('Slice', [bias, g.op('Concat', [s0, maskStart], { axis: 0 }), g.op('Concat', [s1, keyEnd], { axis: 0 }), i64([3, 4])]);
+        const probs = g.op('Softmax', [g.op('Add', [scores, maskC])], { axis: -1 }, `${p}.attn.pattern.${form}.${c}`);
+        const newPart = (x: string) => g.op('MatMul', [x, g.op('Slice', [newValues, i64([0]), s1, i64([3])])]);
+        chunks.push(form === 'noPast' ? newPart(probs) : g.op('Add', [                                  // [B,KV,g,C,d]
+          g.op('MatMul', [g.op('Slice', [probs, i64([0]), past1, i64([4])]), pastValues]),
+          newPart(g.op('Slice', [probs, past1, i64([INT64_MAX]), i64([4])]))]));
+      }
+    }
+    const mixed = chunks.length === 1 ? chunks[0]! : g.op('Concat', chunks, { axis: 3 });             // [B,KV,g,S,d]
     const perHead = g.op('Transpose', [g.op('Reshape', [mixed, i64([0, H, -1, d])])], { perm: [0, 2, 1, 3] }); // [B,S,H,d]
     const z = g.op('Reshape', [perHead, i64([0, 0, H * d])], {}, `${p}.attn.z`);                         // [B,S,H·d]
 
