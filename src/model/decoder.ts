@@ -14,7 +14,8 @@ import { resolveModelDir } from './checkpoint/hub.js';
 import { contentSha256 } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
 import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import { specFromConfig, type ModelSpec } from './families/spec.js';
+import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec } from './families/spec.js';
+import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig, type PrequantScheme } from './checkpoint/awq-gptq.js';
 import { resolveWeightFormat } from './weight-format.js';
@@ -59,7 +60,30 @@ export interface KvCache {
   length: number;          // P
   keys: Float32Array[];
   values: Float32Array[];
+  /**
+   * M-RoPE `rope_deltas` of the prefix: an image spreads its tokens' positions over height and width, so the
+   * token at index i ≥ P after it has position i + delta (on all three rows). Absent: 0.
+   */
+  positionDelta?: number;
 }
+
+/**
+ * One image's features placed in a prompt (image-text checkpoints): the row's ids `start … start + n − 1` are the
+ * image's expanded placeholders, and their inputs_embeds rows become `embeds` instead of embedding-table rows.
+ */
+export interface ImageEmbeds {
+  /** Index of the image's first placeholder among the row's ids (for `extend`: among the new ids). */
+  start: number;
+  /** [n, D] */
+  embeds: Float32Array;
+  /** M-RoPE families: the image's token grid [t, h, w] after the spatial merge (t·h·w = n), which spreads its positions. */
+  grid?: readonly [number, number, number];
+  /** Qwen3-VL: one [n, D] per DeepStack layer, added to these rows after that layer. */
+  deepstack?: readonly Float32Array[];
+}
+
+/** Per row of a batch: its images in order (undefined or empty: text only). */
+export type RowImages = readonly (readonly ImageEmbeds[] | undefined)[];
 
 export interface LoadInfo {
   modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string;
@@ -94,7 +118,12 @@ export class Decoder {
     const spec = specFromConfig(config, configPath);
     // Without tokenizer.json the model still runs on token ids; text asks for the tokenizer and fails then.
     const tokenizer = fs.existsSync(path.join(modelDir, 'tokenizer.json')) ? await Tokenizer.load(modelDir) : null;
-    const ckpt = SafetensorsCheckpoint.open(modelDir);
+    let ckpt = SafetensorsCheckpoint.open(modelDir);
+    if (spec.imageText) {
+      // The language model of an image-text checkpoint, read under text names; the vision tower is VisionTower's.
+      const spelling = languageModelSpelling(spec, ckpt.names(), modelDir);
+      ckpt = ckpt.renamed((stored) => textWeightName(spelling, stored));
+    }
     let entry: { dir: string; built: boolean };
     let fingerprint: string;
     let prequant: PrequantScheme | null;
@@ -145,22 +174,26 @@ export class Decoder {
    * Runs rows of token ids (each its own sequence, any lengths) as one left-padded batch, with no past.
    * Padding never changes a row's result: masked keys, positions counted from each row's first token.
    */
-  async forward(rows: number[][], patch?: HeadPatch): Promise<ForwardResult> {
-    const r = await this.run(rows, emptyKv(this.spec), patch, false);
+  async forward(rows: number[][], patch?: HeadPatch, opts: { images?: RowImages } = {}): Promise<ForwardResult> {
+    const r = await this.run(rows, emptyKv(this.spec), patch, false, opts.images);
     return { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
   }
 
   /** Runs `ids` after `past` (batch 1) and returns the cache extended by them, with the last logits. */
-  async extend(past: KvCache, ids: number[]): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
+  async extend(past: KvCache, ids: number[], opts: { images?: readonly ImageEmbeds[] } = {}): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
     if (ids.length === 0) throw new ModelError('extend: no tokens to add');
-    const r = await this.run([ids], past, undefined, true);
+    const r = await this.run([ids], past, undefined, true, opts.images ? [opts.images] : undefined);
     const kv = appendKv(this.spec, past, r.newKeys!, r.newValues!, ids.length);
+    if (r.positionDeltas[0] !== 0) kv.positionDelta = r.positionDeltas[0];
     return { kv, logits: r.logits, heads: r.heads };
   }
 
-  /** The KV cache of a prefix (e.g. a prompt without its last token). */
-  async prefill(prefixIds: number[]): Promise<KvCache> {
-    return (await this.extend(emptyKv(this.spec), prefixIds)).kv;
+  /**
+   * The KV cache of a prefix (e.g. a prompt without its last token). With `images` (their placeholders in the
+   * prefix) the image lives in the cache: steps after it (stepShared, forwardShared, extend) need no image.
+   */
+  async prefill(prefixIds: number[], opts: { images?: readonly ImageEmbeds[] } = {}): Promise<KvCache> {
+    return (await this.extend(emptyKv(this.spec), prefixIds, opts)).kv;
   }
 
   /**
@@ -184,12 +217,12 @@ export class Decoder {
   }
 
   /** Greedy decoding with a KV cache. Stops at `maxNewTokens` or at a stop token (default: the EOS ids). */
-  async generate(promptIds: number[], opts: { maxNewTokens?: number; stopTokens?: number[]; onToken?: (id: number) => void } = {}): Promise<number[]> {
+  async generate(promptIds: number[], opts: { maxNewTokens?: number; stopTokens?: number[]; onToken?: (id: number) => void; images?: readonly ImageEmbeds[] } = {}): Promise<number[]> {
     const max = opts.maxNewTokens ?? 64;
     const stop = new Set(opts.stopTokens ?? this.spec.eosTokenIds);
     if (promptIds.length + max > this.spec.maxPositions) throw new ModelError(`generate: ${promptIds.length} prompt + ${max} new tokens exceed the model's ${this.spec.maxPositions} positions`);
     const out: number[] = [];
-    let { kv, logits } = await this.extend(emptyKv(this.spec), promptIds);
+    let { kv, logits } = await this.extend(emptyKv(this.spec), promptIds, { images: opts.images });
     for (let i = 0; i < max; i++) {
       const next = argmax(logits);
       out.push(next);
@@ -216,7 +249,7 @@ export class Decoder {
     await this.session.release();
   }
 
-  private async run(rows: number[][], past: KvCache, patch: HeadPatch | undefined, wantKv: boolean) {
+  private async run(rows: number[][], past: KvCache, patch: HeadPatch | undefined, wantKv: boolean, images?: RowImages) {
     if (this.disposed) throw new ModelError('the decoder was disposed');
     const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = this.spec;
     const B = rows.length;
@@ -228,7 +261,7 @@ export class Decoder {
     const D = this.spec.hiddenSize;
     const embeds = new Float32Array(B * S * D); // padding positions stay zero (masked anyway)
     const mask = new BigInt64Array(B * (P + S));
-    const positions = new BigInt64Array(B * S);
+    if (images && images.length !== B) throw new ModelError(`forward: images are given for ${images.length} rows, the batch has ${B}`);
     rows.forEach((row, b) => {
       for (const t of row) if (!Number.isInteger(t) || t < 0 || t >= V) throw new ModelError(`token id ${t} is outside the vocabulary (0..${V - 1})`);
       const offset = S - row.length;
@@ -237,20 +270,22 @@ export class Decoder {
         const real = s >= offset;
         if (real) this.embeddings.row(row[s - offset]!, embeds, (b * S + s) * D, this.spec.embedScale);
         mask[b * (P + S) + P + s] = real ? 1n : 0n;
-        positions[b * S + s] = BigInt(real ? P + s - offset : 0);
       }
     });
+    const position = this.positionIds(rows, S, past, images);
+    const deepstack = this.placeImages(rows, S, embeds, images);
     if (patch && patch.mask.length !== B * L * H) throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
     if (patch && patch.values.length !== L * H * d) throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
     if (patch) assertFinite(patch.values, (i) => `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`);
     const feeds: Record<string, ort.Tensor> = {
       inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
       attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
-      position_ids: new ort.Tensor('int64', positions, [B, S]),
+      position_ids: new ort.Tensor('int64', position.ids, position.dims),
       patch_mask: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
       patch_values: new ort.Tensor('float32', patch?.values ?? new Float32Array(L * H * d), [L, H, d]),
       patch_replace: new ort.Tensor('float32', Float32Array.of(patch?.mode === 'add' ? 0 : 1), []),
     };
+    if (deepstack) feeds.deepstack_embeds = new ort.Tensor('float32', deepstack.data, deepstack.dims);
     for (let l = 0; l < L; l++) {
       feeds[`past.${l}.key`] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
       feeds[`past.${l}.value`] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
@@ -265,12 +300,70 @@ export class Decoder {
       logits: data('logits'), logSumExp: data('logsumexp'), heads: data('heads'),
       newKeys: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
       newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
+      positionDeltas: position.deltas,
     };
     for (const t of Object.values(out)) t.dispose();
     // NaN/Inf logits would otherwise surface as "0 heads selected" or null scores with exit code 0.
     assertFinite(result.logSumExp, (b) => `${this.info.modelDir}: the model produced non-finite logits (row ${b} of ${B}, ${rows[b]!.length} tokens); ` +
       'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)');
     return result;
+  }
+
+  /**
+   * Position ids of a left-padded batch after `past`: [B, S], or [3, B, S] for M-RoPE (temporal, height, width:
+   * text advances all three, an image's tokens share the temporal index and spread over its grid, HF's
+   * get_rope_index). A row's first token sits at position P + the prefix's delta. Returns each row's delta after it.
+   */
+  private positionIds(rows: number[][], S: number, past: KvCache, images: RowImages | undefined): { ids: BigInt64Array; dims: number[]; deltas: number[] } {
+    const B = rows.length, P = past.length, delta = past.positionDelta ?? 0;
+    const mrope = this.spec.imageText?.mropeRows ? 3 : 0;
+    const ids = new BigInt64Array(Math.max(mrope, 1) * B * S); // padding positions: 0 (masked anyway)
+    const deltas = rows.map((row, b) => {
+      const offset = S - row.length;
+      if (!mrope) {
+        for (let s = 0; s < row.length; s++) ids[b * S + offset + s] = BigInt(P + delta + s);
+        return delta;
+      }
+      const placed = (images?.[b] ?? []).map((img, i) => {
+        if (!img.grid) throw new ModelError(`image ${i} of row ${b}: M-RoPE needs the image's token grid (ImageEmbeds.grid)`);
+        return { span: { start: img.start, length: img.embeds.length / this.spec.hiddenSize }, gridThw: img.grid };
+      });
+      const local = mropePositionIds(row.length, placed, 1); // grids are already merged
+      const n = row.length;
+      for (let r = 0; r < 3; r++) for (let s = 0; s < n; s++) ids[(r * B + b) * S + offset + s] = BigInt(P + delta + local.positions[r * n + s]!);
+      return delta + local.delta;
+    });
+    return { ids, dims: mrope ? [3, B, S] : [B, S], deltas };
+  }
+
+  /**
+   * Writes each image's features over its placeholder rows of `embeds` [B, S, D]; returns the DeepStack input
+   * [k, B, S, D] for Qwen3-VL (zeros but at image rows), or a broadcast zero [k, 1, 1, D] when no row has an image.
+   */
+  private placeImages(rows: number[][], S: number, embeds: Float32Array, images: RowImages | undefined): { data: Float32Array; dims: number[] } | null {
+    const D = this.spec.hiddenSize, B = rows.length;
+    const k = this.spec.imageText?.deepstackLayers ?? 0;
+    const any = images?.some((r) => r && r.length > 0) ?? false;
+    if (any && !this.spec.imageText) throw new ModelError(`${this.info.modelDir}: images were given, but this is a text-only checkpoint`);
+    const deepstack = k > 0 ? (any ? { data: new Float32Array(k * B * S * D), dims: [k, B, S, D] } : { data: new Float32Array(k * D), dims: [k, 1, 1, D] }) : null;
+    if (!any) return deepstack;
+    rows.forEach((row, b) => {
+      const offset = S - row.length;
+      (images![b] ?? []).forEach((img, i) => {
+        const n = img.embeds.length / D;
+        if (!Number.isInteger(n) || n < 1) throw new ModelError(`image ${i} of row ${b}: ${img.embeds.length} feature values are not whole rows of the hidden size ${D}`);
+        if (!Number.isInteger(img.start) || img.start < 0 || img.start + n > row.length) {
+          throw new ModelError(`image ${i} of row ${b}: its ${n} rows from index ${img.start} do not fit the row's ${row.length} tokens`);
+        }
+        embeds.set(img.embeds, (b * S + offset + img.start) * D);
+        if (!deepstack) return;
+        if (!img.deepstack || img.deepstack.length !== k || img.deepstack.some((f) => f.length !== img.embeds.length)) {
+          throw new ModelError(`image ${i} of row ${b}: this model adds ${k} DeepStack feature sets of [${n}, ${D}] (ImageEmbeds.deepstack)`);
+        }
+        img.deepstack.forEach((f, j) => deepstack.data.set(f, ((j * B + b) * S + offset + img.start) * D));
+      });
+    });
+    return deepstack;
   }
 }
 

@@ -130,6 +130,22 @@ export class SafetensorsCheckpoint {
     return new Int32Array(raw.buffer, raw.byteOffset, raw.length / 4);
   }
 
+  /**
+   * The same tensors under other names: `rename(stored)` gives the name a tensor is read by, or null to hide it
+   * (e.g. an image-text checkpoint's language model seen under text-model names). Shares the open files, so
+   * close only one of the two.
+   */
+  renamed(rename: (stored: string) => string | null): SafetensorsCheckpoint {
+    const tensors = new Map<string, TensorInfo & { fd: number }>();
+    for (const [stored, t] of this.tensors) {
+      const name = rename(stored);
+      if (name === null) continue;
+      if (tensors.has(name)) throw new ModelError(`${t.file}: tensors "${stored}" and another both read as "${name}"`);
+      tensors.set(name, t);
+    }
+    return new SafetensorsCheckpoint(this.dir, this.shards, tensors, this.metadata);
+  }
+
   close(): void {
     for (const s of this.shards) fs.closeSync(s.fd);
     this.shards.length = 0;

@@ -5,6 +5,7 @@
  * Llama semantics.
  */
 import { ModelError } from '../errors.js';
+import { mropeFrequencyRows, mropeLayout } from '../vision/mrope.js';
 
 export type Family = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'gemma' | 'gemma2' | 'gemma3_text' | 'phi3';
 
@@ -70,6 +71,27 @@ export interface ModelSpec {
   bosTokenId: number | null;
   eosTokenIds: number[];
   padTokenId: number | null;
+  /** The language model of an image-text checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision); null for text checkpoints. */
+  imageText: ImageTextSpec | null;
+}
+
+/** The image-text checkpoints whose language model runs as one of the text families. */
+export type ImageTextModelType = 'qwen2_vl' | 'qwen2_5_vl' | 'qwen3_vl' | 'llava_onevision';
+
+/** Where a checkpoint keeps its language model: `prefix` replaces `model.` of the text names; `lmHead` the head's name. */
+export interface LanguageModelSpelling { prefix: string; lmHead: string }
+
+export interface ImageTextSpec {
+  modelType: ImageTextModelType;
+  /**
+   * M-RoPE: for each rotary frequency [rotaryDim / 2], the position row (0 temporal, 1 height, 2 width) whose
+   * position sets its angle; the graph then takes position_ids [3, B, S]. null: plain RoPE over [B, S] (LLaVA-OV).
+   */
+  mropeRows: number[] | null;
+  /** Qwen3-VL DeepStack: features are added at the image rows after each of the first k layers; 0 = none. */
+  deepstackLayers: number;
+  /** The weight spellings this family's checkpoints use, tried in order (transformers 5 first). */
+  spellings: LanguageModelSpelling[];
 }
 
 type RawConfig = Record<string, unknown>;
@@ -172,18 +194,102 @@ const ADAPTERS: Readonly<Record<Family, Readonly<FamilyAdapter>>> = Object.freez
   }),
 });
 
+/**
+ * Image-text families: config.json nests the language model's settings in `text_config` (older hub Qwen2-VL and
+ * Qwen2.5-VL configs keep them at the top level) and it runs as a text family; the rest is where its weights live.
+ */
+const IMAGE_TEXT: Readonly<Record<ImageTextModelType, { text: (c: RawConfig) => unknown; spellings: LanguageModelSpelling[] }>> = Object.freeze({
+  // transformers 5 `model.language_model.*`; hub checkpoints from before it `model.*` (both with `lm_head.weight`).
+  qwen2_vl: { text: () => 'qwen2', spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'model.', lmHead: 'lm_head.weight' }] },
+  qwen2_5_vl: { text: () => 'qwen2', spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'model.', lmHead: 'lm_head.weight' }] },
+  qwen3_vl: { text: () => 'qwen3', spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'model.', lmHead: 'lm_head.weight' }] },
+  // The LLM is whatever text_config says (Qwen2 for the released models); llava-hf checkpoints nest it as a CausalLM.
+  llava_onevision: {
+    text: (c) => c.model_type ?? 'qwen2',
+    spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'language_model.model.', lmHead: 'language_model.lm_head.weight' }],
+  },
+});
+
 export const SUPPORTED_FAMILIES = Object.keys(ADAPTERS) as Family[];
+export const IMAGE_TEXT_MODEL_TYPES = Object.keys(IMAGE_TEXT) as ImageTextModelType[];
 
 /**
- * Parses a config.json object; `file` only names the source in errors. Every field is checked for type and
- * range here, so odd input fails with the file and the field named rather than as NaN scores later.
+ * Parses a config.json object; `file` only names the source in errors. Image-text configs give their language
+ * model's spec (family qwen2/qwen3/…, `imageText` set).
  */
 export function specFromConfig(config: unknown, file = 'config.json'): ModelSpec {
   if (!isObject(config)) throw new ModelError(`${file}: expected a JSON object, got ${kind(config)}`);
+  const modelType = config.model_type;
+  if (typeof modelType !== 'string' || !Object.hasOwn(IMAGE_TEXT, modelType)) return textSpecFromConfig(config, file);
+  const type = modelType as ImageTextModelType;
+  const nested = config.text_config !== undefined && config.text_config !== null;
+  if (nested && !isObject(config.text_config)) throw new ModelError(`${file}: field "text_config" must be an object, got ${kind(config.text_config)}`);
+  const raw = nested ? config.text_config as RawConfig : config;
+  const where = nested ? `${file} text_config` : file;
+  const textFamily = IMAGE_TEXT[type].text(raw);
+  if (typeof textFamily !== 'string' || !Object.hasOwn(ADAPTERS, textFamily)) {
+    throw new ModelError(`${where}: model_type ${JSON.stringify(textFamily)} is not a supported language model for ${type}; supported: ${SUPPORTED_FAMILIES.join(', ')}`);
+  }
+  const text: RawConfig = { ...raw, model_type: textFamily };
+  // Tying is decided at the top level when only it says so (older flat configs, some v5 saves).
+  if (text.tie_word_embeddings === undefined && config.tie_word_embeddings !== undefined) text.tie_word_embeddings = config.tie_word_embeddings;
+  // Older hub configs spell M-RoPE as rope_scaling {type: "mrope"}: plain RoPE per row, sections read below.
+  for (const key of ['rope_parameters', 'rope_scaling']) {
+    const rope = text[key];
+    if (isObject(rope) && (rope.type === 'mrope' || rope.rope_type === 'mrope')) text[key] = { ...rope, type: 'default', rope_type: 'default' };
+  }
+  const spec = textSpecFromConfig(text, where);
+  const layout = type === 'llava_onevision' ? undefined : mropeLayout(config);
+  if (type !== 'llava_onevision' && !layout) throw new ModelError(`${where}: "rope_parameters.mrope_section" (or "rope_scaling.mrope_section") is missing; ${type} needs M-RoPE sections`);
+  if (layout && spec.slidingWindow !== null) throw new ModelError(`${where}: sliding-window attention with M-RoPE is not supported (set use_sliding_window false)`);
+  let deepstackLayers = 0;
+  if (type === 'qwen3_vl') {
+    const vision = isObject(config.vision_config) ? config.vision_config : {};
+    const indexes = vision.deepstack_visual_indexes ?? [8, 16, 24]; // Qwen3VLVisionConfig's default
+    if (!Array.isArray(indexes)) throw new ModelError(`${file}: field "vision_config.deepstack_visual_indexes" must be a list, got ${kind(indexes)}`);
+    deepstackLayers = indexes.length;
+    if (deepstackLayers > spec.numLayers) throw new ModelError(`${file}: ${deepstackLayers} DeepStack features but the language model has ${spec.numLayers} layers`);
+  }
+  return {
+    ...spec,
+    imageText: {
+      modelType: type,
+      mropeRows: layout ? Array.from(mropeFrequencyRows(spec.rotaryDim / 2, layout)) : null,
+      deepstackLayers,
+      spellings: IMAGE_TEXT[type].spellings,
+    },
+  };
+}
+
+/**
+ * The spelling of the language model's weights in a checkpoint holding `names`: the text names of `spec`
+ * (`model.layers.0…`, `lm_head.weight`) map to these. Text checkpoints use the text names as they are.
+ */
+export function languageModelSpelling(spec: ModelSpec, names: Iterable<string>, dir: string): LanguageModelSpelling {
+  const spellings = spec.imageText?.spellings ?? [{ prefix: 'model.', lmHead: 'lm_head.weight' }];
+  if (spellings.length === 1) return spellings[0]!;
+  const all = new Set(names);
+  const hit = spellings.find((s) => all.has(`${s.prefix}embed_tokens.weight`));
+  if (!hit) throw new ModelError(`${dir}: no language-model weights (looked for ${spellings.map((s) => `"${s.prefix}embed_tokens.weight"`).join(', ')})`);
+  return hit;
+}
+
+/** Checkpoint name → the text name the exporter reads (`model.…`, `lm_head.weight`), or null for other tensors (vision tower). */
+export function textWeightName(spelling: LanguageModelSpelling, stored: string): string | null {
+  if (stored === spelling.lmHead) return 'lm_head.weight';
+  if (stored.startsWith(spelling.prefix)) return `model.${stored.slice(spelling.prefix.length)}`;
+  return null;
+}
+
+/**
+ * A text family's config.json. Every field is checked for type and range here, so odd input fails with the
+ * file and the field named rather than as NaN scores later.
+ */
+function textSpecFromConfig(config: RawConfig, file: string): ModelSpec {
   const family = config.model_type;
   if (family === undefined || family === null) throw new ModelError(`${file}: field "model_type" is missing`);
   if (typeof family !== 'string' || !Object.hasOwn(ADAPTERS, family)) {
-    throw new ModelError(`${file}: model_type ${JSON.stringify(family)} is not supported; supported: ${SUPPORTED_FAMILIES.join(', ')}`);
+    throw new ModelError(`${file}: model_type ${JSON.stringify(family)} is not supported; supported: ${[...SUPPORTED_FAMILIES, ...IMAGE_TEXT_MODEL_TYPES].join(', ')}`);
   }
   const adapter = ADAPTERS[family as Family];
   const field = (key: string, fallback: number | undefined, integer: boolean): number => {
@@ -257,6 +363,7 @@ export function specFromConfig(config: unknown, file = 'config.json'): ModelSpec
     bosTokenId: tokenId(config, 'bos_token_id', file),
     eosTokenIds: eosTokenIds(config, file),
     padTokenId: tokenId(config, 'pad_token_id', file),
+    imageText: null,
   };
 }
 

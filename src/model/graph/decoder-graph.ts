@@ -8,7 +8,9 @@
  *                                      every row), gathered in JS from weights.bin: with tied embeddings the
  *                                      matrix then lives once, prepacked for the lm_head, not also for a Gather
  *   attention_mask   int64 [B, P+S]    1 = real token (past and new positions)
- *   position_ids     int64 [B, S]
+ *   position_ids     int64 [B, S]     M-RoPE families (ModelSpec.imageText.mropeRows): [3, B, S], rows temporal/height/width
+ *   deepstack_embeds f32   [k, B, S, D]  Qwen3-VL only: slice l is added after layer l < k (vision features at image rows,
+ *                                      zeros elsewhere; [k, 1, 1, D] zeros broadcast when no row has an image)
  *   past.{l}.key     f32   [1, KV, P, d]   keys after RoPE; P may be 0
  *   past.{l}.value   f32   [1, KV, P, d]
  *   patch_mask       f32   [B, L, H]   1 = patch that head at the last position
@@ -37,6 +39,7 @@
  *   blocks.{l}.attn.out            [B, S, D]      o_proj output
  *   blocks.{l}.ln1_post            [B, S, D]      its norm before the residual add (Gemma 2/3 only)
  *   blocks.{l}.resid_mid / resid_post [B, S, D]
+ *   blocks.{l}.resid_deepstack     [B, S, D]      resid_post + DeepStack features (Qwen3-VL, layers l < k)
  *   blocks.{l}.mlp.out             [B, S, D]
  *   blocks.{l}.ln2_post            [B, S, D]      (Gemma 2/3 only)
  *   final.norm_last                [B, D]
@@ -93,7 +96,7 @@ export function headChunks(spec: ModelSpec, chunkBytes = HEAD_CHUNK_BYTES): [num
   return out;
 }
 
-export const GRAPH_VERSION = 'decoder-graph/7';
+export const GRAPH_VERSION = 'decoder-graph/8';
 
 /**
  * Causal attention runs in this many query chunks (a static count, so the graph stays one graph for every S):
@@ -115,7 +118,9 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
 
   const inputsEmbeds = g.input('inputs_embeds', 'FLOAT', ['batch', 'seq', spec.hiddenSize]);
   const attnMask = g.input('attention_mask', 'INT64', ['batch', 'total']);
-  const positionIds = g.input('position_ids', 'INT64', ['batch', 'seq']);
+  // M-RoPE: rotary frequency j turns by the position in row mropeRows[j] of the 3-row position ids.
+  const mropeRows = spec.imageText?.mropeRows ?? null;
+  const positionIds = g.input('position_ids', 'INT64', mropeRows ? [3, 'batch', 'seq'] : ['batch', 'seq']);
   const past = Array.from({ length: L }, (_, l) => ({
     key: g.input(`past.${l}.key`, 'FLOAT', [1, KV, 'past', d]),
     value: g.input(`past.${l}.value`, 'FLOAT', [1, KV, 'past', d]),
@@ -123,6 +128,8 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   const patchMask = g.input('patch_mask', 'FLOAT', ['batch', L, H]);
   const patchValues = g.input('patch_values', 'FLOAT', [L, H, d]);
   const patchReplace = g.input('patch_replace', 'FLOAT', []);
+  const deepstackLayers = spec.imageText?.deepstackLayers ?? 0;
+  const deepstack = deepstackLayers > 0 ? g.input('deepstack_embeds', 'FLOAT', [deepstackLayers, 'batch', 'seq', spec.hiddenSize]) : null;
 
   // ---- shared: additive mask [B,1,1,S,T] and RoPE tables [B,1,S,d] ----
   const scalarDim = (x: string, axis: number) => g.op('Squeeze', [g.op('Shape', [x], { start: axis, end: axis + 1 }), i64([0])]);
@@ -152,7 +159,9 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
 
   // RoPE on the first r = rotaryDim dimensions of each head (all of them unless partial rotary).
   const r = spec.rotaryDim;
-  const pos = g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 1 }), i64([2])]);                   // [B,S,1]
+  const pos = mropeRows                                                                                 // [B,S,1] or [B,S,r/2]
+    ? g.op('Transpose', [g.op('Gather', [g.op('Cast', [positionIds], { to: 1 }), i64(mropeRows)], { axis: 0 })], { perm: [1, 2, 0] })
+    : g.op('Unsqueeze', [g.op('Cast', [positionIds], { to: 1 }), i64([2])]);
   const ropeTables = (ropeSpec: RopeSpec, prefix: string) => {
     const invFreq = g.floatConst(ropeInverseFrequencies(spec, ropeSpec), [r / 2], `${prefix}.inv_freq`);
     const freqs = g.op('Mul', [pos, invFreq]);                                                          // [B,S,r/2]
@@ -284,6 +293,8 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     const mlpOut = linear(act, W.down(l), spec.mlpBias ? W.downBias(l) : null, `${p}.mlp.out`);
     const mlpBranch = spec.sandwichNorms ? rmsNorm(mlpOut, W.ln2Post(l), `${p}.ln2_post`) : mlpOut;
     resid = g.op('Add', [resid, mlpBranch], {}, `${p}.resid_post`);
+    // Qwen3-VL DeepStack: layer l < k adds vision feature set l at the image rows (transformers: after the layer).
+    if (deepstack && l < deepstackLayers) resid = g.op('Add', [resid, g.op('Gather', [deepstack, g.intConst([l], [])], { axis: 0 })], {}, `${p}.resid_deepstack`);
   }
 
   const hLast = g.op('Squeeze', [lastPosition(resid), i64([1])]);                                        // [B,D]
