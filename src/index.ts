@@ -1,6 +1,8 @@
-export { Decoder, argmax, emptyKv, type HeadPatch, type ForwardResult, type KvCache, type LoadOptions } from './model/decoder.js';
+export { Decoder, argmax, emptyKv, type HeadPatch, type ForwardResult, type KvCache, type LoadOptions, type ImageEmbeds, type RowImages } from './model/decoder.js';
+export { ImageInputs, type ImagePrompt } from './model/image-inputs.js';
+export { decodeImage, type RgbImage } from './model/vision/image.js';
 export { ModelError } from './model/errors.js';
-export { specFromConfig, SUPPORTED_FAMILIES, type ModelSpec, type Family } from './model/families/spec.js';
+export { specFromConfig, SUPPORTED_FAMILIES, IMAGE_TEXT_MODEL_TYPES, type ModelSpec, type Family, type ImageTextSpec } from './model/families/spec.js';
 export { Tokenizer, type ChatMessage } from './model/tokenizer.js';
 export { resolveModelDir } from './model/checkpoint/hub.js';
 export { fitActivationRM, FitInterrupted, FitError, judgeItems, type FitOptions, type HeadStrategy } from './arm/fit.js';
