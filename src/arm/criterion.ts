@@ -10,6 +10,7 @@ import type { Decoder } from '../model/decoder.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../model/graph/quantized-linear.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
+import { visionConfigHash } from './images.js';
 
 /**
  * 2: the model identity `weightsFingerprint` is the sha256 of the weights' full content (1 held a sampled
@@ -25,6 +26,8 @@ export interface CriterionMeta {
     dtype?: WeightDType;
     /** The full weight format, for people: e.g. "int4 (block 32, accuracy level 4)". */
     weightFormat?: string;
+    /** Image-text checkpoints: sha256 of the vision tower's spec and preprocessor_config.json (arm/images.ts). */
+    visionConfigHash?: string;
   };
   template: TemplateSpec;
   answerTokens: AnswerTokens;
@@ -166,8 +169,8 @@ export function metaProblems(meta: unknown): string[] {
     formatVersion: is(int(1)),
     model: obj({
       id: is(str), family: is(str), configHash: is(hex64), weightsFingerprint: is(str), numLayers: is(int(1)), numHeads: is(int(1)), headDim: is(int(1)),
-      dtype: is(oneOf(...WEIGHT_DTYPES)), weightFormat: is(str),
-    }, ['dtype', 'weightFormat']),
+      dtype: is(oneOf(...WEIGHT_DTYPES)), weightFormat: is(str), visionConfigHash: is(hex64),
+    }, ['dtype', 'weightFormat', 'visionConfigHash']),
     template: obj({ kind: is(oneOf('scalar', 'ranked')), text: is(str), chat: is(bool), templateKwargs: is((v) => (isRecord(v) ? null : 'is not an object')) }, ['templateKwargs']),
     answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
     heads: list(head),
@@ -214,6 +217,12 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   if (m.configHash !== decoder.info.configHash || m.weightsFingerprint !== decoder.info.weightsFingerprint) {
     const what = m.configHash !== decoder.info.configHash ? 'config.json' : 'weights';
     throw new ModelError(`${file}: fitted on model ${m.id} (${m.family}, ${m.numLayers}×${m.numHeads} heads); the loaded model ${decoder.id} differs in its ${what}. Fit the criterion again on this model.`);
+  }
+  if (m.visionConfigHash !== undefined) {
+    // Images become other rows under another image processor (preprocessor_config.json is not in configHash).
+    let now: string | null = null;
+    try { now = visionConfigHash(decoder.info.modelDir); } catch { now = null; }
+    if (now !== m.visionConfigHash) throw new ModelError(`${file}: fitted with another vision configuration (vision tower spec or preprocessor_config.json) than ${decoder.id} has now; fit the criterion again`);
   }
   const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
   if (m.numLayers !== L || m.numHeads !== H || m.headDim !== d) throw new ModelError(`${file}: metadata field "model": ${m.numLayers}×${m.numHeads} heads of ${m.headDim} do not match the loaded model's ${L}×${H} of ${d}`);

@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Decoder, KvCache } from '../model/decoder.js';
 import { describeWeightFormat } from '../model/weight-format.js';
-import { promptText, toScalarItems, type Example } from '../data/examples.js';
+import { imagesOf, promptIdentity, toScalarItems, type Example } from '../data/examples.js';
+import { imageFilesOf, judgeImagesFor, toSequence, visionConfigHash, type JudgeImages } from './images.js';
 import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
 import { denoiseMeans, extractMeans, MeansInterrupted, type Centring } from './means.js';
@@ -68,13 +69,13 @@ export class FitError extends Error {
 /** Judge items for a template kind: scalar → one per response; ranked → each pair in both orders. */
 export function judgeItems(examples: Example[], kind: TemplateKind): JudgeItem[] {
   if (kind === 'scalar') {
-    return toScalarItems(examples).map((s) => ({ id: s.id, prompt: s.prompt, fields: { response: s.response }, answer: s.label ? 0 : 1 }));
+    return toScalarItems(examples).map((s) => ({ id: s.id, prompt: s.prompt, fields: { response: s.response }, answer: s.label ? 0 : 1, ...imagesOf(s) }));
   }
   return examples.flatMap((e): JudgeItem[] => {
     if (e.kind !== 'pair') throw new FitError(`example ${e.id} (line ${e.line}): the ranked template needs pairs {prompt, chosen, rejected}`);
     return [
-      { id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0 },
-      { id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1 },
+      { id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0, ...imagesOf(e) },
+      { id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1, ...imagesOf(e) },
     ];
   });
 }
@@ -87,7 +88,7 @@ export function judgeItems(examples: Example[], kind: TemplateKind): JudgeItem[]
 export function judgeItemGroups(examples: Example[], kind: TemplateKind): number[] {
   const byPrompt = new Map<string, number>();
   return examples.flatMap((e) => {
-    const prompt = promptText(e.prompt);
+    const prompt = promptIdentity(e);
     if (!byPrompt.has(prompt)) byPrompt.set(prompt, byPrompt.size);
     const group = byPrompt.get(prompt)!;
     const count = kind === 'ranked' || e.kind === 'pair' ? 2 : 1;
@@ -137,8 +138,10 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   const template = makeTemplate(o.template, { text: options.templateText, chat: options.chat, templateKwargs: options.templateKwargs }, decoder.tokenizer);
   const allItems = judgeItems(examples, o.template);
   const allGroups = judgeItemGroups(examples, o.template);
+  // Image rows: every image's size and hash read now (length budgets); the vision tower runs later, once per image.
+  const images = await judgeImagesFor(decoder, allItems);
   const fits = allItems.map((it) => {
-    try { render(decoder.tokenizer, template, [], it, o.maxLength); return true; } catch (e) {
+    try { render(decoder.tokenizer, template, [], it, o.maxLength, images); return true; } catch (e) {
       if (!(e instanceof TooLongError)) throw e;
       return false;
     }
@@ -163,7 +166,9 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   // checkpoints written before int8/int4 existed still resume).
   const format = decoder.info.weightFormat;
   const quantized = format.dtype !== 'fp32' || format.prequant ? { weightFormat: format } : {};
-  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, ...quantized, layout: CHECKPOINT_LAYOUT })).digest('hex');
+  // Image rows: the images' content joins the key (the examples name only their paths).
+  const imageHashes = images ? { images: [...imageFilesOf(allItems)].map((f) => images.info(f).sha256) } : {};
+  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, ...quantized, ...imageHashes, layout: CHECKPOINT_LAYOUT })).digest('hex');
 
   // ---- resume ----
   // A fit that fails with an error removes the checkpoint it wrote, unless it resumed from that file: a
@@ -217,6 +222,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       let means;
       try {
         means = await extractMeans(decoder, template, items, {
+          images,
           passes: o.passes, shots: o.shots, seed: o.seed, batchSize: o.batchSize, maxLength: o.maxLength, keepPasses: denoise !== null, passesPerDemoSet: o.passesPerDemoSet, groupOf,
           onProgress: (done, total) => options.onProgress?.('means', done, total, `passes`),
           shouldStop: options.shouldStop, donePasses,
@@ -251,7 +257,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
     let readout: CriterionMeta['readout'] = null;
     let steps = 0;
     if (o.heads === 'selected') {
-      const loss = reinforceLoss(decoder, items, template, answerTokens.primary, mu, o.mode, o.maxLength, o.kvCacheBytes);
+      const loss = reinforceLoss(decoder, items, template, answerTokens.primary, mu, o.mode, o.maxLength, o.kvCacheBytes, images);
       const state = ckpt.state ?? initialState(n, rOpts, o.seed);
       await runReinforce(n, items.length, loss, rOpts, state, {
         onStep: (s) => {
@@ -291,7 +297,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       meta: {
         formatVersion: FORMAT_VERSION,
         model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d,
-          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat) },
+          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat), ...visionHashOf(decoder) },
         template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
         hyper: {
           passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null,
@@ -309,7 +315,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
 }
 
 /** REINFORCE's per-mask loss: −log P(correct answer token) with the mask's heads patched, via shared prefixes. */
-export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: ReturnType<typeof makeTemplate>, answerIds: [number, number], mu: Float32Array, mode: 'replace' | 'add', maxLength: number, cacheBytes: number): MaskLoss {
+export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: ReturnType<typeof makeTemplate>, answerIds: [number, number], mu: Float32Array, mode: 'replace' | 'add', maxLength: number, cacheBytes: number, images: JudgeImages | null = null): MaskLoss {
   const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = decoder.spec;
   const cache = new Map<number, { kv: KvCache; last: number }>(); // insertion order = recency
   let cachedBytes = 0;
@@ -317,8 +323,12 @@ export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: Re
   const prefixOf = async (item: number) => {
     const hit = cache.get(item);
     if (hit) { cache.delete(item); cache.set(item, hit); return hit; }
-    const ids = render(decoder.tokenizer, template, [], items[item]!, maxLength).ids;
-    const entry = { kv: await decoder.prefill(ids.slice(0, -1)), last: ids[ids.length - 1]! };
+    // An image lives in the prefix: its rows are placed once here, and every step after it is text only.
+    const seq = await toSequence(images, render(decoder.tokenizer, template, [], items[item]!, maxLength, images));
+    const ids = Array.isArray(seq) ? seq : seq.ids;
+    const prefixImages = Array.isArray(seq) ? [] : seq.images;
+    if (prefixImages.some((img) => img.start + img.embeds.length / decoder.spec.hiddenSize >= ids.length)) throw new FitError(`item ${items[item]!.id}: its prompt ends inside an image`);
+    const entry = { kv: await decoder.prefill(ids.slice(0, -1), { images: prefixImages }), last: ids[ids.length - 1]! };
     cache.set(item, entry);
     cachedBytes += bytesOf(entry.kv);
     for (const [k, v] of cache) {
@@ -340,6 +350,13 @@ export function reinforceLoss(decoder: Decoder, items: JudgeItem[], template: Re
     if (bad >= 0) throw new FitError(nonFiniteHint(`the REINFORCE loss of item ${items[item]!.id} (mask ${bad}, ${masks[bad]!.reduce((a, b) => a + b, 0)} heads patched)`));
     return losses;
   };
+}
+
+/** The criterion's `visionConfigHash` for an image-text checkpoint (see images.ts); nothing for a text-only one. */
+export function visionHashOf(decoder: Decoder): { visionConfigHash?: string } {
+  if (!decoder.spec.imageText) return {};
+  // A checkpoint without preprocessor_config.json still scores text: it then has no vision config to record.
+  try { return { visionConfigHash: visionConfigHash(decoder.info.modelDir) }; } catch { return {}; }
 }
 
 /** `--denoise pca:r[:centred|:uncentred]` (centred when not said), or null for none. */
@@ -373,7 +390,7 @@ export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template
     meta: {
       formatVersion: FORMAT_VERSION,
       model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d,
-          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat) },
+          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat), ...visionHashOf(decoder) },
       template, answerTokens: resolveAnswerTokens(decoder.tokenizer, template, probe), heads: [], mode: 'replace', headStrategy: 'none', denoise: null, seed: 0,
       hyper: { passes: 0, shots: 0, maxLength: options.maxLength ?? decoder.spec.maxPositions, batchSize: options.batchSize ?? 8, reinforce: null },
       examples: { count: 0, items: 0, itemsTooLong: 0, ids: [], sha256: '' }, readout: null,

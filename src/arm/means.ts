@@ -5,7 +5,8 @@
 import type { Decoder } from '../model/decoder.js';
 import { Rng } from '../util/rng.js';
 import { render, type JudgeItem, type TemplateSpec } from './template.js';
-import { forEachLastLogits } from '../model/batch.js';
+import { forEachLastLogits, type Sequence } from '../model/batch.js';
+import { toSequence, type JudgeImages } from './images.js';
 
 export interface MeanOptions {
   passes: number;    // T (100); with shots = 0, one pass per example
@@ -24,6 +25,8 @@ export interface MeanOptions {
    * every item is its own group.
    */
   groupOf?: readonly number[];
+  /** Image rows: the decoder's image handling (see images.ts); null or absent for text. */
+  images?: JudgeImages | null;
   /** Keep every pass's activations ([T, L, H, d]) for denoising. */
   keepPasses?: boolean;
   onProgress?: (done: number, total: number) => void;
@@ -93,13 +96,13 @@ export function planPasses(nItems: number, passes: number, shots: number, seed: 
  * Passes sharing a demo draw run as one unit (prefix once, then their queries), whole per batch when the
  * draw's g passes fit one batch.
  */
-function meanBatches(seqs: number[][], plan: { demos: number[] }[], batchSize: number, shared: boolean): number[][] {
+function meanBatches(seqs: Sequence[], plan: { demos: number[] }[], batchSize: number, shared: boolean): number[][] {
   const units = new Map<string, number[]>();
   plan.forEach((p, i) => {
-    const key = shared ? `demos ${p.demos.join(',')}` : `length ${seqs[i]!.length}`;
+    const key = shared ? `demos ${p.demos.join(',')}` : `length ${len(seqs[i]!)}`;
     units.set(key, [...(units.get(key) ?? []), i]);
   });
-  const ordered = [...units.values()].sort((a, b) => seqs[a[0]!]!.length - seqs[b[0]!]!.length || a[0]! - b[0]!);
+  const ordered = [...units.values()].sort((a, b) => len(seqs[a[0]!]!) - len(seqs[b[0]!]!) || a[0]! - b[0]!);
   if (shared) return ordered;
   return ordered.flatMap((unit) => Array.from({ length: Math.ceil(unit.length / batchSize) }, (_, j) => unit.slice(j * batchSize, (j + 1) * batchSize)));
 }
@@ -109,11 +112,13 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   const width = L * H * d;
   const plan = planPasses(pool.length, opts.passes, opts.shots, opts.seed, opts.passesPerDemoSet, opts.groupOf);
   let truncatedPasses = 0;
-  const seqs = plan.map((p) => {
-    const r = render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength);
+  const images = opts.images ?? null;
+  const seqs: Sequence[] = [];
+  for (const p of plan) {
+    const r = render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength, images);
     if (r.truncatedTokens > 0 || r.droppedDemos > 0) truncatedPasses++;
-    return r.ids;
-  });
+    seqs.push(await toSequence(images, r));
+  }
   const done = new Map<number, Float32Array>();
   for (const [i, row] of opts.donePasses ?? []) {
     if (!(Number.isInteger(i) && i >= 0 && i < plan.length) || row.length !== width) throw new Error(`extractMeans: resumed pass ${i} does not fit this plan (${plan.length} passes of ${width} values)`);
@@ -135,6 +140,8 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   for (const row of perPass) for (let i = 0; i < width; i++) sum[i]! += row[i]!;
   return { mu: Float32Array.from(sum, (s) => s / plan.length), passes: opts.keepPasses ? perPass : null, truncatedPasses, plan };
 }
+
+const len = (s: Sequence) => (Array.isArray(s) ? s.length : s.ids.length);
 
 /** How denoising centres its PCA (see denoiseMeans). */
 export type Centring = 'centred' | 'uncentred';

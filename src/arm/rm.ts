@@ -6,7 +6,9 @@ import type { Decoder, HeadPatch } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
 import { render, TooLongError, type JudgeItem } from './template.js';
-import { forEachLastLogits } from '../model/batch.js';
+import { forEachLastLogits, type Sequence } from '../model/batch.js';
+import { judgeImagesFor, toSequence } from './images.js';
+import { imagesOf } from '../data/examples.js';
 import { argmax } from '../model/decoder.js';
 import { Rng } from '../util/rng.js';
 import { createHash } from 'node:crypto';
@@ -97,8 +99,9 @@ export class ActivationRM {
     const maxLength = opts.maxLength ?? meta.hyper.maxLength;
     const batchSize = opts.batchSize ?? meta.hyper.batchSize;
     const out: ItemScore[] = new Array(items.length);
+    const images = await judgeImagesFor(this.decoder, [...items, ...(opts.demos ?? [])]);
     const rendered = items.map((it, i) => {
-      try { return render(this.decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength); } catch (e) {
+      try { return render(this.decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength, images); } catch (e) {
         if (!(e instanceof TooLongError)) throw e;
         out[i] = { id: it.id, reward: NaN, normalized: NaN, logitYes: NaN, logitNo: NaN, truncatedTokens: 0, tooLong: true, verdict: null };
         return null;
@@ -109,7 +112,9 @@ export class ActivationRM {
     const [yesVariants, noVariants] = meta.answerTokens.variants;
     const liveIndex = new Map(live.map((i, j) => [i, j]));
     const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
-    await forEachLastLogits(this.decoder, live.map((i) => rendered[i]!.ids), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
+    const seqs: Sequence[] = [];
+    for (const i of live) seqs.push(await toSequence(images, rendered[i]!));
+    await forEachLastLogits(this.decoder, seqs, { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
       const i = live[j]!;
       // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
       if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {
@@ -135,18 +140,18 @@ export class ActivationRM {
     // Items that share a prompt (a pair's two responses, GRPO's many samples of one prompt) share its prefix.
     const byPrompt = new Map<string, number[]>();
     for (const e of examples) {
-      const key = JSON.stringify(e.prompt);
+      const key = JSON.stringify([e.prompt, e.images ?? []]);
       if (!byPrompt.has(key)) byPrompt.set(key, []);
       byPrompt.get(key)!.push(...(e.kind === 'pair' ? [items.length, items.length + 1] : [items.length]));
       if (e.kind === 'scalar') {
         if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
-        items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label === false ? 1 : 0 });
+        items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label === false ? 1 : 0, ...imagesOf(e) });
       } else if (kind === 'scalar') {
-        items.push({ id: `${e.id}:chosen`, prompt: e.prompt, fields: { response: e.chosen }, answer: 0 });
-        items.push({ id: `${e.id}:rejected`, prompt: e.prompt, fields: { response: e.rejected }, answer: 1 });
+        items.push({ id: `${e.id}:chosen`, prompt: e.prompt, fields: { response: e.chosen }, answer: 0, ...imagesOf(e) });
+        items.push({ id: `${e.id}:rejected`, prompt: e.prompt, fields: { response: e.rejected }, answer: 1, ...imagesOf(e) });
       } else {
-        items.push({ id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0 });
-        items.push({ id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1 });
+        items.push({ id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0, ...imagesOf(e) });
+        items.push({ id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1, ...imagesOf(e) });
       }
     }
     // With demonstrations every item shares the (long) demo prefix instead: no per-pair groups then.

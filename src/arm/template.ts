@@ -5,7 +5,7 @@
  * user/assistant turns), and through a plain "Answer:" format when it has none.
  */
 import { createHash } from 'node:crypto';
-import type { Tokenizer } from '../model/tokenizer.js';
+import type { ChatMessage, Tokenizer } from '../model/tokenizer.js';
 import { promptText, type Prompt } from '../data/examples.js';
 
 export type TemplateKind = 'scalar' | 'ranked';
@@ -35,6 +35,19 @@ export interface JudgeItem {
   prompt: Prompt;
   fields: Record<string, string>; // response | response_a, response_b
   answer: 0 | 1;                  // index into ANSWER_WORDS[kind]
+  /** Image files shown with the prompt (image-text checkpoints), placed before the text of its user turn. */
+  images?: readonly string[];
+}
+
+/**
+ * How images enter a rendered prompt: `markup` is the text of one image placeholder (the checkpoint's own
+ * tokens), `placeholderText` the placeholder token alone, and `tokens(file)` the placeholder count an image
+ * expands to (for the length budget).
+ */
+export interface ImageRendering {
+  readonly markup: string;
+  readonly placeholderText: string;
+  tokens(file: string): number;
 }
 
 /**
@@ -69,7 +82,8 @@ export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: s
   return template.text.replace(/\{(prompt|response|response_a|response_b)\}/g, (m, key: string) => values[key] ?? m);
 }
 
-interface Rendered { ids: number[]; truncatedTokens: number; droppedDemos: number }
+/** `ids` carry one placeholder per entry of `images` (the shown items' image files, in order), not yet expanded. */
+interface Rendered { ids: number[]; truncatedTokens: number; droppedDemos: number; images: string[] }
 
 /**
  * Length bounds that keep huge inputs cheap. A prompt is cut by characters before it is tokenised: only its last
@@ -95,16 +109,18 @@ export class TooLongError extends Error {
  * demonstrations are dropped (longest first). The query's response and the question are never cut: if they
  * alone do not fit, TooLongError.
  */
-export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): Rendered {
+export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number, images?: ImageRendering | null): Rendered {
+  const withImage = [...demos, query].find((it) => it.images?.length);
+  if (withImage && !images) throw new Error(`item ${withImage.id} has an image, but the prompt is rendered without image support (an image-text checkpoint is needed)`);
   const fieldLimit = maxLength * FIELD_CHARS_PER_TOKEN_LIMIT;
   const oversized = (it: JudgeItem) => Object.values(it.fields).some((f) => f.length > fieldLimit);
   if (oversized(query)) throw new TooLongError(query.id, maxLength, maxLength, true);
   let shown = demos.filter((it) => !oversized(it));
   for (;;) {
-    const r = renderWithPromptCuts(tokenizer, template, shown, query, maxLength);
-    if (r) return { ...r, droppedDemos: demos.length - shown.length };
+    const r = renderWithPromptCuts(tokenizer, template, shown, query, maxLength, images ?? null);
+    if (r) return { ...r, droppedDemos: demos.length - shown.length, images: [...shown, query].flatMap((it) => it.images ?? []) };
     if (shown.length === 0) {
-      throw new TooLongError(query.id, assemble(tokenizer, template, [query], [fill(template, query, '')]).length, maxLength);
+      throw new TooLongError(query.id, assemble(tokenizer, template, [query], [fill(template, query, '')], images ?? null).length + imageExtra([query], images ?? null), maxLength);
     }
     const longest = shown.reduce((best, it, i) => (length(it) > length(shown[best]!) ? i : best), 0);
     shown = shown.filter((_, i) => i !== longest);
@@ -151,8 +167,14 @@ function promptTokens(tokenizer: Tokenizer, text: string, need: number): PromptT
   return out;
 }
 
-function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number): { ids: number[]; truncatedTokens: number } | null {
+/** Tokens the items' images add once expanded (each placeholder is one id before expansion). */
+function imageExtra(items: JudgeItem[], images: ImageRendering | null): number {
+  return items.reduce((n, it) => n + (it.images ?? []).reduce((m, f) => m + images!.tokens(f) - 1, 0), 0);
+}
+
+function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number, images: ImageRendering | null): { ids: number[]; truncatedTokens: number } | null {
   const items = [...demos, query];
+  const extra = imageExtra(items, images);
   const prompts = items.map((it) => promptTokens(tokenizer, promptText(it.prompt), maxLength));
   const promptIds = prompts.map((p) => p.ids);
   const keep = promptIds.map((p) => p.length); // tokens kept from the end of each prompt
@@ -160,8 +182,8 @@ function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demo
   // Characters cut before tokenising count as at least one truncated token each prompt (their exact count is not computed).
   let truncated = prompts.filter((p) => p.charCut).length;
   for (;;) {
-    const ids = assemble(tokenizer, template, items, texts());
-    const over = ids.length - maxLength;
+    const ids = assemble(tokenizer, template, items, texts(), images);
+    const over = ids.length + extra - maxLength;
     if (over <= 0) return { ids, truncatedTokens: truncated };
     const longest = keep.reduce((best, k, i) => (k > keep[best]! ? i : best), 0);
     if (keep[longest] === 0) return null;
@@ -171,17 +193,41 @@ function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demo
   }
 }
 
-function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem[], texts: string[]): number[] {
+function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem[], texts: string[], images: ImageRendering | null = null): number[] {
   const words = ANSWER_WORDS[template.kind];
   const last = items.length - 1;
+  const count = (it: JudgeItem) => it.images?.length ?? 0;
   if (template.chat) {
+    const parts = images !== null && items.some((it) => count(it) > 0) && chatRendersImageParts(tokenizer, images);
+    // The chat template's own image markup where it renders {type: "image"} parts (HF convention: images first
+    // in the user turn); otherwise the placeholder markup written before the text.
+    const user = (it: JudgeItem, text: string): ChatMessage => {
+      if (!count(it)) return { role: 'user', content: text };
+      if (!parts) return { role: 'user', content: images!.markup.repeat(count(it)) + text };
+      const content = [...Array.from({ length: count(it) }, () => ({ type: 'image' })), { type: 'text', text }];
+      return { role: 'user', content } as unknown as ChatMessage; // the Jinja template reads content parts as HF's do
+    };
     const messages = items.flatMap((it, i) => i === last
-      ? [{ role: 'user', content: texts[i]! }]
-      : [{ role: 'user', content: texts[i]! }, { role: 'assistant', content: words[it.answer]! }]);
+      ? [user(it, texts[i]!)]
+      : [user(it, texts[i]!), { role: 'assistant', content: words[it.answer]! }]);
     return tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, templateKwargs: template.templateKwargs });
   }
-  const text = items.map((it, i) => (i === last ? `${texts[i]}\nAnswer:` : `${texts[i]}\nAnswer: ${words[it.answer]}`)).join('\n\n');
+  const withImages = (it: JudgeItem, text: string) => (count(it) ? images!.markup.repeat(count(it)) + text : text);
+  const text = items.map((it, i) => (i === last ? `${withImages(it, texts[i]!)}\nAnswer:` : `${withImages(it, texts[i]!)}\nAnswer: ${words[it.answer]}`)).join('\n\n');
   return tokenizer.encode(text);
+}
+
+const imagePartsMemo = new WeakMap<Tokenizer, boolean>();
+
+/** Whether the chat template turns a `{type: "image"}` content part into the image placeholder (probed once). */
+function chatRendersImageParts(tokenizer: Tokenizer, images: ImageRendering): boolean {
+  let known = imagePartsMemo.get(tokenizer);
+  if (known === undefined) {
+    const probe = { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'Is it?' }] } as unknown as ChatMessage;
+    try { known = tokenizer.renderChat([probe], { addGenerationPrompt: true }).includes(images.placeholderText); } catch { known = false; }
+    imagePartsMemo.set(tokenizer, known);
+  }
+  return known;
 }
 
 export interface AnswerTokens {
@@ -201,6 +247,7 @@ export interface AnswerTokens {
  * "Answer:" when " Yes" / " No" follow it.
  */
 export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec, probe: JudgeItem): AnswerTokens {
+  probe = { ...probe, images: undefined }; // the answer position does not depend on images in the user turn
   const words = ANSWER_WORDS[template.kind];
   const base = assemble(tokenizer, template, [probe], [fill(template, probe)]);
   let firstAfter: (word: string) => number | null;

@@ -4,6 +4,7 @@ import { Option, type Command } from 'commander';
 import { readExamples } from '../data/examples.js';
 import { fitActivationRM, FitInterrupted, type HeadStrategy } from '../arm/fit.js';
 import { ActivationRM } from '../arm/rm.js';
+import { releaseJudgeImages } from '../arm/images.js';
 import { FORMAT_VERSION, loadCriterion, type Criterion } from '../arm/criterion.js';
 import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, modelInputs, nonNegativeInt, positiveInt, prepareOutput, progressBar, writeFileAtomic, type FitCliFlags, type InputFile, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
@@ -41,6 +42,7 @@ export function registerArmCommands(program: Command): void {
         prepareOutput(o.out, { flag: '--out', inputs: modelInputs(decoder.info.modelDir) });
       } catch (e) {
         output.cleanup();
+        if (decoder) await releaseJudgeImages(decoder);
         await decoder?.dispose();
         throw e;
       }
@@ -73,6 +75,7 @@ export function registerArmCommands(program: Command): void {
       } finally {
         Object.values(bars).forEach((b) => b.stop());
         process.off('SIGINT', onSigint);
+        await releaseJudgeImages(decoder);
         await decoder.dispose();
       }
     });
@@ -93,6 +96,7 @@ export function registerArmCommands(program: Command): void {
         prepareOutput(o.output, { flag: '--output', inputs: modelInputs(decoder.info.modelDir) });
       } catch (e) {
         output.cleanup();
+        if (decoder) await releaseJudgeImages(decoder);
         await decoder?.dispose();
         throw e;
       }
@@ -121,6 +125,7 @@ export function registerArmCommands(program: Command): void {
         throw e;
       } finally {
         bar.stop();
+        await releaseJudgeImages(decoder);
         await decoder.dispose();
       }
     });

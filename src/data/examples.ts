@@ -4,13 +4,18 @@
  *           TRL implicit prompt: chosen/rejected as message lists sharing their leading turns
  *           aliases: question / input for prompt
  *   scalars {prompt, response, label}                  label: yes/no/true/false/1/0
+ *   images  images: ["file.png", …] or image: "file.png" (paths relative to the JSONL file), and/or
+ *           {type: "image", path} content parts in message-list prompts (HF chat format); shown before the
+ *           prompt's text, in order
  */
 import fs from 'node:fs';
+import path from 'node:path';
 
 export interface ChatTurn { role: string; content: string }
 export type Prompt = string | ChatTurn[];
 
-export interface PairExample { kind: 'pair'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; chosen: string; rejected: string; subset?: string; cell?: PairCell }
+/** `images`: absolute paths of the image files shown with the prompt (image-text checkpoints); absent: none. */
+export interface PairExample { kind: 'pair'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; chosen: string; rejected: string; subset?: string; cell?: PairCell; images?: string[] }
 
 /**
  * Set when a pair is one comparison of a multi-response row (RM-Bench's 3 chosen × 3 rejected styles,
@@ -18,11 +23,11 @@ export interface PairExample { kind: 'pair'; id: string; line: number; row: Reco
  * benchmark's own row-level score can be rebuilt from the pair results. `scoring` names that score.
  */
 export interface PairCell { row: string; chosen: number; rejected: number; chosenCount: number; rejectedCount: number; cells: number; scoring: 'rm-bench' | 'best-of-n' }
-export interface ScalarExample { kind: 'scalar'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; response: string; label: boolean | null; subset?: string }
+export interface ScalarExample { kind: 'scalar'; id: string; line: number; row: Record<string, unknown>; prompt: Prompt; response: string; label: boolean | null; subset?: string; images?: string[] }
 export type Example = PairExample | ScalarExample;
 
 /** One judged item: what the reward model sees (a pair contributes two). */
-export interface ScalarItem { id: string; prompt: Prompt; response: string; label: boolean; source: Example }
+export interface ScalarItem { id: string; prompt: Prompt; response: string; label: boolean; source: Example; images?: string[] }
 
 export class DataError extends Error {
   override name = 'DataError';
@@ -60,7 +65,7 @@ export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
       if (!raw) continue;
       let row: unknown;
       try { row = JSON.parse(raw); } catch (e) { throw new DataError(`${where}: not valid JSON (${(e as Error).message})`); }
-      const ex = parseRow(row, line, where, opts.labelsOptional ?? false);
+      const ex = parseRow(row, line, where, opts.labelsOptional ?? false, path.dirname(path.resolve(file)));
       if (seen.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
       seen.add(ex.id);
       if (opts.subsets && !opts.subsets.includes(ex.subset ?? '')) continue;
@@ -143,9 +148,42 @@ function firstInvalidUtf8(bytes: Buffer): number {
   return bytes.length;
 }
 
-function parseRow(row: unknown, line: number, where: string, labelsOptional: boolean): Example {
+function parseRow(row: unknown, line: number, where: string, labelsOptional: boolean, baseDir: string): Example {
   if (typeof row !== 'object' || row === null || Array.isArray(row)) throw new DataError(`${where}: a row must be a JSON object`);
   const r = row as Record<string, unknown>;
+  const ex = parseFields(r, line, where, labelsOptional, baseDir);
+  const images = [...imagesField(r, where, baseDir), ...ex.images];
+  const { images: _parts, ...rest } = ex;
+  return images.length ? { ...rest, images } : rest;
+}
+
+/** `images` (a list of paths) or `image` (one path), resolved against the JSONL file's folder and checked to exist. */
+function imagesField(r: Record<string, unknown>, where: string, baseDir: string): string[] {
+  if (r.images !== undefined && r.image !== undefined) throw new DataError(`${where}: give "images" or "image", not both`);
+  if (r.image !== undefined) return [imageFile(r.image, `${where}: field "image"`, baseDir)];
+  if (r.images === undefined || r.images === null) return [];
+  if (!Array.isArray(r.images)) throw new DataError(`${where}: field "images": must be a list of image file paths`);
+  return r.images.map((v, i) => imageFile(v, `${where}: field "images[${i}]"`, baseDir));
+}
+
+function imageFile(v: unknown, where: string, baseDir: string): string {
+  if (typeof v !== 'string' || !v.trim()) throw new DataError(`${where}: must be an image file path (a non-empty string)`);
+  if (/^(https?|data):/i.test(v)) throw new DataError(`${where}: ${JSON.stringify(v.slice(0, 80))} is not a local file; images are read from disk only (download it and give its path)`);
+  const file = path.resolve(baseDir, v);
+  let ok = false;
+  try { ok = fs.statSync(file).isFile(); } catch { ok = false; }
+  if (!ok) throw new DataError(`${where}: image file ${file} not found`);
+  return file;
+}
+
+/** Content parts of one turn collected while parsing a row: image files found in message lists. */
+type Parsed = Example & { images: string[] };
+
+function parseFields(r: Record<string, unknown>, line: number, where: string, labelsOptional: boolean, baseDir: string): Parsed {
+  const images: string[] = [];
+  const parsePrompt = (v: unknown, at: string) => parsePromptIn(v, at, images, baseDir);
+  const parseTurns = (v: unknown, at: string) => parseTurnsIn(v, at, images, baseDir);
+  const parseResponse = (v: unknown, at: string) => parseResponseIn(v, at);
   const id = r.id === undefined ? `line-${line}` : String(r.id);
   const subset = typeof r.subset === 'string' ? r.subset : undefined;
   const promptField = r.prompt !== undefined ? 'prompt' : r.question !== undefined ? 'question' : r.input !== undefined ? 'input' : null;
@@ -164,7 +202,7 @@ function parseRow(row: unknown, line: number, where: string, labelsOptional: boo
     } else {
       // TRL implicit prompt: the shared leading turns are the prompt, the final assistant turn the answer.
       const c = parseTurns(r.chosen, `${where}: field "chosen"`);
-      const rj = parseTurns(r.rejected, `${where}: field "rejected"`);
+      const rj = parseTurnsIn(r.rejected, `${where}: field "rejected"`, [], baseDir); // its shared turns' images are chosen's
       let k = 0;
       while (k < c.length - 1 && k < rj.length - 1 && c[k]!.role === rj[k]!.role && c[k]!.content === rj[k]!.content) k++;
       if (k === 0) throw new DataError(`${where}: field "prompt" is missing (and chosen/rejected share no leading turns)`);
@@ -172,7 +210,7 @@ function parseRow(row: unknown, line: number, where: string, labelsOptional: boo
       chosen = c.slice(k).map((t) => t.content).join('\n');
       rejected = rj.slice(k).map((t) => t.content).join('\n');
     }
-    return { kind: 'pair', id, line, row: r, prompt, chosen, rejected, subset };
+    return { kind: 'pair', id, line, row: r, prompt, chosen, rejected, subset, images };
   }
   if (r.response !== undefined || r.label !== undefined) {
     if (!promptField) throw new DataError(`${where}: field "prompt" is missing`);
@@ -183,34 +221,56 @@ function parseRow(row: unknown, line: number, where: string, labelsOptional: boo
       prompt: parsePrompt(r[promptField], `${where}: field "${promptField}"`),
       response: parseResponse(r.response, `${where}: field "response"`),
       label: r.label === undefined ? null : parseLabel(r.label, `${where}: field "label"`),
+      images,
     };
   }
   throw new DataError(`${where}: a row needs {prompt, chosen, rejected} or {prompt, response, label}; found fields ${Object.keys(r).join(', ') || '(none)'}`);
 }
 
-function parsePrompt(v: unknown, where: string): Prompt {
+function parsePromptIn(v: unknown, where: string, images: string[], baseDir: string): Prompt {
   if (typeof v === 'string') {
     if (!v.trim()) throw new DataError(`${where}: is empty`);
     return v;
   }
-  return parseTurns(v, where);
+  return parseTurnsIn(v, where, images, baseDir);
 }
 
-function parseTurns(v: unknown, where: string): ChatTurn[] {
+/**
+ * Message lists; a turn's content is a string or HF content parts: `{type: "text", text}` and
+ * `{type: "image", path}` (also `image` or `url` naming a local file). Image parts go to `images` (null: not
+ * allowed here) in order; the turn keeps its text parts, joined by newlines.
+ */
+function parseTurnsIn(v: unknown, where: string, images: string[] | null, baseDir: string): ChatTurn[] {
   if (!Array.isArray(v) || v.length === 0) throw new DataError(`${where}: must be a string or a non-empty list of {role, content}`);
   return v.map((t, i) => {
     const turn = t as Record<string, unknown>;
-    if (typeof turn !== 'object' || turn === null || typeof turn.role !== 'string' || typeof turn.content !== 'string') {
-      throw new DataError(`${where}[${i}]: must be {role: string, content: string}`);
+    if (typeof turn !== 'object' || turn === null || typeof turn.role !== 'string' || (typeof turn.content !== 'string' && !Array.isArray(turn.content))) {
+      throw new DataError(`${where}[${i}]: must be {role: string, content: string or a list of content parts}`);
     }
-    return { role: turn.role, content: turn.content };
+    if (typeof turn.content === 'string') return { role: turn.role, content: turn.content };
+    const texts: string[] = [];
+    turn.content.forEach((part, j) => {
+      const at = `${where}[${i}].content[${j}]`;
+      const p = part as Record<string, unknown>;
+      if (typeof p !== 'object' || p === null) throw new DataError(`${at}: must be {type: "text", text} or {type: "image", path}`);
+      if (p.type === 'text' && typeof p.text === 'string') { texts.push(p.text); return; }
+      if (p.type === 'image') {
+        if (!images) throw new DataError(`${at}: images are read from the prompt only, not from responses`);
+        const key = ['path', 'image', 'url'].find((k) => p[k] !== undefined);
+        if (!key) throw new DataError(`${at}: an image part needs "path" (the image file)`);
+        images.push(imageFile(p[key], `${at}.${key}`, baseDir));
+        return;
+      }
+      throw new DataError(`${at}: must be {type: "text", text} or {type: "image", path}`);
+    });
+    return { role: turn.role, content: texts.join('\n') };
   });
 }
 
-function parseResponse(v: unknown, where: string): string {
+function parseResponseIn(v: unknown, where: string): string {
   if (typeof v === 'string') return v;
   // TRL conversational: a list holding the assistant turn(s).
-  return parseTurns(v, where).map((t) => t.content).join('\n');
+  return parseTurnsIn(v, where, null, '').map((t) => t.content).join('\n');
 }
 
 const LABELS: Record<string, boolean> = { yes: true, no: false, true: true, false: false, '1': true, '0': false };
@@ -227,10 +287,23 @@ export function toScalarItems(examples: Example[]): ScalarItem[] {
   for (const e of examples) if (e.kind === 'scalar' && e.label === null) throw new DataError(`line ${e.line}: field "label" is missing`);
   return examples.flatMap((e): ScalarItem[] => e.kind === 'pair'
     ? [
-      { id: `${e.id}:chosen`, prompt: e.prompt, response: e.chosen, label: true, source: e },
-      { id: `${e.id}:rejected`, prompt: e.prompt, response: e.rejected, label: false, source: e },
+      { id: `${e.id}:chosen`, prompt: e.prompt, response: e.chosen, label: true, source: e, ...imagesOf(e) },
+      { id: `${e.id}:rejected`, prompt: e.prompt, response: e.rejected, label: false, source: e, ...imagesOf(e) },
     ]
-    : [{ id: e.id, prompt: e.prompt, response: e.response, label: e.label!, source: e }]);
+    : [{ id: e.id, prompt: e.prompt, response: e.response, label: e.label!, source: e, ...imagesOf(e) }]);
+}
+
+/** `{images}` when the example has any, else nothing (text rows stay as they were). */
+export function imagesOf(e: { images?: readonly string[] }): { images?: string[] } {
+  return e.images?.length ? { images: [...e.images] } : {};
+}
+
+/**
+ * What makes two prompts the same prompt: the text and the images shown with it. Rows with one text and other
+ * images are different questions (never siblings, never a shared prefix).
+ */
+export function promptIdentity(e: { prompt: Prompt; images?: readonly string[] }): string {
+  return e.images?.length ? `${promptText(e.prompt)}\0images:${e.images.join('\0')}` : promptText(e.prompt);
 }
 
 /** Renders a message-list prompt as plain text for the template's "Prompt:" field. */

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Decoder } from '../model/decoder.js';
-import { promptText, type Example, type PairExample } from '../data/examples.js';
+import { promptIdentity, type Example, type PairExample } from '../data/examples.js';
 import { Rng } from '../util/rng.js';
 import { isPoolDataError, METHODS, type MethodOptions, type PreparedMethod } from './methods.js';
 import { aggregate, type Results } from './aggregate.js';
@@ -96,8 +96,8 @@ export function drawSplits(pairs: PairExample[], fewShot: number, mode: 'subset'
   return splits;
 }
 
-/** Pairs with the same prompt text are siblings: they never straddle the pool and the test set. */
-const promptKey = (p: PairExample) => promptText(p.prompt);
+/** Pairs with the same prompt (text and images) are siblings: they never straddle the pool and the test set. */
+const promptKey = (p: PairExample) => promptIdentity(p);
 
 /**
  * Exact duplicate pairs (same prompt text, chosen and rejected) after the first are left out: a duplicate would
@@ -205,7 +205,7 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
   const itemsFile = path.join(opts.outputDir, 'items.jsonl');
   const manifestFile = path.join(opts.outputDir, 'run.json');
   const manifest = {
-    model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => [p.id, p.prompt, p.chosen, p.rejected]))).digest('hex'),
+    model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => (p.images?.length ? [p.id, p.prompt, p.chosen, p.rejected, p.images] : [p.id, p.prompt, p.chosen, p.rejected])))).digest('hex'),
     fewShot: opts.fewShot, seed: opts.seed, pool: opts.pool, method: { ...opts.method, onFitProgress: undefined },
     ...(opts.poolCandidate ? { fixedPool: createHash('sha256').update(JSON.stringify(pairs.filter(opts.poolCandidate).map((p) => p.id))).digest('hex') } : {}),
     ...(opts.poolFrom ? { poolSource: createHash('sha256').update(JSON.stringify(pairs.map((p) => { const q = opts.poolFrom!(p); return [q.id, q.prompt, q.chosen, q.rejected]; }))).digest('hex') } : {}),

@@ -3,7 +3,19 @@
  * and, when all sequences start with the same tokens (a judge prompt with fixed demonstrations), that
  * common prefix is prefilled once and only the differing suffixes are run.
  */
-import type { Decoder, HeadPatch, KvCache } from './decoder.js';
+import type { Decoder, HeadPatch, ImageEmbeds, KvCache } from './decoder.js';
+
+/** An image placed in a sequence, with `key` naming its content (two images are the same when their keys are). */
+export interface PlacedImage extends ImageEmbeds { key: string }
+
+/** Token ids (image placeholders already expanded) and the images over their placeholder rows. */
+export interface ImageSequence { ids: number[]; images: readonly PlacedImage[] }
+
+/** A sequence to run: plain token ids, or ids with images. */
+export type Sequence = number[] | ImageSequence;
+
+const idsOf = (s: Sequence): number[] => (Array.isArray(s) ? s : s.ids);
+const imagesOf = (s: Sequence): readonly PlacedImage[] => (Array.isArray(s) ? [] : s.images);
 
 export interface LastLogitsOptions {
   batchSize: number;
@@ -28,53 +40,85 @@ export interface LastLogitsOptions {
 /** Below this many shared tokens a separate prefill costs more than the padding it saves. */
 const MIN_SHARED = 8;
 
-/** Length of the common prefix of `seqs`, leaving at least one token in each. */
-function commonPrefix(seqs: number[][]): number {
-  let shared = Math.min(...seqs.map((s) => s.length)) - 1;
-  for (const s of seqs) {
+/**
+ * Length of the common prefix of `seqs`, leaving at least one token in each. Equal ids are not enough where
+ * images sit: a prefix holds an image only when every sequence has the same image (key) at the same place, and
+ * it never ends inside an image's rows; otherwise it stops before that image.
+ */
+export function commonPrefix(seqs: Sequence[], hiddenSize: number): number {
+  const ids = seqs.map(idsOf);
+  let shared = Math.min(...ids.map((s) => s.length)) - 1;
+  for (const s of ids) {
     let i = 0;
-    while (i < shared && s[i] === seqs[0]![i]) i++;
+    while (i < shared && s[i] === ids[0]![i]) i++;
     shared = i;
   }
+  const first = imagesOf(seqs[0]!);
+  for (let changed = true; changed;) {
+    changed = false;
+    for (const s of seqs) {
+      for (const img of imagesOf(s)) {
+        if (img.start >= shared) continue;
+        const end = img.start + img.embeds.length / hiddenSize;
+        const same = first.find((f) => f.start === img.start);
+        // Every sequence is checked against the first, and the first is among them: that makes it symmetric.
+        const everywhere = seqs.every((o) => imagesOf(o).some((x) => x.start === img.start && x.key === img.key));
+        if (end > shared || !same || same.key !== img.key || !everywhere) { shared = img.start; changed = true; }
+      }
+    }
+  }
   return shared;
+}
+
+/** The images of `s` that lie in its first `shared` tokens, and the rest re-indexed from `shared`. */
+function splitImages(s: Sequence, shared: number): { prefix: ImageEmbeds[]; suffix: ImageEmbeds[] } {
+  const all = imagesOf(s);
+  return {
+    prefix: all.filter((img) => img.start < shared),
+    suffix: all.filter((img) => img.start >= shared).map((img) => ({ ...img, start: img.start - shared })),
+  };
 }
 
 /** One sequence's last position: logits [V], log Σ exp(logits), head activations [L·H·d]. */
 export interface LastRow { logits: Float32Array; logSumExp: number; heads: Float32Array }
 
 /** Calls `onRow(index, row)` for every sequence (grouped ones first, then by length). */
-export async function forEachLastLogits(decoder: Decoder, seqs: number[][], opts: LastLogitsOptions, onRow: (index: number, row: LastRow) => void): Promise<void> {
+export async function forEachLastLogits(decoder: Decoder, seqs: Sequence[], opts: LastLogitsOptions, onRow: (index: number, row: LastRow) => void): Promise<void> {
   if (seqs.length === 0) return;
-  const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
+  const { vocabSize: V, numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = decoder.spec;
+  const len = (i: number) => idsOf(seqs[i]!).length;
   let done = 0;
   const run = async (idx: number[], kv: KvCache | null, shared: number) => {
-    const rows = idx.map((i) => seqs[i]!.slice(shared));
+    const rows = idx.map((i) => idsOf(seqs[i]!).slice(shared));
+    const withImages = idx.some((i) => imagesOf(seqs[i]!).length > 0);
+    const images = withImages ? idx.map((i) => splitImages(seqs[i]!, shared).suffix) : undefined;
     const patch = opts.patch?.(idx.length);
-    const out = kv ? await decoder.forwardShared(kv, rows, patch) : await decoder.forward(rows, patch);
+    const out = kv ? await decoder.forwardShared(kv, rows, patch, { images }) : await decoder.forward(rows, patch, { images });
     idx.forEach((i, b) => onRow(i, { logits: out.logits.subarray(b * V, (b + 1) * V), logSumExp: out.logSumExp[b]!, heads: out.heads.subarray(b * L * H * d, (b + 1) * L * H * d) }));
     done += idx.length;
     opts.onProgress?.(done, seqs.length);
   };
+  const prefill = (i: number, shared: number) => decoder.prefill(idsOf(seqs[i]!).slice(0, shared), { images: splitImages(seqs[i]!, shared).prefix });
   const rest = new Set(seqs.keys());
   for (const group of opts.groups ?? []) {
     if (group.length < 2) continue;
-    const shared = commonPrefix(group.map((i) => seqs[i]!));
+    const shared = commonPrefix(group.map((i) => seqs[i]!), D);
     if (shared < MIN_SHARED) continue;
-    const kv = await decoder.prefill(seqs[group[0]!]!.slice(0, shared));
+    const kv = await prefill(group[0]!, shared);
     for (let start = 0; start < group.length; start += opts.batchSize) await run(group.slice(start, start + opts.batchSize), kv, shared);
     group.forEach((i) => rest.delete(i));
   }
   const others = [...rest];
   if (!others.length) return;
-  let shared = (opts.sharePrefix ?? true) ? commonPrefix(others.map((i) => seqs[i]!)) : 0;
-  const kv = shared >= MIN_SHARED ? await decoder.prefill(seqs[others[0]!]!.slice(0, shared)) : null;
+  let shared = (opts.sharePrefix ?? true) ? commonPrefix(others.map((i) => seqs[i]!), D) : 0;
+  const kv = shared >= MIN_SHARED ? await prefill(others[0]!, shared) : null;
   if (!kv) shared = 0;
-  const order = others.sort((a, b) => seqs[a]!.length - seqs[b]!.length);
+  const order = others.sort((a, b) => len(a) - len(b));
   const budget = opts.maxScoreElements ?? 2 ** 27;
   let batch: number[] = [];
   for (const i of order) {
     // Sorted by length, so the newest row is the longest: it sets S for the whole batch.
-    const S = seqs[i]!.length - shared;
+    const S = len(i) - shared;
     if (batch.length && (batch.length >= opts.batchSize || (batch.length + 1) * H * S * (shared + S) > budget)) {
       await run(batch, kv, shared);
       batch = [];

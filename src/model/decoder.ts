@@ -209,10 +209,11 @@ export class Decoder {
 
   /**
    * Rows of different continuations after one shared prefix `kv` (e.g. two responses to one prompt),
-   * left-padded among themselves; the prefix is computed once and broadcast.
+   * left-padded among themselves; the prefix is computed once and broadcast. `images`: per row, images whose
+   * placeholders lie in that row's suffix (e.g. a query's image after shared demonstrations).
    */
-  async forwardShared(kv: KvCache, suffixRows: number[][], patch?: HeadPatch): Promise<ForwardResult> {
-    const r = await this.run(suffixRows, kv, patch, false);
+  async forwardShared(kv: KvCache, suffixRows: number[][], patch?: HeadPatch, opts: { images?: RowImages } = {}): Promise<ForwardResult> {
+    const r = await this.run(suffixRows, kv, patch, false, opts.images);
     return { batchSize: suffixRows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
   }
 

@@ -1,0 +1,183 @@
+/**
+ * Images in judge prompts (image-text checkpoints). Per image file: its content hash, size and placeholder count,
+ * read once (length budgets need the count before anything runs). Per distinct image: the vision tower's rows,
+ * computed once and kept in a bounded cache keyed by the image's content hash, the vision config hash and the
+ * checkpoint's weights, so a REINFORCE run or a scored pair set never runs the tower twice on one picture.
+ * Judge ids carry one placeholder per image; `place` expands them and attaches the rows.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import type { Decoder, ImageEmbeds } from '../model/decoder.js';
+import type { ImageSequence, PlacedImage, Sequence } from '../model/batch.js';
+import { ImageInputs } from '../model/image-inputs.js';
+import { ModelError } from '../model/errors.js';
+import { decodeImage } from '../model/vision/image.js';
+import { loadImageProcessor, type ImageProcessor } from '../model/vision/processor.js';
+import { expandImagePlaceholders } from '../model/vision/placeholders.js';
+import { visionSpecFromConfig, visionSpecHash } from '../model/families/vision-spec.js';
+import type { ImageRendering } from './template.js';
+
+export interface ImageFileInfo { sha256: string; height: number; width: number; tokens: number }
+
+type Rows = Omit<ImageEmbeds, 'start'>;
+
+/** Vision-tower rows by image key, least recently used first; bounded in bytes. Shared by every JudgeImages. */
+const rowsCache = new Map<string, Rows>();
+let rowsCacheBytes = 0;
+const bytesOf = (r: Rows) => (r.embeds.length + (r.deepstack ?? []).reduce((n, f) => n + f.length, 0)) * 4;
+/** Default bound of the rows cache: 1 GiB (ARM_IMAGE_CACHE_MB to change it). */
+const rowsCacheLimit = () => Number(process.env.ARM_IMAGE_CACHE_MB ?? 1024) * 2 ** 20;
+
+const perDecoder = new WeakMap<Decoder, JudgeImages>();
+
+/**
+ * sha256 over what decides an image's rows besides its pixels and the weights: the vision tower's spec (from
+ * config.json) and the image processor's settings (preprocessor_config.json). Criterion files record it.
+ */
+export function visionConfigHash(modelDir: string): string {
+  const config = JSON.parse(fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  const pre = fs.readFileSync(path.join(modelDir, 'preprocessor_config.json'), 'utf8');
+  return createHash('sha256').update(visionSpecHash(visionSpecFromConfig(config))).update('\0').update(pre).digest('hex');
+}
+
+export class JudgeImages implements ImageRendering {
+  /** Tower runs and cache hits, for tests and cost reports. */
+  readonly stats = { towerRuns: 0, cacheHits: 0 };
+  private readonly files = new Map<string, ImageFileInfo>();
+  private inputs: Promise<ImageInputs> | null = null;
+  private markupText: string | null = null;
+
+  private constructor(private readonly decoder: Decoder, readonly processor: ImageProcessor, readonly visionConfigHash: string) {}
+
+  /** The decoder's image handling, made once per decoder; null for a text-only checkpoint. */
+  static of(decoder: Decoder): JudgeImages | null {
+    if (!decoder.spec.imageText) return null;
+    let j = perDecoder.get(decoder);
+    if (!j) {
+      const dir = decoder.info.modelDir;
+      j = new JudgeImages(decoder, loadImageProcessor(dir), visionConfigHash(dir));
+      perDecoder.set(decoder, j);
+    }
+    return j;
+  }
+
+  /**
+   * The text one image placeholder is written as in a prompt: the checkpoint's own tokens (Qwen
+   * `<|vision_start|><|image_pad|><|vision_end|>`, LLaVA `<image>` and a newline, as their processors' prompts have it).
+   */
+  get markup(): string {
+    if (this.markupText === null) {
+      const p = this.processor.placeholders;
+      const token = (id: number) => this.decoder.tokenizer.decode([id], { skipSpecialTokens: false });
+      const image = token(p.image);
+      this.markupText = p.visionStart !== undefined && p.visionEnd !== undefined ? `${token(p.visionStart)}${image}${token(p.visionEnd)}` : `${image}\n`;
+    }
+    return this.markupText;
+  }
+
+  /** The placeholder token's text (what a chat template that renders image parts must emit). */
+  get placeholderText(): string { return this.decoder.tokenizer.decode([this.processor.placeholders.image], { skipSpecialTokens: false }); }
+
+  /** Reads each file not seen yet: content hash, size, token count. Errors name the file. */
+  async load(files: Iterable<string>): Promise<void> {
+    for (const file of files) {
+      if (this.files.has(file)) continue;
+      let bytes: Buffer;
+      try { bytes = fs.readFileSync(file); } catch (e) {
+        throw new ModelError(`${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
+      const img = await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)).catch((e: unknown) => {
+        throw new ModelError(`${file}: ${(e as Error).message}`);
+      });
+      this.files.set(file, { sha256: createHash('sha256').update(bytes).digest('hex'), height: img.height, width: img.width, tokens: this.processor.tokenCount(img.height, img.width) });
+    }
+  }
+
+  info(file: string): ImageFileInfo {
+    const i = this.files.get(file);
+    if (!i) throw new Error(`image ${file} was not loaded (JudgeImages.load first)`);
+    return i;
+  }
+
+  /** Placeholder tokens `file` expands to. */
+  tokens(file: string): number { return this.info(file).tokens; }
+
+  /** The vision tower's rows for one image, from the cache or computed (the tower runs once per distinct image). */
+  async rows(file: string): Promise<{ key: string; rows: Rows }> {
+    const { sha256 } = this.info(file);
+    const key = `${sha256}|${this.visionConfigHash}|${this.decoder.info.weightsFingerprint}`;
+    const hit = rowsCache.get(key);
+    if (hit) {
+      rowsCache.delete(key); rowsCache.set(key, hit);
+      this.stats.cacheHits++;
+      return { key: sha256, rows: hit };
+    }
+    this.inputs ??= ImageInputs.load(this.decoder.info.modelDir);
+    const inputs = await this.inputs;
+    const rows = await inputs.embed(this.processor.preprocess(await decodeImage(file)));
+    this.stats.towerRuns++;
+    rowsCache.set(key, rows);
+    rowsCacheBytes += bytesOf(rows);
+    for (const [k, v] of rowsCache) {
+      if (rowsCacheBytes <= rowsCacheLimit() || k === key) break;
+      rowsCache.delete(k);
+      rowsCacheBytes -= bytesOf(v);
+    }
+    return { key: sha256, rows };
+  }
+
+  /** `ids` with one placeholder per file (in order) → expanded ids with each image's rows placed. */
+  async place(ids: readonly number[], files: readonly string[]): Promise<ImageSequence> {
+    await this.load(files);
+    const expanded = expandImagePlaceholders(ids, this.processor.placeholders.image, files.map((f) => this.tokens(f)));
+    const images: PlacedImage[] = [];
+    for (const [i, f] of files.entries()) {
+      const { key, rows } = await this.rows(f);
+      images.push({ start: expanded.imageSpans[i]!.start, key, ...rows });
+    }
+    return { ids: expanded.inputIds, images };
+  }
+
+  async release(): Promise<void> {
+    const inputs = this.inputs;
+    this.inputs = null;
+    if (inputs) await (await inputs).release();
+  }
+}
+
+/** Every image file the items show. */
+export function imageFilesOf(items: readonly { images?: readonly string[] }[]): Set<string> {
+  return new Set(items.flatMap((it) => it.images ?? []));
+}
+
+/**
+ * The image handling for judge items on `decoder`: null when no item has an image; the files loaded (sizes,
+ * hashes) when some do; an error when the checkpoint has no vision tower.
+ */
+export async function judgeImagesFor(decoder: Decoder, items: readonly { id: string; images?: readonly string[] }[]): Promise<JudgeImages | null> {
+  const withImage = items.find((it) => it.images?.length);
+  if (!withImage) return null;
+  const images = JudgeImages.of(decoder);
+  if (!images) throw new ModelError(`item ${withImage.id} has an image, but ${decoder.id} is a text-only checkpoint (image rows need an image-text model: qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)`);
+  await images.load(imageFilesOf(items));
+  return images;
+}
+
+/** A rendered prompt as the batch runner takes it: its ids, or with images its expanded ids and rows. */
+export async function toSequence(images: JudgeImages | null, r: { ids: number[]; images: readonly string[] }): Promise<Sequence> {
+  if (!r.images.length) return r.ids;
+  if (!images) throw new ModelError('a prompt has images, but no image handling was set up for it');
+  return images.place(r.ids, r.images);
+}
+
+/** Empties the rows cache shared by every decoder (tests count tower runs from a clean state). */
+export function clearImageRowsCache(): void {
+  rowsCache.clear();
+  rowsCacheBytes = 0;
+}
+
+/** Releases the vision tower a decoder's JudgeImages loaded (the CLI calls it before disposing the decoder). */
+export async function releaseJudgeImages(decoder: Decoder): Promise<void> {
+  await perDecoder.get(decoder)?.release();
+}

@@ -1,0 +1,223 @@
+/**
+ * Image rows through fit / score / eval on tiny image-text checkpoints (the hf-parity fixtures with a word-level
+ * tokenizer made here) and a synthetic preference set of coloured shapes with true and false captions.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { Decoder } from '../../src/model/decoder.js';
+import { commonPrefix, forEachLastLogits, type ImageSequence } from '../../src/model/batch.js';
+import { DataError, readExamples, type Example } from '../../src/data/examples.js';
+import { fitActivationRM, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
+import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
+import { clearImageRowsCache, JudgeImages, judgeImagesFor, releaseJudgeImages } from '../../src/arm/images.js';
+import { makeTemplate, render } from '../../src/arm/template.js';
+import { loadCriterion } from '../../src/arm/criterion.js';
+import { ModelError } from '../../src/model/errors.js';
+import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';
+import { imageTextCheckpoint, writeShape, writeShapePairs, type ImageTextFamily } from '../helpers/image-text.js';
+import { arm } from '../helpers/cli.js';
+
+const IMAGE = 500, VISION_START = 502, VISION_END = 503;
+const cacheDir = tempDir('arm-cache-');
+const FIT = { passes: 8, shots: 2, batchSize: 4, reinforce: { steps: 6, samples: 8, readoutMasks: 3, readoutItems: 6 } } as const;
+
+let data: string;
+let shapesFile: string;
+let examples: Example[];
+
+beforeAll(async () => {
+  data = tempDir('arm-shapes-');
+  shapesFile = (await writeShapePairs(data)).file;
+  examples = readExamples(shapesFile).examples;
+});
+
+describe('image rows in JSONL', () => {
+  it('reads images, the image alias and image content parts, relative to the file', async () => {
+    const dir = tempDir();
+    fs.mkdirSync(path.join(dir, 'img'));
+    await writeShape(path.join(dir, 'img'), 'red', 'circle');
+    await writeShape(path.join(dir, 'img'), 'blue', 'square');
+    const rows = [
+      { prompt: 'What shape ?', chosen: 'a red circle', rejected: 'a blue square', images: ['img/red-circle.png'] },
+      { prompt: 'What shape ?', response: 'a blue square', label: 'yes', image: 'img/blue-square.png' },
+      { prompt: [{ role: 'user', content: [{ type: 'image', path: 'img/red-circle.png' }, { type: 'text', text: 'What shape ?' }] }], chosen: 'a red circle', rejected: 'a red square' },
+      { chosen: [{ role: 'user', content: [{ type: 'image', path: 'img/blue-square.png' }, { type: 'text', text: 'Describe' }] }, { role: 'assistant', content: 'a blue square' }],
+        rejected: [{ role: 'user', content: [{ type: 'image', path: 'img/blue-square.png' }, { type: 'text', text: 'Describe' }] }, { role: 'assistant', content: 'a red circle' }] },
+      { prompt: 'No image here', chosen: 'x', rejected: 'y' },
+    ];
+    const file = path.join(dir, 'rows.jsonl');
+    fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n'));
+    const ex = readExamples(file).examples;
+    const abs = (n: string) => path.join(dir, 'img', n);
+    expect(ex.map((e) => e.images)).toEqual([[abs('red-circle.png')], [abs('blue-square.png')], [abs('red-circle.png')], [abs('blue-square.png')], undefined]);
+    expect(ex[2]!.prompt).toEqual([{ role: 'user', content: 'What shape ?' }]);
+    expect(ex[3]!.kind === 'pair' && ex[3]!.chosen).toBe('a blue square');
+    // Judge items carry their images; a pair's two items both.
+    expect(judgeItems(ex.slice(0, 1), 'scalar').map((i) => i.images)).toEqual([[abs('red-circle.png')], [abs('red-circle.png')]]);
+  });
+
+  it('names the file, line, field and the missing image', () => {
+    const dir = tempDir();
+    const write = (row: unknown) => { const f = path.join(dir, 'r.jsonl'); fs.writeFileSync(f, `{"prompt":"a","chosen":"b","rejected":"c"}\n${JSON.stringify(row)}\n`); return f; };
+    const f1 = write({ prompt: 'a', chosen: 'b', rejected: 'c', images: ['nope.png'] });
+    expect(() => readExamples(f1)).toThrow(DataError);
+    expect(() => readExamples(f1)).toThrow(`${f1}:2: field "images[0]": image file ${path.join(dir, 'nope.png')} not found`);
+    const f2 = write({ prompt: [{ role: 'user', content: [{ type: 'image', path: 'gone.png' }] }], chosen: 'b', rejected: 'c' });
+    expect(() => readExamples(f2)).toThrow(`${f2}:2: field "prompt"[0].content[0].path: image file ${path.join(dir, 'gone.png')} not found`);
+    expect(() => readExamples(write({ prompt: 'a', chosen: 'b', rejected: 'c', image: 'x.png', images: [] }))).toThrow('give "images" or "image", not both');
+    expect(() => readExamples(write({ prompt: 'a', chosen: 'b', rejected: 'c', image: 'https://example.com/x.png' }))).toThrow('not a local file');
+    expect(() => readExamples(write({ prompt: 'a', chosen: 'b', rejected: 'c', images: 'x.png' }))).toThrow('field "images": must be a list');
+  });
+});
+
+describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () => {
+  let decoder: Decoder;
+  beforeAll(async () => { decoder = await Decoder.load(imageTextCheckpoint('qwen2_5_vl'), { cacheDir, quiet: true }); });
+  afterAll(async () => { await releaseJudgeImages(decoder); await decoder.dispose(); });
+
+  it('renders the chat template\'s image markup into the user turn, one placeholder per image', async () => {
+    const images = JudgeImages.of(decoder)!;
+    const items = judgeItems(examples.slice(0, 3), 'scalar');
+    await images.load(items.flatMap((i) => i.images ?? []));
+    const template = makeTemplate('scalar', {}, decoder.tokenizer);
+    expect(template.chat).toBe(true);
+    const r = render(decoder.tokenizer, template, items.slice(2, 4), items[0]!, 256, images);
+    expect(r.images).toEqual([items[2]!.images![0], items[3]!.images![0], items[0]!.images![0]]);
+    expect(r.ids.filter((t) => t === IMAGE)).toHaveLength(3);
+    // <|im_start|> user \n <|vision_start|><|image_pad|><|vision_end|> Prompt : …
+    const at = r.ids.indexOf(IMAGE);
+    expect(r.ids.slice(at - 1, at + 2)).toEqual([VISION_START, IMAGE, VISION_END]);
+    expect(decoder.tokenizer.decode(r.ids.slice(at - 3, at + 4), { skipSpecialTokens: false })).toMatch(/^<\|im_start\|> user <\|vision_start\|>/);
+    // A chat template that only takes strings gets the same markup as text; no chat template: markup before the text.
+    const plainChat = await Decoder.load(imageTextCheckpoint('qwen2_5_vl', { chat: 'text' }), { cacheDir, quiet: true });
+    try {
+      const images2 = JudgeImages.of(plainChat)!;
+      await images2.load(items[0]!.images!);
+      const r2 = render(plainChat.tokenizer, makeTemplate('scalar', {}, plainChat.tokenizer), [], items[0]!, 256, images2);
+      expect(r2.ids).toEqual(render(decoder.tokenizer, template, [], items[0]!, 256, images).ids);
+      const r3 = render(plainChat.tokenizer, makeTemplate('scalar', { chat: false }, plainChat.tokenizer), [], items[0]!, 256, images2);
+      expect(r3.ids.slice(0, 3)).toEqual([VISION_START, IMAGE, VISION_END]);
+    } finally { await plainChat.dispose(); }
+    // The length budget counts the expanded image: 56×56 is 4 tokens here.
+    expect(images.tokens(items[0]!.images![0]!)).toBe(4);
+    const len = r.ids.length + 3 * 3;
+    expect(render(decoder.tokenizer, template, items.slice(2, 4), items[0]!, len, images).truncatedTokens).toBe(0);
+    expect(render(decoder.tokenizer, template, items.slice(2, 4), items[0]!, len - 1, images).truncatedTokens).toBeGreaterThan(0);
+  });
+
+  it('shares a prefix only where the images are the same too', async () => {
+    const images = JudgeImages.of(decoder)!;
+    const [a, b] = [examples[0]!.images![0]!, examples[4]!.images![0]!];
+    const ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, VISION_START, IMAGE, VISION_END, 11, 12, 13];
+    const withA = await images.place(ids, [a]);
+    const withB = await images.place(ids, [b]);
+    const withA2: ImageSequence = { ids: [...withA.ids.slice(0, -1), 14], images: withA.images };
+    expect(withA.ids).toEqual(withB.ids); // same size, same ids: only the images differ
+    const D = decoder.spec.hiddenSize;
+    expect(commonPrefix([withA, withB], D)).toBe(11); // stops before the image
+    expect(commonPrefix([withA, withA2], D)).toBe(withA.ids.length - 1);
+    // A prefix never ends inside an image: cut to before it.
+    expect(commonPrefix([withA, { ids: withA.ids.slice(0, 13), images: withA.images }], D)).toBe(11);
+    const seqs = [withA, withB, withA2];
+    const alone = await Promise.all(seqs.map((s) => decoder.forward([s.ids], undefined, { images: [s.images] })));
+    const batched: Float32Array[] = [];
+    await forEachLastLogits(decoder, seqs, { batchSize: 4, groups: [[0, 1], [0, 2]] }, (i, row) => { batched[i] = row.logits.slice(); });
+    const close = (x: Float32Array, y: Float32Array) => Math.max(...x.map((v, i) => Math.abs(v - y[i]!)));
+    seqs.forEach((_, i) => expect(close(batched[i]!, alone[i]!.logits)).toBeLessThan(1e-4));
+    // The two images really give different logits (the test would pass vacuously otherwise).
+    expect(close(alone[0]!.logits, alone[1]!.logits)).toBeGreaterThan(1e-3);
+    // Shared prefix over the whole batch (no groups): the image rows in the suffix.
+    const shared: Float32Array[] = [];
+    await forEachLastLogits(decoder, seqs, { batchSize: 4 }, (i, row) => { shared[i] = row.logits.slice(); });
+    seqs.forEach((_, i) => expect(close(shared[i]!, alone[i]!.logits)).toBeLessThan(1e-4));
+  });
+
+  it('REINFORCE steps over an image prefix give the full forward\'s loss', async () => {
+    const items = judgeItems(examples.slice(0, 2), 'scalar');
+    const images = JudgeImages.of(decoder)!;
+    await images.load(items.flatMap((i) => i.images ?? []));
+    const template = makeTemplate('scalar', {}, decoder.tokenizer);
+    const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
+    const mu = Float32Array.from({ length: L * H * d }, (_, i) => Math.sin(i) * 0.5);
+    const answer: [number, number] = [decoder.tokenizer.tokenId('Yes')!, decoder.tokenizer.tokenId('No')!];
+    const loss = reinforceLoss(decoder, items, template, answer, mu, 'replace', 256, 2 ** 26, images);
+    const masks = [new Uint8Array(L * H), Uint8Array.from({ length: L * H }, (_, i) => i % 3 === 0 ? 1 : 0)];
+    const got = await loss(1, masks);
+    const seq = await images.place(...((r) => [r.ids, r.images] as const)(render(decoder.tokenizer, template, [], items[1]!, 256, images)));
+    for (const [s, m] of masks.entries()) {
+      const full = await decoder.forward([seq.ids], { mask: Float32Array.from(m), values: mu }, { images: [seq.images] });
+      expect(got[s]).toBeCloseTo(full.logSumExp[0]! - full.logits[answer[1]]!, 4);
+      expect(full.logits.length).toBe(V);
+    }
+  });
+});
+
+describe('fit and score on image rows', () => {
+  it.each<[ImageTextFamily]>([['qwen2_5_vl'], ['llava_onevision'], ['qwen3_vl']])('%s: fit, save, load, score; the tower runs once per distinct image', async (family) => {
+    const decoder = await Decoder.load(imageTextCheckpoint(family), { cacheDir, quiet: true });
+    clearImageRowsCache(); // rows are cached across decoders of the same weights: count from empty
+    try {
+      const rm = await fitActivationRM(decoder, examples, { ...FIT, seed: 1, warn: () => undefined });
+      const images = JudgeImages.of(decoder)!;
+      expect(images.stats.towerRuns).toBe(12); // 12 pictures, hundreds of uses
+      expect(rm.criterion.meta.model.visionConfigHash).toMatch(/^[0-9a-f]{64}$/);
+      const file = path.join(tempDir(), 'shapes.arm.safetensors');
+      rm.save(file);
+      expect(loadCriterion(file).meta.model.visionConfigHash).toBe(rm.criterion.meta.model.visionConfigHash);
+      const again = ActivationRM.load(decoder, file);
+      const scores = (await again.scoreExamples(examples)) as PairScore[];
+      expect(images.stats.towerRuns).toBe(12);
+      expect(scores).toHaveLength(12);
+      for (const s of scores) { expect(Number.isFinite(s.chosen) && Number.isFinite(s.rejected)).toBe(true); expect(s.tooLong).toBe(false); }
+      // Scores follow the image: the same caption under another picture scores differently.
+      const swapped = examples.map((e) => ({ ...e, images: examples[(examples.indexOf(e) + 1) % examples.length]!.images }));
+      const other = (await again.scoreExamples(swapped)) as PairScore[];
+      expect(other.some((s, i) => Math.abs(s.chosen - scores[i]!.chosen) > 1e-7)).toBe(true);
+    } finally {
+      await releaseJudgeImages(decoder);
+      await decoder.dispose();
+    }
+  });
+
+  it('refuses a criterion whose vision configuration changed, and image rows on a text-only model', async () => {
+    const dir = imageTextCheckpoint('qwen2_5_vl');
+    const decoder = await Decoder.load(dir, { cacheDir, quiet: true });
+    const file = path.join(tempDir(), 'c.arm.safetensors');
+    try {
+      (await fitActivationRM(decoder, examples.slice(0, 4), { ...FIT, shots: 1, warn: () => undefined })).save(file);
+    } finally { await releaseJudgeImages(decoder); await decoder.dispose(); }
+    const pre = JSON.parse(fs.readFileSync(path.join(dir, 'preprocessor_config.json'), 'utf8'));
+    fs.writeFileSync(path.join(dir, 'preprocessor_config.json'), JSON.stringify({ ...pre, size: { ...pre.size, longest_edge: 100352 } }));
+    const changed = await Decoder.load(dir, { cacheDir, quiet: true });
+    try {
+      expect(() => ActivationRM.load(changed, file)).toThrow(/another vision configuration/);
+    } finally { await changed.dispose(); }
+    const text = await Decoder.load(makeCheckpoint(FAMILY_CONFIGS['qwen2 (qkv bias, tied, GQA 2)']!).dir, { cacheDir, quiet: true });
+    try {
+      await expect(judgeImagesFor(text, judgeItems(examples, 'scalar'))).rejects.toThrow(ModelError);
+      await expect(judgeImagesFor(text, judgeItems(examples, 'scalar'))).rejects.toThrow(/item red-circle:chosen has an image, but .* is a text-only checkpoint/);
+    } finally { await text.dispose(); }
+  });
+});
+
+describe('arm fit / score / eval on image rows (CLI)', () => {
+  it('fits, scores and evaluates the shapes set end to end', () => {
+    const model = imageTextCheckpoint('qwen2_5_vl');
+    const out = tempDir();
+    const rmFile = path.join(out, 'shapes.arm.safetensors');
+    const fitFlags = ['--passes', '8', '--shots', '2', '--steps', '6', '--samples', '8'];
+    arm(['fit', '--model', model, '--examples', shapesFile, '--out', rmFile, ...fitFlags]);
+    const scored = path.join(out, 'scored.jsonl');
+    arm(['score', '--model', model, '--rm', rmFile, '--input', shapesFile, '--output', scored]);
+    const rows = fs.readFileSync(scored, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(rows).toHaveLength(12);
+    expect(rows[0].images).toEqual(['images/red-circle.png']);
+    expect(typeof rows[0].arm.margin).toBe('number');
+    const evalDir = path.join(out, 'eval');
+    arm(['eval', '--model', model, '--dataset', shapesFile, '--methods', 'arm,zero-shot,sav-vote,icl-judge,random-heads', '--few-shot', '6', '--seeds', '1', '--pool', 'global',
+      '--output-dir', evalDir, ...fitFlags]);
+    const results = JSON.parse(fs.readFileSync(path.join(evalDir, 'results.json'), 'utf8'));
+    expect(JSON.stringify(results)).toContain('sav-vote');
+  }, 180_000);
+});
