@@ -12,13 +12,13 @@ import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegati
 
 interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   dataset?: string; biasPair?: string; preferencehack?: boolean; methods: string; fewShot: number; seeds: number; seed: number; pool: 'subset' | 'global'; outputDir: string;
-  saveAll?: boolean; limit?: number; subsets?: string; skipInvalid?: boolean;
+  saveAll?: boolean; limit?: number; subsets?: string; skipInvalid?: boolean; imageRoot?: string;
   iclShots: number; sampleN: number; temperature: number; savHeads: number;
 }
 
 export function registerEvalCommand(program: Command): void {
   addFitOptions(addJudgeOptions(addModelOptions(program.command('eval').description('compare the Activation RM with baselines on a preference dataset'), DEFAULT_MODEL)))
-    .option('--dataset <file|hub-id>', 'pairs {prompt, chosen, rejected, subset?} (RewardBench / TRL shapes) as JSONL; RM-Bench rows (3 × 3 styles); parquet (RewardBench, RewardBench 2); or a hub dataset: allenai/reward-bench-2, allenai/reward-bench')
+    .option('--dataset <file|hub-id>', 'pairs {prompt, chosen, rejected, subset?, images?} (RewardBench / TRL shapes) as JSONL; RM-Bench rows (3 × 3 styles); parquet (RewardBench, RewardBench 2); Multimodal RewardBench all_data.json (with --image-root); or a hub dataset: allenai/reward-bench-2, allenai/reward-bench')
     .option('--bias-pair <biased,flipped>', `a probe pair from arm bias-probe (${BIASES.join(', ')}): both splits are run and the bias gap (flipped − biased) reported`)
     .option('--preferencehack', 'read --dataset as a released PreferenceHack file (also when its path says preferencehack): its 80 few-shot pairs are the pool, the rest the test set')
     .option('--methods <list>', `comma-separated: ${Object.keys(METHODS).join(', ')}`, 'arm,zero-shot,pick-longer,pick-shorter')
@@ -31,13 +31,14 @@ export function registerEvalCommand(program: Command): void {
     .option('--limit <n>', 'read at most n rows', (v) => positiveInt(v, '--limit'))
     .option('--subsets <list>', 'only these subsets (comma-separated)')
     .option('--skip-invalid', 'skip invalid rows (reported) instead of stopping')
+    .option('--image-root <dir>', 'folder that image paths in the dataset are read under (default: the dataset file\'s folder); e.g. Multimodal RewardBench\'s data/ for its all_data.json')
     .option('--icl-shots <k>', 'demonstrations in the ICL judge prompt', (v) => positiveInt(v, '--icl-shots'), 4)
     .option('--sample-n <N>', 'sample-vote: verdicts sampled', (v) => positiveInt(v, '--sample-n'), 8)
     .option('--temperature <T>', 'sample-vote: temperature (> 0)', (v) => positiveNumber(v, '--temperature'), 1)
     .option('--sav-heads <n>', 'sav-vote: voting heads', (v) => positiveInt(v, '--sav-heads'), 20)
     .action(async (o: EvalCliOptions) => {
       if (!o.dataset === !o.biasPair) throw new Error('give --dataset, or --bias-pair biased.jsonl,flipped.jsonl (one of them)');
-      const readOpts = { skipInvalid: o.skipInvalid, limit: o.limit, subsets: o.subsets?.split(','), hub: { cacheDir: o.cacheDir }, preferenceHack: o.preferencehack };
+      const readOpts = { skipInvalid: o.skipInvalid, limit: o.limit, subsets: o.subsets?.split(','), hub: { cacheDir: o.cacheDir }, preferenceHack: o.preferencehack, imageRoot: o.imageRoot };
       const probeFiles = o.biasPair?.split(',').map((f) => f.trim()).filter(Boolean);
       if (probeFiles && probeFiles.length !== 2) throw new Error(`--bias-pair: expected two files, biased then flipped (biased.jsonl,flipped.jsonl), got ${JSON.stringify(o.biasPair)}`);
       const loaded = await Promise.all((probeFiles ?? [o.dataset!]).map((f) => loadDataset(f, readOpts)));

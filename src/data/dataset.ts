@@ -1,5 +1,6 @@
 /**
- * What `--dataset` names, read into pairs: a JSONL file of pairs (examples.ts), a JSONL file of multi-response
+ * What `--dataset` names, read into pairs: Multimodal RewardBench's all_data.json (mm-rewardbench.ts, images under
+ * `imageRoot`), a JSONL file of pairs (examples.ts), a JSONL file of multi-response
  * rows (RM-Bench, RewardBench 2 exported to JSONL: rmbench.ts), a parquet file or a folder of them
  * (parquet/rewardbench2.ts), or a hub dataset id (hub-dataset.ts).
  */
@@ -11,6 +12,7 @@ import { readMultiResponseJsonl } from './rmbench.js';
 import { readRewardBenchParquet } from './parquet/rewardbench2.js';
 import { resolveHubDataset, type HubDatasetOptions } from './hub-dataset.js';
 import { looksLikePreferenceHack, readPreferenceHack } from './preferencehack.js';
+import { looksLikeMultimodalRewardBench, readMultimodalRewardBench } from './mm-rewardbench.js';
 
 export interface LoadedDataset {
   examples: Example[];
@@ -43,6 +45,9 @@ export async function loadDataset(ref: string, opts: ReadOptions & { hub?: HubDa
       const keep = r.examples.filter((e) => !opts.subsets || opts.subsets.includes(e.subset ?? ''));
       out.examples.push(...keep); out.skipped.push(...r.skipped);
       out.fewShotIds = new Set([...(out.fewShotIds ?? []), ...[...r.fewShotIds].filter((id) => keep.some((e) => e.id === id))]);
+    } else if (looksLikeMultimodalRewardBench(file)) {
+      const r = readMultimodalRewardBench(file, opts);
+      out.examples.push(...r.examples); out.skipped.push(...r.skipped);
     } else if (file.toLowerCase().endsWith('.parquet')) {
       const r = await readRewardBenchParquet(file, opts);
       out.examples.push(...r.examples); out.skipped.push(...r.skipped);

@@ -42,6 +42,8 @@ export interface ReadOptions {
   labelsOptional?: boolean;
   /** Longest line accepted, in bytes (default MAX_LINE_BYTES). */
   maxLineBytes?: number;
+  /** Folder that relative image paths are read under (default: the data file's folder). */
+  imageRoot?: string;
 }
 
 export interface ReadResult { examples: Example[]; skipped: { line: number; reason: string }[] }
@@ -65,7 +67,7 @@ export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
       if (!raw) continue;
       let row: unknown;
       try { row = JSON.parse(raw); } catch (e) { throw new DataError(`${where}: not valid JSON (${(e as Error).message})`); }
-      const ex = parseRow(row, line, where, opts.labelsOptional ?? false, path.dirname(path.resolve(file)));
+      const ex = parseRow(row, line, where, opts.labelsOptional ?? false, path.resolve(opts.imageRoot ?? path.dirname(file)));
       if (seen.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
       seen.add(ex.id);
       if (opts.subsets && !opts.subsets.includes(ex.subset ?? '')) continue;
