@@ -26,9 +26,10 @@ export function registerArmCommands(program: Command): void {
     .option('--keep-all-means', 'store the means of every head, not only the selected ones')
     .option('--resume', 'continue an interrupted fit from <out>.fit-checkpoint.json')
     .option('--force', 'overwrite an existing --out that is not a criterion file')
-    .action(async (o: FitCliOptions) => {
+    .option('--image-root <dir>', 'folder that rows\' image paths are read under (default: the examples file\'s folder)')
+    .action(async (o: FitCliOptions & { imageRoot?: string }) => {
       if (o.denoiseBeforeSelection && !o.denoise) throw new Error('--denoise-before-selection needs --denoise pca:r');
-      const { examples, skipped } = readExamples(o.examples);
+      const { examples, skipped } = readExamples(o.examples, { imageRoot: o.imageRoot });
       if (skipped.length) process.stderr.write(`skipped ${skipped.length} rows\n`);
       // Minutes of work must not end in a refused or clobbering write: check where it goes first.
       const checkpointFile = `${o.out}.fit-checkpoint.json`;
@@ -86,8 +87,9 @@ export function registerArmCommands(program: Command): void {
     .requiredOption('--output <file.jsonl>', 'input rows with an "arm" field of scores added')
     .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'))
     .option('--max-length <n>', 'token budget per prompt', (v) => positiveInt(v, '--max-length'))
-    .action(async (o: ModelCliOptions & { rm: string; input: string; output: string; batchSize?: number; maxLength?: number }) => {
-      const { examples } = readExamples(o.input, { labelsOptional: true });
+    .option('--image-root <dir>', 'folder that rows\' image paths are read under (default: the input file\'s folder)')
+    .action(async (o: ModelCliOptions & { rm: string; input: string; output: string; batchSize?: number; maxLength?: number; imageRoot?: string }) => {
+      const { examples } = readExamples(o.input, { labelsOptional: true, imageRoot: o.imageRoot });
       const inputs: InputFile[] = [{ path: o.input, what: 'the --input file' }, { path: o.rm, what: 'the --rm criterion file' }, ...modelInputs(o.model)];
       const output = prepareOutput(o.output, { flag: '--output', inputs });
       let decoder;

@@ -214,6 +214,13 @@ describe('arm fit / score / eval on image rows (CLI)', () => {
     expect(rows).toHaveLength(12);
     expect(rows[0].images).toEqual(['images/red-circle.png']);
     expect(typeof rows[0].arm.margin).toBe('number');
+    // The same rows from another folder, their images found through --image-root: the same scores.
+    const elsewhere = path.join(tempDir(), 'moved.jsonl');
+    fs.copyFileSync(shapesFile, elsewhere);
+    arm(['score', '--model', model, '--rm', rmFile, '--input', elsewhere, '--output', path.join(out, 'moved.jsonl')], { expectFail: true });
+    arm(['score', '--model', model, '--rm', rmFile, '--input', elsewhere, '--output', path.join(out, 'moved.jsonl'), '--image-root', data]);
+    const moved = fs.readFileSync(path.join(out, 'moved.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(moved.map((r) => r.arm.margin)).toEqual(rows.map((r) => r.arm.margin));
     const evalDir = path.join(out, 'eval');
     arm(['eval', '--model', model, '--dataset', shapesFile, '--methods', 'arm,zero-shot,sav-vote,icl-judge,random-heads', '--few-shot', '6', '--seeds', '1', '--pool', 'global',
       '--output-dir', evalDir, ...fitFlags]);
