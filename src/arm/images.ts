@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Decoder, ImageEmbeds } from '../model/decoder.js';
-import type { ImageSequence, PlacedImage, Sequence } from '../model/batch.js';
+import { forEachLastLogits, type ImageSequence, type LastLogitsOptions, type LastRow, type PlacedImage, type Sequence } from '../model/batch.js';
 import { ImageInputs } from '../model/image-inputs.js';
 import { ModelError } from '../model/errors.js';
 import { decodeImage } from '../model/vision/image.js';
@@ -169,6 +169,43 @@ export async function toSequence(images: JudgeImages | null, r: { ids: number[];
   if (!r.images.length) return r.ids;
   if (!images) throw new ModelError('a prompt has images, but no image handling was set up for it');
   return images.place(r.ids, r.images);
+}
+
+/** Items placed at a time when prompts carry images (their rows are held until the chunk has run). */
+export const IMAGE_CHUNK_ITEMS = 64;
+
+/**
+ * forEachLastLogits over rendered prompts. Text prompts run as one call; prompts with images run in chunks of
+ * about IMAGE_CHUNK_ITEMS items (a group never split), each chunk's images placed just before it runs, so scoring
+ * a large image set holds a chunk's vision rows, not every image's at once.
+ */
+export async function forEachRenderedLastLogits(decoder: Decoder, images: JudgeImages | null, rendered: readonly { ids: number[]; images: readonly string[] }[], opts: LastLogitsOptions, onRow: (index: number, row: LastRow) => void, chunkItems = IMAGE_CHUNK_ITEMS): Promise<void> {
+  if (!images || rendered.every((r) => !r.images.length)) {
+    await forEachLastLogits(decoder, rendered.map((r) => r.ids), opts, onRow);
+    return;
+  }
+  const groupOf = new Map<number, number[]>();
+  for (const g of opts.groups ?? []) for (const i of g) groupOf.set(i, g);
+  const chunks: number[][] = [];
+  let chunk: number[] = [];
+  const taken = new Set<number>();
+  for (let i = 0; i < rendered.length; i++) {
+    if (taken.has(i)) continue;
+    const members = groupOf.get(i) ?? [i];
+    members.forEach((m) => taken.add(m));
+    chunk.push(...members);
+    if (chunk.length >= chunkItems) { chunks.push(chunk); chunk = []; }
+  }
+  if (chunk.length) chunks.push(chunk);
+  let before = 0;
+  for (const c of chunks) {
+    const local = new Map(c.map((i, k) => [i, k]));
+    const seqs: Sequence[] = [];
+    for (const i of c) seqs.push(await toSequence(images, rendered[i]!));
+    const groups = opts.groups?.filter((g) => g.length && local.has(g[0]!)).map((g) => g.map((i) => local.get(i)!));
+    await forEachLastLogits(decoder, seqs, { ...opts, groups, onProgress: (done) => opts.onProgress?.(before + done, rendered.length) }, (k, row) => onRow(c[k]!, row));
+    before += c.length;
+  }
 }
 
 /** Empties the rows cache shared by every decoder (tests count tower runs from a clean state). */

@@ -6,8 +6,7 @@ import type { Decoder, HeadPatch } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
 import { render, TooLongError, type JudgeItem } from './template.js';
-import { forEachLastLogits, type Sequence } from '../model/batch.js';
-import { judgeImagesFor, toSequence } from './images.js';
+import { forEachRenderedLastLogits, judgeImagesFor } from './images.js';
 import { imagesOf } from '../data/examples.js';
 import { argmax } from '../model/decoder.js';
 import { Rng } from '../util/rng.js';
@@ -112,9 +111,7 @@ export class ActivationRM {
     const [yesVariants, noVariants] = meta.answerTokens.variants;
     const liveIndex = new Map(live.map((i, j) => [i, j]));
     const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
-    const seqs: Sequence[] = [];
-    for (const i of live) seqs.push(await toSequence(images, rendered[i]!));
-    await forEachLastLogits(this.decoder, seqs, { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
+    await forEachRenderedLastLogits(this.decoder, images, live.map((i) => rendered[i]!), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
       const i = live[j]!;
       // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
       if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {

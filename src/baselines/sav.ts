@@ -5,8 +5,7 @@
  * of a pair's two responses tie often (20 heads give 21 values); the summed cosine margin breaks such ties.
  */
 import type { Decoder } from '../model/decoder.js';
-import { forEachLastLogits, type Sequence } from '../model/batch.js';
-import { judgeImagesFor, toSequence } from '../arm/images.js';
+import { forEachRenderedLastLogits, judgeImagesFor } from '../arm/images.js';
 import { render, TooLongError, type JudgeItem, type TemplateSpec } from '../arm/template.js';
 import { FitError } from '../arm/fit.js';
 
@@ -20,17 +19,14 @@ export interface SavModel {
 async function activations(decoder: Decoder, template: TemplateSpec, items: JudgeItem[], batchSize: number, maxLength: number, groups?: number[][]): Promise<(Float32Array | null)[]> {
   const out: (Float32Array | null)[] = new Array(items.length).fill(null);
   const live: number[] = [];
-  const seqs: Sequence[] = [];
+  const rendered: ReturnType<typeof render>[] = [];
   const images = await judgeImagesFor(decoder, items);
-  for (const [i, it] of items.entries()) {
-    let r;
-    try { r = render(decoder.tokenizer, template, [], it, maxLength, images); } catch (e) { if (!(e instanceof TooLongError)) throw e; continue; }
-    seqs.push(await toSequence(images, r));
-    live.push(i);
-  }
+  items.forEach((it, i) => {
+    try { rendered.push(render(decoder.tokenizer, template, [], it, maxLength, images)); live.push(i); } catch (e) { if (!(e instanceof TooLongError)) throw e; }
+  });
   const liveIndex = new Map(live.map((i, j) => [i, j]));
   const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
-  await forEachLastLogits(decoder, seqs, { batchSize, groups: liveGroups }, (j, { heads }) => { out[live[j]!] = heads.slice(); });
+  await forEachRenderedLastLogits(decoder, images, rendered, { batchSize, groups: liveGroups }, (j, { heads }) => { out[live[j]!] = heads.slice(); });
   return out;
 }
 

@@ -10,7 +10,7 @@ import { commonPrefix, forEachLastLogits, type ImageSequence } from '../../src/m
 import { DataError, readExamples, type Example } from '../../src/data/examples.js';
 import { fitActivationRM, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
 import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
-import { clearImageRowsCache, JudgeImages, judgeImagesFor, releaseJudgeImages } from '../../src/arm/images.js';
+import { clearImageRowsCache, forEachRenderedLastLogits, JudgeImages, judgeImagesFor, releaseJudgeImages } from '../../src/arm/images.js';
 import { makeTemplate, render } from '../../src/arm/template.js';
 import { loadCriterion } from '../../src/arm/criterion.js';
 import { ModelError } from '../../src/model/errors.js';
@@ -131,6 +131,25 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
     const shared: Float32Array[] = [];
     await forEachLastLogits(decoder, seqs, { batchSize: 4 }, (i, row) => { shared[i] = row.logits.slice(); });
     seqs.forEach((_, i) => expect(close(shared[i]!, alone[i]!.logits)).toBeLessThan(1e-4));
+  });
+
+  it('scores image prompts chunk by chunk (a group kept whole) with the results of one run', async () => {
+    const images = JudgeImages.of(decoder)!;
+    const items = judgeItems(examples, 'scalar');
+    await images.load(items.flatMap((i) => i.images ?? []));
+    const template = makeTemplate('scalar', {}, decoder.tokenizer);
+    const rendered = items.map((it) => render(decoder.tokenizer, template, [], it, 256, images));
+    const groups = examples.map((_, p) => [2 * p, 2 * p + 1]);
+    const run = async (chunk: number) => {
+      const rows: Float32Array[] = [];
+      const progress: number[] = [];
+      await forEachRenderedLastLogits(decoder, images, rendered, { batchSize: 4, groups, onProgress: (done) => progress.push(done) }, (i, r) => { rows[i] = r.logits.slice(); }, chunk);
+      return { rows, progress };
+    };
+    const one = await run(1000), chunked = await run(5);
+    expect(chunked.rows).toHaveLength(items.length);
+    chunked.rows.forEach((r, i) => expect(Array.from(r)).toEqual(Array.from(one.rows[i]!)));
+    expect(chunked.progress.at(-1)).toBe(items.length);
   });
 
   it('REINFORCE steps over an image prefix give the full forward\'s loss', async () => {
