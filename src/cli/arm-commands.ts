@@ -152,7 +152,7 @@ export function describeCriterion(file: string, c: Criterion): string {
   const shade = (p: number) => ' ░▒▓█'[Math.min(4, Math.floor(p * 5))]!;
   const lines = [
     `${file}`,
-    `  model      ${m.model.id} (${m.model.family}, ${L} layers × ${H} heads, d ${m.model.headDim}); config sha256 ${m.model.configHash.slice(0, 12)}…`,
+    `  model      ${m.model.id} (${m.model.family}, ${L} layers × ${H} heads, d ${m.model.headDim}); config sha256 ${m.model.configHash.slice(0, 12)}…${m.model.visionConfigHash ? `; vision config sha256 ${m.model.visionConfigHash.slice(0, 12)}…` : ''}`,
     `  template   ${m.template.kind}${m.template.chat ? ` via chat template${m.template.templateKwargs ? ` ${JSON.stringify(m.template.templateKwargs)}` : ''}` : ' plain text'}; answers ${m.answerTokens.strings.map((s, i) => `${JSON.stringify(s)}→${m.answerTokens.primary[i]}`).join(', ')}`,
     `  heads      ${m.heads.length} of ${L * H} (${m.headStrategy}, ${m.mode}${m.denoise ? `, denoise ${m.denoise}${m.hyper.denoiseBeforeSelection ? ' before selection' : ''}` : ''}): ${m.heads.map(([l, h]) => `L${l}H${h}`).join(' ')}`,
     `  fit        seed ${m.seed}; ${m.fit.meanPasses} mean passes × ${m.hyper.shots} shots; ${m.fit.reinforceSteps} REINFORCE steps` +

@@ -152,6 +152,12 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
     expect(chunked.progress.at(-1)).toBe(items.length);
   });
 
+  it('the ranked template fits and scores image pairs in both orders', async () => {
+    const rm = await fitActivationRM(decoder, examples.slice(0, 6), { ...FIT, template: 'ranked', warn: () => undefined });
+    const scores = (await rm.scoreExamples(examples.slice(6))) as PairScore[];
+    expect(scores.every((s) => Number.isFinite(s.margin) && typeof s.swapConsistent === 'boolean')).toBe(true);
+  });
+
   it('REINFORCE steps over an image prefix give the full forward\'s loss', async () => {
     const items = judgeItems(examples.slice(0, 2), 'scalar');
     const images = JudgeImages.of(decoder)!;
@@ -227,6 +233,7 @@ describe('arm fit / score / eval on image rows (CLI)', () => {
     const rmFile = path.join(out, 'shapes.arm.safetensors');
     const fitFlags = ['--passes', '8', '--shots', '2', '--steps', '6', '--samples', '8'];
     arm(['fit', '--model', model, '--examples', shapesFile, '--out', rmFile, ...fitFlags]);
+    expect(arm(['inspect', rmFile]).stdout).toMatch(/vision config sha256 [0-9a-f]{12}…/);
     const scored = path.join(out, 'scored.jsonl');
     arm(['score', '--model', model, '--rm', rmFile, '--input', shapesFile, '--output', scored]);
     const rows = fs.readFileSync(scored, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
@@ -241,9 +248,11 @@ describe('arm fit / score / eval on image rows (CLI)', () => {
     const moved = fs.readFileSync(path.join(out, 'moved.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     expect(moved.map((r) => r.arm.margin)).toEqual(rows.map((r) => r.arm.margin));
     const evalDir = path.join(out, 'eval');
-    arm(['eval', '--model', model, '--dataset', shapesFile, '--methods', 'arm,zero-shot,sav-vote,icl-judge,random-heads', '--few-shot', '6', '--seeds', '1', '--pool', 'global',
+    arm(['eval', '--model', model, '--dataset', shapesFile, '--methods', 'arm,zero-shot,token-prob,sav-vote,icl-judge,sample-vote,mean-add,random-heads', '--few-shot', '6', '--seeds', '1', '--pool', 'global',
       '--output-dir', evalDir, ...fitFlags]);
     const results = JSON.parse(fs.readFileSync(path.join(evalDir, 'results.json'), 'utf8'));
-    expect(JSON.stringify(results)).toContain('sav-vote');
+    for (const m of ['arm', 'zero-shot', 'token-prob', 'sav-vote', 'icl-judge', 'sample-vote', 'mean-add', 'random-heads']) {
+      expect(results.methods[m].accuracy.n).toBe(6); // every test pair scored by every method
+    }
   }, 180_000);
 });
