@@ -37,7 +37,8 @@ export interface BiasRecord {
   otherTransform?: string;
 }
 
-export interface ProbeRow { id: string; subset?: string; prompt: PairExample['prompt']; chosen: string; rejected: string; bias: BiasRecord }
+/** `images`: the pair's image files as absolute paths, so a probe file written elsewhere still finds them. */
+export interface ProbeRow { id: string; subset?: string; prompt: PairExample['prompt']; images?: string[]; chosen: string; rejected: string; bias: BiasRecord }
 
 /** Sentences that add length and nothing else: no claims, no praise, no formatting. */
 const NEUTRAL_SENTENCES = [
@@ -210,7 +211,7 @@ export function buildProbe(pairs: PairExample[], kind: BiasKind): Probe {
       probe.skipped.push({ id: p.id, reason: `the ${!onRejected ? 'rejected' : 'chosen'} response cannot be made to carry more ${MEASURES[kind].unit} than the other one` });
       continue;
     }
-    const base = { id: p.id, ...(p.subset === undefined ? {} : { subset: p.subset }), prompt: p.prompt };
+    const base = { id: p.id, ...(p.subset === undefined ? {} : { subset: p.subset }), prompt: p.prompt, ...(p.images?.length ? { images: p.images } : {}) };
     probe.biased.push({ ...base, chosen: onRejected.other, rejected: onRejected.text, bias: { ...onRejected.record, split: 'biased' } });
     probe.flipped.push({ ...base, chosen: onChosen.text, rejected: onChosen.other, bias: { ...onChosen.record, split: 'flipped' } });
   }

@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Decoder } from '../model/decoder.js';
-import { promptText, type Example, type PairExample } from '../data/examples.js';
+import { promptIdentity, type Example, type PairExample } from '../data/examples.js';
 import { biasOf, type BiasRecord } from '../data/bias-probe.js';
 import { bootstrapSeedsAndPairs } from './metrics.js';
 import { isScored, type PairRunRecord, type RunRecord } from './records.js';
@@ -71,7 +71,7 @@ export function matchProbePair(biased: Example[], flipped: Example[], names: [st
   const matched = b.filter((p) => fById.has(p.id));
   if (!matched.length) throw new Error(`--bias-pair ${names.join(',')}: no pair id occurs in both files; they are not a probe pair`);
   for (const p of matched) {
-    if (promptText(p.prompt) !== promptText(fById.get(p.id)!.prompt)) throw new Error(`--bias-pair: pair ${p.id} has a different prompt in the two files; they are not a probe pair`);
+    if (promptIdentity(p) !== promptIdentity(fById.get(p.id)!)) throw new Error(`--bias-pair: pair ${p.id} has a different prompt in the two files; they are not a probe pair`);
   }
   const records = matched.map((p) => biasOf(p.row)).filter((x): x is BiasRecord => x !== null);
   const kinds = [...new Set(records.map((r) => r.kind))];

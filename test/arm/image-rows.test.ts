@@ -7,7 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { commonPrefix, forEachLastLogits, type ImageSequence } from '../../src/model/batch.js';
-import { DataError, readExamples, type Example } from '../../src/data/examples.js';
+import { DataError, readExamples, type Example, type PairExample } from '../../src/data/examples.js';
+import { buildProbe } from '../../src/data/bias-probe.js';
 import { fitActivationRM, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
 import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
 import { clearImageRowsCache, forEachRenderedLastLogits, JudgeImages, judgeImagesFor, releaseJudgeImages } from '../../src/arm/images.js';
@@ -55,6 +56,14 @@ describe('image rows in JSONL', () => {
     expect(ex[3]!.kind === 'pair' && ex[3]!.chosen).toBe('a blue square');
     // Judge items carry their images; a pair's two items both.
     expect(judgeItems(ex.slice(0, 1), 'scalar').map((i) => i.images)).toEqual([[abs('red-circle.png')], [abs('red-circle.png')]]);
+  });
+
+  it('bias probes keep the pair\'s images, readable from anywhere', () => {
+    const { biased, flipped } = buildProbe(examples.filter((e): e is PairExample => e.kind === 'pair'), 'length');
+    expect(biased[0]!.images).toEqual(examples[0]!.images);
+    const file = path.join(tempDir(), 'probe.jsonl');
+    fs.writeFileSync(file, flipped.map((r) => JSON.stringify(r)).join('\n'));
+    expect(readExamples(file).examples.map((e) => e.images)).toEqual(examples.map((e) => e.images));
   });
 
   it('names the file, line, field and the missing image', () => {
