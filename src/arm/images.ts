@@ -44,7 +44,7 @@ export function visionConfigHash(modelDir: string): string {
 export class JudgeImages implements ImageRendering {
   /** Tower runs and cache hits, for tests and cost reports. */
   readonly stats = { towerRuns: 0, cacheHits: 0 };
-  private readonly files = new Map<string, ImageFileInfo>();
+  private readonly files = new Map<string, ImageFileInfo & { stamp: string }>();
   private inputs: Promise<ImageInputs> | null = null;
   private markupText: string | null = null;
 
@@ -79,10 +79,12 @@ export class JudgeImages implements ImageRendering {
   /** The placeholder token's text (what a chat template that renders image parts must emit). */
   get placeholderText(): string { return this.decoder.tokenizer.decode([this.processor.placeholders.image], { skipSpecialTokens: false }); }
 
-  /** Reads each file not seen yet: content hash, size, token count. Errors name the file. */
+  /** Reads each file not seen yet (or changed since: size and mtime): content hash, size, token count. Errors name the file. */
   async load(files: Iterable<string>): Promise<void> {
     for (const file of files) {
-      if (this.files.has(file)) continue;
+      let stamp = '';
+      try { const st = fs.statSync(file); stamp = `${st.size}:${st.mtimeMs}`; } catch { stamp = ''; }
+      if (stamp && this.files.get(file)?.stamp === stamp) continue;
       let bytes: Buffer;
       try { bytes = fs.readFileSync(file); } catch (e) {
         throw new ModelError(`${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
@@ -90,7 +92,7 @@ export class JudgeImages implements ImageRendering {
       const img = await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)).catch((e: unknown) => {
         throw new ModelError(`${file}: ${(e as Error).message}`);
       });
-      this.files.set(file, { sha256: createHash('sha256').update(bytes).digest('hex'), height: img.height, width: img.width, tokens: this.processor.tokenCount(img.height, img.width) });
+      this.files.set(file, { stamp, sha256: createHash('sha256').update(bytes).digest('hex'), height: img.height, width: img.width, tokens: this.processor.tokenCount(img.height, img.width) });
     }
   }
 

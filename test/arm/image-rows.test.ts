@@ -9,7 +9,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { commonPrefix, forEachLastLogits, type ImageSequence } from '../../src/model/batch.js';
 import { DataError, readExamples, type Example, type PairExample } from '../../src/data/examples.js';
 import { buildProbe } from '../../src/data/bias-probe.js';
-import { fitActivationRM, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
+import { fitActivationRM, FitInterrupted, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
 import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
 import { clearImageRowsCache, forEachRenderedLastLogits, JudgeImages, judgeImagesFor, releaseJudgeImages } from '../../src/arm/images.js';
 import { makeTemplate, render } from '../../src/arm/template.js';
@@ -159,6 +159,26 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
     expect(chunked.rows).toHaveLength(items.length);
     chunked.rows.forEach((r, i) => expect(Array.from(r)).toEqual(Array.from(one.rows[i]!)));
     expect(chunked.progress.at(-1)).toBe(items.length);
+  });
+
+  it('resumes an interrupted image fit to the same criterion, and refuses to when an image changed', async () => {
+    const dir = tempDir('arm-resume-');
+    const { file } = await writeShapePairs(dir, { colours: ['red', 'blue'], shapes: ['circle', 'square'] });
+    const rows = readExamples(file).examples;
+    const checkpointFile = path.join(dir, 'fit.ckpt.json');
+    let phase = '';
+    await expect(fitActivationRM(decoder, rows, { ...FIT, shots: 1, checkpointFile, onProgress: (p) => { phase = p; }, shouldStop: () => phase === 'reinforce', warn: () => undefined }))
+      .rejects.toBeInstanceOf(FitInterrupted);
+    const whole = await fitActivationRM(decoder, rows, { ...FIT, shots: 1, warn: () => undefined });
+    const resumed = await fitActivationRM(decoder, rows, { ...FIT, shots: 1, checkpointFile, resume: true, warn: () => undefined });
+    expect(Array.from(resumed.criterion.mu)).toEqual(Array.from(whole.criterion.mu));
+    expect(resumed.criterion.meta.heads).toEqual(whole.criterion.meta.heads);
+    // Interrupt again, then redraw one picture under the same name: the checkpoint no longer matches.
+    phase = '';
+    await expect(fitActivationRM(decoder, rows, { ...FIT, shots: 1, checkpointFile, onProgress: (p) => { phase = p; }, shouldStop: () => phase === 'reinforce', warn: () => undefined }))
+      .rejects.toBeInstanceOf(FitInterrupted);
+    await writeShape(path.join(dir, 'images'), 'red', 'circle', 56, '#ff00ff');
+    await expect(fitActivationRM(decoder, rows, { ...FIT, shots: 1, checkpointFile, resume: true, warn: () => undefined })).rejects.toThrow(/made with other examples/);
   });
 
   it('the ranked template fits and scores image pairs in both orders', async () => {

@@ -80,10 +80,10 @@ function shapeSvg(shape: (typeof SHAPES)[number], fill: string, size: number): s
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${size}" height="${size}"><rect width="100%" height="100%" fill="white"/>${body}</svg>`;
 }
 
-/** Writes `<colour>-<shape>.png` (size × size) into `dir`; returns the file name. */
-export async function writeShape(dir: string, colour: string, shape: (typeof SHAPES)[number], size = 56): Promise<string> {
+/** Writes `<colour>-<shape>.png` (size × size) into `dir`, drawn in `fill` (default: the colour's); returns the file name. */
+export async function writeShape(dir: string, colour: string, shape: (typeof SHAPES)[number], size = 56, fill = COLOURS[colour]!): Promise<string> {
   const name = `${colour}-${shape}${size === 56 ? '' : `-${size}`}.png`;
-  await sharp(Buffer.from(shapeSvg(shape, COLOURS[colour]!, size))).png().toFile(path.join(dir, name));
+  await sharp(Buffer.from(shapeSvg(shape, fill, size))).png().toFile(path.join(dir, name));
   return name;
 }
 
