@@ -181,6 +181,21 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
     await expect(fitActivationRM(decoder, rows, { ...FIT, shots: 1, checkpointFile, resume: true, warn: () => undefined })).rejects.toThrow(/made with other examples/);
   });
 
+  it('a row with two images shows both, in order, and scores as the full forward', async () => {
+    const rm = await fitActivationRM(decoder, examples.slice(0, 6), { ...FIT, warn: () => undefined });
+    const two = { ...examples[0]!, id: 'two', images: [examples[0]!.images![0]!, examples[5]!.images![0]!] } as Example;
+    const swapped = { ...two, id: 'swapped', images: [...two.images!].reverse() } as Example;
+    const [a, b] = (await rm.scoreExamples([two, swapped])) as PairScore[];
+    expect(a!.chosen).not.toBe(b!.chosen); // order matters: the images are placed, not pooled
+    const images = JudgeImages.of(decoder)!;
+    const r = render(decoder.tokenizer, rm.criterion.meta.template, [], judgeItems([two], 'scalar')[0]!, 256, images);
+    expect(r.images).toEqual(two.images);
+    const seq = await images.place(r.ids, r.images);
+    expect(seq.images.map((i) => i.start)).toEqual([seq.ids.indexOf(IMAGE), seq.ids.lastIndexOf(IMAGE) - 3]);
+    const full = await decoder.forward([seq.ids], rm.patch(1), { images: [seq.images] });
+    expect(a!.chosen).toBeCloseTo(Math.exp(full.logits[rm.criterion.meta.answerTokens.primary[0]]! - full.logSumExp[0]!), 6);
+  });
+
   it('the ranked template fits and scores image pairs in both orders', async () => {
     const rm = await fitActivationRM(decoder, examples.slice(0, 6), { ...FIT, template: 'ranked', warn: () => undefined });
     const scores = (await rm.scoreExamples(examples.slice(6))) as PairScore[];
