@@ -254,13 +254,17 @@ function parseTurnsIn(v: unknown, where: string, images: string[] | null, baseDi
     turn.content.forEach((part, j) => {
       const at = `${where}[${i}].content[${j}]`;
       const p = part as Record<string, unknown>;
-      if (typeof p !== 'object' || p === null) throw new DataError(`${at}: must be {type: "text", text} or {type: "image", path}`);
+      if (typeof p !== 'object' || p === null || Array.isArray(p)) throw new DataError(`${at}: must be {type: "text", text} or {type: "image", path}`);
       if (p.type === 'text' && typeof p.text === 'string') { texts.push(p.text); return; }
-      if (p.type === 'image') {
+      if (p.type === 'image' || p.type === 'image_url') {
         if (!images) throw new DataError(`${at}: images are read from the prompt only, not from responses`);
-        const key = ['path', 'image', 'url'].find((k) => p[k] !== undefined);
+        // OpenAI-style {type: "image_url", image_url: {url}} parts name a local file too (file:// or a path).
+        const nested = p.type === 'image_url' && typeof p.image_url === 'object' && p.image_url !== null ? (p.image_url as Record<string, unknown>).url : undefined;
+        const key = nested !== undefined ? 'image_url.url' : ['path', 'image', 'url', 'image_url'].find((k) => p[k] !== undefined);
         if (!key) throw new DataError(`${at}: an image part needs "path" (the image file)`);
-        images.push(imageFile(p[key], `${at}.${key}`, baseDir));
+        let value = nested ?? p[key];
+        if (typeof value === 'string' && value.startsWith('file://')) value = decodeURIComponent(value.slice('file://'.length));
+        images.push(imageFile(value, `${at}.${key}`, baseDir));
         return;
       }
       throw new DataError(`${at}: must be {type: "text", text} or {type: "image", path}`);

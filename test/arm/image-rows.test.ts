@@ -46,12 +46,13 @@ describe('image rows in JSONL', () => {
       { chosen: [{ role: 'user', content: [{ type: 'image', path: 'img/blue-square.png' }, { type: 'text', text: 'Describe' }] }, { role: 'assistant', content: 'a blue square' }],
         rejected: [{ role: 'user', content: [{ type: 'image', path: 'img/blue-square.png' }, { type: 'text', text: 'Describe' }] }, { role: 'assistant', content: 'a red circle' }] },
       { prompt: 'No image here', chosen: 'x', rejected: 'y' },
+      { prompt: [{ role: 'user', content: [{ type: 'text', text: 'What shape ?' }, { type: 'image_url', image_url: { url: `file://${path.join(dir, 'img', 'red-circle.png')}` } }] }], chosen: 'a red circle', rejected: 'a red square' },
     ];
     const file = path.join(dir, 'rows.jsonl');
     fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n'));
     const ex = readExamples(file).examples;
     const abs = (n: string) => path.join(dir, 'img', n);
-    expect(ex.map((e) => e.images)).toEqual([[abs('red-circle.png')], [abs('blue-square.png')], [abs('red-circle.png')], [abs('blue-square.png')], undefined]);
+    expect(ex.map((e) => e.images)).toEqual([[abs('red-circle.png')], [abs('blue-square.png')], [abs('red-circle.png')], [abs('blue-square.png')], undefined, [abs('red-circle.png')]]);
     expect(ex[2]!.prompt).toEqual([{ role: 'user', content: 'What shape ?' }]);
     expect(ex[3]!.kind === 'pair' && ex[3]!.chosen).toBe('a blue square');
     // Judge items carry their images; a pair's two items both.
@@ -77,6 +78,7 @@ describe('image rows in JSONL', () => {
     expect(() => readExamples(write({ prompt: 'a', chosen: 'b', rejected: 'c', image: 'x.png', images: [] }))).toThrow('give "images" or "image", not both');
     expect(() => readExamples(write({ prompt: 'a', chosen: 'b', rejected: 'c', image: 'https://example.com/x.png' }))).toThrow('not a local file');
     expect(() => readExamples(write({ prompt: 'a', chosen: 'b', rejected: 'c', images: 'x.png' }))).toThrow('field "images": must be a list');
+    expect(() => readExamples(write({ prompt: 'a', chosen: [{ role: 'assistant', content: [{ type: 'image', path: 'x.png' }] }], rejected: 'c' }))).toThrow('images are read from the prompt only');
   });
 });
 
