@@ -10,7 +10,7 @@ import { DEFAULT_MODEL } from './arm-commands.js';
 interface ServeCliOptions extends ModelCliOptions {
   rm: string[]; combine?: string; host: string; port: number; apiKeyFile?: string;
   maxBatch: number; maxWaitMs: number; maxQueue: number; batchSize?: number; maxLength?: number; bodyLimitMib: number;
-  rewardReadout: Readout; scoreTransform: string; tooLongReward?: string;
+  rewardReadout: Readout; scoreTransform: string; tooLongReward?: string; imageRoot: string;
 }
 
 export function registerServeCommand(program: Command): void {
@@ -29,6 +29,7 @@ export function registerServeCommand(program: Command): void {
     .addOption(new Option('--reward-readout <kind>', '/get_reward "rewards": P(Yes), the Yes/No-normalised probability, or logit(Yes) − logit(No)').choices(['reward', 'normalized', 'logit-diff']).default('reward'))
     .option('--score-transform <t>', '/get_reward "scores" from rewards: none | logit | threshold:<x>', 'none')
     .option('--too-long-reward <x>', 'reward sent for an item too long to score (default null)')
+    .option('--image-root <dir>', '/v1/score "images" paths (image-text checkpoints) are read under this folder; paths outside it are refused', '.')
     .action(async (o: ServeCliOptions) => {
       const apiKey = o.apiKeyFile === undefined ? undefined : readApiKey(o.apiKeyFile);
       const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
@@ -39,6 +40,8 @@ export function registerServeCommand(program: Command): void {
       const dup = names.find((n, i) => names.indexOf(n) !== i);
       if (dup) throw new Error(`--rm: the name "${dup}" is given twice`);
       for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
+      const imageRoot = path.resolve(o.imageRoot);
+      if (!fs.existsSync(imageRoot) || !fs.statSync(imageRoot).isDirectory()) throw new Error(`--image-root ${o.imageRoot}: no such folder`);
       if (!o.quiet) process.stderr.write(`arm serve: loading ${o.model} and ${criteria.length} criteria in the scoring thread (the first run builds the graph)…\n`);
       // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
       const engine = await WorkerEngine.start({ model: o.model, load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) }, criteria });
@@ -47,7 +50,7 @@ export function registerServeCommand(program: Command): void {
         const server = await createRewardServer({
           engine, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
           maxLength: o.maxLength, bodyLimit: o.bodyLimitMib * 2 ** 20, apiKey, readout: o.rewardReadout, scoreTransform, tooLongReward,
-          modelName: o.model, log: (line) => process.stderr.write(`${line}\n`),
+          modelName: o.model, log: (line) => process.stderr.write(`${line}\n`), imageRoot,
         });
         const stopped = new Promise<string>((resolve) => {
           let signalled = false;

@@ -7,6 +7,8 @@
  * which is the graceful drain. node:http + zod would need all three written around it.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Example, Prompt } from '../data/examples.js';
 import type { CriterionMeta } from '../arm/criterion.js';
@@ -42,6 +44,11 @@ export interface RewardServerOptions {
   modelName?: string;
   /** Logs unexpected (500) errors. */
   log?: (line: string) => void;
+  /**
+   * Folder that /v1/score `images` paths are read under (relative paths resolve against it; a path outside it,
+   * symbolic links followed, is refused). Default: the current directory.
+   */
+  imageRoot?: string;
 }
 
 export const SERVER_DEFAULTS = { maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 32 * 1024 * 1024 } as const;
@@ -113,6 +120,8 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   const maxQueue = opts.maxQueue ?? SERVER_DEFAULTS.maxQueue;
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const tooLongReward = opts.tooLongReward === undefined ? null : opts.tooLongReward;
+  const imageRoot = path.resolve(opts.imageRoot ?? process.cwd());
+  const imagesOf = (images: unknown, where: string) => imageFiles(images, `${where}.images`, imageRoot, info.imageText);
   const metrics = createMetrics();
   const scheduler = new MicroBatcher(engine, {
     maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
@@ -325,14 +334,16 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     const examples: Example[] = items
       ? items.map((it, i) => {
         const where = `items[${i}]`;
-        noImages(it.images, where);
+        const images = imagesOf(it.images, where);
         if (byName.get(name)!.template.kind === 'ranked') throw new HttpError(400, 'items', `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`);
-        return scalarExample(String(it.id ?? i), judgePrompt(it.prompt, `${where}.prompt`), responseText(it.response));
+        const ex = scalarExample(String(it.id ?? i), judgePrompt(it.prompt, `${where}.prompt`), responseText(it.response));
+        return images ? { ...ex, images } : ex;
       })
       : pairs!.map((p, i) => {
         const where = `pairs[${i}]`;
-        noImages(p.images, where);
-        return { kind: 'pair', id: String(p.id ?? i), line: 0, row: {}, prompt: judgePrompt(p.prompt, `${where}.prompt`), chosen: responseText(p.chosen), rejected: responseText(p.rejected) };
+        const images = imagesOf(p.images, where);
+        const ex: Example = { kind: 'pair', id: String(p.id ?? i), line: 0, row: {}, prompt: judgePrompt(p.prompt, `${where}.prompt`), chosen: responseText(p.chosen), rejected: responseText(p.rejected) };
+        return images ? { ...ex, images } : ex;
       });
     const [scores] = await scoreAll(req, reply, [name], examples, items ? 'items' : 'pairs');
     const ids = (items ?? pairs!).map((x) => x.id);
@@ -397,10 +408,31 @@ function responseText(r: string | Turns): string {
   return typeof r === 'string' ? r : r.map((t) => t.content).join('\n');
 }
 
-function noImages(images: unknown, where: string): void {
-  if (images !== undefined && !(Array.isArray(images) && images.length === 0)) {
-    throw new HttpError(400, `${where}.images`, `${where}.images: this server's model reads text only`);
-  }
+/**
+ * `images` of a /v1/score item or pair: a list of image file paths on the server's filesystem, resolved against
+ * `root` as `arm score` resolves a row's paths against --image-root; each must exist and lie inside `root` (after
+ * following symbolic links). Absolute paths inside `root` are accepted. Absent or empty: no images.
+ */
+function imageFiles(images: unknown, field: string, root: string, imageText: boolean): string[] | undefined {
+  if (images === undefined || images === null || (Array.isArray(images) && images.length === 0)) return undefined;
+  if (!imageText) throw new HttpError(400, field, `${field}: this server's model reads text only`);
+  if (!Array.isArray(images)) throw new HttpError(400, field, `${field}: must be a list of image file paths`);
+  let realRoot: string;
+  try { realRoot = fs.realpathSync(root); } catch { throw new HttpError(500, null, `--image-root ${root} does not exist`); }
+  return images.map((v, i) => {
+    const at = `${field}[${i}]`;
+    if (typeof v !== 'string' || !v.trim()) throw new HttpError(400, at, `${at}: must be an image file path (a non-empty string)`);
+    if (/^(https?|data):/i.test(v)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v.slice(0, 80))} is not a local file; images are read from the server's disk under --image-root`);
+    const given = v.startsWith('file://') ? decodeURIComponent(v.slice('file://'.length)) : v;
+    const file = path.resolve(root, given);
+    const inside = (p: string, dir: string) => { const rel = path.relative(dir, p); return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel); };
+    if (!inside(file, root)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
+    let real: string;
+    try { real = fs.realpathSync(file); } catch { throw new HttpError(400, at, `${at}: image file ${JSON.stringify(v)} not found under --image-root`); }
+    if (!inside(real, realRoot)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
+    if (!fs.statSync(real).isFile()) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is not a file`);
+    return real;
+  });
 }
 
 type AjvError = NonNullable<FastifyError['validation']>[number];

@@ -20,6 +20,8 @@ export interface ScoreCallOptions { batchSize?: number; maxLength?: number }
 /** What the HTTP side needs to know about the model and criteria. */
 export interface EngineInfo {
   model: { id: string; dir: string; family: string; numLayers: number; numHeads: number };
+  /** An image-text checkpoint: /v1/score items and pairs may carry `images`. */
+  imageText: boolean;
   /** Special-token strings of the tokenizer and its end-of-sequence token, for the OpenRLHF split. */
   specialTokens: string[];
   eosToken: string | null;
@@ -61,6 +63,7 @@ export function engineInfo(decoder: Decoder, criteria: { name: string; file: str
   const eos = decoder.tokenizer.eosTokenId;
   return {
     model: { id: decoder.id, dir: decoder.info.modelDir, family: decoder.spec.family, numLayers: decoder.spec.numLayers, numHeads: decoder.spec.numHeads },
+    imageText: Boolean(decoder.spec.imageText),
     specialTokens: specialTokensOf(decoder.info.modelDir),
     eosToken: eos === null ? null : decoder.tokenizer.decode([eos], { skipSpecialTokens: false }),
     criteria: criteria.map((c) => ({ name: c.name, file: c.file, meta: c.rm.criterion.meta })),
