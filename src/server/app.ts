@@ -16,6 +16,7 @@ import { CancelledError, itemCost, MicroBatcher, QueueFullError, ShuttingDownErr
 import { createMetrics, type ServerMetrics } from './metrics.js';
 import { QuerySplitter, SplitError } from './split.js';
 import type { ScoringEngine } from './engine.js';
+import { decodeImage } from '../model/vision/image.js';
 
 /** What `/get_reward` returns as `rewards` (and `/classify` as P(Yes)): see README "Reward server". */
 export type Readout = 'reward' | 'normalized' | 'logit-diff';
@@ -121,7 +122,8 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const tooLongReward = opts.tooLongReward === undefined ? null : opts.tooLongReward;
   const imageRoot = path.resolve(opts.imageRoot ?? process.cwd());
-  const imagesOf = (images: unknown, where: string) => imageFiles(images, `${where}.images`, imageRoot, info.imageText);
+  const imagesOf = (images: unknown, where: string, found: Map<string, string>) => imageFiles(images, `${where}.images`, imageRoot, info.imageText, found);
+  const readable = new ReadableImages();
   const metrics = createMetrics();
   const scheduler = new MicroBatcher(engine, {
     maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
@@ -331,20 +333,23 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     const asked = req.body.criterion ?? req.query.criterion;
     if (asked === undefined && byName.size > 1) throw new HttpError(400, 'criterion', `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`);
     const name = targets(asked).names[0]!;
+    const found = new Map<string, string>(); // image file → the first field naming it
     const examples: Example[] = items
       ? items.map((it, i) => {
         const where = `items[${i}]`;
-        const images = imagesOf(it.images, where);
+        const images = imagesOf(it.images, where, found);
         if (byName.get(name)!.template.kind === 'ranked') throw new HttpError(400, 'items', `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`);
         const ex = scalarExample(String(it.id ?? i), judgePrompt(it.prompt, `${where}.prompt`), responseText(it.response));
         return images ? { ...ex, images } : ex;
       })
       : pairs!.map((p, i) => {
         const where = `pairs[${i}]`;
-        const images = imagesOf(p.images, where);
+        const images = imagesOf(p.images, where, found);
         const ex: Example = { kind: 'pair', id: String(p.id ?? i), line: 0, row: {}, prompt: judgePrompt(p.prompt, `${where}.prompt`), chosen: responseText(p.chosen), rejected: responseText(p.rejected) };
         return images ? { ...ex, images } : ex;
       });
+    // An unreadable image is this request's 400, not a failure of the micro-batch it would share with others.
+    await readable.check(found);
     const [scores] = await scoreAll(req, reply, [name], examples, items ? 'items' : 'pairs');
     const ids = (items ?? pairs!).map((x) => x.id);
     return { criterion: name, results: scores!.map((s, i) => ({ ...(ids[i] === undefined ? {} : { id: ids[i] }), ...armFields(s) })) };
@@ -413,7 +418,7 @@ function responseText(r: string | Turns): string {
  * `root` as `arm score` resolves a row's paths against --image-root; each must exist and lie inside `root` (after
  * following symbolic links). Absolute paths inside `root` are accepted. Absent or empty: no images.
  */
-function imageFiles(images: unknown, field: string, root: string, imageText: boolean): string[] | undefined {
+function imageFiles(images: unknown, field: string, root: string, imageText: boolean, found: Map<string, string>): string[] | undefined {
   if (images === undefined || images === null || (Array.isArray(images) && images.length === 0)) return undefined;
   if (!imageText) throw new HttpError(400, field, `${field}: this server's model reads text only`);
   if (!Array.isArray(images)) throw new HttpError(400, field, `${field}: must be a list of image file paths`);
@@ -431,8 +436,27 @@ function imageFiles(images: unknown, field: string, root: string, imageText: boo
     try { real = fs.realpathSync(file); } catch { throw new HttpError(400, at, `${at}: image file ${JSON.stringify(v)} not found under --image-root`); }
     if (!inside(real, realRoot)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
     if (!fs.statSync(real).isFile()) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is not a file`);
+    if (!found.has(real)) found.set(real, at);
     return real;
   });
+}
+
+/** Image files known to decode (PNG, JPEG or WebP), by path and size + mtime; a bounded memo so a hot loop decodes each once. */
+class ReadableImages {
+  private readonly ok = new Map<string, string>();
+  async check(files: Map<string, string>): Promise<void> {
+    await Promise.all([...files].map(async ([file, at]) => {
+      const st = fs.statSync(file);
+      const stamp = `${st.size}:${st.mtimeMs}`;
+      if (this.ok.get(file) === stamp) return;
+      try { await decodeImage(file); } catch (e) {
+        throw new HttpError(400, at, `${at}: ${(e as Error).message.replace(`${file}: `, '')}`);
+      }
+      this.ok.delete(file);
+      this.ok.set(file, stamp);
+      if (this.ok.size > 4096) this.ok.delete(this.ok.keys().next().value!);
+    }));
+  }
 }
 
 type AjvError = NonNullable<FastifyError['validation']>[number];

@@ -96,6 +96,12 @@ describe('/v1/score with images', () => {
     const pair = await post(url, { pairs: [{ prompt: 'What shape ?', chosen: 'a', rejected: 'b', images: ['../secret.png'] }] });
     expect(pair.status).toBe(400);
     expect(pair.body.field).toBe('pairs[0].images[0]');
+    // A file that is not a readable image: this request's 400, before anything is queued.
+    fs.writeFileSync(path.join(data, 'images', 'broken.png'), 'not a png');
+    const broken = await post(url, item(['red-circle.png', 'broken.png']));
+    expect(broken.status).toBe(400);
+    expect(broken.body.field).toBe('items[0].images[1]');
+    expect(broken.body.error).toMatch(/not a readable image/);
     // Inside the root it is accepted.
     expect((await post(url, item(['red-circle.png']))).status).toBe(200);
   });
