@@ -97,3 +97,9 @@ it('SIGTERM with requests queued and in flight: every one answered, then exit 0'
   expect(stderr).toContain('drained, exiting');
   await expect(fetch(`${url}/health`)).rejects.toThrow(); // nothing listens any more
 });
+
+it('--image-root must be an existing folder', () => {
+  const r = arm(['serve', '--model', STORIES, '--rm', `concise=${criterionFile}`, '--image-root', path.join(dir, 'no-such-folder'), '--port', '0'], { expectFail: true });
+  expect(r.status).not.toBe(0);
+  expect(r.stderr).toMatch(/--image-root .*no-such-folder: no such folder/);
+});
