@@ -114,7 +114,7 @@ async function childColdBuild(a: ChildArgs): Promise<void> {
   const rssBeforeKiB = maxRssKiB();
   const t0 = performance.now();
   const dec = await Decoder.load(a.ckptDir, {
-    cacheDir: a.cacheDir, threads: a.threads, quiet: true,
+    cacheDir: a.cacheDir, threads: a.threads, quiet: true, dtype: 'fp32', // the engine's figures are fp32 (bench:quant has the others)
     onBuildProgress: (done, total, what) => emitProgress(done, total, what),
   });
   const loadS = seconds(t0);
@@ -128,7 +128,7 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
   const ort = await import('onnxruntime-node');
   const rssBeforeKiB = maxRssKiB();
   const t0 = performance.now();
-  const dec = await Decoder.load(a.ckptDir, { cacheDir: a.cacheDir, threads: a.threads, quiet: true });
+  const dec = await Decoder.load(a.ckptDir, { cacheDir: a.cacheDir, threads: a.threads, quiet: true, dtype: 'fp32' });
   const loadS = seconds(t0);
   if (dec.info.built) throw new Error('the cached load built a new cache entry: the cache key changed after the cold build (was src/model edited meanwhile?)');
   const rssAfterLoadKiB = maxRssKiB();
