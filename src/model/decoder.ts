@@ -11,7 +11,7 @@ import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout, type WeightFormat } from './export.js';
 import { resolveModelDir } from './checkpoint/hub.js';
-import { contentSha256 } from './checkpoint/file-hash.js';
+import { weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
 import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec } from './families/spec.js';
@@ -424,15 +424,6 @@ function assertFinite(x: Float32Array, message: (index: number) => string): void
   for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new ModelError(message(i));
 }
 
-/**
- * The identity of a checkpoint's weights: sha256 over every shard's name and full-content sha256. Any edited
- * byte changes it (graph cache key, criterion files); the per-file hashes are memoised by stat.
- */
-export function weightsContentHash(files: string[], memoDir: string): string {
-  const h = createHash('sha256');
-  for (const f of [...files].sort()) h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
-  return h.digest('hex');
-}
 
 export function emptyKv(spec: ModelSpec): KvCache {
   return { length: 0, keys: Array.from({ length: spec.numLayers }, () => new Float32Array(0)), values: Array.from({ length: spec.numLayers }, () => new Float32Array(0)) };

@@ -5,9 +5,9 @@
  * into place at the end, so a killed build never leaves a half-written entry behind.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
+import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './cache-entry.js';
 import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W } from './graph/decoder-graph.js';
 import { expectedTensors, type ModelSpec } from './families/spec.js';
 import { ModelError } from './errors.js';
@@ -54,11 +54,8 @@ function formatKey(f: WeightFormat): string {
   const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
   return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
 }
-const ALIGN = 4096; // page-aligned offsets let onnxruntime map the weights instead of copying them
-
-export function defaultCacheDir(): string {
-  return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
-}
+const ALIGN = PAGE_ALIGN;
+export { defaultCacheDir };
 
 export function cacheKey(configText: string, weightsFingerprint: string, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT): string {
   return createHash('sha256').update(`${GRAPH_VERSION}:${headChunkBytes}${formatKey(format)}`).update('\0').update(configText).update('\0').update(weightsFingerprint).digest('hex').slice(0, 24);
@@ -98,25 +95,7 @@ export interface BuildProgress { (done: number, total: number, what: string): vo
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
 export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT): { dir: string; built: boolean } {
-  const dir = path.join(cacheDir, 'graphs', key);
-  if ([MODEL_FILE, DATA_FILE, LAYOUT_FILE].every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
-  fs.mkdirSync(path.dirname(dir), { recursive: true });
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-  fs.mkdirSync(tmp, { recursive: true });
-  try {
-    writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress);
-    try {
-      fs.renameSync(tmp, dir);
-    } catch (e) {
-      // Another process finished the same entry first: theirs is as good as ours.
-      if (!fs.existsSync(path.join(dir, MODEL_FILE))) throw e;
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  return { dir, built: true };
+  return ensureCacheEntry(path.join(cacheDir, 'graphs', key), [MODEL_FILE, DATA_FILE, LAYOUT_FILE], (tmp) => writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress));
 }
 
 /** A quantised matrix's three arrays in weights.bin. */
@@ -219,21 +198,6 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
   fs.writeFileSync(path.join(outDir, LAYOUT_FILE), JSON.stringify(layout));
 }
 
-/** W [rows, cols] → Wᵀ [cols, rows]; 64×64 tiles keep both the reads and the strided writes in cache. */
-function transposed(w: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r0 = 0; r0 < rows; r0 += 64) {
-    const r1 = Math.min(rows, r0 + 64);
-    for (let c0 = 0; c0 < cols; c0 += 64) {
-      const c1 = Math.min(cols, c0 + 64);
-      for (let r = r0; r < r1; r++) {
-        const srcRow = r * cols;
-        for (let c = c0; c < c1; c++) out[c * rows + r] = w[srcRow + c]!;
-      }
-    }
-  }
-  return out;
-}
 
 /**
  * A weight as the writer receives it: float data as stored; a linear layer as HF rows [N = out, K = in]

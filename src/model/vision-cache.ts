@@ -5,33 +5,24 @@
  * killed build leaves nothing half-written.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ModelError } from './errors.js';
-import { contentSha256 } from './checkpoint/file-hash.js';
+import { weightsContentHash } from './checkpoint/file-hash.js';
+import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './cache-entry.js';
 import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import type { ExternalRef, GraphBuilder } from './graph/graph-builder.js';
 import type { VisionWeightSource } from './graph/vision-ops.js';
 
 export const VISION_MODEL_FILE = 'vision.onnx';
 export const VISION_DATA_FILE = 'vision-weights.bin';
-const ALIGN = 4096; // page-aligned offsets let onnxruntime map the weights instead of copying them
+const ALIGN = PAGE_ALIGN;
 
-/**
- * The cache root, by export.ts's rule (ARM_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /activation-rm); kept
- * here so loading a vision tower does not pull in the decoder exporter.
- */
-export function defaultVisionCacheDir(): string {
-  return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
-}
+/** The cache root (`cache-entry.ts`'s rule, shared with the decoder's graphs). */
+export const defaultVisionCacheDir = defaultCacheDir;
 
-/** sha256 over the checkpoint files' names and full contents (per-file hashes memoised in `memoDir`). */
-export function checkpointFingerprint(files: readonly string[], memoDir: string): string {
-  const h = createHash('sha256');
-  for (const f of [...files].sort()) h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
-  return h.digest('hex');
-}
+/** The weights' identity, as the decoder's: sha256 over the files' names and full contents. */
+export const checkpointFingerprint = weightsContentHash;
 
 export function visionCacheKey(graphVersion: string, specJson: string, weightsFingerprint: string, extra: string): string {
   return createHash('sha256').update(graphVersion).update('\0').update(specJson).update('\0').update(weightsFingerprint).update('\0').update(extra).digest('hex').slice(0, 24);
@@ -50,25 +41,7 @@ export interface VisionBuild {
 
 /** Builds the cache entry if missing; returns the folder holding vision.onnx and vision-weights.bin. */
 export function ensureCachedVisionModel(b: VisionBuild): { dir: string; built: boolean } {
-  const dir = path.join(b.cacheDir, 'vision-graphs', b.key);
-  if ([VISION_MODEL_FILE, VISION_DATA_FILE].every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
-  fs.mkdirSync(path.dirname(dir), { recursive: true });
-  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
-  fs.mkdirSync(tmp, { recursive: true });
-  try {
-    writeVisionModel(b, tmp);
-    try {
-      fs.renameSync(tmp, dir);
-    } catch (e) {
-      // Another process finished the same entry first: theirs is as good as ours.
-      if (!fs.existsSync(path.join(dir, VISION_MODEL_FILE))) throw e;
-      fs.rmSync(tmp, { recursive: true, force: true });
-    }
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  return { dir, built: true };
+  return ensureCacheEntry(path.join(b.cacheDir, 'vision-graphs', b.key), [VISION_MODEL_FILE, VISION_DATA_FILE], (tmp) => writeVisionModel(b, tmp));
 }
 
 function writeVisionModel(b: VisionBuild, outDir: string): void {
@@ -136,15 +109,3 @@ function produce(ckpt: SafetensorsCheckpoint, source: VisionWeightSource): { dat
   return { data: transposed(joined, rows, cols), dims: [cols, rows] };
 }
 
-/** W [rows, cols] → Wᵀ [cols, rows], in 64×64 tiles. */
-function transposed(w: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r0 = 0; r0 < rows; r0 += 64) {
-    const r1 = Math.min(rows, r0 + 64);
-    for (let c0 = 0; c0 < cols; c0 += 64) {
-      const c1 = Math.min(cols, c0 + 64);
-      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out[c * rows + r] = w[r * cols + c]!;
-    }
-  }
-  return out;
-}

@@ -79,3 +79,13 @@ function writeMemo(memo: string, entry: MemoEntry): void {
     // A read-only cache only costs hashing again next time.
   }
 }
+
+/**
+ * The identity of a checkpoint's weights: sha256 over every file's name and full-content sha256. Any edited
+ * byte changes it (graph cache keys, criterion files); the per-file hashes are memoised by stat.
+ */
+export function weightsContentHash(files: readonly string[], memoDir: string): string {
+  const h = createHash('sha256');
+  for (const f of [...files].sort()) h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
+  return h.digest('hex');
+}

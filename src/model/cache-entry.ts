@@ -1,0 +1,58 @@
+/**
+ * What the decoder's and the vision towers' graph caches share: where the cache lives, how an entry is built
+ * atomically (into a temporary folder renamed into place, so a killed build never leaves half an entry), the
+ * page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from export.ts so
+ * that the vision cache does not pull in the decoder graph.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/** Page-aligned offsets let onnxruntime map the weights instead of copying them. */
+export const PAGE_ALIGN = 4096;
+
+/** `$ARM_CACHE_DIR`, else `$XDG_CACHE_HOME` or `~/.cache`, `/activation-rm`. */
+export function defaultCacheDir(): string {
+  return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
+}
+
+/**
+ * The entry `dir` when all of `files` are in it; otherwise `write(tmp)` fills a temporary folder that is then
+ * renamed to `dir`. A concurrent builder that finished first wins (its entry is as good); any failure removes
+ * the temporary folder.
+ */
+export function ensureCacheEntry(dir: string, files: readonly string[], write: (tmpDir: string) => void): { dir: string; built: boolean } {
+  if (files.every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
+  fs.mkdirSync(path.dirname(dir), { recursive: true });
+  const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  fs.mkdirSync(tmp, { recursive: true });
+  try {
+    write(tmp);
+    try {
+      fs.renameSync(tmp, dir);
+    } catch (e) {
+      if (!fs.existsSync(path.join(dir, files[0]!))) throw e;
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  return { dir, built: true };
+}
+
+/** W [rows, cols] → Wᵀ [cols, rows]; 64×64 tiles keep both the reads and the strided writes in cache. */
+export function transposed(w: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r0 = 0; r0 < rows; r0 += 64) {
+    const r1 = Math.min(rows, r0 + 64);
+    for (let c0 = 0; c0 < cols; c0 += 64) {
+      const c1 = Math.min(cols, c0 + 64);
+      for (let r = r0; r < r1; r++) {
+        const srcRow = r * cols;
+        for (let c = c0; c < c1; c++) out[c * rows + r] = w[srcRow + c]!;
+      }
+    }
+  }
+  return out;
+}
