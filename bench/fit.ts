@@ -112,8 +112,21 @@ console.table([
   { phase: `whole fit, --passes-per-demo-set ${SHARED_DEMOS}`, measured: 'extrapolated', 'ours s': sharedFitWallS.toFixed(0), 'naive s': naiveWallS.toFixed(0) },
 ]);
 log(`per pass ${perPassS.toFixed(2)} s (${perSharedPassS.toFixed(2)} s sharing demos); prefill ${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`);
+const fitDtype = decoder.info.weightFormat.dtype;
 await decoder.dispose();
+
+// Issue 9's yardstick: the default fit's wall time over one fp32 256-token forward of the same model, same run.
+const fp32 = await Decoder.load(dir, { cacheDir: process.env.ARM_CACHE_DIR, quiet: true, dtype: 'fp32' });
+const ids256 = Array.from({ length: 256 }, (_, i) => 1 + ((i * 7919) % (fp32.spec.vocabSize - 2)));
+await fp32.forward([ids256]);
+const forwardTimes: number[] = [];
+for (let i = 0; i < 3; i++) { t0 = performance.now(); await fp32.forward([ids256]); forwardTimes.push(seconds(t0)); }
+const forward256S = median(forwardTimes);
+await fp32.dispose();
+log(`fit at ${fitDtype}; fp32 256-token forward ${forward256S.toFixed(2)} s`);
+
 console.log(JSON.stringify({
+  fitOverForward256: Math.round(fitWallS / forward256S), fitDtype, forward256S: Number(forward256S.toFixed(2)),
   fitSpeedupVsNaive: Number((naiveWallS / fitWallS).toFixed(1)),
   fitSpeedupVsNaiveSharedDemos: Number((naiveWallS / sharedFitWallS).toFixed(1)),
   reinforceSpeedupVsNaive: Number((naiveReinforceS / oursReinforceS).toFixed(1)),
