@@ -115,7 +115,10 @@ export class JudgeImages implements ImageRendering {
       this.stats.cacheHits++;
       return { key: sha256, rows: hit };
     }
-    this.inputs ??= ImageInputs.load(this.decoder.info.modelDir);
+    // The tower lives in the decoder's cache and uses its threads; a failed load is retried next time (a server
+    // must not keep a transient failure for good).
+    this.inputs ??= ImageInputs.load(this.decoder.info.modelDir, { cacheDir: this.decoder.info.cacheDir, threads: this.decoder.info.threads })
+      .catch((e: unknown) => { this.inputs = null; throw e; });
     const inputs = await this.inputs;
     const rows = await inputs.embed(this.processor.preprocess(await decodeImage(file)));
     this.stats.towerRuns++;

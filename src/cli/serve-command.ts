@@ -93,6 +93,10 @@ export function parseCombine(v: string): Record<string, number> {
     out[name] = finiteNumber(w, `--combine weight of ${name}`);
   }
   if (!Object.keys(out).length) throw new Error('--combine: give name=weight pairs, e.g. concise=0.5,safe=0.5');
+  // /classify reports the combination as a probability: weights must be a convex combination's (≥ 0, sum > 0).
+  const negative = Object.entries(out).find(([, w]) => w < 0);
+  if (negative) throw new Error(`--combine: the weight of ${negative[0]} is ${negative[1]}; weights must be ≥ 0 (the combined reward is a weighted mean of probabilities)`);
+  if (Object.values(out).reduce((a, b) => a + b, 0) <= 0) throw new Error('--combine: the weights sum to 0; give at least one positive weight');
   return out;
 }
 

@@ -263,7 +263,10 @@ function parseTurnsIn(v: unknown, where: string, images: string[] | null, baseDi
         const key = nested !== undefined ? 'image_url.url' : ['path', 'image', 'url', 'image_url'].find((k) => p[k] !== undefined);
         if (!key) throw new DataError(`${at}: an image part needs "path" (the image file)`);
         let value = nested ?? p[key];
-        if (typeof value === 'string' && value.startsWith('file://')) value = decodeURIComponent(value.slice('file://'.length));
+        if (typeof value === 'string' && value.startsWith('file://')) {
+          const url = value;
+          try { value = decodeURIComponent(url.slice('file://'.length)); } catch { throw new DataError(`${at}.${key}: ${JSON.stringify(url.slice(0, 80))} is not a valid file:// URL`); }
+        }
         images.push(imageFile(value, `${at}.${key}`, baseDir));
         return;
       }

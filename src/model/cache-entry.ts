@@ -31,8 +31,17 @@ export function ensureCacheEntry(dir: string, files: readonly string[], write: (
     try {
       fs.renameSync(tmp, dir);
     } catch (e) {
-      if (!fs.existsSync(path.join(dir, files[0]!))) throw e;
-      fs.rmSync(tmp, { recursive: true, force: true });
+      if (files.every((f) => fs.existsSync(path.join(dir, f)))) {
+        fs.rmSync(tmp, { recursive: true, force: true }); // another builder finished first: its entry is as good
+      } else if (fs.existsSync(dir)) {
+        // A damaged entry (some files missing) would fail every later load: set it aside and put ours in place.
+        const aside = `${dir}.damaged-${process.pid}-${Date.now()}`;
+        fs.renameSync(dir, aside);
+        fs.renameSync(tmp, dir);
+        fs.rmSync(aside, { recursive: true, force: true });
+      } else {
+        throw e;
+      }
     }
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -89,6 +89,9 @@ export interface LoadInfo {
   modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string;
   /** How the weights are stored and multiplied (dtype, block size, accuracy level, pre-quantised scheme). */
   weightFormat: WeightFormat;
+  /** The cache root and thread count this decoder was loaded with (a vision tower loaded for it uses the same). */
+  cacheDir: string;
+  threads: number;
 }
 
 /** Work done so far, for cost reports: real tokens fed, padded positions, session runs. */
@@ -121,8 +124,13 @@ export class Decoder {
     let ckpt = SafetensorsCheckpoint.open(modelDir);
     if (spec.imageText) {
       // The language model of an image-text checkpoint, read under text names; the vision tower is VisionTower's.
-      const spelling = languageModelSpelling(spec, ckpt.names(), modelDir);
-      ckpt = ckpt.renamed((stored) => textWeightName(spelling, stored));
+      try {
+        const spelling = languageModelSpelling(spec, ckpt.names(), modelDir);
+        ckpt = ckpt.renamed((stored) => textWeightName(spelling, stored));
+      } catch (e) {
+        ckpt.close(); // an unknown or colliding spelling must not leak the shards' file descriptors
+        throw e;
+      }
     }
     let entry: { dir: string; built: boolean };
     let fingerprint: string;
@@ -149,7 +157,7 @@ export class Decoder {
     const layout = JSON.parse(fs.readFileSync(path.join(entry.dir, LAYOUT_FILE), 'utf8')) as Layout;
     const embeddings = new EmbeddingTable(path.join(entry.dir, DATA_FILE), layout.embed);
     return new Decoder(spec, tokenizer, session, {
-      modelDir, cacheEntry: entry.dir, built: entry.built,
+      modelDir, cacheEntry: entry.dir, built: entry.built, cacheDir: opts.cacheDir ?? defaultCacheDir(), threads: opts.threads ?? os.availableParallelism(),
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
       configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!,
     }, model, embeddings);

@@ -428,14 +428,20 @@ function imageFiles(images: unknown, field: string, root: string, imageText: boo
     const at = `${field}[${i}]`;
     if (typeof v !== 'string' || !v.trim()) throw new HttpError(400, at, `${at}: must be an image file path (a non-empty string)`);
     if (/^(https?|data):/i.test(v)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v.slice(0, 80))} is not a local file; images are read from the server's disk under --image-root`);
-    const given = v.startsWith('file://') ? decodeURIComponent(v.slice('file://'.length)) : v;
+    let given = v;
+    if (v.startsWith('file://')) {
+      try { given = decodeURIComponent(v.slice('file://'.length)); } catch { throw new HttpError(400, at, `${at}: ${JSON.stringify(v.slice(0, 80))} is not a valid file:// URL`); }
+    }
     const file = path.resolve(root, given);
-    const inside = (p: string, dir: string) => { const rel = path.relative(dir, p); return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel); };
+    // `..foo.png` is a legal name inside the root; only a first segment that is exactly `..` leaves it.
+    const inside = (p: string, dir: string) => { const rel = path.relative(dir, p); return rel !== '' && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel); };
     if (!inside(file, root)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
     let real: string;
     try { real = fs.realpathSync(file); } catch { throw new HttpError(400, at, `${at}: image file ${JSON.stringify(v)} not found under --image-root`); }
     if (!inside(real, realRoot)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
-    if (!fs.statSync(real).isFile()) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is not a file`);
+    let isFile = false;
+    try { isFile = fs.statSync(real).isFile(); } catch { /* removed meanwhile: reported below as not a file */ }
+    if (!isFile) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is not a file`);
     if (!found.has(real)) found.set(real, at);
     return real;
   });

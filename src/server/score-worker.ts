@@ -2,6 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Decoder } from '../model/decoder.js';
 import { ActivationRM } from '../arm/rm.js';
+import { releaseJudgeImages } from '../arm/images.js';
 import { engineInfo, InProcessEngine, type FromWorker, type ToWorker, type WorkerData } from './engine.js';
 
 const port = parentPort!;
@@ -18,6 +19,7 @@ try {
   port.on('message', (m: ToWorker) => {
     chain = chain.then(async () => {
       if (m.type === 'close') {
+        await releaseJudgeImages(decoder!); // the vision tower's session, if images were scored
         await decoder!.dispose();
         send({ type: 'closed' });
         port.close();
@@ -33,6 +35,7 @@ try {
   });
   send({ type: 'ready', info: engineInfo(decoder, criteria) });
 } catch (e) {
+  if (decoder) await releaseJudgeImages(decoder);
   await decoder?.dispose();
   send({ type: 'load-failed', message: (e as Error).message });
   port.close();
