@@ -120,7 +120,16 @@ export class JudgeImages implements ImageRendering {
     this.inputs ??= ImageInputs.load(this.decoder.info.modelDir, { cacheDir: this.decoder.info.cacheDir, threads: this.decoder.info.threads })
       .catch((e: unknown) => { this.inputs = null; throw e; });
     const inputs = await this.inputs;
-    const rows = await inputs.embed(this.processor.preprocess(await decodeImage(file)));
+    // Decode the very bytes whose hash keys the cache: a file rewritten since `load` must not file its new
+    // pixels under the old content hash (a resumed fit or the server would then read the wrong rows).
+    let bytes: Buffer;
+    try { bytes = fs.readFileSync(file); } catch (e) {
+      throw new ModelError(`${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+    if (createHash('sha256').update(bytes).digest('hex') !== sha256) {
+      throw new ModelError(`${file}: the image changed while it was in use (its content no longer matches what was read before); run again`);
+    }
+    const rows = await inputs.embed(this.processor.preprocess(await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength))));
     this.stats.towerRuns++;
     rowsCache.set(key, rows);
     rowsCacheBytes += bytesOf(rows);
