@@ -64,3 +64,15 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
 export function row(x: Float32Array, i: number, width: number): Float32Array {
   return x.subarray(i * width, (i + 1) * width);
 }
+
+/**
+ * The hf-parity fixtures' patch (tools/hf_parity.py, ../shared/fixtures/hf-parity/make_fixtures.py): heads (0, 1)
+ * and (L−1, H−1) replaced by sin(i)·0.7 over the flattened [L, H, d].
+ */
+export function fixturePatch(L: number, H: number, d: number): { mask: Float32Array; values: Float32Array } {
+  const values = Float32Array.from({ length: L * H * d }, (_, i) => Math.sin(i) * 0.7);
+  const mask = new Float32Array(L * H);
+  mask[0 * H + 1] = 1;
+  mask[(L - 1) * H + (H - 1)] = 1;
+  return { mask, values };
+}

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
-import { relError, tempDir } from '../helpers/fixtures.js';
+import { fixturePatch, relError, tempDir } from '../helpers/fixtures.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../shared/fixtures/hf-parity');
 const TEXT_FAMILIES = ['gemma-gqa2', 'gemma2-softcap-window', 'gemma3-text-qknorm-window', 'phi3-fused', 'phi3-partial-rotary'];
@@ -19,15 +19,6 @@ interface Parity {
   transformers: string;
   dtype: string;
   results: { input_ids: number[]; last_logits: number[]; o_proj_input_last: number[][]; patched_last_logits: number[]; patched_o_proj_input_last: number[][]; greedy8: number[] }[];
-}
-
-/** The fixtures' patch: heads (0, 1) and (L−1, H−1) replaced by sin(i)·0.7 over the flattened [L, H, d]. */
-function fixturePatch(L: number, H: number, d: number) {
-  const values = Float32Array.from({ length: L * H * d }, (_, i) => Math.sin(i) * 0.7);
-  const mask = new Float32Array(L * H);
-  mask[0 * H + 1] = 1;
-  mask[(L - 1) * H + (H - 1)] = 1;
-  return { mask, values };
 }
 
 describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) => {

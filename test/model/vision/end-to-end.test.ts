@@ -14,7 +14,7 @@ import { argmax, Decoder, emptyKv } from '../../../src/model/decoder.js';
 import { ImageInputs, type ImagePrompt } from '../../../src/model/image-inputs.js';
 import { decodeImage, type RgbImage } from '../../../src/model/vision/image.js';
 import { SafetensorsCheckpoint, writeSafetensors } from '../../../src/model/checkpoint/safetensors.js';
-import { relError } from '../../helpers/fixtures.js';
+import { fixturePatch, relError } from '../../helpers/fixtures.js';
 import { arm } from '../../helpers/cli.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');
@@ -32,15 +32,6 @@ interface Result {
 let cacheDir: string;
 beforeAll(() => { cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-e2e-')); });
 afterAll(() => { fs.rmSync(cacheDir, { recursive: true, force: true }); });
-
-/** The fixtures' patch: heads (0, 1) and (L−1, H−1) replaced by sin(i)·0.7 over the flattened [L, H, d]. */
-function fixturePatch(L: number, H: number, d: number) {
-  const values = Float32Array.from({ length: L * H * d }, (_, i) => Math.sin(i) * 0.7);
-  const mask = new Float32Array(L * H);
-  mask[0 * H + 1] = 1;
-  mask[(L - 1) * H + (H - 1)] = 1;
-  return { mask, values };
-}
 
 describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s', (name) => {
   const dir = path.join(FIXTURES, name);
