@@ -18,5 +18,5 @@ export { accuracy, bootstrapInterval, meanStd, sectionScores } from './eval/metr
 export { zeroShotRM } from './arm/fit.js';
 export { createRewardServer, SERVER_DEFAULTS, type RewardServer, type RewardServerOptions } from './server/app.js';
 export { InProcessEngine, WorkerEngine, type ScoringEngine } from './server/engine.js';
-export { JudgeImages, releaseJudgeImages, visionConfigHash, type ImageFileInfo } from './arm/images.js';
+export { JudgeImages, disposeDecoder, releaseJudgeImages, visionConfigHash, type ImageFileInfo } from './arm/images.js';
 export { readMultimodalRewardBench, mmRewardBenchCategory } from './data/mm-rewardbench.js';

@@ -232,3 +232,10 @@ export function clearImageRowsCache(): void {
 export async function releaseJudgeImages(decoder: Decoder): Promise<void> {
   await perDecoder.get(decoder)?.release();
 }
+
+/** Disposes a decoder and the vision tower its judged images loaded, if any (absent decoders are fine). */
+export async function disposeDecoder(decoder: Decoder | null | undefined): Promise<void> {
+  if (!decoder) return;
+  await releaseJudgeImages(decoder);
+  await decoder.dispose();
+}

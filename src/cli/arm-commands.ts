@@ -4,7 +4,7 @@ import { Option, type Command } from 'commander';
 import { readExamples } from '../data/examples.js';
 import { fitActivationRM, FitInterrupted, type HeadStrategy } from '../arm/fit.js';
 import { ActivationRM } from '../arm/rm.js';
-import { releaseJudgeImages } from '../arm/images.js';
+import { disposeDecoder } from '../arm/images.js';
 import { FORMAT_VERSION, loadCriterion, type Criterion } from '../arm/criterion.js';
 import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, modelInputs, nonNegativeInt, positiveInt, prepareOutput, progressBar, writeFileAtomic, type FitCliFlags, type InputFile, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
@@ -43,8 +43,7 @@ export function registerArmCommands(program: Command): void {
         prepareOutput(o.out, { flag: '--out', inputs: modelInputs(decoder.info.modelDir) });
       } catch (e) {
         output.cleanup();
-        if (decoder) await releaseJudgeImages(decoder);
-        await decoder?.dispose();
+        await disposeDecoder(decoder);
         throw e;
       }
       let stop = false;
@@ -76,8 +75,7 @@ export function registerArmCommands(program: Command): void {
       } finally {
         Object.values(bars).forEach((b) => b.stop());
         process.off('SIGINT', onSigint);
-        await releaseJudgeImages(decoder);
-        await decoder.dispose();
+        await disposeDecoder(decoder);
       }
     });
 
@@ -98,8 +96,7 @@ export function registerArmCommands(program: Command): void {
         prepareOutput(o.output, { flag: '--output', inputs: modelInputs(decoder.info.modelDir) });
       } catch (e) {
         output.cleanup();
-        if (decoder) await releaseJudgeImages(decoder);
-        await decoder?.dispose();
+        await disposeDecoder(decoder);
         throw e;
       }
       const bar = progressBar('scoring   ', o.quiet);
@@ -127,8 +124,7 @@ export function registerArmCommands(program: Command): void {
         throw e;
       } finally {
         bar.stop();
-        await releaseJudgeImages(decoder);
-        await decoder.dispose();
+        await disposeDecoder(decoder);
       }
     });
 

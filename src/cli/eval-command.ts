@@ -6,7 +6,7 @@ import { evaluate, needsModel } from '../eval/harness.js';
 import { evaluateBiasPair } from '../eval/bias.js';
 import { BIASES } from '../data/bias-probe.js';
 import { METHODS } from '../eval/methods.js';
-import { releaseJudgeImages } from '../arm/images.js';
+import { disposeDecoder } from '../arm/images.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
 import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, nonNegativeInt, positiveInt, positiveNumber, progressBar, type FitCliFlags, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
@@ -106,8 +106,7 @@ export function registerEvalCommand(program: Command): void {
         process.stderr.write(`wrote ${path.join(o.outputDir, 'results.json')}, report.md, report.html${o.saveAll ? ', items.jsonl' : ''}\n`);
       } finally {
         bar.stop();
-        if (decoder) await releaseJudgeImages(decoder);
-        await decoder?.dispose();
+        await disposeDecoder(decoder);
       }
     });
 }

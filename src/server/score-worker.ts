@@ -2,7 +2,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Decoder } from '../model/decoder.js';
 import { ActivationRM } from '../arm/rm.js';
-import { releaseJudgeImages } from '../arm/images.js';
+import { disposeDecoder } from '../arm/images.js';
 import { engineInfo, InProcessEngine, type FromWorker, type ToWorker, type WorkerData } from './engine.js';
 
 const port = parentPort!;
@@ -19,8 +19,7 @@ try {
   port.on('message', (m: ToWorker) => {
     chain = chain.then(async () => {
       if (m.type === 'close') {
-        await releaseJudgeImages(decoder!); // the vision tower's session, if images were scored
-        await decoder!.dispose();
+        await disposeDecoder(decoder);
         send({ type: 'closed' });
         port.close();
         return;
@@ -35,8 +34,7 @@ try {
   });
   send({ type: 'ready', info: engineInfo(decoder, criteria) });
 } catch (e) {
-  if (decoder) await releaseJudgeImages(decoder);
-  await decoder?.dispose();
+  await disposeDecoder(decoder);
   send({ type: 'load-failed', message: (e as Error).message });
   port.close();
 }
