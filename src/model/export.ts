@@ -15,6 +15,7 @@ import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import type { ExternalRef } from './graph/graph-builder.js';
 import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantNames, sliceRows, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
+import { sensitiveLinears } from './weight-format.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
@@ -39,8 +40,11 @@ export interface Layout {
  */
 export interface WeightFormat {
   dtype: WeightDType;
-  /** Linear layers; `embedHead`: the embedding table and output head, when stored otherwise (int4 keeps them int8). */
-  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'> }) | null;
+  /**
+   * Linear layers; `embedHead`: the embedding table and output head, when stored otherwise (int4 keeps them
+   * int8); `sensitive`: the linear layers named by weight-format.ts's sensitiveLinears, when stored otherwise.
+   */
+  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'>; sensitive?: Omit<QuantOptions, 'accuracyLevel'> & { rule: string } }) | null;
   prequant: PrequantScheme | null;
   accuracyLevel: QuantOptions['accuracyLevel'];
 }
@@ -49,7 +53,8 @@ export const FP32_FORMAT: WeightFormat = Object.freeze({ dtype: 'fp32', quant: n
 /** The part of the cache key that names the format; empty for plain fp32 so existing entries stay valid. */
 function formatKey(f: WeightFormat): string {
   if (!f.quant && !f.prequant) return '';
-  const eh = f.quant?.embedHead ? `:${f.quant.embedHead.bits}:${f.quant.embedHead.blockSize}` : '';
+  const eh = (f.quant?.embedHead ? `:${f.quant.embedHead.bits}:${f.quant.embedHead.blockSize}` : '')
+    + (f.quant?.sensitive ? `:${f.quant.sensitive.rule}:${f.quant.sensitive.bits}:${f.quant.sensitive.blockSize}` : '');
   const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}` : 'f32'}:${f.accuracyLevel}`;
   const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
   return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
@@ -126,6 +131,7 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
   };
   // The embedding table and a separate output head are [V, D] = [N, K] already: quantised as they are.
   const quantizedAsIs = new Set<string>(format.quant ? [W.embed, W.lmHead] : []);
+  const sensitive = format.quant?.sensitive ? sensitiveLinears(spec) : new Set<string>();
   try {
     let done = 0;
     for (const [name, produce] of producers) {
@@ -133,7 +139,7 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
       if ('quantized' in p) {
         writeQuantized(name, p.quantized);
       } else if ('linear' in p) {
-        if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, format.quant));
+        if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, sensitive.has(name) ? format.quant.sensitive! : format.quant));
         else refs.set(name, write(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]));
       } else if (quantizedAsIs.has(name)) {
         writeQuantized(name, quantizeMatrix(p.data, p.dims[0]!, p.dims[1]!, format.quant!.embedHead ?? format.quant!));

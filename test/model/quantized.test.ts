@@ -2,6 +2,8 @@
  * int8/int4 weights (graph/quantized-linear.ts, MatMulNBits): the packed layout against hand-computed bytes
  * and against onnxruntime's own kernel, then whole decoders at each dtype against the fp32 reference.
  */
+import fs from 'node:fs';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import { Decoder } from '../../src/model/decoder.js';
@@ -50,6 +52,36 @@ describe('block quantisation layout', () => {
   });
 });
 
+/**
+ * The MatMulNBits nodes of an ONNX file as protobuf says, read without the project's writer: ModelProto.graph
+ * (field 7) → GraphProto.node (1) → NodeProto input (1), op_type (4), attribute (5: name 1, i 3).
+ */
+function matMulNBitsNodes(file: string): { weight: string; bits: number; N: number; K: number }[] {
+  const buf = fs.readFileSync(file);
+  const fields = (from: number, to: number) => {
+    const out: { field: number; value: number | [number, number] }[] = [];
+    const varint = () => { let v = 0, mul = 1, b; do { b = buf[from++]!; v += (b & 0x7f) * mul; mul *= 128; } while (b & 0x80); return v; };
+    while (from < to) {
+      const tag = varint();
+      const wire = tag & 7;
+      if (wire === 0) out.push({ field: tag >>> 3, value: varint() });
+      else if (wire === 2) { const n = varint(); out.push({ field: tag >>> 3, value: [from, from + n] }); from += n; }
+      else if (wire === 5) from += 4;
+      else if (wire === 1) from += 8;
+      else throw new Error(`wire type ${wire}`);
+    }
+    return out;
+  };
+  const str = (v: number | [number, number]) => buf.toString('utf8', (v as [number, number])[0], (v as [number, number])[1]);
+  const sub = (v: number | [number, number]) => fields(...(v as [number, number]));
+  const graph = fields(0, buf.length).find((f) => f.field === 7)!.value;
+  return sub(graph).filter((f) => f.field === 1).map((f) => sub(f.value)).filter((n) => n.some((f) => f.field === 4 && str(f.value) === 'MatMulNBits')).map((n) => {
+    const attr = Object.fromEntries(n.filter((f) => f.field === 5).map((f) => { const a = sub(f.value); return [str(a.find((x) => x.field === 1)!.value), a.find((x) => x.field === 3)?.value as number]; }));
+    const inputs = n.filter((f) => f.field === 1).map((f) => str(f.value));
+    return { weight: inputs[1]!.replace(/\.q$/, ''), bits: attr.bits!, N: attr.N!, K: attr.K! };
+  });
+}
+
 /** Y = X · Wᵀ through one MatMulNBits node: the layout as onnxruntime itself reads it. */
 async function ortMatMulNBits(q: QuantizedMatrix, x: Float32Array, M: number, accuracyLevel: number): Promise<Float32Array> {
   const g = new GraphBuilder(18);
@@ -89,6 +121,17 @@ describe('weight formats', () => {
     expect(cacheKey('c', 'w', undefined, FP32_FORMAT)).toBe(keys[0]);
   });
 
+  it('int4 entries built before the int8 attention/edge-layer rule get another key', () => {
+    const now = resolveWeightFormat({} as never, null, { dtype: 'int4' });
+    const { sensitive, ...before } = now.quant!;
+    expect(sensitive).toMatchObject({ bits: 8, blockSize: 128 });
+    const key = (f: typeof now) => cacheKey('c', 'w', undefined, f);
+    expect(key({ ...now, quant: before })).not.toBe(key(now));
+    // so does one built under another rule of which layers are int8
+    expect(key({ ...now, quant: { ...now.quant!, sensitive: { ...sensitive!, rule: `${sensitive!.rule}-other` } } })).not.toBe(key(now));
+    expect(resolveWeightFormat({} as never, null, { dtype: 'int8' }).quant!.sensitive).toBeUndefined();
+  });
+
   it('refuses a block size that is no power of two ≥ 16, and block options at fp32', () => {
     expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', blockSize: 24 })).toThrow(/power of two/);
     expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', blockSize: 8 })).toThrow(/power of two/);
@@ -113,7 +156,28 @@ describe('stories260K at int8 and int4 against fp32', () => {
     expect(int8.weightBytes).toBeLessThan(fp32.weightBytes);
     expect(int4.weightBytes).toBeLessThan(int8.weightBytes);
     expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128 }, accuracyLevel: 0 }); // small model: exact compute
-    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32, embedHead: { bits: 8, blockSize: 128 } } });
+    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32, embedHead: { bits: 8, blockSize: 128 }, sensitive: { bits: 8, blockSize: 128, rule: 'attention+first-last-layers' } } });
+  });
+
+  it('int4 keeps q|k|v and o of every layer and every linear layer of the first and last layers at 8 bits', () => {
+    // stories260K: 5 layers, hidden 64 (8 heads + 2·4 kv heads of 8), intermediate 172, tied 512 vocabulary
+    const nodes = matMulNBitsNodes(path.join(decoders.int4!.info.cacheEntry, 'model.onnx'));
+    const bits = new Map(nodes.map((n) => [n.weight, n.bits]));
+    const want = new Map<string, number>();
+    for (let l = 0; l < 5; l++) {
+      want.set(`w.${l}.qkv`, 8);
+      want.set(`w.${l}.o`, 8);
+      want.set(`w.${l}.gate_up`, l === 0 || l === 4 ? 8 : 4);
+      want.set(`w.${l}.down`, l === 0 || l === 4 ? 8 : 4);
+    }
+    for (const [w, b] of want) expect([w, bits.get(w)]).toEqual([w, b]);
+    const head = nodes.filter((n) => n.weight.startsWith('w.head.'));
+    expect(head.reduce((n, h) => n + h.N, 0)).toBe(512);
+    expect(head.every((h) => h.bits === 8 && h.K === 64)).toBe(true);
+    expect(nodes.length).toBe(want.size + head.length);
+    expect(nodes.find((n) => n.weight === 'w.2.down')).toMatchObject({ N: 64, K: 172 });
+    // int8 has nothing at 4 bits
+    expect(matMulNBitsNodes(path.join(decoders.int8!.info.cacheEntry, 'model.onnx')).every((n) => n.bits === 8)).toBe(true);
   });
 
   // Tolerances: measured on these prompts, with ~2× margin. int8 moves a weight by at most 1/510 of its
