@@ -1,7 +1,7 @@
 /**
  * Building blocks shared by the vision-tower graphs (vision-qwen.ts, vision-siglip.ts): linear layers over
  * MatMul-ready weights, LayerNorm/RMSNorm, the towers' activations, and bidirectional multi-head attention.
- * Standard opset-18 operators only.
+ * Standard opset-18 operators, except fused attention: onnxruntime's com.microsoft MultiHeadAttention.
  */
 import type { GraphBuilder } from './graph-builder.js';
 import type { VisionActivation } from '../families/vision-spec.js';
@@ -26,6 +26,16 @@ export interface VisionOps {
    * null. Returns [B, h, n, d].
    */
   attention(q: string, k: string, v: string, scale: number, bias: string | null, patternName?: string): string;
+  /**
+   * The same softmax(q·kᵀ·scale)·v without a mask, fused: q, k, v [B, n, h·d] with the heads side by side (as a
+   * projection writes them) → [B, n, h·d] (also heads side by side: the output-projection input). It is
+   * onnxruntime's com.microsoft MultiHeadAttention, whose CPU kernel, given no mask, bias or past, runs MLAS
+   * flash attention: per thread, a tile of at most 2d query rows against key blocks sized to the L2 cache, with
+   * a running softmax, so the [B, h, n, n] scores never exist and memory stays O(B·n·h·d) whatever n. (Where
+   * onnxruntime reads an L2 size of 0, or ORT_DISABLE_FLASH_ATTENTION=1, the kernel falls back to whole score
+   * tensors: the same result, the old memory.) No pattern site: the probabilities are never materialised.
+   */
+  fusedAttention(q: string, k: string, v: string, heads: number, scale: number, out?: string): string;
 }
 
 export function visionOps(g: GraphBuilder, weight: (g: GraphBuilder, name: string) => string): VisionOps {
@@ -67,6 +77,9 @@ export function visionOps(g: GraphBuilder, weight: (g: GraphBuilder, name: strin
       const scores = g.op('MatMul', [g.op('Mul', [q, f32(scale)]), kT]);
       const probs = g.op('Softmax', [bias ? g.op('Add', [scores, bias]) : scores], { axis: -1 }, patternName);
       return g.op('MatMul', [probs, v]);
+    },
+    fusedAttention(q, k, v, heads, scale, out) {
+      return g.contribOp('MultiHeadAttention', [q, k, v], { num_heads: heads, scale: { float: scale } }, out);
     },
   };
   return ops;

@@ -21,7 +21,11 @@
  *   rope.cos / rope.sin        [N, 1, d]     d = head size; first half: row angles ×2, second half the same
  *   blocks.{l}.ln1 / ln2       [N, D]
  *   blocks.{l}.attn.q / k / v  [N, H, d]     q, k after rotary
- *   blocks.{l}.attn.pattern    [1, H, N, N] full attention, or [Wn, H, Wl, Wl] within windows
+ *   blocks.{l}.attn.fused      [1, N, H·d]   full-attention blocks: the fused kernel's output (vision-ops.ts
+ *                                            fusedAttention: flash attention in query/key tiles, so neither the
+ *                                            [H, N, N] scores nor a pattern site exist)
+ *   blocks.{l}.attn.pattern    [Wn, H, Wl, Wl]  window blocks (Qwen2.5-VL); full-attention blocks too, as
+ *                                            [1, H, N, N], only in a graph emitted with fullAttention 'explicit'
  *   blocks.{l}.attn.z          [N, H·d]      proj input
  *   blocks.{l}.attn.out        [N, D]
  *   blocks.{l}.resid_mid / resid_post / mlp.out [N, D]
@@ -34,7 +38,7 @@ import { qwenVisionPatchPositions } from '../vision/qwen-processor.js';
 import { ModelError } from '../errors.js';
 import type { QwenVisionSpec } from '../families/vision-spec.js';
 
-export const QWEN_VISION_GRAPH_VERSION = 'vision-qwen/1';
+export const QWEN_VISION_GRAPH_VERSION = 'vision-qwen/2'; // 2: full attention fused (flash), no [H, N, N] scores
 const MASKED = -1e9;
 
 /** Graph-side names of the tower's weights. */
@@ -128,8 +132,16 @@ export function qwenVisionExpectedShapes(spec: QwenVisionSpec, prefix: string): 
   return s;
 }
 
+export interface QwenVisionGraphOptions {
+  /**
+   * 'fused' (default): full-attention blocks run onnxruntime's flash-attention kernel, memory linear in N.
+   * 'explicit': softmax(q·kᵀ)·v over the whole [1, H, N, N] score tensor, with its pattern site (tests compare).
+   */
+  readonly fullAttention?: 'fused' | 'explicit';
+}
+
 /** Emits the tower; `weight(g, name)` registers graph weight `name` (QW) and returns its initializer. */
-export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuilder, name: string) => string): GraphBuilder {
+export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuilder, name: string) => string, opts: QwenVisionGraphOptions = {}): GraphBuilder {
   const g = new GraphBuilder(18);
   const o: VisionOps = visionOps(g, weight);
   const { i64 } = o;
@@ -173,12 +185,19 @@ export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuild
   };
 
   const scale = 1 / Math.sqrt(d);
-  // Whole-image attention over [N,H,d] rows: one batch of H heads.
-  const fullAttention = (q: string, k: string, v: string, p: string) => {
-    const asBatch = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [t], { perm: [1, 0, 2] }), i64([0])]); // [1,H,N,d]
-    const mixed = o.attention(asBatch(q), asBatch(k), asBatch(v), scale, null, `${p}.attn.pattern`);          // [1,H,N,d]
-    return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] });                      // [N,H,d]
-  };
+  // Whole-image attention over [N,H,d] rows. Fused: the rows as one batch of N tokens with H·d features, in
+  // flash-attention tiles (vision-ops.ts), so peak memory does not grow with N²; explicit: one batch of H heads.
+  const fullAttention = opts.fullAttention === 'explicit'
+    ? (q: string, k: string, v: string, p: string) => {
+      const asBatch = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [t], { perm: [1, 0, 2] }), i64([0])]); // [1,H,N,d]
+      const mixed = o.attention(asBatch(q), asBatch(k), asBatch(v), scale, null, `${p}.attn.pattern`);          // [1,H,N,d]
+      return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] });                      // [N,H,d]
+    }
+    : (q: string, k: string, v: string, p: string) => {
+      const asTokens = (t: string) => g.op('Reshape', [t, i64([1, -1, D])]);                                     // [1,N,H·d]
+      const mixed = o.fusedAttention(asTokens(q), asTokens(k), asTokens(v), H, scale, `${p}.attn.fused`);       // [1,N,H·d]
+      return g.op('Reshape', [mixed, i64([-1, H, d])]);                                                          // [N,H,d]
+    };
   // Window attention: rows gathered into [Wn,Wl] windows (padding keys masked), results scattered back.
   const windowAttention = (q: string, k: string, v: string, p: string) => {
     const asWindows = (t: string) => g.op('Transpose', [g.op('Gather', [t, windowGather!], { axis: 0 })], { perm: [0, 2, 1, 3] }); // [Wn,H,Wl,d]

@@ -14,9 +14,14 @@
  * Named sites:
  *   embeddings                       [T, n, D]  patch Conv + learned positions (hidden_states[0])
  *   layers.{l}.ln1 / ln2             [T, n, D]
+ *   layers.{l}.attn.q / k / v        [T, n, D]  heads side by side (head i: features i·d … i·d+d−1)
+ *   layers.{l}.attn.z                [T, n, D]  out_proj input: fused attention's output (vision-ops.ts
+ *                                               fusedAttention, flash attention: no [T, h, n, n] scores; n is
+ *                                               only 729, but an image's tiles (up to 37 with a 6×6 pinpoint
+ *                                               grid) run as one batch: 37·16·729² floats = 1.3 GB, twice)
+ *   With attention 'explicit' (tests compare) instead:
  *   layers.{l}.attn.q / k / v        [T, h, n, d]
  *   layers.{l}.attn.pattern          [T, h, n, n]
- *   layers.{l}.attn.z                [T, n, D]  out_proj input
  *   layers.{l}.attn.out / resid_mid / mlp.out / resid_post   [T, n, D]  (resid_post = hidden_states[l+1])
  *   features                         [T, n, D·#layers]  selected hidden states, concatenated
  *   projector.hidden                 [T, n, text]
@@ -26,7 +31,7 @@ import { GraphBuilder } from './graph-builder.js';
 import { INT64_MAX, linearOf, tensorOf, visionOps, type VisionWeightSource } from './vision-ops.js';
 import type { SiglipVisionSpec } from '../families/vision-spec.js';
 
-export const SIGLIP_VISION_GRAPH_VERSION = 'vision-siglip/1';
+export const SIGLIP_VISION_GRAPH_VERSION = 'vision-siglip/2'; // 2: encoder attention fused (flash)
 
 export const SW = {
   patch: 'v.patch',                // [D, C, P, P]  Conv kernel as stored
@@ -123,7 +128,13 @@ export function siglipExpectedShapes(spec: SiglipVisionSpec, tower: string, proj
   return s;
 }
 
-export function emitSiglipVisionGraph(spec: SiglipVisionSpec, weight: (g: GraphBuilder, name: string) => string, pooled = false): GraphBuilder {
+export interface SiglipVisionGraphOptions {
+  /** 'fused' (default): encoder attention in onnxruntime's flash-attention kernel; 'explicit': whole score tensors. */
+  readonly attention?: 'fused' | 'explicit';
+}
+
+export function emitSiglipVisionGraph(spec: SiglipVisionSpec, weight: (g: GraphBuilder, name: string) => string, pooled = false,
+  opts: SiglipVisionGraphOptions = {}): GraphBuilder {
   const g = new GraphBuilder(18);
   const o = visionOps(g, weight);
   const { i64 } = o;
@@ -143,9 +154,16 @@ export function emitSiglipVisionGraph(spec: SiglipVisionSpec, weight: (g: GraphB
   for (let l = 0; l < siglipLayersRun(spec, pooled); l++) {
     const p = `layers.${l}`;
     const qkv = o.linear(ln(x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l));                     // [T,n,3D]
-    const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, 3);
-    const mixed = o.attention(splitHeads(qf!, `${p}.attn.q`), splitHeads(kf!, `${p}.attn.k`), splitHeads(vf!, `${p}.attn.v`), scale, null, `${p}.attn.pattern`);
-    const attnOut = o.linear(mergeHeads(mixed, `${p}.attn.z`), SW.out(l), SW.outBias(l), `${p}.attn.out`);
+    let z: string;                                                                                                     // [T,n,D]
+    if (opts.attention === 'explicit') {
+      const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, 3);
+      const mixed = o.attention(splitHeads(qf!, `${p}.attn.q`), splitHeads(kf!, `${p}.attn.k`), splitHeads(vf!, `${p}.attn.v`), scale, null, `${p}.attn.pattern`);
+      z = mergeHeads(mixed, `${p}.attn.z`);
+    } else {
+      const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, [`${p}.attn.q`, `${p}.attn.k`, `${p}.attn.v`]);
+      z = o.fusedAttention(qf!, kf!, vf!, h, scale, `${p}.attn.z`);
+    }
+    const attnOut = o.linear(z, SW.out(l), SW.outBias(l), `${p}.attn.out`);
     x = g.op('Add', [x, attnOut], {}, `${p}.resid_mid`);
     const hidden = o.act(o.linear(ln(x, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)), spec.activation);
     x = g.op('Add', [x, o.linear(hidden, SW.fc2(l), SW.fc2Bias(l), `${p}.mlp.out`)], {}, `${p}.resid_post`);          // [T,n,D]
