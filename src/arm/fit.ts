@@ -11,7 +11,7 @@ import { imagesOf, promptIdentity, toScalarItems, type Example } from '../data/e
 import { imageFilesOf, judgeImagesFor, toSequence, visionConfigHash, type JudgeImages } from './images.js';
 import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
-import { denoiseMeans, extractMeans, MeansInterrupted, type Centring } from './means.js';
+import { DEFAULT_PASSES_PER_DEMO_SET, denoiseMeans, extractMeans, MeansInterrupted, type Centring } from './means.js';
 import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
 import { ActivationRM, nonFiniteHint } from './rm.js';
 import { makeTemplate, render, resolveAnswerTokens, TooLongError, type JudgeItem, type TemplateKind } from './template.js';
@@ -31,7 +31,7 @@ export interface FitOptions {
   templateKwargs?: Record<string, unknown>;
   passes?: number;        // 100
   shots?: number;         // 4
-  /** Mean-extraction passes sharing one demo draw (1 = MTV's independent draws); see MeanOptions. */
+  /** Mean-extraction passes sharing one demo draw (default DEFAULT_PASSES_PER_DEMO_SET = 5; 1 = MTV's independent draws); see MeanOptions. */
   passesPerDemoSet?: number;
   seed?: number;          // 0
   batchSize?: number;     // 8
@@ -130,7 +130,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
     template: options.template ?? 'scalar', passes: options.passes ?? 100, shots: options.shots ?? 4, seed: options.seed ?? 0,
     batchSize: options.batchSize ?? 8, maxLength: options.maxLength ?? decoder.spec.maxPositions, mode: options.mode ?? 'replace',
     heads: options.heads ?? 'selected', denoise: canonicalDenoise(options.denoise ?? null), kvCacheBytes: options.kvCacheBytes ?? 512 * 2 ** 20,
-    passesPerDemoSet: options.passesPerDemoSet ?? 1, denoiseBeforeSelection: options.denoiseBeforeSelection ?? false,
+    passesPerDemoSet: options.passesPerDemoSet ?? DEFAULT_PASSES_PER_DEMO_SET, denoiseBeforeSelection: options.denoiseBeforeSelection ?? false,
   } as const;
   const rOpts: ReinforceOptions = { ...REINFORCE_DEFAULTS, ...options.reinforce };
   const warn = options.warn ?? ((m: string) => process.emitWarning(m));

@@ -6,6 +6,7 @@ import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
 import { WEIGHT_DTYPES, type QuantOptions, type WeightDType } from '../model/graph/quantized-linear.js';
 import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
+import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 
 export interface ModelCliOptions {
   model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean;
@@ -46,7 +47,7 @@ export function addFitOptions(cmd: Command): Command {
   return cmd
     .option('--passes <T>', 'mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
     .option('--shots <k>', 'demonstrations per pass (0: one zero-shot pass per example)', (v) => nonNegativeInt(v, '--shots'), 4)
-    .option('--passes-per-demo-set <g>', 'passes sharing one demo draw, run as one shared prefix (1 = independent draws)', (v) => positiveInt(v, '--passes-per-demo-set'), 1)
+    .option('--passes-per-demo-set <g>', 'passes sharing one demo draw, run as one shared prefix (1 = independent draws, ~4× slower means)', (v) => positiveInt(v, '--passes-per-demo-set'), DEFAULT_PASSES_PER_DEMO_SET)
     .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
     .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
     .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1)

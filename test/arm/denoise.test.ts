@@ -115,7 +115,7 @@ describe('denoising in a fit', () => {
       // The expectation: the fit's passes taken again (same plan inputs) and denoised per head.
       const { numHeads: H, headDim: d } = decoder.spec;
       const items = judgeItems(examples, 'scalar');
-      const means = await extractMeans(decoder, plain.criterion.meta.template, items, { passes: 6, shots: 2, seed: 5, batchSize: 4, maxLength: 256, keepPasses: true, groupOf: judgeItemGroups(examples, 'scalar') });
+      const means = await extractMeans(decoder, plain.criterion.meta.template, items, { passes: 6, shots: 2, seed: 5, batchSize: 4, maxLength: 256, passesPerDemoSet: plain.criterion.meta.hyper.passesPerDemoSet, keepPasses: true, groupOf: judgeItemGroups(examples, 'scalar') });
       const at = (mu: Float32Array) => heads.flatMap(([l, h]) => Array.from(mu.subarray((l * H + h) * d, (l * H + h + 1) * d)));
       const close = (a: number[], b: number[]) => a.forEach((v, i) => expect(Math.abs(v - b[i]!)).toBeLessThan(1e-5 * Math.max(1, Math.abs(b[i]!))));
       close(at(plain.criterion.mu), at(means.mu));

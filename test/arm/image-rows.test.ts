@@ -231,14 +231,17 @@ describe('fit and score on image rows', () => {
     try {
       const rm = await fitActivationRM(decoder, examples, { ...FIT, seed: 1, warn: () => undefined });
       const images = JudgeImages.of(decoder)!;
-      expect(images.stats.towerRuns).toBe(12); // 12 pictures, hundreds of uses
+      // 12 pictures, hundreds of uses; the fit's 20 demo draws need not show every picture
+      const afterFit = images.stats.towerRuns;
+      expect(afterFit).toBeLessThanOrEqual(12);
+      expect(afterFit).toBeGreaterThanOrEqual(10);
       expect(rm.criterion.meta.model.visionConfigHash).toMatch(/^[0-9a-f]{64}$/);
       const file = path.join(tempDir(), 'shapes.arm.safetensors');
       rm.save(file);
       expect(loadCriterion(file).meta.model.visionConfigHash).toBe(rm.criterion.meta.model.visionConfigHash);
       const again = ActivationRM.load(decoder, file);
       const scores = (await again.scoreExamples(examples)) as PairScore[];
-      expect(images.stats.towerRuns).toBe(12);
+      expect(images.stats.towerRuns).toBe(12); // scoring every row ran only the pictures the fit had not
       expect(scores).toHaveLength(12);
       for (const s of scores) { expect(Number.isFinite(s.chosen) && Number.isFinite(s.rejected)).toBe(true); expect(s.tooLong).toBe(false); }
       // Scores follow the image: the same caption under another picture scores differently.
