@@ -141,6 +141,12 @@ export class JudgeImages implements ImageRendering {
     return { key: sha256, rows };
   }
 
+  /** `ids` with one placeholder per file (in order) → the expanded ids alone (lengths, without running the tower). */
+  async expandedIds(ids: readonly number[], files: readonly string[]): Promise<number[]> {
+    await this.load(files);
+    return expandImagePlaceholders(ids, this.processor.placeholders.image, files.map((f) => this.tokens(f))).inputIds;
+  }
+
   /** `ids` with one placeholder per file (in order) → expanded ids with each image's rows placed. */
   async place(ids: readonly number[], files: readonly string[]): Promise<ImageSequence> {
     await this.load(files);

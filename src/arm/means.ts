@@ -105,13 +105,13 @@ export function planPasses(nItems: number, passes: number, shots: number, seed: 
  * Passes sharing a demo draw run as one unit (prefix once, then their queries), whole per batch when the
  * draw's g passes fit one batch.
  */
-function meanBatches(seqs: Sequence[], plan: { demos: number[] }[], batchSize: number, shared: boolean): number[][] {
+function meanBatches(lengths: number[], plan: { demos: number[] }[], batchSize: number, shared: boolean): number[][] {
   const units = new Map<string, number[]>();
   plan.forEach((p, i) => {
-    const key = shared ? `demos ${p.demos.join(',')}` : `length ${len(seqs[i]!)}`;
+    const key = shared ? `demos ${p.demos.join(',')}` : `length ${lengths[i]!}`;
     units.set(key, [...(units.get(key) ?? []), i]);
   });
-  const ordered = [...units.values()].sort((a, b) => len(seqs[a[0]!]!) - len(seqs[b[0]!]!) || a[0]! - b[0]!);
+  const ordered = [...units.values()].sort((a, b) => lengths[a[0]!]! - lengths[b[0]!]! || a[0]! - b[0]!);
   if (shared) return ordered;
   return ordered.flatMap((unit) => Array.from({ length: Math.ceil(unit.length / batchSize) }, (_, j) => unit.slice(j * batchSize, (j + 1) * batchSize)));
 }
@@ -122,11 +122,13 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   const plan = planPasses(pool.length, opts.passes, opts.shots, opts.seed, opts.passesPerDemoSet, opts.groupOf);
   let truncatedPasses = 0;
   const images = opts.images ?? null;
-  const seqs: Sequence[] = [];
-  for (const p of plan) {
-    const r = render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength, images);
+  // Rendered up front (token ids and lengths); image rows are placed per batch, just before it runs, so a
+  // fit holds one batch's vision rows (beyond the rows cache), and a resumed fit places none for done passes.
+  const rendered = plan.map((p) => render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength, images));
+  const lengths: number[] = [];
+  for (const r of rendered) {
     if (r.truncatedTokens > 0 || r.droppedDemos > 0) truncatedPasses++;
-    seqs.push(await toSequence(images, r));
+    lengths.push(r.images.length && images ? (await images.expandedIds(r.ids, r.images)).length : r.ids.length);
   }
   const done = new Map<number, Float32Array>();
   for (const [i, row] of opts.donePasses ?? []) {
@@ -134,11 +136,13 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
     done.set(i, row);
   }
   const shared = (opts.passesPerDemoSet ?? 1) > 1;
-  for (const batch of meanBatches(seqs, plan, opts.batchSize, shared)) {
+  for (const batch of meanBatches(lengths, plan, opts.batchSize, shared)) {
     const todo = batch.filter((i) => !done.has(i));
     if (!todo.length) continue;
     if (opts.shouldStop?.()) throw new MeansInterrupted(done, plan.length);
-    await forEachLastLogits(decoder, todo.map((i) => seqs[i]!), {
+    const seqs: Sequence[] = [];
+    for (const i of todo) seqs.push(await toSequence(images, rendered[i]!));
+    await forEachLastLogits(decoder, seqs, {
       batchSize: opts.batchSize, sharePrefix: false, groups: shared ? [todo.map((_, j) => j)] : undefined,
     }, (j, { heads }) => { done.set(todo[j]!, heads.slice()); });
     opts.onProgress?.(done.size, plan.length);
@@ -149,8 +153,6 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   for (const row of perPass) for (let i = 0; i < width; i++) sum[i]! += row[i]!;
   return { mu: Float32Array.from(sum, (s) => s / plan.length), passes: opts.keepPasses ? perPass : null, truncatedPasses, plan };
 }
-
-const len = (s: Sequence) => (Array.isArray(s) ? s.length : s.ids.length);
 
 /** How denoising centres its PCA (see denoiseMeans). */
 export type Centring = 'centred' | 'uncentred';

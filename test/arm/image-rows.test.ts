@@ -13,6 +13,7 @@ import { fitActivationRM, FitInterrupted, judgeItems, reinforceLoss } from '../.
 import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
 import { clearImageRowsCache, forEachRenderedLastLogits, JudgeImages, judgeImagesFor, releaseJudgeImages } from '../../src/arm/images.js';
 import { makeTemplate, render } from '../../src/arm/template.js';
+import { extractMeans } from '../../src/arm/means.js';
 import { loadCriterion } from '../../src/arm/criterion.js';
 import { ModelError } from '../../src/model/errors.js';
 import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';
@@ -181,6 +182,28 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
       .rejects.toBeInstanceOf(FitInterrupted);
     await writeShape(path.join(dir, 'images'), 'red', 'circle', 56, '#ff00ff');
     await expect(fitActivationRM(decoder, rows, { ...FIT, shots: 1, checkpointFile, resume: true, warn: () => undefined })).rejects.toThrow(/made with other examples/);
+  });
+
+  it('mean extraction places image rows per batch: a resumed run places none for its done passes, and gives the same means', async () => {
+    const items = judgeItems(examples, 'scalar');
+    const template = makeTemplate('scalar', {}, decoder.tokenizer);
+    const opts = { passes: 6, shots: 2, seed: 3, batchSize: 4, maxLength: 256, keepPasses: true };
+    clearImageRowsCache();
+    const images = JudgeImages.of(decoder)!;
+    await images.load(items.flatMap((i) => i.images ?? []));
+    const whole = await extractMeans(decoder, template, items, { ...opts, images });
+    const used = images.stats.towerRuns + images.stats.cacheHits;
+    expect(used).toBeGreaterThan(0);
+    // Every pass done: nothing to run, so no image is placed (no tower run, no cache lookup)
+    const all = new Map(whole.passes!.map((p, i) => [i, p] as const));
+    const resumedAll = await extractMeans(decoder, template, items, { ...opts, images, donePasses: all });
+    expect(images.stats.towerRuns + images.stats.cacheHits).toBe(used);
+    expect(Array.from(resumedAll.mu)).toEqual(Array.from(whole.mu));
+    // Half done: only the rest is placed and run, and the means are the same bits
+    const half = new Map([...all].filter(([i]) => i % 2 === 0));
+    const resumedHalf = await extractMeans(decoder, template, items, { ...opts, images, donePasses: half });
+    expect(images.stats.towerRuns + images.stats.cacheHits).toBeGreaterThan(used);
+    expect(Array.from(resumedHalf.mu)).toEqual(Array.from(whole.mu));
   });
 
   it('a row with two images shows both, in order, and scores as the full forward', async () => {
