@@ -24,6 +24,7 @@ export function defaultCacheDir(): string {
 export function ensureCacheEntry(dir: string, files: readonly string[], write: (tmpDir: string) => void): { dir: string; built: boolean } {
   if (files.every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
   fs.mkdirSync(path.dirname(dir), { recursive: true });
+  sweepAbandonedBuilds(path.dirname(dir));
   const tmp = `${dir}.tmp-${process.pid}-${Date.now()}`;
   fs.mkdirSync(tmp, { recursive: true });
   try {
@@ -48,6 +49,47 @@ export function ensureCacheEntry(dir: string, files: readonly string[], write: (
     throw e;
   }
   return { dir, built: true };
+}
+
+/** A build folder untouched this long, whose process is gone, was abandoned (a killed or crashed build). */
+export const ABANDONED_BUILD_MS = 60 * 60 * 1000;
+const BUILD_FOLDER = /\.(?:tmp|damaged)-(\d+)-\d+$/;
+
+/**
+ * Removes the temporary folders of builds that will never finish: `<entry>.tmp-PID-TIME` (and set-aside
+ * `.damaged-` ones) in `parent` whose process no longer runs and whose files were last written over
+ * ABANDONED_BUILD_MS ago. Both conditions, because a cache folder may be shared by machines whose process ids
+ * this one cannot see, and a 7B build writes for minutes. Runs when an entry is built, not on every load.
+ */
+export function sweepAbandonedBuilds(parent: string, now = Date.now()): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try { names = fs.readdirSync(parent); } catch { return removed; }
+  for (const name of names) {
+    const m = BUILD_FOLDER.exec(name);
+    if (!m || processRuns(Number(m[1]))) continue;
+    const folder = path.join(parent, name);
+    if (now - lastWriteMs(folder) < ABANDONED_BUILD_MS) continue;
+    fs.rmSync(folder, { recursive: true, force: true });
+    removed.push(folder);
+  }
+  return removed;
+}
+
+function processRuns(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/** The latest mtime of a folder and the files directly in it (ms). */
+function lastWriteMs(folder: string): number {
+  let latest = 0;
+  try {
+    latest = fs.statSync(folder).mtimeMs;
+    for (const f of fs.readdirSync(folder)) {
+      try { latest = Math.max(latest, fs.statSync(path.join(folder, f)).mtimeMs); } catch { /* removed meanwhile */ }
+    }
+  } catch { /* the folder went away */ }
+  return latest;
 }
 
 /** W [rows, cols] → Wᵀ [cols, rows]; 64×64 tiles keep both the reads and the strided writes in cache. */
