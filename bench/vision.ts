@@ -24,7 +24,7 @@ import path from 'node:path';
 import { Decoder } from '../src/model/decoder.js';
 import { VisionTower } from '../src/model/vision-tower.js';
 import { smartResize } from '../src/model/vision/qwen-processor.js';
-import { writeSafetensors, type WritableTensor } from '../src/model/checkpoint/safetensors.js';
+import { qwenVisionLayout, writeRandomTensorsBf16 } from '../tools/random-checkpoint.js';
 import { Rng } from '../src/util/rng.js';
 import { CONFIG as LM_CONFIG, ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
 
@@ -56,7 +56,7 @@ try {
     text_config: { hidden_size: 3584, model_type: 'qwen2_5_vl_text' }, vision_config: VISION_CONFIG,
   }, null, 2));
   let t0 = performance.now();
-  writeTowerWeights(path.join(towerDir, 'model.safetensors'));
+  writeRandomTensorsBf16(path.join(towerDir, 'model.safetensors'), qwenVisionLayout(VISION_CONFIG, 'visual.'));
   log(`tower weights (depth ${DEPTH}, bf16) written in ${seconds(t0).toFixed(1)} s`);
   t0 = performance.now();
   const tower = await VisionTower.load(towerDir, { cacheDir });
@@ -163,27 +163,3 @@ function peakRssMiB(): number | null {
 }
 
 /** Random Qwen2.5-VL vision weights (HF names under `visual.`), bf16; norms near 1, matrices ~0.02. */
-function writeTowerWeights(file: string): void {
-  const v = VISION_CONFIG;
-  const D = v.hidden_size, F = v.intermediate_size, M = D * v.spatial_merge_size ** 2, O = v.out_hidden_size;
-  const shapes: [string, number[]][] = [['visual.patch_embed.proj.weight', [D, v.in_chans, v.temporal_patch_size, v.patch_size, v.patch_size]]];
-  for (let l = 0; l < v.depth; l++) {
-    const b = `visual.blocks.${l}`;
-    shapes.push([`${b}.norm1.weight`, [D]], [`${b}.norm2.weight`, [D]], [`${b}.attn.qkv.weight`, [3 * D, D]], [`${b}.attn.qkv.bias`, [3 * D]],
-      [`${b}.attn.proj.weight`, [D, D]], [`${b}.attn.proj.bias`, [D]], [`${b}.mlp.gate_proj.weight`, [F, D]], [`${b}.mlp.gate_proj.bias`, [F]],
-      [`${b}.mlp.up_proj.weight`, [F, D]], [`${b}.mlp.up_proj.bias`, [F]], [`${b}.mlp.down_proj.weight`, [D, F]], [`${b}.mlp.down_proj.bias`, [D]]);
-  }
-  shapes.push(['visual.merger.ln_q.weight', [D]], ['visual.merger.mlp.0.weight', [M, M]], ['visual.merger.mlp.0.bias', [M]],
-    ['visual.merger.mlp.2.weight', [O, M]], ['visual.merger.mlp.2.bias', [O]]);
-  const rng = new Rng(0);
-  const f = new Float32Array(1), bits = new Uint32Array(f.buffer);
-  const tensors = shapes.map(([name, shape]): WritableTensor => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    const out = new Uint16Array(n);
-    const norm = name.endsWith('norm1.weight') || name.endsWith('norm2.weight') || name.endsWith('ln_q.weight');
-    // uniform(−a, a) with a = 0.02·√3 (std 0.02): cheaper than normals, same cost for the graph
-    for (let i = 0; i < n; i++) { f[0] = norm ? 1 : (rng.uniform() * 2 - 1) * 0.0346; out[i] = bits[0]! >>> 16; }
-    return { name, shape, dtype: 'BF16', bytes: new Uint8Array(out.buffer) };
-  });
-  writeSafetensors(file, tensors);
-}
