@@ -6,17 +6,19 @@ const cacheDir = tempDir('arm-cache-');
 
 /** Runs the `arm` CLI from source in a child process. */
 export function arm(args: string[], opts: { expectFail?: boolean; env?: Record<string, string> } = {}): { stdout: string; stderr: string; status: number } {
+  let stdout: string;
   try {
-    const stdout = execFileSync(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, 'arm-cli.ts'), ...args], {
+    stdout = execFileSync(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, 'arm-cli.ts'), ...args], {
       encoding: 'utf8', env: { ...process.env, ARM_CACHE_DIR: cacheDir, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'],
     });
-    if (opts.expectFail) throw new Error(`expected failure, got ${stdout}`);
-    return { stdout, stderr: '', status: 0 };
   } catch (e) {
     const err = e as { stdout: string; stderr: string; status: number };
     if (!opts.expectFail) throw e;
     return { stdout: err.stdout, stderr: err.stderr, status: err.status };
   }
+  // Outside the try: a command that should have failed but succeeded must fail the test, not be caught above.
+  if (opts.expectFail) throw new Error(`expected arm ${args.join(' ')} to fail; it succeeded with: ${stdout.slice(0, 500)}`);
+  return { stdout, stderr: '', status: 0 };
 }
 
 
