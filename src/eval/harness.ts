@@ -204,8 +204,21 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
   fs.mkdirSync(opts.outputDir, { recursive: true });
   const itemsFile = path.join(opts.outputDir, 'items.jsonl');
   const manifestFile = path.join(opts.outputDir, 'run.json');
+  // Images enter the dataset's identity by content: a picture redrawn under the same name is another dataset,
+  // and a resumed run must not mix scores of the old and the new pixels.
+  const imageSha = new Map<string, string>();
+  const imageIdentity = (file: string) => {
+    let sha = imageSha.get(file);
+    if (sha === undefined) {
+      try { sha = createHash('sha256').update(fs.readFileSync(file)).digest('hex'); } catch (e) {
+        throw new Error(`${file}: cannot read image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
+      imageSha.set(file, sha);
+    }
+    return sha;
+  };
   const manifest = {
-    model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => (p.images?.length ? [p.id, p.prompt, p.chosen, p.rejected, p.images] : [p.id, p.prompt, p.chosen, p.rejected])))).digest('hex'),
+    model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => (p.images?.length ? [p.id, p.prompt, p.chosen, p.rejected, p.images.map(imageIdentity)] : [p.id, p.prompt, p.chosen, p.rejected])))).digest('hex'),
     fewShot: opts.fewShot, seed: opts.seed, pool: opts.pool, method: { ...opts.method, onFitProgress: undefined },
     ...(opts.poolCandidate ? { fixedPool: createHash('sha256').update(JSON.stringify(pairs.filter(opts.poolCandidate).map((p) => p.id))).digest('hex') } : {}),
     ...(opts.poolFrom ? { poolSource: createHash('sha256').update(JSON.stringify(pairs.map((p) => { const q = opts.poolFrom!(p); return [q.id, q.prompt, q.chosen, q.rejected]; }))).digest('hex') } : {}),

@@ -327,4 +327,16 @@ describe('arm fit / score / eval on image rows (CLI)', () => {
       expect(results.methods[m].accuracy.n).toBe(6); // every test pair scored by every method
     }
   }, 180_000);
+
+  it('a resumed eval refuses a folder whose run saw other pixels under the same image names', async () => {
+    const model = imageTextCheckpoint('qwen2_5_vl');
+    const dir = tempDir('arm-eval-pixels-');
+    const { file } = await writeShapePairs(dir, { colours: ['red', 'blue'], shapes: ['circle', 'square'] });
+    const evalDir = path.join(dir, 'eval');
+    const run = (expectFail = false) => arm(['eval', '--model', model, '--dataset', file, '--methods', 'zero-shot', '--few-shot', '0', '--seeds', '1', '--save-all', '--output-dir', evalDir], { expectFail });
+    run();
+    run(); // unchanged: resumes from the kept log (nothing left to do)
+    await writeShape(path.join(dir, 'images'), 'red', 'circle', 56, '#ff00ff'); // same name, other pixels
+    expect(run(true).stderr).toMatch(/holds a run with another model, dataset or options/);
+  }, 120_000);
 });
