@@ -112,3 +112,14 @@ export async function writeShapePairs(dir: string, opts: { file?: string; colour
   fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
   return { file, rows };
 }
+
+/** max |a − b| / max |b|: relative to the reference's scale, so near-zero entries do not dominate. */
+export function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
+  if (ours.length !== ref.length) throw new Error(`relativeError: ${ours.length} values against ${ref.length}`);
+  let diff = 0, scale = 0;
+  for (let i = 0; i < ref.length; i++) {
+    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
+    scale = Math.max(scale, Math.abs(ref[i]!));
+  }
+  return diff / scale;
+}

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { relativeError } from '../../helpers/image-text.js';
 import * as ort from 'onnxruntime-node';
 import { SafetensorsCheckpoint, writeSafetensors, type WritableTensor } from '../../../src/model/checkpoint/safetensors.js';
 import { VisionTower } from '../../../src/model/vision-tower.js';
@@ -97,16 +98,6 @@ async function explicitTokens(pixels: Float32Array): Promise<Float32Array> {
   } finally {
     await session.release();
   }
-}
-
-function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
-  expect(ours.length).toBe(ref.length);
-  let diff = 0, scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return diff / scale;
 }
 
 describe('Qwen vision full attention, fused in flash-attention tiles', () => {

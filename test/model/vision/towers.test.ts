@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { relativeError } from '../../helpers/image-text.js';
 import { SafetensorsCheckpoint, writeSafetensors } from '../../../src/model/checkpoint/safetensors.js';
 import { VisionTower } from '../../../src/model/vision-tower.js';
 import { qwenVisionFeeds } from '../../../src/model/graph/vision-qwen.js';
@@ -31,17 +32,6 @@ const TOLERANCE = 1e-4;
 let cacheDir: string;
 beforeAll(() => { cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vision-')); });
 afterAll(() => { fs.rmSync(cacheDir, { recursive: true, force: true }); });
-
-/** max |a − b| / max |b|: relative to the reference's scale, so near-zero entries do not dominate. */
-function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): number {
-  expect(ours.length).toBe(ref.length);
-  let diff = 0, scale = 0;
-  for (let i = 0; i < ref.length; i++) {
-    diff = Math.max(diff, Math.abs(ours[i]! - ref[i]!));
-    scale = Math.max(scale, Math.abs(ref[i]!));
-  }
-  return diff / scale;
-}
 
 function fixture(name: string) {
   const dir = path.join(FIXTURES, name);
