@@ -450,18 +450,19 @@ function imageFiles(images: unknown, field: string, root: string, imageText: boo
 /** Image files known to decode (PNG, JPEG or WebP), by path and size + mtime; a bounded memo so a hot loop decodes each once. */
 class ReadableImages {
   private readonly ok = new Map<string, string>();
+  // One file at a time: a request naming many large images would otherwise hold all their decoded pixels at once.
   async check(files: Map<string, string>): Promise<void> {
-    await Promise.all([...files].map(async ([file, at]) => {
+    for (const [file, at] of files) {
       const st = fs.statSync(file);
       const stamp = `${st.size}:${st.mtimeMs}`;
-      if (this.ok.get(file) === stamp) return;
+      if (this.ok.get(file) === stamp) continue;
       try { await decodeImage(file); } catch (e) {
         throw new HttpError(400, at, `${at}: ${(e as Error).message.replace(`${file}: `, '')}`);
       }
       this.ok.delete(file);
       this.ok.set(file, stamp);
       if (this.ok.size > 4096) this.ok.delete(this.ok.keys().next().value!);
-    }));
+    }
   }
 }
 
