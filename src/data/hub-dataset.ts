@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { defaultCacheDir } from '../model/export.js';
-import { downloadRepoFile } from '../model/checkpoint/hub.js';
+import { downloadRepoFile, repoIdProblem, revisionProblemOf, splitRepoRef } from '../model/checkpoint/hub.js';
 import { DataError } from './examples.js';
 
 /** The parquet files of the datasets `arm eval` knows, per repository (the split its benchmark scores). */
@@ -23,17 +23,20 @@ export type DatasetDownloader = (request: { repoType: 'dataset'; id: string; rev
 
 export interface HubDatasetOptions { cacheDir?: string; revision?: string; download?: DatasetDownloader }
 
-const PART = /^[A-Za-z0-9._-]{1,96}$/;
+/** `owner/name[@revision]` (`revision` overriding the ref's) under the hub client's own rules, or what is wrong with it. */
+export function checkHubDatasetRef(ref: string, revision?: string): { id: string; revision: string } | { problem: string } {
+  const parsed = splitRepoRef(ref, revision);
+  const idProblem = repoIdProblem(parsed.id);
+  if (idProblem) return { problem: `${JSON.stringify(parsed.id)} is not a hub repo id: ${idProblem}` };
+  const revisionProblem = revisionProblemOf(parsed.revision);
+  if (revisionProblem) return { problem: `revision ${JSON.stringify(parsed.revision)} is not a valid branch, tag or commit: ${revisionProblem}` };
+  return parsed;
+}
 
 /** `owner/name[@revision]` with hub-valid parts, or null. */
 export function parseHubDatasetRef(ref: string): { id: string; revision: string } | null {
-  const at = ref.indexOf('@');
-  const id = at < 0 ? ref : ref.slice(0, at);
-  const revision = at < 0 ? 'main' : ref.slice(at + 1);
-  const parts = id.split('/');
-  if (parts.length !== 2 || !parts.every((p) => PART.test(p) && !/^[-.]|[-.]$/.test(p) && !p.includes('..') && !p.includes('--'))) return null;
-  if (!revision || revision.includes('..') || /[\s\\~^:?*[\x00-\x1f]/.test(revision)) return null;
-  return { id, revision };
+  const checked = checkHubDatasetRef(ref);
+  return 'problem' in checked ? null : checked;
 }
 
 export function hubDatasetDir(id: string, revision: string, cacheDir?: string): string {
@@ -47,9 +50,9 @@ export function hubDatasetUrl(id: string, revision: string, file: string): strin
 
 /** The local paths of a hub dataset's parquet files: from the cache, or fetched by `download` when given and online. */
 export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {}): Promise<string[]> {
-  const parsed = parseHubDatasetRef(ref);
-  if (!parsed) throw new DataError(`${ref}: no such file, and not a hub dataset id (owner/name[@revision])`);
-  const revision = opts.revision ?? parsed.revision;
+  const parsed = checkHubDatasetRef(ref, opts.revision);
+  if ('problem' in parsed) throw new DataError(`${ref}: no such file, and not a hub dataset id (owner/name[@revision]): ${parsed.problem}`);
+  const { revision } = parsed;
   const files = HUB_DATASET_FILES[parsed.id];
   if (!files) {
     throw new DataError(`${ref}: no such file; of hub datasets arm eval knows ${Object.keys(HUB_DATASET_FILES).join(', ')}; download another dataset's parquet or JSONL file and pass its path`);

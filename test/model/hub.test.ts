@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { downloadRepoFile, resolveModelDir, type ResolveOptions } from '../../src/model/checkpoint/hub.js';
-import { resolveHubDataset } from '../../src/data/hub-dataset.js';
+import { parseHubDatasetRef, resolveHubDataset } from '../../src/data/hub-dataset.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 import { startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
@@ -379,6 +379,21 @@ describe('dataset files', () => {
     const before = hub.requests.length;
     await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
     expect(hub.requests.length).toBe(before);
+  });
+
+  it('dataset ids and revisions follow the hub client\'s own rules: what the looser copy let through is refused', async () => {
+    const cacheDir = tempDir();
+    let asked = 0;
+    const download = async () => { asked++; return true; };
+    for (const ref of ['allenai/reward-bench-2@.', 'allenai/reward-bench-2@x/', 'allenai/reward-bench-2@a//b', 'allenai/reward-bench-2@a/.b', 'allenai/reward-bench-2@a\x7fb', `allenai/reward-bench-2@${'a'.repeat(256)}`]) {
+      expect(parseHubDatasetRef(ref), JSON.stringify(ref)).toBeNull();
+      await expect(resolveHubDataset(ref, { cacheDir, download }), JSON.stringify(ref)).rejects.toThrow(/not a hub dataset id \(owner\/name\[@revision\]\): revision .* is not a valid branch, tag or commit/);
+    }
+    await expect(resolveHubDataset('allenai/reward-bench-2', { cacheDir, download, revision: '.' })).rejects.toThrow(/revision "\." is not a valid branch, tag or commit/);
+    await expect(resolveHubDataset('allenai/reward--bench', { cacheDir, download })).rejects.toThrow(/"allenai\/reward--bench" is not a hub repo id: expected owner\/name/);
+    expect(asked).toBe(0);
+    expect(walk(cacheDir)).toEqual([]);
+    expect(parseHubDatasetRef('allenai/reward-bench-2@refs/pr/1')).toEqual({ id: 'allenai/reward-bench-2', revision: 'refs/pr/1' });
   });
 
   it('a file name that escapes the repository is refused', async () => {

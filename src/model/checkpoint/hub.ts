@@ -50,11 +50,9 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
     if (!fs.statSync(ref).isDirectory()) throw new ModelError(`${ref}: --model must be a checkpoint folder or a hub id, not a file`);
     return path.resolve(ref);
   }
-  const at = ref.indexOf('@');
-  const id = at < 0 ? ref : ref.slice(0, at);
+  const { id, revision } = splitRepoRef(ref, opts.revision);
   const idProblem = repoIdProblem(id);
   if (idProblem) throw new ModelError(`${ref}: no such folder, and ${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
-  const revision = opts.revision ?? (at < 0 ? 'main' : ref.slice(at + 1));
   const revisionProblem = revisionProblemOf(revision);
   if (revisionProblem) throw new ModelError(`${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`);
 
@@ -79,11 +77,9 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
  */
 export async function downloadRepoFile(request: { repoType: 'model' | 'dataset'; ref: string; file: string }, opts: ResolveOptions = {}): Promise<string | null> {
   const { repoType, ref, file } = request;
-  const at = ref.indexOf('@');
-  const id = at < 0 ? ref : ref.slice(0, at);
+  const { id, revision } = splitRepoRef(ref, opts.revision);
   const idProblem = repoIdProblem(id);
   if (idProblem) throw new ModelError(`${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
-  const revision = opts.revision ?? (at < 0 ? 'main' : ref.slice(at + 1));
   const revisionProblem = revisionProblemOf(revision);
   if (revisionProblem) throw new ModelError(`${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`);
   checkRepoFileName(file, `${id}@${revision}`);
@@ -107,8 +103,17 @@ export async function downloadRepoFile(request: { repoType: 'model' | 'dataset';
 const REPO_ID_RULE = "expected owner/name, each part made of letters, digits, '.', '_' or '-', "
   + "not starting or ending with '-' or '.', without '--' or '..', at most 96 characters";
 
-/** The hub's repo id rules (huggingface_hub's validate_repo_id, narrowed to ASCII and to owner/name). */
-function repoIdProblem(id: string): string | null {
+/** `owner/name[@revision]` split at its first `@`; `revision`, when given, overrides the ref's (default `main`). */
+export function splitRepoRef(ref: string, revision?: string): { id: string; revision: string } {
+  const at = ref.indexOf('@');
+  return { id: at < 0 ? ref : ref.slice(0, at), revision: revision ?? (at < 0 ? 'main' : ref.slice(at + 1)) };
+}
+
+/**
+ * The hub's repo id rules (huggingface_hub's validate_repo_id, narrowed to ASCII and to owner/name): what is
+ * wrong with `id`, or null. Shared with src/data/hub-dataset.ts, so models and datasets accept the same ids.
+ */
+export function repoIdProblem(id: string): string | null {
   const parts = id.split('/');
   if (parts.length !== 2) return REPO_ID_RULE;
   for (const part of parts) {
@@ -118,7 +123,7 @@ function repoIdProblem(id: string): string | null {
 }
 
 /** Branch, tag or commit: git's ref-name rules, as far as they matter for a URL and a cache folder. */
-function revisionProblemOf(revision: string): string | null {
+export function revisionProblemOf(revision: string): string | null {
   if (revision.length === 0 || revision.length > 255) return 'expected 1 to 255 characters';
   if (/[\x00-\x1f\x7f]/.test(revision)) return 'control characters are not allowed';
   if (/[\\ ~^:?*[]/.test(revision)) return "backslash, space and ~ ^ : ? * [ are not allowed";
