@@ -4,18 +4,18 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
-import { WEIGHT_DTYPES, type QuantOptions, type WeightDType } from '../model/graph/quantized-linear.js';
+import { INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from '../model/graph/quantized-linear.js';
 import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
 import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 
 export interface ModelCliOptions {
   model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean;
-  dtype?: WeightDType; blockSize?: number; accuracyLevel?: QuantOptions['accuracyLevel'];
+  dtype?: WeightDType; blockSize?: number; accuracyLevel?: QuantOptions['accuracyLevel']; int8Kernel?: Int8Kernel;
 }
 
 /** The weight-format part of the model flags, as Decoder.load options. */
-export function weightFormatOptions(o: ModelCliOptions): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel'> {
-  return { dtype: o.dtype, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel };
+export function weightFormatOptions(o: ModelCliOptions): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel'> {
+  return { dtype: o.dtype, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel, int8Kernel: o.int8Kernel };
 }
 
 export function addModelOptions(cmd: Command, defaultModel?: string): Command {
@@ -27,6 +27,7 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .addOption(new Option('--dtype <dtype>', 'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)').choices(WEIGHT_DTYPES))
     .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8, 32 for int4)', (v) => positiveInt(v, '--block-size'))
     .addOption(new Option('--accuracy-level <n>', 'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)').choices(['0', '1', '2', '3', '4']).argParser((v) => Number(v) as QuantOptions['accuracyLevel']))
+    .addOption(new Option('--int8-kernel <kernel>', 'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: blockwise)').choices(INT8_KERNELS))
     .option('--quiet', 'no progress bars');
 }
 

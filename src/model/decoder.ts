@@ -19,7 +19,7 @@ import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig, type PrequantScheme } from './checkpoint/awq-gptq.js';
 import { resolveWeightFormat } from './weight-format.js';
-import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 
 export interface LoadOptions {
   cacheDir?: string;
@@ -39,6 +39,8 @@ export interface LoadOptions {
   blockSize?: number;
   /** int8/int4: MatMulNBits accuracy_level (0–4; default 4 = int8 compute). */
   accuracyLevel?: QuantOptions['accuracyLevel'];
+  /** int8: linear layers as row-wise W8A8 (MatMulIntegerToFloat) or block-wise MatMulNBits; default weight-format.ts defaultInt8Kernel. */
+  int8Kernel?: Int8Kernel;
 }
 
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
@@ -139,7 +141,7 @@ export class Decoder {
     const t0 = performance.now();
     try {
       prequant = prequantSchemeFromConfig(config, configPath);
-      format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel });
+      format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, int8Kernel: opts.int8Kernel });
       validateCheckpoint(spec, ckpt, prequant);
       fingerprint = weightsContentHash(ckpt.files, path.join(opts.cacheDir ?? defaultCacheDir(), 'hashes'));
       entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes, format), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes, format);

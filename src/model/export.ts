@@ -13,7 +13,7 @@ import { expectedTensors, type ModelSpec } from './families/spec.js';
 import { ModelError } from './errors.js';
 import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import type { ExternalRef } from './graph/graph-builder.js';
-import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantNames, sliceRows, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantizeRowwise, quantNames, rowwiseNames, sliceRows, zeroPointBytesPerRow, type Int8Kernel, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
 import { sensitiveLinears } from './weight-format.js';
 
@@ -36,7 +36,9 @@ export interface Layout {
  * block-quantised with it (MatMulNBits); norms and biases stay float32. `prequant`: the checkpoint's own
  * AWQ/GPTQ codes are kept for the layers it stores quantised (always MatMulNBits, whatever `dtype`), and
  * `dtype` decides what the float rest (embedding, head, unquantised layers) becomes. `accuracyLevel`
- * applies to every MatMulNBits.
+ * applies to every MatMulNBits. `quant.int8Kernel` 'rowwise' (int8 only): the linear layers converted here
+ * are stored int8 per output channel and multiplied W8A8 (MatMulIntegerToFloat) instead; the embedding table and the
+ * head stay block-quantised (MatMulNBits), pre-quantised layers keep their codes.
  */
 export interface WeightFormat {
   dtype: WeightDType;
@@ -44,7 +46,7 @@ export interface WeightFormat {
    * Linear layers; `embedHead`: the embedding table and output head, when stored otherwise (int4 keeps them
    * int8); `sensitive`: the linear layers named by weight-format.ts's sensitiveLinears, when stored otherwise.
    */
-  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'>; sensitive?: Omit<QuantOptions, 'accuracyLevel'> & { rule: string } }) | null;
+  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'>; sensitive?: Omit<QuantOptions, 'accuracyLevel'> & { rule: string }; int8Kernel?: Int8Kernel }) | null;
   prequant: PrequantScheme | null;
   accuracyLevel: QuantOptions['accuracyLevel'];
 }
@@ -55,7 +57,9 @@ function formatKey(f: WeightFormat): string {
   if (!f.quant && !f.prequant) return '';
   const eh = (f.quant?.embedHead ? `:${f.quant.embedHead.bits}:${f.quant.embedHead.blockSize}` : '')
     + (f.quant?.sensitive ? `:${f.quant.sensitive.rule}:${f.quant.sensitive.bits}:${f.quant.sensitive.blockSize}` : '');
-  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}` : 'f32'}:${f.accuracyLevel}`;
+  // Only 'rowwise' is named, so block-wise int8 entries built before the option existed keep their keys.
+  const kernel = f.quant?.int8Kernel === 'rowwise' ? ':rowwise' : '';
+  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}${kernel}` : 'f32'}:${f.accuracyLevel}`;
   const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
   return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
 }
@@ -112,7 +116,8 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
   const refs = new Map<string, ExternalRef>();
   const quantRefs = new Map<string, QuantRefs>();
   let offset = 0;
-  const write = (name: string, data: ArrayBufferView, dims: number[], elemType: 'FLOAT' | 'UINT8' = 'FLOAT'): ExternalRef => {
+  const rowwiseRefs = new Map<string, { codes: ExternalRef; scales: ExternalRef; rows: number; cols: number }>();
+  const write = (name: string, data: ArrayBufferView, dims: number[], elemType: ExternalRef['elemType'] = 'FLOAT'): ExternalRef => {
     const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     fs.writeSync(fd, bytes, 0, bytes.length, offset);
     const ref: ExternalRef = { name, dims, offset, length: bytes.length, elemType };
@@ -129,6 +134,12 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
       rows: q.rows, cols: q.cols, bits: q.bits, blockSize: q.blockSize,
     });
   };
+  const writeRowwise = (name: string, w: Float32Array, rows: number, cols: number) => {
+    const q = quantizeRowwise(w, rows, cols);
+    const n = rowwiseNames(name);
+    rowwiseRefs.set(name, { codes: write(n.codes, q.codes, [cols, rows], 'INT8'), scales: write(n.scales, q.scales, [rows]), rows, cols });
+  };
+  const rowwise = format.quant?.int8Kernel === 'rowwise';
   // The embedding table and a separate output head are [V, D] = [N, K] already: quantised as they are.
   const quantizedAsIs = new Set<string>(format.quant ? [W.embed, W.lmHead] : []);
   const sensitive = format.quant?.sensitive ? sensitiveLinears(spec) : new Set<string>();
@@ -139,7 +150,8 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
       if ('quantized' in p) {
         writeQuantized(name, p.quantized);
       } else if ('linear' in p) {
-        if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, sensitive.has(name) ? format.quant.sensitive! : format.quant));
+        if (format.quant && rowwise && !sensitive.has(name)) writeRowwise(name, p.linear, p.rows, p.cols);
+        else if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, sensitive.has(name) ? format.quant.sensitive! : format.quant));
         else refs.set(name, write(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]));
       } else if (quantizedAsIs.has(name)) {
         writeQuantized(name, quantizeMatrix(p.data, p.dims[0]!, p.dims[1]!, format.quant!.embedHead ?? format.quant!));
@@ -183,6 +195,8 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
   }, headChunkBytes, {
     accuracyLevel: format.accuracyLevel,
     ref: (g, name) => {
+      const r = rowwiseRefs.get(name);
+      if (r) return { kind: 'rowwise', codes: g.externalWeight(r.codes, DATA_FILE), scales: g.externalWeight(r.scales, DATA_FILE), rows: r.rows, cols: r.cols };
       const q = quantRefs.get(name);
       if (!q) return null;
       return {
@@ -191,7 +205,7 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
       };
     },
   });
-  const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family, weight_dtype: format.dtype });
+  const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family, weight_dtype: format.dtype, ...(format.quant?.int8Kernel ? { int8_kernel: format.quant.int8Kernel } : {}) });
   fs.writeFileSync(path.join(outDir, MODEL_FILE), bytes);
   const qEmbed = quantRefs.get(W.embed);
   const embed = qEmbed?.codes ?? refs.get(W.embed)!;

@@ -6,7 +6,7 @@ import { ModelError } from './errors.js';
 import type { ModelSpec } from './families/spec.js';
 import type { PrequantScheme } from './checkpoint/awq-gptq.js';
 import type { WeightFormat } from './export.js';
-import { checkBlockSize, DTYPE_BITS, WEIGHT_DTYPES, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+import { checkBlockSize, DTYPE_BITS, INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { W } from './graph/decoder-graph.js';
 
 export interface WeightFormatOptions {
@@ -16,6 +16,8 @@ export interface WeightFormatOptions {
   blockSize?: number;
   /** MatMulNBits accuracy_level; default 4 (int8 compute) from 0.3 B parameters, 0 (fp32 compute) below. */
   accuracyLevel?: QuantOptions['accuracyLevel'];
+  /** int8 only: how the linear layers multiply (quantized-linear.ts Int8Kernel); default defaultInt8Kernel. */
+  int8Kernel?: Int8Kernel;
 }
 
 /** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
@@ -51,6 +53,11 @@ export function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = 
   return 'int4';
 }
 
+/** The int8 kernel unless told otherwise: MatMulNBits, as before the row-wise kernel existed. */
+export function defaultInt8Kernel(_spec: ModelSpec): Int8Kernel {
+  return 'blockwise';
+}
+
 export function parseWeightDType(v: string, what = '--dtype'): WeightDType {
   if (!(WEIGHT_DTYPES as readonly string[]).includes(v)) throw new ModelError(`${what} must be one of ${WEIGHT_DTYPES.join(', ')}, got ${JSON.stringify(v)}`);
   return v as WeightDType;
@@ -61,6 +68,8 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   parseWeightDType(dtype, 'dtype');
   const accuracyLevel = opts.accuracyLevel ?? defaultAccuracyLevel(spec);
   if (![0, 1, 2, 3, 4].includes(accuracyLevel)) throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
+  if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel)) throw new ModelError(`--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`);
+  if (opts.int8Kernel !== undefined && dtype !== 'int8') throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
     if (opts.accuracyLevel !== undefined && !prequant) throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp32');
@@ -73,7 +82,8 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   // agreement with fp32 from 0.85 to 0.87 (BENCHMARKS.md), for ~0.5 bytes more per vocabulary weight. It also
   // keeps the linear layers of sensitiveLinears() at int8 (see there).
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
-  return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}) }, prequant, accuracyLevel };
+  const int8Kernel = dtype === 'int8' ? opts.int8Kernel ?? defaultInt8Kernel(spec) : undefined;
+  return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}) }, prequant, accuracyLevel };
 }
 
 /** Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the rule changes. */
@@ -101,10 +111,15 @@ export function sensitiveLinears(spec: Pick<ModelSpec, 'numLayers'>): Set<string
   return names;
 }
 
-/** A short label of the format for logs and criterion metadata, e.g. "int4 (block 32, accuracy level 4)". */
+/**
+ * A short label of the format for logs and criterion metadata, e.g. "int4 (block 32, accuracy level 4)",
+ * "int8 (rowwise W8A8 linear layers, embedding and head block 128, accuracy level 4)".
+ */
 export function describeWeightFormat(f: WeightFormat): string {
   const parts: string[] = [];
-  if (f.quant) parts.push(`block ${f.quant.blockSize}`);
+  if (f.quant?.int8Kernel === 'rowwise') parts.push('rowwise W8A8 linear layers', `embedding and head block ${f.quant.blockSize}`);
+  else if (f.quant?.int8Kernel === 'blockwise') parts.push('blockwise', `block ${f.quant.blockSize}`);
+  else if (f.quant) parts.push(`block ${f.quant.blockSize}`);
   if (f.quant?.sensitive) parts.push(`attention and first/last layers int${f.quant.sensitive.bits} (block ${f.quant.sensitive.blockSize})`);
   if (f.quant || f.prequant) parts.push(`accuracy level ${f.accuracyLevel}`);
   if (f.prequant) parts.push(`${f.prequant.method.toUpperCase()} ${f.prequant.bits}-bit layers, group ${f.prequant.groupSize}`);

@@ -30,7 +30,7 @@ it('records dtype and format; another dtype at scoring time is a warning, the sa
   rm.save(file);
   const meta = loadCriterion(file).meta;
   expect(meta.model.dtype).toBe('int8');
-  expect(meta.model.weightFormat).toBe('int8 (block 128, accuracy level 0)');
+  expect(meta.model.weightFormat).toBe('int8 (blockwise, block 128, accuracy level 0)'); // small model: block-wise kernel, exact compute
 
   const warnings: string[] = [];
   const same = ActivationRM.load(int8, file, { warn: (m) => warnings.push(m) });

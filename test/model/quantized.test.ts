@@ -1,6 +1,8 @@
 /**
  * int8/int4 weights (graph/quantized-linear.ts, MatMulNBits): the packed layout against hand-computed bytes
- * and against onnxruntime's own kernel, then whole decoders at each dtype against the fp32 reference.
+ * and against onnxruntime's own kernel, then whole decoders at each dtype against the fp32 reference; the
+ * row-wise W8A8 int8 kernel (MatMulIntegerToFloat) against an error bound computed from its inputs, and a random
+ * checkpoint's forward at that kernel against fp32.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -10,10 +12,11 @@ import { Decoder } from '../../src/model/decoder.js';
 import { cacheKey, FP32_FORMAT } from '../../src/model/export.js';
 import { GraphBuilder } from '../../src/model/graph/graph-builder.js';
 import { OnnxDType } from '../../src/model/graph/proto.js';
-import { dequantizeMatrix, emitMatMulNBits, quantizeMatrix, type QuantizedMatrix } from '../../src/model/graph/quantized-linear.js';
+import { dequantizeMatrix, dequantizeRowwise, emitMatMulNBits, emitRowwiseLinear, quantizeMatrix, quantizeRowwise, type QuantizedMatrix } from '../../src/model/graph/quantized-linear.js';
 import { resolveWeightFormat } from '../../src/model/weight-format.js';
 import { Rng } from '../../tools/random-checkpoint.js';
-import { relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { describeWeightFormat } from '../../src/model/weight-format.js';
+import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 
 const randomMatrix = (n: number, seed: number, std = 0.05) => { const r = new Rng(seed); return Float32Array.from({ length: n }, () => std * r.normal()); };
 
@@ -57,6 +60,10 @@ describe('block quantisation layout', () => {
  * (field 7) → GraphProto.node (1) → NodeProto input (1), op_type (4), attribute (5: name 1, i 3).
  */
 function matMulNBitsNodes(file: string): { weight: string; bits: number; N: number; K: number }[] {
+  return graphNodes(file).filter((n) => n.op === 'MatMulNBits').map((n) => ({ weight: n.inputs[1]!.replace(/\.q$/, ''), bits: n.attr.bits!, N: n.attr.N!, K: n.attr.K! }));
+}
+
+function graphNodes(file: string): { op: string; inputs: string[]; attr: Record<string, number> }[] {
   const buf = fs.readFileSync(file);
   const fields = (from: number, to: number) => {
     const out: { field: number; value: number | [number, number] }[] = [];
@@ -75,10 +82,10 @@ function matMulNBitsNodes(file: string): { weight: string; bits: number; N: numb
   const str = (v: number | [number, number]) => buf.toString('utf8', (v as [number, number])[0], (v as [number, number])[1]);
   const sub = (v: number | [number, number]) => fields(...(v as [number, number]));
   const graph = fields(0, buf.length).find((f) => f.field === 7)!.value;
-  return sub(graph).filter((f) => f.field === 1).map((f) => sub(f.value)).filter((n) => n.some((f) => f.field === 4 && str(f.value) === 'MatMulNBits')).map((n) => {
+  return sub(graph).filter((f) => f.field === 1).map((f) => sub(f.value)).map((n) => {
     const attr = Object.fromEntries(n.filter((f) => f.field === 5).map((f) => { const a = sub(f.value); return [str(a.find((x) => x.field === 1)!.value), a.find((x) => x.field === 3)?.value as number]; }));
     const inputs = n.filter((f) => f.field === 1).map((f) => str(f.value));
-    return { weight: inputs[1]!.replace(/\.q$/, ''), bits: attr.bits!, N: attr.N!, K: attr.K! };
+    return { op: str(n.find((f) => f.field === 4)!.value), inputs, attr };
   });
 }
 
@@ -130,6 +137,22 @@ describe('weight formats', () => {
     // so does one built under another rule of which layers are int8
     expect(key({ ...now, quant: { ...now.quant!, sensitive: { ...sensitive!, rule: `${sensitive!.rule}-other` } } })).not.toBe(key(now));
     expect(resolveWeightFormat({} as never, null, { dtype: 'int8' }).quant!.sensitive).toBeUndefined();
+  });
+
+  it('the int8 kernel joins the key when rowwise; block-wise int8 keys are as before the option; it applies to int8 only', () => {
+    const fmt = (int8Kernel?: 'rowwise' | 'blockwise') => resolveWeightFormat({} as never, null, { dtype: 'int8', int8Kernel });
+    const rowwise = fmt('rowwise'), blockwise = fmt('blockwise');
+    const key = (f: ReturnType<typeof fmt>) => cacheKey('c', 'w', undefined, f);
+    expect(key(rowwise)).not.toBe(key(blockwise));
+    const { int8Kernel, ...before } = blockwise.quant!;
+    expect(int8Kernel).toBe('blockwise');
+    expect(key({ ...blockwise, quant: before })).toBe(key(blockwise));
+    expect(describeWeightFormat(rowwise)).toBe('int8 (rowwise W8A8 linear layers, embedding and head block 128, accuracy level 4)');
+    expect(describeWeightFormat(blockwise)).toBe('int8 (blockwise, block 128, accuracy level 4)');
+    expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', int8Kernel: 'rowwise' })).toThrow(/--int8-kernel applies to --dtype int8/);
+    expect(() => resolveWeightFormat({} as never, null, { dtype: 'fp32', int8Kernel: 'blockwise' })).toThrow(/--int8-kernel/);
+    expect(() => resolveWeightFormat({} as never, null, { dtype: 'int8', int8Kernel: 'colwise' as never })).toThrow(/--int8-kernel must be/);
+    expect(resolveWeightFormat({} as never, null, { dtype: 'int4' }).quant!.int8Kernel).toBeUndefined();
   });
 
   it('refuses a block size that is no power of two ≥ 16, and block options at fp32', () => {
@@ -215,5 +238,133 @@ describe('stories260K at int8 and int4 against fp32', () => {
     const kv = await d.prefill(a.slice(0, -1));
     const step = await d.stepShared(kv, a.at(-1)!, { mask: new Float32Array(2 * L * H), values });
     expect(relError(step.logits.subarray(0, V), plain.logits)).toBeLessThan(1e-4);
+  });
+});
+
+describe('row-wise W8A8 int8 linear (MatMulIntegerToFloat)', () => {
+  it('stores each output channel as int8 codes [K, N] within half a step of the weight; an all-zero channel gets scale 1', () => {
+    const N = 9, K = 70;
+    const w = randomMatrix(N * K, 11);
+    for (let k = 0; k < K; k++) w[4 * K + k] = 0;
+    const q = quantizeRowwise(w, N, K);
+    const back = dequantizeRowwise(q);
+    expect(q.codes.length).toBe(K * N);
+    for (let n = 0; n < N; n++) {
+      let maxCode = 0;
+      for (let k = 0; k < K; k++) {
+        const c = q.codes[k * N + n]!; // transposed: MatMulInteger's [K, N]
+        maxCode = Math.max(maxCode, Math.abs(c));
+        expect(Math.abs(back[n * K + k]! - w[n * K + k]!)).toBeLessThanOrEqual(q.scales[n]! / 2 * (1 + 1e-6));
+        expect(back[n * K + k]).toBe(Math.fround(c * q.scales[n]!));
+      }
+      // symmetric: the channel's largest |w| is code ±127, so nothing is clipped
+      expect(maxCode).toBe(n === 4 ? 0 : 127);
+    }
+    expect(q.scales[4]).toBe(1);
+  });
+
+  it('onnxruntime: every output within the bound of per-row activation and per-channel weight rounding', async () => {
+    const M = 6, K = 200, N = 48;
+    const w = randomMatrix(N * K, 12);
+    const q = quantizeRowwise(w, N, K);
+    const x = randomMatrix(M * K, 13, 1);
+    x[1 * K + 7] = 40;                                   // row 1: one outlier channel (its other inputs round coarsely)
+    for (let k = 0; k < K; k++) { x[2 * K + k] = 0; x[3 * K + k] = x[3 * K + k]! * 1e-3; x[4 * K + k] = x[4 * K + k]! * 100; } // zero, tiny, large rows
+    x[5 * K + 3] = -5;                                   // row 5: its largest magnitude is negative
+    const g = new GraphBuilder(18);
+    const input = g.input('x', 'FLOAT', [1, M, K]);      // [B, S, K] as in the decoder
+    const init = (name: string, dims: number[], type: number, data: ArrayBufferView) => (g as unknown as { initializers: object[] }).initializers.push({ name, dims, data_type: type, raw_data: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+    init('codes', [K, N], OnnxDType.INT8, q.codes);
+    init('scales', [N], OnnxDType.FLOAT, q.scales);
+    emitRowwiseLinear(g, input, { kind: 'rowwise', codes: 'codes', scales: 'scales', rows: N, cols: K }, 'y');
+    g.output('y', 'FLOAT', [1, M, N]);
+    const session = await ort.InferenceSession.create(g.toBytes('test', {}), { intraOpNumThreads: 1 });
+    const got = (await session.run({ x: new ort.Tensor('float32', x, [1, M, K]) })).y!.data as Float32Array;
+    await session.release();
+    // y − ŷ = Σ_k (x − x̂)·w + x̂·(w − ŵ), with |x − x̂| ≤ s/2 (s = max_k |x| / 127, round to nearest) and
+    // |w − ŵ| ≤ scale_n / 2; |x̂| ≤ |x| + s/2. Plus float32 rounding of the products' sums (1e-5 relative).
+    let worst = 0;
+    for (let m = 0; m < M; m++) {
+      let amax = 0;
+      for (let k = 0; k < K; k++) amax = Math.max(amax, Math.abs(x[m * K + k]!));
+      const s = amax / 127;
+      for (let n = 0; n < N; n++) {
+        let want = 0, absW = 0, absX = 0, absXW = 0;
+        for (let k = 0; k < K; k++) {
+          const xv = x[m * K + k]!, wv = w[n * K + k]!;
+          want += xv * wv; absW += Math.abs(wv); absX += Math.abs(xv) + s / 2; absXW += Math.abs(xv * wv);
+        }
+        const bound = (s / 2) * absW + (q.scales[n]! / 2) * absX + 1e-5 * absXW;
+        const err = Math.abs(got[m * N + n]! - want);
+        expect(err).toBeLessThanOrEqual(bound);
+        if (m === 2) expect(got[m * N + n]).toBe(0);      // an all-zero row (padding) stays exactly zero
+        else worst = Math.max(worst, err / bound);
+      }
+    }
+    // rounding did happen (the bound is not vacuous: it is met, not met by coincidence with zero error)
+    expect(worst).toBeGreaterThan(0.01);
+  });
+});
+
+describe('a random checkpoint at int8 rowwise against fp32', () => {
+  const cacheDir = tempDir('arm-cache-rw-');
+  const config = FAMILY_CONFIGS['llama3 (rope llama3, GQA 3, untied, attention+mlp bias)']!;
+  const L = config.num_hidden_layers as number;
+  const d: Partial<Record<'fp32' | 'rowwise' | 'blockwise', Decoder>> = {};
+  const rng = new Rng(21);
+  const V = config.vocab_size as number;
+  const prompts = [9, 6].map((n) => Array.from({ length: n }, () => Math.floor(rng.uniform() * V)));
+  beforeAll(async () => {
+    const { dir } = makeCheckpoint(config, { seed: 4, std: 0.1 });
+    d.fp32 = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'fp32' });
+    d.rowwise = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'int8', int8Kernel: 'rowwise' });
+    d.blockwise = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'int8', int8Kernel: 'blockwise' });
+  });
+  afterAll(async () => { for (const x of Object.values(d)) await x?.dispose(); });
+
+  it('each kernel is its own cache entry and records itself; linear layers are MatMulIntegerToFloat, the head MatMulNBits', () => {
+    const { fp32, rowwise, blockwise } = d as Required<typeof d>;
+    expect(new Set([fp32.info.cacheEntry, rowwise.info.cacheEntry, blockwise.info.cacheEntry]).size).toBe(3);
+    expect(rowwise.info.weightFormat.quant).toMatchObject({ bits: 8, int8Kernel: 'rowwise' });
+    expect(describeWeightFormat(rowwise.info.weightFormat)).toMatch(/rowwise/);
+    expect(describeWeightFormat(blockwise.info.weightFormat)).toMatch(/blockwise/);
+    const nodes = graphNodes(path.join(rowwise.info.cacheEntry, 'model.onnx'));
+    const integer = nodes.filter((n) => n.op === 'MatMulIntegerToFloat').map((n) => n.inputs[1]);
+    expect(integer.sort()).toEqual(Array.from({ length: L }, (_, l) => ['qkv', 'o', 'gate_up', 'down'].map((w) => `w.${l}.${w}.q8`)).flat().sort());
+    const nbits = nodes.filter((n) => n.op === 'MatMulNBits');
+    expect(nbits.length).toBeGreaterThan(0);
+    expect(nbits.every((n) => n.inputs[1]!.startsWith('w.head.'))).toBe(true);
+    expect(graphNodes(path.join(blockwise.info.cacheEntry, 'model.onnx')).some((n) => n.op === 'MatMulIntegerToFloat')).toBe(false);
+  });
+
+  // Tolerance: a linear layer's output moves by at most half an activation step and half a weight step per
+  // input, each 1/127 of its row's or channel's largest magnitude, so about 1/127 of the output's scale when
+  // the inputs do not cancel. 4 linear layers a layer (q|k|v, o, gate|up, down) in the path to the logits add
+  // up to 4L/127 (0.094 for 3 layers) relative to the largest logit; the head is the same MatMulNBits at both
+  // kernels. Random inputs do not all round the same way, so the measured error is far below this.
+  it('logits and head taps within 4L/127 of fp32 (relative to the largest value), padded batch rows included', async () => {
+    const rel = (a: Float32Array, b: Float32Array) => { let e = 0, s = 0; for (let i = 0; i < a.length; i++) { e = Math.max(e, Math.abs(a[i]! - b[i]!)); s = Math.max(s, Math.abs(b[i]!)); } return e / s; };
+    const ref = await d.fp32!.forward(prompts);
+    const got = await d.rowwise!.forward(prompts);
+    const tol = (4 * L) / 127;
+    expect(rel(got.logits, ref.logits)).toBeLessThan(tol);
+    expect(rel(got.heads, ref.heads)).toBeLessThan(tol);
+    expect(rel(got.logits, ref.logits)).toBeGreaterThan(0); // the int8 path did run
+    // the padded row is the same as that prompt alone (per-row scales: padding does not change a real row)
+    const alone = await d.rowwise!.forward([prompts[1]!]);
+    expect(relError(got.logits.subarray(V), alone.logits)).toBeLessThan(1e-5);
+  });
+
+  it('patches land exactly at the tap; a shared-prefix step reproduces the forward', async () => {
+    const x = d.rowwise!;
+    const { numHeads: H, headDim: hd } = x.spec;
+    const values = Float32Array.from({ length: L * H * hd }, (_, i) => Math.cos(i));
+    const mask = new Float32Array(L * H); mask[1] = 1; mask[L * H - 2] = 1;
+    const a = prompts[0]!;
+    const patched = await x.forward([a], { mask, values });
+    for (const h of [1, L * H - 2]) expect(Array.from(patched.heads.subarray(h * hd, (h + 1) * hd))).toEqual(Array.from(values.subarray(h * hd, (h + 1) * hd)));
+    const kv = await x.prefill(a.slice(0, -1));
+    const step = await x.stepShared(kv, a.at(-1)!, { mask: new Float32Array(L * H), values });
+    expect(relError(step.logits.subarray(0, V), (await x.forward([a])).logits)).toBeLessThan(1e-4);
   });
 });

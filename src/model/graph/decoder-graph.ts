@@ -46,7 +46,7 @@
  *   logits_raw                     [B, V]         before final soft-capping (Gemma 2/3 only)
  */
 import { GraphBuilder } from './graph-builder.js';
-import { emitMatMulNBits, type QuantizedWeightRef } from './quantized-linear.js';
+import { emitMatMulNBits, emitRowwiseLinear, type QuantizedWeightRef, type RowwiseWeightRef } from './quantized-linear.js';
 import { ropeInverseFrequencies, type LayerType, type ModelSpec, type RopeSpec } from '../families/spec.js';
 
 const INT64_MAX = Number.MAX_SAFE_INTEGER;
@@ -76,10 +76,11 @@ export const W = {
 } as const;
 
 /**
- * Which weights are stored block-quantised (int8/int4, graph/quantized-linear.ts): `ref` registers a linear
- * weight's quantised initializers and returns them, or null when that weight is float32.
+ * Which weights are stored quantised (int8/int4, graph/quantized-linear.ts): `ref` registers a linear
+ * weight's quantised initializers and returns them (block-quantised for MatMulNBits, or row-wise int8 for
+ * MatMulIntegerToFloat: `kind: 'rowwise'`), or null when that weight is float32.
  */
-export interface QuantizedWeights { ref: (g: GraphBuilder, name: string) => QuantizedWeightRef | null; accuracyLevel: number }
+export interface QuantizedWeights { ref: (g: GraphBuilder, name: string) => QuantizedWeightRef | RowwiseWeightRef | null; accuracyLevel: number }
 
 /**
  * The output head is split into row blocks of at most this many bytes. onnxruntime prepacks each weight
@@ -189,10 +190,12 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     const normed = g.op('Div', [x, g.op('Sqrt', [g.op('Add', [variance, f32(spec.rmsNormEps)])])]);
     return g.op('Mul', [normed, w(weightName)], {}, name);
   };
-  // x [.., K] · W → [.., N]: MatMul over a [K, N] float weight, or MatMulNBits over a quantised [N, K] one.
+  // x [.., K] · W → [.., N]: MatMul over a [K, N] float weight, MatMulNBits over a block-quantised [N, K]
+  // one, or a row-wise W8A8 MatMulIntegerToFloat over an int8 [K, N] one.
   const matmul = (x: string, weightName: string, out?: string) => {
     const q = quantized?.ref(g, weightName);
-    return q ? emitMatMulNBits(g, x, q, quantized!.accuracyLevel, out) : g.op('MatMul', [x, w(weightName)], {}, out);
+    if (!q) return g.op('MatMul', [x, w(weightName)], {}, out);
+    return 'kind' in q ? emitRowwiseLinear(g, x, q, out) : emitMatMulNBits(g, x, q, quantized!.accuracyLevel, out);
   };
   const linear = (x: string, weightName: string, biasName: string | null, name: string) => {
     const y = matmul(x, weightName, biasName ? undefined : name);

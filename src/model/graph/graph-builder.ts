@@ -10,8 +10,11 @@ type ElemType = keyof typeof OnnxDType;
 
 interface ValueInfo { name: string; elemType: ElemType; shape: Dim[]; doc?: string }
 
-/** Where a weight's bytes live in the external data file; `elemType` defaults to FLOAT (UINT8: packed quantised codes). */
-export interface ExternalRef { name: string; dims: number[]; offset: number; length: number; elemType?: 'FLOAT' | 'UINT8' }
+/**
+ * Where a weight's bytes live in the external data file; `elemType` defaults to FLOAT (UINT8: packed
+ * block-quantised codes; INT8: row-wise int8 codes).
+ */
+export interface ExternalRef { name: string; dims: number[]; offset: number; length: number; elemType?: 'FLOAT' | 'UINT8' | 'INT8' }
 
 /** onnxruntime's contrib operator domain (MatMulNBits and friends). */
 export const MS_DOMAIN = 'com.microsoft';
@@ -67,6 +70,12 @@ export class GraphBuilder {
     return this.cached(key, hint, (name) => ({
       name, dims, data_type: OnnxDType.INT64, raw_data: new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer),
     }));
+  }
+
+  /** An in-graph uint8 constant (quantisation zero points). */
+  uint8Const(values: number[], dims: number[] = [values.length], hint = 'u8'): string {
+    const key = `u8:${dims.join(',')}:${values.join(',')}`;
+    return this.cached(key, hint, (name) => ({ name, dims, data_type: OnnxDType.UINT8, raw_data: Uint8Array.from(values) }));
   }
 
   private cached(key: string, hint: string, make: (name: string) => Record<string, unknown>): string {

@@ -14,6 +14,14 @@
 import type { GraphBuilder } from './graph-builder.js';
 
 export type WeightDType = 'fp32' | 'int8' | 'int4';
+/**
+ * How int8 linear layers multiply: 'blockwise' = MatMulNBits (8-bit weights in blocks along K with zero
+ * points; at accuracy level 4 the activations are rounded to int8 per block); 'rowwise' = W8A8 through
+ * MatMulIntegerToFloat (weights int8 per output channel, activations int8 per row, quantised at run time), see
+ * emitRowwiseLinear.
+ */
+export type Int8Kernel = 'rowwise' | 'blockwise';
+export const INT8_KERNELS: readonly Int8Kernel[] = ['rowwise', 'blockwise'];
 /** Joins the cache key of quantised entries: bump it when quantizeMatrix's choices change. */
 export const QUANTIZER_VERSION = 'minmax-clip/1';
 export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'int8', 'int4'];
@@ -212,4 +220,61 @@ export function emitMatMulNBits(g: GraphBuilder, x: string, w: QuantizedWeightRe
   return g.contribOp('MatMulNBits', [x, w.codes, w.scales, w.zeroPoints], {
     K: w.cols, N: w.rows, bits: w.bits, block_size: w.blockSize, accuracy_level: accuracyLevel,
   }, out);
+}
+
+/**
+ * Row-wise W8A8 ("rowwise" int8 kernel): W [N, K] stored int8 per output channel, symmetric, transposed to
+ * MatMulInteger's [K, N]:
+ *   codes   int8 [K, N]   codes[k, n] = round(W[n, k] / scales[n]) ∈ [−127, 127]
+ *   scales  f32  [N]      max_k |W[n, k]| / 127 (1 for an all-zero channel)
+ * Rows (channels) are independent, so fused matrices (q|k|v, gate|up) are quantised as one.
+ */
+export interface RowwiseMatrix { rows: number; cols: number; codes: Int8Array; scales: Float32Array }
+
+export function quantizeRowwise(w: Float32Array, rows: number, cols: number): RowwiseMatrix {
+  const codes = new Int8Array(rows * cols);
+  const scales = new Float32Array(rows);
+  for (let n = 0; n < rows; n++) {
+    const row = n * cols;
+    let m = 0;
+    for (let k = 0; k < cols; k++) m = Math.max(m, Math.abs(w[row + k]!));
+    const s = Math.fround(m > 0 ? m / 127 : 1);
+    scales[n] = s;
+    for (let k = 0; k < cols; k++) codes[k * rows + n] = Math.max(-127, Math.min(127, Math.round(w[row + k]! / s)));
+  }
+  return { rows, cols, codes, scales };
+}
+
+/** W back to float32 in HF layout [N, K] (tests and references only). */
+export function dequantizeRowwise(q: RowwiseMatrix): Float32Array {
+  const out = new Float32Array(q.rows * q.cols);
+  for (let n = 0; n < q.rows; n++) for (let k = 0; k < q.cols; k++) out[n * q.cols + k] = q.codes[k * q.rows + n]! * q.scales[n]!;
+  return out;
+}
+
+/** Graph-side names of a row-wise matrix's two initializers. */
+export const rowwiseNames = (name: string) => ({ codes: `${name}.q8`, scales: `${name}.wscale` });
+
+/** What the graph needs to emit a row-wise W8A8 linear: its initializers (registered) and sizes. */
+export interface RowwiseWeightRef { kind: 'rowwise'; codes: string; scales: string; rows: number; cols: number }
+
+/**
+ * Y [.., N] = X [.., K] · Wᵀ with int8 × int8 products summed in int32 (onnxruntime's MatMulIntegerToFloat,
+ * com.microsoft: MatMulInteger with the int32 → float scaling fused; MLAS runs u8 × s8 with AVX-512 VNNI /
+ * AVX2 where the CPU has them):
+ *   s   = max(max_k |X[.., k]|, tiny) / 127        per row of X (each position of each batch row on its own)
+ *   Xq  = QuantizeLinear(X / s, 1, 128)           uint8: round-half-even(X / s) + 128 ∈ [1, 255]
+ *   Y   = MatMulIntegerToFloat(Xq, codes, a_scale 1, b_scale scales, a_zero_point 128) · s
+ * The activations are unsigned with zero point 128 because MLAS has a fast kernel for u8 × s8, not s8 × s8.
+ * Per-row rounding is coarser than MatMulNBits' per-block rounding at accuracy level 4 (one scale per K
+ * inputs, not per 128): a row with a few large outlier channels rounds its other inputs coarsely.
+ */
+export function emitRowwiseLinear(g: GraphBuilder, x: string, w: RowwiseWeightRef, out?: string): string {
+  const amax = g.op('ReduceMax', [g.op('Abs', [x]), g.intConst([-1])], { keepdims: 1 });                 // [.., 1]
+  const s = g.op('Div', [g.op('Max', [amax, g.floatConst([1e-30], [])]), g.floatConst([127], [])]);
+  const zp = g.uint8Const([128], []);
+  const one = g.floatConst([1], []);
+  const xq = g.op('QuantizeLinear', [g.op('Div', [x, s]), one, zp]);                                  // uint8 [.., K]
+  const y = g.contribOp('MatMulIntegerToFloat', [xq, w.codes, one, w.scales, zp]);                      // f32 [.., N]
+  return g.op('Mul', [y, s], {}, out);
 }
