@@ -1,13 +1,15 @@
 /**
  * Weight formats: accuracy and speed of --dtype int8 / int4 against fp32. `npm run bench:quant`.
  *
+ * Variants: fp32, int8 with each int8 kernel (int8.rowwise: W8A8 MatMulInteger; int8.blockwise: MatMulNBits),
+ * int4. "int8" in the headline is the default kernel's variant (weight-format.ts defaultInt8Kernel).
  * Phases (each heavy one in its own child process, so memory figures are that process's alone):
  *   small   stories260K (real weights) and icl-tiny (trained): next-token agreement over teacher-forced
- *           positions, ARM P(Yes) Spearman for one criterion fitted at fp32 and scored at each dtype, and
- *           icl-tiny ARM pair accuracy fitted and scored at each dtype (8 criteria).
- *   qwen    the Qwen2.5-0.5B-shaped random checkpoint (bench/qwen-shape.ts): 256-token forward and 32-row
- *           shared step at fp32/int8/int4 in interleaved rounds (median of per-round ratios), then agreement
- *           over decoded positions.
+ *           positions, ARM P(Yes) Spearman for one criterion fitted at fp32 and scored at each variant, and
+ *           icl-tiny ARM pair accuracy fitted and scored at each variant (8 criteria).
+ *   qwen    the Qwen2.5-0.5B-shaped random checkpoint (bench/qwen-shape.ts): 256-token forward, 32-row
+ *           shared step and 1-row decode step (after a 255-token prefix) of every variant in interleaved
+ *           rounds (median of per-round ratios), then agreement over decoded positions.
  *   7b      (unless --skip-7b) a Qwen2.5-7B-shaped random bf16 checkpoint written once into os.tmpdir()
  *           (~15 GB; the bench checks free space first and deletes it at the end unless --keep-7b), built at
  *           int4 in one child, then loaded from the cache in another that runs a 256-token forward and one
@@ -20,19 +22,25 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Decoder, type ForwardResult } from '../src/model/decoder.js';
-import type { WeightDType } from '../src/model/graph/quantized-linear.js';
+import type { Int8Kernel, WeightDType } from '../src/model/graph/quantized-linear.js';
+import { defaultInt8Kernel } from '../src/model/weight-format.js';
 import { readExamples, type Example } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
 import { ActivationRM } from '../src/arm/rm.js';
 import { Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
-import { ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
+import { CONFIG as QWEN_05B, ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
+import { specFromConfig } from '../src/model/families/spec.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const SHARED = path.resolve(path.dirname(SCRIPT), '../../shared');
 const STORIES = path.join(SHARED, 'models/stories260K');
 const ICL_TINY = path.join(SHARED, 'models/icl-tiny');
 const ICL_PAIRS = path.join(SHARED, 'data/icl-tiny/pairs.jsonl');
-const DTYPES: WeightDType[] = ['fp32', 'int8', 'int4'];
+/** The weight formats compared: a dtype, and for int8 the kernel. */
+const VARIANTS = { fp32: { dtype: 'fp32' }, 'int8.rowwise': { dtype: 'int8', int8Kernel: 'rowwise' }, 'int8.blockwise': { dtype: 'int8', int8Kernel: 'blockwise' }, int4: { dtype: 'int4' } } as const satisfies Record<string, { dtype: WeightDType; int8Kernel?: Int8Kernel }>;
+type Variant = keyof typeof VARIANTS;
+const DTYPES = Object.keys(VARIANTS) as Variant[];
+const QUANTIZED = DTYPES.filter((t) => t !== 'fp32') as Exclude<Variant, 'fp32'>[];
 const GOALS = { int8SpeedupVsFp32: 2.0, int8Top1Agreement: 0.99, int4Top1Agreement: 0.95, int8ScoreSpearman: 0.99, rss7bGiB: 8, rss7bOverQuantBytes: 1.3 };
 
 const QWEN_7B: HfConfig = {
@@ -125,31 +133,31 @@ const STORY_TEXTS = [
 ];
 
 async function phaseSmall(cacheDir: string) {
-  const load = (dir: string, dtype: WeightDType) => Decoder.load(dir, { cacheDir, threads, dtype, quiet: true });
+  const load = (dir: string, t: Variant) => Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
   // stories260K: teacher-forced agreement over ~300 positions
   const stories: Record<string, unknown> = {};
-  const sd = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(STORIES, t)] as const))) as Record<WeightDType, Decoder>;
+  const sd = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(STORIES, t)] as const))) as Record<Variant, Decoder>;
   const seqs = STORY_TEXTS.map((t) => sd.fp32.tokenizer.encode(t));
-  const pos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(sd[t], seqs, 400)] as const))) as Record<WeightDType, Positions>;
-  for (const t of ['int8', 'int4'] as const) stories[t] = { ...agreement(pos.fp32, pos[t]), weightBytes: sd[t].weightBytes };
+  const pos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(sd[t], seqs, 400)] as const))) as Record<Variant, Positions>;
+  for (const t of QUANTIZED) stories[t] = { ...agreement(pos.fp32, pos[t]), weightBytes: sd[t].weightBytes };
   stories.fp32 = { weightBytes: sd.fp32.weightBytes };
 
   // icl-tiny: one criterion fitted at fp32, scored at each dtype (Spearman of P(Yes) over every item), and
   // every criterion fitted and scored at each dtype (pair accuracy, ties wrong).
   const all = readExamples(ICL_PAIRS).examples;
   const subsets = [...new Set(all.map((e) => e.subset!))];
-  const id = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(ICL_TINY, t)] as const))) as Record<WeightDType, Decoder>;
+  const id = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(ICL_TINY, t)] as const))) as Record<Variant, Decoder>;
   const fitOpts = { templateText: '{prompt} {response}', seed: 1, batchSize: 32 } as const;
   const split = (s: string) => { const ex = all.filter((e) => e.subset === s); return { train: ex.slice(0, 16), test: ex.slice(16) }; };
   const rewards = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => scores.flatMap((x) => ('chosen' in x ? [x.chosen, x.rejected] : [x.reward]));
   const correct = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => scores.filter((x) => 'chosen' in x && x.correct).length;
 
-  const spearmanBy: Record<string, Record<string, number>> = { int8: {}, int4: {} };
+  const spearmanBy: Record<string, Record<string, number>> = Object.fromEntries(QUANTIZED.map((t) => [t, {}]));
   const accuracy: Record<string, number> = {};
   const agreementIcl: Record<string, unknown> = {};
   const items: Record<string, number> = {};
   const tFit = performance.now();
-  const counts: Record<WeightDType, number> = { fp32: 0, int8: 0, int4: 0 };
+  const counts = Object.fromEntries(DTYPES.map((t) => [t, 0])) as Record<Variant, number>;
   let testPairs = 0;
   for (const s of subsets) {
     const { train, test } = split(s);
@@ -162,20 +170,20 @@ async function phaseSmall(cacheDir: string) {
     }
     // Same fp32 criterion file at each dtype (the mismatch warning is expected here)
     const scored = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, rewards(await ActivationRM.load(id[t], fpFile, { warn: () => {} }).scoreExamples(test))] as const)));
-    for (const t of ['int8', 'int4'] as const) spearmanBy[t]![s] = r(spearman(scored.fp32!, scored[t]!), 4);
+    for (const t of QUANTIZED) spearmanBy[t]![s] = r(spearman(scored.fp32!, scored[t]!), 4);
     items[s] = scored.fp32!.length;
   }
   for (const t of DTYPES) accuracy[t] = r(counts[t] / testPairs, 4);
   // Spearman over all items of all criteria pooled (each criterion's own fp32 file)
   // is not meaningful across files; report the per-criterion median and minimum.
-  const spearmanSummary = Object.fromEntries((['int8', 'int4'] as const).map((t) => {
+  const spearmanSummary = Object.fromEntries(QUANTIZED.map((t) => {
     const v = Object.values(spearmanBy[t]!);
     return [t, { median: r(median(v), 4), min: r(Math.min(...v), 4), perCriterion: spearmanBy[t] }];
   }));
   // Next-token agreement on icl-tiny too (its vocabulary is 64 tokens; rendered judge prompts)
   const iclSeqs = all.slice(0, 40).map((e) => id.fp32.tokenizer.encode(`${e.prompt} ${e.kind === 'pair' ? e.chosen : ''} A: Yes |`));
-  const iclPos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(id[t], iclSeqs, 300)] as const))) as Record<WeightDType, Positions>;
-  for (const t of ['int8', 'int4'] as const) agreementIcl[t] = agreement(iclPos.fp32, iclPos[t]);
+  const iclPos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(id[t], iclSeqs, 300)] as const))) as Record<Variant, Positions>;
+  for (const t of QUANTIZED) agreementIcl[t] = agreement(iclPos.fp32, iclPos[t]);
   const fitS = seconds(tFit);
   for (const d of [...Object.values(sd), ...Object.values(id)]) await d.dispose();
   return { stories, icl: { testPairs, itemsPerCriterion: items, armAccuracy: accuracy, scoreSpearman: spearmanSummary, agreement: agreementIcl, seconds: r(fitS, 1) } };
@@ -185,11 +193,11 @@ async function phaseSmall(cacheDir: string) {
 
 async function phaseQwen(cacheDir: string) {
   const dir = ensureQwenShapeCheckpoint(log);
-  const d = {} as Record<WeightDType, Decoder>;
+  const d = {} as Record<Variant, Decoder>;
   const loadS: Record<string, number> = {};
   for (const t of DTYPES) {
     const t0 = performance.now();
-    d[t] = await Decoder.load(dir, { cacheDir, threads, dtype: t, quiet: true });
+    d[t] = await Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
     loadS[t] = r(seconds(t0), 1);
     log(`qwen shape ${t}: loaded in ${loadS[t]} s (built: ${d[t].info.built}), ${(d[t].weightBytes / 2 ** 20).toFixed(0)} MiB`);
   }
@@ -198,32 +206,40 @@ async function phaseQwen(cacheDir: string) {
   const ids = Array.from({ length: 256 }, () => Math.floor(rng.uniform() * V));
   const mask = Float32Array.from({ length: 32 * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
   const values = Float32Array.from({ length: L * H * hd }, () => rng.normal());
-  const kv = {} as Record<WeightDType, Awaited<ReturnType<Decoder['prefill']>>>;
-  for (const t of DTYPES) { await d[t].forward([ids]); kv[t] = await d[t].prefill(ids.slice(0, -1)); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); }
-  const fwd: Record<string, number[]> = { fp32: [], int8: [], int4: [] };
-  const step: Record<string, number[]> = { fp32: [], int8: [], int4: [] };
+  const kv = {} as Record<Variant, Awaited<ReturnType<Decoder['prefill']>>>;
+  for (const t of DTYPES) { await d[t].forward([ids]); kv[t] = await d[t].prefill(ids.slice(0, -1)); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); await d[t].extend(kv[t], [ids.at(-1)!]); }
+  const fwd: Record<string, number[]> = Object.fromEntries(DTYPES.map((t) => [t, []]));
+  const step: Record<string, number[]> = Object.fromEntries(DTYPES.map((t) => [t, []]));
+  const decode: Record<string, number[]> = Object.fromEntries(DTYPES.map((t) => [t, []]));
   const ROUNDS = 7;
   for (let round = 0; round < ROUNDS; round++) {
     for (const t of DTYPES) {
       let t0 = performance.now(); await d[t].forward([ids]); fwd[t]!.push(performance.now() - t0);
       t0 = performance.now(); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); step[t]!.push(performance.now() - t0);
+      // one decoded token after the 255-token prefix (batch 1, one row): median of 5
+      const one: number[] = [];
+      for (let i = 0; i < 5; i++) { t0 = performance.now(); await d[t].extend(kv[t], [ids.at(-1)!]); one.push(performance.now() - t0); }
+      decode[t]!.push(median(one));
     }
     log(`qwen shape round ${round + 1}/${ROUNDS}: forward ${DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`);
   }
   const ratio = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]!));
+  const perVariant = <T>(f: (t: Exclude<Variant, 'fp32'>) => T) => Object.fromEntries(QUANTIZED.map((t) => [t, f(t)])) as Record<Exclude<Variant, 'fp32'>, T>;
   const speed = {
     forwardMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(fwd[t]!), 0)])),
     stepSharedMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(step[t]!), 0)])),
-    forwardSpeedupVsFp32: { int8: r(ratio(fwd.fp32!, fwd.int8!), 2), int4: r(ratio(fwd.fp32!, fwd.int4!), 2) },
-    forwardSpeedupRange: { int8: [r(Math.min(...fwd.fp32!.map((x, i) => x / fwd.int8![i]!)), 2), r(Math.max(...fwd.fp32!.map((x, i) => x / fwd.int8![i]!)), 2)] },
-    stepSpeedupVsFp32: { int8: r(ratio(step.fp32!, step.int8!), 2), int4: r(ratio(step.fp32!, step.int4!), 2) },
+    decodeStepMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(decode[t]!), 2)])),
+    forwardSpeedupVsFp32: perVariant((t) => r(ratio(fwd.fp32!, fwd[t]!), 2)),
+    forwardSpeedupRange: perVariant((t) => [r(Math.min(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2), r(Math.max(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2)]),
+    stepSpeedupVsFp32: perVariant((t) => r(ratio(step.fp32!, step[t]!), 2)),
+    decodeSpeedupVsFp32: perVariant((t) => r(ratio(decode.fp32!, decode[t]!), 2)),
   };
   // Agreement over 200 decoded positions of random token ids (random weights: logits are flat, so this is
   // a harder test of top-1 than real text, where the top token usually stands out).
   const seqs = [Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V)), Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V))];
-  const pos = {} as Record<WeightDType, Positions>;
+  const pos = {} as Record<Variant, Positions>;
   for (const t of DTYPES) pos[t] = await decodePositions(d[t], seqs, 200);
-  const acc = { int8: agreement(pos.fp32, pos.int8), int4: agreement(pos.fp32, pos.int4) };
+  const acc = perVariant((t) => agreement(pos.fp32, pos[t]));
   const bytes = Object.fromEntries(DTYPES.map((t) => [t, d[t].weightBytes]));
   for (const t of DTYPES) await d[t].dispose();
   return { speed, agreement: acc, weightBytes: bytes, loadS, maxRssMiB: r(process.resourceUsage().maxRSS / 1024, 0) };
@@ -330,13 +346,16 @@ async function main() {
   const small = report.small as Awaited<ReturnType<typeof phaseSmall>> | undefined;
   const qwen = report.qwen as Awaited<ReturnType<typeof phaseQwen>> | undefined;
   const seven = report.sevenB as { rssGiB?: number; rssOverQuantBytes?: number; run?: { tokensPerS256: number; reinforceStepS: number } } | undefined;
+  // "int8": the kernel --dtype int8 gives a model of the Qwen2.5-0.5B shape (the small models' rows are at that kernel too).
+  const int8 = `int8.${defaultInt8Kernel(specFromConfig(QWEN_05B))}` as const;
   const headline = {
-    int8SpeedupVsFp32: qwen?.speed.forwardSpeedupVsFp32.int8,
+    int8Kernel: int8,
+    int8SpeedupVsFp32: qwen?.speed.forwardSpeedupVsFp32[int8],
     int4SpeedupVsFp32: qwen?.speed.forwardSpeedupVsFp32.int4,
-    int8StepSpeedupVsFp32: qwen?.speed.stepSpeedupVsFp32.int8,
-    int8Top1Agreement: (small?.stories.int8 as { top1Agreement: number } | undefined)?.top1Agreement,
+    int8StepSpeedupVsFp32: qwen?.speed.stepSpeedupVsFp32[int8],
+    int8Top1Agreement: (small?.stories[int8] as { top1Agreement: number } | undefined)?.top1Agreement,
     int4Top1Agreement: (small?.stories.int4 as { top1Agreement: number } | undefined)?.top1Agreement,
-    int8ScoreSpearman: (small?.icl.scoreSpearman.int8 as { median: number } | undefined)?.median,
+    int8ScoreSpearman: (small?.icl.scoreSpearman[int8] as { median: number } | undefined)?.median,
     int4ScoreSpearman: (small?.icl.scoreSpearman.int4 as { median: number } | undefined)?.median,
     iclArmAccuracy: small?.icl.armAccuracy,
     rss7bGiB: seven?.rssGiB ?? null,
