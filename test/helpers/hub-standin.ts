@@ -2,7 +2,7 @@
  * A stand-in for the Hugging Face hub on loopback: serves local folders at `/<owner>/<name>/resolve/<rev>/<file>`
  * the way the hub does, with the misbehaviour real links show switchable per test: a slow line, a redirect to
  * a second host (the "CDN") for LFS files, a connection cut mid-file, a stall, error statuses, Range requests
- * honoured or ignored. Every wait is bounded and `stop()` ends all of it, so a test can never hang on it.
+ * honoured or ignored, a branch that moves to another commit. HEAD answers with the headers alone. Every wait is bounded and `stop()` ends all of it, so a test can never hang on it.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -35,6 +35,7 @@ export interface StandinBehaviour {
 
 export interface StandinRequest {
   host: 'hub' | 'cdn';
+  method: string;
   url: string;
   file: string;
   range?: string;
@@ -53,6 +54,12 @@ export interface HubStandin {
   configure(behaviour: StandinBehaviour): void;
   /** Body bytes served for files named `file` (both hosts) since the last `configure`. */
   bytesServed(file: string): number;
+  /**
+   * Moves `repo`'s branches to `commit`, whose files are `folder`'s: asked by any branch name, `repo` is served
+   * from `folder` with X-Repo-Commit `commit` (over `repoCommit`); asked by a commit published before, from that
+   * commit's folder, as the hub keeps old commits.
+   */
+  publish(repo: string, commit: string, folder: string): void;
   stop(): Promise<void>;
 }
 
@@ -68,6 +75,7 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
   const sockets = new Set<Socket>();
   let stopped = false;
   let inFlight = 0;
+  const published = new Map<string, { latest: string; folders: Map<string, string> }>();
 
   // Resolves after `ms` (at most LIMIT_MS), or at once when the client goes away or the stand-in stops.
   const wait = (ms: number, res: http.ServerResponse) => new Promise<void>((resolve) => {
@@ -77,8 +85,9 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
     res.on('close', finish);
   });
 
-  const fileOf = (repo: string, file: string): string | null => {
-    const root = repos[repo];
+  const fileOf = (repo: string, rev: string, file: string): string | null => {
+    const commits = published.get(repo);
+    const root = commits ? commits.folders.get(rev) ?? commits.folders.get(commits.latest) : repos[repo];
     if (!root) return null;
     const full = path.resolve(root, file);
     return full.startsWith(path.resolve(root) + path.sep) && fs.existsSync(full) && fs.statSync(full).isFile() ? full : null;
@@ -152,10 +161,13 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
     const repo = m ? m[1]! : '';
     const file = m ? decodeURIComponent(m[3]!) : '';
     const log: StandinRequest = {
-      host, url: req.url ?? '', file, range: req.headers.range, authorization: req.headers.authorization, status: 0, bytesSent: 0,
+      host, method: req.method ?? 'GET', url: req.url ?? '', file, range: req.headers.range, authorization: req.headers.authorization, status: 0, bytesSent: 0,
     };
     requests.push(log);
-    const full = m ? fileOf(repo, file) : null;
+    const rev = m ? decodeURIComponent(m[2]!) : '';
+    const commits = published.get(repo);
+    const repoCommit = commits ? (commits.folders.has(rev) ? rev : commits.latest) : behaviour.repoCommit;
+    const full = m ? fileOf(repo, rev, file) : null;
     if (!full) { log.status = 404; res.writeHead(404).end('Entry not found'); return; }
     const key = `${repo}/${file}`;
     if (host === 'hub' && behaviour.failWith && (failures.get(key) ?? 0) < behaviour.failWith.times) {
@@ -172,14 +184,20 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
         location: `${cdnOrigin}/cdn/${repo}/${m![2]}/${m![3]}`,
         'x-linked-size': body.length,
         'x-linked-etag': `"${behaviour.advertisedSha256?.(file) ?? sha256}"`,
-        ...(behaviour.repoCommit ? { 'x-repo-commit': behaviour.repoCommit } : {}),
+        ...(repoCommit ? { 'x-repo-commit': repoCommit } : {}),
         etag: `W/"${createHash('sha1').update(body).digest('hex')}"`,
       }).end();
       return;
     }
     // Like the hub: small files carry their git blob sha1 as ETag (not a sha256; a client must not check it).
     const etag = host === 'hub' ? `"${createHash('sha1').update(body).digest('hex')}"` : `"cdn-${sha256.slice(0, 16)}"`;
-    serveBody(req, res, log, key, full, { etag, ...(host === 'hub' && behaviour.repoCommit ? { 'x-repo-commit': behaviour.repoCommit } : {}) }).catch(() => res.destroy());
+    const headers = { etag, ...(host === 'hub' && repoCommit ? { 'x-repo-commit': repoCommit } : {}) };
+    if (req.method === 'HEAD') {
+      log.status = 200;
+      res.writeHead(200, { ...headers, 'content-length': body.length }).end();
+      return;
+    }
+    serveBody(req, res, log, key, full, headers).catch(() => res.destroy());
   };
 
   const listen = async (server: http.Server) => {
@@ -203,6 +221,12 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
       max = 0;
     },
     bytesServed: (file) => requests.filter((r) => r.file === file).reduce((sum, r) => sum + r.bytesSent, 0),
+    publish(repo, commit, folder) {
+      const commits = published.get(repo) ?? { latest: commit, folders: new Map<string, string>() };
+      commits.folders.set(commit, folder);
+      commits.latest = commit;
+      published.set(repo, commits);
+    },
     async stop() {
       stopped = true;
       for (const t of timers) clearTimeout(t);

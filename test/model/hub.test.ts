@@ -1,10 +1,14 @@
 /**
  * Hub ids: the real download path against a loopback stand-in for the hub (slow, redirected, cut, stalled,
- * failing and lying servers), resume and verification, path safety of ids/revisions/weight maps, offline modes.
+ * failing and lying servers), resume and verification, path safety of ids/revisions/weight maps, offline modes,
+ * two processes on one cache, a branch that moves between runs.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { downloadRepoFile, resolveModelDir, type ResolveOptions } from '../../src/model/checkpoint/hub.js';
 import { parseHubDatasetRef, resolveHubDataset } from '../../src/data/hub-dataset.js';
@@ -77,6 +81,35 @@ const fileRequests = (file: string) => hub.requests.filter((r) => r.file === fil
 /** Every path under `root`, relative to it. */
 function walk(root: string): string[] {
   return fs.readdirSync(root, { recursive: true, encoding: 'utf8' }).sort();
+}
+
+/** Polls `cond` every 20 ms; fails after `ms`. */
+async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
+  for (const end = Date.now() + ms; !cond();) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** test/helpers/hub-download.ts in a process of its own, against the stand-in. */
+function downloadInChild(ref: string, cacheDir: string) {
+  const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.endpoint };
+  delete env.HF_TOKEN; delete env.HF_HUB_OFFLINE;
+  const child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/hub-download.ts'), ref, cacheDir], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d) => { stdout += d; });
+  child.stderr.on('data', (d) => { stderr += d; });
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+  return { pid: child.pid!, done };
+}
+
+/** A lock file as another download writes it. */
+const writeLock = (file: string, pid: number) => fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid, host: os.hostname(), token: `other-${pid}` }));
+/** A process that runs until killed, to own a lock. */
+async function liveProcess() {
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+  await once(child, 'spawn');
+  return { pid: child.pid!, stop: async () => { if (child.exitCode === null && child.signalCode === null) { child.kill(); await once(child, 'exit'); } } };
 }
 
 describe('download', () => {
@@ -271,6 +304,163 @@ describe('resume from an earlier run', () => {
     const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL).map((r) => r.status)).toEqual([200]);
+  });
+});
+
+describe('two processes, one cache', () => {
+  it('two processes fetching one snapshot at once download each file once: the second waits for the lock, then finds it done', async () => {
+    // ~5 s for the weights: time for the second process to start and reach their lock while the first fetches them.
+    hub.configure({ throttleBytesPerSec: 200_000, only: (f) => f === MODEL, repoCommit: 'c0ffee'.padEnd(40, '1') });
+    const cacheDir = tempDir('arm-cache-');
+    const first = downloadInChild('tiny/stories', cacheDir);
+    await until(() => hub.bytesServed(MODEL) > 0, 'the first process to be fetching the weights');
+    const second = downloadInChild('tiny/stories', cacheDir);
+    const [a, b] = await Promise.all([first.done, second.done]);
+    expect(a, a.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
+    expect(b, b.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
+    expect(b.stderr).toContain(`tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${first.pid}) to finish`);
+    expect(hub.requests.filter((r) => r.file === MODEL && r.method === 'GET')).toHaveLength(1);
+    expect(hub.bytesServed(MODEL)).toBe(modelBytes.length);
+    const dir = snapshotDir(cacheDir);
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(walk(dir).filter((f) => /\.(lock|part)/.test(f))).toEqual([]);
+  });
+
+  it('waits while the lock\'s owner runs, without touching the file; once the owner is gone it takes over and resumes its part', async () => {
+    hub.configure({ redirectLfs: true });
+    const cacheDir = tempDir();
+    const dir = snapshotDir(cacheDir);
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, `${MODEL}.part`), modelBytes.subarray(0, 300_000));
+    const owner = await liveProcess();
+    const log: string[] = [];
+    let resolving: Promise<string> | undefined;
+    try {
+      writeLock(path.join(dir, MODEL), owner.pid);
+      resolving = resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
+      resolving.catch(() => {});
+      await until(() => log.some((l) => l.includes('waiting')), 'the waiting note', 5000);
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      expect(fileRequests(MODEL)).toHaveLength(0);
+    } finally {
+      await owner.stop();
+    }
+    expect(await resolving).toBe(dir);
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=300000-']);
+    expect(log).toEqual([
+      `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${owner.pid}) to finish; lock ${path.join(dir, MODEL)}.lock`,
+      `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${owner.pid}, which is no longer running`,
+    ]);
+    expect(fs.existsSync(path.join(dir, `${MODEL}.lock`))).toBe(false);
+  });
+
+  it('a lock left by a process that is no longer running is taken over at once', async () => {
+    hub.configure({});
+    const cacheDir = tempDir();
+    const dir = snapshotDir(cacheDir);
+    fs.mkdirSync(dir, { recursive: true });
+    const dead = spawnSync(process.execPath, ['-e', '']).pid;
+    writeLock(path.join(dir, MODEL), dead);
+    const log: string[] = [];
+    const started = Date.now();
+    await resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    expect(log).toEqual([`tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${dead}, which is no longer running`]);
+    expect(walk(dir).filter((f) => f.includes('.lock'))).toEqual([]);
+  });
+
+  it('a shard failing ends the wait on another shard\'s lock (the abort is honoured while waiting)', async () => {
+    hub.configure({ cutAfterBytes: 10_000, only: (f) => f === 'model-00003-of-00003.safetensors' });
+    const cacheDir = tempDir();
+    const dir = snapshotDir(cacheDir, 'tiny--sharded');
+    fs.mkdirSync(dir, { recursive: true });
+    const owner = await liveProcess();
+    const log: string[] = [];
+    try {
+      writeLock(path.join(dir, 'model-00002-of-00003.safetensors'), owner.pid);
+      const started = Date.now();
+      await expect(resolveVia('tiny/sharded', { ...FAST, retries: 0, cacheDir, log: (line) => log.push(line) }))
+        .rejects.toThrow(/tiny\/sharded@main: model-00003-of-00003\.safetensors: download failed after 1 try/);
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(log.some((l) => l.includes(`model-00002-of-00003.safetensors: waiting for another download of it (pid ${owner.pid})`))).toBe(true);
+      expect(fs.existsSync(path.join(dir, 'model-00002-of-00003.safetensors.lock'))).toBe(true); // still its owner's
+    } finally {
+      await owner.stop();
+    }
+  });
+});
+
+describe('a branch that moves between runs', () => {
+  const COMMIT_A = 'a'.repeat(40);
+  const COMMIT_B = 'b'.repeat(40);
+  const SHARD_1 = 'model-00001-of-00002.safetensors';
+  const SHARD_2 = 'model-00002-of-00002.safetensors';
+  /** A two-shard repository whose every file differs from another commit's (config.json included). */
+  const commitFolder = (tag: string) => repoFolder({
+    'config.json': JSON.stringify({ ...JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')), _commit: tag }),
+    'model.safetensors.index.json': indexJson({ a: SHARD_1, b: SHARD_2 }),
+    [SHARD_1]: randomBytes(200_000),
+    [SHARD_2]: randomBytes(tag === 'B' ? 420_000 : 400_000),
+  });
+  /** A run at `repo`'s `rev` cut in shard 2 with no retries: shard 1 done, shard 2 a part. */
+  async function interruptedRun(repo: string, cacheDir: string, rev = 'main') {
+    hub.configure({ redirectLfs: true, cutAfterBytes: 300_000, only: (f) => f === SHARD_2 });
+    await expect(resolveVia(`${repo}@${rev}`, { ...FAST, retries: 0, concurrency: 1, cacheDir })).rejects.toThrow(new RegExp(`${SHARD_2}: download failed after 1 try`));
+    const dir = snapshotDir(cacheDir, repo.replace('/', '--'), rev);
+    expect(fs.existsSync(path.join(dir, SHARD_1))).toBe(true);
+    expect(fs.statSync(path.join(dir, `${SHARD_2}.part`)).size).toBeGreaterThan(0);
+    return dir;
+  }
+
+  it('a run resumed after main moved to another commit discards the old files and parts and gives exactly the new commit\'s', async () => {
+    const [folderA, folderB] = [commitFolder('A'), commitFolder('B')];
+    hub.publish('tiny/moving', COMMIT_A, folderA);
+    const cacheDir = tempDir();
+    const dir = await interruptedRun('tiny/moving', cacheDir);
+    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_A);
+    // Another process's lock, on a file of its own: discarding the folder leaves it to its owner.
+    writeLock(path.join(dir, 'other.bin'), process.ppid);
+
+    hub.publish('tiny/moving', COMMIT_B, folderB);
+    hub.configure({ redirectLfs: true });
+    const log: string[] = [];
+    expect(await resolveVia('tiny/moving', { ...FAST, cacheDir, log: (line) => log.push(line) })).toBe(dir);
+    expect(walk(dir)).toEqual([...walk(folderB), '.commit', '.complete', 'other.bin.lock'].sort());
+    for (const f of walk(folderB)) expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ revision: 'main', commit: COMMIT_B });
+    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_B);
+    expect(log).toEqual([expect.stringMatching(new RegExp(`^tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since .* was begun; discarded its 5 files and parts, starting over at ${COMMIT_B}$`))]);
+    // The commit was asked for before anything in the folder was used; nothing was fetched at the old one.
+    expect(hub.requests[0]).toMatchObject({ method: 'HEAD', url: '/tiny/moving/resolve/main/config.json' });
+    expect(hub.requests.some((r) => r.url.includes(COMMIT_A))).toBe(false);
+  });
+
+  it('a run resumed at the same commit asks the hub once, then keeps what is done and resumes the part', async () => {
+    hub.publish('tiny/steady', COMMIT_A, commitFolder('A'));
+    const cacheDir = tempDir();
+    const dir = await interruptedRun('tiny/steady', cacheDir);
+    const kept = fs.statSync(path.join(dir, `${SHARD_2}.part`)).size;
+    hub.configure({ redirectLfs: true });
+    const log: string[] = [];
+    await resolveVia('tiny/steady', { ...FAST, cacheDir, log: (line) => log.push(line) });
+    expect(log).toEqual([]);
+    expect(hub.requests.filter((r) => r.method === 'HEAD').map((r) => r.url)).toEqual(['/tiny/steady/resolve/main/config.json']);
+    // Optional files the repository lacks are asked for again (404); of the rest only the part's file: hub 302, then the CDN.
+    expect(hub.requests.filter((r) => r.method === 'GET' && r.status !== 404).map((r) => r.file)).toEqual([SHARD_2, SHARD_2]);
+    expect(fileRequests(SHARD_2).map((r) => r.range)).toEqual([`bytes=${kept}-`]);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ commit: COMMIT_A });
+  });
+
+  it('a revision that is a commit hash never moves: no extra request', async () => {
+    hub.publish('tiny/pinned', COMMIT_A, commitFolder('A'));
+    const cacheDir = tempDir();
+    const dir = await interruptedRun('tiny/pinned', cacheDir, COMMIT_A);
+    hub.configure({ redirectLfs: true });
+    await resolveVia(`tiny/pinned@${COMMIT_A}`, { ...FAST, cacheDir });
+    expect(hub.requests.filter((r) => r.status !== 404).map((r) => `${r.method} ${r.file}`)).toEqual([`GET ${SHARD_2}`, `GET ${SHARD_2}`]);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ commit: COMMIT_A });
   });
 });
 

@@ -7,6 +7,10 @@
  * backoff, and every file checked against the size and sha256 the hub advertises before it is moved under its
  * final name. Shards download a few at a time under one progress bar.
  *
+ * Two processes may fetch the same repository at once (a server and a CLI, two fits started together): each
+ * file is locked (`<file>.lock`) while one of them downloads it. A snapshot folder records the commit its files
+ * come from (`.commit`), so a run resumed after the branch moved on the hub starts over instead of mixing commits.
+ *
  * This uses node:http/https rather than fetch: redirects are followed by hand because the hub's first answer
  * (a 302 to its CDN for LFS files) carries the file's size and sha256 in `x-linked-size`/`x-linked-etag`, which
  * fetch hides when it follows redirects itself, and the connect and idle timeouts map directly onto socket
@@ -15,8 +19,9 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import os from 'node:os';
 import path from 'node:path';
-import { createHash, type Hash } from 'node:crypto';
+import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
 import { ModelError } from '../errors.js';
@@ -28,6 +33,9 @@ const REQUIRED = ['config.json', 'tokenizer.json'];
 const OPTIONAL = ['tokenizer_config.json', 'chat_template.jinja', 'generation_config.json', 'special_tokens_map.json'];
 const INDEX = 'model.safetensors.index.json';
 const MAX_REDIRECTS = 5;
+/** In a snapshot folder: the commit its files and parts come from. */
+const COMMIT_FILE = '.commit';
+const LOCK_POLL_MS = 250;
 
 export interface ResolveOptions {
   cacheDir?: string;
@@ -43,6 +51,8 @@ export interface ResolveOptions {
   retryDelayMs?: number;
   /** Shards downloaded at once (default 4). */
   concurrency?: number;
+  /** Notes along the way (waiting for another process's download, a revision that moved): default stderr, none when quiet. */
+  log?: (line: string) => void;
 }
 
 export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): Promise<string> {
@@ -92,6 +102,8 @@ export async function downloadRepoFile(request: { repoType: 'model' | 'dataset';
     throw new ModelError(`${id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}`);
   }
   const s = openSession({ id, revision, dir, cacheRoot, opts, repoType }, new AbortController());
+  fs.mkdirSync(dir, { recursive: true });
+  await pinCommit(s, file);
   const progress = new ProgressBar(opts.quiet ?? false, file);
   try {
     return (await downloadFile(s, file, (done, total) => progress.update(file, done, total))) ? dest : null;
@@ -165,7 +177,10 @@ interface Session extends Snapshot {
    * is asked for at that commit, so a branch that moves during the download cannot mix files of two commits.
    */
   commit?: string;
+  /** `commit` is recorded in the folder's `.commit` (adoptCommit): the folder must go on recording it. */
+  adopted: boolean;
   signal: AbortSignal;
+  log: (line: string) => void;
 }
 
 /** A download session over one repository snapshot: endpoint, token, timeouts and retry policy. */
@@ -186,7 +201,9 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
     retryDelayMs: opts.retryDelayMs ?? 1000,
     hashesDir: path.join(snapshot.cacheRoot, 'hashes'),
     reached: false,
+    adopted: false,
     signal: abort.signal,
+    log: opts.log ?? (opts.quiet ? () => {} : (line) => process.stderr.write(`${line}\n`)),
   };
 }
 
@@ -195,6 +212,7 @@ async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
   const abort = new AbortController();
   const s = openSession(snapshot, abort);
   fs.mkdirSync(dir, { recursive: true });
+  await pinCommit(s, REQUIRED[0]!);
 
   for (const file of [...REQUIRED, ...OPTIONAL]) {
     const got = await downloadFile(s, file);
@@ -223,6 +241,7 @@ async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
   } finally {
     progress.stop();
   }
+  checkPinned(s, `${id}@${revision}`);
   fs.writeFileSync(path.join(dir, '.complete'), JSON.stringify({ repo: id, revision, commit: s.commit ?? null, completedAt: new Date().toISOString() }));
 }
 
@@ -297,16 +316,34 @@ function networkCode(e: unknown): string | undefined {
 /**
  * Downloads `file` into the snapshot folder with retries; null when the hub has no such file. The file
  * appears under its final name only once its size and (when advertised) sha256 check out; until then the
- * bytes live in `<file>.part`, which a later try or a later run resumes.
+ * bytes live in `<file>.part`, which a later try or a later run resumes. Only one process at a time works on
+ * a file (lockFile): another one waits, then finds the file done or resumes the part the first one left.
  */
 async function downloadFile(s: Session, file: string, onProgress?: (done: number, total: number | undefined) => void): Promise<boolean> {
   const dest = insideOrThrow(s.cacheRoot, path.join(s.dir, file), `${s.id}@${s.revision}: ${file}`);
   if (fs.existsSync(dest)) return true;
   fs.mkdirSync(path.dirname(dest), { recursive: true });
   const where = `${s.id}@${s.revision}: ${file}`;
-  for (let attempt = 0; ; attempt++) {
+  const release = await lockFile(s, dest, where);
+  try {
+    checkPinned(s, where);
+    if (fs.existsSync(dest)) {
+      // Another process finished it while this one waited.
+      const size = fs.statSync(dest).size;
+      onProgress?.(size, size);
+      return true;
+    }
+    return await withRetries(s, where, `${dest}.part`, () => downloadAttempt(s, file, dest, onProgress));
+  } finally {
+    release();
+  }
+}
+
+/** `attempt` until it succeeds, with backoff, for as long as its failures are worth another try. */
+async function withRetries<T>(s: Session, where: string, part: string | undefined, attempt: () => Promise<T>): Promise<T> {
+  for (let n = 0; ; n++) {
     try {
-      return await downloadAttempt(s, file, dest, onProgress);
+      return await attempt();
     } catch (e) {
       if (s.signal.aborted) throw e;
       const code = networkCode(e);
@@ -315,15 +352,220 @@ async function downloadFile(s: Session, file: string, onProgress?: (done: number
       }
       if (!(e instanceof RetryableError || e instanceof TimeoutError || code)) throw e;
       const reason = code && !(e instanceof TimeoutError) ? `connection lost: ${code}` : (e as Error).message;
-      if (attempt >= s.retries) {
-        const resume = fs.existsSync(`${dest}.part`) ? `; run again to resume from ${dest}.part` : '';
-        const tries = attempt === 0 ? '1 try' : `${attempt + 1} tries`;
+      if (n >= s.retries) {
+        const resume = part && fs.existsSync(part) ? `; run again to resume from ${part}` : '';
+        const tries = n === 0 ? '1 try' : `${n + 1} tries`;
         throw new ModelError(`${where}: download failed after ${tries} (${reason})${resume}`);
       }
-      const backoff = Math.min(60_000, s.retryDelayMs * 2 ** attempt);
+      const backoff = Math.min(60_000, s.retryDelayMs * 2 ** n);
       await sleep(Math.max(backoff, e instanceof RetryableError ? e.retryAfterMs ?? 0 : 0), s.signal);
     }
   }
+}
+
+/**
+ * Before anything an earlier run left in the folder is trusted, learns which commit the revision names now
+ * (one HEAD request for `probeFile`, made even when that file is already here). When the folder recorded
+ * another commit, the branch moved since: adoptCommit discards the old files. A commit hash never moves, and
+ * an empty folder holds nothing to trust (the first answer pins the commit and records it, downloadAttempt).
+ * A hub that names no commit, or a folder begun before commits were recorded, is trusted as it is: nothing
+ * to compare.
+ */
+async function pinCommit(s: Session, probeFile: string): Promise<void> {
+  if (/^[0-9a-f]{40}$/.test(s.revision)) {
+    s.commit = s.revision;
+    adoptCommit(s);
+    return;
+  }
+  if (leftovers(s.dir).length === 0) return;
+  const commit = await withRetries(s, `${s.id}@${s.revision}: ${probeFile}`, undefined, () => probeCommit(s, probeFile));
+  if (commit) {
+    s.commit = commit;
+    adoptCommit(s);
+  }
+}
+
+/** The X-Repo-Commit the hub answers a HEAD for `file` at the revision with (the hub's own answer, no redirect). */
+async function probeCommit(s: Session, file: string): Promise<string | undefined> {
+  const url = fileUrl(s, s.revision, file);
+  const headers: Record<string, string> = { 'user-agent': 'activation-rm', 'accept-encoding': 'identity' };
+  if (s.token !== undefined) headers.authorization = `Bearer ${s.token}`;
+  const { res } = await get(s, url, headers, 'HEAD');
+  s.reached = true;
+  res.resume();
+  const failure = statusFailure(s, `${s.id}@${s.revision}: ${file}`, url, res);
+  if (failure) throw failure;
+  const commit = res.headers['x-repo-commit'];
+  return typeof commit === 'string' && /^[0-9a-f]{40}$/.test(commit) ? commit : undefined;
+}
+
+function fileUrl(s: Session, revision: string, file: string): URL {
+  return new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
+}
+
+/** The error for an answer that is no file: 401/403 (gated, final), 429/5xx (retryable); undefined otherwise. */
+function statusFailure(s: Session, where: string, url: URL, res: http.IncomingMessage): Error | undefined {
+  const status = res.statusCode ?? 0;
+  if (status === 401 || status === 403) return new ModelError(`${where}: ${url.href} answered ${status}; the model is gated or private (set HF_TOKEN)`);
+  if (status === 429 || status >= 500) {
+    const retryAfter = Number(res.headers['retry-after']);
+    return new RetryableError(`${url.href} answered ${status}`, Number.isFinite(retryAfter) ? Math.min(60, retryAfter) * 1000 : undefined);
+  }
+  return undefined;
+}
+
+/** The commit recorded in `dir`, if any. */
+function recordedCommit(dir: string): string | undefined {
+  try { return fs.readFileSync(path.join(dir, COMMIT_FILE), 'utf8').trim() || undefined; } catch { return undefined; }
+}
+
+/** Files (and parts) in `dir`, relative to it: everything but the commit record and locks, which are their owners'. */
+function leftovers(dir: string): string[] {
+  let names: string[];
+  try { names = fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }); } catch { return []; }
+  return names.filter((name) => !path.basename(name).startsWith(COMMIT_FILE) && !/\.lock(\.aside-[0-9a-f]+)?$/.test(name)
+    && fs.statSync(path.join(dir, name), { throwIfNoEntry: false })?.isFile());
+}
+
+/**
+ * Records `s.commit` as the commit of the folder's files. When the folder recorded another one, the revision
+ * moved on the hub since those files and parts were fetched: they are discarded, so a snapshot never mixes two
+ * commits (another process still working at the old commit fails its checkPinned). True when anything went.
+ */
+function adoptCommit(s: Session): boolean {
+  s.adopted = true;
+  const recorded = recordedCommit(s.dir);
+  if (recorded === s.commit) return false;
+  let discarded: string[] = [];
+  if (recorded !== undefined) {
+    discarded = leftovers(s.dir);
+    for (const name of discarded) fs.rmSync(path.join(s.dir, name), { force: true });
+    s.log(`${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} since ${s.dir} was begun; `
+      + `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`);
+  }
+  // Written aside and renamed: a reader sees the old commit or the new one, never a torn file.
+  const record = path.join(s.dir, COMMIT_FILE);
+  const tmp = `${record}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  fs.writeFileSync(tmp, `${s.commit}\n`);
+  fs.renameSync(tmp, record);
+  return discarded.length > 0;
+}
+
+/** Throws when another process moved the folder on to another commit than the one this session fetches. */
+function checkPinned(s: Session, where: string): void {
+  if (!s.adopted) return;
+  const recorded = recordedCommit(s.dir);
+  if (recorded !== s.commit) {
+    throw new ModelError(`${where}: another download moved ${s.dir} on to commit ${recorded ?? '(none)'} while this one fetched ${s.commit} (the revision moved on the hub); run again`);
+  }
+}
+
+/** checkPinned for a file being fetched: a part of a commit the folder no longer records is of no use, it goes. */
+function checkPinnedPart(s: Session, where: string, part: string): void {
+  try { checkPinned(s, where); } catch (e) {
+    fs.rmSync(part, { force: true });
+    throw e;
+  }
+}
+
+interface LockOwner { pid: number; host: string; token: string; since?: string }
+
+/** Tokens of the locks this process holds: a lock naming this pid with another token is a dead namesake's. */
+const heldLocks = new Set<string>();
+
+/**
+ * Makes this process the only one working on `dest`: `<dest>.lock`, created exclusively, names its pid and
+ * host. Others poll until it is gone (the session's abort signal ends the wait) and say once that they wait.
+ * A lock whose pid is not running on this host is stale and is taken over; one from another host cannot be
+ * checked and is waited for. Returns the release, for a `finally`.
+ */
+async function lockFile(s: Session, dest: string, where: string): Promise<() => void> {
+  const lock = `${dest}.lock`;
+  const me: LockOwner = { pid: process.pid, host: os.hostname(), token: randomBytes(8).toString('hex'), since: new Date().toISOString() };
+  let told = false;
+  for (;;) {
+    let fd: number | undefined;
+    try { fd = fs.openSync(lock, 'wx'); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    if (fd !== undefined) {
+      try { fs.writeSync(fd, JSON.stringify(me)); } catch (e) {
+        fs.closeSync(fd);
+        fs.rmSync(lock, { force: true });
+        throw e;
+      }
+      fs.closeSync(fd);
+      heldLocks.add(me.token);
+      return () => {
+        heldLocks.delete(me.token);
+        if (readLock(lock)?.owner?.token === me.token) fs.rmSync(lock, { force: true });
+      };
+    }
+    const seen = readLock(lock);
+    if (!seen) continue; // released meanwhile
+    const { owner } = seen;
+    if (lockIsStale(seen)) {
+      if (removeStaleLock(lock, seen.raw)) s.log(`${where}: taking over ${lock}, left by ${owner ? `pid ${owner.pid}, which is no longer running` : 'a process that never wrote it'}`);
+      continue;
+    }
+    if (!told) {
+      told = true;
+      const who = owner ? `pid ${owner.pid}${owner.host !== me.host ? ` on ${owner.host}` : ''}` : 'another process';
+      s.log(`${where}: waiting for another download of it (${who}) to finish; lock ${lock}`);
+    }
+    await sleep(LOCK_POLL_MS, s.signal);
+  }
+}
+
+function readLock(lock: string): { raw: string; owner?: LockOwner; mtimeMs: number } | undefined {
+  let raw: string, mtimeMs: number;
+  try {
+    mtimeMs = fs.statSync(lock).mtimeMs;
+    raw = fs.readFileSync(lock, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  try {
+    const owner = JSON.parse(raw) as LockOwner;
+    if (Number.isSafeInteger(owner.pid) && owner.pid > 0 && typeof owner.host === 'string' && typeof owner.token === 'string') return { raw, owner, mtimeMs };
+  } catch { /* not written yet, or garbled */ }
+  return { raw, mtimeMs };
+}
+
+function lockIsStale({ owner, mtimeMs }: { owner?: LockOwner; mtimeMs: number }): boolean {
+  // Its owner writes it right after creating it: still empty after seconds means the owner died in between.
+  if (!owner) return Date.now() - mtimeMs > 10_000;
+  if (owner.host !== os.hostname()) return false;
+  if (owner.pid === process.pid) return !heldLocks.has(owner.token);
+  try {
+    process.kill(owner.pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== 'EPERM'; // EPERM: running, as another user
+  }
+}
+
+/**
+ * Removes a stale lock unless it changed meanwhile: renamed aside first (atomic, so of two processes taking
+ * it over one moves it), and put back when what was moved is by then a live owner's fresh lock. True when the
+ * stale one went.
+ */
+function removeStaleLock(lock: string, raw: string): boolean {
+  const aside = `${lock}.aside-${randomBytes(6).toString('hex')}`;
+  try { fs.renameSync(lock, aside); } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+  let stale = true;
+  try {
+    if (fs.readFileSync(aside, 'utf8') !== raw) {
+      stale = false;
+      fs.linkSync(aside, lock);
+    }
+  } catch { /* a third process locked it in the instant between: it keeps it (the fresh owner loses its file) */ }
+  fs.rmSync(aside, { force: true });
+  return stale;
 }
 
 /** What the hub said about a file on its own host (not the CDN's headers, which describe something else). */
@@ -341,21 +583,20 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
   // Hash the bytes we already have before asking for more: for a big part this takes longer than the idle
   // timeout would allow between the response's headers and its first body byte read.
   const partHash = offset > 0 ? await hashInto(part, createHash('sha256')) : undefined;
-  const url = new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}/resolve/${encodeURIComponent(s.commit ?? s.revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
+  const url = fileUrl(s, s.commit ?? s.revision, file);
   const { res, touch, advertised } = await getFollowingRedirects(s, url, offset);
   const status = res.statusCode ?? 0;
   const header = (name: string) => { const v = res.headers[name]; return Array.isArray(v) ? v[0] : v; };
 
+  // The first answer of a run into an empty folder names the commit: record it. Another process may have filled
+  // the folder at another commit meanwhile; adoptCommit then discarded that, this file's part included.
+  if (s.commit && !s.adopted && adoptCommit(s) && offset > 0) {
+    res.resume();
+    throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${file} over`);
+  }
   if (status === 404) { res.resume(); return false; }
-  if (status === 401 || status === 403) {
-    res.resume();
-    throw new ModelError(`${where}: ${url.href} answered ${status}; the model is gated or private (set HF_TOKEN)`);
-  }
-  if (status === 429 || status >= 500) {
-    res.resume();
-    const retryAfter = Number(header('retry-after'));
-    throw new RetryableError(`${url.href} answered ${status}`, Number.isFinite(retryAfter) ? Math.min(60, retryAfter) * 1000 : undefined);
-  }
+  const failure = statusFailure(s, where, url, res);
+  if (failure) { res.resume(); throw failure; }
   if (status === 416) {
     // The part already holds everything the server has (or more): it is either the whole file or stale.
     res.resume();
@@ -363,7 +604,7 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
     if (partHash && offset === total) {
       const sha256 = partHash.digest('hex');
       if (!advertised.sha256 || advertised.sha256 === sha256) {
-        finish(s, part, dest, sha256);
+        finish(s, where, part, dest, sha256);
         onProgress?.(total, total);
         return true;
       }
@@ -420,6 +661,7 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
     // pipeline can reject while a write is still in flight; the next try measures the part, so wait for it.
     if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
   }
+  checkPinnedPart(s, where, part);
   const onDisk = fs.statSync(part).size;
   if (onDisk !== received) {
     fs.rmSync(part, { force: true });
@@ -442,12 +684,16 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
     if (start > 0) throw new RetryableError(message);
     throw new ModelError(`${where}: ${message}; the download was deleted`);
   }
-  finish(s, part, dest, sha256);
+  finish(s, where, part, dest, sha256);
   return true;
 }
 
-/** Moves a verified part into place and records its sha256, so loading the model does not hash it again. */
-function finish(s: Session, part: string, dest: string, sha256: string): void {
+/**
+ * Moves a verified part into place and records its sha256, so loading the model does not hash it again; unless
+ * the folder moved on to another commit meanwhile, which makes the part a leftover of the old one.
+ */
+function finish(s: Session, where: string, part: string, dest: string, sha256: string): void {
+  checkPinnedPart(s, where, part);
   fs.renameSync(part, dest);
   rememberContentSha256(dest, sha256, s.hashesDir);
 }
@@ -506,10 +752,10 @@ interface Exchange {
  * One GET whose response arrives with its headers. A timer guards the connection (connectTimeoutMs) and then
  * every silence on it (idleTimeoutMs): the headers, and each body chunk (via `touch`), must come within that.
  */
-function get(s: Session, url: URL, headers: Record<string, string>): Promise<Exchange> {
+function get(s: Session, url: URL, headers: Record<string, string>, method: 'GET' | 'HEAD' = 'GET'): Promise<Exchange> {
   return new Promise((resolve, reject) => {
     if (s.signal.aborted) { reject(new Error('aborted')); return; }
-    const req = (url.protocol === 'https:' ? https : http).request(url, { method: 'GET', headers });
+    const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers });
     let response: http.IncomingMessage | undefined;
     let timer: NodeJS.Timeout | undefined;
     const fail = (e: Error) => { response?.destroy(e); req.destroy(e); };
