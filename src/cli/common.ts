@@ -27,7 +27,7 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .addOption(new Option('--dtype <dtype>', 'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)').choices(WEIGHT_DTYPES))
     .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8, 32 for int4)', (v) => positiveInt(v, '--block-size'))
     .addOption(new Option('--accuracy-level <n>', 'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)').choices(['0', '1', '2', '3', '4']).argParser((v) => Number(v) as QuantOptions['accuracyLevel']))
-    .addOption(new Option('--int8-kernel <kernel>', 'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: blockwise)').choices(INT8_KERNELS))
+    .addOption(new Option('--int8-kernel <kernel>', 'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)').choices(INT8_KERNELS))
     .option('--quiet', 'no progress bars');
 }
 

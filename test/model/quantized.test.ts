@@ -16,6 +16,7 @@ import { dequantizeMatrix, dequantizeRowwise, emitMatMulNBits, emitRowwiseLinear
 import { resolveWeightFormat } from '../../src/model/weight-format.js';
 import { Rng } from '../../tools/random-checkpoint.js';
 import { describeWeightFormat } from '../../src/model/weight-format.js';
+import { specFromConfig } from '../../src/model/families/spec.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 
 const randomMatrix = (n: number, seed: number, std = 0.05) => { const r = new Rng(seed); return Float32Array.from({ length: n }, () => std * r.normal()); };
@@ -155,6 +156,14 @@ describe('weight formats', () => {
     expect(resolveWeightFormat({} as never, null, { dtype: 'int4' }).quant!.int8Kernel).toBeUndefined();
   });
 
+  it('int8 defaults to rowwise from 0.3 B parameters (int8 compute anyway) and to blockwise below (exact compute)', () => {
+    const qwen05 = specFromConfig({ model_type: 'qwen2', hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14, num_key_value_heads: 2, vocab_size: 151936, tie_word_embeddings: true, max_position_embeddings: 4096, rms_norm_eps: 1e-6, rope_theta: 1000000 });
+    const tiny = specFromConfig(FAMILY_CONFIGS['qwen2 (qkv bias, tied, GQA 2)']);
+    expect(resolveWeightFormat(qwen05, null, { dtype: 'int8' })).toMatchObject({ quant: { int8Kernel: 'rowwise' }, accuracyLevel: 4 });
+    expect(resolveWeightFormat(tiny, null, { dtype: 'int8' })).toMatchObject({ quant: { int8Kernel: 'blockwise' }, accuracyLevel: 0 });
+    expect(resolveWeightFormat(qwen05, null, { dtype: 'int8', int8Kernel: 'blockwise' }).quant!.int8Kernel).toBe('blockwise');
+  });
+
   it('refuses a block size that is no power of two ≥ 16, and block options at fp32', () => {
     expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', blockSize: 24 })).toThrow(/power of two/);
     expect(() => resolveWeightFormat({} as never, null, { dtype: 'int4', blockSize: 8 })).toThrow(/power of two/);
@@ -178,7 +187,7 @@ describe('stories260K at int8 and int4 against fp32', () => {
     expect(new Set([fp32.info.cacheEntry, int8.info.cacheEntry, int4.info.cacheEntry]).size).toBe(3);
     expect(int8.weightBytes).toBeLessThan(fp32.weightBytes);
     expect(int4.weightBytes).toBeLessThan(int8.weightBytes);
-    expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128 }, accuracyLevel: 0 }); // small model: exact compute
+    expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128, int8Kernel: 'blockwise' }, accuracyLevel: 0 }); // small model: MatMulNBits, exact compute
     expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32, embedHead: { bits: 8, blockSize: 128 }, sensitive: { bits: 8, blockSize: 128, rule: 'attention+first-last-layers' } } });
   });
 
