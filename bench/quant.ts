@@ -16,7 +16,6 @@
  *           REINFORCE step (32 patch rows after a 255-token prefix) and reports its peak RSS.
  * The last stdout line is one JSON object with the headline figures.
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,6 +27,7 @@ import { readExamples, type Example } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
 import { ActivationRM } from '../src/arm/rm.js';
 import { Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
+import { runChild } from './child.js';
 import { CONFIG as QWEN_05B, ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
 import { specFromConfig } from '../src/model/families/spec.js';
 
@@ -293,18 +293,7 @@ async function phase7bRun(cacheDir: string) {
 
 // ---------------------------------------------------------------- orchestration
 
-function child(mode: string, cacheDir: string): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [...process.execArgv, SCRIPT, '--child', mode, '--cache-dir', cacheDir, '--threads', String(threads)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-    p.on('exit', (code) => {
-      const line = out.trim().split('\n').at(-1) ?? '';
-      if (code !== 0 || !line.startsWith('{')) reject(new Error(`child ${mode} exited ${code}: ${out.slice(-500)}`));
-      else resolve(JSON.parse(line));
-    });
-  });
-}
+const child = (mode: string, cacheDir: string) => runChild(SCRIPT, mode, ['--cache-dir', cacheDir, '--threads', String(threads)]);
 
 async function main() {
   const mode = option('--child');

@@ -19,7 +19,6 @@
  * Last stdout line: one JSON object with the headline figures. Options: --threads N, --keep (checkpoint),
  * --sizes 448x448,1024x768 (width×height of the judged images).
  */
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -29,6 +28,7 @@ import { Decoder } from '../src/model/decoder.js';
 import { ImageInputs } from '../src/model/image-inputs.js';
 import { decodeImage } from '../src/model/vision/image.js';
 import { qwenVisionLayout, Rng, writeRandomCheckpoint, writeRandomTensorsBf16, type HfConfig } from '../tools/random-checkpoint.js';
+import { runChild } from './child.js';
 import { median } from './qwen-shape.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
@@ -141,18 +141,7 @@ async function run(cacheDir: string, sizes: [number, number][]) {
   return out;
 }
 
-function child(mode: string, cacheDir: string): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [...process.execArgv, SCRIPT, ...args, '--child', mode, '--cache-dir', cacheDir], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', (b: Buffer) => { out += b.toString(); });
-    p.on('exit', (code) => {
-      const line = out.trim().split('\n').at(-1) ?? '';
-      if (code !== 0 || !line.startsWith('{')) reject(new Error(`child ${mode} exited ${code}: ${out.slice(-500)}`));
-      else resolve(JSON.parse(line));
-    });
-  });
-}
+const child = (mode: string, cacheDir: string) => runChild(SCRIPT, mode, [...args, '--cache-dir', cacheDir]);
 
 const sizes = (option('--sizes') ?? '448x448,1024x768').split(',').map((s) => s.split('x').map(Number) as [number, number]);
 const mode = option('--child');
