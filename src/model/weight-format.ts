@@ -81,6 +81,7 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   if (![0, 1, 2, 3, 4].includes(accuracyLevel)) throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
   if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel)) throw new ModelError(`--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`);
   if (opts.int8Kernel !== undefined && dtype !== 'int8') throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
+  if (opts.int8Kernel !== undefined && prequant) throw new ModelError(`--int8-kernel applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`);
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
     if (opts.accuracyLevel !== undefined && !prequant) throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp32');
@@ -93,7 +94,8 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   // agreement with fp32 from 0.85 to 0.87 (BENCHMARKS.md), for ~0.5 bytes more per vocabulary weight. It also
   // keeps the linear layers of sensitiveLinears() at int8 (see there).
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
-  const int8Kernel = dtype === 'int8' ? opts.int8Kernel ?? defaultInt8Kernel(spec) : undefined;
+  // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or label.
+  const int8Kernel = dtype === 'int8' && !prequant ? opts.int8Kernel ?? defaultInt8Kernel(spec) : undefined;
   return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}) }, prequant, accuracyLevel };
 }
 

@@ -154,6 +154,12 @@ describe('weight formats', () => {
     expect(() => resolveWeightFormat({} as never, null, { dtype: 'fp32', int8Kernel: 'blockwise' })).toThrow(/--int8-kernel/);
     expect(() => resolveWeightFormat({} as never, null, { dtype: 'int8', int8Kernel: 'colwise' as never })).toThrow(/--int8-kernel must be/);
     expect(resolveWeightFormat({} as never, null, { dtype: 'int4' }).quant!.int8Kernel).toBeUndefined();
+    // AWQ/GPTQ layers keep their codes: no kernel choice, and the label does not claim W8A8 layers
+    const awq = { method: 'awq', bits: 4, groupSize: 128, zeroMinusOne: false } as const;
+    const pre = resolveWeightFormat({} as never, awq, {});
+    expect(pre.quant!.int8Kernel).toBeUndefined();
+    expect(describeWeightFormat(pre)).toBe('int8 (block 128, accuracy level 4, AWQ 4-bit layers, group 128)');
+    expect(() => resolveWeightFormat({} as never, awq, { int8Kernel: 'rowwise' })).toThrow(/AWQ checkpoint's layers keep their 4-bit codes/);
   });
 
   it('int8 defaults to rowwise from 0.3 B parameters (int8 compute anyway) and to blockwise below (exact compute)', () => {
