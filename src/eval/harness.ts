@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import type { Decoder } from '../model/decoder.js';
 import { promptIdentity, type Example, type PairExample } from '../data/examples.js';
 import { Rng } from '../util/rng.js';
+import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 import { isPoolDataError, METHODS, type MethodOptions, type PreparedMethod } from './methods.js';
 import { aggregate, type Results } from './aggregate.js';
 import { pairOutcome, type RunRecord, type SplitNotes } from './records.js';
@@ -325,7 +326,9 @@ export function budgetNotes(opts: Pick<EvalOptions, 'methods' | 'fewShot' | 'poo
   const notes: string[] = [];
   const fit = opts.method.fit;
   if (opts.methods.some((m) => ['arm', 'mean-add', 'random-heads', 'all-heads'].includes(m))) {
-    notes.push(`arm (and its ablations) learns from all ${items}: means over ${fit.passes ?? 100} passes of ${fit.shots ?? 4} in-context demonstrations each, and head selection on every item; at test time it reads one question with no demonstrations.`);
+    const passes = fit.passes ?? 100, g = fit.passesPerDemoSet ?? DEFAULT_PASSES_PER_DEMO_SET;
+    const draws = g > 1 ? ` (${Math.ceil(passes / g)} demonstration draws, each shared by ${g} passes)` : '';
+    notes.push(`arm (and its ablations) learns from all ${items}: means over ${passes} passes of ${fit.shots ?? 4} in-context demonstrations each${draws}, and head selection on every item; at test time it reads one question with no demonstrations.`);
   }
   if (opts.methods.some((m) => m === 'icl-judge' || m === 'sample-vote')) {
     notes.push(`icl-judge and sample-vote see ${opts.method.iclShots} of those ${items} in context (balanced Yes/No), the same ones for every test pair of a seed: a smaller budget than arm's, paid again at every query.`);

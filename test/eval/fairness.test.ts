@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readExamples, type PairExample } from '../../src/data/examples.js';
 import { aggregate } from '../../src/eval/aggregate.js';
-import { dropDuplicatePairs, drawSplits, evaluate, splitNotes } from '../../src/eval/harness.js';
+import { budgetNotes, dropDuplicatePairs, drawSplits, evaluate, splitNotes } from '../../src/eval/harness.js';
 import { bootstrapSeedsAndPairs, sectionScores } from '../../src/eval/metrics.js';
 import { iclDemos } from '../../src/eval/methods.js';
 import { pairOutcome, type RunRecord } from '../../src/eval/records.js';
@@ -192,5 +192,14 @@ describe('ICL judge demonstrations', () => {
     // A pool short of one class gives what it has and fills up with the other.
     const oneSided = iclDemos(pool.slice(0, 1), 'scalar', 4, 0);
     expect(oneSided.map((d) => d.answer).sort()).toEqual([0, 1]);
+  });
+});
+
+describe('the budget note says how many demonstration draws the means used', () => {
+  const note = (fit: Record<string, unknown>) => budgetNotes({ methods: ['arm'], fewShot: 16, pool: 'subset', method: { fit } as never })[0]!;
+  it('default: 100 passes in 20 draws of 5; independent draws say nothing more; 7 passes of 3 make 3 draws', () => {
+    expect(note({})).toContain('means over 100 passes of 4 in-context demonstrations each (20 demonstration draws, each shared by 5 passes)');
+    expect(note({ passesPerDemoSet: 1 })).toContain('means over 100 passes of 4 in-context demonstrations each, and head selection');
+    expect(note({ passes: 7, shots: 2, passesPerDemoSet: 3 })).toContain('7 passes of 2 in-context demonstrations each (3 demonstration draws, each shared by 3 passes)');
   });
 });
