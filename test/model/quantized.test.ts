@@ -54,6 +54,43 @@ describe('block quantisation layout', () => {
     // 8-bit blocks keep their full range: an end value misses by at most the zero point's rounding (½ step)
     if (bits === 8) expect(clipped).toBeLessThanOrEqual(0.5 + 1e-6);
   });
+
+  it.each([[4, 16], [4, 32], [8, 32], [8, 128]] as const)('%i-bit, block %i: bit for bit the plain algorithm (range with 0, then at 4 bits the least-error of 5 clip factors)', (bits, blockSize) => {
+    // The reference, written out plainly: one pass per candidate, Math.min/max clamps, element-wise packing.
+    const reference = (w: Float32Array, rows: number, cols: number) => {
+      const nb = Math.ceil(cols / blockSize), qmax = 2 ** bits - 1, perBlock = (blockSize * bits) / 8;
+      const codes = new Uint8Array(rows * nb * perBlock), scales = new Float32Array(rows * nb), zeros: number[] = [];
+      let clipped = 0;
+      const code = (v: number, s: number, z: number) => Math.min(qmax, Math.max(0, Math.round(v / s) + z));
+      for (let n = 0; n < rows; n++) for (let b = 0; b < nb; b++) {
+        const block = Array.from(w.subarray(n * cols + b * blockSize, n * cols + Math.min(cols, (b + 1) * blockSize)));
+        const lo = Math.min(0, ...block), hi = Math.max(0, ...block);
+        const candidates = [1, ...(bits === 4 && hi > lo ? [0.95, 0.9, 0.85, 0.8] : [])].map((f) => {
+          const s = Math.fround(hi > lo ? ((hi - lo) * f) / qmax : 1);
+          const z = Math.min(qmax, Math.max(0, Math.round((-lo * f) / s)));
+          return { f, s, z, e: block.reduce((e, v) => e + ((code(v, s, z) - z) * s - v) ** 2, 0) };
+        });
+        const best = candidates.reduce((a, c) => (c.e < a.e ? c : a));
+        if (best.f !== 1) clipped++;
+        scales[n * nb + b] = best.s;
+        zeros.push(best.z);
+        block.forEach((v, k) => { const at = (n * nb + b) * perBlock + (bits === 8 ? k : k >> 1); codes[at] = codes[at]! | (code(v, best.s, best.z) << (bits === 4 && k & 1 ? 4 : 0)); });
+      }
+      return { codes, scales, zeros, clipped };
+    };
+    const N = 9, K = 3 * blockSize + 7; // a ragged last block with an odd length
+    const w = randomMatrix(N * K, 100 + blockSize + bits);
+    for (let k = 0; k < K; k += 3) w[2 * K + k] = 40 * w[2 * K + k]!;                  // outliers: clipping pays there
+    w.fill(0, 5 * K, 5 * K + blockSize);                                  // an all-zero block (scale 1)
+    const q = quantizeMatrix(w, N, K, { bits, blockSize });
+    const ref = reference(w, N, K);
+    expect(Array.from(q.codes)).toEqual(Array.from(ref.codes));
+    expect(Array.from(q.scales)).toEqual(Array.from(ref.scales));
+    const nb = Math.ceil(K / blockSize);
+    const zeroOf = (n: number, b: number) => (bits === 8 ? q.zeroPoints[n * nb + b]! : (q.zeroPoints[n * Math.ceil(nb / 2) + (b >> 1)]! >> (4 * (b & 1))) & 15);
+    expect(Array.from({ length: N * nb }, (_, i) => zeroOf(Math.floor(i / nb), i % nb))).toEqual(ref.zeros);
+    if (bits === 4) expect(ref.clipped).toBeGreaterThan(0); // the clip search chose a narrower range somewhere
+  });
 });
 
 /**
