@@ -144,7 +144,7 @@ export class Decoder {
       format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, int8Kernel: opts.int8Kernel });
       validateCheckpoint(spec, ckpt, prequant);
       fingerprint = weightsContentHash(ckpt.files, path.join(opts.cacheDir ?? defaultCacheDir(), 'hashes'));
-      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes, format), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes, format);
+      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes, format), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes, format, opts.threads);
     } finally {
       ckpt.close();
     }

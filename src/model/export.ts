@@ -5,6 +5,7 @@
  * into place at the end, so a killed build never leaves a half-written entry behind.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './cache-entry.js';
@@ -15,7 +16,8 @@ import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import type { ExternalRef } from './graph/graph-builder.js';
 import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantizeRowwise, quantNames, rowwiseNames, sliceRows, zeroPointBytesPerRow, type Int8Kernel, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
-import { sensitiveLinears } from './weight-format.js';
+import { parameterCount, sensitiveLinears } from './weight-format.js';
+import { QuantizePool } from './graph/quantize-pool.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
@@ -103,14 +105,27 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint,
 export interface BuildProgress { (done: number, total: number, what: string): void }
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
-export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT): { dir: string; built: boolean } {
-  return ensureCacheEntry(path.join(cacheDir, 'graphs', key), [MODEL_FILE, DATA_FILE, LAYOUT_FILE], (tmp) => writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress));
+export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT, threads = os.availableParallelism()): { dir: string; built: boolean } {
+  return ensureCacheEntry(path.join(cacheDir, 'graphs', key), [MODEL_FILE, DATA_FILE, LAYOUT_FILE], (tmp) => {
+    // Block quantisation is most of a quantised build (a 7B int4 build ~95%): spread it over the cores, for
+    // models big enough that starting worker threads pays (bit-for-bit the same entry either way).
+    const pool = format.quant && parameterCount(spec) >= POOL_MIN_PARAMETERS ? QuantizePool.open(threads) : null;
+    try {
+      writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress, pool);
+    } finally {
+      void pool?.close();
+    }
+  });
 }
+
+/** Below this many weights a quantised build takes seconds: no worker threads. */
+const POOL_MIN_PARAMETERS = 5e7;
 
 /** A quantised matrix's three arrays in weights.bin. */
 interface QuantRefs { codes: ExternalRef; scales: ExternalRef; zeroPoints: ExternalRef; rows: number; cols: number; bits: 4 | 8; blockSize: number }
 
-function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, format: WeightFormat, onProgress?: BuildProgress): void {
+function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, format: WeightFormat, onProgress?: BuildProgress, pool: QuantizePool | null = null): void {
+  const quantize = (w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>) => (pool ? pool.quantize(w, rows, cols, opts) : quantizeMatrix(w, rows, cols, opts));
   const producers = weightProducers(spec, ckpt, format.prequant);
   const fd = fs.openSync(path.join(outDir, DATA_FILE), 'w');
   const refs = new Map<string, ExternalRef>();
@@ -151,10 +166,10 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
         writeQuantized(name, p.quantized);
       } else if ('linear' in p) {
         if (format.quant && rowwise && !sensitive.has(name)) writeRowwise(name, p.linear, p.rows, p.cols);
-        else if (format.quant) writeQuantized(name, quantizeMatrix(p.linear, p.rows, p.cols, sensitive.has(name) ? format.quant.sensitive! : format.quant));
+        else if (format.quant) writeQuantized(name, quantize(p.linear, p.rows, p.cols, sensitive.has(name) ? format.quant.sensitive! : format.quant));
         else refs.set(name, write(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]));
       } else if (quantizedAsIs.has(name)) {
-        writeQuantized(name, quantizeMatrix(p.data, p.dims[0]!, p.dims[1]!, format.quant!.embedHead ?? format.quant!));
+        writeQuantized(name, quantize(p.data, p.dims[0]!, p.dims[1]!, format.quant!.embedHead ?? format.quant!));
       } else {
         refs.set(name, write(name, p.data, p.dims));
       }

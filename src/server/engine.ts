@@ -14,6 +14,7 @@ import type { Decoder, LoadOptions } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import type { ExampleScore } from './scheduler.js';
 import { specialTokensOf } from './split.js';
+import { spawnModuleWorker } from '../util/module-worker.js';
 
 export interface ScoreCallOptions { batchSize?: number; maxLength?: number }
 
@@ -148,14 +149,7 @@ export class WorkerEngine implements ScoringEngine {
   }
 }
 
-/**
- * The worker runs score-worker.js next to this file. From TypeScript sources (tsx, vitest) there is no .js
- * file: the worker then registers tsx's loader first and imports score-worker.ts.
- */
+/** The worker runs score-worker next to this file (see spawnModuleWorker). */
 function spawnScoreWorker(data: WorkerData): Worker {
-  const fromSource = import.meta.url.endsWith('.ts');
-  if (!fromSource) return new Worker(new URL('./score-worker.js', import.meta.url), { workerData: data });
-  const tsx = import.meta.resolve('tsx/esm/api');
-  const entry = new URL('./score-worker.ts', import.meta.url).href;
-  return new Worker(`import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(entry)}); });`, { eval: true, workerData: data });
+  return spawnModuleWorker(import.meta.url, 'score-worker', data);
 }

@@ -18,6 +18,7 @@ import { Rng } from '../../tools/random-checkpoint.js';
 import { describeWeightFormat } from '../../src/model/weight-format.js';
 import { specFromConfig } from '../../src/model/families/spec.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { QuantizePool } from '../../src/model/graph/quantize-pool.js';
 
 const randomMatrix = (n: number, seed: number, std = 0.05) => { const r = new Rng(seed); return Float32Array.from({ length: n }, () => std * r.normal()); };
 
@@ -90,6 +91,26 @@ describe('block quantisation layout', () => {
     const zeroOf = (n: number, b: number) => (bits === 8 ? q.zeroPoints[n * nb + b]! : (q.zeroPoints[n * Math.ceil(nb / 2) + (b >> 1)]! >> (4 * (b & 1))) & 15);
     expect(Array.from({ length: N * nb }, (_, i) => zeroOf(Math.floor(i / nb), i % nb))).toEqual(ref.zeros);
     if (bits === 4) expect(ref.clipped).toBeGreaterThan(0); // the clip search chose a narrower range somewhere
+  });
+
+  it('worker threads (the build of a large model) give bit for bit the single-thread result, rows split unevenly', async () => {
+    const pool = QuantizePool.open(3)!;
+    expect(pool).not.toBeNull();
+    expect(pool.threads).toBe(3);
+    try {
+      for (const [rows, cols, bits, blockSize] of [[101, 200, 4, 32], [7, 64, 8, 16], [2, 48, 4, 16]] as const) { // 2 rows: one worker idle
+        const w = randomMatrix(rows * cols, rows + cols);
+        w[5] = 3; // an outlier, so the clip search matters
+        const one = quantizeMatrix(w, rows, cols, { bits, blockSize });
+        const many = pool.quantize(w, rows, cols, { bits, blockSize });
+        expect(Array.from(many.codes)).toEqual(Array.from(one.codes));
+        expect(Array.from(many.scales)).toEqual(Array.from(one.scales));
+        expect(Array.from(many.zeroPoints)).toEqual(Array.from(one.zeroPoints));
+      }
+    } finally {
+      await pool.close();
+    }
+    expect(QuantizePool.open(1)).toBeNull();
   });
 });
 

@@ -91,13 +91,22 @@ export function getPacked(bytes: Uint8Array, at: number, index: number, bits: 4 
  * bits the range may be narrowed (CLIP_SHRINKS) where that lowers the block's squared error.
  */
 export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>): QuantizedMatrix {
-  const { bits, blockSize } = opts;
-  const q = allocQuantized(rows, cols, bits, blockSize);
+  const q = allocQuantized(rows, cols, opts.bits, opts.blockSize);
+  quantizeRowsInto(w, q, 0, rows);
+  return q;
+}
+
+/**
+ * Rows [rowStart, rowEnd) of W into `q` (allocated for all of W, bits and block size set). Rows touch disjoint
+ * bytes of every array, so row ranges can be quantised concurrently (quantize-pool.ts).
+ */
+export function quantizeRowsInto(w: Float32Array, q: QuantizedMatrix, rowStart: number, rowEnd: number): void {
+  const { bits, blockSize, cols } = q;
   const nb = blocksPerRow(cols, blockSize);
   const blob = blobBytes(bits, blockSize);
   const zpRow = zeroPointBytesPerRow(nb, bits);
   const qmax = (1 << bits) - 1;
-  for (let n = 0; n < rows; n++) {
+  for (let n = rowStart; n < rowEnd; n++) {
     const row = n * cols;
     for (let b = 0; b < nb; b++) {
       const k0 = b * blockSize;
@@ -119,7 +128,6 @@ export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts
       // Padding past K keeps code 0; MatMulNBits never reads it into a sum (K bounds the product).
     }
   }
-  return q;
 }
 
 const CLIP_SHRINKS = [0.95, 0.9, 0.85, 0.8];
