@@ -93,12 +93,13 @@ describe('block quantisation layout', () => {
     if (bits === 4) expect(ref.clipped).toBeGreaterThan(0); // the clip search chose a narrower range somewhere
   });
 
-  it('worker threads (the build of a large model) give bit for bit the single-thread result, rows split unevenly', async () => {
-    const pool = QuantizePool.open(3)!;
+  it.each([[1 << 24], [700]])('worker threads (the build of a large model) give bit for bit the single-thread result, rows split unevenly, chunks of %i weights', async (chunkElements) => {
+    const pool = QuantizePool.open(3, chunkElements)!;
     expect(pool).not.toBeNull();
     expect(pool.threads).toBe(3);
     try {
-      for (const [rows, cols, bits, blockSize] of [[101, 200, 4, 32], [7, 64, 8, 16], [2, 48, 4, 16]] as const) { // 2 rows: one worker idle
+      // 700-weight chunks: 3 rows of 200 a chunk (the last one short), a row of 720 alone, buffers grown in between
+      for (const [rows, cols, bits, blockSize] of [[101, 200, 4, 32], [7, 64, 8, 16], [2, 48, 4, 16], [5, 720, 4, 32], [33, 33, 8, 16]] as const) { // 2 rows: one worker idle
         const w = randomMatrix(rows * cols, rows + cols);
         w[5] = 3; // an outlier, so the clip search matters
         const one = quantizeMatrix(w, rows, cols, { bits, blockSize });
