@@ -8,6 +8,7 @@ import type { PrequantScheme } from './checkpoint/awq-gptq.js';
 import type { WeightFormat } from './export.js';
 import { checkBlockSize, DTYPE_BITS, INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { W } from './graph/decoder-graph.js';
+import { cpuHasInt8DotProduct } from '../util/cpu.js';
 
 export interface WeightFormatOptions {
   /** Weight storage; default: by model size (defaultDType). */
@@ -18,6 +19,8 @@ export interface WeightFormatOptions {
   accuracyLevel?: QuantOptions['accuracyLevel'];
   /** int8 only: how the linear layers multiply (quantized-linear.ts Int8Kernel); default defaultInt8Kernel. */
   int8Kernel?: Int8Kernel;
+  /** Whether the CPU has int8 dot products (default: read from the CPU, util/cpu.ts); tests set it. */
+  int8DotProduct?: boolean;
 }
 
 /** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
@@ -64,9 +67,10 @@ export function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = 
  * Spearman 0.998 (median of 8 criteria). The cost: per-row activation scales are coarser than MatMulNBits'
  * per-block ones, so the Qwen-shape mean KL to fp32 is 0.0011 vs 0.00056, and ~3× blockwise's on a synthetic
  * test with outlier input channels (real LLMs have them). Pass 'blockwise' where that matters more than speed.
+ * Only on CPUs with int8 dot products (VNNI/AMX): without them onnxruntime's u8×s8 kernels saturate (util/cpu.ts).
  */
-export function defaultInt8Kernel(spec: ModelSpec): Int8Kernel {
-  return parameterCount(spec) < SMALL_MODEL_PARAMETERS ? 'blockwise' : 'rowwise';
+export function defaultInt8Kernel(spec: ModelSpec, int8DotProduct = cpuHasInt8DotProduct()): Int8Kernel {
+  return parameterCount(spec) >= SMALL_MODEL_PARAMETERS && int8DotProduct ? 'rowwise' : 'blockwise';
 }
 
 export function parseWeightDType(v: string, what = '--dtype'): WeightDType {
@@ -82,6 +86,9 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel)) throw new ModelError(`--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`);
   if (opts.int8Kernel !== undefined && dtype !== 'int8') throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
   if (opts.int8Kernel !== undefined && prequant) throw new ModelError(`--int8-kernel applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`);
+  if (opts.int8Kernel === 'rowwise' && !(opts.int8DotProduct ?? cpuHasInt8DotProduct())) {
+    throw new ModelError('--int8-kernel rowwise needs a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX): without them onnxruntime\'s uint8×int8 kernel saturates int16 sums and loses terms; use --int8-kernel blockwise');
+  }
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
     if (opts.accuracyLevel !== undefined && !prequant) throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp32');
@@ -95,7 +102,7 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   // keeps the linear layers of sensitiveLinears() at int8 (see there).
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
   // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or label.
-  const int8Kernel = dtype === 'int8' && !prequant ? opts.int8Kernel ?? defaultInt8Kernel(spec) : undefined;
+  const int8Kernel = dtype === 'int8' && !prequant ? opts.int8Kernel ?? defaultInt8Kernel(spec, opts.int8DotProduct) : undefined;
   return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}) }, prequant, accuracyLevel };
 }
 

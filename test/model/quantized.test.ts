@@ -200,7 +200,7 @@ describe('weight formats', () => {
   });
 
   it('the int8 kernel joins the key when rowwise; block-wise int8 keys are as before the option; it applies to int8 only', () => {
-    const fmt = (int8Kernel?: 'rowwise' | 'blockwise') => resolveWeightFormat({} as never, null, { dtype: 'int8', int8Kernel });
+    const fmt = (int8Kernel?: 'rowwise' | 'blockwise') => resolveWeightFormat({} as never, null, { dtype: 'int8', int8Kernel, int8DotProduct: true });
     const rowwise = fmt('rowwise'), blockwise = fmt('blockwise');
     const key = (f: ReturnType<typeof fmt>) => cacheKey('c', 'w', undefined, f);
     expect(key(rowwise)).not.toBe(key(blockwise));
@@ -224,9 +224,12 @@ describe('weight formats', () => {
   it('int8 defaults to rowwise from 0.3 B parameters (int8 compute anyway) and to blockwise below (exact compute)', () => {
     const qwen05 = specFromConfig({ model_type: 'qwen2', hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14, num_key_value_heads: 2, vocab_size: 151936, tie_word_embeddings: true, max_position_embeddings: 4096, rms_norm_eps: 1e-6, rope_theta: 1000000 });
     const tiny = specFromConfig(FAMILY_CONFIGS['qwen2 (qkv bias, tied, GQA 2)']);
-    expect(resolveWeightFormat(qwen05, null, { dtype: 'int8' })).toMatchObject({ quant: { int8Kernel: 'rowwise' }, accuracyLevel: 4 });
-    expect(resolveWeightFormat(tiny, null, { dtype: 'int8' })).toMatchObject({ quant: { int8Kernel: 'blockwise' }, accuracyLevel: 0 });
+    expect(resolveWeightFormat(qwen05, null, { dtype: 'int8', int8DotProduct: true })).toMatchObject({ quant: { int8Kernel: 'rowwise' }, accuracyLevel: 4 });
+    expect(resolveWeightFormat(tiny, null, { dtype: 'int8', int8DotProduct: true })).toMatchObject({ quant: { int8Kernel: 'blockwise' }, accuracyLevel: 0 });
     expect(resolveWeightFormat(qwen05, null, { dtype: 'int8', int8Kernel: 'blockwise' }).quant!.int8Kernel).toBe('blockwise');
+    // Without int8 dot products (e.g. AVX2-only x86) onnxruntime's u8×s8 kernel saturates: blockwise, and rowwise refused
+    expect(resolveWeightFormat(qwen05, null, { dtype: 'int8', int8DotProduct: false }).quant!.int8Kernel).toBe('blockwise');
+    expect(() => resolveWeightFormat(qwen05, null, { dtype: 'int8', int8Kernel: 'rowwise', int8DotProduct: false })).toThrow(/needs a CPU with int8 dot products/);
   });
 
   it('refuses a block size that is no power of two ≥ 16, and block options at fp32', () => {
