@@ -8,6 +8,7 @@ import { ModelError } from '../model/errors.js';
 import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/checkpoint/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../model/graph/quantized-linear.js';
+import { describeWeightFormat } from '../model/weight-format.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 import { visionConfigHash } from './images.js';
@@ -233,5 +234,13 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   for (const [field, t] of tokens) if (!(t >= 0 && t < V)) throw new ModelError(`${file}: metadata field "${field}": ${t} is outside the vocabulary (0..${V - 1})`);
   const fitted = m.dtype ?? 'fp32';
   const now = decoder.info.weightFormat.dtype;
-  return fitted === now ? [] : [`${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close but not identical (fit again at ${now} for exact agreement)`];
+  if (fitted !== now) return [`${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close but not identical (fit again at ${now} for exact agreement)`];
+  // Same dtype, another format (int8 kernel, int4 rule, block size): e.g. a criterion fitted where the int8
+  // default was rowwise, scored where it is blockwise. Labels before the kernel option lacked "blockwise".
+  const label = describeWeightFormat(decoder.info.weightFormat);
+  const was = m.weightFormat;
+  if (was !== undefined && was !== label && was !== label.replace('blockwise, ', '')) {
+    return [`${file} was fitted with weights "${was}" and is scored with "${label}": scores are close but not identical (fit again, or pass the same --int8-kernel/--block-size, for exact agreement)`];
+  }
+  return [];
 }

@@ -5,7 +5,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { readExamples } from '../../src/data/examples.js';
 import { fitActivationRM } from '../../src/arm/fit.js';
 import { ActivationRM } from '../../src/arm/rm.js';
-import { loadCriterion } from '../../src/arm/criterion.js';
+import { loadCriterion, saveCriterion } from '../../src/arm/criterion.js';
 import { tempDir } from '../helpers/fixtures.js';
 
 const ICL_TINY = path.resolve(import.meta.dirname, '../../../shared/models/icl-tiny');
@@ -38,6 +38,21 @@ it('records dtype and format; another dtype at scoring time is a warning, the sa
   const other = ActivationRM.load(fp32, file, { warn: (m) => warnings.push(m) });
   expect(warnings).toHaveLength(1);
   expect(warnings[0]).toMatch(/fitted with --dtype int8 and is scored with --dtype fp32/);
+  // Same dtype, another int8 format (the accuracy level here): warned too, naming both formats
+  const level4 = await Decoder.load(ICL_TINY, { cacheDir, threads: 1, dtype: 'int8', accuracyLevel: 4 });
+  try {
+    ActivationRM.load(level4, file, { warn: (m) => warnings.push(m) });
+    expect(warnings).toHaveLength(2);
+    expect(warnings[1]).toContain('fitted with weights "int8 (blockwise, block 128, accuracy level 0)" and is scored with "int8 (blockwise, block 128, accuracy level 4)"');
+  } finally {
+    await level4.dispose();
+  }
+  // A label written before the kernel option existed ("int8 (block 128, …)") is the same format as blockwise
+  const old = loadCriterion(file);
+  const oldFile = path.join(tempDir('arm-crit-'), 'old.arm.safetensors');
+  saveCriterion(oldFile, { ...old, meta: { ...old.meta, model: { ...old.meta.model, weightFormat: 'int8 (block 128, accuracy level 0)' } } });
+  ActivationRM.load(int8, oldFile, { warn: (m) => warnings.push(m) });
+  expect(warnings).toHaveLength(2);
   const pair = examples.slice(0, 1);
   const [a] = (await same.scoreExamples(pair)) as { chosen: number; rejected: number }[];
   const [b] = (await other.scoreExamples(pair)) as { chosen: number; rejected: number }[];
