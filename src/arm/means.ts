@@ -135,7 +135,8 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
     if (!(Number.isInteger(i) && i >= 0 && i < plan.length) || row.length !== width) throw new Error(`extractMeans: resumed pass ${i} does not fit this plan (${plan.length} passes of ${width} values)`);
     done.set(i, row);
   }
-  const shared = (opts.passesPerDemoSet ?? 1) > 1;
+  // Zero-shot passes have no demonstrations to share: every pass is its own unit (length-batched as usual).
+  const shared = (opts.passesPerDemoSet ?? 1) > 1 && opts.shots > 0;
   for (const batch of meanBatches(lengths, plan, opts.batchSize, shared)) {
     const todo = batch.filter((i) => !done.has(i));
     if (!todo.length) continue;

@@ -327,7 +327,7 @@ export function budgetNotes(opts: Pick<EvalOptions, 'methods' | 'fewShot' | 'poo
   const fit = opts.method.fit;
   if (opts.methods.some((m) => ['arm', 'mean-add', 'random-heads', 'all-heads'].includes(m))) {
     const passes = fit.passes ?? 100, g = fit.passesPerDemoSet ?? DEFAULT_PASSES_PER_DEMO_SET;
-    const draws = g > 1 ? ` (${Math.ceil(passes / g)} demonstration draws, each shared by ${g} passes)` : '';
+    const draws = g > 1 && (fit.shots ?? 4) > 0 ? ` (${Math.ceil(passes / g)} demonstration draws, each shared by ${g} passes)` : '';
     notes.push(`arm (and its ablations) learns from all ${items}: means over ${passes} passes of ${fit.shots ?? 4} in-context demonstrations each${draws}, and head selection on every item; at test time it reads one question with no demonstrations.`);
   }
   if (opts.methods.some((m) => m === 'icl-judge' || m === 'sample-vote')) {

@@ -92,6 +92,17 @@ describe('mean extraction', () => {
     expect(sharedTokens).toBeLessThan(fullTokens);
   });
 
+  it('zero-shot passes have nothing to share: with a demo-set size they run exactly as independent passes', async () => {
+    const template = makeTemplate('scalar', {}, decoder.tokenizer);
+    const items = judgeItems(examples, 'scalar');
+    const opts = { passes: 100, shots: 0, seed: 2, batchSize: 3, maxLength: 512 };
+    const independent = await extractMeans(decoder, template, items, { ...opts, passesPerDemoSet: 1 });
+    const batches: number[] = [];
+    const grouped = await extractMeans(decoder, template, items, { ...opts, passesPerDemoSet: 5, onProgress: (done) => batches.push(done) });
+    expect(Array.from(grouped.mu)).toEqual(Array.from(independent.mu)); // same bits: no padded all-items unit
+    expect(batches.length).toBeGreaterThan(1); // progress (and Ctrl-C) between batches, not one unit of every item
+  });
+
   it('PCA denoising projects the mean onto the top axes of the passes\' second moment', () => {
     // passes (2,0,0), (2,0,0), (0,1,0): second moment diag(8/3, 1/3, 0), axes x then y; mean (4/3, 1/3, 0)
     const passes = [[2, 0, 0], [2, 0, 0], [0, 1, 0]].map((x) => Float32Array.from(x));

@@ -201,5 +201,6 @@ describe('the budget note says how many demonstration draws the means used', () 
     expect(note({})).toContain('means over 100 passes of 4 in-context demonstrations each (20 demonstration draws, each shared by 5 passes)');
     expect(note({ passesPerDemoSet: 1 })).toContain('means over 100 passes of 4 in-context demonstrations each, and head selection');
     expect(note({ passes: 7, shots: 2, passesPerDemoSet: 3 })).toContain('7 passes of 2 in-context demonstrations each (3 demonstration draws, each shared by 3 passes)');
+    expect(note({ shots: 0 })).toContain('means over 100 passes of 0 in-context demonstrations each, and head selection'); // nothing to share
   });
 });
