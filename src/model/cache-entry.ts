@@ -70,8 +70,8 @@ export function sweepAbandonedBuilds(parent: string, now = Date.now()): string[]
     if (!m || processRuns(Number(m[1]))) continue;
     const folder = path.join(parent, name);
     if (now - lastWriteMs(folder) < ABANDONED_BUILD_MS) continue;
-    fs.rmSync(folder, { recursive: true, force: true });
-    removed.push(folder);
+    // Housekeeping only: a folder we may not remove (another user's, in a shared cache) must not fail the build.
+    try { fs.rmSync(folder, { recursive: true, force: true }); removed.push(folder); } catch { /* left for its owner */ }
   }
   return removed;
 }

@@ -109,7 +109,7 @@ export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, 
   return ensureCacheEntry(path.join(cacheDir, 'graphs', key), [MODEL_FILE, DATA_FILE, LAYOUT_FILE], (tmp) => {
     // Block quantisation is most of a quantised build (a 7B int4 build ~95%): spread it over the cores, for
     // models big enough that starting worker threads pays (bit-for-bit the same entry either way).
-    const pool = format.quant && parameterCount(spec) >= POOL_MIN_PARAMETERS ? QuantizePool.open(threads) : null;
+    const pool = format.quant && parameterCount(spec) >= POOL_MIN_PARAMETERS ? QuantizePool.open(Math.min(threads, MAX_POOL_THREADS)) : null;
     try {
       writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress, pool);
     } finally {
@@ -120,6 +120,8 @@ export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, 
 
 /** Below this many weights a quantised build takes seconds: no worker threads. */
 const POOL_MIN_PARAMETERS = 5e7;
+/** Each worker is a V8 isolate (tens of MB) and the build also reads and writes: more threads stop paying. */
+const MAX_POOL_THREADS = 8;
 
 /** A quantised matrix's three arrays in weights.bin. */
 interface QuantRefs { codes: ExternalRef; scales: ExternalRef; zeroPoints: ExternalRef; rows: number; cols: number; bits: 4 | 8; blockSize: number }
