@@ -436,18 +436,18 @@ function adoptCommit(s: Session): boolean {
   s.adopted = true;
   const recorded = recordedCommit(s.dir);
   if (recorded === s.commit) return false;
-  let discarded: string[] = [];
-  if (recorded !== undefined) {
-    discarded = leftovers(s.dir);
-    for (const name of discarded) fs.rmSync(path.join(s.dir, name), { force: true });
-    s.log(`${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} since ${s.dir} was begun; `
-      + `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`);
-  }
+  // The new commit is recorded before anything is listed: a process still fetching the old one fails its next
+  // check, and a file it moves into place after the listing below is removed by its own finish() re-check.
   // Written aside and renamed: a reader sees the old commit or the new one, never a torn file.
   const record = path.join(s.dir, COMMIT_FILE);
   const tmp = `${record}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   fs.writeFileSync(tmp, `${s.commit}\n`);
   fs.renameSync(tmp, record);
+  if (recorded === undefined) return false;
+  const discarded = leftovers(s.dir);
+  for (const name of discarded) fs.rmSync(path.join(s.dir, name), { force: true });
+  s.log(`${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} since ${s.dir} was begun; `
+    + `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`);
   return discarded.length > 0;
 }
 
@@ -695,6 +695,9 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
 function finish(s: Session, where: string, part: string, dest: string, sha256: string): void {
   checkPinnedPart(s, where, part);
   fs.renameSync(part, dest);
+  // The folder may have moved on to another commit between that check and the rename: then this file is of
+  // the old commit, and the process that moved it has already listed what to discard.
+  try { checkPinned(s, where); } catch (e) { fs.rmSync(dest, { force: true }); throw e; }
   rememberContentSha256(dest, sha256, s.hashesDir);
 }
 
