@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
 import { CHATML, tempDir } from './fixtures.js';
+import { SafetensorsCheckpoint, writeSafetensors } from '../../src/model/checkpoint/safetensors.js';
 
 export const HF_PARITY = path.resolve(import.meta.dirname, '../../../shared/fixtures/hf-parity');
 
@@ -122,4 +123,20 @@ export function relativeError(ours: ArrayLike<number>, ref: ArrayLike<number>): 
     scale = Math.max(scale, Math.abs(ref[i]!));
   }
   return diff / scale;
+}
+
+/** A copy of a fixture checkpoint (its JSON files and images) with every tensor name passed through `rename` (same bytes). */
+export function renamedCheckpoint(srcDir: string, rename: (name: string) => string): string {
+  const dir = tempDir('arm-renamed-ckpt-');
+  for (const f of fs.readdirSync(srcDir)) if (f.endsWith('.json') || f.endsWith('.png')) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
+  const src = SafetensorsCheckpoint.open(srcDir);
+  try {
+    writeSafetensors(path.join(dir, 'model.safetensors'), src.names().map((n) => {
+      const info = src.info(n);
+      return { name: rename(n), shape: info.shape, dtype: info.dtype, bytes: new Uint8Array(src.readRaw(n)) };
+    }));
+  } finally {
+    src.close();
+  }
+  return dir;
 }

@@ -10,10 +10,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { renamedCheckpoint } from '../../helpers/image-text.js';
 import { argmax, Decoder, emptyKv } from '../../../src/model/decoder.js';
 import { ImageInputs, type ImagePrompt } from '../../../src/model/image-inputs.js';
 import { decodeImage, type RgbImage } from '../../../src/model/vision/image.js';
-import { SafetensorsCheckpoint, writeSafetensors } from '../../../src/model/checkpoint/safetensors.js';
 import { fixturePatch, relError } from '../../helpers/fixtures.js';
 import { arm } from '../../helpers/cli.js';
 
@@ -168,22 +168,6 @@ describe.runIf(present)('what the image wiring does is needed (controls)', () =>
     }
   });
 });
-
-/** A copy of a fixture checkpoint with every tensor name passed through `rename` (same bytes). */
-function renamedCheckpoint(srcDir: string, rename: (name: string) => string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-e2e-ckpt-'));
-  for (const f of fs.readdirSync(srcDir)) if (f.endsWith('.json') || f.endsWith('.png')) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
-  const src = SafetensorsCheckpoint.open(srcDir);
-  try {
-    writeSafetensors(path.join(dir, 'model.safetensors'), src.names().map((n) => {
-      const info = src.info(n);
-      return { name: rename(n), shape: info.shape, dtype: info.dtype, bytes: new Uint8Array(src.readRaw(n)) };
-    }));
-  } finally {
-    src.close();
-  }
-  return dir;
-}
 
 describe.runIf(present)('language-model weight spellings', () => {
   // The fixtures hold the older hub spellings (transformers 5.17 saves them so): Qwen `model.layers.*`,

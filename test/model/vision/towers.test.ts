@@ -16,8 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { relativeError } from '../../helpers/image-text.js';
-import { SafetensorsCheckpoint, writeSafetensors } from '../../../src/model/checkpoint/safetensors.js';
+import { relativeError, renamedCheckpoint } from '../../helpers/image-text.js';
 import { VisionTower } from '../../../src/model/vision-tower.js';
 import { qwenVisionFeeds } from '../../../src/model/graph/vision-qwen.js';
 import { visionSpecFromConfig, type QwenVisionSpec } from '../../../src/model/families/vision-spec.js';
@@ -43,22 +42,6 @@ function fixture(name: string) {
     return t;
   };
   return { dir, pixels: get(`${processor}.image0.pixel_values`), extra: (k: string) => get(`${processor}.image0.${k}`), expected: get('vision_tower_output.image0') };
-}
-
-/** A copy of a fixture checkpoint with every tensor name passed through `rename` (same bytes). */
-function renamedCheckpoint(srcDir: string, rename: (name: string) => string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vision-ckpt-'));
-  for (const f of fs.readdirSync(srcDir)) if (f.endsWith('.json')) fs.copyFileSync(path.join(srcDir, f), path.join(dir, f));
-  const src = SafetensorsCheckpoint.open(srcDir);
-  try {
-    writeSafetensors(path.join(dir, 'model.safetensors'), src.names().map((n) => {
-      const info = src.info(n);
-      return { name: rename(n), shape: info.shape, dtype: info.dtype, bytes: new Uint8Array(src.readRaw(n)) };
-    }));
-  } finally {
-    src.close();
-  }
-  return dir;
 }
 
 describe.runIf(present).each(['qwen2_vl-tiny', 'qwen2_5_vl-tiny', 'qwen3_vl-tiny'])('Qwen vision tower parity: %s', (name) => {
