@@ -111,17 +111,7 @@ export function quantizeRowsInto(w: Float32Array, q: QuantizedMatrix, rowStart: 
     for (let b = 0; b < nb; b++) {
       const k0 = b * blockSize;
       const k1 = Math.min(cols, k0 + blockSize);
-      let lo = 0;
-      let hi = 0;
-      for (let k = k0; k < k1; k++) { const v = w[row + k]!; if (v < lo) lo = v; if (v > hi) hi = v; }
-      let scaleF = Math.fround(hi > lo ? (hi - lo) / qmax : 1);
-      let zero = clampCode(Math.round(-lo / scaleF), qmax);
-      if (bits === 4 && hi > lo) {
-        // 16 levels: clipping the block's extremes a little often lowers the squared error of the rest
-        // more than it costs the outliers, so try a few narrower ranges and keep the best.
-        const pick = bestClip(w, row + k0, row + k1, lo, hi, scaleF, zero, qmax);
-        scaleF = pick.scale; zero = pick.zero;
-      }
+      const { scale: scaleF, zero } = blockGrid(w, row + k0, row + k1, bits);
       q.scales[n * nb + b] = scaleF;
       putPacked(q.zeroPoints, n * zpRow, b, bits, zero);
       writeCodes(w, row + k0, row + k1, scaleF, zero, qmax, bits, q.codes, (n * nb + b) * blob);
@@ -131,6 +121,27 @@ export function quantizeRowsInto(w: Float32Array, q: QuantizedMatrix, rowStart: 
 }
 
 const CLIP_SHRINKS = [0.95, 0.9, 0.85, 0.8];
+
+/**
+ * The scale and zero point of the block w[from, to): its min/max range widened to include 0 (so zeros, and
+ * the zero point, decode exactly; an all-zero block gets scale 1), and at 4 bits narrowed (CLIP_SHRINKS) where
+ * that lowers the block's squared error. Shared by round-to-nearest (quantizeRowsInto) and GPTQ (gptq.ts).
+ */
+export function blockGrid(w: Float32Array, from: number, to: number, bits: 4 | 8): { scale: number; zero: number } {
+  const qmax = (1 << bits) - 1;
+  let lo = 0;
+  let hi = 0;
+  for (let k = from; k < to; k++) { const v = w[k]!; if (v < lo) lo = v; if (v > hi) hi = v; }
+  const scale = Math.fround(hi > lo ? (hi - lo) / qmax : 1);
+  const zero = clampCode(Math.round(-lo / scale), qmax);
+  // 16 levels: clipping the block's extremes a little often lowers the squared error of the rest
+  // more than it costs the outliers, so try a few narrower ranges and keep the best.
+  if (bits === 4 && hi > lo) return bestClip(w, from, to, lo, hi, scale, zero, qmax);
+  return { scale, zero };
+}
+
+/** The code of v on a block's grid: round(v / scale) + zero, clamped to [0, 2^bits − 1]. */
+export const quantCode = (v: number, scale: number, zero: number, qmax: number) => clampCode(Math.round(v / scale) + zero, qmax);
 
 const clampCode = (c: number, qmax: number) => (c < 0 ? 0 : c > qmax ? qmax : c);
 
