@@ -6,16 +6,17 @@ import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
 import { INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from '../model/graph/quantized-linear.js';
 import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
+import { INT4_METHODS, type Int4Method } from '../model/weight-format.js';
 import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 
 export interface ModelCliOptions {
   model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean;
-  dtype?: WeightDType; blockSize?: number; accuracyLevel?: QuantOptions['accuracyLevel']; int8Kernel?: Int8Kernel;
+  dtype?: WeightDType; blockSize?: number; accuracyLevel?: QuantOptions['accuracyLevel']; int8Kernel?: Int8Kernel; int4Method?: Int4Method;
 }
 
 /** The weight-format part of the model flags, as Decoder.load options. */
-export function weightFormatOptions(o: ModelCliOptions): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel'> {
-  return { dtype: o.dtype, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel, int8Kernel: o.int8Kernel };
+export function weightFormatOptions(o: ModelCliOptions): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel' | 'int4Method'> {
+  return { dtype: o.dtype, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel, int8Kernel: o.int8Kernel, int4Method: o.int4Method };
 }
 
 export function addModelOptions(cmd: Command, defaultModel?: string): Command {
@@ -25,9 +26,10 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .option('--cache-dir <dir>', 'where built graphs and downloads are kept (default ~/.cache/activation-rm, or $ARM_CACHE_DIR)')
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', (v) => positiveInt(v, '--threads'))
     .addOption(new Option('--dtype <dtype>', 'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)').choices(WEIGHT_DTYPES))
-    .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8, 32 for int4)', (v) => positiveInt(v, '--block-size'))
+    .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, 16 below 0.1 B parameters)', (v) => positiveInt(v, '--block-size'))
     .addOption(new Option('--accuracy-level <n>', 'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)').choices(['0', '1', '2', '3', '4']).argParser((v) => Number(v) as QuantOptions['accuracyLevel']))
     .addOption(new Option('--int8-kernel <kernel>', 'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)').choices(INT8_KERNELS))
+    .addOption(new Option('--int4-method <method>', 'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; needs an fp32 copy while building) (default: gptq below 0.1 B parameters, rtn above)').choices(INT4_METHODS))
     .option('--quiet', 'no progress bars');
 }
 

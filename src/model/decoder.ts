@@ -9,7 +9,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { cacheKey, DATA_FILE, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type Layout, type WeightFormat } from './export.js';
+import { cachedModelExists, cacheKey, DATA_FILE, FP32_FORMAT, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type GptqCalibration, type Layout, type WeightFormat } from './export.js';
 import { resolveModelDir } from './checkpoint/hub.js';
 import { weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
@@ -18,7 +18,8 @@ import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec }
 import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig, type PrequantScheme } from './checkpoint/awq-gptq.js';
-import { resolveWeightFormat } from './weight-format.js';
+import { gptqLinears, resolveWeightFormat, type Int4Method } from './weight-format.js';
+import { calibrationHessians } from './calibration.js';
 import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 
 export interface LoadOptions {
@@ -35,12 +36,16 @@ export interface LoadOptions {
    * embedding table and the output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
    */
   dtype?: WeightDType;
-  /** int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8, 32 for int4). */
+  /** int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below 0.1 B parameters). */
   blockSize?: number;
   /** int8/int4: MatMulNBits accuracy_level (0–4; default 4 = int8 compute). */
   accuracyLevel?: QuantOptions['accuracyLevel'];
   /** int8: linear layers as row-wise W8A8 (MatMulIntegerToFloat) or block-wise MatMulNBits; default weight-format.ts defaultInt8Kernel. */
   int8Kernel?: Int8Kernel;
+  /** int4: how the 4-bit layers' codes are chosen, round-to-nearest or GPTQ (weight-format.ts Int4Method); default by model size. */
+  int4Method?: Int4Method;
+  /** GPTQ: calibration size, seed or damping (default weight-format.ts DEFAULT_GPTQ_CALIBRATION). */
+  gptqCalibration?: Partial<GptqCalibration>;
 }
 
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
@@ -141,28 +146,42 @@ export class Decoder {
     const t0 = performance.now();
     try {
       prequant = prequantSchemeFromConfig(config, configPath);
-      format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, int8Kernel: opts.int8Kernel });
+      format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, int8Kernel: opts.int8Kernel, int4Method: opts.int4Method, gptqCalibration: opts.gptqCalibration });
       validateCheckpoint(spec, ckpt, prequant);
-      fingerprint = weightsContentHash(ckpt.files, path.join(opts.cacheDir ?? defaultCacheDir(), 'hashes'));
-      entry = ensureCachedModel(spec, ckpt, cacheKey(configText, fingerprint, opts.headChunkBytes, format), opts.cacheDir ?? defaultCacheDir(), opts.onBuildProgress, opts.headChunkBytes, format, opts.threads);
+      const cacheDir = opts.cacheDir ?? defaultCacheDir();
+      fingerprint = weightsContentHash(ckpt.files, path.join(cacheDir, 'hashes'));
+      const key = cacheKey(configText, fingerprint, opts.headChunkBytes, format);
+      // A GPTQ build needs its calibration inputs first (an async model run); a built entry needs nothing.
+      let hessians: Map<string, Float64Array> | undefined;
+      if (format.quant?.gptq && !cachedModelExists(cacheDir, key)) {
+        const graphs = path.join(cacheDir, 'graphs');
+        fs.mkdirSync(graphs, { recursive: true });
+        hessians = await calibrationHessians(spec, ckpt, gptqLinears(spec), format.quant.gptq, { modelDir, workDir: graphs, threads: opts.threads, onProgress: opts.onBuildProgress });
+      }
+      entry = ensureCachedModel(spec, ckpt, key, cacheDir, opts.onBuildProgress, opts.headChunkBytes, format, opts.threads, hessians);
     } finally {
       ckpt.close();
     }
     const t1 = performance.now();
-    const session = await ort.InferenceSession.create(path.join(entry.dir, MODEL_FILE), {
-      intraOpNumThreads: opts.threads ?? os.availableParallelism(),
-      interOpNumThreads: 1,
-      graphOptimizationLevel: 'all',
-      executionMode: 'sequential',
-    });
+    const session = await createSession(entry.dir, opts.threads);
     const t2 = performance.now();
-    const layout = JSON.parse(fs.readFileSync(path.join(entry.dir, LAYOUT_FILE), 'utf8')) as Layout;
-    const embeddings = new EmbeddingTable(path.join(entry.dir, DATA_FILE), layout.embed);
     return new Decoder(spec, tokenizer, session, {
       modelDir, cacheEntry: entry.dir, built: entry.built, cacheDir: opts.cacheDir ?? defaultCacheDir(), threads: opts.threads ?? os.availableParallelism(),
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
       configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!,
-    }, model, embeddings);
+    }, model, openEmbeddings(entry.dir));
+  }
+
+  /**
+   * A decoder over a model folder export.ts wrote outside the cache (GPTQ's fp32 calibration model, whose graph
+   * also outputs linear-layer inputs: forwardSites). Runs on token ids; the caller removes the folder after dispose.
+   */
+  static async openWritten(spec: ModelSpec, dir: string, like: { modelDir: string; threads?: number }): Promise<Decoder> {
+    const session = await createSession(dir, like.threads);
+    return new Decoder(spec, null, session, {
+      modelDir: like.modelDir, cacheEntry: dir, built: true, buildSeconds: 0, loadSeconds: 0, configHash: '', weightsFingerprint: '', weightFormat: FP32_FORMAT,
+      cacheDir: dir, threads: like.threads ?? os.availableParallelism(),
+    }, dir, openEmbeddings(dir));
   }
 
   get id(): string { return this.modelId; }
@@ -187,6 +206,17 @@ export class Decoder {
   async forward(rows: number[][], patch?: HeadPatch, opts: { images?: RowImages } = {}): Promise<ForwardResult> {
     const r = await this.run(rows, emptyKv(this.spec), patch, false, opts.images);
     return { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
+  }
+
+  /**
+   * forward (no patch), also returning graph outputs beyond the standard ones by name: a calibration model's
+   * linear-layer inputs over all positions, [B, S, K] each (left padding included; rows of equal length have none).
+   */
+  async forwardSites(rows: number[][], sites: readonly string[]): Promise<{ result: ForwardResult; sites: Map<string, Float32Array> }> {
+    const missing = sites.filter((s) => !this.session.outputNames.includes(s));
+    if (missing.length) throw new ModelError(`forwardSites: the graph does not output ${missing.join(', ')}`);
+    const r = await this.run(rows, emptyKv(this.spec), undefined, false, undefined, sites);
+    return { result: { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads }, sites: r.sites };
   }
 
   /** Runs `ids` after `past` (batch 1) and returns the cache extended by them, with the last logits. */
@@ -260,7 +290,7 @@ export class Decoder {
     await this.session.release();
   }
 
-  private async run(rows: number[][], past: KvCache, patch: HeadPatch | undefined, wantKv: boolean, images?: RowImages) {
+  private async run(rows: number[][], past: KvCache, patch: HeadPatch | undefined, wantKv: boolean, images?: RowImages, sites: readonly string[] = []) {
     if (this.disposed) throw new ModelError('the decoder was disposed');
     const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = this.spec;
     const B = rows.length;
@@ -303,6 +333,7 @@ export class Decoder {
     }
     const fetches = ['logits', 'logsumexp', 'heads'];
     if (wantKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
+    fetches.push(...sites);
     const out = await this.session.run(feeds, fetches);
     this.stats.runs++;
     for (const row of rows) { this.stats.tokens += row.length; this.stats.paddedPositions += S - row.length; }
@@ -312,6 +343,7 @@ export class Decoder {
       newKeys: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
       newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
       positionDeltas: position.deltas,
+      sites: new Map(sites.map((s) => [s, data(s)] as const)),
     };
     for (const t of Object.values(out)) t.dispose();
     // NaN/Inf logits would otherwise surface as "0 heads selected" or null scores with exit code 0.
@@ -462,4 +494,18 @@ export function argmax(x: ArrayLike<number>, offset = 0, length = x.length - off
   let best = 0;
   for (let i = 1; i < length; i++) if (x[offset + i]! > x[offset + best]!) best = i;
   return best;
+}
+
+async function createSession(entryDir: string, threads?: number): Promise<ort.InferenceSession> {
+  return ort.InferenceSession.create(path.join(entryDir, MODEL_FILE), {
+    intraOpNumThreads: threads ?? os.availableParallelism(),
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+  });
+}
+
+function openEmbeddings(entryDir: string): EmbeddingTable {
+  const layout = JSON.parse(fs.readFileSync(path.join(entryDir, LAYOUT_FILE), 'utf8')) as Layout;
+  return new EmbeddingTable(path.join(entryDir, DATA_FILE), layout.embed);
 }

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './cache-entry.js';
-import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W } from './graph/decoder-graph.js';
+import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W, type LinearInputSite } from './graph/decoder-graph.js';
 import { expectedTensors, type ModelSpec } from './families/spec.js';
 import { ModelError } from './errors.js';
 import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
@@ -18,6 +18,7 @@ import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix,
 import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
 import { parameterCount, sensitiveLinears } from './weight-format.js';
 import { QuantizePool } from './graph/quantize-pool.js';
+import { gptqQuantize } from './graph/gptq.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
@@ -48,10 +49,16 @@ export interface WeightFormat {
    * Linear layers; `embedHead`: the embedding table and output head, when stored otherwise (int4 keeps them
    * int8); `sensitive`: the linear layers named by weight-format.ts's sensitiveLinears, when stored otherwise.
    */
-  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'>; sensitive?: Omit<QuantOptions, 'accuracyLevel'> & { rule: string }; int8Kernel?: Int8Kernel }) | null;
+  quant: (Omit<QuantOptions, 'accuracyLevel'> & { embedHead?: Omit<QuantOptions, 'accuracyLevel'>; sensitive?: Omit<QuantOptions, 'accuracyLevel'> & { rule: string }; int8Kernel?: Int8Kernel; gptq?: GptqCalibration }) | null;
   prequant: PrequantScheme | null;
   accuracyLevel: QuantOptions['accuracyLevel'];
 }
+/**
+ * int4 `quant.gptq`: the main linear layers' codes are placed by GPTQ (graph/gptq.ts) from `sequences` × `tokens`
+ * calibration tokens the model samples itself from its first token (calibration.ts; `seed` fixes the draw).
+ */
+export interface GptqCalibration { sequences: number; tokens: number; seed: number; dampFraction: number }
+
 export const FP32_FORMAT: WeightFormat = Object.freeze({ dtype: 'fp32', quant: null, prequant: null, accuracyLevel: 0 });
 
 /** The part of the cache key that names the format; empty for plain fp32 so existing entries stay valid. */
@@ -61,10 +68,14 @@ function formatKey(f: WeightFormat): string {
     + (f.quant?.sensitive ? `:${f.quant.sensitive.rule}:${f.quant.sensitive.bits}:${f.quant.sensitive.blockSize}` : '');
   // Only 'rowwise' is named, so block-wise int8 entries built before the option existed keep their keys.
   const kernel = f.quant?.int8Kernel === 'rowwise' ? ':rowwise' : '';
-  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}${kernel}` : 'f32'}:${f.accuracyLevel}`;
+  const g = f.quant?.gptq;
+  const gptq = g ? `:gptq:${g.sequences}x${g.tokens}:${g.seed}:${g.dampFraction}:${CALIBRATION_VERSION}` : '';
+  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}${kernel}${gptq}` : 'f32'}:${f.accuracyLevel}`;
   const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
   return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
 }
+/** Joins a GPTQ entry's key: bump it when calibration.ts changes how calibration tokens are drawn or summed. */
+export const CALIBRATION_VERSION = 'self-sampled/1';
 const ALIGN = PAGE_ALIGN;
 export { defaultCacheDir };
 
@@ -105,17 +116,32 @@ export function validateCheckpoint(spec: ModelSpec, ckpt: SafetensorsCheckpoint,
 export interface BuildProgress { (done: number, total: number, what: string): void }
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
-export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT, threads = os.availableParallelism()): { dir: string; built: boolean } {
+export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT, threads = os.availableParallelism(),
+  hessians?: ReadonlyMap<string, Float64Array>): { dir: string; built: boolean } {
   return ensureCacheEntry(path.join(cacheDir, 'graphs', key), [MODEL_FILE, DATA_FILE, LAYOUT_FILE], (tmp) => {
     // Block quantisation is most of a quantised build (a 7B int4 build ~95%): spread it over the cores, for
     // models big enough that starting worker threads pays (bit-for-bit the same entry either way).
     const pool = format.quant && parameterCount(spec) >= POOL_MIN_PARAMETERS ? QuantizePool.open(Math.min(threads, MAX_POOL_THREADS)) : null;
     try {
-      writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress, pool);
+      writeModel(spec, ckpt, tmp, headChunkBytes, format, onProgress, pool, { hessians });
     } finally {
       void pool?.close();
     }
   });
+}
+
+/** True when the entry for `key` is already built (a GPTQ build calibrates only when it is not). */
+export function cachedModelExists(cacheDir: string, key: string): boolean {
+  const dir = path.join(cacheDir, 'graphs', key);
+  return [MODEL_FILE, DATA_FILE, LAYOUT_FILE].every((f) => fs.existsSync(path.join(dir, f)));
+}
+
+/**
+ * An fp32 model in `dir` (model.onnx, weights.bin, layout.json; not a cache entry) whose graph also outputs the
+ * inputs of the given linear layers over all positions (decoder-graph.ts linearInputSites): GPTQ's calibration model.
+ */
+export function writeCalibrationModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, dir: string, sites: readonly LinearInputSite[]): void {
+  writeModel(spec, ckpt, dir, HEAD_CHUNK_BYTES, FP32_FORMAT, undefined, null, { siteOutputs: sites });
 }
 
 /** Below this many weights a quantised build takes seconds: no worker threads. */
@@ -126,8 +152,21 @@ const MAX_POOL_THREADS = 8;
 /** A quantised matrix's three arrays in weights.bin. */
 interface QuantRefs { codes: ExternalRef; scales: ExternalRef; zeroPoints: ExternalRef; rows: number; cols: number; bits: 4 | 8; blockSize: number }
 
-function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, format: WeightFormat, onProgress?: BuildProgress, pool: QuantizePool | null = null): void {
+/**
+ * `extra.hessians`: Xᵀ X of each linear layer's calibration inputs by graph weight name, for the layers a
+ * GPTQ format quantises at 4 bits (calibration.ts); `extra.siteOutputs`: linear inputs the graph also outputs.
+ */
+function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, format: WeightFormat, onProgress?: BuildProgress, pool: QuantizePool | null = null,
+  extra: { hessians?: ReadonlyMap<string, Float64Array>; siteOutputs?: readonly LinearInputSite[] } = {}): void {
   const quantize = (w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>) => (pool ? pool.quantize(w, rows, cols, opts) : quantizeMatrix(w, rows, cols, opts));
+  // GPTQ places the main (4-bit) linear layers' codes; the sensitive ones, the embedding and the head round to nearest.
+  const quantizeLinear = (name: string, w: Float32Array, rows: number, cols: number, sensitiveLayer: boolean) => {
+    const quant = format.quant!;
+    if (sensitiveLayer || !quant.gptq) return quantize(w, rows, cols, sensitiveLayer ? quant.sensitive! : quant);
+    const h = extra.hessians?.get(name);
+    if (!h) throw new Error(`internal: a GPTQ build of ${name} has no calibration Hessian`);
+    return gptqQuantize(w, rows, cols, h, { bits: quant.bits, blockSize: quant.blockSize, dampFraction: quant.gptq.dampFraction });
+  };
   const producers = weightProducers(spec, ckpt, format.prequant);
   const fd = fs.openSync(path.join(outDir, DATA_FILE), 'w');
   const refs = new Map<string, ExternalRef>();
@@ -168,7 +207,7 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
         writeQuantized(name, p.quantized);
       } else if ('linear' in p) {
         if (format.quant && rowwise && !sensitive.has(name)) writeRowwise(name, p.linear, p.rows, p.cols);
-        else if (format.quant) writeQuantized(name, quantize(p.linear, p.rows, p.cols, sensitive.has(name) ? format.quant.sensitive! : format.quant));
+        else if (format.quant) writeQuantized(name, quantizeLinear(name, p.linear, p.rows, p.cols, sensitive.has(name)));
         else refs.set(name, write(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]));
       } else if (quantizedAsIs.has(name)) {
         writeQuantized(name, quantize(p.data, p.dims[0]!, p.dims[1]!, format.quant!.embedHead ?? format.quant!));
@@ -221,7 +260,7 @@ function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string
         rows: q.rows, cols: q.cols, bits: q.bits, blockSize: q.blockSize,
       };
     },
-  });
+  }, {}, extra.siteOutputs);
   const bytes = graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, { graph_version: GRAPH_VERSION, family: spec.family, weight_dtype: format.dtype, ...(format.quant?.int8Kernel ? { int8_kernel: format.quant.int8Kernel } : {}) });
   fs.writeFileSync(path.join(outDir, MODEL_FILE), bytes);
   const qEmbed = quantRefs.get(W.embed);

@@ -5,7 +5,7 @@
 import { ModelError } from './errors.js';
 import type { ModelSpec } from './families/spec.js';
 import type { PrequantScheme } from './checkpoint/awq-gptq.js';
-import type { WeightFormat } from './export.js';
+import type { GptqCalibration, WeightFormat } from './export.js';
 import { checkBlockSize, DTYPE_BITS, INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 import { W } from './graph/decoder-graph.js';
 import { cpuHasInt8DotProduct } from '../util/cpu.js';
@@ -13,7 +13,7 @@ import { cpuHasInt8DotProduct } from '../util/cpu.js';
 export interface WeightFormatOptions {
   /** Weight storage; default: by model size (defaultDType). */
   dtype?: WeightDType;
-  /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8, 32 for int4. */
+  /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8; 32 for int4, 16 below 0.1 B parameters (defaultBlockSize). */
   blockSize?: number;
   /** MatMulNBits accuracy_level; default 4 (int8 compute) from 0.3 B parameters, 0 (fp32 compute) below. */
   accuracyLevel?: QuantOptions['accuracyLevel'];
@@ -21,10 +21,43 @@ export interface WeightFormatOptions {
   int8Kernel?: Int8Kernel;
   /** Whether the CPU has int8 dot products (default: read from the CPU, util/cpu.ts); tests set it. */
   int8DotProduct?: boolean;
+  /** int4 only: how the 4-bit layers' codes are chosen (Int4Method); default defaultInt4Method. */
+  int4Method?: Int4Method;
+  /** GPTQ only: calibration size, seed or damping other than DEFAULT_GPTQ_CALIBRATION's. */
+  gptqCalibration?: Partial<GptqCalibration>;
 }
+
+/**
+ * How an int4 format chooses its 4-bit layers' codes: 'rtn' rounds each weight to the nearest level of its
+ * block's grid (no data needed); 'gptq' places them with GPTQ from calibration inputs the model samples itself
+ * (graph/gptq.ts, calibration.ts), which lowers each layer's output error rather than its weight error.
+ */
+export type Int4Method = 'rtn' | 'gptq';
+export const INT4_METHODS: readonly Int4Method[] = ['rtn', 'gptq'];
+
+/** Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of mean(diag H). */
+export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
+
+/**
+ * GPTQ below GPTQ_DEFAULT_MAX_PARAMETERS, where calibrating costs seconds; round-to-nearest above, where it costs
+ * an fp32 copy of the model and, in JS, minutes to hours (BENCHMARKS.md "Weight formats": measured cost by size).
+ * For 7B-class judges the accurate int4 path is a published AWQ/GPTQ checkpoint, which loads as it is.
+ */
+export function defaultInt4Method(spec: ModelSpec): Int4Method {
+  return parameterCount(spec) < GPTQ_DEFAULT_MAX_PARAMETERS ? 'gptq' : 'rtn';
+}
+const GPTQ_DEFAULT_MAX_PARAMETERS = 1e8;
 
 /** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
 export const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };
+/**
+ * Below GPTQ_DEFAULT_MAX_PARAMETERS int4 also takes block 16: the weights are tens of MB at most, so the extra
+ * scale per 16 weights costs nothing that matters, and with GPTQ it lowers stories260K's mean KL to fp32 from
+ * 0.017 to 0.014 (mean of 4 calibration seeds, BENCHMARKS.md "Weight formats").
+ */
+export function defaultBlockSize(bits: 4 | 8, spec: ModelSpec): number {
+  return bits === 4 && parameterCount(spec) < GPTQ_DEFAULT_MAX_PARAMETERS ? 16 : DEFAULT_BLOCK_SIZE[bits];
+}
 /**
  * int8 compute (level 4) is what makes MatMulNBits fast (onnxruntime's fp32-compute path for 8-bit weights
  * dequantises the whole matrix on every call), but it also rounds the activations to int8 per block. Below
@@ -86,6 +119,9 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel)) throw new ModelError(`--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`);
   if (opts.int8Kernel !== undefined && dtype !== 'int8') throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
   if (opts.int8Kernel !== undefined && prequant) throw new ModelError(`--int8-kernel applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`);
+  if (opts.int4Method !== undefined && !INT4_METHODS.includes(opts.int4Method)) throw new ModelError(`--int4-method must be one of ${INT4_METHODS.join(', ')}, got ${JSON.stringify(opts.int4Method)}`);
+  if (opts.int4Method !== undefined && dtype !== 'int4') throw new ModelError(`--int4-method applies to --dtype int4, not ${dtype}`);
+  if (opts.int4Method !== undefined && prequant) throw new ModelError(`--int4-method applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`);
   if (opts.int8Kernel === 'rowwise' && !(opts.int8DotProduct ?? cpuHasInt8DotProduct())) {
     throw new ModelError('--int8-kernel rowwise needs a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX): without them onnxruntime\'s uint8×int8 kernel saturates int16 sums and loses terms; use --int8-kernel blockwise');
   }
@@ -95,7 +131,7 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
     return { dtype, quant: null, prequant, accuracyLevel: prequant ? accuracyLevel : 0 };
   }
   const bits = DTYPE_BITS[dtype];
-  const blockSize = opts.blockSize ?? DEFAULT_BLOCK_SIZE[bits];
+  const blockSize = opts.blockSize ?? defaultBlockSize(bits, spec);
   try { checkBlockSize(blockSize); } catch (e) { throw new ModelError(`--block-size: ${(e as Error).message}`); }
   // int4 keeps the embedding table and output head at int8: on stories260K that took int4's next-token
   // agreement with fp32 from 0.85 to 0.87 (BENCHMARKS.md), for ~0.5 bytes more per vocabulary weight. It also
@@ -103,7 +139,18 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
   // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or label.
   const int8Kernel = dtype === 'int8' && !prequant ? opts.int8Kernel ?? defaultInt8Kernel(spec, opts.int8DotProduct) : undefined;
-  return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}) }, prequant, accuracyLevel };
+  const gptqOn = dtype === 'int4' && !prequant && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
+  if (opts.gptqCalibration && !gptqOn) throw new ModelError('a GPTQ calibration was given, but the format is not int4 with --int4-method gptq');
+  const gptq = gptqOn ? { gptq: checkCalibration({ ...DEFAULT_GPTQ_CALIBRATION, ...opts.gptqCalibration }) } : {};
+  return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}), ...gptq }, prequant, accuracyLevel };
+}
+
+function checkCalibration(c: GptqCalibration): GptqCalibration {
+  for (const k of ['sequences', 'tokens'] as const) if (!Number.isInteger(c[k]) || c[k] < 1) throw new ModelError(`GPTQ calibration ${k} must be a positive integer, got ${c[k]}`);
+  if (c.tokens < 2) throw new ModelError(`GPTQ calibration tokens must be at least 2, got ${c.tokens}`);
+  if (!Number.isInteger(c.seed) || c.seed < 0) throw new ModelError(`GPTQ calibration seed must be a non-negative integer, got ${c.seed}`);
+  if (!(c.dampFraction > 0 && c.dampFraction < 1)) throw new ModelError(`GPTQ calibration dampFraction must be in (0, 1), got ${c.dampFraction}`);
+  return c;
 }
 
 /** Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the rule changes. */
@@ -121,6 +168,14 @@ export const SENSITIVE_RULE = 'attention+first-last-layers';
  * (top-1 agreement 0.885 → 0.927); on Qwen2.5-7B it costs 0.45 GiB of weights.bin (4.95 → 5.40 GiB). The
  * middle layers' gate|up and down stay int4: they are most of a large model's weights.
  */
+/** The linear layers a GPTQ format places with calibration: the main (4-bit) ones, all but sensitiveLinears. */
+export function gptqLinears(spec: Pick<ModelSpec, 'numLayers'>): string[] {
+  const sensitive = sensitiveLinears(spec);
+  const out: string[] = [];
+  for (let l = 0; l < spec.numLayers; l++) for (const n of [W.qkv(l), W.o(l), W.gateUp(l), W.down(l)]) if (!sensitive.has(n)) out.push(n);
+  return out;
+}
+
 export function sensitiveLinears(spec: Pick<ModelSpec, 'numLayers'>): Set<string> {
   const names = new Set<string>();
   for (let l = 0; l < spec.numLayers; l++) {
@@ -141,6 +196,7 @@ export function describeWeightFormat(f: WeightFormat): string {
   else if (f.quant?.int8Kernel === 'blockwise') parts.push('blockwise', `block ${f.quant.blockSize}`);
   else if (f.quant) parts.push(`block ${f.quant.blockSize}`);
   if (f.quant?.sensitive) parts.push(`attention and first/last layers int${f.quant.sensitive.bits} (block ${f.quant.sensitive.blockSize})`);
+  if (f.quant?.gptq) parts.push(`GPTQ on ${f.quant.gptq.sequences}×${f.quant.gptq.tokens} self-sampled tokens`);
   if (f.quant || f.prequant) parts.push(`accuracy level ${f.accuracyLevel}`);
   if (f.prequant) parts.push(`${f.prequant.method.toUpperCase()} ${f.prequant.bits}-bit layers, group ${f.prequant.groupSize}`);
   return parts.length ? `${f.dtype} (${parts.join(', ')})` : f.dtype;

@@ -256,7 +256,7 @@ describe('stories260K at int8 and int4 against fp32', () => {
     expect(int8.weightBytes).toBeLessThan(fp32.weightBytes);
     expect(int4.weightBytes).toBeLessThan(int8.weightBytes);
     expect(int8.info.weightFormat).toMatchObject({ dtype: 'int8', quant: { bits: 8, blockSize: 128, int8Kernel: 'blockwise' }, accuracyLevel: 0 }); // small model: MatMulNBits, exact compute
-    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 32, embedHead: { bits: 8, blockSize: 128 }, sensitive: { bits: 8, blockSize: 128, rule: 'attention+first-last-layers' } } });
+    expect(int4.info.weightFormat).toMatchObject({ dtype: 'int4', quant: { bits: 4, blockSize: 16, embedHead: { bits: 8, blockSize: 128 }, sensitive: { bits: 8, blockSize: 128, rule: 'attention+first-last-layers' }, gptq: { sequences: 32, tokens: 128 } } }); // small model: GPTQ, block 16
   });
 
   it('int4 keeps q|k|v and o of every layer and every linear layer of the first and last layers at 8 bits', () => {

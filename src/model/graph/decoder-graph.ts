@@ -40,6 +40,7 @@
  *   blocks.{l}.ln1_post            [B, S, D]      its norm before the residual add (Gemma 2/3 only)
  *   blocks.{l}.resid_mid / resid_post [B, S, D]
  *   blocks.{l}.resid_deepstack     [B, S, D]      resid_post + DeepStack features (Qwen3-VL, layers l < k)
+ *   blocks.{l}.mlp.act             [B, S, F]      act(gate)·up, the down_proj input
  *   blocks.{l}.mlp.out             [B, S, D]
  *   blocks.{l}.ln2_post            [B, S, D]      (Gemma 2/3 only)
  *   final.norm_last                [B, D]
@@ -108,7 +109,7 @@ export const ATTENTION_QUERY_CHUNKS = 4;
 
 /** Emits the graph; `weight(name)` registers the named weight as an initializer and returns its name. */
 export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name: string) => string, headChunkBytes = HEAD_CHUNK_BYTES, quantized?: QuantizedWeights,
-  attention: { queryChunks?: number } = {}): GraphBuilder {
+  attention: { queryChunks?: number } = {}, siteOutputs: readonly LinearInputSite[] = []): GraphBuilder {
   const queryChunks = attention.queryChunks ?? ATTENTION_QUERY_CHUNKS; // 1: one S×T score block per layer (tests compare)
   const g = new GraphBuilder(18);
   const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = spec;
@@ -292,7 +293,7 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
     const x2 = rmsNorm(resid, W.ln2(l), `${p}.ln2`);
     const gateUp = linear(x2, W.gateUp(l), spec.mlpBias ? W.gateUpBias(l) : null, `${p}.mlp.gate_up`);   // [B,S,2F]
     const [gate, up] = g.opMulti('Split', [gateUp, i64([spec.intermediateSize, spec.intermediateSize])], { axis: 2 }, 2);
-    const act = g.op('Mul', [activation(gate!), up!]);                                                   // act(gate)·up
+    const act = g.op('Mul', [activation(gate!), up!], {}, `${p}.mlp.act`);                               // act(gate)·up
     const mlpOut = linear(act, W.down(l), spec.mlpBias ? W.downBias(l) : null, `${p}.mlp.out`);
     const mlpBranch = spec.sandwichNorms ? rmsNorm(mlpOut, W.ln2Post(l), `${p}.ln2_post`) : mlpOut;
     resid = g.op('Add', [resid, mlpBranch], {}, `${p}.resid_post`);
@@ -313,5 +314,22 @@ export function emitDecoderGraph(spec: ModelSpec, weight: (g: GraphBuilder, name
   g.output('logsumexp', 'FLOAT', ['batch']);
   g.op('Concat', headTaps, { axis: 1 }, 'heads');                                                      // [B,L,H,d]
   g.output('heads', 'FLOAT', ['batch', L, H, d]);
+  for (const site of siteOutputs) g.output(site.site, 'FLOAT', ['batch', 'seq', site.inputs]);
   return g;
+}
+
+/** The named site that is a linear layer's input over all positions [B, S, K] (GPTQ's calibration inputs). */
+export interface LinearInputSite { weight: string; site: string; inputs: number }
+
+/** Where each fused linear weight reads its input: q|k|v from ln1, o from attn.z, gate|up from ln2, down from mlp.act. */
+export function linearInputSites(spec: ModelSpec): Map<string, LinearInputSite> {
+  const m = new Map<string, LinearInputSite>();
+  const add = (weight: string, site: string, inputs: number) => m.set(weight, { weight, site, inputs });
+  for (let l = 0; l < spec.numLayers; l++) {
+    add(W.qkv(l), `blocks.${l}.ln1`, spec.hiddenSize);
+    add(W.o(l), `blocks.${l}.attn.z`, spec.numHeads * spec.headDim);
+    add(W.gateUp(l), `blocks.${l}.ln2`, spec.hiddenSize);
+    add(W.down(l), `blocks.${l}.mlp.act`, spec.intermediateSize);
+  }
+  return m;
 }

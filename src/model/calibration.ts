@@ -1,0 +1,122 @@
+/**
+ * GPTQ's calibration: Xᵀ X of the inputs of each linear layer it quantises (graph/gptq.ts), from the model
+ * running on calibration text. Data-free: the model writes that text itself, sampling `sequences` continuations
+ * of `tokens` tokens from its first token (BOS) at temperature 1 with a seeded PRNG, so no dataset has to ship or
+ * download and the text is in whatever language and style the model knows (LLM-QAT's self-generated data).
+ *
+ * The calibration model is the checkpoint at fp32 with its graph also outputting the layers' inputs
+ * (export.ts writeCalibrationModel), written to a temporary folder beside the cache entry and removed after.
+ * Cost: an fp32 copy of the weights on disk and in memory while calibrating, sequences × tokens single-token
+ * decode steps to sample, one forward over all of it, and tokens · K²/2 multiply-adds per layer in JS to sum
+ * each Xᵀ X — seconds for small models, minutes at 0.5 B parameters (BENCHMARKS.md "Weight formats").
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { Decoder, emptyKv } from './decoder.js';
+import { writeCalibrationModel, type BuildProgress, type GptqCalibration } from './export.js';
+import { linearInputSites } from './graph/decoder-graph.js';
+import type { ModelSpec } from './families/spec.js';
+import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
+import { Rng } from '../util/rng.js';
+
+/** 32 × 128 = 4096 tokens (BENCHMARKS.md: stories260K int4 agreement with fp32 by calibration size). */
+export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
+
+/** Rows per calibration forward: bounds the [B, S, K] site outputs held at once. */
+const FORWARD_ROWS = 8;
+
+/**
+ * Xᵀ X [K, K] (float64, averaged over positions) of the input of each graph weight in `weights` (decoder-graph.ts
+ * W names of linear layers). `workDir`: an existing folder on the cache's disk for the temporary fp32 model;
+ * its name ends `.tmp-PID-TIME`, so a crashed run's folder is swept like an abandoned build.
+ */
+export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsCheckpoint, weights: readonly string[], cal: GptqCalibration,
+  opts: { modelDir: string; workDir: string; threads?: number; onProgress?: BuildProgress }): Promise<Map<string, Float64Array>> {
+  const allSites = linearInputSites(spec);
+  const sites = weights.map((w) => {
+    const s = allSites.get(w);
+    if (!s) throw new Error(`internal: no input site for weight ${w}`);
+    return s;
+  });
+  const dir = path.join(opts.workDir, `calibration.tmp-${process.pid}-${Date.now()}`);
+  fs.mkdirSync(dir, { recursive: true });
+  let d: Decoder | null = null;
+  try {
+    writeCalibrationModel(spec, ckpt, dir, sites);
+    d = await Decoder.openWritten(spec, dir, { modelDir: opts.modelDir, threads: opts.threads });
+    const texts = await sampleSequences(d, cal, opts.onProgress);
+    const sums = new Map(sites.map((s) => [s.weight, new Float64Array(s.inputs * s.inputs)] as const));
+    for (let at = 0; at < texts.length; at += FORWARD_ROWS) {
+      const rows = texts.slice(at, at + FORWARD_ROWS);
+      const out = await d.forwardSites(rows, sites.map((s) => s.site));
+      for (const s of sites) addGram(sums.get(s.weight)!, out.sites.get(s.site)!, s.inputs);
+      opts.onProgress?.(Math.min(at + FORWARD_ROWS, texts.length), texts.length, 'calibration inputs (GPTQ)');
+    }
+    const positions = texts.length * cal.tokens;
+    for (const s of sites) finishGram(sums.get(s.weight)!, s.inputs, positions);
+    return sums;
+  } finally {
+    await d?.dispose();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** `cal.sequences` rows of `cal.tokens` ids: the start token, then the model's own samples at temperature 1. */
+async function sampleSequences(d: Decoder, cal: GptqCalibration, onProgress?: BuildProgress): Promise<number[][]> {
+  const spec = d.spec;
+  const start = spec.bosTokenId ?? spec.eosTokenIds[0] ?? 0;
+  const rng = new Rng(cal.seed);
+  const V = spec.vocabSize;
+  const out: number[][] = [];
+  for (let s = 0; s < cal.sequences; s++) {
+    const ids = [start];
+    let step = await d.extend(emptyKv(spec), ids);
+    while (ids.length < cal.tokens) {
+      const next = sample(step.logits, V, rng.uniform());
+      ids.push(next);
+      if (ids.length < cal.tokens) step = await d.extend(step.kv, [next]);
+    }
+    out.push(ids);
+    onProgress?.(s + 1, cal.sequences, 'calibration text (GPTQ)');
+  }
+  return out;
+}
+
+/** A draw from softmax(logits[0, V)) given a uniform u ∈ [0, 1). */
+export function sample(logits: Float32Array, V: number, u: number): number {
+  let max = -Infinity;
+  for (let v = 0; v < V; v++) if (logits[v]! > max) max = logits[v]!;
+  let z = 0;
+  for (let v = 0; v < V; v++) z += Math.exp(logits[v]! - max);
+  let r = u * z;
+  for (let v = 0; v < V; v++) {
+    r -= Math.exp(logits[v]! - max);
+    if (r < 0) return v;
+  }
+  return V - 1; // u·z rounding past the last term
+}
+
+/** h (upper triangle) += Σ over rows x of x xᵀ, for x [rows, K] row-major. */
+export function addGram(h: Float64Array, x: Float32Array, K: number): void {
+  const rows = x.length / K;
+  for (let r = 0; r < rows; r++) {
+    const o = r * K;
+    for (let i = 0; i < K; i++) {
+      const xi = x[o + i]!;
+      if (xi === 0) continue;
+      const hi = i * K;
+      for (let j = i; j < K; j++) h[hi + j] = h[hi + j]! + xi * x[o + j]!;
+    }
+  }
+}
+
+/** Mirrors the upper triangle into the lower one and divides by the number of positions summed. */
+export function finishGram(h: Float64Array, K: number, positions: number): void {
+  for (let i = 0; i < K; i++) {
+    for (let j = i; j < K; j++) {
+      const v = h[i * K + j]! / positions;
+      h[i * K + j] = v;
+      h[j * K + i] = v;
+    }
+  }
+}
