@@ -2,7 +2,10 @@
  * Weight formats: accuracy and speed of --dtype int8 / int4 against fp32. `npm run bench:quant`.
  *
  * Variants: fp32, int8 with each int8 kernel (int8.rowwise: W8A8 MatMulInteger; int8.blockwise: MatMulNBits),
- * int4. "int8" in the headline is the default kernel's variant (weight-format.ts defaultInt8Kernel).
+ * int4 at the model's defaults (small models: GPTQ, block 16; the Qwen shape: round-to-nearest, block 32), and on
+ * the small models int4.rtn (round-to-nearest, block 32: what a 7B model gets) for comparison; stories260K's
+ * default int4 also at 3 more calibration seeds. "int8" in the headline is the default kernel's variant
+ * (weight-format.ts defaultInt8Kernel).
  * Phases (each heavy one in its own child process, so memory figures are that process's alone):
  *   small   stories260K (real weights) and icl-tiny (trained): next-token agreement over teacher-forced
  *           positions, ARM P(Yes) Spearman for one criterion fitted at fp32 and scored at each variant, and
@@ -22,7 +25,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Decoder, type ForwardResult } from '../src/model/decoder.js';
 import type { Int8Kernel, WeightDType } from '../src/model/graph/quantized-linear.js';
-import { defaultInt8Kernel } from '../src/model/weight-format.js';
+import { defaultInt8Kernel, type Int4Method } from '../src/model/weight-format.js';
 import { readExamples, type Example } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
 import { ActivationRM } from '../src/arm/rm.js';
@@ -37,10 +40,15 @@ const STORIES = path.join(SHARED, 'models/stories260K');
 const ICL_TINY = path.join(SHARED, 'models/icl-tiny');
 const ICL_PAIRS = path.join(SHARED, 'data/icl-tiny/pairs.jsonl');
 /** The weight formats compared: a dtype, and for int8 the kernel. */
-const VARIANTS = { fp32: { dtype: 'fp32' }, 'int8.rowwise': { dtype: 'int8', int8Kernel: 'rowwise' }, 'int8.blockwise': { dtype: 'int8', int8Kernel: 'blockwise' }, int4: { dtype: 'int4' } } as const satisfies Record<string, { dtype: WeightDType; int8Kernel?: Int8Kernel }>;
+const VARIANTS = { fp32: { dtype: 'fp32' }, 'int8.rowwise': { dtype: 'int8', int8Kernel: 'rowwise' }, 'int8.blockwise': { dtype: 'int8', int8Kernel: 'blockwise' }, int4: { dtype: 'int4' }, 'int4.rtn': { dtype: 'int4', int4Method: 'rtn', blockSize: 32 } } as const satisfies Record<string, { dtype: WeightDType; int8Kernel?: Int8Kernel; int4Method?: Int4Method; blockSize?: number }>;
 type Variant = keyof typeof VARIANTS;
 const DTYPES = Object.keys(VARIANTS) as Variant[];
 const QUANTIZED = DTYPES.filter((t) => t !== 'fp32') as Exclude<Variant, 'fp32'>[];
+// The Qwen shape's int4 default is already round-to-nearest at block 32 (weight-format.ts defaultInt4Method): no 'int4.rtn' there.
+const QWEN_DTYPES = DTYPES.filter((t) => t !== 'int4.rtn');
+const QWEN_QUANTIZED = QUANTIZED.filter((t) => t !== 'int4.rtn');
+/** Calibration seeds besides the default one, for the spread of GPTQ int4's agreement on stories260K. */
+const EXTRA_GPTQ_SEEDS = [1, 2, 3];
 const GOALS = { int8SpeedupVsFp32: 2.0, int8Top1Agreement: 0.99, int4Top1Agreement: 0.95, int8ScoreSpearman: 0.99, rss7bGiB: 8, rss7bOverQuantBytes: 1.3 };
 
 const QWEN_7B: HfConfig = {
@@ -139,8 +147,17 @@ async function phaseSmall(cacheDir: string) {
   const sd = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(STORIES, t)] as const))) as Record<Variant, Decoder>;
   const seqs = STORY_TEXTS.map((t) => sd.fp32.tokenizer.encode(t));
   const pos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(sd[t], seqs, 400)] as const))) as Record<Variant, Positions>;
-  for (const t of QUANTIZED) stories[t] = { ...agreement(pos.fp32, pos[t]), weightBytes: sd[t].weightBytes };
+  for (const t of QUANTIZED) stories[t] = { ...agreement(pos.fp32, pos[t]), weightBytes: sd[t].weightBytes, format: sd[t].info.weightFormat.quant };
   stories.fp32 = { weightBytes: sd.fp32.weightBytes };
+  // GPTQ's result depends on its (self-sampled) calibration text: the default int4 again at other seeds.
+  const seedRows = [{ seed: 0, ...(stories.int4 as ReturnType<typeof agreement>) }];
+  for (const seed of EXTRA_GPTQ_SEEDS) {
+    const d = await Decoder.load(STORIES, { cacheDir, threads, dtype: 'int4', int4Method: 'gptq', gptqCalibration: { seed }, quiet: true });
+    seedRows.push({ seed, ...agreement(pos.fp32, await decodePositions(d, seqs, 400)) });
+    await d.dispose();
+  }
+  stories['int4.gptqSeeds'] = { top1Agreement: seedRows.map((x) => x.top1Agreement), meanKL: seedRows.map((x) => x.meanKL),
+    meanTop1: r(seedRows.reduce((a, x) => a + x.top1Agreement, 0) / seedRows.length, 4), meanOfMeanKL: Number((seedRows.reduce((a, x) => a + x.meanKL, 0) / seedRows.length).toPrecision(3)) };
 
   // icl-tiny: one criterion fitted at fp32, scored at each dtype (Spearman of P(Yes) over every item), and
   // every criterion fitted and scored at each dtype (pair accuracy, ties wrong).
@@ -195,7 +212,7 @@ async function phaseQwen(cacheDir: string) {
   const dir = ensureQwenShapeCheckpoint(log);
   const d = {} as Record<Variant, Decoder>;
   const loadS: Record<string, number> = {};
-  for (const t of DTYPES) {
+  for (const t of QWEN_DTYPES) {
     const t0 = performance.now();
     d[t] = await Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
     loadS[t] = r(seconds(t0), 1);
@@ -207,13 +224,13 @@ async function phaseQwen(cacheDir: string) {
   const mask = Float32Array.from({ length: 32 * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
   const values = Float32Array.from({ length: L * H * hd }, () => rng.normal());
   const kv = {} as Record<Variant, Awaited<ReturnType<Decoder['prefill']>>>;
-  for (const t of DTYPES) { await d[t].forward([ids]); kv[t] = await d[t].prefill(ids.slice(0, -1)); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); await d[t].extend(kv[t], [ids.at(-1)!]); }
-  const fwd: Record<string, number[]> = Object.fromEntries(DTYPES.map((t) => [t, []]));
-  const step: Record<string, number[]> = Object.fromEntries(DTYPES.map((t) => [t, []]));
-  const decode: Record<string, number[]> = Object.fromEntries(DTYPES.map((t) => [t, []]));
+  for (const t of QWEN_DTYPES) { await d[t].forward([ids]); kv[t] = await d[t].prefill(ids.slice(0, -1)); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); await d[t].extend(kv[t], [ids.at(-1)!]); }
+  const fwd: Record<string, number[]> = Object.fromEntries(QWEN_DTYPES.map((t) => [t, []]));
+  const step: Record<string, number[]> = Object.fromEntries(QWEN_DTYPES.map((t) => [t, []]));
+  const decode: Record<string, number[]> = Object.fromEntries(QWEN_DTYPES.map((t) => [t, []]));
   const ROUNDS = 7;
   for (let round = 0; round < ROUNDS; round++) {
-    for (const t of DTYPES) {
+    for (const t of QWEN_DTYPES) {
       let t0 = performance.now(); await d[t].forward([ids]); fwd[t]!.push(performance.now() - t0);
       t0 = performance.now(); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); step[t]!.push(performance.now() - t0);
       // one decoded token after the 255-token prefix (batch 1, one row): median of 5
@@ -221,14 +238,14 @@ async function phaseQwen(cacheDir: string) {
       for (let i = 0; i < 5; i++) { t0 = performance.now(); await d[t].extend(kv[t], [ids.at(-1)!]); one.push(performance.now() - t0); }
       decode[t]!.push(median(one));
     }
-    log(`qwen shape round ${round + 1}/${ROUNDS}: forward ${DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`);
+    log(`qwen shape round ${round + 1}/${ROUNDS}: forward ${QWEN_DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`);
   }
   const ratio = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]!));
-  const perVariant = <T>(f: (t: Exclude<Variant, 'fp32'>) => T) => Object.fromEntries(QUANTIZED.map((t) => [t, f(t)])) as Record<Exclude<Variant, 'fp32'>, T>;
+  const perVariant = <T>(f: (t: Exclude<Variant, 'fp32'>) => T) => Object.fromEntries(QWEN_QUANTIZED.map((t) => [t, f(t)])) as Record<Exclude<Variant, 'fp32'>, T>;
   const speed = {
-    forwardMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(fwd[t]!), 0)])),
-    stepSharedMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(step[t]!), 0)])),
-    decodeStepMs: Object.fromEntries(DTYPES.map((t) => [t, r(median(decode[t]!), 2)])),
+    forwardMs: Object.fromEntries(QWEN_DTYPES.map((t) => [t, r(median(fwd[t]!), 0)])),
+    stepSharedMs: Object.fromEntries(QWEN_DTYPES.map((t) => [t, r(median(step[t]!), 0)])),
+    decodeStepMs: Object.fromEntries(QWEN_DTYPES.map((t) => [t, r(median(decode[t]!), 2)])),
     forwardSpeedupVsFp32: perVariant((t) => r(ratio(fwd.fp32!, fwd[t]!), 2)),
     forwardSpeedupRange: perVariant((t) => [r(Math.min(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2), r(Math.max(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2)]),
     stepSpeedupVsFp32: perVariant((t) => r(ratio(step.fp32!, step[t]!), 2)),
@@ -238,10 +255,10 @@ async function phaseQwen(cacheDir: string) {
   // a harder test of top-1 than real text, where the top token usually stands out).
   const seqs = [Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V)), Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V))];
   const pos = {} as Record<Variant, Positions>;
-  for (const t of DTYPES) pos[t] = await decodePositions(d[t], seqs, 200);
+  for (const t of QWEN_DTYPES) pos[t] = await decodePositions(d[t], seqs, 200);
   const acc = perVariant((t) => agreement(pos.fp32, pos[t]));
-  const bytes = Object.fromEntries(DTYPES.map((t) => [t, d[t].weightBytes]));
-  for (const t of DTYPES) await d[t].dispose();
+  const bytes = Object.fromEntries(QWEN_DTYPES.map((t) => [t, d[t].weightBytes]));
+  for (const t of QWEN_DTYPES) await d[t].dispose();
   return { speed, agreement: acc, weightBytes: bytes, loadS, maxRssMiB: r(process.resourceUsage().maxRSS / 1024, 0) };
 }
 
@@ -344,6 +361,8 @@ async function main() {
     int8StepSpeedupVsFp32: qwen?.speed.stepSpeedupVsFp32[int8],
     int8Top1Agreement: (small?.stories[int8] as { top1Agreement: number } | undefined)?.top1Agreement,
     int4Top1Agreement: (small?.stories.int4 as { top1Agreement: number } | undefined)?.top1Agreement,
+    int4Top1AgreementBySeed: (small?.stories['int4.gptqSeeds'] as { top1Agreement: number[] } | undefined)?.top1Agreement,
+    int4RtnTop1Agreement: (small?.stories['int4.rtn'] as { top1Agreement: number } | undefined)?.top1Agreement,
     int8ScoreSpearman: (small?.icl.scoreSpearman[int8] as { median: number } | undefined)?.median,
     int4ScoreSpearman: (small?.icl.scoreSpearman.int4 as { median: number } | undefined)?.median,
     iclArmAccuracy: small?.icl.armAccuracy,
