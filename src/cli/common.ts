@@ -26,10 +26,10 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .option('--cache-dir <dir>', 'where built graphs and downloads are kept (default ~/.cache/activation-rm, or $ARM_CACHE_DIR)')
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', (v) => positiveInt(v, '--threads'))
     .addOption(new Option('--dtype <dtype>', 'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)').choices(WEIGHT_DTYPES))
-    .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, 16 below 0.1 B parameters)', (v) => positiveInt(v, '--block-size'))
+    .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, 16 below 20 M parameters)', (v) => positiveInt(v, '--block-size'))
     .addOption(new Option('--accuracy-level <n>', 'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)').choices(['0', '1', '2', '3', '4']).argParser((v) => Number(v) as QuantOptions['accuracyLevel']))
     .addOption(new Option('--int8-kernel <kernel>', 'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)').choices(INT8_KERNELS))
-    .addOption(new Option('--int4-method <method>', 'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; needs an fp32 copy while building) (default: gptq below 0.1 B parameters, rtn above)').choices(INT4_METHODS))
+    .addOption(new Option('--int4-method <method>', 'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; needs an fp32 copy while building) (default: gptq below 20 M parameters, rtn above)').choices(INT4_METHODS))
     .option('--quiet', 'no progress bars');
 }
 

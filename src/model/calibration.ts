@@ -44,7 +44,9 @@ export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsChec
   try {
     writeCalibrationModel(spec, ckpt, dir, sites);
     d = await Decoder.openWritten(spec, dir, { modelDir: opts.modelDir, threads: opts.threads });
-    const texts = await sampleSequences(d, cal, opts.onProgress);
+    // A model with fewer positions than cal.tokens calibrates on sequences as long as it can read.
+    const length = Math.min(cal.tokens, spec.maxPositions);
+    const texts = await sampleSequences(d, cal.sequences, length, cal.seed, opts.onProgress);
     const sums = new Map(sites.map((s) => [s.weight, new Float64Array(s.inputs * s.inputs)] as const));
     for (let at = 0; at < texts.length; at += FORWARD_ROWS) {
       const rows = texts.slice(at, at + FORWARD_ROWS);
@@ -52,7 +54,7 @@ export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsChec
       for (const s of sites) addGram(sums.get(s.weight)!, out.sites.get(s.site)!, s.inputs);
       opts.onProgress?.(Math.min(at + FORWARD_ROWS, texts.length), texts.length, 'calibration inputs (GPTQ)');
     }
-    const positions = texts.length * cal.tokens;
+    const positions = texts.length * length;
     for (const s of sites) finishGram(sums.get(s.weight)!, s.inputs, positions);
     return sums;
   } finally {
@@ -61,23 +63,23 @@ export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsChec
   }
 }
 
-/** `cal.sequences` rows of `cal.tokens` ids: the start token, then the model's own samples at temperature 1. */
-async function sampleSequences(d: Decoder, cal: GptqCalibration, onProgress?: BuildProgress): Promise<number[][]> {
+/** `sequences` rows of `length` ids: the start token, then the model's own samples at temperature 1. */
+async function sampleSequences(d: Decoder, sequences: number, length: number, seed: number, onProgress?: BuildProgress): Promise<number[][]> {
   const spec = d.spec;
   const start = spec.bosTokenId ?? spec.eosTokenIds[0] ?? 0;
-  const rng = new Rng(cal.seed);
+  const rng = new Rng(seed);
   const V = spec.vocabSize;
   const out: number[][] = [];
-  for (let s = 0; s < cal.sequences; s++) {
+  for (let s = 0; s < sequences; s++) {
     const ids = [start];
     let step = await d.extend(emptyKv(spec), ids);
-    while (ids.length < cal.tokens) {
+    while (ids.length < length) {
       const next = sample(step.logits, V, rng.uniform());
       ids.push(next);
-      if (ids.length < cal.tokens) step = await d.extend(step.kv, [next]);
+      if (ids.length < length) step = await d.extend(step.kv, [next]);
     }
     out.push(ids);
-    onProgress?.(s + 1, cal.sequences, 'calibration text (GPTQ)');
+    onProgress?.(s + 1, sequences, 'calibration text (GPTQ)');
   }
   return out;
 }

@@ -36,7 +36,7 @@ export interface LoadOptions {
    * embedding table and the output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
    */
   dtype?: WeightDType;
-  /** int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below 0.1 B parameters). */
+  /** int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below 20 M parameters). */
   blockSize?: number;
   /** int8/int4: MatMulNBits accuracy_level (0–4; default 4 = int8 compute). */
   accuracyLevel?: QuantOptions['accuracyLevel'];

@@ -13,7 +13,7 @@ import { cpuHasInt8DotProduct } from '../util/cpu.js';
 export interface WeightFormatOptions {
   /** Weight storage; default: by model size (defaultDType). */
   dtype?: WeightDType;
-  /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8; 32 for int4, 16 below 0.1 B parameters (defaultBlockSize). */
+  /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8; 32 for int4, 16 below 20 M parameters (defaultBlockSize). */
   blockSize?: number;
   /** MatMulNBits accuracy_level; default 4 (int8 compute) from 0.3 B parameters, 0 (fp32 compute) below. */
   accuracyLevel?: QuantOptions['accuracyLevel'];
@@ -39,14 +39,16 @@ export const INT4_METHODS: readonly Int4Method[] = ['rtn', 'gptq'];
 export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
 
 /**
- * GPTQ below GPTQ_DEFAULT_MAX_PARAMETERS, where calibrating costs seconds; round-to-nearest above, where it costs
- * an fp32 copy of the model and, in JS, minutes to hours (BENCHMARKS.md "Weight formats": measured cost by size).
- * For 7B-class judges the accurate int4 path is a published AWQ/GPTQ checkpoint, which loads as it is.
+ * GPTQ below GPTQ_DEFAULT_MAX_PARAMETERS, where calibrating costs seconds to a minute or two; round-to-nearest
+ * above. GPTQ's cost in JS on one core grows with layers × (tokens·K² + K³) for the down projection's K inputs:
+ * measured per layer of the Qwen2.5-0.5B shape (K = 4864) it is ~4 minutes (BENCHMARKS.md "Weight formats"),
+ * ~1.5 hours for the model, and a 7B model would take days. For 7B-class judges the accurate int4 path is a
+ * published AWQ/GPTQ checkpoint, which loads as it is.
  */
 export function defaultInt4Method(spec: ModelSpec): Int4Method {
   return parameterCount(spec) < GPTQ_DEFAULT_MAX_PARAMETERS ? 'gptq' : 'rtn';
 }
-const GPTQ_DEFAULT_MAX_PARAMETERS = 1e8;
+const GPTQ_DEFAULT_MAX_PARAMETERS = 2e7;
 
 /** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
 export const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };

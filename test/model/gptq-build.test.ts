@@ -16,7 +16,7 @@ import { describeWeightFormat, gptqLinears, resolveWeightFormat } from '../../sr
 import { SafetensorsCheckpoint } from '../../src/model/checkpoint/safetensors.js';
 import { specFromConfig } from '../../src/model/families/spec.js';
 import { Rng } from '../../src/util/rng.js';
-import { STORIES, tempDir } from '../helpers/fixtures.js';
+import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 
 const TEXTS = [
   'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends.',
@@ -126,9 +126,28 @@ describe('GPTQ int4 builds on stories260K', () => {
   });
 });
 
+describe('GPTQ on a model with fewer positions than the calibration length, biases and no tokenizer', () => {
+  it('calibrates on sequences as long as the model reads, and runs', async () => {
+    const { dir } = makeCheckpoint({ ...FAMILY_CONFIGS['llama3 (rope llama3, GQA 3, untied, attention+mlp bias)']!, max_position_embeddings: 20 });
+    const cacheDir = tempDir('arm-cache-gptq-short-');
+    const dq = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'int4', gptqCalibration: { sequences: 3 } });
+    const df = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'fp32' });
+    try {
+      expect(dq.info.weightFormat.quant).toMatchObject({ blockSize: 16, gptq: { sequences: 3, tokens: 128 } });
+      const ids = [1, 7, 99, 250, 3, 18];
+      const [a, b] = [await dq.forward([ids]), await df.forward([ids])];
+      expect(a.logits.every(Number.isFinite)).toBe(true);
+      expect(relError(a.logits, b.logits)).toBeLessThan(0.5); // random weights: int4 is near, not equal
+    } finally {
+      await dq.dispose(); await df.dispose();
+      fs.rmSync(cacheDir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('GPTQ format options', () => {
   const small = spec;
-  it('defaults: GPTQ with block 16 below 0.1 B parameters, round-to-nearest with block 32 above; named in key and label', () => {
+  it('defaults: GPTQ with block 16 below 20 M parameters, round-to-nearest with block 32 above; named in key and label', () => {
     const fmt = resolveWeightFormat(small, null, { dtype: 'int4' });
     expect(fmt.quant).toMatchObject({ bits: 4, blockSize: 16, gptq: { sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 } });
     expect(describeWeightFormat(fmt)).toContain('GPTQ on 32×128 self-sampled tokens');
