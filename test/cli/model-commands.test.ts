@@ -60,7 +60,7 @@ it('arm forward needs exactly one of --prompt and --input-ids, and --input-ids a
   expect(out.top.map((t: { id: number }) => t.id)).toEqual(golden.top5_last_prompt_position.ids);
 });
 
-it('arm forward --dtype int4 --int4-method gptq builds a GPTQ entry whose next token matches fp32's golden; the method outside int4 is refused', () => {
+it('arm forward --dtype int4 --int4-method gptq builds a GPTQ entry whose next token matches the fp32 golden; the method outside int4 is refused', () => {
   const cache = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'arm-cli-gptq-'));
   const out = JSON.parse(arm(['forward', '--model', STORIES, '--cache-dir', cache, '--dtype', 'int4', '--int4-method', 'gptq', '--prompt', 'Once upon a time', '--top', '1', '--json', '--quiet']).stdout);
   expect(out.top[0].id).toBe(golden.top5_last_prompt_position.ids[0]);

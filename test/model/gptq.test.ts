@@ -274,11 +274,13 @@ describe('gptqQuantize', () => {
     }
   });
 
+  /** H from 128 correlated calibration inputs and random W, all seeded from `seed`. */
+  const problem = (rows: number, cols: number, seed: number) =>
+    ({ h: gram(correlatedInputs(128, cols, seed, seed + 1), 128, cols), w: randomWeights(rows * cols, seed + 2) });
+
   it('depends on H only up to scale (H × 4 gives the same bytes)', () => {
     const rows = 4, cols = 48;
-    const x = correlatedInputs(128, cols, 31, 32);
-    const h = gram(x, 128, cols);
-    const w = randomWeights(rows * cols, 33);
+    const { h, w } = problem(rows, cols, 31);
     const a = gptqQuantize(w, rows, cols, h, { bits: 4, blockSize: 16 });
     const b = gptqQuantize(w, rows, cols, h.map((v) => 4 * v), { bits: 4, blockSize: 16 });
     expect(b.codes).toEqual(a.codes);
@@ -288,9 +290,7 @@ describe('gptqQuantize', () => {
 
   it('quantises rows independently (a row alone gives the bytes it gets among others)', () => {
     const rows = 6, cols = 48;
-    const x = correlatedInputs(128, cols, 41, 42);
-    const h = gram(x, 128, cols);
-    const w = randomWeights(rows * cols, 43);
+    const { h, w } = problem(rows, cols, 41);
     const all = gptqQuantize(w, rows, cols, h, { bits: 4, blockSize: 16 });
     const nb = blocksPerRow(cols, 16);
     const one = gptqQuantize(w.slice(3 * cols, 4 * cols), 1, cols, h, { bits: 4, blockSize: 16 });
