@@ -22,6 +22,15 @@ import { Rng } from '../util/rng.js';
 /** 32 × 128 = 4096 tokens (BENCHMARKS.md: stories260K int4 agreement with fp32 by calibration size). */
 export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
 
+/**
+ * Memory a calibration holds at its peak: the fp32 calibration model (onnxruntime keeps its weights resident)
+ * and one float64 Xᵀ X [K, K] per calibrated layer, all summed in one pass.
+ */
+export function calibrationBytes(spec: ModelSpec, weights: readonly string[], parameters: number): number {
+  const sites = linearInputSites(spec);
+  return parameters * 4 + weights.reduce((n, w) => n + 8 * (sites.get(w)?.inputs ?? 0) ** 2, 0);
+}
+
 /** Rows per calibration forward: bounds the [B, S, K] site outputs held at once. */
 const FORWARD_ROWS = 8;
 

@@ -18,8 +18,8 @@ import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec }
 import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig, type PrequantScheme } from './checkpoint/awq-gptq.js';
-import { gptqLinears, resolveWeightFormat, type Int4Method } from './weight-format.js';
-import { calibrationHessians } from './calibration.js';
+import { gptqLinears, parameterCount, resolveWeightFormat, type Int4Method } from './weight-format.js';
+import { calibrationBytes, calibrationHessians } from './calibration.js';
 import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 
 export interface LoadOptions {
@@ -154,6 +154,12 @@ export class Decoder {
       // A GPTQ build needs its calibration inputs first (an async model run); a built entry needs nothing.
       let hessians: Map<string, Float64Array> | undefined;
       if (format.quant?.gptq && !cachedModelExists(cacheDir, key)) {
+        // Refuse up front what would run out of memory hours later (a 7B model: ~30 GB fp32 + ~40 GB of Xᵀ X).
+        const need = calibrationBytes(spec, gptqLinears(spec), parameterCount(spec));
+        if (need > 0.8 * os.totalmem()) {
+          throw new ModelError(`--int4-method gptq: calibrating ${model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB (an fp32 copy of the model and each 4-bit layer's float64 input covariance), ` +
+            `more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB allows; use --int4-method rtn, or a published AWQ/GPTQ checkpoint of the model, which loads as it is`);
+        }
         const graphs = path.join(cacheDir, 'graphs');
         fs.mkdirSync(graphs, { recursive: true });
         hessians = await calibrationHessians(spec, ckpt, gptqLinears(spec), format.quant.gptq, { modelDir, workDir: graphs, threads: opts.threads, onProgress: opts.onBuildProgress });

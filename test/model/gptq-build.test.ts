@@ -11,8 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Decoder, emptyKv } from '../../src/model/decoder.js';
 import { cacheKey, writeCalibrationModel } from '../../src/model/export.js';
 import { linearInputSites, W } from '../../src/model/graph/decoder-graph.js';
-import { addGram, finishGram, sample } from '../../src/model/calibration.js';
-import { describeWeightFormat, gptqLinears, resolveWeightFormat } from '../../src/model/weight-format.js';
+import { addGram, calibrationBytes, finishGram, sample } from '../../src/model/calibration.js';
+import { describeWeightFormat, gptqLinears, parameterCount, resolveWeightFormat } from '../../src/model/weight-format.js';
 import { SafetensorsCheckpoint } from '../../src/model/checkpoint/safetensors.js';
 import { specFromConfig } from '../../src/model/families/spec.js';
 import { Rng } from '../../src/util/rng.js';
@@ -172,6 +172,16 @@ describe('GPTQ format options', () => {
 
   it('GPTQ places the 4-bit layers only: the middle layers\' gate|up and down', () => {
     expect(gptqLinears(spec)).toEqual([1, 2, 3].flatMap((l) => [W.gateUp(l), W.down(l)]));
+  });
+
+  it('estimates a calibration\'s memory: the fp32 model plus a float64 K×K per calibrated layer (a 7B model is refused on 24 GB)', () => {
+    // stories260K: 3 middle layers × (64² for gate|up + 172² for down) × 8 bytes, plus 4 bytes a parameter
+    expect(calibrationBytes(spec, gptqLinears(spec), 1000)).toBe(4000 + 3 * (64 * 64 + 172 * 172) * 8);
+    const qwen7b = specFromConfig({ model_type: 'qwen2', hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28, num_attention_heads: 28, num_key_value_heads: 4, vocab_size: 152064, max_position_embeddings: 4096, rms_norm_eps: 1e-6, rope_theta: 1e6, tie_word_embeddings: false });
+    const gib = calibrationBytes(qwen7b, gptqLinears(qwen7b), parameterCount(qwen7b)) / 2 ** 30;
+    // 7.6 B parameters × 4 B = 28.3 GiB, plus 26 middle layers × (3584² + 18944²) × 8 B = 72.0 GiB
+    expect(gib).toBeGreaterThan(99);
+    expect(gib).toBeLessThan(101.5);
   });
 });
 
