@@ -19,16 +19,17 @@ import type { ModelSpec } from './families/spec.js';
 import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import { Rng } from '../util/rng.js';
 
-/** 32 × 128 = 4096 tokens (BENCHMARKS.md: stories260K int4 agreement with fp32 by calibration size). */
-export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
-
 /**
- * Memory a calibration holds at its peak: the fp32 calibration model (onnxruntime keeps its weights resident)
- * and one float64 Xᵀ X [K, K] per calibrated layer, all summed in one pass.
+ * Memory a GPTQ build holds at its peak: the fp32 calibration model (onnxruntime keeps its weights resident),
+ * one float64 Xᵀ X [K, K] per calibrated layer (all summed in one pass, each freed once its layer is placed), the
+ * float32 site outputs of one forward [FORWARD_ROWS, tokens, K] for every site, and gptqQuantize's three
+ * transient float64 [K, K] arrays (damped H, its factor, the factor's transpose) for the widest layer.
  */
-export function calibrationBytes(spec: ModelSpec, weights: readonly string[], parameters: number): number {
+export function calibrationBytes(spec: ModelSpec, weights: readonly string[], parameters: number, tokens: number): number {
   const sites = linearInputSites(spec);
-  return parameters * 4 + weights.reduce((n, w) => n + 8 * (sites.get(w)?.inputs ?? 0) ** 2, 0);
+  const widths = weights.map((w) => sites.get(w)?.inputs ?? 0);
+  const widest = Math.max(0, ...widths);
+  return parameters * 4 + widths.reduce((n, k) => n + 8 * k * k, 0) + widths.reduce((n, k) => n + 4 * FORWARD_ROWS * tokens * k, 0) + 3 * 8 * widest * widest;
 }
 
 /** Rows per calibration forward: bounds the [B, S, K] site outputs held at once. */
@@ -75,7 +76,8 @@ export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsChec
 /** `sequences` rows of `length` ids: the start token, then the model's own samples at temperature 1. */
 async function sampleSequences(d: Decoder, sequences: number, length: number, seed: number, onProgress?: BuildProgress): Promise<number[][]> {
   const spec = d.spec;
-  const start = spec.bosTokenId ?? spec.eosTokenIds[0] ?? 0;
+  // BOS, else an EOS id, else 0: the first that is in the vocabulary (tiny test configs keep a real model's BOS id).
+  const start = [spec.bosTokenId, ...spec.eosTokenIds, 0].find((t): t is number => t !== null && t >= 0 && t < spec.vocabSize)!;
   const rng = new Rng(seed);
   const V = spec.vocabSize;
   const out: number[][] = [];

@@ -155,9 +155,9 @@ export class Decoder {
       let hessians: Map<string, Float64Array> | undefined;
       if (format.quant?.gptq && !cachedModelExists(cacheDir, key)) {
         // Refuse up front what would run out of memory hours later (a 7B model: ~30 GB fp32 + ~40 GB of Xᵀ X).
-        const need = calibrationBytes(spec, gptqLinears(spec), parameterCount(spec));
+        const need = calibrationBytes(spec, gptqLinears(spec), parameterCount(spec), Math.min(format.quant.gptq.tokens, spec.maxPositions));
         if (need > 0.8 * os.totalmem()) {
-          throw new ModelError(`--int4-method gptq: calibrating ${model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB (an fp32 copy of the model and each 4-bit layer's float64 input covariance), ` +
+          throw new ModelError(`--int4-method gptq: calibrating ${model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB (an fp32 copy of the model, each 4-bit layer's float64 input covariance, and working arrays), ` +
             `more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB allows; use --int4-method rtn, or a published AWQ/GPTQ checkpoint of the model, which loads as it is`);
         }
         const graphs = path.join(cacheDir, 'graphs');

@@ -18,7 +18,7 @@ import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix,
 import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
 import { parameterCount, sensitiveLinears } from './weight-format.js';
 import { QuantizePool } from './graph/quantize-pool.js';
-import { gptqQuantize } from './graph/gptq.js';
+import { GPTQ_VERSION, gptqQuantize } from './graph/gptq.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
@@ -69,12 +69,12 @@ function formatKey(f: WeightFormat): string {
   // Only 'rowwise' is named, so block-wise int8 entries built before the option existed keep their keys.
   const kernel = f.quant?.int8Kernel === 'rowwise' ? ':rowwise' : '';
   const g = f.quant?.gptq;
-  const gptq = g ? `:gptq:${g.sequences}x${g.tokens}:${g.seed}:${g.dampFraction}:${CALIBRATION_VERSION}` : '';
+  const gptq = g ? `:gptq:${g.sequences}x${g.tokens}:${g.seed}:${g.dampFraction}:${CALIBRATION_VERSION}:${GPTQ_VERSION}` : '';
   const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}${kernel}${gptq}` : 'f32'}:${f.accuracyLevel}`;
   const pq = f.prequant ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}` : '';
   return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
 }
-/** Joins a GPTQ entry's key: bump it when calibration.ts changes how calibration tokens are drawn or summed. */
+/** Joins a GPTQ entry's key (with gptq.ts's GPTQ_VERSION): bump it when calibration.ts changes how calibration tokens are drawn or summed. */
 export const CALIBRATION_VERSION = 'self-sampled/1';
 const ALIGN = PAGE_ALIGN;
 export { defaultCacheDir };
@@ -117,7 +117,7 @@ export interface BuildProgress { (done: number, total: number, what: string): vo
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
 export function ensureCachedModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, key: string, cacheDir: string, onProgress?: BuildProgress, headChunkBytes = HEAD_CHUNK_BYTES, format: WeightFormat = FP32_FORMAT, threads = os.availableParallelism(),
-  hessians?: ReadonlyMap<string, Float64Array>): { dir: string; built: boolean } {
+  hessians?: Map<string, Float64Array>): { dir: string; built: boolean } {
   return ensureCacheEntry(path.join(cacheDir, 'graphs', key), [MODEL_FILE, DATA_FILE, LAYOUT_FILE], (tmp) => {
     // Block quantisation is most of a quantised build (a 7B int4 build ~95%): spread it over the cores, for
     // models big enough that starting worker threads pays (bit-for-bit the same entry either way).
@@ -157,14 +157,15 @@ interface QuantRefs { codes: ExternalRef; scales: ExternalRef; zeroPoints: Exter
  * GPTQ format quantises at 4 bits (calibration.ts); `extra.siteOutputs`: linear inputs the graph also outputs.
  */
 function writeModel(spec: ModelSpec, ckpt: SafetensorsCheckpoint, outDir: string, headChunkBytes: number, format: WeightFormat, onProgress?: BuildProgress, pool: QuantizePool | null = null,
-  extra: { hessians?: ReadonlyMap<string, Float64Array>; siteOutputs?: readonly LinearInputSite[] } = {}): void {
+  extra: { hessians?: Map<string, Float64Array>; siteOutputs?: readonly LinearInputSite[] } = {}): void {
   const quantize = (w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>) => (pool ? pool.quantize(w, rows, cols, opts) : quantizeMatrix(w, rows, cols, opts));
   // GPTQ places the main (4-bit) linear layers' codes; the sensitive ones, the embedding and the head round to nearest.
   const quantizeLinear = (name: string, w: Float32Array, rows: number, cols: number, sensitiveLayer: boolean) => {
     const quant = format.quant!;
     if (sensitiveLayer || !quant.gptq) return quantize(w, rows, cols, sensitiveLayer ? quant.sensitive! : quant);
     const h = extra.hessians?.get(name);
-    if (!h) throw new Error(`internal: a GPTQ build of ${name} has no calibration Hessian`);
+    if (!h) throw new ModelError(`the GPTQ build of ${name} has no calibration inputs (was the cache entry removed while it was loading?); load the model again`);
+    extra.hessians!.delete(name); // each Xᵀ X is used once: free it for the rest of the build
     return gptqQuantize(w, rows, cols, h, { bits: quant.bits, blockSize: quant.blockSize, dampFraction: quant.gptq.dampFraction });
   };
   const producers = weightProducers(spec, ckpt, format.prequant);

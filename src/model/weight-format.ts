@@ -141,7 +141,12 @@ export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | 
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
   // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or label.
   const int8Kernel = dtype === 'int8' && !prequant ? opts.int8Kernel ?? defaultInt8Kernel(spec, opts.int8DotProduct) : undefined;
-  const gptqOn = dtype === 'int4' && !prequant && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
+  // GPTQ places the 4-bit layers; a model of ≤ 2 layers has none (its first and last layers stay int8).
+  const hasGptqLayers = gptqLinears(spec).length > 0;
+  if (opts.int4Method === 'gptq' && dtype === 'int4' && !prequant && !hasGptqLayers) {
+    throw new ModelError(`--int4-method gptq: this ${spec.numLayers}-layer model has no 4-bit layers to place (int4 keeps the attention and the first and last layers at int8); use --int4-method rtn`);
+  }
+  const gptqOn = dtype === 'int4' && !prequant && hasGptqLayers && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
   if (opts.gptqCalibration && !gptqOn) throw new ModelError('a GPTQ calibration was given, but the format is not int4 with --int4-method gptq');
   const gptq = gptqOn ? { gptq: checkCalibration({ ...DEFAULT_GPTQ_CALIBRATION, ...opts.gptqCalibration }) } : {};
   return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}), ...gptq }, prequant, accuracyLevel };
@@ -158,6 +163,14 @@ function checkCalibration(c: GptqCalibration): GptqCalibration {
 /** Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the rule changes. */
 export const SENSITIVE_RULE = 'attention+first-last-layers';
 
+/** The linear layers a GPTQ format places with calibration: the main (4-bit) ones, all but sensitiveLinears. */
+export function gptqLinears(spec: Pick<ModelSpec, 'numLayers'>): string[] {
+  const sensitive = sensitiveLinears(spec);
+  const out: string[] = [];
+  for (let l = 0; l < spec.numLayers; l++) for (const n of [W.qkv(l), W.o(l), W.gateUp(l), W.down(l)]) if (!sensitive.has(n)) out.push(n);
+  return out;
+}
+
 /**
  * The linear layers an int4 format stores at `quant.sensitive` (int8) instead of 4 bits, by graph weight name:
  *   - the attention projections (q|k|v and o) of every layer. With grouped-query attention they are a small
@@ -170,14 +183,6 @@ export const SENSITIVE_RULE = 'attention+first-last-layers';
  * (top-1 agreement 0.885 → 0.927); on Qwen2.5-7B it costs 0.45 GiB of weights.bin (4.95 → 5.40 GiB). The
  * middle layers' gate|up and down stay int4: they are most of a large model's weights.
  */
-/** The linear layers a GPTQ format places with calibration: the main (4-bit) ones, all but sensitiveLinears. */
-export function gptqLinears(spec: Pick<ModelSpec, 'numLayers'>): string[] {
-  const sensitive = sensitiveLinears(spec);
-  const out: string[] = [];
-  for (let l = 0; l < spec.numLayers; l++) for (const n of [W.qkv(l), W.o(l), W.gateUp(l), W.down(l)]) if (!sensitive.has(n)) out.push(n);
-  return out;
-}
-
 export function sensitiveLinears(spec: Pick<ModelSpec, 'numLayers'>): Set<string> {
   const names = new Set<string>();
   for (let l = 0; l < spec.numLayers; l++) {

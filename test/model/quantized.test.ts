@@ -19,6 +19,7 @@ import { describeWeightFormat } from '../../src/model/weight-format.js';
 import { specFromConfig } from '../../src/model/families/spec.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 import { QuantizePool } from '../../src/model/graph/quantize-pool.js';
+import { graphNodes } from '../helpers/onnx-nodes.js';
 
 const randomMatrix = (n: number, seed: number, std = 0.05) => { const r = new Rng(seed); return Float32Array.from({ length: n }, () => std * r.normal()); };
 
@@ -120,33 +121,7 @@ describe('block quantisation layout', () => {
  * (field 7) → GraphProto.node (1) → NodeProto input (1), op_type (4), attribute (5: name 1, i 3).
  */
 function matMulNBitsNodes(file: string): { weight: string; bits: number; N: number; K: number }[] {
-  return graphNodes(file).filter((n) => n.op === 'MatMulNBits').map((n) => ({ weight: n.inputs[1]!.replace(/\.q$/, ''), bits: n.attr.bits!, N: n.attr.N!, K: n.attr.K! }));
-}
-
-function graphNodes(file: string): { op: string; inputs: string[]; attr: Record<string, number> }[] {
-  const buf = fs.readFileSync(file);
-  const fields = (from: number, to: number) => {
-    const out: { field: number; value: number | [number, number] }[] = [];
-    const varint = () => { let v = 0, mul = 1, b; do { b = buf[from++]!; v += (b & 0x7f) * mul; mul *= 128; } while (b & 0x80); return v; };
-    while (from < to) {
-      const tag = varint();
-      const wire = tag & 7;
-      if (wire === 0) out.push({ field: tag >>> 3, value: varint() });
-      else if (wire === 2) { const n = varint(); out.push({ field: tag >>> 3, value: [from, from + n] }); from += n; }
-      else if (wire === 5) from += 4;
-      else if (wire === 1) from += 8;
-      else throw new Error(`wire type ${wire}`);
-    }
-    return out;
-  };
-  const str = (v: number | [number, number]) => buf.toString('utf8', (v as [number, number])[0], (v as [number, number])[1]);
-  const sub = (v: number | [number, number]) => fields(...(v as [number, number]));
-  const graph = fields(0, buf.length).find((f) => f.field === 7)!.value;
-  return sub(graph).filter((f) => f.field === 1).map((f) => sub(f.value)).map((n) => {
-    const attr = Object.fromEntries(n.filter((f) => f.field === 5).map((f) => { const a = sub(f.value); return [str(a.find((x) => x.field === 1)!.value), a.find((x) => x.field === 3)?.value as number]; }));
-    const inputs = n.filter((f) => f.field === 1).map((f) => str(f.value));
-    return { op: str(n.find((f) => f.field === 4)!.value), inputs, attr };
-  });
+  return graphNodes(fs.readFileSync(file)).filter((n) => n.op === 'MatMulNBits').map((n) => ({ weight: n.inputs[1]!.replace(/\.q$/, ''), bits: n.attr.bits!, N: n.attr.N!, K: n.attr.K! }));
 }
 
 /** Y = X · Wᵀ through one MatMulNBits node: the layout as onnxruntime itself reads it. */
@@ -405,13 +380,13 @@ describe('a random checkpoint at int8 rowwise against fp32', () => {
     expect(rowwise.info.weightFormat.quant).toMatchObject({ bits: 8, int8Kernel: 'rowwise' });
     expect(describeWeightFormat(rowwise.info.weightFormat)).toMatch(/rowwise/);
     expect(describeWeightFormat(blockwise.info.weightFormat)).toMatch(/blockwise/);
-    const nodes = graphNodes(path.join(rowwise.info.cacheEntry, 'model.onnx'));
+    const nodes = graphNodes(fs.readFileSync(path.join(rowwise.info.cacheEntry, 'model.onnx')));
     const integer = nodes.filter((n) => n.op === 'MatMulIntegerToFloat').map((n) => n.inputs[1]);
     expect(integer.sort()).toEqual(Array.from({ length: L }, (_, l) => ['qkv', 'o', 'gate_up', 'down'].map((w) => `w.${l}.${w}.q8`)).flat().sort());
     const nbits = nodes.filter((n) => n.op === 'MatMulNBits');
     expect(nbits.length).toBeGreaterThan(0);
     expect(nbits.every((n) => n.inputs[1]!.startsWith('w.head.'))).toBe(true);
-    expect(graphNodes(path.join(blockwise.info.cacheEntry, 'model.onnx')).some((n) => n.op === 'MatMulIntegerToFloat')).toBe(false);
+    expect(graphNodes(fs.readFileSync(path.join(blockwise.info.cacheEntry, 'model.onnx'))).some((n) => n.op === 'MatMulIntegerToFloat')).toBe(false);
   });
 
   // Tolerance: a linear layer's output moves by at most half an activation step and half a weight step per

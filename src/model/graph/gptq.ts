@@ -9,11 +9,18 @@
  *   q_k   = dequant(quant(w_k))                       on its block's grid
  *   e     = (w_k − q_k) / U[k, k]
  *   w_j  −= e · U[k, j]                               for every j > k
- * (the paper's Algorithm 1 without its lazy batching, which changes the order of float additions, not the
- * result). A block's scale and zero point are chosen, as round-to-nearest chooses them (blockGrid), from the
- * block's weights as updated when the row reaches the block (the paper's per-group grids, static_groups off).
- * Rows are independent given U, and the output is in the MatMulNBits layout quantizeMatrix writes.
+ * (the paper's Algorithm 1, one input at a time). Rows are independent given U, and the output is in the
+ * MatMulNBits layout quantizeMatrix writes. Where this differs from the reference implementation (GPTQ's
+ * `fasterquant` with groups, static_groups off), on purpose:
+ *   - a block's scale and zero point come from its weights as fully updated when the row reaches the block;
+ *     the reference's lazy batches of 128 inputs pick the grids of a batch's later groups from weights that
+ *     lack the updates from earlier inputs of the same batch;
+ *   - the grid is round-to-nearest's (blockGrid: min/max with the clip search at 4 bits), not plain min/max;
+ *   - an input no calibration position used keeps its weights (the reference zeroes them) and gets a unit
+ *     diagonal; the damping is a fraction of the mean over the used inputs' diagonal.
  */
+/** Joins a GPTQ entry's cache key: bump it when gptqQuantize's choices change. */
+export const GPTQ_VERSION = 'gptq-blockgrid/1';
 import { allocQuantized, blobBytes, blockGrid, blocksPerRow, putPacked, quantCode, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from './quantized-linear.js';
 
 export interface GptqOptions extends Pick<QuantOptions, 'bits' | 'blockSize'> {
@@ -68,12 +75,12 @@ export function gptqQuantize(w: Float32Array, rows: number, cols: number, hessia
  */
 const flush = (x: number, scale: number) => (Math.abs(x) < 1e-30 * Math.abs(scale) ? 0 : x);
 
-/** H + λ·mean(diag H)·I, with dead inputs (H[k, k] = 0) given a unit diagonal so the factorisation exists. */
+/** H + λ·(mean of the used inputs' H[k, k])·I, with dead inputs (H[k, k] = 0) given a unit diagonal so the factorisation exists. */
 function dampedHessian(h: Float64Array, n: number, dampFraction: number): Float64Array {
   const out = Float64Array.from(h);
-  let mean = 0;
-  for (let k = 0; k < n; k++) mean += h[k * n + k]! / n;
-  const damp = dampFraction * (mean > 0 ? mean : 1);
+  let sum = 0, used = 0;
+  for (let k = 0; k < n; k++) if (h[k * n + k]! > 0) { sum += h[k * n + k]!; used++; }
+  const damp = dampFraction * (used > 0 ? sum / used : 1);
   for (let k = 0; k < n; k++) {
     const i = k * n + k;
     out[i] = (out[i]! === 0 ? 1 : out[i]!) + damp;
@@ -84,7 +91,7 @@ function dampedHessian(h: Float64Array, n: number, dampFraction: number): Float6
 /**
  * U upper triangular with A⁻¹ = Uᵀ U, for A symmetric positive definite [n, n], without forming A⁻¹: factor
  * A = R Rᵀ with R upper (a Cholesky factorisation run from the last index back), then U = R⁻¹, since
- * A⁻¹ = R⁻ᵀ R⁻¹ = (R⁻¹)ᵀ R⁻¹. O(n³): 2/3·n³ multiply-adds.
+ * A⁻¹ = R⁻ᵀ R⁻¹ = (R⁻¹)ᵀ R⁻¹. O(n³): about n³/3 multiply-adds.
  */
 export function inverseCholeskyUpper(a: Float64Array, n: number): Float64Array {
   const R = new Float64Array(n * n);
@@ -111,7 +118,9 @@ export function inverseCholeskyUpper(a: Float64Array, n: number): Float64Array {
       Ut[col + i] = flush(-s / R[i * n + i]!, Ut[col + j]!);
     }
   }
-  const U = new Float64Array(n * n);
+  // U into R's buffer (R is no longer needed): one [n, n] array fewer at the peak.
+  const U = R;
+  U.fill(0);
   for (let i = 0; i < n; i++) for (let j = i; j < n; j++) U[i * n + j] = Ut[j * n + i]!;
   return U;
 }
