@@ -35,7 +35,7 @@ export interface WeightFormatOptions {
 export type Int4Method = 'rtn' | 'gptq';
 export const INT4_METHODS: readonly Int4Method[] = ['rtn', 'gptq'];
 
-/** Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of mean(diag H). */
+/** Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of the used inputs' mean H[k, k]. */
 export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
 
 /**
