@@ -143,12 +143,12 @@ export class Decoder {
     let fingerprint: string;
     let prequant: PrequantScheme | null;
     let format: WeightFormat;
+    const cacheDir = opts.cacheDir ?? defaultCacheDir();
     const t0 = performance.now();
     try {
       prequant = prequantSchemeFromConfig(config, configPath);
       format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, int8Kernel: opts.int8Kernel, int4Method: opts.int4Method, gptqCalibration: opts.gptqCalibration });
       validateCheckpoint(spec, ckpt, prequant);
-      const cacheDir = opts.cacheDir ?? defaultCacheDir();
       fingerprint = weightsContentHash(ckpt.files, path.join(cacheDir, 'hashes'));
       const key = cacheKey(configText, fingerprint, opts.headChunkBytes, format);
       // A GPTQ build needs its calibration inputs first (an async model run); a built entry needs nothing.
@@ -172,7 +172,7 @@ export class Decoder {
     const session = await createSession(entry.dir, opts.threads);
     const t2 = performance.now();
     return new Decoder(spec, tokenizer, session, {
-      modelDir, cacheEntry: entry.dir, built: entry.built, cacheDir: opts.cacheDir ?? defaultCacheDir(), threads: opts.threads ?? os.availableParallelism(),
+      modelDir, cacheEntry: entry.dir, built: entry.built, cacheDir, threads: opts.threads ?? os.availableParallelism(),
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
       configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!,
     }, model, openEmbeddings(entry.dir));
