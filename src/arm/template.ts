@@ -5,7 +5,8 @@
  * user/assistant turns), and through a plain "Answer:" format when it has none.
  */
 import { createHash } from 'node:crypto';
-import type { ChatMessage, Tokenizer } from '../model/tokenizer.js';
+import type { ChatInput, Tokenizer } from '../model/tokenizer.js';
+import type { TextPiece } from '../model/text-pieces.js';
 import { promptText, type Prompt } from '../data/examples.js';
 
 export type TemplateKind = 'scalar' | 'ranked';
@@ -149,11 +150,11 @@ function promptTokens(tokenizer: Tokenizer, text: string, need: number): PromptT
   let window = Math.max(64, (need + 1) * PROMPT_WINDOW_CHARS_PER_TOKEN);
   let out: PromptTokens;
   for (;;) {
-    if (text.length <= window) { out = { text, ids: tokenizer.encode(text, { addSpecialTokens: false }), charCut: false }; break; }
+    if (text.length <= window) { out = { text, ids: tokenizer.encodeText(text, { addSpecialTokens: false }), charCut: false }; break; }
     let start = text.length - window;
     if (/[\uDC00-\uDFFF]/.test(text[start]!)) start++; // never split a surrogate pair
     const tail = text.slice(start);
-    const ids = tokenizer.encode(tail, { addSpecialTokens: false });
+    const ids = tokenizer.encodeText(tail, { addSpecialTokens: false });
     if (ids.length > need) { out = { text: tail, ids, charCut: true }; break; }
     window *= 4; // text with very long tokens (runs of spaces, repeated symbols): widen and try again
   }
@@ -193,6 +194,10 @@ function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demo
   }
 }
 
+/**
+ * The judge prompt's ids. Only the chat template's markup and the image placeholders are markup; every text from
+ * the items (prompts, responses, the question, the answers) is untrusted text: it cannot hold a control token.
+ */
 function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem[], texts: string[], images: ImageRendering | null = null): number[] {
   const words = ANSWER_WORDS[template.kind];
   const last = items.length - 1;
@@ -201,20 +206,22 @@ function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem
     const parts = images !== null && items.some((it) => count(it) > 0) && chatRendersImageParts(tokenizer, images);
     // The chat template's own image markup where it renders {type: "image"} parts (HF convention: images first
     // in the user turn); otherwise the placeholder markup written before the text.
-    const user = (it: JudgeItem, text: string): ChatMessage => {
+    const user = (it: JudgeItem, text: string): ChatInput => {
       if (!count(it)) return { role: 'user', content: text };
-      if (!parts) return { role: 'user', content: images!.markup.repeat(count(it)) + text };
-      const content = [...Array.from({ length: count(it) }, () => ({ type: 'image' })), { type: 'text', text }];
-      return { role: 'user', content } as unknown as ChatMessage; // the Jinja template reads content parts as HF's do
+      if (!parts) return { role: 'user', content: text, markupBefore: images!.markup.repeat(count(it)) };
+      return { role: 'user', content: [...Array.from({ length: count(it) }, () => ({ type: 'image' as const })), { type: 'text', text }] };
     };
     const messages = items.flatMap((it, i) => i === last
       ? [user(it, texts[i]!)]
       : [user(it, texts[i]!), { role: 'assistant', content: words[it.answer]! }]);
     return tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, templateKwargs: template.templateKwargs });
   }
-  const withImages = (it: JudgeItem, text: string) => (count(it) ? images!.markup.repeat(count(it)) + text : text);
-  const text = items.map((it, i) => (i === last ? `${withImages(it, texts[i]!)}\nAnswer:` : `${withImages(it, texts[i]!)}\nAnswer: ${words[it.answer]}`)).join('\n\n');
-  return tokenizer.encode(text);
+  const pieces: TextPiece[] = items.flatMap((it, i) => [
+    { text: i === 0 ? '' : '\n\n', markup: false },
+    { text: count(it) ? images!.markup.repeat(count(it)) : '', markup: true },
+    { text: i === last ? `${texts[i]!}\nAnswer:` : `${texts[i]!}\nAnswer: ${words[it.answer]}`, markup: false },
+  ]);
+  return tokenizer.encodePieces(pieces);
 }
 
 const imagePartsMemo = new WeakMap<Tokenizer, boolean>();
@@ -223,7 +230,7 @@ const imagePartsMemo = new WeakMap<Tokenizer, boolean>();
 function chatRendersImageParts(tokenizer: Tokenizer, images: ImageRendering): boolean {
   let known = imagePartsMemo.get(tokenizer);
   if (known === undefined) {
-    const probe = { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'Is it?' }] } as unknown as ChatMessage;
+    const probe: ChatInput = { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'Is it?' }] };
     try { known = tokenizer.renderChat([probe], { addGenerationPrompt: true }).includes(images.placeholderText); } catch { known = false; }
     imagePartsMemo.set(tokenizer, known);
   }
@@ -272,8 +279,8 @@ export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec
     strings = [words[0], words[1]];
   } else {
     firstAfter = (word) => {
-      const ids = tokenizer.encode(`${fill(template, probe)}\nAnswer:${word}`);
-      return ids.length > base.length && base.every((t, i) => ids[i] === t) ? ids[base.length]! : tokenizer.encode(word.trimStart(), { addSpecialTokens: false })[0] ?? null;
+      const ids = tokenizer.encodeText(`${fill(template, probe)}\nAnswer:${word}`);
+      return ids.length > base.length && base.every((t, i) => ids[i] === t) ? ids[base.length]! : tokenizer.encodeText(word.trimStart(), { addSpecialTokens: false })[0] ?? null;
     };
     strings = [` ${words[0]}`, ` ${words[1]}`];
   }

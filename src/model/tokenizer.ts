@@ -6,10 +6,22 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as transformers from '@huggingface/transformers';
 import { PreTrainedTokenizer } from '@huggingface/transformers';
+import { randomBytes } from 'node:crypto';
 import { ModelError } from './errors.js';
+import { PieceEncoder, type InnerTokenizer, type TextPiece } from './text-pieces.js';
 import { isJsonObject, readJsonObjectFile, readUtf8File, type JsonObject } from './checkpoint/text-files.js';
 
 export interface ChatMessage { role: string; content: string }
+
+/** A content part as HF chat templates read them: `{type: "text", text}` or `{type: "image"}`. */
+export type ChatContentPart = { type: 'text'; text: string } | { type: 'image' };
+
+/**
+ * A message of a judge prompt. Its text (`content`, or the text parts) is untrusted: it is tokenised as plain
+ * text. `markupBefore` is the model's own markup written before the text (image placeholders for templates that
+ * do not render image parts); it keeps its control tokens.
+ */
+export interface ChatInput { role: string; content: string | ChatContentPart[]; markupBefore?: string }
 
 export interface ChatOptions {
   /** End with the tokens that open the assistant's turn (default true). */
@@ -78,8 +90,23 @@ function tokenizerClass(config: Json): new (json: Json, config: Json) => PreTrai
   return (ok ? cls : PreTrainedTokenizer) as new (json: Json, config: Json) => PreTrainedTokenizer;
 }
 
+/** Token strings tokenizer_config.json names as special beyond the added tokens' flags (`extra_special_tokens`, `additional_special_tokens`). */
+function namedSpecialTokens(config: Json): string[] {
+  const contentOf = (v: unknown): string | null => (typeof v === 'string' ? v : isObject(v) && typeof v.content === 'string' ? v.content : null);
+  const extra = config.extra_special_tokens;
+  const listed = [
+    ...(Array.isArray(config.additional_special_tokens) ? config.additional_special_tokens : []),
+    ...(Array.isArray(extra) ? extra : isObject(extra) ? Object.values(extra) : []),
+  ];
+  return listed.map(contentOf).filter((s): s is string => s !== null);
+}
+
 export class Tokenizer {
-  private constructor(private readonly tok: PreTrainedTokenizer, readonly dir: string) {}
+  private readonly pieces: PieceEncoder;
+
+  private constructor(private readonly tok: PreTrainedTokenizer, readonly dir: string, extraControl: string[]) {
+    this.pieces = new PieceEncoder((tok as unknown as { _tokenizer: InnerTokenizer })._tokenizer, extraControl);
+  }
 
   /**
    * Loads `dir`/tokenizer.json (required) and `dir`/tokenizer_config.json (optional, as in transformers: without
@@ -109,7 +136,7 @@ export class Tokenizer {
       if (isObject(v)) config[key] = { ...v, __type: 'AddedToken' };
     }
     try {
-      return new Tokenizer(new (tokenizerClass(config))(asTransformersBuildsIt(json, config), config), dir);
+      return new Tokenizer(new (tokenizerClass(config))(asTransformersBuildsIt(json, config), config), dir, namedSpecialTokens(config));
     } catch (e) {
       throw new ModelError(`${file}: cannot build the tokenizer (${(e as Error).message})`);
     }
@@ -123,10 +150,27 @@ export class Tokenizer {
   /** Number of token ids (the model's vocabulary plus added tokens). */
   get vocabSize(): number { return this.tok._tokenizer.model?.vocab.length ?? 0; }
 
-  /** Text → ids, adding the tokenizer's special tokens (e.g. BOS) unless told not to. */
+  /**
+   * Text → ids, adding the tokenizer's special tokens (e.g. BOS) unless told not to. Text that spells a special
+   * token becomes that token: for the engine's raw tools and trusted markup only; untrusted text goes through
+   * `encodeText`.
+   */
   encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
     return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true });
   }
+
+  /** Untrusted text → ids: text that spells a control token stays text (transformers' `split_special_tokens=True`). */
+  encodeText(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.encodePieces([{ text, markup: false }], opts);
+  }
+
+  /** Markup and untrusted text → ids; only markup may hold control tokens (see text-pieces.ts). */
+  encodePieces(pieces: readonly TextPiece[], opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.pieces.encode(pieces, { addSpecialTokens: opts.addSpecialTokens ?? true });
+  }
+
+  /** Ids of control tokens (special added tokens, and tokens the config names as special). */
+  get controlTokenIds(): ReadonlySet<number> { return this.pieces.controlIds; }
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return '';
@@ -134,7 +178,7 @@ export class Tokenizer {
   }
 
   /** The chat template rendered as text (the template adds any BOS itself). */
-  renderChat(messages: ChatMessage[], opts: ChatOptions = {}): string {
+  renderChat(messages: (ChatMessage | ChatInput)[], opts: ChatOptions = {}): string {
     if (!this.hasChatTemplate) throw new ModelError(`${path.join(this.dir, 'tokenizer_config.json')}: the tokenizer has no chat_template`);
     return this.tok.apply_chat_template(messages, {
       ...opts.templateKwargs,
@@ -143,9 +187,44 @@ export class Tokenizer {
     }) as string;
   }
 
-  /** The chat template rendered and tokenized without adding special tokens again (as transformers does). */
-  applyChatTemplate(messages: ChatMessage[], opts: ChatOptions = {}): number[] {
-    return this.encode(this.renderChat(messages, opts), { addSpecialTokens: false });
+  /**
+   * The chat template rendered as pieces: its markup, and each message's text as an untrusted piece. The template
+   * is rendered with a random marker in place of each text (keeping the text's leading and trailing whitespace,
+   * so a template that trims content trims the same), and the texts are put back as pieces of their own. A text
+   * therefore cannot steer the template's logic either (e.g. a template branching on what content starts with).
+   */
+  renderChatPieces(messages: ChatInput[], opts: ChatOptions = {}): TextPiece[] {
+    const nonce = randomBytes(8).toString('hex');
+    const texts: string[] = [];
+    const masked = (text: string): string => {
+      const lead = /^\s*/.exec(text)![0];
+      const trail = lead.length === text.length ? '' : /\s*$/.exec(text)![0];
+      texts.push(text.slice(lead.length, text.length - trail.length));
+      return `${lead}\uE000${nonce}:${texts.length - 1}\uE001${trail}`;
+    };
+    const maskedMessages = messages.map((m) => ({
+      role: m.role,
+      content: typeof m.content === 'string'
+        ? (m.markupBefore ?? '') + masked(m.content)
+        : m.content.map((p) => (p.type === 'text' ? { ...p, text: masked(p.text) } : p)),
+    }));
+    const rendered = this.renderChat(maskedMessages as unknown as ChatMessage[], opts);
+    const pieces: TextPiece[] = [];
+    let at = 0;
+    for (const m of rendered.matchAll(new RegExp(`\uE000${nonce}:(\\d+)\uE001`, 'g'))) {
+      pieces.push({ text: rendered.slice(at, m.index), markup: true }, { text: texts[Number(m[1])]!, markup: false });
+      at = m.index + m[0].length;
+    }
+    pieces.push({ text: rendered.slice(at), markup: true });
+    return pieces;
+  }
+
+  /**
+   * The chat template rendered and tokenized without adding special tokens again (as transformers does), the
+   * messages' text as untrusted text.
+   */
+  applyChatTemplate(messages: ChatInput[], opts: ChatOptions = {}): number[] {
+    return this.encodePieces(this.renderChatPieces(messages, opts), { addSpecialTokens: false });
   }
 
   tokenId(token: string): number | null {
