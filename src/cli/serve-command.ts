@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { createRewardServer, SERVER_DEFAULTS, type Readout, type ScoreTransform } from '../server/app.js';
+import { SPLIT_WITHOUT_PROMPTS, type SplitWithoutPrompts } from '../server/split.js';
 import { WorkerEngine } from '../server/engine.js';
 import { addModelOptions, nonNegativeInt, positiveInt, weightFormatOptions, type ModelCliOptions } from './common.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
@@ -10,7 +11,7 @@ import { DEFAULT_MODEL } from './arm-commands.js';
 interface ServeCliOptions extends ModelCliOptions {
   rm: string[]; combine?: string; host: string; port: number; apiKeyFile?: string;
   maxBatch: number; maxWaitMs: number; maxQueue: number; batchSize?: number; maxLength?: number; bodyLimitMib: number;
-  rewardReadout: Readout; scoreTransform: string; tooLongReward?: string; imageRoot: string;
+  rewardReadout: Readout; scoreTransform: string; tooLongReward?: string; imageRoot: string; splitWithoutPrompts: SplitWithoutPrompts;
 }
 
 export function registerServeCommand(program: Command): void {
@@ -29,6 +30,7 @@ export function registerServeCommand(program: Command): void {
     .addOption(new Option('--reward-readout <kind>', '/get_reward "rewards": P(Yes), the Yes/No-normalised probability, or logit(Yes) − logit(No)').choices(['reward', 'normalized', 'logit-diff']).default('reward'))
     .option('--score-transform <t>', '/get_reward "scores" from rewards: none | logit | threshold:<x>', 'none')
     .option('--too-long-reward <x>', 'reward sent for an item too long to score (default null)')
+    .addOption(new Option('--split-without-prompts <rule>', '/get_reward without "prompts" and /classify: refuse (400), or cut at the last assistant-turn opener — RISK: a response that spells a turn opener moves the question and gets its own question graded; use only with trusted policies').choices([...SPLIT_WITHOUT_PROMPTS]).default('refuse'))
     .option('--image-root <dir>', '/v1/score "images" paths (image-text checkpoints) are read under this folder; paths outside it are refused', '.')
     .action(async (o: ServeCliOptions) => {
       const apiKey = o.apiKeyFile === undefined ? undefined : readApiKey(o.apiKeyFile);
@@ -50,7 +52,7 @@ export function registerServeCommand(program: Command): void {
         const server = await createRewardServer({
           engine, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
           maxLength: o.maxLength, bodyLimit: o.bodyLimitMib * 2 ** 20, apiKey, readout: o.rewardReadout, scoreTransform, tooLongReward,
-          modelName: o.model, log: (line) => process.stderr.write(`${line}\n`), imageRoot,
+          modelName: o.model, log: (line) => process.stderr.write(`${line}\n`), imageRoot, splitWithoutPrompts: o.splitWithoutPrompts,
         });
         const stopped = new Promise<string>((resolve) => {
           let signalled = false;

@@ -14,7 +14,7 @@ import type { Example, Prompt } from '../data/examples.js';
 import type { CriterionMeta } from '../arm/criterion.js';
 import { CancelledError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
-import { QuerySplitter, SplitError } from './split.js';
+import { QuerySplitter, SplitError, type SplitWithoutPrompts } from './split.js';
 import type { ScoringEngine } from './engine.js';
 import { decodeImage } from '../model/vision/image.js';
 
@@ -50,6 +50,11 @@ export interface RewardServerOptions {
    * symbolic links followed, is refused). Default: the current directory.
    */
   imageRoot?: string;
+  /**
+   * How /get_reward without `prompts` and /classify find where the question ends: 'refuse' (default: 400, send
+   * `prompts`) or 'last-assistant-turn', a heuristic a response can steer by spelling a turn opener (split.ts).
+   */
+  splitWithoutPrompts?: SplitWithoutPrompts;
 }
 
 export const SERVER_DEFAULTS = { maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 32 * 1024 * 1024 } as const;
@@ -129,7 +134,9 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
     batchSize: opts.batchSize, maxLength: opts.maxLength,
   }, (r) => metrics.observeBatch(r), (n) => metrics.queueItems.set(n));
-  const splitter = new QuerySplitter(info.specialTokens, info.eosToken);
+  const splitWithoutPrompts = opts.splitWithoutPrompts ?? 'refuse';
+  const splitter = new QuerySplitter(info.specialTokens, info.eosToken, splitWithoutPrompts);
+  const OPT_IN = `start the server with --split-without-prompts last-assistant-turn (library: splitWithoutPrompts) to cut at the last assistant-turn opener, which a response can move by spelling one`;
   const apiKeyDigest = opts.apiKey === undefined ? null : sha256(opts.apiKey);
   let ready = false;
   let closing = false;
@@ -207,10 +214,14 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     }
   };
 
+  /** Refuses a request that could never be queued, from its counts alone: before any per-item work. */
+  const checkCapacity = (cost: number, field: string) => {
+    if (cost > maxQueue) throw new HttpError(413, field, `${field}: ${cost} judge items in one request exceed --max-queue ${maxQueue}; send smaller requests`);
+  };
+
   /** Submits to every criterion in `names`; a client that goes away cancels them all. */
   const scoreAll = async (req: FastifyRequest, reply: FastifyReply, names: string[], examples: Example[], field: string): Promise<ExampleScore[][]> => {
-    const cost = examples.reduce((n, e) => n + itemCost(e), 0) * names.length;
-    if (cost > maxQueue) throw new HttpError(413, field, `${field}: ${cost} judge items in one request exceed --max-queue ${maxQueue}; send smaller requests`);
+    checkCapacity(examples.reduce((n, e) => n + itemCost(e), 0) * names.length, field);
     const abort = new AbortController();
     // 'close' on the response before it finished: the client went away.
     reply.raw.on('close', () => { if (!reply.raw.writableFinished) abort.abort(); });
@@ -277,8 +288,12 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   // OpenRLHF: {query[], prompts[]?, labels[]?} → {rewards[], scores[], extra_logs{}}
   app.post<{ Body: { query: string[]; prompts?: string[] }; Querystring: { criterion?: string } }>('/get_reward', { schema: { body: getRewardBody, querystring: criterionQuery } }, async (req, reply) => {
     const { query, prompts } = req.body;
-    if (prompts && prompts.length !== query.length) throw new HttpError(400, 'prompts', `prompts: has ${prompts.length} entries, query has ${query.length}; send one prompt per query or none`);
     const { names, weights } = targets(req.query.criterion);
+    checkCapacity(query.length * names.length, 'query');
+    if (prompts && prompts.length !== query.length) throw new HttpError(400, 'prompts', `prompts: has ${prompts.length} entries, query has ${query.length}; send one prompt per query`);
+    if (!prompts && splitWithoutPrompts === 'refuse' && query.length > 0) {
+      throw new HttpError(400, 'prompts', `prompts: is required: query[i] alone cannot say where the question ends and the response begins (a response can spell a turn opener); send the templated prompts (OpenRLHF does), or ${OPT_IN}`);
+    }
     requireScalar(names, '/get_reward');
     const examples = query.map((q, i) => {
       const { prompt, response } = splitter.split(q, prompts?.[i], i);
@@ -299,6 +314,10 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   app.post<{ Body: { model?: string; input: string | string[] }; Querystring: { criterion?: string } }>('/classify', { schema: { body: classifyBody, querystring: criterionQuery } }, async (req, reply) => {
     const inputs = typeof req.body.input === 'string' ? [req.body.input] : req.body.input;
     const { names, weights } = targets(req.query.criterion);
+    checkCapacity(inputs.length * names.length, 'input');
+    if (splitWithoutPrompts === 'refuse' && inputs.length > 0) {
+      throw new HttpError(400, 'input', `input: /classify has no prompt to tell the question from the response (a response can spell a turn opener); use /get_reward with prompts or /v1/score, or ${OPT_IN}`);
+    }
     requireScalar(names, '/classify');
     const examples = inputs.map((text, i) => {
       try {
@@ -333,6 +352,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     const asked = req.body.criterion ?? req.query.criterion;
     if (asked === undefined && byName.size > 1) throw new HttpError(400, 'criterion', `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`);
     const name = targets(asked).names[0]!;
+    checkCapacity(items ? items.length : 2 * pairs!.length, items ? 'items' : 'pairs');
     const found = new Map<string, string>(); // image file → the first field naming it
     const examples: Example[] = items
       ? items.map((it, i) => {

