@@ -4,6 +4,7 @@
  * safetensors header under the key "arm": everything needed to score again and to know where it came from.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { ModelError } from '../model/errors.js';
 import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/checkpoint/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
@@ -12,10 +13,14 @@ import { describeWeightFormat } from '../model/weight-format.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 import { visionConfigHash } from './images.js';
+import { fileSha256OrNull, PROCESSOR_FILES } from '../model/checkpoint/file-hash.js';
 
 /**
  * 2: the model identity `weightsFingerprint` is the sha256 of the weights' full content (1 held a sampled
- * fingerprint, which no longer matches any model).
+ * fingerprint, which no longer matches any model). `model.files` (the tokenizer, chat template and processor
+ * files' hashes) was added to version 2 as an optional field, not as version 3: a file without it loads with a
+ * warning that those files could not be checked, where a new version would refuse every criterion fitted so far;
+ * and older builds still read new files (they ignore the field).
  */
 export const FORMAT_VERSION = 2;
 
@@ -29,6 +34,13 @@ export interface CriterionMeta {
     weightFormat?: string;
     /** Image-text checkpoints: sha256 of the vision tower's spec and preprocessor_config.json (arm/images.ts). */
     visionConfigHash?: string;
+    /**
+     * sha256 of each file that decides the judge prompt's ids or pixels besides config.json and the weights
+     * (tokenizer.json, tokenizer_config.json, chat_template.jinja, chat_template.json; image-text checkpoints also
+     * preprocessor_config.json), by file name; null where the checkpoint had none. Absent in files fitted before
+     * it was recorded.
+     */
+    files?: Record<string, string | null>;
   };
   template: TemplateSpec;
   answerTokens: AnswerTokens;
@@ -133,6 +145,8 @@ const finite: Check = (v) => (typeof v === 'number' && Number.isFinite(v) ? null
 const str: Check = (v) => (typeof v === 'string' ? null : 'is not a string');
 const bool: Check = (v) => (typeof v === 'boolean' ? null : 'is not true or false');
 const oneOf = (...xs: unknown[]): Check => (v) => (xs.includes(v) ? null : `is not one of ${xs.map((x) => JSON.stringify(x)).join(', ')}`);
+/** A plain file name inside the model folder (criterion metadata names files; it must not point elsewhere). */
+const isFileName = (name: string) => /^[A-Za-z0-9._-]+$/.test(name) && name !== '.' && name !== '..';
 const hex64: Check = (v) => (typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? null : 'is not a sha256 (64 hex digits)');
 
 /** Problems with the metadata's shape and values, each as `metadata field "path": value problem`. */
@@ -171,7 +185,14 @@ export function metaProblems(meta: unknown): string[] {
     model: obj({
       id: is(str), family: is(str), configHash: is(hex64), weightsFingerprint: is(str), numLayers: is(int(1)), numHeads: is(int(1)), headDim: is(int(1)),
       dtype: is(oneOf(...WEIGHT_DTYPES)), weightFormat: is(str), visionConfigHash: is(hex64),
-    }, ['dtype', 'weightFormat', 'visionConfigHash']),
+      files: (v, path) => {
+        if (!isRecord(v)) { out.push(`metadata field "${path}": ${show(v)} is not an object`); return; }
+        for (const [name, h] of Object.entries(v)) {
+          if (!isFileName(name)) out.push(`metadata field "${path}": ${show(name)} is not a file name`);
+          else if (h !== null) is(hex64)(h, `${path}.${name}`);
+        }
+      },
+    }, ['dtype', 'weightFormat', 'visionConfigHash', 'files']),
     template: obj({ kind: is(oneOf('scalar', 'ranked')), text: is(str), chat: is(bool), templateKwargs: is((v) => (isRecord(v) ? null : 'is not an object')) }, ['templateKwargs']),
     answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
     heads: list(head),
@@ -207,18 +228,66 @@ function tensorProblems(meta: CriterionMeta, mu: Float32Array, probs: Float32Arr
   return out;
 }
 
+/** The criterion's `model.files` for a decoder: its prompt files' hashes as loaded (none for a decoder without a folder). */
+export function promptFilesOf(decoder: Decoder): { files?: Record<string, string | null> } {
+  const files = decoder.info.promptFiles;
+  return files && Object.keys(files).length ? { files: { ...files } } : {};
+}
+
+const short = (h: string | null) => (h === null ? 'absent' : `sha256 ${h.slice(0, 16)}…`);
+
 /**
- * Refuses a criterion fitted on another model (config or weights differ), and answer tokens outside the
- * model's vocabulary. Returns warnings: a criterion fitted at another dtype (same checkpoint) still scores,
+ * Where the prompt files the criterion recorded differ from the decoder's (content hashes; absent on one side only
+ * is a difference), as one message per file; and the files that could not be checked (the decoder's that the
+ * criterion does not record, or the whole field missing in a criterion fitted before it existed), as a warning.
+ */
+function promptFileDifferences(meta: CriterionMeta, decoder: Decoder, file: string): { problems: string[]; warning: string | null } {
+  const dir = decoder.info.modelDir;
+  const recorded = meta.model.files;
+  const now = decoder.info.promptFiles ?? {};
+  if (recorded === undefined) {
+    return { problems: [], warning: `${file} was fitted before criterion files recorded the tokenizer, chat template and processor files (${Object.keys(now).join(', ')}), so a change to them since it was fitted cannot be detected; fit it again to record them` };
+  }
+  const problems: string[] = [];
+  const unchecked: string[] = [];
+  for (const name of new Set([...Object.keys(now), ...Object.keys(recorded)])) {
+    if (!(name in recorded)) { unchecked.push(name); continue; }
+    // A file a newer build recorded that this one does not read is hashed as it is now: the criterion's promise holds.
+    const current = name in now ? now[name]! : fileSha256OrNull(path.join(dir, name));
+    const was = recorded[name]!;
+    if (was === current) continue;
+    // The image processor's settings: "another vision configuration", as the vision config hash check says.
+    const where = PROCESSOR_FILES.includes(name) ? `another vision configuration: ${path.join(dir, name)}` : path.join(dir, name);
+    problems.push(was === null ? `${where} is present (${short(current)}), but the model this criterion was fitted with had no ${name}`
+      : current === null ? `${where} is missing, but the model this criterion was fitted with had one (${short(was)})`
+        : `${where} differs from the one this criterion was fitted with (fitted with ${short(was)}, now ${short(current)})`);
+  }
+  const warning = unchecked.length ? `${file} does not record ${unchecked.join(', ')} (fitted by an older build), so a change to ${unchecked.length === 1 ? 'it' : 'them'} cannot be detected` : null;
+  return { problems, warning };
+}
+
+/**
+ * Refuses a criterion fitted on another model: config.json or weights differ, or a file that decides the judge
+ * prompt's ids or pixels (tokenizer, chat template, image processor: `model.files`) differs; and answer tokens
+ * outside the model's vocabulary. Returns warnings: a criterion fitted at another dtype (same checkpoint) still scores,
  * since quantisation moves activations only slightly (BENCHMARKS.md, "Weight formats": Spearman of P(Yes)
- * fp32-fitted vs scored at int8), but its means were not taken at this precision.
+ * fp32-fitted vs scored at int8), but its means were not taken at this precision; and a criterion fitted before
+ * the prompt files were recorded loads, with a warning that they could not be checked.
  */
 export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, file = 'criterion'): string[] {
   const m = meta.model;
+  const warnings: string[] = [];
   if (m.configHash !== decoder.info.configHash || m.weightsFingerprint !== decoder.info.weightsFingerprint) {
     const what = m.configHash !== decoder.info.configHash ? 'config.json' : 'weights';
     throw new ModelError(`${file}: fitted on model ${m.id} (${m.family}, ${m.numLayers}×${m.numHeads} heads); the loaded model ${decoder.id} differs in its ${what}. Fit the criterion again on this model.`);
   }
+  // The tokenizer, chat template and image processor decide which ids and pixels the judge sees: a criterion's
+  // means and heads belong to the prompts it was fitted on (an edited chat_template moved rewards 33×).
+  const files = promptFileDifferences(meta, decoder, file);
+  if (files.problems.length) {
+    throw new ModelError(`${file}: ${files.problems.join('; ')}. These files decide the judge prompt's token ids or pixels, so the criterion's means do not apply; fit the criterion again on this model (arm fit)`);
+  }
+  if (files.warning) warnings.push(files.warning);
   if (m.visionConfigHash !== undefined) {
     // Images become other rows under another image processor (preprocessor_config.json is not in configHash).
     let now: string | null = null;
@@ -234,13 +303,16 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   for (const [field, t] of tokens) if (!(t >= 0 && t < V)) throw new ModelError(`${file}: metadata field "${field}": ${t} is outside the vocabulary (0..${V - 1})`);
   const fitted = m.dtype ?? 'fp32';
   const now = decoder.info.weightFormat.dtype;
-  if (fitted !== now) return [`${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close but not identical (fit again at ${now} for exact agreement)`];
+  if (fitted !== now) {
+    warnings.push(`${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close but not identical (fit again at ${now} for exact agreement)`);
+    return warnings;
+  }
   // Same dtype, another format (int8 kernel, int4 rule, block size): e.g. a criterion fitted where the int8
   // default was rowwise, scored where it is blockwise. Labels before the kernel option lacked "blockwise".
   const label = describeWeightFormat(decoder.info.weightFormat);
   const was = m.weightFormat;
   if (was !== undefined && was !== label && was !== label.replace('blockwise, ', '')) {
-    return [`${file} was fitted with weights "${was}" and is scored with "${label}": scores are close but not identical (fit again, or pass the same --int8-kernel/--block-size, for exact agreement)`];
+    warnings.push(`${file} was fitted with weights "${was}" and is scored with "${label}": scores are close but not identical (fit again, or pass the same --int8-kernel/--block-size, for exact agreement)`);
   }
-  return [];
+  return warnings;
 }

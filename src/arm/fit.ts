@@ -10,7 +10,7 @@ import { describeWeightFormat } from '../model/weight-format.js';
 import { imagesOf, promptIdentity, toScalarItems, type Example } from '../data/examples.js';
 import { imageFilesOf, judgeImagesFor, toSequence, visionConfigHash, type JudgeImages } from './images.js';
 import { Rng } from '../util/rng.js';
-import { FORMAT_VERSION, type Criterion, type CriterionMeta } from './criterion.js';
+import { FORMAT_VERSION, promptFilesOf, type Criterion, type CriterionMeta } from './criterion.js';
 import { DEFAULT_PASSES_PER_DEMO_SET, denoiseMeans, extractMeans, MeansInterrupted, type Centring } from './means.js';
 import { initialState, probabilities, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss, type ReinforceOptions, type ReinforceState } from './reinforce.js';
 import { ActivationRM, nonFiniteHint } from './rm.js';
@@ -297,7 +297,7 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
       meta: {
         formatVersion: FORMAT_VERSION,
         model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d,
-          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat), ...visionHashOf(decoder) },
+          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat), ...visionHashOf(decoder), ...promptFilesOf(decoder) },
         template, answerTokens, heads, mode: o.mode, headStrategy: o.heads, denoise: o.denoise, seed: o.seed,
         hyper: {
           passes: o.passes, shots: o.shots, passesPerDemoSet: o.passesPerDemoSet, maxLength: o.maxLength, batchSize: o.batchSize, reinforce: o.heads === 'selected' ? rOpts : null,
@@ -390,7 +390,7 @@ export function zeroShotRM(decoder: Decoder, options: Pick<FitOptions, 'template
     meta: {
       formatVersion: FORMAT_VERSION,
       model: { id: options.modelId ?? decoder.id, family: decoder.spec.family, configHash: decoder.info.configHash, weightsFingerprint: decoder.info.weightsFingerprint, numLayers: L, numHeads: H, headDim: d,
-          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat), ...visionHashOf(decoder) },
+          dtype: decoder.info.weightFormat.dtype, weightFormat: describeWeightFormat(decoder.info.weightFormat), ...visionHashOf(decoder), ...promptFilesOf(decoder) },
       template, answerTokens: resolveAnswerTokens(decoder.tokenizer, template, probe), heads: [], mode: 'replace', headStrategy: 'none', denoise: null, seed: 0,
       hyper: { passes: 0, shots: 0, maxLength: options.maxLength ?? decoder.spec.maxPositions, batchSize: options.batchSize ?? 8, reinforce: null },
       examples: { count: 0, items: 0, itemsTooLong: 0, ids: [], sha256: '' }, readout: null,

@@ -11,7 +11,7 @@ import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { cachedModelExists, cacheKey, DATA_FILE, FP32_FORMAT, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type GptqCalibration, type Layout, type WeightFormat } from './export.js';
 import { resolveModelDir } from './checkpoint/hub.js';
-import { weightsContentHash } from './checkpoint/file-hash.js';
+import { PROMPT_FILES, promptFileHashes, TOKENIZER_FILES, weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
 import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec } from './families/spec.js';
@@ -94,6 +94,12 @@ export type RowImages = readonly (readonly ImageEmbeds[] | undefined)[];
 
 export interface LoadInfo {
   modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string;
+  /**
+   * sha256 of each file besides config.json and the weights that decides the judge prompt's ids or pixels
+   * (checkpoint/file-hash.ts: the tokenizer and chat template files, and for image-text checkpoints the image
+   * processor's), by file name, taken as the model was loaded; null for a file the checkpoint lacks. Criterion files record it and refuse another.
+   */
+  promptFiles: Record<string, string | null>;
   /** How the weights are stored and multiplied (dtype, block size, accuracy level, pre-quantised scheme). */
   weightFormat: WeightFormat;
   /** The cache root and thread count this decoder was loaded with (a vision tower loaded for it uses the same). */
@@ -126,6 +132,8 @@ export class Decoder {
     let config: Record<string, unknown>;
     try { config = JSON.parse(configText); } catch (e) { throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`); }
     const spec = specFromConfig(config, configPath);
+    // Hashed before the tokenizer reads them: the identity is of the files this decoder was built from.
+    const promptFiles = promptFileHashes(modelDir, spec.imageText ? PROMPT_FILES : TOKENIZER_FILES);
     // Without tokenizer.json the model still runs on token ids; text asks for the tokenizer and fails then.
     const tokenizer = fs.existsSync(path.join(modelDir, 'tokenizer.json')) ? await Tokenizer.load(modelDir) : null;
     let ckpt = SafetensorsCheckpoint.open(modelDir);
@@ -174,7 +182,7 @@ export class Decoder {
     return new Decoder(spec, tokenizer, session, {
       modelDir, cacheEntry: entry.dir, built: entry.built, cacheDir, threads: opts.threads ?? os.availableParallelism(),
       buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
-      configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!,
+      configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!, promptFiles,
     }, model, openEmbeddings(entry.dir));
   }
 
@@ -185,7 +193,7 @@ export class Decoder {
   static async openWritten(spec: ModelSpec, dir: string, like: { modelDir: string; threads?: number }): Promise<Decoder> {
     const session = await createSession(dir, like.threads);
     return new Decoder(spec, null, session, {
-      modelDir: like.modelDir, cacheEntry: dir, built: true, buildSeconds: 0, loadSeconds: 0, configHash: '', weightsFingerprint: '', weightFormat: FP32_FORMAT,
+      modelDir: like.modelDir, cacheEntry: dir, built: true, buildSeconds: 0, loadSeconds: 0, configHash: '', weightsFingerprint: '', weightFormat: FP32_FORMAT, promptFiles: {},
       cacheDir: dir, threads: like.threads ?? os.availableParallelism(),
     }, dir, openEmbeddings(dir));
   }

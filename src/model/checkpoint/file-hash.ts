@@ -89,3 +89,41 @@ export function weightsContentHash(files: readonly string[], memoDir: string): s
   for (const f of [...files].sort()) h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
   return h.digest('hex');
 }
+
+/**
+ * The checkpoint files besides config.json and the weights that decide a judge prompt's token ids, as this build
+ * reads them (model/tokenizer.ts): the tokenizer (tokenizer.json; tokenizer_config.json, which also holds the
+ * special tokens and the chat template) and the chat template files that override the config's
+ * (chat_template.jinja, else chat_template.json). Files this build never reads (special_tokens_map.json,
+ * added_tokens.json, generation_config.json) change nothing it computes and are left out, so that editing them
+ * does not invalidate a criterion.
+ */
+export const TOKENIZER_FILES: readonly string[] = ['tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja', 'chat_template.json'];
+
+/**
+ * What decides an image-text checkpoint's pixels (model/vision/processor.ts). processor_config.json and
+ * video_preprocessor_config.json are not read by this build (no video; the image processor's settings are all in
+ * preprocessor_config.json), so they are not part of the identity.
+ */
+export const PROCESSOR_FILES: readonly string[] = ['preprocessor_config.json'];
+
+/** Every file a prompt's ids or pixels may depend on: TOKENIZER_FILES, then PROCESSOR_FILES. */
+export const PROMPT_FILES: readonly string[] = [...TOKENIZER_FILES, ...PROCESSOR_FILES];
+
+/** sha256 (hex) of every byte of `file`, or null when it does not exist; other failures name the file. */
+export function fileSha256OrNull(file: string): string | null {
+  try { return hashFile(file); } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    throw new ModelError(`${file}: cannot read (${code === 'EISDIR' ? 'a directory, not a file' : code ?? (e as Error).message}) to hash it for the model identity`);
+  }
+}
+
+/**
+ * Content hashes of the prompt files (PROMPT_FILES) in `modelDir`, by file name; null for a file that is absent.
+ * The hash is of the bytes, so a whitespace-only edit counts: the JSON files are parsed, but the chat template
+ * inside them is Jinja, where whitespace is output, and a canonical hash would have to know which is which.
+ */
+export function promptFileHashes(modelDir: string, names: readonly string[] = PROMPT_FILES): Record<string, string | null> {
+  return Object.fromEntries(names.map((n) => [n, fileSha256OrNull(path.join(modelDir, n))]));
+}
