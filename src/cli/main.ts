@@ -5,6 +5,7 @@ import { registerArmCommands } from './arm-commands.js';
 import { registerEvalCommand } from './eval-command.js';
 import { registerBiasProbeCommand } from './bias-probe-command.js';
 import { registerServeCommand } from './serve-command.js';
+import { registerRenderCommand } from './render-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('arm')
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     .showHelpAfterError();
   registerModelCommands(program);
   registerArmCommands(program);
+  registerRenderCommand(program);
   registerEvalCommand(program);
   registerBiasProbeCommand(program);
   registerServeCommand(program);
