@@ -288,7 +288,11 @@ export class Decoder {
     return out;
   }
 
-  /** Text (optionally through the chat template as one user turn) → token ids. */
+  /**
+   * The raw tools' prompt (`arm forward`/`generate --prompt`) → token ids. Without the chat template, text that
+   * spells a special token becomes it (to probe a model by hand); through it, the text is one untrusted user turn.
+   * Judge prompts never come through here (src/arm/template.ts).
+   */
   encodePrompt(text: string, opts: { chat?: boolean } = {}): number[] {
     return opts.chat ? this.tokenizer.applyChatTemplate([{ role: 'user', content: text }]) : this.tokenizer.encode(text);
   }
