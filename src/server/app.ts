@@ -12,7 +12,7 @@ import path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Example, Prompt } from '../data/examples.js';
 import type { CriterionMeta } from '../arm/criterion.js';
-import { CancelledError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
+import { CancelledError, ItemFailedError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
 import { QuerySplitter, SplitError, type SplitWithoutPrompts } from './split.js';
 import type { ScoringEngine } from './engine.js';
@@ -132,7 +132,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   const metrics = createMetrics();
   const scheduler = new MicroBatcher(engine, {
     maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
-    batchSize: opts.batchSize, maxLength: opts.maxLength,
+    batchSize: opts.batchSize, maxLength: opts.maxLength, probe: (name) => probeExample(byName.get(name)!),
   }, (r) => metrics.observeBatch(r), (n) => metrics.queueItems.set(n));
   const splitWithoutPrompts = opts.splitWithoutPrompts ?? 'refuse';
   const splitter = new QuerySplitter(info.specialTokens, info.eosToken, splitWithoutPrompts);
@@ -228,7 +228,12 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     try {
       return await Promise.all(names.map((n) => scheduler.submit(n, examples, abort.signal)));
     } catch (e) {
-      abort.abort(); // one criterion refused (queue full): withdraw what the others queued
+      abort.abort(); // one criterion refused (queue full) or failed: withdraw what the others queued
+      if (e instanceof ItemFailedError) {
+        const at = `${field}[${e.slot}]`;
+        if (!e.inputFault) throw e.cause;
+        throw new HttpError(422, at, `${at}: ${e.message} (the engine scores other items; the rest of its micro-batch was scored without it)`);
+      }
       throw e;
     }
   };
@@ -380,10 +385,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     get ready() { return ready && !closing; },
     async warm() {
       for (const { name, meta } of info.criteria) {
-        const probe: Example = meta.template.kind === 'ranked'
-          ? { kind: 'pair', id: 'warm', line: 0, row: {}, prompt: 'Warm-up.', chosen: 'Yes.', rejected: 'No.' }
-          : scalarExample('warm', 'Warm-up.', 'Yes.');
-        await engine.score(name, [probe], { batchSize: opts.batchSize, maxLength: opts.maxLength });
+        await engine.score(name, [probeExample(meta)], { batchSize: opts.batchSize, maxLength: opts.maxLength });
       }
       ready = true;
     },
@@ -416,6 +418,13 @@ export function armFields(s: ExampleScore): Record<string, number | boolean | nu
     ? { chosen: s.chosen, rejected: s.rejected, margin: s.margin, correct: s.correct, truncated: s.truncated, tooLong: s.tooLong, ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }) }
     : { reward: s.reward, normalized: s.normalized, logitYes: s.logitYes, logitNo: s.logitNo, truncated: s.truncatedTokens > 0, tooLong: s.tooLong };
   return Object.fromEntries(Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]));
+}
+
+/** A small example every criterion scores: the warm-up, and the scheduler's probe of a working engine. */
+function probeExample(meta: CriterionMeta): Example {
+  return meta.template.kind === 'ranked'
+    ? { kind: 'pair', id: 'probe', line: 0, row: {}, prompt: 'Warm-up.', chosen: 'Yes.', rejected: 'No.' }
+    : scalarExample('probe', 'Warm-up.', 'Yes.');
 }
 
 function scalarExample(id: string, prompt: Prompt, response: string): Example {

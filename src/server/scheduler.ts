@@ -14,6 +14,12 @@
  * Bounds: at most `maxQueue` judge items wait (a pair counts 2); `submit` beyond that throws QueueFullError
  * (HTTP 503) instead of growing memory. A cancelled request (client gone) has its waiting examples removed at
  * once; a batch already running finishes, and its results for that request are dropped.
+ *
+ * Failure isolation: one request's item must not fail another's. When a batch's engine call fails, the batch is
+ * halved and each half retried (recursively, items of requests already failed or cancelled left out), so the
+ * items that can be scored are, in smaller batches, and an item that fails alone fails only its own request
+ * (ItemFailedError naming it). Whose fault: an item that fails alone while batch-mates were scored, or while a
+ * server-made probe example still scores, is the input's; when nothing scores, the engine's (the plain error).
  */
 import type { ItemScore, PairScore } from '../arm/rm.js';
 import type { Example } from '../data/examples.js';
@@ -31,6 +37,14 @@ export class QueueFullError extends Error {
 export class ShuttingDownError extends Error {
   override name = 'ShuttingDownError';
   constructor() { super('the server is shutting down and takes no new work'); }
+}
+
+/** An example that failed alone (its batch-mates were retried without it): `slot` is its index in the request. */
+export class ItemFailedError extends Error {
+  override name = 'ItemFailedError';
+  constructor(readonly slot: number, override readonly cause: Error, readonly inputFault: boolean) {
+    super(`could not be scored: ${cause.message}`);
+  }
 }
 
 export class CancelledError extends Error {
@@ -51,6 +65,12 @@ export interface SchedulerOptions {
   /** Forward batch size and token budget handed to scoreExamples (undefined: the criterion's own, as `arm score`). */
   batchSize?: number;
   maxLength?: number;
+  /**
+   * A known-good example for a criterion: scored when every item of a failed batch also failed alone, to tell
+   * an input the engine cannot take (4xx) from an engine that takes nothing (500). Without it, such a failure
+   * counts as the engine's.
+   */
+  probe?: (criterion: string) => Example;
 }
 
 /** What a finished batch reports (for metrics). */
@@ -188,31 +208,67 @@ export class MicroBatcher {
     this.queue = rest;
     this.queuedItems -= items;
     this.onQueueChange(this.queuedItems);
-    const t0 = performance.now();
     try {
-      const { scores, tokens } = await this.engine.score(criterion, batch.map((e) => e.example), { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength });
-      const seconds = (performance.now() - t0) / 1000;
-      const rate = items / Math.max(seconds, 1e-6);
-      this.itemsPerSecond = this.itemsPerSecond ? 0.8 * this.itemsPerSecond + 0.2 * rate : rate;
-      this.onBatch({ criterion, examples: batch.length, items, tokens, seconds, tooLong: scores.filter((s) => s.tooLong).length });
-      batch.forEach((e, i) => {
-        const job = e.job;
-        if (job.cancelled) return;
-        job.results[e.slot] = scores[i]!;
-        if (--job.left === 0) job.resolve(job.results as ExampleScore[]);
-      });
-    } catch (err) {
-      // A failure of the engine fails the requests in this batch only; the queue goes on.
-      const failed = new Set(batch.map((e) => e.job));
-      for (const job of failed) {
+      const failed = new Map<Job, { entry: Entry; error: Error }>();
+      const anyScored = await this.scoreIsolating(criterion, batch, failed);
+      if (failed.size === 0) return;
+      // Failed alone while others (batch-mates, or the probe) were scored: the input's fault; else the engine's.
+      const inputFault = anyScored || await this.probeScores(criterion);
+      for (const [job, { entry, error }] of failed) {
         if (job.cancelled || job.left === 0) continue;
         job.left = 0;
-        job.reject(err as Error);
+        job.reject(inputFault ? new ItemFailedError(entry.slot, error, true) : error);
         this.cancelWaiting(job);
       }
     } finally {
       this.running = false;
       this.kick();
+    }
+  }
+
+  /**
+   * Scores `entries` in one engine call; if that fails, each half in turn, down to single entries, which are
+   * recorded in `failed` (one per request: the rest of a failed request is not scored). Whether anything scored.
+   */
+  private async scoreIsolating(criterion: string, entries: Entry[], failed: Map<Job, { entry: Entry; error: Error }>): Promise<boolean> {
+    const live = entries.filter((e) => !e.job.cancelled && e.job.left > 0 && !failed.has(e.job));
+    if (live.length === 0) return false;
+    let scores: ExampleScore[], tokens: number;
+    const t0 = performance.now();
+    try {
+      ({ scores, tokens } = await this.engine.score(criterion, live.map((e) => e.example), { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength }));
+    } catch (err) {
+      if (live.length === 1) {
+        failed.set(live[0]!.job, { entry: live[0]!, error: err as Error });
+        return false;
+      }
+      const half = Math.ceil(live.length / 2);
+      const first = await this.scoreIsolating(criterion, live.slice(0, half), failed);
+      const second = await this.scoreIsolating(criterion, live.slice(half), failed);
+      return first || second;
+    }
+    const items = live.reduce((n, e) => n + e.cost, 0);
+    const seconds = (performance.now() - t0) / 1000;
+    const rate = items / Math.max(seconds, 1e-6);
+    this.itemsPerSecond = this.itemsPerSecond ? 0.8 * this.itemsPerSecond + 0.2 * rate : rate;
+    this.onBatch({ criterion, examples: live.length, items, tokens, seconds, tooLong: scores.filter((s) => s.tooLong).length });
+    live.forEach((e, i) => {
+      const job = e.job;
+      if (job.cancelled || job.left === 0) return;
+      job.results[e.slot] = scores[i]!;
+      if (--job.left === 0) job.resolve(job.results as ExampleScore[]);
+    });
+    return true;
+  }
+
+  /** Whether the engine still scores the criterion's probe example (false without a probe). */
+  private async probeScores(criterion: string): Promise<boolean> {
+    if (!this.opts.probe) return false;
+    try {
+      await this.engine.score(criterion, [this.opts.probe(criterion)], { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength });
+      return true;
+    } catch {
+      return false;
     }
   }
 

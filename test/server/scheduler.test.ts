@@ -1,10 +1,14 @@
 /** The micro-batching scheduler on a stand-in model (no onnxruntime): batching, bounds, cancellation, drain. */
 import { describe, expect, it } from 'vitest';
 import type { Example } from '../../src/data/examples.js';
-import { CancelledError, MicroBatcher, QueueFullError, ShuttingDownError, type SchedulerOptions } from '../../src/server/scheduler.js';
+import { CancelledError, ItemFailedError, MicroBatcher, QueueFullError, ShuttingDownError, type SchedulerOptions } from '../../src/server/scheduler.js';
 import type { ScoringEngine } from '../../src/server/engine.js';
 
-/** A stand-in whose score is a function of the response alone, taking `delayMs` per call; records each call's example ids. */
+/**
+ * A stand-in whose score is a function of the response alone, taking `delayMs` per call; records each call's
+ * example ids. A call holding an example whose response is POISON throws, as the engine does for an input it
+ * cannot encode: the whole call fails, not only that example.
+ */
 function standIn(delayMs = 5) {
   const calls: string[][] = [];
   let fail = false;
@@ -15,6 +19,7 @@ function standIn(delayMs = 5) {
       const failing = fail;
       await new Promise((r) => setTimeout(r, delayMs));
       if (failing) throw new Error('engine failure');
+      if (examples.some((e) => e.kind === 'scalar' && e.response === 'POISON')) throw new Error('image placeholders: 2 in the text, 1 image');
       return { tokens: 0, scores: examples.map((e) => (e.kind === 'scalar'
         ? { id: e.id, reward: e.response.length / 100, normalized: 0, logitYes: 0, logitNo: 0, truncatedTokens: 0, tooLong: false, verdict: null, label: null }
         : { id: e.id, chosen: 1, rejected: 0, margin: 1, correct: true, truncated: false, tooLong: false, detail: [] })) };
@@ -92,6 +97,51 @@ describe('MicroBatcher', () => {
     const second = batcher.submit('c', [item('2')]);
     await expect(first).rejects.toThrow('engine failure');
     expect((await second).length).toBe(1);
+  });
+
+  it('an item that cannot be scored fails alone: its batch-mates get the scores they get alone, its request an error naming it', async () => {
+    const { batcher, calls } = make({ maxBatch: 16, maxWaitMs: 50 });
+    const innocentA = [item('a1', 'x'), item('a2', 'xxxx'), item('a3', 'xxxxxxx')];
+    const innocentB = [item('b1', 'xx'), pair('b2'), item('b3', 'xxxxxxxxxx')];
+    const [a, poisoned, b] = await Promise.allSettled([
+      batcher.submit('c', innocentA),
+      batcher.submit('c', [item('p1', 'fine'), item('p2', 'POISON'), item('p3', 'also fine')]),
+      batcher.submit('c', innocentB),
+    ]);
+    expect(calls[0]).toHaveLength(9); // all three requests shared the first batch, which failed
+    // Scored alone (a fresh scheduler, one request at a time) for the reference.
+    const alone = make({ maxBatch: 16, maxWaitMs: 0 });
+    expect(a).toEqual({ status: 'fulfilled', value: await alone.batcher.submit('c', innocentA) });
+    expect(b).toEqual({ status: 'fulfilled', value: await alone.batcher.submit('c', innocentB) });
+    expect(poisoned.status).toBe('rejected');
+    const err = (poisoned as PromiseRejectedResult).reason as ItemFailedError;
+    expect(err).toBeInstanceOf(ItemFailedError);
+    expect([err.slot, err.inputFault]).toEqual([1, true]); // p2, and the engine scored its batch-mates: the input's fault
+    expect(err.message).toMatch(/image placeholders: 2 in the text, 1 image/);
+    // Bisection: a bounded number of retries, never the poisoned item with company at the end.
+    expect(calls.length).toBeLessThanOrEqual(2 * Math.ceil(Math.log2(9)) + 1);
+    expect(calls.at(-1)).not.toContain('a1');
+  });
+
+  it('a lone item that fails: the probe tells its fault from the engine\'s', async () => {
+    const s = standIn(1);
+    const probe = () => item('probe', 'ok');
+    const batcher = new MicroBatcher(s.engine, { maxBatch: 4, maxWaitMs: 0, maxQueue: 100, probe });
+    const lone = await batcher.submit('c', [item('p', 'POISON')]).catch((e: unknown) => e);
+    expect(lone).toBeInstanceOf(ItemFailedError);
+    expect((lone as ItemFailedError).inputFault).toBe(true);
+    expect(s.calls).toEqual([['p'], ['probe']]);
+    // The engine failing on everything: the error is the engine's, for every request, after a bounded number of calls.
+    s.setFail(true);
+    s.calls.length = 0;
+    const all = await Promise.allSettled([batcher.submit('c', [item('x1'), item('x2')]), batcher.submit('c', [item('y1'), item('y2')])]);
+    for (const r of all) {
+      expect(r.status).toBe('rejected');
+      const e = (r as PromiseRejectedResult).reason as Error;
+      expect(e instanceof ItemFailedError ? e.inputFault : false).toBe(false);
+      expect(e.message).toMatch(/engine failure/);
+    }
+    expect(s.calls.length).toBeLessThanOrEqual(2 * 4);
   });
 
   it('drain: refuses new work, finishes everything queued', async () => {

@@ -330,6 +330,33 @@ describe('under load', () => {
     }
   });
 
+  it('an item the engine cannot score fails its own request (422 naming it), never a batch-mate from another client', async () => {
+    // The engine fails a whole call holding a poisoned item, as it did for image-placeholder text with an image.
+    const inner = new InProcessEngine(decoder, [{ name: 'concise', file: conciseFile, rm: concise }]);
+    const poisoning: ScoringEngine = {
+      info: inner.info,
+      close: () => inner.close(),
+      score: async (criterion, examples, o) => {
+        if (examples.some((e) => e.kind === 'scalar' && e.response.includes('POISON'))) throw new Error('image placeholders: 2 in the text, 1 image');
+        return inner.score(criterion, examples, o);
+      },
+    };
+    const server = await createRewardServer({ engine: poisoning, maxBatch: 64, maxWaitMs: 100 });
+    running.push(server);
+    const url = await server.listen({ host: '127.0.0.1', port: 0 });
+    const innocent = ALL_PAIRS.slice(0, 5);
+    const ref = await reference(concise, innocent);
+    const [good, bad] = await Promise.all([
+      call(url, '/v1/score', { items: innocent.map(([prompt, response]) => ({ prompt, response })) }),
+      call(url, '/v1/score', { items: [{ prompt: 'p', response: 'fine' }, { prompt: 'p', response: 'POISON <image>' }] }),
+    ]);
+    expect((await server.metrics.batchItems.get()).values.find((v) => v.metricName === 'arm_batch_items_count')!.value).toBeGreaterThan(1);
+    expect(good.status).toBe(200);
+    good.body.results.forEach((r: { reward: number }, k: number) => expect(Math.abs(r.reward - ref.get(innocent[k]!.join('\u0000'))!)).toBeLessThan(MIXED_TOL));
+    expect([bad.status, bad.body.field]).toEqual([422, 'items[1]']);
+    expect(bad.body.error).toMatch(/^items\[1\]: could not be scored: image placeholders: 2 in the text, 1 image/);
+  });
+
   it('a client that disconnects leaves the queue at once; the others are answered', async () => {
     const { server, url } = await start({ ...LAST_TURN, maxBatch: 64, maxWaitMs: 400 });
     const abort = new AbortController();
