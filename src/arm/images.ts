@@ -89,9 +89,8 @@ export class JudgeImages implements ImageRendering {
       try { bytes = fs.readFileSync(file); } catch (e) {
         throw new ModelError(`${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
       }
-      const img = await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)).catch((e: unknown) => {
-        throw new ModelError(`${file}: ${(e as Error).message}`);
-      });
+      // Bounded by what the processor can use, checked from the header before any pixel is decoded.
+      const img = await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { name: file, maxPixels: this.processor.pixelBound() });
       this.files.set(file, { stamp, sha256: createHash('sha256').update(bytes).digest('hex'), height: img.height, width: img.width, tokens: this.processor.tokenCount(img.height, img.width) });
     }
   }
@@ -129,7 +128,7 @@ export class JudgeImages implements ImageRendering {
     if (createHash('sha256').update(bytes).digest('hex') !== sha256) {
       throw new ModelError(`${file}: the image changed while it was in use (its content no longer matches what was read before); run again`);
     }
-    const rows = await inputs.embed(this.processor.preprocess(await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength))));
+    const rows = await inputs.embed(this.processor.preprocess(await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { name: file, maxPixels: this.processor.pixelBound() })));
     this.stats.towerRuns++;
     rowsCache.set(key, rows);
     rowsCacheBytes += bytesOf(rows);

@@ -7,7 +7,7 @@
  * by sharp: its kernels do not reproduce PIL/torchvision bicubic bit for bit; see resample.ts.
  */
 import fs from 'node:fs/promises';
-import sharp from 'sharp';
+import sharp, { type Metadata } from 'sharp';
 import { ModelError } from '../errors.js';
 
 /** 8-bit RGB pixels, row-major, interleaved: `data[(y * width + x) * 3 + c]`, shape [height, width, 3]. */
@@ -30,27 +30,103 @@ export function rgbImage(width: number, height: number, data: Uint8Array): RgbIm
 const FORMATS = new Set(['png', 'jpeg', 'webp']);
 
 /**
+ * The bound on decoded pixels, checked from the file's header before any pixel is decoded: a 750 KB PNG can
+ * declare 16000×16000 pixels, 768 MB as RGB (measured: 1.5 GB resident and 8 s to decode, where the header check
+ * refuses it in milliseconds). An image processor never uses more than its largest size (Qwen-VL `max_pixels`,
+ * LLaVA-OneVision's largest grid pinpoint): it shrinks anything bigger, so pixels beyond a small multiple of that
+ * are decoded only to be thrown away.
+ *
+ * The bound is IMAGE_PIXEL_FACTOR (4) × the processor's largest size, and never below MIN_IMAGE_PIXEL_BOUND
+ * (4096², 16.8 M pixels). 4× is twice the largest size per side: a camera photo up to that decodes (a 48 MP photo
+ * for Qwen2.5-VL's 12.8 M `max_pixels`), and the decode costs at most ~7 bytes a pixel (sharp's buffer plus the RGB
+ * copy): ~360 MB for Qwen2.5-VL, ~470 MB for Qwen3-VL (16.8 M). The floor keeps ordinary photos (12–16 MP phones)
+ * readable when a checkpoint's processor was configured small. `ARM_MAX_IMAGE_PIXELS` sets the bound instead
+ * (whole pixels), and library callers pass `maxPixels`.
+ */
+export const IMAGE_PIXEL_FACTOR = 4;
+export const MIN_IMAGE_PIXEL_BOUND = 4096 * 4096;
+/** The bound where no image processor is known (a bare decodeImage): 4 × Qwen3-VL's largest size, 4096² (8192²). */
+export const DEFAULT_MAX_IMAGE_PIXELS = IMAGE_PIXEL_FACTOR * 4096 * 4096;
+export const MAX_IMAGE_PIXELS_ENV = 'ARM_MAX_IMAGE_PIXELS';
+
+/** A bound on an image's decoded pixels, with what it comes from (for the error message). */
+export interface PixelBound { readonly pixels: number; readonly source: string }
+
+/** `ARM_MAX_IMAGE_PIXELS` as a bound, or null when unset; a value that is not a positive whole number is an error. */
+export function envPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound | null {
+  const raw = env[MAX_IMAGE_PIXELS_ENV];
+  if (raw === undefined || raw.trim() === '') return null;
+  const pixels = Number(raw.trim());
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(pixels) || pixels < 1) {
+    throw new ModelError(`${MAX_IMAGE_PIXELS_ENV}=${JSON.stringify(raw)}: expected a positive whole number of pixels (width × height)`);
+  }
+  return { pixels, source: MAX_IMAGE_PIXELS_ENV };
+}
+
+/**
+ * The bound for an image processor whose largest output is `largestPixels` (`what` names it, e.g. "max_pixels
+ * in preprocessor_config.json"): `ARM_MAX_IMAGE_PIXELS` when set, else max(4 × largestPixels, 4096²).
+ */
+export function processorPixelBound(largestPixels: number, what: string, env: NodeJS.ProcessEnv = process.env): PixelBound {
+  const set = envPixelBound(env);
+  if (set) return set;
+  const scaled = IMAGE_PIXEL_FACTOR * largestPixels;
+  return scaled >= MIN_IMAGE_PIXEL_BOUND
+    ? { pixels: scaled, source: `${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}` }
+    : { pixels: MIN_IMAGE_PIXEL_BOUND, source: `at least 4096×4096; ${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}, is less` };
+}
+
+/** The bound without an image processor: `ARM_MAX_IMAGE_PIXELS`, else DEFAULT_MAX_IMAGE_PIXELS. */
+export function defaultPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound {
+  return envPixelBound(env) ?? { pixels: DEFAULT_MAX_IMAGE_PIXELS, source: `the default without an image processor, ${IMAGE_PIXEL_FACTOR} × 4096×4096` };
+}
+
+export interface DecodeImageOptions {
+  /** Most pixels (width × height) to decode, checked from the header first; default `defaultPixelBound()`. */
+  maxPixels?: number | PixelBound;
+  /** What to call the image in errors (default: the path, or "image bytes"). */
+  name?: string;
+}
+
+/**
  * Decode an image file or its bytes into RGB. EXIF orientation is applied (transformers' `load_image` calls
  * `ImageOps.exif_transpose`); transparency is composited over white as transformers' `convert_to_rgb` does
  * (PIL `alpha_composite` on a white background, its integer rounding reproduced); grey images are replicated
- * to three channels. Embedded ICC profiles are ignored, as PIL ignores them.
+ * to three channels. Embedded ICC profiles are ignored, as PIL ignores them. Of an animated (multi-frame) WebP only
+ * the first frame is decoded, as PIL's `Image.open` + `convert` give it, so frames do not multiply the cost.
+ *
+ * An image of more pixels than `maxPixels` (see IMAGE_PIXEL_FACTOR) is refused from its header, before decoding,
+ * with an error naming the file, its size and the bound.
  */
-export async function decodeImage(source: string | Uint8Array): Promise<RgbImage> {
-  const where = typeof source === 'string' ? source : 'image bytes';
+export async function decodeImage(source: string | Uint8Array, opts: DecodeImageOptions = {}): Promise<RgbImage> {
+  const where = opts.name ?? (typeof source === 'string' ? source : 'image bytes');
+  const bound: PixelBound = opts.maxPixels === undefined ? defaultPixelBound()
+    : typeof opts.maxPixels === 'number' ? { pixels: opts.maxPixels, source: 'maxPixels' } : opts.maxPixels;
+  if (!(Number.isSafeInteger(bound.pixels) && bound.pixels >= 1)) throw new ModelError(`${where}: pixel bound ${bound.pixels} (${bound.source}) is not a positive whole number`);
   const bytes = typeof source === 'string' ? await readImageFile(source) : source;
-  let format: string | undefined;
+  let meta: Metadata;
   try {
-    format = (await sharp(bytes, { ignoreIcc: true }).metadata()).format;
+    // The header only: no pixel is decoded here, whatever size it declares (sharp's own limit is lifted so that
+    // the size can be reported; the decode below enforces the bound).
+    meta = await sharp(bytes, { ignoreIcc: true, limitInputPixels: false }).metadata();
   } catch (err) {
     throw new ModelError(`${where}: not a readable image (${(err as Error).message})`);
   }
+  const format = meta.format;
   if (!format || !FORMATS.has(format)) {
     throw new ModelError(`${where}: image format ${format ?? 'unknown'} is not supported (PNG, JPEG or WebP)`);
   }
+  // One page: sharp decodes the first frame only (pages: 1), whose size the header gives as width × height.
+  const width = meta.width ?? 0, height = meta.pageHeight ?? meta.height ?? 0;
+  if (width * height > bound.pixels) {
+    const frames = (meta.pages ?? 1) > 1 ? ` (first of ${meta.pages} frames)` : '';
+    throw new ModelError(`${where}: the image is ${width}×${height}${frames}, ${width * height} pixels, more than the ${bound.pixels} allowed (${bound.source}); ` +
+      `it is refused before decoding (a small file can declare gigabytes of pixels): downscale it, or raise the bound with ${MAX_IMAGE_PIXELS_ENV}`);
+  }
   // `ignoreIcc`: sharp would otherwise convert through an embedded profile to sRGB, which PIL never does.
   // `autoOrient` applies EXIF orientation; `raw` gives 8-bit samples in the file's own channel count
-  // (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA).
-  const { data, info } = await sharp(bytes, { failOn: 'error', ignoreIcc: true })
+  // (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). `limitInputPixels` enforces the bound inside the decoder too.
+  const { data, info } = await sharp(bytes, { failOn: 'error', ignoreIcc: true, pages: 1, page: 0, limitInputPixels: bound.pixels })
     .autoOrient()
     .raw({ depth: 'uchar' })
     .toBuffer({ resolveWithObject: true })

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ModelError } from '../errors.js';
-import type { RgbImage } from './image.js';
+import { processorPixelBound, type PixelBound, type RgbImage } from './image.js';
 import {
   llavaOnevisionFeatureConfig,
   llavaOnevisionImageProcessorConfig,
@@ -46,6 +46,14 @@ export interface ImageProcessor {
   readonly placeholders: ImagePlaceholderIds;
   /** Placeholder tokens an image of this size expands to (no pixels needed). */
   tokenCount(height: number, width: number): number;
+  /** The most pixels this processor resizes an image to (Qwen-VL `max_pixels`; LLaVA-OneVision's largest canvas). */
+  readonly largestPixels: number;
+  /**
+   * The most pixels an image may have to be decoded for this processor: `ARM_MAX_IMAGE_PIXELS`, else
+   * 4 × largestPixels and at least 4096² (image.ts IMAGE_PIXEL_FACTOR). Read when asked, so the variable applies
+   * to a processor made before it was set.
+   */
+  pixelBound(): PixelBound;
   preprocess(image: RgbImage): ProcessedImage;
   /** Expand one placeholder per image in `ids` to each image's token count. */
   expand(ids: readonly number[], images: readonly ProcessedImage[]): ExpandedPrompt;
@@ -74,6 +82,8 @@ export function qwenVLImageProcessor(pre: QwenVLImageProcessorConfig, placeholde
     family: 'qwen-vl',
     placeholders,
     tokenCount: (h, w) => qwenVLImageTokenCount(h, w, pre),
+    largestPixels: pre.maxPixels,
+    pixelBound: () => processorPixelBound(pre.maxPixels, 'max_pixels in preprocessor_config.json'),
     preprocess(image) {
       const p = preprocessQwenVLImage(image, pre);
       return { family: 'qwen-vl', pixelValues: p.pixelValues, shape: p.shape, gridThw: p.gridThw, tokenCount: p.tokenCount };
@@ -90,10 +100,14 @@ export function llavaOnevisionImageProcessor(
   if (pre.tileSize[0] !== features.tileSize) {
     throw new ModelError(`preprocessor tile size ${pre.tileSize[0]} differs from the vision tower's image_size ${features.tileSize}`);
   }
+  // Every image becomes the base tile and the tiles of one grid-pinpoint canvas: the largest canvas bounds it.
+  const largestPixels = Math.max(pre.tileSize[0] * pre.tileSize[1], ...pre.gridPinpoints.map(([h, w]) => h * w));
   return {
     family: 'llava-onevision',
     placeholders,
     tokenCount: (h, w) => llavaOnevisionLayout([h, w], features).tokenCount,
+    largestPixels,
+    pixelBound: () => processorPixelBound(largestPixels, 'the largest image_grid_pinpoints canvas in preprocessor_config.json'),
     preprocess(image) {
       const p = preprocessLlavaOnevisionImage(image, pre);
       const layout = llavaOnevisionLayout(p.imageSize, features);
