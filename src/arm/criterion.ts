@@ -4,7 +4,9 @@
  * safetensors header under the key "arm": everything needed to score again and to know where it came from.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
+import { createHash } from 'node:crypto';
 import { ModelError } from '../model/errors.js';
 import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/checkpoint/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
@@ -69,22 +71,70 @@ export interface Criterion {
 
 const f32Bytes = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength);
 
-export function saveCriterion(file: string, c: Criterion, opts: { keepAllMeans?: boolean } = {}): void {
+/**
+ * Writing the criterion file failed (full disk, a folder that is not writable…). The message names the file and
+ * the cause, and where the finished criterion was written instead (`savedTo`), if anywhere: a finished fit is
+ * minutes of work, and the caller's fit checkpoint (if it keeps one) is the other way back.
+ */
+export class CriterionWriteError extends ModelError {
+  constructor(message: string, readonly file: string, readonly code: string, readonly savedTo: string | null) { super(message); }
+}
+
+/**
+ * Where saveCriterion puts a criterion it could not write to `file`, in order: beside it (`<file>.unsaved`), else
+ * in the system's temporary folder (often another file system: a full disk or a read-only folder does not stop it).
+ */
+export function unsavedCriterionFiles(file: string): string[] {
+  const abs = path.resolve(file);
+  const tag = createHash('sha256').update(abs).digest('hex').slice(0, 12);
+  return [`${abs}.unsaved`, path.join(os.tmpdir(), `${path.basename(abs)}.${tag}.unsaved`)];
+}
+
+const errorCode = (e: unknown) => {
+  const err = e as NodeJS.ErrnoException;
+  return err.code ? `${err.code}${err.syscall ? ` on ${err.syscall}` : ''}: ${err.message.replace(/^[A-Z]+: /, '').replace(/, \w+ '.*'$/, '').replace(/, \w+$/, '')}` : err.message;
+};
+
+/**
+ * Writes the criterion file (through a temporary file renamed into place). When that fails, the error names the
+ * file and the cause, and unless `fallback` is false the same bytes are written to the first of
+ * unsavedCriterionFiles(file) that takes them, which the error names with the command that moves it into place.
+ * `write` is the writer (tests inject one); nothing it leaves half-written stays.
+ */
+export function saveCriterion(file: string, c: Criterion, opts: { keepAllMeans?: boolean; fallback?: boolean; write?: typeof writeSafetensors } = {}): void {
   const { numLayers: L, numHeads: H, headDim: d } = c.meta.model;
   const meta: CriterionMeta = { ...c.meta, muLayout: opts.keepAllMeans ? 'all' : 'selected' };
   // What would not load must not be written (a NaN in the metadata becomes null in JSON).
   const problems = [...metaProblems(meta), ...tensorProblems(meta, c.mu, c.probs, 'all')];
   if (problems.length) throw new ModelError(`${file}: not written: ${problems.slice(0, 5).join('; ')}`);
   const mu = opts.keepAllMeans ? c.mu : selectedRows(c.mu, meta.heads, H, d);
-  try {
-    writeSafetensors(file, [
-      { name: 'mu', dtype: 'F32', shape: opts.keepAllMeans ? [L, H, d] : [meta.heads.length, d], bytes: f32Bytes(mu) },
-      { name: 'probs', dtype: 'F32', shape: [L, H], bytes: f32Bytes(c.probs) },
-    ], { arm: JSON.stringify(meta) });
-  } catch (e) {
-    fs.rmSync(`${file}.tmp-${process.pid}`, { force: true }); // the writer's temporary file, on a failed write
-    throw e;
+  const tensors = [
+    { name: 'mu', dtype: 'F32' as const, shape: opts.keepAllMeans ? [L, H, d] : [meta.heads.length, d], bytes: f32Bytes(mu) },
+    { name: 'probs', dtype: 'F32' as const, shape: [L, H], bytes: f32Bytes(c.probs) },
+  ];
+  const write = opts.write ?? writeSafetensors;
+  const attempt = (target: string): unknown => {
+    try { write(target, tensors, { arm: JSON.stringify(meta) }); return null; } catch (e) {
+      // The writer's temporary file, on a failed write (an injected writer may leave one).
+      try { fs.rmSync(`${target}.tmp-${process.pid}`, { force: true }); } catch { /* its folder is not one: nothing to remove */ }
+      return e;
+    }
+  };
+  const failed = attempt(file);
+  if (failed === null) return;
+  const code = (failed as NodeJS.ErrnoException).code ?? 'error';
+  const what = `${file}: could not write the criterion file (${errorCode(failed)})`;
+  if (opts.fallback === false) throw new CriterionWriteError(what, file, code, null);
+  const tried: string[] = [];
+  for (const other of unsavedCriterionFiles(file)) {
+    const e = attempt(other);
+    if (e === null) {
+      throw new CriterionWriteError(`${what}; the finished criterion was written to ${other} instead: move it into place once the cause is fixed ` +
+        `(mv ${JSON.stringify(other)} ${JSON.stringify(file)}); it loads from there as it is`, file, code, other);
+    }
+    tried.push(`${other} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
+  throw new CriterionWriteError(`${what}; it could not be written elsewhere either: ${tried.join(', ')}`, file, code, null);
 }
 
 function selectedRows(mu: Float32Array, heads: [number, number][], H: number, d: number): Float32Array {

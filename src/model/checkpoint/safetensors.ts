@@ -386,7 +386,9 @@ export function writeSafetensors(file: string, tensors: WritableTensor[], metada
     }
     fs.renameSync(tmp, file);
   } catch (e) {
-    fs.rmSync(tmp, { force: true }); // a failed write (full disk, output is a folder) leaves nothing behind
+    // A failed write (full disk, output is a folder) leaves nothing behind; where even that fails (its folder is a
+    // file: ENOTDIR), the write's own error is the one to report.
+    try { fs.rmSync(tmp, { force: true }); } catch { /* nothing was created */ }
     throw e;
   }
 }
