@@ -168,7 +168,9 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   const quantized = format.dtype !== 'fp32' || format.prequant ? { weightFormat: format } : {};
   // Image rows: the images' content joins the key (the examples name only their paths).
   const imageHashes = images ? { images: [...imageFilesOf(allItems)].map((f) => images.info(f).sha256) } : {};
-  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, ...quantized, ...imageHashes, layout: CHECKPOINT_LAYOUT })).digest('hex');
+  // The tokenizer and processor files decide the prompts' ids and pixels: a resume after editing them starts over.
+  const promptFiles = decoder.info.promptFiles;
+  const key = createHash('sha256').update(JSON.stringify({ o, rOpts, template, examplesHash, model: decoder.info.weightsFingerprint, promptFiles, ...quantized, ...imageHashes, layout: CHECKPOINT_LAYOUT })).digest('hex');
 
   // ---- resume ----
   // A fit that fails with an error removes the checkpoint it wrote, unless it resumed from that file: a
@@ -183,15 +185,23 @@ export async function fitActivationRM(decoder: Decoder, examples: Example[], opt
   }
   let wroteCheckpoint = false;
   const tmpCheckpoint = checkpointFile ? `${checkpointFile}.tmp-${process.pid}` : '';
-  const saveCheckpoint = (c: Checkpoint) => {
-    if (!checkpointFile) return;
-    fs.writeFileSync(tmpCheckpoint, JSON.stringify(c));
-    fs.renameSync(tmpCheckpoint, checkpointFile);
+  // A checkpoint that cannot be written (disk full, folder gone) costs the ability to resume, not the fit.
+  const saveCheckpoint = (c: Checkpoint): boolean => {
+    if (!checkpointFile) return false;
+    try {
+      fs.writeFileSync(tmpCheckpoint, JSON.stringify(c));
+      fs.renameSync(tmpCheckpoint, checkpointFile);
+    } catch (e) {
+      fs.rmSync(tmpCheckpoint, { force: true });
+      warn(`${checkpointFile}: could not write the fit checkpoint (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); the fit goes on, but cannot be resumed from this point`);
+      return false;
+    }
     wroteCheckpoint = true;
+    return true;
   };
   const interrupted = (c: Checkpoint) => {
-    saveCheckpoint(c);
-    return new FitInterrupted(checkpointFile ? `interrupted; progress saved to ${checkpointFile} (continue with --resume)` : 'interrupted');
+    const saved = saveCheckpoint(c);
+    return new FitInterrupted(saved ? `interrupted; progress saved to ${checkpointFile} (continue with --resume)` : `interrupted${checkpointFile ? `; the progress could not be saved to ${checkpointFile}` : ''}`);
   };
   try {
     return await fitFromCheckpoint();

@@ -134,3 +134,18 @@ describe('the fit checkpoint after a failed save', () => {
     expect(loadCriterion(path.join(dir, 'ok.arm.safetensors')).meta.heads).toEqual(rm.criterion.meta.heads);
   });
 });
+
+describe('a fit checkpoint that cannot be written', () => {
+  it('warns naming the file and finishes the fit, with the criterion of a fit without a checkpoint', async () => {
+    const dir = tempDir('arm-save-');
+    const checkpointFile = path.join(dir, 'gone', 'c.arm.safetensors.fit-checkpoint.json'); // its folder does not exist: ENOENT
+    const opts = { passes: 4, shots: 1, seed: 3, batchSize: 4, reinforce: { steps: 12, samples: 4, readoutMasks: 2, readoutItems: 2 } };
+    const warnings: string[] = [];
+    const rm = await fitActivationRM(decoder, examples, { ...opts, checkpointFile, warn: (m) => warnings.push(m) });
+    const plain = await fitActivationRM(decoder, examples, opts);
+    expect(warnings.filter((w) => w.startsWith(`${checkpointFile}: could not write the fit checkpoint (ENOENT)`)).length).toBeGreaterThan(0);
+    expect(Array.from(rm.criterion.mu)).toEqual(Array.from(plain.criterion.mu));
+    expect(rm.criterion.meta.heads).toEqual(plain.criterion.meta.heads);
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+});
