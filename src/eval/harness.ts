@@ -219,7 +219,8 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
     return sha;
   };
   const manifest = {
-    model: decoder?.info.weightsFingerprint ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => (p.images?.length ? [p.id, p.prompt, p.chosen, p.rejected, p.images.map(imageIdentity)] : [p.id, p.prompt, p.chosen, p.rejected])))).digest('hex'),
+    // The tokenizer, chat template and processor files decide the prompts' ids: an edit there is another model.
+    model: decoder?.info.weightsFingerprint ?? null, promptFiles: decoder?.info.promptFiles ?? null, dataset: createHash('sha256').update(JSON.stringify(pairs.map((p) => (p.images?.length ? [p.id, p.prompt, p.chosen, p.rejected, p.images.map(imageIdentity)] : [p.id, p.prompt, p.chosen, p.rejected])))).digest('hex'),
     fewShot: opts.fewShot, seed: opts.seed, pool: opts.pool, method: { ...opts.method, onFitProgress: undefined },
     ...(opts.poolCandidate ? { fixedPool: createHash('sha256').update(JSON.stringify(pairs.filter(opts.poolCandidate).map((p) => p.id))).digest('hex') } : {}),
     ...(opts.poolFrom ? { poolSource: createHash('sha256').update(JSON.stringify(pairs.map((p) => { const q = opts.poolFrom!(p); return [q.id, q.prompt, q.chosen, q.rejected]; }))).digest('hex') } : {}),
@@ -229,7 +230,7 @@ export async function runEval(decoder: Decoder | null, examples: Example[], requ
   if (fs.existsSync(manifestFile)) {
     const old = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
     if (JSON.stringify(old) !== JSON.stringify(manifest)) {
-      throw new Error(`${opts.outputDir} holds a run with another model, dataset or options; use another --output-dir (or delete it)`);
+      throw new Error(`${opts.outputDir} holds a run with another model (weights, tokenizer or processor files), dataset or options; use another --output-dir (or delete it)`);
     }
   } else {
     fs.writeFileSync(manifestFile, JSON.stringify(manifest, null, 2));

@@ -337,6 +337,6 @@ describe('arm fit / score / eval on image rows (CLI)', () => {
     run();
     run(); // unchanged: resumes from the kept log (nothing left to do)
     await writeShape(path.join(dir, 'images'), 'red', 'circle', 56, '#ff00ff'); // same name, other pixels
-    expect(run(true).stderr).toMatch(/holds a run with another model, dataset or options/);
+    expect(run(true).stderr).toMatch(/holds a run with another model \(weights, tokenizer or processor files\), dataset or options/);
   }, 120_000);
 });

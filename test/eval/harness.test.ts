@@ -165,7 +165,22 @@ describe('end to end', () => {
     await expect(runEval(tiny, sample, { ...options(tempDir()), fewShot: 0 })).rejects.toThrow(/--few-shot 0 leaves no pool for arm/);
     const out = tempDir();
     await evaluate(tiny, sample, { ...options(out), methods: ['icl-judge'] });
-    await expect(runEval(tiny, sample, { ...options(out), methods: ['icl-judge'], fewShot: 3 })).rejects.toThrow(/holds a run with another model, dataset or options/);
+    await expect(runEval(tiny, sample, { ...options(out), methods: ['icl-judge'], fewShot: 3 })).rejects.toThrow(/holds a run with another model \(weights, tokenizer or processor files\), dataset or options/);
+  });
+
+  it('a run folder resumed after the chat template changed (same weights) is refused', async () => {
+    const dir = tempDir('arm-eval-model-');
+    for (const f of fs.readdirSync(tiny.info.modelDir)) fs.copyFileSync(path.join(tiny.info.modelDir, f), path.join(dir, f));
+    const out = tempDir();
+    await evaluate(tiny, sample, { ...options(out), methods: ['pick-longer'], fewShot: 0, seeds: 1 });
+    const configFile = path.join(dir, 'tokenizer_config.json');
+    const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+    fs.writeFileSync(configFile, JSON.stringify({ ...config, chat_template: `${config.chat_template} ` }));
+    const edited = await Decoder.load(dir, { cacheDir: tempDir('arm-cache-'), threads: 1 });
+    try {
+      expect(edited.info.weightsFingerprint).toBe(tiny.info.weightsFingerprint);
+      await expect(runEval(edited, sample, { ...options(out), methods: ['pick-longer'], fewShot: 0, seeds: 1 })).rejects.toThrow(/holds a run with another model \(weights, tokenizer or processor files\)/);
+    } finally { await edited.dispose(); }
   });
 });
 
