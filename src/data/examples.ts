@@ -58,28 +58,46 @@ export const MAX_LINE_BYTES = 16 * 1024 * 1024;
 export function readExamples(file: string, opts: ReadOptions = {}): ReadResult {
   const examples: Example[] = [];
   const skipped: ReadResult['skipped'] = [];
-  const seen = new Set<string>();
+  for (const r of streamExamples(file, opts)) {
+    if ('skipped' in r) { skipped.push(r.skipped); continue; }
+    if (opts.subsets && !opts.subsets.includes(r.example.subset ?? '')) continue;
+    examples.push(r.example);
+    if (opts.limit !== undefined && examples.length >= opts.limit) break;
+  }
+  if (examples.length === 0) throw new DataError(`${file}: no usable rows${skipped.length ? ` (${skipped.length} skipped as invalid)` : ''}`);
+  return { examples, skipped };
+}
+
+/** One row of `streamExamples`: an example (with its line's length in bytes) or, with `skipInvalid`, a skipped row. */
+export type StreamedRow = { example: Example; bytes: number } | { skipped: { line: number; reason: string } };
+
+/**
+ * The rows of a JSONL file one at a time, in file order, validated as `readExamples` does (blank lines left
+ * out): only the current line is held, plus the ids seen so far for the duplicate check (`uniqueIds: false`
+ * leaves that out, for a file already checked). `limit` and `subsets` are `readExamples`'; here every row comes.
+ */
+export function* streamExamples(file: string, opts: Omit<ReadOptions, 'limit' | 'subsets'> & { uniqueIds?: boolean } = {}): Generator<StreamedRow> {
+  const seen = opts.uniqueIds === false ? null : new Set<string>();
+  const baseDir = path.resolve(opts.imageRoot ?? path.dirname(file));
   for (const { line, text, error } of jsonlLines(file, opts.maxLineBytes ?? MAX_LINE_BYTES)) {
     const where = `${file}:${line}`;
+    let ex: Example;
     try {
       if (error) throw new DataError(`${where}: ${error}`);
       const raw = text!.trim();
       if (!raw) continue;
       let row: unknown;
       try { row = JSON.parse(raw); } catch (e) { throw new DataError(`${where}: not valid JSON (${(e as Error).message})`); }
-      const ex = parseRow(row, line, where, opts.labelsOptional ?? false, path.resolve(opts.imageRoot ?? path.dirname(file)));
-      if (seen.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
-      seen.add(ex.id);
-      if (opts.subsets && !opts.subsets.includes(ex.subset ?? '')) continue;
-      examples.push(ex);
-      if (opts.limit !== undefined && examples.length >= opts.limit) break;
+      ex = parseRow(row, line, where, opts.labelsOptional ?? false, baseDir);
+      if (seen?.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
+      seen?.add(ex.id);
     } catch (e) {
       if (!(e instanceof DataError) || !opts.skipInvalid) throw e;
-      skipped.push({ line, reason: e.message });
+      yield { skipped: { line, reason: e.message } };
+      continue;
     }
+    yield { example: ex, bytes: Buffer.byteLength(text!) };
   }
-  if (examples.length === 0) throw new DataError(`${file}: no usable rows${skipped.length ? ` (${skipped.length} skipped as invalid)` : ''}`);
-  return { examples, skipped };
 }
 
 /**
