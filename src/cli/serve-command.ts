@@ -55,10 +55,16 @@ export function registerServeCommand(program: Command): void {
           modelName: o.model, log: (line) => process.stderr.write(`${line}\n`), imageRoot, splitWithoutPrompts: o.splitWithoutPrompts,
         });
         const stopped = new Promise<string>((resolve) => {
-          let signalled = false;
+          let signals = 0;
           const onSignal = (sig: string) => {
-            if (signalled) { process.stderr.write(`arm serve: ${sig} again, exiting without draining\n`); process.exit(130); }
-            signalled = true;
+            signals++;
+            if (signals === 2) {
+              // Not process.exit at once: a forward running in the scoring thread would abort the process (engine.ts abort).
+              process.stderr.write(`arm serve: ${sig} again, exiting without draining once the running forward returns (a third signal kills at once)\n`);
+              void engine.abort().finally(() => process.exit(130));
+              return;
+            }
+            if (signals > 2) { process.stderr.write(`arm serve: ${sig} a third time, killing\n`); process.kill(process.pid, 'SIGKILL'); return; }
             resolve(sig);
           };
           process.on('SIGTERM', () => onSignal('SIGTERM'));

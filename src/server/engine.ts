@@ -76,7 +76,9 @@ export function engineInfo(decoder: Decoder, criteria: { name: string; file: str
 /** Messages main → worker. */
 export type ToWorker =
   | { type: 'score'; id: number; criterion: string; examples: Example[]; opts: ScoreCallOptions }
-  | { type: 'close' };
+  | { type: 'close' }
+  /** Stop now, between two forwards: handled at once, not after the queued messages. */
+  | { type: 'abort' };
 /** Messages worker → main. */
 export type FromWorker =
   | { type: 'ready'; info: EngineInfo }
@@ -136,6 +138,19 @@ export class WorkerEngine implements ScoringEngine {
       this.pending.set(id, { resolve, reject });
       this.worker.postMessage({ type: 'score', id, criterion, examples, opts } satisfies ToWorker);
     });
+  }
+
+  /**
+   * Ends the worker without finishing its work, as soon as no onnxruntime call runs in it; resolves once it has
+   * exited. process.exit or worker.terminate while a forward runs abort the process (onnxruntime-node, ending its
+   * call into a stopped thread, throws Napi::Error out of C++: "terminate called", exit 134); a message is only
+   * handled between two calls.
+   */
+  async abort(): Promise<void> {
+    if (this.exited) return;
+    const done = new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+    this.worker.postMessage({ type: 'abort' } satisfies ToWorker);
+    await done;
   }
 
   async close(): Promise<void> {

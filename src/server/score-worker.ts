@@ -17,6 +17,9 @@ try {
   // Messages are handled in order; the scheduler sends one batch at a time anyway.
   let chain = Promise.resolve();
   port.on('message', (m: ToWorker) => {
+    // Delivered only while no forward runs (this thread is in onnxruntime until it returns): ending the thread
+    // here is safe, unlike terminating it from outside mid-forward (engine.ts WorkerEngine.abort).
+    if (m.type === 'abort') process.exit(0);
     chain = chain.then(async () => {
       if (m.type === 'close') {
         await disposeDecoder(decoder);

@@ -22,7 +22,7 @@ const auth = { authorization: `Bearer ${KEY}` };
 let child: ChildProcess;
 let url: string;
 let stderr = '';
-let exited: Promise<number | null>;
+let exited: Promise<{ code: number | null; signal: string | null }>;
 
 beforeAll(async () => {
   const decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
@@ -33,20 +33,31 @@ beforeAll(async () => {
     await decoder.dispose();
   }
   fs.writeFileSync(keyFile, `${KEY}\n`);
-  child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'), 'serve', '--model', STORIES, '--rm', `concise=${criterionFile}`,
-    '--port', '0', '--api-key-file', keyFile, '--max-batch', '1000', '--max-wait-ms', '300', '--split-without-prompts', 'last-assistant-turn', '--quiet'], { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] });
-  exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-  url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${stderr}`)), 60_000);
-    child.stderr!.on('data', (b: Buffer) => {
-      stderr += b.toString();
-      const at = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
-      if (at && stderr.includes('arm serve: ready')) { clearTimeout(timer); resolve(at[1]!); }
-    });
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`arm serve exited (${code}):\n${stderr}`)); });
-  });
+  const started = await serve(['--api-key-file', keyFile, '--max-batch', '1000', '--max-wait-ms', '300', '--split-without-prompts', 'last-assistant-turn']);
+  ({ child, url, exited } = started);
+  stderr = started.stderr();
 });
-afterAll(() => { if (child && child.exitCode === null) child.kill('SIGKILL'); });
+const children: ChildProcess[] = [];
+afterAll(() => { for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL'); });
+
+/** `arm serve` in a child process on a free loopback port; resolves once it is ready. */
+async function serve(args: string[]): Promise<{ child: ChildProcess; url: string; exited: Promise<{ code: number | null; signal: string | null }>; stderr: () => string }> {
+  const c = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'), 'serve', '--model', STORIES, '--rm', `concise=${criterionFile}`,
+    '--port', '0', '--quiet', ...args], { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] });
+  children.push(c);
+  let err = '';
+  c.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (c === child) stderr = err; });
+  const done = new Promise<{ code: number | null; signal: string | null }>((resolve) => c.once('exit', (code, signal) => resolve({ code, signal })));
+  const at = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${err}`)), 60_000);
+    c.stderr!.on('data', () => {
+      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(err);
+      if (m && err.includes('arm serve: ready')) { clearTimeout(timer); resolve(m[1]!); }
+    });
+    c.once('exit', (code) => { clearTimeout(timer); reject(new Error(`arm serve exited (${code}):\n${err}`)); });
+  });
+  return { child: c, url: at, exited: done, stderr: () => err };
+}
 
 async function post(route: string, body: unknown, headers: Record<string, string> = auth) {
   const res = await fetch(url + route, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body), signal: AbortSignal.timeout(30_000) });
@@ -92,10 +103,26 @@ it('SIGTERM with requests queued and in flight: every one answered, then exit 0'
     expect(a.status).toBe(200);
     expect(a.body.rewards[0]).toBeGreaterThan(0);
   }
-  expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))])).toBe(0);
+  expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))])).toEqual({ code: 0, signal: null });
   expect(stderr).toMatch(/SIGTERM: no new requests; finishing 24 queued items/);
   expect(stderr).toContain('drained, exiting');
   await expect(fetch(`${url}/health`)).rejects.toThrow(); // nothing listens any more
+});
+
+it('a second SIGTERM while a forward runs exits 130 once it returns, never aborting (onnxruntime cannot be stopped mid-run)', async () => {
+  // One forward of 200 rows (--batch-size 1000) runs for seconds on this model: the signals land inside it.
+  const s = await serve(['--max-batch', '1000', '--batch-size', '1000', '--max-wait-ms', '0']);
+  const prompt = (i: number) => `<|im_start|>user\nQuestion ${i} about a long story?<|im_end|>\n<|im_start|>assistant\n`;
+  const query = Array.from({ length: 200 }, (_, i) => `${prompt(i)}${'Once upon a time there was a little boat. '.repeat(6)}<|im_end|>`);
+  const request = fetch(`${s.url}/get_reward`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query, prompts: query.map((_, i) => prompt(i)) }), signal: AbortSignal.timeout(60_000) }).catch((e: Error) => e);
+  await new Promise((r) => setTimeout(r, 1500));
+  s.child.kill('SIGTERM');
+  await new Promise((r) => setTimeout(r, 100));
+  s.child.kill('SIGTERM');
+  expect(await Promise.race([s.exited, new Promise((r) => setTimeout(() => r('timeout'), 30_000))])).toEqual({ code: 130, signal: null });
+  expect(s.stderr()).not.toMatch(/terminate called|Napi::Error/);
+  expect(s.stderr()).toMatch(/SIGTERM again/);
+  await request; // answered if its batch finished with that forward, else cut: either way settled, not hung
 });
 
 it('--image-root must be an existing folder', () => {
