@@ -12,6 +12,7 @@ interface ServeCliOptions extends ModelCliOptions {
   rm: string[]; combine?: string; host: string; port: number; apiKeyFile?: string;
   maxBatch: number; maxWaitMs: number; maxQueue: number; batchSize?: number; maxLength?: number; bodyLimitMib: number;
   rewardReadout: Readout; scoreTransform: string; tooLongReward?: string; imageRoot: string; splitWithoutPrompts: SplitWithoutPrompts;
+  requestTimeoutS: number; idleTimeoutS: number; keepAliveTimeoutS: number; maxRequestsPerSocket: number; maxConnections: number;
 }
 
 export function registerServeCommand(program: Command): void {
@@ -27,6 +28,11 @@ export function registerServeCommand(program: Command): void {
     .option('--batch-size <n>', 'forward batch size (default: the criterion\'s, as arm score)', (v) => positiveInt(v, '--batch-size'))
     .option('--max-length <n>', 'token budget per judge prompt (default: the criterion\'s)', (v) => positiveInt(v, '--max-length'))
     .option('--body-limit-mib <n>', 'largest request body; larger gets 413', (v) => positiveInt(v, '--body-limit-mib'), SERVER_DEFAULTS.bodyLimit / 2 ** 20)
+    .option('--request-timeout-s <s>', 'a client must send a whole request (headers and body) within this; else 408 and the connection is closed', (v) => positiveInt(v, '--request-timeout-s'), SERVER_DEFAULTS.requestTimeoutMs / 1000)
+    .option('--idle-timeout-s <s>', 'a connection with no request being answered that sends nothing this long is closed', (v) => positiveInt(v, '--idle-timeout-s'), SERVER_DEFAULTS.idleTimeoutMs / 1000)
+    .option('--keep-alive-timeout-s <s>', 'an idle kept-alive connection is closed this long after its last response', (v) => positiveInt(v, '--keep-alive-timeout-s'), SERVER_DEFAULTS.keepAliveTimeoutMs / 1000)
+    .option('--max-requests-per-socket <n>', 'requests one kept-alive connection may carry before it is closed (0: no limit)', (v) => nonNegativeInt(v, '--max-requests-per-socket'), SERVER_DEFAULTS.maxRequestsPerSocket)
+    .option('--max-connections <n>', 'most open connections; beyond it new ones are closed at once', (v) => positiveInt(v, '--max-connections'), SERVER_DEFAULTS.maxConnections)
     .addOption(new Option('--reward-readout <kind>', '/get_reward "rewards": P(Yes), the Yes/No-normalised probability, or logit(Yes) − logit(No)').choices(['reward', 'normalized', 'logit-diff']).default('reward'))
     .option('--score-transform <t>', '/get_reward "scores" from rewards: none | logit | threshold:<x>', 'none')
     .option('--too-long-reward <x>', 'reward sent for an item too long to score (default null)')
@@ -53,6 +59,8 @@ export function registerServeCommand(program: Command): void {
           engine, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
           maxLength: o.maxLength, bodyLimit: o.bodyLimitMib * 2 ** 20, apiKey, readout: o.rewardReadout, scoreTransform, tooLongReward,
           modelName: o.model, log: (line) => process.stderr.write(`${line}\n`), imageRoot, splitWithoutPrompts: o.splitWithoutPrompts,
+          requestTimeoutMs: o.requestTimeoutS * 1000, idleTimeoutMs: o.idleTimeoutS * 1000, keepAliveTimeoutMs: o.keepAliveTimeoutS * 1000,
+          maxRequestsPerSocket: o.maxRequestsPerSocket, maxConnections: o.maxConnections,
         });
         const stopped = new Promise<string>((resolve) => {
           let signals = 0;

@@ -8,6 +8,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
+import type { Socket } from 'node:net';
 import path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Example, Prompt } from '../data/examples.js';
@@ -55,9 +56,22 @@ export interface RewardServerOptions {
    * `prompts`) or 'last-assistant-turn', a heuristic a response can steer by spelling a turn opener (split.ts).
    */
   splitWithoutPrompts?: SplitWithoutPrompts;
+  /** Longest a client may take to send a whole request, headers and body, in ms (408 and closed after). */
+  requestTimeoutMs?: number;
+  /** A connection with no request being answered that stays silent this long (ms) is closed. */
+  idleTimeoutMs?: number;
+  /** How long an idle kept-alive connection stays open after a response (ms). */
+  keepAliveTimeoutMs?: number;
+  /** Requests one kept-alive connection may carry before the server closes it (0: no limit). */
+  maxRequestsPerSocket?: number;
+  /** Most open connections; beyond it new connections are closed at once. */
+  maxConnections?: number;
 }
 
-export const SERVER_DEFAULTS = { maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 32 * 1024 * 1024 } as const;
+export const SERVER_DEFAULTS = {
+  maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 32 * 1024 * 1024,
+  requestTimeoutMs: 30_000, idleTimeoutMs: 60_000, keepAliveTimeoutMs: 10_000, maxRequestsPerSocket: 1000, maxConnections: 1024,
+} as const;
 
 /** An error answered with `status` and `{error, field}`. */
 export class HttpError extends Error {
@@ -142,12 +156,25 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   let closing = false;
   let classifyCount = 0;
 
+  for (const [name, min] of [['requestTimeoutMs', 1], ['idleTimeoutMs', 1], ['keepAliveTimeoutMs', 1], ['maxRequestsPerSocket', 0], ['maxConnections', 1], ['bodyLimit', 1], ['maxQueue', 1]] as const) {
+    const v = opts[name];
+    if (v !== undefined && !(Number.isInteger(v) && v >= min)) throw new Error(`serve: ${name} must be an integer ≥ ${min}, got ${v}`);
+  }
+  const requestTimeoutMs = opts.requestTimeoutMs ?? SERVER_DEFAULTS.requestTimeoutMs;
   const app = Fastify({
     bodyLimit,
     logger: false,
     return503OnClosing: true,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
+    // Slow clients hold a connection (and its body buffer) only so long: a whole request within requestTimeoutMs,
+    // checked every quarter of it (node checks every 30 s by default), headers within the same bound.
+    requestTimeout: requestTimeoutMs,
+    http: { requestTimeout: requestTimeoutMs, headersTimeout: Math.min(60_000, requestTimeoutMs), connectionsCheckingInterval: Math.max(50, Math.min(30_000, Math.floor(requestTimeoutMs / 4))) },
+    connectionTimeout: opts.idleTimeoutMs ?? SERVER_DEFAULTS.idleTimeoutMs,
+    keepAliveTimeout: opts.keepAliveTimeoutMs ?? SERVER_DEFAULTS.keepAliveTimeoutMs,
+    maxRequestsPerSocket: opts.maxRequestsPerSocket ?? SERVER_DEFAULTS.maxRequestsPerSocket,
   });
+  app.server.maxConnections = opts.maxConnections ?? SERVER_DEFAULTS.maxConnections;
 
   // ---------- auth and metrics hooks ----------
   app.addHook('onRequest', async (req, reply) => {
@@ -163,13 +190,25 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   // Requests between receipt and the end of their response, so that close() cuts connections only once all are answered.
   let inFlight = 0;
   let onIdle: (() => void) | null = null;
-  app.addHook('onRequest', async (_req, reply) => {
+  // Requests being answered per connection: the idle timeout spares those (their client waits for a score).
+  const answering = new WeakMap<Socket, number>();
+  app.addHook('onRequest', async (req, reply) => {
     inFlight++;
+    const socket = req.raw.socket;
+    answering.set(socket, (answering.get(socket) ?? 0) + 1);
     // 'close' on the response: written out, or the connection died first.
-    reply.raw.once('close', () => { if (--inFlight === 0) onIdle?.(); });
+    reply.raw.once('close', () => {
+      answering.set(socket, answering.get(socket)! - 1);
+      if (--inFlight === 0) onIdle?.();
+    });
   });
-  // While draining, answer and hang up: a kept-alive socket would hold close() open until its idle timeout.
-  app.addHook('onSend', async (_req, reply) => { if (closing) reply.header('Connection', 'close'); });
+  // A silent connection (no request, or kept alive after one) is closed; one whose request is being scored is not.
+  app.server.on('timeout', (socket: Socket) => { if (!answering.get(socket)) socket.destroy(); });
+  app.addHook('onSend', async (req, reply) => {
+    // While draining, answer and hang up: a kept-alive socket would hold close() open until its idle timeout.
+    // Answered before its body arrived (401, 413): hang up rather than read the rest of a body nobody needs.
+    if (closing || !req.raw.complete) reply.header('Connection', 'close');
+  });
   app.addHook('onResponse', async (req, reply) => {
     const endpoint = req.routeOptions.url ?? 'unmatched';
     metrics.requests.inc({ endpoint, status: String(reply.statusCode) });
