@@ -1,12 +1,13 @@
 /** `arm fit`, `arm score`, `arm inspect`: the Activation RM from the command line. */
 import fs from 'node:fs';
+import path from 'node:path';
 import { Option, type Command } from 'commander';
-import { readExamples } from '../data/examples.js';
+import { DataError, jsonlLines, MAX_LINE_BYTES, readExamples, streamExamples, type Example } from '../data/examples.js';
 import { fitActivationRM, FitInterrupted, type HeadStrategy } from '../arm/fit.js';
 import { ActivationRM } from '../arm/rm.js';
 import { disposeDecoder } from '../arm/images.js';
 import { FORMAT_VERSION, loadCriterion, type Criterion } from '../arm/criterion.js';
-import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, modelInputs, nonNegativeInt, positiveInt, prepareOutput, progressBar, writeFileAtomic, type FitCliFlags, type InputFile, type JudgeCliOptions, type ModelCliOptions } from './common.js';
+import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, modelInputs, nonNegativeInt, positiveInt, dropTornLastLine, prepareOutput, progressBar, sha256File, skipReporter, writeFileAtomic, type FitCliFlags, type InputFile, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
 export const DEFAULT_MODEL = 'Qwen/Qwen2.5-0.5B-Instruct';
 
@@ -27,10 +28,13 @@ export function registerArmCommands(program: Command): void {
     .option('--resume', 'continue an interrupted fit from <out>.fit-checkpoint.json')
     .option('--force', 'overwrite an existing --out that is not a criterion file')
     .option('--image-root <dir>', 'folder that rows\' image paths are read under (default: the examples file\'s folder)')
-    .action(async (o: FitCliOptions & { imageRoot?: string }) => {
+    .option('--skip-invalid', 'skip invalid rows and lines over the length limit (reported with file:line) instead of stopping')
+    .action(async (o: FitCliOptions & { imageRoot?: string; skipInvalid?: boolean }) => {
       if (o.denoiseBeforeSelection && !o.denoise) throw new Error('--denoise-before-selection needs --denoise pca:r');
-      const { examples, skipped } = readExamples(o.examples, { imageRoot: o.imageRoot });
-      if (skipped.length) process.stderr.write(`skipped ${skipped.length} rows\n`);
+      const { examples, skipped } = readExamples(o.examples, { imageRoot: o.imageRoot, skipInvalid: o.skipInvalid });
+      const skips = skipReporter(o.examples);
+      skipped.forEach((k) => skips.add(k));
+      skips.end();
       // Minutes of work must not end in a refused or clobbering write: check where it goes first.
       const checkpointFile = `${o.out}.fit-checkpoint.json`;
       const inputs: InputFile[] = [{ path: o.examples, what: 'the examples file' }, ...modelInputs(o.model)];
@@ -67,7 +71,8 @@ export function registerArmCommands(program: Command): void {
         rm.save(o.out, { keepAllMeans: o.keepAllMeans });
         fs.rmSync(checkpointFile, { force: true });
         const m = rm.criterion.meta;
-        process.stderr.write(`wrote ${o.out}: ${m.heads.length} of ${m.model.numLayers * m.model.numHeads} heads, seed ${m.seed}, ${m.fit.seconds.toFixed(1)} s; answer tokens ${m.answerTokens.primary.join('/')} (${m.answerTokens.strings.map((s) => JSON.stringify(s)).join('/')})\n`);
+        process.stderr.write(`wrote ${o.out}: ${m.heads.length} of ${m.model.numLayers * m.model.numHeads} heads, seed ${m.seed}, ${m.fit.seconds.toFixed(1)} s; answer tokens ${m.answerTokens.primary.join('/')} (${m.answerTokens.strings.map((s) => JSON.stringify(s)).join('/')})` +
+          `; ${examples.length} examples${skipped.length ? `, ${skipped.length} invalid rows skipped` : ''}\n`);
       } catch (e) {
         if (e instanceof FitInterrupted) { process.stderr.write(`${e.message}\n`); process.exitCode = 130; return; }
         output.cleanup();
@@ -86,47 +91,10 @@ export function registerArmCommands(program: Command): void {
     .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'))
     .option('--max-length <n>', 'token budget per prompt', (v) => positiveInt(v, '--max-length'))
     .option('--image-root <dir>', 'folder that rows\' image paths are read under (default: the input file\'s folder)')
-    .action(async (o: ModelCliOptions & { rm: string; input: string; output: string; batchSize?: number; maxLength?: number; imageRoot?: string }) => {
-      const { examples } = readExamples(o.input, { labelsOptional: true, imageRoot: o.imageRoot });
-      const inputs: InputFile[] = [{ path: o.input, what: 'the --input file' }, { path: o.rm, what: 'the --rm criterion file' }, ...modelInputs(o.model)];
-      const output = prepareOutput(o.output, { flag: '--output', inputs });
-      let decoder;
-      try {
-        decoder = await loadDecoder(o);
-        prepareOutput(o.output, { flag: '--output', inputs: modelInputs(decoder.info.modelDir) });
-      } catch (e) {
-        output.cleanup();
-        await disposeDecoder(decoder);
-        throw e;
-      }
-      const bar = progressBar('scoring   ', o.quiet);
-      try {
-        const rm = ActivationRM.load(decoder, o.rm);
-        const scores = await rm.scoreExamples(examples, { batchSize: o.batchSize, maxLength: o.maxLength, onProgress: (d, t) => bar.update(d, t) });
-        bar.stop();
-        const lines = examples.map((e, i) => {
-          const s = scores[i]!;
-          const arm = 'chosen' in s
-            ? { chosen: s.chosen, rejected: s.rejected, margin: s.margin, correct: s.correct, truncated: s.truncated, tooLong: s.tooLong, ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }) }
-            : { reward: s.reward, normalized: s.normalized, logitYes: s.logitYes, logitNo: s.logitNo, truncated: s.truncatedTokens > 0, tooLong: s.tooLong };
-          return JSON.stringify({ ...e.row, arm: Object.fromEntries(Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v])) });
-        });
-        writeFileAtomic(o.output, lines.join('\n') + '\n');
-        const pairs = scores.filter((s) => 'chosen' in s);
-        const truncated = scores.filter((s) => ('chosen' in s ? s.truncated : s.truncatedTokens > 0)).length;
-        const tooLong = scores.filter((s) => s.tooLong).length;
-        const correct = pairs.filter((s) => 'correct' in s && s.correct).length;
-        process.stderr.write(`scored ${examples.length} rows → ${o.output}` +
-          (pairs.length ? `; pairs: accuracy ${(correct / pairs.length).toFixed(4)} (${correct}/${pairs.length}, ties and unscorable count as wrong)` : '') +
-          `; truncated prompts: ${truncated}; too long to score: ${tooLong}\n`);
-      } catch (e) {
-        output.cleanup();
-        throw e;
-      } finally {
-        bar.stop();
-        await disposeDecoder(decoder);
-      }
-    });
+    .option('--skip-invalid', 'skip invalid rows and lines over the length limit (reported with file:line) instead of stopping')
+    .option('--chunk-rows <n>', `rows read, scored and appended to <output>.part at a time (at most ${SCORE_CHUNK_BYTES >> 20} MiB of input lines); part of what a resumed run must match`, (v) => positiveInt(v, '--chunk-rows'), SCORE_CHUNK_ROWS)
+    .option('--restart', 'discard what an interrupted run left in <output>.part and start over (by default the same command continues it)')
+    .action(scoreCommand);
 
   program.command('inspect').description('show what a criterion file holds').argument('<file>', '.arm.safetensors file')
     .option('--json', 'print the metadata as JSON')
@@ -162,4 +130,234 @@ export function describeCriterion(file: string, c: Criterion): string {
     '',
   ];
   return lines.filter((x, i) => x !== '' || i > 5).join('\n');
+}
+
+/** Rows `arm score` reads, scores and appends at a time (`--chunk-rows`), and the most input bytes in one chunk. */
+export const SCORE_CHUNK_ROWS = 256;
+export const SCORE_CHUNK_BYTES = 64 * 1024 * 1024;
+/** Bumped when what a score checkpoint records, or how rows are chunked, changes: older partial outputs are then refused. */
+const SCORE_CHECKPOINT_VERSION = 1;
+
+interface ScoreCliOptions extends ModelCliOptions {
+  rm: string; input: string; output: string; batchSize?: number; maxLength?: number; imageRoot?: string;
+  skipInvalid?: boolean; chunkRows: number; restart?: boolean;
+}
+
+/** What the rows of a partial output were scored from; a run continues it only when all of it matches. */
+interface ScoreCheckpoint {
+  what: 'arm score checkpoint'; version: number;
+  input: { file: string; sha256: string; bytes: number; rows: number };
+  criterion: { file: string; sha256: string };
+  model: { weights: string; config: string; format: unknown };
+  options: { batchSize: number; maxLength: number; chunkRows: number; chunkBytes: number; skipInvalid: boolean; imageRoot: string | null; threads: number | null };
+}
+
+/** Running totals for the summary line; rebuilt from the rows already written when a run continues. */
+interface ScoreTotals { rows: number; pairs: number; correct: number; truncated: number; tooLong: number }
+
+/** The `arm` field `score` writes for one row (non-finite numbers as null). */
+function armField(s: Awaited<ReturnType<ActivationRM['scoreExamples']>>[number]): Record<string, unknown> {
+  const arm = 'chosen' in s
+    ? { chosen: s.chosen, rejected: s.rejected, margin: s.margin, correct: s.correct, truncated: s.truncated, tooLong: s.tooLong, ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }) }
+    : { reward: s.reward, normalized: s.normalized, logitYes: s.logitYes, logitNo: s.logitNo, truncated: s.truncatedTokens > 0, tooLong: s.tooLong };
+  return Object.fromEntries(Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]));
+}
+
+function countRow(t: ScoreTotals, arm: Record<string, unknown>): void {
+  t.rows++;
+  if ('margin' in arm) { t.pairs++; if (arm.correct === true) t.correct++; }
+  if (arm.truncated === true) t.truncated++;
+  if (arm.tooLong === true) t.tooLong++;
+}
+
+/**
+ * `arm score`, streamed: a first pass validates every row (errors and `--skip-invalid` reports name file:line
+ * before any model work), counts them and hashes the file; the second reads `--chunk-rows` rows at a time,
+ * scores them and appends them to `<output>.part`, which is renamed to `<output>` when complete. Memory holds
+ * one chunk, whatever the input's size. `<output>.score-checkpoint.json` records what the rows are scored
+ * from: the same command run again after Ctrl-C or a crash continues after the last complete row, with the
+ * same chunks, so the output is byte-identical to an uninterrupted run.
+ */
+async function scoreCommand(o: ScoreCliOptions): Promise<void> {
+  const readOpts = { labelsOptional: true, imageRoot: o.imageRoot, skipInvalid: o.skipInvalid };
+  const skips = skipReporter(o.input);
+  let rows = 0;
+  let firstScalar: Example | undefined;
+  for (const r of streamExamples(o.input, readOpts)) {
+    if ('skipped' in r) { skips.add(r.skipped); continue; }
+    rows++;
+    if (r.example.kind === 'scalar') firstScalar ??= r.example;
+  }
+  const skipped = skips.end();
+  if (rows === 0) throw new DataError(`${o.input}: no usable rows${skipped ? ` (${skipped} skipped as invalid)` : ''}`);
+  const partFile = `${o.output}.part`;
+  const checkpointFile = `${o.output}.score-checkpoint.json`;
+  const inputs: InputFile[] = [{ path: o.input, what: 'the --input file' }, { path: o.rm, what: 'the --rm criterion file' }, ...modelInputs(o.model)];
+  const output = prepareOutput(o.output, { flag: '--output', inputs });
+  prepareOutput(partFile, { flag: '--output (its partial file)', inputs });
+  prepareOutput(checkpointFile, { flag: '--output (its checkpoint)', inputs });
+  let decoder;
+  try {
+    decoder = await loadDecoder(o);
+    for (const f of [o.output, partFile, checkpointFile]) prepareOutput(f, { flag: '--output', inputs: modelInputs(decoder.info.modelDir) });
+  } catch (e) {
+    output.cleanup();
+    await disposeDecoder(decoder);
+    throw e;
+  }
+  let stop = false;
+  const onSigint = () => {
+    if (stop) process.exit(130);
+    stop = true;
+    process.stderr.write('\nstopping after the current chunk (Ctrl-C again to quit at once; the same command continues)…\n');
+  };
+  process.on('SIGINT', onSigint);
+  const bar = progressBar('scoring   ', o.quiet);
+  let kept = 0; // rows in the part file: kept when the run fails
+  try {
+    const rm = ActivationRM.load(decoder, o.rm);
+    const meta = rm.criterion.meta;
+    if (meta.template.kind === 'ranked' && firstScalar) throw new Error(`${o.input}:${firstScalar.line}: a {prompt, response} item, but ${o.rm} uses the ranked template, which scores pairs only`);
+    const checkpoint: ScoreCheckpoint = {
+      what: 'arm score checkpoint', version: SCORE_CHECKPOINT_VERSION,
+      input: { file: path.resolve(o.input), sha256: sha256File(o.input), bytes: fs.statSync(o.input).size, rows },
+      criterion: { file: path.resolve(o.rm), sha256: sha256File(o.rm) },
+      model: { weights: decoder.info.weightsFingerprint, config: decoder.info.configHash, format: decoder.info.weightFormat },
+      options: {
+        batchSize: o.batchSize ?? meta.hyper.batchSize, maxLength: o.maxLength ?? meta.hyper.maxLength, chunkRows: o.chunkRows, chunkBytes: SCORE_CHUNK_BYTES,
+        skipInvalid: o.skipInvalid ?? false, imageRoot: o.imageRoot === undefined ? null : path.resolve(o.imageRoot), threads: o.threads ?? null,
+      },
+    };
+    const totals = openScoreCheckpoint(partFile, checkpointFile, checkpoint, o.restart ?? false);
+    const done = totals.rows;
+    kept = done;
+    if (!o.quiet) {
+      process.stderr.write(done
+        ? `resuming: ${done} of ${rows} rows already scored in ${partFile}\n`
+        : `scoring ${rows} rows into ${partFile}, ${o.chunkRows} at a time (renamed to ${o.output} when complete; Ctrl-C stops after the current chunk, and the same command continues)\n`);
+    }
+    const fd = fs.openSync(partFile, 'a');
+    let seen = 0;
+    try {
+      let chunk: Example[] = [];
+      let chunkBytes = 0;
+      // Chunks are cut at the same rows in every run (a fixed number of rows or bytes from the start), so a
+      // continued run scores each row in the batches an uninterrupted run would: the chunk holding the first
+      // missing row is scored whole and its rows already written are not written again.
+      const flush = async () => {
+        const start = seen;
+        seen += chunk.length;
+        if (seen > done) {
+          bar.update(Math.max(start, done), rows);
+          const scores = await rm.scoreExamples(chunk, {
+            batchSize: checkpoint.options.batchSize, maxLength: checkpoint.options.maxLength,
+            onProgress: (d, t) => bar.update(Math.max(done, start + Math.floor((d / t) * chunk.length)), rows),
+          });
+          let text = '';
+          for (let i = Math.max(0, done - start); i < chunk.length; i++) {
+            const arm = armField(scores[i]!);
+            text += `${JSON.stringify({ ...chunk[i]!.row, arm })}\n`;
+            countRow(totals, arm);
+          }
+          fs.appendFileSync(fd, text);
+          kept = totals.rows;
+          bar.update(seen, rows);
+        }
+        chunk = [];
+        chunkBytes = 0;
+      };
+      for (const r of streamExamples(o.input, { ...readOpts, uniqueIds: false })) {
+        if ('skipped' in r) continue;
+        chunk.push(r.example);
+        chunkBytes += r.bytes;
+        if (chunk.length >= o.chunkRows || chunkBytes >= SCORE_CHUNK_BYTES) {
+          await flush();
+          if (stop) break;
+        }
+      }
+      if (chunk.length && !stop) await flush();
+    } finally {
+      fs.closeSync(fd);
+    }
+    bar.stop();
+    if (stop && totals.rows < rows) {
+      process.stderr.write(`interrupted after ${totals.rows} of ${rows} rows, kept in ${partFile}; run the same command again to continue\n`);
+      process.exitCode = 130;
+      return;
+    }
+    if (seen !== rows || totals.rows !== rows) throw new Error(`${o.input} changed while it was scored (${rows} rows when checked, ${seen} when scored); run the command again`);
+    fs.renameSync(partFile, o.output);
+    fs.rmSync(checkpointFile, { force: true });
+    kept = 0;
+    process.stderr.write(`scored ${rows} rows → ${o.output}` + (skipped ? `; skipped ${skipped} invalid rows` : '') +
+      (totals.pairs ? `; pairs: accuracy ${(totals.correct / totals.pairs).toFixed(4)} (${totals.correct}/${totals.pairs}, ties and unscorable count as wrong)` : '') +
+      `; truncated prompts: ${totals.truncated}; too long to score: ${totals.tooLong}\n`);
+  } catch (e) {
+    if (kept > 0) {
+      process.stderr.write(`note: the ${kept} rows scored before this error are kept in ${partFile}; the same command continues after them\n`);
+    } else {
+      // Nothing scored yet: leave nothing behind (the checkpoint of a run that continued is not ours to drop unless its rows are gone).
+      if (fs.existsSync(partFile) && fs.statSync(partFile).size === 0) fs.rmSync(partFile, { force: true });
+      if (!fs.existsSync(partFile)) fs.rmSync(checkpointFile, { force: true });
+      output.cleanup();
+    }
+    throw e;
+  } finally {
+    bar.stop();
+    process.off('SIGINT', onSigint);
+    await disposeDecoder(decoder);
+  }
+}
+
+/**
+ * Opens `partFile` for a run with `checkpoint`: a new run (or `restart`) writes the checkpoint and an empty part
+ * file; otherwise the existing checkpoint must match in every field (the refusal names those that differ), a
+ * half-written last line is dropped, and the complete rows are read back for the summary's totals.
+ */
+function openScoreCheckpoint(partFile: string, checkpointFile: string, checkpoint: ScoreCheckpoint, restart: boolean): ScoreTotals {
+  const totals: ScoreTotals = { rows: 0, pairs: 0, correct: 0, truncated: 0, tooLong: 0 };
+  const fresh = () => {
+    writeFileAtomic(checkpointFile, `${JSON.stringify(checkpoint, null, 2)}\n`);
+    fs.writeFileSync(partFile, '');
+    return totals;
+  };
+  const startOver = `remove ${partFile} and ${checkpointFile}, or pass --restart, to start over`;
+  if (restart || !fs.existsSync(partFile)) return fresh();
+  if (!fs.existsSync(checkpointFile)) throw new Error(`${partFile} exists without ${checkpointFile}, so what its rows were scored from is unknown; ${startOver}`);
+  let old: ScoreCheckpoint;
+  try { old = JSON.parse(fs.readFileSync(checkpointFile, 'utf8')) as ScoreCheckpoint; } catch (e) {
+    throw new Error(`${checkpointFile}: not a readable score checkpoint (${(e as Error).message}); ${startOver}`);
+  }
+  const differs = scoreCheckpointDiff(old, checkpoint);
+  if (differs.length) {
+    throw new Error(`${partFile} holds rows of another scoring run (different ${differs.join('; ')}); refusing to mix them into ${checkpoint.input.file}'s scores: ${startOver}, or choose another --output`);
+  }
+  const dropped = dropTornLastLine(partFile);
+  if (dropped) process.stderr.write(`dropped a half-written last row (${dropped} bytes) from ${partFile}\n`);
+  // Rows are our own output: up to the input's longest line plus the scores.
+  for (const { line, text, error } of jsonlLines(partFile, 2 * MAX_LINE_BYTES)) {
+    let arm: unknown;
+    try {
+      if (error) throw new Error(error);
+      arm = (JSON.parse(text!) as { arm?: unknown }).arm;
+    } catch (e) { throw new Error(`${partFile}:${line}: not a scored row (${(e as Error).message}); ${startOver}`); }
+    if (typeof arm !== 'object' || arm === null) throw new Error(`${partFile}:${line}: not a scored row (no "arm" field); ${startOver}`);
+    countRow(totals, arm as Record<string, unknown>);
+  }
+  if (totals.rows > checkpoint.input.rows) throw new Error(`${partFile} holds ${totals.rows} rows but ${checkpoint.input.file} has ${checkpoint.input.rows}; ${startOver}`);
+  return totals;
+}
+
+/** The fields of two checkpoints that differ, in words. */
+function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): string[] {
+  const same = (x: unknown, y: unknown) => JSON.stringify(x) === JSON.stringify(y);
+  const out: string[] = [];
+  if (a.what !== b.what || a.version !== b.version) return [`checkpoint layout (version ${String(a.version)}, this build writes ${b.version})`];
+  if (a.input?.sha256 !== b.input.sha256) out.push(`input: ${a.input?.file} sha256 ${String(a.input?.sha256).slice(0, 12)}… vs ${b.input.file} sha256 ${b.input.sha256.slice(0, 12)}…`);
+  if (a.criterion?.sha256 !== b.criterion.sha256) out.push(`criterion: ${a.criterion?.file} vs ${b.criterion.file} (other contents)`);
+  if (!same(a.model, b.model)) out.push('model weights, config or --dtype');
+  for (const k of Object.keys(b.options) as (keyof ScoreCheckpoint['options'])[]) {
+    if (!same(a.options?.[k], b.options[k])) out.push(`${k}: ${JSON.stringify(a.options?.[k])} vs ${JSON.stringify(b.options[k])}`);
+  }
+  return out;
 }

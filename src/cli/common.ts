@@ -1,5 +1,6 @@
 /** Shared CLI plumbing: model options, progress bars on stderr, error reporting. */
 import fs from 'node:fs';
+import { createHash } from 'node:crypto';
 import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
@@ -188,5 +189,64 @@ export function writeFileAtomic(file: string, text: string): void {
   } catch (e) {
     fs.rmSync(tmp, { force: true });
     throw e;
+  }
+}
+
+/** How many skipped rows are listed one by one before the rest are only counted (as `arm eval` does). */
+export const SKIPPED_LISTED = 10;
+
+/**
+ * Reports rows `--skip-invalid` left out, on stderr: the first SKIPPED_LISTED with their reasons (each names
+ * file:line and, where it is one, the field), then a count of the rest. Call `add` per row, `end` once.
+ */
+export function skipReporter(file: string, write: (s: string) => void = (s) => process.stderr.write(s)): { add(s: { line: number; reason: string }): void; end(): number } {
+  let count = 0;
+  return {
+    add(s) {
+      if (count < SKIPPED_LISTED) write(`skipped invalid row: ${s.reason}\n`);
+      count++;
+    },
+    end() {
+      if (count > SKIPPED_LISTED) write(`skipped invalid row: … and ${count - SKIPPED_LISTED} more\n`);
+      if (count) write(`skipped ${count} invalid row${count === 1 ? '' : 's'} of ${file} (--skip-invalid)\n`);
+      return count;
+    },
+  };
+}
+
+/** The sha256 of a file's bytes, read in chunks (any size, bounded memory). */
+export function sha256File(file: string): string {
+  const hash = createHash('sha256');
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;) hash.update(buf.subarray(0, n));
+  } finally {
+    fs.closeSync(fd);
+  }
+  return hash.digest('hex');
+}
+
+/**
+ * Cuts a file back to the end of its last complete line (its last "\n"; empty when it has none): what a crash
+ * in the middle of an append leaves is dropped. Returns the bytes dropped.
+ */
+export function dropTornLastLine(file: string): number {
+  const size = fs.statSync(file).size;
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const buf = Buffer.allocUnsafe(64 * 1024);
+    let end = size;
+    while (end > 0) {
+      const start = Math.max(0, end - buf.length);
+      const n = fs.readSync(fd, buf, 0, end - start, start);
+      const nl = buf.subarray(0, n).lastIndexOf(0x0a);
+      if (nl !== -1) { end = start + nl + 1; break; }
+      end = start;
+    }
+    if (end < size) fs.ftruncateSync(fd, end);
+    return size - end;
+  } finally {
+    fs.closeSync(fd);
   }
 }
