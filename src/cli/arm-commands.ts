@@ -17,6 +17,20 @@ interface FitCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
 }
 
 export function registerArmCommands(program: Command): void {
+  registerFitCommand(program);
+  registerScoreCommand(program);
+  program.command('inspect').description('show what a criterion file holds').argument('<file>', '.arm.safetensors file')
+    .option('--json', 'print the metadata as JSON')
+    .action((file: string, o: { json?: boolean }) => {
+      // Any format version: inspecting an old file says what it was (scoring with it is refused).
+      const c = loadCriterion(file, { anyVersion: true });
+      if (c.meta.formatVersion !== FORMAT_VERSION) process.stderr.write(`warning: ${file} has format version ${c.meta.formatVersion}; this build scores only version ${FORMAT_VERSION} files: fit the criterion again\n`);
+      if (o.json) { process.stdout.write(`${JSON.stringify({ ...c.meta, probs: Array.from(c.probs) })}\n`); return; }
+      process.stdout.write(describeCriterion(file, c));
+    });
+}
+
+function registerFitCommand(program: Command): void {
   addFitOptions(addJudgeOptions(addModelOptions(program.command('fit').description('fit an Activation RM criterion from few-shot examples'), DEFAULT_MODEL)))
     .requiredOption('--examples <file.jsonl>', 'few-shot examples: {prompt, chosen, rejected} pairs and/or {prompt, response, label}')
     .requiredOption('--out <file.arm.safetensors>', 'criterion file to write')
@@ -83,7 +97,9 @@ export function registerArmCommands(program: Command): void {
         await disposeDecoder(decoder);
       }
     });
+}
 
+function registerScoreCommand(program: Command): void {
   addModelOptions(program.command('score').description('score items or pairs with a fitted criterion'), DEFAULT_MODEL)
     .requiredOption('--rm <file.arm.safetensors>', 'criterion file')
     .requiredOption('--input <file.jsonl>', 'pairs {prompt, chosen, rejected} and/or items {prompt, response[, label]}')
@@ -95,16 +111,6 @@ export function registerArmCommands(program: Command): void {
     .option('--chunk-rows <n>', `rows read, scored and appended to <output>.part at a time (at most ${SCORE_CHUNK_BYTES >> 20} MiB of input lines); part of what a resumed run must match`, (v) => positiveInt(v, '--chunk-rows'), SCORE_CHUNK_ROWS)
     .option('--restart', 'discard what an interrupted run left in <output>.part and start over (by default the same command continues it)')
     .action(scoreCommand);
-
-  program.command('inspect').description('show what a criterion file holds').argument('<file>', '.arm.safetensors file')
-    .option('--json', 'print the metadata as JSON')
-    .action((file: string, o: { json?: boolean }) => {
-      // Any format version: inspecting an old file says what it was (scoring with it is refused).
-      const c = loadCriterion(file, { anyVersion: true });
-      if (c.meta.formatVersion !== FORMAT_VERSION) process.stderr.write(`warning: ${file} has format version ${c.meta.formatVersion}; this build scores only version ${FORMAT_VERSION} files: fit the criterion again\n`);
-      if (o.json) { process.stdout.write(`${JSON.stringify({ ...c.meta, probs: Array.from(c.probs) })}\n`); return; }
-      process.stdout.write(describeCriterion(file, c));
-    });
 }
 
 export function describeCriterion(file: string, c: Criterion): string {
@@ -179,17 +185,7 @@ function countRow(t: ScoreTotals, arm: Record<string, unknown>): void {
  * same chunks, so the output is byte-identical to an uninterrupted run.
  */
 async function scoreCommand(o: ScoreCliOptions): Promise<void> {
-  const readOpts = { labelsOptional: true, imageRoot: o.imageRoot, skipInvalid: o.skipInvalid };
-  const skips = skipReporter(o.input);
-  let rows = 0;
-  let firstScalar: Example | undefined;
-  for (const r of streamExamples(o.input, readOpts)) {
-    if ('skipped' in r) { skips.add(r.skipped); continue; }
-    rows++;
-    if (r.example.kind === 'scalar') firstScalar ??= r.example;
-  }
-  const skipped = skips.end();
-  if (rows === 0) throw new DataError(`${o.input}: no usable rows${skipped ? ` (${skipped} skipped as invalid)` : ''}`);
+  const survey = surveyScoreInput(o);
   const partFile = `${o.output}.part`;
   const checkpointFile = `${o.output}.score-checkpoint.json`;
   const inputs: InputFile[] = [{ path: o.input, what: 'the --input file' }, { path: o.rm, what: 'the --rm criterion file' }, ...modelInputs(o.model)];
@@ -213,90 +209,35 @@ async function scoreCommand(o: ScoreCliOptions): Promise<void> {
   };
   process.on('SIGINT', onSigint);
   const bar = progressBar('scoring   ', o.quiet);
-  let kept = 0; // rows in the part file: kept when the run fails
+  const totals: ScoreTotals = { rows: 0, pairs: 0, correct: 0, truncated: 0, tooLong: 0 };
   try {
     const rm = ActivationRM.load(decoder, o.rm);
-    const meta = rm.criterion.meta;
-    if (meta.template.kind === 'ranked' && firstScalar) throw new Error(`${o.input}:${firstScalar.line}: a {prompt, response} item, but ${o.rm} uses the ranked template, which scores pairs only`);
-    const checkpoint: ScoreCheckpoint = {
-      what: 'arm score checkpoint', version: SCORE_CHECKPOINT_VERSION,
-      input: { file: path.resolve(o.input), sha256: sha256File(o.input), bytes: fs.statSync(o.input).size, rows },
-      criterion: { file: path.resolve(o.rm), sha256: sha256File(o.rm) },
-      model: { weights: decoder.info.weightsFingerprint, config: decoder.info.configHash, format: decoder.info.weightFormat },
-      options: {
-        batchSize: o.batchSize ?? meta.hyper.batchSize, maxLength: o.maxLength ?? meta.hyper.maxLength, chunkRows: o.chunkRows, chunkBytes: SCORE_CHUNK_BYTES,
-        skipInvalid: o.skipInvalid ?? false, imageRoot: o.imageRoot === undefined ? null : path.resolve(o.imageRoot), threads: o.threads ?? null,
-      },
-    };
-    const totals = openScoreCheckpoint(partFile, checkpointFile, checkpoint, o.restart ?? false);
-    const done = totals.rows;
-    kept = done;
+    if (rm.criterion.meta.template.kind === 'ranked' && survey.firstScalar) {
+      throw new Error(`${o.input}:${survey.firstScalar.line}: a {prompt, response} item, but ${o.rm} uses the ranked template, which scores pairs only`);
+    }
+    const checkpoint = scoreCheckpointFor(o, rm, survey.rows);
+    Object.assign(totals, openScoreCheckpoint(partFile, checkpointFile, checkpoint, o.restart ?? false));
     if (!o.quiet) {
-      process.stderr.write(done
-        ? `resuming: ${done} of ${rows} rows already scored in ${partFile}\n`
-        : `scoring ${rows} rows into ${partFile}, ${o.chunkRows} at a time (renamed to ${o.output} when complete; Ctrl-C stops after the current chunk, and the same command continues)\n`);
+      process.stderr.write(totals.rows
+        ? `resuming: ${totals.rows} of ${survey.rows} rows already scored in ${partFile}\n`
+        : `scoring ${survey.rows} rows into ${partFile}, ${o.chunkRows} at a time (renamed to ${o.output} when complete; Ctrl-C stops after the current chunk, and the same command continues)\n`);
     }
-    const fd = fs.openSync(partFile, 'a');
-    let seen = 0;
-    try {
-      let chunk: Example[] = [];
-      let chunkBytes = 0;
-      // Chunks are cut at the same rows in every run (a fixed number of rows or bytes from the start), so a
-      // continued run scores each row in the batches an uninterrupted run would: the chunk holding the first
-      // missing row is scored whole and its rows already written are not written again.
-      const flush = async () => {
-        const start = seen;
-        seen += chunk.length;
-        if (seen > done) {
-          bar.update(Math.max(start, done), rows);
-          const scores = await rm.scoreExamples(chunk, {
-            batchSize: checkpoint.options.batchSize, maxLength: checkpoint.options.maxLength,
-            onProgress: (d, t) => bar.update(Math.max(done, start + Math.floor((d / t) * chunk.length)), rows),
-          });
-          let text = '';
-          for (let i = Math.max(0, done - start); i < chunk.length; i++) {
-            const arm = armField(scores[i]!);
-            text += `${JSON.stringify({ ...chunk[i]!.row, arm })}\n`;
-            countRow(totals, arm);
-          }
-          fs.appendFileSync(fd, text);
-          kept = totals.rows;
-          bar.update(seen, rows);
-        }
-        chunk = [];
-        chunkBytes = 0;
-      };
-      for (const r of streamExamples(o.input, { ...readOpts, uniqueIds: false })) {
-        if ('skipped' in r) continue;
-        chunk.push(r.example);
-        chunkBytes += r.bytes;
-        if (chunk.length >= o.chunkRows || chunkBytes >= SCORE_CHUNK_BYTES) {
-          await flush();
-          if (stop) break;
-        }
-      }
-      if (chunk.length && !stop) await flush();
-    } finally {
-      fs.closeSync(fd);
-    }
+    const seen = await appendScoredChunks(rm, o, checkpoint, { partFile, totals, bar, stopped: () => stop });
     bar.stop();
-    if (stop && totals.rows < rows) {
-      process.stderr.write(`interrupted after ${totals.rows} of ${rows} rows, kept in ${partFile}; run the same command again to continue\n`);
+    if (stop && totals.rows < survey.rows) {
+      process.stderr.write(`interrupted after ${totals.rows} of ${survey.rows} rows, kept in ${partFile}; run the same command again to continue\n`);
       process.exitCode = 130;
       return;
     }
-    if (seen !== rows || totals.rows !== rows) throw new Error(`${o.input} changed while it was scored (${rows} rows when checked, ${seen} when scored); run the command again`);
+    if (seen !== survey.rows || totals.rows !== survey.rows) throw new Error(`${o.input} changed while it was scored (${survey.rows} rows when checked, ${seen} when scored); run the command again`);
     fs.renameSync(partFile, o.output);
     fs.rmSync(checkpointFile, { force: true });
-    kept = 0;
-    process.stderr.write(`scored ${rows} rows → ${o.output}` + (skipped ? `; skipped ${skipped} invalid rows` : '') +
-      (totals.pairs ? `; pairs: accuracy ${(totals.correct / totals.pairs).toFixed(4)} (${totals.correct}/${totals.pairs}, ties and unscorable count as wrong)` : '') +
-      `; truncated prompts: ${totals.truncated}; too long to score: ${totals.tooLong}\n`);
+    process.stderr.write(scoreSummary(o.output, survey.skipped, totals));
   } catch (e) {
-    if (kept > 0) {
-      process.stderr.write(`note: the ${kept} rows scored before this error are kept in ${partFile}; the same command continues after them\n`);
+    if (fs.existsSync(partFile) && totals.rows > 0) {
+      process.stderr.write(`note: the ${totals.rows} rows scored before this error are kept in ${partFile}; the same command continues after them\n`);
     } else {
-      // Nothing scored yet: leave nothing behind (the checkpoint of a run that continued is not ours to drop unless its rows are gone).
+      // Nothing scored: leave nothing behind (a checkpoint whose part file holds rows is kept).
       if (fs.existsSync(partFile) && fs.statSync(partFile).size === 0) fs.rmSync(partFile, { force: true });
       if (!fs.existsSync(partFile)) fs.rmSync(checkpointFile, { force: true });
       output.cleanup();
@@ -307,6 +248,100 @@ async function scoreCommand(o: ScoreCliOptions): Promise<void> {
     process.off('SIGINT', onSigint);
     await disposeDecoder(decoder);
   }
+}
+
+/** Pass 1 of `arm score`: every row validated (skips reported), counted; the first item row, for the ranked check. */
+function surveyScoreInput(o: ScoreCliOptions): { rows: number; skipped: number; firstScalar?: Example } {
+  const skips = skipReporter(o.input);
+  let rows = 0;
+  let firstScalar: Example | undefined;
+  for (const r of streamExamples(o.input, scoreReadOptions(o))) {
+    if ('skipped' in r) { skips.add(r.skipped); continue; }
+    rows++;
+    if (r.example.kind === 'scalar') firstScalar ??= r.example;
+  }
+  const skipped = skips.end();
+  if (rows === 0) throw new DataError(`${o.input}: no usable rows${skipped ? ` (${skipped} skipped as invalid)` : ''}`);
+  return { rows, skipped, firstScalar };
+}
+
+const scoreReadOptions = (o: ScoreCliOptions) => ({ labelsOptional: true, imageRoot: o.imageRoot, skipInvalid: o.skipInvalid });
+
+/** What this run scores from: the input, criterion and model by content, and every option the scores depend on. */
+function scoreCheckpointFor(o: ScoreCliOptions, rm: ActivationRM, rows: number): ScoreCheckpoint {
+  const meta = rm.criterion.meta;
+  const info = rm.decoder.info;
+  return {
+    what: 'arm score checkpoint', version: SCORE_CHECKPOINT_VERSION,
+    input: { file: path.resolve(o.input), sha256: sha256File(o.input), bytes: fs.statSync(o.input).size, rows },
+    criterion: { file: path.resolve(o.rm), sha256: sha256File(o.rm) },
+    model: { weights: info.weightsFingerprint, config: info.configHash, format: info.weightFormat },
+    options: {
+      batchSize: o.batchSize ?? meta.hyper.batchSize, maxLength: o.maxLength ?? meta.hyper.maxLength,
+      chunkRows: o.chunkRows, chunkBytes: SCORE_CHUNK_BYTES, skipInvalid: o.skipInvalid ?? false,
+      imageRoot: o.imageRoot === undefined ? null : path.resolve(o.imageRoot), threads: o.threads ?? null,
+    },
+  };
+}
+
+/**
+ * Pass 2 of `arm score`: reads the input again in chunks, scores every chunk that holds a row not yet in the
+ * part file and appends those rows (in input order) with one write per chunk; stops after a chunk when
+ * `stopped()`. Chunks are cut at the same rows in every run (a fixed number of rows or bytes from the start),
+ * so a continued run scores each row in the batches an uninterrupted run would: the chunk holding the first
+ * missing row is scored whole and its rows already written are not written again. Returns the rows read.
+ */
+async function appendScoredChunks(rm: ActivationRM, o: ScoreCliOptions, checkpoint: ScoreCheckpoint, run: {
+  partFile: string; totals: ScoreTotals; bar: ReturnType<typeof progressBar>; stopped: () => boolean;
+}): Promise<number> {
+  const { totals, bar } = run;
+  const done = totals.rows;
+  const rows = checkpoint.input.rows;
+  const fd = fs.openSync(run.partFile, 'a');
+  let seen = 0;
+  let chunk: Example[] = [];
+  let chunkBytes = 0;
+  const flush = async () => {
+    const start = seen;
+    seen += chunk.length;
+    if (seen > done) {
+      bar.update(Math.max(start, done), rows);
+      const scores = await rm.scoreExamples(chunk, {
+        batchSize: checkpoint.options.batchSize, maxLength: checkpoint.options.maxLength,
+        onProgress: (d, t) => bar.update(Math.max(done, start + Math.floor((d / t) * chunk.length)), rows),
+      });
+      let text = '';
+      for (let i = Math.max(0, done - start); i < chunk.length; i++) {
+        const arm = armField(scores[i]!);
+        text += `${JSON.stringify({ ...chunk[i]!.row, arm })}\n`;
+        countRow(totals, arm);
+      }
+      fs.appendFileSync(fd, text);
+      bar.update(seen, rows);
+    }
+    chunk = [];
+    chunkBytes = 0;
+  };
+  try {
+    for (const r of streamExamples(o.input, { ...scoreReadOptions(o), uniqueIds: false })) {
+      if ('skipped' in r) continue;
+      chunk.push(r.example);
+      chunkBytes += r.bytes;
+      if (chunk.length < o.chunkRows && chunkBytes < SCORE_CHUNK_BYTES) continue;
+      await flush();
+      if (run.stopped()) return seen;
+    }
+    if (chunk.length) await flush();
+    return seen;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function scoreSummary(output: string, skipped: number, t: ScoreTotals): string {
+  return `scored ${t.rows} rows → ${output}` + (skipped ? `; skipped ${skipped} invalid rows` : '') +
+    (t.pairs ? `; pairs: accuracy ${(t.correct / t.pairs).toFixed(4)} (${t.correct}/${t.pairs}, ties and unscorable count as wrong)` : '') +
+    `; truncated prompts: ${t.truncated}; too long to score: ${t.tooLong}\n`;
 }
 
 /**

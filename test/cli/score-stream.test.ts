@@ -19,15 +19,57 @@ beforeAll(() => {
   arm(['fit', '--model', STORIES, '--examples', FEW, '--out', criterion, '--passes', '4', '--heads', 'random:3']);
   // Pairs and items, some items sharing a prompt with their neighbours (scored as one prefix group).
   input = path.join(dir, 'items.jsonl');
-  fs.writeFileSync(input, Array.from({ length: ROWS }, (_, i) => JSON.stringify(i % 3 === 0
-    ? { id: `p${i}`, prompt: `What is ${i} plus one?`, chosen: `${i + 1}.`, rejected: `It is ${i + 7}, surely!` }
-    : { id: `s${i}`, prompt: `Name a colour, ${Math.floor(i / 4)}.`, response: i % 2 ? 'Blue.' : 'A very long list of colours follows.' })).join('\n') + '\n');
+  fs.writeFileSync(
+    input,
+    Array.from({ length: ROWS }, (_, i) =>
+      JSON.stringify(
+        i % 3 === 0
+          ? { id: `p${i}`, prompt: `What is ${i} plus one?`, chosen: `${i + 1}.`, rejected: `It is ${i + 7}, surely!` }
+          : {
+              id: `s${i}`,
+              prompt: `Name a colour, ${Math.floor(i / 4)}.`,
+              response: i % 2 ? 'Blue.' : 'A very long list of colours follows.',
+            },
+      ),
+    ).join('\n') + '\n',
+  );
   full = path.join(dir, 'full.jsonl');
-  arm(['score', '--model', STORIES, '--rm', criterion, '--input', input, '--output', full, '--chunk-rows', String(CHUNK)]);
+  arm([
+    'score',
+    '--model',
+    STORIES,
+    '--rm',
+    criterion,
+    '--input',
+    input,
+    '--output',
+    full,
+    '--chunk-rows',
+    String(CHUNK),
+  ]);
 });
 
-const scoreArgs = (output: string, more: string[] = []) => ['score', '--model', STORIES, '--rm', criterion, '--input', input, '--output', output, '--chunk-rows', String(CHUNK), ...more];
-const completeLines = (file: string) => { const t = fs.readFileSync(file, 'utf8'); return t.slice(0, t.lastIndexOf('\n') + 1).split('\n').filter(Boolean); };
+const scoreArgs = (output: string, more: string[] = []) => [
+  'score',
+  '--model',
+  STORIES,
+  '--rm',
+  criterion,
+  '--input',
+  input,
+  '--output',
+  output,
+  '--chunk-rows',
+  String(CHUNK),
+  ...more,
+];
+const completeLines = (file: string) => {
+  const t = fs.readFileSync(file, 'utf8');
+  return t
+    .slice(0, t.lastIndexOf('\n') + 1)
+    .split('\n')
+    .filter(Boolean);
+};
 
 async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<void> {
   const t0 = Date.now();
@@ -38,10 +80,16 @@ async function waitFor(what: string, cond: () => boolean, ms = 60_000): Promise<
 }
 
 /** Starts a score run and stops it (SIGKILL or SIGINT) once its part file holds some rows; returns the rows kept. */
-async function interruptedRun(output: string, signal: 'SIGKILL' | 'SIGINT'): Promise<{ code: number | null; stderr: string; rows: number }> {
+async function interruptedRun(
+  output: string,
+  signal: 'SIGKILL' | 'SIGINT',
+): Promise<{ code: number | null; stderr: string; rows: number }> {
   const run = armSpawn(scoreArgs(output));
   try {
-    await waitFor(`${output}.part to hold rows`, () => fs.existsSync(`${output}.part`) && fs.statSync(`${output}.part`).size > 0);
+    await waitFor(
+      `${output}.part to hold rows`,
+      () => fs.existsSync(`${output}.part`) && fs.statSync(`${output}.part`).size > 0,
+    );
     run.child.kill(signal);
     const { code } = await run.exited;
     return { code, stderr: run.stderr(), rows: completeLines(`${output}.part`).length };
@@ -51,8 +99,16 @@ async function interruptedRun(output: string, signal: 'SIGKILL' | 'SIGINT'): Pro
 }
 
 it('the uninterrupted run scores every row, in input order', () => {
-  const rows = fs.readFileSync(full, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  const inputRows = fs.readFileSync(input, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const rows = fs
+    .readFileSync(full, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  const inputRows = fs
+    .readFileSync(input, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   expect(rows.map((r) => r.id)).toEqual(inputRows.map((r) => r.id));
   rows.forEach((r, i) => {
     expect({ ...r, arm: undefined }).toEqual({ ...inputRows[i], arm: undefined });
@@ -90,37 +146,97 @@ it('reports what it resumed, drops the torn row and gives the same summary as an
   const { code } = await run.exited;
   expect(code).toBe(0);
   expect(run.stderr()).toContain(`resuming: ${rows} of ${ROWS} rows already scored in ${output}.part`);
-  expect(run.stderr()).toMatch(new RegExp(`dropped a half-written last row \\(30 bytes\\) from ${output.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}\\.part`));
-  const summary = (s: string) => s.split('\n').find((l) => l.startsWith('scored '))!.replace(/ → [^;]+/, '');
+  expect(run.stderr()).toMatch(
+    new RegExp(
+      `dropped a half-written last row \\(30 bytes\\) from ${output.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}\\.part`,
+    ),
+  );
+  const summary = (s: string) =>
+    s
+      .split('\n')
+      .find((l) => l.startsWith('scored '))!
+      .replace(/ → [^;]+/, '');
   const fullRun = armSpawn(scoreArgs(path.join(tempDir(), 'again.jsonl')));
   await fullRun.exited;
   // Accuracy and counts cover every row, the ones scored before the interruption included.
   expect(summary(run.stderr())).toBe(summary(fullRun.stderr()));
-  expect(summary(run.stderr())).toMatch(new RegExp(`^scored ${ROWS} rows; pairs: accuracy [0-9.]+ \\(\\d+/${ROWS / 3},`));
+  expect(summary(run.stderr())).toMatch(
+    new RegExp(`^scored ${ROWS} rows; pairs: accuracy [0-9.]+ \\(\\d+/${ROWS / 3},`),
+  );
   expect(fs.readFileSync(output, 'utf8')).toBe(fs.readFileSync(full, 'utf8'));
 }, 120_000);
 
-it('Ctrl-C stops after the current chunk; a partial output of another input, criterion or chunking is refused', async () => {
+it('Ctrl-C stops after the chunk; a partial output of another input, criterion or chunking is refused', async () => {
   const dir = tempDir();
   const output = path.join(dir, 'scored.jsonl');
   const { code, stderr, rows } = await interruptedRun(output, 'SIGINT');
   expect(code).toBe(130);
-  expect(stderr).toContain(`interrupted after ${rows} of ${ROWS} rows, kept in ${output}.part; run the same command again to continue`);
+  expect(stderr).toContain(
+    `interrupted after ${rows} of ${ROWS} rows, kept in ${output}.part; run the same command again to continue`,
+  );
   expect(rows % CHUNK).toBe(0); // whole chunks only
   expect(fs.readFileSync(`${output}.part`, 'utf8').endsWith('\n')).toBe(true);
   const partBefore = fs.readFileSync(`${output}.part`, 'utf8');
 
   const otherInput = path.join(dir, 'other.jsonl');
   fs.writeFileSync(otherInput, fs.readFileSync(input, 'utf8').replace('What is 0 plus one?', 'What is zero plus one?'));
-  const r1 = arm(['score', '--model', STORIES, '--rm', criterion, '--input', otherInput, '--output', output, '--chunk-rows', String(CHUNK)], { expectFail: true });
+  const r1 = arm(
+    [
+      'score',
+      '--model',
+      STORIES,
+      '--rm',
+      criterion,
+      '--input',
+      otherInput,
+      '--output',
+      output,
+      '--chunk-rows',
+      String(CHUNK),
+    ],
+    { expectFail: true },
+  );
   expect(r1.stderr).toContain(`${output}.part holds rows of another scoring run (different input: ${input} sha256 `);
   expect(r1.stderr).toContain(`vs ${otherInput} sha256 `);
-  expect(r1.stderr).toContain(`remove ${output}.part and ${output}.score-checkpoint.json, or pass --restart, to start over`);
+  expect(r1.stderr).toContain(
+    `remove ${output}.part and ${output}.score-checkpoint.json, or pass --restart, to start over`,
+  );
 
   const otherCriterion = path.join(dir, 'other.arm.safetensors');
-  arm(['fit', '--model', STORIES, '--examples', FEW, '--out', otherCriterion, '--passes', '4', '--heads', 'random:3', '--seed', '5']);
-  const r2 = arm(['score', '--model', STORIES, '--rm', otherCriterion, '--input', input, '--output', output, '--chunk-rows', String(CHUNK)], { expectFail: true });
-  expect(r2.stderr).toMatch(/holds rows of another scoring run \(different criterion: .*c\.arm\.safetensors vs .*other\.arm\.safetensors/);
+  arm([
+    'fit',
+    '--model',
+    STORIES,
+    '--examples',
+    FEW,
+    '--out',
+    otherCriterion,
+    '--passes',
+    '4',
+    '--heads',
+    'random:3',
+    '--seed',
+    '5',
+  ]);
+  const r2 = arm(
+    [
+      'score',
+      '--model',
+      STORIES,
+      '--rm',
+      otherCriterion,
+      '--input',
+      input,
+      '--output',
+      output,
+      '--chunk-rows',
+      String(CHUNK),
+    ],
+    { expectFail: true },
+  );
+  expect(r2.stderr).toMatch(
+    /holds rows of another scoring run \(different criterion: .*c\.arm\.safetensors vs .*other\.arm\.safetensors/,
+  );
   const r3 = arm([...scoreArgs(output).slice(0, -1), String(CHUNK * 2)], { expectFail: true });
   expect(r3.stderr).toContain('(different chunkRows: 16 vs 32)');
   // Refusals touch nothing: the same command still continues it, to the uninterrupted bytes.
@@ -130,7 +246,9 @@ it('Ctrl-C stops after the current chunk; a partial output of another input, cri
 
   // --restart discards a partial output instead; a part file without its checkpoint is refused.
   fs.writeFileSync(`${output}.part`, partBefore);
-  expect(arm(scoreArgs(output), { expectFail: true }).stderr).toContain(`${output}.part exists without ${output}.score-checkpoint.json`);
+  expect(arm(scoreArgs(output), { expectFail: true }).stderr).toContain(
+    `${output}.part exists without ${output}.score-checkpoint.json`,
+  );
   arm(scoreArgs(output, ['--restart']));
   expect(fs.readFileSync(output, 'utf8')).toBe(fs.readFileSync(full, 'utf8'));
 }, 180_000);
@@ -141,7 +259,11 @@ it('holds one chunk of rows, not the input: 120 MB of rows score under a 96 MB h
   const big = path.join(dir, 'big.jsonl');
   const note = 'x'.repeat(40_000);
   const fd = fs.openSync(big, 'w');
-  for (let i = 0; i < 3000; i++) fs.writeSync(fd, `${JSON.stringify({ id: `r${i}`, prompt: 'Is the sky blue?', response: `Yes ${i % 7}.`, note })}\n`);
+  for (let i = 0; i < 3000; i++)
+    fs.writeSync(
+      fd,
+      `${JSON.stringify({ id: `r${i}`, prompt: 'Is the sky blue?', response: `Yes ${i % 7}.`, note })}\n`,
+    );
   fs.closeSync(fd);
   const output = path.join(dir, 'scored.jsonl');
   try {

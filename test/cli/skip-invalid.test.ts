@@ -35,8 +35,20 @@ beforeAll(() => {
     for (const [line, text] of at) lines.splice(line - 1, 0, text);
     return lines.join('\n') + '\n';
   };
-  fs.writeFileSync(invalidFirst, withRows([[3, INVALID], [6, LONG]]));
-  fs.writeFileSync(longFirst, withRows([[2, LONG], [5, INVALID]]));
+  fs.writeFileSync(
+    invalidFirst,
+    withRows([
+      [3, INVALID],
+      [6, LONG],
+    ]),
+  );
+  fs.writeFileSync(
+    longFirst,
+    withRows([
+      [2, LONG],
+      [5, INVALID],
+    ]),
+  );
   expect(fs.readFileSync(invalidFirst, 'utf8').split('\n')[5]).toBe(LONG);
 });
 
@@ -46,8 +58,14 @@ const reasons = (file: string, invalid: number, long: number) => [
 ];
 
 it('without --skip-invalid, fit and score stop at the first bad line, naming file:line and the field', () => {
-  for (const cmd of [['fit', '--examples'], ['score', '--input']]) {
-    const out = cmd[0] === 'fit' ? ['--out', path.join(dir, 'x.arm.safetensors'), ...QUICK] : ['--rm', path.join(dir, 'none.arm.safetensors'), '--output', path.join(dir, 'x.jsonl')];
+  for (const cmd of [
+    ['fit', '--examples'],
+    ['score', '--input'],
+  ]) {
+    const out =
+      cmd[0] === 'fit'
+        ? ['--out', path.join(dir, 'x.arm.safetensors'), ...QUICK]
+        : ['--rm', path.join(dir, 'none.arm.safetensors'), '--output', path.join(dir, 'x.jsonl')];
     const a = arm([cmd[0]!, '--model', STORIES, cmd[1]!, invalidFirst, ...out], { expectFail: true });
     expect(a.stderr).toContain(`arm: ${invalidFirst}:3: field "rejected" is missing`);
     const b = arm([cmd[0]!, '--model', STORIES, cmd[1]!, longFirst, ...out], { expectFail: true });
@@ -58,7 +76,17 @@ it('without --skip-invalid, fit and score stop at the first bad line, naming fil
 
 it('fit --skip-invalid fits on the other rows and reports the two skipped', async () => {
   const out = path.join(dir, 'c.arm.safetensors');
-  const r = await armStderr(['fit', '--model', STORIES, '--examples', invalidFirst, '--out', out, ...QUICK, '--skip-invalid']);
+  const r = await armStderr([
+    'fit',
+    '--model',
+    STORIES,
+    '--examples',
+    invalidFirst,
+    '--out',
+    out,
+    ...QUICK,
+    '--skip-invalid',
+  ]);
   expect(r.code).toBe(0);
   for (const line of reasons(invalidFirst, 3, 6)) expect(r.stderr).toContain(line);
   expect(r.stderr).toContain(`skipped 2 invalid rows of ${invalidFirst} (--skip-invalid)`);
@@ -71,11 +99,28 @@ it('score --skip-invalid scores the other rows, in order, and counts the skipped
   const criterion = path.join(dir, 'c2.arm.safetensors');
   arm(['fit', '--model', STORIES, '--examples', FEW, '--out', criterion, ...QUICK]);
   const output = path.join(dir, 'scored.jsonl');
-  const r = await armStderr(['score', '--model', STORIES, '--rm', criterion, '--input', longFirst, '--output', output, '--skip-invalid']);
+  const r = await armStderr([
+    'score',
+    '--model',
+    STORIES,
+    '--rm',
+    criterion,
+    '--input',
+    longFirst,
+    '--output',
+    output,
+    '--skip-invalid',
+  ]);
   expect(r.code).toBe(0);
   for (const line of reasons(longFirst, 5, 2)) expect(r.stderr).toContain(line);
-  expect(r.stderr).toMatch(new RegExp(`scored 10 rows → \\S+; skipped 2 invalid rows; pairs: accuracy [0-9.]+ \\(\\d+/${fewPairs},`));
-  const rows = fs.readFileSync(output, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  expect(r.stderr).toMatch(
+    new RegExp(`scored 10 rows → \\S+; skipped 2 invalid rows; pairs: accuracy [0-9.]+ \\(\\d+/${fewPairs},`),
+  );
+  const rows = fs
+    .readFileSync(output, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   expect(rows.map((x) => x.id)).toEqual(fewIds);
   for (const row of rows) {
     if ('chosen' in row) expect(row.arm.correct).toBe(row.arm.chosen > row.arm.rejected);
