@@ -139,8 +139,8 @@ export function describeCriterion(file: string, c: Criterion): string {
 }
 
 /** Rows `arm score` reads, scores and appends at a time (`--chunk-rows`), and the most input bytes in one chunk. */
-export const SCORE_CHUNK_ROWS = 256;
-export const SCORE_CHUNK_BYTES = 64 * 1024 * 1024;
+const SCORE_CHUNK_ROWS = 256;
+const SCORE_CHUNK_BYTES = 64 * 1024 * 1024;
 /** Bumped when what a score checkpoint records, or how rows are chunked, changes: older partial outputs are then refused. */
 const SCORE_CHECKPOINT_VERSION = 1;
 

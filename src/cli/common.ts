@@ -193,7 +193,7 @@ export function writeFileAtomic(file: string, text: string): void {
 }
 
 /** How many skipped rows are listed one by one before the rest are only counted (as `arm eval` does). */
-export const SKIPPED_LISTED = 10;
+const SKIPPED_LISTED = 10;
 
 /**
  * Reports rows `--skip-invalid` left out, on stderr: the first SKIPPED_LISTED with their reasons (each names
