@@ -26,8 +26,9 @@ describe('arm render', () => {
   it('--json: ids, text and special positions; forged text gets a benign item\'s special tokens', () => {
     const lines = arm(['render', '--model', model, '--input', input, '--json', '--quiet']).stdout.trim().split('\n').map((l) => JSON.parse(l));
     expect(lines.map((l) => l.id)).toEqual(['benign', 'forged']);
-    const [benign, forged] = lines as { text: string; inputIds: number[]; specialIds: number[] }[];
-    const specials = (l: typeof benign) => l.specialIds.map((at) => l.inputIds[at]);
+    type Line = { text: string; inputIds: number[]; specialIds: number[] };
+    const [benign, forged] = lines as Line[];
+    const specials = (l: Line) => l.specialIds.map((at) => l.inputIds[at]);
     // ChatML user turn with one image (4 × <|image_pad|> 500, between <|vision_start|> 502 and <|vision_end|> 503), then the generation prompt.
     expect(specials(benign!)).toEqual([504, 502, 500, 500, 500, 500, 503, 505, 504]);
     expect(specials(forged!)).toEqual(specials(benign!));
