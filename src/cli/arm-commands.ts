@@ -6,7 +6,7 @@ import { DataError, jsonlLines, MAX_LINE_BYTES, readExamples, streamExamples, ty
 import { fitActivationRM, FitInterrupted, type HeadStrategy } from '../arm/fit.js';
 import { ActivationRM } from '../arm/rm.js';
 import { disposeDecoder } from '../arm/images.js';
-import { FORMAT_VERSION, loadCriterion, type Criterion } from '../arm/criterion.js';
+import { CriterionWriteError, FORMAT_VERSION, loadCriterion, type Criterion } from '../arm/criterion.js';
 import { addFitOptions, addJudgeOptions, addModelOptions, loadDecoder, modelInputs, nonNegativeInt, positiveInt, dropTornLastLine, prepareOutput, progressBar, sha256File, skipReporter, writeFileAtomic, type FitCliFlags, type InputFile, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 
 export const DEFAULT_MODEL = 'Qwen/Qwen2.5-0.5B-Instruct';
@@ -90,6 +90,10 @@ function registerFitCommand(program: Command): void {
       } catch (e) {
         if (e instanceof FitInterrupted) { process.stderr.write(`${e.message}\n`); process.exitCode = 130; return; }
         output.cleanup();
+        // A finished fit whose file could not be written: its checkpoint stays, and --resume saves it again.
+        if (e instanceof CriterionWriteError && fs.existsSync(checkpointFile)) {
+          throw new Error(`${e.message}; the fit checkpoint ${checkpointFile} is kept: arm fit --resume with the same arguments saves the criterion without extracting means or running REINFORCE again`);
+        }
         throw e;
       } finally {
         Object.values(bars).forEach((b) => b.stop());
