@@ -25,7 +25,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Decoder, type ForwardResult } from '../src/model/decoder.js';
 import type { Int8Kernel, WeightDType } from '../src/model/graph/quantized-linear.js';
-import { defaultInt8Kernel, type Int4Method } from '../src/model/weight-format.js';
+import { defaultInt8Kernel, type Int4Method } from '../src/model/quant/weight-format.js';
 import { readExamples, type Example } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
 import { ActivationRM } from '../src/arm/rm.js';

@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Decoder } from '../src/model/decoder.js';
-import { VisionTower } from '../src/model/vision-tower.js';
+import { VisionTower } from '../src/model/vision/tower.js';
 import { smartResize } from '../src/model/vision/qwen-processor.js';
 import { qwenVisionLayout, writeRandomTensorsBf16 } from '../tools/random-checkpoint.js';
 import { Rng } from '../src/util/rng.js';

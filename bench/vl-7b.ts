@@ -25,7 +25,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { Decoder } from '../src/model/decoder.js';
-import { ImageInputs } from '../src/model/image-inputs.js';
+import { ImageInputs } from '../src/model/vision/image-inputs.js';
 import { decodeImage } from '../src/model/vision/image.js';
 import { qwenVisionLayout, Rng, writeRandomCheckpoint, writeRandomTensorsBf16, type HfConfig } from '../tools/random-checkpoint.js';
 import { runChild } from './child.js';

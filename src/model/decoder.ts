@@ -9,7 +9,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { cachedModelExists, cacheKey, DATA_FILE, FP32_FORMAT, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type GptqCalibration, type Layout, type WeightFormat } from './export.js';
+import { cachedModelExists, cacheKey, DATA_FILE, FP32_FORMAT, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type GptqCalibration, type Layout, type WeightFormat } from './cache/decoder-cache.js';
 import { resolveModelDir } from './checkpoint/hub.js';
 import { PROMPT_FILES, promptFileHashes, TOKENIZER_FILES, weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
@@ -17,9 +17,9 @@ import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec } from './families/spec.js';
 import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
-import { prequantSchemeFromConfig, type PrequantScheme } from './checkpoint/awq-gptq.js';
-import { gptqLinears, parameterCount, resolveWeightFormat, type Int4Method } from './weight-format.js';
-import { calibrationBytes, calibrationHessians } from './calibration.js';
+import { prequantSchemeFromConfig, type PrequantScheme } from './quant/awq-gptq.js';
+import { gptqLinears, parameterCount, resolveWeightFormat, type Int4Method } from './quant/weight-format.js';
+import { calibrationBytes, calibrationHessians } from './quant/calibration.js';
 import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
 
 export interface LoadOptions {
@@ -187,7 +187,7 @@ export class Decoder {
   }
 
   /**
-   * A decoder over a model folder export.ts wrote outside the cache (GPTQ's fp32 calibration model, whose graph
+   * A decoder over a model folder cache/decoder-cache.ts wrote outside the cache (GPTQ's fp32 calibration model, whose graph
    * also outputs linear-layer inputs: forwardSites). Runs on token ids; the caller removes the folder after dispose.
    */
   static async openWritten(spec: ModelSpec, dir: string, like: { modelDir: string; threads?: number }): Promise<Decoder> {

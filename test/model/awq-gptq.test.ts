@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Decoder } from '../../src/model/decoder.js';
 import { SafetensorsCheckpoint, writeSafetensors, type WritableTensor } from '../../src/model/checkpoint/safetensors.js';
-import { prequantSchemeFromConfig, readPrequantized } from '../../src/model/checkpoint/awq-gptq.js';
+import { prequantSchemeFromConfig, readPrequantized } from '../../src/model/quant/awq-gptq.js';
 import { dequantizeMatrix } from '../../src/model/graph/quantized-linear.js';
 import { checkpointLayout, Rng, type HfConfig } from '../../tools/random-checkpoint.js';
 import { makeCheckpoint, relError, tempDir } from '../helpers/fixtures.js';

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { ABANDONED_BUILD_MS, ensureCacheEntry } from '../../src/model/cache-entry.js';
+import { ABANDONED_BUILD_MS, ensureCacheEntry } from '../../src/model/cache/entry.js';
 import { tempDir } from '../helpers/fixtures.js';
 
 /** A process id that ran and exited (so no process has it now, barring reuse within the test). */

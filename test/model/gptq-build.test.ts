@@ -1,5 +1,5 @@
 /**
- * GPTQ int4 builds end to end (calibration.ts, export.ts, weight-format.ts) on stories260K's real weights:
+ * GPTQ int4 builds end to end (calibration.ts, cache/decoder-cache.ts, weight-format.ts) on stories260K's real weights:
  * the calibration model's site outputs against values computed here from the checkpoint, the effect against
  * round-to-nearest at the same block size, determinism, clean-up and the format's key and label.
  * gptq.test.ts checks the quantiser itself against an independent implementation.
@@ -9,11 +9,11 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Decoder, emptyKv } from '../../src/model/decoder.js';
-import { cacheKey, writeCalibrationModel } from '../../src/model/export.js';
+import { cacheKey, writeCalibrationModel } from '../../src/model/cache/decoder-cache.js';
 import { emitDecoderGraph, linearInputSites, W } from '../../src/model/graph/decoder-graph.js';
 import { graphNodes } from '../helpers/onnx-nodes.js';
-import { addGram, calibrationBytes, finishGram, sample } from '../../src/model/calibration.js';
-import { describeWeightFormat, gptqLinears, parameterCount, resolveWeightFormat } from '../../src/model/weight-format.js';
+import { addGram, calibrationBytes, finishGram, sample } from '../../src/model/quant/calibration.js';
+import { describeWeightFormat, gptqLinears, parameterCount, resolveWeightFormat } from '../../src/model/quant/weight-format.js';
 import { SafetensorsCheckpoint } from '../../src/model/checkpoint/safetensors.js';
 import { specFromConfig } from '../../src/model/families/spec.js';
 import { Rng } from '../../src/util/rng.js';

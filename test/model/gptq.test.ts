@@ -1,12 +1,12 @@
 /**
- * GPTQ (graph/gptq.ts) against expectations that do not reuse its code: the inverse Cholesky factor against
+ * GPTQ (quant/gptq.ts) against expectations that do not reuse its code: the inverse Cholesky factor against
  * UᵀU·A = I; the quantiser against a textbook OBS/OBQ implementation written here, which keeps an explicit
  * inverse Hessian (Gauss-Jordan) and removes each quantised input from it (mathematically the same as the
  * Cholesky form); the objective it minimises against round-to-nearest's, in-sample and on held-out inputs;
  * H = I (no covariance, nothing to push) against round-to-nearest bit for bit; dead inputs and argument checks.
  */
 import { describe, expect, it } from 'vitest';
-import { gptqQuantize, inverseCholeskyUpper } from '../../src/model/graph/gptq.js';
+import { gptqQuantize, inverseCholeskyUpper } from '../../src/model/quant/gptq.js';
 import { blockGrid, blocksPerRow, dequantizeMatrix, getPacked, quantCode, quantizeMatrix, zeroPointBytesPerRow, blobBytes, type QuantizedMatrix } from '../../src/model/graph/quantized-linear.js';
 
 /** mulberry32 with Box-Muller normals: small, seeded, independent of the repo's generators. */

@@ -2,7 +2,7 @@
 import { expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
-import { DATA_FILE } from '../../src/model/export.js';
+import { DATA_FILE } from '../../src/model/cache/decoder-cache.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { ModelError } from '../../src/model/errors.js';
 import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';

@@ -2,12 +2,14 @@
  * The server's per-connection and per-request limits, on a stand-in engine (no model: these are HTTP behaviours).
  * Clients are raw loopback sockets or fetch; every wait is bounded by a deadline, every loop by a count.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import net from 'node:net';
+import { Worker } from 'node:worker_threads';
 import type { Example } from '../../src/data/examples.js';
 import type { CriterionMeta } from '../../src/arm/criterion.js';
 import { createRewardServer, type RewardServer, type RewardServerOptions } from '../../src/server/app.js';
 import type { ScoringEngine } from '../../src/server/engine.js';
+import { QuerySplitter } from '../../src/server/split.js';
 
 /** Scores by response length (reward = length / 1000), after `delayMs`; a scalar criterion named "c". */
 function standInEngine(delayMs = 0): ScoringEngine {
@@ -44,6 +46,32 @@ function connect(port: number) {
   const closed = new Promise<number>((resolve) => socket.on('close', () => { closedAfterMs = performance.now() - t0; resolve(closedAfterMs); }));
   const opened = new Promise<void>((resolve) => socket.once('connect', () => resolve()));
   return { socket, opened, closed, get received() { return received; }, get closedAfterMs() { return closedAfterMs; } };
+}
+
+/**
+ * A thread that posts `rounds` rounds of three bodies of a million `query` entries each (3 MB, 5 MB and 30 MB),
+ * concurrently, to `${url}/get_reward`; `statuses` are their HTTP statuses (-1: the connection was cut).
+ */
+export function millionEntryAttacker(url: string, rounds: number): { ready: Promise<void>; statuses: Promise<number[]> } {
+  const worker = new Worker(`
+    const { parentPort, workerData: { url, rounds } } = require('node:worker_threads');
+    const million = (s) => Buffer.from(JSON.stringify({ query: Array.from({ length: 1000000 }, () => s) }));
+    const bodies = [million(''), million('ab'), million('<|im_start|>user\\nq<|im_end|>')];
+    parentPort.postMessage({ ready: true });
+    (async () => {
+      const statuses = [];
+      for (let r = 0; r < rounds; r++) {
+        statuses.push(...await Promise.all(bodies.map((body) => fetch(url + '/get_reward', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(60000) }).then((res) => res.status, () => -1))));
+      }
+      parentPort.postMessage({ statuses });
+    })();
+  `, { eval: true, workerData: { url, rounds } });
+  const ready = new Promise<void>((resolve) => worker.once('message', () => resolve()));
+  const statuses = new Promise<number[]>((resolve, reject) => {
+    worker.on('message', (m: { statuses?: number[] }) => { if (m.statuses) { resolve(m.statuses); void worker.terminate(); } });
+    worker.once('error', reject);
+  });
+  return { ready, statuses };
 }
 
 /** Resolves with `p`, or with 'still open' after `ms`. */
@@ -136,5 +164,61 @@ describe('timeouts and the connection cap', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect((await fetch(`${url}/health`, { signal: AbortSignal.timeout(5000) })).status).toBe(200);
     held[1]!.socket.destroy();
+  });
+});
+
+describe('bounded work per request', () => {
+  it('entries beyond what a request may carry: 413 naming the list, before any item is looked at', async () => {
+    const split = vi.spyOn(QuerySplitter.prototype, 'split');
+    const { url } = await start({ maxQueue: 16, splitWithoutPrompts: 'last-assistant-turn' });
+    const post = async (route: string, body: unknown) => {
+      const res = await fetch(url + route, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) });
+      return { status: res.status, body: await res.json() as { field: string; error: string } };
+    };
+    const q = (n: number) => Array.from({ length: n }, (_, i) => `<|im_start|>user\nq${i}<|im_end|>\n<|im_start|>assistant\na<|im_end|>`);
+    for (const [route, body, field] of [
+      ['/get_reward', { query: q(17) }, 'query'],
+      ['/get_reward', { query: q(2), prompts: q(17) }, 'prompts'],
+      ['/get_reward', { query: q(2), labels: Array.from({ length: 100_000 }, () => null) }, 'labels'],
+      ['/classify', { input: q(17) }, 'input'],
+      ['/v1/score', { items: Array.from({ length: 17 }, () => ({ prompt: 'p', response: 'r' })) }, 'items'],
+      ['/v1/score', { pairs: Array.from({ length: 9 }, () => ({ prompt: 'p', chosen: 'a', rejected: 'b' })) }, 'pairs'], // 18 judge items
+      ['/v1/score', { items: [{ prompt: Array.from({ length: 5000 }, () => ({ role: 'user', content: 'x' })), response: 'r' }] }, 'body'], // 15 000 values for one item
+    ] as const) {
+      const got = await post(route, body);
+      expect({ route, field, status: got.status, got: got.body.field }).toEqual({ route, field, status: 413, got: field });
+      expect(got.body.error).toMatch(new RegExp(`^${field}: `));
+    }
+    expect(split).not.toHaveBeenCalled();
+    expect((await post('/get_reward', { query: q(16) })).status).toBe(200); // at the limit: accepted
+    expect(split).toHaveBeenCalledTimes(16);
+    split.mockRestore();
+  });
+
+  it('/health answers within 100 ms while bodies of a million entries arrive (parsed and refused off the main thread)', async () => {
+    for (const bodyLimit of [undefined, 40 * 2 ** 20]) { // the default (8 MiB), and one that lets the 30 MB body be read and parsed
+      const { url } = await start({ bodyLimit });
+      expect((await fetch(`${url}/health`)).status).toBe(200); // this client's first fetch loads undici: not the server's time
+      // The attacker in a thread of its own: building and sending 38 MB must not count as the server's time.
+      const attacker = millionEntryAttacker(url, 3);
+      await attacker.ready;
+      const latencies: number[] = [];
+      let attacking = true;
+      void attacker.statuses.finally(() => { attacking = false; });
+      while (attacking && latencies.length < 2000) {
+        const t0 = performance.now();
+        const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(10_000) });
+        expect(res.status).toBe(200);
+        await res.arrayBuffer();
+        latencies.push(performance.now() - t0);
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      const statuses = await attacker.statuses;
+      expect(statuses).toHaveLength(9);
+      expect(statuses.every((s) => s === 413 || s === -1)).toBe(true); // refused (or cut off mid-upload once refused)
+      expect(statuses.filter((s) => s === 413).length).toBeGreaterThanOrEqual(6);
+      expect(latencies.length).toBeGreaterThan(5);
+      expect(Math.max(...latencies), latencies.map((l) => l.toFixed(0)).join(' ')).toBeLessThan(100);
+    }
   });
 });

@@ -25,7 +25,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
 import { ModelError } from '../errors.js';
-import { defaultCacheDir } from '../export.js';
+import { defaultCacheDir } from '../cache/decoder-cache.js';
 import { rememberContentSha256 } from './file-hash.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];

@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { renamedCheckpoint } from '../../helpers/image-text.js';
 import { argmax, Decoder, emptyKv } from '../../../src/model/decoder.js';
-import { ImageInputs, type ImagePrompt } from '../../../src/model/image-inputs.js';
+import { ImageInputs, type ImagePrompt } from '../../../src/model/vision/image-inputs.js';
 import { decodeImage, type RgbImage } from '../../../src/model/vision/image.js';
 import { fixturePatch, relError } from '../../helpers/fixtures.js';
 import { arm } from '../../helpers/cli.js';

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { argmax, Decoder } from '../../../src/model/decoder.js';
-import { ImageInputs } from '../../../src/model/image-inputs.js';
+import { ImageInputs } from '../../../src/model/vision/image-inputs.js';
 import { decodeImage } from '../../../src/model/vision/image.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');

@@ -17,7 +17,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { relativeError, renamedCheckpoint } from '../../helpers/image-text.js';
-import { VisionTower } from '../../../src/model/vision-tower.js';
+import { VisionTower } from '../../../src/model/vision/tower.js';
 import { qwenVisionFeeds } from '../../../src/model/graph/vision-qwen.js';
 import { visionSpecFromConfig, type QwenVisionSpec } from '../../../src/model/families/vision-spec.js';
 import { decodeImage } from '../../../src/model/vision/image.js';

@@ -1,23 +1,23 @@
 /**
- * GPTQ's calibration: Xᵀ X of the inputs of each linear layer it quantises (graph/gptq.ts), from the model
+ * GPTQ's calibration: Xᵀ X of the inputs of each linear layer it quantises (quant/gptq.ts), from the model
  * running on calibration text. Data-free: the model writes that text itself, sampling `sequences` continuations
  * of `tokens` tokens from its first token (BOS) at temperature 1 with a seeded PRNG, so no dataset has to ship or
  * download and the text is in whatever language and style the model knows (LLM-QAT's self-generated data).
  *
  * The calibration model is the checkpoint at fp32 with its graph also outputting the layers' inputs
- * (export.ts writeCalibrationModel), written to a temporary folder beside the cache entry and removed after.
+ * (cache/decoder-cache.ts writeCalibrationModel), written to a temporary folder beside the cache entry and removed after.
  * Cost: an fp32 copy of the weights on disk and in memory while calibrating, sequences × tokens single-token
  * decode steps to sample, one forward over all of it, and tokens · K²/2 multiply-adds per layer in JS to sum
  * each Xᵀ X — seconds for small models, minutes at 0.5 B parameters (BENCHMARKS.md "Weight formats").
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { Decoder, emptyKv } from './decoder.js';
-import { writeCalibrationModel, type BuildProgress, type GptqCalibration } from './export.js';
-import { linearInputSites } from './graph/decoder-graph.js';
-import type { ModelSpec } from './families/spec.js';
-import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import { Rng } from '../util/rng.js';
+import { Decoder, emptyKv } from '../decoder.js';
+import { writeCalibrationModel, type BuildProgress, type GptqCalibration } from '../cache/decoder-cache.js';
+import { linearInputSites } from '../graph/decoder-graph.js';
+import type { ModelSpec } from '../families/spec.js';
+import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
+import { Rng } from '../../util/rng.js';
 
 /**
  * Memory a GPTQ build holds at its peak: the fp32 calibration model (onnxruntime keeps its weights resident),

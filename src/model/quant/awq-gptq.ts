@@ -15,7 +15,7 @@
  * In both, W[n, k] = (q[k, n] − zero[g(k), n]) · scale[g(k), n].
  */
 import { ModelError } from '../errors.js';
-import type { SafetensorsCheckpoint } from './safetensors.js';
+import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
 import { allocQuantized, blobBytes, blocksPerRow, checkBlockSize, putPacked, zeroPointBytesPerRow, type QuantizedMatrix } from '../graph/quantized-linear.js';
 
 /** AutoAWQ's pack order: nibble i of a word holds column AWQ_ORDER[i] of its group of 8. */

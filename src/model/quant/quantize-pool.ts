@@ -13,7 +13,7 @@
  */
 import type { Worker } from 'node:worker_threads';
 import { spawnModuleWorker } from '../../util/module-worker.js';
-import { allocQuantized, blobBytes, blocksPerRow, quantizeRowsInto, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from './quantized-linear.js';
+import { allocQuantized, blobBytes, blocksPerRow, quantizeRowsInto, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from '../graph/quantized-linear.js';
 import type { QuantizeJob } from './quantize-worker.js';
 
 /** Workers must have loaded within this long (tsx compiles them from source in tests), else none are used. */

@@ -1,5 +1,5 @@
 /**
- * A vision tower's graph on disk, cached like the decoder's (export.ts): `vision.onnx` next to
+ * A vision tower's graph on disk, cached like the decoder's (cache/decoder-cache.ts): `vision.onnx` next to
  * `vision-weights.bin` (float32 external data, linear layers transposed for MatMul and fused where the graph
  * fuses them), in `<cacheDir>/vision-graphs/<key>/`, written into a temporary folder renamed into place so a
  * killed build leaves nothing half-written.
@@ -7,18 +7,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { ModelError } from './errors.js';
-import { weightsContentHash } from './checkpoint/file-hash.js';
-import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './cache-entry.js';
-import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import type { ExternalRef, GraphBuilder } from './graph/graph-builder.js';
-import type { VisionWeightSource } from './graph/vision-ops.js';
+import { ModelError } from '../errors.js';
+import { weightsContentHash } from '../checkpoint/file-hash.js';
+import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './entry.js';
+import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
+import type { ExternalRef, GraphBuilder } from '../graph/graph-builder.js';
+import type { VisionWeightSource } from '../graph/vision-ops.js';
 
 export const VISION_MODEL_FILE = 'vision.onnx';
 export const VISION_DATA_FILE = 'vision-weights.bin';
 const ALIGN = PAGE_ALIGN;
 
-/** The cache root (`cache-entry.ts`'s rule, shared with the decoder's graphs). */
+/** The cache root (`cache/entry.ts`'s rule, shared with the decoder's graphs). */
 export const defaultVisionCacheDir = defaultCacheDir;
 
 /** The weights' identity, as the decoder's: sha256 over the files' names and full contents. */

@@ -1,14 +1,14 @@
 /**
  * Images into a prompt of an image-text checkpoint: its image processor (vision/processor.ts, from
- * preprocessor_config.json), its vision tower (vision-tower.ts), placeholder expansion, and the tower's output
+ * preprocessor_config.json), its vision tower (vision/tower.ts), placeholder expansion, and the tower's output
  * laid out as the rows that replace the placeholders, ready for Decoder.forward / prefill / extend.
  */
-import type { ImageEmbeds } from './decoder.js';
-import { ModelError } from './errors.js';
-import type { RgbImage } from './vision/image.js';
-import { packLlavaOnevisionFeatures } from './vision/llava-onevision-features.js';
-import { loadImageProcessor, type ImageProcessor, type ProcessedImage } from './vision/processor.js';
-import { VisionTower, type VisionTowerOptions } from './vision-tower.js';
+import type { ImageEmbeds } from '../decoder.js';
+import { ModelError } from '../errors.js';
+import type { RgbImage } from './image.js';
+import { packLlavaOnevisionFeatures } from './llava-onevision-features.js';
+import { loadImageProcessor, type ImageProcessor, type ProcessedImage } from './processor.js';
+import { VisionTower, type VisionTowerOptions } from './tower.js';
 
 /** A prompt with its images placed: ids with each placeholder expanded, and each image's rows. */
 export interface ImagePrompt {

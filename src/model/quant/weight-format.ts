@@ -1,14 +1,14 @@
 /**
- * `--dtype fp32|int8|int4` and its options → the WeightFormat a cache entry is built with (export.ts), with
+ * `--dtype fp32|int8|int4` and its options → the WeightFormat a cache entry is built with (cache/decoder-cache.ts), with
  * the defaults BENCHMARKS.md ("Weight formats") measured.
  */
-import { ModelError } from './errors.js';
-import type { ModelSpec } from './families/spec.js';
-import type { PrequantScheme } from './checkpoint/awq-gptq.js';
-import type { GptqCalibration, WeightFormat } from './export.js';
-import { checkBlockSize, DTYPE_BITS, INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
-import { W } from './graph/decoder-graph.js';
-import { cpuHasInt8DotProduct } from '../util/cpu.js';
+import { ModelError } from '../errors.js';
+import type { ModelSpec } from '../families/spec.js';
+import type { PrequantScheme } from './awq-gptq.js';
+import type { GptqCalibration, WeightFormat } from '../cache/decoder-cache.js';
+import { checkBlockSize, DTYPE_BITS, INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from '../graph/quantized-linear.js';
+import { W } from '../graph/decoder-graph.js';
+import { cpuHasInt8DotProduct } from '../../util/cpu.js';
 
 export interface WeightFormatOptions {
   /** Weight storage; default: by model size (defaultDType). */
@@ -30,7 +30,7 @@ export interface WeightFormatOptions {
 /**
  * How an int4 format chooses its 4-bit layers' codes: 'rtn' rounds each weight to the nearest level of its
  * block's grid (no data needed); 'gptq' places them with GPTQ from calibration inputs the model samples itself
- * (graph/gptq.ts, calibration.ts), which lowers each layer's output error rather than its weight error.
+ * (quant/gptq.ts, calibration.ts), which lowers each layer's output error rather than its weight error.
  */
 export type Int4Method = 'rtn' | 'gptq';
 export const INT4_METHODS: readonly Int4Method[] = ['rtn', 'gptq'];

@@ -8,17 +8,17 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './cache-entry.js';
-import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W, type LinearInputSite } from './graph/decoder-graph.js';
-import { expectedTensors, type ModelSpec } from './families/spec.js';
-import { ModelError } from './errors.js';
-import type { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import type { ExternalRef } from './graph/graph-builder.js';
-import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantizeRowwise, quantNames, rowwiseNames, sliceRows, zeroPointBytesPerRow, type Int8Kernel, type QuantizedMatrix, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
-import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from './checkpoint/awq-gptq.js';
-import { parameterCount, sensitiveLinears } from './weight-format.js';
-import { QuantizePool } from './graph/quantize-pool.js';
-import { GPTQ_VERSION, gptqQuantize } from './graph/gptq.js';
+import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './entry.js';
+import { emitDecoderGraph, GRAPH_VERSION, HEAD_CHUNK_BYTES, headChunks, W, type LinearInputSite } from '../graph/decoder-graph.js';
+import { expectedTensors, type ModelSpec } from '../families/spec.js';
+import { ModelError } from '../errors.js';
+import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
+import type { ExternalRef } from '../graph/graph-builder.js';
+import { blobBytes, blocksPerRow, concatRows, QUANTIZER_VERSION, quantizeMatrix, quantizeRowwise, quantNames, rowwiseNames, sliceRows, zeroPointBytesPerRow, type Int8Kernel, type QuantizedMatrix, type QuantOptions, type WeightDType } from '../graph/quantized-linear.js';
+import { checkPrequantized, isPrequantized, readPrequantized, type PrequantScheme } from '../quant/awq-gptq.js';
+import { parameterCount, sensitiveLinears } from '../quant/weight-format.js';
+import { QuantizePool } from '../quant/quantize-pool.js';
+import { GPTQ_VERSION, gptqQuantize } from '../quant/gptq.js';
 
 export const MODEL_FILE = 'model.onnx';
 export const DATA_FILE = 'weights.bin';
@@ -54,7 +54,7 @@ export interface WeightFormat {
   accuracyLevel: QuantOptions['accuracyLevel'];
 }
 /**
- * int4 `quant.gptq`: the main linear layers' codes are placed by GPTQ (graph/gptq.ts) from `sequences` × `tokens`
+ * int4 `quant.gptq`: the main linear layers' codes are placed by GPTQ (quant/gptq.ts) from `sequences` × `tokens`
  * calibration tokens the model samples itself from its first token (calibration.ts; `seed` fixes the draw).
  */
 export interface GptqCalibration { sequences: number; tokens: number; seed: number; dampFraction: number }

@@ -1,7 +1,7 @@
 /**
  * What the decoder's and the vision towers' graph caches share: where the cache lives, how an entry is built
  * atomically (into a temporary folder renamed into place, so a killed build never leaves half an entry), the
- * page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from export.ts so
+ * page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from cache/decoder-cache.ts so
  * that the vision cache does not pull in the decoder graph.
  */
 import fs from 'node:fs';

@@ -3,7 +3,7 @@
  * counts the job done (and flags a failure) in the job's shared counter, where the waiting thread reads it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { quantizeRowsInto, type QuantizedMatrix } from './quantized-linear.js';
+import { quantizeRowsInto, type QuantizedMatrix } from '../graph/quantized-linear.js';
 
 /** One job: rows [rowStart, rowEnd) of `w` into `q`; `done` [jobs finished, jobs failed]. All shared memory. */
 export interface QuantizeJob { w: Float32Array; q: QuantizedMatrix; rowStart: number; rowEnd: number; done: Int32Array }

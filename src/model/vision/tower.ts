@@ -11,16 +11,16 @@ import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
 import * as ort from 'onnxruntime-node';
-import { ModelError } from './errors.js';
-import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import { visionSpecFromConfig, visionSpecHash, type QwenVisionSpec, type SiglipVisionSpec, type VisionSpec } from './families/vision-spec.js';
-import { checkpointFingerprint, defaultVisionCacheDir, ensureCachedVisionModel, VISION_MODEL_FILE, visionCacheKey } from './vision-cache.js';
-import { emitQwenVisionGraph, QWEN_VISION_GRAPH_VERSION, QWEN_VISION_PREFIXES, qwenVisionExpectedShapes, qwenVisionFeeds, qwenVisionWeightSources } from './graph/vision-qwen.js';
+import { ModelError } from '../errors.js';
+import { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
+import { visionSpecFromConfig, visionSpecHash, type QwenVisionSpec, type SiglipVisionSpec, type VisionSpec } from '../families/vision-spec.js';
+import { checkpointFingerprint, defaultVisionCacheDir, ensureCachedVisionModel, VISION_MODEL_FILE, visionCacheKey } from '../cache/vision-cache.js';
+import { emitQwenVisionGraph, QWEN_VISION_GRAPH_VERSION, QWEN_VISION_PREFIXES, qwenVisionExpectedShapes, qwenVisionFeeds, qwenVisionWeightSources } from '../graph/vision-qwen.js';
 import {
   emitSiglipVisionGraph, LLAVA_IMAGE_NEWLINE, LLAVA_PROJECTOR_PREFIXES, SIGLIP_VISION_GRAPH_VERSION, SIGLIP_VISION_PREFIXES,
   siglipExpectedShapes, siglipVisionWeightSources,
-} from './graph/vision-siglip.js';
-import type { ProcessedImage } from './vision/processor.js';
+} from '../graph/vision-siglip.js';
+import type { ProcessedImage } from './processor.js';
 
 export interface VisionTowerOptions {
   cacheDir?: string;

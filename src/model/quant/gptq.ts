@@ -21,7 +21,7 @@
  */
 /** Joins a GPTQ entry's cache key: bump it when gptqQuantize's choices change. */
 export const GPTQ_VERSION = 'gptq-blockgrid/1';
-import { allocQuantized, blobBytes, blockGrid, blocksPerRow, putPacked, quantCode, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from './quantized-linear.js';
+import { allocQuantized, blobBytes, blockGrid, blocksPerRow, putPacked, quantCode, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from '../graph/quantized-linear.js';
 
 export interface GptqOptions extends Pick<QuantOptions, 'bits' | 'blockSize'> {
   /** Added to H's diagonal as a fraction of the used inputs' mean H[k, k] (the paper's percdamp), so H is safely invertible. Default 0.01. */
