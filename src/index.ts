@@ -1,5 +1,5 @@
 export { Decoder, argmax, emptyKv, type HeadPatch, type ForwardResult, type KvCache, type LoadOptions, type ImageEmbeds, type RowImages } from './model/decoder.js';
-export { ImageInputs, type ImagePrompt } from './model/image-inputs.js';
+export { ImageInputs, type ImagePrompt } from './model/vision/image-inputs.js';
 export { decodeImage, type RgbImage } from './model/vision/image.js';
 export { ModelError } from './model/errors.js';
 export { specFromConfig, SUPPORTED_FAMILIES, IMAGE_TEXT_MODEL_TYPES, type ModelSpec, type Family, type ImageTextSpec } from './model/families/spec.js';

@@ -11,7 +11,7 @@ import { ModelError } from '../model/errors.js';
 import { readSafetensorsMetadata, SafetensorsCheckpoint, writeSafetensors } from '../model/checkpoint/safetensors.js';
 import type { Decoder } from '../model/decoder.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../model/graph/quantized-linear.js';
-import { describeWeightFormat } from '../model/weight-format.js';
+import { describeWeightFormat } from '../model/quant/weight-format.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 import { visionConfigHash } from './images.js';

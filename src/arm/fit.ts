@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import type { Decoder, KvCache } from '../model/decoder.js';
-import { describeWeightFormat } from '../model/weight-format.js';
+import { describeWeightFormat } from '../model/quant/weight-format.js';
 import { imagesOf, promptIdentity, toScalarItems, type Example } from '../data/examples.js';
 import { imageFilesOf, judgeImagesFor, toSequence, visionConfigHash, type JudgeImages } from './images.js';
 import { Rng } from '../util/rng.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Decoder, ImageEmbeds } from '../model/decoder.js';
 import { forEachLastLogits, type ImageSequence, type LastLogitsOptions, type LastRow, type PlacedImage, type Sequence } from '../model/batch.js';
-import { ImageInputs } from '../model/image-inputs.js';
+import { ImageInputs } from '../model/vision/image-inputs.js';
 import { ModelError } from '../model/errors.js';
 import { decodeImage } from '../model/vision/image.js';
 import { loadImageProcessor, type ImageProcessor } from '../model/vision/processor.js';

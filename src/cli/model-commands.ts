@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { addModelOptions, loadDecoder, positiveInt, type ModelCliOptions } from './common.js';
 import type { Decoder, ImageEmbeds } from '../model/decoder.js';
-import { ImageInputs } from '../model/image-inputs.js';
+import { ImageInputs } from '../model/vision/image-inputs.js';
 import { decodeImage } from '../model/vision/image.js';
 
 interface PromptOptions extends ModelCliOptions { prompt?: string; inputIds?: number[]; chat?: boolean; image?: string[] }
