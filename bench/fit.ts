@@ -22,10 +22,17 @@ import { Rng } from '../src/util/rng.js';
 import { ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
 
 const QUERY_TOKENS = 300;
-const POOL_PAIRS = 16;            // 32 judge items, as `--few-shot 16`
+const POOL_PAIRS = 16; // 32 judge items, as `--few-shot 16`
 const MEASURED = { passes: 3, steps: 4, naiveBatches: 2 };
 const G = DEFAULT_PASSES_PER_DEMO_SET;
-const DEFAULT = { passes: 100, shots: 4, steps: REINFORCE_DEFAULTS.steps, samples: REINFORCE_DEFAULTS.samples, readoutMasks: 10, readoutItems: 50 };
+const DEFAULT = {
+  passes: 100,
+  shots: 4,
+  steps: REINFORCE_DEFAULTS.steps,
+  samples: REINFORCE_DEFAULTS.samples,
+  readoutMasks: 10,
+  readoutItems: 50,
+};
 
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -36,23 +43,64 @@ const tokenizer = decoder.tokenizer;
 
 // Pairs whose rendered zero-shot query is ~300 tokens: words drawn from a small vocabulary.
 const rng = new Rng(1);
-const WORDS = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'looked', 'at', 'big', 'red', 'ball', 'she', 'said', 'yes', 'no', 'tree', 'park'];
+const WORDS = [
+  'the',
+  'cat',
+  'sat',
+  'on',
+  'a',
+  'mat',
+  'and',
+  'looked',
+  'at',
+  'big',
+  'red',
+  'ball',
+  'she',
+  'said',
+  'yes',
+  'no',
+  'tree',
+  'park',
+];
 const text = (n: number) => Array.from({ length: n }, () => WORDS[rng.int(WORDS.length)]).join(' ');
 const pairs: PairExample[] = Array.from({ length: POOL_PAIRS }, (_, i) => ({
-  kind: 'pair', id: `p${i}`, line: i + 1, row: {}, prompt: text(120), chosen: text(25), rejected: text(35),
+  kind: 'pair',
+  id: `p${i}`,
+  line: i + 1,
+  row: {},
+  prompt: text(120),
+  chosen: text(25),
+  rejected: text(35),
 }));
 const template = makeTemplate('scalar', {}, tokenizer);
 const items = judgeItems(pairs, 'scalar');
 const lengths = items.map((it) => render(tokenizer, template, [], it, 4096).ids.length);
-log(`queries: ${items.length} judge items, ${Math.min(...lengths)}–${Math.max(...lengths)} tokens (target ~${QUERY_TOKENS}); template ${template.chat ? 'chat' : 'plain'}`);
+log(
+  `queries: ${items.length} judge items, ${Math.min(...lengths)}–${Math.max(...lengths)} tokens (target ~${QUERY_TOKENS}); template ${template.chat ? 'chat' : 'plain'}`,
+);
 
 // ---- mean extraction: one default demo draw (G passes, 4 shots + query ≈ 5 × 300 tokens each) and a few
 // independent passes (--passes-per-demo-set 1) ----
 let t0 = performance.now();
-await extractMeans(decoder, template, items, { passes: G, shots: DEFAULT.shots, seed: 0, batchSize: G, maxLength: 4096, passesPerDemoSet: G });
+await extractMeans(decoder, template, items, {
+  passes: G,
+  shots: DEFAULT.shots,
+  seed: 0,
+  batchSize: G,
+  maxLength: 4096,
+  passesPerDemoSet: G,
+});
 const perPassS = seconds(t0) / G;
 t0 = performance.now();
-await extractMeans(decoder, template, items, { passes: MEASURED.passes, shots: DEFAULT.shots, seed: 0, batchSize: MEASURED.passes, maxLength: 4096, passesPerDemoSet: 1 });
+await extractMeans(decoder, template, items, {
+  passes: MEASURED.passes,
+  shots: DEFAULT.shots,
+  seed: 0,
+  batchSize: MEASURED.passes,
+  maxLength: 4096,
+  passesPerDemoSet: 1,
+});
 const perIndependentPassS = seconds(t0) / MEASURED.passes;
 
 // ---- ours: prefill per distinct query + shared-prefix steps of 32 rows ----
@@ -60,7 +108,8 @@ const answers = resolveAnswerTokens(tokenizer, template, items[0]!).primary;
 const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
 const mu = Float32Array.from({ length: L * H * d }, () => 0.01 * rng.normal());
 const loss = reinforceLoss(decoder, items, template, answers, mu, 'replace', 4096, 2 ** 30);
-const masks = (n: number) => Array.from({ length: n }, () => Uint8Array.from({ length: L * H }, () => (rng.uniform() < 0.27 ? 1 : 0)));
+const masks = (n: number) =>
+  Array.from({ length: n }, () => Uint8Array.from({ length: L * H }, () => (rng.uniform() < 0.27 ? 1 : 0)));
 t0 = performance.now();
 await loss(0, masks(1)); // first call on item 0: its prefill
 const prefillS = seconds(t0);
@@ -83,7 +132,10 @@ for (let i = 0; i < MEASURED.naiveBatches; i++) {
   const mask = new Float32Array(8 * L * H);
   m.forEach((x, r) => mask.set(x, r * L * H));
   t0 = performance.now();
-  await decoder.forward(Array.from({ length: 8 }, () => ids), { mask, values: mu });
+  await decoder.forward(
+    Array.from({ length: 8 }, () => ids),
+    { mask, values: mu },
+  );
   naiveTimes.push(seconds(t0) / 8);
 }
 const naivePerSampleS = median(naiveTimes);
@@ -101,19 +153,57 @@ const independentFitWallS = independentMeansS + oursReinforceS;
 
 // A real (tiny) end-to-end fit through the public API, so the bench also proves the path it extrapolates.
 t0 = performance.now();
-await fitActivationRM(decoder, pairs.slice(0, 2), { passes: 1, shots: 1, maxLength: 4096, reinforce: { steps: 1, samples: 4, readoutMasks: 2, readoutItems: 2 }, warn: () => undefined });
+await fitActivationRM(decoder, pairs.slice(0, 2), {
+  passes: 1,
+  shots: 1,
+  maxLength: 4096,
+  reinforce: { steps: 1, samples: 4, readoutMasks: 2, readoutItems: 2 },
+  warn: () => undefined,
+});
 const smokeS = seconds(t0);
 
 console.table([
-  { phase: `mean extraction (100 passes, g = ${G})`, measured: `${G} passes`, 'ours s': meansS.toFixed(0), 'naive s': meansS.toFixed(0) },
-  { phase: `prefill (${distinct} queries)`, measured: '1 prefill', 'ours s': (distinct * prefillS).toFixed(1), 'naive s': '–' },
-  { phase: 'REINFORCE 600 × 32', measured: `${MEASURED.steps} steps`, 'ours s': (DEFAULT.steps * stepS).toFixed(0), 'naive s': (DEFAULT.steps * DEFAULT.samples * naivePerSampleS).toFixed(0) },
-  { phase: `read-out 10 × ${readoutItems}`, measured: '1 step', 'ours s': (readoutItems * readoutStepS).toFixed(1), 'naive s': (readoutItems * DEFAULT.readoutMasks * naivePerSampleS).toFixed(0) },
+  {
+    phase: `mean extraction (100 passes, g = ${G})`,
+    measured: `${G} passes`,
+    'ours s': meansS.toFixed(0),
+    'naive s': meansS.toFixed(0),
+  },
+  {
+    phase: `prefill (${distinct} queries)`,
+    measured: '1 prefill',
+    'ours s': (distinct * prefillS).toFixed(1),
+    'naive s': '–',
+  },
+  {
+    phase: 'REINFORCE 600 × 32',
+    measured: `${MEASURED.steps} steps`,
+    'ours s': (DEFAULT.steps * stepS).toFixed(0),
+    'naive s': (DEFAULT.steps * DEFAULT.samples * naivePerSampleS).toFixed(0),
+  },
+  {
+    phase: `read-out 10 × ${readoutItems}`,
+    measured: '1 step',
+    'ours s': (readoutItems * readoutStepS).toFixed(1),
+    'naive s': (readoutItems * DEFAULT.readoutMasks * naivePerSampleS).toFixed(0),
+  },
   { phase: 'whole fit', measured: 'extrapolated', 'ours s': fitWallS.toFixed(0), 'naive s': naiveWallS.toFixed(0) },
-  { phase: 'means, --passes-per-demo-set 1', measured: `${MEASURED.passes} passes`, 'ours s': independentMeansS.toFixed(0), 'naive s': '–' },
-  { phase: 'whole fit, --passes-per-demo-set 1', measured: 'extrapolated', 'ours s': independentFitWallS.toFixed(0), 'naive s': naiveWallS.toFixed(0) },
+  {
+    phase: 'means, --passes-per-demo-set 1',
+    measured: `${MEASURED.passes} passes`,
+    'ours s': independentMeansS.toFixed(0),
+    'naive s': '–',
+  },
+  {
+    phase: 'whole fit, --passes-per-demo-set 1',
+    measured: 'extrapolated',
+    'ours s': independentFitWallS.toFixed(0),
+    'naive s': naiveWallS.toFixed(0),
+  },
 ]);
-log(`per pass ${perPassS.toFixed(2)} s (${perIndependentPassS.toFixed(2)} s with independent draws); prefill ${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`);
+log(
+  `per pass ${perPassS.toFixed(2)} s (${perIndependentPassS.toFixed(2)} s with independent draws); prefill ${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`,
+);
 const fitDtype = decoder.info.weightFormat.dtype;
 await decoder.dispose();
 
@@ -122,17 +212,31 @@ const fp32 = await Decoder.load(dir, { cacheDir: process.env.ARM_CACHE_DIR, quie
 const ids256 = Array.from({ length: 256 }, (_, i) => 1 + ((i * 7919) % (fp32.spec.vocabSize - 2)));
 await fp32.forward([ids256]);
 const forwardTimes: number[] = [];
-for (let i = 0; i < 3; i++) { t0 = performance.now(); await fp32.forward([ids256]); forwardTimes.push(seconds(t0)); }
+for (let i = 0; i < 3; i++) {
+  t0 = performance.now();
+  await fp32.forward([ids256]);
+  forwardTimes.push(seconds(t0));
+}
 const forward256S = median(forwardTimes);
 await fp32.dispose();
 log(`fit at ${fitDtype}; fp32 256-token forward ${forward256S.toFixed(2)} s`);
 
-console.log(JSON.stringify({
-  fitOverForward256: Math.round(fitWallS / forward256S), fitDtype, forward256S: Number(forward256S.toFixed(2)),
-  fitSpeedupVsNaive: Number((naiveWallS / fitWallS).toFixed(1)),
-  fitOverForward256IndependentDraws: Math.round(independentFitWallS / forward256S), passesPerDemoSet: G,
-  reinforceSpeedupVsNaive: Number((naiveReinforceS / oursReinforceS).toFixed(1)),
-  fitWallS: Math.round(fitWallS), naiveWallS: Math.round(naiveWallS), meansS: Math.round(meansS), reinforceS: Math.round(oursReinforceS),
-  stepMs: Math.round(stepS * 1000), naiveSampleMs: Math.round(naivePerSampleS * 1000), queryTokens: Math.round(lengths.reduce((a, b) => a + b, 0) / lengths.length),
-  extrapolated: true,
-}));
+console.log(
+  JSON.stringify({
+    fitOverForward256: Math.round(fitWallS / forward256S),
+    fitDtype,
+    forward256S: Number(forward256S.toFixed(2)),
+    fitSpeedupVsNaive: Number((naiveWallS / fitWallS).toFixed(1)),
+    fitOverForward256IndependentDraws: Math.round(independentFitWallS / forward256S),
+    passesPerDemoSet: G,
+    reinforceSpeedupVsNaive: Number((naiveReinforceS / oursReinforceS).toFixed(1)),
+    fitWallS: Math.round(fitWallS),
+    naiveWallS: Math.round(naiveWallS),
+    meansS: Math.round(meansS),
+    reinforceS: Math.round(oursReinforceS),
+    stepMs: Math.round(stepS * 1000),
+    naiveSampleMs: Math.round(naivePerSampleS * 1000),
+    queryTokens: Math.round(lengths.reduce((a, b) => a + b, 0) / lengths.length),
+    extrapolated: true,
+  }),
+);

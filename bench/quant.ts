@@ -40,27 +40,56 @@ const STORIES = path.join(SHARED, 'models/stories260K');
 const ICL_TINY = path.join(SHARED, 'models/icl-tiny');
 const ICL_PAIRS = path.join(SHARED, 'data/icl-tiny/pairs.jsonl');
 /** The weight formats compared: a dtype, and for int8 the kernel. */
-const VARIANTS = { fp32: { dtype: 'fp32' }, 'int8.rowwise': { dtype: 'int8', int8Kernel: 'rowwise' }, 'int8.blockwise': { dtype: 'int8', int8Kernel: 'blockwise' }, int4: { dtype: 'int4' }, 'int4.rtn': { dtype: 'int4', int4Method: 'rtn', blockSize: 32 } } as const satisfies Record<string, { dtype: WeightDType; int8Kernel?: Int8Kernel; int4Method?: Int4Method; blockSize?: number }>;
+const VARIANTS = {
+  fp32: { dtype: 'fp32' },
+  'int8.rowwise': { dtype: 'int8', int8Kernel: 'rowwise' },
+  'int8.blockwise': { dtype: 'int8', int8Kernel: 'blockwise' },
+  int4: { dtype: 'int4' },
+  'int4.rtn': { dtype: 'int4', int4Method: 'rtn', blockSize: 32 },
+} as const satisfies Record<
+  string,
+  { dtype: WeightDType; int8Kernel?: Int8Kernel; int4Method?: Int4Method; blockSize?: number }
+>;
 type Variant = keyof typeof VARIANTS;
 const DTYPES = Object.keys(VARIANTS) as Variant[];
 const QUANTIZED = DTYPES.filter((t) => t !== 'fp32') as Exclude<Variant, 'fp32'>[];
-// The Qwen shape's int4 default is already round-to-nearest at block 32 (weight-format.ts defaultInt4Method): no 'int4.rtn' there.
+// The Qwen shape's int4 default is already round-to-nearest at block 32 (weight-format.ts defaultInt4Method): no
+// 'int4.rtn' there.
 const QWEN_DTYPES = DTYPES.filter((t) => t !== 'int4.rtn');
 const QWEN_QUANTIZED = QUANTIZED.filter((t) => t !== 'int4.rtn');
 /** Calibration seeds besides the default one, for the spread of GPTQ int4's agreement on stories260K. */
 const EXTRA_GPTQ_SEEDS = [1, 2, 3];
-const GOALS = { int8SpeedupVsFp32: 2.0, int8Top1Agreement: 0.99, int4Top1Agreement: 0.95, int8ScoreSpearman: 0.99, rss7bGiB: 8, rss7bOverQuantBytes: 1.3 };
+const GOALS = {
+  int8SpeedupVsFp32: 2.0,
+  int8Top1Agreement: 0.99,
+  int4Top1Agreement: 0.95,
+  int8ScoreSpearman: 0.99,
+  rss7bGiB: 8,
+  rss7bOverQuantBytes: 1.3,
+};
 
 const QWEN_7B: HfConfig = {
-  model_type: 'qwen2', hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28, num_attention_heads: 28,
-  num_key_value_heads: 4, head_dim: 128, vocab_size: 152064, tie_word_embeddings: false, rope_theta: 1000000,
-  rms_norm_eps: 1e-6, max_position_embeddings: 4096,
+  model_type: 'qwen2',
+  hidden_size: 3584,
+  intermediate_size: 18944,
+  num_hidden_layers: 28,
+  num_attention_heads: 28,
+  num_key_value_heads: 4,
+  head_dim: 128,
+  vocab_size: 152064,
+  tie_word_embeddings: false,
+  rope_theta: 1000000,
+  rms_norm_eps: 1e-6,
+  max_position_embeddings: 4096,
 };
 const QWEN_7B_DIR = path.join(os.tmpdir(), 'arm-bench-ckpt-qwen2.5-7b-shape-bf16');
 
 const args = process.argv.slice(2);
 const flag = (name: string) => args.includes(name);
-const option = (name: string) => { const i = args.indexOf(name); return i >= 0 ? args[i + 1] : undefined; };
+const option = (name: string) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args[i + 1] : undefined;
+};
 const threads = Number(option('--threads') ?? os.availableParallelism());
 const log = (s: string) => process.stderr.write(`${s}\n`);
 const seconds = (t0: number) => (performance.now() - t0) / 1000;
@@ -69,28 +98,51 @@ const r = (x: number, digits = 3) => Number(x.toFixed(digits));
 // ---------------------------------------------------------------- measures
 
 /** Next-token agreement of `test` with `ref` over the same positions: rows of logits [n, V] with log Σ exp. */
-interface Positions { logits: Float32Array[]; logSumExp: number[]; heads: Float32Array[] }
+interface Positions {
+  logits: Float32Array[];
+  logSumExp: number[];
+  heads: Float32Array[];
+}
 
 function agreement(ref: Positions, test: Positions) {
-  let top1 = 0, kl = 0, tapErr = 0, tapScale = 0;
+  let top1 = 0,
+    kl = 0,
+    tapErr = 0,
+    tapScale = 0;
   for (let i = 0; i < ref.logits.length; i++) {
-    const p = ref.logits[i]!, q = test.logits[i]!;
+    const p = ref.logits[i]!,
+      q = test.logits[i]!;
     if (argmax(p) === argmax(q)) top1++;
     // KL(p_fp32 ‖ p_dtype) = Σ p (log p − log q), full vocabulary
     let s = 0;
     for (let v = 0; v < p.length; v++) {
-      const lp = p[v]! - ref.logSumExp[i]!, lq = q[v]! - test.logSumExp[i]!;
+      const lp = p[v]! - ref.logSumExp[i]!,
+        lq = q[v]! - test.logSumExp[i]!;
       s += Math.exp(lp) * (lp - lq);
     }
     kl += s;
-    const a = ref.heads[i]!, b = test.heads[i]!;
-    for (let j = 0; j < a.length; j++) { tapErr = Math.max(tapErr, Math.abs(a[j]! - b[j]!)); tapScale = Math.max(tapScale, Math.abs(a[j]!)); }
+    const a = ref.heads[i]!,
+      b = test.heads[i]!;
+    for (let j = 0; j < a.length; j++) {
+      tapErr = Math.max(tapErr, Math.abs(a[j]! - b[j]!));
+      tapScale = Math.max(tapScale, Math.abs(a[j]!));
+    }
   }
   const n = ref.logits.length;
-  return { positions: n, top1Agreement: r(top1 / n, 4), meanKL: Number((kl / n).toPrecision(3)), maxTapError: Number(tapErr.toPrecision(3)), maxTapErrorRel: Number((tapErr / tapScale).toPrecision(3)) };
+  return {
+    positions: n,
+    top1Agreement: r(top1 / n, 4),
+    meanKL: Number((kl / n).toPrecision(3)),
+    maxTapError: Number(tapErr.toPrecision(3)),
+    maxTapErrorRel: Number((tapErr / tapScale).toPrecision(3)),
+  };
 }
 
-const argmax = (x: Float32Array) => { let b = 0; for (let i = 1; i < x.length; i++) if (x[i]! > x[b]!) b = i; return b; };
+const argmax = (x: Float32Array) => {
+  let b = 0;
+  for (let i = 1; i < x.length; i++) if (x[i]! > x[b]!) b = i;
+  return b;
+};
 
 /** Teacher-forced positions of `seqs`: every prefix's next-token logits, via a KV cache (one token a step). */
 async function decodePositions(d: Decoder, seqs: number[][], maxPositions: number): Promise<Positions> {
@@ -102,9 +154,13 @@ async function decodePositions(d: Decoder, seqs: number[][], maxPositions: numbe
       const step = await d.extend(kv, [seq[t]!]);
       kv = step.kv;
       const logits = step.logits.slice(0, V);
-      let m = -Infinity; for (const x of logits) m = Math.max(m, x);
-      let s = 0; for (const x of logits) s += Math.exp(x - m);
-      out.logits.push(logits); out.logSumExp.push(m + Math.log(s)); out.heads.push(step.heads.slice());
+      let m = -Infinity;
+      for (const x of logits) m = Math.max(m, x);
+      let s = 0;
+      for (const x of logits) s += Math.exp(x - m);
+      out.logits.push(logits);
+      out.logSumExp.push(m + Math.log(s));
+      out.heads.push(step.heads.slice());
     }
   }
   return out;
@@ -116,17 +172,26 @@ function spearman(a: number[], b: number[]): number {
     const order = x.map((v, i) => [v, i] as const).sort((p, q) => p[0] - q[0]);
     const ranks = new Array<number>(x.length);
     for (let i = 0; i < order.length;) {
-      let j = i; while (j + 1 < order.length && order[j + 1]![0] === order[i]![0]) j++;
+      let j = i;
+      while (j + 1 < order.length && order[j + 1]![0] === order[i]![0]) j++;
       for (let k = i; k <= j; k++) ranks[order[k]![1]] = (i + j) / 2;
       i = j + 1;
     }
     return ranks;
   };
-  const ra = rank(a), rb = rank(b);
+  const ra = rank(a),
+    rb = rank(b);
   const mean = (x: number[]) => x.reduce((s, v) => s + v, 0) / x.length;
-  const ma = mean(ra), mb = mean(rb);
-  let num = 0, da = 0, db = 0;
-  for (let i = 0; i < ra.length; i++) { num += (ra[i]! - ma) * (rb[i]! - mb); da += (ra[i]! - ma) ** 2; db += (rb[i]! - mb) ** 2; }
+  const ma = mean(ra),
+    mb = mean(rb);
+  let num = 0,
+    da = 0,
+    db = 0;
+  for (let i = 0; i < ra.length; i++) {
+    num += (ra[i]! - ma) * (rb[i]! - mb);
+    da += (ra[i]! - ma) ** 2;
+    db += (rb[i]! - mb) ** 2;
+  }
   return num / Math.sqrt(da * db);
 }
 
@@ -144,30 +209,57 @@ async function phaseSmall(cacheDir: string) {
   const load = (dir: string, t: Variant) => Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
   // stories260K: teacher-forced agreement over ~300 positions
   const stories: Record<string, unknown> = {};
-  const sd = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(STORIES, t)] as const))) as Record<Variant, Decoder>;
+  const sd = Object.fromEntries(
+    await Promise.all(DTYPES.map(async (t) => [t, await load(STORIES, t)] as const)),
+  ) as Record<Variant, Decoder>;
   const seqs = STORY_TEXTS.map((t) => sd.fp32.tokenizer.encode(t));
-  const pos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(sd[t], seqs, 400)] as const))) as Record<Variant, Positions>;
-  for (const t of QUANTIZED) stories[t] = { ...agreement(pos.fp32, pos[t]), weightBytes: sd[t].weightBytes, format: sd[t].info.weightFormat.quant };
+  const pos = Object.fromEntries(
+    await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(sd[t], seqs, 400)] as const)),
+  ) as Record<Variant, Positions>;
+  for (const t of QUANTIZED)
+    stories[t] = {
+      ...agreement(pos.fp32, pos[t]),
+      weightBytes: sd[t].weightBytes,
+      format: sd[t].info.weightFormat.quant,
+    };
   stories.fp32 = { weightBytes: sd.fp32.weightBytes };
   // GPTQ's result depends on its (self-sampled) calibration text: the default int4 again at other seeds.
   const seedRows = [{ seed: 0, ...(stories.int4 as ReturnType<typeof agreement>) }];
   for (const seed of EXTRA_GPTQ_SEEDS) {
-    const d = await Decoder.load(STORIES, { cacheDir, threads, dtype: 'int4', int4Method: 'gptq', gptqCalibration: { seed }, quiet: true });
+    const d = await Decoder.load(STORIES, {
+      cacheDir,
+      threads,
+      dtype: 'int4',
+      int4Method: 'gptq',
+      gptqCalibration: { seed },
+      quiet: true,
+    });
     seedRows.push({ seed, ...agreement(pos.fp32, await decodePositions(d, seqs, 400)) });
     await d.dispose();
   }
-  stories['int4.gptqSeeds'] = { top1Agreement: seedRows.map((x) => x.top1Agreement), meanKL: seedRows.map((x) => x.meanKL),
-    meanTop1: r(seedRows.reduce((a, x) => a + x.top1Agreement, 0) / seedRows.length, 4), meanOfMeanKL: Number((seedRows.reduce((a, x) => a + x.meanKL, 0) / seedRows.length).toPrecision(3)) };
+  stories['int4.gptqSeeds'] = {
+    top1Agreement: seedRows.map((x) => x.top1Agreement),
+    meanKL: seedRows.map((x) => x.meanKL),
+    meanTop1: r(seedRows.reduce((a, x) => a + x.top1Agreement, 0) / seedRows.length, 4),
+    meanOfMeanKL: Number((seedRows.reduce((a, x) => a + x.meanKL, 0) / seedRows.length).toPrecision(3)),
+  };
 
   // icl-tiny: one criterion fitted at fp32, scored at each dtype (Spearman of P(Yes) over every item), and
   // every criterion fitted and scored at each dtype (pair accuracy, ties wrong).
   const all = readExamples(ICL_PAIRS).examples;
   const subsets = [...new Set(all.map((e) => e.subset!))];
-  const id = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await load(ICL_TINY, t)] as const))) as Record<Variant, Decoder>;
+  const id = Object.fromEntries(
+    await Promise.all(DTYPES.map(async (t) => [t, await load(ICL_TINY, t)] as const)),
+  ) as Record<Variant, Decoder>;
   const fitOpts = { templateText: '{prompt} {response}', seed: 1, batchSize: 32 } as const;
-  const split = (s: string) => { const ex = all.filter((e) => e.subset === s); return { train: ex.slice(0, 16), test: ex.slice(16) }; };
-  const rewards = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => scores.flatMap((x) => ('chosen' in x ? [x.chosen, x.rejected] : [x.reward]));
-  const correct = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) => scores.filter((x) => 'chosen' in x && x.correct).length;
+  const split = (s: string) => {
+    const ex = all.filter((e) => e.subset === s);
+    return { train: ex.slice(0, 16), test: ex.slice(16) };
+  };
+  const rewards = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) =>
+    scores.flatMap((x) => ('chosen' in x ? [x.chosen, x.rejected] : [x.reward]));
+  const correct = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) =>
+    scores.filter((x) => 'chosen' in x && x.correct).length;
 
   const spearmanBy: Record<string, Record<string, number>> = Object.fromEntries(QUANTIZED.map((t) => [t, {}]));
   const accuracy: Record<string, number> = {};
@@ -186,24 +278,47 @@ async function phaseSmall(cacheDir: string) {
       counts[t] += correct(await rm.scoreExamples(test));
     }
     // Same fp32 criterion file at each dtype (the mismatch warning is expected here)
-    const scored = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, rewards(await ActivationRM.load(id[t], fpFile, { warn: () => {} }).scoreExamples(test))] as const)));
+    const scored = Object.fromEntries(
+      await Promise.all(
+        DTYPES.map(
+          async (t) =>
+            [t, rewards(await ActivationRM.load(id[t], fpFile, { warn: () => {} }).scoreExamples(test))] as const,
+        ),
+      ),
+    );
     for (const t of QUANTIZED) spearmanBy[t]![s] = r(spearman(scored.fp32!, scored[t]!), 4);
     items[s] = scored.fp32!.length;
   }
   for (const t of DTYPES) accuracy[t] = r(counts[t] / testPairs, 4);
   // Spearman over all items of all criteria pooled (each criterion's own fp32 file)
   // is not meaningful across files; report the per-criterion median and minimum.
-  const spearmanSummary = Object.fromEntries(QUANTIZED.map((t) => {
-    const v = Object.values(spearmanBy[t]!);
-    return [t, { median: r(median(v), 4), min: r(Math.min(...v), 4), perCriterion: spearmanBy[t] }];
-  }));
+  const spearmanSummary = Object.fromEntries(
+    QUANTIZED.map((t) => {
+      const v = Object.values(spearmanBy[t]!);
+      return [t, { median: r(median(v), 4), min: r(Math.min(...v), 4), perCriterion: spearmanBy[t] }];
+    }),
+  );
   // Next-token agreement on icl-tiny too (its vocabulary is 64 tokens; rendered judge prompts)
-  const iclSeqs = all.slice(0, 40).map((e) => id.fp32.tokenizer.encode(`${e.prompt} ${e.kind === 'pair' ? e.chosen : ''} A: Yes |`));
-  const iclPos = Object.fromEntries(await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(id[t], iclSeqs, 300)] as const))) as Record<Variant, Positions>;
+  const iclSeqs = all
+    .slice(0, 40)
+    .map((e) => id.fp32.tokenizer.encode(`${e.prompt} ${e.kind === 'pair' ? e.chosen : ''} A: Yes |`));
+  const iclPos = Object.fromEntries(
+    await Promise.all(DTYPES.map(async (t) => [t, await decodePositions(id[t], iclSeqs, 300)] as const)),
+  ) as Record<Variant, Positions>;
   for (const t of QUANTIZED) agreementIcl[t] = agreement(iclPos.fp32, iclPos[t]);
   const fitS = seconds(tFit);
   for (const d of [...Object.values(sd), ...Object.values(id)]) await d.dispose();
-  return { stories, icl: { testPairs, itemsPerCriterion: items, armAccuracy: accuracy, scoreSpearman: spearmanSummary, agreement: agreementIcl, seconds: r(fitS, 1) } };
+  return {
+    stories,
+    icl: {
+      testPairs,
+      itemsPerCriterion: items,
+      armAccuracy: accuracy,
+      scoreSpearman: spearmanSummary,
+      agreement: agreementIcl,
+      seconds: r(fitS, 1),
+    },
+  };
 }
 
 // ---------------------------------------------------------------- phase: Qwen2.5-0.5B shape
@@ -216,7 +331,9 @@ async function phaseQwen(cacheDir: string) {
     const t0 = performance.now();
     d[t] = await Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
     loadS[t] = r(seconds(t0), 1);
-    log(`qwen shape ${t}: loaded in ${loadS[t]} s (built: ${d[t].info.built}), ${(d[t].weightBytes / 2 ** 20).toFixed(0)} MiB`);
+    log(
+      `qwen shape ${t}: loaded in ${loadS[t]} s (built: ${d[t].info.built}), ${(d[t].weightBytes / 2 ** 20).toFixed(0)} MiB`,
+    );
   }
   const { numLayers: L, numHeads: H, headDim: hd, vocabSize: V } = d.fp32.spec;
   const rng = new Rng(7);
@@ -224,36 +341,58 @@ async function phaseQwen(cacheDir: string) {
   const mask = Float32Array.from({ length: 32 * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
   const values = Float32Array.from({ length: L * H * hd }, () => rng.normal());
   const kv = {} as Record<Variant, Awaited<ReturnType<Decoder['prefill']>>>;
-  for (const t of QWEN_DTYPES) { await d[t].forward([ids]); kv[t] = await d[t].prefill(ids.slice(0, -1)); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); await d[t].extend(kv[t], [ids.at(-1)!]); }
+  for (const t of QWEN_DTYPES) {
+    await d[t].forward([ids]);
+    kv[t] = await d[t].prefill(ids.slice(0, -1));
+    await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values });
+    await d[t].extend(kv[t], [ids.at(-1)!]);
+  }
   const fwd: Record<string, number[]> = Object.fromEntries(QWEN_DTYPES.map((t) => [t, []]));
   const step: Record<string, number[]> = Object.fromEntries(QWEN_DTYPES.map((t) => [t, []]));
   const decode: Record<string, number[]> = Object.fromEntries(QWEN_DTYPES.map((t) => [t, []]));
   const ROUNDS = 7;
   for (let round = 0; round < ROUNDS; round++) {
     for (const t of QWEN_DTYPES) {
-      let t0 = performance.now(); await d[t].forward([ids]); fwd[t]!.push(performance.now() - t0);
-      t0 = performance.now(); await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values }); step[t]!.push(performance.now() - t0);
+      let t0 = performance.now();
+      await d[t].forward([ids]);
+      fwd[t]!.push(performance.now() - t0);
+      t0 = performance.now();
+      await d[t].stepShared(kv[t], ids.at(-1)!, { mask, values });
+      step[t]!.push(performance.now() - t0);
       // one decoded token after the 255-token prefix (batch 1, one row): median of 5
       const one: number[] = [];
-      for (let i = 0; i < 5; i++) { t0 = performance.now(); await d[t].extend(kv[t], [ids.at(-1)!]); one.push(performance.now() - t0); }
+      for (let i = 0; i < 5; i++) {
+        t0 = performance.now();
+        await d[t].extend(kv[t], [ids.at(-1)!]);
+        one.push(performance.now() - t0);
+      }
       decode[t]!.push(median(one));
     }
-    log(`qwen shape round ${round + 1}/${ROUNDS}: forward ${QWEN_DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`);
+    log(
+      `qwen shape round ${round + 1}/${ROUNDS}: forward ${QWEN_DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`,
+    );
   }
   const ratio = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]!));
-  const perVariant = <T>(f: (t: Exclude<Variant, 'fp32'>) => T) => Object.fromEntries(QWEN_QUANTIZED.map((t) => [t, f(t)])) as Record<Exclude<Variant, 'fp32'>, T>;
+  const perVariant = <T>(f: (t: Exclude<Variant, 'fp32'>) => T) =>
+    Object.fromEntries(QWEN_QUANTIZED.map((t) => [t, f(t)])) as Record<Exclude<Variant, 'fp32'>, T>;
   const speed = {
     forwardMs: Object.fromEntries(QWEN_DTYPES.map((t) => [t, r(median(fwd[t]!), 0)])),
     stepSharedMs: Object.fromEntries(QWEN_DTYPES.map((t) => [t, r(median(step[t]!), 0)])),
     decodeStepMs: Object.fromEntries(QWEN_DTYPES.map((t) => [t, r(median(decode[t]!), 2)])),
     forwardSpeedupVsFp32: perVariant((t) => r(ratio(fwd.fp32!, fwd[t]!), 2)),
-    forwardSpeedupRange: perVariant((t) => [r(Math.min(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2), r(Math.max(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2)]),
+    forwardSpeedupRange: perVariant((t) => [
+      r(Math.min(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2),
+      r(Math.max(...fwd.fp32!.map((x, i) => x / fwd[t]![i]!)), 2),
+    ]),
     stepSpeedupVsFp32: perVariant((t) => r(ratio(step.fp32!, step[t]!), 2)),
     decodeSpeedupVsFp32: perVariant((t) => r(ratio(decode.fp32!, decode[t]!), 2)),
   };
   // Agreement over 200 decoded positions of random token ids (random weights: logits are flat, so this is
   // a harder test of top-1 than real text, where the top token usually stands out).
-  const seqs = [Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V)), Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V))];
+  const seqs = [
+    Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V)),
+    Array.from({ length: 101 }, () => Math.floor(rng.uniform() * V)),
+  ];
   const pos = {} as Record<Variant, Positions>;
   for (const t of QWEN_DTYPES) pos[t] = await decodePositions(d[t], seqs, 200);
   const acc = perVariant((t) => agreement(pos.fp32, pos[t]));
@@ -266,7 +405,8 @@ async function phaseQwen(cacheDir: string) {
 
 function write7b(): number {
   const t0 = performance.now();
-  writeRandomCheckpoint(QWEN_7B_DIR, QWEN_7B, { seed: 0, dtype: 'BF16', std: 0.02, shards: 32, fast: true }); // memory and speed do not depend on the values
+  // memory and speed do not depend on the values
+  writeRandomCheckpoint(QWEN_7B_DIR, QWEN_7B, { seed: 0, dtype: 'BF16', std: 0.02, shards: 32, fast: true });
   fs.writeFileSync(path.join(QWEN_7B_DIR, '.complete'), JSON.stringify({ config: QWEN_7B }));
   return seconds(t0);
 }
@@ -274,7 +414,13 @@ function write7b(): number {
 async function phase7bBuild(cacheDir: string) {
   const t0 = performance.now();
   const d = await Decoder.load(QWEN_7B_DIR, { cacheDir, threads, dtype: 'int4', quiet: true });
-  const out = { buildS: r(d.info.buildSeconds, 0), sessionS: r(d.info.loadSeconds, 0), totalS: r(seconds(t0), 0), weightBytes: d.weightBytes, buildMaxRssMiB: r(process.resourceUsage().maxRSS / 1024, 0) };
+  const out = {
+    buildS: r(d.info.buildSeconds, 0),
+    sessionS: r(d.info.loadSeconds, 0),
+    totalS: r(seconds(t0), 0),
+    weightBytes: d.weightBytes,
+    buildMaxRssMiB: r(process.resourceUsage().maxRSS / 1024, 0),
+  };
   await d.dispose();
   return out;
 }
@@ -285,7 +431,10 @@ async function phase7bRun(cacheDir: string) {
   const loadS = seconds(t0);
   // Built here (the graph changed since the build child, e.g. a concurrent edit): this process's peak RSS
   // is the build's, so the parent runs this phase again from the cache.
-  if (d.info.built) { await d.dispose(); return { rebuilt: true }; }
+  if (d.info.built) {
+    await d.dispose();
+    return { rebuilt: true };
+  }
   const { numLayers: L, numHeads: H, headDim: hd, vocabSize: V } = d.spec;
   const rng = new Rng(3);
   const ids = Array.from({ length: 256 }, () => Math.floor(rng.uniform() * V));
@@ -298,11 +447,20 @@ async function phase7bRun(cacheDir: string) {
   const mask = Float32Array.from({ length: 32 * L * H }, () => (rng.uniform() < 0.5 ? 1 : 0));
   const values = Float32Array.from({ length: L * H * hd }, () => rng.normal());
   const steps: number[] = [];
-  for (let i = 0; i < 3; i++) { t = performance.now(); await d.stepShared(kv, ids.at(-1)!, { mask, values }); steps.push(seconds(t)); }
+  for (let i = 0; i < 3; i++) {
+    t = performance.now();
+    await d.stepShared(kv, ids.at(-1)!, { mask, values });
+    steps.push(seconds(t));
+  }
   const maxRss = process.resourceUsage().maxRSS * 1024;
   const out = {
-    loadS: r(loadS, 1), forward256S: r(forwardS, 1), tokensPerS256: r(256 / forwardS, 1), prefill255S: r(prefillS, 1),
-    reinforceStepS: r(median(steps), 2), weightBytes: d.weightBytes, maxRssBytes: maxRss,
+    loadS: r(loadS, 1),
+    forward256S: r(forwardS, 1),
+    tokensPerS256: r(256 / forwardS, 1),
+    prefill255S: r(prefillS, 1),
+    reinforceStepS: r(median(steps), 2),
+    weightBytes: d.weightBytes,
+    maxRssBytes: maxRss,
   };
   await d.dispose();
   return out;
@@ -310,38 +468,77 @@ async function phase7bRun(cacheDir: string) {
 
 // ---------------------------------------------------------------- orchestration
 
-const child = (mode: string, cacheDir: string) => runChild(SCRIPT, mode, ['--cache-dir', cacheDir, '--threads', String(threads)]);
+const child = (mode: string, cacheDir: string) =>
+  runChild(SCRIPT, mode, ['--cache-dir', cacheDir, '--threads', String(threads)]);
 
 async function main() {
   const mode = option('--child');
   if (mode) {
     const cacheDir = option('--cache-dir')!;
-    const result = mode === 'small' ? await phaseSmall(cacheDir) : mode === 'qwen' ? await phaseQwen(cacheDir)
-      : mode === '7b-write' ? { writeS: write7b() } : mode === '7b-build' ? await phase7bBuild(cacheDir) : await phase7bRun(cacheDir);
+    const result =
+      mode === 'small'
+        ? await phaseSmall(cacheDir)
+        : mode === 'qwen'
+          ? await phaseQwen(cacheDir)
+          : mode === '7b-write'
+            ? { writeS: write7b() }
+            : mode === '7b-build'
+              ? await phase7bBuild(cacheDir)
+              : await phase7bRun(cacheDir);
     fs.writeSync(1, `${JSON.stringify(result)}\n`);
     return;
   }
   const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-quant-cache-'));
-  const report: Record<string, unknown> = { machine: { cpu: os.cpus()[0]?.model, cores: os.availableParallelism(), threads, memGiB: r(os.totalmem() / 2 ** 30, 1), node: process.version }, date: new Date().toISOString() };
+  const report: Record<string, unknown> = {
+    machine: {
+      cpu: os.cpus()[0]?.model,
+      cores: os.availableParallelism(),
+      threads,
+      memGiB: r(os.totalmem() / 2 ** 30, 1),
+      node: process.version,
+    },
+    date: new Date().toISOString(),
+  };
   try {
-    if (!flag('--skip-small')) { log('phase small (stories260K, icl-tiny)…'); report.small = await child('small', cacheDir); log(JSON.stringify(report.small)); }
-    if (!flag('--skip-qwen')) { log('phase qwen (Qwen2.5-0.5B shape)…'); report.qwen = await child('qwen', cacheDir); log(JSON.stringify(report.qwen)); }
+    if (!flag('--skip-small')) {
+      log('phase small (stories260K, icl-tiny)…');
+      report.small = await child('small', cacheDir);
+      log(JSON.stringify(report.small));
+    }
+    if (!flag('--skip-qwen')) {
+      log('phase qwen (Qwen2.5-0.5B shape)…');
+      report.qwen = await child('qwen', cacheDir);
+      log(JSON.stringify(report.qwen));
+    }
     if (!flag('--skip-7b')) {
       const free = fs.statfsSync(os.tmpdir());
       const freeGiB = (free.bavail * free.bsize) / 2 ** 30;
       const have = fs.existsSync(path.join(QWEN_7B_DIR, '.complete'));
       if (!have && freeGiB < 15.3 + 6 + 5) {
-        report.sevenB = { skipped: `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}; the bf16 checkpoint (15.3 GB) and its int4 cache entry (~5 GB) need ~26` };
+        report.sevenB = {
+          skipped: `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}; the bf16 checkpoint (15.3 GB) and its int4 cache entry (~5 GB) need ~26`,
+        };
       } else {
-        if (!have) { log(`writing the 7B-shaped bf16 checkpoint to ${QWEN_7B_DIR} (~15 GB)…`); report.sevenBWrite = await child('7b-write', cacheDir); }
+        if (!have) {
+          log(`writing the 7B-shaped bf16 checkpoint to ${QWEN_7B_DIR} (~15 GB)…`);
+          report.sevenBWrite = await child('7b-write', cacheDir);
+        }
         log('building the 7B int4 cache entry…');
         const build = await child('7b-build', cacheDir);
         log(JSON.stringify(build));
         log('loading it from the cache and running…');
         let run = await child('7b-run', cacheDir);
-        if (run.rebuilt) { log('the graph had changed since the build; running again from the fresh entry…'); run = await child('7b-run', cacheDir); }
+        if (run.rebuilt) {
+          log('the graph had changed since the build; running again from the fresh entry…');
+          run = await child('7b-run', cacheDir);
+        }
         if (run.rebuilt) throw new Error('7b run: the int4 cache entry was rebuilt twice (is src/model being edited?)');
-        report.sevenB = { build, run, rssGiB: r((run.maxRssBytes as number) / 2 ** 30, 2), rssOverQuantBytes: r((run.maxRssBytes as number) / (run.weightBytes as number), 2) };
+        report.sevenB = {
+          build,
+          run,
+          rssGiB: r((run.maxRssBytes as number) / 2 ** 30, 2),
+          rssOverQuantBytes: r((run.maxRssBytes as number) / (run.weightBytes as number), 2),
+        };
         if (!flag('--keep-7b')) fs.rmSync(QWEN_7B_DIR, { recursive: true, force: true });
       }
     }
@@ -351,8 +548,11 @@ async function main() {
   console.log(JSON.stringify(report, null, 1));
   const small = report.small as Awaited<ReturnType<typeof phaseSmall>> | undefined;
   const qwen = report.qwen as Awaited<ReturnType<typeof phaseQwen>> | undefined;
-  const seven = report.sevenB as { rssGiB?: number; rssOverQuantBytes?: number; run?: { tokensPerS256: number; reinforceStepS: number } } | undefined;
-  // "int8": the kernel --dtype int8 gives a model of the Qwen2.5-0.5B shape (the small models' rows are at that kernel too).
+  const seven = report.sevenB as
+    | { rssGiB?: number; rssOverQuantBytes?: number; run?: { tokensPerS256: number; reinforceStepS: number } }
+    | undefined;
+  // "int8": the kernel --dtype int8 gives a model of the Qwen2.5-0.5B shape (the small models' rows are at that kernel
+  // too).
   const int8 = `int8.${defaultInt8Kernel(specFromConfig(QWEN_05B))}` as const;
   const headline = {
     int8Kernel: int8,
@@ -361,7 +561,8 @@ async function main() {
     int8StepSpeedupVsFp32: qwen?.speed.stepSpeedupVsFp32[int8],
     int8Top1Agreement: (small?.stories[int8] as { top1Agreement: number } | undefined)?.top1Agreement,
     int4Top1Agreement: (small?.stories.int4 as { top1Agreement: number } | undefined)?.top1Agreement,
-    int4Top1AgreementBySeed: (small?.stories['int4.gptqSeeds'] as { top1Agreement: number[] } | undefined)?.top1Agreement,
+    int4Top1AgreementBySeed: (small?.stories['int4.gptqSeeds'] as { top1Agreement: number[] } | undefined)
+      ?.top1Agreement,
     int4RtnTop1Agreement: (small?.stories['int4.rtn'] as { top1Agreement: number } | undefined)?.top1Agreement,
     int8ScoreSpearman: (small?.icl.scoreSpearman[int8] as { median: number } | undefined)?.median,
     int4ScoreSpearman: (small?.icl.scoreSpearman.int4 as { median: number } | undefined)?.median,
@@ -371,7 +572,13 @@ async function main() {
     tokensPerS7b256: seven?.run?.tokensPerS256 ?? null,
     reinforceStepS7b: seven?.run?.reinforceStepS ?? null,
   };
-  log(`goals: ${Object.entries(GOALS).map(([k, g]) => `${k} ${(headline as Record<string, unknown>)[k]} (goal ${k.startsWith('rss') ? '≤' : '≥'} ${g})`).join('; ')}`);
+  log(
+    `goals: ${Object.entries(GOALS)
+      .map(
+        ([k, g]) => `${k} ${(headline as Record<string, unknown>)[k]} (goal ${k.startsWith('rss') ? '≤' : '≥'} ${g})`,
+      )
+      .join('; ')}`,
+  );
   console.log(JSON.stringify(headline));
 }
 

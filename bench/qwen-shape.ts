@@ -6,9 +6,18 @@ import path from 'node:path';
 import { writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
 
 export const CONFIG: HfConfig = {
-  model_type: 'qwen2', hidden_size: 896, intermediate_size: 4864, num_hidden_layers: 24, num_attention_heads: 14,
-  num_key_value_heads: 2, head_dim: 64, vocab_size: 151936, tie_word_embeddings: true, rope_theta: 1000000,
-  rms_norm_eps: 1e-6, max_position_embeddings: 4096,
+  model_type: 'qwen2',
+  hidden_size: 896,
+  intermediate_size: 4864,
+  num_hidden_layers: 24,
+  num_attention_heads: 14,
+  num_key_value_heads: 2,
+  head_dim: 64,
+  vocab_size: 151936,
+  tie_word_embeddings: true,
+  rope_theta: 1000000,
+  rms_norm_eps: 1e-6,
+  max_position_embeddings: 4096,
 };
 export const CKPT_OPTS = { seed: 0, dtype: 'F32', std: 0.02 } as const; // std 0.02: HF's initializer_range
 
@@ -24,8 +33,15 @@ export function ensureQwenShapeCheckpoint(log: (s: string) => void = (s) => proc
   log(`writing the random Qwen2.5-0.5B-shaped checkpoint to ${dir} (~2 GB, once)`);
   const t0 = performance.now();
   writeRandomCheckpoint(dir, CONFIG, CKPT_OPTS);
-  fs.writeFileSync(path.join(dir, '.complete'), JSON.stringify({ config: CONFIG, ...CKPT_OPTS, writeS: (performance.now() - t0) / 1000 }, null, 2));
+  fs.writeFileSync(
+    path.join(dir, '.complete'),
+    JSON.stringify({ config: CONFIG, ...CKPT_OPTS, writeS: (performance.now() - t0) / 1000 }, null, 2),
+  );
   return dir;
 }
 
-export const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); const m = s.length >> 1; return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2; };
+export const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};

@@ -16,7 +16,8 @@
  * ARM_BENCH_VISION_DEPTH=n cuts the tower's depth (default 32; the output says which depth ran);
  * ARM_BENCH_VISION_STEP=0 skips part 2 (its fields are then absent from the last line).
  * Everything is written into one temp folder (~1.3 GB of bf16 tower weights + its ~2.7 GB fp32 graph cache),
- * deleted at the end. Last line: {"tower448S":…,"tower1024x768S":…,"towerRunPeakRssMiB448":…,"maxRssMiB448":…,"stepWithImageMs":…,"stepTextMs":…,"stepImageOverText":…}
+ * deleted at the end. Last line:
+ * {"tower448S":…,"tower1024x768S":…,"towerRunPeakRssMiB448":…,"maxRssMiB448":…,"stepWithImageMs":…,"stepTextMs":…,"stepImageOverText":…}
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -36,11 +37,23 @@ const t00 = performance.now();
 const DEPTH = Number(process.env.ARM_BENCH_VISION_DEPTH ?? 32);
 const FULL_ATT = [7, 15, 23, 31].filter((b) => b < DEPTH);
 const VISION_CONFIG = {
-  depth: DEPTH, hidden_size: 1280, num_heads: 16, intermediate_size: 3420, patch_size: 14, spatial_merge_size: 2,
-  temporal_patch_size: 2, window_size: 112, fullatt_block_indexes: FULL_ATT, out_hidden_size: 3584, in_chans: 3,
-  hidden_act: 'silu', tokens_per_second: 2, model_type: 'qwen2_5_vl',
+  depth: DEPTH,
+  hidden_size: 1280,
+  num_heads: 16,
+  intermediate_size: 3420,
+  patch_size: 14,
+  spatial_merge_size: 2,
+  temporal_patch_size: 2,
+  window_size: 112,
+  fullatt_block_indexes: FULL_ATT,
+  out_hidden_size: 3584,
+  in_chans: 3,
+  hidden_act: 'silu',
+  tokens_per_second: 2,
+  model_type: 'qwen2_5_vl',
 };
-const MIN_PIXELS = 56 * 56, MAX_PIXELS = 28 * 28 * 1280; // Qwen2.5-VL-7B-Instruct preprocessor_config.json
+const MIN_PIXELS = 56 * 56,
+  MAX_PIXELS = 28 * 28 * 1280; // Qwen2.5-VL-7B-Instruct preprocessor_config.json
 const IDS = { image: 151655, visionStart: 151652, visionEnd: 151653 };
 const MROPE = [8, 12, 12]; // head_dim 64 → 32 rotary frequencies (the 7B's [16,24,24] at head_dim 128, halved)
 
@@ -50,11 +63,22 @@ try {
   // ---- 1. the 7B vision tower ----
   const towerDir = path.join(root, 'tower');
   fs.mkdirSync(towerDir);
-  fs.writeFileSync(path.join(towerDir, 'config.json'), JSON.stringify({
-    architectures: ['Qwen2_5_VLForConditionalGeneration'], model_type: 'qwen2_5_vl', image_token_id: IDS.image,
-    vision_start_token_id: IDS.visionStart, vision_end_token_id: IDS.visionEnd,
-    text_config: { hidden_size: 3584, model_type: 'qwen2_5_vl_text' }, vision_config: VISION_CONFIG,
-  }, null, 2));
+  fs.writeFileSync(
+    path.join(towerDir, 'config.json'),
+    JSON.stringify(
+      {
+        architectures: ['Qwen2_5_VLForConditionalGeneration'],
+        model_type: 'qwen2_5_vl',
+        image_token_id: IDS.image,
+        vision_start_token_id: IDS.visionStart,
+        vision_end_token_id: IDS.visionEnd,
+        text_config: { hidden_size: 3584, model_type: 'qwen2_5_vl_text' },
+        vision_config: VISION_CONFIG,
+      },
+      null,
+      2,
+    ),
+  );
   let t0 = performance.now();
   writeRandomTensorsBf16(path.join(towerDir, 'model.safetensors'), qwenVisionLayout(VISION_CONFIG, 'visual.'));
   log(`tower weights (depth ${DEPTH}, bf16) written in ${seconds(t0).toFixed(1)} s`);
@@ -75,9 +99,18 @@ try {
     const s = seconds(t);
     const runPeak = hwmReset ? peakRssMiB() : null;
     const maxRss = process.resourceUsage().maxRSS / 1024; // KiB → MiB
-    log(`tower ${width}×${height} → resized ${w}×${h}, ${N} patches → ${out.dims[0]} tokens: ${s.toFixed(2)} s; ` +
-      `RSS ${rssBefore.toFixed(0)} MiB before, run peak ${runPeak === null ? 'n/a' : runPeak.toFixed(0)} MiB, process maxRSS ${maxRss.toFixed(0)} MiB`);
-    return { s, patches: N, tokens: out.dims[0], runPeak: runPeak === null ? null : Math.round(runPeak), maxRss: Math.round(maxRss), rssBefore: Math.round(rssBefore) };
+    log(
+      `tower ${width}×${height} → resized ${w}×${h}, ${N} patches → ${out.dims[0]} tokens: ${s.toFixed(2)} s; ` +
+        `RSS ${rssBefore.toFixed(0)} MiB before, run peak ${runPeak === null ? 'n/a' : runPeak.toFixed(0)} MiB, process maxRSS ${maxRss.toFixed(0)} MiB`,
+    );
+    return {
+      s,
+      patches: N,
+      tokens: out.dims[0],
+      runPeak: runPeak === null ? null : Math.round(runPeak),
+      maxRss: Math.round(maxRss),
+      rssBefore: Math.round(rssBefore),
+    };
   };
   const t448 = await runTower(448, 448);
   const t1024 = await runTower(768, 1024);
@@ -86,9 +119,17 @@ try {
   fs.rmSync(cacheDir, { recursive: true, force: true });
 
   const towerFields = {
-    tower448S: round(t448.s), tower1024x768S: round(t1024.s), towerDepth: DEPTH, towerPatches448: t448.patches, towerPatches1024x768: t1024.patches,
-    towerRssBeforeMiB448: t448.rssBefore, towerRunPeakRssMiB448: t448.runPeak, maxRssMiB448: t448.maxRss,
-    towerRssBeforeMiB1024x768: t1024.rssBefore, towerRunPeakRssMiB1024x768: t1024.runPeak, maxRssMiB1024x768: t1024.maxRss,
+    tower448S: round(t448.s),
+    tower1024x768S: round(t1024.s),
+    towerDepth: DEPTH,
+    towerPatches448: t448.patches,
+    towerPatches1024x768: t1024.patches,
+    towerRssBeforeMiB448: t448.rssBefore,
+    towerRunPeakRssMiB448: t448.runPeak,
+    maxRssMiB448: t448.maxRss,
+    towerRssBeforeMiB1024x768: t1024.rssBefore,
+    towerRunPeakRssMiB1024x768: t1024.runPeak,
+    maxRssMiB1024x768: t1024.maxRss,
     towerBuildLoadS: round(towerLoadS),
   };
   if (process.env.ARM_BENCH_VISION_STEP === '0') {
@@ -99,20 +140,44 @@ try {
     const lmDir = path.join(root, 'lm');
     fs.mkdirSync(lmDir);
     fs.symlinkSync(path.join(lmSrc, 'model.safetensors'), path.join(lmDir, 'model.safetensors'));
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(lmSrc, f), path.join(lmDir, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+      fs.copyFileSync(path.join(lmSrc, f), path.join(lmDir, f));
     const { model_type: _t, rope_theta, ...text } = LM_CONFIG;
-    fs.writeFileSync(path.join(lmDir, 'config.json'), JSON.stringify({
-      architectures: ['Qwen2_5_VLForConditionalGeneration'], model_type: 'qwen2_5_vl', tie_word_embeddings: true,
-      image_token_id: IDS.image, vision_start_token_id: IDS.visionStart, vision_end_token_id: IDS.visionEnd,
-      text_config: { ...text, model_type: 'qwen2_5_vl_text', hidden_act: 'silu', rope_parameters: { mrope_section: MROPE, rope_theta, rope_type: 'default' } },
-      vision_config: { ...VISION_CONFIG, depth: 32, fullatt_block_indexes: [7, 15, 23, 31], out_hidden_size: LM_CONFIG.hidden_size },
-    }, null, 2));
+    fs.writeFileSync(
+      path.join(lmDir, 'config.json'),
+      JSON.stringify(
+        {
+          architectures: ['Qwen2_5_VLForConditionalGeneration'],
+          model_type: 'qwen2_5_vl',
+          tie_word_embeddings: true,
+          image_token_id: IDS.image,
+          vision_start_token_id: IDS.visionStart,
+          vision_end_token_id: IDS.visionEnd,
+          text_config: {
+            ...text,
+            model_type: 'qwen2_5_vl_text',
+            hidden_act: 'silu',
+            rope_parameters: { mrope_section: MROPE, rope_theta, rope_type: 'default' },
+          },
+          vision_config: {
+            ...VISION_CONFIG,
+            depth: 32,
+            fullatt_block_indexes: [7, 15, 23, 31],
+            out_hidden_size: LM_CONFIG.hidden_size,
+          },
+        },
+        null,
+        2,
+      ),
+    );
     t0 = performance.now();
     const decoder = await Decoder.load(lmDir, { cacheDir, quiet: true });
     log(`language model (Qwen2.5-0.5B shape as qwen2_5_vl, fp32) loaded in ${seconds(t0).toFixed(1)} s`);
     const { numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = decoder.spec;
     const rng = new Rng(7);
-    const PREFIX = 300, IMAGE_TOKENS = 256, IMAGE_START = 20;
+    const PREFIX = 300,
+      IMAGE_TOKENS = 256,
+      IMAGE_START = 20;
     const textIds = Array.from({ length: PREFIX }, () => 10 + rng.int(490));
     const imageIds = textIds.map((id, i) => (i >= IMAGE_START && i < IMAGE_START + IMAGE_TOKENS ? IDS.image : id));
     imageIds[IMAGE_START - 1] = IDS.visionStart;
@@ -125,33 +190,67 @@ try {
     const kvText = await decoder.prefill(textIds);
     const prefillTextS = seconds(t0);
     const mu = Float32Array.from({ length: L * H * d }, () => 0.01 * rng.normal());
-    const SAMPLES = 32, STEPS = 10;
-    const patch = () => ({ mask: Float32Array.from({ length: SAMPLES * L * H }, () => (rng.uniform() < 0.27 ? 1 : 0)), values: mu, mode: 'replace' as const });
+    const SAMPLES = 32,
+      STEPS = 10;
+    const patch = () => ({
+      mask: Float32Array.from({ length: SAMPLES * L * H }, () => (rng.uniform() < 0.27 ? 1 : 0)),
+      values: mu,
+      mode: 'replace' as const,
+    });
     await decoder.stepShared(kvImage, 42, patch()); // warm-up
     await decoder.stepShared(kvText, 42, patch());
-    const withImage: number[] = [], textOnly: number[] = [];
-    for (let i = 0; i < STEPS; i++) { // interleaved, so drift hits both alike
-      t0 = performance.now(); await decoder.stepShared(kvImage, 42, patch()); withImage.push(seconds(t0) * 1000);
-      t0 = performance.now(); await decoder.stepShared(kvText, 42, patch()); textOnly.push(seconds(t0) * 1000);
+    const withImage: number[] = [],
+      textOnly: number[] = [];
+    for (let i = 0; i < STEPS; i++) {
+      // interleaved, so drift hits both alike
+      t0 = performance.now();
+      await decoder.stepShared(kvImage, 42, patch());
+      withImage.push(seconds(t0) * 1000);
+      t0 = performance.now();
+      await decoder.stepShared(kvText, 42, patch());
+      textOnly.push(seconds(t0) * 1000);
     }
-    const stepWithImageMs = median(withImage), stepTextMs = median(textOnly);
-    log(`prefix ${PREFIX} tokens (${IMAGE_TOKENS} image rows): prefill ${prefillImageS.toFixed(2)} s with image, ${prefillTextS.toFixed(2)} s text`);
-    log(`REINFORCE step (${SAMPLES} rows): ${stepWithImageMs.toFixed(1)} ms with image prefix, ${stepTextMs.toFixed(1)} ms text prefix (median of ${STEPS})`);
-    console.log(JSON.stringify({
-      ...towerFields, stepWithImageMs: round(stepWithImageMs), stepTextMs: round(stepTextMs),
-      stepImageOverText: round(stepWithImageMs / stepTextMs), prefixTokens: PREFIX, imageTokens: IMAGE_TOKENS, samples: SAMPLES,
-      prefillImageS: round(prefillImageS), prefillTextS: round(prefillTextS), lm: 'qwen2.5-0.5b-shape fp32', threads: os.availableParallelism(), wallS: round(seconds(t00)),
-    }));
+    const stepWithImageMs = median(withImage),
+      stepTextMs = median(textOnly);
+    log(
+      `prefix ${PREFIX} tokens (${IMAGE_TOKENS} image rows): prefill ${prefillImageS.toFixed(2)} s with image, ${prefillTextS.toFixed(2)} s text`,
+    );
+    log(
+      `REINFORCE step (${SAMPLES} rows): ${stepWithImageMs.toFixed(1)} ms with image prefix, ${stepTextMs.toFixed(1)} ms text prefix (median of ${STEPS})`,
+    );
+    console.log(
+      JSON.stringify({
+        ...towerFields,
+        stepWithImageMs: round(stepWithImageMs),
+        stepTextMs: round(stepTextMs),
+        stepImageOverText: round(stepWithImageMs / stepTextMs),
+        prefixTokens: PREFIX,
+        imageTokens: IMAGE_TOKENS,
+        samples: SAMPLES,
+        prefillImageS: round(prefillImageS),
+        prefillTextS: round(prefillTextS),
+        lm: 'qwen2.5-0.5b-shape fp32',
+        threads: os.availableParallelism(),
+        wallS: round(seconds(t00)),
+      }),
+    );
   }
 } finally {
   fs.rmSync(root, { recursive: true, force: true });
 }
 
-function round(x: number): number { return Math.round(x * 1000) / 1000; }
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
 
 /** Linux: resets VmHWM (peak RSS) to the current RSS; false where /proc/self/clear_refs is not writable. */
 function resetPeakRss(): boolean {
-  try { fs.writeFileSync('/proc/self/clear_refs', '5'); return true; } catch { return false; }
+  try {
+    fs.writeFileSync('/proc/self/clear_refs', '5');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Linux: VmHWM of /proc/self/status in MiB (the peak since the last resetPeakRss). */
@@ -159,7 +258,9 @@ function peakRssMiB(): number | null {
   try {
     const m = /^VmHWM:\s+(\d+) kB/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
     return m ? Number(m[1]) / 1024 : null;
-  } catch { return null; }
+  } catch {
+    return null;
+  }
 }
 
 /** Random Qwen2.5-VL vision weights (HF names under `visual.`), bf16; norms near 1, matrices ~0.02. */

@@ -1,16 +1,48 @@
-export { Decoder, argmax, emptyKv, type HeadPatch, type ForwardResult, type KvCache, type LoadOptions, type ImageEmbeds, type RowImages } from './model/decoder.js';
+export {
+  Decoder,
+  argmax,
+  emptyKv,
+  type HeadPatch,
+  type ForwardResult,
+  type KvCache,
+  type LoadOptions,
+  type ImageEmbeds,
+  type RowImages,
+} from './model/decoder.js';
 export { ImageInputs, type ImagePrompt } from './model/vision/image-inputs.js';
 export { decodeImage, type RgbImage } from './model/vision/image.js';
 export { ModelError } from './model/errors.js';
-export { specFromConfig, SUPPORTED_FAMILIES, IMAGE_TEXT_MODEL_TYPES, type ModelSpec, type Family, type ImageTextSpec } from './model/families/spec.js';
+export {
+  specFromConfig,
+  SUPPORTED_FAMILIES,
+  IMAGE_TEXT_MODEL_TYPES,
+  type ModelSpec,
+  type Family,
+  type ImageTextSpec,
+} from './model/families/spec.js';
 export { Tokenizer, type ChatMessage } from './model/tokenizer.js';
 export { resolveModelDir } from './model/checkpoint/hub.js';
-export { fitActivationRM, FitInterrupted, FitError, judgeItems, type FitOptions, type HeadStrategy } from './arm/fit.js';
+export {
+  fitActivationRM,
+  FitInterrupted,
+  FitError,
+  judgeItems,
+  type FitOptions,
+  type HeadStrategy,
+} from './arm/fit.js';
 export { ActivationRM, type ItemScore, type PairScore, type ScoreOptions } from './arm/rm.js';
 export { loadCriterion, saveCriterion, type Criterion, type CriterionMeta } from './arm/criterion.js';
 export { DEFAULT_TEMPLATES, type TemplateKind, type JudgeItem } from './arm/template.js';
 export { REINFORCE_DEFAULTS, type ReinforceOptions } from './arm/reinforce.js';
-export { readExamples, toScalarItems, DataError, type Example, type PairExample, type ScalarExample, type Prompt } from './data/examples.js';
+export {
+  readExamples,
+  toScalarItems,
+  DataError,
+  type Example,
+  type PairExample,
+  type ScalarExample,
+  type Prompt,
+} from './data/examples.js';
 export { evaluate, runEval, drawSplits, type EvalOptions, type RunRecord } from './eval/harness.js';
 export { METHODS, type Method, type MethodOptions } from './eval/methods.js';
 export { aggregate, type Results, type MethodResult } from './eval/aggregate.js';

@@ -9,7 +9,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Decoder, ImageEmbeds } from '../model/decoder.js';
-import { forEachLastLogits, type ImageSequence, type LastLogitsOptions, type LastRow, type PlacedImage, type Sequence } from '../model/batch.js';
+import {
+  forEachLastLogits,
+  type ImageSequence,
+  type LastLogitsOptions,
+  type LastRow,
+  type PlacedImage,
+  type Sequence,
+} from '../model/batch.js';
 import { ImageInputs } from '../model/vision/image-inputs.js';
 import { ModelError } from '../model/errors.js';
 import { decodeImage } from '../model/vision/image.js';
@@ -18,7 +25,12 @@ import { expandImagePlaceholders } from '../model/vision/placeholders.js';
 import { visionSpecFromConfig, visionSpecHash } from '../model/families/vision-spec.js';
 import type { ImageRendering } from './template.js';
 
-export interface ImageFileInfo { sha256: string; height: number; width: number; tokens: number }
+export interface ImageFileInfo {
+  sha256: string;
+  height: number;
+  width: number;
+  tokens: number;
+}
 
 type Rows = Omit<ImageEmbeds, 'start'>;
 
@@ -38,7 +50,11 @@ const perDecoder = new WeakMap<Decoder, JudgeImages>();
 export function visionConfigHash(modelDir: string): string {
   const config = JSON.parse(fs.readFileSync(path.join(modelDir, 'config.json'), 'utf8')) as Record<string, unknown>;
   const pre = fs.readFileSync(path.join(modelDir, 'preprocessor_config.json'), 'utf8');
-  return createHash('sha256').update(visionSpecHash(visionSpecFromConfig(config))).update('\0').update(pre).digest('hex');
+  return createHash('sha256')
+    .update(visionSpecHash(visionSpecFromConfig(config)))
+    .update('\0')
+    .update(pre)
+    .digest('hex');
 }
 
 export class JudgeImages implements ImageRendering {
@@ -48,7 +64,11 @@ export class JudgeImages implements ImageRendering {
   private inputs: Promise<ImageInputs> | null = null;
   private markupText: string | null = null;
 
-  private constructor(private readonly decoder: Decoder, readonly processor: ImageProcessor, readonly visionConfigHash: string) {}
+  private constructor(
+    private readonly decoder: Decoder,
+    readonly processor: ImageProcessor,
+    readonly visionConfigHash: string,
+  ) {}
 
   /** The decoder's image handling, made once per decoder; null for a text-only checkpoint. */
   static of(decoder: Decoder): JudgeImages | null {
@@ -64,34 +84,61 @@ export class JudgeImages implements ImageRendering {
 
   /**
    * The text one image placeholder is written as in a prompt: the checkpoint's own tokens (Qwen
-   * `<|vision_start|><|image_pad|><|vision_end|>`, LLaVA `<image>` and a newline, as their processors' prompts have it).
+   * `<|vision_start|><|image_pad|><|vision_end|>`, LLaVA `<image>` and a newline, as their processors' prompts have
+   * it).
    */
   get markup(): string {
     if (this.markupText === null) {
       const p = this.processor.placeholders;
       const token = (id: number) => this.decoder.tokenizer.decode([id], { skipSpecialTokens: false });
       const image = token(p.image);
-      this.markupText = p.visionStart !== undefined && p.visionEnd !== undefined ? `${token(p.visionStart)}${image}${token(p.visionEnd)}` : `${image}\n`;
+      this.markupText =
+        p.visionStart !== undefined && p.visionEnd !== undefined
+          ? `${token(p.visionStart)}${image}${token(p.visionEnd)}`
+          : `${image}\n`;
     }
     return this.markupText;
   }
 
   /** The placeholder token's text (what a chat template that renders image parts must emit). */
-  get placeholderText(): string { return this.decoder.tokenizer.decode([this.processor.placeholders.image], { skipSpecialTokens: false }); }
+  get placeholderText(): string {
+    return this.decoder.tokenizer.decode([this.processor.placeholders.image], { skipSpecialTokens: false });
+  }
 
-  /** Reads each file not seen yet (or changed since: size and mtime): content hash, size, token count. Errors name the file. */
+  /**
+   * Reads each file not seen yet (or changed since: size and mtime): content hash, size, token count. Errors name the
+   * file.
+   */
   async load(files: Iterable<string>): Promise<void> {
     for (const file of files) {
       let stamp = '';
-      try { const st = fs.statSync(file); stamp = `${st.size}:${st.mtimeMs}`; } catch { stamp = ''; }
+      try {
+        const st = fs.statSync(file);
+        stamp = `${st.size}:${st.mtimeMs}`;
+      } catch {
+        stamp = '';
+      }
       if (stamp && this.files.get(file)?.stamp === stamp) continue;
       let bytes: Buffer;
-      try { bytes = fs.readFileSync(file); } catch (e) {
-        throw new ModelError(`${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      try {
+        bytes = fs.readFileSync(file);
+      } catch (e) {
+        throw new ModelError(
+          `${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+        );
       }
       // Bounded by what the processor can use, checked from the header before any pixel is decoded.
-      const img = await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { name: file, maxPixels: this.processor.pixelBound() });
-      this.files.set(file, { stamp, sha256: createHash('sha256').update(bytes).digest('hex'), height: img.height, width: img.width, tokens: this.processor.tokenCount(img.height, img.width) });
+      const img = await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), {
+        name: file,
+        maxPixels: this.processor.pixelBound(),
+      });
+      this.files.set(file, {
+        stamp,
+        sha256: createHash('sha256').update(bytes).digest('hex'),
+        height: img.height,
+        width: img.width,
+        tokens: this.processor.tokenCount(img.height, img.width),
+      });
     }
   }
 
@@ -102,7 +149,9 @@ export class JudgeImages implements ImageRendering {
   }
 
   /** Placeholder tokens `file` expands to. */
-  tokens(file: string): number { return this.info(file).tokens; }
+  tokens(file: string): number {
+    return this.info(file).tokens;
+  }
 
   /** The vision tower's rows for one image, from the cache or computed (the tower runs once per distinct image). */
   async rows(file: string): Promise<{ key: string; rows: Rows }> {
@@ -110,25 +159,44 @@ export class JudgeImages implements ImageRendering {
     const key = `${sha256}|${this.visionConfigHash}|${this.decoder.info.weightsFingerprint}`;
     const hit = rowsCache.get(key);
     if (hit) {
-      rowsCache.delete(key); rowsCache.set(key, hit);
+      rowsCache.delete(key);
+      rowsCache.set(key, hit);
       this.stats.cacheHits++;
       return { key: sha256, rows: hit };
     }
     // The tower lives in the decoder's cache and uses its threads; a failed load is retried next time (a server
     // must not keep a transient failure for good).
-    this.inputs ??= ImageInputs.load(this.decoder.info.modelDir, { cacheDir: this.decoder.info.cacheDir, threads: this.decoder.info.threads })
-      .catch((e: unknown) => { this.inputs = null; throw e; });
+    this.inputs ??= ImageInputs.load(this.decoder.info.modelDir, {
+      cacheDir: this.decoder.info.cacheDir,
+      threads: this.decoder.info.threads,
+    }).catch((e: unknown) => {
+      this.inputs = null;
+      throw e;
+    });
     const inputs = await this.inputs;
     // Decode the very bytes whose hash keys the cache: a file rewritten since `load` must not file its new
     // pixels under the old content hash (a resumed fit or the server would then read the wrong rows).
     let bytes: Buffer;
-    try { bytes = fs.readFileSync(file); } catch (e) {
-      throw new ModelError(`${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    try {
+      bytes = fs.readFileSync(file);
+    } catch (e) {
+      throw new ModelError(
+        `${file}: cannot read the image (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+      );
     }
     if (createHash('sha256').update(bytes).digest('hex') !== sha256) {
-      throw new ModelError(`${file}: the image changed while it was in use (its content no longer matches what was read before); run again`);
+      throw new ModelError(
+        `${file}: the image changed while it was in use (its content no longer matches what was read before); run again`,
+      );
     }
-    const rows = await inputs.embed(this.processor.preprocess(await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), { name: file, maxPixels: this.processor.pixelBound() })));
+    const rows = await inputs.embed(
+      this.processor.preprocess(
+        await decodeImage(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), {
+          name: file,
+          maxPixels: this.processor.pixelBound(),
+        }),
+      ),
+    );
     this.stats.towerRuns++;
     rowsCache.set(key, rows);
     rowsCacheBytes += bytesOf(rows);
@@ -143,13 +211,21 @@ export class JudgeImages implements ImageRendering {
   /** `ids` with one placeholder per file (in order) → the expanded ids alone (lengths, without running the tower). */
   async expandedIds(ids: readonly number[], files: readonly string[]): Promise<number[]> {
     await this.load(files);
-    return expandImagePlaceholders(ids, this.processor.placeholders.image, files.map((f) => this.tokens(f))).inputIds;
+    return expandImagePlaceholders(
+      ids,
+      this.processor.placeholders.image,
+      files.map((f) => this.tokens(f)),
+    ).inputIds;
   }
 
   /** `ids` with one placeholder per file (in order) → expanded ids with each image's rows placed. */
   async place(ids: readonly number[], files: readonly string[]): Promise<ImageSequence> {
     await this.load(files);
-    const expanded = expandImagePlaceholders(ids, this.processor.placeholders.image, files.map((f) => this.tokens(f)));
+    const expanded = expandImagePlaceholders(
+      ids,
+      this.processor.placeholders.image,
+      files.map((f) => this.tokens(f)),
+    );
     const images: PlacedImage[] = [];
     for (const [i, f] of files.entries()) {
       const { key, rows } = await this.rows(f);
@@ -174,17 +250,26 @@ export function imageFilesOf(items: readonly { images?: readonly string[] }[]): 
  * The image handling for judge items on `decoder`: null when no item has an image; the files loaded (sizes,
  * hashes) when some do; an error when the checkpoint has no vision tower.
  */
-export async function judgeImagesFor(decoder: Decoder, items: readonly { id: string; images?: readonly string[] }[]): Promise<JudgeImages | null> {
+export async function judgeImagesFor(
+  decoder: Decoder,
+  items: readonly { id: string; images?: readonly string[] }[],
+): Promise<JudgeImages | null> {
   const withImage = items.find((it) => it.images?.length);
   if (!withImage) return null;
   const images = JudgeImages.of(decoder);
-  if (!images) throw new ModelError(`item ${withImage.id} has an image, but ${decoder.id} is a text-only checkpoint (image rows need an image-text model: qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)`);
+  if (!images)
+    throw new ModelError(
+      `item ${withImage.id} has an image, but ${decoder.id} is a text-only checkpoint (image rows need an image-text model: qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)`,
+    );
   await images.load(imageFilesOf(items));
   return images;
 }
 
 /** A rendered prompt as the batch runner takes it: its ids, or with images its expanded ids and rows. */
-export async function toSequence(images: JudgeImages | null, r: { ids: number[]; images: readonly string[] }): Promise<Sequence> {
+export async function toSequence(
+  images: JudgeImages | null,
+  r: { ids: number[]; images: readonly string[] },
+): Promise<Sequence> {
   if (!r.images.length) return r.ids;
   if (!images) throw new ModelError('a prompt has images, but no image handling was set up for it');
   return images.place(r.ids, r.images);
@@ -198,9 +283,21 @@ export const IMAGE_CHUNK_ITEMS = 64;
  * about IMAGE_CHUNK_ITEMS items (a group never split), each chunk's images placed just before it runs, so scoring
  * a large image set holds a chunk's vision rows, not every image's at once.
  */
-export async function forEachRenderedLastLogits(decoder: Decoder, images: JudgeImages | null, rendered: readonly { ids: number[]; images: readonly string[] }[], opts: LastLogitsOptions, onRow: (index: number, row: LastRow) => void, chunkItems = IMAGE_CHUNK_ITEMS): Promise<void> {
+export async function forEachRenderedLastLogits(
+  decoder: Decoder,
+  images: JudgeImages | null,
+  rendered: readonly { ids: number[]; images: readonly string[] }[],
+  opts: LastLogitsOptions,
+  onRow: (index: number, row: LastRow) => void,
+  chunkItems = IMAGE_CHUNK_ITEMS,
+): Promise<void> {
   if (!images || rendered.every((r) => !r.images.length)) {
-    await forEachLastLogits(decoder, rendered.map((r) => r.ids), opts, onRow);
+    await forEachLastLogits(
+      decoder,
+      rendered.map((r) => r.ids),
+      opts,
+      onRow,
+    );
     return;
   }
   const groupOf = new Map<number, number[]>();
@@ -213,7 +310,10 @@ export async function forEachRenderedLastLogits(decoder: Decoder, images: JudgeI
     const members = groupOf.get(i) ?? [i];
     members.forEach((m) => taken.add(m));
     chunk.push(...members);
-    if (chunk.length >= chunkItems) { chunks.push(chunk); chunk = []; }
+    if (chunk.length >= chunkItems) {
+      chunks.push(chunk);
+      chunk = [];
+    }
   }
   if (chunk.length) chunks.push(chunk);
   let before = 0;
@@ -222,7 +322,12 @@ export async function forEachRenderedLastLogits(decoder: Decoder, images: JudgeI
     const seqs: Sequence[] = [];
     for (const i of c) seqs.push(await toSequence(images, rendered[i]!));
     const groups = opts.groups?.filter((g) => g.length && local.has(g[0]!)).map((g) => g.map((i) => local.get(i)!));
-    await forEachLastLogits(decoder, seqs, { ...opts, groups, onProgress: (done) => opts.onProgress?.(before + done, rendered.length) }, (k, row) => onRow(c[k]!, row));
+    await forEachLastLogits(
+      decoder,
+      seqs,
+      { ...opts, groups, onProgress: (done) => opts.onProgress?.(before + done, rendered.length) },
+      (k, row) => onRow(c[k]!, row),
+    );
     before += c.length;
   }
 }

@@ -17,8 +17,8 @@ import { toSequence, type JudgeImages } from './images.js';
 export const DEFAULT_PASSES_PER_DEMO_SET = 5;
 
 export interface MeanOptions {
-  passes: number;    // T (100); with shots = 0, one pass per example
-  shots: number;     // k (4)
+  passes: number; // T (100); with shots = 0, one pass per example
+  shots: number; // k (4)
   seed: number;
   batchSize: number;
   maxLength: number;
@@ -46,8 +46,8 @@ export interface MeanOptions {
 }
 
 export interface MeanResult {
-  mu: Float32Array;                 // [L, H, d]
-  passes: Float32Array[] | null;    // T × [L, H, d] when kept
+  mu: Float32Array; // [L, H, d]
+  passes: Float32Array[] | null; // T × [L, H, d] when kept
   truncatedPasses: number;
   /** For each pass: the query index and its demo indices (provenance, and the hand-computed test). */
   plan: { query: number; demos: number[] }[];
@@ -56,7 +56,10 @@ export interface MeanResult {
 /** Mean extraction stopped on request; `done` holds every pass finished so far (resumed ones included). */
 export class MeansInterrupted extends Error {
   override name = 'MeansInterrupted';
-  constructor(readonly done: Map<number, Float32Array>, readonly total: number) {
+  constructor(
+    readonly done: Map<number, Float32Array>,
+    readonly total: number,
+  ) {
     super(`mean extraction interrupted after ${done.size} of ${total} passes`);
   }
 }
@@ -70,7 +73,14 @@ export class MeansInterrupted extends Error {
  * one group at random (so some query is always left), draws k = min(shots, nItems − that group's size) demos
  * outside it, then takes up to g distinct queries among the items of groups no demo belongs to.
  */
-export function planPasses(nItems: number, passes: number, shots: number, seed: number, perDemoSet = 1, groupOf?: readonly number[]): { query: number; demos: number[] }[] {
+export function planPasses(
+  nItems: number,
+  passes: number,
+  shots: number,
+  seed: number,
+  perDemoSet = 1,
+  groupOf?: readonly number[],
+): { query: number; demos: number[] }[] {
   if (shots === 0) return Array.from({ length: nItems }, (_, q) => ({ query: q, demos: [] }));
   if (groupOf && groupOf.length !== nItems) throw new Error(`planPasses: ${groupOf.length} groups for ${nItems} items`);
   const group = (i: number) => groupOf?.[i] ?? i;
@@ -113,10 +123,19 @@ function meanBatches(lengths: number[], plan: { demos: number[] }[], batchSize: 
   });
   const ordered = [...units.values()].sort((a, b) => lengths[a[0]!]! - lengths[b[0]!]! || a[0]! - b[0]!);
   if (shared) return ordered;
-  return ordered.flatMap((unit) => Array.from({ length: Math.ceil(unit.length / batchSize) }, (_, j) => unit.slice(j * batchSize, (j + 1) * batchSize)));
+  return ordered.flatMap((unit) =>
+    Array.from({ length: Math.ceil(unit.length / batchSize) }, (_, j) =>
+      unit.slice(j * batchSize, (j + 1) * batchSize),
+    ),
+  );
 }
 
-export async function extractMeans(decoder: Decoder, template: TemplateSpec, pool: JudgeItem[], opts: MeanOptions): Promise<MeanResult> {
+export async function extractMeans(
+  decoder: Decoder,
+  template: TemplateSpec,
+  pool: JudgeItem[],
+  opts: MeanOptions,
+): Promise<MeanResult> {
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const width = L * H * d;
   const plan = planPasses(pool.length, opts.passes, opts.shots, opts.seed, opts.passesPerDemoSet, opts.groupOf);
@@ -124,7 +143,16 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   const images = opts.images ?? null;
   // Rendered up front (token ids and lengths); image rows are placed per batch, just before it runs, so a
   // fit holds one batch's vision rows (beyond the rows cache), and a resumed fit places none for done passes.
-  const rendered = plan.map((p) => render(decoder.tokenizer, template, p.demos.map((i) => pool[i]!), pool[p.query]!, opts.maxLength, images));
+  const rendered = plan.map((p) =>
+    render(
+      decoder.tokenizer,
+      template,
+      p.demos.map((i) => pool[i]!),
+      pool[p.query]!,
+      opts.maxLength,
+      images,
+    ),
+  );
   const lengths: number[] = [];
   for (const r of rendered) {
     if (r.truncatedTokens > 0 || r.droppedDemos > 0) truncatedPasses++;
@@ -132,7 +160,10 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
   }
   const done = new Map<number, Float32Array>();
   for (const [i, row] of opts.donePasses ?? []) {
-    if (!(Number.isInteger(i) && i >= 0 && i < plan.length) || row.length !== width) throw new Error(`extractMeans: resumed pass ${i} does not fit this plan (${plan.length} passes of ${width} values)`);
+    if (!(Number.isInteger(i) && i >= 0 && i < plan.length) || row.length !== width)
+      throw new Error(
+        `extractMeans: resumed pass ${i} does not fit this plan (${plan.length} passes of ${width} values)`,
+      );
     done.set(i, row);
   }
   // Zero-shot passes have no demonstrations to share: every pass is its own unit (length-batched as usual).
@@ -143,16 +174,30 @@ export async function extractMeans(decoder: Decoder, template: TemplateSpec, poo
     if (opts.shouldStop?.()) throw new MeansInterrupted(done, plan.length);
     const seqs: Sequence[] = [];
     for (const i of todo) seqs.push(await toSequence(images, rendered[i]!));
-    await forEachLastLogits(decoder, seqs, {
-      batchSize: opts.batchSize, sharePrefix: false, groups: shared ? [todo.map((_, j) => j)] : undefined,
-    }, (j, { heads }) => { done.set(todo[j]!, heads.slice()); });
+    await forEachLastLogits(
+      decoder,
+      seqs,
+      {
+        batchSize: opts.batchSize,
+        sharePrefix: false,
+        groups: shared ? [todo.map((_, j) => j)] : undefined,
+      },
+      (j, { heads }) => {
+        done.set(todo[j]!, heads.slice());
+      },
+    );
     opts.onProgress?.(done.size, plan.length);
   }
   // Sum in plan order, so the result does not depend on how (or in how many runs) passes were batched.
   const perPass = plan.map((_, i) => done.get(i)!);
   const sum = new Float64Array(width);
   for (const row of perPass) for (let i = 0; i < width; i++) sum[i]! += row[i]!;
-  return { mu: Float32Array.from(sum, (s) => s / plan.length), passes: opts.keepPasses ? perPass : null, truncatedPasses, plan };
+  return {
+    mu: Float32Array.from(sum, (s) => s / plan.length),
+    passes: opts.keepPasses ? perPass : null,
+    truncatedPasses,
+    plan,
+  };
 }
 
 /** How denoising centres its PCA (see denoiseMeans). */
@@ -177,14 +222,19 @@ export type Centring = 'centred' | 'uncentred';
  * Heads not listed keep `mu`. The function's default is `uncentred` (what it always did); fits default to centred.
  */
 export function denoiseMeans(
-  mu: Float32Array, passes: Float32Array[], heads: [number, number][], dims: { H: number; d: number }, rank: number,
+  mu: Float32Array,
+  passes: Float32Array[],
+  heads: [number, number][],
+  dims: { H: number; d: number },
+  rank: number,
   opts: { centring?: Centring; weights?: number[] } = {},
 ): Float32Array {
   const out = mu.slice();
   const { H, d } = dims;
   const T = passes.length;
   const w = opts.weights ?? passes.map(() => 1);
-  if (w.length !== T || !w.every((x) => x >= 0 && Number.isFinite(x))) throw new Error(`denoiseMeans: need ${T} finite non-negative weights`);
+  if (w.length !== T || !w.every((x) => x >= 0 && Number.isFinite(x)))
+    throw new Error(`denoiseMeans: need ${T} finite non-negative weights`);
   const wSum = w.reduce((a, b) => a + b, 0);
   if (!(wSum > 0)) throw new Error('denoiseMeans: the weights sum to zero');
   const r = Math.min(rank, d);
@@ -192,7 +242,10 @@ export function denoiseMeans(
     const off = (l * H + h) * d;
     const xs = passes.map((x) => Float64Array.from(x.subarray(off, off + d)));
     const centre = new Float64Array(d);
-    if (opts.centring === 'centred') xs.forEach((x, t) => { for (let i = 0; i < d; i++) centre[i]! += (w[t]! * x[i]!) / wSum; });
+    if (opts.centring === 'centred')
+      xs.forEach((x, t) => {
+        for (let i = 0; i < d; i++) centre[i]! += (w[t]! * x[i]!) / wSum;
+      });
     // Weighted scatter around the centre (the origin when uncentred): Σ_t w_t (x_t − c)(x_t − c)ᵀ / Σ w   [d, d]
     const dev = xs.map((x) => x.map((v, i) => v - centre[i]!));
     const C = new Float64Array(d * d);
@@ -213,7 +266,10 @@ export function denoiseMeans(
     if (opts.centring !== 'centred') {
       result = project(mu.subarray(off, off + d));
     } else {
-      const residual = dev.map((x) => { const p = project(x); return x.reduce((a, v, i) => a + (v - p[i]!) ** 2, 0); });
+      const residual = dev.map((x) => {
+        const p = project(x);
+        return x.reduce((a, v, i) => a + (v - p[i]!) ** 2, 0);
+      });
       const meanResidual = residual.reduce((a, q, t) => a + w[t]! * q, 0) / wSum;
       const spread = dev.reduce((a, x, t) => a + w[t]! * x.reduce((s, v) => s + v * v, 0), 0) / wSum;
       // Residuals at rounding level are no evidence against a pass: weigh every pass as given.
@@ -221,7 +277,9 @@ export function denoiseMeans(
       const a = residual.map((q, t) => (exact ? w[t]! : w[t]! / (1 + q / meanResidual)));
       const aSum = a.reduce((s, v) => s + v, 0);
       const shift = new Float64Array(d); // m − c
-      dev.forEach((x, t) => { for (let i = 0; i < d; i++) shift[i]! += (a[t]! * x[i]!) / aSum; });
+      dev.forEach((x, t) => {
+        for (let i = 0; i < d; i++) shift[i]! += (a[t]! * x[i]!) / aSum;
+      });
       const along = project(shift);
       result = centre.map((v, i) => v + along[i]!);
     }
@@ -251,19 +309,26 @@ export function symmetricEigen(M: Float64Array, d: number): { values: number[]; 
         // The rotation angle that zeroes A[p][q]: tan 2θ = 2 A_pq / (A_qq − A_pp), the smaller root for stability.
         const theta = (A[q * d + q]! - A[p * d + p]!) / (2 * apq);
         const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
-        for (let k = 0; k < d; k++) { // A ← A·J
-          const akp = A[k * d + p]!, akq = A[k * d + q]!;
+        const c = 1 / Math.sqrt(t * t + 1),
+          s = t * c;
+        for (let k = 0; k < d; k++) {
+          // A ← A·J
+          const akp = A[k * d + p]!,
+            akq = A[k * d + q]!;
           A[k * d + p] = c * akp - s * akq;
           A[k * d + q] = s * akp + c * akq;
         }
-        for (let k = 0; k < d; k++) { // A ← Jᵀ·A
-          const apk = A[p * d + k]!, aqk = A[q * d + k]!;
+        for (let k = 0; k < d; k++) {
+          // A ← Jᵀ·A
+          const apk = A[p * d + k]!,
+            aqk = A[q * d + k]!;
           A[p * d + k] = c * apk - s * aqk;
           A[q * d + k] = s * apk + c * aqk;
         }
-        for (let k = 0; k < d; k++) { // V ← V·J: columns are the eigenvectors
-          const vkp = V[k * d + p]!, vkq = V[k * d + q]!;
+        for (let k = 0; k < d; k++) {
+          // V ← V·J: columns are the eigenvectors
+          const vkp = V[k * d + p]!,
+            vkq = V[k * d + q]!;
           V[k * d + p] = c * vkp - s * vkq;
           V[k * d + q] = s * vkp + c * vkq;
         }

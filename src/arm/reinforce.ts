@@ -8,20 +8,29 @@
 import { Rng } from '../util/rng.js';
 
 export interface ReinforceOptions {
-  steps: number;        // 600
-  samples: number;      // 32 masks per step
-  lr: number;           // 0.1
-  init: number;         // −1
-  clip: number;         // 1e-3
-  beta1: number;        // 0.9
-  beta2: number;        // 0.999
-  adamEps: number;      // 1e-8
+  steps: number; // 600
+  samples: number; // 32 masks per step
+  lr: number; // 0.1
+  init: number; // −1
+  clip: number; // 1e-3
+  beta1: number; // 0.9
+  beta2: number; // 0.999
+  adamEps: number; // 1e-8
   readoutMasks: number; // 10
   readoutItems: number; // 50
 }
 
 export const REINFORCE_DEFAULTS: Readonly<ReinforceOptions> = Object.freeze({
-  steps: 600, samples: 32, lr: 0.1, init: -1, clip: 1e-3, beta1: 0.9, beta2: 0.999, adamEps: 1e-8, readoutMasks: 10, readoutItems: 50,
+  steps: 600,
+  samples: 32,
+  lr: 0.1,
+  init: -1,
+  clip: 1e-3,
+  beta1: 0.9,
+  beta2: 0.999,
+  adamEps: 1e-8,
+  readoutMasks: 10,
+  readoutItems: 50,
 });
 
 /** Losses of `masks` (each Uint8Array[n] of 0/1) on item `item`. */
@@ -37,7 +46,14 @@ export interface ReinforceState {
 }
 
 export function initialState(n: number, opts: ReinforceOptions, seed: number): ReinforceState {
-  return { step: 0, theta: Array(n).fill(opts.init), m: Array(n).fill(0), v: Array(n).fill(0), rng: new Rng(seed).state, history: [] };
+  return {
+    step: 0,
+    theta: Array(n).fill(opts.init),
+    m: Array(n).fill(0),
+    v: Array(n).fill(0),
+    rng: new Rng(seed).state,
+    history: [],
+  };
 }
 
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
@@ -53,7 +69,14 @@ export interface RunHooks {
 }
 
 /** Runs steps from `state` (a fresh or resumed one) up to opts.steps; mutates and returns the state. */
-export async function runReinforce(n: number, nItems: number, loss: MaskLoss, opts: ReinforceOptions, state: ReinforceState, hooks: RunHooks = {}): Promise<ReinforceState> {
+export async function runReinforce(
+  n: number,
+  nItems: number,
+  loss: MaskLoss,
+  opts: ReinforceOptions,
+  state: ReinforceState,
+  hooks: RunHooks = {},
+): Promise<ReinforceState> {
   if (nItems < 1) throw new Error('reinforce: no items');
   const rng = Rng.fromState(state.rng);
   while (state.step < opts.steps) {
@@ -72,7 +95,8 @@ export async function runReinforce(n: number, nItems: number, loss: MaskLoss, op
       for (let s = 0; s < masks.length; s++) g += rewards[s]! * (masks[s]![i]! - p[i]!);
       state.m[i] = opts.beta1 * state.m[i]! + (1 - opts.beta1) * g;
       state.v[i] = opts.beta2 * state.v[i]! + (1 - opts.beta2) * g * g;
-      const mHat = state.m[i]! / (1 - opts.beta1 ** t), vHat = state.v[i]! / (1 - opts.beta2 ** t);
+      const mHat = state.m[i]! / (1 - opts.beta1 ** t),
+        vHat = state.v[i]! / (1 - opts.beta2 ** t);
       state.theta[i]! -= (opts.lr * mHat) / (Math.sqrt(vHat) + opts.adamEps);
     }
     state.step = t;
@@ -88,13 +112,24 @@ export async function runReinforce(n: number, nItems: number, loss: MaskLoss, op
  * Read-out: sample `readoutMasks` masks from σ(θ) and keep the one with the lowest mean loss over at most
  * `readoutItems` items (the first ones of a seeded shuffle).
  */
-export async function readoutMask(theta: number[], nItems: number, loss: MaskLoss, opts: ReinforceOptions, seed: number): Promise<{ mask: Uint8Array; meanLoss: number; candidates: number[] }> {
+export async function readoutMask(
+  theta: number[],
+  nItems: number,
+  loss: MaskLoss,
+  opts: ReinforceOptions,
+  seed: number,
+): Promise<{ mask: Uint8Array; meanLoss: number; candidates: number[] }> {
   const rng = new Rng(seed ^ 0x5eed);
   const p = theta.map(sigmoid);
-  const masks = Array.from({ length: opts.readoutMasks }, () => Uint8Array.from(p, (pi) => (rng.uniform() < pi ? 1 : 0)));
+  const masks = Array.from({ length: opts.readoutMasks }, () =>
+    Uint8Array.from(p, (pi) => (rng.uniform() < pi ? 1 : 0)),
+  );
   const items = rng.shuffle(Array.from({ length: nItems }, (_, i) => i)).slice(0, opts.readoutItems);
   const totals = new Array(masks.length).fill(0);
-  for (const item of items) (await loss(item, masks)).forEach((l, i) => { totals[i] += l; });
+  for (const item of items)
+    (await loss(item, masks)).forEach((l, i) => {
+      totals[i] += l;
+    });
   const means = totals.map((t) => t / items.length);
   const best = means.reduce((b, m, i) => (m < means[b]! ? i : b), 0);
   return { mask: masks[best]!, meanLoss: means[best]!, candidates: means };

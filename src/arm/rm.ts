@@ -14,7 +14,9 @@ import { createHash } from 'node:crypto';
 
 export interface ItemScore {
   id: string;
-  /** Full-vocabulary softmax probability of the first answer word's token ("Yes" / "A"): the reward. NaN when too long. */
+  /**
+   * Full-vocabulary softmax probability of the first answer word's token ("Yes" / "A"): the reward. NaN when too long.
+   */
   reward: number;
   /** Probability of the first answer's variants over both answers' variants ("Yes"+" Yes"+… vs "No"+…). */
   normalized: number;
@@ -67,7 +69,10 @@ export function nonFiniteHint(what: string): string {
 }
 
 export class ActivationRM {
-  constructor(readonly decoder: Decoder, readonly criterion: Criterion) {}
+  constructor(
+    readonly decoder: Decoder,
+    readonly criterion: Criterion,
+  ) {}
 
   /** `warn` receives non-fatal mismatches (a criterion fitted at another --dtype); default: stderr. */
   static load(decoder: Decoder, file: string, opts: { warn?: (message: string) => void } = {}): ActivationRM {
@@ -77,7 +82,9 @@ export class ActivationRM {
     return new ActivationRM(decoder, criterion);
   }
 
-  save(file: string, opts: { keepAllMeans?: boolean } = {}): void { saveCriterion(file, this.criterion, opts); }
+  save(file: string, opts: { keepAllMeans?: boolean } = {}): void {
+    saveCriterion(file, this.criterion, opts);
+  }
 
   /** The patch for `rows` rows: the selected heads replaced (or added) with their means. */
   patch(rows: number): HeadPatch {
@@ -100,9 +107,20 @@ export class ActivationRM {
     const out: ItemScore[] = new Array(items.length);
     const images = await judgeImagesFor(this.decoder, [...items, ...(opts.demos ?? [])]);
     const rendered = items.map((it, i) => {
-      try { return render(this.decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength, images); } catch (e) {
+      try {
+        return render(this.decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength, images);
+      } catch (e) {
         if (!(e instanceof TooLongError)) throw e;
-        out[i] = { id: it.id, reward: NaN, normalized: NaN, logitYes: NaN, logitNo: NaN, truncatedTokens: 0, tooLong: true, verdict: null };
+        out[i] = {
+          id: it.id,
+          reward: NaN,
+          normalized: NaN,
+          logitYes: NaN,
+          logitNo: NaN,
+          truncatedTokens: 0,
+          tooLong: true,
+          verdict: null,
+        };
         return null;
       }
     });
@@ -111,27 +129,46 @@ export class ActivationRM {
     const [yesVariants, noVariants] = meta.answerTokens.variants;
     const liveIndex = new Map(live.map((i, j) => [i, j]));
     const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
-    await forEachRenderedLastLogits(this.decoder, images, live.map((i) => rendered[i]!), { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress }, (j, { logits: row, logSumExp }) => {
-      const i = live[j]!;
-      // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
-      if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {
-        throw new ScoreError(nonFiniteHint(`the score of item ${items[i]!.id} (log-sum-exp ${logSumExp}, answer logits ${row[yesId]}/${row[noId]})`));
-      }
-      const p = (t: number) => Math.exp(row[t]! - logSumExp);
-      const yes = yesVariants.reduce((s, t) => s + p(t), 0), no = noVariants.reduce((s, t) => s + p(t), 0);
-      const top = argmax(row);
-      out[i] = {
-        id: items[i]!.id, reward: p(yesId), normalized: yes / (yes + no || 1),
-        logitYes: row[yesId]!, logitNo: row[noId]!, truncatedTokens: rendered[i]!.truncatedTokens, tooLong: false,
-        verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
-      };
-      if (opts.sample) out[i]!.sampledYes = sampleVerdicts(row, opts.sample, items[i]!.id, yesVariants, noVariants);
-    });
+    await forEachRenderedLastLogits(
+      this.decoder,
+      images,
+      live.map((i) => rendered[i]!),
+      { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress },
+      (j, { logits: row, logSumExp }) => {
+        const i = live[j]!;
+        // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
+        if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {
+          throw new ScoreError(
+            nonFiniteHint(
+              `the score of item ${items[i]!.id} (log-sum-exp ${logSumExp}, answer logits ${row[yesId]}/${row[noId]})`,
+            ),
+          );
+        }
+        const p = (t: number) => Math.exp(row[t]! - logSumExp);
+        const yes = yesVariants.reduce((s, t) => s + p(t), 0),
+          no = noVariants.reduce((s, t) => s + p(t), 0);
+        const top = argmax(row);
+        out[i] = {
+          id: items[i]!.id,
+          reward: p(yesId),
+          normalized: yes / (yes + no || 1),
+          logitYes: row[yesId]!,
+          logitNo: row[noId]!,
+          truncatedTokens: rendered[i]!.truncatedTokens,
+          tooLong: false,
+          verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
+        };
+        if (opts.sample) out[i]!.sampledYes = sampleVerdicts(row, opts.sample, items[i]!.id, yesVariants, noVariants);
+      },
+    );
     return out;
   }
 
   /** Scores preference pairs (and scalar examples, as single items). */
-  async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<(PairScore | (ItemScore & { label: boolean | null }))[]> {
+  async scoreExamples(
+    examples: Example[],
+    opts: ScoreOptions = {},
+  ): Promise<(PairScore | (ItemScore & { label: boolean | null }))[]> {
     const kind = this.criterion.meta.template.kind;
     const items: JudgeItem[] = [];
     // Items that share a prompt (a pair's two responses, GRPO's many samples of one prompt) share its prefix.
@@ -141,14 +178,45 @@ export class ActivationRM {
       if (!byPrompt.has(key)) byPrompt.set(key, []);
       byPrompt.get(key)!.push(...(e.kind === 'pair' ? [items.length, items.length + 1] : [items.length]));
       if (e.kind === 'scalar') {
-        if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
-        items.push({ id: e.id, prompt: e.prompt, fields: { response: e.response }, answer: e.label === false ? 1 : 0, ...imagesOf(e) });
+        if (kind === 'ranked')
+          throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
+        items.push({
+          id: e.id,
+          prompt: e.prompt,
+          fields: { response: e.response },
+          answer: e.label === false ? 1 : 0,
+          ...imagesOf(e),
+        });
       } else if (kind === 'scalar') {
-        items.push({ id: `${e.id}:chosen`, prompt: e.prompt, fields: { response: e.chosen }, answer: 0, ...imagesOf(e) });
-        items.push({ id: `${e.id}:rejected`, prompt: e.prompt, fields: { response: e.rejected }, answer: 1, ...imagesOf(e) });
+        items.push({
+          id: `${e.id}:chosen`,
+          prompt: e.prompt,
+          fields: { response: e.chosen },
+          answer: 0,
+          ...imagesOf(e),
+        });
+        items.push({
+          id: `${e.id}:rejected`,
+          prompt: e.prompt,
+          fields: { response: e.rejected },
+          answer: 1,
+          ...imagesOf(e),
+        });
       } else {
-        items.push({ id: `${e.id}:ab`, prompt: e.prompt, fields: { response_a: e.chosen, response_b: e.rejected }, answer: 0, ...imagesOf(e) });
-        items.push({ id: `${e.id}:ba`, prompt: e.prompt, fields: { response_a: e.rejected, response_b: e.chosen }, answer: 1, ...imagesOf(e) });
+        items.push({
+          id: `${e.id}:ab`,
+          prompt: e.prompt,
+          fields: { response_a: e.chosen, response_b: e.rejected },
+          answer: 0,
+          ...imagesOf(e),
+        });
+        items.push({
+          id: `${e.id}:ba`,
+          prompt: e.prompt,
+          fields: { response_a: e.rejected, response_b: e.chosen },
+          answer: 1,
+          ...imagesOf(e),
+        });
       }
     }
     // With demonstrations every item shares the (long) demo prefix instead: no per-pair groups then.
@@ -157,43 +225,74 @@ export class ActivationRM {
     let at = 0;
     return examples.map((e) => {
       if (e.kind === 'scalar') return { ...scores[at++]!, label: e.label };
-      const a = scores[at++]!, b = scores[at++]!;
+      const a = scores[at++]!,
+        b = scores[at++]!;
       if (kind === 'scalar') {
-        const read = (x: ItemScore) => (opts.readout === 'normalized' ? x.normalized : opts.readout === 'sampled' ? x.sampledYes ?? NaN : x.reward);
+        const read = (x: ItemScore) =>
+          opts.readout === 'normalized' ? x.normalized : opts.readout === 'sampled' ? (x.sampledYes ?? NaN) : x.reward;
         return pairScore(e.id, read(a), read(b), [a, b]);
       }
       // Ranked: P(A) with chosen first and 1 − P(A) with chosen second, each normalised over A/B; averaged.
-      const chosenFirst = a.normalized, chosenSecond = 1 - b.normalized;
+      const chosenFirst = a.normalized,
+        chosenSecond = 1 - b.normalized;
       const chosen = (chosenFirst + chosenSecond) / 2;
       const scorable = !a.tooLong && !b.tooLong;
-      return { ...pairScore(e.id, chosen, 1 - chosen, [a, b]), swapConsistent: scorable && (chosenFirst > 0.5) === (chosenSecond > 0.5) };
+      return {
+        ...pairScore(e.id, chosen, 1 - chosen, [a, b]),
+        swapConsistent: scorable && chosenFirst > 0.5 === chosenSecond > 0.5,
+      };
     });
   }
 }
 
 /** A pair's result from its two responses' scores (a tie is wrong; a response too long makes the pair unscorable). */
 export function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
-  return { id, chosen, rejected, margin: chosen - rejected, correct: chosen > rejected, truncated: detail.some((d) => d.truncatedTokens > 0), tooLong: detail.some((d) => d.tooLong), detail };
+  return {
+    id,
+    chosen,
+    rejected,
+    margin: chosen - rejected,
+    correct: chosen > rejected,
+    truncated: detail.some((d) => d.truncatedTokens > 0),
+    tooLong: detail.some((d) => d.tooLong),
+    detail,
+  };
 }
 
 /**
  * Draws `n` first tokens from softmax(row / temperature) with a per-item seeded stream; returns the share of
  * first-answer variants among the draws that were answers at all (0.5 when none were).
  */
-function sampleVerdicts(row: Float32Array, s: { n: number; temperature: number; seed: number }, itemId: string, yes: number[], no: number[]): number {
+function sampleVerdicts(
+  row: Float32Array,
+  s: { n: number; temperature: number; seed: number },
+  itemId: string,
+  yes: number[],
+  no: number[],
+): number {
   const scaled = Float32Array.from(row, (v) => v / s.temperature);
   const p = softmax(scaled);
   const cdf = new Float64Array(p.length);
   let acc = 0;
-  for (let i = 0; i < p.length; i++) { acc += p[i]!; cdf[i] = acc; }
+  for (let i = 0; i < p.length; i++) {
+    acc += p[i]!;
+    cdf[i] = acc;
+  }
   // Seeded by (seed, item id): the same item draws the same verdicts whatever batch or chunk it is scored in.
   const rng = new Rng(parseInt(createHash('sha256').update(`${s.seed}:${itemId}`).digest('hex').slice(0, 8), 16));
-  let y = 0, nCount = 0;
+  let y = 0,
+    nCount = 0;
   for (let k = 0; k < s.n; k++) {
     const u = rng.uniform() * acc;
-    let lo = 0, hi = cdf.length - 1;
-    while (lo < hi) { const mid = (lo + hi) >> 1; if (cdf[mid]! < u) lo = mid + 1; else hi = mid; }
-    if (yes.includes(lo)) y++; else if (no.includes(lo)) nCount++;
+    let lo = 0,
+      hi = cdf.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (cdf[mid]! < u) lo = mid + 1;
+      else hi = mid;
+    }
+    if (yes.includes(lo)) y++;
+    else if (no.includes(lo)) nCount++;
   }
   return y + nCount === 0 ? 0.5 : y / (y + nCount);
 }
@@ -204,7 +303,10 @@ export function softmax(row: Float32Array): Float64Array {
   for (const v of row) if (v > max) max = v;
   const out = new Float64Array(row.length);
   let sum = 0;
-  for (let i = 0; i < row.length; i++) { out[i] = Math.exp(row[i]! - max); sum += out[i]!; }
+  for (let i = 0; i < row.length; i++) {
+    out[i] = Math.exp(row[i]! - max);
+    sum += out[i]!;
+  }
   for (let i = 0; i < row.length; i++) out[i]! /= sum;
   return out;
 }

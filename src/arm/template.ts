@@ -12,11 +12,19 @@ import { promptText, type Prompt } from '../data/examples.js';
 export type TemplateKind = 'scalar' | 'ranked';
 
 export const DEFAULT_TEMPLATES: Readonly<Record<TemplateKind, string>> = Object.freeze({
-  scalar: 'Prompt: {prompt}\nResponse: {response}\nDoes this response meet the specified criteria? Answer with Yes or No.',
-  ranked: 'Prompt: {prompt}\nResponse A: {response_a}\nResponse B: {response_b}\nWhich response is better? Answer with A or B.',
+  scalar:
+    'Prompt: {prompt}\nResponse: {response}\nDoes this response meet the specified criteria? Answer with Yes or No.',
+  ranked:
+    'Prompt: {prompt}\nResponse A: {response_a}\nResponse B: {response_b}\nWhich response is better? Answer with A or B.',
 });
-export const ANSWER_WORDS: Readonly<Record<TemplateKind, readonly [string, string]>> = Object.freeze({ scalar: ['Yes', 'No'], ranked: ['A', 'B'] });
-const PLACEHOLDERS: Readonly<Record<TemplateKind, readonly string[]>> = Object.freeze({ scalar: ['prompt', 'response'], ranked: ['prompt', 'response_a', 'response_b'] });
+export const ANSWER_WORDS: Readonly<Record<TemplateKind, readonly [string, string]>> = Object.freeze({
+  scalar: ['Yes', 'No'],
+  ranked: ['A', 'B'],
+});
+const PLACEHOLDERS: Readonly<Record<TemplateKind, readonly string[]>> = Object.freeze({
+  scalar: ['prompt', 'response'],
+  ranked: ['prompt', 'response_a', 'response_b'],
+});
 
 export interface TemplateSpec {
   kind: TemplateKind;
@@ -35,7 +43,7 @@ export interface JudgeItem {
   id: string;
   prompt: Prompt;
   fields: Record<string, string>; // response | response_a, response_b
-  answer: 0 | 1;                  // index into ANSWER_WORDS[kind]
+  answer: 0 | 1; // index into ANSWER_WORDS[kind]
   /** Image files shown with the prompt (image-text checkpoints), placed before the text of its user turn. */
   images?: readonly string[];
 }
@@ -56,25 +64,39 @@ export interface ImageRendering {
  * `enable_thinking` (Qwen3) is rendered with thinking off, because a judge's verdict is read at the end of the
  * generation prompt and, with thinking on, the model's next token there is `<think>`, not the verdict.
  */
-export function makeTemplate(kind: TemplateKind, opts: { text?: string; chat?: boolean | 'auto'; templateKwargs?: Record<string, unknown> }, tokenizer: Tokenizer): TemplateSpec {
+export function makeTemplate(
+  kind: TemplateKind,
+  opts: { text?: string; chat?: boolean | 'auto'; templateKwargs?: Record<string, unknown> },
+  tokenizer: Tokenizer,
+): TemplateSpec {
   const text = opts.text ?? DEFAULT_TEMPLATES[kind];
   for (const p of PLACEHOLDERS[kind]) {
     if (!text.includes(`{${p}}`)) throw new Error(`template: the ${kind} template needs a {${p}} placeholder`);
   }
   const chat = opts.chat === undefined || opts.chat === 'auto' ? tokenizer.hasChatTemplate : opts.chat;
-  if (chat && !tokenizer.hasChatTemplate) throw new Error('template: --chat was asked for but the tokenizer has no chat_template');
+  if (chat && !tokenizer.hasChatTemplate)
+    throw new Error('template: --chat was asked for but the tokenizer has no chat_template');
   if (!chat) {
-    if (opts.templateKwargs && Object.keys(opts.templateKwargs).length) throw new Error('template: chat template arguments were given, but prompts are rendered without the chat template');
+    if (opts.templateKwargs && Object.keys(opts.templateKwargs).length)
+      throw new Error(
+        'template: chat template arguments were given, but prompts are rendered without the chat template',
+      );
     return { kind, text, chat };
   }
-  const templateKwargs = { ...(takesEnableThinking(tokenizer) ? { enable_thinking: false } : {}), ...opts.templateKwargs };
+  const templateKwargs = {
+    ...(takesEnableThinking(tokenizer) ? { enable_thinking: false } : {}),
+    ...opts.templateKwargs,
+  };
   return Object.keys(templateKwargs).length ? { kind, text, chat, templateKwargs } : { kind, text, chat };
 }
 
 /** Whether the chat template reads `enable_thinking`: its generation prompt renders differently with it off. */
 function takesEnableThinking(tokenizer: Tokenizer): boolean {
   const probe = [{ role: 'user', content: 'Is it?' }];
-  return tokenizer.renderChat(probe, { addGenerationPrompt: true }) !== tokenizer.renderChat(probe, { addGenerationPrompt: true, templateKwargs: { enable_thinking: false } });
+  return (
+    tokenizer.renderChat(probe, { addGenerationPrompt: true }) !==
+    tokenizer.renderChat(probe, { addGenerationPrompt: true, templateKwargs: { enable_thinking: false } })
+  );
 }
 
 /** Fills placeholders in one pass, so text inside a prompt that looks like {response} is left alone. */
@@ -84,7 +106,12 @@ export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: s
 }
 
 /** `ids` carry one placeholder per entry of `images` (the shown items' image files, in order), not yet expanded. */
-interface Rendered { ids: number[]; truncatedTokens: number; droppedDemos: number; images: string[] }
+interface Rendered {
+  ids: number[];
+  truncatedTokens: number;
+  droppedDemos: number;
+  images: string[];
+}
 
 /**
  * Length bounds that keep huge inputs cheap. A prompt is cut by characters before it is tokenised: only its last
@@ -99,8 +126,15 @@ export const FIELD_CHARS_PER_TOKEN_LIMIT = 64;
 /** The query's response and question alone exceed the length budget: the item cannot be judged at this length. */
 export class TooLongError extends Error {
   override name = 'TooLongError';
-  constructor(readonly itemId: string, readonly tokens: number, readonly maxLength: number, estimated = false) {
-    super(`item ${itemId}: ${estimated ? 'over ' : ''}${tokens} tokens exceed --max-length ${maxLength} even with its prompt removed (the response and the question are never cut)`);
+  constructor(
+    readonly itemId: string,
+    readonly tokens: number,
+    readonly maxLength: number,
+    estimated = false,
+  ) {
+    super(
+      `item ${itemId}: ${estimated ? 'over ' : ''}${tokens} tokens exceed --max-length ${maxLength} even with its prompt removed (the response and the question are never cut)`,
+    );
   }
 }
 
@@ -110,28 +144,53 @@ export class TooLongError extends Error {
  * demonstrations are dropped (longest first). The query's response and the question are never cut: if they
  * alone do not fit, TooLongError.
  */
-export function render(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number, images?: ImageRendering | null): Rendered {
+export function render(
+  tokenizer: Tokenizer,
+  template: TemplateSpec,
+  demos: JudgeItem[],
+  query: JudgeItem,
+  maxLength: number,
+  images?: ImageRendering | null,
+): Rendered {
   const withImage = [...demos, query].find((it) => it.images?.length);
-  if (withImage && !images) throw new Error(`item ${withImage.id} has an image, but the prompt is rendered without image support (an image-text checkpoint is needed)`);
+  if (withImage && !images)
+    throw new Error(
+      `item ${withImage.id} has an image, but the prompt is rendered without image support (an image-text checkpoint is needed)`,
+    );
   const fieldLimit = maxLength * FIELD_CHARS_PER_TOKEN_LIMIT;
   const oversized = (it: JudgeItem) => Object.values(it.fields).some((f) => f.length > fieldLimit);
   if (oversized(query)) throw new TooLongError(query.id, maxLength, maxLength, true);
   let shown = demos.filter((it) => !oversized(it));
   for (;;) {
     const r = renderWithPromptCuts(tokenizer, template, shown, query, maxLength, images ?? null);
-    if (r) return { ...r, droppedDemos: demos.length - shown.length, images: [...shown, query].flatMap((it) => it.images ?? []) };
+    if (r)
+      return {
+        ...r,
+        droppedDemos: demos.length - shown.length,
+        images: [...shown, query].flatMap((it) => it.images ?? []),
+      };
     if (shown.length === 0) {
-      throw new TooLongError(query.id, assemble(tokenizer, template, [query], [fill(template, query, '')], images ?? null).length + imageExtra([query], images ?? null), maxLength);
+      throw new TooLongError(
+        query.id,
+        assemble(tokenizer, template, [query], [fill(template, query, '')], images ?? null).length +
+          imageExtra([query], images ?? null),
+        maxLength,
+      );
     }
     const longest = shown.reduce((best, it, i) => (length(it) > length(shown[best]!) ? i : best), 0);
     shown = shown.filter((_, i) => i !== longest);
   }
 }
 
-const length = (it: JudgeItem) => promptText(it.prompt).length + Object.values(it.fields).reduce((n, f) => n + f.length, 0);
+const length = (it: JudgeItem) =>
+  promptText(it.prompt).length + Object.values(it.fields).reduce((n, f) => n + f.length, 0);
 
 /** A prompt's text as tokenised: the whole of it, or (`charCut`) only a tail window of it. */
-interface PromptTokens { text: string; ids: number[]; charCut: boolean }
+interface PromptTokens {
+  text: string;
+  ids: number[];
+  charCut: boolean;
+}
 
 /**
  * Recent prompt tokenisations per tokenizer, keyed by a digest of the text: the same prompts come back in every
@@ -140,22 +199,35 @@ interface PromptTokens { text: string; ids: number[]; charCut: boolean }
 const promptMemo = new WeakMap<Tokenizer, { entries: Map<string, PromptTokens>; chars: number }>();
 const PROMPT_MEMO_CHARS = 8 * 1024 * 1024;
 
-/** Tokens of the end of `text`: at least `need` + 1 of them when the text has that many (the first may be a partial word). */
+/**
+ * Tokens of the end of `text`: at least `need` + 1 of them when the text has that many (the first may be a partial
+ * word).
+ */
 function promptTokens(tokenizer: Tokenizer, text: string, need: number): PromptTokens {
   let memo = promptMemo.get(tokenizer);
-  if (!memo) promptMemo.set(tokenizer, memo = { entries: new Map(), chars: 0 });
+  if (!memo) promptMemo.set(tokenizer, (memo = { entries: new Map(), chars: 0 }));
   const key = createHash('sha256').update(`${need}\0`).update(text).digest('base64');
   const hit = memo.entries.get(key);
-  if (hit) { memo.entries.delete(key); memo.entries.set(key, hit); return hit; }
+  if (hit) {
+    memo.entries.delete(key);
+    memo.entries.set(key, hit);
+    return hit;
+  }
   let window = Math.max(64, (need + 1) * PROMPT_WINDOW_CHARS_PER_TOKEN);
   let out: PromptTokens;
   for (;;) {
-    if (text.length <= window) { out = { text, ids: tokenizer.encodeText(text, { addSpecialTokens: false }), charCut: false }; break; }
+    if (text.length <= window) {
+      out = { text, ids: tokenizer.encodeText(text, { addSpecialTokens: false }), charCut: false };
+      break;
+    }
     let start = text.length - window;
     if (/[\uDC00-\uDFFF]/.test(text[start]!)) start++; // never split a surrogate pair
     const tail = text.slice(start);
     const ids = tokenizer.encodeText(tail, { addSpecialTokens: false });
-    if (ids.length > need) { out = { text: tail, ids, charCut: true }; break; }
+    if (ids.length > need) {
+      out = { text: tail, ids, charCut: true };
+      break;
+    }
     window *= 4; // text with very long tokens (runs of spaces, repeated symbols): widen and try again
   }
   memo.entries.set(key, out);
@@ -173,14 +245,31 @@ function imageExtra(items: JudgeItem[], images: ImageRendering | null): number {
   return items.reduce((n, it) => n + (it.images ?? []).reduce((m, f) => m + images!.tokens(f) - 1, 0), 0);
 }
 
-function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demos: JudgeItem[], query: JudgeItem, maxLength: number, images: ImageRendering | null): { ids: number[]; truncatedTokens: number } | null {
+function renderWithPromptCuts(
+  tokenizer: Tokenizer,
+  template: TemplateSpec,
+  demos: JudgeItem[],
+  query: JudgeItem,
+  maxLength: number,
+  images: ImageRendering | null,
+): { ids: number[]; truncatedTokens: number } | null {
   const items = [...demos, query];
   const extra = imageExtra(items, images);
   const prompts = items.map((it) => promptTokens(tokenizer, promptText(it.prompt), maxLength));
   const promptIds = prompts.map((p) => p.ids);
   const keep = promptIds.map((p) => p.length); // tokens kept from the end of each prompt
-  const texts = () => items.map((it, i) => fill(template, it, keep[i] === promptIds[i]!.length ? prompts[i]!.text : tokenizer.decode(promptIds[i]!.slice(promptIds[i]!.length - keep[i]!), { skipSpecialTokens: false })));
-  // Characters cut before tokenising count as at least one truncated token each prompt (their exact count is not computed).
+  const texts = () =>
+    items.map((it, i) =>
+      fill(
+        template,
+        it,
+        keep[i] === promptIds[i]!.length
+          ? prompts[i]!.text
+          : tokenizer.decode(promptIds[i]!.slice(promptIds[i]!.length - keep[i]!), { skipSpecialTokens: false }),
+      ),
+    );
+  // Characters cut before tokenising count as at least one truncated token each prompt (their exact count is not
+  // computed).
   let truncated = prompts.filter((p) => p.charCut).length;
   for (;;) {
     const ids = assemble(tokenizer, template, items, texts(), images);
@@ -198,7 +287,13 @@ function renderWithPromptCuts(tokenizer: Tokenizer, template: TemplateSpec, demo
  * The judge prompt's ids. Only the chat template's markup and the image placeholders are markup; every text from
  * the items (prompts, responses, the question, the answers) is untrusted text: it cannot hold a control token.
  */
-function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem[], texts: string[], images: ImageRendering | null = null): number[] {
+function assemble(
+  tokenizer: Tokenizer,
+  template: TemplateSpec,
+  items: JudgeItem[],
+  texts: string[],
+  images: ImageRendering | null = null,
+): number[] {
   const words = ANSWER_WORDS[template.kind];
   const last = items.length - 1;
   const count = (it: JudgeItem) => it.images?.length ?? 0;
@@ -209,12 +304,18 @@ function assemble(tokenizer: Tokenizer, template: TemplateSpec, items: JudgeItem
     const user = (it: JudgeItem, text: string): ChatInput => {
       if (!count(it)) return { role: 'user', content: text };
       if (!parts) return { role: 'user', content: text, markupBefore: images!.markup.repeat(count(it)) };
-      return { role: 'user', content: [...Array.from({ length: count(it) }, () => ({ type: 'image' as const })), { type: 'text', text }] };
+      return {
+        role: 'user',
+        content: [...Array.from({ length: count(it) }, () => ({ type: 'image' as const })), { type: 'text', text }],
+      };
     };
-    const messages = items.flatMap((it, i) => i === last
-      ? [user(it, texts[i]!)]
-      : [user(it, texts[i]!), { role: 'assistant', content: words[it.answer]! }]);
-    return tokenizer.applyChatTemplate(messages, { addGenerationPrompt: true, templateKwargs: template.templateKwargs });
+    const messages = items.flatMap((it, i) =>
+      i === last ? [user(it, texts[i]!)] : [user(it, texts[i]!), { role: 'assistant', content: words[it.answer]! }],
+    );
+    return tokenizer.applyChatTemplate(messages, {
+      addGenerationPrompt: true,
+      templateKwargs: template.templateKwargs,
+    });
   }
   const pieces: TextPiece[] = items.flatMap((it, i) => [
     { text: i === 0 ? '' : '\n\n', markup: false },
@@ -231,7 +332,11 @@ function chatRendersImageParts(tokenizer: Tokenizer, images: ImageRendering): bo
   let known = imagePartsMemo.get(tokenizer);
   if (known === undefined) {
     const probe: ChatInput = { role: 'user', content: [{ type: 'image' }, { type: 'text', text: 'Is it?' }] };
-    try { known = tokenizer.renderChat([probe], { addGenerationPrompt: true }).includes(images.placeholderText); } catch { known = false; }
+    try {
+      known = tokenizer.renderChat([probe], { addGenerationPrompt: true }).includes(images.placeholderText);
+    } catch {
+      known = false;
+    }
     imagePartsMemo.set(tokenizer, known);
   }
   return known;
@@ -261,15 +366,24 @@ export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec
   let strings: [string, string];
   if (template.chat) {
     const messages = [{ role: 'user', content: fill(template, probe) }];
-    const answered = (word: string) => tokenizer.applyChatTemplate([...messages, { role: 'assistant', content: word }], { addGenerationPrompt: false, templateKwargs: template.templateKwargs });
+    const answered = (word: string) =>
+      tokenizer.applyChatTemplate([...messages, { role: 'assistant', content: word }], {
+        addGenerationPrompt: false,
+        templateKwargs: template.templateKwargs,
+      });
     const [yes, no] = [answered(words[0]), answered(words[1])];
     let at = 0;
     while (at < yes.length && at < no.length && yes[at] === no[at]) at++;
-    if (at === yes.length || at === no.length) throw new Error(`template: the chat template renders the answers "${words[0]}" and "${words[1]}" alike; use a custom template with other answer words`);
+    if (at === yes.length || at === no.length)
+      throw new Error(
+        `template: the chat template renders the answers "${words[0]}" and "${words[1]}" alike; use a custom template with other answer words`,
+      );
     const basePrefix = base.length <= at && base.every((t, i) => yes[i] === t);
     if (basePrefix && at > base.length) {
       const between = tokenizer.decode(yes.slice(base.length, at), { skipSpecialTokens: false });
-      throw new Error(`template: the chat template puts ${JSON.stringify(between)} between the generation prompt and the answer, so the model's next token at the end of the prompt is not its verdict; pass chat template arguments that remove it (e.g. enable_thinking=false) or render without the chat template`);
+      throw new Error(
+        `template: the chat template puts ${JSON.stringify(between)} between the generation prompt and the answer, so the model's next token at the end of the prompt is not its verdict; pass chat template arguments that remove it (e.g. enable_thinking=false) or render without the chat template`,
+      );
     }
     // A variant counts where its rendering departs from the answers' shared prefix: the token at that position.
     firstAfter = (word) => {
@@ -280,20 +394,33 @@ export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec
   } else {
     firstAfter = (word) => {
       const ids = tokenizer.encodeText(`${fill(template, probe)}\nAnswer:${word}`);
-      return ids.length > base.length && base.every((t, i) => ids[i] === t) ? ids[base.length]! : tokenizer.encodeText(word.trimStart(), { addSpecialTokens: false })[0] ?? null;
+      return ids.length > base.length && base.every((t, i) => ids[i] === t)
+        ? ids[base.length]!
+        : (tokenizer.encodeText(word.trimStart(), { addSpecialTokens: false })[0] ?? null);
     };
     strings = [` ${words[0]}`, ` ${words[1]}`];
   }
   const primary = [firstAfter(strings[0]), firstAfter(strings[1])] as [number, number];
   if (primary[0] === primary[1]) {
-    throw new Error(`template: "${words[0]}" and "${words[1]}" begin with the same token (${primary[0]}) in this tokenizer; use a custom template with other answer words`);
+    throw new Error(
+      `template: "${words[0]}" and "${words[1]}" begin with the same token (${primary[0]}) in this tokenizer; use a custom template with other answer words`,
+    );
   }
   // Variants: case and leading-space forms. A token that is only whitespace says nothing about the verdict, and
   // a one-letter lowercase form ("a") is mostly the article, not the answer: both are left out.
-  const forms = (w: string) => [w, w.toLowerCase(), w.toUpperCase()].filter((v) => !(v.length === 1 && v !== v.toUpperCase()));
-  const meaningful = (t: number | null): t is number => t !== null && tokenizer.decode([t], { skipSpecialTokens: false }).trim() !== '';
-  const variantsOf = (w: string) => [...new Set(forms(w).flatMap((v) => [firstAfter(v), firstAfter(` ${v}`)]).filter(meaningful))];
-  const yes = variantsOf(words[0]), no = variantsOf(words[1]);
+  const forms = (w: string) =>
+    [w, w.toLowerCase(), w.toUpperCase()].filter((v) => !(v.length === 1 && v !== v.toUpperCase()));
+  const meaningful = (t: number | null): t is number =>
+    t !== null && tokenizer.decode([t], { skipSpecialTokens: false }).trim() !== '';
+  const variantsOf = (w: string) => [
+    ...new Set(
+      forms(w)
+        .flatMap((v) => [firstAfter(v), firstAfter(` ${v}`)])
+        .filter(meaningful),
+    ),
+  ];
+  const yes = variantsOf(words[0]),
+    no = variantsOf(words[1]);
   const shared = new Set(yes.filter((t) => no.includes(t)));
   const variants: [number[], number[]] = [yes.filter((t) => !shared.has(t)), no.filter((t) => !shared.has(t))];
   for (const [i, p] of primary.entries()) if (!variants[i]!.includes(p)) variants[i]!.unshift(p);

@@ -5,32 +5,87 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
-import { INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from '../model/graph/quantized-linear.js';
+import {
+  INT8_KERNELS,
+  WEIGHT_DTYPES,
+  type Int8Kernel,
+  type QuantOptions,
+  type WeightDType,
+} from '../model/graph/quantized-linear.js';
 import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
 import { INT4_METHODS, type Int4Method } from '../model/quant/weight-format.js';
 import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 
 export interface ModelCliOptions {
-  model: string; cacheDir?: string; threads?: number; revision?: string; quiet?: boolean;
-  dtype?: WeightDType; blockSize?: number; accuracyLevel?: QuantOptions['accuracyLevel']; int8Kernel?: Int8Kernel; int4Method?: Int4Method;
+  model: string;
+  cacheDir?: string;
+  threads?: number;
+  revision?: string;
+  quiet?: boolean;
+  dtype?: WeightDType;
+  blockSize?: number;
+  accuracyLevel?: QuantOptions['accuracyLevel'];
+  int8Kernel?: Int8Kernel;
+  int4Method?: Int4Method;
 }
 
 /** The weight-format part of the model flags, as Decoder.load options. */
-export function weightFormatOptions(o: ModelCliOptions): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel' | 'int4Method'> {
-  return { dtype: o.dtype, blockSize: o.blockSize, accuracyLevel: o.accuracyLevel, int8Kernel: o.int8Kernel, int4Method: o.int4Method };
+export function weightFormatOptions(
+  o: ModelCliOptions,
+): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel' | 'int4Method'> {
+  return {
+    dtype: o.dtype,
+    blockSize: o.blockSize,
+    accuracyLevel: o.accuracyLevel,
+    int8Kernel: o.int8Kernel,
+    int4Method: o.int4Method,
+  };
 }
 
 export function addModelOptions(cmd: Command, defaultModel?: string): Command {
   const model = 'Hugging Face checkpoint folder or hub id (owner/name[@revision])';
-  return (defaultModel ? cmd.option('--model <dir|hub-id>', model, defaultModel) : cmd.requiredOption('--model <dir|hub-id>', model))
+  return (
+    defaultModel
+      ? cmd.option('--model <dir|hub-id>', model, defaultModel)
+      : cmd.requiredOption('--model <dir|hub-id>', model)
+  )
     .option('--revision <rev>', 'hub revision (branch, tag or commit)')
-    .option('--cache-dir <dir>', 'where built graphs and downloads are kept (default ~/.cache/activation-rm, or $ARM_CACHE_DIR)')
+    .option(
+      '--cache-dir <dir>',
+      'where built graphs and downloads are kept (default ~/.cache/activation-rm, or $ARM_CACHE_DIR)',
+    )
     .option('--threads <n>', 'onnxruntime intra-op threads (default: all cores)', (v) => positiveInt(v, '--threads'))
-    .addOption(new Option('--dtype <dtype>', 'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)').choices(WEIGHT_DTYPES))
-    .option('--block-size <n>', 'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, 16 below 20 M parameters)', (v) => positiveInt(v, '--block-size'))
-    .addOption(new Option('--accuracy-level <n>', 'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)').choices(['0', '1', '2', '3', '4']).argParser((v) => Number(v) as QuantOptions['accuracyLevel']))
-    .addOption(new Option('--int8-kernel <kernel>', 'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)').choices(INT8_KERNELS))
-    .addOption(new Option('--int4-method <method>', 'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; needs an fp32 copy while building) (default: gptq below 20 M parameters, rtn above)').choices(INT4_METHODS))
+    .addOption(
+      new Option(
+        '--dtype <dtype>',
+        'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)',
+      ).choices(WEIGHT_DTYPES),
+    )
+    .option(
+      '--block-size <n>',
+      'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, 16 below 20 M parameters)',
+      (v) => positiveInt(v, '--block-size'),
+    )
+    .addOption(
+      new Option(
+        '--accuracy-level <n>',
+        'int8/int4: onnxruntime MatMulNBits accuracy_level (4 = int8 compute, 0 = fp32 compute; default 4)',
+      )
+        .choices(['0', '1', '2', '3', '4'])
+        .argParser((v) => Number(v) as QuantOptions['accuracyLevel']),
+    )
+    .addOption(
+      new Option(
+        '--int8-kernel <kernel>',
+        'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)',
+      ).choices(INT8_KERNELS),
+    )
+    .addOption(
+      new Option(
+        '--int4-method <method>',
+        'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; needs an fp32 copy while building) (default: gptq below 20 M parameters, rtn above)',
+      ).choices(INT4_METHODS),
+    )
     .option('--quiet', 'no progress bars');
 }
 
@@ -38,37 +93,80 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
 export function addJudgeOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--template <kind>', 'judge template').choices(['scalar', 'ranked']).default('scalar'))
-    .option('--template-text <text>', 'custom template with {prompt} {response} (ranked: {response_a} {response_b}) placeholders')
+    .option(
+      '--template-text <text>',
+      'custom template with {prompt} {response} (ranked: {response_a} {response_b}) placeholders',
+    )
     .option('--chat', 'force the chat template')
     .option('--no-chat', 'plain-text prompts even if the tokenizer has a chat template')
-    .option('--template-kwargs <json>', 'extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (templates that read enable_thinking get false unless set here)', (v) => jsonObject(v, '--template-kwargs'))
+    .option(
+      '--template-kwargs <json>',
+      'extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (templates that read enable_thinking get false unless set here)',
+      (v) => jsonObject(v, '--template-kwargs'),
+    )
     .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
-    .option('--max-length <n>', 'token budget per prompt (default: the model\'s positions)', (v) => positiveInt(v, '--max-length'));
+    .option('--max-length <n>', "token budget per prompt (default: the model's positions)", (v) =>
+      positiveInt(v, '--max-length'),
+    );
 }
 
 /** Activation RM fitting flags (DESIGN.md §1 defaults). */
 export function addFitOptions(cmd: Command): Command {
   return cmd
     .option('--passes <T>', 'mean-extraction passes', (v) => positiveInt(v, '--passes'), 100)
-    .option('--shots <k>', 'demonstrations per pass (0: one zero-shot pass per example)', (v) => nonNegativeInt(v, '--shots'), 4)
-    .option('--passes-per-demo-set <g>', 'passes sharing one demo draw, run as one shared prefix (1 = independent draws, ~4× slower means)', (v) => positiveInt(v, '--passes-per-demo-set'), DEFAULT_PASSES_PER_DEMO_SET)
+    .option(
+      '--shots <k>',
+      'demonstrations per pass (0: one zero-shot pass per example)',
+      (v) => nonNegativeInt(v, '--shots'),
+      4,
+    )
+    .option(
+      '--passes-per-demo-set <g>',
+      'passes sharing one demo draw, run as one shared prefix (1 = independent draws, ~4× slower means)',
+      (v) => positiveInt(v, '--passes-per-demo-set'),
+      DEFAULT_PASSES_PER_DEMO_SET,
+    )
     .option('--steps <n>', 'REINFORCE steps', (v) => positiveInt(v, '--steps'), 600)
     .option('--samples <S>', 'masks per REINFORCE step', (v) => positiveInt(v, '--samples'), 32)
     .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1)
-    .option('--denoise-before-selection', 'denoise the means of every head before head selection, not the selected heads after it (fit: with --denoise; eval: the arm-denoised row)');
+    .option(
+      '--denoise-before-selection',
+      'denoise the means of every head before head selection, not the selected heads after it (fit: with --denoise; eval: the arm-denoised row)',
+    );
 }
 
-export interface JudgeCliOptions { template: 'scalar' | 'ranked'; templateText?: string; chat: boolean | 'auto'; templateKwargs?: Record<string, unknown>; batchSize: number; maxLength?: number }
-export interface FitCliFlags { passes: number; shots: number; passesPerDemoSet: number; steps: number; samples: number; lr: number; denoiseBeforeSelection?: boolean }
+export interface JudgeCliOptions {
+  template: 'scalar' | 'ranked';
+  templateText?: string;
+  chat: boolean | 'auto';
+  templateKwargs?: Record<string, unknown>;
+  batchSize: number;
+  maxLength?: number;
+}
+export interface FitCliFlags {
+  passes: number;
+  shots: number;
+  passesPerDemoSet: number;
+  steps: number;
+  samples: number;
+  lr: number;
+  denoiseBeforeSelection?: boolean;
+}
 
 /** A flag's value parsed as a JSON object (not an array, string or null); errors name the flag. */
 export function jsonObject(v: string, flag: string): Record<string, unknown> {
   let parsed: unknown;
-  try { parsed = JSON.parse(v); } catch (e) {
-    throw new Error(`${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; ${JSON.stringify(v)} is not valid JSON (${(e as Error).message})`);
+  try {
+    parsed = JSON.parse(v);
+  } catch (e) {
+    throw new Error(
+      `${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; ${JSON.stringify(v)} is not valid JSON (${(e as Error).message})`,
+    );
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new Error(`${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; got ${Array.isArray(parsed) ? 'an array' : parsed === null ? 'null' : `a ${typeof parsed}`}`);
+    throw new Error(
+      `${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; got ${Array.isArray(parsed) ? 'an array' : parsed === null ? 'null' : `a ${typeof parsed}`}`,
+    );
   }
   return parsed as Record<string, unknown>;
 }
@@ -87,20 +185,33 @@ export function positiveInt(v: string, flag: string): number {
 }
 
 /** A progress bar on stderr (only when stderr is a terminal and not --quiet). */
-export function progressBar(label: string, quiet?: boolean): { update(done: number, total: number, info?: string): void; stop(): void } {
+export function progressBar(
+  label: string,
+  quiet?: boolean,
+): { update(done: number, total: number, info?: string): void; stop(): void } {
   if (quiet || !process.stderr.isTTY) return { update() {}, stop() {} };
-  const bar = new cliProgress.SingleBar({
-    format: `${label} {bar} {value}/{total} | {rate}/s | ETA {eta_formatted} | {info}`, stream: process.stderr, etaBuffer: 50,
-  }, cliProgress.Presets.shades_classic);
+  const bar = new cliProgress.SingleBar(
+    {
+      format: `${label} {bar} {value}/{total} | {rate}/s | ETA {eta_formatted} | {info}`,
+      stream: process.stderr,
+      etaBuffer: 50,
+    },
+    cliProgress.Presets.shades_classic,
+  );
   let started = false;
   const t0 = Date.now();
   return {
     update(done, total, info = '') {
-      if (!started) { bar.start(total, 0, { info, rate: '0' }); started = true; }
+      if (!started) {
+        bar.start(total, 0, { info, rate: '0' });
+        started = true;
+      }
       bar.setTotal(total);
       bar.update(done, { info, rate: (done / Math.max(1e-3, (Date.now() - t0) / 1000)).toFixed(1) });
     },
-    stop() { if (started) bar.stop(); },
+    stop() {
+      if (started) bar.stop();
+    },
   };
 }
 
@@ -108,7 +219,11 @@ export async function loadDecoder(opts: ModelCliOptions): Promise<Decoder> {
   const bar = progressBar('building graph', opts.quiet);
   try {
     return await Decoder.load(opts.model, {
-      cacheDir: opts.cacheDir, threads: opts.threads, revision: opts.revision, quiet: opts.quiet, ...weightFormatOptions(opts),
+      cacheDir: opts.cacheDir,
+      threads: opts.threads,
+      revision: opts.revision,
+      quiet: opts.quiet,
+      ...weightFormatOptions(opts),
       onBuildProgress: (done, total, what) => bar.update(done, total, what),
     });
   } finally {
@@ -117,7 +232,10 @@ export async function loadDecoder(opts: ModelCliOptions): Promise<Decoder> {
 }
 
 /** A file a command reads, for refusing to write over it. */
-export interface InputFile { path: string; what: string }
+export interface InputFile {
+  path: string;
+  what: string;
+}
 
 /** The files of a local model folder (recursively, capped), as inputs; none for a hub id. */
 export function modelInputs(model: string): InputFile[] {
@@ -125,12 +243,20 @@ export function modelInputs(model: string): InputFile[] {
   try {
     if (!fs.statSync(model).isDirectory()) return [];
     entries = fs.readdirSync(model, { recursive: true, encoding: 'utf8' }).slice(0, 10_000);
-  } catch { return []; }
+  } catch {
+    return [];
+  }
   return entries.map((f) => ({ path: path.join(model, f), what: `a file of the model folder ${model}` }));
 }
 
 const sameFile = (a: fs.Stats, b: fs.Stats) => a.dev === b.dev && a.ino === b.ino;
-const statOrNull = (file: string) => { try { return fs.statSync(file); } catch { return null; } };
+const statOrNull = (file: string) => {
+  try {
+    return fs.statSync(file);
+  } catch {
+    return null;
+  }
+};
 const errCode = (e: unknown) => (e as NodeJS.ErrnoException).code ?? (e as Error).message;
 
 /**
@@ -140,28 +266,42 @@ const errCode = (e: unknown) => (e as NodeJS.ErrnoException).code ?? (e as Error
  * file (a probe file is created and removed). Returns `cleanup`, which removes the folders this created if
  * they are still empty: call it when the command fails.
  */
-export function prepareOutput(file: string, opts: { flag: string; inputs: InputFile[]; criterion?: boolean; force?: boolean }): { cleanup: () => void } {
+export function prepareOutput(
+  file: string,
+  opts: { flag: string; inputs: InputFile[]; criterion?: boolean; force?: boolean },
+): { cleanup: () => void } {
   const at = statOrNull(file);
   if (at?.isDirectory()) throw new Error(`${opts.flag} ${file}: is a folder, not a file`);
   if (at) {
     for (const input of opts.inputs) {
       const st = statOrNull(input.path);
-      if (st?.isFile() && sameFile(st, at)) throw new Error(`${opts.flag} ${file}: is ${input.what} (${input.path}), which this command reads; refusing to write over it. Choose another output path`);
+      if (st?.isFile() && sameFile(st, at))
+        throw new Error(
+          `${opts.flag} ${file}: is ${input.what} (${input.path}), which this command reads; refusing to write over it. Choose another output path`,
+        );
     }
     if (opts.criterion && !opts.force && !isCriterionFile(file)) {
-      throw new Error(`${opts.flag} ${file}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`);
+      throw new Error(
+        `${opts.flag} ${file}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`,
+      );
     }
   }
   const dir = path.dirname(path.resolve(file));
   let created: string | undefined;
-  try { created = fs.mkdirSync(dir, { recursive: true }); } catch (e) {
+  try {
+    created = fs.mkdirSync(dir, { recursive: true });
+  } catch (e) {
     throw new Error(`${opts.flag} ${file}: cannot create its folder ${dir} (${errCode(e)})`);
   }
   const cleanup = () => {
     if (!created) return;
     // Remove the folders made here, deepest first, as long as they are empty.
     for (let d = dir; ; d = path.dirname(d)) {
-      try { fs.rmdirSync(d); } catch { return; }
+      try {
+        fs.rmdirSync(d);
+      } catch {
+        return;
+      }
       if (d === created) return;
     }
   };
@@ -177,7 +317,11 @@ export function prepareOutput(file: string, opts: { flag: string; inputs: InputF
 }
 
 function isCriterionFile(file: string): boolean {
-  try { return readSafetensorsMetadata(file).arm !== undefined; } catch { return false; }
+  try {
+    return readSafetensorsMetadata(file).arm !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 /** Writes `text` to `file` through a temporary file renamed into place; the temporary file never stays. */
@@ -199,7 +343,10 @@ const SKIPPED_LISTED = 10;
  * Reports rows `--skip-invalid` left out, on stderr: the first SKIPPED_LISTED with their reasons (each names
  * file:line and, where it is one, the field), then a count of the rest. Call `add` per row, `end` once.
  */
-export function skipReporter(file: string, write: (s: string) => void = (s) => process.stderr.write(s)): { add(s: { line: number; reason: string }): void; end(): number } {
+export function skipReporter(
+  file: string,
+  write: (s: string) => void = (s) => process.stderr.write(s),
+): { add(s: { line: number; reason: string }): void; end(): number } {
   let count = 0;
   return {
     add(s) {
@@ -241,7 +388,10 @@ export function dropTornLastLine(file: string): number {
       const start = Math.max(0, end - buf.length);
       const n = fs.readSync(fd, buf, 0, end - start, start);
       const nl = buf.subarray(0, n).lastIndexOf(0x0a);
-      if (nl !== -1) { end = start + nl + 1; break; }
+      if (nl !== -1) {
+        end = start + nl + 1;
+        break;
+      }
       end = start;
     }
     if (end < size) fs.ftruncateSync(fd, end);

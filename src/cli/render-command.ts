@@ -14,14 +14,29 @@ import type { Tokenizer } from '../model/tokenizer.js';
 import { addJudgeOptions, addModelOptions, loadDecoder, type JudgeCliOptions, type ModelCliOptions } from './common.js';
 import { DEFAULT_MODEL } from './arm-commands.js';
 
-interface RenderCliOptions extends ModelCliOptions, JudgeCliOptions { input: string; rm?: string; json?: boolean; imageRoot?: string }
+interface RenderCliOptions extends ModelCliOptions, JudgeCliOptions {
+  input: string;
+  rm?: string;
+  json?: boolean;
+  imageRoot?: string;
+}
 
 export function registerRenderCommand(program: Command): void {
-  addJudgeOptions(addModelOptions(program.command('render').description('show the exact judge prompt of every item: text with special tokens marked, or ids (--json)'), DEFAULT_MODEL))
+  addJudgeOptions(
+    addModelOptions(
+      program
+        .command('render')
+        .description('show the exact judge prompt of every item: text with special tokens marked, or ids (--json)'),
+      DEFAULT_MODEL,
+    ),
+  )
     .requiredOption('--input <file.jsonl>', 'pairs {prompt, chosen, rejected} and/or items {prompt, response[, label]}')
-    .option('--rm <file.arm.safetensors>', 'render with this criterion\'s template (otherwise --template, --template-text, --chat)')
+    .option(
+      '--rm <file.arm.safetensors>',
+      "render with this criterion's template (otherwise --template, --template-text, --chat)",
+    )
     .option('--json', 'one JSON line per judge item: {id, text, inputIds, specialIds}')
-    .option('--image-root <dir>', 'folder that rows\' image paths are read under (default: the input file\'s folder)')
+    .option('--image-root <dir>', "folder that rows' image paths are read under (default: the input file's folder)")
     .action(async (o: RenderCliOptions) => {
       const { examples } = readExamples(o.input, { labelsOptional: true, imageRoot: o.imageRoot });
       const decoder = await loadDecoder({ ...o, quiet: o.quiet || o.json });
@@ -34,10 +49,17 @@ export function registerRenderCommand(program: Command): void {
           template = meta.template;
           maxLength = o.maxLength ?? meta.hyper.maxLength;
         } else {
-          template = makeTemplate(o.template, { text: o.templateText, chat: o.chat, templateKwargs: o.templateKwargs }, decoder.tokenizer);
+          template = makeTemplate(
+            o.template,
+            { text: o.templateText, chat: o.chat, templateKwargs: o.templateKwargs },
+            decoder.tokenizer,
+          );
         }
         // A query's answer is never shown, so unlabelled items render as they are scored.
-        const items = judgeItems(examples.map((e) => (e.kind === 'scalar' && e.label === null ? { ...e, label: true } : e)), template.kind);
+        const items = judgeItems(
+          examples.map((e) => (e.kind === 'scalar' && e.label === null ? { ...e, label: true } : e)),
+          template.kind,
+        );
         const images = await judgeImagesFor(decoder, items);
         for (const item of items) {
           let ids: number[];
@@ -46,18 +68,27 @@ export function registerRenderCommand(program: Command): void {
             ids = expandImages(r.ids, r.images, images);
           } catch (e) {
             if (!(e instanceof TooLongError)) throw e;
-            process.stdout.write(o.json ? `${JSON.stringify({ id: item.id, tooLong: true, error: e.message })}\n` : `── ${item.id}: ${e.message}\n\n`);
+            process.stdout.write(
+              o.json
+                ? `${JSON.stringify({ id: item.id, tooLong: true, error: e.message })}\n`
+                : `── ${item.id}: ${e.message}\n\n`,
+            );
             continue;
           }
           const control = decoder.tokenizer.controlTokenIds;
           if (o.json) {
             const specialIds = ids.flatMap((id, at) => (control.has(id) ? [at] : []));
-            process.stdout.write(`${JSON.stringify({ id: item.id, text: decoder.tokenizer.decode(ids, { skipSpecialTokens: false }), inputIds: ids, specialIds })}\n`);
+            process.stdout.write(
+              `${JSON.stringify({ id: item.id, text: decoder.tokenizer.decode(ids, { skipSpecialTokens: false }), inputIds: ids, specialIds })}\n`,
+            );
           } else {
             process.stdout.write(`── ${item.id} (${ids.length} tokens)\n${markedText(decoder.tokenizer, ids)}\n\n`);
           }
         }
-        if (!o.json) process.stderr.write('special tokens are shown as ⟦token⟧ (×n: n in a row); all other text is read as plain text\n');
+        if (!o.json)
+          process.stderr.write(
+            'special tokens are shown as ⟦token⟧ (×n: n in a row); all other text is read as plain text\n',
+          );
       } finally {
         await disposeDecoder(decoder);
       }
@@ -69,7 +100,9 @@ function expandImages(ids: number[], files: readonly string[], images: JudgeImag
   if (!files.length || !images) return ids;
   const placeholder = images.processor.placeholders.image;
   let next = 0;
-  return ids.flatMap((id) => (id === placeholder && next < files.length ? Array<number>(images.tokens(files[next++]!)).fill(id) : [id]));
+  return ids.flatMap((id) =>
+    id === placeholder && next < files.length ? Array<number>(images.tokens(files[next++]!)).fill(id) : [id],
+  );
 }
 
 /** The prompt as text, each run of one control token shown as ⟦token⟧ or ⟦token⟧×n; plain text decoded in runs. */

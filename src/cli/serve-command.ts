@@ -9,35 +9,131 @@ import { addModelOptions, nonNegativeInt, positiveInt, weightFormatOptions, type
 import { DEFAULT_MODEL } from './arm-commands.js';
 
 interface ServeCliOptions extends ModelCliOptions {
-  rm: string[]; combine?: string; host: string; port: number; apiKeyFile?: string;
-  maxBatch: number; maxWaitMs: number; maxQueue: number; batchSize?: number; maxLength?: number; bodyLimitMib: number;
-  rewardReadout: Readout; scoreTransform: string; tooLongReward?: string; imageRoot: string; splitWithoutPrompts: SplitWithoutPrompts;
-  requestTimeoutS: number; idleTimeoutS: number; keepAliveTimeoutS: number; maxRequestsPerSocket: number; maxConnections: number;
+  rm: string[];
+  combine?: string;
+  host: string;
+  port: number;
+  apiKeyFile?: string;
+  maxBatch: number;
+  maxWaitMs: number;
+  maxQueue: number;
+  batchSize?: number;
+  maxLength?: number;
+  bodyLimitMib: number;
+  rewardReadout: Readout;
+  scoreTransform: string;
+  tooLongReward?: string;
+  imageRoot: string;
+  splitWithoutPrompts: SplitWithoutPrompts;
+  requestTimeoutS: number;
+  idleTimeoutS: number;
+  keepAliveTimeoutS: number;
+  maxRequestsPerSocket: number;
+  maxConnections: number;
 }
 
 export function registerServeCommand(program: Command): void {
-  addModelOptions(program.command('serve').description('serve criteria as a reward model over HTTP (OpenRLHF /get_reward, vLLM /classify, /v1/score)'), DEFAULT_MODEL)
-    .requiredOption('--rm <name=file>', 'criterion file, optionally named (repeat for several)', (v: string, acc: string[] = []) => [...acc, v])
+  addModelOptions(
+    program
+      .command('serve')
+      .description('serve criteria as a reward model over HTTP (OpenRLHF /get_reward, vLLM /classify, /v1/score)'),
+    DEFAULT_MODEL,
+  )
+    .requiredOption(
+      '--rm <name=file>',
+      'criterion file, optionally named (repeat for several)',
+      (v: string, acc: string[] = []) => [...acc, v],
+    )
     .option('--combine <name=w,...>', 'default reward: a weighted sum of criteria (extra_logs carries each one)')
     .option('--host <addr>', 'address to bind (loopback by default; anything else exposes the server)', '127.0.0.1')
     .option('--port <n>', 'port (0: any free port)', (v) => nonNegativeInt(v, '--port'), 5000)
-    .option('--api-key-file <file>', 'require "Authorization: Bearer <key>" (the file\'s content) on every endpoint but /health')
-    .option('--max-batch <n>', 'most judge items per micro-batch', (v) => positiveInt(v, '--max-batch'), SERVER_DEFAULTS.maxBatch)
-    .option('--max-wait-ms <ms>', 'longest an item waits for its batch to fill', (v) => nonNegativeInt(v, '--max-wait-ms'), SERVER_DEFAULTS.maxWaitMs)
-    .option('--max-queue <n>', 'most judge items waiting; beyond it requests get 503 + Retry-After', (v) => positiveInt(v, '--max-queue'), SERVER_DEFAULTS.maxQueue)
-    .option('--batch-size <n>', 'forward batch size (default: the criterion\'s, as arm score)', (v) => positiveInt(v, '--batch-size'))
-    .option('--max-length <n>', 'token budget per judge prompt (default: the criterion\'s)', (v) => positiveInt(v, '--max-length'))
-    .option('--body-limit-mib <n>', 'largest request body; larger gets 413', (v) => positiveInt(v, '--body-limit-mib'), SERVER_DEFAULTS.bodyLimit / 2 ** 20)
-    .option('--request-timeout-s <s>', 'a client must send a whole request (headers and body) within this; else 408 and the connection is closed', (v) => positiveInt(v, '--request-timeout-s'), SERVER_DEFAULTS.requestTimeoutMs / 1000)
-    .option('--idle-timeout-s <s>', 'a connection with no request being answered that sends nothing this long is closed', (v) => positiveInt(v, '--idle-timeout-s'), SERVER_DEFAULTS.idleTimeoutMs / 1000)
-    .option('--keep-alive-timeout-s <s>', 'an idle kept-alive connection is closed this long after its last response', (v) => positiveInt(v, '--keep-alive-timeout-s'), SERVER_DEFAULTS.keepAliveTimeoutMs / 1000)
-    .option('--max-requests-per-socket <n>', 'requests one kept-alive connection may carry before it is closed (0: no limit)', (v) => nonNegativeInt(v, '--max-requests-per-socket'), SERVER_DEFAULTS.maxRequestsPerSocket)
-    .option('--max-connections <n>', 'most open connections; beyond it new ones are closed at once', (v) => positiveInt(v, '--max-connections'), SERVER_DEFAULTS.maxConnections)
-    .addOption(new Option('--reward-readout <kind>', '/get_reward "rewards": P(Yes), the Yes/No-normalised probability, or logit(Yes) − logit(No)').choices(['reward', 'normalized', 'logit-diff']).default('reward'))
+    .option(
+      '--api-key-file <file>',
+      'require "Authorization: Bearer <key>" (the file\'s content) on every endpoint but /health',
+    )
+    .option(
+      '--max-batch <n>',
+      'most judge items per micro-batch',
+      (v) => positiveInt(v, '--max-batch'),
+      SERVER_DEFAULTS.maxBatch,
+    )
+    .option(
+      '--max-wait-ms <ms>',
+      'longest an item waits for its batch to fill',
+      (v) => nonNegativeInt(v, '--max-wait-ms'),
+      SERVER_DEFAULTS.maxWaitMs,
+    )
+    .option(
+      '--max-queue <n>',
+      'most judge items waiting; beyond it requests get 503 + Retry-After',
+      (v) => positiveInt(v, '--max-queue'),
+      SERVER_DEFAULTS.maxQueue,
+    )
+    .option('--batch-size <n>', "forward batch size (default: the criterion's, as arm score)", (v) =>
+      positiveInt(v, '--batch-size'),
+    )
+    .option('--max-length <n>', "token budget per judge prompt (default: the criterion's)", (v) =>
+      positiveInt(v, '--max-length'),
+    )
+    .option(
+      '--body-limit-mib <n>',
+      'largest request body; larger gets 413',
+      (v) => positiveInt(v, '--body-limit-mib'),
+      SERVER_DEFAULTS.bodyLimit / 2 ** 20,
+    )
+    .option(
+      '--request-timeout-s <s>',
+      'a client must send a whole request (headers and body) within this; else 408 and the connection is closed',
+      (v) => positiveInt(v, '--request-timeout-s'),
+      SERVER_DEFAULTS.requestTimeoutMs / 1000,
+    )
+    .option(
+      '--idle-timeout-s <s>',
+      'a connection with no request being answered that sends nothing this long is closed',
+      (v) => positiveInt(v, '--idle-timeout-s'),
+      SERVER_DEFAULTS.idleTimeoutMs / 1000,
+    )
+    .option(
+      '--keep-alive-timeout-s <s>',
+      'an idle kept-alive connection is closed this long after its last response',
+      (v) => positiveInt(v, '--keep-alive-timeout-s'),
+      SERVER_DEFAULTS.keepAliveTimeoutMs / 1000,
+    )
+    .option(
+      '--max-requests-per-socket <n>',
+      'requests one kept-alive connection may carry before it is closed (0: no limit)',
+      (v) => nonNegativeInt(v, '--max-requests-per-socket'),
+      SERVER_DEFAULTS.maxRequestsPerSocket,
+    )
+    .option(
+      '--max-connections <n>',
+      'most open connections; beyond it new ones are closed at once',
+      (v) => positiveInt(v, '--max-connections'),
+      SERVER_DEFAULTS.maxConnections,
+    )
+    .addOption(
+      new Option(
+        '--reward-readout <kind>',
+        '/get_reward "rewards": P(Yes), the Yes/No-normalised probability, or logit(Yes) − logit(No)',
+      )
+        .choices(['reward', 'normalized', 'logit-diff'])
+        .default('reward'),
+    )
     .option('--score-transform <t>', '/get_reward "scores" from rewards: none | logit | threshold:<x>', 'none')
     .option('--too-long-reward <x>', 'reward sent for an item too long to score (default null)')
-    .addOption(new Option('--split-without-prompts <rule>', '/get_reward without "prompts" and /classify: refuse (400), or cut at the last assistant-turn opener — RISK: a response that spells a turn opener moves the question and gets its own question graded; use only with trusted policies').choices([...SPLIT_WITHOUT_PROMPTS]).default('refuse'))
-    .option('--image-root <dir>', '/v1/score "images" paths (image-text checkpoints) are read under this folder; paths outside it are refused', '.')
+    .addOption(
+      new Option(
+        '--split-without-prompts <rule>',
+        '/get_reward without "prompts" and /classify: refuse (400), or cut at the last assistant-turn opener — RISK: a response that spells a turn opener moves the question and gets its own question graded; use only with trusted policies',
+      )
+        .choices([...SPLIT_WITHOUT_PROMPTS])
+        .default('refuse'),
+    )
+    .option(
+      '--image-root <dir>',
+      '/v1/score "images" paths (image-text checkpoints) are read under this folder; paths outside it are refused',
+      '.',
+    )
     .action(async (o: ServeCliOptions) => {
       const apiKey = o.apiKeyFile === undefined ? undefined : readApiKey(o.apiKeyFile);
       const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
@@ -49,41 +145,76 @@ export function registerServeCommand(program: Command): void {
       if (dup) throw new Error(`--rm: the name "${dup}" is given twice`);
       for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
       const imageRoot = path.resolve(o.imageRoot);
-      if (!fs.existsSync(imageRoot) || !fs.statSync(imageRoot).isDirectory()) throw new Error(`--image-root ${o.imageRoot}: no such folder`);
-      if (!o.quiet) process.stderr.write(`arm serve: loading ${o.model} and ${criteria.length} criteria in the scoring thread (the first run builds the graph)…\n`);
+      if (!fs.existsSync(imageRoot) || !fs.statSync(imageRoot).isDirectory())
+        throw new Error(`--image-root ${o.imageRoot}: no such folder`);
+      if (!o.quiet)
+        process.stderr.write(
+          `arm serve: loading ${o.model} and ${criteria.length} criteria in the scoring thread (the first run builds the graph)…\n`,
+        );
       // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
-      const engine = await WorkerEngine.start({ model: o.model, load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) }, criteria });
+      const engine = await WorkerEngine.start({
+        model: o.model,
+        load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) },
+        criteria,
+      });
       let closed = false;
       try {
         const server = await createRewardServer({
-          engine, combine, maxBatch: o.maxBatch, maxWaitMs: o.maxWaitMs, maxQueue: o.maxQueue, batchSize: o.batchSize,
-          maxLength: o.maxLength, bodyLimit: o.bodyLimitMib * 2 ** 20, apiKey, readout: o.rewardReadout, scoreTransform, tooLongReward,
-          modelName: o.model, log: (line) => process.stderr.write(`${line}\n`), imageRoot, splitWithoutPrompts: o.splitWithoutPrompts,
-          requestTimeoutMs: o.requestTimeoutS * 1000, idleTimeoutMs: o.idleTimeoutS * 1000, keepAliveTimeoutMs: o.keepAliveTimeoutS * 1000,
-          maxRequestsPerSocket: o.maxRequestsPerSocket, maxConnections: o.maxConnections,
+          engine,
+          combine,
+          maxBatch: o.maxBatch,
+          maxWaitMs: o.maxWaitMs,
+          maxQueue: o.maxQueue,
+          batchSize: o.batchSize,
+          maxLength: o.maxLength,
+          bodyLimit: o.bodyLimitMib * 2 ** 20,
+          apiKey,
+          readout: o.rewardReadout,
+          scoreTransform,
+          tooLongReward,
+          modelName: o.model,
+          log: (line) => process.stderr.write(`${line}\n`),
+          imageRoot,
+          splitWithoutPrompts: o.splitWithoutPrompts,
+          requestTimeoutMs: o.requestTimeoutS * 1000,
+          idleTimeoutMs: o.idleTimeoutS * 1000,
+          keepAliveTimeoutMs: o.keepAliveTimeoutS * 1000,
+          maxRequestsPerSocket: o.maxRequestsPerSocket,
+          maxConnections: o.maxConnections,
         });
         const stopped = new Promise<string>((resolve) => {
           let signals = 0;
           const onSignal = (sig: string) => {
             signals++;
             if (signals === 2) {
-              // Not process.exit at once: a forward running in the scoring thread would abort the process (engine.ts abort).
-              process.stderr.write(`arm serve: ${sig} again, exiting without draining once the running forward returns (a third signal kills at once)\n`);
+              // Not process.exit at once: a forward running in the scoring thread would abort the process (engine.ts
+              // abort).
+              process.stderr.write(
+                `arm serve: ${sig} again, exiting without draining once the running forward returns (a third signal kills at once)\n`,
+              );
               void engine.abort().finally(() => process.exit(130));
               return;
             }
-            if (signals > 2) { process.stderr.write(`arm serve: ${sig} a third time, killing\n`); process.kill(process.pid, 'SIGKILL'); return; }
+            if (signals > 2) {
+              process.stderr.write(`arm serve: ${sig} a third time, killing\n`);
+              process.kill(process.pid, 'SIGKILL');
+              return;
+            }
             resolve(sig);
           };
           process.on('SIGTERM', () => onSignal('SIGTERM'));
           process.on('SIGINT', () => onSignal('SIGINT'));
         });
         const url = await server.listen({ host: o.host, port: o.port });
-        process.stderr.write(`arm serve: listening on ${url} (model ${engine.info.model.id}; criteria ${names.join(', ')}${combine ? `; combine ${o.combine}` : ''}${apiKey ? '; API key required' : ''})\n`);
+        process.stderr.write(
+          `arm serve: listening on ${url} (model ${engine.info.model.id}; criteria ${names.join(', ')}${combine ? `; combine ${o.combine}` : ''}${apiKey ? '; API key required' : ''})\n`,
+        );
         await server.warm();
         process.stderr.write(`arm serve: ready\n`);
         const sig = await stopped;
-        process.stderr.write(`arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in flight\n`);
+        process.stderr.write(
+          `arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in flight\n`,
+        );
         await server.close();
         closed = true;
         process.stderr.write('arm serve: drained, exiting\n');
@@ -103,7 +234,10 @@ export function parseRmSpec(spec: string): { name: string; file: string } {
 
 export function parseCombine(v: string): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const part of v.split(',').map((s) => s.trim()).filter(Boolean)) {
+  for (const part of v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const [name, w] = part.split('=');
     if (!name || w === undefined) throw new Error(`--combine: "${part}" is not name=weight`);
     out[name] = finiteNumber(w, `--combine weight of ${name}`);
@@ -111,8 +245,12 @@ export function parseCombine(v: string): Record<string, number> {
   if (!Object.keys(out).length) throw new Error('--combine: give name=weight pairs, e.g. concise=0.5,safe=0.5');
   // /classify reports the combination as a probability: weights must be a convex combination's (≥ 0, sum > 0).
   const negative = Object.entries(out).find(([, w]) => w < 0);
-  if (negative) throw new Error(`--combine: the weight of ${negative[0]} is ${negative[1]}; weights must be ≥ 0 (the combined reward is a weighted mean of probabilities)`);
-  if (Object.values(out).reduce((a, b) => a + b, 0) <= 0) throw new Error('--combine: the weights sum to 0; give at least one positive weight');
+  if (negative)
+    throw new Error(
+      `--combine: the weight of ${negative[0]} is ${negative[1]}; weights must be ≥ 0 (the combined reward is a weighted mean of probabilities)`,
+    );
+  if (Object.values(out).reduce((a, b) => a + b, 0) <= 0)
+    throw new Error('--combine: the weights sum to 0; give at least one positive weight');
   return out;
 }
 
@@ -131,7 +269,13 @@ function finiteNumber(v: string, flag: string): number {
 
 function readApiKey(file: string): string {
   let key: string;
-  try { key = fs.readFileSync(file, 'utf8').trim(); } catch (e) { throw new Error(`--api-key-file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`); }
+  try {
+    key = fs.readFileSync(file, 'utf8').trim();
+  } catch (e) {
+    throw new Error(
+      `--api-key-file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
   if (!key) throw new Error(`--api-key-file ${file}: the file is empty`);
   return key;
 }

@@ -38,7 +38,15 @@ export interface BiasRecord {
 }
 
 /** `images`: the pair's image files as absolute paths, so a probe file written elsewhere still finds them. */
-export interface ProbeRow { id: string; subset?: string; prompt: PairExample['prompt']; images?: string[]; chosen: string; rejected: string; bias: BiasRecord }
+export interface ProbeRow {
+  id: string;
+  subset?: string;
+  prompt: PairExample['prompt'];
+  images?: string[];
+  chosen: string;
+  rejected: string;
+  bias: BiasRecord;
+}
 
 /** Sentences that add length and nothing else: no claims, no praise, no formatting. */
 const NEUTRAL_SENTENCES = [
@@ -66,25 +74,44 @@ const EXTRA_CHEER = ['This is going to be great!', 'You are going to love this!'
 
 /** Phrases counted as enthusiasm: every opener, closer and cheer above contains at least one. */
 // An exclamation mark counts where it ends a sentence, not inside code (`!=`, `!x`).
-const POSITIVE_PATTERNS = [/!(?=\s|$)/g, /\b(?:great|wonderful|fantastic|amazing|awesome|excellent|delighted|love|glad|happy to help|absolutely|best of luck)\b/gi];
+const POSITIVE_PATTERNS = [
+  /!(?=\s|$)/g,
+  /\b(?:great|wonderful|fantastic|amazing|awesome|excellent|delighted|love|glad|happy to help|absolutely|best of luck)\b/gi,
+];
 
 export function positivityScore(text: string): number {
   return POSITIVE_PATTERNS.reduce((n, re) => n + (text.match(re)?.length ?? 0), 0);
 }
 
-/** The text outside fenced code blocks (code may hold `**`, `# comment` or `- ` that are not markdown); an unclosed fence runs to the end. */
+/**
+ * The text outside fenced code blocks (code may hold `**`, `# comment` or `- ` that are not markdown); an unclosed
+ * fence runs to the end.
+ */
 function outsideCode(text: string): string {
   let inCode = false;
-  return text.split('\n').filter((line) => {
-    if (/^\s*(```|~~~)/.test(line)) { inCode = !inCode; return false; }
-    return !inCode;
-  }).join('\n');
+  return text
+    .split('\n')
+    .filter((line) => {
+      if (/^\s*(```|~~~)/.test(line)) {
+        inCode = !inCode;
+        return false;
+      }
+      return !inCode;
+    })
+    .join('\n');
 }
 
-/** Markdown markers outside code: headers, bullets (-, *, +) and bold spans. Numbered lists are plain text too, so they do not count. */
+/**
+ * Markdown markers outside code: headers, bullets (-, *, +) and bold spans. Numbered lists are plain text too, so they
+ * do not count.
+ */
 export function markdownScore(text: string): number {
   const t = outsideCode(text);
-  return (t.match(/^#{1,6} /gm)?.length ?? 0) + (t.match(/^\s*[-*+] \S/gm)?.length ?? 0) + (t.match(/\*\*[^*\n]+\*\*/g)?.length ?? 0);
+  return (
+    (t.match(/^#{1,6} /gm)?.length ?? 0) +
+    (t.match(/^\s*[-*+] \S/gm)?.length ?? 0) +
+    (t.match(/\*\*[^*\n]+\*\*/g)?.length ?? 0)
+  );
 }
 
 /**
@@ -93,11 +120,20 @@ export function markdownScore(text: string): number {
  */
 export function stripMarkdown(text: string): string {
   let inCode = false;
-  return text.split('\n').map((line) => {
-    if (/^\s*(```|~~~)/.test(line)) { inCode = !inCode; return line; }
-    if (inCode) return line;
-    return line.replace(/^#{1,6} +/, '').replace(/^(\s*)[-*+] +(?=\S)/, '$1').replace(/\*\*([^*\n]+)\*\*/g, '$1');
-  }).join('\n');
+  return text
+    .split('\n')
+    .map((line) => {
+      if (/^\s*(```|~~~)/.test(line)) {
+        inCode = !inCode;
+        return line;
+      }
+      if (inCode) return line;
+      return line
+        .replace(/^#{1,6} +/, '')
+        .replace(/^(\s*)[-*+] +(?=\S)/, '$1')
+        .replace(/\*\*([^*\n]+)\*\*/g, '$1');
+    })
+    .join('\n');
 }
 
 /** Length in Unicode code points, as the pick-longer/pick-shorter rules measure it. */
@@ -116,7 +152,8 @@ function pick(key: string, n: number): number {
 
 /** Neutral padding: whole sentences from the list, in a row-dependent rotation, until the target length is passed. */
 export function padLength(text: string, other: string, level: number, key: string): string {
-  const factor = 1 + 0.5 * level, margin = 100 * level;
+  const factor = 1 + 0.5 * level,
+    margin = 100 * level;
   const target = Math.max(Math.ceil(charLength(other) * factor), charLength(other) + margin, charLength(text) + margin);
   const start = pick(key, NEUTRAL_SENTENCES.length);
   const added: string[] = [];
@@ -129,15 +166,28 @@ export function padLength(text: string, other: string, level: number, key: strin
   return `${text.trimEnd()}\n\n${added.join(' ')}`;
 }
 
-/** Markdown: header, bullets outside code blocks; level ≥ 2 bolds every bullet's lead, level 3 adds a summary section. */
+/**
+ * Markdown: header, bullets outside code blocks; level ≥ 2 bolds every bullet's lead, level 3 adds a summary section.
+ */
 export function markdownify(text: string, level: number): string {
   const out = ['## Answer', ''];
-  let inCode = false, bullets = 0;
+  let inCode = false,
+    bullets = 0;
   for (const raw of text.trim().split('\n')) {
     const line = raw.trimEnd();
-    if (/^\s*(```|~~~)/.test(line)) { inCode = !inCode; out.push(line); continue; }
-    if (inCode || !line.trim()) { out.push(line); continue; }
-    if (/^\s*(?:#{1,6} |[-*+] |\|)/.test(line)) { out.push(line); continue; } // already markdown: keep
+    if (/^\s*(```|~~~)/.test(line)) {
+      inCode = !inCode;
+      out.push(line);
+      continue;
+    }
+    if (inCode || !line.trim()) {
+      out.push(line);
+      continue;
+    }
+    if (/^\s*(?:#{1,6} |[-*+] |\|)/.test(line)) {
+      out.push(line);
+      continue;
+    } // already markdown: keep
     const bold = bullets === 0 || level >= 2;
     out.push(`- ${bold ? boldLead(line.trim()) : line.trim()}`);
     bullets++;
@@ -177,8 +227,13 @@ function transform(kind: BiasKind, text: string, other: string, level: number, k
 }
 
 /** One direction: the weakest level whose result measures strictly more than the other response; null if none does. */
-function applyOnce(kind: BiasKind, pair: PairExample, side: 'chosen' | 'rejected'): { text: string; other: string; record: Omit<BiasRecord, 'split'> } | null {
-  const target = pair[side], original = side === 'chosen' ? pair.rejected : pair.chosen;
+function applyOnce(
+  kind: BiasKind,
+  pair: PairExample,
+  side: 'chosen' | 'rejected',
+): { text: string; other: string; record: Omit<BiasRecord, 'split'> } | null {
+  const target = pair[side],
+    original = side === 'chosen' ? pair.rejected : pair.chosen;
   // A format probe compares markdown with plain text: the other response loses its own markdown marks.
   const other = kind === 'format' ? stripMarkdown(original) : original;
   const { measure, unit } = MEASURES[kind];
@@ -186,9 +241,13 @@ function applyOnce(kind: BiasKind, pair: PairExample, side: 'chosen' | 'rejected
     const text = transform(kind, target, other, level, `${pair.id}:${side}`);
     if (measure(text) > measure(other)) {
       return {
-        text, other,
+        text,
+        other,
         record: {
-          kind, side, transform: `${TRANSFORM_NAMES[kind]}@${level}`, measure: { transformed: measure(text), other: measure(other), unit },
+          kind,
+          side,
+          transform: `${TRANSFORM_NAMES[kind]}@${level}`,
+          measure: { transformed: measure(text), other: measure(other), unit },
           ...(other !== original ? { otherTransform: 'markdown-stripped' } : {}),
         },
       };
@@ -197,9 +256,17 @@ function applyOnce(kind: BiasKind, pair: PairExample, side: 'chosen' | 'rejected
   return null;
 }
 
-const TRANSFORM_NAMES: Record<BiasKind, string> = { length: 'length-pad', format: 'markdown', positivity: 'enthusiasm' };
+const TRANSFORM_NAMES: Record<BiasKind, string> = {
+  length: 'length-pad',
+  format: 'markdown',
+  positivity: 'enthusiasm',
+};
 
-export interface Probe { biased: ProbeRow[]; flipped: ProbeRow[]; skipped: { id: string; reason: string }[] }
+export interface Probe {
+  biased: ProbeRow[];
+  flipped: ProbeRow[];
+  skipped: { id: string; reason: string }[];
+}
 
 /** Builds the biased and flipped probe splits of `pairs` for one bias; the same pairs, in input order, in both. */
 export function buildProbe(pairs: PairExample[], kind: BiasKind): Probe {
@@ -208,17 +275,38 @@ export function buildProbe(pairs: PairExample[], kind: BiasKind): Probe {
     const onRejected = applyOnce(kind, p, 'rejected');
     const onChosen = applyOnce(kind, p, 'chosen');
     if (!onRejected || !onChosen) {
-      probe.skipped.push({ id: p.id, reason: `the ${!onRejected ? 'rejected' : 'chosen'} response cannot be made to carry more ${MEASURES[kind].unit} than the other one` });
+      probe.skipped.push({
+        id: p.id,
+        reason: `the ${!onRejected ? 'rejected' : 'chosen'} response cannot be made to carry more ${MEASURES[kind].unit} than the other one`,
+      });
       continue;
     }
-    const base = { id: p.id, ...(p.subset === undefined ? {} : { subset: p.subset }), prompt: p.prompt, ...(p.images?.length ? { images: p.images } : {}) };
-    probe.biased.push({ ...base, chosen: onRejected.other, rejected: onRejected.text, bias: { ...onRejected.record, split: 'biased' } });
-    probe.flipped.push({ ...base, chosen: onChosen.text, rejected: onChosen.other, bias: { ...onChosen.record, split: 'flipped' } });
+    const base = {
+      id: p.id,
+      ...(p.subset === undefined ? {} : { subset: p.subset }),
+      prompt: p.prompt,
+      ...(p.images?.length ? { images: p.images } : {}),
+    };
+    probe.biased.push({
+      ...base,
+      chosen: onRejected.other,
+      rejected: onRejected.text,
+      bias: { ...onRejected.record, split: 'biased' },
+    });
+    probe.flipped.push({
+      ...base,
+      chosen: onChosen.text,
+      rejected: onChosen.other,
+      bias: { ...onChosen.record, split: 'flipped' },
+    });
   }
   return probe;
 }
 
-/** The file names `arm bias-probe` writes for a dataset file and a bias: `<name>-<bias>.jsonl`, `<name>-<bias>-flipped.jsonl`. */
+/**
+ * The file names `arm bias-probe` writes for a dataset file and a bias: `<name>-<bias>.jsonl`,
+ * `<name>-<bias>-flipped.jsonl`.
+ */
 export function probeFileNames(dataset: string, kind: BiasKind): { biased: string; flipped: string } {
   const base = dataset.replace(/^.*[\\/]/, '').replace(/\.(jsonl|json|parquet)$/i, '');
   return { biased: `${base}-${kind}.jsonl`, flipped: `${base}-${kind}-flipped.jsonl` };
@@ -227,6 +315,12 @@ export function probeFileNames(dataset: string, kind: BiasKind): { biased: strin
 /** The bias record of a probe row, if it has one (used to recognise and pair probe files). */
 export function biasOf(row: Record<string, unknown>): BiasRecord | null {
   const b = row.bias as Partial<BiasRecord> | undefined;
-  if (!b || typeof b !== 'object' || !BIASES.includes(b.kind as BiasKind) || (b.split !== 'biased' && b.split !== 'flipped')) return null;
+  if (
+    !b ||
+    typeof b !== 'object' ||
+    !BIASES.includes(b.kind as BiasKind) ||
+    (b.split !== 'biased' && b.split !== 'flipped')
+  )
+    return null;
   return b as BiasRecord;
 }

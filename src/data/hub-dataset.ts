@@ -19,17 +19,36 @@ export const HUB_DATASET_FILES: Readonly<Record<string, readonly string[]>> = Ob
 });
 
 /** Fetches one repository file to `dest` (resolved inside the cache); false when the hub has no such file. */
-export type DatasetDownloader = (request: { repoType: 'dataset'; id: string; revision: string; file: string; dest: string; url: string }) => Promise<boolean>;
+export type DatasetDownloader = (request: {
+  repoType: 'dataset';
+  id: string;
+  revision: string;
+  file: string;
+  dest: string;
+  url: string;
+}) => Promise<boolean>;
 
-export interface HubDatasetOptions { cacheDir?: string; revision?: string; download?: DatasetDownloader }
+export interface HubDatasetOptions {
+  cacheDir?: string;
+  revision?: string;
+  download?: DatasetDownloader;
+}
 
-/** `owner/name[@revision]` (`revision` overriding the ref's) under the hub client's own rules, or what is wrong with it. */
-export function checkHubDatasetRef(ref: string, revision?: string): { id: string; revision: string } | { problem: string } {
+/**
+ * `owner/name[@revision]` (`revision` overriding the ref's) under the hub client's own rules, or what is wrong with it.
+ */
+export function checkHubDatasetRef(
+  ref: string,
+  revision?: string,
+): { id: string; revision: string } | { problem: string } {
   const parsed = splitRepoRef(ref, revision);
   const idProblem = repoIdProblem(parsed.id);
   if (idProblem) return { problem: `${JSON.stringify(parsed.id)} is not a hub repo id: ${idProblem}` };
   const revisionProblem = revisionProblemOf(parsed.revision);
-  if (revisionProblem) return { problem: `revision ${JSON.stringify(parsed.revision)} is not a valid branch, tag or commit: ${revisionProblem}` };
+  if (revisionProblem)
+    return {
+      problem: `revision ${JSON.stringify(parsed.revision)} is not a valid branch, tag or commit: ${revisionProblem}`,
+    };
   return parsed;
 }
 
@@ -40,7 +59,13 @@ export function parseHubDatasetRef(ref: string): { id: string; revision: string 
 }
 
 export function hubDatasetDir(id: string, revision: string, cacheDir?: string): string {
-  return path.join(path.resolve(cacheDir ?? defaultCacheDir()), 'hub', 'datasets', id.replace('/', '--'), encodeURIComponent(revision));
+  return path.join(
+    path.resolve(cacheDir ?? defaultCacheDir()),
+    'hub',
+    'datasets',
+    id.replace('/', '--'),
+    encodeURIComponent(revision),
+  );
 }
 
 export function hubDatasetUrl(id: string, revision: string, file: string): string {
@@ -51,11 +76,14 @@ export function hubDatasetUrl(id: string, revision: string, file: string): strin
 /** The local paths of a hub dataset's parquet files: from the cache, or fetched by `download` when given and online. */
 export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {}): Promise<string[]> {
   const parsed = checkHubDatasetRef(ref, opts.revision);
-  if ('problem' in parsed) throw new DataError(`${ref}: no such file, and not a hub dataset id (owner/name[@revision]): ${parsed.problem}`);
+  if ('problem' in parsed)
+    throw new DataError(`${ref}: no such file, and not a hub dataset id (owner/name[@revision]): ${parsed.problem}`);
   const { revision } = parsed;
   const files = HUB_DATASET_FILES[parsed.id];
   if (!files) {
-    throw new DataError(`${ref}: no such file; of hub datasets arm eval knows ${Object.keys(HUB_DATASET_FILES).join(', ')}; download another dataset's parquet or JSONL file and pass its path`);
+    throw new DataError(
+      `${ref}: no such file; of hub datasets arm eval knows ${Object.keys(HUB_DATASET_FILES).join(', ')}; download another dataset's parquet or JSONL file and pass its path`,
+    );
   }
   const dir = hubDatasetDir(parsed.id, revision, opts.cacheDir);
   const out: string[] = [];
@@ -66,12 +94,20 @@ export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {
     const url = hubDatasetUrl(parsed.id, revision, file);
     const offline = process.env.HF_HUB_OFFLINE;
     if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
-      throw new DataError(`${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; pass a local parquet file with --dataset`);
+      throw new DataError(
+        `${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; pass a local parquet file with --dataset`,
+      );
     }
-    const download: DatasetDownloader = opts.download
-      ?? (async (r) => (await downloadRepoFile({ repoType: 'dataset', ref: r.id, file: r.file }, { cacheDir: opts.cacheDir, revision: r.revision })) !== null);
+    const download: DatasetDownloader =
+      opts.download ??
+      (async (r) =>
+        (await downloadRepoFile(
+          { repoType: 'dataset', ref: r.id, file: r.file },
+          { cacheDir: opts.cacheDir, revision: r.revision },
+        )) !== null);
     fs.mkdirSync(path.dirname(dest), { recursive: true });
-    if (!(await download({ repoType: 'dataset', id: parsed.id, revision, file, dest, url }))) throw new DataError(`${parsed.id}@${revision}: ${file} not found on the hub (${url})`);
+    if (!(await download({ repoType: 'dataset', id: parsed.id, revision, file, dest, url })))
+      throw new DataError(`${parsed.id}@${revision}: ${file} not found on the hub (${url})`);
   }
   return out;
 }

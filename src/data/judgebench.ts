@@ -5,7 +5,10 @@
  */
 export const JUDGEBENCH_CATEGORIES = ['mmlu-pro', 'livebench-reasoning', 'livebench-math', 'livecodebench'] as const;
 
-/** "judgebench-gpt4o-mmlu-pro-law" → { set: "gpt4o", source: "mmlu-pro-law", category: "mmlu-pro" }; null for other subsets. */
+/**
+ * "judgebench-gpt4o-mmlu-pro-law" → { set: "gpt4o", source: "mmlu-pro-law", category: "mmlu-pro" }; null for other
+ * subsets.
+ */
 export function judgeBenchSubset(subset: string): { set: string; source: string; category: string | null } | null {
   const m = /^judgebench-([^-]+)-(.+)$/.exec(subset);
   if (!m) return null;

@@ -21,8 +21,12 @@ export function looksLikeMultimodalRewardBench(file: string): boolean {
     try {
       const buf = Buffer.alloc(64 * 1024);
       head = buf.subarray(0, fs.readSync(fd, buf, 0, buf.length, 0)).toString('utf8');
-    } finally { fs.closeSync(fd); }
-  } catch { return false; }
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
   return /^\s*\[/.test(head) && ['"Output1"', '"Output2"', '"Better"', '"Image"'].every((k) => head.includes(k));
 }
 
@@ -40,7 +44,9 @@ export function mmRewardBenchCategory(id: string, category: string): string {
  */
 export function readMultimodalRewardBench(file: string, opts: ReadOptions = {}): ReadResult {
   let rows: unknown;
-  try { rows = JSON.parse(fs.readFileSync(file, 'utf8')); } catch (e) {
+  try {
+    rows = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
     throw new DataError(`${file}: not readable as JSON (${(e as Error).message})`);
   }
   if (!Array.isArray(rows)) throw new DataError(`${file}: expected a JSON array of Multimodal RewardBench rows`);
@@ -52,7 +58,8 @@ export function readMultimodalRewardBench(file: string, opts: ReadOptions = {}):
     const where = `${file}[${i}]`;
     try {
       const r = raw as Record<string, unknown>;
-      if (typeof r !== 'object' || r === null || Array.isArray(r)) throw new DataError(`${where}: a row must be a JSON object`);
+      if (typeof r !== 'object' || r === null || Array.isArray(r))
+        throw new DataError(`${where}: a row must be a JSON object`);
       const text = (k: string) => {
         if (typeof r[k] !== 'string') throw new DataError(`${where}: field "${k}" must be a string`);
         return r[k] as string;
@@ -60,20 +67,35 @@ export function readMultimodalRewardBench(file: string, opts: ReadOptions = {}):
       const id = String(r.ID ?? `row-${i}`);
       if (seen.has(id)) throw new DataError(`${where}: field "ID": duplicate id ${JSON.stringify(id)}`);
       const better = text('Better');
-      if (better !== 'Output1' && better !== 'Output2') throw new DataError(`${where}: field "Better": ${JSON.stringify(better)} is not "Output1" or "Output2"`);
+      if (better !== 'Output1' && better !== 'Output2')
+        throw new DataError(`${where}: field "Better": ${JSON.stringify(better)} is not "Output1" or "Output2"`);
       const [o1, o2] = [text('Output1'), text('Output2')];
       const question = text('Text');
       if (!question.trim()) throw new DataError(`${where}: field "Text": is empty`);
       const image = path.resolve(root, text('Image'));
       let exists = false;
-      try { exists = fs.statSync(image).isFile(); } catch { exists = false; }
-      if (!exists) throw new DataError(`${where}: field "Image": image file ${image} not found (images are read under --image-root ${root}; the benchmark's scripts/0_download_data.py fetches them)`);
+      try {
+        exists = fs.statSync(image).isFile();
+      } catch {
+        exists = false;
+      }
+      if (!exists)
+        throw new DataError(
+          `${where}: field "Image": image file ${image} not found (images are read under --image-root ${root}; the benchmark's scripts/0_download_data.py fetches them)`,
+        );
       const subset = mmRewardBenchCategory(id, typeof r.Category === 'string' ? r.Category : 'all');
       seen.add(id);
       if (opts.subsets && !opts.subsets.includes(subset)) continue;
       examples.push({
-        kind: 'pair', id, line: i + 1, row: r, prompt: question, subset, images: [image],
-        chosen: better === 'Output1' ? o1 : o2, rejected: better === 'Output1' ? o2 : o1,
+        kind: 'pair',
+        id,
+        line: i + 1,
+        row: r,
+        prompt: question,
+        subset,
+        images: [image],
+        chosen: better === 'Output1' ? o1 : o2,
+        rejected: better === 'Output1' ? o2 : o1,
       });
       if (opts.limit !== undefined && examples.length >= opts.limit) break;
     } catch (e) {
@@ -81,6 +103,7 @@ export function readMultimodalRewardBench(file: string, opts: ReadOptions = {}):
       skipped.push({ line: i + 1, reason: e.message });
     }
   }
-  if (!examples.length) throw new DataError(`${file}: no usable rows${skipped.length ? ` (${skipped.length} skipped as invalid)` : ''}`);
+  if (!examples.length)
+    throw new DataError(`${file}: no usable rows${skipped.length ? ` (${skipped.length} skipped as invalid)` : ''}`);
   return { examples, skipped };
 }

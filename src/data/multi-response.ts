@@ -6,7 +6,15 @@
  */
 import { DataError, type PairCell, type PairExample, type Prompt } from './examples.js';
 
-export interface MultiResponseRow { id: string; line: number; row: Record<string, unknown>; prompt: Prompt; chosen: string[]; rejected: string[]; subset?: string }
+export interface MultiResponseRow {
+  id: string;
+  line: number;
+  row: Record<string, unknown>;
+  prompt: Prompt;
+  chosen: string[];
+  rejected: string[];
+  subset?: string;
+}
 
 /**
  * RM-Bench: every chosen × rejected comparison (the 3×3 matrix). RewardBench 2 (best-of-n): the first chosen
@@ -14,13 +22,31 @@ export interface MultiResponseRow { id: string; line: number; row: Record<string
  * is scored at least once (the Ties score needs each response's score) without all n × m comparisons.
  */
 export function expandRow(r: MultiResponseRow, scoring: PairCell['scoring']): PairExample[] {
-  const cells: [number, number][] = scoring === 'rm-bench'
-    ? r.chosen.flatMap((_, i) => r.rejected.map((__, j) => [i, j] as [number, number]))
-    : [...r.rejected.map((_, j) => [0, j] as [number, number]), ...r.chosen.slice(1).map((_, i) => [i + 1, 0] as [number, number])];
+  const cells: [number, number][] =
+    scoring === 'rm-bench'
+      ? r.chosen.flatMap((_, i) => r.rejected.map((__, j) => [i, j] as [number, number]))
+      : [
+          ...r.rejected.map((_, j) => [0, j] as [number, number]),
+          ...r.chosen.slice(1).map((_, i) => [i + 1, 0] as [number, number]),
+        ];
   return cells.map(([i, j]) => ({
-    kind: 'pair', id: `${r.id}/c${i}-r${j}`, line: r.line, row: r.row, prompt: r.prompt, chosen: r.chosen[i]!, rejected: r.rejected[j]!,
+    kind: 'pair',
+    id: `${r.id}/c${i}-r${j}`,
+    line: r.line,
+    row: r.row,
+    prompt: r.prompt,
+    chosen: r.chosen[i]!,
+    rejected: r.rejected[j]!,
     ...(r.subset === undefined ? {} : { subset: r.subset }),
-    cell: { row: r.id, chosen: i, rejected: j, chosenCount: r.chosen.length, rejectedCount: r.rejected.length, cells: cells.length, scoring },
+    cell: {
+      row: r.id,
+      chosen: i,
+      rejected: j,
+      chosenCount: r.chosen.length,
+      rejectedCount: r.rejected.length,
+      cells: cells.length,
+      scoring,
+    },
   }));
 }
 

@@ -7,7 +7,14 @@
 import { bootstrapSeedsAndPairs, meanMargin, meanStd, sectionScores } from './metrics.js';
 import { METHODS } from './methods.js';
 import { isScored, isTied, type PairRunRecord, type RunRecord, type SplitNotes } from './records.js';
-import { bestOfNScores, judgeBenchScores, rmBenchScores, type BestOfNResult, type JudgeBenchCell, type RmBenchDomain } from './benchmarks.js';
+import {
+  bestOfNScores,
+  judgeBenchScores,
+  rmBenchScores,
+  type BestOfNResult,
+  type JudgeBenchCell,
+  type RmBenchDomain,
+} from './benchmarks.js';
 
 type SkippedRec = Extract<RunRecord, { type: 'skipped' }>;
 
@@ -15,13 +22,31 @@ type SkippedRec = Extract<RunRecord, { type: 'skipped' }>;
  * `n`: test pairs scored (all seeds); `seeds`: how many seeds the mean and std are over (those that ran). The
  * interval bootstraps over seeds and pairs together (see bootstrapSeedsAndPairs).
  */
-export interface Score { mean: number; std: number; perSeed: number[]; ci95: [number, number]; n: number; seeds: number }
+export interface Score {
+  mean: number;
+  std: number;
+  perSeed: number[];
+  ci95: [number, number];
+  n: number;
+  seeds: number;
+}
 
 /** A (method, pool group, seed) that was not run because the method could not be prepared on that pool. */
-export interface Skipped { method: string; group: string; seed: number; reason: string; testPairs: number }
+export interface Skipped {
+  method: string;
+  group: string;
+  seed: number;
+  reason: string;
+  testPairs: number;
+}
 
 /** Paired difference `reference − this method` in accuracy on the common set, with its interval. */
-export interface Difference { reference: string; mean: number; ci95: [number, number]; n: number }
+export interface Difference {
+  reference: string;
+  mean: number;
+  ci95: [number, number];
+  n: number;
+}
 
 export interface MethodResult {
   definition: string;
@@ -44,12 +69,22 @@ export interface MethodResult {
   tooLongPairs: number;
   swapConsistency?: number;
   verdictAccuracy?: number;
-  cost: { seconds: number; secondsPerPair: number; forwardTokens: number; forwardTokensPerPair: number; prepareSeconds: number; prepareTokens: number };
+  cost: {
+    seconds: number;
+    secondsPerPair: number;
+    forwardTokens: number;
+    forwardTokensPerPair: number;
+    prepareSeconds: number;
+    prepareTokens: number;
+  };
   /** Pool groups and seeds this method was not run on, and why; its scores cover the rest. */
   skipped: Skipped[];
   /** RM-Bench's 3×3 scores per domain (hard / normal / easy), on the common set, when the dataset is RM-Bench. */
   rmBench?: Record<string, RmBenchDomain>;
-  /** RewardBench 2's best-of-N (ties share credit) per subset and Ties' own score, when the dataset has multi-response rows. */
+  /**
+   * RewardBench 2's best-of-N (ties share credit) per subset and Ties' own score, when the dataset has multi-response
+   * rows.
+   */
   bestOfN?: BestOfNResult;
   /** JudgeBench per response set and category: one judgment per pair, and both orders for pairwise judges. */
   judgeBench?: Record<string, Record<string, JudgeBenchCell>>;
@@ -86,29 +121,59 @@ export interface Results {
 
 function score(recs: PairRunRecord[], seeds: number[], bootstrapSeed: number): Score {
   const bySeed = seeds.map((s) => recs.filter((r) => r.seed === s)).filter((x) => x.length);
-  const perSeed = bySeed.map((x) => x.filter((r) => r.correct).length / x.length); // the stored outcome: ties left and unscorable are wrong
+  // the stored outcome: ties left and unscorable are wrong
+  const perSeed = bySeed.map((x) => x.filter((r) => r.correct).length / x.length);
   const { mean, std } = meanStd(perSeed);
-  const ci95 = bootstrapSeedsAndPairs(bySeed.map((x) => x.map((r) => r.correct)), { seed: bootstrapSeed });
+  const ci95 = bootstrapSeedsAndPairs(
+    bySeed.map((x) => x.map((r) => r.correct)),
+    { seed: bootstrapSeed },
+  );
   return { mean, std, perSeed, ci95, n: recs.length, seeds: perSeed.length };
 }
 
 const key = (r: { seed: number; id: string }) => `${r.seed}|${r.id}`;
 
 /** Per seed, the paired outcome difference (reference correct − other correct) on pairs both hold. */
-function difference(reference: string, ref: PairRunRecord[], other: PairRunRecord[], seeds: number[], bootstrapSeed: number): Difference {
+function difference(
+  reference: string,
+  ref: PairRunRecord[],
+  other: PairRunRecord[],
+  seeds: number[],
+  bootstrapSeed: number,
+): Difference {
   const refByKey = new Map(ref.map((r) => [key(r), r]));
-  const perSeed = seeds.map((s) => other.filter((r) => r.seed === s && refByKey.has(key(r))).map((r) => Number(refByKey.get(key(r))!.correct) - Number(r.correct))).filter((x) => x.length);
-  const mean = perSeed.length ? perSeed.reduce((a, x) => a + x.reduce((u, v) => u + v, 0) / x.length, 0) / perSeed.length : NaN;
-  return { reference, mean, ci95: bootstrapSeedsAndPairs(perSeed, { seed: bootstrapSeed }), n: perSeed.reduce((a, x) => a + x.length, 0) };
+  const perSeed = seeds
+    .map((s) =>
+      other
+        .filter((r) => r.seed === s && refByKey.has(key(r)))
+        .map((r) => Number(refByKey.get(key(r))!.correct) - Number(r.correct)),
+    )
+    .filter((x) => x.length);
+  const mean = perSeed.length
+    ? perSeed.reduce((a, x) => a + x.reduce((u, v) => u + v, 0) / x.length, 0) / perSeed.length
+    : NaN;
+  return {
+    reference,
+    mean,
+    ci95: bootstrapSeedsAndPairs(perSeed, { seed: bootstrapSeed }),
+    n: perSeed.reduce((a, x) => a + x.length, 0),
+  };
 }
 
 export interface AggregateMeta {
-  dataset: string; model: string; shape: { layers: number; heads: number }; fewShot: number; pool: string; splits?: SplitNotes; budget?: string[];
+  dataset: string;
+  model: string;
+  shape: { layers: number; heads: number };
+  fewShot: number;
+  pool: string;
+  splits?: SplitNotes;
+  budget?: string[];
 }
 
 export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
   const pairs = records.filter((r): r is PairRunRecord => r.type === 'pair');
-  const skipped: Skipped[] = records.filter((r): r is SkippedRec => r.type === 'skipped')
+  const skipped: Skipped[] = records
+    .filter((r): r is SkippedRec => r.type === 'skipped')
     .map((r) => ({ method: r.method, group: r.group, seed: r.seed, reason: r.reason, testPairs: r.testPairs }))
     .sort((a, b) => a.method.localeCompare(b.method) || a.group.localeCompare(b.group) || a.seed - b.seed);
   const seeds = [...new Set([...pairs, ...skipped].map((r) => r.seed))].sort((a, b) => a - b);
@@ -117,7 +182,11 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
   // The common set: (seed, pair)s scored by every method that scored anything. A method that scored nothing
   // (skipped everywhere) is left out of the definition, or the set would be empty; its row says why.
   const scoredBy = new Map<string, Set<string>>();
-  for (const r of pairs) if (isScored(r)) { if (!scoredBy.has(r.method)) scoredBy.set(r.method, new Set()); scoredBy.get(r.method)!.add(key(r)); }
+  for (const r of pairs)
+    if (isScored(r)) {
+      if (!scoredBy.has(r.method)) scoredBy.set(r.method, new Set());
+      scoredBy.get(r.method)!.add(key(r));
+    }
   const inSet = names.filter((m) => scoredBy.has(m));
   const testKeys = new Set(pairs.map(key));
   const common = new Set([...testKeys].filter((k) => inSet.every((m) => scoredBy.get(m)!.has(k))));
@@ -130,11 +199,22 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
     const own = pairs.filter((r) => r.method === name);
     const recs = commonOf(name);
     const subsets: Record<string, Score> = {};
-    for (const sub of [...new Set(recs.map((r) => r.subset))].sort()) subsets[sub] = score(recs.filter((r) => r.subset === sub), seeds, 1);
-    const costs = records.filter((r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name);
-    const preps = records.filter((r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name);
+    for (const sub of [...new Set(recs.map((r) => r.subset))].sort())
+      subsets[sub] = score(
+        recs.filter((r) => r.subset === sub),
+        seeds,
+        1,
+      );
+    const costs = records.filter(
+      (r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name,
+    );
+    const preps = records.filter(
+      (r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name,
+    );
     const skippedRecs = records.filter((r): r is SkippedRec => r.type === 'skipped' && r.method === name);
-    const seconds = costs.reduce((a, c) => a + c.seconds, 0), tokens = costs.reduce((a, c) => a + c.tokens, 0), scored = costs.reduce((a, c) => a + c.pairs, 0);
+    const seconds = costs.reduce((a, c) => a + c.seconds, 0),
+      tokens = costs.reduce((a, c) => a + c.tokens, 0),
+      scored = costs.reduce((a, c) => a + c.pairs, 0);
     const tied = recs.filter(isTied);
     const total = own.length + skippedRecs.reduce((a, k) => a + k.testPairs, 0);
     const scoredPairs = own.filter(isScored).length;
@@ -144,7 +224,12 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
       accuracy: score(recs, seeds, 0),
       allPairs: score(own, seeds, 0),
       coverage: { scored: scoredPairs, total, rate: total ? scoredPairs / total : NaN },
-      ties: { rate: recs.length ? tied.length / recs.length : NaN, broken: tied.length ? tied.filter((r) => r.tieBreak && r.tieBreak.chosen !== r.tieBreak.rejected).length / tied.length : NaN },
+      ties: {
+        rate: recs.length ? tied.length / recs.length : NaN,
+        broken: tied.length
+          ? tied.filter((r) => r.tieBreak && r.tieBreak.chosen !== r.tieBreak.rejected).length / tied.length
+          : NaN,
+      },
       margin: meanMargin(recs),
       subsets,
       sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, v.mean]))),
@@ -152,16 +237,23 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
       tooLongPairs: own.filter((r) => r.tooLong).length,
       skipped: skipped.filter((k) => k.method === name),
       cost: {
-        seconds, secondsPerPair: scored ? seconds / scored : NaN, forwardTokens: tokens, forwardTokensPerPair: scored ? tokens / scored : NaN,
+        seconds,
+        secondsPerPair: scored ? seconds / scored : NaN,
+        forwardTokens: tokens,
+        forwardTokensPerPair: scored ? tokens / scored : NaN,
         // A failed preparation still cost its time and tokens.
-        prepareSeconds: [...preps, ...skippedRecs].reduce((a, p) => a + p.seconds, 0), prepareTokens: [...preps, ...skippedRecs].reduce((a, p) => a + p.tokens, 0),
+        prepareSeconds: [...preps, ...skippedRecs].reduce((a, p) => a + p.seconds, 0),
+        prepareTokens: [...preps, ...skippedRecs].reduce((a, p) => a + p.tokens, 0),
       },
     };
-    const rmBench = rmBenchScores(recs), bestOfN = bestOfNScores(recs), judgeBench = judgeBenchScores(recs);
+    const rmBench = rmBenchScores(recs),
+      bestOfN = bestOfNScores(recs),
+      judgeBench = judgeBenchScores(recs);
     if (rmBench) result.rmBench = rmBench;
     if (bestOfN) result.bestOfN = bestOfN;
     if (judgeBench) result.judgeBench = judgeBench;
-    if (reference && name !== reference && recs.length) result.vsReference = difference(reference, commonOf(reference), recs, seeds, 2);
+    if (reference && name !== reference && recs.length)
+      result.vsReference = difference(reference, commonOf(reference), recs, seeds, 2);
     const swaps = recs.filter((r) => r.swapConsistent !== undefined);
     if (swaps.length) result.swapConsistency = swaps.filter((r) => r.swapConsistent).length / swaps.length;
     const verdicts = recs.filter((r) => r.verdictCorrect !== undefined);
@@ -170,13 +262,16 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
     if (withHeads.length) {
       result.fits = withHeads.length;
       result.headCounts = {};
-      for (const p of withHeads) for (const [l, h] of p.heads!) result.headCounts[`${l},${h}`] = (result.headCounts[`${l},${h}`] ?? 0) + 1;
+      for (const p of withHeads)
+        for (const [l, h] of p.heads!) result.headCounts[`${l},${h}`] = (result.headCounts[`${l},${h}`] ?? 0) + 1;
     }
     methods[name] = result;
   }
   const distinct = (flag: (r: PairRunRecord) => boolean) => new Set(pairs.filter(flag).map(key)).size;
   return {
-    ...meta, seeds, methods,
+    ...meta,
+    seeds,
+    methods,
     commonSet: { methods: inSet, pairs: common.size, testPairs: testKeys.size },
     reference,
     truncatedItems: distinct((r) => r.truncated),

@@ -22,7 +22,11 @@ import { bootstrapSeedsAndPairs } from './metrics.js';
 import { bothOrderOutcome, type PairRunRecord } from './records.js';
 import { JUDGEBENCH_CATEGORIES, judgeBenchSubset } from '../data/judgebench.js';
 
-export interface BenchScore { score: number; rows: number; ci95: [number, number] }
+export interface BenchScore {
+  score: number;
+  rows: number;
+  ci95: [number, number];
+}
 
 /** Mean over seeds of per-row values, with the seeds-and-rows bootstrap interval. */
 function benchScore(perSeedRows: number[][], bootstrapSeed = 3): BenchScore {
@@ -36,7 +40,10 @@ function benchScore(perSeedRows: number[][], bootstrapSeed = 3): BenchScore {
 }
 
 /** The complete multi-response rows of each seed: row id → its cell records, only rows with every cell present. */
-function completeRows(records: PairRunRecord[], scoring: 'rm-bench' | 'best-of-n'): Map<number, Map<string, PairRunRecord[]>> {
+function completeRows(
+  records: PairRunRecord[],
+  scoring: 'rm-bench' | 'best-of-n',
+): Map<number, Map<string, PairRunRecord[]>> {
   const bySeed = new Map<number, Map<string, PairRunRecord[]>>();
   for (const r of records) {
     if (r.cell?.scoring !== scoring) continue;
@@ -54,7 +61,13 @@ function completeRows(records: PairRunRecord[], scoring: 'rm-bench' | 'best-of-n
   return bySeed;
 }
 
-export interface RmBenchDomain { hard: BenchScore; normal: BenchScore; easy: BenchScore; avg: BenchScore; matrix: number[][] }
+export interface RmBenchDomain {
+  hard: BenchScore;
+  normal: BenchScore;
+  easy: BenchScore;
+  avg: BenchScore;
+  matrix: number[][];
+}
 
 /** RM-Bench domain of a subset name: "rm-bench-safety-refuse" → "safety". */
 export function rmBenchDomain(subset: string): string {
@@ -78,15 +91,23 @@ export function rmBenchScores(records: PairRunRecord[]): Record<string, RmBenchD
         if (rmBenchDomain(cells[0]!.subset) !== domain) continue;
         const m = [0, 1, 2].map(() => [0, 0, 0]);
         for (const c of cells) m[c.cell!.chosen]![c.cell!.rejected] = c.correct ? 1 : 0;
-        const hard = (m[0]![1]! + m[0]![2]! + m[1]![2]!) / 3, normal = (m[0]![0]! + m[1]![1]! + m[2]![2]!) / 3, easy = (m[1]![0]! + m[2]![0]! + m[2]![1]!) / 3;
-        seedParts.hard.push(hard); seedParts.normal.push(normal); seedParts.easy.push(easy); seedParts.avg.push((hard + normal + easy) / 3);
+        const hard = (m[0]![1]! + m[0]![2]! + m[1]![2]!) / 3,
+          normal = (m[0]![0]! + m[1]![1]! + m[2]![2]!) / 3,
+          easy = (m[1]![0]! + m[2]![0]! + m[2]![1]!) / 3;
+        seedParts.hard.push(hard);
+        seedParts.normal.push(normal);
+        seedParts.easy.push(easy);
+        seedParts.avg.push((hard + normal + easy) / 3);
         for (let i = 0; i < 3; i++) for (let j = 0; j < 3; j++) matrix[i]![j]! += m[i]![j]!;
         matrixRows++;
       }
       for (const k of ['hard', 'normal', 'easy', 'avg'] as const) parts[k].push(seedParts[k]);
     }
     out[domain] = {
-      hard: benchScore(parts.hard), normal: benchScore(parts.normal), easy: benchScore(parts.easy), avg: benchScore(parts.avg),
+      hard: benchScore(parts.hard),
+      normal: benchScore(parts.normal),
+      easy: benchScore(parts.easy),
+      avg: benchScore(parts.avg),
       matrix: matrix.map((row) => row.map((v) => (matrixRows ? v / matrixRows : NaN))),
     };
   }
@@ -110,7 +131,15 @@ export function bestOfNCredit(cells: PairRunRecord[]): number {
   return 1 / (1 + outcomes.filter((o) => o === 'tie').length);
 }
 
-export interface TiesScore { score: number; refAccuracy: number; tiedAccuracy: number; correctnessPreferred: number; correctnessPreferredHard: number; marginScore: number; prompts: number }
+export interface TiesScore {
+  score: number;
+  refAccuracy: number;
+  tiedAccuracy: number;
+  correctnessPreferred: number;
+  correctnessPreferredHard: number;
+  marginScore: number;
+  prompts: number;
+}
 
 /**
  * RewardBench 2's Ties score from pointwise scores. Row ids are "ref:<n>" (one correct answer) and "tied:<n>"
@@ -119,20 +148,27 @@ export interface TiesScore { score: number; refAccuracy: number; tiedAccuracy: n
 export function tiesScore(rows: Map<string, PairRunRecord[]>): TiesScore | null {
   const stats = new Map<string, { accurate: boolean; spread: number; gap: number }>();
   for (const [row, cells] of rows) {
-    const chosen = new Map<number, number>(), rejected = new Map<number, number>();
+    const chosen = new Map<number, number>(),
+      rejected = new Map<number, number>();
     for (const c of cells) {
-      for (const [map, k, v] of [[chosen, c.cell!.chosen, c.chosen], [rejected, c.cell!.rejected, c.rejected]] as const) {
+      for (const [map, k, v] of [
+        [chosen, c.cell!.chosen, c.chosen],
+        [rejected, c.cell!.rejected, c.rejected],
+      ] as const) {
         if (map.has(k) && map.get(k) !== v) return null; // not one score per response
         map.set(k, v);
       }
     }
-    const good = [...chosen.values()], bad = [...rejected.values()];
+    const good = [...chosen.values()],
+      bad = [...rejected.values()];
     if (!good.length || !bad.length || [...good, ...bad].some((v) => !Number.isFinite(v))) continue;
     const gap = Math.min(...good) - Math.max(...bad);
     stats.set(row, { accurate: gap > 0, spread: good.length > 1 ? Math.max(...good) - Math.min(...good) : 0, gap });
   }
-  const of = (kind: string) => [...stats].filter(([id]) => id.startsWith(`${kind}:`)).map(([id, s]) => [id.slice(kind.length + 1), s] as const);
-  const ref = new Map(of('ref')), tied = new Map(of('tied'));
+  const of = (kind: string) =>
+    [...stats].filter(([id]) => id.startsWith(`${kind}:`)).map(([id, s]) => [id.slice(kind.length + 1), s] as const);
+  const ref = new Map(of('ref')),
+    tied = new Map(of('tied'));
   if (!ref.size && !tied.size) return null;
   const mean = (xs: number[]) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
   const both = [...tied.keys()].filter((k) => ref.has(k));
@@ -142,10 +178,25 @@ export function tiesScore(rows: Map<string, PairRunRecord[]>): TiesScore | null 
   const correctnessPreferred = mean(both.map((k) => Number(tied.get(k)!.gap > tied.get(k)!.spread)));
   const correctnessPreferredHard = mean(both.map((k) => Number(hardGap(k) > tied.get(k)!.spread)));
   // tanh(gap / spread − 1); a zero spread gives ±Inf or NaN there, and NaN counts 0.
-  const marginScore = mean(both.map((k) => { const v = Math.tanh(hardGap(k) / tied.get(k)!.spread - 1); return Number.isNaN(v) ? 0 : v; }));
+  const marginScore = mean(
+    both.map((k) => {
+      const v = Math.tanh(hardGap(k) / tied.get(k)!.spread - 1);
+      return Number.isNaN(v) ? 0 : v;
+    }),
+  );
   return {
-    score: 0.3 * tiedAccuracy + 0.3 * refAccuracy + 0.2 * correctnessPreferred + 0.2 * correctnessPreferredHard + 0.01 * marginScore,
-    refAccuracy, tiedAccuracy, correctnessPreferred, correctnessPreferredHard, marginScore, prompts: both.length,
+    score:
+      0.3 * tiedAccuracy +
+      0.3 * refAccuracy +
+      0.2 * correctnessPreferred +
+      0.2 * correctnessPreferredHard +
+      0.01 * marginScore,
+    refAccuracy,
+    tiedAccuracy,
+    correctnessPreferred,
+    correctnessPreferredHard,
+    marginScore,
+    prompts: both.length,
   };
 }
 
@@ -168,22 +219,36 @@ export function bestOfNScores(records: PairRunRecord[]): BestOfNResult | undefin
   for (const subset of [...subsets].sort()) {
     if (isTiesSubset(subset)) {
       // Ties is a score over the whole subset, not per row: per seed, then averaged; no interval.
-      const perSeed = [...bySeed.values()].map((rows) => tiesScore(new Map([...rows].filter(([, c]) => isTiesSubset(c[0]!.subset)))));
+      const perSeed = [...bySeed.values()].map((rows) =>
+        tiesScore(new Map([...rows].filter(([, c]) => isTiesSubset(c[0]!.subset)))),
+      );
       if (perSeed.some((t) => t === null)) continue;
       const ties = perSeed as TiesScore[];
       out.ties = ties[0];
-      const rowsCount = [...bySeed.values()].reduce((a, rows) => a + [...rows.values()].filter((c) => isTiesSubset(c[0]!.subset)).length, 0);
-      out.subsets[subset] = { score: ties.reduce((a, t) => a + t.score, 0) / ties.length, rows: rowsCount, ci95: [NaN, NaN] };
+      const rowsCount = [...bySeed.values()].reduce(
+        (a, rows) => a + [...rows.values()].filter((c) => isTiesSubset(c[0]!.subset)).length,
+        0,
+      );
+      out.subsets[subset] = {
+        score: ties.reduce((a, t) => a + t.score, 0) / ties.length,
+        rows: rowsCount,
+        ci95: [NaN, NaN],
+      };
       continue;
     }
-    out.subsets[subset] = benchScore([...bySeed.values()].map((rows) => [...rows.values()].filter((c) => c[0]!.subset === subset).map(bestOfNCredit)));
+    out.subsets[subset] = benchScore(
+      [...bySeed.values()].map((rows) => [...rows.values()].filter((c) => c[0]!.subset === subset).map(bestOfNCredit)),
+    );
   }
   const scores = Object.values(out.subsets).map((s) => s.score);
   out.overall = scores.length ? scores.reduce((a, b) => a + b, 0) / scores.length : NaN;
   return out;
 }
 
-export interface JudgeBenchCell { singleGame: BenchScore; bothOrders?: BenchScore }
+export interface JudgeBenchCell {
+  singleGame: BenchScore;
+  bothOrders?: BenchScore;
+}
 
 /** Per response set ("gpt4o", "claude"): per category and "overall". */
 export function judgeBenchScores(records: PairRunRecord[]): Record<string, Record<string, JudgeBenchCell>> | undefined {
@@ -195,9 +260,12 @@ export function judgeBenchScores(records: PairRunRecord[]): Record<string, Recor
     out[set] = {};
     for (const category of [...JUDGEBENCH_CATEGORIES, 'overall']) {
       // overall: every pair of the set (a micro-average), as run_judge.py's empty source prefix selects.
-      const recs = parsed.filter((x) => x.jb!.set === set && (category === 'overall' || x.jb!.category === category)).map((x) => x.r);
+      const recs = parsed
+        .filter((x) => x.jb!.set === set && (category === 'overall' || x.jb!.category === category))
+        .map((x) => x.r);
       if (!recs.length) continue;
-      const perSeed = (f: (r: PairRunRecord) => boolean) => seeds.map((s) => recs.filter((r) => r.seed === s).map((r) => Number(f(r))));
+      const perSeed = (f: (r: PairRunRecord) => boolean) =>
+        seeds.map((s) => recs.filter((r) => r.seed === s).map((r) => Number(f(r))));
       const cell: JudgeBenchCell = { singleGame: benchScore(perSeed((r) => r.correct)) };
       if (recs.every((r) => r.orders)) cell.bothOrders = benchScore(perSeed((r) => bothOrderOutcome(r.orders!)));
       out[set]![category] = cell;

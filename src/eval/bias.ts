@@ -18,8 +18,18 @@ import { isScored, type PairRunRecord, type RunRecord } from './records.js';
 import { runEval, writeResults, type EvalOptions } from './harness.js';
 import type { Results } from './aggregate.js';
 
-export interface Rate { mean: number; ci95: [number, number] }
-export interface MethodBias { control?: string; biased: Rate; flipped: Rate; gap: Rate; pairs: number; seeds: number }
+export interface Rate {
+  mean: number;
+  ci95: [number, number];
+}
+export interface MethodBias {
+  control?: string;
+  biased: Rate;
+  flipped: Rate;
+  gap: Rate;
+  pairs: number;
+  seeds: number;
+}
 
 export interface BiasReport {
   bias: { kind: string; transform: string[] } | null;
@@ -35,67 +45,121 @@ export interface BiasReport {
 const key = (r: { seed: number; id: string }) => `${r.seed}|${r.id}`;
 
 /** Per method, accuracy on each split and the paired gap over the (seed, pair)s every method scored in both runs. */
-export function biasGaps(biased: RunRecord[], flipped: RunRecord[]): { methods: Record<string, MethodBias>; commonPairs: number } {
+export function biasGaps(
+  biased: RunRecord[],
+  flipped: RunRecord[],
+): { methods: Record<string, MethodBias>; commonPairs: number } {
   const pairsOf = (rs: RunRecord[]) => rs.filter((r): r is PairRunRecord => r.type === 'pair');
-  const b = pairsOf(biased), f = pairsOf(flipped);
+  const b = pairsOf(biased),
+    f = pairsOf(flipped);
   const names = [...new Set([...b, ...f].map((r) => r.method))];
   const scored = (rs: PairRunRecord[], m: string) => new Set(rs.filter((r) => r.method === m && isScored(r)).map(key));
   const inBoth = names.filter((m) => scored(b, m).size && scored(f, m).size);
-  const bothOf = (m: string) => { const inF = scored(f, m); return new Set([...scored(b, m)].filter((k) => inF.has(k))); };
-  const common = inBoth.slice(1).reduce((acc, m) => { const both = bothOf(m); return new Set([...acc].filter((k) => both.has(k))); }, inBoth.length ? bothOf(inBoth[0]!) : new Set<string>());
+  const bothOf = (m: string) => {
+    const inF = scored(f, m);
+    return new Set([...scored(b, m)].filter((k) => inF.has(k)));
+  };
+  const common = inBoth.slice(1).reduce(
+    (acc, m) => {
+      const both = bothOf(m);
+      return new Set([...acc].filter((k) => both.has(k)));
+    },
+    inBoth.length ? bothOf(inBoth[0]!) : new Set<string>(),
+  );
   const methods: Record<string, MethodBias> = {};
   for (const m of inBoth) {
     const fb = new Map(f.filter((r) => r.method === m).map((r) => [key(r), r]));
-    const rows = b.filter((r) => r.method === m && common.has(key(r))).map((r) => ({ seed: r.seed, b: Number(r.correct), f: Number(fb.get(key(r))!.correct) }));
+    const rows = b
+      .filter((r) => r.method === m && common.has(key(r)))
+      .map((r) => ({ seed: r.seed, b: Number(r.correct), f: Number(fb.get(key(r))!.correct) }));
     const seeds = [...new Set(rows.map((r) => r.seed))].sort((x, y) => x - y);
-    const perSeed = (v: (r: (typeof rows)[number]) => number) => seeds.map((s) => rows.filter((r) => r.seed === s).map(v));
+    const perSeed = (v: (r: (typeof rows)[number]) => number) =>
+      seeds.map((s) => rows.filter((r) => r.seed === s).map(v));
     const rate = (v: (r: (typeof rows)[number]) => number, bootstrapSeed: number): Rate => {
       const groups = perSeed(v);
       const means = groups.map((g) => g.reduce((a, x) => a + x, 0) / g.length);
-      return { mean: means.length ? means.reduce((a, x) => a + x, 0) / means.length : NaN, ci95: bootstrapSeedsAndPairs(groups, { seed: bootstrapSeed }) };
+      return {
+        mean: means.length ? means.reduce((a, x) => a + x, 0) / means.length : NaN,
+        ci95: bootstrapSeedsAndPairs(groups, { seed: bootstrapSeed }),
+      };
     };
-    methods[m] = { biased: rate((r) => r.b, 0), flipped: rate((r) => r.f, 1), gap: rate((r) => r.f - r.b, 2), pairs: rows.length, seeds: seeds.length };
+    methods[m] = {
+      biased: rate((r) => r.b, 0),
+      flipped: rate((r) => r.f, 1),
+      gap: rate((r) => r.f - r.b, 2),
+      pairs: rows.length,
+      seeds: seeds.length,
+    };
   }
   return { methods, commonPairs: common.size };
 }
 
-/** Checks that two example sets are a biased/flipped probe pair; returns their pairs matched by id, in the biased file's order. */
-export function matchProbePair(biased: Example[], flipped: Example[], names: [string, string]): { biased: PairExample[]; flipped: PairExample[]; dropped: number; bias: BiasReport['bias'] } {
+/**
+ * Checks that two example sets are a biased/flipped probe pair; returns their pairs matched by id, in the biased file's
+ * order.
+ */
+export function matchProbePair(
+  biased: Example[],
+  flipped: Example[],
+  names: [string, string],
+): { biased: PairExample[]; flipped: PairExample[]; dropped: number; bias: BiasReport['bias'] } {
   const pairs = (xs: Example[]) => xs.filter((e): e is PairExample => e.kind === 'pair');
-  const b = pairs(biased), f = pairs(flipped);
+  const b = pairs(biased),
+    f = pairs(flipped);
   const splitOf = (xs: PairExample[]) => new Set(xs.map((p) => biasOf(p.row)?.split).filter(Boolean));
   if (splitOf(b).has('flipped') || splitOf(f).has('biased')) {
-    throw new Error(`--bias-pair ${names.join(',')}: the rows' recorded bias says the files are the other way round; give the biased file first, then the flipped one`);
+    throw new Error(
+      `--bias-pair ${names.join(',')}: the rows' recorded bias says the files are the other way round; give the biased file first, then the flipped one`,
+    );
   }
   const fById = new Map(f.map((p) => [p.id, p]));
   const matched = b.filter((p) => fById.has(p.id));
-  if (!matched.length) throw new Error(`--bias-pair ${names.join(',')}: no pair id occurs in both files; they are not a probe pair`);
+  if (!matched.length)
+    throw new Error(`--bias-pair ${names.join(',')}: no pair id occurs in both files; they are not a probe pair`);
   for (const p of matched) {
-    if (promptIdentity(p) !== promptIdentity(fById.get(p.id)!)) throw new Error(`--bias-pair: pair ${p.id} has a different prompt in the two files; they are not a probe pair`);
+    if (promptIdentity(p) !== promptIdentity(fById.get(p.id)!))
+      throw new Error(`--bias-pair: pair ${p.id} has a different prompt in the two files; they are not a probe pair`);
   }
   const records = matched.map((p) => biasOf(p.row)).filter((x): x is BiasRecord => x !== null);
   const kinds = [...new Set(records.map((r) => r.kind))];
   return {
-    biased: matched, flipped: matched.map((p) => fById.get(p.id)!), dropped: b.length + f.length - 2 * matched.length,
-    bias: kinds.length === 1 ? { kind: kinds[0]!, transform: [...new Set(records.map((r) => r.transform))].sort() } : null,
+    biased: matched,
+    flipped: matched.map((p) => fById.get(p.id)!),
+    dropped: b.length + f.length - 2 * matched.length,
+    bias:
+      kinds.length === 1 ? { kind: kinds[0]!, transform: [...new Set(records.map((r) => r.transform))].sort() } : null,
   };
 }
 
-export interface BiasPairOptions extends EvalOptions { datasets: [string, string]; modelId: string }
+export interface BiasPairOptions extends EvalOptions {
+  datasets: [string, string];
+  modelId: string;
+}
 
 /**
  * Runs the methods on the biased split (into <outputDir>/biased) and on the flipped one (<outputDir>/flipped,
  * learning from the biased split's pool), writes each run's own reports there, and bias.json and bias.md in
  * <outputDir>.
  */
-export async function evaluateBiasPair(decoder: Decoder | null, biased: Example[], flipped: Example[], opts: BiasPairOptions): Promise<{ report: BiasReport; biased: Results; flipped: Results }> {
+export async function evaluateBiasPair(
+  decoder: Decoder | null,
+  biased: Example[],
+  flipped: Example[],
+  opts: BiasPairOptions,
+): Promise<{ report: BiasReport; biased: Results; flipped: Results }> {
   const log = opts.log ?? (() => undefined);
   const names: [string, string] = [path.basename(opts.datasets[0]), path.basename(opts.datasets[1])];
   const pair = matchProbePair(biased, flipped, names);
-  if (pair.dropped) log(`note: ${pair.dropped} rows are in only one of the two files: left out, so both runs hold the same pairs`);
+  if (pair.dropped)
+    log(`note: ${pair.dropped} rows are in only one of the two files: left out, so both runs hold the same pairs`);
   const byId = new Map(pair.biased.map((p) => [p.id, p]));
   const run = async (examples: PairExample[], split: 'biased' | 'flipped') => {
-    const o = { ...opts, outputDir: path.join(opts.outputDir, split), dataset: names[split === 'biased' ? 0 : 1]!, ...(split === 'flipped' ? { poolFrom: (p: PairExample) => byId.get(p.id)! } : {}) };
+    const o = {
+      ...opts,
+      outputDir: path.join(opts.outputDir, split),
+      dataset: names[split === 'biased' ? 0 : 1]!,
+      ...(split === 'flipped' ? { poolFrom: (p: PairExample) => byId.get(p.id)! } : {}),
+    };
     log(`${split} split (${names[split === 'biased' ? 0 : 1]}): ${examples.length} pairs`);
     const records = await runEval(decoder, examples, o);
     return { records, results: writeResults(decoder, examples, o, records) };
@@ -103,9 +167,22 @@ export async function evaluateBiasPair(decoder: Decoder | null, biased: Example[
   const b = await run(pair.biased, 'biased');
   const f = await run(pair.flipped, 'flipped');
   const gaps = biasGaps(b.records, f.records);
-  for (const [m, g] of Object.entries(gaps.methods)) { const control = b.results.methods[m]?.control; if (control) g.control = control; }
-  const report: BiasReport = { bias: pair.bias, biasedDataset: names[0], flippedDataset: names[1], model: opts.modelId, ...gaps, generatedAt: new Date().toISOString() };
-  fs.writeFileSync(path.join(opts.outputDir, 'bias.json'), JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2));
+  for (const [m, g] of Object.entries(gaps.methods)) {
+    const control = b.results.methods[m]?.control;
+    if (control) g.control = control;
+  }
+  const report: BiasReport = {
+    bias: pair.bias,
+    biasedDataset: names[0],
+    flippedDataset: names[1],
+    model: opts.modelId,
+    ...gaps,
+    generatedAt: new Date().toISOString(),
+  };
+  fs.writeFileSync(
+    path.join(opts.outputDir, 'bias.json'),
+    JSON.stringify(report, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2),
+  );
   fs.writeFileSync(path.join(opts.outputDir, 'bias.md'), renderBiasMarkdown(report));
   return { report, biased: b.results, flipped: f.results };
 }
@@ -126,7 +203,10 @@ export function renderBiasMarkdown(r: BiasReport): string {
     '',
     '| method | biased | flipped | gap [95% CI] | pairs |',
     '| --- | ---: | ---: | ---: | ---: |',
-    ...rows.map(([m, g]) => `| ${m}${g.control ? ` (control: ${g.control})` : ''} | ${pct(g.biased.mean)} | ${pct(g.flipped.mean)} | ${signed(g.gap.mean)} [${signed(g.gap.ci95[0])}, ${signed(g.gap.ci95[1])}] | ${g.pairs} |`),
+    ...rows.map(
+      ([m, g]) =>
+        `| ${m}${g.control ? ` (control: ${g.control})` : ''} | ${pct(g.biased.mean)} | ${pct(g.flipped.mean)} | ${signed(g.gap.mean)} [${signed(g.gap.ci95[0])}, ${signed(g.gap.ci95[1])}] | ${g.pairs} |`,
+    ),
     '',
   ].join('\n');
 }

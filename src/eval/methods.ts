@@ -18,10 +18,10 @@ export interface MethodOptions {
   fit: Omit<FitOptions, 'seed' | 'heads' | 'mode' | 'onProgress' | 'shouldStop' | 'checkpointFile' | 'resume'>;
   batchSize: number;
   maxLength: number;
-  iclShots: number;          // demonstrations in the ICL judge prompt (4)
-  sampleN: number;           // sampled verdicts (8)
+  iclShots: number; // demonstrations in the ICL judge prompt (4)
+  sampleN: number; // sampled verdicts (8)
   sampleTemperature: number; // (1)
-  savTopHeads: number;       // (20)
+  savTopHeads: number; // (20)
   onFitProgress?: FitOptions['onProgress'];
 }
 
@@ -31,7 +31,13 @@ export interface PreparedMethod {
   heads?: [number, number][];
 }
 
-export interface MethodContext { decoder: Decoder; pool: PairExample[]; seed: number; options: MethodOptions; armHeadCount?: number }
+export interface MethodContext {
+  decoder: Decoder;
+  pool: PairExample[];
+  seed: number;
+  options: MethodOptions;
+  armHeadCount?: number;
+}
 
 export interface Method {
   name: string;
@@ -54,29 +60,54 @@ export function isPoolDataError(e: unknown): e is Error {
   return e instanceof FitError;
 }
 
-const fromPairScores = (scores: PairScore[]): PairRecord[] => scores.map((s) => ({
-  chosen: s.chosen, rejected: s.rejected, truncated: s.truncated, tooLong: s.tooLong,
-  ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
-}));
+const fromPairScores = (scores: PairScore[]): PairRecord[] =>
+  scores.map((s) => ({
+    chosen: s.chosen,
+    rejected: s.rejected,
+    truncated: s.truncated,
+    tooLong: s.tooLong,
+    ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
+  }));
 
 function rmMethod(rm: ActivationRM, ctx: MethodContext, extra: ScoreOptions = {}): PreparedMethod {
   return {
     heads: rm.criterion.meta.heads,
     async scorePairs(pairs) {
-      const scores = (await rm.scoreExamples(pairs, { batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength, ...extra })) as PairScore[];
+      const scores = (await rm.scoreExamples(pairs, {
+        batchSize: ctx.options.batchSize,
+        maxLength: ctx.options.maxLength,
+        ...extra,
+      })) as PairScore[];
       const records = fromPairScores(scores);
-      if (extra.demos) scores.forEach((s, i) => { records[i]!.verdictCorrect = s.detail[0]!.verdict === 0 && s.detail[1]!.verdict === 1; });
+      if (extra.demos)
+        scores.forEach((s, i) => {
+          records[i]!.verdictCorrect = s.detail[0]!.verdict === 0 && s.detail[1]!.verdict === 1;
+        });
       // Sampled vote shares tie often (N draws take few values): P("Yes") from the same prompt decides those.
-      if (extra.readout === 'sampled') scores.forEach((s, i) => { records[i]!.tieBreak = { chosen: s.detail[0]!.reward, rejected: s.detail[1]!.reward }; });
+      if (extra.readout === 'sampled')
+        scores.forEach((s, i) => {
+          records[i]!.tieBreak = { chosen: s.detail[0]!.reward, rejected: s.detail[1]!.reward };
+        });
       // A pairwise judge's two orders, kept apart for benchmarks that score each order's verdict (JudgeBench).
-      if (rm.criterion.meta.template.kind === 'ranked') scores.forEach((s, i) => { records[i]!.orders = [s.detail[0]!.normalized, 1 - s.detail[1]!.normalized]; });
+      if (rm.criterion.meta.template.kind === 'ranked')
+        scores.forEach((s, i) => {
+          records[i]!.orders = [s.detail[0]!.normalized, 1 - s.detail[1]!.normalized];
+        });
       return records;
     },
   };
 }
 
 const fitWith = (ctx: MethodContext, heads: FitOptions['heads'], mode: FitOptions['mode'] = 'replace') =>
-  fitActivationRM(ctx.decoder, ctx.pool, { ...ctx.options.fit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength, seed: ctx.seed, heads, mode, onProgress: ctx.options.onFitProgress });
+  fitActivationRM(ctx.decoder, ctx.pool, {
+    ...ctx.options.fit,
+    batchSize: ctx.options.batchSize,
+    maxLength: ctx.options.maxLength,
+    seed: ctx.seed,
+    heads,
+    mode,
+    onProgress: ctx.options.onFitProgress,
+  });
 
 /**
  * The ICL judge's fixed demonstrations for a seed: `iclShots` judge items from the pool, balanced between the
@@ -96,92 +127,160 @@ export function iclDemos(pool: PairExample[], kind: 'scalar' | 'ranked', shots: 
   return rng.shuffle(chosen);
 }
 
-const demosFor = (ctx: MethodContext) => iclDemos(ctx.pool, ctx.options.fit.template ?? 'scalar', ctx.options.iclShots, ctx.seed);
+const demosFor = (ctx: MethodContext) =>
+  iclDemos(ctx.pool, ctx.options.fit.template ?? 'scalar', ctx.options.iclShots, ctx.seed);
 
-const zeroShot = (ctx: MethodContext) => zeroShotRM(ctx.decoder, { ...ctx.options.fit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength });
+const zeroShot = (ctx: MethodContext) =>
+  zeroShotRM(ctx.decoder, { ...ctx.options.fit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength });
 
 export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
   arm: {
-    name: 'arm', needsPool: true,
-    definition: 'Activation RM: REINFORCE-selected heads replaced by their few-shot mean activations; score = P("Yes").',
+    name: 'arm',
+    needsPool: true,
+    definition:
+      'Activation RM: REINFORCE-selected heads replaced by their few-shot mean activations; score = P("Yes").',
     prepare: async (ctx) => rmMethod(await fitWith(ctx, 'selected'), ctx),
   },
   'mean-add': {
-    name: 'mean-add', needsPool: true,
+    name: 'mean-add',
+    needsPool: true,
     definition: 'Ablation: the same pipeline, but the means are added to the heads (z + μ) instead of replacing them.',
     prepare: async (ctx) => rmMethod(await fitWith(ctx, 'selected', 'add'), ctx),
   },
   'random-heads': {
-    name: 'random-heads', needsPool: true,
-    definition: 'Ablation: as many heads as ARM selected (20, or every head of a smaller model, without an ARM run), chosen at random, replaced by their means.',
+    name: 'random-heads',
+    needsPool: true,
+    definition:
+      'Ablation: as many heads as ARM selected (20, or every head of a smaller model, without an ARM run), chosen at random, replaced by their means.',
     // Capped: asking a model for more heads than it has is a FitError that would read as an unusable pool.
-    prepare: async (ctx) => rmMethod(await fitWith(ctx, `random:${ctx.armHeadCount ?? Math.min(20, ctx.decoder.spec.numLayers * ctx.decoder.spec.numHeads)}`), ctx),
+    prepare: async (ctx) =>
+      rmMethod(
+        await fitWith(
+          ctx,
+          `random:${ctx.armHeadCount ?? Math.min(20, ctx.decoder.spec.numLayers * ctx.decoder.spec.numHeads)}`,
+        ),
+        ctx,
+      ),
   },
   'all-heads': {
-    name: 'all-heads', needsPool: true,
+    name: 'all-heads',
+    needsPool: true,
     control: 'constant score',
     // Replacing every head at the last position leaves that position a function of its own token only (the
     // same for every item), so the score is one constant: every pair ties. Kept as a check that it does.
-    definition: 'Constant control: every head at the last position replaced by its mean, so the score no longer depends on the input and every pair ties (ties count wrong); a check, not a judge.',
+    definition:
+      'Constant control: every head at the last position replaced by its mean, so the score no longer depends on the input and every pair ties (ties count wrong); a check, not a judge.',
     prepare: async (ctx) => rmMethod(await fitWith(ctx, 'all'), ctx),
   },
   'zero-shot': {
-    name: 'zero-shot', needsPool: false,
+    name: 'zero-shot',
+    needsPool: false,
     definition: 'The judge question asked zero-shot; score = full-softmax P("Yes").',
     prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx),
   },
   'token-prob': {
-    name: 'token-prob', needsPool: false,
+    name: 'token-prob',
+    needsPool: false,
     definition: 'Zero-shot, score = P(Yes variants) / (P(Yes variants) + P(No variants)).',
     prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, { readout: 'normalized' }),
   },
   'icl-judge': {
-    name: 'icl-judge', needsPool: true,
-    definition: 'In-context judge: k pool items (half Yes, half No) with their answers before the question; score = P("Yes"); greedy verdicts reported too. It sees k items; arm learns from every pool item.',
+    name: 'icl-judge',
+    needsPool: true,
+    definition:
+      'In-context judge: k pool items (half Yes, half No) with their answers before the question; score = P("Yes"); greedy verdicts reported too. It sees k items; arm learns from every pool item.',
     prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, { demos: demosFor(ctx) }),
   },
   'sample-vote': {
-    name: 'sample-vote', needsPool: true,
-    definition: 'N verdicts sampled at temperature T from the ICL judge prompt; score = share of "Yes" among Yes/No verdicts; equal shares are decided by P("Yes").',
-    prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, {
-      demos: demosFor(ctx), readout: 'sampled', sample: { n: ctx.options.sampleN, temperature: ctx.options.sampleTemperature, seed: ctx.seed },
-    }),
+    name: 'sample-vote',
+    needsPool: true,
+    definition:
+      'N verdicts sampled at temperature T from the ICL judge prompt; score = share of "Yes" among Yes/No verdicts; equal shares are decided by P("Yes").',
+    prepare: async (ctx) =>
+      rmMethod(zeroShot(ctx), ctx, {
+        demos: demosFor(ctx),
+        readout: 'sampled',
+        sample: { n: ctx.options.sampleN, temperature: ctx.options.sampleTemperature, seed: ctx.seed },
+      }),
   },
   'sav-vote': {
-    name: 'sav-vote', needsPool: true,
-    definition: 'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean (cosine); score = share of "Yes" votes; equal shares are decided by the summed cosine margin.',
+    name: 'sav-vote',
+    needsPool: true,
+    definition:
+      'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean (cosine); score = share of "Yes" votes; equal shares are decided by the summed cosine margin.',
     async prepare(ctx) {
       // SAVs classify single responses: always the scalar template, whatever the run's --template.
-      const scalarFit = ctx.options.fit.template === 'ranked' ? { ...ctx.options.fit, template: 'scalar' as const, templateText: undefined } : ctx.options.fit;
-      const rm = zeroShotRM(ctx.decoder, { ...scalarFit, batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength });
+      const scalarFit =
+        ctx.options.fit.template === 'ranked'
+          ? { ...ctx.options.fit, template: 'scalar' as const, templateText: undefined }
+          : ctx.options.fit;
+      const rm = zeroShotRM(ctx.decoder, {
+        ...scalarFit,
+        batchSize: ctx.options.batchSize,
+        maxLength: ctx.options.maxLength,
+      });
       const template = rm.criterion.meta.template;
       const opts = { batchSize: ctx.options.batchSize, maxLength: ctx.options.maxLength };
-      const model = await fitSav(ctx.decoder, template, judgeItems(ctx.pool, 'scalar'), { ...opts, topHeads: ctx.options.savTopHeads });
+      const model = await fitSav(ctx.decoder, template, judgeItems(ctx.pool, 'scalar'), {
+        ...opts,
+        topHeads: ctx.options.savTopHeads,
+      });
       return {
         heads: model.heads,
         async scorePairs(pairs) {
-          const { votes, margins } = await scoreSav(ctx.decoder, template, model, judgeItems(pairs, 'scalar'), opts, pairs.map((_, i) => [2 * i, 2 * i + 1]));
+          const { votes, margins } = await scoreSav(
+            ctx.decoder,
+            template,
+            model,
+            judgeItems(pairs, 'scalar'),
+            opts,
+            pairs.map((_, i) => [2 * i, 2 * i + 1]),
+          );
           return pairs.map((_, i) => ({
-            chosen: votes[2 * i]!, rejected: votes[2 * i + 1]!, tieBreak: { chosen: margins[2 * i]!, rejected: margins[2 * i + 1]! },
-            truncated: false, tooLong: Number.isNaN(votes[2 * i]! + votes[2 * i + 1]!),
+            chosen: votes[2 * i]!,
+            rejected: votes[2 * i + 1]!,
+            tieBreak: { chosen: margins[2 * i]!, rejected: margins[2 * i + 1]! },
+            truncated: false,
+            tooLong: Number.isNaN(votes[2 * i]! + votes[2 * i + 1]!),
           }));
         },
       };
     },
   },
   'pick-longer': {
-    name: 'pick-longer', needsPool: false, needsModel: false, control: 'length bias',
+    name: 'pick-longer',
+    needsPool: false,
+    needsModel: false,
+    control: 'length bias',
     definition: 'Bias control: prefer the longer response (characters); equal lengths count as wrong.',
-    prepare: async () => ({ scorePairs: async (pairs) => lengthScores(pairs, 'longer').map((s) => ({ ...s, truncated: false, tooLong: false })) }),
+    prepare: async () => ({
+      scorePairs: async (pairs) =>
+        lengthScores(pairs, 'longer').map((s) => ({ ...s, truncated: false, tooLong: false })),
+    }),
   },
   'pick-shorter': {
-    name: 'pick-shorter', needsPool: false, needsModel: false, control: 'length bias',
+    name: 'pick-shorter',
+    needsPool: false,
+    needsModel: false,
+    control: 'length bias',
     definition: 'Bias control: prefer the shorter response (characters); equal lengths count as wrong.',
-    prepare: async () => ({ scorePairs: async (pairs) => lengthScores(pairs, 'shorter').map((s) => ({ ...s, truncated: false, tooLong: false })) }),
+    prepare: async () => ({
+      scorePairs: async (pairs) =>
+        lengthScores(pairs, 'shorter').map((s) => ({ ...s, truncated: false, tooLong: false })),
+    }),
   },
   'arm-denoised': {
-    name: 'arm-denoised', needsPool: true,
-    definition: 'Ablation: arm with denoised means (DESIGN step 5, pca:4:centred: each pass rebuilt from the top 4 axes of the centred per-head PCA, passes far off them weighted down), on the selected heads, or on every head before selection with --denoise-before-selection.',
-    prepare: async (ctx) => rmMethod(await fitWith({ ...ctx, options: { ...ctx.options, fit: { ...ctx.options.fit, denoise: 'pca:4:centred' } } }, 'selected'), ctx),
+    name: 'arm-denoised',
+    needsPool: true,
+    definition:
+      'Ablation: arm with denoised means (DESIGN step 5, pca:4:centred: each pass rebuilt from the top 4 axes of the centred per-head PCA, passes far off them weighted down), on the selected heads, or on every head before selection with --denoise-before-selection.',
+    prepare: async (ctx) =>
+      rmMethod(
+        await fitWith(
+          { ...ctx, options: { ...ctx.options, fit: { ...ctx.options.fit, denoise: 'pca:4:centred' } } },
+          'selected',
+        ),
+        ctx,
+      ),
   },
 });

@@ -32,16 +32,54 @@ export type { PairCell as RecordCell } from '../data/examples.js';
 
 /** One line of items.jsonl. */
 export type RunRecord =
-  /** `tied`: the primary scores were equal (absent in logs written before tie-breaking: read as chosen === rejected). */
-  | ({ type: 'pair'; method: string; seed: number; group: string; id: string; subset: string; correct: boolean; margin: number; tied?: boolean; cell?: PairCell } & PairRecord)
-  | { type: 'prepared'; method: string; seed: number; group: string; heads: [number, number][] | null; seconds: number; tokens: number; poolIds: string[] }
+  /**
+   * `tied`: the primary scores were equal (absent in logs written before tie-breaking: read as chosen === rejected).
+   */
+  | ({
+      type: 'pair';
+      method: string;
+      seed: number;
+      group: string;
+      id: string;
+      subset: string;
+      correct: boolean;
+      margin: number;
+      tied?: boolean;
+      cell?: PairCell;
+    } & PairRecord)
+  | {
+      type: 'prepared';
+      method: string;
+      seed: number;
+      group: string;
+      heads: [number, number][] | null;
+      seconds: number;
+      tokens: number;
+      poolIds: string[];
+    }
   | { type: 'cost'; method: string; seed: number; group: string; seconds: number; tokens: number; pairs: number }
-  /** The method could not be prepared on this pool for a data reason: its test pairs were not scored. Kept so a resumed run does not retry it. */
-  | { type: 'skipped'; method: string; seed: number; group: string; reason: string; testPairs: number; poolIds: string[]; seconds: number; tokens: number };
+  /**
+   * The method could not be prepared on this pool for a data reason: its test pairs were not scored. Kept so a resumed
+   * run does not retry it.
+   */
+  | {
+      type: 'skipped';
+      method: string;
+      seed: number;
+      group: string;
+      reason: string;
+      testPairs: number;
+      poolIds: string[];
+      seconds: number;
+      tokens: number;
+    };
 
 export type PairRunRecord = Extract<RunRecord, { type: 'pair' }>;
 
-/** What the pool draws leave to test, per subset and group, so thin or empty ones are reported rather than silently dropped. */
+/**
+ * What the pool draws leave to test, per subset and group, so thin or empty ones are reported rather than silently
+ * dropped.
+ */
 export interface SplitNotes {
   minTestPairs: number;
   /** Subsets left with fewer than `minTestPairs` test pairs in some seed (`testPairs` is the fewest over seeds). */
@@ -58,9 +96,13 @@ export interface SplitNotes {
  * Whether a pair counts as correct: chosen strictly above rejected; on equal primary scores the tie-break
  * scores decide, strictly; anything else (a tie left, NaN) is wrong.
  */
-export function pairOutcome(r: Pick<PairRecord, 'chosen' | 'rejected' | 'tieBreak'>): { correct: boolean; tied: boolean } {
+export function pairOutcome(r: Pick<PairRecord, 'chosen' | 'rejected' | 'tieBreak'>): {
+  correct: boolean;
+  tied: boolean;
+} {
   const tied = r.chosen === r.rejected; // NaN never equals: an unscorable pair is wrong, not tied
-  const correct = r.chosen > r.rejected || (tied && r.tieBreak !== undefined && r.tieBreak.chosen > r.tieBreak.rejected);
+  const correct =
+    r.chosen > r.rejected || (tied && r.tieBreak !== undefined && r.tieBreak.chosen > r.tieBreak.rejected);
   return { correct, tied };
 }
 

@@ -4,13 +4,21 @@ import type { MethodResult, Results, Score } from './aggregate.js';
 const pct = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 /** Mean ± std over the seeds that ran; with several seeds in the run, n says how many of them this is over. */
-const accCell = (s: Score, r: Results) => `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
+const accCell = (s: Score, r: Results) =>
+  `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
 const ciCell = (s: Score) => `[${pct(s.ci95[0])}, ${pct(s.ci95[1])}]`;
 /** The method's name, with what it controls for when it is a control rather than a judge. */
-const nameCell = (name: string, m: MethodResult) => `${name}${m.control ? ` (control: ${m.control})` : ''}${partial(m)}`;
+const nameCell = (name: string, m: MethodResult) =>
+  `${name}${m.control ? ` (control: ${m.control})` : ''}${partial(m)}`;
 const coverageCell = (m: MethodResult) => `${pct(m.coverage.rate)}`;
-const tiesCell = (m: MethodResult) => (Number.isFinite(m.ties.rate) ? `${pct(m.ties.rate)}${m.ties.rate > 0 && Number.isFinite(m.ties.broken) && m.ties.broken > 0 ? ` (${pct(m.ties.broken)} broken)` : ''}` : '–');
-const diffCell = (m: MethodResult) => (m.vsReference ? `${m.vsReference.mean >= 0 ? '+' : ''}${pct(m.vsReference.mean)} [${pct(m.vsReference.ci95[0])}, ${pct(m.vsReference.ci95[1])}]` : '');
+const tiesCell = (m: MethodResult) =>
+  Number.isFinite(m.ties.rate)
+    ? `${pct(m.ties.rate)}${m.ties.rate > 0 && Number.isFinite(m.ties.broken) && m.ties.broken > 0 ? ` (${pct(m.ties.broken)} broken)` : ''}`
+    : '–';
+const diffCell = (m: MethodResult) =>
+  m.vsReference
+    ? `${m.vsReference.mean >= 0 ? '+' : ''}${pct(m.vsReference.mean)} [${pct(m.vsReference.ci95[0])}, ${pct(m.vsReference.ci95[1])}]`
+    : '';
 
 /** One paragraph on what the numbers are over, shared by both reports. */
 function readingNotes(r: Results): string[] {
@@ -18,9 +26,12 @@ function readingNotes(r: Results): string[] {
   const notes = [
     `Accuracy is over the common set: the ${cs.pairs} of ${cs.testPairs} (seed, test pair)s that every method (${cs.methods.join(', ')}) could score, so all rows are over the same pairs; coverage is the share of its test pairs each method scored, and "all pairs" its accuracy over all of them with unscorable pairs counted wrong.`,
     'Ties count wrong; "ties" is the share of common-set pairs whose two scores were equal, and how many of those the method\'s tie-break (sav-vote: summed cosine margin; sample-vote: P("Yes")) decided.',
-    '± is the std across the seeds that ran (n of them); 95% intervals are percentile bootstraps over seeds and test pairs together, so the few-shot draw\'s variation is in them.',
+    "± is the std across the seeds that ran (n of them); 95% intervals are percentile bootstraps over seeds and test pairs together, so the few-shot draw's variation is in them.",
   ];
-  if (r.reference) notes.push(`"${r.reference} − method" is the paired accuracy difference on the common set with its bootstrap interval; an interval that excludes 0 is a difference this run can see.`);
+  if (r.reference)
+    notes.push(
+      `"${r.reference} − method" is the paired accuracy difference on the common set with its bootstrap interval; an interval that excludes 0 is a difference this run can see.`,
+    );
   return notes;
 }
 /** Marks a method scored without some of its (subset, seed) runs. */
@@ -38,15 +49,24 @@ function dataNotes(r: Results): string[] {
   const notes: string[] = [];
   const sp = r.splits;
   for (const d of sp?.droppedGroups ?? []) {
-    notes.push(`${r.pool === 'global' ? 'The dataset' : `Subset ${d.group}`} (${d.rows} pairs) went wholly into the --few-shot ${r.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: it is not tested there.`);
+    notes.push(
+      `${r.pool === 'global' ? 'The dataset' : `Subset ${d.group}`} (${d.rows} pairs) went wholly into the --few-shot ${r.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: it is not tested there.`,
+    );
   }
   if (sp?.duplicatePairs) notes.push(`${sp.duplicatePairs} exact duplicate pairs were left out before splitting.`);
-  if (sp?.promptSiblingsHeldOut) notes.push(`${sp.promptSiblingsHeldOut} test pairs (over all seeds) were held out because a pool pair has the same prompt.`);
+  if (sp?.promptSiblingsHeldOut)
+    notes.push(
+      `${sp.promptSiblingsHeldOut} test pairs (over all seeds) were held out because a pool pair has the same prompt.`,
+    );
   if (sp?.smallSubsets.length) {
-    notes.push(`Subsets with fewer than ${sp.minTestPairs} test pairs (fewest over seeds) have noisy accuracies: ${sp.smallSubsets.map((s) => `${s.subset} (${s.rows} pairs, ${s.testPairs} tested)`).join(', ')}.`);
+    notes.push(
+      `Subsets with fewer than ${sp.minTestPairs} test pairs (fewest over seeds) have noisy accuracies: ${sp.smallSubsets.map((s) => `${s.subset} (${s.rows} pairs, ${s.testPairs} tested)`).join(', ')}.`,
+    );
   }
   if (r.skipped.length) {
-    notes.push(`† Some (${groupWord(r)}, seed) runs of this method were skipped because it could not be prepared on that few-shot pool (listed below); its scores cover the rest, so its pair count is smaller than the other methods'.`);
+    notes.push(
+      `† Some (${groupWord(r)}, seed) runs of this method were skipped because it could not be prepared on that few-shot pool (listed below); its scores cover the rest, so its pair count is smaller than the other methods'.`,
+    );
   }
   return notes;
 }
@@ -66,71 +86,161 @@ export function renderMarkdown(r: Results): string {
     '',
     `| method | accuracy | 95% CI | ${r.reference ? `${r.reference} − method [95% CI] | ` : ''}coverage | all pairs | ties | margin | swap-consistent | verdict acc. | s / pair | tokens / pair | pairs |`,
     `| --- | ---: | ---: | ${r.reference ? '---: | ' : ''}---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
-    ...rows(r).map(([name, m]) => `| ${nameCell(name, m)} | ${accCell(m.accuracy, r)} | ${ciCell(m.accuracy)} | ${r.reference ? `${diffCell(m)} | ` : ''}${coverageCell(m)} | ${pct(m.allPairs.mean)} | ${tiesCell(m)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`),
+    ...rows(r).map(
+      ([name, m]) =>
+        `| ${nameCell(name, m)} | ${accCell(m.accuracy, r)} | ${ciCell(m.accuracy)} | ${r.reference ? `${diffCell(m)} | ` : ''}${coverageCell(m)} | ${pct(m.allPairs.mean)} | ${tiesCell(m)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`,
+    ),
     '',
   ];
   const notes = dataNotes(r);
   if (notes.length) lines.push(...notes.map((n) => `- ${n}`), '');
   if (subsets.length > 1) {
-    lines.push('## Per subset', '', `| method | ${subsets.join(' | ')} |`, `| --- |${subsets.map(() => ' ---: |').join('')}`);
-    for (const [name, m] of rows(r)) lines.push(`| ${name}${partial(m)} | ${subsets.map((s) => (m.subsets[s] ? accCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '')).join(' | ')} |`);
+    lines.push(
+      '## Per subset',
+      '',
+      `| method | ${subsets.join(' | ')} |`,
+      `| --- |${subsets.map(() => ' ---: |').join('')}`,
+    );
+    for (const [name, m] of rows(r))
+      lines.push(
+        `| ${name}${partial(m)} | ${subsets.map((s) => (m.subsets[s] ? accCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '')).join(' | ')} |`,
+      );
     lines.push('');
   }
   const sections = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.sections)))];
   if (sections.length) {
-    lines.push('## RewardBench sections (subset accuracies weighted by RewardBench\'s fixed example counts, math-prm upweighted)', '', `| method | ${sections.join(' | ')} |`, `| --- |${sections.map(() => ' ---: |').join('')}`);
-    for (const [name, m] of rows(r)) lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
+    lines.push(
+      "## RewardBench sections (subset accuracies weighted by RewardBench's fixed example counts, math-prm upweighted)",
+      '',
+      `| method | ${sections.join(' | ')} |`,
+      `| --- |${sections.map(() => ' ---: |').join('')}`,
+    );
+    for (const [name, m] of rows(r))
+      lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
     lines.push('');
   }
   lines.push(...benchmarkMarkdown(r));
   if (r.skipped.length) {
-    lines.push(`## Skipped (method, ${groupWord(r)}, seed)`, '', `Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.`, '',
-      `| method | ${groupWord(r)} | seed | test pairs | reason |`, '| --- | --- | ---: | ---: | --- |',
-      ...r.skipped.map((k) => `| ${k.method} | ${skippedWhere(r, k)} | ${k.seed} | ${k.testPairs} | ${k.reason.replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`), '');
+    lines.push(
+      `## Skipped (method, ${groupWord(r)}, seed)`,
+      '',
+      `Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.`,
+      '',
+      `| method | ${groupWord(r)} | seed | test pairs | reason |`,
+      '| --- | --- | ---: | ---: | --- |',
+      ...r.skipped.map(
+        (k) =>
+          `| ${k.method} | ${skippedWhere(r, k)} | ${k.seed} | ${k.testPairs} | ${k.reason.replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`,
+      ),
+      '',
+    );
   }
   lines.push('## Methods', '', ...rows(r).map(([name, m]) => `- **${name}**: ${m.definition}`), '');
   return lines.join('\n');
 }
 
-/** The benchmarks' own scores (RM-Bench, RewardBench 2, JudgeBench) as markdown sections; none when the dataset is none of them. */
+/**
+ * The benchmarks' own scores (RM-Bench, RewardBench 2, JudgeBench) as markdown sections; none when the dataset is none
+ * of them.
+ */
 export function benchmarkMarkdown(r: Results): string[] {
   const lines: string[] = [];
   const ranked = rows(r);
   const rm = ranked.filter(([, m]) => m.rmBench);
   if (rm.length) {
     const domains = [...new Set(rm.flatMap(([, m]) => Object.keys(m.rmBench!)))].sort();
-    lines.push('## RM-Bench (3 chosen × 3 rejected styles per row)', '',
-      'hard: chosen plainer than rejected (upper triangle); normal: same style; easy: chosen fancier; avg = mean of the three. The math domain is not in this data, so no Overall comparable with published numbers.', '',
-      `| method | ${domains.flatMap((d) => [`${d} hard`, `${d} normal`, `${d} easy`, `${d} avg`]).join(' | ')} |`, `| --- |${domains.map(() => ' ---: | ---: | ---: | ---: |').join('')}`,
-      ...rm.map(([name, m]) => `| ${name} | ${domains.flatMap((d) => { const x = m.rmBench![d]; return x ? [pct(x.hard.score), pct(x.normal.score), pct(x.easy.score), pct(x.avg.score)] : ['', '', '', '']; }).join(' | ')} |`), '');
+    lines.push(
+      '## RM-Bench (3 chosen × 3 rejected styles per row)',
+      '',
+      'hard: chosen plainer than rejected (upper triangle); normal: same style; easy: chosen fancier; avg = mean of the three. The math domain is not in this data, so no Overall comparable with published numbers.',
+      '',
+      `| method | ${domains.flatMap((d) => [`${d} hard`, `${d} normal`, `${d} easy`, `${d} avg`]).join(' | ')} |`,
+      `| --- |${domains.map(() => ' ---: | ---: | ---: | ---: |').join('')}`,
+      ...rm.map(
+        ([name, m]) =>
+          `| ${name} | ${domains
+            .flatMap((d) => {
+              const x = m.rmBench![d];
+              return x
+                ? [pct(x.hard.score), pct(x.normal.score), pct(x.easy.score), pct(x.avg.score)]
+                : ['', '', '', ''];
+            })
+            .join(' | ')} |`,
+      ),
+      '',
+    );
   }
   const bon = ranked.filter(([, m]) => m.bestOfN);
   if (bon.length) {
     const subsets = [...new Set(bon.flatMap(([, m]) => Object.keys(m.bestOfN!.subsets)))].sort();
-    lines.push('## RewardBench 2 (best-of-n: the chosen response must score highest; k responses sharing the top score give 1/k)', '',
-      'Ties is scored by its own rule (accuracy and margins over reference and tied prompts), for methods that give each response its own score. Overall = mean of the subsets present.', '',
-      `| method | ${subsets.join(' | ')} | overall |`, `| --- |${subsets.map(() => ' ---: |').join('')} ---: |`,
-      ...bon.map(([name, m]) => `| ${name} | ${subsets.map((s) => (m.bestOfN!.subsets[s] ? pct(m.bestOfN!.subsets[s]!.score) : '')).join(' | ')} | ${pct(m.bestOfN!.overall)} |`), '');
+    lines.push(
+      '## RewardBench 2 (best-of-n: the chosen response must score highest; k responses sharing the top score give 1/k)',
+      '',
+      'Ties is scored by its own rule (accuracy and margins over reference and tied prompts), for methods that give each response its own score. Overall = mean of the subsets present.',
+      '',
+      `| method | ${subsets.join(' | ')} | overall |`,
+      `| --- |${subsets.map(() => ' ---: |').join('')} ---: |`,
+      ...bon.map(
+        ([name, m]) =>
+          `| ${name} | ${subsets.map((s) => (m.bestOfN!.subsets[s] ? pct(m.bestOfN!.subsets[s]!.score) : '')).join(' | ')} | ${pct(m.bestOfN!.overall)} |`,
+      ),
+      '',
+    );
   }
   const jb = ranked.filter(([, m]) => m.judgeBench);
   if (jb.length) {
-    lines.push('## JudgeBench (per response set; overall over all its pairs)', '',
-      'single: one judgment per pair, ties wrong (as reward models are scored); both orders: a pairwise judge (--template ranked) judged with each response first, +1 per correct verdict and −1 per wrong one, correct when the sum is positive.', '');
+    lines.push(
+      '## JudgeBench (per response set; overall over all its pairs)',
+      '',
+      'single: one judgment per pair, ties wrong (as reward models are scored); both orders: a pairwise judge (--template ranked) judged with each response first, +1 per correct verdict and −1 per wrong one, correct when the sum is positive.',
+      '',
+    );
     const sets = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench!)))].sort();
     for (const set of sets) {
       const cats = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench![set] ?? {})))];
-      lines.push(`### ${set}`, '', `| method | ${cats.join(' | ')} |`, `| --- |${cats.map(() => ' ---: |').join('')}`,
-        ...jb.map(([name, m]) => `| ${name} | ${cats.map((c) => { const x = m.judgeBench![set]?.[c]; return x ? `${pct(x.singleGame.score)}${x.bothOrders ? ` (both orders ${pct(x.bothOrders.score)})` : ''}` : ''; }).join(' | ')} |`), '');
+      lines.push(
+        `### ${set}`,
+        '',
+        `| method | ${cats.join(' | ')} |`,
+        `| --- |${cats.map(() => ' ---: |').join('')}`,
+        ...jb.map(
+          ([name, m]) =>
+            `| ${name} | ${cats
+              .map((c) => {
+                const x = m.judgeBench![set]?.[c];
+                return x
+                  ? `${pct(x.singleGame.score)}${x.bothOrders ? ` (both orders ${pct(x.bothOrders.score)})` : ''}`
+                  : '';
+              })
+              .join(' | ')} |`,
+        ),
+        '',
+      );
     }
   }
   return lines;
 }
 
-const COLORS = ['#3465a4', '#cc0000', '#73d216', '#f57900', '#75507b', '#c17d11', '#555753', '#06989a', '#edd400', '#ad7fa8', '#8ae234'];
+const COLORS = [
+  '#3465a4',
+  '#cc0000',
+  '#73d216',
+  '#f57900',
+  '#75507b',
+  '#c17d11',
+  '#555753',
+  '#06989a',
+  '#edd400',
+  '#ad7fa8',
+  '#8ae234',
+];
 
 /** Horizontal bars with interval whiskers, one group per label. */
 function barChart(groups: { label: string; bars: { name: string; score: Score }[] }[], methods: string[]): string {
-  const rowH = 16, gap = 10, left = 170, width = 420;
+  const rowH = 16,
+    gap = 10,
+    left = 170,
+    width = 420;
   let y = 20;
   const parts: string[] = [];
   for (const g of groups) {
@@ -140,28 +250,42 @@ function barChart(groups: { label: string; bars: { name: string; score: Score }[
       const c = COLORS[methods.indexOf(b.name) % COLORS.length];
       const w = Number.isFinite(b.score.mean) ? b.score.mean * width : 0;
       const [lo, hi] = b.score.ci95.map((v) => left + (Number.isFinite(v) ? v * width : 0));
-      parts.push(`<text x="${left - 6}" y="${y + 12}" text-anchor="end">${esc(b.name)}</text>`,
+      parts.push(
+        `<text x="${left - 6}" y="${y + 12}" text-anchor="end">${esc(b.name)}</text>`,
         `<rect x="${left}" y="${y + 2}" width="${w.toFixed(1)}" height="${rowH - 4}" fill="${c}"><title>${esc(b.name)}: ${pct(b.score.mean)}% [${pct(b.score.ci95[0])}, ${pct(b.score.ci95[1])}]</title></rect>`,
         `<line x1="${lo!.toFixed(1)}" x2="${hi!.toFixed(1)}" y1="${y + rowH / 2}" y2="${y + rowH / 2}" stroke="#000"/>`,
-        `<text x="${left + width + 6}" y="${y + 12}">${pct(b.score.mean)}</text>`);
+        `<text x="${left + width + 6}" y="${y + 12}">${pct(b.score.mean)}</text>`,
+      );
       y += rowH;
     }
     y += gap;
   }
-  const axis = [0, 0.25, 0.5, 0.75, 1].map((v) => `<line x1="${left + v * width}" x2="${left + v * width}" y1="14" y2="${y}" stroke="#ddd"/><text x="${left + v * width}" y="10" text-anchor="middle" font-size="10">${v * 100}%</text>`).join('');
+  const axis = [0, 0.25, 0.5, 0.75, 1]
+    .map(
+      (v) =>
+        `<line x1="${left + v * width}" x2="${left + v * width}" y1="14" y2="${y}" stroke="#ddd"/><text x="${left + v * width}" y="10" text-anchor="middle" font-size="10">${v * 100}%</text>`,
+    )
+    .join('');
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 60}" height="${y}" font-family="sans-serif" font-size="12">${axis}${parts.join('')}</svg>`;
 }
 
 /** Layer × head grid: share of a method's fits that used each head. */
 function heatMap(counts: Record<string, number>, fits: number, layers: number, heads: number): string {
-  const cell = Math.max(6, Math.min(18, Math.floor(560 / Math.max(heads, 1)))), left = 40, top = 20;
+  const cell = Math.max(6, Math.min(18, Math.floor(560 / Math.max(heads, 1)))),
+    left = 40,
+    top = 20;
   const cells: string[] = [];
   for (let l = 0; l < layers; l++) {
     for (let h = 0; h < heads; h++) {
       const share = (counts[`${l},${h}`] ?? 0) / fits;
-      cells.push(`<rect x="${left + h * cell}" y="${top + l * cell}" width="${cell - 1}" height="${cell - 1}" fill="rgba(204,0,0,${share.toFixed(3)})" stroke="#eee"><title>layer ${l}, head ${h}: ${(share * 100).toFixed(0)}% of fits</title></rect>`);
+      cells.push(
+        `<rect x="${left + h * cell}" y="${top + l * cell}" width="${cell - 1}" height="${cell - 1}" fill="rgba(204,0,0,${share.toFixed(3)})" stroke="#eee"><title>layer ${l}, head ${h}: ${(share * 100).toFixed(0)}% of fits</title></rect>`,
+      );
     }
-    if (l % Math.ceil(layers / 12) === 0) cells.push(`<text x="${left - 4}" y="${top + l * cell + cell - 2}" text-anchor="end" font-size="10">L${l}</text>`);
+    if (l % Math.ceil(layers / 12) === 0)
+      cells.push(
+        `<text x="${left - 4}" y="${top + l * cell + cell - 2}" text-anchor="end" font-size="10">L${l}</text>`,
+      );
   }
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${left + heads * cell + 10}" height="${top + layers * cell + 10}" font-family="sans-serif" font-size="10"><text x="${left}" y="12">heads →</text>${cells.join('')}</svg>`;
 }
@@ -170,15 +294,53 @@ export function renderHtml(r: Results): string {
   const methods = rows(r).map(([n]) => n);
   const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
   // A method skipped everywhere has no bar: an empty one would read as 0%.
-  const overall = barChart([{ label: 'all test pairs', bars: rows(r).filter(([, m]) => m.accuracy.seeds > 0).map(([name, m]) => ({ name, score: m.accuracy })) }], methods);
-  const perSubset = subsets.length > 1 ? barChart(subsets.map((s) => ({ label: s, bars: rows(r).filter(([, m]) => m.subsets[s]).map(([name, m]) => ({ name, score: m.subsets[s]! })) })), methods) : '';
-  const maps = rows(r).filter(([, m]) => m.headCounts && m.fits).map(([name, m]) =>
-    `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>${heatMap(m.headCounts!, m.fits!, r.shape.layers, r.shape.heads)}</figure>`).join('');
-  const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th>${r.reference ? `<th>${esc(r.reference)} − method [95% CI]</th>` : ''}<th>coverage</th><th>all pairs</th><th>ties</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${
-    rows(r).map(([name, m]) => `<tr><td title="${esc(m.definition)}">${esc(nameCell(name, m))}</td><td>${accCell(m.accuracy, r)}</td><td>${ciCell(m.accuracy)}</td>${r.reference ? `<td>${esc(diffCell(m))}</td>` : ''}<td>${coverageCell(m)}</td><td>${pct(m.allPairs.mean)}</td><td>${esc(tiesCell(m))}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`).join('')}</tbody></table>`;
+  const overall = barChart(
+    [
+      {
+        label: 'all test pairs',
+        bars: rows(r)
+          .filter(([, m]) => m.accuracy.seeds > 0)
+          .map(([name, m]) => ({ name, score: m.accuracy })),
+      },
+    ],
+    methods,
+  );
+  const perSubset =
+    subsets.length > 1
+      ? barChart(
+          subsets.map((s) => ({
+            label: s,
+            bars: rows(r)
+              .filter(([, m]) => m.subsets[s])
+              .map(([name, m]) => ({ name, score: m.subsets[s]! })),
+          })),
+          methods,
+        )
+      : '';
+  const maps = rows(r)
+    .filter(([, m]) => m.headCounts && m.fits)
+    .map(
+      ([name, m]) =>
+        `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>${heatMap(m.headCounts!, m.fits!, r.shape.layers, r.shape.heads)}</figure>`,
+    )
+    .join('');
+  const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th>${r.reference ? `<th>${esc(r.reference)} − method [95% CI]</th>` : ''}<th>coverage</th><th>all pairs</th><th>ties</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${rows(
+    r,
+  )
+    .map(
+      ([name, m]) =>
+        `<tr><td title="${esc(m.definition)}">${esc(nameCell(name, m))}</td><td>${accCell(m.accuracy, r)}</td><td>${ciCell(m.accuracy)}</td>${r.reference ? `<td>${esc(diffCell(m))}</td>` : ''}<td>${coverageCell(m)}</td><td>${pct(m.allPairs.mean)}</td><td>${esc(tiesCell(m))}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`,
+    )
+    .join('')}</tbody></table>`;
   const notes = dataNotes(r);
-  const skippedTable = r.skipped.length ? `<h2>Skipped (method, ${groupWord(r)}, seed)</h2><p>Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.</p><table class="skipped"><thead><tr><th>method</th><th>${groupWord(r)}</th><th>seed</th><th>test pairs</th><th>reason</th></tr></thead><tbody>${
-    r.skipped.map((k) => `<tr><td>${esc(k.method)}</td><td>${esc(skippedWhere(r, k))}</td><td>${k.seed}</td><td>${k.testPairs}</td><td>${esc(k.reason)}</td></tr>`).join('')}</tbody></table>` : '';
+  const skippedTable = r.skipped.length
+    ? `<h2>Skipped (method, ${groupWord(r)}, seed)</h2><p>Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.</p><table class="skipped"><thead><tr><th>method</th><th>${groupWord(r)}</th><th>seed</th><th>test pairs</th><th>reason</th></tr></thead><tbody>${r.skipped
+        .map(
+          (k) =>
+            `<tr><td>${esc(k.method)}</td><td>${esc(skippedWhere(r, k))}</td><td>${k.seed}</td><td>${k.testPairs}</td><td>${esc(k.reason)}</td></tr>`,
+        )
+        .join('')}</tbody></table>`
+    : '';
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>activation-rm evaluation: ${esc(r.dataset)}</title>
 <style>body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0 2em 1em 0}figcaption{font-size:12px;color:#555}dt{font-weight:bold}table.skipped td:last-child{text-align:left}</style></head>
@@ -195,7 +357,9 @@ ${perSubset ? `<h2>Per subset</h2>${perSubset}` : ''}
 ${maps ? `<h2>Heads (layer × head)</h2>${maps}` : ''}
 ${skippedTable}
 ${benchmarkHtml(r)}
-<h2>Methods</h2><dl>${rows(r).map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`).join('')}</dl>
+<h2>Methods</h2><dl>${rows(r)
+    .map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`)
+    .join('')}</dl>
 <p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>
 <script>document.body.dataset.rendered = 'ok';</script>
 </body></html>

@@ -6,10 +6,15 @@
 import type { Decoder, HeadPatch, ImageEmbeds, KvCache } from './decoder.js';
 
 /** An image placed in a sequence, with `key` naming its content (two images are the same when their keys are). */
-export interface PlacedImage extends ImageEmbeds { key: string }
+export interface PlacedImage extends ImageEmbeds {
+  key: string;
+}
 
 /** Token ids (image placeholders already expanded) and the images over their placeholder rows. */
-export interface ImageSequence { ids: number[]; images: readonly PlacedImage[] }
+export interface ImageSequence {
+  ids: number[];
+  images: readonly PlacedImage[];
+}
 
 /** A sequence to run: plain token ids, or ids with images. */
 export type Sequence = number[] | ImageSequence;
@@ -63,7 +68,10 @@ export function commonPrefix(seqs: Sequence[], hiddenSize: number): number {
         const same = first.find((f) => f.start === img.start);
         // Every sequence is checked against the first, and the first is among them: that makes it symmetric.
         const everywhere = seqs.every((o) => imagesOf(o).some((x) => x.start === img.start && x.key === img.key));
-        if (end > shared || !same || same.key !== img.key || !everywhere) { shared = img.start; changed = true; }
+        if (end > shared || !same || same.key !== img.key || !everywhere) {
+          shared = img.start;
+          changed = true;
+        }
       }
     }
   }
@@ -80,10 +88,19 @@ function splitImages(s: Sequence, shared: number): { prefix: ImageEmbeds[]; suff
 }
 
 /** One sequence's last position: logits [V], log Σ exp(logits), head activations [L·H·d]. */
-export interface LastRow { logits: Float32Array; logSumExp: number; heads: Float32Array }
+export interface LastRow {
+  logits: Float32Array;
+  logSumExp: number;
+  heads: Float32Array;
+}
 
 /** Calls `onRow(index, row)` for every sequence (grouped ones first, then by length). */
-export async function forEachLastLogits(decoder: Decoder, seqs: Sequence[], opts: LastLogitsOptions, onRow: (index: number, row: LastRow) => void): Promise<void> {
+export async function forEachLastLogits(
+  decoder: Decoder,
+  seqs: Sequence[],
+  opts: LastLogitsOptions,
+  onRow: (index: number, row: LastRow) => void,
+): Promise<void> {
   if (seqs.length === 0) return;
   const { vocabSize: V, numLayers: L, numHeads: H, headDim: d, hiddenSize: D } = decoder.spec;
   const len = (i: number) => idsOf(seqs[i]!).length;
@@ -93,24 +110,43 @@ export async function forEachLastLogits(decoder: Decoder, seqs: Sequence[], opts
     const withImages = idx.some((i) => imagesOf(seqs[i]!).length > 0);
     const images = withImages ? idx.map((i) => splitImages(seqs[i]!, shared).suffix) : undefined;
     const patch = opts.patch?.(idx.length);
-    const out = kv ? await decoder.forwardShared(kv, rows, patch, { images }) : await decoder.forward(rows, patch, { images });
-    idx.forEach((i, b) => onRow(i, { logits: out.logits.subarray(b * V, (b + 1) * V), logSumExp: out.logSumExp[b]!, heads: out.heads.subarray(b * L * H * d, (b + 1) * L * H * d) }));
+    const out = kv
+      ? await decoder.forwardShared(kv, rows, patch, { images })
+      : await decoder.forward(rows, patch, { images });
+    idx.forEach((i, b) =>
+      onRow(i, {
+        logits: out.logits.subarray(b * V, (b + 1) * V),
+        logSumExp: out.logSumExp[b]!,
+        heads: out.heads.subarray(b * L * H * d, (b + 1) * L * H * d),
+      }),
+    );
     done += idx.length;
     opts.onProgress?.(done, seqs.length);
   };
-  const prefill = (i: number, shared: number) => decoder.prefill(idsOf(seqs[i]!).slice(0, shared), { images: splitImages(seqs[i]!, shared).prefix });
+  const prefill = (i: number, shared: number) =>
+    decoder.prefill(idsOf(seqs[i]!).slice(0, shared), { images: splitImages(seqs[i]!, shared).prefix });
   const rest = new Set(seqs.keys());
   for (const group of opts.groups ?? []) {
     if (group.length < 2) continue;
-    const shared = commonPrefix(group.map((i) => seqs[i]!), D);
+    const shared = commonPrefix(
+      group.map((i) => seqs[i]!),
+      D,
+    );
     if (shared < MIN_SHARED) continue;
     const kv = await prefill(group[0]!, shared);
-    for (let start = 0; start < group.length; start += opts.batchSize) await run(group.slice(start, start + opts.batchSize), kv, shared);
+    for (let start = 0; start < group.length; start += opts.batchSize)
+      await run(group.slice(start, start + opts.batchSize), kv, shared);
     group.forEach((i) => rest.delete(i));
   }
   const others = [...rest];
   if (!others.length) return;
-  let shared = (opts.sharePrefix ?? true) ? commonPrefix(others.map((i) => seqs[i]!), D) : 0;
+  let shared =
+    (opts.sharePrefix ?? true)
+      ? commonPrefix(
+          others.map((i) => seqs[i]!),
+          D,
+        )
+      : 0;
   const kv = shared >= MIN_SHARED ? await prefill(others[0]!, shared) : null;
   if (!kv) shared = 0;
   const order = others.sort((a, b) => len(a) - len(b));

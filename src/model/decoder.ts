@@ -9,7 +9,21 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { cachedModelExists, cacheKey, DATA_FILE, FP32_FORMAT, defaultCacheDir, ensureCachedModel, LAYOUT_FILE, MODEL_FILE, validateCheckpoint, type BuildProgress, type GptqCalibration, type Layout, type WeightFormat } from './cache/decoder-cache.js';
+import {
+  cachedModelExists,
+  cacheKey,
+  DATA_FILE,
+  FP32_FORMAT,
+  defaultCacheDir,
+  ensureCachedModel,
+  LAYOUT_FILE,
+  MODEL_FILE,
+  validateCheckpoint,
+  type BuildProgress,
+  type GptqCalibration,
+  type Layout,
+  type WeightFormat,
+} from './cache/decoder-cache.js';
 import { resolveModelDir } from './checkpoint/hub.js';
 import { PROMPT_FILES, promptFileHashes, TOKENIZER_FILES, weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
@@ -20,7 +34,15 @@ import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig, type PrequantScheme } from './quant/awq-gptq.js';
 import { gptqLinears, parameterCount, resolveWeightFormat, type Int4Method } from './quant/weight-format.js';
 import { calibrationBytes, calibrationHessians } from './quant/calibration.js';
-import { blobBytes, blocksPerRow, dequantizeRowFrom, zeroPointBytesPerRow, type Int8Kernel, type QuantOptions, type WeightDType } from './graph/quantized-linear.js';
+import {
+  blobBytes,
+  blocksPerRow,
+  dequantizeRowFrom,
+  zeroPointBytesPerRow,
+  type Int8Kernel,
+  type QuantOptions,
+  type WeightDType,
+} from './graph/quantized-linear.js';
 
 export interface LoadOptions {
   cacheDir?: string;
@@ -29,20 +51,32 @@ export interface LoadOptions {
   revision?: string;
   quiet?: boolean;
   onBuildProgress?: BuildProgress;
-  /** Tuning: the output head is split into row blocks of at most this many bytes (default 64 MiB) to bound the load-time peak. */
+  /**
+   * Tuning: the output head is split into row blocks of at most this many bytes (default 64 MiB) to bound the load-time
+   * peak.
+   */
   headChunkBytes?: number;
   /**
    * Weight storage: fp32, or int8/int4 block-wise weight-only quantisation of every linear layer, the
    * embedding table and the output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
    */
   dtype?: WeightDType;
-  /** int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below 20 M parameters). */
+  /**
+   * int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below 20 M
+   * parameters).
+   */
   blockSize?: number;
   /** int8/int4: MatMulNBits accuracy_level (0–4; default 4 = int8 compute). */
   accuracyLevel?: QuantOptions['accuracyLevel'];
-  /** int8: linear layers as row-wise W8A8 (MatMulIntegerToFloat) or block-wise MatMulNBits; default weight-format.ts defaultInt8Kernel. */
+  /**
+   * int8: linear layers as row-wise W8A8 (MatMulIntegerToFloat) or block-wise MatMulNBits; default weight-format.ts
+   * defaultInt8Kernel.
+   */
   int8Kernel?: Int8Kernel;
-  /** int4: how the 4-bit layers' codes are chosen, round-to-nearest or GPTQ (weight-format.ts Int4Method); default by model size. */
+  /**
+   * int4: how the 4-bit layers' codes are chosen, round-to-nearest or GPTQ (weight-format.ts Int4Method); default by
+   * model size.
+   */
   int4Method?: Int4Method;
   /** GPTQ: calibration size, seed or damping (default weight-format.ts DEFAULT_GPTQ_CALIBRATION). */
   gptqCalibration?: Partial<GptqCalibration>;
@@ -50,21 +84,21 @@ export interface LoadOptions {
 
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
 export interface HeadPatch {
-  mask: Float32Array;      // [B, L, H] (0/1)
-  values: Float32Array;    // [L, H, d]
+  mask: Float32Array; // [B, L, H] (0/1)
+  values: Float32Array; // [L, H, d]
   mode?: 'replace' | 'add'; // default replace
 }
 
 export interface ForwardResult {
   batchSize: number;
-  logits: Float32Array;    // [B, V] at each row's last token
+  logits: Float32Array; // [B, V] at each row's last token
   logSumExp: Float32Array; // [B] log Σ_v exp(logits): log P(v) = logits[v] − logSumExp
-  heads: Float32Array;     // [B, L, H, d] o_proj input at the last token (after any patch)
+  heads: Float32Array; // [B, L, H, d] o_proj input at the last token (after any patch)
 }
 
 /** Keys/values of one prefix (batch 1), per layer [1, KV, P, d], after RoPE. */
 export interface KvCache {
-  length: number;          // P
+  length: number; // P
   keys: Float32Array[];
   values: Float32Array[];
   /**
@@ -83,7 +117,9 @@ export interface ImageEmbeds {
   start: number;
   /** [n, D] */
   embeds: Float32Array;
-  /** M-RoPE families: the image's token grid [t, h, w] after the spatial merge (t·h·w = n), which spreads its positions. */
+  /**
+   * M-RoPE families: the image's token grid [t, h, w] after the spatial merge (t·h·w = n), which spreads its positions.
+   */
   grid?: readonly [number, number, number];
   /** Qwen3-VL: one [n, D] per DeepStack layer, added to these rows after that layer. */
   deepstack?: readonly Float32Array[];
@@ -93,11 +129,18 @@ export interface ImageEmbeds {
 export type RowImages = readonly (readonly ImageEmbeds[] | undefined)[];
 
 export interface LoadInfo {
-  modelDir: string; cacheEntry: string; built: boolean; buildSeconds: number; loadSeconds: number; configHash: string; weightsFingerprint: string;
+  modelDir: string;
+  cacheEntry: string;
+  built: boolean;
+  buildSeconds: number;
+  loadSeconds: number;
+  configHash: string;
+  weightsFingerprint: string;
   /**
    * sha256 of each file besides config.json and the weights that decides the judge prompt's ids or pixels
    * (checkpoint/file-hash.ts: the tokenizer and chat template files, and for image-text checkpoints the image
-   * processor's), by file name, taken as the model was loaded; null for a file the checkpoint lacks. Criterion files record it and refuse another.
+   * processor's), by file name, taken as the model was loaded; null for a file the checkpoint lacks. Criterion files
+   * record it and refuse another.
    */
   promptFiles: Record<string, string | null>;
   /** How the weights are stored and multiplied (dtype, block size, accuracy level, pre-quantised scheme). */
@@ -108,7 +151,11 @@ export interface LoadInfo {
 }
 
 /** Work done so far, for cost reports: real tokens fed, padded positions, session runs. */
-export interface DecoderStats { runs: number; tokens: number; paddedPositions: number }
+export interface DecoderStats {
+  runs: number;
+  tokens: number;
+  paddedPositions: number;
+}
 
 export class Decoder {
   private disposed = false;
@@ -126,11 +173,19 @@ export class Decoder {
 
   /** `model`: a local Hugging Face checkpoint folder or a hub id (downloaded into the cache when online). */
   static async load(model: string, opts: LoadOptions = {}): Promise<Decoder> {
-    const modelDir = await resolveModelDir(model, { cacheDir: opts.cacheDir, revision: opts.revision, quiet: opts.quiet });
+    const modelDir = await resolveModelDir(model, {
+      cacheDir: opts.cacheDir,
+      revision: opts.revision,
+      quiet: opts.quiet,
+    });
     const configPath = path.join(modelDir, 'config.json');
     const configText = readUtf8File(configPath, 'a Hugging Face config.json');
     let config: Record<string, unknown>;
-    try { config = JSON.parse(configText); } catch (e) { throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`); }
+    try {
+      config = JSON.parse(configText);
+    } catch (e) {
+      throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`);
+    }
     const spec = specFromConfig(config, configPath);
     // Hashed before the tokenizer reads them: the identity is of the files this decoder was built from.
     const promptFiles = promptFileHashes(modelDir, spec.imageText ? PROMPT_FILES : TOKENIZER_FILES);
@@ -155,7 +210,14 @@ export class Decoder {
     const t0 = performance.now();
     try {
       prequant = prequantSchemeFromConfig(config, configPath);
-      format = resolveWeightFormat(spec, prequant, { dtype: opts.dtype, blockSize: opts.blockSize, accuracyLevel: opts.accuracyLevel, int8Kernel: opts.int8Kernel, int4Method: opts.int4Method, gptqCalibration: opts.gptqCalibration });
+      format = resolveWeightFormat(spec, prequant, {
+        dtype: opts.dtype,
+        blockSize: opts.blockSize,
+        accuracyLevel: opts.accuracyLevel,
+        int8Kernel: opts.int8Kernel,
+        int4Method: opts.int4Method,
+        gptqCalibration: opts.gptqCalibration,
+      });
       validateCheckpoint(spec, ckpt, prequant);
       fingerprint = weightsContentHash(ckpt.files, path.join(cacheDir, 'hashes'));
       const key = cacheKey(configText, fingerprint, opts.headChunkBytes, format);
@@ -163,53 +225,119 @@ export class Decoder {
       let hessians: Map<string, Float64Array> | undefined;
       if (format.quant?.gptq && !cachedModelExists(cacheDir, key)) {
         // Refuse up front what would run out of memory hours later (a 7B model: ~30 GB fp32 + ~40 GB of Xᵀ X).
-        const need = calibrationBytes(spec, gptqLinears(spec), parameterCount(spec), Math.min(format.quant.gptq.tokens, spec.maxPositions));
+        const need = calibrationBytes(
+          spec,
+          gptqLinears(spec),
+          parameterCount(spec),
+          Math.min(format.quant.gptq.tokens, spec.maxPositions),
+        );
         if (need > 0.8 * os.totalmem()) {
-          throw new ModelError(`--int4-method gptq: calibrating ${model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB (an fp32 copy of the model, each 4-bit layer's float64 input covariance, and working arrays), ` +
-            `more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB allows; use --int4-method rtn, or a published AWQ/GPTQ checkpoint of the model, which loads as it is`);
+          throw new ModelError(
+            `--int4-method gptq: calibrating ${model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB (an fp32 copy of the model, each 4-bit layer's float64 input covariance, and working arrays), ` +
+              `more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB allows; use --int4-method rtn, or a published AWQ/GPTQ checkpoint of the model, which loads as it is`,
+          );
         }
         const graphs = path.join(cacheDir, 'graphs');
         fs.mkdirSync(graphs, { recursive: true });
-        hessians = await calibrationHessians(spec, ckpt, gptqLinears(spec), format.quant.gptq, { modelDir, workDir: graphs, threads: opts.threads, onProgress: opts.onBuildProgress });
+        hessians = await calibrationHessians(spec, ckpt, gptqLinears(spec), format.quant.gptq, {
+          modelDir,
+          workDir: graphs,
+          threads: opts.threads,
+          onProgress: opts.onBuildProgress,
+        });
       }
-      entry = ensureCachedModel(spec, ckpt, key, cacheDir, opts.onBuildProgress, opts.headChunkBytes, format, opts.threads, hessians);
+      entry = ensureCachedModel(
+        spec,
+        ckpt,
+        key,
+        cacheDir,
+        opts.onBuildProgress,
+        opts.headChunkBytes,
+        format,
+        opts.threads,
+        hessians,
+      );
     } finally {
       ckpt.close();
     }
     const t1 = performance.now();
     const session = await createSession(entry.dir, opts.threads);
     const t2 = performance.now();
-    return new Decoder(spec, tokenizer, session, {
-      modelDir, cacheEntry: entry.dir, built: entry.built, cacheDir, threads: opts.threads ?? os.availableParallelism(),
-      buildSeconds: (t1 - t0) / 1000, loadSeconds: (t2 - t1) / 1000,
-      configHash: createHash('sha256').update(configText).digest('hex'), weightsFingerprint: fingerprint!, weightFormat: format!, promptFiles,
-    }, model, openEmbeddings(entry.dir));
+    return new Decoder(
+      spec,
+      tokenizer,
+      session,
+      {
+        modelDir,
+        cacheEntry: entry.dir,
+        built: entry.built,
+        cacheDir,
+        threads: opts.threads ?? os.availableParallelism(),
+        buildSeconds: (t1 - t0) / 1000,
+        loadSeconds: (t2 - t1) / 1000,
+        configHash: createHash('sha256').update(configText).digest('hex'),
+        weightsFingerprint: fingerprint!,
+        weightFormat: format!,
+        promptFiles,
+      },
+      model,
+      openEmbeddings(entry.dir),
+    );
   }
 
   /**
-   * A decoder over a model folder cache/decoder-cache.ts wrote outside the cache (GPTQ's fp32 calibration model, whose graph
+   * A decoder over a model folder cache/decoder-cache.ts wrote outside the cache (GPTQ's fp32 calibration model, whose
+   * graph
    * also outputs linear-layer inputs: forwardSites). Runs on token ids; the caller removes the folder after dispose.
    */
-  static async openWritten(spec: ModelSpec, dir: string, like: { modelDir: string; threads?: number }): Promise<Decoder> {
+  static async openWritten(
+    spec: ModelSpec,
+    dir: string,
+    like: { modelDir: string; threads?: number },
+  ): Promise<Decoder> {
     const session = await createSession(dir, like.threads);
-    return new Decoder(spec, null, session, {
-      modelDir: like.modelDir, cacheEntry: dir, built: true, buildSeconds: 0, loadSeconds: 0, configHash: '', weightsFingerprint: '', weightFormat: FP32_FORMAT, promptFiles: {},
-      cacheDir: dir, threads: like.threads ?? os.availableParallelism(),
-    }, dir, openEmbeddings(dir));
+    return new Decoder(
+      spec,
+      null,
+      session,
+      {
+        modelDir: like.modelDir,
+        cacheEntry: dir,
+        built: true,
+        buildSeconds: 0,
+        loadSeconds: 0,
+        configHash: '',
+        weightsFingerprint: '',
+        weightFormat: FP32_FORMAT,
+        promptFiles: {},
+        cacheDir: dir,
+        threads: like.threads ?? os.availableParallelism(),
+      },
+      dir,
+      openEmbeddings(dir),
+    );
   }
 
-  get id(): string { return this.modelId; }
+  get id(): string {
+    return this.modelId;
+  }
 
-  get hasTokenizer(): boolean { return this.textTokenizer !== null; }
+  get hasTokenizer(): boolean {
+    return this.textTokenizer !== null;
+  }
 
   /** The checkpoint's tokenizer; throws a ModelError naming the folder when it has no tokenizer.json. */
   get tokenizer(): Tokenizer {
     if (this.textTokenizer) return this.textTokenizer;
-    throw new ModelError(`${path.join(this.info.modelDir, 'tokenizer.json')}: missing, so this checkpoint runs on token ids only ` +
-      '(e.g. arm forward --input-ids 1,2,3); text, chat templates and answer tokens need a tokenizer');
+    throw new ModelError(
+      `${path.join(this.info.modelDir, 'tokenizer.json')}: missing, so this checkpoint runs on token ids only ` +
+        '(e.g. arm forward --input-ids 1,2,3); text, chat templates and answer tokens need a tokenizer',
+    );
   }
   /** Size of the weights file the session reads (float32, or quantised codes + scales + zero points). */
-  get weightBytes(): number { return fs.statSync(path.join(this.info.cacheEntry, DATA_FILE)).size; }
+  get weightBytes(): number {
+    return fs.statSync(path.join(this.info.cacheEntry, DATA_FILE)).size;
+  }
 
   // ---------- running ----------
 
@@ -226,15 +354,25 @@ export class Decoder {
    * forward (no patch), also returning graph outputs beyond the standard ones by name: a calibration model's
    * linear-layer inputs over all positions, [B, S, K] each (left padding included; rows of equal length have none).
    */
-  async forwardSites(rows: number[][], sites: readonly string[]): Promise<{ result: ForwardResult; sites: Map<string, Float32Array> }> {
+  async forwardSites(
+    rows: number[][],
+    sites: readonly string[],
+  ): Promise<{ result: ForwardResult; sites: Map<string, Float32Array> }> {
     const missing = sites.filter((s) => !this.session.outputNames.includes(s));
     if (missing.length) throw new ModelError(`forwardSites: the graph does not output ${missing.join(', ')}`);
     const r = await this.run(rows, emptyKv(this.spec), undefined, false, undefined, sites);
-    return { result: { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads }, sites: r.sites };
+    return {
+      result: { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads },
+      sites: r.sites,
+    };
   }
 
   /** Runs `ids` after `past` (batch 1) and returns the cache extended by them, with the last logits. */
-  async extend(past: KvCache, ids: number[], opts: { images?: readonly ImageEmbeds[] } = {}): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
+  async extend(
+    past: KvCache,
+    ids: number[],
+    opts: { images?: readonly ImageEmbeds[] } = {},
+  ): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
     if (ids.length === 0) throw new ModelError('extend: no tokens to add');
     const r = await this.run([ids], past, undefined, true, opts.images ? [opts.images] : undefined);
     const kv = appendKv(this.spec, past, r.newKeys!, r.newValues!, ids.length);
@@ -257,8 +395,13 @@ export class Decoder {
   async stepShared(kv: KvCache, lastTokenId: number, patch: HeadPatch): Promise<ForwardResult> {
     const { numLayers: L, numHeads: H } = this.spec;
     const rows = patch.mask.length / (L * H);
-    if (!Number.isInteger(rows) || rows < 1) throw new ModelError(`stepShared: patch.mask length ${patch.mask.length} is not a multiple of L*H = ${L * H}`);
-    return this.forwardShared(kv, Array.from({ length: rows }, () => [lastTokenId]), patch);
+    if (!Number.isInteger(rows) || rows < 1)
+      throw new ModelError(`stepShared: patch.mask length ${patch.mask.length} is not a multiple of L*H = ${L * H}`);
+    return this.forwardShared(
+      kv,
+      Array.from({ length: rows }, () => [lastTokenId]),
+      patch,
+    );
   }
 
   /**
@@ -266,16 +409,32 @@ export class Decoder {
    * left-padded among themselves; the prefix is computed once and broadcast. `images`: per row, images whose
    * placeholders lie in that row's suffix (e.g. a query's image after shared demonstrations).
    */
-  async forwardShared(kv: KvCache, suffixRows: number[][], patch?: HeadPatch, opts: { images?: RowImages } = {}): Promise<ForwardResult> {
+  async forwardShared(
+    kv: KvCache,
+    suffixRows: number[][],
+    patch?: HeadPatch,
+    opts: { images?: RowImages } = {},
+  ): Promise<ForwardResult> {
     const r = await this.run(suffixRows, kv, patch, false, opts.images);
     return { batchSize: suffixRows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
   }
 
   /** Greedy decoding with a KV cache. Stops at `maxNewTokens` or at a stop token (default: the EOS ids). */
-  async generate(promptIds: number[], opts: { maxNewTokens?: number; stopTokens?: number[]; onToken?: (id: number) => void; images?: readonly ImageEmbeds[] } = {}): Promise<number[]> {
+  async generate(
+    promptIds: number[],
+    opts: {
+      maxNewTokens?: number;
+      stopTokens?: number[];
+      onToken?: (id: number) => void;
+      images?: readonly ImageEmbeds[];
+    } = {},
+  ): Promise<number[]> {
     const max = opts.maxNewTokens ?? 64;
     const stop = new Set(opts.stopTokens ?? this.spec.eosTokenIds);
-    if (promptIds.length + max > this.spec.maxPositions) throw new ModelError(`generate: ${promptIds.length} prompt + ${max} new tokens exceed the model's ${this.spec.maxPositions} positions`);
+    if (promptIds.length + max > this.spec.maxPositions)
+      throw new ModelError(
+        `generate: ${promptIds.length} prompt + ${max} new tokens exceed the model's ${this.spec.maxPositions} positions`,
+      );
     const out: number[] = [];
     let { kv, logits } = await this.extend(emptyKv(this.spec), promptIds, { images: opts.images });
     for (let i = 0; i < max; i++) {
@@ -294,7 +453,9 @@ export class Decoder {
    * Judge prompts never come through here (src/arm/template.ts).
    */
   encodePrompt(text: string, opts: { chat?: boolean } = {}): number[] {
-    return opts.chat ? this.tokenizer.applyChatTemplate([{ role: 'user', content: text }]) : this.tokenizer.encode(text);
+    return opts.chat
+      ? this.tokenizer.applyChatTemplate([{ role: 'user', content: text }])
+      : this.tokenizer.encode(text);
   }
 
   applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): number[] {
@@ -308,7 +469,14 @@ export class Decoder {
     await this.session.release();
   }
 
-  private async run(rows: number[][], past: KvCache, patch: HeadPatch | undefined, wantKv: boolean, images?: RowImages, sites: readonly string[] = []) {
+  private async run(
+    rows: number[][],
+    past: KvCache,
+    patch: HeadPatch | undefined,
+    wantKv: boolean,
+    images?: RowImages,
+    sites: readonly string[] = [],
+  ) {
     if (this.disposed) throw new ModelError('the decoder was disposed');
     const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = this.spec;
     const B = rows.length;
@@ -316,13 +484,17 @@ export class Decoder {
     const S = Math.max(...rows.map((r) => r.length));
     if (S === 0) throw new ModelError('forward: a row has no tokens');
     const P = past.length;
-    if (P + S > this.spec.maxPositions) throw new ModelError(`input of ${P + S} tokens exceeds the model's ${this.spec.maxPositions} positions`);
+    if (P + S > this.spec.maxPositions)
+      throw new ModelError(`input of ${P + S} tokens exceeds the model's ${this.spec.maxPositions} positions`);
     const D = this.spec.hiddenSize;
     const embeds = new Float32Array(B * S * D); // padding positions stay zero (masked anyway)
     const mask = new BigInt64Array(B * (P + S));
-    if (images && images.length !== B) throw new ModelError(`forward: images are given for ${images.length} rows, the batch has ${B}`);
+    if (images && images.length !== B)
+      throw new ModelError(`forward: images are given for ${images.length} rows, the batch has ${B}`);
     rows.forEach((row, b) => {
-      for (const t of row) if (!Number.isInteger(t) || t < 0 || t >= V) throw new ModelError(`token id ${t} is outside the vocabulary (0..${V - 1})`);
+      for (const t of row)
+        if (!Number.isInteger(t) || t < 0 || t >= V)
+          throw new ModelError(`token id ${t} is outside the vocabulary (0..${V - 1})`);
       const offset = S - row.length;
       for (let j = 0; j < P; j++) mask[b * (P + S) + j] = 1n;
       for (let s = 0; s < S; s++) {
@@ -333,9 +505,16 @@ export class Decoder {
     });
     const position = this.positionIds(rows, S, past, images);
     const deepstack = this.placeImages(rows, S, embeds, images);
-    if (patch && patch.mask.length !== B * L * H) throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
-    if (patch && patch.values.length !== L * H * d) throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
-    if (patch) assertFinite(patch.values, (i) => `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`);
+    if (patch && patch.mask.length !== B * L * H)
+      throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
+    if (patch && patch.values.length !== L * H * d)
+      throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
+    if (patch)
+      assertFinite(
+        patch.values,
+        (i) =>
+          `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`,
+      );
     const feeds: Record<string, ort.Tensor> = {
       inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
       attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
@@ -354,10 +533,15 @@ export class Decoder {
     fetches.push(...sites);
     const out = await this.session.run(feeds, fetches);
     this.stats.runs++;
-    for (const row of rows) { this.stats.tokens += row.length; this.stats.paddedPositions += S - row.length; }
+    for (const row of rows) {
+      this.stats.tokens += row.length;
+      this.stats.paddedPositions += S - row.length;
+    }
     const data = (name: string) => out[name]!.data as Float32Array;
     const result = {
-      logits: data('logits'), logSumExp: data('logsumexp'), heads: data('heads'),
+      logits: data('logits'),
+      logSumExp: data('logsumexp'),
+      heads: data('heads'),
       newKeys: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
       newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
       positionDeltas: position.deltas,
@@ -365,8 +549,12 @@ export class Decoder {
     };
     for (const t of Object.values(out)) t.dispose();
     // NaN/Inf logits would otherwise surface as "0 heads selected" or null scores with exit code 0.
-    assertFinite(result.logSumExp, (b) => `${this.info.modelDir}: the model produced non-finite logits (row ${b} of ${B}, ${rows[b]!.length} tokens); ` +
-      'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)');
+    assertFinite(
+      result.logSumExp,
+      (b) =>
+        `${this.info.modelDir}: the model produced non-finite logits (row ${b} of ${B}, ${rows[b]!.length} tokens); ` +
+        'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)',
+    );
     return result;
   }
 
@@ -375,8 +563,15 @@ export class Decoder {
    * text advances all three, an image's tokens share the temporal index and spread over its grid, HF's
    * get_rope_index). A row's first token sits at position P + the prefix's delta. Returns each row's delta after it.
    */
-  private positionIds(rows: number[][], S: number, past: KvCache, images: RowImages | undefined): { ids: BigInt64Array; dims: number[]; deltas: number[] } {
-    const B = rows.length, P = past.length, delta = past.positionDelta ?? 0;
+  private positionIds(
+    rows: number[][],
+    S: number,
+    past: KvCache,
+    images: RowImages | undefined,
+  ): { ids: BigInt64Array; dims: number[]; deltas: number[] } {
+    const B = rows.length,
+      P = past.length,
+      delta = past.positionDelta ?? 0;
     const mrope = this.spec.imageText?.mropeRows ? 3 : 0;
     const ids = new BigInt64Array(Math.max(mrope, 1) * B * S); // padding positions: 0 (masked anyway)
     const deltas = rows.map((row, b) => {
@@ -386,12 +581,14 @@ export class Decoder {
         return delta;
       }
       const placed = (images?.[b] ?? []).map((img, i) => {
-        if (!img.grid) throw new ModelError(`image ${i} of row ${b}: M-RoPE needs the image's token grid (ImageEmbeds.grid)`);
+        if (!img.grid)
+          throw new ModelError(`image ${i} of row ${b}: M-RoPE needs the image's token grid (ImageEmbeds.grid)`);
         return { span: { start: img.start, length: img.embeds.length / this.spec.hiddenSize }, gridThw: img.grid };
       });
       const local = mropePositionIds(row.length, placed, 1); // grids are already merged
       const n = row.length;
-      for (let r = 0; r < 3; r++) for (let s = 0; s < n; s++) ids[(r * B + b) * S + offset + s] = BigInt(P + delta + local.positions[r * n + s]!);
+      for (let r = 0; r < 3; r++)
+        for (let s = 0; s < n; s++) ids[(r * B + b) * S + offset + s] = BigInt(P + delta + local.positions[r * n + s]!);
       return delta + local.delta;
     });
     return { ids, dims: mrope ? [3, B, S] : [B, S], deltas };
@@ -401,25 +598,44 @@ export class Decoder {
    * Writes each image's features over its placeholder rows of `embeds` [B, S, D]; returns the DeepStack input
    * [k, B, S, D] for Qwen3-VL (zeros but at image rows), or a broadcast zero [k, 1, 1, D] when no row has an image.
    */
-  private placeImages(rows: number[][], S: number, embeds: Float32Array, images: RowImages | undefined): { data: Float32Array; dims: number[] } | null {
-    const D = this.spec.hiddenSize, B = rows.length;
+  private placeImages(
+    rows: number[][],
+    S: number,
+    embeds: Float32Array,
+    images: RowImages | undefined,
+  ): { data: Float32Array; dims: number[] } | null {
+    const D = this.spec.hiddenSize,
+      B = rows.length;
     const k = this.spec.imageText?.deepstackLayers ?? 0;
     const any = images?.some((r) => r && r.length > 0) ?? false;
-    if (any && !this.spec.imageText) throw new ModelError(`${this.info.modelDir}: images were given, but this is a text-only checkpoint`);
-    const deepstack = k > 0 ? (any ? { data: new Float32Array(k * B * S * D), dims: [k, B, S, D] } : { data: new Float32Array(k * D), dims: [k, 1, 1, D] }) : null;
+    if (any && !this.spec.imageText)
+      throw new ModelError(`${this.info.modelDir}: images were given, but this is a text-only checkpoint`);
+    const deepstack =
+      k > 0
+        ? any
+          ? { data: new Float32Array(k * B * S * D), dims: [k, B, S, D] }
+          : { data: new Float32Array(k * D), dims: [k, 1, 1, D] }
+        : null;
     if (!any) return deepstack;
     rows.forEach((row, b) => {
       const offset = S - row.length;
       (images![b] ?? []).forEach((img, i) => {
         const n = img.embeds.length / D;
-        if (!Number.isInteger(n) || n < 1) throw new ModelError(`image ${i} of row ${b}: ${img.embeds.length} feature values are not whole rows of the hidden size ${D}`);
+        if (!Number.isInteger(n) || n < 1)
+          throw new ModelError(
+            `image ${i} of row ${b}: ${img.embeds.length} feature values are not whole rows of the hidden size ${D}`,
+          );
         if (!Number.isInteger(img.start) || img.start < 0 || img.start + n > row.length) {
-          throw new ModelError(`image ${i} of row ${b}: its ${n} rows from index ${img.start} do not fit the row's ${row.length} tokens`);
+          throw new ModelError(
+            `image ${i} of row ${b}: its ${n} rows from index ${img.start} do not fit the row's ${row.length} tokens`,
+          );
         }
         embeds.set(img.embeds, (b * S + offset + img.start) * D);
         if (!deepstack) return;
         if (!img.deepstack || img.deepstack.length !== k || img.deepstack.some((f) => f.length !== img.embeds.length)) {
-          throw new ModelError(`image ${i} of row ${b}: this model adds ${k} DeepStack feature sets of [${n}, ${D}] (ImageEmbeds.deepstack)`);
+          throw new ModelError(
+            `image ${i} of row ${b}: this model adds ${k} DeepStack feature sets of [${n}, ${D}] (ImageEmbeds.deepstack)`,
+          );
         }
         img.deepstack.forEach((f, j) => deepstack.data.set(f, ((j * B + b) * S + offset + img.start) * D));
       });
@@ -437,7 +653,12 @@ class EmbeddingTable {
   private readonly cache = new Map<number, Float32Array>();
   private static readonly CACHE_ROWS = 4096;
 
-  constructor(file: string, private readonly layout: Layout['embed']) { this.fd = fs.openSync(file, 'r'); }
+  constructor(
+    file: string,
+    private readonly layout: Layout['embed'],
+  ) {
+    this.fd = fs.openSync(file, 'r');
+  }
 
   /**
    * Copies the row of token `id` into `out` at `at`, times `scale` when given (Gemma's √D): one float32
@@ -474,23 +695,35 @@ class EmbeddingTable {
 
   private readAt(bytes: Uint8Array, position: number, id: number): void {
     const n = fs.readSync(this.fd, bytes, 0, bytes.length, position);
-    if (n !== bytes.length) throw new ModelError(`embedding row ${id}: short read from the cached weights (rebuild the cache entry)`);
+    if (n !== bytes.length)
+      throw new ModelError(`embedding row ${id}: short read from the cached weights (rebuild the cache entry)`);
   }
 
-  close(): void { fs.closeSync(this.fd); }
+  close(): void {
+    fs.closeSync(this.fd);
+  }
 }
 
 function assertFinite(x: Float32Array, message: (index: number) => string): void {
   for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new ModelError(message(i));
 }
 
-
 export function emptyKv(spec: ModelSpec): KvCache {
-  return { length: 0, keys: Array.from({ length: spec.numLayers }, () => new Float32Array(0)), values: Array.from({ length: spec.numLayers }, () => new Float32Array(0)) };
+  return {
+    length: 0,
+    keys: Array.from({ length: spec.numLayers }, () => new Float32Array(0)),
+    values: Array.from({ length: spec.numLayers }, () => new Float32Array(0)),
+  };
 }
 
 /** [1,KV,P,d] ++ [1,KV,S,d] → [1,KV,P+S,d], per layer. */
-function appendKv(spec: ModelSpec, past: KvCache, newKeys: Float32Array[], newValues: Float32Array[], added: number): KvCache {
+function appendKv(
+  spec: ModelSpec,
+  past: KvCache,
+  newKeys: Float32Array[],
+  newValues: Float32Array[],
+  added: number,
+): KvCache {
   const { numKvHeads: KV, headDim: d } = spec;
   const P = past.length;
   const join = (a: Float32Array, b: Float32Array) => {

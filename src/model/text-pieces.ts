@@ -15,10 +15,22 @@
  */
 
 /** A piece of a prompt's text: `markup` (the template's own, may hold control tokens) or untrusted text. */
-export interface TextPiece { text: string; markup: boolean }
+export interface TextPiece {
+  text: string;
+  markup: boolean;
+}
 
-interface AddedTokenLike { content: string; id: number; special: boolean; normalized: boolean; lstrip: boolean; rstrip: boolean }
-interface SplitterLike { split(text: string): string[] }
+interface AddedTokenLike {
+  content: string;
+  id: number;
+  special: boolean;
+  normalized: boolean;
+  lstrip: boolean;
+  rstrip: boolean;
+}
+interface SplitterLike {
+  split(text: string): string[];
+}
 
 /** The parts of `@huggingface/tokenizers`' Tokenizer this reads (its fields are public in the JS build). */
 export interface InnerTokenizer {
@@ -35,10 +47,19 @@ export interface InnerTokenizer {
 }
 
 /** One run of text between added tokens, or one added token. */
-interface Section { text: string; token: boolean; untrusted: boolean }
+interface Section {
+  text: string;
+  token: boolean;
+  untrusted: boolean;
+}
 
 /** Splitters and dictionaries for one side (markup or untrusted text). */
-interface Side { unnormalized: SplitterLike; unnormalizedWords: Set<string>; normalized: SplitterLike; normalizedWords: Set<string> }
+interface Side {
+  unnormalized: SplitterLike;
+  unnormalizedWords: Set<string>;
+  normalized: SplitterLike;
+  normalizedWords: Set<string>;
+}
 
 export class PieceEncoder {
   /** Ids of the control tokens: special added tokens and those the tokenizer config names as special. */
@@ -47,19 +68,28 @@ export class PieceEncoder {
   private readonly plain: Side;
 
   /** `extraControl`: more token strings to treat as control (e.g. a processor's image token). */
-  constructor(private readonly inner: InnerTokenizer, extraControl: readonly string[] = []) {
+  constructor(
+    private readonly inner: InnerTokenizer,
+    extraControl: readonly string[] = [],
+  ) {
     const named = new Set([...inner.special_tokens, ...extraControl]);
     const control = inner.added_tokens.filter((t) => t.special || named.has(t.content));
     this.controlIds = new Set(control.map((t) => t.id));
     // The library's own trie splitter (longest match first), built over other word lists.
     const Splitter = inner.splitter_unnormalized.constructor as new (words: string[]) => SplitterLike;
     const side = (tokens: AddedTokenLike[]): Side => {
-      const unnormalizedWords = new Set<string>(), normalizedWords = new Set<string>();
+      const unnormalizedWords = new Set<string>(),
+        normalizedWords = new Set<string>();
       for (const t of tokens) {
         if (t.normalized && inner.normalizer !== null) normalizedWords.add(inner.normalizer(t.content));
         else unnormalizedWords.add(t.content);
       }
-      return { unnormalized: new Splitter([...unnormalizedWords]), unnormalizedWords, normalized: new Splitter([...normalizedWords]), normalizedWords };
+      return {
+        unnormalized: new Splitter([...unnormalizedWords]),
+        unnormalizedWords,
+        normalized: new Splitter([...normalizedWords]),
+        normalizedWords,
+      };
     };
     const controlSet = new Set(control);
     this.markup = side(inner.added_tokens);
@@ -69,7 +99,13 @@ export class PieceEncoder {
   encode(pieces: readonly TextPiece[], opts: { addSpecialTokens: boolean }): number[] {
     const inner = this.inner;
     const sections = this.sections(pieces);
-    stripAround(sections.map((s) => s.text), sections.map((s) => s.token ? inner.added_tokens_map.get(s.text) : undefined), (i, text) => { sections[i]!.text = text; });
+    stripAround(
+      sections.map((s) => s.text),
+      sections.map((s) => (s.token ? inner.added_tokens_map.get(s.text) : undefined)),
+      (i, text) => {
+        sections[i]!.text = text;
+      },
+    );
     const tokens = sections.flatMap((section, sectionIndex) => {
       if (section.text.length === 0) return [];
       if (section.token) return [section.text];
@@ -77,11 +113,21 @@ export class PieceEncoder {
       if (side.unnormalizedWords.has(section.text) || side.normalizedWords.has(section.text)) return [section.text];
       let text = section.text;
       if (inner.remove_space === true) text = text.trim().split(/\s+/).join(' ');
-      if (inner.do_lowercase_and_remove_accent) text = text.toLowerCase().normalize('NFD').replace(/\p{Mn}/gu, '');
+      if (inner.do_lowercase_and_remove_accent)
+        text = text
+          .toLowerCase()
+          .normalize('NFD')
+          .replace(/\p{Mn}/gu, '');
       if (inner.normalizer !== null) text = inner.normalizer(text);
       if (text.length === 0) return [];
       const subsections = side.normalized.split(text);
-      stripAround(subsections, subsections.map((s) => side.normalizedWords.has(s) ? inner.added_tokens_map.get(s) : undefined), (i, t) => { subsections[i] = t; });
+      stripAround(
+        subsections,
+        subsections.map((s) => (side.normalizedWords.has(s) ? inner.added_tokens_map.get(s) : undefined)),
+        (i, t) => {
+          subsections[i] = t;
+        },
+      );
       return subsections.flatMap((sub) => {
         if (sub.length === 0) return [];
         if (side.normalizedWords.has(sub)) return [sub];
@@ -102,10 +148,13 @@ export class PieceEncoder {
       const side = piece.markup ? this.markup : this.plain;
       for (const part of side.unnormalized.split(piece.text)) {
         const last = sections[sections.length - 1];
-        // A part equal to a word of this side's dictionary is a match: the trie would have found any word inside a text run.
+        // A part equal to a word of this side's dictionary is a match: the trie would have found any word inside a text
+        // run.
         if (side.unnormalizedWords.has(part)) sections.push({ text: part, token: true, untrusted: false });
-        else if (last && !last.token) { last.text += part; last.untrusted ||= !piece.markup; }
-        else sections.push({ text: part, token: false, untrusted: !piece.markup });
+        else if (last && !last.token) {
+          last.text += part;
+          last.untrusted ||= !piece.markup;
+        } else sections.push({ text: part, token: false, untrusted: !piece.markup });
       }
     }
     return sections;
@@ -113,10 +162,20 @@ export class PieceEncoder {
 }
 
 /** An added token with lstrip/rstrip eats the whitespace of its neighbours (as the tokenizers library does). */
-function stripAround(texts: string[], tokens: (AddedTokenLike | undefined)[], set: (i: number, text: string) => void): void {
+function stripAround(
+  texts: string[],
+  tokens: (AddedTokenLike | undefined)[],
+  set: (i: number, text: string) => void,
+): void {
   tokens.forEach((token, i) => {
     if (!token) return;
-    if (token.lstrip && i > 0) { texts[i - 1] = texts[i - 1]!.trimEnd(); set(i - 1, texts[i - 1]!); }
-    if (token.rstrip && i < texts.length - 1) { texts[i + 1] = texts[i + 1]!.trimStart(); set(i + 1, texts[i + 1]!); }
+    if (token.lstrip && i > 0) {
+      texts[i - 1] = texts[i - 1]!.trimEnd();
+      set(i - 1, texts[i - 1]!);
+    }
+    if (token.rstrip && i < texts.length - 1) {
+      texts[i + 1] = texts[i + 1]!.trimStart();
+      set(i + 1, texts[i + 1]!);
+    }
   });
 }

@@ -11,7 +11,10 @@ import { ModelError } from './errors.js';
 import { PieceEncoder, type InnerTokenizer, type TextPiece } from './text-pieces.js';
 import { isJsonObject, readJsonObjectFile, readUtf8File, type JsonObject } from './checkpoint/text-files.js';
 
-export interface ChatMessage { role: string; content: string }
+export interface ChatMessage {
+  role: string;
+  content: string;
+}
 
 /** A content part as HF chat templates read them: `{type: "text", text}` or `{type: "image"}`. */
 export type ChatContentPart = { type: 'text'; text: string } | { type: 'image' };
@@ -21,7 +24,11 @@ export type ChatContentPart = { type: 'text'; text: string } | { type: 'image' }
  * text. `markupBefore` is the model's own markup written before the text (image placeholders for templates that
  * do not render image parts); it keeps its control tokens.
  */
-export interface ChatInput { role: string; content: string | ChatContentPart[]; markupBefore?: string }
+export interface ChatInput {
+  role: string;
+  content: string | ChatContentPart[];
+  markupBefore?: string;
+}
 
 export interface ChatOptions {
   /** End with the tokens that open the assistant's turn (default true). */
@@ -45,8 +52,11 @@ function usesMetaspace(json: Json): boolean {
     return Array.isArray(inner) ? inner.flatMap(steps) : [x];
   };
   const all = [...steps(json.normalizer), ...steps(json.pre_tokenizer)];
-  return all.some((s) => s.type === 'Metaspace'
-    || (s.type === 'Replace' && s.content === '\u2581' && isObject(s.pattern) && s.pattern.String === ' '));
+  return all.some(
+    (s) =>
+      s.type === 'Metaspace' ||
+      (s.type === 'Replace' && s.content === '\u2581' && isObject(s.pattern) && s.pattern.String === ' '),
+  );
 }
 
 /**
@@ -90,9 +100,13 @@ function tokenizerClass(config: Json): new (json: Json, config: Json) => PreTrai
   return (ok ? cls : PreTrainedTokenizer) as new (json: Json, config: Json) => PreTrainedTokenizer;
 }
 
-/** Token strings tokenizer_config.json names as special beyond the added tokens' flags (`extra_special_tokens`, `additional_special_tokens`). */
+/**
+ * Token strings tokenizer_config.json names as special beyond the added tokens' flags (`extra_special_tokens`,
+ * `additional_special_tokens`).
+ */
 function namedSpecialTokens(config: Json): string[] {
-  const contentOf = (v: unknown): string | null => (typeof v === 'string' ? v : isObject(v) && typeof v.content === 'string' ? v.content : null);
+  const contentOf = (v: unknown): string | null =>
+    typeof v === 'string' ? v : isObject(v) && typeof v.content === 'string' ? v.content : null;
   const extra = config.extra_special_tokens;
   const listed = [
     ...(Array.isArray(config.additional_special_tokens) ? config.additional_special_tokens : []),
@@ -104,7 +118,11 @@ function namedSpecialTokens(config: Json): string[] {
 export class Tokenizer {
   private readonly pieces: PieceEncoder;
 
-  private constructor(private readonly tok: PreTrainedTokenizer, readonly dir: string, extraControl: string[]) {
+  private constructor(
+    private readonly tok: PreTrainedTokenizer,
+    readonly dir: string,
+    extraControl: string[],
+  ) {
     this.pieces = new PieceEncoder((tok as unknown as { _tokenizer: InnerTokenizer })._tokenizer, extraControl);
   }
 
@@ -114,29 +132,44 @@ export class Tokenizer {
    * so that nothing reaches for the hub and errors name the file at fault.
    */
   static async load(dir: string): Promise<Tokenizer> {
-    if (!fs.existsSync(dir)) throw new ModelError(`${dir}: no such folder (expected a checkpoint folder with tokenizer.json)`);
-    if (!fs.statSync(dir).isDirectory()) throw new ModelError(`${dir}: not a folder (expected a checkpoint folder with tokenizer.json)`);
+    if (!fs.existsSync(dir))
+      throw new ModelError(`${dir}: no such folder (expected a checkpoint folder with tokenizer.json)`);
+    if (!fs.statSync(dir).isDirectory())
+      throw new ModelError(`${dir}: not a folder (expected a checkpoint folder with tokenizer.json)`);
     const file = path.join(dir, 'tokenizer.json');
     const configFile = path.join(dir, 'tokenizer_config.json');
     const json = readJsonObjectFile(file, 'a fast tokenizer.json (required)')!;
-    if (!isObject(json.model)) throw new ModelError(`${file}: no "model" object (expected the tokenizers library's JSON format)`);
+    if (!isObject(json.model))
+      throw new ModelError(`${file}: no "model" object (expected the tokenizers library's JSON format)`);
     const config = readJsonObjectFile(configFile, 'tokenizer settings and chat template', { optional: true }) ?? {};
     // Newer checkpoints keep the template beside the config (transformers ≥ 4.43 saves chat_template.jinja,
     // processors chat_template.json); as in transformers, the separate file wins.
     const jinja = readUtf8File(path.join(dir, 'chat_template.jinja'), 'a Jinja chat template', { optional: true });
-    const templateJson = jinja === null ? readJsonObjectFile(path.join(dir, 'chat_template.json'), 'a {"chat_template": ...} object', { optional: true }) : null;
+    const templateJson =
+      jinja === null
+        ? readJsonObjectFile(path.join(dir, 'chat_template.json'), 'a {"chat_template": ...} object', {
+            optional: true,
+          })
+        : null;
     if (jinja !== null) config.chat_template = jinja;
-    else if (templateJson && typeof templateJson.chat_template === 'string') config.chat_template = templateJson.chat_template;
+    else if (templateJson && typeof templateJson.chat_template === 'string')
+      config.chat_template = templateJson.chat_template;
     for (const key of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
       const v = config[key];
       if (v != null && typeof v !== 'string' && !(isObject(v) && typeof v.content === 'string')) {
-        throw new ModelError(`${configFile}: ${key} must be a string or an AddedToken object, found ${JSON.stringify(v).slice(0, 60)}`);
+        throw new ModelError(
+          `${configFile}: ${key} must be a string or an AddedToken object, found ${JSON.stringify(v).slice(0, 60)}`,
+        );
       }
       // transformers.js only takes token objects tagged as AddedToken; transformers takes any with a content.
       if (isObject(v)) config[key] = { ...v, __type: 'AddedToken' };
     }
     try {
-      return new Tokenizer(new (tokenizerClass(config))(asTransformersBuildsIt(json, config), config), dir, namedSpecialTokens(config));
+      return new Tokenizer(
+        new (tokenizerClass(config))(asTransformersBuildsIt(json, config), config),
+        dir,
+        namedSpecialTokens(config),
+      );
     } catch (e) {
       throw new ModelError(`${file}: cannot build the tokenizer (${(e as Error).message})`);
     }
@@ -148,7 +181,9 @@ export class Tokenizer {
   }
 
   /** Number of token ids (the model's vocabulary plus added tokens). */
-  get vocabSize(): number { return this.tok._tokenizer.model?.vocab.length ?? 0; }
+  get vocabSize(): number {
+    return this.tok._tokenizer.model?.vocab.length ?? 0;
+  }
 
   /**
    * Text → ids, adding the tokenizer's special tokens (e.g. BOS) unless told not to. Text that spells a special
@@ -170,7 +205,9 @@ export class Tokenizer {
   }
 
   /** Ids of control tokens (special added tokens, and tokens the config names as special). */
-  get controlTokenIds(): ReadonlySet<number> { return this.pieces.controlIds; }
+  get controlTokenIds(): ReadonlySet<number> {
+    return this.pieces.controlIds;
+  }
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return '';
@@ -179,7 +216,8 @@ export class Tokenizer {
 
   /** The chat template rendered as text (the template adds any BOS itself). */
   renderChat(messages: (ChatMessage | ChatInput)[], opts: ChatOptions = {}): string {
-    if (!this.hasChatTemplate) throw new ModelError(`${path.join(this.dir, 'tokenizer_config.json')}: the tokenizer has no chat_template`);
+    if (!this.hasChatTemplate)
+      throw new ModelError(`${path.join(this.dir, 'tokenizer_config.json')}: the tokenizer has no chat_template`);
     return this.tok.apply_chat_template(messages, {
       ...opts.templateKwargs,
       tokenize: false,
@@ -204,9 +242,10 @@ export class Tokenizer {
     };
     const maskedMessages = messages.map((m) => ({
       role: m.role,
-      content: typeof m.content === 'string'
-        ? (m.markupBefore ?? '') + masked(m.content)
-        : m.content.map((p) => (p.type === 'text' ? { ...p, text: masked(p.text) } : p)),
+      content:
+        typeof m.content === 'string'
+          ? (m.markupBefore ?? '') + masked(m.content)
+          : m.content.map((p) => (p.type === 'text' ? { ...p, text: masked(p.text) } : p)),
     }));
     const rendered = this.renderChat(maskedMessages as unknown as ChatMessage[], opts);
     const pieces: TextPiece[] = [];
@@ -231,6 +270,10 @@ export class Tokenizer {
     return this.tok._tokenizer.token_to_id(token) ?? null;
   }
 
-  get eosTokenId(): number | null { return (this.tok as unknown as { eos_token_id?: number | null }).eos_token_id ?? null; }
-  get padTokenId(): number | null { return (this.tok as unknown as { pad_token_id?: number | null }).pad_token_id ?? null; }
+  get eosTokenId(): number | null {
+    return (this.tok as unknown as { eos_token_id?: number | null }).eos_token_id ?? null;
+  }
+  get padTokenId(): number | null {
+    return (this.tok as unknown as { pad_token_id?: number | null }).pad_token_id ?? null;
+  }
 }

@@ -21,7 +21,9 @@ export function cpuHasInt8DotProduct(): boolean {
     try {
       const flags = /^flags\s*:(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.split(/\s+/) ?? [];
       cached = flags.some((f) => f === 'avx512_vnni' || f === 'avx_vnni' || f === 'amx_int8');
-    } catch { /* unreadable: keep the safe answer */ }
+    } catch {
+      /* unreadable: keep the safe answer */
+    }
   }
   return cached;
 }

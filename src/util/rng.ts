@@ -2,7 +2,9 @@
 export class Rng {
   private s: number;
   private spare: number | null = null;
-  constructor(seed: number) { this.s = seed >>> 0; }
+  constructor(seed: number) {
+    this.s = seed >>> 0;
+  }
 
   uniform(): number {
     this.s = (this.s + 0x6d2b79f5) >>> 0;
@@ -13,15 +15,22 @@ export class Rng {
   }
 
   normal(): number {
-    if (this.spare !== null) { const v = this.spare; this.spare = null; return v; }
-    const u = Math.max(this.uniform(), 1e-12), v = this.uniform();
+    if (this.spare !== null) {
+      const v = this.spare;
+      this.spare = null;
+      return v;
+    }
+    const u = Math.max(this.uniform(), 1e-12),
+      v = this.uniform();
     const r = Math.sqrt(-2 * Math.log(u));
     this.spare = r * Math.sin(2 * Math.PI * v);
     return r * Math.cos(2 * Math.PI * v);
   }
 
   /** An integer in [0, n). */
-  int(n: number): number { return Math.floor(this.uniform() * n); }
+  int(n: number): number {
+    return Math.floor(this.uniform() * n);
+  }
 
   /** `k` distinct indices from [0, n) excluding `exclude`, in random order (partial Fisher–Yates). */
   sample(n: number, k: number, exclude: Set<number> = new Set()): number[] {
@@ -34,9 +43,13 @@ export class Rng {
     return pool.slice(0, k);
   }
 
-  shuffle<T>(xs: T[]): T[] { return this.sample(xs.length, xs.length).map((i) => xs[i]!); }
+  shuffle<T>(xs: T[]): T[] {
+    return this.sample(xs.length, xs.length).map((i) => xs[i]!);
+  }
 
-  get state(): { s: number; spare: number | null } { return { s: this.s, spare: this.spare }; }
+  get state(): { s: number; spare: number | null } {
+    return { s: this.s, spare: this.spare };
+  }
   static fromState(state: { s: number; spare: number | null }): Rng {
     const r = new Rng(0);
     r.s = state.s >>> 0;

@@ -13,7 +13,13 @@ import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type Example } from '../../src/data/examples.js';
 import { fitActivationRM } from '../../src/arm/fit.js';
 import { ActivationRM } from '../../src/arm/rm.js';
-import { CriterionWriteError, loadCriterion, saveCriterion, unsavedCriterionFiles, type Criterion } from '../../src/arm/criterion.js';
+import {
+  CriterionWriteError,
+  loadCriterion,
+  saveCriterion,
+  unsavedCriterionFiles,
+  type Criterion,
+} from '../../src/arm/criterion.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 const CONCISE = path.resolve(import.meta.dirname, '../../examples/concise');
@@ -24,13 +30,22 @@ let decoder: Decoder, examples: Example[], criterion: Criterion;
 beforeAll(async () => {
   decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-'), threads: 1 });
   examples = readExamples(path.join(CONCISE, 'few.jsonl')).examples.slice(0, 4);
-  criterion = (await fitActivationRM(decoder, examples, { passes: 4, shots: 1, seed: 2, batchSize: 4, heads: 'random:3' })).criterion;
+  criterion = (
+    await fitActivationRM(decoder, examples, { passes: 4, shots: 1, seed: 2, batchSize: 4, heads: 'random:3' })
+  ).criterion;
 });
-afterAll(async () => { await decoder?.dispose(); });
+afterAll(async () => {
+  await decoder?.dispose();
+});
 
 /** The error saveCriterion throws (or null). */
 function saveError(file: string, opts: Parameters<typeof saveCriterion>[2] = {}): CriterionWriteError | null {
-  try { saveCriterion(file, criterion, opts); return null; } catch (e) { return e as CriterionWriteError; }
+  try {
+    saveCriterion(file, criterion, opts);
+    return null;
+  } catch (e) {
+    return e as CriterionWriteError;
+  }
 }
 
 const sameCriterion = (file: string) => {
@@ -39,7 +54,9 @@ const sameCriterion = (file: string) => {
   expect(Array.from(c.probs)).toEqual(Array.from(criterion.probs));
   for (const [l, h] of c.meta.heads) {
     const at = (l * decoder.spec.numHeads + h) * decoder.spec.headDim;
-    expect(Array.from(c.mu.subarray(at, at + decoder.spec.headDim))).toEqual(Array.from(criterion.mu.subarray(at, at + decoder.spec.headDim)));
+    expect(Array.from(c.mu.subarray(at, at + decoder.spec.headDim))).toEqual(
+      Array.from(criterion.mu.subarray(at, at + decoder.spec.headDim)),
+    );
   }
 };
 
@@ -50,8 +67,10 @@ describe('saveCriterion when the write fails', () => {
     fullDisk(file);
     const err = saveError(file);
     expect(err).toBeInstanceOf(CriterionWriteError);
-    expect(err!.message).toBe(`${file}: could not write the criterion file (ENOSPC on write: no space left on device); the finished criterion was written to ${file}.unsaved instead: ` +
-      `move it into place once the cause is fixed (mv "${file}.unsaved" "${file}"); it loads from there as it is`);
+    expect(err!.message).toBe(
+      `${file}: could not write the criterion file (ENOSPC on write: no space left on device); the finished criterion was written to ${file}.unsaved instead: ` +
+        `move it into place once the cause is fixed (mv "${file}.unsaved" "${file}"); it loads from there as it is`,
+    );
     expect([err!.file, err!.code, err!.savedTo]).toEqual([file, 'ENOSPC', `${file}.unsaved`]);
     expect(fs.existsSync(file)).toBe(false);
     expect(tmpLeft(dir)).toEqual([]); // the planted temporary name is gone, /dev/full untouched
@@ -65,9 +84,14 @@ describe('saveCriterion when the write fails', () => {
     const dir = tempDir('arm-save-');
     const file = path.join(dir, 'c.arm.safetensors');
     const [beside, elsewhere] = unsavedCriterionFiles(file);
-    fullDisk(file); fullDisk(beside!);
+    fullDisk(file);
+    fullDisk(beside!);
     const err = saveError(file);
-    expect(err!.message).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: could not write the criterion file \\(ENOSPC on write: no space left on device\\); the finished criterion was written to ${elsewhere!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} instead`));
+    expect(err!.message).toMatch(
+      new RegExp(
+        `^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: could not write the criterion file \\(ENOSPC on write: no space left on device\\); the finished criterion was written to ${elsewhere!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} instead`,
+      ),
+    );
     expect(err!.savedTo).toBe(elsewhere);
     expect(path.dirname(elsewhere!)).not.toBe(dir);
     expect(tmpLeft(dir)).toEqual([]);
@@ -79,9 +103,12 @@ describe('saveCriterion when the write fails', () => {
     const dir = tempDir('arm-save-');
     const file = path.join(dir, 'c.arm.safetensors');
     const others = unsavedCriterionFiles(file);
-    fullDisk(file); for (const o of others) fullDisk(o);
+    fullDisk(file);
+    for (const o of others) fullDisk(o);
     const err = saveError(file);
-    expect(err!.message).toBe(`${file}: could not write the criterion file (ENOSPC on write: no space left on device); it could not be written elsewhere either: ${others.map((o) => `${o} (ENOSPC)`).join(', ')}`);
+    expect(err!.message).toBe(
+      `${file}: could not write the criterion file (ENOSPC on write: no space left on device); it could not be written elsewhere either: ${others.map((o) => `${o} (ENOSPC)`).join(', ')}`,
+    );
     expect(err!.savedTo).toBeNull();
     expect(tmpLeft(dir)).toEqual([]);
     for (const o of others) expect(fs.existsSync(o) || fs.existsSync(`${o}.tmp-${process.pid}`)).toBe(false);
@@ -92,7 +119,9 @@ describe('saveCriterion when the write fails', () => {
     fs.writeFileSync(path.join(dir, 'notes.txt'), 'a file, not a folder');
     const file = path.join(dir, 'notes.txt', 'c.arm.safetensors');
     const err = saveError(file);
-    expect(err!.message).toMatch(/notes\.txt\/c\.arm\.safetensors: could not write the criterion file \(ENOTDIR on open: not a directory\); the finished criterion was written to .*c\.arm\.safetensors\.[0-9a-f]{12}\.unsaved instead/);
+    expect(err!.message).toMatch(
+      /notes\.txt\/c\.arm\.safetensors: could not write the criterion file \(ENOTDIR on open: not a directory\); the finished criterion was written to .*c\.arm\.safetensors\.[0-9a-f]{12}\.unsaved instead/,
+    );
     sameCriterion(err!.savedTo!);
     fs.rmSync(err!.savedTo!);
   });
@@ -100,7 +129,9 @@ describe('saveCriterion when the write fails', () => {
   it('an injected writer failure; and with fallback: false nothing is written elsewhere', () => {
     const dir = tempDir('arm-save-');
     const file = path.join(dir, 'c.arm.safetensors');
-    const enospc = () => { throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' }); };
+    const enospc = () => {
+      throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', syscall: 'write' });
+    };
     const err = saveError(file, { write: enospc, fallback: false });
     expect(err!.message).toBe(`${file}: could not write the criterion file (ENOSPC on write: no space left on device)`);
     expect(fs.readdirSync(dir)).toEqual([]);
@@ -113,12 +144,20 @@ describe('the fit checkpoint after a failed save', () => {
     const dir = tempDir('arm-save-');
     const file = path.join(dir, 'c.arm.safetensors');
     const checkpointFile = `${file}.fit-checkpoint.json`;
-    const opts = { passes: 8, shots: 2, seed: 5, batchSize: 4, reinforce: { steps: 20, samples: 8, readoutMasks: 3, readoutItems: 4 }, checkpointFile };
+    const opts = {
+      passes: 8,
+      shots: 2,
+      seed: 5,
+      batchSize: 4,
+      reinforce: { steps: 20, samples: 8, readoutMasks: 3, readoutItems: 4 },
+      checkpointFile,
+    };
     const runs0 = decoder.stats.runs;
     const rm = await fitActivationRM(decoder, examples, opts);
     const fitRuns = decoder.stats.runs - runs0;
     // The CLI removes the checkpoint only once the criterion is written; here the write fails.
-    fullDisk(file); fullDisk(`${file}.unsaved`);
+    fullDisk(file);
+    fullDisk(`${file}.unsaved`);
     expect(() => rm.save(file)).toThrow(/c\.arm\.safetensors: could not write the criterion file \(ENOSPC/);
     expect(fs.existsSync(checkpointFile)).toBe(true);
     const runs1 = decoder.stats.runs;
@@ -138,12 +177,21 @@ describe('the fit checkpoint after a failed save', () => {
 describe('a fit checkpoint that cannot be written', () => {
   it('warns naming the file and finishes the fit, with the criterion of a fit without a checkpoint', async () => {
     const dir = tempDir('arm-save-');
-    const checkpointFile = path.join(dir, 'gone', 'c.arm.safetensors.fit-checkpoint.json'); // its folder does not exist: ENOENT
-    const opts = { passes: 4, shots: 1, seed: 3, batchSize: 4, reinforce: { steps: 12, samples: 4, readoutMasks: 2, readoutItems: 2 } };
+    // its folder does not exist: ENOENT
+    const checkpointFile = path.join(dir, 'gone', 'c.arm.safetensors.fit-checkpoint.json');
+    const opts = {
+      passes: 4,
+      shots: 1,
+      seed: 3,
+      batchSize: 4,
+      reinforce: { steps: 12, samples: 4, readoutMasks: 2, readoutItems: 2 },
+    };
     const warnings: string[] = [];
     const rm = await fitActivationRM(decoder, examples, { ...opts, checkpointFile, warn: (m) => warnings.push(m) });
     const plain = await fitActivationRM(decoder, examples, opts);
-    expect(warnings.filter((w) => w.startsWith(`${checkpointFile}: could not write the fit checkpoint (ENOENT)`)).length).toBeGreaterThan(0);
+    expect(
+      warnings.filter((w) => w.startsWith(`${checkpointFile}: could not write the fit checkpoint (ENOENT)`)).length,
+    ).toBeGreaterThan(0);
     expect(Array.from(rm.criterion.mu)).toEqual(Array.from(plain.criterion.mu));
     expect(rm.criterion.meta.heads).toEqual(plain.criterion.meta.heads);
     expect(fs.readdirSync(dir)).toEqual([]);

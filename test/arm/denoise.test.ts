@@ -12,13 +12,18 @@ import { denoiseMeans, extractMeans, symmetricEigen } from '../../src/arm/means.
 import { fitActivationRM, judgeItemGroups, judgeItems, parseDenoise } from '../../src/arm/fit.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
-const u = [[1, 2, 2], [2, 1, -2], [2, -2, 1]].map((v) => v.map((x) => x / 3));
+const u = [
+  [1, 2, 2],
+  [2, 1, -2],
+  [2, -2, 1],
+].map((v) => v.map((x) => x / 3));
 const c = [1, -2, 0.5];
 // Σ = 0 each, pairwise orthogonal; Σα² = 24, Σβ² = 16, Σγ² = 8 → variances 3, 2, 1 along u1, u2, u3.
 const alpha = [3, -1, -1, -1, 3, -1, -1, -1];
 const beta = [0, 2, -2, 0, 0, 2, -2, 0];
 const gamma = [2, 0, 0, 0, -2, 0, 0, 0];
-const point = (t: number) => c.map((ci, i) => ci + alpha[t]! * u[0]![i]! + beta[t]! * u[1]![i]! + gamma[t]! * u[2]![i]!);
+const point = (t: number) =>
+  c.map((ci, i) => ci + alpha[t]! * u[0]![i]! + beta[t]! * u[1]![i]! + gamma[t]! * u[2]![i]!);
 const along = (k: number, s: number) => c.map((ci, i) => ci + s * u[k]![i]!);
 
 /** Two heads of d = 3 per layer, one layer; head 1 is the one denoised, head 0 holds other values. */
@@ -57,15 +62,24 @@ describe('centred PCA denoising', () => {
   it('passes that all lie on the rank-r structure give back their mean (no reweighting without evidence)', () => {
     // Only α varies: every pass lies on the line c + s·u1, residuals are 0.
     const passes = alpha.map((a) => Float32Array.from(c.map((ci, i) => ci + a * u[0]![i]!)));
-    close(Array.from(denoiseMeans(Float32Array.from(c), passes, [[0, 0]], { H: 1, d: 3 }, 1, { centring: 'centred' })), c);
+    close(
+      Array.from(denoiseMeans(Float32Array.from(c), passes, [[0, 0]], { H: 1, d: 3 }, 1, { centring: 'centred' })),
+      c,
+    );
   });
 });
 
 describe('uncentred PCA denoising (the earlier variant, kept as an option)', () => {
   it('projects the mean onto the top axes of the second moment', () => {
     // passes (3,0), (1,0), (0,2): second moment diag(10/3, 4/3), top axis x; mean (4/3, 2/3) → (4/3, 0)
-    const passes = [[3, 0], [1, 0], [0, 2]].map((x) => Float32Array.from(x));
-    const out = denoiseMeans(Float32Array.from([4 / 3, 2 / 3]), passes, [[0, 0]], { H: 1, d: 2 }, 1, { centring: 'uncentred' });
+    const passes = [
+      [3, 0],
+      [1, 0],
+      [0, 2],
+    ].map((x) => Float32Array.from(x));
+    const out = denoiseMeans(Float32Array.from([4 / 3, 2 / 3]), passes, [[0, 0]], { H: 1, d: 2 }, 1, {
+      centring: 'uncentred',
+    });
     close(Array.from(out), [4 / 3, 0]);
   });
 });
@@ -79,7 +93,9 @@ describe('symmetric eigen-decomposition', () => {
     expect(Math.abs(e.vectors[0]![0]! * s + e.vectors[0]![1]! * s)).toBeCloseTo(1, 10);
     // M = Σ λ_k u_k u_kᵀ with λ = 5, 2, −1 and the basis u above.
     const lambda = [5, 2, -1];
-    const M = Float64Array.from({ length: 9 }, (_, n) => lambda.reduce((a, l, k) => a + l * u[k]![Math.floor(n / 3)]! * u[k]![n % 3]!, 0));
+    const M = Float64Array.from({ length: 9 }, (_, n) =>
+      lambda.reduce((a, l, k) => a + l * u[k]![Math.floor(n / 3)]! * u[k]![n % 3]!, 0),
+    );
     const f = symmetricEigen(M, 3);
     close(f.values, lambda);
     f.vectors.forEach((v, k) => expect(Math.abs(v.reduce((a, x, i) => a + x * u[k]![i]!, 0))).toBeCloseTo(1, 10));
@@ -97,14 +113,18 @@ describe('--denoise spec', () => {
 });
 
 describe('denoising in a fit', () => {
-  it('the criterion holds the selected heads\' means denoised from the fit\'s own passes, and records how', async () => {
+  it("the criterion holds the selected heads' means denoised from the fit's own passes, and records how", async () => {
     const decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-'), threads: 1 });
     try {
       const { examples } = readExamples(path.resolve(import.meta.dirname, '../../examples/concise/few.jsonl'));
       const opts = { passes: 6, shots: 2, seed: 5, batchSize: 4, maxLength: 256, heads: 'random:3' as const };
       const plain = await fitActivationRM(decoder, examples, opts);
       const denoised = await fitActivationRM(decoder, examples, { ...opts, denoise: 'pca:2' });
-      const before = await fitActivationRM(decoder, examples, { ...opts, denoise: 'pca:2:uncentred', denoiseBeforeSelection: true });
+      const before = await fitActivationRM(decoder, examples, {
+        ...opts,
+        denoise: 'pca:2:uncentred',
+        denoiseBeforeSelection: true,
+      });
       expect(plain.criterion.meta.denoise).toBeNull();
       expect(denoised.criterion.meta.denoise).toBe('pca:2:centred');
       expect(denoised.criterion.meta.hyper.denoiseBeforeSelection).toBe(false);
@@ -115,12 +135,29 @@ describe('denoising in a fit', () => {
       // The expectation: the fit's passes taken again (same plan inputs) and denoised per head.
       const { numHeads: H, headDim: d } = decoder.spec;
       const items = judgeItems(examples, 'scalar');
-      const means = await extractMeans(decoder, plain.criterion.meta.template, items, { passes: 6, shots: 2, seed: 5, batchSize: 4, maxLength: 256, passesPerDemoSet: plain.criterion.meta.hyper.passesPerDemoSet, keepPasses: true, groupOf: judgeItemGroups(examples, 'scalar') });
-      const at = (mu: Float32Array) => heads.flatMap(([l, h]) => Array.from(mu.subarray((l * H + h) * d, (l * H + h + 1) * d)));
-      const close = (a: number[], b: number[]) => a.forEach((v, i) => expect(Math.abs(v - b[i]!)).toBeLessThan(1e-5 * Math.max(1, Math.abs(b[i]!))));
+      const means = await extractMeans(decoder, plain.criterion.meta.template, items, {
+        passes: 6,
+        shots: 2,
+        seed: 5,
+        batchSize: 4,
+        maxLength: 256,
+        passesPerDemoSet: plain.criterion.meta.hyper.passesPerDemoSet,
+        keepPasses: true,
+        groupOf: judgeItemGroups(examples, 'scalar'),
+      });
+      const at = (mu: Float32Array) =>
+        heads.flatMap(([l, h]) => Array.from(mu.subarray((l * H + h) * d, (l * H + h + 1) * d)));
+      const close = (a: number[], b: number[]) =>
+        a.forEach((v, i) => expect(Math.abs(v - b[i]!)).toBeLessThan(1e-5 * Math.max(1, Math.abs(b[i]!))));
       close(at(plain.criterion.mu), at(means.mu));
-      close(at(denoised.criterion.mu), at(denoiseMeans(means.mu, means.passes!, heads, { H, d }, 2, { centring: 'centred' })));
-      close(at(before.criterion.mu), at(denoiseMeans(means.mu, means.passes!, heads, { H, d }, 2, { centring: 'uncentred' })));
+      close(
+        at(denoised.criterion.mu),
+        at(denoiseMeans(means.mu, means.passes!, heads, { H, d }, 2, { centring: 'centred' })),
+      );
+      close(
+        at(before.criterion.mu),
+        at(denoiseMeans(means.mu, means.passes!, heads, { H, d }, 2, { centring: 'uncentred' })),
+      );
       expect(at(denoised.criterion.mu)).not.toEqual(at(plain.criterion.mu));
     } finally {
       await decoder.dispose();

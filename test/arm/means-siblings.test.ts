@@ -8,8 +8,24 @@ import { planPasses } from '../../src/arm/means.js';
 import { judgeItemGroups, judgeItems } from '../../src/arm/fit.js';
 import type { Example } from '../../src/data/examples.js';
 
-const pair = (id: string, prompt: string): Example => ({ kind: 'pair', id, line: 1, row: {}, prompt, chosen: `${id} good`, rejected: `${id} bad` });
-const single = (id: string, prompt: string, label: boolean): Example => ({ kind: 'scalar', id, line: 1, row: {}, prompt, response: `${id} answer`, label });
+const pair = (id: string, prompt: string): Example => ({
+  kind: 'pair',
+  id,
+  line: 1,
+  row: {},
+  prompt,
+  chosen: `${id} good`,
+  rejected: `${id} bad`,
+});
+const single = (id: string, prompt: string, label: boolean): Example => ({
+  kind: 'scalar',
+  id,
+  line: 1,
+  row: {},
+  prompt,
+  response: `${id} answer`,
+  label,
+});
 
 /** The example an item came from, read off its id ("a:chosen", "a:ab" → "a"; a single item keeps its id). */
 const sourceOf = (id: string) => id.replace(/:(chosen|rejected|ab|ba)$/, '');
@@ -39,7 +55,13 @@ describe('pass plans keep siblings apart', () => {
   }
 
   it('items of different pairs on the same prompt are one group too', () => {
-    const shared = [pair('a', 'same prompt'), pair('b', 'same prompt'), pair('c', 'other'), single('d', 'third', true), single('e', 'fourth', false)];
+    const shared = [
+      pair('a', 'same prompt'),
+      pair('b', 'same prompt'),
+      pair('c', 'other'),
+      single('d', 'third', true),
+      single('e', 'fourth', false),
+    ];
     // Expected by hand: a's and b's four items share "same prompt"; c's two share theirs; d and e stand alone.
     expect(judgeItemGroups(shared, 'scalar')).toEqual([0, 0, 0, 0, 1, 1, 2, 3]);
     const items = judgeItems(shared, 'scalar');

@@ -9,11 +9,14 @@ import { Rng } from '../../src/util/rng.js';
 function plantedObjective(planted: Set<number>, seed: number): MaskLoss {
   const noise = new Rng(seed);
   const itemOffset = Array.from({ length: 20 }, () => noise.normal());
-  return async (item, masks) => masks.map((m) => {
-    let loss = itemOffset[item]!;
-    m.forEach((on, i) => { loss += planted.has(i) ? (on ? 0 : 1) : on ? 0.3 : 0; });
-    return loss + 0.1 * noise.normal();
-  });
+  return async (item, masks) =>
+    masks.map((m) => {
+      let loss = itemOffset[item]!;
+      m.forEach((on, i) => {
+        loss += planted.has(i) ? (on ? 0 : 1) : on ? 0.3 : 0;
+      });
+      return loss + 0.1 * noise.normal();
+    });
 }
 
 describe('REINFORCE head selection on a planted objective', () => {
@@ -38,7 +41,9 @@ describe('REINFORCE head selection on a planted objective', () => {
     // Stop after 20 steps, serialise, continue. Losses are deterministic per call order, so reuse one objective.
     const objective = make();
     let stopAt = 20;
-    const partial = await runReinforce(n, 20, objective, opts, initialState(n, opts, 5), { shouldStop: () => stopAt-- <= 1 });
+    const partial = await runReinforce(n, 20, objective, opts, initialState(n, opts, 5), {
+      shouldStop: () => stopAt-- <= 1,
+    });
     expect(partial.step).toBe(20);
     const resumed = await runReinforce(n, 20, objective, opts, JSON.parse(JSON.stringify(partial)));
     expect(resumed.theta).toEqual(full.theta);
@@ -51,19 +56,29 @@ describe('REINFORCE head selection on a planted objective', () => {
     expect(state.theta).toEqual(Array(n).fill(-1));
   });
 
-  it('the first Adam step moves θ by exactly lr against the gradient\'s sign', async () => {
+  it("the first Adam step moves θ by exactly lr against the gradient's sign", async () => {
     // n = 1; the loss is 0 with the head on and 1 with it off. Standardised rewards are high when the head is
     // off, so g = Σ R_s (M_s − p) < 0, and Adam's bias-corrected first step is −lr · g/|g| = +lr.
     const opts = { ...REINFORCE_DEFAULTS, steps: 1, samples: 32 };
     const seen: Uint8Array[] = [];
-    const state = await runReinforce(1, 1, async (_i, masks) => { seen.push(...masks); return masks.map((m) => (m[0] ? 0 : 1)); }, opts, initialState(1, opts, 3));
+    const state = await runReinforce(
+      1,
+      1,
+      async (_i, masks) => {
+        seen.push(...masks);
+        return masks.map((m) => (m[0] ? 0 : 1));
+      },
+      opts,
+      initialState(1, opts, 3),
+    );
     // The step is informative only if the 32 masks disagree (with p = σ(−1) ≈ 0.27 they do for this seed).
     expect(new Set(seen.map((m) => m[0])).size).toBe(2);
     expect(state.theta[0]).toBeCloseTo(-1 + opts.lr, 9);
   });
 
-  it('three steps replayed from the design\'s formulas on the masks the optimiser drew', async () => {
-    // Two heads, loss = 1 − 0.5·M[0] + 0.25·M[1] + item offset. Replay: p = clip(σ(θ)), R = (ℓ − mean)/(sample std + 1e-8),
+  it("three steps replayed from the design's formulas on the masks the optimiser drew", async () => {
+    // Two heads, loss = 1 − 0.5·M[0] + 0.25·M[1] + item offset. Replay: p = clip(σ(θ)), R = (ℓ − mean)/(sample std +
+    // 1e-8),
     // g = Σ R (M − p), Adam(β1 0.9, β2 0.999, ε 1e-8) with bias correction, θ ← θ − lr·m̂/(√v̂ + ε).
     const opts = { ...REINFORCE_DEFAULTS, steps: 3, samples: 8 };
     const steps: { masks: Uint8Array[]; losses: number[] }[] = [];
@@ -74,7 +89,9 @@ describe('REINFORCE head selection on a planted objective', () => {
     };
     const state = await runReinforce(2, 3, loss, opts, initialState(2, opts, 11));
     expect(steps).toHaveLength(3);
-    const theta = [-1, -1], m = [0, 0], v = [0, 0];
+    const theta = [-1, -1],
+      m = [0, 0],
+      v = [0, 0];
     steps.forEach(({ masks, losses }, k) => {
       const p = theta.map((t) => Math.min(1 - 1e-3, Math.max(1e-3, 1 / (1 + Math.exp(-t)))));
       const mean = losses.reduce((a, b) => a + b, 0) / losses.length;

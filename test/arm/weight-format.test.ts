@@ -18,19 +18,29 @@ beforeAll(async () => {
   int8 = await Decoder.load(ICL_TINY, { cacheDir, threads: 1, dtype: 'int8' });
   fp32 = await Decoder.load(ICL_TINY, { cacheDir, threads: 1, dtype: 'fp32' });
 });
-afterAll(async () => { await int8?.dispose(); await fp32?.dispose(); });
+afterAll(async () => {
+  await int8?.dispose();
+  await fp32?.dispose();
+});
 
 it('records dtype and format; another dtype at scoring time is a warning, the same dtype none', async () => {
-  const examples = readExamples(PAIRS).examples.filter((e) => e.subset === 'resp-first-low').slice(0, 8);
+  const examples = readExamples(PAIRS)
+    .examples.filter((e) => e.subset === 'resp-first-low')
+    .slice(0, 8);
   const rm = await fitActivationRM(int8, examples, {
-    templateText: '{prompt} {response}', passes: 4, shots: 2, seed: 1, batchSize: 4,
+    templateText: '{prompt} {response}',
+    passes: 4,
+    shots: 2,
+    seed: 1,
+    batchSize: 4,
     reinforce: { steps: 4, samples: 4, readoutMasks: 2, readoutItems: 4 },
   });
   const file = path.join(tempDir('arm-crit-'), 'c.arm.safetensors');
   rm.save(file);
   const meta = loadCriterion(file).meta;
   expect(meta.model.dtype).toBe('int8');
-  expect(meta.model.weightFormat).toBe('int8 (blockwise, block 128, accuracy level 0)'); // small model: block-wise kernel, exact compute
+  // small model: block-wise kernel, exact compute
+  expect(meta.model.weightFormat).toBe('int8 (blockwise, block 128, accuracy level 0)');
 
   const warnings: string[] = [];
   const same = ActivationRM.load(int8, file, { warn: (m) => warnings.push(m) });
@@ -43,14 +53,19 @@ it('records dtype and format; another dtype at scoring time is a warning, the sa
   try {
     ActivationRM.load(level4, file, { warn: (m) => warnings.push(m) });
     expect(warnings).toHaveLength(2);
-    expect(warnings[1]).toContain('fitted with weights "int8 (blockwise, block 128, accuracy level 0)" and is scored with "int8 (blockwise, block 128, accuracy level 4)"');
+    expect(warnings[1]).toContain(
+      'fitted with weights "int8 (blockwise, block 128, accuracy level 0)" and is scored with "int8 (blockwise, block 128, accuracy level 4)"',
+    );
   } finally {
     await level4.dispose();
   }
   // A label written before the kernel option existed ("int8 (block 128, …)") is the same format as blockwise
   const old = loadCriterion(file);
   const oldFile = path.join(tempDir('arm-crit-'), 'old.arm.safetensors');
-  saveCriterion(oldFile, { ...old, meta: { ...old.meta, model: { ...old.meta.model, weightFormat: 'int8 (block 128, accuracy level 0)' } } });
+  saveCriterion(oldFile, {
+    ...old,
+    meta: { ...old.meta, model: { ...old.meta.model, weightFormat: 'int8 (block 128, accuracy level 0)' } },
+  });
   ActivationRM.load(int8, oldFile, { warn: (m) => warnings.push(m) });
   expect(warnings).toHaveLength(2);
   const pair = examples.slice(0, 1);

@@ -11,14 +11,49 @@ const FEW = path.resolve(import.meta.dirname, '../../examples/concise/few.jsonl'
 
 it('arm fit: --denoise-before-selection without --denoise, and a malformed --denoise, fail naming the flag', () => {
   const out = path.join(tempDir(), 'x.arm.safetensors');
-  const base = ['fit', '--model', STORIES, '--examples', FEW, '--out', out, '--passes', '2', '--heads', 'random:1', '--quiet'];
-  expect(arm([...base, '--denoise-before-selection'], { expectFail: true }).stderr).toMatch(/--denoise-before-selection needs --denoise/);
-  expect(arm([...base, '--denoise', 'pca:2:centered'], { expectFail: true }).stderr).toMatch(/--denoise pca:2:centered: expected pca:r/);
+  const base = [
+    'fit',
+    '--model',
+    STORIES,
+    '--examples',
+    FEW,
+    '--out',
+    out,
+    '--passes',
+    '2',
+    '--heads',
+    'random:1',
+    '--quiet',
+  ];
+  expect(arm([...base, '--denoise-before-selection'], { expectFail: true }).stderr).toMatch(
+    /--denoise-before-selection needs --denoise/,
+  );
+  expect(arm([...base, '--denoise', 'pca:2:centered'], { expectFail: true }).stderr).toMatch(
+    /--denoise pca:2:centered: expected pca:r/,
+  );
 });
 
 it('arm fit --denoise pca:2 --denoise-before-selection records both in the criterion', () => {
   const out = path.join(tempDir(), 'd.arm.safetensors');
-  arm(['fit', '--model', STORIES, '--examples', FEW, '--out', out, '--passes', '6', '--steps', '3', '--samples', '4', '--quiet', '--denoise', 'pca:2', '--denoise-before-selection']);
+  arm([
+    'fit',
+    '--model',
+    STORIES,
+    '--examples',
+    FEW,
+    '--out',
+    out,
+    '--passes',
+    '6',
+    '--steps',
+    '3',
+    '--samples',
+    '4',
+    '--quiet',
+    '--denoise',
+    'pca:2',
+    '--denoise-before-selection',
+  ]);
   const meta = JSON.parse(arm(['inspect', out, '--json']).stdout);
   expect(meta.denoise).toBe('pca:2:centred');
   expect(meta.hyper.denoiseBeforeSelection).toBe(true);
@@ -32,8 +67,18 @@ it('arm-denoised is an ablation row of arm eval that fits and scores', async () 
     const pairs = readExamples(FEW).examples.filter((e): e is PairExample => e.kind === 'pair');
     expect(pairs.length).toBeGreaterThanOrEqual(8);
     const options: MethodOptions = {
-      fit: { passes: 6, shots: 2, reinforce: { steps: 3, samples: 4, readoutMasks: 2, readoutItems: 2 }, warn: () => undefined },
-      batchSize: 4, maxLength: 256, iclShots: 2, sampleN: 2, sampleTemperature: 1, savTopHeads: 2,
+      fit: {
+        passes: 6,
+        shots: 2,
+        reinforce: { steps: 3, samples: 4, readoutMasks: 2, readoutItems: 2 },
+        warn: () => undefined,
+      },
+      batchSize: 4,
+      maxLength: 256,
+      iclShots: 2,
+      sampleN: 2,
+      sampleTemperature: 1,
+      savTopHeads: 2,
     };
     const prepared = await METHODS['arm-denoised']!.prepare({ decoder, pool: pairs.slice(0, 5), seed: 0, options });
     const records = await prepared.scorePairs(pairs.slice(5));

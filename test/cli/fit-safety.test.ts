@@ -38,7 +38,10 @@ it('fit refuses to write over a file of the model folder, even by another path',
     expect(r.stderr).toMatch(/refusing to write over it/);
   }
   // --force does not make an input writable
-  expect(arm(['fit', '--model', model, '--examples', FEW, '--out', weights, '--force', ...QUICK], { expectFail: true }).stderr).toMatch(/is a file of the model folder/);
+  expect(
+    arm(['fit', '--model', model, '--examples', FEW, '--out', weights, '--force', ...QUICK], { expectFail: true })
+      .stderr,
+  ).toMatch(/is a file of the model folder/);
   expect(sha(weights)).toBe(before);
   expect(fs.readdirSync(model).filter((f) => /\.tmp-|fit-checkpoint/.test(f))).toEqual([]);
 });
@@ -60,7 +63,9 @@ it('fit overwrites an existing criterion file, and any other file only with --fo
   const notes = path.join(dir, 'notes.txt');
   fs.writeFileSync(notes, 'my notes\n');
   const r = arm(['fit', '--model', STORIES, '--examples', FEW, '--out', notes, ...QUICK], { expectFail: true });
-  expect(r.stderr).toContain(`--out ${notes}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`);
+  expect(r.stderr).toContain(
+    `--out ${notes}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`,
+  );
   expect(fs.readFileSync(notes, 'utf8')).toBe('my notes\n');
   arm(['fit', '--model', STORIES, '--examples', FEW, '--out', notes, '--force', ...QUICK]);
   expect(JSON.parse(arm(['inspect', notes, '--json']).stdout).heads).toHaveLength(2);
@@ -75,10 +80,25 @@ it('fit checks the output folder before loading the model', () => {
   fs.writeFileSync(file, '');
   const out = path.join(file, 'sub', 'c.arm.safetensors'); // a folder cannot be made under a file
   // The model does not exist either: the output is checked first, so that is the error reported.
-  const r = arm(['fit', '--model', path.join(tempDir(), 'no-model'), '--examples', FEW, '--out', out], { expectFail: true });
-  expect(r.stderr).toMatch(new RegExp(`--out ${out.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: cannot create its folder .*ENOTDIR`));
+  const r = arm(['fit', '--model', path.join(tempDir(), 'no-model'), '--examples', FEW, '--out', out], {
+    expectFail: true,
+  });
+  expect(r.stderr).toMatch(
+    new RegExp(`--out ${out.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: cannot create its folder .*ENOTDIR`),
+  );
   const created = path.join(tempDir(), 'new', 'deeper');
-  const r2 = arm(['fit', '--model', path.join(tempDir(), 'no-model'), '--examples', FEW, '--out', path.join(created, 'c.arm.safetensors')], { expectFail: true });
+  const r2 = arm(
+    [
+      'fit',
+      '--model',
+      path.join(tempDir(), 'no-model'),
+      '--examples',
+      FEW,
+      '--out',
+      path.join(created, 'c.arm.safetensors'),
+    ],
+    { expectFail: true },
+  );
   expect(r2.stderr).toMatch(/no-model/);
   expect(fs.existsSync(path.dirname(created))).toBe(false); // the folders it made for the output are gone again
 });
@@ -89,8 +109,13 @@ it('score refuses to write over its input, the criterion or a model file', () =>
   fs.copyFileSync(ITEMS, input);
   const rm = path.join(dir, 'c.arm.safetensors');
   fs.copyFileSync(criterion, rm);
-  for (const [output, what] of [[path.join(dir, '.', 'items.jsonl'), 'the --input file'], [rm, 'the --rm criterion file']] as const) {
-    const r = arm(['score', '--model', STORIES, '--rm', rm, '--input', input, '--output', output], { expectFail: true });
+  for (const [output, what] of [
+    [path.join(dir, '.', 'items.jsonl'), 'the --input file'],
+    [rm, 'the --rm criterion file'],
+  ] as const) {
+    const r = arm(['score', '--model', STORIES, '--rm', rm, '--input', input, '--output', output], {
+      expectFail: true,
+    });
     expect(r.stderr).toContain(`--output ${output}: is ${what}`);
   }
   expect(sha(input)).toBe(sha(ITEMS));
@@ -101,7 +126,26 @@ it('score refuses to write over its input, the criterion or a model file', () =>
 it('SOURCE_DATE_EPOCH: two fits with the same seed write byte-identical files', () => {
   const dir = tempDir();
   const fit = (name: string) => {
-    arm(['fit', '--model', STORIES, '--examples', FEW, '--out', path.join(dir, name), '--passes', '6', '--steps', '8', '--samples', '8', '--seed', '4'], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
+    arm(
+      [
+        'fit',
+        '--model',
+        STORIES,
+        '--examples',
+        FEW,
+        '--out',
+        path.join(dir, name),
+        '--passes',
+        '6',
+        '--steps',
+        '8',
+        '--samples',
+        '8',
+        '--seed',
+        '4',
+      ],
+      { env: { SOURCE_DATE_EPOCH: '1700000000' } },
+    );
     return sha(path.join(dir, name));
   };
   expect(fit('a.arm.safetensors')).toBe(fit('b.arm.safetensors'));
@@ -111,7 +155,21 @@ it('SOURCE_DATE_EPOCH: two fits with the same seed write byte-identical files', 
 it('Ctrl-C during mean extraction stops it after the current batch and saves the passes done', async () => {
   const out = path.join(tempDir(), 'c.arm.safetensors');
   // Many more passes than run before the signal: finishing them instead of stopping takes a minute or more.
-  const run = armSpawn(['fit', '--model', STORIES, '--examples', FEW, '--out', out, '--passes', '400', '--batch-size', '1', '--steps', '1']);
+  const run = armSpawn([
+    'fit',
+    '--model',
+    STORIES,
+    '--examples',
+    FEW,
+    '--out',
+    out,
+    '--passes',
+    '400',
+    '--batch-size',
+    '1',
+    '--steps',
+    '1',
+  ]);
   try {
     const t0 = Date.now();
     while (!run.stderr().includes('fitting ') && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 50));
@@ -122,7 +180,9 @@ it('Ctrl-C during mean extraction stops it after the current batch and saves the
     const { code } = await run.exited;
     expect(Date.now() - signalled).toBeLessThan(10_000);
     expect(code).toBe(130);
-    expect(run.stderr()).toContain(`interrupted; progress saved to ${out}.fit-checkpoint.json (continue with --resume)`);
+    expect(run.stderr()).toContain(
+      `interrupted; progress saved to ${out}.fit-checkpoint.json (continue with --resume)`,
+    );
     const saved = JSON.parse(fs.readFileSync(`${out}.fit-checkpoint.json`, 'utf8'));
     expect(saved.mu).toBe(''); // still in mean extraction
     expect(saved.meansDone.passes.length).toBeLessThan(400);

@@ -2,26 +2,51 @@ import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readExamples, type PairExample } from '../../src/data/examples.js';
-import { buildProbe, charLength, markdownScore, positivityScore, stripMarkdown, type BiasKind, type ProbeRow } from '../../src/data/bias-probe.js';
+import {
+  buildProbe,
+  charLength,
+  markdownScore,
+  positivityScore,
+  stripMarkdown,
+  type BiasKind,
+  type ProbeRow,
+} from '../../src/data/bias-probe.js';
 import { arm } from '../helpers/cli.js';
 import { PREFERENCE_DATA, tempDir } from '../helpers/fixtures.js';
 
 const LLMBAR = path.join(PREFERENCE_DATA, 'llmbar.jsonl');
 const llmbar = readExamples(LLMBAR).examples as PairExample[];
-const readRows = (file: string): ProbeRow[] => fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+const readRows = (file: string): ProbeRow[] =>
+  fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l));
 
 // Measures written here from the issue's wording, independently of the module's own: a markdown header, a bullet
 // and a bold span are "markdown markers"; an exclamation or a word of praise is an "enthusiastic phrase".
 const hasMarkdown = (t: string) => /^## /m.test(t) && /^- /m.test(t) && /\*\*[^*]+\*\*/.test(t);
-const cheer = (t: string) => (t.match(/!(\s|$)/g)?.length ?? 0) + (t.match(/\b(great|wonderful|love|glad|happy to help|absolutely|best of luck|fantastic)\b/gi)?.length ?? 0);
+const cheer = (t: string) =>
+  (t.match(/!(\s|$)/g)?.length ?? 0) +
+  (t.match(/\b(great|wonderful|love|glad|happy to help|absolutely|best of luck|fantastic)\b/gi)?.length ?? 0);
 
 describe('arm bias-probe on llmbar', () => {
   const out = tempDir('arm-probes-');
   arm(['bias-probe', '--dataset', LLMBAR, '--bias', 'length,format,positivity', '--out', out]);
-  const files = (kind: BiasKind) => ({ biased: readRows(path.join(out, `llmbar-${kind}.jsonl`)), flipped: readRows(path.join(out, `llmbar-${kind}-flipped.jsonl`)) });
+  const files = (kind: BiasKind) => ({
+    biased: readRows(path.join(out, `llmbar-${kind}.jsonl`)),
+    flipped: readRows(path.join(out, `llmbar-${kind}-flipped.jsonl`)),
+  });
 
   it('writes <name>-<bias>.jsonl and <name>-<bias>-flipped.jsonl with the same pairs, ids, subsets and prompts as the source', () => {
-    expect(fs.readdirSync(out).sort()).toEqual(['llmbar-format-flipped.jsonl', 'llmbar-format.jsonl', 'llmbar-length-flipped.jsonl', 'llmbar-length.jsonl', 'llmbar-positivity-flipped.jsonl', 'llmbar-positivity.jsonl']);
+    expect(fs.readdirSync(out).sort()).toEqual([
+      'llmbar-format-flipped.jsonl',
+      'llmbar-format.jsonl',
+      'llmbar-length-flipped.jsonl',
+      'llmbar-length.jsonl',
+      'llmbar-positivity-flipped.jsonl',
+      'llmbar-positivity.jsonl',
+    ]);
     const byId = new Map(llmbar.map((p) => [p.id, p]));
     for (const kind of ['length', 'format', 'positivity'] as const) {
       const { biased, flipped } = files(kind);
@@ -46,7 +71,8 @@ describe('arm bias-probe on llmbar', () => {
     for (const r of biased) {
       expect([...r.rejected].length).toBeGreaterThan([...r.chosen].length);
       expect(r.chosen).toBe(byId.get(r.id)!.chosen);
-      expect(r.rejected.startsWith(byId.get(r.id)!.rejected.trimEnd())).toBe(true); // padding is appended, nothing changed
+      // padding is appended, nothing changed
+      expect(r.rejected.startsWith(byId.get(r.id)!.rejected.trimEnd())).toBe(true);
     }
     for (const r of flipped) {
       expect([...r.chosen].length).toBeGreaterThan([...r.rejected].length);
@@ -56,7 +82,10 @@ describe('arm bias-probe on llmbar', () => {
 
   it('format: the biased rejected (flipped chosen) has a header, bullets and bold, the other side none of them', () => {
     const { biased, flipped } = files('format');
-    for (const [rows, marked, plain] of [[biased, 'rejected', 'chosen'], [flipped, 'chosen', 'rejected']] as const) {
+    for (const [rows, marked, plain] of [
+      [biased, 'rejected', 'chosen'],
+      [flipped, 'chosen', 'rejected'],
+    ] as const) {
       for (const r of rows) {
         expect(hasMarkdown(r[marked])).toBe(true);
         expect(markdownScore(r[marked])).toBeGreaterThan(markdownScore(r[plain]));
@@ -74,7 +103,9 @@ describe('arm bias-probe on llmbar', () => {
   it('is deterministic: a second run writes the same bytes', () => {
     const again = tempDir('arm-probes-');
     arm(['bias-probe', '--dataset', LLMBAR, '--bias', 'positivity', '--out', again]);
-    expect(fs.readFileSync(path.join(again, 'llmbar-positivity.jsonl'), 'utf8')).toBe(fs.readFileSync(path.join(out, 'llmbar-positivity.jsonl'), 'utf8'));
+    expect(fs.readFileSync(path.join(again, 'llmbar-positivity.jsonl'), 'utf8')).toBe(
+      fs.readFileSync(path.join(out, 'llmbar-positivity.jsonl'), 'utf8'),
+    );
   });
 
   it('refuses an unknown bias, naming the known ones', () => {
@@ -84,7 +115,15 @@ describe('arm bias-probe on llmbar', () => {
 });
 
 describe('transforms', () => {
-  const pair = (chosen: string, rejected: string): PairExample => ({ kind: 'pair', id: 'x', line: 1, row: {}, prompt: 'q', chosen, rejected });
+  const pair = (chosen: string, rejected: string): PairExample => ({
+    kind: 'pair',
+    id: 'x',
+    line: 1,
+    row: {},
+    prompt: 'q',
+    chosen,
+    rejected,
+  });
 
   it('length padding beats a much longer other response too, escalating instead of giving up', () => {
     const p = pair('short answer', 'a'.repeat(5000));

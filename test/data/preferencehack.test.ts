@@ -7,14 +7,23 @@ import { drawSplits, evaluate } from '../../src/eval/harness.js';
 import type { PairExample } from '../../src/data/examples.js';
 import { tempDir } from '../helpers/fixtures.js';
 
-const writeJsonl = (file: string, rows: unknown[]) => fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+const writeJsonl = (file: string, rows: unknown[]) =>
+  fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
 
 describe('PreferenceHack reader', () => {
   const dir = path.join(tempDir('arm-ph-'), 'PreferenceHack');
   fs.mkdirSync(dir);
   // 1000 rows as the paper describes a split: the wrong answer padded (longer), the right one plain.
   const length = path.join(dir, 'length.jsonl');
-  writeJsonl(length, Array.from({ length: 1000 }, (_, i) => ({ id: i, question: `What is ${i} + 1?`, correct_answer: `${i + 1}`, hacked_response: `The answer, after careful thought, is ${i + 2}.` })));
+  writeJsonl(
+    length,
+    Array.from({ length: 1000 }, (_, i) => ({
+      id: i,
+      question: `What is ${i} + 1?`,
+      correct_answer: `${i + 1}`,
+      hacked_response: `The answer, after careful thought, is ${i + 2}.`,
+    })),
+  );
 
   it('reads alias fields; the first 80 rows are the few-shot pairs and the other 920 the test set; the subset is the file name', () => {
     const data = readPreferenceHack(length);
@@ -23,7 +32,12 @@ describe('PreferenceHack reader', () => {
     expect([...data.fewShotIds]).toEqual(Array.from({ length: 80 }, (_, i) => String(i)));
     expect(data.splitFrom).toBe('order');
     const p = data.examples[5]!;
-    expect([p.prompt, p.chosen, p.rejected, p.subset]).toEqual(['What is 5 + 1?', '6', 'The answer, after careful thought, is 7.', 'preferencehack-length']);
+    expect([p.prompt, p.chosen, p.rejected, p.subset]).toEqual([
+      'What is 5 + 1?',
+      '6',
+      'The answer, after careful thought, is 7.',
+      'preferencehack-length',
+    ]);
   });
 
   it('takes the split from a split field, and A/B responses with a label', () => {
@@ -34,7 +48,11 @@ describe('PreferenceHack reader', () => {
       { prompt: 'p2', response_a: 'right', response_b: 'wrong!', label: 1, split: 'test' },
     ]);
     const data = readPreferenceHack(file);
-    expect(data.examples.map((e) => [e.chosen, e.rejected])).toEqual([['right', 'wrong, but wonderful!'], ['right', 'wrong, but great!'], ['right', 'wrong!']]);
+    expect(data.examples.map((e) => [e.chosen, e.rejected])).toEqual([
+      ['right', 'wrong, but wonderful!'],
+      ['right', 'wrong, but great!'],
+      ['right', 'wrong!'],
+    ]);
     expect(data.splitFrom).toBe('field');
     expect([...data.fewShotIds]).toEqual(['line-1']);
   });
@@ -42,7 +60,9 @@ describe('PreferenceHack reader', () => {
   it('fails with a message naming the fields it found', () => {
     const file = path.join(dir, 'helpful.jsonl');
     writeJsonl(file, [{ instruction: 'q', output: 'a', score: 3 }]);
-    expect(() => readPreferenceHack(file)).toThrow(/helpful\.jsonl:1: no chosen\/rejected responses .*found fields instruction, output, score/);
+    expect(() => readPreferenceHack(file)).toThrow(
+      /helpful\.jsonl:1: no chosen\/rejected responses .*found fields instruction, output, score/,
+    );
     writeJsonl(file, [{ text: 'q' }]);
     expect(() => readPreferenceHack(file)).toThrow(/no prompt field .*found fields text/);
   });
@@ -60,9 +80,26 @@ describe('PreferenceHack reader', () => {
       expect(split!.test.some(candidate)).toBe(false);
     }
     const results = await evaluate(null, loaded.examples, {
-      methods: ['pick-longer', 'pick-shorter'], fewShot: 16, seeds: 1, seed: 0, pool: 'subset', outputDir: tempDir('arm-ph-eval-'), saveAll: false, chunkSize: 256,
-      dataset: 'length.jsonl', modelId: 'none', poolCandidate: candidate,
-      method: { fit: { warn: () => undefined }, batchSize: 8, maxLength: 512, iclShots: 2, sampleN: 2, sampleTemperature: 1, savTopHeads: 4 },
+      methods: ['pick-longer', 'pick-shorter'],
+      fewShot: 16,
+      seeds: 1,
+      seed: 0,
+      pool: 'subset',
+      outputDir: tempDir('arm-ph-eval-'),
+      saveAll: false,
+      chunkSize: 256,
+      dataset: 'length.jsonl',
+      modelId: 'none',
+      poolCandidate: candidate,
+      method: {
+        fit: { warn: () => undefined },
+        batchSize: 8,
+        maxLength: 512,
+        iclShots: 2,
+        sampleN: 2,
+        sampleTemperature: 1,
+        savTopHeads: 4,
+      },
     });
     expect(results.methods['pick-longer']!.accuracy.n).toBe(920);
     expect(results.methods['pick-longer']!.accuracy.mean).toBe(0); // the hacked answer is always the longer one

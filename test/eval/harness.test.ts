@@ -12,12 +12,34 @@ const ALL_METHODS = Object.keys(METHODS);
 const sample = readExamples(path.join(PREFERENCE_DATA, 'sample.jsonl')).examples;
 const samplePairs = sample.filter((e): e is PairExample => e.kind === 'pair');
 
-function options(outputDir: string, over: Partial<EvalOptions> = {}): EvalOptions & { dataset: string; modelId: string } {
+function options(
+  outputDir: string,
+  over: Partial<EvalOptions> = {},
+): EvalOptions & { dataset: string; modelId: string } {
   return {
-    methods: ALL_METHODS, fewShot: 4, seeds: 2, seed: 0, pool: 'global', outputDir, saveAll: true, chunkSize: 5, dataset: 'sample.jsonl', modelId: 'test',
+    methods: ALL_METHODS,
+    fewShot: 4,
+    seeds: 2,
+    seed: 0,
+    pool: 'global',
+    outputDir,
+    saveAll: true,
+    chunkSize: 5,
+    dataset: 'sample.jsonl',
+    modelId: 'test',
     method: {
-      fit: { passes: 4, shots: 2, reinforce: { steps: 6, samples: 8, readoutMasks: 2, readoutItems: 3 }, warn: () => undefined },
-      batchSize: 8, maxLength: 384, iclShots: 2, sampleN: 4, sampleTemperature: 1, savTopHeads: 5,
+      fit: {
+        passes: 4,
+        shots: 2,
+        reinforce: { steps: 6, samples: 8, readoutMasks: 2, readoutItems: 3 },
+        warn: () => undefined,
+      },
+      batchSize: 8,
+      maxLength: 384,
+      iclShots: 2,
+      sampleN: 4,
+      sampleTemperature: 1,
+      savTopHeads: 5,
     },
     ...over,
   };
@@ -31,7 +53,9 @@ describe('pool/test splits', () => {
         for (const s of splits) {
           const pool = new Set(s.pool.map((p) => p.id));
           expect(s.test.some((p) => pool.has(p.id))).toBe(false);
-          expect(s.pool.length + s.test.length).toBe(samplePairs.filter((p) => mode === 'global' || p.subset === s.group).length);
+          expect(s.pool.length + s.test.length).toBe(
+            samplePairs.filter((p) => mode === 'global' || p.subset === s.group).length,
+          );
         }
         expect(drawSplits(samplePairs, 2, mode, seed)).toEqual(splits);
       }
@@ -52,24 +76,39 @@ describe('pool/test splits', () => {
 describe('end to end', () => {
   let tiny: Decoder, stories: Decoder;
   beforeAll(async () => {
-    const { dir } = makeCheckpoint({ ...FAMILY_CONFIGS['llama (GQA 2, tied)']!, max_position_embeddings: 512 }, { seed: 5, chatTemplate: CHATML });
+    const { dir } = makeCheckpoint(
+      { ...FAMILY_CONFIGS['llama (GQA 2, tied)']!, max_position_embeddings: 512 },
+      { seed: 5, chatTemplate: CHATML },
+    );
     tiny = await Decoder.load(dir, { cacheDir: tempDir('arm-cache-'), threads: 1 });
     stories = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
   });
-  afterAll(async () => { await tiny?.dispose(); await stories?.dispose(); });
+  afterAll(async () => {
+    await tiny?.dispose();
+    await stories?.dispose();
+  });
 
-  it.each([['tiny random model', () => tiny], ['stories260K', () => stories]] as const)('every method runs on %s over sample.jsonl and writes a report', async (_n, get) => {
+  it.each([
+    ['tiny random model', () => tiny],
+    ['stories260K', () => stories],
+  ] as const)('every method runs on %s over sample.jsonl and writes a report', async (_n, get) => {
     const out = tempDir('arm-eval-');
     const results = await evaluate(get(), sample, options(out));
     expect(Object.keys(results.methods).sort()).toEqual([...ALL_METHODS].sort());
     // Independent of the aggregation: re-read the raw log and decide each pair from its scores by the rule
     // (chosen > rejected; on a tie, the tie-break scores; else wrong), over the pairs every method scored.
-    const raw = fs.readFileSync(path.join(out, 'items.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.type === 'pair');
+    const raw = fs
+      .readFileSync(path.join(out, 'items.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((r) => r.type === 'pair');
     const scored = (r: { chosen: number | null; rejected: number | null }) => r.chosen !== null && r.rejected !== null;
     const keys = (m: string) => new Set(raw.filter((r) => r.method === m && scored(r)).map((r) => `${r.seed}|${r.id}`));
     const common = [...keys(ALL_METHODS[0]!)].filter((k) => ALL_METHODS.every((m) => keys(m).has(k)));
     const right = (r: { chosen: number; rejected: number; tieBreak?: { chosen: number; rejected: number } }) =>
-      r.chosen > r.rejected || (r.chosen === r.rejected && r.tieBreak !== undefined && r.tieBreak.chosen > r.tieBreak.rejected);
+      r.chosen > r.rejected ||
+      (r.chosen === r.rejected && r.tieBreak !== undefined && r.tieBreak.chosen > r.tieBreak.rejected);
     const longer = new Map(samplePairs.map((p) => [p.id, [...p.chosen].length > [...p.rejected].length]));
     for (const [name, m] of Object.entries(results.methods)) {
       const perSeed = [0, 1].map((seed) => {
@@ -92,14 +131,24 @@ describe('end to end', () => {
     expect(results.commonSet.pairs).toBe(common.length);
     expect(results.methods['all-heads']!.ties.rate).toBe(1); // a constant score ties every pair
     expect(results.methods.arm!.headCounts).toBeDefined();
-    for (const f of ['results.json', 'report.md', 'report.html', 'items.jsonl']) expect(fs.existsSync(path.join(out, f)), f).toBe(true);
+    for (const f of ['results.json', 'report.md', 'report.html', 'items.jsonl'])
+      expect(fs.existsSync(path.join(out, f)), f).toBe(true);
     // The pool of every prepared method never overlaps the pairs it scored, nor shares a prompt with them.
     const records = readRecords(path.join(out, 'items.jsonl'));
     const promptOf = new Map(samplePairs.map((p) => [p.id, JSON.stringify(p.prompt)]));
     for (const prep of records.filter((r) => r.type === 'prepared')) {
       if (prep.type !== 'prepared') continue;
-      const pool = new Set(prep.poolIds), poolPrompts = new Set(prep.poolIds.map((id) => promptOf.get(id)));
-      expect(records.some((r) => r.type === 'pair' && r.method === prep.method && r.seed === prep.seed && (pool.has(r.id) || poolPrompts.has(promptOf.get(r.id))))).toBe(false);
+      const pool = new Set(prep.poolIds),
+        poolPrompts = new Set(prep.poolIds.map((id) => promptOf.get(id)));
+      expect(
+        records.some(
+          (r) =>
+            r.type === 'pair' &&
+            r.method === prep.method &&
+            r.seed === prep.seed &&
+            (pool.has(r.id) || poolPrompts.has(promptOf.get(r.id))),
+        ),
+      ).toBe(false);
     }
     checkHtmlInBrowser(path.join(out, 'report.html'));
   });
@@ -108,12 +157,21 @@ describe('end to end', () => {
     const methods = ['arm', 'zero-shot', 'sav-vote', 'pick-longer'];
     const a = await evaluate(tiny, sample, { ...options(tempDir()), methods });
     const b = await evaluate(tiny, sample, { ...options(tempDir()), methods });
-    const accs = (r: typeof a) => Object.fromEntries(Object.entries(r.methods).map(([k, m]) => [k, m.accuracy.perSeed]));
+    const accs = (r: typeof a) =>
+      Object.fromEntries(Object.entries(r.methods).map(([k, m]) => [k, m.accuracy.perSeed]));
     expect(accs(b)).toEqual(accs(a));
 
     const out = tempDir();
     let chunks = 0;
-    await expect(runEval(tiny, sample, { ...options(out), methods, onProgress: (what) => { if (!what.endsWith('preparing') && ++chunks === 5) throw new Error('power cut'); } })).rejects.toThrow('power cut');
+    await expect(
+      runEval(tiny, sample, {
+        ...options(out),
+        methods,
+        onProgress: (what) => {
+          if (!what.endsWith('preparing') && ++chunks === 5) throw new Error('power cut');
+        },
+      }),
+    ).rejects.toThrow('power cut');
     const before = readRecords(path.join(out, 'items.jsonl')).filter((r) => r.type === 'pair').length;
     expect(before).toBeGreaterThan(0);
     fs.appendFileSync(path.join(out, 'items.jsonl'), '{"type":"pair","method":"arm","se'); // a line cut by the crash
@@ -121,7 +179,11 @@ describe('end to end', () => {
     const resumed = await evaluate(tiny, sample, { ...options(out), methods });
     const pairs = readRecords(path.join(out, 'items.jsonl')).filter((r) => r.type === 'pair');
     const perMethod = pairs.length / methods.length;
-    expect(Number.isInteger(perMethod) && perMethod >= 2 * (samplePairs.length - 4) - 2 && perMethod <= 2 * (samplePairs.length - 4)).toBe(true); // all scored, nothing twice
+    expect(
+      Number.isInteger(perMethod) &&
+        perMethod >= 2 * (samplePairs.length - 4) - 2 &&
+        perMethod <= 2 * (samplePairs.length - 4),
+    ).toBe(true); // all scored, nothing twice
     expect(new Set(pairs.map((r) => r.type === 'pair' && `${r.method}|${r.seed}|${r.id}`)).size).toBe(pairs.length);
     expect(accs(resumed)).toEqual(accs(a));
     expect(tiny.stats.tokens).toBeGreaterThan(tokens0);
@@ -130,7 +192,11 @@ describe('end to end', () => {
   it('heuristic controls on llmbar equal an independent count of longer/shorter chosen responses', async () => {
     const file = path.join(PREFERENCE_DATA, 'llmbar.jsonl');
     // Independent count straight from the raw lines (code points, ties wrong).
-    const rows = fs.readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const rows = fs
+      .readFileSync(file, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const len = (s: string) => Array.from(s).length;
     const bySubset = new Map<string, { longer: number; shorter: number; n: number }>();
     for (const r of rows) {
@@ -141,8 +207,17 @@ describe('end to end', () => {
       bySubset.set(r.subset, c);
     }
     const out = tempDir();
-    const results = await evaluate(stories, readExamples(file).examples, { ...options(out), methods: ['pick-longer', 'pick-shorter'], fewShot: 0, seeds: 1, pool: 'subset' });
-    const total = [...bySubset.values()].reduce((a, c) => ({ longer: a.longer + c.longer, shorter: a.shorter + c.shorter, n: a.n + c.n }), { longer: 0, shorter: 0, n: 0 });
+    const results = await evaluate(stories, readExamples(file).examples, {
+      ...options(out),
+      methods: ['pick-longer', 'pick-shorter'],
+      fewShot: 0,
+      seeds: 1,
+      pool: 'subset',
+    });
+    const total = [...bySubset.values()].reduce(
+      (a, c) => ({ longer: a.longer + c.longer, shorter: a.shorter + c.shorter, n: a.n + c.n }),
+      { longer: 0, shorter: 0, n: 0 },
+    );
     expect(results.methods['pick-longer']!.accuracy.mean).toBeCloseTo(total.longer / total.n, 12);
     expect(results.methods['pick-shorter']!.accuracy.mean).toBeCloseTo(total.shorter / total.n, 12);
     for (const [subset, c] of bySubset) {
@@ -154,23 +229,35 @@ describe('end to end', () => {
 
   it('sav-vote reads both responses under the ranked template (it judges scalar items)', async () => {
     const out = tempDir();
-    const results = await evaluate(tiny, sample, { ...options(out), methods: ['sav-vote'], seeds: 1, saveAll: true, method: { ...options('').method, fit: { ...options('').method.fit, template: 'ranked' } } });
+    const results = await evaluate(tiny, sample, {
+      ...options(out),
+      methods: ['sav-vote'],
+      seeds: 1,
+      saveAll: true,
+      method: { ...options('').method, fit: { ...options('').method.fit, template: 'ranked' } },
+    });
     expect(results.methods['sav-vote']!.allPairs.n).toBeGreaterThanOrEqual(samplePairs.length - 5);
-    // Seeing the responses, chosen and rejected do not all get identical votes (they did when the placeholders stayed literal).
+    // Seeing the responses, chosen and rejected do not all get identical votes (they did when the placeholders stayed
+    // literal).
     const pairs = readRecords(path.join(out, 'items.jsonl')).filter((r) => r.type === 'pair');
     expect(pairs.some((r) => r.type === 'pair' && Number.isFinite(r.chosen) && r.chosen !== r.rejected)).toBe(true);
   });
 
   it('refuses pool methods with --few-shot 0, and a folder holding another run', async () => {
-    await expect(runEval(tiny, sample, { ...options(tempDir()), fewShot: 0 })).rejects.toThrow(/--few-shot 0 leaves no pool for arm/);
+    await expect(runEval(tiny, sample, { ...options(tempDir()), fewShot: 0 })).rejects.toThrow(
+      /--few-shot 0 leaves no pool for arm/,
+    );
     const out = tempDir();
     await evaluate(tiny, sample, { ...options(out), methods: ['icl-judge'] });
-    await expect(runEval(tiny, sample, { ...options(out), methods: ['icl-judge'], fewShot: 3 })).rejects.toThrow(/holds a run with another model \(weights, tokenizer or processor files\), dataset or options/);
+    await expect(runEval(tiny, sample, { ...options(out), methods: ['icl-judge'], fewShot: 3 })).rejects.toThrow(
+      /holds a run with another model \(weights, tokenizer or processor files\), dataset or options/,
+    );
   });
 
   it('a run folder resumed after the chat template changed (same weights) is refused', async () => {
     const dir = tempDir('arm-eval-model-');
-    for (const f of fs.readdirSync(tiny.info.modelDir)) fs.copyFileSync(path.join(tiny.info.modelDir, f), path.join(dir, f));
+    for (const f of fs.readdirSync(tiny.info.modelDir))
+      fs.copyFileSync(path.join(tiny.info.modelDir, f), path.join(dir, f));
     const out = tempDir();
     await evaluate(tiny, sample, { ...options(out), methods: ['pick-longer'], fewShot: 0, seeds: 1 });
     const configFile = path.join(dir, 'tokenizer_config.json');
@@ -179,8 +266,12 @@ describe('end to end', () => {
     const edited = await Decoder.load(dir, { cacheDir: tempDir('arm-cache-'), threads: 1 });
     try {
       expect(edited.info.weightsFingerprint).toBe(tiny.info.weightsFingerprint);
-      await expect(runEval(edited, sample, { ...options(out), methods: ['pick-longer'], fewShot: 0, seeds: 1 })).rejects.toThrow(/holds a run with another model \(weights, tokenizer or processor files\)/);
-    } finally { await edited.dispose(); }
+      await expect(
+        runEval(edited, sample, { ...options(out), methods: ['pick-longer'], fewShot: 0, seeds: 1 }),
+      ).rejects.toThrow(/holds a run with another model \(weights, tokenizer or processor files\)/);
+    } finally {
+      await edited.dispose();
+    }
   });
 });
 
@@ -191,8 +282,23 @@ function checkHtmlInBrowser(file: string): void {
     console.warn(`SKIPPED browser check of ${file}: no chromium installed (apt-get install chromium)`);
     return;
   }
-  const dom = execFileSync(chromium, ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', `--user-data-dir=${tempDir('chromium-')}`, '--dump-dom', `file://${file}`], { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  const dom = execFileSync(
+    chromium,
+    [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      `--user-data-dir=${tempDir('chromium-')}`,
+      '--dump-dom',
+      `file://${file}`,
+    ],
+    { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   expect(dom).toContain('data-rendered="ok"'); // the last script ran: nothing before it threw
   expect(dom).toContain('<svg');
 }

@@ -30,22 +30,42 @@ describe('icl-tiny: the Activation RM beats zero-shot and random heads', () => {
   beforeAll(async () => {
     decoder = await Decoder.load(MODEL, { cacheDir: tempDir('arm-cache-') });
     // The criteria's rows, plus exact copies of a few of them that the harness must leave out.
-    const rows = fs.readFileSync(DATA, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => CRITERIA.includes(r.subset));
+    const rows = fs
+      .readFileSync(DATA, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l))
+      .filter((r) => CRITERIA.includes(r.subset));
     const file = path.join(tempDir('arm-icl-tiny-'), 'pairs.jsonl');
     const copies = rows.slice(0, DUPLICATES).map((r) => ({ ...r, id: `${r.id}-copy` }));
     fs.writeFileSync(file, [...rows, ...copies].map((r) => JSON.stringify(r)).join('\n') + '\n');
     const examples = readExamples(file).examples;
     pairs = examples.filter((e): e is PairExample => e.kind === 'pair').slice(0, rows.length);
     results = await evaluate(decoder, examples, {
-      methods: METHODS, fewShot: 16, seeds: 2, seed: 0, pool: 'subset', outputDir: tempDir('arm-eval-'), saveAll: false, chunkSize: 128,
-      dataset: 'icl-tiny', modelId: 'icl-tiny',
+      methods: METHODS,
+      fewShot: 16,
+      seeds: 2,
+      seed: 0,
+      pool: 'subset',
+      outputDir: tempDir('arm-eval-'),
+      saveAll: false,
+      chunkSize: 128,
+      dataset: 'icl-tiny',
+      modelId: 'icl-tiny',
       method: {
         fit: { templateText: '{prompt} {response}', reinforce: { steps: 200 }, warn: () => undefined },
-        batchSize: 32, maxLength: decoder.spec.maxPositions, iclShots: 4, sampleN: 8, sampleTemperature: 1, savTopHeads: 20,
+        batchSize: 32,
+        maxLength: decoder.spec.maxPositions,
+        iclShots: 4,
+        sampleN: 8,
+        sampleTemperature: 1,
+        savTopHeads: 20,
       },
     });
   }, 120_000);
-  afterAll(async () => { await decoder?.dispose(); });
+  afterAll(async () => {
+    await decoder?.dispose();
+  });
 
   it('arm − zero-shot and arm − random-heads have intervals above zero', () => {
     const arm = results.methods.arm!;

@@ -11,14 +11,23 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type Example, type PairExample } from '../../src/data/examples.js';
 import { FitError } from '../../src/arm/fit.js';
-import { drawSplits, evaluate, readRecords, runEval, splitNotes, type EvalOptions, type RunRecord } from '../../src/eval/harness.js';
+import {
+  drawSplits,
+  evaluate,
+  readRecords,
+  runEval,
+  splitNotes,
+  type EvalOptions,
+  type RunRecord,
+} from '../../src/eval/harness.js';
 import { aggregate } from '../../src/eval/aggregate.js';
 import { METHODS } from '../../src/eval/methods.js';
 import { renderHtml, renderMarkdown } from '../../src/eval/report.js';
 import { CHATML, FAMILY_CONFIGS, makeCheckpoint, STORIES, tempDir } from '../helpers/fixtures.js';
 
 /** Far longer than --max-length 96 in stories260K tokens, even with the prompt cut away. */
-const LONG = 'Once upon a time there was a little dog who liked to run in the park and play with a red ball every day. '.repeat(6);
+const LONG =
+  'Once upon a time there was a little dog who liked to run in the park and play with a red ball every day. '.repeat(6);
 
 function dataset(rows: object[]): Example[] {
   const file = path.join(tempDir('arm-pools-'), 'data.jsonl');
@@ -27,28 +36,68 @@ function dataset(rows: object[]): Example[] {
 }
 
 /** Short answers the model can judge at --max-length 96. */
-const plainRows = (subset: string, n: number) => Array.from({ length: n }, (_, i) => ({ id: `${subset}-${i}`, subset, prompt: `What is ${i} plus one?`, chosen: `It is ${i + 1}.`, rejected: `It is ${i + 7}.` }));
+const plainRows = (subset: string, n: number) =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `${subset}-${i}`,
+    subset,
+    prompt: `What is ${i} plus one?`,
+    chosen: `It is ${i + 1}.`,
+    rejected: `It is ${i + 7}.`,
+  }));
 /** The chosen (correct) answer is the long one: its "yes" item never fits, only the rejected "no" item does. */
-const longChosenRows = (subset: string, n: number) => Array.from({ length: n }, (_, i) => ({ id: `${subset}-${i}`, subset, prompt: `Tell story ${i}.`, chosen: `${LONG} The end ${i}.`, rejected: `No story ${i}.` }));
+const longChosenRows = (subset: string, n: number) =>
+  Array.from({ length: n }, (_, i) => ({
+    id: `${subset}-${i}`,
+    subset,
+    prompt: `Tell story ${i}.`,
+    chosen: `${LONG} The end ${i}.`,
+    rejected: `No story ${i}.`,
+  }));
 
-function options(outputDir: string, over: Partial<EvalOptions> = {}): EvalOptions & { dataset: string; modelId: string } {
+function options(
+  outputDir: string,
+  over: Partial<EvalOptions> = {},
+): EvalOptions & { dataset: string; modelId: string } {
   return {
-    methods: ['arm', 'random-heads', 'sav-vote', 'zero-shot'], fewShot: 4, seeds: 2, seed: 0, pool: 'subset', outputDir, saveAll: true, chunkSize: 8,
-    dataset: 'data.jsonl', modelId: 'stories260K',
+    methods: ['arm', 'random-heads', 'sav-vote', 'zero-shot'],
+    fewShot: 4,
+    seeds: 2,
+    seed: 0,
+    pool: 'subset',
+    outputDir,
+    saveAll: true,
+    chunkSize: 8,
+    dataset: 'data.jsonl',
+    modelId: 'stories260K',
     method: {
-      fit: { passes: 4, shots: 2, reinforce: { steps: 4, samples: 8, readoutMasks: 2, readoutItems: 3 }, warn: () => undefined },
-      batchSize: 8, maxLength: 96, iclShots: 2, sampleN: 4, sampleTemperature: 1, savTopHeads: 5,
+      fit: {
+        passes: 4,
+        shots: 2,
+        reinforce: { steps: 4, samples: 8, readoutMasks: 2, readoutItems: 3 },
+        warn: () => undefined,
+      },
+      batchSize: 8,
+      maxLength: 96,
+      iclShots: 2,
+      sampleN: 4,
+      sampleTemperature: 1,
+      savTopHeads: 5,
     },
     ...over,
   };
 }
 
-const skippedOf = (records: RunRecord[]) => records.filter((r): r is Extract<RunRecord, { type: 'skipped' }> => r.type === 'skipped');
+const skippedOf = (records: RunRecord[]) =>
+  records.filter((r): r is Extract<RunRecord, { type: 'skipped' }> => r.type === 'skipped');
 
 describe('a pool a method cannot be prepared on', () => {
   let stories: Decoder;
-  beforeAll(async () => { stories = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') }); });
-  afterAll(async () => { await stories?.dispose(); });
+  beforeAll(async () => {
+    stories = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
+  });
+  afterAll(async () => {
+    await stories?.dispose();
+  });
 
   const examples = () => dataset([...plainRows('plain', 14), ...longChosenRows('verbose', 14)]);
 
@@ -58,11 +107,17 @@ describe('a pool a method cannot be prepared on', () => {
     const results = await evaluate(stories, examples(), { ...options(out), log: (l) => logged.push(l) });
 
     // Fitted methods lose subset "verbose" in both seeds; zero-shot needs no pool and keeps it.
-    const expected = ['arm', 'random-heads', 'sav-vote'].flatMap((method) => [0, 1].map((seed) => `${method}|verbose|${seed}`));
+    const expected = ['arm', 'random-heads', 'sav-vote'].flatMap((method) =>
+      [0, 1].map((seed) => `${method}|verbose|${seed}`),
+    );
     expect(results.skipped.map((k) => `${k.method}|${k.group}|${k.seed}`)).toEqual(expected);
     for (const k of results.skipped) {
       expect(k.testPairs).toBe(10);
-      expect(k.reason).toMatch(k.method === 'sav-vote' ? /both classes.*do not fit --max-length 96/ : /single label class.*do not fit --max-length 96/);
+      expect(k.reason).toMatch(
+        k.method === 'sav-vote'
+          ? /both classes.*do not fit --max-length 96/
+          : /single label class.*do not fit --max-length 96/,
+      );
     }
     expect(Object.keys(results.methods.arm!.subsets)).toEqual(['plain']);
     expect(results.methods.arm!.accuracy.n).toBe(2 * 10);
@@ -81,7 +136,9 @@ describe('a pool a method cannot be prepared on', () => {
     expect(skippedOf(records)).toHaveLength(6);
     // A skipped split leaves no prepared record and no pair result behind.
     for (const k of skippedOf(records)) {
-      expect(records.some((r) => r.type !== 'skipped' && r.method === k.method && r.seed === k.seed && r.group === k.group)).toBe(false);
+      expect(
+        records.some((r) => r.type !== 'skipped' && r.method === k.method && r.seed === k.seed && r.group === k.group),
+      ).toBe(false);
     }
     const json = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
     expect(json.skipped).toHaveLength(6);
@@ -91,8 +148,11 @@ describe('a pool a method cannot be prepared on', () => {
     expect(md).toMatch(/\| arm \| verbose \| 0 \| 10 \| the few-shot examples hold a single label class/);
     expect(md).toMatch(/\| arm † \|/);
     expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(n=2\) \|/);
-    // verbose is out of the common set (skipped by some, unscorable by zero-shot): every row is over plain's 2 × 10 pairs
-    expect(md).toContain('the 20 of 40 (seed, test pair)s that every method (arm, random-heads, sav-vote, zero-shot) could score');
+    // verbose is out of the common set (skipped by some, unscorable by zero-shot): every row is over plain's 2 × 10
+    // pairs
+    expect(md).toContain(
+      'the 20 of 40 (seed, test pair)s that every method (arm, random-heads, sav-vote, zero-shot) could score',
+    );
     const html = fs.readFileSync(path.join(out, 'report.html'), 'utf8');
     expect(html).toContain('<h2>Skipped (method, subset, seed)</h2>');
     expect(html).toContain('sav-vote: the pool needs items of both classes');
@@ -159,8 +219,9 @@ describe('a pool a method cannot be prepared on', () => {
 
       prepare.mockRejectedValue(new TypeError('cannot read properties of undefined'));
       const out = tempDir();
-      await expect(runEval(stories, data, { ...options(out), methods: ['zero-shot'] }))
-        .rejects.toThrow(/^zero-shot, subset plain, seed 0: preparing failed: cannot read properties of undefined$/);
+      await expect(runEval(stories, data, { ...options(out), methods: ['zero-shot'] })).rejects.toThrow(
+        /^zero-shot, subset plain, seed 0: preparing failed: cannot read properties of undefined$/,
+      );
       expect(skippedOf(readRecords(path.join(out, 'items.jsonl')))).toEqual([]);
     } finally {
       prepare.mockRestore();
@@ -183,7 +244,11 @@ describe('thin and dropped subsets', () => {
     const global = splitNotes(pairs(), 4, 'global', [0, 1, 2]);
     expect(global.droppedGroups).toEqual([]);
     for (const s of global.smallSubsets) {
-      const fewest = Math.min(...[0, 1, 2].map((seed) => drawSplits(pairs(), 4, 'global', seed)[0]!.test.filter((p) => p.subset === s.subset).length));
+      const fewest = Math.min(
+        ...[0, 1, 2].map(
+          (seed) => drawSplits(pairs(), 4, 'global', seed)[0]!.test.filter((p) => p.subset === s.subset).length,
+        ),
+      );
       expect(s.testPairs).toBe(fewest);
     }
     expect(global.smallSubsets.map((s) => s.subset)).toEqual(['thin', 'tiny']);
@@ -196,29 +261,52 @@ describe('thin and dropped subsets', () => {
     const tiny = await Decoder.load(dir, { cacheDir: tempDir('arm-cache-'), threads: 1 });
     try {
       // A pool method (icl-judge, cheap to prepare): a run of pool-free methods alone draws no pool.
-      const results = await evaluate(tiny, pairs(), { ...options(out), methods: ['icl-judge'], log: (l) => logged.push(l) });
-      expect(logged).toContain('warning: subset tiny has 3 pairs, all taken by the --few-shot 4 pool in seeds 0, 1: nothing of it is tested there');
-      expect(logged).toContain('warning: subset thin has 8 pairs, leaving 4 test pairs after the pool (fewer than 10): its accuracy is noisy');
+      const results = await evaluate(tiny, pairs(), {
+        ...options(out),
+        methods: ['icl-judge'],
+        log: (l) => logged.push(l),
+      });
+      expect(logged).toContain(
+        'warning: subset tiny has 3 pairs, all taken by the --few-shot 4 pool in seeds 0, 1: nothing of it is tested there',
+      );
+      expect(logged).toContain(
+        'warning: subset thin has 8 pairs, leaving 4 test pairs after the pool (fewer than 10): its accuracy is noisy',
+      );
       expect(results.splits!.droppedGroups.map((d) => d.group)).toEqual(['tiny']);
       const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
-      expect(md).toContain('Subset tiny (3 pairs) went wholly into the --few-shot 4 pool in seeds 0, 1: it is not tested there.');
-      expect(md).toContain('Subsets with fewer than 10 test pairs (fewest over seeds) have noisy accuracies: thin (8 pairs, 4 tested).');
+      expect(md).toContain(
+        'Subset tiny (3 pairs) went wholly into the --few-shot 4 pool in seeds 0, 1: it is not tested there.',
+      );
+      expect(md).toContain(
+        'Subsets with fewer than 10 test pairs (fewest over seeds) have noisy accuracies: thin (8 pairs, 4 tested).',
+      );
       expect(renderHtml(results)).toContain('thin (8 pairs, 4 tested)');
 
       // Nothing left to test at all is an error, not an empty report.
-      await expect(runEval(tiny, pairs(), { ...options(tempDir()), methods: ['icl-judge'], fewShot: 20 })).rejects.toThrow(/--few-shot 20 leaves no pair to test/);
+      await expect(
+        runEval(tiny, pairs(), { ...options(tempDir()), methods: ['icl-judge'], fewShot: 20 }),
+      ).rejects.toThrow(/--few-shot 20 leaves no pair to test/);
     } finally {
       await tiny.dispose();
     }
   });
 
   it('random-heads without an ARM run asks a small model for at most its own head count', async () => {
-    const { dir } = makeCheckpoint({ ...FAMILY_CONFIGS['llama (GQA 2, tied)']!, max_position_embeddings: 256 }, { seed: 5, chatTemplate: CHATML });
+    const { dir } = makeCheckpoint(
+      { ...FAMILY_CONFIGS['llama (GQA 2, tied)']!, max_position_embeddings: 256 },
+      { seed: 5, chatTemplate: CHATML },
+    );
     const tiny = await Decoder.load(dir, { cacheDir: tempDir('arm-cache-'), threads: 1 });
     try {
       const out = tempDir();
-      const results = await evaluate(tiny, pairs(), { ...options(out), methods: ['random-heads'], seeds: 1, method: { ...options('').method, maxLength: 256 } });
-      expect(results.skipped).toEqual([]); // 2 layers × 4 heads < 20: this was a FitError, which would now read as an unusable pool
+      const results = await evaluate(tiny, pairs(), {
+        ...options(out),
+        methods: ['random-heads'],
+        seeds: 1,
+        method: { ...options('').method, maxLength: 256 },
+      });
+      // 2 layers × 4 heads < 20: this was a FitError, which would now read as an unusable pool
+      expect(results.skipped).toEqual([]);
       const prepared = readRecords(path.join(out, 'items.jsonl')).filter((r) => r.type === 'prepared');
       expect(prepared.length).toBeGreaterThan(0);
       for (const p of prepared) if (p.type === 'prepared') expect(p.heads).toHaveLength(8);
@@ -231,9 +319,35 @@ describe('thin and dropped subsets', () => {
 describe('aggregation with skips', () => {
   it('a method only ever skipped has a row with no accuracy, and seeds count the seeds that ran', () => {
     const meta = { dataset: 'd', model: 'x', shape: { layers: 1, heads: 1 }, fewShot: 2, pool: 'subset' };
-    const skip = (method: string, seed: number): RunRecord => ({ type: 'skipped', method, seed, group: 's', reason: 'why', testPairs: 1, poolIds: [], seconds: 0.5, tokens: 10 });
-    const pair = (method: string, seed: number, ok: boolean): RunRecord => ({ type: 'pair', method, seed, group: 's', id: 'a', subset: 's', chosen: ok ? 1 : 0, rejected: 0.5, correct: ok, margin: ok ? 0.5 : -0.5, truncated: false, tooLong: false });
-    const r = aggregate([skip('a', 0), skip('a', 1), pair('b', 0, true), skip('b', 1), pair('c', 0, true), pair('c', 1, false)], meta);
+    const skip = (method: string, seed: number): RunRecord => ({
+      type: 'skipped',
+      method,
+      seed,
+      group: 's',
+      reason: 'why',
+      testPairs: 1,
+      poolIds: [],
+      seconds: 0.5,
+      tokens: 10,
+    });
+    const pair = (method: string, seed: number, ok: boolean): RunRecord => ({
+      type: 'pair',
+      method,
+      seed,
+      group: 's',
+      id: 'a',
+      subset: 's',
+      chosen: ok ? 1 : 0,
+      rejected: 0.5,
+      correct: ok,
+      margin: ok ? 0.5 : -0.5,
+      truncated: false,
+      tooLong: false,
+    });
+    const r = aggregate(
+      [skip('a', 0), skip('a', 1), pair('b', 0, true), skip('b', 1), pair('c', 0, true), pair('c', 1, false)],
+      meta,
+    );
     expect(r.seeds).toEqual([0, 1]);
     expect(Number.isNaN(r.methods.a!.accuracy.mean)).toBe(true);
     expect(r.methods.a!.accuracy.seeds).toBe(0);

@@ -15,8 +15,12 @@ export default function setup(): () => void {
   const previous = process.env.TMPDIR;
   process.env.TMPDIR = root;
   return () => {
-    if (previous === undefined) delete process.env.TMPDIR; else process.env.TMPDIR = previous;
-    if (process.env.ARM_KEEP_TEST_TMP) { process.stderr.write(`test temp files kept in ${root}\n`); return; }
+    if (previous === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = previous;
+    if (process.env.ARM_KEEP_TEST_TMP) {
+      process.stderr.write(`test temp files kept in ${root}\n`);
+      return;
+    }
     fs.rmSync(root, { recursive: true, force: true });
   };
 }

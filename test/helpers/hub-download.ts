@@ -3,5 +3,12 @@
 import { resolveModelDir } from '../../src/model/checkpoint/hub.js';
 
 const [ref, cacheDir] = process.argv.slice(2);
-const dir = await resolveModelDir(ref!, { cacheDir, quiet: true, connectTimeoutMs: 2000, idleTimeoutMs: 2000, retryDelayMs: 20, log: (line) => process.stderr.write(`${line}\n`) });
+const dir = await resolveModelDir(ref!, {
+  cacheDir,
+  quiet: true,
+  connectTimeoutMs: 2000,
+  idleTimeoutMs: 2000,
+  retryDelayMs: 20,
+  log: (line) => process.stderr.write(`${line}\n`),
+});
 process.stdout.write(`${dir}\n`);

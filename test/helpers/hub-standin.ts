@@ -2,7 +2,8 @@
  * A stand-in for the Hugging Face hub on loopback: serves local folders at `/<owner>/<name>/resolve/<rev>/<file>`
  * the way the hub does, with the misbehaviour real links show switchable per test: a slow line, a redirect to
  * a second host (the "CDN") for LFS files, a connection cut mid-file, a stall, error statuses, Range requests
- * honoured or ignored, a branch that moves to another commit. HEAD answers with the headers alone. Every wait is bounded and `stop()` ends all of it, so a test can never hang on it.
+ * honoured or ignored, a branch that moves to another commit. HEAD answers with the headers alone. Every wait is
+ * bounded and `stop()` ends all of it, so a test can never hang on it.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -78,22 +79,37 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
   const published = new Map<string, { latest: string; folders: Map<string, string> }>();
 
   // Resolves after `ms` (at most LIMIT_MS), or at once when the client goes away or the stand-in stops.
-  const wait = (ms: number, res: http.ServerResponse) => new Promise<void>((resolve) => {
-    const finish = () => { clearTimeout(timer); timers.delete(timer); res.off('close', finish); resolve(); };
-    const timer = setTimeout(finish, Math.min(ms, LIMIT_MS));
-    timers.add(timer);
-    res.on('close', finish);
-  });
+  const wait = (ms: number, res: http.ServerResponse) =>
+    new Promise<void>((resolve) => {
+      const finish = () => {
+        clearTimeout(timer);
+        timers.delete(timer);
+        res.off('close', finish);
+        resolve();
+      };
+      const timer = setTimeout(finish, Math.min(ms, LIMIT_MS));
+      timers.add(timer);
+      res.on('close', finish);
+    });
 
   const fileOf = (repo: string, rev: string, file: string): string | null => {
     const commits = published.get(repo);
-    const root = commits ? commits.folders.get(rev) ?? commits.folders.get(commits.latest) : repos[repo];
+    const root = commits ? (commits.folders.get(rev) ?? commits.folders.get(commits.latest)) : repos[repo];
     if (!root) return null;
     const full = path.resolve(root, file);
-    return full.startsWith(path.resolve(root) + path.sep) && fs.existsSync(full) && fs.statSync(full).isFile() ? full : null;
+    return full.startsWith(path.resolve(root) + path.sep) && fs.existsSync(full) && fs.statSync(full).isFile()
+      ? full
+      : null;
   };
 
-  async function serveBody(req: http.IncomingMessage, res: http.ServerResponse, log: StandinRequest, key: string, full: string, extraHeaders: http.OutgoingHttpHeaders): Promise<void> {
+  async function serveBody(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    log: StandinRequest,
+    key: string,
+    full: string,
+    extraHeaders: http.OutgoingHttpHeaders,
+  ): Promise<void> {
     const body = fs.readFileSync(full);
     const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
     let start = 0;
@@ -105,7 +121,11 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
         return;
       }
       log.status = 206;
-      res.writeHead(206, { ...extraHeaders, 'content-length': body.length - start, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` });
+      res.writeHead(206, {
+        ...extraHeaders,
+        'content-length': body.length - start,
+        'content-range': `bytes ${start}-${body.length - 1}/${body.length}`,
+      });
     } else {
       log.status = 200;
       res.writeHead(200, { ...extraHeaders, 'content-length': body.length });
@@ -130,14 +150,20 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
           continue;
         }
         let n = Math.min(slice, body.length - at);
-        if (treated && behaviour.cutAfterBytes !== undefined && !cut.has(key)) n = Math.min(n, Math.max(1, behaviour.cutAfterBytes - sent));
-        if (treated && behaviour.stallMs && !stalled.has(key)) n = Math.min(n, Math.max(1, (behaviour.stallAfterBytes ?? 0) - sent));
+        if (treated && behaviour.cutAfterBytes !== undefined && !cut.has(key))
+          n = Math.min(n, Math.max(1, behaviour.cutAfterBytes - sent));
+        if (treated && behaviour.stallMs && !stalled.has(key))
+          n = Math.min(n, Math.max(1, (behaviour.stallAfterBytes ?? 0) - sent));
         const drained = res.write(body.subarray(at, at + n));
         at += n;
         log.bytesSent += n;
         if (!drained) {
           await new Promise<void>((resolve) => {
-            const go = () => { res.off('drain', go); res.off('close', go); resolve(); };
+            const go = () => {
+              res.off('drain', go);
+              res.off('close', go);
+              resolve();
+            };
             res.on('drain', go);
             res.on('close', go);
           });
@@ -156,19 +182,33 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
 
   const handle = (host: 'hub' | 'cdn') => (req: http.IncomingMessage, res: http.ServerResponse) => {
     // Datasets live under /datasets/<id>/resolve/… on the hub; the stand-in serves them from the same repos map.
-    const pattern = host === 'hub' ? /^\/(?:datasets\/)?([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/ : /^\/cdn\/([^/]+\/[^/]+)\/([^/]+)\/(.+)$/;
+    const pattern =
+      host === 'hub'
+        ? /^\/(?:datasets\/)?([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/
+        : /^\/cdn\/([^/]+\/[^/]+)\/([^/]+)\/(.+)$/;
     const m = pattern.exec(req.url ?? '');
     const repo = m ? m[1]! : '';
     const file = m ? decodeURIComponent(m[3]!) : '';
     const log: StandinRequest = {
-      host, method: req.method ?? 'GET', url: req.url ?? '', file, range: req.headers.range, authorization: req.headers.authorization, status: 0, bytesSent: 0,
+      host,
+      method: req.method ?? 'GET',
+      url: req.url ?? '',
+      file,
+      range: req.headers.range,
+      authorization: req.headers.authorization,
+      status: 0,
+      bytesSent: 0,
     };
     requests.push(log);
     const rev = m ? decodeURIComponent(m[2]!) : '';
     const commits = published.get(repo);
     const repoCommit = commits ? (commits.folders.has(rev) ? rev : commits.latest) : behaviour.repoCommit;
     const full = m ? fileOf(repo, rev, file) : null;
-    if (!full) { log.status = 404; res.writeHead(404).end('Entry not found'); return; }
+    if (!full) {
+      log.status = 404;
+      res.writeHead(404).end('Entry not found');
+      return;
+    }
     const key = `${repo}/${file}`;
     if (host === 'hub' && behaviour.failWith && (failures.get(key) ?? 0) < behaviour.failWith.times) {
       failures.set(key, (failures.get(key) ?? 0) + 1);
@@ -180,13 +220,15 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
     const sha256 = createHash('sha256').update(body).digest('hex');
     if (host === 'hub' && behaviour.redirectLfs && file.endsWith('.safetensors')) {
       log.status = 302;
-      res.writeHead(302, {
-        location: `${cdnOrigin}/cdn/${repo}/${m![2]}/${m![3]}`,
-        'x-linked-size': body.length,
-        'x-linked-etag': `"${behaviour.advertisedSha256?.(file) ?? sha256}"`,
-        ...(repoCommit ? { 'x-repo-commit': repoCommit } : {}),
-        etag: `W/"${createHash('sha1').update(body).digest('hex')}"`,
-      }).end();
+      res
+        .writeHead(302, {
+          location: `${cdnOrigin}/cdn/${repo}/${m![2]}/${m![3]}`,
+          'x-linked-size': body.length,
+          'x-linked-etag': `"${behaviour.advertisedSha256?.(file) ?? sha256}"`,
+          ...(repoCommit ? { 'x-repo-commit': repoCommit } : {}),
+          etag: `W/"${createHash('sha1').update(body).digest('hex')}"`,
+        })
+        .end();
       return;
     }
     // Like the hub: small files carry their git blob sha1 as ETag (not a sha256; a client must not check it).
@@ -201,7 +243,10 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
   };
 
   const listen = async (server: http.Server) => {
-    server.on('connection', (socket) => { sockets.add(socket); socket.on('close', () => sockets.delete(socket)); });
+    server.on('connection', (socket) => {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+    });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     return `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   };
@@ -213,10 +258,14 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
   return {
     endpoint,
     requests,
-    get maxConcurrent() { return max; },
+    get maxConcurrent() {
+      return max;
+    },
     configure(next) {
       behaviour = next;
-      cut.clear(); stalled.clear(); failures.clear();
+      cut.clear();
+      stalled.clear();
+      failures.clear();
       requests.length = 0;
       max = 0;
     },

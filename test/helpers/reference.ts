@@ -9,16 +9,30 @@
 type Weights = Map<string, Float32Array>;
 
 export interface ReferenceResult {
-  logits: Float64Array;        // [V] at the last position
-  heads: Float64Array[][];     // [L][H] → [d] o_proj input at the last position
+  logits: Float64Array; // [V] at the last position
+  heads: Float64Array[][]; // [L][H] → [d] o_proj input at the last position
 }
 
-export interface ReferencePatch { heads: [number, number][]; values: Float64Array[][] /* [L][H][d] */; mode: 'replace' | 'add' }
+export interface ReferencePatch {
+  heads: [number, number][];
+  values: Float64Array[][] /* [L][H][d] */;
+  mode: 'replace' | 'add';
+}
 
-export function referenceForward(config: Record<string, any>, w: Weights, ids: number[], patch?: ReferencePatch): ReferenceResult {
-  const D: number = config.hidden_size, H: number = config.num_attention_heads, KV: number = config.num_key_value_heads ?? H;
-  const d: number = config.head_dim ?? D / H, L: number = config.num_hidden_layers, V: number = config.vocab_size;
-  const F: number = config.intermediate_size, eps: number = config.rms_norm_eps ?? 1e-6;
+export function referenceForward(
+  config: Record<string, any>,
+  w: Weights,
+  ids: number[],
+  patch?: ReferencePatch,
+): ReferenceResult {
+  const D: number = config.hidden_size,
+    H: number = config.num_attention_heads,
+    KV: number = config.num_key_value_heads ?? H;
+  const d: number = config.head_dim ?? D / H,
+    L: number = config.num_hidden_layers,
+    V: number = config.vocab_size;
+  const F: number = config.intermediate_size,
+    eps: number = config.rms_norm_eps ?? 1e-6;
   const type: string = config.model_type;
   const gemma = type === 'gemma' || type === 'gemma2' || type === 'gemma3_text';
   const gemma23 = type === 'gemma2' || type === 'gemma3_text';
@@ -36,17 +50,33 @@ export function referenceForward(config: Record<string, any>, w: Weights, ids: n
     return true;
   };
   const scaling = gemma23 ? (config.query_pre_attn_scalar ?? 256) ** -0.5 : 1 / Math.sqrt(d);
-  const attnCap: number | null = type === 'gemma2' ? (config.attn_logit_softcapping === undefined ? 50 : config.attn_logit_softcapping) : (config.attn_logit_softcapping ?? null);
-  const finalCap: number | null = type === 'gemma2' ? (config.final_logit_softcapping === undefined ? 30 : config.final_logit_softcapping) : (config.final_logit_softcapping ?? null);
-  const act = (x: number) => gemma
-    ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)))  // gelu_pytorch_tanh
-    : x / (1 + Math.exp(-x));                                                       // silu
-  const get = (n: string) => { const t = w.get(n); if (!t) throw new Error(`reference: missing ${n}`); return t; };
+  const attnCap: number | null =
+    type === 'gemma2'
+      ? config.attn_logit_softcapping === undefined
+        ? 50
+        : config.attn_logit_softcapping
+      : (config.attn_logit_softcapping ?? null);
+  const finalCap: number | null =
+    type === 'gemma2'
+      ? config.final_logit_softcapping === undefined
+        ? 30
+        : config.final_logit_softcapping
+      : (config.final_logit_softcapping ?? null);
+  const act = (x: number) =>
+    gemma
+      ? 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3))) // gelu_pytorch_tanh
+      : x / (1 + Math.exp(-x)); // silu
+  const get = (n: string) => {
+    const t = w.get(n);
+    if (!t) throw new Error(`reference: missing ${n}`);
+    return t;
+  };
   const S = ids.length;
 
   // linear: y[o] = sum_i W[o,i] x[i] (+ b[o]); W in HF [out, in]
   const linear = (x: Float64Array, name: string, outDim: number, inDim: number, bias: boolean) => {
-    const W = get(`${name}.weight`), b = bias ? get(`${name}.bias`) : null;
+    const W = get(`${name}.weight`),
+      b = bias ? get(`${name}.bias`) : null;
     const y = new Float64Array(outDim);
     for (let o = 0; o < outDim; o++) {
       let s = b ? b[o]! : 0;
@@ -71,22 +101,28 @@ export function referenceForward(config: Record<string, any>, w: Weights, ids: n
     let invFreq = Array.from({ length: rd / 2 }, (_, i) => 1 / theta ** ((2 * i) / rd));
     if (ropeType === 'linear') invFreq = invFreq.map((f) => f / rp.factor);
     if (ropeType === 'llama3') {
-      const old = rp.original_max_position_embeddings, lo = rp.low_freq_factor, hi = rp.high_freq_factor, factor = rp.factor;
+      const old = rp.original_max_position_embeddings,
+        lo = rp.low_freq_factor,
+        hi = rp.high_freq_factor,
+        factor = rp.factor;
       invFreq = invFreq.map((f) => {
         const wl = (2 * Math.PI) / f;
         const scaled = wl > old / lo ? f / factor : f;
         const smooth = (old / wl - lo) / (hi - lo);
         const medium = !(wl < old / hi) && !(wl > old / lo);
-        return medium ? (1 - smooth) * scaled / factor + smooth * scaled : scaled;
+        return medium ? ((1 - smooth) * scaled) / factor + smooth * scaled : scaled;
       });
     }
     return invFreq;
   };
   const globalRp = rpAll.full_attention ?? rpAll;
   const globalFreq = inverseFrequencies(globalRp, globalRp.rope_theta ?? config.rope_theta ?? 10000);
-  const localFreq = type !== 'gemma3_text' ? globalFreq
-    : rpAll.sliding_attention ? inverseFrequencies(rpAll.sliding_attention, rpAll.sliding_attention.rope_theta)
-      : inverseFrequencies({}, config.rope_local_base_freq ?? 10000);
+  const localFreq =
+    type !== 'gemma3_text'
+      ? globalFreq
+      : rpAll.sliding_attention
+        ? inverseFrequencies(rpAll.sliding_attention, rpAll.sliding_attention.rope_theta)
+        : inverseFrequencies({}, config.rope_local_base_freq ?? 10000);
   const rope = (x: Float64Array, pos: number, invFreq: number[]) => {
     const out = Float64Array.from(x); // dimensions ≥ rd pass through
     for (let i = 0; i < rd; i++) {
@@ -99,13 +135,17 @@ export function referenceForward(config: Record<string, any>, w: Weights, ids: n
   const softcap = (x: number, cap: number | null) => (cap === null ? x : Math.tanh(x / cap) * cap);
 
   const embed = get('model.embed_tokens.weight');
-  let hidden = ids.map((t) => Float64Array.from(embed.subarray(t * D, (t + 1) * D), (v) => (gemma ? v * Math.sqrt(D) : v)));
+  let hidden = ids.map((t) =>
+    Float64Array.from(embed.subarray(t * D, (t + 1) * D), (v) => (gemma ? v * Math.sqrt(D) : v)),
+  );
   const heads: Float64Array[][] = [];
   for (let l = 0; l < L; l++) {
     const p = `model.layers.${l}`;
     const x = hidden.map((h) => rms(h, get(`${p}.input_layernorm.weight`)));
     const invFreq = sliding(l) ? localFreq : globalFreq;
-    const qs: Float64Array[][] = [], ks: Float64Array[][] = [], vs: Float64Array[][] = [];
+    const qs: Float64Array[][] = [],
+      ks: Float64Array[][] = [],
+      vs: Float64Array[][] = [];
     x.forEach((xs, s) => {
       let q: Float64Array, k: Float64Array, v: Float64Array;
       if (phi3) {
@@ -117,7 +157,8 @@ export function referenceForward(config: Record<string, any>, w: Weights, ids: n
         v = linear(xs, `${p}.self_attn.v_proj`, KV * d, D, qkvBias);
       }
       const split = (t: Float64Array, n: number) => Array.from({ length: n }, (_, h) => t.slice(h * d, (h + 1) * d));
-      let qh = split(q, H), kh = split(k, KV);
+      let qh = split(q, H),
+        kh = split(k, KV);
       if (type === 'qwen3' || type === 'gemma3_text') {
         qh = qh.map((t) => rms(t, get(`${p}.self_attn.q_norm.weight`)));
         kh = kh.map((t) => rms(t, get(`${p}.self_attn.k_norm.weight`)));
@@ -142,7 +183,8 @@ export function referenceForward(config: Record<string, any>, w: Weights, ids: n
         const m = Math.max(...scores);
         const e = scores.map((x) => Math.exp(x - m));
         const sum = e.reduce((a, b) => a + b, 0);
-        for (let t = first; t <= s; t++) for (let i = 0; i < d; i++) zs[h * d + i]! += (e[t - first]! / sum) * vs[t]![kvh]![i]!;
+        for (let t = first; t <= s; t++)
+          for (let i = 0; i < d; i++) zs[h * d + i]! += (e[t - first]! / sum) * vs[t]![kvh]![i]!;
       }
       z.push(zs);
     }
@@ -163,7 +205,10 @@ export function referenceForward(config: Record<string, any>, w: Weights, ids: n
       // Gemma 2/3: post_attention_layernorm is on the attention output; the MLP's input norm is pre_feedforward.
       if (gemma23) attn = rms(attn, get(`${p}.post_attention_layernorm.weight`));
       const mid = h.map((v, i) => v + attn[i]!);
-      const x2 = rms(mid, get(gemma23 ? `${p}.pre_feedforward_layernorm.weight` : `${p}.post_attention_layernorm.weight`));
+      const x2 = rms(
+        mid,
+        get(gemma23 ? `${p}.pre_feedforward_layernorm.weight` : `${p}.post_attention_layernorm.weight`),
+      );
       let gate: Float64Array, up: Float64Array;
       if (phi3) {
         const gu = linear(x2, `${p}.mlp.gate_up_proj`, 2 * F, D, false);

@@ -19,7 +19,11 @@ export function readReferenceTensors(file: string): Map<string, ReferenceTensor>
   const out = new Map<string, ReferenceTensor>();
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') continue;
-    const { dtype, shape, data_offsets } = entry as { dtype: ReferenceTensor['dtype']; shape: number[]; data_offsets: [number, number] };
+    const { dtype, shape, data_offsets } = entry as {
+      dtype: ReferenceTensor['dtype'];
+      shape: number[];
+      data_offsets: [number, number];
+    };
     const bytes = buf.subarray(base + data_offsets[0], base + data_offsets[1]);
     const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     const width = dtype === 'F64' || dtype === 'I64' ? 8 : 4;

@@ -32,17 +32,25 @@ describe('abandoned builds', () => {
     const hour = ABANDONED_BUILD_MS;
     const abandoned = buildFolder(parent, `old-entry.tmp-${dead}-1700000000000`, 2 * hour);
     const damaged = buildFolder(parent, `other.damaged-${dead}-1700000000001`, 3 * hour);
-    const recent = buildFolder(parent, `old-entry.tmp-${dead}-1700000000002`, 5 * 60 * 1000);     // dead but written 5 min ago
-    const live = buildFolder(parent, `old-entry.tmp-${process.pid}-1700000000003`, 2 * hour);     // old but its process runs
-    const entry = buildFolder(parent, 'finished-entry', 5 * hour);                                 // an entry, not a build folder
-    const out = ensureCacheEntry(path.join(parent, 'new-entry'), ['model.onnx'], (tmp) => fs.writeFileSync(path.join(tmp, 'model.onnx'), 'g'));
+    // dead but written 5 min ago
+    const recent = buildFolder(parent, `old-entry.tmp-${dead}-1700000000002`, 5 * 60 * 1000);
+    // old but its process runs
+    const live = buildFolder(parent, `old-entry.tmp-${process.pid}-1700000000003`, 2 * hour);
+    const entry = buildFolder(parent, 'finished-entry', 5 * hour); // an entry, not a build folder
+    const out = ensureCacheEntry(path.join(parent, 'new-entry'), ['model.onnx'], (tmp) =>
+      fs.writeFileSync(path.join(tmp, 'model.onnx'), 'g'),
+    );
     expect(out.built).toBe(true);
     expect(fs.existsSync(abandoned)).toBe(false);
     expect(fs.existsSync(damaged)).toBe(false);
     for (const kept of [recent, live, entry, path.join(parent, 'new-entry')]) expect(fs.existsSync(kept)).toBe(true);
     // A cache hit does not sweep (loads stay cheap): an abandoned folder made now stays until the next build
     const later = buildFolder(parent, `x.tmp-${dead}-1700000000004`, 2 * hour);
-    expect(ensureCacheEntry(path.join(parent, 'new-entry'), ['model.onnx'], () => { throw new Error('not called'); }).built).toBe(false);
+    expect(
+      ensureCacheEntry(path.join(parent, 'new-entry'), ['model.onnx'], () => {
+        throw new Error('not called');
+      }).built,
+    ).toBe(false);
     expect(fs.existsSync(later)).toBe(true);
   });
 });

@@ -19,7 +19,9 @@ it('config.json is a directory', async () => {
 it('config.json is missing', async () => {
   const dir = checkpoint();
   fs.rmSync(path.join(dir, 'config.json'));
-  await expect(load(dir)).rejects.toThrow(`${path.join(dir, 'config.json')}: missing; expected a Hugging Face config.json`);
+  await expect(load(dir)).rejects.toThrow(
+    `${path.join(dir, 'config.json')}: missing; expected a Hugging Face config.json`,
+  );
 });
 
 it('config.json holds bytes that are not UTF-8 (instead of silently reading U+FFFD)', async () => {

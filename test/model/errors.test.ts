@@ -11,7 +11,9 @@ const cacheDir = tempDir('arm-cache-');
 const config = FAMILY_CONFIGS['llama (GQA 2, tied)']!;
 const load = (dir: string) => Decoder.load(dir, { cacheDir, threads: 1 });
 
-function checkpoint(): string { return makeCheckpoint(config, { seed: 1 }).dir; }
+function checkpoint(): string {
+  return makeCheckpoint(config, { seed: 1 }).dir;
+}
 
 /** Rewrites the safetensors header with `edit` (keeping the data bytes). */
 function editHeader(file: string, edit: (h: Record<string, any>) => void): void {
@@ -42,19 +44,29 @@ describe('bad checkpoints', () => {
     const dir = checkpoint();
     const file = path.join(dir, 'model.safetensors');
     fs.truncateSync(file, fs.statSync(file).size - 100);
-    await expect(load(dir)).rejects.toThrow(/model\.safetensors: tensor ".*": data_offsets end \d+ lies past the end of the file/);
+    await expect(load(dir)).rejects.toThrow(
+      /model\.safetensors: tensor ".*": data_offsets end \d+ lies past the end of the file/,
+    );
   });
 
   it('header lying about a tensor size', async () => {
     const dir = checkpoint();
-    editHeader(path.join(dir, 'model.safetensors'), (h) => { h['model.norm.weight'].shape = [33]; });
-    await expect(load(dir)).rejects.toThrow(/tensor "model\.norm\.weight": data_offsets span 128 bytes but shape \[33\] of F32 needs 132/);
+    editHeader(path.join(dir, 'model.safetensors'), (h) => {
+      h['model.norm.weight'].shape = [33];
+    });
+    await expect(load(dir)).rejects.toThrow(
+      /tensor "model\.norm\.weight": data_offsets span 128 bytes but shape \[33\] of F32 needs 132/,
+    );
   });
 
   it('a tensor with the wrong shape for config.json', async () => {
     const dir = checkpoint();
-    editHeader(path.join(dir, 'model.safetensors'), (h) => { h['model.norm.weight'].shape = [2, 16]; });
-    await expect(load(dir)).rejects.toThrow(/tensor "model\.norm\.weight" has shape \[2,16\] but config\.json implies \[32\]/);
+    editHeader(path.join(dir, 'model.safetensors'), (h) => {
+      h['model.norm.weight'].shape = [2, 16];
+    });
+    await expect(load(dir)).rejects.toThrow(
+      /tensor "model\.norm\.weight" has shape \[2,16\] but config\.json implies \[32\]/,
+    );
   });
 
   it('a missing tensor', async () => {
@@ -62,10 +74,18 @@ describe('bad checkpoints', () => {
     // Rewritten without the tensor (deleting only its header entry would leave a hole, a different error).
     const file = path.join(dir, 'model.safetensors');
     const ckpt = SafetensorsCheckpoint.openFile(file);
-    const kept = ckpt.names().filter((n) => n !== 'model.layers.1.mlp.up_proj.weight').map((name) => {
-      const data = ckpt.readFloat32(name);
-      return { name, shape: ckpt.info(name).shape, dtype: 'F32' as const, bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) };
-    });
+    const kept = ckpt
+      .names()
+      .filter((n) => n !== 'model.layers.1.mlp.up_proj.weight')
+      .map((name) => {
+        const data = ckpt.readFloat32(name);
+        return {
+          name,
+          shape: ckpt.info(name).shape,
+          dtype: 'F32' as const,
+          bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength),
+        };
+      });
     ckpt.close();
     writeSafetensors(file, kept);
     await expect(load(dir)).rejects.toThrow(/tensor "model\.layers\.1\.mlp\.up_proj\.weight" is missing/);
@@ -73,7 +93,9 @@ describe('bad checkpoints', () => {
 
   it('an unsupported dtype', async () => {
     const dir = checkpoint();
-    editHeader(path.join(dir, 'model.safetensors'), (h) => { h['model.norm.weight'].dtype = 'I8'; });
+    editHeader(path.join(dir, 'model.safetensors'), (h) => {
+      h['model.norm.weight'].dtype = 'I8';
+    });
     await expect(load(dir)).rejects.toThrow(/dtype I8 is not supported/);
   });
 
@@ -81,7 +103,9 @@ describe('bad checkpoints', () => {
     const dir = checkpoint();
     const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8'));
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, model_type: 'gpt2' }));
-    await expect(load(dir)).rejects.toThrow(/config\.json: model_type "gpt2" is not supported; supported: llama, mistral, qwen2, qwen3/);
+    await expect(load(dir)).rejects.toThrow(
+      /config\.json: model_type "gpt2" is not supported; supported: llama, mistral, qwen2, qwen3/,
+    );
   });
 
   it('config.json that is not JSON', async () => {
@@ -98,7 +122,9 @@ describe('bad checkpoints', () => {
       expect(decoder.hasTokenizer).toBe(false);
       expect((await decoder.forward([[1, 5, 9]])).logits.length).toBe(config.vocab_size);
       expect(() => decoder.encodePrompt('hello')).toThrow(ModelError);
-      expect(() => decoder.encodePrompt('hello')).toThrow(new RegExp(`${dir}/tokenizer\\.json: missing, so this checkpoint runs on token ids only`));
+      expect(() => decoder.encodePrompt('hello')).toThrow(
+        new RegExp(`${dir}/tokenizer\\.json: missing, so this checkpoint runs on token ids only`),
+      );
     } finally {
       await decoder.dispose();
     }
@@ -107,7 +133,9 @@ describe('bad checkpoints', () => {
   it('errors are ModelErrors and a failed build leaves no cache entry behind', async () => {
     const dir = checkpoint();
     const cache = tempDir('arm-cache-');
-    editHeader(path.join(dir, 'model.safetensors'), (h) => { delete h['model.norm.weight']; });
+    editHeader(path.join(dir, 'model.safetensors'), (h) => {
+      delete h['model.norm.weight'];
+    });
     await expect(Decoder.load(dir, { cacheDir: cache })).rejects.toBeInstanceOf(ModelError);
     const graphs = path.join(cache, 'graphs');
     expect(fs.existsSync(graphs) ? fs.readdirSync(graphs) : []).toEqual([]);

@@ -11,14 +11,27 @@ import { Decoder } from '../../src/model/decoder.js';
 import { fixturePatch, relError, tempDir } from '../helpers/fixtures.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../shared/fixtures/hf-parity');
-const TEXT_FAMILIES = ['gemma-gqa2', 'gemma2-softcap-window', 'gemma3-text-qknorm-window', 'phi3-fused', 'phi3-partial-rotary'];
+const TEXT_FAMILIES = [
+  'gemma-gqa2',
+  'gemma2-softcap-window',
+  'gemma3-text-qknorm-window',
+  'phi3-fused',
+  'phi3-partial-rotary',
+];
 const present = fs.existsSync(FIXTURES);
 const cacheDir = tempDir('arm-cache-');
 
 interface Parity {
   transformers: string;
   dtype: string;
-  results: { input_ids: number[]; last_logits: number[]; o_proj_input_last: number[][]; patched_last_logits: number[]; patched_o_proj_input_last: number[][]; greedy8: number[] }[];
+  results: {
+    input_ids: number[];
+    last_logits: number[];
+    o_proj_input_last: number[][];
+    patched_last_logits: number[];
+    patched_o_proj_input_last: number[][];
+    greedy8: number[];
+  }[];
 }
 
 describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) => {
@@ -43,7 +56,9 @@ describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) =>
     const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     parity.results.forEach((r, b) => {
       expect(relError(out.logits.subarray(b * V, (b + 1) * V), r.last_logits)).toBeLessThan(1e-4);
-      expect(relError(out.heads.subarray(b * L * H * d, (b + 1) * L * H * d), r.o_proj_input_last.flat())).toBeLessThan(1e-4);
+      expect(relError(out.heads.subarray(b * L * H * d, (b + 1) * L * H * d), r.o_proj_input_last.flat())).toBeLessThan(
+        1e-4,
+      );
     });
   });
 
@@ -70,7 +85,8 @@ describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) =>
     }
   });
 
-  it('greedy generation with the KV cache gives transformers\' 8 tokens', async () => {
-    for (const r of parity.results) expect(await decoder.generate(r.input_ids, { maxNewTokens: 8, stopTokens: [] })).toEqual(r.greedy8);
+  it("greedy generation with the KV cache gives transformers' 8 tokens", async () => {
+    for (const r of parity.results)
+      expect(await decoder.generate(r.input_ids, { maxNewTokens: 8, stopTokens: [] })).toEqual(r.greedy8);
   });
 });

@@ -15,11 +15,24 @@ const cacheDir = tempDir('arm-cache-');
 interface Parity {
   transformers: string;
   patch: { heads: [number, number][] };
-  results: { input_ids: number[]; last_logits: number[]; o_proj_input_last: number[][]; patched_last_logits: number[]; patched_o_proj_input_last: number[][]; greedy8: number[] }[];
+  results: {
+    input_ids: number[];
+    last_logits: number[];
+    o_proj_input_last: number[][];
+    patched_last_logits: number[];
+    patched_o_proj_input_last: number[][];
+    greedy8: number[];
+  }[];
 }
 
 it('covers every family', () => {
-  expect(names.sort()).toEqual(['llama-gqa2-tied', 'llama3-rope-gqa3-bias', 'mistral-gqa4-headdim', 'qwen2-bias-tied', 'qwen3-qknorm-headdim']);
+  expect(names.sort()).toEqual([
+    'llama-gqa2-tied',
+    'llama3-rope-gqa3-bias',
+    'mistral-gqa4-headdim',
+    'qwen2-bias-tied',
+    'qwen3-qknorm-headdim',
+  ]);
 });
 
 describe.each(names)('transformers parity: %s', (name) => {
@@ -27,8 +40,10 @@ describe.each(names)('transformers parity: %s', (name) => {
   let parity: Parity;
   beforeAll(async () => {
     const dir = tempDir('arm-hf-');
-    for (const f of fs.readdirSync(path.join(FIXTURES, name))) fs.copyFileSync(path.join(FIXTURES, name, f), path.join(dir, f));
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(STORIES, f), path.join(dir, f));
+    for (const f of fs.readdirSync(path.join(FIXTURES, name)))
+      fs.copyFileSync(path.join(FIXTURES, name, f), path.join(dir, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+      fs.copyFileSync(path.join(STORIES, f), path.join(dir, f));
     parity = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8'));
     decoder = await Decoder.load(dir, { cacheDir, threads: 1 });
   });
@@ -39,7 +54,9 @@ describe.each(names)('transformers parity: %s', (name) => {
     const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     parity.results.forEach((r, b) => {
       expect(relError(out.logits.subarray(b * V, (b + 1) * V), r.last_logits)).toBeLessThan(1e-4);
-      expect(relError(out.heads.subarray(b * L * H * d, (b + 1) * L * H * d), r.o_proj_input_last.flat())).toBeLessThan(1e-4);
+      expect(relError(out.heads.subarray(b * L * H * d, (b + 1) * L * H * d), r.o_proj_input_last.flat())).toBeLessThan(
+        1e-4,
+      );
     });
   });
 
@@ -55,7 +72,8 @@ describe.each(names)('transformers parity: %s', (name) => {
     }
   });
 
-  it('greedy generation with the KV cache gives transformers\' 8 tokens', async () => {
-    for (const r of parity.results) expect(await decoder.generate(r.input_ids, { maxNewTokens: 8, stopTokens: [] })).toEqual(r.greedy8);
+  it("greedy generation with the KV cache gives transformers' 8 tokens", async () => {
+    for (const r of parity.results)
+      expect(await decoder.generate(r.input_ids, { maxNewTokens: 8, stopTokens: [] })).toEqual(r.greedy8);
   });
 });

@@ -41,7 +41,12 @@ beforeAll(async () => {
   fs.mkdirSync(path.join(datasetFolder, 'data'));
   fs.writeFileSync(path.join(datasetFolder, 'data', 'test-00000-of-00001.parquet'), datasetBytes);
   sharded = repoFolder({
-    'model.safetensors.index.json': indexJson({ a: 'model-00001-of-00003.safetensors', b: 'model-00002-of-00003.safetensors', c: 'model-00003-of-00003.safetensors', d: 'model-00001-of-00003.safetensors' }),
+    'model.safetensors.index.json': indexJson({
+      a: 'model-00001-of-00003.safetensors',
+      b: 'model-00002-of-00003.safetensors',
+      c: 'model-00003-of-00003.safetensors',
+      d: 'model-00001-of-00003.safetensors',
+    }),
     'model-00001-of-00003.safetensors': randomBytes(200_000),
     'model-00002-of-00003.safetensors': randomBytes(250_000),
     'model-00003-of-00003.safetensors': randomBytes(150_000),
@@ -51,28 +56,53 @@ beforeAll(async () => {
     'tiny/sharded': sharded,
     'tiny/evil': repoFolder({ 'model.safetensors.index.json': indexJson({ w: '../evil.safetensors' }) }),
     'allenai/reward-bench-2': datasetFolder,
-    'tiny/evil-abs': repoFolder({ 'model.safetensors.index.json': indexJson({ w: path.join(tempDir(), 'evil.safetensors') }) }),
+    'tiny/evil-abs': repoFolder({
+      'model.safetensors.index.json': indexJson({ w: path.join(tempDir(), 'evil.safetensors') }),
+    }),
   });
 });
 afterAll(() => hub?.stop());
 
 /** resolveModelDir against the stand-in, with HF_* variables set as given (undefined: unset) and restored after. */
-async function resolveVia(ref: string, opts: ResolveOptions, env: Record<string, string | undefined> = {}): Promise<string> {
-  const vars: Record<string, string | undefined> = { HF_ENDPOINT: hub.endpoint, HF_TOKEN: undefined, HF_HUB_OFFLINE: undefined, ...env };
+async function resolveVia(
+  ref: string,
+  opts: ResolveOptions,
+  env: Record<string, string | undefined> = {},
+): Promise<string> {
+  const vars: Record<string, string | undefined> = {
+    HF_ENDPOINT: hub.endpoint,
+    HF_TOKEN: undefined,
+    HF_HUB_OFFLINE: undefined,
+    ...env,
+  };
   const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
   const set = (values: Record<string, string | undefined>) => {
-    for (const [k, v] of Object.entries(values)) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+    for (const [k, v] of Object.entries(values))
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
   };
   set(vars);
-  try { return await resolveModelDir(ref, opts); } finally { set(old); }
+  try {
+    return await resolveModelDir(ref, opts);
+  } finally {
+    set(old);
+  }
 }
 
 /** Runs `f` with HF_ENDPOINT at the stand-in (other HF_* unset), restoring the environment after. */
 async function viaStandin<T>(f: () => Promise<T>): Promise<T> {
   const keys = ['HF_ENDPOINT', 'HF_TOKEN', 'HF_HUB_OFFLINE'];
   const old = Object.fromEntries(keys.map((k) => [k, process.env[k]]));
-  process.env.HF_ENDPOINT = hub.endpoint; delete process.env.HF_TOKEN; delete process.env.HF_HUB_OFFLINE;
-  try { return await f(); } finally { for (const [k, v] of Object.entries(old)) if (v === undefined) delete process.env[k]; else process.env[k] = v; }
+  process.env.HF_ENDPOINT = hub.endpoint;
+  delete process.env.HF_TOKEN;
+  delete process.env.HF_HUB_OFFLINE;
+  try {
+    return await f();
+  } finally {
+    for (const [k, v] of Object.entries(old))
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+  }
 }
 
 const snapshotDir = (cacheDir: string, repo = 'tiny--stories', rev = 'main') => path.join(cacheDir, 'hub', repo, rev);
@@ -94,22 +124,43 @@ async function until(cond: () => boolean, what: string, ms = 20_000): Promise<vo
 /** test/helpers/hub-download.ts in a process of its own, against the stand-in. */
 function downloadInChild(ref: string, cacheDir: string) {
   const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.endpoint };
-  delete env.HF_TOKEN; delete env.HF_HUB_OFFLINE;
-  const child = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/hub-download.ts'), ref, cacheDir], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '', stderr = '';
-  child.stdout.on('data', (d) => { stdout += d; });
-  child.stderr.on('data', (d) => { stderr += d; });
-  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+  delete env.HF_TOKEN;
+  delete env.HF_HUB_OFFLINE;
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/hub-download.ts'), ref, cacheDir],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '',
+    stderr = '';
+  child.stdout.on('data', (d) => {
+    stdout += d;
+  });
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+    child.on('close', (code) => resolve({ code, stdout, stderr })),
+  );
   return { pid: child.pid!, done };
 }
 
 /** A lock file as another download writes it. */
-const writeLock = (file: string, pid: number) => fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid, host: os.hostname(), token: `other-${pid}` }));
+const writeLock = (file: string, pid: number) =>
+  fs.writeFileSync(`${file}.lock`, JSON.stringify({ pid, host: os.hostname(), token: `other-${pid}` }));
 /** A process that runs until killed, to own a lock. */
 async function liveProcess() {
   const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
   await once(child, 'spawn');
-  return { pid: child.pid!, stop: async () => { if (child.exitCode === null && child.signalCode === null) { child.kill(); await once(child, 'exit'); } } };
+  return {
+    pid: child.pid!,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill();
+        await once(child, 'exit');
+      }
+    },
+  };
 }
 
 describe('download', () => {
@@ -117,7 +168,8 @@ describe('download', () => {
     hub.configure({});
     const cacheDir = tempDir('arm-cache-');
     const dir = await resolveVia('tiny/stories', { cacheDir, quiet: true });
-    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', MODEL, '.complete']) expect(fs.existsSync(path.join(dir, f))).toBe(true);
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', MODEL, '.complete'])
+      expect(fs.existsSync(path.join(dir, f))).toBe(true);
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     const before = hub.requests.length;
     expect(await resolveVia('tiny/stories', { cacheDir, quiet: true })).toBe(dir);
@@ -126,7 +178,9 @@ describe('download', () => {
     try {
       const ids = decoder.tokenizer.encode('Once upon a time');
       const golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8')).prompts[1];
-      expect(await decoder.generate(ids, { maxNewTokens: 16, stopTokens: [] })).toEqual(golden.continuation_ids.slice(0, 16));
+      expect(await decoder.generate(ids, { maxNewTokens: 16, stopTokens: [] })).toEqual(
+        golden.continuation_ids.slice(0, 16),
+      );
     } finally {
       await decoder.dispose();
     }
@@ -141,12 +195,18 @@ describe('download', () => {
     expect(onHub[0]!.url).toBe('/tiny/stories/resolve/main/config.json');
     expect(onHub.length).toBeGreaterThan(3);
     for (const r of onHub.slice(1)) expect(r.url).toMatch(new RegExp(`^/tiny/stories/resolve/${commit}/`));
-    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ repo: 'tiny/stories', revision: 'main', commit });
+    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({
+      repo: 'tiny/stories',
+      revision: 'main',
+      commit,
+    });
   });
 
   it('a missing repository file is a clear error, asked for once (404 is not retried)', async () => {
     hub.configure({});
-    await expect(resolveVia('tiny/absent', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(/tiny\/absent@main: config\.json not found on the hub/);
+    await expect(resolveVia('tiny/absent', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(
+      /tiny\/absent@main: config\.json not found on the hub/,
+    );
     expect(hub.requests.map((r) => r.file)).toEqual(['config.json']);
   });
 
@@ -171,9 +231,19 @@ describe('download', () => {
     expect(rest).toHaveLength(1);
     expect(rest[0]).toMatchObject({ host: 'cdn', status: 200, authorization: undefined });
     // The sha256 computed while streaming is in the memo, for the file as it lies, so loading won't re-hash it.
-    const memo = fs.readdirSync(path.join(cacheDir, 'hashes')).map((f) => JSON.parse(fs.readFileSync(path.join(cacheDir, 'hashes', f), 'utf8')));
+    const memo = fs
+      .readdirSync(path.join(cacheDir, 'hashes'))
+      .map((f) => JSON.parse(fs.readFileSync(path.join(cacheDir, 'hashes', f), 'utf8')));
     const st = fs.statSync(path.join(dir, MODEL));
-    expect(memo).toContainEqual(expect.objectContaining({ path: path.join(dir, MODEL), sha256: modelSha, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino }));
+    expect(memo).toContainEqual(
+      expect.objectContaining({
+        path: path.join(dir, MODEL),
+        sha256: modelSha,
+        size: st.size,
+        mtimeMs: st.mtimeMs,
+        ino: st.ino,
+      }),
+    );
     expect(memo.some((m) => m.path === path.join(dir, 'config.json'))).toBe(true);
   });
 
@@ -194,8 +264,9 @@ describe('download', () => {
   it('a run that gives up leaves its .part, never a half file under the final name; the next run resumes it', async () => {
     hub.configure({ cutAfterBytes: 500_000, only: (f) => f === MODEL });
     const cacheDir = tempDir();
-    await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir }))
-      .rejects.toThrow(/tiny\/stories@main: model\.safetensors: download failed after 1 try \(connection lost: ECONNRESET\); run again to resume from .*model\.safetensors\.part/);
+    await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir })).rejects.toThrow(
+      /tiny\/stories@main: model\.safetensors: download failed after 1 try \(connection lost: ECONNRESET\); run again to resume from .*model\.safetensors\.part/,
+    );
     const dir = snapshotDir(cacheDir);
     expect(fs.existsSync(path.join(dir, MODEL))).toBe(false);
     expect(fs.existsSync(path.join(dir, '.complete'))).toBe(false);
@@ -230,22 +301,29 @@ describe('download', () => {
   it('gives up after the configured retries, leaving no file under its final name', async () => {
     hub.configure({ failWith: { status: 500, times: 100 } });
     const cacheDir = tempDir();
-    await expect(resolveVia('tiny/stories', { ...FAST, retries: 2, cacheDir })).rejects.toThrow(/tiny\/stories@main: config\.json: download failed after 3 tries \(.*answered 500\)/);
+    await expect(resolveVia('tiny/stories', { ...FAST, retries: 2, cacheDir })).rejects.toThrow(
+      /tiny\/stories@main: config\.json: download failed after 3 tries \(.*answered 500\)/,
+    );
     expect(hub.requests).toHaveLength(3);
     expect(fs.existsSync(path.join(snapshotDir(cacheDir), 'config.json'))).toBe(false);
   });
 
   it('401 is not retried: the model is gated or private', async () => {
     hub.configure({ failWith: { status: 401, times: 100 } });
-    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(/config\.json: .* answered 401; the model is gated or private \(set HF_TOKEN\)/);
+    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(
+      /config\.json: .* answered 401; the model is gated or private \(set HF_TOKEN\)/,
+    );
     expect(hub.requests).toHaveLength(1);
   });
 
   it('a sha256 mismatch fails, naming the file, and leaves neither the file nor a .complete marker', async () => {
     hub.configure({ redirectLfs: true, advertisedSha256: () => 'ab'.repeat(32) });
     const cacheDir = tempDir();
-    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir }))
-      .rejects.toThrow(new RegExp(`tiny/stories@main: model\\.safetensors: sha256 ${modelSha} does not match the ${'ab'.repeat(32)} the hub advertises`));
+    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir })).rejects.toThrow(
+      new RegExp(
+        `tiny/stories@main: model\\.safetensors: sha256 ${modelSha} does not match the ${'ab'.repeat(32)} the hub advertises`,
+      ),
+    );
     const dir = snapshotDir(cacheDir);
     for (const f of [MODEL, `${MODEL}.part`, '.complete']) expect(fs.existsSync(path.join(dir, f))).toBe(false);
   });
@@ -254,7 +332,11 @@ describe('download', () => {
     hub.configure({ throttleBytesPerSec: 1_000_000, only: (f) => f.startsWith('model-') });
     const cacheDir = tempDir();
     const dir = await resolveVia('tiny/sharded', { ...FAST, quiet: false, cacheDir });
-    for (const f of ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', 'model-00003-of-00003.safetensors']) {
+    for (const f of [
+      'model-00001-of-00003.safetensors',
+      'model-00002-of-00003.safetensors',
+      'model-00003-of-00003.safetensors',
+    ]) {
       expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(sharded, f)))).toBe(true);
     }
     expect(hub.maxConcurrent).toBe(3);
@@ -294,7 +376,10 @@ describe('resume from an earlier run', () => {
 
   it('a .part longer than the file (416) is discarded and downloaded again', async () => {
     hub.configure({});
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(Buffer.concat([modelBytes, randomBytes(10)])) });
+    const dir = await resolveVia('tiny/stories', {
+      ...FAST,
+      cacheDir: withPart(Buffer.concat([modelBytes, randomBytes(10)])),
+    });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL).map((r) => r.status)).toEqual([416, 200]);
   });
@@ -318,7 +403,9 @@ describe('two processes, one cache', () => {
     const [a, b] = await Promise.all([first.done, second.done]);
     expect(a, a.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
     expect(b, b.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
-    expect(b.stderr).toContain(`tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${first.pid}) to finish`);
+    expect(b.stderr).toContain(
+      `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${first.pid}) to finish`,
+    );
     expect(hub.requests.filter((r) => r.file === MODEL && r.method === 'GET')).toHaveLength(1);
     expect(hub.bytesServed(MODEL)).toBe(modelBytes.length);
     const dir = snapshotDir(cacheDir);
@@ -326,7 +413,7 @@ describe('two processes, one cache', () => {
     expect(walk(dir).filter((f) => /\.(lock|part)/.test(f))).toEqual([]);
   });
 
-  it('waits while the lock\'s owner runs, without touching the file; once the owner is gone it takes over and resumes its part', async () => {
+  it("waits while the lock's owner runs, without touching the file; once the owner is gone it takes over and resumes its part", async () => {
     hub.configure({ redirectLfs: true });
     const cacheDir = tempDir();
     const dir = snapshotDir(cacheDir);
@@ -367,11 +454,13 @@ describe('two processes, one cache', () => {
     await resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
     expect(Date.now() - started).toBeLessThan(3000);
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-    expect(log).toEqual([`tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${dead}, which is no longer running`]);
+    expect(log).toEqual([
+      `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${dead}, which is no longer running`,
+    ]);
     expect(walk(dir).filter((f) => f.includes('.lock'))).toEqual([]);
   });
 
-  it('a shard failing ends the wait on another shard\'s lock (the abort is honoured while waiting)', async () => {
+  it("a shard failing ends the wait on another shard's lock (the abort is honoured while waiting)", async () => {
     hub.configure({ cutAfterBytes: 10_000, only: (f) => f === 'model-00003-of-00003.safetensors' });
     const cacheDir = tempDir();
     const dir = snapshotDir(cacheDir, 'tiny--sharded');
@@ -381,10 +470,15 @@ describe('two processes, one cache', () => {
     try {
       writeLock(path.join(dir, 'model-00002-of-00003.safetensors'), owner.pid);
       const started = Date.now();
-      await expect(resolveVia('tiny/sharded', { ...FAST, retries: 0, cacheDir, log: (line) => log.push(line) }))
-        .rejects.toThrow(/tiny\/sharded@main: model-00003-of-00003\.safetensors: download failed after 1 try/);
+      await expect(
+        resolveVia('tiny/sharded', { ...FAST, retries: 0, cacheDir, log: (line) => log.push(line) }),
+      ).rejects.toThrow(/tiny\/sharded@main: model-00003-of-00003\.safetensors: download failed after 1 try/);
       expect(Date.now() - started).toBeLessThan(5000);
-      expect(log.some((l) => l.includes(`model-00002-of-00003.safetensors: waiting for another download of it (pid ${owner.pid})`))).toBe(true);
+      expect(
+        log.some((l) =>
+          l.includes(`model-00002-of-00003.safetensors: waiting for another download of it (pid ${owner.pid})`),
+        ),
+      ).toBe(true);
       expect(fs.existsSync(path.join(dir, 'model-00002-of-00003.safetensors.lock'))).toBe(true); // still its owner's
     } finally {
       await owner.stop();
@@ -398,23 +492,29 @@ describe('a branch that moves between runs', () => {
   const SHARD_1 = 'model-00001-of-00002.safetensors';
   const SHARD_2 = 'model-00002-of-00002.safetensors';
   /** A two-shard repository whose every file differs from another commit's (config.json included). */
-  const commitFolder = (tag: string) => repoFolder({
-    'config.json': JSON.stringify({ ...JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')), _commit: tag }),
-    'model.safetensors.index.json': indexJson({ a: SHARD_1, b: SHARD_2 }),
-    [SHARD_1]: randomBytes(200_000),
-    [SHARD_2]: randomBytes(tag === 'B' ? 420_000 : 400_000),
-  });
+  const commitFolder = (tag: string) =>
+    repoFolder({
+      'config.json': JSON.stringify({
+        ...JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')),
+        _commit: tag,
+      }),
+      'model.safetensors.index.json': indexJson({ a: SHARD_1, b: SHARD_2 }),
+      [SHARD_1]: randomBytes(200_000),
+      [SHARD_2]: randomBytes(tag === 'B' ? 420_000 : 400_000),
+    });
   /** A run at `repo`'s `rev` cut in shard 2 with no retries: shard 1 done, shard 2 a part. */
   async function interruptedRun(repo: string, cacheDir: string, rev = 'main') {
     hub.configure({ redirectLfs: true, cutAfterBytes: 300_000, only: (f) => f === SHARD_2 });
-    await expect(resolveVia(`${repo}@${rev}`, { ...FAST, retries: 0, concurrency: 1, cacheDir })).rejects.toThrow(new RegExp(`${SHARD_2}: download failed after 1 try`));
+    await expect(resolveVia(`${repo}@${rev}`, { ...FAST, retries: 0, concurrency: 1, cacheDir })).rejects.toThrow(
+      new RegExp(`${SHARD_2}: download failed after 1 try`),
+    );
     const dir = snapshotDir(cacheDir, repo.replace('/', '--'), rev);
     expect(fs.existsSync(path.join(dir, SHARD_1))).toBe(true);
     expect(fs.statSync(path.join(dir, `${SHARD_2}.part`)).size).toBeGreaterThan(0);
     return dir;
   }
 
-  it('a run resumed after main moved to another commit discards the old files and parts and gives exactly the new commit\'s', async () => {
+  it("a run resumed after main moved to another commit discards the old files and parts and gives exactly the new commit's", async () => {
     const [folderA, folderB] = [commitFolder('A'), commitFolder('B')];
     hub.publish('tiny/moving', COMMIT_A, folderA);
     const cacheDir = tempDir();
@@ -428,10 +528,20 @@ describe('a branch that moves between runs', () => {
     const log: string[] = [];
     expect(await resolveVia('tiny/moving', { ...FAST, cacheDir, log: (line) => log.push(line) })).toBe(dir);
     expect(walk(dir)).toEqual([...walk(folderB), '.commit', '.complete', 'other.bin.lock'].sort());
-    for (const f of walk(folderB)) expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
-    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ revision: 'main', commit: COMMIT_B });
+    for (const f of walk(folderB))
+      expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
+    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({
+      revision: 'main',
+      commit: COMMIT_B,
+    });
     expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_B);
-    expect(log).toEqual([expect.stringMatching(new RegExp(`^tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since .* was begun; discarded its 5 files and parts, starting over at ${COMMIT_B}$`))]);
+    expect(log).toEqual([
+      expect.stringMatching(
+        new RegExp(
+          `^tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since .* was begun; discarded its 5 files and parts, starting over at ${COMMIT_B}$`,
+        ),
+      ),
+    ]);
     // The commit was asked for before anything in the folder was used; nothing was fetched at the old one.
     expect(hub.requests[0]).toMatchObject({ method: 'HEAD', url: '/tiny/moving/resolve/main/config.json' });
     expect(hub.requests.some((r) => r.url.includes(COMMIT_A))).toBe(false);
@@ -446,9 +556,15 @@ describe('a branch that moves between runs', () => {
     const log: string[] = [];
     await resolveVia('tiny/steady', { ...FAST, cacheDir, log: (line) => log.push(line) });
     expect(log).toEqual([]);
-    expect(hub.requests.filter((r) => r.method === 'HEAD').map((r) => r.url)).toEqual(['/tiny/steady/resolve/main/config.json']);
-    // Optional files the repository lacks are asked for again (404); of the rest only the part's file: hub 302, then the CDN.
-    expect(hub.requests.filter((r) => r.method === 'GET' && r.status !== 404).map((r) => r.file)).toEqual([SHARD_2, SHARD_2]);
+    expect(hub.requests.filter((r) => r.method === 'HEAD').map((r) => r.url)).toEqual([
+      '/tiny/steady/resolve/main/config.json',
+    ]);
+    // Optional files the repository lacks are asked for again (404); of the rest only the part's file: hub 302, then
+    // the CDN.
+    expect(hub.requests.filter((r) => r.method === 'GET' && r.status !== 404).map((r) => r.file)).toEqual([
+      SHARD_2,
+      SHARD_2,
+    ]);
     expect(fileRequests(SHARD_2).map((r) => r.range)).toEqual([`bytes=${kept}-`]);
     expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ commit: COMMIT_A });
   });
@@ -459,7 +575,10 @@ describe('a branch that moves between runs', () => {
     const dir = await interruptedRun('tiny/pinned', cacheDir, COMMIT_A);
     hub.configure({ redirectLfs: true });
     await resolveVia(`tiny/pinned@${COMMIT_A}`, { ...FAST, cacheDir });
-    expect(hub.requests.filter((r) => r.status !== 404).map((r) => `${r.method} ${r.file}`)).toEqual([`GET ${SHARD_2}`, `GET ${SHARD_2}`]);
+    expect(hub.requests.filter((r) => r.status !== 404).map((r) => `${r.method} ${r.file}`)).toEqual([
+      `GET ${SHARD_2}`,
+      `GET ${SHARD_2}`,
+    ]);
     expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ commit: COMMIT_A });
   });
 });
@@ -472,14 +591,18 @@ describe('paths stay inside the cache', () => {
     fs.mkdirSync(cacheDir, { recursive: true });
     return { base, cacheDir };
   };
-  const onlyCache = (base: string) => walk(base).every((p) => ['a', path.join('a', 'b')].includes(p) || p.startsWith(path.join('a', 'b', 'cache')));
+  const onlyCache = (base: string) =>
+    walk(base).every((p) => ['a', path.join('a', 'b')].includes(p) || p.startsWith(path.join('a', 'b', 'cache')));
 
   it('a revision with .. is refused before anything is written', async () => {
     hub.configure({});
     const { base, cacheDir } = nestedCache();
-    await expect(resolveVia('fake/x@../../../../somewhere', { ...FAST, cacheDir }))
-      .rejects.toThrow(/fake\/x: revision "\.\.\/\.\.\/\.\.\/\.\.\/somewhere" is not a valid branch, tag or commit: '\.\.' is not allowed/);
-    await expect(resolveVia('fake/x', { ...FAST, cacheDir, revision: '../../../../somewhere' })).rejects.toThrow(/not a valid branch, tag or commit/);
+    await expect(resolveVia('fake/x@../../../../somewhere', { ...FAST, cacheDir })).rejects.toThrow(
+      /fake\/x: revision "\.\.\/\.\.\/\.\.\/\.\.\/somewhere" is not a valid branch, tag or commit: '\.\.' is not allowed/,
+    );
+    await expect(resolveVia('fake/x', { ...FAST, cacheDir, revision: '../../../../somewhere' })).rejects.toThrow(
+      /not a valid branch, tag or commit/,
+    );
     expect(onlyCache(base)).toBe(true);
     expect(walk(cacheDir)).toEqual([]);
     expect(hub.requests).toHaveLength(0);
@@ -489,7 +612,9 @@ describe('paths stay inside the cache', () => {
     hub.configure({});
     const { base, cacheDir } = nestedCache();
     for (const rev of ['..', '/etc', 'a\\b', 'a\u0000b', 'a\nb', 'x/', 'a//b', '.hidden', 'a b', '']) {
-      await expect(resolveVia(`fake/x@${rev}`, { ...FAST, cacheDir }), JSON.stringify(rev)).rejects.toThrow(/is not a valid branch, tag or commit/);
+      await expect(resolveVia(`fake/x@${rev}`, { ...FAST, cacheDir }), JSON.stringify(rev)).rejects.toThrow(
+        /is not a valid branch, tag or commit/,
+      );
     }
     expect(onlyCache(base)).toBe(true);
     expect(hub.requests).toHaveLength(0);
@@ -498,13 +623,30 @@ describe('paths stay inside the cache', () => {
   it('refuses repo ids the hub would refuse', async () => {
     hub.configure({});
     const { base, cacheDir } = nestedCache();
-    for (const id of ['fake/x--y', 'fake/..', 'fake/.x', 'fake/x.', '-fake/x', 'fake/x-', 'fa..ke/x', 'fa ke/x', 'fake/x%2F..', `fake/${'a'.repeat(97)}`, 'a/b/c', 'noslash']) {
-      await expect(resolveVia(id, { ...FAST, cacheDir }), id).rejects.toThrow(/no such folder, and ".*" is not a hub repo id: expected owner\/name/);
+    for (const id of [
+      'fake/x--y',
+      'fake/..',
+      'fake/.x',
+      'fake/x.',
+      '-fake/x',
+      'fake/x-',
+      'fa..ke/x',
+      'fa ke/x',
+      'fake/x%2F..',
+      `fake/${'a'.repeat(97)}`,
+      'a/b/c',
+      'noslash',
+    ]) {
+      await expect(resolveVia(id, { ...FAST, cacheDir }), id).rejects.toThrow(
+        /no such folder, and ".*" is not a hub repo id: expected owner\/name/,
+      );
     }
     expect(onlyCache(base)).toBe(true);
     expect(hub.requests).toHaveLength(0);
     // The longest legal name still passes validation (and is then simply absent on the stand-in).
-    await expect(resolveVia(`fake/${'a'.repeat(96)}`, { ...FAST, cacheDir })).rejects.toThrow(/config\.json not found on the hub/);
+    await expect(resolveVia(`fake/${'a'.repeat(96)}`, { ...FAST, cacheDir })).rejects.toThrow(
+      /config\.json not found on the hub/,
+    );
   });
 
   it('a branch with / (refs/pr/1) maps to one folder inside the cache', async () => {
@@ -518,7 +660,10 @@ describe('paths stay inside the cache', () => {
 
   it('a weight_map naming a file outside the snapshot is refused, nothing written outside', async () => {
     hub.configure({});
-    for (const [repo, bad] of [['tiny/evil', /"\.\.\/evil\.safetensors" is not a file name inside the repository/], ['tiny/evil-abs', /"\/.*evil\.safetensors" is not a file name inside the repository/]] as const) {
+    for (const [repo, bad] of [
+      ['tiny/evil', /"\.\.\/evil\.safetensors" is not a file name inside the repository/],
+      ['tiny/evil-abs', /"\/.*evil\.safetensors" is not a file name inside the repository/],
+    ] as const) {
       const { base, cacheDir } = nestedCache();
       await expect(resolveVia(repo, { ...FAST, cacheDir })).rejects.toThrow(bad);
       expect(onlyCache(base)).toBe(true);
@@ -531,16 +676,24 @@ describe('paths stay inside the cache', () => {
 describe('offline', () => {
   it('an unreachable hub fails fast with a clear message instead of hanging', async () => {
     const started = Date.now();
-    await expect(resolveVia('Qwen/Qwen2.5-0.5B-Instruct', { cacheDir: tempDir(), quiet: true, connectTimeoutMs: 3000 }, { HF_ENDPOINT: 'http://127.0.0.1:9' }))
-      .rejects.toThrow(/Qwen\/Qwen2\.5-0\.5B-Instruct: cannot reach http:\/\/127\.0\.0\.1:9 .*offline\? pass a local checkpoint folder with --model/);
+    await expect(
+      resolveVia(
+        'Qwen/Qwen2.5-0.5B-Instruct',
+        { cacheDir: tempDir(), quiet: true, connectTimeoutMs: 3000 },
+        { HF_ENDPOINT: 'http://127.0.0.1:9' },
+      ),
+    ).rejects.toThrow(
+      /Qwen\/Qwen2\.5-0\.5B-Instruct: cannot reach http:\/\/127\.0\.0\.1:9 .*offline\? pass a local checkpoint folder with --model/,
+    );
     expect(Date.now() - started).toBeLessThan(5000);
   });
 
   it('HF_HUB_OFFLINE=1|true|yes (any case) refuses without touching the network', async () => {
     hub.configure({});
     for (const value of ['1', 'true', 'TRUE', 'yes', 'Yes']) {
-      await expect(resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() }, { HF_HUB_OFFLINE: value }))
-        .rejects.toThrow(new RegExp(`not in the cache .* HF_HUB_OFFLINE=${value}; pass a local checkpoint folder`));
+      await expect(
+        resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() }, { HF_HUB_OFFLINE: value }),
+      ).rejects.toThrow(new RegExp(`not in the cache .* HF_HUB_OFFLINE=${value}; pass a local checkpoint folder`));
     }
     expect(hub.requests).toHaveLength(0);
   });
@@ -560,7 +713,9 @@ describe('dataset files', () => {
     hub.configure({ redirectLfs: false, cutAfterBytes: 100_000 });
     const cacheDir = tempDir('arm-cache-');
     const [file] = await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
-    expect(file).toBe(path.join(cacheDir, 'hub', 'datasets', 'allenai--reward-bench-2', 'main', 'data', 'test-00000-of-00001.parquet'));
+    expect(file).toBe(
+      path.join(cacheDir, 'hub', 'datasets', 'allenai--reward-bench-2', 'main', 'data', 'test-00000-of-00001.parquet'),
+    );
     expect(fs.readFileSync(file!).equals(datasetBytes)).toBe(true);
     const asked = hub.requests.filter((r) => r.file === 'data/test-00000-of-00001.parquet');
     expect(asked[0]!.url).toBe('/datasets/allenai/reward-bench-2/resolve/main/data/test-00000-of-00001.parquet');
@@ -571,23 +726,46 @@ describe('dataset files', () => {
     expect(hub.requests.length).toBe(before);
   });
 
-  it('dataset ids and revisions follow the hub client\'s own rules: what the looser copy let through is refused', async () => {
+  it("dataset ids and revisions follow the hub client's own rules: what the looser copy let through is refused", async () => {
     const cacheDir = tempDir();
     let asked = 0;
-    const download = async () => { asked++; return true; };
-    for (const ref of ['allenai/reward-bench-2@.', 'allenai/reward-bench-2@x/', 'allenai/reward-bench-2@a//b', 'allenai/reward-bench-2@a/.b', 'allenai/reward-bench-2@a\x7fb', `allenai/reward-bench-2@${'a'.repeat(256)}`]) {
+    const download = async () => {
+      asked++;
+      return true;
+    };
+    for (const ref of [
+      'allenai/reward-bench-2@.',
+      'allenai/reward-bench-2@x/',
+      'allenai/reward-bench-2@a//b',
+      'allenai/reward-bench-2@a/.b',
+      'allenai/reward-bench-2@a\x7fb',
+      `allenai/reward-bench-2@${'a'.repeat(256)}`,
+    ]) {
       expect(parseHubDatasetRef(ref), JSON.stringify(ref)).toBeNull();
-      await expect(resolveHubDataset(ref, { cacheDir, download }), JSON.stringify(ref)).rejects.toThrow(/not a hub dataset id \(owner\/name\[@revision\]\): revision .* is not a valid branch, tag or commit/);
+      await expect(resolveHubDataset(ref, { cacheDir, download }), JSON.stringify(ref)).rejects.toThrow(
+        /not a hub dataset id \(owner\/name\[@revision\]\): revision .* is not a valid branch, tag or commit/,
+      );
     }
-    await expect(resolveHubDataset('allenai/reward-bench-2', { cacheDir, download, revision: '.' })).rejects.toThrow(/revision "\." is not a valid branch, tag or commit/);
-    await expect(resolveHubDataset('allenai/reward--bench', { cacheDir, download })).rejects.toThrow(/"allenai\/reward--bench" is not a hub repo id: expected owner\/name/);
+    await expect(resolveHubDataset('allenai/reward-bench-2', { cacheDir, download, revision: '.' })).rejects.toThrow(
+      /revision "\." is not a valid branch, tag or commit/,
+    );
+    await expect(resolveHubDataset('allenai/reward--bench', { cacheDir, download })).rejects.toThrow(
+      /"allenai\/reward--bench" is not a hub repo id: expected owner\/name/,
+    );
     expect(asked).toBe(0);
     expect(walk(cacheDir)).toEqual([]);
-    expect(parseHubDatasetRef('allenai/reward-bench-2@refs/pr/1')).toEqual({ id: 'allenai/reward-bench-2', revision: 'refs/pr/1' });
+    expect(parseHubDatasetRef('allenai/reward-bench-2@refs/pr/1')).toEqual({
+      id: 'allenai/reward-bench-2',
+      revision: 'refs/pr/1',
+    });
   });
 
   it('a file name that escapes the repository is refused', async () => {
-    await expect(downloadRepoFile({ repoType: 'dataset', ref: 'allenai/reward-bench-2', file: '../../x.parquet' }, { cacheDir: tempDir() }))
-      .rejects.toThrow(/is not a file name inside the repository/);
+    await expect(
+      downloadRepoFile(
+        { repoType: 'dataset', ref: 'allenai/reward-bench-2', file: '../../x.parquet' },
+        { cacheDir: tempDir() },
+      ),
+    ).rejects.toThrow(/is not a file name inside the repository/);
   });
 });

@@ -14,11 +14,20 @@ import { makeCheckpoint, tempDir } from '../helpers/fixtures.js';
 
 // ~10 MB, so that 32 sampled 64 KiB windows (the old fingerprint) leave most of it unread.
 const config = {
-  model_type: 'llama', hidden_size: 128, intermediate_size: 256, num_hidden_layers: 4, num_attention_heads: 4,
-  num_key_value_heads: 4, vocab_size: 8000, max_position_embeddings: 64, rms_norm_eps: 1e-5, rope_theta: 10000, tie_word_embeddings: false,
+  model_type: 'llama',
+  hidden_size: 128,
+  intermediate_size: 256,
+  num_hidden_layers: 4,
+  num_attention_heads: 4,
+  num_key_value_heads: 4,
+  vocab_size: 8000,
+  max_position_embeddings: 64,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  tie_word_embeddings: false,
 };
 
-it('zeroing one head of v_proj gives a new fingerprint, a new cache entry and the edited model\'s numbers', async () => {
+it("zeroing one head of v_proj gives a new fingerprint, a new cache entry and the edited model's numbers", async () => {
   const { dir } = makeCheckpoint(config, { seed: 3 });
   const cacheDir = tempDir('arm-cache-');
   const file = path.join(dir, 'model.safetensors');
@@ -27,7 +36,8 @@ it('zeroing one head of v_proj gives a new fingerprint, a new cache entry and th
   // Pick a head whose v_proj rows lie outside every window the old sampled fingerprint read.
   const ckpt = SafetensorsCheckpoint.open(dir);
   let target: { layer: number; head: number; start: number; bytes: number } | null = null;
-  const sampled = (a: number, b: number) => Array.from({ length: 32 }, (_, i) => Math.floor((size * i) / 32)).some((s) => a < s + 65536 && s < b);
+  const sampled = (a: number, b: number) =>
+    Array.from({ length: 32 }, (_, i) => Math.floor((size * i) / 32)).some((s) => a < s + 65536 && s < b);
   for (let layer = 0; layer < config.num_hidden_layers && !target; layer++) {
     const info = ckpt.info(`model.layers.${layer}.self_attn.v_proj.weight`);
     for (let head = 0; head < config.num_key_value_heads && !target; head++) {

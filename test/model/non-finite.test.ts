@@ -1,4 +1,7 @@
-/** NaN and Inf never pass silently: a forward whose logits are not finite is an error naming the model and the likely cause. */
+/**
+ * NaN and Inf never pass silently: a forward whose logits are not finite is an error naming the model and the likely
+ * cause.
+ */
 import { expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -24,7 +27,11 @@ it('NaN reaching the graph (here: a damaged cache entry) gives an error naming t
     expect(decoder.info.built).toBe(false);
     const err = await decoder.forward([[1, 300, 301, 302]]).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ModelError);
-    expect((err as Error).message).toMatch(new RegExp(`${dir}: the model produced non-finite logits \\(row 0 of 1, 4 tokens\\); likely NaN/Inf in the weights or a bad number in config\\.json`));
+    expect((err as Error).message).toMatch(
+      new RegExp(
+        `${dir}: the model produced non-finite logits \\(row 0 of 1, 4 tokens\\); likely NaN/Inf in the weights or a bad number in config\\.json`,
+      ),
+    );
   } finally {
     await decoder.dispose();
   }
@@ -38,7 +45,9 @@ it('a patch with a NaN value is refused before it runs, naming the head', async 
     const values = new Float32Array(L * H * d);
     values[(1 * H + 2) * d + 3] = NaN;
     const mask = new Float32Array(L * H).fill(1);
-    await expect(decoder.forward([[1, 300, 301]], { mask, values })).rejects.toThrow(/patch\.values holds a non-finite number at layer 1, head 2/);
+    await expect(decoder.forward([[1, 300, 301]], { mask, values })).rejects.toThrow(
+      /patch\.values holds a non-finite number at layer 1, head 2/,
+    );
     // The same model runs fine unpatched: the check is about the patch.
     const ok = await decoder.forward([[1, 300, 301]]);
     expect(Number.isFinite(ok.logSumExp[0]!)).toBe(true);

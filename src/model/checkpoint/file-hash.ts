@@ -12,13 +12,28 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ModelError } from '../errors.js';
 
-interface MemoEntry { path: string; size: number; mtimeMs: number; ctimeMs: number; ino: number; dev: number; sha256: string }
+interface MemoEntry {
+  path: string;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+  ino: number;
+  dev: number;
+  sha256: string;
+}
 
 const CHUNK_BYTES = 8 * 1024 * 1024;
 
 function statKey(file: string): Omit<MemoEntry, 'sha256'> {
   const st = fs.statSync(file);
-  return { path: path.resolve(file), size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, dev: st.dev };
+  return {
+    path: path.resolve(file),
+    size: st.size,
+    mtimeMs: st.mtimeMs,
+    ctimeMs: st.ctimeMs,
+    ino: st.ino,
+    dev: st.dev,
+  };
 }
 
 function memoFile(memoDir: string, absPath: string): string {
@@ -26,19 +41,29 @@ function memoFile(memoDir: string, absPath: string): string {
 }
 
 const sameStat = (a: Omit<MemoEntry, 'sha256'>, b: Partial<MemoEntry>) =>
-  a.path === b.path && a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino && a.dev === b.dev;
+  a.path === b.path &&
+  a.size === b.size &&
+  a.mtimeMs === b.mtimeMs &&
+  a.ctimeMs === b.ctimeMs &&
+  a.ino === b.ino &&
+  a.dev === b.dev;
 
 /** sha256 (hex) of every byte of `file`, from the memo in `memoDir` when the file is unchanged since. */
 export function contentSha256(file: string, memoDir: string): string {
   let key: Omit<MemoEntry, 'sha256'>;
-  try { key = statKey(file); } catch (e) {
+  try {
+    key = statKey(file);
+  } catch (e) {
     throw new ModelError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   const memo = memoFile(memoDir, key.path);
   try {
     const entry = JSON.parse(fs.readFileSync(memo, 'utf8')) as Partial<MemoEntry>;
-    if (sameStat(key, entry) && typeof entry.sha256 === 'string' && /^[0-9a-f]{64}$/.test(entry.sha256)) return entry.sha256;
-  } catch { /* no memo, or a damaged one: hash again */ }
+    if (sameStat(key, entry) && typeof entry.sha256 === 'string' && /^[0-9a-f]{64}$/.test(entry.sha256))
+      return entry.sha256;
+  } catch {
+    /* no memo, or a damaged one: hash again */
+  }
   const sha256 = hashFile(file);
   // The file may have changed while it was read: only remember a hash whose stat held still.
   if (sameStat(statKey(file), key)) writeMemo(memo, { ...key, sha256 });
@@ -47,7 +72,8 @@ export function contentSha256(file: string, memoDir: string): string {
 
 /** Records a hash already known (a hub download verified while streaming) for the file as it is now. */
 export function rememberContentSha256(file: string, sha256: string, memoDir: string): void {
-  if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`rememberContentSha256: ${JSON.stringify(sha256)} is not a hex sha256`);
+  if (!/^[0-9a-f]{64}$/.test(sha256))
+    throw new Error(`rememberContentSha256: ${JSON.stringify(sha256)} is not a hex sha256`);
   const key = statKey(file);
   writeMemo(memoFile(memoDir, key.path), { ...key, sha256 });
 }
@@ -86,7 +112,8 @@ function writeMemo(memo: string, entry: MemoEntry): void {
  */
 export function weightsContentHash(files: readonly string[], memoDir: string): string {
   const h = createHash('sha256');
-  for (const f of [...files].sort()) h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
+  for (const f of [...files].sort())
+    h.update(path.basename(f)).update('\0').update(contentSha256(f, memoDir)).update('\n');
   return h.digest('hex');
 }
 
@@ -98,7 +125,12 @@ export function weightsContentHash(files: readonly string[], memoDir: string): s
  * added_tokens.json, generation_config.json) change nothing it computes and are left out, so that editing them
  * does not invalidate a criterion.
  */
-export const TOKENIZER_FILES: readonly string[] = ['tokenizer.json', 'tokenizer_config.json', 'chat_template.jinja', 'chat_template.json'];
+export const TOKENIZER_FILES: readonly string[] = [
+  'tokenizer.json',
+  'tokenizer_config.json',
+  'chat_template.jinja',
+  'chat_template.json',
+];
 
 /**
  * What decides an image-text checkpoint's pixels (model/vision/processor.ts). processor_config.json and
@@ -112,10 +144,14 @@ export const PROMPT_FILES: readonly string[] = [...TOKENIZER_FILES, ...PROCESSOR
 
 /** sha256 (hex) of every byte of `file`, or null when it does not exist; other failures name the file. */
 export function fileSha256OrNull(file: string): string | null {
-  try { return hashFile(file); } catch (e) {
+  try {
+    return hashFile(file);
+  } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return null;
-    throw new ModelError(`${file}: cannot read (${code === 'EISDIR' ? 'a directory, not a file' : code ?? (e as Error).message}) to hash it for the model identity`);
+    throw new ModelError(
+      `${file}: cannot read (${code === 'EISDIR' ? 'a directory, not a file' : (code ?? (e as Error).message)}) to hash it for the model identity`,
+    );
   }
 }
 
@@ -124,6 +160,9 @@ export function fileSha256OrNull(file: string): string | null {
  * The hash is of the bytes, so a whitespace-only edit counts: the JSON files are parsed, but the chat template
  * inside them is Jinja, where whitespace is output, and a canonical hash would have to know which is which.
  */
-export function promptFileHashes(modelDir: string, names: readonly string[] = PROMPT_FILES): Record<string, string | null> {
+export function promptFileHashes(
+  modelDir: string,
+  names: readonly string[] = PROMPT_FILES,
+): Record<string, string | null> {
   return Object.fromEntries(names.map((n) => [n, fileSha256OrNull(path.join(modelDir, n))]));
 }

@@ -29,7 +29,8 @@ import { defaultCacheDir } from '../cache/decoder-cache.js';
 import { rememberContentSha256 } from './file-hash.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];
-// chat_template.jinja: where transformers ≥ 4.43 saves a model's chat template (tokenizer.ts prefers it over the config's).
+// chat_template.jinja: where transformers ≥ 4.43 saves a model's chat template (tokenizer.ts prefers it over the
+// config's).
 const OPTIONAL = ['tokenizer_config.json', 'chat_template.jinja', 'generation_config.json', 'special_tokens_map.json'];
 const INDEX = 'model.safetensors.index.json';
 const MAX_REDIRECTS = 5;
@@ -51,29 +52,43 @@ export interface ResolveOptions {
   retryDelayMs?: number;
   /** Shards downloaded at once (default 4). */
   concurrency?: number;
-  /** Notes along the way (waiting for another process's download, a revision that moved): default stderr, none when quiet. */
+  /**
+   * Notes along the way (waiting for another process's download, a revision that moved): default stderr, none when
+   * quiet.
+   */
   log?: (line: string) => void;
 }
 
 export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): Promise<string> {
   if (fs.existsSync(ref)) {
-    if (!fs.statSync(ref).isDirectory()) throw new ModelError(`${ref}: --model must be a checkpoint folder or a hub id, not a file`);
+    if (!fs.statSync(ref).isDirectory())
+      throw new ModelError(`${ref}: --model must be a checkpoint folder or a hub id, not a file`);
     return path.resolve(ref);
   }
   const { id, revision } = splitRepoRef(ref, opts.revision);
   const idProblem = repoIdProblem(id);
-  if (idProblem) throw new ModelError(`${ref}: no such folder, and ${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
+  if (idProblem)
+    throw new ModelError(`${ref}: no such folder, and ${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
   const revisionProblem = revisionProblemOf(revision);
-  if (revisionProblem) throw new ModelError(`${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`);
+  if (revisionProblem)
+    throw new ModelError(
+      `${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`,
+    );
 
   const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
   // `/` is legal in a branch (`refs/pr/1`); encoding keeps the revision one path component, and the checks
   // above rule out the `.`/`..` names that encoding leaves alone.
-  const dir = insideOrThrow(cacheRoot, path.join(cacheRoot, 'hub', id.replace('/', '--'), encodeURIComponent(revision)), `${id}@${revision}`);
+  const dir = insideOrThrow(
+    cacheRoot,
+    path.join(cacheRoot, 'hub', id.replace('/', '--'), encodeURIComponent(revision)),
+    `${id}@${revision}`,
+  );
   if (fs.existsSync(path.join(dir, '.complete'))) return dir;
   const offline = process.env.HF_HUB_OFFLINE;
   if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
-    throw new ModelError(`${id}: not in the cache (${dir}) and HF_HUB_OFFLINE=${offline}; pass a local checkpoint folder with --model`);
+    throw new ModelError(
+      `${id}: not in the cache (${dir}) and HF_HUB_OFFLINE=${offline}; pass a local checkpoint folder with --model`,
+    );
   }
   await downloadSnapshot({ id, revision, dir, cacheRoot, opts });
   return dir;
@@ -85,16 +100,32 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
  * checks, token and offline rules as a model snapshot. Returns the local path, or null when the hub has no such
  * file.
  */
-export async function downloadRepoFile(request: { repoType: 'model' | 'dataset'; ref: string; file: string }, opts: ResolveOptions = {}): Promise<string | null> {
+export async function downloadRepoFile(
+  request: { repoType: 'model' | 'dataset'; ref: string; file: string },
+  opts: ResolveOptions = {},
+): Promise<string | null> {
   const { repoType, ref, file } = request;
   const { id, revision } = splitRepoRef(ref, opts.revision);
   const idProblem = repoIdProblem(id);
   if (idProblem) throw new ModelError(`${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
   const revisionProblem = revisionProblemOf(revision);
-  if (revisionProblem) throw new ModelError(`${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`);
+  if (revisionProblem)
+    throw new ModelError(
+      `${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`,
+    );
   checkRepoFileName(file, `${id}@${revision}`);
   const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
-  const dir = insideOrThrow(cacheRoot, path.join(cacheRoot, 'hub', ...(repoType === 'dataset' ? ['datasets'] : []), id.replace('/', '--'), encodeURIComponent(revision)), `${id}@${revision}`);
+  const dir = insideOrThrow(
+    cacheRoot,
+    path.join(
+      cacheRoot,
+      'hub',
+      ...(repoType === 'dataset' ? ['datasets'] : []),
+      id.replace('/', '--'),
+      encodeURIComponent(revision),
+    ),
+    `${id}@${revision}`,
+  );
   const dest = insideOrThrow(cacheRoot, path.join(dir, file), `${id}@${revision}: ${file}`);
   if (fs.existsSync(dest)) return dest;
   const offline = process.env.HF_HUB_OFFLINE;
@@ -112,8 +143,9 @@ export async function downloadRepoFile(request: { repoType: 'model' | 'dataset';
   }
 }
 
-const REPO_ID_RULE = "expected owner/name, each part made of letters, digits, '.', '_' or '-', "
-  + "not starting or ending with '-' or '.', without '--' or '..', at most 96 characters";
+const REPO_ID_RULE =
+  "expected owner/name, each part made of letters, digits, '.', '_' or '-', " +
+  "not starting or ending with '-' or '.', without '--' or '..', at most 96 characters";
 
 /** `owner/name[@revision]` split at its first `@`; `revision`, when given, overrides the ref's (default `main`). */
 export function splitRepoRef(ref: string, revision?: string): { id: string; revision: string } {
@@ -129,7 +161,8 @@ export function repoIdProblem(id: string): string | null {
   const parts = id.split('/');
   if (parts.length !== 2) return REPO_ID_RULE;
   for (const part of parts) {
-    if (!/^[A-Za-z0-9._-]{1,96}$/.test(part) || /^[-.]|[-.]$/.test(part) || part.includes('--') || part.includes('..')) return REPO_ID_RULE;
+    if (!/^[A-Za-z0-9._-]{1,96}$/.test(part) || /^[-.]|[-.]$/.test(part) || part.includes('--') || part.includes('..'))
+      return REPO_ID_RULE;
   }
   return null;
 }
@@ -138,29 +171,46 @@ export function repoIdProblem(id: string): string | null {
 export function revisionProblemOf(revision: string): string | null {
   if (revision.length === 0 || revision.length > 255) return 'expected 1 to 255 characters';
   if (/[\x00-\x1f\x7f]/.test(revision)) return 'control characters are not allowed';
-  if (/[\\ ~^:?*[]/.test(revision)) return "backslash, space and ~ ^ : ? * [ are not allowed";
+  if (/[\\ ~^:?*[]/.test(revision)) return 'backslash, space and ~ ^ : ? * [ are not allowed';
   if (revision.includes('..')) return "'..' is not allowed";
-  if (revision.split('/').some((c) => c === '' || c.startsWith('.'))) return "expected '/'-separated names, none empty or starting with '.'";
+  if (revision.split('/').some((c) => c === '' || c.startsWith('.')))
+    return "expected '/'-separated names, none empty or starting with '.'";
   return null;
 }
 
 /** `p` resolved, if it lies strictly inside `root`; anything else is refused before a byte is written. */
 function insideOrThrow(root: string, p: string, what: string): string {
   const resolved = path.resolve(p);
-  if (!resolved.startsWith(root + path.sep)) throw new ModelError(`${what}: ${resolved} would lie outside the cache folder ${root}; refused`);
+  if (!resolved.startsWith(root + path.sep))
+    throw new ModelError(`${what}: ${resolved} would lie outside the cache folder ${root}; refused`);
   return resolved;
 }
 
 /** A file name from the hub (a weight_map entry): relative, `/`-separated, no `.`/`..` segments. */
 function checkRepoFileName(name: unknown, where: string): string {
-  if (typeof name !== 'string' || name === '' || path.isAbsolute(name) || name.startsWith('/') || /[\\\x00-\x1f\x7f]/.test(name)
-    || name.split('/').some((s) => s === '' || s === '.' || s === '..')) {
-    throw new ModelError(`${where}: ${JSON.stringify(name)} is not a file name inside the repository (expected a relative path without '..', e.g. model-00001-of-00002.safetensors)`);
+  if (
+    typeof name !== 'string' ||
+    name === '' ||
+    path.isAbsolute(name) ||
+    name.startsWith('/') ||
+    /[\\\x00-\x1f\x7f]/.test(name) ||
+    name.split('/').some((s) => s === '' || s === '.' || s === '..')
+  ) {
+    throw new ModelError(
+      `${where}: ${JSON.stringify(name)} is not a file name inside the repository (expected a relative path without '..', e.g. model-00001-of-00002.safetensors)`,
+    );
   }
   return name;
 }
 
-interface Snapshot { id: string; revision: string; dir: string; cacheRoot: string; opts: ResolveOptions; repoType?: 'model' | 'dataset' }
+interface Snapshot {
+  id: string;
+  revision: string;
+  dir: string;
+  cacheRoot: string;
+  opts: ResolveOptions;
+  repoType?: 'model' | 'dataset';
+}
 
 interface Session extends Snapshot {
   endpoint: URL;
@@ -188,7 +238,9 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
   const { opts } = snapshot;
   const endpointText = process.env.HF_ENDPOINT ?? 'https://huggingface.co';
   let endpoint: URL;
-  try { endpoint = new URL(endpointText); } catch {
+  try {
+    endpoint = new URL(endpointText);
+  } catch {
     throw new ModelError(`HF_ENDPOINT=${endpointText} is not a URL (expected e.g. https://huggingface.co)`);
   }
   return {
@@ -222,7 +274,9 @@ async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
   if (await downloadFile(s, INDEX)) {
     const indexPath = path.join(dir, INDEX);
     let map: unknown;
-    try { map = JSON.parse(fs.readFileSync(indexPath, 'utf8')).weight_map; } catch (e) {
+    try {
+      map = JSON.parse(fs.readFileSync(indexPath, 'utf8')).weight_map;
+    } catch (e) {
       throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
     }
     if (typeof map !== 'object' || map === null) throw new ModelError(`${indexPath}: no weight_map object`);
@@ -236,24 +290,40 @@ async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
   try {
     await inPool(shards, opts.concurrency ?? 4, abort, async (shard) => {
       const got = await downloadFile(s, shard, (done, total) => progress.update(shard, done, total));
-      if (!got) throw new ModelError(`${id}@${revision}: ${shard} not found on the hub (only safetensors checkpoints are supported)`);
+      if (!got)
+        throw new ModelError(
+          `${id}@${revision}: ${shard} not found on the hub (only safetensors checkpoints are supported)`,
+        );
     });
   } finally {
     progress.stop();
   }
   checkPinned(s, `${id}@${revision}`);
-  fs.writeFileSync(path.join(dir, '.complete'), JSON.stringify({ repo: id, revision, commit: s.commit ?? null, completedAt: new Date().toISOString() }));
+  fs.writeFileSync(
+    path.join(dir, '.complete'),
+    JSON.stringify({ repo: id, revision, commit: s.commit ?? null, completedAt: new Date().toISOString() }),
+  );
 }
 
 /** Runs `work` over `items`, at most `limit` at once; the first failure aborts the rest and is rethrown. */
-async function inPool<T>(items: T[], limit: number, abort: AbortController, work: (item: T) => Promise<void>): Promise<void> {
+async function inPool<T>(
+  items: T[],
+  limit: number,
+  abort: AbortController,
+  work: (item: T) => Promise<void>,
+): Promise<void> {
   let next = 0;
   let failure: { error: unknown } | undefined;
   const worker = async () => {
     while (next < items.length && !failure) {
       const item = items[next++]!;
-      try { await work(item); } catch (error) {
-        if (!failure) { failure = { error }; abort.abort(); }
+      try {
+        await work(item);
+      } catch (error) {
+        if (!failure) {
+          failure = { error };
+          abort.abort();
+        }
       }
     }
   };
@@ -270,12 +340,18 @@ class ProgressBar {
   /** Bytes that were already on disk (resumed parts) when each file first reported: not part of the rate. */
   private resumedBytes = 0;
 
-  constructor(quiet: boolean, private readonly label: string) {
+  constructor(
+    quiet: boolean,
+    private readonly label: string,
+  ) {
     if (!quiet) {
-      this.bar = new cliProgress.SingleBar({
-        format: `{label} {bar} {percentage}% | {doneMb}/{totalMb} MB | {rate} MB/s | ETA {eta_formatted}`,
-        hideCursor: true,
-      }, cliProgress.Presets.shades_classic);
+      this.bar = new cliProgress.SingleBar(
+        {
+          format: `{label} {bar} {percentage}% | {doneMb}/{totalMb} MB | {rate} MB/s | ETA {eta_formatted}`,
+          hideCursor: true,
+        },
+        cliProgress.Presets.shades_classic,
+      );
     }
   }
 
@@ -283,29 +359,58 @@ class ProgressBar {
     if (!this.bar) return;
     if (!this.files.has(file)) this.resumedBytes += done;
     this.files.set(file, { done, total: total ?? Math.max(done, this.files.get(file)?.total ?? 0) });
-    let sumDone = 0, sumTotal = 0;
-    for (const f of this.files.values()) { sumDone += f.done; sumTotal += Math.max(f.total, f.done); }
+    let sumDone = 0,
+      sumTotal = 0;
+    for (const f of this.files.values()) {
+      sumDone += f.done;
+      sumTotal += Math.max(f.total, f.done);
+    }
     const seconds = Math.max(1e-3, (Date.now() - this.startedAt) / 1000);
     const payload = {
       label: this.label,
-      doneMb: (sumDone / 1e6).toFixed(1), totalMb: (sumTotal / 1e6).toFixed(1),
+      doneMb: (sumDone / 1e6).toFixed(1),
+      totalMb: (sumTotal / 1e6).toFixed(1),
       rate: (Math.max(0, sumDone - this.resumedBytes) / 1e6 / seconds).toFixed(1),
     };
-    if (!this.started) { this.bar.start(Math.max(1, sumTotal), sumDone, payload); this.started = true; return; }
+    if (!this.started) {
+      this.bar.start(Math.max(1, sumTotal), sumDone, payload);
+      this.started = true;
+      return;
+    }
     this.bar.setTotal(Math.max(1, sumTotal));
     this.bar.update(sumDone, payload);
   }
 
-  stop(): void { if (this.started) this.bar?.stop(); }
+  stop(): void {
+    if (this.started) this.bar?.stop();
+  }
 }
 
 /** Worth another try: network trouble, timeouts, 5xx/429, a damaged part. `retryAfterMs` from the server. */
 class RetryableError extends Error {
-  constructor(message: string, readonly retryAfterMs?: number) { super(message); }
+  constructor(
+    message: string,
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
 }
 
-const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', 'EAI_AGAIN',
-  'ENETUNREACH', 'ENETDOWN', 'EHOSTUNREACH', 'EHOSTDOWN', 'ERR_STREAM_PREMATURE_CLOSE', 'HPE_INVALID_CONSTANT']);
+const NETWORK_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'EHOSTUNREACH',
+  'EHOSTDOWN',
+  'ERR_STREAM_PREMATURE_CLOSE',
+  'HPE_INVALID_CONSTANT',
+]);
 
 function networkCode(e: unknown): string | undefined {
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
@@ -319,7 +424,11 @@ function networkCode(e: unknown): string | undefined {
  * bytes live in `<file>.part`, which a later try or a later run resumes. Only one process at a time works on
  * a file (lockFile): another one waits, then finds the file done or resumes the part the first one left.
  */
-async function downloadFile(s: Session, file: string, onProgress?: (done: number, total: number | undefined) => void): Promise<boolean> {
+async function downloadFile(
+  s: Session,
+  file: string,
+  onProgress?: (done: number, total: number | undefined) => void,
+): Promise<boolean> {
   const dest = insideOrThrow(s.cacheRoot, path.join(s.dir, file), `${s.id}@${s.revision}: ${file}`);
   if (fs.existsSync(dest)) return true;
   fs.mkdirSync(path.dirname(dest), { recursive: true });
@@ -340,7 +449,12 @@ async function downloadFile(s: Session, file: string, onProgress?: (done: number
 }
 
 /** `attempt` until it succeeds, with backoff, for as long as its failures are worth another try. */
-async function withRetries<T>(s: Session, where: string, part: string | undefined, attempt: () => Promise<T>): Promise<T> {
+async function withRetries<T>(
+  s: Session,
+  where: string,
+  part: string | undefined,
+  attempt: () => Promise<T>,
+): Promise<T> {
   for (let n = 0; ; n++) {
     try {
       return await attempt();
@@ -348,7 +462,9 @@ async function withRetries<T>(s: Session, where: string, part: string | undefine
       if (s.signal.aborted) throw e;
       const code = networkCode(e);
       if (!s.reached && (code || e instanceof TimeoutError)) {
-        throw new ModelError(`${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? pass a local checkpoint folder with --model`);
+        throw new ModelError(
+          `${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? pass a local checkpoint folder with --model`,
+        );
       }
       if (!(e instanceof RetryableError || e instanceof TimeoutError || code)) throw e;
       const reason = code && !(e instanceof TimeoutError) ? `connection lost: ${code}` : (e as Error).message;
@@ -358,7 +474,7 @@ async function withRetries<T>(s: Session, where: string, part: string | undefine
         throw new ModelError(`${where}: download failed after ${tries} (${reason})${resume}`);
       }
       const backoff = Math.min(60_000, s.retryDelayMs * 2 ** n);
-      await sleep(Math.max(backoff, e instanceof RetryableError ? e.retryAfterMs ?? 0 : 0), s.signal);
+      await sleep(Math.max(backoff, e instanceof RetryableError ? (e.retryAfterMs ?? 0) : 0), s.signal);
     }
   }
 }
@@ -378,7 +494,9 @@ async function pinCommit(s: Session, probeFile: string): Promise<void> {
     return;
   }
   if (leftovers(s.dir).length === 0) return;
-  const commit = await withRetries(s, `${s.id}@${s.revision}: ${probeFile}`, undefined, () => probeCommit(s, probeFile));
+  const commit = await withRetries(s, `${s.id}@${s.revision}: ${probeFile}`, undefined, () =>
+    probeCommit(s, probeFile),
+  );
   if (commit) {
     s.commit = commit;
     adoptCommit(s);
@@ -400,31 +518,49 @@ async function probeCommit(s: Session, file: string): Promise<string | undefined
 }
 
 function fileUrl(s: Session, revision: string, file: string): URL {
-  return new URL(`${s.endpoint.href.replace(/\/$/, '')}/${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`);
+  return new URL(
+    `${s.endpoint.href.replace(/\/$/, '')}/${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`,
+  );
 }
 
 /** The error for an answer that is no file: 401/403 (gated, final), 429/5xx (retryable); undefined otherwise. */
 function statusFailure(s: Session, where: string, url: URL, res: http.IncomingMessage): Error | undefined {
   const status = res.statusCode ?? 0;
-  if (status === 401 || status === 403) return new ModelError(`${where}: ${url.href} answered ${status}; the model is gated or private (set HF_TOKEN)`);
+  if (status === 401 || status === 403)
+    return new ModelError(`${where}: ${url.href} answered ${status}; the model is gated or private (set HF_TOKEN)`);
   if (status === 429 || status >= 500) {
     const retryAfter = Number(res.headers['retry-after']);
-    return new RetryableError(`${url.href} answered ${status}`, Number.isFinite(retryAfter) ? Math.min(60, retryAfter) * 1000 : undefined);
+    return new RetryableError(
+      `${url.href} answered ${status}`,
+      Number.isFinite(retryAfter) ? Math.min(60, retryAfter) * 1000 : undefined,
+    );
   }
   return undefined;
 }
 
 /** The commit recorded in `dir`, if any. */
 function recordedCommit(dir: string): string | undefined {
-  try { return fs.readFileSync(path.join(dir, COMMIT_FILE), 'utf8').trim() || undefined; } catch { return undefined; }
+  try {
+    return fs.readFileSync(path.join(dir, COMMIT_FILE), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Files (and parts) in `dir`, relative to it: everything but the commit record and locks, which are their owners'. */
 function leftovers(dir: string): string[] {
   let names: string[];
-  try { names = fs.readdirSync(dir, { recursive: true, encoding: 'utf8' }); } catch { return []; }
-  return names.filter((name) => !path.basename(name).startsWith(COMMIT_FILE) && !/\.lock(\.aside-[0-9a-f]+)?$/.test(name)
-    && fs.statSync(path.join(dir, name), { throwIfNoEntry: false })?.isFile());
+  try {
+    names = fs.readdirSync(dir, { recursive: true, encoding: 'utf8' });
+  } catch {
+    return [];
+  }
+  return names.filter(
+    (name) =>
+      !path.basename(name).startsWith(COMMIT_FILE) &&
+      !/\.lock(\.aside-[0-9a-f]+)?$/.test(name) &&
+      fs.statSync(path.join(dir, name), { throwIfNoEntry: false })?.isFile(),
+  );
 }
 
 /**
@@ -446,8 +582,10 @@ function adoptCommit(s: Session): boolean {
   if (recorded === undefined) return false;
   const discarded = leftovers(s.dir);
   for (const name of discarded) fs.rmSync(path.join(s.dir, name), { force: true });
-  s.log(`${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} since ${s.dir} was begun; `
-    + `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`);
+  s.log(
+    `${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} since ${s.dir} was begun; ` +
+      `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`,
+  );
   return discarded.length > 0;
 }
 
@@ -456,19 +594,28 @@ function checkPinned(s: Session, where: string): void {
   if (!s.adopted) return;
   const recorded = recordedCommit(s.dir);
   if (recorded !== s.commit) {
-    throw new ModelError(`${where}: another download moved ${s.dir} on to commit ${recorded ?? '(none)'} while this one fetched ${s.commit} (the revision moved on the hub); run again`);
+    throw new ModelError(
+      `${where}: another download moved ${s.dir} on to commit ${recorded ?? '(none)'} while this one fetched ${s.commit} (the revision moved on the hub); run again`,
+    );
   }
 }
 
 /** checkPinned for a file being fetched: a part of a commit the folder no longer records is of no use, it goes. */
 function checkPinnedPart(s: Session, where: string, part: string): void {
-  try { checkPinned(s, where); } catch (e) {
+  try {
+    checkPinned(s, where);
+  } catch (e) {
     fs.rmSync(part, { force: true });
     throw e;
   }
 }
 
-interface LockOwner { pid: number; host: string; token: string; since?: string }
+interface LockOwner {
+  pid: number;
+  host: string;
+  token: string;
+  since?: string;
+}
 
 /** Tokens of the locks this process holds: a lock naming this pid with another token is a dead namesake's. */
 const heldLocks = new Set<string>();
@@ -481,15 +628,24 @@ const heldLocks = new Set<string>();
  */
 async function lockFile(s: Session, dest: string, where: string): Promise<() => void> {
   const lock = `${dest}.lock`;
-  const me: LockOwner = { pid: process.pid, host: os.hostname(), token: randomBytes(8).toString('hex'), since: new Date().toISOString() };
+  const me: LockOwner = {
+    pid: process.pid,
+    host: os.hostname(),
+    token: randomBytes(8).toString('hex'),
+    since: new Date().toISOString(),
+  };
   let told = false;
   for (;;) {
     let fd: number | undefined;
-    try { fd = fs.openSync(lock, 'wx'); } catch (e) {
+    try {
+      fd = fs.openSync(lock, 'wx');
+    } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
     if (fd !== undefined) {
-      try { fs.writeSync(fd, JSON.stringify(me)); } catch (e) {
+      try {
+        fs.writeSync(fd, JSON.stringify(me));
+      } catch (e) {
         fs.closeSync(fd);
         fs.rmSync(lock, { force: true });
         throw e;
@@ -505,7 +661,10 @@ async function lockFile(s: Session, dest: string, where: string): Promise<() => 
     if (!seen) continue; // released meanwhile
     const { owner } = seen;
     if (lockIsStale(seen)) {
-      if (removeStaleLock(lock, seen.raw)) s.log(`${where}: taking over ${lock}, left by ${owner ? `pid ${owner.pid}, which is no longer running` : 'a process that never wrote it'}`);
+      if (removeStaleLock(lock, seen.raw))
+        s.log(
+          `${where}: taking over ${lock}, left by ${owner ? `pid ${owner.pid}, which is no longer running` : 'a process that never wrote it'}`,
+        );
       continue;
     }
     if (!told) {
@@ -528,8 +687,16 @@ function readLock(lock: string): { raw: string; owner?: LockOwner; mtimeMs: numb
   }
   try {
     const owner = JSON.parse(raw) as LockOwner;
-    if (Number.isSafeInteger(owner.pid) && owner.pid > 0 && typeof owner.host === 'string' && typeof owner.token === 'string') return { raw, owner, mtimeMs };
-  } catch { /* not written yet, or garbled */ }
+    if (
+      Number.isSafeInteger(owner.pid) &&
+      owner.pid > 0 &&
+      typeof owner.host === 'string' &&
+      typeof owner.token === 'string'
+    )
+      return { raw, owner, mtimeMs };
+  } catch {
+    /* not written yet, or garbled */
+  }
   return { raw, mtimeMs };
 }
 
@@ -553,7 +720,9 @@ function lockIsStale({ owner, mtimeMs }: { owner?: LockOwner; mtimeMs: number })
  */
 function removeStaleLock(lock: string, raw: string): boolean {
   const aside = `${lock}.aside-${randomBytes(6).toString('hex')}`;
-  try { fs.renameSync(lock, aside); } catch (e) {
+  try {
+    fs.renameSync(lock, aside);
+  } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
     throw e;
   }
@@ -563,20 +732,30 @@ function removeStaleLock(lock: string, raw: string): boolean {
       stale = false;
       fs.linkSync(aside, lock);
     }
-  } catch { /* a third process locked it in the instant between: it keeps it (the fresh owner loses its file) */ }
+  } catch {
+    /* a third process locked it in the instant between: it keeps it (the fresh owner loses its file) */
+  }
   fs.rmSync(aside, { force: true });
   return stale;
 }
 
 /** What the hub said about a file on its own host (not the CDN's headers, which describe something else). */
-interface Advertised { size?: number; sha256?: string }
+interface Advertised {
+  size?: number;
+  sha256?: string;
+}
 
 function sha256FromEtag(etag: string | undefined): string | undefined {
   const bare = etag?.trim().replace(/^W\//, '').replace(/^"|"$/g, '');
   return bare && /^[0-9a-fA-F]{64}$/.test(bare) ? bare.toLowerCase() : undefined;
 }
 
-async function downloadAttempt(s: Session, file: string, dest: string, onProgress?: (done: number, total: number | undefined) => void): Promise<boolean> {
+async function downloadAttempt(
+  s: Session,
+  file: string,
+  dest: string,
+  onProgress?: (done: number, total: number | undefined) => void,
+): Promise<boolean> {
   const where = `${s.id}@${s.revision}: ${file}`;
   const part = `${dest}.part`;
   const offset = fs.existsSync(part) ? fs.statSync(part).size : 0;
@@ -586,7 +765,10 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
   const url = fileUrl(s, s.commit ?? s.revision, file);
   const { res, touch, advertised } = await getFollowingRedirects(s, url, offset);
   const status = res.statusCode ?? 0;
-  const header = (name: string) => { const v = res.headers[name]; return Array.isArray(v) ? v[0] : v; };
+  const header = (name: string) => {
+    const v = res.headers[name];
+    return Array.isArray(v) ? v[0] : v;
+  };
 
   // The first answer of a run into an empty folder names the commit: record it. Another process may have filled
   // the folder at another commit meanwhile; adoptCommit then discarded that, this file's part included.
@@ -594,9 +776,15 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
     res.resume();
     throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${file} over`);
   }
-  if (status === 404) { res.resume(); return false; }
+  if (status === 404) {
+    res.resume();
+    return false;
+  }
   const failure = statusFailure(s, where, url, res);
-  if (failure) { res.resume(); throw failure; }
+  if (failure) {
+    res.resume();
+    throw failure;
+  }
   if (status === 416) {
     // The part already holds everything the server has (or more): it is either the whole file or stale.
     res.resume();
@@ -610,7 +798,9 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
       }
     }
     fs.rmSync(part, { force: true });
-    throw new RetryableError(`${part} did not match the file on the hub (${offset} bytes, range not satisfiable); starting over`);
+    throw new RetryableError(
+      `${part} did not match the file on the hub (${offset} bytes, range not satisfiable); starting over`,
+    );
   }
   if (status !== 200 && status !== 206) {
     res.resume();
@@ -624,7 +814,9 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
     if (!range || Number(range[1]) !== offset) {
       res.resume();
       fs.rmSync(part, { force: true });
-      throw new RetryableError(`${url.href} answered a range (${header('content-range')}) other than the one asked for (from ${offset}); starting over`);
+      throw new RetryableError(
+        `${url.href} answered a range (${header('content-range')}) other than the one asked for (from ${offset}); starting over`,
+      );
     }
     start = offset;
     if (range[3] !== '*') bodyTotal = Number(range[3]);
@@ -674,7 +866,9 @@ async function downloadAttempt(s: Session, file: string, dest: string, onProgres
   }
   if (expectedSize !== undefined && received > expectedSize) {
     fs.rmSync(part, { force: true });
-    throw new ModelError(`${where}: received ${received} bytes, but the hub advertises ${expectedSize}; the partial download was deleted`);
+    throw new ModelError(
+      `${where}: received ${received} bytes, but the hub advertises ${expectedSize}; the partial download was deleted`,
+    );
   }
   const sha256 = hash.digest('hex');
   if (advertised.sha256 && sha256 !== advertised.sha256) {
@@ -697,7 +891,12 @@ function finish(s: Session, where: string, part: string, dest: string, sha256: s
   fs.renameSync(part, dest);
   // The folder may have moved on to another commit between that check and the rename: then this file is of
   // the old commit, and the process that moved it has already listed what to discard.
-  try { checkPinned(s, where); } catch (e) { fs.rmSync(dest, { force: true }); throw e; }
+  try {
+    checkPinned(s, where);
+  } catch (e) {
+    fs.rmSync(dest, { force: true });
+    throw e;
+  }
   rememberContentSha256(dest, sha256, s.hashesDir);
 }
 
@@ -710,7 +909,11 @@ async function hashInto(file: string, hash: Hash): Promise<Hash> {
  * GET `url` from byte `offset`, following up to MAX_REDIRECTS redirects by hand. The Authorization header is
  * dropped once a redirect leaves the host it was meant for (the CDN gets signed URLs, not the user's token).
  */
-async function getFollowingRedirects(s: Session, url: URL, offset: number): Promise<Exchange & { advertised: Advertised }> {
+async function getFollowingRedirects(
+  s: Session,
+  url: URL,
+  offset: number,
+): Promise<Exchange & { advertised: Advertised }> {
   const advertised: Advertised = {};
   let current = url;
   let authorized = s.token !== undefined;
@@ -730,14 +933,17 @@ async function getFollowingRedirects(s: Session, url: URL, offset: number): Prom
       if (Number.isSafeInteger(linkedSize) && linkedSize >= 0) advertised.size = linkedSize;
       const linkedSha = sha256FromEtag(res.headers['x-linked-etag'] as string | undefined);
       if (linkedSha) advertised.sha256 = linkedSha;
-      else if (status >= 200 && status < 300 && !advertised.sha256) advertised.sha256 = sha256FromEtag(res.headers.etag);
+      else if (status >= 200 && status < 300 && !advertised.sha256)
+        advertised.sha256 = sha256FromEtag(res.headers.etag);
     }
     const location = res.headers.location;
     if (![301, 302, 303, 307, 308].includes(status) || !location) return { ...exchange, advertised };
     res.resume();
-    if (hop >= MAX_REDIRECTS) throw new ModelError(`${s.id}@${s.revision}: ${url.href}: more than ${MAX_REDIRECTS} redirects`);
+    if (hop >= MAX_REDIRECTS)
+      throw new ModelError(`${s.id}@${s.revision}: ${url.href}: more than ${MAX_REDIRECTS} redirects`);
     const next = new URL(location, current);
-    if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new ModelError(`${s.id}@${s.revision}: ${url.href} redirects to ${next.protocol} URL, refused`);
+    if (next.protocol !== 'https:' && next.protocol !== 'http:')
+      throw new ModelError(`${s.id}@${s.revision}: ${url.href} redirects to ${next.protocol} URL, refused`);
     if (next.host !== current.host) authorized = false;
     current = next;
   }
@@ -757,22 +963,34 @@ interface Exchange {
  */
 function get(s: Session, url: URL, headers: Record<string, string>, method: 'GET' | 'HEAD' = 'GET'): Promise<Exchange> {
   return new Promise((resolve, reject) => {
-    if (s.signal.aborted) { reject(new Error('aborted')); return; }
+    if (s.signal.aborted) {
+      reject(new Error('aborted'));
+      return;
+    }
     const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers });
     let response: http.IncomingMessage | undefined;
     let timer: NodeJS.Timeout | undefined;
-    const fail = (e: Error) => { response?.destroy(e); req.destroy(e); };
+    const fail = (e: Error) => {
+      response?.destroy(e);
+      req.destroy(e);
+    };
     const arm = (ms: number, what: string) => {
       clearTimeout(timer);
       timer = setTimeout(() => fail(new TimeoutError(`${what} ${url.host} for ${ms} ms`)), ms);
     };
     const onAbort = () => fail(new Error('aborted'));
-    const done = () => { clearTimeout(timer); s.signal.removeEventListener('abort', onAbort); };
+    const done = () => {
+      clearTimeout(timer);
+      s.signal.removeEventListener('abort', onAbort);
+    };
     s.signal.addEventListener('abort', onAbort, { once: true });
     arm(s.connectTimeoutMs, 'no connection to');
     req.on('socket', (socket) => {
-      const connected = () => { if (!response) arm(s.idleTimeoutMs, 'no answer from'); };
-      if (socket.connecting) socket.once('connect', connected); else connected();
+      const connected = () => {
+        if (!response) arm(s.idleTimeoutMs, 'no answer from');
+      };
+      if (socket.connecting) socket.once('connect', connected);
+      else connected();
     });
     req.on('response', (res) => {
       response = res;
@@ -780,16 +998,28 @@ function get(s: Session, url: URL, headers: Record<string, string>, method: 'GET
       res.on('close', done);
       resolve({ res, touch: () => arm(s.idleTimeoutMs, 'no bytes from') });
     });
-    req.on('error', (e) => { done(); reject(e); });
+    req.on('error', (e) => {
+      done();
+      reject(e);
+    });
     req.end();
   });
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) { reject(new Error('aborted')); return; }
-    const timer = setTimeout(() => { signal.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = () => { clearTimeout(timer); reject(new Error('aborted')); };
+    if (signal.aborted) {
+      reject(new Error('aborted'));
+      return;
+    }
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(new Error('aborted'));
+    };
     signal.addEventListener('abort', onAbort, { once: true });
   });
 }

@@ -10,7 +10,14 @@ import path from 'node:path';
 import { ModelError } from '../errors.js';
 
 /** Float dtypes hold weights; integer dtypes hold pre-quantised weights (AWQ/GPTQ qweight/qzeros/g_idx), read raw. */
-const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({ F32: 4, F16: 2, BF16: 2, I32: 4, U8: 1, I64: 8 });
+const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U8: 1,
+  I64: 8,
+});
 const FLOAT_DTYPES: ReadonlySet<string> = new Set(['F32', 'F16', 'BF16']);
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
@@ -24,7 +31,12 @@ export interface TensorInfo {
   byteLength: number;
 }
 
-interface ShardFile { file: string; fd: number; size: number; headerBytes: Buffer }
+interface ShardFile {
+  file: string;
+  fd: number;
+  size: number;
+  headerBytes: Buffer;
+}
 
 export class SafetensorsCheckpoint {
   private constructor(
@@ -53,9 +65,12 @@ export class SafetensorsCheckpoint {
         // The index is what loaders trust to find a tensor, so it must agree with the shards' headers.
         for (const [name, f] of Object.entries(weightMap)) {
           const t = ckpt.tensors.get(name);
-          if (!t) throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", but no shard holds it`);
+          if (!t)
+            throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", but no shard holds it`);
           if (path.resolve(t.file) !== path.resolve(dir, f)) {
-            throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", but it is in "${path.relative(dir, t.file)}"`);
+            throw new ModelError(
+              `${indexPath}: weight_map puts tensor "${name}" in "${f}", but it is in "${path.relative(dir, t.file)}"`,
+            );
           }
         }
       } catch (e) {
@@ -65,7 +80,9 @@ export class SafetensorsCheckpoint {
       return ckpt;
     }
     if (fs.existsSync(singlePath)) return SafetensorsCheckpoint.openFiles(dir, [singlePath]);
-    throw new ModelError(`${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`);
+    throw new ModelError(
+      `${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`,
+    );
   }
 
   private static openFiles(dir: string, files: string[]): SafetensorsCheckpoint {
@@ -79,7 +96,8 @@ export class SafetensorsCheckpoint {
         const parsed = parseHeader(shard);
         if (shards.length === 1) metadata = parsed.metadata;
         for (const t of parsed.tensors) {
-          if (tensors.has(t.name)) throw new ModelError(`${file}: tensor "${t.name}" also appears in ${tensors.get(t.name)!.file}`);
+          if (tensors.has(t.name))
+            throw new ModelError(`${file}: tensor "${t.name}" also appears in ${tensors.get(t.name)!.file}`);
           tensors.set(t.name, { ...t, fd: shard.fd });
         }
       }
@@ -90,10 +108,16 @@ export class SafetensorsCheckpoint {
     return new SafetensorsCheckpoint(dir, shards, tensors, metadata);
   }
 
-  names(): string[] { return [...this.tensors.keys()]; }
+  names(): string[] {
+    return [...this.tensors.keys()];
+  }
   /** The shard files, in the order they were opened. */
-  get files(): string[] { return this.shards.map((s) => s.file); }
-  has(name: string): boolean { return this.tensors.has(name); }
+  get files(): string[] {
+    return this.shards.map((s) => s.file);
+  }
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
 
   info(name: string): TensorInfo {
     const t = this.tensors.get(name);
@@ -104,7 +128,8 @@ export class SafetensorsCheckpoint {
   /** Reads one float tensor (F32/F16/BF16), converted to float32. */
   readFloat32(name: string): Float32Array {
     const t = this.info(name);
-    if (!FLOAT_DTYPES.has(t.dtype)) throw new ModelError(`${t.file}: tensor "${name}" is ${t.dtype}; expected a float tensor (F32, F16 or BF16)`);
+    if (!FLOAT_DTYPES.has(t.dtype))
+      throw new ModelError(`${t.file}: tensor "${name}" is ${t.dtype}; expected a float tensor (F32, F16 or BF16)`);
     return toFloat32(this.readRaw(name), t.dtype as 'F32' | 'F16' | 'BF16');
   }
 
@@ -154,19 +179,26 @@ export class SafetensorsCheckpoint {
 
 function openShard(file: string): ShardFile {
   let fd: number;
-  try { fd = fs.openSync(file, 'r'); } catch (e) {
+  try {
+    fd = fs.openSync(file, 'r');
+  } catch (e) {
     throw new ModelError(`${file}: cannot open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   try {
     const stat = fs.fstatSync(fd);
-    if (!stat.isFile()) throw new ModelError(`${file}: ${stat.isDirectory() ? 'is a directory' : 'is not a regular file'}; expected a safetensors file`);
+    if (!stat.isFile())
+      throw new ModelError(
+        `${file}: ${stat.isDirectory() ? 'is a directory' : 'is not a regular file'}; expected a safetensors file`,
+      );
     const size = stat.size;
     if (size < 8) throw new ModelError(`${file}: too short to be a safetensors file (${size} bytes)`);
     const lenBuf = Buffer.alloc(8);
     fs.readSync(fd, lenBuf, 0, 8, 0);
     const headerLen = lenBuf.readBigUInt64LE(0);
     if (headerLen > BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) {
-      throw new ModelError(`${file}: header length ${headerLen} exceeds the file (${size} bytes) or the ${MAX_HEADER_BYTES}-byte limit; the file is corrupt or not safetensors`);
+      throw new ModelError(
+        `${file}: header length ${headerLen} exceeds the file (${size} bytes) or the ${MAX_HEADER_BYTES}-byte limit; the file is corrupt or not safetensors`,
+      );
     }
     const headerBytes = Buffer.alloc(Number(headerLen));
     fs.readSync(fd, headerBytes, 0, headerBytes.length, 8);
@@ -181,21 +213,34 @@ function openShard(file: string): ShardFile {
 function readIndex(indexPath: string, dir: string): Record<string, string> {
   const text = fs.readFileSync(indexPath, 'utf8');
   let index: unknown;
-  try { index = JSON.parse(text); } catch (e) {
+  try {
+    index = JSON.parse(text);
+  } catch (e) {
     throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
   }
   if (!isJsonObject(index)) throw new ModelError(`${indexPath}: expected a JSON object, got ${jsonKind(index)}`);
   if (index.weight_map === undefined) throw new ModelError(`${indexPath}: field "weight_map" is missing`);
-  if (!isJsonObject(index.weight_map)) throw new ModelError(`${indexPath}: field "weight_map" must be an object of tensor name → shard file, got ${jsonKind(index.weight_map)}`);
+  if (!isJsonObject(index.weight_map))
+    throw new ModelError(
+      `${indexPath}: field "weight_map" must be an object of tensor name → shard file, got ${jsonKind(index.weight_map)}`,
+    );
   const dup = findDuplicateKey(text);
-  if (dup) throw new ModelError(`${indexPath}: key "${dup.key}" appears twice${dup.parent === null ? '' : ` inside "${dup.parent}"`}`);
+  if (dup)
+    throw new ModelError(
+      `${indexPath}: key "${dup.key}" appears twice${dup.parent === null ? '' : ` inside "${dup.parent}"`}`,
+    );
   const root = path.resolve(dir);
   const inside = root.endsWith(path.sep) ? root : root + path.sep;
   for (const [name, f] of Object.entries(index.weight_map)) {
-    if (typeof f !== 'string' || f === '') throw new ModelError(`${indexPath}: weight_map entry for tensor "${name}" must be a shard file name, got ${JSON.stringify(f)}`);
+    if (typeof f !== 'string' || f === '')
+      throw new ModelError(
+        `${indexPath}: weight_map entry for tensor "${name}" must be a shard file name, got ${JSON.stringify(f)}`,
+      );
     // A hostile index could otherwise make us open any file on the machine.
     if (path.isAbsolute(f) || !path.resolve(root, f).startsWith(inside)) {
-      throw new ModelError(`${indexPath}: weight_map puts tensor "${name}" in "${f}", which is outside the model folder ${dir}; shard files must be relative paths inside it`);
+      throw new ModelError(
+        `${indexPath}: weight_map puts tensor "${name}" in "${f}", which is outside the model folder ${dir}; shard files must be relative paths inside it`,
+      );
     }
   }
   return index.weight_map as Record<string, string>;
@@ -204,20 +249,26 @@ function readIndex(indexPath: string, dir: string): Record<string, string> {
 function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Record<string, string> } {
   const { file, size, headerBytes } = shard;
   let text: string;
-  try { text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes); } catch {
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes);
+  } catch {
     throw new ModelError(`${file}: header is not valid UTF-8; the file is corrupt or not safetensors`);
   }
   let header: unknown;
-  try { header = JSON.parse(text); } catch (e) {
+  try {
+    header = JSON.parse(text);
+  } catch (e) {
     throw new ModelError(`${file}: header is not valid JSON (${(e as Error).message})`);
   }
   if (!isJsonObject(header)) throw new ModelError(`${file}: header is not a JSON object`);
   // JSON.parse keeps the last of two equal keys: a tensor named twice would silently lose one entry.
   const dup = findDuplicateKey(text);
   if (dup) {
-    throw new ModelError(dup.parent === null
-      ? `${file}: header names "${dup.key}" twice; every tensor must appear once`
-      : `${file}: header entry "${dup.parent}" has field "${dup.key}" twice`);
+    throw new ModelError(
+      dup.parent === null
+        ? `${file}: header names "${dup.key}" twice; every tensor must appear once`
+        : `${file}: header entry "${dup.parent}" has field "${dup.key}" twice`,
+    );
   }
   const dataStart = 8 + headerBytes.length;
   const out: TensorInfo[] = [];
@@ -226,29 +277,54 @@ function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Recor
     if (name === '__metadata__') {
       // As in the reference reader: absent or null, else a map of strings to strings.
       if (entry === null) continue;
-      if (!isJsonObject(entry)) throw new ModelError(`${file}: "__metadata__" must be an object of string → string, got ${jsonKind(entry)}`);
+      if (!isJsonObject(entry))
+        throw new ModelError(`${file}: "__metadata__" must be an object of string → string, got ${jsonKind(entry)}`);
       for (const [k, v] of Object.entries(entry)) {
-        if (typeof v !== 'string') throw new ModelError(`${file}: "__metadata__" field "${k}" must be a string, got ${jsonKind(v)}`);
+        if (typeof v !== 'string')
+          throw new ModelError(`${file}: "__metadata__" field "${k}" must be a string, got ${jsonKind(v)}`);
         metadata[k] = v;
       }
       continue;
     }
     const where = `${file}: tensor "${name}"`;
-    if (!isJsonObject(entry)) throw new ModelError(`${where}: expected an object with dtype, shape and data_offsets, got ${jsonKind(entry)}`);
+    if (!isJsonObject(entry))
+      throw new ModelError(`${where}: expected an object with dtype, shape and data_offsets, got ${jsonKind(entry)}`);
     const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (typeof e.dtype !== 'string') throw new ModelError(`${where}: field "dtype" is missing`);
     const bpe = BYTES_PER_ELEMENT[e.dtype];
-    if (!bpe) throw new ModelError(`${where}: dtype ${e.dtype} is not supported (F32, F16, BF16; I32, U8, I64 for quantised checkpoints)`);
-    if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0)) throw new ModelError(`${where}: field "shape" must be a list of non-negative integers`);
+    if (!bpe)
+      throw new ModelError(
+        `${where}: dtype ${e.dtype} is not supported (F32, F16, BF16; I32, U8, I64 for quantised checkpoints)`,
+      );
+    if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0))
+      throw new ModelError(`${where}: field "shape" must be a list of non-negative integers`);
     const offs = e.data_offsets;
-    if (!Array.isArray(offs) || offs.length !== 2 || !offs.every((x) => Number.isSafeInteger(x) && x >= 0) || offs[1] < offs[0]) {
+    if (
+      !Array.isArray(offs) ||
+      offs.length !== 2 ||
+      !offs.every((x) => Number.isSafeInteger(x) && x >= 0) ||
+      offs[1] < offs[0]
+    ) {
       throw new ModelError(`${where}: field "data_offsets" must be [begin, end] with 0 <= begin <= end`);
     }
     const [begin, end] = offs as [number, number];
     const count = (e.shape as number[]).reduce((a, b) => a * b, 1);
-    if (end - begin !== count * bpe) throw new ModelError(`${where}: data_offsets span ${end - begin} bytes but shape [${e.shape}] of ${e.dtype} needs ${count * bpe}`);
-    if (dataStart + end > size) throw new ModelError(`${where}: data_offsets end ${end} lies past the end of the file (${size - dataStart} data bytes)`);
-    out.push({ name, dtype: e.dtype as TensorInfo['dtype'], shape: e.shape as number[], file, start: dataStart + begin, byteLength: end - begin });
+    if (end - begin !== count * bpe)
+      throw new ModelError(
+        `${where}: data_offsets span ${end - begin} bytes but shape [${e.shape}] of ${e.dtype} needs ${count * bpe}`,
+      );
+    if (dataStart + end > size)
+      throw new ModelError(
+        `${where}: data_offsets end ${end} lies past the end of the file (${size - dataStart} data bytes)`,
+      );
+    out.push({
+      name,
+      dtype: e.dtype as TensorInfo['dtype'],
+      shape: e.shape as number[],
+      file,
+      start: dataStart + begin,
+      byteLength: end - begin,
+    });
   }
   checkContiguous(file, out, dataStart, size - dataStart);
   return { tensors: out, metadata };
@@ -267,17 +343,23 @@ function checkContiguous(file: string, tensors: TensorInfo[], dataStart: number,
   for (const t of sorted) {
     const begin = t.start - dataStart;
     if (begin < at) {
-      throw new ModelError(`${file}: tensor "${t.name}" data_offsets ${span(t)} overlap tensor "${prev!.name}" ${span(prev!)}; each byte of the data section must belong to one tensor`);
+      throw new ModelError(
+        `${file}: tensor "${t.name}" data_offsets ${span(t)} overlap tensor "${prev!.name}" ${span(prev!)}; each byte of the data section must belong to one tensor`,
+      );
     }
     if (begin > at) {
       const before = prev ? `tensor "${prev.name}" ends at ${at}` : 'the data section starts at 0';
-      throw new ModelError(`${file}: tensor "${t.name}" data_offsets ${span(t)} leave a hole: ${before}; tensors must be contiguous`);
+      throw new ModelError(
+        `${file}: tensor "${t.name}" data_offsets ${span(t)} leave a hole: ${before}; tensors must be contiguous`,
+      );
     }
     at = begin + t.byteLength;
     prev = t;
   }
   if (at !== dataBytes) {
-    throw new ModelError(`${file}: the tensors end at data offset ${at} but the data section holds ${dataBytes} bytes; expected the last tensor to end exactly at the end of the file (${dataBytes - at} trailing bytes)`);
+    throw new ModelError(
+      `${file}: the tensors end at data offset ${at} but the data section holds ${dataBytes} bytes; expected the last tensor to end exactly at the end of the file (${dataBytes - at} trailing bytes)`,
+    );
   }
 }
 
@@ -303,11 +385,15 @@ export function findDuplicateKey(text: string): { key: string; parent: string | 
   let topKey: string | null = null;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (c === 0x22) { // "
+    if (c === 0x22) {
+      // "
       let j = i + 1;
       let escaped = false;
       for (let ch = text.charCodeAt(j); ch !== 0x22; ch = text.charCodeAt(j)) {
-        if (ch === 0x5c) { escaped = true; j += 2; } else j += 1;
+        if (ch === 0x5c) {
+          escaped = true;
+          j += 2;
+        } else j += 1;
       }
       if (expectKey) {
         const key = escaped ? (JSON.parse(text.slice(i, j + 1)) as string) : text.slice(i + 1, j);
@@ -318,9 +404,16 @@ export function findDuplicateKey(text: string): { key: string; parent: string | 
         expectKey = false;
       }
       i = j;
-    } else if (c === 0x7b) { stack.push(new Set()); expectKey = true; } // {
-    else if (c === 0x5b) stack.push(null); // [
-    else if (c === 0x7d || c === 0x5d) { stack.pop(); expectKey = false; } // } ]
+    } else if (c === 0x7b) {
+      stack.push(new Set());
+      expectKey = true;
+    } // {
+    else if (c === 0x5b)
+      stack.push(null); // [
+    else if (c === 0x7d || c === 0x5d) {
+      stack.pop();
+      expectKey = false;
+    } // } ]
     else if (c === 0x2c) expectKey = stack[stack.length - 1] != null; // ,
   }
   return null;
@@ -356,7 +449,12 @@ export function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
-export interface WritableTensor { name: string; shape: number[]; dtype: TensorInfo['dtype']; bytes: Uint8Array }
+export interface WritableTensor {
+  name: string;
+  shape: number[];
+  dtype: TensorInfo['dtype'];
+  bytes: Uint8Array;
+}
 
 /**
  * Writes a safetensors file (8-byte header length, JSON header padded to 8 bytes, contiguous data) through
@@ -388,7 +486,11 @@ export function writeSafetensors(file: string, tensors: WritableTensor[], metada
   } catch (e) {
     // A failed write (full disk, output is a folder) leaves nothing behind; where even that fails (its folder is a
     // file: ENOTDIR), the write's own error is the one to report.
-    try { fs.rmSync(tmp, { force: true }); } catch { /* nothing was created */ }
+    try {
+      fs.rmSync(tmp, { force: true });
+    } catch {
+      /* nothing was created */
+    }
     throw e;
   }
 }
@@ -396,5 +498,9 @@ export function writeSafetensors(file: string, tensors: WritableTensor[], metada
 /** The `__metadata__` string map of a single safetensors file. */
 export function readSafetensorsMetadata(file: string): Record<string, string> {
   const ckpt = SafetensorsCheckpoint.openFile(file);
-  try { return ckpt.metadata; } finally { ckpt.close(); }
+  try {
+    return ckpt.metadata;
+  } finally {
+    ckpt.close();
+  }
 }

@@ -27,13 +27,13 @@ export interface RopeSpec {
 
 export interface ModelSpec {
   family: Family;
-  hiddenSize: number;        // D
-  intermediateSize: number;  // F
-  numLayers: number;         // L
-  numHeads: number;          // H (query heads)
-  numKvHeads: number;        // KV
-  headDim: number;           // d
-  vocabSize: number;         // V
+  hiddenSize: number; // D
+  intermediateSize: number; // F
+  numLayers: number; // L
+  numHeads: number; // H (query heads)
+  numKvHeads: number; // KV
+  headDim: number; // d
+  vocabSize: number; // V
   maxPositions: number;
   rmsNormEps: number;
   rope: RopeSpec;
@@ -71,15 +71,23 @@ export interface ModelSpec {
   bosTokenId: number | null;
   eosTokenIds: number[];
   padTokenId: number | null;
-  /** The language model of an image-text checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision); null for text checkpoints. */
+  /**
+   * The language model of an image-text checkpoint (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision); null for text
+   * checkpoints.
+   */
   imageText: ImageTextSpec | null;
 }
 
 /** The image-text checkpoints whose language model runs as one of the text families. */
 export type ImageTextModelType = 'qwen2_vl' | 'qwen2_5_vl' | 'qwen3_vl' | 'llava_onevision';
 
-/** Where a checkpoint keeps its language model: `prefix` replaces `model.` of the text names; `lmHead` the head's name. */
-export interface LanguageModelSpelling { prefix: string; lmHead: string }
+/**
+ * Where a checkpoint keeps its language model: `prefix` replaces `model.` of the text names; `lmHead` the head's name.
+ */
+export interface LanguageModelSpelling {
+  prefix: string;
+  lmHead: string;
+}
 
 export interface ImageTextSpec {
   modelType: ImageTextModelType;
@@ -151,26 +159,33 @@ const GEMMA_LIKE: FamilyAdapter = {
 const GEMMA2_LIKE: FamilyAdapter = {
   ...GEMMA_LIKE,
   sandwichNorms: true,
-  slidingWindow: (c) => (c.sliding_window === undefined ? 4096 : typeof c.sliding_window === 'number' ? c.sliding_window : null),
+  slidingWindow: (c) =>
+    c.sliding_window === undefined ? 4096 : typeof c.sliding_window === 'number' ? c.sliding_window : null,
   attnScale: (c, _d, file) => 1 / Math.sqrt(optionalPositive(c, 'query_pre_attn_scalar', 256, file)!),
 };
 
 const ADAPTERS: Readonly<Record<Family, Readonly<FamilyAdapter>>> = Object.freeze({
   llama: Object.freeze({ ...LLAMA_LIKE }),
   mistral: Object.freeze({
-    ...LLAMA_LIKE, qkvBias: () => false, oBias: () => false,
+    ...LLAMA_LIKE,
+    qkvBias: () => false,
+    oBias: () => false,
     slidingWindow: (c: RawConfig) => (typeof c.sliding_window === 'number' ? c.sliding_window : null),
   }),
   qwen2: Object.freeze({
-    ...LLAMA_LIKE, qkvBias: () => true, oBias: () => false,
-    slidingWindow: (c: RawConfig) => (c.use_sliding_window === true && typeof c.sliding_window === 'number' ? c.sliding_window : null),
+    ...LLAMA_LIKE,
+    qkvBias: () => true,
+    oBias: () => false,
+    slidingWindow: (c: RawConfig) =>
+      c.use_sliding_window === true && typeof c.sliding_window === 'number' ? c.sliding_window : null,
   }),
   qwen3: Object.freeze({ ...LLAMA_LIKE, qkNorm: true }),
   gemma: Object.freeze({ ...GEMMA_LIKE }),
   gemma2: Object.freeze({
     ...GEMMA2_LIKE,
     // Gemma2Config: layers 0, 2, 4, … slide.
-    layerPattern: (c: RawConfig, L: number, file: string) => layerTypesFrom(c, L, file, (l) => (l % 2 === 0 ? 'sliding' : 'full')),
+    layerPattern: (c: RawConfig, L: number, file: string) =>
+      layerTypesFrom(c, L, file, (l) => (l % 2 === 0 ? 'sliding' : 'full')),
     attnSoftcap: (c: RawConfig, file: string) => optionalPositive(c, 'attn_logit_softcapping', 50, file),
     finalSoftcap: (c: RawConfig, file: string) => optionalPositive(c, 'final_logit_softcapping', 30, file),
   }),
@@ -179,7 +194,12 @@ const ADAPTERS: Readonly<Record<Family, Readonly<FamilyAdapter>>> = Object.freez
     qkNorm: true,
     // Gemma3TextConfig: every `sliding_window_pattern`-th layer (6 by default) is global, the rest slide.
     layerPattern: (c: RawConfig, L: number, file: string) => {
-      const every = optionalPositive(c, c.sliding_window_pattern !== undefined ? 'sliding_window_pattern' : '_sliding_window_pattern', 6, file)!;
+      const every = optionalPositive(
+        c,
+        c.sliding_window_pattern !== undefined ? 'sliding_window_pattern' : '_sliding_window_pattern',
+        6,
+        file,
+      )!;
       return layerTypesFrom(c, L, file, (l) => ((l + 1) % every === 0 ? 'full' : 'sliding'));
     },
     attnSoftcap: (c: RawConfig, file: string) => optionalPositive(c, 'attn_logit_softcapping', null, file),
@@ -187,7 +207,9 @@ const ADAPTERS: Readonly<Record<Family, Readonly<FamilyAdapter>>> = Object.freez
     slidingRope: gemma3SlidingRope,
   }),
   phi3: Object.freeze({
-    ...LLAMA_LIKE, qkvBias: () => false, oBias: () => false,
+    ...LLAMA_LIKE,
+    qkvBias: () => false,
+    oBias: () => false,
     slidingWindow: (c: RawConfig) => (typeof c.sliding_window === 'number' ? c.sliding_window : null),
     fusedProjections: true,
     partialRotary: true,
@@ -198,15 +220,38 @@ const ADAPTERS: Readonly<Record<Family, Readonly<FamilyAdapter>>> = Object.freez
  * Image-text families: config.json nests the language model's settings in `text_config` (older hub Qwen2-VL and
  * Qwen2.5-VL configs keep them at the top level) and it runs as a text family; the rest is where its weights live.
  */
-const IMAGE_TEXT: Readonly<Record<ImageTextModelType, { text: (c: RawConfig) => unknown; spellings: LanguageModelSpelling[] }>> = Object.freeze({
+const IMAGE_TEXT: Readonly<
+  Record<ImageTextModelType, { text: (c: RawConfig) => unknown; spellings: LanguageModelSpelling[] }>
+> = Object.freeze({
   // transformers 5 `model.language_model.*`; hub checkpoints from before it `model.*` (both with `lm_head.weight`).
-  qwen2_vl: { text: () => 'qwen2', spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'model.', lmHead: 'lm_head.weight' }] },
-  qwen2_5_vl: { text: () => 'qwen2', spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'model.', lmHead: 'lm_head.weight' }] },
-  qwen3_vl: { text: () => 'qwen3', spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'model.', lmHead: 'lm_head.weight' }] },
+  qwen2_vl: {
+    text: () => 'qwen2',
+    spellings: [
+      { prefix: 'model.language_model.', lmHead: 'lm_head.weight' },
+      { prefix: 'model.', lmHead: 'lm_head.weight' },
+    ],
+  },
+  qwen2_5_vl: {
+    text: () => 'qwen2',
+    spellings: [
+      { prefix: 'model.language_model.', lmHead: 'lm_head.weight' },
+      { prefix: 'model.', lmHead: 'lm_head.weight' },
+    ],
+  },
+  qwen3_vl: {
+    text: () => 'qwen3',
+    spellings: [
+      { prefix: 'model.language_model.', lmHead: 'lm_head.weight' },
+      { prefix: 'model.', lmHead: 'lm_head.weight' },
+    ],
+  },
   // The LLM is whatever text_config says (Qwen2 for the released models); llava-hf checkpoints nest it as a CausalLM.
   llava_onevision: {
     text: (c) => c.model_type ?? 'qwen2',
-    spellings: [{ prefix: 'model.language_model.', lmHead: 'lm_head.weight' }, { prefix: 'language_model.model.', lmHead: 'language_model.lm_head.weight' }],
+    spellings: [
+      { prefix: 'model.language_model.', lmHead: 'lm_head.weight' },
+      { prefix: 'language_model.model.', lmHead: 'language_model.lm_head.weight' },
+    ],
   },
 });
 
@@ -223,32 +268,49 @@ export function specFromConfig(config: unknown, file = 'config.json'): ModelSpec
   if (typeof modelType !== 'string' || !Object.hasOwn(IMAGE_TEXT, modelType)) return textSpecFromConfig(config, file);
   const type = modelType as ImageTextModelType;
   const nested = config.text_config !== undefined && config.text_config !== null;
-  if (nested && !isObject(config.text_config)) throw new ModelError(`${file}: field "text_config" must be an object, got ${kind(config.text_config)}`);
-  const raw = nested ? config.text_config as RawConfig : config;
+  if (nested && !isObject(config.text_config))
+    throw new ModelError(`${file}: field "text_config" must be an object, got ${kind(config.text_config)}`);
+  const raw = nested ? (config.text_config as RawConfig) : config;
   const where = nested ? `${file} text_config` : file;
   const textFamily = IMAGE_TEXT[type].text(raw);
   if (typeof textFamily !== 'string' || !Object.hasOwn(ADAPTERS, textFamily)) {
-    throw new ModelError(`${where}: model_type ${JSON.stringify(textFamily)} is not a supported language model for ${type}; supported: ${SUPPORTED_FAMILIES.join(', ')}`);
+    throw new ModelError(
+      `${where}: model_type ${JSON.stringify(textFamily)} is not a supported language model for ${type}; supported: ${SUPPORTED_FAMILIES.join(', ')}`,
+    );
   }
   const text: RawConfig = { ...raw, model_type: textFamily };
   // Tying is decided at the top level when only it says so (older flat configs, some v5 saves).
-  if (text.tie_word_embeddings === undefined && config.tie_word_embeddings !== undefined) text.tie_word_embeddings = config.tie_word_embeddings;
+  if (text.tie_word_embeddings === undefined && config.tie_word_embeddings !== undefined)
+    text.tie_word_embeddings = config.tie_word_embeddings;
   // Older hub configs spell M-RoPE as rope_scaling {type: "mrope"}: plain RoPE per row, sections read below.
   for (const key of ['rope_parameters', 'rope_scaling']) {
     const rope = text[key];
-    if (isObject(rope) && (rope.type === 'mrope' || rope.rope_type === 'mrope')) text[key] = { ...rope, type: 'default', rope_type: 'default' };
+    if (isObject(rope) && (rope.type === 'mrope' || rope.rope_type === 'mrope'))
+      text[key] = { ...rope, type: 'default', rope_type: 'default' };
   }
   const spec = textSpecFromConfig(text, where);
   const layout = type === 'llava_onevision' ? undefined : mropeLayout(config);
-  if (type !== 'llava_onevision' && !layout) throw new ModelError(`${where}: "rope_parameters.mrope_section" (or "rope_scaling.mrope_section") is missing; ${type} needs M-RoPE sections`);
-  if (layout && spec.slidingWindow !== null) throw new ModelError(`${where}: sliding-window attention with M-RoPE is not supported (set use_sliding_window false)`);
+  if (type !== 'llava_onevision' && !layout)
+    throw new ModelError(
+      `${where}: "rope_parameters.mrope_section" (or "rope_scaling.mrope_section") is missing; ${type} needs M-RoPE sections`,
+    );
+  if (layout && spec.slidingWindow !== null)
+    throw new ModelError(
+      `${where}: sliding-window attention with M-RoPE is not supported (set use_sliding_window false)`,
+    );
   let deepstackLayers = 0;
   if (type === 'qwen3_vl') {
     const vision = isObject(config.vision_config) ? config.vision_config : {};
     const indexes = vision.deepstack_visual_indexes ?? [8, 16, 24]; // Qwen3VLVisionConfig's default
-    if (!Array.isArray(indexes)) throw new ModelError(`${file}: field "vision_config.deepstack_visual_indexes" must be a list, got ${kind(indexes)}`);
+    if (!Array.isArray(indexes))
+      throw new ModelError(
+        `${file}: field "vision_config.deepstack_visual_indexes" must be a list, got ${kind(indexes)}`,
+      );
     deepstackLayers = indexes.length;
-    if (deepstackLayers > spec.numLayers) throw new ModelError(`${file}: ${deepstackLayers} DeepStack features but the language model has ${spec.numLayers} layers`);
+    if (deepstackLayers > spec.numLayers)
+      throw new ModelError(
+        `${file}: ${deepstackLayers} DeepStack features but the language model has ${spec.numLayers} layers`,
+      );
   }
   return {
     ...spec,
@@ -270,11 +332,17 @@ export function languageModelSpelling(spec: ModelSpec, names: Iterable<string>, 
   if (spellings.length === 1) return spellings[0]!;
   const all = new Set(names);
   const hit = spellings.find((s) => all.has(`${s.prefix}embed_tokens.weight`));
-  if (!hit) throw new ModelError(`${dir}: no language-model weights (looked for ${spellings.map((s) => `"${s.prefix}embed_tokens.weight"`).join(', ')})`);
+  if (!hit)
+    throw new ModelError(
+      `${dir}: no language-model weights (looked for ${spellings.map((s) => `"${s.prefix}embed_tokens.weight"`).join(', ')})`,
+    );
   return hit;
 }
 
-/** Checkpoint name → the text name the exporter reads (`model.…`, `lm_head.weight`), or null for other tensors (vision tower). */
+/**
+ * Checkpoint name → the text name the exporter reads (`model.…`, `lm_head.weight`), or null for other tensors (vision
+ * tower).
+ */
 export function textWeightName(spelling: LanguageModelSpelling, stored: string): string | null {
   if (stored === spelling.lmHead) return 'lm_head.weight';
   if (stored.startsWith(spelling.prefix)) return `model.${stored.slice(spelling.prefix.length)}`;
@@ -289,7 +357,9 @@ function textSpecFromConfig(config: RawConfig, file: string): ModelSpec {
   const family = config.model_type;
   if (family === undefined || family === null) throw new ModelError(`${file}: field "model_type" is missing`);
   if (typeof family !== 'string' || !Object.hasOwn(ADAPTERS, family)) {
-    throw new ModelError(`${file}: model_type ${JSON.stringify(family)} is not supported; supported: ${[...SUPPORTED_FAMILIES, ...IMAGE_TEXT_MODEL_TYPES].join(', ')}`);
+    throw new ModelError(
+      `${file}: model_type ${JSON.stringify(family)} is not supported; supported: ${[...SUPPORTED_FAMILIES, ...IMAGE_TEXT_MODEL_TYPES].join(', ')}`,
+    );
   }
   const adapter = ADAPTERS[family as Family];
   const field = (key: string, fallback: number | undefined, integer: boolean): number => {
@@ -299,34 +369,54 @@ function textSpecFromConfig(config: RawConfig, file: string): ModelSpec {
       throw new ModelError(`${file}: field "${key}" is missing`);
     }
     const ok = typeof v === 'number' && Number.isFinite(v) && v > 0 && (!integer || Number.isInteger(v));
-    if (!ok) throw new ModelError(`${file}: field "${key}" must be a positive ${integer ? 'integer' : 'finite number'}, got ${JSON.stringify(v)}`);
+    if (!ok)
+      throw new ModelError(
+        `${file}: field "${key}" must be a positive ${integer ? 'integer' : 'finite number'}, got ${JSON.stringify(v)}`,
+      );
     return v as number;
   };
   const int = (key: string, fallback?: number) => field(key, fallback, true);
   const hiddenSize = int('hidden_size');
   const numHeads = int('num_attention_heads');
   const numKvHeads = int('num_key_value_heads', numHeads);
-  if (numHeads % numKvHeads !== 0) throw new ModelError(`${file}: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`);
-  const headDim = config.head_dim === undefined || config.head_dim === null
-    ? hiddenSize / numHeads
-    : int('head_dim');
+  if (numHeads % numKvHeads !== 0)
+    throw new ModelError(
+      `${file}: num_attention_heads ${numHeads} is not a multiple of num_key_value_heads ${numKvHeads}`,
+    );
+  const headDim = config.head_dim === undefined || config.head_dim === null ? hiddenSize / numHeads : int('head_dim');
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
-    const from = config.head_dim === undefined || config.head_dim === null ? ` (hidden_size ${hiddenSize} / num_attention_heads ${numHeads}, as "head_dim" is absent)` : '';
+    const from =
+      config.head_dim === undefined || config.head_dim === null
+        ? ` (hidden_size ${hiddenSize} / num_attention_heads ${numHeads}, as "head_dim" is absent)`
+        : '';
     throw new ModelError(`${file}: head_dim ${headDim}${from} must be an even integer`);
   }
-  const activation = parseActivation(adapter.activation(config), family === 'gemma' || family === 'gemma2' || family === 'gemma3_text' ? 'hidden_activation' : 'hidden_act', file);
+  const activation = parseActivation(
+    adapter.activation(config),
+    family === 'gemma' || family === 'gemma2' || family === 'gemma3_text' ? 'hidden_activation' : 'hidden_act',
+    file,
+  );
   const maxPositions = int('max_position_embeddings', 2048);
   const window = config.sliding_window;
-  if (window !== undefined && window !== null && !(typeof window === 'number' && Number.isInteger(window) && window > 0)) {
-    throw new ModelError(`${file}: field "sliding_window" must be a positive integer or null, got ${JSON.stringify(window)}`);
+  if (
+    window !== undefined &&
+    window !== null &&
+    !(typeof window === 'number' && Number.isInteger(window) && window > 0)
+  ) {
+    throw new ModelError(
+      `${file}: field "sliding_window" must be a positive integer or null, got ${JSON.stringify(window)}`,
+    );
   }
   const slidingWindow = adapter.slidingWindow(config);
   const numLayers = int('num_hidden_layers');
-  const layerTypes: LayerType[] = slidingWindow === null
-    ? Array.from({ length: numLayers }, () => 'full')
-    : adapter.layerPattern?.(config, numLayers, file) ?? Array.from({ length: numLayers }, () => 'sliding');
+  const layerTypes: LayerType[] =
+    slidingWindow === null
+      ? Array.from({ length: numLayers }, () => 'full')
+      : (adapter.layerPattern?.(config, numLayers, file) ?? Array.from({ length: numLayers }, () => 'sliding'));
   if (config.use_bidirectional_attention === true) {
-    throw new ModelError(`${file}: use_bidirectional_attention is not supported (an encoder such as EmbeddingGemma, not a causal decoder)`);
+    throw new ModelError(
+      `${file}: use_bidirectional_attention is not supported (an encoder such as EmbeddingGemma, not a causal decoder)`,
+    );
   }
   const rope = parseRope(config, file, maxPositions);
   const rotaryDim = parseRotaryDim(config, file, headDim, adapter.partialRotary);
@@ -342,7 +432,8 @@ function textSpecFromConfig(config: RawConfig, file: string): ModelSpec {
     maxPositions,
     rmsNormEps: field('rms_norm_eps', 1e-6, false),
     rope,
-    slidingRope: adapter.slidingRope && layerTypes.includes('sliding') ? adapter.slidingRope(config, file, maxPositions) : null,
+    slidingRope:
+      adapter.slidingRope && layerTypes.includes('sliding') ? adapter.slidingRope(config, file, maxPositions) : null,
     rotaryDim,
     tieWordEmbeddings: config.tie_word_embeddings === true,
     qkvBias: adapter.qkvBias(config),
@@ -386,7 +477,8 @@ const isTokenId = (v: unknown): v is number => typeof v === 'number' && Number.i
 function tokenId(config: RawConfig, key: string, file: string): number | null {
   const v = config[key];
   if (v === undefined || v === null || (Number.isInteger(v) && (v as number) < 0)) return null;
-  if (!isTokenId(v)) throw new ModelError(`${file}: field "${key}" must be a token id (an integer) or null, got ${JSON.stringify(v)}`);
+  if (!isTokenId(v))
+    throw new ModelError(`${file}: field "${key}" must be a token id (an integer) or null, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -396,34 +488,49 @@ function eosTokenIds(config: RawConfig, file: string): number[] {
   if (v === undefined || v === null) return [];
   if (isTokenId(v)) return [v];
   if (Array.isArray(v) && v.every(isTokenId)) return v;
-  throw new ModelError(`${file}: field "eos_token_id" must be a token id, a list of token ids or null, got ${JSON.stringify(v)}`);
+  throw new ModelError(
+    `${file}: field "eos_token_id" must be a token id, a list of token ids or null, got ${JSON.stringify(v)}`,
+  );
 }
 
 /** Both spellings: classic `rope_theta` + `rope_scaling`, and transformers v5 `rope_parameters`. */
 function parseRope(config: RawConfig, file: string, maxPositions: number): RopeSpec {
-  const key = config.rope_parameters !== undefined && config.rope_parameters !== null ? 'rope_parameters' : 'rope_scaling';
+  const key =
+    config.rope_parameters !== undefined && config.rope_parameters !== null ? 'rope_parameters' : 'rope_scaling';
   const raw = config[key] ?? null;
-  if (raw !== null && !isObject(raw)) throw new ModelError(`${file}: field "${key}" must be an object or null, got ${kind(raw)}`);
+  if (raw !== null && !isObject(raw))
+    throw new ModelError(`${file}: field "${key}" must be an object or null, got ${kind(raw)}`);
   // v5 Gemma 3 keys the parameters by layer type; the global layers' entry is this spec's `rope`.
-  if (raw !== null && isObject(raw.full_attention)) return ropeFrom(raw.full_attention, `${key}.full_attention`, config, file, maxPositions);
+  if (raw !== null && isObject(raw.full_attention))
+    return ropeFrom(raw.full_attention, `${key}.full_attention`, config, file, maxPositions);
   return ropeFrom(raw ?? {}, key, config, file, maxPositions);
 }
 
 /** One RoPE parameter object; a number missing there comes from the config's top level, else a default. */
-function ropeFrom(params: RawConfig, key: string, config: RawConfig, file: string, maxPositions: number, thetaFallback?: number): RopeSpec {
+function ropeFrom(
+  params: RawConfig,
+  key: string,
+  config: RawConfig,
+  file: string,
+  maxPositions: number,
+  thetaFallback?: number,
+): RopeSpec {
   const positive = (name: string, fallback: number, where: 'params' | 'either' = 'params'): number => {
     const inParams = params[name] !== undefined && params[name] !== null;
-    const v = inParams ? params[name] : where === 'either' ? config[name] ?? fallback : fallback;
+    const v = inParams ? params[name] : where === 'either' ? (config[name] ?? fallback) : fallback;
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) {
       const at = inParams ? `${key}.${name}` : name;
       throw new ModelError(`${file}: field "${at}" must be a positive finite number, got ${JSON.stringify(v)}`);
     }
     return v;
   };
-  const theta = thetaFallback === undefined ? positive('rope_theta', 10000, 'either') : positive('rope_theta', thetaFallback);
+  const theta =
+    thetaFallback === undefined ? positive('rope_theta', 10000, 'either') : positive('rope_theta', thetaFallback);
   const rawType = params.rope_type ?? params.type ?? 'default';
   if (rawType !== 'default' && rawType !== 'linear' && rawType !== 'llama3') {
-    throw new ModelError(`${file}: rope type ${JSON.stringify(rawType)} is not supported; supported: default, linear, llama3`);
+    throw new ModelError(
+      `${file}: rope type ${JSON.stringify(rawType)} is not supported; supported: default, linear, llama3`,
+    );
   }
   return {
     theta,
@@ -441,7 +548,8 @@ function ropeFrom(params: RawConfig, key: string, config: RawConfig, file: strin
  */
 function gemma3SlidingRope(config: RawConfig, file: string, maxPositions: number): RopeSpec {
   const params = config.rope_parameters;
-  if (isObject(params) && isObject(params.sliding_attention)) return ropeFrom(params.sliding_attention, 'rope_parameters.sliding_attention', config, file, maxPositions);
+  if (isObject(params) && isObject(params.sliding_attention))
+    return ropeFrom(params.sliding_attention, 'rope_parameters.sliding_attention', config, file, maxPositions);
   const base = optionalPositive(config, 'rope_local_base_freq', 10000, file)!;
   return ropeFrom({}, 'rope_local_base_freq', config, file, maxPositions, base);
 }
@@ -452,13 +560,23 @@ function gemma3SlidingRope(config: RawConfig, file: string, maxPositions: number
  */
 function parseRotaryDim(config: RawConfig, file: string, headDim: number, allowed: boolean): number {
   const params = isObject(config.rope_parameters) ? config.rope_parameters : {};
-  const key = params.partial_rotary_factor !== undefined && params.partial_rotary_factor !== null ? 'rope_parameters.partial_rotary_factor' : 'partial_rotary_factor';
+  const key =
+    params.partial_rotary_factor !== undefined && params.partial_rotary_factor !== null
+      ? 'rope_parameters.partial_rotary_factor'
+      : 'partial_rotary_factor';
   const factor = key === 'partial_rotary_factor' ? config.partial_rotary_factor : params.partial_rotary_factor;
   if (factor === undefined || factor === null || factor === 1) return headDim;
-  if (!allowed) throw new ModelError(`${file}: ${key} ${JSON.stringify(factor)} is not supported for model_type ${JSON.stringify(config.model_type)} (only 1)`);
-  if (typeof factor !== 'number' || !(factor > 0 && factor <= 1)) throw new ModelError(`${file}: field "${key}" must be a number in (0, 1], got ${JSON.stringify(factor)}`);
+  if (!allowed)
+    throw new ModelError(
+      `${file}: ${key} ${JSON.stringify(factor)} is not supported for model_type ${JSON.stringify(config.model_type)} (only 1)`,
+    );
+  if (typeof factor !== 'number' || !(factor > 0 && factor <= 1))
+    throw new ModelError(`${file}: field "${key}" must be a number in (0, 1], got ${JSON.stringify(factor)}`);
   const dim = Math.floor(headDim * factor);
-  if (dim < 2 || dim % 2 !== 0) throw new ModelError(`${file}: ${key} ${factor} × head_dim ${headDim} gives ${dim} rotary dimensions; expected an even number ≥ 2`);
+  if (dim < 2 || dim % 2 !== 0)
+    throw new ModelError(
+      `${file}: ${key} ${factor} × head_dim ${headDim} gives ${dim} rotary dimensions; expected an even number ≥ 2`,
+    );
   return dim;
 }
 
@@ -467,17 +585,29 @@ function optionalPositive(config: RawConfig, key: string, fallback: number | nul
   const v = config[key];
   if (v === undefined) return fallback;
   if (v === null) return null;
-  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new ModelError(`${file}: field "${key}" must be a positive finite number or null, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0)
+    throw new ModelError(`${file}: field "${key}" must be a positive finite number or null, got ${JSON.stringify(v)}`);
   return v;
 }
 
 /** `layer_types` as written (v5 configs), else the family's pattern. */
-function layerTypesFrom(config: RawConfig, numLayers: number, file: string, pattern: (layer: number) => LayerType): LayerType[] {
+function layerTypesFrom(
+  config: RawConfig,
+  numLayers: number,
+  file: string,
+  pattern: (layer: number) => LayerType,
+): LayerType[] {
   const raw = config.layer_types;
   if (raw === undefined || raw === null) return Array.from({ length: numLayers }, (_, l) => pattern(l));
   const names: Record<string, LayerType> = { full_attention: 'full', sliding_attention: 'sliding' };
-  if (!Array.isArray(raw) || raw.length !== numLayers || !raw.every((t) => typeof t === 'string' && Object.hasOwn(names, t))) {
-    throw new ModelError(`${file}: field "layer_types" must list "full_attention" or "sliding_attention" for each of the ${numLayers} layers, got ${JSON.stringify(raw).slice(0, 120)}`);
+  if (
+    !Array.isArray(raw) ||
+    raw.length !== numLayers ||
+    !raw.every((t) => typeof t === 'string' && Object.hasOwn(names, t))
+  ) {
+    throw new ModelError(
+      `${file}: field "layer_types" must list "full_attention" or "sliding_attention" for each of the ${numLayers} layers, got ${JSON.stringify(raw).slice(0, 120)}`,
+    );
   }
   return raw.map((t) => names[t as string]!);
 }
@@ -487,7 +617,9 @@ function parseActivation(name: unknown, key: string, file: string): Activation {
   if (name === 'silu' || name === 'swish') return 'silu';
   if (name === 'gelu_pytorch_tanh') return 'gelu_tanh';
   if (name === 'gelu') return 'gelu';
-  throw new ModelError(`${file}: ${key} ${JSON.stringify(name)} is not supported (supported: "silu", "gelu_pytorch_tanh", "gelu")`);
+  throw new ModelError(
+    `${file}: ${key} ${JSON.stringify(name)} is not supported (supported: "silu", "gelu_pytorch_tanh", "gelu")`,
+  );
 }
 
 /**
@@ -506,7 +638,8 @@ export function ropeInverseFrequencies(spec: ModelSpec, rope: RopeSpec = spec.ro
       const wavelen = (2 * Math.PI) / f;
       if (wavelen < highWavelen) return f;
       if (wavelen > lowWavelen) return f / rope.factor;
-      const smooth = (rope.originalMaxPositions / wavelen - rope.lowFreqFactor) / (rope.highFreqFactor - rope.lowFreqFactor);
+      const smooth =
+        (rope.originalMaxPositions / wavelen - rope.lowFreqFactor) / (rope.highFreqFactor - rope.lowFreqFactor);
       return (1 - smooth) * (f / rope.factor) + smooth * f;
     });
   }

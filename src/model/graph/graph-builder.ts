@@ -8,13 +8,24 @@ export type AttrValue = number | number[] | string | { floats: number[] } | { fl
 export type Dim = number | string;
 type ElemType = keyof typeof OnnxDType;
 
-interface ValueInfo { name: string; elemType: ElemType; shape: Dim[]; doc?: string }
+interface ValueInfo {
+  name: string;
+  elemType: ElemType;
+  shape: Dim[];
+  doc?: string;
+}
 
 /**
  * Where a weight's bytes live in the external data file; `elemType` defaults to FLOAT (UINT8: packed
  * block-quantised codes; INT8: row-wise int8 codes).
  */
-export interface ExternalRef { name: string; dims: number[]; offset: number; length: number; elemType?: 'FLOAT' | 'UINT8' | 'INT8' }
+export interface ExternalRef {
+  name: string;
+  dims: number[];
+  offset: number;
+  length: number;
+  elemType?: 'FLOAT' | 'UINT8' | 'INT8';
+}
 
 /** onnxruntime's contrib operator domain (MatMulNBits and friends). */
 export const MS_DOMAIN = 'com.microsoft';
@@ -45,7 +56,10 @@ export class GraphBuilder {
     if (this.externalNames.has(ref.name)) return ref.name;
     this.externalNames.add(ref.name);
     this.initializers.push({
-      name: ref.name, dims: ref.dims, data_type: OnnxDType[ref.elemType ?? 'FLOAT'], data_location: 1,
+      name: ref.name,
+      dims: ref.dims,
+      data_type: OnnxDType[ref.elemType ?? 'FLOAT'],
+      data_location: 1,
       external_data: [
         { key: 'location', value: location },
         { key: 'offset', value: String(ref.offset) },
@@ -60,7 +74,10 @@ export class GraphBuilder {
     const data = Float32Array.from(values);
     const key = `f:${dims.join(',')}:${Array.from(data).join(',')}`;
     return this.cached(key, hint, (name) => ({
-      name, dims, data_type: OnnxDType.FLOAT, raw_data: new Uint8Array(data.buffer),
+      name,
+      dims,
+      data_type: OnnxDType.FLOAT,
+      raw_data: new Uint8Array(data.buffer),
     }));
   }
 
@@ -68,14 +85,22 @@ export class GraphBuilder {
   intConst(values: number[], dims: number[] = [values.length], hint = 'i'): string {
     const key = `i:${dims.join(',')}:${values.join(',')}`;
     return this.cached(key, hint, (name) => ({
-      name, dims, data_type: OnnxDType.INT64, raw_data: new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer),
+      name,
+      dims,
+      data_type: OnnxDType.INT64,
+      raw_data: new Uint8Array(BigInt64Array.from(values.map(BigInt)).buffer),
     }));
   }
 
   /** An in-graph uint8 constant (quantisation zero points). */
   uint8Const(values: number[], dims: number[] = [values.length], hint = 'u8'): string {
     const key = `u8:${dims.join(',')}:${values.join(',')}`;
-    return this.cached(key, hint, (name) => ({ name, dims, data_type: OnnxDType.UINT8, raw_data: Uint8Array.from(values) }));
+    return this.cached(key, hint, (name) => ({
+      name,
+      dims,
+      data_type: OnnxDType.UINT8,
+      raw_data: Uint8Array.from(values),
+    }));
   }
 
   private cached(key: string, hint: string, make: (name: string) => Record<string, unknown>): string {
@@ -95,14 +120,26 @@ export class GraphBuilder {
     return this.opMulti(opType, inputs, attrs, out ?? 1)[0]!;
   }
 
-  opMulti(opType: string, inputs: string[], attrs: Record<string, AttrValue>, out: string | string[] | number, domain?: string): string[] {
-    const outputs = typeof out === 'number'
-      ? Array.from({ length: out }, () => `${opType.toLowerCase()}.${this.counter++}`)
-      : Array.isArray(out) ? out : [out];
+  opMulti(
+    opType: string,
+    inputs: string[],
+    attrs: Record<string, AttrValue>,
+    out: string | string[] | number,
+    domain?: string,
+  ): string[] {
+    const outputs =
+      typeof out === 'number'
+        ? Array.from({ length: out }, () => `${opType.toLowerCase()}.${this.counter++}`)
+        : Array.isArray(out)
+          ? out
+          : [out];
     if (domain === MS_DOMAIN) this.usesContribOps = true;
     else if (domain) throw new Error(`internal: unsupported operator domain ${domain}`);
     this.nodes.push({
-      op_type: opType, name: `${opType}.${this.counter++}`, input: inputs, output: outputs,
+      op_type: opType,
+      name: `${opType}.${this.counter++}`,
+      input: inputs,
+      output: outputs,
       attribute: Object.entries(attrs).map(([name, v]) => encodeAttr(name, v)),
       ...(domain ? { domain } : {}),
     });
@@ -116,16 +153,31 @@ export class GraphBuilder {
 
   toBytes(doc: string, metadata: Record<string, string>): Uint8Array {
     const info = (v: ValueInfo) => ({
-      name: v.name, doc_string: v.doc,
-      type: { tensor_type: { elem_type: OnnxDType[v.elemType], shape: { dim: v.shape.map((d) => typeof d === 'number' ? { dim_value: d } : { dim_param: d }) } } },
+      name: v.name,
+      doc_string: v.doc,
+      type: {
+        tensor_type: {
+          elem_type: OnnxDType[v.elemType],
+          shape: { dim: v.shape.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) },
+        },
+      },
     });
     return encodeModel({
-      ir_version: 8, producer_name: 'activation-rm', producer_version: '0.1.0', doc_string: doc,
-      opset_import: [{ domain: '', version: this.opset }, ...(this.usesContribOps ? [{ domain: MS_DOMAIN, version: 1 }] : [])],
+      ir_version: 8,
+      producer_name: 'activation-rm',
+      producer_version: '0.1.0',
+      doc_string: doc,
+      opset_import: [
+        { domain: '', version: this.opset },
+        ...(this.usesContribOps ? [{ domain: MS_DOMAIN, version: 1 }] : []),
+      ],
       metadata_props: Object.entries(metadata).map(([key, value]) => ({ key, value })),
       graph: {
-        name: 'decoder', node: this.nodes, initializer: this.initializers,
-        input: this.inputs.map(info), output: this.outputs.map(info),
+        name: 'decoder',
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs.map(info),
+        output: this.outputs.map(info),
       },
     });
   }

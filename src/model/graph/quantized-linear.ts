@@ -41,12 +41,12 @@ export interface QuantOptions {
 }
 
 export interface QuantizedMatrix {
-  rows: number;          // N
-  cols: number;          // K
+  rows: number; // N
+  cols: number; // K
   bits: 4 | 8;
   blockSize: number;
-  codes: Uint8Array;     // [N, nBlocks, blockSize·bits/8]
-  scales: Float32Array;  // [N, nBlocks]
+  codes: Uint8Array; // [N, nBlocks, blockSize·bits/8]
+  scales: Float32Array; // [N, nBlocks]
   zeroPoints: Uint8Array; // [N, ceil(nBlocks·bits/8)]
 }
 
@@ -65,7 +65,10 @@ export function allocQuantized(rows: number, cols: number, bits: 4 | 8, blockSiz
   checkBlockSize(blockSize);
   const nb = blocksPerRow(cols, blockSize);
   return {
-    rows, cols, bits, blockSize,
+    rows,
+    cols,
+    bits,
+    blockSize,
     codes: new Uint8Array(rows * nb * blobBytes(bits, blockSize)),
     scales: new Float32Array(rows * nb),
     zeroPoints: new Uint8Array(rows * zeroPointBytesPerRow(nb, bits)),
@@ -74,7 +77,10 @@ export function allocQuantized(rows: number, cols: number, bits: 4 | 8, blockSiz
 
 /** Writes `value` (< 2^bits) as element `index` of a low-bits-first packed byte array. */
 export function putPacked(bytes: Uint8Array, at: number, index: number, bits: 4 | 8, value: number): void {
-  if (bits === 8) { bytes[at + index] = value; return; }
+  if (bits === 8) {
+    bytes[at + index] = value;
+    return;
+  }
   const i = at + (index >> 1);
   bytes[i] = index & 1 ? (bytes[i]! & 0x0f) | (value << 4) : (bytes[i]! & 0xf0) | value;
 }
@@ -90,7 +96,12 @@ export function getPacked(bytes: Uint8Array, at: number, index: number, bits: 4 
  * widened to include 0, so zeros (and the zero point) decode exactly; an all-zero block gets scale 1. At 4
  * bits the range may be narrowed (CLIP_SHRINKS) where that lowers the block's squared error.
  */
-export function quantizeMatrix(w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>): QuantizedMatrix {
+export function quantizeMatrix(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  opts: Pick<QuantOptions, 'bits' | 'blockSize'>,
+): QuantizedMatrix {
   const q = allocQuantized(rows, cols, opts.bits, opts.blockSize);
   quantizeRowsInto(w, q, 0, rows);
   return q;
@@ -131,7 +142,11 @@ export function blockGrid(w: Float32Array, from: number, to: number, bits: 4 | 8
   const qmax = (1 << bits) - 1;
   let lo = 0;
   let hi = 0;
-  for (let k = from; k < to; k++) { const v = w[k]!; if (v < lo) lo = v; if (v > hi) hi = v; }
+  for (let k = from; k < to; k++) {
+    const v = w[k]!;
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
   const scale = Math.fround(hi > lo ? (hi - lo) / qmax : 1);
   const zero = clampCode(Math.round(-lo / scale), qmax);
   // 16 levels: clipping the block's extremes a little often lowers the squared error of the rest
@@ -141,7 +156,8 @@ export function blockGrid(w: Float32Array, from: number, to: number, bits: 4 | 8
 }
 
 /** The code of v on a block's grid: round(v / scale) + zero, clamped to [0, 2^bits − 1]. */
-export const quantCode = (v: number, scale: number, zero: number, qmax: number) => clampCode(Math.round(v / scale) + zero, qmax);
+export const quantCode = (v: number, scale: number, zero: number, qmax: number) =>
+  clampCode(Math.round(v / scale) + zero, qmax);
 
 const clampCode = (c: number, qmax: number) => (c < 0 ? 0 : c > qmax ? qmax : c);
 
@@ -150,31 +166,80 @@ const clampCode = (c: number, qmax: number) => (c < 0 ? 0 : c > qmax ? qmax : c)
  * over w[from, to): all five in one pass over the block (the int4 build's hot loop: a 7B model has ~6.5 B int4
  * weights). Errors add in index order and ties keep the earlier candidate, as a pass per candidate would.
  */
-function bestClip(w: Float32Array, from: number, to: number, lo: number, hi: number, s0: number, z0: number, qmax: number): { scale: number; zero: number } {
+function bestClip(
+  w: Float32Array,
+  from: number,
+  to: number,
+  lo: number,
+  hi: number,
+  s0: number,
+  z0: number,
+  qmax: number,
+): { scale: number; zero: number } {
   const range = hi - lo;
-  const s1 = Math.fround((range * CLIP_SHRINKS[0]!) / qmax), z1 = clampCode(Math.round((-lo * CLIP_SHRINKS[0]!) / s1), qmax);
-  const s2 = Math.fround((range * CLIP_SHRINKS[1]!) / qmax), z2 = clampCode(Math.round((-lo * CLIP_SHRINKS[1]!) / s2), qmax);
-  const s3 = Math.fround((range * CLIP_SHRINKS[2]!) / qmax), z3 = clampCode(Math.round((-lo * CLIP_SHRINKS[2]!) / s3), qmax);
-  const s4 = Math.fround((range * CLIP_SHRINKS[3]!) / qmax), z4 = clampCode(Math.round((-lo * CLIP_SHRINKS[3]!) / s4), qmax);
-  let e0 = 0, e1 = 0, e2 = 0, e3 = 0, e4 = 0;
+  const s1 = Math.fround((range * CLIP_SHRINKS[0]!) / qmax),
+    z1 = clampCode(Math.round((-lo * CLIP_SHRINKS[0]!) / s1), qmax);
+  const s2 = Math.fround((range * CLIP_SHRINKS[1]!) / qmax),
+    z2 = clampCode(Math.round((-lo * CLIP_SHRINKS[1]!) / s2), qmax);
+  const s3 = Math.fround((range * CLIP_SHRINKS[2]!) / qmax),
+    z3 = clampCode(Math.round((-lo * CLIP_SHRINKS[2]!) / s3), qmax);
+  const s4 = Math.fround((range * CLIP_SHRINKS[3]!) / qmax),
+    z4 = clampCode(Math.round((-lo * CLIP_SHRINKS[3]!) / s4), qmax);
+  let e0 = 0,
+    e1 = 0,
+    e2 = 0,
+    e3 = 0,
+    e4 = 0;
   for (let i = from; i < to; i++) {
     const v = w[i]!;
-    let d = (clampCode(Math.round(v / s0) + z0, qmax) - z0) * s0 - v; e0 += d * d;
-    d = (clampCode(Math.round(v / s1) + z1, qmax) - z1) * s1 - v; e1 += d * d;
-    d = (clampCode(Math.round(v / s2) + z2, qmax) - z2) * s2 - v; e2 += d * d;
-    d = (clampCode(Math.round(v / s3) + z3, qmax) - z3) * s3 - v; e3 += d * d;
-    d = (clampCode(Math.round(v / s4) + z4, qmax) - z4) * s4 - v; e4 += d * d;
+    let d = (clampCode(Math.round(v / s0) + z0, qmax) - z0) * s0 - v;
+    e0 += d * d;
+    d = (clampCode(Math.round(v / s1) + z1, qmax) - z1) * s1 - v;
+    e1 += d * d;
+    d = (clampCode(Math.round(v / s2) + z2, qmax) - z2) * s2 - v;
+    e2 += d * d;
+    d = (clampCode(Math.round(v / s3) + z3, qmax) - z3) * s3 - v;
+    e3 += d * d;
+    d = (clampCode(Math.round(v / s4) + z4, qmax) - z4) * s4 - v;
+    e4 += d * d;
   }
-  let scale = s0, zero = z0, best = e0;
-  if (e1 < best) { best = e1; scale = s1; zero = z1; }
-  if (e2 < best) { best = e2; scale = s2; zero = z2; }
-  if (e3 < best) { best = e3; scale = s3; zero = z3; }
-  if (e4 < best) { scale = s4; zero = z4; }
+  let scale = s0,
+    zero = z0,
+    best = e0;
+  if (e1 < best) {
+    best = e1;
+    scale = s1;
+    zero = z1;
+  }
+  if (e2 < best) {
+    best = e2;
+    scale = s2;
+    zero = z2;
+  }
+  if (e3 < best) {
+    best = e3;
+    scale = s3;
+    zero = z3;
+  }
+  if (e4 < best) {
+    scale = s4;
+    zero = z4;
+  }
   return { scale, zero };
 }
 
 /** The codes of w[from, to) at one scale and zero point, packed low bits first from byte `at`. */
-function writeCodes(w: Float32Array, from: number, to: number, scale: number, zero: number, qmax: number, bits: 4 | 8, codes: Uint8Array, at: number): void {
+function writeCodes(
+  w: Float32Array,
+  from: number,
+  to: number,
+  scale: number,
+  zero: number,
+  qmax: number,
+  bits: 4 | 8,
+  codes: Uint8Array,
+  at: number,
+): void {
   if (bits === 8) {
     for (let i = from; i < to; i++) codes[at + i - from] = clampCode(Math.round(w[i]! / scale) + zero, qmax);
     return;
@@ -187,17 +252,45 @@ function writeCodes(w: Float32Array, from: number, to: number, scale: number, ze
 }
 
 /** Row `n` of the matrix back to float32 (embedding lookups; tests). */
-export function dequantizeRow(q: QuantizedMatrix, n: number, out: Float32Array = new Float32Array(q.cols), at = 0): Float32Array {
+export function dequantizeRow(
+  q: QuantizedMatrix,
+  n: number,
+  out: Float32Array = new Float32Array(q.cols),
+  at = 0,
+): Float32Array {
   const nb = blocksPerRow(q.cols, q.blockSize);
-  return dequantizeRowFrom(q.codes, (n * nb) * blobBytes(q.bits, q.blockSize), q.scales, n * nb, q.zeroPoints, n * zeroPointBytesPerRow(nb, q.bits), q.cols, q.bits, q.blockSize, out, at);
+  return dequantizeRowFrom(
+    q.codes,
+    n * nb * blobBytes(q.bits, q.blockSize),
+    q.scales,
+    n * nb,
+    q.zeroPoints,
+    n * zeroPointBytesPerRow(nb, q.bits),
+    q.cols,
+    q.bits,
+    q.blockSize,
+    out,
+    at,
+  );
 }
 
 /**
  * One row from its parts: `codes` at byte `codesAt`, its nBlocks scales from `scales[scalesAt]`, its packed
  * zero points at byte `zerosAt`. Written into `out` at `at`.
  */
-export function dequantizeRowFrom(codes: Uint8Array, codesAt: number, scales: Float32Array, scalesAt: number, zeroPoints: Uint8Array, zerosAt: number,
-  cols: number, bits: 4 | 8, blockSize: number, out: Float32Array, at: number): Float32Array {
+export function dequantizeRowFrom(
+  codes: Uint8Array,
+  codesAt: number,
+  scales: Float32Array,
+  scalesAt: number,
+  zeroPoints: Uint8Array,
+  zerosAt: number,
+  cols: number,
+  bits: 4 | 8,
+  blockSize: number,
+  out: Float32Array,
+  at: number,
+): Float32Array {
   const blob = blobBytes(bits, blockSize);
   for (let k = 0; k < cols; k++) {
     const b = Math.floor(k / blockSize);
@@ -219,21 +312,38 @@ export function concatRows(parts: QuantizedMatrix[]): QuantizedMatrix {
   const first = parts[0]!;
   for (const p of parts) {
     if (p.cols !== first.cols || p.bits !== first.bits || p.blockSize !== first.blockSize) {
-      throw new Error(`cannot fuse quantised matrices of different layouts (K ${p.cols}/${first.cols}, bits ${p.bits}/${first.bits}, block ${p.blockSize}/${first.blockSize})`);
+      throw new Error(
+        `cannot fuse quantised matrices of different layouts (K ${p.cols}/${first.cols}, bits ${p.bits}/${first.bits}, block ${p.blockSize}/${first.blockSize})`,
+      );
     }
   }
   if (parts.length === 1) return first;
   const cat = <T extends Uint8Array | Float32Array>(arrays: T[], make: (n: number) => T): T => {
     const out = make(arrays.reduce((n, a) => n + a.length, 0));
     let at = 0;
-    for (const a of arrays) { out.set(a as never, at); at += a.length; }
+    for (const a of arrays) {
+      out.set(a as never, at);
+      at += a.length;
+    }
     return out;
   };
   return {
-    rows: parts.reduce((n, p) => n + p.rows, 0), cols: first.cols, bits: first.bits, blockSize: first.blockSize,
-    codes: cat(parts.map((p) => p.codes), (n) => new Uint8Array(n)),
-    scales: cat(parts.map((p) => p.scales), (n) => new Float32Array(n)),
-    zeroPoints: cat(parts.map((p) => p.zeroPoints), (n) => new Uint8Array(n)),
+    rows: parts.reduce((n, p) => n + p.rows, 0),
+    cols: first.cols,
+    bits: first.bits,
+    blockSize: first.blockSize,
+    codes: cat(
+      parts.map((p) => p.codes),
+      (n) => new Uint8Array(n),
+    ),
+    scales: cat(
+      parts.map((p) => p.scales),
+      (n) => new Float32Array(n),
+    ),
+    zeroPoints: cat(
+      parts.map((p) => p.zeroPoints),
+      (n) => new Uint8Array(n),
+    ),
   };
 }
 
@@ -243,7 +353,10 @@ export function sliceRows(q: QuantizedMatrix, start: number, end: number): Quant
   const blob = blobBytes(q.bits, q.blockSize);
   const zp = zeroPointBytesPerRow(nb, q.bits);
   return {
-    rows: end - start, cols: q.cols, bits: q.bits, blockSize: q.blockSize,
+    rows: end - start,
+    cols: q.cols,
+    bits: q.bits,
+    blockSize: q.blockSize,
     codes: q.codes.subarray(start * nb * blob, end * nb * blob),
     scales: q.scales.subarray(start * nb, end * nb),
     zeroPoints: q.zeroPoints.subarray(start * zp, end * zp),
@@ -251,16 +364,43 @@ export function sliceRows(q: QuantizedMatrix, start: number, end: number): Quant
 }
 
 /** Graph-side names of a quantised matrix's three initializers, given the matrix's weight name. */
-export const quantNames = (name: string) => ({ codes: `${name}.q`, scales: `${name}.scales`, zeroPoints: `${name}.zp` });
+export const quantNames = (name: string) => ({
+  codes: `${name}.q`,
+  scales: `${name}.scales`,
+  zeroPoints: `${name}.zp`,
+});
 
 /** What the graph needs to emit a MatMulNBits for one weight: its initializers (registered) and attributes. */
-export interface QuantizedWeightRef { codes: string; scales: string; zeroPoints: string; rows: number; cols: number; bits: 4 | 8; blockSize: number }
+export interface QuantizedWeightRef {
+  codes: string;
+  scales: string;
+  zeroPoints: string;
+  rows: number;
+  cols: number;
+  bits: 4 | 8;
+  blockSize: number;
+}
 
 /** Y [.., N] = X [.., K] · dequant(W)ᵀ. */
-export function emitMatMulNBits(g: GraphBuilder, x: string, w: QuantizedWeightRef, accuracyLevel: number, out?: string): string {
-  return g.contribOp('MatMulNBits', [x, w.codes, w.scales, w.zeroPoints], {
-    K: w.cols, N: w.rows, bits: w.bits, block_size: w.blockSize, accuracy_level: accuracyLevel,
-  }, out);
+export function emitMatMulNBits(
+  g: GraphBuilder,
+  x: string,
+  w: QuantizedWeightRef,
+  accuracyLevel: number,
+  out?: string,
+): string {
+  return g.contribOp(
+    'MatMulNBits',
+    [x, w.codes, w.scales, w.zeroPoints],
+    {
+      K: w.cols,
+      N: w.rows,
+      bits: w.bits,
+      block_size: w.blockSize,
+      accuracy_level: accuracyLevel,
+    },
+    out,
+  );
 }
 
 /**
@@ -270,7 +410,12 @@ export function emitMatMulNBits(g: GraphBuilder, x: string, w: QuantizedWeightRe
  *   scales  f32  [N]      max_k |W[n, k]| / 127 (1 for an all-zero channel)
  * Rows (channels) are independent, so fused matrices (q|k|v, gate|up) are quantised as one.
  */
-export interface RowwiseMatrix { rows: number; cols: number; codes: Int8Array; scales: Float32Array }
+export interface RowwiseMatrix {
+  rows: number;
+  cols: number;
+  codes: Int8Array;
+  scales: Float32Array;
+}
 
 export function quantizeRowwise(w: Float32Array, rows: number, cols: number): RowwiseMatrix {
   const codes = new Int8Array(rows * cols);
@@ -289,7 +434,8 @@ export function quantizeRowwise(w: Float32Array, rows: number, cols: number): Ro
 /** W back to float32 in HF layout [N, K] (tests and references only). */
 export function dequantizeRowwise(q: RowwiseMatrix): Float32Array {
   const out = new Float32Array(q.rows * q.cols);
-  for (let n = 0; n < q.rows; n++) for (let k = 0; k < q.cols; k++) out[n * q.cols + k] = q.codes[k * q.rows + n]! * q.scales[n]!;
+  for (let n = 0; n < q.rows; n++)
+    for (let k = 0; k < q.cols; k++) out[n * q.cols + k] = q.codes[k * q.rows + n]! * q.scales[n]!;
   return out;
 }
 
@@ -297,7 +443,13 @@ export function dequantizeRowwise(q: RowwiseMatrix): Float32Array {
 export const rowwiseNames = (name: string) => ({ codes: `${name}.q8`, scales: `${name}.wscale` });
 
 /** What the graph needs to emit a row-wise W8A8 linear: its initializers (registered) and sizes. */
-export interface RowwiseWeightRef { kind: 'rowwise'; codes: string; scales: string; rows: number; cols: number }
+export interface RowwiseWeightRef {
+  kind: 'rowwise';
+  codes: string;
+  scales: string;
+  rows: number;
+  cols: number;
+}
 
 /**
  * Y [.., N] = X [.., K] · Wᵀ with int8 × int8 products summed in int32 (onnxruntime's MatMulIntegerToFloat,
@@ -311,11 +463,11 @@ export interface RowwiseWeightRef { kind: 'rowwise'; codes: string; scales: stri
  * inputs, not per 128): a row with a few large outlier channels rounds its other inputs coarsely.
  */
 export function emitRowwiseLinear(g: GraphBuilder, x: string, w: RowwiseWeightRef, out?: string): string {
-  const amax = g.op('ReduceMax', [g.op('Abs', [x]), g.intConst([-1])], { keepdims: 1 });                 // [.., 1]
+  const amax = g.op('ReduceMax', [g.op('Abs', [x]), g.intConst([-1])], { keepdims: 1 }); // [.., 1]
   const s = g.op('Div', [g.op('Max', [amax, g.floatConst([1e-30], [])]), g.floatConst([127], [])]);
   const zp = g.uint8Const([128], []);
   const one = g.floatConst([1], []);
-  const xq = g.op('QuantizeLinear', [g.op('Div', [x, s]), one, zp]);                                  // uint8 [.., K]
-  const y = g.contribOp('MatMulIntegerToFloat', [xq, w.codes, one, w.scales, zp]);                      // f32 [.., N]
+  const xq = g.op('QuantizeLinear', [g.op('Div', [x, s]), one, zp]); // uint8 [.., K]
+  const y = g.contribOp('MatMulIntegerToFloat', [xq, w.codes, one, w.scales, zp]); // f32 [.., N]
   return g.op('Mul', [y, s], {}, out);
 }

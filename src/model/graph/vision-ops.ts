@@ -43,7 +43,10 @@ export function visionOps(g: GraphBuilder, weight: (g: GraphBuilder, name: strin
   const f32 = (v: number) => g.floatConst([v], []);
   const w = (name: string) => weight(g, name);
   const ops: VisionOps = {
-    g, i64, f32, w,
+    g,
+    i64,
+    f32,
+    w,
     linear(x, weightName, biasName, out) {
       if (!biasName) return g.op('MatMul', [x, w(weightName)], {}, out);
       return g.op('Add', [g.op('MatMul', [x, w(weightName)]), w(biasName)], {}, out);
@@ -59,16 +62,29 @@ export function visionOps(g: GraphBuilder, weight: (g: GraphBuilder, name: strin
     },
     act(x, kind, out) {
       switch (kind) {
-        case 'silu': return g.op('Mul', [x, g.op('Sigmoid', [x])], {}, out);
-        case 'quick_gelu': return g.op('Mul', [x, g.op('Sigmoid', [g.op('Mul', [x, f32(1.702)])])], {}, out);
+        case 'silu':
+          return g.op('Mul', [x, g.op('Sigmoid', [x])], {}, out);
+        case 'quick_gelu':
+          return g.op('Mul', [x, g.op('Sigmoid', [g.op('Mul', [x, f32(1.702)])])], {}, out);
         case 'gelu': {
           const halfX = g.op('Mul', [x, f32(0.5)]);
-          return g.op('Mul', [halfX, g.op('Add', [f32(1), g.op('Erf', [g.op('Mul', [x, f32(Math.SQRT1_2)])])])], {}, out);
+          return g.op(
+            'Mul',
+            [halfX, g.op('Add', [f32(1), g.op('Erf', [g.op('Mul', [x, f32(Math.SQRT1_2)])])])],
+            {},
+            out,
+          );
         }
         case 'gelu_tanh': {
           const halfX = g.op('Mul', [x, f32(0.5)]);
-          const cubic = g.op('Add', [x, g.op('Mul', [g.op('Mul', [g.op('Mul', [x, x]), x]), f32(0.044715)])]); // x + 0.044715x³
-          return g.op('Mul', [halfX, g.op('Add', [f32(1), g.op('Tanh', [g.op('Mul', [cubic, f32(Math.sqrt(2 / Math.PI))])])])], {}, out);
+          // x + 0.044715x³
+          const cubic = g.op('Add', [x, g.op('Mul', [g.op('Mul', [g.op('Mul', [x, x]), x]), f32(0.044715)])]);
+          return g.op(
+            'Mul',
+            [halfX, g.op('Add', [f32(1), g.op('Tanh', [g.op('Mul', [cubic, f32(Math.sqrt(2 / Math.PI))])])])],
+            {},
+            out,
+          );
         }
       }
     },

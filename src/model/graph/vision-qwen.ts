@@ -43,22 +43,22 @@ const MASKED = -1e9;
 
 /** Graph-side names of the tower's weights. */
 export const QW = {
-  patch: 'v.patch',                 // [C·T·P·P, D]  Conv3d kernel flattened, transposed
+  patch: 'v.patch', // [C·T·P·P, D]  Conv3d kernel flattened, transposed
   patchBias: 'v.patch_bias',
-  posEmbed: 'v.pos_embed',          // [G², D]  Qwen3-VL learned grid
+  posEmbed: 'v.pos_embed', // [G², D]  Qwen3-VL learned grid
   norm1: (l: number) => `v.${l}.norm1`,
   norm1Bias: (l: number) => `v.${l}.norm1_bias`,
   norm2: (l: number) => `v.${l}.norm2`,
   norm2Bias: (l: number) => `v.${l}.norm2_bias`,
-  qkv: (l: number) => `v.${l}.qkv`,  // [D, 3D]  q|k|v, each heads × d
+  qkv: (l: number) => `v.${l}.qkv`, // [D, 3D]  q|k|v, each heads × d
   qkvBias: (l: number) => `v.${l}.qkv_bias`,
   proj: (l: number) => `v.${l}.proj`,
   projBias: (l: number) => `v.${l}.proj_bias`,
   gateUp: (l: number) => `v.${l}.gate_up`, // [D, 2F] gate|up (Qwen2.5-VL)
   gateUpBias: (l: number) => `v.${l}.gate_up_bias`,
-  fc1: (l: number) => `v.${l}.fc1`,  // [D, F] (down_proj of Qwen2.5-VL)
+  fc1: (l: number) => `v.${l}.fc1`, // [D, F] (down_proj of Qwen2.5-VL)
   fc1Bias: (l: number) => `v.${l}.fc1_bias`,
-  fc2: (l: number) => `v.${l}.fc2`,  // [F, D]
+  fc2: (l: number) => `v.${l}.fc2`, // [F, D]
   fc2Bias: (l: number) => `v.${l}.fc2_bias`,
   merger: (m: string, part: 'norm' | 'norm_bias' | 'fc1' | 'fc1_bias' | 'fc2' | 'fc2_bias') => `v.${m}.${part}`,
 } as const;
@@ -117,7 +117,14 @@ export function qwenVisionWeightSources(spec: QwenVisionSpec, prefix: string): M
 
 /** The expected shape of each checkpoint tensor the graph reads (to refuse a config/weights mismatch early). */
 export function qwenVisionExpectedShapes(spec: QwenVisionSpec, prefix: string): Map<string, number[]> {
-  const { hiddenSize: D, intermediateSize: F, inChannels: C, temporalPatchSize: T, patchSize: P, outHiddenSize: O } = spec;
+  const {
+    hiddenSize: D,
+    intermediateSize: F,
+    inChannels: C,
+    temporalPatchSize: T,
+    patchSize: P,
+    outHiddenSize: O,
+  } = spec;
   const M = spec.mergeSize * spec.mergeSize * D;
   const s = new Map<string, number[]>([[`${prefix}patch_embed.proj.weight`, [D, C, T, P, P]]]);
   for (let l = 0; l < spec.depth; l++) {
@@ -141,7 +148,11 @@ export interface QwenVisionGraphOptions {
 }
 
 /** Emits the tower; `weight(g, name)` registers graph weight `name` (QW) and returns its initializer. */
-export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuilder, name: string) => string, opts: QwenVisionGraphOptions = {}): GraphBuilder {
+export function emitQwenVisionGraph(
+  spec: QwenVisionSpec,
+  weight: (g: GraphBuilder, name: string) => string,
+  opts: QwenVisionGraphOptions = {},
+): GraphBuilder {
   const g = new GraphBuilder(18);
   const o: VisionOps = visionOps(g, weight);
   const { i64 } = o;
@@ -151,7 +162,9 @@ export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuild
   const hasWindows = spec.windowSize !== null && spec.fullAttentionBlocks.length < spec.depth;
   // LayerNorm (with bias) or RMSNorm (the bias name is then unused).
   const norm = (x: string, wName: string, bName: string, out: string) =>
-    spec.norm === 'layernorm' ? o.layerNorm(x, wName, bName, spec.normEps, out) : o.rmsNorm(x, wName, spec.normEps, out);
+    spec.norm === 'layernorm'
+      ? o.layerNorm(x, wName, bName, spec.normEps, out)
+      : o.rmsNorm(x, wName, spec.normEps, out);
 
   const pixels = g.input('pixel_values', 'FLOAT', ['patches', K]);
   const positions = g.input('patch_positions', 'INT64', ['patches', 2]);
@@ -160,20 +173,28 @@ export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuild
   const windowScatter = hasWindows ? g.input('window_scatter', 'INT64', ['patches']) : null;
 
   // ---- patch embedding: the Conv3d with stride = kernel is one MatMul per flattened patch ----
-  let x = o.linear(pixels, QW.patch, spec.patchBias ? QW.patchBias : null, 'patch_embed');           // [N,D]
+  let x = o.linear(pixels, QW.patch, spec.patchBias ? QW.patchBias : null, 'patch_embed'); // [N,D]
   if (spec.numPositionEmbeddings > 0) {
     const index = g.input('pos_embed_index', 'INT64', ['patches', 4]);
     const weights = g.input('pos_embed_weight', 'FLOAT', ['patches', 4]);
-    const corners = g.op('Gather', [o.w(QW.posEmbed), index], { axis: 0 });                          // [N,4,D]
-    const posEmbed = g.op('ReduceSum', [g.op('Mul', [corners, g.op('Unsqueeze', [weights, i64([2])])]), i64([1])], { keepdims: 0 }, 'pos_embed');
-    x = g.op('Add', [x, posEmbed], {}, 'embeddings');                                                // [N,D]
+    const corners = g.op('Gather', [o.w(QW.posEmbed), index], { axis: 0 }); // [N,4,D]
+    const posEmbed = g.op(
+      'ReduceSum',
+      [g.op('Mul', [corners, g.op('Unsqueeze', [weights, i64([2])])]), i64([1])],
+      { keepdims: 0 },
+      'pos_embed',
+    );
+    x = g.op('Add', [x, posEmbed], {}, 'embeddings'); // [N,D]
   }
 
   // ---- 2-D rotary: the first d/4 frequencies turn with the row, the next d/4 with the column, twice ----
   const quarter = d / 4;
   const invFreq = Array.from({ length: quarter }, (_, j) => 1 / spec.ropeTheta ** ((2 * j) / (d / 2)));
-  const angles = g.op('Mul', [g.op('Unsqueeze', [g.op('Cast', [positions], { to: 1 }), i64([2])]), g.floatConst(invFreq, [quarter], 'rope.inv_freq')]); // [N,2,d/4]
-  const halfAngles = g.op('Reshape', [angles, i64([0, d / 2])]);                                     // [N,d/2]
+  const angles = g.op('Mul', [
+    g.op('Unsqueeze', [g.op('Cast', [positions], { to: 1 }), i64([2])]),
+    g.floatConst(invFreq, [quarter], 'rope.inv_freq'),
+  ]); // [N,2,d/4]
+  const halfAngles = g.op('Reshape', [angles, i64([0, d / 2])]); // [N,d/2]
   const emb = g.op('Unsqueeze', [g.op('Concat', [halfAngles, halfAngles], { axis: -1 }), i64([1])]); // [N,1,d]
   const cos = g.op('Cos', [emb], {}, 'rope.cos');
   const sin = g.op('Sin', [emb], {}, 'rope.sin');
@@ -181,68 +202,90 @@ export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuild
     const t1 = g.op('Slice', [t, i64([0]), i64([d / 2]), i64([-1])]);
     const t2 = g.op('Slice', [t, i64([d / 2]), i64([INT64_MAX]), i64([-1])]);
     const rotated = g.op('Concat', [g.op('Neg', [t2]), t1], { axis: -1 });
-    return g.op('Add', [g.op('Mul', [t, cos]), g.op('Mul', [rotated, sin])], {}, name);             // [N,H,d]
+    return g.op('Add', [g.op('Mul', [t, cos]), g.op('Mul', [rotated, sin])], {}, name); // [N,H,d]
   };
 
   const scale = 1 / Math.sqrt(d);
   // Whole-image attention over [N,H,d] rows. Fused: the rows as one batch of N tokens with H·d features, in
   // flash-attention tiles (vision-ops.ts), so peak memory does not grow with N²; explicit: one batch of H heads.
-  const fullAttention = opts.fullAttention === 'explicit'
-    ? (q: string, k: string, v: string, p: string) => {
-      const asBatch = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [t], { perm: [1, 0, 2] }), i64([0])]); // [1,H,N,d]
-      const mixed = o.attention(asBatch(q), asBatch(k), asBatch(v), scale, null, `${p}.attn.pattern`);          // [1,H,N,d]
-      return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] });                      // [N,H,d]
-    }
-    : (q: string, k: string, v: string, p: string) => {
-      const asTokens = (t: string) => g.op('Reshape', [t, i64([1, -1, D])]);                                     // [1,N,H·d]
-      const mixed = o.fusedAttention(asTokens(q), asTokens(k), asTokens(v), H, scale, `${p}.attn.fused`);       // [1,N,H·d]
-      return g.op('Reshape', [mixed, i64([-1, H, d])]);                                                          // [N,H,d]
-    };
+  const fullAttention =
+    opts.fullAttention === 'explicit'
+      ? (q: string, k: string, v: string, p: string) => {
+          // [1,H,N,d]
+          const asBatch = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [t], { perm: [1, 0, 2] }), i64([0])]);
+          const mixed = o.attention(asBatch(q), asBatch(k), asBatch(v), scale, null, `${p}.attn.pattern`); // [1,H,N,d]
+          return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] }); // [N,H,d]
+        }
+      : (q: string, k: string, v: string, p: string) => {
+          const asTokens = (t: string) => g.op('Reshape', [t, i64([1, -1, D])]); // [1,N,H·d]
+          // [1,N,H·d]
+          const mixed = o.fusedAttention(asTokens(q), asTokens(k), asTokens(v), H, scale, `${p}.attn.fused`);
+          return g.op('Reshape', [mixed, i64([-1, H, d])]); // [N,H,d]
+        };
   // Window attention: rows gathered into [Wn,Wl] windows (padding keys masked), results scattered back.
   const windowAttention = (q: string, k: string, v: string, p: string) => {
-    const asWindows = (t: string) => g.op('Transpose', [g.op('Gather', [t, windowGather!], { axis: 0 })], { perm: [0, 2, 1, 3] }); // [Wn,H,Wl,d]
-    const mixed = o.attention(asWindows(q), asWindows(k), asWindows(v), scale, windowKeyBias, `${p}.attn.pattern`); // [Wn,H,Wl,d]
-    const rows = g.op('Reshape', [g.op('Transpose', [mixed], { perm: [0, 2, 1, 3] }), i64([-1, H, d])]);             // [Wn·Wl,H,d]
-    return g.op('Gather', [rows, windowScatter!], { axis: 0 });                                                       // [N,H,d]
+    const asWindows = (t: string) =>
+      g.op('Transpose', [g.op('Gather', [t, windowGather!], { axis: 0 })], { perm: [0, 2, 1, 3] }); // [Wn,H,Wl,d]
+    // [Wn,H,Wl,d]
+    const mixed = o.attention(asWindows(q), asWindows(k), asWindows(v), scale, windowKeyBias, `${p}.attn.pattern`);
+    const rows = g.op('Reshape', [g.op('Transpose', [mixed], { perm: [0, 2, 1, 3] }), i64([-1, H, d])]); // [Wn·Wl,H,d]
+    return g.op('Gather', [rows, windowScatter!], { axis: 0 }); // [N,H,d]
   };
 
   const deepstack: string[] = [];
   const mergerMlp = (input: string, m: string, out: string) => {
-    const hidden = o.act(o.linear(input, QW.merger(m, 'fc1'), QW.merger(m, 'fc1_bias')), 'gelu', `${m}.hidden`); // [N/m²,m²D]
-    return o.linear(hidden, QW.merger(m, 'fc2'), QW.merger(m, 'fc2_bias'), out);                                  // [N/m²,O]
+    // [N/m²,m²D]
+    const hidden = o.act(o.linear(input, QW.merger(m, 'fc1'), QW.merger(m, 'fc1_bias')), 'gelu', `${m}.hidden`);
+    return o.linear(hidden, QW.merger(m, 'fc2'), QW.merger(m, 'fc2_bias'), out); // [N/m²,O]
   };
   const fullBlocks = new Set(spec.fullAttentionBlocks);
   for (let l = 0; l < spec.depth; l++) {
     const p = `blocks.${l}`;
     const h = norm(x, QW.norm1(l), QW.norm1Bias(l), `${p}.ln1`);
-    const qkv = g.op('Reshape', [o.linear(h, QW.qkv(l), QW.qkvBias(l)), i64([0, 3, H, d])]);        // [N,3,H,d]
-    const part = (i: number) => g.op('Squeeze', [g.op('Slice', [qkv, i64([i]), i64([i + 1]), i64([1])]), i64([1])]); // [N,H,d]
+    const qkv = g.op('Reshape', [o.linear(h, QW.qkv(l), QW.qkvBias(l)), i64([0, 3, H, d])]); // [N,3,H,d]
+    // [N,H,d]
+    const part = (i: number) => g.op('Squeeze', [g.op('Slice', [qkv, i64([i]), i64([i + 1]), i64([1])]), i64([1])]);
     const q = rotary(part(0), `${p}.attn.q`);
     const k = rotary(part(1), `${p}.attn.k`);
     const v = g.op('Identity', [part(2)], {}, `${p}.attn.v`);
     const mixed = hasWindows && !fullBlocks.has(l) ? windowAttention(q, k, v, p) : fullAttention(q, k, v, p);
-    const z = g.op('Reshape', [mixed, i64([0, D])], {}, `${p}.attn.z`);                              // [N,H·d]
+    const z = g.op('Reshape', [mixed, i64([0, D])], {}, `${p}.attn.z`); // [N,H·d]
     x = g.op('Add', [x, o.linear(z, QW.proj(l), QW.projBias(l), `${p}.attn.out`)], {}, `${p}.resid_mid`);
     const h2 = norm(x, QW.norm2(l), QW.norm2Bias(l), `${p}.ln2`);
     let mlpOut: string;
     if (spec.gatedMlp) {
-      const gateUp = o.linear(h2, QW.gateUp(l), QW.gateUpBias(l));                                    // [N,2F]
-      const [gate, up] = g.opMulti('Split', [gateUp, i64([spec.intermediateSize, spec.intermediateSize])], { axis: 1 }, 2);
+      const gateUp = o.linear(h2, QW.gateUp(l), QW.gateUpBias(l)); // [N,2F]
+      const [gate, up] = g.opMulti(
+        'Split',
+        [gateUp, i64([spec.intermediateSize, spec.intermediateSize])],
+        { axis: 1 },
+        2,
+      );
       mlpOut = o.linear(g.op('Mul', [o.act(gate!, spec.activation), up!]), QW.fc2(l), QW.fc2Bias(l), `${p}.mlp.out`);
     } else {
-      mlpOut = o.linear(o.act(o.linear(h2, QW.fc1(l), QW.fc1Bias(l)), spec.activation), QW.fc2(l), QW.fc2Bias(l), `${p}.mlp.out`);
+      mlpOut = o.linear(
+        o.act(o.linear(h2, QW.fc1(l), QW.fc1Bias(l)), spec.activation),
+        QW.fc2(l),
+        QW.fc2Bias(l),
+        `${p}.mlp.out`,
+      );
     }
-    x = g.op('Add', [x, mlpOut], {}, `${p}.resid_post`);                                               // [N,D]
+    x = g.op('Add', [x, mlpOut], {}, `${p}.resid_post`); // [N,D]
     const ds = spec.deepstackBlocks.indexOf(l);
     if (ds >= 0) {
       // DeepStack mergers normalise after the 2×2 shuffle (over m²·D), the main merger before it (over D).
       const m = `deepstack.${ds}`;
-      const shuffled = g.op('Reshape', [x, i64([-1, mergedWidth])]);                                   // [N/m²,m²D]
+      const shuffled = g.op('Reshape', [x, i64([-1, mergedWidth])]); // [N/m²,m²D]
       const normed = o.layerNorm(shuffled, QW.merger(m, 'norm'), QW.merger(m, 'norm_bias'), spec.normEps, `${m}.in`);
       deepstack.push(mergerMlp(normed, m, m));
     }
   }
-  const mergerIn = g.op('Reshape', [norm(x, QW.merger('merger', 'norm'), QW.merger('merger', 'norm_bias'), 'merger.ln'), i64([-1, mergedWidth])], {}, 'merger.in');
+  const mergerIn = g.op(
+    'Reshape',
+    [norm(x, QW.merger('merger', 'norm'), QW.merger('merger', 'norm_bias'), 'merger.ln'), i64([-1, mergedWidth])],
+    {},
+    'merger.in',
+  );
   mergerMlp(mergerIn, 'merger', 'image_embeds');
   g.output('image_embeds', 'FLOAT', ['tokens', O]);
   deepstack.forEach((name) => g.output(name, 'FLOAT', ['tokens', O]));
@@ -251,8 +294,14 @@ export function emitQwenVisionGraph(spec: QwenVisionSpec, weight: (g: GraphBuild
 
 /** Feeds for one image besides pixel_values, as int64/float32 arrays with their shapes. */
 export interface QwenVisionFeeds {
-  readonly patchPositions: BigInt64Array;                    // [N, 2]
-  readonly window?: { gather: BigInt64Array; keyBias: Float32Array; scatter: BigInt64Array; windows: number; windowLen: number };
+  readonly patchPositions: BigInt64Array; // [N, 2]
+  readonly window?: {
+    gather: BigInt64Array;
+    keyBias: Float32Array;
+    scatter: BigInt64Array;
+    windows: number;
+    windowLen: number;
+  };
   readonly posEmbed?: { index: BigInt64Array; weight: Float32Array }; // [N, 4] each
 }
 
@@ -260,25 +309,46 @@ export interface QwenVisionFeeds {
 export function qwenVisionFeeds(spec: QwenVisionSpec, gridThw: readonly [number, number, number]): QwenVisionFeeds {
   const [t, gh, gw] = gridThw;
   const ms = spec.mergeSize;
-  if (t !== 1) throw new ModelError(`vision tower: grid ${t}×${gh}×${gw} has ${t} temporal patches; only still images (1) are supported`);
-  if (gh % ms !== 0 || gw % ms !== 0) throw new ModelError(`vision tower: grid ${gh}×${gw} is not divisible by the spatial merge size ${ms}`);
-  const pos = qwenVisionPatchPositions(gridThw, ms);                                                   // [N,2]
+  if (t !== 1)
+    throw new ModelError(
+      `vision tower: grid ${t}×${gh}×${gw} has ${t} temporal patches; only still images (1) are supported`,
+    );
+  if (gh % ms !== 0 || gw % ms !== 0)
+    throw new ModelError(`vision tower: grid ${gh}×${gw} is not divisible by the spatial merge size ${ms}`);
+  const pos = qwenVisionPatchPositions(gridThw, ms); // [N,2]
   const N = gh * gw;
-  const feeds: { -readonly [K in keyof QwenVisionFeeds]: QwenVisionFeeds[K] } = { patchPositions: BigInt64Array.from(pos, (v) => BigInt(v)) };
-  if (spec.windowSize !== null && spec.fullAttentionBlocks.length < spec.depth) feeds.window = qwenWindows(spec, gh, gw);
+  const feeds: { -readonly [K in keyof QwenVisionFeeds]: QwenVisionFeeds[K] } = {
+    patchPositions: BigInt64Array.from(pos, (v) => BigInt(v)),
+  };
+  if (spec.windowSize !== null && spec.fullAttentionBlocks.length < spec.depth)
+    feeds.window = qwenWindows(spec, gh, gw);
   if (spec.numPositionEmbeddings > 0) {
     const side = Math.round(Math.sqrt(spec.numPositionEmbeddings));
-    const lin = (steps: number) => Array.from({ length: steps }, (_, i) => (steps === 1 ? 0 : (i * (side - 1)) / (steps - 1)));
-    const hs = lin(gh), ws = lin(gw);
+    const lin = (steps: number) =>
+      Array.from({ length: steps }, (_, i) => (steps === 1 ? 0 : (i * (side - 1)) / (steps - 1)));
+    const hs = lin(gh),
+      ws = lin(gw);
     const index = new BigInt64Array(N * 4);
     const weight = new Float32Array(N * 4);
     for (let i = 0; i < N; i++) {
-      const hIdx = hs[pos[2 * i]!]!, wIdx = ws[pos[2 * i + 1]!]!;
-      const h0 = Math.floor(hIdx), w0 = Math.floor(wIdx);
-      const h1 = Math.min(h0 + 1, side - 1), w1 = Math.min(w0 + 1, side - 1);
-      const dh = hIdx - h0, dw = wIdx - w0;
-      const corners = [[h0, w0, (1 - dh) * (1 - dw)], [h0, w1, (1 - dh) * dw], [h1, w0, dh * (1 - dw)], [h1, w1, dh * dw]] as const;
-      corners.forEach(([r, c, wt], k) => { index[4 * i + k] = BigInt(r * side + c); weight[4 * i + k] = wt; });
+      const hIdx = hs[pos[2 * i]!]!,
+        wIdx = ws[pos[2 * i + 1]!]!;
+      const h0 = Math.floor(hIdx),
+        w0 = Math.floor(wIdx);
+      const h1 = Math.min(h0 + 1, side - 1),
+        w1 = Math.min(w0 + 1, side - 1);
+      const dh = hIdx - h0,
+        dw = wIdx - w0;
+      const corners = [
+        [h0, w0, (1 - dh) * (1 - dw)],
+        [h0, w1, (1 - dh) * dw],
+        [h1, w0, dh * (1 - dw)],
+        [h1, w1, dh * dw],
+      ] as const;
+      corners.forEach(([r, c, wt], k) => {
+        index[4 * i + k] = BigInt(r * side + c);
+        weight[4 * i + k] = wt;
+      });
     }
     feeds.posEmbed = { index, weight };
   }
@@ -292,8 +362,10 @@ export function qwenVisionFeeds(spec: QwenVisionSpec, gridThw: readonly [number,
 function qwenWindows(spec: QwenVisionSpec, gh: number, gw: number): NonNullable<QwenVisionFeeds['window']> {
   const ms = spec.mergeSize;
   const unitsPerWindow = spec.windowSize! / spec.patchSize / ms;
-  const uh = gh / ms, uw = gw / ms;
-  const wRows = Math.ceil(uh / unitsPerWindow), wCols = Math.ceil(uw / unitsPerWindow);
+  const uh = gh / ms,
+    uw = gw / ms;
+  const wRows = Math.ceil(uh / unitsPerWindow),
+    wCols = Math.ceil(uw / unitsPerWindow);
   const members: number[][] = Array.from({ length: wRows * wCols }, () => []);
   for (let r = 0; r < uh; r++) {
     for (let c = 0; c < uw; c++) {
@@ -307,10 +379,12 @@ function qwenWindows(spec: QwenVisionSpec, gh: number, gw: number): NonNullable<
   const gather = new BigInt64Array(windows.length * windowLen);
   const keyBias = new Float32Array(windows.length * windowLen).fill(MASKED);
   const scatter = new BigInt64Array(gh * gw);
-  windows.forEach((rows, wi) => rows.forEach((row, j) => {
-    gather[wi * windowLen + j] = BigInt(row);
-    keyBias[wi * windowLen + j] = 0;
-    scatter[row] = BigInt(wi * windowLen + j);
-  }));
+  windows.forEach((rows, wi) =>
+    rows.forEach((row, j) => {
+      gather[wi * windowLen + j] = BigInt(row);
+      keyBias[wi * windowLen + j] = 0;
+      scatter[row] = BigInt(wi * windowLen + j);
+    }),
+  );
   return { gather, keyBias, scatter, windows: windows.length, windowLen };
 }

@@ -34,27 +34,52 @@ import type { SiglipVisionSpec } from '../families/vision-spec.js';
 export const SIGLIP_VISION_GRAPH_VERSION = 'vision-siglip/2'; // 2: encoder attention fused (flash)
 
 export const SW = {
-  patch: 'v.patch',                // [D, C, P, P]  Conv kernel as stored
+  patch: 'v.patch', // [D, C, P, P]  Conv kernel as stored
   patchBias: 'v.patch_bias',
-  posEmbed: 'v.pos_embed',         // [n, D]
-  ln1: (l: number) => `v.${l}.ln1`, ln1Bias: (l: number) => `v.${l}.ln1_bias`,
-  ln2: (l: number) => `v.${l}.ln2`, ln2Bias: (l: number) => `v.${l}.ln2_bias`,
-  qkv: (l: number) => `v.${l}.qkv`, qkvBias: (l: number) => `v.${l}.qkv_bias`, // [D, 3D] q|k|v
-  out: (l: number) => `v.${l}.out`, outBias: (l: number) => `v.${l}.out_bias`,
-  fc1: (l: number) => `v.${l}.fc1`, fc1Bias: (l: number) => `v.${l}.fc1_bias`,
-  fc2: (l: number) => `v.${l}.fc2`, fc2Bias: (l: number) => `v.${l}.fc2_bias`,
-  proj1: 'p.linear_1', proj1Bias: 'p.linear_1_bias', proj2: 'p.linear_2', proj2Bias: 'p.linear_2_bias',
-  postLn: 'v.post_ln', postLnBias: 'v.post_ln_bias',
-  headProbe: 'v.head.probe', headQ: 'v.head.q', headQBias: 'v.head.q_bias', headKv: 'v.head.kv', headKvBias: 'v.head.kv_bias',
-  headOut: 'v.head.out', headOutBias: 'v.head.out_bias', headLn: 'v.head.ln', headLnBias: 'v.head.ln_bias',
-  headFc1: 'v.head.fc1', headFc1Bias: 'v.head.fc1_bias', headFc2: 'v.head.fc2', headFc2Bias: 'v.head.fc2_bias',
+  posEmbed: 'v.pos_embed', // [n, D]
+  ln1: (l: number) => `v.${l}.ln1`,
+  ln1Bias: (l: number) => `v.${l}.ln1_bias`,
+  ln2: (l: number) => `v.${l}.ln2`,
+  ln2Bias: (l: number) => `v.${l}.ln2_bias`,
+  qkv: (l: number) => `v.${l}.qkv`,
+  qkvBias: (l: number) => `v.${l}.qkv_bias`, // [D, 3D] q|k|v
+  out: (l: number) => `v.${l}.out`,
+  outBias: (l: number) => `v.${l}.out_bias`,
+  fc1: (l: number) => `v.${l}.fc1`,
+  fc1Bias: (l: number) => `v.${l}.fc1_bias`,
+  fc2: (l: number) => `v.${l}.fc2`,
+  fc2Bias: (l: number) => `v.${l}.fc2_bias`,
+  proj1: 'p.linear_1',
+  proj1Bias: 'p.linear_1_bias',
+  proj2: 'p.linear_2',
+  proj2Bias: 'p.linear_2_bias',
+  postLn: 'v.post_ln',
+  postLnBias: 'v.post_ln_bias',
+  headProbe: 'v.head.probe',
+  headQ: 'v.head.q',
+  headQBias: 'v.head.q_bias',
+  headKv: 'v.head.kv',
+  headKvBias: 'v.head.kv_bias',
+  headOut: 'v.head.out',
+  headOutBias: 'v.head.out_bias',
+  headLn: 'v.head.ln',
+  headLnBias: 'v.head.ln_bias',
+  headFc1: 'v.head.fc1',
+  headFc1Bias: 'v.head.fc1_bias',
+  headFc2: 'v.head.fc2',
+  headFc2Bias: 'v.head.fc2_bias',
 } as const;
 
 /**
  * Checkpoint prefixes of the SigLIP tower, transformers 5 first: `model.vision_tower.`, then the llava-hf hub
  * checkpoints' `vision_tower.vision_model.` (SiglipVisionModel's own prefix inside), then `vision_tower.`.
  */
-export const SIGLIP_VISION_PREFIXES = ['model.vision_tower.', 'model.vision_tower.vision_model.', 'vision_tower.vision_model.', 'vision_tower.'] as const;
+export const SIGLIP_VISION_PREFIXES = [
+  'model.vision_tower.',
+  'model.vision_tower.vision_model.',
+  'vision_tower.vision_model.',
+  'vision_tower.',
+] as const;
 export const LLAVA_PROJECTOR_PREFIXES = ['model.multi_modal_projector.', 'multi_modal_projector.'] as const;
 export const LLAVA_IMAGE_NEWLINE = ['model.image_newline', 'image_newline'] as const;
 
@@ -63,7 +88,12 @@ export function siglipLayersRun(spec: SiglipVisionSpec, pooled: boolean): number
   return pooled ? spec.numLayers : Math.max(...spec.featureLayers);
 }
 
-export function siglipVisionWeightSources(spec: SiglipVisionSpec, tower: string, projector: string, pooled: boolean): Map<string, VisionWeightSource> {
+export function siglipVisionWeightSources(
+  spec: SiglipVisionSpec,
+  tower: string,
+  projector: string,
+  pooled: boolean,
+): Map<string, VisionWeightSource> {
   const m = new Map<string, VisionWeightSource>();
   const t = tower;
   const D = spec.hiddenSize;
@@ -76,8 +106,14 @@ export function siglipVisionWeightSources(spec: SiglipVisionSpec, tower: string,
     m.set(SW.ln1Bias(l), tensorOf(`${b}.layer_norm1.bias`));
     m.set(SW.ln2(l), tensorOf(`${b}.layer_norm2.weight`));
     m.set(SW.ln2Bias(l), tensorOf(`${b}.layer_norm2.bias`));
-    m.set(SW.qkv(l), linearOf(`${b}.self_attn.q_proj.weight`, `${b}.self_attn.k_proj.weight`, `${b}.self_attn.v_proj.weight`));
-    m.set(SW.qkvBias(l), tensorOf(`${b}.self_attn.q_proj.bias`, `${b}.self_attn.k_proj.bias`, `${b}.self_attn.v_proj.bias`));
+    m.set(
+      SW.qkv(l),
+      linearOf(`${b}.self_attn.q_proj.weight`, `${b}.self_attn.k_proj.weight`, `${b}.self_attn.v_proj.weight`),
+    );
+    m.set(
+      SW.qkvBias(l),
+      tensorOf(`${b}.self_attn.q_proj.bias`, `${b}.self_attn.k_proj.bias`, `${b}.self_attn.v_proj.bias`),
+    );
     m.set(SW.out(l), linearOf(`${b}.self_attn.out_proj.weight`));
     m.set(SW.outBias(l), tensorOf(`${b}.self_attn.out_proj.bias`));
     m.set(SW.fc1(l), linearOf(`${b}.mlp.fc1.weight`));
@@ -133,58 +169,93 @@ export interface SiglipVisionGraphOptions {
   readonly attention?: 'fused' | 'explicit';
 }
 
-export function emitSiglipVisionGraph(spec: SiglipVisionSpec, weight: (g: GraphBuilder, name: string) => string, pooled = false,
-  opts: SiglipVisionGraphOptions = {}): GraphBuilder {
+export function emitSiglipVisionGraph(
+  spec: SiglipVisionSpec,
+  weight: (g: GraphBuilder, name: string) => string,
+  pooled = false,
+  opts: SiglipVisionGraphOptions = {},
+): GraphBuilder {
   const g = new GraphBuilder(18);
   const o = visionOps(g, weight);
   const { i64 } = o;
   const { hiddenSize: D, numHeads: h, headDim: d, patchSize: P, imageSize: S } = spec;
   const n = (S / P) ** 2;
   const scale = 1 / Math.sqrt(d);
-  const ln = (x: string, wName: string, bName: string, out?: string) => o.layerNorm(x, wName, bName, spec.layerNormEps, out);
+  const ln = (x: string, wName: string, bName: string, out?: string) =>
+    o.layerNorm(x, wName, bName, spec.layerNormEps, out);
   // [T,n,D] → [T,h,n,d] and back.
-  const splitHeads = (x: string, name?: string) => g.op('Transpose', [g.op('Reshape', [x, i64([0, 0, h, d])])], { perm: [0, 2, 1, 3] }, name);
-  const mergeHeads = (x: string, name?: string) => g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), i64([0, 0, D])], {}, name);
+  const splitHeads = (x: string, name?: string) =>
+    g.op('Transpose', [g.op('Reshape', [x, i64([0, 0, h, d])])], { perm: [0, 2, 1, 3] }, name);
+  const mergeHeads = (x: string, name?: string) =>
+    g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), i64([0, 0, D])], {}, name);
 
   const pixels = g.input('pixel_values', 'FLOAT', ['tiles', spec.numChannels, S, S]);
-  const conv = g.op('Conv', [pixels, o.w(SW.patch), o.w(SW.patchBias)], { kernel_shape: [P, P], strides: [P, P] }); // [T,D,S/P,S/P]
-  const patches = g.op('Transpose', [g.op('Reshape', [conv, i64([0, D, n])])], { perm: [0, 2, 1] });                 // [T,n,D]
+  // [T,D,S/P,S/P]
+  const conv = g.op('Conv', [pixels, o.w(SW.patch), o.w(SW.patchBias)], { kernel_shape: [P, P], strides: [P, P] });
+  const patches = g.op('Transpose', [g.op('Reshape', [conv, i64([0, D, n])])], { perm: [0, 2, 1] }); // [T,n,D]
   let x = g.op('Add', [patches, o.w(SW.posEmbed)], {}, 'embeddings');
   const hiddenStates = [x];
   for (let l = 0; l < siglipLayersRun(spec, pooled); l++) {
     const p = `layers.${l}`;
-    const qkv = o.linear(ln(x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l));                     // [T,n,3D]
-    let z: string;                                                                                                     // [T,n,D]
+    const qkv = o.linear(ln(x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l)); // [T,n,3D]
+    let z: string; // [T,n,D]
     if (opts.attention === 'explicit') {
       const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, 3);
-      const mixed = o.attention(splitHeads(qf!, `${p}.attn.q`), splitHeads(kf!, `${p}.attn.k`), splitHeads(vf!, `${p}.attn.v`), scale, null, `${p}.attn.pattern`);
+      const mixed = o.attention(
+        splitHeads(qf!, `${p}.attn.q`),
+        splitHeads(kf!, `${p}.attn.k`),
+        splitHeads(vf!, `${p}.attn.v`),
+        scale,
+        null,
+        `${p}.attn.pattern`,
+      );
       z = mergeHeads(mixed, `${p}.attn.z`);
     } else {
-      const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, [`${p}.attn.q`, `${p}.attn.k`, `${p}.attn.v`]);
+      const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, [
+        `${p}.attn.q`,
+        `${p}.attn.k`,
+        `${p}.attn.v`,
+      ]);
       z = o.fusedAttention(qf!, kf!, vf!, h, scale, `${p}.attn.z`);
     }
     const attnOut = o.linear(z, SW.out(l), SW.outBias(l), `${p}.attn.out`);
     x = g.op('Add', [x, attnOut], {}, `${p}.resid_mid`);
-    const hidden = o.act(o.linear(ln(x, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)), spec.activation);
-    x = g.op('Add', [x, o.linear(hidden, SW.fc2(l), SW.fc2Bias(l), `${p}.mlp.out`)], {}, `${p}.resid_post`);          // [T,n,D]
+    const hidden = o.act(
+      o.linear(ln(x, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)),
+      spec.activation,
+    );
+    x = g.op('Add', [x, o.linear(hidden, SW.fc2(l), SW.fc2Bias(l), `${p}.mlp.out`)], {}, `${p}.resid_post`); // [T,n,D]
     hiddenStates.push(x);
   }
   const selected = spec.featureLayers.map((k) => hiddenStates[k]!);
-  let features = selected.length === 1 ? g.op('Identity', selected, {}, 'features') : g.op('Concat', selected, { axis: -1 }, 'features');
-  if (spec.dropsFirstFeature) features = g.op('Slice', [features, i64([1]), i64([INT64_MAX]), i64([1])]);          // [T,n−1,·]
-  const projHidden = o.act(o.linear(features, SW.proj1, spec.projectorBias ? SW.proj1Bias : null), spec.projectorActivation, 'projector.hidden');
+  let features =
+    selected.length === 1
+      ? g.op('Identity', selected, {}, 'features')
+      : g.op('Concat', selected, { axis: -1 }, 'features');
+  if (spec.dropsFirstFeature) features = g.op('Slice', [features, i64([1]), i64([INT64_MAX]), i64([1])]); // [T,n−1,·]
+  const projHidden = o.act(
+    o.linear(features, SW.proj1, spec.projectorBias ? SW.proj1Bias : null),
+    spec.projectorActivation,
+    'projector.hidden',
+  );
   o.linear(projHidden, SW.proj2, spec.projectorBias ? SW.proj2Bias : null, 'image_features');
   g.output('image_features', 'FLOAT', ['tiles', spec.dropsFirstFeature ? n - 1 : n, spec.textHiddenSize]);
 
   if (pooled) {
     // Multihead attention pooling: one learned probe query attends over the tile's normalised tokens.
-    const normed = ln(x, SW.postLn, SW.postLnBias, 'post_layernorm');                                                 // [T,n,D]
-    const query = o.linear(g.op('Reshape', [o.w(SW.headProbe), i64([1, 1, D])]), SW.headQ, SW.headQBias);           // [1,1,D]
-    const [kf, vf] = g.opMulti('Split', [o.linear(normed, SW.headKv, SW.headKvBias), i64([D, D])], { axis: 2 }, 2);  // [T,n,D] each
-    const mixed = o.attention(splitHeads(query), splitHeads(kf!), splitHeads(vf!), scale, null, 'head.pattern');     // [T,h,1,d]
-    const attended = o.linear(mergeHeads(mixed), SW.headOut, SW.headOutBias, 'head.attn');                          // [T,1,D]
-    const mlp = o.linear(o.act(o.linear(ln(attended, SW.headLn, SW.headLnBias), SW.headFc1, SW.headFc1Bias), spec.activation), SW.headFc2, SW.headFc2Bias);
-    g.op('Squeeze', [g.op('Add', [attended, mlp]), i64([1])], {}, 'pooled');                                         // [T,D]
+    const normed = ln(x, SW.postLn, SW.postLnBias, 'post_layernorm'); // [T,n,D]
+    const query = o.linear(g.op('Reshape', [o.w(SW.headProbe), i64([1, 1, D])]), SW.headQ, SW.headQBias); // [1,1,D]
+    // [T,n,D] each
+    const [kf, vf] = g.opMulti('Split', [o.linear(normed, SW.headKv, SW.headKvBias), i64([D, D])], { axis: 2 }, 2);
+    // [T,h,1,d]
+    const mixed = o.attention(splitHeads(query), splitHeads(kf!), splitHeads(vf!), scale, null, 'head.pattern');
+    const attended = o.linear(mergeHeads(mixed), SW.headOut, SW.headOutBias, 'head.attn'); // [T,1,D]
+    const mlp = o.linear(
+      o.act(o.linear(ln(attended, SW.headLn, SW.headLnBias), SW.headFc1, SW.headFc1Bias), spec.activation),
+      SW.headFc2,
+      SW.headFc2Bias,
+    );
+    g.op('Squeeze', [g.op('Add', [attended, mlp]), i64([1])], {}, 'pooled'); // [T,D]
     g.output('pooled', 'FLOAT', ['tiles', D]);
   }
   return g;

@@ -5,7 +5,8 @@
  * download and the text is in whatever language and style the model knows (LLM-QAT's self-generated data).
  *
  * The calibration model is the checkpoint at fp32 with its graph also outputting the layers' inputs
- * (cache/decoder-cache.ts writeCalibrationModel), written to a temporary folder beside the cache entry and removed after.
+ * (cache/decoder-cache.ts writeCalibrationModel), written to a temporary folder beside the cache entry and removed
+ * after.
  * Cost: an fp32 copy of the weights on disk and in memory while calibrating, sequences × tokens single-token
  * decode steps to sample, one forward over all of it, and tokens · K²/2 multiply-adds per layer in JS to sum
  * each Xᵀ X — seconds for small models, minutes at 0.5 B parameters (BENCHMARKS.md "Weight formats").
@@ -25,11 +26,21 @@ import { Rng } from '../../util/rng.js';
  * float32 site outputs of one forward [FORWARD_ROWS, tokens, K] for every site, and gptqQuantize's three
  * transient float64 [K, K] arrays (damped H, its factor, the factor's transpose) for the widest layer.
  */
-export function calibrationBytes(spec: ModelSpec, weights: readonly string[], parameters: number, tokens: number): number {
+export function calibrationBytes(
+  spec: ModelSpec,
+  weights: readonly string[],
+  parameters: number,
+  tokens: number,
+): number {
   const sites = linearInputSites(spec);
   const widths = weights.map((w) => sites.get(w)?.inputs ?? 0);
   const widest = Math.max(0, ...widths);
-  return parameters * 4 + widths.reduce((n, k) => n + 8 * k * k, 0) + widths.reduce((n, k) => n + 4 * FORWARD_ROWS * tokens * k, 0) + 3 * 8 * widest * widest;
+  return (
+    parameters * 4 +
+    widths.reduce((n, k) => n + 8 * k * k, 0) +
+    widths.reduce((n, k) => n + 4 * FORWARD_ROWS * tokens * k, 0) +
+    3 * 8 * widest * widest
+  );
 }
 
 /** Rows per calibration forward: bounds the [B, S, K] site outputs held at once. */
@@ -40,8 +51,13 @@ const FORWARD_ROWS = 8;
  * W names of linear layers). `workDir`: an existing folder on the cache's disk for the temporary fp32 model;
  * its name ends `.tmp-PID-TIME`, so a crashed run's folder is swept like an abandoned build.
  */
-export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsCheckpoint, weights: readonly string[], cal: GptqCalibration,
-  opts: { modelDir: string; workDir: string; threads?: number; onProgress?: BuildProgress }): Promise<Map<string, Float64Array>> {
+export async function calibrationHessians(
+  spec: ModelSpec,
+  ckpt: SafetensorsCheckpoint,
+  weights: readonly string[],
+  cal: GptqCalibration,
+  opts: { modelDir: string; workDir: string; threads?: number; onProgress?: BuildProgress },
+): Promise<Map<string, Float64Array>> {
   const allSites = linearInputSites(spec);
   const sites = weights.map((w) => {
     const s = allSites.get(w);
@@ -60,7 +76,10 @@ export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsChec
     const sums = new Map(sites.map((s) => [s.weight, new Float64Array(s.inputs * s.inputs)] as const));
     for (let at = 0; at < texts.length; at += FORWARD_ROWS) {
       const rows = texts.slice(at, at + FORWARD_ROWS);
-      const out = await d.forwardSites(rows, sites.map((s) => s.site));
+      const out = await d.forwardSites(
+        rows,
+        sites.map((s) => s.site),
+      );
       for (const s of sites) addGram(sums.get(s.weight)!, out.sites.get(s.site)!, s.inputs);
       opts.onProgress?.(Math.min(at + FORWARD_ROWS, texts.length), texts.length, 'calibration inputs (GPTQ)');
     }
@@ -74,10 +93,18 @@ export async function calibrationHessians(spec: ModelSpec, ckpt: SafetensorsChec
 }
 
 /** `sequences` rows of `length` ids: the start token, then the model's own samples at temperature 1. */
-async function sampleSequences(d: Decoder, sequences: number, length: number, seed: number, onProgress?: BuildProgress): Promise<number[][]> {
+async function sampleSequences(
+  d: Decoder,
+  sequences: number,
+  length: number,
+  seed: number,
+  onProgress?: BuildProgress,
+): Promise<number[][]> {
   const spec = d.spec;
   // BOS, else an EOS id, else 0: the first that is in the vocabulary (tiny test configs keep a real model's BOS id).
-  const start = [spec.bosTokenId, ...spec.eosTokenIds, 0].find((t): t is number => t !== null && t >= 0 && t < spec.vocabSize)!;
+  const start = [spec.bosTokenId, ...spec.eosTokenIds, 0].find(
+    (t): t is number => t !== null && t >= 0 && t < spec.vocabSize,
+  )!;
   const rng = new Rng(seed);
   const V = spec.vocabSize;
   const out: number[][] = [];

@@ -21,10 +21,23 @@
  */
 /** Joins a GPTQ entry's cache key: bump it when gptqQuantize's choices change. */
 export const GPTQ_VERSION = 'gptq-blockgrid/1';
-import { allocQuantized, blobBytes, blockGrid, blocksPerRow, putPacked, quantCode, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from '../graph/quantized-linear.js';
+import {
+  allocQuantized,
+  blobBytes,
+  blockGrid,
+  blocksPerRow,
+  putPacked,
+  quantCode,
+  zeroPointBytesPerRow,
+  type QuantizedMatrix,
+  type QuantOptions,
+} from '../graph/quantized-linear.js';
 
 export interface GptqOptions extends Pick<QuantOptions, 'bits' | 'blockSize'> {
-  /** Added to H's diagonal as a fraction of the used inputs' mean H[k, k] (the paper's percdamp), so H is safely invertible. Default 0.01. */
+  /**
+   * Added to H's diagonal as a fraction of the used inputs' mean H[k, k] (the paper's percdamp), so H is safely
+   * invertible. Default 0.01.
+   */
   dampFraction?: number;
 }
 
@@ -33,7 +46,13 @@ export interface GptqOptions extends Pick<QuantOptions, 'bits' | 'blockSize'> {
  * ratios matter). An input no calibration position used (H[k, k] = 0) gets a unit diagonal: its weights are
  * rounded as they stand and, having no covariance with the others, push them nothing.
  */
-export function gptqQuantize(w: Float32Array, rows: number, cols: number, hessian: Float64Array, opts: GptqOptions): QuantizedMatrix {
+export function gptqQuantize(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  hessian: Float64Array,
+  opts: GptqOptions,
+): QuantizedMatrix {
   if (w.length !== rows * cols) throw new Error(`gptq: W has ${w.length} values, expected ${rows}×${cols}`);
   if (hessian.length !== cols * cols) throw new Error(`gptq: H has ${hessian.length} values, expected ${cols}×${cols}`);
   const { bits, blockSize } = opts;
@@ -43,11 +62,12 @@ export function gptqQuantize(w: Float32Array, rows: number, cols: number, hessia
   const blob = blobBytes(bits, blockSize);
   const zpRow = zeroPointBytesPerRow(nb, bits);
   const qmax = (1 << bits) - 1;
-  const row = new Float64Array(cols);       // the row as updated so far
+  const row = new Float64Array(cols); // the row as updated so far
   const block = new Float32Array(blockSize); // the current block, for its grid
   for (let n = 0; n < rows; n++) {
     for (let k = 0; k < cols; k++) row[k] = w[n * cols + k]!;
-    let scale = 1, zero = 0;
+    let scale = 1,
+      zero = 0;
     for (let k = 0; k < cols; k++) {
       const b = Math.floor(k / blockSize);
       const inBlock = k - b * blockSize;
@@ -75,11 +95,19 @@ export function gptqQuantize(w: Float32Array, rows: number, cols: number, hessia
  */
 const flush = (x: number, scale: number) => (Math.abs(x) < 1e-30 * Math.abs(scale) ? 0 : x);
 
-/** H + λ·(mean of the used inputs' H[k, k])·I, with dead inputs (H[k, k] = 0) given a unit diagonal so the factorisation exists. */
+/**
+ * H + λ·(mean of the used inputs' H[k, k])·I, with dead inputs (H[k, k] = 0) given a unit diagonal so the factorisation
+ * exists.
+ */
 function dampedHessian(h: Float64Array, n: number, dampFraction: number): Float64Array {
   const out = Float64Array.from(h);
-  let sum = 0, used = 0;
-  for (let k = 0; k < n; k++) if (h[k * n + k]! > 0) { sum += h[k * n + k]!; used++; }
+  let sum = 0,
+    used = 0;
+  for (let k = 0; k < n; k++)
+    if (h[k * n + k]! > 0) {
+      sum += h[k * n + k]!;
+      used++;
+    }
   const damp = dampFraction * (used > 0 ? sum / used : 1);
   for (let k = 0; k < n; k++) {
     const i = k * n + k;
@@ -107,7 +135,8 @@ export function inverseCholeskyUpper(a: Float64Array, n: number): Float64Array {
       R[i * n + j] = flush(s / rjj, rjj);
     }
   }
-  // U = R⁻¹ (upper): column j by back substitution on R U = I, kept as row j of Uᵀ so both inner reads run along memory.
+  // U = R⁻¹ (upper): column j by back substitution on R U = I, kept as row j of Uᵀ so both inner reads run along
+  // memory.
   const Ut = new Float64Array(n * n);
   for (let j = 0; j < n; j++) {
     const col = j * n;

@@ -13,7 +13,15 @@
  */
 import type { Worker } from 'node:worker_threads';
 import { spawnModuleWorker } from '../../util/module-worker.js';
-import { allocQuantized, blobBytes, blocksPerRow, quantizeRowsInto, zeroPointBytesPerRow, type QuantizedMatrix, type QuantOptions } from '../graph/quantized-linear.js';
+import {
+  allocQuantized,
+  blobBytes,
+  blocksPerRow,
+  quantizeRowsInto,
+  zeroPointBytesPerRow,
+  type QuantizedMatrix,
+  type QuantOptions,
+} from '../graph/quantized-linear.js';
 import type { QuantizeJob } from './quantize-worker.js';
 
 /** Workers must have loaded within this long (tsx compiles them from source in tests), else none are used. */
@@ -28,7 +36,10 @@ export class QuantizePool {
   private zeroPoints: Uint8Array = new Uint8Array(0);
   private readonly done = new Int32Array(new SharedArrayBuffer(8)); // [jobs finished, jobs failed], reset per chunk
 
-  private constructor(private readonly workers: Worker[], private readonly chunkElements: number) {}
+  private constructor(
+    private readonly workers: Worker[],
+    private readonly chunkElements: number,
+  ) {}
 
   /**
    * `threads` − 1 workers (the calling thread is the last one); null for one thread, or when the workers
@@ -37,33 +48,56 @@ export class QuantizePool {
   static open(threads: number, chunkElements = CHUNK_ELEMENTS): QuantizePool | null {
     if (!(threads > 1)) return null;
     const ready = new Int32Array(new SharedArrayBuffer(4));
-    const workers = Array.from({ length: threads - 1 }, () => spawnModuleWorker(import.meta.url, 'quantize-worker', { ready }));
-    for (const w of workers) { w.unref(); w.on('error', () => { /* a failed load shows as a missing ready count */ }); }
+    const workers = Array.from({ length: threads - 1 }, () =>
+      spawnModuleWorker(import.meta.url, 'quantize-worker', { ready }),
+    );
+    for (const w of workers) {
+      w.unref();
+      w.on('error', () => {
+        /* a failed load shows as a missing ready count */
+      });
+    }
     const deadline = Date.now() + READY_TIMEOUT_MS;
     for (let seen = Atomics.load(ready, 0); seen < workers.length; seen = Atomics.load(ready, 0)) {
       const left = deadline - Date.now();
-      if (left <= 0) { for (const w of workers) void w.terminate(); return null; }
+      if (left <= 0) {
+        for (const w of workers) void w.terminate();
+        return null;
+      }
       Atomics.wait(ready, 0, seen, left);
     }
     return new QuantizePool(workers, chunkElements);
   }
 
-  get threads(): number { return this.workers.length + 1; }
+  get threads(): number {
+    return this.workers.length + 1;
+  }
 
   /** quantizeMatrix(w, rows, cols, opts), chunk by chunk, each chunk's rows shared out among the threads. */
-  quantize(w: Float32Array, rows: number, cols: number, opts: Pick<QuantOptions, 'bits' | 'blockSize'>): QuantizedMatrix {
+  quantize(
+    w: Float32Array,
+    rows: number,
+    cols: number,
+    opts: Pick<QuantOptions, 'bits' | 'blockSize'>,
+  ): QuantizedMatrix {
     const { bits, blockSize } = opts;
     const out = allocQuantized(rows, cols, bits, blockSize);
     const nb = blocksPerRow(cols, blockSize);
-    const per = { codes: nb * blobBytes(bits, blockSize), scales: nb, zeroPoints: zeroPointBytesPerRow(nb, bits) }; // per row
+    // per row
+    const per = { codes: nb * blobBytes(bits, blockSize), scales: nb, zeroPoints: zeroPointBytesPerRow(nb, bits) };
     const chunkRows = Math.max(1, Math.floor(this.chunkElements / cols));
     this.reserve(Math.min(rows, chunkRows), cols, per);
     for (let r0 = 0; r0 < rows; r0 += chunkRows) {
       const n = Math.min(chunkRows, rows - r0);
       this.input.set(w.subarray(r0 * cols, (r0 + n) * cols));
       const q: QuantizedMatrix = {
-        rows: n, cols, bits, blockSize,
-        codes: this.codes.subarray(0, n * per.codes), scales: this.scales.subarray(0, n * per.scales), zeroPoints: this.zeroPoints.subarray(0, n * per.zeroPoints),
+        rows: n,
+        cols,
+        bits,
+        blockSize,
+        codes: this.codes.subarray(0, n * per.codes),
+        scales: this.scales.subarray(0, n * per.scales),
+        zeroPoints: this.zeroPoints.subarray(0, n * per.zeroPoints),
       };
       // As in a fresh allocation: 4-bit padding past K stays code 0, and a row's unused last zero-point nibble 0
       q.codes.fill(0);
@@ -82,7 +116,12 @@ export class QuantizePool {
 
   /** Shared buffers big enough for `rows` rows (grown rarely: the first, largest matrix usually sets them). */
   private reserve(rows: number, cols: number, per: { codes: number; scales: number; zeroPoints: number }): void {
-    const shared = <T extends Uint8Array | Float32Array>(have: T, n: number, make: (b: SharedArrayBuffer) => T, bytes: number): T => (have.length >= n ? have : make(new SharedArrayBuffer(n * bytes)));
+    const shared = <T extends Uint8Array | Float32Array>(
+      have: T,
+      n: number,
+      make: (b: SharedArrayBuffer) => T,
+      bytes: number,
+    ): T => (have.length >= n ? have : make(new SharedArrayBuffer(n * bytes)));
     this.input = shared(this.input, rows * cols, (b) => new Float32Array(b), 4);
     this.codes = shared(this.codes, rows * per.codes, (b) => new Uint8Array(b), 1);
     this.scales = shared(this.scales, rows * per.scales, (b) => new Float32Array(b), 4);
@@ -97,7 +136,8 @@ export class QuantizePool {
     const per = Math.ceil(n / this.threads);
     let sent = 0;
     this.workers.forEach((worker, i) => {
-      const rowStart = (i + 1) * per, rowEnd = Math.min(n, rowStart + per);
+      const rowStart = (i + 1) * per,
+        rowEnd = Math.min(n, rowStart + per);
       if (rowStart >= rowEnd) return;
       worker.postMessage({ w: this.input, q, rowStart, rowEnd, done } satisfies QuantizeJob);
       sent++;

@@ -6,7 +6,13 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { quantizeRowsInto, type QuantizedMatrix } from '../graph/quantized-linear.js';
 
 /** One job: rows [rowStart, rowEnd) of `w` into `q`; `done` [jobs finished, jobs failed]. All shared memory. */
-export interface QuantizeJob { w: Float32Array; q: QuantizedMatrix; rowStart: number; rowEnd: number; done: Int32Array }
+export interface QuantizeJob {
+  w: Float32Array;
+  q: QuantizedMatrix;
+  rowStart: number;
+  rowEnd: number;
+  done: Int32Array;
+}
 
 parentPort!.on('message', (job: QuantizeJob) => {
   try {

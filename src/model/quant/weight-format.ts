@@ -1,19 +1,31 @@
 /**
- * `--dtype fp32|int8|int4` and its options → the WeightFormat a cache entry is built with (cache/decoder-cache.ts), with
+ * `--dtype fp32|int8|int4` and its options → the WeightFormat a cache entry is built with (cache/decoder-cache.ts),
+ * with
  * the defaults BENCHMARKS.md ("Weight formats") measured.
  */
 import { ModelError } from '../errors.js';
 import type { ModelSpec } from '../families/spec.js';
 import type { PrequantScheme } from './awq-gptq.js';
 import type { GptqCalibration, WeightFormat } from '../cache/decoder-cache.js';
-import { checkBlockSize, DTYPE_BITS, INT8_KERNELS, WEIGHT_DTYPES, type Int8Kernel, type QuantOptions, type WeightDType } from '../graph/quantized-linear.js';
+import {
+  checkBlockSize,
+  DTYPE_BITS,
+  INT8_KERNELS,
+  WEIGHT_DTYPES,
+  type Int8Kernel,
+  type QuantOptions,
+  type WeightDType,
+} from '../graph/quantized-linear.js';
 import { W } from '../graph/decoder-graph.js';
 import { cpuHasInt8DotProduct } from '../../util/cpu.js';
 
 export interface WeightFormatOptions {
   /** Weight storage; default: by model size (defaultDType). */
   dtype?: WeightDType;
-  /** Inputs per scale/zero point (power of two ≥ 16); default 128 for int8; 32 for int4, 16 below 20 M parameters (defaultBlockSize). */
+  /**
+   * Inputs per scale/zero point (power of two ≥ 16); default 128 for int8; 32 for int4, 16 below 20 M parameters
+   * (defaultBlockSize).
+   */
   blockSize?: number;
   /** MatMulNBits accuracy_level; default 4 (int8 compute) from 0.3 B parameters, 0 (fp32 compute) below. */
   accuracyLevel?: QuantOptions['accuracyLevel'];
@@ -35,8 +47,16 @@ export interface WeightFormatOptions {
 export type Int4Method = 'rtn' | 'gptq';
 export const INT4_METHODS: readonly Int4Method[] = ['rtn', 'gptq'];
 
-/** Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of the used inputs' mean H[k, k]. */
-export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({ sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 });
+/**
+ * Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of the used inputs' mean H[k,
+ * k].
+ */
+export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({
+  sequences: 32,
+  tokens: 128,
+  seed: 0,
+  dampFraction: 0.01,
+});
 
 /**
  * GPTQ below GPTQ_DEFAULT_MAX_PARAMETERS, where calibrating costs seconds to a minute or two; round-to-nearest
@@ -50,7 +70,9 @@ export function defaultInt4Method(spec: ModelSpec): Int4Method {
 }
 const GPTQ_DEFAULT_MAX_PARAMETERS = 2e7;
 
-/** int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight). */
+/**
+ * int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight).
+ */
 export const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };
 /**
  * Below GPTQ_DEFAULT_MAX_PARAMETERS int4 also takes block 16: the weights are tens of MB at most, so the extra
@@ -72,7 +94,15 @@ const SMALL_MODEL_PARAMETERS = 3e8;
 
 /** Weights in the linear layers, embedding and head (what the dtype changes the size of). */
 export function parameterCount(spec: ModelSpec): number {
-  const { hiddenSize: D, intermediateSize: F, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V, numLayers: L } = spec;
+  const {
+    hiddenSize: D,
+    intermediateSize: F,
+    numHeads: H,
+    numKvHeads: KV,
+    headDim: d,
+    vocabSize: V,
+    numLayers: L,
+  } = spec;
   const perLayer = D * (H + 2 * KV) * d + H * d * D + 3 * D * F;
   return L * perLayer + V * D * (spec.tieWordEmbeddings ? 1 : 2);
 }
@@ -109,65 +139,117 @@ export function defaultInt8Kernel(spec: ModelSpec, int8DotProduct = cpuHasInt8Do
 }
 
 export function parseWeightDType(v: string, what = '--dtype'): WeightDType {
-  if (!(WEIGHT_DTYPES as readonly string[]).includes(v)) throw new ModelError(`${what} must be one of ${WEIGHT_DTYPES.join(', ')}, got ${JSON.stringify(v)}`);
+  if (!(WEIGHT_DTYPES as readonly string[]).includes(v))
+    throw new ModelError(`${what} must be one of ${WEIGHT_DTYPES.join(', ')}, got ${JSON.stringify(v)}`);
   return v as WeightDType;
 }
 
-export function resolveWeightFormat(spec: ModelSpec, prequant: PrequantScheme | null, opts: WeightFormatOptions = {}): WeightFormat {
+export function resolveWeightFormat(
+  spec: ModelSpec,
+  prequant: PrequantScheme | null,
+  opts: WeightFormatOptions = {},
+): WeightFormat {
   const dtype = opts.dtype ?? defaultDType(spec, prequant);
   parseWeightDType(dtype, 'dtype');
   const accuracyLevel = opts.accuracyLevel ?? defaultAccuracyLevel(spec);
-  if (![0, 1, 2, 3, 4].includes(accuracyLevel)) throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
-  if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel)) throw new ModelError(`--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`);
-  if (opts.int8Kernel !== undefined && dtype !== 'int8') throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
-  if (opts.int8Kernel !== undefined && prequant) throw new ModelError(`--int8-kernel applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`);
-  if (opts.int4Method !== undefined && !INT4_METHODS.includes(opts.int4Method)) throw new ModelError(`--int4-method must be one of ${INT4_METHODS.join(', ')}, got ${JSON.stringify(opts.int4Method)}`);
-  if (opts.int4Method !== undefined && dtype !== 'int4') throw new ModelError(`--int4-method applies to --dtype int4, not ${dtype}`);
-  if (opts.int4Method !== undefined && prequant) throw new ModelError(`--int4-method applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`);
+  if (![0, 1, 2, 3, 4].includes(accuracyLevel))
+    throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
+  if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel))
+    throw new ModelError(
+      `--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`,
+    );
+  if (opts.int8Kernel !== undefined && dtype !== 'int8')
+    throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
+  if (opts.int8Kernel !== undefined && prequant)
+    throw new ModelError(
+      `--int8-kernel applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`,
+    );
+  if (opts.int4Method !== undefined && !INT4_METHODS.includes(opts.int4Method))
+    throw new ModelError(
+      `--int4-method must be one of ${INT4_METHODS.join(', ')}, got ${JSON.stringify(opts.int4Method)}`,
+    );
+  if (opts.int4Method !== undefined && dtype !== 'int4')
+    throw new ModelError(`--int4-method applies to --dtype int4, not ${dtype}`);
+  if (opts.int4Method !== undefined && prequant)
+    throw new ModelError(
+      `--int4-method applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`,
+    );
   if (opts.int8Kernel === 'rowwise' && !(opts.int8DotProduct ?? cpuHasInt8DotProduct())) {
-    throw new ModelError('--int8-kernel rowwise needs a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX): without them onnxruntime\'s uint8×int8 kernel saturates int16 sums and loses terms; use --int8-kernel blockwise');
+    throw new ModelError(
+      "--int8-kernel rowwise needs a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX): without them onnxruntime's uint8×int8 kernel saturates int16 sums and loses terms; use --int8-kernel blockwise",
+    );
   }
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
-    if (opts.accuracyLevel !== undefined && !prequant) throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp32');
+    if (opts.accuracyLevel !== undefined && !prequant)
+      throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp32');
     return { dtype, quant: null, prequant, accuracyLevel: prequant ? accuracyLevel : 0 };
   }
   const bits = DTYPE_BITS[dtype];
   const blockSize = opts.blockSize ?? defaultBlockSize(bits, spec);
-  try { checkBlockSize(blockSize); } catch (e) { throw new ModelError(`--block-size: ${(e as Error).message}`); }
+  try {
+    checkBlockSize(blockSize);
+  } catch (e) {
+    throw new ModelError(`--block-size: ${(e as Error).message}`);
+  }
   // int4 keeps the embedding table and output head at int8: on stories260K that took int4's next-token
   // agreement with fp32 from 0.85 to 0.87 (BENCHMARKS.md), for ~0.5 bytes more per vocabulary weight. It also
   // keeps the linear layers of sensitiveLinears() at int8 (see there).
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
-  // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or label.
-  const int8Kernel = dtype === 'int8' && !prequant ? opts.int8Kernel ?? defaultInt8Kernel(spec, opts.int8DotProduct) : undefined;
+  // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or
+  // label.
+  const int8Kernel =
+    dtype === 'int8' && !prequant ? (opts.int8Kernel ?? defaultInt8Kernel(spec, opts.int8DotProduct)) : undefined;
   // GPTQ places the 4-bit layers; a model of ≤ 2 layers has none (its first and last layers stay int8).
   const hasGptqLayers = gptqLinears(spec).length > 0;
   if (opts.int4Method === 'gptq' && dtype === 'int4' && !prequant && !hasGptqLayers) {
-    throw new ModelError(`--int4-method gptq: this ${spec.numLayers}-layer model has no 4-bit layers to place (int4 keeps the attention and the first and last layers at int8); use --int4-method rtn`);
+    throw new ModelError(
+      `--int4-method gptq: this ${spec.numLayers}-layer model has no 4-bit layers to place (int4 keeps the attention and the first and last layers at int8); use --int4-method rtn`,
+    );
   }
-  const gptqOn = dtype === 'int4' && !prequant && hasGptqLayers && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
-  if (opts.gptqCalibration && !gptqOn) throw new ModelError('a GPTQ calibration was given, but the format is not int4 with --int4-method gptq');
+  const gptqOn =
+    dtype === 'int4' && !prequant && hasGptqLayers && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
+  if (opts.gptqCalibration && !gptqOn)
+    throw new ModelError('a GPTQ calibration was given, but the format is not int4 with --int4-method gptq');
   const gptq = gptqOn ? { gptq: checkCalibration({ ...DEFAULT_GPTQ_CALIBRATION, ...opts.gptqCalibration }) } : {};
-  return { dtype, quant: { bits, blockSize, ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}), ...(int8Kernel ? { int8Kernel } : {}), ...gptq }, prequant, accuracyLevel };
+  return {
+    dtype,
+    quant: {
+      bits,
+      blockSize,
+      ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}),
+      ...(int8Kernel ? { int8Kernel } : {}),
+      ...gptq,
+    },
+    prequant,
+    accuracyLevel,
+  };
 }
 
 function checkCalibration(c: GptqCalibration): GptqCalibration {
-  for (const k of ['sequences', 'tokens'] as const) if (!Number.isInteger(c[k]) || c[k] < 1) throw new ModelError(`GPTQ calibration ${k} must be a positive integer, got ${c[k]}`);
+  for (const k of ['sequences', 'tokens'] as const)
+    if (!Number.isInteger(c[k]) || c[k] < 1)
+      throw new ModelError(`GPTQ calibration ${k} must be a positive integer, got ${c[k]}`);
   if (c.tokens < 2) throw new ModelError(`GPTQ calibration tokens must be at least 2, got ${c.tokens}`);
-  if (!Number.isInteger(c.seed) || c.seed < 0) throw new ModelError(`GPTQ calibration seed must be a non-negative integer, got ${c.seed}`);
-  if (!(c.dampFraction > 0 && c.dampFraction < 1)) throw new ModelError(`GPTQ calibration dampFraction must be in (0, 1), got ${c.dampFraction}`);
+  if (!Number.isInteger(c.seed) || c.seed < 0)
+    throw new ModelError(`GPTQ calibration seed must be a non-negative integer, got ${c.seed}`);
+  if (!(c.dampFraction > 0 && c.dampFraction < 1))
+    throw new ModelError(`GPTQ calibration dampFraction must be in (0, 1), got ${c.dampFraction}`);
   return c;
 }
 
-/** Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the rule changes. */
+/**
+ * Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the rule
+ * changes.
+ */
 export const SENSITIVE_RULE = 'attention+first-last-layers';
 
 /** The linear layers a GPTQ format places with calibration: the main (4-bit) ones, all but sensitiveLinears. */
 export function gptqLinears(spec: Pick<ModelSpec, 'numLayers'>): string[] {
   const sensitive = sensitiveLinears(spec);
   const out: string[] = [];
-  for (let l = 0; l < spec.numLayers; l++) for (const n of [W.qkv(l), W.o(l), W.gateUp(l), W.down(l)]) if (!sensitive.has(n)) out.push(n);
+  for (let l = 0; l < spec.numLayers; l++)
+    for (const n of [W.qkv(l), W.o(l), W.gateUp(l), W.down(l)]) if (!sensitive.has(n)) out.push(n);
   return out;
 }
 
@@ -188,7 +270,10 @@ export function sensitiveLinears(spec: Pick<ModelSpec, 'numLayers'>): Set<string
   for (let l = 0; l < spec.numLayers; l++) {
     names.add(W.qkv(l));
     names.add(W.o(l));
-    if (l === 0 || l === spec.numLayers - 1) { names.add(W.gateUp(l)); names.add(W.down(l)); }
+    if (l === 0 || l === spec.numLayers - 1) {
+      names.add(W.gateUp(l));
+      names.add(W.down(l));
+    }
   }
   return names;
 }
@@ -199,12 +284,15 @@ export function sensitiveLinears(spec: Pick<ModelSpec, 'numLayers'>): Set<string
  */
 export function describeWeightFormat(f: WeightFormat): string {
   const parts: string[] = [];
-  if (f.quant?.int8Kernel === 'rowwise') parts.push('rowwise W8A8 linear layers', `embedding and head block ${f.quant.blockSize}`);
+  if (f.quant?.int8Kernel === 'rowwise')
+    parts.push('rowwise W8A8 linear layers', `embedding and head block ${f.quant.blockSize}`);
   else if (f.quant?.int8Kernel === 'blockwise') parts.push('blockwise', `block ${f.quant.blockSize}`);
   else if (f.quant) parts.push(`block ${f.quant.blockSize}`);
-  if (f.quant?.sensitive) parts.push(`attention and first/last layers int${f.quant.sensitive.bits} (block ${f.quant.sensitive.blockSize})`);
+  if (f.quant?.sensitive)
+    parts.push(`attention and first/last layers int${f.quant.sensitive.bits} (block ${f.quant.sensitive.blockSize})`);
   if (f.quant?.gptq) parts.push(`GPTQ on ${f.quant.gptq.sequences}×${f.quant.gptq.tokens} self-sampled tokens`);
   if (f.quant || f.prequant) parts.push(`accuracy level ${f.accuracyLevel}`);
-  if (f.prequant) parts.push(`${f.prequant.method.toUpperCase()} ${f.prequant.bits}-bit layers, group ${f.prequant.groupSize}`);
+  if (f.prequant)
+    parts.push(`${f.prequant.method.toUpperCase()} ${f.prequant.bits}-bit layers, group ${f.prequant.groupSize}`);
   return parts.length ? `${f.dtype} (${parts.join(', ')})` : f.dtype;
 }

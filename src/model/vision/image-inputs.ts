@@ -17,7 +17,10 @@ export interface ImagePrompt {
 }
 
 export class ImageInputs {
-  private constructor(readonly processor: ImageProcessor, readonly tower: VisionTower) {}
+  private constructor(
+    readonly processor: ImageProcessor,
+    readonly tower: VisionTower,
+  ) {}
 
   /** The image processor and vision tower of a local checkpoint folder (Decoder's `info.modelDir`). */
   static async load(modelDir: string, opts: VisionTowerOptions = {}): Promise<ImageInputs> {
@@ -25,13 +28,17 @@ export class ImageInputs {
     const tower = await VisionTower.load(modelDir, opts);
     if ((processor.family === 'qwen-vl') !== (tower.spec.kind === 'qwen')) {
       await tower.release();
-      throw new ModelError(`${modelDir}: preprocessor_config.json describes a ${processor.family} image processor, but config.json a ${tower.spec.family} vision tower`);
+      throw new ModelError(
+        `${modelDir}: preprocessor_config.json describes a ${processor.family} image processor, but config.json a ${tower.spec.family} vision tower`,
+      );
     }
     return new ImageInputs(processor, tower);
   }
 
   /** The image placeholder token (one per image in a prompt, before expansion). */
-  get placeholderId(): number { return this.processor.placeholders.image; }
+  get placeholderId(): number {
+    return this.processor.placeholders.image;
+  }
 
   /**
    * `ids` carry one placeholder per image (in order); each is expanded to its image's token count, as HF
@@ -41,7 +48,8 @@ export class ImageInputs {
     const processed = images.map((img) => this.processor.preprocess(img));
     const expanded = this.processor.expand(ids, processed);
     const placed: ImageEmbeds[] = [];
-    for (const [i, p] of processed.entries()) placed.push({ start: expanded.imageSpans[i]!.start, ...(await this.embed(p)) });
+    for (const [i, p] of processed.entries())
+      placed.push({ start: expanded.imageSpans[i]!.start, ...(await this.embed(p)) });
     return { inputIds: expanded.inputIds, images: placed };
   }
 
@@ -51,7 +59,11 @@ export class ImageInputs {
     if (out.kind === 'qwen' && image.family === 'qwen-vl' && this.tower.spec.kind === 'qwen') {
       const m = this.tower.spec.mergeSize;
       const [t, gh, gw] = image.gridThw;
-      return { embeds: out.embeddings, grid: [t, gh / m, gw / m], ...(out.deepstack.length > 0 ? { deepstack: out.deepstack } : {}) };
+      return {
+        embeds: out.embeddings,
+        grid: [t, gh / m, gw / m],
+        ...(out.deepstack.length > 0 ? { deepstack: out.deepstack } : {}),
+      };
     }
     if (out.kind === 'siglip' && image.family === 'llava-onevision') {
       return { embeds: packLlavaOnevisionFeatures(out.features, out.dims, image.layout, this.tower.imageNewline) };
@@ -59,5 +71,7 @@ export class ImageInputs {
     throw new ModelError(`a ${image.family} image does not fit the ${this.tower.spec.family} vision tower`);
   }
 
-  async release(): Promise<void> { await this.tower.release(); }
+  async release(): Promise<void> {
+    await this.tower.release();
+  }
 }

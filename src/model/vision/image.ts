@@ -50,7 +50,10 @@ export const DEFAULT_MAX_IMAGE_PIXELS = IMAGE_PIXEL_FACTOR * 4096 * 4096;
 export const MAX_IMAGE_PIXELS_ENV = 'ARM_MAX_IMAGE_PIXELS';
 
 /** A bound on an image's decoded pixels, with what it comes from (for the error message). */
-export interface PixelBound { readonly pixels: number; readonly source: string }
+export interface PixelBound {
+  readonly pixels: number;
+  readonly source: string;
+}
 
 /** `ARM_MAX_IMAGE_PIXELS` as a bound, or null when unset; a value that is not a positive whole number is an error. */
 export function envPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound | null {
@@ -58,7 +61,9 @@ export function envPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound 
   if (raw === undefined || raw.trim() === '') return null;
   const pixels = Number(raw.trim());
   if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(pixels) || pixels < 1) {
-    throw new ModelError(`${MAX_IMAGE_PIXELS_ENV}=${JSON.stringify(raw)}: expected a positive whole number of pixels (width × height)`);
+    throw new ModelError(
+      `${MAX_IMAGE_PIXELS_ENV}=${JSON.stringify(raw)}: expected a positive whole number of pixels (width × height)`,
+    );
   }
   return { pixels, source: MAX_IMAGE_PIXELS_ENV };
 }
@@ -67,18 +72,33 @@ export function envPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound 
  * The bound for an image processor whose largest output is `largestPixels` (`what` names it, e.g. "max_pixels
  * in preprocessor_config.json"): `ARM_MAX_IMAGE_PIXELS` when set, else max(4 × largestPixels, 4096²).
  */
-export function processorPixelBound(largestPixels: number, what: string, env: NodeJS.ProcessEnv = process.env): PixelBound {
+export function processorPixelBound(
+  largestPixels: number,
+  what: string,
+  env: NodeJS.ProcessEnv = process.env,
+): PixelBound {
   const set = envPixelBound(env);
   if (set) return set;
   const scaled = IMAGE_PIXEL_FACTOR * largestPixels;
   return scaled >= MIN_IMAGE_PIXEL_BOUND
-    ? { pixels: scaled, source: `${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}` }
-    : { pixels: MIN_IMAGE_PIXEL_BOUND, source: `at least 4096×4096; ${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}, is less` };
+    ? {
+        pixels: scaled,
+        source: `${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}`,
+      }
+    : {
+        pixels: MIN_IMAGE_PIXEL_BOUND,
+        source: `at least 4096×4096; ${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}, is less`,
+      };
 }
 
 /** The bound without an image processor: `ARM_MAX_IMAGE_PIXELS`, else DEFAULT_MAX_IMAGE_PIXELS. */
 export function defaultPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound {
-  return envPixelBound(env) ?? { pixels: DEFAULT_MAX_IMAGE_PIXELS, source: `the default without an image processor, ${IMAGE_PIXEL_FACTOR} × 4096×4096` };
+  return (
+    envPixelBound(env) ?? {
+      pixels: DEFAULT_MAX_IMAGE_PIXELS,
+      source: `the default without an image processor, ${IMAGE_PIXEL_FACTOR} × 4096×4096`,
+    }
+  );
 }
 
 export interface DecodeImageOptions {
@@ -100,9 +120,14 @@ export interface DecodeImageOptions {
  */
 export async function decodeImage(source: string | Uint8Array, opts: DecodeImageOptions = {}): Promise<RgbImage> {
   const where = opts.name ?? (typeof source === 'string' ? source : 'image bytes');
-  const bound: PixelBound = opts.maxPixels === undefined ? defaultPixelBound()
-    : typeof opts.maxPixels === 'number' ? { pixels: opts.maxPixels, source: 'maxPixels' } : opts.maxPixels;
-  if (!(Number.isSafeInteger(bound.pixels) && bound.pixels >= 1)) throw new ModelError(`${where}: pixel bound ${bound.pixels} (${bound.source}) is not a positive whole number`);
+  const bound: PixelBound =
+    opts.maxPixels === undefined
+      ? defaultPixelBound()
+      : typeof opts.maxPixels === 'number'
+        ? { pixels: opts.maxPixels, source: 'maxPixels' }
+        : opts.maxPixels;
+  if (!(Number.isSafeInteger(bound.pixels) && bound.pixels >= 1))
+    throw new ModelError(`${where}: pixel bound ${bound.pixels} (${bound.source}) is not a positive whole number`);
   const bytes = typeof source === 'string' ? await readImageFile(source) : source;
   let meta: Metadata;
   try {
@@ -117,37 +142,55 @@ export async function decodeImage(source: string | Uint8Array, opts: DecodeImage
     throw new ModelError(`${where}: image format ${format ?? 'unknown'} is not supported (PNG, JPEG or WebP)`);
   }
   // One page: sharp decodes the first frame only (pages: 1), whose size the header gives as width × height.
-  const width = meta.width ?? 0, height = meta.pageHeight ?? meta.height ?? 0;
+  const width = meta.width ?? 0,
+    height = meta.pageHeight ?? meta.height ?? 0;
   if (width * height > bound.pixels) {
     const frames = (meta.pages ?? 1) > 1 ? ` (first of ${meta.pages} frames)` : '';
-    throw new ModelError(`${where}: the image is ${width}×${height}${frames}, ${width * height} pixels, more than the ${bound.pixels} allowed (${bound.source}); ` +
-      `it is refused before decoding (a small file can declare gigabytes of pixels): downscale it, or raise the bound with ${MAX_IMAGE_PIXELS_ENV}`);
+    throw new ModelError(
+      `${where}: the image is ${width}×${height}${frames}, ${width * height} pixels, more than the ${bound.pixels} allowed (${bound.source}); ` +
+        `it is refused before decoding (a small file can declare gigabytes of pixels): downscale it, or raise the bound with ${MAX_IMAGE_PIXELS_ENV}`,
+    );
   }
   // `ignoreIcc`: sharp would otherwise convert through an embedded profile to sRGB, which PIL never does.
   // `autoOrient` applies EXIF orientation; `raw` gives 8-bit samples in the file's own channel count
   // (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). `limitInputPixels` enforces the bound inside the decoder too.
-  const { data, info } = await sharp(bytes, { failOn: 'error', ignoreIcc: true, pages: 1, page: 0, limitInputPixels: bound.pixels })
+  const { data, info } = await sharp(bytes, {
+    failOn: 'error',
+    ignoreIcc: true,
+    pages: 1,
+    page: 0,
+    limitInputPixels: bound.pixels,
+  })
     .autoOrient()
     .raw({ depth: 'uchar' })
     .toBuffer({ resolveWithObject: true })
     .catch((err: Error) => {
       throw new ModelError(`${where}: could not decode ${format} (${err.message})`);
     });
-  return toRgb(new Uint8Array(data.buffer, data.byteOffset, data.length), info.width, info.height, info.channels, where);
+  return toRgb(
+    new Uint8Array(data.buffer, data.byteOffset, data.length),
+    info.width,
+    info.height,
+    info.channels,
+    where,
+  );
 }
 
 async function readImageFile(file: string): Promise<Uint8Array> {
   try {
     return await fs.readFile(file);
   } catch (err) {
-    throw new ModelError(`${file}: cannot read image (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    throw new ModelError(
+      `${file}: cannot read image (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
   }
 }
 
 /** Samples with 1–4 channels → RGB; alpha composited over white. */
 export function toRgb(samples: Uint8Array, width: number, height: number, channels: number, where = 'image'): RgbImage {
   const n = width * height;
-  if (samples.length !== n * channels) throw new ModelError(`${where}: expected ${n * channels} samples, got ${samples.length}`);
+  if (samples.length !== n * channels)
+    throw new ModelError(`${where}: expected ${n * channels} samples, got ${samples.length}`);
   const out = new Uint8Array(n * 3);
   for (let i = 0; i < n; i++) {
     let r: number, g: number, b: number, a: number;

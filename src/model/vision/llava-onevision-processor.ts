@@ -34,7 +34,8 @@ export interface LlavaOnevisionImageProcessorConfig {
 type Json = Record<string, unknown>;
 
 function readResolutions(v: unknown, where: string): Resolution[] {
-  if (!Array.isArray(v) || v.length === 0) throw new ModelError(`${where}: "image_grid_pinpoints" must be a non-empty list of [height, width]`);
+  if (!Array.isArray(v) || v.length === 0)
+    throw new ModelError(`${where}: "image_grid_pinpoints" must be a non-empty list of [height, width]`);
   return v.map((p) => {
     if (!Array.isArray(p) || p.length !== 2 || !p.every((x) => Number.isInteger(x) && x > 0)) {
       throw new ModelError(`${where}: "image_grid_pinpoints" entry ${JSON.stringify(p)} is not [height, width]`);
@@ -43,15 +44,27 @@ function readResolutions(v: unknown, where: string): Resolution[] {
   });
 }
 
-export function llavaOnevisionImageProcessorConfig(json: Json, where = 'preprocessor_config.json'): LlavaOnevisionImageProcessorConfig {
+export function llavaOnevisionImageProcessorConfig(
+  json: Json,
+  where = 'preprocessor_config.json',
+): LlavaOnevisionImageProcessorConfig {
   readBicubicResample(json, where);
-  if (readBool(json, 'do_center_crop', false, where)) throw new ModelError(`${where}: "do_center_crop" is not supported for LLaVA-OneVision`);
+  if (readBool(json, 'do_center_crop', false, where))
+    throw new ModelError(`${where}: "do_center_crop" is not supported for LLaVA-OneVision`);
   const size = (json['size'] ?? { height: 384, width: 384 }) as Json;
   if (typeof size !== 'object' || Array.isArray(size)) throw new ModelError(`${where}: "size" must be an object`);
-  const tileSize: Resolution = 'height' in size || 'width' in size
-    ? [readPositiveInt(size, 'height', undefined, `${where} size`), readPositiveInt(size, 'width', undefined, `${where} size`)]
-    : [readPositiveInt(size, 'shortest_edge', undefined, `${where} size`), readPositiveInt(size, 'shortest_edge', undefined, `${where} size`)];
-  if (tileSize[0] !== tileSize[1]) throw new ModelError(`${where}: LLaVA-OneVision tiles must be square, got size ${tileSize[1]}×${tileSize[0]}`);
+  const tileSize: Resolution =
+    'height' in size || 'width' in size
+      ? [
+          readPositiveInt(size, 'height', undefined, `${where} size`),
+          readPositiveInt(size, 'width', undefined, `${where} size`),
+        ]
+      : [
+          readPositiveInt(size, 'shortest_edge', undefined, `${where} size`),
+          readPositiveInt(size, 'shortest_edge', undefined, `${where} size`),
+        ];
+  if (tileSize[0] !== tileSize[1])
+    throw new ModelError(`${where}: LLaVA-OneVision tiles must be square, got size ${tileSize[1]}×${tileSize[0]}`);
   return {
     tileSize,
     gridPinpoints: readResolutions(json['image_grid_pinpoints'], where),
@@ -120,8 +133,12 @@ function padToCanvas(image: RgbImage, [h, w]: Resolution): RgbImage {
   return rgbImage(w, h, out);
 }
 
-export function preprocessLlavaOnevisionImage(image: RgbImage, cfg: LlavaOnevisionImageProcessorConfig): LlavaOnevisionProcessedImage {
-  if (!cfg.doResize) throw new ModelError('LLaVA-OneVision preprocessing needs do_resize (tiles and the base image are resized)');
+export function preprocessLlavaOnevisionImage(
+  image: RgbImage,
+  cfg: LlavaOnevisionImageProcessorConfig,
+): LlavaOnevisionProcessedImage {
+  if (!cfg.doResize)
+    throw new ModelError('LLaVA-OneVision preprocessing needs do_resize (tiles and the base image are resized)');
   const imageSize: Resolution = [image.height, image.width];
   const tile = cfg.tileSize[0];
   const best = selectBestResolution(imageSize, cfg.gridPinpoints);
@@ -130,7 +147,8 @@ export function preprocessLlavaOnevisionImage(image: RgbImage, cfg: LlavaOnevisi
   }
   const canvas = padToCanvas(resizeTo(image, patchOutputSize(imageSize, best), cfg.kernel), best);
   const base = resizeTo(image, cfg.tileSize, cfg.kernel);
-  const rows = best[0] / tile, cols = best[1] / tile;
+  const rows = best[0] / tile,
+    cols = best[1] / tile;
   const tiles = 1 + rows * cols;
   const tables = normalizationTable(cfg.normalization);
   const plane = tile * tile;
@@ -172,12 +190,17 @@ export function llavaOnevisionFeatureConfig(config: Json, where = 'config.json')
   let maxTiles: number | undefined;
   if (aspect !== 'anyres') {
     const m = typeof aspect === 'string' ? /^anyres_max_(\d+)$/.exec(aspect) : null;
-    if (!m) throw new ModelError(`${where}: "vision_aspect_ratio" ${JSON.stringify(aspect)} is not supported (anyres or anyres_max_N)`);
+    if (!m)
+      throw new ModelError(
+        `${where}: "vision_aspect_ratio" ${JSON.stringify(aspect)} is not supported (anyres or anyres_max_N)`,
+      );
     maxTiles = Number(m[1]);
   }
   const strategy = config['vision_feature_select_strategy'] ?? 'full';
   if (strategy !== 'full' && strategy !== 'default') {
-    throw new ModelError(`${where}: "vision_feature_select_strategy" must be "full" or "default", got ${JSON.stringify(strategy)}`);
+    throw new ModelError(
+      `${where}: "vision_feature_select_strategy" must be "full" or "default", got ${JSON.stringify(strategy)}`,
+    );
   }
   return {
     gridPinpoints: readResolutions(config['image_grid_pinpoints'], where),
@@ -223,9 +246,12 @@ export function llavaOnevisionLayout(imageSize: Resolution, cfg: LlavaOnevisionF
   const [h0, w0] = imageSize;
   const side = cfg.featuresPerSide;
   const [bh, bw] = selectBestResolution(imageSize, cfg.gridPinpoints);
-  const tileRows = Math.floor(bh / cfg.tileSize), tileCols = Math.floor(bw / cfg.tileSize);
-  const gridH = tileRows * side, gridW = tileCols * side;
-  let h = gridH, w = gridW;
+  const tileRows = Math.floor(bh / cfg.tileSize),
+    tileCols = Math.floor(bw / cfg.tileSize);
+  const gridH = tileRows * side,
+    gridW = tileCols * side;
+  let h = gridH,
+    w = gridW;
   let crop: [number, number, number, number] = [0, 0, 0, 0];
   if (w0 / h0 > gridW / gridH) {
     const newH = truncRounded7(h0 * (gridW / w0));

@@ -31,7 +31,11 @@ export interface MropePositions {
  * Positions for one unpadded sequence of `length` tokens with `images` in order (spans from placeholder
  * expansion). Each span's length must equal t·h·w / merge² of its grid.
  */
-export function mropePositionIds(length: number, images: readonly MropeImage[], spatialMergeSize: number): MropePositions {
+export function mropePositionIds(
+  length: number,
+  images: readonly MropeImage[],
+  spatialMergeSize: number,
+): MropePositions {
   const positions = new Int32Array(3 * length);
   const set = (i: number, t: number, h: number, w: number) => {
     positions[i] = t;
@@ -43,15 +47,25 @@ export function mropePositionIds(length: number, images: readonly MropeImage[], 
   for (const [k, { span, gridThw }] of images.entries()) {
     const [t, gh, gw] = gridThw;
     if (gh % spatialMergeSize !== 0 || gw % spatialMergeSize !== 0) {
-      throw new ModelError(`image ${k}: grid ${gh}×${gw} is not divisible by the spatial merge size ${spatialMergeSize}`);
+      throw new ModelError(
+        `image ${k}: grid ${gh}×${gw} is not divisible by the spatial merge size ${spatialMergeSize}`,
+      );
     }
-    const h = gh / spatialMergeSize, w = gw / spatialMergeSize;
-    if (span.length !== t * h * w) throw new ModelError(`image ${k}: ${span.length} placeholder tokens, but grid ${t}×${gh}×${gw} merges to ${t * h * w}`);
-    if (span.start < at || span.start + span.length > length) throw new ModelError(`image ${k}: span [${span.start}, ${span.start + span.length}) is out of order or out of the sequence`);
+    const h = gh / spatialMergeSize,
+      w = gw / spatialMergeSize;
+    if (span.length !== t * h * w)
+      throw new ModelError(
+        `image ${k}: ${span.length} placeholder tokens, but grid ${t}×${gh}×${gw} merges to ${t * h * w}`,
+      );
+    if (span.start < at || span.start + span.length > length)
+      throw new ModelError(
+        `image ${k}: span [${span.start}, ${span.start + span.length}) is out of order or out of the sequence`,
+      );
     for (; at < span.start; at++, next++) set(at, next, next, next);
     // Images use temporal index 0 for every frame (Qwen2.5-VL scales video time; a still image has none).
     let i = span.start;
-    for (let ti = 0; ti < t; ti++) for (let hi = 0; hi < h; hi++) for (let wi = 0; wi < w; wi++) set(i++, next, next + hi, next + wi);
+    for (let ti = 0; ti < t; ti++)
+      for (let hi = 0; hi < h; hi++) for (let wi = 0; wi < w; wi++) set(i++, next, next + hi, next + wi);
     next += Math.max(h, w, 1);
     at = span.start + span.length;
   }
@@ -74,7 +88,8 @@ export function mropePositionIdsBatch(
   rows.forEach(({ padding, images }, b) => {
     const n = paddedLength - padding;
     const one = mropePositionIds(n, images, spatialMergeSize);
-    for (let r = 0; r < 3; r++) positions.set(one.positions.subarray(r * n, (r + 1) * n), (r * B + b) * paddedLength + padding);
+    for (let r = 0; r < 3; r++)
+      positions.set(one.positions.subarray(r * n, (r + 1) * n), (r * B + b) * paddedLength + padding);
     deltas.push(one.delta + n - paddedLength);
   });
   return { positions, deltas };
@@ -96,7 +111,9 @@ export function mropeLayout(config: Record<string, unknown>): MropeLayout | unde
       const sections = rope?.['mrope_section'];
       if (sections === undefined) continue;
       if (!Array.isArray(sections) || sections.length !== 3 || !sections.every((s) => Number.isInteger(s) && s >= 0)) {
-        throw new ModelError(`config.json: "${key}.mrope_section" must be three non-negative integers, got ${JSON.stringify(sections)}`);
+        throw new ModelError(
+          `config.json: "${key}.mrope_section" must be three non-negative integers, got ${JSON.stringify(sections)}`,
+        );
       }
       return { sections: [sections[0], sections[1], sections[2]], interleaved: rope?.['mrope_interleaved'] === true };
     }
@@ -114,7 +131,8 @@ export function mropeLayout(config: Record<string, unknown>): MropeLayout | unde
  */
 export function mropeFrequencyRows(halfDim: number, layout: MropeLayout): Uint8Array {
   const [st, sh, sw] = layout.sections;
-  if (st + sh + sw !== halfDim) throw new ModelError(`mrope_section [${st}, ${sh}, ${sw}] must sum to head_dim / 2 = ${halfDim}`);
+  if (st + sh + sw !== halfDim)
+    throw new ModelError(`mrope_section [${st}, ${sh}, ${sw}] must sum to head_dim / 2 = ${halfDim}`);
   const rows = new Uint8Array(halfDim);
   for (let j = 0; j < halfDim; j++) {
     if (layout.interleaved) rows[j] = j % 3 === 1 && j < 3 * sh ? 1 : j % 3 === 2 && j < 3 * sw ? 2 : 0;

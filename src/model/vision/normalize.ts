@@ -45,7 +45,8 @@ type Json = Record<string, unknown>;
 export function readBool(json: Json, key: string, fallback: boolean, where: string): boolean {
   const v = json[key];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== 'boolean') throw new ModelError(`${where}: "${key}" must be true or false, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'boolean')
+    throw new ModelError(`${where}: "${key}" must be true or false, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -55,7 +56,8 @@ export function readNumber(json: Json, key: string, fallback: number | undefined
     if (fallback === undefined) throw new ModelError(`${where}: "${key}" is missing`);
     return fallback;
   }
-  if (typeof v !== 'number' || !Number.isFinite(v)) throw new ModelError(`${where}: "${key}" must be a number, got ${JSON.stringify(v)}`);
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new ModelError(`${where}: "${key}" must be a number, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -65,7 +67,12 @@ export function readPositiveInt(json: Json, key: string, fallback: number | unde
   return v;
 }
 
-function readTriple(json: Json, key: string, fallback: readonly [number, number, number], where: string): [number, number, number] {
+function readTriple(
+  json: Json,
+  key: string,
+  fallback: readonly [number, number, number],
+  where: string,
+): [number, number, number] {
   const v = json[key];
   if (v === undefined || v === null) return [...fallback];
   if (typeof v === 'number') return [v, v, v];
@@ -95,7 +102,9 @@ export function readNormalization(json: Json, where: string): PixelNormalization
 export function readBicubicResample(json: Json, where: string): void {
   const resample = readNumber(json, 'resample', 3, where);
   if (resample !== 3) {
-    throw new ModelError(`${where}: "resample" ${resample} is not supported; only 3 (bicubic), which Qwen-VL and LLaVA-OneVision use`);
+    throw new ModelError(
+      `${where}: "resample" ${resample} is not supported; only 3 (bicubic), which Qwen-VL and LLaVA-OneVision use`,
+    );
   }
 }
 

@@ -16,17 +16,25 @@ export interface ImagePlaceholderIds {
 function readId(config: Record<string, unknown>, key: string): number | undefined {
   const v = config[key];
   if (v === undefined || v === null) return undefined;
-  if (!Number.isInteger(v) || (v as number) < 0) throw new ModelError(`config.json: "${key}" must be a token id, got ${JSON.stringify(v)}`);
+  if (!Number.isInteger(v) || (v as number) < 0)
+    throw new ModelError(`config.json: "${key}" must be a token id, got ${JSON.stringify(v)}`);
   return v as number;
 }
 
 /** Placeholder ids from an image-text config.json (top level, as Qwen-VL and LLaVA-OneVision write them). */
 export function imagePlaceholderIds(config: Record<string, unknown>): ImagePlaceholderIds {
   const image = readId(config, 'image_token_id') ?? readId(config, 'image_token_index');
-  if (image === undefined) throw new ModelError('config.json: neither "image_token_id" nor "image_token_index" names the image placeholder token');
+  if (image === undefined)
+    throw new ModelError(
+      'config.json: neither "image_token_id" nor "image_token_index" names the image placeholder token',
+    );
   const visionStart = readId(config, 'vision_start_token_id');
   const visionEnd = readId(config, 'vision_end_token_id');
-  return { image, ...(visionStart !== undefined ? { visionStart } : {}), ...(visionEnd !== undefined ? { visionEnd } : {}) };
+  return {
+    image,
+    ...(visionStart !== undefined ? { visionStart } : {}),
+    ...(visionEnd !== undefined ? { visionEnd } : {}),
+  };
 }
 
 /** Where one image's tokens sit in the expanded ids. */
@@ -46,7 +54,11 @@ export interface ExpandedPrompt {
  * image, as in HF processors, so a prompt must carry exactly one placeholder per image: a run that is already
  * expanded is an error (it would be read as many images).
  */
-export function expandImagePlaceholders(ids: readonly number[], imageTokenId: number, tokenCounts: readonly number[]): ExpandedPrompt {
+export function expandImagePlaceholders(
+  ids: readonly number[],
+  imageTokenId: number,
+  tokenCounts: readonly number[],
+): ExpandedPrompt {
   const positions: number[] = [];
   ids.forEach((id, i) => {
     if (id === imageTokenId) positions.push(i);
@@ -61,7 +73,8 @@ export function expandImagePlaceholders(ids: readonly number[], imageTokenId: nu
   let from = 0;
   positions.forEach((at, i) => {
     const n = tokenCounts[i]!;
-    if (!Number.isInteger(n) || n < 1) throw new ModelError(`image ${i}: token count must be a positive integer, got ${n}`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new ModelError(`image ${i}: token count must be a positive integer, got ${n}`);
     for (let k = from; k < at; k++) inputIds.push(ids[k]!);
     imageSpans.push({ start: inputIds.length, length: n });
     for (let k = 0; k < n; k++) inputIds.push(imageTokenId);
@@ -75,7 +88,11 @@ export function expandImagePlaceholders(ids: readonly number[], imageTokenId: nu
  * The image spans of ids that are already expanded (each maximal run of the placeholder is one image), checked
  * against the token counts the images need. For prompts whose chat template or caller expanded them.
  */
-export function imageSpansOf(ids: readonly number[], imageTokenId: number, tokenCounts?: readonly number[]): ImageSpan[] {
+export function imageSpansOf(
+  ids: readonly number[],
+  imageTokenId: number,
+  tokenCounts?: readonly number[],
+): ImageSpan[] {
   const spans: ImageSpan[] = [];
   for (let i = 0; i < ids.length; i++) {
     if (ids[i] !== imageTokenId) continue;
@@ -85,9 +102,13 @@ export function imageSpansOf(ids: readonly number[], imageTokenId: number, token
     i = j - 1;
   }
   if (tokenCounts) {
-    if (spans.length !== tokenCounts.length) throw new ModelError(`found ${spans.length} image placeholder runs, but ${tokenCounts.length} images were given`);
+    if (spans.length !== tokenCounts.length)
+      throw new ModelError(`found ${spans.length} image placeholder runs, but ${tokenCounts.length} images were given`);
     spans.forEach((s, i) => {
-      if (s.length !== tokenCounts[i]) throw new ModelError(`image ${i}: ${s.length} placeholder tokens in the prompt, but the image needs ${tokenCounts[i]}`);
+      if (s.length !== tokenCounts[i])
+        throw new ModelError(
+          `image ${i}: ${s.length} placeholder tokens in the prompt, but the image needs ${tokenCounts[i]}`,
+        );
     });
   }
   return spans;

@@ -17,8 +17,18 @@ import {
   type LlavaOnevisionLayout,
   type Resolution,
 } from './llava-onevision-processor.js';
-import { expandImagePlaceholders, imagePlaceholderIds, type ExpandedPrompt, type ImagePlaceholderIds } from './placeholders.js';
-import { preprocessQwenVLImage, qwenVLImageProcessorConfig, qwenVLImageTokenCount, type QwenVLImageProcessorConfig } from './qwen-processor.js';
+import {
+  expandImagePlaceholders,
+  imagePlaceholderIds,
+  type ExpandedPrompt,
+  type ImagePlaceholderIds,
+} from './placeholders.js';
+import {
+  preprocessQwenVLImage,
+  qwenVLImageProcessorConfig,
+  qwenVLImageTokenCount,
+  type QwenVLImageProcessorConfig,
+} from './qwen-processor.js';
 
 /** One image ready for a vision tower. */
 export type ProcessedImage =
@@ -77,7 +87,10 @@ function readJson(file: string): Json {
   }
 }
 
-export function qwenVLImageProcessor(pre: QwenVLImageProcessorConfig, placeholders: ImagePlaceholderIds): ImageProcessor {
+export function qwenVLImageProcessor(
+  pre: QwenVLImageProcessorConfig,
+  placeholders: ImagePlaceholderIds,
+): ImageProcessor {
   return {
     family: 'qwen-vl',
     placeholders,
@@ -86,9 +99,20 @@ export function qwenVLImageProcessor(pre: QwenVLImageProcessorConfig, placeholde
     pixelBound: () => processorPixelBound(pre.maxPixels, 'max_pixels in preprocessor_config.json'),
     preprocess(image) {
       const p = preprocessQwenVLImage(image, pre);
-      return { family: 'qwen-vl', pixelValues: p.pixelValues, shape: p.shape, gridThw: p.gridThw, tokenCount: p.tokenCount };
+      return {
+        family: 'qwen-vl',
+        pixelValues: p.pixelValues,
+        shape: p.shape,
+        gridThw: p.gridThw,
+        tokenCount: p.tokenCount,
+      };
     },
-    expand: (ids, images) => expandImagePlaceholders(ids, placeholders.image, images.map((i) => i.tokenCount)),
+    expand: (ids, images) =>
+      expandImagePlaceholders(
+        ids,
+        placeholders.image,
+        images.map((i) => i.tokenCount),
+      ),
   };
 }
 
@@ -98,7 +122,9 @@ export function llavaOnevisionImageProcessor(
   placeholders: ImagePlaceholderIds,
 ): ImageProcessor {
   if (pre.tileSize[0] !== features.tileSize) {
-    throw new ModelError(`preprocessor tile size ${pre.tileSize[0]} differs from the vision tower's image_size ${features.tileSize}`);
+    throw new ModelError(
+      `preprocessor tile size ${pre.tileSize[0]} differs from the vision tower's image_size ${features.tileSize}`,
+    );
   }
   // Every image becomes the base tile and the tiles of one grid-pinpoint canvas: the largest canvas bounds it.
   const largestPixels = Math.max(pre.tileSize[0] * pre.tileSize[1], ...pre.gridPinpoints.map(([h, w]) => h * w));
@@ -107,13 +133,26 @@ export function llavaOnevisionImageProcessor(
     placeholders,
     tokenCount: (h, w) => llavaOnevisionLayout([h, w], features).tokenCount,
     largestPixels,
-    pixelBound: () => processorPixelBound(largestPixels, 'the largest image_grid_pinpoints canvas in preprocessor_config.json'),
+    pixelBound: () =>
+      processorPixelBound(largestPixels, 'the largest image_grid_pinpoints canvas in preprocessor_config.json'),
     preprocess(image) {
       const p = preprocessLlavaOnevisionImage(image, pre);
       const layout = llavaOnevisionLayout(p.imageSize, features);
-      return { family: 'llava-onevision', pixelValues: p.pixelValues, shape: p.shape, imageSize: p.imageSize, layout, tokenCount: layout.tokenCount };
+      return {
+        family: 'llava-onevision',
+        pixelValues: p.pixelValues,
+        shape: p.shape,
+        imageSize: p.imageSize,
+        layout,
+        tokenCount: layout.tokenCount,
+      };
     },
-    expand: (ids, images) => expandImagePlaceholders(ids, placeholders.image, images.map((i) => i.tokenCount)),
+    expand: (ids, images) =>
+      expandImagePlaceholders(
+        ids,
+        placeholders.image,
+        images.map((i) => i.tokenCount),
+      ),
   };
 }
 
@@ -123,7 +162,10 @@ export function llavaOnevisionImageProcessor(
  */
 export function loadImageProcessor(modelDir: string): ImageProcessor {
   const preFile = path.join(modelDir, 'preprocessor_config.json');
-  if (!fs.existsSync(preFile)) throw new ModelError(`${modelDir}: no preprocessor_config.json; image inputs need the checkpoint's image processor settings`);
+  if (!fs.existsSync(preFile))
+    throw new ModelError(
+      `${modelDir}: no preprocessor_config.json; image inputs need the checkpoint's image processor settings`,
+    );
   const pre = readJson(preFile);
   const config = readJson(path.join(modelDir, 'config.json'));
   const type = pre['image_processor_type'];
@@ -132,7 +174,13 @@ export function loadImageProcessor(modelDir: string): ImageProcessor {
     return qwenVLImageProcessor(qwenVLImageProcessorConfig(pre, preFile), placeholders);
   }
   if (typeof type === 'string' && /^LlavaOnevisionImageProcessor(Fast|Pil)?$/.test(type)) {
-    return llavaOnevisionImageProcessor(llavaOnevisionImageProcessorConfig(pre, preFile), llavaOnevisionFeatureConfig(config), placeholders);
+    return llavaOnevisionImageProcessor(
+      llavaOnevisionImageProcessorConfig(pre, preFile),
+      llavaOnevisionFeatureConfig(config),
+      placeholders,
+    );
   }
-  throw new ModelError(`${preFile}: image_processor_type ${JSON.stringify(type)} is not supported (Qwen2VLImageProcessor, LlavaOnevisionImageProcessor)`);
+  throw new ModelError(
+    `${preFile}: image_processor_type ${JSON.stringify(type)} is not supported (Qwen2VLImageProcessor, LlavaOnevisionImageProcessor)`,
+  );
 }

@@ -35,13 +35,27 @@ export interface QwenVLImageProcessorConfig {
  * (transformers ≥ 4.50 spelling) and are overridden by top-level `min_pixels`/`max_pixels` (what the
  * released Qwen2-VL/Qwen2.5-VL checkpoints carry), as transformers does.
  */
-export function qwenVLImageProcessorConfig(json: Record<string, unknown>, where = 'preprocessor_config.json'): QwenVLImageProcessorConfig {
+export function qwenVLImageProcessorConfig(
+  json: Record<string, unknown>,
+  where = 'preprocessor_config.json',
+): QwenVLImageProcessorConfig {
   readBicubicResample(json, where);
-  if (readBool(json, 'do_center_crop', false, where)) throw new ModelError(`${where}: "do_center_crop" is not part of Qwen-VL preprocessing`);
+  if (readBool(json, 'do_center_crop', false, where))
+    throw new ModelError(`${where}: "do_center_crop" is not part of Qwen-VL preprocessing`);
   const size = (json['size'] ?? {}) as Record<string, unknown>;
   if (typeof size !== 'object' || Array.isArray(size)) throw new ModelError(`${where}: "size" must be an object`);
-  const minPixels = readPositiveInt(json, 'min_pixels', readPositiveInt(size, 'shortest_edge', 56 * 56, `${where} size`), where);
-  const maxPixels = readPositiveInt(json, 'max_pixels', readPositiveInt(size, 'longest_edge', 28 * 28 * 1280, `${where} size`), where);
+  const minPixels = readPositiveInt(
+    json,
+    'min_pixels',
+    readPositiveInt(size, 'shortest_edge', 56 * 56, `${where} size`),
+    where,
+  );
+  const maxPixels = readPositiveInt(
+    json,
+    'max_pixels',
+    readPositiveInt(size, 'longest_edge', 28 * 28 * 1280, `${where} size`),
+    where,
+  );
   if (minPixels > maxPixels) throw new ModelError(`${where}: min pixels ${minPixels} exceed max pixels ${maxPixels}`);
   return {
     patchSize: readPositiveInt(json, 'patch_size', 14, where),
@@ -65,7 +79,13 @@ export function roundHalfEven(x: number): number {
  * transformers' `smart_resize`: the [height, width] closest to the image's that are multiples of `factor`
  * (= patch × merge) with height·width within [minPixels, maxPixels], aspect ratio kept as far as possible.
  */
-export function smartResize(height: number, width: number, factor: number, minPixels: number, maxPixels: number): [number, number] {
+export function smartResize(
+  height: number,
+  width: number,
+  factor: number,
+  minPixels: number,
+  maxPixels: number,
+): [number, number] {
   if (Math.max(height, width) / Math.min(height, width) > 200) {
     throw new ModelError(`image ${width}×${height}: aspect ratio must be below 200 (Qwen-VL smart_resize)`);
   }
@@ -104,7 +124,7 @@ export function qwenVLResizedSize(height: number, width: number, cfg: QwenVLImag
 /** How many placeholder tokens an image of this size expands to. */
 export function qwenVLImageTokenCount(height: number, width: number, cfg: QwenVLImageProcessorConfig): number {
   const [h, w] = qwenVLResizedSize(height, width, cfg);
-  return (h / cfg.patchSize) * (w / cfg.patchSize) / (cfg.mergeSize * cfg.mergeSize);
+  return ((h / cfg.patchSize) * (w / cfg.patchSize)) / (cfg.mergeSize * cfg.mergeSize);
 }
 
 export function preprocessQwenVLImage(image: RgbImage, cfg: QwenVLImageProcessorConfig): QwenVLProcessedImage {
@@ -113,11 +133,15 @@ export function preprocessQwenVLImage(image: RgbImage, cfg: QwenVLImageProcessor
   if (height % unit !== 0 || width % unit !== 0) {
     throw new ModelError(`image ${width}×${height} is not a multiple of patch×merge ${unit}; enable do_resize`);
   }
-  const resized = height === image.height && width === image.width ? image : resizeBicubic(image, width, height, cfg.kernel);
+  const resized =
+    height === image.height && width === image.width ? image : resizeBicubic(image, width, height, cfg.kernel);
   const tables = normalizationTable(cfg.normalization);
-  const P = cfg.patchSize, M = cfg.mergeSize, T = cfg.temporalPatchSize;
+  const P = cfg.patchSize,
+    M = cfg.mergeSize,
+    T = cfg.temporalPatchSize;
   const gridT = 1; // one image = one frame, repeated T times to fill a temporal patch
-  const gridH = height / P, gridW = width / P;
+  const gridH = height / P,
+    gridW = width / P;
   const rowLen = 3 * T * P * P;
   const rows = gridT * gridH * gridW;
   const out = new Float32Array(rows * rowLen);
@@ -127,7 +151,8 @@ export function preprocessQwenVLImage(image: RgbImage, cfg: QwenVLImageProcessor
     for (let bw = 0; bw < gridW / M; bw++) {
       for (let mh = 0; mh < M; mh++) {
         for (let mw = 0; mw < M; mw++) {
-          const y0 = (bh * M + mh) * P, x0 = (bw * M + mw) * P;
+          const y0 = (bh * M + mh) * P,
+            x0 = (bw * M + mw) * P;
           let col = row * rowLen;
           for (let c = 0; c < 3; c++) {
             const table = tables[c]!;

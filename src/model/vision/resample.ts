@@ -100,7 +100,9 @@ function passX(src: Uint8Array, width: number, height: number, taps: Taps, outW:
       const n = count[x]!;
       const k0 = x * ksize;
       let s = rowBase + first[x]! * 3;
-      let r = half, g = half, b = half;
+      let r = half,
+        g = half,
+        b = half;
       for (let j = 0; j < n; j++, s += 3) {
         const w = weights[k0 + j]!;
         r += src[s]! * w;
@@ -142,7 +144,12 @@ function passY(src: Uint8Array, width: number, taps: Taps, outH: number): Uint8A
  * Resize to `width`×`height` with antialiased bicubic, bit-exact to the chosen library. A dimension that
  * keeps its size is not resampled (both libraries skip that pass; its kernel would be the identity anyway).
  */
-export function resizeBicubic(image: RgbImage, width: number, height: number, kernel: BicubicKernel = 'torchvision'): RgbImage {
+export function resizeBicubic(
+  image: RgbImage,
+  width: number,
+  height: number,
+  kernel: BicubicKernel = 'torchvision',
+): RgbImage {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
     throw new ModelError(`resize target must be positive integers, got ${width}×${height}`);
   }

@@ -13,12 +13,36 @@ import fs from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from '../errors.js';
 import { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
-import { visionSpecFromConfig, visionSpecHash, type QwenVisionSpec, type SiglipVisionSpec, type VisionSpec } from '../families/vision-spec.js';
-import { checkpointFingerprint, defaultVisionCacheDir, ensureCachedVisionModel, VISION_MODEL_FILE, visionCacheKey } from '../cache/vision-cache.js';
-import { emitQwenVisionGraph, QWEN_VISION_GRAPH_VERSION, QWEN_VISION_PREFIXES, qwenVisionExpectedShapes, qwenVisionFeeds, qwenVisionWeightSources } from '../graph/vision-qwen.js';
 import {
-  emitSiglipVisionGraph, LLAVA_IMAGE_NEWLINE, LLAVA_PROJECTOR_PREFIXES, SIGLIP_VISION_GRAPH_VERSION, SIGLIP_VISION_PREFIXES,
-  siglipExpectedShapes, siglipVisionWeightSources,
+  visionSpecFromConfig,
+  visionSpecHash,
+  type QwenVisionSpec,
+  type SiglipVisionSpec,
+  type VisionSpec,
+} from '../families/vision-spec.js';
+import {
+  checkpointFingerprint,
+  defaultVisionCacheDir,
+  ensureCachedVisionModel,
+  VISION_MODEL_FILE,
+  visionCacheKey,
+} from '../cache/vision-cache.js';
+import {
+  emitQwenVisionGraph,
+  QWEN_VISION_GRAPH_VERSION,
+  QWEN_VISION_PREFIXES,
+  qwenVisionExpectedShapes,
+  qwenVisionFeeds,
+  qwenVisionWeightSources,
+} from '../graph/vision-qwen.js';
+import {
+  emitSiglipVisionGraph,
+  LLAVA_IMAGE_NEWLINE,
+  LLAVA_PROJECTOR_PREFIXES,
+  SIGLIP_VISION_GRAPH_VERSION,
+  SIGLIP_VISION_PREFIXES,
+  siglipExpectedShapes,
+  siglipVisionWeightSources,
 } from '../graph/vision-siglip.js';
 import type { ProcessedImage } from './processor.js';
 
@@ -52,7 +76,9 @@ export class VisionTower {
     readonly spec: VisionSpec,
     private readonly session: ort.InferenceSession,
     readonly info: {
-      readonly modelDir: string; readonly cacheEntry: string; readonly built: boolean;
+      readonly modelDir: string;
+      readonly cacheEntry: string;
+      readonly built: boolean;
       /** sha256 of the spec the graph computes (criterion files record it). */
       readonly visionConfigHash: string;
       readonly weightsFingerprint: string;
@@ -67,7 +93,9 @@ export class VisionTower {
   static async load(modelDir: string, opts: VisionTowerOptions = {}): Promise<VisionTower> {
     const configPath = path.join(modelDir, 'config.json');
     let config: Record<string, unknown>;
-    try { config = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>; } catch (e) {
+    try {
+      config = JSON.parse(fs.readFileSync(configPath, 'utf8')) as Record<string, unknown>;
+    } catch (e) {
       throw new ModelError(`${configPath}: cannot read as JSON (${(e as Error).message})`);
     }
     const spec = visionSpecFromConfig(config, configPath);
@@ -89,9 +117,13 @@ export class VisionTower {
       fingerprint = checkpointFingerprint(ckpt.files, path.join(cacheDir, 'hashes'));
       const specJson = JSON.stringify(spec);
       entry = ensureCachedVisionModel({
-        cacheDir, ckpt, sources: plan.sources, emit: plan.emit,
+        cacheDir,
+        ckpt,
+        sources: plan.sources,
+        emit: plan.emit,
         key: visionCacheKey(plan.version, specJson, fingerprint, `${prefix}|${plan.projector ?? ''}|pooled=${pooled}`),
-        doc: `${spec.family} vision tower`, metadata: { graph_version: plan.version, family: spec.family },
+        doc: `${spec.family} vision tower`,
+        metadata: { graph_version: plan.version, family: spec.family },
       });
     } finally {
       ckpt.close();
@@ -102,9 +134,19 @@ export class VisionTower {
       graphOptimizationLevel: 'all',
       executionMode: 'sequential',
     });
-    return new VisionTower(spec, session, {
-      modelDir, cacheEntry: entry.dir, built: entry.built, visionConfigHash: visionSpecHash(spec), weightsFingerprint: fingerprint, prefix,
-    }, imageNewline);
+    return new VisionTower(
+      spec,
+      session,
+      {
+        modelDir,
+        cacheEntry: entry.dir,
+        built: entry.built,
+        visionConfigHash: visionSpecHash(spec),
+        weightsFingerprint: fingerprint,
+        prefix,
+      },
+      imageNewline,
+    );
   }
 
   /** Runs one preprocessed image (vision/processor.ts) through the tower. */
@@ -119,7 +161,10 @@ export class VisionTower {
     const [t, gh, gw] = gridThw;
     const N = t * gh * gw;
     const K = spec.inChannels * spec.temporalPatchSize * spec.patchSize * spec.patchSize;
-    if (pixelValues.length !== N * K) throw new ModelError(`vision tower: pixel_values holds ${pixelValues.length} values; grid ${t}×${gh}×${gw} with ${K} values per patch needs ${N * K}`);
+    if (pixelValues.length !== N * K)
+      throw new ModelError(
+        `vision tower: pixel_values holds ${pixelValues.length} values; grid ${t}×${gh}×${gw} with ${K} values per patch needs ${N * K}`,
+      );
     const f = qwenVisionFeeds(spec, gridThw);
     const feeds: Record<string, ort.Tensor> = {
       pixel_values: new ort.Tensor('float32', pixelValues, [N, K]),
@@ -127,7 +172,12 @@ export class VisionTower {
     };
     if (f.window) {
       feeds['window_gather'] = new ort.Tensor('int64', f.window.gather, [f.window.windows, f.window.windowLen]);
-      feeds['window_key_bias'] = new ort.Tensor('float32', f.window.keyBias, [f.window.windows, 1, 1, f.window.windowLen]);
+      feeds['window_key_bias'] = new ort.Tensor('float32', f.window.keyBias, [
+        f.window.windows,
+        1,
+        1,
+        f.window.windowLen,
+      ]);
       feeds['window_scatter'] = new ort.Tensor('int64', f.window.scatter, [N]);
     }
     if (f.posEmbed) {
@@ -149,9 +199,13 @@ export class VisionTower {
     const spec = this.siglipSpec();
     const S = spec.imageSize;
     if (pixelValues.length !== tiles * spec.numChannels * S * S) {
-      throw new ModelError(`vision tower: pixel_values holds ${pixelValues.length} values; ${tiles} tiles of ${spec.numChannels}×${S}×${S} need ${tiles * spec.numChannels * S * S}`);
+      throw new ModelError(
+        `vision tower: pixel_values holds ${pixelValues.length} values; ${tiles} tiles of ${spec.numChannels}×${S}×${S} need ${tiles * spec.numChannels * S * S}`,
+      );
     }
-    const out = await this.session.run({ pixel_values: new ort.Tensor('float32', pixelValues, [tiles, spec.numChannels, S, S]) });
+    const out = await this.session.run({
+      pixel_values: new ort.Tensor('float32', pixelValues, [tiles, spec.numChannels, S, S]),
+    });
     const features = out['image_features']!;
     return {
       kind: 'siglip',
@@ -161,15 +215,19 @@ export class VisionTower {
     };
   }
 
-  async release(): Promise<void> { await this.session.release(); }
+  async release(): Promise<void> {
+    await this.session.release();
+  }
 
   private qwenSpec(): QwenVisionSpec {
-    if (this.spec.kind !== 'qwen') throw new ModelError(`vision tower: ${this.spec.family} takes tiles, not a Qwen patch grid`);
+    if (this.spec.kind !== 'qwen')
+      throw new ModelError(`vision tower: ${this.spec.family} takes tiles, not a Qwen patch grid`);
     return this.spec;
   }
 
   private siglipSpec(): SiglipVisionSpec {
-    if (this.spec.kind !== 'siglip') throw new ModelError(`vision tower: ${this.spec.family} takes a patch grid, not tiles`);
+    if (this.spec.kind !== 'siglip')
+      throw new ModelError(`vision tower: ${this.spec.family} takes a patch grid, not tiles`);
     return this.spec;
   }
 }
@@ -186,25 +244,36 @@ interface Plan {
 /** The first prefix under which `probe` exists, naming every spelling tried when none does. */
 function findPrefix(ckpt: SafetensorsCheckpoint, prefixes: readonly string[], probe: string, what: string): string {
   const hit = prefixes.find((p) => ckpt.has(p + probe));
-  if (hit === undefined) throw new ModelError(`${ckpt.dir}: no ${what} weights (looked for ${prefixes.map((p) => `"${p}${probe}"`).join(', ')})`);
+  if (hit === undefined)
+    throw new ModelError(
+      `${ckpt.dir}: no ${what} weights (looked for ${prefixes.map((p) => `"${p}${probe}"`).join(', ')})`,
+    );
   return hit;
 }
 
 function qwenPlan(spec: QwenVisionSpec, ckpt: SafetensorsCheckpoint): Plan {
   const prefix = findPrefix(ckpt, QWEN_VISION_PREFIXES, 'patch_embed.proj.weight', 'vision tower');
   return {
-    prefix, version: QWEN_VISION_GRAPH_VERSION, shapes: qwenVisionExpectedShapes(spec, prefix),
-    sources: qwenVisionWeightSources(spec, prefix), emit: (weight) => emitQwenVisionGraph(spec, weight),
+    prefix,
+    version: QWEN_VISION_GRAPH_VERSION,
+    shapes: qwenVisionExpectedShapes(spec, prefix),
+    sources: qwenVisionWeightSources(spec, prefix),
+    emit: (weight) => emitQwenVisionGraph(spec, weight),
   };
 }
 
 function siglipPlan(spec: SiglipVisionSpec, ckpt: SafetensorsCheckpoint, pooled: boolean): Plan {
   const prefix = findPrefix(ckpt, SIGLIP_VISION_PREFIXES, 'embeddings.patch_embedding.weight', 'SigLIP vision tower');
   const projector = findPrefix(ckpt, LLAVA_PROJECTOR_PREFIXES, 'linear_1.weight', 'multi-modal projector');
-  if (pooled && !ckpt.has(`${prefix}head.probe`)) throw new ModelError(`${ckpt.dir}: the SigLIP tower has no pooling head ("${prefix}head.probe")`);
+  if (pooled && !ckpt.has(`${prefix}head.probe`))
+    throw new ModelError(`${ckpt.dir}: the SigLIP tower has no pooling head ("${prefix}head.probe")`);
   return {
-    prefix, projector, version: SIGLIP_VISION_GRAPH_VERSION, shapes: siglipExpectedShapes(spec, prefix, projector),
-    sources: siglipVisionWeightSources(spec, prefix, projector, pooled), emit: (weight) => emitSiglipVisionGraph(spec, weight, pooled),
+    prefix,
+    projector,
+    version: SIGLIP_VISION_GRAPH_VERSION,
+    shapes: siglipExpectedShapes(spec, prefix, projector),
+    sources: siglipVisionWeightSources(spec, prefix, projector, pooled),
+    emit: (weight) => emitSiglipVisionGraph(spec, weight, pooled),
   };
 }
 
@@ -212,6 +281,9 @@ function checkShapes(ckpt: SafetensorsCheckpoint, shapes: Map<string, number[]>)
   for (const [name, shape] of shapes) {
     if (!ckpt.has(name)) throw new ModelError(`${ckpt.dir}: tensor "${name}" is missing from the checkpoint`);
     const info = ckpt.info(name);
-    if (info.shape.join(',') !== shape.join(',')) throw new ModelError(`${info.file}: tensor "${name}" has shape [${info.shape}] but config.json implies [${shape}]`);
+    if (info.shape.join(',') !== shape.join(','))
+      throw new ModelError(
+        `${info.file}: tensor "${name}" has shape [${info.shape}] but config.json implies [${shape}]`,
+      );
   }
 }

@@ -25,13 +25,23 @@ const TOLERANCE = 1e-4;
 const GREEDY_BELOW = 500;
 
 interface Result {
-  input_ids: number[]; input_ids_one_placeholder: number[]; image_token_count: number;
-  last_logits: number[]; o_proj_input_last: number[][]; patched_last_logits: number[]; patched_o_proj_input_last: number[][]; greedy8: number[];
+  input_ids: number[];
+  input_ids_one_placeholder: number[];
+  image_token_count: number;
+  last_logits: number[];
+  o_proj_input_last: number[][];
+  patched_last_logits: number[];
+  patched_o_proj_input_last: number[][];
+  greedy8: number[];
 }
 
 let cacheDir: string;
-beforeAll(() => { cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-e2e-')); });
-afterAll(() => { fs.rmSync(cacheDir, { recursive: true, force: true }); });
+beforeAll(() => {
+  cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-e2e-'));
+});
+afterAll(() => {
+  fs.rmSync(cacheDir, { recursive: true, force: true });
+});
 
 describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s', (name) => {
   const dir = path.join(FIXTURES, name);
@@ -48,9 +58,12 @@ describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s'
     prompts = [];
     for (const r of results) prompts.push(await inputs.prepare(r.input_ids_one_placeholder, [image]));
   });
-  afterAll(async () => { await decoder?.dispose(); await inputs?.release(); });
+  afterAll(async () => {
+    await decoder?.dispose();
+    await inputs?.release();
+  });
 
-  it('expands one placeholder per image to the ids HF\'s processor made', () => {
+  it("expands one placeholder per image to the ids HF's processor made", () => {
     results.forEach((r, i) => {
       expect(prompts[i]!.inputIds).toEqual(r.input_ids);
       const placeholders = r.input_ids.filter((t) => t === inputs.placeholderId).length;
@@ -60,15 +73,21 @@ describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s'
   });
 
   it(`last logits and o_proj inputs match (≤ ${TOLERANCE} relative), both prompts in one padded batch`, async () => {
-    const out = await decoder.forward(prompts.map((p) => p.inputIds), undefined, { images: prompts.map((p) => p.images) });
+    const out = await decoder.forward(
+      prompts.map((p) => p.inputIds),
+      undefined,
+      { images: prompts.map((p) => p.images) },
+    );
     const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     results.forEach((r, b) => {
       expect(relError(out.logits.subarray(b * V, (b + 1) * V), r.last_logits)).toBeLessThan(TOLERANCE);
-      expect(relError(out.heads.subarray(b * L * H * d, (b + 1) * L * H * d), r.o_proj_input_last.flat())).toBeLessThan(TOLERANCE);
+      expect(relError(out.heads.subarray(b * L * H * d, (b + 1) * L * H * d), r.o_proj_input_last.flat())).toBeLessThan(
+        TOLERANCE,
+      );
     });
   });
 
-  it('a replace patch matches HF\'s o_proj pre-hook', async () => {
+  it("a replace patch matches HF's o_proj pre-hook", async () => {
     const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     const patch = fixturePatch(L, H, d);
     for (const [i, r] of results.entries()) {
@@ -92,7 +111,7 @@ describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s'
     }
   });
 
-  it('greedy decoding with the KV cache after an image gives HF\'s 8 tokens', async () => {
+  it("greedy decoding with the KV cache after an image gives HF's 8 tokens", async () => {
     for (const [i, r] of results.entries()) {
       const p = prompts[i]!;
       let { kv, logits } = await decoder.extend(emptyKv(decoder.spec), p.inputIds, { images: p.images });
@@ -108,7 +127,9 @@ describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s'
 
   it('a padded batch mixing image rows and a text row gives each row its own result', async () => {
     const text = results[1]!.input_ids_one_placeholder.filter((t) => t !== inputs.placeholderId);
-    const together = await decoder.forward([text, prompts[0]!.inputIds, prompts[1]!.inputIds], undefined, { images: [undefined, prompts[0]!.images, prompts[1]!.images] });
+    const together = await decoder.forward([text, prompts[0]!.inputIds, prompts[1]!.inputIds], undefined, {
+      images: [undefined, prompts[0]!.images, prompts[1]!.images],
+    });
     const { vocabSize: V } = decoder.spec;
     const alone = await decoder.forward([text]);
     expect(relError(together.logits.subarray(0, V), alone.logits)).toBeLessThan(1e-5);
@@ -127,7 +148,8 @@ describe.runIf(present)('what the image wiring does is needed (controls)', () =>
       const p = await inputs.prepare(r.input_ids_one_placeholder, [await decodeImage(path.join(dir, 'image0.png'))]);
       const img = p.images[0]!;
       const n = img.embeds.length / decoder.spec.hiddenSize;
-      const strip = await decoder.forward([p.inputIds], undefined, { images: [[{ ...img, grid: [1, 1, n] }]] }); // positions as a 1×n strip
+      // positions as a 1×n strip
+      const strip = await decoder.forward([p.inputIds], undefined, { images: [[{ ...img, grid: [1, 1, n] }]] });
       expect(relError(strip.logits, r.last_logits)).toBeGreaterThan(100 * TOLERANCE);
       const none = await decoder.forward([p.inputIds]); // placeholder embeddings, text positions
       expect(relError(none.logits, r.last_logits)).toBeGreaterThan(100 * TOLERANCE);
@@ -149,7 +171,9 @@ describe.runIf(present)('what the image wiring does is needed (controls)', () =>
       const zeros = img.deepstack!.map((f) => new Float32Array(f.length));
       const out = await decoder.forward([p.inputIds], undefined, { images: [[{ ...img, deepstack: zeros }]] });
       expect(relError(out.logits, r.last_logits)).toBeGreaterThan(100 * TOLERANCE);
-      await expect(decoder.forward([p.inputIds], undefined, { images: [[{ ...img, deepstack: undefined }]] })).rejects.toThrow(/DeepStack/);
+      await expect(
+        decoder.forward([p.inputIds], undefined, { images: [[{ ...img, deepstack: undefined }]] }),
+      ).rejects.toThrow(/DeepStack/);
       const text = await decoder.forward([[1, 403, 407, 261, 378]]);
       expect(Number.isFinite(text.logits[0]!)).toBe(true);
     } finally {
@@ -162,7 +186,11 @@ describe.runIf(present)('what the image wiring does is needed (controls)', () =>
     const dir = path.join(FIXTURES, 'phi3-fused');
     const decoder = await Decoder.load(dir, { cacheDir, threads: 1 });
     try {
-      await expect(decoder.forward([[1, 2, 3]], undefined, { images: [[{ start: 1, embeds: new Float32Array(decoder.spec.hiddenSize) }]] })).rejects.toThrow(/text-only checkpoint/);
+      await expect(
+        decoder.forward([[1, 2, 3]], undefined, {
+          images: [[{ start: 1, embeds: new Float32Array(decoder.spec.hiddenSize) }]],
+        }),
+      ).rejects.toThrow(/text-only checkpoint/);
     } finally {
       await decoder.dispose();
     }
@@ -174,8 +202,17 @@ describe.runIf(present)('language-model weight spellings', () => {
   // llava-hf `language_model.model.*` + `language_model.lm_head.weight`; transformers 5 in memory names both
   // `model.language_model.*` + `lm_head.weight`, and Qwen3-VL is saved that way.
   const cases: [string, (n: string) => string][] = [
-    ['qwen2_5_vl-tiny', (n) => n.replace(/^model\.(?!language_model\.)/, 'model.language_model.').replace(/^visual\./, 'model.visual.')],
-    ['llava_onevision-tiny', (n) => n.replace(/^language_model\.model\./, 'model.language_model.').replace(/^language_model\.lm_head\./, 'lm_head.')],
+    [
+      'qwen2_5_vl-tiny',
+      (n) => n.replace(/^model\.(?!language_model\.)/, 'model.language_model.').replace(/^visual\./, 'model.visual.'),
+    ],
+    [
+      'llava_onevision-tiny',
+      (n) =>
+        n
+          .replace(/^language_model\.model\./, 'model.language_model.')
+          .replace(/^language_model\.lm_head\./, 'lm_head.'),
+    ],
     ['qwen3_vl-tiny', (n) => n.replace(/^model\.language_model\./, 'model.')],
   ];
   it.each(cases)('%s renamed loads and gives the same logits', async (name, rename) => {
@@ -198,7 +235,9 @@ describe.runIf(present)('language-model weight spellings', () => {
   it('a checkpoint with no language-model weights under any spelling is refused by name', async () => {
     const dir = renamedCheckpoint(path.join(FIXTURES, 'qwen2_vl-tiny'), (n) => n.replace(/^model\./, 'llm.'));
     try {
-      await expect(Decoder.load(dir, { cacheDir, threads: 1 })).rejects.toThrow(/no language-model weights \(looked for "model\.language_model\.embed_tokens\.weight", "model\.embed_tokens\.weight"\)/);
+      await expect(Decoder.load(dir, { cacheDir, threads: 1 })).rejects.toThrow(
+        /no language-model weights \(looked for "model\.language_model\.embed_tokens\.weight", "model\.embed_tokens\.weight"\)/,
+      );
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
@@ -209,12 +248,36 @@ describe.runIf(present).each(FAMILIES)('arm forward --image: %s', (name) => {
   it('prints the expanded ids, the top logits and head taps HF computes', () => {
     const dir = path.join(FIXTURES, name);
     const r = (JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as { results: Result[] }).results[1]!;
-    const out = JSON.parse(arm(['forward', '--model', dir, '--input-ids', r.input_ids_one_placeholder.join(','), '--image', path.join(dir, 'image0.png'),
-      '--top', '5', '--json', '--heads', '--threads', '1', '--quiet']).stdout) as { inputIds: number[]; top: { id: number; logit: number }[]; heads: number[][][] };
+    const out = JSON.parse(
+      arm([
+        'forward',
+        '--model',
+        dir,
+        '--input-ids',
+        r.input_ids_one_placeholder.join(','),
+        '--image',
+        path.join(dir, 'image0.png'),
+        '--top',
+        '5',
+        '--json',
+        '--heads',
+        '--threads',
+        '1',
+        '--quiet',
+      ]).stdout,
+    ) as { inputIds: number[]; top: { id: number; logit: number }[]; heads: number[][][] };
     expect(out.inputIds).toEqual(r.input_ids);
-    const order = r.last_logits.map((v, i) => [v, i] as const).sort((a, b) => b[0] - a[0]).slice(0, 5);
+    const order = r.last_logits
+      .map((v, i) => [v, i] as const)
+      .sort((a, b) => b[0] - a[0])
+      .slice(0, 5);
     expect(out.top.map((t) => t.id)).toEqual(order.map(([, i]) => i));
-    expect(relError(out.top.map((t) => t.logit), order.map(([v]) => v))).toBeLessThan(TOLERANCE);
+    expect(
+      relError(
+        out.top.map((t) => t.logit),
+        order.map(([v]) => v),
+      ),
+    ).toBeLessThan(TOLERANCE);
     expect(relError(out.heads.flat(2), r.o_proj_input_last.flat())).toBeLessThan(TOLERANCE);
   });
 });
@@ -222,9 +285,24 @@ describe.runIf(present).each(FAMILIES)('arm forward --image: %s', (name) => {
 describe.runIf(present)('arm forward --image refusals', () => {
   it('a prompt without the placeholder, and a text-only checkpoint, fail with the reason', () => {
     const dir = path.join(FIXTURES, 'qwen2_vl-tiny');
-    const noPlaceholder = arm(['forward', '--model', dir, '--input-ids', '1,403,261', '--image', path.join(dir, 'image0.png'), '--quiet'], { expectFail: true });
+    const noPlaceholder = arm(
+      ['forward', '--model', dir, '--input-ids', '1,403,261', '--image', path.join(dir, 'image0.png'), '--quiet'],
+      { expectFail: true },
+    );
     expect(noPlaceholder.stderr).toMatch(/0 image placeholders \(token 500\)/);
-    const text = arm(['forward', '--model', path.join(FIXTURES, 'phi3-fused'), '--input-ids', '1,500,2', '--image', path.join(dir, 'image0.png'), '--quiet'], { expectFail: true });
+    const text = arm(
+      [
+        'forward',
+        '--model',
+        path.join(FIXTURES, 'phi3-fused'),
+        '--input-ids',
+        '1,500,2',
+        '--image',
+        path.join(dir, 'image0.png'),
+        '--quiet',
+      ],
+      { expectFail: true },
+    );
     expect(text.stderr).toMatch(/preprocessor_config\.json/);
   });
 });

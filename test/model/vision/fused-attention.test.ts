@@ -17,7 +17,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { relativeError } from '../../helpers/image-text.js';
 import * as ort from 'onnxruntime-node';
-import { SafetensorsCheckpoint, writeSafetensors, type WritableTensor } from '../../../src/model/checkpoint/safetensors.js';
+import {
+  SafetensorsCheckpoint,
+  writeSafetensors,
+  type WritableTensor,
+} from '../../../src/model/checkpoint/safetensors.js';
 import { VisionTower } from '../../../src/model/vision/tower.js';
 import { ensureCachedVisionModel, VISION_MODEL_FILE } from '../../../src/model/cache/vision-cache.js';
 import { emitQwenVisionGraph, qwenVisionFeeds, qwenVisionWeightSources } from '../../../src/model/graph/vision-qwen.js';
@@ -27,8 +31,17 @@ import { Rng } from '../../../src/util/rng.js';
 const TOLERANCE = 1e-4;
 const GRID: [number, number, number] = [1, 34, 38];
 const VISION_CONFIG = {
-  depth: 2, embed_dim: 128, num_heads: 2, mlp_ratio: 2, hidden_size: 32, hidden_act: 'quick_gelu', in_channels: 3,
-  patch_size: 2, temporal_patch_size: 2, spatial_merge_size: 2, model_type: 'qwen2_vl_vision',
+  depth: 2,
+  embed_dim: 128,
+  num_heads: 2,
+  mlp_ratio: 2,
+  hidden_size: 32,
+  hidden_act: 'quick_gelu',
+  in_channels: 3,
+  patch_size: 2,
+  temporal_patch_size: 2,
+  spatial_merge_size: 2,
+  model_type: 'qwen2_vl_vision',
 };
 
 let root: string;
@@ -38,26 +51,56 @@ beforeAll(() => {
   root = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-fused-attn-'));
   modelDir = path.join(root, 'model');
   fs.mkdirSync(modelDir);
-  const config = { architectures: ['Qwen2VLForConditionalGeneration'], model_type: 'qwen2_vl', vision_config: VISION_CONFIG };
+  const config = {
+    architectures: ['Qwen2VLForConditionalGeneration'],
+    model_type: 'qwen2_vl',
+    vision_config: VISION_CONFIG,
+  };
   fs.writeFileSync(path.join(modelDir, 'config.json'), JSON.stringify(config));
   spec = visionSpecFromConfig(config, 'config.json') as QwenVisionSpec;
   writeSafetensors(path.join(modelDir, 'model.safetensors'), randomWeights());
 });
-afterAll(() => { fs.rmSync(root, { recursive: true, force: true }); });
+afterAll(() => {
+  fs.rmSync(root, { recursive: true, force: true });
+});
 
 /** Qwen2-VL vision weights under `visual.`: norms 1 ± 0.1, q/k/v rows with std 0.1 (sharp attention), the rest 0.05. */
 function randomWeights(): WritableTensor[] {
-  const { hiddenSize: D, intermediateSize: F, outHiddenSize: O, inChannels: C, temporalPatchSize: T, patchSize: P } = spec;
+  const {
+    hiddenSize: D,
+    intermediateSize: F,
+    outHiddenSize: O,
+    inChannels: C,
+    temporalPatchSize: T,
+    patchSize: P,
+  } = spec;
   const M = D * spec.mergeSize ** 2;
   const shapes: [string, number[]][] = [['visual.patch_embed.proj.weight', [D, C, T, P, P]]];
   for (let l = 0; l < spec.depth; l++) {
     const b = `visual.blocks.${l}`;
-    shapes.push([`${b}.norm1.weight`, [D]], [`${b}.norm1.bias`, [D]], [`${b}.norm2.weight`, [D]], [`${b}.norm2.bias`, [D]],
-      [`${b}.attn.qkv.weight`, [3 * D, D]], [`${b}.attn.qkv.bias`, [3 * D]], [`${b}.attn.proj.weight`, [D, D]], [`${b}.attn.proj.bias`, [D]],
-      [`${b}.mlp.fc1.weight`, [F, D]], [`${b}.mlp.fc1.bias`, [F]], [`${b}.mlp.fc2.weight`, [D, F]], [`${b}.mlp.fc2.bias`, [D]]);
+    shapes.push(
+      [`${b}.norm1.weight`, [D]],
+      [`${b}.norm1.bias`, [D]],
+      [`${b}.norm2.weight`, [D]],
+      [`${b}.norm2.bias`, [D]],
+      [`${b}.attn.qkv.weight`, [3 * D, D]],
+      [`${b}.attn.qkv.bias`, [3 * D]],
+      [`${b}.attn.proj.weight`, [D, D]],
+      [`${b}.attn.proj.bias`, [D]],
+      [`${b}.mlp.fc1.weight`, [F, D]],
+      [`${b}.mlp.fc1.bias`, [F]],
+      [`${b}.mlp.fc2.weight`, [D, F]],
+      [`${b}.mlp.fc2.bias`, [D]],
+    );
   }
-  shapes.push(['visual.merger.ln_q.weight', [D]], ['visual.merger.ln_q.bias', [D]], ['visual.merger.mlp.0.weight', [M, M]],
-    ['visual.merger.mlp.0.bias', [M]], ['visual.merger.mlp.2.weight', [O, M]], ['visual.merger.mlp.2.bias', [O]]);
+  shapes.push(
+    ['visual.merger.ln_q.weight', [D]],
+    ['visual.merger.ln_q.bias', [D]],
+    ['visual.merger.mlp.0.weight', [M, M]],
+    ['visual.merger.mlp.0.bias', [M]],
+    ['visual.merger.mlp.2.weight', [O, M]],
+    ['visual.merger.mlp.2.bias', [O]],
+  );
   const rng = new Rng(11);
   return shapes.map(([name, shape]) => {
     const n = shape.reduce((a, b) => a * b, 1);
@@ -80,13 +123,21 @@ async function explicitTokens(pixels: Float32Array): Promise<Float32Array> {
   let dir: string;
   try {
     dir = ensureCachedVisionModel({
-      cacheDir: path.join(root, 'explicit'), key: 'explicit', ckpt, sources: qwenVisionWeightSources(spec, 'visual.'), doc: 'explicit', metadata: {},
+      cacheDir: path.join(root, 'explicit'),
+      key: 'explicit',
+      ckpt,
+      sources: qwenVisionWeightSources(spec, 'visual.'),
+      doc: 'explicit',
+      metadata: {},
       emit: (weight) => emitQwenVisionGraph(spec, weight, { fullAttention: 'explicit' }),
     }).dir;
   } finally {
     ckpt.close();
   }
-  const session = await ort.InferenceSession.create(path.join(dir, VISION_MODEL_FILE), { intraOpNumThreads: 2, interOpNumThreads: 1 });
+  const session = await ort.InferenceSession.create(path.join(dir, VISION_MODEL_FILE), {
+    intraOpNumThreads: 2,
+    interOpNumThreads: 1,
+  });
   try {
     const N = GRID[1] * GRID[2];
     const f = qwenVisionFeeds(spec, GRID);
@@ -102,7 +153,8 @@ async function explicitTokens(pixels: Float32Array): Promise<Float32Array> {
 
 describe('Qwen vision full attention, fused in flash-attention tiles', () => {
   it(`equals the whole-score-tensor attention within ${TOLERANCE} relative on ${GRID[1]}×${GRID[2]} patches (several partial tiles)`, async () => {
-    const N = GRID[1] * GRID[2], O = spec.outHiddenSize;
+    const N = GRID[1] * GRID[2],
+      O = spec.outHiddenSize;
     const pixels = randomPixels();
     // The last 268 patches (the partial last key block, which holds the partial last query tile) redrawn.
     const K = pixels.length / N;

@@ -15,7 +15,10 @@ import { decodeImage, type RgbImage } from '../../../src/model/vision/image.js';
 import { loadImageProcessor, type ImageProcessor } from '../../../src/model/vision/processor.js';
 import { mropeFrequencyRows, mropeLayout, mropePositionIds } from '../../../src/model/vision/mrope.js';
 import { preprocessQwenVLImage, qwenVLImageProcessorConfig } from '../../../src/model/vision/qwen-processor.js';
-import { llavaOnevisionImageProcessorConfig, preprocessLlavaOnevisionImage } from '../../../src/model/vision/llava-onevision-processor.js';
+import {
+  llavaOnevisionImageProcessorConfig,
+  preprocessLlavaOnevisionImage,
+} from '../../../src/model/vision/llava-onevision-processor.js';
 import { readReferenceTensors, type ReferenceTensor } from '../../helpers/safetensors-f64.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');
@@ -71,11 +74,15 @@ describe.runIf(present).each(FAMILIES)('HF preprocessing parity: %s', (name) => 
   });
 
   it('the fixtures were made by the torchvision backend: PIL bicubic is one grey level off on resized pixels', () => {
-    const json = JSON.parse(fs.readFileSync(path.join(dir, 'preprocessor_config.json'), 'utf8')) as Record<string, unknown>;
+    const json = JSON.parse(fs.readFileSync(path.join(dir, 'preprocessor_config.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
     const pil =
       processor.family === 'qwen-vl'
         ? preprocessQwenVLImage(images[1]!, { ...qwenVLImageProcessorConfig(json), kernel: 'pil' }).pixelValues
-        : preprocessLlavaOnevisionImage(images[1]!, { ...llavaOnevisionImageProcessorConfig(json), kernel: 'pil' }).pixelValues;
+        : preprocessLlavaOnevisionImage(images[1]!, { ...llavaOnevisionImageProcessorConfig(json), kernel: 'pil' })
+            .pixelValues;
     const diff = maxAbsDiff(pil, ref('image1.pixel_values').values);
     expect(diff).toBeGreaterThan(0.01);
     expect(diff).toBeLessThan(2 * (1 / 255 / 0.26130258) + 1e-6); // at most two grey levels (both passes)
@@ -89,7 +96,9 @@ describe.runIf(present).each(FAMILIES)('HF preprocessing parity: %s', (name) => 
       expect(expanded.inputIds).toEqual(r.input_ids);
       expect(expanded.imageSpans).toHaveLength(1);
       const span = expanded.imageSpans[0]!;
-      expect(r.input_ids.slice(span.start, span.start + span.length).every((id) => id === processor.placeholders.image)).toBe(true);
+      expect(
+        r.input_ids.slice(span.start, span.start + span.length).every((id) => id === processor.placeholders.image),
+      ).toBe(true);
       expect(span.length).toBe(image.tokenCount);
     }
   });

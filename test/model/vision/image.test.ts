@@ -14,12 +14,16 @@ function pattern(width = 5, height = 3, channels = 3): Buffer {
   return data;
 }
 
-const raw = (data: Buffer, width: number, height: number, channels: 1 | 2 | 3 | 4) => sharp(data, { raw: { width, height, channels } });
+const raw = (data: Buffer, width: number, height: number, channels: 1 | 2 | 3 | 4) =>
+  sharp(data, { raw: { width, height, channels } });
 
 describe('decodeImage', () => {
   it('decodes PNG and lossless WebP to the exact RGB pixels', async () => {
     const px = pattern();
-    for (const encoded of [await raw(px, 5, 3, 3).png().toBuffer(), await raw(px, 5, 3, 3).webp({ lossless: true }).toBuffer()]) {
+    for (const encoded of [
+      await raw(px, 5, 3, 3).png().toBuffer(),
+      await raw(px, 5, 3, 3).webp({ lossless: true }).toBuffer(),
+    ]) {
       const img = await decodeImage(encoded);
       expect([img.width, img.height]).toEqual([5, 3]);
       expect(Buffer.from(img.data)).toEqual(px);
@@ -42,7 +46,7 @@ describe('decodeImage', () => {
     // Drop the iCCP chunk: [length u32][type 4][data][crc u32] after the 8-byte signature.
     const chunks: Buffer[] = [withProfile.subarray(0, 8)];
     let hadProfile = false;
-    for (let at = 8; at < withProfile.length; ) {
+    for (let at = 8; at < withProfile.length;) {
       const len = withProfile.readUInt32BE(at);
       const type = withProfile.toString('latin1', at + 4, at + 8);
       if (type === 'iCCP') hadProfile = true;
@@ -75,7 +79,8 @@ describe('decodeImage', () => {
 
   it('overWhite is within half a level of the exact blend for every value and alpha', () => {
     for (let a = 0; a < 256; a++) {
-      for (let v = 0; v < 256; v += 5) expect(Math.abs(overWhite(v, a) - (v * a + 255 * (255 - a)) / 255)).toBeLessThanOrEqual(0.5 + 1e-9);
+      for (let v = 0; v < 256; v += 5)
+        expect(Math.abs(overWhite(v, a) - (v * a + 255 * (255 - a)) / 255)).toBeLessThanOrEqual(0.5 + 1e-9);
     }
   });
 
@@ -101,7 +106,8 @@ describe('decodeImage', () => {
 describe('resizeBicubic', () => {
   const img = (w: number, h: number, f: (x: number, y: number, c: number) => number) => {
     const data = new Uint8Array(w * h * 3);
-    for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) data[(y * w + x) * 3 + c] = f(x, y, c);
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++) for (let c = 0; c < 3; c++) data[(y * w + x) * 3 + c] = f(x, y, c);
     return { width: w, height: h, data };
   };
 
@@ -110,7 +116,11 @@ describe('resizeBicubic', () => {
     expect(resizeBicubic(p, 7, 5).data).toEqual(p.data);
     const flat = img(9, 6, (_x, _y, c) => [12, 130, 250][c]!);
     for (const kernel of ['torchvision', 'pil'] as const) {
-      for (const [w, h] of [[4, 3], [20, 11], [9, 2]] as const) {
+      for (const [w, h] of [
+        [4, 3],
+        [20, 11],
+        [9, 2],
+      ] as const) {
         const out = resizeBicubic(flat, w, h, kernel);
         for (let i = 0; i < out.data.length; i++) expect(out.data[i]).toBe([12, 130, 250][i % 3]);
       }
@@ -129,7 +139,11 @@ describe('resizeBicubic', () => {
 
   it('PIL and torchvision kernels differ by at most one level per pass', () => {
     const p = img(37, 23, (x, y, c) => (x * x * 3 + y * 11 + c * 70) % 256);
-    for (const [w, h] of [[56, 28], [14, 14], [100, 64]] as const) {
+    for (const [w, h] of [
+      [56, 28],
+      [14, 14],
+      [100, 64],
+    ] as const) {
       const a = resizeBicubic(p, w, h, 'torchvision');
       const b = resizeBicubic(p, w, h, 'pil');
       let max = 0;
@@ -139,6 +153,12 @@ describe('resizeBicubic', () => {
   });
 
   it('rejects non-positive sizes', () => {
-    expect(() => resizeBicubic(img(2, 2, () => 0), 0, 2)).toThrow(ModelError);
+    expect(() =>
+      resizeBicubic(
+        img(2, 2, () => 0),
+        0,
+        2,
+      ),
+    ).toThrow(ModelError);
   });
 });

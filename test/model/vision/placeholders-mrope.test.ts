@@ -1,20 +1,32 @@
 import { describe, expect, it } from 'vitest';
 import { ModelError } from '../../../src/model/errors.js';
 import { expandImagePlaceholders, imagePlaceholderIds, imageSpansOf } from '../../../src/model/vision/placeholders.js';
-import { mropeFrequencyRows, mropeLayout, mropePositionIds, mropePositionIdsBatch } from '../../../src/model/vision/mrope.js';
+import {
+  mropeFrequencyRows,
+  mropeLayout,
+  mropePositionIds,
+  mropePositionIdsBatch,
+} from '../../../src/model/vision/mrope.js';
 
-const IMG = 500, VS = 502, VE = 503;
+const IMG = 500,
+  VS = 502,
+  VE = 503;
 
 describe('placeholder expansion', () => {
   it('expands each placeholder to its image token count and reports the spans', () => {
     const { inputIds, imageSpans } = expandImagePlaceholders([1, VS, IMG, VE, 7, VS, IMG, VE, 9], IMG, [3, 2]);
     expect(inputIds).toEqual([1, VS, IMG, IMG, IMG, VE, 7, VS, IMG, IMG, VE, 9]);
-    expect(imageSpans).toEqual([{ start: 2, length: 3 }, { start: 8, length: 2 }]);
+    expect(imageSpans).toEqual([
+      { start: 2, length: 3 },
+      { start: 8, length: 2 },
+    ]);
     expect(imageSpansOf(inputIds, IMG, [3, 2])).toEqual(imageSpans);
   });
 
   it('needs one placeholder per image', () => {
-    expect(() => expandImagePlaceholders([1, IMG, IMG, 2], IMG, [4])).toThrow(/2 image placeholders .* but 1 image were given/);
+    expect(() => expandImagePlaceholders([1, IMG, IMG, 2], IMG, [4])).toThrow(
+      /2 image placeholders .* but 1 image were given/,
+    );
     expect(() => expandImagePlaceholders([1, 2], IMG, [4])).toThrow(ModelError);
     expect(() => expandImagePlaceholders([1, IMG], IMG, [0])).toThrow(/positive integer/);
     expect(expandImagePlaceholders([1, 2], IMG, []).inputIds).toEqual([1, 2]);
@@ -22,7 +34,9 @@ describe('placeholder expansion', () => {
   });
 
   it('reads placeholder ids from Qwen and LLaVA configs', () => {
-    expect(imagePlaceholderIds({ image_token_id: 151655, vision_start_token_id: 151652, vision_end_token_id: 151653 })).toEqual({
+    expect(
+      imagePlaceholderIds({ image_token_id: 151655, vision_start_token_id: 151652, vision_end_token_id: 151653 }),
+    ).toEqual({
       image: 151655,
       visionStart: 151652,
       visionEnd: 151653,
@@ -33,11 +47,16 @@ describe('placeholder expansion', () => {
 });
 
 describe('M-RoPE position ids', () => {
-  const rows = (p: { positions: Int32Array; length: number }) => [0, 1, 2].map((r) => [...p.positions.subarray(r * p.length, (r + 1) * p.length)]);
+  const rows = (p: { positions: Int32Array; length: number }) =>
+    [0, 1, 2].map((r) => [...p.positions.subarray(r * p.length, (r + 1) * p.length)]);
 
   it('text only: all rows count up, delta 0', () => {
     const p = mropePositionIds(4, [], 2);
-    expect(rows(p)).toEqual([[0, 1, 2, 3], [0, 1, 2, 3], [0, 1, 2, 3]]);
+    expect(rows(p)).toEqual([
+      [0, 1, 2, 3],
+      [0, 1, 2, 3],
+      [0, 1, 2, 3],
+    ]);
     expect(p.delta).toBe(0);
   });
 
@@ -55,28 +74,36 @@ describe('M-RoPE position ids', () => {
 
   it('two images: the second starts after the first one’s max', () => {
     const ids = expandImagePlaceholders([IMG, 8, IMG], IMG, [4, 1]);
-    const p = mropePositionIds(ids.inputIds.length, [
-      { span: ids.imageSpans[0]!, gridThw: [1, 4, 4] },
-      { span: ids.imageSpans[1]!, gridThw: [1, 2, 2] },
-    ], 2);
+    const p = mropePositionIds(
+      ids.inputIds.length,
+      [
+        { span: ids.imageSpans[0]!, gridThw: [1, 4, 4] },
+        { span: ids.imageSpans[1]!, gridThw: [1, 2, 2] },
+      ],
+      2,
+    );
     expect(rows(p)).toEqual([
       [0, 0, 0, 0, 2, 3],
       [0, 0, 1, 1, 2, 3],
       [0, 1, 0, 1, 2, 3],
     ]);
-    expect(() => mropePositionIds(6, [{ span: { start: 0, length: 3 }, gridThw: [1, 4, 4] }], 2)).toThrow(/merges to 4/);
+    expect(() => mropePositionIds(6, [{ span: { start: 0, length: 3 }, gridThw: [1, 4, 4] }], 2)).toThrow(
+      /merges to 4/,
+    );
   });
 
   it('left-padded batch: pads get 1, deltas are relative to the padded length', () => {
-    const { positions, deltas } = mropePositionIdsBatch([
-      { padding: 2, images: [] },
-      { padding: 0, images: [{ span: { start: 1, length: 4 }, gridThw: [1, 4, 4] }] },
-    ], 5, 2);
+    const { positions, deltas } = mropePositionIdsBatch(
+      [
+        { padding: 2, images: [] },
+        { padding: 0, images: [{ span: { start: 1, length: 4 }, gridThw: [1, 4, 4] }] },
+      ],
+      5,
+      2,
+    );
     // [3, B=2, S=5]
     expect([...positions]).toEqual([
-      1, 1, 0, 1, 2, /**/ 0, 1, 1, 1, 1,
-      1, 1, 0, 1, 2, /**/ 0, 1, 1, 2, 2,
-      1, 1, 0, 1, 2, /**/ 0, 1, 2, 1, 2,
+      1, 1, 0, 1, 2, /**/ 0, 1, 1, 1, 1, 1, 1, 0, 1, 2, /**/ 0, 1, 1, 2, 2, 1, 1, 0, 1, 2, /**/ 0, 1, 2, 1, 2,
     ]);
     // Row 0: next real token at index 5 gets 3 = 5 + (−2); row 1: next gets 3 = 5 + (−2).
     expect(deltas).toEqual([-2, -2]);
@@ -92,9 +119,16 @@ describe('M-RoPE position ids', () => {
   });
 
   it('reads mrope_section from v5 rope_parameters and v4 rope_scaling', () => {
-    expect(mropeLayout({ text_config: { rope_parameters: { mrope_section: [16, 24, 24], rope_type: 'default' } } })).toEqual({ sections: [16, 24, 24], interleaved: false });
-    expect(mropeLayout({ rope_scaling: { type: 'mrope', mrope_section: [16, 24, 24] } })).toEqual({ sections: [16, 24, 24], interleaved: false });
-    expect(mropeLayout({ text_config: { rope_scaling: { mrope_interleaved: true, mrope_section: [24, 20, 20] } } })).toEqual({ sections: [24, 20, 20], interleaved: true });
+    expect(
+      mropeLayout({ text_config: { rope_parameters: { mrope_section: [16, 24, 24], rope_type: 'default' } } }),
+    ).toEqual({ sections: [16, 24, 24], interleaved: false });
+    expect(mropeLayout({ rope_scaling: { type: 'mrope', mrope_section: [16, 24, 24] } })).toEqual({
+      sections: [16, 24, 24],
+      interleaved: false,
+    });
+    expect(
+      mropeLayout({ text_config: { rope_scaling: { mrope_interleaved: true, mrope_section: [24, 20, 20] } } }),
+    ).toEqual({ sections: [24, 20, 20], interleaved: true });
     expect(mropeLayout({ rope_theta: 1e6 })).toBeUndefined();
   });
 });

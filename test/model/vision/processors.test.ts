@@ -67,7 +67,11 @@ describe('Qwen-VL smart_resize and config', () => {
   it('reads min_pixels/max_pixels over size, as transformers does', () => {
     const cfg = qwenVLImageProcessorConfig({ ...QWEN25_RELEASED, size: { shortest_edge: 1, longest_edge: 2 } });
     expect([cfg.minPixels, cfg.maxPixels, cfg.kernel]).toEqual([3136, 12845056, 'torchvision']);
-    const v5 = qwenVLImageProcessorConfig({ size: { shortest_edge: 65536, longest_edge: 16777216 }, patch_size: 16, image_processor_type: 'Qwen2VLImageProcessorFast' });
+    const v5 = qwenVLImageProcessorConfig({
+      size: { shortest_edge: 65536, longest_edge: 16777216 },
+      patch_size: 16,
+      image_processor_type: 'Qwen2VLImageProcessorFast',
+    });
     expect([v5.minPixels, v5.maxPixels, v5.patchSize]).toEqual([65536, 16777216, 16]);
     expect(qwenVLImageProcessorConfig({ image_processor_type: 'Qwen2VLImageProcessorPil' }).kernel).toBe('pil');
     expect(() => qwenVLImageProcessorConfig({ resample: 2 })).toThrow(/only 3 \(bicubic\)/);
@@ -78,7 +82,9 @@ describe('Qwen-VL smart_resize and config', () => {
     // 56×56 image, patch 14, merge 2: a 4×4 patch grid; pixel value encodes its patch (row, col).
     const cfg = qwenVLImageProcessorConfig({ do_normalize: false, do_rescale: false, min_pixels: 1, max_pixels: 1e9 });
     const data = new Uint8Array(56 * 56 * 3);
-    for (let y = 0; y < 56; y++) for (let x = 0; x < 56; x++) for (let c = 0; c < 3; c++) data[(y * 56 + x) * 3 + c] = Math.floor(y / 14) * 10 + Math.floor(x / 14) + c * 100;
+    for (let y = 0; y < 56; y++)
+      for (let x = 0; x < 56; x++)
+        for (let c = 0; c < 3; c++) data[(y * 56 + x) * 3 + c] = Math.floor(y / 14) * 10 + Math.floor(x / 14) + c * 100;
     const out = preprocessQwenVLImage(rgbImage(56, 56, data), cfg);
     expect(out.shape).toEqual([16, 3 * 2 * 14 * 14]);
     expect(out.gridThw).toEqual([1, 4, 4]);
@@ -99,7 +105,14 @@ describe('Qwen-VL smart_resize and config', () => {
 
 describe('LLaVA-OneVision anyres', () => {
   it('selects the canvas that keeps most pixels, then the least waste', () => {
-    const pins = [[28, 28], [28, 56], [56, 28], [56, 56], [56, 84], [84, 56]] as const;
+    const pins = [
+      [28, 28],
+      [28, 56],
+      [56, 28],
+      [56, 56],
+      [56, 84],
+      [84, 56],
+    ] as const;
     expect(selectBestResolution([56, 84], pins)).toEqual([56, 84]);
     expect(selectBestResolution([45, 61], pins)).toEqual([56, 84]);
     expect(selectBestResolution([20, 20], pins)).toEqual([28, 28]);
@@ -136,14 +149,22 @@ describe('LLaVA-OneVision anyres', () => {
     const b = llavaOnevisionLayout([300, 1000], f);
     expect(b.crop).toEqual([1, 1, 0, 0]);
     expect(b.tokenCount).toBe(729 + 25 * 82);
-    expect(llavaOnevisionFeatureConfig({ ...OV_CONFIG, vision_feature_select_strategy: 'default' }).dropsClsToken).toBe(true);
+    expect(llavaOnevisionFeatureConfig({ ...OV_CONFIG, vision_feature_select_strategy: 'default' }).dropsClsToken).toBe(
+      true,
+    );
     expect(() => llavaOnevisionFeatureConfig({ ...OV_CONFIG, vision_aspect_ratio: 'pad' })).toThrow(/anyres/);
   });
 
   it('tiles the padded canvas after the base image', () => {
-    const cfg = llavaOnevisionImageProcessorConfig({ size: { height: 28, width: 28 }, image_grid_pinpoints: [[28, 56]], do_normalize: false, do_rescale: false });
+    const cfg = llavaOnevisionImageProcessorConfig({
+      size: { height: 28, width: 28 },
+      image_grid_pinpoints: [[28, 56]],
+      do_normalize: false,
+      do_rescale: false,
+    });
     const data = new Uint8Array(56 * 28 * 3);
-    for (let y = 0; y < 28; y++) for (let x = 0; x < 56; x++) data.fill(x < 28 ? 40 : 200, (y * 56 + x) * 3, (y * 56 + x) * 3 + 3);
+    for (let y = 0; y < 28; y++)
+      for (let x = 0; x < 56; x++) data.fill(x < 28 ? 40 : 200, (y * 56 + x) * 3, (y * 56 + x) * 3 + 3);
     const out = preprocessLlavaOnevisionImage(rgbImage(56, 28, data), cfg);
     expect(out.shape).toEqual([3, 3, 28, 28]);
     const plane = 3 * 28 * 28;
@@ -161,14 +182,25 @@ describe('loadImageProcessor', () => {
   };
 
   it('picks the family from image_processor_type and the placeholder ids from config.json', () => {
-    const qwen = loadImageProcessor(write({ 'preprocessor_config.json': QWEN25_RELEASED, 'config.json': { image_token_id: 151655, vision_start_token_id: 151652, vision_end_token_id: 151653 } }));
+    const qwen = loadImageProcessor(
+      write({
+        'preprocessor_config.json': QWEN25_RELEASED,
+        'config.json': { image_token_id: 151655, vision_start_token_id: 151652, vision_end_token_id: 151653 },
+      }),
+    );
     expect(qwen.family).toBe('qwen-vl');
     expect(qwen.placeholders).toEqual({ image: 151655, visionStart: 151652, visionEnd: 151653 });
     expect(qwen.tokenCount(768, 1024)).toBe((756 / 28) * (1036 / 28));
-    const ov = loadImageProcessor(write({
-      'preprocessor_config.json': { image_processor_type: 'LlavaOnevisionImageProcessor', size: { height: 384, width: 384 }, image_grid_pinpoints: OV_PINPOINTS },
-      'config.json': OV_CONFIG,
-    }));
+    const ov = loadImageProcessor(
+      write({
+        'preprocessor_config.json': {
+          image_processor_type: 'LlavaOnevisionImageProcessor',
+          size: { height: 384, width: 384 },
+          image_grid_pinpoints: OV_PINPOINTS,
+        },
+        'config.json': OV_CONFIG,
+      }),
+    );
     expect(ov.family).toBe('llava-onevision');
     expect(ov.placeholders.image).toBe(151646);
     expect(ov.tokenCount(1000, 1000)).toBe(729 + 81 * 82);
@@ -176,9 +208,16 @@ describe('loadImageProcessor', () => {
 
   it('names the file when something is missing or unsupported', () => {
     expect(() => loadImageProcessor(write({ 'config.json': {} }))).toThrow(/no preprocessor_config\.json/);
-    expect(() => loadImageProcessor(write({ 'preprocessor_config.json': { image_processor_type: 'CLIPImageProcessor' }, 'config.json': { image_token_id: 1 } }))).toThrow(
-      /preprocessor_config\.json: image_processor_type "CLIPImageProcessor" is not supported/,
+    expect(() =>
+      loadImageProcessor(
+        write({
+          'preprocessor_config.json': { image_processor_type: 'CLIPImageProcessor' },
+          'config.json': { image_token_id: 1 },
+        }),
+      ),
+    ).toThrow(/preprocessor_config\.json: image_processor_type "CLIPImageProcessor" is not supported/);
+    expect(() => loadImageProcessor(write({ 'preprocessor_config.json': QWEN25_RELEASED, 'config.json': {} }))).toThrow(
+      /image_token_id/,
     );
-    expect(() => loadImageProcessor(write({ 'preprocessor_config.json': QWEN25_RELEASED, 'config.json': {} }))).toThrow(/image_token_id/);
   });
 });

@@ -16,19 +16,30 @@ const FAMILIES = ['qwen2_5_vl-tiny', 'llava_onevision-tiny'];
 const present = fs.existsSync(path.join(FIXTURES, 'qwen2_5_vl-tiny'));
 
 let cacheDir: string;
-beforeAll(() => { cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vq-')); });
-afterAll(() => { fs.rmSync(cacheDir, { recursive: true, force: true }); });
+beforeAll(() => {
+  cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vq-'));
+});
+afterAll(() => {
+  fs.rmSync(cacheDir, { recursive: true, force: true });
+});
 
 describe.runIf(present).each(FAMILIES)('quantised language model with an image: %s', (name) => {
   it('int8 keeps the top token and stays within 2% of the logit range (measured 0.6–0.9%); int4 within 15% (7–8.5%)', async () => {
     const dir = path.join(FIXTURES, name);
-    const { results } = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as { results: { input_ids_one_placeholder: number[]; last_logits: number[] }[] };
+    const { results } = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as {
+      results: { input_ids_one_placeholder: number[]; last_logits: number[] }[];
+    };
     const inputs = await ImageInputs.load(dir, { cacheDir, threads: 1 });
     try {
-      const prompt = await inputs.prepare(results[0]!.input_ids_one_placeholder, [await decodeImage(path.join(dir, 'image0.png'))]);
+      const prompt = await inputs.prepare(results[0]!.input_ids_one_placeholder, [
+        await decodeImage(path.join(dir, 'image0.png')),
+      ]);
       const hf = results[0]!.last_logits;
       const range = Math.max(...hf) - Math.min(...hf);
-      for (const [dtype, bound] of [['int8', 0.02], ['int4', 0.15]] as const) {
+      for (const [dtype, bound] of [
+        ['int8', 0.02],
+        ['int4', 0.15],
+      ] as const) {
         const decoder = await Decoder.load(dir, { cacheDir, threads: 1, dtype });
         try {
           expect(decoder.info.weightFormat.dtype).toBe(dtype);

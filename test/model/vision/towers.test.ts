@@ -29,69 +29,90 @@ const present = fs.existsSync(path.join(FIXTURES, 'qwen2_5_vl-tiny'));
 const TOLERANCE = 1e-4;
 
 let cacheDir: string;
-beforeAll(() => { cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vision-')); });
-afterAll(() => { fs.rmSync(cacheDir, { recursive: true, force: true }); });
+beforeAll(() => {
+  cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-vision-'));
+});
+afterAll(() => {
+  fs.rmSync(cacheDir, { recursive: true, force: true });
+});
 
 function fixture(name: string) {
   const dir = path.join(FIXTURES, name);
   const tensors = readReferenceTensors(path.join(dir, 'tensors.safetensors'));
-  const processor = (JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as { processor: string }).processor;
+  const processor = (JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as { processor: string })
+    .processor;
   const get = (key: string): ReferenceTensor => {
     const t = tensors.get(key);
     if (!t) throw new Error(`${name}: no reference tensor ${key}`);
     return t;
   };
-  return { dir, pixels: get(`${processor}.image0.pixel_values`), extra: (k: string) => get(`${processor}.image0.${k}`), expected: get('vision_tower_output.image0') };
+  return {
+    dir,
+    pixels: get(`${processor}.image0.pixel_values`),
+    extra: (k: string) => get(`${processor}.image0.${k}`),
+    expected: get('vision_tower_output.image0'),
+  };
 }
 
-describe.runIf(present).each(['qwen2_vl-tiny', 'qwen2_5_vl-tiny', 'qwen3_vl-tiny'])('Qwen vision tower parity: %s', (name) => {
-  it(`merged tokens match HF within ${TOLERANCE} relative`, async () => {
-    const f = fixture(name);
-    const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
-    const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
-    try {
-      const out = await tower.runQwen(Float32Array.from(f.pixels.values), grid);
-      expect(out.dims).toEqual(f.expected.shape);
-      const err = relativeError(out.embeddings, f.expected.values);
-      console.log(`${name}: vision tower max |diff| / max |ref| = ${err.toExponential(2)}`);
-      expect(err).toBeLessThan(TOLERANCE);
-      const spec = tower.spec as QwenVisionSpec;
-      expect(out.deepstack.length).toBe(spec.deepstackBlocks.length);
-      if (spec.deepstackBlocks.length > 0) {
-        // HF's fixture has no DeepStack features: tools/qwen3_vl_deepstack_reference.py computes them in float64
-        // (its main merger output matches HF's to 2e-8).
-        const golden = JSON.parse(fs.readFileSync(path.resolve(import.meta.dirname, '../../fixtures/vision/qwen3_vl-tiny-deepstack.json'), 'utf8')) as { deepstack: number[][] };
-        out.deepstack.forEach((ds, i) => {
-          const dsErr = relativeError(ds, golden.deepstack[i]!);
-          console.log(`${name}: DeepStack ${i} max |diff| / max |ref| = ${dsErr.toExponential(2)}`);
-          expect(dsErr).toBeLessThan(TOLERANCE);
-        });
-      }
-    } finally {
-      await tower.release();
-    }
-  });
-
-  it('loads the other weight spelling (model.visual.* ↔ visual.*) to the same output', async () => {
-    const f = fixture(name);
-    const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
-    const swap = (n: string) => n.startsWith('model.visual.') ? n.slice('model.'.length) : n.startsWith('visual.') ? `model.${n}` : n;
-    const dir = renamedCheckpoint(f.dir, swap);
-    try {
-      const tower = await VisionTower.load(dir, { cacheDir, threads: 1 });
+describe.runIf(present).each(['qwen2_vl-tiny', 'qwen2_5_vl-tiny', 'qwen3_vl-tiny'])(
+  'Qwen vision tower parity: %s',
+  (name) => {
+    it(`merged tokens match HF within ${TOLERANCE} relative`, async () => {
+      const f = fixture(name);
+      const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
+      const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
       try {
-        const original = fs.readFileSync(path.join(f.dir, 'model.safetensors')).includes('"model.visual.') ? 'model.visual.' : 'visual.';
-        expect(tower.info.prefix).toBe(original === 'visual.' ? 'model.visual.' : 'visual.');
         const out = await tower.runQwen(Float32Array.from(f.pixels.values), grid);
-        expect(relativeError(out.embeddings, f.expected.values)).toBeLessThan(TOLERANCE);
+        expect(out.dims).toEqual(f.expected.shape);
+        const err = relativeError(out.embeddings, f.expected.values);
+        console.log(`${name}: vision tower max |diff| / max |ref| = ${err.toExponential(2)}`);
+        expect(err).toBeLessThan(TOLERANCE);
+        const spec = tower.spec as QwenVisionSpec;
+        expect(out.deepstack.length).toBe(spec.deepstackBlocks.length);
+        if (spec.deepstackBlocks.length > 0) {
+          // HF's fixture has no DeepStack features: tools/qwen3_vl_deepstack_reference.py computes them in float64
+          // (its main merger output matches HF's to 2e-8).
+          const golden = JSON.parse(
+            fs.readFileSync(
+              path.resolve(import.meta.dirname, '../../fixtures/vision/qwen3_vl-tiny-deepstack.json'),
+              'utf8',
+            ),
+          ) as { deepstack: number[][] };
+          out.deepstack.forEach((ds, i) => {
+            const dsErr = relativeError(ds, golden.deepstack[i]!);
+            console.log(`${name}: DeepStack ${i} max |diff| / max |ref| = ${dsErr.toExponential(2)}`);
+            expect(dsErr).toBeLessThan(TOLERANCE);
+          });
+        }
       } finally {
         await tower.release();
       }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
-});
+    });
+
+    it('loads the other weight spelling (model.visual.* ↔ visual.*) to the same output', async () => {
+      const f = fixture(name);
+      const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
+      const swap = (n: string) =>
+        n.startsWith('model.visual.') ? n.slice('model.'.length) : n.startsWith('visual.') ? `model.${n}` : n;
+      const dir = renamedCheckpoint(f.dir, swap);
+      try {
+        const tower = await VisionTower.load(dir, { cacheDir, threads: 1 });
+        try {
+          const original = fs.readFileSync(path.join(f.dir, 'model.safetensors')).includes('"model.visual.')
+            ? 'model.visual.'
+            : 'visual.';
+          expect(tower.info.prefix).toBe(original === 'visual.' ? 'model.visual.' : 'visual.');
+          const out = await tower.runQwen(Float32Array.from(f.pixels.values), grid);
+          expect(relativeError(out.embeddings, f.expected.values)).toBeLessThan(TOLERANCE);
+        } finally {
+          await tower.release();
+        }
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  },
+);
 
 describe.runIf(present)('Qwen2.5-VL window attention bites on the fixture', () => {
   it('the same weights with every block attending over the whole image miss HF by more than the tolerance', async () => {
@@ -99,7 +120,9 @@ describe.runIf(present)('Qwen2.5-VL window attention bites on the fixture', () =
     const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
     const dir = renamedCheckpoint(f.dir, (n) => n);
     try {
-      const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { vision_config: Record<string, unknown> };
+      const config = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as {
+        vision_config: Record<string, unknown>;
+      };
       config.vision_config['fullatt_block_indexes'] = [0, 1];
       fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
       const tower = await VisionTower.load(dir, { cacheDir, threads: 1 });
@@ -127,11 +150,18 @@ describe.runIf(present)('LLaVA-OneVision vision tower (SigLIP + projector)', () 
       expect(C).toBe(3);
       expect(out.pooled).toBeDefined();
       const err = relativeError(out.pooled!, f.expected.values);
-      console.log(`${name}: pooled output max |diff| / max |ref| = ${err.toExponential(2)} (${tiles} tiles of ${S}×${S})`);
+      console.log(
+        `${name}: pooled output max |diff| / max |ref| = ${err.toExponential(2)} (${tiles} tiles of ${S}×${S})`,
+      );
       expect(err).toBeLessThan(TOLERANCE);
       expect(out.dims).toEqual([tiles, (S / 14) ** 2, 64]);
       expect(tower.imageNewline?.length).toBe(64);
-      const golden = JSON.parse(fs.readFileSync(path.resolve(import.meta.dirname, '../../fixtures/vision/llava_onevision-tiny-features.json'), 'utf8')) as { shape: number[]; features: number[] };
+      const golden = JSON.parse(
+        fs.readFileSync(
+          path.resolve(import.meta.dirname, '../../fixtures/vision/llava_onevision-tiny-features.json'),
+          'utf8',
+        ),
+      ) as { shape: number[]; features: number[] };
       expect(out.dims).toEqual(golden.shape);
       const featErr = relativeError(out.features, golden.features);
       console.log(`${name}: projector features max |diff| / max |ref| = ${featErr.toExponential(2)}`);
@@ -172,11 +202,14 @@ describe.runIf(present)('LLaVA-OneVision vision tower (SigLIP + projector)', () 
 });
 
 describe.runIf(present)('Qwen vision feeds', () => {
-  const spec = (name: string) => visionSpecFromConfig(JSON.parse(fs.readFileSync(path.join(FIXTURES, name, 'config.json'), 'utf8'))) as QwenVisionSpec;
+  const spec = (name: string) =>
+    visionSpecFromConfig(
+      JSON.parse(fs.readFileSync(path.join(FIXTURES, name, 'config.json'), 'utf8')),
+    ) as QwenVisionSpec;
 
   it('Qwen2.5-VL windows: every patch in exactly one window of whole merged units, as get_window_index groups them', () => {
-    const s = spec('qwen2_5_vl-tiny');              // window 56 px = 2×2 merged units of 2×2 patches
-    const f = qwenVisionFeeds(s, [1, 6, 10]);         // 3×5 merged units → windows of 2×2, 2×2, 2×1, 1×2, 1×2, 1×1
+    const s = spec('qwen2_5_vl-tiny'); // window 56 px = 2×2 merged units of 2×2 patches
+    const f = qwenVisionFeeds(s, [1, 6, 10]); // 3×5 merged units → windows of 2×2, 2×2, 2×1, 1×2, 1×2, 1×1
     const w = f.window!;
     expect(w.windows).toBe(6);
     expect(w.windowLen).toBe(16);
@@ -191,12 +224,15 @@ describe.runIf(present)('Qwen vision feeds', () => {
     }
     expect(seen.size).toBe(60);
     // Window sizes in rows: 16, 16, 8, 8, 8, 4.
-    const sizes = Array.from({ length: w.windows }, (_, k) => w.keyBias.subarray(k * 16, (k + 1) * 16).filter((b) => b === 0).length);
+    const sizes = Array.from(
+      { length: w.windows },
+      (_, k) => w.keyBias.subarray(k * 16, (k + 1) * 16).filter((b) => b === 0).length,
+    );
     expect(sizes).toEqual([16, 16, 8, 8, 8, 4]);
   });
 
   it('Qwen3-VL position interpolation: corners weigh 1 in total and a grid the size of the table picks its rows exactly', () => {
-    const s = spec('qwen3_vl-tiny');                // 64 learned positions = 8×8
+    const s = spec('qwen3_vl-tiny'); // 64 learned positions = 8×8
     const f = qwenVisionFeeds(s, [1, 8, 8]).posEmbed!;
     for (let i = 0; i < 64; i++) {
       const wsum = f.weight[4 * i]! + f.weight[4 * i + 1]! + f.weight[4 * i + 2]! + f.weight[4 * i + 3]!;
@@ -213,45 +249,57 @@ describe.runIf(present)('Qwen vision feeds', () => {
 });
 
 describe.runIf(present)('VisionTower from the PNG, cache and refusals', () => {
-  it.each(['qwen2_5_vl-tiny', 'llava_onevision-tiny'])('%s: our preprocessing → run() equals the run on HF pixel_values; the second load reuses the cache', async (name) => {
-    const f = fixture(name);
-    const processor = loadImageProcessor(f.dir);
-    const image = processor.preprocess(await decodeImage(path.join(f.dir, 'image0.png')));
-    const first = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
-    await first.release();
-    const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
-    try {
-      expect(tower.info.built).toBe(false);
-      expect(tower.info.visionConfigHash).toMatch(/^[0-9a-f]{64}$/);
-      const ours = await tower.run(image);
-      const theirs = image.family === 'qwen-vl'
-        ? (await tower.runQwen(Float32Array.from(f.pixels.values), image.gridThw)).embeddings
-        : (await tower.runSiglip(Float32Array.from(f.pixels.values), f.pixels.shape[1]!)).features;
-      const got = ours.kind === 'qwen' ? ours.embeddings : ours.features;
-      expect(relativeError(got, theirs)).toBeLessThan(1e-6);
-      if (ours.kind === 'qwen') expect(ours.dims[0]).toBe(image.tokenCount);
-    } finally {
-      await tower.release();
-    }
-  });
+  it.each(['qwen2_5_vl-tiny', 'llava_onevision-tiny'])(
+    '%s: our preprocessing → run() equals the run on HF pixel_values; the second load reuses the cache',
+    async (name) => {
+      const f = fixture(name);
+      const processor = loadImageProcessor(f.dir);
+      const image = processor.preprocess(await decodeImage(path.join(f.dir, 'image0.png')));
+      const first = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
+      await first.release();
+      const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
+      try {
+        expect(tower.info.built).toBe(false);
+        expect(tower.info.visionConfigHash).toMatch(/^[0-9a-f]{64}$/);
+        const ours = await tower.run(image);
+        const theirs =
+          image.family === 'qwen-vl'
+            ? (await tower.runQwen(Float32Array.from(f.pixels.values), image.gridThw)).embeddings
+            : (await tower.runSiglip(Float32Array.from(f.pixels.values), f.pixels.shape[1]!)).features;
+        const got = ours.kind === 'qwen' ? ours.embeddings : ours.features;
+        expect(relativeError(got, theirs)).toBeLessThan(1e-6);
+        if (ours.kind === 'qwen') expect(ours.dims[0]).toBe(image.tokenCount);
+      } finally {
+        await tower.release();
+      }
+    },
+  );
 
   it('refuses a checkpoint without vision weights, a mis-shaped tensor, and pixels that do not fit the grid', async () => {
     const f = fixture('qwen2_vl-tiny');
     const noVision = renamedCheckpoint(f.dir, (n) => n.replace(/^visual\./, 'vision.'));
     const badShape = renamedCheckpoint(f.dir, (n) => n);
     try {
-      await expect(VisionTower.load(noVision, { cacheDir, threads: 1 })).rejects.toThrow(/no vision tower weights \(looked for "model\.visual\.patch_embed\.proj\.weight", "visual\.patch_embed\.proj\.weight"\)/);
-      const config = JSON.parse(fs.readFileSync(path.join(badShape, 'config.json'), 'utf8')) as { vision_config: Record<string, unknown> };
+      await expect(VisionTower.load(noVision, { cacheDir, threads: 1 })).rejects.toThrow(
+        /no vision tower weights \(looked for "model\.visual\.patch_embed\.proj\.weight", "visual\.patch_embed\.proj\.weight"\)/,
+      );
+      const config = JSON.parse(fs.readFileSync(path.join(badShape, 'config.json'), 'utf8')) as {
+        vision_config: Record<string, unknown>;
+      };
       config.vision_config['hidden_size'] = 48; // the merger's output width
       fs.writeFileSync(path.join(badShape, 'config.json'), JSON.stringify(config));
-      await expect(VisionTower.load(badShape, { cacheDir, threads: 1 })).rejects.toThrow(/tensor "visual\.merger\.mlp\.2\.weight" has shape \[64,128\] but config\.json implies \[48,128\]/);
+      await expect(VisionTower.load(badShape, { cacheDir, threads: 1 })).rejects.toThrow(
+        /tensor "visual\.merger\.mlp\.2\.weight" has shape \[64,128\] but config\.json implies \[48,128\]/,
+      );
     } finally {
       fs.rmSync(noVision, { recursive: true, force: true });
       fs.rmSync(badShape, { recursive: true, force: true });
     }
     const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1 });
     try {
-      await expect(tower.runQwen(new Float32Array(10), [1, 4, 6])).rejects.toThrow(/pixel_values holds 10 values; grid 1×4×6/);
+      await expect(tower.runQwen(new Float32Array(10), [1, 4, 6])).rejects.toThrow(
+        /pixel_values holds 10 values; grid 1×4×6/,
+      );
       await expect(tower.runSiglip(new Float32Array(10), 1)).rejects.toThrow(/takes a patch grid, not tiles/);
     } finally {
       await tower.release();
@@ -260,6 +308,8 @@ describe.runIf(present)('VisionTower from the PNG, cache and refusals', () => {
 
   it('refuses a text-only config', () => {
     expect(() => visionSpecFromConfig({ model_type: 'qwen2' })).toThrow(/"vision_config" is missing/);
-    expect(() => visionSpecFromConfig({ model_type: 'mllama', vision_config: {} })).toThrow(/no supported vision tower/);
+    expect(() => visionSpecFromConfig({ model_type: 'mllama', vision_config: {} })).toThrow(
+      /no supported vision tower/,
+    );
   });
 });
