@@ -18,6 +18,7 @@ import { createMetrics, type ServerMetrics } from './metrics.js';
 import { QuerySplitter, SplitError, type SplitWithoutPrompts } from './split.js';
 import type { ScoringEngine } from './engine.js';
 import { decodeImage } from '../model/vision/image.js';
+import { BodyReader, VALUES_PER_ITEM } from './body.js';
 
 /** What `/get_reward` returns as `rewards` (and `/classify` as P(Yes)): see README "Reward server". */
 export type Readout = 'reward' | 'normalized' | 'logit-diff';
@@ -37,6 +38,11 @@ export interface RewardServerOptions {
   maxLength?: number;
   /** Largest request body in bytes (413 above it). */
   bodyLimit?: number;
+  /**
+   * Most entries in one request (query, prompts, input, items, pairs, labels), and never more than maxQueue:
+   * refused with 413 right after parsing, before any per-item work.
+   */
+  maxRequestItems?: number;
   apiKey?: string;
   readout?: Readout;
   scoreTransform?: ScoreTransform;
@@ -69,7 +75,7 @@ export interface RewardServerOptions {
 }
 
 export const SERVER_DEFAULTS = {
-  maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 32 * 1024 * 1024,
+  maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 8 * 1024 * 1024, maxRequestItems: 1024,
   requestTimeoutMs: 30_000, idleTimeoutMs: 60_000, keepAliveTimeoutMs: 10_000, maxRequestsPerSocket: 1000, maxConnections: 1024,
 } as const;
 
@@ -156,7 +162,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   let closing = false;
   let classifyCount = 0;
 
-  for (const [name, min] of [['requestTimeoutMs', 1], ['idleTimeoutMs', 1], ['keepAliveTimeoutMs', 1], ['maxRequestsPerSocket', 0], ['maxConnections', 1], ['bodyLimit', 1], ['maxQueue', 1]] as const) {
+  for (const [name, min] of [['requestTimeoutMs', 1], ['idleTimeoutMs', 1], ['keepAliveTimeoutMs', 1], ['maxRequestsPerSocket', 0], ['maxConnections', 1], ['bodyLimit', 1], ['maxQueue', 1], ['maxRequestItems', 1]] as const) {
     const v = opts[name];
     if (v !== undefined && !(Number.isInteger(v) && v >= min)) throw new Error(`serve: ${name} must be an integer ≥ ${min}, got ${v}`);
   }
@@ -175,6 +181,38 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     maxRequestsPerSocket: opts.maxRequestsPerSocket ?? SERVER_DEFAULTS.maxRequestsPerSocket,
   });
   app.server.maxConnections = opts.maxConnections ?? SERVER_DEFAULTS.maxConnections;
+
+  // JSON bodies: large ones parsed off the main thread, every one refused on its counts before any per-item work (body.ts).
+  const maxItems = Math.min(opts.maxRequestItems ?? SERVER_DEFAULTS.maxRequestItems, maxQueue);
+  const bodies = new BodyReader({ maxItems, maxValues: maxItems * VALUES_PER_ITEM + 64 });
+  const tooLarge = () => new HttpError(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', (req, payload, done) => {
+    const declared = Number(req.headers['content-length']);
+    if (declared > bodyLimit) { done(tooLarge(), undefined); return; }
+    // The chunks as they came: fastify's own reader joins them on this thread first (see body.ts).
+    const chunks: Buffer[] = [];
+    let received = 0;
+    const stop = () => { payload.off('data', onData); payload.off('end', onEnd); payload.off('error', onEnd); };
+    const onData = (chunk: Buffer) => {
+      received += chunk.length;
+      if (received > bodyLimit) { stop(); done(tooLarge(), undefined); return; }
+      chunks.push(chunk);
+    };
+    const onEnd = (err?: Error) => {
+      stop();
+      if (err) { done(new HttpError(400, 'body', `body: could not be read (${err.message})`), undefined); return; }
+      if (!Number.isNaN(declared) && declared !== received) { done(new HttpError(400, 'body', `body: ${received} bytes arrived, content-length said ${declared}`), undefined); return; }
+      bodies.read(chunks, received).then((read) => {
+        if ('refusal' in read) done(new HttpError(read.refusal.status, read.refusal.field, read.refusal.message), undefined);
+        else done(null, read.body);
+      }, (e: Error) => done(e, undefined));
+    };
+    payload.on('data', onData);
+    payload.on('end', onEnd);
+    payload.on('error', onEnd);
+    payload.resume();
+  });
 
   // ---------- auth and metrics hooks ----------
   app.addHook('onRequest', async (req, reply) => {
@@ -227,7 +265,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       const { field, message } = describeValidation(fe.validation, fe.validationContext);
       return send(400, field, `${field}: ${message}`);
     }
-    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit)`);
+    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
     if (fe.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err instanceof SyntaxError) return send(400, 'body', `body: not valid JSON (${err.message})`);
     if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) return send(fe.statusCode, null, err.message);
     opts.log?.(`error on ${req.method} ${req.url}: ${err.stack ?? err.message}`);
@@ -430,6 +468,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     },
     async listen({ host = '127.0.0.1', port = 0 } = {}) {
       await app.listen({ host, port });
+      bodies.prepare();
       const addr = app.server.address();
       if (!addr || typeof addr === 'string') throw new Error('serve: no TCP address');
       return `http://${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`;
@@ -446,6 +485,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       if (inFlight > 0) await new Promise<void>((resolve) => { onIdle = resolve; setTimeout(resolve, 30_000).unref(); });
       app.server.closeAllConnections();
       await closed;
+      await bodies.close();
       await engine.close();
     },
   };

@@ -1,0 +1,28 @@
+/** The body parser thread (body.ts BodyReader): parses and counts large request bodies off the main thread. */
+import fs from 'node:fs';
+import os from 'node:os';
+import { parentPort } from 'node:worker_threads';
+import { parseBody, type FromBodyWorker, type ToBodyWorker } from './body.js';
+
+const port = parentPort!;
+
+// Below the main thread's priority: on a machine with few cores a large parse must not take the CPU from the
+// thread that answers /health and reads requests (Linux: a thread's nice value is its own; elsewhere, no change).
+try {
+  const tid = Number(/task\/(\d+)$/.exec(fs.readlinkSync('/proc/thread-self'))?.[1]);
+  if (tid > 0) os.setPriority(tid, 10);
+} catch {
+  /* not Linux, or not allowed: the parse still runs, at the usual priority */
+}
+const decoder = new TextDecoder('utf-8');
+
+port.on('message', ({ id, chunks, length, limits }: ToBodyWorker) => {
+  const bytes = new Uint8Array(length);
+  let at = 0;
+  for (const c of chunks) {
+    bytes.set(c, at);
+    at += c.length;
+  }
+  const result = parseBody(decoder.decode(bytes), limits);
+  port.postMessage({ id, ...result } satisfies FromBodyWorker);
+});
