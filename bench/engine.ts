@@ -166,7 +166,8 @@ async function childCachedRun(a: ChildArgs): Promise<void> {
   const loadS = seconds(t0);
   if (dec.info.built)
     throw new Error(
-      'the cached load built a new cache entry: the cache key changed after the cold build (was src/model edited meanwhile?)',
+      'the cached load built a new cache entry: the cache key changed after the cold build (was src/model edited ' +
+        'meanwhile?)',
     );
   const rssAfterLoadKiB = maxRssKiB();
   const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = dec.spec;
@@ -417,7 +418,8 @@ function runChild<T>(mode: string, args: object, label: string, unit: string): P
       else
         reject(
           new Error(
-            `bench child "${mode}" exited with ${signal ?? `code ${code}`}${result === undefined ? ' without a result' : ''}`,
+            `bench child "${mode}" exited with ` +
+              `${signal ?? `code ${code}`}${result === undefined ? ' without a result' : ''}`,
           ),
         );
     });
@@ -459,7 +461,9 @@ async function main(argv: string[]): Promise<void> {
   const tStart = performance.now();
   const busyStart = machineBusyS();
   console.error(
-    `engine bench: Qwen2.5-0.5B shape (qwen2, ${spec.numLayers} layers, ${spec.numHeads}/${spec.numKvHeads} heads, d ${spec.headDim}, D ${spec.hiddenSize}, F ${spec.intermediateSize}, V ${spec.vocabSize}), fp32, ${threads} threads`,
+    `engine bench: Qwen2.5-0.5B shape (qwen2, ${spec.numLayers} layers, ${spec.numHeads}/${spec.numKvHeads} heads, d ` +
+      `${spec.headDim}, D ${spec.hiddenSize}, F ${spec.intermediateSize}, V ${spec.vocabSize}), fp32, ${threads} ` +
+      `threads`,
   );
   console.error(`machine: ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, node ${m.node}`);
 
@@ -521,7 +525,8 @@ async function main(argv: string[]): Promise<void> {
       'coldBuildS',
       `${r(cold.loadS, 1)} s`,
       '',
-      `first Decoder.load, fresh cache dir, own process (convert ${r(cold.buildS, 1)} s + session ${r(cold.sessionS, 1)} s)`,
+      `first Decoder.load, fresh cache dir, own process (convert ${r(cold.buildS, 1)} s + session ` +
+        `${r(cold.sessionS, 1)} s)`,
     ],
     [
       'cachedLoadS',
@@ -539,44 +544,54 @@ async function main(argv: string[]): Promise<void> {
       'forwardGflopPerS',
       `${r(gflops(fwdFlops.total, run.effForwardMs), 1)}`,
       '',
-      `${r(fwdFlops.total / 1e9, 1)} model GFLOP (linear ${r(fwdFlops.linear / 1e9, 1)}, attention ${r(fwdFlops.attention / 1e9, 2)}, lm_head ${r(fwdFlops.lmHead / 1e9, 2)}) / forwardMs`,
+      `${r(fwdFlops.total / 1e9, 1)} model GFLOP (linear ${r(fwdFlops.linear / 1e9, 1)}, attention ` +
+        `${r(fwdFlops.attention / 1e9, 2)}, lm_head ${r(fwdFlops.lmHead / 1e9, 2)}) / forwardMs`,
     ],
     [
       'matmulGflopPerS',
       `${r(gflops(2 * M * K * N, run.matmulMs), 1)}`,
       '',
-      `onnxruntime MatMul [${M},${K}]·[${K},${N}] (weight initializer), ${r(run.matmulMs, 2)} ms, median of ${EFF_ROUNDS * MATMULS_PER_ROUND}`,
+      `onnxruntime MatMul [${M},${K}]·[${K},${N}] (weight initializer), ${r(run.matmulMs, 2)} ms, median of ` +
+        `${EFF_ROUNDS * MATMULS_PER_ROUND}`,
     ],
     [
       'forwardEfficiency',
       `${r(run.forwardEfficiency, 3)}`,
       `≥ ${GOALS.forwardEfficiency}`,
-      `forward FLOP/s ÷ MatMul FLOP/s, median of ${EFF_ROUNDS} interleaved rounds (range ${range(run.efficiencyRange, 2)}; ratio of the medians ${r(gflops(fwdFlops.total, run.effForwardMs) / gflops(2 * M * K * N, run.matmulMs), 2)}, best-of ${r(efficiencyBest, 2)})`,
+      `forward FLOP/s ÷ MatMul FLOP/s, median of ${EFF_ROUNDS} interleaved rounds (range ` +
+        `${range(run.efficiencyRange, 2)}; ratio of the medians ` +
+        `${r(gflops(fwdFlops.total, run.effForwardMs) / gflops(2 * M * K * N, run.matmulMs), 2)}, best-of ` +
+        `${r(efficiencyBest, 2)})`,
     ],
     ['prefillMs', `${r(run.prefillMs, 0)} ms`, '', `Decoder.prefill of ${SEQ - 1} tokens (returns the KV cache)`],
     [
       'stepSharedMs',
       `${r(run.stepSharedMs, 1)} ms`,
       '',
-      `Decoder.stepShared, ${PATCH_ROWS} patch rows after the ${SEQ - 1}-token prefix, median of ${ROUNDS * STEPS_PER_ROUND} (${r(gflops(stepFlops.total, run.stepSharedMs), 1)} GFLOP/s)`,
+      `Decoder.stepShared, ${PATCH_ROWS} patch rows after the ${SEQ - 1}-token prefix, median of ` +
+        `${ROUNDS * STEPS_PER_ROUND} (${r(gflops(stepFlops.total, run.stepSharedMs), 1)} GFLOP/s)`,
     ],
     [
       'sharedStepSpeedup',
       `${r(run.sharedStepSpeedup, 1)}`,
       `≥ ${GOALS.sharedStepSpeedup}`,
-      `${PATCH_ROWS} × forward ÷ stepShared, median of ${ROUNDS} interleaved rounds (range ${range(run.speedupRange, 0)}, best-of ${r(speedupBest, 0)}); the ${PATCH_ROWS} forwards are one forward × ${PATCH_ROWS}`,
+      `${PATCH_ROWS} × forward ÷ stepShared, median of ${ROUNDS} interleaved rounds (range ` +
+        `${range(run.speedupRange, 0)}, best-of ${r(speedupBest, 0)}); the ${PATCH_ROWS} forwards are one forward × ` +
+        `${PATCH_ROWS}`,
     ],
     [
       'decodeStepMs',
       `${r(run.decodeStepMs, 1)} ms`,
       '',
-      `Decoder.extend by 1 token after ${SEQ - 1}, batch 1 (context: ${r(run.weightBytes / 1e9 / (run.decodeStepMs / 1000), 1)} GB/s of weights)`,
+      `Decoder.extend by 1 token after ${SEQ - 1}, batch 1 (context: ` +
+        `${r(run.weightBytes / 1e9 / (run.decodeStepMs / 1000), 1)} GB/s of weights)`,
     ],
     [
       'peakRssMiB',
       `${MiB(run.maxRssKiB)} MiB`,
       '',
-      `maxRSS of the cached-run process after all engine runs (before load ${MiB(run.rssBeforeKiB)}, after load ${MiB(run.rssAfterLoadKiB)})`,
+      `maxRSS of the cached-run process after all engine runs (before load ${MiB(run.rssBeforeKiB)}, after load ` +
+        `${MiB(run.rssAfterLoadKiB)})`,
     ],
     ['weightsMiB', `${(run.weightBytes / 2 ** 20).toFixed(0)} MiB`, '', 'Decoder.weightBytes (fp32 weights.bin)'],
     ['rssOverWeights', `${r(rssOverWeights, 3)}`, `≤ ${GOALS.rssOverWeights}`, 'peakRss ÷ weightBytes'],
@@ -585,13 +600,16 @@ async function main(argv: string[]): Promise<void> {
       'longForwardMs',
       `${r(run.longForwardMs, 0)} ms`,
       '',
-      `Decoder.forward batch 1 × ${LONG_SEQ} tokens, median of ${LONG_ROUNDS} (${r(gflops(longFlops.total, run.longForwardMs), 1)} GFLOP/s of ${r(longFlops.total / 1e9, 1)}, attention ${r(longFlops.attention / 1e9, 1)}); the paired ${SEQ}-token forwards: ${r(run.longShortForwardMs, 0)} ms`,
+      `Decoder.forward batch 1 × ${LONG_SEQ} tokens, median of ${LONG_ROUNDS} ` +
+        `(${r(gflops(longFlops.total, run.longForwardMs), 1)} GFLOP/s of ${r(longFlops.total / 1e9, 1)}, attention ` +
+        `${r(longFlops.attention / 1e9, 1)}); the paired ${SEQ}-token forwards: ${r(run.longShortForwardMs, 0)} ms`,
     ],
     [
       'long1650OverShort256',
       `${r(run.long1650OverShort256, 3)}`,
       `≥ ${GOALS.long1650OverShort256}`,
-      `tokens/s at ${LONG_SEQ} ÷ tokens/s at ${SEQ}, median of ${LONG_ROUNDS} interleaved rounds (range ${range(run.longRatioRange, 2)}); process maxRSS after them ${MiB(run.longMaxRssKiB)} MiB`,
+      `tokens/s at ${LONG_SEQ} ÷ tokens/s at ${SEQ}, median of ${LONG_ROUNDS} interleaved rounds (range ` +
+        `${range(run.longRatioRange, 2)}); process maxRSS after them ${MiB(run.longMaxRssKiB)} MiB`,
     ],
   ];
   const values: Record<string, number> = {
@@ -607,19 +625,23 @@ async function main(argv: string[]): Promise<void> {
   };
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)));
   console.log(
-    `\nEngine bench — random Qwen2.5-0.5B-shaped checkpoint, fp32; ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} GiB, ${threads} threads, ${m.date}`,
+    `\nEngine bench — random Qwen2.5-0.5B-shaped checkpoint, fp32; ${m.cpuModel}, ${m.nproc} cores, ${m.totalMemGiB} ` +
+      `GiB, ${threads} threads, ${m.date}`,
   );
   for (const [name, value, goal, meaning] of rows) {
     console.log(
       `${name.padEnd(w[0]!)}  ${value.padStart(w[1]!)}  ${goal.padEnd(w[2]!)}  ${status(name).padEnd(4)}  ${meaning}`,
     );
   }
+  const busy = ' (busy machine: absolute times are pessimistic, the paired ratios less so)';
   const others =
     otherCpuShare === null
       ? ''
-      : `; other processes in this OS used ${(100 * otherCpuShare).toFixed(0)}% of its CPUs meanwhile${otherCpuShare > 0.05 ? ' (busy machine: absolute times are pessimistic, the paired ratios less so)' : ''} (a VM's host contention does not show here)`;
+      : `; other processes in this OS used ${(100 * otherCpuShare).toFixed(0)}% of its CPUs ` +
+        `meanwhile${otherCpuShare > 0.05 ? busy : ''} (a VM's host contention does not show here)`;
   console.log(
-    `total bench time ${r(seconds(tStart), 0)} s${checkpointWriteS !== null ? ` (checkpoint written in ${r(checkpointWriteS, 0)} s)` : ''}${others}`,
+    `total bench time ${r(seconds(tStart), 0)} ` +
+      `s${checkpointWriteS !== null ? ` (checkpoint written in ${r(checkpointWriteS, 0)} s)` : ''}${others}`,
   );
 
   console.log(

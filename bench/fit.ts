@@ -77,7 +77,8 @@ const template = makeTemplate('scalar', {}, tokenizer);
 const items = judgeItems(pairs, 'scalar');
 const lengths = items.map((it) => render(tokenizer, template, [], it, 4096).ids.length);
 log(
-  `queries: ${items.length} judge items, ${Math.min(...lengths)}–${Math.max(...lengths)} tokens (target ~${QUERY_TOKENS}); template ${template.chat ? 'chat' : 'plain'}`,
+  `queries: ${items.length} judge items, ${Math.min(...lengths)}–${Math.max(...lengths)} tokens (target ` +
+    `~${QUERY_TOKENS}); template ${template.chat ? 'chat' : 'plain'}`,
 );
 
 // ---- mean extraction: one default demo draw (G passes, 4 shots + query ≈ 5 × 300 tokens each) and a few
@@ -202,7 +203,9 @@ console.table([
   },
 ]);
 log(
-  `per pass ${perPassS.toFixed(2)} s (${perIndependentPassS.toFixed(2)} s with independent draws); prefill ${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`,
+  `per pass ${perPassS.toFixed(2)} s (${perIndependentPassS.toFixed(2)} s with independent draws); prefill ` +
+    `${prefillS.toFixed(2)} s; step (32 rows) ${(stepS * 1000).toFixed(0)} ms; naive sample ` +
+    `${(naivePerSampleS * 1000).toFixed(0)} ms; smoke fit ${smokeS.toFixed(1)} s; ${os.cpus().length} cores`,
 );
 const fitDtype = decoder.info.weightFormat.dtype;
 await decoder.dispose();

@@ -23,10 +23,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Decoder, type ForwardResult } from '../src/model/decoder.js';
+import { Decoder } from '../src/model/decoder.js';
 import type { Int8Kernel, WeightDType } from '../src/model/graph/quantized-linear.js';
 import { defaultInt8Kernel, type Int4Method } from '../src/model/quant/weight-format.js';
-import { readExamples, type Example } from '../src/data/examples.js';
+import { readExamples } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
 import { ActivationRM } from '../src/arm/rm.js';
 import { Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
@@ -198,11 +198,16 @@ function spearman(a: number[], b: number[]): number {
 // ---------------------------------------------------------------- phase: small real models
 
 const STORY_TEXTS = [
-  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One day, she saw a big red ball under a tree.',
-  'Tom had a small dog called Max. Every morning they went for a walk to the lake. Max liked to chase the ducks, but the ducks always flew away.',
-  'The sun was shining and the birds were singing. Sara wanted to bake a cake for her mom. She took flour, eggs and sugar and mixed them in a big bowl.',
-  'There was a boy who did not like to share his toys. His sister was sad. Then he saw her cry and gave her his favorite car. They played together all day.',
-  'A little bear lived in the forest. He was hungry and looked for honey. He found a tree full of bees and asked them nicely for some honey.',
+  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One ' +
+    'day, she saw a big red ball under a tree.',
+  'Tom had a small dog called Max. Every morning they went for a walk to the lake. Max liked to chase the ducks, but ' +
+    'the ducks always flew away.',
+  'The sun was shining and the birds were singing. Sara wanted to bake a cake for her mom. She took flour, eggs and ' +
+    'sugar and mixed them in a big bowl.',
+  'There was a boy who did not like to share his toys. His sister was sad. Then he saw her cry and gave her his ' +
+    'favorite car. They played together all day.',
+  'A little bear lived in the forest. He was hungry and looked for honey. He found a tree full of bees and asked ' +
+    'them nicely for some honey.',
 ];
 
 async function phaseSmall(cacheDir: string) {
@@ -332,7 +337,8 @@ async function phaseQwen(cacheDir: string) {
     d[t] = await Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
     loadS[t] = r(seconds(t0), 1);
     log(
-      `qwen shape ${t}: loaded in ${loadS[t]} s (built: ${d[t].info.built}), ${(d[t].weightBytes / 2 ** 20).toFixed(0)} MiB`,
+      `qwen shape ${t}: loaded in ${loadS[t]} s (built: ${d[t].info.built}), ` +
+        `${(d[t].weightBytes / 2 ** 20).toFixed(0)} MiB`,
     );
   }
   const { numLayers: L, numHeads: H, headDim: hd, vocabSize: V } = d.fp32.spec;
@@ -369,7 +375,8 @@ async function phaseQwen(cacheDir: string) {
       decode[t]!.push(median(one));
     }
     log(
-      `qwen shape round ${round + 1}/${ROUNDS}: forward ${QWEN_DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`,
+      `qwen shape round ${round + 1}/${ROUNDS}: forward ` +
+        `${QWEN_DTYPES.map((t) => `${t} ${fwd[t]!.at(-1)!.toFixed(0)}`).join(', ')} ms`,
     );
   }
   const ratio = (a: number[], b: number[]) => median(a.map((x, i) => x / b[i]!));
@@ -516,7 +523,9 @@ async function main() {
       const have = fs.existsSync(path.join(QWEN_7B_DIR, '.complete'));
       if (!have && freeGiB < 15.3 + 6 + 5) {
         report.sevenB = {
-          skipped: `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}; the bf16 checkpoint (15.3 GB) and its int4 cache entry (~5 GB) need ~26`,
+          skipped:
+            `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}; the bf16 checkpoint (15.3 GB) and its ` +
+            `int4 cache entry (~5 GB) need ~26`,
         };
       } else {
         if (!have) {

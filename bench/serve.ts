@@ -178,7 +178,8 @@ async function runBench(): Promise<void> {
     const bad = result.non2xx + result.errors + result.timeouts;
     if (bad)
       log(
-        `warning: ${bad} requests failed (non-2xx ${result.non2xx}, errors ${result.errors}, timeouts ${result.timeouts})`,
+        `warning: ${bad} requests failed (non-2xx ${result.non2xx}, errors ${result.errors}, timeouts ` +
+          `${result.timeouts})`,
       );
     return {
       connections,
@@ -192,11 +193,13 @@ async function runBench(): Promise<void> {
   };
   const c1 = await load(1, Math.min(Math.ceil(nItems / perRequest / 4), 500));
   log(
-    `concurrency 1: ${c1.requests} requests in ${c1.seconds.toFixed(2)} s, ${c1.itemsPerS.toFixed(1)} items/s, p50 ${c1.p50Ms} ms, p99 ${c1.p99Ms} ms`,
+    `concurrency 1: ${c1.requests} requests in ${c1.seconds.toFixed(2)} s, ${c1.itemsPerS.toFixed(1)} items/s, p50 ` +
+      `${c1.p50Ms} ms, p99 ${c1.p99Ms} ms`,
   );
   const c32 = await load(32, Math.ceil(nItems / perRequest));
   log(
-    `concurrency 32: ${c32.requests} requests in ${c32.seconds.toFixed(2)} s, ${c32.itemsPerS.toFixed(1)} items/s, p50 ${c32.p50Ms} ms, p99 ${c32.p99Ms} ms`,
+    `concurrency 32: ${c32.requests} requests in ${c32.seconds.toFixed(2)} s, ${c32.itemsPerS.toFixed(1)} items/s, ` +
+      `p50 ${c32.p50Ms} ms, p99 ${c32.p99Ms} ms`,
   );
 
   // 4. Peak RSS of the server process (Linux: VmHWM), then a graceful stop.

@@ -17,7 +17,8 @@
  * ARM_BENCH_VISION_STEP=0 skips part 2 (its fields are then absent from the last line).
  * Everything is written into one temp folder (~1.3 GB of bf16 tower weights + its ~2.7 GB fp32 graph cache),
  * deleted at the end. Last line:
- * {"tower448S":…,"tower1024x768S":…,"towerRunPeakRssMiB448":…,"maxRssMiB448":…,"stepWithImageMs":…,"stepTextMs":…,"stepImageOverText":…}
+ * {"tower448S":…,"tower1024x768S":…,"towerRunPeakRssMiB448":…,"maxRssMiB448":…,
+ *  "stepWithImageMs":…,"stepTextMs":…,"stepImageOverText":…}
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -101,7 +102,8 @@ try {
     const maxRss = process.resourceUsage().maxRSS / 1024; // KiB → MiB
     log(
       `tower ${width}×${height} → resized ${w}×${h}, ${N} patches → ${out.dims[0]} tokens: ${s.toFixed(2)} s; ` +
-        `RSS ${rssBefore.toFixed(0)} MiB before, run peak ${runPeak === null ? 'n/a' : runPeak.toFixed(0)} MiB, process maxRSS ${maxRss.toFixed(0)} MiB`,
+        `RSS ${rssBefore.toFixed(0)} MiB before, run peak ${runPeak === null ? 'n/a' : runPeak.toFixed(0)} MiB, ` +
+        `process maxRSS ${maxRss.toFixed(0)} MiB`,
     );
     return {
       s,
@@ -213,10 +215,12 @@ try {
     const stepWithImageMs = median(withImage),
       stepTextMs = median(textOnly);
     log(
-      `prefix ${PREFIX} tokens (${IMAGE_TOKENS} image rows): prefill ${prefillImageS.toFixed(2)} s with image, ${prefillTextS.toFixed(2)} s text`,
+      `prefix ${PREFIX} tokens (${IMAGE_TOKENS} image rows): prefill ${prefillImageS.toFixed(2)} s with image, ` +
+        `${prefillTextS.toFixed(2)} s text`,
     );
     log(
-      `REINFORCE step (${SAMPLES} rows): ${stepWithImageMs.toFixed(1)} ms with image prefix, ${stepTextMs.toFixed(1)} ms text prefix (median of ${STEPS})`,
+      `REINFORCE step (${SAMPLES} rows): ${stepWithImageMs.toFixed(1)} ms with image prefix, ` +
+        `${stepTextMs.toFixed(1)} ms text prefix (median of ${STEPS})`,
     );
     console.log(
       JSON.stringify({

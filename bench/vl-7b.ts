@@ -250,7 +250,8 @@ if (mode) {
     const have = fs.existsSync(path.join(DIR, '.complete'));
     if (!have && freeGiB < 16.6 + 8 + 3)
       throw new Error(
-        `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}: the checkpoint (16.6 GB) and its cache entries (~8 GB) need ~28`,
+        `only ${freeGiB.toFixed(0)} GiB free in ${os.tmpdir()}: the checkpoint (16.6 GB) and its cache entries (~8 ` +
+          `GB) need ~28`,
       );
     if (!have) {
       log(`writing the Qwen2.5-VL-7B-shaped checkpoint to ${DIR}…`);
