@@ -16,24 +16,7 @@ import { Rng } from '../src/util/rng.js';
 import { ensureQwenShapeCheckpoint } from './qwen-shape.js';
 
 const rng = new Rng(2);
-const WORDS = [
-  'the',
-  'cat',
-  'sat',
-  'on',
-  'a',
-  'mat',
-  'and',
-  'looked',
-  'at',
-  'big',
-  'red',
-  'ball',
-  'she',
-  'said',
-  'tree',
-  'park',
-];
+const WORDS = 'the cat sat on a mat and looked at big red ball she said tree park'.split(' ');
 const text = (n: number) => Array.from({ length: n }, () => WORDS[rng.int(WORDS.length)]).join(' ');
 const pairs: PairExample[] = Array.from({ length: 12 }, (_, i) => ({
   kind: 'pair',

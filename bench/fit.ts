@@ -43,26 +43,7 @@ const tokenizer = decoder.tokenizer;
 
 // Pairs whose rendered zero-shot query is ~300 tokens: words drawn from a small vocabulary.
 const rng = new Rng(1);
-const WORDS = [
-  'the',
-  'cat',
-  'sat',
-  'on',
-  'a',
-  'mat',
-  'and',
-  'looked',
-  'at',
-  'big',
-  'red',
-  'ball',
-  'she',
-  'said',
-  'yes',
-  'no',
-  'tree',
-  'park',
-];
+const WORDS = 'the cat sat on a mat and looked at big red ball she said yes no tree park'.split(' ');
 const text = (n: number) => Array.from({ length: n }, () => WORDS[rng.int(WORDS.length)]).join(' ');
 const pairs: PairExample[] = Array.from({ length: POOL_PAIRS }, (_, i) => ({
   kind: 'pair',

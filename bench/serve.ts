@@ -50,24 +50,7 @@ async function runBench(): Promise<void> {
 
   // Items: chat-templated queries as OpenRLHF sends them, prompts of 20–60 words, responses of 5–40.
   const rng = new Rng(7);
-  const WORDS = [
-    'the',
-    'cat',
-    'sat',
-    'on',
-    'a',
-    'mat',
-    'and',
-    'looked',
-    'at',
-    'big',
-    'red',
-    'ball',
-    'she',
-    'said',
-    'tree',
-    'park',
-  ];
+  const WORDS = 'the cat sat on a mat and looked at big red ball she said tree park'.split(' ');
   const text = (n: number) => Array.from({ length: n }, () => WORDS[rng.int(WORDS.length)]).join(' ');
   const items = Array.from({ length: nItems }, () => ({
     prompt: text(20 + rng.int(40)),
