@@ -35,9 +35,11 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import cliProgress from 'cli-progress';
-import { specFromConfig, type ModelSpec } from '../src/model/families/spec.js';
+import { specFromConfig } from '../src/model/families/config.js';
+import type { ModelSpec } from '../src/model/families/types.js';
 import { checkpointLayout, Rng, writeRandomCheckpoint } from '../tools/random-checkpoint.js';
 import { CKPT_OPTS, CONFIG, median, qwenShapeDir } from './qwen-shape.js';
+import { seconds } from './args.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
 
@@ -58,7 +60,6 @@ const GOALS = { forwardEfficiency: 0.75, sharedStepSpeedup: 50, rssOverWeights: 
 
 // ---------------------------------------------------------------- shared helpers
 
-const seconds = (t0: number) => (performance.now() - t0) / 1000;
 const maxRssKiB = () => process.resourceUsage().maxRSS;
 
 /** Child → parent protocol on stdout: `progress <done> <total> <what>` lines, then one `result <json>` line. */

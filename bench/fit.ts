@@ -20,6 +20,7 @@ import { REINFORCE_DEFAULTS } from '../src/arm/reinforce.js';
 import type { PairExample } from '../src/data/examples.js';
 import { Rng } from '../src/util/rng.js';
 import { ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
+import { log, seconds } from './args.js';
 
 const QUERY_TOKENS = 300;
 const POOL_PAIRS = 16; // 32 judge items, as `--few-shot 16`
@@ -33,9 +34,6 @@ const DEFAULT = {
   readoutMasks: 10,
   readoutItems: 50,
 };
-
-const seconds = (t0: number) => (performance.now() - t0) / 1000;
-const log = (s: string) => process.stderr.write(`${s}\n`);
 
 const dir = ensureQwenShapeCheckpoint();
 const decoder = await Decoder.load(dir, { cacheDir: process.env.ARM_CACHE_DIR, quiet: true });

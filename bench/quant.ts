@@ -32,7 +32,8 @@ import { ActivationRM } from '../src/arm/rm.js';
 import { Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
 import { runChild } from './child.js';
 import { CONFIG as QWEN_05B, ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
-import { specFromConfig } from '../src/model/families/spec.js';
+import { specFromConfig } from '../src/model/families/config.js';
+import { flag, log, option, seconds, threadsOption } from './args.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const SHARED = path.resolve(path.dirname(SCRIPT), '../../shared');
@@ -84,15 +85,7 @@ const QWEN_7B: HfConfig = {
 };
 const QWEN_7B_DIR = path.join(os.tmpdir(), 'arm-bench-ckpt-qwen2.5-7b-shape-bf16');
 
-const args = process.argv.slice(2);
-const flag = (name: string) => args.includes(name);
-const option = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const threads = Number(option('--threads') ?? os.availableParallelism());
-const log = (s: string) => process.stderr.write(`${s}\n`);
-const seconds = (t0: number) => (performance.now() - t0) / 1000;
+const threads = threadsOption();
 const r = (x: number, digits = 3) => Number(x.toFixed(digits));
 
 // ---------------------------------------------------------------- measures

@@ -29,9 +29,8 @@ import { smartResize } from '../src/model/vision/qwen-processor.js';
 import { qwenVisionLayout, writeRandomTensorsBf16 } from '../tools/random-checkpoint.js';
 import { Rng } from '../src/util/rng.js';
 import { CONFIG as LM_CONFIG, ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
+import { log, seconds } from './args.js';
 
-const log = (s: string) => process.stderr.write(`${s}\n`);
-const seconds = (t0: number) => (performance.now() - t0) / 1000;
 const MIB = 1024 * 1024;
 const t00 = performance.now();
 

@@ -36,24 +36,18 @@ import {
 } from '../tools/random-checkpoint.js';
 import { runChild } from './child.js';
 import { median } from './qwen-shape.js';
+import { benchArgs, flag, log, option, seconds, threadsOption } from './args.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
 const SHARED = path.resolve(path.dirname(SCRIPT), '../../shared');
-const args = process.argv.slice(2);
-const option = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const threads = Number(option('--threads') ?? os.availableParallelism());
-const log = (s: string) => process.stderr.write(`${s}\n`);
-const seconds = (t0: number) => (performance.now() - t0) / 1000;
+const threads = threadsOption();
 const r = (x: number, digits = 2) => Number(x.toFixed(digits));
 const GiB = 2 ** 30;
 const maxRssBytes = () => process.resourceUsage().maxRSS * 1024;
 
 const IDS = { image: 151655, visionStart: 151652, visionEnd: 151653 };
 // --smoke: the same code paths on a 1-layer, 2-block model with a small vocabulary (seconds; checks the script)
-const SMOKE = args.includes('--smoke');
+const SMOKE = flag('--smoke');
 const TEXT: HfConfig = {
   model_type: 'qwen2',
   hidden_size: 3584,
@@ -221,7 +215,7 @@ async function run(cacheDir: string, sizes: [number, number][]) {
   return out;
 }
 
-const child = (mode: string, cacheDir: string) => runChild(SCRIPT, mode, [...args, '--cache-dir', cacheDir]);
+const child = (mode: string, cacheDir: string) => runChild(SCRIPT, mode, [...benchArgs, '--cache-dir', cacheDir]);
 
 const sizes = (option('--sizes') ?? '448x448,1024x768')
   .split(',')
@@ -269,7 +263,7 @@ if (mode) {
     report.run = await child('run', cacheDir);
   } finally {
     fs.rmSync(cacheDir, { recursive: true, force: true });
-    if (!args.includes('--keep')) fs.rmSync(DIR, { recursive: true, force: true });
+    if (!flag('--keep')) fs.rmSync(DIR, { recursive: true, force: true });
   }
   console.log(JSON.stringify(report, null, 1));
   const runOut = report.run as {
