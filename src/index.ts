@@ -12,14 +12,9 @@ export {
 export { ImageInputs, type ImagePrompt } from './model/vision/image-inputs.js';
 export { decodeImage, type RgbImage } from './model/vision/image.js';
 export { ModelError } from './model/errors.js';
-export {
-  specFromConfig,
-  SUPPORTED_FAMILIES,
-  IMAGE_TEXT_MODEL_TYPES,
-  type ModelSpec,
-  type Family,
-  type ImageTextSpec,
-} from './model/families/spec.js';
+export { specFromConfig } from './model/families/config.js';
+export { SUPPORTED_FAMILIES, IMAGE_TEXT_MODEL_TYPES } from './model/families/tables.js';
+export type { ModelSpec, Family, ImageTextSpec } from './model/families/types.js';
 export { Tokenizer, type ChatMessage } from './model/tokenizer.js';
 export { resolveModelDir } from './model/checkpoint/hub.js';
 export {

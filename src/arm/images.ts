@@ -22,7 +22,7 @@ import { ModelError } from '../model/errors.js';
 import { decodeImage } from '../model/vision/image.js';
 import { loadImageProcessor, type ImageProcessor } from '../model/vision/processor.js';
 import { expandImagePlaceholders } from '../model/vision/placeholders.js';
-import { visionSpecFromConfig, visionSpecHash } from '../model/families/vision-spec.js';
+import { visionSpecFromConfig, visionSpecHash } from '../model/families/vision-config.js';
 import type { ImageRendering } from './template.js';
 
 export interface ImageFileInfo {

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { ModelError } from '../../src/model/errors.js';
 import { findDuplicateKey, SafetensorsCheckpoint, writeSafetensors } from '../../src/model/checkpoint/safetensors.js';
-import { specFromConfig } from '../../src/model/families/spec.js';
+import { specFromConfig } from '../../src/model/families/config.js';
 import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js';
 
 const cacheDir = tempDir('arm-cache-');

@@ -13,7 +13,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import { Decoder } from '../../src/model/decoder.js';
-import { specFromConfig, type ModelSpec } from '../../src/model/families/spec.js';
+import { specFromConfig } from '../../src/model/families/config.js';
+import type { ModelSpec } from '../../src/model/families/types.js';
 import { ATTENTION_QUERY_CHUNKS, emitDecoderGraph, headChunks } from '../../src/model/graph/decoder-graph.js';
 import { Rng, type HfConfig } from '../../tools/random-checkpoint.js';
 import { referenceForward } from '../helpers/reference.js';

@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Decoder } from '../../src/model/decoder.js';
-import { specFromConfig } from '../../src/model/families/spec.js';
+import { specFromConfig } from '../../src/model/families/config.js';
 import { referenceForward } from '../helpers/reference.js';
 import { makeCheckpoint, relError, row, tempDir } from '../helpers/fixtures.js';
 import type { HfConfig } from '../../tools/random-checkpoint.js';

@@ -20,7 +20,7 @@ import {
   resolveWeightFormat,
 } from '../../src/model/quant/weight-format.js';
 import { SafetensorsCheckpoint } from '../../src/model/checkpoint/safetensors.js';
-import { specFromConfig } from '../../src/model/families/spec.js';
+import { specFromConfig } from '../../src/model/families/config.js';
 import { Rng } from '../../src/util/rng.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 

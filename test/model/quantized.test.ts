@@ -24,7 +24,7 @@ import {
 import { resolveWeightFormat } from '../../src/model/quant/weight-format.js';
 import { Rng } from '../../tools/random-checkpoint.js';
 import { describeWeightFormat } from '../../src/model/quant/weight-format.js';
-import { specFromConfig } from '../../src/model/families/spec.js';
+import { specFromConfig } from '../../src/model/families/config.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 import { QuantizePool } from '../../src/model/quant/quantize-pool.js';
 import { graphNodes } from '../helpers/onnx-nodes.js';

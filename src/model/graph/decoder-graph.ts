@@ -56,7 +56,8 @@ import {
   type QuantizedWeightRef,
   type RowwiseWeightRef,
 } from './quantized-linear.js';
-import { ropeInverseFrequencies, type LayerType, type ModelSpec, type RopeSpec } from '../families/spec.js';
+import { ropeInverseFrequencies } from './rope.js';
+import type { LayerType, ModelSpec, RopeSpec } from '../families/types.js';
 
 const INT64_MAX = Number.MAX_SAFE_INTEGER;
 const MASKED = -1e9; // finite, so a fully masked (padding) row stays finite instead of NaN

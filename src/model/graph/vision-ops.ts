@@ -4,7 +4,7 @@
  * Standard opset-18 operators, except fused attention: onnxruntime's com.microsoft MultiHeadAttention.
  */
 import type { GraphBuilder } from './graph-builder.js';
-import type { VisionActivation } from '../families/vision-spec.js';
+import type { VisionActivation } from '../families/types.js';
 
 export const INT64_MAX = Number.MAX_SAFE_INTEGER;
 

@@ -36,7 +36,7 @@ import { GraphBuilder } from './graph-builder.js';
 import { INT64_MAX, linearOf, tensorOf, visionOps, type VisionOps, type VisionWeightSource } from './vision-ops.js';
 import { qwenVisionPatchPositions } from '../vision/qwen-processor.js';
 import { ModelError } from '../errors.js';
-import type { QwenVisionSpec } from '../families/vision-spec.js';
+import type { QwenVisionSpec } from '../families/types.js';
 
 export const QWEN_VISION_GRAPH_VERSION = 'vision-qwen/2'; // 2: full attention fused (flash), no [H, N, N] scores
 const MASKED = -1e9;

@@ -29,7 +29,7 @@
  */
 import { GraphBuilder } from './graph-builder.js';
 import { INT64_MAX, linearOf, tensorOf, visionOps, type VisionWeightSource } from './vision-ops.js';
-import type { SiglipVisionSpec } from '../families/vision-spec.js';
+import type { SiglipVisionSpec } from '../families/types.js';
 
 export const SIGLIP_VISION_GRAPH_VERSION = 'vision-siglip/2'; // 2: encoder attention fused (flash)
 

@@ -14,9 +14,9 @@ import {
   readBicubicResample,
   readBool,
   readNormalization,
-  readPositiveInt,
   type PixelNormalization,
 } from './normalize.js';
+import { readPositiveInt } from '../families/config-fields.js';
 
 /** [height, width] in pixels. */
 export type Resolution = readonly [number, number];

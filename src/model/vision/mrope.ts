@@ -5,7 +5,7 @@
  * and width on the merged grid; text after an image resumes at (largest position so far) + 1.
  *
  * Which row drives which rotary frequency is a property of the checkpoint (`mrope_section`, and Qwen3-VL's
- * interleaved layout): `mropeFrequencyRows` gives it as data for the decoder graph.
+ * interleaved layout): families/rope-config.ts reads it into ModelSpec.imageText.mropeRows for the decoder graph.
  */
 import { ModelError } from '../errors.js';
 import type { ImageSpan } from './placeholders.js';
@@ -93,50 +93,4 @@ export function mropePositionIdsBatch(
     deltas.push(one.delta + n - paddedLength);
   });
   return { positions, deltas };
-}
-
-export interface MropeLayout {
-  /** `mrope_section`: rotary frequencies per row [temporal, height, width]; they sum to head_dim / 2. */
-  readonly sections: readonly [number, number, number];
-  /** Qwen3-VL: frequencies cycle T, H, W, T, H, W… instead of contiguous T…, H…, W… blocks. */
-  readonly interleaved: boolean;
-}
-
-/** M-RoPE settings from a config.json (`text_config` or top level; `rope_parameters` (v5) or `rope_scaling`). */
-export function mropeLayout(config: Record<string, unknown>): MropeLayout | undefined {
-  const text = (config['text_config'] ?? config) as Record<string, unknown>;
-  for (const holder of [text, config]) {
-    for (const key of ['rope_parameters', 'rope_scaling']) {
-      const rope = holder[key] as Record<string, unknown> | undefined | null;
-      const sections = rope?.['mrope_section'];
-      if (sections === undefined) continue;
-      if (!Array.isArray(sections) || sections.length !== 3 || !sections.every((s) => Number.isInteger(s) && s >= 0)) {
-        throw new ModelError(
-          `config.json: "${key}.mrope_section" must be three non-negative integers, got ${JSON.stringify(sections)}`,
-        );
-      }
-      return { sections: [sections[0], sections[1], sections[2]], interleaved: rope?.['mrope_interleaved'] === true };
-    }
-  }
-  return undefined;
-}
-
-/**
- * For each of the `halfDim` rotary frequencies (head_dim / 2, frequency j has inverse frequency θ^(−2j/d)),
- * the position row that drives it: 0 temporal, 1 height, 2 width. The rotary angle of frequency j at a token is
- * `positions[row[j]] · invFreq[j]`, applied to both halves of the head as in plain RoPE.
- *  - contiguous (Qwen2-VL, Qwen2.5-VL): the first sections[0] frequencies follow t, the next sections[1] h, …;
- *  - interleaved (Qwen3-VL): j % 3 == 1 follows h while j < 3·sections[1], j % 3 == 2 follows w while
- *    j < 3·sections[2], every other frequency follows t.
- */
-export function mropeFrequencyRows(halfDim: number, layout: MropeLayout): Uint8Array {
-  const [st, sh, sw] = layout.sections;
-  if (st + sh + sw !== halfDim)
-    throw new ModelError(`mrope_section [${st}, ${sh}, ${sw}] must sum to head_dim / 2 = ${halfDim}`);
-  const rows = new Uint8Array(halfDim);
-  for (let j = 0; j < halfDim; j++) {
-    if (layout.interleaved) rows[j] = j % 3 === 1 && j < 3 * sh ? 1 : j % 3 === 2 && j < 3 * sw ? 2 : 0;
-    else rows[j] = j < st ? 0 : j < st + sh ? 1 : 2;
-  }
-  return rows;
 }

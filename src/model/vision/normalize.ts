@@ -3,6 +3,7 @@
  * processors, and the preprocessor_config.json fields they have in common.
  */
 import { ModelError } from '../errors.js';
+import { readNumber } from '../families/config-fields.js';
 import type { BicubicKernel } from './resample.js';
 
 export interface PixelNormalization {
@@ -47,23 +48,6 @@ export function readBool(json: Json, key: string, fallback: boolean, where: stri
   if (v === undefined || v === null) return fallback;
   if (typeof v !== 'boolean')
     throw new ModelError(`${where}: "${key}" must be true or false, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-export function readNumber(json: Json, key: string, fallback: number | undefined, where: string): number {
-  const v = json[key];
-  if (v === undefined || v === null) {
-    if (fallback === undefined) throw new ModelError(`${where}: "${key}" is missing`);
-    return fallback;
-  }
-  if (typeof v !== 'number' || !Number.isFinite(v))
-    throw new ModelError(`${where}: "${key}" must be a number, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-export function readPositiveInt(json: Json, key: string, fallback: number | undefined, where: string): number {
-  const v = readNumber(json, key, fallback, where);
-  if (!Number.isInteger(v) || v < 1) throw new ModelError(`${where}: "${key}" must be a positive integer, got ${v}`);
   return v;
 }
 

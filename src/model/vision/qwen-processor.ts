@@ -13,9 +13,9 @@ import {
   readBicubicResample,
   readBool,
   readNormalization,
-  readPositiveInt,
   type PixelNormalization,
 } from './normalize.js';
+import { readPositiveInt } from '../families/config-fields.js';
 
 export interface QwenVLImageProcessorConfig {
   readonly patchSize: number;

@@ -13,13 +13,8 @@ import fs from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from '../errors.js';
 import { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
-import {
-  visionSpecFromConfig,
-  visionSpecHash,
-  type QwenVisionSpec,
-  type SiglipVisionSpec,
-  type VisionSpec,
-} from '../families/vision-spec.js';
+import { visionSpecFromConfig, visionSpecHash } from '../families/vision-config.js';
+import type { QwenVisionSpec, SiglipVisionSpec, VisionSpec } from '../families/types.js';
 import {
   checkpointFingerprint,
   defaultVisionCacheDir,

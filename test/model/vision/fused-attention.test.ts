@@ -25,7 +25,8 @@ import {
 import { VisionTower } from '../../../src/model/vision/tower.js';
 import { ensureCachedVisionModel, VISION_MODEL_FILE } from '../../../src/model/cache/vision-cache.js';
 import { emitQwenVisionGraph, qwenVisionFeeds, qwenVisionWeightSources } from '../../../src/model/graph/vision-qwen.js';
-import { visionSpecFromConfig, type QwenVisionSpec } from '../../../src/model/families/vision-spec.js';
+import { visionSpecFromConfig } from '../../../src/model/families/vision-config.js';
+import type { QwenVisionSpec } from '../../../src/model/families/types.js';
 import { Rng } from '../../../src/util/rng.js';
 
 const TOLERANCE = 1e-4;

@@ -13,7 +13,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { decodeImage, type RgbImage } from '../../../src/model/vision/image.js';
 import { loadImageProcessor, type ImageProcessor } from '../../../src/model/vision/processor.js';
-import { mropeFrequencyRows, mropeLayout, mropePositionIds } from '../../../src/model/vision/mrope.js';
+import { mropePositionIds } from '../../../src/model/vision/mrope.js';
+import { mropeFrequencyRows, mropeLayout } from '../../../src/model/families/rope-config.js';
 import { preprocessQwenVLImage, qwenVLImageProcessorConfig } from '../../../src/model/vision/qwen-processor.js';
 import {
   llavaOnevisionImageProcessorConfig,

@@ -4,7 +4,8 @@
  * (the fixtures never shrink a feature map, so the bilinear path is checked here on maps with a known answer).
  */
 import { describe, expect, it } from 'vitest';
-import { languageModelSpelling, specFromConfig, textWeightName } from '../../../src/model/families/spec.js';
+import { specFromConfig } from '../../../src/model/families/config.js';
+import { languageModelSpelling, textWeightName } from '../../../src/model/families/weights.js';
 import { bilinearResize, packLlavaOnevisionFeatures } from '../../../src/model/vision/llava-onevision-features.js';
 import {
   llavaOnevisionLayout,

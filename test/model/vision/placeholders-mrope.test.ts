@@ -1,12 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { ModelError } from '../../../src/model/errors.js';
 import { expandImagePlaceholders, imagePlaceholderIds, imageSpansOf } from '../../../src/model/vision/placeholders.js';
-import {
-  mropeFrequencyRows,
-  mropeLayout,
-  mropePositionIds,
-  mropePositionIdsBatch,
-} from '../../../src/model/vision/mrope.js';
+import { mropePositionIds, mropePositionIdsBatch } from '../../../src/model/vision/mrope.js';
+import { mropeFrequencyRows, mropeLayout } from '../../../src/model/families/rope-config.js';
 
 const IMG = 500,
   VS = 502,

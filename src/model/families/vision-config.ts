@@ -5,79 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { ModelError } from '../errors.js';
-import { readNumber, readPositiveInt } from '../vision/normalize.js';
-
-type Json = Record<string, unknown>;
-
-/** Activations the towers use, by their transformers ACT2FN names. */
-export type VisionActivation = 'silu' | 'quick_gelu' | 'gelu' | 'gelu_tanh';
-
-export type QwenVisionFamily = 'qwen2_vl' | 'qwen2_5_vl' | 'qwen3_vl';
-
-export interface QwenVisionSpec {
-  readonly kind: 'qwen';
-  readonly family: QwenVisionFamily;
-  /** ViT width (Qwen2-VL: `embed_dim`; later: `hidden_size`). */
-  readonly hiddenSize: number;
-  readonly intermediateSize: number;
-  readonly depth: number;
-  readonly numHeads: number;
-  readonly headDim: number;
-  readonly inChannels: number;
-  readonly patchSize: number;
-  readonly temporalPatchSize: number;
-  readonly mergeSize: number;
-  /**
-   * Width of the merged tokens, the language model's hidden size (Qwen2-VL: `hidden_size`; later: `out_hidden_size`).
-   */
-  readonly outHiddenSize: number;
-  readonly activation: VisionActivation;
-  /** Qwen2-VL and Qwen3-VL: LayerNorm (with bias); Qwen2.5-VL: RMSNorm. */
-  readonly norm: 'layernorm' | 'rmsnorm';
-  /** Qwen2.5-VL: SwiGLU gate/up/down; otherwise fc1 → act → fc2. */
-  readonly gatedMlp: boolean;
-  readonly normEps: number;
-  readonly ropeTheta: number;
-  /** Qwen2.5-VL: window side in pixels; null = every block attends over the whole image. */
-  readonly windowSize: number | null;
-  /** Qwen2.5-VL: blocks that attend over the whole image (the rest attend within their window). */
-  readonly fullAttentionBlocks: readonly number[];
-  /** Qwen3-VL: learned position table rows (a square grid, interpolated to each image); 0 = none. */
-  readonly numPositionEmbeddings: number;
-  /** Qwen3-VL: blocks whose output feeds a DeepStack merger, in merger order. */
-  readonly deepstackBlocks: readonly number[];
-  /** Qwen3-VL's patch Conv3d has a bias; Qwen2-VL/2.5-VL's has none. */
-  readonly patchBias: boolean;
-}
-
-export interface SiglipVisionSpec {
-  readonly kind: 'siglip';
-  readonly family: 'llava_onevision';
-  readonly hiddenSize: number;
-  readonly intermediateSize: number;
-  readonly numLayers: number;
-  readonly numHeads: number;
-  readonly headDim: number;
-  readonly numChannels: number;
-  /** Tile side in pixels (`image_size`). */
-  readonly imageSize: number;
-  readonly patchSize: number;
-  readonly layerNormEps: number;
-  readonly activation: VisionActivation;
-  /**
-   * `vision_feature_layer` as indices into transformers' `hidden_states` tuple (0 = patch embeddings, k = after
-   * k encoder layers), negative values resolved; several are concatenated along the hidden axis.
-   */
-  readonly featureLayers: readonly number[];
-  /** `vision_feature_select_strategy: "default"` drops the first feature of each tile; "full" keeps all. */
-  readonly dropsFirstFeature: boolean;
-  readonly projectorActivation: VisionActivation;
-  readonly projectorBias: boolean;
-  /** The language model's hidden size: the projector's output width. */
-  readonly textHiddenSize: number;
-}
-
-export type VisionSpec = QwenVisionSpec | SiglipVisionSpec;
+import { readNumber, readPositiveInt, type RawConfig } from './config-fields.js';
+import type { QwenVisionFamily, QwenVisionSpec, SiglipVisionSpec, VisionActivation, VisionSpec } from './types.js';
 
 function activationOf(name: unknown, where: string): VisionActivation {
   switch (name) {
@@ -106,10 +35,10 @@ function intList(v: unknown, key: string, where: string): number[] {
   return v as number[];
 }
 
-function ropeThetaOf(vision: Json, where: string): number {
+function ropeThetaOf(vision: RawConfig, where: string): number {
   const rope = vision['rope_parameters'];
-  if (rope && typeof rope === 'object' && (rope as Json)['rope_theta'] !== undefined)
-    return readNumber(rope as Json, 'rope_theta', 10000, `${where} rope_parameters`);
+  if (rope && typeof rope === 'object' && (rope as RawConfig)['rope_theta'] !== undefined)
+    return readNumber(rope as RawConfig, 'rope_theta', 10000, `${where} rope_parameters`);
   return readNumber(vision, 'rope_theta', 10000, where);
 }
 
@@ -120,27 +49,22 @@ const QWEN_TYPES: Readonly<Record<string, QwenVisionFamily>> = {
   qwen3_vl: 'qwen3_vl',
 };
 
-/** Whether a config.json describes an image-text model this module knows. */
-export function hasVisionTower(config: Json): boolean {
-  const t = config['model_type'];
-  return typeof t === 'string' && (t in QWEN_TYPES || t === 'llava_onevision');
-}
-
-export function visionSpecFromConfig(config: Json, where = 'config.json'): VisionSpec {
+export function visionSpecFromConfig(config: RawConfig, where = 'config.json'): VisionSpec {
   const modelType = config['model_type'];
   const visionRaw = config['vision_config'];
   if (!visionRaw || typeof visionRaw !== 'object' || Array.isArray(visionRaw))
     throw new ModelError(`${where}: "vision_config" is missing; expected an image-text checkpoint`);
-  const vision = visionRaw as Json;
+  const vision = visionRaw as RawConfig;
   const vw = `${where} vision_config`;
   if (typeof modelType === 'string' && modelType in QWEN_TYPES) return qwenSpec(QWEN_TYPES[modelType]!, vision, vw);
   if (modelType === 'llava_onevision') return siglipSpec(config, vision, where);
   throw new ModelError(
-    `${where}: model_type ${JSON.stringify(modelType)} has no supported vision tower (qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)`,
+    `${where}: model_type ${JSON.stringify(modelType)} has no supported vision tower ` +
+      '(qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)',
   );
 }
 
-function qwenSpec(family: QwenVisionFamily, v: Json, where: string): QwenVisionSpec {
+function qwenSpec(family: QwenVisionFamily, v: RawConfig, where: string): QwenVisionSpec {
   const inChannels = readPositiveInt(v, 'in_channels', readPositiveInt(v, 'in_chans', 3, where), where);
   const patchSize = readPositiveInt(v, 'patch_size', readPositiveInt(v, 'spatial_patch_size', 14, where), where);
   const common = {
@@ -199,7 +123,8 @@ function qwenSpec(family: QwenVisionFamily, v: Json, where: string): QwenVisionS
   }
   if (!Number.isInteger(spec.headDim) || spec.headDim % 4 !== 0)
     throw new ModelError(
-      `${where}: width ${spec.hiddenSize} / num_heads ${spec.numHeads} must be a whole head size divisible by 4 (2-D rotary)`,
+      `${where}: width ${spec.hiddenSize} / num_heads ${spec.numHeads} ` +
+        'must be a whole head size divisible by 4 (2-D rotary)',
     );
   if (!Number.isInteger(spec.intermediateSize))
     throw new ModelError(`${where}: MLP width ${spec.intermediateSize} is not an integer`);
@@ -207,7 +132,8 @@ function qwenSpec(family: QwenVisionFamily, v: Json, where: string): QwenVisionS
     if (b >= spec.depth) throw new ModelError(`${where}: block index ${b} is beyond depth ${spec.depth}`);
   if (spec.windowSize !== null && spec.windowSize % (spec.patchSize * spec.mergeSize) !== 0) {
     throw new ModelError(
-      `${where}: window_size ${spec.windowSize} must be a multiple of patch_size × spatial_merge_size (${spec.patchSize * spec.mergeSize})`,
+      `${where}: window_size ${spec.windowSize} must be a multiple of patch_size × spatial_merge_size ` +
+        `(${spec.patchSize * spec.mergeSize})`,
     );
   }
   if (spec.numPositionEmbeddings > 0 && !Number.isInteger(Math.sqrt(spec.numPositionEmbeddings))) {
@@ -218,7 +144,7 @@ function qwenSpec(family: QwenVisionFamily, v: Json, where: string): QwenVisionS
   return spec;
 }
 
-function siglipSpec(config: Json, v: Json, where: string): SiglipVisionSpec {
+function siglipSpec(config: RawConfig, v: RawConfig, where: string): SiglipVisionSpec {
   const vw = `${where} vision_config`;
   if (v['model_type'] !== undefined && v['model_type'] !== 'siglip_vision_model') {
     throw new ModelError(`${vw}: model_type ${JSON.stringify(v['model_type'])} is not supported (siglip_vision_model)`);
@@ -237,7 +163,8 @@ function siglipSpec(config: Json, v: Json, where: string): SiglipVisionSpec {
     const i = k < 0 ? numLayers + 1 + k : k;
     if (i < 0 || i > numLayers)
       throw new ModelError(
-        `${where}: vision_feature_layer ${k} is outside the ${numLayers + 1} hidden states of a ${numLayers}-layer tower`,
+        `${where}: vision_feature_layer ${k} is outside the ${numLayers + 1} hidden states ` +
+          `of a ${numLayers}-layer tower`,
       );
     return i;
   });
@@ -246,7 +173,7 @@ function siglipSpec(config: Json, v: Json, where: string): SiglipVisionSpec {
     throw new ModelError(
       `${where}: "vision_feature_select_strategy" must be "full" or "default", got ${JSON.stringify(strategy)}`,
     );
-  const text = (config['text_config'] ?? {}) as Json;
+  const text = (config['text_config'] ?? {}) as RawConfig;
   const projectorBias = config['multimodal_projector_bias'] ?? true;
   if (typeof projectorBias !== 'boolean')
     throw new ModelError(`${where}: "multimodal_projector_bias" must be true or false`);
