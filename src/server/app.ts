@@ -15,7 +15,7 @@ import type { Example, Prompt } from '../data/examples.js';
 import type { CriterionMeta } from '../arm/criterion.js';
 import { CancelledError, ItemFailedError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
-import { QuerySplitter, SplitError, type SplitWithoutPrompts } from './split.js';
+import { QuerySplitter, SplitError, type Presplit, type SplitEntry, type SplitWithoutPrompts } from './split.js';
 import type { ScoringEngine } from './engine.js';
 import { decodeImage } from '../model/vision/image.js';
 import { BodyReader, VALUES_PER_ITEM } from './body.js';
@@ -184,7 +184,16 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
 
   // JSON bodies: large ones parsed off the main thread, every one refused on its counts before any per-item work (body.ts).
   const maxItems = Math.min(opts.maxRequestItems ?? SERVER_DEFAULTS.maxRequestItems, maxQueue);
-  const bodies = new BodyReader({ maxItems, maxValues: maxItems * VALUES_PER_ITEM + 64 });
+  const bodies = new BodyReader({ maxItems, maxValues: maxItems * VALUES_PER_ITEM + 64 }, { specials: info.specialTokens, eosToken: info.eosToken, withoutPrompts: splitWithoutPrompts });
+  // Bodies whose texts the body worker split (their texts blanked), by body object.
+  const presplits = new WeakMap<object, Presplit>();
+  /** Entry `i`'s split: made ahead for a large body, else here. */
+  const splitEntry = (body: object, text: string, prompt: string | undefined, i: number): SplitEntry => {
+    const pre = presplits.get(body);
+    if (!pre) return splitter.split(text, prompt, i);
+    if (i < pre.entries.length) return pre.entries[i]!;
+    throw new SplitError(pre.error!.field, pre.error!.message);
+  };
   const tooLarge = () => new HttpError(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', (req, payload, done) => {
@@ -203,9 +212,10 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       stop();
       if (err) { done(new HttpError(400, 'body', `body: could not be read (${err.message})`), undefined); return; }
       if (!Number.isNaN(declared) && declared !== received) { done(new HttpError(400, 'body', `body: ${received} bytes arrived, content-length said ${declared}`), undefined); return; }
-      bodies.read(chunks, received).then((read) => {
-        if ('refusal' in read) done(new HttpError(read.refusal.status, read.refusal.field, read.refusal.message), undefined);
-        else done(null, read.body);
+      bodies.read(chunks, received, req.routeOptions.url).then((read) => {
+        if ('refusal' in read) { done(new HttpError(read.refusal.status, read.refusal.field, read.refusal.message), undefined); return; }
+        if (read.presplit && read.body !== null && typeof read.body === 'object') presplits.set(read.body, read.presplit);
+        done(null, read.body);
       }, (e: Error) => done(e, undefined));
     };
     payload.on('data', onData);
@@ -378,7 +388,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     }
     requireScalar(names, '/get_reward');
     const examples = query.map((q, i) => {
-      const { prompt, response } = splitter.split(q, prompts?.[i], i);
+      const { prompt, response } = splitEntry(req.body, q, prompts?.[i], i);
       return scalarExample(`q${i}`, prompt, response);
     });
     const scored = await scoreAll(req, reply, names, examples, 'query');
@@ -403,7 +413,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     requireScalar(names, '/classify');
     const examples = inputs.map((text, i) => {
       try {
-        const { prompt, response } = splitter.split(text, undefined, i);
+        const { prompt, response } = splitEntry(req.body, text, undefined, i);
         return scalarExample(`c${i}`, prompt, response);
       } catch (e) {
         if (e instanceof SplitError) throw new SplitError(`input[${i}]`, e.message.replaceAll(`query[${i}]`, `input[${i}]`).replace(/ and prompts\[\d+\] was not sent, so/, ', so').replace(/; send prompts$/, '; send the conversation through the chat template'));

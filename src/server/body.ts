@@ -12,6 +12,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import { spawnModuleWorker } from '../util/module-worker.js';
+import type { Presplit, SplitWithoutPrompts } from './split.js';
 
 /** Bodies up to this size are parsed on the main thread (at worst a few ms); larger ones in the body worker. */
 export const MAIN_THREAD_PARSE_BYTES = 256 * 1024;
@@ -94,27 +95,44 @@ export function refuseByCounts(body: unknown, limits: BodyLimits): BodyRefusal |
   return null;
 }
 
+/** What the body worker needs to split /get_reward and /classify bodies as the server's QuerySplitter does. */
+export interface SplitterSpec {
+  specials: string[];
+  eosToken: string | null;
+  withoutPrompts: SplitWithoutPrompts;
+}
+
+/** What a body read gives: the body (and its splits when made ahead), or why it is refused. */
+export type BodyRead = { body: unknown; presplit?: Presplit } | { refusal: BodyRefusal };
+
 /** Messages main → body worker and back. */
-export type ToBodyWorker = { id: number; chunks: Uint8Array[]; length: number; limits: BodyLimits };
-export type FromBodyWorker = { id: number; body: unknown } | { id: number; refusal: BodyRefusal };
+export type ToBodyWorker = {
+  id: number;
+  route: string | undefined;
+  chunks: Uint8Array[];
+  length: number;
+  limits: BodyLimits;
+};
+export type FromBodyWorker = { id: number } & BodyRead;
 
 /** Parses large bodies in a worker thread, one at a time, started on first use. */
 export class BodyReader {
   private worker: Worker | null = null;
   private nextId = 1;
-  private readonly pending = new Map<
-    number,
-    { resolve(r: { body: unknown } | { refusal: BodyRefusal }): void; reject(e: Error): void }
-  >();
+  private readonly pending = new Map<number, { resolve(r: BodyRead): void; reject(e: Error): void }>();
 
-  constructor(private readonly limits: BodyLimits) {}
+  constructor(
+    private readonly limits: BodyLimits,
+    private readonly splitter: SplitterSpec,
+  ) {}
 
   /**
-   * The body received as `chunks` (`length` bytes in all): parsed here when small, else in the worker. Large
-   * bodies are never joined on this thread: a fresh 30 MB allocation and copy alone took 100–150 ms here (page
-   * faults); the chunks are handed over instead (do not use them after).
+   * The body received as `chunks` (`length` bytes in all) for `route`: parsed here when small, else in the worker,
+   * which also splits /get_reward and /classify texts (`presplit`). Large bodies are never joined on this thread: a
+   * fresh 30 MB allocation and copy alone took 100–150 ms here (page faults); the chunks are handed over instead (do
+   * not use them after).
    */
-  async read(chunks: Buffer[], length: number): Promise<{ body: unknown } | { refusal: BodyRefusal }> {
+  async read(chunks: Buffer[], length: number, route: string | undefined): Promise<BodyRead> {
     if (length <= MAIN_THREAD_PARSE_BYTES)
       return parseBody(Buffer.concat(chunks, length).toString('utf8'), this.limits);
     const worker = this.worker ?? this.start();
@@ -133,7 +151,7 @@ export class BodyReader {
     }
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      worker.postMessage({ id, chunks: views, length, limits: this.limits } satisfies ToBodyWorker, handOver);
+      worker.postMessage({ id, route, chunks: views, length, limits: this.limits } satisfies ToBodyWorker, handOver);
     });
   }
 
@@ -149,13 +167,13 @@ export class BodyReader {
   }
 
   private start(): Worker {
-    const worker = spawnModuleWorker(import.meta.url, 'body-worker', null);
+    const worker = spawnModuleWorker(import.meta.url, 'body-worker', this.splitter);
     worker.unref(); // an idle parser does not keep the process alive
-    worker.on('message', (m: FromBodyWorker) => {
-      const p = this.pending.get(m.id);
+    worker.on('message', ({ id, ...read }: FromBodyWorker) => {
+      const p = this.pending.get(id);
       if (!p) return;
-      this.pending.delete(m.id);
-      p.resolve('refusal' in m ? { refusal: m.refusal } : { body: m.body });
+      this.pending.delete(id);
+      p.resolve(read);
     });
     const fail = (e: Error) => {
       if (this.worker === worker) this.worker = null; // the next body starts a new one

@@ -68,6 +68,10 @@ export const SPLIT_WITHOUT_PROMPTS: readonly SplitWithoutPrompts[] = ['refuse', 
 /** Splitting rules for one judge model: its tokenizer's special tokens join the common ones. */
 export class QuerySplitter {
   private readonly specials: string[];
+  /** A special token at a given index (sticky, longest first), and the characters one can start with. */
+  private readonly specialAt: RegExp;
+  private readonly specialStarts: Set<number>;
+  private readonly specialStart: RegExp;
   private readonly endMarkers: string[];
 
   /**
@@ -77,6 +81,9 @@ export class QuerySplitter {
   constructor(extraSpecials: string[] = [], eosToken?: string | null, readonly withoutPrompts: SplitWithoutPrompts = 'refuse') {
     // Longest first, so "<|end_of_text|>" is removed before a shorter token that is a part of it.
     this.specials = [...new Set([...COMMON_SPECIALS, ...extraSpecials])].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
+    this.specialAt = new RegExp(this.specials.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|'), 'y');
+    this.specialStarts = new Set(this.specials.map((t) => t.charCodeAt(0)));
+    this.specialStart = new RegExp(`[${[...new Set(this.specials.map((t) => t[0]!))].map((ch) => ch.replace(/[\]\\^-]/g, '\\$&')).join('')}]`, 'g');
     this.endMarkers = [...new Set([...END_MARKERS, ...(eosToken ? [eosToken] : [])])];
   }
 
@@ -126,18 +133,23 @@ export class QuerySplitter {
   private endOfPrefixIgnoringSpecials(query: string, prefix: string): number | null {
     if (!prefix) return null;
     let i = 0, j = 0;
-    const skip = () => {
-      for (;;) {
-        const s = this.specials.find((t) => query.startsWith(t, i));
-        if (s) { i += s.length; continue; }
-        if (j === 0 && /\s/.test(query[i] ?? '')) { i++; continue; }
-        return;
-      }
-    };
+    // Leading whitespace and special tokens are skipped, later only special tokens; the text between two places
+    // where a special token could start is compared in one piece (character by character, trying every token at
+    // every character, took seconds for a few MB).
     while (j < prefix.length) {
-      skip();
-      if (i >= query.length || query[i] !== prefix[j]) return null;
-      i++; j++;
+      if (this.specialStarts.has(query.charCodeAt(i))) {
+        this.specialAt.lastIndex = i;
+        const m = this.specialAt.exec(query);
+        if (m) { i += m[0].length; continue; }
+      }
+      if (j === 0 && /\s/.test(query[i] ?? '')) { i++; continue; }
+      if (i >= query.length) return null;
+      this.specialStart.lastIndex = i + 1;
+      const next = this.specialStart.test(query) ? this.specialStart.lastIndex - 1 : query.length;
+      const len = Math.min(next - i, prefix.length - j);
+      if (!query.startsWith(prefix.slice(j, j + len), i)) return null;
+      i += len;
+      j += len;
     }
     return i;
   }
@@ -206,4 +218,53 @@ export function specialTokensOf(modelDir: string): string[] {
   } catch {
     return []; // the decoder already loaded this file; a second read failing leaves only the common markers
   }
+}
+
+/** One entry's split. */
+export interface SplitEntry { prompt: Prompt; response: string }
+
+/**
+ * The splits of a `/get_reward` or `/classify` body made before its handler runs (by the body worker, off the main
+ * thread: stripping special tokens is per character): one per entry up to the first that fails, whose SplitError
+ * ends the list. Null when the route splits nothing or the body is not the shape its handler splits (the handler then
+ * answers its 400, as without this).
+ */
+export interface Presplit { entries: SplitEntry[]; error?: { field: string; message: string } }
+
+export function presplitBody(route: string | undefined, body: unknown, splitter: QuerySplitter): Presplit | null {
+  const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
+  if (body === null || typeof body !== 'object') return null;
+  const b = body as Record<string, unknown>;
+  let texts: string[], prompts: string[] | undefined;
+  if (route === '/get_reward') {
+    if (!strings(b.query) || (b.prompts !== undefined && !(strings(b.prompts) && b.prompts.length === b.query.length))) return null;
+    if (b.prompts === undefined && splitter.withoutPrompts === 'refuse') return null;
+    texts = b.query;
+    prompts = b.prompts as string[] | undefined;
+  } else if (route === '/classify') {
+    if (splitter.withoutPrompts === 'refuse') return null;
+    if (typeof b.input === 'string') texts = [b.input];
+    else if (strings(b.input)) texts = b.input;
+    else return null;
+  } else {
+    return null;
+  }
+  const entries: SplitEntry[] = [];
+  for (let i = 0; i < texts.length; i++) {
+    try {
+      entries.push(splitter.split(texts[i]!, prompts?.[i], i));
+    } catch (e) {
+      if (e instanceof SplitError) return { entries, error: { field: e.field, message: e.message } };
+      throw e;
+    }
+  }
+  return { entries };
+}
+
+/** A body whose texts were split ahead, with those texts blanked: the main thread is not sent them again. */
+export function withoutSplitTexts(body: Record<string, unknown>): Record<string, unknown> {
+  const blank = (v: unknown) => (Array.isArray(v) ? v.map(() => '') : typeof v === 'string' ? '' : v);
+  const out = { ...body };
+  for (const key of ['query', 'prompts', 'input']) if (key in out) out[key] = blank(out[key]);
+  return out;
 }

@@ -164,6 +164,30 @@ describe('endpoints', () => {
     expect(classify.body.error).toMatch(/--split-without-prompts last-assistant-turn/);
   });
 
+  it('a body over 256 KiB is parsed and split off the main thread: the same answers and the same 400s as a small one', async () => {
+    const { url } = await start(LAST_TURN);
+    const templated = (p: string) => `<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n${p}<|im_end|>\n<|im_start|>assistant\n`;
+    const pr = [[PROMPTS[0]!, RESPONSES[0]!], [PROMPTS[3]!, RESPONSES[5]!]] as const;
+    const query = pr.map(([p, r]) => `<unk>${templated(p)}${r}<|im_end|>\n</s>`);
+    const pad = { labels: ['x'.repeat(300_000), null] }; // ignored by the server, but makes the body large
+    const bodies: unknown[] = [
+      { query, prompts: pr.map(([p]) => templated(p)) },
+      { query: pr.map(([p, r]) => chatml(p, r)) },
+      { query, prompts: [templated(PROMPTS[0]!), 'not the prompt'] },
+    ];
+    for (const body of bodies) {
+      const small = await call(url, '/get_reward', body);
+      const large = await call(url, '/get_reward', { ...(body as object), ...pad });
+      expect(large).toMatchObject({ status: small.status, body: small.body });
+    }
+    expect((await call(url, '/get_reward', { ...(bodies[2] as object), ...pad })).body.field).toBe('prompts[1]');
+    const input = pr.map(([p, r]) => chatml(p, r));
+    const [small, large] = [await call(url, '/classify', { input }), await call(url, '/classify', { input, pad: 'x'.repeat(300_000) })];
+    expect(large.body.data).toEqual(small.body.data);
+    const bad = await call(url, '/classify', { input: ['plain', 'text'], pad: 'x'.repeat(300_000) });
+    expect([bad.status, bad.body.field]).toEqual([400, 'input[0]']);
+  });
+
   it('/get_reward readouts and score transforms', async () => {
     const { url } = await start({ ...LAST_TURN, readout: 'logit-diff', scoreTransform: { kind: 'threshold', at: 0 } });
     const [s] = await concise.scoreExamples([scalar('q0', PROMPTS[0]!, RESPONSES[0]!)]) as { logitYes: number; logitNo: number }[];

@@ -62,3 +62,15 @@ it('parseTurns reads the formats back and says null for plain text', () => {
   expect(parseTurns('<|im_start|>user\nx<|im_end|>\n')).toEqual([{ role: 'user', content: 'x' }]);
   expect(parseTurns('plain text')).toBeNull();
 });
+
+it('a prompt that matches only with special tokens skipped costs time linear in its length, with a small constant', () => {
+  // 4 MB that agree once the <s> in the middle of the query is skipped: the character-by-character walk.
+  const half = 'Once upon a time. '.repeat(111_111);
+  const prompt = `${half}${half}END`;
+  const query = `${half}<s>${half}END The answer.</s>`;
+  const t0 = performance.now();
+  const out = splitter.split(query, prompt, 0);
+  const ms = performance.now() - t0;
+  expect(out.response).toBe('The answer.');
+  expect(ms).toBeLessThan(400); // was 2.5 s (every special token tried at every character)
+});
