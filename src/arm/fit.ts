@@ -11,7 +11,10 @@ import { imagesOf, promptIdentity, toScalarItems, type Example } from '../data/e
 import { imageFilesOf, judgeImagesFor, toSequence, visionConfigHash, type JudgeImages } from './images.js';
 import { Rng } from '../util/rng.js';
 import { FORMAT_VERSION, promptFilesOf, type Criterion, type CriterionMeta } from './criterion.js';
-import { DEFAULT_PASSES_PER_DEMO_SET, denoiseMeans, extractMeans, MeansInterrupted, type Centring } from './means.js';
+import { DEFAULT_PASSES_PER_DEMO_SET, extractMeans, MeansInterrupted } from './means.js';
+import { canonicalDenoise, denoiseMeans, parseDenoise } from './denoise.js';
+import { FitError, FitInterrupted } from './fit-errors.js';
+export { FitError, FitInterrupted } from './fit-errors.js';
 import {
   initialState,
   probabilities,
@@ -75,14 +78,6 @@ export interface FitOptions {
    * checkpoint (the passes done so far, or the REINFORCE state) and throws FitInterrupted.
    */
   shouldStop?: () => boolean;
-}
-
-export class FitInterrupted extends Error {
-  override name = 'FitInterrupted';
-}
-
-export class FitError extends Error {
-  override name = 'FitError';
 }
 
 /** Judge items for a template kind: scalar → one per response; ranked → each pair in both orders. */
@@ -576,21 +571,6 @@ export function visionHashOf(decoder: Decoder): { visionConfigHash?: string } {
   } catch {
     return {};
   }
-}
-
-/** `--denoise pca:r[:centred|:uncentred]` (centred when not said), or null for none. */
-export function parseDenoise(spec: string | null): { rank: number; centring: Centring } | null {
-  if (spec === null || spec === 'none') return null;
-  const m = /^pca:(\d+)(?::(centred|uncentred))?$/.exec(spec);
-  if (!m || !(Number(m[1]) >= 1))
-    throw new FitError(`--denoise ${spec}: expected pca:r, pca:r:centred or pca:r:uncentred with r ≥ 1, or none`);
-  return { rank: Number(m[1]), centring: (m[2] as Centring | undefined) ?? 'centred' };
-}
-
-/** The spelling the criterion records: `pca:r:centred` for `pca:r`, null for none. */
-function canonicalDenoise(spec: string | null): string | null {
-  const parsed = parseDenoise(spec);
-  return parsed && `pca:${parsed.rank}:${parsed.centring}`;
 }
 
 const encodeF32 = (x: Float32Array) => Buffer.from(x.buffer, x.byteOffset, x.byteLength).toString('base64');

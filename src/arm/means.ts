@@ -115,19 +115,39 @@ export function planPasses(
  * Passes sharing a demo draw run as one unit (prefix once, then their queries), whole per batch when the
  * draw's g passes fit one batch.
  */
-function meanBatches(lengths: number[], plan: { demos: number[] }[], batchSize: number, shared: boolean): number[][] {
+function meanBatches(
+  lengths: number[],
+  plan: { demos: number[] }[],
+  opts: { batchSize: number; sharedDemos: boolean },
+): number[][] {
+  const { batchSize, sharedDemos } = opts;
   const units = new Map<string, number[]>();
   plan.forEach((p, i) => {
-    const key = shared ? `demos ${p.demos.join(',')}` : `length ${lengths[i]!}`;
+    const key = sharedDemos ? `demos ${p.demos.join(',')}` : `length ${lengths[i]!}`;
     units.set(key, [...(units.get(key) ?? []), i]);
   });
   const ordered = [...units.values()].sort((a, b) => lengths[a[0]!]! - lengths[b[0]!]! || a[0]! - b[0]!);
-  if (shared) return ordered;
+  if (sharedDemos) return ordered;
   return ordered.flatMap((unit) =>
     Array.from({ length: Math.ceil(unit.length / batchSize) }, (_, j) =>
       unit.slice(j * batchSize, (j + 1) * batchSize),
     ),
   );
+}
+
+/** An interrupted run's finished passes (pass index → [L·H·d]), checked against this plan. */
+function resumedPasses(
+  donePasses: ReadonlyMap<number, Float32Array> | undefined,
+  passes: number,
+  width: number,
+): Map<number, Float32Array> {
+  const done = new Map<number, Float32Array>();
+  for (const [i, row] of donePasses ?? []) {
+    if (!(Number.isInteger(i) && i >= 0 && i < passes) || row.length !== width)
+      throw new Error(`extractMeans: resumed pass ${i} does not fit this plan (${passes} passes of ${width} values)`);
+    done.set(i, row);
+  }
+  return done;
 }
 
 export async function extractMeans(
@@ -154,21 +174,16 @@ export async function extractMeans(
     ),
   );
   const lengths: number[] = [];
-  for (const r of rendered) {
-    if (r.truncatedTokens > 0 || r.droppedDemos > 0) truncatedPasses++;
-    lengths.push(r.images.length && images ? (await images.expandedIds(r.ids, r.images)).length : r.ids.length);
+  for (const pass of rendered) {
+    if (pass.truncatedTokens > 0 || pass.droppedDemos > 0) truncatedPasses++;
+    lengths.push(
+      pass.images.length && images ? (await images.expandedIds(pass.ids, pass.images)).length : pass.ids.length,
+    );
   }
-  const done = new Map<number, Float32Array>();
-  for (const [i, row] of opts.donePasses ?? []) {
-    if (!(Number.isInteger(i) && i >= 0 && i < plan.length) || row.length !== width)
-      throw new Error(
-        `extractMeans: resumed pass ${i} does not fit this plan (${plan.length} passes of ${width} values)`,
-      );
-    done.set(i, row);
-  }
+  const done = resumedPasses(opts.donePasses, plan.length, width);
   // Zero-shot passes have no demonstrations to share: every pass is its own unit (length-batched as usual).
-  const shared = (opts.passesPerDemoSet ?? 1) > 1 && opts.shots > 0;
-  for (const batch of meanBatches(lengths, plan, opts.batchSize, shared)) {
+  const sharedDemos = (opts.passesPerDemoSet ?? 1) > 1 && opts.shots > 0;
+  for (const batch of meanBatches(lengths, plan, { batchSize: opts.batchSize, sharedDemos })) {
     const todo = batch.filter((i) => !done.has(i));
     if (!todo.length) continue;
     if (opts.shouldStop?.()) throw new MeansInterrupted(done, plan.length);
@@ -180,7 +195,7 @@ export async function extractMeans(
       {
         batchSize: opts.batchSize,
         sharePrefix: false,
-        groups: shared ? [todo.map((_, j) => j)] : undefined,
+        groups: sharedDemos ? [todo.map((_, j) => j)] : undefined,
       },
       (j, { heads }) => {
         done.set(todo[j]!, heads.slice());
@@ -197,147 +212,5 @@ export async function extractMeans(
     passes: opts.keepPasses ? perPass : null,
     truncatedPasses,
     plan,
-  };
-}
-
-/** How denoising centres its PCA (see denoiseMeans). */
-export type Centring = 'centred' | 'uncentred';
-
-/**
- * Denoising (DESIGN step 5): per head in `heads`, a weighted PCA of the per-pass activations x_t (weights
- * `weights[t]`, uniform when absent), keeping the top `rank` axes U.
- *
- * `uncentred`: axes of the second moment Σ w_t x_t x_tᵀ, and the result is the mean projected onto them, UUᵀμ.
- *
- * `centred` (what the later paper version describes): axes of the covariance around the weighted mean c. Projecting
- * the mean onto them would change nothing: in centred coordinates the mean is 0, and rebuilding every pass as
- * c + UUᵀ(x_t − c) and averaging with the same weights gives back c, since a projection is linear. What a centred
- * PCA can tell is which passes fit the common structure: the part of a pass outside the top axes,
- * ρ_t = ‖(I − UUᵀ)(x_t − c)‖², is what is peculiar to that pass (its demo draw, a truncated or noisy example). So
- * each pass is rebuilt from the top axes and the rebuilt passes are averaged with weights w_t / (1 + ρ_t / ρ̄)
- * (ρ̄ the weighted mean residual): result c + UUᵀ(m − c), m that reweighted mean. Passes the rank-r structure
- * explains count fully, idiosyncratic ones less, and the result moves away from c only along the top axes. When
- * every pass fits the structure exactly (ρ = 0), or rank ≥ d, it is the weighted mean itself.
- *
- * Heads not listed keep `mu`. The function's default is `uncentred` (what it always did); fits default to centred.
- */
-export function denoiseMeans(
-  mu: Float32Array,
-  passes: Float32Array[],
-  heads: [number, number][],
-  dims: { H: number; d: number },
-  rank: number,
-  opts: { centring?: Centring; weights?: number[] } = {},
-): Float32Array {
-  const out = mu.slice();
-  const { H, d } = dims;
-  const T = passes.length;
-  const w = opts.weights ?? passes.map(() => 1);
-  if (w.length !== T || !w.every((x) => x >= 0 && Number.isFinite(x)))
-    throw new Error(`denoiseMeans: need ${T} finite non-negative weights`);
-  const wSum = w.reduce((a, b) => a + b, 0);
-  if (!(wSum > 0)) throw new Error('denoiseMeans: the weights sum to zero');
-  const r = Math.min(rank, d);
-  for (const [l, h] of heads) {
-    const off = (l * H + h) * d;
-    const xs = passes.map((x) => Float64Array.from(x.subarray(off, off + d)));
-    const centre = new Float64Array(d);
-    if (opts.centring === 'centred')
-      xs.forEach((x, t) => {
-        for (let i = 0; i < d; i++) centre[i]! += (w[t]! * x[i]!) / wSum;
-      });
-    // Weighted scatter around the centre (the origin when uncentred): Σ_t w_t (x_t − c)(x_t − c)ᵀ / Σ w   [d, d]
-    const dev = xs.map((x) => x.map((v, i) => v - centre[i]!));
-    const C = new Float64Array(d * d);
-    dev.forEach((x, t) => {
-      for (let i = 0; i < d; i++) for (let j = 0; j < d; j++) C[i * d + j]! += (w[t]! * x[i]! * x[j]!) / wSum;
-    });
-    const axes = symmetricEigen(C, d).vectors.slice(0, r);
-    const project = (v: ArrayLike<number>) => {
-      const p = new Float64Array(d);
-      for (const u of axes) {
-        let c = 0;
-        for (let i = 0; i < d; i++) c += u[i]! * v[i]!;
-        for (let i = 0; i < d; i++) p[i]! += c * u[i]!;
-      }
-      return p;
-    };
-    let result: Float64Array;
-    if (opts.centring !== 'centred') {
-      result = project(mu.subarray(off, off + d));
-    } else {
-      const residual = dev.map((x) => {
-        const p = project(x);
-        return x.reduce((a, v, i) => a + (v - p[i]!) ** 2, 0);
-      });
-      const meanResidual = residual.reduce((a, q, t) => a + w[t]! * q, 0) / wSum;
-      const spread = dev.reduce((a, x, t) => a + w[t]! * x.reduce((s, v) => s + v * v, 0), 0) / wSum;
-      // Residuals at rounding level are no evidence against a pass: weigh every pass as given.
-      const exact = !(meanResidual > 1e-12 * spread);
-      const a = residual.map((q, t) => (exact ? w[t]! : w[t]! / (1 + q / meanResidual)));
-      const aSum = a.reduce((s, v) => s + v, 0);
-      const shift = new Float64Array(d); // m − c
-      dev.forEach((x, t) => {
-        for (let i = 0; i < d; i++) shift[i]! += (a[t]! * x[i]!) / aSum;
-      });
-      const along = project(shift);
-      result = centre.map((v, i) => v + along[i]!);
-    }
-    for (let i = 0; i < d; i++) out[off + i] = result[i]!;
-  }
-  return out;
-}
-
-/**
- * Eigen-decomposition of a symmetric d×d matrix by cyclic Jacobi rotations: eigenvalues in decreasing order with
- * their unit eigenvectors. Exact to rounding even for close or repeated eigenvalues, where power iteration crawls.
- */
-export function symmetricEigen(M: Float64Array, d: number): { values: number[]; vectors: Float64Array[] } {
-  const A = Float64Array.from(M);
-  const V = new Float64Array(d * d);
-  for (let i = 0; i < d; i++) V[i * d + i] = 1;
-  let norm = 0;
-  for (let i = 0; i < d * d; i++) norm += A[i]! ** 2;
-  for (let sweep = 0; sweep < 60; sweep++) {
-    let off = 0;
-    for (let p = 0; p < d; p++) for (let q = p + 1; q < d; q++) off += A[p * d + q]! ** 2;
-    if (!(off > 1e-30 * norm)) break;
-    for (let p = 0; p < d; p++) {
-      for (let q = p + 1; q < d; q++) {
-        const apq = A[p * d + q]!;
-        if (apq === 0) continue;
-        // The rotation angle that zeroes A[p][q]: tan 2θ = 2 A_pq / (A_qq − A_pp), the smaller root for stability.
-        const theta = (A[q * d + q]! - A[p * d + p]!) / (2 * apq);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1),
-          s = t * c;
-        for (let k = 0; k < d; k++) {
-          // A ← A·J
-          const akp = A[k * d + p]!,
-            akq = A[k * d + q]!;
-          A[k * d + p] = c * akp - s * akq;
-          A[k * d + q] = s * akp + c * akq;
-        }
-        for (let k = 0; k < d; k++) {
-          // A ← Jᵀ·A
-          const apk = A[p * d + k]!,
-            aqk = A[q * d + k]!;
-          A[p * d + k] = c * apk - s * aqk;
-          A[q * d + k] = s * apk + c * aqk;
-        }
-        for (let k = 0; k < d; k++) {
-          // V ← V·J: columns are the eigenvectors
-          const vkp = V[k * d + p]!,
-            vkq = V[k * d + q]!;
-          V[k * d + p] = c * vkp - s * vkq;
-          V[k * d + q] = s * vkp + c * vkq;
-        }
-      }
-    }
-  }
-  const order = Array.from({ length: d }, (_, i) => i).sort((a, b) => A[b * d + b]! - A[a * d + a]! || a - b);
-  return {
-    values: order.map((i) => A[i * d + i]!),
-    vectors: order.map((i) => Float64Array.from({ length: d }, (_, k) => V[k * d + i]!)),
   };
 }

@@ -7,7 +7,7 @@
 import type { Decoder } from '../model/decoder.js';
 import { forEachRenderedLastLogits, judgeImagesFor } from '../arm/images.js';
 import { render, TooLongError, type JudgeItem, type TemplateSpec } from '../arm/template.js';
-import { FitError } from '../arm/fit.js';
+import { FitError } from '../arm/fit-errors.js';
 
 export interface SavModel {
   heads: [number, number][]; // the voting heads, most accurate first

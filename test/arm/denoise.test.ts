@@ -8,8 +8,10 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Decoder } from '../../src/model/decoder.js';
 import { readExamples } from '../../src/data/examples.js';
-import { denoiseMeans, extractMeans, symmetricEigen } from '../../src/arm/means.js';
-import { fitActivationRM, judgeItemGroups, judgeItems, parseDenoise } from '../../src/arm/fit.js';
+import { extractMeans } from '../../src/arm/means.js';
+import { denoiseMeans, parseDenoise } from '../../src/arm/denoise.js';
+import { symmetricEigen } from '../../src/util/linalg.js';
+import { fitActivationRM, judgeItemGroups, judgeItems } from '../../src/arm/fit.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 const u = [
