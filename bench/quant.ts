@@ -24,8 +24,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Decoder } from '../src/model/decoder.js';
-import type { Int8Kernel, WeightDType } from '../src/model/graph/quantized-linear.js';
-import { defaultInt8Kernel, type Int4Method } from '../src/model/quant/weight-format.js';
+import {
+  defaultInt8Kernel,
+  type Int4Method,
+  type Int8Kernel,
+  type WeightDType,
+} from '../src/model/quant/weight-format.js';
 import { readExamples } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
 import { ActivationRM } from '../src/arm/rm.js';

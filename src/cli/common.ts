@@ -5,15 +5,16 @@ import path from 'node:path';
 import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
+import type { QuantOptions } from '../model/quant/layout.js';
+import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
 import {
+  INT4_METHODS,
   INT8_KERNELS,
   WEIGHT_DTYPES,
+  type Int4Method,
   type Int8Kernel,
-  type QuantOptions,
   type WeightDType,
-} from '../model/graph/quantized-linear.js';
-import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
-import { INT4_METHODS, type Int4Method } from '../model/quant/weight-format.js';
+} from '../model/quant/weight-format.js';
 import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 
 export interface ModelCliOptions {

@@ -8,7 +8,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { defaultCacheDir } from '../model/cache/decoder-cache.js';
+import { defaultCacheDir } from '../util/cache-root.js';
 import { downloadRepoFile, repoIdProblem, revisionProblemOf, splitRepoRef } from '../model/checkpoint/hub.js';
 import { DataError } from './examples.js';
 

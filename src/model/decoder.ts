@@ -13,17 +13,15 @@ import {
   cachedModelExists,
   cacheKey,
   DATA_FILE,
-  FP32_FORMAT,
-  defaultCacheDir,
   ensureCachedModel,
+  graphsDir,
   LAYOUT_FILE,
   MODEL_FILE,
-  validateCheckpoint,
+  writeCalibrationModel,
   type BuildProgress,
-  type GptqCalibration,
   type Layout,
-  type WeightFormat,
 } from './cache/decoder-cache.js';
+import { validateCheckpoint } from './cache/decoder-weights.js';
 import { resolveModelDir } from './checkpoint/hub.js';
 import { PROMPT_FILES, promptFileHashes, TOKENIZER_FILES, weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
@@ -31,18 +29,21 @@ import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
 import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec } from './families/spec.js';
 import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
-import { prequantSchemeFromConfig, type PrequantScheme } from './quant/awq-gptq.js';
-import { gptqLinears, parameterCount, resolveWeightFormat, type Int4Method } from './quant/weight-format.js';
-import { calibrationBytes, calibrationHessians } from './quant/calibration.js';
+import { prequantSchemeFromConfig } from './quant/awq-gptq.js';
 import {
-  blobBytes,
-  blocksPerRow,
-  dequantizeRowFrom,
-  zeroPointBytesPerRow,
+  FP32_FORMAT,
+  gptqLinears,
+  parameterCount,
+  resolveWeightFormat,
+  type GptqCalibration,
+  type Int4Method,
   type Int8Kernel,
-  type QuantOptions,
   type WeightDType,
-} from './graph/quantized-linear.js';
+  type WeightFormat,
+} from './quant/weight-format.js';
+import { calibrationBytes, calibrationHessians } from './quant/calibration.js';
+import { blobBytes, blocksPerRow, dequantizeRowInto, zeroPointBytesPerRow, type QuantOptions } from './quant/layout.js';
+import { contentHashDir, defaultCacheDir } from '../util/cache-root.js';
 
 export interface LoadOptions {
   cacheDir?: string;
@@ -52,8 +53,8 @@ export interface LoadOptions {
   quiet?: boolean;
   onBuildProgress?: BuildProgress;
   /**
-   * Tuning: the output head is split into row blocks of at most this many bytes (default 64 MiB) to bound the load-time
-   * peak.
+   * Tuning: the output head is split into row blocks of at most this many bytes (default 64 MiB) to bound the
+   * load-time peak.
    */
   headChunkBytes?: number;
   /**
@@ -62,20 +63,20 @@ export interface LoadOptions {
    */
   dtype?: WeightDType;
   /**
-   * int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below 20 M
-   * parameters).
+   * int8/int4: inputs per scale and zero point (a power of two ≥ 16; default 128 for int8; 32 for int4, 16 below
+   * 20 M parameters).
    */
   blockSize?: number;
   /** int8/int4: MatMulNBits accuracy_level (0–4; default 4 = int8 compute). */
   accuracyLevel?: QuantOptions['accuracyLevel'];
   /**
-   * int8: linear layers as row-wise W8A8 (MatMulIntegerToFloat) or block-wise MatMulNBits; default weight-format.ts
-   * defaultInt8Kernel.
+   * int8: linear layers as row-wise W8A8 (MatMulIntegerToFloat) or block-wise MatMulNBits; default
+   * weight-format.ts defaultInt8Kernel.
    */
   int8Kernel?: Int8Kernel;
   /**
-   * int4: how the 4-bit layers' codes are chosen, round-to-nearest or GPTQ (weight-format.ts Int4Method); default by
-   * model size.
+   * int4: how the 4-bit layers' codes are chosen, round-to-nearest or GPTQ (weight-format.ts Int4Method); default
+   * by model size.
    */
   int4Method?: Int4Method;
   /** GPTQ: calibration size, seed or damping (default weight-format.ts DEFAULT_GPTQ_CALIBRATION). */
@@ -118,7 +119,8 @@ export interface ImageEmbeds {
   /** [n, D] */
   embeds: Float32Array;
   /**
-   * M-RoPE families: the image's token grid [t, h, w] after the spatial merge (t·h·w = n), which spreads its positions.
+   * M-RoPE families: the image's token grid [t, h, w] after the spatial merge (t·h·w = n), which spreads its
+   * positions.
    */
   grid?: readonly [number, number, number];
   /** Qwen3-VL: one [n, D] per DeepStack layer, added to these rows after that layer. */
@@ -139,8 +141,8 @@ export interface LoadInfo {
   /**
    * sha256 of each file besides config.json and the weights that decides the judge prompt's ids or pixels
    * (checkpoint/file-hash.ts: the tokenizer and chat template files, and for image-text checkpoints the image
-   * processor's), by file name, taken as the model was loaded; null for a file the checkpoint lacks. Criterion files
-   * record it and refuse another.
+   * processor's), by file name, taken as the model was loaded; null for a file the checkpoint lacks. Criterion
+   * files record it and refuse another.
    */
   promptFiles: Record<string, string | null>;
   /** How the weights are stored and multiplied (dtype, block size, accuracy level, pre-quantised scheme). */
@@ -178,90 +180,23 @@ export class Decoder {
       revision: opts.revision,
       quiet: opts.quiet,
     });
-    const configPath = path.join(modelDir, 'config.json');
-    const configText = readUtf8File(configPath, 'a Hugging Face config.json');
-    let config: Record<string, unknown>;
-    try {
-      config = JSON.parse(configText);
-    } catch (e) {
-      throw new ModelError(`${configPath}: not valid JSON (${(e as Error).message})`);
-    }
-    const spec = specFromConfig(config, configPath);
+    const config = readConfig(modelDir);
+    const spec = specFromConfig(config.json, config.file);
     // Hashed before the tokenizer reads them: the identity is of the files this decoder was built from.
     const promptFiles = promptFileHashes(modelDir, spec.imageText ? PROMPT_FILES : TOKENIZER_FILES);
     // Without tokenizer.json the model still runs on token ids; text asks for the tokenizer and fails then.
     const tokenizer = fs.existsSync(path.join(modelDir, 'tokenizer.json')) ? await Tokenizer.load(modelDir) : null;
-    let ckpt = SafetensorsCheckpoint.open(modelDir);
-    if (spec.imageText) {
-      // The language model of an image-text checkpoint, read under text names; the vision tower is VisionTower's.
-      try {
-        const spelling = languageModelSpelling(spec, ckpt.names(), modelDir);
-        ckpt = ckpt.renamed((stored) => textWeightName(spelling, stored));
-      } catch (e) {
-        ckpt.close(); // an unknown or colliding spelling must not leak the shards' file descriptors
-        throw e;
-      }
-    }
-    let entry: { dir: string; built: boolean };
-    let fingerprint: string;
-    let prequant: PrequantScheme | null;
-    let format: WeightFormat;
+    const ckpt = openLanguageModel(spec, modelDir);
     const cacheDir = opts.cacheDir ?? defaultCacheDir();
     const t0 = performance.now();
+    let built: BuiltEntry;
     try {
-      prequant = prequantSchemeFromConfig(config, configPath);
-      format = resolveWeightFormat(spec, prequant, {
-        dtype: opts.dtype,
-        blockSize: opts.blockSize,
-        accuracyLevel: opts.accuracyLevel,
-        int8Kernel: opts.int8Kernel,
-        int4Method: opts.int4Method,
-        gptqCalibration: opts.gptqCalibration,
-      });
-      validateCheckpoint(spec, ckpt, prequant);
-      fingerprint = weightsContentHash(ckpt.files, path.join(cacheDir, 'hashes'));
-      const key = cacheKey(configText, fingerprint, opts.headChunkBytes, format);
-      // A GPTQ build needs its calibration inputs first (an async model run); a built entry needs nothing.
-      let hessians: Map<string, Float64Array> | undefined;
-      if (format.quant?.gptq && !cachedModelExists(cacheDir, key)) {
-        // Refuse up front what would run out of memory hours later (a 7B model: ~30 GB fp32 + ~40 GB of Xᵀ X).
-        const need = calibrationBytes(
-          spec,
-          gptqLinears(spec),
-          parameterCount(spec),
-          Math.min(format.quant.gptq.tokens, spec.maxPositions),
-        );
-        if (need > 0.8 * os.totalmem()) {
-          throw new ModelError(
-            `--int4-method gptq: calibrating ${model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB (an fp32 copy of the model, each 4-bit layer's float64 input covariance, and working arrays), ` +
-              `more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB allows; use --int4-method rtn, or a published AWQ/GPTQ checkpoint of the model, which loads as it is`,
-          );
-        }
-        const graphs = path.join(cacheDir, 'graphs');
-        fs.mkdirSync(graphs, { recursive: true });
-        hessians = await calibrationHessians(spec, ckpt, gptqLinears(spec), format.quant.gptq, {
-          modelDir,
-          workDir: graphs,
-          threads: opts.threads,
-          onProgress: opts.onBuildProgress,
-        });
-      }
-      entry = ensureCachedModel(
-        spec,
-        ckpt,
-        key,
-        cacheDir,
-        opts.onBuildProgress,
-        opts.headChunkBytes,
-        format,
-        opts.threads,
-        hessians,
-      );
+      built = await buildCacheEntry(spec, ckpt, { model, modelDir, config, cacheDir }, opts);
     } finally {
       ckpt.close();
     }
     const t1 = performance.now();
-    const session = await createSession(entry.dir, opts.threads);
+    const session = await createSession(built.dir, opts.threads);
     const t2 = performance.now();
     return new Decoder(
       spec,
@@ -269,26 +204,26 @@ export class Decoder {
       session,
       {
         modelDir,
-        cacheEntry: entry.dir,
-        built: entry.built,
+        cacheEntry: built.dir,
+        built: built.built,
         cacheDir,
         threads: opts.threads ?? os.availableParallelism(),
         buildSeconds: (t1 - t0) / 1000,
         loadSeconds: (t2 - t1) / 1000,
-        configHash: createHash('sha256').update(configText).digest('hex'),
-        weightsFingerprint: fingerprint!,
-        weightFormat: format!,
+        configHash: createHash('sha256').update(config.text).digest('hex'),
+        weightsFingerprint: built.weightsFingerprint,
+        weightFormat: built.format,
         promptFiles,
       },
       model,
-      openEmbeddings(entry.dir),
+      openEmbeddings(built.dir),
     );
   }
 
   /**
-   * A decoder over a model folder cache/decoder-cache.ts wrote outside the cache (GPTQ's fp32 calibration model, whose
-   * graph
-   * also outputs linear-layer inputs: forwardSites). Runs on token ids; the caller removes the folder after dispose.
+   * A decoder over a model folder cache/decoder-cache.ts wrote outside the cache (GPTQ's fp32 calibration model,
+   * whose graph also outputs linear-layer inputs: forwardSites). Runs on token ids; the caller removes the folder
+   * after dispose.
    */
   static async openWritten(
     spec: ModelSpec,
@@ -346,8 +281,8 @@ export class Decoder {
    * Padding never changes a row's result: masked keys, positions counted from each row's first token.
    */
   async forward(rows: number[][], patch?: HeadPatch, opts: { images?: RowImages } = {}): Promise<ForwardResult> {
-    const r = await this.run(rows, emptyKv(this.spec), patch, false, opts.images);
-    return { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
+    const out = await this.run(rows, emptyKv(this.spec), { patch, images: opts.images });
+    return { batchSize: rows.length, logits: out.logits, logSumExp: out.logSumExp, heads: out.heads };
   }
 
   /**
@@ -360,10 +295,10 @@ export class Decoder {
   ): Promise<{ result: ForwardResult; sites: Map<string, Float32Array> }> {
     const missing = sites.filter((s) => !this.session.outputNames.includes(s));
     if (missing.length) throw new ModelError(`forwardSites: the graph does not output ${missing.join(', ')}`);
-    const r = await this.run(rows, emptyKv(this.spec), undefined, false, undefined, sites);
+    const out = await this.run(rows, emptyKv(this.spec), { sites });
     return {
-      result: { batchSize: rows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads },
-      sites: r.sites,
+      result: { batchSize: rows.length, logits: out.logits, logSumExp: out.logSumExp, heads: out.heads },
+      sites: out.sites,
     };
   }
 
@@ -374,10 +309,10 @@ export class Decoder {
     opts: { images?: readonly ImageEmbeds[] } = {},
   ): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
     if (ids.length === 0) throw new ModelError('extend: no tokens to add');
-    const r = await this.run([ids], past, undefined, true, opts.images ? [opts.images] : undefined);
-    const kv = appendKv(this.spec, past, r.newKeys!, r.newValues!, ids.length);
-    if (r.positionDeltas[0] !== 0) kv.positionDelta = r.positionDeltas[0];
-    return { kv, logits: r.logits, heads: r.heads };
+    const out = await this.run([ids], past, { withKv: true, images: opts.images ? [opts.images] : undefined });
+    const kv = appendKv(this.spec, past, out.newKeys!, out.newValues!, ids.length);
+    if (out.positionDeltas[0] !== 0) kv.positionDelta = out.positionDeltas[0];
+    return { kv, logits: out.logits, heads: out.heads };
   }
 
   /**
@@ -415,8 +350,8 @@ export class Decoder {
     patch?: HeadPatch,
     opts: { images?: RowImages } = {},
   ): Promise<ForwardResult> {
-    const r = await this.run(suffixRows, kv, patch, false, opts.images);
-    return { batchSize: suffixRows.length, logits: r.logits, logSumExp: r.logSumExp, heads: r.heads };
+    const out = await this.run(suffixRows, kv, { patch, images: opts.images });
+    return { batchSize: suffixRows.length, logits: out.logits, logSumExp: out.logSumExp, heads: out.heads };
   }
 
   /** Greedy decoding with a KV cache. Stops at `maxNewTokens` or at a stop token (default: the EOS ids). */
@@ -433,7 +368,8 @@ export class Decoder {
     const stop = new Set(opts.stopTokens ?? this.spec.eosTokenIds);
     if (promptIds.length + max > this.spec.maxPositions)
       throw new ModelError(
-        `generate: ${promptIds.length} prompt + ${max} new tokens exceed the model's ${this.spec.maxPositions} positions`,
+        `generate: ${promptIds.length} prompt + ${max} new tokens ` +
+          `exceed the model's ${this.spec.maxPositions} positions`,
       );
     const out: number[] = [];
     let { kv, logits } = await this.extend(emptyKv(this.spec), promptIds, { images: opts.images });
@@ -469,52 +405,19 @@ export class Decoder {
     await this.session.release();
   }
 
-  private async run(
-    rows: number[][],
-    past: KvCache,
-    patch: HeadPatch | undefined,
-    wantKv: boolean,
-    images?: RowImages,
-    sites: readonly string[] = [],
-  ) {
+  /** One session run over a left-padded batch after `past`. */
+  private async run(rows: number[][], past: KvCache, opts: RunOptions = {}): Promise<RunResult> {
     if (this.disposed) throw new ModelError('the decoder was disposed');
-    const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V } = this.spec;
+    const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d } = this.spec;
     const B = rows.length;
-    if (B === 0) throw new ModelError('forward: empty batch');
-    const S = Math.max(...rows.map((r) => r.length));
-    if (S === 0) throw new ModelError('forward: a row has no tokens');
+    const S = this.checkBatch(rows, past, opts.images);
     const P = past.length;
-    if (P + S > this.spec.maxPositions)
-      throw new ModelError(`input of ${P + S} tokens exceeds the model's ${this.spec.maxPositions} positions`);
     const D = this.spec.hiddenSize;
-    const embeds = new Float32Array(B * S * D); // padding positions stay zero (masked anyway)
-    const mask = new BigInt64Array(B * (P + S));
-    if (images && images.length !== B)
-      throw new ModelError(`forward: images are given for ${images.length} rows, the batch has ${B}`);
-    rows.forEach((row, b) => {
-      for (const t of row)
-        if (!Number.isInteger(t) || t < 0 || t >= V)
-          throw new ModelError(`token id ${t} is outside the vocabulary (0..${V - 1})`);
-      const offset = S - row.length;
-      for (let j = 0; j < P; j++) mask[b * (P + S) + j] = 1n;
-      for (let s = 0; s < S; s++) {
-        const real = s >= offset;
-        if (real) this.embeddings.row(row[s - offset]!, embeds, (b * S + s) * D, this.spec.embedScale);
-        mask[b * (P + S) + P + s] = real ? 1n : 0n;
-      }
-    });
-    const position = this.positionIds(rows, S, past, images);
-    const deepstack = this.placeImages(rows, S, embeds, images);
-    if (patch && patch.mask.length !== B * L * H)
-      throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
-    if (patch && patch.values.length !== L * H * d)
-      throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
-    if (patch)
-      assertFinite(
-        patch.values,
-        (i) =>
-          `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`,
-      );
+    const { embeds, mask } = this.embedBatch(rows, S, past);
+    const position = this.positionIds(rows, S, past, opts.images);
+    const deepstack = this.placeImages(rows, S, embeds, opts.images);
+    const patch = opts.patch;
+    this.checkPatch(patch, B);
     const feeds: Record<string, ort.Tensor> = {
       inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
       attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
@@ -528,8 +431,9 @@ export class Decoder {
       feeds[`past.${l}.key`] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
       feeds[`past.${l}.value`] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
     }
+    const sites = opts.sites ?? [];
     const fetches = ['logits', 'logsumexp', 'heads'];
-    if (wantKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
+    if (opts.withKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
     fetches.push(...sites);
     const out = await this.session.run(feeds, fetches);
     this.stats.runs++;
@@ -538,12 +442,12 @@ export class Decoder {
       this.stats.paddedPositions += S - row.length;
     }
     const data = (name: string) => out[name]!.data as Float32Array;
-    const result = {
+    const result: RunResult = {
       logits: data('logits'),
       logSumExp: data('logsumexp'),
       heads: data('heads'),
-      newKeys: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
-      newValues: wantKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
+      newKeys: opts.withKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
+      newValues: opts.withKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
       positionDeltas: position.deltas,
       sites: new Map(sites.map((s) => [s, data(s)] as const)),
     };
@@ -556,6 +460,61 @@ export class Decoder {
         'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)',
     );
     return result;
+  }
+
+  /** The batch's padded length S, after checking the batch fits the model and its images match its rows. */
+  private checkBatch(rows: number[][], past: KvCache, images: RowImages | undefined): number {
+    const B = rows.length;
+    if (B === 0) throw new ModelError('forward: empty batch');
+    const S = Math.max(...rows.map((row) => row.length));
+    if (S === 0) throw new ModelError('forward: a row has no tokens');
+    const P = past.length;
+    if (P + S > this.spec.maxPositions)
+      throw new ModelError(`input of ${P + S} tokens exceeds the model's ${this.spec.maxPositions} positions`);
+    if (images && images.length !== B)
+      throw new ModelError(`forward: images are given for ${images.length} rows, the batch has ${B}`);
+    return S;
+  }
+
+  /**
+   * inputs_embeds [B, S, D] of the left-padded rows (padding positions zero, masked anyway) and the attention
+   * mask [B, P + S] over the past and the rows.
+   */
+  private embedBatch(rows: number[][], S: number, past: KvCache): { embeds: Float32Array; mask: BigInt64Array } {
+    const { vocabSize: V, hiddenSize: D } = this.spec;
+    const B = rows.length;
+    const P = past.length;
+    const embeds = new Float32Array(B * S * D);
+    const mask = new BigInt64Array(B * (P + S));
+    rows.forEach((row, b) => {
+      for (const t of row)
+        if (!Number.isInteger(t) || t < 0 || t >= V)
+          throw new ModelError(`token id ${t} is outside the vocabulary (0..${V - 1})`);
+      const offset = S - row.length;
+      for (let j = 0; j < P; j++) mask[b * (P + S) + j] = 1n;
+      for (let s = 0; s < S; s++) {
+        const real = s >= offset;
+        if (real) this.embeddings.row(row[s - offset]!, embeds, (b * S + s) * D, this.spec.embedScale);
+        mask[b * (P + S) + P + s] = real ? 1n : 0n;
+      }
+    });
+    return { embeds, mask };
+  }
+
+  /** Refuses a patch whose shapes do not fit a batch of B rows, or whose values are not all finite. */
+  private checkPatch(patch: HeadPatch | undefined, B: number): void {
+    if (!patch) return;
+    const { numLayers: L, numHeads: H, headDim: d } = this.spec;
+    if (patch.mask.length !== B * L * H)
+      throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
+    if (patch.values.length !== L * H * d)
+      throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
+    assertFinite(
+      patch.values,
+      (i) =>
+        `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, ` +
+        `head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`,
+    );
   }
 
   /**
@@ -587,8 +546,9 @@ export class Decoder {
       });
       const local = mropePositionIds(row.length, placed, 1); // grids are already merged
       const n = row.length;
-      for (let r = 0; r < 3; r++)
-        for (let s = 0; s < n; s++) ids[(r * B + b) * S + offset + s] = BigInt(P + delta + local.positions[r * n + s]!);
+      for (let axis = 0; axis < 3; axis++)
+        for (let s = 0; s < n; s++)
+          ids[(axis * B + b) * S + offset + s] = BigInt(P + delta + local.positions[axis * n + s]!);
       return delta + local.delta;
     });
     return { ids, dims: mrope ? [3, B, S] : [B, S], deltas };
@@ -607,7 +567,7 @@ export class Decoder {
     const D = this.spec.hiddenSize,
       B = rows.length;
     const k = this.spec.imageText?.deepstackLayers ?? 0;
-    const any = images?.some((r) => r && r.length > 0) ?? false;
+    const any = images?.some((rowImages) => rowImages && rowImages.length > 0) ?? false;
     if (any && !this.spec.imageText)
       throw new ModelError(`${this.info.modelDir}: images were given, but this is a text-only checkpoint`);
     const deepstack =
@@ -623,7 +583,8 @@ export class Decoder {
         const n = img.embeds.length / D;
         if (!Number.isInteger(n) || n < 1)
           throw new ModelError(
-            `image ${i} of row ${b}: ${img.embeds.length} feature values are not whole rows of the hidden size ${D}`,
+            `image ${i} of row ${b}: ${img.embeds.length} feature values ` +
+              `are not whole rows of the hidden size ${D}`,
           );
         if (!Number.isInteger(img.start) || img.start < 0 || img.start + n > row.length) {
           throw new ModelError(
@@ -632,16 +593,169 @@ export class Decoder {
         }
         embeds.set(img.embeds, (b * S + offset + img.start) * D);
         if (!deepstack) return;
-        if (!img.deepstack || img.deepstack.length !== k || img.deepstack.some((f) => f.length !== img.embeds.length)) {
+        const features = img.deepstack;
+        if (!features || features.length !== k || features.some((f) => f.length !== img.embeds.length)) {
           throw new ModelError(
-            `image ${i} of row ${b}: this model adds ${k} DeepStack feature sets of [${n}, ${D}] (ImageEmbeds.deepstack)`,
+            `image ${i} of row ${b}: this model adds ${k} DeepStack feature sets of [${n}, ${D}] ` +
+              '(ImageEmbeds.deepstack)',
           );
         }
-        img.deepstack.forEach((f, j) => deepstack.data.set(f, ((j * B + b) * S + offset + img.start) * D));
+        features.forEach((f, j) => deepstack.data.set(f, ((j * B + b) * S + offset + img.start) * D));
       });
     });
     return deepstack;
   }
+}
+
+/** What a session run computes besides the standard outputs. */
+interface RunOptions {
+  patch?: HeadPatch;
+  /** Also fetch the keys and values of the new positions (to extend a KV cache). */
+  withKv?: boolean;
+  images?: RowImages;
+  /** Graph outputs beyond the standard ones, by name (forwardSites). */
+  sites?: readonly string[];
+}
+
+interface RunResult {
+  logits: Float32Array; // [B, V]
+  logSumExp: Float32Array; // [B]
+  heads: Float32Array; // [B, L, H, d]
+  /** withKv: per layer [1, KV, S, d]. */
+  newKeys?: Float32Array[];
+  newValues?: Float32Array[];
+  /** Each row's M-RoPE position delta after it. */
+  positionDeltas: number[];
+  sites: Map<string, Float32Array>;
+}
+
+/** config.json of a checkpoint folder: its path, its text (hashed for the model's identity) and its JSON. */
+interface ConfigFile {
+  file: string;
+  text: string;
+  json: Record<string, unknown>;
+}
+
+function readConfig(modelDir: string): ConfigFile {
+  const file = path.join(modelDir, 'config.json');
+  const text = readUtf8File(file, 'a Hugging Face config.json');
+  try {
+    return { file, text, json: JSON.parse(text) };
+  } catch (e) {
+    throw new ModelError(`${file}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/**
+ * The checkpoint's language model: its safetensors, read under text-model names for an image-text checkpoint
+ * (the vision tower is VisionTower's). The caller closes it.
+ */
+function openLanguageModel(spec: ModelSpec, modelDir: string): SafetensorsCheckpoint {
+  const ckpt = SafetensorsCheckpoint.open(modelDir);
+  if (!spec.imageText) return ckpt;
+  try {
+    const spelling = languageModelSpelling(spec, ckpt.names(), modelDir);
+    return ckpt.renamed((stored) => textWeightName(spelling, stored));
+  } catch (e) {
+    ckpt.close(); // an unknown or colliding spelling must not leak the shards' file descriptors
+    throw e;
+  }
+}
+
+/** The graph cache entry a load runs: its folder, whether this load built it, and what it was built from. */
+interface BuiltEntry {
+  dir: string;
+  built: boolean;
+  weightsFingerprint: string;
+  format: WeightFormat;
+}
+
+/** Where a load's checkpoint comes from and where its cache entry goes. */
+interface LoadSource {
+  /** As the caller named it (for messages). */
+  model: string;
+  modelDir: string;
+  config: ConfigFile;
+  cacheDir: string;
+}
+
+/**
+ * Resolves the weight format, checks the checkpoint against the spec, and builds the cache entry unless it is
+ * there (a GPTQ format calibrating first).
+ */
+async function buildCacheEntry(
+  spec: ModelSpec,
+  ckpt: SafetensorsCheckpoint,
+  source: LoadSource,
+  opts: LoadOptions,
+): Promise<BuiltEntry> {
+  const { config, cacheDir } = source;
+  const prequant = prequantSchemeFromConfig(config.json, config.file);
+  const format = resolveWeightFormat(spec, prequant, {
+    dtype: opts.dtype,
+    blockSize: opts.blockSize,
+    accuracyLevel: opts.accuracyLevel,
+    int8Kernel: opts.int8Kernel,
+    int4Method: opts.int4Method,
+    gptqCalibration: opts.gptqCalibration,
+  });
+  validateCheckpoint(spec, ckpt, prequant);
+  const weightsFingerprint = weightsContentHash(ckpt.files, contentHashDir(cacheDir));
+  const key = cacheKey(config.text, weightsFingerprint, opts.headChunkBytes, format);
+  // A GPTQ build needs its calibration inputs first (an async model run); a built entry needs nothing.
+  const gptq = format.quant?.gptq;
+  const hessians =
+    gptq && !cachedModelExists(cacheDir, key) ? await gptqHessians(spec, ckpt, gptq, source, opts) : undefined;
+  const entry = ensureCachedModel(spec, ckpt, {
+    key,
+    cacheDir,
+    onProgress: opts.onBuildProgress,
+    headChunkBytes: opts.headChunkBytes,
+    format,
+    threads: opts.threads,
+    hessians,
+  });
+  return { ...entry, weightsFingerprint, format };
+}
+
+/**
+ * GPTQ's calibration inputs (quant/calibration.ts) from the checkpoint's fp32 calibration model, written beside
+ * the cache entries and run as a Decoder; refused up front where it would not fit in memory.
+ */
+async function gptqHessians(
+  spec: ModelSpec,
+  ckpt: SafetensorsCheckpoint,
+  cal: GptqCalibration,
+  source: LoadSource,
+  opts: Pick<LoadOptions, 'threads' | 'onBuildProgress'>,
+): Promise<Map<string, Float64Array>> {
+  // Refuse up front what would run out of memory hours later (a 7B model: ~30 GB fp32 + ~40 GB of Xᵀ X).
+  const tokens = Math.min(cal.tokens, spec.maxPositions);
+  const need = calibrationBytes(spec, gptqLinears(spec), parameterCount(spec), tokens);
+  if (need > 0.8 * os.totalmem()) {
+    throw new ModelError(
+      `--int4-method gptq: calibrating ${source.model} would hold ~${(need / 2 ** 30).toFixed(1)} GiB ` +
+        "(an fp32 copy of the model, each 4-bit layer's float64 input covariance, and working arrays), " +
+        `more than this machine's ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB allows; use --int4-method rtn, ` +
+        'or a published AWQ/GPTQ checkpoint of the model, which loads as it is',
+    );
+  }
+  const workDir = graphsDir(source.cacheDir);
+  fs.mkdirSync(workDir, { recursive: true });
+  return calibrationHessians<KvCache>(spec, gptqLinears(spec), cal, {
+    workDir,
+    open: async (dir, sites) => {
+      writeCalibrationModel(spec, ckpt, dir, sites);
+      const d = await Decoder.openWritten(spec, dir, { modelDir: source.modelDir, threads: opts.threads });
+      return {
+        empty: emptyKv(spec),
+        extend: (past, ids) => d.extend(past, ids),
+        forwardSites: (rows, siteNames) => d.forwardSites(rows, siteNames),
+        dispose: () => d.dispose(),
+      };
+    },
+    onProgress: opts.onBuildProgress,
+  });
 }
 
 /**
@@ -665,32 +779,36 @@ class EmbeddingTable {
    * product per value, as transformers' float32 multiply (a product of two float32 is exact in a double).
    */
   row(id: number, out: Float32Array, at: number, scale: number | null = null): void {
-    let r = this.cache.get(id);
-    if (!r) {
-      r = this.read(id);
+    let values = this.cache.get(id);
+    if (!values) {
+      values = this.read(id);
       if (this.cache.size >= EmbeddingTable.CACHE_ROWS) this.cache.delete(this.cache.keys().next().value!);
-      this.cache.set(id, r);
+      this.cache.set(id, values);
     }
-    if (scale === null) out.set(r, at);
-    else for (let i = 0; i < r.length; i++) out[at + i] = r[i]! * scale;
+    if (scale === null) out.set(values, at);
+    else for (let i = 0; i < values.length; i++) out[at + i] = values[i]! * scale;
   }
 
   /** Row `id` as float32: read as is, or its codes, scales and zero points read and dequantised. */
   private read(id: number): Float32Array {
     const { cols, quant } = this.layout;
-    const r = new Float32Array(cols);
+    const row = new Float32Array(cols);
     if (!quant) {
-      this.readAt(new Uint8Array(r.buffer), this.layout.offset + id * r.byteLength, id);
-      return r;
+      this.readAt(new Uint8Array(row.buffer), this.layout.offset + id * row.byteLength, id);
+      return row;
     }
     const nb = blocksPerRow(cols, quant.blockSize);
     const codes = new Uint8Array(nb * blobBytes(quant.bits, quant.blockSize));
     const scales = new Float32Array(nb);
-    const zeros = new Uint8Array(zeroPointBytesPerRow(nb, quant.bits));
+    const zeroPoints = new Uint8Array(zeroPointBytesPerRow(nb, quant.bits));
     this.readAt(codes, this.layout.offset + id * codes.length, id);
     this.readAt(new Uint8Array(scales.buffer), quant.scalesOffset + id * scales.byteLength, id);
-    this.readAt(zeros, quant.zeroPointsOffset + id * zeros.length, id);
-    return dequantizeRowFrom(codes, 0, scales, 0, zeros, 0, cols, quant.bits, quant.blockSize, r, 0);
+    this.readAt(zeroPoints, quant.zeroPointsOffset + id * zeroPoints.length, id);
+    return dequantizeRowInto(
+      { cols, bits: quant.bits, blockSize: quant.blockSize },
+      { codes, scales, zeroPoints },
+      row,
+    );
   }
 
   private readAt(bytes: Uint8Array, position: number, id: number): void {

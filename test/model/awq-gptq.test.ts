@@ -13,7 +13,7 @@ import {
   type WritableTensor,
 } from '../../src/model/checkpoint/safetensors.js';
 import { prequantSchemeFromConfig, readPrequantized } from '../../src/model/quant/awq-gptq.js';
-import { dequantizeMatrix } from '../../src/model/graph/quantized-linear.js';
+import { dequantizeMatrix } from '../../src/model/quant/layout.js';
 import { checkpointLayout, Rng, type HfConfig } from '../../tools/random-checkpoint.js';
 import { makeCheckpoint, relError, tempDir } from '../helpers/fixtures.js';
 

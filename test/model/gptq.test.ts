@@ -8,16 +8,14 @@
 import { describe, expect, it } from 'vitest';
 import { gptqQuantize, inverseCholeskyUpper } from '../../src/model/quant/gptq.js';
 import {
-  blockGrid,
+  blobBytes,
   blocksPerRow,
   dequantizeMatrix,
   getPacked,
-  quantCode,
-  quantizeMatrix,
   zeroPointBytesPerRow,
-  blobBytes,
   type QuantizedMatrix,
-} from '../../src/model/graph/quantized-linear.js';
+} from '../../src/model/quant/layout.js';
+import { blockGrid, quantCode, quantizeMatrix } from '../../src/model/quant/round-to-nearest.js';
 
 /** mulberry32 with Box-Muller normals: small, seeded, independent of the repo's generators. */
 function rng(seed: number) {

@@ -1,5 +1,5 @@
 /**
- * int8/int4 weights (graph/quantized-linear.ts, MatMulNBits): the packed layout against hand-computed bytes
+ * int8/int4 weights (quant/layout.ts, quant/round-to-nearest.ts, graph/quantized-linear.ts MatMulNBits): the packed layout against hand-computed bytes
  * and against onnxruntime's own kernel, then whole decoders at each dtype against the fp32 reference; the
  * row-wise W8A8 int8 kernel (MatMulIntegerToFloat) against an error bound computed from its inputs, and a random
  * checkpoint's forward at that kernel against fp32.
@@ -9,21 +9,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as ort from 'onnxruntime-node';
 import { Decoder } from '../../src/model/decoder.js';
-import { cacheKey, FP32_FORMAT } from '../../src/model/cache/decoder-cache.js';
+import { cacheKey } from '../../src/model/cache/decoder-cache.js';
 import { GraphBuilder } from '../../src/model/graph/graph-builder.js';
 import { OnnxDType } from '../../src/model/graph/proto.js';
-import {
-  dequantizeMatrix,
-  dequantizeRowwise,
-  emitMatMulNBits,
-  emitRowwiseLinear,
-  quantizeMatrix,
-  quantizeRowwise,
-  type QuantizedMatrix,
-} from '../../src/model/graph/quantized-linear.js';
-import { resolveWeightFormat } from '../../src/model/quant/weight-format.js';
+import { emitMatMulNBits, emitRowwiseLinear } from '../../src/model/graph/quantized-linear.js';
+import { dequantizeMatrix, type QuantizedMatrix } from '../../src/model/quant/layout.js';
+import { dequantizeRowwise, quantizeMatrix, quantizeRowwise } from '../../src/model/quant/round-to-nearest.js';
+import { describeWeightFormat, FP32_FORMAT, resolveWeightFormat } from '../../src/model/quant/weight-format.js';
 import { Rng } from '../../tools/random-checkpoint.js';
-import { describeWeightFormat } from '../../src/model/quant/weight-format.js';
 import { specFromConfig } from '../../src/model/families/config.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 import { QuantizePool } from '../../src/model/quant/quantize-pool.js';

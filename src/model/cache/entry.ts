@@ -1,24 +1,15 @@
 /**
- * What the decoder's and the vision towers' graph caches share: where the cache lives, how an entry is built
- * atomically (into a temporary folder renamed into place, so a killed build never leaves half an entry), the
- * page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from
- * cache/decoder-cache.ts so
- * that the vision cache does not pull in the decoder graph.
+ * What the decoder's and the vision towers' graph caches share: how an entry is built atomically (into a
+ * temporary folder renamed into place, so a killed build never leaves half an entry) and how abandoned builds
+ * are swept, the page alignment of weights in the data file, and the weight transpose for MatMul. Kept apart from
+ * cache/decoder-cache.ts so that the vision cache does not pull in the decoder graph. The cache root itself is
+ * util/cache-root.ts.
  */
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
 /** Page-aligned offsets let onnxruntime map the weights instead of copying them. */
 export const PAGE_ALIGN = 4096;
-
-/** `$ARM_CACHE_DIR`, else `$XDG_CACHE_HOME` or `~/.cache`, `/activation-rm`. */
-export function defaultCacheDir(): string {
-  return (
-    process.env.ARM_CACHE_DIR ??
-    path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm')
-  );
-}
 
 /**
  * The entry `dir` when all of `files` are in it; otherwise `write(tmp)` fills a temporary folder that is then
@@ -69,7 +60,7 @@ const BUILD_FOLDER = /\.(?:tmp|damaged)-(\d+)-\d+$/;
  * ABANDONED_BUILD_MS ago. Both conditions, because a cache folder may be shared by machines whose process ids
  * this one cannot see, and a 7B build writes for minutes. Runs when an entry is built, not on every load.
  */
-export function sweepAbandonedBuilds(parent: string, now = Date.now()): string[] {
+function sweepAbandonedBuilds(parent: string, now = Date.now()): string[] {
   const removed: string[] = [];
   let names: string[];
   try {

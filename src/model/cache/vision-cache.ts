@@ -9,16 +9,16 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ModelError } from '../errors.js';
 import { weightsContentHash } from '../checkpoint/file-hash.js';
-import { defaultCacheDir, ensureCacheEntry, PAGE_ALIGN, transposed } from './entry.js';
-import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
+import { ensureCacheEntry, PAGE_ALIGN, transposed } from './entry.js';
+import { defaultCacheDir } from '../../util/cache-root.js';
+import { checkFiniteTensor, type SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
 import type { ExternalRef, GraphBuilder } from '../graph/graph-builder.js';
 import type { VisionWeightSource } from '../graph/vision-ops.js';
 
 export const VISION_MODEL_FILE = 'vision.onnx';
-export const VISION_DATA_FILE = 'vision-weights.bin';
-const ALIGN = PAGE_ALIGN;
+const VISION_DATA_FILE = 'vision-weights.bin';
 
-/** The cache root (`cache/entry.ts`'s rule, shared with the decoder's graphs). */
+/** The cache root (util/cache-root.ts, shared with the decoder's graphs and the hub downloads). */
 export const defaultVisionCacheDir = defaultCacheDir;
 
 /** The weights' identity, as the decoder's: sha256 over the files' names and full contents. */
@@ -55,9 +55,8 @@ export interface VisionBuild {
 
 /** Builds the cache entry if missing; returns the folder holding vision.onnx and vision-weights.bin. */
 export function ensureCachedVisionModel(b: VisionBuild): { dir: string; built: boolean } {
-  return ensureCacheEntry(path.join(b.cacheDir, 'vision-graphs', b.key), [VISION_MODEL_FILE, VISION_DATA_FILE], (tmp) =>
-    writeVisionModel(b, tmp),
-  );
+  const dir = path.join(b.cacheDir, 'vision-graphs', b.key);
+  return ensureCacheEntry(dir, [VISION_MODEL_FILE, VISION_DATA_FILE], (tmp) => writeVisionModel(b, tmp));
 }
 
 function writeVisionModel(b: VisionBuild, outDir: string): void {
@@ -70,7 +69,7 @@ function writeVisionModel(b: VisionBuild, outDir: string): void {
       const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       fs.writeSync(fd, bytes, 0, bytes.length, offset);
       refs.set(name, { name, dims, offset, length: bytes.length });
-      offset = Math.ceil((offset + bytes.length) / ALIGN) * ALIGN;
+      offset = Math.ceil((offset + bytes.length) / PAGE_ALIGN) * PAGE_ALIGN;
     }
     fs.fsyncSync(fd);
   } finally {
@@ -99,12 +98,7 @@ function readPart(ckpt: SafetensorsCheckpoint, spec: string): { data: Float32Arr
     data = data.slice(a * rowLen, bEnd * rowLen);
     shape = [bEnd - a, ...shape.slice(1)];
   }
-  let bad = 0;
-  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) bad++;
-  if (bad > 0)
-    throw new ModelError(
-      `${info.file}: tensor "${name}" holds ${bad} non-finite value${bad === 1 ? '' : 's'} (NaN or ±Inf) of ${data.length}; expected finite weights`,
-    );
+  checkFiniteTensor(data, info.file, name);
   return { data, shape };
 }
 

@@ -25,7 +25,7 @@ import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
 import cliProgress from 'cli-progress';
 import { ModelError } from '../errors.js';
-import { defaultCacheDir } from '../cache/decoder-cache.js';
+import { contentHashDir, defaultCacheDir } from '../../util/cache-root.js';
 import { rememberContentSha256 } from './file-hash.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];
@@ -251,7 +251,7 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
     idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
     retries: opts.retries ?? 5,
     retryDelayMs: opts.retryDelayMs ?? 1000,
-    hashesDir: path.join(snapshot.cacheRoot, 'hashes'),
+    hashesDir: contentHashDir(snapshot.cacheRoot),
     reached: false,
     adopted: false,
     signal: abort.signal,

@@ -439,8 +439,22 @@ function toFloat32(raw: Buffer, dtype: 'F32' | 'F16' | 'BF16'): Float32Array {
   return out;
 }
 
+/**
+ * Refuses weights read from tensor `name` of `file` that hold NaN or ±Inf: they would otherwise surface as NaN
+ * scores and no error. The cache writers check every tensor they read (cache/decoder-weights.ts, vision-cache.ts).
+ */
+export function checkFiniteTensor(data: Float32Array, file: string, name: string): void {
+  let bad = 0;
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) bad++;
+  if (bad > 0)
+    throw new ModelError(
+      `${file}: tensor "${name}" holds ${bad} non-finite value${bad === 1 ? '' : 's'} ` +
+        `(NaN or ±Inf) of ${data.length}; expected finite weights`,
+    );
+}
+
 /** IEEE 754 binary16 → number (subnormals, infinities and NaN included). */
-export function halfToFloat(h: number): number {
+function halfToFloat(h: number): number {
   const sign = h & 0x8000 ? -1 : 1;
   const exp = (h >> 10) & 0x1f;
   const frac = h & 0x3ff;

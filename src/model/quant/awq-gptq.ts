@@ -1,7 +1,7 @@
 /**
  * Pre-quantised checkpoints (AutoAWQ "gemm" and GPTQ, as transformers saves them): a Linear `p` is stored as
  * `p.qweight`, `p.qzeros`, `p.scales` (GPTQ also `p.g_idx`) instead of `p.weight`, and is moved into the
- * MatMulNBits layout of graph/quantized-linear.ts code for code, without re-quantising.
+ * MatMulNBits layout of layout.ts code for code, without re-quantising.
  *
  * Layouts (K inputs, N outputs, G = K / group_size groups, pack = 32 / bits values per int32, low bits first):
  *   GPTQ  qweight I32 [K/pack, N]   packed along K: word [i, n] holds k = i·pack + j at bits j·bits
@@ -24,10 +24,10 @@ import {
   putPacked,
   zeroPointBytesPerRow,
   type QuantizedMatrix,
-} from '../graph/quantized-linear.js';
+} from './layout.js';
 
 /** AutoAWQ's pack order: nibble i of a word holds column AWQ_ORDER[i] of its group of 8. */
-export const AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7] as const;
+const AWQ_ORDER = [0, 2, 4, 6, 1, 3, 5, 7] as const;
 
 export interface PrequantScheme {
   method: 'awq' | 'gptq';
@@ -86,7 +86,7 @@ export function prequantSchemeFromConfig(config: Record<string, unknown>, file =
 }
 
 /** The tensor names standing for `prefix.weight` in a pre-quantised checkpoint. */
-export const prequantNames = (prefix: string) => ({
+const prequantNames = (prefix: string) => ({
   qweight: `${prefix}.qweight`,
   qzeros: `${prefix}.qzeros`,
   scales: `${prefix}.scales`,

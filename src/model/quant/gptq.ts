@@ -10,7 +10,7 @@
  *   e     = (w_k − q_k) / U[k, k]
  *   w_j  −= e · U[k, j]                               for every j > k
  * (the paper's Algorithm 1, one input at a time). Rows are independent given U, and the output is in the
- * MatMulNBits layout quantizeMatrix writes. Where this differs from the reference implementation (GPTQ's
+ * MatMulNBits layout (layout.ts) round-to-nearest's quantizeMatrix writes. Where this differs from the reference implementation (GPTQ's
  * `fasterquant` with groups, static_groups off), on purpose:
  *   - a block's scale and zero point come from its weights as fully updated when the row reaches the block;
  *     the reference's lazy batches of 128 inputs pick the grids of a batch's later groups from weights that
@@ -19,19 +19,19 @@
  *   - an input no calibration position used keeps its weights (the reference zeroes them) and gets a unit
  *     diagonal; the damping is a fraction of the mean over the used inputs' diagonal.
  */
-/** Joins a GPTQ entry's cache key: bump it when gptqQuantize's choices change. */
-export const GPTQ_VERSION = 'gptq-blockgrid/1';
 import {
   allocQuantized,
   blobBytes,
-  blockGrid,
   blocksPerRow,
   putPacked,
-  quantCode,
   zeroPointBytesPerRow,
   type QuantizedMatrix,
   type QuantOptions,
-} from '../graph/quantized-linear.js';
+} from './layout.js';
+import { blockGrid, quantCode } from './round-to-nearest.js';
+
+/** Joins a GPTQ entry's cache key: bump it when gptqQuantize's choices change. */
+export const GPTQ_VERSION = 'gptq-blockgrid/1';
 
 export interface GptqOptions extends Pick<QuantOptions, 'bits' | 'blockSize'> {
   /**

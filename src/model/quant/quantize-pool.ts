@@ -17,17 +17,17 @@ import {
   allocQuantized,
   blobBytes,
   blocksPerRow,
-  quantizeRowsInto,
   zeroPointBytesPerRow,
   type QuantizedMatrix,
   type QuantOptions,
-} from '../graph/quantized-linear.js';
+} from './layout.js';
+import { quantizeRowsInto } from './round-to-nearest.js';
 import type { QuantizeJob } from './quantize-worker.js';
 
 /** Workers must have loaded within this long (tsx compiles them from source in tests), else none are used. */
 const READY_TIMEOUT_MS = 60_000;
 /** Weights per chunk: 64 MiB of float32 input, shared once, whatever the matrix's size. */
-export const CHUNK_ELEMENTS = 1 << 24;
+const CHUNK_ELEMENTS = 1 << 24;
 
 export class QuantizePool {
   private input: Float32Array = new Float32Array(0);

@@ -3,7 +3,8 @@
  * counts the job done (and flags a failure) in the job's shared counter, where the waiting thread reads it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { quantizeRowsInto, type QuantizedMatrix } from '../graph/quantized-linear.js';
+import type { QuantizedMatrix } from './layout.js';
+import { quantizeRowsInto } from './round-to-nearest.js';
 
 /** One job: rows [rowStart, rowEnd) of `w` into `q`; `done` [jobs finished, jobs failed]. All shared memory. */
 export interface QuantizeJob {

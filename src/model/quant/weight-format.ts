@@ -1,23 +1,72 @@
 /**
- * `--dtype fp32|int8|int4` and its options → the WeightFormat a cache entry is built with (cache/decoder-cache.ts),
- * with
- * the defaults BENCHMARKS.md ("Weight formats") measured.
+ * The weight format of a cache entry: how its weights are stored and multiplied (WeightFormat), and how
+ * `--dtype fp32|int8|int4` and its options resolve to one (resolveWeightFormat), with the defaults BENCHMARKS.md
+ * ("Weight formats") measured. Which linear layers stay at int8 in an int4 format (sensitiveLinears) and which GPTQ
+ * places (gptqLinears) are decided here too; cache/decoder-cache.ts applies the format when it writes the entry.
  */
 import { ModelError } from '../errors.js';
-import type { ModelSpec } from '../families/spec.js';
+import type { ModelSpec } from '../families/types.js';
 import type { PrequantScheme } from './awq-gptq.js';
-import type { GptqCalibration, WeightFormat } from '../cache/decoder-cache.js';
-import {
-  checkBlockSize,
-  DTYPE_BITS,
-  INT8_KERNELS,
-  WEIGHT_DTYPES,
-  type Int8Kernel,
-  type QuantOptions,
-  type WeightDType,
-} from '../graph/quantized-linear.js';
+import { checkBlockSize, type QuantOptions } from './layout.js';
 import { W } from '../graph/decoder-graph.js';
 import { cpuHasInt8DotProduct } from '../../util/cpu.js';
+
+export type WeightDType = 'fp32' | 'int8' | 'int4';
+export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'int8', 'int4'];
+const DTYPE_BITS: Readonly<Record<Exclude<WeightDType, 'fp32'>, 4 | 8>> = { int8: 8, int4: 4 };
+/**
+ * How int8 linear layers multiply: 'blockwise' = MatMulNBits (8-bit weights in blocks along K with zero
+ * points; at accuracy level 4 the activations are rounded to int8 per block); 'rowwise' = W8A8 through
+ * MatMulIntegerToFloat (weights int8 per output channel, activations int8 per row, quantised at run time), see
+ * graph/quantized-linear.ts emitRowwiseLinear.
+ */
+export type Int8Kernel = 'rowwise' | 'blockwise';
+export const INT8_KERNELS: readonly Int8Kernel[] = ['rowwise', 'blockwise'];
+
+/**
+ * How the cache entry stores weights. `quant` null: every float weight stays float32 (linear layers
+ * transposed for MatMul). Otherwise every linear layer, the embedding table and the output head are
+ * block-quantised with it (MatMulNBits); norms and biases stay float32. `prequant`: the checkpoint's own
+ * AWQ/GPTQ codes are kept for the layers it stores quantised (always MatMulNBits, whatever `dtype`), and
+ * `dtype` decides what the float rest (embedding, head, unquantised layers) becomes. `accuracyLevel`
+ * applies to every MatMulNBits. `quant.int8Kernel` 'rowwise' (int8 only): the linear layers converted here
+ * are stored int8 per output channel and multiplied W8A8 (MatMulIntegerToFloat) instead; the embedding table and
+ * the head stay block-quantised (MatMulNBits), pre-quantised layers keep their codes.
+ */
+export interface WeightFormat {
+  dtype: WeightDType;
+  /**
+   * Linear layers; `embedHead`: the embedding table and output head, when stored otherwise (int4 keeps them
+   * int8); `sensitive`: the linear layers named by sensitiveLinears, when stored otherwise.
+   */
+  quant:
+    | (Omit<QuantOptions, 'accuracyLevel'> & {
+        embedHead?: Omit<QuantOptions, 'accuracyLevel'>;
+        sensitive?: Omit<QuantOptions, 'accuracyLevel'> & { rule: string };
+        int8Kernel?: Int8Kernel;
+        gptq?: GptqCalibration;
+      })
+    | null;
+  prequant: PrequantScheme | null;
+  accuracyLevel: QuantOptions['accuracyLevel'];
+}
+/**
+ * int4 `quant.gptq`: the main linear layers' codes are placed by GPTQ (gptq.ts) from `sequences` × `tokens`
+ * calibration tokens the model samples itself from its first token (calibration.ts; `seed` fixes the draw).
+ */
+export interface GptqCalibration {
+  sequences: number;
+  tokens: number;
+  seed: number;
+  dampFraction: number;
+}
+
+export const FP32_FORMAT: WeightFormat = Object.freeze({
+  dtype: 'fp32',
+  quant: null,
+  prequant: null,
+  accuracyLevel: 0,
+});
 
 export interface WeightFormatOptions {
   /** Weight storage; default: by model size (defaultDType). */
@@ -29,7 +78,7 @@ export interface WeightFormatOptions {
   blockSize?: number;
   /** MatMulNBits accuracy_level; default 4 (int8 compute) from 0.3 B parameters, 0 (fp32 compute) below. */
   accuracyLevel?: QuantOptions['accuracyLevel'];
-  /** int8 only: how the linear layers multiply (quantized-linear.ts Int8Kernel); default defaultInt8Kernel. */
+  /** int8 only: how the linear layers multiply (Int8Kernel); default defaultInt8Kernel. */
   int8Kernel?: Int8Kernel;
   /** Whether the CPU has int8 dot products (default: read from the CPU, util/cpu.ts); tests set it. */
   int8DotProduct?: boolean;
@@ -48,10 +97,10 @@ export type Int4Method = 'rtn' | 'gptq';
 export const INT4_METHODS: readonly Int4Method[] = ['rtn', 'gptq'];
 
 /**
- * Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of the used inputs' mean H[k,
- * k].
+ * Calibration of a GPTQ build: 32 sequences × 128 self-sampled tokens, seed 0, damping 1% of the used inputs'
+ * mean H[k, k].
  */
-export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({
+const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze({
   sequences: 32,
   tokens: 128,
   seed: 0,
@@ -65,21 +114,22 @@ export const DEFAULT_GPTQ_CALIBRATION: Readonly<GptqCalibration> = Object.freeze
  * ~1.5 hours for the model, and a 7B model would take days. For 7B-class judges the accurate int4 path is a
  * published AWQ/GPTQ checkpoint, which loads as it is.
  */
-export function defaultInt4Method(spec: ModelSpec): Int4Method {
+function defaultInt4Method(spec: ModelSpec): Int4Method {
   return parameterCount(spec) < GPTQ_DEFAULT_MAX_PARAMETERS ? 'gptq' : 'rtn';
 }
 const GPTQ_DEFAULT_MAX_PARAMETERS = 2e7;
 
 /**
- * int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a weight).
+ * int4 loses more per block than int8, so its blocks are smaller: a scale per 32 inputs (~0.14 extra bytes a
+ * weight).
  */
-export const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };
+const DEFAULT_BLOCK_SIZE: Readonly<Record<4 | 8, number>> = { 8: 128, 4: 32 };
 /**
  * Below GPTQ_DEFAULT_MAX_PARAMETERS int4 also takes block 16: the weights are tens of MB at most, so the extra
  * scale per 16 weights costs nothing that matters, and with GPTQ it lowers stories260K's mean KL to fp32 from
  * 0.017 to 0.014 (mean of 4 calibration seeds, BENCHMARKS.md "Weight formats").
  */
-export function defaultBlockSize(bits: 4 | 8, spec: ModelSpec): number {
+function defaultBlockSize(bits: 4 | 8, spec: ModelSpec): number {
   return bits === 4 && parameterCount(spec) < GPTQ_DEFAULT_MAX_PARAMETERS ? 16 : DEFAULT_BLOCK_SIZE[bits];
 }
 /**
@@ -87,7 +137,7 @@ export function defaultBlockSize(bits: 4 | 8, spec: ModelSpec): number {
  * dequantises the whole matrix on every call), but it also rounds the activations to int8 per block. Below
  * SMALL_MODEL_PARAMETERS a forward costs milliseconds either way, so small models take the exact path.
  */
-export function defaultAccuracyLevel(spec: ModelSpec): QuantOptions['accuracyLevel'] {
+function defaultAccuracyLevel(spec: ModelSpec): QuantOptions['accuracyLevel'] {
   return parameterCount(spec) < SMALL_MODEL_PARAMETERS ? 0 : 4;
 }
 const SMALL_MODEL_PARAMETERS = 3e8;
@@ -113,7 +163,7 @@ export function parameterCount(spec: ModelSpec): number {
  * same judgements; above ~3 B parameters fp32 and int8 no longer fit a 16–24 GB machine next to everything
  * else, so int4. Pre-quantised checkpoints keep their codes; this then only picks embedding/head storage.
  */
-export function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = null): WeightDType {
+function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = null): WeightDType {
   if (prequant) return 'int8';
   const n = parameterCount(spec);
   if (n < SMALL_MODEL_PARAMETERS) return 'fp32';
@@ -138,7 +188,7 @@ export function defaultInt8Kernel(spec: ModelSpec, int8DotProduct = cpuHasInt8Do
   return parameterCount(spec) >= SMALL_MODEL_PARAMETERS && int8DotProduct ? 'rowwise' : 'blockwise';
 }
 
-export function parseWeightDType(v: string, what = '--dtype'): WeightDType {
+function parseWeightDType(v: string, what = '--dtype'): WeightDType {
   if (!(WEIGHT_DTYPES as readonly string[]).includes(v))
     throw new ModelError(`${what} must be one of ${WEIGHT_DTYPES.join(', ')}, got ${JSON.stringify(v)}`);
   return v as WeightDType;
@@ -154,31 +204,7 @@ export function resolveWeightFormat(
   const accuracyLevel = opts.accuracyLevel ?? defaultAccuracyLevel(spec);
   if (![0, 1, 2, 3, 4].includes(accuracyLevel))
     throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
-  if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel))
-    throw new ModelError(
-      `--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`,
-    );
-  if (opts.int8Kernel !== undefined && dtype !== 'int8')
-    throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
-  if (opts.int8Kernel !== undefined && prequant)
-    throw new ModelError(
-      `--int8-kernel applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`,
-    );
-  if (opts.int4Method !== undefined && !INT4_METHODS.includes(opts.int4Method))
-    throw new ModelError(
-      `--int4-method must be one of ${INT4_METHODS.join(', ')}, got ${JSON.stringify(opts.int4Method)}`,
-    );
-  if (opts.int4Method !== undefined && dtype !== 'int4')
-    throw new ModelError(`--int4-method applies to --dtype int4, not ${dtype}`);
-  if (opts.int4Method !== undefined && prequant)
-    throw new ModelError(
-      `--int4-method applies to linear layers converted here; this ${prequant.method.toUpperCase()} checkpoint's layers keep their ${prequant.bits}-bit codes`,
-    );
-  if (opts.int8Kernel === 'rowwise' && !(opts.int8DotProduct ?? cpuHasInt8DotProduct())) {
-    throw new ModelError(
-      "--int8-kernel rowwise needs a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX): without them onnxruntime's uint8×int8 kernel saturates int16 sums and loses terms; use --int8-kernel blockwise",
-    );
-  }
+  checkKernelOptions(dtype, prequant, opts);
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
     if (opts.accuracyLevel !== undefined && !prequant)
@@ -196,22 +222,11 @@ export function resolveWeightFormat(
   // agreement with fp32 from 0.85 to 0.87 (BENCHMARKS.md), for ~0.5 bytes more per vocabulary weight. It also
   // keeps the linear layers of sensitiveLinears() at int8 (see there).
   const int8 = { bits: 8 as const, blockSize: DEFAULT_BLOCK_SIZE[8] };
-  // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key or
-  // label.
+  // Pre-quantised checkpoints keep their layers' codes (MatMulNBits): no int8 kernel to choose, none in the key
+  // or label.
   const int8Kernel =
     dtype === 'int8' && !prequant ? (opts.int8Kernel ?? defaultInt8Kernel(spec, opts.int8DotProduct)) : undefined;
-  // GPTQ places the 4-bit layers; a model of ≤ 2 layers has none (its first and last layers stay int8).
-  const hasGptqLayers = gptqLinears(spec).length > 0;
-  if (opts.int4Method === 'gptq' && dtype === 'int4' && !prequant && !hasGptqLayers) {
-    throw new ModelError(
-      `--int4-method gptq: this ${spec.numLayers}-layer model has no 4-bit layers to place (int4 keeps the attention and the first and last layers at int8); use --int4-method rtn`,
-    );
-  }
-  const gptqOn =
-    dtype === 'int4' && !prequant && hasGptqLayers && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
-  if (opts.gptqCalibration && !gptqOn)
-    throw new ModelError('a GPTQ calibration was given, but the format is not int4 with --int4-method gptq');
-  const gptq = gptqOn ? { gptq: checkCalibration({ ...DEFAULT_GPTQ_CALIBRATION, ...opts.gptqCalibration }) } : {};
+  const gptq = gptqCalibrationOf(spec, dtype, prequant, opts);
   return {
     dtype,
     quant: {
@@ -219,11 +234,63 @@ export function resolveWeightFormat(
       blockSize,
       ...(bits === 4 ? { embedHead: int8, sensitive: { ...int8, rule: SENSITIVE_RULE } } : {}),
       ...(int8Kernel ? { int8Kernel } : {}),
-      ...gptq,
+      ...(gptq ? { gptq } : {}),
     },
     prequant,
     accuracyLevel,
   };
+}
+
+/** Refuses --int8-kernel and --int4-method where they do not apply, and rowwise on CPUs that would saturate. */
+function checkKernelOptions(dtype: WeightDType, prequant: PrequantScheme | null, opts: WeightFormatOptions): void {
+  const keepsCodes = (flag: string) =>
+    new ModelError(
+      `${flag} applies to linear layers converted here; ` +
+        `this ${prequant!.method.toUpperCase()} checkpoint's layers keep their ${prequant!.bits}-bit codes`,
+    );
+  if (opts.int8Kernel !== undefined && !INT8_KERNELS.includes(opts.int8Kernel))
+    throw new ModelError(
+      `--int8-kernel must be one of ${INT8_KERNELS.join(', ')}, got ${JSON.stringify(opts.int8Kernel)}`,
+    );
+  if (opts.int8Kernel !== undefined && dtype !== 'int8')
+    throw new ModelError(`--int8-kernel applies to --dtype int8, not ${dtype}`);
+  if (opts.int8Kernel !== undefined && prequant) throw keepsCodes('--int8-kernel');
+  if (opts.int4Method !== undefined && !INT4_METHODS.includes(opts.int4Method))
+    throw new ModelError(
+      `--int4-method must be one of ${INT4_METHODS.join(', ')}, got ${JSON.stringify(opts.int4Method)}`,
+    );
+  if (opts.int4Method !== undefined && dtype !== 'int4')
+    throw new ModelError(`--int4-method applies to --dtype int4, not ${dtype}`);
+  if (opts.int4Method !== undefined && prequant) throw keepsCodes('--int4-method');
+  if (opts.int8Kernel === 'rowwise' && !(opts.int8DotProduct ?? cpuHasInt8DotProduct())) {
+    throw new ModelError(
+      '--int8-kernel rowwise needs a CPU with int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX): ' +
+        "without them onnxruntime's uint8×int8 kernel saturates int16 sums and loses terms; " +
+        'use --int8-kernel blockwise',
+    );
+  }
+}
+
+/** The GPTQ calibration of an int4 format whose 4-bit layers GPTQ places; undefined when none does. */
+function gptqCalibrationOf(
+  spec: ModelSpec,
+  dtype: WeightDType,
+  prequant: PrequantScheme | null,
+  opts: WeightFormatOptions,
+): GptqCalibration | undefined {
+  // GPTQ places the 4-bit layers; a model of ≤ 2 layers has none (its first and last layers stay int8).
+  const hasGptqLayers = gptqLinears(spec).length > 0;
+  if (opts.int4Method === 'gptq' && dtype === 'int4' && !prequant && !hasGptqLayers) {
+    throw new ModelError(
+      `--int4-method gptq: this ${spec.numLayers}-layer model has no 4-bit layers to place ` +
+        '(int4 keeps the attention and the first and last layers at int8); use --int4-method rtn',
+    );
+  }
+  const gptqOn =
+    dtype === 'int4' && !prequant && hasGptqLayers && (opts.int4Method ?? defaultInt4Method(spec)) === 'gptq';
+  if (opts.gptqCalibration && !gptqOn)
+    throw new ModelError('a GPTQ calibration was given, but the format is not int4 with --int4-method gptq');
+  return gptqOn ? checkCalibration({ ...DEFAULT_GPTQ_CALIBRATION, ...opts.gptqCalibration }) : undefined;
 }
 
 function checkCalibration(c: GptqCalibration): GptqCalibration {
@@ -239,10 +306,10 @@ function checkCalibration(c: GptqCalibration): GptqCalibration {
 }
 
 /**
- * Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the rule
- * changes.
+ * Names sensitiveLinears' rule in the format, so in the cache key and criterion metadata: rename it when the
+ * rule changes.
  */
-export const SENSITIVE_RULE = 'attention+first-last-layers';
+const SENSITIVE_RULE = 'attention+first-last-layers';
 
 /** The linear layers a GPTQ format places with calibration: the main (4-bit) ones, all but sensitiveLinears. */
 export function gptqLinears(spec: Pick<ModelSpec, 'numLayers'>): string[] {
