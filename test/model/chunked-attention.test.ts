@@ -1,5 +1,5 @@
 /**
- * Causal attention in query chunks (graph/decoder-graph.ts, ATTENTION_QUERY_CHUNKS): each chunk of new positions
+ * Causal attention in query chunks (graph/causal-attention.ts, ATTENTION_QUERY_CHUNKS): each chunk of new positions
  * reads only the keys up to its last position, in one of two forms (no past / with a batch-1 past broadcast).
  * 1. The same graph emitted with 1 chunk (one S×T score block per layer, the explicit path as it was) and with
  *    3 and 4 chunks gives the same outputs on identical feeds (random weights; chunk edges at odd places):
@@ -15,7 +15,8 @@ import * as ort from 'onnxruntime-node';
 import { Decoder } from '../../src/model/decoder.js';
 import { specFromConfig } from '../../src/model/families/config.js';
 import type { ModelSpec } from '../../src/model/families/types.js';
-import { ATTENTION_QUERY_CHUNKS, emitDecoderGraph, headChunks } from '../../src/model/graph/decoder-graph.js';
+import { emitDecoderGraph, headChunks } from '../../src/model/graph/decoder-graph.js';
+import { ATTENTION_QUERY_CHUNKS } from '../../src/model/graph/causal-attention.js';
 import { Rng, type HfConfig } from '../../tools/random-checkpoint.js';
 import { referenceForward } from '../helpers/reference.js';
 import { FAMILY_CONFIGS, makeCheckpoint, relError, row, tempDir } from '../helpers/fixtures.js';
