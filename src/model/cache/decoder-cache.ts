@@ -24,7 +24,7 @@ import {
   W,
   type LinearInputSite,
 } from '../graph/decoder-graph.js';
-import type { ModelSpec } from '../families/spec.js';
+import type { ModelSpec } from '../families/types.js';
 import { ModelError } from '../errors.js';
 import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
 import type { ExternalRef, GraphBuilder } from '../graph/graph-builder.js';

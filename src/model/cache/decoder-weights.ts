@@ -6,7 +6,8 @@
  */
 import path from 'node:path';
 import { W } from '../graph/decoder-graph.js';
-import { expectedTensors, type ModelSpec } from '../families/spec.js';
+import { expectedTensors } from '../families/weights.js';
+import type { ModelSpec } from '../families/types.js';
 import { ModelError } from '../errors.js';
 import { checkFiniteTensor, type SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
 import type { QuantizedMatrix } from '../quant/layout.js';

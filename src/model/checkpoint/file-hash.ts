@@ -5,12 +5,13 @@
  * they verified while streaming, so a fresh download is never read twice.
  *
  * The memo lives in `<cacheDir>/hashes/<sha256(absolute path)>.json`, one small file per checkpoint file,
- * written atomically (temporary file renamed into place) so concurrent loads never see half an entry.
+ * written atomically (util/atomic-write.ts) so concurrent loads never see half an entry.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { ModelError } from '../errors.js';
+import { writeFileAtomic } from '../../util/atomic-write.js';
 
 interface MemoEntry {
   path: string;
@@ -98,9 +99,7 @@ function hashFile(file: string): string {
 function writeMemo(memo: string, entry: MemoEntry): void {
   try {
     fs.mkdirSync(path.dirname(memo), { recursive: true });
-    const tmp = `${memo}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, JSON.stringify(entry));
-    fs.renameSync(tmp, memo);
+    writeFileAtomic(memo, JSON.stringify(entry));
   } catch {
     // A read-only cache only costs hashing again next time.
   }
@@ -150,7 +149,8 @@ export function fileSha256OrNull(file: string): string | null {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') return null;
     throw new ModelError(
-      `${file}: cannot read (${code === 'EISDIR' ? 'a directory, not a file' : (code ?? (e as Error).message)}) to hash it for the model identity`,
+      `${file}: cannot read (${code === 'EISDIR' ? 'a directory, not a file' : (code ?? (e as Error).message)}) to ` +
+        `hash it for the model identity`,
     );
   }
 }

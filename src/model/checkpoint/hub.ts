@@ -8,8 +8,9 @@
  * final name. Shards download a few at a time under one progress bar.
  *
  * Two processes may fetch the same repository at once (a server and a CLI, two fits started together): each
- * file is locked (`<file>.lock`) while one of them downloads it. A snapshot folder records the commit its files
- * come from (`.commit`), so a run resumed after the branch moved on the hub starts over instead of mixing commits.
+ * file is locked (`<file>.lock`, hub-lock.ts) while one of them downloads it. A snapshot folder records the commit
+ * its files come from (`.commit`), so a run resumed after the branch moved on the hub starts over instead of
+ * mixing commits. The bar is hub-progress.ts; one request with its timeouts is hub-http.ts.
  *
  * This uses node:http/https rather than fetch: redirects are followed by hand because the hub's first answer
  * (a 302 to its CDN for LFS files) carries the file's size and sha256 in `x-linked-size`/`x-linked-etag`, which
@@ -17,16 +18,17 @@
  * events instead of being rebuilt from abort signals around a body reader.
  */
 import fs from 'node:fs';
-import http from 'node:http';
-import https from 'node:https';
-import os from 'node:os';
+import type http from 'node:http';
 import path from 'node:path';
-import { createHash, randomBytes, type Hash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
-import cliProgress from 'cli-progress';
 import { ModelError } from '../errors.js';
+import { get, networkCode, RetryableError, sleep, TimeoutError, type Connection, type Exchange } from './hub-http.js';
+import { lockFile } from './hub-lock.js';
+import { ProgressBar } from './hub-progress.js';
 import { contentHashDir, defaultCacheDir } from '../../util/cache-root.js';
 import { rememberContentSha256 } from './file-hash.js';
+import { writeFileAtomic } from '../../util/atomic-write.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];
 // chat_template.jinja: where transformers ≥ 4.43 saves a model's chat template (tokenizer.ts prefers it over the
@@ -36,7 +38,6 @@ const INDEX = 'model.safetensors.index.json';
 const MAX_REDIRECTS = 5;
 /** In a snapshot folder: the commit its files and parts come from. */
 const COMMIT_FILE = '.commit';
-const LOCK_POLL_MS = 250;
 
 export interface ResolveOptions {
   cacheDir?: string;
@@ -69,23 +70,12 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
   const idProblem = repoIdProblem(id);
   if (idProblem)
     throw new ModelError(`${ref}: no such folder, and ${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
-  const revisionProblem = revisionProblemOf(revision);
-  if (revisionProblem)
-    throw new ModelError(
-      `${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`,
-    );
-
+  checkRevision(id, revision);
   const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
-  // `/` is legal in a branch (`refs/pr/1`); encoding keeps the revision one path component, and the checks
-  // above rule out the `.`/`..` names that encoding leaves alone.
-  const dir = insideOrThrow(
-    cacheRoot,
-    path.join(cacheRoot, 'hub', id.replace('/', '--'), encodeURIComponent(revision)),
-    `${id}@${revision}`,
-  );
+  const dir = snapshotDir(cacheRoot, 'model', id, revision);
   if (fs.existsSync(path.join(dir, '.complete'))) return dir;
-  const offline = process.env.HF_HUB_OFFLINE;
-  if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
+  const offline = offlineSetting();
+  if (offline !== undefined) {
     throw new ModelError(
       `${id}: not in the cache (${dir}) and HF_HUB_OFFLINE=${offline}; pass a local checkpoint folder with --model`,
     );
@@ -108,28 +98,14 @@ export async function downloadRepoFile(
   const { id, revision } = splitRepoRef(ref, opts.revision);
   const idProblem = repoIdProblem(id);
   if (idProblem) throw new ModelError(`${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
-  const revisionProblem = revisionProblemOf(revision);
-  if (revisionProblem)
-    throw new ModelError(
-      `${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`,
-    );
+  checkRevision(id, revision);
   checkRepoFileName(file, `${id}@${revision}`);
   const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
-  const dir = insideOrThrow(
-    cacheRoot,
-    path.join(
-      cacheRoot,
-      'hub',
-      ...(repoType === 'dataset' ? ['datasets'] : []),
-      id.replace('/', '--'),
-      encodeURIComponent(revision),
-    ),
-    `${id}@${revision}`,
-  );
+  const dir = snapshotDir(cacheRoot, repoType, id, revision);
   const dest = insideOrThrow(cacheRoot, path.join(dir, file), `${id}@${revision}: ${file}`);
   if (fs.existsSync(dest)) return dest;
-  const offline = process.env.HF_HUB_OFFLINE;
-  if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
+  const offline = offlineSetting();
+  if (offline !== undefined) {
     throw new ModelError(`${id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}`);
   }
   const s = openSession({ id, revision, dir, cacheRoot, opts, repoType }, new AbortController());
@@ -141,6 +117,37 @@ export async function downloadRepoFile(
   } finally {
     progress.stop();
   }
+}
+
+function checkRevision(id: string, revision: string): void {
+  const revisionProblem = revisionProblemOf(revision);
+  if (revisionProblem)
+    throw new ModelError(
+      `${id}: revision ${JSON.stringify(revision)} is not a valid branch, tag or commit: ${revisionProblem}`,
+    );
+}
+
+/** `<cache>/hub/[datasets/]<owner>--<name>/<revision>`, refused if it would lie outside the cache folder. */
+function snapshotDir(cacheRoot: string, repoType: 'model' | 'dataset', id: string, revision: string): string {
+  // `/` is legal in a branch (`refs/pr/1`); encoding keeps the revision one path component, and the revision
+  // checks rule out the `.`/`..` names that encoding leaves alone.
+  return insideOrThrow(
+    cacheRoot,
+    path.join(
+      cacheRoot,
+      'hub',
+      ...(repoType === 'dataset' ? ['datasets'] : []),
+      id.replace('/', '--'),
+      encodeURIComponent(revision),
+    ),
+    `${id}@${revision}`,
+  );
+}
+
+/** HF_HUB_OFFLINE as set, when it says to stay offline (1, true, yes or on); else undefined. */
+function offlineSetting(): string | undefined {
+  const offline = process.env.HF_HUB_OFFLINE;
+  return offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim()) ? offline : undefined;
 }
 
 const REPO_ID_RULE =
@@ -197,7 +204,8 @@ function checkRepoFileName(name: unknown, where: string): string {
     name.split('/').some((s) => s === '' || s === '.' || s === '..')
   ) {
     throw new ModelError(
-      `${where}: ${JSON.stringify(name)} is not a file name inside the repository (expected a relative path without '..', e.g. model-00001-of-00002.safetensors)`,
+      `${where}: ${JSON.stringify(name)} is not a file name inside the repository (expected a relative path ` +
+        `without '..', e.g. model-00001-of-00002.safetensors)`,
     );
   }
   return name;
@@ -212,11 +220,10 @@ interface Snapshot {
   repoType?: 'model' | 'dataset';
 }
 
-interface Session extends Snapshot {
+/** A download in progress: the snapshot, its connection settings (hub-http.ts) and what the hub said so far. */
+interface Session extends Snapshot, Connection {
   endpoint: URL;
   token: string | undefined;
-  connectTimeoutMs: number;
-  idleTimeoutMs: number;
   retries: number;
   retryDelayMs: number;
   hashesDir: string;
@@ -229,7 +236,6 @@ interface Session extends Snapshot {
   commit?: string;
   /** `commit` is recorded in the folder's `.commit` (adoptCommit): the folder must go on recording it. */
   adopted: boolean;
-  signal: AbortSignal;
   log: (line: string) => void;
 }
 
@@ -331,93 +337,6 @@ async function inPool<T>(
   if (failure) throw failure.error;
 }
 
-/** One bar for all shards: bytes, rate and ETA over the lot; totals grow as each shard's size becomes known. */
-class ProgressBar {
-  private readonly bar?: cliProgress.SingleBar;
-  private readonly files = new Map<string, { done: number; total: number }>();
-  private started = false;
-  private readonly startedAt = Date.now();
-  /** Bytes that were already on disk (resumed parts) when each file first reported: not part of the rate. */
-  private resumedBytes = 0;
-
-  constructor(
-    quiet: boolean,
-    private readonly label: string,
-  ) {
-    if (!quiet) {
-      this.bar = new cliProgress.SingleBar(
-        {
-          format: `{label} {bar} {percentage}% | {doneMb}/{totalMb} MB | {rate} MB/s | ETA {eta_formatted}`,
-          hideCursor: true,
-        },
-        cliProgress.Presets.shades_classic,
-      );
-    }
-  }
-
-  update(file: string, done: number, total: number | undefined): void {
-    if (!this.bar) return;
-    if (!this.files.has(file)) this.resumedBytes += done;
-    this.files.set(file, { done, total: total ?? Math.max(done, this.files.get(file)?.total ?? 0) });
-    let sumDone = 0,
-      sumTotal = 0;
-    for (const f of this.files.values()) {
-      sumDone += f.done;
-      sumTotal += Math.max(f.total, f.done);
-    }
-    const seconds = Math.max(1e-3, (Date.now() - this.startedAt) / 1000);
-    const payload = {
-      label: this.label,
-      doneMb: (sumDone / 1e6).toFixed(1),
-      totalMb: (sumTotal / 1e6).toFixed(1),
-      rate: (Math.max(0, sumDone - this.resumedBytes) / 1e6 / seconds).toFixed(1),
-    };
-    if (!this.started) {
-      this.bar.start(Math.max(1, sumTotal), sumDone, payload);
-      this.started = true;
-      return;
-    }
-    this.bar.setTotal(Math.max(1, sumTotal));
-    this.bar.update(sumDone, payload);
-  }
-
-  stop(): void {
-    if (this.started) this.bar?.stop();
-  }
-}
-
-/** Worth another try: network trouble, timeouts, 5xx/429, a damaged part. `retryAfterMs` from the server. */
-class RetryableError extends Error {
-  constructor(
-    message: string,
-    readonly retryAfterMs?: number,
-  ) {
-    super(message);
-  }
-}
-
-const NETWORK_CODES = new Set([
-  'ECONNRESET',
-  'ECONNREFUSED',
-  'ECONNABORTED',
-  'EPIPE',
-  'ETIMEDOUT',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'ENETUNREACH',
-  'ENETDOWN',
-  'EHOSTUNREACH',
-  'EHOSTDOWN',
-  'ERR_STREAM_PREMATURE_CLOSE',
-  'HPE_INVALID_CONSTANT',
-]);
-
-function networkCode(e: unknown): string | undefined {
-  const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  if (code && (NETWORK_CODES.has(code) || code.startsWith('HPE_'))) return code;
-  return undefined;
-}
-
 /**
  * Downloads `file` into the snapshot folder with retries; null when the hub has no such file. The file
  * appears under its final name only once its size and (when advertised) sha256 check out; until then the
@@ -463,7 +382,8 @@ async function withRetries<T>(
       const code = networkCode(e);
       if (!s.reached && (code || e instanceof TimeoutError)) {
         throw new ModelError(
-          `${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? pass a local checkpoint folder with --model`,
+          `${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? ` +
+            `pass a local checkpoint folder with --model`,
         );
       }
       if (!(e instanceof RetryableError || e instanceof TimeoutError || code)) throw e;
@@ -518,9 +438,9 @@ async function probeCommit(s: Session, file: string): Promise<string | undefined
 }
 
 function fileUrl(s: Session, revision: string, file: string): URL {
-  return new URL(
-    `${s.endpoint.href.replace(/\/$/, '')}/${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`,
-  );
+  const repo = `${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}`;
+  const filePath = file.split('/').map(encodeURIComponent).join('/');
+  return new URL(`${s.endpoint.href.replace(/\/$/, '')}/${repo}/resolve/${encodeURIComponent(revision)}/${filePath}`);
 }
 
 /** The error for an answer that is no file: 401/403 (gated, final), 429/5xx (retryable); undefined otherwise. */
@@ -575,15 +495,13 @@ function adoptCommit(s: Session): boolean {
   // The new commit is recorded before anything is listed: a process still fetching the old one fails its next
   // check, and a file it moves into place after the listing below is removed by its own finish() re-check.
   // Written aside and renamed: a reader sees the old commit or the new one, never a torn file.
-  const record = path.join(s.dir, COMMIT_FILE);
-  const tmp = `${record}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  fs.writeFileSync(tmp, `${s.commit}\n`);
-  fs.renameSync(tmp, record);
+  writeFileAtomic(path.join(s.dir, COMMIT_FILE), `${s.commit}\n`, { unique: true });
   if (recorded === undefined) return false;
   const discarded = leftovers(s.dir);
   for (const name of discarded) fs.rmSync(path.join(s.dir, name), { force: true });
   s.log(
-    `${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} since ${s.dir} was begun; ` +
+    `${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} ` +
+      `since ${s.dir} was begun; ` +
       `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`,
   );
   return discarded.length > 0;
@@ -595,7 +513,8 @@ function checkPinned(s: Session, where: string): void {
   const recorded = recordedCommit(s.dir);
   if (recorded !== s.commit) {
     throw new ModelError(
-      `${where}: another download moved ${s.dir} on to commit ${recorded ?? '(none)'} while this one fetched ${s.commit} (the revision moved on the hub); run again`,
+      `${where}: another download moved ${s.dir} on to commit ${recorded ?? '(none)'} while this one fetched ` +
+        `${s.commit} (the revision moved on the hub); run again`,
     );
   }
 }
@@ -610,135 +529,6 @@ function checkPinnedPart(s: Session, where: string, part: string): void {
   }
 }
 
-interface LockOwner {
-  pid: number;
-  host: string;
-  token: string;
-  since?: string;
-}
-
-/** Tokens of the locks this process holds: a lock naming this pid with another token is a dead namesake's. */
-const heldLocks = new Set<string>();
-
-/**
- * Makes this process the only one working on `dest`: `<dest>.lock`, created exclusively, names its pid and
- * host. Others poll until it is gone (the session's abort signal ends the wait) and say once that they wait.
- * A lock whose pid is not running on this host is stale and is taken over; one from another host cannot be
- * checked and is waited for. Returns the release, for a `finally`.
- */
-async function lockFile(s: Session, dest: string, where: string): Promise<() => void> {
-  const lock = `${dest}.lock`;
-  const me: LockOwner = {
-    pid: process.pid,
-    host: os.hostname(),
-    token: randomBytes(8).toString('hex'),
-    since: new Date().toISOString(),
-  };
-  let told = false;
-  for (;;) {
-    let fd: number | undefined;
-    try {
-      fd = fs.openSync(lock, 'wx');
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-    }
-    if (fd !== undefined) {
-      try {
-        fs.writeSync(fd, JSON.stringify(me));
-      } catch (e) {
-        fs.closeSync(fd);
-        fs.rmSync(lock, { force: true });
-        throw e;
-      }
-      fs.closeSync(fd);
-      heldLocks.add(me.token);
-      return () => {
-        heldLocks.delete(me.token);
-        if (readLock(lock)?.owner?.token === me.token) fs.rmSync(lock, { force: true });
-      };
-    }
-    const seen = readLock(lock);
-    if (!seen) continue; // released meanwhile
-    const { owner } = seen;
-    if (lockIsStale(seen)) {
-      if (removeStaleLock(lock, seen.raw))
-        s.log(
-          `${where}: taking over ${lock}, left by ${owner ? `pid ${owner.pid}, which is no longer running` : 'a process that never wrote it'}`,
-        );
-      continue;
-    }
-    if (!told) {
-      told = true;
-      const who = owner ? `pid ${owner.pid}${owner.host !== me.host ? ` on ${owner.host}` : ''}` : 'another process';
-      s.log(`${where}: waiting for another download of it (${who}) to finish; lock ${lock}`);
-    }
-    await sleep(LOCK_POLL_MS, s.signal);
-  }
-}
-
-function readLock(lock: string): { raw: string; owner?: LockOwner; mtimeMs: number } | undefined {
-  let raw: string, mtimeMs: number;
-  try {
-    mtimeMs = fs.statSync(lock).mtimeMs;
-    raw = fs.readFileSync(lock, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
-  try {
-    const owner = JSON.parse(raw) as LockOwner;
-    if (
-      Number.isSafeInteger(owner.pid) &&
-      owner.pid > 0 &&
-      typeof owner.host === 'string' &&
-      typeof owner.token === 'string'
-    )
-      return { raw, owner, mtimeMs };
-  } catch {
-    /* not written yet, or garbled */
-  }
-  return { raw, mtimeMs };
-}
-
-function lockIsStale({ owner, mtimeMs }: { owner?: LockOwner; mtimeMs: number }): boolean {
-  // Its owner writes it right after creating it: still empty after seconds means the owner died in between.
-  if (!owner) return Date.now() - mtimeMs > 10_000;
-  if (owner.host !== os.hostname()) return false;
-  if (owner.pid === process.pid) return !heldLocks.has(owner.token);
-  try {
-    process.kill(owner.pid, 0);
-    return false;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code !== 'EPERM'; // EPERM: running, as another user
-  }
-}
-
-/**
- * Removes a stale lock unless it changed meanwhile: renamed aside first (atomic, so of two processes taking
- * it over one moves it), and put back when what was moved is by then a live owner's fresh lock. True when the
- * stale one went.
- */
-function removeStaleLock(lock: string, raw: string): boolean {
-  const aside = `${lock}.aside-${randomBytes(6).toString('hex')}`;
-  try {
-    fs.renameSync(lock, aside);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw e;
-  }
-  let stale = true;
-  try {
-    if (fs.readFileSync(aside, 'utf8') !== raw) {
-      stale = false;
-      fs.linkSync(aside, lock);
-    }
-  } catch {
-    /* a third process locked it in the instant between: it keeps it (the fresh owner loses its file) */
-  }
-  fs.rmSync(aside, { force: true });
-  return stale;
-}
-
 /** What the hub said about a file on its own host (not the CDN's headers, which describe something else). */
 interface Advertised {
   size?: number;
@@ -750,90 +540,165 @@ function sha256FromEtag(etag: string | undefined): string | undefined {
   return bare && /^[0-9a-fA-F]{64}$/.test(bare) ? bare.toLowerCase() : undefined;
 }
 
-async function downloadAttempt(
-  s: Session,
-  file: string,
-  dest: string,
-  onProgress?: (done: number, total: number | undefined) => void,
-): Promise<boolean> {
-  const where = `${s.id}@${s.revision}: ${file}`;
+/**
+ * One try at one file: GET it from where the part left off, and move it into place once its size and sha256
+ * check out. False when the hub has no such file; a RetryableError where another try may do better.
+ */
+async function downloadAttempt(s: Session, file: string, dest: string, onProgress?: ByteProgress): Promise<boolean> {
   const part = `${dest}.part`;
   const offset = fs.existsSync(part) ? fs.statSync(part).size : 0;
   // Hash the bytes we already have before asking for more: for a big part this takes longer than the idle
   // timeout would allow between the response's headers and its first body byte read.
   const partHash = offset > 0 ? await hashInto(part, createHash('sha256')) : undefined;
   const url = fileUrl(s, s.commit ?? s.revision, file);
-  const { res, touch, advertised } = await getFollowingRedirects(s, url, offset);
-  const status = res.statusCode ?? 0;
-  const header = (name: string) => {
-    const v = res.headers[name];
-    return Array.isArray(v) ? v[0] : v;
-  };
+  const answer = await getFollowingRedirects(s, url, offset);
+  const attempt: Attempt = { s, file, where: `${s.id}@${s.revision}: ${file}`, url, dest, part, offset, partHash };
+  const settled = settleWithoutBody(attempt, answer, onProgress);
+  if (settled !== null) return settled;
+  const extent = bodyExtent(attempt, answer);
+  const received = await receiveIntoPart(attempt, answer, extent, onProgress);
+  finishReceived(attempt, extent, received);
+  return true;
+}
 
+type ByteProgress = (done: number, total: number | undefined) => void;
+
+/** One try at one file: where its bytes go and what of them is already there. */
+interface Attempt {
+  s: Session;
+  file: string;
+  /** `<repo>@<revision>: <file>`, for messages. */
+  where: string;
+  url: URL;
+  dest: string;
+  /** `<dest>.part`: the bytes so far. */
+  part: string;
+  /** Bytes already in the part, asked for from there on. */
+  offset: number;
+  /** sha256 over the part's bytes so far (when offset > 0), to go on with. */
+  partHash: Hash | undefined;
+}
+
+function responseHeader(res: http.IncomingMessage, name: string): string | undefined {
+  const v = res.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+/**
+ * Answers that settle the try without reading a body: true (the part was already the whole file), false (no such
+ * file), or an error; null when the body is the file (200, or 206 from the offset).
+ */
+function settleWithoutBody(
+  a: Attempt,
+  { res, advertised }: Exchange & { advertised: Advertised },
+  onProgress?: ByteProgress,
+): boolean | null {
+  const { s } = a;
+  const status = res.statusCode ?? 0;
   // The first answer of a run into an empty folder names the commit: record it. Another process may have filled
   // the folder at another commit meanwhile; adoptCommit then discarded that, this file's part included.
-  if (s.commit && !s.adopted && adoptCommit(s) && offset > 0) {
+  if (s.commit && !s.adopted && adoptCommit(s) && a.offset > 0) {
     res.resume();
-    throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${file} over`);
+    throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${a.file} over`);
   }
   if (status === 404) {
     res.resume();
     return false;
   }
-  const failure = statusFailure(s, where, url, res);
+  const failure = statusFailure(s, a.where, a.url, res);
   if (failure) {
     res.resume();
     throw failure;
   }
   if (status === 416) {
-    // The part already holds everything the server has (or more): it is either the whole file or stale.
     res.resume();
-    const total = advertised.size ?? Number(/^bytes \*\/(\d+)$/.exec(header('content-range') ?? '')?.[1] ?? NaN);
-    if (partHash && offset === total) {
-      const sha256 = partHash.digest('hex');
-      if (!advertised.sha256 || advertised.sha256 === sha256) {
-        finish(s, where, part, dest, sha256);
-        onProgress?.(total, total);
-        return true;
-      }
-    }
-    fs.rmSync(part, { force: true });
-    throw new RetryableError(
-      `${part} did not match the file on the hub (${offset} bytes, range not satisfiable); starting over`,
-    );
+    return settleUnsatisfiableRange(a, res, advertised, onProgress);
   }
   if (status !== 200 && status !== 206) {
     res.resume();
-    throw new ModelError(`${where}: ${url.href} answered ${status} ${res.statusMessage ?? ''}`.trimEnd());
+    throw new ModelError(`${a.where}: ${a.url.href} answered ${status} ${res.statusMessage ?? ''}`.trimEnd());
   }
+  return null;
+}
 
+/** A 416: the part already holds everything the server has (or more): it is either the whole file or stale. */
+function settleUnsatisfiableRange(
+  a: Attempt,
+  res: http.IncomingMessage,
+  advertised: Advertised,
+  onProgress?: ByteProgress,
+): true {
+  const range = /^bytes \*\/(\d+)$/.exec(responseHeader(res, 'content-range') ?? '');
+  const total = advertised.size ?? Number(range?.[1] ?? NaN);
+  if (a.partHash && a.offset === total) {
+    const sha256 = a.partHash.digest('hex');
+    if (!advertised.sha256 || advertised.sha256 === sha256) {
+      finish(a.s, a.where, a.part, a.dest, sha256);
+      onProgress?.(total, total);
+      return true;
+    }
+  }
+  fs.rmSync(a.part, { force: true });
+  throw new RetryableError(
+    `${a.part} did not match the file on the hub (${a.offset} bytes, range not satisfiable); starting over`,
+  );
+}
+
+/**
+ * Where the body starts in the file (the offset for a 206, else 0), and the file's size and sha256 when the hub
+ * says (or, for the size, the body's headers do).
+ */
+interface BodyExtent {
+  start: number;
+  expectedSize: number | undefined;
+  expectedSha256: string | undefined;
+}
+
+function bodyExtent(a: Attempt, { res, advertised }: Exchange & { advertised: Advertised }): BodyExtent {
   let start = 0;
   let bodyTotal: number | undefined;
-  if (status === 206) {
-    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header('content-range') ?? '');
-    if (!range || Number(range[1]) !== offset) {
+  if (res.statusCode === 206) {
+    const contentRange = responseHeader(res, 'content-range');
+    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(contentRange ?? '');
+    if (!range || Number(range[1]) !== a.offset) {
       res.resume();
-      fs.rmSync(part, { force: true });
+      fs.rmSync(a.part, { force: true });
       throw new RetryableError(
-        `${url.href} answered a range (${header('content-range')}) other than the one asked for (from ${offset}); starting over`,
+        `${a.url.href} answered a range (${contentRange}) other than the one asked for (from ${a.offset}); ` +
+          'starting over',
       );
     }
-    start = offset;
+    start = a.offset;
     if (range[3] !== '*') bodyTotal = Number(range[3]);
-  } else if (header('content-length') !== undefined) {
+  } else if (responseHeader(res, 'content-length') !== undefined) {
     // A 200 to a Range request means the server ignored it: the body is the whole file, start from zero.
-    bodyTotal = Number(header('content-length'));
+    bodyTotal = Number(responseHeader(res, 'content-length'));
   }
-  const expectedSize = advertised.size ?? bodyTotal;
   if (advertised.size !== undefined && bodyTotal !== undefined && advertised.size !== bodyTotal) {
     res.resume();
-    throw new ModelError(`${where}: the hub advertises ${advertised.size} bytes but the download holds ${bodyTotal}`);
+    throw new ModelError(`${a.where}: the hub advertises ${advertised.size} bytes but the download holds ${bodyTotal}`);
   }
+  return { start, expectedSize: advertised.size ?? bodyTotal, expectedSha256: advertised.sha256 };
+}
 
-  const hash = start > 0 ? partHash! : createHash('sha256');
+/** The bytes received and their sha256 (the part's earlier bytes included when the body resumed it). */
+interface Received {
+  bytes: number;
+  hash: Hash;
+}
+
+/** Streams the body onto the part (appended from `extent.start`), hashing and reporting as it goes. */
+async function receiveIntoPart(
+  a: Attempt,
+  { res, touch }: Exchange,
+  extent: BodyExtent,
+  onProgress?: ByteProgress,
+): Promise<Received> {
+  const { start, expectedSize } = extent;
+  const hash = start > 0 ? a.partHash! : createHash('sha256');
   let received = start;
   onProgress?.(received, expectedSize);
-  const out = fs.createWriteStream(part, { flags: start > 0 ? 'a' : 'w' });
+  const out = fs.createWriteStream(a.part, { flags: start > 0 ? 'a' : 'w' });
   try {
     await pipeline(
       res,
@@ -847,39 +712,44 @@ async function downloadAttempt(
         }
       },
       out,
-      { signal: s.signal },
+      { signal: a.s.signal },
     );
   } finally {
     // pipeline can reject while a write is still in flight; the next try measures the part, so wait for it.
     if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
   }
-  checkPinnedPart(s, where, part);
-  const onDisk = fs.statSync(part).size;
+  checkPinnedPart(a.s, a.where, a.part);
+  const onDisk = fs.statSync(a.part).size;
   if (onDisk !== received) {
-    fs.rmSync(part, { force: true });
-    throw new RetryableError(`${part} holds ${onDisk} bytes where ${received} were written; starting over`);
+    fs.rmSync(a.part, { force: true });
+    throw new RetryableError(`${a.part} holds ${onDisk} bytes where ${received} were written; starting over`);
   }
+  return { bytes: received, hash };
+}
 
-  if (expectedSize !== undefined && received < expectedSize) {
+/** Checks the received part's size and sha256 against what the hub advertised, then moves it into place. */
+function finishReceived(a: Attempt, extent: BodyExtent, received: Received): void {
+  const { expectedSize, expectedSha256, start } = extent;
+  if (expectedSize !== undefined && received.bytes < expectedSize) {
     // The body ended early without an error: keep the part, the next try resumes it.
-    throw new RetryableError(`the connection ended after ${received} of ${expectedSize} bytes`);
+    throw new RetryableError(`the connection ended after ${received.bytes} of ${expectedSize} bytes`);
   }
-  if (expectedSize !== undefined && received > expectedSize) {
-    fs.rmSync(part, { force: true });
+  if (expectedSize !== undefined && received.bytes > expectedSize) {
+    fs.rmSync(a.part, { force: true });
     throw new ModelError(
-      `${where}: received ${received} bytes, but the hub advertises ${expectedSize}; the partial download was deleted`,
+      `${a.where}: received ${received.bytes} bytes, but the hub advertises ${expectedSize}; ` +
+        'the partial download was deleted',
     );
   }
-  const sha256 = hash.digest('hex');
-  if (advertised.sha256 && sha256 !== advertised.sha256) {
-    fs.rmSync(part, { force: true });
-    const message = `sha256 ${sha256} does not match the ${advertised.sha256} the hub advertises`;
+  const sha256 = received.hash.digest('hex');
+  if (expectedSha256 && sha256 !== expectedSha256) {
+    fs.rmSync(a.part, { force: true });
+    const message = `sha256 ${sha256} does not match the ${expectedSha256} the hub advertises`;
     // A resumed part may be left over from another version of the file: one clean try settles it.
     if (start > 0) throw new RetryableError(message);
-    throw new ModelError(`${where}: ${message}; the download was deleted`);
+    throw new ModelError(`${a.where}: ${message}; the download was deleted`);
   }
-  finish(s, where, part, dest, sha256);
-  return true;
+  finish(a.s, a.where, a.part, a.dest, sha256);
 }
 
 /**
@@ -947,79 +817,4 @@ async function getFollowingRedirects(
     if (next.host !== current.host) authorized = false;
     current = next;
   }
-}
-
-class TimeoutError extends Error {}
-
-interface Exchange {
-  res: http.IncomingMessage;
-  /** Call on every body chunk: restarts the idle timer. */
-  touch: () => void;
-}
-
-/**
- * One GET whose response arrives with its headers. A timer guards the connection (connectTimeoutMs) and then
- * every silence on it (idleTimeoutMs): the headers, and each body chunk (via `touch`), must come within that.
- */
-function get(s: Session, url: URL, headers: Record<string, string>, method: 'GET' | 'HEAD' = 'GET'): Promise<Exchange> {
-  return new Promise((resolve, reject) => {
-    if (s.signal.aborted) {
-      reject(new Error('aborted'));
-      return;
-    }
-    const req = (url.protocol === 'https:' ? https : http).request(url, { method, headers });
-    let response: http.IncomingMessage | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    const fail = (e: Error) => {
-      response?.destroy(e);
-      req.destroy(e);
-    };
-    const arm = (ms: number, what: string) => {
-      clearTimeout(timer);
-      timer = setTimeout(() => fail(new TimeoutError(`${what} ${url.host} for ${ms} ms`)), ms);
-    };
-    const onAbort = () => fail(new Error('aborted'));
-    const done = () => {
-      clearTimeout(timer);
-      s.signal.removeEventListener('abort', onAbort);
-    };
-    s.signal.addEventListener('abort', onAbort, { once: true });
-    arm(s.connectTimeoutMs, 'no connection to');
-    req.on('socket', (socket) => {
-      const connected = () => {
-        if (!response) arm(s.idleTimeoutMs, 'no answer from');
-      };
-      if (socket.connecting) socket.once('connect', connected);
-      else connected();
-    });
-    req.on('response', (res) => {
-      response = res;
-      arm(s.idleTimeoutMs, 'no bytes from');
-      res.on('close', done);
-      resolve({ res, touch: () => arm(s.idleTimeoutMs, 'no bytes from') });
-    });
-    req.on('error', (e) => {
-      done();
-      reject(e);
-    });
-    req.end();
-  });
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted) {
-      reject(new Error('aborted'));
-      return;
-    }
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(new Error('aborted'));
-    };
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }

@@ -8,6 +8,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { ModelError } from '../errors.js';
+import { writeFileAtomic } from '../../util/atomic-write.js';
 
 /** Float dtypes hold weights; integer dtypes hold pre-quantised weights (AWQ/GPTQ qweight/qzeros/g_idx), read raw. */
 const BYTES_PER_ELEMENT: Readonly<Record<string, number>> = Object.freeze({
@@ -197,7 +198,8 @@ function openShard(file: string): ShardFile {
     const headerLen = lenBuf.readBigUInt64LE(0);
     if (headerLen > BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) {
       throw new ModelError(
-        `${file}: header length ${headerLen} exceeds the file (${size} bytes) or the ${MAX_HEADER_BYTES}-byte limit; the file is corrupt or not safetensors`,
+        `${file}: header length ${headerLen} exceeds the file (${size} bytes) or the ${MAX_HEADER_BYTES}-byte ` +
+          `limit; the file is corrupt or not safetensors`,
       );
     }
     const headerBytes = Buffer.alloc(Number(headerLen));
@@ -222,7 +224,8 @@ function readIndex(indexPath: string, dir: string): Record<string, string> {
   if (index.weight_map === undefined) throw new ModelError(`${indexPath}: field "weight_map" is missing`);
   if (!isJsonObject(index.weight_map))
     throw new ModelError(
-      `${indexPath}: field "weight_map" must be an object of tensor name → shard file, got ${jsonKind(index.weight_map)}`,
+      `${indexPath}: field "weight_map" must be an object of tensor name → shard file, got ` +
+        `${jsonKind(index.weight_map)}`,
     );
   const dup = findDuplicateKey(text);
   if (dup)
@@ -239,7 +242,8 @@ function readIndex(indexPath: string, dir: string): Record<string, string> {
     // A hostile index could otherwise make us open any file on the machine.
     if (path.isAbsolute(f) || !path.resolve(root, f).startsWith(inside)) {
       throw new ModelError(
-        `${indexPath}: weight_map puts tensor "${name}" in "${f}", which is outside the model folder ${dir}; shard files must be relative paths inside it`,
+        `${indexPath}: weight_map puts tensor "${name}" in "${f}", which is outside the model folder ${dir}; shard ` +
+          `files must be relative paths inside it`,
       );
     }
   }
@@ -248,6 +252,20 @@ function readIndex(indexPath: string, dir: string): Record<string, string> {
 
 function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Record<string, string> } {
   const { file, size, headerBytes } = shard;
+  const header = headerJson(file, headerBytes);
+  const dataStart = 8 + headerBytes.length;
+  const out: TensorInfo[] = [];
+  let metadata: Record<string, string> = {};
+  for (const [name, entry] of Object.entries(header)) {
+    if (name === '__metadata__') metadata = parseMetadata(file, entry);
+    else out.push(parseTensorEntry(shard, name, entry, dataStart));
+  }
+  checkContiguous(file, out, dataStart, size - dataStart);
+  return { tensors: out, metadata };
+}
+
+/** The header's JSON object, refused when it is not UTF-8, not JSON, not an object or names a key twice. */
+function headerJson(file: string, headerBytes: Buffer): Record<string, unknown> {
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(headerBytes);
@@ -270,64 +288,65 @@ function parseHeader(shard: ShardFile): { tensors: TensorInfo[]; metadata: Recor
         : `${file}: header entry "${dup.parent}" has field "${dup.key}" twice`,
     );
   }
-  const dataStart = 8 + headerBytes.length;
-  const out: TensorInfo[] = [];
+  return header;
+}
+
+/** `__metadata__`: as in the reference reader, absent or null, else a map of strings to strings. */
+function parseMetadata(file: string, entry: unknown): Record<string, string> {
   const metadata: Record<string, string> = {};
-  for (const [name, entry] of Object.entries(header)) {
-    if (name === '__metadata__') {
-      // As in the reference reader: absent or null, else a map of strings to strings.
-      if (entry === null) continue;
-      if (!isJsonObject(entry))
-        throw new ModelError(`${file}: "__metadata__" must be an object of string → string, got ${jsonKind(entry)}`);
-      for (const [k, v] of Object.entries(entry)) {
-        if (typeof v !== 'string')
-          throw new ModelError(`${file}: "__metadata__" field "${k}" must be a string, got ${jsonKind(v)}`);
-        metadata[k] = v;
-      }
-      continue;
-    }
-    const where = `${file}: tensor "${name}"`;
-    if (!isJsonObject(entry))
-      throw new ModelError(`${where}: expected an object with dtype, shape and data_offsets, got ${jsonKind(entry)}`);
-    const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (typeof e.dtype !== 'string') throw new ModelError(`${where}: field "dtype" is missing`);
-    const bpe = BYTES_PER_ELEMENT[e.dtype];
-    if (!bpe)
-      throw new ModelError(
-        `${where}: dtype ${e.dtype} is not supported (F32, F16, BF16; I32, U8, I64 for quantised checkpoints)`,
-      );
-    if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0))
-      throw new ModelError(`${where}: field "shape" must be a list of non-negative integers`);
-    const offs = e.data_offsets;
-    if (
-      !Array.isArray(offs) ||
-      offs.length !== 2 ||
-      !offs.every((x) => Number.isSafeInteger(x) && x >= 0) ||
-      offs[1] < offs[0]
-    ) {
-      throw new ModelError(`${where}: field "data_offsets" must be [begin, end] with 0 <= begin <= end`);
-    }
-    const [begin, end] = offs as [number, number];
-    const count = (e.shape as number[]).reduce((a, b) => a * b, 1);
-    if (end - begin !== count * bpe)
-      throw new ModelError(
-        `${where}: data_offsets span ${end - begin} bytes but shape [${e.shape}] of ${e.dtype} needs ${count * bpe}`,
-      );
-    if (dataStart + end > size)
-      throw new ModelError(
-        `${where}: data_offsets end ${end} lies past the end of the file (${size - dataStart} data bytes)`,
-      );
-    out.push({
-      name,
-      dtype: e.dtype as TensorInfo['dtype'],
-      shape: e.shape as number[],
-      file,
-      start: dataStart + begin,
-      byteLength: end - begin,
-    });
+  if (entry === null) return metadata;
+  if (!isJsonObject(entry))
+    throw new ModelError(`${file}: "__metadata__" must be an object of string → string, got ${jsonKind(entry)}`);
+  for (const [k, v] of Object.entries(entry)) {
+    if (typeof v !== 'string')
+      throw new ModelError(`${file}: "__metadata__" field "${k}" must be a string, got ${jsonKind(v)}`);
+    metadata[k] = v;
   }
-  checkContiguous(file, out, dataStart, size - dataStart);
-  return { tensors: out, metadata };
+  return metadata;
+}
+
+/** One tensor's header entry, its dtype, shape and offsets checked against each other and the file. */
+function parseTensorEntry(shard: ShardFile, name: string, entry: unknown, dataStart: number): TensorInfo {
+  const { file, size } = shard;
+  const where = `${file}: tensor "${name}"`;
+  if (!isJsonObject(entry))
+    throw new ModelError(`${where}: expected an object with dtype, shape and data_offsets, got ${jsonKind(entry)}`);
+  const e = entry as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+  if (typeof e.dtype !== 'string') throw new ModelError(`${where}: field "dtype" is missing`);
+  const bpe = BYTES_PER_ELEMENT[e.dtype];
+  if (!bpe)
+    throw new ModelError(
+      `${where}: dtype ${e.dtype} is not supported (F32, F16, BF16; I32, U8, I64 for quantised checkpoints)`,
+    );
+  if (!Array.isArray(e.shape) || !e.shape.every((x) => Number.isInteger(x) && x >= 0))
+    throw new ModelError(`${where}: field "shape" must be a list of non-negative integers`);
+  const offs = e.data_offsets;
+  if (
+    !Array.isArray(offs) ||
+    offs.length !== 2 ||
+    !offs.every((x) => Number.isSafeInteger(x) && x >= 0) ||
+    offs[1] < offs[0]
+  ) {
+    throw new ModelError(`${where}: field "data_offsets" must be [begin, end] with 0 <= begin <= end`);
+  }
+  const [begin, end] = offs as [number, number];
+  const count = (e.shape as number[]).reduce((a, b) => a * b, 1);
+  if (end - begin !== count * bpe)
+    throw new ModelError(
+      `${where}: data_offsets span ${end - begin} bytes but shape [${e.shape}] of ${e.dtype} needs ${count * bpe}`,
+    );
+  if (dataStart + end > size)
+    throw new ModelError(
+      `${where}: data_offsets end ${end} lies past the end of the file (${size - dataStart} data bytes)`,
+    );
+  return {
+    name,
+    dtype: e.dtype as TensorInfo['dtype'],
+    shape: e.shape as number[],
+    file,
+    start: dataStart + begin,
+    byteLength: end - begin,
+  };
 }
 
 /**
@@ -344,7 +363,8 @@ function checkContiguous(file: string, tensors: TensorInfo[], dataStart: number,
     const begin = t.start - dataStart;
     if (begin < at) {
       throw new ModelError(
-        `${file}: tensor "${t.name}" data_offsets ${span(t)} overlap tensor "${prev!.name}" ${span(prev!)}; each byte of the data section must belong to one tensor`,
+        `${file}: tensor "${t.name}" data_offsets ${span(t)} overlap tensor "${prev!.name}" ${span(prev!)}; each ` +
+          `byte of the data section must belong to one tensor`,
       );
     }
     if (begin > at) {
@@ -358,7 +378,8 @@ function checkContiguous(file: string, tensors: TensorInfo[], dataStart: number,
   }
   if (at !== dataBytes) {
     throw new ModelError(
-      `${file}: the tensors end at data offset ${at} but the data section holds ${dataBytes} bytes; expected the last tensor to end exactly at the end of the file (${dataBytes - at} trailing bytes)`,
+      `${file}: the tensors end at data offset ${at} but the data section holds ${dataBytes} bytes; expected the ` +
+        `last tensor to end exactly at the end of the file (${dataBytes - at} trailing bytes)`,
     );
   }
 }
@@ -472,7 +493,8 @@ export interface WritableTensor {
 
 /**
  * Writes a safetensors file (8-byte header length, JSON header padded to 8 bytes, contiguous data) through
- * a temporary file renamed into place, so a reader never sees a half-written file.
+ * a temporary file `<file>.tmp-<pid>` renamed into place (util/atomic-write.ts), so a reader never sees a
+ * half-written file.
  */
 export function writeSafetensors(file: string, tensors: WritableTensor[], metadata: Record<string, string> = {}): void {
   const header: Record<string, unknown> = { __metadata__: { format: 'pt', ...metadata } };
@@ -483,30 +505,18 @@ export function writeSafetensors(file: string, tensors: WritableTensor[], metada
   }
   let json = JSON.stringify(header);
   json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    const fd = fs.openSync(tmp, 'w');
-    try {
+  // A failed write (full disk, output is a folder) leaves nothing behind (its temporary file is removed).
+  writeFileAtomic(
+    file,
+    (fd) => {
       const len = Buffer.alloc(8);
       len.writeBigUInt64LE(BigInt(Buffer.byteLength(json)));
       fs.writeSync(fd, len);
       fs.writeSync(fd, json);
       for (const t of tensors) fs.writeSync(fd, t.bytes);
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    // A failed write (full disk, output is a folder) leaves nothing behind; where even that fails (its folder is a
-    // file: ENOTDIR), the write's own error is the one to report.
-    try {
-      fs.rmSync(tmp, { force: true });
-    } catch {
-      /* nothing was created */
-    }
-    throw e;
-  }
+    },
+    { fsync: true },
+  );
 }
 
 /** The `__metadata__` string map of a single safetensors file. */

@@ -50,7 +50,8 @@ export function readJsonObjectFile(
   }
   if (!isJsonObject(value))
     throw new ModelError(
-      `${file}: expected a JSON object, found ${Array.isArray(value) ? 'an array' : JSON.stringify(value)?.slice(0, 40)} (${expected})`,
+      `${file}: expected a JSON object, found ` +
+        `${Array.isArray(value) ? 'an array' : JSON.stringify(value)?.slice(0, 40)} (${expected})`,
     );
   return value;
 }

@@ -47,7 +47,8 @@ export function prequantSchemeFromConfig(config: Record<string, unknown>, file =
   const method = typeof c.quant_method === 'string' ? c.quant_method.toLowerCase() : c.quant_method;
   if (method !== 'awq' && method !== 'gptq') {
     throw new ModelError(
-      `${file}: quantization_config.quant_method ${JSON.stringify(c.quant_method)} is not supported (awq and gptq 4-bit checkpoints are; or use an unquantised checkpoint with --dtype int8|int4)`,
+      `${file}: quantization_config.quant_method ${JSON.stringify(c.quant_method)} is not supported (awq and gptq ` +
+        `4-bit checkpoints are; or use an unquantised checkpoint with --dtype int8|int4)`,
     );
   }
   const bits = c.bits ?? 4;
@@ -73,7 +74,8 @@ export function prequantSchemeFromConfig(config: Record<string, unknown>, file =
   if (method === 'gptq' && c.desc_act === true) {
     // Act-order permutes which inputs share a group; MatMulNBits blocks are contiguous runs of K.
     throw new ModelError(
-      `${file}: GPTQ with desc_act (act-order) is not supported: its groups are not contiguous runs of inputs; use a checkpoint quantised with desc_act false`,
+      `${file}: GPTQ with desc_act (act-order) is not supported: its groups are not contiguous runs of inputs; use ` +
+        `a checkpoint quantised with desc_act false`,
     );
   }
   const format = typeof c.checkpoint_format === 'string' ? c.checkpoint_format : 'gptq';
@@ -135,7 +137,8 @@ export function checkPrequantized(
   for (const [name, dims] of want) {
     if (!ckpt.has(name))
       throw new ModelError(
-        `${ckpt.dir}: tensor "${name}" is missing (a ${scheme.method.toUpperCase()} checkpoint stores ${weightName} as qweight, qzeros and scales)`,
+        `${ckpt.dir}: tensor "${name}" is missing (a ${scheme.method.toUpperCase()} checkpoint stores ` +
+          `${weightName} as qweight, qzeros and scales)`,
       );
     const info = ckpt.info(name);
     const dtypeOk = name === names.scales ? ['F16', 'BF16', 'F32'].includes(info.dtype) : info.dtype === 'I32';
@@ -145,7 +148,8 @@ export function checkPrequantized(
       );
     if (info.shape.join(',') !== dims.join(','))
       throw new ModelError(
-        `${info.file}: tensor "${name}" has shape [${info.shape}] but config.json and quantization_config imply [${dims}]`,
+        `${info.file}: tensor "${name}" has shape [${info.shape}] but config.json and quantization_config imply ` +
+          `[${dims}]`,
       );
   }
   if (ckpt.has(names.gIdx)) {
@@ -178,7 +182,8 @@ export function readPrequantized(
     for (let k = 0; k < K; k++) {
       if (gIdx[k] !== Math.floor(k / blockSize)) {
         throw new ModelError(
-          `${ckpt.info(names.gIdx).file}: tensor "${names.gIdx}" puts input ${k} in group ${gIdx[k]}, not ${Math.floor(k / blockSize)}: act-order (desc_act) GPTQ checkpoints are not supported`,
+          `${ckpt.info(names.gIdx).file}: tensor "${names.gIdx}" puts input ${k} in group ${gIdx[k]}, not ` +
+            `${Math.floor(k / blockSize)}: act-order (desc_act) GPTQ checkpoints are not supported`,
         );
       }
     }
@@ -202,7 +207,9 @@ export function readPrequantized(
       const zero = unpackN(qzeros, N / pack, g, n) + (scheme.zeroMinusOne ? 1 : 0);
       if (zero > mask) {
         throw new ModelError(
-          `${ckpt.info(names.qzeros).file}: tensor "${names.qzeros}" stores zero point ${zero - 1} (+1 = ${zero}) at group ${g}, output ${n}, which does not fit ${bits} bits (a known GPTQ v1 overflow); this checkpoint is not supported`,
+          `${ckpt.info(names.qzeros).file}: tensor "${names.qzeros}" stores zero point ${zero - 1} (+1 = ${zero}) ` +
+            `at group ${g}, output ${n}, which does not fit ${bits} bits (a known GPTQ v1 overflow); this checkpoint ` +
+            `is not supported`,
         );
       }
       putPacked(out.zeroPoints, n * zpRow, g, bits, zero);

@@ -10,8 +10,8 @@
  *   e     = (w_k − q_k) / U[k, k]
  *   w_j  −= e · U[k, j]                               for every j > k
  * (the paper's Algorithm 1, one input at a time). Rows are independent given U, and the output is in the
- * MatMulNBits layout (layout.ts) round-to-nearest's quantizeMatrix writes. Where this differs from the reference implementation (GPTQ's
- * `fasterquant` with groups, static_groups off), on purpose:
+ * MatMulNBits layout (layout.ts) round-to-nearest's quantizeMatrix writes. Where this differs from the reference
+ * implementation (GPTQ's `fasterquant` with groups, static_groups off), on purpose:
  *   - a block's scale and zero point come from its weights as fully updated when the row reaches the block;
  *     the reference's lazy batches of 128 inputs pick the grids of a batch's later groups from weights that
  *     lack the updates from earlier inputs of the same batch;
