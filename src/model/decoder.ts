@@ -26,7 +26,10 @@ import { resolveModelDir } from './checkpoint/hub.js';
 import { PROMPT_FILES, promptFileHashes, TOKENIZER_FILES, weightsContentHash } from './checkpoint/file-hash.js';
 import { readUtf8File } from './checkpoint/text-files.js';
 import { SafetensorsCheckpoint } from './checkpoint/safetensors.js';
-import { languageModelSpelling, specFromConfig, textWeightName, type ModelSpec } from './families/spec.js';
+import { specFromConfig } from './families/config.js';
+import { languageModelSpelling, textWeightName } from './families/weights.js';
+import type { ModelSpec } from './families/types.js';
+import { DECODER_INPUTS as INPUT, DECODER_OUTPUTS as OUTPUT } from './graph/sites.js';
 import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig } from './quant/awq-gptq.js';
@@ -419,21 +422,21 @@ export class Decoder {
     const patch = opts.patch;
     this.checkPatch(patch, B);
     const feeds: Record<string, ort.Tensor> = {
-      inputs_embeds: new ort.Tensor('float32', embeds, [B, S, D]),
-      attention_mask: new ort.Tensor('int64', mask, [B, P + S]),
-      position_ids: new ort.Tensor('int64', position.ids, position.dims),
-      patch_mask: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
-      patch_values: new ort.Tensor('float32', patch?.values ?? new Float32Array(L * H * d), [L, H, d]),
-      patch_replace: new ort.Tensor('float32', Float32Array.of(patch?.mode === 'add' ? 0 : 1), []),
+      [INPUT.inputsEmbeds]: new ort.Tensor('float32', embeds, [B, S, D]),
+      [INPUT.attentionMask]: new ort.Tensor('int64', mask, [B, P + S]),
+      [INPUT.positionIds]: new ort.Tensor('int64', position.ids, position.dims),
+      [INPUT.patchMask]: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
+      [INPUT.patchValues]: new ort.Tensor('float32', patch?.values ?? new Float32Array(L * H * d), [L, H, d]),
+      [INPUT.patchReplace]: new ort.Tensor('float32', Float32Array.of(patch?.mode === 'add' ? 0 : 1), []),
     };
-    if (deepstack) feeds.deepstack_embeds = new ort.Tensor('float32', deepstack.data, deepstack.dims);
+    if (deepstack) feeds[INPUT.deepstackEmbeds] = new ort.Tensor('float32', deepstack.data, deepstack.dims);
     for (let l = 0; l < L; l++) {
-      feeds[`past.${l}.key`] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
-      feeds[`past.${l}.value`] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
+      feeds[INPUT.pastKey(l)] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
+      feeds[INPUT.pastValue(l)] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
     }
     const sites = opts.sites ?? [];
-    const fetches = ['logits', 'logsumexp', 'heads'];
-    if (opts.withKv) for (let l = 0; l < L; l++) fetches.push(`new.${l}.key`, `new.${l}.value`);
+    const fetches: string[] = [OUTPUT.logits, OUTPUT.logsumexp, OUTPUT.heads];
+    if (opts.withKv) for (let l = 0; l < L; l++) fetches.push(OUTPUT.newKey(l), OUTPUT.newValue(l));
     fetches.push(...sites);
     const out = await this.session.run(feeds, fetches);
     this.stats.runs++;
@@ -443,11 +446,11 @@ export class Decoder {
     }
     const data = (name: string) => out[name]!.data as Float32Array;
     const result: RunResult = {
-      logits: data('logits'),
-      logSumExp: data('logsumexp'),
-      heads: data('heads'),
-      newKeys: opts.withKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.key`)) : undefined,
-      newValues: opts.withKv ? Array.from({ length: L }, (_, l) => data(`new.${l}.value`)) : undefined,
+      logits: data(OUTPUT.logits),
+      logSumExp: data(OUTPUT.logsumexp),
+      heads: data(OUTPUT.heads),
+      newKeys: opts.withKv ? Array.from({ length: L }, (_, l) => data(OUTPUT.newKey(l))) : undefined,
+      newValues: opts.withKv ? Array.from({ length: L }, (_, l) => data(OUTPUT.newValue(l))) : undefined,
       positionDeltas: position.deltas,
       sites: new Map(sites.map((s) => [s, data(s)] as const)),
     };
