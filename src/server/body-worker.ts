@@ -1,20 +1,13 @@
 /** The body parser thread (body.ts BodyReader): parses and counts large request bodies off the main thread. */
-import fs from 'node:fs';
-import os from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { parseBody, type FromBodyWorker, type SplitterSpec, type ToBodyWorker } from './body.js';
 import { presplitBody, QuerySplitter, withoutSplitTexts } from './split.js';
+import { lowerThisThreadPriority } from './thread-priority.js';
 
 const port = parentPort!;
 
-// Below the main thread's priority: on a machine with few cores a large parse must not take the CPU from the
-// thread that answers /health and reads requests (Linux: a thread's nice value is its own; elsewhere, no change).
-try {
-  const tid = Number(/task\/(\d+)$/.exec(fs.readlinkSync('/proc/thread-self'))?.[1]);
-  if (tid > 0) os.setPriority(tid, 10);
-} catch {
-  /* not Linux, or not allowed: the parse still runs, at the usual priority */
-}
+// Below the HTTP thread (thread-priority.ts): a large parse must not delay /health.
+lowerThisThreadPriority(10);
 const decoder = new TextDecoder('utf-8');
 const spec = workerData as SplitterSpec;
 const splitter = new QuerySplitter(spec.specials, spec.eosToken, spec.withoutPrompts);

@@ -3,11 +3,15 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { Decoder } from '../model/decoder.js';
 import { ActivationRM } from '../arm/rm.js';
 import { disposeDecoder } from '../arm/images.js';
+import { lowerThisThreadPriority } from './thread-priority.js';
 import { engineInfo, InProcessEngine, type FromWorker, type ToWorker, type WorkerData } from './engine.js';
 
 const port = parentPort!;
 const data = workerData as WorkerData;
 const send = (m: FromWorker) => port.postMessage(m);
+
+// Before the model loads, so that onnxruntime's threads inherit it: HTTP keeps its latency while forwards run.
+lowerThisThreadPriority(5);
 
 let decoder: Decoder | null = null;
 try {

@@ -5,12 +5,12 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import net from 'node:net';
 import os from 'node:os';
-import { Worker } from 'node:worker_threads';
 import type { Example } from '../../src/data/examples.js';
 import type { CriterionMeta } from '../../src/arm/criterion.js';
 import { createRewardServer, type RewardServer, type RewardServerOptions } from '../../src/server/app.js';
 import type { ScoringEngine } from '../../src/server/engine.js';
 import { QuerySplitter } from '../../src/server/split.js';
+import { millionEntryAttacker } from './clients.js';
 
 /** Scores by response length (reward = length / 1000), after `delayMs`; a scalar criterion named "c". */
 function standInEngine(delayMs = 0): ScoringEngine {
@@ -47,35 +47,6 @@ function connect(port: number) {
   const closed = new Promise<number>((resolve) => socket.on('close', () => { closedAfterMs = performance.now() - t0; resolve(closedAfterMs); }));
   const opened = new Promise<void>((resolve) => socket.once('connect', () => resolve()));
   return { socket, opened, closed, get received() { return received; }, get closedAfterMs() { return closedAfterMs; } };
-}
-
-/**
- * A thread that posts `rounds` rounds of three bodies of a million `query` entries each (3 MB, 5 MB and 30 MB),
- * concurrently, to `${url}/get_reward`; `statuses` are their HTTP statuses (-1: the connection was cut). A thread of
- * its own, so that building and sending 38 MB is not counted as the server's time.
- */
-export function millionEntryAttacker(url: string, rounds: number): { ready: Promise<void>; statuses: Promise<number[]> } {
-  const worker = new Worker(`
-    const { parentPort, workerData: { url, rounds } } = require('node:worker_threads');
-    // A remote client in a real deployment: here it must not take this machine's few cores from the server's thread.
-    try { require('node:os').setPriority(Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]), 15); } catch {}
-    const million = (s) => Buffer.from(JSON.stringify({ query: Array.from({ length: 1000000 }, () => s) }));
-    const bodies = [million(''), million('ab'), million('<|im_start|>user\\nq<|im_end|>')];
-    parentPort.postMessage({ ready: true });
-    (async () => {
-      const statuses = [];
-      for (let r = 0; r < rounds; r++) {
-        statuses.push(...await Promise.all(bodies.map((body) => fetch(url + '/get_reward', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(60000) }).then((res) => res.status, () => -1))));
-      }
-      parentPort.postMessage({ statuses });
-    })();
-  `, { eval: true, workerData: { url, rounds } });
-  const ready = new Promise<void>((resolve) => worker.once('message', () => resolve()));
-  const statuses = new Promise<number[]>((resolve, reject) => {
-    worker.on('message', (m: { statuses?: number[] }) => { if (m.statuses) { resolve(m.statuses); void worker.terminate(); } });
-    worker.once('error', reject);
-  });
-  return { ready, statuses };
 }
 
 /** Resolves with `p`, or with 'still open' after `ms`. */
