@@ -2,8 +2,11 @@
  * Head selection by REINFORCE over independent Bernoulli gates (MTV's defaults): logits θ[n] start at −1,
  * p = clip(σ(θ), 1e-3, 1 − 1e-3); each step draws one item and S masks M ~ Bernoulli(p), gets one loss per
  * mask, standardises the losses within the step (sample std), and takes an Adam step on Σ_s R_s (M_s − p)
- * (zero where p is clipped), minimising the expected loss. Model-free: the loss comes from a callback, so
- * the optimiser is tested on synthetic objectives.
+ * (zero where p is clipped), minimising the expected loss.
+ *
+ * Where REINFORCE updates: `updatePolicy` (losses → rewards → gradient → Adam step on θ), called once per step
+ * by `runReinforce`, which draws the item and the masks; `readoutMask` picks the final mask. Model-free: the loss
+ * comes from a callback (reinforce-loss.ts on the model), so the optimiser is tested on synthetic objectives.
  */
 import { Rng } from '../util/rng.js';
 
@@ -70,7 +73,7 @@ export interface RunHooks {
 
 /** Runs steps from `state` (a fresh or resumed one) up to opts.steps; mutates and returns the state. */
 export async function runReinforce(
-  n: number,
+  nHeads: number,
   nItems: number,
   loss: MaskLoss,
   opts: ReinforceOptions,
@@ -84,28 +87,44 @@ export async function runReinforce(
     const item = rng.int(nItems);
     const masks = Array.from({ length: opts.samples }, () => Uint8Array.from(p, (pi) => (rng.uniform() < pi ? 1 : 0)));
     const losses = await loss(item, masks);
-    const mean = losses.reduce((a, b) => a + b, 0) / losses.length;
-    const std = Math.sqrt(losses.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(1, losses.length - 1));
-    const rewards = losses.map((l) => (l - mean) / (std + 1e-8));
-    const t = state.step + 1;
-    for (let i = 0; i < n; i++) {
-      const raw = sigmoid(state.theta[i]!);
-      if (raw < opts.clip || raw > 1 - opts.clip) continue; // clipped: no gradient, no moment update
-      let g = 0;
-      for (let s = 0; s < masks.length; s++) g += rewards[s]! * (masks[s]![i]! - p[i]!);
-      state.m[i] = opts.beta1 * state.m[i]! + (1 - opts.beta1) * g;
-      state.v[i] = opts.beta2 * state.v[i]! + (1 - opts.beta2) * g * g;
-      const mHat = state.m[i]! / (1 - opts.beta1 ** t),
-        vHat = state.v[i]! / (1 - opts.beta2 ** t);
-      state.theta[i]! -= (opts.lr * mHat) / (Math.sqrt(vHat) + opts.adamEps);
-    }
-    state.step = t;
+    const meanLoss = updatePolicy(state, { heads: nHeads, p, masks, losses }, opts);
+    state.step += 1;
     state.rng = rng.state;
-    state.history.push({ step: t, item, meanLoss: mean, expectedHeads: p.reduce((a, b) => a + b, 0) });
+    state.history.push({ step: state.step, item, meanLoss, expectedHeads: p.reduce((a, b) => a + b, 0) });
     hooks.onStep?.(state);
     if (hooks.shouldStop?.()) break;
   }
   return state;
+}
+
+/**
+ * The REINFORCE update of one step: the losses of the step's masks (drawn from p) are standardised within the step
+ * into rewards R_s = (ℓ_s − mean) / (std + 1e-8); each head's gradient is Σ_s R_s (M_s[i] − p[i]); Adam moves θ
+ * against it (the expected loss is minimised). A head whose σ(θ) is clipped gets no gradient and keeps its moments.
+ * Mutates θ and the Adam moments of `state` (not its step count); returns the step's mean loss.
+ */
+function updatePolicy(
+  state: ReinforceState,
+  step: { heads: number; p: number[]; masks: Uint8Array[]; losses: number[] },
+  opts: ReinforceOptions,
+): number {
+  const { heads, p, masks, losses } = step;
+  const mean = losses.reduce((a, b) => a + b, 0) / losses.length;
+  const std = Math.sqrt(losses.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(1, losses.length - 1));
+  const rewards = losses.map((l) => (l - mean) / (std + 1e-8));
+  const t = state.step + 1; // Adam's bias correction counts this step
+  for (let i = 0; i < heads; i++) {
+    const raw = sigmoid(state.theta[i]!);
+    if (raw < opts.clip || raw > 1 - opts.clip) continue; // clipped: no gradient, no moment update
+    let g = 0;
+    for (let s = 0; s < masks.length; s++) g += rewards[s]! * (masks[s]![i]! - p[i]!);
+    state.m[i] = opts.beta1 * state.m[i]! + (1 - opts.beta1) * g;
+    state.v[i] = opts.beta2 * state.v[i]! + (1 - opts.beta2) * g * g;
+    const mHat = state.m[i]! / (1 - opts.beta1 ** t),
+      vHat = state.v[i]! / (1 - opts.beta2 ** t);
+    state.theta[i]! -= (opts.lr * mHat) / (Math.sqrt(vHat) + opts.adamEps);
+  }
+  return mean;
 }
 
 /**

@@ -5,7 +5,8 @@ import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type Example } from '../../src/data/examples.js';
 import { extractMeans, planPasses } from '../../src/arm/means.js';
 import { denoiseMeans } from '../../src/arm/denoise.js';
-import { fitActivationRM, FitInterrupted, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
+import { fitActivationRM, FitInterrupted, judgeItems } from '../../src/arm/fit.js';
+import { reinforceLoss } from '../../src/arm/reinforce-loss.js';
 import { ActivationRM } from '../../src/arm/rm.js';
 import { makeTemplate, render, resolveAnswerTokens } from '../../src/arm/template.js';
 import { loadCriterion } from '../../src/arm/criterion.js';
@@ -232,7 +233,15 @@ it('the shared-prefix REINFORCE step gives the same per-mask losses as full forw
   const items = judgeItems(examples, 'scalar');
   const answers = resolveAnswerTokens(decoder.tokenizer, template, items[0]!).primary;
   const mu = Float32Array.from({ length: L * H * decoder.spec.headDim }, (_, i) => Math.sin(i));
-  const loss = reinforceLoss(decoder, items, template, answers, mu, 'replace', 512, 1 << 20);
+  const loss = reinforceLoss(decoder, {
+    items,
+    template,
+    answerIds: answers,
+    mu,
+    mode: 'replace',
+    maxLength: 512,
+    cacheBytes: 1 << 20,
+  });
   const masks = Array.from({ length: 6 }, (_, s) =>
     Uint8Array.from({ length: L * H }, (_, i) => ((i + s) % 3 === 0 ? 1 : 0)),
   );

@@ -9,7 +9,8 @@ import { Decoder } from '../../src/model/decoder.js';
 import { commonPrefix, forEachLastLogits, type ImageSequence } from '../../src/model/batch.js';
 import { DataError, readExamples, type Example, type PairExample } from '../../src/data/examples.js';
 import { buildProbe } from '../../src/data/bias-probe.js';
-import { fitActivationRM, FitInterrupted, judgeItems, reinforceLoss } from '../../src/arm/fit.js';
+import { fitActivationRM, FitInterrupted, judgeItems } from '../../src/arm/fit.js';
+import { reinforceLoss } from '../../src/arm/reinforce-loss.js';
 import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
 import {
   clearImageRowsCache,
@@ -419,7 +420,16 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
     const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
     const mu = Float32Array.from({ length: L * H * d }, (_, i) => Math.sin(i) * 0.5);
     const answer: [number, number] = [decoder.tokenizer.tokenId('Yes')!, decoder.tokenizer.tokenId('No')!];
-    const loss = reinforceLoss(decoder, items, template, answer, mu, 'replace', 256, 2 ** 26, images);
+    const loss = reinforceLoss(decoder, {
+      items,
+      template,
+      answerIds: answer,
+      mu,
+      mode: 'replace',
+      maxLength: 256,
+      cacheBytes: 2 ** 26,
+      images,
+    });
     const masks = [new Uint8Array(L * H), Uint8Array.from({ length: L * H }, (_, i) => (i % 3 === 0 ? 1 : 0))];
     const got = await loss(1, masks);
     const seq = await images.place(
