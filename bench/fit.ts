@@ -13,7 +13,8 @@
  */
 import os from 'node:os';
 import { Decoder } from '../src/model/decoder.js';
-import { fitActivationRM, judgeItems, reinforceLoss } from '../src/arm/fit.js';
+import { fitActivationRM, judgeItems } from '../src/arm/fit.js';
+import { reinforceLoss } from '../src/arm/reinforce-loss.js';
 import { DEFAULT_PASSES_PER_DEMO_SET, extractMeans } from '../src/arm/means.js';
 import { makeTemplate, render, resolveAnswerTokens } from '../src/arm/template.js';
 import { REINFORCE_DEFAULTS } from '../src/arm/reinforce.js';
@@ -87,7 +88,15 @@ const perIndependentPassS = seconds(t0) / MEASURED.passes;
 const answers = resolveAnswerTokens(tokenizer, template, items[0]!).primary;
 const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
 const mu = Float32Array.from({ length: L * H * d }, () => 0.01 * rng.normal());
-const loss = reinforceLoss(decoder, items, template, answers, mu, 'replace', 4096, 2 ** 30);
+const loss = reinforceLoss(decoder, {
+  items,
+  template,
+  answerIds: answers,
+  mu,
+  mode: 'replace',
+  maxLength: 4096,
+  cacheBytes: 2 ** 30,
+});
 const masks = (n: number) =>
   Array.from({ length: n }, () => Uint8Array.from({ length: L * H }, () => (rng.uniform() < 0.27 ? 1 : 0)));
 t0 = performance.now();
