@@ -34,12 +34,9 @@
  */
 import { GraphBuilder } from './graph-builder.js';
 import { INT64_MAX, linearOf, tensorOf, visionOps, type VisionOps, type VisionWeightSource } from './vision-ops.js';
-import { qwenVisionPatchPositions } from '../vision/qwen-processor.js';
-import { ModelError } from '../errors.js';
 import type { QwenVisionSpec } from '../families/types.js';
 
 export const QWEN_VISION_GRAPH_VERSION = 'vision-qwen/2'; // 2: full attention fused (flash), no [H, N, N] scores
-const MASKED = -1e9;
 
 /** Graph-side names of the tower's weights. */
 export const QW = {
@@ -154,40 +151,85 @@ export function emitQwenVisionGraph(
   opts: QwenVisionGraphOptions = {},
 ): GraphBuilder {
   const g = new GraphBuilder(18);
-  const o: VisionOps = visionOps(g, weight);
-  const { i64 } = o;
-  const { hiddenSize: D, numHeads: H, headDim: d, outHiddenSize: O } = spec;
-  const mergedWidth = spec.mergeSize * spec.mergeSize * D;
+  const o = visionOps(g, weight);
   const K = spec.inChannels * spec.temporalPatchSize * spec.patchSize * spec.patchSize;
   const hasWindows = spec.windowSize !== null && spec.fullAttentionBlocks.length < spec.depth;
-  // LayerNorm (with bias) or RMSNorm (the bias name is then unused).
-  const norm = (x: string, wName: string, bName: string, out: string) =>
-    spec.norm === 'layernorm'
-      ? o.layerNorm(x, wName, bName, spec.normEps, out)
-      : o.rmsNorm(x, wName, spec.normEps, out);
-
   const pixels = g.input('pixel_values', 'FLOAT', ['patches', K]);
   const positions = g.input('patch_positions', 'INT64', ['patches', 2]);
-  const windowGather = hasWindows ? g.input('window_gather', 'INT64', ['windows', 'window_len']) : null;
-  const windowKeyBias = hasWindows ? g.input('window_key_bias', 'FLOAT', ['windows', 1, 1, 'window_len']) : null;
-  const windowScatter = hasWindows ? g.input('window_scatter', 'INT64', ['patches']) : null;
-
-  // ---- patch embedding: the Conv3d with stride = kernel is one MatMul per flattened patch ----
-  let x = o.linear(pixels, QW.patch, spec.patchBias ? QW.patchBias : null, 'patch_embed'); // [N,D]
-  if (spec.numPositionEmbeddings > 0) {
-    const index = g.input('pos_embed_index', 'INT64', ['patches', 4]);
-    const weights = g.input('pos_embed_weight', 'FLOAT', ['patches', 4]);
-    const corners = g.op('Gather', [o.w(QW.posEmbed), index], { axis: 0 }); // [N,4,D]
-    const posEmbed = g.op(
-      'ReduceSum',
-      [g.op('Mul', [corners, g.op('Unsqueeze', [weights, i64([2])])]), i64([1])],
-      { keepdims: 0 },
-      'pos_embed',
-    );
-    x = g.op('Add', [x, posEmbed], {}, 'embeddings'); // [N,D]
+  const windows = hasWindows
+    ? {
+        gather: g.input('window_gather', 'INT64', ['windows', 'window_len']),
+        keyBias: g.input('window_key_bias', 'FLOAT', ['windows', 1, 1, 'window_len']),
+        scatter: g.input('window_scatter', 'INT64', ['patches']),
+      }
+    : null;
+  let x = emitPatchEmbedding(o, spec, pixels); // [N,D]
+  const c: QwenTowerContext = { o, spec, rotary: emitRotaryTables(o, spec, positions), windows, opts };
+  const deepstack: string[] = [];
+  for (let l = 0; l < spec.depth; l++) {
+    x = emitQwenBlock(c, l, x);
+    const ds = spec.deepstackBlocks.indexOf(l);
+    if (ds >= 0) deepstack.push(emitDeepstackMerger(c, ds, x));
   }
+  const mergerIn = g.op(
+    'Reshape',
+    [qwenNorm(c, x, QW.merger('merger', 'norm'), QW.merger('merger', 'norm_bias'), 'merger.ln'), mergedRows(c)],
+    {},
+    'merger.in',
+  );
+  emitMergerMlp(c, mergerIn, 'merger', 'image_embeds');
+  g.output('image_embeds', 'FLOAT', ['tokens', spec.outHiddenSize]);
+  deepstack.forEach((name) => g.output(name, 'FLOAT', ['tokens', spec.outHiddenSize]));
+  return g;
+}
 
-  // ---- 2-D rotary: the first d/4 frequencies turn with the row, the next d/4 with the column, twice ----
+/** What the block emitters share. */
+interface QwenTowerContext {
+  readonly o: VisionOps;
+  readonly spec: QwenVisionSpec;
+  /** cos and sin of the 2-D rotary angles [N, 1, d]. */
+  readonly rotary: { readonly cos: string; readonly sin: string };
+  /** Qwen2.5-VL's window inputs; null when every block attends over the whole image. */
+  readonly windows: { readonly gather: string; readonly keyBias: string; readonly scatter: string } | null;
+  readonly opts: QwenVisionGraphOptions;
+}
+
+/** LayerNorm (with bias) or RMSNorm (the bias name is then unused). */
+function qwenNorm(c: QwenTowerContext, x: string, weightName: string, biasName: string, out: string): string {
+  return c.spec.norm === 'layernorm'
+    ? c.o.layerNorm(x, weightName, biasName, c.spec.normEps, out)
+    : c.o.rmsNorm(x, weightName, c.spec.normEps, out);
+}
+
+/** The int64 shape [-1, m²·D]: m×m neighbouring rows side by side, as the mergers read them. */
+function mergedRows(c: QwenTowerContext): string {
+  return c.o.i64([-1, c.spec.mergeSize * c.spec.mergeSize * c.spec.hiddenSize]);
+}
+
+/**
+ * The Conv3d with stride = kernel is one MatMul per flattened patch → [N, D]; Qwen3-VL adds its learned position
+ * grid, bilinearly interpolated to the image (inputs pos_embed_index / pos_embed_weight).
+ */
+function emitPatchEmbedding(o: VisionOps, spec: QwenVisionSpec, pixels: string): string {
+  const { g, i64 } = o;
+  const x = o.linear(pixels, QW.patch, spec.patchBias ? QW.patchBias : null, 'patch_embed'); // [N,D]
+  if (spec.numPositionEmbeddings === 0) return x;
+  const index = g.input('pos_embed_index', 'INT64', ['patches', 4]);
+  const weights = g.input('pos_embed_weight', 'FLOAT', ['patches', 4]);
+  const corners = g.op('Gather', [o.w(QW.posEmbed), index], { axis: 0 }); // [N,4,D]
+  const posEmbed = g.op(
+    'ReduceSum',
+    [g.op('Mul', [corners, g.op('Unsqueeze', [weights, i64([2])])]), i64([1])],
+    { keepdims: 0 },
+    'pos_embed',
+  );
+  return g.op('Add', [x, posEmbed], {}, 'embeddings'); // [N,D]
+}
+
+/** 2-D rotary: the first d/4 frequencies turn with the row, the next d/4 with the column, twice → cos, sin. */
+function emitRotaryTables(o: VisionOps, spec: QwenVisionSpec, positions: string): { cos: string; sin: string } {
+  const { g, i64 } = o;
+  const d = spec.headDim;
   const quarter = d / 4;
   const invFreq = Array.from({ length: quarter }, (_, j) => 1 / spec.ropeTheta ** ((2 * j) / (d / 2)));
   const angles = g.op('Mul', [
@@ -196,195 +238,113 @@ export function emitQwenVisionGraph(
   ]); // [N,2,d/4]
   const halfAngles = g.op('Reshape', [angles, i64([0, d / 2])]); // [N,d/2]
   const emb = g.op('Unsqueeze', [g.op('Concat', [halfAngles, halfAngles], { axis: -1 }), i64([1])]); // [N,1,d]
-  const cos = g.op('Cos', [emb], {}, 'rope.cos');
-  const sin = g.op('Sin', [emb], {}, 'rope.sin');
-  const rotary = (t: string, name: string) => {
-    const t1 = g.op('Slice', [t, i64([0]), i64([d / 2]), i64([-1])]);
-    const t2 = g.op('Slice', [t, i64([d / 2]), i64([INT64_MAX]), i64([-1])]);
-    const rotated = g.op('Concat', [g.op('Neg', [t2]), t1], { axis: -1 });
-    return g.op('Add', [g.op('Mul', [t, cos]), g.op('Mul', [rotated, sin])], {}, name); // [N,H,d]
-  };
-
-  const scale = 1 / Math.sqrt(d);
-  // Whole-image attention over [N,H,d] rows. Fused: the rows as one batch of N tokens with H·d features, in
-  // flash-attention tiles (vision-ops.ts), so peak memory does not grow with N²; explicit: one batch of H heads.
-  const fullAttention =
-    opts.fullAttention === 'explicit'
-      ? (q: string, k: string, v: string, p: string) => {
-          // [1,H,N,d]
-          const asBatch = (t: string) => g.op('Unsqueeze', [g.op('Transpose', [t], { perm: [1, 0, 2] }), i64([0])]);
-          const mixed = o.attention(asBatch(q), asBatch(k), asBatch(v), scale, null, `${p}.attn.pattern`); // [1,H,N,d]
-          return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] }); // [N,H,d]
-        }
-      : (q: string, k: string, v: string, p: string) => {
-          const asTokens = (t: string) => g.op('Reshape', [t, i64([1, -1, D])]); // [1,N,H·d]
-          // [1,N,H·d]
-          const mixed = o.fusedAttention(asTokens(q), asTokens(k), asTokens(v), H, scale, `${p}.attn.fused`);
-          return g.op('Reshape', [mixed, i64([-1, H, d])]); // [N,H,d]
-        };
-  // Window attention: rows gathered into [Wn,Wl] windows (padding keys masked), results scattered back.
-  const windowAttention = (q: string, k: string, v: string, p: string) => {
-    const asWindows = (t: string) =>
-      g.op('Transpose', [g.op('Gather', [t, windowGather!], { axis: 0 })], { perm: [0, 2, 1, 3] }); // [Wn,H,Wl,d]
-    // [Wn,H,Wl,d]
-    const mixed = o.attention(asWindows(q), asWindows(k), asWindows(v), scale, windowKeyBias, `${p}.attn.pattern`);
-    const rows = g.op('Reshape', [g.op('Transpose', [mixed], { perm: [0, 2, 1, 3] }), i64([-1, H, d])]); // [Wn·Wl,H,d]
-    return g.op('Gather', [rows, windowScatter!], { axis: 0 }); // [N,H,d]
-  };
-
-  const deepstack: string[] = [];
-  const mergerMlp = (input: string, m: string, out: string) => {
-    // [N/m²,m²D]
-    const hidden = o.act(o.linear(input, QW.merger(m, 'fc1'), QW.merger(m, 'fc1_bias')), 'gelu', `${m}.hidden`);
-    return o.linear(hidden, QW.merger(m, 'fc2'), QW.merger(m, 'fc2_bias'), out); // [N/m²,O]
-  };
-  const fullBlocks = new Set(spec.fullAttentionBlocks);
-  for (let l = 0; l < spec.depth; l++) {
-    const p = `blocks.${l}`;
-    const h = norm(x, QW.norm1(l), QW.norm1Bias(l), `${p}.ln1`);
-    const qkv = g.op('Reshape', [o.linear(h, QW.qkv(l), QW.qkvBias(l)), i64([0, 3, H, d])]); // [N,3,H,d]
-    // [N,H,d]
-    const part = (i: number) => g.op('Squeeze', [g.op('Slice', [qkv, i64([i]), i64([i + 1]), i64([1])]), i64([1])]);
-    const q = rotary(part(0), `${p}.attn.q`);
-    const k = rotary(part(1), `${p}.attn.k`);
-    const v = g.op('Identity', [part(2)], {}, `${p}.attn.v`);
-    const mixed = hasWindows && !fullBlocks.has(l) ? windowAttention(q, k, v, p) : fullAttention(q, k, v, p);
-    const z = g.op('Reshape', [mixed, i64([0, D])], {}, `${p}.attn.z`); // [N,H·d]
-    x = g.op('Add', [x, o.linear(z, QW.proj(l), QW.projBias(l), `${p}.attn.out`)], {}, `${p}.resid_mid`);
-    const h2 = norm(x, QW.norm2(l), QW.norm2Bias(l), `${p}.ln2`);
-    let mlpOut: string;
-    if (spec.gatedMlp) {
-      const gateUp = o.linear(h2, QW.gateUp(l), QW.gateUpBias(l)); // [N,2F]
-      const [gate, up] = g.opMulti(
-        'Split',
-        [gateUp, i64([spec.intermediateSize, spec.intermediateSize])],
-        { axis: 1 },
-        2,
-      );
-      mlpOut = o.linear(g.op('Mul', [o.act(gate!, spec.activation), up!]), QW.fc2(l), QW.fc2Bias(l), `${p}.mlp.out`);
-    } else {
-      mlpOut = o.linear(
-        o.act(o.linear(h2, QW.fc1(l), QW.fc1Bias(l)), spec.activation),
-        QW.fc2(l),
-        QW.fc2Bias(l),
-        `${p}.mlp.out`,
-      );
-    }
-    x = g.op('Add', [x, mlpOut], {}, `${p}.resid_post`); // [N,D]
-    const ds = spec.deepstackBlocks.indexOf(l);
-    if (ds >= 0) {
-      // DeepStack mergers normalise after the 2×2 shuffle (over m²·D), the main merger before it (over D).
-      const m = `deepstack.${ds}`;
-      const shuffled = g.op('Reshape', [x, i64([-1, mergedWidth])]); // [N/m²,m²D]
-      const normed = o.layerNorm(shuffled, QW.merger(m, 'norm'), QW.merger(m, 'norm_bias'), spec.normEps, `${m}.in`);
-      deepstack.push(mergerMlp(normed, m, m));
-    }
-  }
-  const mergerIn = g.op(
-    'Reshape',
-    [norm(x, QW.merger('merger', 'norm'), QW.merger('merger', 'norm_bias'), 'merger.ln'), i64([-1, mergedWidth])],
-    {},
-    'merger.in',
-  );
-  mergerMlp(mergerIn, 'merger', 'image_embeds');
-  g.output('image_embeds', 'FLOAT', ['tokens', O]);
-  deepstack.forEach((name) => g.output(name, 'FLOAT', ['tokens', O]));
-  return g;
+  return { cos: g.op('Cos', [emb], {}, 'rope.cos'), sin: g.op('Sin', [emb], {}, 'rope.sin') };
 }
 
-/** Feeds for one image besides pixel_values, as int64/float32 arrays with their shapes. */
-export interface QwenVisionFeeds {
-  readonly patchPositions: BigInt64Array; // [N, 2]
-  readonly window?: {
-    gather: BigInt64Array;
-    keyBias: Float32Array;
-    scatter: BigInt64Array;
-    windows: number;
-    windowLen: number;
-  };
-  readonly posEmbed?: { index: BigInt64Array; weight: Float32Array }; // [N, 4] each
+/** t [N, H, d] turned by the rotary tables; the result is named `name`. */
+function applyRotary(c: QwenTowerContext, t: string, name: string): string {
+  const { g, i64 } = c.o;
+  const d = c.spec.headDim;
+  const t1 = g.op('Slice', [t, i64([0]), i64([d / 2]), i64([-1])]);
+  const t2 = g.op('Slice', [t, i64([d / 2]), i64([INT64_MAX]), i64([-1])]);
+  const rotated = g.op('Concat', [g.op('Neg', [t2]), t1], { axis: -1 });
+  return g.op('Add', [g.op('Mul', [t, c.rotary.cos]), g.op('Mul', [rotated, c.rotary.sin])], {}, name); // [N,H,d]
 }
 
-/** The graph's grid-dependent inputs for an image of `gridThw` (patches), computed as transformers does. */
-export function qwenVisionFeeds(spec: QwenVisionSpec, gridThw: readonly [number, number, number]): QwenVisionFeeds {
-  const [t, gh, gw] = gridThw;
-  const ms = spec.mergeSize;
-  if (t !== 1)
-    throw new ModelError(
-      `vision tower: grid ${t}×${gh}×${gw} has ${t} temporal patches; only still images (1) are supported`,
-    );
-  if (gh % ms !== 0 || gw % ms !== 0)
-    throw new ModelError(`vision tower: grid ${gh}×${gw} is not divisible by the spatial merge size ${ms}`);
-  const pos = qwenVisionPatchPositions(gridThw, ms); // [N,2]
-  const N = gh * gw;
-  const feeds: { -readonly [K in keyof QwenVisionFeeds]: QwenVisionFeeds[K] } = {
-    patchPositions: BigInt64Array.from(pos, (v) => BigInt(v)),
-  };
-  if (spec.windowSize !== null && spec.fullAttentionBlocks.length < spec.depth)
-    feeds.window = qwenWindows(spec, gh, gw);
-  if (spec.numPositionEmbeddings > 0) {
-    const side = Math.round(Math.sqrt(spec.numPositionEmbeddings));
-    const lin = (steps: number) =>
-      Array.from({ length: steps }, (_, i) => (steps === 1 ? 0 : (i * (side - 1)) / (steps - 1)));
-    const hs = lin(gh),
-      ws = lin(gw);
-    const index = new BigInt64Array(N * 4);
-    const weight = new Float32Array(N * 4);
-    for (let i = 0; i < N; i++) {
-      const hIdx = hs[pos[2 * i]!]!,
-        wIdx = ws[pos[2 * i + 1]!]!;
-      const h0 = Math.floor(hIdx),
-        w0 = Math.floor(wIdx);
-      const h1 = Math.min(h0 + 1, side - 1),
-        w1 = Math.min(w0 + 1, side - 1);
-      const dh = hIdx - h0,
-        dw = wIdx - w0;
-      const corners = [
-        [h0, w0, (1 - dh) * (1 - dw)],
-        [h0, w1, (1 - dh) * dw],
-        [h1, w0, dh * (1 - dw)],
-        [h1, w1, dh * dw],
-      ] as const;
-      corners.forEach(([r, c, wt], k) => {
-        index[4 * i + k] = BigInt(r * side + c);
-        weight[4 * i + k] = wt;
-      });
-    }
-    feeds.posEmbed = { index, weight };
-  }
-  return feeds;
+/** One ViT block on x [N, D]: x += attention(norm1(x)); x += mlp(norm2(x)). */
+function emitQwenBlock(c: QwenTowerContext, l: number, x: string): string {
+  const { g } = c.o;
+  const p = `blocks.${l}`;
+  const z = emitQwenAttention(c, l, qwenNorm(c, x, QW.norm1(l), QW.norm1Bias(l), `${p}.ln1`)); // [N,H·d]
+  const mid = g.op('Add', [x, c.o.linear(z, QW.proj(l), QW.projBias(l), `${p}.attn.out`)], {}, `${p}.resid_mid`);
+  const mlpOut = emitQwenMlp(c, l, qwenNorm(c, mid, QW.norm2(l), QW.norm2Bias(l), `${p}.ln2`));
+  return g.op('Add', [mid, mlpOut], {}, `${p}.resid_post`); // [N,D]
+}
+
+/** Block l's attention on its normed input h [N, D]: rotary q and k, window or whole-image attention → z [N, H·d]. */
+function emitQwenAttention(c: QwenTowerContext, l: number, h: string): string {
+  const { g, i64 } = c.o;
+  const { numHeads: H, headDim: d, hiddenSize: D } = c.spec;
+  const p = `blocks.${l}`;
+  const qkv = g.op('Reshape', [c.o.linear(h, QW.qkv(l), QW.qkvBias(l)), i64([0, 3, H, d])]); // [N,3,H,d]
+  // [N,H,d]
+  const part = (i: number) => g.op('Squeeze', [g.op('Slice', [qkv, i64([i]), i64([i + 1]), i64([1])]), i64([1])]);
+  const q = applyRotary(c, part(0), `${p}.attn.q`);
+  const k = applyRotary(c, part(1), `${p}.attn.k`);
+  const v = g.op('Identity', [part(2)], {}, `${p}.attn.v`);
+  const windowed = c.windows !== null && !c.spec.fullAttentionBlocks.includes(l);
+  const mixed = windowed ? windowAttention(c, { q, k, v }, p) : fullAttention(c, { q, k, v }, p); // [N,H,d]
+  return g.op('Reshape', [mixed, i64([0, D])], {}, `${p}.attn.z`); // [N,H·d]
 }
 
 /**
- * Qwen2.5-VL's windows: merged units (m×m patches) grouped into squares of window_size / (patch·merge) units,
- * row-major from the top-left; edge windows are smaller. Rows keep their merger order inside a window.
+ * Whole-image attention over [N, H, d] rows. Fused: the rows as one batch of N tokens with H·d features, in
+ * flash-attention tiles (vision-ops.ts), so peak memory does not grow with N²; explicit: one batch of H heads.
  */
-function qwenWindows(spec: QwenVisionSpec, gh: number, gw: number): NonNullable<QwenVisionFeeds['window']> {
-  const ms = spec.mergeSize;
-  const unitsPerWindow = spec.windowSize! / spec.patchSize / ms;
-  const uh = gh / ms,
-    uw = gw / ms;
-  const wRows = Math.ceil(uh / unitsPerWindow),
-    wCols = Math.ceil(uw / unitsPerWindow);
-  const members: number[][] = Array.from({ length: wRows * wCols }, () => []);
-  for (let r = 0; r < uh; r++) {
-    for (let c = 0; c < uw; c++) {
-      const win = Math.floor(r / unitsPerWindow) * wCols + Math.floor(c / unitsPerWindow);
-      const unit = r * uw + c;
-      for (let j = 0; j < ms * ms; j++) members[win]!.push(unit * ms * ms + j);
-    }
+function fullAttention(c: QwenTowerContext, t: { q: string; k: string; v: string }, p: string): string {
+  const { g, i64 } = c.o;
+  const { numHeads: H, headDim: d, hiddenSize: D } = c.spec;
+  const scale = 1 / Math.sqrt(d);
+  if (c.opts.fullAttention === 'explicit') {
+    // [1,H,N,d]
+    const asBatch = (x: string) => g.op('Unsqueeze', [g.op('Transpose', [x], { perm: [1, 0, 2] }), i64([0])]);
+    const mixed = c.o.attention(asBatch(t.q), asBatch(t.k), asBatch(t.v), scale, null, `${p}.attn.pattern`);
+    return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] }); // [N,H,d]
   }
-  const windows = members.filter((w) => w.length > 0);
-  const windowLen = Math.max(...windows.map((w) => w.length));
-  const gather = new BigInt64Array(windows.length * windowLen);
-  const keyBias = new Float32Array(windows.length * windowLen).fill(MASKED);
-  const scatter = new BigInt64Array(gh * gw);
-  windows.forEach((rows, wi) =>
-    rows.forEach((row, j) => {
-      gather[wi * windowLen + j] = BigInt(row);
-      keyBias[wi * windowLen + j] = 0;
-      scatter[row] = BigInt(wi * windowLen + j);
-    }),
+  const asTokens = (x: string) => g.op('Reshape', [x, i64([1, -1, D])]); // [1,N,H·d]
+  // [1,N,H·d]
+  const mixed = c.o.fusedAttention(asTokens(t.q), asTokens(t.k), asTokens(t.v), H, scale, `${p}.attn.fused`);
+  return g.op('Reshape', [mixed, i64([-1, H, d])]); // [N,H,d]
+}
+
+/** Window attention: rows gathered into [Wn, Wl] windows (padding keys masked), results scattered back. */
+function windowAttention(c: QwenTowerContext, t: { q: string; k: string; v: string }, p: string): string {
+  const { g, i64 } = c.o;
+  const { numHeads: H, headDim: d } = c.spec;
+  const windows = c.windows!;
+  const asWindows = (x: string) =>
+    g.op('Transpose', [g.op('Gather', [x, windows.gather], { axis: 0 })], { perm: [0, 2, 1, 3] }); // [Wn,H,Wl,d]
+  const scale = 1 / Math.sqrt(d);
+  // [Wn,H,Wl,d]
+  const mixed = c.o.attention(
+    asWindows(t.q),
+    asWindows(t.k),
+    asWindows(t.v),
+    scale,
+    windows.keyBias,
+    `${p}.attn.pattern`,
   );
-  return { gather, keyBias, scatter, windows: windows.length, windowLen };
+  const rows = g.op('Reshape', [g.op('Transpose', [mixed], { perm: [0, 2, 1, 3] }), i64([-1, H, d])]); // [Wn·Wl,H,d]
+  return g.op('Gather', [rows, windows.scatter], { axis: 0 }); // [N,H,d]
+}
+
+/** Block l's MLP on its normed input h [N, D]: SwiGLU gate/up/down (Qwen2.5-VL), else fc1 → act → fc2. */
+function emitQwenMlp(c: QwenTowerContext, l: number, h: string): string {
+  const { g, i64 } = c.o;
+  const { spec } = c;
+  const out = `blocks.${l}.mlp.out`;
+  if (!spec.gatedMlp)
+    return c.o.linear(c.o.act(c.o.linear(h, QW.fc1(l), QW.fc1Bias(l)), spec.activation), QW.fc2(l), QW.fc2Bias(l), out);
+  const gateUp = c.o.linear(h, QW.gateUp(l), QW.gateUpBias(l)); // [N,2F]
+  const [gate, up] = g.opMulti('Split', [gateUp, i64([spec.intermediateSize, spec.intermediateSize])], { axis: 1 }, 2);
+  return c.o.linear(g.op('Mul', [c.o.act(gate!, spec.activation), up!]), QW.fc2(l), QW.fc2Bias(l), out);
+}
+
+/**
+ * DeepStack merger `ds` on a block's output x [N, D]: unlike the main merger, it normalises after the 2×2
+ * shuffle (over m²·D). Returns its output, graph output deepstack.{ds} [N/m², out].
+ */
+function emitDeepstackMerger(c: QwenTowerContext, ds: number, x: string): string {
+  const m = `deepstack.${ds}`;
+  const shuffled = c.o.g.op('Reshape', [x, mergedRows(c)]); // [N/m²,m²D]
+  const normed = c.o.layerNorm(shuffled, QW.merger(m, 'norm'), QW.merger(m, 'norm_bias'), c.spec.normEps, `${m}.in`);
+  return emitMergerMlp(c, normed, m, m);
+}
+
+/** A merger's MLP: [N/m², m²·D] → gelu → [N/m², out], named `out`. */
+function emitMergerMlp(c: QwenTowerContext, input: string, m: string, out: string): string {
+  const { o } = c;
+  // [N/m²,m²D]
+  const hidden = o.act(o.linear(input, QW.merger(m, 'fc1'), QW.merger(m, 'fc1_bias')), 'gelu', `${m}.hidden`);
+  return o.linear(hidden, QW.merger(m, 'fc2'), QW.merger(m, 'fc2_bias'), out); // [N/m²,O]
 }

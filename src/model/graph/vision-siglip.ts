@@ -28,12 +28,13 @@
  *   post_layernorm / head.*          pooled branch only
  */
 import { GraphBuilder } from './graph-builder.js';
-import { INT64_MAX, linearOf, tensorOf, visionOps, type VisionWeightSource } from './vision-ops.js';
+import { INT64_MAX, linearOf, tensorOf, visionOps, type VisionOps, type VisionWeightSource } from './vision-ops.js';
 import type { SiglipVisionSpec } from '../families/types.js';
 
 export const SIGLIP_VISION_GRAPH_VERSION = 'vision-siglip/2'; // 2: encoder attention fused (flash)
 
-export const SW = {
+/** Graph-side names of the tower's weights. */
+const SW = {
   patch: 'v.patch', // [D, C, P, P]  Conv kernel as stored
   patchBias: 'v.patch_bias',
   posEmbed: 'v.pos_embed', // [n, D]
@@ -84,23 +85,25 @@ export const LLAVA_PROJECTOR_PREFIXES = ['model.multi_modal_projector.', 'multi_
 export const LLAVA_IMAGE_NEWLINE = ['model.image_newline', 'image_newline'] as const;
 
 /** Encoder layers the graph must run: up to the deepest selected hidden state (all of them for `pooled`). */
-export function siglipLayersRun(spec: SiglipVisionSpec, pooled: boolean): number {
-  return pooled ? spec.numLayers : Math.max(...spec.featureLayers);
+function siglipLayersRun(spec: SiglipVisionSpec, opts: { pooled: boolean }): number {
+  return opts.pooled ? spec.numLayers : Math.max(...spec.featureLayers);
 }
 
+/** Which checkpoint tensor feeds each graph weight, for the tower's and projector's prefixes. */
 export function siglipVisionWeightSources(
   spec: SiglipVisionSpec,
-  tower: string,
-  projector: string,
-  pooled: boolean,
+  prefixes: { tower: string; projector: string },
+  opts: { pooled: boolean },
 ): Map<string, VisionWeightSource> {
+  const { tower, projector } = prefixes;
+  const { pooled } = opts;
   const m = new Map<string, VisionWeightSource>();
   const t = tower;
   const D = spec.hiddenSize;
   m.set(SW.patch, tensorOf(`${t}embeddings.patch_embedding.weight`));
   m.set(SW.patchBias, tensorOf(`${t}embeddings.patch_embedding.bias`));
   m.set(SW.posEmbed, tensorOf(`${t}embeddings.position_embedding.weight`));
-  for (let l = 0; l < siglipLayersRun(spec, pooled); l++) {
+  for (let l = 0; l < siglipLayersRun(spec, opts); l++) {
     const b = `${t}encoder.layers.${l}`;
     m.set(SW.ln1(l), tensorOf(`${b}.layer_norm1.weight`));
     m.set(SW.ln1Bias(l), tensorOf(`${b}.layer_norm1.bias`));
@@ -165,69 +168,113 @@ export function siglipExpectedShapes(spec: SiglipVisionSpec, tower: string, proj
 }
 
 export interface SiglipVisionGraphOptions {
+  /** Also emit SigLIP's attention-pooling head (output `pooled`); for parity checks only. */
+  readonly pooled?: boolean;
   /** 'fused' (default): encoder attention in onnxruntime's flash-attention kernel; 'explicit': whole score tensors. */
   readonly attention?: 'fused' | 'explicit';
 }
 
+/** Emits the tower; `weight(g, name)` registers graph weight `name` (SW) and returns its initializer. */
 export function emitSiglipVisionGraph(
   spec: SiglipVisionSpec,
   weight: (g: GraphBuilder, name: string) => string,
-  pooled = false,
   opts: SiglipVisionGraphOptions = {},
 ): GraphBuilder {
   const g = new GraphBuilder(18);
   const o = visionOps(g, weight);
   const { i64 } = o;
-  const { hiddenSize: D, numHeads: h, headDim: d, patchSize: P, imageSize: S } = spec;
+  const { hiddenSize: D, patchSize: P, imageSize: S } = spec;
   const n = (S / P) ** 2;
-  const scale = 1 / Math.sqrt(d);
-  const ln = (x: string, wName: string, bName: string, out?: string) =>
-    o.layerNorm(x, wName, bName, spec.layerNormEps, out);
-  // [T,n,D] → [T,h,n,d] and back.
-  const splitHeads = (x: string, name?: string) =>
-    g.op('Transpose', [g.op('Reshape', [x, i64([0, 0, h, d])])], { perm: [0, 2, 1, 3] }, name);
-  const mergeHeads = (x: string, name?: string) =>
-    g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), i64([0, 0, D])], {}, name);
-
+  const c: SiglipContext = { o, spec, explicitAttention: opts.attention === 'explicit' };
   const pixels = g.input('pixel_values', 'FLOAT', ['tiles', spec.numChannels, S, S]);
   // [T,D,S/P,S/P]
   const conv = g.op('Conv', [pixels, o.w(SW.patch), o.w(SW.patchBias)], { kernel_shape: [P, P], strides: [P, P] });
   const patches = g.op('Transpose', [g.op('Reshape', [conv, i64([0, D, n])])], { perm: [0, 2, 1] }); // [T,n,D]
   let x = g.op('Add', [patches, o.w(SW.posEmbed)], {}, 'embeddings');
   const hiddenStates = [x];
-  for (let l = 0; l < siglipLayersRun(spec, pooled); l++) {
-    const p = `layers.${l}`;
-    const qkv = o.linear(ln(x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l)); // [T,n,3D]
-    let z: string; // [T,n,D]
-    if (opts.attention === 'explicit') {
-      const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, 3);
-      const mixed = o.attention(
-        splitHeads(qf!, `${p}.attn.q`),
-        splitHeads(kf!, `${p}.attn.k`),
-        splitHeads(vf!, `${p}.attn.v`),
-        scale,
-        null,
-        `${p}.attn.pattern`,
-      );
-      z = mergeHeads(mixed, `${p}.attn.z`);
-    } else {
-      const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, [
-        `${p}.attn.q`,
-        `${p}.attn.k`,
-        `${p}.attn.v`,
-      ]);
-      z = o.fusedAttention(qf!, kf!, vf!, h, scale, `${p}.attn.z`);
-    }
-    const attnOut = o.linear(z, SW.out(l), SW.outBias(l), `${p}.attn.out`);
-    x = g.op('Add', [x, attnOut], {}, `${p}.resid_mid`);
-    const hidden = o.act(
-      o.linear(ln(x, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)),
-      spec.activation,
-    );
-    x = g.op('Add', [x, o.linear(hidden, SW.fc2(l), SW.fc2Bias(l), `${p}.mlp.out`)], {}, `${p}.resid_post`); // [T,n,D]
+  for (let l = 0; l < siglipLayersRun(spec, { pooled: opts.pooled === true }); l++) {
+    x = emitEncoderLayer(c, l, x); // [T,n,D]
     hiddenStates.push(x);
   }
-  const selected = spec.featureLayers.map((k) => hiddenStates[k]!);
+  emitProjector(
+    c,
+    spec.featureLayers.map((k) => hiddenStates[k]!),
+  );
+  g.output('image_features', 'FLOAT', ['tiles', spec.dropsFirstFeature ? n - 1 : n, spec.textHiddenSize]);
+  if (opts.pooled) {
+    emitPoolingHead(c, x);
+    g.output('pooled', 'FLOAT', ['tiles', D]);
+  }
+  return g;
+}
+
+/** What the layer emitters share. */
+interface SiglipContext {
+  readonly o: VisionOps;
+  readonly spec: SiglipVisionSpec;
+  readonly explicitAttention: boolean;
+}
+
+/** LayerNorm with the tower's epsilon. */
+function siglipNorm(c: SiglipContext, x: string, weightName: string, biasName: string, out?: string): string {
+  return c.o.layerNorm(x, weightName, biasName, c.spec.layerNormEps, out);
+}
+
+/** [T, n, D] → [T, h, n, d]. */
+function splitHeads(c: SiglipContext, x: string, name?: string): string {
+  const { g, i64 } = c.o;
+  return g.op(
+    'Transpose',
+    [g.op('Reshape', [x, i64([0, 0, c.spec.numHeads, c.spec.headDim])])],
+    { perm: [0, 2, 1, 3] },
+    name,
+  );
+}
+
+/** [T, h, n, d] → [T, n, D]. */
+function mergeHeads(c: SiglipContext, x: string, name?: string): string {
+  const { g, i64 } = c.o;
+  return g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), i64([0, 0, c.spec.hiddenSize])], {}, name);
+}
+
+/** Encoder layer l on x [T, n, D]: x += attention(ln1(x)); x += mlp(ln2(x)) (resid_post = hidden_states[l+1]). */
+function emitEncoderLayer(c: SiglipContext, l: number, x: string): string {
+  const { o, spec } = c;
+  const { g, i64 } = o;
+  const D = spec.hiddenSize;
+  const p = `layers.${l}`;
+  const qkv = o.linear(siglipNorm(c, x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l)); // [T,n,3D]
+  const scale = 1 / Math.sqrt(spec.headDim);
+  let z: string; // [T,n,D]
+  if (c.explicitAttention) {
+    const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, 3);
+    const mixed = o.attention(
+      splitHeads(c, qf!, `${p}.attn.q`),
+      splitHeads(c, kf!, `${p}.attn.k`),
+      splitHeads(c, vf!, `${p}.attn.v`),
+      scale,
+      null,
+      `${p}.attn.pattern`,
+    );
+    z = mergeHeads(c, mixed, `${p}.attn.z`);
+  } else {
+    const names = [`${p}.attn.q`, `${p}.attn.k`, `${p}.attn.v`];
+    const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, names);
+    z = o.fusedAttention(qf!, kf!, vf!, spec.numHeads, scale, `${p}.attn.z`);
+  }
+  const attnOut = o.linear(z, SW.out(l), SW.outBias(l), `${p}.attn.out`);
+  const mid = g.op('Add', [x, attnOut], {}, `${p}.resid_mid`);
+  const hidden = o.act(
+    o.linear(siglipNorm(c, mid, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)),
+    spec.activation,
+  );
+  return g.op('Add', [mid, o.linear(hidden, SW.fc2(l), SW.fc2Bias(l), `${p}.mlp.out`)], {}, `${p}.resid_post`);
+}
+
+/** The selected hidden states, concatenated ('features'), less the first ("default" strategy), projected. */
+function emitProjector(c: SiglipContext, selected: string[]): void {
+  const { o, spec } = c;
+  const { g, i64 } = o;
   let features =
     selected.length === 1
       ? g.op('Identity', selected, {}, 'features')
@@ -239,24 +286,25 @@ export function emitSiglipVisionGraph(
     'projector.hidden',
   );
   o.linear(projHidden, SW.proj2, spec.projectorBias ? SW.proj2Bias : null, 'image_features');
-  g.output('image_features', 'FLOAT', ['tiles', spec.dropsFirstFeature ? n - 1 : n, spec.textHiddenSize]);
+}
 
-  if (pooled) {
-    // Multihead attention pooling: one learned probe query attends over the tile's normalised tokens.
-    const normed = ln(x, SW.postLn, SW.postLnBias, 'post_layernorm'); // [T,n,D]
-    const query = o.linear(g.op('Reshape', [o.w(SW.headProbe), i64([1, 1, D])]), SW.headQ, SW.headQBias); // [1,1,D]
-    // [T,n,D] each
-    const [kf, vf] = g.opMulti('Split', [o.linear(normed, SW.headKv, SW.headKvBias), i64([D, D])], { axis: 2 }, 2);
-    // [T,h,1,d]
-    const mixed = o.attention(splitHeads(query), splitHeads(kf!), splitHeads(vf!), scale, null, 'head.pattern');
-    const attended = o.linear(mergeHeads(mixed), SW.headOut, SW.headOutBias, 'head.attn'); // [T,1,D]
-    const mlp = o.linear(
-      o.act(o.linear(ln(attended, SW.headLn, SW.headLnBias), SW.headFc1, SW.headFc1Bias), spec.activation),
-      SW.headFc2,
-      SW.headFc2Bias,
-    );
-    g.op('Squeeze', [g.op('Add', [attended, mlp]), i64([1])], {}, 'pooled'); // [T,D]
-    g.output('pooled', 'FLOAT', ['tiles', D]);
-  }
-  return g;
+/** Multihead attention pooling: one learned probe query attends over the tile's normalised tokens → pooled [T, D]. */
+function emitPoolingHead(c: SiglipContext, x: string): void {
+  const { o, spec } = c;
+  const { g, i64 } = o;
+  const D = spec.hiddenSize;
+  const scale = 1 / Math.sqrt(spec.headDim);
+  const normed = siglipNorm(c, x, SW.postLn, SW.postLnBias, 'post_layernorm'); // [T,n,D]
+  const query = o.linear(g.op('Reshape', [o.w(SW.headProbe), i64([1, 1, D])]), SW.headQ, SW.headQBias); // [1,1,D]
+  // [T,n,D] each
+  const [kf, vf] = g.opMulti('Split', [o.linear(normed, SW.headKv, SW.headKvBias), i64([D, D])], { axis: 2 }, 2);
+  // [T,h,1,d]
+  const mixed = o.attention(splitHeads(c, query), splitHeads(c, kf!), splitHeads(c, vf!), scale, null, 'head.pattern');
+  const attended = o.linear(mergeHeads(c, mixed), SW.headOut, SW.headOutBias, 'head.attn'); // [T,1,D]
+  const mlp = o.linear(
+    o.act(o.linear(siglipNorm(c, attended, SW.headLn, SW.headLnBias), SW.headFc1, SW.headFc1Bias), spec.activation),
+    SW.headFc2,
+    SW.headFc2Bias,
+  );
+  g.op('Squeeze', [g.op('Add', [attended, mlp]), i64([1])], {}, 'pooled'); // [T,D]
 }

@@ -27,9 +27,9 @@ import {
   QWEN_VISION_GRAPH_VERSION,
   QWEN_VISION_PREFIXES,
   qwenVisionExpectedShapes,
-  qwenVisionFeeds,
   qwenVisionWeightSources,
 } from '../graph/vision-qwen.js';
+import { qwenVisionFeeds } from './qwen-tower-feeds.js';
 import {
   emitSiglipVisionGraph,
   LLAVA_IMAGE_NEWLINE,
@@ -102,7 +102,7 @@ export class VisionTower {
     let fingerprint: string;
     let imageNewline: Float32Array | null = null;
     try {
-      const plan = spec.kind === 'qwen' ? qwenPlan(spec, ckpt) : siglipPlan(spec, ckpt, pooled);
+      const plan = spec.kind === 'qwen' ? qwenPlan(spec, ckpt) : siglipPlan(spec, ckpt, { pooled });
       prefix = plan.prefix;
       checkShapes(ckpt, plan.shapes);
       if (spec.kind === 'siglip') {
@@ -257,7 +257,8 @@ function qwenPlan(spec: QwenVisionSpec, ckpt: SafetensorsCheckpoint): Plan {
   };
 }
 
-function siglipPlan(spec: SiglipVisionSpec, ckpt: SafetensorsCheckpoint, pooled: boolean): Plan {
+function siglipPlan(spec: SiglipVisionSpec, ckpt: SafetensorsCheckpoint, opts: { pooled: boolean }): Plan {
+  const { pooled } = opts;
   const prefix = findPrefix(ckpt, SIGLIP_VISION_PREFIXES, 'embeddings.patch_embedding.weight', 'SigLIP vision tower');
   const projector = findPrefix(ckpt, LLAVA_PROJECTOR_PREFIXES, 'linear_1.weight', 'multi-modal projector');
   if (pooled && !ckpt.has(`${prefix}head.probe`))
@@ -267,8 +268,8 @@ function siglipPlan(spec: SiglipVisionSpec, ckpt: SafetensorsCheckpoint, pooled:
     projector,
     version: SIGLIP_VISION_GRAPH_VERSION,
     shapes: siglipExpectedShapes(spec, prefix, projector),
-    sources: siglipVisionWeightSources(spec, prefix, projector, pooled),
-    emit: (weight) => emitSiglipVisionGraph(spec, weight, pooled),
+    sources: siglipVisionWeightSources(spec, { tower: prefix, projector }, { pooled }),
+    emit: (weight) => emitSiglipVisionGraph(spec, weight, { pooled }),
   };
 }
 

@@ -24,7 +24,8 @@ import {
 } from '../../../src/model/checkpoint/safetensors.js';
 import { VisionTower } from '../../../src/model/vision/tower.js';
 import { ensureCachedVisionModel, VISION_MODEL_FILE } from '../../../src/model/cache/vision-cache.js';
-import { emitQwenVisionGraph, qwenVisionFeeds, qwenVisionWeightSources } from '../../../src/model/graph/vision-qwen.js';
+import { emitQwenVisionGraph, qwenVisionWeightSources } from '../../../src/model/graph/vision-qwen.js';
+import { qwenVisionFeeds } from '../../../src/model/vision/qwen-tower-feeds.js';
 import { visionSpecFromConfig } from '../../../src/model/families/vision-config.js';
 import type { QwenVisionSpec } from '../../../src/model/families/types.js';
 import { Rng } from '../../../src/util/rng.js';

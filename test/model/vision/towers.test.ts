@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { relativeError, renamedCheckpoint } from '../../helpers/image-text.js';
 import { VisionTower } from '../../../src/model/vision/tower.js';
-import { qwenVisionFeeds } from '../../../src/model/graph/vision-qwen.js';
+import { qwenVisionFeeds } from '../../../src/model/vision/qwen-tower-feeds.js';
 import { visionSpecFromConfig } from '../../../src/model/families/vision-config.js';
 import type { QwenVisionSpec } from '../../../src/model/families/types.js';
 import { decodeImage } from '../../../src/model/vision/image.js';
