@@ -17,7 +17,7 @@ export interface ChatMessage {
 }
 
 /** A content part as HF chat templates read them: `{type: "text", text}` or `{type: "image"}`. */
-export type ChatContentPart = { type: 'text'; text: string } | { type: 'image' };
+type ChatContentPart = { type: 'text'; text: string } | { type: 'image' };
 
 /**
  * A message of a judge prompt. Its text (`content`, or the text parts) is untrusted: it is tokenised as plain

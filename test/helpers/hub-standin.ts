@@ -12,7 +12,7 @@ import path from 'node:path';
 import type { AddressInfo } from 'node:net';
 import type { Socket } from 'node:net';
 
-export interface StandinBehaviour {
+interface StandinBehaviour {
   /** Bytes per second for file bodies, sent in slices every 100 ms. */
   throttleBytesPerSec?: number;
   /** `.safetensors` files answer 302 to the CDN host, with x-linked-size and x-linked-etag as the hub sends. */
@@ -34,7 +34,7 @@ export interface StandinBehaviour {
   only?: (file: string) => boolean;
 }
 
-export interface StandinRequest {
+interface StandinRequest {
   host: 'hub' | 'cdn';
   method: string;
   url: string;

@@ -263,30 +263,33 @@ describe('pre-quantised checkpoints', () => {
     },
   );
 
-  it('refuses act-order (desc_act, or a g_idx that is not k / group_size), other AWQ packings and methods', async () => {
-    expect(() =>
-      prequantSchemeFromConfig({
-        quantization_config: { quant_method: 'gptq', bits: 4, group_size: 32, desc_act: true },
-      }),
-    ).toThrow(/desc_act/);
-    expect(() =>
-      prequantSchemeFromConfig({
-        quantization_config: { quant_method: 'awq', bits: 4, group_size: 32, version: 'gemv' },
-      }),
-    ).toThrow(/gemm/);
-    expect(() => prequantSchemeFromConfig({ quantization_config: { quant_method: 'bitsandbytes' } })).toThrow(
-      /not supported/,
-    );
-    const dir = writeQuantisedTwin(four.floatDir, four.floats, four.quantised, 'gptq');
-    // Rewrite one g_idx in place: swap the groups of inputs 0 and 32.
-    const ckpt = SafetensorsCheckpoint.open(dir);
-    const info = ckpt.info('model.layers.0.self_attn.q_proj.g_idx');
-    ckpt.close();
-    const fd = fs.openSync(path.join(dir, 'model.safetensors'), 'r+');
-    fs.writeSync(fd, i32(Int32Array.of(1)), 0, 4, info.start);
-    fs.closeSync(fd);
-    await expect(Decoder.load(dir, { cacheDir, threads: 1 })).rejects.toThrow(/act-order/);
-  });
+  it(
+    'refuses act-order (desc_act, or a g_idx that is not k / group_size), ' + 'other AWQ packings and methods',
+    async () => {
+      expect(() =>
+        prequantSchemeFromConfig({
+          quantization_config: { quant_method: 'gptq', bits: 4, group_size: 32, desc_act: true },
+        }),
+      ).toThrow(/desc_act/);
+      expect(() =>
+        prequantSchemeFromConfig({
+          quantization_config: { quant_method: 'awq', bits: 4, group_size: 32, version: 'gemv' },
+        }),
+      ).toThrow(/gemm/);
+      expect(() => prequantSchemeFromConfig({ quantization_config: { quant_method: 'bitsandbytes' } })).toThrow(
+        /not supported/,
+      );
+      const dir = writeQuantisedTwin(four.floatDir, four.floats, four.quantised, 'gptq');
+      // Rewrite one g_idx in place: swap the groups of inputs 0 and 32.
+      const ckpt = SafetensorsCheckpoint.open(dir);
+      const info = ckpt.info('model.layers.0.self_attn.q_proj.g_idx');
+      ckpt.close();
+      const fd = fs.openSync(path.join(dir, 'model.safetensors'), 'r+');
+      fs.writeSync(fd, i32(Int32Array.of(1)), 0, 4, info.start);
+      fs.closeSync(fd);
+      await expect(Decoder.load(dir, { cacheDir, threads: 1 })).rejects.toThrow(/act-order/);
+    },
+  );
 
   it('names a qweight of the wrong shape', async () => {
     const q = new Map(four.quantised);

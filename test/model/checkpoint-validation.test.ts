@@ -87,7 +87,10 @@ describe('safetensors data section (reference rule: sorted by offset, contiguous
       24,
     );
     expect(open(file)).toThrow(
-      /model\.safetensors: tensor "b" data_offsets \[16, 24\] leave a hole: tensor "a" ends at 8; tensors must be contiguous/,
+      new RegExp(
+        String.raw`model\.safetensors: tensor "b" data_offsets \[16, 24\] leave a hole: tensor "a" ends at 8; ` +
+          String.raw`tensors must be contiguous`,
+      ),
     );
   });
 
@@ -99,7 +102,10 @@ describe('safetensors data section (reference rule: sorted by offset, contiguous
   it('trailing bytes after the last tensor', () => {
     const file = rawSafetensors(header([['a', 0, 8]]), 12);
     expect(open(file)).toThrow(
-      /model\.safetensors: the tensors end at data offset 8 but the data section holds 12 bytes; .*\(4 trailing bytes\)/,
+      new RegExp(
+        String.raw`model\.safetensors: the tensors end at data offset 8 but the data section holds 12 bytes; ` +
+          String.raw`.*\(4 trailing bytes\)`,
+      ),
     );
   });
 
@@ -225,7 +231,10 @@ describe('sharded index', () => {
     });
     expect(openDir(dir)).toThrow(ModelError);
     expect(openDir(dir)).toThrow(
-      /model\.safetensors\.index\.json: weight_map puts tensor "model\.norm\.weight" in "\.\.\/arm-ckpt-\w+-x\.safetensors", which is outside the model folder/,
+      new RegExp(
+        String.raw`model\.safetensors\.index\.json: weight_map puts tensor "model\.norm\.weight" in ` +
+          String.raw`"\.\.\/arm-ckpt-\w+-x\.safetensors", which is outside the model folder`,
+      ),
     );
     fs.rmSync(path.join(dir, outside));
   });
@@ -236,7 +245,10 @@ describe('sharded index', () => {
       m['model.norm.weight'] = path.join(dir, 'model-00001-of-00002.safetensors');
     });
     expect(openDir(dir)).toThrow(
-      /weight_map puts tensor "model\.norm\.weight" in ".*", which is outside the model folder.*relative paths inside it/,
+      new RegExp(
+        String.raw`weight_map puts tensor "model\.norm\.weight" in ".*", which is outside the model ` +
+          String.raw`folder.*relative paths inside it`,
+      ),
     );
   });
 
@@ -260,7 +272,8 @@ describe('sharded index', () => {
     });
     expect(openDir(dir)).toThrow(
       new RegExp(
-        `index\\.json: weight_map puts tensor "${name.replaceAll('.', '\\.')}" in "model-00001-of-00002\\.safetensors", but it is in "model-00002-of-00002\\.safetensors"`,
+        `index\\.json: weight_map puts tensor "${name.replaceAll('.', '\\.')}" in ` +
+          `"model-00001-of-00002\\.safetensors", but it is in "model-00002-of-00002\\.safetensors"`,
       ),
     );
   });
@@ -284,7 +297,8 @@ describe('sharded index', () => {
     expect(openDir(dir)).toThrow(/field "weight_map" must be an object of tensor name → shard file, got an array/);
     fs.writeFileSync(
       indexPath,
-      '{"weight_map":{"model.norm.weight":"model-00001-of-00002.safetensors","model.norm.weight":"model-00002-of-00002.safetensors"}}',
+      '{"weight_map":{"model.norm.weight":"model-00001-of-00002.safetensors",' +
+        '"model.norm.weight":"model-00002-of-00002.safetensors"}}',
     );
     expect(openDir(dir)).toThrow(/index\.json: key "model\.norm\.weight" appears twice inside "weight_map"/);
   });
@@ -439,7 +453,8 @@ describe('checkpoint against config.json', () => {
     await expect(load(dir)).rejects.toThrow(ModelError);
     await expect(load(dir)).rejects.toThrow(
       new RegExp(
-        `${cfgPath}: num_hidden_layers is 3 but the checkpoint holds 5 layers \\(model\\.layers\\.0 to model\\.layers\\.4\\)`,
+        `${cfgPath}: num_hidden_layers is 3 but the checkpoint holds 5 layers \\(model\\.layers\\.0 to ` +
+          `model\\.layers\\.4\\)`,
       ),
     );
   });
@@ -468,7 +483,10 @@ describe('non-finite weights', () => {
     const err = await load(dir, cache).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ModelError);
     expect((err as Error).message).toMatch(
-      /model\.safetensors: tensor "model\.layers\.1\.self_attn\.k_proj\.weight" holds 3 non-finite values \(NaN or ±Inf\) of 512; expected finite weights/,
+      new RegExp(
+        String.raw`model\.safetensors: tensor "model\.layers\.1\.self_attn\.k_proj\.weight" holds 3 non-finite ` +
+          String.raw`values \(NaN or ±Inf\) of 512; expected finite weights`,
+      ),
     );
     const graphs = path.join(cache, 'graphs');
     expect(fs.existsSync(graphs) ? fs.readdirSync(graphs) : []).toEqual([]);

@@ -77,178 +77,202 @@ describe('GPTQ int4 builds on stories260K', () => {
     for (const x of Object.values(d)) await x?.dispose();
   });
 
-  it('is closer to fp32 than round-to-nearest at the same block size (mean KL of next-token distributions)', async () => {
-    const ref = await positions(d.fp32!, seqs);
-    const klRtn = meanKl(ref, await positions(d.rtn!, seqs));
-    const klGptq = meanKl(ref, await positions(d.gptq!, seqs));
-    expect(ref.length).toBeGreaterThan(60);
-    // Measured: 0.71× over these 109 positions (0.0115 vs 0.0162); both far from 0
-    expect(klRtn).toBeGreaterThan(1e-3);
-    expect(klGptq).toBeLessThan(0.9 * klRtn);
-    // Same sizes: only the codes (and scales) differ
-    expect(d.gptq!.weightBytes).toBe(d.rtn!.weightBytes);
-  });
+  it(
+    'is closer to fp32 than round-to-nearest at the same block size (mean ' + 'KL of next-token distributions)',
+    async () => {
+      const ref = await positions(d.fp32!, seqs);
+      const klRtn = meanKl(ref, await positions(d.rtn!, seqs));
+      const klGptq = meanKl(ref, await positions(d.gptq!, seqs));
+      expect(ref.length).toBeGreaterThan(60);
+      // Measured: 0.71× over these 109 positions (0.0115 vs 0.0162); both far from 0
+      expect(klRtn).toBeGreaterThan(1e-3);
+      expect(klGptq).toBeLessThan(0.9 * klRtn);
+      // Same sizes: only the codes (and scales) differ
+      expect(d.gptq!.weightBytes).toBe(d.rtn!.weightBytes);
+    },
+  );
 
-  it('builds the same bytes again from scratch (seeded calibration), leaves no calibration folder, and a built entry loads without calibrating', async () => {
-    const other = tempDir('arm-cache-gptq2-');
-    const again = await Decoder.load(STORIES, {
-      cacheDir: other,
-      threads: 1,
-      dtype: 'int4',
-      int4Method: 'gptq',
-      blockSize: 16,
-      gptqCalibration: CALIBRATION,
-    });
-    try {
-      expect(again.info.built).toBe(true);
-      expect(fileHash(path.join(again.info.cacheEntry, 'weights.bin'))).toBe(
-        fileHash(path.join(d.gptq!.info.cacheEntry, 'weights.bin')),
-      );
-      for (const dir of [cacheDir, other])
-        expect(fs.readdirSync(path.join(dir, 'graphs')).filter((f) => f.includes('calibration'))).toEqual([]);
-    } finally {
-      await again.dispose();
-    }
-    const steps: string[] = [];
-    const cached = await Decoder.load(STORIES, {
-      cacheDir: other,
-      threads: 1,
-      dtype: 'int4',
-      int4Method: 'gptq',
-      blockSize: 16,
-      gptqCalibration: CALIBRATION,
-      onBuildProgress: (_d, _t, what) => steps.push(what),
-    });
-    expect(cached.info.built).toBe(false);
-    expect(cached.info.cacheEntry).toBe(again.info.cacheEntry);
-    await cached.dispose();
-    expect(steps).toEqual([]); // no calibration text sampled, no inputs recorded, nothing built
-    const fresh: string[] = [];
-    await (
-      await Decoder.load(STORIES, {
+  it(
+    'builds the same bytes again from scratch (seeded calibration), leaves no calibration folder, and a built ' +
+      'entry loads without calibrating',
+    async () => {
+      const other = tempDir('arm-cache-gptq2-');
+      const again = await Decoder.load(STORIES, {
         cacheDir: other,
         threads: 1,
         dtype: 'int4',
         int4Method: 'gptq',
         blockSize: 16,
-        gptqCalibration: { ...CALIBRATION, seed: 9 },
-        onBuildProgress: (_d, _t, what) => fresh.push(what),
-      })
-    ).dispose();
-    expect(fresh).toContain('calibration text (GPTQ)'); // the check above can fail: a build reports its steps
-    fs.rmSync(other, { recursive: true, force: true });
-  }, 120_000);
-
-  it("the calibration model outputs each linear input: layer 0's q|k|v input is RMSNorm(embedding)·w, o's input at the last position is the head tap", async () => {
-    const dir = tempDir('arm-calib-model-');
-    const sites = [...linearInputSites(spec).values()];
-    const ckpt = SafetensorsCheckpoint.open(STORIES);
-    try {
-      writeCalibrationModel(spec, ckpt, dir, sites);
-    } finally {
-      ckpt.close();
-    }
-    const cm = await Decoder.openWritten(spec, dir, { modelDir: STORIES, threads: 1 });
-    try {
-      const rows = [seqs[1]!.slice(0, 9), seqs[2]!.slice(0, 9)]; // equal lengths: no padding
-      const out = await cm.forwardSites(
-        rows,
-        sites.map((s) => s.site),
-      );
-      const raw = SafetensorsCheckpoint.open(STORIES);
-      const embed = raw.readFloat32('model.embed_tokens.weight'),
-        ln1 = raw.readFloat32('model.layers.0.input_layernorm.weight');
-      raw.close();
-      const D = spec.hiddenSize,
-        S = 9;
-      const x = out.sites.get('blocks.0.ln1')!;
-      expect(x.length).toBe(2 * S * D);
-      let err = 0;
-      rows.forEach((row, b) =>
-        row.forEach((id, s) => {
-          const e = embed.subarray(id * D, id * D + D);
-          const rms = Math.sqrt(e.reduce((a, v) => a + v * v, 0) / D + config.rms_norm_eps);
-          for (let i = 0; i < D; i++) err = Math.max(err, Math.abs(x[(b * S + s) * D + i]! - (e[i]! / rms) * ln1[i]!));
-        }),
-      );
-      expect(err).toBeLessThan(1e-5);
-      const { numHeads: H, headDim: hd, numLayers: L } = spec;
-      for (let l = 0; l < L; l++) {
-        const z = out.sites.get(`blocks.${l}.attn.z`)!;
-        for (let b = 0; b < 2; b++)
-          for (let j = 0; j < H * hd; j++) {
-            expect(z[(b * S + S - 1) * H * hd + j]).toBe(out.result.heads[(b * L + l) * H * hd + j]);
-          }
+        gptqCalibration: CALIBRATION,
+      });
+      try {
+        expect(again.info.built).toBe(true);
+        expect(fileHash(path.join(again.info.cacheEntry, 'weights.bin'))).toBe(
+          fileHash(path.join(d.gptq!.info.cacheEntry, 'weights.bin')),
+        );
+        for (const dir of [cacheDir, other])
+          expect(fs.readdirSync(path.join(dir, 'graphs')).filter((f) => f.includes('calibration'))).toEqual([]);
+      } finally {
+        await again.dispose();
       }
-      expect(out.sites.get(`blocks.2.mlp.act`)!.length).toBe(2 * S * spec.intermediateSize);
-      await expect(d.fp32!.forwardSites(rows, ['blocks.0.ln1'])).rejects.toThrow(/does not output blocks\.0\.ln1/);
-    } finally {
-      await cm.dispose();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+      const steps: string[] = [];
+      const cached = await Decoder.load(STORIES, {
+        cacheDir: other,
+        threads: 1,
+        dtype: 'int4',
+        int4Method: 'gptq',
+        blockSize: 16,
+        gptqCalibration: CALIBRATION,
+        onBuildProgress: (_d, _t, what) => steps.push(what),
+      });
+      expect(cached.info.built).toBe(false);
+      expect(cached.info.cacheEntry).toBe(again.info.cacheEntry);
+      await cached.dispose();
+      expect(steps).toEqual([]); // no calibration text sampled, no inputs recorded, nothing built
+      const fresh: string[] = [];
+      await (
+        await Decoder.load(STORIES, {
+          cacheDir: other,
+          threads: 1,
+          dtype: 'int4',
+          int4Method: 'gptq',
+          blockSize: 16,
+          gptqCalibration: { ...CALIBRATION, seed: 9 },
+          onBuildProgress: (_d, _t, what) => fresh.push(what),
+        })
+      ).dispose();
+      expect(fresh).toContain('calibration text (GPTQ)'); // the check above can fail: a build reports its steps
+      fs.rmSync(other, { recursive: true, force: true });
+    },
+    120_000,
+  );
+
+  it(
+    "the calibration model outputs each linear input: layer 0's q|k|v input is RMSNorm(embedding)·w, o's input at " +
+      'the last position is the head tap',
+    async () => {
+      const dir = tempDir('arm-calib-model-');
+      const sites = [...linearInputSites(spec).values()];
+      const ckpt = SafetensorsCheckpoint.open(STORIES);
+      try {
+        writeCalibrationModel(spec, ckpt, dir, sites);
+      } finally {
+        ckpt.close();
+      }
+      const cm = await Decoder.openWritten(spec, dir, { modelDir: STORIES, threads: 1 });
+      try {
+        const rows = [seqs[1]!.slice(0, 9), seqs[2]!.slice(0, 9)]; // equal lengths: no padding
+        const out = await cm.forwardSites(
+          rows,
+          sites.map((s) => s.site),
+        );
+        const raw = SafetensorsCheckpoint.open(STORIES);
+        const embed = raw.readFloat32('model.embed_tokens.weight'),
+          ln1 = raw.readFloat32('model.layers.0.input_layernorm.weight');
+        raw.close();
+        const D = spec.hiddenSize,
+          S = 9;
+        const x = out.sites.get('blocks.0.ln1')!;
+        expect(x.length).toBe(2 * S * D);
+        let err = 0;
+        rows.forEach((row, b) =>
+          row.forEach((id, s) => {
+            const e = embed.subarray(id * D, id * D + D);
+            const rms = Math.sqrt(e.reduce((a, v) => a + v * v, 0) / D + config.rms_norm_eps);
+            for (let i = 0; i < D; i++)
+              err = Math.max(err, Math.abs(x[(b * S + s) * D + i]! - (e[i]! / rms) * ln1[i]!));
+          }),
+        );
+        expect(err).toBeLessThan(1e-5);
+        const { numHeads: H, headDim: hd, numLayers: L } = spec;
+        for (let l = 0; l < L; l++) {
+          const z = out.sites.get(`blocks.${l}.attn.z`)!;
+          for (let b = 0; b < 2; b++)
+            for (let j = 0; j < H * hd; j++) {
+              expect(z[(b * S + S - 1) * H * hd + j]).toBe(out.result.heads[(b * L + l) * H * hd + j]);
+            }
+        }
+        expect(out.sites.get(`blocks.2.mlp.act`)!.length).toBe(2 * S * spec.intermediateSize);
+        await expect(d.fp32!.forwardSites(rows, ['blocks.0.ln1'])).rejects.toThrow(/does not output blocks\.0\.ln1/);
+      } finally {
+        await cm.dispose();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });
 
-describe('GPTQ on a model with fewer positions than the calibration length, biases, no tokenizer and a BOS id outside its vocabulary', () => {
-  it('calibrates on sequences as long as the model reads, from the first start token in the vocabulary, and runs', async () => {
-    // Tiny test configs keep a real model's special ids (the Qwen2.5-VL fixture: BOS 151643 of 512 tokens)
-    const { dir } = makeCheckpoint({
-      ...FAMILY_CONFIGS['llama3 (rope llama3, GQA 3, untied, attention+mlp bias)']!,
-      max_position_embeddings: 20,
-      bos_token_id: 151643,
-      eos_token_id: 7,
-    });
-    const cacheDir = tempDir('arm-cache-gptq-short-');
-    const dq = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'int4', gptqCalibration: { sequences: 3 } });
-    const df = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'fp32' });
-    try {
-      expect(dq.info.weightFormat.quant).toMatchObject({ blockSize: 16, gptq: { sequences: 3, tokens: 128 } });
-      const ids = [1, 7, 99, 250, 3, 18];
-      const [a, b] = [await dq.forward([ids]), await df.forward([ids])];
-      expect(a.logits.every(Number.isFinite)).toBe(true);
-      expect(relError(a.logits, b.logits)).toBeLessThan(0.5); // random weights: int4 is near, not equal
-    } finally {
-      await dq.dispose();
-      await df.dispose();
-      fs.rmSync(cacheDir, { recursive: true, force: true });
-    }
-  });
-});
+describe(
+  'GPTQ on a model with fewer positions than the calibration length, biases, no tokenizer and a BOS id outside its ' +
+    'vocabulary',
+  () => {
+    it(
+      'calibrates on sequences as long as the model reads, from the first ' + 'start token in the vocabulary, and runs',
+      async () => {
+        // Tiny test configs keep a real model's special ids (the Qwen2.5-VL fixture: BOS 151643 of 512 tokens)
+        const { dir } = makeCheckpoint({
+          ...FAMILY_CONFIGS['llama3 (rope llama3, GQA 3, untied, attention+mlp bias)']!,
+          max_position_embeddings: 20,
+          bos_token_id: 151643,
+          eos_token_id: 7,
+        });
+        const cacheDir = tempDir('arm-cache-gptq-short-');
+        const dq = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'int4', gptqCalibration: { sequences: 3 } });
+        const df = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'fp32' });
+        try {
+          expect(dq.info.weightFormat.quant).toMatchObject({ blockSize: 16, gptq: { sequences: 3, tokens: 128 } });
+          const ids = [1, 7, 99, 250, 3, 18];
+          const [a, b] = [await dq.forward([ids]), await df.forward([ids])];
+          expect(a.logits.every(Number.isFinite)).toBe(true);
+          expect(relError(a.logits, b.logits)).toBeLessThan(0.5); // random weights: int4 is near, not equal
+        } finally {
+          await dq.dispose();
+          await df.dispose();
+          fs.rmSync(cacheDir, { recursive: true, force: true });
+        }
+      },
+    );
+  },
+);
 
 describe('GPTQ format options', () => {
   const small = spec;
-  it('defaults: GPTQ with block 16 below 20 M parameters, round-to-nearest with block 32 above; named in key and label', () => {
-    const fmt = resolveWeightFormat(small, null, { dtype: 'int4' });
-    expect(fmt.quant).toMatchObject({
-      bits: 4,
-      blockSize: 16,
-      gptq: { sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 },
-    });
-    expect(describeWeightFormat(fmt)).toContain('GPTQ on 32×128 self-sampled tokens');
-    const big = specFromConfig({
-      ...config,
-      hidden_size: 2048,
-      intermediate_size: 8192,
-      num_hidden_layers: 16,
-      num_attention_heads: 16,
-      num_key_value_heads: 4,
-      head_dim: 128,
-      vocab_size: 32000,
-    });
-    expect(resolveWeightFormat(big, null, { dtype: 'int4' }).quant).toMatchObject({ blockSize: 32 });
-    expect(resolveWeightFormat(big, null, { dtype: 'int4' }).quant!.gptq).toBeUndefined();
-    expect(resolveWeightFormat(big, null, { dtype: 'int4', int4Method: 'gptq' }).quant!.gptq).toBeDefined();
-    const key = (o: Parameters<typeof resolveWeightFormat>[2]) =>
-      cacheKey('c', 'w', undefined, resolveWeightFormat(small, null, { dtype: 'int4', ...o }));
-    expect(
-      new Set([
-        key({}),
-        key({ int4Method: 'rtn', blockSize: 16 }),
-        key({ gptqCalibration: { seed: 1 } }),
-        key({ gptqCalibration: { tokens: 64 } }),
-      ]).size,
-    ).toBe(4);
-  });
+  it(
+    'defaults: GPTQ with block 16 below 20 M parameters, round-to-nearest with block 32 above; named in key and ' +
+      'label',
+    () => {
+      const fmt = resolveWeightFormat(small, null, { dtype: 'int4' });
+      expect(fmt.quant).toMatchObject({
+        bits: 4,
+        blockSize: 16,
+        gptq: { sequences: 32, tokens: 128, seed: 0, dampFraction: 0.01 },
+      });
+      expect(describeWeightFormat(fmt)).toContain('GPTQ on 32×128 self-sampled tokens');
+      const big = specFromConfig({
+        ...config,
+        hidden_size: 2048,
+        intermediate_size: 8192,
+        num_hidden_layers: 16,
+        num_attention_heads: 16,
+        num_key_value_heads: 4,
+        head_dim: 128,
+        vocab_size: 32000,
+      });
+      expect(resolveWeightFormat(big, null, { dtype: 'int4' }).quant).toMatchObject({ blockSize: 32 });
+      expect(resolveWeightFormat(big, null, { dtype: 'int4' }).quant!.gptq).toBeUndefined();
+      expect(resolveWeightFormat(big, null, { dtype: 'int4', int4Method: 'gptq' }).quant!.gptq).toBeDefined();
+      const key = (o: Parameters<typeof resolveWeightFormat>[2]) =>
+        cacheKey('c', 'w', undefined, resolveWeightFormat(small, null, { dtype: 'int4', ...o }));
+      expect(
+        new Set([
+          key({}),
+          key({ int4Method: 'rtn', blockSize: 16 }),
+          key({ gptqCalibration: { seed: 1 } }),
+          key({ gptqCalibration: { tokens: 64 } }),
+        ]).size,
+      ).toBe(4);
+    },
+  );
 
   it('refuses the method outside int4, calibration without GPTQ, and bad calibration sizes', () => {
     expect(() => resolveWeightFormat(small, null, { dtype: 'int8', int4Method: 'gptq' })).toThrow(
@@ -311,31 +335,35 @@ describe('GPTQ format options', () => {
     }
   });
 
-  it("estimates a calibration's memory: the fp32 model, a float64 K×K per calibrated layer, one forward's site outputs, the widest layer's working arrays (a 7B model is refused on 24 GB)", () => {
-    // stories260K at 128 tokens: 4 bytes a parameter; 3 middle layers × (64² for gate|up + 172² for down) × 8 bytes;
-    // 8 rows × 128 tokens × (64 + 172) inputs × 4 bytes per middle layer; 3 × 172² × 8 bytes for the widest layer
-    expect(calibrationBytes(spec, gptqLinears(spec), 1000, 128)).toBe(
-      4000 + 3 * (64 * 64 + 172 * 172) * 8 + 3 * 8 * 128 * (64 + 172) * 4 + 3 * 172 * 172 * 8,
-    );
-    const qwen7b = specFromConfig({
-      model_type: 'qwen2',
-      hidden_size: 3584,
-      intermediate_size: 18944,
-      num_hidden_layers: 28,
-      num_attention_heads: 28,
-      num_key_value_heads: 4,
-      vocab_size: 152064,
-      max_position_embeddings: 4096,
-      rms_norm_eps: 1e-6,
-      rope_theta: 1e6,
-      tie_word_embeddings: false,
-    });
-    const gib = calibrationBytes(qwen7b, gptqLinears(qwen7b), parameterCount(qwen7b), 128) / 2 ** 30;
-    // 7.6 B parameters × 4 B = 28.3 GiB; 26 middle layers × (3584² + 18944²) × 8 B = 72.0 GiB; site outputs 2.2 GiB; 3
-    // × 18944² × 8 B = 8.0 GiB
-    expect(gib).toBeGreaterThan(110);
-    expect(gib).toBeLessThan(111.5);
-  });
+  it(
+    "estimates a calibration's memory: the fp32 model, a float64 K×K per calibrated layer, one forward's site " +
+      "outputs, the widest layer's working arrays (a 7B model is refused on 24 GB)",
+    () => {
+      // stories260K at 128 tokens: 4 bytes a parameter; 3 middle layers × (64² for gate|up + 172² for down) × 8 bytes;
+      // 8 rows × 128 tokens × (64 + 172) inputs × 4 bytes per middle layer; 3 × 172² × 8 bytes for the widest layer
+      expect(calibrationBytes(spec, gptqLinears(spec), 1000, 128)).toBe(
+        4000 + 3 * (64 * 64 + 172 * 172) * 8 + 3 * 8 * 128 * (64 + 172) * 4 + 3 * 172 * 172 * 8,
+      );
+      const qwen7b = specFromConfig({
+        model_type: 'qwen2',
+        hidden_size: 3584,
+        intermediate_size: 18944,
+        num_hidden_layers: 28,
+        num_attention_heads: 28,
+        num_key_value_heads: 4,
+        vocab_size: 152064,
+        max_position_embeddings: 4096,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1e6,
+        tie_word_embeddings: false,
+      });
+      const gib = calibrationBytes(qwen7b, gptqLinears(qwen7b), parameterCount(qwen7b), 128) / 2 ** 30;
+      // 7.6 B parameters × 4 B = 28.3 GiB; 26 middle layers × (3584² + 18944²) × 8 B = 72.0 GiB; site outputs
+      // 2.2 GiB; 3 × 18944² × 8 B = 8.0 GiB
+      expect(gib).toBeGreaterThan(110);
+      expect(gib).toBeLessThan(111.5);
+    },
+  );
 });
 
 describe('calibration arithmetic', () => {

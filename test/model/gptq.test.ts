@@ -125,10 +125,9 @@ function referenceGptq(
   rows: number,
   cols: number,
   h: Float64Array,
-  bits: 4 | 8,
-  blockSize: number,
-  dampFraction = 0.01,
+  opts: { bits: 4 | 8; blockSize: number; dampFraction?: number },
 ): RefResult {
+  const { bits, blockSize, dampFraction = 0.01 } = opts;
   const hd = Float64Array.from(h);
   let mean = 0;
   for (let k = 0; k < cols; k++) mean += h[k * cols + k]!;
@@ -265,62 +264,69 @@ describe('gptqQuantize', () => {
     { bits: 4, blockSize: 16, rows: 6, cols: 40, seed: 5, damp: 0.1 },
   ];
   for (const { bits, blockSize, rows, cols, seed, damp } of cases) {
-    it(`matches the explicit-inverse OBQ form (bits ${bits}, block ${blockSize}, ${rows}×${cols}, damp ${damp ?? 'default'})`, () => {
-      const t = 4 * cols;
-      const x = correlatedInputs(t, cols, 100 + seed, 200 + seed);
-      const h = gram(x, t, cols);
-      const w = randomWeights(rows * cols, 300 + seed);
-      const q = gptqQuantize(
-        w,
-        rows,
-        cols,
-        h,
-        damp === undefined ? { bits, blockSize } : { bits, blockSize, dampFraction: damp },
-      );
-      const ref = referenceGptq(w, rows, cols, h, bits, blockSize, damp ?? 0.01);
-      const got = unpack(q);
-      const nb = blocksPerRow(cols, blockSize);
-      let codeDiffs = 0;
-      for (let i = 0; i < rows * cols; i++) if (got.codes[i] !== ref.codes[i]) codeDiffs++;
-      expect(codeDiffs).toBeLessThanOrEqual(Math.floor(0.005 * rows * cols));
-      for (let i = 0; i < rows * nb; i++) {
-        expect(Math.abs(q.scales[i]! - ref.scales[i]!)).toBeLessThanOrEqual(1e-6 * Math.abs(ref.scales[i]!));
-        expect(got.zeros[i]).toBe(ref.zeros[i]);
-      }
-      // Padding past K stays code 0.
-      const lastBlob = (n: number) => (n * nb + nb - 1) * blobBytes(bits, blockSize);
-      for (let n = 0; n < rows; n++)
-        for (let k = cols; k < nb * blockSize; k++)
-          expect(getPacked(q.codes, lastBlob(n), k - (nb - 1) * blockSize, bits)).toBe(0);
-      // And the result is not round-to-nearest: GPTQ moved codes.
-      const rtn = unpack(quantizeMatrix(w, rows, cols, { bits, blockSize }));
-      let rtnDiffs = 0;
-      for (let i = 0; i < rows * cols; i++) if (rtn.codes[i] !== got.codes[i]) rtnDiffs++;
-      expect(rtnDiffs).toBeGreaterThan(0.05 * rows * cols);
-    });
+    it(
+      `matches the explicit-inverse OBQ form (bits ${bits}, block ${blockSize}, ${rows}×${cols}, damp ` +
+        `${damp ?? 'default'})`,
+      () => {
+        const t = 4 * cols;
+        const x = correlatedInputs(t, cols, 100 + seed, 200 + seed);
+        const h = gram(x, t, cols);
+        const w = randomWeights(rows * cols, 300 + seed);
+        const q = gptqQuantize(
+          w,
+          rows,
+          cols,
+          h,
+          damp === undefined ? { bits, blockSize } : { bits, blockSize, dampFraction: damp },
+        );
+        const ref = referenceGptq(w, rows, cols, h, { bits, blockSize, dampFraction: damp ?? 0.01 });
+        const got = unpack(q);
+        const nb = blocksPerRow(cols, blockSize);
+        let codeDiffs = 0;
+        for (let i = 0; i < rows * cols; i++) if (got.codes[i] !== ref.codes[i]) codeDiffs++;
+        expect(codeDiffs).toBeLessThanOrEqual(Math.floor(0.005 * rows * cols));
+        for (let i = 0; i < rows * nb; i++) {
+          expect(Math.abs(q.scales[i]! - ref.scales[i]!)).toBeLessThanOrEqual(1e-6 * Math.abs(ref.scales[i]!));
+          expect(got.zeros[i]).toBe(ref.zeros[i]);
+        }
+        // Padding past K stays code 0.
+        const lastBlob = (n: number) => (n * nb + nb - 1) * blobBytes(bits, blockSize);
+        for (let n = 0; n < rows; n++)
+          for (let k = cols; k < nb * blockSize; k++)
+            expect(getPacked(q.codes, lastBlob(n), k - (nb - 1) * blockSize, bits)).toBe(0);
+        // And the result is not round-to-nearest: GPTQ moved codes.
+        const rtn = unpack(quantizeMatrix(w, rows, cols, { bits, blockSize }));
+        let rtnDiffs = 0;
+        for (let i = 0; i < rows * cols; i++) if (rtn.codes[i] !== got.codes[i]) rtnDiffs++;
+        expect(rtnDiffs).toBeGreaterThan(0.05 * rows * cols);
+      },
+    );
   }
 
-  it('lowers the objective Σ (w − q)ᵀ H (w − q) well below round-to-nearest, and the output MSE on held-out inputs', () => {
-    const rows = 16,
-      cols = 64,
-      t = 512;
-    const bits = 4,
-      blockSize = 32;
-    const x = correlatedInputs(t, cols, 11, 12);
-    const h = gram(x, t, cols);
-    const w = randomWeights(rows * cols, 13);
-    const gq = dequantizeMatrix(gptqQuantize(w, rows, cols, h, { bits, blockSize }));
-    const rq = dequantizeMatrix(quantizeMatrix(w, rows, cols, { bits, blockSize }));
-    const eG = objective(w, gq, rows, cols, h),
-      eR = objective(w, rq, rows, cols, h);
-    expect(eG).toBeLessThan(0.5 * eR);
-    // Consistency of the two measures: the in-sample output MSE is the objective over t·rows.
-    expect(outputMse(x, t, w, gq, rows, cols)).toBeCloseTo(eG / (t * rows), 10);
-    const held = correlatedInputs(t, cols, 11, 99); // same mixing M, fresh Z
-    const mG = outputMse(held, t, w, gq, rows, cols),
-      mR = outputMse(held, t, w, rq, rows, cols);
-    expect(mG).toBeLessThan(0.5 * mR);
-  });
+  it(
+    'lowers the objective Σ (w − q)ᵀ H (w − q) well below ' + 'round-to-nearest, and the output MSE on held-out inputs',
+    () => {
+      const rows = 16,
+        cols = 64,
+        t = 512;
+      const bits = 4,
+        blockSize = 32;
+      const x = correlatedInputs(t, cols, 11, 12);
+      const h = gram(x, t, cols);
+      const w = randomWeights(rows * cols, 13);
+      const gq = dequantizeMatrix(gptqQuantize(w, rows, cols, h, { bits, blockSize }));
+      const rq = dequantizeMatrix(quantizeMatrix(w, rows, cols, { bits, blockSize }));
+      const eG = objective(w, gq, rows, cols, h),
+        eR = objective(w, rq, rows, cols, h);
+      expect(eG).toBeLessThan(0.5 * eR);
+      // Consistency of the two measures: the in-sample output MSE is the objective over t·rows.
+      expect(outputMse(x, t, w, gq, rows, cols)).toBeCloseTo(eG / (t * rows), 10);
+      const held = correlatedInputs(t, cols, 11, 99); // same mixing M, fresh Z
+      const mG = outputMse(held, t, w, gq, rows, cols),
+        mR = outputMse(held, t, w, rq, rows, cols);
+      expect(mG).toBeLessThan(0.5 * mR);
+    },
+  );
 
   it('with H = I (no covariance) equals round-to-nearest bit for bit', () => {
     for (const [bits, blockSize, rows, cols] of [

@@ -221,31 +221,35 @@ describe('download', () => {
     expect(fileRequests(MODEL)).toHaveLength(1);
   });
 
-  it('follows the redirect to the CDN, verifies the advertised sha256, keeps the token off the CDN, records the hash', async () => {
-    hub.configure({ redirectLfs: true });
-    const cacheDir = tempDir();
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_TOKEN: 'hf_secret' });
-    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-    const [redirect, ...rest] = hub.requests.filter((r) => r.file === MODEL);
-    expect(redirect).toMatchObject({ host: 'hub', status: 302, authorization: 'Bearer hf_secret' });
-    expect(rest).toHaveLength(1);
-    expect(rest[0]).toMatchObject({ host: 'cdn', status: 200, authorization: undefined });
-    // The sha256 computed while streaming is in the memo, for the file as it lies, so loading won't re-hash it.
-    const memo = fs
-      .readdirSync(path.join(cacheDir, 'hashes'))
-      .map((f) => JSON.parse(fs.readFileSync(path.join(cacheDir, 'hashes', f), 'utf8')));
-    const st = fs.statSync(path.join(dir, MODEL));
-    expect(memo).toContainEqual(
-      expect.objectContaining({
-        path: path.join(dir, MODEL),
-        sha256: modelSha,
-        size: st.size,
-        mtimeMs: st.mtimeMs,
-        ino: st.ino,
-      }),
-    );
-    expect(memo.some((m) => m.path === path.join(dir, 'config.json'))).toBe(true);
-  });
+  it(
+    'follows the redirect to the CDN, verifies the advertised sha256, ' +
+      'keeps the token off the CDN, records the hash',
+    async () => {
+      hub.configure({ redirectLfs: true });
+      const cacheDir = tempDir();
+      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_TOKEN: 'hf_secret' });
+      expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+      const [redirect, ...rest] = hub.requests.filter((r) => r.file === MODEL);
+      expect(redirect).toMatchObject({ host: 'hub', status: 302, authorization: 'Bearer hf_secret' });
+      expect(rest).toHaveLength(1);
+      expect(rest[0]).toMatchObject({ host: 'cdn', status: 200, authorization: undefined });
+      // The sha256 computed while streaming is in the memo, for the file as it lies, so loading won't re-hash it.
+      const memo = fs
+        .readdirSync(path.join(cacheDir, 'hashes'))
+        .map((f) => JSON.parse(fs.readFileSync(path.join(cacheDir, 'hashes', f), 'utf8')));
+      const st = fs.statSync(path.join(dir, MODEL));
+      expect(memo).toContainEqual(
+        expect.objectContaining({
+          path: path.join(dir, MODEL),
+          sha256: modelSha,
+          size: st.size,
+          mtimeMs: st.mtimeMs,
+          ino: st.ino,
+        }),
+      );
+      expect(memo.some((m) => m.path === path.join(dir, 'config.json'))).toBe(true);
+    },
+  );
 
   it('a connection cut mid-file resumes with a Range request instead of starting over', async () => {
     hub.configure({ redirectLfs: true, cutAfterBytes: 400_000, only: (f) => f === MODEL });
@@ -261,21 +265,27 @@ describe('download', () => {
     expect(fs.existsSync(path.join(dir, `${MODEL}.part`))).toBe(false);
   });
 
-  it('a run that gives up leaves its .part, never a half file under the final name; the next run resumes it', async () => {
-    hub.configure({ cutAfterBytes: 500_000, only: (f) => f === MODEL });
-    const cacheDir = tempDir();
-    await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir })).rejects.toThrow(
-      /tiny\/stories@main: model\.safetensors: download failed after 1 try \(connection lost: ECONNRESET\); run again to resume from .*model\.safetensors\.part/,
-    );
-    const dir = snapshotDir(cacheDir);
-    expect(fs.existsSync(path.join(dir, MODEL))).toBe(false);
-    expect(fs.existsSync(path.join(dir, '.complete'))).toBe(false);
-    const kept = fs.statSync(path.join(dir, `${MODEL}.part`)).size;
-    expect(kept).toBeGreaterThan(0);
-    await resolveVia('tiny/stories', { ...FAST, cacheDir });
-    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-    expect(fileRequests(MODEL).map((r) => r.range)).toEqual([undefined, `bytes=${kept}-`]);
-  });
+  it(
+    'a run that gives up leaves its .part, never a half file under the ' + 'final name; the next run resumes it',
+    async () => {
+      hub.configure({ cutAfterBytes: 500_000, only: (f) => f === MODEL });
+      const cacheDir = tempDir();
+      await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir })).rejects.toThrow(
+        new RegExp(
+          String.raw`tiny\/stories@main: model\.safetensors: download failed after 1 try \(connection lost: ` +
+            String.raw`ECONNRESET\); run again to resume from .*model\.safetensors\.part`,
+        ),
+      );
+      const dir = snapshotDir(cacheDir);
+      expect(fs.existsSync(path.join(dir, MODEL))).toBe(false);
+      expect(fs.existsSync(path.join(dir, '.complete'))).toBe(false);
+      const kept = fs.statSync(path.join(dir, `${MODEL}.part`)).size;
+      expect(kept).toBeGreaterThan(0);
+      await resolveVia('tiny/stories', { ...FAST, cacheDir });
+      expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+      expect(fileRequests(MODEL).map((r) => r.range)).toEqual([undefined, `bytes=${kept}-`]);
+    },
+  );
 
   it('a stalled connection hits the idle timeout and is resumed, without waiting the stall out', async () => {
     hub.configure({ stallAfterBytes: 300_000, stallMs: 8000, only: (f) => f === MODEL });
@@ -321,7 +331,8 @@ describe('download', () => {
     const cacheDir = tempDir();
     await expect(resolveVia('tiny/stories', { ...FAST, cacheDir })).rejects.toThrow(
       new RegExp(
-        `tiny/stories@main: model\\.safetensors: sha256 ${modelSha} does not match the ${'ab'.repeat(32)} the hub advertises`,
+        `tiny/stories@main: model\\.safetensors: sha256 ${modelSha} does not match the ${'ab'.repeat(32)} the ` +
+          `hub advertises`,
       ),
     );
     const dir = snapshotDir(cacheDir);
@@ -360,12 +371,15 @@ describe('resume from an earlier run', () => {
     expect(hub.bytesServed(MODEL)).toBe(modelBytes.length - 600_000);
   });
 
-  it('a stale .part (another version of the file) fails the sha256 check and is downloaded again from zero', async () => {
-    hub.configure({ redirectLfs: true });
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
-    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-    expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=600000-', undefined]);
-  });
+  it(
+    'a stale .part (another version of the file) fails the sha256 check ' + 'and is downloaded again from zero',
+    async () => {
+      hub.configure({ redirectLfs: true });
+      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
+      expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+      expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=600000-', undefined]);
+    },
+  );
 
   it('a .part that already holds the whole file (416) is verified and moved into place', async () => {
     hub.configure({ redirectLfs: true });
@@ -393,54 +407,64 @@ describe('resume from an earlier run', () => {
 });
 
 describe('two processes, one cache', () => {
-  it('two processes fetching one snapshot at once download each file once: the second waits for the lock, then finds it done', async () => {
-    // ~5 s for the weights: time for the second process to start and reach their lock while the first fetches them.
-    hub.configure({ throttleBytesPerSec: 200_000, only: (f) => f === MODEL, repoCommit: 'c0ffee'.padEnd(40, '1') });
-    const cacheDir = tempDir('arm-cache-');
-    const first = downloadInChild('tiny/stories', cacheDir);
-    await until(() => hub.bytesServed(MODEL) > 0, 'the first process to be fetching the weights');
-    const second = downloadInChild('tiny/stories', cacheDir);
-    const [a, b] = await Promise.all([first.done, second.done]);
-    expect(a, a.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
-    expect(b, b.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
-    expect(b.stderr).toContain(
-      `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${first.pid}) to finish`,
-    );
-    expect(hub.requests.filter((r) => r.file === MODEL && r.method === 'GET')).toHaveLength(1);
-    expect(hub.bytesServed(MODEL)).toBe(modelBytes.length);
-    const dir = snapshotDir(cacheDir);
-    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-    expect(walk(dir).filter((f) => /\.(lock|part)/.test(f))).toEqual([]);
-  });
+  it(
+    'two processes fetching one snapshot at once download each file once: the second waits for the lock, then ' +
+      'finds it done',
+    async () => {
+      // ~5 s for the weights: time for the second process to start and reach their lock while the first fetches them.
+      hub.configure({ throttleBytesPerSec: 200_000, only: (f) => f === MODEL, repoCommit: 'c0ffee'.padEnd(40, '1') });
+      const cacheDir = tempDir('arm-cache-');
+      const first = downloadInChild('tiny/stories', cacheDir);
+      await until(() => hub.bytesServed(MODEL) > 0, 'the first process to be fetching the weights');
+      const second = downloadInChild('tiny/stories', cacheDir);
+      const [a, b] = await Promise.all([first.done, second.done]);
+      expect(a, a.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
+      expect(b, b.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
+      expect(b.stderr).toContain(
+        `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${first.pid}) to finish`,
+      );
+      expect(hub.requests.filter((r) => r.file === MODEL && r.method === 'GET')).toHaveLength(1);
+      expect(hub.bytesServed(MODEL)).toBe(modelBytes.length);
+      const dir = snapshotDir(cacheDir);
+      expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+      expect(walk(dir).filter((f) => /\.(lock|part)/.test(f))).toEqual([]);
+    },
+  );
 
-  it("waits while the lock's owner runs, without touching the file; once the owner is gone it takes over and resumes its part", async () => {
-    hub.configure({ redirectLfs: true });
-    const cacheDir = tempDir();
-    const dir = snapshotDir(cacheDir);
-    fs.mkdirSync(dir, { recursive: true });
-    fs.writeFileSync(path.join(dir, `${MODEL}.part`), modelBytes.subarray(0, 300_000));
-    const owner = await liveProcess();
-    const log: string[] = [];
-    let resolving: Promise<string> | undefined;
-    try {
-      writeLock(path.join(dir, MODEL), owner.pid);
-      resolving = resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
-      resolving.catch(() => {});
-      await until(() => log.some((l) => l.includes('waiting')), 'the waiting note', 5000);
-      await new Promise((resolve) => setTimeout(resolve, 600));
-      expect(fileRequests(MODEL)).toHaveLength(0);
-    } finally {
-      await owner.stop();
-    }
-    expect(await resolving).toBe(dir);
-    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-    expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=300000-']);
-    expect(log).toEqual([
-      `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${owner.pid}) to finish; lock ${path.join(dir, MODEL)}.lock`,
-      `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${owner.pid}, which is no longer running`,
-    ]);
-    expect(fs.existsSync(path.join(dir, `${MODEL}.lock`))).toBe(false);
-  });
+  it(
+    "waits while the lock's owner runs, without touching the file; once the owner is gone it takes over and " +
+      'resumes its part',
+    async () => {
+      hub.configure({ redirectLfs: true });
+      const cacheDir = tempDir();
+      const dir = snapshotDir(cacheDir);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, `${MODEL}.part`), modelBytes.subarray(0, 300_000));
+      const owner = await liveProcess();
+      const log: string[] = [];
+      let resolving: Promise<string> | undefined;
+      try {
+        writeLock(path.join(dir, MODEL), owner.pid);
+        resolving = resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
+        resolving.catch(() => {});
+        await until(() => log.some((l) => l.includes('waiting')), 'the waiting note', 5000);
+        await new Promise((resolve) => setTimeout(resolve, 600));
+        expect(fileRequests(MODEL)).toHaveLength(0);
+      } finally {
+        await owner.stop();
+      }
+      expect(await resolving).toBe(dir);
+      expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+      expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=300000-']);
+      expect(log).toEqual([
+        `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${owner.pid}) to finish; lock ` +
+          `${path.join(dir, MODEL)}.lock`,
+        `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${owner.pid}, which ` +
+          `is no longer running`,
+      ]);
+      expect(fs.existsSync(path.join(dir, `${MODEL}.lock`))).toBe(false);
+    },
+  );
 
   it('a lock left by a process that is no longer running is taken over at once', async () => {
     hub.configure({});
@@ -455,7 +479,8 @@ describe('two processes, one cache', () => {
     expect(Date.now() - started).toBeLessThan(3000);
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(log).toEqual([
-      `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${dead}, which is no longer running`,
+      `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${dead}, which is no ` +
+        `longer running`,
     ]);
     expect(walk(dir).filter((f) => f.includes('.lock'))).toEqual([]);
   });
@@ -514,38 +539,43 @@ describe('a branch that moves between runs', () => {
     return dir;
   }
 
-  it("a run resumed after main moved to another commit discards the old files and parts and gives exactly the new commit's", async () => {
-    const [folderA, folderB] = [commitFolder('A'), commitFolder('B')];
-    hub.publish('tiny/moving', COMMIT_A, folderA);
-    const cacheDir = tempDir();
-    const dir = await interruptedRun('tiny/moving', cacheDir);
-    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_A);
-    // Another process's lock, on a file of its own: discarding the folder leaves it to its owner.
-    writeLock(path.join(dir, 'other.bin'), process.ppid);
+  it(
+    'a run resumed after main moved to another commit discards the old files and parts and gives exactly the new ' +
+      "commit's",
+    async () => {
+      const [folderA, folderB] = [commitFolder('A'), commitFolder('B')];
+      hub.publish('tiny/moving', COMMIT_A, folderA);
+      const cacheDir = tempDir();
+      const dir = await interruptedRun('tiny/moving', cacheDir);
+      expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_A);
+      // Another process's lock, on a file of its own: discarding the folder leaves it to its owner.
+      writeLock(path.join(dir, 'other.bin'), process.ppid);
 
-    hub.publish('tiny/moving', COMMIT_B, folderB);
-    hub.configure({ redirectLfs: true });
-    const log: string[] = [];
-    expect(await resolveVia('tiny/moving', { ...FAST, cacheDir, log: (line) => log.push(line) })).toBe(dir);
-    expect(walk(dir)).toEqual([...walk(folderB), '.commit', '.complete', 'other.bin.lock'].sort());
-    for (const f of walk(folderB))
-      expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
-    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({
-      revision: 'main',
-      commit: COMMIT_B,
-    });
-    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_B);
-    expect(log).toEqual([
-      expect.stringMatching(
-        new RegExp(
-          `^tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since .* was begun; discarded its 5 files and parts, starting over at ${COMMIT_B}$`,
+      hub.publish('tiny/moving', COMMIT_B, folderB);
+      hub.configure({ redirectLfs: true });
+      const log: string[] = [];
+      expect(await resolveVia('tiny/moving', { ...FAST, cacheDir, log: (line) => log.push(line) })).toBe(dir);
+      expect(walk(dir)).toEqual([...walk(folderB), '.commit', '.complete', 'other.bin.lock'].sort());
+      for (const f of walk(folderB))
+        expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
+      expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({
+        revision: 'main',
+        commit: COMMIT_B,
+      });
+      expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_B);
+      expect(log).toEqual([
+        expect.stringMatching(
+          new RegExp(
+            `^tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since .* was ` +
+              `begun; discarded its 5 files and parts, starting over at ${COMMIT_B}$`,
+          ),
         ),
-      ),
-    ]);
-    // The commit was asked for before anything in the folder was used; nothing was fetched at the old one.
-    expect(hub.requests[0]).toMatchObject({ method: 'HEAD', url: '/tiny/moving/resolve/main/config.json' });
-    expect(hub.requests.some((r) => r.url.includes(COMMIT_A))).toBe(false);
-  });
+      ]);
+      // The commit was asked for before anything in the folder was used; nothing was fetched at the old one.
+      expect(hub.requests[0]).toMatchObject({ method: 'HEAD', url: '/tiny/moving/resolve/main/config.json' });
+      expect(hub.requests.some((r) => r.url.includes(COMMIT_A))).toBe(false);
+    },
+  );
 
   it('a run resumed at the same commit asks the hub once, then keeps what is done and resumes the part', async () => {
     hub.publish('tiny/steady', COMMIT_A, commitFolder('A'));
@@ -598,7 +628,10 @@ describe('paths stay inside the cache', () => {
     hub.configure({});
     const { base, cacheDir } = nestedCache();
     await expect(resolveVia('fake/x@../../../../somewhere', { ...FAST, cacheDir })).rejects.toThrow(
-      /fake\/x: revision "\.\.\/\.\.\/\.\.\/\.\.\/somewhere" is not a valid branch, tag or commit: '\.\.' is not allowed/,
+      new RegExp(
+        String.raw`fake\/x: revision "\.\.\/\.\.\/\.\.\/\.\.\/somewhere" is not a valid branch, tag or commit: ` +
+          String.raw`'\.\.' is not allowed`,
+      ),
     );
     await expect(resolveVia('fake/x', { ...FAST, cacheDir, revision: '../../../../somewhere' })).rejects.toThrow(
       /not a valid branch, tag or commit/,
@@ -683,7 +716,10 @@ describe('offline', () => {
         { HF_ENDPOINT: 'http://127.0.0.1:9' },
       ),
     ).rejects.toThrow(
-      /Qwen\/Qwen2\.5-0\.5B-Instruct: cannot reach http:\/\/127\.0\.0\.1:9 .*offline\? pass a local checkpoint folder with --model/,
+      new RegExp(
+        String.raw`Qwen\/Qwen2\.5-0\.5B-Instruct: cannot reach http:\/\/127\.0\.0\.1:9 .*offline\? pass a local ` +
+          String.raw`checkpoint folder with --model`,
+      ),
     );
     expect(Date.now() - started).toBeLessThan(5000);
   });
@@ -709,56 +745,71 @@ describe('offline', () => {
 });
 
 describe('dataset files', () => {
-  it('--dataset owner/name downloads its parquet through the same client (datasets/ URL, redirect, sha256, resume), then reads it from the cache', async () => {
-    hub.configure({ redirectLfs: false, cutAfterBytes: 100_000 });
-    const cacheDir = tempDir('arm-cache-');
-    const [file] = await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
-    expect(file).toBe(
-      path.join(cacheDir, 'hub', 'datasets', 'allenai--reward-bench-2', 'main', 'data', 'test-00000-of-00001.parquet'),
-    );
-    expect(fs.readFileSync(file!).equals(datasetBytes)).toBe(true);
-    const asked = hub.requests.filter((r) => r.file === 'data/test-00000-of-00001.parquet');
-    expect(asked[0]!.url).toBe('/datasets/allenai/reward-bench-2/resolve/main/data/test-00000-of-00001.parquet');
-    expect(asked.length).toBeGreaterThan(1); // the connection was cut once and the download went on
-    expect(hub.bytesServed('data/test-00000-of-00001.parquet')).toBeLessThan(2 * datasetBytes.length);
-    const before = hub.requests.length;
-    await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
-    expect(hub.requests.length).toBe(before);
-  });
-
-  it("dataset ids and revisions follow the hub client's own rules: what the looser copy let through is refused", async () => {
-    const cacheDir = tempDir();
-    let asked = 0;
-    const download = async () => {
-      asked++;
-      return true;
-    };
-    for (const ref of [
-      'allenai/reward-bench-2@.',
-      'allenai/reward-bench-2@x/',
-      'allenai/reward-bench-2@a//b',
-      'allenai/reward-bench-2@a/.b',
-      'allenai/reward-bench-2@a\x7fb',
-      `allenai/reward-bench-2@${'a'.repeat(256)}`,
-    ]) {
-      expect(parseHubDatasetRef(ref), JSON.stringify(ref)).toBeNull();
-      await expect(resolveHubDataset(ref, { cacheDir, download }), JSON.stringify(ref)).rejects.toThrow(
-        /not a hub dataset id \(owner\/name\[@revision\]\): revision .* is not a valid branch, tag or commit/,
+  it(
+    '--dataset owner/name downloads its parquet through the same client (datasets/ URL, redirect, sha256, resume), ' +
+      'then reads it from the cache',
+    async () => {
+      hub.configure({ redirectLfs: false, cutAfterBytes: 100_000 });
+      const cacheDir = tempDir('arm-cache-');
+      const [file] = await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
+      expect(file).toBe(
+        path.join(
+          cacheDir,
+          'hub',
+          'datasets',
+          'allenai--reward-bench-2',
+          'main',
+          'data',
+          'test-00000-of-00001.parquet',
+        ),
       );
-    }
-    await expect(resolveHubDataset('allenai/reward-bench-2', { cacheDir, download, revision: '.' })).rejects.toThrow(
-      /revision "\." is not a valid branch, tag or commit/,
-    );
-    await expect(resolveHubDataset('allenai/reward--bench', { cacheDir, download })).rejects.toThrow(
-      /"allenai\/reward--bench" is not a hub repo id: expected owner\/name/,
-    );
-    expect(asked).toBe(0);
-    expect(walk(cacheDir)).toEqual([]);
-    expect(parseHubDatasetRef('allenai/reward-bench-2@refs/pr/1')).toEqual({
-      id: 'allenai/reward-bench-2',
-      revision: 'refs/pr/1',
-    });
-  });
+      expect(fs.readFileSync(file!).equals(datasetBytes)).toBe(true);
+      const asked = hub.requests.filter((r) => r.file === 'data/test-00000-of-00001.parquet');
+      expect(asked[0]!.url).toBe('/datasets/allenai/reward-bench-2/resolve/main/data/test-00000-of-00001.parquet');
+      expect(asked.length).toBeGreaterThan(1); // the connection was cut once and the download went on
+      expect(hub.bytesServed('data/test-00000-of-00001.parquet')).toBeLessThan(2 * datasetBytes.length);
+      const before = hub.requests.length;
+      await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
+      expect(hub.requests.length).toBe(before);
+    },
+  );
+
+  it(
+    "dataset ids and revisions follow the hub client's own rules: what the " + 'looser copy let through is refused',
+    async () => {
+      const cacheDir = tempDir();
+      let asked = 0;
+      const download = async () => {
+        asked++;
+        return true;
+      };
+      for (const ref of [
+        'allenai/reward-bench-2@.',
+        'allenai/reward-bench-2@x/',
+        'allenai/reward-bench-2@a//b',
+        'allenai/reward-bench-2@a/.b',
+        'allenai/reward-bench-2@a\x7fb',
+        `allenai/reward-bench-2@${'a'.repeat(256)}`,
+      ]) {
+        expect(parseHubDatasetRef(ref), JSON.stringify(ref)).toBeNull();
+        await expect(resolveHubDataset(ref, { cacheDir, download }), JSON.stringify(ref)).rejects.toThrow(
+          /not a hub dataset id \(owner\/name\[@revision\]\): revision .* is not a valid branch, tag or commit/,
+        );
+      }
+      await expect(resolveHubDataset('allenai/reward-bench-2', { cacheDir, download, revision: '.' })).rejects.toThrow(
+        /revision "\." is not a valid branch, tag or commit/,
+      );
+      await expect(resolveHubDataset('allenai/reward--bench', { cacheDir, download })).rejects.toThrow(
+        /"allenai\/reward--bench" is not a hub repo id: expected owner\/name/,
+      );
+      expect(asked).toBe(0);
+      expect(walk(cacheDir)).toEqual([]);
+      expect(parseHubDatasetRef('allenai/reward-bench-2@refs/pr/1')).toEqual({
+        id: 'allenai/reward-bench-2',
+        revision: 'refs/pr/1',
+      });
+    },
+  );
 
   it('a file name that escapes the repository is refused', async () => {
     await expect(

@@ -12,30 +12,34 @@ import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js'
 
 const config = FAMILY_CONFIGS['llama (GQA 2, tied)']!;
 
-it('NaN reaching the graph (here: a damaged cache entry) gives an error naming the likely cause, not NaN scores', async () => {
-  const { dir } = makeCheckpoint(config, { seed: 5 });
-  const cacheDir = tempDir('arm-cache-');
-  const first = await Decoder.load(dir, { cacheDir, threads: 1 });
-  const entry = first.info.cacheEntry;
-  await first.dispose();
-  // Every float of the cached weights becomes NaN (same size, so the entry is still used as is).
-  const weights = path.join(entry, DATA_FILE);
-  const nan = new Float32Array(fs.statSync(weights).size / 4).fill(NaN);
-  fs.writeFileSync(weights, new Uint8Array(nan.buffer));
-  const decoder = await Decoder.load(dir, { cacheDir, threads: 1 });
-  try {
-    expect(decoder.info.built).toBe(false);
-    const err = await decoder.forward([[1, 300, 301, 302]]).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(ModelError);
-    expect((err as Error).message).toMatch(
-      new RegExp(
-        `${dir}: the model produced non-finite logits \\(row 0 of 1, 4 tokens\\); likely NaN/Inf in the weights or a bad number in config\\.json`,
-      ),
-    );
-  } finally {
-    await decoder.dispose();
-  }
-});
+it(
+  'NaN reaching the graph (here: a damaged cache entry) gives an error ' + 'naming the likely cause, not NaN scores',
+  async () => {
+    const { dir } = makeCheckpoint(config, { seed: 5 });
+    const cacheDir = tempDir('arm-cache-');
+    const first = await Decoder.load(dir, { cacheDir, threads: 1 });
+    const entry = first.info.cacheEntry;
+    await first.dispose();
+    // Every float of the cached weights becomes NaN (same size, so the entry is still used as is).
+    const weights = path.join(entry, DATA_FILE);
+    const nan = new Float32Array(fs.statSync(weights).size / 4).fill(NaN);
+    fs.writeFileSync(weights, new Uint8Array(nan.buffer));
+    const decoder = await Decoder.load(dir, { cacheDir, threads: 1 });
+    try {
+      expect(decoder.info.built).toBe(false);
+      const err = await decoder.forward([[1, 300, 301, 302]]).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ModelError);
+      expect((err as Error).message).toMatch(
+        new RegExp(
+          `${dir}: the model produced non-finite logits \\(row 0 of 1, 4 tokens\\); likely NaN/Inf in the weights ` +
+            `or a bad number in config\\.json`,
+        ),
+      );
+    } finally {
+      await decoder.dispose();
+    }
+  },
+);
 
 it('a patch with a NaN value is refused before it runs, naming the head', async () => {
   const { dir } = makeCheckpoint(config, { seed: 5 });

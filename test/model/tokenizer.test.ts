@@ -115,17 +115,23 @@ describe.each(Object.entries(PACKAGES))('%s tokenizer equals transformers', (key
 });
 
 describe('legacy sentencepiece (Metaspace) rule', () => {
-  it('the stories260K tokenizer (LlamaTokenizerFast, legacy) does not add a second "▁" before a leading space', async () => {
-    const tok = await Tokenizer.load(STORIES);
-    expect(tok.encode(' Once upon a time')).toEqual(tok.encode('Once upon a time'));
-    expect(tok.encode('Once upon a time')).toEqual([1, 403, 407, 261, 378]); // golden.json
-  });
+  it(
+    'the stories260K tokenizer (LlamaTokenizerFast, legacy) does not add a ' + 'second "▁" before a leading space',
+    async () => {
+      const tok = await Tokenizer.load(STORIES);
+      expect(tok.encode(' Once upon a time')).toEqual(tok.encode('Once upon a time'));
+      expect(tok.encode('Once upon a time')).toEqual([1, 403, 407, 261, 378]); // golden.json
+    },
+  );
 
-  it('without tokenizer_config.json (no class, no legacy) tokenizer.json runs as written, as in transformers', async () => {
-    const tok = await Tokenizer.load(tokenizerFolder('llama2', ['tokenizer.json']));
-    expect(tok.encode(' Yes', { addSpecialTokens: false })).toEqual([28705, 5592]);
-    expect(tok.encode('Yes', { addSpecialTokens: false })).toEqual([5592]);
-  });
+  it(
+    'without tokenizer_config.json (no class, no legacy) tokenizer.json ' + 'runs as written, as in transformers',
+    async () => {
+      const tok = await Tokenizer.load(tokenizerFolder('llama2', ['tokenizer.json']));
+      expect(tok.encode(' Yes', { addSpecialTokens: false })).toEqual([28705, 5592]);
+      expect(tok.encode('Yes', { addSpecialTokens: false })).toEqual([5592]);
+    },
+  );
 });
 
 describe('Tokenizer.load names the file at fault', () => {

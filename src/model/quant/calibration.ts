@@ -26,7 +26,7 @@ import { Rng } from '../../util/rng.js';
 export const CALIBRATION_VERSION = 'self-sampled/1';
 
 /** The calibration model as calibration runs it (decoder.ts adapts a Decoder); `Kv` is its cache of a prefix. */
-export interface CalibrationModel<Kv> {
+interface CalibrationModel<Kv> {
   /** The cache of no tokens, to extend from. */
   readonly empty: Kv;
   /** Runs `ids` after `past` (batch 1): the cache extended by them, and the last position's logits [V]. */
