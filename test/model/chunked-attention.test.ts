@@ -236,7 +236,7 @@ describe.each(Object.entries(CONFIGS))('chunked attention vs the reference: %s',
     });
   });
 
-  it('prefill then extend by 11 tokens, and a shared 17-token prefix with padded suffixes of 1, 8 and 21 tokens', async () => {
+  it('prefill then extend by 11 tokens; a shared 17-token prefix with padded suffixes of 1, 8, 21 tokens', async () => {
     const { vocabSize: V } = decoder.spec;
     const prefix = ids(17, 6);
     const kv = await decoder.prefill(prefix);

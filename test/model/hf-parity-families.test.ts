@@ -51,7 +51,7 @@ describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) =>
     expect(() => decoder.tokenizer).toThrow(/tokenizer\.json: missing, so this checkpoint runs on token ids only/);
   });
 
-  it('last logits and o_proj inputs match transformers (≤ 1e-4 relative), both prompts in one padded batch', async () => {
+  it('last logits and o_proj inputs match transformers (≤ 1e-4 relative), two prompts in a padded batch', async () => {
     const out = await decoder.forward(parity.results.map((r) => r.input_ids));
     const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     parity.results.forEach((r, b) => {
@@ -72,7 +72,7 @@ describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) =>
     }
   });
 
-  it('the shared-prefix step (prefill, then the last token as patch rows) gives the same patched and unpatched logits', async () => {
+  it('shared-prefix step (prefill, then the last token as patch rows): same patched and unpatched logits', async () => {
     const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
     const { mask, values } = fixturePatch(L, H, d);
     for (const r of parity.results) {

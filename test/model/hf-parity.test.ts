@@ -49,7 +49,7 @@ describe.each(names)('transformers parity: %s', (name) => {
   });
   afterAll(() => decoder?.dispose());
 
-  it('last logits and o_proj inputs match transformers (≤ 1e-4 relative), both prompts in one padded batch', async () => {
+  it('last logits and o_proj inputs match transformers (≤ 1e-4 relative), two prompts in a padded batch', async () => {
     const out = await decoder.forward(parity.results.map((r) => r.input_ids));
     const { vocabSize: V, numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     parity.results.forEach((r, b) => {

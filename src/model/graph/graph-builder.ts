@@ -28,7 +28,7 @@ export interface ExternalRef {
 }
 
 /** onnxruntime's contrib operator domain (MatMulNBits and friends). */
-export const MS_DOMAIN = 'com.microsoft';
+const MS_DOMAIN = 'com.microsoft';
 
 export class GraphBuilder {
   private readonly nodes: Record<string, unknown>[] = [];

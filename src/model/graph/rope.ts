@@ -10,7 +10,7 @@ import type { LayerType, ModelSpec, RopeSpec } from '../families/types.js';
  * RoPE inverse frequencies [d/2] after scaling, computed as transformers does
  * (`_compute_default_rope_parameters`, `_compute_llama3_parameters`; linear divides by the factor).
  */
-export function ropeInverseFrequencies(spec: ModelSpec, rope: RopeSpec = spec.rope): Float32Array {
+function ropeInverseFrequencies(spec: ModelSpec, rope: RopeSpec = spec.rope): Float32Array {
   const d = spec.rotaryDim; // partial rotary: the frequencies of a rotaryDim-sized head
   const base = new Float32Array(d / 2);
   for (let i = 0; i < d / 2; i++) base[i] = 1 / Math.pow(rope.theta, (2 * i) / d);

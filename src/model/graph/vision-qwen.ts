@@ -39,7 +39,7 @@ import type { QwenVisionSpec } from '../families/types.js';
 export const QWEN_VISION_GRAPH_VERSION = 'vision-qwen/2'; // 2: full attention fused (flash), no [H, N, N] scores
 
 /** Graph-side names of the tower's weights. */
-export const QW = {
+const QW = {
   patch: 'v.patch', // [C·T·P·P, D]  Conv3d kernel flattened, transposed
   patchBias: 'v.patch_bias',
   posEmbed: 'v.pos_embed', // [G², D]  Qwen3-VL learned grid

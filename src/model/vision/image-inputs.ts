@@ -29,7 +29,8 @@ export class ImageInputs {
     if ((processor.family === 'qwen-vl') !== (tower.spec.kind === 'qwen')) {
       await tower.release();
       throw new ModelError(
-        `${modelDir}: preprocessor_config.json describes a ${processor.family} image processor, but config.json a ${tower.spec.family} vision tower`,
+        `${modelDir}: preprocessor_config.json describes a ${processor.family} image processor, ` +
+          `but config.json a ${tower.spec.family} vision tower`,
       );
     }
     return new ImageInputs(processor, tower);

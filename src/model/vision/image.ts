@@ -43,11 +43,11 @@ const FORMATS = new Set(['png', 'jpeg', 'webp']);
  * readable when a checkpoint's processor was configured small. `ARM_MAX_IMAGE_PIXELS` sets the bound instead
  * (whole pixels), and library callers pass `maxPixels`.
  */
-export const IMAGE_PIXEL_FACTOR = 4;
+const IMAGE_PIXEL_FACTOR = 4;
 export const MIN_IMAGE_PIXEL_BOUND = 4096 * 4096;
 /** The bound where no image processor is known (a bare decodeImage): 4 × Qwen3-VL's largest size, 4096² (8192²). */
 export const DEFAULT_MAX_IMAGE_PIXELS = IMAGE_PIXEL_FACTOR * 4096 * 4096;
-export const MAX_IMAGE_PIXELS_ENV = 'ARM_MAX_IMAGE_PIXELS';
+const MAX_IMAGE_PIXELS_ENV = 'ARM_MAX_IMAGE_PIXELS';
 
 /** A bound on an image's decoded pixels, with what it comes from (for the error message). */
 export interface PixelBound {
@@ -56,7 +56,7 @@ export interface PixelBound {
 }
 
 /** `ARM_MAX_IMAGE_PIXELS` as a bound, or null when unset; a value that is not a positive whole number is an error. */
-export function envPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound | null {
+function envPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound | null {
   const raw = env[MAX_IMAGE_PIXELS_ENV];
   if (raw === undefined || raw.trim() === '') return null;
   const pixels = Number(raw.trim());
@@ -87,12 +87,14 @@ export function processorPixelBound(
       }
     : {
         pixels: MIN_IMAGE_PIXEL_BOUND,
-        source: `at least 4096×4096; ${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ${largestPixels} pixels, ${what}, is less`,
+        source:
+          `at least 4096×4096; ${IMAGE_PIXEL_FACTOR} × the image processor's largest size of ` +
+          `${largestPixels} pixels, ${what}, is less`,
       };
 }
 
 /** The bound without an image processor: `ARM_MAX_IMAGE_PIXELS`, else DEFAULT_MAX_IMAGE_PIXELS. */
-export function defaultPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound {
+function defaultPixelBound(env: NodeJS.ProcessEnv = process.env): PixelBound {
   return (
     envPixelBound(env) ?? {
       pixels: DEFAULT_MAX_IMAGE_PIXELS,
@@ -147,8 +149,10 @@ export async function decodeImage(source: string | Uint8Array, opts: DecodeImage
   if (width * height > bound.pixels) {
     const frames = (meta.pages ?? 1) > 1 ? ` (first of ${meta.pages} frames)` : '';
     throw new ModelError(
-      `${where}: the image is ${width}×${height}${frames}, ${width * height} pixels, more than the ${bound.pixels} allowed (${bound.source}); ` +
-        `it is refused before decoding (a small file can declare gigabytes of pixels): downscale it, or raise the bound with ${MAX_IMAGE_PIXELS_ENV}`,
+      `${where}: the image is ${width}×${height}${frames}, ${width * height} pixels, ` +
+        `more than the ${bound.pixels} allowed (${bound.source}); ` +
+        'it is refused before decoding (a small file can declare gigabytes of pixels): ' +
+        `downscale it, or raise the bound with ${MAX_IMAGE_PIXELS_ENV}`,
     );
   }
   // `ignoreIcc`: sharp would otherwise convert through an embedded profile to sRGB, which PIL never does.

@@ -27,7 +27,8 @@ export function packLlavaOnevisionFeatures(
     throw new ModelError(`LLaVA-OneVision features: ${n} features per tile, the layout expects ${layout.baseTokens}`);
   if (!newline || newline.length !== D)
     throw new ModelError(
-      `LLaVA-OneVision features: the checkpoint's image_newline [${D}] is needed (got ${newline ? `[${newline.length}]` : 'none'})`,
+      `LLaVA-OneVision features: the checkpoint's image_newline [${D}] is needed ` +
+        `(got ${newline ? `[${newline.length}]` : 'none'})`,
     );
   const [gridH, gridW] = layout.gridFeatures;
   const side = gridH / tileRows;

@@ -67,8 +67,8 @@ function readTriple(
 }
 
 /** OpenAI CLIP statistics: transformers' default for both processor families. */
-export const CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073] as const;
-export const CLIP_STD = [0.26862954, 0.26130258, 0.27577711] as const;
+const CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073] as const;
+const CLIP_STD = [0.26862954, 0.26130258, 0.27577711] as const;
 
 export function readNormalization(json: Json, where: string): PixelNormalization {
   const std = readTriple(json, 'image_std', CLIP_STD, where);

@@ -65,7 +65,9 @@ export function expandImagePlaceholders(
   });
   if (positions.length !== tokenCounts.length) {
     throw new ModelError(
-      `the prompt has ${positions.length} image placeholder${positions.length === 1 ? '' : 's'} (token ${imageTokenId}) but ${tokenCounts.length} image${tokenCounts.length === 1 ? '' : 's'} were given; write one placeholder per image`,
+      `the prompt has ${positions.length} image placeholder${positions.length === 1 ? '' : 's'} ` +
+        `(token ${imageTokenId}) but ${tokenCounts.length} image${tokenCounts.length === 1 ? '' : 's'} were given; ` +
+        'write one placeholder per image',
     );
   }
   const inputIds: number[] = [];

@@ -87,10 +87,7 @@ function readJson(file: string): Json {
   }
 }
 
-export function qwenVLImageProcessor(
-  pre: QwenVLImageProcessorConfig,
-  placeholders: ImagePlaceholderIds,
-): ImageProcessor {
+function qwenVLImageProcessor(pre: QwenVLImageProcessorConfig, placeholders: ImagePlaceholderIds): ImageProcessor {
   return {
     family: 'qwen-vl',
     placeholders,
@@ -116,7 +113,7 @@ export function qwenVLImageProcessor(
   };
 }
 
-export function llavaOnevisionImageProcessor(
+function llavaOnevisionImageProcessor(
   pre: LlavaOnevisionImageProcessorConfig,
   features: LlavaOnevisionFeatureConfig,
   placeholders: ImagePlaceholderIds,
@@ -181,6 +178,7 @@ export function loadImageProcessor(modelDir: string): ImageProcessor {
     );
   }
   throw new ModelError(
-    `${preFile}: image_processor_type ${JSON.stringify(type)} is not supported (Qwen2VLImageProcessor, LlavaOnevisionImageProcessor)`,
+    `${preFile}: image_processor_type ${JSON.stringify(type)} is not supported ` +
+      '(Qwen2VLImageProcessor, LlavaOnevisionImageProcessor)',
   );
 }

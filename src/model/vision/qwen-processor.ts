@@ -116,7 +116,7 @@ export interface QwenVLProcessedImage {
 }
 
 /** The resized [height, width] for an image of this size (no pixels needed). */
-export function qwenVLResizedSize(height: number, width: number, cfg: QwenVLImageProcessorConfig): [number, number] {
+function qwenVLResizedSize(height: number, width: number, cfg: QwenVLImageProcessorConfig): [number, number] {
   if (!cfg.doResize) return [height, width];
   return smartResize(height, width, cfg.patchSize * cfg.mergeSize, cfg.minPixels, cfg.maxPixels);
 }

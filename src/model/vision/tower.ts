@@ -158,7 +158,8 @@ export class VisionTower {
     const K = spec.inChannels * spec.temporalPatchSize * spec.patchSize * spec.patchSize;
     if (pixelValues.length !== N * K)
       throw new ModelError(
-        `vision tower: pixel_values holds ${pixelValues.length} values; grid ${t}×${gh}×${gw} with ${K} values per patch needs ${N * K}`,
+        `vision tower: pixel_values holds ${pixelValues.length} values; ` +
+          `grid ${t}×${gh}×${gw} with ${K} values per patch needs ${N * K}`,
       );
     const f = qwenVisionFeeds(spec, gridThw);
     const feeds: Record<string, ort.Tensor> = {
@@ -195,7 +196,8 @@ export class VisionTower {
     const S = spec.imageSize;
     if (pixelValues.length !== tiles * spec.numChannels * S * S) {
       throw new ModelError(
-        `vision tower: pixel_values holds ${pixelValues.length} values; ${tiles} tiles of ${spec.numChannels}×${S}×${S} need ${tiles * spec.numChannels * S * S}`,
+        `vision tower: pixel_values holds ${pixelValues.length} values; ` +
+          `${tiles} tiles of ${spec.numChannels}×${S}×${S} need ${tiles * spec.numChannels * S * S}`,
       );
     }
     const out = await this.session.run({

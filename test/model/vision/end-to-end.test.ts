@@ -97,7 +97,7 @@ describe.runIf(present).each(FAMILIES)('image+text parity with transformers: %s'
     }
   });
 
-  it('the image in a prefilled prefix, then the last token as shared-prefix patch rows, equals the full forward', async () => {
+  it('the image in a prefilled prefix, then the last token as shared-prefix patch rows = full forward', async () => {
     const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
     const { mask, values } = fixturePatch(L, H, d);
     for (const [i, r] of results.entries()) {
@@ -236,7 +236,10 @@ describe.runIf(present)('language-model weight spellings', () => {
     const dir = renamedCheckpoint(path.join(FIXTURES, 'qwen2_vl-tiny'), (n) => n.replace(/^model\./, 'llm.'));
     try {
       await expect(Decoder.load(dir, { cacheDir, threads: 1 })).rejects.toThrow(
-        /no language-model weights \(looked for "model\.language_model\.embed_tokens\.weight", "model\.embed_tokens\.weight"\)/,
+        new RegExp(
+          'no language-model weights \\(looked for "model\\.language_model\\.embed_tokens\\.weight", ' +
+            '"model\\.embed_tokens\\.weight"\\)',
+        ),
       );
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -1,3 +1,7 @@
+/**
+ * Image decoding (vision/image.ts: formats, ICC profiles, grey, alpha, EXIF orientation) and the bicubic
+ * resampler (vision/resample.ts).
+ */
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

@@ -24,7 +24,7 @@ const TEXT = {
 };
 
 describe("image-text config.json → the language model's spec", () => {
-  it('Qwen2.5-VL (transformers 5: text_config, rope_parameters.mrope_section): qwen2 with contiguous M-RoPE rows', () => {
+  it('Qwen2.5-VL (transformers 5: text_config, rope_parameters.mrope_section): qwen2, contiguous M-RoPE rows', () => {
     const spec = specFromConfig({
       model_type: 'qwen2_5_vl',
       text_config: {
@@ -78,7 +78,7 @@ describe("image-text config.json → the language model's spec", () => {
     expect(spec.imageText).toMatchObject({ modelType: 'llava_onevision', mropeRows: null, deepstackLayers: 0 });
   });
 
-  it('refusals name the field: no mrope_section, sections not summing to head_dim / 2, an unknown LLM, sliding windows with M-RoPE', () => {
+  it('refusals name the field: no mrope_section, sections not summing to d/2, unknown LLM, M-RoPE + window', () => {
     expect(() => specFromConfig({ model_type: 'qwen2_vl', text_config: { ...TEXT } }, 'c.json')).toThrow(
       /c\.json text_config: "rope_parameters\.mrope_section".*missing/,
     );
@@ -104,7 +104,7 @@ describe("image-text config.json → the language model's spec", () => {
     ).toThrow(/sliding-window attention with M-RoPE/);
   });
 
-  it('weight spellings: the first one whose embed_tokens exists; names map to text names, vision tensors to none', () => {
+  it('weight spellings: the first whose embed_tokens exists; names map to text names, vision tensors to none', () => {
     const spec = specFromConfig({ model_type: 'llava_onevision', text_config: { ...TEXT, model_type: 'qwen2' } });
     const hub = languageModelSpelling(spec, ['language_model.model.embed_tokens.weight', 'vision_tower.x'], 'dir');
     expect(textWeightName(hub, 'language_model.model.layers.0.mlp.up_proj.weight')).toBe(
@@ -120,7 +120,7 @@ describe("image-text config.json → the language model's spec", () => {
 });
 
 describe('LLaVA-OneVision feature packing', () => {
-  it('bilinear resize (align_corners=False) reproduces a linear map at the sampled coordinates, clamped at the edges', () => {
+  it('bilinear resize (align_corners=False) reproduces a linear map at the sampled points, clamped at edges', () => {
     const [h0, w0] = [3, 5];
     const map = Float32Array.from({ length: h0 * w0 }, (_, i) => 10 * Math.floor(i / w0) + (i % w0));
     const out = bilinearResize(map, h0, w0, 1, 2, 3);

@@ -1,3 +1,7 @@
+/**
+ * Image placeholder expansion (vision/placeholders.ts), M-RoPE position ids (vision/mrope.ts) and the M-RoPE
+ * frequency layout read from config.json (families/rope-config.ts).
+ */
 import { describe, expect, it } from 'vitest';
 import { ModelError } from '../../../src/model/errors.js';
 import { expandImagePlaceholders, imagePlaceholderIds, imageSpansOf } from '../../../src/model/vision/placeholders.js';

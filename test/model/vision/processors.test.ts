@@ -1,3 +1,7 @@
+/**
+ * The image processors on hand-made inputs: Qwen-VL smart_resize and patch order, LLaVA-OneVision anyres tiling
+ * and token counts, and loadImageProcessor's choice of family and its errors.
+ */
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

@@ -24,7 +24,7 @@ afterAll(() => {
 });
 
 describe.runIf(present).each(FAMILIES)('quantised language model with an image: %s', (name) => {
-  it('int8 keeps the top token and stays within 2% of the logit range (measured 0.6–0.9%); int4 within 15% (7–8.5%)', async () => {
+  it('int8: the top token kept, within 2% of the logit range (0.6–0.9% measured); int4: 15% (7–8.5%)', async () => {
     const dir = path.join(FIXTURES, name);
     const { results } = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')) as {
       results: { input_ids_one_placeholder: number[]; last_logits: number[] }[];

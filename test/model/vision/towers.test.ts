@@ -116,7 +116,7 @@ describe.runIf(present).each(['qwen2_vl-tiny', 'qwen2_5_vl-tiny', 'qwen3_vl-tiny
 );
 
 describe.runIf(present)('Qwen2.5-VL window attention bites on the fixture', () => {
-  it('the same weights with every block attending over the whole image miss HF by more than the tolerance', async () => {
+  it('the same weights with every block attending over the whole image miss HF by more than tolerance', async () => {
     const f = fixture('qwen2_5_vl-tiny');
     const grid = Array.from(f.extra('image_grid_thw').values) as [number, number, number];
     const dir = renamedCheckpoint(f.dir, (n) => n);
@@ -142,7 +142,7 @@ describe.runIf(present)('Qwen2.5-VL window attention bites on the fixture', () =
 describe.runIf(present)('LLaVA-OneVision vision tower (SigLIP + projector)', () => {
   const name = 'llava_onevision-tiny';
 
-  it(`SigLIP's pooled output per tile matches HF, the projector features the float64 reference, within ${TOLERANCE} relative`, async () => {
+  it(`SigLIP pooled output per tile = HF, projector features = float64, within ${TOLERANCE} relative`, async () => {
     const f = fixture(name);
     const [, tiles, C, S] = f.pixels.shape as [number, number, number, number];
     const tower = await VisionTower.load(f.dir, { cacheDir, threads: 1, pooledOutput: true });
@@ -172,7 +172,7 @@ describe.runIf(present)('LLaVA-OneVision vision tower (SigLIP + projector)', () 
     }
   });
 
-  it('without the pooling head (what the model runs) gives the same features; the hub spelling vision_tower.vision_model.* loads', async () => {
+  it('without the pooling head (as the model runs): same features; loads vision_tower.vision_model.*', async () => {
     const f = fixture(name);
     const tiles = f.pixels.shape[1]!;
     const pixels = Float32Array.from(f.pixels.values);
@@ -208,7 +208,7 @@ describe.runIf(present)('Qwen vision feeds', () => {
       JSON.parse(fs.readFileSync(path.join(FIXTURES, name, 'config.json'), 'utf8')),
     ) as QwenVisionSpec;
 
-  it('Qwen2.5-VL windows: every patch in exactly one window of whole merged units, as get_window_index groups them', () => {
+  it('Qwen2.5-VL windows: each patch in exactly one window of whole merged units, as get_window_index groups', () => {
     const s = spec('qwen2_5_vl-tiny'); // window 56 px = 2×2 merged units of 2×2 patches
     const f = qwenVisionFeeds(s, [1, 6, 10]); // 3×5 merged units → windows of 2×2, 2×2, 2×1, 1×2, 1×2, 1×1
     const w = f.window!;
@@ -232,7 +232,7 @@ describe.runIf(present)('Qwen vision feeds', () => {
     expect(sizes).toEqual([16, 16, 8, 8, 8, 4]);
   });
 
-  it('Qwen3-VL position interpolation: corners weigh 1 in total and a grid the size of the table picks its rows exactly', () => {
+  it('Qwen3-VL position interpolation: corners weigh 1 in total; a grid the size of the table picks its rows', () => {
     const s = spec('qwen3_vl-tiny'); // 64 learned positions = 8×8
     const f = qwenVisionFeeds(s, [1, 8, 8]).posEmbed!;
     for (let i = 0; i < 64; i++) {
@@ -276,13 +276,16 @@ describe.runIf(present)('VisionTower from the PNG, cache and refusals', () => {
     },
   );
 
-  it('refuses a checkpoint without vision weights, a mis-shaped tensor, and pixels that do not fit the grid', async () => {
+  it('refuses a checkpoint without vision weights, a mis-shaped tensor, pixels that do not fit the grid', async () => {
     const f = fixture('qwen2_vl-tiny');
     const noVision = renamedCheckpoint(f.dir, (n) => n.replace(/^visual\./, 'vision.'));
     const badShape = renamedCheckpoint(f.dir, (n) => n);
     try {
       await expect(VisionTower.load(noVision, { cacheDir, threads: 1 })).rejects.toThrow(
-        /no vision tower weights \(looked for "model\.visual\.patch_embed\.proj\.weight", "visual\.patch_embed\.proj\.weight"\)/,
+        new RegExp(
+          'no vision tower weights \\(looked for "model\\.visual\\.patch_embed\\.proj\\.weight", ' +
+            '"visual\\.patch_embed\\.proj\\.weight"\\)',
+        ),
       );
       const config = JSON.parse(fs.readFileSync(path.join(badShape, 'config.json'), 'utf8')) as {
         vision_config: Record<string, unknown>;
