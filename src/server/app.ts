@@ -13,7 +13,7 @@ import path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Example, Prompt } from '../data/examples.js';
 import type { CriterionMeta } from '../arm/criterion.js';
-import { CancelledError, ItemFailedError, itemCost, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
+import { CancelledError, ItemFailedError, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
 import { QuerySplitter, SplitError, type Presplit, type SplitEntry, type SplitWithoutPrompts } from './split.js';
 import type { ScoringEngine } from './engine.js';
@@ -306,9 +306,8 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     if (cost > maxQueue) throw new HttpError(413, field, `${field}: ${cost} judge items in one request exceed --max-queue ${maxQueue}; send smaller requests`);
   };
 
-  /** Submits to every criterion in `names`; a client that goes away cancels them all. */
+  /** Submits to every criterion in `names` (the handler checked capacity); a client that goes away cancels them all. */
   const scoreAll = async (req: FastifyRequest, reply: FastifyReply, names: string[], examples: Example[], field: string): Promise<ExampleScore[][]> => {
-    checkCapacity(examples.reduce((n, e) => n + itemCost(e), 0) * names.length, field);
     const abort = new AbortController();
     // 'close' on the response before it finished: the client went away.
     reply.raw.on('close', () => { if (!reply.raw.writableFinished) abort.abort(); });
@@ -318,7 +317,6 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       abort.abort(); // one criterion refused (queue full) or failed: withdraw what the others queued
       if (e instanceof ItemFailedError) {
         const at = `${field}[${e.slot}]`;
-        if (!e.inputFault) throw e.cause;
         throw new HttpError(422, at, `${at}: ${e.message} (the engine scores other items; the rest of its micro-batch was scored without it)`);
       }
       throw e;
@@ -444,7 +442,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     const asked = req.body.criterion ?? req.query.criterion;
     if (asked === undefined && byName.size > 1) throw new HttpError(400, 'criterion', `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`);
     const name = targets(asked).names[0]!;
-    checkCapacity(items ? items.length : 2 * pairs!.length, items ? 'items' : 'pairs');
+    checkCapacity(items ? items.length : 2 * pairs!.length, items ? 'items' : 'pairs'); // a pair is two judge items
     const found = new Map<string, string>(); // image file → the first field naming it
     const examples: Example[] = items
       ? items.map((it, i) => {

@@ -8,7 +8,8 @@
  * `MAIN_THREAD_PARSE_BYTES` is parsed in a worker thread, which also counts it: a body with more entries than a
  * request may carry, or more JSON values in all than such entries need, is refused there, and the main thread
  * never holds its values. A body that passes comes back (a structured clone: ~3 ms per MiB on the main thread),
- * bounded by the body limit and the item count.
+ * bounded by the body limit and the item count; the texts of /get_reward and /classify come back split (their
+ * special-token stripping is per-character work too, split.ts presplitBody).
  */
 import { Worker } from 'node:worker_threads';
 import { spawnModuleWorker } from '../util/module-worker.js';

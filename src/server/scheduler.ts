@@ -39,10 +39,13 @@ export class ShuttingDownError extends Error {
   constructor() { super('the server is shutting down and takes no new work'); }
 }
 
-/** An example that failed alone (its batch-mates were retried without it): `slot` is its index in the request. */
+/**
+ * An example that failed alone while the engine scored others (its batch-mates, retried without it, or the probe):
+ * the input's fault. `slot` is its index in the request.
+ */
 export class ItemFailedError extends Error {
   override name = 'ItemFailedError';
-  constructor(readonly slot: number, override readonly cause: Error, readonly inputFault: boolean) {
+  constructor(readonly slot: number, override readonly cause: Error) {
     super(`could not be scored: ${cause.message}`);
   }
 }
@@ -217,7 +220,7 @@ export class MicroBatcher {
       for (const [job, { entry, error }] of failed) {
         if (job.cancelled || job.left === 0) continue;
         job.left = 0;
-        job.reject(inputFault ? new ItemFailedError(entry.slot, error, true) : error);
+        job.reject(inputFault ? new ItemFailedError(entry.slot, error) : error);
         this.cancelWaiting(job);
       }
     } finally {
