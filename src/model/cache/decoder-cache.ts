@@ -66,7 +66,8 @@ export function graphsDir(cacheDir: string): string {
 /** The part of the cache key that names the format; empty for plain fp32 so existing entries stay valid. */
 function formatKey(f: WeightFormat): string {
   if (!f.quant && !f.prequant) return '';
-  const eh =
+  // The embedding/head and sensitive layers' layouts, where they differ from the main one.
+  const others =
     (f.quant?.embedHead ? `:${f.quant.embedHead.bits}:${f.quant.embedHead.blockSize}` : '') +
     (f.quant?.sensitive ? `:${f.quant.sensitive.rule}:${f.quant.sensitive.bits}:${f.quant.sensitive.blockSize}` : '');
   // Only 'rowwise' is named, so block-wise int8 entries built before the option existed keep their keys.
@@ -75,11 +76,11 @@ function formatKey(f: WeightFormat): string {
   const gptq = g
     ? `:gptq:${g.sequences}x${g.tokens}:${g.seed}:${g.dampFraction}:${CALIBRATION_VERSION}:${GPTQ_VERSION}`
     : '';
-  const q = `${f.quant ? `${f.quant.bits}:${f.quant.blockSize}${eh}${kernel}${gptq}` : 'f32'}:${f.accuracyLevel}`;
-  const pq = f.prequant
+  const quant = f.quant ? `${f.quant.bits}:${f.quant.blockSize}${others}${kernel}${gptq}` : 'f32';
+  const prequant = f.prequant
     ? `:${f.prequant.method}:${f.prequant.bits}:${f.prequant.groupSize}:${f.prequant.zeroMinusOne}`
     : '';
-  return `:${f.dtype}:${q}${pq}:${QUANTIZER_VERSION}`;
+  return `:${f.dtype}:${quant}:${f.accuracyLevel}${prequant}:${QUANTIZER_VERSION}`;
 }
 
 export function cacheKey(
@@ -423,25 +424,25 @@ function quantizedWeightRef(
   weights: WrittenWeights,
   name: string,
 ): QuantizedWeightRef | RowwiseWeightRef | null {
-  const r = weights.rowwise.get(name);
-  if (r)
+  const rowwise = weights.rowwise.get(name);
+  if (rowwise)
     return {
       kind: 'rowwise',
-      codes: g.externalWeight(r.codes, DATA_FILE),
-      scales: g.externalWeight(r.scales, DATA_FILE),
-      rows: r.rows,
-      cols: r.cols,
+      codes: g.externalWeight(rowwise.codes, DATA_FILE),
+      scales: g.externalWeight(rowwise.scales, DATA_FILE),
+      rows: rowwise.rows,
+      cols: rowwise.cols,
     };
-  const q = weights.quantized.get(name);
-  if (!q) return null;
+  const blockwise = weights.quantized.get(name);
+  if (!blockwise) return null;
   return {
-    codes: g.externalWeight(q.codes, DATA_FILE),
-    scales: g.externalWeight(q.scales, DATA_FILE),
-    zeroPoints: g.externalWeight(q.zeroPoints, DATA_FILE),
-    rows: q.rows,
-    cols: q.cols,
-    bits: q.bits,
-    blockSize: q.blockSize,
+    codes: g.externalWeight(blockwise.codes, DATA_FILE),
+    scales: g.externalWeight(blockwise.scales, DATA_FILE),
+    zeroPoints: g.externalWeight(blockwise.zeroPoints, DATA_FILE),
+    rows: blockwise.rows,
+    cols: blockwise.cols,
+    bits: blockwise.bits,
+    blockSize: blockwise.blockSize,
   };
 }
 

@@ -395,23 +395,34 @@ function jsonKind(v: unknown): string {
   return `${typeof v} ${JSON.stringify(v)}`;
 }
 
+/** The JSON punctuation findDuplicateKey reads, as char codes. */
+const CHAR = {
+  quote: 0x22, // "
+  backslash: 0x5c, // \
+  openBrace: 0x7b, // {
+  closeBrace: 0x7d, // }
+  openBracket: 0x5b, // [
+  closeBracket: 0x5d, // ]
+  comma: 0x2c, // ,
+} as const;
+
 /**
  * The first key repeated within one object of `text` (already known to be valid JSON), with the top-level
  * key it sits under (null at the top level). A linear scan: strings are skipped whole, and only a string
  * right after `{` or after `,` inside an object is a key.
  */
 export function findDuplicateKey(text: string): { key: string; parent: string | null } | null {
-  const stack: (Set<string> | null)[] = []; // one Set per open object, null per open array
+  // One Set per open object, null per open array.
+  const stack: (Set<string> | null)[] = [];
   let expectKey = false;
   let topKey: string | null = null;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    if (c === 0x22) {
-      // "
+    if (c === CHAR.quote) {
       let j = i + 1;
       let escaped = false;
-      for (let ch = text.charCodeAt(j); ch !== 0x22; ch = text.charCodeAt(j)) {
-        if (ch === 0x5c) {
+      for (let ch = text.charCodeAt(j); ch !== CHAR.quote; ch = text.charCodeAt(j)) {
+        if (ch === CHAR.backslash) {
           escaped = true;
           j += 2;
         } else j += 1;
@@ -425,17 +436,17 @@ export function findDuplicateKey(text: string): { key: string; parent: string | 
         expectKey = false;
       }
       i = j;
-    } else if (c === 0x7b) {
+    } else if (c === CHAR.openBrace) {
       stack.push(new Set());
       expectKey = true;
-    } // {
-    else if (c === 0x5b)
-      stack.push(null); // [
-    else if (c === 0x7d || c === 0x5d) {
+    } else if (c === CHAR.openBracket) {
+      stack.push(null);
+    } else if (c === CHAR.closeBrace || c === CHAR.closeBracket) {
       stack.pop();
       expectKey = false;
-    } // } ]
-    else if (c === 0x2c) expectKey = stack[stack.length - 1] != null; // ,
+    } else if (c === CHAR.comma) {
+      expectKey = stack[stack.length - 1] != null;
+    }
   }
   return null;
 }

@@ -39,11 +39,11 @@ export interface PrequantScheme {
 
 /** Reads `quantization_config` of config.json; null when the checkpoint is not pre-quantised. */
 export function prequantSchemeFromConfig(config: Record<string, unknown>, file = 'config.json'): PrequantScheme | null {
-  const q = config.quantization_config;
-  if (q === undefined || q === null) return null;
-  if (typeof q !== 'object' || Array.isArray(q))
+  const raw = config.quantization_config;
+  if (raw === undefined || raw === null) return null;
+  if (typeof raw !== 'object' || Array.isArray(raw))
     throw new ModelError(`${file}: field "quantization_config" must be an object`);
-  const c = q as Record<string, unknown>;
+  const c = raw as Record<string, unknown>;
   const method = typeof c.quant_method === 'string' ? c.quant_method.toLowerCase() : c.quant_method;
   if (method !== 'awq' && method !== 'gptq') {
     throw new ModelError(

@@ -131,7 +131,7 @@ async function sampleSequences<Kv>(
   const rng = new Rng(draw.seed);
   const V = spec.vocabSize;
   const out: number[][] = [];
-  for (let s = 0; s < draw.sequences; s++) {
+  for (let seq = 0; seq < draw.sequences; seq++) {
     const ids = [start];
     let step = await model.extend(model.empty, ids);
     while (ids.length < draw.length) {
@@ -140,7 +140,7 @@ async function sampleSequences<Kv>(
       if (ids.length < draw.length) step = await model.extend(step.kv, [next]);
     }
     out.push(ids);
-    progress.onProgress?.(s + 1, draw.sequences, 'calibration text (GPTQ)');
+    progress.onProgress?.(seq + 1, draw.sequences, 'calibration text (GPTQ)');
   }
   return out;
 }
@@ -151,10 +151,10 @@ export function sample(logits: Float32Array, V: number, u: number): number {
   for (let v = 0; v < V; v++) if (logits[v]! > max) max = logits[v]!;
   let z = 0;
   for (let v = 0; v < V; v++) z += Math.exp(logits[v]! - max);
-  let r = u * z;
+  let remaining = u * z;
   for (let v = 0; v < V; v++) {
-    r -= Math.exp(logits[v]! - max);
-    if (r < 0) return v;
+    remaining -= Math.exp(logits[v]! - max);
+    if (remaining < 0) return v;
   }
   return V - 1; // u·z rounding past the last term
 }
@@ -162,8 +162,8 @@ export function sample(logits: Float32Array, V: number, u: number): number {
 /** h (upper triangle) += Σ over rows x of x xᵀ, for x [rows, K] row-major. */
 export function addGram(h: Float64Array, x: Float32Array, K: number): void {
   const rows = x.length / K;
-  for (let r = 0; r < rows; r++) {
-    const o = r * K;
+  for (let row = 0; row < rows; row++) {
+    const o = row * K;
     for (let i = 0; i < K; i++) {
       const xi = x[o + i]!;
       if (xi === 0) continue;

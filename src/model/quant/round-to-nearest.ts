@@ -1,12 +1,13 @@
 /**
- * Round-to-nearest quantisation: where a float weight matrix becomes codes with no data but the weights. Two
- * forms:
+ * Round-to-nearest quantisation: where a float weight becomes int8 or int4 codes. Every weight a quantised cache
+ * entry stores is quantised here, except the main 4-bit linear layers of a GPTQ format (gptq.ts places those,
+ * on blockGrid's grids) and the layers a pre-quantised AWQ/GPTQ checkpoint brings (awq-gptq.ts repacks their
+ * codes as they are). The cache writer (cache/decoder-cache.ts) quantises weight by weight as the format says
+ * (weight-format.ts), on quantize-pool.ts's threads for big models. Two forms:
  *   - block-wise (quantizeMatrix): asymmetric min/max per block of K into layout.ts's MatMulNBits layout, with a
- *     small clip search at 4 bits; the int8 and int4 formats' embedding table, head and linear layers (but those
- *     GPTQ places, gptq.ts, which reuses blockGrid for its grids). quantize-pool.ts spreads it over the cores;
- *   - row-wise (quantizeRowwise): symmetric int8 per output channel for the W8A8 'rowwise' int8 kernel
- *     (graph/quantized-linear.ts emitRowwiseLinear).
- * The cache writer (cache/decoder-cache.ts) decides which weight gets which (quant/weight-format.ts).
+ *     small clip search at 4 bits; the embedding table, the head and the linear layers of int8 and int4 formats;
+ *   - row-wise (quantizeRowwise): symmetric int8 per output channel, for the linear layers of the W8A8 'rowwise'
+ *     int8 kernel (graph/quantized-linear.ts emitRowwiseLinear).
  */
 import { allocQuantized, blobBytes, blocksPerRow, putPacked, zeroPointBytesPerRow } from './layout.js';
 import type { QuantizedMatrix, QuantOptions } from './layout.js';
