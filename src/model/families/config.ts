@@ -119,7 +119,7 @@ function textSpecFromConfig(config: RawConfig, file: string): ModelSpec {
     );
   }
   const rope = parseRope(config, file, maxPositions);
-  const rotaryDim = parseRotaryDim(config, file, headDim, adapter.partialRotary);
+  const rotaryDim = parseRotaryDim(config, file, { headDim, partialRotary: adapter.partialRotary });
   return {
     family,
     hiddenSize,

@@ -73,7 +73,12 @@ export function gemma3SlidingRope(config: RawConfig, file: string, maxPositions:
  * How many leading dimensions of a head RoPE rotates: int(head_dim · partial_rotary_factor), as transformers
  * computes it; the factor sits in rope_parameters (v5) or at the top level.
  */
-export function parseRotaryDim(config: RawConfig, file: string, headDim: number, allowed: boolean): number {
+export function parseRotaryDim(
+  config: RawConfig,
+  file: string,
+  head: { headDim: number; partialRotary: boolean },
+): number {
+  const { headDim, partialRotary } = head;
   const params = isObject(config.rope_parameters) ? config.rope_parameters : {};
   const key =
     params.partial_rotary_factor !== undefined && params.partial_rotary_factor !== null
@@ -81,7 +86,7 @@ export function parseRotaryDim(config: RawConfig, file: string, headDim: number,
       : 'partial_rotary_factor';
   const factor = key === 'partial_rotary_factor' ? config.partial_rotary_factor : params.partial_rotary_factor;
   if (factor === undefined || factor === null || factor === 1) return headDim;
-  if (!allowed)
+  if (!partialRotary)
     throw new ModelError(
       `${file}: ${key} ${JSON.stringify(factor)} is not supported ` +
         `for model_type ${JSON.stringify(config.model_type)} (only 1)`,

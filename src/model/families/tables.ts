@@ -142,11 +142,11 @@ export interface ImageTextAdapter {
  * The Qwen VL families: transformers 5 `model.language_model.*`; hub checkpoints from before it `model.*` (both
  * with `lm_head.weight`).
  */
-const qwenVl = (textFamily: Family, deepstack: boolean): ImageTextAdapter =>
+const qwenVl = (textFamily: Family, opts: { deepstack: boolean }): ImageTextAdapter =>
   Object.freeze({
     text: () => textFamily,
     mrope: true,
-    deepstack,
+    deepstack: opts.deepstack,
     spellings: [
       { prefix: 'model.language_model.', lmHead: 'lm_head.weight' },
       { prefix: 'model.', lmHead: 'lm_head.weight' },
@@ -158,9 +158,9 @@ const qwenVl = (textFamily: Family, deepstack: boolean): ImageTextAdapter =>
  * Qwen2.5-VL configs keep them at the top level) and it runs as a text family; the rest is where its weights live.
  */
 export const IMAGE_TEXT_ADAPTERS: Readonly<Record<ImageTextModelType, ImageTextAdapter>> = Object.freeze({
-  qwen2_vl: qwenVl('qwen2', false),
-  qwen2_5_vl: qwenVl('qwen2', false),
-  qwen3_vl: qwenVl('qwen3', true),
+  qwen2_vl: qwenVl('qwen2', { deepstack: false }),
+  qwen2_5_vl: qwenVl('qwen2', { deepstack: false }),
+  qwen3_vl: qwenVl('qwen3', { deepstack: true }),
   // The LLM is whatever text_config says (Qwen2 for the released models); llava-hf checkpoints nest it as a CausalLM.
   llava_onevision: Object.freeze({
     text: (c: RawConfig) => c.model_type ?? 'qwen2',

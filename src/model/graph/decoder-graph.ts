@@ -98,21 +98,21 @@ export function emitDecoderGraph(
   const inputs = declareInputs(g, spec);
   const { masks, ...lengths } = emitAttentionMasks(ops);
   const rope = emitRope(ops, inputs.positionIds);
-  // 1: one S×T score block per layer (tests compare)
+  // queryChunks 1: one S×T score block per layer (tests compare)
   const chunks = emitQueryChunks(ops, lengths, attention.queryChunks ?? ATTENTION_QUERY_CHUNKS);
-  const c: DecoderContext = { ops, inputs, rope, attention: { masks, ...chunks } };
+  const ctx: DecoderContext = { ops, inputs, rope, attention: { masks, ...chunks } };
 
   let resid = inputs.inputsEmbeds; // [B,S,D]
   const headTaps: string[] = []; // per layer [B,1,H,d]
   for (let l = 0; l < spec.numLayers; l++) {
-    const attn = emitAttention(c, l, ops.rmsNorm(resid, W.ln1(l), SITES.ln1(l)));
+    const attn = emitAttention(ctx, l, ops.rmsNorm(resid, W.ln1(l), SITES.ln1(l)));
     headTaps.push(attn.headTap);
-    resid = addResidual(c, resid, attn.out, RESIDUAL_ADDS.attention(l));
-    const mlpOut = emitMlp(c, l, ops.rmsNorm(resid, W.ln2(l), SITES.ln2(l)));
-    resid = addResidual(c, resid, mlpOut, RESIDUAL_ADDS.mlp(l));
-    resid = addDeepstack(c, l, resid);
+    resid = addResidual(ctx, resid, attn.out, RESIDUAL_ADDS.attention(l));
+    const mlpOut = emitMlp(ctx, l, ops.rmsNorm(resid, W.ln2(l), SITES.ln2(l)));
+    resid = addResidual(ctx, resid, mlpOut, RESIDUAL_ADDS.mlp(l));
+    resid = addDeepstack(ctx, l, resid);
   }
-  emitHead(c, resid, headTaps, headChunkBytes);
+  emitHead(ctx, resid, headTaps, headChunkBytes);
   for (const site of siteOutputs) g.output(site.site, 'FLOAT', ['batch', 'seq', site.inputs]);
   return g;
 }
@@ -120,26 +120,26 @@ export function emitDecoderGraph(
 /** The graph inputs, in the order the graph declares them. */
 function declareInputs(g: GraphBuilder, spec: ModelSpec): DecoderInputs {
   const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d } = spec;
-  const I = DECODER_INPUTS;
-  const inputsEmbeds = g.input(I.inputsEmbeds, 'FLOAT', ['batch', 'seq', spec.hiddenSize]);
-  g.input(I.attentionMask, 'INT64', ['batch', 'total']);
+  const names = DECODER_INPUTS;
+  const inputsEmbeds = g.input(names.inputsEmbeds, 'FLOAT', ['batch', 'seq', spec.hiddenSize]);
+  g.input(names.attentionMask, 'INT64', ['batch', 'total']);
   // M-RoPE: rotary frequency j turns by the position in row mropeRows[j] of the 3-row position ids.
   const positionIds = g.input(
-    I.positionIds,
+    names.positionIds,
     'INT64',
     spec.imageText?.mropeRows ? [3, 'batch', 'seq'] : ['batch', 'seq'],
   );
   const past = Array.from({ length: L }, (_, l) => ({
-    key: g.input(I.pastKey(l), 'FLOAT', [1, KV, 'past', d]),
-    value: g.input(I.pastValue(l), 'FLOAT', [1, KV, 'past', d]),
+    key: g.input(names.pastKey(l), 'FLOAT', [1, KV, 'past', d]),
+    value: g.input(names.pastValue(l), 'FLOAT', [1, KV, 'past', d]),
   }));
-  const patchMask = g.input(I.patchMask, 'FLOAT', ['batch', L, H]);
-  const patchValues = g.input(I.patchValues, 'FLOAT', [L, H, d]);
-  const patchReplace = g.input(I.patchReplace, 'FLOAT', []);
+  const patchMask = g.input(names.patchMask, 'FLOAT', ['batch', L, H]);
+  const patchValues = g.input(names.patchValues, 'FLOAT', [L, H, d]);
+  const patchReplace = g.input(names.patchReplace, 'FLOAT', []);
   const deepstackLayers = spec.imageText?.deepstackLayers ?? 0;
   const deepstack =
     deepstackLayers > 0
-      ? g.input(I.deepstackEmbeds, 'FLOAT', [deepstackLayers, 'batch', 'seq', spec.hiddenSize])
+      ? g.input(names.deepstackEmbeds, 'FLOAT', [deepstackLayers, 'batch', 'seq', spec.hiddenSize])
       : null;
   return { inputsEmbeds, positionIds, past, patchMask, patchValues, patchReplace, deepstack };
 }
@@ -148,34 +148,34 @@ function declareInputs(g: GraphBuilder, spec: ModelSpec): DecoderInputs {
  * Self-attention of layer `l` on its normed input x [B,S,D]: q, k, v, causal attention, the head patch at the
  * last position, o_proj. Returns the o_proj output [B,S,D] and the layer's (patched) head tap [B,1,H,d].
  */
-function emitAttention(c: DecoderContext, l: number, x: string): { out: string; headTap: string } {
-  const { spec } = c.ops;
-  const { q, k, v } = emitQkv(c, l, x);
-  const z = emitCausalAttention(c.ops, c.attention, { layer: l, q, k, v, past: c.inputs.past[l]! }); // [B,S,H·d]
-  const { zOut, headTap } = emitHeadPatch(c, l, z);
-  return { out: c.ops.linear(zOut, W.o(l), spec.oBias ? W.oBias(l) : null, SITES.attnOut(l)), headTap };
+function emitAttention(ctx: DecoderContext, l: number, x: string): { out: string; headTap: string } {
+  const { spec } = ctx.ops;
+  const { q, k, v } = emitQkv(ctx, l, x);
+  const z = emitCausalAttention(ctx.ops, ctx.attention, { layer: l, q, k, v, past: ctx.inputs.past[l]! }); // [B,S,H·d]
+  const { zOut, headTap } = emitHeadPatch(ctx, l, z);
+  return { out: ctx.ops.linear(zOut, W.o(l), spec.oBias ? W.oBias(l) : null, SITES.attnOut(l)), headTap };
 }
 
 /**
  * The fused q|k|v projection split into heads: q [B,H,S,d] and k [B,KV,S,d] after the per-head norms (Qwen3,
  * Gemma 3: RMSNorm over d, before the transpose) and RoPE; v [B,KV,S,d]. k and v are the outputs new.{l}.*.
  */
-function emitQkv(c: DecoderContext, l: number, x: string): { q: string; k: string; v: string } {
-  const { g, spec, i64 } = c.ops;
+function emitQkv(ctx: DecoderContext, l: number, x: string): { q: string; k: string; v: string } {
+  const { g, spec, i64 } = ctx.ops;
   const { numHeads: H, numKvHeads: KV, headDim: d } = spec;
-  const qkv = c.ops.linear(x, W.qkv(l), spec.qkvBias ? W.qkvBias(l) : null, SITES.attnQkv(l)); // [B,S,(H+2KV)d]
+  const qkv = ctx.ops.linear(x, W.qkv(l), spec.qkvBias ? W.qkvBias(l) : null, SITES.attnQkv(l)); // [B,S,(H+2KV)d]
   const [qFlat, kFlat, vFlat] = g.opMulti('Split', [qkv, i64([H * d, KV * d, KV * d])], { axis: 2 }, 3);
   // [B,S,n·d] → [B,n,S,d]
   const heads = (t: string, n: number, norm?: { weight: string; site: string }) => {
     let y = g.op('Reshape', [t, i64([0, 0, n, d])]); // [B,S,n,d]
-    if (norm) y = c.ops.rmsNorm(y, norm.weight, norm.site);
+    if (norm) y = ctx.ops.rmsNorm(y, norm.weight, norm.site);
     return g.op('Transpose', [y], { perm: [0, 2, 1, 3] }); // [B,n,S,d]
   };
   const qNorm = spec.qkNorm ? { weight: W.qNorm(l), site: SITES.attnQNorm(l) } : undefined;
   const kNorm = spec.qkNorm ? { weight: W.kNorm(l), site: SITES.attnKNorm(l) } : undefined;
   const layerType = spec.layerTypes[l]!;
-  const q = c.rope.apply(heads(qFlat!, H, qNorm), layerType, SITES.attnQ(l));
-  const k = c.rope.apply(heads(kFlat!, KV, kNorm), layerType, SITES.attnK(l));
+  const q = ctx.rope.apply(heads(qFlat!, H, qNorm), layerType, SITES.attnQ(l));
+  const k = ctx.rope.apply(heads(kFlat!, KV, kNorm), layerType, SITES.attnK(l));
   const v = g.op('Identity', [heads(vFlat!, KV)], {}, SITES.attnV(l));
   g.output(DECODER_OUTPUTS.newKey(l), 'FLOAT', ['batch', KV, 'seq', d]);
   g.output(DECODER_OUTPUTS.newValue(l), 'FLOAT', ['batch', KV, 'seq', d]);
@@ -186,28 +186,28 @@ function emitQkv(c: DecoderContext, l: number, x: string): { q: string; k: strin
  * The read/patch site: the last position's per-head output z_last [B,H,d], before o_proj, patched by the inputs
  * (z ← z·(1 − mask·replace) + mask·value). Returns o_proj's input with the patched last position, and the tap.
  */
-function emitHeadPatch(c: DecoderContext, l: number, z: string): { zOut: string; headTap: string } {
-  const { g, spec, i64, f32 } = c.ops;
+function emitHeadPatch(ctx: DecoderContext, l: number, z: string): { zOut: string; headTap: string } {
+  const { g, spec, i64, f32 } = ctx.ops;
   const { numHeads: H, headDim: d } = spec;
-  const { patchMask, patchValues, patchReplace } = c.inputs;
-  const zLast = g.op('Reshape', [c.ops.lastPosition(z), i64([0, H, d])], {}, SITES.attnZLast(l)); // [B,H,d]
+  const { patchMask, patchValues, patchReplace } = ctx.inputs;
+  const zLast = g.op('Reshape', [ctx.ops.lastPosition(z), i64([0, H, d])], {}, SITES.attnZLast(l)); // [B,H,d]
   const m = g.op('Unsqueeze', [g.op('Gather', [patchMask, g.intConst([l], [])], { axis: 1 }), i64([2])]); // [B,H,1]
   const value = g.op('Gather', [patchValues, g.intConst([l], [])], { axis: 0 }); // [H,d]
   const keep = g.op('Sub', [f32(1), g.op('Mul', [m, patchReplace])]); // [B,H,1]
   const zPatched = g.op('Add', [g.op('Mul', [zLast, keep]), g.op('Mul', [m, value])], {}, SITES.attnZLastPatched(l));
   const headTap = g.op('Unsqueeze', [zPatched, i64([1])]); // [B,1,H,d]
-  const zOut = g.op('Concat', [c.ops.allButLast(z), g.op('Reshape', [zPatched, i64([0, 1, H * d])])], { axis: 1 });
+  const zOut = g.op('Concat', [ctx.ops.allButLast(z), g.op('Reshape', [zPatched, i64([0, 1, H * d])])], { axis: 1 });
   return { zOut, headTap };
 }
 
 /** The gated MLP of layer `l` on its normed input x [B,S,D]: down(act(gate) · up) → [B,S,D]. */
-function emitMlp(c: DecoderContext, l: number, x: string): string {
-  const { g, spec, i64 } = c.ops;
+function emitMlp(ctx: DecoderContext, l: number, x: string): string {
+  const { g, spec, i64 } = ctx.ops;
   const F = spec.intermediateSize;
-  const gateUp = c.ops.linear(x, W.gateUp(l), spec.mlpBias ? W.gateUpBias(l) : null, SITES.mlpGateUp(l)); // [B,S,2F]
+  const gateUp = ctx.ops.linear(x, W.gateUp(l), spec.mlpBias ? W.gateUpBias(l) : null, SITES.mlpGateUp(l)); // [B,S,2F]
   const [gate, up] = g.opMulti('Split', [gateUp, i64([F, F])], { axis: 2 }, 2);
-  const act = g.op('Mul', [c.ops.activation(gate!), up!], {}, SITES.mlpAct(l)); // act(gate)·up
-  return c.ops.linear(act, W.down(l), spec.mlpBias ? W.downBias(l) : null, SITES.mlpOut(l));
+  const act = g.op('Mul', [ctx.ops.activation(gate!), up!], {}, SITES.mlpAct(l)); // act(gate)·up
+  return ctx.ops.linear(act, W.down(l), spec.mlpBias ? W.downBias(l) : null, SITES.mlpOut(l));
 }
 
 /** A residual add of layer l: the branch's own norm first (Gemma 2/3 sandwich norms) and the sum's site. */
@@ -231,15 +231,15 @@ const RESIDUAL_ADDS = {
 } as const;
 
 /** resid + branch [B,S,D], the branch normed first where the family has sandwich norms. */
-function addResidual(c: DecoderContext, resid: string, branch: string, add: ResidualAdd): string {
-  const normed = c.ops.spec.sandwichNorms ? c.ops.rmsNorm(branch, add.postNorm, add.postNormSite) : branch;
-  return c.ops.g.op('Add', [resid, normed], {}, add.site);
+function addResidual(ctx: DecoderContext, resid: string, branch: string, add: ResidualAdd): string {
+  const normed = ctx.ops.spec.sandwichNorms ? ctx.ops.rmsNorm(branch, add.postNorm, add.postNormSite) : branch;
+  return ctx.ops.g.op('Add', [resid, normed], {}, add.site);
 }
 
 /** Qwen3-VL DeepStack: layer l < k adds vision feature set l at the image rows (transformers: after the layer). */
-function addDeepstack(c: DecoderContext, l: number, resid: string): string {
-  const { g, spec } = c.ops;
-  const deepstack = c.inputs.deepstack;
+function addDeepstack(ctx: DecoderContext, l: number, resid: string): string {
+  const { g, spec } = ctx.ops;
+  const deepstack = ctx.inputs.deepstack;
   if (!deepstack || l >= (spec.imageText?.deepstackLayers ?? 0)) return resid;
   const features = g.op('Gather', [deepstack, g.intConst([l], [])], { axis: 0 }); // [B,S,D]
   return g.op('Add', [resid, features], {}, SITES.residDeepstack(l));
@@ -249,26 +249,25 @@ function addDeepstack(c: DecoderContext, l: number, resid: string): string {
  * The last position's logits [B,V] (the head in row blocks, soft-capped for Gemma 2/3), their logsumexp [B], and
  * the head taps as `heads` [B,L,H,d].
  */
-function emitHead(c: DecoderContext, resid: string, headTaps: readonly string[], headChunkBytes: number): void {
-  const { g, spec, i64 } = c.ops;
-  const O = DECODER_OUTPUTS;
-  const hLast = g.op('Squeeze', [c.ops.lastPosition(resid), i64([1])]); // [B,D]
-  const normed = c.ops.rmsNorm(hLast, W.finalNorm, SITES.finalNormLast);
-  const quantized = c.ops.isQuantized;
+function emitHead(ctx: DecoderContext, resid: string, headTaps: readonly string[], headChunkBytes: number): void {
+  const { g, spec, i64 } = ctx.ops;
+  const outputs = DECODER_OUTPUTS;
+  const hLast = g.op('Squeeze', [ctx.ops.lastPosition(resid), i64([1])]); // [B,D]
+  const normed = ctx.ops.rmsNorm(hLast, W.finalNorm, SITES.finalNormLast);
   const blocks = headChunks(spec, headChunkBytes).map((_, i) =>
-    quantized(W.headChunk(i)) // [B,rows_i]
-      ? c.ops.matmul(normed, W.headChunk(i))
-      : g.op('Gemm', [normed, c.ops.w(W.headChunk(i))], { transB: 1 }),
+    ctx.ops.isQuantized(W.headChunk(i)) // [B,rows_i]
+      ? ctx.ops.matmul(normed, W.headChunk(i))
+      : g.op('Gemm', [normed, ctx.ops.w(W.headChunk(i))], { transB: 1 }),
   );
-  const logitsName = spec.finalSoftcap === null ? O.logits : SITES.logitsRaw;
+  const logitsName = spec.finalSoftcap === null ? outputs.logits : SITES.logitsRaw;
   if (blocks.length === 1) g.op('Identity', blocks, {}, logitsName);
   else g.op('Concat', blocks, { axis: 1 }, logitsName); // [B,V]
-  if (spec.finalSoftcap !== null) c.ops.softcap(logitsName, spec.finalSoftcap, O.logits);
-  g.output(O.logits, 'FLOAT', ['batch', spec.vocabSize]);
-  g.op('ReduceLogSumExp', [O.logits, i64([1])], { keepdims: 0 }, O.logsumexp); // [B]
-  g.output(O.logsumexp, 'FLOAT', ['batch']);
-  g.op('Concat', [...headTaps], { axis: 1 }, O.heads); // [B,L,H,d]
-  g.output(O.heads, 'FLOAT', ['batch', spec.numLayers, spec.numHeads, spec.headDim]);
+  if (spec.finalSoftcap !== null) ctx.ops.softcap(logitsName, spec.finalSoftcap, outputs.logits);
+  g.output(outputs.logits, 'FLOAT', ['batch', spec.vocabSize]);
+  g.op('ReduceLogSumExp', [outputs.logits, i64([1])], { keepdims: 0 }, outputs.logsumexp); // [B]
+  g.output(outputs.logsumexp, 'FLOAT', ['batch']);
+  g.op('Concat', [...headTaps], { axis: 1 }, outputs.heads); // [B,L,H,d]
+  g.output(outputs.heads, 'FLOAT', ['batch', spec.numLayers, spec.numHeads, spec.headDim]);
 }
 
 /** The named site that is a linear layer's input over all positions [B, S, K] (GPTQ's calibration inputs). */

@@ -164,20 +164,20 @@ export function emitQwenVisionGraph(
       }
     : null;
   let x = emitPatchEmbedding(o, spec, pixels); // [N,D]
-  const c: QwenTowerContext = { o, spec, rotary: emitRotaryTables(o, spec, positions), windows, opts };
+  const ctx: QwenTowerContext = { o, spec, rotary: emitRotaryTables(o, spec, positions), windows, opts };
   const deepstack: string[] = [];
   for (let l = 0; l < spec.depth; l++) {
-    x = emitQwenBlock(c, l, x);
+    x = emitQwenBlock(ctx, l, x);
     const ds = spec.deepstackBlocks.indexOf(l);
-    if (ds >= 0) deepstack.push(emitDeepstackMerger(c, ds, x));
+    if (ds >= 0) deepstack.push(emitDeepstackMerger(ctx, ds, x));
   }
   const mergerIn = g.op(
     'Reshape',
-    [qwenNorm(c, x, QW.merger('merger', 'norm'), QW.merger('merger', 'norm_bias'), 'merger.ln'), mergedRows(c)],
+    [qwenNorm(ctx, x, QW.merger('merger', 'norm'), QW.merger('merger', 'norm_bias'), 'merger.ln'), mergedRows(ctx)],
     {},
     'merger.in',
   );
-  emitMergerMlp(c, mergerIn, 'merger', 'image_embeds');
+  emitMergerMlp(ctx, mergerIn, 'merger', 'image_embeds');
   g.output('image_embeds', 'FLOAT', ['tokens', spec.outHiddenSize]);
   deepstack.forEach((name) => g.output(name, 'FLOAT', ['tokens', spec.outHiddenSize]));
   return g;
@@ -195,15 +195,15 @@ interface QwenTowerContext {
 }
 
 /** LayerNorm (with bias) or RMSNorm (the bias name is then unused). */
-function qwenNorm(c: QwenTowerContext, x: string, weightName: string, biasName: string, out: string): string {
-  return c.spec.norm === 'layernorm'
-    ? c.o.layerNorm(x, weightName, biasName, c.spec.normEps, out)
-    : c.o.rmsNorm(x, weightName, c.spec.normEps, out);
+function qwenNorm(ctx: QwenTowerContext, x: string, weightName: string, biasName: string, out: string): string {
+  return ctx.spec.norm === 'layernorm'
+    ? ctx.o.layerNorm(x, weightName, biasName, ctx.spec.normEps, out)
+    : ctx.o.rmsNorm(x, weightName, ctx.spec.normEps, out);
 }
 
 /** The int64 shape [-1, m²·D]: m×m neighbouring rows side by side, as the mergers read them. */
-function mergedRows(c: QwenTowerContext): string {
-  return c.o.i64([-1, c.spec.mergeSize * c.spec.mergeSize * c.spec.hiddenSize]);
+function mergedRows(ctx: QwenTowerContext): string {
+  return ctx.o.i64([-1, ctx.spec.mergeSize * ctx.spec.mergeSize * ctx.spec.hiddenSize]);
 }
 
 /**
@@ -242,38 +242,38 @@ function emitRotaryTables(o: VisionOps, spec: QwenVisionSpec, positions: string)
 }
 
 /** t [N, H, d] turned by the rotary tables; the result is named `name`. */
-function applyRotary(c: QwenTowerContext, t: string, name: string): string {
-  const { g, i64 } = c.o;
-  const d = c.spec.headDim;
+function applyRotary(ctx: QwenTowerContext, t: string, name: string): string {
+  const { g, i64 } = ctx.o;
+  const d = ctx.spec.headDim;
   const t1 = g.op('Slice', [t, i64([0]), i64([d / 2]), i64([-1])]);
   const t2 = g.op('Slice', [t, i64([d / 2]), i64([INT64_MAX]), i64([-1])]);
   const rotated = g.op('Concat', [g.op('Neg', [t2]), t1], { axis: -1 });
-  return g.op('Add', [g.op('Mul', [t, c.rotary.cos]), g.op('Mul', [rotated, c.rotary.sin])], {}, name); // [N,H,d]
+  return g.op('Add', [g.op('Mul', [t, ctx.rotary.cos]), g.op('Mul', [rotated, ctx.rotary.sin])], {}, name); // [N,H,d]
 }
 
 /** One ViT block on x [N, D]: x += attention(norm1(x)); x += mlp(norm2(x)). */
-function emitQwenBlock(c: QwenTowerContext, l: number, x: string): string {
-  const { g } = c.o;
+function emitQwenBlock(ctx: QwenTowerContext, l: number, x: string): string {
+  const { g } = ctx.o;
   const p = `blocks.${l}`;
-  const z = emitQwenAttention(c, l, qwenNorm(c, x, QW.norm1(l), QW.norm1Bias(l), `${p}.ln1`)); // [N,H·d]
-  const mid = g.op('Add', [x, c.o.linear(z, QW.proj(l), QW.projBias(l), `${p}.attn.out`)], {}, `${p}.resid_mid`);
-  const mlpOut = emitQwenMlp(c, l, qwenNorm(c, mid, QW.norm2(l), QW.norm2Bias(l), `${p}.ln2`));
+  const z = emitQwenAttention(ctx, l, qwenNorm(ctx, x, QW.norm1(l), QW.norm1Bias(l), `${p}.ln1`)); // [N,H·d]
+  const mid = g.op('Add', [x, ctx.o.linear(z, QW.proj(l), QW.projBias(l), `${p}.attn.out`)], {}, `${p}.resid_mid`);
+  const mlpOut = emitQwenMlp(ctx, l, qwenNorm(ctx, mid, QW.norm2(l), QW.norm2Bias(l), `${p}.ln2`));
   return g.op('Add', [mid, mlpOut], {}, `${p}.resid_post`); // [N,D]
 }
 
 /** Block l's attention on its normed input h [N, D]: rotary q and k, window or whole-image attention → z [N, H·d]. */
-function emitQwenAttention(c: QwenTowerContext, l: number, h: string): string {
-  const { g, i64 } = c.o;
-  const { numHeads: H, headDim: d, hiddenSize: D } = c.spec;
+function emitQwenAttention(ctx: QwenTowerContext, l: number, h: string): string {
+  const { g, i64 } = ctx.o;
+  const { numHeads: H, headDim: d, hiddenSize: D } = ctx.spec;
   const p = `blocks.${l}`;
-  const qkv = g.op('Reshape', [c.o.linear(h, QW.qkv(l), QW.qkvBias(l)), i64([0, 3, H, d])]); // [N,3,H,d]
+  const qkv = g.op('Reshape', [ctx.o.linear(h, QW.qkv(l), QW.qkvBias(l)), i64([0, 3, H, d])]); // [N,3,H,d]
   // [N,H,d]
   const part = (i: number) => g.op('Squeeze', [g.op('Slice', [qkv, i64([i]), i64([i + 1]), i64([1])]), i64([1])]);
-  const q = applyRotary(c, part(0), `${p}.attn.q`);
-  const k = applyRotary(c, part(1), `${p}.attn.k`);
+  const q = applyRotary(ctx, part(0), `${p}.attn.q`);
+  const k = applyRotary(ctx, part(1), `${p}.attn.k`);
   const v = g.op('Identity', [part(2)], {}, `${p}.attn.v`);
-  const windowed = c.windows !== null && !c.spec.fullAttentionBlocks.includes(l);
-  const mixed = windowed ? windowAttention(c, { q, k, v }, p) : fullAttention(c, { q, k, v }, p); // [N,H,d]
+  const windowed = ctx.windows !== null && !ctx.spec.fullAttentionBlocks.includes(l);
+  const mixed = windowed ? windowAttention(ctx, { q, k, v }, p) : fullAttention(ctx, { q, k, v }, p); // [N,H,d]
   return g.op('Reshape', [mixed, i64([0, D])], {}, `${p}.attn.z`); // [N,H·d]
 }
 
@@ -281,32 +281,32 @@ function emitQwenAttention(c: QwenTowerContext, l: number, h: string): string {
  * Whole-image attention over [N, H, d] rows. Fused: the rows as one batch of N tokens with H·d features, in
  * flash-attention tiles (vision-ops.ts), so peak memory does not grow with N²; explicit: one batch of H heads.
  */
-function fullAttention(c: QwenTowerContext, t: { q: string; k: string; v: string }, p: string): string {
-  const { g, i64 } = c.o;
-  const { numHeads: H, headDim: d, hiddenSize: D } = c.spec;
+function fullAttention(ctx: QwenTowerContext, t: { q: string; k: string; v: string }, p: string): string {
+  const { g, i64 } = ctx.o;
+  const { numHeads: H, headDim: d, hiddenSize: D } = ctx.spec;
   const scale = 1 / Math.sqrt(d);
-  if (c.opts.fullAttention === 'explicit') {
+  if (ctx.opts.fullAttention === 'explicit') {
     // [1,H,N,d]
     const asBatch = (x: string) => g.op('Unsqueeze', [g.op('Transpose', [x], { perm: [1, 0, 2] }), i64([0])]);
-    const mixed = c.o.attention(asBatch(t.q), asBatch(t.k), asBatch(t.v), scale, null, `${p}.attn.pattern`);
+    const mixed = ctx.o.attention(asBatch(t.q), asBatch(t.k), asBatch(t.v), scale, null, `${p}.attn.pattern`);
     return g.op('Transpose', [g.op('Squeeze', [mixed, i64([0])])], { perm: [1, 0, 2] }); // [N,H,d]
   }
   const asTokens = (x: string) => g.op('Reshape', [x, i64([1, -1, D])]); // [1,N,H·d]
   // [1,N,H·d]
-  const mixed = c.o.fusedAttention(asTokens(t.q), asTokens(t.k), asTokens(t.v), H, scale, `${p}.attn.fused`);
+  const mixed = ctx.o.fusedAttention(asTokens(t.q), asTokens(t.k), asTokens(t.v), H, scale, `${p}.attn.fused`);
   return g.op('Reshape', [mixed, i64([-1, H, d])]); // [N,H,d]
 }
 
 /** Window attention: rows gathered into [Wn, Wl] windows (padding keys masked), results scattered back. */
-function windowAttention(c: QwenTowerContext, t: { q: string; k: string; v: string }, p: string): string {
-  const { g, i64 } = c.o;
-  const { numHeads: H, headDim: d } = c.spec;
-  const windows = c.windows!;
+function windowAttention(ctx: QwenTowerContext, t: { q: string; k: string; v: string }, p: string): string {
+  const { g, i64 } = ctx.o;
+  const { numHeads: H, headDim: d } = ctx.spec;
+  const windows = ctx.windows!;
   const asWindows = (x: string) =>
     g.op('Transpose', [g.op('Gather', [x, windows.gather], { axis: 0 })], { perm: [0, 2, 1, 3] }); // [Wn,H,Wl,d]
   const scale = 1 / Math.sqrt(d);
   // [Wn,H,Wl,d]
-  const mixed = c.o.attention(
+  const mixed = ctx.o.attention(
     asWindows(t.q),
     asWindows(t.k),
     asWindows(t.v),
@@ -319,31 +319,42 @@ function windowAttention(c: QwenTowerContext, t: { q: string; k: string; v: stri
 }
 
 /** Block l's MLP on its normed input h [N, D]: SwiGLU gate/up/down (Qwen2.5-VL), else fc1 → act → fc2. */
-function emitQwenMlp(c: QwenTowerContext, l: number, h: string): string {
-  const { g, i64 } = c.o;
-  const { spec } = c;
+function emitQwenMlp(ctx: QwenTowerContext, l: number, h: string): string {
+  const { g, i64 } = ctx.o;
+  const { spec } = ctx;
   const out = `blocks.${l}.mlp.out`;
   if (!spec.gatedMlp)
-    return c.o.linear(c.o.act(c.o.linear(h, QW.fc1(l), QW.fc1Bias(l)), spec.activation), QW.fc2(l), QW.fc2Bias(l), out);
-  const gateUp = c.o.linear(h, QW.gateUp(l), QW.gateUpBias(l)); // [N,2F]
+    return ctx.o.linear(
+      ctx.o.act(ctx.o.linear(h, QW.fc1(l), QW.fc1Bias(l)), spec.activation),
+      QW.fc2(l),
+      QW.fc2Bias(l),
+      out,
+    );
+  const gateUp = ctx.o.linear(h, QW.gateUp(l), QW.gateUpBias(l)); // [N,2F]
   const [gate, up] = g.opMulti('Split', [gateUp, i64([spec.intermediateSize, spec.intermediateSize])], { axis: 1 }, 2);
-  return c.o.linear(g.op('Mul', [c.o.act(gate!, spec.activation), up!]), QW.fc2(l), QW.fc2Bias(l), out);
+  return ctx.o.linear(g.op('Mul', [ctx.o.act(gate!, spec.activation), up!]), QW.fc2(l), QW.fc2Bias(l), out);
 }
 
 /**
  * DeepStack merger `ds` on a block's output x [N, D]: unlike the main merger, it normalises after the 2×2
  * shuffle (over m²·D). Returns its output, graph output deepstack.{ds} [N/m², out].
  */
-function emitDeepstackMerger(c: QwenTowerContext, ds: number, x: string): string {
+function emitDeepstackMerger(ctx: QwenTowerContext, ds: number, x: string): string {
   const m = `deepstack.${ds}`;
-  const shuffled = c.o.g.op('Reshape', [x, mergedRows(c)]); // [N/m²,m²D]
-  const normed = c.o.layerNorm(shuffled, QW.merger(m, 'norm'), QW.merger(m, 'norm_bias'), c.spec.normEps, `${m}.in`);
-  return emitMergerMlp(c, normed, m, m);
+  const shuffled = ctx.o.g.op('Reshape', [x, mergedRows(ctx)]); // [N/m²,m²D]
+  const normed = ctx.o.layerNorm(
+    shuffled,
+    QW.merger(m, 'norm'),
+    QW.merger(m, 'norm_bias'),
+    ctx.spec.normEps,
+    `${m}.in`,
+  );
+  return emitMergerMlp(ctx, normed, m, m);
 }
 
 /** A merger's MLP: [N/m², m²·D] → gelu → [N/m², out], named `out`. */
-function emitMergerMlp(c: QwenTowerContext, input: string, m: string, out: string): string {
-  const { o } = c;
+function emitMergerMlp(ctx: QwenTowerContext, input: string, m: string, out: string): string {
+  const { o } = ctx;
   // [N/m²,m²D]
   const hidden = o.act(o.linear(input, QW.merger(m, 'fc1'), QW.merger(m, 'fc1_bias')), 'gelu', `${m}.hidden`);
   return o.linear(hidden, QW.merger(m, 'fc2'), QW.merger(m, 'fc2_bias'), out); // [N/m²,O]

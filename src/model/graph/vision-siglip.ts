@@ -185,7 +185,7 @@ export function emitSiglipVisionGraph(
   const { i64 } = o;
   const { hiddenSize: D, patchSize: P, imageSize: S } = spec;
   const n = (S / P) ** 2;
-  const c: SiglipContext = { o, spec, explicitAttention: opts.attention === 'explicit' };
+  const ctx: SiglipContext = { o, spec, explicitAttention: opts.attention === 'explicit' };
   const pixels = g.input('pixel_values', 'FLOAT', ['tiles', spec.numChannels, S, S]);
   // [T,D,S/P,S/P]
   const conv = g.op('Conv', [pixels, o.w(SW.patch), o.w(SW.patchBias)], { kernel_shape: [P, P], strides: [P, P] });
@@ -193,16 +193,14 @@ export function emitSiglipVisionGraph(
   let x = g.op('Add', [patches, o.w(SW.posEmbed)], {}, 'embeddings');
   const hiddenStates = [x];
   for (let l = 0; l < siglipLayersRun(spec, { pooled: opts.pooled === true }); l++) {
-    x = emitEncoderLayer(c, l, x); // [T,n,D]
+    x = emitEncoderLayer(ctx, l, x); // [T,n,D]
     hiddenStates.push(x);
   }
-  emitProjector(
-    c,
-    spec.featureLayers.map((k) => hiddenStates[k]!),
-  );
+  const selected = spec.featureLayers.map((k) => hiddenStates[k]!);
+  emitProjector(ctx, selected);
   g.output('image_features', 'FLOAT', ['tiles', spec.dropsFirstFeature ? n - 1 : n, spec.textHiddenSize]);
   if (opts.pooled) {
-    emitPoolingHead(c, x);
+    emitPoolingHead(ctx, x);
     g.output('pooled', 'FLOAT', ['tiles', D]);
   }
   return g;
@@ -216,47 +214,47 @@ interface SiglipContext {
 }
 
 /** LayerNorm with the tower's epsilon. */
-function siglipNorm(c: SiglipContext, x: string, weightName: string, biasName: string, out?: string): string {
-  return c.o.layerNorm(x, weightName, biasName, c.spec.layerNormEps, out);
+function siglipNorm(ctx: SiglipContext, x: string, weightName: string, biasName: string, out?: string): string {
+  return ctx.o.layerNorm(x, weightName, biasName, ctx.spec.layerNormEps, out);
 }
 
 /** [T, n, D] → [T, h, n, d]. */
-function splitHeads(c: SiglipContext, x: string, name?: string): string {
-  const { g, i64 } = c.o;
+function splitHeads(ctx: SiglipContext, x: string, name?: string): string {
+  const { g, i64 } = ctx.o;
   return g.op(
     'Transpose',
-    [g.op('Reshape', [x, i64([0, 0, c.spec.numHeads, c.spec.headDim])])],
+    [g.op('Reshape', [x, i64([0, 0, ctx.spec.numHeads, ctx.spec.headDim])])],
     { perm: [0, 2, 1, 3] },
     name,
   );
 }
 
 /** [T, h, n, d] → [T, n, D]. */
-function mergeHeads(c: SiglipContext, x: string, name?: string): string {
-  const { g, i64 } = c.o;
-  return g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), i64([0, 0, c.spec.hiddenSize])], {}, name);
+function mergeHeads(ctx: SiglipContext, x: string, name?: string): string {
+  const { g, i64 } = ctx.o;
+  return g.op('Reshape', [g.op('Transpose', [x], { perm: [0, 2, 1, 3] }), i64([0, 0, ctx.spec.hiddenSize])], {}, name);
 }
 
 /** Encoder layer l on x [T, n, D]: x += attention(ln1(x)); x += mlp(ln2(x)) (resid_post = hidden_states[l+1]). */
-function emitEncoderLayer(c: SiglipContext, l: number, x: string): string {
-  const { o, spec } = c;
+function emitEncoderLayer(ctx: SiglipContext, l: number, x: string): string {
+  const { o, spec } = ctx;
   const { g, i64 } = o;
   const D = spec.hiddenSize;
   const p = `layers.${l}`;
-  const qkv = o.linear(siglipNorm(c, x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l)); // [T,n,3D]
+  const qkv = o.linear(siglipNorm(ctx, x, SW.ln1(l), SW.ln1Bias(l), `${p}.ln1`), SW.qkv(l), SW.qkvBias(l)); // [T,n,3D]
   const scale = 1 / Math.sqrt(spec.headDim);
   let z: string; // [T,n,D]
-  if (c.explicitAttention) {
+  if (ctx.explicitAttention) {
     const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, 3);
     const mixed = o.attention(
-      splitHeads(c, qf!, `${p}.attn.q`),
-      splitHeads(c, kf!, `${p}.attn.k`),
-      splitHeads(c, vf!, `${p}.attn.v`),
+      splitHeads(ctx, qf!, `${p}.attn.q`),
+      splitHeads(ctx, kf!, `${p}.attn.k`),
+      splitHeads(ctx, vf!, `${p}.attn.v`),
       scale,
       null,
       `${p}.attn.pattern`,
     );
-    z = mergeHeads(c, mixed, `${p}.attn.z`);
+    z = mergeHeads(ctx, mixed, `${p}.attn.z`);
   } else {
     const names = [`${p}.attn.q`, `${p}.attn.k`, `${p}.attn.v`];
     const [qf, kf, vf] = g.opMulti('Split', [qkv, i64([D, D, D])], { axis: 2 }, names);
@@ -265,15 +263,15 @@ function emitEncoderLayer(c: SiglipContext, l: number, x: string): string {
   const attnOut = o.linear(z, SW.out(l), SW.outBias(l), `${p}.attn.out`);
   const mid = g.op('Add', [x, attnOut], {}, `${p}.resid_mid`);
   const hidden = o.act(
-    o.linear(siglipNorm(c, mid, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)),
+    o.linear(siglipNorm(ctx, mid, SW.ln2(l), SW.ln2Bias(l), `${p}.ln2`), SW.fc1(l), SW.fc1Bias(l)),
     spec.activation,
   );
   return g.op('Add', [mid, o.linear(hidden, SW.fc2(l), SW.fc2Bias(l), `${p}.mlp.out`)], {}, `${p}.resid_post`);
 }
 
 /** The selected hidden states, concatenated ('features'), less the first ("default" strategy), projected. */
-function emitProjector(c: SiglipContext, selected: string[]): void {
-  const { o, spec } = c;
+function emitProjector(ctx: SiglipContext, selected: string[]): void {
+  const { o, spec } = ctx;
   const { g, i64 } = o;
   let features =
     selected.length === 1
@@ -289,20 +287,27 @@ function emitProjector(c: SiglipContext, selected: string[]): void {
 }
 
 /** Multihead attention pooling: one learned probe query attends over the tile's normalised tokens → pooled [T, D]. */
-function emitPoolingHead(c: SiglipContext, x: string): void {
-  const { o, spec } = c;
+function emitPoolingHead(ctx: SiglipContext, x: string): void {
+  const { o, spec } = ctx;
   const { g, i64 } = o;
   const D = spec.hiddenSize;
   const scale = 1 / Math.sqrt(spec.headDim);
-  const normed = siglipNorm(c, x, SW.postLn, SW.postLnBias, 'post_layernorm'); // [T,n,D]
+  const normed = siglipNorm(ctx, x, SW.postLn, SW.postLnBias, 'post_layernorm'); // [T,n,D]
   const query = o.linear(g.op('Reshape', [o.w(SW.headProbe), i64([1, 1, D])]), SW.headQ, SW.headQBias); // [1,1,D]
   // [T,n,D] each
   const [kf, vf] = g.opMulti('Split', [o.linear(normed, SW.headKv, SW.headKvBias), i64([D, D])], { axis: 2 }, 2);
   // [T,h,1,d]
-  const mixed = o.attention(splitHeads(c, query), splitHeads(c, kf!), splitHeads(c, vf!), scale, null, 'head.pattern');
-  const attended = o.linear(mergeHeads(c, mixed), SW.headOut, SW.headOutBias, 'head.attn'); // [T,1,D]
+  const mixed = o.attention(
+    splitHeads(ctx, query),
+    splitHeads(ctx, kf!),
+    splitHeads(ctx, vf!),
+    scale,
+    null,
+    'head.pattern',
+  );
+  const attended = o.linear(mergeHeads(ctx, mixed), SW.headOut, SW.headOutBias, 'head.attn'); // [T,1,D]
   const mlp = o.linear(
-    o.act(o.linear(siglipNorm(c, attended, SW.headLn, SW.headLnBias), SW.headFc1, SW.headFc1Bias), spec.activation),
+    o.act(o.linear(siglipNorm(ctx, attended, SW.headLn, SW.headLnBias), SW.headFc1, SW.headFc1Bias), spec.activation),
     SW.headFc2,
     SW.headFc2Bias,
   );
