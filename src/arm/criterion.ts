@@ -214,7 +214,8 @@ export function loadCriterion(file: string, opts: { anyVersion?: boolean } = {})
     const v = JSON.stringify(meta.formatVersion);
     throw new ModelError(
       meta.formatVersion === 1
-        ? `${file}: metadata field "formatVersion": 1 is an older format whose model identity (a sampled weights fingerprint) this build no longer computes; fit the criterion again (arm fit)`
+        ? `${file}: metadata field "formatVersion": 1 is an older format whose model identity (a sampled ` +
+            'weights fingerprint) this build no longer computes; fit the criterion again (arm fit)'
         : `${file}: metadata field "formatVersion": ${v} is not supported (this build reads ${FORMAT_VERSION})`,
     );
   }
@@ -276,10 +277,11 @@ const isFileName = (name: string) => /^[A-Za-z0-9._-]+$/.test(name) && name !== 
 const hex64: Check = (v) =>
   typeof v === 'string' && /^[0-9a-f]{64}$/.test(v) ? null : 'is not a sha256 (64 hex digits)';
 
-/** Problems with the metadata's shape and values, each as `metadata field "path": value problem`. */
-export function metaProblems(meta: unknown): string[] {
-  const out: string[] = [];
-  type Field = (v: unknown, path: string) => void;
+/** Checks a metadata field at `path`, adding what is wrong with it to the problems. */
+type Field = (v: unknown, path: string) => void;
+
+/** Field checks that add their findings to `out`, each as `metadata field "path": value problem`. */
+function fieldChecks(out: string[]) {
   const is =
     (check: Check): Field =>
     (v, path) => {
@@ -312,50 +314,70 @@ export function metaProblems(meta: unknown): string[] {
     (v, path) => {
       if (v !== null) field(v, path);
     };
-  if (!isRecord(meta)) return ['"arm" metadata is not a JSON object'];
-  const model = isRecord(meta.model) ? meta.model : {};
-  const [L, H] = [model.numLayers, model.numHeads].map((n) => (Number.isInteger(n) ? (n as number) : 0));
+  return { is, obj, list, orNull };
+}
+
+type FieldChecks = ReturnType<typeof fieldChecks>;
+
+/** A `[layer, head]` pair within L×H, each pair listed once. */
+function headField(out: string[], { is }: FieldChecks, dims: { L: number; H: number }): Field {
   const seen = new Set<string>();
-  const head: Field = (v, path) => {
+  return (v, path) => {
     if (!Array.isArray(v) || v.length !== 2) {
       out.push(`metadata field "${path}": ${show(v)} is not a [layer, head] pair`);
       return;
     }
     const before = out.length;
-    is(int(0, L! - 1))(v[0], `${path}[0]`);
-    is(int(0, H! - 1))(v[1], `${path}[1]`);
+    is(int(0, dims.L - 1))(v[0], `${path}[0]`);
+    is(int(0, dims.H - 1))(v[1], `${path}[1]`);
     if (out.length === before && seen.has(`${v[0]},${v[1]}`))
       out.push(`metadata field "${path}": ${show(v)} is listed twice`);
     seen.add(`${v[0]},${v[1]}`);
   };
+}
+
+/** The `model` block: identity hashes, shape, weight format, and the prompt files by name. */
+function modelField(out: string[], { is, obj }: FieldChecks): Field {
+  const files: Field = (v, path) => {
+    if (!isRecord(v)) {
+      out.push(`metadata field "${path}": ${show(v)} is not an object`);
+      return;
+    }
+    for (const [name, h] of Object.entries(v)) {
+      if (!isFileName(name)) out.push(`metadata field "${path}": ${show(name)} is not a file name`);
+      else if (h !== null) is(hex64)(h, `${path}.${name}`);
+    }
+  };
+  return obj(
+    {
+      id: is(str),
+      family: is(str),
+      configHash: is(hex64),
+      weightsFingerprint: is(str),
+      numLayers: is(int(1)),
+      numHeads: is(int(1)),
+      headDim: is(int(1)),
+      dtype: is(oneOf(...WEIGHT_DTYPES)),
+      weightFormat: is(str),
+      visionConfigHash: is(hex64),
+      files,
+    },
+    ['dtype', 'weightFormat', 'visionConfigHash', 'files'],
+  );
+}
+
+/** Problems with the metadata's shape and values, each as `metadata field "path": value problem`. */
+function metaProblems(meta: unknown): string[] {
+  const out: string[] = [];
+  const checks = fieldChecks(out);
+  const { is, obj, list, orNull } = checks;
+  if (!isRecord(meta)) return ['"arm" metadata is not a JSON object'];
+  const model = isRecord(meta.model) ? meta.model : {};
+  const [L, H] = [model.numLayers, model.numHeads].map((n) => (Number.isInteger(n) ? (n as number) : 0));
   const token = is(int(0));
   obj({
     formatVersion: is(int(1)),
-    model: obj(
-      {
-        id: is(str),
-        family: is(str),
-        configHash: is(hex64),
-        weightsFingerprint: is(str),
-        numLayers: is(int(1)),
-        numHeads: is(int(1)),
-        headDim: is(int(1)),
-        dtype: is(oneOf(...WEIGHT_DTYPES)),
-        weightFormat: is(str),
-        visionConfigHash: is(hex64),
-        files: (v, path) => {
-          if (!isRecord(v)) {
-            out.push(`metadata field "${path}": ${show(v)} is not an object`);
-            return;
-          }
-          for (const [name, h] of Object.entries(v)) {
-            if (!isFileName(name)) out.push(`metadata field "${path}": ${show(name)} is not a file name`);
-            else if (h !== null) is(hex64)(h, `${path}.${name}`);
-          }
-        },
-      },
-      ['dtype', 'weightFormat', 'visionConfigHash', 'files'],
-    ),
+    model: modelField(out, checks),
     template: obj(
       {
         kind: is(oneOf('scalar', 'ranked')),
@@ -366,7 +388,7 @@ export function metaProblems(meta: unknown): string[] {
       ['templateKwargs'],
     ),
     answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
-    heads: list(head),
+    heads: list(headField(out, checks, { L: L!, H: H! })),
     mode: is(oneOf('replace', 'add')),
     headStrategy: is(str),
     denoise: orNull(is(str)),
@@ -430,15 +452,6 @@ function tensorProblems(
   return out;
 }
 
-/**
- * The criterion's `model.files` for a decoder: its prompt files' hashes as loaded (none for a decoder without a
- * folder).
- */
-export function promptFilesOf(decoder: Decoder): { files?: Record<string, string | null> } {
-  const files = decoder.info.promptFiles;
-  return files && Object.keys(files).length ? { files: { ...files } } : {};
-}
-
 const short = (h: string | null) => (h === null ? 'absent' : `sha256 ${h.slice(0, 16)}…`);
 
 /**
@@ -457,7 +470,10 @@ function promptFileDifferences(
   if (recorded === undefined) {
     return {
       problems: [],
-      warning: `${file} was fitted before criterion files recorded the tokenizer, chat template and processor files (${Object.keys(now).join(', ')}), so a change to them since it was fitted cannot be detected; fit it again to record them`,
+      warning:
+        `${file} was fitted before criterion files recorded the tokenizer, chat template and processor ` +
+        `files (${Object.keys(now).join(', ')}), so a change to them since it was fitted cannot be ` +
+        'detected; fit it again to record them',
     };
   }
   const problems: string[] = [];
@@ -480,11 +496,13 @@ function promptFileDifferences(
         ? `${where} is present (${short(current)}), but the model this criterion was fitted with had no ${name}`
         : current === null
           ? `${where} is missing, but the model this criterion was fitted with had one (${short(was)})`
-          : `${where} differs from the one this criterion was fitted with (fitted with ${short(was)}, now ${short(current)})`,
+          : `${where} differs from the one this criterion was fitted with (fitted with ${short(was)}, ` +
+            `now ${short(current)})`,
     );
   }
   const warning = unchecked.length
-    ? `${file} does not record ${unchecked.join(', ')} (fitted by an older build), so a change to ${unchecked.length === 1 ? 'it' : 'them'} cannot be detected`
+    ? `${file} does not record ${unchecked.join(', ')} (fitted by an older build), so a change to ` +
+      `${unchecked.length === 1 ? 'it' : 'them'} cannot be detected`
     : null;
   return { problems, warning };
 }
@@ -503,7 +521,8 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   if (m.configHash !== decoder.info.configHash || m.weightsFingerprint !== decoder.info.weightsFingerprint) {
     const what = m.configHash !== decoder.info.configHash ? 'config.json' : 'weights';
     throw new ModelError(
-      `${file}: fitted on model ${m.id} (${m.family}, ${m.numLayers}×${m.numHeads} heads); the loaded model ${decoder.id} differs in its ${what}. Fit the criterion again on this model.`,
+      `${file}: fitted on model ${m.id} (${m.family}, ${m.numLayers}×${m.numHeads} heads); the loaded ` +
+        `model ${decoder.id} differs in its ${what}. Fit the criterion again on this model.`,
     );
   }
   // The tokenizer, chat template and image processor decide which ids and pixels the judge sees: a criterion's
@@ -511,7 +530,8 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   const files = promptFileDifferences(meta, decoder, file);
   if (files.problems.length) {
     throw new ModelError(
-      `${file}: ${files.problems.join('; ')}. These files decide the judge prompt's token ids or pixels, so the criterion's means do not apply; fit the criterion again on this model (arm fit)`,
+      `${file}: ${files.problems.join('; ')}. These files decide the judge prompt's token ids or ` +
+        "pixels, so the criterion's means do not apply; fit the criterion again on this model (arm fit)",
     );
   }
   if (files.warning) warnings.push(files.warning);
@@ -525,13 +545,15 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
     }
     if (now !== m.visionConfigHash)
       throw new ModelError(
-        `${file}: fitted with another vision configuration (vision tower spec or preprocessor_config.json) than ${decoder.id} has now; fit the criterion again`,
+        `${file}: fitted with another vision configuration (vision tower spec or ` +
+          `preprocessor_config.json) than ${decoder.id} has now; fit the criterion again`,
       );
   }
   const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = decoder.spec;
   if (m.numLayers !== L || m.numHeads !== H || m.headDim !== d)
     throw new ModelError(
-      `${file}: metadata field "model": ${m.numLayers}×${m.numHeads} heads of ${m.headDim} do not match the loaded model's ${L}×${H} of ${d}`,
+      `${file}: metadata field "model": ${m.numLayers}×${m.numHeads} heads of ${m.headDim} do not ` +
+        `match the loaded model's ${L}×${H} of ${d}`,
     );
   const tokens: [string, number][] = [
     ...meta.answerTokens.primary.map((t, i): [string, number] => [`answerTokens.primary[${i}]`, t]),
@@ -546,7 +568,8 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   const now = decoder.info.weightFormat.dtype;
   if (fitted !== now) {
     warnings.push(
-      `${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close but not identical (fit again at ${now} for exact agreement)`,
+      `${file} was fitted with --dtype ${fitted} and is scored with --dtype ${now}: scores are close ` +
+        `but not identical (fit again at ${now} for exact agreement)`,
     );
     return warnings;
   }
@@ -556,7 +579,8 @@ export function checkCriterionMatches(meta: CriterionMeta, decoder: Decoder, fil
   const was = m.weightFormat;
   if (was !== undefined && was !== label && was !== label.replace('blockwise, ', '')) {
     warnings.push(
-      `${file} was fitted with weights "${was}" and is scored with "${label}": scores are close but not identical (fit again, or pass the same --int8-kernel/--block-size, for exact agreement)`,
+      `${file} was fitted with weights "${was}" and is scored with "${label}": scores are close but ` +
+        'not identical (fit again, or pass the same --int8-kernel/--block-size, for exact agreement)',
     );
   }
   return warnings;

@@ -88,11 +88,11 @@ async function selectByReinforce(run: SelectionRun): Promise<HeadSelection> {
   });
   const state = run.resumedState ?? initialState(L * H, rOpts, settings.seed);
   await runReinforce(L * H, items.length, loss, rOpts, state, {
-    onStep: (s) => {
-      const last = s.history[s.history.length - 1]!;
+    onStep: (current) => {
+      const last = current.history[current.history.length - 1]!;
       const info = `loss ${last.meanLoss.toFixed(3)} | E[heads] ${last.expectedHeads.toFixed(1)}`;
-      run.onProgress?.('reinforce', s.step, rOpts.steps, info);
-      if (s.step % 10 === 0) run.saveProgress(s);
+      run.onProgress?.('reinforce', current.step, rOpts.steps, info);
+      if (current.step % 10 === 0) run.saveProgress(current);
     },
     shouldStop: () => run.shouldStop?.() ?? false,
   });

@@ -37,7 +37,7 @@ type Rows = Omit<ImageEmbeds, 'start'>;
 /** Vision-tower rows by image key, least recently used first; bounded in bytes. Shared by every JudgeImages. */
 const rowsCache = new Map<string, Rows>();
 let rowsCacheBytes = 0;
-const bytesOf = (r: Rows) => (r.embeds.length + (r.deepstack ?? []).reduce((n, f) => n + f.length, 0)) * 4;
+const bytesOf = (rows: Rows) => (rows.embeds.length + (rows.deepstack ?? []).reduce((n, f) => n + f.length, 0)) * 4;
 /** Default bound of the rows cache: 1 GiB (ARM_IMAGE_CACHE_MB to change it). */
 const rowsCacheLimit = () => Number(process.env.ARM_IMAGE_CACHE_MB ?? 1024) * 2 ** 20;
 
@@ -186,7 +186,8 @@ export class JudgeImages implements ImageRendering {
     }
     if (createHash('sha256').update(bytes).digest('hex') !== sha256) {
       throw new ModelError(
-        `${file}: the image changed while it was in use (its content no longer matches what was read before); run again`,
+        `${file}: the image changed while it was in use (its content no longer matches what was read ` +
+          'before); run again',
       );
     }
     const rows = await inputs.embed(
@@ -259,7 +260,8 @@ export async function judgeImagesFor(
   const images = JudgeImages.of(decoder);
   if (!images)
     throw new ModelError(
-      `item ${withImage.id} has an image, but ${decoder.id} is a text-only checkpoint (image rows need an image-text model: qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)`,
+      `item ${withImage.id} has an image, but ${decoder.id} is a text-only checkpoint (image rows need ` +
+        'an image-text model: qwen2_vl, qwen2_5_vl, qwen3_vl, llava_onevision)',
     );
   await images.load(imageFilesOf(items));
   return images;
@@ -268,15 +270,15 @@ export async function judgeImagesFor(
 /** A rendered prompt as the batch runner takes it: its ids, or with images its expanded ids and rows. */
 export async function toSequence(
   images: JudgeImages | null,
-  r: { ids: number[]; images: readonly string[] },
+  prompt: { ids: number[]; images: readonly string[] },
 ): Promise<Sequence> {
-  if (!r.images.length) return r.ids;
+  if (!prompt.images.length) return prompt.ids;
   if (!images) throw new ModelError('a prompt has images, but no image handling was set up for it');
-  return images.place(r.ids, r.images);
+  return images.place(prompt.ids, prompt.images);
 }
 
 /** Items placed at a time when prompts carry images (their rows are held until the chunk has run). */
-export const IMAGE_CHUNK_ITEMS = 64;
+const IMAGE_CHUNK_ITEMS = 64;
 
 /**
  * forEachLastLogits over rendered prompts. Text prompts run as one call; prompts with images run in chunks of
@@ -291,10 +293,10 @@ export async function forEachRenderedLastLogits(
   onRow: (index: number, row: LastRow) => void,
   chunkItems = IMAGE_CHUNK_ITEMS,
 ): Promise<void> {
-  if (!images || rendered.every((r) => !r.images.length)) {
+  if (!images || rendered.every((prompt) => !prompt.images.length)) {
     await forEachLastLogits(
       decoder,
-      rendered.map((r) => r.ids),
+      rendered.map((prompt) => prompt.ids),
       opts,
       onRow,
     );

@@ -40,7 +40,7 @@ export function examplesSha256(examples: Example[]): string {
 }
 
 /** The criterion's `model` block: which checkpoint, at which weight format, with which prompt files. */
-export function modelMeta(decoder: Decoder, modelId?: string): CriterionMeta['model'] {
+function modelMeta(decoder: Decoder, modelId?: string): CriterionMeta['model'] {
   const { numLayers, numHeads, headDim } = decoder.spec;
   return {
     id: modelId ?? decoder.id,

@@ -59,13 +59,16 @@ export interface ScoreOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-export class ScoreError extends Error {
+class ScoreError extends Error {
   override name = 'ScoreError';
 }
 
 /** The message for NaN/Inf met during a fit or a score, with where it likely comes from. */
 export function nonFiniteHint(what: string): string {
-  return `${what} is not finite (NaN or Inf); likely cause: NaN/Inf in the model's weights (e.g. a value that overflowed float16) or an unusable config.json value (e.g. rms_norm_eps ≤ 0)`;
+  return (
+    `${what} is not finite (NaN or Inf); likely cause: NaN/Inf in the model's weights (e.g. a value that ` +
+    'overflowed float16) or an unusable config.json value (e.g. rms_norm_eps ≤ 0)'
+  );
 }
 
 export class ActivationRM {
@@ -92,7 +95,7 @@ export class ActivationRM {
     const one = new Float32Array(L * H);
     for (const [l, h] of this.criterion.meta.heads) one[l * H + h] = 1;
     const mask = new Float32Array(rows * L * H);
-    for (let r = 0; r < rows; r++) mask.set(one, r * L * H);
+    for (let row = 0; row < rows; row++) mask.set(one, row * L * H);
     return { mask, values: this.criterion.mu, mode: this.criterion.meta.mode };
   }
 
@@ -246,7 +249,7 @@ export class ActivationRM {
 }
 
 /** A pair's result from its two responses' scores (a tie is wrong; a response too long makes the pair unscorable). */
-export function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
+function pairScore(id: string, chosen: number, rejected: number, detail: ItemScore[]): PairScore {
   return {
     id,
     chosen,
@@ -298,7 +301,7 @@ function sampleVerdicts(
 }
 
 /** Softmax over a logits row in float64. */
-export function softmax(row: Float32Array): Float64Array {
+function softmax(row: Float32Array): Float64Array {
   let max = -Infinity;
   for (const v of row) if (v > max) max = v;
   const out = new Float64Array(row.length);

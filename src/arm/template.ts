@@ -15,9 +15,10 @@ export const DEFAULT_TEMPLATES: Readonly<Record<TemplateKind, string>> = Object.
   scalar:
     'Prompt: {prompt}\nResponse: {response}\nDoes this response meet the specified criteria? Answer with Yes or No.',
   ranked:
-    'Prompt: {prompt}\nResponse A: {response_a}\nResponse B: {response_b}\nWhich response is better? Answer with A or B.',
+    'Prompt: {prompt}\nResponse A: {response_a}\nResponse B: {response_b}\n' +
+    'Which response is better? Answer with A or B.',
 });
-export const ANSWER_WORDS: Readonly<Record<TemplateKind, readonly [string, string]>> = Object.freeze({
+const ANSWER_WORDS: Readonly<Record<TemplateKind, readonly [string, string]>> = Object.freeze({
   scalar: ['Yes', 'No'],
   ranked: ['A', 'B'],
 });
@@ -130,10 +131,12 @@ export class TooLongError extends Error {
     readonly itemId: string,
     readonly tokens: number,
     readonly maxLength: number,
-    estimated = false,
+    /** `tokens` is a lower bound estimated from characters (the text was too long to tokenise). */
+    opts: { estimated?: boolean } = {},
   ) {
     super(
-      `item ${itemId}: ${estimated ? 'over ' : ''}${tokens} tokens exceed --max-length ${maxLength} even with its prompt removed (the response and the question are never cut)`,
+      `item ${itemId}: ${opts.estimated ? 'over ' : ''}${tokens} tokens exceed --max-length ${maxLength} ` +
+        'even with its prompt removed (the response and the question are never cut)',
     );
   }
 }
@@ -155,17 +158,18 @@ export function render(
   const withImage = [...demos, query].find((it) => it.images?.length);
   if (withImage && !images)
     throw new Error(
-      `item ${withImage.id} has an image, but the prompt is rendered without image support (an image-text checkpoint is needed)`,
+      `item ${withImage.id} has an image, but the prompt is rendered without image support (an ` +
+        'image-text checkpoint is needed)',
     );
   const fieldLimit = maxLength * FIELD_CHARS_PER_TOKEN_LIMIT;
   const oversized = (it: JudgeItem) => Object.values(it.fields).some((f) => f.length > fieldLimit);
-  if (oversized(query)) throw new TooLongError(query.id, maxLength, maxLength, true);
+  if (oversized(query)) throw new TooLongError(query.id, maxLength, maxLength, { estimated: true });
   let shown = demos.filter((it) => !oversized(it));
   for (;;) {
-    const r = renderWithPromptCuts(tokenizer, template, shown, query, maxLength, images ?? null);
-    if (r)
+    const fitted = renderWithPromptCuts(tokenizer, template, shown, query, maxLength, images ?? null);
+    if (fitted)
       return {
-        ...r,
+        ...fitted,
         droppedDemos: demos.length - shown.length,
         images: [...shown, query].flatMap((it) => it.images ?? []),
       };
@@ -376,13 +380,17 @@ export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec
     while (at < yes.length && at < no.length && yes[at] === no[at]) at++;
     if (at === yes.length || at === no.length)
       throw new Error(
-        `template: the chat template renders the answers "${words[0]}" and "${words[1]}" alike; use a custom template with other answer words`,
+        `template: the chat template renders the answers "${words[0]}" and "${words[1]}" alike; use a ` +
+          'custom template with other answer words',
       );
     const basePrefix = base.length <= at && base.every((t, i) => yes[i] === t);
     if (basePrefix && at > base.length) {
       const between = tokenizer.decode(yes.slice(base.length, at), { skipSpecialTokens: false });
       throw new Error(
-        `template: the chat template puts ${JSON.stringify(between)} between the generation prompt and the answer, so the model's next token at the end of the prompt is not its verdict; pass chat template arguments that remove it (e.g. enable_thinking=false) or render without the chat template`,
+        `template: the chat template puts ${JSON.stringify(between)} between the generation prompt and ` +
+          "the answer, so the model's next token at the end of the prompt is not its verdict; pass chat " +
+          'template arguments that remove it (e.g. enable_thinking=false) or render without the chat ' +
+          'template',
       );
     }
     // A variant counts where its rendering departs from the answers' shared prefix: the token at that position.
@@ -403,7 +411,8 @@ export function resolveAnswerTokens(tokenizer: Tokenizer, template: TemplateSpec
   const primary = [firstAfter(strings[0]), firstAfter(strings[1])] as [number, number];
   if (primary[0] === primary[1]) {
     throw new Error(
-      `template: "${words[0]}" and "${words[1]}" begin with the same token (${primary[0]}) in this tokenizer; use a custom template with other answer words`,
+      `template: "${words[0]}" and "${words[1]}" begin with the same token (${primary[0]}) in this ` +
+        'tokenizer; use a custom template with other answer words',
     );
   }
   // Variants: case and leading-space forms. A token that is only whitespace says nothing about the verdict, and

@@ -83,8 +83,12 @@ export async function fitSav(
   });
   if (!counts[0] || !counts[1]) {
     // A data condition of this pool (FitError), not a bug: the harness skips it and reports the reason.
+    const after = leftOut
+      ? ` after ${leftOut} of ${leftOut + pool.length} items that do not fit --max-length ${opts.maxLength} ` +
+        'were left out'
+      : '';
     throw new FitError(
-      `sav-vote: the pool needs items of both classes; it has ${counts[0]} "yes" and ${counts[1]} "no"${leftOut ? ` after ${leftOut} of ${leftOut + pool.length} items that do not fit --max-length ${opts.maxLength} were left out` : ''}`,
+      `sav-vote: the pool needs items of both classes; it has ${counts[0]} "yes" and ${counts[1]} "no"${after}`,
     );
   }
   means.forEach((m, c) =>
@@ -139,5 +143,5 @@ export async function scoreSav(
 ): Promise<{ votes: number[]; margins: number[] }> {
   const acts = await activations(decoder, template, items, opts.batchSize, opts.maxLength, groups);
   const results = acts.map((x) => (x ? savVote(x, model, decoder.spec) : { share: NaN, margin: NaN }));
-  return { votes: results.map((r) => r.share), margins: results.map((r) => r.margin) };
+  return { votes: results.map((vote) => vote.share), margins: results.map((vote) => vote.margin) };
 }

@@ -46,7 +46,7 @@ describe('Qwen3: judged with thinking off', () => {
     tok = await Tokenizer.load(tokenizerFolder('qwen3'));
   });
 
-  it('the template takes enable_thinking, so it is rendered with thinking off; the prompt ends where the verdict starts', () => {
+  it('a template taking enable_thinking renders with thinking off; the prompt ends where the verdict starts', () => {
     const template = verbatim(tok);
     expect(template.templateKwargs).toEqual({ enable_thinking: false });
     for (const c of reference.qwen3!.chat!.filter((c) => c.messages.length === 1)) {
@@ -103,7 +103,9 @@ describe.each([['llama3_1'], ['gemma3']] as const)('%s', (key) => {
 describe('Llama-2 [INST] template: the assistant turn starts with a space', () => {
   // Llama-2-chat's template (as published with the model), added to the llama2 tokenizer, which has none.
   const LLAMA2_CHAT =
-    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'].strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' ' + message['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}" +
+    "{{ '[INST] ' + message['content'].strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}" +
+    "{{ ' ' + message['content'].strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
   let tok: Tokenizer;
   beforeAll(async () => {
     tok = await Tokenizer.load(

@@ -1,3 +1,8 @@
+/**
+ * The method end to end on small checkpoints: mean extraction against hand-computed per-pass means, the
+ * intervention (replace / add), the shared-prefix REINFORCE loss against full forwards, and fit → file → load →
+ * score (determinism, resume, bad input, a criterion from another model).
+ */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -106,7 +111,7 @@ describe('mean extraction', () => {
     ).toBeLessThan(1e-5);
   });
 
-  it('passes sharing a demo draw: the plan shares demos, and the shared-prefix means equal per-pass forwards', async () => {
+  it('passes sharing a demo draw: the plan shares demos; the shared-prefix means equal per-pass forwards', async () => {
     const template = makeTemplate('scalar', {}, decoder.tokenizer);
     const items = judgeItems(examples, 'scalar');
     const plan = planPasses(items.length, 6, 2, 4, 3);
@@ -150,7 +155,7 @@ describe('mean extraction', () => {
     expect(sharedTokens).toBeLessThan(fullTokens);
   });
 
-  it('zero-shot passes have nothing to share: with a demo-set size they run exactly as independent passes', async () => {
+  it('zero-shot passes have nothing to share: with a demo-set size they run as independent passes', async () => {
     const template = makeTemplate('scalar', {}, decoder.tokenizer);
     const items = judgeItems(examples, 'scalar');
     const opts = { passes: 100, shots: 0, seed: 2, batchSize: 3, maxLength: 512 };
@@ -195,7 +200,7 @@ describe('intervention', () => {
     }
   });
 
-  it('replace sets a head to its mean, add adds the mean (checked at layer 0, whose tap no edit precedes)', async () => {
+  it('replace sets a head to its mean, add adds the mean (checked at layer 0: no edit precedes its tap)', async () => {
     const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
     const base = await fitActivationRM(decoder, examples, { ...quick, heads: 'all' });
     const mu = base.criterion.mu;

@@ -25,6 +25,10 @@ import { STORIES, tempDir } from '../helpers/fixtures.js';
 const CONCISE = path.resolve(import.meta.dirname, '../../examples/concise');
 const fullDisk = (target: string) => fs.symlinkSync('/dev/full', `${target}.tmp-${process.pid}`);
 const tmpLeft = (dir: string) => fs.readdirSync(dir).filter((f) => f.includes('.tmp-'));
+/** `text` escaped to match itself in a regular expression. */
+const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+/** One regular expression from several literals (a long pattern over several lines): their sources joined. */
+const joined = (...parts: RegExp[]) => new RegExp(parts.map((p) => p.source).join(''));
 
 let decoder: Decoder, examples: Example[], criterion: Criterion;
 beforeAll(async () => {
@@ -68,7 +72,8 @@ describe('saveCriterion when the write fails', () => {
     const err = saveError(file);
     expect(err).toBeInstanceOf(CriterionWriteError);
     expect(err!.message).toBe(
-      `${file}: could not write the criterion file (ENOSPC on write: no space left on device); the finished criterion was written to ${file}.unsaved instead: ` +
+      `${file}: could not write the criterion file (ENOSPC on write: no space left on device); ` +
+        `the finished criterion was written to ${file}.unsaved instead: ` +
         `move it into place once the cause is fixed (mv "${file}.unsaved" "${file}"); it loads from there as it is`,
     );
     expect([err!.file, err!.code, err!.savedTo]).toEqual([file, 'ENOSPC', `${file}.unsaved`]);
@@ -89,7 +94,8 @@ describe('saveCriterion when the write fails', () => {
     const err = saveError(file);
     expect(err!.message).toMatch(
       new RegExp(
-        `^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: could not write the criterion file \\(ENOSPC on write: no space left on device\\); the finished criterion was written to ${elsewhere!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} instead`,
+        `^${literal(file)}: could not write the criterion file \\(ENOSPC on write: no space left on device\\); ` +
+          `the finished criterion was written to ${literal(elsewhere!)} instead`,
       ),
     );
     expect(err!.savedTo).toBe(elsewhere);
@@ -107,20 +113,24 @@ describe('saveCriterion when the write fails', () => {
     for (const o of others) fullDisk(o);
     const err = saveError(file);
     expect(err!.message).toBe(
-      `${file}: could not write the criterion file (ENOSPC on write: no space left on device); it could not be written elsewhere either: ${others.map((o) => `${o} (ENOSPC)`).join(', ')}`,
+      `${file}: could not write the criterion file (ENOSPC on write: no space left on device); ` +
+        `it could not be written elsewhere either: ${others.map((o) => `${o} (ENOSPC)`).join(', ')}`,
     );
     expect(err!.savedTo).toBeNull();
     expect(tmpLeft(dir)).toEqual([]);
     for (const o of others) expect(fs.existsSync(o) || fs.existsSync(`${o}.tmp-${process.pid}`)).toBe(false);
   });
 
-  it('a path that cannot exist (its folder is a file): ENOTDIR named, the criterion kept in the temporary folder', () => {
+  it('a path that cannot exist (its folder is a file): ENOTDIR named, the criterion kept in the temp folder', () => {
     const dir = tempDir('arm-save-');
     fs.writeFileSync(path.join(dir, 'notes.txt'), 'a file, not a folder');
     const file = path.join(dir, 'notes.txt', 'c.arm.safetensors');
     const err = saveError(file);
     expect(err!.message).toMatch(
-      /notes\.txt\/c\.arm\.safetensors: could not write the criterion file \(ENOTDIR on open: not a directory\); the finished criterion was written to .*c\.arm\.safetensors\.[0-9a-f]{12}\.unsaved instead/,
+      joined(
+        /notes\.txt\/c\.arm\.safetensors: could not write the criterion file \(ENOTDIR on open: not a directory\); /,
+        /the finished criterion was written to .*c\.arm\.safetensors\.[0-9a-f]{12}\.unsaved instead/,
+      ),
     );
     sameCriterion(err!.savedTo!);
     fs.rmSync(err!.savedTo!);

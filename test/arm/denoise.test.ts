@@ -38,7 +38,7 @@ const head1 = (x: Float32Array) => Array.from(x.subarray(3, 6));
 const close = (a: number[], b: number[]) => a.forEach((v, i) => expect(v).toBeCloseTo(b[i]!, 5));
 
 describe('centred PCA denoising', () => {
-  it('rank 2: passes rebuilt from u1, u2; the two passes off that plane (γ = ±2) count 1/5, moving the mean by −3/4 along u1', () => {
+  it('rank 2: passes rebuilt from u1, u2; the two off that plane (γ = ±2) count 1/5: mean moves −3/4 along u1', () => {
     // Residuals γ² = 4, 0, 0, 0, 4, 0, 0, 0; mean residual 1; weights 1/(1 + ρ): 1/5 for t = 0, 4, else 1.
     // Reweighted α mean: (2·3/5 − 6) / (2/5 + 6) = −3/4; β and γ means stay 0 (and γ is projected out anyway).
     const { passes, mu } = layout();
@@ -47,7 +47,7 @@ describe('centred PCA denoising', () => {
     expect(Array.from(out.subarray(0, 3))).toEqual([7, 7, 7]); // heads not listed are left alone
   });
 
-  it('rank 1: residuals β² + γ² (4 for six passes, 0 for two), mean residual 3, weights 3/7 and 1 → −1/4 along u1', () => {
+  it('rank 1: residuals β² + γ² (4 for six passes, 0 for two), mean 3, weights 3/7 and 1 → −1/4 along u1', () => {
     // Σaα = (3/7)(3 − 1 − 1 + 3 − 1 − 1) + (−1 − 1) = −8/7; Σa = 6·3/7 + 2 = 32/7; shift −1/4.
     const { passes, mu } = layout();
     close(head1(denoiseMeans(mu, passes, [[0, 1]], { H: 2, d: 3 }, 1, { centring: 'centred' })), along(0, -0.25));

@@ -23,6 +23,9 @@ import { loadImageProcessor } from '../../src/model/vision/processor.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { HF_PARITY, imageTextCheckpoint, writeShapePairs } from '../helpers/image-text.js';
 
+/** `text` escaped to match itself in a regular expression. */
+const literal = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
 const CRC = Array.from({ length: 256 }, (_, n) => {
   let c = n;
   for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
@@ -80,7 +83,7 @@ afterEach(() => {
 });
 
 describe('the hand-made PNG', () => {
-  it('is a real PNG: a small one decodes to white pixels, the bomb declares 16000×16000 in a file under 100 KB', async () => {
+  it('is a real PNG: a small one decodes to white, the bomb declares 16000×16000 in a file under 100 KB', async () => {
     const small = await decodeImage(whitePng(13, 5));
     expect([small.width, small.height]).toEqual([13, 5]);
     expect(small.data.every((v) => v === 255)).toBe(true);
@@ -91,7 +94,7 @@ describe('the hand-made PNG', () => {
 });
 
 describe('decodeImage', () => {
-  it('refuses a 16000×16000 PNG from its header: fast, naming the file, its size and the bound, holding no pixels', async () => {
+  it('refuses a 16000×16000 PNG by its header: fast, naming the file, size and bound, holding no pixels', async () => {
     global.gc?.();
     const rss0 = process.memoryUsage().rss,
       peak0 = process.resourceUsage().maxRSS * 1024;
@@ -105,8 +108,10 @@ describe('decodeImage', () => {
       peakGrowth = process.resourceUsage().maxRSS * 1024 - peak0;
     expect(err).toBeInstanceOf(ModelError);
     expect(err!.message).toBe(
-      `${bomb}: the image is 16000×16000, 256000000 pixels, more than the ${DEFAULT_MAX_IMAGE_PIXELS} allowed (the default without an image processor, 4 × 4096×4096); ` +
-        'it is refused before decoding (a small file can declare gigabytes of pixels): downscale it, or raise the bound with ARM_MAX_IMAGE_PIXELS',
+      `${bomb}: the image is 16000×16000, 256000000 pixels, more than the ${DEFAULT_MAX_IMAGE_PIXELS} allowed ` +
+        '(the default without an image processor, 4 × 4096×4096); ' +
+        'it is refused before decoding (a small file can declare gigabytes of pixels): downscale it, ' +
+        'or raise the bound with ARM_MAX_IMAGE_PIXELS',
     );
     // Decoding it costs 768 MB of RGB alone (measured before the bound: 1.5 GB resident, 8 s).
     expect(ms).toBeLessThan(2000);
@@ -131,7 +136,7 @@ describe('decodeImage', () => {
     );
   });
 
-  it('decodes only the first frame of an animated WebP, so frames do not multiply the pixels; a frame over the bound is refused', async () => {
+  it('animated WebP: only the first frame decodes (frames add no pixels); one over the bound is refused', async () => {
     const frames = async (n: number, side: number) => {
       const each = [];
       for (let i = 0; i < n; i++)
@@ -171,7 +176,10 @@ describe('the bound of an image processor', () => {
     expect(llava.pixelBound()).toEqual({
       pixels: 4096 * 4096,
       source: expect.stringMatching(
-        /at least 4096×4096; 4 × the image processor's largest size of 4704 pixels, the largest image_grid_pinpoints canvas/,
+        new RegExp(
+          /at least 4096×4096; 4 × the image processor's largest size of 4704 pixels, /.source +
+            /the largest image_grid_pinpoints canvas/.source,
+        ),
       ),
     });
     process.env.ARM_MAX_IMAGE_PIXELS = '5000';
@@ -180,13 +188,19 @@ describe('the bound of an image processor', () => {
 });
 
 describe('judge items with images (qwen2_5_vl tiny fixture)', () => {
-  it("a fit whose examples show the bomb fails fast naming the file, its size and the processor's bound, holding no pixels", async () => {
+  it('a fit showing the bomb fails fast, naming the file, its size and the bound, holding no pixels', async () => {
     const work = tempDir('arm-bomb-fit-');
     const { file } = await writeShapePairs(work, { colours: ['red', 'blue'], shapes: ['circle'] });
     fs.copyFileSync(bomb, path.join(work, 'images', 'bomb.png'));
     fs.appendFileSync(
       file,
-      `${JSON.stringify({ id: 'bomb', prompt: 'What shape is in the picture ?', chosen: 'a white square', rejected: 'a red circle', images: ['images/bomb.png'] })}\n`,
+      `${JSON.stringify({
+        id: 'bomb',
+        prompt: 'What shape is in the picture ?',
+        chosen: 'a white square',
+        rejected: 'a red circle',
+        images: ['images/bomb.png'],
+      })}\n`,
     );
     const { examples } = readExamples(file);
     const decoder = await Decoder.load(imageTextCheckpoint('qwen2_5_vl'), {
@@ -212,8 +226,10 @@ describe('judge items with images (qwen2_5_vl tiny fixture)', () => {
       expect(err).toBeInstanceOf(ModelError);
       expect(err!.message).toMatch(
         new RegExp(
-          `^${path.join(work, 'images', 'bomb.png').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: the image is 16000×16000, 256000000 pixels, more than the 16777216 allowed ` +
-            "\\(at least 4096×4096; 4 × the image processor's largest size of 50176 pixels, max_pixels in preprocessor_config\\.json, is less\\)",
+          `^${literal(path.join(work, 'images', 'bomb.png'))}: ` +
+            'the image is 16000×16000, 256000000 pixels, more than the 16777216 allowed ' +
+            "\\(at least 4096×4096; 4 × the image processor's largest size of 50176 pixels, " +
+            'max_pixels in preprocessor_config\\.json, is less\\)',
         ),
       );
       expect(ms).toBeLessThan(3000);

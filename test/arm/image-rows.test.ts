@@ -362,7 +362,7 @@ describe('judge prompts and the batch runner with images (Qwen2.5-VL tiny)', () 
     ).rejects.toThrow(/made with other examples/);
   });
 
-  it('mean extraction places image rows per batch: a resumed run places none for its done passes, and gives the same means', async () => {
+  it('means place image rows per batch: a resumed run places none for done passes, with the same means', async () => {
     const items = judgeItems(examples, 'scalar');
     const template = makeTemplate('scalar', {}, decoder.tokenizer);
     const opts = { passes: 6, shots: 2, seed: 3, batchSize: 4, maxLength: 256, keepPasses: true };

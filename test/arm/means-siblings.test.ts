@@ -35,7 +35,8 @@ describe('pass plans keep siblings apart', () => {
 
   for (const kind of ['scalar', 'ranked'] as const) {
     for (const perDemoSet of [1, 4]) {
-      it(`${kind} items, ${perDemoSet === 1 ? 'independent draws' : 'shared demo draws'}: no pass shows the query's sibling, and every pass has 4 demos`, () => {
+      const draws = perDemoSet === 1 ? 'independent draws' : 'shared demo draws';
+      it(`${kind} items, ${draws}: no pass shows the query's sibling, and every pass has 4 demos`, () => {
         const items = judgeItems(examples, kind);
         const groups = judgeItemGroups(examples, kind);
         expect(groups).toHaveLength(items.length);

@@ -1,3 +1,7 @@
+/**
+ * The REINFORCE optimiser alone (reinforce.ts), on synthetic objectives: recovering planted heads, determinism and
+ * resume, and its update checked against the design's formulas step by step.
+ */
 import { describe, expect, it } from 'vitest';
 import { initialState, readoutMask, REINFORCE_DEFAULTS, runReinforce, type MaskLoss } from '../../src/arm/reinforce.js';
 import { Rng } from '../../src/util/rng.js';

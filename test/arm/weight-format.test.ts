@@ -54,7 +54,8 @@ it('records dtype and format; another dtype at scoring time is a warning, the sa
     ActivationRM.load(level4, file, { warn: (m) => warnings.push(m) });
     expect(warnings).toHaveLength(2);
     expect(warnings[1]).toContain(
-      'fitted with weights "int8 (blockwise, block 128, accuracy level 0)" and is scored with "int8 (blockwise, block 128, accuracy level 4)"',
+      'fitted with weights "int8 (blockwise, block 128, accuracy level 0)" ' +
+        'and is scored with "int8 (blockwise, block 128, accuracy level 4)"',
     );
   } finally {
     await level4.dispose();
