@@ -2,6 +2,12 @@
  * Decoder: a loaded checkpoint you can run. Wraps one onnxruntime session over the graph of
  * graph/decoder-graph.ts and keeps the KV cache in JS (one shared prefix at a time), which is what lets one
  * graph serve full forwards, prefill, shared-prefix patch steps and greedy generation.
+ *
+ * Loading, in order: the folder or hub download (checkpoint/hub.ts), config.json → ModelSpec (families/), the
+ * weight format (quant/weight-format.ts), the checkpoint checked against the spec (cache/decoder-weights.ts), its
+ * fingerprint and cache key, GPTQ's calibration when a GPTQ entry must be built (quant/calibration.ts, run here
+ * on a Decoder over the fp32 calibration model), the cache entry found or built (cache/decoder-cache.ts), the
+ * session opened. Token ids become inputs_embeds through embedding-table.ts.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,11 +21,9 @@ import {
   DATA_FILE,
   ensureCachedModel,
   graphsDir,
-  LAYOUT_FILE,
   MODEL_FILE,
   writeCalibrationModel,
   type BuildProgress,
-  type Layout,
 } from './cache/decoder-cache.js';
 import { validateCheckpoint } from './cache/decoder-weights.js';
 import { resolveModelDir } from './checkpoint/hub.js';
@@ -45,7 +49,8 @@ import {
   type WeightFormat,
 } from './quant/weight-format.js';
 import { calibrationBytes, calibrationHessians } from './quant/calibration.js';
-import { blobBytes, blocksPerRow, dequantizeRowInto, zeroPointBytesPerRow, type QuantOptions } from './quant/layout.js';
+import type { QuantOptions } from './quant/layout.js';
+import { openEmbeddings, type EmbeddingTable } from './embedding-table.js';
 import { contentHashDir, defaultCacheDir } from '../util/cache-root.js';
 
 export interface LoadOptions {
@@ -761,70 +766,6 @@ async function gptqHessians(
   });
 }
 
-/**
- * embed_tokens rows read on demand from weights.bin (through the page cache, not held in the heap), with a
- * small cache of recent rows: prompts repeat template tokens a lot.
- */
-class EmbeddingTable {
-  private readonly fd: number;
-  private readonly cache = new Map<number, Float32Array>();
-  private static readonly CACHE_ROWS = 4096;
-
-  constructor(
-    file: string,
-    private readonly layout: Layout['embed'],
-  ) {
-    this.fd = fs.openSync(file, 'r');
-  }
-
-  /**
-   * Copies the row of token `id` into `out` at `at`, times `scale` when given (Gemma's √D): one float32
-   * product per value, as transformers' float32 multiply (a product of two float32 is exact in a double).
-   */
-  row(id: number, out: Float32Array, at: number, scale: number | null = null): void {
-    let values = this.cache.get(id);
-    if (!values) {
-      values = this.read(id);
-      if (this.cache.size >= EmbeddingTable.CACHE_ROWS) this.cache.delete(this.cache.keys().next().value!);
-      this.cache.set(id, values);
-    }
-    if (scale === null) out.set(values, at);
-    else for (let i = 0; i < values.length; i++) out[at + i] = values[i]! * scale;
-  }
-
-  /** Row `id` as float32: read as is, or its codes, scales and zero points read and dequantised. */
-  private read(id: number): Float32Array {
-    const { cols, quant } = this.layout;
-    const row = new Float32Array(cols);
-    if (!quant) {
-      this.readAt(new Uint8Array(row.buffer), this.layout.offset + id * row.byteLength, id);
-      return row;
-    }
-    const nb = blocksPerRow(cols, quant.blockSize);
-    const codes = new Uint8Array(nb * blobBytes(quant.bits, quant.blockSize));
-    const scales = new Float32Array(nb);
-    const zeroPoints = new Uint8Array(zeroPointBytesPerRow(nb, quant.bits));
-    this.readAt(codes, this.layout.offset + id * codes.length, id);
-    this.readAt(new Uint8Array(scales.buffer), quant.scalesOffset + id * scales.byteLength, id);
-    this.readAt(zeroPoints, quant.zeroPointsOffset + id * zeroPoints.length, id);
-    return dequantizeRowInto(
-      { cols, bits: quant.bits, blockSize: quant.blockSize },
-      { codes, scales, zeroPoints },
-      row,
-    );
-  }
-
-  private readAt(bytes: Uint8Array, position: number, id: number): void {
-    const n = fs.readSync(this.fd, bytes, 0, bytes.length, position);
-    if (n !== bytes.length)
-      throw new ModelError(`embedding row ${id}: short read from the cached weights (rebuild the cache entry)`);
-  }
-
-  close(): void {
-    fs.closeSync(this.fd);
-  }
-}
-
 function assertFinite(x: Float32Array, message: (index: number) => string): void {
   for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new ModelError(message(i));
 }
@@ -875,9 +816,4 @@ async function createSession(entryDir: string, threads?: number): Promise<ort.In
     graphOptimizationLevel: 'all',
     executionMode: 'sequential',
   });
-}
-
-function openEmbeddings(entryDir: string): EmbeddingTable {
-  const layout = JSON.parse(fs.readFileSync(path.join(entryDir, LAYOUT_FILE), 'utf8')) as Layout;
-  return new EmbeddingTable(path.join(entryDir, DATA_FILE), layout.embed);
 }
