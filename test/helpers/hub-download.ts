@@ -1,5 +1,8 @@
-// Resolves a hub id the way `--model` does, in a process of its own (tests spawn this with `node --import tsx`):
-// argv: ref, cache folder. Prints the snapshot folder on stdout and the client's notes on stderr.
+/**
+ * Resolves a hub id the way `--model` does, in a process of its own (hub.test.ts spawns this with
+ * `node --import tsx`): argv: ref, cache folder. Prints the snapshot folder on stdout and the client's notes on
+ * stderr.
+ */
 import { resolveModelDir } from '../../src/model/checkpoint/hub.js';
 
 const [ref, cacheDir] = process.argv.slice(2);

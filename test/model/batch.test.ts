@@ -1,3 +1,8 @@
+/**
+ * forEachLastLogits (model/batch.ts): grouping, a shared prefix prefilled once and a score budget change how
+ * the sequences are run (fewer session runs), never their last-position logits, which match each sequence run
+ * alone.
+ */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { Decoder } from '../../src/model/decoder.js';
 import { forEachLastLogits } from '../../src/model/batch.js';

@@ -1,3 +1,8 @@
+/**
+ * The Decoder against a reference forward written in plain JS (helpers/reference.ts), for every test family:
+ * last-position logits and head activations on a padded batch, head patches (replace and add), checkpoint
+ * storage variants (f16/bf16, sharded), and an output head split into row blocks.
+ */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
