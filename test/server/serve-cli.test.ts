@@ -47,7 +47,8 @@ async function serve(args: string[]): Promise<{ child: ChildProcess; url: string
   children.push(c);
   let err = '';
   c.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (c === child) stderr = err; });
-  const done = new Promise<{ code: number | null; signal: string | null }>((resolve) => c.once('exit', (code, signal) => resolve({ code, signal })));
+  // 'close', not 'exit': stderr is read to its end by then.
+  const done = new Promise<{ code: number | null; signal: string | null }>((resolve) => c.once('close', (code, signal) => resolve({ code, signal })));
   const at = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${err}`)), 60_000);
     c.stderr!.on('data', () => {
@@ -92,7 +93,7 @@ it('SIGTERM with requests queued and in flight: every one answered, then exit 0'
   const queries = Array.from({ length: 24 }, (_, i) => `<|im_start|>user\nQuestion ${i}?<|im_end|>\n<|im_start|>assistant\nAnswer ${i}.<|im_end|>`);
   const inFlight = queries.map((q) => post('/get_reward', { query: [q] }));
   // The batch timer is 300 ms: wait until the server holds them all, then stop it.
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 300; i++) {
     const m = await fetch(`${url}/metrics`, { headers: auth }).then((r) => r.text());
     if (/^arm_queue_items 24$/m.test(m)) break;
     await new Promise((r) => setTimeout(r, 10));
