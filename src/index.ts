@@ -38,7 +38,9 @@ export {
   type ScalarExample,
   type Prompt,
 } from './data/examples.js';
-export { evaluate, runEval, drawSplits, type EvalOptions, type RunRecord } from './eval/harness.js';
+export { evaluate, runEval, type EvalOptions } from './eval/harness.js';
+export { drawSplits } from './eval/splits.js';
+export type { RunRecord } from './eval/records.js';
 export { METHODS, type Method, type MethodOptions } from './eval/methods.js';
 export { aggregate, type Results, type MethodResult } from './eval/aggregate.js';
 export { accuracy, bootstrapInterval, meanStd, sectionScores } from './eval/metrics.js';

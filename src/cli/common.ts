@@ -1,8 +1,10 @@
-/** Shared CLI plumbing: model options, progress bars on stderr, error reporting. */
+/**
+ * Shared CLI plumbing: the flags several commands take and their parsers, loading the model, checking an output
+ * path before long work, Ctrl-C as "stop after this step", `--skip-invalid` reports, and small file helpers.
+ */
 import fs from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import cliProgress from 'cli-progress';
 import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
 import type { QuantOptions } from '../model/quant/layout.js';
@@ -16,6 +18,11 @@ import {
   type WeightDType,
 } from '../model/quant/weight-format.js';
 import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
+import { disposeDecoder } from '../arm/images.js';
+import { progressBar } from '../util/progress-bar.js';
+
+/** The model `fit`, `score`, `eval`, `render` and `serve` use without `--model`. */
+export const DEFAULT_MODEL = 'Qwen/Qwen2.5-0.5B-Instruct';
 
 export interface ModelCliOptions {
   model: string;
@@ -59,12 +66,14 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .addOption(
       new Option(
         '--dtype <dtype>',
-        'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)',
+        'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: ' +
+          'fp32 below 0.3 B parameters, int8 to 3 B, int4 above)',
       ).choices(WEIGHT_DTYPES),
     )
     .option(
       '--block-size <n>',
-      'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, 16 below 20 M parameters)',
+      'int8/int4: inputs per scale and zero point, a power of two >= 16 (default 128 for int8; 32 for int4, ' +
+        '16 below 20 M parameters)',
       (v) => positiveInt(v, '--block-size'),
     )
     .addOption(
@@ -78,13 +87,16 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .addOption(
       new Option(
         '--int8-kernel <kernel>',
-        'int8: linear layers as rowwise W8A8 (int8 weights per output channel, activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)',
+        'int8: linear layers as rowwise W8A8 (int8 weights per output channel, ' +
+          'activations quantised per row at run time; onnxruntime MatMulIntegerToFloat) or blockwise (MatMulNBits); ' +
+          'the embedding and head stay blockwise (default: rowwise from 0.3 B parameters, blockwise below)',
       ).choices(INT8_KERNELS),
     )
     .addOption(
       new Option(
         '--int4-method <method>',
-        'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; needs an fp32 copy while building) (default: gptq below 20 M parameters, rtn above)',
+        'int4: how 4-bit codes are chosen: rtn (round to nearest) or gptq (GPTQ on text the model samples itself; ' +
+          'needs an fp32 copy while building) (default: gptq below 20 M parameters, rtn above)',
       ).choices(INT4_METHODS),
     )
     .option('--quiet', 'no progress bars');
@@ -102,7 +114,8 @@ export function addJudgeOptions(cmd: Command): Command {
     .option('--no-chat', 'plain-text prompts even if the tokenizer has a chat template')
     .option(
       '--template-kwargs <json>',
-      'extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' (templates that read enable_thinking get false unless set here)',
+      'extra chat-template variables as a JSON object, e.g. \'{"enable_thinking": false}\' ' +
+        '(templates that read enable_thinking get false unless set here)',
       (v) => jsonObject(v, '--template-kwargs'),
     )
     .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'), 8)
@@ -132,7 +145,8 @@ export function addFitOptions(cmd: Command): Command {
     .option('--lr <x>', 'Adam learning rate', (v) => positiveNumber(v, '--lr'), 0.1)
     .option(
       '--denoise-before-selection',
-      'denoise the means of every head before head selection, not the selected heads after it (fit: with --denoise; eval: the arm-denoised row)',
+      'denoise the means of every head before head selection, not the selected heads after it (fit: with --denoise; ' +
+        'eval: the arm-denoised row)',
     );
 }
 
@@ -155,19 +169,19 @@ export interface FitCliFlags {
 }
 
 /** A flag's value parsed as a JSON object (not an array, string or null); errors name the flag. */
-export function jsonObject(v: string, flag: string): Record<string, unknown> {
+function jsonObject(v: string, flag: string): Record<string, unknown> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(v);
   } catch (e) {
     throw new Error(
-      `${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; ${JSON.stringify(v)} is not valid JSON (${(e as Error).message})`,
+      `${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; ` +
+        `${JSON.stringify(v)} is not valid JSON (${(e as Error).message})`,
     );
   }
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new Error(
-      `${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; got ${Array.isArray(parsed) ? 'an array' : parsed === null ? 'null' : `a ${typeof parsed}`}`,
-    );
+    const got = Array.isArray(parsed) ? 'an array' : parsed === null ? 'null' : `a ${typeof parsed}`;
+    throw new Error(`${flag} must be a JSON object, e.g. '{"enable_thinking": false}'; got ${got}`);
   }
   return parsed as Record<string, unknown>;
 }
@@ -185,39 +199,8 @@ export function positiveInt(v: string, flag: string): number {
   return n;
 }
 
-/** A progress bar on stderr (only when stderr is a terminal and not --quiet). */
-export function progressBar(
-  label: string,
-  quiet?: boolean,
-): { update(done: number, total: number, info?: string): void; stop(): void } {
-  if (quiet || !process.stderr.isTTY) return { update() {}, stop() {} };
-  const bar = new cliProgress.SingleBar(
-    {
-      format: `${label} {bar} {value}/{total} | {rate}/s | ETA {eta_formatted} | {info}`,
-      stream: process.stderr,
-      etaBuffer: 50,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
-  const t0 = Date.now();
-  return {
-    update(done, total, info = '') {
-      if (!started) {
-        bar.start(total, 0, { info, rate: '0' });
-        started = true;
-      }
-      bar.setTotal(total);
-      bar.update(done, { info, rate: (done / Math.max(1e-3, (Date.now() - t0) / 1000)).toFixed(1) });
-    },
-    stop() {
-      if (started) bar.stop();
-    },
-  };
-}
-
 export async function loadDecoder(opts: ModelCliOptions): Promise<Decoder> {
-  const bar = progressBar('building graph', opts.quiet);
+  const bar = progressBar('building graph', { quiet: opts.quiet });
   try {
     return await Decoder.load(opts.model, {
       cacheDir: opts.cacheDir,
@@ -230,6 +213,42 @@ export async function loadDecoder(opts: ModelCliOptions): Promise<Decoder> {
   } finally {
     bar.stop();
   }
+}
+
+/**
+ * Loads the model, then checks `outputs.files` again against the model folder's files (a hub id is a folder only
+ * once resolved). On failure the decoder is disposed of and `outputs.cleanup` removes the folders made for them.
+ */
+export async function loadDecoderForOutputs(
+  opts: ModelCliOptions,
+  outputs: { files: string[]; flag: string; cleanup: () => void },
+): Promise<Decoder> {
+  let decoder: Decoder | undefined;
+  try {
+    decoder = await loadDecoder(opts);
+    const inputs = modelInputs(decoder.info.modelDir);
+    for (const file of outputs.files) prepareOutput(file, { flag: outputs.flag, inputs });
+    return decoder;
+  } catch (e) {
+    outputs.cleanup();
+    await disposeDecoder(decoder);
+    throw e;
+  }
+}
+
+/**
+ * Ctrl-C as "stop after the current step": the first prints `message` and makes `stopped()` true, a second exits
+ * at once (status 130). Call `release` when the work is over.
+ */
+export function stopOnSigint(message: string): { stopped: () => boolean; release: () => void } {
+  let stop = false;
+  const onSigint = () => {
+    if (stop) process.exit(130);
+    stop = true;
+    process.stderr.write(message);
+  };
+  process.on('SIGINT', onSigint);
+  return { stopped: () => stop, release: () => process.off('SIGINT', onSigint) };
 }
 
 /** A file a command reads, for refusing to write over it. */
@@ -278,12 +297,14 @@ export function prepareOutput(
       const st = statOrNull(input.path);
       if (st?.isFile() && sameFile(st, at))
         throw new Error(
-          `${opts.flag} ${file}: is ${input.what} (${input.path}), which this command reads; refusing to write over it. Choose another output path`,
+          `${opts.flag} ${file}: is ${input.what} (${input.path}), which this command reads; ` +
+            'refusing to write over it. Choose another output path',
         );
     }
     if (opts.criterion && !opts.force && !isCriterionFile(file)) {
       throw new Error(
-        `${opts.flag} ${file}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`,
+        `${opts.flag} ${file}: exists and is not a criterion file (no "arm" metadata); ` +
+          'refusing to overwrite it (--force overrides)',
       );
     }
   }

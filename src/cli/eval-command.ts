@@ -1,22 +1,27 @@
-/** `arm eval`: methods × seeds on a preference dataset, with results.json, report.md and report.html. */
+/**
+ * `arm eval`: methods × seeds on a preference dataset, with results.json, report.md and report.html; or, with
+ * `--bias-pair`, both splits of a bias probe and the bias gap (bias.json, bias.md).
+ */
 import path from 'node:path';
 import { Option, type Command } from 'commander';
-import { loadDataset } from '../data/dataset.js';
-import { evaluate, needsModel } from '../eval/harness.js';
-import { evaluateBiasPair } from '../eval/bias.js';
+import { loadDataset, type LoadedDataset } from '../data/dataset.js';
+import { evaluate, needsModel, type EvalOptions } from '../eval/harness.js';
+import { evaluateBiasPair, type BiasReport } from '../eval/bias.js';
+import type { Results } from '../eval/aggregate.js';
 import { BIASES } from '../data/bias-probe.js';
 import { METHODS } from '../eval/methods.js';
+import type { Decoder } from '../model/decoder.js';
 import { disposeDecoder } from '../arm/images.js';
-import { DEFAULT_MODEL } from './arm-commands.js';
+import { progressBar, type ProgressBar } from '../util/progress-bar.js';
 import {
   addFitOptions,
   addJudgeOptions,
   addModelOptions,
+  DEFAULT_MODEL,
   loadDecoder,
   nonNegativeInt,
   positiveInt,
   positiveNumber,
-  progressBar,
   type FitCliFlags,
   type JudgeCliOptions,
   type ModelCliOptions,
@@ -43,26 +48,37 @@ interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   savHeads: number;
 }
 
+/** What `evaluate` and `evaluateBiasPair` are given, beside the options the harness shares. */
+type CliEvalOptions = EvalOptions & { dataset: string; modelId: string };
+
 export function registerEvalCommand(program: Command): void {
-  addFitOptions(
-    addJudgeOptions(
-      addModelOptions(
-        program.command('eval').description('compare the Activation RM with baselines on a preference dataset'),
-        DEFAULT_MODEL,
-      ),
-    ),
-  )
+  const command = program
+    .command('eval')
+    .description('compare the Activation RM with baselines on a preference dataset');
+  addBaselineOptions(
+    addRowOptions(addRunOptions(addFitOptions(addJudgeOptions(addModelOptions(command, DEFAULT_MODEL))))),
+  ).action(evalCommand);
+}
+
+/** What is evaluated, and how the pool is drawn and the run kept. */
+function addRunOptions(cmd: Command): Command {
+  return cmd
     .option(
       '--dataset <file|hub-id>',
-      'pairs {prompt, chosen, rejected, subset?, images?} (RewardBench / TRL shapes) as JSONL; RM-Bench rows (3 × 3 styles); parquet (RewardBench, RewardBench 2); Multimodal RewardBench all_data.json (with --image-root); or a hub dataset: allenai/reward-bench-2, allenai/reward-bench',
+      'pairs {prompt, chosen, rejected, subset?, images?} (RewardBench / TRL shapes) as JSONL; ' +
+        'RM-Bench rows (3 × 3 styles); parquet (RewardBench, RewardBench 2); ' +
+        'Multimodal RewardBench all_data.json (with --image-root); ' +
+        'or a hub dataset: allenai/reward-bench-2, allenai/reward-bench',
     )
     .option(
       '--bias-pair <biased,flipped>',
-      `a probe pair from arm bias-probe (${BIASES.join(', ')}): both splits are run and the bias gap (flipped − biased) reported`,
+      `a probe pair from arm bias-probe (${BIASES.join(', ')}): ` +
+        'both splits are run and the bias gap (flipped − biased) reported',
     )
     .option(
       '--preferencehack',
-      'read --dataset as a released PreferenceHack file (also when its path says preferencehack): its 80 few-shot pairs are the pool, the rest the test set',
+      'read --dataset as a released PreferenceHack file (also when its path says preferencehack): ' +
+        'its 80 few-shot pairs are the pool, the rest the test set',
     )
     .option(
       '--methods <list>',
@@ -83,177 +99,243 @@ export function registerEvalCommand(program: Command): void {
         .default('subset'),
     )
     .option('--output-dir <dir>', 'where results go', 'results')
-    .option('--save-all', "keep items.jsonl: every pair's scores per method and seed")
+    .option('--save-all', "keep items.jsonl: every pair's scores per method and seed");
+}
+
+/** Which rows are read, and where their images are. */
+function addRowOptions(cmd: Command): Command {
+  return cmd
     .option('--limit <n>', 'read at most n rows', (v) => positiveInt(v, '--limit'))
     .option('--subsets <list>', 'only these subsets (comma-separated)')
     .option('--skip-invalid', 'skip invalid rows (reported) instead of stopping')
     .option(
       '--image-root <dir>',
-      "folder that image paths in the dataset are read under (default: the dataset file's folder); e.g. Multimodal RewardBench's data/ for its all_data.json",
-    )
+      "folder that image paths in the dataset are read under (default: the dataset file's folder); " +
+        "e.g. Multimodal RewardBench's data/ for its all_data.json",
+    );
+}
+
+/** The baselines' own settings. */
+function addBaselineOptions(cmd: Command): Command {
+  return cmd
     .option('--icl-shots <k>', 'demonstrations in the ICL judge prompt', (v) => positiveInt(v, '--icl-shots'), 4)
     .option('--sample-n <N>', 'sample-vote: verdicts sampled', (v) => positiveInt(v, '--sample-n'), 8)
     .option('--temperature <T>', 'sample-vote: temperature (> 0)', (v) => positiveNumber(v, '--temperature'), 1)
-    .option('--sav-heads <n>', 'sav-vote: voting heads', (v) => positiveInt(v, '--sav-heads'), 20)
-    .action(async (o: EvalCliOptions) => {
-      if (!o.dataset === !o.biasPair)
-        throw new Error('give --dataset, or --bias-pair biased.jsonl,flipped.jsonl (one of them)');
-      const readOpts = {
-        skipInvalid: o.skipInvalid,
-        limit: o.limit,
-        subsets: o.subsets?.split(','),
-        hub: { cacheDir: o.cacheDir },
-        preferenceHack: o.preferencehack,
-        imageRoot: o.imageRoot,
-      };
-      const probeFiles = o.biasPair
-        ?.split(',')
-        .map((f) => f.trim())
-        .filter(Boolean);
-      if (probeFiles && probeFiles.length !== 2)
-        throw new Error(
-          `--bias-pair: expected two files, biased then flipped (biased.jsonl,flipped.jsonl), got ${JSON.stringify(o.biasPair)}`,
-        );
-      const loaded = await Promise.all((probeFiles ?? [o.dataset!]).map((f) => loadDataset(f, readOpts)));
-      for (const { skipped } of loaded) {
-        if (skipped.length)
-          process.stderr.write(
-            `skipped ${skipped.length} invalid rows:\n${skipped
-              .slice(0, 10)
-              .map((s) => `  ${s.reason}`)
-              .join('\n')}${skipped.length > 10 ? '\n  …' : ''}\n`,
-          );
-      }
-      const { examples, fewShotIds, format } = loaded[0]!;
-      if (format !== 'pairs')
-        process.stderr.write(
-          `note: ${format === 'rm-bench' ? 'RM-Bench rows: each row is scored as its 9 chosen × rejected style comparisons, reported as hard / normal / easy' : 'best-of-n rows (RewardBench 2): each row is scored as its chosen-vs-rejected comparisons, reported best-of-n with ties sharing credit'}\n`,
-        );
-      if (fewShotIds)
-        process.stderr.write(
-          `note: PreferenceHack: pools are drawn from its ${fewShotIds.size} few-shot pairs; the other ${examples.length - fewShotIds.size} are the test set\n`,
-        );
-      const methods = o.methods
-        .split(',')
-        .map((m) => m.trim())
-        .filter(Boolean);
-      // The length rules read no model: a run of them alone loads none, and no context length limits its pairs.
-      const decoder = needsModel(methods) ? await loadDecoder(o) : null;
-      if (!decoder)
-        process.stderr.write(`note: ${methods.join(', ')} read no model: none is loaded, and every pair is scored\n`);
-      const bar = progressBar('eval      ', o.quiet);
-      let current = '';
-      try {
-        const maxLength = o.maxLength ?? decoder?.spec.maxPositions ?? Infinity;
-        const evalOptions = {
-          methods,
-          fewShot: o.fewShot,
-          seeds: o.seeds,
-          seed: o.seed,
-          pool: o.pool,
-          ...(fewShotIds ? { poolCandidate: (p: { id: string }) => fewShotIds.has(p.id) } : {}),
-          outputDir: o.outputDir,
-          saveAll: o.saveAll ?? false,
-          chunkSize: 32,
-          dataset: path.basename(o.dataset ?? probeFiles![0]!),
-          modelId: decoder ? o.model : '(none: no method reads a model)',
-          method: {
-            fit: {
-              template: o.template,
-              templateText: o.templateText,
-              chat: o.chat,
-              passes: o.passes,
-              shots: o.shots,
-              passesPerDemoSet: o.passesPerDemoSet,
-              templateKwargs: o.templateKwargs,
-              denoiseBeforeSelection: o.denoiseBeforeSelection,
-              reinforce: { steps: o.steps, samples: o.samples, lr: o.lr },
-              modelId: o.model,
-              warn: () => undefined,
-            },
-            batchSize: o.batchSize,
-            maxLength,
-            iclShots: o.iclShots,
-            sampleN: o.sampleN,
-            sampleTemperature: o.temperature,
-            savTopHeads: o.savHeads,
-          },
-          onProgress: (what: string, done: number, total: number) => {
-            if (what !== current) {
-              bar.stop();
-              current = what;
-            }
-            bar.update(done, total, what);
-          },
-          log: (line: string) => process.stderr.write(`${line}\n`),
-        };
-        if (probeFiles) {
-          const { report } = await evaluateBiasPair(decoder, examples, loaded[1]!.examples, {
-            ...evalOptions,
-            datasets: [probeFiles[0]!, probeFiles[1]!],
-          });
-          bar.stop();
-          const f = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
-          console.table(
-            Object.entries(report.methods)
-              .sort((a, b) => b[1].gap.mean - a[1].gap.mean)
-              .map(([name, g]) => ({
-                method: g.control ? `${name} (control)` : name,
-                biased: f(g.biased.mean),
-                flipped: f(g.flipped.mean),
-                'gap (flipped − biased)': `${f(g.gap.mean)} [${f(g.gap.ci95[0])}, ${f(g.gap.ci95[1])}]`,
-                pairs: g.pairs,
-              })),
-          );
-          process.stderr.write(
-            `bias${report.bias ? ` ${report.bias.kind}` : ''}: gap near +100 follows the bias, near 0 ignores it; over ${report.commonPairs} (seed, pair)s every method scored in both splits\n`,
-          );
-          process.stderr.write(
-            `wrote ${path.join(o.outputDir, 'bias.json')}, bias.md, and each split's reports in ${path.join(o.outputDir, 'biased')}/ and ${path.join(o.outputDir, 'flipped')}/\n`,
-          );
-          return;
-        }
-        const results = await evaluate(decoder, examples, evalOptions);
+    .option('--sav-heads <n>', 'sav-vote: voting heads', (v) => positiveInt(v, '--sav-heads'), 20);
+}
+
+async function evalCommand(o: EvalCliOptions): Promise<void> {
+  if (!o.dataset === !o.biasPair)
+    throw new Error('give --dataset, or --bias-pair biased.jsonl,flipped.jsonl (one of them)');
+  const probeFiles = parseBiasPair(o.biasPair);
+  const loaded = await loadEvalData(o, probeFiles);
+  const { examples, fewShotIds } = loaded[0]!;
+  const methods = o.methods
+    .split(',')
+    .map((m) => m.trim())
+    .filter(Boolean);
+  // The length rules read no model: a run of them alone loads none, and no context length limits its pairs.
+  const decoder = needsModel(methods) ? await loadDecoder(o) : null;
+  if (!decoder)
+    process.stderr.write(`note: ${methods.join(', ')} read no model: none is loaded, and every pair is scored\n`);
+  const bar = progressBar('eval      ', { quiet: o.quiet });
+  try {
+    const dataset = path.basename(o.dataset ?? probeFiles![0]!);
+    const evalOptions = evalOptionsFrom(o, { methods, decoder, dataset, fewShotIds, bar });
+    if (probeFiles) {
+      const { report } = await evaluateBiasPair(decoder, examples, loaded[1]!.examples, {
+        ...evalOptions,
+        datasets: [probeFiles[0]!, probeFiles[1]!],
+      });
+      bar.stop();
+      printBiasReport(report, o.outputDir);
+      return;
+    }
+    const results = await evaluate(decoder, examples, evalOptions);
+    bar.stop();
+    printResults(results, o);
+  } finally {
+    bar.stop();
+    await disposeDecoder(decoder);
+  }
+}
+
+/** `--bias-pair biased,flipped` as its two files (undefined without the flag). */
+function parseBiasPair(biasPair: string | undefined): string[] | undefined {
+  const probeFiles = biasPair
+    ?.split(',')
+    .map((f) => f.trim())
+    .filter(Boolean);
+  if (probeFiles && probeFiles.length !== 2)
+    throw new Error(
+      '--bias-pair: expected two files, biased then flipped (biased.jsonl,flipped.jsonl), ' +
+        `got ${JSON.stringify(biasPair)}`,
+    );
+  return probeFiles;
+}
+
+/** Reads `--dataset` (or both probe files), reports skipped rows and how the rows are scored. */
+async function loadEvalData(o: EvalCliOptions, probeFiles: string[] | undefined): Promise<LoadedDataset[]> {
+  const readOpts = {
+    skipInvalid: o.skipInvalid,
+    limit: o.limit,
+    subsets: o.subsets?.split(','),
+    hub: { cacheDir: o.cacheDir },
+    preferenceHack: o.preferencehack,
+    imageRoot: o.imageRoot,
+  };
+  const loaded = await Promise.all((probeFiles ?? [o.dataset!]).map((f) => loadDataset(f, readOpts)));
+  // `arm eval` lists a file's skipped rows in one block (fit and score report theirs through skipReporter).
+  for (const { skipped } of loaded) {
+    if (skipped.length)
+      process.stderr.write(
+        `skipped ${skipped.length} invalid rows:\n${skipped
+          .slice(0, 10)
+          .map((s) => `  ${s.reason}`)
+          .join('\n')}${skipped.length > 10 ? '\n  …' : ''}\n`,
+      );
+  }
+  const { examples, fewShotIds, format } = loaded[0]!;
+  if (format !== 'pairs')
+    process.stderr.write(
+      `note: ${
+        format === 'rm-bench'
+          ? 'RM-Bench rows: each row is scored as its 9 chosen × rejected style comparisons, ' +
+            'reported as hard / normal / easy'
+          : 'best-of-n rows (RewardBench 2): each row is scored as its chosen-vs-rejected comparisons, ' +
+            'reported best-of-n with ties sharing credit'
+      }\n`,
+    );
+  if (fewShotIds)
+    process.stderr.write(
+      `note: PreferenceHack: pools are drawn from its ${fewShotIds.size} few-shot pairs; ` +
+        `the other ${examples.length - fewShotIds.size} are the test set\n`,
+    );
+  return loaded;
+}
+
+/** The harness's options from the flags; progress goes to `bar`, one bar per stage. */
+function evalOptionsFrom(
+  o: EvalCliOptions,
+  run: {
+    methods: string[];
+    decoder: Decoder | null;
+    dataset: string;
+    fewShotIds: Set<string> | undefined;
+    bar: ProgressBar;
+  },
+): CliEvalOptions {
+  const { fewShotIds, bar } = run;
+  let current = '';
+  return {
+    methods: run.methods,
+    fewShot: o.fewShot,
+    seeds: o.seeds,
+    seed: o.seed,
+    pool: o.pool,
+    ...(fewShotIds ? { poolCandidate: (p: { id: string }) => fewShotIds.has(p.id) } : {}),
+    outputDir: o.outputDir,
+    saveAll: o.saveAll ?? false,
+    chunkSize: 32,
+    dataset: run.dataset,
+    modelId: run.decoder ? o.model : '(none: no method reads a model)',
+    method: {
+      fit: {
+        template: o.template,
+        templateText: o.templateText,
+        chat: o.chat,
+        passes: o.passes,
+        shots: o.shots,
+        passesPerDemoSet: o.passesPerDemoSet,
+        templateKwargs: o.templateKwargs,
+        denoiseBeforeSelection: o.denoiseBeforeSelection,
+        reinforce: { steps: o.steps, samples: o.samples, lr: o.lr },
+        modelId: o.model,
+        warn: () => undefined,
+      },
+      batchSize: o.batchSize,
+      maxLength: o.maxLength ?? run.decoder?.spec.maxPositions ?? Infinity,
+      iclShots: o.iclShots,
+      sampleN: o.sampleN,
+      sampleTemperature: o.temperature,
+      savTopHeads: o.savHeads,
+    },
+    onProgress: (what: string, done: number, total: number) => {
+      if (what !== current) {
         bar.stop();
-        // A method skipped on every pool has no accuracy (NaN): list it last.
-        const key = (acc: number) => (Number.isFinite(acc) ? acc : -Infinity);
-        const table = Object.entries(results.methods)
-          .sort((a, b) => key(b[1].accuracy.mean) - key(a[1].accuracy.mean))
-          .map(([name, m]) => ({
-            method: m.control ? `${name} (control)` : name,
-            accuracy: `${(100 * m.accuracy.mean).toFixed(1)} ± ${(100 * m.accuracy.std).toFixed(1)}`,
-            seeds: m.accuracy.seeds,
-            ci95: `[${(100 * m.accuracy.ci95[0]).toFixed(1)}, ${(100 * m.accuracy.ci95[1]).toFixed(1)}]`,
-            ...(results.reference
-              ? {
-                  [`${results.reference} − it`]: m.vsReference
-                    ? `${(100 * m.vsReference.mean).toFixed(1)} [${(100 * m.vsReference.ci95[0]).toFixed(1)}, ${(100 * m.vsReference.ci95[1]).toFixed(1)}]`
-                    : '',
-                }
-              : {}),
-            pairs: m.accuracy.n,
-            coverage: `${(100 * m.coverage.rate).toFixed(1)}%`,
-            ties: Number.isFinite(m.ties.rate) ? `${(100 * m.ties.rate).toFixed(1)}%` : '–',
-            skipped: m.skipped.length,
-            'tokens/pair': Math.round(m.cost.forwardTokensPerPair),
-            's/pair': Number(m.cost.secondsPerPair.toFixed(3)),
-          }));
-        console.table(table);
-        const cs = results.commonSet;
-        process.stderr.write(
-          `accuracy over the common set: ${cs.pairs} of ${cs.testPairs} (seed, pair)s, those every method scored; intervals bootstrap seeds and pairs together\n`,
-        );
-        if (results.skipped.length) {
-          process.stderr.write(
-            `${results.skipped.length} (method, ${o.pool === 'global' ? 'pool' : 'subset'}, seed) runs were skipped (pool unusable); see report.md\n`,
-          );
-        }
-        process.stderr.write(
-          `wrote ${path.join(o.outputDir, 'results.json')}, report.md, report.html${o.saveAll ? ', items.jsonl' : ''}\n`,
-        );
-      } finally {
-        bar.stop();
-        await disposeDecoder(decoder);
+        current = what;
       }
-    });
+      bar.update(done, total, what);
+    },
+    log: (line: string) => process.stderr.write(`${line}\n`),
+  };
+}
+
+/** The bias gaps as a table on stdout, and what they mean and where the reports went on stderr. */
+function printBiasReport(report: BiasReport, outputDir: string): void {
+  const f = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
+  console.table(
+    Object.entries(report.methods)
+      .sort((a, b) => b[1].gap.mean - a[1].gap.mean)
+      .map(([name, g]) => ({
+        method: g.control ? `${name} (control)` : name,
+        biased: f(g.biased.mean),
+        flipped: f(g.flipped.mean),
+        'gap (flipped − biased)': `${f(g.gap.mean)} [${f(g.gap.ci95[0])}, ${f(g.gap.ci95[1])}]`,
+        pairs: g.pairs,
+      })),
+  );
+  process.stderr.write(
+    `bias${report.bias ? ` ${report.bias.kind}` : ''}: gap near +100 follows the bias, near 0 ignores it; ` +
+      `over ${report.commonPairs} (seed, pair)s every method scored in both splits\n`,
+  );
+  process.stderr.write(
+    `wrote ${path.join(outputDir, 'bias.json')}, bias.md, and each split's reports in ` +
+      `${path.join(outputDir, 'biased')}/ and ${path.join(outputDir, 'flipped')}/\n`,
+  );
+}
+
+/** One decimal of a share, in percent. */
+const pct = (x: number) => (100 * x).toFixed(1);
+
+/** The results table on stdout, and what it is over and where the reports went on stderr. */
+function printResults(results: Results, o: EvalCliOptions): void {
+  // A method skipped on every pool has no accuracy (NaN): list it last.
+  const key = (acc: number) => (Number.isFinite(acc) ? acc : -Infinity);
+  const table = Object.entries(results.methods)
+    .sort((a, b) => key(b[1].accuracy.mean) - key(a[1].accuracy.mean))
+    .map(([name, m]) => ({
+      method: m.control ? `${name} (control)` : name,
+      accuracy: `${pct(m.accuracy.mean)} ± ${pct(m.accuracy.std)}`,
+      seeds: m.accuracy.seeds,
+      ci95: `[${pct(m.accuracy.ci95[0])}, ${pct(m.accuracy.ci95[1])}]`,
+      ...(results.reference
+        ? {
+            [`${results.reference} − it`]: m.vsReference
+              ? `${pct(m.vsReference.mean)} [${pct(m.vsReference.ci95[0])}, ${pct(m.vsReference.ci95[1])}]`
+              : '',
+          }
+        : {}),
+      pairs: m.accuracy.n,
+      coverage: `${pct(m.coverage.rate)}%`,
+      ties: Number.isFinite(m.ties.rate) ? `${pct(m.ties.rate)}%` : '–',
+      skipped: m.skipped.length,
+      'tokens/pair': Math.round(m.cost.forwardTokensPerPair),
+      's/pair': Number(m.cost.secondsPerPair.toFixed(3)),
+    }));
+  console.table(table);
+  const cs = results.commonSet;
+  process.stderr.write(
+    `accuracy over the common set: ${cs.pairs} of ${cs.testPairs} (seed, pair)s, those every method scored; ` +
+      'intervals bootstrap seeds and pairs together\n',
+  );
+  if (results.skipped.length) {
+    process.stderr.write(
+      `${results.skipped.length} (method, ${o.pool === 'global' ? 'pool' : 'subset'}, seed) runs were skipped ` +
+        '(pool unusable); see report.md\n',
+    );
+  }
+  process.stderr.write(
+    `wrote ${path.join(o.outputDir, 'results.json')}, report.md, report.html${o.saveAll ? ', items.jsonl' : ''}\n`,
+  );
 }

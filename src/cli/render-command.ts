@@ -11,8 +11,14 @@ import { loadCriterion, checkCriterionMatches } from '../arm/criterion.js';
 import { makeTemplate, render, TooLongError, type TemplateSpec } from '../arm/template.js';
 import { disposeDecoder, judgeImagesFor, type JudgeImages } from '../arm/images.js';
 import type { Tokenizer } from '../model/tokenizer.js';
-import { addJudgeOptions, addModelOptions, loadDecoder, type JudgeCliOptions, type ModelCliOptions } from './common.js';
-import { DEFAULT_MODEL } from './arm-commands.js';
+import {
+  addJudgeOptions,
+  addModelOptions,
+  DEFAULT_MODEL,
+  loadDecoder,
+  type JudgeCliOptions,
+  type ModelCliOptions,
+} from './common.js';
 
 interface RenderCliOptions extends ModelCliOptions, JudgeCliOptions {
   input: string;

@@ -5,8 +5,14 @@ import { Option, type Command } from 'commander';
 import { createRewardServer, SERVER_DEFAULTS, type Readout, type ScoreTransform } from '../server/app.js';
 import { SPLIT_WITHOUT_PROMPTS, type SplitWithoutPrompts } from '../server/split.js';
 import { WorkerEngine } from '../server/engine.js';
-import { addModelOptions, nonNegativeInt, positiveInt, weightFormatOptions, type ModelCliOptions } from './common.js';
-import { DEFAULT_MODEL } from './arm-commands.js';
+import {
+  addModelOptions,
+  DEFAULT_MODEL,
+  nonNegativeInt,
+  positiveInt,
+  weightFormatOptions,
+  type ModelCliOptions,
+} from './common.js';
 
 interface ServeCliOptions extends ModelCliOptions {
   rm: string[];

@@ -3,7 +3,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readPreferenceHack, PREFERENCEHACK_FEW_SHOT } from '../../src/data/preferencehack.js';
 import { loadDataset } from '../../src/data/dataset.js';
-import { drawSplits, evaluate } from '../../src/eval/harness.js';
+import { evaluate } from '../../src/eval/harness.js';
+import { drawSplits } from '../../src/eval/splits.js';
 import type { PairExample } from '../../src/data/examples.js';
 import { tempDir } from '../helpers/fixtures.js';
 

@@ -4,7 +4,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type PairExample } from '../../src/data/examples.js';
-import { drawSplits, evaluate, readRecords, runEval, type EvalOptions } from '../../src/eval/harness.js';
+import { evaluate, runEval, type EvalOptions } from '../../src/eval/harness.js';
+import { drawSplits } from '../../src/eval/splits.js';
+import { readRecords } from '../../src/eval/run-log.js';
 import { METHODS } from '../../src/eval/methods.js';
 import { CHATML, FAMILY_CONFIGS, makeCheckpoint, PREFERENCE_DATA, STORIES, tempDir } from '../helpers/fixtures.js';
 

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { accuracy, bootstrapInterval, meanMargin, meanStd, quantile, sectionScores } from '../../src/eval/metrics.js';
 import { aggregate } from '../../src/eval/aggregate.js';
-import { readRecords } from '../../src/eval/harness.js';
+import { readRecords } from '../../src/eval/run-log.js';
 
 describe('metrics against hand-computed values', () => {
   it('accuracy counts ties and NaN as wrong', () => {

@@ -11,15 +11,10 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type Example, type PairExample } from '../../src/data/examples.js';
 import { FitError } from '../../src/arm/fit.js';
-import {
-  drawSplits,
-  evaluate,
-  readRecords,
-  runEval,
-  splitNotes,
-  type EvalOptions,
-  type RunRecord,
-} from '../../src/eval/harness.js';
+import { evaluate, runEval, type EvalOptions } from '../../src/eval/harness.js';
+import { drawSplits, splitNotes } from '../../src/eval/splits.js';
+import { readRecords } from '../../src/eval/run-log.js';
+import type { RunRecord } from '../../src/eval/records.js';
 import { aggregate } from '../../src/eval/aggregate.js';
 import { METHODS } from '../../src/eval/methods.js';
 import { renderHtml, renderMarkdown } from '../../src/eval/report.js';
