@@ -13,7 +13,14 @@ import path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Example, Prompt } from '../data/examples.js';
 import type { CriterionMeta } from '../arm/criterion.js';
-import { CancelledError, ItemFailedError, MicroBatcher, QueueFullError, ShuttingDownError, type ExampleScore } from './scheduler.js';
+import {
+  CancelledError,
+  ItemFailedError,
+  MicroBatcher,
+  QueueFullError,
+  ShuttingDownError,
+  type ExampleScore,
+} from './scheduler.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
 import { QuerySplitter, SplitError, type Presplit, type SplitEntry, type SplitWithoutPrompts } from './split.js';
 import type { ScoringEngine } from './engine.js';
@@ -75,13 +82,27 @@ export interface RewardServerOptions {
 }
 
 export const SERVER_DEFAULTS = {
-  maxBatch: 32, maxWaitMs: 10, maxQueue: 1024, bodyLimit: 8 * 1024 * 1024, maxRequestItems: 1024,
-  requestTimeoutMs: 30_000, idleTimeoutMs: 60_000, keepAliveTimeoutMs: 10_000, maxRequestsPerSocket: 1000, maxConnections: 1024,
+  maxBatch: 32,
+  maxWaitMs: 10,
+  maxQueue: 1024,
+  bodyLimit: 8 * 1024 * 1024,
+  maxRequestItems: 1024,
+  requestTimeoutMs: 30_000,
+  idleTimeoutMs: 60_000,
+  keepAliveTimeoutMs: 10_000,
+  maxRequestsPerSocket: 1000,
+  maxConnections: 1024,
 } as const;
 
 /** An error answered with `status` and `{error, field}`. */
 export class HttpError extends Error {
-  constructor(readonly status: number, readonly field: string | null, message: string) { super(message); }
+  constructor(
+    readonly status: number,
+    readonly field: string | null,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 export interface RewardServer {
@@ -99,13 +120,22 @@ export interface RewardServer {
 
 // ---------- request schemas (ajv, strict types: no coercion) ----------
 
-const turnList = { type: 'array', minItems: 1, items: { type: 'object', required: ['role', 'content'], properties: { role: { type: 'string' }, content: { type: 'string' } } } };
+const turnList = {
+  type: 'array',
+  minItems: 1,
+  items: {
+    type: 'object',
+    required: ['role', 'content'],
+    properties: { role: { type: 'string' }, content: { type: 'string' } },
+  },
+};
 const promptSchema = { anyOf: [{ type: 'string' }, turnList] };
 const idSchema = { anyOf: [{ type: 'string' }, { type: 'number' }] };
 const criterionQuery = { type: 'object', properties: { criterion: { type: 'string' } } };
 
 const getRewardBody = {
-  type: 'object', required: ['query'],
+  type: 'object',
+  required: ['query'],
   properties: {
     query: { type: 'array', items: { type: 'string' } },
     prompts: { type: 'array', items: { type: 'string' } },
@@ -113,21 +143,50 @@ const getRewardBody = {
   },
 };
 const classifyBody = {
-  type: 'object', required: ['input'],
-  properties: { model: { type: 'string' }, input: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] } },
+  type: 'object',
+  required: ['input'],
+  properties: {
+    model: { type: 'string' },
+    input: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' } }] },
+  },
 };
 const scoreBody = {
   type: 'object',
   properties: {
     criterion: { type: 'string' },
-    items: { type: 'array', items: { type: 'object', required: ['prompt', 'response'], properties: { id: idSchema, prompt: promptSchema, response: promptSchema, images: {} } } },
-    pairs: { type: 'array', items: { type: 'object', required: ['prompt', 'chosen', 'rejected'], properties: { id: idSchema, prompt: promptSchema, chosen: promptSchema, rejected: promptSchema, images: {} } } },
+    items: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['prompt', 'response'],
+        properties: { id: idSchema, prompt: promptSchema, response: promptSchema, images: {} },
+      },
+    },
+    pairs: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['prompt', 'chosen', 'rejected'],
+        properties: { id: idSchema, prompt: promptSchema, chosen: promptSchema, rejected: promptSchema, images: {} },
+      },
+    },
   },
 };
 
 type Turns = { role: string; content: string }[];
-interface ScoreItemIn { id?: string | number; prompt: string | Turns; response: string | Turns; images?: unknown }
-interface ScorePairIn { id?: string | number; prompt: string | Turns; chosen: string | Turns; rejected: string | Turns; images?: unknown }
+interface ScoreItemIn {
+  id?: string | number;
+  prompt: string | Turns;
+  response: string | Turns;
+  images?: unknown;
+}
+interface ScorePairIn {
+  id?: string | number;
+  prompt: string | Turns;
+  chosen: string | Turns;
+  rejected: string | Turns;
+  images?: unknown;
+}
 
 export async function createRewardServer(opts: RewardServerOptions): Promise<RewardServer> {
   const { engine } = opts;
@@ -139,21 +198,34 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     byName.set(c.name, c.meta);
   }
   const combine = opts.combine && Object.keys(opts.combine).length ? opts.combine : undefined;
-  for (const name of Object.keys(combine ?? {})) if (!byName.has(name)) throw new Error(`--combine: no criterion named "${name}" (loaded: ${[...byName.keys()].join(', ')})`);
+  for (const name of Object.keys(combine ?? {}))
+    if (!byName.has(name))
+      throw new Error(`--combine: no criterion named "${name}" (loaded: ${[...byName.keys()].join(', ')})`);
   const readout = opts.readout ?? 'reward';
   const transform = opts.scoreTransform ?? { kind: 'none' };
-  if (transform.kind === 'logit' && readout === 'logit-diff') throw new Error('--score-transform logit needs a probability readout (--reward-readout reward|normalized)');
+  if (transform.kind === 'logit' && readout === 'logit-diff')
+    throw new Error('--score-transform logit needs a probability readout (--reward-readout reward|normalized)');
   const maxQueue = opts.maxQueue ?? SERVER_DEFAULTS.maxQueue;
   const bodyLimit = opts.bodyLimit ?? SERVER_DEFAULTS.bodyLimit;
   const tooLongReward = opts.tooLongReward === undefined ? null : opts.tooLongReward;
   const imageRoot = path.resolve(opts.imageRoot ?? process.cwd());
-  const imagesOf = (images: unknown, where: string, found: Map<string, string>) => imageFiles(images, `${where}.images`, imageRoot, info.imageText, found);
+  const imagesOf = (images: unknown, where: string, found: Map<string, string>) =>
+    imageFiles(images, `${where}.images`, imageRoot, info.imageText, found);
   const readable = new ReadableImages();
   const metrics = createMetrics();
-  const scheduler = new MicroBatcher(engine, {
-    maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch, maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs, maxQueue,
-    batchSize: opts.batchSize, maxLength: opts.maxLength, probe: (name) => probeExample(byName.get(name)!),
-  }, (r) => metrics.observeBatch(r), (n) => metrics.queueItems.set(n));
+  const scheduler = new MicroBatcher(
+    engine,
+    {
+      maxBatch: opts.maxBatch ?? SERVER_DEFAULTS.maxBatch,
+      maxWaitMs: opts.maxWaitMs ?? SERVER_DEFAULTS.maxWaitMs,
+      maxQueue,
+      batchSize: opts.batchSize,
+      maxLength: opts.maxLength,
+      probe: (name) => probeExample(byName.get(name)!),
+    },
+    (r) => metrics.observeBatch(r),
+    (n) => metrics.queueItems.set(n),
+  );
   const splitWithoutPrompts = opts.splitWithoutPrompts ?? 'refuse';
   const splitter = new QuerySplitter(info.specialTokens, info.eosToken, splitWithoutPrompts);
   const OPT_IN = `start the server with --split-without-prompts last-assistant-turn (library: splitWithoutPrompts) to cut at the last assistant-turn opener, which a response can move by spelling one`;
@@ -162,9 +234,19 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   let closing = false;
   let classifyCount = 0;
 
-  for (const [name, min] of [['requestTimeoutMs', 1], ['idleTimeoutMs', 1], ['keepAliveTimeoutMs', 1], ['maxRequestsPerSocket', 0], ['maxConnections', 1], ['bodyLimit', 1], ['maxQueue', 1], ['maxRequestItems', 1]] as const) {
+  for (const [name, min] of [
+    ['requestTimeoutMs', 1],
+    ['idleTimeoutMs', 1],
+    ['keepAliveTimeoutMs', 1],
+    ['maxRequestsPerSocket', 0],
+    ['maxConnections', 1],
+    ['bodyLimit', 1],
+    ['maxQueue', 1],
+    ['maxRequestItems', 1],
+  ] as const) {
     const v = opts[name];
-    if (v !== undefined && !(Number.isInteger(v) && v >= min)) throw new Error(`serve: ${name} must be an integer ≥ ${min}, got ${v}`);
+    if (v !== undefined && !(Number.isInteger(v) && v >= min))
+      throw new Error(`serve: ${name} must be an integer ≥ ${min}, got ${v}`);
   }
   const requestTimeoutMs = opts.requestTimeoutMs ?? SERVER_DEFAULTS.requestTimeoutMs;
   const app = Fastify({
@@ -175,7 +257,11 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     // Slow clients hold a connection (and its body buffer) only so long: a whole request within requestTimeoutMs,
     // checked every quarter of it (node checks every 30 s by default), headers within the same bound.
     requestTimeout: requestTimeoutMs,
-    http: { requestTimeout: requestTimeoutMs, headersTimeout: Math.min(60_000, requestTimeoutMs), connectionsCheckingInterval: Math.max(50, Math.min(30_000, Math.floor(requestTimeoutMs / 4))) },
+    http: {
+      requestTimeout: requestTimeoutMs,
+      headersTimeout: Math.min(60_000, requestTimeoutMs),
+      connectionsCheckingInterval: Math.max(50, Math.min(30_000, Math.floor(requestTimeoutMs / 4))),
+    },
     connectionTimeout: opts.idleTimeoutMs ?? SERVER_DEFAULTS.idleTimeoutMs,
     keepAliveTimeout: opts.keepAliveTimeoutMs ?? SERVER_DEFAULTS.keepAliveTimeoutMs,
     maxRequestsPerSocket: opts.maxRequestsPerSocket ?? SERVER_DEFAULTS.maxRequestsPerSocket,
@@ -184,7 +270,10 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
 
   // JSON bodies: large ones parsed off the main thread, every one refused on its counts before any per-item work (body.ts).
   const maxItems = Math.min(opts.maxRequestItems ?? SERVER_DEFAULTS.maxRequestItems, maxQueue);
-  const bodies = new BodyReader({ maxItems, maxValues: maxItems * VALUES_PER_ITEM + 64 }, { specials: info.specialTokens, eosToken: info.eosToken, withoutPrompts: splitWithoutPrompts });
+  const bodies = new BodyReader(
+    { maxItems, maxValues: maxItems * VALUES_PER_ITEM + 64 },
+    { specials: info.specialTokens, eosToken: info.eosToken, withoutPrompts: splitWithoutPrompts },
+  );
   // Bodies whose texts the body worker split (their texts blanked), by body object.
   const presplits = new WeakMap<object, Presplit>();
   /** Entry `i`'s split: made ahead for a large body, else here. */
@@ -194,29 +283,54 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     if (i < pre.entries.length) return pre.entries[i]!;
     throw new SplitError(pre.error!.field, pre.error!.message);
   };
-  const tooLarge = () => new HttpError(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
+  const tooLarge = () =>
+    new HttpError(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', (req, payload, done) => {
     const declared = Number(req.headers['content-length']);
-    if (declared > bodyLimit) { done(tooLarge(), undefined); return; }
+    if (declared > bodyLimit) {
+      done(tooLarge(), undefined);
+      return;
+    }
     // The chunks as they came: fastify's own reader joins them on this thread first (see body.ts).
     const chunks: Buffer[] = [];
     let received = 0;
-    const stop = () => { payload.off('data', onData); payload.off('end', onEnd); payload.off('error', onEnd); };
+    const stop = () => {
+      payload.off('data', onData);
+      payload.off('end', onEnd);
+      payload.off('error', onEnd);
+    };
     const onData = (chunk: Buffer) => {
       received += chunk.length;
-      if (received > bodyLimit) { stop(); done(tooLarge(), undefined); return; }
+      if (received > bodyLimit) {
+        stop();
+        done(tooLarge(), undefined);
+        return;
+      }
       chunks.push(chunk);
     };
     const onEnd = (err?: Error) => {
       stop();
-      if (err) { done(new HttpError(400, 'body', `body: could not be read (${err.message})`), undefined); return; }
-      if (!Number.isNaN(declared) && declared !== received) { done(new HttpError(400, 'body', `body: ${received} bytes arrived, content-length said ${declared}`), undefined); return; }
-      bodies.read(chunks, received, req.routeOptions.url).then((read) => {
-        if ('refusal' in read) { done(new HttpError(read.refusal.status, read.refusal.field, read.refusal.message), undefined); return; }
-        if (read.presplit && read.body !== null && typeof read.body === 'object') presplits.set(read.body, read.presplit);
-        done(null, read.body);
-      }, (e: Error) => done(e, undefined));
+      if (err) {
+        done(new HttpError(400, 'body', `body: could not be read (${err.message})`), undefined);
+        return;
+      }
+      if (!Number.isNaN(declared) && declared !== received) {
+        done(new HttpError(400, 'body', `body: ${received} bytes arrived, content-length said ${declared}`), undefined);
+        return;
+      }
+      bodies.read(chunks, received, req.routeOptions.url).then(
+        (read) => {
+          if ('refusal' in read) {
+            done(new HttpError(read.refusal.status, read.refusal.field, read.refusal.message), undefined);
+            return;
+          }
+          if (read.presplit && read.body !== null && typeof read.body === 'object')
+            presplits.set(read.body, read.presplit);
+          done(null, read.body);
+        },
+        (e: Error) => done(e, undefined),
+      );
     };
     payload.on('data', onData);
     payload.on('end', onEnd);
@@ -232,7 +346,11 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     // Digests have equal length, so timingSafeEqual applies whatever the key's length; no early exit on content.
     if (given === null || !timingSafeEqual(sha256(given), apiKeyDigest)) {
       reply.header('WWW-Authenticate', 'Bearer');
-      throw new HttpError(401, 'authorization', given === null ? 'authorization: send "Authorization: Bearer <key>"' : 'authorization: the API key is wrong');
+      throw new HttpError(
+        401,
+        'authorization',
+        given === null ? 'authorization: send "Authorization: Bearer <key>"' : 'authorization: the API key is wrong',
+      );
     }
   });
   // Requests between receipt and the end of their response, so that close() cuts connections only once all are answered.
@@ -251,7 +369,9 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     });
   });
   // A silent connection (no request, or kept alive after one) is closed; one whose request is being scored is not.
-  app.server.on('timeout', (socket: Socket) => { if (!answering.get(socket)) socket.destroy(); });
+  app.server.on('timeout', (socket: Socket) => {
+    if (!answering.get(socket)) socket.destroy();
+  });
   app.addHook('onSend', async (req, reply) => {
     // While draining, answer and hang up: a kept-alive socket would hold close() open until its idle timeout.
     // Answered before its body arrived (401, 413): hang up rather than read the rest of a body nobody needs.
@@ -264,19 +384,32 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   });
 
   app.setErrorHandler((err: FastifyError | HttpError | Error, req, reply) => {
-    const send = (status: number, field: string | null, message: string) => reply.code(status).send({ error: message, field });
+    const send = (status: number, field: string | null, message: string) =>
+      reply.code(status).send({ error: message, field });
     if (err instanceof HttpError) return send(err.status, err.field, err.message);
     if (err instanceof SplitError) return send(400, err.field, err.message);
-    if (err instanceof QueueFullError) { reply.header('Retry-After', String(err.retryAfterS)); return send(503, null, err.message); }
-    if (err instanceof ShuttingDownError) { reply.header('Retry-After', '5'); return send(503, null, err.message); }
+    if (err instanceof QueueFullError) {
+      reply.header('Retry-After', String(err.retryAfterS));
+      return send(503, null, err.message);
+    }
+    if (err instanceof ShuttingDownError) {
+      reply.header('Retry-After', '5');
+      return send(503, null, err.message);
+    }
     if (err instanceof CancelledError) return send(499, null, err.message);
     const fe = err as FastifyError;
     if (fe.validation?.length) {
       const { field, message } = describeValidation(fe.validation, fe.validationContext);
       return send(400, field, `${field}: ${message}`);
     }
-    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') return send(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
-    if (fe.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err instanceof SyntaxError) return send(400, 'body', `body: not valid JSON (${err.message})`);
+    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE')
+      return send(413, 'body', `body: larger than the limit of ${bodyLimit} bytes (--body-limit-mib)`);
+    if (
+      fe.code === 'FST_ERR_CTP_INVALID_JSON_BODY' ||
+      fe.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' ||
+      err instanceof SyntaxError
+    )
+      return send(400, 'body', `body: not valid JSON (${err.message})`);
     if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) return send(fe.statusCode, null, err.message);
     opts.log?.(`error on ${req.method} ${req.url}: ${err.stack ?? err.message}`);
     return send(500, null, `internal error: ${err.message}`);
@@ -287,37 +420,68 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   /** The criteria a request scores and how their values combine: ?criterion=, else the combination, else the only one. */
   const targets = (asked: string | undefined, field = 'criterion'): { names: string[]; weights: number[] | null } => {
     if (asked !== undefined) {
-      if (!byName.has(asked)) throw new HttpError(400, field, `${field}: no criterion named ${JSON.stringify(asked)} (loaded: ${[...byName.keys()].join(', ')})`);
+      if (!byName.has(asked))
+        throw new HttpError(
+          400,
+          field,
+          `${field}: no criterion named ${JSON.stringify(asked)} (loaded: ${[...byName.keys()].join(', ')})`,
+        );
       return { names: [asked], weights: null };
     }
     if (combine) return { names: Object.keys(combine), weights: Object.values(combine) };
     if (byName.size === 1) return { names: [...byName.keys()], weights: null };
-    throw new HttpError(400, field, `${field}: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}) and no --combine is set; name one with ?criterion=`);
+    throw new HttpError(
+      400,
+      field,
+      `${field}: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}) and no --combine is set; name one with ?criterion=`,
+    );
   };
 
   const requireScalar = (names: string[], endpoint: string) => {
     for (const n of names) {
-      if (byName.get(n)!.template.kind !== 'scalar') throw new HttpError(400, 'criterion', `criterion: "${n}" uses the ranked template, which scores pairs only; ${endpoint} needs a scalar (Yes/No) criterion (POST /v1/score with pairs for this one)`);
+      if (byName.get(n)!.template.kind !== 'scalar')
+        throw new HttpError(
+          400,
+          'criterion',
+          `criterion: "${n}" uses the ranked template, which scores pairs only; ${endpoint} needs a scalar (Yes/No) criterion (POST /v1/score with pairs for this one)`,
+        );
     }
   };
 
   /** Refuses a request that could never be queued, from its counts alone: before any per-item work. */
   const checkCapacity = (cost: number, field: string) => {
-    if (cost > maxQueue) throw new HttpError(413, field, `${field}: ${cost} judge items in one request exceed --max-queue ${maxQueue}; send smaller requests`);
+    if (cost > maxQueue)
+      throw new HttpError(
+        413,
+        field,
+        `${field}: ${cost} judge items in one request exceed --max-queue ${maxQueue}; send smaller requests`,
+      );
   };
 
   /** Submits to every criterion in `names` (the handler checked capacity); a client that goes away cancels them all. */
-  const scoreAll = async (req: FastifyRequest, reply: FastifyReply, names: string[], examples: Example[], field: string): Promise<ExampleScore[][]> => {
+  const scoreAll = async (
+    req: FastifyRequest,
+    reply: FastifyReply,
+    names: string[],
+    examples: Example[],
+    field: string,
+  ): Promise<ExampleScore[][]> => {
     const abort = new AbortController();
     // 'close' on the response before it finished: the client went away.
-    reply.raw.on('close', () => { if (!reply.raw.writableFinished) abort.abort(); });
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) abort.abort();
+    });
     try {
       return await Promise.all(names.map((n) => scheduler.submit(n, examples, abort.signal)));
     } catch (e) {
       abort.abort(); // one criterion refused (queue full) or failed: withdraw what the others queued
       if (e instanceof ItemFailedError) {
         const at = `${field}[${e.slot}]`;
-        throw new HttpError(422, at, `${at}: ${e.message} (the engine scores other items; the rest of its micro-batch was scored without it)`);
+        throw new HttpError(
+          422,
+          at,
+          `${at}: ${e.message} (the engine scores other items; the rest of its micro-batch was scored without it)`,
+        );
       }
       throw e;
     }
@@ -339,7 +503,10 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   };
   const transformScore = (v: number | null): number | null => {
     if (v === null) return tooLongReward;
-    if (transform.kind === 'logit') { const p = Math.min(1 - 1e-6, Math.max(1e-6, v)); return Math.log(p / (1 - p)); }
+    if (transform.kind === 'logit') {
+      const p = Math.min(1 - 1e-6, Math.max(1e-6, v));
+      return Math.log(p / (1 - p));
+    }
     if (transform.kind === 'threshold') return v >= transform.at ? 1 : 0;
     return v;
   };
@@ -366,108 +533,201 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
     readout,
     criteria: info.criteria.map(({ name, file, meta: m }) => {
       return {
-        name, file, template: m.template.kind, chat: m.template.chat, answers: m.answerTokens.strings,
-        heads: m.heads.length, headStrategy: m.headStrategy, mode: m.mode, seed: m.seed,
-        maxLength: opts.maxLength ?? m.hyper.maxLength, batchSize: opts.batchSize ?? m.hyper.batchSize,
-        examples: m.examples.count, examplesSha256: m.examples.sha256, fittedOn: m.model.id, createdAt: m.fit.createdAt,
+        name,
+        file,
+        template: m.template.kind,
+        chat: m.template.chat,
+        answers: m.answerTokens.strings,
+        heads: m.heads.length,
+        headStrategy: m.headStrategy,
+        mode: m.mode,
+        seed: m.seed,
+        maxLength: opts.maxLength ?? m.hyper.maxLength,
+        batchSize: opts.batchSize ?? m.hyper.batchSize,
+        examples: m.examples.count,
+        examplesSha256: m.examples.sha256,
+        fittedOn: m.model.id,
+        createdAt: m.fit.createdAt,
         weight: combine?.[name] ?? null,
       };
     }),
   }));
 
   // OpenRLHF: {query[], prompts[]?, labels[]?} → {rewards[], scores[], extra_logs{}}
-  app.post<{ Body: { query: string[]; prompts?: string[] }; Querystring: { criterion?: string } }>('/get_reward', { schema: { body: getRewardBody, querystring: criterionQuery } }, async (req, reply) => {
-    const { query, prompts } = req.body;
-    const { names, weights } = targets(req.query.criterion);
-    checkCapacity(query.length * names.length, 'query');
-    if (prompts && prompts.length !== query.length) throw new HttpError(400, 'prompts', `prompts: has ${prompts.length} entries, query has ${query.length}; send one prompt per query`);
-    if (!prompts && splitWithoutPrompts === 'refuse' && query.length > 0) {
-      throw new HttpError(400, 'prompts', `prompts: is required: query[i] alone cannot say where the question ends and the response begins (a response can spell a turn opener); send the templated prompts (OpenRLHF does), or ${OPT_IN}`);
-    }
-    requireScalar(names, '/get_reward');
-    const examples = query.map((q, i) => {
-      const { prompt, response } = splitEntry(req.body, q, prompts?.[i], i);
-      return scalarExample(`q${i}`, prompt, response);
-    });
-    const scored = await scoreAll(req, reply, names, examples, 'query');
-    const values = scored.map((ss) => ss.map((s) => readValue(s, readout)));
-    const combined = query.map((_, i) => combineValues(values, weights, i));
-    const extra: Record<string, (number | null)[]> = {
-      tooLong: scored[0]!.map((_, i) => (scored.some((ss) => ss[i]!.tooLong) ? 1 : 0)),
-      truncated: scored[0]!.map((_, i) => (scored.some((ss) => 'truncatedTokens' in ss[i]! && ss[i]!.truncatedTokens > 0) ? 1 : 0)),
-    };
-    if (names.length > 1) names.forEach((n, j) => { extra[`reward_${n}`] = values[j]!.map((v) => v ?? tooLongReward); });
-    return { rewards: combined.map((v) => v ?? tooLongReward), scores: combined.map(transformScore), extra_logs: extra };
-  });
+  app.post<{ Body: { query: string[]; prompts?: string[] }; Querystring: { criterion?: string } }>(
+    '/get_reward',
+    { schema: { body: getRewardBody, querystring: criterionQuery } },
+    async (req, reply) => {
+      const { query, prompts } = req.body;
+      const { names, weights } = targets(req.query.criterion);
+      checkCapacity(query.length * names.length, 'query');
+      if (prompts && prompts.length !== query.length)
+        throw new HttpError(
+          400,
+          'prompts',
+          `prompts: has ${prompts.length} entries, query has ${query.length}; send one prompt per query`,
+        );
+      if (!prompts && splitWithoutPrompts === 'refuse' && query.length > 0) {
+        throw new HttpError(
+          400,
+          'prompts',
+          `prompts: is required: query[i] alone cannot say where the question ends and the response begins (a response can spell a turn opener); send the templated prompts (OpenRLHF does), or ${OPT_IN}`,
+        );
+      }
+      requireScalar(names, '/get_reward');
+      const examples = query.map((q, i) => {
+        const { prompt, response } = splitEntry(req.body, q, prompts?.[i], i);
+        return scalarExample(`q${i}`, prompt, response);
+      });
+      const scored = await scoreAll(req, reply, names, examples, 'query');
+      const values = scored.map((ss) => ss.map((s) => readValue(s, readout)));
+      const combined = query.map((_, i) => combineValues(values, weights, i));
+      const extra: Record<string, (number | null)[]> = {
+        tooLong: scored[0]!.map((_, i) => (scored.some((ss) => ss[i]!.tooLong) ? 1 : 0)),
+        truncated: scored[0]!.map((_, i) =>
+          scored.some((ss) => 'truncatedTokens' in ss[i]! && ss[i]!.truncatedTokens > 0) ? 1 : 0,
+        ),
+      };
+      if (names.length > 1)
+        names.forEach((n, j) => {
+          extra[`reward_${n}`] = values[j]!.map((v) => v ?? tooLongReward);
+        });
+      return {
+        rewards: combined.map((v) => v ?? tooLongReward),
+        scores: combined.map(transformScore),
+        extra_logs: extra,
+      };
+    },
+  );
 
   // vLLM: {model, input: str | [str]} → {data: [{index, label, probs: [P(No), P(Yes)], num_classes: 2}]}
-  app.post<{ Body: { model?: string; input: string | string[] }; Querystring: { criterion?: string } }>('/classify', { schema: { body: classifyBody, querystring: criterionQuery } }, async (req, reply) => {
-    const inputs = typeof req.body.input === 'string' ? [req.body.input] : req.body.input;
-    const { names, weights } = targets(req.query.criterion);
-    checkCapacity(inputs.length * names.length, 'input');
-    if (splitWithoutPrompts === 'refuse' && inputs.length > 0) {
-      throw new HttpError(400, 'input', `input: /classify has no prompt to tell the question from the response (a response can spell a turn opener); use /get_reward with prompts or /v1/score, or ${OPT_IN}`);
-    }
-    requireScalar(names, '/classify');
-    const examples = inputs.map((text, i) => {
-      try {
-        const { prompt, response } = splitEntry(req.body, text, undefined, i);
-        return scalarExample(`c${i}`, prompt, response);
-      } catch (e) {
-        if (e instanceof SplitError) throw new SplitError(`input[${i}]`, e.message.replaceAll(`query[${i}]`, `input[${i}]`).replace(/ and prompts\[\d+\] was not sent, so/, ', so').replace(/; send prompts$/, '; send the conversation through the chat template'));
-        throw e;
+  app.post<{ Body: { model?: string; input: string | string[] }; Querystring: { criterion?: string } }>(
+    '/classify',
+    { schema: { body: classifyBody, querystring: criterionQuery } },
+    async (req, reply) => {
+      const inputs = typeof req.body.input === 'string' ? [req.body.input] : req.body.input;
+      const { names, weights } = targets(req.query.criterion);
+      checkCapacity(inputs.length * names.length, 'input');
+      if (splitWithoutPrompts === 'refuse' && inputs.length > 0) {
+        throw new HttpError(
+          400,
+          'input',
+          `input: /classify has no prompt to tell the question from the response (a response can spell a turn opener); use /get_reward with prompts or /v1/score, or ${OPT_IN}`,
+        );
       }
-    });
-    const scored = await scoreAll(req, reply, names, examples, 'input');
-    // A distribution over the two classes: P(Yes) as read out (logit-diff → its sigmoid, the two-way softmax), combined as a weighted mean.
-    const pYes = scored.map((ss) => ss.map((s) => {
-      const v = readValue(s, readout);
-      return v === null ? null : readout === 'logit-diff' ? 1 / (1 + Math.exp(-v)) : v;
-    }));
-    const totalWeight = weights?.reduce((a, b) => a + b, 0) ?? 1;
-    const data = inputs.map((_, index) => {
-      const c = combineValues(pYes, weights, index);
-      const p = c === null ? null : c / (weights ? totalWeight : 1);
-      return p === null
-        ? { index, label: null, probs: null, num_classes: 2, too_long: true }
-        : { index, label: p >= 0.5 ? 'Yes' : 'No', probs: [1 - p, p], num_classes: 2 };
-    });
-    return { id: `classify-${++classifyCount}`, object: 'list', created: Math.floor(Date.now() / 1000), model: req.body.model ?? opts.modelName ?? info.model.id, data };
-  });
+      requireScalar(names, '/classify');
+      const examples = inputs.map((text, i) => {
+        try {
+          const { prompt, response } = splitEntry(req.body, text, undefined, i);
+          return scalarExample(`c${i}`, prompt, response);
+        } catch (e) {
+          if (e instanceof SplitError)
+            throw new SplitError(
+              `input[${i}]`,
+              e.message
+                .replaceAll(`query[${i}]`, `input[${i}]`)
+                .replace(/ and prompts\[\d+\] was not sent, so/, ', so')
+                .replace(/; send prompts$/, '; send the conversation through the chat template'),
+            );
+          throw e;
+        }
+      });
+      const scored = await scoreAll(req, reply, names, examples, 'input');
+      // A distribution over the two classes: P(Yes) as read out (logit-diff → its sigmoid, the two-way softmax), combined as a weighted mean.
+      const pYes = scored.map((ss) =>
+        ss.map((s) => {
+          const v = readValue(s, readout);
+          return v === null ? null : readout === 'logit-diff' ? 1 / (1 + Math.exp(-v)) : v;
+        }),
+      );
+      const totalWeight = weights?.reduce((a, b) => a + b, 0) ?? 1;
+      const data = inputs.map((_, index) => {
+        const c = combineValues(pYes, weights, index);
+        const p = c === null ? null : c / (weights ? totalWeight : 1);
+        return p === null
+          ? { index, label: null, probs: null, num_classes: 2, too_long: true }
+          : { index, label: p >= 0.5 ? 'Yes' : 'No', probs: [1 - p, p], num_classes: 2 };
+      });
+      return {
+        id: `classify-${++classifyCount}`,
+        object: 'list',
+        created: Math.floor(Date.now() / 1000),
+        model: req.body.model ?? opts.modelName ?? info.model.id,
+        data,
+      };
+    },
+  );
 
   // Native: {criterion?, items: [{prompt, response}]} | {criterion?, pairs: [{prompt, chosen, rejected}]} → the fields `arm score` writes.
-  app.post<{ Body: { criterion?: string; items?: ScoreItemIn[]; pairs?: ScorePairIn[] }; Querystring: { criterion?: string } }>('/v1/score', { schema: { body: scoreBody, querystring: criterionQuery } }, async (req, reply) => {
+  app.post<{
+    Body: { criterion?: string; items?: ScoreItemIn[]; pairs?: ScorePairIn[] };
+    Querystring: { criterion?: string };
+  }>('/v1/score', { schema: { body: scoreBody, querystring: criterionQuery } }, async (req, reply) => {
     const { items, pairs } = req.body;
-    if ((items === undefined) === (pairs === undefined)) throw new HttpError(400, 'items', 'items: send either "items" [{prompt, response}] or "pairs" [{prompt, chosen, rejected}] (exactly one of them)');
+    if ((items === undefined) === (pairs === undefined))
+      throw new HttpError(
+        400,
+        'items',
+        'items: send either "items" [{prompt, response}] or "pairs" [{prompt, chosen, rejected}] (exactly one of them)',
+      );
     const asked = req.body.criterion ?? req.query.criterion;
-    if (asked === undefined && byName.size > 1) throw new HttpError(400, 'criterion', `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`);
+    if (asked === undefined && byName.size > 1)
+      throw new HttpError(
+        400,
+        'criterion',
+        `criterion: ${byName.size} criteria are loaded (${[...byName.keys()].join(', ')}); name one`,
+      );
     const name = targets(asked).names[0]!;
     checkCapacity(items ? items.length : 2 * pairs!.length, items ? 'items' : 'pairs'); // a pair is two judge items
     const found = new Map<string, string>(); // image file → the first field naming it
     const examples: Example[] = items
       ? items.map((it, i) => {
-        const where = `items[${i}]`;
-        const images = imagesOf(it.images, where, found);
-        if (byName.get(name)!.template.kind === 'ranked') throw new HttpError(400, 'items', `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`);
-        const ex = scalarExample(String(it.id ?? i), judgePrompt(it.prompt, `${where}.prompt`), responseText(it.response));
-        return images ? { ...ex, images } : ex;
-      })
+          const where = `items[${i}]`;
+          const images = imagesOf(it.images, where, found);
+          if (byName.get(name)!.template.kind === 'ranked')
+            throw new HttpError(
+              400,
+              'items',
+              `items: criterion "${name}" uses the ranked template, which scores pairs only; send pairs`,
+            );
+          const ex = scalarExample(
+            String(it.id ?? i),
+            judgePrompt(it.prompt, `${where}.prompt`),
+            responseText(it.response),
+          );
+          return images ? { ...ex, images } : ex;
+        })
       : pairs!.map((p, i) => {
-        const where = `pairs[${i}]`;
-        const images = imagesOf(p.images, where, found);
-        const ex: Example = { kind: 'pair', id: String(p.id ?? i), line: 0, row: {}, prompt: judgePrompt(p.prompt, `${where}.prompt`), chosen: responseText(p.chosen), rejected: responseText(p.rejected) };
-        return images ? { ...ex, images } : ex;
-      });
+          const where = `pairs[${i}]`;
+          const images = imagesOf(p.images, where, found);
+          const ex: Example = {
+            kind: 'pair',
+            id: String(p.id ?? i),
+            line: 0,
+            row: {},
+            prompt: judgePrompt(p.prompt, `${where}.prompt`),
+            chosen: responseText(p.chosen),
+            rejected: responseText(p.rejected),
+          };
+          return images ? { ...ex, images } : ex;
+        });
     // An unreadable image is this request's 400, not a failure of the micro-batch it would share with others.
     await readable.check(found);
     const [scores] = await scoreAll(req, reply, [name], examples, items ? 'items' : 'pairs');
     const ids = (items ?? pairs!).map((x) => x.id);
-    return { criterion: name, results: scores!.map((s, i) => ({ ...(ids[i] === undefined ? {} : { id: ids[i] }), ...armFields(s) })) };
+    return {
+      criterion: name,
+      results: scores!.map((s, i) => ({ ...(ids[i] === undefined ? {} : { id: ids[i] }), ...armFields(s) })),
+    };
   });
 
   return {
-    app, scheduler, metrics,
-    get ready() { return ready && !closing; },
+    app,
+    scheduler,
+    metrics,
+    get ready() {
+      return ready && !closing;
+    },
     async warm() {
       for (const { name, meta } of info.criteria) {
         await engine.score(name, [probeExample(meta)], { batchSize: opts.batchSize, maxLength: opts.maxLength });
@@ -490,7 +750,11 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
       await scheduler.drain();
       // Every handler has its result now; once their responses are written, cut kept-alive sockets (clients such as
       // undici hold them for seconds) instead of waiting for the clients to hang up.
-      if (inFlight > 0) await new Promise<void>((resolve) => { onIdle = resolve; setTimeout(resolve, 30_000).unref(); });
+      if (inFlight > 0)
+        await new Promise<void>((resolve) => {
+          onIdle = resolve;
+          setTimeout(resolve, 30_000).unref();
+        });
       app.server.closeAllConnections();
       await closed;
       await bodies.close();
@@ -501,10 +765,28 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
 
 /** The fields `arm score` writes in its "arm" column, NaN → null. */
 export function armFields(s: ExampleScore): Record<string, number | boolean | null> {
-  const arm = 'chosen' in s
-    ? { chosen: s.chosen, rejected: s.rejected, margin: s.margin, correct: s.correct, truncated: s.truncated, tooLong: s.tooLong, ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }) }
-    : { reward: s.reward, normalized: s.normalized, logitYes: s.logitYes, logitNo: s.logitNo, truncated: s.truncatedTokens > 0, tooLong: s.tooLong };
-  return Object.fromEntries(Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]));
+  const arm =
+    'chosen' in s
+      ? {
+          chosen: s.chosen,
+          rejected: s.rejected,
+          margin: s.margin,
+          correct: s.correct,
+          truncated: s.truncated,
+          tooLong: s.tooLong,
+          ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
+        }
+      : {
+          reward: s.reward,
+          normalized: s.normalized,
+          logitYes: s.logitYes,
+          logitNo: s.logitNo,
+          truncated: s.truncatedTokens > 0,
+          tooLong: s.tooLong,
+        };
+  return Object.fromEntries(
+    Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]),
+  );
 }
 
 /** A small example every criterion scores: the warm-up, and the scheduler's probe of a working engine. */
@@ -534,29 +816,60 @@ function responseText(r: string | Turns): string {
  * `root` as `arm score` resolves a row's paths against --image-root; each must exist and lie inside `root` (after
  * following symbolic links). Absolute paths inside `root` are accepted. Absent or empty: no images.
  */
-function imageFiles(images: unknown, field: string, root: string, imageText: boolean, found: Map<string, string>): string[] | undefined {
+function imageFiles(
+  images: unknown,
+  field: string,
+  root: string,
+  imageText: boolean,
+  found: Map<string, string>,
+): string[] | undefined {
   if (images === undefined || images === null || (Array.isArray(images) && images.length === 0)) return undefined;
   if (!imageText) throw new HttpError(400, field, `${field}: this server's model reads text only`);
   if (!Array.isArray(images)) throw new HttpError(400, field, `${field}: must be a list of image file paths`);
   let realRoot: string;
-  try { realRoot = fs.realpathSync(root); } catch { throw new HttpError(500, null, `--image-root ${root} does not exist`); }
+  try {
+    realRoot = fs.realpathSync(root);
+  } catch {
+    throw new HttpError(500, null, `--image-root ${root} does not exist`);
+  }
   return images.map((v, i) => {
     const at = `${field}[${i}]`;
-    if (typeof v !== 'string' || !v.trim()) throw new HttpError(400, at, `${at}: must be an image file path (a non-empty string)`);
-    if (/^(https?|data):/i.test(v)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v.slice(0, 80))} is not a local file; images are read from the server's disk under --image-root`);
+    if (typeof v !== 'string' || !v.trim())
+      throw new HttpError(400, at, `${at}: must be an image file path (a non-empty string)`);
+    if (/^(https?|data):/i.test(v))
+      throw new HttpError(
+        400,
+        at,
+        `${at}: ${JSON.stringify(v.slice(0, 80))} is not a local file; images are read from the server's disk under --image-root`,
+      );
     let given = v;
     if (v.startsWith('file://')) {
-      try { given = decodeURIComponent(v.slice('file://'.length)); } catch { throw new HttpError(400, at, `${at}: ${JSON.stringify(v.slice(0, 80))} is not a valid file:// URL`); }
+      try {
+        given = decodeURIComponent(v.slice('file://'.length));
+      } catch {
+        throw new HttpError(400, at, `${at}: ${JSON.stringify(v.slice(0, 80))} is not a valid file:// URL`);
+      }
     }
     const file = path.resolve(root, given);
     // `..foo.png` is a legal name inside the root; only a first segment that is exactly `..` leaves it.
-    const inside = (p: string, dir: string) => { const rel = path.relative(dir, p); return rel !== '' && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel); };
+    const inside = (p: string, dir: string) => {
+      const rel = path.relative(dir, p);
+      return rel !== '' && rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
+    };
     if (!inside(file, root)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
     let real: string;
-    try { real = fs.realpathSync(file); } catch { throw new HttpError(400, at, `${at}: image file ${JSON.stringify(v)} not found under --image-root`); }
+    try {
+      real = fs.realpathSync(file);
+    } catch {
+      throw new HttpError(400, at, `${at}: image file ${JSON.stringify(v)} not found under --image-root`);
+    }
     if (!inside(real, realRoot)) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is outside --image-root`);
     let isFile = false;
-    try { isFile = fs.statSync(real).isFile(); } catch { /* removed meanwhile: reported below as not a file */ }
+    try {
+      isFile = fs.statSync(real).isFile();
+    } catch {
+      /* removed meanwhile: reported below as not a file */
+    }
     if (!isFile) throw new HttpError(400, at, `${at}: ${JSON.stringify(v)} is not a file`);
     if (!found.has(real)) found.set(real, at);
     return real;
@@ -572,7 +885,9 @@ class ReadableImages {
       const st = fs.statSync(file);
       const stamp = `${st.size}:${st.mtimeMs}`;
       if (this.ok.get(file) === stamp) continue;
-      try { await decodeImage(file); } catch (e) {
+      try {
+        await decodeImage(file);
+      } catch (e) {
         throw new HttpError(400, at, `${at}: ${(e as Error).message.replace(`${file}: `, '')}`);
       }
       this.ok.delete(file);
@@ -591,15 +906,26 @@ type AjvError = NonNullable<FastifyError['validation']>[number];
 function describeValidation(errors: AjvError[], context: string | undefined): { field: string; message: string } {
   const describe = (v: AjvError) => {
     const missing = (v.params as { missingProperty?: string } | undefined)?.missingProperty;
-    return { field: fieldName(v.instancePath, missing, context), message: missing ? 'is required' : v.message ?? 'is invalid' };
+    return {
+      field: fieldName(v.instancePath, missing, context),
+      message: missing ? 'is required' : (v.message ?? 'is invalid'),
+    };
   };
   const anyOf = errors.find((v) => v.keyword === 'anyOf');
   if (!anyOf) return describe(errors[0]!);
   const inside = errors.filter((v) => v.keyword !== 'anyOf' && v.instancePath.startsWith(anyOf.instancePath));
-  const deeper = inside.filter((v) => v.instancePath.length > anyOf.instancePath.length || (v.params as { missingProperty?: string }).missingProperty);
+  const deeper = inside.filter(
+    (v) =>
+      v.instancePath.length > anyOf.instancePath.length || (v.params as { missingProperty?: string }).missingProperty,
+  );
   if (deeper.length) return describe(deeper[0]!);
-  const shapes = [...new Set(inside.filter((v) => v.keyword === 'type').map((v) => String((v.params as { type?: string }).type)))];
-  return { field: fieldName(anyOf.instancePath, undefined, context), message: `must be ${shapes.length ? shapes.map((t) => (t !== 'array' ? `a ${t}` : /\/(prompt|response|chosen|rejected)$/.test(anyOf.instancePath) ? 'a list of {role, content} turns' : 'a list of strings')).join(' or ') : 'of another shape'}` };
+  const shapes = [
+    ...new Set(inside.filter((v) => v.keyword === 'type').map((v) => String((v.params as { type?: string }).type))),
+  ];
+  return {
+    field: fieldName(anyOf.instancePath, undefined, context),
+    message: `must be ${shapes.length ? shapes.map((t) => (t !== 'array' ? `a ${t}` : /\/(prompt|response|chosen|rejected)$/.test(anyOf.instancePath) ? 'a list of {role, content} turns' : 'a list of strings')).join(' or ') : 'of another shape'}`,
+  };
 }
 
 /** ajv's instance path (/items/0/prompt) as the field a user wrote: items[0].prompt. */
@@ -610,4 +936,6 @@ function fieldName(instancePath: string, missing: string | undefined, context: s
   return name || (context === 'querystring' ? 'query string' : 'body');
 }
 
-function sha256(s: string): Buffer { return createHash('sha256').update(s).digest(); }
+function sha256(s: string): Buffer {
+  return createHash('sha256').update(s).digest();
+}

@@ -16,7 +16,10 @@ import type { ExampleScore } from './scheduler.js';
 import { specialTokensOf } from './split.js';
 import { spawnModuleWorker } from '../util/module-worker.js';
 
-export interface ScoreCallOptions { batchSize?: number; maxLength?: number }
+export interface ScoreCallOptions {
+  batchSize?: number;
+  maxLength?: number;
+}
 
 /** What the HTTP side needs to know about the model and criteria. */
 export interface EngineInfo {
@@ -32,12 +35,20 @@ export interface EngineInfo {
 export interface ScoringEngine {
   readonly info: EngineInfo;
   /** Scores `examples` under `criterion` with one scoreExamples call; `tokens`: tokens fed to the model. */
-  score(criterion: string, examples: Example[], opts: ScoreCallOptions): Promise<{ scores: ExampleScore[]; tokens: number }>;
+  score(
+    criterion: string,
+    examples: Example[],
+    opts: ScoreCallOptions,
+  ): Promise<{ scores: ExampleScore[]; tokens: number }>;
   /** Frees the model (the worker exits). */
   close(): Promise<void>;
 }
 
-export interface LoadedCriterion { name: string; file: string; rm: ActivationRM }
+export interface LoadedCriterion {
+  name: string;
+  file: string;
+  rm: ActivationRM;
+}
 
 /** Scores on the calling thread with an already loaded decoder and criteria. `close` does not dispose the decoder (the caller owns it). */
 export class InProcessEngine implements ScoringEngine {
@@ -63,7 +74,13 @@ export class InProcessEngine implements ScoringEngine {
 export function engineInfo(decoder: Decoder, criteria: { name: string; file: string; rm: ActivationRM }[]): EngineInfo {
   const eos = decoder.tokenizer.eosTokenId;
   return {
-    model: { id: decoder.id, dir: decoder.info.modelDir, family: decoder.spec.family, numLayers: decoder.spec.numLayers, numHeads: decoder.spec.numHeads },
+    model: {
+      id: decoder.id,
+      dir: decoder.info.modelDir,
+      family: decoder.spec.family,
+      numLayers: decoder.spec.numLayers,
+      numHeads: decoder.spec.numHeads,
+    },
     imageText: Boolean(decoder.spec.imageText),
     specialTokens: specialTokensOf(decoder.info.modelDir),
     eosToken: eos === null ? null : decoder.tokenizer.decode([eos], { skipSpecialTokens: false }),
@@ -87,15 +104,25 @@ export type FromWorker =
   | { type: 'failed'; id: number; message: string }
   | { type: 'closed' };
 
-export interface WorkerData { model: string; load: Pick<LoadOptions, 'cacheDir' | 'threads' | 'revision'>; criteria: { name: string; file: string }[] }
+export interface WorkerData {
+  model: string;
+  load: Pick<LoadOptions, 'cacheDir' | 'threads' | 'revision'>;
+  criteria: { name: string; file: string }[];
+}
 
 /** The decoder and criteria in a worker thread (see the module comment). */
 export class WorkerEngine implements ScoringEngine {
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve(r: { scores: ExampleScore[]; tokens: number }): void; reject(e: Error): void }>();
+  private readonly pending = new Map<
+    number,
+    { resolve(r: { scores: ExampleScore[]; tokens: number }): void; reject(e: Error): void }
+  >();
   private exited: Error | null = null;
 
-  private constructor(private readonly worker: Worker, readonly info: EngineInfo) {
+  private constructor(
+    private readonly worker: Worker,
+    readonly info: EngineInfo,
+  ) {
     worker.on('message', (m: FromWorker) => {
       if (m.type !== 'scored' && m.type !== 'failed') return;
       const p = this.pending.get(m.id);
@@ -116,7 +143,8 @@ export class WorkerEngine implements ScoringEngine {
   /** Starts the worker, which loads the model and criteria; resolves when it is ready, rejects with its load error. */
   static async start(data: WorkerData): Promise<WorkerEngine> {
     const worker = spawnScoreWorker(data);
-    const listeners: { message?: (m: FromWorker) => void; error?: (e: Error) => void; exit?: (code: number) => void } = {};
+    const listeners: { message?: (m: FromWorker) => void; error?: (e: Error) => void; exit?: (code: number) => void } =
+      {};
     const info = await new Promise<EngineInfo>((resolve, reject) => {
       listeners.message = (m) => {
         if (m.type === 'ready') resolve(m.info);
@@ -125,13 +153,20 @@ export class WorkerEngine implements ScoringEngine {
       listeners.error = reject;
       listeners.exit = (code) => reject(new Error(`scoring worker exited while loading (code ${code})`));
       worker.on('message', listeners.message).on('error', listeners.error).on('exit', listeners.exit);
-    }).catch(async (e: Error) => { await worker.terminate(); throw e; });
+    }).catch(async (e: Error) => {
+      await worker.terminate();
+      throw e;
+    });
     // Only our own listeners: Worker keeps internal ones (removeAllListeners would stop its message port).
     worker.off('message', listeners.message!).off('error', listeners.error!).off('exit', listeners.exit!);
     return new WorkerEngine(worker, info);
   }
 
-  score(criterion: string, examples: Example[], opts: ScoreCallOptions): Promise<{ scores: ExampleScore[]; tokens: number }> {
+  score(
+    criterion: string,
+    examples: Example[],
+    opts: ScoreCallOptions,
+  ): Promise<{ scores: ExampleScore[]; tokens: number }> {
     if (this.exited) return Promise.reject(this.exited);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {

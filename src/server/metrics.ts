@@ -21,19 +21,64 @@ export interface ServerMetrics {
 export function createMetrics(): ServerMetrics {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, prefix: 'arm_' });
-  const requests = new client.Counter({ name: 'arm_http_requests_total', help: 'HTTP requests by endpoint and status code', labelNames: ['endpoint', 'status'] as const, registers: [registry] });
-  const latency = new client.Histogram({
-    name: 'arm_http_request_duration_seconds', help: 'HTTP request latency (receipt to response) by endpoint', labelNames: ['endpoint'] as const,
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180], registers: [registry],
+  const requests = new client.Counter({
+    name: 'arm_http_requests_total',
+    help: 'HTTP requests by endpoint and status code',
+    labelNames: ['endpoint', 'status'] as const,
+    registers: [registry],
   });
-  const queueItems = new client.Gauge({ name: 'arm_queue_items', help: 'judge items waiting for a batch (a pair counts 2)', registers: [registry] });
-  const batchItems = new client.Histogram({ name: 'arm_batch_items', help: 'judge items per micro-batch', buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256], registers: [registry] });
-  const batchSeconds = new client.Histogram({ name: 'arm_batch_seconds', help: 'time to score one micro-batch', buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30], registers: [registry] });
-  const items = new client.Counter({ name: 'arm_items_scored_total', help: 'judge items scored (rate() gives items per second)', labelNames: ['criterion'] as const, registers: [registry] });
-  const tokens = new client.Counter({ name: 'arm_tokens_total', help: 'tokens fed to the model (rate() gives tokens per second)', labelNames: ['criterion'] as const, registers: [registry] });
-  const tooLong = new client.Counter({ name: 'arm_items_too_long_total', help: 'examples not scored because they do not fit the length budget', labelNames: ['criterion'] as const, registers: [registry] });
+  const latency = new client.Histogram({
+    name: 'arm_http_request_duration_seconds',
+    help: 'HTTP request latency (receipt to response) by endpoint',
+    labelNames: ['endpoint'] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 180],
+    registers: [registry],
+  });
+  const queueItems = new client.Gauge({
+    name: 'arm_queue_items',
+    help: 'judge items waiting for a batch (a pair counts 2)',
+    registers: [registry],
+  });
+  const batchItems = new client.Histogram({
+    name: 'arm_batch_items',
+    help: 'judge items per micro-batch',
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256],
+    registers: [registry],
+  });
+  const batchSeconds = new client.Histogram({
+    name: 'arm_batch_seconds',
+    help: 'time to score one micro-batch',
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30],
+    registers: [registry],
+  });
+  const items = new client.Counter({
+    name: 'arm_items_scored_total',
+    help: 'judge items scored (rate() gives items per second)',
+    labelNames: ['criterion'] as const,
+    registers: [registry],
+  });
+  const tokens = new client.Counter({
+    name: 'arm_tokens_total',
+    help: 'tokens fed to the model (rate() gives tokens per second)',
+    labelNames: ['criterion'] as const,
+    registers: [registry],
+  });
+  const tooLong = new client.Counter({
+    name: 'arm_items_too_long_total',
+    help: 'examples not scored because they do not fit the length budget',
+    labelNames: ['criterion'] as const,
+    registers: [registry],
+  });
   return {
-    registry, requests, latency, queueItems, batchItems, batchSeconds, items, tokens, tooLong,
+    registry,
+    requests,
+    latency,
+    queueItems,
+    batchItems,
+    batchSeconds,
+    items,
+    tokens,
+    tooLong,
     observeBatch(r) {
       batchItems.observe(r.items);
       batchSeconds.observe(r.seconds);

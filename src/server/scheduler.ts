@@ -29,14 +29,23 @@ export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
 
 export class QueueFullError extends Error {
   override name = 'QueueFullError';
-  constructor(readonly queued: number, readonly asked: number, readonly maxQueue: number, readonly retryAfterS: number) {
-    super(`the queue is full: ${queued} judge items waiting, this request adds ${asked}, the limit is ${maxQueue}; retry in ${retryAfterS} s`);
+  constructor(
+    readonly queued: number,
+    readonly asked: number,
+    readonly maxQueue: number,
+    readonly retryAfterS: number,
+  ) {
+    super(
+      `the queue is full: ${queued} judge items waiting, this request adds ${asked}, the limit is ${maxQueue}; retry in ${retryAfterS} s`,
+    );
   }
 }
 
 export class ShuttingDownError extends Error {
   override name = 'ShuttingDownError';
-  constructor() { super('the server is shutting down and takes no new work'); }
+  constructor() {
+    super('the server is shutting down and takes no new work');
+  }
 }
 
 /**
@@ -45,14 +54,19 @@ export class ShuttingDownError extends Error {
  */
 export class ItemFailedError extends Error {
   override name = 'ItemFailedError';
-  constructor(readonly slot: number, override readonly cause: Error) {
+  constructor(
+    readonly slot: number,
+    override readonly cause: Error,
+  ) {
     super(`could not be scored: ${cause.message}`);
   }
 }
 
 export class CancelledError extends Error {
   override name = 'CancelledError';
-  constructor() { super('the request was cancelled (client disconnected)'); }
+  constructor() {
+    super('the request was cancelled (client disconnected)');
+  }
 }
 
 /** Judge items an example costs: a pair is two forwards, a scalar one. */
@@ -77,7 +91,14 @@ export interface SchedulerOptions {
 }
 
 /** What a finished batch reports (for metrics). */
-export interface BatchReport { criterion: string; examples: number; items: number; tokens: number; seconds: number; tooLong: number }
+export interface BatchReport {
+  criterion: string;
+  examples: number;
+  items: number;
+  tokens: number;
+  seconds: number;
+  tooLong: number;
+}
 
 interface Entry {
   criterion: string;
@@ -116,11 +137,16 @@ export class MicroBatcher {
     private readonly onQueueChange: (items: number) => void = () => {},
   ) {
     this.criteria = new Set(engine.info.criteria.map((c) => c.name));
-    if (!(opts.maxBatch >= 1 && opts.maxQueue >= 1 && opts.maxWaitMs >= 0)) throw new Error('scheduler: maxBatch and maxQueue must be ≥ 1, maxWaitMs ≥ 0');
+    if (!(opts.maxBatch >= 1 && opts.maxQueue >= 1 && opts.maxWaitMs >= 0))
+      throw new Error('scheduler: maxBatch and maxQueue must be ≥ 1, maxWaitMs ≥ 0');
   }
 
-  get queueDepth(): number { return this.queuedItems; }
-  get busy(): boolean { return this.running; }
+  get queueDepth(): number {
+    return this.queuedItems;
+  }
+  get busy(): boolean {
+    return this.running;
+  }
 
   /**
    * Queues `examples` for `criterion`; resolves with their scores in order. `signal` aborting (client gone)
@@ -136,14 +162,23 @@ export class MicroBatcher {
       throw new QueueFullError(this.queuedItems, cost, this.opts.maxQueue, this.retryAfterSeconds(cost));
     }
     return new Promise<ExampleScore[]>((resolve, reject) => {
-      const job: Job = { results: new Array(examples.length), left: examples.length, cancelled: false, resolve, reject };
+      const job: Job = {
+        results: new Array(examples.length),
+        left: examples.length,
+        cancelled: false,
+        resolve,
+        reject,
+      };
       const now = performance.now();
-      examples.forEach((example, slot) => this.queue.push({ criterion, example, cost: itemCost(example), enqueuedAt: now, job, slot }));
+      examples.forEach((example, slot) =>
+        this.queue.push({ criterion, example, cost: itemCost(example), enqueuedAt: now, job, slot }),
+      );
       this.queuedItems += cost;
       this.onQueueChange(this.queuedItems);
       if (signal) {
         const cancel = () => this.cancel(job);
-        if (signal.aborted) cancel(); else signal.addEventListener('abort', cancel, { once: true });
+        if (signal.aborted) cancel();
+        else signal.addEventListener('abort', cancel, { once: true });
       }
       this.kick();
     });
@@ -179,16 +214,28 @@ export class MicroBatcher {
 
   /** Starts a batch when one is due, else arms the timer for when the oldest example's wait runs out. */
   private kick(): void {
-    if (this.running || this.queue.length === 0) { this.notifyIdle(); return; }
+    if (this.running || this.queue.length === 0) {
+      this.notifyIdle();
+      return;
+    }
     const oldest = this.queue[0]!;
     let ready = 0;
     for (const e of this.queue) if (e.criterion === oldest.criterion && (ready += e.cost) >= this.opts.maxBatch) break;
     const waited = performance.now() - oldest.enqueuedAt;
     if (ready >= this.opts.maxBatch || waited >= this.opts.maxWaitMs || this.closing) {
-      if (this.timer) { clearTimeout(this.timer); this.timer = null; }
+      if (this.timer) {
+        clearTimeout(this.timer);
+        this.timer = null;
+      }
       void this.runBatch(oldest.criterion);
     } else if (!this.timer) {
-      this.timer = setTimeout(() => { this.timer = null; this.kick(); }, Math.max(0, this.opts.maxWaitMs - waited));
+      this.timer = setTimeout(
+        () => {
+          this.timer = null;
+          this.kick();
+        },
+        Math.max(0, this.opts.maxWaitMs - waited),
+      );
     }
   }
 
@@ -216,7 +263,7 @@ export class MicroBatcher {
       const anyScored = await this.scoreIsolating(criterion, batch, failed);
       if (failed.size === 0) return;
       // Failed alone while others (batch-mates, or the probe) were scored: the input's fault; else the engine's.
-      const inputFault = anyScored || await this.probeScores(criterion);
+      const inputFault = anyScored || (await this.probeScores(criterion));
       for (const [job, { entry, error }] of failed) {
         if (job.cancelled || job.left === 0) continue;
         job.left = 0;
@@ -233,13 +280,21 @@ export class MicroBatcher {
    * Scores `entries` in one engine call; if that fails, each half in turn, down to single entries, which are
    * recorded in `failed` (one per request: the rest of a failed request is not scored). Whether anything scored.
    */
-  private async scoreIsolating(criterion: string, entries: Entry[], failed: Map<Job, { entry: Entry; error: Error }>): Promise<boolean> {
+  private async scoreIsolating(
+    criterion: string,
+    entries: Entry[],
+    failed: Map<Job, { entry: Entry; error: Error }>,
+  ): Promise<boolean> {
     const live = entries.filter((e) => !e.job.cancelled && e.job.left > 0 && !failed.has(e.job));
     if (live.length === 0) return false;
     let scores: ExampleScore[], tokens: number;
     const t0 = performance.now();
     try {
-      ({ scores, tokens } = await this.engine.score(criterion, live.map((e) => e.example), { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength }));
+      ({ scores, tokens } = await this.engine.score(
+        criterion,
+        live.map((e) => e.example),
+        { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength },
+      ));
     } catch (err) {
       if (live.length === 1) {
         failed.set(live[0]!.job, { entry: live[0]!, error: err as Error });
@@ -254,7 +309,14 @@ export class MicroBatcher {
     const seconds = (performance.now() - t0) / 1000;
     const rate = items / Math.max(seconds, 1e-6);
     this.itemsPerSecond = this.itemsPerSecond ? 0.8 * this.itemsPerSecond + 0.2 * rate : rate;
-    this.onBatch({ criterion, examples: live.length, items, tokens, seconds, tooLong: scores.filter((s) => s.tooLong).length });
+    this.onBatch({
+      criterion,
+      examples: live.length,
+      items,
+      tokens,
+      seconds,
+      tooLong: scores.filter((s) => s.tooLong).length,
+    });
     live.forEach((e, i) => {
       const job = e.job;
       if (job.cancelled || job.left === 0) return;
@@ -268,7 +330,10 @@ export class MicroBatcher {
   private async probeScores(criterion: string): Promise<boolean> {
     if (!this.opts.probe) return false;
     try {
-      await this.engine.score(criterion, [this.opts.probe(criterion)], { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength });
+      await this.engine.score(criterion, [this.opts.probe(criterion)], {
+        batchSize: this.opts.batchSize,
+        maxLength: this.opts.maxLength,
+      });
       return true;
     } catch {
       return false;

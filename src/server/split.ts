@@ -26,7 +26,12 @@ import type { ChatTurn, Prompt } from '../data/examples.js';
 
 export class SplitError extends Error {
   override name = 'SplitError';
-  constructor(readonly field: string, message: string) { super(message); }
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
 }
 
 interface ChatFormat {
@@ -41,21 +46,48 @@ interface ChatFormat {
 
 const CHAT_FORMATS: ChatFormat[] = [
   { name: 'chatml', open: /<\|im_start\|>(\w+)\n/g, assistantOpen: ['<|im_start|>assistant\n'], close: '<|im_end|>' },
-  { name: 'llama3', open: /<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n/g, assistantOpen: ['<|start_header_id|>assistant<|end_header_id|>\n\n'], close: '<|eot_id|>' },
+  {
+    name: 'llama3',
+    open: /<\|start_header_id\|>(\w+)<\|end_header_id\|>\n\n/g,
+    assistantOpen: ['<|start_header_id|>assistant<|end_header_id|>\n\n'],
+    close: '<|eot_id|>',
+  },
   { name: 'gemma', open: /<start_of_turn>(\w+)\n/g, assistantOpen: ['<start_of_turn>model\n'], close: '<end_of_turn>' },
   { name: 'phi3', open: /<\|(system|user|assistant)\|>\n/g, assistantOpen: ['<|assistant|>\n'], close: '<|end|>' },
 ];
 
 /** Mistral / Llama 2 `[INST] … [/INST]`: user text inside, assistant text after. */
-const INST_OPEN = '[INST]', INST_CLOSE = '[/INST]';
+const INST_OPEN = '[INST]',
+  INST_CLOSE = '[/INST]';
 
 /** Markers that end a policy's turn or sequence: the response stops at the first one. */
-const END_MARKERS = ['<|im_end|>', '<|eot_id|>', '<|end_of_text|>', '<|endoftext|>', '<end_of_turn>', '<|end|>', '</s>', '<eos>'];
+const END_MARKERS = [
+  '<|im_end|>',
+  '<|eot_id|>',
+  '<|end_of_text|>',
+  '<|endoftext|>',
+  '<end_of_turn>',
+  '<|end|>',
+  '</s>',
+  '<eos>',
+];
 
 /** Special-token strings of common chat templates (removed from prompts and responses). */
 const COMMON_SPECIALS = [
-  ...END_MARKERS, '<|im_start|>', '<|begin_of_text|>', '<|start_header_id|>', '<|end_header_id|>', '<start_of_turn>',
-  '<bos>', '<s>', '<pad>', '<|pad|>', '<|user|>', '<|assistant|>', '<|system|>', '<unk>',
+  ...END_MARKERS,
+  '<|im_start|>',
+  '<|begin_of_text|>',
+  '<|start_header_id|>',
+  '<|end_header_id|>',
+  '<start_of_turn>',
+  '<bos>',
+  '<s>',
+  '<pad>',
+  '<|pad|>',
+  '<|user|>',
+  '<|assistant|>',
+  '<|system|>',
+  '<unk>',
 ];
 
 /**
@@ -78,12 +110,21 @@ export class QuerySplitter {
    * `extraSpecials`: special-token strings of the judge's tokenizer (see `specialTokensOf`); `withoutPrompts`:
    * how a query without its prompt is split (default: refused).
    */
-  constructor(extraSpecials: string[] = [], eosToken?: string | null, readonly withoutPrompts: SplitWithoutPrompts = 'refuse') {
+  constructor(
+    extraSpecials: string[] = [],
+    eosToken?: string | null,
+    readonly withoutPrompts: SplitWithoutPrompts = 'refuse',
+  ) {
     // Longest first, so "<|end_of_text|>" is removed before a shorter token that is a part of it.
-    this.specials = [...new Set([...COMMON_SPECIALS, ...extraSpecials])].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
+    this.specials = [...new Set([...COMMON_SPECIALS, ...extraSpecials])]
+      .filter((s) => s.length > 0)
+      .sort((a, b) => b.length - a.length);
     this.specialAt = new RegExp(this.specials.map((t) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|'), 'y');
     this.specialStarts = new Set(this.specials.map((t) => t.charCodeAt(0)));
-    this.specialStart = new RegExp(`[${[...new Set(this.specials.map((t) => t[0]!))].map((ch) => ch.replace(/[\]\\^-]/g, '\\$&')).join('')}]`, 'g');
+    this.specialStart = new RegExp(
+      `[${[...new Set(this.specials.map((t) => t[0]!))].map((ch) => ch.replace(/[\]\\^-]/g, '\\$&')).join('')}]`,
+      'g',
+    );
     this.endMarkers = [...new Set([...END_MARKERS, ...(eosToken ? [eosToken] : [])])];
   }
 
@@ -92,12 +133,18 @@ export class QuerySplitter {
     if (prompt !== undefined) {
       const at = this.findPrompt(query, prompt);
       if (at === null) {
-        throw new SplitError(`prompts[${index}]`, `prompts[${index}] is not at the start of query[${index}] (not even with special tokens removed from both), so the response cannot be cut out; send the templated prompt exactly as the policy saw it, or leave prompts out`);
+        throw new SplitError(
+          `prompts[${index}]`,
+          `prompts[${index}] is not at the start of query[${index}] (not even with special tokens removed from both), so the response cannot be cut out; send the templated prompt exactly as the policy saw it, or leave prompts out`,
+        );
       }
       return { prompt: this.judgePrompt(prompt), response: this.cleanResponse(at.rest) };
     }
     if (this.withoutPrompts === 'refuse') {
-      throw new SplitError(`prompts[${index}]`, `prompts[${index}]: is required to tell query[${index}]'s question from its response (a response can spell a turn opener and move the question); send prompts, or opt in to the last-assistant-turn heuristic (--split-without-prompts last-assistant-turn)`);
+      throw new SplitError(
+        `prompts[${index}]`,
+        `prompts[${index}]: is required to tell query[${index}]'s question from its response (a response can spell a turn opener and move the question); send prompts, or opt in to the last-assistant-turn heuristic (--split-without-prompts last-assistant-turn)`,
+      );
     }
     let best: { at: number; marker: string } | null = null;
     for (const f of CHAT_FORMATS) {
@@ -109,17 +156,24 @@ export class QuerySplitter {
     const inst = query.lastIndexOf(INST_CLOSE);
     if (inst >= 0 && (!best || inst > best.at)) best = { at: inst, marker: INST_CLOSE };
     if (!best) {
-      throw new SplitError(`query[${index}]`, `query[${index}] has no assistant-turn marker of a known chat format (ChatML, Llama 3, Gemma, Phi-3, [INST]) and prompts[${index}] was not sent, so prompt and response cannot be told apart; send prompts`);
+      throw new SplitError(
+        `query[${index}]`,
+        `query[${index}] has no assistant-turn marker of a known chat format (ChatML, Llama 3, Gemma, Phi-3, [INST]) and prompts[${index}] was not sent, so prompt and response cannot be told apart; send prompts`,
+      );
     }
     const promptPart = query.slice(0, best.at + best.marker.length);
-    return { prompt: this.judgePrompt(promptPart), response: this.cleanResponse(query.slice(best.at + best.marker.length)) };
+    return {
+      prompt: this.judgePrompt(promptPart),
+      response: this.cleanResponse(query.slice(best.at + best.marker.length)),
+    };
   }
 
   /** Where the prompt ends in the query: an exact prefix (after leading padding), or a prefix once special tokens are removed from both. */
   private findPrompt(query: string, prompt: string): { rest: string } | null {
     if (query.startsWith(prompt)) return { rest: query.slice(prompt.length) };
     const at = query.indexOf(prompt);
-    if (at > 0 && this.stripSpecials(query.slice(0, at)).trim() === '') return { rest: query.slice(at + prompt.length) };
+    if (at > 0 && this.stripSpecials(query.slice(0, at)).trim() === '')
+      return { rest: query.slice(at + prompt.length) };
     const end = this.endOfPrefixIgnoringSpecials(query, this.stripSpecials(prompt).trim());
     return end === null ? null : { rest: query.slice(end) };
     return null;
@@ -132,7 +186,8 @@ export class QuerySplitter {
    */
   private endOfPrefixIgnoringSpecials(query: string, prefix: string): number | null {
     if (!prefix) return null;
-    let i = 0, j = 0;
+    let i = 0,
+      j = 0;
     // Leading whitespace and special tokens are skipped, later only special tokens; the text between two places
     // where a special token could start is compared in one piece (character by character, trying every token at
     // every character, took seconds for a few MB).
@@ -140,9 +195,15 @@ export class QuerySplitter {
       if (this.specialStarts.has(query.charCodeAt(i))) {
         this.specialAt.lastIndex = i;
         const m = this.specialAt.exec(query);
-        if (m) { i += m[0].length; continue; }
+        if (m) {
+          i += m[0].length;
+          continue;
+        }
       }
-      if (j === 0 && /\s/.test(query[i] ?? '')) { i++; continue; }
+      if (j === 0 && /\s/.test(query[i] ?? '')) {
+        i++;
+        continue;
+      }
       if (i >= query.length) return null;
       this.specialStart.lastIndex = i + 1;
       const next = this.specialStart.test(query) ? this.specialStart.lastIndex - 1 : query.length;
@@ -168,7 +229,8 @@ export class QuerySplitter {
   judgePrompt(templated: string): Prompt {
     const turns = parseTurns(templated);
     if (turns) {
-      const kept = turns.map((t) => ({ role: t.role, content: this.stripSpecials(t.content).trim() }))
+      const kept = turns
+        .map((t) => ({ role: t.role, content: this.stripSpecials(t.content).trim() }))
         .filter((t) => t.role !== 'system');
       while (kept.length && kept.at(-1)!.role === 'assistant' && kept.at(-1)!.content === '') kept.pop();
       if (kept.length === 1 && kept[0]!.role === 'user') return kept[0]!.content;
@@ -213,15 +275,22 @@ export function parseTurns(text: string): ChatTurn[] | null {
 /** The special-token strings a checkpoint's tokenizer.json declares (`added_tokens` with `special: true`). */
 export function specialTokensOf(modelDir: string): string[] {
   try {
-    const json = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer.json'), 'utf8')) as { added_tokens?: { content?: unknown; special?: unknown }[] };
-    return (json.added_tokens ?? []).filter((t) => t.special === true && typeof t.content === 'string').map((t) => t.content as string);
+    const json = JSON.parse(fs.readFileSync(path.join(modelDir, 'tokenizer.json'), 'utf8')) as {
+      added_tokens?: { content?: unknown; special?: unknown }[];
+    };
+    return (json.added_tokens ?? [])
+      .filter((t) => t.special === true && typeof t.content === 'string')
+      .map((t) => t.content as string);
   } catch {
     return []; // the decoder already loaded this file; a second read failing leaves only the common markers
   }
 }
 
 /** One entry's split. */
-export interface SplitEntry { prompt: Prompt; response: string }
+export interface SplitEntry {
+  prompt: Prompt;
+  response: string;
+}
 
 /**
  * The splits of a `/get_reward` or `/classify` body made before its handler runs (by the body worker, off the main
@@ -229,7 +298,10 @@ export interface SplitEntry { prompt: Prompt; response: string }
  * ends the list. Null when the route splits nothing or the body is not the shape its handler splits (the handler then
  * answers its 400, as without this).
  */
-export interface Presplit { entries: SplitEntry[]; error?: { field: string; message: string } }
+export interface Presplit {
+  entries: SplitEntry[];
+  error?: { field: string; message: string };
+}
 
 export function presplitBody(route: string | undefined, body: unknown, splitter: QuerySplitter): Presplit | null {
   const strings = (v: unknown): v is string[] => Array.isArray(v) && v.every((x) => typeof x === 'string');
@@ -237,7 +309,8 @@ export function presplitBody(route: string | undefined, body: unknown, splitter:
   const b = body as Record<string, unknown>;
   let texts: string[], prompts: string[] | undefined;
   if (route === '/get_reward') {
-    if (!strings(b.query) || (b.prompts !== undefined && !(strings(b.prompts) && b.prompts.length === b.query.length))) return null;
+    if (!strings(b.query) || (b.prompts !== undefined && !(strings(b.prompts) && b.prompts.length === b.query.length)))
+      return null;
     if (b.prompts === undefined && splitter.withoutPrompts === 'refuse') return null;
     texts = b.query;
     prompts = b.prompts as string[] | undefined;

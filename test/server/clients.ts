@@ -9,8 +9,12 @@ import { Worker } from 'node:worker_threads';
  * concurrently, to `${url}/get_reward`; `statuses` are their HTTP statuses (-1: the connection was cut). A thread of
  * its own, so that building and sending 38 MB is not counted as the server's time.
  */
-export function millionEntryAttacker(url: string, rounds: number): { ready: Promise<void>; statuses: Promise<number[]> } {
-  const worker = new Worker(`
+export function millionEntryAttacker(
+  url: string,
+  rounds: number,
+): { ready: Promise<void>; statuses: Promise<number[]> } {
+  const worker = new Worker(
+    `
     const { parentPort, workerData: { url, rounds } } = require('node:worker_threads');
     // A remote client in a real deployment: here it must not take this machine's few cores from the server's thread.
     try { require('node:os').setPriority(Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]), 15); } catch {}
@@ -24,23 +28,39 @@ export function millionEntryAttacker(url: string, rounds: number): { ready: Prom
       }
       parentPort.postMessage({ statuses });
     })();
-  `, { eval: true, workerData: { url, rounds } });
+  `,
+    { eval: true, workerData: { url, rounds } },
+  );
   const ready = new Promise<void>((resolve) => worker.once('message', () => resolve()));
   const statuses = new Promise<number[]>((resolve, reject) => {
-    worker.on('message', (m: { statuses?: number[] }) => { if (m.statuses) { resolve(m.statuses); void worker.terminate(); } });
+    worker.on('message', (m: { statuses?: number[] }) => {
+      if (m.statuses) {
+        resolve(m.statuses);
+        void worker.terminate();
+      }
+    });
     worker.once('error', reject);
   });
   return { ready, statuses };
 }
 
 /** One client's requests: `route` and `body`, posted `repeat` times one after another. */
-export interface ClientJob { name: string; route: string; body: unknown; repeat: number }
+export interface ClientJob {
+  name: string;
+  route: string;
+  body: unknown;
+  repeat: number;
+}
 /** What each post got: its status and parsed body (null if the body was not JSON). */
-export interface ClientAnswer { status: number; body: any }
+export interface ClientAnswer {
+  status: number;
+  body: any;
+}
 
 /** Runs `jobs` concurrently in a thread (each job's posts in sequence); resolves with each job's answers, by name. */
 export function clientThread(url: string, jobs: ClientJob[]): Promise<Map<string, ClientAnswer[]>> {
-  const worker = new Worker(`
+  const worker = new Worker(
+    `
     const { parentPort, workerData: { url, jobs } } = require('node:worker_threads');
     try { require('node:os').setPriority(Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]), 15); } catch {}
     const post = async (route, body) => {
@@ -53,9 +73,14 @@ export function clientThread(url: string, jobs: ClientJob[]): Promise<Map<string
       for (let i = 0; i < job.repeat; i++) answers.push(await post(job.route, job.body).catch((e) => ({ status: -1, body: String(e) })));
       return [job.name, answers];
     })).then((results) => parentPort.postMessage(results));
-  `, { eval: true, workerData: { url, jobs } });
+  `,
+    { eval: true, workerData: { url, jobs } },
+  );
   return new Promise((resolve, reject) => {
-    worker.once('message', (results: [string, ClientAnswer[]][]) => { resolve(new Map(results)); void worker.terminate(); });
+    worker.once('message', (results: [string, ClientAnswer[]][]) => {
+      resolve(new Map(results));
+      void worker.terminate();
+    });
     worker.once('error', reject);
   });
 }

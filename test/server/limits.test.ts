@@ -14,21 +14,53 @@ import { millionEntryAttacker } from './clients.js';
 
 /** Scores by response length (reward = length / 1000), after `delayMs`; a scalar criterion named "c". */
 function standInEngine(delayMs = 0): ScoringEngine {
-  const meta = { template: { kind: 'scalar', text: '', chat: false }, answerTokens: { strings: ['Yes', 'No'] }, heads: [], hyper: { maxLength: 64, batchSize: 8 }, examples: { count: 0, sha256: '' }, model: { id: 'stand-in' }, fit: {} } as unknown as CriterionMeta;
+  const meta = {
+    template: { kind: 'scalar', text: '', chat: false },
+    answerTokens: { strings: ['Yes', 'No'] },
+    heads: [],
+    hyper: { maxLength: 64, batchSize: 8 },
+    examples: { count: 0, sha256: '' },
+    model: { id: 'stand-in' },
+    fit: {},
+  } as unknown as CriterionMeta;
   return {
-    info: { model: { id: 'stand-in', dir: '.', family: 'llama', numLayers: 1, numHeads: 1 }, imageText: false, specialTokens: [], eosToken: null, criteria: [{ name: 'c', file: 'c', meta }] },
+    info: {
+      model: { id: 'stand-in', dir: '.', family: 'llama', numLayers: 1, numHeads: 1 },
+      imageText: false,
+      specialTokens: [],
+      eosToken: null,
+      criteria: [{ name: 'c', file: 'c', meta }],
+    },
     async score(_criterion: string, examples: Example[]) {
       if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
-      return { tokens: 0, scores: examples.map((e) => ({ id: e.id, reward: (e.kind === 'scalar' ? e.response.length : 0) / 1000, normalized: 0, logitYes: 0, logitNo: 0, truncatedTokens: 0, tooLong: false, verdict: null, label: null })) };
+      return {
+        tokens: 0,
+        scores: examples.map((e) => ({
+          id: e.id,
+          reward: (e.kind === 'scalar' ? e.response.length : 0) / 1000,
+          normalized: 0,
+          logitYes: 0,
+          logitNo: 0,
+          truncatedTokens: 0,
+          tooLong: false,
+          verdict: null,
+          label: null,
+        })),
+      };
     },
     async close() {},
   };
 }
 
 const running: RewardServer[] = [];
-afterEach(async () => { await Promise.all(running.splice(0).map((s) => s.close())); });
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.close()));
+});
 
-async function start(opts: Partial<RewardServerOptions> = {}, delayMs = 0): Promise<{ server: RewardServer; url: string; port: number }> {
+async function start(
+  opts: Partial<RewardServerOptions> = {},
+  delayMs = 0,
+): Promise<{ server: RewardServer; url: string; port: number }> {
   const server = await createRewardServer({ engine: standInEngine(delayMs), ...opts });
   running.push(server);
   const url = await server.listen({ host: '127.0.0.1', port: 0 });
@@ -42,22 +74,43 @@ function connect(port: number) {
   const t0 = performance.now();
   let received = '';
   let closedAfterMs: number | null = null;
-  socket.on('data', (b) => { received += b.toString(); });
+  socket.on('data', (b) => {
+    received += b.toString();
+  });
   socket.on('error', () => {}); // a reset is one way of being closed
-  const closed = new Promise<number>((resolve) => socket.on('close', () => { closedAfterMs = performance.now() - t0; resolve(closedAfterMs); }));
+  const closed = new Promise<number>((resolve) =>
+    socket.on('close', () => {
+      closedAfterMs = performance.now() - t0;
+      resolve(closedAfterMs);
+    }),
+  );
   const opened = new Promise<void>((resolve) => socket.once('connect', () => resolve()));
-  return { socket, opened, closed, get received() { return received; }, get closedAfterMs() { return closedAfterMs; } };
+  return {
+    socket,
+    opened,
+    closed,
+    get received() {
+      return received;
+    },
+    get closedAfterMs() {
+      return closedAfterMs;
+    },
+  };
 }
 
 /** Resolves with `p`, or with 'still open' after `ms`. */
-const within = <T>(p: Promise<T>, ms: number) => Promise.race([p, new Promise<'still open'>((r) => setTimeout(() => r('still open'), ms).unref())]);
+const within = <T>(p: Promise<T>, ms: number) =>
+  Promise.race([p, new Promise<'still open'>((r) => setTimeout(() => r('still open'), ms).unref())]);
 
 /** Sends `headers` for a body of `length` bytes, then one byte every `everyMs` until the socket closes (at most `max` bytes). */
 function trickle(c: ReturnType<typeof connect>, headers: string, length: number, everyMs: number, max = 200) {
   c.socket.write(`${headers}content-type: application/json\r\ncontent-length: ${length}\r\n\r\n{`);
   let sent = 1;
   const timer = setInterval(() => {
-    if (c.socket.destroyed || sent >= max) { clearInterval(timer); return; }
+    if (c.socket.destroyed || sent >= max) {
+      clearInterval(timer);
+      return;
+    }
     c.socket.write(' ');
     sent++;
   }, everyMs);
@@ -98,7 +151,12 @@ describe('timeouts and the connection cap', () => {
     expect(closedAfter as number).toBeGreaterThan(250);
     expect(closedAfter as number).toBeLessThan(1500);
     // The engine takes 1.2 s, four idle timeouts: the waiting client is not cut.
-    const res = await fetch(`${url}/v1/score`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ items: [{ prompt: 'p', response: 'abc' }] }), signal: AbortSignal.timeout(10_000) });
+    const res = await fetch(`${url}/v1/score`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ items: [{ prompt: 'p', response: 'abc' }] }),
+      signal: AbortSignal.timeout(10_000),
+    });
     expect(res.status).toBe(200);
     expect((await res.json()).results[0].reward).toBe(0.003);
   });
@@ -109,7 +167,8 @@ describe('timeouts and the connection cap', () => {
     await c.opened;
     const get = 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n';
     c.socket.write(get);
-    for (let i = 0; i < 100 && !c.received.includes('{"status":"ok"}'); i++) await new Promise((r) => setTimeout(r, 10));
+    for (let i = 0; i < 100 && !c.received.includes('{"status":"ok"}'); i++)
+      await new Promise((r) => setTimeout(r, 10));
     expect(c.received).toMatch(/^HTTP\/1\.1 200/);
     expect(c.received.toLowerCase()).toContain('connection: keep-alive');
     const closedAfter = await within(c.closed, 5000);
@@ -147,10 +206,16 @@ describe('bounded work per request', () => {
     const split = vi.spyOn(QuerySplitter.prototype, 'split');
     const { url } = await start({ maxQueue: 16, splitWithoutPrompts: 'last-assistant-turn' });
     const post = async (route: string, body: unknown) => {
-      const res = await fetch(url + route, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) });
-      return { status: res.status, body: await res.json() as { field: string; error: string } };
+      const res = await fetch(url + route, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(10_000),
+      });
+      return { status: res.status, body: (await res.json()) as { field: string; error: string } };
     };
-    const q = (n: number) => Array.from({ length: n }, (_, i) => `<|im_start|>user\nq${i}<|im_end|>\n<|im_start|>assistant\na<|im_end|>`);
+    const q = (n: number) =>
+      Array.from({ length: n }, (_, i) => `<|im_start|>user\nq${i}<|im_end|>\n<|im_start|>assistant\na<|im_end|>`);
     for (const [route, body, field] of [
       ['/get_reward', { query: q(17) }, 'query'],
       ['/get_reward', { query: q(2), prompts: q(17) }, 'prompts'],
@@ -158,10 +223,19 @@ describe('bounded work per request', () => {
       ['/classify', { input: q(17) }, 'input'],
       ['/v1/score', { items: Array.from({ length: 17 }, () => ({ prompt: 'p', response: 'r' })) }, 'items'],
       ['/v1/score', { pairs: Array.from({ length: 9 }, () => ({ prompt: 'p', chosen: 'a', rejected: 'b' })) }, 'pairs'], // 18 judge items
-      ['/v1/score', { items: [{ prompt: Array.from({ length: 5000 }, () => ({ role: 'user', content: 'x' })), response: 'r' }] }, 'body'], // 15 001 values for one item
+      [
+        '/v1/score',
+        { items: [{ prompt: Array.from({ length: 5000 }, () => ({ role: 'user', content: 'x' })), response: 'r' }] },
+        'body',
+      ], // 15 001 values for one item
     ] as const) {
       const got = await post(route, body);
-      expect({ route, field, status: got.status, got: got.body.field }).toEqual({ route, field, status: 413, got: field });
+      expect({ route, field, status: got.status, got: got.body.field }).toEqual({
+        route,
+        field,
+        status: 413,
+        got: field,
+      });
       expect(got.body.error).toMatch(new RegExp(`^${field}: `));
     }
     expect(split).not.toHaveBeenCalled();
@@ -169,12 +243,21 @@ describe('bounded work per request', () => {
     expect(split).toHaveBeenCalledTimes(16);
     split.mockRestore();
     // A large body that passes is parsed off the main thread and answered as a small one would be.
-    const big = await post('/v1/score', { items: [{ prompt: 'p', response: 'x'.repeat(400_000) }, { prompt: 'p', response: 'xy' }] });
-    expect([big.status, (big.body as unknown as { results: { reward: number }[] }).results.map((r) => r.reward)]).toEqual([200, [400, 0.002]]);
+    const big = await post('/v1/score', {
+      items: [
+        { prompt: 'p', response: 'x'.repeat(400_000) },
+        { prompt: 'p', response: 'xy' },
+      ],
+    });
+    expect([
+      big.status,
+      (big.body as unknown as { results: { reward: number }[] }).results.map((r) => r.reward),
+    ]).toEqual([200, [400, 0.002]]);
   });
 
   it('/health answers within 100 ms while bodies of a million entries arrive (parsed and refused off the main thread)', async () => {
-    for (const bodyLimit of [undefined, 40 * 2 ** 20]) { // the default (8 MiB), and one that lets the 30 MB body be read and parsed
+    for (const bodyLimit of [undefined, 40 * 2 ** 20]) {
+      // the default (8 MiB), and one that lets the 30 MB body be read and parsed
       // This machine is shared (2 cores, other test runs): up to 3 attacks, one of which must keep every probe under
       // 100 ms. Parsing on the main thread stalled every attack for 0.3–8 s.
       const attempts: string[] = [];
@@ -185,7 +268,9 @@ describe('bounded work per request', () => {
         await attacker.ready;
         const latencies: number[] = [];
         let attacking = true;
-        void attacker.statuses.finally(() => { attacking = false; });
+        void attacker.statuses.finally(() => {
+          attacking = false;
+        });
         while (attacking && latencies.length < 2000) {
           const t0 = performance.now();
           const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(10_000) });
@@ -200,7 +285,9 @@ describe('bounded work per request', () => {
         expect(statuses.filter((s) => s === 413).length).toBeGreaterThanOrEqual(4);
         expect(latencies.length).toBeGreaterThan(5);
         const worst = Math.max(...latencies);
-        attempts.push(`max ${worst.toFixed(0)} ms over ${latencies.length} probes (load ${os.loadavg()[0]!.toFixed(1)})`);
+        attempts.push(
+          `max ${worst.toFixed(0)} ms over ${latencies.length} probes (load ${os.loadavg()[0]!.toFixed(1)})`,
+        );
         if (worst < 100) break;
       }
       expect(attempts.at(-1), attempts.join('; ')).toMatch(/^max \d\d? ms/);

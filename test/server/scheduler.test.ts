@@ -1,7 +1,14 @@
 /** The micro-batching scheduler on a stand-in model (no onnxruntime): batching, bounds, cancellation, drain. */
 import { describe, expect, it } from 'vitest';
 import type { Example } from '../../src/data/examples.js';
-import { CancelledError, ItemFailedError, MicroBatcher, QueueFullError, ShuttingDownError, type SchedulerOptions } from '../../src/server/scheduler.js';
+import {
+  CancelledError,
+  ItemFailedError,
+  MicroBatcher,
+  QueueFullError,
+  ShuttingDownError,
+  type SchedulerOptions,
+} from '../../src/server/scheduler.js';
 import type { ScoringEngine } from '../../src/server/engine.js';
 
 /**
@@ -19,16 +26,55 @@ function standIn(delayMs = 5) {
       const failing = fail;
       await new Promise((r) => setTimeout(r, delayMs));
       if (failing) throw new Error('engine failure');
-      if (examples.some((e) => e.kind === 'scalar' && e.response === 'POISON')) throw new Error('image placeholders: 2 in the text, 1 image');
-      return { tokens: 0, scores: examples.map((e) => (e.kind === 'scalar'
-        ? { id: e.id, reward: e.response.length / 100, normalized: 0, logitYes: 0, logitNo: 0, truncatedTokens: 0, tooLong: false, verdict: null, label: null }
-        : { id: e.id, chosen: 1, rejected: 0, margin: 1, correct: true, truncated: false, tooLong: false, detail: [] })) };
+      if (examples.some((e) => e.kind === 'scalar' && e.response === 'POISON'))
+        throw new Error('image placeholders: 2 in the text, 1 image');
+      return {
+        tokens: 0,
+        scores: examples.map((e) =>
+          e.kind === 'scalar'
+            ? {
+                id: e.id,
+                reward: e.response.length / 100,
+                normalized: 0,
+                logitYes: 0,
+                logitNo: 0,
+                truncatedTokens: 0,
+                tooLong: false,
+                verdict: null,
+                label: null,
+              }
+            : {
+                id: e.id,
+                chosen: 1,
+                rejected: 0,
+                margin: 1,
+                correct: true,
+                truncated: false,
+                tooLong: false,
+                detail: [],
+              },
+        ),
+      };
     },
   };
-  return { engine, calls, setFail: (v: boolean) => { fail = v; } };
+  return {
+    engine,
+    calls,
+    setFail: (v: boolean) => {
+      fail = v;
+    },
+  };
 }
 
-const item = (id: string, response = id): Example => ({ kind: 'scalar', id, line: 0, row: {}, prompt: 'p', response, label: null });
+const item = (id: string, response = id): Example => ({
+  kind: 'scalar',
+  id,
+  line: 0,
+  row: {},
+  prompt: 'p',
+  response,
+  label: null,
+});
 const pair = (id: string): Example => ({ kind: 'pair', id, line: 0, row: {}, prompt: 'p', chosen: 'a', rejected: 'b' });
 const make = (opts: Partial<SchedulerOptions>, delayMs?: number) => {
   const s = standIn(delayMs);
@@ -44,14 +90,22 @@ describe('MicroBatcher', () => {
       batcher.submit('c', [item('c1', 'xxxx'), item('c2', 'xxxxx')]),
     ]);
     expect(calls).toEqual([['a1', 'a2', 'b1', 'c1', 'c2']]);
-    expect([a, b, c].map((r) => r.map((s) => ('reward' in s ? s.reward : null)))).toEqual([[0.01, 0.02], [0.03], [0.04, 0.05]]);
+    expect([a, b, c].map((r) => r.map((s) => ('reward' in s ? s.reward : null)))).toEqual([
+      [0.01, 0.02],
+      [0.03],
+      [0.04, 0.05],
+    ]);
   });
 
   it('a full batch starts without waiting; at most maxBatch items per call (a pair counts 2), FIFO', async () => {
     const { batcher, calls } = make({ maxBatch: 3, maxWaitMs: 10_000 });
     const t0 = performance.now();
     await batcher.submit('c', [item('1'), pair('2'), item('3'), item('4'), item('5'), item('6'), item('7'), item('8')]);
-    expect(calls).toEqual([['1', '2'], ['3', '4', '5'], ['6', '7', '8']]);
+    expect(calls).toEqual([
+      ['1', '2'],
+      ['3', '4', '5'],
+      ['6', '7', '8'],
+    ]);
     expect(performance.now() - t0).toBeLessThan(2_000); // no batch waited for the 10 s timer
   });
 
@@ -69,7 +123,11 @@ describe('MicroBatcher', () => {
     const { batcher } = make({ maxQueue: 3, maxWaitMs: 1000, maxBatch: 100 });
     void batcher.submit('c', [item('1'), item('2')]);
     let err: unknown;
-    try { void batcher.submit('c', [pair('3')]); } catch (e) { err = e; }
+    try {
+      void batcher.submit('c', [pair('3')]);
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(QueueFullError);
     expect((err as QueueFullError).retryAfterS).toBeGreaterThanOrEqual(1);
     expect(batcher.queueDepth).toBe(2);
@@ -123,7 +181,7 @@ describe('MicroBatcher', () => {
     expect(calls.at(-1)).not.toContain('a1');
   });
 
-  it('a lone item that fails: the probe tells its fault from the engine\'s', async () => {
+  it("a lone item that fails: the probe tells its fault from the engine's", async () => {
     const s = standIn(1);
     const probe = () => item('probe', 'ok');
     const batcher = new MicroBatcher(s.engine, { maxBatch: 4, maxWaitMs: 0, maxQueue: 100, probe });
@@ -133,7 +191,10 @@ describe('MicroBatcher', () => {
     // The engine failing on everything: the error is the engine's, for every request, after a bounded number of calls.
     s.setFail(true);
     s.calls.length = 0;
-    const all = await Promise.allSettled([batcher.submit('c', [item('x1'), item('x2')]), batcher.submit('c', [item('y1'), item('y2')])]);
+    const all = await Promise.allSettled([
+      batcher.submit('c', [item('x1'), item('x2')]),
+      batcher.submit('c', [item('y1'), item('y2')]),
+    ]);
     for (const r of all) {
       expect(r.status).toBe('rejected');
       const e = (r as PromiseRejectedResult).reason as Error;

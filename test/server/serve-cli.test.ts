@@ -27,42 +27,97 @@ let exited: Promise<{ code: number | null; signal: string | null }>;
 beforeAll(async () => {
   const decoder = await Decoder.load(STORIES, { cacheDir: tempDir('arm-cache-') });
   try {
-    const rm = await fitActivationRM(decoder, readExamples(path.join(EXAMPLES, 'few.jsonl')).examples, { passes: 8, shots: 2, seed: 4, reinforce: { steps: 10, samples: 8, readoutMasks: 3, readoutItems: 4 } });
+    const rm = await fitActivationRM(decoder, readExamples(path.join(EXAMPLES, 'few.jsonl')).examples, {
+      passes: 8,
+      shots: 2,
+      seed: 4,
+      reinforce: { steps: 10, samples: 8, readoutMasks: 3, readoutItems: 4 },
+    });
     rm.save(criterionFile);
   } finally {
     await decoder.dispose();
   }
   fs.writeFileSync(keyFile, `${KEY}\n`);
-  const started = await serve(['--api-key-file', keyFile, '--max-batch', '1000', '--max-wait-ms', '300', '--split-without-prompts', 'last-assistant-turn']);
+  const started = await serve([
+    '--api-key-file',
+    keyFile,
+    '--max-batch',
+    '1000',
+    '--max-wait-ms',
+    '300',
+    '--split-without-prompts',
+    'last-assistant-turn',
+  ]);
   ({ child, url, exited } = started);
   stderr = started.stderr();
 });
 const children: ChildProcess[] = [];
-afterAll(() => { for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL'); });
+afterAll(() => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
 
 /** `arm serve` in a child process on a free loopback port; resolves once it is ready. */
-async function serve(args: string[]): Promise<{ child: ChildProcess; url: string; exited: Promise<{ code: number | null; signal: string | null }>; stderr: () => string }> {
-  const c = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'), 'serve', '--model', STORIES, '--rm', `concise=${criterionFile}`,
-    '--port', '0', '--quiet', ...args], { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] });
+async function serve(
+  args: string[],
+): Promise<{
+  child: ChildProcess;
+  url: string;
+  exited: Promise<{ code: number | null; signal: string | null }>;
+  stderr: () => string;
+}> {
+  const c = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.resolve(import.meta.dirname, '../helpers/arm-cli.ts'),
+      'serve',
+      '--model',
+      STORIES,
+      '--rm',
+      `concise=${criterionFile}`,
+      '--port',
+      '0',
+      '--quiet',
+      ...args,
+    ],
+    { env: { ...process.env, ARM_CACHE_DIR: tempDir('arm-cache-') }, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   children.push(c);
   let err = '';
-  c.stderr!.on('data', (b: Buffer) => { err += b.toString(); if (c === child) stderr = err; });
+  c.stderr!.on('data', (b: Buffer) => {
+    err += b.toString();
+    if (c === child) stderr = err;
+  });
   // 'close', not 'exit': stderr is read to its end by then.
-  const done = new Promise<{ code: number | null; signal: string | null }>((resolve) => c.once('close', (code, signal) => resolve({ code, signal })));
+  const done = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
+    c.once('close', (code, signal) => resolve({ code, signal })),
+  );
   const at = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${err}`)), 60_000);
     c.stderr!.on('data', () => {
       const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(err);
-      if (m && err.includes('arm serve: ready')) { clearTimeout(timer); resolve(m[1]!); }
+      if (m && err.includes('arm serve: ready')) {
+        clearTimeout(timer);
+        resolve(m[1]!);
+      }
     });
-    c.once('exit', (code) => { clearTimeout(timer); reject(new Error(`arm serve exited (${code}):\n${err}`)); });
+    c.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`arm serve exited (${code}):\n${err}`));
+    });
   });
   return { child: c, url: at, exited: done, stderr: () => err };
 }
 
 async function post(route: string, body: unknown, headers: Record<string, string> = auth) {
-  const res = await fetch(url + route, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(body), signal: AbortSignal.timeout(30_000) });
-  return { status: res.status, body: await res.json() as any };
+  const res = await fetch(url + route, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', ...headers },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(30_000),
+  });
+  return { status: res.status, body: (await res.json()) as any };
 }
 
 it('binds 127.0.0.1; every endpoint but /health needs the key', async () => {
@@ -75,14 +130,22 @@ it('binds 127.0.0.1; every endpoint but /health needs the key', async () => {
 
 it('/v1/score answers bitwise what `arm score` writes for the same rows (worker thread vs the command)', async () => {
   for (const kind of ['pair', 'scalar'] as const) {
-    const rows = readExamples(path.join(EXAMPLES, 'items.jsonl'), { labelsOptional: true }).examples.filter((e) => e.kind === kind);
-    const input = path.join(dir, `${kind}.jsonl`), output = path.join(dir, `${kind}.scored.jsonl`);
+    const rows = readExamples(path.join(EXAMPLES, 'items.jsonl'), { labelsOptional: true }).examples.filter(
+      (e) => e.kind === kind,
+    );
+    const input = path.join(dir, `${kind}.jsonl`),
+      output = path.join(dir, `${kind}.scored.jsonl`);
     fs.writeFileSync(input, rows.map((e) => JSON.stringify(e.row)).join('\n') + '\n');
     arm(['score', '--model', STORIES, '--rm', criterionFile, '--input', input, '--output', output, '--quiet']);
-    const written = fs.readFileSync(output, 'utf8').trim().split('\n').map((l) => JSON.parse(l).arm);
-    const body = kind === 'pair'
-      ? { pairs: rows.map((e) => e.kind === 'pair' && { prompt: e.prompt, chosen: e.chosen, rejected: e.rejected }) }
-      : { items: rows.map((e) => e.kind === 'scalar' && { prompt: e.prompt, response: e.response }) };
+    const written = fs
+      .readFileSync(output, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).arm);
+    const body =
+      kind === 'pair'
+        ? { pairs: rows.map((e) => e.kind === 'pair' && { prompt: e.prompt, chosen: e.chosen, rejected: e.rejected }) }
+        : { items: rows.map((e) => e.kind === 'scalar' && { prompt: e.prompt, response: e.response }) };
     const served = await post('/v1/score', body);
     expect(served.status).toBe(200);
     expect(served.body.results).toEqual(written);
@@ -90,7 +153,10 @@ it('/v1/score answers bitwise what `arm score` writes for the same rows (worker 
 });
 
 it('SIGTERM with requests queued and in flight: every one answered, then exit 0', async () => {
-  const queries = Array.from({ length: 24 }, (_, i) => `<|im_start|>user\nQuestion ${i}?<|im_end|>\n<|im_start|>assistant\nAnswer ${i}.<|im_end|>`);
+  const queries = Array.from(
+    { length: 24 },
+    (_, i) => `<|im_start|>user\nQuestion ${i}?<|im_end|>\n<|im_start|>assistant\nAnswer ${i}.<|im_end|>`,
+  );
   const inFlight = queries.map((q) => post('/get_reward', { query: [q] }));
   // The batch timer is 300 ms: wait until the server holds them all, then stop it.
   for (let i = 0; i < 300; i++) {
@@ -104,7 +170,10 @@ it('SIGTERM with requests queued and in flight: every one answered, then exit 0'
     expect(a.status).toBe(200);
     expect(a.body.rewards[0]).toBeGreaterThan(0);
   }
-  expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))])).toEqual({ code: 0, signal: null });
+  expect(await Promise.race([exited, new Promise((r) => setTimeout(() => r('timeout'), 20_000))])).toEqual({
+    code: 0,
+    signal: null,
+  });
   expect(stderr).toMatch(/SIGTERM: no new requests; finishing 24 queued items/);
   expect(stderr).toContain('drained, exiting');
   await expect(fetch(`${url}/health`)).rejects.toThrow(); // nothing listens any more
@@ -113,21 +182,46 @@ it('SIGTERM with requests queued and in flight: every one answered, then exit 0'
 it('a second SIGTERM while a forward runs exits 130 once it returns, never aborting (onnxruntime cannot be stopped mid-run)', async () => {
   // One forward of 200 rows (--batch-size 1000) runs for seconds on this model: the signals land inside it.
   const s = await serve(['--max-batch', '1000', '--batch-size', '1000', '--max-wait-ms', '0']);
-  const prompt = (i: number) => `<|im_start|>user\nQuestion ${i} about a long story?<|im_end|>\n<|im_start|>assistant\n`;
-  const query = Array.from({ length: 200 }, (_, i) => `${prompt(i)}${'Once upon a time there was a little boat. '.repeat(6)}<|im_end|>`);
-  const request = fetch(`${s.url}/get_reward`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ query, prompts: query.map((_, i) => prompt(i)) }), signal: AbortSignal.timeout(60_000) }).catch((e: Error) => e);
+  const prompt = (i: number) =>
+    `<|im_start|>user\nQuestion ${i} about a long story?<|im_end|>\n<|im_start|>assistant\n`;
+  const query = Array.from(
+    { length: 200 },
+    (_, i) => `${prompt(i)}${'Once upon a time there was a little boat. '.repeat(6)}<|im_end|>`,
+  );
+  const request = fetch(`${s.url}/get_reward`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ query, prompts: query.map((_, i) => prompt(i)) }),
+    signal: AbortSignal.timeout(60_000),
+  }).catch((e: Error) => e);
   await new Promise((r) => setTimeout(r, 1500));
   s.child.kill('SIGTERM');
   await new Promise((r) => setTimeout(r, 100));
   s.child.kill('SIGTERM');
-  expect(await Promise.race([s.exited, new Promise((r) => setTimeout(() => r('timeout'), 30_000))])).toEqual({ code: 130, signal: null });
+  expect(await Promise.race([s.exited, new Promise((r) => setTimeout(() => r('timeout'), 30_000))])).toEqual({
+    code: 130,
+    signal: null,
+  });
   expect(s.stderr()).not.toMatch(/terminate called|Napi::Error/);
   expect(s.stderr()).toMatch(/SIGTERM again/);
   await request; // answered if its batch finished with that forward, else cut: either way settled, not hung
 });
 
 it('--image-root must be an existing folder', () => {
-  const r = arm(['serve', '--model', STORIES, '--rm', `concise=${criterionFile}`, '--image-root', path.join(dir, 'no-such-folder'), '--port', '0'], { expectFail: true });
+  const r = arm(
+    [
+      'serve',
+      '--model',
+      STORIES,
+      '--rm',
+      `concise=${criterionFile}`,
+      '--image-root',
+      path.join(dir, 'no-such-folder'),
+      '--port',
+      '0',
+    ],
+    { expectFail: true },
+  );
   expect(r.status).not.toBe(0);
   expect(r.stderr).toMatch(/--image-root .*no-such-folder: no such folder/);
 });

@@ -13,7 +13,12 @@ import { InProcessEngine, WorkerEngine, type LoadedCriterion, type ScoringEngine
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 const EXAMPLES = path.resolve(import.meta.dirname, '../../examples/concise');
-const QUICK = { passes: 8, shots: 2, batchSize: 8, reinforce: { steps: 10, samples: 8, readoutMasks: 3, readoutItems: 4 } };
+const QUICK = {
+  passes: 8,
+  shots: 2,
+  batchSize: 8,
+  reinforce: { steps: 10, samples: 8, readoutMasks: 3, readoutItems: 4 },
+};
 
 const cacheDir = tempDir('arm-cache-');
 const conciseFile = path.join(tempDir(), 'concise.arm.safetensors');
@@ -29,13 +34,22 @@ beforeAll(async () => {
   other = await fitActivationRM(decoder, few, { ...QUICK, seed: 2 });
   concise.save(conciseFile);
 });
-afterEach(async () => { await Promise.all(running.splice(0).map((s) => s.close())); });
+afterEach(async () => {
+  await Promise.all(running.splice(0).map((s) => s.close()));
+});
 afterAll(() => decoder?.dispose());
 
 /** A server on 127.0.0.1:0; `worker`: the model in a worker thread as `arm serve` runs it, else scoring on this thread. */
-async function start(opts: Partial<RewardServerOptions> & { criteria?: LoadedCriterion[] } = {}, { warm = true, worker = false } = {}): Promise<{ server: RewardServer; url: string }> {
+async function start(
+  opts: Partial<RewardServerOptions> & { criteria?: LoadedCriterion[] } = {},
+  { warm = true, worker = false } = {},
+): Promise<{ server: RewardServer; url: string }> {
   const engine: ScoringEngine = worker
-    ? await WorkerEngine.start({ model: STORIES, load: { cacheDir }, criteria: [{ name: 'concise', file: conciseFile }] })
+    ? await WorkerEngine.start({
+        model: STORIES,
+        load: { cacheDir },
+        criteria: [{ name: 'concise', file: conciseFile }],
+      })
     : new InProcessEngine(decoder, opts.criteria ?? [{ name: 'concise', file: conciseFile, rm: concise }]);
   const server = await createRewardServer({ engine, ...opts });
   running.push(server);
@@ -44,8 +58,18 @@ async function start(opts: Partial<RewardServerOptions> & { criteria?: LoadedCri
   return { server, url };
 }
 
-interface Answer { status: number; body: any; headers: Headers }
-async function call(url: string, route: string, body?: unknown, headers: Record<string, string> = {}, signal?: AbortSignal): Promise<Answer> {
+interface Answer {
+  status: number;
+  body: any;
+  headers: Headers;
+}
+async function call(
+  url: string,
+  route: string,
+  body?: unknown,
+  headers: Record<string, string> = {},
+  signal?: AbortSignal,
+): Promise<Answer> {
   const res = await fetch(url + route, {
     method: body === undefined ? 'GET' : 'POST',
     headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
@@ -54,14 +78,38 @@ async function call(url: string, route: string, body?: unknown, headers: Record<
   });
   const text = await res.text();
   let parsed: unknown = text;
-  try { parsed = JSON.parse(text); } catch { /* /metrics is text */ }
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    /* /metrics is text */
+  }
   return { status: res.status, body: parsed, headers: res.headers };
 }
 
-const scalar = (id: string, prompt: Prompt, response: string): Example => ({ kind: 'scalar', id, line: 0, row: {}, prompt, response, label: null });
+const scalar = (id: string, prompt: Prompt, response: string): Example => ({
+  kind: 'scalar',
+  id,
+  line: 0,
+  row: {},
+  prompt,
+  response,
+  label: null,
+});
 const chatml = (p: string, r: string) => `<|im_start|>user\n${p}<|im_end|>\n<|im_start|>assistant\n${r}<|im_end|>`;
-const PROMPTS = ['What is 3 plus 4?', 'Tell me a story about a boat.', 'Name a colour.', 'What is the capital of Italy?'];
-const RESPONSES = ['7.', 'Nine, for sure, absolutely, no doubt at all.', 'Once upon a time a little boat sailed the sea.', 'Red.', 'Rome.', 'Milan, the beautiful capital.'];
+const PROMPTS = [
+  'What is 3 plus 4?',
+  'Tell me a story about a boat.',
+  'Name a colour.',
+  'What is the capital of Italy?',
+];
+const RESPONSES = [
+  '7.',
+  'Nine, for sure, absolutely, no doubt at all.',
+  'Once upon a time a little boat sailed the sea.',
+  'Red.',
+  'Rome.',
+  'Milan, the beautiful capital.',
+];
 
 /** Rewards of (prompt, response) scored alone in process: the reference for answers from mixed batches. */
 async function reference(rm: ActivationRM, pairs: [string, string][]): Promise<Map<string, number>> {
@@ -89,11 +137,23 @@ describe('endpoints', () => {
     const crit = (await call(url, '/v1/criteria')).body;
     expect(crit.default).toBe('concise');
     expect(crit.criteria).toHaveLength(1);
-    expect(crit.criteria[0]).toMatchObject({ name: 'concise', template: 'scalar', answers: ['Yes', 'No'], heads: concise.criterion.meta.heads.length, seed: 1, examples: 10 });
+    expect(crit.criteria[0]).toMatchObject({
+      name: 'concise',
+      template: 'scalar',
+      answers: ['Yes', 'No'],
+      heads: concise.criterion.meta.heads.length,
+      seed: 1,
+      examples: 10,
+    });
     await call(url, '/get_reward', { query: [chatml(PROMPTS[0]!, RESPONSES[0]!)] });
     const metrics = await call(url, '/metrics');
     expect(metrics.headers.get('content-type')).toMatch(/^text\/plain/);
-    for (const line of ['arm_http_requests_total{endpoint="/get_reward",status="200"} 1', 'arm_queue_items 0', 'arm_items_scored_total{criterion="concise"} 1', 'arm_batch_items_count 1']) {
+    for (const line of [
+      'arm_http_requests_total{endpoint="/get_reward",status="200"} 1',
+      'arm_queue_items 0',
+      'arm_items_scored_total{criterion="concise"} 1',
+      'arm_batch_items_count 1',
+    ]) {
       expect(metrics.body).toContain(line);
     }
     expect(metrics.body).toMatch(/arm_tokens_total\{criterion="concise"\} [1-9]/);
@@ -107,25 +167,49 @@ describe('endpoints', () => {
     const itemRows = all.filter((e) => e.kind === 'scalar');
     expect([pairRows.length, itemRows.length]).toEqual([4, 2]);
     const expectedPairs = (await concise.scoreExamples(pairRows)).map(armFields);
-    const got = await call(url, '/v1/score', { pairs: pairRows.map((e) => ({ id: e.id, prompt: e.prompt, chosen: e.chosen, rejected: e.rejected })) });
+    const got = await call(url, '/v1/score', {
+      pairs: pairRows.map((e) => ({ id: e.id, prompt: e.prompt, chosen: e.chosen, rejected: e.rejected })),
+    });
     expect(got.status).toBe(200);
     expect(got.body.results).toEqual(expectedPairs.map((f, i) => ({ id: pairRows[i]!.id, ...f })));
     const expectedItems = (await concise.scoreExamples(itemRows)).map(armFields);
-    const gotItems = await call(url, '/v1/score', { items: itemRows.map((e) => ({ prompt: e.prompt, response: e.response })) });
+    const gotItems = await call(url, '/v1/score', {
+      items: itemRows.map((e) => ({ prompt: e.prompt, response: e.response })),
+    });
     expect(gotItems.body.results).toEqual(expectedItems);
-    expect(Object.keys(gotItems.body.results[0]).sort()).toEqual(['logitNo', 'logitYes', 'normalized', 'reward', 'tooLong', 'truncated']);
+    expect(Object.keys(gotItems.body.results[0]).sort()).toEqual([
+      'logitNo',
+      'logitYes',
+      'normalized',
+      'reward',
+      'tooLong',
+      'truncated',
+    ]);
   });
 
   it('/get_reward: OpenRLHF split with and without prompts (opted in); rewards equal scoring the split prompt and response', async () => {
     const { url } = await start(LAST_TURN);
-    const pr = [[PROMPTS[0]!, RESPONSES[0]!], [PROMPTS[3]!, RESPONSES[4]!], [PROMPTS[3]!, RESPONSES[5]!]] as const;
-    const expected = (await concise.scoreExamples(pr.map(([p, r], i) => scalar(`q${i}`, p, r)))).map((s) => (s as { reward: number }).reward);
-    const templatedPrompt = (p: string) => `<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n${p}<|im_end|>\n<|im_start|>assistant\n`;
+    const pr = [
+      [PROMPTS[0]!, RESPONSES[0]!],
+      [PROMPTS[3]!, RESPONSES[4]!],
+      [PROMPTS[3]!, RESPONSES[5]!],
+    ] as const;
+    const expected = (await concise.scoreExamples(pr.map(([p, r], i) => scalar(`q${i}`, p, r)))).map(
+      (s) => (s as { reward: number }).reward,
+    );
+    const templatedPrompt = (p: string) =>
+      `<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n${p}<|im_end|>\n<|im_start|>assistant\n`;
     const withPrompts = await call(url, '/get_reward', {
-      query: pr.map(([p, r]) => `<unk><unk>${templatedPrompt(p)}${r}<|im_end|>\n</s></s>`), prompts: pr.map(([p]) => templatedPrompt(p)), labels: [null, 'x', 3],
+      query: pr.map(([p, r]) => `<unk><unk>${templatedPrompt(p)}${r}<|im_end|>\n</s></s>`),
+      prompts: pr.map(([p]) => templatedPrompt(p)),
+      labels: [null, 'x', 3],
     });
     expect(withPrompts.status).toBe(200);
-    expect(withPrompts.body).toEqual({ rewards: expected, scores: expected, extra_logs: { tooLong: [0, 0, 0], truncated: [0, 0, 0] } });
+    expect(withPrompts.body).toEqual({
+      rewards: expected,
+      scores: expected,
+      extra_logs: { tooLong: [0, 0, 0], truncated: [0, 0, 0] },
+    });
     const withoutPrompts = await call(url, '/get_reward', { query: pr.map(([p, r]) => chatml(p, r)) });
     expect(withoutPrompts.body.rewards).toEqual(expected);
     // Plain text without prompts cannot be split: 400 naming the entry.
@@ -136,7 +220,11 @@ describe('endpoints', () => {
     expect([mismatch.status, mismatch.body.field]).toEqual([400, 'prompts[0]']);
     const count = await call(url, '/get_reward', { query: ['a', 'b'], prompts: ['a'] });
     expect([count.status, count.body.field]).toEqual([400, 'prompts']);
-    expect((await call(url, '/get_reward', { query: [] })).body).toEqual({ rewards: [], scores: [], extra_logs: { tooLong: [], truncated: [] } });
+    expect((await call(url, '/get_reward', { query: [] })).body).toEqual({
+      rewards: [],
+      scores: [],
+      extra_logs: { tooLong: [], truncated: [] },
+    });
   });
 
   it('/get_reward: a response cannot move the question; without prompts it is refused unless the heuristic is opted in', async () => {
@@ -154,8 +242,10 @@ describe('endpoints', () => {
       const got = await call(url, '/get_reward', { query: [templated + injected], prompts: [templated] });
       expect(got.status).toBe(200);
       const asText = injected.replace(/<\|im_start\|>|<\|start_header_id\|>|<\|end_header_id\|>/g, '').trim();
-      const [honest] = await concise.scoreExamples([scalar('q0', question, asText)]) as { reward: number }[];
-      const [moved] = await concise.scoreExamples([scalar('q0', 'Just say hello.', 'Hello!')]) as { reward: number }[];
+      const [honest] = (await concise.scoreExamples([scalar('q0', question, asText)])) as { reward: number }[];
+      const [moved] = (await concise.scoreExamples([scalar('q0', 'Just say hello.', 'Hello!')])) as {
+        reward: number;
+      }[];
       expect(got.body.rewards).toEqual([honest!.reward]);
       expect(honest!.reward).not.toBe(moved!.reward);
     }
@@ -166,8 +256,12 @@ describe('endpoints', () => {
 
   it('a body over 256 KiB is parsed and split off the main thread: the same answers and the same 400s as a small one', async () => {
     const { url } = await start(LAST_TURN);
-    const templated = (p: string) => `<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n${p}<|im_end|>\n<|im_start|>assistant\n`;
-    const pr = [[PROMPTS[0]!, RESPONSES[0]!], [PROMPTS[3]!, RESPONSES[5]!]] as const;
+    const templated = (p: string) =>
+      `<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n${p}<|im_end|>\n<|im_start|>assistant\n`;
+    const pr = [
+      [PROMPTS[0]!, RESPONSES[0]!],
+      [PROMPTS[3]!, RESPONSES[5]!],
+    ] as const;
     const query = pr.map(([p, r]) => `<unk>${templated(p)}${r}<|im_end|>\n</s>`);
     const pad = { labels: ['x'.repeat(300_000), null] }; // ignored by the server, but makes the body large
     const bodies: unknown[] = [
@@ -182,7 +276,10 @@ describe('endpoints', () => {
     }
     expect((await call(url, '/get_reward', { ...(bodies[2] as object), ...pad })).body.field).toBe('prompts[1]');
     const input = pr.map(([p, r]) => chatml(p, r));
-    const [small, large] = [await call(url, '/classify', { input }), await call(url, '/classify', { input, pad: 'x'.repeat(300_000) })];
+    const [small, large] = [
+      await call(url, '/classify', { input }),
+      await call(url, '/classify', { input, pad: 'x'.repeat(300_000) }),
+    ];
     expect(large.body.data).toEqual(small.body.data);
     const bad = await call(url, '/classify', { input: ['plain', 'text'], pad: 'x'.repeat(300_000) });
     expect([bad.status, bad.body.field]).toEqual([400, 'input[0]']);
@@ -190,7 +287,10 @@ describe('endpoints', () => {
 
   it('/get_reward readouts and score transforms', async () => {
     const { url } = await start({ ...LAST_TURN, readout: 'logit-diff', scoreTransform: { kind: 'threshold', at: 0 } });
-    const [s] = await concise.scoreExamples([scalar('q0', PROMPTS[0]!, RESPONSES[0]!)]) as { logitYes: number; logitNo: number }[];
+    const [s] = (await concise.scoreExamples([scalar('q0', PROMPTS[0]!, RESPONSES[0]!)])) as {
+      logitYes: number;
+      logitNo: number;
+    }[];
     const got = await call(url, '/get_reward', { query: [chatml(PROMPTS[0]!, RESPONSES[0]!)] });
     expect(got.body.rewards).toEqual([s!.logitYes - s!.logitNo]);
     expect(got.body.scores).toEqual([s!.logitYes - s!.logitNo >= 0 ? 1 : 0]);
@@ -198,11 +298,17 @@ describe('endpoints', () => {
 
   it('/classify: vLLM shape, probs [P(No), P(Yes)] with probs[-1] the reward (no-prompts split opted in)', async () => {
     const { url } = await start(LAST_TURN);
-    const [s] = await concise.scoreExamples([scalar('c0', PROMPTS[2]!, RESPONSES[3]!)]) as { reward: number }[];
+    const [s] = (await concise.scoreExamples([scalar('c0', PROMPTS[2]!, RESPONSES[3]!)])) as { reward: number }[];
     const one = await call(url, '/classify', { model: 'judge', input: chatml(PROMPTS[2]!, RESPONSES[3]!) });
     expect(one.status).toBe(200);
-    expect(one.body).toMatchObject({ object: 'list', model: 'judge', data: [{ index: 0, label: s!.reward >= 0.5 ? 'Yes' : 'No', probs: [1 - s!.reward, s!.reward], num_classes: 2 }] });
-    const many = await call(url, '/classify', { input: [chatml(PROMPTS[2]!, RESPONSES[3]!), chatml(PROMPTS[0]!, RESPONSES[0]!)] });
+    expect(one.body).toMatchObject({
+      object: 'list',
+      model: 'judge',
+      data: [{ index: 0, label: s!.reward >= 0.5 ? 'Yes' : 'No', probs: [1 - s!.reward, s!.reward], num_classes: 2 }],
+    });
+    const many = await call(url, '/classify', {
+      input: [chatml(PROMPTS[2]!, RESPONSES[3]!), chatml(PROMPTS[0]!, RESPONSES[0]!)],
+    });
     expect(many.body.data.map((d: { index: number }) => d.index)).toEqual([0, 1]);
     expect(Math.abs(many.body.data[0].probs.at(-1) - s!.reward)).toBeLessThan(MIXED_TOL); // batched with another input: float32 rounding only
     const bad = await call(url, '/classify', { input: ['plain text'] });
@@ -210,10 +316,17 @@ describe('endpoints', () => {
   });
 
   it('several criteria: ?criterion=, --combine weights, per-criterion rewards in extra_logs', async () => {
-    const { url } = await start({ ...LAST_TURN, criteria: [{ name: 'concise', file: 'a', rm: concise }, { name: 'other', file: 'b', rm: other }], combine: { concise: 0.25, other: 0.75 } });
+    const { url } = await start({
+      ...LAST_TURN,
+      criteria: [
+        { name: 'concise', file: 'a', rm: concise },
+        { name: 'other', file: 'b', rm: other },
+      ],
+      combine: { concise: 0.25, other: 0.75 },
+    });
     const q = chatml(PROMPTS[1]!, RESPONSES[2]!);
-    const [a] = await concise.scoreExamples([scalar('q0', PROMPTS[1]!, RESPONSES[2]!)]) as { reward: number }[];
-    const [b] = await other.scoreExamples([scalar('q0', PROMPTS[1]!, RESPONSES[2]!)]) as { reward: number }[];
+    const [a] = (await concise.scoreExamples([scalar('q0', PROMPTS[1]!, RESPONSES[2]!)])) as { reward: number }[];
+    const [b] = (await other.scoreExamples([scalar('q0', PROMPTS[1]!, RESPONSES[2]!)])) as { reward: number }[];
     const combined = await call(url, '/get_reward', { query: [q] });
     expect(combined.body.rewards).toEqual([0.25 * a!.reward + 0.75 * b!.reward]);
     expect(combined.body.extra_logs).toMatchObject({ reward_concise: [a!.reward], reward_other: [b!.reward] });
@@ -222,14 +335,22 @@ describe('endpoints', () => {
     expect([unknown.status, unknown.body.field]).toEqual([400, 'criterion']);
     const unnamed = await call(url, '/v1/score', { items: [{ prompt: 'p', response: 'r' }] });
     expect([unnamed.status, unnamed.body.field]).toEqual([400, 'criterion']);
-    expect((await call(url, '/v1/score', { criterion: 'other', items: [{ prompt: PROMPTS[1], response: RESPONSES[2] }] })).body.results[0].reward).toBe(b!.reward);
-    expect((await call(url, '/classify', { input: q })).body.data[0].probs[1]).toBeCloseTo(0.25 * a!.reward + 0.75 * b!.reward, 12);
+    expect(
+      (await call(url, '/v1/score', { criterion: 'other', items: [{ prompt: PROMPTS[1], response: RESPONSES[2] }] }))
+        .body.results[0].reward,
+    ).toBe(b!.reward);
+    expect((await call(url, '/classify', { input: q })).body.data[0].probs[1]).toBeCloseTo(
+      0.25 * a!.reward + 0.75 * b!.reward,
+      12,
+    );
   });
 
   it('an item too long for the model: null reward and tooLong in extra_logs, the others scored', async () => {
     const { url } = await start(LAST_TURN);
     const huge = 'word '.repeat(20_000); // over maxLength × 64 characters: too long without tokenising
-    const got = await call(url, '/get_reward', { query: [chatml(PROMPTS[0]!, RESPONSES[0]!), chatml(PROMPTS[0]!, huge), chatml(PROMPTS[3]!, RESPONSES[4]!)] });
+    const got = await call(url, '/get_reward', {
+      query: [chatml(PROMPTS[0]!, RESPONSES[0]!), chatml(PROMPTS[0]!, huge), chatml(PROMPTS[3]!, RESPONSES[4]!)],
+    });
     expect(got.status).toBe(200);
     expect(got.body.rewards[1]).toBeNull();
     expect(got.body.rewards[0]).toBeGreaterThan(0);
@@ -273,11 +394,18 @@ describe('bad requests', () => {
     ];
     for (const [route, body, status, field] of cases) {
       const got = await call(url, route, body);
-      expect({ route, body: typeof body === 'string' ? body : JSON.stringify(body).slice(0, 80), status: got.status, field: got.body.field }).toEqual({ route, body: typeof body === 'string' ? body : JSON.stringify(body).slice(0, 80), status, field });
+      expect({
+        route,
+        body: typeof body === 'string' ? body : JSON.stringify(body).slice(0, 80),
+        status: got.status,
+        field: got.body.field,
+      }).toEqual({ route, body: typeof body === 'string' ? body : JSON.stringify(body).slice(0, 80), status, field });
       expect(got.body.error).toMatch(new RegExp(`^${field.replace(/[[\].]/g, '\\$&')}: `));
     }
     expect((await call(url, '/get_reward', { query: 'text' })).body.error).toBe('query: must be array');
-    expect((await call(url, '/v1/score', { items: [{ prompt: 3, response: 'r' }] })).body.error).toBe('items[0].prompt: must be a string or a list of {role, content} turns');
+    expect((await call(url, '/v1/score', { items: [{ prompt: 3, response: 'r' }] })).body.error).toBe(
+      'items[0].prompt: must be a string or a list of {role, content} turns',
+    );
     expect((await call(url, '/nowhere')).status).toBe(404);
   });
 });
@@ -287,12 +415,17 @@ describe('auth', () => {
     const { url } = await start({ ...LAST_TURN, apiKey: 's3cret-key' });
     expect((await call(url, '/health')).status).toBe(200);
     const none = await call(url, '/ready');
-    expect([none.status, none.headers.get('www-authenticate'), none.body.field]).toEqual([401, 'Bearer', 'authorization']);
+    expect([none.status, none.headers.get('www-authenticate'), none.body.field]).toEqual([
+      401,
+      'Bearer',
+      'authorization',
+    ]);
     for (const h of ['Bearer wrong', 'Bearer s3cret-ke', 'Basic s3cret-key', 'Bearer s3cret-key-and-more']) {
       expect((await call(url, '/v1/criteria', undefined, { authorization: h })).status).toBe(401);
     }
     const auth = { authorization: 'Bearer s3cret-key' };
-    for (const route of ['/ready', '/v1/criteria', '/metrics']) expect((await call(url, route, undefined, auth)).status).toBe(200);
+    for (const route of ['/ready', '/v1/criteria', '/metrics'])
+      expect((await call(url, route, undefined, auth)).status).toBe(200);
     expect((await call(url, '/get_reward', { query: [chatml('p', 'r')] }, auth)).status).toBe(200);
     expect((await call(url, '/get_reward', { query: [chatml('p', 'r')] })).status).toBe(401);
   });
@@ -301,7 +434,9 @@ describe('auth', () => {
 describe('under load', () => {
   it('examples of concurrent requests scored in one micro-batch are bitwise that batch scored by scoreExamples', async () => {
     const { server } = await start({ maxBatch: 64, maxWaitMs: 200 });
-    const requests = [[0, 1], [2], [3, 4, 5]].map((ks) => ks.map((k) => scalar(`r${k}`, PROMPTS[k % 4]!, RESPONSES[k]!)));
+    const requests = [[0, 1], [2], [3, 4, 5]].map((ks) =>
+      ks.map((k) => scalar(`r${k}`, PROMPTS[k % 4]!, RESPONSES[k]!)),
+    );
     const got = await Promise.all(requests.map((ex) => server.scheduler.submit('concise', ex)));
     expect(got.flat()).toEqual(await concise.scoreExamples(requests.flat()));
   });
@@ -314,11 +449,34 @@ describe('under load', () => {
       const n = 1 + (i % 6);
       const qs = Array.from({ length: n }, (_, j) => pick(i, j));
       const want = qs.map(([p, r]) => ref.get(`${p}\u0000${r}`)!);
-      if (i % 4 === 0) return [want, (await call(url, '/get_reward', { query: qs.map(([p, r]) => chatml(p, r)) })).body.rewards] as const;
-      if (i % 4 === 1) return [want, (await call(url, '/v1/score', { items: qs.map(([prompt, response]) => ({ prompt, response })) })).body.results.map((x: { reward: number }) => x.reward)] as const;
-      if (i % 4 === 2) return [want, (await call(url, '/classify', { input: qs.map(([p, r]) => chatml(p, r)) })).body.data.map((x: { probs: number[] }) => x.probs[1])] as const;
-      const pairs = (await call(url, '/v1/score', { pairs: qs.map(([prompt, chosen]) => ({ prompt, chosen, rejected: RESPONSES[1] })) })).body.results;
-      return [qs.map(([p, r]) => ref.get(`${p}\u0000${r}`)! - ref.get(`${p}\u0000${RESPONSES[1]}`)!), pairs.map((x: { margin: number }) => x.margin)] as const;
+      if (i % 4 === 0)
+        return [
+          want,
+          (await call(url, '/get_reward', { query: qs.map(([p, r]) => chatml(p, r)) })).body.rewards,
+        ] as const;
+      if (i % 4 === 1)
+        return [
+          want,
+          (
+            await call(url, '/v1/score', { items: qs.map(([prompt, response]) => ({ prompt, response })) })
+          ).body.results.map((x: { reward: number }) => x.reward),
+        ] as const;
+      if (i % 4 === 2)
+        return [
+          want,
+          (await call(url, '/classify', { input: qs.map(([p, r]) => chatml(p, r)) })).body.data.map(
+            (x: { probs: number[] }) => x.probs[1],
+          ),
+        ] as const;
+      const pairs = (
+        await call(url, '/v1/score', {
+          pairs: qs.map(([prompt, chosen]) => ({ prompt, chosen, rejected: RESPONSES[1] })),
+        })
+      ).body.results;
+      return [
+        qs.map(([p, r]) => ref.get(`${p}\u0000${r}`)! - ref.get(`${p}\u0000${RESPONSES[1]}`)!),
+        pairs.map((x: { margin: number }) => x.margin),
+      ] as const;
     });
     const answers = await Promise.all(jobs);
     for (const [want, got] of answers) {
@@ -335,11 +493,13 @@ describe('under load', () => {
   it('overload (small --max-queue): some 503 with Retry-After, never a 500, every accepted request correct', async () => {
     const { url } = await start({ ...LAST_TURN, maxQueue: 8, maxBatch: 4, maxWaitMs: 2 }, { worker: true });
     const ref = await reference(concise, ALL_PAIRS);
-    const answers = await Promise.all(Array.from({ length: 80 }, async (_, i) => {
-      const qs = Array.from({ length: 1 + (i % 3) }, (_, j) => ALL_PAIRS[(i + j * 5) % ALL_PAIRS.length]!);
-      const got = await call(url, '/get_reward', { query: qs.map(([p, r]) => chatml(p, r)) });
-      return { got, want: qs.map(([p, r]) => ref.get(`${p}\u0000${r}`)!) };
-    }));
+    const answers = await Promise.all(
+      Array.from({ length: 80 }, async (_, i) => {
+        const qs = Array.from({ length: 1 + (i % 3) }, (_, j) => ALL_PAIRS[(i + j * 5) % ALL_PAIRS.length]!);
+        const got = await call(url, '/get_reward', { query: qs.map(([p, r]) => chatml(p, r)) });
+        return { got, want: qs.map(([p, r]) => ref.get(`${p}\u0000${r}`)!) };
+      }),
+    );
     const statuses = answers.map((a) => a.got.status);
     expect(statuses.filter((s) => s === 503).length).toBeGreaterThan(0);
     expect(statuses.filter((s) => s === 200).length).toBeGreaterThan(0);
@@ -361,7 +521,8 @@ describe('under load', () => {
       info: inner.info,
       close: () => inner.close(),
       score: async (criterion, examples, o) => {
-        if (examples.some((e) => e.kind === 'scalar' && e.response.includes('POISON'))) throw new Error('image placeholders: 2 in the text, 1 image');
+        if (examples.some((e) => e.kind === 'scalar' && e.response.includes('POISON')))
+          throw new Error('image placeholders: 2 in the text, 1 image');
         return inner.score(criterion, examples, o);
       },
     };
@@ -372,11 +533,20 @@ describe('under load', () => {
     const ref = await reference(concise, innocent);
     const [good, bad] = await Promise.all([
       call(url, '/v1/score', { items: innocent.map(([prompt, response]) => ({ prompt, response })) }),
-      call(url, '/v1/score', { items: [{ prompt: 'p', response: 'fine' }, { prompt: 'p', response: 'POISON <image>' }] }),
+      call(url, '/v1/score', {
+        items: [
+          { prompt: 'p', response: 'fine' },
+          { prompt: 'p', response: 'POISON <image>' },
+        ],
+      }),
     ]);
-    expect((await server.metrics.batchItems.get()).values.find((v) => v.metricName === 'arm_batch_items_count')!.value).toBeGreaterThan(1);
+    expect(
+      (await server.metrics.batchItems.get()).values.find((v) => v.metricName === 'arm_batch_items_count')!.value,
+    ).toBeGreaterThan(1);
     expect(good.status).toBe(200);
-    good.body.results.forEach((r: { reward: number }, k: number) => expect(Math.abs(r.reward - ref.get(innocent[k]!.join('\u0000'))!)).toBeLessThan(MIXED_TOL));
+    good.body.results.forEach((r: { reward: number }, k: number) =>
+      expect(Math.abs(r.reward - ref.get(innocent[k]!.join('\u0000'))!)).toBeLessThan(MIXED_TOL),
+    );
     expect([bad.status, bad.body.field]).toEqual([422, 'items[1]']);
     expect(bad.body.error).toMatch(/^items\[1\]: could not be scored: image placeholders: 2 in the text, 1 image/);
   });
@@ -384,7 +554,13 @@ describe('under load', () => {
   it('a client that disconnects leaves the queue at once; the others are answered', async () => {
     const { server, url } = await start({ ...LAST_TURN, maxBatch: 64, maxWaitMs: 400 });
     const abort = new AbortController();
-    const gone = call(url, '/get_reward', { query: [chatml('p', 'a'), chatml('p', 'b'), chatml('p', 'c')] }, {}, abort.signal).catch((e: Error) => e);
+    const gone = call(
+      url,
+      '/get_reward',
+      { query: [chatml('p', 'a'), chatml('p', 'b'), chatml('p', 'c')] },
+      {},
+      abort.signal,
+    ).catch((e: Error) => e);
     const kept = call(url, '/get_reward', { query: [chatml(PROMPTS[0]!, RESPONSES[0]!)] });
     for (let i = 0; i < 100 && server.scheduler.queueDepth < 4; i++) await new Promise((r) => setTimeout(r, 5));
     expect(server.scheduler.queueDepth).toBe(4);
