@@ -52,6 +52,9 @@ import { calibrationBytes, calibrationHessians } from './quant/calibration.js';
 import type { QuantOptions } from './quant/layout.js';
 import { openEmbeddings, type EmbeddingTable } from './embedding-table.js';
 import { contentHashDir, defaultCacheDir } from '../util/cache-root.js';
+import type { ImageEmbeds } from './vision/image-embeds.js';
+
+export type { ImageEmbeds };
 
 export interface LoadOptions {
   cacheDir?: string;
@@ -115,24 +118,6 @@ export interface KvCache {
    * token at index i ≥ P after it has position i + delta (on all three rows). Absent: 0.
    */
   positionDelta?: number;
-}
-
-/**
- * One image's features placed in a prompt (image-text checkpoints): the row's ids `start … start + n − 1` are the
- * image's expanded placeholders, and their inputs_embeds rows become `embeds` instead of embedding-table rows.
- */
-export interface ImageEmbeds {
-  /** Index of the image's first placeholder among the row's ids (for `extend`: among the new ids). */
-  start: number;
-  /** [n, D] */
-  embeds: Float32Array;
-  /**
-   * M-RoPE families: the image's token grid [t, h, w] after the spatial merge (t·h·w = n), which spreads its
-   * positions.
-   */
-  grid?: readonly [number, number, number];
-  /** Qwen3-VL: one [n, D] per DeepStack layer, added to these rows after that layer. */
-  deepstack?: readonly Float32Array[];
 }
 
 /** Per row of a batch: its images in order (undefined or empty: text only). */

@@ -3,7 +3,7 @@
  * preprocessor_config.json), its vision tower (vision/tower.ts), placeholder expansion, and the tower's output
  * laid out as the rows that replace the placeholders, ready for Decoder.forward / prefill / extend.
  */
-import type { ImageEmbeds } from '../decoder.js';
+import type { ImageEmbeds } from './image-embeds.js';
 import { ModelError } from '../errors.js';
 import type { RgbImage } from './image.js';
 import { packLlavaOnevisionFeatures } from './llava-onevision-features.js';
