@@ -1,6 +1,7 @@
 /**
- * What the decoder takes of an image (kept under vision/ so image inputs need not import the decoder). One image's features placed in a prompt (image-text checkpoints): the row's ids `start … start + n − 1` are the
- * image's expanded placeholders, and their inputs_embeds rows become `embeds` instead of embedding-table rows.
+ * What the decoder takes of an image (kept under vision/ so image inputs need not import the decoder). One image's
+ * features placed in a prompt (image-text checkpoints): the row's ids `start … start + n − 1` are the image's
+ * expanded placeholders, and their inputs_embeds rows become `embeds` instead of embedding-table rows.
  */
 export interface ImageEmbeds {
   /** Index of the image's first placeholder among the row's ids (for `extend`: among the new ids). */
