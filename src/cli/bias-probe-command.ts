@@ -22,7 +22,8 @@ export function registerBiasProbeCommand(program: Command): void {
   program
     .command('bias-probe')
     .description(
-      'write biased and flipped probe splits of a pair set: the bias added to the rejected response, then to the chosen one',
+      'write biased and flipped probe splits of a pair set: the bias added to the rejected response, ' +
+        'then to the chosen one',
     )
     .requiredOption('--dataset <file.jsonl>', 'pairs {prompt, chosen, rejected, subset?}')
     .requiredOption('--bias <list>', `comma-separated: ${BIASES.join(', ')}`)
@@ -59,9 +60,12 @@ export function registerBiasProbeCommand(program: Command): void {
           prepareOutput(file, { flag: '--out', inputs: [{ path: o.dataset, what: 'the --dataset file' }] });
           writeFileAtomic(file, rows.map((r) => JSON.stringify(r)).join('\n') + (rows.length ? '\n' : ''));
         }
+        const skipped = probe.skipped.length
+          ? `; ${probe.skipped.length} left out (${probe.skipped[0]!.reason}${probe.skipped.length > 1 ? ', …' : ''})`
+          : '';
         process.stderr.write(
-          `${kind}: ${probe.biased.length} pairs → ${path.join(o.out, names.biased)} (bias on the rejected response), ${path.join(o.out, names.flipped)} (on the chosen one)` +
-            `${probe.skipped.length ? `; ${probe.skipped.length} left out (${probe.skipped[0]!.reason}${probe.skipped.length > 1 ? ', …' : ''})` : ''}\n`,
+          `${kind}: ${probe.biased.length} pairs → ${path.join(o.out, names.biased)} ` +
+            `(bias on the rejected response), ${path.join(o.out, names.flipped)} (on the chosen one)${skipped}\n`,
         );
       }
       if (!fs.existsSync(o.out)) throw new Error(`--out ${o.out}: nothing was written`);

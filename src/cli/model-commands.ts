@@ -91,7 +91,8 @@ export function registerModelCommands(program: Command): void {
     .option('--chat', 'apply the chat template first (one user turn + generation prompt)')
     .option(
       '--image <file>',
-      'an image (PNG, JPEG, WebP) for an image-text checkpoint; repeat for several, one placeholder each in the prompt (printed inputIds are expanded)',
+      'an image (PNG, JPEG, WebP) for an image-text checkpoint; repeat for several, ' +
+        'one placeholder each in the prompt (printed inputIds are expanded)',
       collect,
     )
     .option('--top <k>', 'how many top tokens', (v) => positiveInt(v, '--top'), 5)

@@ -43,62 +43,63 @@ export function registerRenderCommand(program: Command): void {
     )
     .option('--json', 'one JSON line per judge item: {id, text, inputIds, specialIds}')
     .option('--image-root <dir>', "folder that rows' image paths are read under (default: the input file's folder)")
-    .action(async (o: RenderCliOptions) => {
-      const { examples } = readExamples(o.input, { labelsOptional: true, imageRoot: o.imageRoot });
-      const decoder = await loadDecoder({ ...o, quiet: o.quiet || o.json });
+    .action(renderCommand);
+}
+
+async function renderCommand(o: RenderCliOptions): Promise<void> {
+  const { examples } = readExamples(o.input, { labelsOptional: true, imageRoot: o.imageRoot });
+  const decoder = await loadDecoder({ ...o, quiet: o.quiet || o.json });
+  try {
+    let template: TemplateSpec;
+    let maxLength = o.maxLength ?? decoder.spec.maxPositions;
+    if (o.rm) {
+      const { meta } = loadCriterion(o.rm);
+      for (const w of checkCriterionMatches(meta, decoder, o.rm)) process.stderr.write(`warning: ${w}\n`);
+      template = meta.template;
+      maxLength = o.maxLength ?? meta.hyper.maxLength;
+    } else {
+      template = makeTemplate(
+        o.template,
+        { text: o.templateText, chat: o.chat, templateKwargs: o.templateKwargs },
+        decoder.tokenizer,
+      );
+    }
+    // A query's answer is never shown, so unlabelled items render as they are scored.
+    const items = judgeItems(
+      examples.map((e) => (e.kind === 'scalar' && e.label === null ? { ...e, label: true } : e)),
+      template.kind,
+    );
+    const images = await judgeImagesFor(decoder, items);
+    for (const item of items) {
+      let ids: number[];
       try {
-        let template: TemplateSpec;
-        let maxLength = o.maxLength ?? decoder.spec.maxPositions;
-        if (o.rm) {
-          const { meta } = loadCriterion(o.rm);
-          for (const w of checkCriterionMatches(meta, decoder, o.rm)) process.stderr.write(`warning: ${w}\n`);
-          template = meta.template;
-          maxLength = o.maxLength ?? meta.hyper.maxLength;
-        } else {
-          template = makeTemplate(
-            o.template,
-            { text: o.templateText, chat: o.chat, templateKwargs: o.templateKwargs },
-            decoder.tokenizer,
-          );
-        }
-        // A query's answer is never shown, so unlabelled items render as they are scored.
-        const items = judgeItems(
-          examples.map((e) => (e.kind === 'scalar' && e.label === null ? { ...e, label: true } : e)),
-          template.kind,
+        const r = render(decoder.tokenizer, template, [], item, maxLength, images);
+        ids = expandImages(r.ids, r.images, images);
+      } catch (e) {
+        if (!(e instanceof TooLongError)) throw e;
+        process.stdout.write(
+          o.json
+            ? `${JSON.stringify({ id: item.id, tooLong: true, error: e.message })}\n`
+            : `── ${item.id}: ${e.message}\n\n`,
         );
-        const images = await judgeImagesFor(decoder, items);
-        for (const item of items) {
-          let ids: number[];
-          try {
-            const r = render(decoder.tokenizer, template, [], item, maxLength, images);
-            ids = expandImages(r.ids, r.images, images);
-          } catch (e) {
-            if (!(e instanceof TooLongError)) throw e;
-            process.stdout.write(
-              o.json
-                ? `${JSON.stringify({ id: item.id, tooLong: true, error: e.message })}\n`
-                : `── ${item.id}: ${e.message}\n\n`,
-            );
-            continue;
-          }
-          const control = decoder.tokenizer.controlTokenIds;
-          if (o.json) {
-            const specialIds = ids.flatMap((id, at) => (control.has(id) ? [at] : []));
-            process.stdout.write(
-              `${JSON.stringify({ id: item.id, text: decoder.tokenizer.decode(ids, { skipSpecialTokens: false }), inputIds: ids, specialIds })}\n`,
-            );
-          } else {
-            process.stdout.write(`── ${item.id} (${ids.length} tokens)\n${markedText(decoder.tokenizer, ids)}\n\n`);
-          }
-        }
-        if (!o.json)
-          process.stderr.write(
-            'special tokens are shown as ⟦token⟧ (×n: n in a row); all other text is read as plain text\n',
-          );
-      } finally {
-        await disposeDecoder(decoder);
+        continue;
       }
-    });
+      const control = decoder.tokenizer.controlTokenIds;
+      if (o.json) {
+        const specialIds = ids.flatMap((id, at) => (control.has(id) ? [at] : []));
+        const text = decoder.tokenizer.decode(ids, { skipSpecialTokens: false });
+        process.stdout.write(`${JSON.stringify({ id: item.id, text, inputIds: ids, specialIds })}\n`);
+      } else {
+        process.stdout.write(`── ${item.id} (${ids.length} tokens)\n${markedText(decoder.tokenizer, ids)}\n\n`);
+      }
+    }
+    if (!o.json)
+      process.stderr.write(
+        'special tokens are shown as ⟦token⟧ (×n: n in a row); all other text is read as plain text\n',
+      );
+  } finally {
+    await disposeDecoder(decoder);
+  }
 }
 
 /** Each image placeholder id repeated as many times as its image's tokens (what the model reads). */
@@ -112,7 +113,7 @@ function expandImages(ids: number[], files: readonly string[], images: JudgeImag
 }
 
 /** The prompt as text, each run of one control token shown as ⟦token⟧ or ⟦token⟧×n; plain text decoded in runs. */
-export function markedText(tokenizer: Tokenizer, ids: number[]): string {
+function markedText(tokenizer: Tokenizer, ids: number[]): string {
   const control = tokenizer.controlTokenIds;
   let out = '';
   for (let at = 0; at < ids.length;) {

@@ -76,7 +76,11 @@ const EXTRA_CHEER = ['This is going to be great!', 'You are going to love this!'
 // An exclamation mark counts where it ends a sentence, not inside code (`!=`, `!x`).
 const POSITIVE_PATTERNS = [
   /!(?=\s|$)/g,
-  /\b(?:great|wonderful|fantastic|amazing|awesome|excellent|delighted|love|glad|happy to help|absolutely|best of luck)\b/gi,
+  new RegExp(
+    String.raw`\b(?:great|wonderful|fantastic|amazing|awesome|excellent|delighted|love|glad|` +
+      String.raw`happy to help|absolutely|best of luck)\b`,
+    'gi',
+  ),
 ];
 
 export function positivityScore(text: string): number {
@@ -151,7 +155,7 @@ function pick(key: string, n: number): number {
 }
 
 /** Neutral padding: whole sentences from the list, in a row-dependent rotation, until the target length is passed. */
-export function padLength(text: string, other: string, level: number, key: string): string {
+function padLength(text: string, other: string, level: number, key: string): string {
   const factor = 1 + 0.5 * level,
     margin = 100 * level;
   const target = Math.max(Math.ceil(charLength(other) * factor), charLength(other) + margin, charLength(text) + margin);
@@ -169,7 +173,7 @@ export function padLength(text: string, other: string, level: number, key: strin
 /**
  * Markdown: header, bullets outside code blocks; level ≥ 2 bolds every bullet's lead, level 3 adds a summary section.
  */
-export function markdownify(text: string, level: number): string {
+function markdownify(text: string, level: number): string {
   const out = ['## Answer', ''];
   let inCode = false,
     bullets = 0;
@@ -211,7 +215,7 @@ function boldLead(line: string): string {
 }
 
 /** Enthusiastic opener and closer; each level above 1 adds one more cheer. */
-export function cheerUp(text: string, level: number, key: string): string {
+function cheerUp(text: string, level: number, key: string): string {
   const opener = OPENERS[pick(`${key}:open`, OPENERS.length)]!;
   const closer = CLOSERS[pick(`${key}:close`, CLOSERS.length)]!;
   const extra = EXTRA_CHEER.slice(0, level - 1).join(' ');
@@ -277,7 +281,9 @@ export function buildProbe(pairs: PairExample[], kind: BiasKind): Probe {
     if (!onRejected || !onChosen) {
       probe.skipped.push({
         id: p.id,
-        reason: `the ${!onRejected ? 'rejected' : 'chosen'} response cannot be made to carry more ${MEASURES[kind].unit} than the other one`,
+        reason:
+          `the ${!onRejected ? 'rejected' : 'chosen'} response cannot be made to carry more ${MEASURES[kind].unit} ` +
+          'than the other one',
       });
       continue;
     }

@@ -171,9 +171,13 @@ export function* jsonlLines(
     }
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new DataError(
-      `${file}: cannot read (${code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'a directory, expected a JSONL file' : (code ?? (e as Error).message)})`,
-    );
+    const why =
+      code === 'ENOENT'
+        ? 'no such file'
+        : code === 'EISDIR'
+          ? 'a directory, expected a JSONL file'
+          : (code ?? (e as Error).message);
+    throw new DataError(`${file}: cannot read (${why})`);
   }
   const decoder = new TextDecoder('utf-8', { fatal: true });
   const chunk = Buffer.allocUnsafe(1024 * 1024);
@@ -265,7 +269,8 @@ function imageFile(v: unknown, where: string, baseDir: string): string {
     throw new DataError(`${where}: must be an image file path (a non-empty string)`);
   if (/^(https?|data):/i.test(v))
     throw new DataError(
-      `${where}: ${JSON.stringify(v.slice(0, 80))} is not a local file; images are read from disk only (download it and give its path)`,
+      `${where}: ${JSON.stringify(v.slice(0, 80))} is not a local file; ` +
+        'images are read from disk only (download it and give its path)',
     );
   const file = path.resolve(baseDir, v);
   let ok = false;
@@ -308,7 +313,9 @@ function parseFields(
       rejected = parseResponse(r.rejected, `${where}: field "rejected"`);
     } else if (typeof r.chosen === 'string' || typeof r.rejected === 'string') {
       throw new DataError(
-        `${where}: field "prompt" is missing (a pair needs {prompt, chosen, rejected}; "question" or "input" also name the prompt, or give chosen/rejected as message lists that share their leading turns)`,
+        `${where}: field "prompt" is missing (a pair needs {prompt, chosen, rejected}; ` +
+          '"question" or "input" also name the prompt, or give chosen/rejected as message lists that share their ' +
+          'leading turns)',
       );
     } else {
       // TRL implicit prompt: the shared leading turns are the prompt, the final assistant turn the answer.
@@ -349,7 +356,8 @@ function parseFields(
     };
   }
   throw new DataError(
-    `${where}: a row needs {prompt, chosen, rejected} or {prompt, response, label}; found fields ${Object.keys(r).join(', ') || '(none)'}`,
+    `${where}: a row needs {prompt, chosen, rejected} or {prompt, response, label}; ` +
+      `found fields ${Object.keys(r).join(', ') || '(none)'}`,
   );
 }
 

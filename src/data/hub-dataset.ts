@@ -13,13 +13,13 @@ import { downloadRepoFile, repoIdProblem, revisionProblemOf, splitRepoRef } from
 import { DataError } from './examples.js';
 
 /** The parquet files of the datasets `arm eval` knows, per repository (the split its benchmark scores). */
-export const HUB_DATASET_FILES: Readonly<Record<string, readonly string[]>> = Object.freeze({
+const HUB_DATASET_FILES: Readonly<Record<string, readonly string[]>> = Object.freeze({
   'allenai/reward-bench-2': ['data/test-00000-of-00001.parquet'],
   'allenai/reward-bench': ['data/filtered-00000-of-00001.parquet'],
 });
 
 /** Fetches one repository file to `dest` (resolved inside the cache); false when the hub has no such file. */
-export type DatasetDownloader = (request: {
+type DatasetDownloader = (request: {
   repoType: 'dataset';
   id: string;
   revision: string;
@@ -37,10 +37,7 @@ export interface HubDatasetOptions {
 /**
  * `owner/name[@revision]` (`revision` overriding the ref's) under the hub client's own rules, or what is wrong with it.
  */
-export function checkHubDatasetRef(
-  ref: string,
-  revision?: string,
-): { id: string; revision: string } | { problem: string } {
+function checkHubDatasetRef(ref: string, revision?: string): { id: string; revision: string } | { problem: string } {
   const parsed = splitRepoRef(ref, revision);
   const idProblem = repoIdProblem(parsed.id);
   if (idProblem) return { problem: `${JSON.stringify(parsed.id)} is not a hub repo id: ${idProblem}` };
@@ -58,7 +55,7 @@ export function parseHubDatasetRef(ref: string): { id: string; revision: string 
   return 'problem' in checked ? null : checked;
 }
 
-export function hubDatasetDir(id: string, revision: string, cacheDir?: string): string {
+function hubDatasetDir(id: string, revision: string, cacheDir?: string): string {
   return path.join(
     path.resolve(cacheDir ?? defaultCacheDir()),
     'hub',
@@ -68,9 +65,10 @@ export function hubDatasetDir(id: string, revision: string, cacheDir?: string): 
   );
 }
 
-export function hubDatasetUrl(id: string, revision: string, file: string): string {
+function hubDatasetUrl(id: string, revision: string, file: string): string {
   const endpoint = (process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '');
-  return `${endpoint}/datasets/${id}/resolve/${encodeURIComponent(revision)}/${file.split('/').map(encodeURIComponent).join('/')}`;
+  const filePath = file.split('/').map(encodeURIComponent).join('/');
+  return `${endpoint}/datasets/${id}/resolve/${encodeURIComponent(revision)}/${filePath}`;
 }
 
 /** The local paths of a hub dataset's parquet files: from the cache, or fetched by `download` when given and online. */
@@ -82,7 +80,8 @@ export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {
   const files = HUB_DATASET_FILES[parsed.id];
   if (!files) {
     throw new DataError(
-      `${ref}: no such file; of hub datasets arm eval knows ${Object.keys(HUB_DATASET_FILES).join(', ')}; download another dataset's parquet or JSONL file and pass its path`,
+      `${ref}: no such file; of hub datasets arm eval knows ${Object.keys(HUB_DATASET_FILES).join(', ')}; ` +
+        `download another dataset's parquet or JSONL file and pass its path`,
     );
   }
   const dir = hubDatasetDir(parsed.id, revision, opts.cacheDir);
@@ -95,7 +94,8 @@ export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {
     const offline = process.env.HF_HUB_OFFLINE;
     if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
       throw new DataError(
-        `${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; pass a local parquet file with --dataset`,
+        `${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; ` +
+          'pass a local parquet file with --dataset',
       );
     }
     const download: DatasetDownloader =

@@ -81,7 +81,8 @@ export function readMultimodalRewardBench(file: string, opts: ReadOptions = {}):
       }
       if (!exists)
         throw new DataError(
-          `${where}: field "Image": image file ${image} not found (images are read under --image-root ${root}; the benchmark's scripts/0_download_data.py fetches them)`,
+          `${where}: field "Image": image file ${image} not found (images are read under --image-root ${root}; ` +
+            `the benchmark's scripts/0_download_data.py fetches them)`,
         );
       const subset = mmRewardBenchCategory(id, typeof r.Category === 'string' ? r.Category : 'all');
       seen.add(id);

@@ -20,8 +20,8 @@ import {
   type ReadOptions,
 } from './examples.js';
 
+/** The released files' few-shot pairs (the first 80 of each subset); the rest (920 per file) are the test set. */
 export const PREFERENCEHACK_FEW_SHOT = 80;
-export const PREFERENCEHACK_TEST = 920;
 
 const PROMPT_FIELDS = ['prompt', 'question', 'instruction', 'input', 'query', 'context'];
 const CHOSEN_FIELDS = [
@@ -148,13 +148,15 @@ function parseRow(
     const which = lf ? labelIndex(r[lf]) : null;
     if (which === null)
       throw new DataError(
-        `${where}: fields "${ab[0]}"/"${ab[1]}" need a label saying which is correct (${LABEL_FIELDS.join(', ')}: A/B, 1/2); ${found}`,
+        `${where}: fields "${ab[0]}"/"${ab[1]}" need a label saying which is correct (${LABEL_FIELDS.join(', ')}: ` +
+          `A/B, 1/2); ${found}`,
       );
     chosen = text(r[ab[which]], `${where}: field "${ab[which]}"`);
     rejected = text(r[ab[1 - which]!], `${where}: field "${ab[1 - which]}"`);
   } else {
     throw new DataError(
-      `${where}: no chosen/rejected responses (looked for ${CHOSEN_FIELDS.slice(0, 6).join(', ')}, … and ${REJECTED_FIELDS.slice(0, 6).join(', ')}, …, or response_a/response_b with a label); ${found}`,
+      `${where}: no chosen/rejected responses (looked for ${CHOSEN_FIELDS.slice(0, 6).join(', ')}, ` +
+        `… and ${REJECTED_FIELDS.slice(0, 6).join(', ')}, …, or response_a/response_b with a label); ${found}`,
     );
   }
   const id = r.id !== undefined ? String(r.id) : r.idx !== undefined ? String(r.idx) : `line-${line}`;

@@ -14,7 +14,7 @@ import {
 } from './examples.js';
 import { expandRow, responseList, type MultiResponseRow } from './multi-response.js';
 
-export const RM_BENCH_STYLES = ['concise', 'detailed', 'markdown'] as const;
+const RM_BENCH_STYLES = ['concise', 'detailed', 'markdown'] as const;
 
 /**
  * Reads a JSONL file of multi-response rows: RM-Bench (3 × 3 with `styles`) or best-of-n rows. `limit` and `subsets`
@@ -90,7 +90,8 @@ function parseMultiRow(raw: unknown, line: number, where: string): MultiResponse
     (!Array.isArray(styles) || styles.length !== row.chosen.length || styles.length !== row.rejected.length)
   ) {
     throw new DataError(
-      `${where}: field "styles": expected one style per response (${row.chosen.length} chosen, ${row.rejected.length} rejected), got ${JSON.stringify(styles)}`,
+      `${where}: field "styles": expected one style per response (${row.chosen.length} chosen, ` +
+        `${row.rejected.length} rejected), got ${JSON.stringify(styles)}`,
     );
   }
   return row;

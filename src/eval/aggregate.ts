@@ -32,7 +32,7 @@ export interface Score {
 }
 
 /** A (method, pool group, seed) that was not run because the method could not be prepared on that pool. */
-export interface Skipped {
+interface Skipped {
   method: string;
   group: string;
   seed: number;
@@ -41,7 +41,7 @@ export interface Skipped {
 }
 
 /** Paired difference `reference − this method` in accuracy on the common set, with its interval. */
-export interface Difference {
+interface Difference {
   reference: string;
   mean: number;
   ci95: [number, number];
@@ -178,95 +178,19 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
     .sort((a, b) => a.method.localeCompare(b.method) || a.group.localeCompare(b.group) || a.seed - b.seed);
   const seeds = [...new Set([...pairs, ...skipped].map((r) => r.seed))].sort((a, b) => a - b);
   const names = [...new Set([...pairs, ...skipped].map((r) => r.method))];
-
-  // The common set: (seed, pair)s scored by every method that scored anything. A method that scored nothing
-  // (skipped everywhere) is left out of the definition, or the set would be empty; its row says why.
-  const scoredBy = new Map<string, Set<string>>();
-  for (const r of pairs)
-    if (isScored(r)) {
-      if (!scoredBy.has(r.method)) scoredBy.set(r.method, new Set());
-      scoredBy.get(r.method)!.add(key(r));
-    }
-  const inSet = names.filter((m) => scoredBy.has(m));
-  const testKeys = new Set(pairs.map(key));
-  const common = new Set([...testKeys].filter((k) => inSet.every((m) => scoredBy.get(m)!.has(k))));
+  const { inSet, common, testKeys } = commonSet(pairs, names);
   const reference = inSet.includes('arm') ? 'arm' : null;
-  const commonOf = (name: string) => pairs.filter((r) => r.method === name && common.has(key(r)));
-
+  const run: RunView = {
+    records,
+    pairs,
+    skipped,
+    seeds,
+    reference,
+    commonOf: (name) => pairs.filter((r) => r.method === name && common.has(key(r))),
+  };
   const methods: Record<string, MethodResult> = {};
   // A method skipped on every pool still gets a row, so its absence is explained rather than silent.
-  for (const name of names) {
-    const own = pairs.filter((r) => r.method === name);
-    const recs = commonOf(name);
-    const subsets: Record<string, Score> = {};
-    for (const sub of [...new Set(recs.map((r) => r.subset))].sort())
-      subsets[sub] = score(
-        recs.filter((r) => r.subset === sub),
-        seeds,
-        1,
-      );
-    const costs = records.filter(
-      (r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name,
-    );
-    const preps = records.filter(
-      (r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name,
-    );
-    const skippedRecs = records.filter((r): r is SkippedRec => r.type === 'skipped' && r.method === name);
-    const seconds = costs.reduce((a, c) => a + c.seconds, 0),
-      tokens = costs.reduce((a, c) => a + c.tokens, 0),
-      scored = costs.reduce((a, c) => a + c.pairs, 0);
-    const tied = recs.filter(isTied);
-    const total = own.length + skippedRecs.reduce((a, k) => a + k.testPairs, 0);
-    const scoredPairs = own.filter(isScored).length;
-    const result: MethodResult = {
-      definition: METHODS[name]?.definition ?? '',
-      ...(METHODS[name]?.control ? { control: METHODS[name]!.control } : {}),
-      accuracy: score(recs, seeds, 0),
-      allPairs: score(own, seeds, 0),
-      coverage: { scored: scoredPairs, total, rate: total ? scoredPairs / total : NaN },
-      ties: {
-        rate: recs.length ? tied.length / recs.length : NaN,
-        broken: tied.length
-          ? tied.filter((r) => r.tieBreak && r.tieBreak.chosen !== r.tieBreak.rejected).length / tied.length
-          : NaN,
-      },
-      margin: meanMargin(recs),
-      subsets,
-      sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, v.mean]))),
-      truncatedPairs: own.filter((r) => r.truncated).length,
-      tooLongPairs: own.filter((r) => r.tooLong).length,
-      skipped: skipped.filter((k) => k.method === name),
-      cost: {
-        seconds,
-        secondsPerPair: scored ? seconds / scored : NaN,
-        forwardTokens: tokens,
-        forwardTokensPerPair: scored ? tokens / scored : NaN,
-        // A failed preparation still cost its time and tokens.
-        prepareSeconds: [...preps, ...skippedRecs].reduce((a, p) => a + p.seconds, 0),
-        prepareTokens: [...preps, ...skippedRecs].reduce((a, p) => a + p.tokens, 0),
-      },
-    };
-    const rmBench = rmBenchScores(recs),
-      bestOfN = bestOfNScores(recs),
-      judgeBench = judgeBenchScores(recs);
-    if (rmBench) result.rmBench = rmBench;
-    if (bestOfN) result.bestOfN = bestOfN;
-    if (judgeBench) result.judgeBench = judgeBench;
-    if (reference && name !== reference && recs.length)
-      result.vsReference = difference(reference, commonOf(reference), recs, seeds, 2);
-    const swaps = recs.filter((r) => r.swapConsistent !== undefined);
-    if (swaps.length) result.swapConsistency = swaps.filter((r) => r.swapConsistent).length / swaps.length;
-    const verdicts = recs.filter((r) => r.verdictCorrect !== undefined);
-    if (verdicts.length) result.verdictAccuracy = verdicts.filter((r) => r.verdictCorrect).length / verdicts.length;
-    const withHeads = preps.filter((p) => p.heads);
-    if (withHeads.length) {
-      result.fits = withHeads.length;
-      result.headCounts = {};
-      for (const p of withHeads)
-        for (const [l, h] of p.heads!) result.headCounts[`${l},${h}`] = (result.headCounts[`${l},${h}`] ?? 0) + 1;
-    }
-    methods[name] = result;
-  }
+  for (const name of names) methods[name] = methodResult(run, name);
   const distinct = (flag: (r: PairRunRecord) => boolean) => new Set(pairs.filter(flag).map(key)).size;
   return {
     ...meta,
@@ -279,4 +203,123 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
     skipped,
     generatedAt: new Date().toISOString(),
   };
+}
+
+/**
+ * The common set: (seed, pair)s scored by every method that scored anything. A method that scored nothing (skipped
+ * everywhere) is left out of the definition, or the set would be empty; its row says why.
+ */
+function commonSet(
+  pairs: PairRunRecord[],
+  names: string[],
+): { inSet: string[]; common: Set<string>; testKeys: Set<string> } {
+  const scoredBy = new Map<string, Set<string>>();
+  for (const r of pairs)
+    if (isScored(r)) {
+      if (!scoredBy.has(r.method)) scoredBy.set(r.method, new Set());
+      scoredBy.get(r.method)!.add(key(r));
+    }
+  const inSet = names.filter((m) => scoredBy.has(m));
+  const testKeys = new Set(pairs.map(key));
+  const common = new Set([...testKeys].filter((k) => inSet.every((m) => scoredBy.get(m)!.has(k))));
+  return { inSet, common, testKeys };
+}
+
+/** A run's records as the per-method results read them. */
+interface RunView {
+  records: RunRecord[];
+  pairs: PairRunRecord[];
+  skipped: Skipped[];
+  seeds: number[];
+  reference: string | null;
+  /** A method's pair records on the common set. */
+  commonOf: (name: string) => PairRunRecord[];
+}
+
+/** One method's row of results.json (its fields in a fixed order; the optional ones only where they apply). */
+function methodResult(run: RunView, name: string): MethodResult {
+  const { records, seeds } = run;
+  const own = run.pairs.filter((r) => r.method === name);
+  const recs = run.commonOf(name);
+  const subsets: Record<string, Score> = {};
+  for (const sub of [...new Set(recs.map((r) => r.subset))].sort())
+    subsets[sub] = score(
+      recs.filter((r) => r.subset === sub),
+      seeds,
+      1,
+    );
+  const preps = records.filter(
+    (r): r is Extract<RunRecord, { type: 'prepared' }> => r.type === 'prepared' && r.method === name,
+  );
+  const skippedRecs = records.filter((r): r is SkippedRec => r.type === 'skipped' && r.method === name);
+  const tied = recs.filter(isTied);
+  const total = own.length + skippedRecs.reduce((a, k) => a + k.testPairs, 0);
+  const scoredPairs = own.filter(isScored).length;
+  const result: MethodResult = {
+    definition: METHODS[name]?.definition ?? '',
+    ...(METHODS[name]?.control ? { control: METHODS[name]!.control } : {}),
+    accuracy: score(recs, seeds, 0),
+    allPairs: score(own, seeds, 0),
+    coverage: { scored: scoredPairs, total, rate: total ? scoredPairs / total : NaN },
+    ties: {
+      rate: recs.length ? tied.length / recs.length : NaN,
+      broken: tied.length
+        ? tied.filter((r) => r.tieBreak && r.tieBreak.chosen !== r.tieBreak.rejected).length / tied.length
+        : NaN,
+    },
+    margin: meanMargin(recs),
+    subsets,
+    sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, v.mean]))),
+    truncatedPairs: own.filter((r) => r.truncated).length,
+    tooLongPairs: own.filter((r) => r.tooLong).length,
+    skipped: run.skipped.filter((k) => k.method === name),
+    cost: methodCost(records, name, [...preps, ...skippedRecs]),
+  };
+  addBenchmarkScores(result, recs);
+  if (run.reference && name !== run.reference && recs.length)
+    result.vsReference = difference(run.reference, run.commonOf(run.reference), recs, seeds, 2);
+  const swaps = recs.filter((r) => r.swapConsistent !== undefined);
+  if (swaps.length) result.swapConsistency = swaps.filter((r) => r.swapConsistent).length / swaps.length;
+  const verdicts = recs.filter((r) => r.verdictCorrect !== undefined);
+  if (verdicts.length) result.verdictAccuracy = verdicts.filter((r) => r.verdictCorrect).length / verdicts.length;
+  const withHeads = preps.filter((p) => p.heads);
+  if (withHeads.length) {
+    result.fits = withHeads.length;
+    result.headCounts = {};
+    for (const p of withHeads)
+      for (const [l, h] of p.heads!) result.headCounts[`${l},${h}`] = (result.headCounts[`${l},${h}`] ?? 0) + 1;
+  }
+  return result;
+}
+
+/** Scoring time and tokens per pair, and what preparing cost (a failed preparation still cost its time and tokens). */
+function methodCost(
+  records: RunRecord[],
+  name: string,
+  preparations: { seconds: number; tokens: number }[],
+): MethodResult['cost'] {
+  const costs = records.filter(
+    (r): r is Extract<RunRecord, { type: 'cost' }> => r.type === 'cost' && r.method === name,
+  );
+  const seconds = costs.reduce((a, c) => a + c.seconds, 0),
+    tokens = costs.reduce((a, c) => a + c.tokens, 0),
+    scored = costs.reduce((a, c) => a + c.pairs, 0);
+  return {
+    seconds,
+    secondsPerPair: scored ? seconds / scored : NaN,
+    forwardTokens: tokens,
+    forwardTokensPerPair: scored ? tokens / scored : NaN,
+    prepareSeconds: preparations.reduce((a, p) => a + p.seconds, 0),
+    prepareTokens: preparations.reduce((a, p) => a + p.tokens, 0),
+  };
+}
+
+/** RM-Bench, RewardBench 2 and JudgeBench scores, for the datasets that are one of them. */
+function addBenchmarkScores(result: MethodResult, recs: PairRunRecord[]): void {
+  const rmBench = rmBenchScores(recs),
+    bestOfN = bestOfNScores(recs),
+    judgeBench = judgeBenchScores(recs);
+  if (rmBench) result.rmBench = rmBench;
+  if (bestOfN) result.bestOfN = bestOfN;
+  if (judgeBench) result.judgeBench = judgeBench;
 }

@@ -22,7 +22,7 @@ import { bootstrapSeedsAndPairs } from './metrics.js';
 import { bothOrderOutcome, type PairRunRecord } from './records.js';
 import { JUDGEBENCH_CATEGORIES, judgeBenchSubset } from '../data/judgebench.js';
 
-export interface BenchScore {
+interface BenchScore {
   score: number;
   rows: number;
   ci95: [number, number];
@@ -70,7 +70,7 @@ export interface RmBenchDomain {
 }
 
 /** RM-Bench domain of a subset name: "rm-bench-safety-refuse" → "safety". */
-export function rmBenchDomain(subset: string): string {
+function rmBenchDomain(subset: string): string {
   const rest = subset.replace(/^rm-bench-/, '');
   return ['chat', 'math', 'code', 'safety'].find((d) => rest.startsWith(d)) ?? rest;
 }
@@ -125,13 +125,13 @@ function cellOutcome(r: PairRunRecord): 'win' | 'tie' | 'loss' {
  * Best-of-N credit of a row from its comparisons of the first chosen response with every rejected one: 0 when any
  * rejected scores higher, else 1/k with k the responses sharing the top score (the chosen one and its ties).
  */
-export function bestOfNCredit(cells: PairRunRecord[]): number {
+function bestOfNCredit(cells: PairRunRecord[]): number {
   const outcomes = cells.filter((c) => c.cell!.chosen === 0).map(cellOutcome);
   if (outcomes.includes('loss')) return 0;
   return 1 / (1 + outcomes.filter((o) => o === 'tie').length);
 }
 
-export interface TiesScore {
+interface TiesScore {
   score: number;
   refAccuracy: number;
   tiedAccuracy: number;
@@ -145,7 +145,7 @@ export interface TiesScore {
  * RewardBench 2's Ties score from pointwise scores. Row ids are "ref:<n>" (one correct answer) and "tied:<n>"
  * (several). Needs one score per response: a method whose pair scores are not pointwise (a pairwise judge) has none.
  */
-export function tiesScore(rows: Map<string, PairRunRecord[]>): TiesScore | null {
+function tiesScore(rows: Map<string, PairRunRecord[]>): TiesScore | null {
   const stats = new Map<string, { accurate: boolean; spread: number; gap: number }>();
   for (const [row, cells] of rows) {
     const chosen = new Map<number, number>(),

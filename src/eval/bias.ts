@@ -18,7 +18,7 @@ import { isScored, type PairRunRecord, type RunRecord } from './records.js';
 import { runEval, writeResults, type EvalOptions } from './harness.js';
 import type { Results } from './aggregate.js';
 
-export interface Rate {
+interface Rate {
   mean: number;
   ci95: [number, number];
 }
@@ -109,7 +109,8 @@ export function matchProbePair(
   const splitOf = (xs: PairExample[]) => new Set(xs.map((p) => biasOf(p.row)?.split).filter(Boolean));
   if (splitOf(b).has('flipped') || splitOf(f).has('biased')) {
     throw new Error(
-      `--bias-pair ${names.join(',')}: the rows' recorded bias says the files are the other way round; give the biased file first, then the flipped one`,
+      `--bias-pair ${names.join(',')}: the rows' recorded bias says the files are the other way round; ` +
+        'give the biased file first, then the flipped one',
     );
   }
   const fById = new Map(f.map((p) => [p.id, p]));
@@ -190,23 +191,28 @@ export async function evaluateBiasPair(
 const pct = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
 const signed = (x: number) => (Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${(100 * x).toFixed(1)}` : '–');
 
-export function renderBiasMarkdown(r: BiasReport): string {
+function renderBiasMarkdown(r: BiasReport): string {
   const rows = Object.entries(r.methods).sort((a, b) => b[1].gap.mean - a[1].gap.mean);
   return [
     `# Bias probe${r.bias ? `: ${r.bias.kind} (${r.bias.transform.join(', ')})` : ''}`,
     '',
-    `Biased split ${r.biasedDataset} (the bias on the rejected response), flipped split ${r.flippedDataset} (on the chosen one); model ${r.model}. ` +
-      `Methods learn from the biased split's few-shot pool in both runs. Accuracy in %, over the ${r.commonPairs} (seed, pair)s every method scored in both runs.`,
+    `Biased split ${r.biasedDataset} (the bias on the rejected response), ` +
+      `flipped split ${r.flippedDataset} (on the chosen one); model ${r.model}. ` +
+      `Methods learn from the biased split's few-shot pool in both runs. Accuracy in %, ` +
+      `over the ${r.commonPairs} (seed, pair)s every method scored in both runs.`,
     '',
-    '- Gap = flipped − biased accuracy, paired pair by pair, in points; 95% intervals bootstrap seeds and pairs together.',
-    '- Near +100: the method follows the bias. Near 0: it ignores it. Below 0: it learned the opposite ("biased ⇒ wrong").',
+    '- Gap = flipped − biased accuracy, paired pair by pair, in points; ' +
+      '95% intervals bootstrap seeds and pairs together.',
+    '- Near +100: the method follows the bias. Near 0: it ignores it. Below 0: ' +
+      'it learned the opposite ("biased ⇒ wrong").',
     '',
     '| method | biased | flipped | gap [95% CI] | pairs |',
     '| --- | ---: | ---: | ---: | ---: |',
-    ...rows.map(
-      ([m, g]) =>
-        `| ${m}${g.control ? ` (control: ${g.control})` : ''} | ${pct(g.biased.mean)} | ${pct(g.flipped.mean)} | ${signed(g.gap.mean)} [${signed(g.gap.ci95[0])}, ${signed(g.gap.ci95[1])}] | ${g.pairs} |`,
-    ),
+    ...rows.map(([m, g]) => {
+      const gap = `${signed(g.gap.mean)} [${signed(g.gap.ci95[0])}, ${signed(g.gap.ci95[1])}]`;
+      const name = `${m}${g.control ? ` (control: ${g.control})` : ''}`;
+      return `| ${name} | ${pct(g.biased.mean)} | ${pct(g.flipped.mean)} | ${gap} | ${g.pairs} |`;
+    }),
     '',
   ].join('\n');
 }

@@ -165,7 +165,9 @@ function evalPairs(examples: Example[], pool: PoolMode, log: (line: string) => v
   return pairs;
 }
 
-/** Warns about groups the pool takes whole, held-out prompt siblings and thin subsets; throws when nothing is tested. */
+/**
+ * Warns about groups the pool takes whole, held-out prompt siblings and thin subsets; throws when nothing is tested.
+ */
 function reportSplits(pairs: PairExample[], opts: EvalOptions, seeds: number[], log: (line: string) => void): void {
   const notes = splitNotes(pairs, opts.fewShot, opts.pool, seeds, opts.poolCandidate);
   for (const d of notes.droppedGroups) {
@@ -177,7 +179,8 @@ function reportSplits(pairs: PairExample[], opts: EvalOptions, seeds: number[], 
   }
   if (notes.promptSiblingsHeldOut)
     log(
-      `note: ${notes.promptSiblingsHeldOut} test pairs (over all seeds) held out because a pool pair has the same prompt`,
+      `note: ${notes.promptSiblingsHeldOut} test pairs (over all seeds) ` +
+        'held out because a pool pair has the same prompt',
     );
   for (const s of notes.smallSubsets)
     log(

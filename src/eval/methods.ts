@@ -12,8 +12,6 @@ import { lengthScores } from '../baselines/heuristics.js';
 import { Rng } from '../util/rng.js';
 import type { PairRecord } from './records.js';
 
-export type { PairRecord } from './records.js';
-
 export interface MethodOptions {
   fit: Omit<FitOptions, 'seed' | 'heads' | 'mode' | 'onProgress' | 'shouldStop' | 'checkpointFile' | 'resume'>;
   batchSize: number;
@@ -31,7 +29,7 @@ export interface PreparedMethod {
   heads?: [number, number][];
 }
 
-export interface MethodContext {
+interface MethodContext {
   decoder: Decoder;
   pool: PairExample[];
   seed: number;
@@ -151,7 +149,8 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     name: 'random-heads',
     needsPool: true,
     definition:
-      'Ablation: as many heads as ARM selected (20, or every head of a smaller model, without an ARM run), chosen at random, replaced by their means.',
+      'Ablation: as many heads as ARM selected (20, or every head of a smaller model, without an ARM run), ' +
+      'chosen at random, replaced by their means.',
     // Capped: asking a model for more heads than it has is a FitError that would read as an unusable pool.
     prepare: async (ctx) =>
       rmMethod(
@@ -169,7 +168,8 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     // Replacing every head at the last position leaves that position a function of its own token only (the
     // same for every item), so the score is one constant: every pair ties. Kept as a check that it does.
     definition:
-      'Constant control: every head at the last position replaced by its mean, so the score no longer depends on the input and every pair ties (ties count wrong); a check, not a judge.',
+      'Constant control: every head at the last position replaced by its mean, ' +
+      'so the score no longer depends on the input and every pair ties (ties count wrong); a check, not a judge.',
     prepare: async (ctx) => rmMethod(await fitWith(ctx, 'all'), ctx),
   },
   'zero-shot': {
@@ -188,14 +188,16 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     name: 'icl-judge',
     needsPool: true,
     definition:
-      'In-context judge: k pool items (half Yes, half No) with their answers before the question; score = P("Yes"); greedy verdicts reported too. It sees k items; arm learns from every pool item.',
+      'In-context judge: k pool items (half Yes, half No) with their answers before the question; score = P("Yes"); ' +
+      'greedy verdicts reported too. It sees k items; arm learns from every pool item.',
     prepare: async (ctx) => rmMethod(zeroShot(ctx), ctx, { demos: demosFor(ctx) }),
   },
   'sample-vote': {
     name: 'sample-vote',
     needsPool: true,
     definition:
-      'N verdicts sampled at temperature T from the ICL judge prompt; score = share of "Yes" among Yes/No verdicts; equal shares are decided by P("Yes").',
+      'N verdicts sampled at temperature T from the ICL judge prompt; score = share of "Yes" among Yes/No verdicts; ' +
+      'equal shares are decided by P("Yes").',
     prepare: async (ctx) =>
       rmMethod(zeroShot(ctx), ctx, {
         demos: demosFor(ctx),
@@ -207,7 +209,8 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     name: 'sav-vote',
     needsPool: true,
     definition:
-      'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean (cosine); score = share of "Yes" votes; equal shares are decided by the summed cosine margin.',
+      'SAVs: per-head class means of pool activations; the top-20 heads by pool accuracy vote by nearest mean ' +
+      '(cosine); score = share of "Yes" votes; equal shares are decided by the summed cosine margin.',
     async prepare(ctx) {
       // SAVs classify single responses: always the scalar template, whatever the run's --template.
       const scalarFit =
@@ -273,7 +276,9 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
     name: 'arm-denoised',
     needsPool: true,
     definition:
-      'Ablation: arm with denoised means (DESIGN step 5, pca:4:centred: each pass rebuilt from the top 4 axes of the centred per-head PCA, passes far off them weighted down), on the selected heads, or on every head before selection with --denoise-before-selection.',
+      'Ablation: arm with denoised means (DESIGN step 5, pca:4:centred: ' +
+      'each pass rebuilt from the top 4 axes of the centred per-head PCA, passes far off them weighted down), ' +
+      'on the selected heads, or on every head before selection with --denoise-before-selection.',
     prepare: async (ctx) =>
       rmMethod(
         await fitWith(

@@ -11,7 +11,7 @@ export interface PairOutcome {
 }
 
 /** A pair is correct only when chosen > rejected strictly; NaN (unscorable) is wrong. */
-export const isCorrect = (p: PairOutcome) => p.chosen > p.rejected;
+const isCorrect = (p: PairOutcome) => p.chosen > p.rejected;
 
 export function accuracy(pairs: PairOutcome[]): number {
   if (pairs.length === 0) return NaN;
@@ -98,7 +98,7 @@ export function meanStd(xs: number[]): { mean: number; std: number; n: number } 
 }
 
 /** RewardBench v1 sections and their subsets (allenai/reward-bench, rewardbench/constants.py, SUBSET_MAPPING). */
-export const REWARDBENCH_SECTIONS: Readonly<Record<string, readonly string[]>> = Object.freeze({
+const REWARDBENCH_SECTIONS: Readonly<Record<string, readonly string[]>> = Object.freeze({
   Chat: ['alpacaeval-easy', 'alpacaeval-length', 'alpacaeval-hard', 'mt-bench-easy', 'mt-bench-med'],
   'Chat Hard': [
     'mt-bench-hard',
@@ -118,7 +118,7 @@ export const REWARDBENCH_SECTIONS: Readonly<Record<string, readonly string[]>> =
  * happened to test, so a seed's pool draw or a --limit does not move the weights. math-prm has 447 rows but
  * counts 984 there, upweighted so math weighs as much as the six code subsets together (6 × 164).
  */
-export const REWARDBENCH_EXAMPLE_COUNTS: Readonly<Record<string, number>> = Object.freeze({
+const REWARDBENCH_EXAMPLE_COUNTS: Readonly<Record<string, number>> = Object.freeze({
   'alpacaeval-easy': 100,
   'alpacaeval-length': 95,
   'alpacaeval-hard': 95,

@@ -27,9 +27,6 @@ export interface PairRecord {
   orders?: [number, number];
 }
 
-/** Where a pair record came from when its pair is one comparison of a multi-response row. */
-export type { PairCell as RecordCell } from '../data/examples.js';
-
 /** One line of items.jsonl. */
 export type RunRecord =
   /**

@@ -5,32 +5,75 @@ const pct = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
 const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
 /** Mean ± std over the seeds that ran; with several seeds in the run, n says how many of them this is over. */
 const accCell = (s: Score, r: Results) =>
-  `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
+  `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}` +
+  `${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
 const ciCell = (s: Score) => `[${pct(s.ci95[0])}, ${pct(s.ci95[1])}]`;
 /** The method's name, with what it controls for when it is a control rather than a judge. */
 const nameCell = (name: string, m: MethodResult) =>
   `${name}${m.control ? ` (control: ${m.control})` : ''}${partial(m)}`;
-const coverageCell = (m: MethodResult) => `${pct(m.coverage.rate)}`;
-const tiesCell = (m: MethodResult) =>
-  Number.isFinite(m.ties.rate)
-    ? `${pct(m.ties.rate)}${m.ties.rate > 0 && Number.isFinite(m.ties.broken) && m.ties.broken > 0 ? ` (${pct(m.ties.broken)} broken)` : ''}`
-    : '–';
-const diffCell = (m: MethodResult) =>
-  m.vsReference
-    ? `${m.vsReference.mean >= 0 ? '+' : ''}${pct(m.vsReference.mean)} [${pct(m.vsReference.ci95[0])}, ${pct(m.vsReference.ci95[1])}]`
-    : '';
+const tiesCell = (m: MethodResult) => {
+  if (!Number.isFinite(m.ties.rate)) return '–';
+  const broken = m.ties.rate > 0 && Number.isFinite(m.ties.broken) && m.ties.broken > 0;
+  return `${pct(m.ties.rate)}${broken ? ` (${pct(m.ties.broken)} broken)` : ''}`;
+};
+const diffCell = (m: MethodResult) => {
+  const d = m.vsReference;
+  return d ? `${d.mean >= 0 ? '+' : ''}${pct(d.mean)} [${pct(d.ci95[0])}, ${pct(d.ci95[1])}]` : '';
+};
+const optionalPct = (x: number | undefined) => (x === undefined ? '' : pct(x));
+/** A markdown table row. */
+const mdRow = (cells: string[]) => `| ${cells.join(' | ')} |`;
+
+/**
+ * The main table's cells for one method, after its name: accuracy, interval, the difference to the reference (when
+ * there is one), coverage, all pairs, ties, margin, swap consistency, verdict accuracy, cost, pairs.
+ */
+function mainCells(r: Results, m: MethodResult): string[] {
+  return [
+    accCell(m.accuracy, r),
+    ciCell(m.accuracy),
+    ...(r.reference ? [diffCell(m)] : []),
+    pct(m.coverage.rate),
+    pct(m.allPairs.mean),
+    tiesCell(m),
+    Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–',
+    optionalPct(m.swapConsistency),
+    optionalPct(m.verdictAccuracy),
+    m.cost.secondsPerPair.toFixed(3),
+    m.cost.forwardTokensPerPair.toFixed(0),
+    String(m.accuracy.n),
+  ];
+}
+/** The main table's columns after accuracy, interval and the difference to the reference. */
+const MAIN_TAIL = [
+  'coverage',
+  'all pairs',
+  'ties',
+  'margin',
+  'swap-consistent',
+  'verdict acc.',
+  's / pair',
+  'tokens / pair',
+  'pairs',
+];
 
 /** One paragraph on what the numbers are over, shared by both reports. */
 function readingNotes(r: Results): string[] {
   const cs = r.commonSet;
   const notes = [
-    `Accuracy is over the common set: the ${cs.pairs} of ${cs.testPairs} (seed, test pair)s that every method (${cs.methods.join(', ')}) could score, so all rows are over the same pairs; coverage is the share of its test pairs each method scored, and "all pairs" its accuracy over all of them with unscorable pairs counted wrong.`,
-    'Ties count wrong; "ties" is the share of common-set pairs whose two scores were equal, and how many of those the method\'s tie-break (sav-vote: summed cosine margin; sample-vote: P("Yes")) decided.',
-    "± is the std across the seeds that ran (n of them); 95% intervals are percentile bootstraps over seeds and test pairs together, so the few-shot draw's variation is in them.",
+    `Accuracy is over the common set: the ${cs.pairs} of ${cs.testPairs} (seed, test pair)s that every method ` +
+      `(${cs.methods.join(', ')}) could score, so all rows are over the same pairs; coverage is the share of its ` +
+      'test pairs each method scored, and "all pairs" its accuracy over all of them with unscorable pairs counted ' +
+      'wrong.',
+    'Ties count wrong; "ties" is the share of common-set pairs whose two scores were equal, and how many of those ' +
+      'the method\'s tie-break (sav-vote: summed cosine margin; sample-vote: P("Yes")) decided.',
+    '± is the std across the seeds that ran (n of them); 95% intervals are percentile bootstraps over seeds and ' +
+      "test pairs together, so the few-shot draw's variation is in them.",
   ];
   if (r.reference)
     notes.push(
-      `"${r.reference} − method" is the paired accuracy difference on the common set with its bootstrap interval; an interval that excludes 0 is a difference this run can see.`,
+      `"${r.reference} − method" is the paired accuracy difference on the common set with its bootstrap interval; ` +
+        'an interval that excludes 0 is a difference this run can see.',
     );
   return notes;
 }
@@ -50,7 +93,9 @@ function dataNotes(r: Results): string[] {
   const sp = r.splits;
   for (const d of sp?.droppedGroups ?? []) {
     notes.push(
-      `${r.pool === 'global' ? 'The dataset' : `Subset ${d.group}`} (${d.rows} pairs) went wholly into the --few-shot ${r.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: it is not tested there.`,
+      `${r.pool === 'global' ? 'The dataset' : `Subset ${d.group}`} (${d.rows} pairs) went wholly into the ` +
+        `--few-shot ${r.fewShot} pool in seed${d.seeds.length > 1 ? 's' : ''} ${d.seeds.join(', ')}: ` +
+        'it is not tested there.',
     );
   }
   if (sp?.duplicatePairs) notes.push(`${sp.duplicatePairs} exact duplicate pairs were left out before splitting.`);
@@ -59,79 +104,55 @@ function dataNotes(r: Results): string[] {
       `${sp.promptSiblingsHeldOut} test pairs (over all seeds) were held out because a pool pair has the same prompt.`,
     );
   if (sp?.smallSubsets.length) {
+    const small = sp.smallSubsets.map((s) => `${s.subset} (${s.rows} pairs, ${s.testPairs} tested)`);
     notes.push(
-      `Subsets with fewer than ${sp.minTestPairs} test pairs (fewest over seeds) have noisy accuracies: ${sp.smallSubsets.map((s) => `${s.subset} (${s.rows} pairs, ${s.testPairs} tested)`).join(', ')}.`,
+      `Subsets with fewer than ${sp.minTestPairs} test pairs (fewest over seeds) have noisy accuracies: ` +
+        `${small.join(', ')}.`,
     );
   }
   if (r.skipped.length) {
     notes.push(
-      `† Some (${groupWord(r)}, seed) runs of this method were skipped because it could not be prepared on that few-shot pool (listed below); its scores cover the rest, so its pair count is smaller than the other methods'.`,
+      `† Some (${groupWord(r)}, seed) runs of this method were skipped because it could not be prepared on that ` +
+        'few-shot pool (listed below); its scores cover the rest, ' +
+        "so its pair count is smaller than the other methods'.",
     );
   }
   return notes;
 }
 
 const skippedWhere = (r: Results, k: Results['skipped'][number]) => (r.pool === 'global' ? 'global pool' : k.group);
+const SKIPPED_NOTE =
+  "Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.";
 
 export function renderMarkdown(r: Results): string {
-  const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
   const lines = [
     `# Evaluation: ${r.dataset}`,
     '',
-    `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}. Accuracy in %. ` +
+    `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; ` +
+      `seeds ${r.seeds.join(', ')}. Accuracy in %. ` +
       `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.`,
     '',
     ...readingNotes(r).map((n) => `- ${n}`),
     ...(r.budget ?? []).map((n) => `- Budget: ${n}`),
     '',
-    `| method | accuracy | 95% CI | ${r.reference ? `${r.reference} − method [95% CI] | ` : ''}coverage | all pairs | ties | margin | swap-consistent | verdict acc. | s / pair | tokens / pair | pairs |`,
-    `| --- | ---: | ---: | ${r.reference ? '---: | ' : ''}---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |`,
-    ...rows(r).map(
-      ([name, m]) =>
-        `| ${nameCell(name, m)} | ${accCell(m.accuracy, r)} | ${ciCell(m.accuracy)} | ${r.reference ? `${diffCell(m)} | ` : ''}${coverageCell(m)} | ${pct(m.allPairs.mean)} | ${tiesCell(m)} | ${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'} | ${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)} | ${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)} | ${m.cost.secondsPerPair.toFixed(3)} | ${m.cost.forwardTokensPerPair.toFixed(0)} | ${m.accuracy.n} |`,
-    ),
+    ...mainTableMarkdown(r),
     '',
   ];
   const notes = dataNotes(r);
   if (notes.length) lines.push(...notes.map((n) => `- ${n}`), '');
-  if (subsets.length > 1) {
-    lines.push(
-      '## Per subset',
-      '',
-      `| method | ${subsets.join(' | ')} |`,
-      `| --- |${subsets.map(() => ' ---: |').join('')}`,
-    );
-    for (const [name, m] of rows(r))
-      lines.push(
-        `| ${name}${partial(m)} | ${subsets.map((s) => (m.subsets[s] ? accCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '')).join(' | ')} |`,
-      );
-    lines.push('');
-  }
-  const sections = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.sections)))];
-  if (sections.length) {
-    lines.push(
-      "## RewardBench sections (subset accuracies weighted by RewardBench's fixed example counts, math-prm upweighted)",
-      '',
-      `| method | ${sections.join(' | ')} |`,
-      `| --- |${sections.map(() => ' ---: |').join('')}`,
-    );
-    for (const [name, m] of rows(r))
-      lines.push(`| ${name} | ${sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : '')).join(' | ')} |`);
-    lines.push('');
-  }
-  lines.push(...benchmarkMarkdown(r));
+  lines.push(...subsetsMarkdown(r), ...sectionsMarkdown(r), ...benchmarkMarkdown(r));
   if (r.skipped.length) {
     lines.push(
       `## Skipped (method, ${groupWord(r)}, seed)`,
       '',
-      `Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.`,
+      SKIPPED_NOTE,
       '',
       `| method | ${groupWord(r)} | seed | test pairs | reason |`,
       '| --- | --- | ---: | ---: | --- |',
-      ...r.skipped.map(
-        (k) =>
-          `| ${k.method} | ${skippedWhere(r, k)} | ${k.seed} | ${k.testPairs} | ${k.reason.replace(/\|/g, '\\|').replace(/\n/g, ' ')} |`,
-      ),
+      ...r.skipped.map((k) => {
+        const reason = k.reason.replace(/\|/g, '\\|').replace(/\n/g, ' ');
+        return `| ${k.method} | ${skippedWhere(r, k)} | ${k.seed} | ${k.testPairs} | ${reason} |`;
+      }),
       '',
     );
   }
@@ -139,84 +160,134 @@ export function renderMarkdown(r: Results): string {
   return lines.join('\n');
 }
 
+/** The main table in markdown: header, alignment row, a row per method. */
+function mainTableMarkdown(r: Results): string[] {
+  const head = [
+    'method',
+    'accuracy',
+    '95% CI',
+    ...(r.reference ? [`${r.reference} − method [95% CI]`] : []),
+    ...MAIN_TAIL,
+  ];
+  return [
+    mdRow(head),
+    mdRow(head.map((_, i) => (i ? '---:' : '---'))),
+    ...rows(r).map(([name, m]) => mdRow([nameCell(name, m), ...mainCells(r, m)])),
+  ];
+}
+
+/** Accuracy per subset, when there are several. */
+function subsetsMarkdown(r: Results): string[] {
+  const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
+  if (subsets.length <= 1) return [];
+  const cell = (m: MethodResult, s: string) =>
+    m.subsets[s] ? accCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '';
+  return [
+    '## Per subset',
+    '',
+    mdRow(['method', ...subsets]),
+    mdRow(['---', ...subsets.map(() => '---:')]),
+    ...rows(r).map(([name, m]) => mdRow([`${name}${partial(m)}`, ...subsets.map((s) => cell(m, s))])),
+    '',
+  ];
+}
+
+/** RewardBench's section scores, when the subsets are RewardBench's. */
+function sectionsMarkdown(r: Results): string[] {
+  const sections = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.sections)))];
+  if (!sections.length) return [];
+  return [
+    "## RewardBench sections (subset accuracies weighted by RewardBench's fixed example counts, " +
+      'math-prm upweighted)',
+    '',
+    mdRow(['method', ...sections]),
+    mdRow(['---', ...sections.map(() => '---:')]),
+    ...rows(r).map(([name, m]) =>
+      mdRow([name, ...sections.map((s) => (m.sections[s] ? pct(m.sections[s]!.score) : ''))]),
+    ),
+    '',
+  ];
+}
+
 /**
- * The benchmarks' own scores (RM-Bench, RewardBench 2, JudgeBench) as markdown sections; none when the dataset is none
- * of them.
+ * The benchmarks' own scores (RM-Bench, RewardBench 2, JudgeBench) as markdown sections; none when the dataset is
+ * none of them.
  */
-export function benchmarkMarkdown(r: Results): string[] {
-  const lines: string[] = [];
+function benchmarkMarkdown(r: Results): string[] {
   const ranked = rows(r);
+  return [...rmBenchMarkdown(ranked), ...bestOfNMarkdown(ranked), ...judgeBenchMarkdown(ranked)];
+}
+
+type Ranked = ReturnType<typeof rows>;
+
+function rmBenchMarkdown(ranked: Ranked): string[] {
   const rm = ranked.filter(([, m]) => m.rmBench);
-  if (rm.length) {
-    const domains = [...new Set(rm.flatMap(([, m]) => Object.keys(m.rmBench!)))].sort();
-    lines.push(
-      '## RM-Bench (3 chosen × 3 rejected styles per row)',
-      '',
-      'hard: chosen plainer than rejected (upper triangle); normal: same style; easy: chosen fancier; avg = mean of the three. The math domain is not in this data, so no Overall comparable with published numbers.',
-      '',
-      `| method | ${domains.flatMap((d) => [`${d} hard`, `${d} normal`, `${d} easy`, `${d} avg`]).join(' | ')} |`,
-      `| --- |${domains.map(() => ' ---: | ---: | ---: | ---: |').join('')}`,
-      ...rm.map(
-        ([name, m]) =>
-          `| ${name} | ${domains
-            .flatMap((d) => {
-              const x = m.rmBench![d];
-              return x
-                ? [pct(x.hard.score), pct(x.normal.score), pct(x.easy.score), pct(x.avg.score)]
-                : ['', '', '', ''];
-            })
-            .join(' | ')} |`,
-      ),
-      '',
-    );
-  }
+  if (!rm.length) return [];
+  const domains = [...new Set(rm.flatMap(([, m]) => Object.keys(m.rmBench!)))].sort();
+  const cells = (m: MethodResult) =>
+    domains.flatMap((d) => {
+      const x = m.rmBench![d];
+      return x ? [pct(x.hard.score), pct(x.normal.score), pct(x.easy.score), pct(x.avg.score)] : ['', '', '', ''];
+    });
+  return [
+    '## RM-Bench (3 chosen × 3 rejected styles per row)',
+    '',
+    'hard: chosen plainer than rejected (upper triangle); normal: same style; easy: chosen fancier; ' +
+      'avg = mean of the three. The math domain is not in this data, so no Overall comparable with published numbers.',
+    '',
+    `| method | ${domains.flatMap((d) => [`${d} hard`, `${d} normal`, `${d} easy`, `${d} avg`]).join(' | ')} |`,
+    `| --- |${domains.map(() => ' ---: | ---: | ---: | ---: |').join('')}`,
+    ...rm.map(([name, m]) => `| ${name} | ${cells(m).join(' | ')} |`),
+    '',
+  ];
+}
+
+function bestOfNMarkdown(ranked: Ranked): string[] {
   const bon = ranked.filter(([, m]) => m.bestOfN);
-  if (bon.length) {
-    const subsets = [...new Set(bon.flatMap(([, m]) => Object.keys(m.bestOfN!.subsets)))].sort();
-    lines.push(
-      '## RewardBench 2 (best-of-n: the chosen response must score highest; k responses sharing the top score give 1/k)',
-      '',
-      'Ties is scored by its own rule (accuracy and margins over reference and tied prompts), for methods that give each response its own score. Overall = mean of the subsets present.',
-      '',
-      `| method | ${subsets.join(' | ')} | overall |`,
-      `| --- |${subsets.map(() => ' ---: |').join('')} ---: |`,
-      ...bon.map(
-        ([name, m]) =>
-          `| ${name} | ${subsets.map((s) => (m.bestOfN!.subsets[s] ? pct(m.bestOfN!.subsets[s]!.score) : '')).join(' | ')} | ${pct(m.bestOfN!.overall)} |`,
-      ),
-      '',
-    );
-  }
+  if (!bon.length) return [];
+  const subsets = [...new Set(bon.flatMap(([, m]) => Object.keys(m.bestOfN!.subsets)))].sort();
+  const cells = (m: MethodResult) =>
+    subsets.map((s) => (m.bestOfN!.subsets[s] ? pct(m.bestOfN!.subsets[s]!.score) : ''));
+  return [
+    '## RewardBench 2 (best-of-n: the chosen response must score highest; k responses sharing the top score give ' +
+      '1/k)',
+    '',
+    'Ties is scored by its own rule (accuracy and margins over reference and tied prompts), for methods that give ' +
+      'each response its own score. Overall = mean of the subsets present.',
+    '',
+    `| method | ${subsets.join(' | ')} | overall |`,
+    `| --- |${subsets.map(() => ' ---: |').join('')} ---: |`,
+    ...bon.map(([name, m]) => `| ${name} | ${cells(m).join(' | ')} | ${pct(m.bestOfN!.overall)} |`),
+    '',
+  ];
+}
+
+function judgeBenchMarkdown(ranked: Ranked): string[] {
   const jb = ranked.filter(([, m]) => m.judgeBench);
-  if (jb.length) {
+  if (!jb.length) return [];
+  const lines = [
+    '## JudgeBench (per response set; overall over all its pairs)',
+    '',
+    'single: one judgment per pair, ties wrong (as reward models are scored); both orders: a pairwise judge ' +
+      '(--template ranked) judged with each response first, +1 per correct verdict and −1 per wrong one, correct ' +
+      'when the sum is positive.',
+    '',
+  ];
+  const sets = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench!)))].sort();
+  for (const set of sets) {
+    const cats = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench![set] ?? {})))];
+    const cell = (m: MethodResult, c: string) => {
+      const x = m.judgeBench![set]?.[c];
+      return x ? `${pct(x.singleGame.score)}${x.bothOrders ? ` (both orders ${pct(x.bothOrders.score)})` : ''}` : '';
+    };
     lines.push(
-      '## JudgeBench (per response set; overall over all its pairs)',
+      `### ${set}`,
       '',
-      'single: one judgment per pair, ties wrong (as reward models are scored); both orders: a pairwise judge (--template ranked) judged with each response first, +1 per correct verdict and −1 per wrong one, correct when the sum is positive.',
+      `| method | ${cats.join(' | ')} |`,
+      `| --- |${cats.map(() => ' ---: |').join('')}`,
+      ...jb.map(([name, m]) => `| ${name} | ${cats.map((c) => cell(m, c)).join(' | ')} |`),
       '',
     );
-    const sets = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench!)))].sort();
-    for (const set of sets) {
-      const cats = [...new Set(jb.flatMap(([, m]) => Object.keys(m.judgeBench![set] ?? {})))];
-      lines.push(
-        `### ${set}`,
-        '',
-        `| method | ${cats.join(' | ')} |`,
-        `| --- |${cats.map(() => ' ---: |').join('')}`,
-        ...jb.map(
-          ([name, m]) =>
-            `| ${name} | ${cats
-              .map((c) => {
-                const x = m.judgeBench![set]?.[c];
-                return x
-                  ? `${pct(x.singleGame.score)}${x.bothOrders ? ` (both orders ${pct(x.bothOrders.score)})` : ''}`
-                  : '';
-              })
-              .join(' | ')} |`,
-        ),
-        '',
-      );
-    }
   }
   return lines;
 }
@@ -250,9 +321,11 @@ function barChart(groups: { label: string; bars: { name: string; score: Score }[
       const c = COLORS[methods.indexOf(b.name) % COLORS.length];
       const w = Number.isFinite(b.score.mean) ? b.score.mean * width : 0;
       const [lo, hi] = b.score.ci95.map((v) => left + (Number.isFinite(v) ? v * width : 0));
+      const title = `${esc(b.name)}: ${pct(b.score.mean)}% [${pct(b.score.ci95[0])}, ${pct(b.score.ci95[1])}]`;
       parts.push(
         `<text x="${left - 6}" y="${y + 12}" text-anchor="end">${esc(b.name)}</text>`,
-        `<rect x="${left}" y="${y + 2}" width="${w.toFixed(1)}" height="${rowH - 4}" fill="${c}"><title>${esc(b.name)}: ${pct(b.score.mean)}% [${pct(b.score.ci95[0])}, ${pct(b.score.ci95[1])}]</title></rect>`,
+        `<rect x="${left}" y="${y + 2}" width="${w.toFixed(1)}" height="${rowH - 4}" fill="${c}">` +
+          `<title>${title}</title></rect>`,
         `<line x1="${lo!.toFixed(1)}" x2="${hi!.toFixed(1)}" y1="${y + rowH / 2}" y2="${y + rowH / 2}" stroke="#000"/>`,
         `<text x="${left + width + 6}" y="${y + 12}">${pct(b.score.mean)}</text>`,
       );
@@ -261,16 +334,23 @@ function barChart(groups: { label: string; bars: { name: string; score: Score }[
     y += gap;
   }
   const axis = [0, 0.25, 0.5, 0.75, 1]
-    .map(
-      (v) =>
-        `<line x1="${left + v * width}" x2="${left + v * width}" y1="14" y2="${y}" stroke="#ddd"/><text x="${left + v * width}" y="10" text-anchor="middle" font-size="10">${v * 100}%</text>`,
-    )
+    .map((v) => {
+      const x = left + v * width;
+      return (
+        `<line x1="${x}" x2="${x}" y1="14" y2="${y}" stroke="#ddd"/>` +
+        `<text x="${x}" y="10" text-anchor="middle" font-size="10">${v * 100}%</text>`
+      );
+    })
     .join('');
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 60}" height="${y}" font-family="sans-serif" font-size="12">${axis}${parts.join('')}</svg>`;
+  return (
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 60}" height="${y}" ` +
+    `font-family="sans-serif" font-size="12">${axis}${parts.join('')}</svg>`
+  );
 }
 
 /** Layer × head grid: share of a method's fits that used each head. */
-function heatMap(counts: Record<string, number>, fits: number, layers: number, heads: number): string {
+function heatMap(counts: Record<string, number>, fits: number, shape: Results['shape']): string {
+  const { layers, heads } = shape;
   const cell = Math.max(6, Math.min(18, Math.floor(560 / Math.max(heads, 1)))),
     left = 40,
     top = 20;
@@ -279,7 +359,9 @@ function heatMap(counts: Record<string, number>, fits: number, layers: number, h
     for (let h = 0; h < heads; h++) {
       const share = (counts[`${l},${h}`] ?? 0) / fits;
       cells.push(
-        `<rect x="${left + h * cell}" y="${top + l * cell}" width="${cell - 1}" height="${cell - 1}" fill="rgba(204,0,0,${share.toFixed(3)})" stroke="#eee"><title>layer ${l}, head ${h}: ${(share * 100).toFixed(0)}% of fits</title></rect>`,
+        `<rect x="${left + h * cell}" y="${top + l * cell}" width="${cell - 1}" height="${cell - 1}" ` +
+          `fill="rgba(204,0,0,${share.toFixed(3)})" stroke="#eee">` +
+          `<title>layer ${l}, head ${h}: ${(share * 100).toFixed(0)}% of fits</title></rect>`,
       );
     }
     if (l % Math.ceil(layers / 12) === 0)
@@ -287,33 +369,69 @@ function heatMap(counts: Record<string, number>, fits: number, layers: number, h
         `<text x="${left - 4}" y="${top + l * cell + cell - 2}" text-anchor="end" font-size="10">L${l}</text>`,
       );
   }
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${left + heads * cell + 10}" height="${top + layers * cell + 10}" font-family="sans-serif" font-size="10"><text x="${left}" y="12">heads →</text>${cells.join('')}</svg>`;
+  return (
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${left + heads * cell + 10}" ` +
+    `height="${top + layers * cell + 10}" ` +
+    `font-family="sans-serif" font-size="10"><text x="${left}" y="12">heads →</text>${cells.join('')}</svg>`
+  );
 }
 
+const STYLE =
+  'body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse}' +
+  'td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}' +
+  'figure{display:inline-block;margin:0 2em 1em 0}figcaption{font-size:12px;color:#555}dt{font-weight:bold}' +
+  'table.skipped td:last-child{text-align:left}';
+
 export function renderHtml(r: Results): string {
+  const notes = dataNotes(r);
+  const reading = [...readingNotes(r), ...(r.budget ?? []).map((n) => `Budget: ${n}`)];
+  const charts = chartsHtml(r);
+  const methods = rows(r)
+    .map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`)
+    .join('');
+  return [
+    '<!doctype html>',
+    '<html lang="en"><head><meta charset="utf-8">' + `<title>activation-rm evaluation: ${esc(r.dataset)}</title>`,
+    `<style>${STYLE}</style></head>`,
+    '<body>',
+    `<h1>Evaluation: ${esc(r.dataset)}</h1>`,
+    `<p>Model <code>${esc(r.model)}</code>; few-shot pool ${r.fewShot} pairs per ` +
+      `${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}.`,
+    `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.</p>`,
+    `<ul class="reading">${reading.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>`,
+    mainTableHtml(r),
+    notes.length ? `<ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : '',
+    '<h2>Accuracy with 95% intervals</h2>',
+    charts.overall,
+    charts.perSubset ? `<h2>Per subset</h2>${charts.perSubset}` : '',
+    charts.maps ? `<h2>Heads (layer × head)</h2>${charts.maps}` : '',
+    skippedHtml(r),
+    benchmarkHtml(r),
+    `<h2>Methods</h2><dl>${methods}</dl>`,
+    `<p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>`,
+    "<script>document.body.dataset.rendered = 'ok';</script>",
+    '</body></html>',
+    '',
+  ].join('\n');
+}
+
+/** The accuracy bars (all pairs, and per subset when there are several) and each method's heads map. */
+function chartsHtml(r: Results): { overall: string; perSubset: string; maps: string } {
   const methods = rows(r).map(([n]) => n);
   const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
   // A method skipped everywhere has no bar: an empty one would read as 0%.
-  const overall = barChart(
-    [
-      {
-        label: 'all test pairs',
-        bars: rows(r)
-          .filter(([, m]) => m.accuracy.seeds > 0)
-          .map(([name, m]) => ({ name, score: m.accuracy })),
-      },
-    ],
-    methods,
-  );
+  const overallBars = rows(r)
+    .filter(([, m]) => m.accuracy.seeds > 0)
+    .map(([name, m]) => ({ name, score: m.accuracy }));
+  const overall = barChart([{ label: 'all test pairs', bars: overallBars }], methods);
+  const subsetBars = (s: string) =>
+    rows(r)
+      .filter(([, m]) => m.subsets[s])
+      .map(([name, m]) => ({ name, score: m.subsets[s]! }));
   const perSubset =
     subsets.length > 1
       ? barChart(
-          subsets.map((s) => ({
-            label: s,
-            bars: rows(r)
-              .filter(([, m]) => m.subsets[s])
-              .map(([name, m]) => ({ name, score: m.subsets[s]! })),
-          })),
+          subsets.map((s) => ({ label: s, bars: subsetBars(s) })),
           methods,
         )
       : '';
@@ -321,49 +439,50 @@ export function renderHtml(r: Results): string {
     .filter(([, m]) => m.headCounts && m.fits)
     .map(
       ([name, m]) =>
-        `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>${heatMap(m.headCounts!, m.fits!, r.shape.layers, r.shape.heads)}</figure>`,
+        `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>` +
+        `${heatMap(m.headCounts!, m.fits!, r.shape)}</figure>`,
     )
     .join('');
-  const table = `<table><thead><tr><th>method</th><th>accuracy %</th><th>95% CI</th>${r.reference ? `<th>${esc(r.reference)} − method [95% CI]</th>` : ''}<th>coverage</th><th>all pairs</th><th>ties</th><th>margin</th><th>swap-consistent</th><th>verdict acc.</th><th>s / pair</th><th>tokens / pair</th><th>pairs</th></tr></thead><tbody>${rows(
-    r,
-  )
+  return { overall, perSubset, maps };
+}
+
+/** The main table in HTML; a method's definition is its name cell's tooltip. */
+function mainTableHtml(r: Results): string {
+  const head = [
+    'method',
+    'accuracy %',
+    '95% CI',
+    ...(r.reference ? [`${esc(r.reference)} − method [95% CI]`] : []),
+    ...MAIN_TAIL,
+  ];
+  const body = rows(r)
     .map(
       ([name, m]) =>
-        `<tr><td title="${esc(m.definition)}">${esc(nameCell(name, m))}</td><td>${accCell(m.accuracy, r)}</td><td>${ciCell(m.accuracy)}</td>${r.reference ? `<td>${esc(diffCell(m))}</td>` : ''}<td>${coverageCell(m)}</td><td>${pct(m.allPairs.mean)}</td><td>${esc(tiesCell(m))}</td><td>${Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–'}</td><td>${m.swapConsistency === undefined ? '' : pct(m.swapConsistency)}</td><td>${m.verdictAccuracy === undefined ? '' : pct(m.verdictAccuracy)}</td><td>${m.cost.secondsPerPair.toFixed(3)}</td><td>${m.cost.forwardTokensPerPair.toFixed(0)}</td><td>${m.accuracy.n}</td></tr>`,
+        `<tr><td title="${esc(m.definition)}">${esc(nameCell(name, m))}</td>` +
+        `${mainCells(r, m)
+          .map((c) => `<td>${esc(c)}</td>`)
+          .join('')}</tr>`,
     )
-    .join('')}</tbody></table>`;
-  const notes = dataNotes(r);
-  const skippedTable = r.skipped.length
-    ? `<h2>Skipped (method, ${groupWord(r)}, seed)</h2><p>Not prepared on that seed's few-shot pool for a data reason; its test pairs were not scored by that method.</p><table class="skipped"><thead><tr><th>method</th><th>${groupWord(r)}</th><th>seed</th><th>test pairs</th><th>reason</th></tr></thead><tbody>${r.skipped
-        .map(
-          (k) =>
-            `<tr><td>${esc(k.method)}</td><td>${esc(skippedWhere(r, k))}</td><td>${k.seed}</td><td>${k.testPairs}</td><td>${esc(k.reason)}</td></tr>`,
-        )
-        .join('')}</tbody></table>`
-    : '';
-  return `<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>activation-rm evaluation: ${esc(r.dataset)}</title>
-<style>body{font-family:sans-serif;margin:2em;max-width:1100px;color:#222}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}figure{display:inline-block;margin:0 2em 1em 0}figcaption{font-size:12px;color:#555}dt{font-weight:bold}table.skipped td:last-child{text-align:left}</style></head>
-<body>
-<h1>Evaluation: ${esc(r.dataset)}</h1>
-<p>Model <code>${esc(r.model)}</code>; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}.
-Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.</p>
-<ul class="reading">${[...readingNotes(r), ...(r.budget ?? []).map((n) => `Budget: ${n}`)].map((n) => `<li>${esc(n)}</li>`).join('')}</ul>
-${table}
-${notes.length ? `<ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
-<h2>Accuracy with 95% intervals</h2>
-${overall}
-${perSubset ? `<h2>Per subset</h2>${perSubset}` : ''}
-${maps ? `<h2>Heads (layer × head)</h2>${maps}` : ''}
-${skippedTable}
-${benchmarkHtml(r)}
-<h2>Methods</h2><dl>${rows(r)
-    .map(([name, m]) => `<dt>${esc(name)}</dt><dd>${esc(m.definition)}</dd>`)
-    .join('')}</dl>
-<p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>
-<script>document.body.dataset.rendered = 'ok';</script>
-</body></html>
-`;
+    .join('');
+  return `<table><thead><tr>${head.map((h) => `<th>${h}</th>`).join('')}</tr></thead><tbody>${body}</tbody></table>`;
+}
+
+/** The skipped (method, group, seed) runs in HTML; empty when none was skipped. */
+function skippedHtml(r: Results): string {
+  if (!r.skipped.length) return '';
+  const head = ['method', groupWord(r), 'seed', 'test pairs', 'reason'];
+  const body = r.skipped
+    .map(
+      (k) =>
+        `<tr><td>${esc(k.method)}</td><td>${esc(skippedWhere(r, k))}</td><td>${k.seed}</td>` +
+        `<td>${k.testPairs}</td><td>${esc(k.reason)}</td></tr>`,
+    )
+    .join('');
+  return (
+    `<h2>Skipped (method, ${groupWord(r)}, seed)</h2><p>${SKIPPED_NOTE}</p>` +
+    `<table class="skipped"><thead><tr>${head.map((h) => `<th>${h}</th>`).join('')}</tr></thead>` +
+    `<tbody>${body}</tbody></table>`
+  );
 }
 
 /** The benchmark sections for the HTML report: the markdown tables, rendered as preformatted text (kept simple). */

@@ -64,7 +64,8 @@ it('fit overwrites an existing criterion file, and any other file only with --fo
   fs.writeFileSync(notes, 'my notes\n');
   const r = arm(['fit', '--model', STORIES, '--examples', FEW, '--out', notes, ...QUICK], { expectFail: true });
   expect(r.stderr).toContain(
-    `--out ${notes}: exists and is not a criterion file (no "arm" metadata); refusing to overwrite it (--force overrides)`,
+    `--out ${notes}: exists and is not a criterion file (no "arm" metadata); ` +
+      'refusing to overwrite it (--force overrides)',
   );
   expect(fs.readFileSync(notes, 'utf8')).toBe('my notes\n');
   arm(['fit', '--model', STORIES, '--examples', FEW, '--out', notes, '--force', ...QUICK]);

@@ -85,34 +85,50 @@ it('arm forward needs exactly one of --prompt and --input-ids, and --input-ids a
   expect(out.top.map((t: { id: number }) => t.id)).toEqual(golden.top5_last_prompt_position.ids);
 });
 
-it('arm forward --dtype int4 --int4-method gptq builds a GPTQ entry whose next token matches the fp32 golden; the method outside int4 is refused', () => {
-  const cache = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'arm-cli-gptq-'));
-  const out = JSON.parse(
-    arm([
-      'forward',
-      '--model',
-      STORIES,
-      '--cache-dir',
-      cache,
-      '--dtype',
-      'int4',
-      '--int4-method',
-      'gptq',
-      '--prompt',
-      'Once upon a time',
-      '--top',
-      '1',
-      '--json',
-      '--quiet',
-    ]).stdout,
-  );
-  expect(out.top[0].id).toBe(golden.top5_last_prompt_position.ids[0]);
-  const bad = arm(
-    ['forward', '--model', STORIES, '--cache-dir', cache, '--dtype', 'int8', '--int4-method', 'gptq', '--prompt', 'x'],
-    { expectFail: true },
-  );
-  expect(bad.stderr).toMatch(/--int4-method applies to --dtype int4, not int8/);
-  const choice = arm(['forward', '--model', STORIES, '--int4-method', 'awq', '--prompt', 'x'], { expectFail: true });
-  expect(choice.stderr).toMatch(/--int4-method.*Allowed choices are rtn, gptq/);
-  fs.rmSync(cache, { recursive: true, force: true });
-});
+it(
+  'arm forward --dtype int4 --int4-method gptq builds a GPTQ entry whose next token matches ' +
+    'the fp32 golden; the method outside int4 is refused',
+  () => {
+    const cache = fs.mkdtempSync(path.join(process.env.TMPDIR ?? '/tmp', 'arm-cli-gptq-'));
+    const out = JSON.parse(
+      arm([
+        'forward',
+        '--model',
+        STORIES,
+        '--cache-dir',
+        cache,
+        '--dtype',
+        'int4',
+        '--int4-method',
+        'gptq',
+        '--prompt',
+        'Once upon a time',
+        '--top',
+        '1',
+        '--json',
+        '--quiet',
+      ]).stdout,
+    );
+    expect(out.top[0].id).toBe(golden.top5_last_prompt_position.ids[0]);
+    const bad = arm(
+      [
+        'forward',
+        '--model',
+        STORIES,
+        '--cache-dir',
+        cache,
+        '--dtype',
+        'int8',
+        '--int4-method',
+        'gptq',
+        '--prompt',
+        'x',
+      ],
+      { expectFail: true },
+    );
+    expect(bad.stderr).toMatch(/--int4-method applies to --dtype int4, not int8/);
+    const choice = arm(['forward', '--model', STORIES, '--int4-method', 'awq', '--prompt', 'x'], { expectFail: true });
+    expect(choice.stderr).toMatch(/--int4-method.*Allowed choices are rtn, gptq/);
+    fs.rmSync(cache, { recursive: true, force: true });
+  },
+);

@@ -16,7 +16,9 @@ import { FAMILY_CONFIGS, makeCheckpoint, tempDir } from '../helpers/fixtures.js'
 
 /** ChatML with one extra variable: `judge_note`, when given, opens the conversation. */
 const NOTED_CHATML =
-  "{% if judge_note %}{{ '<|im_start|>system\\n' + judge_note + '<|im_end|>\\n' }}{% endif %}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+  "{% if judge_note %}{{ '<|im_start|>system\\n' + judge_note + '<|im_end|>\\n' }}{% endif %}" +
+  "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}" +
+  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 const parse = (args: string[]) => addJudgeOptions(new Command().exitOverride()).parse(args, { from: 'user' }).opts();
 

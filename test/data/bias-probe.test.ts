@@ -38,47 +38,55 @@ describe('arm bias-probe on llmbar', () => {
     flipped: readRows(path.join(out, `llmbar-${kind}-flipped.jsonl`)),
   });
 
-  it('writes <name>-<bias>.jsonl and <name>-<bias>-flipped.jsonl with the same pairs, ids, subsets and prompts as the source', () => {
-    expect(fs.readdirSync(out).sort()).toEqual([
-      'llmbar-format-flipped.jsonl',
-      'llmbar-format.jsonl',
-      'llmbar-length-flipped.jsonl',
-      'llmbar-length.jsonl',
-      'llmbar-positivity-flipped.jsonl',
-      'llmbar-positivity.jsonl',
-    ]);
-    const byId = new Map(llmbar.map((p) => [p.id, p]));
-    for (const kind of ['length', 'format', 'positivity'] as const) {
-      const { biased, flipped } = files(kind);
-      expect(biased.map((r) => r.id)).toEqual(flipped.map((r) => r.id));
-      expect(biased.length).toBeGreaterThanOrEqual(415); // at most a handful left out
-      for (const r of [...biased, ...flipped]) {
-        const src = byId.get(r.id)!;
-        expect(r.prompt).toEqual(src.prompt);
-        expect(r.subset).toBe(src.subset);
-        expect(r.bias.kind).toBe(kind);
+  it(
+    'writes <name>-<bias>.jsonl and <name>-<bias>-flipped.jsonl with the same pairs, ids, ' +
+      'subsets and prompts as the source',
+    () => {
+      expect(fs.readdirSync(out).sort()).toEqual([
+        'llmbar-format-flipped.jsonl',
+        'llmbar-format.jsonl',
+        'llmbar-length-flipped.jsonl',
+        'llmbar-length.jsonl',
+        'llmbar-positivity-flipped.jsonl',
+        'llmbar-positivity.jsonl',
+      ]);
+      const byId = new Map(llmbar.map((p) => [p.id, p]));
+      for (const kind of ['length', 'format', 'positivity'] as const) {
+        const { biased, flipped } = files(kind);
+        expect(biased.map((r) => r.id)).toEqual(flipped.map((r) => r.id));
+        expect(biased.length).toBeGreaterThanOrEqual(415); // at most a handful left out
+        for (const r of [...biased, ...flipped]) {
+          const src = byId.get(r.id)!;
+          expect(r.prompt).toEqual(src.prompt);
+          expect(r.subset).toBe(src.subset);
+          expect(r.bias.kind).toBe(kind);
+        }
+        expect(biased.every((r) => r.bias.split === 'biased' && r.bias.side === 'rejected')).toBe(true);
+        expect(flipped.every((r) => r.bias.split === 'flipped' && r.bias.side === 'chosen')).toBe(true);
       }
-      expect(biased.every((r) => r.bias.split === 'biased' && r.bias.side === 'rejected')).toBe(true);
-      expect(flipped.every((r) => r.bias.split === 'flipped' && r.bias.side === 'chosen')).toBe(true);
-    }
-    // Every llmbar pair can be padded: none left out of the length probe.
-    expect(files('length').biased.length).toBe(419);
-  });
+      // Every llmbar pair can be padded: none left out of the length probe.
+      expect(files('length').biased.length).toBe(419);
+    },
+  );
 
-  it('length: every biased rejected is longer than its chosen, every flipped chosen longer than its rejected; the untouched side is verbatim', () => {
-    const { biased, flipped } = files('length');
-    const byId = new Map(llmbar.map((p) => [p.id, p]));
-    for (const r of biased) {
-      expect([...r.rejected].length).toBeGreaterThan([...r.chosen].length);
-      expect(r.chosen).toBe(byId.get(r.id)!.chosen);
-      // padding is appended, nothing changed
-      expect(r.rejected.startsWith(byId.get(r.id)!.rejected.trimEnd())).toBe(true);
-    }
-    for (const r of flipped) {
-      expect([...r.chosen].length).toBeGreaterThan([...r.rejected].length);
-      expect(r.rejected).toBe(byId.get(r.id)!.rejected);
-    }
-  });
+  it(
+    'length: every biased rejected is longer than its chosen, every flipped chosen longer than ' +
+      'its rejected; the untouched side is verbatim',
+    () => {
+      const { biased, flipped } = files('length');
+      const byId = new Map(llmbar.map((p) => [p.id, p]));
+      for (const r of biased) {
+        expect([...r.rejected].length).toBeGreaterThan([...r.chosen].length);
+        expect(r.chosen).toBe(byId.get(r.id)!.chosen);
+        // padding is appended, nothing changed
+        expect(r.rejected.startsWith(byId.get(r.id)!.rejected.trimEnd())).toBe(true);
+      }
+      for (const r of flipped) {
+        expect([...r.chosen].length).toBeGreaterThan([...r.rejected].length);
+        expect(r.rejected).toBe(byId.get(r.id)!.rejected);
+      }
+    },
+  );
 
   it('format: the biased rejected (flipped chosen) has a header, bullets and bold, the other side none of them', () => {
     const { biased, flipped } = files('format');

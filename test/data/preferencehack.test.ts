@@ -26,20 +26,24 @@ describe('PreferenceHack reader', () => {
     })),
   );
 
-  it('reads alias fields; the first 80 rows are the few-shot pairs and the other 920 the test set; the subset is the file name', () => {
-    const data = readPreferenceHack(length);
-    expect(data.examples.length).toBe(1000);
-    expect(data.fewShotIds.size).toBe(PREFERENCEHACK_FEW_SHOT);
-    expect([...data.fewShotIds]).toEqual(Array.from({ length: 80 }, (_, i) => String(i)));
-    expect(data.splitFrom).toBe('order');
-    const p = data.examples[5]!;
-    expect([p.prompt, p.chosen, p.rejected, p.subset]).toEqual([
-      'What is 5 + 1?',
-      '6',
-      'The answer, after careful thought, is 7.',
-      'preferencehack-length',
-    ]);
-  });
+  it(
+    'reads alias fields; the first 80 rows are the few-shot pairs and the other 920 the test ' +
+      'set; the subset is the file name',
+    () => {
+      const data = readPreferenceHack(length);
+      expect(data.examples.length).toBe(1000);
+      expect(data.fewShotIds.size).toBe(PREFERENCEHACK_FEW_SHOT);
+      expect([...data.fewShotIds]).toEqual(Array.from({ length: 80 }, (_, i) => String(i)));
+      expect(data.splitFrom).toBe('order');
+      const p = data.examples[5]!;
+      expect([p.prompt, p.chosen, p.rejected, p.subset]).toEqual([
+        'What is 5 + 1?',
+        '6',
+        'The answer, after careful thought, is 7.',
+        'preferencehack-length',
+      ]);
+    },
+  );
 
   it('takes the split from a split field, and A/B responses with a label', () => {
     const file = path.join(dir, 'positivity.jsonl');

@@ -15,34 +15,39 @@ import { PREFERENCE_DATA, STORIES, tempDir } from '../helpers/fixtures.js';
 const LLMBAR = path.join(PREFERENCE_DATA, 'llmbar.jsonl');
 
 describe('arm eval --bias-pair on the llmbar length probe', () => {
-  it("pick-longer shows a gap of +1 (0% biased, 100% flipped), pick-shorter −1, over all 419 pairs; bias.json and both runs' reports are written", () => {
-    const probes = tempDir('arm-probes-');
-    arm(['bias-probe', '--dataset', LLMBAR, '--bias', 'length', '--out', probes]);
-    const out = tempDir('arm-bias-');
-    const r = arm([
-      'eval',
-      '--bias-pair',
-      `${path.join(probes, 'llmbar-length.jsonl')},${path.join(probes, 'llmbar-length-flipped.jsonl')}`,
-      '--methods',
-      'pick-longer,pick-shorter',
-      '--output-dir',
-      out,
-      '--quiet',
-    ]);
-    expect(r.stdout).toMatch(/pick-longer/);
-    const report = JSON.parse(fs.readFileSync(path.join(out, 'bias.json'), 'utf8'));
-    expect(report.bias.kind).toBe('length');
-    expect(report.commonPairs).toBe(419);
-    const longer = report.methods['pick-longer'],
-      shorter = report.methods['pick-shorter'];
-    expect([longer.biased.mean, longer.flipped.mean, longer.gap.mean]).toEqual([0, 1, 1]);
-    expect(longer.gap.ci95).toEqual([1, 1]);
-    expect([shorter.biased.mean, shorter.flipped.mean, shorter.gap.mean]).toEqual([1, 0, -1]);
-    for (const split of ['biased', 'flipped']) expect(fs.existsSync(path.join(out, split, 'results.json'))).toBe(true);
-    expect(fs.readFileSync(path.join(out, 'bias.md'), 'utf8')).toMatch(
-      /\| pick-longer \(control: length bias\) \| 0\.0 \| 100\.0 \| \+100\.0 \[\+100\.0, \+100\.0\] \| 419 \|/,
-    );
-  });
+  it(
+    'pick-longer shows a gap of +1 (0% biased, 100% flipped), pick-shorter −1, over all 419 ' +
+      "pairs; bias.json and both runs' reports are written",
+    () => {
+      const probes = tempDir('arm-probes-');
+      arm(['bias-probe', '--dataset', LLMBAR, '--bias', 'length', '--out', probes]);
+      const out = tempDir('arm-bias-');
+      const r = arm([
+        'eval',
+        '--bias-pair',
+        `${path.join(probes, 'llmbar-length.jsonl')},${path.join(probes, 'llmbar-length-flipped.jsonl')}`,
+        '--methods',
+        'pick-longer,pick-shorter',
+        '--output-dir',
+        out,
+        '--quiet',
+      ]);
+      expect(r.stdout).toMatch(/pick-longer/);
+      const report = JSON.parse(fs.readFileSync(path.join(out, 'bias.json'), 'utf8'));
+      expect(report.bias.kind).toBe('length');
+      expect(report.commonPairs).toBe(419);
+      const longer = report.methods['pick-longer'],
+        shorter = report.methods['pick-shorter'];
+      expect([longer.biased.mean, longer.flipped.mean, longer.gap.mean]).toEqual([0, 1, 1]);
+      expect(longer.gap.ci95).toEqual([1, 1]);
+      expect([shorter.biased.mean, shorter.flipped.mean, shorter.gap.mean]).toEqual([1, 0, -1]);
+      for (const split of ['biased', 'flipped'])
+        expect(fs.existsSync(path.join(out, split, 'results.json'))).toBe(true);
+      expect(fs.readFileSync(path.join(out, 'bias.md'), 'utf8')).toMatch(
+        /\| pick-longer \(control: length bias\) \| 0\.0 \| 100\.0 \| \+100\.0 \[\+100\.0, \+100\.0\] \| 419 \|/,
+      );
+    },
+  );
 
   it('refuses files given the other way round, and a pair of unrelated files', () => {
     const probes = tempDir('arm-probes-');
@@ -98,24 +103,28 @@ describe('bias gaps', () => {
     expect(methods.content!.biased.mean).toBeCloseTo(2 / 3, 12);
   });
 
-  it('a judge right at random on each split independently has a gap interval around 0; one following the bias half the time a gap of +0.5', () => {
-    const rng = new Rng(7);
-    const b = Array.from({ length: 400 }, () => rng.uniform() < 0.6),
-      f = Array.from({ length: 400 }, () => rng.uniform() < 0.6);
-    const noisy = biasGaps(
-      records('noisy', (i) => b[i]!, 400),
-      records('noisy', (i) => f[i]!, 400),
-    ).methods.noisy!;
-    expect(noisy.gap.ci95[0]).toBeLessThan(0);
-    expect(noisy.gap.ci95[1]).toBeGreaterThan(0);
-    // Half the pairs judged by the bias (wrong when it is on the rejected side, right when on the chosen), half by
-    // content (right).
-    const half = biasGaps(
-      records('half', (i) => i % 2 === 1, 200),
-      records('half', () => true, 200),
-    ).methods.half!;
-    expect(half.gap.mean).toBe(0.5);
-  });
+  it(
+    'a judge right at random on each split independently has a gap interval around 0; one ' +
+      'following the bias half the time a gap of +0.5',
+    () => {
+      const rng = new Rng(7);
+      const b = Array.from({ length: 400 }, () => rng.uniform() < 0.6),
+        f = Array.from({ length: 400 }, () => rng.uniform() < 0.6);
+      const noisy = biasGaps(
+        records('noisy', (i) => b[i]!, 400),
+        records('noisy', (i) => f[i]!, 400),
+      ).methods.noisy!;
+      expect(noisy.gap.ci95[0]).toBeLessThan(0);
+      expect(noisy.gap.ci95[1]).toBeGreaterThan(0);
+      // Half the pairs judged by the bias (wrong when it is on the rejected side, right when on the chosen), half by
+      // content (right).
+      const half = biasGaps(
+        records('half', (i) => i % 2 === 1, 200),
+        records('half', () => true, 200),
+      ).methods.half!;
+      expect(half.gap.mean).toBe(0.5);
+    },
+  );
 
   it('is over the pairs every method scored in both runs', () => {
     const b = [...records('a', () => true, 10), ...records('b', () => true, 10)];

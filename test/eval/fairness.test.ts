@@ -51,55 +51,63 @@ function writeRows(rows: object[]): string {
 }
 
 describe('the same pairs for every method', () => {
-  it("a pair one method cannot score leaves every method's accuracy; coverage and all-pairs accuracy say what it cost", () => {
-    // pick-longer gets all four right; the model gets a, b right, c wrong, and cannot score d (too long).
-    const records = [
-      ...['a', 'b', 'c', 'd'].map((id) => rec('pick-longer', id, 2, 1)),
-      rec('zero-shot', 'a', 0.9, 0.1),
-      rec('zero-shot', 'b', 0.8, 0.3),
-      rec('zero-shot', 'c', 0.2, 0.7),
-      rec('zero-shot', 'd', NaN, NaN),
-    ];
-    const r = aggregate(records, meta);
-    expect(r.commonSet).toEqual({ methods: ['pick-longer', 'zero-shot'], pairs: 3, testPairs: 4 });
-    expect(r.methods['pick-longer']!.accuracy).toMatchObject({ mean: 1, n: 3 });
-    expect(r.methods['zero-shot']!.accuracy.mean).toBeCloseTo(2 / 3, 12);
-    expect(r.methods['zero-shot']!.accuracy.n).toBe(3);
-    expect(r.methods['zero-shot']!.coverage).toEqual({ scored: 3, total: 4, rate: 0.75 });
-    expect(r.methods['pick-longer']!.coverage.rate).toBe(1);
-    expect(r.methods['zero-shot']!.allPairs.mean).toBe(0.5); // d counted wrong
-  });
+  it(
+    "a pair one method cannot score leaves every method's accuracy; coverage and all-pairs " +
+      'accuracy say what it cost',
+    () => {
+      // pick-longer gets all four right; the model gets a, b right, c wrong, and cannot score d (too long).
+      const records = [
+        ...['a', 'b', 'c', 'd'].map((id) => rec('pick-longer', id, 2, 1)),
+        rec('zero-shot', 'a', 0.9, 0.1),
+        rec('zero-shot', 'b', 0.8, 0.3),
+        rec('zero-shot', 'c', 0.2, 0.7),
+        rec('zero-shot', 'd', NaN, NaN),
+      ];
+      const r = aggregate(records, meta);
+      expect(r.commonSet).toEqual({ methods: ['pick-longer', 'zero-shot'], pairs: 3, testPairs: 4 });
+      expect(r.methods['pick-longer']!.accuracy).toMatchObject({ mean: 1, n: 3 });
+      expect(r.methods['zero-shot']!.accuracy.mean).toBeCloseTo(2 / 3, 12);
+      expect(r.methods['zero-shot']!.accuracy.n).toBe(3);
+      expect(r.methods['zero-shot']!.coverage).toEqual({ scored: 3, total: 4, rate: 0.75 });
+      expect(r.methods['pick-longer']!.coverage.rate).toBe(1);
+      expect(r.methods['zero-shot']!.allPairs.mean).toBe(0.5); // d counted wrong
+    },
+  );
 
-  it('the length rules alone need no model and no pool: llmbar gives 113/419 (longer) and 304/419 (shorter) even with --few-shot 16', async () => {
-    const file = path.join(PREFERENCE_DATA, 'llmbar.jsonl');
-    // Independent count from the raw lines (code points, ties wrong).
-    const rows = fs
-      .readFileSync(file, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l));
-    const len = (s: string) => Array.from(s).length;
-    expect([
-      rows.filter((x) => len(x.chosen) > len(x.rejected)).length,
-      rows.filter((x) => len(x.chosen) < len(x.rejected)).length,
-      rows.length,
-    ]).toEqual([113, 304, 419]);
-    const results = await evaluate(null, readExamples(file).examples, {
-      methods: ['pick-longer', 'pick-shorter'],
-      fewShot: 16,
-      seeds: 5,
-      seed: 0,
-      pool: 'subset',
-      outputDir: tempDir(),
-      saveAll: false,
-      chunkSize: 64,
-      dataset: 'llmbar.jsonl',
-      modelId: 'none',
-      method: { fit: {}, batchSize: 1, maxLength: 8, iclShots: 4, sampleN: 1, sampleTemperature: 1, savTopHeads: 1 },
-    });
-    expect(results.methods['pick-longer']!.accuracy).toMatchObject({ mean: 113 / 419, n: 419 });
-    expect(results.methods['pick-shorter']!.accuracy).toMatchObject({ mean: 304 / 419, n: 419 });
-  });
+  it(
+    'the length rules alone need no model and no pool: llmbar gives 113/419 (longer) and ' +
+      '304/419 (shorter) even with --few-shot 16',
+    async () => {
+      const file = path.join(PREFERENCE_DATA, 'llmbar.jsonl');
+      // Independent count from the raw lines (code points, ties wrong).
+      const rows = fs
+        .readFileSync(file, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
+      const len = (s: string) => Array.from(s).length;
+      expect([
+        rows.filter((x) => len(x.chosen) > len(x.rejected)).length,
+        rows.filter((x) => len(x.chosen) < len(x.rejected)).length,
+        rows.length,
+      ]).toEqual([113, 304, 419]);
+      const results = await evaluate(null, readExamples(file).examples, {
+        methods: ['pick-longer', 'pick-shorter'],
+        fewShot: 16,
+        seeds: 5,
+        seed: 0,
+        pool: 'subset',
+        outputDir: tempDir(),
+        saveAll: false,
+        chunkSize: 64,
+        dataset: 'llmbar.jsonl',
+        modelId: 'none',
+        method: { fit: {}, batchSize: 1, maxLength: 8, iclShots: 4, sampleN: 1, sampleTemperature: 1, savTopHeads: 1 },
+      });
+      expect(results.methods['pick-longer']!.accuracy).toMatchObject({ mean: 113 / 419, n: 419 });
+      expect(results.methods['pick-shorter']!.accuracy).toMatchObject({ mean: 304 / 419, n: 419 });
+    },
+  );
 });
 
 describe('ties', () => {
@@ -229,25 +237,28 @@ describe('leak-free splits', () => {
     expect(dropDuplicatePairs(twoSubsets, 'global').dropped.map((p) => p.id)).toEqual(['y', 'z']);
   });
 
-  it('no test pair shares its prompt with a pool pair; the pool has exactly --few-shot pairs; the rest is held out', () => {
-    const { pairs: kept } = dropDuplicatePairs(pairs());
-    const promptOf = (p: PairExample) => JSON.stringify(p.prompt);
-    let sawSplitPrompt = false;
-    for (let seed = 0; seed < 40; seed++) {
-      for (const fewShot of [1, 2, 3, 4]) {
-        const [split] = drawSplits(kept, fewShot, 'global', seed);
-        const poolPrompts = new Set(split!.pool.map(promptOf));
-        expect(split!.test.filter((p) => poolPrompts.has(promptOf(p)))).toEqual([]);
-        expect(split!.pool).toHaveLength(fewShot);
-        expect(split!.pool.length + split!.test.length + split!.heldOut).toBe(9);
-        if (split!.heldOut > 0) sawSplitPrompt = true;
+  it(
+    'no test pair shares its prompt with a pool pair; the pool has exactly --few-shot pairs; ' + 'the rest is held out',
+    () => {
+      const { pairs: kept } = dropDuplicatePairs(pairs());
+      const promptOf = (p: PairExample) => JSON.stringify(p.prompt);
+      let sawSplitPrompt = false;
+      for (let seed = 0; seed < 40; seed++) {
+        for (const fewShot of [1, 2, 3, 4]) {
+          const [split] = drawSplits(kept, fewShot, 'global', seed);
+          const poolPrompts = new Set(split!.pool.map(promptOf));
+          expect(split!.test.filter((p) => poolPrompts.has(promptOf(p)))).toEqual([]);
+          expect(split!.pool).toHaveLength(fewShot);
+          expect(split!.pool.length + split!.test.length + split!.heldOut).toBe(9);
+          if (split!.heldOut > 0) sawSplitPrompt = true;
+        }
       }
-    }
-    expect(sawSplitPrompt).toBe(true); // some draw filled the pool part-way through a prompt's pairs
-    expect(splitNotes(kept, 2, 'global', [0, 1, 2]).promptSiblingsHeldOut).toBe(
-      [0, 1, 2].reduce((a, s) => a + drawSplits(kept, 2, 'global', s)[0]!.heldOut, 0),
-    );
-  });
+      expect(sawSplitPrompt).toBe(true); // some draw filled the pool part-way through a prompt's pairs
+      expect(splitNotes(kept, 2, 'global', [0, 1, 2]).promptSiblingsHeldOut).toBe(
+        [0, 1, 2].reduce((a, s) => a + drawSplits(kept, 2, 'global', s)[0]!.heldOut, 0),
+      );
+    },
+  );
 });
 
 describe('RewardBench sections', () => {

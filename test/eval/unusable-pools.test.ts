@@ -96,62 +96,68 @@ describe('a pool a method cannot be prepared on', () => {
 
   const examples = () => dataset([...plainRows('plain', 14), ...longChosenRows('verbose', 14)]);
 
-  it('skips that (method, subset, seed) with its reason in items.jsonl, results.json, report.md and report.html; the rest runs', async () => {
-    const out = tempDir('arm-eval-');
-    const logged: string[] = [];
-    const results = await evaluate(stories, examples(), { ...options(out), log: (l) => logged.push(l) });
+  it(
+    'skips that (method, subset, seed) with its reason in items.jsonl, results.json, report.md ' +
+      'and report.html; the rest runs',
+    async () => {
+      const out = tempDir('arm-eval-');
+      const logged: string[] = [];
+      const results = await evaluate(stories, examples(), { ...options(out), log: (l) => logged.push(l) });
 
-    // Fitted methods lose subset "verbose" in both seeds; zero-shot needs no pool and keeps it.
-    const expected = ['arm', 'random-heads', 'sav-vote'].flatMap((method) =>
-      [0, 1].map((seed) => `${method}|verbose|${seed}`),
-    );
-    expect(results.skipped.map((k) => `${k.method}|${k.group}|${k.seed}`)).toEqual(expected);
-    for (const k of results.skipped) {
-      expect(k.testPairs).toBe(10);
-      expect(k.reason).toMatch(
-        k.method === 'sav-vote'
-          ? /both classes.*do not fit --max-length 96/
-          : /single label class.*do not fit --max-length 96/,
+      // Fitted methods lose subset "verbose" in both seeds; zero-shot needs no pool and keeps it.
+      const expected = ['arm', 'random-heads', 'sav-vote'].flatMap((method) =>
+        [0, 1].map((seed) => `${method}|verbose|${seed}`),
       );
-    }
-    expect(Object.keys(results.methods.arm!.subsets)).toEqual(['plain']);
-    expect(results.methods.arm!.accuracy.n).toBe(2 * 10);
-    expect(results.methods.arm!.skipped).toHaveLength(2);
-    // zero-shot needs no pool and is given subset verbose too, but cannot score it (too long at 96 tokens);
-    // like every method it is compared on the common set, which holds plain only.
-    expect(Object.keys(results.methods['zero-shot']!.subsets)).toEqual(['plain']);
-    expect(results.methods['zero-shot']!.allPairs.n).toBe(2 * 20);
-    expect(results.methods['zero-shot']!.coverage).toEqual({ scored: 2 * 10, total: 2 * 20, rate: 0.5 });
-    expect(results.methods.arm!.coverage).toEqual({ scored: 2 * 10, total: 2 * 20, rate: 0.5 });
-    expect(results.methods['zero-shot']!.skipped).toEqual([]);
-    // The log names the method, subset and seed of each skip.
-    expect(logged.some((l) => /skipped arm on subset verbose, seed 1 .*single label class/.test(l))).toBe(true);
+      expect(results.skipped.map((k) => `${k.method}|${k.group}|${k.seed}`)).toEqual(expected);
+      for (const k of results.skipped) {
+        expect(k.testPairs).toBe(10);
+        expect(k.reason).toMatch(
+          k.method === 'sav-vote'
+            ? /both classes.*do not fit --max-length 96/
+            : /single label class.*do not fit --max-length 96/,
+        );
+      }
+      expect(Object.keys(results.methods.arm!.subsets)).toEqual(['plain']);
+      expect(results.methods.arm!.accuracy.n).toBe(2 * 10);
+      expect(results.methods.arm!.skipped).toHaveLength(2);
+      // zero-shot needs no pool and is given subset verbose too, but cannot score it (too long at 96 tokens);
+      // like every method it is compared on the common set, which holds plain only.
+      expect(Object.keys(results.methods['zero-shot']!.subsets)).toEqual(['plain']);
+      expect(results.methods['zero-shot']!.allPairs.n).toBe(2 * 20);
+      expect(results.methods['zero-shot']!.coverage).toEqual({ scored: 2 * 10, total: 2 * 20, rate: 0.5 });
+      expect(results.methods.arm!.coverage).toEqual({ scored: 2 * 10, total: 2 * 20, rate: 0.5 });
+      expect(results.methods['zero-shot']!.skipped).toEqual([]);
+      // The log names the method, subset and seed of each skip.
+      expect(logged.some((l) => /skipped arm on subset verbose, seed 1 .*single label class/.test(l))).toBe(true);
 
-    const records = readRecords(path.join(out, 'items.jsonl'));
-    expect(skippedOf(records)).toHaveLength(6);
-    // A skipped split leaves no prepared record and no pair result behind.
-    for (const k of skippedOf(records)) {
-      expect(
-        records.some((r) => r.type !== 'skipped' && r.method === k.method && r.seed === k.seed && r.group === k.group),
-      ).toBe(false);
-    }
-    const json = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
-    expect(json.skipped).toHaveLength(6);
-    expect(json.methods.arm.skipped[0].reason).toMatch(/single label class/);
-    const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
-    expect(md).toContain('## Skipped (method, subset, seed)');
-    expect(md).toMatch(/\| arm \| verbose \| 0 \| 10 \| the few-shot examples hold a single label class/);
-    expect(md).toMatch(/\| arm † \|/);
-    expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(n=2\) \|/);
-    // verbose is out of the common set (skipped by some, unscorable by zero-shot): every row is over plain's 2 × 10
-    // pairs
-    expect(md).toContain(
-      'the 20 of 40 (seed, test pair)s that every method (arm, random-heads, sav-vote, zero-shot) could score',
-    );
-    const html = fs.readFileSync(path.join(out, 'report.html'), 'utf8');
-    expect(html).toContain('<h2>Skipped (method, subset, seed)</h2>');
-    expect(html).toContain('sav-vote: the pool needs items of both classes');
-  });
+      const records = readRecords(path.join(out, 'items.jsonl'));
+      expect(skippedOf(records)).toHaveLength(6);
+      // A skipped split leaves no prepared record and no pair result behind.
+      for (const k of skippedOf(records)) {
+        expect(
+          records.some(
+            (r) => r.type !== 'skipped' && r.method === k.method && r.seed === k.seed && r.group === k.group,
+          ),
+        ).toBe(false);
+      }
+      const json = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8'));
+      expect(json.skipped).toHaveLength(6);
+      expect(json.methods.arm.skipped[0].reason).toMatch(/single label class/);
+      const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
+      expect(md).toContain('## Skipped (method, subset, seed)');
+      expect(md).toMatch(/\| arm \| verbose \| 0 \| 10 \| the few-shot examples hold a single label class/);
+      expect(md).toMatch(/\| arm † \|/);
+      expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(n=2\) \|/);
+      // verbose is out of the common set (skipped by some, unscorable by zero-shot): every row is over plain's 2 × 10
+      // pairs
+      expect(md).toContain(
+        'the 20 of 40 (seed, test pair)s that every method (arm, random-heads, sav-vote, zero-shot) could score',
+      );
+      const html = fs.readFileSync(path.join(out, 'report.html'), 'utf8');
+      expect(html).toContain('<h2>Skipped (method, subset, seed)</h2>');
+      expect(html).toContain('sav-vote: the pool needs items of both classes');
+    },
+  );
 
   it('a resumed run neither retries a skipped pool nor counts anything twice', async () => {
     const out = tempDir('arm-eval-');
@@ -262,7 +268,8 @@ describe('thin and dropped subsets', () => {
         log: (l) => logged.push(l),
       });
       expect(logged).toContain(
-        'warning: subset tiny has 3 pairs, all taken by the --few-shot 4 pool in seeds 0, 1: nothing of it is tested there',
+        'warning: subset tiny has 3 pairs, all taken by the --few-shot 4 pool in seeds 0, 1: ' +
+          'nothing of it is tested there',
       );
       expect(logged).toContain(
         'warning: subset thin has 8 pairs, leaving 4 test pairs after the pool (fewer than 10): its accuracy is noisy',

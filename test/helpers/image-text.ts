@@ -79,8 +79,10 @@ function chatTemplate(imageMarkup: string): string {
   return (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}" +
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}" +
-    `{% if part['type'] == 'image' %}{{ '${imageMarkup}' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}` +
-    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    `{% if part['type'] == 'image' %}{{ '${imageMarkup}' }}` +
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}" +
+    "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}" +
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
   );
 }
 
@@ -157,7 +159,7 @@ export function imageTextCheckpoint(
   return dir;
 }
 
-export const COLOURS: Record<string, string> = { red: '#e02020', green: '#20a040', blue: '#2040e0', yellow: '#e0c020' };
+const COLOURS: Record<string, string> = { red: '#e02020', green: '#20a040', blue: '#2040e0', yellow: '#e0c020' };
 export const SHAPES = ['circle', 'square', 'triangle'] as const;
 
 function shapeSvg(shape: (typeof SHAPES)[number], fill: string, size: number): string {
@@ -169,7 +171,10 @@ function shapeSvg(shape: (typeof SHAPES)[number], fill: string, size: number): s
       : shape === 'square'
         ? `<rect x="${c - r}" y="${c - r}" width="${2 * r}" height="${2 * r}" fill="${fill}"/>`
         : `<polygon points="${c},${c - r} ${c + r},${c + r} ${c - r},${c + r}" fill="${fill}"/>`;
-  return `<svg xmlns="http://www.w3.org/2000/svg" width="${size}" height="${size}"><rect width="100%" height="100%" fill="white"/>${body}</svg>`;
+  return (
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${size}" height="${size}">` +
+    `<rect width="100%" height="100%" fill="white"/>${body}</svg>`
+  );
 }
 
 /**

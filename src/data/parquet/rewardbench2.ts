@@ -13,7 +13,7 @@ import { DataError, type PairExample, type ReadOptions, type ReadResult } from '
 import { expandRow, isMultiResponseRow, responseList } from '../multi-response.js';
 
 /** Every row of a parquet file as a plain object (int64 as bigint, as hyparquet returns it). */
-export async function readParquetRows(file: string): Promise<Record<string, unknown>[]> {
+async function readParquetRows(file: string): Promise<Record<string, unknown>[]> {
   let buffer;
   try {
     buffer = await asyncBufferFromFile(file);
