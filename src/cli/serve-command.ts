@@ -2,7 +2,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
-import { createRewardServer, SERVER_DEFAULTS, type Readout, type ScoreTransform } from '../server/app.js';
+import { createRewardServer } from '../server/app.js';
+import { SERVER_DEFAULTS, type RewardServerOptions } from '../server/options.js';
+import type { Readout, ScoreTransform } from '../server/readout.js';
 import { SPLIT_WITHOUT_PROMPTS, type SplitWithoutPrompts } from '../server/split.js';
 import { WorkerEngine } from '../server/engine.js';
 import {
@@ -40,12 +42,17 @@ interface ServeCliOptions extends ModelCliOptions {
 }
 
 export function registerServeCommand(program: Command): void {
-  addModelOptions(
-    program
-      .command('serve')
-      .description('serve criteria as a reward model over HTTP (OpenRLHF /get_reward, vLLM /classify, /v1/score)'),
-    DEFAULT_MODEL,
-  )
+  const command = program
+    .command('serve')
+    .description('serve criteria as a reward model over HTTP (OpenRLHF /get_reward, vLLM /classify, /v1/score)');
+  addRewardOptions(
+    addLimitOptions(addBatchingOptions(addEndpointOptions(addModelOptions(command, DEFAULT_MODEL)))),
+  ).action(serveCommand);
+}
+
+/** What is served and where: criteria, their combination, address, API key. */
+function addEndpointOptions(cmd: Command): Command {
+  return cmd
     .requiredOption(
       '--rm <name=file>',
       'criterion file, optionally named (repeat for several)',
@@ -57,7 +64,12 @@ export function registerServeCommand(program: Command): void {
     .option(
       '--api-key-file <file>',
       'require "Authorization: Bearer <key>" (the file\'s content) on every endpoint but /health',
-    )
+    );
+}
+
+/** Micro-batching and the forward's batch size and token budget. */
+function addBatchingOptions(cmd: Command): Command {
+  return cmd
     .option(
       '--max-batch <n>',
       'most judge items per micro-batch',
@@ -81,16 +93,23 @@ export function registerServeCommand(program: Command): void {
     )
     .option('--max-length <n>', "token budget per judge prompt (default: the criterion's)", (v) =>
       positiveInt(v, '--max-length'),
-    )
+    );
+}
+
+/** Per-request limits, timeouts and connections (README "Reliability (reward server)"). */
+function addLimitOptions(cmd: Command): Command {
+  return cmd
     .option(
       '--body-limit-mib <n>',
-      'largest request body; larger gets 413 (bodies over 256 KiB are parsed off the main thread, but an accepted one still costs it about 4 ms per MiB)',
+      'largest request body; larger gets 413 (bodies over 256 KiB are parsed off the main thread, but an accepted ' +
+        'one still costs it about 4 ms per MiB)',
       (v) => positiveInt(v, '--body-limit-mib'),
       SERVER_DEFAULTS.bodyLimit / 2 ** 20,
     )
     .option(
       '--max-request-items <n>',
-      'most entries in one request (query, prompts, input, items, pairs, labels; never more than --max-queue); more gets 413 before any is looked at',
+      'most entries in one request (query, prompts, input, items, pairs, labels; never more than --max-queue); ' +
+        'more gets 413 before any is looked at',
       (v) => positiveInt(v, '--max-request-items'),
       SERVER_DEFAULTS.maxRequestItems,
     )
@@ -123,7 +142,12 @@ export function registerServeCommand(program: Command): void {
       'most open connections; beyond it new ones are closed at once',
       (v) => positiveInt(v, '--max-connections'),
       SERVER_DEFAULTS.maxConnections,
-    )
+    );
+}
+
+/** What the rewards are (readout, transform, too long), how queries without prompts are split, image paths. */
+function addRewardOptions(cmd: Command): Command {
+  return cmd
     .addOption(
       new Option(
         '--reward-readout <kind>',
@@ -137,7 +161,9 @@ export function registerServeCommand(program: Command): void {
     .addOption(
       new Option(
         '--split-without-prompts <rule>',
-        '/get_reward without "prompts" and /classify: refuse (400), or cut at the last assistant-turn opener — RISK: a response that spells a turn opener moves the question and gets its own question graded; use only with trusted policies',
+        '/get_reward without "prompts" and /classify: refuse (400), or cut at the last assistant-turn opener — ' +
+          'RISK: a response that spells a turn opener moves the question and gets its own question graded; use ' +
+          'only with trusted policies',
       )
         .choices([...SPLIT_WITHOUT_PROMPTS])
         .default('refuse'),
@@ -146,107 +172,142 @@ export function registerServeCommand(program: Command): void {
       '--image-root <dir>',
       '/v1/score "images" paths (image-text checkpoints) are read under this folder; paths outside it are refused',
       '.',
-    )
-    .action(async (o: ServeCliOptions) => {
-      const apiKey = o.apiKeyFile === undefined ? undefined : readApiKey(o.apiKeyFile);
-      const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
-      const scoreTransform = parseTransform(o.scoreTransform);
-      const tooLongReward = o.tooLongReward === undefined ? null : finiteNumber(o.tooLongReward, '--too-long-reward');
-      const criteria = o.rm.map(parseRmSpec);
-      const names = criteria.map((c) => c.name);
-      const dup = names.find((n, i) => names.indexOf(n) !== i);
-      if (dup) throw new Error(`--rm: the name "${dup}" is given twice`);
-      for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
-      const imageRoot = path.resolve(o.imageRoot);
-      if (!fs.existsSync(imageRoot) || !fs.statSync(imageRoot).isDirectory())
-        throw new Error(`--image-root ${o.imageRoot}: no such folder`);
-      if (!o.quiet)
+    );
+}
+
+/** The flags that need reading or checking before the model loads. */
+interface ServeInputs {
+  apiKey: string | undefined;
+  combine: Record<string, number> | undefined;
+  scoreTransform: ScoreTransform;
+  tooLongReward: number | null;
+  criteria: { name: string; file: string }[];
+  imageRoot: string;
+}
+
+/** Checks the flags, loads the model in the scoring thread, serves until a signal, then drains. */
+async function serveCommand(o: ServeCliOptions): Promise<void> {
+  const inputs = serveInputs(o);
+  if (!o.quiet)
+    process.stderr.write(
+      `arm serve: loading ${o.model} and ${inputs.criteria.length} criteria in the scoring thread (the first run ` +
+        `builds the graph)…\n`,
+    );
+  // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
+  const engine = await WorkerEngine.start({
+    model: o.model,
+    load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) },
+    criteria: inputs.criteria,
+  });
+  let closed = false;
+  try {
+    const server = await createRewardServer(rewardServerOptions(o, inputs, engine));
+    const stopped = stopSignal(engine);
+    const url = await server.listen({ host: o.host, port: o.port });
+    const names = inputs.criteria.map((c) => c.name);
+    process.stderr.write(
+      `arm serve: listening on ${url} (model ${engine.info.model.id}; criteria ${names.join(', ')}` +
+        `${inputs.combine ? `; combine ${o.combine}` : ''}${inputs.apiKey ? '; API key required' : ''})\n`,
+    );
+    await server.warm();
+    process.stderr.write(`arm serve: ready\n`);
+    const sig = await stopped;
+    process.stderr.write(
+      `arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in ` +
+        `flight\n`,
+    );
+    await server.close();
+    closed = true;
+    process.stderr.write('arm serve: drained, exiting\n');
+  } finally {
+    if (!closed) await engine.close();
+  }
+}
+
+/** Reads the API key, parses --combine, --score-transform and --too-long-reward, checks --rm files and --image-root. */
+function serveInputs(o: ServeCliOptions): ServeInputs {
+  const apiKey = o.apiKeyFile === undefined ? undefined : readApiKey(o.apiKeyFile);
+  const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
+  const scoreTransform = parseTransform(o.scoreTransform);
+  const tooLongReward = o.tooLongReward === undefined ? null : finiteNumber(o.tooLongReward, '--too-long-reward');
+  const criteria = o.rm.map(parseRmSpec);
+  const names = criteria.map((c) => c.name);
+  const dup = names.find((n, i) => names.indexOf(n) !== i);
+  if (dup) throw new Error(`--rm: the name "${dup}" is given twice`);
+  for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
+  const imageRoot = path.resolve(o.imageRoot);
+  if (!fs.existsSync(imageRoot) || !fs.statSync(imageRoot).isDirectory())
+    throw new Error(`--image-root ${o.imageRoot}: no such folder`);
+  return { apiKey, combine, scoreTransform, tooLongReward, criteria, imageRoot };
+}
+
+function rewardServerOptions(o: ServeCliOptions, inputs: ServeInputs, engine: WorkerEngine): RewardServerOptions {
+  return {
+    engine,
+    combine: inputs.combine,
+    maxBatch: o.maxBatch,
+    maxWaitMs: o.maxWaitMs,
+    maxQueue: o.maxQueue,
+    batchSize: o.batchSize,
+    maxLength: o.maxLength,
+    bodyLimit: o.bodyLimitMib * 2 ** 20,
+    apiKey: inputs.apiKey,
+    readout: o.rewardReadout,
+    scoreTransform: inputs.scoreTransform,
+    tooLongReward: inputs.tooLongReward,
+    modelName: o.model,
+    log: (line) => process.stderr.write(`${line}\n`),
+    imageRoot: inputs.imageRoot,
+    splitWithoutPrompts: o.splitWithoutPrompts,
+    requestTimeoutMs: o.requestTimeoutS * 1000,
+    idleTimeoutMs: o.idleTimeoutS * 1000,
+    keepAliveTimeoutMs: o.keepAliveTimeoutS * 1000,
+    maxRequestsPerSocket: o.maxRequestsPerSocket,
+    maxConnections: o.maxConnections,
+    maxRequestItems: o.maxRequestItems,
+  };
+}
+
+/**
+ * Resolves with the first SIGTERM or SIGINT (then the server drains). A second exits 130 once the running forward
+ * returns; a third kills at once.
+ */
+function stopSignal(engine: WorkerEngine): Promise<string> {
+  return new Promise<string>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: string) => {
+      signals++;
+      if (signals === 2) {
+        // Not process.exit at once: a forward running in the scoring thread would abort the process (engine.ts
+        // abort).
         process.stderr.write(
-          `arm serve: loading ${o.model} and ${criteria.length} criteria in the scoring thread (the first run builds the graph)…\n`,
+          `arm serve: ${sig} again, exiting without draining once the running forward returns (a third signal ` +
+            `kills at once)\n`,
         );
-      // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
-      const engine = await WorkerEngine.start({
-        model: o.model,
-        load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) },
-        criteria,
-      });
-      let closed = false;
-      try {
-        const server = await createRewardServer({
-          engine,
-          combine,
-          maxBatch: o.maxBatch,
-          maxWaitMs: o.maxWaitMs,
-          maxQueue: o.maxQueue,
-          batchSize: o.batchSize,
-          maxLength: o.maxLength,
-          bodyLimit: o.bodyLimitMib * 2 ** 20,
-          apiKey,
-          readout: o.rewardReadout,
-          scoreTransform,
-          tooLongReward,
-          modelName: o.model,
-          log: (line) => process.stderr.write(`${line}\n`),
-          imageRoot,
-          splitWithoutPrompts: o.splitWithoutPrompts,
-          requestTimeoutMs: o.requestTimeoutS * 1000,
-          idleTimeoutMs: o.idleTimeoutS * 1000,
-          keepAliveTimeoutMs: o.keepAliveTimeoutS * 1000,
-          maxRequestsPerSocket: o.maxRequestsPerSocket,
-          maxConnections: o.maxConnections,
-          maxRequestItems: o.maxRequestItems,
-        });
-        const stopped = new Promise<string>((resolve) => {
-          let signals = 0;
-          const onSignal = (sig: string) => {
-            signals++;
-            if (signals === 2) {
-              // Not process.exit at once: a forward running in the scoring thread would abort the process (engine.ts
-              // abort).
-              process.stderr.write(
-                `arm serve: ${sig} again, exiting without draining once the running forward returns (a third signal kills at once)\n`,
-              );
-              void engine.abort().finally(() => process.exit(130));
-              return;
-            }
-            if (signals > 2) {
-              process.stderr.write(`arm serve: ${sig} a third time, killing\n`);
-              process.kill(process.pid, 'SIGKILL');
-              return;
-            }
-            resolve(sig);
-          };
-          process.on('SIGTERM', () => onSignal('SIGTERM'));
-          process.on('SIGINT', () => onSignal('SIGINT'));
-        });
-        const url = await server.listen({ host: o.host, port: o.port });
-        process.stderr.write(
-          `arm serve: listening on ${url} (model ${engine.info.model.id}; criteria ${names.join(', ')}${combine ? `; combine ${o.combine}` : ''}${apiKey ? '; API key required' : ''})\n`,
-        );
-        await server.warm();
-        process.stderr.write(`arm serve: ready\n`);
-        const sig = await stopped;
-        process.stderr.write(
-          `arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in flight\n`,
-        );
-        await server.close();
-        closed = true;
-        process.stderr.write('arm serve: drained, exiting\n');
-      } finally {
-        if (!closed) await engine.close();
+        void engine.abort().finally(() => process.exit(130));
+        return;
       }
-    });
+      if (signals > 2) {
+        process.stderr.write(`arm serve: ${sig} a third time, killing\n`);
+        process.kill(process.pid, 'SIGKILL');
+        return;
+      }
+      resolve(sig);
+    };
+    process.on('SIGTERM', () => onSignal('SIGTERM'));
+    process.on('SIGINT', () => onSignal('SIGINT'));
+  });
 }
 
 /** `name=file` or `file` (named after the file: concise.arm.safetensors → concise). */
-export function parseRmSpec(spec: string): { name: string; file: string } {
+function parseRmSpec(spec: string): { name: string; file: string } {
   const eq = spec.indexOf('=');
   // A path may itself hold "=": only a name made of word characters counts as one.
   if (eq > 0 && /^[\w.-]+$/.test(spec.slice(0, eq))) return { name: spec.slice(0, eq), file: spec.slice(eq + 1) };
   return { name: path.basename(spec).replace(/\.arm\.safetensors$|\.safetensors$/, ''), file: spec };
 }
 
-export function parseCombine(v: string): Record<string, number> {
+function parseCombine(v: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const part of v
     .split(',')
@@ -261,14 +322,15 @@ export function parseCombine(v: string): Record<string, number> {
   const negative = Object.entries(out).find(([, w]) => w < 0);
   if (negative)
     throw new Error(
-      `--combine: the weight of ${negative[0]} is ${negative[1]}; weights must be ≥ 0 (the combined reward is a weighted mean of probabilities)`,
+      `--combine: the weight of ${negative[0]} is ${negative[1]}; weights must be ≥ 0 (the combined reward is a ` +
+        `weighted mean of probabilities)`,
     );
   if (Object.values(out).reduce((a, b) => a + b, 0) <= 0)
     throw new Error('--combine: the weights sum to 0; give at least one positive weight');
   return out;
 }
 
-export function parseTransform(v: string): ScoreTransform {
+function parseTransform(v: string): ScoreTransform {
   if (v === 'none' || v === 'logit') return { kind: v };
   const m = /^threshold:(.+)$/.exec(v);
   if (m) return { kind: 'threshold', at: finiteNumber(m[1]!, '--score-transform threshold') };

@@ -16,7 +16,7 @@ import { spawnModuleWorker } from '../util/module-worker.js';
 import type { Presplit, SplitWithoutPrompts } from './split.js';
 
 /** Bodies up to this size are parsed on the main thread (at worst a few ms); larger ones in the body worker. */
-export const MAIN_THREAD_PARSE_BYTES = 256 * 1024;
+const MAIN_THREAD_PARSE_BYTES = 256 * 1024;
 
 /** JSON values a body may hold per entry it may carry (a prompt given as turns is 3 values a turn, plus ids). */
 export const VALUES_PER_ITEM = 128;
@@ -54,14 +54,16 @@ export function parseBody(text: string, limits: BodyLimits): { body: unknown } |
  * request), then every value is counted, stopping at the limit; keys that could reach an object's prototype
  * (`__proto__`, `constructor.prototype`) are refused as fastify's own parser refuses them.
  */
-export function refuseByCounts(body: unknown, limits: BodyLimits): BodyRefusal | null {
+function refuseByCounts(body: unknown, limits: BodyLimits): BodyRefusal | null {
   if (body !== null && typeof body === 'object' && !Array.isArray(body)) {
     for (const [key, value] of Object.entries(body)) {
       if (Array.isArray(value) && value.length > limits.maxItems) {
         return {
           status: 413,
           field: key,
-          message: `${key}: ${value.length} entries in one request; at most ${limits.maxItems} (--max-request-items, and never more than --max-queue); send smaller requests`,
+          message:
+            `${key}: ${value.length} entries in one request; at most ${limits.maxItems} (--max-request-items, ` +
+            `and never more than --max-queue); send smaller requests`,
         };
       }
     }
@@ -74,7 +76,9 @@ export function refuseByCounts(body: unknown, limits: BodyLimits): BodyRefusal |
       return {
         status: 413,
         field: 'body',
-        message: `body: more than ${limits.maxValues} JSON values (${VALUES_PER_ITEM} per entry a request may carry); send smaller requests`,
+        message:
+          `body: more than ${limits.maxValues} JSON values (${VALUES_PER_ITEM} per entry a request may ` +
+          `carry); send smaller requests`,
       };
     }
     if (v === null || typeof v !== 'object') continue;

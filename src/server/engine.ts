@@ -5,44 +5,16 @@
  * `WorkerEngine` keeps the decoder and criteria in a worker thread: the main thread only does HTTP, validation
  * and batching. `InProcessEngine` scores on the calling thread (library use, tests).
  *
- * Both run the very same `ActivationRM.scoreExamples` call, so scores do not depend on the engine.
+ * Both run the very same `ActivationRM.scoreExamples` call, so scores do not depend on the engine. The contract
+ * they implement (`ScoringEngine`) and the scores they give are in engine-types.ts.
  */
 import { Worker } from 'node:worker_threads';
 import type { ActivationRM } from '../arm/rm.js';
-import type { CriterionMeta } from '../arm/criterion.js';
 import type { Decoder, LoadOptions } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
-import type { ExampleScore } from './scheduler.js';
+import type { EngineInfo, ExampleScore, ScoreCallOptions, ScoringEngine } from './engine-types.js';
 import { specialTokensOf } from './split.js';
 import { spawnModuleWorker } from '../util/module-worker.js';
-
-export interface ScoreCallOptions {
-  batchSize?: number;
-  maxLength?: number;
-}
-
-/** What the HTTP side needs to know about the model and criteria. */
-export interface EngineInfo {
-  model: { id: string; dir: string; family: string; numLayers: number; numHeads: number };
-  /** An image-text checkpoint: /v1/score items and pairs may carry `images`. */
-  imageText: boolean;
-  /** Special-token strings of the tokenizer and its end-of-sequence token, for the OpenRLHF split. */
-  specialTokens: string[];
-  eosToken: string | null;
-  criteria: { name: string; file: string; meta: CriterionMeta }[];
-}
-
-export interface ScoringEngine {
-  readonly info: EngineInfo;
-  /** Scores `examples` under `criterion` with one scoreExamples call; `tokens`: tokens fed to the model. */
-  score(
-    criterion: string,
-    examples: Example[],
-    opts: ScoreCallOptions,
-  ): Promise<{ scores: ExampleScore[]; tokens: number }>;
-  /** Frees the model (the worker exits). */
-  close(): Promise<void>;
-}
 
 export interface LoadedCriterion {
   name: string;
@@ -50,7 +22,10 @@ export interface LoadedCriterion {
   rm: ActivationRM;
 }
 
-/** Scores on the calling thread with an already loaded decoder and criteria. `close` does not dispose the decoder (the caller owns it). */
+/**
+ * Scores on the calling thread with an already loaded decoder and criteria. `close` does not dispose the decoder (the
+ * caller owns it).
+ */
 export class InProcessEngine implements ScoringEngine {
   readonly info: EngineInfo;
   private readonly byName: Map<string, ActivationRM>;

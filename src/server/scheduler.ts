@@ -21,11 +21,8 @@
  * (ItemFailedError naming it). Whose fault: an item that fails alone while batch-mates were scored, or while a
  * server-made probe example still scores, is the input's; when nothing scores, the engine's (the plain error).
  */
-import type { ItemScore, PairScore } from '../arm/rm.js';
 import type { Example } from '../data/examples.js';
-import type { ScoringEngine } from './engine.js';
-
-export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
+import type { ExampleScore, ScoringEngine } from './engine-types.js';
 
 export class QueueFullError extends Error {
   override name = 'QueueFullError';
@@ -36,7 +33,8 @@ export class QueueFullError extends Error {
     readonly retryAfterS: number,
   ) {
     super(
-      `the queue is full: ${queued} judge items waiting, this request adds ${asked}, the limit is ${maxQueue}; retry in ${retryAfterS} s`,
+      `the queue is full: ${queued} judge items waiting, this request adds ${asked}, the limit is ${maxQueue}; retry ` +
+        `in ${retryAfterS} s`,
     );
   }
 }
@@ -70,7 +68,7 @@ export class CancelledError extends Error {
 }
 
 /** Judge items an example costs: a pair is two forwards, a scalar one. */
-export const itemCost = (e: Example) => (e.kind === 'pair' ? 2 : 1);
+const itemCost = (e: Example) => (e.kind === 'pair' ? 2 : 1);
 
 export interface SchedulerOptions {
   /** Most judge items per micro-batch (one scoreExamples call). */
@@ -251,7 +249,8 @@ export class MicroBatcher {
         batch.push(e);
         items += e.cost;
       } else {
-        if (e.criterion === criterion) full = true; // keep FIFO order within a criterion: nothing jumps a pair that did not fit
+        // Keep FIFO order within a criterion: nothing jumps a pair that did not fit.
+        if (e.criterion === criterion) full = true;
         rest.push(e);
       }
     }

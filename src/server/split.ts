@@ -128,14 +128,19 @@ export class QuerySplitter {
     this.endMarkers = [...new Set([...END_MARKERS, ...(eosToken ? [eosToken] : [])])];
   }
 
-  /** `query[i]` (and `prompts[i]` when given) → the judge's prompt and the response. Throws SplitError naming the field. */
+  /**
+   * `query[i]` (and `prompts[i]` when given) → the judge's prompt and the response. Throws SplitError naming the
+   * field.
+   */
   split(query: string, prompt: string | undefined, index: number): { prompt: Prompt; response: string } {
     if (prompt !== undefined) {
       const at = this.findPrompt(query, prompt);
       if (at === null) {
         throw new SplitError(
           `prompts[${index}]`,
-          `prompts[${index}] is not at the start of query[${index}] (not even with special tokens removed from both), so the response cannot be cut out; send the templated prompt exactly as the policy saw it, or leave prompts out`,
+          `prompts[${index}] is not at the start of query[${index}] (not even with special tokens removed from ` +
+            `both), so the response cannot be cut out; send the templated prompt exactly as the policy saw it, or ` +
+            `leave prompts out`,
         );
       }
       return { prompt: this.judgePrompt(prompt), response: this.cleanResponse(at.rest) };
@@ -143,7 +148,9 @@ export class QuerySplitter {
     if (this.withoutPrompts === 'refuse') {
       throw new SplitError(
         `prompts[${index}]`,
-        `prompts[${index}]: is required to tell query[${index}]'s question from its response (a response can spell a turn opener and move the question); send prompts, or opt in to the last-assistant-turn heuristic (--split-without-prompts last-assistant-turn)`,
+        `prompts[${index}]: is required to tell query[${index}]'s question from its response (a response can spell a ` +
+          `turn opener and move the question); send prompts, or opt in to the last-assistant-turn heuristic ` +
+          `(--split-without-prompts last-assistant-turn)`,
       );
     }
     let best: { at: number; marker: string } | null = null;
@@ -158,7 +165,8 @@ export class QuerySplitter {
     if (!best) {
       throw new SplitError(
         `query[${index}]`,
-        `query[${index}] has no assistant-turn marker of a known chat format (ChatML, Llama 3, Gemma, Phi-3, [INST]) and prompts[${index}] was not sent, so prompt and response cannot be told apart; send prompts`,
+        `query[${index}] has no assistant-turn marker of a known chat format (ChatML, Llama 3, Gemma, Phi-3, [INST]) ` +
+          `and prompts[${index}] was not sent, so prompt and response cannot be told apart; send prompts`,
       );
     }
     const promptPart = query.slice(0, best.at + best.marker.length);
@@ -168,7 +176,10 @@ export class QuerySplitter {
     };
   }
 
-  /** Where the prompt ends in the query: an exact prefix (after leading padding), or a prefix once special tokens are removed from both. */
+  /**
+   * Where the prompt ends in the query: an exact prefix (after leading padding), or a prefix once special tokens are
+   * removed from both.
+   */
   private findPrompt(query: string, prompt: string): { rest: string } | null {
     if (query.startsWith(prompt)) return { rest: query.slice(prompt.length) };
     const at = query.indexOf(prompt);
@@ -340,4 +351,27 @@ export function withoutSplitTexts(body: Record<string, unknown>): Record<string,
   const out = { ...body };
   for (const key of ['query', 'prompts', 'input']) if (key in out) out[key] = blank(out[key]);
   return out;
+}
+
+/**
+ * Entry splits on the main thread: a body whose texts the body thread split ahead (and blanked) is remembered with
+ * its splits; any other body's entries are split here, when its handler asks.
+ */
+export class BodySplits {
+  private readonly presplits = new WeakMap<object, Presplit>();
+
+  constructor(private readonly splitter: QuerySplitter) {}
+
+  /** `body` came from the body thread with its texts split ahead (`presplit`) and blanked. */
+  remember(body: object, presplit: Presplit): void {
+    this.presplits.set(body, presplit);
+  }
+
+  /** Entry `i`'s split (`text` and `prompt` as the body holds them): made ahead for a large body, else here. */
+  entry(body: object, text: string, prompt: string | undefined, i: number): SplitEntry {
+    const pre = this.presplits.get(body);
+    if (!pre) return this.splitter.split(text, prompt, i);
+    if (i < pre.entries.length) return pre.entries[i]!;
+    throw new SplitError(pre.error!.field, pre.error!.message);
+  }
 }

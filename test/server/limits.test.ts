@@ -7,8 +7,9 @@ import net from 'node:net';
 import os from 'node:os';
 import type { Example } from '../../src/data/examples.js';
 import type { CriterionMeta } from '../../src/arm/criterion.js';
-import { createRewardServer, type RewardServer, type RewardServerOptions } from '../../src/server/app.js';
-import type { ScoringEngine } from '../../src/server/engine.js';
+import { createRewardServer, type RewardServer } from '../../src/server/app.js';
+import type { RewardServerOptions } from '../../src/server/options.js';
+import type { ScoringEngine } from '../../src/server/engine-types.js';
 import { QuerySplitter } from '../../src/server/split.js';
 import { millionEntryAttacker } from './clients.js';
 

@@ -9,7 +9,7 @@ import {
   ShuttingDownError,
   type SchedulerOptions,
 } from '../../src/server/scheduler.js';
-import type { ScoringEngine } from '../../src/server/engine.js';
+import type { ScoringEngine } from '../../src/server/engine-types.js';
 
 /**
  * A stand-in whose score is a function of the response alone, taking `delayMs` per call; records each call's

@@ -57,9 +57,7 @@ afterAll(() => {
 });
 
 /** `arm serve` in a child process on a free loopback port; resolves once it is ready. */
-async function serve(
-  args: string[],
-): Promise<{
+async function serve(args: string[]): Promise<{
   child: ChildProcess;
   url: string;
   exited: Promise<{ code: number | null; signal: string | null }>;

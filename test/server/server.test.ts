@@ -8,8 +8,11 @@ import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type Example, type Prompt } from '../../src/data/examples.js';
 import { fitActivationRM } from '../../src/arm/fit.js';
 import { ActivationRM } from '../../src/arm/rm.js';
-import { armFields, createRewardServer, type RewardServer, type RewardServerOptions } from '../../src/server/app.js';
-import { InProcessEngine, WorkerEngine, type LoadedCriterion, type ScoringEngine } from '../../src/server/engine.js';
+import { createRewardServer, type RewardServer } from '../../src/server/app.js';
+import type { ScoringEngine } from '../../src/server/engine-types.js';
+import { InProcessEngine, WorkerEngine, type LoadedCriterion } from '../../src/server/engine.js';
+import type { RewardServerOptions } from '../../src/server/options.js';
+import { armFields } from '../../src/server/readout.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 const EXAMPLES = path.resolve(import.meta.dirname, '../../examples/concise');
