@@ -1,3 +1,4 @@
+// arm fit, inspect and score end to end on stories260K, and score refusing a criterion from another model.
 import { expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,3 +1,4 @@
+// arm forward and arm generate: golden logits and tokens, head taps, chat template, token-id input, int4 GPTQ.
 import { expect, it } from 'vitest';
 import { arm } from '../helpers/cli.js';
 import fs from 'node:fs';

@@ -1,3 +1,4 @@
+// arm bias-probe on llmbar (the files it writes, each bias's transform, determinism) and the transforms alone.
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,3 +1,4 @@
+// The PreferenceHack reader (alias fields, the 80/920 split, errors) and arm eval's use of its fixed split.
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

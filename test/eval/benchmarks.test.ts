@@ -1,3 +1,5 @@
+// Benchmark scoring rules: RM-Bench's 3 × 3 style matrix, JudgeBench per set and both orders, RewardBench 2's
+// best-of-n and Ties from parquet, checked against independent computations from the raw rows.
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

@@ -1,3 +1,5 @@
+// Bias probes in arm eval: --bias-pair runs both splits and reports the gap (flipped − biased), the gap statistics
+// on constructed records, and a pair run with a model learning from the biased split's pool.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';

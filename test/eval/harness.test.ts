@@ -1,3 +1,5 @@
+// The evaluation harness: pool/test splits, and end-to-end runs of every method (tiny random model, stories260K)
+// with resume, the length rules against an independent count, and refused resumes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';

@@ -1,3 +1,5 @@
+// Metrics against hand-computed values (accuracy, std, quantiles, bootstrap, RewardBench sections) and the
+// aggregation of run records.
 import { describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';

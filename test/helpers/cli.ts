@@ -1,3 +1,4 @@
+// Runs the arm CLI from source in a child process, for the CLI tests.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { tempDir } from './fixtures.js';

@@ -1,3 +1,5 @@
+// Shared test fixtures: the shared models and data, temporary folders, small configs of every family, ChatML,
+// random checkpoints and comparison helpers.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
