@@ -55,9 +55,14 @@ export function registerEvalCommand(program: Command): void {
   const command = program
     .command('eval')
     .description('compare the Activation RM with baselines on a preference dataset');
-  addBaselineOptions(
-    addRowOptions(addRunOptions(addFitOptions(addJudgeOptions(addModelOptions(command, DEFAULT_MODEL))))),
-  ).action(evalCommand);
+  // Each adds its flags to `command` (in help order).
+  addModelOptions(command, DEFAULT_MODEL);
+  addJudgeOptions(command);
+  addFitOptions(command);
+  addRunOptions(command);
+  addRowOptions(command);
+  addBaselineOptions(command);
+  command.action(evalCommand);
 }
 
 /** What is evaluated, and how the pool is drawn and the run kept. */

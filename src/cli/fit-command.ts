@@ -46,7 +46,12 @@ interface FitCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
 
 export function registerFitCommand(program: Command): void {
   const command = program.command('fit').description('fit an Activation RM criterion from few-shot examples');
-  addFitCommandOptions(addFitOptions(addJudgeOptions(addModelOptions(command, DEFAULT_MODEL)))).action(fitCommand);
+  // Each adds its flags to `command` (in help order).
+  addModelOptions(command, DEFAULT_MODEL);
+  addJudgeOptions(command);
+  addFitOptions(command);
+  addFitCommandOptions(command);
+  command.action(fitCommand);
 }
 
 /** The flags only `fit` takes: its input and output, the intervention, and how the run is kept. */

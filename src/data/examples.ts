@@ -141,7 +141,7 @@ export function* streamExamples(
       } catch (e) {
         throw new DataError(`${where}: not valid JSON (${(e as Error).message})`);
       }
-      ex = parseRow(row, line, where, opts.labelsOptional ?? false, baseDir);
+      ex = parseRow(row, { line, where, baseDir, labelsOptional: opts.labelsOptional ?? false });
       if (seen?.has(ex.id)) throw new DataError(`${where}: field "id": duplicate id ${JSON.stringify(ex.id)}`);
       seen?.add(ex.id);
     } catch (e) {
@@ -244,12 +244,23 @@ function firstInvalidUtf8(bytes: Buffer): number {
   return bytes.length;
 }
 
-function parseRow(row: unknown, line: number, where: string, labelsOptional: boolean, baseDir: string): Example {
+/**
+ * Where a row is and how it is read: its line, its `file:line` for messages, the folder its image paths are under,
+ * and whether a {prompt, response} item may come without a label.
+ */
+interface RowContext {
+  line: number;
+  where: string;
+  baseDir: string;
+  labelsOptional: boolean;
+}
+
+function parseRow(row: unknown, at: RowContext): Example {
   if (typeof row !== 'object' || row === null || Array.isArray(row))
-    throw new DataError(`${where}: a row must be a JSON object`);
+    throw new DataError(`${at.where}: a row must be a JSON object`);
   const r = row as Record<string, unknown>;
-  const ex = parseFields(r, line, where, labelsOptional, baseDir);
-  const images = [...imagesField(r, where, baseDir), ...ex.images];
+  const ex = parseFields(r, at);
+  const images = [...imagesField(r, at.where, at.baseDir), ...ex.images];
   const { images: _parts, ...rest } = ex;
   return images.length ? { ...rest, images } : rest;
 }
@@ -286,13 +297,8 @@ function imageFile(v: unknown, where: string, baseDir: string): string {
 /** Content parts of one turn collected while parsing a row: image files found in message lists. */
 type Parsed = Example & { images: string[] };
 
-function parseFields(
-  r: Record<string, unknown>,
-  line: number,
-  where: string,
-  labelsOptional: boolean,
-  baseDir: string,
-): Parsed {
+function parseFields(r: Record<string, unknown>, at: RowContext): Parsed {
+  const { line, where, labelsOptional, baseDir } = at;
   const images: string[] = [];
   const parsePrompt = (v: unknown, at: string) => parsePromptIn(v, at, images, baseDir);
   const parseTurns = (v: unknown, at: string) => parseTurnsIn(v, at, images, baseDir);

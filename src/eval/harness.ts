@@ -111,11 +111,15 @@ export async function runEval(
   if (seeds.length < opts.seeds) log('note: --few-shot 0 with deterministic methods: one seed is enough');
   reportSplits(pairs, opts, seeds, log);
   const run: EvalRun = { decoder, opts, log, runLog };
-  for (const seed of seeds) {
-    const splits = drawSplits(pairs, opts.fewShot, opts.pool, seed, opts.poolCandidate);
-    for (const name of order) for (const split of splits) await runMethodOnSplit(run, { name, seed, split });
-  }
+  for (const seed of seeds) await runSeed(run, pairs, seed, order);
   return runLog.records;
+}
+
+/** One seed: its pools and test sets drawn, then every method (in `order`) on every split. */
+async function runSeed(run: EvalRun, pairs: PairExample[], seed: number, order: string[]): Promise<void> {
+  const { opts } = run;
+  const splits = drawSplits(pairs, opts.fewShot, opts.pool, seed, opts.poolCandidate);
+  for (const name of order) for (const split of splits) await runMethodOnSplit(run, { name, seed, split });
 }
 
 /**
