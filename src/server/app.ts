@@ -5,7 +5,7 @@
  *
  * How a request flows, e.g. `POST /get_reward {query, prompts}`:
  *  1. Parse (http.ts installJsonBodyParser, body.ts): the body is counted (413 beyond the limits) and parsed, on this
- *     thread up to 256 KiB, else in the body thread (body-worker.ts), which also splits its texts ahead.
+ *     thread up to 256 KiB, else in the body thread (body-worker.ts), which also splits its texts ahead (step 3).
  *  2. Validate: fastify checks it against the route's JSON schema; every error becomes `{error, field}`
  *     (http-errors.ts).
  *  3. Split (routes/get-reward.ts, split.ts): each `query[i]` is cut after `prompts[i]` into the judge's prompt and
@@ -14,7 +14,8 @@
  *     criterion; a micro-batch of up to `maxBatch` judge items starts when full or when its oldest waited `maxWaitMs`
  *     (503 beyond `maxQueue`).
  *  5. Score (engine.ts WorkerEngine, score-worker.ts): the batch is posted to the scoring thread, which runs
- *     `ActivationRM.scoreExamples` (the call `arm score` makes) and posts the scores back.
+ *     `ActivationRM.scoreExamples` (the call `arm score` makes) and posts the scores back. (An InProcessEngine makes
+ *     the same call on this thread.)
  *  6. Respond (routes/get-reward.ts, readout.ts): the request gets its own examples' scores from the batch; rewards
  *     read out, combined over criteria, transformed into scores → `{rewards, scores, extra_logs}`.
  * `/classify` (routes/classify.ts) and `/v1/score` (routes/score.ts) take the same road; `/health`, `/ready`,
@@ -61,6 +62,7 @@ interface ServerState {
   closing: boolean;
 }
 
+/** A reward server over `opts.engine`, not yet listening; throws when the options do not hold together. */
 export async function createRewardServer(opts: RewardServerOptions): Promise<RewardServer> {
   const settings = resolveSettings(opts);
   const { engine } = opts;

@@ -187,7 +187,6 @@ export class QuerySplitter {
       return { rest: query.slice(at + prompt.length) };
     const end = this.endOfPrefixIgnoringSpecials(query, this.stripSpecials(prompt).trim());
     return end === null ? null : { rest: query.slice(end) };
-    return null;
   }
 
   /**

@@ -17,14 +17,23 @@ export function millionEntryAttacker(
     `
     const { parentPort, workerData: { url, rounds } } = require('node:worker_threads');
     // A remote client in a real deployment: here it must not take this machine's few cores from the server's thread.
-    try { require('node:os').setPriority(Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]), 15); } catch {}
+    try {
+      const tid = Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]);
+      require('node:os').setPriority(tid, 15);
+    } catch {}
     const million = (s) => Buffer.from(JSON.stringify({ query: Array.from({ length: 1000000 }, () => s) }));
     const bodies = [million(''), million('ab'), million('<|im_start|>user\\nq<|im_end|>')];
+    const post = (body) => fetch(url + '/get_reward', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body,
+      signal: AbortSignal.timeout(60000),
+    });
     parentPort.postMessage({ ready: true });
     (async () => {
       const statuses = [];
       for (let r = 0; r < rounds; r++) {
-        statuses.push(...await Promise.all(bodies.map((body) => fetch(url + '/get_reward', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal: AbortSignal.timeout(60000) }).then((res) => res.status, () => -1))));
+        statuses.push(...await Promise.all(bodies.map((body) => post(body).then((res) => res.status, () => -1))));
       }
       parentPort.postMessage({ statuses });
     })();
@@ -62,15 +71,29 @@ export function clientThread(url: string, jobs: ClientJob[]): Promise<Map<string
   const worker = new Worker(
     `
     const { parentPort, workerData: { url, jobs } } = require('node:worker_threads');
-    try { require('node:os').setPriority(Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]), 15); } catch {}
+    try {
+      const tid = Number(/task\\/(\\d+)$/.exec(require('node:fs').readlinkSync('/proc/thread-self'))[1]);
+      require('node:os').setPriority(tid, 15);
+    } catch {}
     const post = async (route, body) => {
-      const res = await fetch(url + route, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body), signal: AbortSignal.timeout(60000) });
+      const res = await fetch(url + route, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(60000),
+      });
       const text = await res.text();
-      try { return { status: res.status, body: JSON.parse(text) }; } catch { return { status: res.status, body: null }; }
+      try {
+        return { status: res.status, body: JSON.parse(text) };
+      } catch {
+        return { status: res.status, body: null };
+      }
     };
     Promise.all(jobs.map(async (job) => {
       const answers = [];
-      for (let i = 0; i < job.repeat; i++) answers.push(await post(job.route, job.body).catch((e) => ({ status: -1, body: String(e) })));
+      for (let i = 0; i < job.repeat; i++) {
+        answers.push(await post(job.route, job.body).catch((e) => ({ status: -1, body: String(e) })));
+      }
       return [job.name, answers];
     })).then((results) => parentPort.postMessage(results));
   `,

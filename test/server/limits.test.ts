@@ -103,7 +103,10 @@ function connect(port: number) {
 const within = <T>(p: Promise<T>, ms: number) =>
   Promise.race([p, new Promise<'still open'>((r) => setTimeout(() => r('still open'), ms).unref())]);
 
-/** Sends `headers` for a body of `length` bytes, then one byte every `everyMs` until the socket closes (at most `max` bytes). */
+/**
+ * Sends `headers` for a body of `length` bytes, then one byte every `everyMs` until the socket closes (at most `max`
+ * bytes).
+ */
 function trickle(c: ReturnType<typeof connect>, headers: string, length: number, everyMs: number, max = 200) {
   c.socket.write(`${headers}content-type: application/json\r\ncontent-length: ${length}\r\n\r\n{`);
   let sent = 1;
@@ -127,7 +130,8 @@ describe('timeouts and the connection cap', () => {
     const closedAfter = await within(c.closed, 5000);
     expect(closedAfter).not.toBe('still open');
     expect(closedAfter as number).toBeGreaterThan(700);
-    expect(closedAfter as number).toBeLessThan(800 + 200 + 500); // the timeout, node's check interval (timeout / 4), slack
+    // The timeout, node's check interval (timeout / 4), slack.
+    expect(closedAfter as number).toBeLessThan(800 + 200 + 500);
     expect(c.received).toMatch(/^HTTP\/1\.1 408/);
   });
 
@@ -143,46 +147,54 @@ describe('timeouts and the connection cap', () => {
     expect(c.received.toLowerCase()).toContain('connection: close');
   });
 
-  it('a silent connection is closed after the idle timeout; a request waiting longer than it for scores is answered', async () => {
-    const { port, url } = await start({ idleTimeoutMs: 300 }, 1200);
-    const silent = connect(port);
-    await silent.opened;
-    const closedAfter = await within(silent.closed, 5000);
-    expect(closedAfter).not.toBe('still open');
-    expect(closedAfter as number).toBeGreaterThan(250);
-    expect(closedAfter as number).toBeLessThan(1500);
-    // The engine takes 1.2 s, four idle timeouts: the waiting client is not cut.
-    const res = await fetch(`${url}/v1/score`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ items: [{ prompt: 'p', response: 'abc' }] }),
-      signal: AbortSignal.timeout(10_000),
-    });
-    expect(res.status).toBe(200);
-    expect((await res.json()).results[0].reward).toBe(0.003);
-  });
+  it(
+    'a silent connection is closed after the idle timeout; a request waiting longer than it ' +
+      'for scores is answered',
+    async () => {
+      const { port, url } = await start({ idleTimeoutMs: 300 }, 1200);
+      const silent = connect(port);
+      await silent.opened;
+      const closedAfter = await within(silent.closed, 5000);
+      expect(closedAfter).not.toBe('still open');
+      expect(closedAfter as number).toBeGreaterThan(250);
+      expect(closedAfter as number).toBeLessThan(1500);
+      // The engine takes 1.2 s, four idle timeouts: the waiting client is not cut.
+      const res = await fetch(`${url}/v1/score`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ items: [{ prompt: 'p', response: 'abc' }] }),
+        signal: AbortSignal.timeout(10_000),
+      });
+      expect(res.status).toBe(200);
+      expect((await res.json()).results[0].reward).toBe(0.003);
+    },
+  );
 
-  it('a kept-alive connection is closed after the keep-alive timeout; after maxRequestsPerSocket requests the server says Connection: close', async () => {
-    const { port } = await start({ keepAliveTimeoutMs: 300, maxRequestsPerSocket: 2, idleTimeoutMs: 60_000 });
-    const c = connect(port);
-    await c.opened;
-    const get = 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n';
-    c.socket.write(get);
-    for (let i = 0; i < 100 && !c.received.includes('{"status":"ok"}'); i++)
-      await new Promise((r) => setTimeout(r, 10));
-    expect(c.received).toMatch(/^HTTP\/1\.1 200/);
-    expect(c.received.toLowerCase()).toContain('connection: keep-alive');
-    const closedAfter = await within(c.closed, 5000);
-    expect(closedAfter).not.toBe('still open'); // idle after its response: closed by the keep-alive timeout
+  it(
+    'a kept-alive connection is closed after the keep-alive timeout; after maxRequestsPerSocket requests the server ' +
+      'says Connection: close',
+    async () => {
+      const { port } = await start({ keepAliveTimeoutMs: 300, maxRequestsPerSocket: 2, idleTimeoutMs: 60_000 });
+      const c = connect(port);
+      await c.opened;
+      const get = 'GET /health HTTP/1.1\r\nhost: x\r\n\r\n';
+      c.socket.write(get);
+      for (let i = 0; i < 100 && !c.received.includes('{"status":"ok"}'); i++)
+        await new Promise((r) => setTimeout(r, 10));
+      expect(c.received).toMatch(/^HTTP\/1\.1 200/);
+      expect(c.received.toLowerCase()).toContain('connection: keep-alive');
+      const closedAfter = await within(c.closed, 5000);
+      expect(closedAfter).not.toBe('still open'); // idle after its response: closed by the keep-alive timeout
 
-    const d = connect(port);
-    await d.opened;
-    d.socket.write(get + get);
-    await within(d.closed, 5000);
-    const answers = d.received.split('HTTP/1.1 ').slice(1);
-    expect(answers).toHaveLength(2);
-    expect(answers[1]!.toLowerCase()).toContain('connection: close');
-  });
+      const d = connect(port);
+      await d.opened;
+      d.socket.write(get + get);
+      await within(d.closed, 5000);
+      const answers = d.received.split('HTTP/1.1 ').slice(1);
+      expect(answers).toHaveLength(2);
+      expect(answers[1]!.toLowerCase()).toContain('connection: close');
+    },
+  );
 
   it('connections beyond maxConnections are closed at once; a freed slot is usable again', async () => {
     const { port, url } = await start({ maxConnections: 2, idleTimeoutMs: 60_000 });
@@ -220,10 +232,12 @@ describe('bounded work per request', () => {
     for (const [route, body, field] of [
       ['/get_reward', { query: q(17) }, 'query'],
       ['/get_reward', { query: q(2), prompts: q(17) }, 'prompts'],
-      ['/get_reward', { query: q(2), labels: Array.from({ length: 100_000 }, () => null) }, 'labels'], // 500 KB: parsed off the main thread
+      // 500 KB: parsed off the main thread.
+      ['/get_reward', { query: q(2), labels: Array.from({ length: 100_000 }, () => null) }, 'labels'],
       ['/classify', { input: q(17) }, 'input'],
       ['/v1/score', { items: Array.from({ length: 17 }, () => ({ prompt: 'p', response: 'r' })) }, 'items'],
-      ['/v1/score', { pairs: Array.from({ length: 9 }, () => ({ prompt: 'p', chosen: 'a', rejected: 'b' })) }, 'pairs'], // 18 judge items
+      // 18 judge items.
+      ['/v1/score', { pairs: Array.from({ length: 9 }, () => ({ prompt: 'p', chosen: 'a', rejected: 'b' })) }, 'pairs'],
       [
         '/v1/score',
         { items: [{ prompt: Array.from({ length: 5000 }, () => ({ role: 'user', content: 'x' })), response: 'r' }] },
@@ -256,42 +270,48 @@ describe('bounded work per request', () => {
     ]).toEqual([200, [400, 0.002]]);
   });
 
-  it('/health answers within 100 ms while bodies of a million entries arrive (parsed and refused off the main thread)', async () => {
-    for (const bodyLimit of [undefined, 40 * 2 ** 20]) {
-      // the default (8 MiB), and one that lets the 30 MB body be read and parsed
-      // This machine is shared (2 cores, other test runs): up to 3 attacks, one of which must keep every probe under
-      // 100 ms. Parsing on the main thread stalled every attack for 0.3–8 s.
-      const attempts: string[] = [];
-      for (let attempt = 0; attempt < 3; attempt++) {
-        const { url } = await start({ bodyLimit });
-        expect((await fetch(`${url}/health`)).status).toBe(200); // this client's first fetch loads undici: not the server's time
-        const attacker = millionEntryAttacker(url, 2);
-        await attacker.ready;
-        const latencies: number[] = [];
-        let attacking = true;
-        void attacker.statuses.finally(() => {
-          attacking = false;
-        });
-        while (attacking && latencies.length < 2000) {
-          const t0 = performance.now();
-          const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(10_000) });
-          expect(res.status).toBe(200);
-          await res.arrayBuffer();
-          latencies.push(performance.now() - t0);
-          await new Promise((r) => setTimeout(r, 10));
+  it(
+    '/health answers within 100 ms while bodies of a million entries arrive (parsed and ' +
+      'refused off the main thread)',
+    async () => {
+      for (const bodyLimit of [undefined, 40 * 2 ** 20]) {
+        // the default (8 MiB), and one that lets the 30 MB body be read and parsed
+        // This machine is shared (2 cores, other test runs): up to 3 attacks, one of which must keep every probe under
+        // 100 ms. Parsing on the main thread stalled every attack for 0.3–8 s.
+        const attempts: string[] = [];
+        for (let attempt = 0; attempt < 3; attempt++) {
+          const { url } = await start({ bodyLimit });
+          // This client's first fetch loads undici: not the server's time.
+          expect((await fetch(`${url}/health`)).status).toBe(200);
+          const attacker = millionEntryAttacker(url, 2);
+          await attacker.ready;
+          const latencies: number[] = [];
+          let attacking = true;
+          void attacker.statuses.finally(() => {
+            attacking = false;
+          });
+          while (attacking && latencies.length < 2000) {
+            const t0 = performance.now();
+            const res = await fetch(`${url}/health`, { signal: AbortSignal.timeout(10_000) });
+            expect(res.status).toBe(200);
+            await res.arrayBuffer();
+            latencies.push(performance.now() - t0);
+            await new Promise((r) => setTimeout(r, 10));
+          }
+          const statuses = await attacker.statuses;
+          expect(statuses).toHaveLength(6);
+          // Refused (or cut off mid-upload once refused).
+          expect(statuses.every((s) => s === 413 || s === -1)).toBe(true);
+          expect(statuses.filter((s) => s === 413).length).toBeGreaterThanOrEqual(4);
+          expect(latencies.length).toBeGreaterThan(5);
+          const worst = Math.max(...latencies);
+          attempts.push(
+            `max ${worst.toFixed(0)} ms over ${latencies.length} probes (load ${os.loadavg()[0]!.toFixed(1)})`,
+          );
+          if (worst < 100) break;
         }
-        const statuses = await attacker.statuses;
-        expect(statuses).toHaveLength(6);
-        expect(statuses.every((s) => s === 413 || s === -1)).toBe(true); // refused (or cut off mid-upload once refused)
-        expect(statuses.filter((s) => s === 413).length).toBeGreaterThanOrEqual(4);
-        expect(latencies.length).toBeGreaterThan(5);
-        const worst = Math.max(...latencies);
-        attempts.push(
-          `max ${worst.toFixed(0)} ms over ${latencies.length} probes (load ${os.loadavg()[0]!.toFixed(1)})`,
-        );
-        if (worst < 100) break;
+        expect(attempts.at(-1), attempts.join('; ')).toMatch(/^max \d\d? ms/);
       }
-      expect(attempts.at(-1), attempts.join('; ')).toMatch(/^max \d\d? ms/);
-    }
-  });
+    },
+  );
 });

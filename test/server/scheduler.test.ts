@@ -157,29 +157,34 @@ describe('MicroBatcher', () => {
     expect((await second).length).toBe(1);
   });
 
-  it('an item that cannot be scored fails alone: its batch-mates get the scores they get alone, its request an error naming it', async () => {
-    const { batcher, calls } = make({ maxBatch: 16, maxWaitMs: 50 });
-    const innocentA = [item('a1', 'x'), item('a2', 'xxxx'), item('a3', 'xxxxxxx')];
-    const innocentB = [item('b1', 'xx'), pair('b2'), item('b3', 'xxxxxxxxxx')];
-    const [a, poisoned, b] = await Promise.allSettled([
-      batcher.submit('c', innocentA),
-      batcher.submit('c', [item('p1', 'fine'), item('p2', 'POISON'), item('p3', 'also fine')]),
-      batcher.submit('c', innocentB),
-    ]);
-    expect(calls[0]).toHaveLength(9); // all three requests shared the first batch, which failed
-    // Scored alone (a fresh scheduler, one request at a time) for the reference.
-    const alone = make({ maxBatch: 16, maxWaitMs: 0 });
-    expect(a).toEqual({ status: 'fulfilled', value: await alone.batcher.submit('c', innocentA) });
-    expect(b).toEqual({ status: 'fulfilled', value: await alone.batcher.submit('c', innocentB) });
-    expect(poisoned.status).toBe('rejected');
-    const err = (poisoned as PromiseRejectedResult).reason as ItemFailedError;
-    expect(err).toBeInstanceOf(ItemFailedError);
-    expect(err.slot).toBe(1); // p2; the engine scored its batch-mates, so it is the input's fault (not a plain engine error)
-    expect(err.message).toMatch(/image placeholders: 2 in the text, 1 image/);
-    // Bisection: a bounded number of retries, never the poisoned item with company at the end.
-    expect(calls.length).toBeLessThanOrEqual(2 * Math.ceil(Math.log2(9)) + 1);
-    expect(calls.at(-1)).not.toContain('a1');
-  });
+  it(
+    'an item that cannot be scored fails alone: its batch-mates get the scores they get alone, its request an error ' +
+      'naming it',
+    async () => {
+      const { batcher, calls } = make({ maxBatch: 16, maxWaitMs: 50 });
+      const innocentA = [item('a1', 'x'), item('a2', 'xxxx'), item('a3', 'xxxxxxx')];
+      const innocentB = [item('b1', 'xx'), pair('b2'), item('b3', 'xxxxxxxxxx')];
+      const [a, poisoned, b] = await Promise.allSettled([
+        batcher.submit('c', innocentA),
+        batcher.submit('c', [item('p1', 'fine'), item('p2', 'POISON'), item('p3', 'also fine')]),
+        batcher.submit('c', innocentB),
+      ]);
+      expect(calls[0]).toHaveLength(9); // all three requests shared the first batch, which failed
+      // Scored alone (a fresh scheduler, one request at a time) for the reference.
+      const alone = make({ maxBatch: 16, maxWaitMs: 0 });
+      expect(a).toEqual({ status: 'fulfilled', value: await alone.batcher.submit('c', innocentA) });
+      expect(b).toEqual({ status: 'fulfilled', value: await alone.batcher.submit('c', innocentB) });
+      expect(poisoned.status).toBe('rejected');
+      const err = (poisoned as PromiseRejectedResult).reason as ItemFailedError;
+      expect(err).toBeInstanceOf(ItemFailedError);
+      // p2; the engine scored its batch-mates, so it is the input's fault (not a plain engine error).
+      expect(err.slot).toBe(1);
+      expect(err.message).toMatch(/image placeholders: 2 in the text, 1 image/);
+      // Bisection: a bounded number of retries, never the poisoned item with company at the end.
+      expect(calls.length).toBeLessThanOrEqual(2 * Math.ceil(Math.log2(9)) + 1);
+      expect(calls.at(-1)).not.toContain('a1');
+    },
+  );
 
   it("a lone item that fails: the probe tells its fault from the engine's", async () => {
     const s = standIn(1);

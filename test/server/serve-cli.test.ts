@@ -177,33 +177,37 @@ it('SIGTERM with requests queued and in flight: every one answered, then exit 0'
   await expect(fetch(`${url}/health`)).rejects.toThrow(); // nothing listens any more
 });
 
-it('a second SIGTERM while a forward runs exits 130 once it returns, never aborting (onnxruntime cannot be stopped mid-run)', async () => {
-  // One forward of 200 rows (--batch-size 1000) runs for seconds on this model: the signals land inside it.
-  const s = await serve(['--max-batch', '1000', '--batch-size', '1000', '--max-wait-ms', '0']);
-  const prompt = (i: number) =>
-    `<|im_start|>user\nQuestion ${i} about a long story?<|im_end|>\n<|im_start|>assistant\n`;
-  const query = Array.from(
-    { length: 200 },
-    (_, i) => `${prompt(i)}${'Once upon a time there was a little boat. '.repeat(6)}<|im_end|>`,
-  );
-  const request = fetch(`${s.url}/get_reward`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ query, prompts: query.map((_, i) => prompt(i)) }),
-    signal: AbortSignal.timeout(60_000),
-  }).catch((e: Error) => e);
-  await new Promise((r) => setTimeout(r, 1500));
-  s.child.kill('SIGTERM');
-  await new Promise((r) => setTimeout(r, 100));
-  s.child.kill('SIGTERM');
-  expect(await Promise.race([s.exited, new Promise((r) => setTimeout(() => r('timeout'), 30_000))])).toEqual({
-    code: 130,
-    signal: null,
-  });
-  expect(s.stderr()).not.toMatch(/terminate called|Napi::Error/);
-  expect(s.stderr()).toMatch(/SIGTERM again/);
-  await request; // answered if its batch finished with that forward, else cut: either way settled, not hung
-});
+it(
+  'a second SIGTERM while a forward runs exits 130 once it returns, never aborting (onnxruntime cannot be stopped ' +
+    'mid-run)',
+  async () => {
+    // One forward of 200 rows (--batch-size 1000) runs for seconds on this model: the signals land inside it.
+    const s = await serve(['--max-batch', '1000', '--batch-size', '1000', '--max-wait-ms', '0']);
+    const prompt = (i: number) =>
+      `<|im_start|>user\nQuestion ${i} about a long story?<|im_end|>\n<|im_start|>assistant\n`;
+    const query = Array.from(
+      { length: 200 },
+      (_, i) => `${prompt(i)}${'Once upon a time there was a little boat. '.repeat(6)}<|im_end|>`,
+    );
+    const request = fetch(`${s.url}/get_reward`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ query, prompts: query.map((_, i) => prompt(i)) }),
+      signal: AbortSignal.timeout(60_000),
+    }).catch((e: Error) => e);
+    await new Promise((r) => setTimeout(r, 1500));
+    s.child.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 100));
+    s.child.kill('SIGTERM');
+    expect(await Promise.race([s.exited, new Promise((r) => setTimeout(() => r('timeout'), 30_000))])).toEqual({
+      code: 130,
+      signal: null,
+    });
+    expect(s.stderr()).not.toMatch(/terminate called|Napi::Error/);
+    expect(s.stderr()).toMatch(/SIGTERM again/);
+    await request; // answered if its batch finished with that forward, else cut: either way settled, not hung
+  },
+);
 
 it('--image-root must be an existing folder', () => {
   const r = arm(
