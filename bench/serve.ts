@@ -1,8 +1,8 @@
 /**
  * Reward-server benchmark (`npm run bench:serve`): judge items per second through `arm serve` (a child process on
- * 127.0.0.1, load from autocannon, one /get_reward query per request) over items per second of in-process
- * `ActivationRM.scoreExamples` on the same items, in the same run; latency p50/p99 at concurrency 1 and 32; peak
- * RSS of the server process. Every load phase is bounded in requests and in seconds.
+ * 127.0.0.1, load from autocannon, one /get_reward query and its prompt per request) over items per second of
+ * in-process `ActivationRM.scoreExamples` on the same items, in the same run; latency p50/p99 at concurrency 1 and
+ * 32; peak RSS of the server process. Every load phase is bounded in requests and in seconds.
  *
  *   npm run bench:serve [-- --model stories|qwen] [--items N] [--per-request k] [--max-seconds S]
  *
@@ -48,7 +48,7 @@ async function runBench(): Promise<void> {
   const cacheDir = process.env.ARM_CACHE_DIR ?? path.join(workDir, 'cache');
   const log = (s: string) => process.stderr.write(`${s}\n`);
 
-  // Items: chat-templated queries as OpenRLHF sends them, prompts of 20–60 words, responses of 5–40.
+  // Items: chat-templated queries and prompts as OpenRLHF sends them, prompts of 20–60 words, responses of 5–40.
   const rng = new Rng(7);
   const WORDS = 'the cat sat on a mat and looked at big red ball she said tree park'.split(' ');
   const text = (n: number) => Array.from({ length: n }, () => WORDS[rng.int(WORDS.length)]).join(' ');
@@ -56,8 +56,9 @@ async function runBench(): Promise<void> {
     prompt: text(20 + rng.int(40)),
     response: text(5 + rng.int(35)),
   }));
-  const query = (i: number) =>
-    `<|im_start|>user\n${items[i]!.prompt}<|im_end|>\n<|im_start|>assistant\n${items[i]!.response}<|im_end|>`;
+  // The templated prompt the policy saw, and the query: that prompt followed by the response.
+  const templatedPrompt = (i: number) => `<|im_start|>user\n${items[i]!.prompt}<|im_end|>\n<|im_start|>assistant\n`;
+  const query = (i: number) => `${templatedPrompt(i)}${items[i]!.response}<|im_end|>`;
 
   // 1. A criterion (few passes, random heads: this measures scoring, not fitting) and the offline rate.
   const decoder = await Decoder.load(model, { cacheDir, quiet: true });
@@ -79,7 +80,7 @@ async function runBench(): Promise<void> {
   });
   const criterion = path.join(workDir, 'bench.arm.safetensors');
   rm.save(criterion);
-  // The server splits each query back into this prompt and response (the ChatML rule), so both score the same items.
+  // The server cuts each query after its prompt back into this prompt and response, so both score the same items.
   const examples: Example[] = items.map((it, i) => ({
     kind: 'scalar',
     id: `i${i}`,
@@ -143,7 +144,11 @@ async function runBench(): Promise<void> {
   // `maxSeconds` at most.
   const load = async (connections: number, amount: number) => {
     let next = 0;
-    const body = () => JSON.stringify({ query: Array.from({ length: perRequest }, () => query(next++ % nItems)) });
+    // `prompts` is required: the server cuts the response out of query[i] after prompts[i].
+    const body = () => {
+      const picked = Array.from({ length: perRequest }, () => next++ % nItems);
+      return JSON.stringify({ query: picked.map(query), prompts: picked.map(templatedPrompt) });
+    };
     // Without a callback autocannon returns the running instance, a promise of the result that can also stop().
     const instance = autocannon({
       url: `${url}/get_reward`,
