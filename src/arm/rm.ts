@@ -313,3 +313,29 @@ function softmax(row: Float32Array): Float64Array {
   for (let i = 0; i < row.length; i++) out[i]! /= sum;
   return out;
 }
+
+/** The fields `arm score` writes in its "arm" column, NaN → null. */
+export function armFields(s: PairScore | ItemScore): Record<string, number | boolean | null> {
+  const arm =
+    'chosen' in s
+      ? {
+          chosen: s.chosen,
+          rejected: s.rejected,
+          margin: s.margin,
+          correct: s.correct,
+          truncated: s.truncated,
+          tooLong: s.tooLong,
+          ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
+        }
+      : {
+          reward: s.reward,
+          normalized: s.normalized,
+          logitYes: s.logitYes,
+          logitNo: s.logitNo,
+          truncated: s.truncatedTokens > 0,
+          tooLong: s.tooLong,
+        };
+  return Object.fromEntries(
+    Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]),
+  );
+}

@@ -5,6 +5,9 @@
  */
 import type { ExampleScore } from './engine-types.js';
 
+/** The `arm` column of a scored row: one definition, shared with `arm score` (src/arm/rm.ts). */
+export { armFields } from '../arm/rm.js';
+
 /** What `/get_reward` returns as `rewards` (and `/classify` as P(Yes)): see README "Reward server". */
 export type Readout = 'reward' | 'normalized' | 'logit-diff';
 /** `scores` from `rewards`: unchanged, log-odds, or 1/0 at a threshold. */
@@ -50,30 +53,4 @@ export function transformScore(
   }
   if (transform.kind === 'threshold') return v >= transform.at ? 1 : 0;
   return v;
-}
-
-/** The fields `arm score` writes in its "arm" column, NaN → null. */
-export function armFields(s: ExampleScore): Record<string, number | boolean | null> {
-  const arm =
-    'chosen' in s
-      ? {
-          chosen: s.chosen,
-          rejected: s.rejected,
-          margin: s.margin,
-          correct: s.correct,
-          truncated: s.truncated,
-          tooLong: s.tooLong,
-          ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
-        }
-      : {
-          reward: s.reward,
-          normalized: s.normalized,
-          logitYes: s.logitYes,
-          logitNo: s.logitNo,
-          truncated: s.truncatedTokens > 0,
-          tooLong: s.tooLong,
-        };
-  return Object.fromEntries(
-    Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]),
-  );
 }
