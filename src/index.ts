@@ -1,3 +1,4 @@
+/** The library's public API: the engine, the Activation RM, datasets, the evaluation harness and the reward server. */
 export {
   Decoder,
   argmax,
