@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DataError, streamExamples, type Example } from '../data/examples.js';
-import { ActivationRM } from '../arm/rm.js';
+import { ActivationRM, armFields } from '../arm/rm.js';
 import { disposeDecoder } from '../arm/images.js';
 import type { Decoder } from '../model/decoder.js';
 import { progressBar, type ProgressBar } from '../util/progress-bar.js';
@@ -276,7 +276,7 @@ async function appendScoredChunks(
       });
       let text = '';
       for (let i = Math.max(0, done - start); i < chunk.length; i++) {
-        const arm = armField(scores[i]!);
+        const arm = armFields(scores[i]!);
         text += `${JSON.stringify({ ...chunk[i]!.row, arm })}\n`;
         countRow(totals, arm);
       }
@@ -310,31 +310,5 @@ function scoreSummary(output: string, skipped: number, t: ScoreTotals): string {
     (skipped ? `; skipped ${skipped} invalid rows` : '') +
     (t.pairs ? `; pairs: ${accuracy}, ties and unscorable count as wrong)` : '') +
     `; truncated prompts: ${t.truncated}; too long to score: ${t.tooLong}\n`
-  );
-}
-
-/** The `arm` field `score` writes for one row (non-finite numbers as null). */
-function armField(s: Awaited<ReturnType<ActivationRM['scoreExamples']>>[number]): Record<string, unknown> {
-  const arm =
-    'chosen' in s
-      ? {
-          chosen: s.chosen,
-          rejected: s.rejected,
-          margin: s.margin,
-          correct: s.correct,
-          truncated: s.truncated,
-          tooLong: s.tooLong,
-          ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
-        }
-      : {
-          reward: s.reward,
-          normalized: s.normalized,
-          logitYes: s.logitYes,
-          logitNo: s.logitNo,
-          truncated: s.truncatedTokens > 0,
-          tooLong: s.tooLong,
-        };
-  return Object.fromEntries(
-    Object.entries(arm).map(([k, v]) => [k, typeof v === 'number' && !Number.isFinite(v) ? null : v]),
   );
 }
