@@ -181,12 +181,13 @@ it(
   'a second SIGTERM while a forward runs exits 130 once it returns, never aborting (onnxruntime cannot be stopped ' +
     'mid-run)',
   async () => {
-    // One forward of 200 rows (--batch-size 1000) runs for seconds on this model: the signals land inside it.
+    // One forward of 800 rows (--batch-size 1000) runs for seconds on this model, even on a quiet fast machine (200
+    // rows once finished before the signals there): the signals land inside it.
     const s = await serve(['--max-batch', '1000', '--batch-size', '1000', '--max-wait-ms', '0']);
     const prompt = (i: number) =>
       `<|im_start|>user\nQuestion ${i} about a long story?<|im_end|>\n<|im_start|>assistant\n`;
     const query = Array.from(
-      { length: 200 },
+      { length: 800 },
       (_, i) => `${prompt(i)}${'Once upon a time there was a little boat. '.repeat(6)}<|im_end|>`,
     );
     const request = fetch(`${s.url}/get_reward`, {
