@@ -15,6 +15,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
+import { attentionLayout, openSession, type Device } from './session.js';
 import {
   cachedModelExists,
   cacheKey,
@@ -58,6 +59,11 @@ export type { ImageEmbeds };
 
 export interface LoadOptions {
   cacheDir?: string;
+  /**
+   * Where the graph runs: cpu (default), webgpu or cuda (session.ts); a missing provider or adapter is an error.
+   * GPU devices run their own graph variant (one attention chunk, a masked past slot) and block-wise int8.
+   */
+  device?: Device;
   /** onnxruntime intra-op threads; default: all cores. */
   threads?: number;
   revision?: string;
@@ -97,9 +103,13 @@ export interface LoadOptions {
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
 export interface HeadPatch {
   mask: Float32Array; // [B, L, H] (0/1)
-  values: Float32Array; // [L, H, d]
-  mode?: 'replace' | 'add'; // default replace
+  /** [L, H, d] for every row, or [B, L, H, d]: one row's values each (several criteria after one prefix). */
+  values: Float32Array;
+  /** Default replace; per row (length B) when the rows patch for different criteria. */
+  mode?: PatchMode | readonly PatchMode[];
 }
+
+export type PatchMode = 'replace' | 'add';
 
 export interface ForwardResult {
   batchSize: number;
@@ -143,6 +153,8 @@ export interface LoadInfo {
   /** The cache root and thread count this decoder was loaded with (a vision tower loaded for it uses the same). */
   cacheDir: string;
   threads: number;
+  /** The device the session runs on. */
+  device: Device;
 }
 
 /** Work done so far, for cost reports: real tokens fed, padded positions, session runs. */
@@ -189,7 +201,8 @@ export class Decoder {
       ckpt.close();
     }
     const t1 = performance.now();
-    const session = await createSession(built.dir, opts.threads);
+    const device = opts.device ?? 'cpu';
+    const session = await openSession(path.join(built.dir, MODEL_FILE), { threads: opts.threads, device });
     const t2 = performance.now();
     return new Decoder(
       spec,
@@ -201,6 +214,7 @@ export class Decoder {
         built: built.built,
         cacheDir,
         threads: opts.threads ?? os.availableParallelism(),
+        device,
         buildSeconds: (t1 - t0) / 1000,
         loadSeconds: (t2 - t1) / 1000,
         configHash: createHash('sha256').update(config.text).digest('hex'),
@@ -223,7 +237,7 @@ export class Decoder {
     dir: string,
     like: { modelDir: string; threads?: number },
   ): Promise<Decoder> {
-    const session = await createSession(dir, like.threads);
+    const session = await openSession(path.join(dir, MODEL_FILE), { threads: like.threads });
     return new Decoder(
       spec,
       null,
@@ -240,6 +254,7 @@ export class Decoder {
         promptFiles: {},
         cacheDir: dir,
         threads: like.threads ?? os.availableParallelism(),
+        device: 'cpu',
       },
       dir,
       openEmbeddings(dir),
@@ -416,8 +431,7 @@ export class Decoder {
       [INPUT.attentionMask]: new ort.Tensor('int64', mask, [B, P + S]),
       [INPUT.positionIds]: new ort.Tensor('int64', position.ids, position.dims),
       [INPUT.patchMask]: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
-      [INPUT.patchValues]: new ort.Tensor('float32', patch?.values ?? new Float32Array(L * H * d), [L, H, d]),
-      [INPUT.patchReplace]: new ort.Tensor('float32', Float32Array.of(patch?.mode === 'add' ? 0 : 1), []),
+      ...patchFeeds(patch, this.spec),
     };
     if (deepstack) feeds[INPUT.deepstackEmbeds] = new ort.Tensor('float32', deepstack.data, deepstack.dims);
     for (let l = 0; l < L; l++) {
@@ -500,12 +514,16 @@ export class Decoder {
     const { numLayers: L, numHeads: H, headDim: d } = this.spec;
     if (patch.mask.length !== B * L * H)
       throw new ModelError(`patch.mask has ${patch.mask.length} values, expected B*L*H = ${B * L * H}`);
-    if (patch.values.length !== L * H * d)
-      throw new ModelError(`patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d}`);
+    if (patch.values.length !== L * H * d && patch.values.length !== B * L * H * d)
+      throw new ModelError(
+        `patch.values has ${patch.values.length} values, expected L*H*d = ${L * H * d} (or B*L*H*d per row)`,
+      );
+    if (typeof patch.mode === 'object' && (patch.mode.length !== B || patch.values.length !== B * L * H * d))
+      throw new ModelError(`patch.mode: ${patch.mode.length} modes for ${B} rows (per-row modes need per-row values)`);
     assertFinite(
       patch.values,
       (i) =>
-        `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d))}, ` +
+        `patch.values holds a non-finite number at layer ${Math.floor(i / (H * d)) % L}, ` +
         `head ${Math.floor(i / d) % H} (a criterion file or mean with NaN/Inf?)`,
     );
   }
@@ -755,6 +773,20 @@ function assertFinite(x: Float32Array, message: (index: number) => string): void
   for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i]!)) throw new ModelError(message(i));
 }
 
+/** patch_values [R, L, H, d] and patch_replace [R]: R = 1 for a patch shared by every row, else one per row. */
+function patchFeeds(patch: HeadPatch | undefined, spec: ModelSpec): Record<string, ort.Tensor> {
+  const { numLayers: L, numHeads: H, headDim: d } = spec;
+  const values = patch?.values ?? new Float32Array(L * H * d);
+  const R = values.length / (L * H * d);
+  const mode = patch?.mode ?? 'replace';
+  const modeOf = (r: number): PatchMode => (typeof mode === 'string' ? mode : mode[r]!);
+  const replace = Float32Array.from({ length: R }, (_, r) => (modeOf(r) === 'add' ? 0 : 1));
+  return {
+    [INPUT.patchValues]: new ort.Tensor('float32', values, [R, L, H, d]),
+    [INPUT.patchReplace]: new ort.Tensor('float32', replace, [R]),
+  };
+}
+
 export function emptyKv(spec: ModelSpec): KvCache {
   return {
     length: 0,
@@ -794,11 +826,3 @@ export function argmax(x: ArrayLike<number>, offset = 0, length = x.length - off
   return best;
 }
 
-async function createSession(entryDir: string, threads?: number): Promise<ort.InferenceSession> {
-  return ort.InferenceSession.create(path.join(entryDir, MODEL_FILE), {
-    intraOpNumThreads: threads ?? os.availableParallelism(),
-    interOpNumThreads: 1,
-    graphOptimizationLevel: 'all',
-    executionMode: 'sequential',
-  });
-}

@@ -143,8 +143,8 @@ function feeds(spec: ModelSpec, lens: number[], P: number, seed: number): Record
       Float32Array.from({ length: B * L * H }, (_, i) => (i % 3 === 1 ? 1 : 0)),
       [B, L, H],
     ),
-    patch_values: new ort.Tensor('float32', rand(L * H * d, 0.5), [L, H, d]),
-    patch_replace: new ort.Tensor('float32', Float32Array.of(1), []),
+    patch_values: new ort.Tensor('float32', rand(L * H * d, 0.5), [1, L, H, d]),
+    patch_replace: new ort.Tensor('float32', Float32Array.of(1), [1]),
   };
   for (let l = 0; l < L; l++) {
     f[`past.${l}.key`] = new ort.Tensor('float32', rand(KV * P * d), [1, KV, P, d]);

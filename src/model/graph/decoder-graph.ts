@@ -15,10 +15,10 @@
 import { GraphBuilder } from './graph-builder.js';
 import { decoderOps, type DecoderOps, type QuantizedWeights } from './decoder-ops.js';
 import {
-  ATTENTION_QUERY_CHUNKS,
   emitAttentionMasks,
   emitCausalAttention,
   emitQueryChunks,
+  type AttentionLayout,
   type AttentionTables,
 } from './causal-attention.js';
 import { emitRope, type Rope } from './rope.js';
@@ -63,7 +63,7 @@ export function headChunks(spec: ModelSpec, chunkBytes = HEAD_CHUNK_BYTES): [num
   return out;
 }
 
-export const GRAPH_VERSION = 'decoder-graph/8';
+export const GRAPH_VERSION = 'decoder-graph/9'; // 9: patch values and mode per row
 
 /** The graph inputs a layer reads (names from DECODER_INPUTS). */
 interface DecoderInputs {
@@ -71,8 +71,8 @@ interface DecoderInputs {
   readonly positionIds: string; // [B,S] or [3,B,S]
   readonly past: readonly { readonly key: string; readonly value: string }[]; // per layer [1,KV,P,d]
   readonly patchMask: string; // [B,L,H]
-  readonly patchValues: string; // [L,H,d]
-  readonly patchReplace: string; // []
+  readonly patchValues: string; // [R,L,H,d], R = 1 (every row) or B (one per row)
+  readonly patchReplace: string; // [R]
   readonly deepstack: string | null; // [k,B,S,D]
 }
 
@@ -90,7 +90,7 @@ export function emitDecoderGraph(
   weight: (g: GraphBuilder, name: string) => string,
   headChunkBytes = HEAD_CHUNK_BYTES,
   quantized?: QuantizedWeights,
-  attention: { queryChunks?: number } = {},
+  attention: AttentionLayout = {},
   siteOutputs: readonly LinearInputSite[] = [],
 ): GraphBuilder {
   const g = new GraphBuilder(18);
@@ -98,8 +98,7 @@ export function emitDecoderGraph(
   const inputs = declareInputs(g, spec);
   const { masks, ...lengths } = emitAttentionMasks(ops);
   const rope = emitRope(ops, inputs.positionIds);
-  // queryChunks 1: one S×T score block per layer (tests compare)
-  const chunks = emitQueryChunks(ops, lengths, attention.queryChunks ?? ATTENTION_QUERY_CHUNKS);
+  const chunks = emitQueryChunks(ops, lengths, attention);
   const ctx: DecoderContext = { ops, inputs, rope, attention: { masks, ...chunks } };
 
   let resid = inputs.inputsEmbeds; // [B,S,D]
@@ -134,8 +133,9 @@ function declareInputs(g: GraphBuilder, spec: ModelSpec): DecoderInputs {
     value: g.input(names.pastValue(l), 'FLOAT', [1, KV, 'past', d]),
   }));
   const patchMask = g.input(names.patchMask, 'FLOAT', ['batch', L, H]);
-  const patchValues = g.input(names.patchValues, 'FLOAT', [L, H, d]);
-  const patchReplace = g.input(names.patchReplace, 'FLOAT', []);
+  // R = 1: one patch for every row (a criterion); R = B: a patch per row (several criteria after one prefix).
+  const patchValues = g.input(names.patchValues, 'FLOAT', ['patch_rows', L, H, d]);
+  const patchReplace = g.input(names.patchReplace, 'FLOAT', ['patch_rows']);
   const deepstackLayers = spec.imageText?.deepstackLayers ?? 0;
   const deepstack =
     deepstackLayers > 0
@@ -192,8 +192,9 @@ function emitHeadPatch(ctx: DecoderContext, l: number, z: string): { zOut: strin
   const { patchMask, patchValues, patchReplace } = ctx.inputs;
   const zLast = g.op('Reshape', [ctx.ops.lastPosition(z), i64([0, H, d])], {}, SITES.attnZLast(l)); // [B,H,d]
   const m = g.op('Unsqueeze', [g.op('Gather', [patchMask, g.intConst([l], [])], { axis: 1 }), i64([2])]); // [B,H,1]
-  const value = g.op('Gather', [patchValues, g.intConst([l], [])], { axis: 0 }); // [H,d]
-  const keep = g.op('Sub', [f32(1), g.op('Mul', [m, patchReplace])]); // [B,H,1]
+  const value = g.op('Gather', [patchValues, g.intConst([l], [])], { axis: 1 }); // [R,H,d]
+  const replace = g.op('Reshape', [patchReplace, i64([-1, 1, 1])]); // [R,1,1]
+  const keep = g.op('Sub', [f32(1), g.op('Mul', [m, replace])]); // [B,H,1]
   const zPatched = g.op('Add', [g.op('Mul', [zLast, keep]), g.op('Mul', [m, value])], {}, SITES.attnZLastPatched(l));
   const headTap = g.op('Unsqueeze', [zPatched, i64([1])]); // [B,1,H,d]
   const zOut = g.op('Concat', [ctx.ops.allButLast(z), g.op('Reshape', [zPatched, i64([0, 1, H * d])])], { axis: 1 });

@@ -17,8 +17,9 @@
  *   past.{l}.key     f32   [1, KV, P, d]   keys after RoPE; P may be 0
  *   past.{l}.value   f32   [1, KV, P, d]
  *   patch_mask       f32   [B, L, H]   1 = patch that head at the last position
- *   patch_values     f32   [L, H, d]
- *   patch_replace    f32   []          1: z ← mask·v + (1−mask)·z (replace); 0: z ← z + mask·v (add)
+ *   patch_values     f32   [R, L, H, d]  R = 1: the same values for every row; R = B: per row (K criteria's
+ *                                      patches as K rows after one shared prefix)
+ *   patch_replace    f32   [R]         1: z ← mask·v + (1−mask)·z (replace); 0: z ← z + mask·v (add)
  * Outputs
  *   logits           f32   [B, V]      last position only
  *   logsumexp        f32   [B]         log Σ exp(logits): log-probabilities without a JS pass over V
