@@ -1,5 +1,7 @@
 /** The `arm` command. */
+import fs from 'node:fs';
 import { Command } from 'commander';
+import { applyHelpLayout, helpPointer } from './help.js';
 import { registerModelCommands } from './model-commands.js';
 import { registerArmCommands } from './arm-commands.js';
 import { registerEvalCommand } from './eval-command.js';
@@ -10,21 +12,41 @@ import { registerRenderCommand } from './render-command.js';
 export function buildProgram(): Command {
   const program = new Command('arm')
     .description('Activation Reward Models on local Hugging Face language models')
-    .showHelpAfterError();
+    .version(packageVersion(), '-V, --version', 'print the version of activation-rm');
   registerModelCommands(program);
   registerArmCommands(program);
   registerRenderCommand(program);
   registerEvalCommand(program);
   registerBiasProbeCommand(program);
   registerServeCommand(program);
+  applyHelpLayout(program);
   return program;
 }
 
+/** The version in package.json (two folders up from src/cli and from dist/cli alike). */
+function packageVersion(): string {
+  const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
 export async function main(argv = process.argv): Promise<void> {
+  const program = buildProgram();
+  // A flag's value that fails its parser throws before the action starts: that is a usage error, so it gets the
+  // pointer to --help that commander prints after its own usage errors. Errors from the work itself do not.
+  let started = false;
+  program.hook('preAction', () => {
+    started = true;
+  });
   try {
-    await buildProgram().parseAsync(argv);
+    await program.parseAsync(argv);
   } catch (e) {
     process.stderr.write(`arm: ${(e as Error).message}\n`);
+    if (!started) {
+      const command = program.commands.find((c) => c.name() === argv[2])?.name();
+      process.stderr.write(`${helpPointer(command)}\n`);
+    }
     process.exitCode = 1;
   }
 }

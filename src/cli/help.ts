@@ -1,0 +1,149 @@
+/**
+ * The layout of every command's `--help`: required options first, then the options in groups (input, method,
+ * model and weights, output, performance, and the server's own), a usage line naming the required options, and
+ * examples that run from the repository root. Groups are assigned here by option name, so the command files only
+ * declare their flags; an option this table does not know is listed under "Other:", never hidden.
+ */
+import { Option, type Command, type Help } from 'commander';
+
+const REQUIRED = 'Required:';
+const INPUT = 'Input:';
+const METHOD = 'Method:';
+const MODEL = 'Model and weights:';
+const OUTPUT = 'Output:';
+const PERFORMANCE = 'Performance:';
+const REWARDS = 'Criteria and rewards:';
+const HTTP = 'HTTP:';
+const LIMITS = 'Limits and timeouts:';
+const OTHER = 'Other:';
+const GROUP_ORDER = [REQUIRED, INPUT, METHOD, MODEL, REWARDS, HTTP, LIMITS, OUTPUT, PERFORMANCE, OTHER];
+
+/** Option (long flag) → group, for every command unless `COMMAND_GROUPS` says otherwise. */
+const OPTION_GROUPS: Record<string, string> = {
+  ...groupOf(INPUT, '--examples --input --dataset --bias-pair --preferencehack --image-root --skip-invalid --limit'),
+  ...groupOf(INPUT, '--subsets --prompt --input-ids --image --rm'),
+  ...groupOf(METHOD, '--template --template-text --chat --no-chat --template-kwargs --passes --shots --steps'),
+  ...groupOf(METHOD, '--passes-per-demo-set --samples --lr --denoise --denoise-before-selection --seed --mode'),
+  ...groupOf(METHOD, '--heads --methods --few-shot --seeds --pool --icl-shots --sample-n --temperature --sav-heads'),
+  ...groupOf(METHOD, '--bias --max-new-tokens'),
+  ...groupOf(MODEL, '--model --revision --cache-dir --dtype --block-size --accuracy-level --int8-kernel'),
+  ...groupOf(MODEL, '--int4-method --device'),
+  ...groupOf(OUTPUT, '--out --output --output-dir --json --save-all --keep-all-means --resume --force --restart'),
+  ...groupOf(OUTPUT, '--quiet --top'),
+  ...groupOf(PERFORMANCE, '--threads --batch-size --max-length --chunk-rows'),
+};
+
+/** Where a command reads an option differently from the others. */
+const COMMAND_GROUPS: Record<string, Record<string, string>> = {
+  forward: groupOf(OUTPUT, '--heads'),
+  generate: {},
+  serve: {
+    ...groupOf(REWARDS, '--rm --combine --reward-readout --score-transform --too-long-reward --split-without-prompts'),
+    ...groupOf(HTTP, '--host --port --api-key-file'),
+    ...groupOf(PERFORMANCE, '--max-batch --max-wait-ms --max-queue'),
+    ...groupOf(LIMITS, '--body-limit-mib --max-request-items --request-timeout-s --idle-timeout-s'),
+    ...groupOf(LIMITS, '--keep-alive-timeout-s --max-requests-per-socket --max-connections'),
+  },
+};
+
+/** Examples per command, each runnable from the repository root on the bundled model. */
+const TINY = 'models/icl-tiny';
+const TEMPLATE = '--template-text "{prompt} {response}"';
+const FEW = 'examples/icl-tiny/few.jsonl';
+const ITEMS = 'examples/icl-tiny/items.jsonl';
+const CRITERION = 'first-low.arm.safetensors';
+const EXAMPLES: Record<string, string[]> = {
+  fit: [
+    `npx arm fit --model ${TINY} --examples ${FEW} --out ${CRITERION} ${TEMPLATE}`,
+    `npx arm fit --model ${TINY} --examples ${FEW} --out ${CRITERION} ${TEMPLATE} --steps 200 --seed 1 --force`,
+    'npx arm fit --model Qwen/Qwen2.5-0.5B-Instruct --examples examples/concise/few.jsonl ' +
+      '--out concise.arm.safetensors',
+  ],
+  score: [
+    `npx arm score --model ${TINY} --rm ${CRITERION} --input ${ITEMS} --output scored.jsonl`,
+    `npx arm score --model ${TINY} --rm ${CRITERION} --input ${ITEMS} --output scored.jsonl --batch-size 32 --quiet`,
+  ],
+  inspect: [
+    `npx arm inspect ${CRITERION}`,
+    `npx arm inspect ${CRITERION} --json`,
+    'npx arm inspect a.arm.safetensors b.arm.safetensors',
+  ],
+  render: [
+    `npx arm render --model ${TINY} --rm ${CRITERION} --input ${ITEMS}`,
+    `npx arm render --model ${TINY} --template scalar ${TEMPLATE} --input ${ITEMS} --json`,
+  ],
+  eval: [
+    `npx arm eval --model ${TINY} --dataset ${ITEMS} --methods arm,zero-shot,random-heads --few-shot 16 --seeds 1 ` +
+      `${TEMPLATE} --output-dir results/icl-tiny`,
+    'npx arm eval --dataset examples/concise/items.jsonl --methods pick-longer,pick-shorter --few-shot 0 ' +
+      '--output-dir results/length',
+  ],
+  'bias-probe': [
+    'npx arm bias-probe --dataset examples/concise/items.jsonl --bias length --out probes/',
+    'npx arm bias-probe --dataset examples/concise/items.jsonl --bias length,format,positivity --out probes/ ' +
+      '--limit 50',
+  ],
+  serve: [
+    `npx arm serve --model ${TINY} --rm first-low=${CRITERION} --port 5000`,
+    `npx arm serve --model ${TINY} --rm a=a.arm.safetensors --rm b=b.arm.safetensors --combine a=0.5,b=0.5`,
+  ],
+  forward: [
+    `npx arm forward --model ${TINY} --prompt "w1 w2 w3 w4 w5 w6 A:" --top 5`,
+    `npx arm forward --model ${TINY} --input-ids 1,10,11 --json --heads`,
+  ],
+  generate: [`npx arm generate --model ${TINY} --prompt "w1 w2 w3" --max-new-tokens 8`],
+};
+
+function groupOf(group: string, flags: string): Record<string, string> {
+  return Object.fromEntries(flags.split(' ').map((flag) => [flag, group]));
+}
+
+/** The group an option of `command` is listed under. */
+function optionGroup(command: string, option: Option): string {
+  if (option.mandatory) return REQUIRED;
+  const flag = option.long ?? option.short ?? '';
+  return COMMAND_GROUPS[command]?.[flag] ?? OPTION_GROUPS[flag] ?? OTHER;
+}
+
+/** Groups in GROUP_ORDER, whatever order the command declared its options in. */
+function groupItemsInOrder<T extends Command | Option>(
+  this: Help,
+  unsorted: T[],
+  visible: T[],
+  getGroup: (item: T) => string,
+): Map<string, T[]> {
+  const grouped = new Map<string, T[]>();
+  for (const item of visible) grouped.set(getGroup(item), [...(grouped.get(getGroup(item)) ?? []), item]);
+  const rank = (g: string) => (GROUP_ORDER.includes(g) ? GROUP_ORDER.indexOf(g) : GROUP_ORDER.length);
+  return new Map([...grouped].sort(([a], [b]) => rank(a) - rank(b)));
+}
+
+/** The usage line: the required options spelled out, then `[options]` and the arguments. */
+function usageLine(cmd: Command): string {
+  const required = cmd.options.filter((o) => o.mandatory).map((o) => o.flags);
+  const args = cmd.registeredArguments.map(
+    (a) => (a.required ? `<${a.name()}>` : `[${a.name()}]`) + (a.variadic ? '...' : ''),
+  );
+  return [...required, '[options]', ...args].join(' ');
+}
+
+/** Applies the shared help layout to every subcommand of `program` (call once all are registered). */
+export function applyHelpLayout(program: Command): void {
+  for (const cmd of program.commands) {
+    const name = cmd.name();
+    for (const option of cmd.options) option.helpGroup(optionGroup(name, option));
+    cmd.addHelpOption(new Option('-h, --help', 'show this help').helpGroup(OTHER));
+    cmd.configureHelp({ groupItems: groupItemsInOrder, minWidthToWrap: 30 });
+    cmd.usage(usageLine(cmd));
+    cmd.showHelpAfterError(helpPointer(name));
+    const examples = EXAMPLES[name];
+    if (examples)
+      cmd.addHelpText('after', `\nExamples (from the repository root):\n${examples.map((e) => `  ${e}`).join('\n')}\n`);
+  }
+  program.showHelpAfterError(helpPointer());
+}
+
+/** The one line printed after an error in place of the whole help. */
+export function helpPointer(command?: string): string {
+  return `(run "npx arm ${command ? `${command} ` : ''}--help" for the options and examples)`;
+}
