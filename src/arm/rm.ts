@@ -23,6 +23,12 @@ export interface ItemScore {
   logitYes: number;
   logitNo: number;
   truncatedTokens: number;
+  /**
+   * The judge prompt's text tokens, and those the vocabulary did not know (unknown-tokens.ts); 0 when too long.
+   * Optional for scorers that do not measure them (stand-in engines).
+   */
+  textTokens?: number;
+  unknownTokens?: number;
   /** The response and question alone exceed the length budget: not scored (reward NaN). */
   tooLong: boolean;
   /** Greedy verdict: 0 when the argmax token is a variant of the first answer word, 1 of the second, null otherwise. */
@@ -121,6 +127,8 @@ export class ActivationRM {
           logitYes: NaN,
           logitNo: NaN,
           truncatedTokens: 0,
+          textTokens: 0,
+          unknownTokens: 0,
           tooLong: true,
           verdict: null,
         };
@@ -158,6 +166,8 @@ export class ActivationRM {
           logitYes: row[yesId]!,
           logitNo: row[noId]!,
           truncatedTokens: rendered[i]!.truncatedTokens,
+          textTokens: rendered[i]!.unknown.text,
+          unknownTokens: rendered[i]!.unknown.unknown,
           tooLong: false,
           verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
         };

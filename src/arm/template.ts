@@ -5,7 +5,7 @@
  * user/assistant turns), and through a plain "Answer:" format when it has none.
  */
 import { createHash } from 'node:crypto';
-import type { ChatInput, Tokenizer } from '../model/tokenizer.js';
+import type { ChatInput, Tokenizer, UnknownCount } from '../model/tokenizer.js';
 import type { TextPiece } from '../model/text-pieces.js';
 import { promptText, type Prompt } from '../data/examples.js';
 
@@ -106,12 +106,16 @@ export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: s
   return template.text.replace(/\{(prompt|response|response_a|response_b)\}/g, (m, key: string) => values[key] ?? m);
 }
 
-/** `ids` carry one placeholder per entry of `images` (the shown items' image files, in order), not yet expanded. */
+/**
+ * `ids` carry one placeholder per entry of `images` (the shown items' image files, in order), not yet expanded.
+ * `unknown`: the prompt's text tokens and how many of them the vocabulary did not know (unknown-tokens.ts).
+ */
 interface Rendered {
   ids: number[];
   truncatedTokens: number;
   droppedDemos: number;
   images: string[];
+  unknown: UnknownCount;
 }
 
 /**
@@ -172,6 +176,7 @@ export function render(
         ...fitted,
         droppedDemos: demos.length - shown.length,
         images: [...shown, query].flatMap((it) => it.images ?? []),
+        unknown: tokenizer.countUnknown(fitted.ids),
       };
     if (shown.length === 0) {
       throw new TooLongError(

@@ -115,13 +115,36 @@ function namedSpecialTokens(config: Json): string[] {
   return listed.map(contentOf).filter((s): s is string => s !== null);
 }
 
+/**
+ * How the vocabulary spells text it lacks, from tokenizer.json's model: its unknown token (by name, or Unigram's
+ * `unk_id`), and whether it falls back to byte tokens `<0x00>`…`<0xFF>` (sentencepiece `byte_fallback`).
+ */
+interface VocabularyGaps {
+  unk: string | number | null;
+  byteFallback: boolean;
+}
+
+function vocabularyGaps(model: Json): VocabularyGaps {
+  const unk =
+    typeof model.unk_token === 'string' ? model.unk_token : typeof model.unk_id === 'number' ? model.unk_id : null;
+  return { unk, byteFallback: model.byte_fallback === true };
+}
+
+/** Of some ids, the text tokens (control tokens left out) and how many of them stand for text the vocabulary lacks. */
+export interface UnknownCount {
+  unknown: number;
+  text: number;
+}
+
 export class Tokenizer {
   private readonly pieces: PieceEncoder;
+  private unknownIds: ReadonlySet<number> | null = null;
 
   private constructor(
     private readonly tok: PreTrainedTokenizer,
     readonly dir: string,
     extraControl: string[],
+    private readonly gaps: VocabularyGaps = { unk: null, byteFallback: false },
   ) {
     this.pieces = new PieceEncoder((tok as unknown as { _tokenizer: InnerTokenizer })._tokenizer, extraControl);
   }
@@ -169,6 +192,7 @@ export class Tokenizer {
         new (tokenizerClass(config))(asTransformersBuildsIt(json, config), config),
         dir,
         namedSpecialTokens(config),
+        vocabularyGaps(json.model as Json),
       );
     } catch (e) {
       throw new ModelError(`${file}: cannot build the tokenizer (${(e as Error).message})`);
@@ -207,6 +231,37 @@ export class Tokenizer {
   /** Ids of control tokens (special added tokens, and tokens the config names as special). */
   get controlTokenIds(): ReadonlySet<number> {
     return this.pieces.controlIds;
+  }
+
+  /**
+   * Ids that stand for text the vocabulary lacks: the unknown token, and with sentencepiece byte fallback the byte
+   * tokens of non-ASCII bytes (<0x80>…<0xFF>: pieces of a character that has no token). ASCII byte tokens do not
+   * count: such vocabularies spell newline and tab that way as a rule (Llama 2's "\n" is <0x0A>). A byte-level BPE
+   * (GPT-2, Llama 3, Qwen) spells every byte with ordinary tokens: nothing it reads is unknown.
+   */
+  get unknownTokenIds(): ReadonlySet<number> {
+    if (!this.unknownIds) {
+      const { unk, byteFallback } = this.gaps;
+      const ids = [typeof unk === 'number' ? unk : unk === null ? null : this.tokenId(unk)];
+      if (byteFallback)
+        for (let b = 0x80; b <= 0xff; b++) ids.push(this.tokenId(`<0x${b.toString(16).toUpperCase()}>`));
+      this.unknownIds = new Set(ids.filter((id): id is number => id !== null));
+    }
+    return this.unknownIds;
+  }
+
+  /** Of `ids`, the text tokens (not control tokens; an unknown token always counts) and the unknown ones among them. */
+  countUnknown(ids: readonly number[]): UnknownCount {
+    const unknownIds = this.unknownTokenIds;
+    const control = this.controlTokenIds;
+    let unknown = 0,
+      text = 0;
+    for (const id of ids) {
+      if (unknownIds.has(id)) unknown++;
+      else if (control.has(id)) continue;
+      text++;
+    }
+    return { unknown, text };
   }
 
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
