@@ -11,9 +11,11 @@ import { createHash } from 'node:crypto';
 import type { Decoder, ImageEmbeds } from '../model/decoder.js';
 import {
   forEachLastLogits,
+  forEachLastLogitsPerPatch,
   type ImageSequence,
   type LastLogitsOptions,
   type LastRow,
+  type PerPatchOptions,
   type PlacedImage,
   type Sequence,
 } from '../model/batch.js';
@@ -280,30 +282,33 @@ export async function toSequence(
 /** Items placed at a time when prompts carry images (their rows are held until the chunk has run). */
 const IMAGE_CHUNK_ITEMS = 64;
 
+type Rendered = readonly { ids: number[]; images: readonly string[] }[];
+
+/** One run over a chunk: its sequences, its groups in chunk indices, and the rendered index of chunk index k. */
+type ChunkRun = (seqs: Sequence[], groups: number[][] | undefined, at: (k: number) => number) => Promise<void>;
+
 /**
- * forEachLastLogits over rendered prompts. Text prompts run as one call; prompts with images run in chunks of
- * about IMAGE_CHUNK_ITEMS items (a group never split), each chunk's images placed just before it runs, so scoring
- * a large image set holds a chunk's vision rows, not every image's at once.
+ * `run` over rendered prompts as sequences. Text prompts run as one call; prompts with images run in chunks of
+ * about `chunkItems` items (a group never split), each chunk's images placed just before it runs, so scoring a
+ * large image set holds a chunk's vision rows, not every image's at once.
  */
-export async function forEachRenderedLastLogits(
-  decoder: Decoder,
+async function inSequenceChunks(
   images: JudgeImages | null,
-  rendered: readonly { ids: number[]; images: readonly string[] }[],
-  opts: LastLogitsOptions,
-  onRow: (index: number, row: LastRow) => void,
-  chunkItems = IMAGE_CHUNK_ITEMS,
+  rendered: Rendered,
+  groups: number[][] | undefined,
+  run: ChunkRun,
+  chunkItems: number,
 ): Promise<void> {
   if (!images || rendered.every((prompt) => !prompt.images.length)) {
-    await forEachLastLogits(
-      decoder,
+    await run(
       rendered.map((prompt) => prompt.ids),
-      opts,
-      onRow,
+      groups,
+      (k) => k,
     );
     return;
   }
   const groupOf = new Map<number, number[]>();
-  for (const g of opts.groups ?? []) for (const i of g) groupOf.set(i, g);
+  for (const g of groups ?? []) for (const i of g) groupOf.set(i, g);
   const chunks: number[][] = [];
   let chunk: number[] = [];
   const taken = new Set<number>();
@@ -318,20 +323,58 @@ export async function forEachRenderedLastLogits(
     }
   }
   if (chunk.length) chunks.push(chunk);
-  let before = 0;
   for (const c of chunks) {
     const local = new Map(c.map((i, k) => [i, k]));
     const seqs: Sequence[] = [];
     for (const i of c) seqs.push(await toSequence(images, rendered[i]!));
-    const groups = opts.groups?.filter((g) => g.length && local.has(g[0]!)).map((g) => g.map((i) => local.get(i)!));
-    await forEachLastLogits(
-      decoder,
-      seqs,
-      { ...opts, groups, onProgress: (done) => opts.onProgress?.(before + done, rendered.length) },
-      (k, row) => onRow(c[k]!, row),
-    );
-    before += c.length;
+    const chunkGroups = groups?.filter((g) => g.length && local.has(g[0]!)).map((g) => g.map((i) => local.get(i)!));
+    await run(seqs, chunkGroups, (k) => c[k]!);
   }
+}
+
+/** forEachLastLogits over rendered prompts (images placed chunk by chunk: inSequenceChunks). */
+export async function forEachRenderedLastLogits(
+  decoder: Decoder,
+  images: JudgeImages | null,
+  rendered: Rendered,
+  opts: LastLogitsOptions,
+  onRow: (index: number, row: LastRow) => void,
+  chunkItems = IMAGE_CHUNK_ITEMS,
+): Promise<void> {
+  let before = 0;
+  await inSequenceChunks(
+    images,
+    rendered,
+    opts.groups,
+    async (seqs, groups, at) => {
+      const onProgress = (done: number) => opts.onProgress?.(before + done, rendered.length);
+      await forEachLastLogits(decoder, seqs, { ...opts, groups, onProgress }, (k, row) => onRow(at(k), row));
+      before += seqs.length;
+    },
+    chunkItems,
+  );
+}
+
+/** forEachLastLogitsPerPatch over rendered prompts: each prompt's last token under K patch rows. */
+export async function forEachRenderedPerPatch(
+  decoder: Decoder,
+  images: JudgeImages | null,
+  rendered: Rendered,
+  opts: PerPatchOptions,
+  onRows: (index: number, rows: { logits: Float32Array; logSumExp: Float32Array }) => void,
+): Promise<void> {
+  let before = 0;
+  await inSequenceChunks(
+    images,
+    rendered,
+    opts.groups,
+    async (seqs, groups, at) => {
+      const onProgress = (done: number) => opts.onProgress?.(before + done, rendered.length);
+      await forEachLastLogitsPerPatch(decoder, seqs, { ...opts, groups, onProgress }, (k, rows) => onRows(at(k), rows));
+      before += seqs.length;
+    },
+    IMAGE_CHUNK_ITEMS,
+  );
 }
 
 /** Empties the rows cache shared by every decoder (tests count tower runs from a clean state). */

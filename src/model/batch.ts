@@ -1,9 +1,10 @@
 /**
  * Running many sequences for their last-position logits: sorted by length into batches (less padding),
  * and, when all sequences start with the same tokens (a judge prompt with fixed demonstrations), that
- * common prefix is prefilled once and only the differing suffixes are run.
+ * common prefix is prefilled once and only the differing suffixes are run. forEachLastLogitsPerPatch runs each
+ * sequence's last token under K patches (K criteria) after that sequence is prefilled once.
  */
-import type { Decoder, HeadPatch, ImageEmbeds, KvCache } from './decoder.js';
+import { emptyKv, type Decoder, type HeadPatch, type ImageEmbeds, type KvCache } from './decoder.js';
 
 /** An image placed in a sequence, with `key` naming its content (two images are the same when their keys are). */
 export interface PlacedImage extends ImageEmbeds {
@@ -162,4 +163,72 @@ export async function forEachLastLogits(
     batch.push(i);
   }
   if (batch.length) await run(batch, kv, shared);
+}
+
+export interface PerPatchOptions {
+  /** K rows of patch (mask [K, L, H], values [K, L, H, d] or [L, H, d]): each sequence's last token runs as K rows. */
+  patch: HeadPatch;
+  /** As LastLogitsOptions.groups: sets of sequences (a pair's responses) whose common prefix is prefilled once. */
+  groups?: number[][];
+  /** Prefill the prefix shared by every sequence once (default true). */
+  sharePrefix?: boolean;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** The images of `s` wholly within tokens [from, to), re-indexed from `from`; one that straddles `to` is refused. */
+function imagesBetween(s: Sequence, from: number, to: number, hiddenSize: number): ImageEmbeds[] {
+  const out: ImageEmbeds[] = [];
+  for (const img of imagesOf(s)) {
+    const end = img.start + img.embeds.length / hiddenSize;
+    if (img.start >= from && end <= to) out.push({ ...img, start: img.start - from });
+    else if (img.start < to && end > to)
+      throw new Error(`an image's rows (tokens ${img.start}..${end - 1}) reach the prompt's last token`);
+  }
+  return out;
+}
+
+/**
+ * Calls `onRows(index, rows)` for every sequence: its last position run under each of the K patch rows (rows:
+ * ForwardResult-shaped, [K, V] logits). Everything before the last token runs once, unpatched (the patch acts at
+ * the last position only): the prefix every sequence shares, then each group's, then each sequence's own rest,
+ * each extending the cache of the one before; the last token then runs as K rows after it (Decoder.stepShared).
+ */
+export async function forEachLastLogitsPerPatch(
+  decoder: Decoder,
+  seqs: Sequence[],
+  opts: PerPatchOptions,
+  onRows: (index: number, rows: { logits: Float32Array; logSumExp: Float32Array; heads: Float32Array }) => void,
+): Promise<void> {
+  if (seqs.length === 0) return;
+  const D = decoder.spec.hiddenSize;
+  // The cache after ids [from, to) of sequence i, extending `past` (which holds its first `from` tokens).
+  const extend = async (past: KvCache, i: number, from: number, to: number): Promise<KvCache> =>
+    to > from
+      ? (await decoder.extend(past, idsOf(seqs[i]!).slice(from, to), { images: imagesBetween(seqs[i]!, from, to, D) }))
+          .kv
+      : past;
+  let shared = (opts.sharePrefix ?? true) ? commonPrefix(seqs, D) : 0;
+  if (shared < MIN_SHARED) shared = 0;
+  const root = await extend(emptyKv(decoder.spec), 0, 0, shared);
+  let done = 0;
+  const finish = async (i: number, past: KvCache, from: number) => {
+    const ids = idsOf(seqs[i]!);
+    const kv = await extend(past, i, from, ids.length - 1);
+    imagesBetween(seqs[i]!, ids.length - 1, ids.length, D); // refuses an image over the last token
+    onRows(i, await decoder.stepShared(kv, ids[ids.length - 1]!, opts.patch));
+    opts.onProgress?.(++done, seqs.length);
+  };
+  const rest = new Set(seqs.keys());
+  for (const group of opts.groups ?? []) {
+    if (group.length < 2) continue;
+    const own = commonPrefix(
+      group.map((i) => seqs[i]!),
+      D,
+    );
+    const groupShared = own - shared >= MIN_SHARED ? own : shared;
+    const kv = await extend(root, group[0]!, shared, groupShared);
+    for (const i of group) await finish(i, kv, groupShared);
+    group.forEach((i) => rest.delete(i));
+  }
+  for (const i of rest) await finish(i, root, shared);
 }
