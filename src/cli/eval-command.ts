@@ -10,6 +10,7 @@ import { evaluateBiasPair, type BiasReport } from '../eval/bias.js';
 import type { Results } from '../eval/aggregate.js';
 import { BIASES } from '../data/bias-probe.js';
 import { METHODS } from '../eval/methods.js';
+import { evaluateSweep, type SweepResults } from '../eval/sweep.js';
 import type { Decoder } from '../model/decoder.js';
 import { disposeDecoder } from '../arm/images.js';
 import { progressBar, type ProgressBar } from '../util/progress-bar.js';
@@ -32,7 +33,10 @@ interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   biasPair?: string;
   preferencehack?: boolean;
   methods: string;
-  fewShot: number;
+  /** One value, or several: a few-shot sweep. */
+  fewShot: number[];
+  /** One value, or several: a noise sweep. */
+  poolLabelNoise?: number[];
   seeds: number;
   seed: number;
   pool: 'subset' | 'global';
@@ -49,7 +53,7 @@ interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
 }
 
 /** What `evaluate` and `evaluateBiasPair` are given, beside the options the harness shares. */
-type CliEvalOptions = EvalOptions & { dataset: string; modelId: string };
+type CliEvalOptions = EvalOptions & { dataset: string; modelId: string; command: string };
 
 export function registerEvalCommand(program: Command): void {
   const command = program
@@ -91,10 +95,17 @@ function addRunOptions(cmd: Command): Command {
       'arm,zero-shot,pick-longer,pick-shorter',
     )
     .option(
-      '--few-shot <n>',
-      'pool pairs drawn per seed (per subset, or globally with --pool global); 0 = no pool',
-      (v) => nonNegativeInt(v, '--few-shot'),
-      16,
+      '--few-shot <n|list>',
+      'pool pairs drawn per seed (per subset, or globally with --pool global); 0 = no pool; ' +
+        'a list (2,4,8,16,32) is a sweep: one run per k, all tested on the same pairs, one table and plot (sweep.html)',
+      (v) => numberList(v, '--few-shot', (x) => nonNegativeInt(x, '--few-shot')),
+      [16],
+    )
+    .option(
+      '--pool-label-noise <p|list>',
+      'flip the labels (chosen ↔ rejected) of this fraction of each few-shot pool, the same pairs for every method; ' +
+        'test pairs never; a list (0,0.1,0.25,0.4, or the flag repeated) is a sweep with one table and plot',
+      (v, before: number[] | undefined) => [...(before ?? []), ...numberList(v, '--pool-label-noise', fraction)],
     )
     .option('--seeds <n>', 'few-shot draws', (v) => positiveInt(v, '--seeds'), 5)
     .option('--seed <n>', 'first seed', (v) => nonNegativeInt(v, '--seed'), 0)
@@ -106,6 +117,27 @@ function addRunOptions(cmd: Command): Command {
     .option('--output-dir <dir>', 'where results go', 'results')
     .option('--save-all', "keep items.jsonl: every pair's scores per method and seed");
 }
+
+/** A comma-separated list of numbers, each parsed by `one`. */
+function numberList(v: string, flag: string, one: (x: string) => number): number[] {
+  const parts = v.split(',').map((x) => x.trim());
+  if (parts.some((x) => x === '')) throw new Error(`${flag}: expected a number or a comma-separated list, got "${v}"`);
+  return parts.map(one);
+}
+
+/** A fraction in [0, 1] (the pool label noise). */
+function fraction(v: string): number {
+  const x = Number(v);
+  if (!/^\s*[0-9.]+(e-?[0-9]+)?\s*$/i.test(v) || !(x >= 0 && x <= 1))
+    throw new Error(`--pool-label-noise: expected a fraction in [0, 1], got "${v}"`);
+  return x;
+}
+
+/** The command line as typed, arguments with spaces or quotes single-quoted, for the reports. */
+const commandLine = () =>
+  ['arm', ...process.argv.slice(2)]
+    .map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`))
+    .join(' ');
 
 /** Which rows are read, and where their images are. */
 function addRowOptions(cmd: Command): Command {
@@ -147,6 +179,13 @@ async function evalCommand(o: EvalCliOptions): Promise<void> {
   try {
     const dataset = path.basename(o.dataset ?? probeFiles![0]!);
     const evalOptions = evalOptionsFrom(o, { methods, decoder, dataset, fewShotIds, bar });
+    const sweep = sweepOf(o);
+    if (sweep && probeFiles)
+      throw new Error('a sweep (several --few-shot or --pool-label-noise values) needs --dataset');
+    if (sweep) {
+      printSweep(await evaluateSweep(decoder, examples, evalOptions, sweep), o.outputDir);
+      return;
+    }
     if (probeFiles) {
       const { report } = await evaluateBiasPair(decoder, examples, loaded[1]!.examples, {
         ...evalOptions,
@@ -234,7 +273,9 @@ function evalOptionsFrom(
   let current = '';
   return {
     methods: run.methods,
-    fewShot: o.fewShot,
+    fewShot: o.fewShot[0]!,
+    poolLabelNoise: o.poolLabelNoise?.[0] ?? 0,
+    command: commandLine(),
     seeds: o.seeds,
     seed: o.seed,
     pool: o.pool,
@@ -274,6 +315,38 @@ function evalOptionsFrom(
     },
     log: (line: string) => process.stderr.write(`${line}\n`),
   };
+}
+
+/** The swept flag and its values, or undefined when neither --few-shot nor --pool-label-noise has several. */
+function sweepOf(o: EvalCliOptions): { axis: 'few-shot' | 'pool-label-noise'; values: number[] } | undefined {
+  const noise = o.poolLabelNoise ?? [0];
+  if (o.fewShot.length > 1 && noise.length > 1)
+    throw new Error('sweep one flag at a time: several --few-shot values, or several --pool-label-noise values');
+  if (o.fewShot.length > 1) return { axis: 'few-shot', values: o.fewShot };
+  if (noise.length > 1) return { axis: 'pool-label-noise', values: noise };
+  return undefined;
+}
+
+/** The sweep's table on stdout (accuracy and interval per method and value), and where its reports went. */
+function printSweep(s: SweepResults, outputDir: string): void {
+  const sym = s.axis === 'few-shot' ? 'k' : 'p';
+  console.table(
+    Object.entries(s.methods).map(([name, m]) => ({
+      method: name,
+      ...Object.fromEntries(
+        m.points.map((p) => [
+          `${sym}=${p.value}`,
+          `${pct(p.accuracy.mean)} [${pct(p.accuracy.ci95[0])}, ${pct(p.accuracy.ci95[1])}]`,
+        ]),
+      ),
+    })),
+  );
+  process.stderr.write(
+    `wrote ${path.join(outputDir, 'sweep.json')}, sweep.md, sweep.html, and each value's reports in ` +
+      `${Object.values(s.folders)
+        .map((f) => `${path.join(outputDir, f)}/`)
+        .join(', ')}\n`,
+  );
 }
 
 /** The bias gaps as a table on stdout, and what they mean and where the reports went on stderr. */

@@ -6,6 +6,7 @@
  */
 import { bootstrapSeedsAndPairs, meanMargin, meanStd, sectionScores } from './metrics.js';
 import { METHODS } from './methods.js';
+import type { Provenance } from './provenance.js';
 import { isScored, isTied, type PairRunRecord, type RunRecord, type SplitNotes } from './records.js';
 import {
   bestOfNScores,
@@ -99,8 +100,12 @@ export interface Results {
   /** Layers × heads of the model, for the heat map. */
   shape: { layers: number; heads: number };
   fewShot: number;
+  /** The fraction of each few-shot pool whose labels were flipped (0: none). */
+  poolLabelNoise: number;
   seeds: number[];
   pool: string;
+  /** What reproduces the run (absent in results written before it was recorded). */
+  provenance?: Provenance;
   methods: Record<string, MethodResult>;
   /** The (seed, pair)s every method that scored anything scored: what `accuracy` is over. */
   commonSet: { methods: string[]; pairs: number; testPairs: number };
@@ -165,7 +170,9 @@ export interface AggregateMeta {
   model: string;
   shape: { layers: number; heads: number };
   fewShot: number;
+  poolLabelNoise?: number;
   pool: string;
+  provenance?: Provenance;
   splits?: SplitNotes;
   budget?: string[];
 }
@@ -194,6 +201,7 @@ export function aggregate(records: RunRecord[], meta: AggregateMeta): Results {
   const distinct = (flag: (r: PairRunRecord) => boolean) => new Set(pairs.filter(flag).map(key)).size;
   return {
     ...meta,
+    poolLabelNoise: meta.poolLabelNoise ?? 0,
     seeds,
     methods,
     commonSet: { methods: inSet, pairs: common.size, testPairs: testKeys.size },

@@ -14,6 +14,8 @@ import { aggregate, type Results } from './aggregate.js';
 import { pairOutcome, type PairRecord, type RunRecord } from './records.js';
 import { renderHtml, renderMarkdown } from './report.js';
 import { drawSplits, dropDuplicatePairs, splitNotes, type PoolMode, type Split } from './splits.js';
+import { flipPoolLabels } from './noise.js';
+import { provenanceOf } from './provenance.js';
 import { groupKey, openRunLog, pairKey, runManifest, type RunLog } from './run-log.js';
 
 export interface EvalOptions {
@@ -44,7 +46,22 @@ export interface EvalOptions {
    * for which this is true, and only the others are tested.
    */
   poolCandidate?: (pair: PairExample) => boolean;
+  /**
+   * The fraction of each pool whose labels are flipped before any method is prepared on it (noise.ts); 0 or
+   * absent: none. Test pairs are never flipped.
+   */
+  poolLabelNoise?: number;
+  /**
+   * The pool size the pool/test split is drawn for, when larger than `fewShot`: the test set is what a pool of
+   * this size leaves, and the methods learn from the first `fewShot` pairs of that pool. A few-shot sweep runs each
+   * k with the largest k here, so every k is tested on the same pairs and the smaller pools nest in the larger.
+   */
+  splitFewShot?: number;
 }
+
+/** The pool size the run's splits are drawn for (EvalOptions.splitFewShot). */
+const drawnFewShot = (opts: Pick<EvalOptions, 'fewShot' | 'splitFewShot'>) =>
+  Math.max(opts.fewShot, opts.splitFewShot ?? 0);
 
 /** The seeds a run draws: one when nothing in it depends on the draw. */
 function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'methods'>): number[] {
@@ -56,9 +73,9 @@ function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'method
  * A run whose methods need no pool (zero-shot, token-prob, the length rules) draws none: a pool would only take
  * pairs away from the test set. With a pool method in the run, every method is tested on the same test pairs.
  */
-function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot'>>(opts: T): T {
+function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot' | 'splitFewShot'>>(opts: T): T {
   const needsPool = opts.methods.some((m) => METHODS[m]?.needsPool);
-  return needsPool || opts.fewShot === 0 ? opts : { ...opts, fewShot: 0 };
+  return needsPool || opts.fewShot === 0 ? opts : { ...opts, fewShot: 0, splitFewShot: undefined };
 }
 
 /** Whether any of `methods` runs the model (the length rules do not). */
@@ -72,11 +89,15 @@ interface EvalRun {
   runLog: RunLog;
 }
 
-/** One method on one seed's split of one pool group. */
+/**
+ * One method on one seed's split of one pool group. `split.pool` is what the methods learn from (the first
+ * `fewShot` of the drawn pool, labels flipped where the run adds noise); `flipped`: the ids whose labels were.
+ */
 interface MethodOnSplit {
   name: string;
   seed: number;
   split: Split;
+  flipped: string[];
 }
 
 const tokensSoFar = (run: EvalRun) => run.decoder?.stats.tokens ?? 0;
@@ -115,11 +136,20 @@ export async function runEval(
   return runLog.records;
 }
 
-/** One seed: its pools and test sets drawn, then every method (in `order`) on every split. */
+/**
+ * One seed: its pools and test sets drawn, each pool cut to `fewShot` and its labels flipped where the run adds
+ * noise (once, so every method learns from the same pool), then every method (in `order`) on every split.
+ */
 async function runSeed(run: EvalRun, pairs: PairExample[], seed: number, order: string[]): Promise<void> {
   const { opts } = run;
-  const splits = drawSplits(pairs, opts.fewShot, opts.pool, seed, opts.poolCandidate);
-  for (const name of order) for (const split of splits) await runMethodOnSplit(run, { name, seed, split });
+  const splits = drawSplits(pairs, drawnFewShot(opts), opts.pool, seed, opts.poolCandidate).map((drawn) => {
+    const pool = drawn.pool.slice(0, opts.fewShot);
+    const noisy = flipPoolLabels(pool.map(opts.poolFrom ?? ((p) => p)), opts.poolLabelNoise ?? 0, seed, drawn.group);
+    return { split: { ...drawn, pool }, learnFrom: noisy.pool, flipped: noisy.flipped };
+  });
+  for (const name of order)
+    for (const { split, learnFrom, flipped } of splits)
+      await runMethodOnSplit(run, { name, seed, split: { ...split, pool: learnFrom }, flipped });
 }
 
 /**
@@ -132,7 +162,13 @@ function checkedOptions(decoder: Decoder | null, requested: EvalOptions, log: (l
     throw new Error(`--methods: unknown ${unknown.join(', ')}; known: ${Object.keys(METHODS).join(', ')}`);
   if (!decoder && needsModel(requested.methods))
     throw new Error(`${requested.methods.filter((m) => METHODS[m]!.needsModel !== false).join(', ')} need a model`);
+  const noise = requested.poolLabelNoise ?? 0;
+  if (!(noise >= 0 && noise <= 1)) throw new Error(`--pool-label-noise must be in [0, 1], got ${noise}`);
   const opts = effectiveOptions(requested);
+  if (noise > 0 && opts.fewShot === 0)
+    throw new Error(
+      `--pool-label-noise ${noise}: no method in the run learns from a pool, so there is nothing to flip`,
+    );
   if (opts.fewShot !== requested.fewShot)
     log(
       `note: ${requested.methods.join(', ')} need no few-shot pool: ` +
@@ -173,7 +209,7 @@ function evalPairs(examples: Example[], pool: PoolMode, log: (line: string) => v
  * Warns about groups the pool takes whole, held-out prompt siblings and thin subsets; throws when nothing is tested.
  */
 function reportSplits(pairs: PairExample[], opts: EvalOptions, seeds: number[], log: (line: string) => void): void {
-  const notes = splitNotes(pairs, opts.fewShot, opts.pool, seeds, opts.poolCandidate);
+  const notes = splitNotes(pairs, drawnFewShot(opts), opts.pool, seeds, opts.poolCandidate);
   for (const d of notes.droppedGroups) {
     log(
       `warning: ${opts.pool === 'global' ? 'the dataset' : `subset ${d.group}`} has ${d.rows} pairs, ` +
@@ -191,7 +227,7 @@ function reportSplits(pairs: PairExample[], opts: EvalOptions, seeds: number[], 
       `warning: subset ${s.subset} has ${s.rows} pairs, leaving ${s.testPairs} test pairs after the pool ` +
         `(fewer than ${notes.minTestPairs}): its accuracy is noisy`,
     );
-  if (seeds.every((seed) => drawSplits(pairs, opts.fewShot, opts.pool, seed, opts.poolCandidate).length === 0)) {
+  if (seeds.every((seed) => drawSplits(pairs, drawnFewShot(opts), opts.pool, seed, opts.poolCandidate).length === 0)) {
     throw new Error(
       `--few-shot ${opts.fewShot} leaves no pair to test: ` +
         `every ${opts.pool === 'global' ? 'pair' : "subset's pairs"} went into the pool; lower --few-shot`,
@@ -227,7 +263,7 @@ async function prepareOnPool(run: EvalRun, at: MethodOnSplit, todo: number): Pro
   try {
     prepared = await METHODS[name]!.prepare({
       decoder: run.decoder!,
-      pool: opts.poolFrom ? split.pool.map(opts.poolFrom) : split.pool,
+      pool: split.pool,
       seed,
       options,
       armHeadCount: armHeadCount(runLog.records, seed, split.group),
@@ -269,6 +305,7 @@ async function prepareOnPool(run: EvalRun, at: MethodOnSplit, todo: number): Pro
         seconds: secondsSince(t0),
         tokens: tokensSoFar(run) - tok0,
         poolIds: split.pool.map((p) => p.id),
+        ...(opts.poolLabelNoise ? { flipped: at.flipped } : {}),
       },
     ]);
   return prepared;
@@ -385,11 +422,17 @@ export function budgetNotes(opts: Pick<EvalOptions, 'methods' | 'fewShot' | 'poo
   return notes;
 }
 
+/**
+ * An evaluation's options with what its reports name: the dataset's title, the model as given and, from the CLI,
+ * the command line.
+ */
+export type ReportedEvalOptions = EvalOptions & { dataset: string; modelId: string; command?: string };
+
 /** Runs the evaluation, then writes results.json, report.md and report.html into the output folder. */
 export async function evaluate(
   decoder: Decoder | null,
   examples: Example[],
-  requested: EvalOptions & { dataset: string; modelId: string },
+  requested: ReportedEvalOptions,
 ): Promise<Results> {
   const records = await runEval(decoder, examples, requested);
   return writeResults(decoder, examples, requested, records);
@@ -402,7 +445,7 @@ export async function evaluate(
 export function writeResults(
   decoder: Decoder | null,
   examples: Example[],
-  requested: EvalOptions & { dataset: string; modelId: string },
+  requested: ReportedEvalOptions,
   records: RunRecord[],
 ): Results {
   const opts = effectiveOptions(requested);
@@ -415,9 +458,17 @@ export function writeResults(
     model: opts.modelId,
     shape: { layers: decoder?.spec.numLayers ?? 0, heads: decoder?.spec.numHeads ?? 0 },
     fewShot: opts.fewShot,
+    poolLabelNoise: opts.poolLabelNoise ?? 0,
     pool: opts.pool,
+    provenance: provenanceOf(decoder, pairs, {
+      command: opts.command,
+      title: opts.dataset,
+      modelId: opts.modelId,
+      seeds: runSeeds(opts),
+      method: opts.method,
+    }),
     splits: {
-      ...splitNotes(pairs, opts.fewShot, opts.pool, runSeeds(opts), opts.poolCandidate),
+      ...splitNotes(pairs, drawnFewShot(opts), opts.pool, runSeeds(opts), opts.poolCandidate),
       duplicatePairs: dropped.length,
     },
     budget: budgetNotes(opts),

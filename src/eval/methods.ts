@@ -125,6 +125,12 @@ export function iclDemos(pool: PairExample[], kind: 'scalar' | 'ranked', shots: 
   return rng.shuffle(chosen);
 }
 
+/** The context with the fit's means denoised as DESIGN step 5 has it (pca:4:centred); `before`: on every head. */
+const denoised = (ctx: MethodContext, before?: boolean): MethodContext => {
+  const fit = { ...ctx.options.fit, denoise: 'pca:4:centred' };
+  return { ...ctx, options: { ...ctx.options, fit: before ? { ...fit, denoiseBeforeSelection: true } : fit } };
+};
+
 const demosFor = (ctx: MethodContext) =>
   iclDemos(ctx.pool, ctx.options.fit.template ?? 'scalar', ctx.options.iclShots, ctx.seed);
 
@@ -279,13 +285,14 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
       'Ablation: arm with denoised means (DESIGN step 5, pca:4:centred: ' +
       'each pass rebuilt from the top 4 axes of the centred per-head PCA, passes far off them weighted down), ' +
       'on the selected heads, or on every head before selection with --denoise-before-selection.',
-    prepare: async (ctx) =>
-      rmMethod(
-        await fitWith(
-          { ...ctx, options: { ...ctx.options, fit: { ...ctx.options.fit, denoise: 'pca:4:centred' } } },
-          'selected',
-        ),
-        ctx,
-      ),
+    prepare: async (ctx) => rmMethod(await fitWith(denoised(ctx), 'selected'), ctx),
+  },
+  'arm-denoised-before': {
+    name: 'arm-denoised-before',
+    needsPool: true,
+    definition:
+      'Ablation: arm-denoised with every head denoised before selection (--denoise-before-selection), ' +
+      'so REINFORCE selects heads on the denoised means; in one run beside arm-denoised.',
+    prepare: async (ctx) => rmMethod(await fitWith(denoised(ctx, true), 'selected'), ctx),
   },
 });

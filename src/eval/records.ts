@@ -53,6 +53,8 @@ export type RunRecord =
       seconds: number;
       tokens: number;
       poolIds: string[];
+      /** Pool pairs whose labels were flipped (chosen ↔ rejected) before preparing; only in runs with label noise. */
+      flipped?: string[];
     }
   | { type: 'cost'; method: string; seed: number; group: string; seconds: number; tokens: number; pairs: number }
   /**

@@ -20,6 +20,8 @@ export interface ManifestOptions {
   method: MethodOptions;
   poolCandidate?: (pair: PairExample) => boolean;
   poolFrom?: (pair: PairExample) => PairExample;
+  poolLabelNoise?: number;
+  splitFewShot?: number;
 }
 
 /** An open run log: the records so far, what they cover, and `append` for new ones (file and memory). */
@@ -73,6 +75,9 @@ export function runManifest(decoder: Decoder | null, pairs: PairExample[], opts:
           ),
         }
       : {}),
+    // Absent when unused, so that a run.json written before these options existed still matches.
+    ...(opts.poolLabelNoise ? { poolLabelNoise: opts.poolLabelNoise } : {}),
+    ...(opts.splitFewShot && opts.splitFewShot > opts.fewShot ? { splitFewShot: opts.splitFewShot } : {}),
     // Runs logged before splits kept prompt siblings apart and dropped duplicates drew other test sets: not resumable.
     splits: 'prompt-groups, duplicates dropped',
   };
