@@ -416,10 +416,9 @@ export class Decoder {
   /** One session run over a left-padded batch after `past`. */
   private async run(rows: number[][], past: KvCache, opts: RunOptions = {}): Promise<RunResult> {
     if (this.disposed) throw new ModelError('the decoder was disposed');
-    const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d } = this.spec;
+    const { numLayers: L, numHeads: H } = this.spec;
     const B = rows.length;
     const S = this.checkBatch(rows, past, opts.images);
-    const P = past.length;
     const D = this.spec.hiddenSize;
     const { embeds, mask } = this.embedBatch(rows, S, past);
     const position = this.positionIds(rows, S, past, opts.images);
@@ -428,16 +427,12 @@ export class Decoder {
     this.checkPatch(patch, B);
     const feeds: Record<string, ort.Tensor> = {
       [INPUT.inputsEmbeds]: new ort.Tensor('float32', embeds, [B, S, D]),
-      [INPUT.attentionMask]: new ort.Tensor('int64', mask, [B, P + S]),
+      ...this.pastFeeds(past, mask, B, S),
       [INPUT.positionIds]: new ort.Tensor('int64', position.ids, position.dims),
       [INPUT.patchMask]: new ort.Tensor('float32', patch?.mask ?? new Float32Array(B * L * H), [B, L, H]),
       ...patchFeeds(patch, this.spec),
     };
     if (deepstack) feeds[INPUT.deepstackEmbeds] = new ort.Tensor('float32', deepstack.data, deepstack.dims);
-    for (let l = 0; l < L; l++) {
-      feeds[INPUT.pastKey(l)] = new ort.Tensor('float32', past.keys[l]!, [1, KV, P, d]);
-      feeds[INPUT.pastValue(l)] = new ort.Tensor('float32', past.values[l]!, [1, KV, P, d]);
-    }
     const sites = opts.sites ?? [];
     const fetches: string[] = [OUTPUT.logits, OUTPUT.logsumexp, OUTPUT.heads];
     if (opts.withKv) for (let l = 0; l < L; l++) fetches.push(OUTPUT.newKey(l), OUTPUT.newValue(l));
@@ -467,6 +462,28 @@ export class Decoder {
         'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)',
     );
     return result;
+  }
+
+  /**
+   * attention_mask [B, P + S] and each layer's past [1, KV, P, d]. A GPU graph gets one masked slot of zeros for an
+   * empty past (session.ts attentionLayout: GPU kernels refuse zero-sized tensors); a masked key changes nothing.
+   */
+  private pastFeeds(past: KvCache, mask: BigInt64Array, B: number, S: number): Record<string, ort.Tensor> {
+    const { numLayers: L, numKvHeads: KV, headDim: d } = this.spec;
+    const slot = this.info.device !== 'cpu' && past.length === 0;
+    const P = slot ? 1 : past.length;
+    let fedMask = mask;
+    if (slot) {
+      fedMask = new BigInt64Array(B * (1 + S)); // the slot's column stays 0
+      for (let b = 0; b < B; b++) fedMask.set(mask.subarray(b * S, (b + 1) * S), b * (1 + S) + 1);
+    }
+    const zeros = new Float32Array(KV * d);
+    const feeds: Record<string, ort.Tensor> = { [INPUT.attentionMask]: new ort.Tensor('int64', fedMask, [B, P + S]) };
+    for (let l = 0; l < L; l++) {
+      feeds[INPUT.pastKey(l)] = new ort.Tensor('float32', slot ? zeros : past.keys[l]!, [1, KV, P, d]);
+      feeds[INPUT.pastValue(l)] = new ort.Tensor('float32', slot ? zeros : past.values[l]!, [1, KV, P, d]);
+    }
+    return feeds;
   }
 
   /** The batch's padded length S, after checking the batch fits the model and its images match its rows. */
@@ -702,6 +719,12 @@ async function buildCacheEntry(
 ): Promise<BuiltEntry> {
   const { config, cacheDir } = source;
   const prequant = prequantSchemeFromConfig(config.json, config.file);
+  const device = opts.device ?? 'cpu';
+  // MatMulIntegerToFloat (rowwise W8A8) is a CPU kernel: a GPU runs int8 as block-wise MatMulNBits.
+  if (device !== 'cpu' && opts.int8Kernel === 'rowwise')
+    throw new ModelError(
+      `--int8-kernel rowwise (MatMulIntegerToFloat) runs on the CPU only; on --device ${device} use blockwise`,
+    );
   const format = resolveWeightFormat(spec, prequant, {
     dtype: opts.dtype,
     blockSize: opts.blockSize,
@@ -709,10 +732,12 @@ async function buildCacheEntry(
     int8Kernel: opts.int8Kernel,
     int4Method: opts.int4Method,
     gptqCalibration: opts.gptqCalibration,
+    ...(device === 'cpu' ? {} : { int8DotProduct: false }), // the default int8 kernel: blockwise
   });
   validateCheckpoint(spec, ckpt, prequant);
   const weightsFingerprint = weightsContentHash(ckpt.files, contentHashDir(cacheDir));
-  const key = cacheKey(config.text, weightsFingerprint, opts.headChunkBytes, format);
+  const attention = attentionLayout(device);
+  const key = cacheKey(config.text, weightsFingerprint, opts.headChunkBytes, format, attention);
   // A GPTQ build needs its calibration inputs first (an async model run); a built entry needs nothing.
   const gptq = format.quant?.gptq;
   const hessians =
@@ -725,6 +750,7 @@ async function buildCacheEntry(
     format,
     threads: opts.threads,
     hessians,
+    attention,
   });
   return { ...entry, weightsFingerprint, format };
 }
@@ -825,4 +851,3 @@ export function argmax(x: ArrayLike<number>, offset = 0, length = x.length - off
   for (let i = 1; i < length; i++) if (x[offset + i]! > x[offset + best]!) best = i;
   return best;
 }
-

@@ -28,6 +28,7 @@ import type { ModelSpec } from '../families/types.js';
 import { ModelError } from '../errors.js';
 import type { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
 import type { ExternalRef, GraphBuilder } from '../graph/graph-builder.js';
+import type { AttentionLayout } from '../graph/causal-attention.js';
 import { quantNames, rowwiseNames, type QuantizedWeightRef, type RowwiseWeightRef } from '../graph/quantized-linear.js';
 import {
   blobBytes,
@@ -88,9 +89,12 @@ export function cacheKey(
   weightsFingerprint: string,
   headChunkBytes = HEAD_CHUNK_BYTES,
   format: WeightFormat = FP32_FORMAT,
+  attention: AttentionLayout = {},
 ): string {
+  // A GPU graph (one chunk over a masked past slot) is its own entry; CPU keys stay as they were.
+  const layout = attention.pastSlot ? `:past-slot:${attention.queryChunks ?? ''}` : '';
   return createHash('sha256')
-    .update(`${GRAPH_VERSION}:${headChunkBytes}${formatKey(format)}`)
+    .update(`${GRAPH_VERSION}:${headChunkBytes}${formatKey(format)}${layout}`)
     .update('\0')
     .update(configText)
     .update('\0')
@@ -116,6 +120,8 @@ export interface DecoderBuild {
   threads?: number;
   /** GPTQ formats: Xᵀ X of each 4-bit linear layer's calibration inputs, by graph weight name (calibration.ts). */
   hessians?: Map<string, Float64Array>;
+  /** The graph's attention layout (a GPU device's, session.ts attentionLayout); default the CPU's. */
+  attention?: AttentionLayout;
 }
 
 /** Builds the cache entry if missing; returns the folder holding model.onnx and weights.bin. */
@@ -140,6 +146,7 @@ export function ensureCachedModel(
         onProgress: build.onProgress,
         pool,
         hessians: build.hessians,
+        attention: build.attention,
       });
     } finally {
       void pool?.close();
@@ -182,6 +189,7 @@ interface WriteOptions {
   hessians?: Map<string, Float64Array>;
   /** Linear-layer inputs the graph also outputs (the calibration model). */
   siteOutputs?: readonly LinearInputSite[];
+  attention?: AttentionLayout;
 }
 
 /** The three files of a model folder: weights.bin, then the graph that reads it, then the embedding layout. */
@@ -407,7 +415,7 @@ function decoderGraphBytes(spec: ModelSpec, weights: WrittenWeights, opts: Write
       accuracyLevel: opts.format.accuracyLevel,
       ref: (g, name) => quantizedWeightRef(g, weights, name),
     },
-    {},
+    opts.attention ?? {},
     opts.siteOutputs,
   );
   return graph.toBytes(`${spec.family} decoder with last-position head taps and patches`, {

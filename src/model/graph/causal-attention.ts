@@ -8,6 +8,10 @@
  *    concatenated with the new ones'.
  * A chunk of new positions [s_c, s_{c+1}) reads only keys up to P + s_{c+1}: those after its last query are masked
  * for all of it.
+ *
+ * GPU providers refuse zero-sized dispatches (WebGPU: "Invalid dispatch group size (0, 1, 1)" in Softmax), so their
+ * graph (AttentionLayout.pastSlot) has one query chunk of the withPast form only, and the caller feeds a past of at
+ * least one slot (a masked one when there is no past): no tensor of the attention is ever empty.
  */
 import { INT64_MAX, type DecoderOps } from './decoder-ops.js';
 import { DECODER_INPUTS, SITES, type ChunkForm } from './sites.js';
@@ -21,6 +25,17 @@ const MASKED = -1e9; // finite, so a fully masked (padding) row stays finite ins
  * chunks compute (N+1)/2N of the S×T scores, and the largest score tensor is 1/N of the whole.
  */
 export const ATTENTION_QUERY_CHUNKS = 4;
+
+/** How a graph lays its attention out (default: the CPU's, ATTENTION_QUERY_CHUNKS chunks of both forms). */
+export interface AttentionLayout {
+  /** Query chunks per form (default ATTENTION_QUERY_CHUNKS); 1: one S×T score block per layer (tests compare). */
+  readonly queryChunks?: number;
+  /**
+   * The withPast form alone: the past always holds ≥ 1 slot (a masked slot when empty), so no chunk is empty. GPU
+   * graphs (with queryChunks 1).
+   */
+  readonly pastSlot?: boolean;
+}
 
 /** What every layer's attention shares. */
 export interface AttentionTables {
@@ -94,11 +109,16 @@ export function emitAttentionMasks(ops: DecoderOps): {
 export function emitQueryChunks(
   ops: DecoderOps,
   lengths: { seq: string; pastLen: string },
-  queryChunks: number,
+  layout: AttentionLayout = {},
 ): Omit<AttentionTables, 'masks'> {
   const { g, i64 } = ops;
+  const queryChunks = layout.queryChunks ?? ATTENTION_QUERY_CHUNKS;
   const seq1 = g.op('Unsqueeze', [lengths.seq, i64([0])]); // [1] = S
   const past1 = g.op('Unsqueeze', [lengths.pastLen, i64([0])]); // [1] = P
+  if (layout.pastSlot) {
+    if (queryChunks !== 1) throw new Error('internal: a pastSlot graph has one query chunk');
+    return { pastLength: past1, chunkBounds: { noPast: [], withPast: [i64([0]), seq1] } };
+  }
   // [1] = S if P = 0 else 0
   const noPastQueries = g.op('Mul', [seq1, g.op('Cast', [g.op('Equal', [past1, i64([0])])], { to: 7 })]);
   const bounds = (lo: string, hi: string) =>

@@ -1,0 +1,87 @@
+/**
+ * onnxruntime sessions on a chosen device: the one place that opens an InferenceSession for a decoder or a vision
+ * tower. `cpu` (default), `webgpu` (bundled with onnxruntime-node: Dawn over Vulkan, Metal or D3D12) and `cuda`
+ * (onnxruntime-node's opt-in install). A missing provider or adapter is an error that says what to install, never a
+ * silent fall back to the CPU: the session is created with the one provider asked for.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import * as ort from 'onnxruntime-node';
+import { ModelError } from './errors.js';
+import type { AttentionLayout } from './graph/causal-attention.js';
+
+export type Device = 'cpu' | 'webgpu' | 'cuda';
+export const DEVICES: readonly Device[] = ['cpu', 'webgpu', 'cuda'];
+
+/** What to install for a device whose provider or adapter is missing (docs/gpu.md says more). */
+export const DEVICE_SETUP: Readonly<Record<Exclude<Device, 'cpu'>, string>> = {
+  webgpu:
+    "a GPU driver with Vulkan (Linux), Metal (macOS) or D3D12 (Windows); on a machine without a GPU, Mesa's " +
+    'software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1 from a Mesa ≥ 25, ' +
+    'e.g. bookworm-backports; see docs/gpu.md)',
+  cuda:
+    "onnxruntime-node's CUDA provider, an opt-in install: " +
+    'ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install (CUDA 12 and cuDNN 9 drivers)',
+};
+
+/** Checks a --device value (CLI, server, library) and returns it typed. */
+export function parseDevice(value: string, where = '--device'): Device {
+  if ((DEVICES as readonly string[]).includes(value)) return value as Device;
+  throw new ModelError(`${where}: unknown device '${value}' (one of ${DEVICES.join(', ')})`);
+}
+
+/**
+ * The decoder graph's attention layout on a device: the CPU's chunked one, or on a GPU one chunk over a past of at
+ * least one slot (GPU kernels refuse zero-sized dispatches; causal-attention.ts).
+ */
+export function attentionLayout(device: Device): AttentionLayout {
+  return device === 'cpu' ? {} : { queryChunks: 1, pastSlot: true };
+}
+
+export interface SessionOptions {
+  /** onnxruntime intra-op threads (CPU kernels); default: all cores. */
+  threads?: number;
+  device?: Device;
+  /** onnxruntime profiling: a JSON trace with each node's provider, written on session.endProfiling(). */
+  profileFilePrefix?: string;
+}
+
+/** An InferenceSession over `modelFile` on `opts.device` (default cpu), or a ModelError saying what is missing. */
+export async function openSession(modelFile: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
+  const device = opts.device ?? 'cpu';
+  if (device === 'cuda') checkCudaInstalled();
+  const options: ort.InferenceSession.SessionOptions = {
+    intraOpNumThreads: opts.threads ?? os.availableParallelism(),
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+    executionMode: 'sequential',
+    ...(device === 'cpu' ? {} : { executionProviders: [device] }),
+    ...(opts.profileFilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profileFilePrefix } : {}),
+  };
+  try {
+    return await ort.InferenceSession.create(modelFile, options);
+  } catch (e) {
+    if (device === 'cpu') throw e;
+    const message = (e as Error).message.split('\n')[0]!;
+    throw new ModelError(
+      `--device ${device}: onnxruntime could not open ${modelFile} on ${device} (${message.trim()}); ` +
+        `it needs ${DEVICE_SETUP[device]}`,
+    );
+  }
+}
+
+/** The CUDA provider is a separate library onnxruntime-node installs only on request. */
+function checkCudaInstalled(): void {
+  const binding = path.dirname(createRequire(import.meta.url).resolve('onnxruntime-node/package.json'));
+  const dir = path.join(binding, 'bin', 'napi-v6', process.platform, process.arch);
+  const lib = path.join(
+    dir,
+    process.platform === 'win32' ? 'onnxruntime_providers_cuda.dll' : 'libonnxruntime_providers_cuda.so',
+  );
+  if (!fs.existsSync(lib))
+    throw new ModelError(
+      `--device cuda: the CUDA execution provider is not installed (${lib} missing); install ${DEVICE_SETUP.cuda}`,
+    );
+}
