@@ -4,9 +4,15 @@
  */
 import type { Decoder, HeadPatch } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
-import { checkCriterionMatches, loadCriterion, saveCriterion, type Criterion } from './criterion.js';
-import { render, TooLongError, type JudgeItem } from './template.js';
-import { forEachRenderedLastLogits, judgeImagesFor } from './images.js';
+import {
+  checkCriterionMatches,
+  loadCriterion,
+  saveCriterion,
+  type Criterion,
+  type CriterionMeta,
+} from './criterion.js';
+import { render, TooLongError, type JudgeItem, type Rendered } from './template.js';
+import { forEachRenderedLastLogits, forEachRenderedPerPatch, judgeImagesFor } from './images.js';
 import { imagesOf } from '../data/examples.js';
 import { argmax } from '../model/decoder.js';
 import { Rng } from '../util/rng.js';
@@ -110,152 +116,218 @@ export class ActivationRM {
    * item indices that share their prompt (a pair's two responses): each such set runs its common prefix once.
    */
   async scoreItems(items: JudgeItem[], opts: ScoreOptions = {}, groups?: number[][]): Promise<ItemScore[]> {
-    const meta = this.criterion.meta;
-    const maxLength = opts.maxLength ?? meta.hyper.maxLength;
-    const batchSize = opts.batchSize ?? meta.hyper.batchSize;
-    const out: ItemScore[] = new Array(items.length);
-    const images = await judgeImagesFor(this.decoder, [...items, ...(opts.demos ?? [])]);
-    const rendered = items.map((it, i) => {
-      try {
-        return render(this.decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength, images);
-      } catch (e) {
-        if (!(e instanceof TooLongError)) throw e;
-        out[i] = {
-          id: it.id,
-          reward: NaN,
-          normalized: NaN,
-          logitYes: NaN,
-          logitNo: NaN,
-          truncatedTokens: 0,
-          textTokens: 0,
-          unknownTokens: 0,
-          tooLong: true,
-          verdict: null,
-        };
-        return null;
-      }
-    });
-    const live = rendered.map((_, i) => i).filter((i) => rendered[i]);
-    const [yesId, noId] = meta.answerTokens.primary;
-    const [yesVariants, noVariants] = meta.answerTokens.variants;
-    const liveIndex = new Map(live.map((i, j) => [i, j]));
-    const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
-    await forEachRenderedLastLogits(
-      this.decoder,
-      images,
-      live.map((i) => rendered[i]!),
-      { batchSize, patch: (rows) => this.patch(rows), groups: liveGroups, onProgress: opts.onProgress },
-      (j, { logits: row, logSumExp }) => {
-        const i = live[j]!;
-        // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
-        if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {
-          throw new ScoreError(
-            nonFiniteHint(
-              `the score of item ${items[i]!.id} (log-sum-exp ${logSumExp}, answer logits ${row[yesId]}/${row[noId]})`,
-            ),
-          );
-        }
-        const p = (t: number) => Math.exp(row[t]! - logSumExp);
-        const yes = yesVariants.reduce((s, t) => s + p(t), 0),
-          no = noVariants.reduce((s, t) => s + p(t), 0);
-        const top = argmax(row);
-        out[i] = {
-          id: items[i]!.id,
-          reward: p(yesId),
-          normalized: yes / (yes + no || 1),
-          logitYes: row[yesId]!,
-          logitNo: row[noId]!,
-          truncatedTokens: rendered[i]!.truncatedTokens,
-          textTokens: rendered[i]!.unknown.text,
-          unknownTokens: rendered[i]!.unknown.unknown,
-          tooLong: false,
-          verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
-        };
-        if (opts.sample) out[i]!.sampledYes = sampleVerdicts(row, opts.sample, items[i]!.id, yesVariants, noVariants);
-      },
-    );
-    return out;
+    return (await scoreItemsUnder([this], items, opts, groups))[0]!;
   }
 
   /** Scores preference pairs (and scalar examples, as single items). */
-  async scoreExamples(
-    examples: Example[],
-    opts: ScoreOptions = {},
-  ): Promise<(PairScore | (ItemScore & { label: boolean | null }))[]> {
-    const kind = this.criterion.meta.template.kind;
-    const items: JudgeItem[] = [];
-    // Items that share a prompt (a pair's two responses, GRPO's many samples of one prompt) share its prefix.
-    const byPrompt = new Map<string, number[]>();
-    for (const e of examples) {
-      const key = JSON.stringify([e.prompt, e.images ?? []]);
-      if (!byPrompt.has(key)) byPrompt.set(key, []);
-      byPrompt.get(key)!.push(...(e.kind === 'pair' ? [items.length, items.length + 1] : [items.length]));
-      if (e.kind === 'scalar') {
-        if (kind === 'ranked')
-          throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
-        items.push({
-          id: e.id,
-          prompt: e.prompt,
-          fields: { response: e.response },
-          answer: e.label === false ? 1 : 0,
-          ...imagesOf(e),
-        });
-      } else if (kind === 'scalar') {
-        items.push({
-          id: `${e.id}:chosen`,
-          prompt: e.prompt,
-          fields: { response: e.chosen },
-          answer: 0,
-          ...imagesOf(e),
-        });
-        items.push({
-          id: `${e.id}:rejected`,
-          prompt: e.prompt,
-          fields: { response: e.rejected },
-          answer: 1,
-          ...imagesOf(e),
-        });
-      } else {
-        items.push({
-          id: `${e.id}:ab`,
-          prompt: e.prompt,
-          fields: { response_a: e.chosen, response_b: e.rejected },
-          answer: 0,
-          ...imagesOf(e),
-        });
-        items.push({
-          id: `${e.id}:ba`,
-          prompt: e.prompt,
-          fields: { response_a: e.rejected, response_b: e.chosen },
-          answer: 1,
-          ...imagesOf(e),
-        });
-      }
-    }
-    // With demonstrations every item shares the (long) demo prefix instead: no per-pair groups then.
-    const groups = [...byPrompt.values()].filter((g) => g.length > 1);
-    const scores = await this.scoreItems(items, opts, opts.demos?.length ? undefined : groups);
-    let at = 0;
-    return examples.map((e) => {
-      if (e.kind === 'scalar') return { ...scores[at++]!, label: e.label };
-      const a = scores[at++]!,
-        b = scores[at++]!;
-      if (kind === 'scalar') {
-        const read = (x: ItemScore) =>
-          opts.readout === 'normalized' ? x.normalized : opts.readout === 'sampled' ? (x.sampledYes ?? NaN) : x.reward;
-        return pairScore(e.id, read(a), read(b), [a, b]);
-      }
-      // Ranked: P(A) with chosen first and 1 − P(A) with chosen second, each normalised over A/B; averaged.
-      const chosenFirst = a.normalized,
-        chosenSecond = 1 - b.normalized;
-      const chosen = (chosenFirst + chosenSecond) / 2;
-      const scorable = !a.tooLong && !b.tooLong;
-      return {
-        ...pairScore(e.id, chosen, 1 - chosen, [a, b]),
-        swapConsistent: scorable && chosenFirst > 0.5 === chosenSecond > 0.5,
-      };
-    });
+  async scoreExamples(examples: Example[], opts: ScoreOptions = {}): Promise<ExampleScore[]> {
+    return (await scoreExamplesUnder([this], examples, opts))[0]!;
   }
+}
+
+/** One example's score: a pair's, or a scalar example's item score with its label. */
+export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
+
+/**
+ * Scores `items` under each of `rms`, which must render identical judge prompts (one template, chat setting and
+ * length budget: CriterionSet groups them so) on one decoder: [criterion][item]. One criterion runs batched by
+ * length (forEachRenderedLastLogits); K > 1 run every prompt once and its last token as K patched rows.
+ */
+export async function scoreItemsUnder(
+  rms: readonly ActivationRM[],
+  items: JudgeItem[],
+  opts: ScoreOptions = {},
+  groups?: number[][],
+): Promise<ItemScore[][]> {
+  const { decoder } = rms[0]!;
+  const meta = rms[0]!.criterion.meta;
+  const maxLength = opts.maxLength ?? meta.hyper.maxLength;
+  const out: ItemScore[][] = rms.map(() => new Array<ItemScore>(items.length));
+  const images = await judgeImagesFor(decoder, [...items, ...(opts.demos ?? [])]);
+  const rendered = items.map((it, i) => {
+    try {
+      return render(decoder.tokenizer, meta.template, opts.demos ?? [], it, maxLength, images);
+    } catch (e) {
+      if (!(e instanceof TooLongError)) throw e;
+      for (const o of out) o[i] = tooLongScore(it.id);
+      return null;
+    }
+  });
+  const live = rendered.map((_, i) => i).filter((i) => rendered[i]);
+  const liveIndex = new Map(live.map((i, j) => [i, j]));
+  const liveGroups = groups?.map((g) => g.filter((i) => liveIndex.has(i)).map((i) => liveIndex.get(i)!));
+  const read = (k: number, j: number, row: Float32Array, logSumExp: number) => {
+    const i = live[j]!;
+    out[k]![i] = readItemScore(rms[k]!.criterion.meta.answerTokens, items[i]!, rendered[i]!, { row, logSumExp }, opts);
+  };
+  const liveRendered = live.map((i) => rendered[i]!);
+  if (rms.length === 1) {
+    const batchSize = opts.batchSize ?? meta.hyper.batchSize;
+    const patch = (rows: number) => rms[0]!.patch(rows);
+    await forEachRenderedLastLogits(
+      decoder,
+      images,
+      liveRendered,
+      { batchSize, patch, groups: liveGroups, onProgress: opts.onProgress },
+      (j, { logits, logSumExp }) => read(0, j, logits, logSumExp),
+    );
+    return out;
+  }
+  const patch = rowPerCriterionPatch(rms);
+  const V = decoder.spec.vocabSize;
+  await forEachRenderedPerPatch(
+    decoder,
+    images,
+    liveRendered,
+    { patch, groups: liveGroups, onProgress: opts.onProgress },
+    (j, rows) => rms.forEach((_, k) => read(k, j, rows.logits.subarray(k * V, (k + 1) * V), rows.logSumExp[k]!)),
+  );
+  return out;
+}
+
+/** K criteria's patches as K rows: row k carries criterion k's heads, means and mode. */
+function rowPerCriterionPatch(rms: readonly ActivationRM[]): HeadPatch {
+  const { numLayers: L, numHeads: H, headDim: d } = rms[0]!.decoder.spec;
+  const mask = new Float32Array(rms.length * L * H); // [K, L, H]
+  const values = new Float32Array(rms.length * L * H * d); // [K, L, H, d]
+  rms.forEach((rm, k) => {
+    mask.set(rm.patch(1).mask, k * L * H);
+    values.set(rm.criterion.mu, k * L * H * d);
+  });
+  return { mask, values, mode: rms.map((rm) => rm.criterion.meta.mode) };
+}
+
+/** The score of an item that does not fit the length budget: not scored. */
+function tooLongScore(id: string): ItemScore {
+  return {
+    id,
+    reward: NaN,
+    normalized: NaN,
+    logitYes: NaN,
+    logitNo: NaN,
+    truncatedTokens: 0,
+    textTokens: 0,
+    unknownTokens: 0,
+    tooLong: true,
+    verdict: null,
+  };
+}
+
+/** An item's score from its last-position logits row under one criterion's answer tokens. */
+function readItemScore(
+  answerTokens: CriterionMeta['answerTokens'],
+  item: JudgeItem,
+  rendered: Rendered,
+  { row, logSumExp }: { row: Float32Array; logSumExp: number },
+  opts: ScoreOptions,
+): ItemScore {
+  const [yesId, noId] = answerTokens.primary;
+  const [yesVariants, noVariants] = answerTokens.variants;
+  // A NaN score would be written as null and counted as a lost pair without a word: refuse it here.
+  if (!Number.isFinite(logSumExp) || !Number.isFinite(row[yesId]!) || !Number.isFinite(row[noId]!)) {
+    throw new ScoreError(
+      nonFiniteHint(
+        `the score of item ${item.id} (log-sum-exp ${logSumExp}, answer logits ${row[yesId]}/${row[noId]})`,
+      ),
+    );
+  }
+  const p = (t: number) => Math.exp(row[t]! - logSumExp);
+  const yes = yesVariants.reduce((s, t) => s + p(t), 0),
+    no = noVariants.reduce((s, t) => s + p(t), 0);
+  const top = argmax(row);
+  const score: ItemScore = {
+    id: item.id,
+    reward: p(yesId),
+    normalized: yes / (yes + no || 1),
+    logitYes: row[yesId]!,
+    logitNo: row[noId]!,
+    truncatedTokens: rendered.truncatedTokens,
+    textTokens: rendered.unknown.text,
+    unknownTokens: rendered.unknown.unknown,
+    tooLong: false,
+    verdict: yesVariants.includes(top) ? 0 : noVariants.includes(top) ? 1 : null,
+  };
+  if (opts.sample) score.sampledYes = sampleVerdicts(row, opts.sample, item.id, yesVariants, noVariants);
+  return score;
+}
+
+/**
+ * Scores preference pairs (and scalar examples, as single items) under each of `rms` (identical judge prompts, as
+ * scoreItemsUnder): [criterion][example]. Items that share a prompt share its prefix.
+ */
+export async function scoreExamplesUnder(
+  rms: readonly ActivationRM[],
+  examples: Example[],
+  opts: ScoreOptions = {},
+): Promise<ExampleScore[][]> {
+  const kind = rms[0]!.criterion.meta.template.kind;
+  const { items, groups } = judgeItemsOf(examples, kind);
+  // With demonstrations every item shares the (long) demo prefix instead: no per-pair groups then.
+  const scores = await scoreItemsUnder(rms, items, opts, opts.demos?.length ? undefined : groups);
+  return scores.map((perItem) => exampleScores(examples, perItem, kind, opts.readout));
+}
+
+/** The judge items of `examples` (a pair: two) and the sets of items that share a prompt. */
+function judgeItemsOf(examples: Example[], kind: 'scalar' | 'ranked'): { items: JudgeItem[]; groups: number[][] } {
+  const items: JudgeItem[] = [];
+  // Items that share a prompt (a pair's two responses, GRPO's many samples of one prompt) share its prefix.
+  const byPrompt = new Map<string, number[]>();
+  for (const e of examples) {
+    const key = JSON.stringify([e.prompt, e.images ?? []]);
+    if (!byPrompt.has(key)) byPrompt.set(key, []);
+    byPrompt.get(key)!.push(...(e.kind === 'pair' ? [items.length, items.length + 1] : [items.length]));
+    const item = (id: string, fields: Record<string, string>, answer: 0 | 1): JudgeItem => ({
+      id,
+      prompt: e.prompt,
+      fields,
+      answer,
+      ...imagesOf(e),
+    });
+    if (e.kind === 'scalar') {
+      if (kind === 'ranked') throw new Error(`example ${e.id} (line ${e.line}): the ranked template scores pairs only`);
+      items.push(item(e.id, { response: e.response }, e.label === false ? 1 : 0));
+    } else if (kind === 'scalar') {
+      items.push(
+        item(`${e.id}:chosen`, { response: e.chosen }, 0),
+        item(`${e.id}:rejected`, { response: e.rejected }, 1),
+      );
+    } else {
+      items.push(
+        item(`${e.id}:ab`, { response_a: e.chosen, response_b: e.rejected }, 0),
+        item(`${e.id}:ba`, { response_a: e.rejected, response_b: e.chosen }, 1),
+      );
+    }
+  }
+  return { items, groups: [...byPrompt.values()].filter((g) => g.length > 1) };
+}
+
+/** Examples' scores from their items' scores (in judgeItemsOf's order). */
+function exampleScores(
+  examples: Example[],
+  scores: ItemScore[],
+  kind: 'scalar' | 'ranked',
+  readout: ScoreOptions['readout'],
+): ExampleScore[] {
+  let at = 0;
+  return examples.map((e) => {
+    if (e.kind === 'scalar') return { ...scores[at++]!, label: e.label };
+    const a = scores[at++]!,
+      b = scores[at++]!;
+    if (kind === 'scalar') {
+      const read = (x: ItemScore) =>
+        readout === 'normalized' ? x.normalized : readout === 'sampled' ? (x.sampledYes ?? NaN) : x.reward;
+      return pairScore(e.id, read(a), read(b), [a, b]);
+    }
+    // Ranked: P(A) with chosen first and 1 − P(A) with chosen second, each normalised over A/B; averaged.
+    const chosenFirst = a.normalized,
+      chosenSecond = 1 - b.normalized;
+    const chosen = (chosenFirst + chosenSecond) / 2;
+    const scorable = !a.tooLong && !b.tooLong;
+    return {
+      ...pairScore(e.id, chosen, 1 - chosen, [a, b]),
+      swapConsistent: scorable && chosenFirst > 0.5 === chosenSecond > 0.5,
+    };
+  });
 }
 
 /** A pair's result from its two responses' scores (a tie is wrong; a response too long makes the pair unscorable). */

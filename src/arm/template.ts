@@ -110,7 +110,7 @@ export function fill(template: TemplateSpec, item: JudgeItem, promptOverride?: s
  * `ids` carry one placeholder per entry of `images` (the shown items' image files, in order), not yet expanded.
  * `unknown`: the prompt's text tokens and how many of them the vocabulary did not know (unknown-tokens.ts).
  */
-interface Rendered {
+export interface Rendered {
   ids: number[];
   truncatedTokens: number;
   droppedDemos: number;
