@@ -70,6 +70,18 @@ export interface CriterionMeta {
   examples: { count: number; items: number; itemsTooLong: number; ids: string[]; sha256: string };
   readout: { meanLoss: number; candidates: number[] } | null;
   fit: { seconds: number; createdAt: string; meanPasses: number; truncatedPasses: number; reinforceSteps: number };
+  /**
+   * How much of the fit's judge prompts the vocabulary knew (unknown-tokens.ts), over the pool's items each rendered
+   * alone: `rate` = `unknown` / `text` tokens (control tokens left out; unknown: <unk>, or byte fallback for a
+   * character without a token), and the share of the template's own text known. Absent in files fitted before it
+   * was recorded, and for the zero-shot judge.
+   */
+  unknownTokens?: {
+    rate: number;
+    unknown: number;
+    text: number;
+    template: { knownRate: number; unknown: number; text: number };
+  };
   muLayout: 'selected' | 'all';
 }
 
@@ -375,53 +387,62 @@ function metaProblems(meta: unknown): string[] {
   const model = isRecord(meta.model) ? meta.model : {};
   const [L, H] = [model.numLayers, model.numHeads].map((n) => (Number.isInteger(n) ? (n as number) : 0));
   const token = is(int(0));
-  obj({
-    formatVersion: is(int(1)),
-    model: modelField(out, checks),
-    template: obj(
-      {
-        kind: is(oneOf('scalar', 'ranked')),
-        text: is(str),
-        chat: is(bool),
-        templateKwargs: is((v) => (isRecord(v) ? null : 'is not an object')),
-      },
-      ['templateKwargs'],
-    ),
-    answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
-    heads: list(headField(out, checks, { L: L!, H: H! })),
-    mode: is(oneOf('replace', 'add')),
-    headStrategy: is(str),
-    denoise: orNull(is(str)),
-    seed: is(int(0)),
-    hyper: obj(
-      {
-        passes: is(int(0)),
-        shots: is(int(0)),
-        passesPerDemoSet: is(int(1)),
-        maxLength: is(int(1)),
-        batchSize: is(int(1)),
-        reinforce: orNull(obj(Object.fromEntries(Object.keys(REINFORCE_DEFAULTS).map((k) => [k, is(finite)])))),
-        denoiseBeforeSelection: is(bool),
-      },
-      ['passesPerDemoSet', 'denoiseBeforeSelection'],
-    ),
-    examples: obj({
-      count: is(int(0)),
-      items: is(int(0)),
-      itemsTooLong: is(int(0)),
-      ids: list(is(str)),
-      sha256: is(str),
-    }),
-    readout: orNull(obj({ meanLoss: is(finite), candidates: list(is(finite)) })),
-    fit: obj({
-      seconds: is(finite),
-      createdAt: is(str),
-      meanPasses: is(int(0)),
-      truncatedPasses: is(int(0)),
-      reinforceSteps: is(int(0)),
-    }),
-    muLayout: is(oneOf('selected', 'all')),
-  })(meta, '');
+  obj(
+    {
+      formatVersion: is(int(1)),
+      model: modelField(out, checks),
+      template: obj(
+        {
+          kind: is(oneOf('scalar', 'ranked')),
+          text: is(str),
+          chat: is(bool),
+          templateKwargs: is((v) => (isRecord(v) ? null : 'is not an object')),
+        },
+        ['templateKwargs'],
+      ),
+      answerTokens: obj({ primary: list(token, 2), variants: list(list(token), 2), strings: list(is(str), 2) }),
+      heads: list(headField(out, checks, { L: L!, H: H! })),
+      mode: is(oneOf('replace', 'add')),
+      headStrategy: is(str),
+      denoise: orNull(is(str)),
+      seed: is(int(0)),
+      hyper: obj(
+        {
+          passes: is(int(0)),
+          shots: is(int(0)),
+          passesPerDemoSet: is(int(1)),
+          maxLength: is(int(1)),
+          batchSize: is(int(1)),
+          reinforce: orNull(obj(Object.fromEntries(Object.keys(REINFORCE_DEFAULTS).map((k) => [k, is(finite)])))),
+          denoiseBeforeSelection: is(bool),
+        },
+        ['passesPerDemoSet', 'denoiseBeforeSelection'],
+      ),
+      examples: obj({
+        count: is(int(0)),
+        items: is(int(0)),
+        itemsTooLong: is(int(0)),
+        ids: list(is(str)),
+        sha256: is(str),
+      }),
+      readout: orNull(obj({ meanLoss: is(finite), candidates: list(is(finite)) })),
+      fit: obj({
+        seconds: is(finite),
+        createdAt: is(str),
+        meanPasses: is(int(0)),
+        truncatedPasses: is(int(0)),
+        reinforceSteps: is(int(0)),
+      }),
+      unknownTokens: obj({
+        rate: is(finite),
+        unknown: is(int(0)),
+        text: is(int(0)),
+        template: obj({ knownRate: is(finite), unknown: is(int(0)), text: is(int(0)) }),
+      }),
+      muLayout: is(oneOf('selected', 'all')),
+    },
+    ['unknownTokens'],
+  )(meta, '');
   return out;
 }
 

@@ -44,6 +44,12 @@ export interface FitOptions {
   checkpointFile?: string;
   resume?: boolean;
   modelId?: string;
+  /**
+   * When the judge template or the examples' judge prompts are mostly unknown tokens (unknown-tokens.ts): true
+   * refuses (FitError), false or absent warns and fits. `arm fit` refuses unless --force; the library default
+   * warns, so an evaluation goes on and records the rate.
+   */
+  refuseMostlyUnknown?: boolean;
   onProgress?: (phase: 'means' | 'reinforce' | 'readout', done: number, total: number, info: string) => void;
   warn?: (message: string) => void;
   /**

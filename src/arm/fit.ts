@@ -30,6 +30,7 @@ import { examplesSha256, fitDate, fitMeta, zeroShotMeta, type FitDate } from './
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 import { ActivationRM, nonFiniteHint } from './rm.js';
 import { makeTemplate, resolveAnswerTokens, type AnswerTokens, type JudgeItem, type TemplateSpec } from './template.js';
+import { checkFitVocabulary, type UnknownTokenReport } from './unknown-tokens.js';
 
 // The fit's public face: its errors, options and judge items are imported from here.
 export { FitError, FitInterrupted } from './fit-errors.js';
@@ -47,6 +48,7 @@ interface FitRun {
   template: TemplateSpec;
   pool: FitPool;
   answerTokens: AnswerTokens;
+  unknownTokens: UnknownTokenReport;
   examplesSha256: string;
   checkpoint: FitCheckpoint;
   key: string;
@@ -73,6 +75,11 @@ export async function fitActivationRM(
     shots: settings.shots,
     warn,
   });
+  // Before minutes of work: a judge that would read mostly unknown tokens is refused (or warned about) now.
+  const unknownTokens = checkFitVocabulary(decoder.tokenizer, template, pool.unknown, {
+    refuse: options.refuseMostlyUnknown ?? false,
+    warn,
+  });
   const answerTokens = resolveAnswerTokens(decoder.tokenizer, template, pool.items[0]!);
   const examplesHash = examplesSha256(examples);
   const key = checkpointKey({
@@ -95,6 +102,7 @@ export async function fitActivationRM(
     template,
     pool,
     answerTokens,
+    unknownTokens,
     examplesSha256: examplesHash,
     checkpoint,
     key,
@@ -168,6 +176,7 @@ async function fitFromCheckpoint(run: FitRun): Promise<ActivationRM> {
       truncatedPasses: means.truncatedPasses,
       reinforceSteps: selection.reinforceSteps,
     },
+    unknownTokens: run.unknownTokens,
   });
   return new ActivationRM(decoder, { mu, probs: selection.probs, meta });
 }

@@ -4,6 +4,7 @@
  * apart; and the pool a fit uses leaves out the items that cannot fit --max-length.
  */
 import type { Decoder } from '../model/decoder.js';
+import type { UnknownCount } from '../model/tokenizer.js';
 import { imagesOf, promptIdentity, toScalarItems, type Example } from '../data/examples.js';
 import { FitError } from './fit-errors.js';
 import { judgeImagesFor, type JudgeImages } from './images.js';
@@ -70,6 +71,8 @@ export interface FitPool {
   groupOf: number[];
   /** Image rows: the decoder's image handling, with every file read; null when no item has an image. */
   images: JudgeImages | null;
+  /** The pool items' judge prompts, each rendered alone: text tokens, and those the vocabulary did not know. */
+  unknown: UnknownCount;
 }
 
 /**
@@ -88,9 +91,12 @@ export async function fitPool(
   const allGroups = judgeItemGroups(examples, template.kind);
   // Image rows: every image's size and hash read now (length budgets); the vision tower runs later, once per image.
   const images = await judgeImagesFor(decoder, allItems);
+  const unknown = { unknown: 0, text: 0 };
   const fits = allItems.map((it) => {
     try {
-      render(decoder.tokenizer, template, [], it, maxLength, images);
+      const rendered = render(decoder.tokenizer, template, [], it, maxLength, images);
+      unknown.unknown += rendered.unknown.unknown;
+      unknown.text += rendered.unknown.text;
       return true;
     } catch (e) {
       if (!(e instanceof TooLongError)) throw e;
@@ -105,7 +111,7 @@ export async function fitPool(
         'even without their prompt; they are left out of the fit',
     );
   checkPool(items, groupOf, shots, warn);
-  return { allItems, items, groupOf, images };
+  return { allItems, items, groupOf, images, unknown };
 }
 
 /** Refuses a pool of a single label class; warns when its groups leave a pass fewer than `shots` demonstrations. */

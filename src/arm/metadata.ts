@@ -12,6 +12,7 @@ import type { FitSettings } from './fit-options.js';
 import { visionConfigHash } from './images.js';
 import type { ReinforceOptions } from './reinforce.js';
 import type { AnswerTokens, TemplateSpec } from './template.js';
+import type { UnknownTokenReport } from './unknown-tokens.js';
 
 /** A fit's date: when it was made, and whether that date was asked for (SOURCE_DATE_EPOCH) rather than read. */
 export interface FitDate {
@@ -91,6 +92,7 @@ export interface FitRecord {
   /** When the fit started (performance.now()) and its date (fitDate, read before any work). */
   clock: { started: number; date: FitDate };
   counts: { meanPasses: number; truncatedPasses: number; reinforceSteps: number };
+  unknownTokens: UnknownTokenReport;
 }
 
 /** A fitted criterion's metadata. */
@@ -123,6 +125,7 @@ export function fitMeta(record: FitRecord): CriterionMeta {
       createdAt: clock.date.reproducible ? clock.date.createdAt : new Date().toISOString(),
       ...record.counts,
     },
+    unknownTokens: record.unknownTokens,
     muLayout: 'selected',
   };
 }

@@ -10,21 +10,19 @@
  *    --template-text and the chat or plain format around it, measured once per template.
  */
 import type { Tokenizer, UnknownCount } from '../model/tokenizer.js';
+import type { CriterionMeta } from './criterion.js';
+import { FitError } from './fit-errors.js';
 import type { ItemScore, PairScore } from './rm.js';
 import { render, type JudgeItem, type TemplateSpec } from './template.js';
 
 /** More than this share of text tokens unknown is "mostly unknown": `arm fit` refuses, scoring warns. */
 export const MOSTLY_UNKNOWN = 0.5;
 
-/** The judge prompts' unknown share, and how much of the template's own text the vocabulary knows. */
-export interface UnknownTokenReport {
-  /** Unknown share of the judge prompts' text tokens (0 when they hold none). */
-  rate: number;
-  unknown: number;
-  text: number;
-  /** The template's own text: the share of its text tokens the vocabulary knows (1 when it has none). */
-  template: { knownRate: number; unknown: number; text: number };
-}
+/**
+ * The judge prompts' unknown share (`rate`: 0 when they hold no text tokens), and how much of the template's own
+ * text the vocabulary knows (`template.knownRate`: 1 when it has no text tokens). A criterion records its fit's.
+ */
+export type UnknownTokenReport = NonNullable<CriterionMeta['unknownTokens']>;
 
 const templateMemo = new WeakMap<Tokenizer, Map<string, UnknownCount>>();
 
@@ -101,4 +99,22 @@ export function unknownTokenWarning(report: UnknownTokenReport, template: Templa
       'little. Score inputs in its vocabulary, or use a model that knows them'
     );
   return null;
+}
+
+/**
+ * A fit's report on its pool (`count`: the pool items' judge prompts, each rendered alone); when the template or
+ * the prompts are mostly unknown it refuses (FitError) or warns, as `refuse` says.
+ */
+export function checkFitVocabulary(
+  tokenizer: Tokenizer,
+  template: TemplateSpec,
+  count: UnknownCount,
+  opts: { refuse: boolean; warn: (message: string) => void },
+): UnknownTokenReport {
+  const report = unknownTokenReport(tokenizer, template, count);
+  const warning = unknownTokenWarning(report, template);
+  if (warning && opts.refuse)
+    throw new FitError(`not fitted: ${warning}. To fit anyway pass --force (library: refuseMostlyUnknown: false)`);
+  if (warning) opts.warn(warning);
+  return report;
 }

@@ -73,7 +73,11 @@ function addFitCommandOptions(cmd: Command): Command {
     )
     .option('--keep-all-means', 'store the means of every head, not only the selected ones')
     .option('--resume', 'continue an interrupted fit from <out>.fit-checkpoint.json')
-    .option('--force', 'overwrite an existing --out that is not a criterion file')
+    .option(
+      '--force',
+      'fit even when the judge prompts are mostly unknown tokens (<unk> or byte fallback: a template or inputs ' +
+        "in words the model's vocabulary lacks), and overwrite an existing --out that is not a criterion file",
+    )
     .option('--image-root <dir>', "folder that rows' image paths are read under (default: the examples file's folder)")
     .option(
       '--skip-invalid',
@@ -162,6 +166,7 @@ function fitOptionsFrom(o: FitCliOptions, checkpointFile: string): FitOptions {
     checkpointFile,
     resume: o.resume,
     modelId: o.model,
+    refuseMostlyUnknown: !o.force,
   };
 }
 
