@@ -166,11 +166,12 @@ export class JudgeImages implements ImageRendering {
       this.stats.cacheHits++;
       return { key: sha256, rows: hit };
     }
-    // The tower lives in the decoder's cache and uses its threads; a failed load is retried next time (a server
-    // must not keep a transient failure for good).
+    // The tower lives in the decoder's cache and uses its threads and device; a failed load is retried next time (a
+    // server must not keep a transient failure for good).
     this.inputs ??= ImageInputs.load(this.decoder.info.modelDir, {
       cacheDir: this.decoder.info.cacheDir,
       threads: this.decoder.info.threads,
+      device: this.decoder.info.device,
     }).catch((e: unknown) => {
       this.inputs = null;
       throw e;

@@ -7,11 +7,11 @@
  *  - LLaVA-OneVision: tiles `[T, C, S, S]` → projector output per tile `[T, n, text_hidden]`, to be laid out
  *    (unpadded, image_newline) by the caller as vision/llava-onevision-processor.ts's layout says.
  */
-import os from 'node:os';
 import path from 'node:path';
 import fs from 'node:fs';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from '../errors.js';
+import { openSession, type Device } from '../session.js';
 import { SafetensorsCheckpoint } from '../checkpoint/safetensors.js';
 import { visionSpecFromConfig, visionSpecHash } from '../families/vision-config.js';
 import type { QwenVisionSpec, SiglipVisionSpec, VisionSpec } from '../families/types.js';
@@ -44,6 +44,8 @@ import type { ProcessedImage } from './processor.js';
 export interface VisionTowerOptions {
   cacheDir?: string;
   threads?: number;
+  /** Where the tower runs (session.ts; default cpu): a decoder's towers run on its device. */
+  device?: Device;
   /** LLaVA-OneVision: also build SigLIP's pooling head (output `pooled`); for parity checks only. */
   pooledOutput?: boolean;
 }
@@ -123,11 +125,9 @@ export class VisionTower {
     } finally {
       ckpt.close();
     }
-    const session = await ort.InferenceSession.create(path.join(entry.dir, VISION_MODEL_FILE), {
-      intraOpNumThreads: opts.threads ?? os.availableParallelism(),
-      interOpNumThreads: 1,
-      graphOptimizationLevel: 'all',
-      executionMode: 'sequential',
+    const session = await openSession(path.join(entry.dir, VISION_MODEL_FILE), {
+      threads: opts.threads,
+      device: opts.device,
     });
     return new VisionTower(
       spec,
