@@ -25,7 +25,7 @@ import { FitError } from './fit-errors.js';
 import { fitSettings, type FitOptions, type FitSettings } from './fit-options.js';
 import { headList, selectHeads } from './head-selection.js';
 import { fitPool, type FitPool } from './judge-items.js';
-import { extractMeans, MeansInterrupted } from './means.js';
+import { extractMeans, MeansInterrupted, passCutWarning, type PassCuts } from './means.js';
 import { examplesSha256, fitDate, fitMeta, zeroShotMeta, type FitDate } from './metadata.js';
 import { REINFORCE_DEFAULTS, type ReinforceOptions } from './reinforce.js';
 import { ActivationRM, nonFiniteHint } from './rm.js';
@@ -121,11 +121,15 @@ async function fitFromCheckpoint(run: FitRun): Promise<ActivationRM> {
   const { decoder, settings, options, pool } = run;
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const means = await meanActivations(run);
-  if (means.truncatedPasses > 0)
-    run.warn(
-      `${means.truncatedPasses} of ${means.meanPasses} mean-extraction passes were cut to --max-length ` +
-        `${settings.maxLength} (prompts truncated from their start)`,
-    );
+  const limits = { maxLength: settings.maxLength, maxPositions: decoder.spec.maxPositions, shots: settings.shots };
+  const cutWarning = means.cuts
+    ? passCutWarning(means.cuts, means.meanPasses, limits)
+    : means.truncatedPasses > 0 // means resumed from a checkpoint: only the count was kept
+      ? `${means.truncatedPasses} of ${means.meanPasses} mean-extraction passes did not fit --max-length ` +
+        `${settings.maxLength} (prompts cut from their start, or demonstrations dropped); raise --max-length (the ` +
+        `model reads up to ${limits.maxPositions} positions) or lower --shots`
+      : null;
+  if (cutWarning) run.warn(cutWarning);
   let mu = means.mu; // [L, H, d]
   const denoise = parseDenoise(settings.denoise);
   const denoiseHeads = (heads: [number, number][]) => {
@@ -187,6 +191,8 @@ interface Means {
   passes: Float32Array[] | null; // T × [L, H, d], kept for denoising
   meanPasses: number;
   truncatedPasses: number;
+  /** What --max-length cut (null when the means came whole from a checkpoint, which keeps only the count). */
+  cuts: PassCuts | null;
   saved: Checkpoint;
 }
 
@@ -197,7 +203,7 @@ async function meanActivations(run: FitRun): Promise<Means> {
   if (resumed && resumed.mu) {
     const { meanPasses, truncatedPasses } = resumed;
     const passes = resumed.passes?.map(decodeF32) ?? null;
-    return { mu: decodeF32(resumed.mu), passes, meanPasses, truncatedPasses, saved: resumed };
+    return { mu: decodeF32(resumed.mu), passes, meanPasses, truncatedPasses, cuts: null, saved: resumed };
   }
   const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
   const width = L * H * d;
@@ -221,7 +227,7 @@ async function meanActivations(run: FitRun): Promise<Means> {
     if (!(e instanceof MeansInterrupted)) throw e;
     throw checkpoint.interrupted(meansInProgress(key, e, width));
   }
-  const { mu, passes, truncatedPasses } = means;
+  const { mu, passes, truncatedPasses, cuts } = means;
   const meanPasses = means.plan.length;
   const bad = mu.findIndex((x) => !Number.isFinite(x));
   if (bad >= 0)
@@ -237,7 +243,7 @@ async function meanActivations(run: FitRun): Promise<Means> {
     passes: passes?.map(encodeF32),
   };
   checkpoint.save(saved);
-  return { mu, passes, meanPasses, truncatedPasses, saved };
+  return { mu, passes, meanPasses, truncatedPasses, cuts, saved };
 }
 
 /**

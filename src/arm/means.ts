@@ -49,9 +49,37 @@ export interface MeanResult {
   mu: Float32Array; // [L, H, d]
   passes: Float32Array[] | null; // T × [L, H, d] when kept
   truncatedPasses: number;
+  /** What --max-length cut from the passes (truncatedPasses of them), for the fit's warning. */
+  cuts: PassCuts;
   /** For each pass: the query index and its demo indices (provenance, and the hand-computed test). */
   plan: { query: number; demos: number[] }[];
 }
+
+/**
+ * What --max-length cut from mean-extraction passes. A cut pass shows the model less than the examples hold: its
+ * prompts are cut from their start, or, when that is not enough, whole demonstrations are dropped (render).
+ */
+export interface PassCuts {
+  /** Passes cut at all (prompts, demonstrations or both). */
+  passes: number;
+  /** Passes with prompts cut from their start, and the tokens cut from them in all (at least: see render). */
+  promptCutPasses: number;
+  truncatedTokens: number;
+  /** Passes that dropped demonstrations, and how many demonstrations they dropped of how many planned. */
+  dropPasses: number;
+  droppedDemos: number;
+  plannedDemos: number;
+  /**
+   * Tokens the longest cut pass needs whole, with the demonstrations it planned; null when that is over
+   * CUT_MEASURE_FACTOR × --max-length (not measured further: a huge prompt costs what a budget-sized one does).
+   */
+  longestNeeded: number | null;
+  /** Demonstrations the longest cut pass planned. */
+  longestShots: number;
+}
+
+/** How far past --max-length a cut pass's whole length is measured. */
+export const CUT_MEASURE_FACTOR = 8;
 
 /** Mean extraction stopped on request; `done` holds every pass finished so far (resumed ones included). */
 export class MeansInterrupted extends Error {
@@ -173,6 +201,7 @@ export async function extractMeans(
       images,
     ),
   );
+  const cuts = passCuts(decoder, template, pool, plan, rendered, opts);
   const lengths: number[] = [];
   for (const pass of rendered) {
     if (pass.truncatedTokens > 0 || pass.droppedDemos > 0) truncatedPasses++;
@@ -211,6 +240,94 @@ export async function extractMeans(
     mu: Float32Array.from(sum, (s) => s / plan.length),
     passes: opts.keepPasses ? perPass : null,
     truncatedPasses,
+    cuts,
     plan,
   };
+}
+
+/** What --max-length cut from the rendered passes, with the whole length of the longest cut one. */
+function passCuts(
+  decoder: Decoder,
+  template: TemplateSpec,
+  pool: JudgeItem[],
+  plan: { query: number; demos: number[] }[],
+  rendered: ReturnType<typeof render>[],
+  opts: MeanOptions,
+): PassCuts {
+  const cut = rendered.map((r, i) => ({ r, i })).filter(({ r }) => r.truncatedTokens > 0 || r.droppedDemos > 0);
+  const cuts: PassCuts = {
+    passes: cut.length,
+    promptCutPasses: cut.filter(({ r }) => r.truncatedTokens > 0).length,
+    truncatedTokens: cut.reduce((n, { r }) => n + r.truncatedTokens, 0),
+    dropPasses: cut.filter(({ r }) => r.droppedDemos > 0).length,
+    droppedDemos: cut.reduce((n, { r }) => n + r.droppedDemos, 0),
+    plannedDemos: cut.reduce((n, { i }) => n + plan[i]!.demos.length, 0),
+    longestNeeded: 0,
+    longestShots: 0,
+  };
+  const images = opts.images ?? null;
+  const cap = CUT_MEASURE_FACTOR * opts.maxLength;
+  for (const { i } of cut) {
+    const whole = render(
+      decoder.tokenizer,
+      template,
+      plan[i]!.demos.map((j) => pool[j]!),
+      pool[plan[i]!.query]!,
+      cap,
+      images,
+    );
+    const length = whole.ids.length + whole.images.reduce((n, f) => n + (images ? images.tokens(f) - 1 : 0), 0);
+    const over = whole.truncatedTokens > 0 || whole.droppedDemos > 0;
+    if (over || length > (cuts.longestNeeded ?? Infinity)) {
+      cuts.longestNeeded = over ? null : length;
+      cuts.longestShots = plan[i]!.demos.length;
+    }
+    if (over) break;
+  }
+  return cuts;
+}
+
+/**
+ * The fit's warning about passes --max-length cut (null when none was): what was cut, and the flag and value that
+ * would keep them whole (--max-length, when the model's positions allow it) or make them fit (fewer --shots).
+ */
+export function passCutWarning(
+  cuts: PassCuts,
+  totalPasses: number,
+  limits: { maxLength: number; maxPositions: number; shots: number },
+): string | null {
+  if (cuts.passes === 0) return null;
+  const { maxLength, maxPositions } = limits;
+  const what = [
+    cuts.promptCutPasses
+      ? `${cuts.promptCutPasses} had prompts cut from their start (at least ${cuts.truncatedTokens} tokens in all)`
+      : '',
+    cuts.dropPasses
+      ? `${cuts.dropPasses} dropped demonstrations (${cuts.droppedDemos} of the ${cuts.plannedDemos} they planned)`
+      : '',
+  ].filter(Boolean);
+  const needed = cuts.longestNeeded;
+  const longest =
+    needed === null
+      ? `the longest needs over ${CUT_MEASURE_FACTOR * maxLength} tokens whole`
+      : `the longest needs ${needed} tokens whole`;
+  const raise = needed !== null && needed <= maxPositions;
+  // Fewer demonstrations: the shots whose longest pass would fit (--max-length as it is, or the model's positions
+  // when raising it is no way out), from that pass's tokens per judge item.
+  const limit = raise ? maxLength : maxPositions;
+  const perItem = (needed ?? CUT_MEASURE_FACTOR * maxLength) / (cuts.longestShots + 1);
+  const shots = Math.max(0, Math.min(limits.shots - 1, Math.floor(limit / perItem) - 1));
+  const fewer =
+    limits.shots > 0
+      ? `fewer demonstrations per pass (--shots ${shots}${shots === 0 ? ': no demonstrations' : ''})`
+      : '';
+  const advice = raise
+    ? `To keep them whole: --max-length ${needed}` + (fewer ? `, or ${fewer}` : '')
+    : `The model reads at most ${maxPositions} positions: use ${fewer || 'shorter examples'}` +
+      (maxLength < maxPositions ? ` with --max-length ${maxPositions}` : '') +
+      (fewer ? ', or shorter examples' : '');
+  return (
+    `${cuts.passes} of ${totalPasses} mean-extraction passes did not fit --max-length ${maxLength}: ` +
+    `${what.join(' and ')}; ${longest}. Cut passes show the model less than the examples hold. ${advice}`
+  );
 }
