@@ -6,7 +6,8 @@ import { createRewardServer } from '../server/app.js';
 import { SERVER_DEFAULTS, type RewardServerOptions } from '../server/options.js';
 import type { Readout, ScoreTransform } from '../server/readout.js';
 import { SPLIT_WITHOUT_PROMPTS, type SplitWithoutPrompts } from '../server/split.js';
-import { WorkerEngine } from '../server/engine.js';
+import { LoadStoppedError, WorkerEngine } from '../server/engine.js';
+import { StopSignals } from '../server/stop-signals.js';
 import {
   addModelOptions,
   DEFAULT_MODEL,
@@ -185,43 +186,83 @@ interface ServeInputs {
   imageRoot: string;
 }
 
-/** Checks the flags, loads the model in the scoring thread, serves until a signal, then drains. */
+/**
+ * Checks the flags, loads the model in the scoring thread, serves until a signal, then drains (what each signal
+ * does: src/server/stop-signals.ts).
+ */
 async function serveCommand(o: ServeCliOptions): Promise<void> {
   const inputs = serveInputs(o);
-  if (!o.quiet)
-    process.stderr.write(
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const stops = new StopSignals(log);
+  if (!o.quiet) {
+    if (process.env.npm_command !== undefined) log(NPM_NOTE);
+    log(
       `arm serve: loading ${o.model} and ${inputs.criteria.length} criteria in the scoring thread (the first run ` +
-        `builds the graph)…\n`,
+        `builds the graph)…`,
     );
+  }
   // The model lives in a worker thread so that HTTP stays responsive while it computes (engine.ts).
-  const engine = await WorkerEngine.start({
-    model: o.model,
-    load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) },
-    criteria: inputs.criteria,
-  });
+  const engine = await loadEngine(o, inputs, stops);
+  if (!engine) return;
+  stops.beforeForcedExit = () => engine.abort();
   let closed = false;
   try {
     const server = await createRewardServer(rewardServerOptions(o, inputs, engine));
-    const stopped = stopSignal(engine);
     const url = await server.listen({ host: o.host, port: o.port });
     const names = inputs.criteria.map((c) => c.name);
-    process.stderr.write(
+    log(
       `arm serve: listening on ${url} (model ${engine.info.model.id}; criteria ${names.join(', ')}` +
-        `${inputs.combine ? `; combine ${o.combine}` : ''}${inputs.apiKey ? '; API key required' : ''})\n`,
+        `${inputs.combine ? `; combine ${o.combine}` : ''}${inputs.apiKey ? '; API key required' : ''})`,
     );
     await server.warm();
-    process.stderr.write(`arm serve: ready\n`);
-    const sig = await stopped;
-    process.stderr.write(
-      `arm serve: ${sig}: no new requests; finishing ${server.scheduler.queueDepth} queued items and requests in ` +
-        `flight\n`,
+    log(`arm serve: ready`);
+    const why = await stops.first;
+    log(
+      `arm serve: ${why}: no new requests (draining: /ready and new scoring requests answer 503); finishing ` +
+        `${server.scheduler.queueDepth} queued items and requests in flight`,
     );
     await server.close();
     closed = true;
-    process.stderr.write('arm serve: drained, exiting\n');
+    log('arm serve: drained, exiting');
   } finally {
     if (!closed) await engine.close();
   }
+}
+
+/** Said at start under npm, whose shell does not pass SIGTERM on (stop-signals.ts). */
+const NPM_NOTE =
+  'arm serve: started through npm, which passes SIGTERM to its shell, not to this server (it then stops when npm ' +
+  'has gone); to stop it with signals from a supervisor, start it without npm: node node_modules/.bin/arm serve …';
+
+/** The worker engine once loaded; null when a signal stopped the load (said on stderr; the command then exits 0). */
+async function loadEngine(o: ServeCliOptions, inputs: ServeInputs, stops: StopSignals): Promise<WorkerEngine | null> {
+  const loading = WorkerEngine.start(
+    {
+      model: o.model,
+      load: { cacheDir: o.cacheDir, threads: o.threads, revision: o.revision, ...weightFormatOptions(o) },
+      criteria: inputs.criteria,
+    },
+    { signal: stops.signal },
+  );
+  stops.beforeForcedExit = () => loading.then((e) => e.abort()).catch(() => undefined);
+  let loaded = false;
+  void stops.first.then((why) => {
+    if (!loaded) process.stderr.write(`arm serve: ${why} while loading the model: stopping without serving\n`);
+  });
+  let engine: WorkerEngine;
+  try {
+    engine = await loading;
+  } catch (e) {
+    if (!(e instanceof LoadStoppedError)) throw e;
+    process.stderr.write('arm serve: stopped before serving, exiting\n');
+    return null;
+  }
+  loaded = true;
+  if (!stops.stopping) return engine;
+  // The signal came as the load finished: the worker may have ended already (close() then returns at once).
+  await engine.close();
+  process.stderr.write('arm serve: stopped before serving, exiting\n');
+  return null;
 }
 
 /** Reads the API key, parses --combine, --score-transform and --too-long-reward, checks --rm files and --image-root. */
@@ -266,37 +307,6 @@ function rewardServerOptions(o: ServeCliOptions, inputs: ServeInputs, engine: Wo
     maxConnections: o.maxConnections,
     maxRequestItems: o.maxRequestItems,
   };
-}
-
-/**
- * Resolves with the first SIGTERM or SIGINT (then the server drains). A second exits 130 once the running forward
- * returns; a third kills at once.
- */
-function stopSignal(engine: WorkerEngine): Promise<string> {
-  return new Promise<string>((resolve) => {
-    let signals = 0;
-    const onSignal = (sig: string) => {
-      signals++;
-      if (signals === 2) {
-        // Not process.exit at once: a forward running in the scoring thread would abort the process (engine.ts
-        // abort).
-        process.stderr.write(
-          `arm serve: ${sig} again, exiting without draining once the running forward returns (a third signal ` +
-            `kills at once)\n`,
-        );
-        void engine.abort().finally(() => process.exit(130));
-        return;
-      }
-      if (signals > 2) {
-        process.stderr.write(`arm serve: ${sig} a third time, killing\n`);
-        process.kill(process.pid, 'SIGKILL');
-        return;
-      }
-      resolve(sig);
-    };
-    process.on('SIGTERM', () => onSignal('SIGTERM'));
-    process.on('SIGINT', () => onSignal('SIGINT'));
-  });
 }
 
 /** `name=file` or `file` (named after the file: concise.arm.safetensors → concise). */

@@ -52,7 +52,10 @@ export interface RewardServer {
   warm(): Promise<void>;
   /** Listens; resolves with the base URL (http://host:port). */
   listen(opts?: { host?: string; port?: number }): Promise<string>;
-  /** Stops accepting, answers everything queued and in flight, closes the engine, then resolves. */
+  /**
+   * Drains (still listening: /ready 503, new scoring requests 503), answers everything queued and in flight, stops
+   * listening, closes the engine, then resolves.
+   */
   close(): Promise<void>;
 }
 
@@ -171,14 +174,13 @@ function serverLifecycle(parts: ServerParts, state: ServerState): RewardServer {
     },
     async close() {
       state.closing = true;
-      // fastify: stop listening, 503 for new requests on open connections, wait for in-flight handlers
-      // (which wait on the scheduler, which keeps running); then nothing can still be queued.
-      const closed = app.close();
-      app.server.closeIdleConnections();
+      // Still listening while it drains: /ready answers 503 (draining), /health 200, a new scoring request 503
+      // (http.ts trackRequests); everything queued and running is scored, every request in flight answered.
       await scheduler.drain();
-      // Every handler has its result now; once their responses are written, cut kept-alive sockets (clients such as
-      // undici hold them for seconds) instead of waiting for the clients to hang up.
       if (requests.inFlight > 0) await requests.allAnswered();
+      // Then stop listening and cut kept-alive sockets (clients such as undici hold them for seconds) instead of
+      // waiting for the clients to hang up.
+      const closed = app.close();
       app.server.closeAllConnections();
       await closed;
       await bodies.close();

@@ -85,6 +85,14 @@ export interface WorkerData {
   criteria: { name: string; file: string }[];
 }
 
+/** The load was abandoned (WorkerEngine.start's signal aborted); the worker has exited. */
+export class LoadStoppedError extends Error {
+  override name = 'LoadStoppedError';
+  constructor() {
+    super('the model load was stopped');
+  }
+}
+
 /** The decoder and criteria in a worker thread (see the module comment). */
 export class WorkerEngine implements ScoringEngine {
   private nextId = 1;
@@ -115,9 +123,16 @@ export class WorkerEngine implements ScoringEngine {
     worker.on('exit', (code) => fail(new Error(`scoring worker exited (code ${code})`)));
   }
 
-  /** Starts the worker, which loads the model and criteria; resolves when it is ready, rejects with its load error. */
-  static async start(data: WorkerData): Promise<WorkerEngine> {
+  /**
+   * Starts the worker, which loads the model and criteria; resolves when it is ready, rejects with its load error.
+   * When `signal` aborts first, the worker ends at its next wait (not inside an onnxruntime call) and this rejects
+   * with a LoadStoppedError.
+   */
+  static async start(data: WorkerData, { signal }: { signal?: AbortSignal } = {}): Promise<WorkerEngine> {
     const worker = spawnScoreWorker(data);
+    const stopLoading = () => worker.postMessage({ type: 'abort' } satisfies ToWorker);
+    signal?.addEventListener('abort', stopLoading, { once: true });
+    if (signal?.aborted) stopLoading();
     const listeners: { message?: (m: FromWorker) => void; error?: (e: Error) => void; exit?: (code: number) => void } =
       {};
     const info = await new Promise<EngineInfo>((resolve, reject) => {
@@ -126,12 +141,17 @@ export class WorkerEngine implements ScoringEngine {
         else if (m.type === 'load-failed') reject(new Error(m.message));
       };
       listeners.error = reject;
-      listeners.exit = (code) => reject(new Error(`scoring worker exited while loading (code ${code})`));
+      listeners.exit = (code) =>
+        reject(
+          signal?.aborted ? new LoadStoppedError() : new Error(`scoring worker exited while loading (code ${code})`),
+        );
       worker.on('message', listeners.message).on('error', listeners.error).on('exit', listeners.exit);
-    }).catch(async (e: Error) => {
-      await worker.terminate();
-      throw e;
-    });
+    })
+      .catch(async (e: Error) => {
+        await worker.terminate();
+        throw e;
+      })
+      .finally(() => signal?.removeEventListener('abort', stopLoading));
     // Only our own listeners: Worker keeps internal ones (removeAllListeners would stop its message port).
     worker.off('message', listeners.message!).off('error', listeners.error!).off('exit', listeners.exit!);
     return new WorkerEngine(worker, info);

@@ -12,7 +12,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { BodyReader } from './body.js';
-import { bodyTooLarge, HttpError } from './http-errors.js';
+import { bodyTooLarge, clientError, draining, frameworkError, HttpError } from './http-errors.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ServerSettings } from './options.js';
 import type { BodySplits } from './split.js';
@@ -23,7 +23,12 @@ export function createHttpApp(settings: ServerSettings): FastifyInstance {
   const app = Fastify({
     bodyLimit: settings.bodyLimit,
     logger: false,
-    return503OnClosing: true,
+    // While the server drains it keeps listening (app.ts close): /ready says 503 and the scoring routes refuse with
+    // the error shape of every other answer, not fastify's own 503.
+    return503OnClosing: false,
+    // Errors fastify and node answer before a route runs, in the same `{error, field}` shape (http-errors.ts).
+    frameworkErrors: frameworkError,
+    clientErrorHandler: clientError,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     // Slow clients hold a connection (and its body buffer) only so long: a whole request within requestTimeoutMs,
     // checked every quarter of it (node checks every 30 s by default), headers within the same bound.
@@ -44,13 +49,14 @@ export function createHttpApp(settings: ServerSettings): FastifyInstance {
 /**
  * JSON bodies read by `reader` (body.ts): large ones parsed off the main thread, every one refused on its counts
  * before any per-item work; a body whose texts the body thread split is remembered in `splits`. Over `bodyLimit`
- * bytes (declared or received): 413.
+ * bytes (declared or received): 413. Any other content type: 415.
  */
 export function installJsonBodyParser(
   app: FastifyInstance,
   { reader, splits, bodyLimit }: { reader: BodyReader; splits: BodySplits; bodyLimit: number },
 ): void {
-  app.removeContentTypeParser('application/json');
+  // JSON only: a body of another type (text/plain included) is a 415 that says what to send.
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', (req, payload, done) => {
     const declared = Number(req.headers['content-length']);
     if (declared > bodyLimit) {
@@ -133,8 +139,9 @@ export interface RequestTracker {
 
 /**
  * Counts requests from receipt to the end of their response, so that close() cuts connections only once all are
- * answered; closes silent connections (idle timeout) but not one whose request is being scored; and hangs up after
- * answering while the server drains (`closing()`) or when the answer came before the body.
+ * answered; closes silent connections (idle timeout) but not one whose request is being scored; while the server
+ * drains (`closing()`), refuses new scoring requests (every POST) with 503; and hangs up after answering while it
+ * drains or when the answer came before the body.
  */
 export function trackRequests(app: FastifyInstance, closing: () => boolean): RequestTracker {
   let inFlight = 0;
@@ -150,6 +157,7 @@ export function trackRequests(app: FastifyInstance, closing: () => boolean): Req
       answering.set(socket, answering.get(socket)! - 1);
       if (--inFlight === 0) onIdle?.();
     });
+    if (closing() && req.method === 'POST') throw draining();
   });
   // A silent connection (no request, or kept alive after one) is closed; one whose request is being scored is not.
   app.server.on('timeout', (socket: Socket) => {

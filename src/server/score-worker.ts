@@ -13,6 +13,13 @@ const send = (m: FromWorker) => port.postMessage(m);
 // Before the model loads, so that onnxruntime's threads inherit it: HTTP keeps its latency while forwards run.
 lowerThisThreadPriority(5);
 
+// 'abort' (WorkerEngine.abort, or a stopped load): delivered only while this thread waits, never while it is inside
+// onnxruntime (a forward, a session being built), so ending the thread here is safe, unlike terminating it from
+// outside mid-call. Listening from the start lets a load be abandoned too.
+port.on('message', (m: ToWorker) => {
+  if (m.type === 'abort') process.exit(0);
+});
+
 let decoder: Decoder | null = null;
 try {
   decoder = await Decoder.load(data.model, { ...data.load, quiet: true });
@@ -21,9 +28,7 @@ try {
   // Messages are handled in order; the scheduler sends one batch at a time anyway.
   let chain = Promise.resolve();
   port.on('message', (m: ToWorker) => {
-    // Delivered only while no forward runs (this thread is in onnxruntime until it returns): ending the thread
-    // here is safe, unlike terminating it from outside mid-forward (engine.ts WorkerEngine.abort).
-    if (m.type === 'abort') process.exit(0);
+    if (m.type === 'abort') return; // the listener above ends the thread
     chain = chain.then(async () => {
       if (m.type === 'close') {
         await disposeDecoder(decoder);

@@ -5,53 +5,11 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import net from 'node:net';
 import os from 'node:os';
-import type { Example } from '../../src/data/examples.js';
-import type { CriterionMeta } from '../../src/arm/criterion.js';
 import { createRewardServer, type RewardServer } from '../../src/server/app.js';
 import type { RewardServerOptions } from '../../src/server/options.js';
-import type { ScoringEngine } from '../../src/server/engine-types.js';
 import { QuerySplitter } from '../../src/server/split.js';
 import { millionEntryAttacker } from './clients.js';
-
-/** Scores by response length (reward = length / 1000), after `delayMs`; a scalar criterion named "c". */
-function standInEngine(delayMs = 0): ScoringEngine {
-  const meta = {
-    template: { kind: 'scalar', text: '', chat: false },
-    answerTokens: { strings: ['Yes', 'No'] },
-    heads: [],
-    hyper: { maxLength: 64, batchSize: 8 },
-    examples: { count: 0, sha256: '' },
-    model: { id: 'stand-in' },
-    fit: {},
-  } as unknown as CriterionMeta;
-  return {
-    info: {
-      model: { id: 'stand-in', dir: '.', family: 'llama', numLayers: 1, numHeads: 1 },
-      imageText: false,
-      specialTokens: [],
-      eosToken: null,
-      criteria: [{ name: 'c', file: 'c', meta }],
-    },
-    async score(_criterion: string, examples: Example[]) {
-      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
-      return {
-        tokens: 0,
-        scores: examples.map((e) => ({
-          id: e.id,
-          reward: (e.kind === 'scalar' ? e.response.length : 0) / 1000,
-          normalized: 0,
-          logitYes: 0,
-          logitNo: 0,
-          truncatedTokens: 0,
-          tooLong: false,
-          verdict: null,
-          label: null,
-        })),
-      };
-    },
-    async close() {},
-  };
-}
+import { standInEngine } from './stand-in-engine.js';
 
 const running: RewardServer[] = [];
 afterEach(async () => {
@@ -133,6 +91,11 @@ describe('timeouts and the connection cap', () => {
     // The timeout, node's check interval (timeout / 4), slack.
     expect(closedAfter as number).toBeLessThan(800 + 200 + 500);
     expect(c.received).toMatch(/^HTTP\/1\.1 408/);
+    // In the shape of every other error (http-errors.ts), not fastify's own.
+    expect(JSON.parse(c.received.slice(c.received.indexOf('\r\n\r\n') + 4))).toEqual({
+      error: 'the request (headers and body) did not arrive within the request timeout',
+      field: null,
+    });
   });
 
   it('after a 401, a trickled body does not hold the connection: it is closed once the 401 is sent', async () => {
