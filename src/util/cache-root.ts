@@ -1,8 +1,10 @@
 /**
- * Where this package keeps what it builds and downloads: one cache root for everything, shared by the hub
- * downloads (model/checkpoint/hub.ts), the content-hash memos (model/checkpoint/file-hash.ts), the decoder and
- * vision graph caches (model/cache/) and dataset downloads (data/hub-dataset.ts). Under the root:
- *   hub/<owner>--<name>/<revision>/            model snapshots; hub/datasets/… for datasets
+ * Where this package keeps what it builds and downloads. Models from the hub go where Python's huggingface_hub
+ * keeps them (hfHubCacheDir: one copy on disk for both, model/checkpoint/hf-cache.ts). Everything of our own has
+ * one cache root, shared by the content-hash memos (model/checkpoint/file-hash.ts), the decoder and vision graph
+ * caches (model/cache/) and dataset downloads (data/hub-dataset.ts). Under the root:
+ *   hub/<owner>--<name>/<revision>/            model snapshots of earlier versions (still read, never written)
+ *   hub/datasets/<owner>--<name>/<revision>/   dataset files
  *   hashes/<sha256 of a path>.json             one memoised content sha256 per checkpoint file
  *   graphs/<key>/                              decoder graphs (model.onnx, weights.bin, layout.json)
  *   vision-graphs/<key>/                       vision tower graphs (vision.onnx, vision-weights.bin)
@@ -18,6 +20,20 @@ export function defaultCacheDir(): string {
     process.env.ARM_CACHE_DIR ??
     path.join(process.env.XDG_CACHE_HOME ?? path.join(os.homedir(), '.cache'), 'activation-rm')
   );
+}
+
+/**
+ * The Hugging Face hub cache, chosen as huggingface_hub chooses it: `$HF_HUB_CACHE`, else the older
+ * `$HUGGINGFACE_HUB_CACHE`, else `$HF_HOME/hub`, where HF_HOME defaults to `$XDG_CACHE_HOME/huggingface` or
+ * `~/.cache/huggingface`. A leading `~` is the home folder, as Python's expanduser reads it.
+ */
+export function hfHubCacheDir(): string {
+  const home = (p: string) => (p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p);
+  const set = (name: string) => process.env[name] || undefined;
+  const explicit = set('HF_HUB_CACHE') ?? set('HUGGINGFACE_HUB_CACHE');
+  if (explicit) return home(explicit);
+  const hfHome = set('HF_HOME') ?? path.join(set('XDG_CACHE_HOME') ?? path.join(os.homedir(), '.cache'), 'huggingface');
+  return path.join(home(hfHome), 'hub');
 }
 
 /** The folder of content-hash memos under a cache root (checkpoint/file-hash.ts). */

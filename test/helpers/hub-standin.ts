@@ -28,7 +28,10 @@ interface StandinBehaviour {
   failWith?: { status: number; times: number };
   /** Serves the whole file with 200 whatever Range asks (as some servers do). */
   ignoreRange?: boolean;
-  /** The hub's X-Repo-Commit header on its answers (the commit the asked revision points to). */
+  /**
+   * The hub's X-Repo-Commit header on its answers (the commit the asked revision points to); default
+   * standinCommit(repo), as the hub always names one.
+   */
   repoCommit?: string;
   /** Only files with these names get the throttle/cut/stall treatment (default: all). */
   only?: (file: string) => boolean;
@@ -62,6 +65,11 @@ export interface HubStandin {
    */
   publish(repo: string, commit: string, folder: string): void;
   stop(): Promise<void>;
+}
+
+/** The commit a repository's branches point to unless configured or published otherwise. */
+export function standinCommit(repo: string): string {
+  return createHash('sha1').update(`standin:${repo}`).digest('hex');
 }
 
 const LIMIT_MS = 10_000; // no single wait of the stand-in lasts longer than this
@@ -202,7 +210,11 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
     requests.push(log);
     const rev = m ? decodeURIComponent(m[2]!) : '';
     const commits = published.get(repo);
-    const repoCommit = commits ? (commits.folders.has(rev) ? rev : commits.latest) : behaviour.repoCommit;
+    const repoCommit = commits
+      ? commits.folders.has(rev)
+        ? rev
+        : commits.latest
+      : (behaviour.repoCommit ?? standinCommit(repo));
     const full = m ? fileOf(repo, rev, file) : null;
     if (!full) {
       log.status = 404;

@@ -1,7 +1,8 @@
 /**
- * Hub ids: the real download path against a loopback stand-in for the hub (slow, redirected, cut, stalled,
- * failing and lying servers), resume and verification, path safety of ids/revisions/weight maps, offline modes,
- * two processes on one cache, a branch that moves between runs.
+ * Hub ids: the real download path into the Hugging Face cache layout against a loopback stand-in for the hub
+ * (slow, redirected, cut, stalled, failing and lying servers), resume and verification, path safety of
+ * ids/revisions/weight maps, offline modes, two processes on one cache, a branch that moves between runs. What
+ * the layout is, and reading one Python wrote, is hub-cache.test.ts.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, spawnSync } from 'node:child_process';
@@ -14,7 +15,7 @@ import { downloadRepoFile, resolveModelDir, type ResolveOptions } from '../../sr
 import { parseHubDatasetRef, resolveHubDataset } from '../../src/data/hub-dataset.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
-import { startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
+import { standinCommit, startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
 
 let hub: HubStandin;
 let sharded: string;
@@ -38,6 +39,8 @@ const datasetFolder = tempDir('arm-dataset-');
 const datasetBytes = randomBytes(300_000);
 
 beforeAll(async () => {
+  // Nothing here may reach the user's own hub cache: every call names one, and the default points to a scratch one.
+  process.env.HF_HUB_CACHE = tempDir('hf-hub-default-');
   fs.mkdirSync(path.join(datasetFolder, 'data'));
   fs.writeFileSync(path.join(datasetFolder, 'data', 'test-00000-of-00001.parquet'), datasetBytes);
   sharded = repoFolder({
@@ -63,18 +66,8 @@ beforeAll(async () => {
 });
 afterAll(() => hub?.stop());
 
-/** resolveModelDir against the stand-in, with HF_* variables set as given (undefined: unset) and restored after. */
-async function resolveVia(
-  ref: string,
-  opts: ResolveOptions,
-  env: Record<string, string | undefined> = {},
-): Promise<string> {
-  const vars: Record<string, string | undefined> = {
-    HF_ENDPOINT: hub.endpoint,
-    HF_TOKEN: undefined,
-    HF_HUB_OFFLINE: undefined,
-    ...env,
-  };
+/** Runs `f` with the environment variables set as given (undefined: unset), restoring them after. */
+async function withEnv<T>(vars: Record<string, string | undefined>, f: () => Promise<T>): Promise<T> {
   const old = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
   const set = (values: Record<string, string | undefined>) => {
     for (const [k, v] of Object.entries(values))
@@ -83,30 +76,41 @@ async function resolveVia(
   };
   set(vars);
   try {
-    return await resolveModelDir(ref, opts);
+    return await f();
   } finally {
     set(old);
   }
 }
 
-/** Runs `f` with HF_ENDPOINT at the stand-in (other HF_* unset), restoring the environment after. */
-async function viaStandin<T>(f: () => Promise<T>): Promise<T> {
-  const keys = ['HF_ENDPOINT', 'HF_TOKEN', 'HF_HUB_OFFLINE'];
-  const old = Object.fromEntries(keys.map((k) => [k, process.env[k]]));
-  process.env.HF_ENDPOINT = hub.endpoint;
-  delete process.env.HF_TOKEN;
-  delete process.env.HF_HUB_OFFLINE;
-  try {
-    return await f();
-  } finally {
-    for (const [k, v] of Object.entries(old))
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-  }
+/** resolveModelDir against the stand-in, with HF_* variables set as given (undefined: unset) and restored after. */
+function resolveVia(ref: string, opts: ResolveOptions, env: Record<string, string | undefined> = {}): Promise<string> {
+  const vars = { HF_ENDPOINT: hub.endpoint, HF_TOKEN: undefined, HF_HUB_OFFLINE: undefined, ...env };
+  return withEnv(vars, () => resolveModelDir(ref, opts));
 }
 
-const snapshotDir = (cacheDir: string, repo = 'tiny--stories', rev = 'main') => path.join(cacheDir, 'hub', repo, rev);
-const fileRequests = (file: string) => hub.requests.filter((r) => r.file === file && r.status !== 302);
+/** Runs `f` with HF_ENDPOINT at the stand-in (other HF_* unset), restoring the environment after. */
+function viaStandin<T>(f: () => Promise<T>): Promise<T> {
+  return withEnv({ HF_ENDPOINT: hub.endpoint, HF_TOKEN: undefined, HF_HUB_OFFLINE: undefined }, f);
+}
+
+/** A fresh pair of caches: our own root (hash memos, datasets) and the hub cache models go to. */
+const caches = () => ({ cacheDir: tempDir('arm-cache-'), hubCacheDir: tempDir('hf-hub-') });
+/** A repository's folder in a hub cache. */
+const repoDir = (hubCacheDir: string, repo = 'tiny/stories') =>
+  path.join(hubCacheDir, `models--${repo.replace('/', '--')}`);
+/** The snapshot folder of a commit (by default the one the stand-in's branches point to). */
+const snapshotOf = (hubCacheDir: string, repo = 'tiny/stories', commit = standinCommit(repo)) =>
+  path.join(repoDir(hubCacheDir, repo), 'snapshots', commit);
+/** The stand-in's ETag for a file's bytes: the sha256 for LFS files (redirected), else its sha1. */
+const etagOf = (bytes: Buffer, lfs: boolean) =>
+  createHash(lfs ? 'sha256' : 'sha1')
+    .update(bytes)
+    .digest('hex');
+const blobOf = (hubCacheDir: string, bytes: Buffer, lfs: boolean, repo = 'tiny/stories') =>
+  path.join(repoDir(hubCacheDir, repo), 'blobs', etagOf(bytes, lfs));
+/** GETs of `file` that carried its bytes (not the hub's redirect to the CDN). */
+const fileRequests = (file: string) =>
+  hub.requests.filter((r) => r.file === file && r.method === 'GET' && r.status !== 302);
 
 /** Every path under `root`, relative to it. */
 function walk(root: string): string[] {
@@ -122,13 +126,13 @@ async function until(cond: () => boolean, what: string, ms = 20_000): Promise<vo
 }
 
 /** test/helpers/hub-download.ts in a process of its own, against the stand-in. */
-function downloadInChild(ref: string, cacheDir: string) {
+function downloadInChild(ref: string, { cacheDir, hubCacheDir }: { cacheDir: string; hubCacheDir: string }) {
   const env: NodeJS.ProcessEnv = { ...process.env, HF_ENDPOINT: hub.endpoint };
   delete env.HF_TOKEN;
   delete env.HF_HUB_OFFLINE;
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/hub-download.ts'), ref, cacheDir],
+    ['--import', 'tsx', path.resolve(import.meta.dirname, '../helpers/hub-download.ts'), ref, cacheDir, hubCacheDir],
     { env, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let stdout = '',
@@ -164,18 +168,21 @@ async function liveProcess() {
 }
 
 describe('download', () => {
-  it('downloads a hub id into the cache once, then loads it like a local folder', async () => {
+  it('downloads a hub id into the hub cache once, then loads it like a local folder', async () => {
     hub.configure({});
-    const cacheDir = tempDir('arm-cache-');
-    const dir = await resolveVia('tiny/stories', { cacheDir, quiet: true });
-    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', MODEL, '.complete'])
-      expect(fs.existsSync(path.join(dir, f))).toBe(true);
-    expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
+    const { cacheDir, hubCacheDir } = caches();
+    const dir = await resolveVia('tiny/stories', { cacheDir, hubCacheDir, quiet: true });
+    expect(dir).toBe(snapshotOf(hubCacheDir));
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json', MODEL])
+      expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(STORIES, f))), f).toBe(true);
     const before = hub.requests.length;
-    expect(await resolveVia('tiny/stories', { cacheDir, quiet: true })).toBe(dir);
+    expect(await resolveVia('tiny/stories', { cacheDir, hubCacheDir, quiet: true })).toBe(dir);
     expect(hub.requests.length).toBe(before);
-    const decoder = await Decoder.load('tiny/stories', { cacheDir, quiet: true });
+    const decoder = await withEnv({ HF_HUB_CACHE: hubCacheDir, HF_ENDPOINT: 'http://127.0.0.1:9' }, () =>
+      Decoder.load('tiny/stories', { cacheDir, quiet: true }),
+    );
     try {
+      expect(decoder.info.modelDir).toBe(dir);
       const ids = decoder.tokenizer.encode('Once upon a time');
       const golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8')).prompts[1];
       expect(await decoder.generate(ids, { maxNewTokens: 16, stopTokens: [] })).toEqual(
@@ -189,33 +196,29 @@ describe('download', () => {
   it('pins the revision to the commit the hub names first, so a moving branch cannot mix two commits', async () => {
     const commit = 'c0ffee'.padEnd(40, '0');
     hub.configure({ repoCommit: commit, redirectLfs: true });
-    const cacheDir = tempDir('arm-cache-');
-    const dir = await resolveVia('tiny/stories', { cacheDir, quiet: true });
+    const { cacheDir, hubCacheDir } = caches();
+    const dir = await resolveVia('tiny/stories', { cacheDir, hubCacheDir, quiet: true });
     const onHub = hub.requests.filter((r) => r.host === 'hub');
-    expect(onHub[0]!.url).toBe('/tiny/stories/resolve/main/config.json');
+    expect(onHub[0]).toMatchObject({ method: 'HEAD', url: '/tiny/stories/resolve/main/config.json' });
     expect(onHub.length).toBeGreaterThan(3);
     for (const r of onHub.slice(1)) expect(r.url).toMatch(new RegExp(`^/tiny/stories/resolve/${commit}/`));
-    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({
-      repo: 'tiny/stories',
-      revision: 'main',
-      commit,
-    });
+    expect(dir).toBe(snapshotOf(hubCacheDir, 'tiny/stories', commit));
+    expect(fs.readFileSync(path.join(repoDir(hubCacheDir), 'refs', 'main'), 'utf8')).toBe(commit);
   });
 
   it('a missing repository file is a clear error, asked for once (404 is not retried)', async () => {
     hub.configure({});
-    await expect(resolveVia('tiny/absent', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(
+    await expect(resolveVia('tiny/absent', { ...FAST, ...caches() })).rejects.toThrow(
       /tiny\/absent@main: config\.json not found on the hub/,
     );
-    expect(hub.requests.map((r) => r.file)).toEqual(['config.json']);
+    expect(hub.requests.map((r) => `${r.method} ${r.file}`)).toEqual(['HEAD config.json']);
   });
 
   it('a slow line is no failure: only silence times out, never the total time', async () => {
     // ~1 MB at 500 kB/s takes ~2 s, twice the connect and idle timeouts; a slice arrives every 100 ms.
     hub.configure({ throttleBytesPerSec: 500_000, only: (f) => f === MODEL });
-    const cacheDir = tempDir();
     const started = Date.now();
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    const dir = await resolveVia('tiny/stories', { ...FAST, ...caches() });
     expect(Date.now() - started).toBeGreaterThan(1800);
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL)).toHaveLength(1);
@@ -226,14 +229,16 @@ describe('download', () => {
       'keeps the token off the CDN, records the hash',
     async () => {
       hub.configure({ redirectLfs: true });
-      const cacheDir = tempDir();
-      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_TOKEN: 'hf_secret' });
+      const { cacheDir, hubCacheDir } = caches();
+      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir, hubCacheDir }, { HF_TOKEN: 'hf_secret' });
       expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-      const [redirect, ...rest] = hub.requests.filter((r) => r.file === MODEL);
-      expect(redirect).toMatchObject({ host: 'hub', status: 302, authorization: 'Bearer hf_secret' });
+      const [head, redirect, ...rest] = hub.requests.filter((r) => r.file === MODEL);
+      expect(head).toMatchObject({ method: 'HEAD', host: 'hub', status: 302, authorization: 'Bearer hf_secret' });
+      expect(redirect).toMatchObject({ method: 'GET', host: 'hub', status: 302, authorization: 'Bearer hf_secret' });
       expect(rest).toHaveLength(1);
       expect(rest[0]).toMatchObject({ host: 'cdn', status: 200, authorization: undefined });
-      // The sha256 computed while streaming is in the memo, for the file as it lies, so loading won't re-hash it.
+      // The sha256 computed while streaming is in the memo, for the path the model loads it by, so loading won't
+      // re-hash it.
       const memo = fs
         .readdirSync(path.join(cacheDir, 'hashes'))
         .map((f) => JSON.parse(fs.readFileSync(path.join(cacheDir, 'hashes', f), 'utf8')));
@@ -253,8 +258,8 @@ describe('download', () => {
 
   it('a connection cut mid-file resumes with a Range request instead of starting over', async () => {
     hub.configure({ redirectLfs: true, cutAfterBytes: 400_000, only: (f) => f === MODEL });
-    const cacheDir = tempDir();
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    const { hubCacheDir } = caches();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir(), hubCacheDir });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     const [first, second, ...more] = fileRequests(MODEL);
     expect(more).toHaveLength(0);
@@ -262,26 +267,27 @@ describe('download', () => {
     expect(second!.range).toMatch(/^bytes=[1-9]\d*-$/);
     expect(second!.status).toBe(206);
     expect(hub.bytesServed(MODEL)).toBeLessThan(2 * modelBytes.length);
-    expect(fs.existsSync(path.join(dir, `${MODEL}.part`))).toBe(false);
+    expect(walk(repoDir(hubCacheDir)).filter((f) => f.endsWith('.incomplete'))).toEqual([]);
   });
 
   it(
-    'a run that gives up leaves its .part, never a half file under the ' + 'final name; the next run resumes it',
+    'a run that gives up leaves its part, never a half file under the final name; ' + 'the next run resumes it',
     async () => {
       hub.configure({ cutAfterBytes: 500_000, only: (f) => f === MODEL });
-      const cacheDir = tempDir();
-      await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir })).rejects.toThrow(
+      const { cacheDir, hubCacheDir } = caches();
+      const part = `${blobOf(hubCacheDir, modelBytes, false)}.arm.incomplete`;
+      await expect(resolveVia('tiny/stories', { ...FAST, retries: 0, cacheDir, hubCacheDir })).rejects.toThrow(
         new RegExp(
           String.raw`tiny\/stories@main: model\.safetensors: download failed after 1 try \(connection lost: ` +
-            String.raw`ECONNRESET\); run again to resume from .*model\.safetensors\.part`,
+            String.raw`ECONNRESET\); run again to resume from ${part.replace(/[.]/g, '\\.')}`,
         ),
       );
-      const dir = snapshotDir(cacheDir);
+      const dir = snapshotOf(hubCacheDir);
       expect(fs.existsSync(path.join(dir, MODEL))).toBe(false);
-      expect(fs.existsSync(path.join(dir, '.complete'))).toBe(false);
-      const kept = fs.statSync(path.join(dir, `${MODEL}.part`)).size;
+      expect(fs.existsSync(blobOf(hubCacheDir, modelBytes, false))).toBe(false);
+      const kept = fs.statSync(part).size;
       expect(kept).toBeGreaterThan(0);
-      await resolveVia('tiny/stories', { ...FAST, cacheDir });
+      await resolveVia('tiny/stories', { ...FAST, cacheDir, hubCacheDir });
       expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
       expect(fileRequests(MODEL).map((r) => r.range)).toEqual([undefined, `bytes=${kept}-`]);
     },
@@ -289,9 +295,8 @@ describe('download', () => {
 
   it('a stalled connection hits the idle timeout and is resumed, without waiting the stall out', async () => {
     hub.configure({ stallAfterBytes: 300_000, stallMs: 8000, only: (f) => f === MODEL });
-    const cacheDir = tempDir();
     const started = Date.now();
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir });
+    const dir = await resolveVia('tiny/stories', { ...FAST, ...caches() });
     expect(Date.now() - started).toBeLessThan(5000);
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     const tries = fileRequests(MODEL);
@@ -302,47 +307,54 @@ describe('download', () => {
   it('retries 503 and 429 answers with backoff', async () => {
     for (const status of [503, 429]) {
       hub.configure({ failWith: { status, times: 2 } });
-      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() });
+      const dir = await resolveVia('tiny/stories', { ...FAST, ...caches() });
       expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-      expect(hub.requests.filter((r) => r.file === 'config.json').map((r) => r.status)).toEqual([status, status, 200]);
+      expect(hub.requests.filter((r) => r.file === 'config.json').map((r) => `${r.method} ${r.status}`)).toEqual([
+        `HEAD ${status}`,
+        `HEAD ${status}`,
+        'HEAD 200',
+        'GET 200',
+      ]);
     }
   });
 
   it('gives up after the configured retries, leaving no file under its final name', async () => {
     hub.configure({ failWith: { status: 500, times: 100 } });
-    const cacheDir = tempDir();
-    await expect(resolveVia('tiny/stories', { ...FAST, retries: 2, cacheDir })).rejects.toThrow(
+    const { cacheDir, hubCacheDir } = caches();
+    await expect(resolveVia('tiny/stories', { ...FAST, retries: 2, cacheDir, hubCacheDir })).rejects.toThrow(
       /tiny\/stories@main: config\.json: download failed after 3 tries \(.*answered 500\)/,
     );
     expect(hub.requests).toHaveLength(3);
-    expect(fs.existsSync(path.join(snapshotDir(cacheDir), 'config.json'))).toBe(false);
+    expect(walk(hubCacheDir)).toEqual([]);
   });
 
   it('401 is not retried: the model is gated or private', async () => {
     hub.configure({ failWith: { status: 401, times: 100 } });
-    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() })).rejects.toThrow(
+    await expect(resolveVia('tiny/stories', { ...FAST, ...caches() })).rejects.toThrow(
       /config\.json: .* answered 401; the model is gated or private \(set HF_TOKEN\)/,
     );
     expect(hub.requests).toHaveLength(1);
   });
 
-  it('a sha256 mismatch fails, naming the file, and leaves neither the file nor a .complete marker', async () => {
+  it('a sha256 mismatch fails, naming the file, and leaves neither the file nor its part', async () => {
     hub.configure({ redirectLfs: true, advertisedSha256: () => 'ab'.repeat(32) });
-    const cacheDir = tempDir();
-    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir })).rejects.toThrow(
+    const { cacheDir, hubCacheDir } = caches();
+    await expect(resolveVia('tiny/stories', { ...FAST, cacheDir, hubCacheDir })).rejects.toThrow(
       new RegExp(
         `tiny/stories@main: model\\.safetensors: sha256 ${modelSha} does not match the ${'ab'.repeat(32)} the ` +
           `hub advertises`,
       ),
     );
-    const dir = snapshotDir(cacheDir);
-    for (const f of [MODEL, `${MODEL}.part`, '.complete']) expect(fs.existsSync(path.join(dir, f))).toBe(false);
+    expect(fs.existsSync(path.join(snapshotOf(hubCacheDir), MODEL))).toBe(false);
+    expect(fs.readdirSync(path.join(repoDir(hubCacheDir), 'blobs')).filter((f) => !/^[0-9a-f]{40}$/.test(f))).toEqual(
+      [],
+    );
   });
 
   it('downloads shards concurrently under one progress bar', async () => {
     hub.configure({ throttleBytesPerSec: 1_000_000, only: (f) => f.startsWith('model-') });
-    const cacheDir = tempDir();
-    const dir = await resolveVia('tiny/sharded', { ...FAST, quiet: false, cacheDir });
+    const { hubCacheDir } = caches();
+    const dir = await resolveVia('tiny/sharded', { ...FAST, quiet: false, cacheDir: tempDir(), hubCacheDir });
     for (const f of [
       'model-00001-of-00003.safetensors',
       'model-00002-of-00003.safetensors',
@@ -351,48 +363,49 @@ describe('download', () => {
       expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(sharded, f)))).toBe(true);
     }
     expect(hub.maxConcurrent).toBe(3);
-    expect(fs.existsSync(path.join(dir, '.complete'))).toBe(true);
   });
 });
 
 describe('resume from an earlier run', () => {
-  const withPart = (bytes: Buffer) => {
-    const cacheDir = tempDir();
-    fs.mkdirSync(snapshotDir(cacheDir), { recursive: true });
-    fs.writeFileSync(path.join(snapshotDir(cacheDir), `${MODEL}.part`), bytes);
-    return cacheDir;
+  /** Caches whose hub cache holds a part of the weights' blob, as a run that stopped would leave it. */
+  const withPart = (bytes: Buffer, lfs: boolean) => {
+    const c = caches();
+    const part = `${blobOf(c.hubCacheDir, modelBytes, lfs)}.arm.incomplete`;
+    fs.mkdirSync(path.dirname(part), { recursive: true });
+    fs.writeFileSync(part, bytes);
+    return c;
   };
 
-  it('continues a .part where it ended', async () => {
+  it('continues a part where it ended', async () => {
     hub.configure({ redirectLfs: true });
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(modelBytes.subarray(0, 600_000)) });
+    const dir = await resolveVia('tiny/stories', { ...FAST, ...withPart(modelBytes.subarray(0, 600_000), true) });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=600000-']);
     expect(hub.bytesServed(MODEL)).toBe(modelBytes.length - 600_000);
   });
 
   it(
-    'a stale .part (another version of the file) fails the sha256 check ' + 'and is downloaded again from zero',
+    'a stale part (another version of the file) fails the sha256 check ' + 'and is downloaded again from zero',
     async () => {
       hub.configure({ redirectLfs: true });
-      const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
+      const dir = await resolveVia('tiny/stories', { ...FAST, ...withPart(randomBytes(600_000), true) });
       expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
       expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=600000-', undefined]);
     },
   );
 
-  it('a .part that already holds the whole file (416) is verified and moved into place', async () => {
+  it('a part that already holds the whole file (416) is verified and moved into place', async () => {
     hub.configure({ redirectLfs: true });
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(modelBytes) });
+    const dir = await resolveVia('tiny/stories', { ...FAST, ...withPart(modelBytes, true) });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL).map((r) => r.status)).toEqual([416]);
   });
 
-  it('a .part longer than the file (416) is discarded and downloaded again', async () => {
+  it('a part longer than the file (416) is discarded and downloaded again', async () => {
     hub.configure({});
     const dir = await resolveVia('tiny/stories', {
       ...FAST,
-      cacheDir: withPart(Buffer.concat([modelBytes, randomBytes(10)])),
+      ...withPart(Buffer.concat([modelBytes, randomBytes(10)]), false),
     });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL).map((r) => r.status)).toEqual([416, 200]);
@@ -400,7 +413,7 @@ describe('resume from an earlier run', () => {
 
   it('a server that ignores Range (200) restarts the file from zero', async () => {
     hub.configure({ ignoreRange: true });
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir: withPart(randomBytes(600_000)) });
+    const dir = await resolveVia('tiny/stories', { ...FAST, ...withPart(randomBytes(600_000), false) });
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(fileRequests(MODEL).map((r) => r.status)).toEqual([200]);
   });
@@ -412,22 +425,23 @@ describe('two processes, one cache', () => {
       'finds it done',
     async () => {
       // ~5 s for the weights: time for the second process to start and reach their lock while the first fetches them.
-      hub.configure({ throttleBytesPerSec: 200_000, only: (f) => f === MODEL, repoCommit: 'c0ffee'.padEnd(40, '1') });
-      const cacheDir = tempDir('arm-cache-');
-      const first = downloadInChild('tiny/stories', cacheDir);
+      const commit = 'c0ffee'.padEnd(40, '1');
+      hub.configure({ throttleBytesPerSec: 200_000, only: (f) => f === MODEL, repoCommit: commit });
+      const c = caches();
+      const first = downloadInChild('tiny/stories', c);
       await until(() => hub.bytesServed(MODEL) > 0, 'the first process to be fetching the weights');
-      const second = downloadInChild('tiny/stories', cacheDir);
+      const second = downloadInChild('tiny/stories', c);
       const [a, b] = await Promise.all([first.done, second.done]);
-      expect(a, a.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
-      expect(b, b.stderr).toMatchObject({ code: 0, stdout: `${snapshotDir(cacheDir)}\n` });
+      const dir = snapshotOf(c.hubCacheDir, 'tiny/stories', commit);
+      expect(a, a.stderr).toMatchObject({ code: 0, stdout: `${dir}\n` });
+      expect(b, b.stderr).toMatchObject({ code: 0, stdout: `${dir}\n` });
       expect(b.stderr).toContain(
         `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${first.pid}) to finish`,
       );
       expect(hub.requests.filter((r) => r.file === MODEL && r.method === 'GET')).toHaveLength(1);
       expect(hub.bytesServed(MODEL)).toBe(modelBytes.length);
-      const dir = snapshotDir(cacheDir);
       expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
-      expect(walk(dir).filter((f) => /\.(lock|part)/.test(f))).toEqual([]);
+      expect(walk(repoDir(c.hubCacheDir)).filter((f) => /\.(lock|incomplete)|\.tmp-/.test(f))).toEqual([]);
     },
   );
 
@@ -436,16 +450,16 @@ describe('two processes, one cache', () => {
       'resumes its part',
     async () => {
       hub.configure({ redirectLfs: true });
-      const cacheDir = tempDir();
-      const dir = snapshotDir(cacheDir);
-      fs.mkdirSync(dir, { recursive: true });
-      fs.writeFileSync(path.join(dir, `${MODEL}.part`), modelBytes.subarray(0, 300_000));
+      const c = caches();
+      const blob = blobOf(c.hubCacheDir, modelBytes, true);
+      fs.mkdirSync(path.dirname(blob), { recursive: true });
+      fs.writeFileSync(`${blob}.arm.incomplete`, modelBytes.subarray(0, 300_000));
       const owner = await liveProcess();
       const log: string[] = [];
       let resolving: Promise<string> | undefined;
       try {
-        writeLock(path.join(dir, MODEL), owner.pid);
-        resolving = resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
+        writeLock(blob, owner.pid);
+        resolving = resolveVia('tiny/stories', { ...FAST, ...c, log: (line) => log.push(line) });
         resolving.catch(() => {});
         await until(() => log.some((l) => l.includes('waiting')), 'the waiting note', 5000);
         await new Promise((resolve) => setTimeout(resolve, 600));
@@ -453,58 +467,57 @@ describe('two processes, one cache', () => {
       } finally {
         await owner.stop();
       }
-      expect(await resolving).toBe(dir);
+      const dir = await resolving;
+      expect(dir).toBe(snapshotOf(c.hubCacheDir));
       expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
       expect(fileRequests(MODEL).map((r) => r.range)).toEqual(['bytes=300000-']);
       expect(log).toEqual([
         `tiny/stories@main: ${MODEL}: waiting for another download of it (pid ${owner.pid}) to finish; lock ` +
-          `${path.join(dir, MODEL)}.lock`,
-        `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${owner.pid}, which ` +
+          `${blob}.lock`,
+        `tiny/stories@main: ${MODEL}: taking over ${blob}.lock, left by pid ${owner.pid}, which ` +
           `is no longer running`,
       ]);
-      expect(fs.existsSync(path.join(dir, `${MODEL}.lock`))).toBe(false);
+      expect(fs.existsSync(`${blob}.lock`)).toBe(false);
     },
   );
 
   it('a lock left by a process that is no longer running is taken over at once', async () => {
     hub.configure({});
-    const cacheDir = tempDir();
-    const dir = snapshotDir(cacheDir);
-    fs.mkdirSync(dir, { recursive: true });
+    const c = caches();
+    const blob = blobOf(c.hubCacheDir, modelBytes, false);
+    fs.mkdirSync(path.dirname(blob), { recursive: true });
     const dead = spawnSync(process.execPath, ['-e', '']).pid;
-    writeLock(path.join(dir, MODEL), dead);
+    writeLock(blob, dead);
     const log: string[] = [];
     const started = Date.now();
-    await resolveVia('tiny/stories', { ...FAST, cacheDir, log: (line) => log.push(line) });
+    const dir = await resolveVia('tiny/stories', { ...FAST, ...c, log: (line) => log.push(line) });
     expect(Date.now() - started).toBeLessThan(3000);
     expect(fs.readFileSync(path.join(dir, MODEL)).equals(modelBytes)).toBe(true);
     expect(log).toEqual([
-      `tiny/stories@main: ${MODEL}: taking over ${path.join(dir, MODEL)}.lock, left by pid ${dead}, which is no ` +
-        `longer running`,
+      `tiny/stories@main: ${MODEL}: taking over ${blob}.lock, left by pid ${dead}, which is no ` + `longer running`,
     ]);
-    expect(walk(dir).filter((f) => f.includes('.lock'))).toEqual([]);
+    expect(walk(c.hubCacheDir).filter((f) => f.includes('.lock'))).toEqual([]);
   });
 
   it("a shard failing ends the wait on another shard's lock (the abort is honoured while waiting)", async () => {
     hub.configure({ cutAfterBytes: 10_000, only: (f) => f === 'model-00003-of-00003.safetensors' });
-    const cacheDir = tempDir();
-    const dir = snapshotDir(cacheDir, 'tiny--sharded');
-    fs.mkdirSync(dir, { recursive: true });
+    const c = caches();
+    const shard2 = 'model-00002-of-00003.safetensors';
+    const blob = blobOf(c.hubCacheDir, fs.readFileSync(path.join(sharded, shard2)), false, 'tiny/sharded');
+    fs.mkdirSync(path.dirname(blob), { recursive: true });
     const owner = await liveProcess();
     const log: string[] = [];
     try {
-      writeLock(path.join(dir, 'model-00002-of-00003.safetensors'), owner.pid);
+      writeLock(blob, owner.pid);
       const started = Date.now();
       await expect(
-        resolveVia('tiny/sharded', { ...FAST, retries: 0, cacheDir, log: (line) => log.push(line) }),
+        resolveVia('tiny/sharded', { ...FAST, retries: 0, ...c, log: (line) => log.push(line) }),
       ).rejects.toThrow(/tiny\/sharded@main: model-00003-of-00003\.safetensors: download failed after 1 try/);
       expect(Date.now() - started).toBeLessThan(5000);
-      expect(
-        log.some((l) =>
-          l.includes(`model-00002-of-00003.safetensors: waiting for another download of it (pid ${owner.pid})`),
-        ),
-      ).toBe(true);
-      expect(fs.existsSync(path.join(dir, 'model-00002-of-00003.safetensors.lock'))).toBe(true); // still its owner's
+      expect(log.some((l) => l.includes(`${shard2}: waiting for another download of it (pid ${owner.pid})`))).toBe(
+        true,
+      );
+      expect(fs.existsSync(`${blob}.lock`)).toBe(true); // still its owner's
     } finally {
       await owner.stop();
     }
@@ -516,100 +529,97 @@ describe('a branch that moves between runs', () => {
   const COMMIT_B = 'b'.repeat(40);
   const SHARD_1 = 'model-00001-of-00002.safetensors';
   const SHARD_2 = 'model-00002-of-00002.safetensors';
-  /** A two-shard repository whose every file differs from another commit's (config.json included). */
-  const commitFolder = (tag: string) =>
+  /** A two-shard repository; `shard1`, when given, is its first shard's bytes (to share it with another commit). */
+  const commitFolder = (tag: string, shard1: Buffer = randomBytes(200_000)) =>
     repoFolder({
       'config.json': JSON.stringify({
         ...JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')),
         _commit: tag,
       }),
       'model.safetensors.index.json': indexJson({ a: SHARD_1, b: SHARD_2 }),
-      [SHARD_1]: randomBytes(200_000),
+      [SHARD_1]: shard1,
       [SHARD_2]: randomBytes(tag === 'B' ? 420_000 : 400_000),
     });
   /** A run at `repo`'s `rev` cut in shard 2 with no retries: shard 1 done, shard 2 a part. */
-  async function interruptedRun(repo: string, cacheDir: string, rev = 'main') {
+  async function interruptedRun(repo: string, c: ReturnType<typeof caches>, commit: string, rev = 'main') {
     hub.configure({ redirectLfs: true, cutAfterBytes: 300_000, only: (f) => f === SHARD_2 });
-    await expect(resolveVia(`${repo}@${rev}`, { ...FAST, retries: 0, concurrency: 1, cacheDir })).rejects.toThrow(
+    await expect(resolveVia(`${repo}@${rev}`, { ...FAST, retries: 0, concurrency: 1, ...c })).rejects.toThrow(
       new RegExp(`${SHARD_2}: download failed after 1 try`),
     );
-    const dir = snapshotDir(cacheDir, repo.replace('/', '--'), rev);
+    const dir = snapshotOf(c.hubCacheDir, repo, commit);
     expect(fs.existsSync(path.join(dir, SHARD_1))).toBe(true);
-    expect(fs.statSync(path.join(dir, `${SHARD_2}.part`)).size).toBeGreaterThan(0);
-    return dir;
+    expect(fs.existsSync(path.join(dir, SHARD_2))).toBe(false);
+    const parts = walk(repoDir(c.hubCacheDir, repo)).filter((f) => f.endsWith('.arm.incomplete'));
+    expect(parts).toHaveLength(1);
+    return { dir, part: path.join(repoDir(c.hubCacheDir, repo), parts[0]!) };
   }
 
   it(
-    'a run resumed after main moved to another commit discards the old files and parts and gives exactly the new ' +
-      "commit's",
+    'a run resumed after main moved fetches the new commit into its own snapshot, reusing the blobs both share; ' +
+      'the old snapshot is left as it was',
     async () => {
-      const [folderA, folderB] = [commitFolder('A'), commitFolder('B')];
+      const folderA = commitFolder('A');
+      const folderB = commitFolder('B', fs.readFileSync(path.join(folderA, SHARD_1)));
       hub.publish('tiny/moving', COMMIT_A, folderA);
-      const cacheDir = tempDir();
-      const dir = await interruptedRun('tiny/moving', cacheDir);
-      expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_A);
-      // Another process's lock, on a file of its own: discarding the folder leaves it to its owner.
-      writeLock(path.join(dir, 'other.bin'), process.ppid);
+      const c = caches();
+      const { dir: dirA } = await interruptedRun('tiny/moving', c, COMMIT_A);
+      const inA = walk(dirA);
 
       hub.publish('tiny/moving', COMMIT_B, folderB);
       hub.configure({ redirectLfs: true });
       const log: string[] = [];
-      expect(await resolveVia('tiny/moving', { ...FAST, cacheDir, log: (line) => log.push(line) })).toBe(dir);
-      expect(walk(dir)).toEqual([...walk(folderB), '.commit', '.complete', 'other.bin.lock'].sort());
+      const dirB = await resolveVia('tiny/moving', { ...FAST, ...c, log: (line) => log.push(line) });
+      expect(dirB).toBe(snapshotOf(c.hubCacheDir, 'tiny/moving', COMMIT_B));
+      expect(walk(dirB)).toEqual(walk(folderB));
       for (const f of walk(folderB))
-        expect(fs.readFileSync(path.join(dir, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
-      expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({
-        revision: 'main',
-        commit: COMMIT_B,
-      });
-      expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe(COMMIT_B);
+        expect(fs.readFileSync(path.join(dirB, f)).equals(fs.readFileSync(path.join(folderB, f))), f).toBe(true);
+      expect(walk(dirA)).toEqual(inA);
+      expect(fs.readFileSync(path.join(repoDir(c.hubCacheDir, 'tiny/moving'), 'refs', 'main'), 'utf8')).toBe(COMMIT_B);
       expect(log).toEqual([
-        expect.stringMatching(
-          new RegExp(
-            `^tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since .* was ` +
-              `begun; discarded its 5 files and parts, starting over at ${COMMIT_B}$`,
-          ),
-        ),
+        `tiny/moving@main: the revision moved on the hub from commit ${COMMIT_A} to ${COMMIT_B} since it was ` +
+          `cached; fetching ${COMMIT_B} (files it shares with ${COMMIT_A} are not downloaded again)`,
       ]);
-      // The commit was asked for before anything in the folder was used; nothing was fetched at the old one.
+      // The commit was asked for first; nothing was fetched at the old one, nor the shard both commits share.
       expect(hub.requests[0]).toMatchObject({ method: 'HEAD', url: '/tiny/moving/resolve/main/config.json' });
       expect(hub.requests.some((r) => r.url.includes(COMMIT_A))).toBe(false);
+      expect(fileRequests(SHARD_1)).toEqual([]);
+      expect(fs.realpathSync(path.join(dirB, SHARD_1))).toBe(fs.realpathSync(path.join(dirA, SHARD_1)));
     },
   );
 
   it('a run resumed at the same commit asks the hub once, then keeps what is done and resumes the part', async () => {
     hub.publish('tiny/steady', COMMIT_A, commitFolder('A'));
-    const cacheDir = tempDir();
-    const dir = await interruptedRun('tiny/steady', cacheDir);
-    const kept = fs.statSync(path.join(dir, `${SHARD_2}.part`)).size;
+    const c = caches();
+    const { dir, part } = await interruptedRun('tiny/steady', c, COMMIT_A);
+    const kept = fs.statSync(part).size;
     hub.configure({ redirectLfs: true });
     const log: string[] = [];
-    await resolveVia('tiny/steady', { ...FAST, cacheDir, log: (line) => log.push(line) });
+    expect(await resolveVia('tiny/steady', { ...FAST, ...c, log: (line) => log.push(line) })).toBe(dir);
     expect(log).toEqual([]);
-    expect(hub.requests.filter((r) => r.method === 'HEAD').map((r) => r.url)).toEqual([
-      '/tiny/steady/resolve/main/config.json',
-    ]);
-    // Optional files the repository lacks are asked for again (404); of the rest only the part's file: hub 302, then
-    // the CDN.
-    expect(hub.requests.filter((r) => r.method === 'GET' && r.status !== 404).map((r) => r.file)).toEqual([
-      SHARD_2,
-      SHARD_2,
+    // The revision once; files the repository lacks were recorded (.no_exist) and are not asked again; of the rest
+    // only the part's file: its HEAD, the hub's redirect, then the CDN from where the part ends.
+    expect(hub.requests.map((r) => `${r.method} ${r.url.replace(/^\/tiny\/steady\/resolve\//, '')}`)).toEqual([
+      'HEAD main/config.json',
+      `HEAD ${COMMIT_A}/${SHARD_2}`,
+      `GET ${COMMIT_A}/${SHARD_2}`,
+      expect.stringMatching(new RegExp(`^GET /cdn/tiny/steady/${COMMIT_A}/${SHARD_2}$`)),
     ]);
     expect(fileRequests(SHARD_2).map((r) => r.range)).toEqual([`bytes=${kept}-`]);
-    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ commit: COMMIT_A });
+    expect(fs.existsSync(part)).toBe(false);
   });
 
-  it('a revision that is a commit hash never moves: no extra request', async () => {
+  it('a revision that is a commit hash never moves: nothing asked about the revision, no ref written', async () => {
     hub.publish('tiny/pinned', COMMIT_A, commitFolder('A'));
-    const cacheDir = tempDir();
-    const dir = await interruptedRun('tiny/pinned', cacheDir, COMMIT_A);
+    const c = caches();
+    await interruptedRun('tiny/pinned', c, COMMIT_A, COMMIT_A);
     hub.configure({ redirectLfs: true });
-    await resolveVia(`tiny/pinned@${COMMIT_A}`, { ...FAST, cacheDir });
-    expect(hub.requests.filter((r) => r.status !== 404).map((r) => `${r.method} ${r.file}`)).toEqual([
+    await resolveVia(`tiny/pinned@${COMMIT_A}`, { ...FAST, ...c });
+    expect(hub.requests.map((r) => `${r.method} ${r.file}`)).toEqual([
+      `HEAD ${SHARD_2}`,
       `GET ${SHARD_2}`,
       `GET ${SHARD_2}`,
     ]);
-    expect(JSON.parse(fs.readFileSync(path.join(dir, '.complete'), 'utf8'))).toMatchObject({ commit: COMMIT_A });
+    expect(fs.existsSync(path.join(repoDir(c.hubCacheDir, 'tiny/pinned'), 'refs'))).toBe(false);
   });
 });
 
@@ -619,23 +629,23 @@ describe('paths stay inside the cache', () => {
     const base = tempDir('arm-escape-');
     const cacheDir = path.join(base, 'a', 'b', 'cache');
     fs.mkdirSync(cacheDir, { recursive: true });
-    return { base, cacheDir };
+    return { base, cacheDir, hubCacheDir: path.join(cacheDir, 'hf') };
   };
   const onlyCache = (base: string) =>
     walk(base).every((p) => ['a', path.join('a', 'b')].includes(p) || p.startsWith(path.join('a', 'b', 'cache')));
 
   it('a revision with .. is refused before anything is written', async () => {
     hub.configure({});
-    const { base, cacheDir } = nestedCache();
-    await expect(resolveVia('fake/x@../../../../somewhere', { ...FAST, cacheDir })).rejects.toThrow(
+    const { base, cacheDir, hubCacheDir } = nestedCache();
+    await expect(resolveVia('fake/x@../../../../somewhere', { ...FAST, cacheDir, hubCacheDir })).rejects.toThrow(
       new RegExp(
         String.raw`fake\/x: revision "\.\.\/\.\.\/\.\.\/\.\.\/somewhere" is not a valid branch, tag or commit: ` +
           String.raw`'\.\.' is not allowed`,
       ),
     );
-    await expect(resolveVia('fake/x', { ...FAST, cacheDir, revision: '../../../../somewhere' })).rejects.toThrow(
-      /not a valid branch, tag or commit/,
-    );
+    await expect(
+      resolveVia('fake/x', { ...FAST, cacheDir, hubCacheDir, revision: '../../../../somewhere' }),
+    ).rejects.toThrow(/not a valid branch, tag or commit/);
     expect(onlyCache(base)).toBe(true);
     expect(walk(cacheDir)).toEqual([]);
     expect(hub.requests).toHaveLength(0);
@@ -643,11 +653,12 @@ describe('paths stay inside the cache', () => {
 
   it('refuses malformed revisions', async () => {
     hub.configure({});
-    const { base, cacheDir } = nestedCache();
+    const { base, cacheDir, hubCacheDir } = nestedCache();
     for (const rev of ['..', '/etc', 'a\\b', 'a\u0000b', 'a\nb', 'x/', 'a//b', '.hidden', 'a b', '']) {
-      await expect(resolveVia(`fake/x@${rev}`, { ...FAST, cacheDir }), JSON.stringify(rev)).rejects.toThrow(
-        /is not a valid branch, tag or commit/,
-      );
+      await expect(
+        resolveVia(`fake/x@${rev}`, { ...FAST, cacheDir, hubCacheDir }),
+        JSON.stringify(rev),
+      ).rejects.toThrow(/is not a valid branch, tag or commit/);
     }
     expect(onlyCache(base)).toBe(true);
     expect(hub.requests).toHaveLength(0);
@@ -655,7 +666,7 @@ describe('paths stay inside the cache', () => {
 
   it('refuses repo ids the hub would refuse', async () => {
     hub.configure({});
-    const { base, cacheDir } = nestedCache();
+    const { base, cacheDir, hubCacheDir } = nestedCache();
     for (const id of [
       'fake/x--y',
       'fake/..',
@@ -670,24 +681,26 @@ describe('paths stay inside the cache', () => {
       'a/b/c',
       'noslash',
     ]) {
-      await expect(resolveVia(id, { ...FAST, cacheDir }), id).rejects.toThrow(
+      await expect(resolveVia(id, { ...FAST, cacheDir, hubCacheDir }), id).rejects.toThrow(
         /no such folder, and ".*" is not a hub repo id: expected owner\/name/,
       );
     }
     expect(onlyCache(base)).toBe(true);
     expect(hub.requests).toHaveLength(0);
     // The longest legal name still passes validation (and is then simply absent on the stand-in).
-    await expect(resolveVia(`fake/${'a'.repeat(96)}`, { ...FAST, cacheDir })).rejects.toThrow(
+    await expect(resolveVia(`fake/${'a'.repeat(96)}`, { ...FAST, cacheDir, hubCacheDir })).rejects.toThrow(
       /config\.json not found on the hub/,
     );
   });
 
-  it('a branch with / (refs/pr/1) maps to one folder inside the cache', async () => {
+  it('a branch with / (refs/pr/1) is a nested ref inside the cache, as Python keeps it', async () => {
     hub.configure({});
-    const cacheDir = tempDir();
-    const dir = await resolveVia('tiny/stories@refs/pr/1', { ...FAST, cacheDir });
-    expect(dir).toBe(snapshotDir(cacheDir, 'tiny--stories', 'refs%2Fpr%2F1'));
-    expect(fs.readdirSync(path.join(cacheDir, 'hub', 'tiny--stories'))).toEqual(['refs%2Fpr%2F1']);
+    const { cacheDir, hubCacheDir } = caches();
+    const dir = await resolveVia('tiny/stories@refs/pr/1', { ...FAST, cacheDir, hubCacheDir });
+    expect(dir).toBe(snapshotOf(hubCacheDir));
+    const refs = path.join(repoDir(hubCacheDir), 'refs');
+    expect(walk(refs)).toEqual(['refs', path.join('refs', 'pr'), path.join('refs', 'pr', '1')]);
+    expect(fs.readFileSync(path.join(refs, 'refs', 'pr', '1'), 'utf8')).toBe(standinCommit('tiny/stories'));
     expect(hub.requests[0]!.url).toBe('/tiny/stories/resolve/refs%2Fpr%2F1/config.json');
   });
 
@@ -697,10 +710,10 @@ describe('paths stay inside the cache', () => {
       ['tiny/evil', /"\.\.\/evil\.safetensors" is not a file name inside the repository/],
       ['tiny/evil-abs', /"\/.*evil\.safetensors" is not a file name inside the repository/],
     ] as const) {
-      const { base, cacheDir } = nestedCache();
-      await expect(resolveVia(repo, { ...FAST, cacheDir })).rejects.toThrow(bad);
+      const { base, cacheDir, hubCacheDir } = nestedCache();
+      await expect(resolveVia(repo, { ...FAST, cacheDir, hubCacheDir })).rejects.toThrow(bad);
       expect(onlyCache(base)).toBe(true);
-      expect(fs.existsSync(path.join(snapshotDir(cacheDir, repo.replace('/', '--')), '.complete'))).toBe(false);
+      expect(walk(hubCacheDir).filter((f) => f.endsWith('evil.safetensors'))).toEqual([]);
       expect(hub.requests.some((r) => r.file.includes('evil'))).toBe(false);
     }
   });
@@ -712,7 +725,7 @@ describe('offline', () => {
     await expect(
       resolveVia(
         'Qwen/Qwen2.5-0.5B-Instruct',
-        { cacheDir: tempDir(), quiet: true, connectTimeoutMs: 3000 },
+        { ...caches(), quiet: true, connectTimeoutMs: 3000 },
         { HF_ENDPOINT: 'http://127.0.0.1:9' },
       ),
     ).rejects.toThrow(
@@ -727,19 +740,19 @@ describe('offline', () => {
   it('HF_HUB_OFFLINE=1|true|yes (any case) refuses without touching the network', async () => {
     hub.configure({});
     for (const value of ['1', 'true', 'TRUE', 'yes', 'Yes']) {
-      await expect(
-        resolveVia('tiny/stories', { ...FAST, cacheDir: tempDir() }, { HF_HUB_OFFLINE: value }),
-      ).rejects.toThrow(new RegExp(`not in the cache .* HF_HUB_OFFLINE=${value}; pass a local checkpoint folder`));
+      await expect(resolveVia('tiny/stories', { ...FAST, ...caches() }, { HF_HUB_OFFLINE: value })).rejects.toThrow(
+        new RegExp(`not in the cache .* HF_HUB_OFFLINE=${value}; pass a local checkpoint folder`),
+      );
     }
     expect(hub.requests).toHaveLength(0);
   });
 
   it('HF_HUB_OFFLINE still serves what is complete in the cache; 0 means online', async () => {
     hub.configure({});
-    const cacheDir = tempDir();
-    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_HUB_OFFLINE: '0' });
+    const { cacheDir, hubCacheDir } = caches();
+    const dir = await resolveVia('tiny/stories', { ...FAST, cacheDir, hubCacheDir }, { HF_HUB_OFFLINE: '0' });
     const requests = hub.requests.length;
-    expect(await resolveVia('tiny/stories', { ...FAST, cacheDir }, { HF_HUB_OFFLINE: 'true' })).toBe(dir);
+    expect(await resolveVia('tiny/stories', { ...FAST, cacheDir, hubCacheDir }, { HF_HUB_OFFLINE: 'true' })).toBe(dir);
     expect(hub.requests.length).toBe(requests);
   });
 });

@@ -1,16 +1,23 @@
 /**
  * `--model` resolution: a local checkpoint folder as is, or a Hugging Face hub id (`owner/name[@revision]`)
- * downloaded once into the cache. Without network it fails fast with a clear message rather than hanging.
+ * from the hub cache Python's huggingface_hub shares (hf-cache.ts: a model either side downloaded is the other's),
+ * downloaded into it when absent or incomplete. Without network it uses what the cache holds, or fails fast with
+ * a clear message rather than hanging.
  *
  * Downloads are built for slow and flaky links: a connect timeout and an idle timeout (no bytes for a while)
- * but never a total one, resume of a `.part` file with an HTTP Range request, retries with exponential
- * backoff, and every file checked against the size and sha256 the hub advertises before it is moved under its
- * final name. Shards download a few at a time under one progress bar.
+ * but never a total one, resume of a part file with an HTTP Range request, retries with exponential backoff,
+ * and every file checked against the size and sha256 the hub advertises before it is moved under its final
+ * name. Shards download a few at a time under one progress bar.
  *
+ * Every file is asked for at one commit: the one the revision named when the hub first answered. In the hub
+ * cache a snapshot folder is per commit, so a branch that moves mid-download cannot mix two commits' files.
  * Two processes may fetch the same repository at once (a server and a CLI, two fits started together): each
- * file is locked (`<file>.lock`, hub-lock.ts) while one of them downloads it. A snapshot folder records the commit
- * its files come from (`.commit`), so a run resumed after the branch moved on the hub starts over instead of
- * mixing commits. The bar is hub-progress.ts; one request with its timeouts is hub-http.ts.
+ * file is locked (`<file>.lock`, hub-lock.ts) while one of them downloads it. The bar is hub-progress.ts; one
+ * request with its timeouts is hub-http.ts.
+ *
+ * Dataset files (data/hub-dataset.ts) still go to a flat folder per revision under our own cache root
+ * (`<cache>/hub/datasets/<owner>--<name>/<revision>/<file>`), which records its commit (`.commit`) and starts
+ * over when the branch moved. Model snapshots that earlier versions downloaded there are still found and used.
  *
  * This uses node:http/https rather than fetch: redirects are followed by hand because the hub's first answer
  * (a 302 to its CDN for LFS files) carries the file's size and sha256 in `x-linked-size`/`x-linked-etag`, which
@@ -26,21 +33,39 @@ import { ModelError } from '../errors.js';
 import { get, networkCode, RetryableError, sleep, TimeoutError, type Connection, type Exchange } from './hub-http.js';
 import { lockFile } from './hub-lock.js';
 import { ProgressBar } from './hub-progress.js';
-import { contentHashDir, defaultCacheDir } from '../../util/cache-root.js';
+import { contentHashDir, defaultCacheDir, hfHubCacheDir } from '../../util/cache-root.js';
 import { rememberContentSha256 } from './file-hash.js';
 import { writeFileAtomic } from '../../util/atomic-write.js';
+import {
+  blobPath,
+  cachedCommit,
+  insideOrThrow,
+  isCommitHash,
+  knownAbsent,
+  linkPointer,
+  pointerPath,
+  presentIn,
+  recordAbsent,
+  repoCacheDir,
+  snapshotFolder,
+  writeRef,
+} from './hf-cache.js';
 
 const REQUIRED = ['config.json', 'tokenizer.json'];
 // chat_template.jinja: where transformers ≥ 4.43 saves a model's chat template (tokenizer.ts prefers it over the
 // config's).
 const OPTIONAL = ['tokenizer_config.json', 'chat_template.jinja', 'generation_config.json', 'special_tokens_map.json'];
 const INDEX = 'model.safetensors.index.json';
+const SINGLE = 'model.safetensors';
 const MAX_REDIRECTS = 5;
-/** In a snapshot folder: the commit its files and parts come from. */
+/** In a flat snapshot folder (datasets, earlier versions' models): the commit its files and parts come from. */
 const COMMIT_FILE = '.commit';
 
 export interface ResolveOptions {
+  /** Our own cache root (util/cache-root.ts): content-hash memos, dataset files, earlier versions' models. */
   cacheDir?: string;
+  /** The Hugging Face hub cache models are read from and downloaded into (default: as huggingface_hub finds it). */
+  hubCacheDir?: string;
   revision?: string;
   quiet?: boolean;
   /** Longest wait for a TCP connection (default 10 s). */
@@ -54,11 +79,14 @@ export interface ResolveOptions {
   /** Shards downloaded at once (default 4). */
   concurrency?: number;
   /**
-   * Notes along the way (waiting for another process's download, a revision that moved): default stderr, none when
-   * quiet.
+   * Notes along the way (waiting for another process's download, a revision that moved, a cached snapshot used
+   * without the hub): default stderr, none when quiet.
    */
   log?: (line: string) => void;
 }
+
+/** The hub could not be reached at all (before any answer): a cached snapshot may still do. */
+class HubUnreachableError extends ModelError {}
 
 export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): Promise<string> {
   if (fs.existsSync(ref)) {
@@ -72,16 +100,80 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
     throw new ModelError(`${ref}: no such folder, and ${JSON.stringify(id)} is not a hub repo id: ${idProblem}`);
   checkRevision(id, revision);
   const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
-  const dir = snapshotDir(cacheRoot, 'model', id, revision);
-  if (fs.existsSync(path.join(dir, '.complete'))) return dir;
+  const hubCache = path.resolve(opts.hubCacheDir ?? hfHubCacheDir());
+  const repoDir = repoCacheDir(hubCache, id);
+  const log = logOf(opts);
+  const cached = checkCachedSnapshot(repoDir, revision);
+  if (cached && cached.missing.length === 0) return cached.dir;
+  const legacy = snapshotDir(cacheRoot, 'model', id, revision);
+  if (fs.existsSync(path.join(legacy, '.complete'))) return legacy;
+  const usable = cached && cached.needed.length === 0 ? cached : undefined;
   const offline = offlineSetting();
   if (offline !== undefined) {
+    if (usable) return usable.dir;
+    const lacking = cached ? `: ${cached.dir} lacks ${cached.needed.join(', ')}` : ` (${repoDir})`;
     throw new ModelError(
-      `${id}: not in the cache (${dir}) and HF_HUB_OFFLINE=${offline}; pass a local checkpoint folder with --model`,
+      `${id}@${revision}: not in the cache${lacking}, and HF_HUB_OFFLINE=${offline}; ` +
+        'pass a local checkpoint folder with --model',
     );
   }
-  await downloadSnapshot({ id, revision, dir, cacheRoot, opts });
-  return dir;
+  try {
+    return await fillSnapshot({ id, revision, dir: repoDir, cacheRoot, opts, layout: 'hub-cache' });
+  } catch (e) {
+    if (!(e instanceof HubUnreachableError) || !usable) throw e;
+    log(`${id}@${revision}: ${e.message.replace(/^.*?: /, '')}; using ${usable.dir} as the cache holds it`);
+    return usable.dir;
+  }
+}
+
+function logOf(opts: ResolveOptions): (line: string) => void {
+  return opts.log ?? (opts.quiet ? () => {} : (line) => process.stderr.write(`${line}\n`));
+}
+
+/**
+ * What a snapshot in the hub cache lacks. `missing`: files neither there nor known to be absent from the hub
+ * (`.no_exist`), so the hub must be asked; of those, `needed` are the ones the model cannot load without
+ * (config, tokenizer, weights). A snapshot missing nothing is used without the network; one that lacks only
+ * optional files is used as it is when offline.
+ */
+interface CachedSnapshot {
+  dir: string;
+  commit: string;
+  missing: string[];
+  needed: string[];
+}
+
+function checkCachedSnapshot(repoDir: string, revision: string): CachedSnapshot | undefined {
+  const commit = cachedCommit(repoDir, revision);
+  if (!commit) return undefined;
+  const dir = snapshotFolder(repoDir, commit);
+  if (!fs.existsSync(dir)) return undefined;
+  const missing: string[] = [];
+  const needed: string[] = [];
+  const lack = (file: string, isNeeded: boolean) => {
+    missing.push(file);
+    if (isNeeded) needed.push(file);
+  };
+  for (const f of REQUIRED) if (!presentIn(dir, f)) lack(f, true);
+  for (const f of OPTIONAL) if (!presentIn(dir, f) && !knownAbsent(repoDir, commit, f)) lack(f, false);
+  if (presentIn(dir, INDEX)) {
+    for (const shard of shardsOf(path.join(dir, INDEX))) if (!presentIn(dir, shard)) lack(shard, true);
+  } else if (!presentIn(dir, SINGLE)) {
+    lack(knownAbsent(repoDir, commit, INDEX) ? SINGLE : INDEX, true);
+  }
+  return { dir, commit, missing, needed };
+}
+
+/** The shard files a sharded checkpoint's index names, checked to be files inside the repository. */
+function shardsOf(indexPath: string): string[] {
+  let map: unknown;
+  try {
+    map = JSON.parse(fs.readFileSync(indexPath, 'utf8')).weight_map;
+  } catch (e) {
+    throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof map !== 'object' || map === null) throw new ModelError(`${indexPath}: no weight_map object`);
+  return [...new Set(Object.values(map).map((f) => checkRepoFileName(f, `${indexPath}: weight_map`)))].sort();
 }
 
 /**
@@ -108,7 +200,7 @@ export async function downloadRepoFile(
   if (offline !== undefined) {
     throw new ModelError(`${id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}`);
   }
-  const s = openSession({ id, revision, dir, cacheRoot, opts, repoType }, new AbortController());
+  const s = openSession({ id, revision, dir, cacheRoot, opts, repoType, layout: 'flat' }, new AbortController());
   fs.mkdirSync(dir, { recursive: true });
   await pinCommit(s, file);
   const progress = new ProgressBar(opts.quiet ?? false, file);
@@ -143,7 +235,6 @@ function snapshotDir(cacheRoot: string, repoType: 'model' | 'dataset', id: strin
     `${id}@${revision}`,
   );
 }
-
 /** HF_HUB_OFFLINE as set, when it says to stay offline (1, true, yes or on); else undefined. */
 function offlineSetting(): string | undefined {
   const offline = process.env.HF_HUB_OFFLINE;
@@ -186,12 +277,6 @@ export function revisionProblemOf(revision: string): string | null {
 }
 
 /** `p` resolved, if it lies strictly inside `root`; anything else is refused before a byte is written. */
-function insideOrThrow(root: string, p: string, what: string): string {
-  const resolved = path.resolve(p);
-  if (!resolved.startsWith(root + path.sep))
-    throw new ModelError(`${what}: ${resolved} would lie outside the cache folder ${root}; refused`);
-  return resolved;
-}
 
 /** A file name from the hub (a weight_map entry): relative, `/`-separated, no `.`/`..` segments. */
 function checkRepoFileName(name: unknown, where: string): string {
@@ -214,10 +299,12 @@ function checkRepoFileName(name: unknown, where: string): string {
 interface Snapshot {
   id: string;
   revision: string;
+  /** `flat`: the revision's folder; `hub-cache`: the repository's folder in the hub cache (hf-cache.ts). */
   dir: string;
   cacheRoot: string;
   opts: ResolveOptions;
   repoType?: 'model' | 'dataset';
+  layout: 'flat' | 'hub-cache';
 }
 
 /** A download in progress: the snapshot, its connection settings (hub-http.ts) and what the hub said so far. */
@@ -234,7 +321,7 @@ interface Session extends Snapshot, Connection {
    * is asked for at that commit, so a branch that moves during the download cannot mix files of two commits.
    */
   commit?: string;
-  /** `commit` is recorded in the folder's `.commit` (adoptCommit): the folder must go on recording it. */
+  /** `commit` is recorded in a flat folder's `.commit` (adoptCommit): the folder must go on recording it. */
   adopted: boolean;
   log: (line: string) => void;
 }
@@ -261,54 +348,158 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
     reached: false,
     adopted: false,
     signal: abort.signal,
-    log: opts.log ?? (opts.quiet ? () => {} : (line) => process.stderr.write(`${line}\n`)),
+    log: logOf(opts),
   };
 }
 
-async function downloadSnapshot(snapshot: Snapshot): Promise<void> {
-  const { id, revision, dir, opts } = snapshot;
+/**
+ * Fills the hub cache's snapshot of the revision and returns its folder. The commit is the revision itself when
+ * it is a commit hash, else what the hub answers for config.json at the revision (recorded in `refs/`, as
+ * Python does); every other file is asked for at that commit, and lands in `snapshots/<commit>/`. Files already
+ * there are kept (blobs are shared between commits, so a branch that moved only fetches what changed).
+ */
+async function fillSnapshot(snapshot: Snapshot): Promise<string> {
+  const { id, revision, dir: repoDir, opts } = snapshot;
+  const where = `${id}@${revision}`;
   const abort = new AbortController();
   const s = openSession(snapshot, abort);
-  fs.mkdirSync(dir, { recursive: true });
-  await pinCommit(s, REQUIRED[0]!);
-
+  // A commit hash needs no asking; a branch or tag is resolved by the first HEAD.
+  let config: FileInfo | undefined;
+  if (isCommitHash(revision)) s.commit = revision;
+  else config = (await headFile(s, REQUIRED[0]!)) ?? undefined;
+  if (!s.commit) throw new ModelError(`${where}: ${REQUIRED[0]} not found on the hub`);
+  const commit = s.commit;
+  const before = cachedCommit(repoDir, revision);
+  if (before && before !== commit) {
+    s.log(
+      `${where}: the revision moved on the hub from commit ${before} to ${commit} since it was cached; ` +
+        `fetching ${commit} (files it shares with ${before} are not downloaded again)`,
+    );
+  }
+  writeRef(repoDir, revision, commit);
   for (const file of [...REQUIRED, ...OPTIONAL]) {
-    const got = await downloadFile(s, file);
-    if (!got && REQUIRED.includes(file)) throw new ModelError(`${id}@${revision}: ${file} not found on the hub`);
+    const got = await fetchIntoSnapshot(s, file, file === REQUIRED[0] ? config : undefined);
+    if (!got && REQUIRED.includes(file)) throw new ModelError(`${where}: ${file} not found on the hub`);
   }
-  let shards: string[];
-  if (await downloadFile(s, INDEX)) {
-    const indexPath = path.join(dir, INDEX);
-    let map: unknown;
-    try {
-      map = JSON.parse(fs.readFileSync(indexPath, 'utf8')).weight_map;
-    } catch (e) {
-      throw new ModelError(`${indexPath}: not valid JSON (${(e as Error).message})`);
-    }
-    if (typeof map !== 'object' || map === null) throw new ModelError(`${indexPath}: no weight_map object`);
-    shards = [...new Set(Object.values(map).map((f) => checkRepoFileName(f, `${indexPath}: weight_map`)))].sort();
-  } else {
-    shards = ['model.safetensors'];
-  }
-  for (const shard of shards) insideOrThrow(s.cacheRoot, path.join(dir, shard), `${id}@${revision}: ${shard}`);
-
+  const dir = snapshotFolder(repoDir, commit);
+  const shards = (await fetchIntoSnapshot(s, INDEX)) ? shardsOf(path.join(dir, INDEX)) : [SINGLE];
+  for (const shard of shards) pointerPath(repoDir, commit, shard);
   const progress = new ProgressBar(opts.quiet ?? false, shards.length === 1 ? shards[0]! : `${shards.length} shards`);
   try {
     await inPool(shards, opts.concurrency ?? 4, abort, async (shard) => {
-      const got = await downloadFile(s, shard, (done, total) => progress.update(shard, done, total));
+      const got = await fetchIntoSnapshot(s, shard, undefined, (done, total) => progress.update(shard, done, total));
       if (!got)
-        throw new ModelError(
-          `${id}@${revision}: ${shard} not found on the hub (only safetensors checkpoints are supported)`,
-        );
+        throw new ModelError(`${where}: ${shard} not found on the hub (only safetensors checkpoints are supported)`);
     });
   } finally {
     progress.stop();
   }
-  checkPinned(s, `${id}@${revision}`);
-  fs.writeFileSync(
-    path.join(dir, '.complete'),
-    JSON.stringify({ repo: id, revision, commit: s.commit ?? null, completedAt: new Date().toISOString() }),
-  );
+  return dir;
+}
+
+/**
+ * One file into `snapshots/<commit>/`: its blob downloaded unless already there (from another commit, another
+ * process, or Python), then the snapshot's symlink to it. False when the hub has no such file (remembered in
+ * `.no_exist/`, so it is not asked again). `info`: its HEAD, when already made.
+ */
+async function fetchIntoSnapshot(
+  s: Session,
+  file: string,
+  info?: FileInfo,
+  onProgress?: ByteProgress,
+): Promise<boolean> {
+  const commit = s.commit!;
+  const snapshot = snapshotFolder(s.dir, commit);
+  const pointer = pointerPath(s.dir, commit, file);
+  if (presentIn(snapshot, file)) {
+    const size = fs.statSync(pointer).size;
+    onProgress?.(size, size);
+    return true;
+  }
+  if (knownAbsent(s.dir, commit, file)) return false;
+  const head = info ?? (await headFile(s, file));
+  if (!head) {
+    recordAbsent(s.dir, commit, file);
+    return false;
+  }
+  const where = `${s.id}@${s.revision}: ${file}`;
+  const blob = blobPath(s.dir, head.etag, where);
+  fs.mkdirSync(path.dirname(blob), { recursive: true });
+  let sha256: string | undefined;
+  const release = await lockFile(s, blob, where);
+  try {
+    if (fs.existsSync(blob)) {
+      const size = fs.statSync(blob).size;
+      onProgress?.(size, size);
+    } else {
+      const target: Target = { file, dest: blob, part: `${blob}.arm.incomplete`, expected: head };
+      if (!(await withRetries(s, where, target.part, () => downloadAttempt(s, target, onProgress))))
+        throw new ModelError(`${where}: the hub described the file (HEAD) but then had none to send (404)`);
+      sha256 = target.verified;
+    }
+  } finally {
+    release();
+  }
+  linkPointer(blob, pointer);
+  // Recorded for the snapshot's path, the one the model is loaded through.
+  if (sha256) rememberContentSha256(pointer, sha256, s.hashesDir);
+  return true;
+}
+
+/** What the hub's HEAD says of a file: the ETag that names its blob, and its size and sha256 when given. */
+interface FileInfo extends Advertised {
+  etag: string;
+}
+
+/**
+ * HEAD for `file` at the session's commit (or its revision, for the first file: the answer's X-Repo-Commit then
+ * becomes the session's commit). Null for a 404. Redirects to another host (the CDN, for LFS files) are not
+ * followed: the hub's own answer carries the file's headers; a redirect on the hub itself (a renamed repository)
+ * is.
+ */
+async function headFile(s: Session, file: string): Promise<FileInfo | null> {
+  const where = `${s.id}@${s.revision}: ${file}`;
+  const headers: Record<string, string> = { 'user-agent': 'activation-rm', 'accept-encoding': 'identity' };
+  if (s.token !== undefined) headers.authorization = `Bearer ${s.token}`;
+  const url = fileUrl(s, s.commit ?? s.revision, file);
+  const res = await withRetries(s, where, undefined, async () => {
+    let current = url;
+    for (let hop = 0; ; hop++) {
+      const { res } = await get(s, current, headers, 'HEAD');
+      s.reached = true;
+      res.resume();
+      const failure = statusFailure(s, where, current, res);
+      if (failure) throw failure;
+      const next = res.headers.location ? new URL(res.headers.location, current) : undefined;
+      if (!next || next.host !== current.host || ![301, 302, 303, 307, 308].includes(res.statusCode ?? 0)) return res;
+      if (hop >= MAX_REDIRECTS) throw new ModelError(`${where}: ${url.href}: more than ${MAX_REDIRECTS} redirects`);
+      current = next;
+    }
+  });
+  const status = res.statusCode ?? 0;
+  if (status === 404) return null;
+  if (status >= 400) throw new ModelError(`${where}: ${url.href} answered ${status} ${res.statusMessage ?? ''}`.trim());
+  const commit = responseHeader(res, 'x-repo-commit');
+  if (!s.commit) {
+    if (!commit || !isCommitHash(commit))
+      throw new ModelError(
+        `${where}: ${url.href} names no commit (X-Repo-Commit); ${s.endpoint.href} does not answer as the hub does`,
+      );
+    s.commit = commit;
+  }
+  const linkedEtag = responseHeader(res, 'x-linked-etag');
+  const etag = bareEtag(linkedEtag ?? responseHeader(res, 'etag'));
+  if (!etag) throw new ModelError(`${where}: ${url.href} sent no ETag, which names the file in the cache`);
+  const linkedSize = Number(responseHeader(res, 'x-linked-size') ?? responseHeader(res, 'content-length'));
+  return {
+    etag,
+    size: Number.isSafeInteger(linkedSize) && linkedSize >= 0 ? linkedSize : undefined,
+    sha256: sha256FromEtag(etag),
+  };
+}
+
+function bareEtag(etag: string | undefined): string | undefined {
+  return etag?.trim().replace(/^W\//, '').replace(/^"|"$/g, '') || undefined;
 }
 
 /** Runs `work` over `items`, at most `limit` at once; the first failure aborts the rest and is rethrown. */
@@ -338,7 +529,7 @@ async function inPool<T>(
 }
 
 /**
- * Downloads `file` into the snapshot folder with retries; null when the hub has no such file. The file
+ * Downloads `file` into a flat snapshot folder with retries; false when the hub has no such file. The file
  * appears under its final name only once its size and (when advertised) sha256 check out; until then the
  * bytes live in `<file>.part`, which a later try or a later run resumes. Only one process at a time works on
  * a file (lockFile): another one waits, then finds the file done or resumes the part the first one left.
@@ -361,7 +552,8 @@ async function downloadFile(
       onProgress?.(size, size);
       return true;
     }
-    return await withRetries(s, where, `${dest}.part`, () => downloadAttempt(s, file, dest, onProgress));
+    const target: Target = { file, dest, part: `${dest}.part` };
+    return await withRetries(s, where, target.part, () => downloadAttempt(s, target, onProgress));
   } finally {
     release();
   }
@@ -381,7 +573,7 @@ async function withRetries<T>(
       if (s.signal.aborted) throw e;
       const code = networkCode(e);
       if (!s.reached && (code || e instanceof TimeoutError)) {
-        throw new ModelError(
+        throw new HubUnreachableError(
           `${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? ` +
             `pass a local checkpoint folder with --model`,
         );
@@ -541,18 +733,37 @@ function sha256FromEtag(etag: string | undefined): string | undefined {
 }
 
 /**
+ * Where one file's bytes go: `dest` once whole and verified, `part` until then. `expected`: what the hub's HEAD
+ * advertised, when one was made (over what the GET's answer says). `verified`: the sha256, once it is in place.
+ */
+interface Target {
+  file: string;
+  dest: string;
+  part: string;
+  expected?: Advertised;
+  verified?: string;
+}
+
+/**
  * One try at one file: GET it from where the part left off, and move it into place once its size and sha256
  * check out. False when the hub has no such file; a RetryableError where another try may do better.
  */
-async function downloadAttempt(s: Session, file: string, dest: string, onProgress?: ByteProgress): Promise<boolean> {
-  const part = `${dest}.part`;
+async function downloadAttempt(s: Session, target: Target, onProgress?: ByteProgress): Promise<boolean> {
+  const { file, dest, part } = target;
   const offset = fs.existsSync(part) ? fs.statSync(part).size : 0;
   // Hash the bytes we already have before asking for more: for a big part this takes longer than the idle
   // timeout would allow between the response's headers and its first body byte read.
   const partHash = offset > 0 ? await hashInto(part, createHash('sha256')) : undefined;
   const url = fileUrl(s, s.commit ?? s.revision, file);
-  const answer = await getFollowingRedirects(s, url, offset);
-  const attempt: Attempt = { s, file, where: `${s.id}@${s.revision}: ${file}`, url, dest, part, offset, partHash };
+  const got = await getFollowingRedirects(s, url, offset);
+  const answer = {
+    ...got,
+    advertised: {
+      size: target.expected?.size ?? got.advertised.size,
+      sha256: target.expected?.sha256 ?? got.advertised.sha256,
+    },
+  };
+  const attempt: Attempt = { s, target, where: `${s.id}@${s.revision}: ${file}`, url, dest, part, offset, partHash };
   const settled = settleWithoutBody(attempt, answer, onProgress);
   if (settled !== null) return settled;
   const extent = bodyExtent(attempt, answer);
@@ -566,7 +777,7 @@ type ByteProgress = (done: number, total: number | undefined) => void;
 /** One try at one file: where its bytes go and what of them is already there. */
 interface Attempt {
   s: Session;
-  file: string;
+  target: Target;
   /** `<repo>@<revision>: <file>`, for messages. */
   where: string;
   url: URL;
@@ -597,9 +808,9 @@ function settleWithoutBody(
   const status = res.statusCode ?? 0;
   // The first answer of a run into an empty folder names the commit: record it. Another process may have filled
   // the folder at another commit meanwhile; adoptCommit then discarded that, this file's part included.
-  if (s.commit && !s.adopted && adoptCommit(s) && a.offset > 0) {
+  if (s.layout === 'flat' && s.commit && !s.adopted && adoptCommit(s) && a.offset > 0) {
     res.resume();
-    throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${a.file} over`);
+    throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${a.target.file} over`);
   }
   if (status === 404) {
     res.resume();
@@ -633,7 +844,7 @@ function settleUnsatisfiableRange(
   if (a.partHash && a.offset === total) {
     const sha256 = a.partHash.digest('hex');
     if (!advertised.sha256 || advertised.sha256 === sha256) {
-      finish(a.s, a.where, a.part, a.dest, sha256);
+      finish(a, sha256);
       onProgress?.(total, total);
       return true;
     }
@@ -749,14 +960,15 @@ function finishReceived(a: Attempt, extent: BodyExtent, received: Received): voi
     if (start > 0) throw new RetryableError(message);
     throw new ModelError(`${a.where}: ${message}; the download was deleted`);
   }
-  finish(a.s, a.where, a.part, a.dest, sha256);
+  finish(a, sha256);
 }
 
 /**
- * Moves a verified part into place and records its sha256, so loading the model does not hash it again; unless
- * the folder moved on to another commit meanwhile, which makes the part a leftover of the old one.
+ * Moves a verified part into place and records its sha256, so loading the model does not hash it again (in
+ * the hub cache, fetchIntoSnapshot records it for the snapshot's path); unless a flat folder moved on to another
+ * commit meanwhile, which makes the part a leftover of the old one.
  */
-function finish(s: Session, where: string, part: string, dest: string, sha256: string): void {
+function finish({ s, where, part, dest, target }: Attempt, sha256: string): void {
   checkPinnedPart(s, where, part);
   fs.renameSync(part, dest);
   // The folder may have moved on to another commit between that check and the rename: then this file is of
@@ -767,7 +979,8 @@ function finish(s: Session, where: string, part: string, dest: string, sha256: s
     fs.rmSync(dest, { force: true });
     throw e;
   }
-  rememberContentSha256(dest, sha256, s.hashesDir);
+  target.verified = sha256;
+  if (s.layout === 'flat') rememberContentSha256(dest, sha256, s.hashesDir);
 }
 
 async function hashInto(file: string, hash: Hash): Promise<Hash> {
