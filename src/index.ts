@@ -26,7 +26,8 @@ export {
   type FitOptions,
   type HeadStrategy,
 } from './arm/fit.js';
-export { ActivationRM, type ItemScore, type PairScore, type ScoreOptions } from './arm/rm.js';
+export { ActivationRM, type ExampleScore, type ItemScore, type PairScore, type ScoreOptions } from './arm/rm.js';
+export { CriterionSet, passKey, type NamedCriterion } from './arm/criterion-set.js';
 export { loadCriterion, saveCriterion, type Criterion, type CriterionMeta } from './arm/criterion.js';
 export { DEFAULT_TEMPLATES, type TemplateKind, type JudgeItem } from './arm/template.js';
 export { REINFORCE_DEFAULTS, type ReinforceOptions } from './arm/reinforce.js';
