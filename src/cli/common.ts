@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
 import { Decoder, type LoadOptions } from '../model/decoder.js';
+import type { Device } from '../model/session.js';
 import type { QuantOptions } from '../model/quant/layout.js';
 import { readSafetensorsMetadata } from '../model/checkpoint/safetensors.js';
 import {
@@ -35,13 +36,16 @@ export interface ModelCliOptions {
   accuracyLevel?: QuantOptions['accuracyLevel'];
   int8Kernel?: Int8Kernel;
   int4Method?: Int4Method;
+  /** --device (device-option.ts), on the commands that take it. */
+  device?: Device;
 }
 
-/** The weight-format part of the model flags, as Decoder.load options. */
+/** The weight-format part of the model flags and the device (which decides the graph), as Decoder.load options. */
 export function weightFormatOptions(
   o: ModelCliOptions,
-): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel' | 'int4Method'> {
+): Pick<LoadOptions, 'dtype' | 'blockSize' | 'accuracyLevel' | 'int8Kernel' | 'int4Method' | 'device'> {
   return {
+    device: o.device,
     dtype: o.dtype,
     blockSize: o.blockSize,
     accuracyLevel: o.accuracyLevel,

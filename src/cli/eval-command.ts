@@ -27,6 +27,7 @@ import {
   type JudgeCliOptions,
   type ModelCliOptions,
 } from './common.js';
+import { addDeviceOption } from './device-option.js';
 
 interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   dataset?: string;
@@ -61,6 +62,7 @@ export function registerEvalCommand(program: Command): void {
     .description('compare the Activation RM with baselines on a preference dataset');
   // Each adds its flags to `command` (in help order).
   addModelOptions(command, DEFAULT_MODEL);
+  addDeviceOption(command);
   addJudgeOptions(command);
   addFitOptions(command);
   addRunOptions(command);

@@ -29,6 +29,7 @@ import {
   type JudgeCliOptions,
   type ModelCliOptions,
 } from './common.js';
+import { addDeviceOption } from './device-option.js';
 
 interface FitCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   examples: string;
@@ -48,6 +49,7 @@ export function registerFitCommand(program: Command): void {
   const command = program.command('fit').description('fit an Activation RM criterion from few-shot examples');
   // Each adds its flags to `command` (in help order).
   addModelOptions(command, DEFAULT_MODEL);
+  addDeviceOption(command);
   addJudgeOptions(command);
   addFitOptions(command);
   addFitCommandOptions(command);

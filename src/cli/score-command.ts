@@ -27,6 +27,7 @@ import {
   type InputFile,
   type ModelCliOptions,
 } from './common.js';
+import { addDeviceOption } from './device-option.js';
 import {
   countRow,
   noScoreTotals,
@@ -59,7 +60,12 @@ interface ScoreFiles {
 }
 
 export function registerScoreCommand(program: Command): void {
-  addModelOptions(program.command('score').description('score items or pairs with a fitted criterion'), DEFAULT_MODEL)
+  addDeviceOption(
+    addModelOptions(
+      program.command('score').description('score items or pairs with a fitted criterion'),
+      DEFAULT_MODEL,
+    ),
+  )
     .requiredOption('--rm <file.arm.safetensors>', 'criterion file')
     .requiredOption('--input <file.jsonl>', 'pairs {prompt, chosen, rejected} and/or items {prompt, response[, label]}')
     .requiredOption('--output <file.jsonl>', 'input rows with an "arm" field of scores added')

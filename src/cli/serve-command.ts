@@ -16,6 +16,7 @@ import {
   weightFormatOptions,
   type ModelCliOptions,
 } from './common.js';
+import { addDeviceOption } from './device-option.js';
 
 interface ServeCliOptions extends ModelCliOptions {
   rm: string[];
@@ -47,7 +48,7 @@ export function registerServeCommand(program: Command): void {
     .command('serve')
     .description('serve criteria as a reward model over HTTP (OpenRLHF /get_reward, vLLM /classify, /v1/score)');
   addRewardOptions(
-    addLimitOptions(addBatchingOptions(addEndpointOptions(addModelOptions(command, DEFAULT_MODEL)))),
+    addLimitOptions(addBatchingOptions(addEndpointOptions(addDeviceOption(addModelOptions(command, DEFAULT_MODEL))))),
   ).action(serveCommand);
 }
 

@@ -81,7 +81,7 @@ export type FromWorker =
 
 export interface WorkerData {
   model: string;
-  load: Pick<LoadOptions, 'cacheDir' | 'threads' | 'revision'>;
+  load: Pick<LoadOptions, 'cacheDir' | 'threads' | 'revision' | 'device'>;
   criteria: { name: string; file: string }[];
 }
 
