@@ -118,3 +118,34 @@ export function checkFitVocabulary(
   if (warning) opts.warn(warning);
   return report;
 }
+
+/**
+ * Measures batch after batch of scores (a file's chunks, a server's requests) and warns when one is mostly unknown:
+ * the first time, then at most once per `intervalMs` (default: never again), saying how many batches were since.
+ */
+export class UnknownTokenWatch {
+  private lastWarned = -Infinity;
+  private unwarned = 0;
+
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly template: TemplateSpec,
+    private readonly warn: (message: string) => void,
+    private readonly opts: { intervalMs?: number; now?: () => number } = {},
+  ) {}
+
+  /** The batch's report; `where` names the batch in the warning (e.g. "rows 1–256"). */
+  add(scores: readonly (PairScore | ItemScore)[], where: string): UnknownTokenReport {
+    const report = unknownTokenReport(this.tokenizer, this.template, scoresUnknown(scores));
+    const warning = unknownTokenWarning(report, this.template);
+    if (!warning) return report;
+    const now = (this.opts.now ?? Date.now)();
+    if (now - this.lastWarned >= (this.opts.intervalMs ?? Infinity) || this.lastWarned === -Infinity) {
+      const since = this.unwarned ? ` (and ${this.unwarned} more such batches since the last warning)` : '';
+      this.warn(`${where}: ${warning}${since}`);
+      this.lastWarned = now;
+      this.unwarned = 0;
+    } else this.unwarned++;
+    return report;
+  }
+}

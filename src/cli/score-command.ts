@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { DataError, streamExamples, type Example } from '../data/examples.js';
 import { ActivationRM, armFields } from '../arm/rm.js';
+import { UnknownTokenWatch } from '../arm/unknown-tokens.js';
 import { disposeDecoder } from '../arm/images.js';
 import type { Decoder } from '../model/decoder.js';
 import { progressBar, type ProgressBar } from '../util/progress-bar.js';
@@ -270,6 +271,8 @@ async function appendScoredChunks(
   let seen = 0;
   let chunk: Example[] = [];
   let chunkBytes = 0;
+  const warning = (m: string) => process.stderr.write(`\nwarning: ${m}\n`);
+  const unknown = new UnknownTokenWatch(rm.decoder.tokenizer, rm.criterion.meta.template, warning);
   const flush = async () => {
     const start = seen;
     seen += chunk.length;
@@ -280,6 +283,7 @@ async function appendScoredChunks(
         maxLength: checkpoint.options.maxLength,
         onProgress: (d, t) => bar.update(Math.max(done, start + Math.floor((d / t) * chunk.length)), rows),
       });
+      unknown.add(scores, `${o.input}, rows ${start + 1}–${seen}`);
       let text = '';
       for (let i = Math.max(0, done - start); i < chunk.length; i++) {
         const arm = armFields(scores[i]!);
