@@ -1,4 +1,5 @@
 /** `arm serve`: the reward server (src/server) from the command line. */
+import { collectValues, criterionArgs } from './criterion-args.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Option, type Command } from 'commander';
@@ -55,11 +56,7 @@ export function registerServeCommand(program: Command): void {
 /** What is served and where: criteria, their combination, address, API key. */
 function addEndpointOptions(cmd: Command): Command {
   return cmd
-    .requiredOption(
-      '--rm <name=file>',
-      'criterion file, optionally named (repeat for several)',
-      (v: string, acc: string[] = []) => [...acc, v],
-    )
+    .requiredOption('--rm <name=file>', 'criterion file, optionally named (repeat for several)', collectValues)
     .option('--combine <name=w,...>', 'default reward: a weighted sum of criteria (extra_logs carries each one)')
     .option('--host <addr>', 'address to bind (loopback by default; anything else exposes the server)', '127.0.0.1')
     .option('--port <n>', 'port (0: any free port)', (v) => nonNegativeInt(v, '--port'), 5000)
@@ -272,11 +269,7 @@ function serveInputs(o: ServeCliOptions): ServeInputs {
   const combine = o.combine === undefined ? undefined : parseCombine(o.combine);
   const scoreTransform = parseTransform(o.scoreTransform);
   const tooLongReward = o.tooLongReward === undefined ? null : finiteNumber(o.tooLongReward, '--too-long-reward');
-  const criteria = o.rm.map(parseRmSpec);
-  const names = criteria.map((c) => c.name);
-  const dup = names.find((n, i) => names.indexOf(n) !== i);
-  if (dup) throw new Error(`--rm: the name "${dup}" is given twice`);
-  for (const c of criteria) if (!fs.existsSync(c.file)) throw new Error(`--rm ${c.name}=${c.file}: no such file`);
+  const { criteria } = criterionArgs(o.rm);
   const imageRoot = path.resolve(o.imageRoot);
   if (!fs.existsSync(imageRoot) || !fs.statSync(imageRoot).isDirectory())
     throw new Error(`--image-root ${o.imageRoot}: no such folder`);
@@ -311,13 +304,6 @@ function rewardServerOptions(o: ServeCliOptions, inputs: ServeInputs, engine: Wo
 }
 
 /** `name=file` or `file` (named after the file: concise.arm.safetensors → concise). */
-function parseRmSpec(spec: string): { name: string; file: string } {
-  const eq = spec.indexOf('=');
-  // A path may itself hold "=": only a name made of word characters counts as one.
-  if (eq > 0 && /^[\w.-]+$/.test(spec.slice(0, eq))) return { name: spec.slice(0, eq), file: spec.slice(eq + 1) };
-  return { name: path.basename(spec).replace(/\.arm\.safetensors$|\.safetensors$/, ''), file: spec };
-}
-
 function parseCombine(v: string): Record<string, number> {
   const out: Record<string, number> = {};
   for (const part of v
