@@ -39,6 +39,11 @@ export interface CriterionMeta {
     dtype?: WeightDType;
     /** The full weight format, for people: e.g. "int4 (block 32, accuracy level 4)". */
     weightFormat?: string;
+    /**
+     * The device the criterion was fitted on (cpu, webgpu, cuda): informational, it scores on any device. Absent in
+     * files fitted before it was recorded.
+     */
+    device?: string;
     /** Image-text checkpoints: sha256 of the vision tower's spec and preprocessor_config.json (arm/images.ts). */
     visionConfigHash?: string;
     /**
@@ -371,10 +376,11 @@ function modelField(out: string[], { is, obj }: FieldChecks): Field {
       headDim: is(int(1)),
       dtype: is(oneOf(...WEIGHT_DTYPES)),
       weightFormat: is(str),
+      device: is(str),
       visionConfigHash: is(hex64),
       files,
     },
-    ['dtype', 'weightFormat', 'visionConfigHash', 'files'],
+    ['dtype', 'weightFormat', 'device', 'visionConfigHash', 'files'],
   );
 }
 

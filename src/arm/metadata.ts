@@ -53,6 +53,7 @@ function modelMeta(decoder: Decoder, modelId?: string): CriterionMeta['model'] {
     headDim,
     dtype: decoder.info.weightFormat.dtype,
     weightFormat: describeWeightFormat(decoder.info.weightFormat),
+    device: decoder.info.device,
     ...visionHashOf(decoder),
     ...promptFilesOf(decoder),
   };
