@@ -45,13 +45,12 @@ export function templateUnknown(tokenizer: Tokenizer, template: TemplateSpec): U
   return count;
 }
 
-/** The report for judge prompts holding `count` text tokens, rendered with `template`. */
-export function unknownTokenReport(
-  tokenizer: Tokenizer,
-  template: TemplateSpec,
-  count: UnknownCount,
-): UnknownTokenReport {
-  const own = templateUnknown(tokenizer, template);
+/**
+ * The report for judge prompts holding `count` text tokens, rendered with a template whose own text holds `own`
+ * (templateUnknown; null where it is not known, e.g. a criterion fitted before it was recorded: then taken as known).
+ */
+export function unknownTokenReport(count: UnknownCount, own: UnknownCount | null): UnknownTokenReport {
+  own ??= { unknown: 0, text: 0 };
   return {
     rate: count.text ? count.unknown / count.text : 0,
     unknown: count.unknown,
@@ -111,7 +110,7 @@ export function checkFitVocabulary(
   count: UnknownCount,
   opts: { refuse: boolean; warn: (message: string) => void },
 ): UnknownTokenReport {
-  const report = unknownTokenReport(tokenizer, template, count);
+  const report = unknownTokenReport(count, templateUnknown(tokenizer, template));
   const warning = unknownTokenWarning(report, template);
   if (warning && opts.refuse)
     throw new FitError(`not fitted: ${warning}. To fit anyway pass --force (library: refuseMostlyUnknown: false)`);
@@ -127,16 +126,24 @@ export class UnknownTokenWatch {
   private lastWarned = -Infinity;
   private unwarned = 0;
 
+  private readonly own: UnknownCount | null;
+
+  /**
+   * `tokenizer` measures the template's own text; where none is at hand (the server's HTTP side) it is null and
+   * `opts.templateCount` is the criterion's record of it (absent: taken as known).
+   */
   constructor(
-    private readonly tokenizer: Tokenizer,
+    tokenizer: Tokenizer | null,
     private readonly template: TemplateSpec,
     private readonly warn: (message: string) => void,
-    private readonly opts: { intervalMs?: number; now?: () => number } = {},
-  ) {}
+    private readonly opts: { intervalMs?: number; now?: () => number; templateCount?: UnknownCount } = {},
+  ) {
+    this.own = tokenizer ? templateUnknown(tokenizer, template) : (opts.templateCount ?? null);
+  }
 
   /** The batch's report; `where` names the batch in the warning (e.g. "rows 1–256"). */
   add(scores: readonly (PairScore | ItemScore)[], where: string): UnknownTokenReport {
-    const report = unknownTokenReport(this.tokenizer, this.template, scoresUnknown(scores));
+    const report = unknownTokenReport(scoresUnknown(scores), this.own);
     const warning = unknownTokenWarning(report, this.template);
     if (!warning) return report;
     const now = (this.opts.now ?? Date.now)();
