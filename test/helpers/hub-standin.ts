@@ -72,6 +72,11 @@ export function standinCommit(repo: string): string {
   return createHash('sha1').update(`standin:${repo}`).digest('hex');
 }
 
+/** The id git gives a file's content (`git hash-object`): what the hub sends as the ETag of a file not in LFS. */
+export function gitBlobSha1(body: Buffer): string {
+  return createHash('sha1').update(`blob ${body.length}\0`).update(body).digest('hex');
+}
+
 const LIMIT_MS = 10_000; // no single wait of the stand-in lasts longer than this
 
 /** `repos` maps `owner/name` to the folder whose files it serves (for every revision). */
@@ -238,13 +243,13 @@ export async function startHubStandin(repos: Record<string, string>): Promise<Hu
           'x-linked-size': body.length,
           'x-linked-etag': `"${behaviour.advertisedSha256?.(file) ?? sha256}"`,
           ...(repoCommit ? { 'x-repo-commit': repoCommit } : {}),
-          etag: `W/"${createHash('sha1').update(body).digest('hex')}"`,
+          etag: `W/"${gitBlobSha1(body)}"`,
         })
         .end();
       return;
     }
     // Like the hub: small files carry their git blob sha1 as ETag (not a sha256; a client must not check it).
-    const etag = host === 'hub' ? `"${createHash('sha1').update(body).digest('hex')}"` : `"cdn-${sha256.slice(0, 16)}"`;
+    const etag = host === 'hub' ? `"${gitBlobSha1(body)}"` : `"cdn-${sha256.slice(0, 16)}"`;
     const headers = { etag, ...(host === 'hub' && repoCommit ? { 'x-repo-commit': repoCommit } : {}) };
     if (req.method === 'HEAD') {
       log.status = 200;

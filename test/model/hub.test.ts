@@ -15,7 +15,7 @@ import { downloadRepoFile, resolveModelDir, type ResolveOptions } from '../../sr
 import { parseHubDatasetRef, resolveHubDataset } from '../../src/data/hub-dataset.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
-import { standinCommit, startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
+import { gitBlobSha1, standinCommit, startHubStandin, type HubStandin } from '../helpers/hub-standin.js';
 
 let hub: HubStandin;
 let sharded: string;
@@ -101,11 +101,9 @@ const repoDir = (hubCacheDir: string, repo = 'tiny/stories') =>
 /** The snapshot folder of a commit (by default the one the stand-in's branches point to). */
 const snapshotOf = (hubCacheDir: string, repo = 'tiny/stories', commit = standinCommit(repo)) =>
   path.join(repoDir(hubCacheDir, repo), 'snapshots', commit);
-/** The stand-in's ETag for a file's bytes: the sha256 for LFS files (redirected), else its sha1. */
+/** The stand-in's ETag for a file's bytes, as the hub's: the sha256 for LFS files (redirected), else git's sha1. */
 const etagOf = (bytes: Buffer, lfs: boolean) =>
-  createHash(lfs ? 'sha256' : 'sha1')
-    .update(bytes)
-    .digest('hex');
+  lfs ? createHash('sha256').update(bytes).digest('hex') : gitBlobSha1(bytes);
 const blobOf = (hubCacheDir: string, bytes: Buffer, lfs: boolean, repo = 'tiny/stories') =>
   path.join(repoDir(hubCacheDir, repo), 'blobs', etagOf(bytes, lfs));
 /** GETs of `file` that carried its bytes (not the hub's redirect to the CDN). */

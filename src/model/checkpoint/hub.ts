@@ -86,7 +86,15 @@ export interface ResolveOptions {
 }
 
 /** The hub could not be reached at all (before any answer): a cached snapshot may still do. */
-class HubUnreachableError extends ModelError {}
+class HubUnreachableError extends ModelError {
+  constructor(
+    id: string,
+    /** `cannot reach <endpoint> (<why>)` */
+    readonly what: string,
+  ) {
+    super(`${id}: ${what}; offline? pass a local checkpoint folder with --model`);
+  }
+}
 
 export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): Promise<string> {
   if (fs.existsSync(ref)) {
@@ -111,17 +119,20 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
   const offline = offlineSetting();
   if (offline !== undefined) {
     if (usable) return usable.dir;
-    const lacking = cached ? `: ${cached.dir} lacks ${cached.needed.join(', ')}` : ` (${repoDir})`;
-    throw new ModelError(
-      `${id}@${revision}: not in the cache${lacking}, and HF_HUB_OFFLINE=${offline}; ` +
-        'pass a local checkpoint folder with --model',
-    );
+    const state = cached
+      ? `the cached snapshot ${cached.dir} lacks ${cached.needed.join(', ')}, and HF_HUB_OFFLINE=${offline} keeps ` +
+        'it from being completed'
+      : `not in the cache (${repoDir}) and HF_HUB_OFFLINE=${offline}`;
+    throw new ModelError(`${id}@${revision}: ${state}; pass a local checkpoint folder with --model`);
   }
   try {
     return await fillSnapshot({ id, revision, dir: repoDir, cacheRoot, opts, layout: 'hub-cache' });
   } catch (e) {
     if (!(e instanceof HubUnreachableError) || !usable) throw e;
-    log(`${id}@${revision}: ${e.message.replace(/^.*?: /, '')}; using ${usable.dir} as the cache holds it`);
+    log(
+      `${id}@${revision}: ${e.what}; using ${usable.dir} as the cache holds it ` +
+        `(not known whether the hub has ${usable.missing.join(', ')})`,
+    );
     return usable.dir;
   }
 }
@@ -159,7 +170,11 @@ function checkCachedSnapshot(repoDir: string, revision: string): CachedSnapshot 
   if (presentIn(dir, INDEX)) {
     for (const shard of shardsOf(path.join(dir, INDEX))) if (!presentIn(dir, shard)) lack(shard, true);
   } else if (!presentIn(dir, SINGLE)) {
-    lack(knownAbsent(repoDir, commit, INDEX) ? SINGLE : INDEX, true);
+    if (knownAbsent(repoDir, commit, INDEX)) lack(SINGLE, true);
+    else {
+      missing.push(INDEX);
+      needed.push(`${SINGLE} or ${INDEX}`);
+    }
   }
   return { dir, commit, missing, needed };
 }
@@ -382,7 +397,9 @@ async function fillSnapshot(snapshot: Snapshot): Promise<string> {
     if (!got && REQUIRED.includes(file)) throw new ModelError(`${where}: ${file} not found on the hub`);
   }
   const dir = snapshotFolder(repoDir, commit);
-  const shards = (await fetchIntoSnapshot(s, INDEX)) ? shardsOf(path.join(dir, INDEX)) : [SINGLE];
+  // A single-file checkpoint already there has no index to ask about (checkCachedSnapshot reads it so too).
+  const single = presentIn(dir, SINGLE) && !presentIn(dir, INDEX);
+  const shards = !single && (await fetchIntoSnapshot(s, INDEX)) ? shardsOf(path.join(dir, INDEX)) : [SINGLE];
   for (const shard of shards) pointerPath(repoDir, commit, shard);
   const progress = new ProgressBar(opts.quiet ?? false, shards.length === 1 ? shards[0]! : `${shards.length} shards`);
   try {
@@ -574,8 +591,8 @@ async function withRetries<T>(
       const code = networkCode(e);
       if (!s.reached && (code || e instanceof TimeoutError)) {
         throw new HubUnreachableError(
-          `${s.id}: cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message}); offline? ` +
-            `pass a local checkpoint folder with --model`,
+          s.id,
+          `cannot reach ${s.endpoint.href.replace(/\/$/, '')} (${code ?? (e as Error).message})`,
         );
       }
       if (!(e instanceof RetryableError || e instanceof TimeoutError || code)) throw e;
