@@ -19,7 +19,7 @@
  *  6. Respond (routes/get-reward.ts, readout.ts): the request gets its own examples' scores from the batch; rewards
  *     read out, combined over criteria, transformed into scores → `{rewards, scores, extra_logs}`.
  * `/classify` (routes/classify.ts) and `/v1/score` (routes/score.ts) take the same road; `/health`, `/ready`,
- * `/metrics` and `/v1/criteria` are routes/status.ts.
+ * `/metrics` and `/v1/criteria` are routes/status.ts; `/openapi.json`, the API's description, openapi.ts.
  */
 import type { FastifyInstance } from 'fastify';
 import { BodyReader, VALUES_PER_ITEM } from './body.js';
@@ -34,6 +34,7 @@ import {
   type RequestTracker,
 } from './http.js';
 import { createMetrics, type ServerMetrics } from './metrics.js';
+import { installApiDescription } from './openapi.js';
 import { checkLimits, resolveSettings, type RewardServerOptions, type ServerSettings } from './options.js';
 import { registerClassifyRoute } from './routes/classify.js';
 import { probeExample, type RouteContext } from './routes/context.js';
@@ -75,6 +76,7 @@ export async function createRewardServer(opts: RewardServerOptions): Promise<Rew
   checkLimits(opts);
   const state: ServerState = { ready: false, closing: false };
   const app = createHttpApp(settings);
+  await installApiDescription(app, { apiKey: opts.apiKey !== undefined }); // before the routes, to see them all
   const { bodies, splits } = installBodyReading(app, engine.info, settings);
   installApiKeyCheck(app, opts.apiKey);
   const requests = trackRequests(app, () => state.closing);
