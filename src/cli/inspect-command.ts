@@ -98,8 +98,12 @@ function criterionSummary(c: Criterion): string[] {
       `answers ${answers.join(', ')}`,
     // JSON quoting shows the text exactly: its whitespace, line breaks and placeholders.
     `  text       ${JSON.stringify(m.template.text)}`,
-    `  heads      ${m.heads.length} of ${L * H} (${m.headStrategy}, ${m.mode}${denoise}): ` +
-      m.heads.map(([l, h]) => `L${l}H${h}`).join(' '),
+    // Many heads wrap under the list's start rather than across the terminal.
+    ...wrap(
+      `${m.heads.length} of ${L * H} (${m.headStrategy}, ${m.mode}${denoise}): ` +
+        m.heads.map(([l, h]) => `L${l}H${h}`).join(' '),
+      100,
+    ).map((line, i) => `  ${i ? ' '.repeat(11) : 'heads      '}${line}`),
   ];
 }
 
