@@ -72,7 +72,7 @@ function wrongValueFor(schema: JsonSchema): unknown {
 }
 
 describe('GET /openapi.json', () => {
-  it('describes every route fastify serves with its methods, and no other; each has a summary and answers', async () => {
+  it('describes every route fastify serves with its methods, and no other; each with a summary, answers', async () => {
     const { server, url } = await start();
     const doc = await description(url);
     expect(doc.openapi).toBe('3.0.3');
