@@ -11,6 +11,7 @@ import { createRequire } from 'node:module';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import type { AttentionLayout } from './graph/causal-attention.js';
+import { GraphBuilder } from './graph/graph-builder.js';
 
 export type Device = 'cpu' | 'webgpu' | 'cuda';
 export const DEVICES: readonly Device[] = ['cpu', 'webgpu', 'cuda'];
@@ -49,6 +50,32 @@ export interface SessionOptions {
 }
 
 /** An InferenceSession over `modelFile` on `opts.device` (default cpu), or a ModelError saying what is missing. */
+/**
+ * Whether `device` runs here: null when a one-node graph opens and runs on it, else why not (the ModelError's
+ * message). For test suites that skip visibly and for benches that report which device they got.
+ */
+export async function deviceProblem(device: Device): Promise<string | null> {
+  const g = new GraphBuilder(18);
+  g.op('Add', [g.input('x', 'FLOAT', [4]), g.floatConst([1, 2, 3, 4], [4])], {}, 'y');
+  g.output('y', 'FLOAT', [4]);
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'arm-probe-')), 'probe.onnx');
+  try {
+    fs.writeFileSync(file, g.toBytes('device probe', {}));
+    const session = await openSession(file, { device, threads: 1 });
+    try {
+      const out = await session.run({ x: new ort.Tensor('float32', Float32Array.of(1, 1, 1, 1), [4]) });
+      const y = Array.from(out.y!.data as Float32Array);
+      return y.join() === '2,3,4,5' ? null : `--device ${device}: a probe graph computed ${y.join()}, not 2,3,4,5`;
+    } finally {
+      await session.release();
+    }
+  } catch (e) {
+    return (e as Error).message;
+  } finally {
+    fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  }
+}
+
 export async function openSession(modelFile: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
   const device = opts.device ?? 'cpu';
   if (device === 'cuda') checkCudaInstalled();
