@@ -15,6 +15,8 @@ export interface ServerMetrics {
   items: client.Counter<'criterion'>;
   tokens: client.Counter<'criterion'>;
   tooLong: client.Counter<'criterion'>;
+  textTokens: client.Counter<'criterion'>;
+  unknownTokens: client.Counter<'criterion'>;
   observeBatch(r: BatchReport): void;
 }
 
@@ -69,6 +71,7 @@ export function createMetrics(): ServerMetrics {
     labelNames: ['criterion'] as const,
     registers: [registry],
   });
+  const { textTokens, unknownTokens } = judgeTokenCounters(registry);
   return {
     registry,
     requests,
@@ -79,12 +82,33 @@ export function createMetrics(): ServerMetrics {
     items,
     tokens,
     tooLong,
+    textTokens,
+    unknownTokens,
     observeBatch(r) {
       batchItems.observe(r.items);
       batchSeconds.observe(r.seconds);
       items.inc({ criterion: r.criterion }, r.items);
       tokens.inc({ criterion: r.criterion }, r.tokens);
       if (r.tooLong) tooLong.inc({ criterion: r.criterion }, r.tooLong);
+      textTokens.inc({ criterion: r.criterion }, r.textTokens);
+      unknownTokens.inc({ criterion: r.criterion }, r.unknownTokens);
     },
   };
+}
+
+/** Their ratio is the share of the judge prompts the model's vocabulary did not know (arm/unknown-tokens.ts). */
+function judgeTokenCounters(registry: client.Registry): Pick<ServerMetrics, 'textTokens' | 'unknownTokens'> {
+  const textTokens = new client.Counter({
+    name: 'arm_judge_text_tokens_total',
+    help: 'text tokens of the judge prompts scored (control tokens left out)',
+    labelNames: ['criterion'] as const,
+    registers: [registry],
+  });
+  const unknownTokens = new client.Counter({
+    name: 'arm_judge_unknown_tokens_total',
+    help: 'judge-prompt text tokens the vocabulary lacks (<unk>, or byte fallback); mostly unknown: scores mean little',
+    labelNames: ['criterion'] as const,
+    registers: [registry],
+  });
+  return { textTokens, unknownTokens };
 }

@@ -34,7 +34,7 @@ export interface RewardServerOptions {
   tooLongReward?: number | null;
   /** The `model` /classify reports (default the model's id). */
   modelName?: string;
-  /** Logs unexpected (500) errors. */
+  /** Logs unexpected (500) errors, and warnings (judge prompts that are mostly unknown tokens). */
   log?: (line: string) => void;
   /**
    * Folder that /v1/score `images` paths are read under (relative paths resolve against it; a path outside it,
@@ -96,6 +96,8 @@ export interface ServerSettings {
   maxRequestsPerSocket: number;
   maxConnections: number;
   modelName: string | undefined;
+  /** RewardServerOptions.log. */
+  log: ((line: string) => void) | undefined;
 }
 
 /** Fills in the defaults; throws when the criteria, `combine` or readout and transform do not go together. */
@@ -131,6 +133,7 @@ export function resolveSettings(opts: RewardServerOptions): ServerSettings {
     maxRequestsPerSocket: opts.maxRequestsPerSocket ?? SERVER_DEFAULTS.maxRequestsPerSocket,
     maxConnections: opts.maxConnections ?? SERVER_DEFAULTS.maxConnections,
     modelName: opts.modelName,
+    log: opts.log,
   };
 }
 

@@ -21,6 +21,7 @@
  * (ItemFailedError naming it). Whose fault: an item that fails alone while batch-mates were scored, or while a
  * server-made probe example still scores, is the input's; when nothing scores, the engine's (the plain error).
  */
+import { scoresUnknown } from '../arm/unknown-tokens.js';
 import type { Example } from '../data/examples.js';
 import type { ExampleScore, ScoringEngine } from './engine-types.js';
 
@@ -96,6 +97,9 @@ export interface BatchReport {
   tokens: number;
   seconds: number;
   tooLong: number;
+  /** The judge prompts' text tokens, and those the vocabulary did not know (arm/unknown-tokens.ts). */
+  textTokens: number;
+  unknownTokens: number;
 }
 
 interface Entry {
@@ -315,6 +319,7 @@ export class MicroBatcher {
       tokens,
       seconds,
       tooLong: scores.filter((s) => s.tooLong).length,
+      ...unknownOf(scores),
     });
     live.forEach((e, i) => {
       const job = e.job;
@@ -355,4 +360,10 @@ export class MicroBatcher {
     this.idleWaiters = [];
     waiters.forEach((w) => w());
   }
+}
+
+/** A batch's text tokens and unknown ones, as BatchReport names them. */
+function unknownOf(scores: ExampleScore[]): { textTokens: number; unknownTokens: number } {
+  const { text, unknown } = scoresUnknown(scores);
+  return { textTokens: text, unknownTokens: unknown };
 }

@@ -12,6 +12,7 @@ import { HttpError } from '../http-errors.js';
 import type { ServerSettings } from '../options.js';
 import { ItemFailedError, type MicroBatcher } from '../scheduler.js';
 import type { BodySplits } from '../split.js';
+import { reportUnknownTokens } from '../unknown-tokens.js';
 
 /** The server's parts a route uses. */
 export interface RouteContext {
@@ -83,7 +84,7 @@ export function checkCapacity({ settings: { maxQueue } }: RouteContext, cost: nu
  * `field[i]`.
  */
 export async function scoreAll(
-  { scheduler }: RouteContext,
+  { scheduler, settings }: RouteContext,
   reply: FastifyReply,
   names: string[],
   examples: Example[],
@@ -95,7 +96,9 @@ export async function scoreAll(
     if (!reply.raw.writableFinished) abort.abort();
   });
   try {
-    return await Promise.all(names.map((n) => scheduler.submit(n, examples, abort.signal)));
+    const scored = await Promise.all(names.map((n) => scheduler.submit(n, examples, abort.signal)));
+    reportUnknownTokens(settings, reply, names, scored);
+    return scored;
   } catch (e) {
     abort.abort(); // one criterion refused (queue full) or failed: withdraw what the others queued
     if (e instanceof ItemFailedError) {
