@@ -10,7 +10,8 @@
  *     every head (which must reproduce the ICL judge: the last position sees its context only through its heads),
  *     per layer and per single head. Where the oracle reaches the ICL judge and the means do not, what those heads
  *     carry with demos in context depends on the item, which no constant can replace;
- * and the layer × head maps of the selected heads and of the per-head oracle. Prints markdown tables; `--out` keeps every record.
+ * and the layer × head maps of the selected heads and of the per-head oracle. Prints markdown tables; `--out` keeps
+ * every record.
  *   npx tsx tools/vl-arm-study.ts --model ../shared/models/icl-tiny-vl \
  *     --dataset ../shared/data/icl-tiny-vl/pairs.jsonl [--seeds 3] [--subsets a,b] [--steps 600] [--out f.json]
  */
