@@ -68,6 +68,12 @@ export interface MethodResult {
   sections: Record<string, { score: number; count: number; subsets: string[] }>;
   truncatedPairs: number;
   tooLongPairs: number;
+  /**
+   * Share of the judge prompts' text tokens the model's vocabulary did not know (<unk>, or byte fallback:
+   * arm/unknown-tokens.ts) over the method's test pairs; over 0.5 its scores mean little. Absent for methods that
+   * read no prompt, and for logs written before it was recorded.
+   */
+  unknownTokenRate?: number;
   swapConsistency?: number;
   verdictAccuracy?: number;
   cost: {
@@ -280,6 +286,7 @@ function methodResult(run: RunView, name: string): MethodResult {
     sections: sectionScores(Object.fromEntries(Object.entries(subsets).map(([k, v]) => [k, v.mean]))),
     truncatedPairs: own.filter((r) => r.truncated).length,
     tooLongPairs: own.filter((r) => r.tooLong).length,
+    ...unknownTokenRate(own),
     skipped: run.skipped.filter((k) => k.method === name),
     cost: methodCost(records, name, [...preps, ...skippedRecs]),
   };
@@ -330,4 +337,11 @@ function addBenchmarkScores(result: MethodResult, recs: PairRunRecord[]): void {
   if (rmBench) result.rmBench = rmBench;
   if (bestOfN) result.bestOfN = bestOfN;
   if (judgeBench) result.judgeBench = judgeBench;
+}
+
+/** The unknown share of the judge prompts' text tokens over a method's pair records (none when not measured). */
+function unknownTokenRate(own: PairRunRecord[]): Pick<MethodResult, 'unknownTokenRate'> {
+  const measured = own.filter((r) => r.textTokens !== undefined);
+  const text = measured.reduce((n, r) => n + r.textTokens!, 0);
+  return text ? { unknownTokenRate: measured.reduce((n, r) => n + (r.unknownTokens ?? 0), 0) / text } : {};
 }

@@ -6,6 +6,7 @@ import type { Decoder } from '../model/decoder.js';
 import type { PairExample } from '../data/examples.js';
 import { FitError, fitActivationRM, judgeItems, zeroShotRM, type FitOptions } from '../arm/fit.js';
 import type { ActivationRM, PairScore, ScoreOptions } from '../arm/rm.js';
+import { scoresUnknown } from '../arm/unknown-tokens.js';
 import type { JudgeItem } from '../arm/template.js';
 import { fitSav, scoreSav } from '../baselines/sav.js';
 import { lengthScores } from '../baselines/heuristics.js';
@@ -64,8 +65,14 @@ const fromPairScores = (scores: PairScore[]): PairRecord[] =>
     rejected: s.rejected,
     truncated: s.truncated,
     tooLong: s.tooLong,
+    ...unknownOf(s),
     ...(s.swapConsistent === undefined ? {} : { swapConsistent: s.swapConsistent }),
   }));
+
+const unknownOf = (s: PairScore): Pick<PairRecord, 'textTokens' | 'unknownTokens'> => {
+  const { text, unknown } = scoresUnknown([s]);
+  return { textTokens: text, unknownTokens: unknown };
+};
 
 function rmMethod(rm: ActivationRM, ctx: MethodContext, extra: ScoreOptions = {}): PreparedMethod {
   return {

@@ -16,6 +16,12 @@ export interface PairRecord {
   tieBreak?: { chosen: number; rejected: number };
   truncated: boolean;
   tooLong: boolean;
+  /**
+   * Text tokens of the pair's judge prompts (both responses), and those the vocabulary did not know (<unk>, or byte
+   * fallback: arm/unknown-tokens.ts). Absent for methods that read no prompt, and in logs written before.
+   */
+  textTokens?: number;
+  unknownTokens?: number;
   swapConsistent?: boolean;
   /** icl-judge: the greedy verdicts were Yes for chosen and No for rejected. */
   verdictCorrect?: boolean;
