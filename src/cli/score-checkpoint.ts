@@ -11,14 +11,15 @@ import { dropTornLastLine, writeFileAtomic } from './common.js';
  * Bumped when what a score checkpoint records, or how rows are chunked, changes: older partial outputs are then
  * refused.
  */
-export const SCORE_CHECKPOINT_VERSION = 1;
+export const SCORE_CHECKPOINT_VERSION = 2; // 2: criteria (several --rm) instead of one criterion
 
 /** What the rows of a partial output were scored from; a run continues it only when all of it matches. */
 export interface ScoreCheckpoint {
   what: 'arm score checkpoint';
   version: number;
   input: { file: string; sha256: string; bytes: number; rows: number };
-  criterion: { file: string; sha256: string };
+  /** Every --rm criterion, in order, with the name its scores are written under. */
+  criteria: { name: string; file: string; sha256: string }[];
   model: { weights: string; config: string; format: unknown };
   options: {
     batchSize: number;
@@ -34,23 +35,28 @@ export interface ScoreCheckpoint {
 /** Running totals for the summary line; rebuilt from the rows already written when a run continues. */
 export interface ScoreTotals {
   rows: number;
+  /** Pair rows, and how many of them each criterion got right (null: the one criterion of a flat "arm" field). */
   pairs: number;
-  correct: number;
+  correct: Map<string | null, number>;
   truncated: number;
   tooLong: number;
 }
 
-export const noScoreTotals = (): ScoreTotals => ({ rows: 0, pairs: 0, correct: 0, truncated: 0, tooLong: 0 });
+export const noScoreTotals = (): ScoreTotals => ({ rows: 0, pairs: 0, correct: new Map(), truncated: 0, tooLong: 0 });
 
-/** Adds one written row (its `arm` field) to the totals. */
+/**
+ * Adds one written row (its `arm` field) to the totals: the fields of one criterion, or with several (or named)
+ * criteria an object of them by name. A prompt cut or too long for any criterion counts once.
+ */
 export function countRow(t: ScoreTotals, arm: Record<string, unknown>): void {
+  const flat = 'tooLong' in arm;
+  const perCriterion = (flat ? [[null, arm]] : Object.entries(arm)) as [string | null, Record<string, unknown>][];
   t.rows++;
-  if ('margin' in arm) {
-    t.pairs++;
-    if (arm.correct === true) t.correct++;
-  }
-  if (arm.truncated === true) t.truncated++;
-  if (arm.tooLong === true) t.tooLong++;
+  if (perCriterion.some(([, f]) => 'margin' in f)) t.pairs++;
+  for (const [name, f] of perCriterion)
+    if ('margin' in f) t.correct.set(name, (t.correct.get(name) ?? 0) + (f.correct === true ? 1 : 0));
+  if (perCriterion.some(([, f]) => f.truncated === true)) t.truncated++;
+  if (perCriterion.some(([, f]) => f.tooLong === true)) t.tooLong++;
 }
 
 /**
@@ -127,8 +133,14 @@ function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): string[] {
       `input: ${a.input?.file} sha256 ${String(a.input?.sha256).slice(0, 12)}… ` +
         `vs ${b.input.file} sha256 ${b.input.sha256.slice(0, 12)}…`,
     );
-  if (a.criterion?.sha256 !== b.criterion.sha256)
-    out.push(`criterion: ${a.criterion?.file} vs ${b.criterion.file} (other contents)`);
+  const criteria = (c: ScoreCheckpoint) => (c.criteria ?? []).map((x) => `${x.name}=${x.file}`).join(', ');
+  if (
+    !same(
+      a.criteria?.map((c) => [c.name, c.sha256]),
+      b.criteria.map((c) => [c.name, c.sha256]),
+    )
+  )
+    out.push(`criteria: ${criteria(a)} vs ${criteria(b)} (other names or contents)`);
   if (!same(a.model, b.model)) out.push('model weights, config or --dtype');
   for (const k of Object.keys(b.options) as (keyof ScoreCheckpoint['options'])[]) {
     if (!same(a.options?.[k], b.options[k]))

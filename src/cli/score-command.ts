@@ -10,10 +10,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { DataError, streamExamples, type Example } from '../data/examples.js';
-import { ActivationRM, armFields } from '../arm/rm.js';
+import { armFields } from '../arm/rm.js';
+import { CriterionSet } from '../arm/criterion-set.js';
 import { UnknownTokenWatch } from '../arm/unknown-tokens.js';
 import { disposeDecoder } from '../arm/images.js';
-import type { Decoder } from '../model/decoder.js';
 import { progressBar, type ProgressBar } from '../util/progress-bar.js';
 import {
   addModelOptions,
@@ -29,6 +29,7 @@ import {
   type ModelCliOptions,
 } from './common.js';
 import { addDeviceOption } from './device-option.js';
+import { collectValues, criterionArgs } from './criterion-args.js';
 import {
   countRow,
   noScoreTotals,
@@ -43,7 +44,7 @@ const SCORE_CHUNK_ROWS = 256;
 const SCORE_CHUNK_BYTES = 64 * 1024 * 1024;
 
 interface ScoreCliOptions extends ModelCliOptions {
-  rm: string;
+  rm: string[];
   input: string;
   output: string;
   batchSize?: number;
@@ -67,7 +68,11 @@ export function registerScoreCommand(program: Command): void {
       DEFAULT_MODEL,
     ),
   )
-    .requiredOption('--rm <file.arm.safetensors>', 'criterion file')
+    .requiredOption(
+      '--rm <[name=]file>',
+      'criterion file; repeat as name=file to score several criteria in one pass ("arm" then holds {name: scores})',
+      collectValues,
+    )
     .requiredOption('--input <file.jsonl>', 'pairs {prompt, chosen, rejected} and/or items {prompt, response[, label]}')
     .requiredOption('--output <file.jsonl>', 'input rows with an "arm" field of scores added')
     .option('--batch-size <n>', 'forward batch size', (v) => positiveInt(v, '--batch-size'))
@@ -92,11 +97,12 @@ export function registerScoreCommand(program: Command): void {
 }
 
 async function scoreCommand(o: ScoreCliOptions): Promise<void> {
+  const { criteria, named } = criterionArgs(o.rm);
   const survey = surveyScoreInput(o);
   const files: ScoreFiles = { part: `${o.output}.part`, checkpoint: `${o.output}.score-checkpoint.json` };
   const inputs: InputFile[] = [
     { path: o.input, what: 'the --input file' },
-    { path: o.rm, what: 'the --rm criterion file' },
+    ...criteria.map((c) => ({ path: c.file, what: 'an --rm criterion file' })),
     ...modelInputs(o.model),
   ];
   const output = prepareOutput(o.output, { flag: '--output', inputs });
@@ -113,7 +119,10 @@ async function scoreCommand(o: ScoreCliOptions): Promise<void> {
   const bar = progressBar('scoring   ', { quiet: o.quiet });
   const totals = noScoreTotals();
   try {
-    await scoreIntoPart(decoder, o, { survey, files, totals, bar, stopped: sigint.stopped });
+    const set = CriterionSet.load(decoder, criteria);
+    // Several criteria, or one given a name: "arm" holds each one's fields under its name.
+    const layout = { nested: named || criteria.length > 1 };
+    await scoreIntoPart(set, o, { survey, files, totals, bar, stopped: sigint.stopped, layout });
   } catch (e) {
     if (fs.existsSync(files.part) && totals.rows > 0) {
       process.stderr.write(
@@ -139,7 +148,7 @@ async function scoreCommand(o: ScoreCliOptions): Promise<void> {
  * `<output>` and ends with the summary; a run stopped by Ctrl-C keeps the part file and exits with 130.
  */
 async function scoreIntoPart(
-  decoder: Decoder,
+  set: CriterionSet,
   o: ScoreCliOptions,
   run: {
     survey: ScoreSurvey;
@@ -147,17 +156,18 @@ async function scoreIntoPart(
     totals: ScoreTotals;
     bar: ProgressBar;
     stopped: () => boolean;
+    layout: { nested: boolean };
   },
 ): Promise<void> {
   const { survey, files, totals, bar } = run;
-  const rm = ActivationRM.load(decoder, o.rm);
-  if (rm.criterion.meta.template.kind === 'ranked' && survey.firstScalar) {
+  const ranked = set.criteria.find((c) => c.rm.criterion.meta.template.kind === 'ranked');
+  if (ranked && survey.firstScalar) {
     throw new Error(
       `${o.input}:${survey.firstScalar.line}: a {prompt, response} item, ` +
-        `but ${o.rm} uses the ranked template, which scores pairs only`,
+        `but ${ranked.file} uses the ranked template, which scores pairs only`,
     );
   }
-  const checkpoint = scoreCheckpointFor(o, rm, survey.rows);
+  const checkpoint = scoreCheckpointFor(o, set, survey.rows);
   Object.assign(totals, openScoreCheckpoint(files, checkpoint, { restart: o.restart ?? false }));
   if (!o.quiet) {
     process.stderr.write(
@@ -168,11 +178,12 @@ async function scoreIntoPart(
             'and the same command continues)\n',
     );
   }
-  const seen = await appendScoredChunks(rm, o, checkpoint, {
+  const seen = await appendScoredChunks(set, o, checkpoint, {
     partFile: files.part,
     totals,
     bar,
     stopped: run.stopped,
+    nested: run.layout.nested,
   });
   bar.stop();
   if (run.stopped() && totals.rows < survey.rows) {
@@ -225,14 +236,14 @@ const scoreReadOptions = (o: ScoreCliOptions) => ({
 });
 
 /** What this run scores from: the input, criterion and model by content, and every option the scores depend on. */
-function scoreCheckpointFor(o: ScoreCliOptions, rm: ActivationRM, rows: number): ScoreCheckpoint {
-  const meta = rm.criterion.meta;
-  const info = rm.decoder.info;
+function scoreCheckpointFor(o: ScoreCliOptions, set: CriterionSet, rows: number): ScoreCheckpoint {
+  const meta = set.criteria[0]!.rm.criterion.meta;
+  const info = set.decoder.info;
   return {
     what: 'arm score checkpoint',
     version: SCORE_CHECKPOINT_VERSION,
     input: { file: path.resolve(o.input), sha256: sha256File(o.input), bytes: fs.statSync(o.input).size, rows },
-    criterion: { file: path.resolve(o.rm), sha256: sha256File(o.rm) },
+    criteria: set.criteria.map((c) => ({ name: c.name, file: path.resolve(c.file), sha256: sha256File(c.file) })),
     model: { weights: info.weightsFingerprint, config: info.configHash, format: info.weightFormat },
     options: {
       batchSize: o.batchSize ?? meta.hyper.batchSize,
@@ -254,7 +265,7 @@ function scoreCheckpointFor(o: ScoreCliOptions, rm: ActivationRM, rows: number):
  * missing row is scored whole and its rows already written are not written again. Returns the rows read.
  */
 async function appendScoredChunks(
-  rm: ActivationRM,
+  set: CriterionSet,
   o: ScoreCliOptions,
   checkpoint: ScoreCheckpoint,
   run: {
@@ -262,6 +273,7 @@ async function appendScoredChunks(
     totals: ScoreTotals;
     bar: ProgressBar;
     stopped: () => boolean;
+    nested: boolean;
   },
 ): Promise<number> {
   const { totals, bar } = run;
@@ -272,21 +284,27 @@ async function appendScoredChunks(
   let chunk: Example[] = [];
   let chunkBytes = 0;
   const warning = (m: string) => process.stderr.write(`\nwarning: ${m}\n`);
-  const unknown = new UnknownTokenWatch(rm.decoder.tokenizer, rm.criterion.meta.template, warning);
+  // One watch per pass: the criteria of a pass see the same judge prompts.
+  const watches = set.passes(undefined, checkpoint.options.maxLength).map((pass) => ({
+    name: pass[0]!.name,
+    watch: new UnknownTokenWatch(set.decoder.tokenizer, pass[0]!.rm.criterion.meta.template, warning),
+  }));
   const flush = async () => {
     const start = seen;
     seen += chunk.length;
     if (seen > done) {
       bar.update(Math.max(start, done), rows);
-      const scores = await rm.scoreExamples(chunk, {
+      const scores = await set.scoreExamples(chunk, {
         batchSize: checkpoint.options.batchSize,
         maxLength: checkpoint.options.maxLength,
         onProgress: (d, t) => bar.update(Math.max(done, start + Math.floor((d / t) * chunk.length)), rows),
       });
-      unknown.add(scores, `${o.input}, rows ${start + 1}–${seen}`);
+      for (const { name, watch } of watches) watch.add(scores.get(name)!, `${o.input}, rows ${start + 1}–${seen}`);
       let text = '';
       for (let i = Math.max(0, done - start); i < chunk.length; i++) {
-        const arm = armFields(scores[i]!);
+        const arm = run.nested
+          ? Object.fromEntries(set.names.map((n) => [n, armFields(scores.get(n)![i]!)]))
+          : armFields(scores.get(set.names[0]!)![i]!);
         text += `${JSON.stringify({ ...chunk[i]!.row, arm })}\n`;
         countRow(totals, arm);
       }
@@ -312,13 +330,19 @@ async function appendScoredChunks(
   }
 }
 
-/** The line `score` ends with: rows written, rows skipped, pair accuracy, prompts cut and rows too long. */
+/** The line `score` ends with: rows written, rows skipped, pair accuracy per criterion, prompts cut, rows too long. */
 function scoreSummary(output: string, skipped: number, t: ScoreTotals): string {
-  const accuracy = `accuracy ${(t.correct / t.pairs).toFixed(4)} (${t.correct}/${t.pairs}`;
+  const wrong = 'ties and unscorable count as wrong';
+  const flat = t.correct.get(null);
+  const each = (name: string | null, n: number) => `${name} ${(n / t.pairs).toFixed(4)} (${n}/${t.pairs})`;
+  const accuracies =
+    flat === undefined
+      ? `${[...t.correct].map(([name, n]) => each(name, n)).join(', ')} (${wrong})`
+      : `${(flat / t.pairs).toFixed(4)} (${flat}/${t.pairs}, ${wrong})`;
   return (
     `scored ${t.rows} rows → ${output}` +
     (skipped ? `; skipped ${skipped} invalid rows` : '') +
-    (t.pairs ? `; pairs: ${accuracy}, ties and unscorable count as wrong)` : '') +
+    (t.pairs ? `; pairs: accuracy ${accuracies}` : '') +
     `; truncated prompts: ${t.truncated}; too long to score: ${t.tooLong}\n`
   );
 }

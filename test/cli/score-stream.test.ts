@@ -235,7 +235,7 @@ it('Ctrl-C stops after the chunk; a partial output of another input, criterion o
     { expectFail: true },
   );
   expect(r2.stderr).toMatch(
-    /holds rows of another scoring run \(different criterion: .*c\.arm\.safetensors vs .*other\.arm\.safetensors/,
+    /holds rows of another scoring run \(different criteria: .*c\.arm\.safetensors vs .*other\.arm\.safetensors/,
   );
   const r3 = arm([...scoreArgs(output).slice(0, -1), String(CHUNK * 2)], { expectFail: true });
   expect(r3.stderr).toContain('(different chunkRows: 16 vs 32)');
