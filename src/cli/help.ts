@@ -46,46 +46,46 @@ const COMMAND_GROUPS: Record<string, Record<string, string>> = {
   },
 };
 
-/** Examples per command, each runnable from the repository root on the bundled model. */
+/** Examples per command, runnable from the repository root on the bundled model (test/cli/help-layout.test.ts). */
 const TINY = 'models/icl-tiny';
 const TEMPLATE = '--template-text "{prompt} {response}"';
-const FEW = 'examples/icl-tiny/few.jsonl';
-const ITEMS = 'examples/icl-tiny/items.jsonl';
-const CRITERION = 'first-low.arm.safetensors';
+const FEW = 'examples/icl-tiny/last-low/few.jsonl';
+const PAIRS = 'examples/icl-tiny/last-low/test.jsonl';
+const OTHER_PAIRS = 'examples/icl-tiny/max-high/test.jsonl';
+const CRITERION = 'results/last-low.arm.safetensors';
+const QUICK = 'results/quick.arm.safetensors';
 const EXAMPLES: Record<string, string[]> = {
   fit: [
-    `npx arm fit --model ${TINY} --examples ${FEW} --out ${CRITERION} ${TEMPLATE}`,
-    `npx arm fit --model ${TINY} --examples ${FEW} --out ${CRITERION} ${TEMPLATE} --steps 200 --seed 1 --force`,
+    `npx arm fit --model ${TINY} ${TEMPLATE} --examples ${FEW} --out ${CRITERION}`,
+    `npx arm fit --model ${TINY} ${TEMPLATE} --examples ${FEW} --out ${QUICK} --steps 200 --seed 1`,
     'npx arm fit --model Qwen/Qwen2.5-0.5B-Instruct --examples examples/concise/few.jsonl ' +
-      '--out concise.arm.safetensors',
+      '--out results/concise.arm.safetensors',
   ],
   score: [
-    `npx arm score --model ${TINY} --rm ${CRITERION} --input ${ITEMS} --output scored.jsonl`,
-    `npx arm score --model ${TINY} --rm ${CRITERION} --input ${ITEMS} --output scored.jsonl --batch-size 32 --quiet`,
+    `npx arm score --model ${TINY} --rm ${CRITERION} --input ${PAIRS} --output results/scored.jsonl`,
+    `npx arm score --model ${TINY} --rm ${CRITERION} --input ${OTHER_PAIRS} --output results/other.jsonl --quiet`,
   ],
   inspect: [
     `npx arm inspect ${CRITERION}`,
     `npx arm inspect ${CRITERION} --json`,
-    'npx arm inspect a.arm.safetensors b.arm.safetensors',
+    `npx arm inspect ${CRITERION} ${QUICK}`,
   ],
   render: [
-    `npx arm render --model ${TINY} --rm ${CRITERION} --input ${ITEMS}`,
-    `npx arm render --model ${TINY} --template scalar ${TEMPLATE} --input ${ITEMS} --json`,
+    `npx arm render --model ${TINY} --rm ${CRITERION} --input ${PAIRS}`,
+    `npx arm render --model ${TINY} --template scalar ${TEMPLATE} --input ${PAIRS} --json`,
   ],
   eval: [
-    `npx arm eval --model ${TINY} --dataset ${ITEMS} --methods arm,zero-shot,random-heads --few-shot 16 --seeds 1 ` +
-      `${TEMPLATE} --output-dir results/icl-tiny`,
-    'npx arm eval --dataset examples/concise/items.jsonl --methods pick-longer,pick-shorter --few-shot 0 ' +
-      '--output-dir results/length',
+    `npx arm eval --model ${TINY} ${TEMPLATE} --dataset ${OTHER_PAIRS} --methods arm,zero-shot,random-heads ` +
+      '--few-shot 16 --seeds 1 --output-dir results/eval',
+    `npx arm eval --dataset ${OTHER_PAIRS} --methods pick-longer,pick-shorter --few-shot 0 --output-dir results/length`,
   ],
   'bias-probe': [
-    'npx arm bias-probe --dataset examples/concise/items.jsonl --bias length --out probes/',
-    'npx arm bias-probe --dataset examples/concise/items.jsonl --bias length,format,positivity --out probes/ ' +
-      '--limit 50',
+    `npx arm bias-probe --dataset ${PAIRS} --bias length --out results/probes`,
+    `npx arm bias-probe --dataset ${PAIRS} --bias length,format,positivity --out results/probes --limit 20`,
   ],
   serve: [
-    `npx arm serve --model ${TINY} --rm first-low=${CRITERION} --port 5000`,
-    `npx arm serve --model ${TINY} --rm a=a.arm.safetensors --rm b=b.arm.safetensors --combine a=0.5,b=0.5`,
+    `npx arm serve --model ${TINY} --rm last-low=${CRITERION} --port 5000`,
+    `npx arm serve --model ${TINY} --rm a=${CRITERION} --rm b=${QUICK} --combine a=0.5,b=0.5`,
   ],
   forward: [
     `npx arm forward --model ${TINY} --prompt "w1 w2 w3 w4 w5 w6 A:" --top 5`,

@@ -59,6 +59,9 @@ describe.each(commands.map((c) => [c.name(), c] as [string, Command]))('arm %s -
       expect(example.trim().startsWith(`npx arm ${name} `)).toBe(true);
       for (const flag of flagsOf(example)) expect(known.has(flag), `${flag} in: ${example}`).toBe(true);
       for (const o of required) expect(flagsOf(example), example).toContain(o.long);
+      // Inputs in the repository exist (outputs go to results/, which the examples make in this order).
+      for (const input of example.match(/(?<=\s)(models|examples)\/\S+/g) ?? [])
+        expect(fs.existsSync(path.resolve(import.meta.dirname, '../..', input)), input).toBe(true);
     }
   });
 });
