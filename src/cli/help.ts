@@ -25,7 +25,7 @@ const OPTION_GROUPS: Record<string, string> = {
   ...groupOf(METHOD, '--template --template-text --chat --no-chat --template-kwargs --passes --shots --steps'),
   ...groupOf(METHOD, '--passes-per-demo-set --samples --lr --denoise --denoise-before-selection --seed --mode'),
   ...groupOf(METHOD, '--heads --methods --few-shot --seeds --pool --icl-shots --sample-n --temperature --sav-heads'),
-  ...groupOf(METHOD, '--bias --max-new-tokens'),
+  ...groupOf(METHOD, '--bias --max-new-tokens --pool-label-noise'),
   ...groupOf(MODEL, '--model --revision --cache-dir --dtype --block-size --accuracy-level --int8-kernel'),
   ...groupOf(MODEL, '--int4-method --device'),
   ...groupOf(OUTPUT, '--out --output --output-dir --json --save-all --keep-all-means --resume --force --restart'),
