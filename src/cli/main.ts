@@ -1,6 +1,6 @@
 /** The `arm` command. */
-import fs from 'node:fs';
 import { Command } from 'commander';
+import { packageVersion } from '../eval/provenance.js';
 import { applyHelpLayout, helpPointer } from './help.js';
 import { registerModelCommands } from './model-commands.js';
 import { registerArmCommands } from './arm-commands.js';
@@ -21,14 +21,6 @@ export function buildProgram(): Command {
   registerServeCommand(program);
   applyHelpLayout(program);
   return program;
-}
-
-/** The version in package.json (two folders up from src/cli and from dist/cli alike). */
-function packageVersion(): string {
-  const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-    version: string;
-  };
-  return pkg.version;
 }
 
 export async function main(argv = process.argv): Promise<void> {
