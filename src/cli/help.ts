@@ -18,6 +18,20 @@ const LIMITS = 'Limits and timeouts:';
 const OTHER = 'Other:';
 const GROUP_ORDER = [REQUIRED, INPUT, METHOD, MODEL, REWARDS, HTTP, LIMITS, OUTPUT, PERFORMANCE, OTHER];
 
+/** `arm --help`'s command groups, in the order a newcomer meets them. */
+const COMMAND_GROUP_ORDER = ['Activation RM:', 'Evaluation:', 'Reward server:', 'Engine:', 'Commands:'];
+const COMMAND_GROUP: Record<string, string> = {
+  fit: 'Activation RM:',
+  score: 'Activation RM:',
+  inspect: 'Activation RM:',
+  render: 'Activation RM:',
+  eval: 'Evaluation:',
+  'bias-probe': 'Evaluation:',
+  serve: 'Reward server:',
+  forward: 'Engine:',
+  generate: 'Engine:',
+};
+
 /** Option (long flag) → group, for every command unless `COMMAND_GROUPS` says otherwise. */
 const OPTION_GROUPS: Record<string, string> = {
   ...groupOf(INPUT, '--examples --input --dataset --bias-pair --preferencehack --image-root --skip-invalid --limit'),
@@ -105,7 +119,7 @@ function optionGroup(command: string, option: Option): string {
   return COMMAND_GROUPS[command]?.[flag] ?? OPTION_GROUPS[flag] ?? OTHER;
 }
 
-/** Groups in GROUP_ORDER, whatever order the command declared its options in. */
+/** Groups in GROUP_ORDER (options) or COMMAND_GROUP_ORDER (commands), whatever order they were declared in. */
 function groupItemsInOrder<T extends Command | Option>(
   this: Help,
   unsorted: T[],
@@ -114,7 +128,8 @@ function groupItemsInOrder<T extends Command | Option>(
 ): Map<string, T[]> {
   const grouped = new Map<string, T[]>();
   for (const item of visible) grouped.set(getGroup(item), [...(grouped.get(getGroup(item)) ?? []), item]);
-  const rank = (g: string) => (GROUP_ORDER.includes(g) ? GROUP_ORDER.indexOf(g) : GROUP_ORDER.length);
+  const order = [...GROUP_ORDER, ...COMMAND_GROUP_ORDER];
+  const rank = (g: string) => (order.includes(g) ? order.indexOf(g) : order.length);
   return new Map([...grouped].sort(([a], [b]) => rank(a) - rank(b)));
 }
 
@@ -131,6 +146,7 @@ function usageLine(cmd: Command): string {
 export function applyHelpLayout(program: Command): void {
   for (const cmd of program.commands) {
     const name = cmd.name();
+    if (COMMAND_GROUP[name]) cmd.helpGroup(COMMAND_GROUP[name]);
     for (const option of cmd.options) option.helpGroup(optionGroup(name, option));
     cmd.addHelpOption(new Option('-h, --help', 'show this help').helpGroup(OTHER));
     cmd.configureHelp({ groupItems: groupItemsInOrder, minWidthToWrap: 30 });
@@ -140,6 +156,12 @@ export function applyHelpLayout(program: Command): void {
     if (examples)
       cmd.addHelpText('after', `\nExamples (from the repository root):\n${examples.map((e) => `  ${e}`).join('\n')}\n`);
   }
+  program.configureHelp({ groupItems: groupItemsInOrder, minWidthToWrap: 30 });
+  program.addHelpText(
+    'after',
+    '\nStart with the quickstart in README.md (fit, score, eval and serve on the bundled models/icl-tiny);\n' +
+      "each command's options and examples: npx arm <command> --help\n",
+  );
   program.showHelpAfterError(helpPointer());
 }
 

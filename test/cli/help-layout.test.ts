@@ -66,6 +66,20 @@ describe.each(commands.map((c) => [c.name(), c] as [string, Command]))('arm %s -
   });
 });
 
+it('arm --help groups the commands: the method first, the engine last', () => {
+  const program = buildProgram();
+  const groups = sections(program.helpInformation());
+  expect([...groups.keys()].filter((g) => g !== 'Options:')).toEqual([
+    'Activation RM:',
+    'Evaluation:',
+    'Reward server:',
+    'Engine:',
+    'Commands:',
+  ]);
+  const listed = [...groups.values()].flat().map((l) => /^ {2}(\S+)/.exec(l)?.[1]);
+  for (const c of program.commands) expect(listed).toContain(c.name());
+});
+
 /** The text addHelpText('after') adds, which helpInformation() leaves out. */
 function helpAfter(cmd: Command): string {
   let text = '';
