@@ -831,3 +831,39 @@ describe('dataset files', () => {
     ).rejects.toThrow(/is not a file name inside the repository/);
   });
 });
+
+describe('a dataset branch that moves between runs (flat folder)', () => {
+  it("resumed after main moved, it discards the old commit's part and fetches the new commit's file", async () => {
+    const FILE = 'data/test-00000-of-00001.parquet';
+    const folder = (bytes: Buffer) => {
+      const d = tempDir('arm-dataset-');
+      fs.mkdirSync(path.join(d, 'data'));
+      fs.writeFileSync(path.join(d, FILE), bytes);
+      return d;
+    };
+    const [bytesA, bytesB] = [randomBytes(300_000), randomBytes(320_000)];
+    hub.publish('tiny/moving-set', 'a'.repeat(40), folder(bytesA));
+    const cacheDir = tempDir();
+    const request = { repoType: 'dataset' as const, ref: 'tiny/moving-set', file: FILE };
+    hub.configure({ cutAfterBytes: 100_000 });
+    await expect(viaStandin(() => downloadRepoFile(request, { ...FAST, retries: 0, cacheDir }))).rejects.toThrow(
+      /download failed after 1 try/,
+    );
+    const dir = path.join(cacheDir, 'hub', 'datasets', 'tiny--moving-set', 'main');
+    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe('a'.repeat(40));
+    expect(fs.statSync(path.join(dir, `${FILE}.part`)).size).toBeGreaterThan(0);
+
+    hub.publish('tiny/moving-set', 'b'.repeat(40), folder(bytesB));
+    hub.configure({});
+    const log: string[] = [];
+    const got = await viaStandin(() => downloadRepoFile(request, { ...FAST, cacheDir, log: (l) => log.push(l) }));
+    expect(got).toBe(path.join(dir, FILE));
+    expect(fs.readFileSync(got!).equals(bytesB)).toBe(true);
+    expect(fs.existsSync(path.join(dir, `${FILE}.part`))).toBe(false);
+    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe('b'.repeat(40));
+    expect(log).toEqual([
+      expect.stringMatching(/moved on the hub from commit a{40} to b{40} .* discarded its 1 files/),
+    ]);
+    expect(fileRequests(FILE).map((r) => r.range)).toEqual([undefined]);
+  });
+});
