@@ -205,15 +205,17 @@ describe('three replicas', () => {
 });
 
 describe('examples/arm_client.py', () => {
-  it.skipIf(!python)('scores through live replicas and fails over from a dead one (skipped: no python3)', async () => {
-    const [dead, ...live] = [replicas[2]!.url, replicas[0]!.url, replicas[1]!.url];
-    const res = await fetch(`${live[0]}/v1/score`, {
-      method: 'POST',
-      headers,
-      body: JSON.stringify({ items: rows.map((r) => ({ prompt: promptText(r.prompt), response: r.response })) }),
-    });
-    const scored = ((await res.json()) as { results: { reward: number }[] }).results.map((r) => r.reward);
-    const script = `
+  it.skipIf(!python)(
+    'scores through live replicas, failing over from a dead one (needs python3, skipped without)',
+    async () => {
+      const [dead, ...live] = [replicas[2]!.url, replicas[0]!.url, replicas[1]!.url];
+      const res = await fetch(`${live[0]}/v1/score`, {
+        method: 'POST',
+        headers,
+        body: JSON.stringify({ items: rows.map((r) => ({ prompt: promptText(r.prompt), response: r.response })) }),
+      });
+      const scored = ((await res.json()) as { results: { reward: number }[] }).results.map((r) => r.reward);
+      const script = `
 import json, sys
 from arm_client import ArmClient, ArmError, trl_reward, compute_score, compute_score_batch
 cfg = json.load(sys.stdin)
@@ -230,30 +232,31 @@ except ArmError as e:
     out["wrong_key"] = str(e)
 print(json.dumps(out))
 `;
-    const input = {
-      urls: [dead, ...live],
-      key: KEY,
-      prompts: rows.map((r) => promptText(r.prompt)),
-      responses: rows.map((r) => r.response),
-      queries: rows.map((r) => r.query),
-      templated: rows.map((r) => r.prompt),
-    };
-    const env = {
-      ...process.env,
-      PYTHONPATH: EXAMPLES,
-      ARM_URLS: [dead, ...live].join(','),
-      ARM_API_KEY: KEY,
-      ARM_BACKOFF: '0.05',
-      ARM_BATCH_SIZE: '4',
-    };
-    const run = spawnSync('python3', ['-c', script], { input: JSON.stringify(input), env, encoding: 'utf8' });
-    expect(run.status, run.stderr).toBe(0);
-    const out = JSON.parse(run.stdout);
-    for (const got of [out.score, out.trl, out.verl_batch]) expectSameRewards(got, scored);
-    expectSameRewards([out.verl], scored.slice(0, 1));
-    expectSameRewards(out.get_reward, reference);
-    expect(out.wrong_key).toMatch(/answered 401/);
-  });
+      const input = {
+        urls: [dead, ...live],
+        key: KEY,
+        prompts: rows.map((r) => promptText(r.prompt)),
+        responses: rows.map((r) => r.response),
+        queries: rows.map((r) => r.query),
+        templated: rows.map((r) => r.prompt),
+      };
+      const env = {
+        ...process.env,
+        PYTHONPATH: EXAMPLES,
+        ARM_URLS: [dead, ...live].join(','),
+        ARM_API_KEY: KEY,
+        ARM_BACKOFF: '0.05',
+        ARM_BATCH_SIZE: '4',
+      };
+      const run = spawnSync('python3', ['-c', script], { input: JSON.stringify(input), env, encoding: 'utf8' });
+      expect(run.status, run.stderr).toBe(0);
+      const out = JSON.parse(run.stdout);
+      for (const got of [out.score, out.trl, out.verl_batch]) expectSameRewards(got, scored);
+      expectSameRewards([out.verl], scored.slice(0, 1));
+      expectSameRewards(out.get_reward, reference);
+      expect(out.wrong_key).toMatch(/answered 401/);
+    },
+  );
 });
 
 /** The user's question of a ChatML prompt, as /v1/score takes a prompt. */
