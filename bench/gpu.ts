@@ -1,0 +1,158 @@
+/**
+ * GPU benchmark: the engine figures on `--device webgpu|cuda` beside the CPU, on a random checkpoint of a shape.
+ * `npm run bench:gpu -- [--device webgpu] [--shape tiny|0.5b|7b] [--dtypes fp32,int4] [--no-cpu]`.
+ *
+ * First it reports which devices run here (session.ts deviceProblem: a one-node graph on each provider); a device
+ * that does not run ends the bench with its reason in the JSON line. Then, per device (the asked one, then the CPU
+ * unless --no-cpu) and weight format:
+ *   loadS              Decoder.load from the bench's cache (the first dtype of a shape builds the entry: buildS).
+ *   prefill256TokS     tokens/s of a batch-1 256-token forward (median of ROUNDS after a warm-up).
+ *   prefill1650TokS    the same for 1650 tokens (a mean-extraction pass), capped at the shape's positions.
+ *   stepMs             one REINFORCE step: stepShared with 32 patch rows after a 255-token prefill.
+ *   fitEstimateS       a default fit from these: 100 mean passes of 1650 tokens + 600 steps (prefills aside).
+ *   kvUploadBytesPerStep  the prefix KV cache fed host→device with each step (the cache lives in JS; docs/gpu.md).
+ *   hostPeakRssMiB     the process's peak RSS so far (all devices run in this one process).
+ * Device memory is not reported: onnxruntime-node exposes no allocator statistics.
+ * `--shape tiny` (a 2-layer random Llama) proves the bench runs, e.g. on lavapipe, whose speed means nothing.
+ * The last stdout line is one JSON object with every figure.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Decoder } from '../src/model/decoder.js';
+import { DEVICES, deviceProblem, parseDevice, type Device } from '../src/model/session.js';
+import { WEIGHT_DTYPES, type WeightDType } from '../src/model/quant/weight-format.js';
+import { writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
+import { CONFIG as QWEN_05B, median } from './qwen-shape.js';
+import { flag, log, option, seconds } from './args.js';
+
+const ROUNDS = 3;
+const PATCH_ROWS = 32;
+const MEAN_PASSES = 100;
+const REINFORCE_STEPS = 600;
+
+const QWEN_7B: HfConfig = {
+  ...QWEN_05B,
+  hidden_size: 3584,
+  intermediate_size: 18944,
+  num_hidden_layers: 28,
+  num_attention_heads: 28,
+  num_key_value_heads: 4,
+  head_dim: 128,
+  vocab_size: 152064,
+  tie_word_embeddings: false,
+};
+const TINY: HfConfig = {
+  model_type: 'llama',
+  hidden_size: 64,
+  intermediate_size: 128,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  vocab_size: 256,
+  max_position_embeddings: 2048,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  tie_word_embeddings: true,
+};
+const SHAPES: Record<string, HfConfig> = { tiny: TINY, '0.5b': QWEN_05B, '7b': QWEN_7B };
+
+interface Figures {
+  device: Device;
+  dtype: WeightDType;
+  loadS: number;
+  prefill256TokS: number;
+  prefill1650TokS: number;
+  stepMs: number;
+  fitEstimateS: number;
+  kvUploadBytesPerStep: number;
+  hostPeakRssMiB: number;
+}
+
+/** The shape's random checkpoint in os.tmpdir(), written once (fp32, HF's initializer std). */
+function checkpoint(shape: string): string {
+  const dir = path.join(os.tmpdir(), `arm-bench-gpu-${shape}`);
+  if (fs.existsSync(path.join(dir, '.complete'))) return dir;
+  log(`writing the random ${shape} checkpoint to ${dir} (once)`);
+  writeRandomCheckpoint(dir, SHAPES[shape]!, { seed: 0, dtype: 'F32', std: 0.02 });
+  fs.writeFileSync(path.join(dir, '.complete'), '');
+  return dir;
+}
+
+async function timed(run: () => Promise<unknown>): Promise<number> {
+  await run(); // warm-up (a GPU compiles its shaders on the first run of a shape)
+  const times: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    const t0 = performance.now();
+    await run();
+    times.push(seconds(t0));
+  }
+  return median(times);
+}
+
+async function measure(dir: string, device: Device, dtype: WeightDType, cacheDir: string): Promise<Figures> {
+  const t0 = performance.now();
+  const decoder = await Decoder.load(dir, { cacheDir, device, dtype, quiet: true });
+  const loadS = seconds(t0);
+  try {
+    const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V, maxPositions } = decoder.spec;
+    const ids = (n: number) => Array.from({ length: n }, (_, i) => (i * 7919) % V);
+    const short = Math.min(256, maxPositions - 1);
+    const long = Math.min(1650, maxPositions - 1);
+    const prefill256 = await timed(() => decoder.forward([ids(short)]));
+    const prefill1650 = await timed(() => decoder.forward([ids(long)]));
+    const kv = await decoder.prefill(ids(short - 1));
+    const mask = Float32Array.from({ length: PATCH_ROWS * L * H }, (_, i) => (i % 3 === 0 ? 1 : 0));
+    const values = new Float32Array(L * H * d).fill(0.01);
+    const step = await timed(() => decoder.stepShared(kv, 1, { mask, values }));
+    return {
+      device,
+      dtype,
+      loadS,
+      prefill256TokS: short / prefill256,
+      prefill1650TokS: long / prefill1650,
+      stepMs: step * 1000,
+      fitEstimateS: MEAN_PASSES * prefill1650 + REINFORCE_STEPS * step,
+      kvUploadBytesPerStep: 2 * L * KV * kv.length * d * 4,
+      hostPeakRssMiB: process.resourceUsage().maxRSS / 1024,
+    };
+  } finally {
+    await decoder.dispose();
+  }
+}
+
+async function main(): Promise<void> {
+  const device = parseDevice(option('--device') ?? 'webgpu');
+  const shape = option('--shape') ?? '0.5b';
+  if (!SHAPES[shape]) throw new Error(`--shape must be one of ${Object.keys(SHAPES).join(', ')}`);
+  const dtypes = (option('--dtypes') ?? (shape === 'tiny' ? 'fp32' : 'fp32,int4')).split(',') as WeightDType[];
+  for (const t of dtypes) if (!WEIGHT_DTYPES.includes(t)) throw new Error(`--dtypes: unknown ${t}`);
+  const devices: Record<string, string | null> = {};
+  for (const d of DEVICES) devices[d] = await deviceProblem(d);
+  for (const [d, p] of Object.entries(devices)) log(`${d}: ${p ?? 'runs here'}`);
+  if (devices[device] !== null) {
+    console.log(JSON.stringify({ bench: 'gpu', shape, device, devices, error: devices[device] }));
+    process.exitCode = 1;
+    return;
+  }
+  const dir = checkpoint(shape);
+  const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-gpu-cache-'));
+  const runs: Figures[] = [];
+  try {
+    for (const d of flag('--no-cpu') || device === 'cpu' ? [device] : [device, 'cpu' as const])
+      for (const dtype of dtypes) {
+        const f = await measure(dir, d, dtype, cacheDir);
+        log(
+          `${d} ${dtype}: load ${f.loadS.toFixed(1)} s, prefill ${f.prefill256TokS.toFixed(0)} tok/s (256), ` +
+            `${f.prefill1650TokS.toFixed(0)} tok/s (1650), step ${f.stepMs.toFixed(1)} ms, ` +
+            `fit ≈ ${f.fitEstimateS.toFixed(0)} s, KV upload ${(f.kvUploadBytesPerStep / 2 ** 20).toFixed(1)} MiB/step`,
+        );
+        runs.push(f);
+      }
+  } finally {
+    fs.rmSync(cacheDir, { recursive: true, force: true });
+  }
+  console.log(JSON.stringify({ bench: 'gpu', shape, device, devices, runs }));
+}
+
+await main();
