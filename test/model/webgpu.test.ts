@@ -11,6 +11,8 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { deviceProblem, openSession } from '../../src/model/session.js';
 import { MODEL_FILE } from '../../src/model/cache/decoder-cache.js';
+import { ImageInputs } from '../../src/model/vision/image-inputs.js';
+import { decodeImage } from '../../src/model/vision/image.js';
 import { fixturePatch, relError, STORIES, tempDir } from '../helpers/fixtures.js';
 import { arm } from '../helpers/cli.js';
 
@@ -130,6 +132,45 @@ describe.skipIf(problem !== null)(suite, () => {
     it("greedy generation gives transformers' 8 tokens", async () => {
       const r = results[0]!;
       expect(await gpu.generate(r.input_ids, { maxNewTokens: 8, stopTokens: [] })).toEqual(r.greedy8);
+    });
+  });
+
+  describe('transformers fixture qwen2_vl-tiny (image + text: vision tower and M-RoPE on the device)', () => {
+    const dir = path.join(FIXTURES, 'qwen2_vl-tiny');
+    let gpu: Decoder;
+    let inputs: ImageInputs;
+    let cpuInputs: ImageInputs;
+    type Result = { input_ids_one_placeholder: number[]; last_logits: number[]; patched_last_logits: number[] };
+    let results: Result[];
+    beforeAll(async () => {
+      results = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')).results;
+      gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu' });
+      inputs = await ImageInputs.load(dir, { cacheDir, device: 'webgpu' });
+      cpuInputs = await ImageInputs.load(dir, { cacheDir, threads: 1 });
+    }, 120_000);
+    afterAll(async () => {
+      await gpu?.dispose();
+      await inputs?.release();
+      await cpuInputs?.release();
+    });
+
+    it('tower features within 1e-4 of the CPU; patched logits and a prefilled image prefix match HF', async () => {
+      const image = await decodeImage(path.join(dir, 'image0.png'));
+      const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = gpu.spec;
+      const patch = fixturePatch(L, H, d);
+      for (const r of results) {
+        const p = await inputs.prepare(r.input_ids_one_placeholder, [image]);
+        const q = await cpuInputs.prepare(r.input_ids_one_placeholder, [image]);
+        expect(relError(p.images[0]!.embeds, q.images[0]!.embeds)).toBeLessThan(1e-4);
+        const out = await gpu.forward([p.inputIds], patch, { images: [p.images] });
+        expect(relError(out.logits, r.patched_last_logits)).toBeLessThan(1e-4);
+        const kv = await gpu.prefill(p.inputIds.slice(0, -1), { images: p.images });
+        const mask = new Float32Array(2 * L * H);
+        mask.set(patch.mask, L * H);
+        const step = await gpu.stepShared(kv, p.inputIds.at(-1)!, { mask, values: patch.values });
+        expect(relError(step.logits.subarray(0, V), r.last_logits)).toBeLessThan(1e-4);
+        expect(relError(step.logits.subarray(V), r.patched_last_logits)).toBeLessThan(1e-4);
+      }
     });
   });
 });
