@@ -252,6 +252,9 @@ async function oracleRows(study: Study, inputs: OracleInputs, heads: [number, nu
     'oracle: on every head (= icl-judge)': await run([...Array(L * H).keys()]),
   };
   for (let l = 0; l < L; l++) oracle[`oracle: on layer ${l}'s heads`] = await run(range(l * H, (l + 1) * H));
+  // Every layer but the last from the ICL prompt, the last computed live: can the last layer's heads rebuild the
+  // answer from what the earlier ones wrote at the last position, or do they need the demonstrations themselves?
+  oracle[`oracle: on layers 0–${L - 2} (last layer live)`] = await run(range(0, (L - 1) * H));
   const perHead: number[] = [];
   for (let i = 0; i < L * H; i++) perHead.push(await run([i]));
   return { oracle, perHead };
