@@ -28,12 +28,33 @@ export function defaultCacheDir(): string {
  * `~/.cache/huggingface`. A leading `~` is the home folder, as Python's expanduser reads it.
  */
 export function hfHubCacheDir(): string {
-  const home = (p: string) => (p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p);
-  const set = (name: string) => process.env[name] || undefined;
-  const explicit = set('HF_HUB_CACHE') ?? set('HUGGINGFACE_HUB_CACHE');
-  if (explicit) return home(explicit);
-  const hfHome = set('HF_HOME') ?? path.join(set('XDG_CACHE_HOME') ?? path.join(os.homedir(), '.cache'), 'huggingface');
-  return path.join(home(hfHome), 'hub');
+  const explicit = envSet('HF_HUB_CACHE') ?? envSet('HUGGINGFACE_HUB_CACHE');
+  return explicit ? expandHome(explicit) : path.join(hfHome(), 'hub');
+}
+
+/**
+ * Where `huggingface-cli login` saved its token, as huggingface_hub reads it: `$HF_TOKEN_PATH`, else
+ * `$HF_HOME/token`.
+ */
+export function hfTokenPath(): string {
+  const explicit = envSet('HF_TOKEN_PATH');
+  return explicit ? expandHome(explicit) : path.join(hfHome(), 'token');
+}
+
+/** `$HF_HOME`, else `$XDG_CACHE_HOME/huggingface` or `~/.cache/huggingface`. */
+function hfHome(): string {
+  const home = envSet('HF_HOME');
+  if (home) return expandHome(home);
+  return path.join(envSet('XDG_CACHE_HOME') ?? path.join(os.homedir(), '.cache'), 'huggingface');
+}
+
+/** An environment variable's value; unset when empty. */
+function envSet(name: string): string | undefined {
+  return process.env[name] || undefined;
+}
+
+function expandHome(p: string): string {
+  return p === '~' || p.startsWith('~/') ? path.join(os.homedir(), p.slice(1)) : p;
 }
 
 /** The folder of content-hash memos under a cache root (checkpoint/file-hash.ts). */

@@ -27,6 +27,7 @@ let hub: HubStandin;
 let nested: string;
 beforeAll(async () => {
   process.env.HF_HUB_CACHE = tempDir('hf-hub-default-');
+  process.env.HF_TOKEN_PATH = path.join(tempDir(), 'no-token');
   nested = tempDir('arm-repo-');
   for (const f of ['config.json', 'tokenizer.json']) fs.copyFileSync(path.join(STORIES, f), path.join(nested, f));
   fs.mkdirSync(path.join(nested, 'weights'));
@@ -112,6 +113,26 @@ describe('where the hub cache is', () => {
       expect(at({ HF_HOME: '/h', HUGGINGFACE_HUB_CACHE: '/old', HF_HUB_CACHE: '/new' })).resolves.toBe('/new'),
       expect(at({ HF_HUB_CACHE: '', HF_HOME: '/h' })).resolves.toBe('/h/hub'),
     ]);
+  });
+});
+
+describe('the token huggingface-cli login saved', () => {
+  it('is sent to the hub when HF_TOKEN is unset (HF_TOKEN_PATH, else HF_HOME/token), and HF_TOKEN wins', async () => {
+    const hfHome = tempDir('hf-home-');
+    fs.writeFileSync(path.join(hfHome, 'token'), 'hf_saved\n');
+    const asked = async (env: Record<string, string | undefined>) => {
+      hub.configure({});
+      await withEnv({ ...online, HF_ENDPOINT: hub.endpoint, HF_TOKEN_PATH: undefined, ...env }, () =>
+        resolveModelDir(REPO, { ...FAST, ...caches() }),
+      );
+      return new Set(hub.requests.map((r) => r.authorization));
+    };
+    expect(await asked({ HF_HOME: hfHome })).toEqual(new Set(['Bearer hf_saved']));
+    expect(await asked({ HF_HOME: hfHome, HF_TOKEN: 'hf_env' })).toEqual(new Set(['Bearer hf_env']));
+    const elsewhere = path.join(tempDir(), 'my-token');
+    fs.writeFileSync(elsewhere, 'hf_elsewhere');
+    expect(await asked({ HF_HOME: hfHome, HF_TOKEN_PATH: elsewhere })).toEqual(new Set(['Bearer hf_elsewhere']));
+    expect(await asked({ HF_HOME: tempDir() })).toEqual(new Set([undefined]));
   });
 });
 

@@ -41,6 +41,8 @@ const datasetBytes = randomBytes(300_000);
 beforeAll(async () => {
   // Nothing here may reach the user's own hub cache: every call names one, and the default points to a scratch one.
   process.env.HF_HUB_CACHE = tempDir('hf-hub-default-');
+  // Nor the token a `huggingface-cli login` left on this machine.
+  process.env.HF_TOKEN_PATH = path.join(tempDir(), 'no-token');
   fs.mkdirSync(path.join(datasetFolder, 'data'));
   fs.writeFileSync(path.join(datasetFolder, 'data', 'test-00000-of-00001.parquet'), datasetBytes);
   sharded = repoFolder({
@@ -329,7 +331,7 @@ describe('download', () => {
   it('401 is not retried: the model is gated or private', async () => {
     hub.configure({ failWith: { status: 401, times: 100 } });
     await expect(resolveVia('tiny/stories', { ...FAST, ...caches() })).rejects.toThrow(
-      /config\.json: .* answered 401; the model is gated or private \(set HF_TOKEN\)/,
+      /config\.json: .* answered 401; the model is gated or private \(set HF_TOKEN, or log in with huggingface-cli/,
     );
     expect(hub.requests).toHaveLength(1);
   });

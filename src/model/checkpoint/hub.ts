@@ -33,7 +33,7 @@ import { ModelError } from '../errors.js';
 import { get, networkCode, RetryableError, sleep, TimeoutError, type Connection, type Exchange } from './hub-http.js';
 import { lockFile } from './hub-lock.js';
 import { ProgressBar } from './hub-progress.js';
-import { contentHashDir, defaultCacheDir, hfHubCacheDir } from '../../util/cache-root.js';
+import { contentHashDir, defaultCacheDir, hfHubCacheDir, hfTokenPath } from '../../util/cache-root.js';
 import { rememberContentSha256 } from './file-hash.js';
 import { writeFileAtomic } from '../../util/atomic-write.js';
 import {
@@ -354,7 +354,7 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
   return {
     ...snapshot,
     endpoint,
-    token: process.env.HF_TOKEN || undefined,
+    token: process.env.HF_TOKEN || savedToken(),
     connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
     idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
     retries: opts.retries ?? 5,
@@ -365,6 +365,15 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
     signal: abort.signal,
     log: logOf(opts),
   };
+}
+
+/** The token `huggingface-cli login` saved (hfTokenPath), if any: gated models work for a logged-in user. */
+function savedToken(): string | undefined {
+  try {
+    return fs.readFileSync(hfTokenPath(), 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -656,7 +665,10 @@ function fileUrl(s: Session, revision: string, file: string): URL {
 function statusFailure(s: Session, where: string, url: URL, res: http.IncomingMessage): Error | undefined {
   const status = res.statusCode ?? 0;
   if (status === 401 || status === 403)
-    return new ModelError(`${where}: ${url.href} answered ${status}; the model is gated or private (set HF_TOKEN)`);
+    return new ModelError(
+      `${where}: ${url.href} answered ${status}; the model is gated or private ` +
+        '(set HF_TOKEN, or log in with huggingface-cli login)',
+    );
   if (status === 429 || status >= 500) {
     const retryAfter = Number(res.headers['retry-after']);
     return new RetryableError(
