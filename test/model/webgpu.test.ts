@@ -67,6 +67,31 @@ describe.skipIf(problem !== null)(suite, () => {
       expect(got).toEqual(p.continuation_ids.slice(0, 12));
     });
 
+    it('int4 and block-wise int8 (MatMulNBits) run on the device as on the CPU; row-wise int8 is refused', async () => {
+      const rows = golden.prompts.map((p) => p.input_ids);
+      for (const dtype of ['int4', 'int8'] as const) {
+        const int4Method = dtype === 'int4' ? ('rtn' as const) : undefined; // GPTQ would calibrate twice: slow
+        const q = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype, int4Method });
+        const c = await Decoder.load(STORIES, {
+          cacheDir,
+          threads: 1,
+          dtype,
+          int4Method,
+          int8Kernel: q.info.weightFormat.quant?.int8Kernel,
+        });
+        try {
+          if (dtype === 'int8') expect(q.info.weightFormat.quant?.int8Kernel).toBe('blockwise');
+          expect(relError((await q.forward(rows)).logits, (await c.forward(rows)).logits)).toBeLessThan(1e-4);
+        } finally {
+          await q.dispose();
+          await c.dispose();
+        }
+      }
+      await expect(
+        Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype: 'int8', int8Kernel: 'rowwise' }),
+      ).rejects.toThrow(/--int8-kernel rowwise \(MatMulIntegerToFloat\) runs on the CPU only; on --device webgpu/);
+    });
+
     it('every node reading a float tensor runs on the device (profiling); on the CPU the check bites', async () => {
       const onCpu = async (device: 'webgpu' | 'cpu') => {
         const prefix = path.join(tempDir('arm-profile-'), 'run');
