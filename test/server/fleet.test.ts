@@ -48,8 +48,8 @@ let reference: number[];
 /** `arm serve` in a child process on a free loopback port; resolves once it says it is ready. */
 async function startReplica(): Promise<Replica> {
   const args = ['--import', 'tsx', ARM_CLI, 'serve', '--model', STORIES, '--rm', `concise=${criterionFile}`];
-  // A 150 ms batch wait keeps each request in the server long enough for a kill to land while it is in flight.
-  args.push('--port', '0', '--api-key-file', keyFile, '--max-wait-ms', '150');
+  // A 300 ms batch wait keeps each request queued in the server long enough for a kill to land while it waits.
+  args.push('--port', '0', '--api-key-file', keyFile, '--max-wait-ms', '300');
   const child = spawn(process.execPath, args, {
     env: { ...process.env, ARM_CACHE_DIR: cacheDir },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -178,8 +178,13 @@ describe('three replicas', () => {
     const urls = replicas.map((r) => r.url);
     const tries: Try[] = [];
     const step = openRlhfStep(urls, rows, tries, true);
-    // Its request is held for the 150 ms batch wait: the kill lands while it is in flight.
-    await new Promise((resolve) => setTimeout(resolve, 60));
+    // Killed once its chunk is queued (held for the batch wait): the request dies in flight, unanswered.
+    for (const end = Date.now() + 20_000; ;) {
+      const metrics = await fetch(`${urls[2]}/metrics`, { headers }).then((r) => r.text());
+      if (/^arm_queue_items [1-9]/m.test(metrics)) break;
+      if (Date.now() > end) throw new Error('chunk 2 never reached replica 2');
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
     replicas[2]!.child.kill('SIGKILL');
     const started = Date.now();
     expectSameRewards(await step, reference);
