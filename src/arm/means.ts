@@ -79,7 +79,7 @@ export interface PassCuts {
 }
 
 /** How far past --max-length a cut pass's whole length is measured. */
-export const CUT_MEASURE_FACTOR = 8;
+const CUT_MEASURE_FACTOR = 8;
 
 /** Mean extraction stopped on request; `done` holds every pass finished so far (resumed ones included). */
 export class MeansInterrupted extends Error {

@@ -27,7 +27,7 @@ export type UnknownTokenReport = NonNullable<CriterionMeta['unknownTokens']>;
 const templateMemo = new WeakMap<Tokenizer, Map<string, UnknownCount>>();
 
 /** Text tokens of the template's own text (an item with empty prompt and responses), and the unknown ones. */
-export function templateUnknown(tokenizer: Tokenizer, template: TemplateSpec): UnknownCount {
+function templateUnknown(tokenizer: Tokenizer, template: TemplateSpec): UnknownCount {
   let memo = templateMemo.get(tokenizer);
   if (!memo) templateMemo.set(tokenizer, (memo = new Map()));
   const key = JSON.stringify(template);
@@ -49,7 +49,7 @@ export function templateUnknown(tokenizer: Tokenizer, template: TemplateSpec): U
  * The report for judge prompts holding `count` text tokens, rendered with a template whose own text holds `own`
  * (templateUnknown; null where it is not known, e.g. a criterion fitted before it was recorded: then taken as known).
  */
-export function unknownTokenReport(count: UnknownCount, own: UnknownCount | null): UnknownTokenReport {
+function unknownTokenReport(count: UnknownCount, own: UnknownCount | null): UnknownTokenReport {
   own ??= { unknown: 0, text: 0 };
   return {
     rate: count.text ? count.unknown / count.text : 0,
@@ -76,7 +76,7 @@ const percent = (x: number) => `${(100 * x).toFixed(x > 0 && x < 0.01 ? 2 : 0)}%
  * The warning for a report whose template or judge prompts are mostly unknown (null otherwise): what was measured,
  * and what to change.
  */
-export function unknownTokenWarning(report: UnknownTokenReport, template: TemplateSpec): string | null {
+function unknownTokenWarning(report: UnknownTokenReport, template: TemplateSpec): string | null {
   const { rate, unknown, text } = report;
   const own = report.template;
   const prompts =

@@ -10,7 +10,7 @@ import { scoresUnknown, UnknownTokenWatch } from '../arm/unknown-tokens.js';
 import type { ExampleScore } from './engine-types.js';
 import type { ServerSettings } from './options.js';
 
-export const UNKNOWN_RATE_HEADER = 'x-arm-unknown-token-rate';
+const UNKNOWN_RATE_HEADER = 'x-arm-unknown-token-rate';
 const WARN_INTERVAL_MS = 60_000;
 
 /** Each server's watches, by criterion (keyed by the server's settings, which live as long as it does). */
