@@ -10,10 +10,12 @@
  * name. Shards download a few at a time under one progress bar.
  *
  * Every file is asked for at one commit: the one the revision named when the hub first answered. In the hub
- * cache a snapshot folder is per commit, so a branch that moves mid-download cannot mix two commits' files.
+ * cache a snapshot folder is per commit, so a branch that moves mid-download cannot mix two commits' files. A
+ * file is first described by a HEAD, as huggingface_hub does: its ETag names the blob (so a blob another commit,
+ * process or Python fetched is not fetched again), its size and sha256 are what the GET is checked against.
  * Two processes may fetch the same repository at once (a server and a CLI, two fits started together): each
- * file is locked (`<file>.lock`, hub-lock.ts) while one of them downloads it. The bar is hub-progress.ts; one
- * request with its timeouts is hub-http.ts.
+ * blob (or flat file) is locked (`<blob>.lock`, hub-lock.ts) while one of them downloads it. The bar is
+ * hub-progress.ts; one request with its timeouts is hub-http.ts.
  *
  * Dataset files (data/hub-dataset.ts) still go to a flat folder per revision under our own cache root
  * (`<cache>/hub/datasets/<owner>--<name>/<revision>/<file>`), which records its commit (`.commit`) and starts
