@@ -34,6 +34,16 @@ export interface ScoringEngine {
     examples: Example[],
     opts: ScoreCallOptions,
   ): Promise<{ scores: ExampleScore[]; tokens: number }>;
+  /**
+   * Scores `examples` under several criteria of one pass (CriterionSet: each prompt runs once, its last token as one
+   * row per criterion): [criterion][example], each as `score` gives it for that criterion alone. Optional: an engine
+   * without it is called once per criterion.
+   */
+  scoreMany?(
+    criteria: readonly string[],
+    examples: Example[],
+    opts: ScoreCallOptions,
+  ): Promise<{ scores: ExampleScore[][]; tokens: number }>;
   /** Frees the model (the worker exits). */
   close(): Promise<void>;
 }

@@ -10,6 +10,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { ActivationRM } from '../arm/rm.js';
+import { CriterionSet } from '../arm/criterion-set.js';
 import type { Decoder, LoadOptions } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import type { EngineInfo, ExampleScore, ScoreCallOptions, ScoringEngine } from './engine-types.js';
@@ -28,19 +29,23 @@ export interface LoadedCriterion {
  */
 export class InProcessEngine implements ScoringEngine {
   readonly info: EngineInfo;
-  private readonly byName: Map<string, ActivationRM>;
+  private readonly set: CriterionSet;
 
   constructor(decoder: Decoder, criteria: LoadedCriterion[]) {
-    this.byName = new Map(criteria.map((c) => [c.name, c.rm]));
+    this.set = new CriterionSet(decoder, criteria);
     this.info = engineInfo(decoder, criteria);
   }
 
   async score(criterion: string, examples: Example[], opts: ScoreCallOptions) {
-    const rm = this.byName.get(criterion);
-    if (!rm) throw new Error(`engine: no criterion named ${criterion}`);
-    const before = rm.decoder.stats.tokens;
-    const scores = await rm.scoreExamples(examples, opts);
-    return { scores, tokens: rm.decoder.stats.tokens - before };
+    const { scores, tokens } = await this.scoreMany([criterion], examples, opts);
+    return { scores: scores[0]!, tokens };
+  }
+
+  async scoreMany(criteria: readonly string[], examples: Example[], opts: ScoreCallOptions) {
+    for (const c of criteria) if (!this.set.names.includes(c)) throw new Error(`engine: no criterion named ${c}`);
+    const before = this.set.decoder.stats.tokens;
+    const scores = await this.set.scoreExamples(examples, { ...opts, names: criteria });
+    return { scores: criteria.map((c) => scores.get(c)!), tokens: this.set.decoder.stats.tokens - before };
   }
 
   async close(): Promise<void> {}
@@ -67,7 +72,7 @@ export function engineInfo(decoder: Decoder, criteria: { name: string; file: str
 
 /** Messages main → worker. */
 export type ToWorker =
-  | { type: 'score'; id: number; criterion: string; examples: Example[]; opts: ScoreCallOptions }
+  | { type: 'score'; id: number; criteria: readonly string[]; examples: Example[]; opts: ScoreCallOptions }
   | { type: 'close' }
   /** Stop now, between two forwards: handled at once, not after the queued messages. */
   | { type: 'abort' };
@@ -75,7 +80,7 @@ export type ToWorker =
 export type FromWorker =
   | { type: 'ready'; info: EngineInfo }
   | { type: 'load-failed'; message: string }
-  | { type: 'scored'; id: number; scores: ExampleScore[]; tokens: number }
+  | { type: 'scored'; id: number; scores: ExampleScore[][]; tokens: number }
   | { type: 'failed'; id: number; message: string }
   | { type: 'closed' };
 
@@ -98,7 +103,7 @@ export class WorkerEngine implements ScoringEngine {
   private nextId = 1;
   private readonly pending = new Map<
     number,
-    { resolve(r: { scores: ExampleScore[]; tokens: number }): void; reject(e: Error): void }
+    { resolve(r: { scores: ExampleScore[][]; tokens: number }): void; reject(e: Error): void }
   >();
   private exited: Error | null = null;
 
@@ -157,16 +162,21 @@ export class WorkerEngine implements ScoringEngine {
     return new WorkerEngine(worker, info);
   }
 
-  score(
-    criterion: string,
+  async score(criterion: string, examples: Example[], opts: ScoreCallOptions) {
+    const { scores, tokens } = await this.scoreMany([criterion], examples, opts);
+    return { scores: scores[0]!, tokens };
+  }
+
+  scoreMany(
+    criteria: readonly string[],
     examples: Example[],
     opts: ScoreCallOptions,
-  ): Promise<{ scores: ExampleScore[]; tokens: number }> {
+  ): Promise<{ scores: ExampleScore[][]; tokens: number }> {
     if (this.exited) return Promise.reject(this.exited);
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ type: 'score', id, criterion, examples, opts } satisfies ToWorker);
+      this.worker.postMessage({ type: 'score', id, criteria, examples, opts } satisfies ToWorker);
     });
   }
 

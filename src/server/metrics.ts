@@ -59,9 +59,10 @@ export function createMetrics(): ServerMetrics {
     labelNames: ['criterion'] as const,
     registers: [registry],
   });
+  const { passItems, criteriaItems } = passCounters(registry);
   const tokens = new client.Counter({
     name: 'arm_tokens_total',
-    help: 'tokens fed to the model (rate() gives tokens per second)',
+    help: 'tokens fed to the model (rate() gives tokens per second); criteria scored in one pass as "a+b"',
     labelNames: ['criterion'] as const,
     registers: [registry],
   });
@@ -87,11 +88,16 @@ export function createMetrics(): ServerMetrics {
     observeBatch(r) {
       batchItems.observe(r.items);
       batchSeconds.observe(r.seconds);
-      items.inc({ criterion: r.criterion }, r.items);
-      tokens.inc({ criterion: r.criterion }, r.tokens);
-      if (r.tooLong) tooLong.inc({ criterion: r.criterion }, r.tooLong);
-      textTokens.inc({ criterion: r.criterion }, r.textTokens);
-      unknownTokens.inc({ criterion: r.criterion }, r.unknownTokens);
+      passItems.inc(r.items);
+      criteriaItems.inc(r.items * r.criteria.length);
+      // Tokens are fed once for the criteria of a pass: counted under their names joined ("a+b").
+      tokens.inc({ criterion: r.criteria.join('+') }, r.tokens);
+      for (const criterion of r.criteria) {
+        items.inc({ criterion }, r.items);
+        if (r.tooLong) tooLong.inc({ criterion }, r.tooLong);
+        textTokens.inc({ criterion }, r.textTokens);
+        unknownTokens.inc({ criterion }, r.unknownTokens);
+      }
     },
   };
 }
@@ -111,4 +117,19 @@ function judgeTokenCounters(registry: client.Registry): Pick<ServerMetrics, 'tex
     registers: [registry],
   });
   return { textTokens, unknownTokens };
+}
+
+/** Several criteria of one pass score an item with one prompt run: the model's work, and the scores given. */
+function passCounters(registry: client.Registry): { passItems: client.Counter; criteriaItems: client.Counter } {
+  const passItems = new client.Counter({
+    name: 'arm_pass_items_total',
+    help: 'judge items run through the model (once per item, whatever the number of criteria sharing its pass)',
+    registers: [registry],
+  });
+  const criteriaItems = new client.Counter({
+    name: 'arm_criteria_items_total',
+    help: 'judge items times the criteria they were scored under',
+    registers: [registry],
+  });
+  return { passItems, criteriaItems };
 }

@@ -64,10 +64,16 @@ const OPERATIONS: Record<string, { summary: string; description?: string; ok: Re
   },
   'POST /v1/score': {
     summary: 'Native scoring of items {prompt, response} or pairs {prompt, chosen, rejected}',
-    description: 'Each result carries the fields `arm score` writes.',
+    description:
+      'Each result carries the fields `arm score` writes; with `criteria` (several names) each result is ' +
+      '`{id, scores: {name: fields}}`, the criteria of one pass scored with one run of each prompt.',
     ok: {
       type: 'object',
-      properties: { criterion: { type: 'string' }, results: { type: 'array', items: { type: 'object' } } },
+      properties: {
+        criterion: { type: 'string' },
+        criteria: { type: 'array', items: { type: 'string' } },
+        results: { type: 'array', items: { type: 'object' } },
+      },
     },
   },
   'GET /openapi.json': {

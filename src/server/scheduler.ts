@@ -1,8 +1,9 @@
 /**
  * The micro-batching scheduler: examples from concurrent requests wait in one FIFO queue; one worker takes up to
- * `maxBatch` judge items of one criterion (the criterion of the oldest waiting example), either as soon as that
- * many are waiting or when the oldest has waited `maxWaitMs`, and scores them with one
- * `ActivationRM.scoreExamples` call (through the engine, engine.ts): the same call `arm score` makes on a file.
+ * `maxBatch` judge items of one pass (criteria whose judge prompts agree, CriterionSet: the pass of the oldest
+ * waiting example), either as soon as that many are waiting or when the oldest has waited `maxWaitMs`, and scores
+ * them under every criterion those examples asked for with one call (through the engine, engine.ts): each prompt
+ * runs once, its last token as one row per criterion — the call `arm score --rm a=… --rm b=…` makes on a file.
  * Batches run one at a time (one model, one onnxruntime session using every core); with the worker engine,
  * requests keep arriving and queueing while one runs.
  *
@@ -23,6 +24,7 @@
  */
 import { scoresUnknown } from '../arm/unknown-tokens.js';
 import type { Example } from '../data/examples.js';
+import { passKey } from '../arm/criterion-set.js';
 import type { ExampleScore, ScoringEngine } from './engine-types.js';
 
 export class QueueFullError extends Error {
@@ -91,8 +93,10 @@ export interface SchedulerOptions {
 
 /** What a finished batch reports (for metrics). */
 export interface BatchReport {
-  criterion: string;
+  /** The criteria the batch was scored under, in one pass. */
+  criteria: string[];
   examples: number;
+  /** Judge items run through the model (once, whatever the number of criteria). */
   items: number;
   tokens: number;
   seconds: number;
@@ -103,7 +107,8 @@ export interface BatchReport {
 }
 
 interface Entry {
-  criterion: string;
+  /** The pass (passKey) of the job's criteria: entries of one pass share a batch. */
+  pass: string;
   example: Example;
   cost: number;
   enqueuedAt: number;
@@ -111,12 +116,13 @@ interface Entry {
   slot: number;
 }
 
-/** One submit call: its examples' results land in `results`; it settles when all have. */
+/** One pass of a submit call: per slot, its examples' scores under each of `criteria`; it settles when all have. */
 interface Job {
-  results: (ExampleScore | undefined)[];
+  criteria: readonly string[];
+  results: (ExampleScore[] | undefined)[];
   left: number;
   cancelled: boolean;
-  resolve(r: ExampleScore[]): void;
+  resolve(r: ExampleScore[][]): void;
   reject(e: Error): void;
 }
 
@@ -130,15 +136,16 @@ export class MicroBatcher {
   /** Items per second over recent batches (for Retry-After); exponentially weighted. */
   private itemsPerSecond = 0;
 
-  private readonly criteria: Set<string>;
+  /** Each criterion's pass: criteria of one pass are scored together. */
+  private readonly passOf: Map<string, string>;
 
   constructor(
-    private readonly engine: Pick<ScoringEngine, 'score' | 'info'>,
+    private readonly engine: Pick<ScoringEngine, 'score' | 'scoreMany' | 'info'>,
     private readonly opts: SchedulerOptions,
     private readonly onBatch: (r: BatchReport) => void = () => {},
     private readonly onQueueChange: (items: number) => void = () => {},
   ) {
-    this.criteria = new Set(engine.info.criteria.map((c) => c.name));
+    this.passOf = new Map(engine.info.criteria.map((c) => [c.name, passKey(c.meta, opts.maxLength)]));
     if (!(opts.maxBatch >= 1 && opts.maxQueue >= 1 && opts.maxWaitMs >= 0))
       throw new Error('scheduler: maxBatch and maxQueue must be ≥ 1, maxWaitMs ≥ 0');
   }
@@ -150,21 +157,57 @@ export class MicroBatcher {
     return this.running;
   }
 
-  /**
-   * Queues `examples` for `criterion`; resolves with their scores in order. `signal` aborting (client gone)
-   * removes what still waits and rejects with CancelledError. Throws QueueFullError / ShuttingDownError
-   * synchronously, before anything is queued.
-   */
+  /** Queues `examples` for one criterion (submitMany with one name); resolves with their scores in order. */
   submit(criterion: string, examples: Example[], signal?: AbortSignal): Promise<ExampleScore[]> {
+    // Not async: QueueFullError and ShuttingDownError are thrown synchronously, before anything is queued.
+    return this.submitMany([criterion], examples, signal).then((perCriterion) => perCriterion[0]!);
+  }
+
+  /**
+   * Queues `examples` for every criterion in `criteria` (one job per pass: criteria of one pass are scored together,
+   * each prompt once); resolves with their scores, [criterion][example]. `signal` aborting (client gone) removes
+   * what still waits and rejects with CancelledError. Throws QueueFullError / ShuttingDownError synchronously,
+   * before anything is queued.
+   */
+  submitMany(criteria: readonly string[], examples: Example[], signal?: AbortSignal): Promise<ExampleScore[][]> {
     if (this.closing) throw new ShuttingDownError();
-    if (!this.criteria.has(criterion)) throw new Error(`scheduler: unknown criterion ${criterion}`);
-    if (examples.length === 0) return Promise.resolve([]);
-    const cost = examples.reduce((n, e) => n + itemCost(e), 0);
+    const passes = new Map<string, string[]>();
+    for (const c of criteria) {
+      const pass = this.passOf.get(c);
+      if (pass === undefined) throw new Error(`scheduler: unknown criterion ${c}`);
+      if (!passes.has(pass)) passes.set(pass, []);
+      passes.get(pass)!.push(c);
+    }
+    if (examples.length === 0) return Promise.resolve(criteria.map(() => []));
+    const cost = examples.reduce((n, e) => n + itemCost(e), 0) * passes.size;
     if (this.queuedItems + cost > this.opts.maxQueue) {
       throw new QueueFullError(this.queuedItems, cost, this.opts.maxQueue, this.retryAfterSeconds(cost));
     }
-    return new Promise<ExampleScore[]>((resolve, reject) => {
+    const jobs = [...passes].map(([pass, names]) => this.enqueue(pass, names, examples, signal));
+    return Promise.all(jobs).then((perPass) => {
+      const byName = new Map<string, ExampleScore[]>();
+      [...passes.values()].forEach((names, p) =>
+        names.forEach((name, k) =>
+          byName.set(
+            name,
+            perPass[p]!.map((slot) => slot[k]!),
+          ),
+        ),
+      );
+      return criteria.map((c) => byName.get(c)!);
+    });
+  }
+
+  /** Queues one pass's job; resolves with its scores per slot, each [criterion]. */
+  private enqueue(
+    pass: string,
+    criteria: readonly string[],
+    examples: Example[],
+    signal: AbortSignal | undefined,
+  ): Promise<ExampleScore[][]> {
+    return new Promise<ExampleScore[][]>((resolve, reject) => {
       const job: Job = {
+        criteria,
         results: new Array(examples.length),
         left: examples.length,
         cancelled: false,
@@ -173,9 +216,9 @@ export class MicroBatcher {
       };
       const now = performance.now();
       examples.forEach((example, slot) =>
-        this.queue.push({ criterion, example, cost: itemCost(example), enqueuedAt: now, job, slot }),
+        this.queue.push({ pass, example, cost: itemCost(example), enqueuedAt: now, job, slot }),
       );
-      this.queuedItems += cost;
+      this.queuedItems += examples.reduce((n, e) => n + itemCost(e), 0);
       this.onQueueChange(this.queuedItems);
       if (signal) {
         const cancel = () => this.cancel(job);
@@ -222,14 +265,14 @@ export class MicroBatcher {
     }
     const oldest = this.queue[0]!;
     let ready = 0;
-    for (const e of this.queue) if (e.criterion === oldest.criterion && (ready += e.cost) >= this.opts.maxBatch) break;
+    for (const e of this.queue) if (e.pass === oldest.pass && (ready += e.cost) >= this.opts.maxBatch) break;
     const waited = performance.now() - oldest.enqueuedAt;
     if (ready >= this.opts.maxBatch || waited >= this.opts.maxWaitMs || this.closing) {
       if (this.timer) {
         clearTimeout(this.timer);
         this.timer = null;
       }
-      void this.runBatch(oldest.criterion);
+      void this.runBatch(oldest.pass);
     } else if (!this.timer) {
       this.timer = setTimeout(
         () => {
@@ -241,20 +284,20 @@ export class MicroBatcher {
     }
   }
 
-  private async runBatch(criterion: string): Promise<void> {
+  private async runBatch(pass: string): Promise<void> {
     this.running = true;
-    // Oldest first, one criterion, whole examples, at least one even if it alone exceeds maxBatch.
+    // Oldest first, one pass, whole examples, at least one even if it alone exceeds maxBatch.
     const batch: Entry[] = [];
     let items = 0;
     const rest: Entry[] = [];
     let full = false;
     for (const e of this.queue) {
-      if (!full && e.criterion === criterion && (batch.length === 0 || items + e.cost <= this.opts.maxBatch)) {
+      if (!full && e.pass === pass && (batch.length === 0 || items + e.cost <= this.opts.maxBatch)) {
         batch.push(e);
         items += e.cost;
       } else {
-        // Keep FIFO order within a criterion: nothing jumps a pair that did not fit.
-        if (e.criterion === criterion) full = true;
+        // Keep FIFO order within a pass: nothing jumps a pair that did not fit.
+        if (e.pass === pass) full = true;
         rest.push(e);
       }
     }
@@ -263,10 +306,10 @@ export class MicroBatcher {
     this.onQueueChange(this.queuedItems);
     try {
       const failed = new Map<Job, { entry: Entry; error: Error }>();
-      const anyScored = await this.scoreIsolating(criterion, batch, failed);
+      const anyScored = await this.scoreIsolating(batch, failed);
       if (failed.size === 0) return;
       // Failed alone while others (batch-mates, or the probe) were scored: the input's fault; else the engine's.
-      const inputFault = anyScored || (await this.probeScores(criterion));
+      const inputFault = anyScored || (await this.probeScores(batch[0]!.job.criteria[0]!));
       for (const [job, { entry, error }] of failed) {
         if (job.cancelled || job.left === 0) continue;
         job.left = 0;
@@ -280,54 +323,71 @@ export class MicroBatcher {
   }
 
   /**
-   * Scores `entries` in one engine call; if that fails, each half in turn, down to single entries, which are
-   * recorded in `failed` (one per request: the rest of a failed request is not scored). Whether anything scored.
+   * Scores `entries` in one engine call under every criterion they ask for; if that fails, each half in turn, down
+   * to single entries, which are recorded in `failed` (one per request: the rest of a failed request is not
+   * scored). Whether anything scored.
    */
-  private async scoreIsolating(
-    criterion: string,
-    entries: Entry[],
-    failed: Map<Job, { entry: Entry; error: Error }>,
-  ): Promise<boolean> {
+  private async scoreIsolating(entries: Entry[], failed: Map<Job, { entry: Entry; error: Error }>): Promise<boolean> {
     const live = entries.filter((e) => !e.job.cancelled && e.job.left > 0 && !failed.has(e.job));
     if (live.length === 0) return false;
-    let scores: ExampleScore[], tokens: number;
+    // The criteria any live entry asks for, in the engine's order (one pass: the engine runs each prompt once).
+    const asked = new Set(live.flatMap((e) => e.job.criteria));
+    const criteria = this.engine.info.criteria.map((c) => c.name).filter((n) => asked.has(n));
+    let scored: { scores: ExampleScore[][]; tokens: number };
     const t0 = performance.now();
     try {
-      ({ scores, tokens } = await this.engine.score(
-        criterion,
+      scored = await this.scoreUnder(
+        criteria,
         live.map((e) => e.example),
-        { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength },
-      ));
+      );
     } catch (err) {
       if (live.length === 1) {
         failed.set(live[0]!.job, { entry: live[0]!, error: err as Error });
         return false;
       }
       const half = Math.ceil(live.length / 2);
-      const first = await this.scoreIsolating(criterion, live.slice(0, half), failed);
-      const second = await this.scoreIsolating(criterion, live.slice(half), failed);
+      const first = await this.scoreIsolating(live.slice(0, half), failed);
+      const second = await this.scoreIsolating(live.slice(half), failed);
       return first || second;
     }
     const items = live.reduce((n, e) => n + e.cost, 0);
     const seconds = (performance.now() - t0) / 1000;
     const rate = items / Math.max(seconds, 1e-6);
     this.itemsPerSecond = this.itemsPerSecond ? 0.8 * this.itemsPerSecond + 0.2 * rate : rate;
+    const first = scored.scores[0]!;
     this.onBatch({
-      criterion,
+      criteria,
       examples: live.length,
       items,
-      tokens,
+      tokens: scored.tokens,
       seconds,
-      tooLong: scores.filter((s) => s.tooLong).length,
-      ...unknownOf(scores),
+      tooLong: first.filter((s) => s.tooLong).length,
+      ...unknownOf(first),
     });
+    const column = new Map(criteria.map((c, k) => [c, k]));
     live.forEach((e, i) => {
       const job = e.job;
       if (job.cancelled || job.left === 0) return;
-      job.results[e.slot] = scores[i]!;
-      if (--job.left === 0) job.resolve(job.results as ExampleScore[]);
+      job.results[e.slot] = job.criteria.map((c) => scored.scores[column.get(c)!]![i]!);
+      if (--job.left === 0) job.resolve(job.results as ExampleScore[][]);
     });
     return true;
+  }
+
+  /** One engine call for several criteria of a pass (or one per criterion, for an engine without scoreMany). */
+  private async scoreUnder(
+    criteria: string[],
+    examples: Example[],
+  ): Promise<{ scores: ExampleScore[][]; tokens: number }> {
+    const opts = { batchSize: this.opts.batchSize, maxLength: this.opts.maxLength };
+    if (criteria.length > 1 && this.engine.scoreMany) return this.engine.scoreMany(criteria, examples, opts);
+    const out = { scores: [] as ExampleScore[][], tokens: 0 };
+    for (const c of criteria) {
+      const { scores, tokens } = await this.engine.score(c, examples, opts);
+      out.scores.push(scores);
+      out.tokens += tokens;
+    }
+    return out;
   }
 
   /** Whether the engine still scores the criterion's probe example (false without a probe). */

@@ -37,7 +37,7 @@ try {
         return;
       }
       try {
-        const { scores, tokens } = await engine.score(m.criterion, m.examples, m.opts);
+        const { scores, tokens } = await engine.scoreMany(m.criteria, m.examples, m.opts);
         send({ type: 'scored', id: m.id, scores, tokens });
       } catch (e) {
         send({ type: 'failed', id: m.id, message: (e as Error).message });

@@ -9,7 +9,15 @@ import {
   ShuttingDownError,
   type SchedulerOptions,
 } from '../../src/server/scheduler.js';
-import type { ScoringEngine } from '../../src/server/engine-types.js';
+import type { ExampleScore, ScoringEngine } from '../../src/server/engine-types.js';
+import type { CriterionMeta } from '../../src/arm/criterion.js';
+
+/** Just what the scheduler reads of a criterion: what decides its pass (template and length budget). */
+const metaWith = (templateText: string) =>
+  ({
+    template: { kind: 'scalar', text: templateText, chat: false },
+    hyper: { maxLength: 64 },
+  }) as unknown as CriterionMeta;
 
 /**
  * A stand-in whose score is a function of the response alone, taking `delayMs` per call; records each call's
@@ -20,7 +28,7 @@ function standIn(delayMs = 5) {
   const calls: string[][] = [];
   let fail = false;
   const engine = {
-    info: { criteria: [{ name: 'c' }] } as ScoringEngine['info'],
+    info: { criteria: [{ name: 'c', meta: metaWith('T') }] } as ScoringEngine['info'],
     async score(_criterion: string, examples: Example[]) {
       calls.push(examples.map((e) => e.id));
       const failing = fail;
@@ -215,5 +223,68 @@ describe('MicroBatcher', () => {
     await batcher.drain();
     expect(() => batcher.submit('c', [item('5')])).toThrow(ShuttingDownError);
     expect((await Promise.all(pending)).flat().length).toBe(4);
+  });
+});
+
+describe('MicroBatcher with several criteria', () => {
+  /** Criteria a and b share a template (one pass), c has another; a score tells which criterion gave it. */
+  function manyStandIn() {
+    const calls: { criteria: string[]; ids: string[] }[] = [];
+    const rewardOf = (criterion: string, e: Example): ExampleScore => ({
+      id: e.id,
+      reward: ({ a: 0.1, b: 0.2, c: 0.3 } as Record<string, number>)[criterion]!,
+      normalized: 0,
+      logitYes: 0,
+      logitNo: 0,
+      truncatedTokens: 0,
+      tooLong: false,
+      verdict: null,
+      label: null,
+    });
+    const engine: Pick<ScoringEngine, 'info' | 'score' | 'scoreMany'> = {
+      info: {
+        criteria: [
+          { name: 'a', meta: metaWith('T') },
+          { name: 'b', meta: metaWith('T') },
+          { name: 'c', meta: metaWith('U') },
+        ],
+      } as ScoringEngine['info'],
+      async score(criterion, examples) {
+        calls.push({ criteria: [criterion], ids: examples.map((e) => e.id) });
+        return { tokens: 0, scores: examples.map((e) => rewardOf(criterion, e)) };
+      },
+      async scoreMany(criteria, examples) {
+        calls.push({ criteria: [...criteria], ids: examples.map((e) => e.id) });
+        return { tokens: 0, scores: criteria.map((c) => examples.map((e) => rewardOf(c, e))) };
+      },
+    };
+    return { calls, engine, batcher: new MicroBatcher(engine, { maxBatch: 8, maxWaitMs: 30, maxQueue: 100 }) };
+  }
+  const rewards = (r: ExampleScore[]) => r.map((s) => ('reward' in s ? s.reward : null));
+
+  it('one call per pass, under every criterion its requests ask for; each request gets its own criteria', async () => {
+    const { calls, batcher } = manyStandIn();
+    const [ab, b, abc] = await Promise.all([
+      batcher.submitMany(['a', 'b'], [item('x1'), item('x2')]),
+      batcher.submit('b', [item('y1')]),
+      batcher.submitMany(['c', 'a', 'b'], [item('z1')]),
+    ]);
+    expect(calls).toEqual([
+      { criteria: ['a', 'b'], ids: ['x1', 'x2', 'y1', 'z1'] },
+      { criteria: ['c'], ids: ['z1'] },
+    ]);
+    expect(ab.map(rewards)).toEqual([
+      [0.1, 0.1],
+      [0.2, 0.2],
+    ]);
+    expect(rewards(b)).toEqual([0.2]);
+    expect(abc.map(rewards)).toEqual([[0.3], [0.1], [0.2]]);
+  });
+
+  it('counts a request once per pass against maxQueue, and refuses an unknown criterion', () => {
+    const { batcher, engine } = manyStandIn();
+    const small = new MicroBatcher(engine, { maxBatch: 8, maxWaitMs: 30, maxQueue: 3 });
+    expect(() => small.submitMany(['a', 'c'], [item('1'), item('2')])).toThrow(QueueFullError);
+    expect(() => batcher.submitMany(['a', 'nope'], [item('1')])).toThrow(/unknown criterion nope/);
   });
 });

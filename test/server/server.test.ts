@@ -350,9 +350,11 @@ describe('endpoints', () => {
     const q = chatml(PROMPTS[1]!, RESPONSES[2]!);
     const [a] = (await concise.scoreExamples([scalar('q0', PROMPTS[1]!, RESPONSES[2]!)])) as { reward: number }[];
     const [b] = (await other.scoreExamples([scalar('q0', PROMPTS[1]!, RESPONSES[2]!)])) as { reward: number }[];
+    // Both criteria in one pass (the prompt run once, its last token as two rows): each as alone within float32.
     const combined = await call(url, '/get_reward', { query: [q] });
-    expect(combined.body.rewards).toEqual([0.25 * a!.reward + 0.75 * b!.reward]);
-    expect(combined.body.extra_logs).toMatchObject({ reward_concise: [a!.reward], reward_other: [b!.reward] });
+    expect(combined.body.rewards[0]).toBeCloseTo(0.25 * a!.reward + 0.75 * b!.reward, 6);
+    expect(combined.body.extra_logs.reward_concise[0]).toBeCloseTo(a!.reward, 6);
+    expect(combined.body.extra_logs.reward_other[0]).toBeCloseTo(b!.reward, 6);
     expect((await call(url, '/get_reward?criterion=other', { query: [q] })).body.rewards).toEqual([b!.reward]);
     const unknown = await call(url, '/get_reward?criterion=nope', { query: [q] });
     expect([unknown.status, unknown.body.field]).toEqual([400, 'criterion']);
@@ -364,8 +366,45 @@ describe('endpoints', () => {
     ).toBe(b!.reward);
     expect((await call(url, '/classify', { input: q })).body.data[0].probs[1]).toBeCloseTo(
       0.25 * a!.reward + 0.75 * b!.reward,
-      12,
+      6,
     );
+  });
+
+  it('/v1/score with criteria: every criterion per item in one pass, as each alone; /metrics counts both', async () => {
+    const { server, url } = await start({
+      criteria: [
+        { name: 'concise', file: 'a', rm: concise },
+        { name: 'other', file: 'b', rm: other },
+      ],
+    });
+    const items = PROMPTS.slice(0, 3).map((prompt, i) => ({ id: `i${i}`, prompt, response: RESPONSES[i]! }));
+    const pairs = [{ id: 'p0', prompt: PROMPTS[0]!, chosen: RESPONSES[0]!, rejected: RESPONSES[1]! }];
+    const passItems = async () => (await server.metrics.registry.getSingleMetric('arm_pass_items_total')!.get()).values;
+    const before = (await passItems())[0]?.value ?? 0;
+    const both = await call(url, '/v1/score', { criteria: ['other', 'concise'], items });
+    expect(both.status).toBe(200);
+    expect(both.body.criteria).toEqual(['other', 'concise']);
+    const alone = {
+      concise: await concise.scoreExamples(items.map((it) => scalar(it.id, it.prompt, it.response))),
+      other: await other.scoreExamples(items.map((it) => scalar(it.id, it.prompt, it.response))),
+    };
+    both.body.results.forEach((r: { id: string; scores: Record<string, { reward: number }> }, i: number) => {
+      expect(r.id).toBe(`i${i}`);
+      for (const name of ['concise', 'other'] as const)
+        expect(Math.abs(r.scores[name]!.reward - (alone[name][i] as { reward: number }).reward)).toBeLessThan(1e-6);
+    });
+    // One pass: 3 items run once through the model, scored under 2 criteria.
+    expect((await passItems())[0]!.value - before).toBe(3);
+    const metrics = (await call(url, '/metrics')).body as string;
+    expect(metrics).toMatch(/arm_criteria_items_total [1-9]/);
+    expect(metrics).toMatch(/arm_tokens_total\{criterion="concise\+other"\} [1-9]/);
+    const pairsBoth = await call(url, '/v1/score', { criteria: ['concise', 'other'], pairs });
+    expect(Object.keys(pairsBoth.body.results[0].scores)).toEqual(['concise', 'other']);
+    expect(pairsBoth.body.results[0].scores.concise).toHaveProperty('margin');
+    const unknown = await call(url, '/v1/score', { criteria: ['concise', 'nope'], items });
+    expect([unknown.status, unknown.body.field]).toEqual([400, 'criteria[1]']);
+    const both2 = await call(url, '/v1/score', { criteria: ['concise'], criterion: 'other', items });
+    expect([both2.status, both2.body.field]).toEqual([400, 'criteria']);
   });
 
   it('an item too long for the model: null reward and tooLong in extra_logs, the others scored', async () => {

@@ -96,7 +96,8 @@ export async function scoreAll(
     if (!reply.raw.writableFinished) abort.abort();
   });
   try {
-    const scored = await Promise.all(names.map((n) => scheduler.submit(n, examples, abort.signal)));
+    // Criteria that share a pass are one job: each prompt runs once, its last token as one row per criterion.
+    const scored = await scheduler.submitMany(names, examples, abort.signal);
     reportUnknownTokens(settings, reply, names, scored);
     return scored;
   } catch (e) {

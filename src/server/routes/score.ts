@@ -1,8 +1,10 @@
 /**
  * The native `POST /v1/score` (TRL's reward function, scripts): `{criterion?, items: [{prompt, response, images?}]}`
  * or `{criterion?, pairs: [{prompt, chosen, rejected, images?}]}` → `{criterion, results}`, each result the fields
- * `arm score` writes. Prompts may be message lists; image paths are checked and each image decoded before anything
- * is queued (image-paths.ts), so a bad image is this request's 400.
+ * `arm score` writes; with `criteria: [a, b]` instead → `{criteria, results}`, each result `{id?, scores: {a: fields,
+ * b: fields}}`, every criterion of one pass scored with one run of each prompt. Prompts may be message lists; image
+ * paths are checked and each image decoded before anything is queued (image-paths.ts), so a bad image is this
+ * request's 400.
  */
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import type { Example, Prompt } from '../../data/examples.js';
@@ -27,6 +29,7 @@ const scoreBody = {
   type: 'object',
   properties: {
     criterion: { type: 'string' },
+    criteria: { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string' } },
     items: {
       type: 'array',
       items: {
@@ -62,6 +65,7 @@ interface ScorePairIn {
 }
 interface ScoreBody {
   criterion?: string;
+  criteria?: string[];
   items?: ScoreItemIn[];
   pairs?: ScorePairIn[];
 }
@@ -75,14 +79,41 @@ export function registerScoreRoute(app: FastifyInstance, ctx: RouteContext): voi
   );
 }
 
-/** Checks the request from its counts, builds the examples (images checked and decoded), scores one criterion. */
+/** The criteria a /v1/score request names: `criteria`, or `criterion` (body or query), or the only one loaded. */
+function askedCriteria(ctx: RouteContext, body: ScoreBody, queryCriterion: string | undefined): string[] {
+  const { criteria } = ctx.settings;
+  if (body.criteria !== undefined) {
+    if (body.criterion !== undefined || queryCriterion !== undefined)
+      throw new HttpError(400, 'criteria', 'criteria: send "criteria" or "criterion", not both');
+    for (const [i, name] of body.criteria.entries()) {
+      if (!criteria.has(name))
+        throw new HttpError(
+          400,
+          `criteria[${i}]`,
+          `criteria[${i}]: no criterion named ${JSON.stringify(name)} (loaded: ${[...criteria.keys()].join(', ')})`,
+        );
+    }
+    return body.criteria;
+  }
+  const asked = body.criterion ?? queryCriterion;
+  if (asked === undefined && criteria.size > 1)
+    throw new HttpError(
+      400,
+      'criterion',
+      `criterion: ${criteria.size} criteria are loaded (${[...criteria.keys()].join(', ')}); name one, or several ` +
+        'with "criteria"',
+    );
+  return targets(ctx, asked).names.slice(0, 1);
+}
+
+/** Checks the request from its counts, builds the examples (images checked and decoded), scores its criteria. */
 async function score(
   ctx: RouteContext,
   readable: ReadableImages,
   body: ScoreBody,
   queryCriterion: string | undefined,
   reply: FastifyReply,
-): Promise<{ criterion: string; results: Record<string, unknown>[] }> {
+): Promise<Record<string, unknown>> {
   const { items, pairs } = body;
   if ((items === undefined) === (pairs === undefined))
     throw new HttpError(
@@ -90,28 +121,27 @@ async function score(
       'items',
       'items: send either "items" [{prompt, response}] or "pairs" [{prompt, chosen, rejected}] (exactly one of them)',
     );
-  const { criteria } = ctx.settings;
-  const asked = body.criterion ?? queryCriterion;
-  if (asked === undefined && criteria.size > 1)
-    throw new HttpError(
-      400,
-      'criterion',
-      `criterion: ${criteria.size} criteria are loaded (${[...criteria.keys()].join(', ')}); name one`,
-    );
-  const name = targets(ctx, asked).names[0]!;
+  const names = askedCriteria(ctx, body, queryCriterion);
   checkCapacity(ctx, items ? items.length : 2 * pairs!.length, items ? 'items' : 'pairs'); // a pair is two judge items
   const imageRoot = { root: ctx.settings.imageRoot, imageText: ctx.info.imageText };
   const found = new Map<string, string>(); // image file → the first field naming it
+  const ranked = names.find((n) => ctx.settings.criteria.get(n)!.template.kind === 'ranked');
   const examples = items
-    ? itemExamples(items, { ranked: criteria.get(name)!.template.kind === 'ranked', name }, imageRoot, found)
+    ? itemExamples(items, { ranked: ranked !== undefined, name: ranked ?? names[0]! }, imageRoot, found)
     : pairExamples(pairs!, imageRoot, found);
   // An unreadable image is this request's 400, not a failure of the micro-batch it would share with others.
   await readable.check(found);
-  const [scores] = await scoreAll(ctx, reply, [name], examples, items ? 'items' : 'pairs');
+  const scores = await scoreAll(ctx, reply, names, examples, items ? 'items' : 'pairs');
   const ids = (items ?? pairs!).map((x) => x.id);
+  const withId = (i: number) => (ids[i] === undefined ? {} : { id: ids[i] });
+  if (body.criteria === undefined)
+    return { criterion: names[0]!, results: scores[0]!.map((s, i) => ({ ...withId(i), ...armFields(s) })) };
   return {
-    criterion: name,
-    results: scores!.map((s, i) => ({ ...(ids[i] === undefined ? {} : { id: ids[i] }), ...armFields(s) })),
+    criteria: names,
+    results: examples.map((_, i) => ({
+      ...withId(i),
+      scores: Object.fromEntries(names.map((n, k) => [n, armFields(scores[k]![i]!)])),
+    })),
   };
 }
 
