@@ -105,7 +105,10 @@ const EXAMPLES: Record<string, string[]> = {
     `npx arm forward --model ${TINY} --prompt "w1 w2 w3 w4 w5 w6 A:" --top 5`,
     `npx arm forward --model ${TINY} --input-ids 1,10,11 --json --heads`,
   ],
-  generate: [`npx arm generate --model ${TINY} --prompt "w1 w2 w3" --max-new-tokens 8`],
+  generate: [
+    `npx arm generate --model ${TINY} --prompt "w1 w2 w3" --max-new-tokens 8`,
+    `npx arm generate --model ${TINY} --input-ids 1,10,11 --max-new-tokens 4`,
+  ],
 };
 
 function groupOf(group: string, flags: string): Record<string, string> {

@@ -53,7 +53,7 @@ describe.each(commands.map((c) => [c.name(), c] as [string, Command]))('arm %s -
 
   it('has two or more examples that use only its options and give every required one', () => {
     const examples = groups.get('Examples (from the repository root):') ?? [];
-    expect(examples.length).toBeGreaterThanOrEqual(name === 'generate' ? 1 : 2);
+    expect(examples.length).toBeGreaterThanOrEqual(2);
     const known = new Set(cmd.options.map((o) => o.long));
     for (const example of examples) {
       expect(example.trim().startsWith(`npx arm ${name} `)).toBe(true);
