@@ -17,7 +17,7 @@ export type Device = 'cpu' | 'webgpu' | 'cuda';
 export const DEVICES: readonly Device[] = ['cpu', 'webgpu', 'cuda'];
 
 /** What to install for a device whose provider or adapter is missing (docs/gpu.md says more). */
-export const DEVICE_SETUP: Readonly<Record<Exclude<Device, 'cpu'>, string>> = {
+const DEVICE_SETUP: Readonly<Record<Exclude<Device, 'cpu'>, string>> = {
   webgpu:
     "a GPU driver with Vulkan (Linux), Metal (macOS) or D3D12 (Windows); on a machine without a GPU, Mesa's " +
     'software Vulkan driver (Debian/Ubuntu: apt-get install mesa-vulkan-drivers libvulkan1 from a Mesa ≥ 25, ' +
