@@ -72,14 +72,16 @@ export interface PassCuts {
   /**
    * Tokens the longest cut pass needs whole, with the demonstrations it planned; null when that is over
    * CUT_MEASURE_FACTOR × --max-length (not measured further: a huge prompt costs what a budget-sized one does).
+   * "Longest" by the sum of its items' lengths alone; the CUT_PASSES_MEASURED longest so are rendered whole.
    */
   longestNeeded: number | null;
   /** Demonstrations the longest cut pass planned. */
   longestShots: number;
 }
 
-/** How far past --max-length a cut pass's whole length is measured. */
+/** How far past --max-length a cut pass's whole length is measured, and how many of the longest cut passes are. */
 const CUT_MEASURE_FACTOR = 8;
+const CUT_PASSES_MEASURED = 4;
 
 /** Mean extraction stopped on request; `done` holds every pass finished so far (resumed ones included). */
 export class MeansInterrupted extends Error {
@@ -265,24 +267,34 @@ function passCuts(
     longestNeeded: 0,
     longestShots: 0,
   };
+  // Rendering every cut pass whole would double the rendering of a fit whose passes are all cut: rank them by an
+  // estimate (the sum of their items' lengths alone) and render whole only the longest few.
   const images = opts.images ?? null;
   const cap = CUT_MEASURE_FACTOR * opts.maxLength;
-  for (const { i } of cut) {
-    const whole = render(
+  const whole = (demos: number[], query: number) => {
+    const r = render(
       decoder.tokenizer,
       template,
-      plan[i]!.demos.map((j) => pool[j]!),
-      pool[plan[i]!.query]!,
+      demos.map((j) => pool[j]!),
+      pool[query]!,
       cap,
       images,
     );
-    const length = whole.ids.length + whole.images.reduce((n, f) => n + (images ? images.tokens(f) - 1 : 0), 0);
-    const over = whole.truncatedTokens > 0 || whole.droppedDemos > 0;
-    if (over || length > (cuts.longestNeeded ?? Infinity)) {
-      cuts.longestNeeded = over ? null : length;
+    const length = r.ids.length + r.images.reduce((n, f) => n + (images ? images.tokens(f) - 1 : 0), 0);
+    return r.truncatedTokens > 0 || r.droppedDemos > 0 ? Infinity : length;
+  };
+  const alone = new Map<number, number>();
+  const aloneLength = (j: number) => alone.get(j) ?? alone.set(j, whole([], j)).get(j)!;
+  const estimate = ({ demos, query }: { demos: number[]; query: number }) =>
+    demos.reduce((n, j) => n + aloneLength(j), aloneLength(query));
+  const ranked = cut.map(({ i }) => ({ i, estimate: estimate(plan[i]!) })).sort((a, b) => b.estimate - a.estimate);
+  for (const { i } of ranked.slice(0, CUT_PASSES_MEASURED)) {
+    const length = whole(plan[i]!.demos, plan[i]!.query);
+    if (length > (cuts.longestNeeded ?? Infinity)) {
+      cuts.longestNeeded = Number.isFinite(length) ? length : null;
       cuts.longestShots = plan[i]!.demos.length;
     }
-    if (over) break;
+    if (cuts.longestNeeded === null) break;
   }
   return cuts;
 }
