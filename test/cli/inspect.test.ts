@@ -12,8 +12,8 @@ import { saveCriterion, type Criterion } from '../../src/arm/criterion.js';
 import { main } from '../../src/cli/main.js';
 import { tempDir } from '../helpers/fixtures.js';
 
-const ICL_TINY = path.resolve(import.meta.dirname, '../../../shared/models/icl-tiny');
-const PAIRS = path.resolve(import.meta.dirname, '../../../shared/data/icl-tiny/pairs.jsonl');
+const ICL_TINY = path.resolve(import.meta.dirname, '../../models/icl-tiny');
+const PAIRS = path.resolve(import.meta.dirname, '../../examples/icl-tiny/last-low/few.jsonl');
 const dir = tempDir('arm-inspect-');
 let fitted: Criterion;
 
