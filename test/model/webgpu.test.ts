@@ -92,30 +92,14 @@ describe.skipIf(problem !== null)(suite, () => {
       ).rejects.toThrow(/--int8-kernel rowwise \(MatMulIntegerToFloat\) runs on the CPU only; on --device webgpu/);
     });
 
-    it('every node reading a float tensor runs on the device (profiling); on the CPU the check bites', async () => {
-      const onCpu = async (device: 'webgpu' | 'cpu') => {
-        const prefix = path.join(tempDir('arm-profile-'), 'run');
-        const session = await openSession(path.join(gpu.info.cacheEntry, MODEL_FILE), {
-          device,
-          profileFilePrefix: prefix,
-        });
-        (gpu as unknown as { session: typeof session }).session = session;
-        await gpu.forward([[1, 2, 3], [4]]);
-        const kv = await gpu.prefill([1, 2, 3]);
-        const { numLayers: L, numHeads: H, headDim: d } = gpu.spec;
-        await gpu.stepShared(kv, 4, { mask: new Float32Array(2 * L * H).fill(1), values: new Float32Array(L * H * d) });
-        session.endProfiling(); // writes <prefix>_<time>.json
-        await session.release();
-        const [file] = fs.readdirSync(path.dirname(prefix)).filter((f) => f.endsWith('.json'));
-        const events = JSON.parse(fs.readFileSync(path.join(path.dirname(prefix), file!), 'utf8')) as ProfileEvent[];
-        return cpuFloatNodes(events);
-      };
-      const original = (gpu as unknown as { session: unknown }).session;
+    it('every node reading a float tensor runs on the device (profiled: fp32, int4); on the CPU it bites', async () => {
+      expect(await cpuFloatNodesOf(gpu, 'webgpu')).toEqual([]);
+      expect((await cpuFloatNodesOf(gpu, 'cpu')).length).toBeGreaterThan(100);
+      const int4 = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype: 'int4', int4Method: 'rtn' });
       try {
-        expect(await onCpu('webgpu')).toEqual([]);
-        expect((await onCpu('cpu')).length).toBeGreaterThan(100);
+        expect(await cpuFloatNodesOf(int4, 'webgpu')).toEqual([]);
       } finally {
-        (gpu as unknown as { session: unknown }).session = original;
+        await int4.dispose();
       }
     });
   });
@@ -223,6 +207,33 @@ describe('missing providers and adapters are errors that say what to install', (
     },
   );
 });
+
+/**
+ * The nodes that read a float tensor yet ran on the CPU provider, in a profiled forward, prefill and shared step of
+ * `decoder`'s graph opened on `device` (swapped in for its own session for the run).
+ */
+async function cpuFloatNodesOf(decoder: Decoder, device: 'webgpu' | 'cpu'): Promise<string[]> {
+  const prefix = path.join(tempDir('arm-profile-'), 'run');
+  const session = await openSession(path.join(decoder.info.cacheEntry, MODEL_FILE), {
+    device,
+    profileFilePrefix: prefix,
+  });
+  const holder = decoder as unknown as { session: typeof session };
+  const original = holder.session;
+  holder.session = session;
+  try {
+    await decoder.forward([[1, 2, 3], [4]]);
+    const kv = await decoder.prefill([1, 2, 3]);
+    const { numLayers: L, numHeads: H, headDim: d } = decoder.spec;
+    await decoder.stepShared(kv, 4, { mask: new Float32Array(2 * L * H).fill(1), values: new Float32Array(L * H * d) });
+  } finally {
+    holder.session = original;
+    session.endProfiling(); // writes <prefix>_<time>.json
+    await session.release();
+  }
+  const [file] = fs.readdirSync(path.dirname(prefix)).filter((f) => f.endsWith('.json'));
+  return cpuFloatNodes(JSON.parse(fs.readFileSync(path.join(path.dirname(prefix), file!), 'utf8')) as ProfileEvent[]);
+}
 
 interface ProfileEvent {
   cat: string;
