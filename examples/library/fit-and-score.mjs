@@ -1,5 +1,5 @@
 // Fit a criterion from 16 labelled pairs on the bundled icl-tiny model, save it, load it and score 40 new pairs.
-// Run from the root of a project where `npm install activation-rm` was run (Node 20.19+, ESM).
+// Run from the root of a project that installed activation-rm (docs/library.md says how; Node 20.19+).
 import { ActivationRM, Decoder, fitActivationRM, readExamples } from 'activation-rm';
 
 const pkg = 'node_modules/activation-rm';

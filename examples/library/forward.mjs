@@ -1,5 +1,5 @@
 // The engine alone: one forward pass with per-head outputs, then the same pass with one head patched.
-// Run from the root of a project where `npm install activation-rm` was run (Node 20.19+, ESM).
+// Run from the root of a project that installed activation-rm (docs/library.md says how; Node 20.19+).
 import { Decoder } from 'activation-rm';
 
 const decoder = await Decoder.load('node_modules/activation-rm/models/icl-tiny', { quiet: true });
