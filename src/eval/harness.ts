@@ -389,6 +389,7 @@ function pairRecord(at: MethodOnSplit, p: PairExample, r: PairRecord): RunRecord
     ...(r.tieBreak === undefined ? {} : { tieBreak: r.tieBreak }),
     ...(r.swapConsistent === undefined ? {} : { swapConsistent: r.swapConsistent }),
     ...(r.verdictCorrect === undefined ? {} : { verdictCorrect: r.verdictCorrect }),
+    ...(r.textTokens === undefined ? {} : { textTokens: r.textTokens, unknownTokens: r.unknownTokens }),
   };
   return { ...base, ...optional, chosen: r.chosen, rejected: r.rejected };
 }
