@@ -15,6 +15,7 @@ import { FitError, fitActivationRM } from '../../src/arm/fit.js';
 import { loadCriterion } from '../../src/arm/criterion.js';
 import { DEFAULT_TEMPLATES } from '../../src/arm/template.js';
 import { MOSTLY_UNKNOWN, UnknownTokenWatch } from '../../src/arm/unknown-tokens.js';
+import { evaluate } from '../../src/eval/harness.js';
 import { tempDir } from '../helpers/fixtures.js';
 import { tokenizerFolder } from '../helpers/tokenizers.js';
 
@@ -178,6 +179,41 @@ describe('fitting icl-tiny', () => {
     expect(warned).toHaveLength(2);
     expect(warned[0]).toMatch(/^batch 2: \d+% of the judge prompts' text tokens \(6 of 7\) are unknown/);
     expect(warned[1]).toMatch(/^batch 4: .*\(and 1 more such batches since the last warning\)$/);
+  });
+
+  it("eval results record a method's rate: the zero-shot judge with the default and the bare template", async () => {
+    const test = readExamples(path.join(path.dirname(FEW), 'test.jsonl')).examples.slice(0, 12);
+    const rateWith = async (templateText?: string) => {
+      const results = await evaluate(decoder, test, {
+        methods: ['zero-shot'],
+        fewShot: 4,
+        seeds: 1,
+        seed: 0,
+        pool: 'global',
+        outputDir: tempDir('arm-eval-'),
+        saveAll: false,
+        chunkSize: 64,
+        dataset: 'last-low',
+        modelId: 'icl-tiny',
+        method: {
+          fit: { templateText },
+          batchSize: 16,
+          maxLength: decoder.spec.maxPositions,
+          iclShots: 2,
+          sampleN: 2,
+          sampleTemperature: 1,
+          savTopHeads: 4,
+        },
+      });
+      return results.methods['zero-shot']!.unknownTokenRate;
+    };
+    // Every judge item is 21 words with the default template, 13 of them unknown (as expectedCount counts); none bare.
+    expect(expectedCount(test.slice(0, 1) as PairExample[], DEFAULT_TEMPLATES.scalar)).toEqual({
+      unknown: 2 * 13,
+      text: 2 * 21,
+    });
+    expect(await rateWith()).toBe(13 / 21);
+    expect(await rateWith('{prompt} {response}')).toBe(0);
   });
 
   it('the warning about --max-length cuts says what was cut and the length that fits', async () => {
