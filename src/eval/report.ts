@@ -1,13 +1,30 @@
 /** results.json → report.md and a self-contained report.html (inline CSS and SVG, no network). */
 import type { MethodResult, Results, Score } from './aggregate.js';
+import {
+  DEGENERATE_NOTE,
+  esc,
+  intervalText,
+  isDegenerate,
+  PALETTE,
+  pct,
+  provenanceHtml,
+  provenanceMarkdown,
+  seedsText,
+} from './report-parts.js';
 
-const pct = (x: number) => (Number.isFinite(x) ? (100 * x).toFixed(1) : '–');
-const esc = (s: string) => s.replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' })[c]!);
-/** Mean ± std over the seeds that ran; with several seeds in the run, n says how many of them this is over. */
+/**
+ * Mean ± std over the seeds that ran (no ± with one: a std of one seed is no spread); with several seeds in the run,
+ * how many of them this is over ("2 seeds", "1 seed").
+ */
 const accCell = (s: Score, r: Results) =>
   `${pct(s.mean)}${s.perSeed.length > 1 ? ` ± ${pct(s.std)}` : ''}` +
-  `${r.seeds.length > 1 ? ` (n=${s.perSeed.length})` : ''}`;
-const ciCell = (s: Score) => `[${pct(s.ci95[0])}, ${pct(s.ci95[1])}]`;
+  `${r.seeds.length > 1 ? ` (${s.perSeed.length} seed${s.perSeed.length === 1 ? '' : 's'})` : ''}`;
+const ciCell = intervalText;
+/** A subset's cell: accuracy, interval and the (seed, pair)s it is over. */
+const subsetCell = (s: Score, r: Results) => `${accCell(s, r)} ${ciCell(s)} n=${s.n}`;
+/** Whether any interval of the run has zero width (the note explaining it is then shown). */
+const anyDegenerate = (r: Results) =>
+  Object.values(r.methods).some((m) => isDegenerate(m.accuracy) || Object.values(m.subsets).some(isDegenerate));
 /** The method's name, with what it controls for when it is a control rather than a judge. */
 const nameCell = (name: string, m: MethodResult) =>
   `${name}${m.control ? ` (control: ${m.control})` : ''}${partial(m)}`;
@@ -24,38 +41,41 @@ const optionalPct = (x: number | undefined) => (x === undefined ? '' : pct(x));
 /** A markdown table row. */
 const mdRow = (cells: string[]) => `| ${cells.join(' | ')} |`;
 
-/**
- * The main table's cells for one method, after its name: accuracy, interval, the difference to the reference (when
- * there is one), coverage, all pairs, ties, margin, swap consistency, verdict accuracy, cost, pairs.
- */
-function mainCells(r: Results, m: MethodResult): string[] {
-  return [
-    accCell(m.accuracy, r),
-    ciCell(m.accuracy),
-    ...(r.reference ? [diffCell(m)] : []),
-    pct(m.coverage.rate),
-    pct(m.allPairs.mean),
-    tiesCell(m),
-    Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–',
-    optionalPct(m.swapConsistency),
-    optionalPct(m.verdictAccuracy),
-    m.cost.secondsPerPair.toFixed(3),
-    m.cost.forwardTokensPerPair.toFixed(0),
-    String(m.accuracy.n),
-  ];
+/** A column of the main table: its heading and each method's cell. */
+interface Column {
+  head: string;
+  cell: (m: MethodResult) => string;
 }
-/** The main table's columns after accuracy, interval and the difference to the reference. */
-const MAIN_TAIL = [
-  'coverage',
-  'all pairs',
-  'ties',
-  'margin',
-  'swap-consistent',
-  'verdict acc.',
-  's / pair',
-  'tokens / pair',
-  'pairs',
-];
+
+/**
+ * The main table's columns after the method's name: accuracy, interval, the difference to the reference (when there
+ * is one), coverage, all pairs, ties, margin, swap consistency, verdict accuracy, cost, pairs. A column empty in every
+ * row (e.g. swap consistency without a ranked template) is left out.
+ */
+function mainColumns(r: Results): Column[] {
+  const columns: Column[] = [
+    { head: 'accuracy %', cell: (m) => accCell(m.accuracy, r) },
+    { head: '95% CI', cell: (m) => ciCell(m.accuracy) },
+    ...(r.reference ? [{ head: `${r.reference} − method [95% CI]`, cell: diffCell }] : []),
+    { head: 'coverage', cell: (m) => pct(m.coverage.rate) },
+    { head: 'all pairs', cell: (m) => pct(m.allPairs.mean) },
+    { head: 'ties', cell: tiesCell },
+    { head: 'margin', cell: (m) => (Number.isFinite(m.margin) ? m.margin.toFixed(4) : '–') },
+    { head: 'swap-consistent', cell: (m) => optionalPct(m.swapConsistency) },
+    { head: 'verdict acc.', cell: (m) => optionalPct(m.verdictAccuracy) },
+    {
+      head: 's / pair',
+      cell: (m) => (Number.isFinite(m.cost.secondsPerPair) ? m.cost.secondsPerPair.toFixed(3) : '–'),
+    },
+    {
+      head: 'tokens / pair',
+      cell: (m) => (Number.isFinite(m.cost.forwardTokensPerPair) ? m.cost.forwardTokensPerPair.toFixed(0) : '–'),
+    },
+    { head: 'pairs (n)', cell: (m) => String(m.accuracy.n) },
+  ];
+  const ms = rows(r).map(([, m]) => m);
+  return columns.filter((c, i) => i < 2 || ms.some((m) => !['', '–'].includes(c.cell(m))));
+}
 
 /** One paragraph on what the numbers are over, shared by both reports. */
 function readingNotes(r: Results): string[] {
@@ -67,9 +87,18 @@ function readingNotes(r: Results): string[] {
       'wrong.',
     'Ties count wrong; "ties" is the share of common-set pairs whose two scores were equal, and how many of those ' +
       'the method\'s tie-break (sav-vote: summed cosine margin; sample-vote: P("Yes")) decided.',
-    '± is the std across the seeds that ran (n of them); 95% intervals are percentile bootstraps over seeds and ' +
-      "test pairs together, so the few-shot draw's variation is in them.",
+    (r.seeds.length > 1
+      ? '± is the std across the seeds that ran (how many, in brackets); '
+      : 'One seed: no spread across seeds is shown; ') +
+      '95% intervals are percentile bootstraps over seeds and test pairs together, ' +
+      "so the few-shot draw's variation is in them; n is the (seed, test pair)s an accuracy is over.",
   ];
+  if (r.poolLabelNoise > 0)
+    notes.push(
+      `Pool label noise ${r.poolLabelNoise}: in each few-shot pool, that fraction of the pairs (rounded to whole ` +
+        'pairs) had chosen and rejected swapped before any method learned from it, the same pairs for every method ' +
+        'of a seed; test pairs are never flipped.',
+    );
   if (r.reference)
     notes.push(
       `"${r.reference} − method" is the paired accuracy difference on the common set with its bootstrap interval; ` +
@@ -77,6 +106,11 @@ function readingNotes(r: Results): string[] {
     );
   return notes;
 }
+/** The few-shot pool in words, with its label noise when there is some. */
+const poolText = (r: Results) =>
+  `few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}` +
+  (r.poolLabelNoise > 0 ? `, ${r.poolLabelNoise} of them with flipped labels` : '');
+
 /** Marks a method scored without some of its (subset, seed) runs. */
 const partial = (m: MethodResult) => (m.skipped.length ? ' †' : '');
 const groupWord = (r: Results) => (r.pool === 'global' ? 'pool' : 'subset');
@@ -128,8 +162,7 @@ export function renderMarkdown(r: Results): string {
   const lines = [
     `# Evaluation: ${r.dataset}`,
     '',
-    `Model ${r.model}; few-shot pool ${r.fewShot} pairs per ${r.pool === 'global' ? 'run' : 'subset'}; ` +
-      `seeds ${r.seeds.join(', ')}. Accuracy in %. ` +
+    `Model ${r.model}; ${poolText(r)}; ${seedsText(r.seeds)}. Accuracy in %. ` +
       `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.`,
     '',
     ...readingNotes(r).map((n) => `- ${n}`),
@@ -137,6 +170,7 @@ export function renderMarkdown(r: Results): string {
     '',
     ...mainTableMarkdown(r),
     '',
+    ...(anyDegenerate(r) ? [DEGENERATE_NOTE, ''] : []),
   ];
   const notes = dataNotes(r);
   if (notes.length) lines.push(...notes.map((n) => `- ${n}`), '');
@@ -157,22 +191,18 @@ export function renderMarkdown(r: Results): string {
     );
   }
   lines.push('## Methods', '', ...rows(r).map(([name, m]) => `- **${name}**: ${m.definition}`), '');
+  lines.push(...provenanceMarkdown(r.provenance));
   return lines.join('\n');
 }
 
 /** The main table in markdown: header, alignment row, a row per method. */
 function mainTableMarkdown(r: Results): string[] {
-  const head = [
-    'method',
-    'accuracy',
-    '95% CI',
-    ...(r.reference ? [`${r.reference} − method [95% CI]`] : []),
-    ...MAIN_TAIL,
-  ];
+  const columns = mainColumns(r);
+  const head = ['method', ...columns.map((c) => c.head)];
   return [
     mdRow(head),
     mdRow(head.map((_, i) => (i ? '---:' : '---'))),
-    ...rows(r).map(([name, m]) => mdRow([nameCell(name, m), ...mainCells(r, m)])),
+    ...rows(r).map(([name, m]) => mdRow([nameCell(name, m), ...columns.map((c) => c.cell(m))])),
   ];
 }
 
@@ -181,7 +211,7 @@ function subsetsMarkdown(r: Results): string[] {
   const subsets = [...new Set(Object.values(r.methods).flatMap((m) => Object.keys(m.subsets)))].sort();
   if (subsets.length <= 1) return [];
   const cell = (m: MethodResult, s: string) =>
-    m.subsets[s] ? accCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '';
+    m.subsets[s] ? subsetCell(m.subsets[s]!, r) : m.skipped.some((k) => k.group === s) ? 'skipped' : '';
   return [
     '## Per subset',
     '',
@@ -292,20 +322,6 @@ function judgeBenchMarkdown(ranked: Ranked): string[] {
   return lines;
 }
 
-const COLORS = [
-  '#3465a4',
-  '#cc0000',
-  '#73d216',
-  '#f57900',
-  '#75507b',
-  '#c17d11',
-  '#555753',
-  '#06989a',
-  '#edd400',
-  '#ad7fa8',
-  '#8ae234',
-];
-
 /** Horizontal bars with interval whiskers, one group per label. */
 function barChart(groups: { label: string; bars: { name: string; score: Score }[] }[], methods: string[]): string {
   const rowH = 16,
@@ -318,16 +334,17 @@ function barChart(groups: { label: string; bars: { name: string; score: Score }[
     parts.push(`<text x="4" y="${y + 12}" font-weight="bold">${esc(g.label)}</text>`);
     y += 18;
     for (const b of g.bars) {
-      const c = COLORS[methods.indexOf(b.name) % COLORS.length];
+      const c = PALETTE[methods.indexOf(b.name) % PALETTE.length];
       const w = Number.isFinite(b.score.mean) ? b.score.mean * width : 0;
       const [lo, hi] = b.score.ci95.map((v) => left + (Number.isFinite(v) ? v * width : 0));
-      const title = `${esc(b.name)}: ${pct(b.score.mean)}% [${pct(b.score.ci95[0])}, ${pct(b.score.ci95[1])}]`;
+      const title = `${esc(b.name)}: ${pct(b.score.mean)}% ${intervalText(b.score)}, n=${b.score.n}`;
       parts.push(
         `<text x="${left - 6}" y="${y + 12}" text-anchor="end">${esc(b.name)}</text>`,
         `<rect x="${left}" y="${y + 2}" width="${w.toFixed(1)}" height="${rowH - 4}" fill="${c}">` +
           `<title>${title}</title></rect>`,
         `<line x1="${lo!.toFixed(1)}" x2="${hi!.toFixed(1)}" y1="${y + rowH / 2}" y2="${y + rowH / 2}" stroke="#000"/>`,
-        `<text x="${left + width + 6}" y="${y + 12}">${pct(b.score.mean)}</text>`,
+        `<text x="${left + width + 6}" y="${y + 12}">${pct(b.score.mean)} ${intervalText(b.score)} ` +
+          `<tspan fill="#555">n=${b.score.n}</tspan></text>`,
       );
       y += rowH;
     }
@@ -343,12 +360,38 @@ function barChart(groups: { label: string; bars: { name: string; score: Score }[
     })
     .join('');
   return (
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 60}" height="${y}" ` +
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${left + width + 190}" height="${y}" ` +
     `font-family="sans-serif" font-size="12">${axis}${parts.join('')}</svg>`
   );
 }
 
-/** Layer × head grid: share of a method's fits that used each head. */
+/**
+ * A share in [0, 1] as a colour of a single-hue blue ramp (light to dark, as ColorBrewer's Blues): read by
+ * lightness, so also in grey and under colour-vision deficiencies.
+ */
+function shareColor(share: number): string {
+  const lo = [247, 251, 255],
+    hi = [8, 48, 107];
+  const c = lo.map((v, i) => Math.round(v + (hi[i]! - v) * Math.min(1, Math.max(0, share))));
+  return `rgb(${c.join(',')})`;
+}
+
+/** The heat map's colour scale: 0% to 100% of fits in five steps, below the grid at `top`. */
+function shareLegend(left: number, top: number): string {
+  const steps = [0, 0.25, 0.5, 0.75, 1];
+  return (
+    `<text x="${left}" y="${top + 10}">share of fits using the head:</text>` +
+    steps
+      .map(
+        (v, i) =>
+          `<rect x="${left + 160 + i * 34}" y="${top}" width="34" height="12" fill="${shareColor(v)}" stroke="#999"/>` +
+          `<text x="${left + 177 + i * 34}" y="${top + 24}" text-anchor="middle">${v * 100}%</text>`,
+      )
+      .join('')
+  );
+}
+
+/** Layer × head grid: share of a method's fits that used each head, with its colour scale. */
 function heatMap(counts: Record<string, number>, fits: number, shape: Results['shape']): string {
   const { layers, heads } = shape;
   const cell = Math.max(6, Math.min(18, Math.floor(560 / Math.max(heads, 1)))),
@@ -360,7 +403,7 @@ function heatMap(counts: Record<string, number>, fits: number, shape: Results['s
       const share = (counts[`${l},${h}`] ?? 0) / fits;
       cells.push(
         `<rect x="${left + h * cell}" y="${top + l * cell}" width="${cell - 1}" height="${cell - 1}" ` +
-          `fill="rgba(204,0,0,${share.toFixed(3)})" stroke="#eee">` +
+          `fill="${shareColor(share)}" stroke="#eee">` +
           `<title>layer ${l}, head ${h}: ${(share * 100).toFixed(0)}% of fits</title></rect>`,
       );
     }
@@ -369,10 +412,11 @@ function heatMap(counts: Record<string, number>, fits: number, shape: Results['s
         `<text x="${left - 4}" y="${top + l * cell + cell - 2}" text-anchor="end" font-size="10">L${l}</text>`,
       );
   }
+  const legendTop = top + layers * cell + 8;
   return (
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${left + heads * cell + 10}" ` +
-    `height="${top + layers * cell + 10}" ` +
-    `font-family="sans-serif" font-size="10"><text x="${left}" y="12">heads →</text>${cells.join('')}</svg>`
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${Math.max(left + heads * cell + 10, left + 340)}" ` +
+    `height="${legendTop + 30}" font-family="sans-serif" font-size="10">` +
+    `<text x="${left}" y="12">heads →</text>${cells.join('')}${shareLegend(left, legendTop)}</svg>`
   );
 }
 
@@ -395,11 +439,11 @@ export function renderHtml(r: Results): string {
     `<style>${STYLE}</style></head>`,
     '<body>',
     `<h1>Evaluation: ${esc(r.dataset)}</h1>`,
-    `<p>Model <code>${esc(r.model)}</code>; few-shot pool ${r.fewShot} pairs per ` +
-      `${r.pool === 'global' ? 'run' : 'subset'}; seeds ${r.seeds.join(', ')}.`,
+    `<p>Model <code>${esc(r.model)}</code>; ${esc(poolText(r))}; ${esc(seedsText(r.seeds))}.`,
     `Prompts cut to fit: ${r.truncatedItems} pairs; too long to score: ${r.tooLongItems}.</p>`,
     `<ul class="reading">${reading.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>`,
     mainTableHtml(r),
+    anyDegenerate(r) ? `<p class="degenerate">${esc(DEGENERATE_NOTE)}</p>` : '',
     notes.length ? `<ul class="notes">${notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : '',
     '<h2>Accuracy with 95% intervals</h2>',
     charts.overall,
@@ -408,6 +452,7 @@ export function renderHtml(r: Results): string {
     skippedHtml(r),
     benchmarkHtml(r),
     `<h2>Methods</h2><dl>${methods}</dl>`,
+    provenanceHtml(r.provenance),
     `<p><small>generated ${esc(r.generatedAt)} by activation-rm</small></p>`,
     "<script>document.body.dataset.rendered = 'ok';</script>",
     '</body></html>',
@@ -448,23 +493,19 @@ function chartsHtml(r: Results): { overall: string; perSubset: string; maps: str
 
 /** The main table in HTML; a method's definition is its name cell's tooltip. */
 function mainTableHtml(r: Results): string {
-  const head = [
-    'method',
-    'accuracy %',
-    '95% CI',
-    ...(r.reference ? [`${esc(r.reference)} − method [95% CI]`] : []),
-    ...MAIN_TAIL,
-  ];
+  const columns = mainColumns(r);
+  const head = ['method', ...columns.map((c) => c.head)];
   const body = rows(r)
     .map(
       ([name, m]) =>
         `<tr><td title="${esc(m.definition)}">${esc(nameCell(name, m))}</td>` +
-        `${mainCells(r, m)
-          .map((c) => `<td>${esc(c)}</td>`)
-          .join('')}</tr>`,
+        `${columns.map((c) => `<td>${esc(c.cell(m))}</td>`).join('')}</tr>`,
     )
     .join('');
-  return `<table><thead><tr>${head.map((h) => `<th>${h}</th>`).join('')}</tr></thead><tbody>${body}</tbody></table>`;
+  return (
+    `<table><thead><tr>${head.map((h) => `<th>${esc(h)}</th>`).join('')}</tr></thead>` +
+    `<tbody>${body}</tbody></table>`
+  );
 }
 
 /** The skipped (method, group, seed) runs in HTML; empty when none was skipped. */

@@ -1,7 +1,6 @@
 // The evaluation harness: pool/test splits, and end-to-end runs of every method (tiny random model, stories260K)
 // with resume, the length rules against an independent count, and refused resumes.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
@@ -10,6 +9,7 @@ import { evaluate, runEval, type EvalOptions } from '../../src/eval/harness.js';
 import { drawSplits } from '../../src/eval/splits.js';
 import { readRecords } from '../../src/eval/run-log.js';
 import { METHODS } from '../../src/eval/methods.js';
+import { checkHtmlInBrowser } from './browser.js';
 import { CHATML, FAMILY_CONFIGS, makeCheckpoint, PREFERENCE_DATA, STORIES, tempDir } from '../helpers/fixtures.js';
 
 const ALL_METHODS = Object.keys(METHODS);
@@ -278,31 +278,3 @@ describe('end to end', () => {
     }
   });
 });
-
-/** Opens the report in headless Chromium when it is installed; otherwise says so visibly. */
-function checkHtmlInBrowser(file: string): void {
-  const chromium = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => fs.existsSync(p));
-  if (!chromium) {
-    console.warn(`SKIPPED browser check of ${file}: no chromium installed (apt-get install chromium)`);
-    return;
-  }
-  const dom = execFileSync(
-    chromium,
-    [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      `--user-data-dir=${tempDir('chromium-')}`,
-      '--dump-dom',
-      `file://${file}`,
-    ],
-    { encoding: 'utf8', timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  expect(dom).toContain('data-rendered="ok"'); // the last script ran: nothing before it threw
-  expect(dom).toContain('<svg');
-}

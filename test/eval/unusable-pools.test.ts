@@ -147,7 +147,7 @@ describe('a pool a method cannot be prepared on', () => {
       expect(md).toContain('## Skipped (method, subset, seed)');
       expect(md).toMatch(/\| arm \| verbose \| 0 \| 10 \| the few-shot examples hold a single label class/);
       expect(md).toMatch(/\| arm † \|/);
-      expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(n=2\) \|/);
+      expect(md).toMatch(/\| arm † \| [\d.]+ ± [\d.]+ \(2 seeds\) \|/);
       // verbose is out of the common set (skipped by some, unscorable by zero-shot): every row is over plain's 2 × 10
       // pairs
       expect(md).toContain(
@@ -202,8 +202,8 @@ describe('a pool a method cannot be prepared on', () => {
     expect(results.methods['zero-shot']!.allPairs.seeds).toBe(2);
     expect(results.seeds).toEqual([seed, seed + 1]);
     const md = fs.readFileSync(path.join(out, 'report.md'), 'utf8');
-    expect(md).toMatch(/\| arm † \| [\d.]+ \(n=1\) \|/);
-    expect(md).toMatch(/\| zero-shot \| [\d.]+ \(n=1\) \|/);
+    expect(md).toMatch(/\| arm † \| [\d.]+ \(1 seed\) \|/);
+    expect(md).toMatch(/\| zero-shot \| [\d.]+ \(1 seed\) \|/);
   });
 
   it('any FitError from preparing skips; any other error aborts, naming the method, subset and seed', async () => {
