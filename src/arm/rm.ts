@@ -133,7 +133,7 @@ export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
  * length budget: CriterionSet groups them so) on one decoder: [criterion][item]. One criterion runs batched by
  * length (forEachRenderedLastLogits); K > 1 run every prompt once and its last token as K patched rows.
  */
-export async function scoreItemsUnder(
+async function scoreItemsUnder(
   rms: readonly ActivationRM[],
   items: JudgeItem[],
   opts: ScoreOptions = {},

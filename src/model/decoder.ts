@@ -109,7 +109,7 @@ export interface HeadPatch {
   mode?: PatchMode | readonly PatchMode[];
 }
 
-export type PatchMode = 'replace' | 'add';
+type PatchMode = 'replace' | 'add';
 
 export interface ForwardResult {
   batchSize: number;
