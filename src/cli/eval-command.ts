@@ -386,7 +386,8 @@ function printResults(results: Results, o: EvalCliOptions): void {
     .sort((a, b) => key(b[1].accuracy.mean) - key(a[1].accuracy.mean))
     .map(([name, m]) => ({
       method: m.control ? `${name} (control)` : name,
-      accuracy: `${pct(m.accuracy.mean)} ± ${pct(m.accuracy.std)}`,
+      // One seed has no spread: no "± 0.0".
+      accuracy: `${pct(m.accuracy.mean)}${m.accuracy.seeds > 1 ? ` ± ${pct(m.accuracy.std)}` : ''}`,
       seeds: m.accuracy.seeds,
       ci95: `[${pct(m.accuracy.ci95[0])}, ${pct(m.accuracy.ci95[1])}]`,
       ...(results.reference
