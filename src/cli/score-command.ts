@@ -102,7 +102,7 @@ async function scoreCommand(o: ScoreCliOptions): Promise<void> {
   const files: ScoreFiles = { part: `${o.output}.part`, checkpoint: `${o.output}.score-checkpoint.json` };
   const inputs: InputFile[] = [
     { path: o.input, what: 'the --input file' },
-    ...criteria.map((c) => ({ path: c.file, what: 'an --rm criterion file' })),
+    ...criteria.map((c) => ({ path: c.file, what: 'the --rm criterion file' })),
     ...modelInputs(o.model),
   ];
   const output = prepareOutput(o.output, { flag: '--output', inputs });
