@@ -285,8 +285,16 @@ const IMAGE_CHUNK_ITEMS = 64;
 
 type Rendered = readonly { ids: number[]; images: readonly string[] }[];
 
-/** One run over a chunk: its sequences, its groups in chunk indices, and the rendered index of chunk index k. */
-type ChunkRun = (seqs: Sequence[], groups: number[][] | undefined, at: (k: number) => number) => Promise<void>;
+/**
+ * One run over a chunk: its sequences, its groups in chunk indices, the rendered index of chunk index k, and
+ * progress in chunk items (counted on from the chunks before it).
+ */
+type ChunkRun = (
+  seqs: Sequence[],
+  groups: number[][] | undefined,
+  at: (k: number) => number,
+  onProgress: (done: number) => void,
+) => Promise<void>;
 
 /**
  * `run` over rendered prompts as sequences. Text prompts run as one call; prompts with images run in chunks of
@@ -296,12 +304,18 @@ type ChunkRun = (seqs: Sequence[], groups: number[][] | undefined, at: (k: numbe
 async function inSequenceChunks(
   images: JudgeImages | null,
   rendered: Rendered,
-  groups: number[][] | undefined,
+  opts: { groups?: number[][]; onProgress?: (done: number, total: number) => void },
   run: ChunkRun,
   chunkItems: number,
 ): Promise<void> {
+  const { groups } = opts;
+  let before = 0;
+  const runChunk = async (seqs: Sequence[], chunkGroups: number[][] | undefined, at: (k: number) => number) => {
+    await run(seqs, chunkGroups, at, (done) => opts.onProgress?.(before + done, rendered.length));
+    before += seqs.length;
+  };
   if (!images || rendered.every((prompt) => !prompt.images.length)) {
-    await run(
+    await runChunk(
       rendered.map((prompt) => prompt.ids),
       groups,
       (k) => k,
@@ -329,7 +343,7 @@ async function inSequenceChunks(
     const seqs: Sequence[] = [];
     for (const i of c) seqs.push(await toSequence(images, rendered[i]!));
     const chunkGroups = groups?.filter((g) => g.length && local.has(g[0]!)).map((g) => g.map((i) => local.get(i)!));
-    await run(seqs, chunkGroups, (k) => c[k]!);
+    await runChunk(seqs, chunkGroups, (k) => c[k]!);
   }
 }
 
@@ -342,18 +356,9 @@ export async function forEachRenderedLastLogits(
   onRow: (index: number, row: LastRow) => void,
   chunkItems = IMAGE_CHUNK_ITEMS,
 ): Promise<void> {
-  let before = 0;
-  await inSequenceChunks(
-    images,
-    rendered,
-    opts.groups,
-    async (seqs, groups, at) => {
-      const onProgress = (done: number) => opts.onProgress?.(before + done, rendered.length);
-      await forEachLastLogits(decoder, seqs, { ...opts, groups, onProgress }, (k, row) => onRow(at(k), row));
-      before += seqs.length;
-    },
-    chunkItems,
-  );
+  const run: ChunkRun = (seqs, groups, at, onProgress) =>
+    forEachLastLogits(decoder, seqs, { ...opts, groups, onProgress }, (k, row) => onRow(at(k), row));
+  await inSequenceChunks(images, rendered, opts, run, chunkItems);
 }
 
 /** forEachLastLogitsPerPatch over rendered prompts: each prompt's last token under K patch rows. */
@@ -364,18 +369,9 @@ export async function forEachRenderedPerPatch(
   opts: PerPatchOptions,
   onRows: (index: number, rows: { logits: Float32Array; logSumExp: Float32Array }) => void,
 ): Promise<void> {
-  let before = 0;
-  await inSequenceChunks(
-    images,
-    rendered,
-    opts.groups,
-    async (seqs, groups, at) => {
-      const onProgress = (done: number) => opts.onProgress?.(before + done, rendered.length);
-      await forEachLastLogitsPerPatch(decoder, seqs, { ...opts, groups, onProgress }, (k, rows) => onRows(at(k), rows));
-      before += seqs.length;
-    },
-    IMAGE_CHUNK_ITEMS,
-  );
+  const run: ChunkRun = (seqs, groups, at, onProgress) =>
+    forEachLastLogitsPerPatch(decoder, seqs, { ...opts, groups, onProgress }, (k, rows) => onRows(at(k), rows));
+  await inSequenceChunks(images, rendered, opts, run, IMAGE_CHUNK_ITEMS);
 }
 
 /** Empties the rows cache shared by every decoder (tests count tower runs from a clean state). */
