@@ -40,7 +40,7 @@ export function packageVersion(): string {
 }
 
 /** The sha256 of the compared pairs: ids, prompts and responses in order. */
-export const pairsSha256 = (pairs: PairExample[]) =>
+const pairsSha256 = (pairs: PairExample[]) =>
   createHash('sha256')
     .update(JSON.stringify(pairs.map((p) => [p.id, p.prompt, p.chosen, p.rejected])))
     .digest('hex');

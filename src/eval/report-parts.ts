@@ -31,7 +31,7 @@ export const DEGENERATE_NOTE =
   'true accuracy is still only known to be above about 1 − 3/n (the rule of three, 95%).';
 
 /** The provenance as label/value lines, in the order a reader reproduces the run. */
-export function provenanceEntries(p: Provenance): [string, string][] {
+function provenanceEntries(p: Provenance): [string, string][] {
   const template = p.template
     ? `${JSON.stringify(p.template.text)} (${p.template.kind}${p.template.chat ? ', chat template' : ', plain text'})`
     : '(none: no method read a model)';

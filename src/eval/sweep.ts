@@ -42,10 +42,10 @@ export interface SweepResults {
 }
 
 /** The folder of one value's run: `p-0.25`, `k-8`. */
-export const sweepFolder = (axis: SweepAxis, value: number) => `${axis === 'few-shot' ? 'k' : 'p'}-${value}`;
+const sweepFolder = (axis: SweepAxis, value: number) => `${axis === 'few-shot' ? 'k' : 'p'}-${value}`;
 
 /** The options of one value's run in a sweep. */
-export function sweepPointOptions(
+function sweepPointOptions(
   requested: ReportedEvalOptions,
   axis: SweepAxis,
   values: number[],
@@ -86,7 +86,7 @@ export async function evaluateSweep(
 }
 
 /** The runs' accuracies per method and value (a method absent at some value has no point there). */
-export function gatherSweep(axis: SweepAxis, values: number[], runs: Results[]): SweepResults {
+function gatherSweep(axis: SweepAxis, values: number[], runs: Results[]): SweepResults {
   const first = runs[0]!;
   const methods: SweepResults['methods'] = {};
   runs.forEach((r, i) => {
