@@ -6,7 +6,8 @@
  * replaced by random means (what scoring costs does not depend on how heads were chosen).
  * Goals: eightOverOne = time(8 in one pass) / time(1) ≤ 1.3; speedupVsSeparate8 = time(8 passes) / time(8 in one
  * pass) ≥ 5; maxAbsDiffVsSeparate: the largest |Δ reward| between a criterion's score in the shared pass and alone.
- * Options: --items N (default 16), --threads n. Last line: one JSON object.
+ * Options: --items N (default 16), --rounds R (default 2: every timing is the median over R rounds, each round
+ * running everything once, so that a change of load hits every figure alike), --threads n. Last line: one JSON object.
  */
 import os from 'node:os';
 import { Decoder } from '../src/model/decoder.js';
@@ -15,10 +16,11 @@ import { ActivationRM, type ExampleScore } from '../src/arm/rm.js';
 import { CriterionSet } from '../src/arm/criterion-set.js';
 import type { Example } from '../src/data/examples.js';
 import { Rng } from '../src/util/rng.js';
-import { ensureQwenShapeCheckpoint } from './qwen-shape.js';
+import { ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
 import { log, option, seconds, threadsOption } from './args.js';
 
 const N = Number(option('--items') ?? 16);
+const ROUNDS = Number(option('--rounds') ?? 2);
 const KS = [1, 2, 4, 8];
 const HEADS_PER_CRITERION = 24;
 
@@ -68,24 +70,28 @@ const rewards = (scores: ExampleScore[]) => scores.map((s) => ('reward' in s ? s
 log(`criteria bench: ${N} items, K = ${KS.join(', ')}; ${os.cpus()[0]?.model}, ${threadsOption()} threads`);
 await set.scoreExamples(items.slice(0, 2)); // warm-up: first-run costs of both paths
 await criteria[0]!.rm.scoreExamples(items.slice(0, 2));
-const onePass = new Map<number, number>();
-let shared = new Map<string, ExampleScore[]>();
-for (const K of KS) {
-  const names = criteria.slice(0, K).map((c) => c.name);
-  const { s, out } = await timed(() => set.scoreExamples(items, { names }));
-  onePass.set(K, s);
-  if (K === Math.max(...KS)) shared = out;
-  log(`  K = ${K} in one pass: ${s.toFixed(2)} s (${(N / s).toFixed(2)} items/s)`);
-}
-const single: number[] = [];
+const onePassRounds = new Map<number, number[]>(KS.map((K) => [K, []]));
+const singleRounds: number[][] = criteria.map(() => []);
 let maxAbsDiff = 0;
-for (const c of criteria) {
-  const { s, out } = await timed(() => c.rm.scoreExamples(items));
-  single.push(s);
-  const together = rewards(shared.get(c.name)!);
-  rewards(out).forEach((r, i) => (maxAbsDiff = Math.max(maxAbsDiff, Math.abs(r - together[i]!))));
-  log(`  ${c.name} alone: ${s.toFixed(2)} s`);
+for (let round = 0; round < ROUNDS; round++) {
+  let shared = new Map<string, ExampleScore[]>();
+  for (const K of KS) {
+    const names = criteria.slice(0, K).map((c) => c.name);
+    const { s, out } = await timed(() => set.scoreExamples(items, { names }));
+    onePassRounds.get(K)!.push(s);
+    if (K === Math.max(...KS)) shared = out;
+    log(`  round ${round + 1}: K = ${K} in one pass: ${s.toFixed(2)} s (${(N / s).toFixed(2)} items/s)`);
+  }
+  for (const [k, c] of criteria.entries()) {
+    const { s, out } = await timed(() => c.rm.scoreExamples(items));
+    singleRounds[k]!.push(s);
+    const together = rewards(shared.get(c.name)!);
+    rewards(out).forEach((r, i) => (maxAbsDiff = Math.max(maxAbsDiff, Math.abs(r - together[i]!))));
+    log(`  round ${round + 1}: ${c.name} alone: ${s.toFixed(2)} s`);
+  }
 }
+const onePass = new Map(KS.map((K) => [K, median(onePassRounds.get(K)!)]));
+const single = singleRounds.map(median);
 const separate = (K: number) => single.slice(0, K).reduce((a, b) => a + b, 0);
 
 log('\n| K | one pass (s) | K separate passes (s) | speed-up | one pass / K = 1 |');
@@ -102,6 +108,7 @@ const result = {
   speedupVsSeparate8: Number((separate(8) / onePass.get(8)!).toFixed(2)),
   maxAbsDiffVsSeparate: maxAbsDiff,
   items: N,
+  rounds: ROUNDS,
   dtype: decoder.info.weightFormat,
   onePassS: Object.fromEntries(KS.map((K) => [K, Number(onePass.get(K)!.toFixed(2))])),
   separateS: Object.fromEntries(KS.map((K) => [K, Number(separate(K).toFixed(2))])),
