@@ -481,7 +481,8 @@ function chartsHtml(r: Results): { overall: string; perSubset: string; maps: str
         )
       : '';
   const maps = rows(r)
-    .filter(([, m]) => m.headCounts && m.fits)
+    // A method that patches or reads no head (zero-shot, the in-context judges) has no map: an empty grid says nothing.
+    .filter(([, m]) => m.headCounts && m.fits && Object.keys(m.headCounts).length > 0)
     .map(
       ([name, m]) =>
         `<figure><figcaption>${esc(name)}: heads used, share of ${m.fits} fit${m.fits === 1 ? '' : 's'}</figcaption>` +
