@@ -96,12 +96,14 @@ function addRunOptions(cmd: Command): Command {
       `comma-separated: ${Object.keys(METHODS).join(', ')}`,
       'arm,zero-shot,pick-longer,pick-shorter',
     )
-    .option(
-      '--few-shot <n|list>',
-      'pool pairs drawn per seed (per subset, or globally with --pool global); 0 = no pool; ' +
-        'a list (2,4,8,16,32) is a sweep: one run per k, all tested on the same pairs, one table and plot (sweep.html)',
-      (v) => numberList(v, '--few-shot', (x) => nonNegativeInt(x, '--few-shot')),
-      [16],
+    .addOption(
+      new Option(
+        '--few-shot <n|list>',
+        'pool pairs drawn per seed (per subset, or globally with --pool global); 0 = no pool; a list ' +
+          '(2,4,8,16,32) is a sweep: one run per k, all tested on the same pairs, one table and plot (sweep.html)',
+      )
+        .argParser((v) => numberList(v, '--few-shot', (x) => nonNegativeInt(x, '--few-shot')))
+        .default([16], '16'),
     )
     .option(
       '--pool-label-noise <p|list>',
@@ -167,6 +169,9 @@ async function evalCommand(o: EvalCliOptions): Promise<void> {
   if (!o.dataset === !o.biasPair)
     throw new Error('give --dataset, or --bias-pair biased.jsonl,flipped.jsonl (one of them)');
   const probeFiles = parseBiasPair(o.biasPair);
+  // Checked before the model loads: a flag error should not wait for it.
+  const sweep = sweepOf(o);
+  if (sweep && probeFiles) throw new Error('a sweep (several --few-shot or --pool-label-noise values) needs --dataset');
   const loaded = await loadEvalData(o, probeFiles);
   const { examples, fewShotIds } = loaded[0]!;
   const methods = o.methods
@@ -181,9 +186,6 @@ async function evalCommand(o: EvalCliOptions): Promise<void> {
   try {
     const dataset = path.basename(o.dataset ?? probeFiles![0]!);
     const evalOptions = evalOptionsFrom(o, { methods, decoder, dataset, fewShotIds, bar });
-    const sweep = sweepOf(o);
-    if (sweep && probeFiles)
-      throw new Error('a sweep (several --few-shot or --pool-label-noise values) needs --dataset');
     if (sweep) {
       printSweep(await evaluateSweep(decoder, examples, evalOptions, sweep), o.outputDir);
       return;
