@@ -97,8 +97,9 @@ export function registerScoreCommand(program: Command): void {
 }
 
 async function scoreCommand(o: ScoreCliOptions): Promise<void> {
-  const { criteria, named } = criterionArgs(o.rm);
+  // The input's rows first: a bad line is named before anything else is looked at (as before --rm was repeatable).
   const survey = surveyScoreInput(o);
+  const { criteria, named } = criterionArgs(o.rm);
   const files: ScoreFiles = { part: `${o.output}.part`, checkpoint: `${o.output}.score-checkpoint.json` };
   const inputs: InputFile[] = [
     { path: o.input, what: 'the --input file' },

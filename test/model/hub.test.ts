@@ -853,7 +853,8 @@ describe('a dataset branch that moves between runs (flat folder)', () => {
     );
     const dir = path.join(cacheDir, 'hub', 'datasets', 'tiny--moving-set', 'main');
     expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe('a'.repeat(40));
-    expect(fs.statSync(path.join(dir, `${FILE}.part`)).size).toBeGreaterThan(0);
+    // The cut run leaves its part (how many bytes reached the disk before the cut depends on stream timing).
+    expect(fs.existsSync(path.join(dir, `${FILE}.part`))).toBe(true);
 
     hub.publish('tiny/moving-set', 'b'.repeat(40), folder(bytesB));
     hub.configure({});
