@@ -4,11 +4,11 @@
  * only, below all of them, so that their imports point one way (scheduler.ts → engine-types.ts ← engine.ts).
  */
 import type { CriterionMeta } from '../arm/criterion.js';
-import type { ItemScore, PairScore } from '../arm/rm.js';
+import type { ExampleScore } from '../arm/rm.js';
 import type { Example } from '../data/examples.js';
 
 /** One example's score, as `ActivationRM.scoreExamples` gives it (`arm score` writes the same fields). */
-export type ExampleScore = PairScore | (ItemScore & { label: boolean | null });
+export type { ExampleScore };
 
 export interface ScoreCallOptions {
   batchSize?: number;
