@@ -1,14 +1,12 @@
 /**
- * `--dataset owner/name[@revision]`: a hub dataset's parquet files, kept in the same cache as models, under
- * `<cache>/hub/datasets/<owner>--<name>/<revision>/<path in the repository>`.
+ * `--dataset owner/name[@revision]`: a hub dataset's parquet files, kept in the Hugging Face hub cache as Python's
+ * huggingface_hub keeps them (`<hub cache>/datasets--<owner>--<name>/snapshots/<commit>/<path>`): a file that
+ * `datasets` or `hf_hub_download` fetched is read from there offline, and one we fetch is Python's too.
  *
  * The hub serves dataset files at `<endpoint>/datasets/<id>/resolve/<revision>/<file>`; they come through the
- * same downloader as models (src/model/checkpoint/hub.ts: retries, resume, size and sha256 checks, HF_ENDPOINT,
- * HF_TOKEN, HF_HUB_OFFLINE). A file already in the cache is read offline.
+ * same downloader as models (src/model/checkpoint/hub.ts: retries, resume, size and sha256 checks, locks,
+ * HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE).
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import { defaultCacheDir } from '../util/cache-root.js';
 import { downloadRepoFile, repoIdProblem, revisionProblemOf, splitRepoRef } from '../model/checkpoint/hub.js';
 import { DataError } from './examples.js';
 
@@ -18,20 +16,13 @@ const HUB_DATASET_FILES: Readonly<Record<string, readonly string[]>> = Object.fr
   'allenai/reward-bench': ['data/filtered-00000-of-00001.parquet'],
 });
 
-/** Fetches one repository file to `dest` (resolved inside the cache); false when the hub has no such file. */
-type DatasetDownloader = (request: {
-  repoType: 'dataset';
-  id: string;
-  revision: string;
-  file: string;
-  dest: string;
-  url: string;
-}) => Promise<boolean>;
-
 export interface HubDatasetOptions {
+  /** Our own cache root, where earlier versions kept dataset files (still read). */
   cacheDir?: string;
+  /** The Hugging Face hub cache (default: as huggingface_hub finds it, HF_HUB_CACHE / HF_HOME). */
+  hubCacheDir?: string;
   revision?: string;
-  download?: DatasetDownloader;
+  quiet?: boolean;
 }
 
 /**
@@ -55,28 +46,11 @@ export function parseHubDatasetRef(ref: string): { id: string; revision: string 
   return 'problem' in checked ? null : checked;
 }
 
-function hubDatasetDir(id: string, revision: string, cacheDir?: string): string {
-  return path.join(
-    path.resolve(cacheDir ?? defaultCacheDir()),
-    'hub',
-    'datasets',
-    id.replace('/', '--'),
-    encodeURIComponent(revision),
-  );
-}
-
-function hubDatasetUrl(id: string, revision: string, file: string): string {
-  const endpoint = (process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '');
-  const filePath = file.split('/').map(encodeURIComponent).join('/');
-  return `${endpoint}/datasets/${id}/resolve/${encodeURIComponent(revision)}/${filePath}`;
-}
-
-/** The local paths of a hub dataset's parquet files: from the cache, or fetched by `download` when given and online. */
+/** The local paths of a hub dataset's parquet files: from the hub cache, or downloaded into it when online. */
 export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {}): Promise<string[]> {
   const parsed = checkHubDatasetRef(ref, opts.revision);
   if ('problem' in parsed)
     throw new DataError(`${ref}: no such file, and not a hub dataset id (owner/name[@revision]): ${parsed.problem}`);
-  const { revision } = parsed;
   const files = HUB_DATASET_FILES[parsed.id];
   if (!files) {
     throw new DataError(
@@ -84,30 +58,14 @@ export async function resolveHubDataset(ref: string, opts: HubDatasetOptions = {
         `download another dataset's parquet or JSONL file and pass its path`,
     );
   }
-  const dir = hubDatasetDir(parsed.id, revision, opts.cacheDir);
   const out: string[] = [];
   for (const file of files) {
-    const dest = path.join(dir, file);
-    out.push(dest);
-    if (fs.existsSync(dest)) continue;
-    const url = hubDatasetUrl(parsed.id, revision, file);
-    const offline = process.env.HF_HUB_OFFLINE;
-    if (offline !== undefined && /^(1|true|yes|on)$/i.test(offline.trim())) {
-      throw new DataError(
-        `${parsed.id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}; ` +
-          'pass a local parquet file with --dataset',
-      );
-    }
-    const download: DatasetDownloader =
-      opts.download ??
-      (async (r) =>
-        (await downloadRepoFile(
-          { repoType: 'dataset', ref: r.id, file: r.file },
-          { cacheDir: opts.cacheDir, revision: r.revision },
-        )) !== null);
-    fs.mkdirSync(path.dirname(dest), { recursive: true });
-    if (!(await download({ repoType: 'dataset', id: parsed.id, revision, file, dest, url })))
-      throw new DataError(`${parsed.id}@${revision}: ${file} not found on the hub (${url})`);
+    const got = await downloadRepoFile(
+      { repoType: 'dataset', ref: parsed.id, file },
+      { ...opts, revision: parsed.revision },
+    );
+    if (!got) throw new DataError(`${parsed.id}@${parsed.revision}: ${file} not found on the hub`);
+    out.push(got);
   }
   return out;
 }

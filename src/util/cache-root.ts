@@ -1,10 +1,9 @@
 /**
- * Where this package keeps what it builds and downloads. Models from the hub go where Python's huggingface_hub
- * keeps them (hfHubCacheDir: one copy on disk for both, model/checkpoint/hf-cache.ts). Everything of our own has
- * one cache root, shared by the content-hash memos (model/checkpoint/file-hash.ts), the decoder and vision graph
- * caches (model/cache/) and dataset downloads (data/hub-dataset.ts). Under the root:
- *   hub/<owner>--<name>/<revision>/            model snapshots of earlier versions (still read, never written)
- *   hub/datasets/<owner>--<name>/<revision>/   dataset files
+ * Where this package keeps what it builds and downloads. Models and datasets from the hub go where Python's
+ * huggingface_hub keeps them (hfHubCacheDir: one copy on disk for both, model/checkpoint/hf-cache.ts). Everything
+ * of our own has one cache root, shared by the content-hash memos (model/checkpoint/file-hash.ts) and the decoder
+ * and vision graph caches (model/cache/). Under the root:
+ *   hub/[datasets/]<owner>--<name>/<revision>/ model snapshots and dataset files of earlier versions (read only)
  *   hashes/<sha256 of a path>.json             one memoised content sha256 per checkpoint file
  *   graphs/<key>/                              decoder graphs (model.onnx, weights.bin, layout.json)
  *   vision-graphs/<key>/                       vision tower graphs (vision.onnx, vision-weights.bin)

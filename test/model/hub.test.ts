@@ -758,44 +758,66 @@ describe('offline', () => {
 });
 
 describe('dataset files', () => {
+  const FILE = 'data/test-00000-of-00001.parquet';
   it(
-    '--dataset owner/name downloads its parquet through the same client (datasets/ URL, redirect, sha256, resume), ' +
-      'then reads it from the cache',
+    '--dataset owner/name downloads its parquet through the same client (datasets/ URL, sha256, resume) into the ' +
+      'hub cache as hf_hub_download lays it out, then reads it from there without asking the hub',
     async () => {
       hub.configure({ redirectLfs: false, cutAfterBytes: 100_000 });
-      const cacheDir = tempDir('arm-cache-');
-      const [file] = await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
-      expect(file).toBe(
-        path.join(
-          cacheDir,
-          'hub',
-          'datasets',
-          'allenai--reward-bench-2',
-          'main',
-          'data',
-          'test-00000-of-00001.parquet',
-        ),
-      );
+      const { cacheDir, hubCacheDir } = caches();
+      const [file] = await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir, hubCacheDir }));
+      const commit = standinCommit('allenai/reward-bench-2');
+      const datasetDir = path.join(hubCacheDir, 'datasets--allenai--reward-bench-2');
+      expect(file).toBe(path.join(datasetDir, 'snapshots', commit, FILE));
       expect(fs.readFileSync(file!).equals(datasetBytes)).toBe(true);
-      const asked = hub.requests.filter((r) => r.file === 'data/test-00000-of-00001.parquet');
-      expect(asked[0]!.url).toBe('/datasets/allenai/reward-bench-2/resolve/main/data/test-00000-of-00001.parquet');
-      expect(asked.length).toBeGreaterThan(1); // the connection was cut once and the download went on
-      expect(hub.bytesServed('data/test-00000-of-00001.parquet')).toBeLessThan(2 * datasetBytes.length);
+      const blob = path.join(datasetDir, 'blobs', etagOf(datasetBytes, false));
+      expect(fs.readlinkSync(file!)).toBe(path.relative(path.dirname(file!), blob));
+      expect(fs.readFileSync(path.join(datasetDir, 'refs', 'main'), 'utf8')).toBe(commit);
+      const asked = hub.requests.filter((r) => r.file === FILE);
+      expect(asked[0]!.url).toBe(`/datasets/allenai/reward-bench-2/resolve/main/${FILE}`);
+      expect(asked.length).toBeGreaterThan(2); // HEAD, then a GET cut once and resumed
+      expect(hub.bytesServed(FILE)).toBeLessThan(2 * datasetBytes.length);
       const before = hub.requests.length;
-      await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir }));
+      await viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir, hubCacheDir }));
       expect(hub.requests.length).toBe(before);
     },
   );
 
+  it('a dataset file Python fetched (blob, snapshot symlink, refs/main) is read offline, a flat copy too', async () => {
+    const { cacheDir, hubCacheDir } = caches();
+    const repo = path.join(hubCacheDir, 'datasets--allenai--reward-bench');
+    const commit = 'c'.repeat(40);
+    const blob = path.join(repo, 'blobs', etagOf(datasetBytes, true));
+    const pointer = path.join(repo, 'snapshots', commit, 'data', 'filtered-00000-of-00001.parquet');
+    fs.mkdirSync(path.dirname(blob), { recursive: true });
+    fs.writeFileSync(blob, datasetBytes);
+    fs.mkdirSync(path.dirname(pointer), { recursive: true });
+    fs.symlinkSync(path.relative(path.dirname(pointer), blob), pointer);
+    fs.mkdirSync(path.join(repo, 'refs'));
+    fs.writeFileSync(path.join(repo, 'refs', 'main'), commit);
+    const offline = { HF_ENDPOINT: 'http://127.0.0.1:9', HF_HUB_OFFLINE: '1' };
+    expect(await withEnv(offline, () => resolveHubDataset('allenai/reward-bench', { cacheDir, hubCacheDir }))).toEqual([
+      pointer,
+    ]);
+    // Earlier versions kept dataset files flat under our own cache root: still read, not fetched again.
+    const flat = path.join(cacheDir, 'hub', 'datasets', 'allenai--reward-bench-2', 'main', FILE);
+    fs.mkdirSync(path.dirname(flat), { recursive: true });
+    fs.writeFileSync(flat, datasetBytes);
+    expect(
+      await withEnv(offline, () => resolveHubDataset('allenai/reward-bench-2', { cacheDir, hubCacheDir })),
+    ).toEqual([flat]);
+    await expect(
+      withEnv(offline, () => resolveHubDataset('allenai/reward-bench-2@v2', { cacheDir, hubCacheDir })),
+    ).rejects.toThrow(
+      /allenai\/reward-bench-2@v2: data\/test-00000-of-00001.parquet is not in the cache .* HF_HUB_OFFLINE=1/,
+    );
+  });
+
   it(
     "dataset ids and revisions follow the hub client's own rules: what the " + 'looser copy let through is refused',
     async () => {
-      const cacheDir = tempDir();
-      let asked = 0;
-      const download = async () => {
-        asked++;
-        return true;
-      };
+      const { cacheDir, hubCacheDir } = caches();
+      const before = hub.requests.length;
       for (const ref of [
         'allenai/reward-bench-2@.',
         'allenai/reward-bench-2@x/',
@@ -805,18 +827,21 @@ describe('dataset files', () => {
         `allenai/reward-bench-2@${'a'.repeat(256)}`,
       ]) {
         expect(parseHubDatasetRef(ref), JSON.stringify(ref)).toBeNull();
-        await expect(resolveHubDataset(ref, { cacheDir, download }), JSON.stringify(ref)).rejects.toThrow(
+        await expect(
+          viaStandin(() => resolveHubDataset(ref, { cacheDir, hubCacheDir })),
+          JSON.stringify(ref),
+        ).rejects.toThrow(
           /not a hub dataset id \(owner\/name\[@revision\]\): revision .* is not a valid branch, tag or commit/,
         );
       }
-      await expect(resolveHubDataset('allenai/reward-bench-2', { cacheDir, download, revision: '.' })).rejects.toThrow(
-        /revision "\." is not a valid branch, tag or commit/,
-      );
-      await expect(resolveHubDataset('allenai/reward--bench', { cacheDir, download })).rejects.toThrow(
-        /"allenai\/reward--bench" is not a hub repo id: expected owner\/name/,
-      );
-      expect(asked).toBe(0);
-      expect(walk(cacheDir)).toEqual([]);
+      await expect(
+        viaStandin(() => resolveHubDataset('allenai/reward-bench-2', { cacheDir, hubCacheDir, revision: '.' })),
+      ).rejects.toThrow(/revision "\." is not a valid branch, tag or commit/);
+      await expect(
+        viaStandin(() => resolveHubDataset('allenai/reward--bench', { cacheDir, hubCacheDir })),
+      ).rejects.toThrow(/"allenai\/reward--bench" is not a hub repo id: expected owner\/name/);
+      expect(hub.requests.length).toBe(before);
+      expect([...walk(cacheDir), ...walk(hubCacheDir)]).toEqual([]);
       expect(parseHubDatasetRef('allenai/reward-bench-2@refs/pr/1')).toEqual({
         id: 'allenai/reward-bench-2',
         revision: 'refs/pr/1',
@@ -828,14 +853,14 @@ describe('dataset files', () => {
     await expect(
       downloadRepoFile(
         { repoType: 'dataset', ref: 'allenai/reward-bench-2', file: '../../x.parquet' },
-        { cacheDir: tempDir() },
+        { ...caches() },
       ),
     ).rejects.toThrow(/is not a file name inside the repository/);
   });
 });
 
-describe('a dataset branch that moves between runs (flat folder)', () => {
-  it("resumed after main moved, it discards the old commit's part and fetches the new commit's file", async () => {
+describe('a dataset branch that moves between runs', () => {
+  it("resumed after main moved, it fetches the new commit's file into that commit's snapshot", async () => {
     const FILE = 'data/test-00000-of-00001.parquet';
     const folder = (bytes: Buffer) => {
       const d = tempDir('arm-dataset-');
@@ -844,29 +869,30 @@ describe('a dataset branch that moves between runs (flat folder)', () => {
       return d;
     };
     const [bytesA, bytesB] = [randomBytes(300_000), randomBytes(320_000)];
-    hub.publish('tiny/moving-set', 'a'.repeat(40), folder(bytesA));
-    const cacheDir = tempDir();
+    const [commitA, commitB] = ['a'.repeat(40), 'b'.repeat(40)];
+    hub.publish('tiny/moving-set', commitA, folder(bytesA));
+    const { cacheDir, hubCacheDir } = caches();
     const request = { repoType: 'dataset' as const, ref: 'tiny/moving-set', file: FILE };
     hub.configure({ cutAfterBytes: 100_000 });
-    await expect(viaStandin(() => downloadRepoFile(request, { ...FAST, retries: 0, cacheDir }))).rejects.toThrow(
-      /download failed after 1 try/,
-    );
-    const dir = path.join(cacheDir, 'hub', 'datasets', 'tiny--moving-set', 'main');
-    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe('a'.repeat(40));
-    // The cut run leaves its part (how many bytes reached the disk before the cut depends on stream timing).
-    expect(fs.existsSync(path.join(dir, `${FILE}.part`))).toBe(true);
+    await expect(
+      viaStandin(() => downloadRepoFile(request, { ...FAST, retries: 0, cacheDir, hubCacheDir })),
+    ).rejects.toThrow(/download failed after 1 try/);
+    const repo = path.join(hubCacheDir, 'datasets--tiny--moving-set');
+    expect(fs.readFileSync(path.join(repo, 'refs', 'main'), 'utf8')).toBe(commitA);
+    // The cut run leaves its part, named by commit a's blob (how many bytes reached the disk depends on timing).
+    const partA = path.join(repo, 'blobs', `${etagOf(bytesA, false)}.arm.incomplete`);
+    expect(fs.existsSync(partA)).toBe(true);
 
-    hub.publish('tiny/moving-set', 'b'.repeat(40), folder(bytesB));
+    hub.publish('tiny/moving-set', commitB, folder(bytesB));
     hub.configure({});
     const log: string[] = [];
-    const got = await viaStandin(() => downloadRepoFile(request, { ...FAST, cacheDir, log: (l) => log.push(l) }));
-    expect(got).toBe(path.join(dir, FILE));
+    const opts = { ...FAST, cacheDir, hubCacheDir, log: (l: string) => log.push(l) };
+    const got = await viaStandin(() => downloadRepoFile(request, opts));
+    expect(got).toBe(path.join(repo, 'snapshots', commitB, FILE));
     expect(fs.readFileSync(got!).equals(bytesB)).toBe(true);
-    expect(fs.existsSync(path.join(dir, `${FILE}.part`))).toBe(false);
-    expect(fs.readFileSync(path.join(dir, '.commit'), 'utf8').trim()).toBe('b'.repeat(40));
-    expect(log).toEqual([
-      expect.stringMatching(/moved on the hub from commit a{40} to b{40} .* discarded its 1 files/),
-    ]);
+    expect(fs.readFileSync(path.join(repo, 'refs', 'main'), 'utf8')).toBe(commitB);
+    expect(fs.existsSync(path.join(repo, 'snapshots', commitA, FILE))).toBe(false);
+    expect(log).toEqual([expect.stringMatching(/moved on the hub from commit a{40} to b{40}; fetching/)]);
     expect(fileRequests(FILE).map((r) => r.range)).toEqual([undefined]);
   });
 });

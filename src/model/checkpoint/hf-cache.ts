@@ -1,7 +1,7 @@
 /**
  * The Hugging Face hub cache as Python's huggingface_hub lays it out, so a model either side downloaded is the
  * other's too (one copy on disk; `hf cache scan` sees ours):
- *   <hub cache>/models--<owner>--<name>/
+ *   <hub cache>/models--<owner>--<name>/          (datasets: datasets--<owner>--<name>/, laid out alike)
  *     refs/<revision>                    the commit the branch or tag pointed to when last asked (no newline)
  *     blobs/<etag>                       file contents, named by the hub's ETag: the sha256 for LFS files (weights),
  *                                        the git blob sha1 for small ones; shared by every commit that has them
@@ -22,9 +22,12 @@ import { randomBytes } from 'node:crypto';
 import { ModelError } from '../errors.js';
 import { writeFileAtomic } from '../../util/atomic-write.js';
 
-/** A repository's folder in the hub cache: `models--Owner--Name` (the hub's case kept, as Python does). */
-export function repoCacheDir(hubCache: string, id: string): string {
-  return insideOrThrow(hubCache, path.join(hubCache, `models--${id.replace('/', '--')}`), id);
+/**
+ * A repository's folder in the hub cache: `models--Owner--Name` or `datasets--Owner--Name` (the hub's case kept,
+ * as Python does).
+ */
+export function repoCacheDir(hubCache: string, id: string, repoType: 'model' | 'dataset' = 'model'): string {
+  return insideOrThrow(hubCache, path.join(hubCache, `${repoType}s--${id.replace('/', '--')}`), id);
 }
 
 /** `p` resolved, if it lies strictly inside `root`; anything else is refused before a byte is written. */

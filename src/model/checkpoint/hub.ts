@@ -17,9 +17,9 @@
  * blob (or flat file) is locked (`<blob>.lock`, hub-lock.ts) while one of them downloads it. The bar is
  * hub-progress.ts; one request with its timeouts is hub-http.ts.
  *
- * Dataset files (data/hub-dataset.ts) still go to a flat folder per revision under our own cache root
- * (`<cache>/hub/datasets/<owner>--<name>/<revision>/<file>`), which records its commit (`.commit`) and starts
- * over when the branch moved. Model snapshots that earlier versions downloaded there are still found and used.
+ * Dataset files (data/hub-dataset.ts) go to the same cache, one file at a time (downloadRepoFile), as Python's
+ * hf_hub_download keeps them. Snapshots that earlier versions downloaded into flat folders under our own cache
+ * root (`<cache>/hub/[datasets/]<owner>--<name>/<revision>/`) are still found and used, never written.
  *
  * This uses node:http/https rather than fetch: redirects are followed by hand because the hub's first answer
  * (a 302 to its CDN for LFS files) carries the file's size and sha256 in `x-linked-size`/`x-linked-etag`, which
@@ -37,7 +37,6 @@ import { lockFile } from './hub-lock.js';
 import { ProgressBar } from './hub-progress.js';
 import { contentHashDir, defaultCacheDir, hfHubCacheDir, hfTokenPath } from '../../util/cache-root.js';
 import { rememberContentSha256 } from './file-hash.js';
-import { writeFileAtomic } from '../../util/atomic-write.js';
 import {
   blobPath,
   cachedCommit,
@@ -60,8 +59,6 @@ const OPTIONAL = ['tokenizer_config.json', 'chat_template.jinja', 'generation_co
 const INDEX = 'model.safetensors.index.json';
 const SINGLE = 'model.safetensors';
 const MAX_REDIRECTS = 5;
-/** In a flat snapshot folder (datasets, earlier versions' models): the commit its files and parts come from. */
-const COMMIT_FILE = '.commit';
 
 export interface ResolveOptions {
   /** Our own cache root (util/cache-root.ts): content-hash memos, dataset files, earlier versions' models. */
@@ -128,7 +125,7 @@ export async function resolveModelDir(ref: string, opts: ResolveOptions = {}): P
     throw new ModelError(`${id}@${revision}: ${state}; pass a local checkpoint folder with --model`);
   }
   try {
-    return await fillSnapshot({ id, revision, dir: repoDir, cacheRoot, opts, layout: 'hub-cache' });
+    return await fillSnapshot({ id, revision, dir: repoDir, cacheRoot, opts, repoType: 'model' });
   } catch (e) {
     if (!(e instanceof HubUnreachableError) || !usable) throw e;
     log(
@@ -194,10 +191,11 @@ function shardsOf(indexPath: string): string[] {
 }
 
 /**
- * One file of a hub repository (a model's or a dataset's: `<endpoint>/datasets/<id>/resolve/<rev>/<file>`) into
- * `<cache>/hub/[datasets/]<owner>--<name>/<revision>/<file>`, with the same retries, resume, size and sha256
- * checks, token and offline rules as a model snapshot. Returns the local path, or null when the hub has no such
- * file.
+ * One file of a hub repository (a model's or a dataset's: `<endpoint>/datasets/<id>/resolve/<rev>/<file>`) in the
+ * hub cache, as huggingface_hub's hf_hub_download keeps it (`datasets--<owner>--<name>/snapshots/<commit>/<file>`,
+ * a symlink to its blob), with the same retries, resume, size and sha256 checks, locks, token and offline rules
+ * as a model snapshot. A file the cache holds for the revision's commit is used without the network (so is one an
+ * earlier version left in our own cache root). Returns the local path, or null when the hub has no such file.
  */
 export async function downloadRepoFile(
   request: { repoType: 'model' | 'dataset'; ref: string; file: string },
@@ -210,19 +208,35 @@ export async function downloadRepoFile(
   checkRevision(id, revision);
   checkRepoFileName(file, `${id}@${revision}`);
   const cacheRoot = path.resolve(opts.cacheDir ?? defaultCacheDir());
-  const dir = snapshotDir(cacheRoot, repoType, id, revision);
-  const dest = insideOrThrow(cacheRoot, path.join(dir, file), `${id}@${revision}: ${file}`);
-  if (fs.existsSync(dest)) return dest;
+  const repoDir = repoCacheDir(path.resolve(opts.hubCacheDir ?? hfHubCacheDir()), id, repoType);
+  const cached = cachedCommit(repoDir, revision);
+  if (cached && presentIn(snapshotFolder(repoDir, cached), file)) return pointerPath(repoDir, cached, file);
+  const legacy = insideOrThrow(
+    cacheRoot,
+    path.join(snapshotDir(cacheRoot, repoType, id, revision), file),
+    `${id}@${revision}: ${file}`,
+  );
+  if (fs.existsSync(legacy)) return legacy;
   const offline = offlineSetting();
   if (offline !== undefined) {
-    throw new ModelError(`${id}@${revision}: ${file} is not in the cache (${dest}) and HF_HUB_OFFLINE=${offline}`);
+    const where = cached ? snapshotFolder(repoDir, cached) : repoDir;
+    throw new ModelError(`${id}@${revision}: ${file} is not in the cache (${where}) and HF_HUB_OFFLINE=${offline}`);
   }
-  const s = openSession({ id, revision, dir, cacheRoot, opts, repoType, layout: 'flat' }, new AbortController());
-  fs.mkdirSync(dir, { recursive: true });
-  await pinCommit(s, file);
+  const s = openSession({ id, revision, dir: repoDir, cacheRoot, opts, repoType }, new AbortController());
+  // A branch or tag is resolved by this file's own HEAD (its X-Repo-Commit), recorded in refs/ as Python does.
+  let head: FileInfo | undefined;
+  if (isCommitHash(revision)) s.commit = revision;
+  else {
+    head = (await headFile(s, file)) ?? undefined;
+    if (!s.commit) return null;
+    if (cached && cached !== s.commit)
+      s.log(`${id}@${revision}: the revision moved on the hub from commit ${cached} to ${s.commit}; fetching ${file}`);
+    writeRef(repoDir, revision, s.commit);
+  }
   const progress = new ProgressBar(opts.quiet ?? false, file);
   try {
-    return (await downloadFile(s, file, (done, total) => progress.update(file, done, total))) ? dest : null;
+    const got = await fetchIntoSnapshot(s, file, head, (done, total) => progress.update(file, done, total));
+    return got ? pointerPath(repoDir, s.commit, file) : null;
   } finally {
     progress.stop();
   }
@@ -236,7 +250,10 @@ function checkRevision(id: string, revision: string): void {
     );
 }
 
-/** `<cache>/hub/[datasets/]<owner>--<name>/<revision>`, refused if it would lie outside the cache folder. */
+/**
+ * `<cache>/hub/[datasets/]<owner>--<name>/<revision>`, where earlier versions kept snapshots in a flat folder (read,
+ * never written); refused if it would lie outside the cache folder.
+ */
 function snapshotDir(cacheRoot: string, repoType: 'model' | 'dataset', id: string, revision: string): string {
   // `/` is legal in a branch (`refs/pr/1`); encoding keeps the revision one path component, and the revision
   // checks rule out the `.`/`..` names that encoding leaves alone.
@@ -316,12 +333,11 @@ function checkRepoFileName(name: unknown, where: string): string {
 interface Snapshot {
   id: string;
   revision: string;
-  /** `flat`: the revision's folder; `hub-cache`: the repository's folder in the hub cache (hf-cache.ts). */
+  /** The repository's folder in the hub cache (hf-cache.ts). */
   dir: string;
   cacheRoot: string;
   opts: ResolveOptions;
-  repoType?: 'model' | 'dataset';
-  layout: 'flat' | 'hub-cache';
+  repoType: 'model' | 'dataset';
 }
 
 /** A download in progress: the snapshot, its connection settings (hub-http.ts) and what the hub said so far. */
@@ -338,8 +354,6 @@ interface Session extends Snapshot, Connection {
    * is asked for at that commit, so a branch that moves during the download cannot mix files of two commits.
    */
   commit?: string;
-  /** `commit` is recorded in a flat folder's `.commit` (adoptCommit): the folder must go on recording it. */
-  adopted: boolean;
   log: (line: string) => void;
 }
 
@@ -363,7 +377,6 @@ function openSession(snapshot: Snapshot, abort: AbortController): Session {
     retryDelayMs: opts.retryDelayMs ?? 1000,
     hashesDir: contentHashDir(snapshot.cacheRoot),
     reached: false,
-    adopted: false,
     signal: abort.signal,
     log: logOf(opts),
   };
@@ -556,37 +569,6 @@ async function inPool<T>(
   if (failure) throw failure.error;
 }
 
-/**
- * Downloads `file` into a flat snapshot folder with retries; false when the hub has no such file. The file
- * appears under its final name only once its size and (when advertised) sha256 check out; until then the
- * bytes live in `<file>.part`, which a later try or a later run resumes. Only one process at a time works on
- * a file (lockFile): another one waits, then finds the file done or resumes the part the first one left.
- */
-async function downloadFile(
-  s: Session,
-  file: string,
-  onProgress?: (done: number, total: number | undefined) => void,
-): Promise<boolean> {
-  const dest = insideOrThrow(s.cacheRoot, path.join(s.dir, file), `${s.id}@${s.revision}: ${file}`);
-  if (fs.existsSync(dest)) return true;
-  fs.mkdirSync(path.dirname(dest), { recursive: true });
-  const where = `${s.id}@${s.revision}: ${file}`;
-  const release = await lockFile(s, dest, where);
-  try {
-    checkPinned(s, where);
-    if (fs.existsSync(dest)) {
-      // Another process finished it while this one waited.
-      const size = fs.statSync(dest).size;
-      onProgress?.(size, size);
-      return true;
-    }
-    const target: Target = { file, dest, part: `${dest}.part` };
-    return await withRetries(s, where, target.part, () => downloadAttempt(s, target, onProgress));
-  } finally {
-    release();
-  }
-}
-
 /** `attempt` until it succeeds, with backoff, for as long as its failures are worth another try. */
 async function withRetries<T>(
   s: Session,
@@ -619,44 +601,6 @@ async function withRetries<T>(
   }
 }
 
-/**
- * Before anything an earlier run left in the folder is trusted, learns which commit the revision names now
- * (one HEAD request for `probeFile`, made even when that file is already here). When the folder recorded
- * another commit, the branch moved since: adoptCommit discards the old files. A commit hash never moves, and
- * an empty folder holds nothing to trust (the first answer pins the commit and records it, downloadAttempt).
- * A hub that names no commit, or a folder begun before commits were recorded, is trusted as it is: nothing
- * to compare.
- */
-async function pinCommit(s: Session, probeFile: string): Promise<void> {
-  if (/^[0-9a-f]{40}$/.test(s.revision)) {
-    s.commit = s.revision;
-    adoptCommit(s);
-    return;
-  }
-  if (leftovers(s.dir).length === 0) return;
-  const commit = await withRetries(s, `${s.id}@${s.revision}: ${probeFile}`, undefined, () =>
-    probeCommit(s, probeFile),
-  );
-  if (commit) {
-    s.commit = commit;
-    adoptCommit(s);
-  }
-}
-
-/** The X-Repo-Commit the hub answers a HEAD for `file` at the revision with (the hub's own answer, no redirect). */
-async function probeCommit(s: Session, file: string): Promise<string | undefined> {
-  const url = fileUrl(s, s.revision, file);
-  const headers: Record<string, string> = { 'user-agent': 'activation-rm', 'accept-encoding': 'identity' };
-  if (s.token !== undefined) headers.authorization = `Bearer ${s.token}`;
-  const { res } = await get(s, url, headers, 'HEAD');
-  s.reached = true;
-  res.resume();
-  const failure = statusFailure(s, `${s.id}@${s.revision}: ${file}`, url, res);
-  if (failure) throw failure;
-  const commit = res.headers['x-repo-commit'];
-  return typeof commit === 'string' && /^[0-9a-f]{40}$/.test(commit) ? commit : undefined;
-}
-
 function fileUrl(s: Session, revision: string, file: string): URL {
   const repo = `${s.repoType === 'dataset' ? 'datasets/' : ''}${s.id}`;
   const filePath = file.split('/').map(encodeURIComponent).join('/');
@@ -679,77 +623,6 @@ function statusFailure(s: Session, where: string, url: URL, res: http.IncomingMe
     );
   }
   return undefined;
-}
-
-/** The commit recorded in `dir`, if any. */
-function recordedCommit(dir: string): string | undefined {
-  try {
-    return fs.readFileSync(path.join(dir, COMMIT_FILE), 'utf8').trim() || undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Files (and parts) in `dir`, relative to it: everything but the commit record and locks, which are their owners'. */
-function leftovers(dir: string): string[] {
-  let names: string[];
-  try {
-    names = fs.readdirSync(dir, { recursive: true, encoding: 'utf8' });
-  } catch {
-    return [];
-  }
-  return names.filter(
-    (name) =>
-      !path.basename(name).startsWith(COMMIT_FILE) &&
-      !/\.lock(\.aside-[0-9a-f]+)?$/.test(name) &&
-      fs.statSync(path.join(dir, name), { throwIfNoEntry: false })?.isFile(),
-  );
-}
-
-/**
- * Records `s.commit` as the commit of the folder's files. When the folder recorded another one, the revision
- * moved on the hub since those files and parts were fetched: they are discarded, so a snapshot never mixes two
- * commits (another process still working at the old commit fails its checkPinned). True when anything went.
- */
-function adoptCommit(s: Session): boolean {
-  s.adopted = true;
-  const recorded = recordedCommit(s.dir);
-  if (recorded === s.commit) return false;
-  // The new commit is recorded before anything is listed: a process still fetching the old one fails its next
-  // check, and a file it moves into place after the listing below is removed by its own finish() re-check.
-  // Written aside and renamed: a reader sees the old commit or the new one, never a torn file.
-  writeFileAtomic(path.join(s.dir, COMMIT_FILE), `${s.commit}\n`, { unique: true });
-  if (recorded === undefined) return false;
-  const discarded = leftovers(s.dir);
-  for (const name of discarded) fs.rmSync(path.join(s.dir, name), { force: true });
-  s.log(
-    `${s.id}@${s.revision}: the revision moved on the hub from commit ${recorded} to ${s.commit} ` +
-      `since ${s.dir} was begun; ` +
-      `discarded its ${discarded.length} files and parts, starting over at ${s.commit}`,
-  );
-  return discarded.length > 0;
-}
-
-/** Throws when another process moved the folder on to another commit than the one this session fetches. */
-function checkPinned(s: Session, where: string): void {
-  if (!s.adopted) return;
-  const recorded = recordedCommit(s.dir);
-  if (recorded !== s.commit) {
-    throw new ModelError(
-      `${where}: another download moved ${s.dir} on to commit ${recorded ?? '(none)'} while this one fetched ` +
-        `${s.commit} (the revision moved on the hub); run again`,
-    );
-  }
-}
-
-/** checkPinned for a file being fetched: a part of a commit the folder no longer records is of no use, it goes. */
-function checkPinnedPart(s: Session, where: string, part: string): void {
-  try {
-    checkPinned(s, where);
-  } catch (e) {
-    fs.rmSync(part, { force: true });
-    throw e;
-  }
 }
 
 /** What the hub said about a file on its own host (not the CDN's headers, which describe something else). */
@@ -837,12 +710,6 @@ function settleWithoutBody(
 ): boolean | null {
   const { s } = a;
   const status = res.statusCode ?? 0;
-  // The first answer of a run into an empty folder names the commit: record it. Another process may have filled
-  // the folder at another commit meanwhile; adoptCommit then discarded that, this file's part included.
-  if (s.layout === 'flat' && s.commit && !s.adopted && adoptCommit(s) && a.offset > 0) {
-    res.resume();
-    throw new RetryableError(`${s.dir} held files of another commit, discarded; starting ${a.target.file} over`);
-  }
   if (status === 404) {
     res.resume();
     return false;
@@ -960,7 +827,6 @@ async function receiveIntoPart(
     // pipeline can reject while a write is still in flight; the next try measures the part, so wait for it.
     if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
   }
-  checkPinnedPart(a.s, a.where, a.part);
   const onDisk = fs.statSync(a.part).size;
   if (onDisk !== received) {
     fs.rmSync(a.part, { force: true });
@@ -994,24 +860,10 @@ function finishReceived(a: Attempt, extent: BodyExtent, received: Received): voi
   finish(a, sha256);
 }
 
-/**
- * Moves a verified part into place and records its sha256, so loading the model does not hash it again (in
- * the hub cache, fetchIntoSnapshot records it for the snapshot's path); unless a flat folder moved on to another
- * commit meanwhile, which makes the part a leftover of the old one.
- */
-function finish({ s, where, part, dest, target }: Attempt, sha256: string): void {
-  checkPinnedPart(s, where, part);
+/** Moves a verified part into place (fetchIntoSnapshot records its sha256 for the snapshot's path). */
+function finish({ part, dest, target }: Attempt, sha256: string): void {
   fs.renameSync(part, dest);
-  // The folder may have moved on to another commit between that check and the rename: then this file is of
-  // the old commit, and the process that moved it has already listed what to discard.
-  try {
-    checkPinned(s, where);
-  } catch (e) {
-    fs.rmSync(dest, { force: true });
-    throw e;
-  }
   target.verified = sha256;
-  if (s.layout === 'flat') rememberContentSha256(dest, sha256, s.hashesDir);
 }
 
 async function hashInto(file: string, hash: Hash): Promise<Hash> {
