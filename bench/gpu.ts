@@ -1,6 +1,6 @@
 /**
  * GPU benchmark: the engine figures on `--device webgpu|cuda` beside the CPU, on a random checkpoint of a shape.
- * `npm run bench:gpu -- [--device webgpu] [--shape tiny|0.5b|7b] [--dtypes fp32,int4] [--no-cpu]`.
+ * `npm run bench:gpu -- [--device webgpu] [--shape tiny|0.5b|7b] [--dtypes fp32,int4] [--kv-cache host] [--no-cpu]`.
  *
  * First it reports which devices run here (session.ts deviceProblem: a one-node graph on each provider); a device
  * that does not run ends the bench with its reason in the JSON line. Then, per device (the asked one, then the CPU
@@ -10,7 +10,9 @@
  *   prefill1650TokS    the same for 1650 tokens (a mean-extraction pass), capped at the shape's positions.
  *   stepMs             one REINFORCE step: stepShared with 32 patch rows after a 255-token prefill.
  *   fitEstimateS       a default fit from these: 100 mean passes of 1650 tokens + 600 steps (prefills aside).
- *   kvUploadBytesPerStep  the prefix KV cache fed host→device with each step (the cache lives in JS; docs/gpu.md).
+ *   kvUploadBytesPerStep  past keys/values fed host→device per step, counted by the decoder from the fed tensors
+ *                      (Decoder.stats.kvUploadBytes): 0 with WebGPU's device-resident cache (kvCache 'device', the
+ *                      default); the whole prefix with `--kv-cache host` and on cuda; 0 on the CPU (read in place).
  *   hostPeakRssMiB     the process's peak RSS so far (all devices run in this one process).
  * Device memory is not reported: onnxruntime-node exposes no allocator statistics.
  * `--shape tiny` (a 2-layer random Llama) proves the bench runs, e.g. on lavapipe, whose speed means nothing.
@@ -19,7 +21,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Decoder } from '../src/model/decoder.js';
+import { Decoder, disposeKv, type KvPlace } from '../src/model/decoder.js';
 import { DEVICES, deviceProblem, parseDevice, type Device } from '../src/model/session.js';
 import { WEIGHT_DTYPES, type WeightDType } from '../src/model/quant/weight-format.js';
 import { writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
@@ -60,6 +62,7 @@ const SHAPES: Record<string, HfConfig> = { tiny: TINY, '0.5b': QWEN_05B, '7b': Q
 interface Figures {
   device: Device;
   dtype: WeightDType;
+  kvCache: KvPlace;
   loadS: number;
   prefill256TokS: number;
   prefill1650TokS: number;
@@ -90,12 +93,20 @@ async function timed(run: () => Promise<unknown>): Promise<number> {
   return median(times);
 }
 
-async function measure(dir: string, device: Device, dtype: WeightDType, cacheDir: string): Promise<Figures> {
+/** What one measured load is: its device, weight format and (WebGPU) KV cache place. */
+interface Run {
+  device: Device;
+  dtype: WeightDType;
+  kvCache?: KvPlace;
+}
+
+async function measure(dir: string, run: Run, cacheDir: string): Promise<Figures> {
+  const { device, dtype } = run;
   const t0 = performance.now();
-  const decoder = await Decoder.load(dir, { cacheDir, device, dtype, quiet: true });
+  const decoder = await Decoder.load(dir, { cacheDir, device, dtype, kvCache: run.kvCache, quiet: true });
   const loadS = seconds(t0);
   try {
-    const { numLayers: L, numHeads: H, numKvHeads: KV, headDim: d, vocabSize: V, maxPositions } = decoder.spec;
+    const { numLayers: L, numHeads: H, headDim: d, vocabSize: V, maxPositions } = decoder.spec;
     const ids = (n: number) => Array.from({ length: n }, (_, i) => (i * 7919) % V);
     const short = Math.min(256, maxPositions - 1);
     const long = Math.min(1650, maxPositions - 1);
@@ -104,16 +115,20 @@ async function measure(dir: string, device: Device, dtype: WeightDType, cacheDir
     const kv = await decoder.prefill(ids(short - 1));
     const mask = Float32Array.from({ length: PATCH_ROWS * L * H }, (_, i) => (i % 3 === 0 ? 1 : 0));
     const values = new Float32Array(L * H * d).fill(0.01);
+    const uploaded = decoder.stats.kvUploadBytes;
     const step = await timed(() => decoder.stepShared(kv, 1, { mask, values }));
+    const kvUploadBytesPerStep = (decoder.stats.kvUploadBytes - uploaded) / (ROUNDS + 1); // + timed's warm-up
+    disposeKv(kv);
     return {
       device,
       dtype,
+      kvCache: decoder.info.kvCache,
       loadS,
       prefill256TokS: short / prefill256,
       prefill1650TokS: long / prefill1650,
       stepMs: step * 1000,
       fitEstimateS: MEAN_PASSES * prefill1650 + REINFORCE_STEPS * step,
-      kvUploadBytesPerStep: 2 * L * KV * kv.length * d * 4,
+      kvUploadBytesPerStep,
       hostPeakRssMiB: process.resourceUsage().maxRSS / 1024,
     };
   } finally {
@@ -126,6 +141,9 @@ async function main(): Promise<void> {
   const shape = option('--shape') ?? '0.5b';
   if (!SHAPES[shape]) throw new Error(`--shape must be one of ${Object.keys(SHAPES).join(', ')}`);
   const dtypes = (option('--dtypes') ?? (shape === 'tiny' ? 'fp32' : 'fp32,int4')).split(',') as WeightDType[];
+  const kvCache = option('--kv-cache') as KvPlace | undefined;
+  if (kvCache !== undefined && kvCache !== 'device' && kvCache !== 'host')
+    throw new Error('--kv-cache must be device or host');
   for (const t of dtypes) if (!WEIGHT_DTYPES.includes(t)) throw new Error(`--dtypes: unknown ${t}`);
   const devices: Record<string, string | null> = {};
   for (const d of DEVICES) devices[d] = await deviceProblem(d);
@@ -141,9 +159,10 @@ async function main(): Promise<void> {
   try {
     for (const d of flag('--no-cpu') || device === 'cpu' ? [device] : [device, 'cpu' as const])
       for (const dtype of dtypes) {
-        const f = await measure(dir, d, dtype, cacheDir);
+        const f = await measure(dir, { device: d, dtype, kvCache: d === 'webgpu' ? kvCache : undefined }, cacheDir);
         log(
-          `${d} ${dtype}: load ${f.loadS.toFixed(1)} s, prefill ${f.prefill256TokS.toFixed(0)} tok/s (256), ` +
+          `${d} ${dtype} (KV cache: ${f.kvCache}): load ${f.loadS.toFixed(1)} s, ` +
+            `prefill ${f.prefill256TokS.toFixed(0)} tok/s (256), ` +
             `${f.prefill1650TokS.toFixed(0)} tok/s (1650), step ${f.stepMs.toFixed(1)} ms, ` +
             `fit ≈ ${f.fitEstimateS.toFixed(0)} s, KV upload ${(f.kvUploadBytesPerStep / 2 ** 20).toFixed(1)} MiB/step`,
         );

@@ -4,7 +4,7 @@
  * common prefix is prefilled once and only the differing suffixes are run. forEachLastLogitsPerPatch runs each
  * sequence's last token under K patches (K criteria) after that sequence is prefilled once.
  */
-import { emptyKv, type Decoder, type HeadPatch, type ImageEmbeds, type KvCache } from './decoder.js';
+import { disposeKv, emptyKv, type Decoder, type HeadPatch, type ImageEmbeds, type KvCache } from './decoder.js';
 
 /** An image placed in a sequence, with `key` naming its content (two images are the same when their keys are). */
 export interface PlacedImage extends ImageEmbeds {
@@ -137,6 +137,7 @@ export async function forEachLastLogits(
     const kv = await prefill(group[0]!, shared);
     for (let start = 0; start < group.length; start += opts.batchSize)
       await run(group.slice(start, start + opts.batchSize), kv, shared);
+    disposeKv(kv); // a GPU cache's memory goes now (a JS cache is left to the GC)
     group.forEach((i) => rest.delete(i));
   }
   const others = [...rest];
@@ -163,6 +164,7 @@ export async function forEachLastLogits(
     batch.push(i);
   }
   if (batch.length) await run(batch, kv, shared);
+  if (kv) disposeKv(kv);
 }
 
 export interface PerPatchOptions {
@@ -216,6 +218,7 @@ export async function forEachLastLogitsPerPatch(
     const kv = await extend(past, i, from, ids.length - 1);
     imagesBetween(seqs[i]!, ids.length - 1, ids.length, D); // refuses an image over the last token
     onRows(i, await decoder.stepShared(kv, ids[ids.length - 1]!, opts.patch));
+    if (kv !== past) disposeKv(kv); // a GPU cache's memory goes now (a JS cache is left to the GC)
     opts.onProgress?.(++done, seqs.length);
   };
   const rest = new Set(seqs.keys());
@@ -228,7 +231,9 @@ export async function forEachLastLogitsPerPatch(
     const groupShared = own - shared >= MIN_SHARED ? own : shared;
     const kv = await extend(root, group[0]!, shared, groupShared);
     for (const i of group) await finish(i, kv, groupShared);
+    if (kv !== root) disposeKv(kv);
     group.forEach((i) => rest.delete(i));
   }
   for (const i of rest) await finish(i, root, shared);
+  disposeKv(root);
 }

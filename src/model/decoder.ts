@@ -1,7 +1,8 @@
 /**
  * Decoder: a loaded checkpoint you can run. Wraps one onnxruntime session over the graph of
- * graph/decoder-graph.ts and keeps the KV cache in JS (one shared prefix at a time), which is what lets one
- * graph serve full forwards, prefill, shared-prefix patch steps and greedy generation.
+ * graph/decoder-graph.ts and keeps the KV cache outside it (in JS, or on a WebGPU device: device-kv.ts), fed back
+ * as the next run's past, which is what lets one graph serve full forwards, prefill, shared-prefix patch steps and
+ * greedy generation.
  *
  * Loading, in order: the folder or hub download (checkpoint/hub.ts), config.json → ModelSpec (families/), the
  * weight format (quant/weight-format.ts), the checkpoint checked against the spec (cache/decoder-weights.ts), its
@@ -16,6 +17,7 @@ import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { attentionLayout, openSession, type Device } from './session.js';
+import { DeviceKv, DeviceKvRegistry } from './device-kv.js';
 import {
   cachedModelExists,
   cacheKey,
@@ -98,7 +100,15 @@ export interface LoadOptions {
   int4Method?: Int4Method;
   /** GPTQ: calibration size, seed or damping (default weight-format.ts DEFAULT_GPTQ_CALIBRATION). */
   gptqCalibration?: Partial<GptqCalibration>;
+  /**
+   * Where a prefix's KV cache lives between runs: 'device' (default on webgpu: on the GPU, fed back without a copy)
+   * or 'host' (JS arrays, uploaded with each run: the only choice on cpu and cuda).
+   */
+  kvCache?: KvPlace;
 }
+
+/** Where a KV cache lives between runs: on the device (WebGPU) or in JS arrays. */
+export type KvPlace = 'device' | 'host';
 
 /** A head patch: where `mask` is 1, that head's last-position output is replaced by (or added to) `values`. */
 export interface HeadPatch {
@@ -118,11 +128,15 @@ export interface ForwardResult {
   heads: Float32Array; // [B, L, H, d] o_proj input at the last token (after any patch)
 }
 
-/** Keys/values of one prefix (batch 1), per layer [1, KV, P, d], after RoPE. */
+/**
+ * Keys/values of one prefix (batch 1), per layer [1, KV, P, d], after RoPE: in JS arrays, or on the GPU (`device`,
+ * a WebGPU decoder's; `keys` and `values` are then empty). disposeKv frees a device cache at once.
+ */
 export interface KvCache {
   length: number; // P
   keys: Float32Array[];
   values: Float32Array[];
+  device?: DeviceKv;
   /**
    * M-RoPE `rope_deltas` of the prefix: an image spreads its tokens' positions over height and width, so the
    * token at index i ≥ P after it has position i + delta (on all three rows). Absent: 0.
@@ -155,6 +169,8 @@ export interface LoadInfo {
   threads: number;
   /** The device the session runs on. */
   device: Device;
+  /** Where extend and prefill keep the KV cache (LoadOptions.kvCache). */
+  kvCache: KvPlace;
 }
 
 /** Work done so far, for cost reports: real tokens fed, padded positions, session runs. */
@@ -162,11 +178,14 @@ export interface DecoderStats {
   runs: number;
   tokens: number;
   paddedPositions: number;
+  /** Bytes of past keys and values fed from JS arrays to a GPU (0 on the CPU, which reads them in place). */
+  kvUploadBytes: number;
 }
 
 export class Decoder {
   private disposed = false;
-  readonly stats: DecoderStats = { runs: 0, tokens: 0, paddedPositions: 0 };
+  readonly stats: DecoderStats = { runs: 0, tokens: 0, paddedPositions: 0, kvUploadBytes: 0 };
+  private readonly deviceCaches = new DeviceKvRegistry();
 
   private constructor(
     readonly spec: ModelSpec,
@@ -202,7 +221,12 @@ export class Decoder {
     }
     const t1 = performance.now();
     const device = opts.device ?? 'cpu';
-    const session = await openSession(path.join(built.dir, MODEL_FILE), { threads: opts.threads, device });
+    const kvCache = kvPlace(device, opts.kvCache);
+    const session = await openSession(path.join(built.dir, MODEL_FILE), {
+      threads: opts.threads,
+      device,
+      deviceOutputs: kvCache === 'device' ? deviceKvOutputs(spec) : [],
+    });
     const t2 = performance.now();
     return new Decoder(
       spec,
@@ -215,6 +239,7 @@ export class Decoder {
         cacheDir,
         threads: opts.threads ?? os.availableParallelism(),
         device,
+        kvCache,
         buildSeconds: (t1 - t0) / 1000,
         loadSeconds: (t2 - t1) / 1000,
         configHash: createHash('sha256').update(config.text).digest('hex'),
@@ -255,6 +280,7 @@ export class Decoder {
         cacheDir: dir,
         threads: like.threads ?? os.availableParallelism(),
         device: 'cpu',
+        kvCache: 'host',
       },
       dir,
       openEmbeddings(dir),
@@ -318,7 +344,9 @@ export class Decoder {
   ): Promise<{ kv: KvCache; logits: Float32Array; heads: Float32Array }> {
     if (ids.length === 0) throw new ModelError('extend: no tokens to add');
     const out = await this.run([ids], past, { withKv: true, images: opts.images ? [opts.images] : undefined });
-    const kv = appendKv(this.spec, past, out.newKeys!, out.newValues!, ids.length);
+    const kv = out.deviceKv
+      ? { length: past.length + ids.length, keys: [], values: [], device: out.deviceKv }
+      : appendKv(this.spec, past, out.newKeys!, out.newValues!, ids.length);
     if (out.positionDeltas[0] !== 0) kv.positionDelta = out.positionDeltas[0];
     return { kv, logits: out.logits, heads: out.heads };
   }
@@ -386,8 +414,11 @@ export class Decoder {
       out.push(next);
       opts.onToken?.(next);
       if (stop.has(next) || i === max - 1) break;
+      const previous = kv;
       ({ kv, logits } = await this.extend(kv, [next]));
+      disposeKv(previous); // a device cache's memory is freed now, not when the GC gets to it
     }
+    disposeKv(kv);
     return out;
   }
 
@@ -410,6 +441,7 @@ export class Decoder {
     if (this.disposed) return;
     this.disposed = true;
     this.embeddings.close();
+    this.deviceCaches.disposeAll();
     await this.session.release();
   }
 
@@ -435,25 +467,31 @@ export class Decoder {
     if (deepstack) feeds[INPUT.deepstackEmbeds] = new ort.Tensor('float32', deepstack.data, deepstack.dims);
     const sites = opts.sites ?? [];
     const fetches: string[] = [OUTPUT.logits, OUTPUT.logsumexp, OUTPUT.heads];
-    if (opts.withKv) for (let l = 0; l < L; l++) fetches.push(OUTPUT.newKey(l), OUTPUT.newValue(l));
-    fetches.push(...sites);
-    const out = await this.session.run(feeds, fetches);
+    const kvOutputs = opts.withKv ? this.kvOutputs(past) : [];
+    fetches.push(...kvOutputs, ...sites);
+    // With device outputs onnxruntime-node 1.30 reads the i-th fetch's location as the i-th graph output's, so a
+    // device-cache session fetches every output, in graph order (the unused are device tensors: nothing downloads).
+    const out = await this.session.run(feeds, this.info.kvCache === 'device' ? this.session.outputNames : fetches);
     this.stats.runs++;
     for (const row of rows) {
       this.stats.tokens += row.length;
       this.stats.paddedPositions += S - row.length;
     }
     const data = (name: string) => out[name]!.data as Float32Array;
+    const onDevice = this.info.kvCache === 'device';
+    const hostKv = opts.withKv && !onDevice;
     const result: RunResult = {
       logits: data(OUTPUT.logits),
       logSumExp: data(OUTPUT.logsumexp),
       heads: data(OUTPUT.heads),
-      newKeys: opts.withKv ? Array.from({ length: L }, (_, l) => data(OUTPUT.newKey(l))) : undefined,
-      newValues: opts.withKv ? Array.from({ length: L }, (_, l) => data(OUTPUT.newValue(l))) : undefined,
+      newKeys: hostKv ? Array.from({ length: L }, (_, l) => data(OUTPUT.newKey(l))) : undefined,
+      newValues: hostKv ? Array.from({ length: L }, (_, l) => data(OUTPUT.newValue(l))) : undefined,
+      deviceKv: opts.withKv && onDevice ? this.keepDeviceKv(out, kvOutputs) : undefined,
       positionDeltas: position.deltas,
       sites: new Map(sites.map((s) => [s, data(s)] as const)),
     };
-    for (const t of Object.values(out)) t.dispose();
+    // A device cache's tensors stay alive (result.deviceKv); every other output is released now.
+    for (const t of Object.values(out)) if (!result.deviceKv?.has(t)) t.dispose();
     // NaN/Inf logits would otherwise surface as "0 heads selected" or null scores with exit code 0.
     assertFinite(
       result.logSumExp,
@@ -462,6 +500,30 @@ export class Decoder {
         'likely NaN/Inf in the weights or a bad number in config.json (e.g. rms_norm_eps, rope_theta)',
     );
     return result;
+  }
+
+  /**
+   * The outputs that extend a cache after `past`, keys and values per layer: the new positions' (new.*), or on the
+   * GPU after a past the whole present cache (present.*, which keeps the past on the device; after an empty past
+   * present.* would hold the masked slot, so the new positions are the cache then).
+   */
+  private kvOutputs(past: KvCache): string[] {
+    const whole = this.info.kvCache === 'device' && past.length > 0;
+    const key = whole ? OUTPUT.presentKey : OUTPUT.newKey;
+    const value = whole ? OUTPUT.presentValue : OUTPUT.newValue;
+    return Array.from({ length: this.spec.numLayers }, (_, l) => [key(l), value(l)]).flat();
+  }
+
+  /** The device tensors of kvOutputs (keys and values alternating by layer) as a cache this decoder tracks. */
+  private keepDeviceKv(out: ort.InferenceSession.ReturnType, names: string[]): DeviceKv {
+    const tensors = names.map((name) => out[name]!);
+    const kv = new DeviceKv(
+      tensors.filter((_, i) => i % 2 === 0),
+      tensors.filter((_, i) => i % 2 === 1),
+      this,
+    );
+    this.deviceCaches.add(kv);
+    return kv;
   }
 
   /**
@@ -480,9 +542,16 @@ export class Decoder {
     const zeros = new Float32Array(KV * d);
     const feeds: Record<string, ort.Tensor> = { [INPUT.attentionMask]: new ort.Tensor('int64', fedMask, [B, P + S]) };
     for (let l = 0; l < L; l++) {
-      feeds[INPUT.pastKey(l)] = new ort.Tensor('float32', slot ? zeros : past.keys[l]!, [1, KV, P, d]);
-      feeds[INPUT.pastValue(l)] = new ort.Tensor('float32', slot ? zeros : past.values[l]!, [1, KV, P, d]);
+      const onDevice = past.device?.layer(l, this);
+      feeds[INPUT.pastKey(l)] = onDevice?.key ?? new ort.Tensor('float32', slot ? zeros : past.keys[l]!, [1, KV, P, d]);
+      feeds[INPUT.pastValue(l)] =
+        onDevice?.value ?? new ort.Tensor('float32', slot ? zeros : past.values[l]!, [1, KV, P, d]);
     }
+    // What a GPU gets through host memory: the JS arrays of a host cache, or the masked slot (1 · KV · d each).
+    if (this.info.device !== 'cpu')
+      for (let l = 0; l < L; l++)
+        for (const t of [feeds[INPUT.pastKey(l)]!, feeds[INPUT.pastValue(l)]!])
+          if (t.location === 'cpu') this.stats.kvUploadBytes += t.size * 4;
     return feeds;
   }
 
@@ -649,9 +718,11 @@ interface RunResult {
   logits: Float32Array; // [B, V]
   logSumExp: Float32Array; // [B]
   heads: Float32Array; // [B, L, H, d]
-  /** withKv: per layer [1, KV, S, d]. */
+  /** withKv on a host-cache decoder: per layer [1, KV, S, d]. */
   newKeys?: Float32Array[];
   newValues?: Float32Array[];
+  /** withKv on a device-cache decoder: the whole extended cache, on the GPU. */
+  deviceKv?: DeviceKv;
   /** Each row's M-RoPE position delta after it. */
   positionDeltas: number[];
   sites: Map<string, Float32Array>;
@@ -811,6 +882,28 @@ function patchFeeds(patch: HeadPatch | undefined, spec: ModelSpec): Record<strin
     [INPUT.patchValues]: new ort.Tensor('float32', values, [R, L, H, d]),
     [INPUT.patchReplace]: new ort.Tensor('float32', replace, [R]),
   };
+}
+
+/** Frees a device cache's GPU memory now, not when the GC takes it (a no-op for a JS cache); it cannot run again. */
+export function disposeKv(kv: KvCache): void {
+  kv.device?.dispose();
+}
+
+/** The KV cache's place on `device`: 'device' only where onnxruntime-node keeps outputs on it (WebGPU). */
+function kvPlace(device: Device, asked: KvPlace | undefined): KvPlace {
+  if (asked === 'device' && device !== 'webgpu')
+    throw new ModelError(`kvCache 'device' needs --device webgpu (onnxruntime-node keeps no ${device} outputs)`);
+  return asked ?? (device === 'webgpu' ? 'device' : 'host');
+}
+
+/** Every output a device cache is made of (new.* after an empty past, present.* after a past). */
+function deviceKvOutputs(spec: ModelSpec): string[] {
+  return Array.from({ length: spec.numLayers }, (_, l) => [
+    OUTPUT.newKey(l),
+    OUTPUT.newValue(l),
+    OUTPUT.presentKey(l),
+    OUTPUT.presentValue(l),
+  ]).flat();
 }
 
 export function emptyKv(spec: ModelSpec): KvCache {

@@ -38,7 +38,11 @@ export function parseDevice(value: string, where = '--device'): Device {
  * least one slot (GPU kernels refuse zero-sized dispatches; causal-attention.ts).
  */
 export function attentionLayout(device: Device): AttentionLayout {
-  return device === 'cpu' ? {} : { queryChunks: 1, pastSlot: true };
+  if (device === 'cpu') return {};
+  // onnxruntime-node returns device-resident outputs ('gpu-buffer') for WebGPU only: there the cache stays on the GPU.
+  return device === 'webgpu'
+    ? { queryChunks: 1, pastSlot: true, presentOutputs: true }
+    : { queryChunks: 1, pastSlot: true };
 }
 
 export interface SessionOptions {
@@ -47,6 +51,11 @@ export interface SessionOptions {
   device?: Device;
   /** onnxruntime profiling: a JSON trace with each node's provider, written on session.endProfiling(). */
   profileFilePrefix?: string;
+  /**
+   * WebGPU: outputs returned as device tensors (location 'gpu-buffer'), never downloaded; they can only be fed back
+   * as inputs and disposed (onnxruntime-node cannot read them back: getData() aborted the process here).
+   */
+  deviceOutputs?: readonly string[];
 }
 
 /** An InferenceSession over `modelFile` on `opts.device` (default cpu), or a ModelError saying what is missing. */
@@ -79,6 +88,9 @@ export async function deviceProblem(device: Device): Promise<string | null> {
 export async function openSession(modelFile: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
   const device = opts.device ?? 'cpu';
   if (device === 'cuda') checkCudaInstalled();
+  const deviceOutputs = opts.deviceOutputs ?? [];
+  if (deviceOutputs.length && device !== 'webgpu')
+    throw new ModelError(`device-resident outputs are a WebGPU feature, not one of --device ${device}`);
   const options: ort.InferenceSession.SessionOptions = {
     intraOpNumThreads: opts.threads ?? os.availableParallelism(),
     interOpNumThreads: 1,
@@ -86,6 +98,9 @@ export async function openSession(modelFile: string, opts: SessionOptions = {}):
     executionMode: 'sequential',
     ...(device === 'cpu' ? {} : { executionProviders: [device] }),
     ...(opts.profileFilePrefix ? { enableProfiling: true, profileFilePrefix: opts.profileFilePrefix } : {}),
+    ...(deviceOutputs.length
+      ? { preferredOutputLocation: Object.fromEntries(deviceOutputs.map((name) => [name, 'gpu-buffer' as const])) }
+      : {}),
   };
   try {
     return await ort.InferenceSession.create(modelFile, options);

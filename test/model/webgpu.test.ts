@@ -214,12 +214,15 @@ describe('missing providers and adapters are errors that say what to install', (
  */
 async function cpuFloatNodesOf(decoder: Decoder, device: 'webgpu' | 'cpu'): Promise<string[]> {
   const prefix = path.join(tempDir('arm-profile-'), 'run');
+  const holder = decoder as unknown as { session: Awaited<ReturnType<typeof openSession>> };
+  const original = holder.session;
+  // As the decoder's own session: its KV cache outputs stay on the device (kvCache 'device').
+  const kvOnDevice = device === 'webgpu' && decoder.info.kvCache === 'device';
   const session = await openSession(path.join(decoder.info.cacheEntry, MODEL_FILE), {
     device,
     profileFilePrefix: prefix,
+    deviceOutputs: kvOnDevice ? original.outputNames.filter((n) => /^(new|present)\./.test(n)) : [],
   });
-  const holder = decoder as unknown as { session: typeof session };
-  const original = holder.session;
   holder.session = session;
   try {
     await decoder.forward([[1, 2, 3], [4]]);

@@ -92,7 +92,9 @@ export function cacheKey(
   attention: AttentionLayout = {},
 ): string {
   // A GPU graph (one chunk over a masked past slot) is its own entry; CPU keys stay as they were.
-  const layout = attention.pastSlot ? `:past-slot:${attention.queryChunks ?? ''}` : '';
+  const layout = attention.pastSlot
+    ? `:past-slot:${attention.queryChunks ?? ''}${attention.presentOutputs ? ':present' : ''}`
+    : '';
   return createHash('sha256')
     .update(`${GRAPH_VERSION}:${headChunkBytes}${formatKey(format)}${layout}`)
     .update('\0')

@@ -35,6 +35,12 @@ export interface AttentionLayout {
    * graphs (with queryChunks 1).
    */
   readonly pastSlot?: boolean;
+  /**
+   * Also output each layer's whole cache after the run, present.{l}.key/value [1, KV, P+S, d] (the past and the
+   * first row's new keys): a WebGPU decoder keeps it on the device and feeds it back as the next run's past, so the
+   * prefix is never uploaded again (decoder.ts). Only with pastSlot.
+   */
+  readonly presentOutputs?: boolean;
 }
 
 /** What every layer's attention shares. */

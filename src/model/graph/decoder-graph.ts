@@ -110,6 +110,7 @@ export function emitDecoderGraph(
     const mlpOut = emitMlp(ctx, l, ops.rmsNorm(resid, W.ln2(l), SITES.ln2(l)));
     resid = addResidual(ctx, resid, mlpOut, RESIDUAL_ADDS.mlp(l));
     resid = addDeepstack(ctx, l, resid);
+    if (attention.presentOutputs) emitPresentKv(ops, l, inputs.past[l]!);
   }
   emitHead(ctx, resid, headTaps, headChunkBytes);
   for (const site of siteOutputs) g.output(site.site, 'FLOAT', ['batch', 'seq', site.inputs]);
@@ -180,6 +181,20 @@ function emitQkv(ctx: DecoderContext, l: number, x: string): { q: string; k: str
   g.output(DECODER_OUTPUTS.newKey(l), 'FLOAT', ['batch', KV, 'seq', d]);
   g.output(DECODER_OUTPUTS.newValue(l), 'FLOAT', ['batch', KV, 'seq', d]);
   return { q, k, v };
+}
+
+/**
+ * The cache after this run, present.{l}.key/value [1, KV, P+S, d]: the batch-1 past and row 0's new keys/values (a
+ * prefix is extended with batch 1; other runs' present is unused, and costs one copy on the device).
+ */
+function emitPresentKv(ops: DecoderOps, l: number, past: { key: string; value: string }): void {
+  const { g, spec, i64 } = ops;
+  const { numKvHeads: KV, headDim: d } = spec;
+  const firstRow = (t: string) => g.op('Slice', [t, i64([0]), i64([1]), i64([0])]); // [1,KV,S,d]
+  g.op('Concat', [past.key, firstRow(DECODER_OUTPUTS.newKey(l))], { axis: 2 }, DECODER_OUTPUTS.presentKey(l));
+  g.op('Concat', [past.value, firstRow(DECODER_OUTPUTS.newValue(l))], { axis: 2 }, DECODER_OUTPUTS.presentValue(l));
+  g.output(DECODER_OUTPUTS.presentKey(l), 'FLOAT', [1, KV, 'total', d]);
+  g.output(DECODER_OUTPUTS.presentValue(l), 'FLOAT', [1, KV, 'total', d]);
 }
 
 /**

@@ -26,6 +26,8 @@
  *   heads            f32   [B, L, H, d] o_proj input at the last position (after any patch)
  *   new.{l}.key      f32   [B, KV, S, d]
  *   new.{l}.value    f32   [B, KV, S, d]
+ *   present.{l}.key  f32   [1, KV, P+S, d]  WebGPU graphs only (AttentionLayout.presentOutputs): past ++ row 0's
+ *   present.{l}.value f32  [1, KV, P+S, d]  new keys/values, the next run's past, kept on the device
  *   and, in a graph emitted with siteOutputs (GPTQ calibration), those sites over all positions [B, S, K]
  *
  * Named sites (node outputs; shapes per row of the batch):
@@ -76,6 +78,9 @@ export const DECODER_OUTPUTS = Object.freeze({
   heads: 'heads',
   newKey: (l: number) => `new.${l}.key`,
   newValue: (l: number) => `new.${l}.value`,
+  /** GPU graphs with AttentionLayout.presentOutputs only: the past and the first row's new keys/values. */
+  presentKey: (l: number) => `present.${l}.key`,
+  presentValue: (l: number) => `present.${l}.value`,
 });
 
 /** A RoPE table's node names: cos and sin [B, 1, S, r], and the hint naming its inverse-frequency constant [r/2]. */
