@@ -28,6 +28,9 @@ import {
   type ModelCliOptions,
 } from './common.js';
 import { addDeviceOption } from './device-option.js';
+import { resolveShard, shardOption, withoutShardFlag, type ShardFlag } from './shard.js';
+import { evaluateShard, type EvalShardManifest } from '../eval/eval-shards.js';
+import { shardLabel, type Shard } from '../eval/shard-units.js';
 
 interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   dataset?: string;
@@ -51,6 +54,7 @@ interface EvalCliOptions extends ModelCliOptions, JudgeCliOptions, FitCliFlags {
   sampleN: number;
   temperature: number;
   savHeads: number;
+  shard?: ShardFlag;
 }
 
 /** What `evaluate` and `evaluateBiasPair` are given, beside the options the harness shares. */
@@ -119,7 +123,8 @@ function addRunOptions(cmd: Command): Command {
         .default('subset'),
     )
     .option('--output-dir <dir>', 'where results go', 'results')
-    .option('--save-all', "keep items.jsonl: every pair's scores per method and seed");
+    .option('--save-all', "keep items.jsonl: every pair's scores per method and seed")
+    .addOption(shardOption('evaluation (units of 32 test pairs of a seed) into <output-dir>/shard-<i>-of-<n>/'));
 }
 
 /** A comma-separated list of numbers, each parsed by `one`. */
@@ -137,9 +142,12 @@ function fraction(v: string): number {
   return x;
 }
 
-/** The command line as typed, arguments with spaces or quotes single-quoted, for the reports. */
+/**
+ * The command line as typed, arguments with spaces or quotes single-quoted, for the reports; without --shard, so a
+ * merged run's reports name the command one unsharded run is started with.
+ */
 const commandLine = () =>
-  ['arm', ...process.argv.slice(2)]
+  ['arm', ...withoutShardFlag(process.argv.slice(2))]
     .map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`))
     .join(' ');
 
@@ -172,6 +180,12 @@ async function evalCommand(o: EvalCliOptions): Promise<void> {
   // Checked before the model loads: a flag error should not wait for it.
   const sweep = sweepOf(o);
   if (sweep && probeFiles) throw new Error('a sweep (several --few-shot or --pool-label-noise values) needs --dataset');
+  if (o.shard && (sweep || probeFiles))
+    throw new Error(
+      `--shard runs one evaluation's part; it does not cut ${sweep ? 'a sweep' : 'a --bias-pair run'}: ` +
+        `run ${sweep ? `each --${sweep.axis} value` : 'each probe file with --dataset'} as its own sharded run`,
+    );
+  const shard = o.shard ? resolveShard(o.shard) : undefined;
   const loaded = await loadEvalData(o, probeFiles);
   const { examples, fewShotIds } = loaded[0]!;
   const methods = o.methods
@@ -197,6 +211,18 @@ async function evalCommand(o: EvalCliOptions): Promise<void> {
       });
       bar.stop();
       printBiasReport(report, o.outputDir);
+      return;
+    }
+    if (shard) {
+      const outputDir = path.join(o.outputDir, shardLabel(shard));
+      const manifest = await evaluateShard(decoder, examples, {
+        ...evalOptions,
+        outputDir,
+        shard,
+        saveAll: o.saveAll ?? false,
+      });
+      bar.stop();
+      printShard(manifest, o.outputDir, outputDir);
       return;
     }
     const results = await evaluate(decoder, examples, evalOptions);
@@ -374,6 +400,17 @@ function printBiasReport(report: BiasReport, outputDir: string): void {
   process.stderr.write(
     `wrote ${path.join(outputDir, 'bias.json')}, bias.md, and each split's reports in ` +
       `${path.join(outputDir, 'biased')}/ and ${path.join(outputDir, 'flipped')}/\n`,
+  );
+}
+
+/** What a finished shard covered, and the command that merges the shards. */
+function printShard(m: EvalShardManifest, outputDir: string, shardDir: string): void {
+  const pairs = m.units.list.reduce((n, u) => n + u.ids.length, 0);
+  const s: Shard = m.shard;
+  process.stderr.write(
+    `shard ${s.index} of ${s.count}: units ${m.units.start}–${m.units.end} of ${m.run.units} ` +
+      `(${pairs} of ${m.run.testPairs} (seed, test pair)s, every method) in ${shardDir}/; ` +
+      `when all ${s.count} shards are done: arm merge --output-dir ${outputDir}\n`,
   );
 }
 

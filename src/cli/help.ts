@@ -27,6 +27,7 @@ const COMMAND_GROUP: Record<string, string> = {
   render: 'Activation RM:',
   eval: 'Evaluation:',
   'bias-probe': 'Evaluation:',
+  merge: 'Evaluation:',
   serve: 'Reward server:',
   forward: 'Engine:',
   generate: 'Engine:',
@@ -44,7 +45,7 @@ const OPTION_GROUPS: Record<string, string> = {
   ...groupOf(MODEL, '--int4-method --device'),
   ...groupOf(OUTPUT, '--out --output --output-dir --json --save-all --keep-all-means --resume --force --restart'),
   ...groupOf(OUTPUT, '--quiet --top'),
-  ...groupOf(PERFORMANCE, '--threads --batch-size --max-length --chunk-rows'),
+  ...groupOf(PERFORMANCE, '--threads --batch-size --max-length --chunk-rows --shard'),
 };
 
 /** Where a command reads an option differently from the others. */
@@ -92,6 +93,11 @@ const EXAMPLES: Record<string, string[]> = {
     `npx arm eval --model ${TINY} ${TEMPLATE} --dataset ${OTHER_PAIRS} --methods arm,zero-shot,random-heads ` +
       '--few-shot 16 --seeds 1 --output-dir results/eval',
     `npx arm eval --dataset ${OTHER_PAIRS} --methods pick-longer,pick-shorter --few-shot 0 --output-dir results/length`,
+  ],
+  merge: [
+    'npx arm merge --output results/scored.jsonl',
+    'npx arm merge --output-dir results/eval',
+    'npx arm merge --output results/scored.jsonl results/scored.shard-0-of-2.json results/scored.shard-1-of-2.json',
   ],
   'bias-probe': [
     `npx arm bias-probe --dataset ${PAIRS} --bias length --out results/probes`,

@@ -8,6 +8,7 @@ import { registerEvalCommand } from './eval-command.js';
 import { registerBiasProbeCommand } from './bias-probe-command.js';
 import { registerServeCommand } from './serve-command.js';
 import { registerRenderCommand } from './render-command.js';
+import { registerMergeCommand } from './merge-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('arm')
@@ -18,6 +19,7 @@ export function buildProgram(): Command {
   registerRenderCommand(program);
   registerEvalCommand(program);
   registerBiasProbeCommand(program);
+  registerMergeCommand(program);
   registerServeCommand(program);
   applyHelpLayout(program);
   return program;

@@ -30,6 +30,8 @@ export interface ScoreCheckpoint {
     imageRoot: string | null;
     threads: number | null;
   };
+  /** With --shard: the shard, and the rows [start, end) of the input (usable rows, 0-based) it scores. */
+  shard?: { index: number; count: number; rows: { start: number; end: number } };
 }
 
 /** Running totals for the summary line; rebuilt from the rows already written when a run continues. */
@@ -123,7 +125,7 @@ function countWrittenRows(partFile: string, startOver: string): ScoreTotals {
 }
 
 /** The fields of two checkpoints that differ, in words. */
-function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): string[] {
+export function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): string[] {
   const same = (x: unknown, y: unknown) => JSON.stringify(x) === JSON.stringify(y);
   const out: string[] = [];
   if (a.what !== b.what || a.version !== b.version)
@@ -142,9 +144,28 @@ function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): string[] {
   )
     out.push(`criteria: ${criteria(a)} vs ${criteria(b)} (other names or contents)`);
   if (!same(a.model, b.model)) out.push('model weights, config or --dtype');
+  if (!same(a.shard, b.shard))
+    out.push(`shard: ${JSON.stringify(a.shard ?? null)} vs ${JSON.stringify(b.shard ?? null)}`);
   for (const k of Object.keys(b.options) as (keyof ScoreCheckpoint['options'])[]) {
     if (!same(a.options?.[k], b.options[k]))
       out.push(`${k}: ${JSON.stringify(a.options?.[k])} vs ${JSON.stringify(b.options[k])}`);
   }
   return out;
+}
+
+/** The line `score` ends with: rows written, rows skipped, pair accuracy per criterion, prompts cut, rows too long. */
+export function scoreSummary(output: string, skipped: number, t: ScoreTotals): string {
+  const wrong = 'ties and unscorable count as wrong';
+  const flat = t.correct.get(null);
+  const each = (name: string | null, n: number) => `${name} ${(n / t.pairs).toFixed(4)} (${n}/${t.pairs})`;
+  const accuracies =
+    flat === undefined
+      ? `${[...t.correct].map(([name, n]) => each(name, n)).join(', ')} (${wrong})`
+      : `${(flat / t.pairs).toFixed(4)} (${flat}/${t.pairs}, ${wrong})`;
+  return (
+    `scored ${t.rows} rows → ${output}` +
+    (skipped ? `; skipped ${skipped} invalid rows` : '') +
+    (t.pairs ? `; pairs: accuracy ${accuracies}` : '') +
+    `; truncated prompts: ${t.truncated}; too long to score: ${t.tooLong}\n`
+  );
 }

@@ -35,13 +35,20 @@ import {
   noScoreTotals,
   openScoreCheckpoint,
   SCORE_CHECKPOINT_VERSION,
+  scoreSummary,
   type ScoreCheckpoint,
   type ScoreTotals,
 } from './score-checkpoint.js';
+import { resolveShard, shardOption, type ShardFlag } from './shard.js';
+import { scoreShardFiles, shardRows, writeScoreShardManifest } from './score-shards.js';
+import type { Shard } from '../eval/shard-units.js';
 
 /** Rows `arm score` reads, scores and appends at a time (`--chunk-rows`), and the most input bytes in one chunk. */
 const SCORE_CHUNK_ROWS = 256;
 const SCORE_CHUNK_BYTES = 64 * 1024 * 1024;
+
+/** Whether a chunk of `rows` rows and `bytes` input bytes is full (the rule both passes cut chunks by). */
+const chunkFull = (rows: number, bytes: number, chunkRows: number) => rows >= chunkRows || bytes >= SCORE_CHUNK_BYTES;
 
 interface ScoreCliOptions extends ModelCliOptions {
   rm: string[];
@@ -53,12 +60,18 @@ interface ScoreCliOptions extends ModelCliOptions {
   skipInvalid?: boolean;
   chunkRows: number;
   restart?: boolean;
+  shard?: ShardFlag;
 }
 
-/** The files a run writes beside `<output>`: the rows so far, and what they were scored from. */
+/**
+ * The files a run writes: `<output>` (with --shard, the shard's rows file), the rows so far, and what they were
+ * scored from; with --shard also the shard's place, its rows of the input, and its manifest (score-shards.ts).
+ */
 interface ScoreFiles {
+  output: string;
   part: string;
   checkpoint: string;
+  shard?: { place: Shard; rows: { start: number; end: number }; manifest: string };
 }
 
 export function registerScoreCommand(program: Command): void {
@@ -93,24 +106,26 @@ export function registerScoreCommand(program: Command): void {
       '--restart',
       'discard what an interrupted run left in <output>.part and start over (by default the same command continues it)',
     )
+    .addOption(shardOption('input, in whole --chunk-rows chunks, into <output stem>.shard-<i>-of-<n>.jsonl'))
     .action(scoreCommand);
 }
 
 async function scoreCommand(o: ScoreCliOptions): Promise<void> {
+  const place = o.shard ? resolveShard(o.shard) : undefined;
   // The input's rows first: a bad line is named before anything else is looked at (as before --rm was repeatable).
   const survey = surveyScoreInput(o);
   const { criteria, named } = criterionArgs(o.rm);
-  const files: ScoreFiles = { part: `${o.output}.part`, checkpoint: `${o.output}.score-checkpoint.json` };
+  const files = scoreFiles(o.output, survey, place);
   const inputs: InputFile[] = [
     { path: o.input, what: 'the --input file' },
     ...criteria.map((c) => ({ path: c.file, what: 'the --rm criterion file' })),
     ...modelInputs(o.model),
   ];
-  const output = prepareOutput(o.output, { flag: '--output', inputs });
+  const output = prepareOutput(files.output, { flag: '--output', inputs });
   prepareOutput(files.part, { flag: '--output (its partial file)', inputs });
   prepareOutput(files.checkpoint, { flag: '--output (its checkpoint)', inputs });
   const decoder = await loadDecoderForOutputs(o, {
-    files: [o.output, files.part, files.checkpoint],
+    files: [files.output, files.part, files.checkpoint],
     flag: '--output',
     cleanup: output.cleanup,
   });
@@ -144,9 +159,22 @@ async function scoreCommand(o: ScoreCliOptions): Promise<void> {
   }
 }
 
+/** Where a run writes: `<output>`, or with a shard its own files and its range of whole chunks of the input. */
+function scoreFiles(output: string, survey: ScoreSurvey, place: Shard | undefined): ScoreFiles {
+  if (!place) return { output, part: `${output}.part`, checkpoint: `${output}.score-checkpoint.json` };
+  const { rows, manifest } = scoreShardFiles(output, place);
+  return {
+    output: rows,
+    part: `${rows}.part`,
+    checkpoint: `${rows}.score-checkpoint.json`,
+    shard: { place, rows: shardRows(survey.chunkEnds, place), manifest },
+  };
+}
+
 /**
- * Scores the input into the part file (continuing what it holds) and, when every row is in, renames it to
- * `<output>` and ends with the summary; a run stopped by Ctrl-C keeps the part file and exits with 130.
+ * Scores the input (a shard: its rows) into the part file (continuing what it holds) and, when every row is in,
+ * renames it to its output and ends with the summary; a run stopped by Ctrl-C keeps the part file and exits with
+ * 130. A shard then writes its manifest, the mark that it is finished.
  */
 async function scoreIntoPart(
   set: CriterionSet,
@@ -168,18 +196,22 @@ async function scoreIntoPart(
         `but ${ranked.file} uses the ranked template, which scores pairs only`,
     );
   }
-  const checkpoint = scoreCheckpointFor(o, set, survey.rows);
+  const checkpoint = scoreCheckpointFor(o, set, survey.rows, files.shard);
+  const range = files.shard?.rows ?? { start: 0, end: survey.rows };
+  const rows = range.end - range.start;
   Object.assign(totals, openScoreCheckpoint(files, checkpoint, { restart: o.restart ?? false }));
+  if (files.shard) fs.rmSync(files.shard.manifest, { force: true });
   if (!o.quiet) {
     process.stderr.write(
       totals.rows
-        ? `resuming: ${totals.rows} of ${survey.rows} rows already scored in ${files.part}\n`
-        : `scoring ${survey.rows} rows into ${files.part}, ${o.chunkRows} at a time ` +
-            `(renamed to ${o.output} when complete; Ctrl-C stops after the current chunk, ` +
+        ? `resuming: ${totals.rows} of ${rows} rows already scored in ${files.part}\n`
+        : `scoring ${rows} rows into ${files.part}, ${o.chunkRows} at a time ` +
+            `(renamed to ${files.output} when complete; Ctrl-C stops after the current chunk, ` +
             'and the same command continues)\n',
     );
   }
   const seen = await appendScoredChunks(set, o, checkpoint, {
+    range,
     partFile: files.part,
     totals,
     bar,
@@ -187,29 +219,41 @@ async function scoreIntoPart(
     nested: run.layout.nested,
   });
   bar.stop();
-  if (run.stopped() && totals.rows < survey.rows) {
+  if (run.stopped() && totals.rows < rows) {
     process.stderr.write(
-      `interrupted after ${totals.rows} of ${survey.rows} rows, kept in ${files.part}; ` +
+      `interrupted after ${totals.rows} of ${rows} rows, kept in ${files.part}; ` +
         'run the same command again to continue\n',
     );
     process.exitCode = 130;
     return;
   }
-  if (seen !== survey.rows || totals.rows !== survey.rows)
+  if (seen !== rows || totals.rows !== rows)
     throw new Error(
-      `${o.input} changed while it was scored (${survey.rows} rows when checked, ${seen} when scored); ` +
+      `${o.input} changed while it was scored (${rows} rows when checked, ${seen} when scored); ` +
         'run the command again',
     );
-  fs.renameSync(files.part, o.output);
+  fs.renameSync(files.part, files.output);
   fs.rmSync(files.checkpoint, { force: true });
-  process.stderr.write(scoreSummary(o.output, survey.skipped, totals));
+  if (files.shard) writeScoreShardManifest(files.shard.manifest, checkpoint, files.output, survey.skipped);
+  process.stderr.write(scoreSummary(files.output, survey.skipped, totals));
+  if (files.shard) {
+    const { place } = files.shard;
+    process.stderr.write(
+      `shard ${place.index} of ${place.count}: rows ${range.start + 1}–${range.end} of ${survey.rows} ` +
+        `(manifest ${files.shard.manifest}); when all ${place.count} shards are done: arm merge --output ${o.output}\n`,
+    );
+  }
 }
 
-/** What pass 1 found: usable rows, rows skipped as invalid, and the first item row (for the ranked check). */
+/**
+ * What pass 1 found: usable rows, rows skipped as invalid, the first item row (for the ranked check), and where
+ * pass 2's chunks will end (the row after each chunk's last: shards are cut there).
+ */
 interface ScoreSurvey {
   rows: number;
   skipped: number;
   firstScalar?: Example;
+  chunkEnds: number[];
 }
 
 /** Pass 1 of `arm score`: every row validated (skips reported) and counted. */
@@ -217,6 +261,8 @@ function surveyScoreInput(o: ScoreCliOptions): ScoreSurvey {
   const skips = skipReporter(o.input);
   let rows = 0;
   let firstScalar: Example | undefined;
+  const chunkEnds: number[] = [];
+  let chunk = { rows: 0, bytes: 0 };
   for (const r of streamExamples(o.input, scoreReadOptions(o))) {
     if ('skipped' in r) {
       skips.add(r.skipped);
@@ -224,10 +270,16 @@ function surveyScoreInput(o: ScoreCliOptions): ScoreSurvey {
     }
     rows++;
     if (r.example.kind === 'scalar') firstScalar ??= r.example;
+    chunk = { rows: chunk.rows + 1, bytes: chunk.bytes + r.bytes };
+    if (chunkFull(chunk.rows, chunk.bytes, o.chunkRows)) {
+      chunkEnds.push(rows);
+      chunk = { rows: 0, bytes: 0 };
+    }
   }
+  if (chunk.rows) chunkEnds.push(rows);
   const skipped = skips.end();
   if (rows === 0) throw new DataError(`${o.input}: no usable rows${skipped ? ` (${skipped} skipped as invalid)` : ''}`);
-  return { rows, skipped, firstScalar };
+  return { rows, skipped, firstScalar, chunkEnds };
 }
 
 const scoreReadOptions = (o: ScoreCliOptions) => ({
@@ -237,7 +289,12 @@ const scoreReadOptions = (o: ScoreCliOptions) => ({
 });
 
 /** What this run scores from: the input, criterion and model by content, and every option the scores depend on. */
-function scoreCheckpointFor(o: ScoreCliOptions, set: CriterionSet, rows: number): ScoreCheckpoint {
+function scoreCheckpointFor(
+  o: ScoreCliOptions,
+  set: CriterionSet,
+  rows: number,
+  shard: ScoreFiles['shard'],
+): ScoreCheckpoint {
   const meta = set.criteria[0]!.rm.criterion.meta;
   const info = set.decoder.info;
   return {
@@ -255,6 +312,7 @@ function scoreCheckpointFor(o: ScoreCliOptions, set: CriterionSet, rows: number)
       imageRoot: o.imageRoot === undefined ? null : path.resolve(o.imageRoot),
       threads: o.threads ?? null,
     },
+    ...(shard ? { shard: { index: shard.place.index, count: shard.place.count, rows: shard.rows } } : {}),
   };
 }
 
@@ -270,6 +328,8 @@ async function appendScoredChunks(
   o: ScoreCliOptions,
   checkpoint: ScoreCheckpoint,
   run: {
+    /** The usable rows [start, end) to score: all, or a shard's. */
+    range: { start: number; end: number };
     partFile: string;
     totals: ScoreTotals;
     bar: ProgressBar;
@@ -277,9 +337,9 @@ async function appendScoredChunks(
     nested: boolean;
   },
 ): Promise<number> {
-  const { totals, bar } = run;
+  const { totals, bar, range } = run;
   const done = totals.rows;
-  const rows = checkpoint.input.rows;
+  const rows = range.end - range.start;
   const fd = fs.openSync(run.partFile, 'a');
   let seen = 0;
   let chunk: Example[] = [];
@@ -300,7 +360,8 @@ async function appendScoredChunks(
         maxLength: checkpoint.options.maxLength,
         onProgress: (d, t) => bar.update(Math.max(done, start + Math.floor((d / t) * chunk.length)), rows),
       });
-      for (const { name, watch } of watches) watch.add(scores.get(name)!, `${o.input}, rows ${start + 1}–${seen}`);
+      const where = `${o.input}, rows ${range.start + start + 1}–${range.start + seen}`;
+      for (const { name, watch } of watches) watch.add(scores.get(name)!, where);
       let text = '';
       for (let i = Math.max(0, done - start); i < chunk.length; i++) {
         const arm = run.nested
@@ -315,12 +376,15 @@ async function appendScoredChunks(
     chunk = [];
     chunkBytes = 0;
   };
+  let index = 0; // usable rows read, in range or not
   try {
     for (const r of streamExamples(o.input, { ...scoreReadOptions(o), uniqueIds: false })) {
       if ('skipped' in r) continue;
+      if (index++ < range.start) continue;
+      if (index > range.end) break;
       chunk.push(r.example);
       chunkBytes += r.bytes;
-      if (chunk.length < o.chunkRows && chunkBytes < SCORE_CHUNK_BYTES) continue;
+      if (!chunkFull(chunk.length, chunkBytes, o.chunkRows)) continue;
       await flush();
       if (run.stopped()) return seen;
     }
@@ -329,21 +393,4 @@ async function appendScoredChunks(
   } finally {
     fs.closeSync(fd);
   }
-}
-
-/** The line `score` ends with: rows written, rows skipped, pair accuracy per criterion, prompts cut, rows too long. */
-function scoreSummary(output: string, skipped: number, t: ScoreTotals): string {
-  const wrong = 'ties and unscorable count as wrong';
-  const flat = t.correct.get(null);
-  const each = (name: string | null, n: number) => `${name} ${(n / t.pairs).toFixed(4)} (${n}/${t.pairs})`;
-  const accuracies =
-    flat === undefined
-      ? `${[...t.correct].map(([name, n]) => each(name, n)).join(', ')} (${wrong})`
-      : `${(flat / t.pairs).toFixed(4)} (${flat}/${t.pairs}, ${wrong})`;
-  return (
-    `scored ${t.rows} rows → ${output}` +
-    (skipped ? `; skipped ${skipped} invalid rows` : '') +
-    (t.pairs ? `; pairs: accuracy ${accuracies}` : '') +
-    `; truncated prompts: ${t.truncated}; too long to score: ${t.tooLong}\n`
-  );
 }

@@ -10,13 +10,14 @@ import type { Decoder } from '../model/decoder.js';
 import type { Example, PairExample } from '../data/examples.js';
 import { DEFAULT_PASSES_PER_DEMO_SET } from '../arm/means.js';
 import { isPoolDataError, METHODS, type MethodOptions, type PreparedMethod } from './methods.js';
-import { aggregate, type Results } from './aggregate.js';
+import { aggregate, type AggregateMeta, type Results } from './aggregate.js';
 import { pairOutcome, type PairRecord, type RunRecord } from './records.js';
 import { renderHtml, renderMarkdown } from './report.js';
 import { drawSplits, dropDuplicatePairs, splitNotes, type PoolMode, type Split } from './splits.js';
 import { flipPoolLabels } from './noise.js';
 import { provenanceOf } from './provenance.js';
 import { groupKey, openRunLog, pairKey, runManifest, type RunLog } from './run-log.js';
+import { evalShardUnits, type EvalShardUnits, type Shard } from './shard-units.js';
 
 export interface EvalOptions {
   methods: string[];
@@ -57,6 +58,11 @@ export interface EvalOptions {
    * k with the largest k here, so every k is tested on the same pairs and the smaller pools nest in the larger.
    */
   splitFewShot?: number;
+  /**
+   * Run one shard of the work only (shard-units.ts): the test pairs of its units, each method prepared on the pools
+   * of the seeds it holds; eval-shards.ts writes and merges shards.
+   */
+  shard?: Shard;
 }
 
 /** The pool size the run's splits are drawn for (EvalOptions.splitFewShot). */
@@ -64,7 +70,7 @@ const drawnFewShot = (opts: Pick<EvalOptions, 'fewShot' | 'splitFewShot'>) =>
   Math.max(opts.fewShot, opts.splitFewShot ?? 0);
 
 /** The seeds a run draws: one when nothing in it depends on the draw. */
-function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'methods'>): number[] {
+export function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'methods'>): number[] {
   const count = opts.fewShot === 0 && !opts.methods.includes('sample-vote') ? 1 : opts.seeds;
   return Array.from({ length: count }, (_, s) => opts.seed + s);
 }
@@ -73,7 +79,7 @@ function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'method
  * A run whose methods need no pool (zero-shot, token-prob, the length rules) draws none: a pool would only take
  * pairs away from the test set. With a pool method in the run, every method is tested on the same test pairs.
  */
-function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot' | 'splitFewShot'>>(opts: T): T {
+export function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot' | 'splitFewShot'>>(opts: T): T {
   const needsPool = opts.methods.some((m) => METHODS[m]?.needsPool);
   return needsPool || opts.fewShot === 0 ? opts : { ...opts, fewShot: 0, splitFewShot: undefined };
 }
@@ -87,6 +93,8 @@ interface EvalRun {
   opts: EvalOptions;
   log: (line: string) => void;
   runLog: RunLog;
+  /** The shard this process runs, when it runs one. */
+  shard?: EvalShardUnits;
 }
 
 /**
@@ -115,10 +123,29 @@ export async function runEval(
   examples: Example[],
   requested: EvalOptions,
 ): Promise<RunRecord[]> {
+  return (await runEvalPlanned(decoder, examples, requested)).records;
+}
+
+/** A finished run's records, what its run log is of, the methods in the order run, and its shard's units if any. */
+export interface EvalRunOutcome {
+  records: RunRecord[];
+  manifest: object;
+  order: string[];
+  seeds: number[];
+  shard?: EvalShardUnits;
+}
+
+/** runEval, also returning what the run covered (for a shard, its units). */
+export async function runEvalPlanned(
+  decoder: Decoder | null,
+  examples: Example[],
+  requested: EvalOptions,
+): Promise<EvalRunOutcome> {
   const log = requested.log ?? (() => undefined);
   const opts = checkedOptions(decoder, requested, log);
   const pairs = evalPairs(examples, opts.pool, log);
-  const runLog = openRunLog(opts.outputDir, () => runManifest(decoder, pairs, opts));
+  const manifest = runManifest(decoder, pairs, opts);
+  const runLog = openRunLog(opts.outputDir, () => manifest);
   if (runLog.done.size) {
     const left = `(method, ${opts.pool === 'global' ? 'pool' : 'subset'}, seed) left out before stay left out`;
     log(
@@ -131,9 +158,12 @@ export async function runEval(
   const seeds = runSeeds(opts);
   if (seeds.length < opts.seeds) log('note: --few-shot 0 with deterministic methods: one seed is enough');
   reportSplits(pairs, opts, seeds, log);
-  const run: EvalRun = { decoder, opts, log, runLog };
+  const shard = opts.shard
+    ? evalShardUnits(pairs, { ...opts, fewShot: drawnFewShot(opts) }, seeds, opts.chunkSize, opts.shard)
+    : undefined;
+  const run: EvalRun = { decoder, opts, log, runLog, shard };
   for (const seed of seeds) await runSeed(run, pairs, seed, order);
-  return runLog.records;
+  return { records: runLog.records, manifest, order, seeds, shard };
 }
 
 /**
@@ -239,7 +269,9 @@ function reportSplits(pairs: PairExample[], opts: EvalOptions, seeds: number[], 
 async function runMethodOnSplit(run: EvalRun, at: MethodOnSplit): Promise<void> {
   const { runLog } = run;
   if (runLog.skipped.has(groupKey(at.name, at.seed, at.split.group))) return;
-  const todo = at.split.test.filter((p) => !runLog.done.has(pairKey(at.name, at.seed, p.id)));
+  const todo = at.split.test.filter(
+    (p) => !runLog.done.has(pairKey(at.name, at.seed, p.id)) && (run.shard?.has(at.seed, p.id) ?? true),
+  );
   if (!todo.length) return;
   const prepared = await prepareOnPool(run, at, todo.length);
   if (prepared) await scoreTestPairs(run, at, prepared, todo);
@@ -306,6 +338,8 @@ async function prepareOnPool(run: EvalRun, at: MethodOnSplit, todo: number): Pro
         tokens: tokensSoFar(run) - tok0,
         poolIds: split.pool.map((p) => p.id),
         ...(opts.poolLabelNoise ? { flipped: at.flipped } : {}),
+        // Shards prepare a method on a seed's pool each: merging checks that they all fitted the same thing.
+        ...(opts.shard && prepared.fingerprint ? { fingerprint: prepared.fingerprint } : {}),
       },
     ]);
   return prepared;
@@ -450,11 +484,30 @@ export function writeResults(
   records: RunRecord[],
 ): Results {
   const opts = effectiveOptions(requested);
+  const results = aggregate(records, resultsMeta(decoder, examples, requested));
+  writeReports(opts.outputDir, results);
+  if (!opts.saveAll) {
+    fs.rmSync(path.join(opts.outputDir, 'items.jsonl'), { force: true });
+    fs.rmSync(path.join(opts.outputDir, 'run.json'), { force: true });
+  }
+  return results;
+}
+
+/**
+ * What the reports say about a run beside its records: dataset, model and its shape, pool, provenance, splits and
+ * budget. A shard records it (eval-shards.ts), so that merging needs neither the model nor the dataset.
+ */
+export function resultsMeta(
+  decoder: Decoder | null,
+  examples: Example[],
+  requested: ReportedEvalOptions,
+): AggregateMeta {
+  const opts = effectiveOptions(requested);
   const { pairs, dropped } = dropDuplicatePairs(
     examples.filter((e): e is PairExample => e.kind === 'pair'),
     opts.pool,
   );
-  const results = aggregate(records, {
+  return {
     dataset: opts.dataset,
     model: opts.modelId,
     shape: { layers: decoder?.spec.numLayers ?? 0, heads: decoder?.spec.numHeads ?? 0 },
@@ -473,9 +526,13 @@ export function writeResults(
       duplicatePairs: dropped.length,
     },
     budget: budgetNotes(opts),
-  });
+  };
+}
+
+/** Writes results.json, report.md and report.html into `outputDir`, each through a temporary file. */
+export function writeReports(outputDir: string, results: Results): void {
   const write = (name: string, text: string) => {
-    const file = path.join(opts.outputDir, name);
+    const file = path.join(outputDir, name);
     fs.writeFileSync(`${file}.tmp`, text);
     fs.renameSync(`${file}.tmp`, file);
   };
@@ -485,9 +542,4 @@ export function writeResults(
   );
   write('report.md', renderMarkdown(results));
   write('report.html', renderHtml(results));
-  if (!opts.saveAll) {
-    fs.rmSync(path.join(opts.outputDir, 'items.jsonl'), { force: true });
-    fs.rmSync(path.join(opts.outputDir, 'run.json'), { force: true });
-  }
-  return results;
 }

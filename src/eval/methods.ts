@@ -11,6 +11,7 @@ import type { JudgeItem } from '../arm/template.js';
 import { fitSav, scoreSav } from '../baselines/sav.js';
 import { lengthScores } from '../baselines/heuristics.js';
 import { Rng } from '../util/rng.js';
+import { createHash } from 'node:crypto';
 import type { PairRecord } from './records.js';
 
 export interface MethodOptions {
@@ -28,6 +29,11 @@ export interface PreparedMethod {
   scorePairs(pairs: PairExample[]): Promise<PairRecord[]>;
   /** Heads the method patches or reads, for the heat map. */
   heads?: [number, number][];
+  /**
+   * sha256 of what the method fitted on the pool (means, head probabilities and heads; SAVs' class means): shards of
+   * one run that prepared it on the same pool must agree to the bit. Absent for methods that fit nothing.
+   */
+  fingerprint?: string;
 }
 
 interface MethodContext {
@@ -74,9 +80,19 @@ const unknownOf = (s: PairScore): Pick<PairRecord, 'textTokens' | 'unknownTokens
   return { textTokens: text, unknownTokens: unknown };
 };
 
+/** The sha256 over float arrays' bytes and the heads (PreparedMethod.fingerprint). */
+function fittedFingerprint(arrays: Float32Array[], heads: [number, number][]): string {
+  const hash = createHash('sha256');
+  for (const a of arrays) hash.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  return hash.update(JSON.stringify(heads)).digest('hex');
+}
+
 function rmMethod(rm: ActivationRM, ctx: MethodContext, extra: ScoreOptions = {}): PreparedMethod {
+  const { mu, probs, meta } = rm.criterion;
   return {
-    heads: rm.criterion.meta.heads,
+    heads: meta.heads,
+    // A zero-shot criterion fitted nothing: its fingerprint would only repeat the model's.
+    ...(meta.heads.length ? { fingerprint: fittedFingerprint([mu, probs], meta.heads) } : {}),
     async scorePairs(pairs) {
       const scores = (await rm.scoreExamples(pairs, {
         batchSize: ctx.options.batchSize,
@@ -243,6 +259,7 @@ export const METHODS: Readonly<Record<string, Method>> = Object.freeze({
       });
       return {
         heads: model.heads,
+        fingerprint: fittedFingerprint([...model.classMeans, model.headAccuracy], model.heads),
         async scorePairs(pairs) {
           const { votes, margins } = await scoreSav(
             ctx.decoder,

@@ -61,6 +61,8 @@ export type RunRecord =
       poolIds: string[];
       /** Pool pairs whose labels were flipped (chosen ↔ rejected) before preparing; only in runs with label noise. */
       flipped?: string[];
+      /** What was fitted (PreparedMethod.fingerprint); only in a shard's log (eval-shards.ts), dropped when merged. */
+      fingerprint?: string;
     }
   | { type: 'cost'; method: string; seed: number; group: string; seconds: number; tokens: number; pairs: number }
   /**

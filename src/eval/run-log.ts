@@ -11,6 +11,7 @@ import type { PairExample } from '../data/examples.js';
 import type { MethodOptions } from './methods.js';
 import type { RunRecord } from './records.js';
 import type { PoolMode } from './splits.js';
+import type { Shard } from './shard-units.js';
 
 /** The options that decide a run's records (the harness's EvalOptions hold them). */
 export interface ManifestOptions {
@@ -22,6 +23,7 @@ export interface ManifestOptions {
   poolFrom?: (pair: PairExample) => PairExample;
   poolLabelNoise?: number;
   splitFewShot?: number;
+  shard?: Shard;
 }
 
 /** An open run log: the records so far, what they cover, and `append` for new ones (file and memory). */
@@ -80,6 +82,8 @@ export function runManifest(decoder: Decoder | null, pairs: PairExample[], opts:
     ...(opts.splitFewShot && opts.splitFewShot > opts.fewShot ? { splitFewShot: opts.splitFewShot } : {}),
     // Runs logged before splits kept prompt siblings apart and dropped duplicates drew other test sets: not resumable.
     splits: 'prompt-groups, duplicates dropped',
+    // A shard's log holds its part of the run only: another shard (or the whole run) must not continue it.
+    ...(opts.shard ? { shard: { index: opts.shard.index, count: opts.shard.count } } : {}),
   };
 }
 
