@@ -1,0 +1,131 @@
+/**
+ * `activation-rm/scorers` in a real evalite run (the evalite CLI in a child process, offline, on a temporary
+ * `*.eval.ts` file, results in memory): evaliteScorer through `createScorer` and autoevalsScorer as it is, both
+ * scoring each row's stored response against its prompt under a criterion fitted on icl-tiny, give `arm score`'s
+ * numbers; the autoevals-shaped scorer called directly, in-process and through `arm serve`, gives them too, with the
+ * fields `arm score` writes as metadata. Inputs without a prompt are refused, naming the field.
+ */
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir } from '../helpers/fixtures.js';
+import { Decoder } from '../../src/model/decoder.js';
+import { autoevalsScorer, closeJudges } from '../../src/integrations/scorers.js';
+import { armScoreRewards, fitCriterion, judgedRows, MODEL, ROOT, serveCriterion } from './fixture.js';
+
+const dir = tempDir('arm-scorers-');
+const cacheDir = tempDir('arm-cache-');
+const criterion = path.join(dir, 'last-low.arm.safetensors');
+const rows = judgedRows(6);
+let alone: Map<string, number>; // arm score --batch-size 1
+let batched: Map<string, number>; // arm score, the criterion's batch size
+
+beforeAll(async () => {
+  await fitCriterion(criterion, cacheDir);
+  alone = armScoreRewards(criterion, rows, dir, ['--batch-size', '1']);
+  batched = armScoreRewards(criterion, rows, dir);
+}, 300_000);
+afterAll(() => closeJudges());
+
+/** The eval file: each row's input is {id, prompt, response}, the task answers the stored response. */
+function evalFile(options: Record<string, unknown>): string {
+  const scorers = path.join(ROOT, 'src/integrations/scorers.ts');
+  return `import { createScorer, evalite } from 'evalite';
+import { autoevalsScorer, evaliteScorer } from ${JSON.stringify(scorers)};
+
+const options = ${JSON.stringify(options)};
+evalite('icl-tiny last-low', {
+  data: ${JSON.stringify(rows.map((r) => ({ input: r })))},
+  task: async (input) => input.response,
+  scorers: [createScorer(evaliteScorer(options)), autoevalsScorer({ ...options, name: 'autoevals-shaped' })],
+});
+`;
+}
+
+/** evalite's JSON export: per result, its input and scores (the fields read here). */
+interface EvaliteExport {
+  evals: { results: { input: { id: string }; scores: { name: string; score: number; metadata: unknown }[] }[] }[];
+}
+
+/** Runs `evalite run` in a folder of its own holding `arm.eval.ts` (in-memory storage: no SQLite build needed). */
+function evaliteRun(name: string, source: string): EvaliteExport {
+  const work = path.join(dir, name);
+  fs.mkdirSync(work);
+  // The eval file imports 'evalite': resolved through this repository's node_modules.
+  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(work, 'node_modules'), 'dir');
+  fs.writeFileSync(
+    path.join(work, 'evalite.config.ts'),
+    `import { defineConfig } from 'evalite/config';
+import { createInMemoryStorage } from 'evalite/in-memory-storage';
+export default defineConfig({ storage: () => createInMemoryStorage(), testTimeout: 120_000 });
+`,
+  );
+  fs.writeFileSync(path.join(work, 'arm.eval.ts'), source);
+  const cli = path.join(ROOT, 'node_modules/evalite/dist/bin.js');
+  const run = spawnSync(process.execPath, [cli, 'run', '--outputPath', 'results.json', '--hideTable'], {
+    cwd: work,
+    encoding: 'utf8',
+    timeout: 240_000,
+    env: { ...process.env, ARM_CACHE_DIR: cacheDir },
+  });
+  const out = path.join(work, 'results.json');
+  expect(fs.existsSync(out), `evalite wrote no results (exit ${run.status}):\n${run.stdout}\n${run.stderr}`).toBe(true);
+  return JSON.parse(fs.readFileSync(out, 'utf8')) as EvaliteExport;
+}
+
+it('an evalite run scores each output as `arm score` does, through createScorer and as an autoevals scorer', () => {
+  const exported = evaliteRun('local', evalFile({ criterion, model: MODEL, cacheDir }));
+  const results = exported.evals.flatMap((e) => e.results);
+  expect(results.map((r) => r.input.id).sort()).toEqual(rows.map((r) => r.id).sort());
+  let maxDiff = 0;
+  for (const r of results) {
+    const byName = new Map(r.scores.map((s) => [s.name, s.score]));
+    expect([...byName.keys()].sort()).toEqual(['activation-rm:last-low', 'autoevals-shaped']);
+    for (const score of byName.values()) {
+      expect(score).toBe(alone.get(r.input.id));
+      maxDiff = Math.max(maxDiff, Math.abs(score - batched.get(r.input.id)!));
+    }
+  }
+  expect(maxDiff).toBeLessThanOrEqual(1e-6);
+  process.stderr.write(`evalite in-process vs arm score (batched): max |diff| ${maxDiff}\n`);
+});
+
+describe('the autoevals-shaped scorer called directly', () => {
+  it('in-process: {name, score, metadata} with the fields `arm score` writes; calls together load once', async () => {
+    const load = vi.spyOn(Decoder, 'load');
+    const score = autoevalsScorer({ criterion, model: MODEL, cacheDir });
+    const got = await Promise.all(rows.map((r) => score({ input: r.prompt, output: r.response })));
+    got.forEach((g, i) => {
+      expect(g.name).toBe('activation-rm:last-low');
+      expect(g.score).toBe(alone.get(rows[i]!.id));
+      expect(g.metadata).toMatchObject({ criterion: 'last-low', readout: 'reward', tooLong: false, truncated: false });
+      expect(g.metadata.reward).toBe(g.score);
+    });
+    expect(load).toHaveBeenCalledTimes(1);
+    load.mockRestore();
+  });
+
+  it('remote: the same scores through `arm serve`', async () => {
+    const server = await serveCriterion(criterion, ['--max-batch', '1']);
+    try {
+      const score = autoevalsScorer({ url: server.url, name: 'remote' });
+      const got = await Promise.all(rows.map((r) => score({ input: { prompt: r.prompt }, output: r.response })));
+      got.forEach((g, i) => {
+        expect(g).toMatchObject({ name: 'remote', metadata: { criterion: 'last-low' } });
+        expect(g.score).toBe(alone.get(rows[i]!.id));
+      });
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('an input without a prompt, or options without a criterion, are refused naming the field', async () => {
+    const score = autoevalsScorer({ criterion, model: MODEL, cacheDir });
+    await expect(score({ input: { question: 'w1' }, output: 'w2' })).rejects.toThrow(
+      /activation-rm\/scorers options: input: expected the prompt/,
+    );
+    expect(() => autoevalsScorer({ model: MODEL })).toThrow(/activation-rm\/scorers options: criterion: .*required/);
+    expect(() => autoevalsScorer({ url: 'localhost:5000' })).toThrow(/url: expected http\(s\):\/\/host:port/);
+  });
+});
