@@ -44,7 +44,7 @@ interface Grading {
  * and each assertion's; `error` when an assertion threw.
  */
 interface PromptfooResult {
-  vars: { id: string };
+  vars: { id: string; question: string; response: string };
   score: number;
   success: boolean;
   error?: string;
@@ -154,6 +154,26 @@ describe('in-process', () => {
     expect(results[0]!.success).toBe(false);
     expect(results[0]!.error).toMatch(/activation-rm\/promptfoo assertion config: criterion: .*required/);
   });
+});
+
+it('examples/promptfoo runs as written (its paths pointed at this checkout and the criterion fitted here)', () => {
+  const example = fs
+    .readFileSync(path.join(ROOT, 'examples/promptfoo/promptfooconfig.yaml'), 'utf8')
+    .replace(
+      'file://../../dist/integrations/promptfoo.js:',
+      `file://${path.join(ROOT, 'src/integrations/promptfoo.ts')}:`,
+    )
+    .replace('../../results/last-low.arm.safetensors', criterion)
+    .replace('../../models/icl-tiny', MODEL);
+  const { results } = promptfooEval('example', example);
+  const idOf = new Map(rows.map((r) => [`${r.prompt}|${r.response}`, r.id]));
+  expect(results).toHaveLength(rows.length);
+  for (const r of results) {
+    const want = alone.get(idOf.get(`${r.vars.question}|${r.vars.response}`)!)!;
+    const grading = r.gradingResult!.componentResults[0]!;
+    expect(grading.score).toBe(want);
+    expect(grading.pass).toBe(want >= 0.5);
+  }
 });
 
 describe('remote (arm serve)', () => {
