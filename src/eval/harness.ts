@@ -70,7 +70,7 @@ const drawnFewShot = (opts: Pick<EvalOptions, 'fewShot' | 'splitFewShot'>) =>
   Math.max(opts.fewShot, opts.splitFewShot ?? 0);
 
 /** The seeds a run draws: one when nothing in it depends on the draw. */
-export function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'methods'>): number[] {
+function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 'methods'>): number[] {
   const count = opts.fewShot === 0 && !opts.methods.includes('sample-vote') ? 1 : opts.seeds;
   return Array.from({ length: count }, (_, s) => opts.seed + s);
 }
@@ -79,7 +79,7 @@ export function runSeeds(opts: Pick<EvalOptions, 'fewShot' | 'seeds' | 'seed' | 
  * A run whose methods need no pool (zero-shot, token-prob, the length rules) draws none: a pool would only take
  * pairs away from the test set. With a pool method in the run, every method is tested on the same test pairs.
  */
-export function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot' | 'splitFewShot'>>(opts: T): T {
+function effectiveOptions<T extends Pick<EvalOptions, 'methods' | 'fewShot' | 'splitFewShot'>>(opts: T): T {
   const needsPool = opts.methods.some((m) => METHODS[m]?.needsPool);
   return needsPool || opts.fewShot === 0 ? opts : { ...opts, fewShot: 0, splitFewShot: undefined };
 }

@@ -1,0 +1,136 @@
+// `arm score --shard i/n` then `arm merge --output`: three shards run as separate processes and merged are the
+// unsharded run's bytes and summary; a missing, duplicated, unfinished or mismatched shard is refused by name.
+import { beforeAll, describe, expect, it } from 'vitest';
+import fs from 'node:fs';
+import path from 'node:path';
+import { tempDir } from '../helpers/fixtures.js';
+import { armIn, armInBackground } from './shard-helpers.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const MODEL = path.join(ROOT, 'models/icl-tiny');
+const TEMPLATE = ['--template-text', '{prompt} {response}'];
+
+let dir: string;
+let input: string;
+let criterion: string;
+let fullSummary: string;
+const scoreArgs = (output: string, rm = criterion) => [
+  'score',
+  '--model',
+  MODEL,
+  '--rm',
+  rm,
+  '--input',
+  input,
+  '--output',
+  output,
+  '--chunk-rows',
+  '16',
+  '--quiet',
+];
+/** The summary line `score` and `merge` end with, without the output's path. */
+const summaryOf = (stderr: string) => /scored \d+ rows → \S+(.*)/.exec(stderr)![1];
+/** Copies the named shard files of `from` (a folder) into a new folder; returns it. */
+function copyShards(from: string, names: string[]): string {
+  const to = tempDir('arm-shards-');
+  for (const n of names) fs.copyFileSync(path.join(from, n), path.join(to, n));
+  return to;
+}
+const files = (i: number) => [`sharded.shard-${i}-of-3.json`, `sharded.shard-${i}-of-3.jsonl`];
+
+beforeAll(async () => {
+  dir = tempDir();
+  // 168 pairs and 12 items of the bundled examples: 12 chunks of 16, so 4 per shard.
+  input = path.join(dir, 'input.jsonl');
+  const pairs = ['last-low', 'max-high'].map((c) =>
+    fs.readFileSync(path.join(ROOT, `examples/icl-tiny/${c}/test.jsonl`)),
+  );
+  const items = Array.from({ length: 12 }, (_, i) =>
+    JSON.stringify({ id: `item-${i}`, prompt: `w${i} w${i + 1}`, response: `w${i + 2} w${i + 3}` }),
+  );
+  fs.writeFileSync(input, `${Buffer.concat(pairs).toString().trim()}\n${items.join('\n')}\n`);
+  criterion = path.join(dir, 'c.arm.safetensors');
+  const few = path.join(ROOT, 'examples/icl-tiny/max-high/few.jsonl');
+  const fit = ['fit', '--model', MODEL, ...TEMPLATE, '--examples', few, '--passes', '8', '--steps', '20', '--quiet'];
+  armIn(dir, [...fit, '--out', criterion]);
+  fullSummary = summaryOf(armIn(dir, scoreArgs('full.jsonl')).stderr)!;
+  await Promise.all([0, 1, 2].map((i) => armInBackground(dir, [...scoreArgs('sharded.jsonl'), '--shard', `${i}/3`])));
+}, 240_000);
+
+it('three shards merged are the unsharded run, byte for byte, with the same summary', () => {
+  for (const i of [0, 1, 2]) for (const f of files(i)) expect(fs.existsSync(path.join(dir, f)), f).toBe(true);
+  const merge = armIn(dir, ['merge', '--output', 'sharded.jsonl']);
+  expect(fs.readFileSync(path.join(dir, 'sharded.jsonl')).equals(fs.readFileSync(path.join(dir, 'full.jsonl')))).toBe(
+    true,
+  );
+  expect(summaryOf(merge.stderr)).toBe(fullSummary);
+  expect(fullSummary).toMatch(/pairs: accuracy 0\.\d{4} \(\d+\/168/);
+  // Each shard holds whole chunks of 16 rows: 4 chunks each.
+  const rows = (i: number) => JSON.parse(fs.readFileSync(path.join(dir, files(i)[0]!), 'utf8')).rows;
+  expect([0, 1, 2].map(rows)).toEqual([
+    { start: 0, end: 64 },
+    { start: 64, end: 128 },
+    { start: 128, end: 180 },
+  ]);
+});
+
+describe('merge refuses', () => {
+  it('a missing shard, naming it', () => {
+    const partial = copyShards(dir, [...files(0), ...files(2)]);
+    const r = armIn(partial, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toMatch(/shard 1 of 3 is missing \(expected sharded\.shard-1-of-3\.json\)/);
+    expect(fs.existsSync(path.join(partial, 'sharded.jsonl'))).toBe(false);
+  });
+
+  it('a duplicated shard, naming both copies (and the shard it left out)', () => {
+    const copied = copyShards(dir, [...files(0), ...files(1)]);
+    // Shard 0's manifest under shard 2's name: the manifest says which shard it is.
+    fs.copyFileSync(path.join(copied, files(0)[0]!), path.join(copied, files(2)[0]!));
+    const r = armIn(copied, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toContain(
+      'shard 0 of 3 is given 2 times: sharded.shard-0-of-3.json, sharded.shard-2-of-3.json; ' +
+        'shard 2 of 3 is missing',
+    );
+    const twice = armIn(dir, ['merge', '--output', 'x.jsonl', files(0)[0]!, files(0)[0]!, files(1)[0]!], {
+      expectFail: true,
+    });
+    expect(twice.stderr).toMatch(/shard 0 of 3 is given 2 times/);
+  });
+
+  it('an unfinished shard, with how far it got', () => {
+    const unfinished = copyShards(dir, [...files(0), ...files(2)]);
+    const rows =
+      fs
+        .readFileSync(path.join(dir, files(1)[1]!), 'utf8')
+        .split('\n')
+        .slice(0, 5)
+        .join('\n') + '\n';
+    fs.writeFileSync(path.join(unfinished, `${files(1)[1]}.part`), rows);
+    const r = armIn(unfinished, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toMatch(/sharded\.shard-1-of-3\.jsonl\.part is not finished: 5 rows scored so far/);
+  });
+
+  it('a shard of another run (another criterion), naming the field', () => {
+    const other = copyShards(dir, [...files(0), ...files(2)]);
+    const otherCriterion = path.join(other, 'other.arm.safetensors');
+    const few = path.join(ROOT, 'examples/icl-tiny/last-low/few.jsonl');
+    const fit = ['fit', '--model', MODEL, ...TEMPLATE, '--examples', few, '--passes', '8', '--steps', '20'];
+    armIn(other, [...fit, '--out', otherCriterion, '--quiet']);
+    armIn(other, [...scoreArgs('sharded.jsonl', otherCriterion), '--shard', '1/3']);
+    const r = armIn(other, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toContain(
+      'sharded.shard-1-of-3.json is a shard of another scoring run than sharded.shard-0-of-3.json: different criteria',
+    );
+  }, 120_000);
+
+  it('shards of different counts', () => {
+    const mixed = copyShards(dir, [...files(0), ...files(1)]);
+    const m = JSON.parse(fs.readFileSync(path.join(dir, files(2)[0]!), 'utf8'));
+    fs.writeFileSync(
+      path.join(mixed, 'sharded.shard-2-of-4.json'),
+      JSON.stringify({ ...m, shard: { index: 2, count: 4 } }),
+    );
+    const r = armIn(mixed, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toMatch(/cut in different counts \(3, 4\)/);
+  });
+});
