@@ -27,7 +27,7 @@ export interface JudgeOptions {
   url?: string;
   /** Remote: which of the server's criteria (default: the only one it serves). */
   serverCriterion?: string;
-  /** Remote: the name of the environment variable holding the server's API key (default: ARM_API_KEY, if set). */
+  /** Remote: the name of the environment variable holding the server's API key (`arm serve --api-key-file`). */
   apiKeyEnv?: string;
   /** Remote: how long one request may take, in milliseconds (default 60,000). */
   timeoutMs?: number;
@@ -63,7 +63,6 @@ type Settings =
 type Readout = JudgeScore['readout'];
 
 const DEFAULT_TIMEOUT_MS = 60_000;
-const DEFAULT_API_KEY_ENV = 'ARM_API_KEY';
 
 /** `options` checked: in-process (criterion + model) or remote (url), never both; `where` names the config. */
 function judgeSettings(options: JudgeOptions, where: string): Settings {
@@ -94,7 +93,8 @@ function judgeSettings(options: JudgeOptions, where: string): Settings {
       );
     if (!/^https?:\/\//.test(url)) throw new Error(`${where}: url: expected http(s)://host:port, got ${url}`);
     const keyEnv = text('apiKeyEnv');
-    const apiKey = process.env[keyEnv ?? DEFAULT_API_KEY_ENV] || undefined;
+    // The key is named, never written in the config: configs are committed, environments hold secrets.
+    const apiKey = keyEnv === undefined ? undefined : process.env[keyEnv] || undefined;
     if (keyEnv !== undefined && apiKey === undefined)
       throw new Error(`${where}: apiKeyEnv: the environment variable ${keyEnv} is not set`);
     const timeoutMs = positive('timeoutMs') ?? DEFAULT_TIMEOUT_MS;

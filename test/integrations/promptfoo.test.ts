@@ -10,12 +10,17 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import type { AssertionValueFunction } from 'promptfoo';
 import { tempDir } from '../helpers/fixtures.js';
+import { activationRmAssertion } from '../../src/integrations/promptfoo.js';
 import { armScoreRewards, fitCriterion, judgedRows, MODEL, ROOT, serveCriterion, type JudgedRow } from './fixture.js';
 
 const dir = tempDir('arm-promptfoo-');
 const cacheDir = tempDir('arm-cache-');
 const criterion = path.join(dir, 'last-low.arm.safetensors');
+// The assertion has the type promptfoo gives a javascript assertion's function (checked by tsc).
+activationRmAssertion satisfies AssertionValueFunction;
+
 /** The assertion as docs/integrations.md gives it for an installed package, and as a file path (the source here). */
 const PACKAGE_ASSERTION = 'package:activation-rm/promptfoo:activationRmAssertion';
 const FILE_ASSERTION = `file://${path.join(ROOT, 'src/integrations/promptfoo.ts')}:activationRmAssertion`;

@@ -9,9 +9,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createScorer, type Evalite } from 'evalite';
 import { tempDir } from '../helpers/fixtures.js';
 import { Decoder } from '../../src/model/decoder.js';
-import { autoevalsScorer, closeJudges } from '../../src/integrations/scorers.js';
+import { autoevalsScorer, closeJudges, evaliteScorer } from '../../src/integrations/scorers.js';
 import { armScoreRewards, fitCriterion, judgedRows, MODEL, ROOT, serveCriterion } from './fixture.js';
 
 const dir = tempDir('arm-scorers-');
@@ -27,6 +28,10 @@ beforeAll(async () => {
   batched = armScoreRewards(criterion, rows, dir);
 }, 300_000);
 afterAll(() => closeJudges());
+
+// Both scorers have the types evalite gives its scorers (checked by tsc; the run below checks the behaviour).
+createScorer(evaliteScorer({ criterion, model: MODEL })) satisfies Evalite.Scorer<string, string, unknown>;
+autoevalsScorer({ criterion, model: MODEL }) satisfies Evalite.Scorer<string, string, unknown>;
 
 /** The eval file: each row's input is {id, prompt, response}, the task answers the stored response. */
 function evalFile(options: Record<string, unknown>): string {
