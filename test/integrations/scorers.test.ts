@@ -13,6 +13,7 @@ import { createScorer, type Evalite } from 'evalite';
 import { tempDir } from '../helpers/fixtures.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { autoevalsScorer, closeJudges, evaliteScorer } from '../../src/integrations/scorers.js';
+import { outputText, promptFrom } from '../../src/integrations/judge.js';
 import { armScoreRewards, fitCriterion, judgedRows, MODEL, ROOT, serveCriterion } from './fixture.js';
 
 const dir = tempDir('arm-scorers-');
@@ -107,6 +108,11 @@ describe('the autoevals-shaped scorer called directly', () => {
       expect(g.metadata).toMatchObject({ criterion: 'last-low', readout: 'reward', tooLong: false, truncated: false });
       expect(g.metadata.reward).toBe(g.score);
     });
+    // Another readout of the same criterion: the model already loaded is reused.
+    const normalized = autoevalsScorer({ criterion, model: MODEL, cacheDir, readout: 'normalized' });
+    const other = await normalized({ input: rows[0]!.prompt, output: rows[0]!.response });
+    expect(other.metadata).toMatchObject({ readout: 'normalized', reward: got[0]!.score });
+    expect(other.score).toBe(other.metadata.normalized);
     expect(load).toHaveBeenCalledTimes(1);
     load.mockRestore();
   });
@@ -132,5 +138,21 @@ describe('the autoevals-shaped scorer called directly', () => {
     );
     expect(() => autoevalsScorer({ model: MODEL })).toThrow(/activation-rm\/scorers options: criterion: .*required/);
     expect(() => autoevalsScorer({ url: 'localhost:5000' })).toThrow(/url: expected http\(s\):\/\/host:port/);
+  });
+});
+
+describe('prompts and outputs as the tools hand them over', () => {
+  it('a chat, as a list or as its JSON text, is a message list; other text stays text', () => {
+    const chat = [{ role: 'user', content: 'w1 w2' }];
+    expect(promptFrom(chat, 'input')).toEqual(chat);
+    expect(promptFrom(JSON.stringify(chat), 'prompt')).toEqual(chat);
+    expect(promptFrom('[not json', 'prompt')).toBe('[not json');
+    expect(promptFrom('[1, 2]', 'prompt')).toBe('[1, 2]');
+    expect(() => promptFrom(42, 'vars.question')).toThrow(/vars.question: expected a string or a list of/);
+  });
+
+  it('an output that is not text is judged as its JSON; a missing one is refused', () => {
+    expect(outputText({ answer: 4 }, 'output')).toBe('{"answer":4}');
+    expect(() => outputText(undefined, 'output')).toThrow(/output: no output to score/);
   });
 });
