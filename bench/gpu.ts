@@ -1,6 +1,7 @@
 /**
  * GPU benchmark: the engine figures on `--device webgpu|cuda` beside the CPU, on a random checkpoint of a shape.
- * `npm run bench:gpu -- [--device webgpu] [--shape tiny|0.5b|7b] [--dtypes fp32,int4] [--kv-cache host] [--no-cpu]`.
+ * `npm run bench:gpu -- [--device webgpu] [--shape tiny|0.5b|7b] [--dtypes fp32,fp16,int4] [--kv-cache host]
+ * [--no-cpu]` (fp16 runs on the GPU device only).
  *
  * First it reports which devices run here (session.ts deviceProblem: a one-node graph on each provider); a device
  * that does not run ends the bench with its reason in the JSON line. Then, per device (the asked one, then the CPU
@@ -159,6 +160,10 @@ async function main(): Promise<void> {
   try {
     for (const d of flag('--no-cpu') || device === 'cpu' ? [device] : [device, 'cpu' as const])
       for (const dtype of dtypes) {
+        if (d === 'cpu' && dtype === 'fp16') {
+          log('cpu fp16: skipped (--dtype fp16 runs on GPU devices only; docs/gpu.md)');
+          continue;
+        }
         const f = await measure(dir, { device: d, dtype, kvCache: d === 'webgpu' ? kvCache : undefined }, cacheDir);
         log(
           `${d} ${dtype} (KV cache: ${f.kvCache}): load ${f.loadS.toFixed(1)} s, ` +

@@ -70,8 +70,8 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
     .addOption(
       new Option(
         '--dtype <dtype>',
-        'weights: fp32, or int8/int4 block-quantised linear layers, embedding and head (default: ' +
-          'fp32 below 0.3 B parameters, int8 to 3 B, int4 above)',
+        'weights: fp32; fp16 linear layers, embedding and head on a GPU (--device webgpu|cuda); or int8/int4 ' +
+          'block-quantised ones (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)',
       ).choices(WEIGHT_DTYPES),
     )
     .option(

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { attentionLayout, openSession, type Device } from './session.js';
+import { attentionLayout, halfPrecisionProblem, openSession, type Device } from './session.js';
 import { DeviceKv, DeviceKvRegistry } from './device-kv.js';
 import {
   cachedModelExists,
@@ -77,8 +77,9 @@ export interface LoadOptions {
    */
   headChunkBytes?: number;
   /**
-   * Weight storage: fp32, or int8/int4 block-wise weight-only quantisation of every linear layer, the
-   * embedding table and the output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
+   * Weight storage: fp32; fp16 (GPU devices only: linear layers, embedding and head in half precision, the rest
+   * float32); or int8/int4 block-wise weight-only quantisation of every linear layer, the embedding table and the
+   * output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
    */
   dtype?: WeightDType;
   /**
@@ -791,6 +792,10 @@ async function buildCacheEntry(
   const { config, cacheDir } = source;
   const prequant = prequantSchemeFromConfig(config.json, config.file);
   const device = opts.device ?? 'cpu';
+  if (opts.dtype === 'fp16') {
+    const problem = await halfPrecisionProblem(device);
+    if (problem) throw new ModelError(problem);
+  }
   // MatMulIntegerToFloat (rowwise W8A8) is a CPU kernel: a GPU runs int8 as block-wise MatMulNBits.
   if (device !== 'cpu' && opts.int8Kernel === 'rowwise')
     throw new ModelError(

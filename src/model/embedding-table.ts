@@ -1,13 +1,15 @@
 /**
  * The embedding table of a cache entry, read row by row from its weights.bin (through the page cache, not held in
  * the heap): the decoder graph takes inputs_embeds, so the Decoder looks the ids' rows up here, float32 as stored
- * or dequantised from their block-quantised codes (quant/layout.ts), where layout.json says they lie.
+ * (or widened from fp16) or dequantised from their block-quantised codes (quant/layout.ts), where layout.json says
+ * they lie.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { ModelError } from './errors.js';
 import { DATA_FILE, LAYOUT_FILE, type Layout } from './cache/decoder-cache.js';
 import { blobBytes, blocksPerRow, dequantizeRowInto, zeroPointBytesPerRow } from './quant/layout.js';
+import { halfToFloat } from './quant/half.js';
 
 /**
  * embed_tokens rows read on demand from weights.bin (through the page cache, not held in the heap), with a
@@ -40,10 +42,16 @@ export class EmbeddingTable {
     else for (let i = 0; i < values.length; i++) out[at + i] = values[i]! * scale;
   }
 
-  /** Row `id` as float32: read as is, or its codes, scales and zero points read and dequantised. */
+  /** Row `id` as float32: read as is (or widened from fp16), or its codes, scales and zero points dequantised. */
   private read(id: number): Float32Array {
     const { cols, quant } = this.layout;
     const row = new Float32Array(cols);
+    if (this.layout.dtype === 'fp16') {
+      const half = new Uint16Array(cols);
+      this.readAt(new Uint8Array(half.buffer), this.layout.offset + id * half.byteLength, id);
+      for (let i = 0; i < cols; i++) row[i] = halfToFloat(half[i]!);
+      return row;
+    }
     if (!quant) {
       this.readAt(new Uint8Array(row.buffer), this.layout.offset + id * row.byteLength, id);
       return row;

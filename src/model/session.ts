@@ -85,6 +85,60 @@ export async function deviceProblem(device: Device): Promise<string | null> {
   }
 }
 
+/** Per device, the answer of halfPrecisionProblem (a probe session is cheap but not free). */
+const halfPrecisionProblems = new Map<Device, Promise<string | null>>();
+
+/**
+ * Why `--dtype fp16` cannot run on `device`, or null. The CPU provider has no fp16 MatMul kernel on x86: onnxruntime
+ * inserts casts back to float32 and folds the weights to float32 at load (profiled here), so nothing is saved.
+ * WebGPU needs the adapter's `shader-f16` feature (onnxruntime's f16 shaders refuse to run without it); a one-MatMul
+ * fp16 graph is run to find out. CUDA has fp16 kernels on every GPU it supports.
+ */
+export function halfPrecisionProblem(device: Device): Promise<string | null> {
+  if (device === 'cpu')
+    return Promise.resolve(
+      "--dtype fp16 runs on a GPU (--device webgpu or cuda): onnxruntime's CPU provider has no fp16 MatMul kernel " +
+        'here, so it would cast the weights back to float32 at load (no memory saved); on the CPU use fp32, int8 ' +
+        'or int4',
+    );
+  if (device === 'cuda') return Promise.resolve(null);
+  let answer = halfPrecisionProblems.get(device);
+  if (!answer) {
+    answer = probeHalfMatMul(device);
+    halfPrecisionProblems.set(device, answer);
+  }
+  return answer;
+}
+
+async function probeHalfMatMul(device: Device): Promise<string | null> {
+  const g = new GraphBuilder(18);
+  const half = (x: string) => g.op('Cast', [x], { to: 10 });
+  const product = g.op('MatMul', [half(g.input('x', 'FLOAT', [1, 2])), half(g.floatConst([1, 2, 3, 4], [2, 2]))]);
+  g.op('Cast', [product], { to: 1 }, 'y');
+  g.output('y', 'FLOAT', [1, 2]);
+  const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'arm-probe-')), 'fp16.onnx');
+  try {
+    fs.writeFileSync(file, g.toBytes('fp16 probe', {}));
+    const session = await openSession(file, { device, threads: 1 });
+    try {
+      const out = await session.run({ x: new ort.Tensor('float32', Float32Array.of(1, 1), [1, 2]) });
+      const y = Array.from(out.y!.data as Float32Array);
+      if (y.join() === '4,6') return null;
+      return `--dtype fp16 on --device ${device}: an fp16 probe computed ${y.join()}, not 4,6`;
+    } finally {
+      await session.release();
+    }
+  } catch (e) {
+    const message = (e as Error).message.split('\n')[0]!.trim();
+    return (
+      `--dtype fp16 on --device ${device} needs fp16 shaders, the WebGPU adapter's 'shader-f16' feature, which ` +
+      `this adapter does not expose (onnxruntime: ${message}); use --dtype fp32, int8 or int4 here`
+    );
+  } finally {
+    fs.rmSync(path.dirname(file), { recursive: true, force: true });
+  }
+}
+
 export async function openSession(modelFile: string, opts: SessionOptions = {}): Promise<ort.InferenceSession> {
   const device = opts.device ?? 'cpu';
   if (device === 'cuda') checkCudaInstalled();

@@ -40,6 +40,7 @@ import {
 import { QUANTIZER_VERSION, quantizeMatrix, quantizeRowwise, type RowwiseMatrix } from '../quant/round-to-nearest.js';
 import { FP32_FORMAT, parameterCount, sensitiveLinears, type WeightFormat } from '../quant/weight-format.js';
 import { QuantizePool } from '../quant/quantize-pool.js';
+import { toHalf } from '../quant/half.js';
 import { GPTQ_VERSION, gptqQuantize } from '../quant/gptq.js';
 import { CALIBRATION_VERSION } from '../quant/calibration.js';
 
@@ -56,6 +57,8 @@ export interface Layout {
     cols: number;
     /** Present when the table is block-quantised: `offset` is then its codes [V, nBlocks, blob] (quant/layout.ts). */
     quant?: { bits: 4 | 8; blockSize: number; scalesOffset: number; zeroPointsOffset: number };
+    /** 'fp16': the rows are half precision (`--dtype fp16`); absent: float32. */
+    dtype?: 'fp16';
   };
 }
 
@@ -66,6 +69,7 @@ export function graphsDir(cacheDir: string): string {
 
 /** The part of the cache key that names the format; empty for plain fp32 so existing entries stay valid. */
 function formatKey(f: WeightFormat): string {
+  if (f.dtype === 'fp16') return ':fp16';
   if (!f.quant && !f.prequant) return '';
   // The embedding/head and sensitive layers' layouts, where they differ from the main one.
   const others =
@@ -239,6 +243,11 @@ class WeightsFile {
     this.written.floats.set(name, this.write(name, data, dims));
   }
 
+  /** A float matrix stored as fp16 (rounded to nearest even): `--dtype fp16`. */
+  addHalf(name: string, data: Float32Array, dims: number[]): void {
+    this.written.floats.set(name, this.write(name, toHalf(data), dims, 'FLOAT16'));
+  }
+
   addQuantized(name: string, q: QuantizedMatrix): void {
     const n = quantNames(name);
     const nb = blocksPerRow(q.cols, q.blockSize);
@@ -309,9 +318,14 @@ function weightStorer(spec: ModelSpec, opts: WriteOptions): (out: WeightsFile, n
   // The embedding table and a separate output head are [V, D] = [N, K] already: quantised as they are.
   const quantizedAsIs = new Set<string>(format.quant ? [W.embed, W.lmHead] : []);
   const sensitive = format.quant?.sensitive ? sensitiveLinears(spec) : new Set<string>();
+  const half = format.dtype === 'fp16';
   return (out, name, p) => {
     if ('quantized' in p) {
       out.addQuantized(name, p.quantized);
+    } else if (half && 'linear' in p) {
+      out.addHalf(name, transposed(p.linear, p.rows, p.cols), [p.cols, p.rows]);
+    } else if (half && 'data' in p && (name === W.embed || name === W.lmHead)) {
+      out.addHalf(name, p.data, p.dims);
     } else if ('linear' in p) {
       if (format.quant && rowwise && !sensitive.has(name))
         out.addRowwise(name, quantizeRowwise(p.linear, p.rows, p.cols));
@@ -364,13 +378,14 @@ function addHeadChunks(spec: ModelSpec, headChunkBytes: number, weights: Written
   const chunks = headChunks(spec, headChunkBytes);
   if (!qHead) {
     const head = weights.floats.get(headName)!;
-    const rowBytes = spec.hiddenSize * 4;
+    const rowBytes = spec.hiddenSize * (head.elemType === 'FLOAT16' ? 2 : 4);
     chunks.forEach(([start, end], i) => {
       weights.floats.set(W.headChunk(i), {
         name: W.headChunk(i),
         dims: [end - start, spec.hiddenSize],
         offset: head.offset + start * rowBytes,
         length: (end - start) * rowBytes,
+        ...(head.elemType === 'FLOAT16' ? { elemType: 'FLOAT16' as const } : {}),
       });
     });
     return;
@@ -416,6 +431,7 @@ function decoderGraphBytes(spec: ModelSpec, weights: WrittenWeights, opts: Write
     {
       accuracyLevel: opts.format.accuracyLevel,
       ref: (g, name) => quantizedWeightRef(g, weights, name),
+      half: (name) => weights.floats.get(name)?.elemType === 'FLOAT16',
     },
     opts.attention ?? {},
     opts.siteOutputs,
@@ -465,6 +481,7 @@ function embeddingLayout(weights: WrittenWeights): Layout {
       offset: embed.offset,
       rows: embed.dims[0]!,
       cols: qEmbed ? qEmbed.cols : embed.dims[1]!,
+      ...(embed.elemType === 'FLOAT16' ? { dtype: 'fp16' as const } : {}),
       ...(qEmbed
         ? {
             quant: {

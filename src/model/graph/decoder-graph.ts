@@ -270,10 +270,14 @@ function emitHead(ctx: DecoderContext, resid: string, headTaps: readonly string[
   const outputs = DECODER_OUTPUTS;
   const hLast = g.op('Squeeze', [ctx.ops.lastPosition(resid), i64([1])]); // [B,D]
   const normed = ctx.ops.rmsNorm(hLast, W.finalNorm, SITES.finalNormLast);
-  const blocks = headChunks(spec, headChunkBytes).map((_, i) =>
+  const chunks = headChunks(spec, headChunkBytes);
+  const normedHalf = chunks.some((_, i) => ctx.ops.isHalf(W.headChunk(i))) ? ctx.ops.cast(normed, 'fp16') : null;
+  const blocks = chunks.map((_, i) =>
     ctx.ops.isQuantized(W.headChunk(i)) // [B,rows_i]
       ? ctx.ops.matmul(normed, W.headChunk(i))
-      : g.op('Gemm', [normed, ctx.ops.w(W.headChunk(i))], { transB: 1 }),
+      : normedHalf && ctx.ops.isHalf(W.headChunk(i)) // fp16 product, float32 logits
+        ? ctx.ops.cast(g.op('Gemm', [normedHalf, ctx.ops.w(W.headChunk(i))], { transB: 1 }), 'fp32')
+        : g.op('Gemm', [normed, ctx.ops.w(W.headChunk(i))], { transB: 1 }),
   );
   const logitsName = spec.finalSoftcap === null ? outputs.logits : SITES.logitsRaw;
   if (blocks.length === 1) g.op('Identity', blocks, {}, logitsName);

@@ -22,6 +22,8 @@ export const INT64_MAX = Number.MAX_SAFE_INTEGER;
 export interface QuantizedWeights {
   ref: (g: GraphBuilder, name: string) => QuantizedWeightRef | RowwiseWeightRef | null;
   accuracyLevel: number;
+  /** Whether float weight `name` is stored fp16 (`--dtype fp16`: linear layers, embedding and head). */
+  half?: (name: string) => boolean;
 }
 
 export interface DecoderOps {
@@ -42,6 +44,10 @@ export interface DecoderOps {
   matmul(x: string, weightName: string, out?: string): string;
   /** Whether `weightName` is stored quantised (asking registers its quantised initializers, as matmul does). */
   isQuantized(weightName: string): boolean;
+  /** Whether float weight `weightName` is stored fp16: multiplied in fp16, between casts from and to float32. */
+  isHalf(weightName: string): boolean;
+  /** x cast to fp16 (to = 10) or back to float32 (to = 1). */
+  cast(x: string, to: 'fp16' | 'fp32', name?: string): string;
   /** matmul, plus the bias when there is one; the result is named `name`. */
   linear(x: string, weightName: string, biasName: string | null, name: string): string;
   /** The MLP's gate activation: silu (SwiGLU), or gelu exact / tanh-approximated (GeGLU, gelu_pytorch_tanh). */
@@ -64,7 +70,13 @@ export function decoderOps(
   const i64 = (v: number[]) => g.intConst(v);
   const f32 = (v: number) => g.floatConst([v], []);
   const w = (name: string) => weight(g, name);
+  const cast = (x: string, to: 'fp16' | 'fp32', name?: string) =>
+    g.op('Cast', [x], { to: to === 'fp16' ? 10 : 1 }, name);
+  const isHalf = (weightName: string) => quantized?.half?.(weightName) ?? false;
   const matmul = (x: string, weightName: string, out?: string) => {
+    // fp16 weights: the product runs in fp16 (the GPU's fast path); its input and output stay float32, so the
+    // norms, the attention softmax and the residual stream around it keep float32's range and precision.
+    if (isHalf(weightName)) return cast(g.op('MatMul', [cast(x, 'fp16'), w(weightName)]), 'fp32', out);
     const q = quantized?.ref(g, weightName);
     if (!q) return g.op('MatMul', [x, w(weightName)], {}, out);
     return 'kind' in q ? emitRowwiseLinear(g, x, q, out) : emitMatMulNBits(g, x, q, quantized!.accuracyLevel, out);
@@ -82,6 +94,8 @@ export function decoderOps(
     },
     matmul,
     isQuantized: (weightName) => Boolean(quantized?.ref(g, weightName)),
+    isHalf,
+    cast,
     linear(x, weightName, biasName, name) {
       const y = matmul(x, weightName, biasName ? undefined : name);
       return biasName ? g.op('Add', [y, w(biasName)], {}, name) : y;

@@ -16,15 +16,15 @@ interface ValueInfo {
 }
 
 /**
- * Where a weight's bytes live in the external data file; `elemType` defaults to FLOAT (UINT8: packed
- * block-quantised codes; INT8: row-wise int8 codes).
+ * Where a weight's bytes live in the external data file; `elemType` defaults to FLOAT (FLOAT16: `--dtype fp16`
+ * matrices; UINT8: packed block-quantised codes; INT8: row-wise int8 codes).
  */
 export interface ExternalRef {
   name: string;
   dims: number[];
   offset: number;
   length: number;
-  elemType?: 'FLOAT' | 'UINT8' | 'INT8';
+  elemType?: 'FLOAT' | 'FLOAT16' | 'UINT8' | 'INT8';
 }
 
 /** onnxruntime's contrib operator domain (MatMulNBits and friends). */

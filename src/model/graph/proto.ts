@@ -68,7 +68,7 @@ message ModelProto {
 `;
 
 /** onnx.TensorProto.DataType values used here. */
-export const OnnxDType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9 } as const;
+export const OnnxDType = { FLOAT: 1, UINT8: 2, INT8: 3, INT32: 6, INT64: 7, BOOL: 9, FLOAT16: 10 } as const;
 /** onnx.AttributeProto.AttributeType values used here. */
 export const OnnxAttrType = { FLOAT: 1, INT: 2, STRING: 3, TENSOR: 4, FLOATS: 6, INTS: 7 } as const;
 

@@ -1,6 +1,6 @@
 /**
  * The weight format of a cache entry: how its weights are stored and multiplied (WeightFormat), and how
- * `--dtype fp32|int8|int4` and its options resolve to one (resolveWeightFormat), with the defaults BENCHMARKS.md
+ * `--dtype fp32|fp16|int8|int4` and its options resolve to one (resolveWeightFormat), with the defaults BENCHMARKS.md
  * ("Weight formats") measured. Which linear layers stay at int8 in an int4 format (sensitiveLinears) and which GPTQ
  * places (gptqLinears) are decided here too; cache/decoder-cache.ts applies the format when it writes the entry.
  */
@@ -11,9 +11,9 @@ import { checkBlockSize, type QuantOptions } from './layout.js';
 import { W } from '../graph/decoder-graph.js';
 import { cpuHasInt8DotProduct } from '../../util/cpu.js';
 
-export type WeightDType = 'fp32' | 'int8' | 'int4';
-export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'int8', 'int4'];
-const DTYPE_BITS: Readonly<Record<Exclude<WeightDType, 'fp32'>, 4 | 8>> = { int8: 8, int4: 4 };
+export type WeightDType = 'fp32' | 'fp16' | 'int8' | 'int4';
+export const WEIGHT_DTYPES: readonly WeightDType[] = ['fp32', 'fp16', 'int8', 'int4'];
+const DTYPE_BITS: Readonly<Record<Exclude<WeightDType, 'fp32' | 'fp16'>, 4 | 8>> = { int8: 8, int4: 4 };
 /**
  * How int8 linear layers multiply: 'blockwise' = MatMulNBits (8-bit weights in blocks along K with zero
  * points; at accuracy level 4 the activations are rounded to int8 per block); 'rowwise' = W8A8 through
@@ -205,6 +205,7 @@ export function resolveWeightFormat(
   if (![0, 1, 2, 3, 4].includes(accuracyLevel))
     throw new ModelError(`--accuracy-level must be 0–4, got ${accuracyLevel}`);
   checkKernelOptions(dtype, prequant, opts);
+  if (dtype === 'fp16') return halfFormat(prequant, opts);
   if (dtype === 'fp32') {
     if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp32');
     if (opts.accuracyLevel !== undefined && !prequant)
@@ -239,6 +240,23 @@ export function resolveWeightFormat(
     prequant,
     accuracyLevel,
   };
+}
+
+/**
+ * fp16 (GPU devices; decoder.ts refuses it on the CPU): the linear layers, the embedding table and the output head
+ * stored and multiplied in half precision; everything else float32 (graph/decoder-ops.ts matmul). Float
+ * checkpoints only.
+ */
+function halfFormat(prequant: PrequantScheme | null, opts: WeightFormatOptions): WeightFormat {
+  if (prequant)
+    throw new ModelError(
+      `--dtype fp16 applies to float checkpoints; this ${prequant.method.toUpperCase()} checkpoint's layers keep ` +
+        `their ${prequant.bits}-bit codes (use --dtype int8 or int4)`,
+    );
+  if (opts.blockSize !== undefined) throw new ModelError('--block-size applies to --dtype int8 or int4, not fp16');
+  if (opts.accuracyLevel !== undefined)
+    throw new ModelError('--accuracy-level applies to --dtype int8 or int4 (or AWQ/GPTQ checkpoints), not fp16');
+  return { dtype: 'fp16', quant: null, prequant: null, accuracyLevel: 0 };
 }
 
 /** Refuses --int8-kernel and --int4-method where they do not apply, and rowwise on CPUs that would saturate. */
@@ -361,5 +379,6 @@ export function describeWeightFormat(f: WeightFormat): string {
   if (f.quant || f.prequant) parts.push(`accuracy level ${f.accuracyLevel}`);
   if (f.prequant)
     parts.push(`${f.prequant.method.toUpperCase()} ${f.prequant.bits}-bit layers, group ${f.prequant.groupSize}`);
+  if (f.dtype === 'fp16') parts.push('linear layers, embedding and head; norms, attention and residual stream fp32');
   return parts.length ? `${f.dtype} (${parts.join(', ')})` : f.dtype;
 }
