@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
 import { attentionLayout, halfPrecisionProblem, openSession, type Device } from './session.js';
-import { DeviceKv, DeviceKvRegistry } from './device-kv.js';
+import { DeviceKvs, type DeviceKv } from './device-kv.js';
 import {
   cachedModelExists,
   cacheKey,
@@ -186,7 +186,7 @@ export interface DecoderStats {
 export class Decoder {
   private disposed = false;
   readonly stats: DecoderStats = { runs: 0, tokens: 0, paddedPositions: 0, kvUploadBytes: 0 };
-  private readonly deviceCaches = new DeviceKvRegistry();
+  private readonly deviceCaches = new DeviceKvs();
 
   private constructor(
     readonly spec: ModelSpec,
@@ -518,13 +518,11 @@ export class Decoder {
   /** The device tensors of kvOutputs (keys and values alternating by layer) as a cache this decoder tracks. */
   private keepDeviceKv(out: ort.InferenceSession.ReturnType, names: string[]): DeviceKv {
     const tensors = names.map((name) => out[name]!);
-    const kv = new DeviceKv(
+    return this.deviceCaches.track(
       tensors.filter((_, i) => i % 2 === 0),
       tensors.filter((_, i) => i % 2 === 1),
       this,
     );
-    this.deviceCaches.add(kv);
-    return kv;
   }
 
   /**

@@ -6,6 +6,8 @@
  * finds an adapter (lavapipe in CI); skipped with the reason in its name elsewhere.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { Decoder, disposeKv, type KvCache } from '../../src/model/decoder.js';
 import { forEachLastLogitsPerPatch } from '../../src/model/batch.js';
 import { deviceProblem } from '../../src/model/session.js';
@@ -104,6 +106,30 @@ describe.skipIf(problem !== null)(suite, () => {
     };
     const [dev, ref] = [await collect(device), await collect(cpu)];
     for (let i = 0; i < seqs.length; i++) expect(relError(dev.get(i)!, ref.get(i)!)).toBeLessThan(1e-4);
+  });
+
+  it('a cache dropped without disposeKv is released by the GC while the decoder lives, never after it', async () => {
+    // Releasing a device tensor after its session is gone segfaults onnxruntime-node 1.30 (device-kv.ts).
+    v8.setFlagsFromString('--expose-gc');
+    const gc = vm.runInNewContext('gc') as () => void;
+    const collect = async () => {
+      for (let i = 0; i < 3; i++) {
+        gc();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    };
+    const d = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
+    const live = () => (d as unknown as { deviceCaches: { live: Map<number, unknown> } }).deviceCaches.live.size;
+    const kept = await d.prefill(PROMPT.slice(0, 5));
+    for (let i = 0; i < 4; i++) await d.prefill(PROMPT.slice(0, 6 + i)); // dropped at once
+    await collect();
+    expect(live()).toBe(1); // only `kept`
+    for (let i = 0; i < 4; i++) await d.prefill(PROMPT.slice(0, 6 + i)); // dropped, and not yet collected ...
+    await d.dispose(); // ... when the session goes: released first
+    expect(live()).toBe(0);
+    await collect(); // the GC finds nothing left to release (a crash would end this worker)
+    expect(kept.length).toBe(5);
+    await expect(d.stepShared(kept, 7, twoRows(cpu))).rejects.toThrow(/disposed/);
   });
 
   it('a disposed cache, or one of another decoder, is refused by name; a CPU-made cache is uploaded', async () => {
