@@ -148,7 +148,7 @@ function shardsBeside(output: string): {
     const file = path.join(path.dirname(output), name);
     if (!m[4]) found.push(file);
     else if (!fs.existsSync(scoreShardFiles(output, shard).manifest)) {
-      const rows = fs.readFileSync(file, 'utf8').split('\n').length - 1;
+      const rows = countLines(file);
       unfinished.push({ shard, where: file, why: `${rows} rows scored so far; run its command again to finish it` });
     }
   }
@@ -158,6 +158,20 @@ function shardsBeside(output: string): {
         `(written by arm score --shard i/n --output ${output})`,
     );
   return { found, unfinished };
+}
+
+/** The complete lines of a file (its newlines), read in chunks: a partial output may be large. */
+function countLines(file: string): number {
+  const fd = fs.openSync(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    let lines = 0;
+    for (let n; (n = fs.readSync(fd, buf, 0, buf.length, null)) > 0;)
+      for (let at = buf.indexOf(0x0a); at !== -1 && at < n; at = buf.indexOf(0x0a, at + 1)) lines++;
+    return lines;
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 function readManifest(file: string): ScoreShardManifest {
