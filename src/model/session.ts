@@ -111,6 +111,8 @@ export function halfPrecisionProblem(device: Device): Promise<string | null> {
 }
 
 async function probeHalfMatMul(device: Device): Promise<string | null> {
+  const missing = await deviceProblem(device); // no adapter at all: say that, not shader-f16
+  if (missing) return missing;
   const g = new GraphBuilder(18);
   const half = (x: string) => g.op('Cast', [x], { to: 10 });
   const product = g.op('MatMul', [half(g.input('x', 'FLOAT', [1, 2])), half(g.floatConst([1, 2, 3, 4], [2, 2]))]);

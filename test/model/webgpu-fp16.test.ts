@@ -12,6 +12,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { deviceProblem, halfPrecisionProblem, openSession } from '../../src/model/session.js';
 import { MODEL_FILE } from '../../src/model/cache/decoder-cache.js';
 import { fixturePatch, relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { arm } from '../helpers/cli.js';
 
 const problem = (await deviceProblem('webgpu')) ?? (await halfPrecisionProblem('webgpu'));
 const suite = problem === null ? 'webgpu fp16' : `webgpu fp16 SKIPPED: ${problem.slice(0, 300)}`;
@@ -91,6 +92,22 @@ describe.skipIf(problem !== null)(suite, () => {
       console.log(`icl-tiny fp16 vs fp32 (webgpu): max |ΔP(Yes)| = ${worst.toExponential(2)} over ${a.length}`);
       expect(worst).toBeLessThanOrEqual(0.01);
     });
+  });
+});
+
+describe('--dtype fp16 where the device is missing', () => {
+  it('webgpu without any Vulkan driver: the error names the driver to install, not shader-f16', () => {
+    const examples = path.join(tempDir('arm-webgpu-'), 'few.jsonl');
+    fs.writeFileSync(examples, JSON.stringify({ prompt: 'Once', chosen: 'upon', rejected: 'a' }) + '\n');
+    const out = path.join(path.dirname(examples), 'x.arm.safetensors');
+    const args = ['fit', '--model', STORIES, '--examples', examples, '--out', out, '--quiet'];
+    const r = arm([...args, '--device', 'webgpu', '--dtype', 'fp16', '--cache-dir', cacheDir], {
+      expectFail: true,
+      env: { VK_ICD_FILENAMES: '/nonexistent/icd.json', VK_DRIVER_FILES: '/nonexistent/icd.json' },
+    });
+    expect(r.stderr).toMatch(/--device webgpu: .*adapter/);
+    expect(r.stderr).toMatch(/mesa-vulkan-drivers/);
+    expect(r.stderr).not.toMatch(/shader-f16/);
   });
 });
 
