@@ -63,12 +63,34 @@ type Settings =
 type Readout = JudgeScore['readout'];
 
 const DEFAULT_TIMEOUT_MS = 60_000;
+const LOCAL_FIELDS = ['criterion', 'model', 'cacheDir', 'threads'];
+const REMOTE_FIELDS = ['url', 'serverCriterion', 'apiKeyEnv', 'timeoutMs'];
+
+/** Every field known, and only one mode's fields: a typo or a mixed config is named, not silently ignored. */
+function checkFields(o: Record<string, unknown>, where: string): void {
+  const known = [...LOCAL_FIELDS, ...REMOTE_FIELDS, 'readout'];
+  for (const field of Object.keys(o)) {
+    if (!known.includes(field))
+      throw new Error(`${where}: ${field}: not a field of this config (known: ${known.join(', ')})`);
+  }
+  const remote = o.url !== undefined;
+  for (const field of remote ? LOCAL_FIELDS : REMOTE_FIELDS.slice(1)) {
+    if (o[field] === undefined) continue;
+    throw new Error(
+      remote
+        ? `${where}: ${field}: a remote judge (url) takes its criterion and model from the server; drop "${field}" ` +
+            '(name one of its criteria with "serverCriterion")'
+        : `${where}: ${field}: only for a remote judge (with "url")`,
+    );
+  }
+}
 
 /** `options` checked: in-process (criterion + model) or remote (url), never both; `where` names the config. */
 function judgeSettings(options: JudgeOptions, where: string): Settings {
   if (options === null || typeof options !== 'object')
     throw new Error(`${where}: expected an object with "criterion" and "model", or "url"`);
   const o = options as Record<string, unknown>;
+  checkFields(o, where);
   const text = (field: string) => {
     const v = o[field];
     if (v !== undefined && (typeof v !== 'string' || v === ''))
@@ -86,11 +108,6 @@ function judgeSettings(options: JudgeOptions, where: string): Settings {
     throw new Error(`${where}: readout: expected "reward" or "normalized", got ${JSON.stringify(readout)}`);
   const [criterion, model, url] = [text('criterion'), text('model'), text('url')];
   if (url !== undefined) {
-    if (criterion !== undefined || model !== undefined)
-      throw new Error(
-        `${where}: url: a remote judge takes its criterion and model from the server; drop "criterion" and ` +
-          '"model" (name one of its criteria with "serverCriterion")',
-      );
     if (!/^https?:\/\//.test(url)) throw new Error(`${where}: url: expected http(s)://host:port, got ${url}`);
     const keyEnv = text('apiKeyEnv');
     // The key is named, never written in the config: configs are committed, environments hold secrets.

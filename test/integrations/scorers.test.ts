@@ -55,7 +55,7 @@ interface EvaliteExport {
 }
 
 /** Runs `evalite run` in a folder of its own holding `arm.eval.ts` (in-memory storage: no SQLite build needed). */
-function evaliteRun(name: string, source: string): EvaliteExport {
+function evaliteRun(name: string, source: string): { exported: EvaliteExport; log: string } {
   const work = path.join(dir, name);
   fs.mkdirSync(work);
   // The eval file imports 'evalite': resolved through this repository's node_modules.
@@ -77,12 +77,16 @@ export default defineConfig({ storage: () => createInMemoryStorage(), testTimeou
   });
   const out = path.join(work, 'results.json');
   expect(fs.existsSync(out), `evalite wrote no results (exit ${run.status}):\n${run.stdout}\n${run.stderr}`).toBe(true);
-  return JSON.parse(fs.readFileSync(out, 'utf8')) as EvaliteExport;
+  return { exported: JSON.parse(fs.readFileSync(out, 'utf8')) as EvaliteExport, log: `${run.stdout}\n${run.stderr}` };
 }
 
 it('an evalite run scores each output as `arm score` does, through createScorer and as an autoevals scorer', () => {
-  const exported = evaliteRun('local', evalFile({ criterion, model: MODEL, cacheDir }));
+  const { exported, log } = evaliteRun('local', evalFile({ criterion, model: MODEL, cacheDir }));
   const results = exported.evals.flatMap((e) => e.results);
+  expect(
+    results.every((r) => r.scores.length === 2),
+    log,
+  ).toBe(true);
   expect(results.map((r) => r.input.id).sort()).toEqual(rows.map((r) => r.id).sort());
   let maxDiff = 0;
   for (const r of results) {
@@ -138,6 +142,11 @@ describe('the autoevals-shaped scorer called directly', () => {
     );
     expect(() => autoevalsScorer({ model: MODEL })).toThrow(/activation-rm\/scorers options: criterion: .*required/);
     expect(() => autoevalsScorer({ url: 'localhost:5000' })).toThrow(/url: expected http\(s\):\/\/host:port/);
+    // A typo, or one mode's field in the other's config, is named rather than ignored.
+    const typo = { criterion, model: MODEL, treshold: 0.5 } as Parameters<typeof autoevalsScorer>[0];
+    expect(() => autoevalsScorer(typo)).toThrow(/treshold: not a field of this config/);
+    expect(() => autoevalsScorer({ url: 'http://127.0.0.1:1', criterion })).toThrow(/criterion: a remote judge/);
+    expect(() => autoevalsScorer({ criterion, model: MODEL, apiKeyEnv: 'K' })).toThrow(/apiKeyEnv: only for a remote/);
   });
 });
 
