@@ -201,6 +201,12 @@ async function scoreIntoPart(
   const rows = range.end - range.start;
   Object.assign(totals, openScoreCheckpoint(files, checkpoint, { restart: o.restart ?? false }));
   if (files.shard) fs.rmSync(files.shard.manifest, { force: true });
+  if (files.shard && rows === 0)
+    process.stderr.write(
+      `note: shard ${files.shard.place.index} of ${files.shard.place.count} has no rows: the input is ` +
+        `${survey.chunkEnds.length} chunks of --chunk-rows ${o.chunkRows}, fewer than the shards; ` +
+        'a smaller --chunk-rows spreads it over more of them\n',
+    );
   if (!o.quiet) {
     process.stderr.write(
       totals.rows

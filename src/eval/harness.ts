@@ -161,6 +161,11 @@ export async function runEvalPlanned(
   const shard = opts.shard
     ? evalShardUnits(pairs, { ...opts, fewShot: drawnFewShot(opts) }, seeds, opts.chunkSize, opts.shard)
     : undefined;
+  if (shard && shard.start === shard.end)
+    log(
+      `note: shard ${shard.shard.index} of ${shard.shard.count} has no test pairs: the run has ${shard.total} ` +
+        `units (${opts.chunkSize} test pairs of a seed's subset each), fewer than the shards`,
+    );
   const run: EvalRun = { decoder, opts, log, runLog, shard };
   for (const seed of seeds) await runSeed(run, pairs, seed, order);
   return { records: runLog.records, manifest, order, seeds, shard };
