@@ -4,7 +4,7 @@
  * so each item's prompt without its last token is prefilled once (KV caches kept, least recently used evicted) and
  * every call is one shared-prefix step with the S masks as S rows. reinforce.ts consumes it as a MaskLoss.
  */
-import type { Decoder, KvCache } from '../model/decoder.js';
+import { disposeKv, type Decoder, type KvCache } from '../model/decoder.js';
 import { FitError } from './fit-errors.js';
 import { toSequence, type JudgeImages } from './images.js';
 import type { MaskLoss } from './reinforce.js';
@@ -84,6 +84,7 @@ function prefixCache(decoder: Decoder, opts: ReinforceLossOptions): (item: numbe
       if (cachedBytes <= cacheBytes || k === item) break;
       cache.delete(k);
       cachedBytes -= bytesOf(v.kv);
+      disposeKv(v.kv); // a GPU cache's memory goes now, not when the GC gets to it (losses are awaited one at a time)
     }
     return entry;
   };
