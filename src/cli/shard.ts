@@ -15,13 +15,13 @@ export type ShardFlag = Shard | { auto: true; count?: number };
  * the index is (id − first) / step, so `--array=1-8` works as `--array=0-7` does.
  */
 const SCHEDULERS = [
-  { name: 'Kubernetes Indexed Job', index: 'JOB_COMPLETION_INDEX' },
+  { name: 'Kubernetes Indexed Job', indexEnv: 'JOB_COMPLETION_INDEX' },
   {
     name: 'Slurm job array',
-    index: 'SLURM_ARRAY_TASK_ID',
-    first: 'SLURM_ARRAY_TASK_MIN',
-    step: 'SLURM_ARRAY_TASK_STEP',
-    count: 'SLURM_ARRAY_TASK_COUNT',
+    indexEnv: 'SLURM_ARRAY_TASK_ID',
+    firstEnv: 'SLURM_ARRAY_TASK_MIN',
+    stepEnv: 'SLURM_ARRAY_TASK_STEP',
+    countEnv: 'SLURM_ARRAY_TASK_COUNT',
   },
 ] as const;
 
@@ -61,34 +61,34 @@ function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
 export function resolveShard(flag: ShardFlag, env: NodeJS.ProcessEnv = process.env): Shard {
   if (!('auto' in flag)) return flag;
   const [k8s, slurm] = SCHEDULERS;
-  const k8sIndex = envInt(env, k8s.index);
+  const k8sIndex = envInt(env, k8s.indexEnv);
   if (k8sIndex !== undefined) {
     if (flag.count === undefined)
       throw new Error(
-        `--shard auto: ${k8s.index} is set (${k8s.name}) but Kubernetes gives no count: ` +
+        `--shard auto: ${k8s.indexEnv} is set (${k8s.name}) but Kubernetes gives no count: ` +
           "write --shard auto/n with n the Job's completions",
       );
-    return placed(k8sIndex, flag.count, `${k8s.index}=${k8sIndex}`);
+    return placed(k8sIndex, flag.count, `${k8s.indexEnv}=${k8sIndex}`);
   }
-  const id = envInt(env, slurm.index);
+  const id = envInt(env, slurm.indexEnv);
   if (id === undefined)
     throw new Error(
-      `--shard auto: neither ${k8s.index} (${k8s.name}) nor ${slurm.index} (${slurm.name}) is set; ` +
+      `--shard auto: neither ${k8s.indexEnv} (${k8s.name}) nor ${slurm.indexEnv} (${slurm.name}) is set; ` +
         'outside a job array give the shard as i/n',
     );
-  const first = envInt(env, slurm.first) ?? 0;
-  const step = envInt(env, slurm.step) || 1;
-  const slurmCount = envInt(env, slurm.count);
+  const first = envInt(env, slurm.firstEnv) ?? 0;
+  const step = envInt(env, slurm.stepEnv) || 1;
+  const slurmCount = envInt(env, slurm.countEnv);
   if (flag.count !== undefined && slurmCount !== undefined && slurmCount !== flag.count)
-    throw new Error(`--shard auto/${flag.count}: but ${slurm.count}=${slurmCount}; the two counts must agree`);
+    throw new Error(`--shard auto/${flag.count}: but ${slurm.countEnv}=${slurmCount}; the two counts must agree`);
   const count = flag.count ?? slurmCount;
-  if (count === undefined) throw new Error(`--shard auto: ${slurm.count} is not set; write --shard auto/n`);
+  if (count === undefined) throw new Error(`--shard auto: ${slurm.countEnv} is not set; write --shard auto/n`);
   if ((id - first) % step !== 0 || id < first)
     throw new Error(
-      `--shard auto: ${slurm.index}=${id} is not on the array's range (first ${first}, step ${step}); ` +
+      `--shard auto: ${slurm.indexEnv}=${id} is not on the array's range (first ${first}, step ${step}); ` +
         'use a range such as --array=0-7',
     );
-  return placed((id - first) / step, count, `${slurm.index}=${id} − ${slurm.first}=${first}`);
+  return placed((id - first) / step, count, `${slurm.indexEnv}=${id} − ${slurm.firstEnv}=${first}`);
 }
 
 function placed(index: number, count: number, from: string): Shard {

@@ -68,11 +68,13 @@ describe('README', () => {
   });
 
   it('documents every environment variable the source reads', () => {
-    // Read as env.NAME or env['NAME'], through a helper named like env…('NAME'), or named by a …_ENV constant.
+    // Read as env.NAME or env['NAME'], through a helper named like env…('NAME'), or named by a …_ENV constant or a
+    // …Env field (a table of variables, as --shard auto's schedulers).
     const patterns = [
       /env(?:\.([A-Z][A-Z0-9_]+)|\[['"]([A-Z][A-Z0-9_]+)['"]\])/g,
       /\b\w*[eE]nv\w*\(\s*['"]([A-Z][A-Z0-9_]+)['"]/g,
       /_ENV\s*=\s*['"]([A-Z][A-Z0-9_]+)['"]/g,
+      /\w+Env:\s*['"]([A-Z][A-Z0-9_]+)['"]/g,
     ];
     const names = new Set<string>();
     const scan = (dir: string) => {
@@ -86,7 +88,8 @@ describe('README', () => {
       }
     };
     scan(path.join(ROOT, 'src'));
-    for (const known of ['ARM_CACHE_DIR', 'HF_HOME', 'ARM_MAX_IMAGE_PIXELS']) expect(names).toContain(known);
+    for (const known of ['ARM_CACHE_DIR', 'HF_HOME', 'ARM_MAX_IMAGE_PIXELS', 'SLURM_ARRAY_TASK_COUNT'])
+      expect(names).toContain(known);
     const table = /## Environment variables([\s\S]*?)\n## /.exec(README)![1]!;
     for (const name of names) expect(table, name).toContain(name);
   });
