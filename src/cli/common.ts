@@ -71,7 +71,8 @@ export function addModelOptions(cmd: Command, defaultModel?: string): Command {
       new Option(
         '--dtype <dtype>',
         'weights: fp32; fp16 linear layers, embedding and head on a GPU (--device webgpu|cuda); or int8/int4 ' +
-          'block-quantised ones (default: fp32 below 0.3 B parameters, int8 to 3 B, int4 above)',
+          'block-quantised ones (default on the CPU: fp32 below 0.3 B parameters, int8 to 3 B, int4 above; on a ' +
+          'GPU: fp16 below 3.5 B, int4 above; without WebGPU shader-f16, fp32/int8 in its place)',
       ).choices(WEIGHT_DTYPES),
     )
     .option(

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import * as ort from 'onnxruntime-node';
 import { ModelError } from './errors.js';
-import { attentionLayout, halfPrecisionProblem, openSession, type Device } from './session.js';
+import { attentionLayout, deviceProblem, halfPrecisionProblem, openSession, type Device } from './session.js';
 import { DeviceKvs, type DeviceKv } from './device-kv.js';
 import {
   cachedModelExists,
@@ -41,10 +41,13 @@ import { mropePositionIds } from './vision/mrope.js';
 import { Tokenizer, type ChatMessage } from './tokenizer.js';
 import { prequantSchemeFromConfig } from './quant/awq-gptq.js';
 import {
+  defaultDType,
+  describeWeightFormat,
   FP32_FORMAT,
   gptqLinears,
   parameterCount,
   resolveWeightFormat,
+  type GpuSupport,
   type GptqCalibration,
   type Int4Method,
   type Int8Kernel,
@@ -79,7 +82,8 @@ export interface LoadOptions {
   /**
    * Weight storage: fp32; fp16 (GPU devices only: linear layers, embedding and head in half precision, the rest
    * float32); or int8/int4 block-wise weight-only quantisation of every linear layer, the embedding table and the
-   * output head (onnxruntime MatMulNBits). Default: by model size (weight-format.ts).
+   * output head (onnxruntime MatMulNBits). Default: by model size and device (weight-format.ts defaultDType; a GPU
+   * takes fp16, or what its adapter runs without fp16 shaders, and int4 for large models; logged unless quiet).
    */
   dtype?: WeightDType;
   /**
@@ -799,8 +803,10 @@ async function buildCacheEntry(
     throw new ModelError(
       `--int8-kernel rowwise (MatMulIntegerToFloat) runs on the CPU only; on --device ${device} use blockwise`,
     );
+  const gpu = device === 'cpu' ? undefined : await gpuSupport(device, opts.dtype === undefined && !prequant);
   const format = resolveWeightFormat(spec, prequant, {
     dtype: opts.dtype,
+    gpu,
     blockSize: opts.blockSize,
     accuracyLevel: opts.accuracyLevel,
     int8Kernel: opts.int8Kernel,
@@ -808,6 +814,10 @@ async function buildCacheEntry(
     gptqCalibration: opts.gptqCalibration,
     ...(device === 'cpu' ? {} : { int8DotProduct: false }), // the default int8 kernel: blockwise
   });
+  if (gpu && opts.dtype === undefined && !opts.quiet) {
+    const { why } = defaultDType(spec, prequant, gpu);
+    process.stderr.write(`weights: ${describeWeightFormat(format)}; ${why}\n`);
+  }
   validateCheckpoint(spec, ckpt, prequant);
   const weightsFingerprint = weightsContentHash(ckpt.files, contentHashDir(cacheDir));
   const attention = attentionLayout(device);
@@ -827,6 +837,18 @@ async function buildCacheEntry(
     attention,
   });
   return { ...entry, weightsFingerprint, format };
+}
+
+/**
+ * What a GPU device runs, for the default dtype: fp16 shaders unless a probe (halfPrecisionProblem) finds none. Only
+ * probed when the default is wanted (`probe`); a device that does not run at all is an error here, before a cache
+ * entry is built for it.
+ */
+async function gpuSupport(device: Device, probe: boolean): Promise<GpuSupport> {
+  if (!probe) return { halfPrecision: true };
+  const missing = await deviceProblem(device);
+  if (missing) throw new ModelError(missing);
+  return { halfPrecision: (await halfPrecisionProblem(device)) === null };
 }
 
 /**

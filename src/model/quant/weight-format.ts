@@ -69,8 +69,10 @@ export const FP32_FORMAT: WeightFormat = Object.freeze({
 });
 
 export interface WeightFormatOptions {
-  /** Weight storage; default: by model size (defaultDType). */
+  /** Weight storage; default: by model size and device (defaultDType). */
   dtype?: WeightDType;
+  /** The load runs on a GPU device that supports this (the default dtype depends on it); absent: the CPU. */
+  gpu?: GpuSupport;
   /**
    * Inputs per scale/zero point (power of two ≥ 16); default 128 for int8; 32 for int4, 16 below 20 M parameters
    * (defaultBlockSize).
@@ -157,19 +159,76 @@ export function parameterCount(spec: ModelSpec): number {
   return L * perLayer + V * D * (spec.tieWordEmbeddings ? 1 : 2);
 }
 
-/**
- * The dtype a model runs at unless told otherwise. Small models stay fp32 (they are fast already and their
- * matrices too small for block-quantised kernels to pay off); from ~0.3 B parameters int8 is faster at the
- * same judgements; above ~3 B parameters fp32 and int8 no longer fit a 16–24 GB machine next to everything
- * else, so int4. Pre-quantised checkpoints keep their codes; this then only picks embedding/head storage.
- */
-function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = null): WeightDType {
-  if (prequant) return 'int8';
-  const n = parameterCount(spec);
-  if (n < SMALL_MODEL_PARAMETERS) return 'fp32';
-  if (n < 3e9) return 'int8';
-  return 'int4';
+/** What a GPU device runs (the default dtype's input): `halfPrecision`, fp16 shaders (WebGPU's shader-f16). */
+export interface GpuSupport {
+  halfPrecision: boolean;
 }
+
+/** The default dtype of a load and why it is the default (for the log line that announces it). */
+export interface DTypeChoice {
+  dtype: WeightDType;
+  why: string;
+}
+
+/**
+ * The dtype a model runs at unless told otherwise; `gpu` absent: on the CPU. Pre-quantised checkpoints keep their
+ * codes everywhere; this then only picks embedding/head storage (int8).
+ *
+ * CPU: small models stay fp32 (they are fast already and their matrices too small for block-quantised kernels to
+ * pay off); from ~0.3 B parameters int8 is faster at the same judgements; above ~3 B parameters fp32 and int8 no
+ * longer fit a 16–24 GB machine next to everything else, so int4.
+ *
+ * GPU (see gpuDefaultDType): fp16 up to GPU_HALF_MAX_PARAMETERS, int4 above.
+ */
+export function defaultDType(spec: ModelSpec, prequant: PrequantScheme | null = null, gpu?: GpuSupport): DTypeChoice {
+  const n = parameterCount(spec);
+  const size = `${formatParameters(n)} parameters`;
+  if (prequant)
+    return {
+      dtype: 'int8',
+      why: `the ${prequant.method.toUpperCase()} layers keep their codes; embedding and head int8`,
+    };
+  if (gpu) return gpuDefaultDType(n, size, gpu);
+  if (n < SMALL_MODEL_PARAMETERS) return { dtype: 'fp32', why: `the CPU default below 0.3 B parameters (${size})` };
+  if (n < 3e9) return { dtype: 'int8', why: `the CPU default from 0.3 B to 3 B parameters (${size})` };
+  return { dtype: 'int4', why: `the CPU default from 3 B parameters (${size})` };
+}
+
+/**
+ * A GPU's default. fp16 is the type GPUs multiply natively: it halves fp32's weight memory and bandwidth (what a
+ * decode step is bound by) with no dequantisation, and its accuracy is fp32's for judging (BENCHMARKS.md "Weight
+ * formats on the GPU": icl-tiny P(Yes) Spearman against fp32 1.0). It stays the default while fp16 weights fit
+ * common GPU memory (GPU_HALF_MAX_PARAMETERS); above, int4 (MatMulNBits, dequantised in the shader): a 7B model is
+ * 15 GB at fp16 and 7.6 GB at int8, too much for an 8–12 GB card with its KV cache, and 5.4 GiB at int4.
+ * Without fp16 shaders (a WebGPU adapter lacking shader-f16) the fp16 range takes what the adapter runs: fp32 for
+ * small models (below SMALL_MODEL_PARAMETERS, exact and small anyway), else block-wise int8, which has fp16's
+ * footprint and stays within 1e-4 Spearman of fp32 (BENCHMARKS.md).
+ */
+function gpuDefaultDType(n: number, size: string, gpu: GpuSupport): DTypeChoice {
+  const halfRange = `below ${formatParameters(GPU_HALF_MAX_PARAMETERS)} parameters`;
+  if (n >= GPU_HALF_MAX_PARAMETERS)
+    return {
+      dtype: 'int4',
+      why: `the GPU default from ${formatParameters(GPU_HALF_MAX_PARAMETERS)} parameters (${size})`,
+    };
+  if (gpu.halfPrecision) return { dtype: 'fp16', why: `the GPU default ${halfRange} (${size})` };
+  const dtype = n < SMALL_MODEL_PARAMETERS ? 'fp32' : 'int8';
+  return {
+    dtype,
+    why:
+      `fp16 is the GPU default ${halfRange} (${size}), but this device has no fp16 shaders (the WebGPU adapter ` +
+      `lacks 'shader-f16'), so ${dtype}`,
+  };
+}
+/**
+ * fp16 weights of 3.5 B parameters are 7 GB: an 8 GB card (the common floor of discrete and laptop GPUs) still
+ * holds a 3 B model (Qwen2.5-3B: 5.8 GiB) with room for its KV cache and activations; a 7 B model (15 GB) would
+ * fill a 16 GB card alone.
+ */
+const GPU_HALF_MAX_PARAMETERS = 3.5e9;
+
+const formatParameters = (n: number) =>
+  n >= 1e8 ? `${Number((n / 1e9).toPrecision(2))} B` : `${Number((n / 1e6).toPrecision(2))} M`;
 
 /**
  * The int8 kernel unless told otherwise: 'rowwise' (W8A8, MatMulIntegerToFloat) from SMALL_MODEL_PARAMETERS,
@@ -199,7 +258,7 @@ export function resolveWeightFormat(
   prequant: PrequantScheme | null,
   opts: WeightFormatOptions = {},
 ): WeightFormat {
-  const dtype = opts.dtype ?? defaultDType(spec, prequant);
+  const dtype = opts.dtype ?? defaultDType(spec, prequant, opts.gpu).dtype;
   parseWeightDType(dtype, 'dtype');
   const accuracyLevel = opts.accuracyLevel ?? defaultAccuracyLevel(spec);
   if (![0, 1, 2, 3, 4].includes(accuracyLevel))
