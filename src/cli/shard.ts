@@ -1,18 +1,20 @@
 /**
  * `--shard i/n` for `arm score` and `arm eval`: run part i (0-based) of n of the work, for a batch system's job
- * array (docs/batch-jobs.md). `--shard auto/n` (or `auto` under Slurm) takes i from the scheduler's environment:
- * a Kubernetes Indexed Job's 0-based completion index, or a Slurm array task's id counted from the array's first.
+ * array (docs/batch-jobs.md). `--shard auto/n` takes i from the scheduler's environment: a Kubernetes Indexed Job's
+ * 0-based completion index, or a Slurm array task's id (the array's ids are the shard indexes, 0 to n − 1).
  */
 import { Option } from 'commander';
 import type { Shard } from '../eval/shard-units.js';
 
-/** The flag as given: a place, or `auto` (with the count, or the count left to the environment). */
-export type ShardFlag = Shard | { auto: true; count?: number };
+/** The flag as given: a place, or `auto` with the count (the index left to the environment). */
+export type ShardFlag = Shard | { auto: true; count: number };
 
 /**
  * What each batch system tells an array task. Kubernetes Indexed Jobs set a 0-based index and no count (the count
- * is the Job's `completions`, given as `auto/n`). Slurm sets the task's id, the array's first id and its task count;
- * the index is (id − first) / step, so `--array=1-8` works as `--array=0-7` does.
+ * is the Job's `completions`, given as `auto/n`). Slurm sets the task's id, and the first id, step and task count
+ * of the array the task was submitted in. The id itself is the index: a task resubmitted alone (`sbatch --array=3`)
+ * is in an array of one task whose first id is 3, so neither the first id nor the count says which shard it is;
+ * they only catch a whole array written with other ids (`--array=1-8`, `--array=0-14:2`).
  */
 const SCHEDULERS = [
   { name: 'Kubernetes Indexed Job', indexEnv: 'JOB_COMPLETION_INDEX' },
@@ -28,21 +30,26 @@ const SCHEDULERS = [
 /** The `--shard` option, for a command whose work is `what`. */
 export function shardOption(what: string): Option {
   return new Option(
-    '--shard <i/n|auto/n|auto>',
+    '--shard <i/n|auto/n>',
     `run part i (0-based) of n of the ${what}, for a job array; "arm merge" assembles the parts. ` +
-      'auto: i from JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm)',
+      'auto/n: i from JOB_COMPLETION_INDEX (Kubernetes) or SLURM_ARRAY_TASK_ID (Slurm, with --array=0-<n-1>)',
   ).argParser(parseShardFlag);
 }
 
-/** `--shard`'s value: `i/n`, `auto/n` or `auto`. */
+/** `--shard`'s value: `i/n` or `auto/n`. */
 function parseShardFlag(v: string): ShardFlag {
   const m = /^\s*(\d+|auto)(?:\/(\d+))?\s*$/.exec(v);
-  const usage = `--shard: expected i/n (0-based, e.g. 0/8), auto/n or auto, got "${v}"`;
+  const usage = `--shard: expected i/n (0-based, e.g. 0/8) or auto/n, got "${v}"`;
   if (!m) throw new Error(usage);
-  const count = m[2] === undefined ? undefined : Number(m[2]);
-  if (count !== undefined && !(count >= 1)) throw new Error(`--shard ${v}: the count must be at least 1`);
+  if (m[1] === 'auto' && m[2] === undefined)
+    throw new Error(
+      `--shard ${v}: write auto/n with n the number of shards; a job array gives the index, not the count ` +
+        '(a Kubernetes Job sets none, and a Slurm task resubmitted alone sees an array of one task)',
+    );
+  if (m[2] === undefined) throw new Error(usage);
+  const count = Number(m[2]);
+  if (!(count >= 1)) throw new Error(`--shard ${v}: the count must be at least 1`);
   if (m[1] === 'auto') return { auto: true, count };
-  if (count === undefined) throw new Error(usage);
   const index = Number(m[1]);
   if (index >= count)
     throw new Error(`--shard ${v}: the index counts from 0, so it must be below ${count} (0 to ${count - 1})`);
@@ -57,38 +64,28 @@ function envInt(env: NodeJS.ProcessEnv, name: string): number | undefined {
   return Number(v);
 }
 
-/** The shard this process runs: the flag's, or with `auto` the scheduler's (see SCHEDULERS). */
+/** The shard this process runs: the flag's, or with `auto/n` the scheduler's index (see SCHEDULERS). */
 export function resolveShard(flag: ShardFlag, env: NodeJS.ProcessEnv = process.env): Shard {
   if (!('auto' in flag)) return flag;
+  const { count } = flag;
   const [k8s, slurm] = SCHEDULERS;
   const k8sIndex = envInt(env, k8s.indexEnv);
-  if (k8sIndex !== undefined) {
-    if (flag.count === undefined)
-      throw new Error(
-        `--shard auto: ${k8s.indexEnv} is set (${k8s.name}) but Kubernetes gives no count: ` +
-          "write --shard auto/n with n the Job's completions",
-      );
-    return placed(k8sIndex, flag.count, `${k8s.indexEnv}=${k8sIndex}`);
-  }
+  if (k8sIndex !== undefined) return placed(k8sIndex, count, `${k8s.indexEnv}=${k8sIndex}`);
   const id = envInt(env, slurm.indexEnv);
   if (id === undefined)
     throw new Error(
-      `--shard auto: neither ${k8s.indexEnv} (${k8s.name}) nor ${slurm.indexEnv} (${slurm.name}) is set; ` +
+      `--shard auto/${count}: neither ${k8s.indexEnv} (${k8s.name}) nor ${slurm.indexEnv} (${slurm.name}) is set; ` +
         'outside a job array give the shard as i/n',
     );
   const first = envInt(env, slurm.firstEnv) ?? 0;
-  const step = envInt(env, slurm.stepEnv) || 1;
-  const slurmCount = envInt(env, slurm.countEnv);
-  if (flag.count !== undefined && slurmCount !== undefined && slurmCount !== flag.count)
-    throw new Error(`--shard auto/${flag.count}: but ${slurm.countEnv}=${slurmCount}; the two counts must agree`);
-  const count = flag.count ?? slurmCount;
-  if (count === undefined) throw new Error(`--shard auto: ${slurm.countEnv} is not set; write --shard auto/n`);
-  if ((id - first) % step !== 0 || id < first)
+  const step = envInt(env, slurm.stepEnv) ?? 1;
+  // A whole array of n tasks must be ids 0 to n − 1; a smaller one is a resubmission of some of them.
+  if (envInt(env, slurm.countEnv) === count && (first !== 0 || step > 1))
     throw new Error(
-      `--shard auto: ${slurm.indexEnv}=${id} is not on the array's range (first ${first}, step ${step}); ` +
-        'use a range such as --array=0-7',
+      `--shard auto/${count}: the Slurm array's ids are the shard indexes, so write --array=0-${count - 1}; ` +
+        `this array of ${count} tasks starts at ${slurm.firstEnv}=${first} with ${slurm.stepEnv}=${step}`,
     );
-  return placed((id - first) / step, count, `${slurm.indexEnv}=${id} − ${slurm.firstEnv}=${first}`);
+  return placed(id, count, `${slurm.indexEnv}=${id}; write the array as --array=0-${count - 1}`);
 }
 
 function placed(index: number, count: number, from: string): Shard {

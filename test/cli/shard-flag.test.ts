@@ -13,7 +13,8 @@ describe('--shard i/n', () => {
     expect(() => parse('8/8')).toThrow('--shard 8/8: the index counts from 0, so it must be below 8 (0 to 7)');
     expect(() => parse('1/0')).toThrow('the count must be at least 1');
     for (const bad of ['3', '1/2/3', '-1/4', 'x/4', ''])
-      expect(() => parse(bad), bad).toThrow(/--shard: expected i\/n \(0-based, e\.g\. 0\/8\), auto\/n or auto/);
+      expect(() => parse(bad), bad).toThrow(/--shard: expected i\/n \(0-based, e\.g\. 0\/8\) or auto\/n/);
+    expect(() => parse('auto')).toThrow('--shard auto: write auto/n with n the number of shards');
   });
 
   it('covers every unit once, in order, with shards of near-equal size', () => {
@@ -36,9 +37,6 @@ describe('--shard i/n', () => {
 describe('--shard auto', () => {
   it('reads a Kubernetes Indexed Job index (0-based), the count from auto/n', () => {
     expect(resolveShard(parse('auto/4'), { JOB_COMPLETION_INDEX: '3' })).toEqual({ index: 3, count: 4 });
-    expect(() => resolveShard(parse('auto'), { JOB_COMPLETION_INDEX: '3' })).toThrow(
-      "Kubernetes gives no count: write --shard auto/n with n the Job's completions",
-    );
     expect(() => resolveShard(parse('auto/3'), { JOB_COMPLETION_INDEX: '3' })).toThrow(
       'index 3 (JOB_COMPLETION_INDEX=3) is not below the count 3; shards are 0 to 2',
     );
@@ -47,25 +45,42 @@ describe('--shard auto', () => {
     );
   });
 
-  it('reads a Slurm array task, counted from the array’s first id, with its count', () => {
-    const slurm = { SLURM_ARRAY_TASK_ID: '5', SLURM_ARRAY_TASK_MIN: '1', SLURM_ARRAY_TASK_COUNT: '8' };
-    expect(resolveShard(parse('auto'), slurm)).toEqual({ index: 4, count: 8 });
-    expect(resolveShard(parse('auto/8'), slurm)).toEqual({ index: 4, count: 8 });
-    expect(() => resolveShard(parse('auto/4'), slurm)).toThrow('SLURM_ARRAY_TASK_COUNT=8; the two counts must agree');
-    const stepped = { SLURM_ARRAY_TASK_ID: '6', SLURM_ARRAY_TASK_MIN: '0', SLURM_ARRAY_TASK_STEP: '2' };
-    expect(resolveShard(parse('auto/4'), stepped)).toEqual({ index: 3, count: 4 });
-    expect(() => resolveShard(parse('auto/4'), { ...stepped, SLURM_ARRAY_TASK_ID: '5' })).toThrow(
-      "is not on the array's range (first 0, step 2)",
+  it('reads a Slurm array task: its id is the shard index, the count from auto/n', () => {
+    const full = { SLURM_ARRAY_TASK_MIN: '0', SLURM_ARRAY_TASK_MAX: '7', SLURM_ARRAY_TASK_COUNT: '8' };
+    for (const id of [0, 3, 7])
+      expect(resolveShard(parse('auto/8'), { ...full, SLURM_ARRAY_TASK_ID: String(id) })).toEqual({
+        index: id,
+        count: 8,
+      });
+    expect(() => resolveShard(parse('auto/8'), { ...full, SLURM_ARRAY_TASK_ID: '8' })).toThrow(
+      'index 8 (SLURM_ARRAY_TASK_ID=8; write the array as --array=0-7) is not below the count 8',
     );
-    expect(() => resolveShard(parse('auto'), { SLURM_ARRAY_TASK_ID: '0' })).toThrow(
-      'SLURM_ARRAY_TASK_COUNT is not set; write --shard auto/n',
+  });
+
+  it('runs the failed shard of a task resubmitted alone (sbatch --array=3)', () => {
+    const resubmit = { SLURM_ARRAY_TASK_ID: '3', SLURM_ARRAY_TASK_MIN: '3', SLURM_ARRAY_TASK_COUNT: '1' };
+    expect(resolveShard(parse('auto/8'), resubmit)).toEqual({ index: 3, count: 8 });
+    // Two of them (sbatch --array=3,5): each its own shard.
+    const two = { SLURM_ARRAY_TASK_MIN: '3', SLURM_ARRAY_TASK_MAX: '5', SLURM_ARRAY_TASK_COUNT: '2' };
+    expect(resolveShard(parse('auto/8'), { ...two, SLURM_ARRAY_TASK_ID: '5' })).toEqual({ index: 5, count: 8 });
+  });
+
+  it('refuses a whole array written with other ids than the shard indexes', () => {
+    const fromOne = { SLURM_ARRAY_TASK_ID: '5', SLURM_ARRAY_TASK_MIN: '1', SLURM_ARRAY_TASK_COUNT: '8' };
+    expect(() => resolveShard(parse('auto/8'), fromOne)).toThrow(
+      "the Slurm array's ids are the shard indexes, so write --array=0-7; " +
+        'this array of 8 tasks starts at SLURM_ARRAY_TASK_MIN=1 with SLURM_ARRAY_TASK_STEP=1',
+    );
+    const stepped = { SLURM_ARRAY_TASK_ID: '6', SLURM_ARRAY_TASK_MIN: '0', SLURM_ARRAY_TASK_STEP: '2' };
+    expect(() => resolveShard(parse('auto/4'), { ...stepped, SLURM_ARRAY_TASK_COUNT: '4' })).toThrow(
+      'write --array=0-3',
     );
   });
 
   it('outside a job array says so', () => {
     expect(() => resolveShard(parse('auto/2'), {})).toThrow(
-      '--shard auto: neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID (Slurm job array) ' +
-        'is set; outside a job array give the shard as i/n',
+      '--shard auto/2: neither JOB_COMPLETION_INDEX (Kubernetes Indexed Job) nor SLURM_ARRAY_TASK_ID ' +
+        '(Slurm job array) is set; outside a job array give the shard as i/n',
     );
     expect(resolveShard(parse('1/2'), { JOB_COMPLETION_INDEX: '0' })).toEqual({ index: 1, count: 2 });
   });
