@@ -208,6 +208,11 @@ function selectedRows(mu: Float32Array, heads: [number, number][], H: number, d:
   return out;
 }
 
+/** The name a criterion file's scores go by: its file name without `.arm.safetensors` (or `.safetensors`). */
+export function criterionNameOf(file: string): string {
+  return path.basename(file).replace(/(\.arm)?\.safetensors$/, '');
+}
+
 /**
  * Reads and validates a criterion file; every error names the file and the field. `anyVersion` reads files of
  * other format versions too (for `arm inspect`); scoring always needs the current one.

@@ -1,6 +1,6 @@
 /** `--rm [name=]file`, repeatable, as `arm score` and `arm serve` take it: criteria by name and file. */
 import fs from 'node:fs';
-import path from 'node:path';
+import { criterionNameOf } from '../arm/criterion.js';
 
 /** Collects a repeated option's values (commander's argParser). */
 export const collectValues = (v: string, acc: string[] = []): string[] => [...acc, v];
@@ -11,7 +11,7 @@ function parseRmSpec(spec: string): { name: string; file: string; named: boolean
   // A path may itself hold "=": only a name made of word characters counts as one.
   if (eq > 0 && /^[\w.-]+$/.test(spec.slice(0, eq)))
     return { name: spec.slice(0, eq), file: spec.slice(eq + 1), named: true };
-  return { name: path.basename(spec).replace(/\.arm\.safetensors$|\.safetensors$/, ''), file: spec, named: false };
+  return { name: criterionNameOf(spec), file: spec, named: false };
 }
 
 /** The criteria of the `--rm` values: names unique, files present; `named`: some value gave a name. */

@@ -8,9 +8,9 @@
  */
 import path from 'node:path';
 import { Decoder } from '../model/decoder.js';
-import { ActivationRM } from '../arm/rm.js';
-import { armFields } from '../arm/rm.js';
+import { ActivationRM, armFields } from '../arm/rm.js';
 import { disposeDecoder } from '../arm/images.js';
+import { criterionNameOf } from '../arm/criterion.js';
 import type { ChatTurn, Example, Prompt } from '../data/examples.js';
 
 /** Where a judge's scores come from, as an integration's config gives it (every field checked by judgeSettings). */
@@ -33,6 +33,11 @@ export interface JudgeOptions {
   timeoutMs?: number;
   /** What the score is: P(Yes) over the full vocabulary (`reward`, default) or P(Yes | Yes or No) (`normalized`). */
   readout?: 'reward' | 'normalized';
+}
+
+/** How a readout is written in reasons and descriptions. */
+export function readoutLabel(readout: JudgeScore['readout'] | undefined): string {
+  return readout === 'normalized' ? 'P(Yes | Yes or No)' : 'P(Yes)';
 }
 
 /** One judged output: `score` is the readout (null when the output did not fit the length budget), then the fields. */
@@ -131,11 +136,6 @@ function judgeSettings(options: JudgeOptions, where: string): Settings {
   if (threads !== undefined && !Number.isInteger(threads))
     throw new Error(`${where}: threads: expected a whole number, got ${threads}`);
   return { mode: 'local', model, criterionFile: path.resolve(criterion), cacheDir: text('cacheDir'), threads, readout };
-}
-
-/** The name a criterion file's scores go by: its file name without `.arm.safetensors` (or `.safetensors`). */
-export function criterionNameOf(file: string): string {
-  return path.basename(file).replace(/(\.arm)?\.safetensors$/, '');
 }
 
 /**

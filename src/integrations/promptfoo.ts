@@ -4,7 +4,7 @@
  * the threshold and where the judged prompt comes from. It scores the provider's output against the test's prompt
  * and passes when the score reaches the threshold. docs/integrations.md shows the config.
  */
-import { describe, judgeFor, outputText, promptFrom, type Judge, type JudgeOptions } from './judge.js';
+import { describe, judgeFor, outputText, promptFrom, readoutLabel, type Judge, type JudgeOptions } from './judge.js';
 
 /** The assertion's `config`: where scores come from (JudgeOptions), the pass mark, and the prompt's source. */
 export interface PromptfooAssertionConfig extends JudgeOptions {
@@ -87,7 +87,7 @@ export async function activationRmAssertion(
   const threshold = thresholdOf(config);
   const judge = judgeOf(config);
   const scored = await judge.score(promptOf(context, config), outputText(output, 'output'));
-  const what = scored.readout === 'reward' ? 'P(Yes)' : 'P(Yes | Yes or No)';
+  const what = readoutLabel(scored.readout);
   if (scored.score === null)
     return {
       pass: false,

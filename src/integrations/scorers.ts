@@ -5,12 +5,13 @@
  * The input is the prompt the output answers. docs/integrations.md shows both.
  */
 import type { Prompt } from '../data/examples.js';
+import { criterionNameOf } from '../arm/criterion.js';
 import {
-  criterionNameOf,
   describe,
   judgeFor,
   outputText,
   promptFrom,
+  readoutLabel,
   type JudgeOptions,
   type JudgeScore,
 } from './judge.js';
@@ -81,7 +82,7 @@ export function autoevalsScorer(options: ScorerOptions): (args: ScorerArgs) => P
 /** evalite's scorer options (`createScorer(evaliteScorer({...}))`): as autoevalsScorer, too long scoring 0. */
 export function evaliteScorer(options: ScorerOptions): EvaliteScorerOptions {
   const score = autoevalsScorer(options);
-  const readout = options.readout === 'normalized' ? 'P(Yes | Yes or No)' : 'P(Yes)';
+  const readout = readoutLabel(options.readout);
   return {
     name: scoreNameOf(options),
     description: `Activation RM ${readout} of the output as an answer to the input`,
