@@ -840,12 +840,12 @@ async function buildCacheEntry(
 }
 
 /**
- * What a GPU device runs, for the default dtype: fp16 shaders unless a probe (halfPrecisionProblem) finds none. Only
- * probed when the default is wanted (`probe`); a device that does not run at all is an error here, before a cache
- * entry is built for it.
+ * What a GPU device runs, for the default dtype: fp16 shaders unless a probe (halfPrecisionProblem) finds none; CUDA
+ * always has them. Only probed when the default is wanted (`probe`). A WebGPU device without an adapter is an
+ * error here, before a cache entry is built in a format chosen for it.
  */
 async function gpuSupport(device: Device, probe: boolean): Promise<GpuSupport> {
-  if (!probe) return { halfPrecision: true };
+  if (!probe || device !== 'webgpu') return { halfPrecision: true };
   const missing = await deviceProblem(device);
   if (missing) throw new ModelError(missing);
   return { halfPrecision: (await halfPrecisionProblem(device)) === null };

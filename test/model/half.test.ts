@@ -5,7 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { halfBits, halfToFloat, toHalf } from '../../src/model/quant/half.js';
 import { cacheKey } from '../../src/model/cache/decoder-cache.js';
-import { FP32_FORMAT, resolveWeightFormat } from '../../src/model/quant/weight-format.js';
+import { defaultDType, FP32_FORMAT, parameterCount, resolveWeightFormat } from '../../src/model/quant/weight-format.js';
 import { Decoder } from '../../src/model/decoder.js';
 import { specFromConfig } from '../../src/model/families/config.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
@@ -55,6 +55,29 @@ describe('fp16 weights', () => {
     expect(half).toEqual({ dtype: 'fp16', quant: null, prequant: null, accuracyLevel: 0 });
     expect(cacheKey('{}', 'w', undefined, half)).not.toBe(cacheKey('{}', 'w', undefined, FP32_FORMAT));
     expect(() => resolveWeightFormat(spec, null, { dtype: 'fp16', blockSize: 32 })).toThrow(/--block-size applies/);
+  });
+
+  it('the default dtype by device: CPU as before; a GPU fp16, int4 from 3.5 B; without shader-f16 fp32/int8', () => {
+    const base = specFromConfig(JSON.parse(fs.readFileSync(path.join(STORIES, 'config.json'), 'utf8')), 'config');
+    // stories260K with its vocabulary widened to reach `n` parameters (the embedding is what grows)
+    const sized = (n: number) => {
+      const spec = { ...base, vocabSize: Math.round((n - parameterCount(base)) / base.hiddenSize) + base.vocabSize };
+      expect(parameterCount(spec) / n).toBeCloseTo(1, 2);
+      return spec;
+    };
+    const sizes = [base, sized(1e9), sized(3.2e9), sized(7e9)];
+    const pick = (gpu?: { halfPrecision: boolean }) => sizes.map((s) => defaultDType(s, null, gpu).dtype);
+    expect(pick()).toEqual(['fp32', 'int8', 'int4', 'int4']);
+    expect(pick({ halfPrecision: true })).toEqual(['fp16', 'fp16', 'fp16', 'int4']);
+    expect(pick({ halfPrecision: false })).toEqual(['fp32', 'int8', 'int8', 'int4']);
+    expect(defaultDType(base, null, { halfPrecision: false }).why).toMatch(/lacks 'shader-f16'\), so fp32$/);
+    // The CPU's resolved default (so its cache key) is what it was; a GPU resolves its own default.
+    expect(resolveWeightFormat(base, null, {})).toEqual(FP32_FORMAT);
+    expect(resolveWeightFormat(sizes[1]!, null, {})).toEqual(resolveWeightFormat(sizes[1]!, null, { dtype: 'int8' }));
+    expect(resolveWeightFormat(base, null, { gpu: { halfPrecision: true } }).dtype).toBe('fp16');
+    // An AWQ/GPTQ checkpoint keeps its codes on any device: the default only stores its embedding and head (int8).
+    const awq = { method: 'awq', bits: 4, groupSize: 128, zeroMinusOne: false } as const;
+    expect(defaultDType(base, awq, { halfPrecision: true }).dtype).toBe('int8');
   });
 
   it('the CPU refuses --dtype fp16 and says why (no fp16 MatMul kernel: weights cast back to float32)', async () => {

@@ -40,7 +40,8 @@ describe.skipIf(problem !== null)(suite, () => {
       fs.writeFileSync(file, part.map((r) => JSON.stringify(r)).join('\n') + '\n');
     write(path.join(dir, 'few.jsonl'), rows.slice(0, 16));
     write(path.join(dir, 'test.jsonl'), rows.slice(30, 46));
-    const model = ['--model', MODEL, '--quiet'];
+    // fp32, as the CPU scores compared below (a GPU's default is fp16)
+    const model = ['--model', MODEL, '--quiet', '--dtype', 'fp32'];
     arm(
       ['fit', ...model, '--device', 'webgpu', '--examples', path.join(dir, 'few.jsonl'), '--out', rm].concat([
         '--template-text',

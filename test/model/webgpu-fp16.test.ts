@@ -5,7 +5,7 @@
  * its eight criteria with demonstrations in context (max |ΔP(Yes)| ≤ 0.01); every fp16 MatMul profiled on the
  * device; the device KV cache with fp16 weights. Skipped with the reason in its name where Dawn finds no adapter.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
@@ -23,7 +23,7 @@ const PAIRS = path.resolve(import.meta.dirname, '../../../shared/data/icl-tiny/p
 
 /** Loads `model` on webgpu at fp32 and at fp16. */
 async function pair(model: string): Promise<{ full: Decoder; half: Decoder }> {
-  const full = await Decoder.load(model, { cacheDir, device: 'webgpu' });
+  const full = await Decoder.load(model, { cacheDir, device: 'webgpu', dtype: 'fp32' });
   const half = await Decoder.load(model, { cacheDir, device: 'webgpu', dtype: 'fp16' });
   return { full, half };
 }
@@ -49,6 +49,27 @@ describe.skipIf(problem !== null)(suite, () => {
       const [a, b] = [await full.forward(rows), await half.forward(rows)];
       expect(relError(b.logits, a.logits)).toBeLessThan(1e-2); // measured 5.3e-3 on lavapipe
       expect(relError(b.heads, a.heads)).toBeLessThan(3e-2); // measured 1.3e-2
+    });
+
+    it('without --dtype, a webgpu load takes fp16 (the GPU default) and says so in its weights line', async () => {
+      const lines: string[] = [];
+      const write = vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => {
+        lines.push(String(chunk));
+        return true;
+      });
+      let d: Decoder;
+      try {
+        d = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
+      } finally {
+        write.mockRestore();
+      }
+      try {
+        expect(d.info.weightFormat.dtype).toBe('fp16');
+        expect(d.info.cacheEntry).toBe(half.info.cacheEntry); // the same entry as an explicit --dtype fp16
+        expect(lines.join('')).toMatch(/^weights: fp16 \(.*\); the GPU default below 3\.5 B parameters \(0\.\d+ M/m);
+      } finally {
+        await d.dispose();
+      }
     });
 
     it('prefill + patched steps on the device KV cache agree with fp32 as the forward does', async () => {

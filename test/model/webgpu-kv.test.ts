@@ -25,8 +25,8 @@ describe.skipIf(problem !== null)(suite, () => {
   let host: Decoder; // the same WebGPU graph, cache in JS
   let cpu: Decoder;
   beforeAll(async () => {
-    device = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
-    host = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', kvCache: 'host' });
+    device = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype: 'fp32' });
+    host = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype: 'fp32', kvCache: 'host' });
     cpu = await Decoder.load(STORIES, { cacheDir, threads: 1 });
   }, 120_000);
   afterAll(async () => {
@@ -118,7 +118,7 @@ describe.skipIf(problem !== null)(suite, () => {
         await new Promise((resolve) => setTimeout(resolve, 20));
       }
     };
-    const d = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
+    const d = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype: 'fp32' });
     const live = () => (d as unknown as { deviceCaches: { live: Map<number, unknown> } }).deviceCaches.live.size;
     const kept = await d.prefill(PROMPT.slice(0, 5));
     for (let i = 0; i < 4; i++) await d.prefill(PROMPT.slice(0, 6 + i)); // dropped at once

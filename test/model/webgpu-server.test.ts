@@ -47,9 +47,11 @@ describe.skipIf(problem !== null)(suite, () => {
 
   async function rewards(device: 'webgpu' | 'cpu'): Promise<number[]> {
     const criteria = [{ name: 'concise', file }];
+    // fp32 as the CPU (a GPU's default is fp16); the worker hands `load` to Decoder.load whole, as arm serve's does
+    const load = { cacheDir, device, dtype: 'fp32' as const };
     const engine =
       device === 'webgpu'
-        ? await WorkerEngine.start({ model: STORIES, load: { cacheDir, device }, criteria })
+        ? await WorkerEngine.start({ model: STORIES, load, criteria })
         : new InProcessEngine(cpu, [{ name: 'concise', file, rm }]);
     const server = await createRewardServer({ engine, splitWithoutPrompts: 'last-assistant-turn' });
     servers.push(server);

@@ -34,7 +34,7 @@ describe.skipIf(problem !== null)(suite, () => {
     let cpu: Decoder;
     const golden: Golden = JSON.parse(fs.readFileSync(path.join(STORIES, 'golden.json'), 'utf8'));
     beforeAll(async () => {
-      gpu = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
+      gpu = await Decoder.load(STORIES, { cacheDir, device: 'webgpu', dtype: 'fp32' });
       cpu = await Decoder.load(STORIES, { cacheDir, threads: 1 });
     }, 120_000);
     afterAll(async () => {
@@ -111,7 +111,7 @@ describe.skipIf(problem !== null)(suite, () => {
     let results: { input_ids: number[]; last_logits: number[]; patched_last_logits: number[]; greedy8: number[] }[];
     beforeAll(async () => {
       results = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')).results;
-      gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu' });
+      gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu', dtype: 'fp32' });
       cpu = await Decoder.load(dir, { cacheDir, threads: 1 });
     }, 120_000);
     afterAll(async () => {
@@ -153,7 +153,7 @@ describe.skipIf(problem !== null)(suite, () => {
     let results: Result[];
     beforeAll(async () => {
       results = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')).results;
-      gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu' });
+      gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu', dtype: 'fp32' });
       inputs = await ImageInputs.load(dir, { cacheDir, device: 'webgpu' });
       cpuInputs = await ImageInputs.load(dir, { cacheDir, threads: 1 });
     }, 120_000);
