@@ -98,9 +98,13 @@ export function openScoreCheckpoint(
   const dropped = dropTornLastLine(partFile);
   if (dropped) process.stderr.write(`dropped a half-written last row (${dropped} bytes) from ${partFile}\n`);
   const totals = countWrittenRows(partFile, startOver);
-  if (totals.rows > checkpoint.input.rows)
+  // A shard's part file holds its rows of the input only.
+  const { shard } = checkpoint;
+  const rows = shard ? shard.rows.end - shard.rows.start : checkpoint.input.rows;
+  if (totals.rows > rows)
     throw new Error(
-      `${partFile} holds ${totals.rows} rows but ${checkpoint.input.file} has ${checkpoint.input.rows}; ${startOver}`,
+      `${partFile} holds ${totals.rows} rows but ${shard ? `shard ${shard.index} of ${shard.count} of ` : ''}` +
+        `${checkpoint.input.file} has ${rows}; ${startOver}`,
     );
   return totals;
 }

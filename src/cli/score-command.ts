@@ -218,6 +218,7 @@ async function scoreIntoPart(
   }
   const seen = await appendScoredChunks(set, o, checkpoint, {
     range,
+    sharded: files.shard !== undefined,
     partFile: files.part,
     totals,
     bar,
@@ -233,11 +234,7 @@ async function scoreIntoPart(
     process.exitCode = 130;
     return;
   }
-  if (seen !== rows || totals.rows !== rows)
-    throw new Error(
-      `${o.input} changed while it was scored (${rows} rows when checked, ${seen} when scored); ` +
-        'run the command again',
-    );
+  if (seen !== rows || totals.rows !== rows) throw inputChanged(o.input, rows, String(seen));
   fs.renameSync(files.part, files.output);
   fs.rmSync(files.checkpoint, { force: true });
   if (files.shard) writeScoreShardManifest(files.shard.manifest, checkpoint, files.output, survey.skipped);
@@ -250,6 +247,12 @@ async function scoreIntoPart(
     );
   }
 }
+
+/** The input's rows differ from pass 1's count (`scored`: how many pass 2 read, in words). */
+const inputChanged = (input: string, rows: number, scored: string) =>
+  new Error(
+    `${input} changed while it was scored (${rows} rows when checked, ${scored} when scored); run the command again`,
+  );
 
 /**
  * What pass 1 found: usable rows, rows skipped as invalid, the first item row (for the ranked check), and where
@@ -334,8 +337,9 @@ async function appendScoredChunks(
   o: ScoreCliOptions,
   checkpoint: ScoreCheckpoint,
   run: {
-    /** The usable rows [start, end) to score: all, or a shard's. */
+    /** The usable rows [start, end) to score: all, or a shard's (`sharded`: rows after `end` are another's). */
     range: { start: number; end: number };
+    sharded: boolean;
     partFile: string;
     totals: ScoreTotals;
     bar: ProgressBar;
@@ -387,7 +391,11 @@ async function appendScoredChunks(
     for (const r of streamExamples(o.input, { ...scoreReadOptions(o), uniqueIds: false })) {
       if ('skipped' in r) continue;
       if (index++ < range.start) continue;
-      if (index > range.end) break;
+      // A row past the end is the next shard's, or (unsharded) one the input grew by since pass 1 counted it.
+      if (index > range.end) {
+        if (run.sharded) break;
+        throw inputChanged(o.input, range.end, 'more');
+      }
       chunk.push(r.example);
       chunkBytes += r.bytes;
       if (!chunkFull(chunk.length, chunkBytes, o.chunkRows)) continue;

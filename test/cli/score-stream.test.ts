@@ -282,3 +282,38 @@ it('holds one chunk of rows, not the input: 120 MB of rows score under a 96 MB h
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }, 120_000);
+
+it('an input that grows while it is scored is refused, not cut at the rows counted first', async () => {
+  // Rows of 2.5 kB: the first 1 MB read holds 400 of them, so the reader is far from the end when rows are added.
+  const dir = tempDir();
+  const grown = path.join(dir, 'grown.jsonl');
+  const note = 'x'.repeat(2500);
+  const lines = fs.readFileSync(input, 'utf8').trim().split('\n');
+  fs.writeFileSync(grown, lines.map((l) => `${l.slice(0, -1)},"note":"${note}"}\n`).join(''));
+  const output = path.join(dir, 'scored.jsonl');
+  const run = armSpawn(['score', '--model', STORIES, '--rm', criterion, '--input', grown, '--output', output]);
+  try {
+    await waitFor(
+      `${output}.part to hold rows`,
+      () => fs.existsSync(`${output}.part`) && completeLines(`${output}.part`).length > 0,
+    );
+    // Stopped while its rows are appended to, so that the run sees them before it reaches the end.
+    run.child.kill('SIGSTOP');
+    fs.appendFileSync(
+      grown,
+      lines
+        .slice(0, 20)
+        .map((l) => l.replace(/"id":"(\w+)"/, '"id":"$1-again"') + '\n')
+        .join(''),
+    );
+    run.child.kill('SIGCONT');
+    const { code } = await run.exited;
+    expect(run.stderr()).toContain(
+      `${grown} changed while it was scored (${ROWS} rows when checked, more when scored)`,
+    );
+    expect(code).toBe(1);
+    expect(fs.existsSync(output)).toBe(false);
+  } finally {
+    run.child.kill('SIGKILL');
+  }
+}, 120_000);

@@ -134,3 +134,18 @@ describe('merge refuses', () => {
     expect(r.stderr).toMatch(/cut in different counts \(3, 4\)/);
   });
 });
+
+it("a shard's partial output is measured against the shard's rows, not the whole input's", () => {
+  const folder = tempDir('arm-shards-');
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, files(1)[0]!), 'utf8'));
+  const rowsFile = path.join(folder, files(1)[1]!);
+  fs.writeFileSync(
+    `${rowsFile}.score-checkpoint.json`,
+    JSON.stringify({ ...manifest.run, shard: { ...manifest.shard, rows: manifest.rows } }),
+  );
+  // Shard 1's 64 rows and 6 more: fewer than the input's 180, more than the shard has.
+  const full = fs.readFileSync(path.join(dir, 'full.jsonl'), 'utf8').split('\n');
+  fs.writeFileSync(`${rowsFile}.part`, full.slice(64, 134).join('\n') + '\n');
+  const r = armIn(folder, [...scoreArgs('sharded.jsonl'), '--shard', '1/3'], { expectFail: true });
+  expect(r.stderr).toContain(`sharded.shard-1-of-3.jsonl.part holds 70 rows but shard 1 of 3 of ${input} has 64`);
+});
