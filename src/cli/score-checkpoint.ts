@@ -11,12 +11,15 @@ import { dropTornLastLine, writeFileAtomic } from './common.js';
  * Bumped when what a score checkpoint records, or how rows are chunked, changes: older partial outputs are then
  * refused.
  */
-export const SCORE_CHECKPOINT_VERSION = 2; // 2: criteria (several --rm) instead of one criterion
+// 2: criteria (several --rm) instead of one criterion; 3: the package version, and the device and thread count used.
+export const SCORE_CHECKPOINT_VERSION = 3;
 
 /** What the rows of a partial output were scored from; a run continues it only when all of it matches. */
 export interface ScoreCheckpoint {
   what: 'arm score checkpoint';
   version: number;
+  /** activation-rm's package version: another build may batch or round differently. */
+  armVersion: string;
   input: { file: string; sha256: string; bytes: number; rows: number };
   /** Every --rm criterion, in order, with the name its scores are written under. */
   criteria: { name: string; file: string; sha256: string }[];
@@ -28,7 +31,12 @@ export interface ScoreCheckpoint {
     chunkBytes: number;
     skipInvalid: boolean;
     imageRoot: string | null;
-    threads: number | null;
+    /**
+     * The device and onnxruntime thread count the scores were computed with (the effective ones, not the flags:
+     * the default thread count is the machine's cores), since either can change the last bits of a score.
+     */
+    device: string;
+    threads: number;
   };
   /** With --shard: the shard, and the rows [start, end) of the input (usable rows, 0-based) it scores. */
   shard?: { index: number; count: number; rows: { start: number; end: number } };
@@ -147,6 +155,7 @@ export function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): str
     )
   )
     out.push(`criteria: ${criteria(a)} vs ${criteria(b)} (other names or contents)`);
+  if (a.armVersion !== b.armVersion) out.push(`activation-rm version: ${a.armVersion} vs ${b.armVersion}`);
   if (!same(a.model, b.model)) out.push('model weights, config or --dtype');
   if (!same(a.shard, b.shard))
     out.push(`shard: ${JSON.stringify(a.shard ?? null)} vs ${JSON.stringify(b.shard ?? null)}`);

@@ -42,6 +42,7 @@ import {
 import { resolveShard, shardOption, type ShardFlag } from './shard.js';
 import { scoreShardFiles, shardRows, writeScoreShardManifest } from './score-shards.js';
 import type { Shard } from '../eval/shard-units.js';
+import { packageVersion } from '../eval/provenance.js';
 
 /** Rows `arm score` reads, scores and appends at a time (`--chunk-rows`), and the most input bytes in one chunk. */
 const SCORE_CHUNK_ROWS = 256;
@@ -309,6 +310,7 @@ function scoreCheckpointFor(
   return {
     what: 'arm score checkpoint',
     version: SCORE_CHECKPOINT_VERSION,
+    armVersion: packageVersion(),
     input: { file: path.resolve(o.input), sha256: sha256File(o.input), bytes: fs.statSync(o.input).size, rows },
     criteria: set.criteria.map((c) => ({ name: c.name, file: path.resolve(c.file), sha256: sha256File(c.file) })),
     model: { weights: info.weightsFingerprint, config: info.configHash, format: info.weightFormat },
@@ -319,7 +321,8 @@ function scoreCheckpointFor(
       chunkBytes: SCORE_CHUNK_BYTES,
       skipInvalid: o.skipInvalid ?? false,
       imageRoot: o.imageRoot === undefined ? null : path.resolve(o.imageRoot),
-      threads: o.threads ?? null,
+      device: info.device,
+      threads: info.threads,
     },
     ...(shard ? { shard: { index: shard.place.index, count: shard.place.count, rows: shard.rows } } : {}),
   };

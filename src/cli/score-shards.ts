@@ -22,7 +22,7 @@ import {
 import { prepareOutput, writeFileAtomic } from './common.js';
 
 /** Bumped when a score shard manifest's layout changes: shards of other versions are not merged. */
-const SCORE_SHARD_VERSION = 1;
+const SCORE_SHARD_VERSION = 2; // 2: the run's package version, device and effective thread count
 
 /** `<stem>.shard-<i>-of-<n>.json`: a finished shard of `arm score`. */
 interface ScoreShardManifest {

@@ -14,12 +14,13 @@ import type { Example } from '../data/examples.js';
 import { aggregate, type AggregateMeta, type Results } from './aggregate.js';
 import { resultsMeta, runEvalPlanned, writeReports, type ReportedEvalOptions } from './harness.js';
 import { readRecords } from './run-log.js';
+import { packageVersion } from './provenance.js';
 import type { RunRecord } from './records.js';
 import { shardLabel, type EvalUnit, type Shard } from './shard-units.js';
 import { jsonDifferences, shardSetProblems } from './shard-checks.js';
 
 /** Bumped when shard.json's layout changes: shards of other versions are not merged. */
-const EVAL_SHARD_VERSION = 1;
+const EVAL_SHARD_VERSION = 2; // 2: run.runtime
 const SHARD_FILE = 'shard.json';
 const SHARD_FOLDER = /^shard-(\d+)-of-(\d+)$/;
 
@@ -40,6 +41,11 @@ export interface EvalShardManifest {
     units: number;
     testPairs: number;
     saveAll: boolean;
+    /**
+     * The package version, and the device and effective onnxruntime thread count (null without a model): fits are
+     * deterministic on one build, device and thread count only.
+     */
+    runtime: { armVersion: string; device: string | null; threads: number | null };
     /** What the reports need besides the records; provenance.command is the command without --shard. */
     meta: AggregateMeta;
   };
@@ -77,6 +83,11 @@ export async function evaluateShard(
       units: units.total,
       testPairs: units.testPairs,
       saveAll: requested.saveAll,
+      runtime: {
+        armVersion: packageVersion(),
+        device: decoder?.info.device ?? null,
+        threads: decoder?.info.threads ?? null,
+      },
       meta: resultsMeta(decoder, examples, requested),
     },
     units: { start: units.start, end: units.end, list: units.units },

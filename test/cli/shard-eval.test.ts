@@ -3,6 +3,7 @@
 // (`seconds` aside) and run.json; a missing, duplicated, unfinished or mismatched shard is refused by name.
 import { beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { tempDir } from '../helpers/fixtures.js';
 import { armIn, armInBackground } from './shard-helpers.js';
@@ -138,6 +139,22 @@ describe('merge refuses', () => {
       'out/shard-1-of-3/shard.json is a shard of another run than out/shard-0-of-3/shard.json: different seed: 0 vs 1',
     );
   }, 120_000);
+
+  it('a shard run on another device or thread count, naming the field', () => {
+    const shard = JSON.parse(read(sharded, 'shard-0-of-3/shard.json'));
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    expect(shard.run.runtime).toEqual({ armVersion: pkg.version, device: 'cpu', threads: os.availableParallelism() });
+    const other = copyShards([0, 1, 2]);
+    const file = path.join(other, 'out/shard-1-of-3/shard.json');
+    const edited = JSON.parse(fs.readFileSync(file, 'utf8'));
+    edited.run.runtime.threads = 1000;
+    fs.writeFileSync(file, JSON.stringify(edited));
+    const r = armIn(other, ['merge', '--output-dir', 'out'], { expectFail: true });
+    expect(r.stderr).toContain(
+      `out/shard-1-of-3/shard.json is a shard of another run than out/shard-0-of-3/shard.json: ` +
+        `different runtime.threads: ${os.availableParallelism()} vs 1000`,
+    );
+  });
 
   it('a shard whose items.jsonl lost a result', () => {
     const damaged = copyShards([0, 1, 2]);

@@ -2,6 +2,7 @@
 // unsharded run's bytes and summary; a missing, duplicated, unfinished or mismatched shard is refused by name.
 import { beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { tempDir } from '../helpers/fixtures.js';
 import { armIn, armInBackground } from './shard-helpers.js';
@@ -148,4 +149,25 @@ it("a shard's partial output is measured against the shard's rows, not the whole
   fs.writeFileSync(`${rowsFile}.part`, full.slice(64, 134).join('\n') + '\n');
   const r = armIn(folder, [...scoreArgs('sharded.jsonl'), '--shard', '1/3'], { expectFail: true });
   expect(r.stderr).toContain(`sharded.shard-1-of-3.jsonl.part holds 70 rows but shard 1 of 3 of ${input} has 64`);
+});
+
+it('a shard records the package version, device and effective thread count; merge refuses another', () => {
+  const m = JSON.parse(fs.readFileSync(path.join(dir, files(0)[0]!), 'utf8'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+  expect(m.run.armVersion).toBe(pkg.version);
+  // No --threads: the count onnxruntime ran with, so shards on machines of other sizes do not compare equal.
+  expect(m.run.options).toMatchObject({ device: 'cpu', threads: os.availableParallelism() });
+  for (const [field, value, said] of [
+    ['threads', 1000, `threads: ${os.availableParallelism()} vs 1000`],
+    ['device', 'webgpu', 'device: "cpu" vs "webgpu"'],
+  ] as const) {
+    const other = copyShards(dir, [...files(0), ...files(1), ...files(2)]);
+    const file = path.join(other, files(1)[0]!);
+    const shard = JSON.parse(fs.readFileSync(file, 'utf8'));
+    shard.run.options[field] = value;
+    fs.writeFileSync(file, JSON.stringify(shard));
+    const r = armIn(other, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toContain(`sharded.shard-1-of-3.json is a shard of another scoring run than`);
+    expect(r.stderr).toContain(`different ${said}`);
+  }
 });
