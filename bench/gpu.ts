@@ -1,7 +1,7 @@
 /**
  * GPU benchmark: the engine figures on `--device webgpu|cuda` beside the CPU, on a random checkpoint of a shape.
  * `npm run bench:gpu -- [--device webgpu] [--shape tiny|0.5b|7b] [--dtypes fp32,fp16,int4] [--kv-cache host]
- * [--no-cpu]` (fp16 runs on the GPU device only).
+ * [--no-cpu] [--accuracy]` (fp16 runs on the GPU device only).
  *
  * First it reports which devices run here (session.ts deviceProblem: a one-node graph on each provider); a device
  * that does not run ends the bench with its reason in the JSON line. Then, per device (the asked one, then the CPU
@@ -17,6 +17,16 @@
  *   hostPeakRssMiB     the process's peak RSS so far (all devices run in this one process).
  * Device memory is not reported: onnxruntime-node exposes no allocator statistics.
  * `--shape tiny` (a 2-layer random Llama) proves the bench runs, e.g. on lavapipe, whose speed means nothing.
+ *
+ * `--accuracy` measures instead what each GPU weight format costs in accuracy, on the real small models (as
+ * bench:quant does on the CPU; bench/accuracy.ts): fp32, fp16, int8 (block-wise, the GPU's int8) and int4 at their
+ * defaults on the device, each against fp32 on the device, and fp32 on the device against fp32 on the CPU (the
+ * reference row):
+ *   top1Agreement      stories260K's next-token top-1 agreement over ~300 teacher-forced positions (with meanKL
+ *                      and the head taps' maxTapErrorRel);
+ *   scoreSpearman      icl-tiny: per criterion, one criterion fitted at fp32 on the CPU, its P(Yes) scores of the
+ *                      test pairs on each format; the median (and minimum) over the 8 criteria.
+ * Accuracy is meaningful on lavapipe (its speed is not), within what docs/gpu.md says of its fp16 arithmetic.
  * The last stdout line is one JSON object with every figure.
  */
 import fs from 'node:fs';
@@ -24,10 +34,24 @@ import os from 'node:os';
 import path from 'node:path';
 import { Decoder, disposeKv, type KvPlace } from '../src/model/decoder.js';
 import { DEVICES, deviceProblem, parseDevice, type Device } from '../src/model/session.js';
-import { WEIGHT_DTYPES, type WeightDType } from '../src/model/quant/weight-format.js';
+import { describeWeightFormat, WEIGHT_DTYPES, type WeightDType } from '../src/model/quant/weight-format.js';
 import { writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
 import { CONFIG as QWEN_05B, median } from './qwen-shape.js';
 import { flag, log, option, seconds } from './args.js';
+import {
+  agreement,
+  criterionRewards,
+  decodePositions,
+  ICL_FIT_OPTIONS,
+  ICL_TINY,
+  iclCriteria,
+  r,
+  spearman,
+  spearmanSummary,
+  STORIES,
+  STORY_TEXTS,
+} from './accuracy.js';
+import { fitActivationRM } from '../src/arm/fit.js';
 
 const ROUNDS = 3;
 const PATCH_ROWS = 32;
@@ -137,6 +161,105 @@ async function measure(dir: string, run: Run, cacheDir: string): Promise<Figures
   }
 }
 
+/** The GPU weight formats --accuracy compares (int8 is block-wise on a GPU, int4 at its defaults). */
+const ACCURACY_DTYPES: readonly WeightDType[] = ['fp32', 'fp16', 'int8', 'int4'];
+
+/** One decoder per format on `device`, and the CPU's fp32 reference, of `model`. */
+async function loadFormats(model: string, device: Device, cacheDir: string) {
+  const cpu = await Decoder.load(model, { cacheDir, dtype: 'fp32', quiet: true });
+  const formats: Record<string, Decoder> = {};
+  for (const dtype of ACCURACY_DTYPES)
+    formats[dtype] = await Decoder.load(model, { cacheDir, device, dtype, quiet: true });
+  const disposeAll = async () => {
+    for (const d of [cpu, ...Object.values(formats)]) await d.dispose();
+  };
+  return { cpu, formats, disposeAll };
+}
+
+/** stories260K: next-token agreement of each format on `device` with fp32 there, and of fp32 there with the CPU's. */
+async function storiesAgreement(device: Device, cacheDir: string) {
+  const { cpu, formats, disposeAll } = await loadFormats(STORIES, device, cacheDir);
+  try {
+    const seqs = STORY_TEXTS.map((t) => cpu.tokenizer.encode(t));
+    const reference = await decodePositions(cpu, seqs, 400);
+    const fp32 = await decodePositions(formats.fp32!, seqs, 400);
+    const rows: Record<string, unknown> = { 'fp32 vs cpu fp32': agreement(reference, fp32) };
+    for (const dtype of ACCURACY_DTYPES.slice(1)) {
+      const d = formats[dtype]!;
+      rows[dtype] = {
+        ...agreement(fp32, await decodePositions(d, seqs, 400)),
+        weightBytes: d.weightBytes,
+        format: describeWeightFormat(d.info.weightFormat),
+      };
+      log(`stories260K ${device} ${dtype}: ${JSON.stringify(rows[dtype])}`);
+    }
+    return rows;
+  } finally {
+    await disposeAll();
+  }
+}
+
+/**
+ * icl-tiny: per criterion, one criterion fitted at fp32 on the CPU, scored on every format on `device`; the Spearman
+ * correlation of each format's scores with fp32's on the device, and of those with the CPU's.
+ */
+async function iclSpearman(device: Device, cacheDir: string) {
+  const { cpu, formats, disposeAll } = await loadFormats(ICL_TINY, device, cacheDir);
+  const perCriterion: Record<string, Record<string, number>> = {};
+  for (const row of ['fp32 vs cpu fp32', ...ACCURACY_DTYPES.slice(1)]) perCriterion[row] = {};
+  try {
+    for (const { subset, train, test } of iclCriteria().criteria) {
+      const file = path.join(cacheDir, `icl-${subset}-cpu-fp32.arm.safetensors`);
+      (await fitActivationRM(cpu, train, ICL_FIT_OPTIONS)).save(file);
+      const fp32 = await criterionRewards(formats.fp32!, file, test);
+      perCriterion['fp32 vs cpu fp32']![subset] = r(spearman(await criterionRewards(cpu, file, test), fp32), 4);
+      for (const dtype of ACCURACY_DTYPES.slice(1))
+        perCriterion[dtype]![subset] = r(spearman(fp32, await criterionRewards(formats[dtype]!, file, test)), 4);
+      const row = Object.fromEntries(Object.entries(perCriterion).map(([k, v]) => [k, v[subset]]));
+      log(`icl-tiny ${subset}: ${JSON.stringify(row)}`);
+    }
+    return Object.fromEntries(Object.entries(perCriterion).map(([row, v]) => [row, spearmanSummary(v)]));
+  } finally {
+    await disposeAll();
+  }
+}
+
+/** The installed Mesa Vulkan driver's package version (lavapipe's), where dpkg's status file lists it. */
+function mesaVersion(): string | undefined {
+  try {
+    const status = fs.readFileSync('/var/lib/dpkg/status', 'utf8');
+    const stanza = status.split('\n\n').find((s) => /^Package: mesa-vulkan-drivers$/m.test(s));
+    return stanza?.match(/^Version: (.+)$/m)?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+/** --accuracy: the JSON line of storiesAgreement and iclSpearman on `device`. */
+async function accuracyMode(device: Device, devices: Record<string, string | null>): Promise<void> {
+  const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-gpu-cache-'));
+  try {
+    const t0 = performance.now();
+    const stories = await storiesAgreement(device, cacheDir);
+    const icl = await iclSpearman(device, cacheDir);
+    const mesa = devices[device] === null && device === 'webgpu' ? mesaVersion() : undefined;
+    console.log(
+      JSON.stringify({
+        bench: 'gpu',
+        mode: 'accuracy',
+        device,
+        devices,
+        mesa,
+        stories,
+        icl,
+        seconds: r(seconds(t0), 1),
+      }),
+    );
+  } finally {
+    fs.rmSync(cacheDir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const device = parseDevice(option('--device') ?? 'webgpu');
   const shape = option('--shape') ?? '0.5b';
@@ -153,6 +276,10 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ bench: 'gpu', shape, device, devices, error: devices[device] }));
     process.exitCode = 1;
     return;
+  }
+  if (flag('--accuracy')) {
+    if (device === 'cpu') throw new Error('--accuracy compares the formats of a GPU device (fp16 runs on GPUs only)');
+    return accuracyMode(device, devices);
   }
   const dir = checkpoint(shape);
   const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'arm-bench-gpu-cache-'));

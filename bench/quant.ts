@@ -30,20 +30,29 @@ import {
   type Int8Kernel,
   type WeightDType,
 } from '../src/model/quant/weight-format.js';
-import { readExamples } from '../src/data/examples.js';
 import { fitActivationRM } from '../src/arm/fit.js';
-import { ActivationRM } from '../src/arm/rm.js';
+import type { ActivationRM } from '../src/arm/rm.js';
 import { Rng, writeRandomCheckpoint, type HfConfig } from '../tools/random-checkpoint.js';
 import { runChild } from './child.js';
 import { CONFIG as QWEN_05B, ensureQwenShapeCheckpoint, median } from './qwen-shape.js';
 import { specFromConfig } from '../src/model/families/config.js';
 import { flag, log, option, seconds, threadsOption } from './args.js';
+import {
+  agreement,
+  criterionRewards,
+  decodePositions,
+  ICL_FIT_OPTIONS,
+  ICL_TINY,
+  iclCriteria,
+  r,
+  spearman,
+  spearmanSummary,
+  STORIES,
+  STORY_TEXTS,
+  type Positions,
+} from './accuracy.js';
 
 const SCRIPT = fileURLToPath(import.meta.url);
-const SHARED = path.resolve(path.dirname(SCRIPT), '../../shared');
-const STORIES = path.join(SHARED, 'models/stories260K');
-const ICL_TINY = path.join(SHARED, 'models/icl-tiny');
-const ICL_PAIRS = path.join(SHARED, 'data/icl-tiny/pairs.jsonl');
 /** The weight formats compared: a dtype, and for int8 the kernel. */
 const VARIANTS = {
   fp32: { dtype: 'fp32' },
@@ -90,122 +99,8 @@ const QWEN_7B: HfConfig = {
 const QWEN_7B_DIR = path.join(os.tmpdir(), 'arm-bench-ckpt-qwen2.5-7b-shape-bf16');
 
 const threads = threadsOption();
-const r = (x: number, digits = 3) => Number(x.toFixed(digits));
-
-// ---------------------------------------------------------------- measures
-
-/** Next-token agreement of `test` with `ref` over the same positions: rows of logits [n, V] with log Σ exp. */
-interface Positions {
-  logits: Float32Array[];
-  logSumExp: number[];
-  heads: Float32Array[];
-}
-
-function agreement(ref: Positions, test: Positions) {
-  let top1 = 0,
-    kl = 0,
-    tapErr = 0,
-    tapScale = 0;
-  for (let i = 0; i < ref.logits.length; i++) {
-    const p = ref.logits[i]!,
-      q = test.logits[i]!;
-    if (argmax(p) === argmax(q)) top1++;
-    // KL(p_fp32 ‖ p_dtype) = Σ p (log p − log q), full vocabulary
-    let s = 0;
-    for (let v = 0; v < p.length; v++) {
-      const lp = p[v]! - ref.logSumExp[i]!,
-        lq = q[v]! - test.logSumExp[i]!;
-      s += Math.exp(lp) * (lp - lq);
-    }
-    kl += s;
-    const a = ref.heads[i]!,
-      b = test.heads[i]!;
-    for (let j = 0; j < a.length; j++) {
-      tapErr = Math.max(tapErr, Math.abs(a[j]! - b[j]!));
-      tapScale = Math.max(tapScale, Math.abs(a[j]!));
-    }
-  }
-  const n = ref.logits.length;
-  return {
-    positions: n,
-    top1Agreement: r(top1 / n, 4),
-    meanKL: Number((kl / n).toPrecision(3)),
-    maxTapError: Number(tapErr.toPrecision(3)),
-    maxTapErrorRel: Number((tapErr / tapScale).toPrecision(3)),
-  };
-}
-
-const argmax = (x: Float32Array) => {
-  let b = 0;
-  for (let i = 1; i < x.length; i++) if (x[i]! > x[b]!) b = i;
-  return b;
-};
-
-/** Teacher-forced positions of `seqs`: every prefix's next-token logits, via a KV cache (one token a step). */
-async function decodePositions(d: Decoder, seqs: number[][], maxPositions: number): Promise<Positions> {
-  const out: Positions = { logits: [], logSumExp: [], heads: [] };
-  const V = d.spec.vocabSize;
-  for (const seq of seqs) {
-    let kv = await d.prefill(seq.slice(0, 1));
-    for (let t = 1; t < seq.length && out.logits.length < maxPositions; t++) {
-      const step = await d.extend(kv, [seq[t]!]);
-      kv = step.kv;
-      const logits = step.logits.slice(0, V);
-      let m = -Infinity;
-      for (const x of logits) m = Math.max(m, x);
-      let s = 0;
-      for (const x of logits) s += Math.exp(x - m);
-      out.logits.push(logits);
-      out.logSumExp.push(m + Math.log(s));
-      out.heads.push(step.heads.slice());
-    }
-  }
-  return out;
-}
-
-/** Spearman rank correlation (average ranks for ties). */
-function spearman(a: number[], b: number[]): number {
-  const rank = (x: number[]) => {
-    const order = x.map((v, i) => [v, i] as const).sort((p, q) => p[0] - q[0]);
-    const ranks = new Array<number>(x.length);
-    for (let i = 0; i < order.length;) {
-      let j = i;
-      while (j + 1 < order.length && order[j + 1]![0] === order[i]![0]) j++;
-      for (let k = i; k <= j; k++) ranks[order[k]![1]] = (i + j) / 2;
-      i = j + 1;
-    }
-    return ranks;
-  };
-  const ra = rank(a),
-    rb = rank(b);
-  const mean = (x: number[]) => x.reduce((s, v) => s + v, 0) / x.length;
-  const ma = mean(ra),
-    mb = mean(rb);
-  let num = 0,
-    da = 0,
-    db = 0;
-  for (let i = 0; i < ra.length; i++) {
-    num += (ra[i]! - ma) * (rb[i]! - mb);
-    da += (ra[i]! - ma) ** 2;
-    db += (rb[i]! - mb) ** 2;
-  }
-  return num / Math.sqrt(da * db);
-}
 
 // ---------------------------------------------------------------- phase: small real models
-
-const STORY_TEXTS = [
-  'Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends. One ' +
-    'day, she saw a big red ball under a tree.',
-  'Tom had a small dog called Max. Every morning they went for a walk to the lake. Max liked to chase the ducks, but ' +
-    'the ducks always flew away.',
-  'The sun was shining and the birds were singing. Sara wanted to bake a cake for her mom. She took flour, eggs and ' +
-    'sugar and mixed them in a big bowl.',
-  'There was a boy who did not like to share his toys. His sister was sad. Then he saw her cry and gave her his ' +
-    'favorite car. They played together all day.',
-  'A little bear lived in the forest. He was hungry and looked for honey. He found a tree full of bees and asked ' +
-    'them nicely for some honey.',
-];
 
 async function phaseSmall(cacheDir: string) {
   const load = (dir: string, t: Variant) => Decoder.load(dir, { cacheDir, threads, ...VARIANTS[t], quiet: true });
@@ -248,18 +143,10 @@ async function phaseSmall(cacheDir: string) {
 
   // icl-tiny: one criterion fitted at fp32, scored at each dtype (Spearman of P(Yes) over every item), and
   // every criterion fitted and scored at each dtype (pair accuracy, ties wrong).
-  const all = readExamples(ICL_PAIRS).examples;
-  const subsets = [...new Set(all.map((e) => e.subset!))];
+  const { all, criteria } = iclCriteria();
   const id = Object.fromEntries(
     await Promise.all(DTYPES.map(async (t) => [t, await load(ICL_TINY, t)] as const)),
   ) as Record<Variant, Decoder>;
-  const fitOpts = { templateText: '{prompt} {response}', seed: 1, batchSize: 32 } as const;
-  const split = (s: string) => {
-    const ex = all.filter((e) => e.subset === s);
-    return { train: ex.slice(0, 16), test: ex.slice(16) };
-  };
-  const rewards = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) =>
-    scores.flatMap((x) => ('chosen' in x ? [x.chosen, x.rejected] : [x.reward]));
   const correct = (scores: Awaited<ReturnType<ActivationRM['scoreExamples']>>) =>
     scores.filter((x) => 'chosen' in x && x.correct).length;
 
@@ -270,23 +157,17 @@ async function phaseSmall(cacheDir: string) {
   const tFit = performance.now();
   const counts = Object.fromEntries(DTYPES.map((t) => [t, 0])) as Record<Variant, number>;
   let testPairs = 0;
-  for (const s of subsets) {
-    const { train, test } = split(s);
+  for (const { subset: s, train, test } of criteria) {
     testPairs += test.length;
     const fpFile = path.join(cacheDir, `icl-${s}-fp32.arm.safetensors`);
     for (const t of DTYPES) {
-      const rm = await fitActivationRM(id[t], train, fitOpts);
+      const rm = await fitActivationRM(id[t], train, ICL_FIT_OPTIONS);
       if (t === 'fp32') rm.save(fpFile);
       counts[t] += correct(await rm.scoreExamples(test));
     }
     // Same fp32 criterion file at each dtype (the mismatch warning is expected here)
     const scored = Object.fromEntries(
-      await Promise.all(
-        DTYPES.map(
-          async (t) =>
-            [t, rewards(await ActivationRM.load(id[t], fpFile, { warn: () => {} }).scoreExamples(test))] as const,
-        ),
-      ),
+      await Promise.all(DTYPES.map(async (t) => [t, await criterionRewards(id[t], fpFile, test)] as const)),
     );
     for (const t of QUANTIZED) spearmanBy[t]![s] = r(spearman(scored.fp32!, scored[t]!), 4);
     items[s] = scored.fp32!.length;
@@ -294,12 +175,7 @@ async function phaseSmall(cacheDir: string) {
   for (const t of DTYPES) accuracy[t] = r(counts[t] / testPairs, 4);
   // Spearman over all items of all criteria pooled (each criterion's own fp32 file)
   // is not meaningful across files; report the per-criterion median and minimum.
-  const spearmanSummary = Object.fromEntries(
-    QUANTIZED.map((t) => {
-      const v = Object.values(spearmanBy[t]!);
-      return [t, { median: r(median(v), 4), min: r(Math.min(...v), 4), perCriterion: spearmanBy[t] }];
-    }),
-  );
+  const scoreSpearman = Object.fromEntries(QUANTIZED.map((t) => [t, spearmanSummary(spearmanBy[t]!)]));
   // Next-token agreement on icl-tiny too (its vocabulary is 64 tokens; rendered judge prompts)
   const iclSeqs = all
     .slice(0, 40)
@@ -316,7 +192,7 @@ async function phaseSmall(cacheDir: string) {
       testPairs,
       itemsPerCriterion: items,
       armAccuracy: accuracy,
-      scoreSpearman: spearmanSummary,
+      scoreSpearman,
       agreement: agreementIcl,
       seconds: r(fitS, 1),
     },
