@@ -86,7 +86,19 @@ export type FromWorker =
 
 export interface WorkerData {
   model: string;
-  load: Pick<LoadOptions, 'cacheDir' | 'threads' | 'revision' | 'device'>;
+  /** Everything Decoder.load takes that can cross to a thread: the cache, threads, revision, device, weight format. */
+  load: Pick<
+    LoadOptions,
+    | 'cacheDir'
+    | 'threads'
+    | 'revision'
+    | 'device'
+    | 'dtype'
+    | 'blockSize'
+    | 'accuracyLevel'
+    | 'int8Kernel'
+    | 'int4Method'
+  >;
   criteria: { name: string; file: string }[];
 }
 

@@ -47,7 +47,7 @@ describe.skipIf(problem !== null)(suite, () => {
 
   async function rewards(device: 'webgpu' | 'cpu'): Promise<number[]> {
     const criteria = [{ name: 'concise', file }];
-    // fp32 as the CPU (a GPU's default is fp16); the worker hands `load` to Decoder.load whole, as arm serve's does
+    // fp32 as the CPU (a GPU's default is fp16)
     const load = { cacheDir, device, dtype: 'fp32' as const };
     const engine =
       device === 'webgpu'
