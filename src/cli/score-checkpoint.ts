@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { jsonlLines, MAX_LINE_BYTES } from '../data/examples.js';
 import { dropTornLastLine, writeFileAtomic } from './common.js';
+import type { FieldShape } from '../eval/shard-manifest.js';
 
 /**
  * Bumped when what a score checkpoint records, or how rows are chunked, changes: older partial outputs are then
@@ -69,6 +70,15 @@ export function countRow(t: ScoreTotals, arm: Record<string, unknown>): void {
   if (perCriterion.some(([, f]) => f.tooLong === true)) t.tooLong++;
 }
 
+/** Adds totals `b` (of later rows) to `a`. */
+export function addTotals(a: ScoreTotals, b: ScoreTotals): void {
+  a.rows += b.rows;
+  a.pairs += b.pairs;
+  for (const [name, n] of b.correct) a.correct.set(name, (a.correct.get(name) ?? 0) + n);
+  a.truncated += b.truncated;
+  a.tooLong += b.tooLong;
+}
+
 /**
  * Opens `partFile` for a run with `checkpoint`: a new run (or `restart`) writes the checkpoint and an empty part
  * file; otherwise the existing checkpoint must match in every field (the refusal names those that differ), a
@@ -105,7 +115,7 @@ export function openScoreCheckpoint(
   }
   const dropped = dropTornLastLine(partFile);
   if (dropped) process.stderr.write(`dropped a half-written last row (${dropped} bytes) from ${partFile}\n`);
-  const totals = countWrittenRows(partFile, startOver);
+  const totals = readScoredRows(partFile, undefined, `; ${startOver}`);
   // A shard's part file holds its rows of the input only.
   const { shard } = checkpoint;
   const rows = shard ? shard.rows.end - shard.rows.start : checkpoint.input.rows;
@@ -117,24 +127,52 @@ export function openScoreCheckpoint(
   return totals;
 }
 
-/** The totals of the rows a part file holds; a row that is not one `score` wrote stops the run. */
-function countWrittenRows(partFile: string, startOver: string): ScoreTotals {
+/**
+ * Reads the rows `score` wrote to `file` (a part file, or a finished shard's rows), handing each line to `each`,
+ * and returns their totals; a line that is not a scored row throws, naming file:line (and `hint` after it).
+ */
+export function readScoredRows(file: string, each: (row: string) => void = () => {}, hint = ''): ScoreTotals {
   const totals = noScoreTotals();
   // Rows are our own output: up to the input's longest line plus the scores.
-  for (const { line, text, error } of jsonlLines(partFile, 2 * MAX_LINE_BYTES)) {
+  for (const { line, text, error } of jsonlLines(file, 2 * MAX_LINE_BYTES)) {
     let arm: unknown;
     try {
       if (error) throw new Error(error);
       arm = (JSON.parse(text!) as { arm?: unknown }).arm;
     } catch (e) {
-      throw new Error(`${partFile}:${line}: not a scored row (${(e as Error).message}); ${startOver}`);
+      throw new Error(`${file}:${line}: not a scored row (${(e as Error).message})${hint}`);
     }
     if (typeof arm !== 'object' || arm === null)
-      throw new Error(`${partFile}:${line}: not a scored row (no "arm" field); ${startOver}`);
+      throw new Error(`${file}:${line}: not a scored row (no "arm" field)${hint}`);
     countRow(totals, arm as Record<string, unknown>);
+    each(text!);
   }
   return totals;
 }
+
+/** What a score checkpoint holds, as merging checks a shard manifest's copy of it (src/eval/shard-manifest.ts). */
+export const SCORE_CHECKPOINT_SHAPE: FieldShape = {
+  fields: {
+    what: 'string',
+    version: 'nat',
+    armVersion: 'string',
+    input: { fields: { file: 'string', sha256: 'string', bytes: 'nat', rows: 'nat' } },
+    criteria: { arrayOf: { fields: { name: 'string', file: 'string', sha256: 'string' } } },
+    model: { fields: { weights: 'string', config: 'string', format: { optional: 'any' } } },
+    options: {
+      fields: {
+        batchSize: 'count',
+        maxLength: 'count',
+        chunkRows: 'count',
+        chunkBytes: 'count',
+        skipInvalid: 'boolean',
+        imageRoot: { oneOf: ['string', 'null'] },
+        device: 'string',
+        threads: 'count',
+      },
+    },
+  },
+};
 
 /** The fields of two checkpoints that differ, in words. */
 export function scoreCheckpointDiff(a: ScoreCheckpoint, b: ScoreCheckpoint): string[] {

@@ -40,7 +40,7 @@ import {
   type ScoreTotals,
 } from './score-checkpoint.js';
 import { resolveShard, shardOption, type ShardFlag } from './shard.js';
-import { scoreShardFiles, shardRows, writeScoreShardManifest } from './score-shards.js';
+import { finishedShardMatches, scoreShardFiles, shardRows, writeScoreShardManifest } from './score-shards.js';
 import type { Shard } from '../eval/shard-units.js';
 import { packageVersion } from '../eval/provenance.js';
 
@@ -200,7 +200,16 @@ async function scoreIntoPart(
   const checkpoint = scoreCheckpointFor(o, set, survey.rows, files.shard);
   const range = files.shard?.rows ?? { start: 0, end: survey.rows };
   const rows = range.end - range.start;
+  if (files.shard && !o.restart && finishedShardMatches(files.shard.manifest, checkpoint)) {
+    const { place, manifest } = files.shard;
+    process.stderr.write(
+      `shard ${place.index} of ${place.count} is already done (${manifest} says this run): nothing to score; ` +
+        `--restart scores it again; when all ${place.count} shards are done: arm merge --output ${o.output}\n`,
+    );
+    return;
+  }
   Object.assign(totals, openScoreCheckpoint(files, checkpoint, { restart: o.restart ?? false }));
+  // From here the shard is not finished until a new manifest says so.
   if (files.shard) fs.rmSync(files.shard.manifest, { force: true });
   if (files.shard && rows === 0)
     process.stderr.write(

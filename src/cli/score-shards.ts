@@ -8,12 +8,14 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { jsonlLines, MAX_LINE_BYTES } from '../data/examples.js';
 import { shardLabel, shardRange, type Shard } from '../eval/shard-units.js';
 import { shardSetProblems } from '../eval/shard-checks.js';
+import { checkRange, readShardManifest } from '../eval/shard-manifest.js';
 import {
-  countRow,
+  addTotals,
   noScoreTotals,
+  readScoredRows,
+  SCORE_CHECKPOINT_SHAPE,
   scoreCheckpointDiff,
   scoreSummary,
   type ScoreCheckpoint,
@@ -77,9 +79,35 @@ export function writeScoreShardManifest(
   writeFileAtomic(file, `${JSON.stringify(manifest, null, 2)}\n`);
 }
 
-/** A manifest as merging reads it, and where it is. */
+/**
+ * Whether the shard of `checkpoint` is already finished: its manifest (`manifestFile`) is readable, says this shard
+ * of this run, and its rows file holds its rows. A rerun of a finished task (a whole array resubmitted, a retry)
+ * then leaves it as it is instead of scoring it again.
+ */
+export function finishedShardMatches(manifestFile: string, checkpoint: ScoreCheckpoint): boolean {
+  if (!fs.existsSync(manifestFile)) return false;
+  let found: FoundManifest;
+  try {
+    found = readManifest(manifestFile);
+  } catch {
+    return false; // not a manifest this build merges: the shard is scored again, and a new one written
+  }
+  const { shard: place, ...run } = checkpoint;
+  const { manifest } = found;
+  return (
+    place !== undefined &&
+    JSON.stringify(manifest.shard) === JSON.stringify({ index: place.index, count: place.count }) &&
+    JSON.stringify(manifest.rows) === JSON.stringify(place.rows) &&
+    scoreCheckpointDiff(manifest.run, run as ScoreCheckpoint).length === 0 &&
+    fs.existsSync(found.rows) &&
+    countLines(found.rows) === place.rows.end - place.rows.start
+  );
+}
+
+/** A manifest as merging reads it: where it is, its rows file beside it (named after it), and what it says. */
 interface FoundManifest {
   file: string;
+  rows: string;
   manifest: ScoreShardManifest;
 }
 
@@ -87,11 +115,11 @@ interface FoundManifest {
  * Merges the shards of `output` (the manifests `given`, or every `<stem>.shard-<i>-of-<n>.json` beside it) into
  * `output`, through a temporary file; returns the summary line an unsharded run ends with. Throws, naming the
  * shard, on a missing, duplicated or unfinished shard, shards of different counts, shards of another run (the
- * differing fields named) and rows that do not match a manifest.
+ * differing fields named), a malformed manifest and rows that do not match a manifest; `output` is then untouched.
  */
 export function mergeScoreShards(output: string, given?: string[]): string {
   const { found, unfinished } = given ? { found: given, unfinished: [] } : shardsBeside(output);
-  const shards = found.map((file) => ({ file, manifest: readManifest(file) }));
+  const shards = found.map(readManifest);
   const problems = shardSetProblems(
     shards.map((s) => ({ shard: s.manifest.shard, where: s.file })),
     unfinished,
@@ -109,14 +137,13 @@ export function mergeScoreShards(output: string, given?: string[]): string {
       );
   }
   checkRowsTile(shards);
-  const rowFiles = shards.map((s) => path.join(path.dirname(s.file), s.manifest.output));
   prepareOutput(output, {
     flag: '--output',
-    inputs: [...shards.map((s) => s.file), ...rowFiles].map((f) => ({ path: f, what: 'a shard file' })),
+    inputs: shards.flatMap((s) => [s.file, s.rows]).map((f) => ({ path: f, what: 'a shard file' })),
   });
   const tmp = `${output}.merge-${process.pid}.tmp`;
   try {
-    const totals = concatenate(shards, rowFiles, tmp);
+    const totals = concatenate(shards, tmp);
     fs.renameSync(tmp, output);
     return scoreSummary(output, first.manifest.skipped, totals);
   } finally {
@@ -124,13 +151,16 @@ export function mergeScoreShards(output: string, given?: string[]): string {
   }
 }
 
-const SHARD_NAME = /^(.*)\.shard-(\d+)-of-(\d+)\.json(l\.part)?$/;
+const SHARD_NAME = /^(.*)\.(shard-\d+-of-\d+)\.json(l|l\.part)?$/;
 
-/** The finished shards beside `output` (their manifests), and the unfinished ones (a partial file, no manifest). */
-function shardsBeside(output: string): {
-  found: string[];
-  unfinished: { shard: Shard; where: string; why: string }[];
-} {
+/** An unfinished shard as shard-checks.ts reports it. */
+type Unfinished = { shard: Shard; where: string; why: string };
+
+/**
+ * The finished shards beside `output` (their manifests), and the unfinished ones: rows without a manifest, whether
+ * partial (`.jsonl.part`) or complete (`.jsonl`, the run stopped before it wrote the manifest).
+ */
+function shardsBeside(output: string): { found: string[]; unfinished: Unfinished[] } {
   const dir = path.dirname(path.resolve(output));
   const stem = path.basename(stemOf(output));
   let names: string[];
@@ -140,25 +170,39 @@ function shardsBeside(output: string): {
     throw new Error(`${output}: cannot list its folder ${dir} (${(e as NodeJS.ErrnoException).code})`);
   }
   const found: string[] = [];
-  const unfinished: { shard: Shard; where: string; why: string }[] = [];
+  // By shard: a partial file (sorted after the rows file) says more than a rows file beside it.
+  const unfinished = new Map<string, Unfinished>();
   for (const name of names.sort()) {
     const m = SHARD_NAME.exec(name);
     if (!m || m[1] !== stem) continue;
-    const shard = { index: Number(m[2]), count: Number(m[3]) };
+    const [, , label, rowsEnding] = m;
+    const shard = placeOf(label!);
     const file = path.join(path.dirname(output), name);
-    if (!m[4]) found.push(file);
-    else if (!fs.existsSync(scoreShardFiles(output, shard).manifest)) {
-      const rows = countLines(file);
-      unfinished.push({ shard, where: file, why: `${rows} rows scored so far; run its command again to finish it` });
-    }
+    if (!rowsEnding) found.push(file);
+    else if (!fs.existsSync(scoreShardFiles(output, shard).manifest))
+      unfinished.set(label!, {
+        shard,
+        where: file,
+        why:
+          rowsEnding === 'l'
+            ? 'its rows are complete but its manifest was not written (stopped before its last step); ' +
+              'run its command again to finish it'
+            : `${countLines(file)} rows scored so far; run its command again to finish it`,
+      });
   }
-  if (!found.length && !unfinished.length)
+  if (!found.length && !unfinished.size)
     throw new Error(
       `no shards of ${output}: expected ${stem}.shard-<i>-of-<n>.json beside it ` +
         `(written by arm score --shard i/n --output ${output})`,
     );
-  return { found, unfinished };
+  return { found, unfinished: [...unfinished.values()] };
 }
+
+/** The shard a `shard-<i>-of-<n>` label names. */
+const placeOf = (label: string): Shard => {
+  const [, index, count] = /^shard-(\d+)-of-(\d+)$/.exec(label)!;
+  return { index: Number(index), count: Number(count) };
+};
 
 /** The complete lines of a file (its newlines), read in chunks: a partial output may be large. */
 function countLines(file: string): number {
@@ -174,18 +218,32 @@ function countLines(file: string): number {
   }
 }
 
-function readManifest(file: string): ScoreShardManifest {
-  let m: ScoreShardManifest;
-  try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8')) as ScoreShardManifest;
-  } catch (e) {
-    throw new Error(`${file}: not a readable score shard manifest (${(e as Error).message})`);
-  }
-  if (m?.what !== 'arm score shard')
-    throw new Error(`${file}: not a score shard manifest (no "what": "arm score shard")`);
-  if (m.version !== SCORE_SHARD_VERSION)
-    throw new Error(`${file}: shard layout version ${m.version}; this build merges version ${SCORE_SHARD_VERSION}`);
-  return m;
+/**
+ * Reads and checks a shard manifest (shard-manifest.ts): every field's type, its shard against its name, its rows
+ * within the input's. The rows file is the manifest's name with `.jsonl`: the `output` field must name that file,
+ * and no other path is read (a manifest pointing elsewhere is refused).
+ */
+function readManifest(file: string): FoundManifest {
+  const name = SHARD_NAME.exec(path.basename(file));
+  const manifest = readShardManifest<ScoreShardManifest>(file, {
+    what: 'arm score shard',
+    version: SCORE_SHARD_VERSION,
+    shape: {
+      rows: { fields: { start: 'nat', end: 'nat' } },
+      output: 'string',
+      run: SCORE_CHECKPOINT_SHAPE,
+      skipped: 'nat',
+    },
+    label: name && !name[3] ? name[2]! : null,
+  });
+  const rows = file.replace(/\.json$/, '.jsonl');
+  checkRange(file, 'rows', manifest.rows, manifest.run.input.rows);
+  if (manifest.output !== path.basename(rows))
+    throw new Error(
+      `${file}: "output" is ${JSON.stringify(manifest.output)}, but a shard's rows are the file beside its ` +
+        `manifest, ${path.basename(rows)}`,
+    );
+  return { file, rows, manifest };
 }
 
 /** The shards' row ranges, in index order, cover the input's rows once. */
@@ -201,37 +259,26 @@ function checkRowsTile(shards: FoundManifest[]): void {
 }
 
 /** Appends every shard's rows to `target` in shard order (rows checked and counted); returns the totals. */
-function concatenate(shards: FoundManifest[], rowFiles: string[], target: string): ScoreTotals {
+function concatenate(shards: FoundManifest[], target: string): ScoreTotals {
   const totals = noScoreTotals();
   const fd = fs.openSync(target, 'w');
   try {
-    shards.forEach((s, k) => {
-      const file = rowFiles[k]!;
-      if (!fs.existsSync(file)) throw new Error(`${s.file}: its rows file ${file} is missing`);
-      let rows = 0;
+    for (const s of shards) {
+      if (!fs.existsSync(s.rows)) throw new Error(`${s.file}: its rows file ${s.rows} is missing`);
       let text = '';
-      // Rows are score's own output: up to the input's longest line plus the scores.
-      for (const { line, text: row, error } of jsonlLines(file, 2 * MAX_LINE_BYTES)) {
-        let arm: unknown;
-        try {
-          if (error) throw new Error(error);
-          arm = (JSON.parse(row!) as { arm?: unknown }).arm;
-        } catch (e) {
-          throw new Error(`${file}:${line}: not a scored row (${(e as Error).message})`);
-        }
-        if (typeof arm !== 'object' || arm === null) throw new Error(`${file}:${line}: not a scored row (no "arm")`);
-        countRow(totals, arm as Record<string, unknown>);
-        rows++;
+      const shardTotals = readScoredRows(s.rows, (row) => {
         text += `${row}\n`;
         if (text.length > 1 << 22) {
           fs.writeSync(fd, text);
           text = '';
         }
-      }
+      });
       fs.writeSync(fd, text);
       const want = s.manifest.rows.end - s.manifest.rows.start;
-      if (rows !== want) throw new Error(`${file}: holds ${rows} rows, but ${s.file} says the shard scored ${want}`);
-    });
+      if (shardTotals.rows !== want)
+        throw new Error(`${s.rows}: holds ${shardTotals.rows} rows, but ${s.file} says the shard scored ${want}`);
+      addTotals(totals, shardTotals);
+    }
   } finally {
     fs.closeSync(fd);
   }

@@ -12,12 +12,14 @@ import path from 'node:path';
 import type { Decoder } from '../model/decoder.js';
 import type { Example } from '../data/examples.js';
 import { aggregate, type AggregateMeta, type Results } from './aggregate.js';
-import { resultsMeta, runEvalPlanned, writeReports, type ReportedEvalOptions } from './harness.js';
+import { renderedReports, resultsMeta, runEvalPlanned, type ReportedEvalOptions } from './harness.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 import { readRecords } from './run-log.js';
 import { packageVersion } from './provenance.js';
 import type { RunRecord } from './records.js';
 import { shardLabel, type EvalUnit, type Shard } from './shard-units.js';
 import { jsonDifferences, shardSetProblems } from './shard-checks.js';
+import { checkRange, readShardManifest, type FieldShape } from './shard-manifest.js';
 
 /** Bumped when shard.json's layout changes: shards of other versions are not merged. */
 const EVAL_SHARD_VERSION = 2; // 2: run.runtime
@@ -93,8 +95,7 @@ export async function evaluateShard(
     units: { start: units.start, end: units.end, list: units.units },
     seconds: (performance.now() - t0) / 1000,
   };
-  fs.writeFileSync(`${file}.tmp`, `${JSON.stringify(shardManifest, null, 2)}\n`);
-  fs.renameSync(`${file}.tmp`, file);
+  writeFileAtomic(file, `${JSON.stringify(shardManifest, null, 2)}\n`);
   return shardManifest;
 }
 
@@ -140,15 +141,16 @@ export function mergeEvalShards(outputDir: string, dirs?: string[]): MergedEval 
   const records = unshardedOrder(shards, heads);
   const { run } = first.manifest;
   const results = aggregate(records, run.meta);
+  // Every file rendered before any is written: a refusal (or a renderer's error) leaves the folder as it was.
+  const outputs = renderedReports(results);
+  if (run.saveAll)
+    outputs.push(
+      ['items.jsonl', records.map((r) => `${JSON.stringify(r)}\n`).join('')],
+      ['run.json', JSON.stringify(run.manifest, null, 2)],
+    );
   fs.mkdirSync(outputDir, { recursive: true });
-  writeReports(outputDir, results);
-  const files = ['results.json', 'report.md', 'report.html'];
-  if (run.saveAll) {
-    const text = records.map((r) => `${JSON.stringify(r)}\n`).join('');
-    fs.writeFileSync(path.join(outputDir, 'items.jsonl'), text);
-    fs.writeFileSync(path.join(outputDir, 'run.json'), JSON.stringify(run.manifest, null, 2));
-    files.push('items.jsonl', 'run.json');
-  }
+  for (const [name, text] of outputs) writeFileAtomic(path.join(outputDir, name), text);
+  const files = outputs.map(([name]) => name);
   return { results, shards: shards.length, files };
 }
 
@@ -195,7 +197,7 @@ function readShards(dirs: string[], outputDir: string): ReadShard[] {
       });
       continue;
     }
-    const manifest = readManifest(file);
+    const manifest = readManifest(dir);
     shards.push({ dir, manifest, records: readRecords(path.join(dir, 'items.jsonl')) });
   }
   const problems = shardSetProblems(
@@ -207,17 +209,87 @@ function readShards(dirs: string[], outputDir: string): ReadShard[] {
   return shards.sort((a, b) => a.manifest.shard.index - b.manifest.shard.index);
 }
 
-function readManifest(file: string): EvalShardManifest {
-  let m: EvalShardManifest;
-  try {
-    m = JSON.parse(fs.readFileSync(file, 'utf8')) as EvalShardManifest;
-  } catch (e) {
-    throw new Error(`${file}: not a readable eval shard manifest (${(e as Error).message})`);
-  }
-  if (m?.what !== 'arm eval shard')
-    throw new Error(`${file}: not an eval shard manifest (no "what": "arm eval shard")`);
-  if (m.version !== EVAL_SHARD_VERSION)
-    throw new Error(`${file}: shard layout version ${m.version}; this build merges version ${EVAL_SHARD_VERSION}`);
+/** What the reports read of a shard's AggregateMeta (aggregate.ts, report.ts). */
+const META_SHAPE: FieldShape = {
+  fields: {
+    dataset: 'string',
+    model: 'string',
+    shape: { fields: { layers: 'nat', heads: 'nat' } },
+    fewShot: 'nat',
+    poolLabelNoise: { optional: 'number' },
+    pool: 'string',
+    provenance: {
+      optional: {
+        fields: {
+          command: { oneOf: ['string', 'null'] },
+          version: 'string',
+          model: { fields: { id: 'string', weightsSha256: { oneOf: ['string', 'null'] } } },
+          template: { oneOf: ['null', { fields: { kind: 'string', text: 'string', chat: 'boolean' } }] },
+          seeds: { arrayOf: 'int' },
+          dataset: { fields: { title: 'string', sha256: 'string', pairs: 'nat' } },
+        },
+      },
+    },
+    splits: {
+      optional: {
+        fields: {
+          minTestPairs: 'nat',
+          smallSubsets: { arrayOf: { fields: { subset: 'string', rows: 'nat', testPairs: 'nat' } } },
+          droppedGroups: { arrayOf: { fields: { group: 'string', rows: 'nat', seeds: { arrayOf: 'int' } } } },
+          duplicatePairs: { optional: 'nat' },
+          promptSiblingsHeldOut: { optional: 'nat' },
+        },
+      },
+    },
+    budget: { optional: { arrayOf: 'string' } },
+  },
+};
+
+/** Every field of shard.json that merging reads (shard-manifest.ts checks them before any is used). */
+const EVAL_SHARD_SHAPE: Record<string, FieldShape> = {
+  run: {
+    fields: {
+      manifest: 'object',
+      methods: { arrayOf: 'string' },
+      seeds: { arrayOf: 'int' },
+      chunkSize: 'count',
+      units: 'nat',
+      testPairs: 'nat',
+      saveAll: 'boolean',
+      runtime: {
+        fields: {
+          armVersion: 'string',
+          device: { oneOf: ['string', 'null'] },
+          threads: { oneOf: ['count', 'null'] },
+        },
+      },
+      meta: META_SHAPE,
+    },
+  },
+  units: {
+    fields: {
+      start: 'nat',
+      end: 'nat',
+      list: { arrayOf: { fields: { seed: 'int', group: 'string', ids: { arrayOf: 'string' } } } },
+    },
+  },
+  seconds: 'number',
+};
+
+/** Reads and checks `dir`'s shard.json: every field's type, its shard against the folder's name, its units. */
+function readManifest(dir: string): EvalShardManifest {
+  const file = path.join(dir, SHARD_FILE);
+  const m = readShardManifest<EvalShardManifest>(file, {
+    what: 'arm eval shard',
+    version: EVAL_SHARD_VERSION,
+    shape: EVAL_SHARD_SHAPE,
+    label: SHARD_FOLDER.test(path.basename(dir)) ? path.basename(dir) : null,
+  });
+  checkRange(file, 'units', m.units, m.run.units);
+  if (m.units.list.length !== m.units.end - m.units.start)
+    throw new Error(
+      `${file}: "units.list" holds ${m.units.list.length} units, but "units" is ${m.units.start}–${m.units.end}`,
+    );
   return m;
 }
 

@@ -16,6 +16,7 @@ import { renderHtml, renderMarkdown } from './report.js';
 import { drawSplits, dropDuplicatePairs, splitNotes, type PoolMode, type Split } from './splits.js';
 import { flipPoolLabels } from './noise.js';
 import { provenanceOf } from './provenance.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 import { groupKey, openRunLog, pairKey, runManifest, type RunLog } from './run-log.js';
 import { evalShardUnits, type EvalShardUnits, type Shard } from './shard-units.js';
 
@@ -534,17 +535,16 @@ export function resultsMeta(
   };
 }
 
+/** results.json, report.md and report.html of `results`: names and texts, rendered before any is written. */
+export function renderedReports(results: Results): [string, string][] {
+  return [
+    ['results.json', JSON.stringify(results, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2)],
+    ['report.md', renderMarkdown(results)],
+    ['report.html', renderHtml(results)],
+  ];
+}
+
 /** Writes results.json, report.md and report.html into `outputDir`, each through a temporary file. */
 export function writeReports(outputDir: string, results: Results): void {
-  const write = (name: string, text: string) => {
-    const file = path.join(outputDir, name);
-    fs.writeFileSync(`${file}.tmp`, text);
-    fs.renameSync(`${file}.tmp`, file);
-  };
-  write(
-    'results.json',
-    JSON.stringify(results, (_k, v) => (typeof v === 'number' && !Number.isFinite(v) ? null : v), 2),
-  );
-  write('report.md', renderMarkdown(results));
-  write('report.html', renderHtml(results));
+  for (const [name, text] of renderedReports(results)) writeFileAtomic(path.join(outputDir, name), text);
 }

@@ -156,6 +156,34 @@ describe('merge refuses', () => {
     );
   });
 
+  it('a malformed shard.json, naming the field, before it writes anything', () => {
+    const cases: [(m: Record<string, any>) => void, string][] = [
+      [(m) => delete m.run.meta.shape, '"run.meta.shape" should be an object, got absent'],
+      [
+        (m) => (m.run.meta.provenance.dataset.title = 7),
+        '"run.meta.provenance.dataset.title" should be a string, got 7',
+      ],
+      [(m) => delete m.units, '"units" should be an object, got absent'],
+      [(m) => (m.run.seeds = ['0']), '"run.seeds[0]" should be an integer, got "0"'],
+      [(m) => (m.shard = { index: 2, count: 3 }), '"shard" says shard-2-of-3 but its name says shard-1-of-3'],
+      [(m) => m.units.list.pop(), '"units.list" holds 3 units, but "units" is 4–8'],
+    ];
+    for (const [edit, message] of cases) {
+      const damaged = copyShards([0, 1, 2]);
+      const file = path.join(damaged, 'out/shard-1-of-3/shard.json');
+      const m = JSON.parse(fs.readFileSync(file, 'utf8'));
+      edit(m);
+      fs.writeFileSync(file, JSON.stringify(m));
+      const r = armIn(damaged, ['merge', '--output-dir', 'out'], { expectFail: true });
+      expect(r.stderr).toContain(`out/shard-1-of-3/shard.json: ${message}`);
+      expect(fs.readdirSync(path.join(damaged, 'out')).sort()).toEqual([
+        'shard-0-of-3',
+        'shard-1-of-3',
+        'shard-2-of-3',
+      ]);
+    }
+  });
+
   it('a shard whose items.jsonl lost a result', () => {
     const damaged = copyShards([0, 1, 2]);
     const items = path.join(damaged, 'out/shard-2-of-3/items.jsonl');

@@ -75,6 +75,16 @@ it('three shards merged are the unsharded run, byte for byte, with the same summ
   ]);
 });
 
+/** A copy of the three finished shards whose shard 1 manifest `edit` changed; returns the folder. */
+function withEditedManifest(edit: (m: Record<string, any>) => void): string {
+  const copy = copyShards(dir, [0, 1, 2].flatMap(files));
+  const file = path.join(copy, files(1)[0]!);
+  const m = JSON.parse(fs.readFileSync(file, 'utf8'));
+  edit(m);
+  fs.writeFileSync(file, JSON.stringify(m));
+  return copy;
+}
+
 describe('merge refuses', () => {
   it('a missing shard, naming it', () => {
     const partial = copyShards(dir, [...files(0), ...files(2)]);
@@ -83,19 +93,22 @@ describe('merge refuses', () => {
     expect(fs.existsSync(path.join(partial, 'sharded.jsonl'))).toBe(false);
   });
 
-  it('a duplicated shard, naming both copies (and the shard it left out)', () => {
-    const copied = copyShards(dir, [...files(0), ...files(1)]);
-    // Shard 0's manifest under shard 2's name: the manifest says which shard it is.
-    fs.copyFileSync(path.join(copied, files(0)[0]!), path.join(copied, files(2)[0]!));
-    const r = armIn(copied, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
-    expect(r.stderr).toContain(
-      'shard 0 of 3 is given 2 times: sharded.shard-0-of-3.json, sharded.shard-2-of-3.json; ' +
-        'shard 2 of 3 is missing',
-    );
+  it("a shard given twice, and a manifest copied under another shard's name", () => {
     const twice = armIn(dir, ['merge', '--output', 'x.jsonl', files(0)[0]!, files(0)[0]!, files(1)[0]!], {
       expectFail: true,
     });
-    expect(twice.stderr).toMatch(/shard 0 of 3 is given 2 times/);
+    expect(twice.stderr).toContain(
+      'shard 0 of 3 is given 2 times: sharded.shard-0-of-3.json, sharded.shard-0-of-3.json; shard 2 of 3 is missing',
+    );
+    const copied = copyShards(dir, [...files(0), ...files(1)]);
+    // Shard 0's manifest under shard 2's name: the manifest says which shard it is, and the name must agree.
+    fs.copyFileSync(path.join(copied, files(0)[0]!), path.join(copied, files(2)[0]!));
+    const r = armIn(copied, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toContain(
+      'sharded.shard-2-of-3.json: "shard" says shard-0-of-3 but its name says shard-2-of-3 ' +
+        "(a manifest copied under another shard's name?)",
+    );
+    expect(fs.existsSync(path.join(copied, 'sharded.jsonl'))).toBe(false);
   });
 
   it('an unfinished shard, with how far it got', () => {
@@ -129,8 +142,9 @@ describe('merge refuses', () => {
     const m = JSON.parse(fs.readFileSync(path.join(dir, files(2)[0]!), 'utf8'));
     fs.writeFileSync(
       path.join(mixed, 'sharded.shard-2-of-4.json'),
-      JSON.stringify({ ...m, shard: { index: 2, count: 4 } }),
+      JSON.stringify({ ...m, shard: { index: 2, count: 4 }, output: 'sharded.shard-2-of-4.jsonl' }),
     );
+    fs.copyFileSync(path.join(dir, files(2)[1]!), path.join(mixed, 'sharded.shard-2-of-4.jsonl'));
     const r = armIn(mixed, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
     expect(r.stderr).toMatch(/cut in different counts \(3, 4\)/);
   });
@@ -170,4 +184,66 @@ it('a shard records the package version, device and effective thread count; merg
     expect(r.stderr).toContain(`sharded.shard-1-of-3.json is a shard of another scoring run than`);
     expect(r.stderr).toContain(`different ${said}`);
   }
+});
+
+describe('merge refuses a malformed manifest, naming the file and field, and writes nothing', () => {
+  const refused = (edit: (m: Record<string, any>) => void, message: string) => {
+    const copy = withEditedManifest(edit);
+    const r = armIn(copy, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+    expect(r.stderr).toContain(`sharded.shard-1-of-3.json: ${message}`);
+    expect(fs.readdirSync(copy).filter((f) => !f.includes('.shard-'))).toEqual([]);
+    return r;
+  };
+
+  it('a field missing or of the wrong type', () => {
+    refused((m) => delete m.shard, '"shard" should be an object, got absent');
+    refused((m) => delete m.rows, '"rows" should be an object, got absent');
+    refused((m) => (m.rows.end = -1), '"rows.end" should be an integer ≥ 0, got -1');
+    refused((m) => (m.run.options.threads = '8'), '"run.options.threads" should be an integer ≥ 1, got "8"');
+    refused((m) => delete m.run.input, '"run.input" should be an object, got absent');
+    refused((m) => (m.shard.index = 3), '"shard" is 3 of 3, which no run has (0 to 2)');
+    refused((m) => (m.rows.end = 1000), '"rows" is 64–1000, not a range within 0–180');
+  });
+
+  it('an output path other than the rows file beside it: never read', () => {
+    const secret = path.join(tempDir(), 'secret.jsonl');
+    fs.writeFileSync(secret, '{"arm":{"reward":1,"tooLong":false},"secret":"do-not-print"}\n');
+    const r = refused(
+      (m) => (m.output = path.relative(dir, secret)),
+      `"output" is ${JSON.stringify(path.relative(dir, secret))}, but a shard's rows are the file beside its ` +
+        'manifest, sharded.shard-1-of-3.jsonl',
+    );
+    expect(r.stderr + r.stdout).not.toContain('do-not-print');
+    // Another shard's rows: their rows would be merged twice.
+    refused((m) => (m.output = files(0)[1]), '"output" is "sharded.shard-0-of-3.jsonl"');
+  });
+});
+
+it('a shard whose rows are complete but whose manifest was not written is unfinished, not missing', () => {
+  const copy = copyShards(dir, [...files(0), ...files(2), files(1)[1]!]);
+  const r = armIn(copy, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
+  expect(r.stderr).toContain(
+    'sharded.shard-1-of-3.jsonl is not finished: its rows are complete but its manifest was not written',
+  );
+  expect(r.stderr).toContain('run its command again to finish it');
+  expect(r.stderr).not.toContain('is missing');
+});
+
+it('a finished shard run again (a whole array resubmitted, a retry) says it is done and leaves its files', () => {
+  const copy = copyShards(dir, [0, 1, 2].flatMap(files));
+  const manifest = path.join(copy, files(1)[0]!);
+  const before = fs.readFileSync(manifest, 'utf8');
+  fs.utimesSync(manifest, new Date(0), new Date(0));
+  const r = armIn(copy, [...scoreArgs('sharded.jsonl'), '--shard', '1/3']);
+  expect(r.stderr).toContain(
+    'shard 1 of 3 is already done (sharded.shard-1-of-3.json says this run): nothing to score',
+  );
+  expect(fs.readFileSync(manifest, 'utf8')).toBe(before);
+  expect(fs.statSync(manifest).mtimeMs).toBe(0);
+  expect(fs.readdirSync(copy).sort()).toEqual([0, 1, 2].flatMap(files).sort());
+  // Another run's shard under the same name is scored again, as before.
+  const other = armIn(copy, [...scoreArgs('sharded.jsonl'), '--shard', '1/3', '--batch-size', '3']);
+  expect(other.stderr).not.toContain('already done');
+  expect(JSON.parse(fs.readFileSync(manifest, 'utf8')).run.options.batchSize).toBe(3);
+  armIn(copy, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
 });
