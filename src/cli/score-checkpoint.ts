@@ -5,7 +5,8 @@
  */
 import fs from 'node:fs';
 import { jsonlLines, MAX_LINE_BYTES } from '../data/examples.js';
-import { dropTornLastLine, writeFileAtomic } from './common.js';
+import { dropTornLastLine } from './common.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 import type { FieldShape } from '../eval/shard-manifest.js';
 
 /**

@@ -21,7 +21,8 @@ import {
   type ScoreCheckpoint,
   type ScoreTotals,
 } from './score-checkpoint.js';
-import { prepareOutput, writeFileAtomic } from './common.js';
+import { prepareOutput } from './common.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 
 /** Bumped when a score shard manifest's layout changes: shards of other versions are not merged. */
 const SCORE_SHARD_VERSION = 2; // 2: the run's package version, device and effective thread count
