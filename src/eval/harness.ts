@@ -545,6 +545,6 @@ export function renderedReports(results: Results): [string, string][] {
 }
 
 /** Writes results.json, report.md and report.html into `outputDir`, each through a temporary file. */
-export function writeReports(outputDir: string, results: Results): void {
+function writeReports(outputDir: string, results: Results): void {
   for (const [name, text] of renderedReports(results)) writeFileAtomic(path.join(outputDir, name), text);
 }

@@ -76,7 +76,7 @@ function shapeProblem(value: unknown, shape: FieldShape, at: string): string | n
 }
 
 /** A shard's place: both integers, the index below the count. */
-export const SHARD_SHAPE: FieldShape = { fields: { index: 'nat', count: 'count' } };
+const SHARD_SHAPE: FieldShape = { fields: { index: 'nat', count: 'count' } };
 
 /**
  * Reads the manifest `file` as JSON, and checks that it is a `what` of layout `version` whose fields have `shape`;
