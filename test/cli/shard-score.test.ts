@@ -247,3 +247,76 @@ it('a finished shard run again (a whole array resubmitted, a retry) says it is d
   expect(JSON.parse(fs.readFileSync(manifest, 'utf8')).run.options.batchSize).toBe(3);
   armIn(copy, ['merge', '--output', 'sharded.jsonl'], { expectFail: true });
 });
+
+describe('merged shards are the unsharded run', () => {
+  /** Scores `args` unsharded into full.jsonl and as 3 shards merged into sharded.jsonl in a new folder. */
+  async function both(args: (output: string) => string[]): Promise<{ folder: string; full: string; merge: string }> {
+    const folder = tempDir('arm-shards-');
+    const full = armIn(folder, args('full.jsonl')).stderr;
+    await Promise.all([0, 1, 2].map((i) => armInBackground(folder, [...args('sharded.jsonl'), '--shard', `${i}/3`])));
+    const merge = armIn(folder, ['merge', '--output', 'sharded.jsonl']).stderr;
+    const bytes = (f: string) => fs.readFileSync(path.join(folder, f));
+    expect(bytes('sharded.jsonl').equals(bytes('full.jsonl'))).toBe(true);
+    expect(summaryOf(merge)).toBe(summaryOf(full));
+    return { folder, full, merge };
+  }
+
+  it('with --skip-invalid and invalid rows on chunk and shard boundaries', async () => {
+    // Invalid lines first, between chunks 0 and 1 (after usable row 16), on the shard 0 | 1 boundary (row 64), and
+    // last: the chunks are cut in usable rows, so every shard still holds whole chunks of the unsharded run.
+    const lines = fs.readFileSync(input, 'utf8').trim().split('\n');
+    const bad = (n: number) => [`{"id":"bad-${n}","prompt":"no response"}`, `{not json ${n}`];
+    const withBad = [
+      ...bad(0),
+      ...lines.slice(0, 16),
+      ...bad(1),
+      ...lines.slice(16, 64),
+      ...bad(2),
+      ...lines.slice(64),
+    ];
+    const dirty = path.join(tempDir(), 'dirty.jsonl');
+    fs.writeFileSync(dirty, [...withBad, ...bad(3)].join('\n') + '\n');
+    const args = (output: string) => {
+      const a = scoreArgs(output);
+      a[a.indexOf(input)] = dirty;
+      return [...a, '--skip-invalid'];
+    };
+    const { merge, folder } = await both(args);
+    expect(summaryOf(merge)).toMatch(/^ skipped 8 invalid rows; pairs: accuracy/);
+    const rows = (i: number) => JSON.parse(fs.readFileSync(path.join(folder, files(i)[0]!), 'utf8')).rows;
+    expect([0, 1, 2].map(rows)).toEqual([
+      { start: 0, end: 64 },
+      { start: 64, end: 128 },
+      { start: 128, end: 180 },
+    ]);
+  }, 120_000);
+
+  it('with several named criteria (--rm name=file: "arm" holds each under its name)', async () => {
+    const other = path.join(tempDir(), 'last-low.arm.safetensors');
+    const few = path.join(ROOT, 'examples/icl-tiny/last-low/few.jsonl');
+    armIn(dir, [
+      'fit',
+      '--model',
+      MODEL,
+      ...TEMPLATE,
+      '--examples',
+      few,
+      '--passes',
+      '8',
+      '--steps',
+      '20',
+      '--quiet',
+      '--out',
+      other,
+    ]);
+    const args = (output: string) => {
+      const a = scoreArgs(output);
+      a.splice(a.indexOf('--rm'), 2, '--rm', `max=${criterion}`, '--rm', `last=${other}`);
+      return a;
+    };
+    const { folder, merge } = await both(args);
+    const first = JSON.parse(fs.readFileSync(path.join(folder, 'sharded.jsonl'), 'utf8').split('\n')[0]!);
+    expect(Object.keys(first.arm)).toEqual(['max', 'last']);
+    expect(summaryOf(merge)).toMatch(/pairs: accuracy max 0\.\d{4} \(\d+\/168\), last 0\.\d{4} \(\d+\/168\)/);
+  }, 120_000);
+});
