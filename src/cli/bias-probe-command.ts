@@ -7,7 +7,8 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { readExamples, type PairExample } from '../data/examples.js';
 import { BIASES, buildProbe, probeFileNames, type BiasKind } from '../data/bias-probe.js';
-import { positiveInt, prepareOutput, writeFileAtomic } from './common.js';
+import { positiveInt, prepareOutput } from './common.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 
 interface BiasProbeCliOptions {
   dataset: string;

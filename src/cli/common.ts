@@ -351,18 +351,6 @@ function isCriterionFile(file: string): boolean {
   }
 }
 
-/** Writes `text` to `file` through a temporary file renamed into place; the temporary file never stays. */
-export function writeFileAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  try {
-    fs.writeFileSync(tmp, text);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-}
-
 /** How many skipped rows are listed one by one before the rest are only counted (as `arm eval` does). */
 const SKIPPED_LISTED = 10;
 

@@ -7,51 +7,25 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
-import { readExamples, type Example } from '../../src/data/examples.js';
-import { evaluate, type ReportedEvalOptions } from '../../src/eval/harness.js';
+import type { Example } from '../../src/data/examples.js';
+import { evaluate } from '../../src/eval/harness.js';
 import { evaluateShard, mergeEvalShards } from '../../src/eval/eval-shards.js';
 import { readRecords } from '../../src/eval/run-log.js';
 import type { RunRecord } from '../../src/eval/records.js';
 import type { Results } from '../../src/eval/aggregate.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
-
-/** Far longer than --max-length 96: a pool of this subset holds "no" items only, so fitted methods skip it. */
-const LONG = 'Once upon a time there was a little dog who liked to run in the park and play with a red ball. '.repeat(
-  6,
-);
+import { datasetOf, LONG, storiesEvalOptions } from '../helpers/stories-eval.js';
 
 function dataset(): Example[] {
   const rows = Array.from({ length: 14 }, (_, i) => [
     { id: `plain-${i}`, subset: 'plain', prompt: `What is ${i} plus one?`, chosen: `${i + 1}.`, rejected: `${i + 7}.` },
     { id: `verbose-${i}`, subset: 'verbose', prompt: `Story ${i}.`, chosen: `${LONG} ${i}.`, rejected: `No ${i}.` },
   ]).flat();
-  const file = path.join(tempDir('arm-shards-'), 'data.jsonl');
-  fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
-  return readExamples(file).examples;
+  return datasetOf(rows);
 }
 
-const options = (outputDir: string): ReportedEvalOptions => ({
-  methods: ['arm', 'random-heads', 'sav-vote', 'zero-shot'],
-  fewShot: 4,
-  seeds: 2,
-  seed: 0,
-  pool: 'subset',
-  outputDir,
-  saveAll: true,
-  // 10 test pairs per (seed, subset) in chunks of 4: 3 units each, 12 in all; 5 shards cut splits in two.
-  chunkSize: 4,
-  dataset: 'data.jsonl',
-  modelId: 'stories260K',
-  method: {
-    fit: { passes: 4, shots: 2, reinforce: { steps: 4, samples: 8, readoutMasks: 2, readoutItems: 3 } },
-    batchSize: 8,
-    maxLength: 96,
-    iclShots: 2,
-    sampleN: 4,
-    sampleTemperature: 1,
-    savTopHeads: 5,
-  },
-});
+// 10 test pairs per (seed, subset) in chunks of 4: 3 units each, 12 in all; 5 shards cut splits in two.
+const options = (outputDir: string) => storiesEvalOptions(outputDir, { chunkSize: 4 });
 
 const withoutWallTimes = (r: Results) =>
   JSON.parse(JSON.stringify(r), (k, v) =>

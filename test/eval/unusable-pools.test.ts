@@ -9,9 +9,9 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
-import { readExamples, type Example, type PairExample } from '../../src/data/examples.js';
+import type { PairExample } from '../../src/data/examples.js';
 import { FitError } from '../../src/arm/fit.js';
-import { evaluate, runEval, type EvalOptions } from '../../src/eval/harness.js';
+import { evaluate, runEval } from '../../src/eval/harness.js';
 import { drawSplits, splitNotes } from '../../src/eval/splits.js';
 import { readRecords } from '../../src/eval/run-log.js';
 import type { RunRecord } from '../../src/eval/records.js';
@@ -19,16 +19,7 @@ import { aggregate } from '../../src/eval/aggregate.js';
 import { METHODS } from '../../src/eval/methods.js';
 import { renderHtml, renderMarkdown } from '../../src/eval/report.js';
 import { CHATML, FAMILY_CONFIGS, makeCheckpoint, STORIES, tempDir } from '../helpers/fixtures.js';
-
-/** Far longer than --max-length 96 in stories260K tokens, even with the prompt cut away. */
-const LONG =
-  'Once upon a time there was a little dog who liked to run in the park and play with a red ball every day. '.repeat(6);
-
-function dataset(rows: object[]): Example[] {
-  const file = path.join(tempDir('arm-pools-'), 'data.jsonl');
-  fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
-  return readExamples(file).examples;
-}
+import { datasetOf, LONG, storiesEvalOptions } from '../helpers/stories-eval.js';
 
 /** Short answers the model can judge at --max-length 96. */
 const plainRows = (subset: string, n: number) =>
@@ -49,38 +40,7 @@ const longChosenRows = (subset: string, n: number) =>
     rejected: `No story ${i}.`,
   }));
 
-function options(
-  outputDir: string,
-  over: Partial<EvalOptions> = {},
-): EvalOptions & { dataset: string; modelId: string } {
-  return {
-    methods: ['arm', 'random-heads', 'sav-vote', 'zero-shot'],
-    fewShot: 4,
-    seeds: 2,
-    seed: 0,
-    pool: 'subset',
-    outputDir,
-    saveAll: true,
-    chunkSize: 8,
-    dataset: 'data.jsonl',
-    modelId: 'stories260K',
-    method: {
-      fit: {
-        passes: 4,
-        shots: 2,
-        reinforce: { steps: 4, samples: 8, readoutMasks: 2, readoutItems: 3 },
-        warn: () => undefined,
-      },
-      batchSize: 8,
-      maxLength: 96,
-      iclShots: 2,
-      sampleN: 4,
-      sampleTemperature: 1,
-      savTopHeads: 5,
-    },
-    ...over,
-  };
-}
+const options = storiesEvalOptions;
 
 const skippedOf = (records: RunRecord[]) =>
   records.filter((r): r is Extract<RunRecord, { type: 'skipped' }> => r.type === 'skipped');
@@ -94,7 +54,7 @@ describe('a pool a method cannot be prepared on', () => {
     await stories?.dispose();
   });
 
-  const examples = () => dataset([...plainRows('plain', 14), ...longChosenRows('verbose', 14)]);
+  const examples = () => datasetOf([...plainRows('plain', 14), ...longChosenRows('verbose', 14)]);
 
   it(
     'skips that (method, subset, seed) with its reason in items.jsonl, results.json, report.md ' +
@@ -179,7 +139,7 @@ describe('a pool a method cannot be prepared on', () => {
   it('a pool unusable in one seed only: that seed is left out of the subset mean, and n says so', async () => {
     // One pool pair per subset: the pool is unusable exactly when that pair is a long-chosen one.
     const rows = [...plainRows('mixed', 8), ...longChosenRows('mixed-long', 4).map((r) => ({ ...r, subset: 'mixed' }))];
-    const data = dataset(rows);
+    const data = datasetOf(rows);
     const pairs = data as PairExample[];
     const isBad = (seed: number) => drawSplits(pairs, 1, 'subset', seed)[0]!.pool[0]!.id.startsWith('mixed-long');
     const seed = Array.from({ length: 50 }, (_, s) => s).find((s) => isBad(s) && !isBad(s + 1))!;
@@ -207,7 +167,7 @@ describe('a pool a method cannot be prepared on', () => {
   });
 
   it('any FitError from preparing skips; any other error aborts, naming the method, subset and seed', async () => {
-    const data = dataset(plainRows('plain', 12));
+    const data = datasetOf(plainRows('plain', 12));
     const prepare = vi.spyOn(METHODS['zero-shot']!, 'prepare');
     try {
       prepare.mockRejectedValue(new FitError('nothing to fit on'));
@@ -232,7 +192,7 @@ describe('a pool a method cannot be prepared on', () => {
 
 describe('thin and dropped subsets', () => {
   const rows = [...plainRows('big', 16), ...plainRows('thin', 8), ...plainRows('tiny', 3)];
-  const pairs = () => dataset(rows) as PairExample[];
+  const pairs = () => datasetOf(rows) as PairExample[];
 
   it('splitNotes counts the test pairs each subset keeps and the groups the pool swallows', () => {
     expect(splitNotes(pairs(), 4, 'subset', [0, 1])).toEqual({
