@@ -8,6 +8,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { Decoder } from '../../src/model/decoder.js';
 import { deviceProblem } from '../../src/model/session.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
+import { loadCapturingStderr } from '../helpers/capture-load.js';
 
 const NO_HALF =
   "--dtype fp16 on --device webgpu needs fp16 shaders, the WebGPU adapter's 'shader-f16' feature (stand-in)";
@@ -24,20 +25,10 @@ describe.skipIf(problem !== null)(suite, () => {
   const cacheDir = tempDir('arm-cache-');
 
   it('without --dtype the default is fp32 for stories260K (not fp16), and the weights line says why', async () => {
-    const lines: string[] = [];
-    const write = vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => {
-      lines.push(String(chunk));
-      return true;
-    });
-    let d: Decoder;
-    try {
-      d = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
-    } finally {
-      write.mockRestore();
-    }
+    const { decoder: d, stderr } = await loadCapturingStderr(STORIES, { cacheDir, device: 'webgpu' });
     try {
       expect(d.info.weightFormat.dtype).toBe('fp32');
-      expect(lines.join('')).toMatch(/^weights: fp32; fp16 is the GPU default .*lacks 'shader-f16'\), so fp32$/m);
+      expect(stderr).toMatch(/^weights: fp32; fp16 is the GPU default .*lacks 'shader-f16'\), so fp32$/m);
       const { logits } = await d.forward([[1, 403, 407]]);
       expect(logits.every(Number.isFinite)).toBe(true);
     } finally {

@@ -5,13 +5,14 @@
  * its eight criteria with demonstrations in context (max |ΔP(Yes)| ≤ 0.01); every fp16 MatMul profiled on the
  * device; the device KV cache with fp16 weights. Skipped with the reason in its name where Dawn finds no adapter.
  */
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { deviceProblem, halfPrecisionProblem, openSession } from '../../src/model/session.js';
 import { MODEL_FILE } from '../../src/model/cache/decoder-cache.js';
 import { fixturePatch, relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { loadCapturingStderr } from '../helpers/capture-load.js';
 import { arm } from '../helpers/cli.js';
 
 const problem = (await deviceProblem('webgpu')) ?? (await halfPrecisionProblem('webgpu'));
@@ -52,21 +53,11 @@ describe.skipIf(problem !== null)(suite, () => {
     });
 
     it('without --dtype, a webgpu load takes fp16 (the GPU default) and says so in its weights line', async () => {
-      const lines: string[] = [];
-      const write = vi.spyOn(process.stderr, 'write').mockImplementation((chunk) => {
-        lines.push(String(chunk));
-        return true;
-      });
-      let d: Decoder;
-      try {
-        d = await Decoder.load(STORIES, { cacheDir, device: 'webgpu' });
-      } finally {
-        write.mockRestore();
-      }
+      const { decoder: d, stderr } = await loadCapturingStderr(STORIES, { cacheDir, device: 'webgpu' });
       try {
         expect(d.info.weightFormat.dtype).toBe('fp16');
         expect(d.info.cacheEntry).toBe(half.info.cacheEntry); // the same entry as an explicit --dtype fp16
-        expect(lines.join('')).toMatch(/^weights: fp16 \(.*\); the GPU default below 3\.5 B parameters \(0\.\d+ M/m);
+        expect(stderr).toMatch(/^weights: fp16 \(.*\); the GPU default below 3\.5 B parameters \(0\.\d+ M/m);
       } finally {
         await d.dispose();
       }
