@@ -9,37 +9,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { fixturePatch, relError, tempDir } from '../helpers/fixtures.js';
+import { HF_PARITY as FIXTURES } from '../helpers/image-text.js';
+import { type Parity, readParity, SHARED_TEXT_FAMILIES as TEXT_FAMILIES } from '../helpers/hf-parity.js';
 
-const FIXTURES = path.resolve(import.meta.dirname, '../../../shared/fixtures/hf-parity');
-const TEXT_FAMILIES = [
-  'gemma-gqa2',
-  'gemma2-softcap-window',
-  'gemma3-text-qknorm-window',
-  'phi3-fused',
-  'phi3-partial-rotary',
-];
 const present = fs.existsSync(FIXTURES);
 const cacheDir = tempDir('arm-cache-');
-
-interface Parity {
-  transformers: string;
-  dtype: string;
-  results: {
-    input_ids: number[];
-    last_logits: number[];
-    o_proj_input_last: number[][];
-    patched_last_logits: number[];
-    patched_o_proj_input_last: number[][];
-    greedy8: number[];
-  }[];
-}
 
 describe.runIf(present).each(TEXT_FAMILIES)('transformers parity: %s', (name) => {
   const dir = path.join(FIXTURES, name);
   let decoder: Decoder;
   let parity: Parity;
   beforeAll(async () => {
-    parity = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8'));
+    parity = readParity(dir);
     decoder = await Decoder.load(dir, { cacheDir, threads: 1 });
   });
   afterAll(() => decoder?.dispose());

@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { LOCAL_HF_PARITY as FIXTURES, LOCAL_TEXT_FAMILIES } from '../helpers/hf-parity.js';
 
-const FIXTURES = path.resolve(import.meta.dirname, '../fixtures/hf-parity');
 const names = fs.readdirSync(FIXTURES).filter((n) => fs.existsSync(path.join(FIXTURES, n, 'parity.json')));
 const cacheDir = tempDir('arm-cache-');
 
@@ -26,13 +26,7 @@ interface Parity {
 }
 
 it('covers every family', () => {
-  expect(names.sort()).toEqual([
-    'llama-gqa2-tied',
-    'llama3-rope-gqa3-bias',
-    'mistral-gqa4-headdim',
-    'qwen2-bias-tied',
-    'qwen3-qknorm-headdim',
-  ]);
+  expect(names.sort()).toEqual([...LOCAL_TEXT_FAMILIES].sort());
 });
 
 describe.each(names)('transformers parity: %s', (name) => {

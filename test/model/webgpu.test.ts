@@ -1,7 +1,9 @@
 /**
  * The WebGPU execution provider (src/model/session.ts, docs/gpu.md) against the CPU provider and the goldens: the
- * stories260K golden, a transformers fixture with sliding window and soft-capping (forward, patch, prefill + shared
- * step, greedy), every compute node on the device, and the errors when a provider or adapter is missing. Runs
+ * stories260K golden; every family's transformers fixture (test/helpers/hf-parity.ts) in fp32 against the CPU
+ * and transformers' float64 outputs: text (forward, head taps, patch, prefill + shared step, greedy) and image-text
+ * (vision tower, patched run, an image prefix + shared step); every compute node on the device, and the errors when a
+ * provider or adapter is missing. Fixtures that are absent are skipped by name. Runs
  * where Dawn finds an adapter (a GPU driver, or Mesa's software Vulkan driver lavapipe, which .ci/run installs);
  * elsewhere the suite is skipped with the reason in its name. Kept tiny: lavapipe compiles every shader on the CPU.
  */
@@ -11,16 +13,22 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { deviceProblem, openSession } from '../../src/model/session.js';
 import { MODEL_FILE } from '../../src/model/cache/decoder-cache.js';
-import { ImageInputs } from '../../src/model/vision/image-inputs.js';
+import { ImageInputs, type ImagePrompt } from '../../src/model/vision/image-inputs.js';
 import { decodeImage } from '../../src/model/vision/image.js';
-import { fixturePatch, relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { fixturePatch, relError, row, STORIES, tempDir } from '../helpers/fixtures.js';
+import {
+  IMAGE_TEXT_FIXTURES,
+  type ImageTextParityResult,
+  type ParityResult,
+  readParity,
+  TEXT_FIXTURES,
+} from '../helpers/hf-parity.js';
 import { arm } from '../helpers/cli.js';
 
 const problem = await deviceProblem('webgpu');
 const cudaProblem = await deviceProblem('cuda');
 const suite = problem === null ? 'webgpu' : `webgpu SKIPPED, no adapter: ${problem.slice(0, 300)}`;
 if (problem !== null) console.warn(`note: ${suite}`);
-const FIXTURES = path.resolve(import.meta.dirname, '../../../shared/fixtures/hf-parity');
 const cacheDir = tempDir('arm-cache-');
 
 interface Golden {
@@ -104,37 +112,45 @@ describe.skipIf(problem !== null)(suite, () => {
     });
   });
 
-  describe('transformers fixture gemma2-softcap-window (sliding window, soft-capping)', () => {
-    const dir = path.join(FIXTURES, 'gemma2-softcap-window');
+  describe.each(TEXT_FIXTURES)('transformers text fixture $name', ({ name, dir }) => {
+    if (!fs.existsSync(path.join(dir, 'parity.json'))) return void it.skip(`SKIPPED, fixture absent: ${dir}`);
+    const err = new Errors();
     let gpu: Decoder;
     let cpu: Decoder;
-    let results: { input_ids: number[]; last_logits: number[]; patched_last_logits: number[]; greedy8: number[] }[];
+    let results: ParityResult[];
     beforeAll(async () => {
-      results = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')).results;
+      results = readParity(dir).results;
       gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu', dtype: 'fp32' });
-      cpu = await Decoder.load(dir, { cacheDir, threads: 1 });
+      cpu = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'fp32' });
     }, 120_000);
     afterAll(async () => {
+      err.report(name);
       await gpu?.dispose();
       await cpu?.dispose();
     });
 
     it('forward, patched forward and prefill + shared step: within 1e-4 of the CPU and of transformers', async () => {
+      expect(gpu.info.device).toBe('webgpu');
       const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = gpu.spec;
       const patch = fixturePatch(L, H, d);
       const rows = results.map((r) => r.input_ids);
       const [g, c] = [await gpu.forward(rows), await cpu.forward(rows)];
-      expect(relError(g.logits, c.logits)).toBeLessThan(1e-4);
-      expect(relError(g.heads, c.heads)).toBeLessThan(1e-4);
+      err.cpu('logits', g.logits, c.logits);
+      err.cpu('heads', g.heads, c.heads);
+      results.forEach((r, b) => {
+        err.hf(`logits ${b}`, row(g.logits, b, V), r.last_logits);
+        err.hf(`heads ${b}`, row(g.heads, b, L * H * d), r.o_proj_input_last.flat());
+      });
       for (const r of results) {
-        const patched = await gpu.forward([r.input_ids], patch);
-        expect(relError(patched.logits, r.patched_last_logits)).toBeLessThan(1e-4);
-        const kv = await gpu.prefill(r.input_ids.slice(0, -1));
-        const mask = new Float32Array(2 * L * H);
-        mask.set(patch.mask, L * H); // row 0 unpatched, row 1 patched
-        const step = await gpu.stepShared(kv, r.input_ids.at(-1)!, { mask, values: patch.values });
-        expect(relError(step.logits.subarray(0, V), r.last_logits)).toBeLessThan(1e-4);
-        expect(relError(step.logits.subarray(V), r.patched_last_logits)).toBeLessThan(1e-4);
+        const [p, q] = [await gpu.forward([r.input_ids], patch), await cpu.forward([r.input_ids], patch)];
+        err.cpu('patched logits', p.logits, q.logits);
+        err.cpu('patched heads', p.heads, q.heads);
+        err.hf('patched logits', p.logits, r.patched_last_logits);
+        err.hf('patched heads', p.heads, r.patched_o_proj_input_last.flat());
+        const step = await sharedStep(gpu, r.input_ids, patch);
+        err.cpu('shared step', step, await sharedStep(cpu, r.input_ids, patch));
+        err.hf('shared step', step.subarray(0, V), r.last_logits);
+        err.hf('patched shared step', step.subarray(V), r.patched_last_logits);
       }
     });
 
@@ -144,41 +160,51 @@ describe.skipIf(problem !== null)(suite, () => {
     });
   });
 
-  describe('transformers fixture qwen2_vl-tiny (image + text: vision tower and M-RoPE on the device)', () => {
-    const dir = path.join(FIXTURES, 'qwen2_vl-tiny');
+  describe.each(IMAGE_TEXT_FIXTURES)('transformers image-text fixture $name (vision tower on the device)', (f) => {
+    const { name, dir } = f;
+    if (!fs.existsSync(path.join(dir, 'parity.json'))) return void it.skip(`SKIPPED, fixture absent: ${dir}`);
+    const err = new Errors();
     let gpu: Decoder;
+    let cpu: Decoder;
     let inputs: ImageInputs;
     let cpuInputs: ImageInputs;
-    type Result = { input_ids_one_placeholder: number[]; last_logits: number[]; patched_last_logits: number[] };
-    let results: Result[];
+    let results: ImageTextParityResult[];
     beforeAll(async () => {
-      results = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8')).results;
+      results = readParity<ImageTextParityResult>(dir).results;
       gpu = await Decoder.load(dir, { cacheDir, device: 'webgpu', dtype: 'fp32' });
+      cpu = await Decoder.load(dir, { cacheDir, threads: 1, dtype: 'fp32' });
       inputs = await ImageInputs.load(dir, { cacheDir, device: 'webgpu' });
       cpuInputs = await ImageInputs.load(dir, { cacheDir, threads: 1 });
     }, 120_000);
     afterAll(async () => {
+      err.report(name);
       await gpu?.dispose();
+      await cpu?.dispose();
       await inputs?.release();
       await cpuInputs?.release();
     });
 
-    it('tower features within 1e-4 of the CPU; patched logits and a prefilled image prefix match HF', async () => {
+    it('tower features, patched logits and a prefilled image prefix: within 1e-4 of the CPU and of HF', async () => {
+      expect(gpu.info.device).toBe('webgpu');
       const image = await decodeImage(path.join(dir, 'image0.png'));
       const { numLayers: L, numHeads: H, headDim: d, vocabSize: V } = gpu.spec;
       const patch = fixturePatch(L, H, d);
       for (const r of results) {
         const p = await inputs.prepare(r.input_ids_one_placeholder, [image]);
         const q = await cpuInputs.prepare(r.input_ids_one_placeholder, [image]);
-        expect(relError(p.images[0]!.embeds, q.images[0]!.embeds)).toBeLessThan(1e-4);
+        expect(p.inputIds).toEqual(r.input_ids);
+        err.cpu('tower features', p.images[0]!.embeds, q.images[0]!.embeds);
+        (p.images[0]!.deepstack ?? []).forEach((x, i) => err.cpu(`deepstack ${i}`, x, q.images[0]!.deepstack![i]!));
         const out = await gpu.forward([p.inputIds], patch, { images: [p.images] });
-        expect(relError(out.logits, r.patched_last_logits)).toBeLessThan(1e-4);
-        const kv = await gpu.prefill(p.inputIds.slice(0, -1), { images: p.images });
-        const mask = new Float32Array(2 * L * H);
-        mask.set(patch.mask, L * H);
-        const step = await gpu.stepShared(kv, p.inputIds.at(-1)!, { mask, values: patch.values });
-        expect(relError(step.logits.subarray(0, V), r.last_logits)).toBeLessThan(1e-4);
-        expect(relError(step.logits.subarray(V), r.patched_last_logits)).toBeLessThan(1e-4);
+        const ref = await cpu.forward([q.inputIds], patch, { images: [q.images] });
+        err.cpu('patched logits', out.logits, ref.logits);
+        err.cpu('patched heads', out.heads, ref.heads);
+        err.hf('patched logits', out.logits, r.patched_last_logits);
+        err.hf('patched heads', out.heads, r.patched_o_proj_input_last.flat());
+        const step = await sharedStep(gpu, p.inputIds, patch, p.images);
+        err.cpu('shared step', step, await sharedStep(cpu, q.inputIds, patch, q.images));
+        err.hf('shared step', step.subarray(0, V), r.last_logits);
+        err.hf('patched shared step', step.subarray(V), r.patched_last_logits);
       }
     });
   });
@@ -251,4 +277,45 @@ function cpuFloatNodes(events: ProfileEvent[]): string[] {
     .filter((e) => e.args.provider === 'CPUExecutionProvider')
     .filter((e) => (e.args.input_type_shape ?? []).some((t) => Object.keys(t).some((k) => /float/.test(k))))
     .map((e) => `${e.args.op_name}: ${e.name}`);
+}
+
+/**
+ * `ids` but the last prefilled (with `images` in the prefix), then the last token as two shared-prefix rows: row 0
+ * unpatched, row 1 with `patch`. Returns both rows' logits.
+ */
+async function sharedStep(
+  decoder: Decoder,
+  ids: number[],
+  patch: { mask: Float32Array; values: Float32Array },
+  images?: ImagePrompt['images'],
+): Promise<Float32Array> {
+  const { numLayers: L, numHeads: H } = decoder.spec;
+  const kv = await decoder.prefill(ids.slice(0, -1), { images });
+  const mask = new Float32Array(2 * L * H);
+  mask.set(patch.mask, L * H);
+  return (await decoder.stepShared(kv, ids.at(-1)!, { mask, values: patch.values })).logits;
+}
+
+/** Each comparison within 1e-4 relative (relError), the largest against the CPU and against transformers kept. */
+class Errors {
+  private worst = { cpu: 0, hf: 0 };
+
+  cpu(what: string, gpu: ArrayLike<number>, cpu: ArrayLike<number>): void {
+    this.check('cpu', what, gpu, cpu);
+  }
+
+  hf(what: string, gpu: ArrayLike<number>, hf: ArrayLike<number>): void {
+    this.check('hf', what, gpu, hf);
+  }
+
+  report(name: string): void {
+    const { cpu, hf } = this.worst;
+    console.info(`webgpu ${name}: max relative error ${cpu.toExponential(2)} vs CPU, ${hf.toExponential(2)} vs HF`);
+  }
+
+  private check(against: 'cpu' | 'hf', what: string, a: ArrayLike<number>, b: ArrayLike<number>): void {
+    const e = relError(a, b);
+    this.worst[against] = Math.max(this.worst[against], e);
+    expect(e, `${what} against ${against === 'cpu' ? 'the CPU' : 'transformers'}`).toBeLessThan(1e-4);
+  }
 }

@@ -16,9 +16,9 @@ import { ImageInputs, type ImagePrompt } from '../../../src/model/vision/image-i
 import { decodeImage, type RgbImage } from '../../../src/model/vision/image.js';
 import { fixturePatch, relError } from '../../helpers/fixtures.js';
 import { arm } from '../../helpers/cli.js';
+import { IMAGE_TEXT_FAMILIES as FAMILIES } from '../../helpers/hf-parity.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');
-const FAMILIES = ['qwen2_5_vl-tiny', 'qwen2_vl-tiny', 'llava_onevision-tiny', 'qwen3_vl-tiny'];
 const present = fs.existsSync(path.join(FIXTURES, 'qwen2_5_vl-tiny'));
 const TOLERANCE = 1e-4;
 /** The fixtures' greedy tokens skip the image/video placeholders and vision start/end (ids 500–503). */

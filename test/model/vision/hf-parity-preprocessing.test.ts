@@ -20,10 +20,10 @@ import {
   llavaOnevisionImageProcessorConfig,
   preprocessLlavaOnevisionImage,
 } from '../../../src/model/vision/llava-onevision-processor.js';
+import { IMAGE_TEXT_FAMILIES as FAMILIES } from '../../helpers/hf-parity.js';
 import { readReferenceTensors, type ReferenceTensor } from '../../helpers/safetensors-f64.js';
 
 const FIXTURES = path.resolve(import.meta.dirname, '../../../../shared/fixtures/hf-parity');
-const FAMILIES = ['qwen2_vl-tiny', 'qwen2_5_vl-tiny', 'qwen3_vl-tiny', 'llava_onevision-tiny'];
 const present = fs.existsSync(path.join(FIXTURES, 'qwen2_5_vl-tiny'));
 const PIXEL_TOLERANCE = 1e-6;
 
