@@ -7,23 +7,18 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { relError, STORIES, tempDir } from '../helpers/fixtures.js';
-import { LOCAL_HF_PARITY as FIXTURES, LOCAL_TEXT_FAMILIES } from '../helpers/hf-parity.js';
+import {
+  LOCAL_HF_PARITY as FIXTURES,
+  LOCAL_TEXT_FAMILIES,
+  readParity,
+  type Parity as SharedParity,
+} from '../helpers/hf-parity.js';
 
 const names = fs.readdirSync(FIXTURES).filter((n) => fs.existsSync(path.join(FIXTURES, n, 'parity.json')));
 const cacheDir = tempDir('arm-cache-');
 
-interface Parity {
-  transformers: string;
-  patch: { heads: [number, number][] };
-  results: {
-    input_ids: number[];
-    last_logits: number[];
-    o_proj_input_last: number[][];
-    patched_last_logits: number[];
-    patched_o_proj_input_last: number[][];
-    greedy8: number[];
-  }[];
-}
+/** The local fixtures also record the heads their patched run patched. */
+type Parity = SharedParity & { patch: { heads: [number, number][] } };
 
 it('covers every family', () => {
   expect(names.sort()).toEqual([...LOCAL_TEXT_FAMILIES].sort());
@@ -38,7 +33,7 @@ describe.each(names)('transformers parity: %s', (name) => {
       fs.copyFileSync(path.join(FIXTURES, name, f), path.join(dir, f));
     for (const f of ['tokenizer.json', 'tokenizer_config.json'])
       fs.copyFileSync(path.join(STORIES, f), path.join(dir, f));
-    parity = JSON.parse(fs.readFileSync(path.join(dir, 'parity.json'), 'utf8'));
+    parity = readParity(dir) as Parity;
     decoder = await Decoder.load(dir, { cacheDir, threads: 1 });
   });
   afterAll(() => decoder?.dispose());
