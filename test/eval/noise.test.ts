@@ -4,19 +4,16 @@
  * learns the opposite criterion (so the flips do reach what the methods learn from).
  */
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
-import { readExamples, type PairExample, type ScalarExample } from '../../src/data/examples.js';
+import type { PairExample, ScalarExample } from '../../src/data/examples.js';
 import { evaluate, runEval, type EvalOptions } from '../../src/eval/harness.js';
 import { flipCount, flipLabel, flipPoolLabels } from '../../src/eval/noise.js';
 import { METHODS, type PreparedMethod } from '../../src/eval/methods.js';
 import type { RunRecord } from '../../src/eval/records.js';
 import { readRecords } from '../../src/eval/run-log.js';
 import { tempDir } from '../helpers/fixtures.js';
-
-const MODEL = path.resolve(import.meta.dirname, '../../../shared/models/icl-tiny');
-const DATA = path.resolve(import.meta.dirname, '../../../shared/data/icl-tiny/pairs.jsonl');
+import { ICL_TINY_MODEL, iclTinyPairs } from '../helpers/icl-tiny.js';
 
 const pair = (i: number): PairExample => ({
   kind: 'pair',
@@ -79,16 +76,8 @@ describe('label noise in the harness (icl-tiny)', () => {
   const byId = () => new Map(pairs.map((p) => [p.id, p]));
   const firstLow = () => pairs.filter((p) => p.subset === 'resp-first-low');
   beforeAll(async () => {
-    decoder = await Decoder.load(MODEL, { cacheDir: tempDir('arm-cache-') });
-    const file = path.join(tempDir('arm-noise-'), 'pairs.jsonl');
-    const rows = fs
-      .readFileSync(DATA, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l))
-      .filter((r) => r.subset === 'resp-first-low' || r.subset === 'resp-max-high');
-    fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
-    pairs = readExamples(file).examples as PairExample[];
+    decoder = await Decoder.load(ICL_TINY_MODEL, { cacheDir: tempDir('arm-cache-') });
+    pairs = iclTinyPairs(['resp-first-low', 'resp-max-high']);
   }, 60_000);
   afterAll(async () => {
     await decoder?.dispose();

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
-import { readExamples, type PairExample } from '../../src/data/examples.js';
+import type { PairExample } from '../../src/data/examples.js';
 import { evaluate, runEval, type ReportedEvalOptions } from '../../src/eval/harness.js';
 import { evaluateSweep } from '../../src/eval/sweep.js';
 import { aggregate, type Results } from '../../src/eval/aggregate.js';
@@ -18,9 +18,8 @@ import { readRecords } from '../../src/eval/run-log.js';
 import type { RunRecord } from '../../src/eval/records.js';
 import { checkHtmlInBrowser } from './browser.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { ICL_TINY_MODEL, iclTinyPairs } from '../helpers/icl-tiny.js';
 
-const MODEL = path.resolve(import.meta.dirname, '../../../shared/models/icl-tiny');
-const DATA = path.resolve(import.meta.dirname, '../../../shared/data/icl-tiny/pairs.jsonl');
 const VERSION = JSON.parse(fs.readFileSync(path.resolve(import.meta.dirname, '../../package.json'), 'utf8')).version;
 
 /** A run's pair and prepared records without what varies by timing (seconds, tokens, cost records). */
@@ -34,16 +33,8 @@ describe('sweeps and reports on icl-tiny', () => {
   let pairs: PairExample[];
   const criterion = (name: string) => pairs.filter((p) => p.subset === name);
   beforeAll(async () => {
-    decoder = await Decoder.load(MODEL, { cacheDir: tempDir('arm-cache-') });
-    const file = path.join(tempDir('arm-sweep-'), 'pairs.jsonl');
-    const rows = fs
-      .readFileSync(DATA, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l))
-      .filter((r) => r.subset === 'resp-first-low' || r.subset === 'resp-all-even');
-    fs.writeFileSync(file, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
-    pairs = readExamples(file).examples as PairExample[];
+    decoder = await Decoder.load(ICL_TINY_MODEL, { cacheDir: tempDir('arm-cache-') });
+    pairs = iclTinyPairs(['resp-first-low', 'resp-all-even']);
   }, 60_000);
   afterAll(async () => {
     await decoder?.dispose();

@@ -12,10 +12,10 @@ import { Decoder } from '../../src/model/decoder.js';
 import { ActivationRM, type PairScore } from '../../src/arm/rm.js';
 import { readExamples } from '../../src/data/examples.js';
 import { tempDir } from '../helpers/fixtures.js';
+import { ICL_TINY_MODEL, iclTinyRows } from '../helpers/icl-tiny.js';
 import { arm } from '../helpers/cli.js';
 
-const MODEL = path.resolve(import.meta.dirname, '../../../shared/models/icl-tiny');
-const DATA = path.resolve(import.meta.dirname, '../../../shared/data/icl-tiny/pairs.jsonl');
+const MODEL = ICL_TINY_MODEL;
 const problem = await deviceProblem('webgpu');
 const suite = problem === null ? 'webgpu: arm fit + score' : `webgpu SKIPPED, no adapter: ${problem.slice(0, 300)}`;
 if (problem !== null) console.warn(`note: ${suite}`);
@@ -30,12 +30,7 @@ describe.skipIf(problem !== null)(suite, () => {
   const rm = path.join(dir, 'first-low.arm.safetensors');
   const scored = path.join(dir, 'scored-webgpu.jsonl');
   beforeAll(() => {
-    const rows = fs
-      .readFileSync(DATA, 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { subset: string })
-      .filter((r) => r.subset === 'resp-first-low');
+    const rows = iclTinyRows(['resp-first-low']);
     const write = (file: string, part: object[]) =>
       fs.writeFileSync(file, part.map((r) => JSON.stringify(r)).join('\n') + '\n');
     write(path.join(dir, 'few.jsonl'), rows.slice(0, 16));

@@ -12,6 +12,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { deviceProblem, halfPrecisionProblem, openSession } from '../../src/model/session.js';
 import { MODEL_FILE } from '../../src/model/cache/decoder-cache.js';
 import { fixturePatch, relError, STORIES, tempDir } from '../helpers/fixtures.js';
+import { ICL_TINY_MODEL, iclTinyRows } from '../helpers/icl-tiny.js';
 import { loadCapturingStderr } from '../helpers/capture-load.js';
 import { arm } from '../helpers/cli.js';
 
@@ -19,8 +20,6 @@ const problem = (await deviceProblem('webgpu')) ?? (await halfPrecisionProblem('
 const suite = problem === null ? 'webgpu fp16' : `webgpu fp16 SKIPPED: ${problem.slice(0, 300)}`;
 if (problem !== null) console.warn(`note: ${suite}`);
 const cacheDir = tempDir('arm-cache-');
-const ICL_TINY = path.resolve(import.meta.dirname, '../../../shared/models/icl-tiny');
-const PAIRS = path.resolve(import.meta.dirname, '../../../shared/data/icl-tiny/pairs.jsonl');
 
 /** Loads `model` on webgpu at fp32 and at fp16. */
 async function pair(model: string): Promise<{ full: Decoder; half: Decoder }> {
@@ -90,7 +89,7 @@ describe.skipIf(problem !== null)(suite, () => {
   describe('icl-tiny (8 criteria, demonstrations in context)', () => {
     let full: Decoder;
     let half: Decoder;
-    beforeAll(async () => ({ full, half } = await pair(ICL_TINY)), 120_000);
+    beforeAll(async () => ({ full, half } = await pair(ICL_TINY_MODEL)), 120_000);
     afterAll(async () => {
       await full?.dispose();
       await half?.dispose();
@@ -123,23 +122,12 @@ describe('--dtype fp16 where the device is missing', () => {
   });
 });
 
-interface Pair {
-  subset: string;
-  prompt: string;
-  chosen: string;
-  rejected: string;
-}
-
 /**
  * Per criterion, `queries` judge prompts (README of icl-tiny): `demos` labelled demonstrations of that criterion
  * (a pair's chosen as Yes, its rejected as No), then a query response, ending at "A:".
  */
 function iclPrompts(decoder: Decoder, demos: number, queries: number): number[][] {
-  const pairs = fs
-    .readFileSync(PAIRS, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Pair);
+  const pairs = iclTinyRows();
   const out: number[][] = [];
   for (const subset of new Set(pairs.map((p) => p.subset))) {
     const own = pairs.filter((p) => p.subset === subset);
