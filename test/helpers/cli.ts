@@ -53,3 +53,27 @@ export function armSpawn(args: string[]): {
   );
   return { child, stderr: () => err, exited };
 }
+
+/**
+ * The URL an `arm serve` child listens on, once its stderr (as `stderr()` has collected it) says it is ready;
+ * rejects, with that stderr, when the child exits first or `ms` pass.
+ */
+export function serveReady(child: ChildProcess, stderr: () => string, ms = 60_000): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`arm serve did not get ready in ${ms / 1000} s:\n${stderr()}`)),
+      ms,
+    );
+    child.stderr!.on('data', () => {
+      const at = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr());
+      if (at && stderr().includes('arm serve: ready')) {
+        clearTimeout(timer);
+        resolve(at[1]!);
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`arm serve exited (${code}):\n${stderr()}`));
+    });
+  });
+}

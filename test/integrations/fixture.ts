@@ -5,7 +5,7 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { readExamples, type PairExample } from '../../src/data/examples.js';
 import { fitActivationRM } from '../../src/arm/fit.js';
-import { arm, armSpawn } from '../helpers/cli.js';
+import { arm, armSpawn, serveReady } from '../helpers/cli.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const MODEL = path.join(ROOT, 'models/icl-tiny');
@@ -72,23 +72,7 @@ export async function serveCriterion(
   args: string[] = [],
 ): Promise<{ url: string; stop: () => Promise<void> }> {
   const served = armSpawn(['serve', '--model', MODEL, '--rm', `last-low=${criterion}`, '--port', '0', ...args]);
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`arm serve did not get ready in 60 s:\n${served.stderr()}`)),
-      60_000,
-    );
-    served.child.stderr!.on('data', () => {
-      const at = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(served.stderr());
-      if (at && served.stderr().includes('arm serve: ready')) {
-        clearTimeout(timer);
-        resolve(at[1]!);
-      }
-    });
-    void served.exited.then(({ code }) => {
-      clearTimeout(timer);
-      reject(new Error(`arm serve exited (${code}):\n${served.stderr()}`));
-    });
-  });
+  const url = await serveReady(served.child, served.stderr);
   const stop = async () => {
     if (served.child.exitCode === null && served.child.signalCode === null) served.child.kill('SIGTERM');
     await served.exited;

@@ -18,6 +18,7 @@ import { Decoder } from '../../src/model/decoder.js';
 import { readExamples } from '../../src/data/examples.js';
 import { fitActivationRM } from '../../src/arm/fit.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
+import { serveReady } from '../helpers/cli.js';
 
 const ARM_CLI = path.resolve(import.meta.dirname, '../helpers/arm-cli.ts');
 const EXAMPLES = path.resolve(import.meta.dirname, '../../examples');
@@ -58,20 +59,7 @@ async function startReplica(): Promise<Replica> {
   child.stderr!.on('data', (b: Buffer) => {
     err += b.toString();
   });
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 90 s:\n${err}`)), 90_000);
-    child.stderr!.on('data', () => {
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(err);
-      if (m && err.includes('arm serve: ready')) {
-        clearTimeout(timer);
-        resolve(m[1]!);
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`arm serve exited (${code}):\n${err}`));
-    });
-  });
+  const url = await serveReady(child, () => err, 90_000);
   return { child, url, stderr: () => err };
 }
 

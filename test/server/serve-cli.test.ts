@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Decoder } from '../../src/model/decoder.js';
 import { readExamples } from '../../src/data/examples.js';
 import { fitActivationRM } from '../../src/arm/fit.js';
-import { arm } from '../helpers/cli.js';
+import { arm, serveReady } from '../helpers/cli.js';
 import { STORIES, tempDir } from '../helpers/fixtures.js';
 
 const EXAMPLES = path.resolve(import.meta.dirname, '../../examples/concise');
@@ -108,20 +108,7 @@ async function serve(
   const done = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
     c.once('close', (code, signal) => resolve({ code, signal })),
   );
-  const at = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`arm serve did not get ready in 60 s:\n${err}`)), 60_000);
-    c.stderr!.on('data', () => {
-      const m = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(err);
-      if (m && err.includes('arm serve: ready')) {
-        clearTimeout(timer);
-        resolve(m[1]!);
-      }
-    });
-    c.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`arm serve exited (${code}):\n${err}`));
-    });
-  });
+  const at = await serveReady(c, () => err);
   return { child: c, url: at, exited: done, stderr: () => err };
 }
 
