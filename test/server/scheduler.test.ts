@@ -11,6 +11,7 @@ import {
 } from '../../src/server/scheduler.js';
 import type { ExampleScore, ScoringEngine } from '../../src/server/engine-types.js';
 import type { CriterionMeta } from '../../src/arm/criterion.js';
+import { itemScore } from './stand-in-engine.js';
 
 /** Just what the scheduler reads of a criterion: what decides its pass (template and length budget). */
 const metaWith = (templateText: string) =>
@@ -40,17 +41,7 @@ function standIn(delayMs = 5) {
         tokens: 0,
         scores: examples.map((e) =>
           e.kind === 'scalar'
-            ? {
-                id: e.id,
-                reward: e.response.length / 100,
-                normalized: 0,
-                logitYes: 0,
-                logitNo: 0,
-                truncatedTokens: 0,
-                tooLong: false,
-                verdict: null,
-                label: null,
-              }
+            ? itemScore(e.id, e.response.length / 100)
             : {
                 id: e.id,
                 chosen: 1,
@@ -230,17 +221,8 @@ describe('MicroBatcher with several criteria', () => {
   /** Criteria a and b share a template (one pass), c has another; a score tells which criterion gave it. */
   function manyStandIn() {
     const calls: { criteria: string[]; ids: string[] }[] = [];
-    const rewardOf = (criterion: string, e: Example): ExampleScore => ({
-      id: e.id,
-      reward: ({ a: 0.1, b: 0.2, c: 0.3 } as Record<string, number>)[criterion]!,
-      normalized: 0,
-      logitYes: 0,
-      logitNo: 0,
-      truncatedTokens: 0,
-      tooLong: false,
-      verdict: null,
-      label: null,
-    });
+    const rewardOf = (criterion: string, e: Example): ExampleScore =>
+      itemScore(e.id, ({ a: 0.1, b: 0.2, c: 0.3 } as Record<string, number>)[criterion]!);
     const engine: Pick<ScoringEngine, 'info' | 'score' | 'scoreMany'> = {
       info: {
         criteria: [

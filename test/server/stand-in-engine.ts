@@ -3,7 +3,22 @@
  */
 import type { Example } from '../../src/data/examples.js';
 import type { CriterionMeta } from '../../src/arm/criterion.js';
-import type { ScoringEngine } from '../../src/server/engine-types.js';
+import type { ExampleScore, ScoringEngine } from '../../src/server/engine-types.js';
+
+/** An item's score with only its reward set (the rest neutral), as a stand-in engine returns it. */
+export function itemScore(id: string, reward: number): ExampleScore {
+  return {
+    id,
+    reward,
+    normalized: 0,
+    logitYes: 0,
+    logitNo: 0,
+    truncatedTokens: 0,
+    tooLong: false,
+    verdict: null,
+    label: null,
+  };
+}
 
 /** Scores by response length (reward = length / 1000), after `delayMs`; a scalar criterion named "c". */
 export function standInEngine(delayMs = 0): ScoringEngine {
@@ -28,17 +43,7 @@ export function standInEngine(delayMs = 0): ScoringEngine {
       if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
       return {
         tokens: 0,
-        scores: examples.map((e) => ({
-          id: e.id,
-          reward: (e.kind === 'scalar' ? e.response.length : 0) / 1000,
-          normalized: 0,
-          logitYes: 0,
-          logitNo: 0,
-          truncatedTokens: 0,
-          tooLong: false,
-          verdict: null,
-          label: null,
-        })),
+        scores: examples.map((e) => itemScore(e.id, (e.kind === 'scalar' ? e.response.length : 0) / 1000)),
       };
     },
     async close() {},
